@@ -1,0 +1,1 @@
+"""Mail storage: accounts, addresses, mailboxes, messages, and the outbound queue's rows."""

@@ -1,0 +1,238 @@
+"""The storage contract shared by the SMTP server, the IMAP server and the queue.
+
+The embedded backend (``mxd.store.sqlite``) keeps metadata in SQLite (WAL) and one file
+per message body under the data directory.  The contract is written so that a
+server-grade backend (PostgreSQL metadata, object-store bodies, several mxd nodes) can
+implement it later: every method returns a Deferred, UIDs/modseqs are allocated by the
+backend inside its transaction, and change notification goes through ``subscribe``
+rather than shared in-process objects.
+
+Durability (DESIGN.md "Contracts"): a Deferred from ``deliver``/``append`` fires only
+after the body file and the metadata commit are both fsynced.  A crash at any point
+leaves either the whole message visible or none of it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import BinaryIO, Protocol
+
+import attrs
+from twisted.internet.defer import Deferred
+
+from mxd.errors import MxdError
+
+
+class StoreError(MxdError):
+    """A storage operation failed."""
+
+
+class NoSuchAccount(StoreError):
+    pass
+
+
+class AccountExists(StoreError):
+    pass
+
+
+class AddressInUse(StoreError):
+    pass
+
+
+class NoSuchMailbox(StoreError):
+    pass
+
+
+class MailboxExists(StoreError):
+    pass
+
+
+class QuotaExceeded(StoreError):
+    pass
+
+
+class SpecialUse(enum.StrEnum):
+    """RFC 6154 special-use attributes created for every account."""
+
+    SENT = "\\Sent"
+    DRAFTS = "\\Drafts"
+    TRASH = "\\Trash"
+    JUNK = "\\Junk"
+    ARCHIVE = "\\Archive"
+
+
+# Mailboxes every new account gets: name -> special-use (None for INBOX).
+DEFAULT_MAILBOXES: dict[str, SpecialUse | None] = {
+    "INBOX": None,
+    "Sent": SpecialUse.SENT,
+    "Drafts": SpecialUse.DRAFTS,
+    "Trash": SpecialUse.TRASH,
+    "Junk": SpecialUse.JUNK,
+    "Archive": SpecialUse.ARCHIVE,
+}
+
+HIERARCHY_SEPARATOR = "/"
+
+
+@attrs.frozen
+class Account:
+    id: int
+    name: str  # login name, e.g. "mxd@localhost" or "alice"
+    addresses: tuple[str, ...] = ()  # normalised "local@domain" (domain in ASCII/A-label)
+
+
+@attrs.frozen
+class MailboxInfo:
+    id: int
+    account_id: int
+    name: str  # full name with "/" as separator; "INBOX" is case-insensitive
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    special_use: SpecialUse | None
+    subscribed: bool
+    exists: int = 0  # number of messages
+    unseen: int = 0
+    size: int = 0  # sum of message sizes (STATUS=SIZE)
+
+
+@attrs.frozen
+class MessageInfo:
+    """One message in one mailbox (IMAP's view)."""
+
+    uid: int
+    modseq: int
+    flags: frozenset[str]  # system flags ("\\Seen" ...) and keywords together
+    internal_date: datetime  # timezone-aware
+    size: int
+    blob_id: str  # the body file; shared by copies and by queue rows
+
+
+@attrs.frozen
+class MessageProps:
+    """Properties recorded with a delivered message, beyond the IMAP ones."""
+
+    requiretls: bool = False  # RFC 8689: received with REQUIRETLS
+    tls_required_no: bool = False  # RFC 8689 §5 header present
+    mail_from: str | None = None
+    received_via: str | None = None  # e.g. "ESMTPS" for logging and admin
+
+
+@attrs.frozen
+class Delivery:
+    """One target of a ``deliver`` call: a mailbox of an account."""
+
+    account_id: int
+    mailbox: str = "INBOX"
+    flags: frozenset[str] = frozenset()
+
+
+@attrs.frozen
+class MailboxChange:
+    """Sent to ``subscribe`` listeners after a commit that changed a mailbox."""
+
+    mailbox_id: int
+    kind: str  # "exists" | "expunge" | "flags" | "deleted" | "renamed"
+    uids: tuple[int, ...] = ()
+    highestmodseq: int = 0
+
+
+class BlobWriter(Protocol):
+    """Receives a message body as it arrives (SMTP DATA, IMAP APPEND literal).
+
+    Bytes go straight to a temporary file in the data directory, so a large message never
+    sits whole in memory.  ``abort`` removes it; ``close`` (via deliver/append/enqueue)
+    fsyncs it and makes it a blob.
+    """
+
+    def write(self, data: bytes) -> None: ...
+
+    @property
+    def size(self) -> int: ...
+
+    def abort(self) -> None: ...
+
+
+class IAccountStore(Protocol):
+    def add_account(self, name: str, secrets_text: str, addresses: Iterable[str] = ()) -> Deferred[Account]: ...
+
+    def delete_account(self, name: str) -> Deferred[None]: ...
+
+    def set_secrets(self, name: str, secrets_text: str) -> Deferred[None]: ...
+
+    def get_account(self, name: str) -> Deferred[Account | None]: ...
+
+    def get_secrets(self, name: str) -> Deferred[str | None]:
+        """The account's ``StoredSecrets.to_text()``; None when there is no such account."""
+
+    def list_accounts(self) -> Deferred[list[Account]]: ...
+
+    def add_address(self, name: str, address: str) -> Deferred[None]: ...
+
+    def remove_address(self, address: str) -> Deferred[None]: ...
+
+    def account_for_address(self, address: str) -> Deferred[Account | None]:
+        """Exact lookup of a normalised address (catch-all/separator logic is the caller's)."""
+
+
+class IMailStore(Protocol):
+    # -- bodies -----------------------------------------------------------------------
+    def new_blob(self) -> BlobWriter: ...
+
+    def open_blob(self, blob_id: str) -> BinaryIO:
+        """A readable file for a stored body (synchronous: local files or a cache)."""
+
+    # -- delivery ---------------------------------------------------------------------
+    def deliver(
+        self, blob: BlobWriter, targets: Sequence[Delivery], props: MessageProps,
+        internal_date: datetime | None = None,
+    ) -> Deferred[list[int]]:
+        """Store one body into each target mailbox in one transaction; fires with the UIDs
+        (in ``targets`` order) once durable.  Errbacks with NoSuchAccount, NoSuchMailbox,
+        QuotaExceeded or StoreError, and then nothing was stored."""
+
+    # -- mailboxes --------------------------------------------------------------------
+    def list_mailboxes(self, account_id: int) -> Deferred[list[MailboxInfo]]: ...
+
+    def get_mailbox(self, account_id: int, name: str) -> Deferred[MailboxInfo]: ...
+
+    def create_mailbox(self, account_id: int, name: str, special_use: SpecialUse | None = None) -> Deferred[MailboxInfo]: ...
+
+    def delete_mailbox(self, account_id: int, name: str) -> Deferred[None]: ...
+
+    def rename_mailbox(self, account_id: int, old: str, new: str) -> Deferred[None]: ...
+
+    def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> Deferred[None]: ...
+
+    # -- messages ---------------------------------------------------------------------
+    def list_messages(self, mailbox_id: int, since_modseq: int = 0) -> Deferred[list[MessageInfo]]:
+        """All messages in UID order (or those changed after ``since_modseq``)."""
+
+    def append(
+        self, mailbox_id: int, blob: BlobWriter, flags: frozenset[str],
+        internal_date: datetime | None = None,
+    ) -> Deferred[int]:
+        """IMAP APPEND: fires with the new UID once durable."""
+
+    def store_flags(
+        self, mailbox_id: int, uids: Sequence[int], flags: frozenset[str], mode: str,
+        unchanged_since: int | None = None,
+    ) -> Deferred[tuple[list[MessageInfo], list[int]]]:
+        """mode is "set" | "add" | "remove".  Fires with (changed messages with their new
+        modseq, UIDs that failed the CONDSTORE UNCHANGEDSINCE test)."""
+
+    def copy(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int) -> Deferred[list[tuple[int, int]]]:
+        """Fires with (source UID, destination UID) pairs; bodies are shared, not copied."""
+
+    def move(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int) -> Deferred[list[tuple[int, int]]]: ...
+
+    def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> Deferred[list[int]]:
+        """Remove messages flagged \\Deleted (restricted to ``uids`` when given)."""
+
+    # -- notifications ----------------------------------------------------------------
+    def subscribe(self, mailbox_id: int, listener: Callable[[MailboxChange], None]) -> Callable[[], None]:
+        """Call ``listener`` after each committed change; returns an unsubscribe function."""
+
+    def close(self) -> Deferred[None]: ...
