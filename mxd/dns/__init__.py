@@ -1,0 +1,1 @@
+"""mxd's DNSSEC-aware resolver (dnspython for the wire format, Twisted sockets)."""
