@@ -1,0 +1,1 @@
+"""The outbound queue: persistent, Deferred-based delivery with retries and DSNs."""
