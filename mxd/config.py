@@ -1,0 +1,543 @@
+"""mxd's configuration: one TOML file parsed into frozen, typed objects.
+
+The schema is the attrs classes below; each field's ``doc`` metadata is the reference
+documentation (``mxd config reference`` prints it, ``doc/config.md`` is generated from it,
+and a test keeps ``etc/mxd.toml.example`` in step with it).  Every error names the file,
+the key path and what is wrong, e.g. ``mxd.toml: listeners[2].port: expected an integer
+from 1 to 65535, got "25x"``.
+
+Only the composition layer (``mxd.tap``, ``mxd.cli``) imports this module; protocol and
+library modules take their own small settings objects.
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from mxd.errors import MxdError
+
+DEFAULT_CONFIG_PATH = Path("etc/mxd.toml")
+
+
+class ConfigError(MxdError):
+    """The configuration is invalid; the message names file, key path and problem."""
+
+    def __init__(self, path: str, key: str, problem: str) -> None:
+        self.path = path
+        self.key = key
+        self.problem = problem
+        where = f"{path}: {key}: " if key else f"{path}: "
+        super().__init__(where + problem)
+
+
+def _doc(text: str, *, choices: tuple[str, ...] | None = None,
+         check: Callable[[Any], str | None] | None = None, example: str | None = None) -> dict[str, Any]:
+    return {"doc": text, "choices": choices, "check": check, "example": example}
+
+
+def opt(default: Any, text: str, **kw: Any) -> Any:
+    """A config field with a default."""
+    if isinstance(default, list | dict | tuple) or attrs.has(type(default)):
+        return attrs.field(factory=lambda: copy.deepcopy(default), metadata=_doc(text, **kw))
+    return attrs.field(default=default, metadata=_doc(text, **kw))
+
+
+def req(text: str, **kw: Any) -> Any:
+    """A required config field."""
+    return attrs.field(metadata=_doc(text, **kw))
+
+
+def _port_check(v: int) -> str | None:
+    return None if 0 <= v <= 65535 else f"expected a port from 0 to 65535, got {v}"
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 else f"must be positive, got {v}"
+
+
+def _address_check(v: str) -> str | None:
+    try:
+        ipaddress.ip_address(v)
+    except ValueError:
+        return f"expected an IP address such as 127.0.0.1 or ::1, got {v!r}"
+    return None
+
+
+def _nameserver_check(v: str) -> str | None:
+    try:
+        parse_hostport(v, 53)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def parse_hostport(v: str, default_port: int) -> tuple[str, int]:
+    """Parse ``IP``, ``IP:PORT`` or ``[IPv6]:PORT``."""
+    host, port = v, default_port
+    if v.startswith("["):
+        end = v.find("]")
+        if end < 0:
+            raise ValueError(f"unbalanced brackets in {v!r}")
+        host = v[1:end]
+        rest = v[end + 1:]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"expected [IPv6]:PORT, got {v!r}")
+            port = int(rest[1:])
+    elif v.count(":") == 1:
+        host, p = v.split(":")
+        if not p.isdigit():
+            raise ValueError(f"port must be a number in {v!r}")
+        port = int(p)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"expected an IP address (optionally with :PORT), got {v!r}") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"port out of range in {v!r}")
+    return host, port
+
+
+LISTENER_PROTOCOLS = ("smtp", "submission", "submissions", "imap", "imaps", "admin")
+TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
+LOG_LEVELS = ("trace", "debug", "info", "warn", "error", "critical")
+
+
+@attrs.frozen
+class TLSCertConfig:
+    cert: Path | None = opt(None, "PEM file with the certificate followed by its chain.",
+                            example='"/etc/mxd/tls/fullchain.pem"')
+    key: Path | None = opt(None, "PEM file with the private key of `cert`.",
+                           example='"/etc/mxd/tls/privkey.pem"')
+    min_version: str = opt("TLSv1.2", "Oldest TLS version accepted (RFC 8996 forbids older).",
+                           choices=TLS_VERSIONS)
+
+
+@attrs.frozen
+class ListenerConfig:
+    protocol: str = req("What this listener speaks: smtp (port 25, inbound), submission "
+                        "(587, STARTTLS then AUTH), submissions (465, implicit TLS), imap (143, "
+                        "STARTTLS), imaps (993, implicit TLS), admin (HTTP admin and /metrics).",
+                        choices=LISTENER_PROTOCOLS)
+    port: int = req("TCP port.", check=_port_check)
+    address: str = opt("127.0.0.1", "IP address to bind; \"::\" or \"0.0.0.0\" for all.",
+                       check=_address_check)
+    cert: Path | None = opt(None, "Certificate for this listener only (default: [tls].cert).")
+    key: Path | None = opt(None, "Private key for this listener only (default: [tls].key).")
+    max_tls_version: str | None = opt(None, "Newest TLS version offered (default: the newest "
+                                      "available). Testing aid: TLSv1.2 exercises tls-unique.",
+                                      choices=TLS_VERSIONS)
+
+
+@attrs.frozen
+class DomainsConfig:
+    names: list[str] = opt([], "Domains this server receives mail for (IDNA names allowed).",
+                           example='["example.org"]')
+    localpart_separator: str = opt("+", "Sub-address separator: alice+tag@ goes to alice@. "
+                                   "Empty string disables it.")
+    catchall: dict[str, str] = opt({}, "Per-domain catch-all: domain = account name that "
+                                   "receives mail for unknown local parts.",
+                                   example='{ "example.org" = "alice" }')
+
+
+@attrs.frozen
+class AccountConfig:
+    name: str = req("Login name of the account (passwords are set with `mxd account passwd`).")
+    addresses: list[str] = opt([], "Addresses delivered to this account and that it may "
+                               "send as.")
+
+
+@attrs.frozen
+class AuthConfig:
+    mechanisms: list[str] = opt(
+        ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS", "SCRAM-SHA-256", "SCRAM-SHA-1", "CRAM-MD5",
+         "PLAIN", "LOGIN"],
+        "SASL mechanisms offered, most preferred first. -PLUS variants are offered only "
+        "where the TLS connection provides channel binding.")
+    allow_plaintext_on_loopback: bool = opt(False, "Offer PLAIN/LOGIN/CRAM-MD5 without TLS "
+                                            "to loopback clients (never to others).")
+    scram_iterations: int = opt(4096, "PBKDF2 iteration count for new SCRAM credentials "
+                                "(RFC 7677 asks for at least 4096).", check=_positive)
+    cram_md5: bool = opt(True, "Store CRAM-MD5 secrets for new passwords. They are "
+                         "password-equivalent for CRAM-MD5; turn off if you do not need it.")
+
+
+@attrs.frozen
+class ResolverConfig:
+    nameservers: list[str] = opt(["127.0.0.1"], "Recursive resolvers as IP or IP:PORT. Run a "
+                                 "local validating resolver (unbound) for DNSSEC.",
+                                 check=None)
+    trusted: list[str] = opt([], "Nameservers (as written above) whose AD bit is trusted. "
+                             "Default when empty: loopback nameservers only.")
+    timeout: float = opt(2.0, "Seconds to wait for one answer before retrying.",
+                         check=_positive)
+    attempts: int = opt(2, "Tries per nameserver.", check=_positive)
+    cache_size: int = opt(10000, "Cached answers kept at most.", check=_positive)
+
+
+@attrs.frozen
+class SMTPConfig:
+    max_message_size: int = opt(50 * 1024 * 1024, "Largest message accepted, in bytes "
+                                "(SIZE, RFC 1870).", check=_positive)
+    max_recipients: int = opt(100, "Recipients per transaction (LIMITS RCPTMAX, RFC 9422).",
+                              check=_positive)
+    max_connections: int = opt(200, "Concurrent SMTP connections in total.", check=_positive)
+    max_connections_per_ip: int = opt(20, "Concurrent SMTP connections per client IP.",
+                                      check=_positive)
+    command_timeout: float = opt(300.0, "Seconds a client may stay silent (RFC 5321 "
+                                 "§4.5.3.2.7).", check=_positive)
+
+
+@attrs.frozen
+class IMAPConfig:
+    max_literal_size: int = opt(50 * 1024 * 1024, "Largest literal (APPENDLIMIT).",
+                                check=_positive)
+    max_connections_per_ip: int = opt(50, "Concurrent IMAP connections per client IP.",
+                                      check=_positive)
+    idle_timeout: float = opt(1800.0, "Seconds before an idle client is logged out "
+                              "(RFC 9051 §5.4: at least 30 minutes).", check=_positive)
+
+
+@attrs.frozen
+class QueueConfig:
+    hold_all: bool = opt(False, "Keep every outbound message queued (never deliver); "
+                         "`mxd localserve` sets this so nothing leaves the machine.")
+    max_concurrent: int = opt(20, "Deliveries in flight at once.", check=_positive)
+    max_concurrent_per_domain: int = opt(4, "Deliveries in flight per destination domain.",
+                                         check=_positive)
+    smtp_port: int = opt(25, "Port used for direct delivery to MX hosts (tests change it).",
+                         check=_port_check)
+
+
+@attrs.frozen
+class LogConfig:
+    level: str = opt("info", "Lowest level written.", choices=LOG_LEVELS)
+    format: str = opt("logfmt", "Output format.", choices=("logfmt", "json"))
+    levels: dict[str, str] = opt({}, "Per-namespace levels, e.g. { \"mxd.smtp\" = \"debug\" }.")
+
+
+@attrs.frozen
+class MetricsConfig:
+    enabled: bool = opt(False, "Serve Prometheus metrics at /metrics on the admin listener "
+                        "(needs the `metrics` extra: prometheus-client).")
+
+
+@attrs.frozen
+class Config:
+    hostname: str = req("This server's host name: greeting, Received headers, HELO.",
+                        example='"mail.example.org"')
+    data_dir: Path = req("Directory for the database and message files.",
+                         example='"/var/lib/mxd"')
+    tls: TLSCertConfig = opt(TLSCertConfig(), "Default certificate for every TLS listener.")
+    listeners: list[ListenerConfig] = opt([], "Sockets to listen on.")
+    domains: DomainsConfig = opt(DomainsConfig(), "Local domains.")
+    accounts: list[AccountConfig] = opt([], "Accounts created at start-up if missing, with "
+                                        "their addresses (accounts may also be added with "
+                                        "`mxd account add`).")
+    auth: AuthConfig = opt(AuthConfig(), "Authentication.")
+    resolver: ResolverConfig = opt(ResolverConfig(), "DNS resolver.")
+    smtp: SMTPConfig = opt(SMTPConfig(), "SMTP server limits.")
+    imap: IMAPConfig = opt(IMAPConfig(), "IMAP server limits.")
+    queue: QueueConfig = opt(QueueConfig(), "Outbound queue.")
+    log: LogConfig = opt(LogConfig(), "Logging.")
+    metrics: MetricsConfig = opt(MetricsConfig(), "Metrics.")
+    # Where the file was read from; not a config key.
+    source: str = attrs.field(default="<config>", metadata={"internal": True})
+
+    def tls_for(self, listener: ListenerConfig) -> tuple[Path | None, Path | None]:
+        return (listener.cert or self.tls.cert, listener.key or self.tls.key)
+
+
+# --- generic loader -------------------------------------------------------------------
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if tp is str:
+        return "a string"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is bool:
+        return "true or false"
+    if tp is Path:
+        return "a file path string"
+    if origin is list:
+        return "an array"
+    if origin is dict:
+        return "a table"
+    if attrs.has(tp):
+        return "a table"
+    return str(tp)
+
+
+def _convert(tp: Any, value: Any, src: str, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _convert(args[0], value, src, key)
+    if attrs.has(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(src, key, f"expected a table, got {_show(value)}")
+        return _build(tp, value, src, key)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(src, key, f"expected an array, got {_show(value)}")
+        return [_convert(item_tp, v, src, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(src, key, f"expected a table, got {_show(value)}")
+        return {k: _convert(val_tp, v, src, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(src, key, f"expected true or false, got {_show(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(src, key, f"expected an integer, got {_show(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(src, key, f"expected a number, got {_show(value)}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(src, key, f"expected a string, got {_show(value)}")
+        return value
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(src, key, f"expected a file path string, got {_show(value)}")
+        return Path(value)
+    raise ConfigError(src, key, f"unsupported type {tp}")  # pragma: no cover
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return repr(value)
+
+
+def _build(cls: type, data: dict[str, Any], src: str, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in attrs.fields(cls) if not f.metadata.get("internal")}
+    kwargs: dict[str, Any] = {}
+    for k in data:
+        if k not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(src, _join(prefix, k), f"unknown key (known keys here: {known})")
+    for name, f in fields.items():
+        key = _join(prefix, name)
+        if name not in data:
+            if f.default is attrs.NOTHING:
+                raise ConfigError(src, key, "required key is missing")
+            continue
+        value = _convert(hints[name], data[name], src, key)
+        choices = f.metadata.get("choices")
+        if choices and value is not None:
+            for v in value if isinstance(value, list) else [value]:
+                if v not in choices:
+                    raise ConfigError(src, key, f"{_show(v)} is not one of {', '.join(choices)}")
+        check = f.metadata.get("check")
+        if check is not None:
+            for v in value if isinstance(value, list) else [value]:
+                problem = check(v)
+                if problem:
+                    raise ConfigError(src, key, problem)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _resolve_paths(cfg: Config, base: Path) -> Config:
+    """Make relative paths in the config relative to the config file's directory."""
+
+    def fix(p: Path | None) -> Path | None:
+        if p is None or p.is_absolute():
+            return p
+        return base / p
+
+    return attrs.evolve(
+        cfg,
+        data_dir=fix(cfg.data_dir),
+        tls=attrs.evolve(cfg.tls, cert=fix(cfg.tls.cert), key=fix(cfg.tls.key)),
+        listeners=[attrs.evolve(li, cert=fix(li.cert), key=fix(li.key)) for li in cfg.listeners],
+    )
+
+
+def _validate(cfg: Config) -> None:
+    src = cfg.source
+    seen: dict[tuple[str, int], int] = {}
+    for i, li in enumerate(cfg.listeners):
+        key = f"listeners[{i}]"
+        if (li.address, li.port) in seen and li.port != 0:
+            raise ConfigError(src, f"{key}.port", f"{li.address}:{li.port} is already used by "
+                              f"listeners[{seen[(li.address, li.port)]}]")
+        seen[(li.address, li.port)] = i
+        if li.protocol != "admin":
+            cert, keyf = cfg.tls_for(li)
+            needs_tls = True  # smtp offers STARTTLS; submission/imap require it before auth
+            if needs_tls and (cert is None or keyf is None):
+                raise ConfigError(src, key, f"protocol {li.protocol} needs a certificate: set "
+                                  "[tls].cert and [tls].key or cert/key on the listener")
+            for what, p in (("cert", cert), ("key", keyf)):
+                if p is not None and not p.is_file():
+                    k = f"{key}.{what}" if getattr(li, what) else f"tls.{what}"
+                    raise ConfigError(src, k, f"file not found: {p}")
+        if li.protocol == "admin" and not ipaddress.ip_address(li.address).is_loopback:
+            raise ConfigError(src, f"{key}.address", "the admin listener must be on a "
+                              "loopback address (it has no authentication of its own)")
+    names = set()
+    for i, d in enumerate(cfg.domains.names):
+        try:
+            names.add(normalise_domain(d))
+        except ValueError as e:
+            raise ConfigError(src, f"domains.names[{i}]", str(e)) from None
+    for d in cfg.domains.catchall:
+        try:
+            nd = normalise_domain(d)
+        except ValueError as e:
+            raise ConfigError(src, f"domains.catchall.{d}", str(e)) from None
+        if nd not in names:
+            raise ConfigError(src, f"domains.catchall.{d}", "not listed in domains.names")
+    for i, a in enumerate(cfg.accounts):
+        for j, addr in enumerate(a.addresses):
+            if "@" not in addr:
+                raise ConfigError(src, f"accounts[{i}].addresses[{j}]",
+                                  f"expected local@domain, got {_show(addr)}")
+            dom = addr.rsplit("@", 1)[1]
+            try:
+                nd = normalise_domain(dom)
+            except ValueError as e:
+                raise ConfigError(src, f"accounts[{i}].addresses[{j}]", str(e)) from None
+            if nd not in names:
+                raise ConfigError(src, f"accounts[{i}].addresses[{j}]",
+                                  f"domain {dom} is not listed in domains.names")
+    for i, ns in enumerate(cfg.resolver.nameservers):
+        problem = _nameserver_check(ns)
+        if problem:
+            raise ConfigError(src, f"resolver.nameservers[{i}]", problem)
+    for i, ns in enumerate(cfg.resolver.trusted):
+        if ns not in cfg.resolver.nameservers:
+            raise ConfigError(src, f"resolver.trusted[{i}]", f"{_show(ns)} is not in "
+                              "resolver.nameservers")
+    for ns, lvl in cfg.log.levels.items():
+        if lvl not in LOG_LEVELS:
+            raise ConfigError(src, f"log.levels.{ns}", f"{_show(lvl)} is not one of "
+                              f"{', '.join(LOG_LEVELS)}")
+
+
+def normalise_domain(d: str) -> str:
+    """Lower-case A-label form of a domain name (IDNA 2008, UTS 46)."""
+    import idna
+
+    d = d.strip().rstrip(".")
+    if not d:
+        raise ValueError("empty domain name")
+    try:
+        return idna.encode(d, uts46=True).decode("ascii").lower()
+    except idna.IDNAError as e:
+        raise ValueError(f"invalid domain name {d!r}: {e}") from None
+
+
+def parse_config(text: str, source: str = "<config>", base: Path | None = None) -> Config:
+    """Parse TOML text into a Config; raise ConfigError naming ``source``."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(source, "", f"not valid TOML: {e}") from None
+    cfg = _build(Config, data, source, "")
+    cfg = attrs.evolve(cfg, source=source)
+    cfg = _resolve_paths(cfg, base or Path.cwd())
+    _validate(cfg)
+    return cfg
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read and validate the config file (default ``$MXD_CONFIG`` or ``etc/mxd.toml``)."""
+    p = Path(path or os.environ.get("MXD_CONFIG") or DEFAULT_CONFIG_PATH)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(p), "", "config file not found (use --config PATH or "
+                          "set MXD_CONFIG)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(str(p), "", f"cannot read: {e}") from None
+    return parse_config(text, str(p), p.resolve().parent)
+
+
+# --- reference documentation from the schema -----------------------------------------
+
+def schema_keys(cls: type = Config, prefix: str = "") -> list[tuple[str, Any]]:
+    """Every key path of the schema with its attrs field, depth first."""
+    out: list[tuple[str, Any]] = []
+    hints = typing.get_type_hints(cls)
+    for f in attrs.fields(cls):
+        if f.metadata.get("internal"):
+            continue
+        key = _join(prefix, f.name)
+        out.append((key, f))
+        tp = hints[f.name]
+        if typing.get_origin(tp) is list and attrs.has(typing.get_args(tp)[0]):
+            out.extend(schema_keys(typing.get_args(tp)[0], key + "[]"))
+        elif attrs.has(tp):
+            out.extend(schema_keys(tp, key))
+    return out
+
+
+def reference_markdown() -> str:
+    """The configuration reference, generated from the schema."""
+    lines = ["# mxd configuration reference", "",
+             "Generated from `mxd/config.py` by `mxd config reference`; every key of the TOML "
+             "file is listed here. `etc/mxd.toml.example` shows them all in use.", ""]
+    hints_cache: dict[str, Any] = {}
+    for key, f in schema_keys():
+        _ = hints_cache
+        default = f.default
+        if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+            default = default.factory()
+        if attrs.has(type(default)):
+            lines += ["", f"## [{key}]", "", f.metadata["doc"], ""]
+            continue
+        if isinstance(default, list) and default == [] and key in ("listeners", "accounts"):
+            lines += ["", f"## [[{key}]]", "", f.metadata["doc"], ""]
+            continue
+        d = "required" if default is attrs.NOTHING else f"default `{_toml_value(default)}`"
+        choices = f.metadata.get("choices")
+        ch = f"; one of {', '.join(f'`{c}`' for c in choices)}" if choices else ""
+        lines.append(f"- `{key}` ({d}{ch}): {f.metadata['doc']}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(v: Any) -> str:
+    if v is None:
+        return "unset"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    return str(v)
