@@ -92,14 +92,14 @@ class LineObserver:
         try:
             self._stream.write(render_event(event, self._fmt) + "\n")
             self._stream.flush()
-        except Exception:  # noqa: BLE001 - a logging failure must not break the server
+        except Exception:  # noqa: BLE001, S110 - a logging failure must not break the server
             pass
         if event.get("log_failure") is not None and self._fmt != "json":
             tb = event["log_failure"].getTraceback()
             try:
                 self._stream.write(tb)
                 self._stream.flush()
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001, S110
                 pass
 
 

@@ -1,0 +1,1 @@
+"""The admin web interface (twisted.web), on loopback by default."""

@@ -1,0 +1,377 @@
+"""The ``mxd`` admin command: accounts, config checks, a local instance, DNS and queue tools.
+
+Every command that needs the config takes ``--config PATH`` (default ``$MXD_CONFIG`` or
+``etc/mxd.toml``).  Passwords are read from a prompt or standard input, never from argv
+(which other local users can see in ``ps``), except ``localserve --password`` for the
+throwaway local instance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import mxd
+from mxd.config import Config, ConfigError, load_config, parse_config, reference_markdown
+from mxd.errors import MxdError
+
+
+class CLIError(Exception):
+    """Printed as ``mxd: <message>`` with exit status 1 (2 for usage errors)."""
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(args.config)
+
+
+def _read_password(args: argparse.Namespace, confirm: bool = True) -> str:
+    if getattr(args, "password_stdin", False) or not sys.stdin.isatty():
+        line = sys.stdin.readline()
+        pw = line.rstrip("\r\n")
+    else:
+        pw = getpass.getpass("Password: ")
+        if confirm and getpass.getpass("Repeat password: ") != pw:
+            raise CLIError("passwords do not match")
+    if not pw:
+        raise CLIError("empty password")
+    if len(pw) < 8:
+        raise CLIError("password too short (at least 8 characters)")
+    return pw
+
+
+def _run_deferred(fn: Callable[[Any], Any]) -> Any:
+    """Run ``fn(reactor)`` (which may return a Deferred) to completion; return its result
+    or raise its exception.  The reactor runs once per process, so a command calls this
+    at most once."""
+    from twisted.internet import defer, task
+
+    box: dict[str, Any] = {}
+
+    def main(reactor: Any) -> Any:
+        d = defer.maybeDeferred(fn, reactor)
+        d.addCallbacks(lambda r: box.__setitem__("result", r),
+                       lambda f: box.__setitem__("failure", f))
+        return d
+
+    try:
+        task.react(main)
+    except SystemExit:
+        pass
+    if "failure" in box:
+        box["failure"].raiseException()
+    return box.get("result")
+
+
+# --- commands -------------------------------------------------------------------------
+
+def cmd_version(args: argparse.Namespace) -> int:
+    print(f"mxd {mxd.__version__}")
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from mxd.tap import check_ports_free, tls_settings_for
+
+    cfg = _config(args)
+    for li in cfg.listeners:
+        tls_settings_for(cfg, li)
+    if args.ports:
+        check_ports_free(cfg)
+    print(f"{cfg.source}: OK ({len(cfg.listeners)} listeners, {len(cfg.domains.names)} domains)")
+    return 0
+
+
+def cmd_config_reference(args: argparse.Namespace) -> int:
+    sys.stdout.write(reference_markdown())
+    return 0
+
+
+def _with_directory(cfg: Config, fn: Callable[[Any], Any]) -> Any:
+    from mxd import components
+
+    async def run(reactor: Any) -> Any:
+        store, directory = await components.open_store_and_directory(cfg, reactor)
+        try:
+            return await fn(directory)
+        finally:
+            await store.close()
+
+    from twisted.internet import defer
+
+    return _run_deferred(lambda r: defer.ensureDeferred(run(r)))
+
+
+def cmd_account_add(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    pw = _read_password(args)
+    acct = _with_directory(cfg, lambda d: d.add_account(args.name, pw, args.address or ()))
+    print(f"added account {acct.name}" + (f" ({', '.join(acct.addresses)})" if acct.addresses else ""))
+    return 0
+
+
+def cmd_account_passwd(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    pw = _read_password(args)
+    _with_directory(cfg, lambda d: d.set_password(args.name, pw))
+    print(f"password changed for {args.name}")
+    return 0
+
+
+def cmd_account_del(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    _with_directory(cfg, lambda d: d.delete_account(args.name))
+    print(f"deleted account {args.name} and its mail")
+    return 0
+
+
+def cmd_account_list(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    accounts = _with_directory(cfg, lambda d: d.list_accounts())
+    for a in accounts:
+        print(a.name + ("\t" + " ".join(a.addresses) if a.addresses else ""))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    return _serve(cfg, banner=None)
+
+
+def _serve(cfg: Config, banner: str | None,
+           prepare: Callable[[Any], Any] | None = None) -> int:
+    """Run the service tree on the reactor until SIGINT/SIGTERM; return the exit status.
+
+    ``prepare(reactor)`` (may return a Deferred) runs first, inside the same reactor run.
+    """
+    from twisted.internet import defer, reactor
+    from twisted.logger import globalLogBeginner
+
+    from mxd.log import make_observer
+    from mxd.tap import build_service, check_ports_free, tls_settings_for
+
+    for li in cfg.listeners:
+        tls_settings_for(cfg, li)
+    check_ports_free(cfg)
+    globalLogBeginner.beginLoggingTo(
+        [make_observer(cfg.log.level, cfg.log.format, cfg.log.levels, sys.stderr)],
+        redirectStandardIO=False)
+    status: dict[str, Any] = {"code": 0}
+
+    async def start() -> None:
+        try:
+            if prepare is not None:
+                await defer.maybeDeferred(prepare, reactor)
+            top = build_service(cfg, reactor)
+            top.privilegedStartService()  # binds every port or raises ListenError
+            top.startService()
+        except Exception as e:  # noqa: BLE001 - reported, then the process exits 1
+            print(f"mxd: {e}", file=sys.stderr, flush=True)
+            status["code"] = 1
+            reactor.stop()  # type: ignore[attr-defined]
+            return
+        reactor.addSystemEventTrigger("before", "shutdown", top.stopService)  # type: ignore[attr-defined]
+        if banner:
+            ports = {n.split(":")[0]: li.port for n, li in top.listeners.items()}
+            print(banner.format(**ports), flush=True)
+
+    def stop(*_: Any) -> None:
+        reactor.callFromThread(reactor.stop)  # type: ignore[attr-defined]
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    reactor.callWhenRunning(lambda: defer.ensureDeferred(start()))  # type: ignore[attr-defined]
+    reactor.run(installSignalHandlers=False)  # type: ignore[attr-defined]
+    return int(status["code"])
+
+
+LOCAL_PORTS = {"smtp": 1025, "submission": 1587, "submissions": 1465, "imap": 1143,
+               "imaps": 1993, "admin": 1080}
+LOCAL_ACCOUNT = "mxd@localhost"
+LOCAL_PASSWORD = "mxdmxdmxd"
+
+
+def localserve_config(directory: Path) -> str:
+    """The embedded configuration of `mxd localserve` (TOML)."""
+    listeners = "\n".join(
+        f'[[listeners]]\nprotocol = "{p}"\naddress = "127.0.0.1"\nport = {port}\n'
+        for p, port in LOCAL_PORTS.items())
+    return f'''# Written by `mxd localserve`; regenerated at each start.
+hostname = "localhost"
+data_dir = "data"
+
+[tls]
+cert = "cert.pem"
+key = "key.pem"
+
+[domains]
+names = ["localhost"]
+
+[[accounts]]
+name = "{LOCAL_ACCOUNT}"
+addresses = ["{LOCAL_ACCOUNT}"]
+
+[auth]
+# Loopback only: PLAIN/LOGIN are also offered without TLS here.
+allow_plaintext_on_loopback = true
+
+[queue]
+# Nothing leaves this machine: outbound mail stays queued (see `mxd queue list`).
+hold_all = true
+
+[resolver]
+nameservers = ["127.0.0.1"]
+
+{listeners}'''
+
+
+LOCAL_BANNER = """\
+mxd {version} is serving a local instance from {dir}
+
+  account      {account}
+  password     {password}
+  SMTP         127.0.0.1:{smtp}   (inbound, STARTTLS offered)
+  submission   127.0.0.1:{submission}   (STARTTLS, then AUTH)
+  submissions  127.0.0.1:{submissions}   (implicit TLS)
+  IMAP         127.0.0.1:{imap}   (STARTTLS)
+  IMAPS        127.0.0.1:{imaps}   (implicit TLS)
+  admin        http://127.0.0.1:{admin}/
+  CA file      {ca}
+  config       {config}
+
+Outbound mail is held in the queue, never sent. Stop with Ctrl-C."""
+
+
+def cmd_localserve(args: argparse.Namespace) -> int:
+    from mxd.selfsigned import make_local_ca
+
+    directory = Path(args.dir).resolve()
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tls = make_local_ca(directory)
+    cfg_path = directory / "mxd.toml"
+    text = localserve_config(directory)
+    cfg_path.write_text(text, encoding="utf-8")
+    cfg = parse_config(text, str(cfg_path), directory)
+    password = args.password or LOCAL_PASSWORD
+
+    async def ensure_account(directory_: Any) -> None:
+        if await directory_.store.get_account(LOCAL_ACCOUNT) is None:
+            await directory_.add_account(LOCAL_ACCOUNT, password, [LOCAL_ACCOUNT])
+        else:
+            await directory_.set_password(LOCAL_ACCOUNT, password)
+
+    async def prepare(reactor: Any) -> None:
+        from mxd import components
+
+        store, directory_ = await components.open_store_and_directory(cfg, reactor)
+        try:
+            await ensure_account(directory_)
+        finally:
+            await store.close()
+
+    banner = LOCAL_BANNER.replace("{version}", mxd.__version__).replace(
+        "{dir}", str(directory)).replace("{account}", LOCAL_ACCOUNT).replace(
+        "{password}", password).replace("{ca}", str(tls["ca"])).replace("{config}", str(cfg_path))
+    return _serve(cfg, banner, prepare)
+
+
+# --- argument parsing -----------------------------------------------------------------
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", metavar="PATH",
+                   help="config file (default: $MXD_CONFIG or etc/mxd.toml)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mxd", description="mxd mail server administration.",
+        epilog="Run the server with `twistd -n mxd --config PATH` or `mxd serve`.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("version", help="print the version")
+    p.set_defaults(func=cmd_version)
+
+    p = sub.add_parser("serve", help="run the server in the foreground (like twistd -n mxd)")
+    _add_config(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("localserve", help="run a complete local instance with no set-up",
+                       description="Start mxd on 127.0.0.1 with domain localhost, account "
+                       f"{LOCAL_ACCOUNT} and a self-signed certificate; state is kept in --dir.")
+    p.add_argument("--dir", default="localserve", help="state directory (default ./localserve)")
+    p.add_argument("--password", help=f"password of {LOCAL_ACCOUNT} (default {LOCAL_PASSWORD})")
+    p.set_defaults(func=cmd_localserve)
+
+    cp = sub.add_parser("config", help="check the config or print its reference")
+    csub = cp.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+    p = csub.add_parser("check", help="validate the config file (and, with --ports, free ports)")
+    _add_config(p)
+    p.add_argument("--ports", action="store_true", help="also check the ports can be bound")
+    p.set_defaults(func=cmd_config_check)
+    p = csub.add_parser("reference", help="print the configuration reference (Markdown)")
+    p.set_defaults(func=cmd_config_reference)
+
+    ap = sub.add_parser("account", help="manage accounts")
+    asub = ap.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+    p = asub.add_parser("add", help="add an account (password from a prompt or stdin)")
+    _add_config(p)
+    p.add_argument("name")
+    p.add_argument("--address", "-a", action="append", help="address (repeatable)")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    p.set_defaults(func=cmd_account_add)
+    p = asub.add_parser("passwd", help="set an account's password (prompt or stdin)")
+    _add_config(p)
+    p.add_argument("name")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    p.set_defaults(func=cmd_account_passwd)
+    p = asub.add_parser("del", help="delete an account and all its mail")
+    _add_config(p)
+    p.add_argument("name")
+    p.set_defaults(func=cmd_account_del)
+    p = asub.add_parser("list", help="list accounts and their addresses")
+    _add_config(p)
+    p.set_defaults(func=cmd_account_list)
+
+    _add_optional_commands(sub)
+    return parser
+
+
+def _add_optional_commands(sub: Any) -> None:
+    """Commands owned by other packages (DNS, queue)."""
+    try:
+        from mxd.dns import cli as dns_cli
+    except ImportError:
+        dns_cli = None  # type: ignore[assignment]
+    if dns_cli is not None and hasattr(dns_cli, "add_arguments"):
+        dp = sub.add_parser("dns", help="DNS lookups through mxd's DNSSEC-aware resolver")
+        dsub = dp.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+        p = dsub.add_parser("lookup", help="look up TYPE NAME; show records, authenticity, EDE")
+        dns_cli.add_arguments(p)
+        p.set_defaults(func=dns_cli.run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as e:
+        print(f"mxd: {e}", file=sys.stderr)
+        return 1
+    except CLIError as e:
+        print(f"mxd: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except MxdError as e:
+        print(f"mxd: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
