@@ -97,7 +97,7 @@ class CramMD5Secret:
     def derive(cls, password: str) -> CramMD5Secret:
         key = password.encode("utf-8")
         if len(key) > 64:
-            key = hashlib.md5(key).digest()  # noqa: S324 - RFC 2104 key shortening
+            key = hashlib.md5(key).digest()  # RFC 2104 key shortening
         key = key.ljust(64, b"\0")
         ipad = bytes(b ^ 0x36 for b in key)
         opad = bytes(b ^ 0x5C for b in key)

@@ -14,8 +14,9 @@ def saslprep(s: str, *, allow_unassigned: bool = False) -> str:
     mapped = "".join(
         " " if stringprep.in_table_c12(c) else c for c in s if not stringprep.in_table_b1(c)
     )
-    # §2.2 normalisation: NFKC.
-    out = unicodedata.normalize("NFKC", mapped)
+    # §2.2 normalisation: NFKC as of Unicode 3.2, the version stringprep is defined
+    # against (RFC 3454 §4); later versions' corrections must not change stored names.
+    out = unicodedata.ucd_3_2_0.normalize("NFKC", mapped)
     if not out:
         return out
     for c in out:

@@ -1,0 +1,396 @@
+"""The SASL server (RFC 4422) that mxd's SMTP and IMAP servers share.
+
+``SASLServer`` implements ``api.ISASLServer``: it decides which mechanisms to offer on a
+connection, runs exchanges over the pure mechanism cores (``scram``, ``cram_md5``,
+``plain``, ``login``), looks secrets up through the callable it is given, applies the
+``AuthLimiter`` and logs and counts outcomes, never secrets.
+
+Choices (see also ``SASLSettings``):
+
+* -PLUS variants are offered only when the connection can provide at least one channel
+  binding type; the server then accepts every type that the connection provides
+  (``ChannelBindings.available``: tls-exporter, tls-unique, tls-server-end-point), so
+  that each client may use the type it implements.
+* Nothing is offered without TLS, except on a loopback connection when
+  ``allow_plaintext_on_loopback`` is set (SCRAM without TLS exposes the exchange to an
+  offline dictionary attack, so it is not offered there either by default).
+* An unknown user gets a SCRAM exchange that is shaped like any other: a salt derived
+  from a server secret and the user name (stable across attempts), the usual
+  iteration count, and a final ``e=invalid-proof``, exactly as for a wrong password.
+  PLAIN/LOGIN for an unknown user verify against a dummy hash of the same cost.
+* No proxy authorization: an authzid that differs from the authcid is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import attrs
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+
+from mxd.sasl import cram_md5, login, plain, scram
+from mxd.sasl.api import (
+    ConnectionInfo,
+    Continue,
+    Failure,
+    Outcome,
+    Success,
+    UnknownMechanism,
+)
+from mxd.sasl.credentials import (
+    DEFAULT_SCRAM_ITERATIONS,
+    SCRAM_HASHES,
+    SCRYPT_N,
+    PasswordHash,
+    ScramSecret,
+    StoredSecrets,
+)
+from mxd.sasl.ratelimit import AuthLimiter, IClock, IMetrics, NoMetrics
+from mxd.sasl.saslprep import saslprep
+
+T = TypeVar("T")
+
+ALL_MECHANISMS: tuple[str, ...] = (
+    "SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS", "SCRAM-SHA-256", "SCRAM-SHA-1",
+    "CRAM-MD5", "PLAIN", "LOGIN",
+)
+
+AUTH_FAILED = "authentication failed"
+RATE_LIMITED = "too many failed attempts, try again later"
+TEMPORARY = "authentication is temporarily unavailable"
+MALFORMED = "malformed SASL message"
+
+LookupSecrets = Callable[[str], "Deferred[StoredSecrets | None]"]
+RunBlocking = Callable[[Callable[[], Any]], "Deferred[Any]"]
+
+
+@attrs.frozen
+class SASLSettings:
+    mechanisms: tuple[str, ...] = ALL_MECHANISMS  # offered, in this order of preference
+    allow_plaintext_on_loopback: bool = False
+    # Secret for unknown users' fake SCRAM salts; None: random per process (fake salts
+    # then change on restart).  Give 32 stable random bytes to keep them stable.
+    fake_salt_key: bytes | None = attrs.field(default=None, repr=False)
+    fake_scram_iterations: int = DEFAULT_SCRAM_ITERATIONS  # match the accounts' count
+    fake_scrypt_n: int = SCRYPT_N  # match the accounts' scrypt cost
+
+    def __attrs_post_init__(self) -> None:
+        unknown = [m for m in self.mechanisms if m not in ALL_MECHANISMS]
+        if unknown:
+            raise ValueError(f"unknown SASL mechanisms: {', '.join(unknown)}")
+
+
+def _inline(f: Callable[[], T]) -> Deferred[T]:
+    return maybeDeferred(f)
+
+
+class SASLServer:
+    """``api.ISASLServer``.
+
+    ``lookup_secrets(name)`` fires with the account's StoredSecrets or None when there is
+    no such account; an errback makes the attempt fail temporarily.  ``run_blocking``
+    runs the scrypt check of PLAIN/LOGIN (default: inline; the composition layer can
+    pass ``twisted.internet.threads.deferToThread``).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, lookup_secrets: LookupSecrets, settings: SASLSettings, limiter: AuthLimiter,
+        clock: IClock, hostname: str, *, metrics: IMetrics | None = None,
+        run_blocking: RunBlocking | None = None,
+    ) -> None:
+        self._lookup = lookup_secrets
+        self.settings = settings
+        self._limiter = limiter
+        self._clock = clock
+        self._hostname = hostname
+        self._metrics: IMetrics = metrics if metrics is not None else NoMetrics()
+        self._run_blocking: RunBlocking = run_blocking if run_blocking is not None else _inline
+        self._fake_key = settings.fake_salt_key or os.urandom(32)
+        self._dummy_hash: PasswordHash | None = None
+
+    # -- ISASLServer --------------------------------------------------------------------
+
+    def advertised(self, conn: ConnectionInfo) -> list[str]:
+        plaintext_ok = conn.tls or (self.settings.allow_plaintext_on_loopback and conn.loopback)
+        can_bind = conn.channel_bindings is not None and bool(conn.channel_bindings.available)
+        out = []
+        for mech in self.settings.mechanisms:
+            if scram.is_plus(mech):
+                if can_bind:
+                    out.append(mech)
+            elif plaintext_ok:
+                out.append(mech)
+        return out
+
+    def start(self, mechanism: str, conn: ConnectionInfo) -> ServerExchangeBase:
+        offered = self.advertised(conn)
+        name = mechanism.upper()
+        if name not in offered:
+            raise UnknownMechanism(mechanism)
+        if name in scram.MECHANISMS:
+            plus_advertised = any(scram.is_plus(m) for m in offered)
+            return _ScramExchange(self, name, conn, plus_advertised)
+        if name == cram_md5.MECHANISM:
+            return _CramMD5Exchange(self, name, conn)
+        if name == plain.MECHANISM:
+            return _PlainExchange(self, name, conn)
+        return _LoginExchange(self, name, conn)
+
+    def check_password(self, username: str, password: str, conn: ConnectionInfo) -> Deferred[Outcome]:
+        return Deferred.fromCoroutine(self._check_plaintext("PASSWORD", username, password, conn))
+
+    # -- shared pieces ------------------------------------------------------------------
+
+    def _limited(self, mech: str, conn: ConnectionInfo, user: str | None) -> Failure | None:
+        verdict = self._limiter.check(conn.remote_ip, user)
+        if verdict.allowed:
+            return None
+        self.log.info(
+            "SASL {mechanism} refused (rate limit by {scope}, retry in {retry_after:.0f}s) "
+            "for {username!r} from {remote_ip} on {service}",
+            mechanism=mech, scope=verdict.scope, retry_after=verdict.retry_after,
+            username=user, remote_ip=conn.remote_ip, service=conn.service)
+        self._count(mech, conn, "rate_limited")
+        return Failure(RATE_LIMITED, rate_limited=True)
+
+    def _count(self, mech: str, conn: ConnectionInfo, result: str) -> None:
+        self._metrics.inc("sasl_auth_total", mechanism=mech, result=result, service=conn.service)
+
+    def succeeded(self, mech: str, conn: ConnectionInfo, user: str,
+                  additional: bytes | None = None) -> Success:
+        self._limiter.success(conn.remote_ip, user)
+        self._count(mech, conn, "success")
+        self.log.info("SASL {mechanism} success for {username!r} from {remote_ip} on {service}",
+                      mechanism=mech, username=user, remote_ip=conn.remote_ip,
+                      service=conn.service)
+        return Success(authcid=user, authzid=None, additional=additional, mechanism=mech)
+
+    def failed(self, mech: str, conn: ConnectionInfo, user: str | None, why: str,
+               reason: str = AUTH_FAILED, additional: bytes | None = None) -> Failure:
+        self._limiter.failure(conn.remote_ip, user)
+        self._count(mech, conn, "failure")
+        self.log.info(
+            "SASL {mechanism} failure for {username!r} from {remote_ip} on {service}: {why}",
+            mechanism=mech, username=user, remote_ip=conn.remote_ip, service=conn.service,
+            why=why)
+        return Failure(reason, additional=additional)
+
+    def temporary(self, mech: str, conn: ConnectionInfo, user: str | None) -> Failure:
+        self._count(mech, conn, "temporary")
+        self.log.failure("SASL {mechanism} secret lookup failed for {username!r}",
+                         mechanism=mech, username=user)
+        return Failure(TEMPORARY, temporary=True)
+
+    def fake_scram_secret(self, hash_name: str, user: str) -> ScramSecret:
+        """RFC 5802 §9 ("unknown-user"): a believable, stable salt for a missing user."""
+        mac = hmac.new(self._fake_key, f"{hash_name}\0{user}".encode(), hashlib.sha256)
+        salt = mac.digest()[:16]
+        size = hashlib.new(SCRAM_HASHES[hash_name]).digest_size
+        return ScramSecret(hash_name, salt, self.settings.fake_scram_iterations,
+                           os.urandom(size), os.urandom(size))
+
+    async def lookup(self, user: str) -> StoredSecrets | None:
+        return await self._lookup(user)
+
+    async def _check_plaintext(
+        self, mech: str, username: str, password: str, conn: ConnectionInfo,
+        authzid: str | None = None,
+    ) -> Outcome:
+        try:
+            user = saslprep(username)
+            authz = saslprep(authzid) if authzid else None
+        except ValueError:
+            return self.failed(mech, conn, None, "user name fails SASLprep", MALFORMED)
+        if not user:
+            return self.failed(mech, conn, None, "empty user name", MALFORMED)
+        limited = self._limited(mech, conn, user)
+        if limited is not None:
+            return limited
+        if authz is not None and authz != user:
+            return self.failed(mech, conn, user, "authzid differs (no proxy authorization)",
+                               "authorization identity not permitted")
+        try:
+            secrets = await self.lookup(user)
+        except Exception:  # noqa: BLE001 - any store error: fail temporarily, logged
+            return self.temporary(mech, conn, user)
+        pw_hash = secrets.password if secrets is not None else self._dummy()
+        ok = await self._run_blocking(lambda: pw_hash.verify(password))
+        if secrets is None:
+            return self.failed(mech, conn, user, "no such user")
+        if not ok:
+            return self.failed(mech, conn, user, "wrong password")
+        return self.succeeded(mech, conn, user)
+
+    def _dummy(self) -> PasswordHash:
+        if self._dummy_hash is None:
+            self._dummy_hash = PasswordHash.derive(os.urandom(16).hex(), n=self.settings.fake_scrypt_n)
+        return self._dummy_hash
+
+
+# --- exchanges -------------------------------------------------------------------------
+
+
+class ServerExchangeBase:
+    """One exchange; ``step`` fires with Continue, Success or Failure, never errbacks."""
+
+    def __init__(self, server: SASLServer, mechanism: str, conn: ConnectionInfo) -> None:
+        self.mechanism = mechanism
+        self._server = server
+        self._conn = conn
+        self._done = False
+        self._busy = False
+
+    def step(self, data: bytes | None) -> Deferred[Outcome]:
+        if self._done:
+            return Deferred.fromCoroutine(self._after_end())
+        if self._busy:
+            return Deferred.fromCoroutine(self._after_end())
+        self._busy = True
+        return Deferred.fromCoroutine(self._guarded(data))
+
+    async def _after_end(self) -> Outcome:
+        return Failure("SASL exchange out of order")
+
+    async def _guarded(self, data: bytes | None) -> Outcome:
+        try:
+            outcome = await self._step(data)
+        except Exception:  # noqa: BLE001 - a bug must not kill the connection; logged
+            self._server.log.failure("SASL {mechanism} exchange crashed", mechanism=self.mechanism)
+            outcome = Failure(TEMPORARY, temporary=True)
+        self._busy = False
+        if not isinstance(outcome, Continue):
+            self._done = True
+        return outcome
+
+    def _step(self, data: bytes | None) -> Coroutine[Any, Any, Outcome]:
+        raise NotImplementedError
+
+
+class _ScramExchange(ServerExchangeBase):
+    def __init__(self, server: SASLServer, mechanism: str, conn: ConnectionInfo,
+                 plus_advertised: bool) -> None:
+        super().__init__(server, mechanism, conn)
+        self._core = scram.ScramServer(
+            mechanism, conn.channel_bindings, plus_advertised=plus_advertised)
+        self._state = "first"
+        self._user: str | None = None
+        self._known = False
+
+    async def _step(self, data: bytes | None) -> Outcome:
+        s, conn, mech = self._server, self._conn, self.mechanism
+        if self._state == "first":
+            if not data:  # RFC 4422 §5: no initial response: send an empty challenge
+                self._state = "first-again"
+                return Continue(b"")
+            return await self._first(data)
+        if self._state == "first-again":
+            return await self._first(data or b"")
+        if self._state == "final":
+            try:
+                verifier = self._core.client_final(data or b"")
+            except scram.ScramError as e:
+                why = f"{e.code} ({e.detail})" + ("" if self._known else ", no such user")
+                return s.failed(mech, conn, self._user, why, additional=e.server_final)
+            if not self._known or self._user is None:
+                # Unreachable with random stored keys; never let a fake secret succeed.
+                return s.failed(mech, conn, self._user, "no such user",
+                                additional=b"e=invalid-proof")
+            return s.succeeded(mech, conn, self._user, additional=verifier)
+        return Failure("SASL exchange out of order")
+
+    async def _first(self, data: bytes) -> Outcome:
+        s, conn, mech = self._server, self._conn, self.mechanism
+        try:
+            self._core.client_first(data)
+        except scram.ScramError as e:
+            if e.code == scram.ScramErrorCode.CHANNEL_BINDING_NOT_SUPPORTED and not scram.is_plus(mech):
+                s.log.warn(
+                    "SASL {mechanism}: client from {remote_ip} sent gs2 p= under a non-PLUS "
+                    "mechanism name (a known Cyrus SASL client bug); refused",
+                    mechanism=mech, remote_ip=conn.remote_ip)
+            return s.failed(mech, conn, None, f"{e.code} ({e.detail})", additional=e.server_final)
+        self._user = user = self._core.username
+        limited = s._limited(mech, conn, user)
+        if limited is not None:
+            return limited
+        try:
+            secrets = await s.lookup(user)
+        except Exception:  # noqa: BLE001 - any store error: fail temporarily, logged
+            return s.temporary(mech, conn, user)
+        secret = secrets.scram.get(self._core.hash_name) if secrets is not None else None
+        self._known = secret is not None
+        if secret is None:
+            secret = s.fake_scram_secret(self._core.hash_name, user)
+        self._state = "final"
+        return Continue(self._core.server_first(secret))
+
+
+class _CramMD5Exchange(ServerExchangeBase):
+    def __init__(self, server: SASLServer, mechanism: str, conn: ConnectionInfo) -> None:
+        super().__init__(server, mechanism, conn)
+        self._challenge: bytes | None = None
+
+    async def _step(self, data: bytes | None) -> Outcome:
+        s, conn, mech = self._server, self._conn, self.mechanism
+        if self._challenge is None:
+            if data:  # RFC 2195: the server speaks first; no initial response
+                return s.failed(mech, conn, None, "initial response", MALFORMED)
+            self._challenge = cram_md5.make_challenge(s._hostname, s._clock.seconds())
+            return Continue(self._challenge)
+        try:
+            resp = cram_md5.parse_response(data or b"")
+            user = saslprep(resp.username)
+        except (cram_md5.CramMD5Error, ValueError):
+            return s.failed(mech, conn, None, "malformed response", MALFORMED)
+        limited = s._limited(mech, conn, user)
+        if limited is not None:
+            return limited
+        try:
+            secrets = await s.lookup(user)
+        except Exception:  # noqa: BLE001 - any store error: fail temporarily, logged
+            return s.temporary(mech, conn, user)
+        if secrets is None or secrets.cram_md5 is None:
+            return s.failed(mech, conn, user, "no such user or no CRAM-MD5 secret")
+        if not cram_md5.verify(secrets.cram_md5, self._challenge, resp.digest):
+            return s.failed(mech, conn, user, "wrong digest")
+        return s.succeeded(mech, conn, user)
+
+
+class _PlainExchange(ServerExchangeBase):
+    def __init__(self, server: SASLServer, mechanism: str, conn: ConnectionInfo) -> None:
+        super().__init__(server, mechanism, conn)
+        self._asked = False
+
+    async def _step(self, data: bytes | None) -> Outcome:
+        s, conn, mech = self._server, self._conn, self.mechanism
+        if data is None and not self._asked:  # RFC 4616 §2: an empty challenge first
+            self._asked = True
+            return Continue(b"")
+        try:
+            msg = plain.parse_plain(data or b"")
+        except plain.PlainError as e:
+            return s.failed(mech, conn, None, str(e), MALFORMED)
+        return await s._check_plaintext(mech, msg.authcid, msg.password, conn, msg.authzid)
+
+
+class _LoginExchange(ServerExchangeBase):
+    def __init__(self, server: SASLServer, mechanism: str, conn: ConnectionInfo) -> None:
+        super().__init__(server, mechanism, conn)
+        self._core = login.LoginServer()
+
+    async def _step(self, data: bytes | None) -> Outcome:
+        s, conn, mech = self._server, self._conn, self.mechanism
+        try:
+            out = self._core.step(data)
+        except login.LoginError as e:
+            return s.failed(mech, conn, None, str(e), MALFORMED)
+        if isinstance(out, bytes):
+            return Continue(out)
+        return await s._check_plaintext(mech, out.username, out.password, conn)
