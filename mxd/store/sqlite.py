@@ -1,0 +1,863 @@
+"""The embedded store: SQLite (WAL, synchronous=FULL) metadata plus one file per body.
+
+``SQLiteStore`` implements ``IAccountStore`` and ``IMailStore`` (mxd.store.interfaces).
+Every SQLite call runs on one writer thread with group commit (mxd.store.writer); the
+reactor thread only writes arriving body bytes to ``tmp/`` and fires Deferreds.
+
+Use::
+
+    store = SQLiteStore(data_dir, reactor)
+    store.register_schema("queue", QUEUE_MIGRATIONS)   # optional, before open()
+    await store.open()
+    ...
+    await store.close()
+
+Semantics worth knowing:
+
+* UIDVALIDITY comes from a database-wide counter that starts at the creation time (in
+  seconds) and only grows, so a mailbox deleted and created again, or created in place
+  of a renamed one, never reuses a value (RFC 3501 §2.3.1.1).
+* Each mailbox has a modseq counter (RFC 7162).  Every change (delivery, append, flag
+  store, copy/move in, expunge) takes the next value once for the whole operation; the
+  messages it touched carry it.  Expunged UIDs stay in ``vanished`` with that modseq so
+  QRESYNC can report VANISHED (``list_vanished``).
+* Names: "/" separates levels; "INBOX" is case-insensitive.  CREATE makes missing
+  superiors (RFC 3501 §6.3.3).  There is no \\Noselect: DELETE of a mailbox that has
+  inferiors fails with ``MailboxHasChildren`` (RFC 3501 §6.3.4 lets a server refuse;
+  the client deletes the children first).  INBOX cannot be deleted; RENAME of INBOX
+  moves its messages to the new mailbox and leaves INBOX empty (RFC 3501 §6.3.5).
+  RENAME moves the inferiors along.
+* Bodies are shared: copy, move, and queue rows reference one file; ``blobs.refcount``
+  counts the references (message rows keep it exact through triggers).  The file is
+  removed after the commit that drops the last reference.
+
+For the outbound queue (mxd.queue), which keeps its tables in this same database:
+
+* ``register_schema(name, migrations)`` before ``open()``: a component name and a list of
+  SQL scripts (step *i* takes the component to version *i + 1*); applied at open, each in
+  its own transaction; a database newer than the list fails ``open`` with SchemaTooNew.
+* ``transact(fn)`` runs ``fn(conn)`` on the writer thread inside one transaction (really a
+  savepoint in a group commit): commit when it returns, rollback when it raises; the
+  Deferred fires with fn's result after the commit is durable.  ``fn`` must not call
+  ``commit``/``rollback``/``BEGIN`` itself, nor block on the reactor.
+* ``commit_blob(writer)`` makes a body durable and fires with its id.  The body has
+  refcount 0 until referenced; a body still at 0 at the next start is removed.
+* ``ref_blob(conn, blob_id)`` / ``unref_blob(conn, blob_id)`` inside ``transact``: count a
+  queue row's reference; the unref that reaches 0 removes the file after the commit.
+* To deliver locally *and* queue one message with one file: ``blob_id = await
+  commit_blob(w)``, then ``deliver(w, ...)`` (a durable writer is reused, not copied) and
+  ``transact(... ref_blob(conn, blob_id) ...)``.  Submit both before waiting on either, so
+  no expunge can drop the last reference between them (the writer runs work in order).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from mxd.store import names
+from mxd.store.blobs import BlobError, BlobFiles, FileBlobWriter
+from mxd.store.interfaces import (
+    DEFAULT_MAILBOXES,
+    Account,
+    AccountExists,
+    AddressInUse,
+    BlobWriter,
+    Delivery,
+    MailboxChange,
+    MailboxExists,
+    MailboxInfo,
+    MessageInfo,
+    MessageProps,
+    NoSuchAccount,
+    NoSuchMailbox,
+    SpecialUse,
+    StoreError,
+)
+from mxd.store.schema import STORE_MIGRATIONS, SchemaError, migrate
+from mxd.store.writer import OpContext, PoolLike, StoreClosed, Writer
+
+log = Logger()
+
+T = TypeVar("T")
+
+DB_NAME = "mxd.sqlite3"
+MAX_UID = 2**32 - 1
+_CHUNK = 500  # host parameters per IN (...) list
+
+
+class MailboxHasChildren(StoreError):
+    """RFC 3501 §6.3.4: the mailbox has inferiors (mxd has no \\Noselect mailboxes)."""
+
+
+class CannotDeleteInbox(StoreError):
+    """RFC 3501 §6.3.4: deleting INBOX is an error."""
+
+
+@attrs.frozen
+class StoreSettings:
+    """Settings of the embedded store."""
+
+    max_batch: int = 64  # operations per group commit; 1 = one transaction each
+    busy_timeout_ms: int = 5000
+    scan_orphans: bool = True  # at open, remove body files no row references
+
+
+class SQLiteStore:
+    """SQLite + files implementation of IAccountStore and IMailStore."""
+
+    def __init__(
+        self, data_dir: Path, reactor: IReactorFromThreads, *,
+        settings: StoreSettings = StoreSettings(), threadpool: PoolLike | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.settings = settings
+        self._reactor = reactor
+        self._files = BlobFiles(self.data_dir)
+        pool = threadpool if threadpool is not None else ThreadPool(1, 1, "mxd-store")
+        self._writer = Writer(reactor, pool, self._files, max_batch=settings.max_batch)
+        self._writer.on_changes = self._dispatch
+        self._schemas: dict[str, list[str]] = {"store": STORE_MIGRATIONS}
+        self._listeners: dict[int, list[Callable[[MailboxChange], None]]] = {}
+        self._ctx: OpContext | None = None  # the running transact() op (writer thread)
+        self._opened = False
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / DB_NAME
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def register_schema(self, name: str, migrations: list[str]) -> None:
+        """Add a component's versioned tables; must be called before ``open``."""
+        if self._opened:
+            raise StoreError("register_schema must be called before open()")
+        if name in self._schemas:
+            raise StoreError(f"schema {name!r} is already registered")
+        self._schemas[name] = list(migrations)
+
+    def open(self) -> Deferred[None]:
+        """Create or upgrade the database, clean up after a crash, start the writer.
+
+        Errbacks with SchemaTooNew / SchemaError / StoreError."""
+        if self._opened:
+            raise StoreError("store is already open")
+        self._opened = True
+        return self._writer.start(self._connect)
+
+    @property
+    def idle(self) -> bool:
+        """True when no operation is queued or running (for tests and shutdown)."""
+        return self._writer.idle
+
+    def close(self) -> Deferred[None]:
+        """Finish queued work, then close the database and stop the writer thread."""
+        def _finish(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute("PRAGMA optimize")
+            except sqlite3.Error:
+                pass
+
+        return self._writer.stop(_finish)
+
+    def _connect(self) -> sqlite3.Connection:
+        """Writer thread: open, configure, migrate and clean up."""
+        self._files.ensure_dirs()
+        conn = sqlite3.connect(
+            self.db_path, isolation_level=None, check_same_thread=False,
+            timeout=self.settings.busy_timeout_ms / 1000,
+        )
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"cannot put {self.db_path} in WAL mode (got {mode})")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            for name, steps in self._schemas.items():
+                n = migrate(conn, name, steps)
+                if n:
+                    log.info("schema {name} migrated by {steps} step(s)", name=name, steps=n)
+            self._cleanup(conn)
+        except sqlite3.Error as e:
+            conn.close()
+            raise SchemaError(f"cannot open {self.db_path}: {e}") from e
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _cleanup(self, conn: sqlite3.Connection) -> None:
+        """Remove what a crash may leave: tmp files, unreferenced and orphan bodies."""
+        n_tmp = self._files.clean_tmp()
+        conn.execute("BEGIN IMMEDIATE")
+        zero = [r[0] for r in conn.execute("SELECT id FROM blobs WHERE refcount = 0")]
+        conn.execute("DELETE FROM blobs WHERE refcount = 0")
+        conn.execute("COMMIT")
+        self._files.unlink(zero)
+        orphans: list[str] = []
+        if self.settings.scan_orphans:
+            known = {r[0] for r in conn.execute("SELECT id FROM blobs")}
+            on_disk = set(self._files.iter_blob_ids())
+            orphans = sorted(on_disk - known)
+            self._files.unlink(orphans)
+            missing = known - on_disk
+            if missing:
+                log.error("{n} message bodies are missing from {dir}", n=len(missing),
+                          dir=str(self._files.blob_dir))
+        if n_tmp or zero or orphans:
+            log.info("cleanup: removed {tmp} tmp files, {zero} unreferenced and "
+                     "{orphans} orphan bodies", tmp=n_tmp, zero=len(zero), orphans=len(orphans))
+
+    # -- queue support ---------------------------------------------------------------------
+    def transact(self, fn: Callable[[sqlite3.Connection], T]) -> Deferred[T]:
+        """Run ``fn(conn)`` in one transaction on the writer thread (see module doc)."""
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> T:
+            self._ctx = ctx
+            try:
+                return fn(conn)
+            finally:
+                self._ctx = None
+
+        return self._writer.submit(op)
+
+    def commit_blob(self, writer: BlobWriter) -> Deferred[str]:
+        """Make a body durable; fires with its id (refcount 0 until referenced)."""
+        w = self._own_writer(writer)
+
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> str:
+            self._register_blob(conn, ctx, w)
+            return w.blob_id
+
+        return self._writer.submit(op, [w])
+
+    def ref_blob(self, conn: sqlite3.Connection, blob_id: str) -> None:
+        """Inside ``transact``: one more reference to a durable body."""
+        cur = conn.execute("UPDATE blobs SET refcount = refcount + 1 WHERE id = ?", (blob_id,))
+        if cur.rowcount != 1:
+            raise BlobError(f"no such blob {blob_id}")
+
+    def unref_blob(self, conn: sqlite3.Connection, blob_id: str) -> None:
+        """Inside ``transact``: drop a reference; at zero the file goes after the commit."""
+        if self._ctx is None:
+            raise StoreError("unref_blob must be called inside transact()")
+        cur = conn.execute(
+            "UPDATE blobs SET refcount = refcount - 1 WHERE id = ? AND refcount > 0", (blob_id,))
+        if cur.rowcount != 1:
+            raise BlobError(f"no reference to drop on blob {blob_id}")
+        self._gc(conn, self._ctx, [blob_id])
+
+    # -- bodies ----------------------------------------------------------------------------
+    def new_blob(self) -> FileBlobWriter:
+        return self._files.new_writer()
+
+    def open_blob(self, blob_id: str) -> BinaryIO:
+        return self._files.open(blob_id)
+
+    def blob_path(self, blob_id: str) -> Path:
+        return self._files.path(blob_id)
+
+    def _own_writer(self, writer: BlobWriter) -> FileBlobWriter:
+        if not isinstance(writer, FileBlobWriter) or writer._files is not self._files:
+            raise StoreError("blob writer does not belong to this store")
+        return writer
+
+    @staticmethod
+    def _register_blob(conn: sqlite3.Connection, ctx: OpContext, w: FileBlobWriter) -> None:
+        if w.blob_id in ctx.fresh_blobs:
+            conn.execute("INSERT OR IGNORE INTO blobs (id, size, refcount) VALUES (?, ?, 0)",
+                         (w.blob_id, w.size))
+        elif conn.execute("SELECT 1 FROM blobs WHERE id = ?", (w.blob_id,)).fetchone() is None:
+            raise BlobError(f"blob {w.blob_id} no longer exists")
+
+    @staticmethod
+    def _gc(conn: sqlite3.Connection, ctx: OpContext, blob_ids: Iterable[str]) -> None:
+        for blob_id in set(blob_ids):
+            cur = conn.execute("DELETE FROM blobs WHERE id = ? AND refcount = 0", (blob_id,))
+            if cur.rowcount:
+                ctx.unlink_after_commit.append(blob_id)
+
+    def _now(self) -> datetime:
+        seconds = getattr(self._reactor, "seconds", time.time)
+        return datetime.fromtimestamp(int(seconds()), UTC)
+
+    # -- notifications ---------------------------------------------------------------------
+    def subscribe(self, mailbox_id: int, listener: Callable[[MailboxChange], None]) -> Callable[[], None]:
+        self._listeners.setdefault(mailbox_id, []).append(listener)
+
+        def unsubscribe() -> None:
+            lst = self._listeners.get(mailbox_id, [])
+            if listener in lst:
+                lst.remove(listener)
+            if not lst:
+                self._listeners.pop(mailbox_id, None)
+
+        return unsubscribe
+
+    def _dispatch(self, changes: list[MailboxChange]) -> None:
+        for change in changes:
+            for listener in list(self._listeners.get(change.mailbox_id, ())):
+                try:
+                    listener(change)
+                except Exception:  # noqa: BLE001 - one listener must not break the others
+                    log.failure("mailbox listener failed for {mailbox_id}",
+                                mailbox_id=change.mailbox_id)
+
+    # -- accounts --------------------------------------------------------------------------
+    def add_account(self, name: str, secrets_text: str, addresses: Iterable[str] = ()) -> Deferred[Account]:
+        addrs = tuple(addresses)
+
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> Account:
+            _check_account_name(name)
+            try:
+                cur = conn.execute("INSERT INTO accounts (name, secrets) VALUES (?, ?)",
+                                   (name, secrets_text))
+            except sqlite3.IntegrityError:
+                raise AccountExists(f"account {name!r} exists") from None
+            account_id = int(cur.lastrowid or 0)
+            for a in addrs:
+                _insert_address(conn, account_id, a)
+            for mbox, use in DEFAULT_MAILBOXES.items():
+                _create_one(conn, account_id, mbox, use, subscribed=True)
+            return Account(account_id, name, addrs)
+
+        return self._writer.submit(op)
+
+    def delete_account(self, name: str) -> Deferred[None]:
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> None:
+            account_id = _account_id(conn, name)
+            for (mailbox_id,) in conn.execute(
+                    "SELECT id FROM mailboxes WHERE account_id = ?", (account_id,)).fetchall():
+                self._drop_mailbox(conn, ctx, mailbox_id)
+            conn.execute("DELETE FROM accounts WHERE id = ?", (account_id,))
+
+        return self._writer.submit(op)
+
+    def set_secrets(self, name: str, secrets_text: str) -> Deferred[None]:
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> None:
+            cur = conn.execute("UPDATE accounts SET secrets = ? WHERE name = ?", (secrets_text, name))
+            if cur.rowcount != 1:
+                raise NoSuchAccount(f"no account {name!r}")
+
+        return self._writer.submit(op)
+
+    def get_account(self, name: str) -> Deferred[Account | None]:
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> Account | None:
+            row = conn.execute("SELECT id, name FROM accounts WHERE name = ?", (name,)).fetchone()
+            return _account(conn, row[0], row[1]) if row else None
+
+        return self._writer.submit(op)
+
+    def get_account_by_id(self, account_id: int) -> Deferred[Account | None]:
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> Account | None:
+            row = conn.execute("SELECT id, name FROM accounts WHERE id = ?", (account_id,)).fetchone()
+            return _account(conn, row[0], row[1]) if row else None
+
+        return self._writer.submit(op)
+
+    def get_secrets(self, name: str) -> Deferred[str | None]:
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> str | None:
+            row = conn.execute("SELECT secrets FROM accounts WHERE name = ?", (name,)).fetchone()
+            return str(row[0]) if row else None
+
+        return self._writer.submit(op)
+
+    def list_accounts(self) -> Deferred[list[Account]]:
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> list[Account]:
+            rows = conn.execute("SELECT id, name FROM accounts ORDER BY name").fetchall()
+            return [_account(conn, r[0], r[1]) for r in rows]
+
+        return self._writer.submit(op)
+
+    def add_address(self, name: str, address: str) -> Deferred[None]:
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> None:
+            _insert_address(conn, _account_id(conn, name), address)
+
+        return self._writer.submit(op)
+
+    def remove_address(self, address: str) -> Deferred[None]:
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> None:
+            conn.execute("DELETE FROM addresses WHERE address = ?", (address,))
+
+        return self._writer.submit(op)
+
+    def account_for_address(self, address: str) -> Deferred[Account | None]:
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> Account | None:
+            row = conn.execute(
+                "SELECT a.id, a.name FROM addresses d JOIN accounts a ON a.id = d.account_id "
+                "WHERE d.address = ?", (address,)).fetchone()
+            return _account(conn, row[0], row[1]) if row else None
+
+        return self._writer.submit(op)
+
+    # -- delivery --------------------------------------------------------------------------
+    def deliver(
+        self, blob: BlobWriter, targets: Sequence[Delivery], props: MessageProps,
+        internal_date: datetime | None = None,
+    ) -> Deferred[list[int]]:
+        w = self._own_writer(blob)
+        when = internal_date or self._now()
+        targets = list(targets)
+
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> list[int]:
+            flag_sets = [names.clean_flags(t.flags) for t in targets]
+            self._register_blob(conn, ctx, w)
+            uids = []
+            for t, flags in zip(targets, flag_sets, strict=True):
+                mailbox_id = _mailbox_id(conn, t.account_id, t.mailbox)
+                uid, modseq = _insert_new(conn, mailbox_id, w, flags, when, props)
+                ctx.changes.append(MailboxChange(mailbox_id, "exists", (uid,), modseq))
+                uids.append(uid)
+            return uids
+
+        return self._writer.submit(op, [w])
+
+    def append(
+        self, mailbox_id: int, blob: BlobWriter, flags: frozenset[str],
+        internal_date: datetime | None = None,
+    ) -> Deferred[int]:
+        w = self._own_writer(blob)
+        when = internal_date or self._now()
+
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> int:
+            clean = names.clean_flags(flags)
+            self._register_blob(conn, ctx, w)
+            _check_mailbox(conn, mailbox_id)
+            uid, modseq = _insert_new(conn, mailbox_id, w, clean, when, MessageProps())
+            ctx.changes.append(MailboxChange(mailbox_id, "exists", (uid,), modseq))
+            return uid
+
+        return self._writer.submit(op, [w])
+
+    # -- mailboxes -------------------------------------------------------------------------
+    def list_mailboxes(self, account_id: int) -> Deferred[list[MailboxInfo]]:
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> list[MailboxInfo]:
+            _check_account(conn, account_id)
+            rows = conn.execute(_MAILBOX_SELECT + " WHERE m.account_id = ? ORDER BY m.name",
+                                (account_id,)).fetchall()
+            return [_mailbox_info(r) for r in rows]
+
+        return self._writer.submit(op)
+
+    def get_mailbox(self, account_id: int, name: str) -> Deferred[MailboxInfo]:
+        mailbox_name = name
+
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> MailboxInfo:
+            name = names.normalize_mailbox_name(mailbox_name)
+            row = conn.execute(_MAILBOX_SELECT + " WHERE m.account_id = ? AND m.name = ?",
+                               (account_id, name)).fetchone()
+            if row is None:
+                _check_account(conn, account_id)
+                raise NoSuchMailbox(f"no mailbox {name!r}")
+            return _mailbox_info(row)
+
+        return self._writer.submit(op)
+
+    def get_mailbox_by_id(self, mailbox_id: int) -> Deferred[MailboxInfo]:
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> MailboxInfo:
+            row = conn.execute(_MAILBOX_SELECT + " WHERE m.id = ?", (mailbox_id,)).fetchone()
+            if row is None:
+                raise NoSuchMailbox(f"no mailbox with id {mailbox_id}")
+            return _mailbox_info(row)
+
+        return self._writer.submit(op)
+
+    def create_mailbox(self, account_id: int, name: str, special_use: SpecialUse | None = None) -> Deferred[MailboxInfo]:
+        mailbox_name = name
+
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> MailboxInfo:
+            name = names.normalize_mailbox_name(mailbox_name)
+            _check_account(conn, account_id)
+            if _find_mailbox(conn, account_id, name) is not None:
+                raise MailboxExists(f"mailbox {name!r} exists")
+            for parent in names.parents(name):  # RFC 3501 §6.3.3
+                if _find_mailbox(conn, account_id, parent) is None:
+                    _create_one(conn, account_id, parent, None, subscribed=False)
+            mailbox_id = _create_one(conn, account_id, name, special_use, subscribed=False)
+            row = conn.execute(_MAILBOX_SELECT + " WHERE m.id = ?", (mailbox_id,)).fetchone()
+            return _mailbox_info(row)
+
+        return self._writer.submit(op)
+
+    def delete_mailbox(self, account_id: int, name: str) -> Deferred[None]:
+        mailbox_name = name
+
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> None:
+            name = names.normalize_mailbox_name(mailbox_name)
+            if names.is_inbox(name):
+                raise CannotDeleteInbox("INBOX cannot be deleted")
+            mailbox_id = _mailbox_id(conn, account_id, name)
+            child = conn.execute(
+                "SELECT 1 FROM mailboxes WHERE account_id = ? AND name LIKE ? ESCAPE '!' LIMIT 1",
+                (account_id, names.like_children(name))).fetchone()
+            if child is not None:  # RFC 3501 §6.3.4
+                raise MailboxHasChildren(f"mailbox {name!r} has inferior mailboxes")
+            self._drop_mailbox(conn, ctx, mailbox_id)
+
+        return self._writer.submit(op)
+
+    def _drop_mailbox(self, conn: sqlite3.Connection, ctx: OpContext, mailbox_id: int) -> None:
+        blob_ids = [r[0] for r in conn.execute(
+            "SELECT DISTINCT blob_id FROM messages WHERE mailbox_id = ?", (mailbox_id,))]
+        conn.execute("DELETE FROM messages WHERE mailbox_id = ?", (mailbox_id,))
+        conn.execute("DELETE FROM mailboxes WHERE id = ?", (mailbox_id,))
+        self._gc(conn, ctx, blob_ids)
+        ctx.changes.append(MailboxChange(mailbox_id, "deleted"))
+
+    def rename_mailbox(self, account_id: int, old: str, new: str) -> Deferred[None]:
+        old_name, new_name = old, new
+
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> None:
+            old = names.normalize_mailbox_name(old_name)
+            new = names.normalize_mailbox_name(new_name)
+            src = _mailbox_id(conn, account_id, old)
+            if _find_mailbox(conn, account_id, new) is not None:
+                raise MailboxExists(f"mailbox {new!r} exists")
+            if names.is_inferior(new, old):
+                raise StoreError(f"cannot rename {old!r} to its own inferior {new!r}")
+            for parent in names.parents(new):
+                if _find_mailbox(conn, account_id, parent) is None:
+                    _create_one(conn, account_id, parent, None, subscribed=False)
+            if names.is_inbox(old):  # RFC 3501 §6.3.5: move INBOX's messages, keep INBOX
+                dest = _create_one(conn, account_id, new, None, subscribed=False)
+                uids = [r[0] for r in conn.execute(
+                    "SELECT uid FROM messages WHERE mailbox_id = ? ORDER BY uid", (src,))]
+                _move(conn, ctx, src, uids, dest)
+                return
+            affected = [r[0] for r in conn.execute(
+                "SELECT id FROM mailboxes WHERE account_id = ? AND (name = ? OR name LIKE ? ESCAPE '!')",
+                (account_id, old, names.like_children(old)))]
+            try:
+                conn.execute(
+                    "UPDATE mailboxes SET name = ? || substr(name, ?) WHERE account_id = ? "
+                    "AND (name = ? OR name LIKE ? ESCAPE '!')",
+                    (new, len(old) + 1, account_id, old, names.like_children(old)))
+            except sqlite3.IntegrityError:
+                raise MailboxExists(f"a mailbox below {new!r} exists") from None
+            for mailbox_id in affected:
+                ctx.changes.append(MailboxChange(mailbox_id, "renamed"))
+
+        return self._writer.submit(op)
+
+    def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> Deferred[None]:
+        mailbox_name = name
+
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> None:
+            name = names.normalize_mailbox_name(mailbox_name)
+            mailbox_id = _mailbox_id(conn, account_id, name)
+            conn.execute("UPDATE mailboxes SET subscribed = ? WHERE id = ?",
+                         (int(subscribed), mailbox_id))
+
+        return self._writer.submit(op)
+
+    # -- messages --------------------------------------------------------------------------
+    def list_messages(self, mailbox_id: int, since_modseq: int = 0) -> Deferred[list[MessageInfo]]:
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> list[MessageInfo]:
+            _check_mailbox(conn, mailbox_id)
+            rows = conn.execute(
+                _MESSAGE_SELECT + " WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
+                (mailbox_id, since_modseq)).fetchall()
+            return [_message_info(r) for r in rows]
+
+        return self._writer.submit(op)
+
+    def list_vanished(self, mailbox_id: int, since_modseq: int = 0) -> Deferred[list[int]]:
+        """UIDs expunged after ``since_modseq`` (RFC 7162 §3.2.5.2 VANISHED (EARLIER))."""
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> list[int]:
+            _check_mailbox(conn, mailbox_id)
+            return [r[0] for r in conn.execute(
+                "SELECT uid FROM vanished WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
+                (mailbox_id, since_modseq))]
+
+        return self._writer.submit(op)
+
+    def get_message_props(self, mailbox_id: int, uid: int) -> Deferred[MessageProps | None]:
+        """The MessageProps recorded at delivery; None when there is no such message."""
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> MessageProps | None:
+            row = conn.execute(
+                "SELECT requiretls, tls_required_no, mail_from, received_via FROM messages "
+                "WHERE mailbox_id = ? AND uid = ?", (mailbox_id, uid)).fetchone()
+            if row is None:
+                return None
+            return MessageProps(bool(row[0]), bool(row[1]), row[2], row[3])
+
+        return self._writer.submit(op)
+
+    def store_flags(
+        self, mailbox_id: int, uids: Sequence[int], flags: frozenset[str], mode: str,
+        unchanged_since: int | None = None,
+    ) -> Deferred[tuple[list[MessageInfo], list[int]]]:
+        uid_list = list(uids)
+
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> tuple[list[MessageInfo], list[int]]:
+            if mode not in ("set", "add", "remove"):
+                raise StoreError(f"unknown flag store mode {mode!r}")
+            clean = names.clean_flags(flags)
+            _check_mailbox(conn, mailbox_id)
+            failed: list[int] = []
+            todo: list[tuple[Any, frozenset[str]]] = []
+            for row in _rows_for_uids(conn, mailbox_id, uid_list):
+                info = _message_info(row)
+                # RFC 7162 §3.1.3: UNCHANGEDSINCE fails for messages changed since.
+                if unchanged_since is not None and info.modseq > unchanged_since:
+                    failed.append(info.uid)
+                    continue
+                new = names.apply_flags(info.flags, clean, mode)
+                if not names.flags_equal(new, info.flags):
+                    todo.append((info, new))
+            changed: list[MessageInfo] = []
+            if todo:
+                modseq = _bump_modseq(conn, mailbox_id)
+                for info, new in todo:
+                    conn.execute(
+                        "UPDATE messages SET flags = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",
+                        (names.flags_to_text(new), modseq, mailbox_id, info.uid))
+                    changed.append(attrs.evolve(info, flags=new, modseq=modseq))
+                ctx.changes.append(MailboxChange(
+                    mailbox_id, "flags", tuple(m.uid for m in changed), modseq))
+            return changed, sorted(failed)
+
+        return self._writer.submit(op)
+
+    def copy(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int) -> Deferred[list[tuple[int, int]]]:
+        uid_list = list(uids)
+
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> list[tuple[int, int]]:
+            return _copy(conn, ctx, mailbox_id, uid_list, dest_mailbox_id)
+
+        return self._writer.submit(op)
+
+    def move(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int) -> Deferred[list[tuple[int, int]]]:
+        uid_list = list(uids)
+
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> list[tuple[int, int]]:
+            return _move(conn, ctx, mailbox_id, uid_list, dest_mailbox_id)
+
+        return self._writer.submit(op)
+
+    def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> Deferred[list[int]]:
+        uid_list = None if uids is None else list(uids)
+
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> list[int]:
+            _check_mailbox(conn, mailbox_id)
+            if uid_list is None:
+                rows = conn.execute(
+                    "SELECT uid, blob_id FROM messages WHERE mailbox_id = ? "
+                    "AND instr(flags, ' \\Deleted ') > 0 ORDER BY uid", (mailbox_id,)).fetchall()
+                pairs = [(r[0], r[1]) for r in rows]
+            else:
+                pairs = [(r[0], r[6]) for r in _rows_for_uids(conn, mailbox_id, uid_list)
+                         if "\\Deleted" in names.flags_from_text(r[2])]
+            if not pairs:
+                return []
+            gone = [uid for uid, _ in pairs]
+            _remove(conn, ctx, mailbox_id, gone)
+            self._gc(conn, ctx, [b for _, b in pairs])
+            return gone
+
+        return self._writer.submit(op)
+
+
+# -- SQL helpers (writer thread) ---------------------------------------------------------
+
+_MAILBOX_SELECT = (
+    "SELECT m.id, m.account_id, m.name, m.uidvalidity, m.uidnext, m.highestmodseq, "
+    "m.special_use, m.subscribed, "
+    "(SELECT count(*) FROM messages WHERE mailbox_id = m.id), "
+    "(SELECT count(*) FROM messages WHERE mailbox_id = m.id AND instr(flags, ' \\Seen ') = 0), "
+    "(SELECT coalesce(sum(size), 0) FROM messages WHERE mailbox_id = m.id) "
+    "FROM mailboxes m"
+)
+_MESSAGE_SELECT = (
+    "SELECT uid, modseq, flags, internal_date, size, mailbox_id, blob_id, requiretls, "
+    "tls_required_no, mail_from, received_via FROM messages"
+)
+
+
+def _check_account_name(name: str) -> None:
+    if not name or len(name) > 255 or name != name.strip() or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise StoreError(f"invalid account name {name!r}")
+
+
+def _mailbox_info(r: Any) -> MailboxInfo:
+    return MailboxInfo(
+        id=r[0], account_id=r[1], name=r[2], uidvalidity=r[3], uidnext=r[4],
+        highestmodseq=r[5], special_use=SpecialUse(r[6]) if r[6] else None,
+        subscribed=bool(r[7]), exists=r[8], unseen=r[9], size=r[10],
+    )
+
+
+def _message_info(r: Any) -> MessageInfo:
+    return MessageInfo(
+        uid=r[0], modseq=r[1], flags=names.flags_from_text(r[2]),
+        internal_date=datetime.fromisoformat(r[3]), size=r[4], blob_id=r[6],
+    )
+
+
+def _account(conn: sqlite3.Connection, account_id: int, name: str) -> Account:
+    addrs = tuple(r[0] for r in conn.execute(
+        "SELECT address FROM addresses WHERE account_id = ? ORDER BY address", (account_id,)))
+    return Account(account_id, name, addrs)
+
+
+def _account_id(conn: sqlite3.Connection, name: str) -> int:
+    row = conn.execute("SELECT id FROM accounts WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        raise NoSuchAccount(f"no account {name!r}")
+    return int(row[0])
+
+
+def _check_account(conn: sqlite3.Connection, account_id: int) -> None:
+    if conn.execute("SELECT 1 FROM accounts WHERE id = ?", (account_id,)).fetchone() is None:
+        raise NoSuchAccount(f"no account with id {account_id}")
+
+
+def _check_mailbox(conn: sqlite3.Connection, mailbox_id: int) -> None:
+    if conn.execute("SELECT 1 FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone() is None:
+        raise NoSuchMailbox(f"no mailbox with id {mailbox_id}")
+
+
+def _insert_address(conn: sqlite3.Connection, account_id: int, address: str) -> None:
+    if not address or "@" not in address:
+        raise StoreError(f"invalid address {address!r}")
+    try:
+        conn.execute("INSERT INTO addresses (address, account_id) VALUES (?, ?)",
+                     (address, account_id))
+    except sqlite3.IntegrityError:
+        raise AddressInUse(f"address {address!r} belongs to an account") from None
+
+
+def _find_mailbox(conn: sqlite3.Connection, account_id: int, name: str) -> int | None:
+    row = conn.execute("SELECT id FROM mailboxes WHERE account_id = ? AND name = ?",
+                       (account_id, name)).fetchone()
+    return int(row[0]) if row else None
+
+
+def _mailbox_id(conn: sqlite3.Connection, account_id: int, name: str) -> int:
+    mailbox_id = _find_mailbox(conn, account_id, names.normalize_mailbox_name(name))
+    if mailbox_id is None:
+        _check_account(conn, account_id)
+        raise NoSuchMailbox(f"no mailbox {name!r}")
+    return mailbox_id
+
+
+def _next_uidvalidity(conn: sqlite3.Connection) -> int:
+    # RFC 3501 §2.3.1.1: never reuse a UIDVALIDITY for a name; a growing counter cannot.
+    value = int(conn.execute("SELECT value FROM meta WHERE key = 'next_uidvalidity'").fetchone()[0])
+    if not 0 < value <= MAX_UID:
+        value = 1
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'next_uidvalidity'", (value + 1,))
+    return value
+
+
+def _create_one(conn: sqlite3.Connection, account_id: int, name: str,
+                special_use: SpecialUse | None, *, subscribed: bool) -> int:
+    try:
+        cur = conn.execute(
+            "INSERT INTO mailboxes (account_id, name, uidvalidity, special_use, subscribed) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (account_id, name, _next_uidvalidity(conn),
+             str(special_use) if special_use else None, int(subscribed)))
+    except sqlite3.IntegrityError:
+        raise MailboxExists(f"mailbox {name!r} exists") from None
+    return int(cur.lastrowid or 0)
+
+
+def _bump_modseq(conn: sqlite3.Connection, mailbox_id: int) -> int:
+    conn.execute("UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ?", (mailbox_id,))
+    return int(conn.execute("SELECT highestmodseq FROM mailboxes WHERE id = ?",
+                            (mailbox_id,)).fetchone()[0])
+
+
+def _alloc_uids(conn: sqlite3.Connection, mailbox_id: int, n: int) -> int:
+    first = int(conn.execute("SELECT uidnext FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()[0])
+    if first + n - 1 > MAX_UID:
+        raise StoreError("mailbox has run out of UIDs; it must be recreated")
+    conn.execute("UPDATE mailboxes SET uidnext = ? WHERE id = ?", (first + n, mailbox_id))
+    return first
+
+
+def _insert_new(conn: sqlite3.Connection, mailbox_id: int, w: FileBlobWriter,
+                flags: frozenset[str], when: datetime, props: MessageProps) -> tuple[int, int]:
+    modseq = _bump_modseq(conn, mailbox_id)
+    uid = _alloc_uids(conn, mailbox_id, 1)
+    conn.execute(
+        "INSERT INTO messages (mailbox_id, uid, modseq, flags, internal_date, size, blob_id, "
+        "requiretls, tls_required_no, mail_from, received_via) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (mailbox_id, uid, modseq, names.flags_to_text(flags), when.isoformat(), w.size,
+         w.blob_id, int(props.requiretls), int(props.tls_required_no), props.mail_from,
+         props.received_via))
+    return uid, modseq
+
+
+def _rows_for_uids(conn: sqlite3.Connection, mailbox_id: int, uids: Sequence[int]) -> list[Any]:
+    out: list[Any] = []
+    wanted = sorted(set(uids))
+    for i in range(0, len(wanted), _CHUNK):
+        chunk = wanted[i:i + _CHUNK]
+        out.extend(conn.execute(
+            _MESSAGE_SELECT + f" WHERE mailbox_id = ? AND uid IN ({','.join('?' * len(chunk))})"
+            " ORDER BY uid", (mailbox_id, *chunk)).fetchall())
+    return out
+
+
+def _copy(conn: sqlite3.Connection, ctx: OpContext, src: int, uids: Sequence[int],
+          dest: int) -> list[tuple[int, int]]:
+    _check_mailbox(conn, src)
+    _check_mailbox(conn, dest)
+    rows = _rows_for_uids(conn, src, uids)
+    if not rows:
+        return []
+    modseq = _bump_modseq(conn, dest)
+    first = _alloc_uids(conn, dest, len(rows))
+    pairs = []
+    for i, r in enumerate(rows):
+        new_uid = first + i
+        # RFC 3501 §6.4.7: flags and internal date are preserved in the copy.
+        conn.execute(
+            "INSERT INTO messages (mailbox_id, uid, modseq, flags, internal_date, size, "
+            "blob_id, requiretls, tls_required_no, mail_from, received_via) "
+            "SELECT ?, ?, ?, flags, internal_date, size, blob_id, requiretls, "
+            "tls_required_no, mail_from, received_via FROM messages "
+            "WHERE mailbox_id = ? AND uid = ?", (dest, new_uid, modseq, src, r[0]))
+        pairs.append((int(r[0]), new_uid))
+    ctx.changes.append(MailboxChange(dest, "exists", tuple(p[1] for p in pairs), modseq))
+    return pairs
+
+
+def _remove(conn: sqlite3.Connection, ctx: OpContext, mailbox_id: int, uids: list[int]) -> None:
+    modseq = _bump_modseq(conn, mailbox_id)
+    for uid in uids:
+        conn.execute("DELETE FROM messages WHERE mailbox_id = ? AND uid = ?", (mailbox_id, uid))
+        conn.execute("INSERT OR REPLACE INTO vanished (mailbox_id, uid, modseq) VALUES (?, ?, ?)",
+                     (mailbox_id, uid, modseq))
+    ctx.changes.append(MailboxChange(mailbox_id, "expunge", tuple(uids), modseq))
+
+
+def _move(conn: sqlite3.Connection, ctx: OpContext, src: int, uids: Sequence[int],
+          dest: int) -> list[tuple[int, int]]:
+    # RFC 6851 §3.3: copy, then expunge the source messages, atomically.
+    if src == dest:
+        raise StoreError("cannot move messages to the mailbox they are in")
+    pairs = _copy(conn, ctx, src, uids, dest)
+    if pairs:
+        _remove(conn, ctx, src, [p[0] for p in pairs])
+    return pairs
+
+
+__all__ = [
+    "CannotDeleteInbox",
+    "MailboxHasChildren",
+    "SQLiteStore",
+    "StoreClosed",
+    "StoreSettings",
+]

@@ -1,0 +1,263 @@
+"""The store's single writer thread, with group commit.
+
+All SQLite work runs on one thread (a Twisted ``ThreadPool`` of size 1), so the reactor
+never waits on an fsync.  Operations submitted while a batch is running queue up and
+run together as the next batch: their body files are fsynced (each touched directory
+once), then every operation runs inside its own SAVEPOINT of one transaction, and a
+single COMMIT (one WAL fsync under ``synchronous=FULL``) makes them all durable.  An
+operation that raises is rolled back to its savepoint alone; the others commit.  Each
+operation's Deferred fires on the reactor thread only after that COMMIT, followed by its
+post-commit work (removing body files whose last reference went away, notifying
+listeners).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, Protocol, TypeVar
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mxd.store.blobs import BlobFiles, FileBlobWriter
+from mxd.store.interfaces import MailboxChange, StoreError
+
+log = Logger()
+
+T = TypeVar("T")
+
+
+class StoreClosed(StoreError):
+    """The store is closed (or not yet open)."""
+
+
+class PoolLike(Protocol):
+    """The part of ``twisted.python.threadpool.ThreadPool`` the writer uses."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def callInThreadWithCallback(self, onResult: Any, func: Any, *args: Any, **kw: Any) -> None: ...
+
+
+@attrs.define
+class OpContext:
+    """Collected by one operation while it runs; acted on after its commit."""
+
+    unlink_after_commit: list[str] = attrs.Factory(list)
+    changes: list[MailboxChange] = attrs.Factory(list)
+    # Bodies made durable for this operation alone: removed again if it rolls back.
+    fresh_blobs: list[str] = attrs.Factory(list)
+
+
+@attrs.define(eq=False)
+class _Op(Generic[T]):
+    fn: Callable[[sqlite3.Connection, OpContext], T]
+    deferred: Deferred[T]
+    blobs: Sequence[FileBlobWriter]
+    ctx: OpContext = attrs.Factory(OpContext)
+    error: BaseException | None = None
+    result: Any = None
+
+
+class Writer:
+    """Runs operations on the writer thread in group-committed batches."""
+
+    def __init__(
+        self, reactor: IReactorFromThreads, pool: PoolLike, files: BlobFiles,
+        *, max_batch: int = 64,
+    ) -> None:
+        self._reactor = reactor
+        self._pool = pool
+        self._files = files
+        self._max_batch = max(1, max_batch)
+        self._pending: list[_Op[Any]] = []
+        self._running = False
+        self._closed = True
+        self._conn: sqlite3.Connection | None = None
+        self._idle_waiters: list[Deferred[None]] = []
+        self.on_changes: Callable[[list[MailboxChange]], None] = lambda changes: None
+        self.batches = 0  # counters for tests and metrics
+        self.ops = 0
+
+    # -- lifecycle (reactor thread) ------------------------------------------------------
+    def start(self, connect: Callable[[], sqlite3.Connection]) -> Deferred[None]:
+        """Start the thread and open the connection on it."""
+        self._pool.start()
+
+        def _open() -> None:
+            self._conn = connect()
+
+        d: Deferred[None] = deferToThreadPool(self._reactor, self._pool, _open)  # type: ignore[arg-type]
+
+        def _opened(_: object) -> None:
+            self._closed = False
+
+        def _failed(f: Failure) -> Failure:
+            self._pool.stop()
+            return f
+
+        d.addCallbacks(_opened, _failed)
+        return d
+
+    @property
+    def idle(self) -> bool:
+        return not self._running and not self._pending
+
+    def when_idle(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        if self.idle:
+            d.callback(None)
+        else:
+            self._idle_waiters.append(d)
+        return d
+
+    def stop(self, finish: Callable[[sqlite3.Connection], None] | None = None) -> Deferred[None]:
+        """Refuse new work, let queued work finish, close the connection, stop the thread."""
+        if self._closed:
+            d: Deferred[None] = Deferred()
+            d.callback(None)
+            return d
+        self._closed = True
+
+        def _close_conn() -> None:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                try:
+                    if finish is not None:
+                        finish(conn)
+                finally:
+                    conn.close()
+
+        def _after_idle(_: object) -> Deferred[None]:
+            return deferToThreadPool(self._reactor, self._pool, _close_conn)  # type: ignore[arg-type]
+
+        def _stop_pool(result: object) -> object:
+            self._pool.stop()
+            return result
+
+        return self.when_idle().addCallback(_after_idle).addBoth(_stop_pool)
+
+    # -- submitting work (reactor thread) ------------------------------------------------
+    def submit(
+        self, fn: Callable[[sqlite3.Connection, OpContext], T],
+        blobs: Sequence[FileBlobWriter] = (),
+    ) -> Deferred[T]:
+        """Run ``fn(conn, ctx)`` in the next batch; fires with its result after COMMIT."""
+        d: Deferred[T] = Deferred()
+        if self._closed:
+            for b in blobs:
+                if not b.durable:
+                    b.abort()
+            d.errback(StoreClosed("the store is closed"))
+            return d
+        for b in blobs:
+            b.seal()
+        self._pending.append(_Op(fn, d, blobs))
+        self._kick()
+        return d
+
+    def _kick(self) -> None:
+        if self._running or not self._pending:
+            if not self._running and not self._pending:
+                self._notify_idle()
+            return
+        batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+        self._running = True
+        d = deferToThreadPool(self._reactor, self._pool, self._run_batch, batch)  # type: ignore[arg-type]
+        d.addCallbacks(self._batch_done, self._batch_failed, callbackArgs=(batch,),
+                       errbackArgs=(batch,))
+
+    def _notify_idle(self) -> None:
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for w in waiters:
+            w.callback(None)
+
+    def _batch_done(self, _: object, batch: list[_Op[Any]]) -> None:
+        self._running = False
+        self.batches += 1
+        self.ops += len(batch)
+        changes: list[MailboxChange] = []
+        for op in batch:
+            if op.error is None:
+                changes.extend(op.ctx.changes)
+        if changes:
+            try:
+                self.on_changes(changes)
+            except Exception:  # noqa: BLE001 - listeners must not break the store
+                log.failure("store change listener failed")
+        for op in batch:
+            if op.error is not None:
+                op.deferred.errback(Failure(op.error))
+            else:
+                op.deferred.callback(op.result)
+        self._kick()
+
+    def _batch_failed(self, f: Failure, batch: list[_Op[Any]]) -> None:  # pragma: no cover
+        # _run_batch catches everything; this is a last resort so no Deferred hangs.
+        log.failure("store batch failed", f)
+        for op in batch:
+            op.error = op.error or f.value
+        self._batch_done(None, batch)
+
+    # -- the writer thread ---------------------------------------------------------------
+    def _run_batch(self, batch: list[_Op[Any]]) -> None:
+        conn = self._conn
+        if conn is None:
+            for op in batch:
+                op.error = StoreClosed("the store is closed")
+            return
+        # 1. Bodies: fsync + rename, one directory fsync per directory.
+        writers: list[tuple[_Op[Any], FileBlobWriter, bool]] = []
+        seen: set[int] = set()
+        for op in batch:
+            for w in op.blobs:
+                writers.append((op, w, not w.durable and id(w) not in seen))
+                seen.add(id(w))
+        if writers:
+            errors = self._files.make_durable([w for _, w, _ in writers])
+            for (op, w, fresh), err in zip(writers, errors, strict=True):
+                if err is not None and op.error is None:
+                    op.error = StoreError(f"cannot store message body: {err}")
+                elif fresh and err is None:
+                    op.ctx.fresh_blobs.append(w.blob_id)
+        # 2. One transaction, one savepoint per operation.
+        live = [op for op in batch if op.error is None]
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op in live:
+                conn.execute("SAVEPOINT op")
+                try:
+                    op.result = op.fn(conn, op.ctx)
+                    conn.execute("RELEASE op")
+                except BaseException as e:  # noqa: BLE001 - the error goes to its Deferred
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    op.error = e
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            log.error("store commit failed: {error}", error=e)
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            for op in live:
+                if op.error is None:
+                    op.error = StoreError(f"database error: {e}")
+        # 3. After the commit: remove unreferenced bodies.
+        unlink: list[str] = []
+        kept = {w.blob_id for op in batch if op.error is None for w in op.blobs}
+        for op in batch:
+            if op.error is None:
+                unlink.extend(op.ctx.unlink_after_commit)
+            else:
+                unlink.extend(b for b in op.ctx.fresh_blobs if b not in kept)
+        if unlink:
+            self._files.unlink(unlink)
