@@ -1,0 +1,158 @@
+"""The TOML config: typed parsing, precise errors, and the example file kept in sync."""
+
+from __future__ import annotations
+
+import tomllib
+import socket
+from pathlib import Path
+
+import pytest
+
+from mxd.config import Config, ConfigError, parse_config, reference_markdown, schema_keys
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "etc" / "mxd.toml.example"
+
+
+def _minimal(tls_files: dict[str, Path], extra: str = "", listeners: str = "") -> str:
+    return f'''
+hostname = "mail.example.test"
+data_dir = "/tmp/mxd-test-data"
+[tls]
+cert = "{tls_files["cert"]}"
+key = "{tls_files["key"]}"
+[domains]
+names = ["example.test"]
+{extra}
+{listeners}
+'''
+
+
+def test_minimal_config_parses_with_defaults(tls_files):
+    """A config with only the required keys gets the documented defaults."""
+    cfg = parse_config(_minimal(tls_files), "t.toml")
+    assert isinstance(cfg, Config)
+    assert cfg.hostname == "mail.example.test"
+    assert cfg.smtp.max_recipients == 100
+    assert cfg.auth.allow_plaintext_on_loopback is False
+    assert cfg.resolver.nameservers == ["127.0.0.1"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "problem"),
+    [
+        ("[smtp]\nmax_recipents = 5", "smtp.max_recipents", "unknown key"),
+        ("[smtp]\nmax_recipients = \"5\"", "smtp.max_recipients", "expected an integer"),
+        ("[smtp]\nmax_recipients = true", "smtp.max_recipients", "expected an integer"),
+        ("[smtp]\nmax_recipients = 0", "smtp.max_recipients", "must be positive"),
+        ("[auth]\nallow_plaintext_on_loopback = \"yes\"", "auth.allow_plaintext_on_loopback",
+         "expected true or false"),
+        ("[log]\nlevel = \"loud\"", "log.level", "is not one of"),
+        ("[log]\nlevels = { \"mxd.smtp\" = \"loud\" }", "log.levels.mxd.smtp", "is not one of"),
+        ("[resolver]\nnameservers = [\"dns.example\"]", "resolver.nameservers[0]",
+         "expected an IP address"),
+        ("[resolver]\ntrusted = [\"192.0.2.1\"]", "resolver.trusted[0]", "not in"),
+        ("bogus = 1", "domains.bogus", "unknown key"),
+        ("[[accounts]]\nname = \"a\"\naddresses = [\"a@other.test\"]", "accounts[0].addresses[0]",
+         "not listed in domains.names"),
+        ("[[accounts]]\naddresses = [\"a@example.test\"]", "accounts[0].name",
+         "required key is missing"),
+    ],
+)
+def test_errors_name_key_path_and_problem(tls_files, extra, key, problem):
+    """Each invalid value is reported with the file, the exact key path and the problem."""
+    with pytest.raises(ConfigError) as ei:
+        parse_config(_minimal(tls_files, extra), "t.toml")
+    assert ei.value.path == "t.toml"
+    assert ei.value.key == key
+    assert problem in ei.value.problem
+    assert str(ei.value).startswith(f"t.toml: {key}: ")
+
+
+def test_listener_errors(tls_files, tmp_path):
+    """Listener problems name the listener index: bad port, duplicate, missing cert file."""
+    bad_port = '[[listeners]]\nprotocol = "smtp"\nport = 70000\n'
+    with pytest.raises(ConfigError, match=r"listeners\[0\]\.port: expected a port"):
+        parse_config(_minimal(tls_files, listeners=bad_port), "t.toml")
+    dup = '[[listeners]]\nprotocol = "smtp"\nport = 2525\n[[listeners]]\nprotocol = "imap"\nport = 2525\n'
+    with pytest.raises(ConfigError, match=r"listeners\[1\]\.port: 127.0.0.1:2525 is already used"):
+        parse_config(_minimal(tls_files, listeners=dup), "t.toml")
+    missing = f'[[listeners]]\nprotocol = "imaps"\nport = 9993\ncert = "{tmp_path}/nope.pem"\n'
+    with pytest.raises(ConfigError, match=r"listeners\[0\]\.cert: file not found"):
+        parse_config(_minimal(tls_files, listeners=missing), "t.toml")
+    admin = '[[listeners]]\nprotocol = "admin"\naddress = "0.0.0.0"\nport = 8080\n'
+    with pytest.raises(ConfigError, match=r"listeners\[0\]\.address: the admin listener must"):
+        parse_config(_minimal(tls_files, listeners=admin), "t.toml")
+
+
+def test_invalid_toml_is_reported_with_file():
+    """A TOML syntax error names the file."""
+    with pytest.raises(ConfigError, match=r"^x.toml: not valid TOML"):
+        parse_config("hostname = ", "x.toml")
+
+
+def test_relative_paths_resolve_against_config_dir(tls_files, tmp_path):
+    """Relative paths in the file are relative to the file's directory."""
+    (tmp_path / "c.pem").write_bytes(tls_files["cert"].read_bytes())
+    (tmp_path / "k.pem").write_bytes(tls_files["key"].read_bytes())
+    text = 'hostname = "h"\ndata_dir = "data"\n[tls]\ncert = "c.pem"\nkey = "k.pem"\n'
+    cfg = parse_config(text, "t.toml", tmp_path)
+    assert cfg.data_dir == tmp_path / "data"
+    assert cfg.tls.cert == tmp_path / "c.pem"
+
+
+def test_idna_domains_are_accepted_and_bad_ones_rejected(tls_files):
+    """Unicode domains are valid names; malformed ones get a precise error."""
+    text = _minimal(tls_files).replace('names = ["example.test"]', 'names = ["bücher.example"]')
+    assert parse_config(text, "t.toml").domains.names == ["bücher.example"]
+    bad = _minimal(tls_files).replace('names = ["example.test"]', 'names = ["a..b"]')
+    with pytest.raises(ConfigError, match=r"domains.names\[0\]: invalid domain name"):
+        parse_config(bad, "t.toml")
+
+
+def test_example_file_documents_every_key():
+    """etc/mxd.toml.example sets every key of the schema (kept in sync by this test)."""
+    data = tomllib.loads(EXAMPLE.read_text())
+
+    def present(node, parts):
+        if not parts:
+            return True
+        head, rest = parts[0], parts[1:]
+        if head.endswith("[]"):
+            items = node.get(head[:-2], [])
+            return any(present(item, rest) for item in items)
+        return isinstance(node, dict) and head in node and present(node[head], rest)
+
+    missing = [k for k, _ in schema_keys() if not present(data, k.split("."))]
+    assert missing == []
+
+
+def test_example_file_is_valid_apart_from_its_paths(tmp_path, tls_files):
+    """The example parses once its certificate paths point at real files."""
+    text = EXAMPLE.read_text().replace("/etc/mxd/tls/fullchain.pem", str(tls_files["cert"]))
+    text = text.replace("/etc/mxd/tls/privkey.pem", str(tls_files["key"]))
+    cfg = parse_config(text, "example.toml")
+    assert [li.protocol for li in cfg.listeners] == [
+        "smtp", "submission", "submissions", "imap", "imaps", "admin"]
+
+
+def test_reference_lists_every_key():
+    """The generated reference documents every schema key, and doc/config.md is current."""
+    ref = reference_markdown()
+    for key, _ in schema_keys():
+        assert f"`{key}`" in ref or f"[{key}]" in ref or f"[[{key}]]" in ref
+    assert (ROOT / "doc" / "config.md").read_text() == ref, "run `make config-reference`"
+
+
+def test_port_in_use_is_detected(tls_files):
+    """check_ports_free names the listener whose port is taken."""
+    from mxd.listeners import ListenError
+    from mxd.tap import check_ports_free
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        cfg = parse_config(_minimal(tls_files, listeners=f'[[listeners]]\nprotocol = "smtp"\nport = {port}\n'), "t.toml")
+        with pytest.raises(ListenError, match=rf"t.toml: listeners\[0\]: cannot listen for smtp on 127.0.0.1 port {port}"):
+            check_ports_free(cfg)
