@@ -195,10 +195,10 @@ LOCAL_ACCOUNT = "mxd@localhost"
 LOCAL_PASSWORD = "mxdmxdmxd"
 
 
-def localserve_config(directory: Path) -> str:
+def localserve_config(directory: Path, port_offset: int = 0) -> str:
     """The embedded configuration of `mxd localserve` (TOML)."""
     listeners = "\n".join(
-        f'[[listeners]]\nprotocol = "{p}"\naddress = "127.0.0.1"\nport = {port}\n'
+        f'[[listeners]]\nprotocol = "{p}"\naddress = "127.0.0.1"\nport = {port + port_offset}\n'
         for p, port in LOCAL_PORTS.items())
     return f'''# Written by `mxd localserve`; regenerated at each start.
 hostname = "localhost"
@@ -253,7 +253,7 @@ def cmd_localserve(args: argparse.Namespace) -> int:
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     tls = make_local_ca(directory)
     cfg_path = directory / "mxd.toml"
-    text = localserve_config(directory)
+    text = localserve_config(directory, args.port_offset)
     cfg_path.write_text(text, encoding="utf-8")
     cfg = parse_config(text, str(cfg_path), directory)
     password = args.password or LOCAL_PASSWORD
@@ -304,6 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
                        f"{LOCAL_ACCOUNT} and a self-signed certificate; state is kept in --dir.")
     p.add_argument("--dir", default="localserve", help="state directory (default ./localserve)")
     p.add_argument("--password", help=f"password of {LOCAL_ACCOUNT} (default {LOCAL_PASSWORD})")
+    p.add_argument("--port-offset", type=int, default=0, metavar="N",
+                   help="add N to every port (to run a second instance)")
+    p.add_argument("--port-offset", type=int, default=0, metavar="N",
+                   help="add N to every port (to run a second instance)")
     p.set_defaults(func=cmd_localserve)
 
     cp = sub.add_parser("config", help="check the config or print its reference")

@@ -1,0 +1,123 @@
+"""`twistd mxd` and `mxd localserve` as a user runs them: real processes, real sockets."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.integration.tools import free_port
+
+pytestmark = pytest.mark.integration
+BIN = Path(sys.executable).parent
+
+
+def _config(tmp_path: Path, tls_files: dict[str, Path], body: str) -> Path:
+    p = tmp_path / "mxd.toml"
+    p.write_text(f'''hostname = "mx.example.test"
+data_dir = "{tmp_path / "data"}"
+[tls]
+cert = "{tls_files["cert"]}"
+key = "{tls_files["key"]}"
+[domains]
+names = ["example.test"]
+{body}''')
+    return p
+
+
+def _twistd(config: Path, cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([str(BIN / "twistd"), "-n", "--pidfile=", "--logfile=-", "mxd",
+                             "--config", str(config)], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_port(port: int, proc: subprocess.Popen[str], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"port {port} never opened")
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("[smtp]\nmax_recipents = 3\n", "smtp.max_recipents: unknown key"),
+        ("[smtp]\nmax_recipients = \"three\"\n", "smtp.max_recipients: expected an integer"),
+        ('[[listeners]]\nprotocol = "imaps"\nport = 9\ncert = "/nonexistent/cert.pem"\n',
+         "listeners[0].cert: file not found: /nonexistent/cert.pem"),
+    ],
+)
+def test_twistd_refuses_invalid_config(tmp_path, tls_files, body, expected):
+    """twistd exits non-zero before binding anything, naming the file and key path."""
+    cfg = _config(tmp_path, tls_files, body)
+    r = subprocess.run([str(BIN / "twistd"), "-n", "--pidfile=", "mxd", "--config", str(cfg)],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode != 0
+    assert f"{cfg}: {expected}" in r.stdout + r.stderr
+    assert not (tmp_path / "data").exists(), "nothing may be created for an invalid config"
+
+
+def test_twistd_refuses_port_in_use(tmp_path, tls_files):
+    """A port already in use is reported with the listener and port, exit non-zero."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        cfg = _config(tmp_path, tls_files, f'[[listeners]]\nprotocol = "admin"\nport = {port}\n')
+        r = subprocess.run([str(BIN / "twistd"), "-n", "--pidfile=", "mxd", "--config", str(cfg)],
+                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode != 0
+    assert f"listeners[0]: cannot listen for admin on 127.0.0.1 port {port}" in r.stdout + r.stderr
+
+
+def test_twistd_starts_serves_and_stops_cleanly(tmp_path, tls_files):
+    """With a valid config the admin page answers, and SIGTERM ends the process with 0."""
+    port = free_port()
+    cfg = _config(tmp_path, tls_files, f'[[listeners]]\nprotocol = "admin"\nport = {port}\n')
+    proc = _twistd(cfg, tmp_path)
+    try:
+        _wait_port(port, proc)
+        page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+        assert "mx.example.test" in page and f"admin:{port}" in page
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "stopping" in out
+    assert (tmp_path / "data" / "mxd.sqlite3").exists() or any((tmp_path / "data").iterdir())
+
+
+def test_localserve_prints_ports_and_credentials_and_keeps_state(tmp_path):
+    """`mxd localserve` starts with no set-up, prints ports and credentials, and restarts on
+    the same state directory with the account still there."""
+    offset = free_port() % 20000 + 20000 - 1025
+    d = tmp_path / "ls"
+    for _ in range(2):
+        proc = subprocess.Popen([str(BIN / "mxd"), "localserve", "--dir", str(d),
+                                 "--port-offset", str(offset)], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+        try:
+            _wait_port(1080 + offset, proc)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+        assert "mxd@localhost" in out and "mxdmxdmxd" in out
+        assert f"127.0.0.1:{1025 + offset}" in out and f"127.0.0.1:{1993 + offset}" in out
+        assert (d / "ca.pem").exists()
+    r = subprocess.run([str(BIN / "mxd"), "account", "list", "--config", str(d / "mxd.toml")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["mxd@localhost", "mxd@localhost"]
