@@ -51,7 +51,7 @@ class ThreadCalls:
         self._q: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = queue.Queue()
         self._clock = clock
 
-    def callFromThread(self, f: Callable[..., Any], *args: Any, **kw: Any) -> None:  # noqa: N802
+    def callFromThread(self, f: Callable[..., Any], *args: Any, **kw: Any) -> None:
         self._q.put((f, args, kw))
 
     def seconds(self) -> float:
@@ -70,7 +70,7 @@ class ThreadCalls:
 class InlineReactor(ThreadCalls):
     """callFromThread runs the call at once (use with InlinePool)."""
 
-    def callFromThread(self, f: Callable[..., Any], *args: Any, **kw: Any) -> None:  # noqa: N802
+    def callFromThread(self, f: Callable[..., Any], *args: Any, **kw: Any) -> None:
         f(*args, **kw)
 
 
@@ -86,8 +86,8 @@ class InlinePool:
     def stop(self) -> None:
         self.started = False
 
-    def callInThreadWithCallback(  # noqa: N802
-        self, onResult: Callable[[bool, Any], None], func: Callable[..., Any], *args: Any, **kw: Any,  # noqa: N803
+    def callInThreadWithCallback(
+        self, onResult: Callable[[bool, Any], None], func: Callable[..., Any], *args: Any, **kw: Any,
     ) -> None:
         try:
             result = func(*args, **kw)

@@ -1,0 +1,87 @@
+"""Body files: writing, durability, abort, and cleanup after a crash."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from mxd.store.blobs import BlobError, BlobFiles, BlobState, is_blob_id
+from mxd.store.interfaces import Delivery, MessageProps
+from tests.store.helpers import open_store
+
+
+def test_writer_lifecycle(tmp_path: Path) -> None:
+    """A writer fills a tmp file; durability moves it into the fan-out directory;
+    writing after sealing fails; a second make_durable is a no-op."""
+    files = BlobFiles(tmp_path)
+    files.ensure_dirs()
+    w = files.new_writer()
+    w.write(b"abc")
+    w.write(b"def")
+    assert w.size == 6 and is_blob_id(w.blob_id)
+    assert len(list(files.tmp_dir.iterdir())) == 1
+    w.seal()
+    with pytest.raises(BlobError):
+        w.write(b"more")
+    assert files.make_durable([w]) == [None]
+    assert w.state is BlobState.DURABLE
+    assert files.path(w.blob_id).read_bytes() == b"abcdef"
+    assert files.path(w.blob_id).parent.name == w.blob_id[:2]
+    assert list(files.tmp_dir.iterdir()) == []
+    assert files.make_durable([w]) == [None]
+    assert list(files.iter_blob_ids()) == [w.blob_id]
+
+
+def test_abort_removes_tmp(tmp_path: Path) -> None:
+    """abort() removes the tmp file; an aborted writer cannot be made durable."""
+    files = BlobFiles(tmp_path)
+    files.ensure_dirs()
+    w = files.new_writer()
+    w.write(b"x")
+    w.abort()
+    assert list(files.tmp_dir.iterdir()) == []
+    with pytest.raises(BlobError):
+        w.seal()
+    (err,) = files.make_durable([w])
+    assert isinstance(err, BlobError)
+
+
+def test_open_cleans_tmp_and_orphans(data_dir: Path) -> None:
+    """At open: tmp leftovers go, body files without a row go, rows with refcount 0 go
+    with their file; referenced bodies stay."""
+    h = open_store(data_dir)
+    a = h.run(h.store.add_account("alice", "{}")).id
+    h.deliver_bytes(b"keep me", [Delivery(a)])
+    (kept,) = h.run(h.store.list_messages(h.run(h.store.get_mailbox(a, "INBOX")).id))
+    w = h.store.new_blob()
+    w.write(b"committed, never referenced")
+    zero = h.run(h.store.commit_blob(w))
+    h.close()
+    files = BlobFiles(data_dir)
+    (files.tmp_dir / "deadbeef.tmp").write_bytes(b"half a message")
+    orphan = "ab" + "0" * 30
+    files.path(orphan).write_bytes(b"renamed but never committed")
+    stray = files.blob_dir / "ab" / "not-a-blob"
+    stray.write_bytes(b"left alone")
+    h = open_store(data_dir)
+    assert list(files.tmp_dir.iterdir()) == []
+    assert not files.path(orphan).exists()
+    assert not files.path(zero).exists()
+    assert files.path(kept.blob_id).read_bytes() == b"keep me"
+    assert stray.exists()
+    with sqlite3.connect(data_dir / "mxd.sqlite3") as c:
+        assert c.execute("SELECT id FROM blobs").fetchall() == [(kept.blob_id,)]
+    h.close()
+
+
+def test_foreign_writer_is_refused(data_dir: Path, tmp_path: Path) -> None:
+    """A writer from another store's files cannot be delivered (its file is elsewhere)."""
+    h = open_store(data_dir)
+    other = BlobFiles(tmp_path / "other")
+    other.ensure_dirs()
+    w = other.new_writer()
+    with pytest.raises(Exception, match="does not belong"):
+        h.store.deliver(w, [Delivery(1)], MessageProps())
+    h.close()
