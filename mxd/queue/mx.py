@@ -132,7 +132,8 @@ def plan_from_records(
     own_names: frozenset[str] = frozenset(),
 ) -> list[MXHost]:
     """The pure part: null MX, ordering and the self-MX rule; raises MXError subclasses."""
-    if any(name_text(host) in ("", ".") for _p, host in records):
+    if any(name_text(host) in ("", ".", "@") for _p, host in records):
+        # ("@" is how dnspython prints the root name "." relative to itself.)
         # RFC 7505 §3: a null MX is the only MX; treat one mixed with others as null too.
         raise NullMX(domain, "the domain accepts no mail (null MX, RFC 7505)")
     hosts = order_mx(records, random)
@@ -168,7 +169,8 @@ def find_mx_hosts(  # type: ignore[misc]
         raise MXTemporaryError(domain, f"MX lookup failed: {e}") from e
     except DNSLookupError as e:
         raise MXTemporaryError(domain, f"MX lookup failed: {e}") from e
-    records = [(int(r.preference), name_text(r.exchange)) for r in _records(answer)]
+    records = [(int(r.preference), name_text(getattr(r, "host", None) or getattr(r, "exchange", "")))
+               for r in _records(answer)]
     canonical = name_text(getattr(answer, "canonical_name", None) or domain)
     authentic = bool(getattr(answer, "authentic", False))
     if not records:

@@ -7,8 +7,8 @@ import random
 import pytest
 from twisted.internet.defer import Deferred
 
+from mxd.dns.testing import FakeResolver
 from mxd.queue import mx
-from tests.queue.fakes import FakeResolver
 
 
 def _result(d: Deferred) -> object:  # type: ignore[type-arg]
@@ -32,7 +32,8 @@ def test_order_by_preference_with_random_tie_breaks() -> None:
 
 def test_null_mx_is_a_permanent_failure() -> None:
     """RFC 7505: a "." exchange fails permanently with 5.1.10."""
-    r = FakeResolver({("nomail.test", "mx"): [(0, ".")]})
+    r = FakeResolver()
+    r.add("nomail.test", "MX", ["0 ."])
     err = _result(mx.find_mx_hosts(r, "nomail.test", random.random))
     exc = err.value  # type: ignore[attr-defined]
     assert isinstance(exc, mx.NullMX) and exc.permanent and exc.enhanced == "5.1.10"
@@ -40,7 +41,8 @@ def test_null_mx_is_a_permanent_failure() -> None:
 
 def test_implicit_mx_when_there_is_no_mx_record() -> None:
     """No MX data: the domain itself is the only host, marked implicit."""
-    r = FakeResolver({("plain.test", "mx"): "nodata"})
+    r = FakeResolver()
+    r.add("plain.test", "A", ["192.0.2.1"])
     plan = _result(mx.find_mx_hosts(r, "plain.test", random.random))
     assert isinstance(plan, mx.MXPlan)
     assert plan.hosts == (mx.MXHost("plain.test", 0, implicit=True),)
@@ -48,7 +50,9 @@ def test_implicit_mx_when_there_is_no_mx_record() -> None:
 
 def test_nxdomain_is_permanent_and_servfail_temporary() -> None:
     """NXDOMAIN bounces (5.1.2); SERVFAIL is a temporary MXError."""
-    r = FakeResolver({("gone.test", "mx"): "nxdomain", ("flaky.test", "mx"): "servfail"})
+    r = FakeResolver()
+    r.fail("gone.test", None, "nxdomain")
+    r.fail("flaky.test", "MX", "servfail")
     gone = _result(mx.find_mx_hosts(r, "gone.test", random.random)).value  # type: ignore[attr-defined]
     flaky = _result(mx.find_mx_hosts(r, "flaky.test", random.random)).value  # type: ignore[attr-defined]
     assert isinstance(gone, mx.NoSuchDomain) and gone.permanent
@@ -66,20 +70,23 @@ def test_own_mx_drops_equal_and_worse_preferences() -> None:
 
 def test_cname_canonical_name_and_authentic_flag_are_kept() -> None:
     """The plan carries the answer's canonical name and authentic flag."""
-    r = FakeResolver({("alias.test", "mx"): [(10, "mx.real.test")]}, authentic=True)
+    r = FakeResolver()
+    r.add_cname("alias.test", "real.test", authentic=True)
+    r.add("real.test", "MX", ["10 mx.real.test."], authentic=True)
     plan = _result(mx.find_mx_hosts(r, "Alias.test.", random.random))
     assert isinstance(plan, mx.MXPlan)
-    assert plan.authentic and plan.canonical_name == "alias.test"
+    assert plan.authentic and plan.canonical_name == "real.test"
     assert plan.hosts[0].name == "mx.real.test"
 
 
 def test_resolve_host_orders_families_and_types_failures() -> None:
     """IPv4 first by default; no address at all for an NXDOMAIN host is NoSuchDomain."""
-    r = FakeResolver({
-        ("mx.test", "a"): ["192.0.2.1"], ("mx.test", "aaaa"): ["2001:db8::1"],
-        ("none.test", "a"): "nxdomain", ("none.test", "aaaa"): "nxdomain",
-        ("bad.test", "a"): "servfail", ("bad.test", "aaaa"): "nodata",
-    })
+    r = FakeResolver()
+    r.add("mx.test", "A", ["192.0.2.1"])
+    r.add("mx.test", "AAAA", ["2001:db8::1"])
+    r.fail("none.test", None, "nxdomain")
+    r.fail("bad.test", "A", "servfail")
+    r.add("bad.test", "TXT", [b"x"])
     addrs = _result(mx.resolve_host(r, "mx.test"))
     assert [a.ip for a in addrs] == ["192.0.2.1", "2001:db8::1"]  # type: ignore[attr-defined]
     addrs6 = _result(mx.resolve_host(r, "mx.test", prefer_ipv6=True))

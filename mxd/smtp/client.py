@@ -1,0 +1,746 @@
+"""SMTP client (RFC 5321) for delivery and submission, with the ESMTP extensions mxd uses.
+
+One connection: greeting, EHLO (HELO fallback, RFC 5321 §3.2), STARTTLS (RFC 3207) as the
+``TLSPolicy`` says, AUTH with mxd.sasl client mechanisms (RFC 4954), then one or more
+transactions, each delivering one message to several recipients with per-recipient results,
+then QUIT.  Extensions: PIPELINING (RFC 2920), SIZE (RFC 1870), 8BITMIME (RFC 6152),
+SMTPUTF8 (RFC 6531), CHUNKING/BDAT and BINARYMIME (RFC 3030), ENHANCEDSTATUSCODES
+(RFC 2034/3463), DSN (RFC 3461), REQUIRETLS (RFC 8689).
+
+Choices made here:
+
+* A message declared 8BITMIME to a peer without 8BITMIME is not converted: it fails
+  permanently with 5.6.3 (RFC 6152 §3 allows either; conversion would break signatures).
+  Likewise BINARYMIME without CHUNKING+BINARYMIME, and an SMTPUTF8 message to a peer
+  without SMTPUTF8 (5.6.7, RFC 6531 §3.4).  A message larger than the peer's SIZE fails
+  with 5.3.4.
+* The body is streamed from the stored file; line ends are normalised to CRLF (a bare CR
+  or LF becomes CRLF, so no "smuggling" terminator can be formed) and lines starting with
+  "." are dot-stuffed (RFC 5321 §4.5.2).  BDAT sends BINARYMIME bodies unchanged.
+* Timeouts are RFC 5321 §4.5.3.2's defaults, measured on the injected clock.
+* TLS: the policy's mode decides whether STARTTLS is tried (opportunistic), required, or
+  required and verified; ``TLSPolicy.verify`` is the hook where DANE (RFC 7672) and MTA-STS
+  (RFC 8461) checks run on the peer's chain after the handshake.  The outcome of every
+  connection is recorded as a ``TLSResult`` (for TLS reporting, RFC 8460).
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, BinaryIO, Protocol
+
+import attrs
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import Logger
+from twisted.protocols.basic import FileSender, LineOnlyReceiver
+from twisted.python.failure import Failure
+
+from mxd.errors import MxdError
+
+log = Logger()
+
+
+class DelayedCall(Protocol):
+    def active(self) -> bool: ...
+
+    def cancel(self) -> None: ...
+
+    def reset(self, seconds: float) -> None: ...
+
+
+class Clock(Protocol):
+    """The part of IReactorTime used here (task.Clock in tests)."""
+
+    def seconds(self) -> float: ...
+
+    def callLater(self, delay: float, f: Callable[..., Any], *a: Any, **kw: Any) -> Any: ...
+
+_REPLY_RE = re.compile(rb"^([2-5][0-9][0-9])([ -])(.*)$", re.S)
+_ENHANCED_RE = re.compile(r"^([245]\.[0-9]{1,3}\.[0-9]{1,3})(?: |$)")
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+class SMTPClientError(MxdError):
+    """Base of the SMTP client's errors; ``permanent`` decides bounce or retry."""
+
+    permanent = False
+    enhanced = "4.4.2"  # RFC 3463: bad connection
+
+    def __str__(self) -> str:
+        return super().__str__() or self.__class__.__name__
+
+
+class SMTPConnectionError(SMTPClientError):
+    """The connection failed or was lost."""
+
+
+class SMTPTimeoutError(SMTPConnectionError):
+    """The peer did not answer within the RFC 5321 §4.5.3.2 timeout."""
+
+    enhanced = "4.4.2"
+
+
+class SMTPProtocolError(SMTPConnectionError):
+    """The peer sent something that is not an SMTP reply."""
+
+    enhanced = "4.5.0"
+
+
+class SMTPTLSError(SMTPClientError):
+    """STARTTLS was required but not offered, failed, or the peer was not verified.
+
+    ``result_type`` uses RFC 8460 §4.3's words (starttls-not-supported,
+    certificate-not-trusted, validation-failure, ...).
+    """
+
+    enhanced = "4.7.5"  # RFC 3463: cryptographic failure
+
+    def __init__(self, message: str, result_type: str = "validation-failure") -> None:
+        super().__init__(message)
+        self.result_type = result_type
+
+
+class SMTPReplyError(SMTPClientError):
+    """The peer answered a command with an error reply."""
+
+    def __init__(self, code: int, enhanced: str | None, lines: Sequence[str],
+                 permanent: bool | None = None, command: str = "") -> None:
+        self.code = code
+        self.enhanced = enhanced or ("5.0.0" if code >= 500 else "4.0.0")
+        self.lines = tuple(lines)
+        self.permanent = code >= 500 if permanent is None else permanent
+        self.command = command
+        super().__init__(f"{code} {self.enhanced} {' '.join(self.lines)}".strip())
+
+    @classmethod
+    def from_reply(cls, reply: Reply, command: str = "") -> SMTPReplyError:
+        return cls(reply.code, reply.enhanced, reply.lines, reply.code >= 500, command)
+
+
+class SMTPLocalError(SMTPReplyError):
+    """A failure decided on our side (e.g. 8-bit body to a 7-bit peer), in reply form."""
+
+
+class SMTPAuthError(SMTPReplyError):
+    """Authentication failed or no usable mechanism."""
+
+
+# -- values ------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Reply:
+    code: int
+    lines: tuple[str, ...]
+    enhanced: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.code < 400
+
+    @property
+    def permanent(self) -> bool:
+        return self.code >= 500
+
+    @property
+    def text(self) -> str:
+        """The reply as one line, for logs and DSN Diagnostic-Code fields."""
+        first = " ".join(self.lines)
+        return f"{self.code} {first}".strip()
+
+
+class TLSMode(enum.StrEnum):
+    NONE = "none"  # never STARTTLS (tests, or after a failed opportunistic attempt)
+    OPPORTUNISTIC = "opportunistic"  # STARTTLS when offered, no verification (RFC 7435)
+    REQUIRED = "required"  # STARTTLS must succeed; the certificate is not checked
+    VERIFIED = "verified"  # STARTTLS must succeed and the policy's verification pass
+
+
+@attrs.frozen
+class TLSConnectionInfo:
+    """What ``TLSPolicy.verify`` sees after the handshake."""
+
+    version: str | None
+    cipher: str | None
+    peer_chain: tuple[Any, ...]  # cryptography x509.Certificate, leaf first
+    server_name: str
+
+
+@attrs.frozen
+class TLSPolicy:
+    """How one connection uses TLS (chosen per attempt by the queue; DANE/MTA-STS later).
+
+    ``client_options`` is what ``ITLSTransport.startTLS`` gets: an OpenSSL context factory
+    or connection creator; for VERIFIED it should itself verify (e.g. WebPKI for MTA-STS),
+    or ``verify`` checks the chain (DANE).  ``verify`` returns None when the peer is
+    acceptable, else an RFC 8460 result type.  ``policy_type``/``policy_domain`` are
+    recorded in the TLS result (RFC 8460 §4.1: "tlsa", "sts", "no-policy-found").
+    """
+
+    mode: TLSMode = TLSMode.OPPORTUNISTIC
+    client_options: Any = None
+    verify: Callable[[TLSConnectionInfo], str | None] | None = None
+    policy_type: str = "no-policy-found"
+    policy_domain: str = ""
+
+
+@attrs.frozen
+class TLSResult:
+    """The outcome of one connection's TLS, for logs, the attempts log and TLSRPT."""
+
+    policy_type: str
+    policy_domain: str
+    mode: TLSMode
+    used: bool
+    verified: bool = False
+    version: str | None = None
+    cipher: str | None = None
+    failure: str | None = None  # RFC 8460 §4.3 result type
+
+
+@attrs.frozen
+class ClientRecipient:
+    address: str
+    notify: frozenset[str] | None = None
+    orcpt: str | None = None
+
+
+@attrs.frozen
+class ClientMessage:
+    mail_from: str
+    recipients: tuple[ClientRecipient, ...]
+    size: int = 0
+    body: str = "7BIT"  # "7BIT" | "8BITMIME" | "BINARYMIME"
+    smtputf8: bool = False
+    ret: str | None = None
+    envid: str | None = None
+    requiretls: bool = False
+
+
+@attrs.frozen
+class RecipientResult:
+    address: str
+    reply: Reply
+
+    @property
+    def delivered(self) -> bool:
+        return self.reply.ok
+
+
+@attrs.frozen
+class TransactionResult:
+    recipients: tuple[RecipientResult, ...]
+    data_reply: Reply | None
+
+
+@attrs.frozen
+class ClientAuth:
+    """Credentials for AUTH (submission transports); the mechanism comes from mxd.sasl."""
+
+    username: str
+    password: str
+    allowed_mechanisms: tuple[str, ...] | None = None
+
+
+@attrs.frozen
+class ClientSettings:
+    """RFC 5321 §4.5.3.2 timeouts (seconds) and behaviour switches."""
+
+    helo_name: str = "localhost"
+    greeting_timeout: float = 300.0
+    ehlo_timeout: float = 300.0
+    mail_timeout: float = 300.0
+    rcpt_timeout: float = 300.0
+    data_init_timeout: float = 120.0
+    data_block_timeout: float = 180.0
+    data_end_timeout: float = 600.0
+    use_chunking: bool = True
+    chunk_size: int = 1 << 20
+    max_reply_line: int = 4096
+
+
+def xtext_encode(text: str) -> str:
+    """RFC 3461 §4: '+', '=' and characters outside '!'..'~' become '+XX'."""
+    out = []
+    for b in text.encode("utf-8"):
+        out.append(chr(b) if 33 <= b <= 126 and b not in (43, 61) else f"+{b:02X}")
+    return "".join(out)
+
+
+class DataEncoder:
+    """Streaming CRLF normalisation and dot-stuffing for DATA (RFC 5321 §4.5.2)."""
+
+    def __init__(self, dot_stuff: bool = True) -> None:
+        self._bol = True
+        self._cr = False
+        self._dot_stuff = dot_stuff
+
+    def encode(self, chunk: bytes) -> bytes:
+        if self._cr:
+            chunk = b"\r" + chunk
+            self._cr = False
+        if chunk.endswith(b"\r"):
+            chunk = chunk[:-1]
+            self._cr = True
+        if not chunk:
+            return b""
+        data = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if self._dot_stuff:
+            data = data.replace(b"\n.", b"\n..")
+            if self._bol and data.startswith(b"."):
+                data = b"." + data
+        self._bol = data.endswith(b"\n")
+        return data.replace(b"\n", b"\r\n")
+
+    def finish(self) -> bytes:
+        """The rest: a pending CR as CRLF, a final CRLF if the body lacked one."""
+        out = b""
+        if self._cr:
+            out = b"\r\n"
+            self._cr = False
+            self._bol = True
+        if not self._bol:
+            out += b"\r\n"
+            self._bol = True
+        return out
+
+
+# -- the protocol ------------------------------------------------------------------------
+
+
+class SMTPClient(LineOnlyReceiver):
+    """An SMTP client connection: ``start()``, ``send(message, body)`` (repeatable), ``quit()``."""
+
+    delimiter = b"\r\n"
+
+    def __init__(self, clock: Clock, settings: ClientSettings, tls: TLSPolicy,
+                 server_name: str, auth: ClientAuth | None = None) -> None:
+        self.clock = clock
+        self.settings = settings
+        self.tls_policy = tls
+        self.server_name = server_name
+        self.auth = auth
+        self.MAX_LENGTH = settings.max_reply_line
+        self.extensions: dict[str, str] = {}
+        self.esmtp = True
+        self.tls_result = TLSResult(tls.policy_type, tls.policy_domain, tls.mode, used=False)
+        self.ready: Deferred[None] = Deferred()
+        self._lines: list[tuple[int, str]] = []
+        self._replies: list[Reply] = []
+        self._waiters: list[tuple[Deferred[Reply], DelayedCall | None]] = []
+        self._lost: Failure | None = None
+        self._in_starttls = False
+
+    # -- Twisted plumbing --------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.ready.callback(None)
+
+    def connectionLost(self, reason: Failure = Failure(Exception("closed"))) -> None:
+        if self._in_starttls:
+            err: SMTPClientError = SMTPTLSError(f"TLS handshake failed: {reason.value}",
+                                                "validation-failure")
+        else:
+            err = SMTPConnectionError(f"connection lost: {reason.getErrorMessage()}")
+        self._lost = Failure(err)
+        waiters, self._waiters = self._waiters, []
+        for d, timer in waiters:
+            if timer is not None and timer.active():
+                timer.cancel()
+            d.errback(self._lost)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._protocol_error("reply line too long")
+
+    def lineReceived(self, line: bytes) -> None:
+        m = _REPLY_RE.match(line)
+        if m is None:
+            self._protocol_error(f"not an SMTP reply: {line[:80]!r}")
+            return
+        code = int(m.group(1))
+        if self._lines and self._lines[0][0] != code:
+            self._protocol_error("reply code changed within a multi-line reply")
+            return
+        self._lines.append((code, m.group(3).decode("utf-8", "replace")))
+        if m.group(2) == b" ":
+            texts = [t for _c, t in self._lines]
+            self._lines = []
+            em = _ENHANCED_RE.match(texts[0]) if code != 220 or self.esmtp else None
+            enhanced = None
+            if em and em.group(1)[0] == str(code)[0]:
+                enhanced = em.group(1)
+                texts = [_ENHANCED_RE.sub("", t, count=1) for t in texts]
+            self._deliver_reply(Reply(code, tuple(texts), enhanced))
+
+    @property
+    def _t(self) -> Any:
+        return self.transport
+
+    def _protocol_error(self, why: str) -> None:
+        log.warn("protocol error from {server}: {why}", server=self.server_name, why=why)
+        self._in_starttls = False
+        err = SMTPProtocolError(why)
+        waiters, self._waiters = self._waiters, []
+        for d, timer in waiters:
+            if timer is not None and timer.active():
+                timer.cancel()
+            d.errback(err)
+        self._lost = Failure(err)
+        if self.transport is not None:
+            self._t.abortConnection()
+
+    def _deliver_reply(self, reply: Reply) -> None:
+        if self._waiters:
+            d, timer = self._waiters.pop(0)
+            if timer is not None and timer.active():
+                timer.cancel()
+            d.callback(reply)
+        else:
+            self._replies.append(reply)
+
+    def _expect(self, timeout: float, what: str) -> Deferred[Reply]:
+        """A Deferred for the next reply; errbacks with SMTPTimeoutError after ``timeout``."""
+        if self._replies:
+            return _succeed(self._replies.pop(0))
+        if self._lost is not None:
+            return _failed(self._lost)
+        d: Deferred[Reply] = Deferred()
+        entry: list[Any] = [d, None]
+
+        def expire() -> None:
+            if (d, entry[1]) in self._waiters:
+                self._waiters.remove((d, entry[1]))
+            d.errback(SMTPTimeoutError(f"timeout waiting for the reply to {what}"))
+            if self.transport is not None:
+                self._t.abortConnection()
+
+        entry[1] = self.clock.callLater(timeout, expire)
+        self._waiters.append((d, entry[1]))
+        return d
+
+    def _send(self, line: str) -> None:
+        self._t.write(line.encode("utf-8") + b"\r\n")
+
+    async def _command(self, line: str, timeout: float, what: str = "") -> Reply:
+        self._send(line)
+        return await self._expect(timeout, what or line.split(" ", 1)[0])
+
+    # -- session -----------------------------------------------------------------------
+
+    def start(self) -> Deferred[None]:
+        """Greeting, EHLO/HELO, STARTTLS per policy, AUTH; errbacks with SMTPClientError."""
+        return ensureDeferred(self._start())
+
+    async def _start(self) -> None:
+        greeting = await self._expect(self.settings.greeting_timeout, "greeting")
+        if greeting.code != 220:
+            raise SMTPReplyError.from_reply(greeting, "greeting")
+        await self._hello()
+        await self._starttls()
+        if self.auth is not None:
+            await self._authenticate(self.auth)
+
+    async def _hello(self) -> None:
+        reply = await self._command(f"EHLO {self.settings.helo_name}", self.settings.ehlo_timeout)
+        if reply.code == 250:
+            self.esmtp = True
+            self.extensions = {}
+            for line in reply.lines[1:]:
+                keyword, _sep, params = line.strip().partition(" ")
+                self.extensions[keyword.upper()] = params
+            return
+        if reply.code == 421:
+            raise SMTPReplyError.from_reply(reply, "EHLO")
+        # RFC 5321 §3.2: a server that does not know EHLO: fall back to HELO.
+        self.esmtp = False
+        self.extensions = {}
+        reply = await self._command(f"HELO {self.settings.helo_name}", self.settings.ehlo_timeout)
+        if reply.code != 250:
+            raise SMTPReplyError.from_reply(reply, "HELO")
+
+    def has(self, extension: str) -> bool:
+        return extension.upper() in self.extensions
+
+    async def _starttls(self) -> None:
+        policy = self.tls_policy
+        if policy.mode is TLSMode.NONE:
+            return
+        if not self.has("STARTTLS"):
+            if policy.mode is TLSMode.OPPORTUNISTIC:
+                return
+            self.tls_result = attrs.evolve(self.tls_result, failure="starttls-not-supported")
+            raise SMTPTLSError(f"{self.server_name} does not offer STARTTLS",
+                               "starttls-not-supported")
+        reply = await self._command("STARTTLS", self.settings.ehlo_timeout)
+        if reply.code != 220:
+            self.tls_result = attrs.evolve(self.tls_result, failure="starttls-not-supported")
+            if policy.mode is TLSMode.OPPORTUNISTIC:
+                return
+            raise SMTPTLSError(f"STARTTLS refused: {reply.text}", "starttls-not-supported")
+        options = policy.client_options
+        if options is None:
+            from twisted.internet.ssl import CertificateOptions
+
+            options = CertificateOptions()  # opportunistic: no verification (RFC 7435)
+        # RFC 3207 §4.2: discard what we knew; nothing may be pipelined across the switch.
+        self._replies.clear()
+        self._in_starttls = True
+        self._t.startTLS(options)
+        try:
+            await self._hello()  # the reply arrives only after a successful handshake
+        except SMTPTLSError as e:
+            self.tls_result = attrs.evolve(self.tls_result, failure=e.result_type)
+            raise
+        finally:
+            self._in_starttls = False
+        info = self._tls_info()
+        verified = False
+        if policy.verify is not None:
+            failure = policy.verify(info)
+            if failure is not None:
+                self.tls_result = attrs.evolve(self.tls_result, used=True, failure=failure,
+                                               version=info.version, cipher=info.cipher)
+                if policy.mode is TLSMode.VERIFIED:
+                    raise SMTPTLSError(f"{self.server_name}: TLS verification failed: {failure}",
+                                       failure)
+            else:
+                verified = True
+        elif policy.mode is TLSMode.VERIFIED and policy.client_options is not None:
+            verified = True  # the connection creator verified during the handshake
+        self.tls_result = attrs.evolve(self.tls_result, used=True, verified=verified,
+                                       version=info.version, cipher=info.cipher)
+
+    def _tls_info(self) -> TLSConnectionInfo:
+        version = cipher = None
+        chain: tuple[Any, ...] = ()
+        handle = getattr(self.transport, "getHandle", lambda: None)()
+        if handle is not None and hasattr(handle, "get_protocol_version_name"):
+            try:
+                version = handle.get_protocol_version_name()
+                cipher = handle.get_cipher_name()
+                certs = handle.get_peer_cert_chain() or []
+                chain = tuple(c.to_cryptography() if hasattr(c, "to_cryptography") else c
+                              for c in certs)
+            except Exception as e:  # noqa: BLE001 - informational only
+                log.debug("no TLS details: {error}", error=e)
+        return TLSConnectionInfo(version, cipher, chain, self.server_name)
+
+    async def _authenticate(self, auth: ClientAuth) -> None:
+        from mxd.sasl import client as sasl_client
+
+        offered = self.extensions.get("AUTH", "").split()
+        mech_name = sasl_client.choose_mechanism(offered, auth.allowed_mechanisms, False)
+        if mech_name is None:
+            raise SMTPAuthError(530, "5.7.0", [f"no usable AUTH mechanism in {offered}"], True)
+        mech = sasl_client.make_client(mech_name, auth.username, auth.password)
+        initial = mech.initial_response()
+        line = f"AUTH {mech_name}"
+        if initial is not None:
+            line += " " + (base64.b64encode(initial).decode() if initial else "=")
+        reply = await self._command(line, self.settings.ehlo_timeout, "AUTH")
+        while reply.code == 334:
+            try:
+                challenge = base64.b64decode(" ".join(reply.lines).strip(), validate=True)
+                response = mech.step(challenge)
+            except Exception as e:
+                reply = await self._command("*", self.settings.ehlo_timeout, "AUTH")
+                raise SMTPAuthError(535, "5.7.8", [f"authentication aborted: {e}"], True) from e
+            reply = await self._command(base64.b64encode(response).decode(),
+                                        self.settings.ehlo_timeout, "AUTH")
+        if reply.code != 235:
+            raise SMTPAuthError(reply.code, reply.enhanced, reply.lines, reply.code >= 500)
+        mech.finish(None)
+
+    # -- transactions ------------------------------------------------------------------
+
+    def check_message(self, message: ClientMessage) -> None:
+        """Raise SMTPLocalError when the peer cannot take ``message`` (see module doc)."""
+        if message.smtputf8 and not self.has("SMTPUTF8"):
+            raise SMTPLocalError(553, "5.6.7", ["the peer does not support SMTPUTF8"], True)
+        if message.body.upper() == "8BITMIME" and not self.has("8BITMIME"):
+            raise SMTPLocalError(554, "5.6.3", ["the peer does not support 8BITMIME"], True)
+        if message.body.upper() == "BINARYMIME" and not (
+                self.has("BINARYMIME") and self.has("CHUNKING")):
+            raise SMTPLocalError(554, "5.6.3", ["the peer does not support BINARYMIME"], True)
+        limit = self.extensions.get("SIZE", "").strip()
+        if limit.isdigit() and int(limit) and message.size > int(limit):
+            raise SMTPLocalError(552, "5.3.4", [f"message too big for the peer ({limit})"], True)
+        if message.requiretls and not (self.tls_result.used and self.has("REQUIRETLS")):
+            # RFC 8689 §4.2.1 (verification of the TLS connection comes with the policy).
+            raise SMTPLocalError(550, "5.7.30", ["REQUIRETLS not supported by the peer"], True)
+
+    def _mail_line(self, m: ClientMessage) -> str:
+        params = []
+        if self.has("SIZE") and m.size:
+            params.append(f"SIZE={m.size}")
+        if m.body.upper() in ("8BITMIME", "BINARYMIME") and self.esmtp:
+            params.append(f"BODY={m.body.upper()}")
+        if m.smtputf8:
+            params.append("SMTPUTF8")
+        if m.requiretls:
+            params.append("REQUIRETLS")
+        if self.has("DSN"):
+            if m.ret:
+                params.append(f"RET={m.ret.upper()}")
+            if m.envid:
+                params.append(f"ENVID={xtext_encode(m.envid)}")
+        return " ".join([f"MAIL FROM:<{m.mail_from}>", *params])
+
+    def _rcpt_line(self, r: ClientRecipient) -> str:
+        params = []
+        if self.has("DSN"):
+            if r.notify:
+                params.append("NOTIFY=" + ",".join(sorted(n.upper() for n in r.notify)))
+            if r.orcpt:
+                params.append(f"ORCPT={r.orcpt}")
+        return " ".join([f"RCPT TO:<{r.address}>", *params])
+
+    def send(self, message: ClientMessage, body: BinaryIO) -> Deferred[TransactionResult]:
+        """One transaction; fires with per-recipient results.
+
+        A recipient refused at RCPT keeps that reply; the others get the final reply to the
+        body.  Errbacks with SMTPLocalError (nothing sent), SMTPReplyError for MAIL FROM
+        (applies to every recipient) or SMTPConnectionError/SMTPTimeoutError.
+        """
+        return ensureDeferred(self._transaction(message, body))
+
+    async def _transaction(self, m: ClientMessage, body: BinaryIO) -> TransactionResult:
+        self.check_message(m)
+        s = self.settings
+        pipelining = self.has("PIPELINING")
+        chunking = s.use_chunking and self.has("CHUNKING") or m.body.upper() == "BINARYMIME"
+        lines = [self._mail_line(m)] + [self._rcpt_line(r) for r in m.recipients]
+        if not chunking:
+            lines.append("DATA")
+        replies: list[Reply] = []
+        if pipelining:
+            # RFC 2920 §3.1: MAIL, RCPTs and DATA go in one write; replies come in order.
+            self._t.write("".join(f"{x}\r\n" for x in lines).encode("utf-8"))
+            for i, x in enumerate(lines):
+                t = s.mail_timeout if i == 0 else s.rcpt_timeout if x != "DATA" else s.data_init_timeout
+                replies.append(await self._expect(t, x.split(" ", 1)[0]))
+        else:
+            for i, x in enumerate(lines):
+                t = s.mail_timeout if i == 0 else s.rcpt_timeout if x != "DATA" else s.data_init_timeout
+                replies.append(await self._command(x, t))
+                if i == 0 and not replies[0].ok:
+                    break
+                if x == "DATA":
+                    break
+                if i == len(m.recipients) and not any(r.ok for r in replies[1:]):
+                    break  # no recipient accepted: do not start DATA
+        mail_reply = replies[0]
+        if not mail_reply.ok:
+            await self._reset()
+            raise SMTPReplyError.from_reply(mail_reply, "MAIL FROM")
+        rcpt_replies = replies[1 : 1 + len(m.recipients)]
+        accepted = [r.ok for r in rcpt_replies]
+        if not any(accepted):
+            if not chunking and len(replies) > len(m.recipients) + 1 and replies[-1].code == 354:
+                # RFC 2920 §3.1: DATA was accepted anyway; end it with an empty message.
+                self._send(".")
+                await self._expect(s.data_end_timeout, "end of data")
+            await self._reset()
+            return TransactionResult(tuple(RecipientResult(r.address, rep)
+                                           for r, rep in zip(m.recipients, rcpt_replies, strict=False)), None)
+        if chunking:
+            final = await self._bdat(m, body)
+        else:
+            data_reply = replies[-1]
+            if data_reply.code != 354:
+                await self._reset()
+                final = data_reply
+            else:
+                final = await self._data(body)
+        results = []
+        for r, rep, ok in zip(m.recipients, rcpt_replies, accepted, strict=True):
+            results.append(RecipientResult(r.address, final if ok else rep))
+        return TransactionResult(tuple(results), final)
+
+    async def _reset(self) -> None:
+        try:
+            await self._command("RSET", self.settings.mail_timeout)
+        except SMTPClientError:
+            pass
+
+    async def _data(self, body: BinaryIO) -> Reply:
+        encoder = DataEncoder()
+        sender = FileSender()
+        # RFC 5321 §4.5.3.2.5: a data block must be taken within the timeout; the watchdog
+        # is pushed back each time the transport asks for (and gets) another block.
+        watchdog = self.clock.callLater(self.settings.data_block_timeout, self._stall)
+
+        def transform(chunk: bytes) -> bytes:
+            if watchdog.active():
+                watchdog.reset(self.settings.data_block_timeout)
+            return encoder.encode(chunk)
+
+        try:
+            await sender.beginFileTransfer(body, self._t, transform)
+        except Exception as e:
+            if self._lost is not None:
+                self._lost.raiseException()
+            raise SMTPConnectionError(f"sending the message failed: {e}") from e
+        finally:
+            if watchdog.active():
+                watchdog.cancel()
+        if self._lost is not None:
+            self._lost.raiseException()
+        self._t.write(encoder.finish() + b".\r\n")
+        return await self._expect(self.settings.data_end_timeout, "end of data")
+
+    def _stall(self) -> None:
+        log.warn("{server} stopped taking data", server=self.server_name)
+        if self.transport is not None:
+            self._t.abortConnection()
+
+    async def _bdat(self, m: ClientMessage, body: BinaryIO) -> Reply:
+        encoder = DataEncoder(dot_stuff=False)
+        binary = m.body.upper() == "BINARYMIME"
+        size = max(1, self.settings.chunk_size)
+        chunk = body.read(size)
+        while True:
+            nxt = body.read(size)
+            data = chunk if binary else encoder.encode(chunk)
+            last = not nxt
+            if last and not binary:
+                data += encoder.finish()
+            cmd = f"BDAT {len(data)}{' LAST' if last else ''}"
+            self._t.write(cmd.encode() + b"\r\n" + data)
+            reply = await self._expect(self.settings.data_end_timeout if last
+                                       else self.settings.data_block_timeout, "BDAT")
+            if last or not reply.ok:
+                if not reply.ok and not last:
+                    await self._reset()
+                return reply
+            chunk = nxt
+
+    def quit(self) -> Deferred[None]:
+        """Send QUIT, wait briefly for the reply and close; never errbacks."""
+        async def run() -> None:
+            try:
+                if self._lost is None:
+                    await self._command("QUIT", 10.0)
+            except SMTPClientError:
+                pass
+            finally:
+                if self.transport is not None:
+                    self._t.loseConnection()
+        return ensureDeferred(run())
+
+
+def _succeed(value: Reply) -> Deferred[Reply]:
+    d: Deferred[Reply] = Deferred()
+    d.callback(value)
+    return d
+
+
+def _failed(f: Failure) -> Deferred[Reply]:
+    d: Deferred[Reply] = Deferred()
+    d.errback(f)
+    return d

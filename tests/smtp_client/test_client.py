@@ -1,0 +1,281 @@
+"""mxd's SMTP client (mxd.smtp.client) against scripted servers on StringTransport."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+
+from mxd.smtp.client import (
+    ClientMessage,
+    ClientRecipient,
+    ClientSettings,
+    DataEncoder,
+    SMTPClient,
+    SMTPLocalError,
+    SMTPReplyError,
+    SMTPTimeoutError,
+    SMTPTLSError,
+    TLSMode,
+    TLSPolicy,
+    TransactionResult,
+    xtext_encode,
+)
+
+EHLO_FULL = (b"250-mx.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n"
+             b"250-ENHANCEDSTATUSCODES\r\n250-DSN\r\n250 SMTPUTF8\r\n")
+
+
+class Session:
+    """A client on a StringTransport plus helpers to answer it."""
+
+    def __init__(self, mode: TLSMode = TLSMode.OPPORTUNISTIC, **settings: Any) -> None:
+        self.clock = Clock()
+        self.transport = StringTransport()
+        self.client = SMTPClient(self.clock, ClientSettings(helo_name="me.test", **settings),
+                                 TLSPolicy(mode=mode), "mx.test")
+        self.client.makeConnection(self.transport)
+
+    def written(self) -> list[str]:
+        out = self.transport.value().decode()
+        self.transport.clear()
+        return out.split("\r\n")[:-1]
+
+    def reply(self, data: bytes) -> None:
+        self.client.dataReceived(data)
+
+    def pump(self) -> None:
+        while self.transport.producer is not None:
+            self.transport.producer.resumeProducing()
+
+
+def _result(d: Deferred[Any]) -> Any:
+    out: list[Any] = []
+    d.addBoth(out.append)
+    assert out, "Deferred has not fired"
+    return out[0]
+
+
+def _started(s: Session, ehlo: bytes = EHLO_FULL) -> None:
+    d = s.client.start()
+    s.reply(b"220 mx.test ESMTP\r\n")
+    assert s.written() == ["EHLO me.test"]
+    s.reply(ehlo)
+    assert _result(d) is None
+
+
+MSG = ClientMessage(
+    mail_from="a@example.org",
+    recipients=(ClientRecipient("ok@mx.test", notify=frozenset({"FAILURE", "DELAY"}),
+                                orcpt="rfc822;ok@mx.test"),
+                ClientRecipient("gone@mx.test"), ClientRecipient("later@mx.test")),
+    size=40, envid="id 1", ret="HDRS",
+)
+
+
+def test_pipelined_transaction_with_per_recipient_results() -> None:
+    """MAIL, RCPTs and DATA go out in one write; refused recipients keep their own reply."""
+    s = Session()
+    _started(s)
+    d = s.client.send(MSG, io.BytesIO(b"Subject: x\r\n\r\nhello\r\n.dot\r\n"))
+    lines = s.written()
+    assert lines == [
+        "MAIL FROM:<a@example.org> SIZE=40 RET=HDRS ENVID=id+201",
+        "RCPT TO:<ok@mx.test> NOTIFY=DELAY,FAILURE ORCPT=rfc822;ok@mx.test",
+        "RCPT TO:<gone@mx.test>", "RCPT TO:<later@mx.test>", "DATA",
+    ]
+    s.reply(b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n550 5.1.1 no such user\r\n"
+            b"451 4.3.0 try later\r\n354 go\r\n")
+    s.pump()
+    assert s.written() == ["Subject: x", "", "hello", "..dot", "."]
+    s.reply(b"250 2.0.0 queued as X\r\n")
+    result = _result(d)
+    assert isinstance(result, TransactionResult)
+    got = {r.address: (r.reply.code, r.reply.enhanced, r.delivered) for r in result.recipients}
+    assert got == {"ok@mx.test": (250, "2.0.0", True), "gone@mx.test": (550, "5.1.1", False),
+                   "later@mx.test": (451, "4.3.0", False)}
+
+
+def test_helo_fallback_and_lockstep_without_pipelining() -> None:
+    """A server refusing EHLO gets HELO; without PIPELINING each command waits for its reply."""
+    s = Session()
+    d = s.client.start()
+    s.reply(b"220 old.test SMTP\r\n")
+    assert s.written() == ["EHLO me.test"]
+    s.reply(b"500 what?\r\n")
+    assert s.written() == ["HELO me.test"]
+    s.reply(b"250 old.test\r\n")
+    assert _result(d) is None and not s.client.esmtp
+    msg = ClientMessage("a@x.test", (ClientRecipient("b@old.test"),))
+    d2 = s.client.send(msg, io.BytesIO(b"hi"))
+    assert s.written() == ["MAIL FROM:<a@x.test>"]
+    s.reply(b"250 ok\r\n")
+    assert s.written() == ["RCPT TO:<b@old.test>"]
+    s.reply(b"250 ok\r\n")
+    assert s.written() == ["DATA"]
+    s.reply(b"354 go\r\n")
+    s.pump()
+    assert s.written() == ["hi", "."]
+    s.reply(b"250 done\r\n")
+    assert _result(d2).recipients[0].delivered
+
+
+def test_mail_from_refusal_fails_the_transaction() -> None:
+    """A 5xx to MAIL FROM errbacks with a permanent SMTPReplyError and resets."""
+    s = Session()
+    _started(s)
+    d = s.client.send(ClientMessage("a@x.test", (ClientRecipient("b@mx.test"),)), io.BytesIO(b"x"))
+    s.written()
+    s.reply(b"553 5.7.1 sender rejected\r\n503 5.5.1 no mail\r\n503 5.5.1 no rcpt\r\n")
+    assert s.written() == ["RSET"]
+    s.reply(b"250 ok\r\n")
+    f = _result(d)
+    assert isinstance(f, Failure) and isinstance(f.value, SMTPReplyError)
+    assert f.value.permanent and f.value.code == 553 and f.value.enhanced == "5.7.1"
+
+
+def test_no_accepted_recipient_after_354_sends_empty_message() -> None:
+    """RFC 2920 §3.1: all RCPTs refused but DATA got 354: the client ends DATA at once."""
+    s = Session()
+    _started(s)
+    d = s.client.send(ClientMessage("a@x.test", (ClientRecipient("b@mx.test"),)), io.BytesIO(b"x"))
+    s.written()
+    s.reply(b"250 ok\r\n550 5.1.1 nope\r\n354 go\r\n")
+    assert s.written() == ["."]
+    s.reply(b"554 no valid recipients\r\n")
+    assert s.written() == ["RSET"]
+    s.reply(b"250 ok\r\n")
+    result = _result(d)
+    assert result.recipients[0].reply.code == 550 and result.data_reply is None
+
+
+def test_starttls_required_but_not_offered_is_a_tls_error() -> None:
+    """Mode REQUIRED without STARTTLS fails with starttls-not-supported; opportunistic goes on."""
+    s = Session(mode=TLSMode.REQUIRED)
+    d = s.client.start()
+    s.reply(b"220 hi\r\n")
+    s.written()
+    s.reply(b"250-mx.test\r\n250 PIPELINING\r\n")
+    f = _result(d)
+    assert isinstance(f, Failure) and isinstance(f.value, SMTPTLSError)
+    assert f.value.result_type == "starttls-not-supported"
+    assert s.client.tls_result.failure == "starttls-not-supported"
+    s2 = Session(mode=TLSMode.OPPORTUNISTIC)
+    _started(s2, b"250-mx.test\r\n250 PIPELINING\r\n")
+    assert not s2.client.tls_result.used
+
+
+def test_starttls_is_sent_when_offered() -> None:
+    """Opportunistic mode sends STARTTLS when offered and switches the transport to TLS."""
+    started: list[Any] = []
+    s = Session()
+    s.transport.startTLS = started.append  # type: ignore[attr-defined]
+    d = s.client.start()
+    s.reply(b"220 hi\r\n")
+    s.written()
+    s.reply(b"250-mx.test\r\n250 STARTTLS\r\n")
+    assert s.written() == ["STARTTLS"]
+    s.reply(b"220 go ahead\r\n")
+    assert len(started) == 1
+    assert s.written() == ["EHLO me.test"]
+    s.reply(b"250-mx.test\r\n250 PIPELINING\r\n")
+    assert _result(d) is None
+    assert s.client.tls_result.used and s.client.has("PIPELINING")
+
+
+def test_bdat_when_chunking_is_offered() -> None:
+    """With CHUNKING the body goes as BDAT n LAST, not dot-stuffed."""
+    s = Session()
+    _started(s, b"250-mx.test\r\n250-PIPELINING\r\n250 CHUNKING\r\n")
+    d = s.client.send(ClientMessage("a@x.test", (ClientRecipient("b@mx.test"),)),
+                      io.BytesIO(b".x\nline"))
+    assert s.written() == ["MAIL FROM:<a@x.test>", "RCPT TO:<b@mx.test>"]
+    s.reply(b"250 ok\r\n250 ok\r\n")
+    assert s.transport.value() == b"BDAT 10 LAST\r\n.x\r\nline\r\n"
+    s.reply(b"250 2.0.0 ok\r\n")
+    assert _result(d).recipients[0].delivered
+
+
+@pytest.mark.parametrize(("msg", "code", "enhanced"), [
+    (ClientMessage("a@x", (ClientRecipient("b@y"),), body="8BITMIME"), 554, "5.6.3"),
+    (ClientMessage("a@x", (ClientRecipient("b@y"),), smtputf8=True), 553, "5.6.7"),
+    (ClientMessage("a@x", (ClientRecipient("b@y"),), size=5000), 552, "5.3.4"),
+    (ClientMessage("a@x", (ClientRecipient("b@y"),), requiretls=True), 550, "5.7.30"),
+])
+def test_unsupported_needs_fail_locally_and_permanently(msg: ClientMessage, code: int,
+                                                        enhanced: str) -> None:
+    """8-bit, SMTPUTF8, oversize and REQUIRETLS messages the peer cannot take fail before MAIL."""
+    s = Session()
+    _started(s, b"250-mx.test\r\n250 SIZE 1000\r\n")
+    f = _result(s.client.send(msg, io.BytesIO(b"x")))
+    assert isinstance(f.value, SMTPLocalError)
+    assert (f.value.code, f.value.enhanced, f.value.permanent) == (code, enhanced, True)
+    assert s.written() == []
+
+
+def test_greeting_timeout_uses_the_injected_clock() -> None:
+    """No greeting within 300 s (RFC 5321 §4.5.3.2.1) errbacks with SMTPTimeoutError."""
+    s = Session()
+    d = s.client.start()
+    s.clock.advance(299)
+    assert not d.called
+    s.clock.advance(2)
+    f = _result(d)
+    assert isinstance(f.value, SMTPTimeoutError)
+    assert s.transport.disconnecting  # the connection is aborted
+
+
+def test_multiline_reply_and_bad_reply() -> None:
+    """Multi-line replies join; a line that is not a reply is a protocol error."""
+    s = Session()
+    d = s.client.start()
+    s.reply(b"220-first\r\n220 second\r\n")
+    s.written()
+    s.reply(b"garbage\r\n")
+    f = _result(d)
+    assert "not an SMTP reply" in str(f.value)
+
+
+def test_connection_lost_fails_pending_commands() -> None:
+    """Losing the connection mid-transaction errbacks with SMTPConnectionError (temporary)."""
+    s = Session()
+    _started(s)
+    d = s.client.send(ClientMessage("a@x.test", (ClientRecipient("b@mx.test"),)), io.BytesIO(b"x"))
+    s.client.connectionLost(Failure(ConnectionError("reset")))
+    f = _result(d)
+    assert not f.value.permanent and "connection lost" in str(f.value)
+
+
+def test_xtext_encoding() -> None:
+    """RFC 3461 §4 xtext escapes '+', '=', space and non-ASCII."""
+    assert xtext_encode("a+b=c d") == "a+2Bb+3Dc+20d"
+    assert xtext_encode("é") == "+C3+A9"
+
+
+def _decode_data(wire: bytes) -> bytes:
+    lines = wire.split(b"\r\n")
+    assert lines[-1] == b""
+    return b"\r\n".join(line[1:] if line.startswith(b".") else line for line in lines[:-1])
+
+
+@given(st.lists(st.sampled_from([b"a", b".", b"\r", b"\n", b"\r\n", b"..", b"x.y"]), max_size=40),
+       st.integers(1, 7))
+def test_data_encoder_round_trip(pieces: list[bytes], chunk: int) -> None:
+    """Any chunking gives CRLF-only output whose un-stuffing equals the normalised input."""
+    raw = b"".join(pieces)
+    enc = DataEncoder()
+    out = b"".join(enc.encode(raw[i:i + chunk]) for i in range(0, len(raw), chunk)) + enc.finish()
+    assert out.replace(b"\r\n", b"").count(b"\r") == 0 and out.replace(b"\r\n", b"").count(b"\n") == 0
+    normal = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    if normal and not normal.endswith(b"\n"):
+        normal += b"\n"
+    assert _decode_data(out) + (b"\r\n" if out else b"") == normal.replace(b"\n", b"\r\n")
+    for line in out.split(b"\r\n"):
+        assert line != b"."  # never a premature terminator
