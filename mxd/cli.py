@@ -148,7 +148,8 @@ def _serve(cfg: Config, banner: str | None,
 
     ``prepare(reactor)`` (may return a Deferred) runs first, inside the same reactor run.
     """
-    from twisted.internet import defer, reactor
+    from twisted.internet import defer
+    from twisted.internet import reactor as _reactor
     from twisted.logger import globalLogBeginner
 
     from mxd.log import make_observer
@@ -160,6 +161,7 @@ def _serve(cfg: Config, banner: str | None,
     globalLogBeginner.beginLoggingTo(
         [make_observer(cfg.log.level, cfg.log.format, cfg.log.levels, sys.stderr)],
         redirectStandardIO=False)
+    reactor: Any = _reactor
     status: dict[str, Any] = {"code": 0}
 
     async def start() -> None:
@@ -172,20 +174,20 @@ def _serve(cfg: Config, banner: str | None,
         except Exception as e:  # noqa: BLE001 - reported, then the process exits 1
             print(f"mxd: {e}", file=sys.stderr, flush=True)
             status["code"] = 1
-            reactor.stop()  # type: ignore[attr-defined]
+            reactor.stop()
             return
-        reactor.addSystemEventTrigger("before", "shutdown", top.stopService)  # type: ignore[attr-defined]
+        reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
         if banner:
             ports = {n.split(":")[0]: li.port for n, li in top.listeners.items()}
             print(banner.format(**ports), flush=True)
 
     def stop(*_: Any) -> None:
-        reactor.callFromThread(reactor.stop)  # type: ignore[attr-defined]
+        reactor.callFromThread(reactor.stop)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    reactor.callWhenRunning(lambda: defer.ensureDeferred(start()))  # type: ignore[attr-defined]
-    reactor.run(installSignalHandlers=False)  # type: ignore[attr-defined]
+    reactor.callWhenRunning(lambda: defer.ensureDeferred(start()))
+    reactor.run(installSignalHandlers=False)
     return int(status["code"])
 
 

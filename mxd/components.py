@@ -6,7 +6,7 @@ account/queue commands build the very same objects as ``twistd mxd``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from twisted.application import service
 from twisted.internet.defer import Deferred
@@ -40,9 +40,10 @@ class StoreService(service.Service):
 
     def _failed(self, f: Any) -> None:
         log.failure("cannot open the store", f)
-        from twisted.internet import reactor
+        from twisted.internet import reactor as _reactor
 
-        reactor.stop()  # type: ignore[attr-defined]
+        reactor: Any = _reactor
+        reactor.stop()
 
     def stopService(self) -> Any:
         super().stopService()
@@ -106,9 +107,10 @@ def make_sasl(cfg: Config, directory: Any, reactor: Any, metrics: IMetrics) -> A
         allow_plaintext_on_loopback=cfg.auth.allow_plaintext_on_loopback,
         fake_scram_iterations=cfg.auth.scram_iterations,
     )
-    limiter = AuthLimiter(reactor, AuthLimiterSettings(), metrics=metrics)
+    m: Any = metrics
+    limiter = AuthLimiter(reactor, AuthLimiterSettings(), metrics=m)
     return SASLServer(directory.lookup_secrets, settings, limiter, reactor, cfg.hostname,
-                      metrics=metrics, run_blocking=lambda f: deferToThread(f))
+                      metrics=m, run_blocking=lambda f: deferToThread(f))
 
 
 def build(cfg: Config, reactor: Any, metrics: IMetrics, parent: Any) -> dict[str, Any]:
@@ -132,5 +134,6 @@ def listener_factory(cfg: Config, li: ListenerConfig, comps: dict[str, Any], rea
     if li.protocol == "admin":
         from mxd.admin.web import admin_site
 
-        return admin_site(top.status, prom)
+        site: Any = admin_site(top.status, prom)
+        return cast(IProtocolFactory, site)
     raise NotImplementedError(f"the {li.protocol} listener is not wired yet")

@@ -379,7 +379,7 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
 
     return attrs.evolve(
         cfg,
-        data_dir=fix(cfg.data_dir),
+        data_dir=cfg.data_dir if cfg.data_dir.is_absolute() else base / cfg.data_dir,
         tls=attrs.evolve(cfg.tls, cert=fix(cfg.tls.cert), key=fix(cfg.tls.key)),
         listeners=[attrs.evolve(li, cert=fix(li.cert), key=fix(li.key)) for li in cfg.listeners],
     )

@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import Logger
 
 from mxd.errors import MxdError
@@ -33,7 +33,7 @@ class TCPListener(service.Service):
         self.port = port
         self.factory = factory
         self.backlog = backlog
-        self.listening: IListeningPort | None = None
+        self.listening: Any = None  # IListeningPort once bound
 
     def privilegedStartService(self) -> None:
         try:

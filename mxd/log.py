@@ -11,7 +11,7 @@ import json
 import sys
 import time
 from collections.abc import Mapping
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from twisted.logger import (
     FilteringLogObserver,
@@ -105,12 +105,13 @@ class LineObserver:
 
 def make_observer(level: str = "info", fmt: str = "logfmt",
                   levels: Mapping[str, str] | None = None,
-                  stream: IO[str] | None = None) -> FilteringLogObserver:
+                  stream: IO[str] | None = None) -> ILogObserver:
     """An observer that writes lines, filtered by a default and per-namespace levels."""
     predicate = LogLevelFilterPredicate(defaultLogLevel=LEVELS[level])
     for ns, lvl in (levels or {}).items():
         predicate.setLogLevelForNamespace(ns, LEVELS[lvl])
-    return FilteringLogObserver(LineObserver(stream or sys.stdout, fmt), [predicate])
+    observer = cast(ILogObserver, LineObserver(stream or sys.stdout, fmt))
+    return cast(ILogObserver, FilteringLogObserver(observer, [cast(Any, predicate)]))
 
 
 def twistd_observer() -> ILogObserver:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import Any
+from typing import Any, cast
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, succeed
@@ -136,7 +136,7 @@ def makeService(options: Options) -> service.IService:
     cfg = options.cfg
     log.info("mxd {version} starting as {hostname}", version=mxd.__version__,
              hostname=cfg.hostname)
-    return build_service(cfg)
+    return cast(service.IService, build_service(cfg))
 
 
 __all__ = ["Options", "makeService", "build_service", "normalise_domain"]

@@ -7,7 +7,6 @@ from pathlib import Path
 import attrs
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 
 from mxd.errors import MxdError
 
@@ -79,6 +78,3 @@ def load_server_tls(settings: TLSSettings) -> ssl.CertificateOptions:
     )
 
 
-def server_connection_creator(settings: TLSSettings) -> IOpenSSLServerConnectionCreator:
-    """Alias kept for call sites that want the interface name."""
-    return load_server_tls(settings)  # CertificateOptions provides the interface

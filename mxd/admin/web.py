@@ -44,11 +44,12 @@ class _Status(resource.Resource):
 def admin_site(status: Callable[[], dict[str, Any]],
                metrics: PrometheusMetrics | None = None) -> server.Site:
     root = resource.Resource()
-    status_page = _Status(status)
+    status_page: Any = _Status(status)
     root.putChild(b"", status_page)
     root.putChild(b"status", status_page)
     if metrics is not None:
-        root.putChild(b"metrics", _Metrics(metrics))
+        metrics_page: Any = _Metrics(metrics)
+        root.putChild(b"metrics", metrics_page)
     site = server.Site(root)
     site.displayTracebacks = False
     return site
