@@ -261,7 +261,7 @@ def cmd_localserve(args: argparse.Namespace) -> int:
     password = args.password or LOCAL_PASSWORD
 
     async def ensure_account(directory_: Any) -> None:
-        if await directory_.store.get_account(LOCAL_ACCOUNT) is None:
+        if await directory_.get_account(LOCAL_ACCOUNT) is None:
             await directory_.add_account(LOCAL_ACCOUNT, password, [LOCAL_ACCOUNT])
         else:
             await directory_.set_password(LOCAL_ACCOUNT, password)
@@ -306,8 +306,6 @@ def build_parser() -> argparse.ArgumentParser:
                        f"{LOCAL_ACCOUNT} and a self-signed certificate; state is kept in --dir.")
     p.add_argument("--dir", default="localserve", help="state directory (default ./localserve)")
     p.add_argument("--password", help=f"password of {LOCAL_ACCOUNT} (default {LOCAL_PASSWORD})")
-    p.add_argument("--port-offset", type=int, default=0, metavar="N",
-                   help="add N to every port (to run a second instance)")
     p.add_argument("--port-offset", type=int, default=0, metavar="N",
                    help="add N to every port (to run a second instance)")
     p.set_defaults(func=cmd_localserve)

@@ -83,7 +83,7 @@ def test_twistd_refuses_port_in_use(tmp_path, tls_files):
 
 
 def test_twistd_starts_serves_and_stops_cleanly(tmp_path, tls_files):
-    """With a valid config the admin page answers, and SIGTERM ends the process with 0."""
+    """With a valid config the admin page answers, and SIGTERM shuts the server down."""
     port = free_port()
     cfg = _config(tmp_path, tls_files, f'[[listeners]]\nprotocol = "admin"\nport = {port}\n')
     proc = _twistd(cfg, tmp_path)
@@ -94,8 +94,10 @@ def test_twistd_starts_serves_and_stops_cleanly(tmp_path, tls_files):
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0, out
-    assert "stopping" in out
+    # twistd re-raises the terminating signal after a clean shutdown (POSIX convention).
+    assert proc.returncode in (0, -signal.SIGTERM), out
+    assert "stopping" in out and "Server Shut Down." in out
+    assert "Traceback" not in out
     assert (tmp_path / "data" / "mxd.sqlite3").exists() or any((tmp_path / "data").iterdir())
 
 
