@@ -16,7 +16,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from mxd.dns.errors import DNSNoData, DNSNotFound, DNSServFail
+from mxd.dns.errors import DNSError, DNSNoData, DNSNotFound, DNSServFail
 from mxd.dns.names import Domain
 from mxd.dns.results import Answer, ExtendedError, Record, convert_rdata
 
@@ -137,16 +137,35 @@ def interpret(
     )
 
 
+class MalformedResponse(DNSError):
+    """A response with our ID and question whose records cannot be decoded."""
+
+
+def _is_response(query: dns.message.Message, response: dns.message.Message) -> bool:
+    try:
+        return bool(query.is_response(response))
+    except Exception:  # noqa: BLE001 - dnspython raises many kinds on odd messages
+        return False
+
+
 def answers_question(query: dns.message.Message, wire: bytes) -> dns.message.Message | None:
     """Decode ``wire``; return it when it is a response to ``query`` (same ID, QR set, same
-    question, RFC 5452 §9.1), else None. Malformed bytes give None, never an exception."""
+    question, RFC 5452 §9.1), else None (to be ignored).
+
+    When the header and question match but the rest cannot be decoded, a truncated (TC)
+    response is returned with its question only (the caller retries over TCP); any other
+    raises ``MalformedResponse``: a partly read message could turn into a false no-data.
+    """
     try:
         response = dns.message.from_wire(wire, ignore_trailing=True)
     except Exception:  # noqa: BLE001 - dnspython raises many kinds on bad wire data
-        return None
-    try:
-        if not query.is_response(response):
+        try:
+            header = dns.message.from_wire(wire, question_only=True, ignore_trailing=True)
+        except Exception:  # noqa: BLE001
             return None
-    except Exception:  # noqa: BLE001
-        return None
-    return response
+        if not _is_response(query, header):
+            return None
+        if header.flags & dns.flags.TC:
+            return header
+        raise MalformedResponse("undecodable response to our question") from None
+    return response if _is_response(query, response) else None

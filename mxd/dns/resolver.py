@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
+import dns.rcode
 import dns.rdatatype
 import dns.reversename
 from twisted.internet.defer import Deferred, fail
@@ -29,7 +30,13 @@ from mxd.dns.message import Outcome, QuerySettings, interpret, make_query
 from mxd.dns.metrics import Metrics, NoMetrics
 from mxd.dns.names import Domain
 from mxd.dns.results import MX, TLSA, Answer, Record
-from mxd.dns.transport import ExchangeFailed, ExchangeTimeout, Reactor, exchange
+from mxd.dns.transport import (
+    ExchangeFailed,
+    ExchangeMalformed,
+    ExchangeTimeout,
+    Reactor,
+    exchange,
+)
 
 T = TypeVar("T")
 _log = Logger()
@@ -236,6 +243,8 @@ class Resolver:
                     continue
                 except ExchangeFailed as e:
                     self._metrics.inc("dns_exchanges_total", nameserver=label, outcome="failed")
+                    if isinstance(e, ExchangeMalformed) and servfail is None:
+                        servfail = DNSServFail(name, rdtype, rcode=int(dns.rcode.FORMERR))
                     _log.debug("dns exchange failed {nameserver}: {error}", nameserver=label,
                                error=str(e))
                     done.add(index)

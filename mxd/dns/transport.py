@@ -25,7 +25,7 @@ from twisted.protocols.basic import Int16StringReceiver
 from twisted.python.failure import Failure
 
 from mxd.dns.errors import DNSError
-from mxd.dns.message import answers_question
+from mxd.dns.message import MalformedResponse, answers_question
 from mxd.dns.metrics import Metrics, NoMetrics
 
 Reactor = Any
@@ -42,6 +42,10 @@ class ExchangeTimeout(ExchangeError):
 
 class ExchangeFailed(ExchangeError):
     """The nameserver could not be reached or answered nonsense over TCP."""
+
+
+class ExchangeMalformed(ExchangeFailed):
+    """The nameserver's answer to our question could not be decoded."""
 
 
 def _bind_address(host: str) -> str:
@@ -75,7 +79,11 @@ class _UDPExchange(DatagramProtocol):
             self._finish(Failure(ExchangeFailed(f"udp {self._host}:{self._port}: {e}")))
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        response = answers_question(self._query, datagram)
+        try:
+            response = answers_question(self._query, datagram)
+        except MalformedResponse as e:
+            self._finish(Failure(ExchangeMalformed(f"udp {self._host}:{self._port}: {e}")))
+            return
         if response is None:
             # RFC 5452 §9.1: not an answer to our question; keep waiting for the real one.
             self._metrics.inc("dns_ignored_responses_total", transport="udp")
@@ -131,7 +139,11 @@ class _TCPExchange(Int16StringReceiver):
         self.sendString(self._factory.query.to_wire())
 
     def stringReceived(self, data: bytes) -> None:
-        response = answers_question(self._factory.query, data)
+        try:
+            response = answers_question(self._factory.query, data)
+        except MalformedResponse as e:
+            self._factory.finish(Failure(ExchangeMalformed(f"tcp: {e}")))
+            response = None
         if response is None:
             self._factory.metrics.inc("dns_ignored_responses_total", transport="tcp")
             self._factory.finish(Failure(ExchangeFailed("tcp: answer does not match query")))
