@@ -1,0 +1,310 @@
+"""Fakes and a driver for SMTP server unit tests (no sockets, no real time)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.internet import task
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.testing import StringTransport
+
+from mxd.queue.interfaces import OutboundMessage
+from mxd.sasl.api import (
+    ChannelBindings,
+    ConnectionInfo,
+    Continue,
+    Failure,
+    Outcome,
+    Success,
+    UnknownMechanism,
+)
+from mxd.smtp.server import SMTPServerProtocol, SMTPServerSettings
+from mxd.smtp.service import SMTPFactory
+from mxd.store.interfaces import Account, Delivery, MessageProps, StoreError
+
+
+class MemoryBlob:
+    """A BlobWriter in memory."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.aborted = False
+        self.durable = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.aborted and not self.durable
+        self.data += data
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def abort(self) -> None:
+        if not self.durable:
+            self.aborted = True
+
+
+@attrs.define
+class Delivered:
+    body: bytes
+    targets: list[Delivery]
+    props: MessageProps
+
+
+class FakeStore:
+    """``IMailStore.new_blob``/``deliver``; ``hold=True`` makes deliver wait for ``release``."""
+
+    def __init__(self) -> None:
+        self.blobs: list[MemoryBlob] = []
+        self.delivered: list[Delivered] = []
+        self.hold = False
+        self.fail_next = False
+        self.pending: list[tuple[Deferred[list[int]], Callable[[], list[int]]]] = []
+
+    def new_blob(self) -> MemoryBlob:
+        b = MemoryBlob()
+        self.blobs.append(b)
+        return b
+
+    def deliver(self, blob: MemoryBlob, targets: list[Delivery], props: MessageProps,
+                internal_date: object = None) -> Deferred[list[int]]:
+        if self.fail_next:
+            self.fail_next = False
+            return fail(StoreError("disk on fire"))
+
+        def do() -> list[int]:
+            blob.durable = True
+            self.delivered.append(Delivered(bytes(blob.data), list(targets), props))
+            return [len(self.delivered)] * len(targets)
+
+        if self.hold:
+            d: Deferred[list[int]] = Deferred()
+            self.pending.append((d, do))
+            return d
+        return succeed(do())
+
+    def release(self) -> None:
+        pending, self.pending = self.pending, []
+        for d, do in pending:
+            d.callback(do())
+
+
+class FakeOutbound:
+    def __init__(self) -> None:
+        self.queued: list[tuple[bytes, OutboundMessage]] = []
+        self.fail = False
+
+    def enqueue(self, blob: MemoryBlob, message: OutboundMessage) -> Deferred[str]:
+        if self.fail:
+            return fail(StoreError("queue full"))
+        blob.durable = True
+        self.queued.append((bytes(blob.data), message))
+        return succeed(f"q{len(self.queued)}")
+
+
+ALICE = Account(1, "alice", ("alice@example.test",))
+BOB = Account(2, "bob", ("bob@example.test", "robert@example.test"))
+
+
+class FakeDirectory:
+    """Domains example.test and xn--bcher-kva.test; users alice, bob (+robert), 用户."""
+
+    def __init__(self) -> None:
+        self.accounts = {
+            "alice@example.test": ALICE,
+            "bob@example.test": BOB,
+            "robert@example.test": BOB,
+            "postmaster@example.test": ALICE,
+            "postmaster@mx.example.test": ALICE,
+            "用户@xn--bcher-kva.test": BOB,
+        }
+        self.domains = {"example.test", "xn--bcher-kva.test", "mx.example.test"}
+        self.hold = False
+        self.fail = False
+        self.pending: list[tuple[Deferred[Any], Any]] = []
+        self.lookups: list[str] = []
+
+    def _answer(self, value: Any) -> Deferred[Any]:
+        if self.fail:
+            return fail(StoreError("directory down"))
+        if self.hold:
+            d: Deferred[Any] = Deferred()
+            self.pending.append((d, value))
+            return d
+        return succeed(value)
+
+    def release(self) -> None:
+        pending, self.pending = self.pending, []
+        for d, v in pending:
+            d.callback(v)
+
+    def resolve_recipient(self, address: str) -> Deferred[Account | None]:
+        self.lookups.append(address)
+        return self._answer(self.accounts.get(address))
+
+    def is_local_domain(self, domain: str) -> bool:
+        return domain in self.domains
+
+    def may_send_as(self, account_name: str, address: str) -> Deferred[bool]:
+        acct = self.accounts.get(address)
+        return self._answer(acct is not None and acct.name == account_name)
+
+
+class FakeExchange:
+    def __init__(self, sasl: FakeSASL, mechanism: str) -> None:
+        self.mechanism = mechanism
+        self.sasl = sasl
+        self.steps: list[bytes | None] = []
+
+    def step(self, data: bytes | None) -> Deferred[Outcome]:
+        self.steps.append(data)
+        self.sasl.seen.append((self.mechanism, data))
+        if self.sasl.raise_error:
+            raise RuntimeError("boom")
+        if self.mechanism == "PLAIN":
+            if data is None:
+                return succeed(Continue(b""))
+            parts = data.split(b"\0")
+            if len(parts) == 3 and parts[1:] == [b"alice", b"pw"]:
+                return succeed(Success("alice", mechanism="PLAIN"))
+            if self.sasl.temporary:
+                return succeed(Failure("lookup", temporary=True))
+            if self.sasl.rate_limited:
+                return succeed(Failure("slow down", rate_limited=True))
+            return succeed(Failure("authentication failed"))
+        if self.mechanism == "SCRAM-SHA-256-PLUS":
+            # A two-step stand-in: client-first -> challenge; client-final -> success+v=.
+            if len(self.steps) == 1:
+                return succeed(Continue(b"r=nonce,s=salt,i=4096"))
+            return succeed(Success("alice", additional=b"v=proof", mechanism=self.mechanism))
+        return succeed(Failure("no"))
+
+
+class FakeSASL:
+    """Offers PLAIN (only with TLS or loopback allowance) and SCRAM-SHA-256-PLUS (with bindings)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, bytes | None]] = []
+        self.raise_error = False
+        self.temporary = False
+        self.rate_limited = False
+        self.conns: list[ConnectionInfo] = []
+
+    def advertised(self, conn: ConnectionInfo) -> list[str]:
+        self.conns.append(conn)
+        out = []
+        if conn.channel_bindings is not None:
+            out.append("SCRAM-SHA-256-PLUS")
+        out.append("PLAIN")
+        return out
+
+    def start(self, mechanism: str, conn: ConnectionInfo) -> FakeExchange:
+        self.conns.append(conn)
+        if mechanism not in self.advertised(conn):
+            raise UnknownMechanism(mechanism)
+        return FakeExchange(self, mechanism)
+
+    def check_password(self, username: str, password: str, conn: ConnectionInfo) -> Deferred[Outcome]:
+        raise NotImplementedError
+
+
+class FakeHandle:
+    def get_protocol_version_name(self) -> str:
+        return "TLSv1.3"
+
+    def get_cipher_name(self) -> str:
+        return "TLS_AES_256_GCM_SHA384"
+
+
+class TLSStringTransport(StringTransport):
+    """Records startTLS; ``getHandle`` answers like a pyOpenSSL connection once TLS is on."""
+
+    def __init__(self, peer_ip: str = "192.0.2.7") -> None:
+        super().__init__(peerAddress=IPv4Address("TCP", peer_ip, 40000))
+        self.tls_started: list[object] = []
+        self.paused_count = 0
+
+    def startTLS(self, ctx: object) -> None:
+        self.tls_started.append(ctx)
+
+    def getHandle(self) -> FakeHandle:
+        return FakeHandle()
+
+    def pauseProducing(self) -> None:
+        self.paused_count += 1
+        super().pauseProducing()
+
+
+BINDINGS = ChannelBindings(tls_version="TLSv1.3", tls_exporter=b"x" * 32)
+
+
+class Session:
+    """Drives one SMTPServerProtocol: ``send`` bytes, read ``replies``."""
+
+    def __init__(self, role: str = "smtp", *, settings: SMTPServerSettings | None = None,
+                 peer_ip: str = "192.0.2.7", tls_context: object | None = "CTX",
+                 checker: Any = None, sasl: FakeSASL | None = None,
+                 store: FakeStore | None = None, directory: FakeDirectory | None = None,
+                 outbound: FakeOutbound | None = None, metrics: Any = None) -> None:
+        self.clock = task.Clock()
+        self.store = store or FakeStore()
+        self.directory = directory or FakeDirectory()
+        self.sasl = sasl or FakeSASL()
+        self.outbound = outbound or FakeOutbound()
+        self.settings = settings or SMTPServerSettings()
+        self.factory = SMTPFactory(
+            role=role, settings=self.settings, store=self.store, directory=self.directory,  # type: ignore[arg-type]
+            sasl=self.sasl, outbound=self.outbound, tls=tls_context, clock=self.clock,
+            hostname="mx.example.test", checker=checker, metrics=metrics,
+            channel_bindings=lambda t: BINDINGS,
+        )
+        self.transport = TLSStringTransport(peer_ip)
+        proto = self.factory.buildProtocol(self.transport.getPeer())
+        assert isinstance(proto, SMTPServerProtocol)
+        self.proto: SMTPServerProtocol = proto
+        self.proto.makeConnection(self.transport)
+        self._read = 0
+
+    def send(self, data: bytes | str) -> None:
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        self.proto.dataReceived(data)
+
+    def output(self) -> bytes:
+        v = self.transport.value()
+        out = v[self._read:]
+        self._read = len(v)
+        return out
+
+    def replies(self) -> list[str]:
+        """Complete replies written since the last call, one string per reply (last line)."""
+        text = self.output().decode("utf-8")
+        out = []
+        for line in text.split("\r\n"):
+            if len(line) >= 4 and line[3] == " ":
+                out.append(line)
+        return out
+
+    def codes(self) -> list[int]:
+        return [int(r[:3]) for r in self.replies()]
+
+    def ehlo(self, name: str = "client.example") -> list[str]:
+        self.send(f"EHLO {name}\r\n")
+        text = self.output().decode()
+        return [line[4:] for line in text.split("\r\n") if line]
+
+    def start_tls(self) -> None:
+        """Act as if the TLS handshake after STARTTLS (or on 465) completed."""
+        self.proto.handshakeCompleted()
+
+    def auth_plain(self, user: str = "alice", pw: str = "pw") -> None:
+        token = base64.b64encode(f"\0{user}\0{pw}".encode()).decode()
+        self.send(f"AUTH PLAIN {token}\r\n")
+
+
+def close(session: Session) -> None:
+    session.proto.connectionLost(None)  # type: ignore[arg-type]
