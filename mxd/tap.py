@@ -114,6 +114,7 @@ def build_service(cfg: Config, reactor: Any | None = None) -> MxdService:
         from mxd.metrics import PrometheusMetrics
 
         prom = PrometheusMetrics()
+        prom.set("build_info", 1, version=mxd.__version__)
         metrics = prom
     top = MxdService(cfg, reactor, metrics)
     from mxd import components

@@ -123,3 +123,20 @@ def test_localserve_prints_ports_and_credentials_and_keeps_state(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["mxd@localhost", "mxd@localhost"]
+
+
+def test_metrics_endpoint_when_enabled(tmp_path, tls_files):
+    """With [metrics] enabled, the admin listener serves Prometheus text at /metrics."""
+    port = free_port()
+    cfg = _config(tmp_path, tls_files, "[metrics]\nenabled = true\n"
+                  f'[[listeners]]\nprotocol = "admin"\nport = {port}\n')
+    proc = _twistd(cfg, tmp_path)
+    try:
+        _wait_port(port, proc)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            assert resp.headers["content-type"].startswith("text/plain")
+            body = resp.read().decode()
+        assert f'mxd_build_info{{version="{__import__("mxd").__version__}"}} 1.0' in body
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
