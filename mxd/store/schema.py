@@ -35,7 +35,7 @@ STORE_MIGRATIONS: list[str] = [
     );
 
     CREATE TABLE addresses (
-        address TEXT PRIMARY KEY,
+        address TEXT PRIMARY KEY COLLATE NOCASE,  -- ASCII case-insensitive (RFC 5321 §2.4 leaves it to us)
         account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE
     ) WITHOUT ROWID;
     CREATE INDEX addresses_account ON addresses(account_id);
