@@ -96,7 +96,7 @@ def interpret(
     rcode = response.rcode()
     if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
         return DNSServFail(name, rdtype, rcode=int(rcode), extended_errors=ede)
-    current = name.to_dns()
+    current = qname = name.to_dns()
     ttls: list[int] = []
     seen = {current}
     rrset = _find(response.answer, current, rdtype)
@@ -110,7 +110,7 @@ def interpret(
             return DNSServFail(name, rdtype, rcode=int(dns.rcode.SERVFAIL), extended_errors=ede)
         seen.add(current)
         rrset = _find(response.answer, current, rdtype)
-    canonical = Domain.from_dns(current)
+    canonical = name if current == qname else Domain.from_dns(current)
     if rrset is not None and len(rrset):
         # RFC 2181 §5.2: all records of an RRset share a TTL; take the smallest in the chain.
         ttls.append(rrset.ttl)

@@ -14,6 +14,7 @@ names, RFC 8552); an ``xn--`` label must decode to a valid U-label that encodes 
 
 from __future__ import annotations
 
+import functools
 import re
 
 import attrs
@@ -50,6 +51,11 @@ def _label_forms(label: str) -> tuple[str, str]:
     if len(alabel) > 63:
         raise DomainError(f"label too long: {label!r}")
     return alabel, label
+
+
+@functools.lru_cache(maxsize=4096)
+def _to_dns(ascii_form: str) -> dns.name.Name:
+    return dns.name.from_text(ascii_form, origin=dns.name.root)
 
 
 @attrs.frozen(order=True)
@@ -102,7 +108,7 @@ class Domain:
 
     def to_dns(self) -> dns.name.Name:
         """The absolute dnspython name (for building queries)."""
-        return dns.name.from_text(self.ascii, origin=dns.name.root)
+        return _to_dns(self.ascii)
 
     def is_subdomain_of(self, other: Domain) -> bool:
         """True when self equals ``other`` or lies below it."""

@@ -190,14 +190,17 @@ class FakeResolver:
 
 
 def run_with_reactor(
-    fn: Callable[[Any], Deferred[T] | Coroutine[Any, Any, T]], timeout: float = 30.0
+    fn: Callable[[Any], Deferred[T] | Coroutine[Any, Any, T]],
+    timeout: float = 30.0,
+    reactor_factory: Callable[[], Any] | None = None,
 ) -> T:
     """Run ``fn(reactor)`` on a fresh, private (not installed) reactor until its Deferred
     or coroutine finishes; return its result or raise its error. For tests that need real
-    loopback sockets without installing or restarting the global reactor."""
+    loopback sockets without installing or restarting the global reactor. The default
+    reactor is a SelectReactor; pass ``reactor_factory`` (e.g. EPollReactor) to change it."""
     from twisted.internet.selectreactor import SelectReactor
 
-    reactor: Any = SelectReactor()
+    reactor: Any = (reactor_factory or SelectReactor)()
     box: list[Any] = []
 
     def done(result: Any) -> None:

@@ -53,6 +53,7 @@ def _bind_address(host: str) -> str:
 
 
 class _UDPExchange(DatagramProtocol):
+    noisy = False  # no "Starting protocol" log line per query
     def __init__(
         self,
         reactor: Reactor,
@@ -157,6 +158,7 @@ class _TCPExchange(Int16StringReceiver):
 
 
 class _TCPFactory(ClientFactory):
+    noisy = False
     def __init__(self, reactor: Reactor, query: dns.message.Message, timeout: float,
                  metrics: Metrics) -> None:
         self.query = query
