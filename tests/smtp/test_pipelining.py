@@ -1,0 +1,64 @@
+"""RFC 2920 PIPELINING: replies come in command order even when steps are asynchronous."""
+
+from __future__ import annotations
+
+from tests.smtp.helpers import Session
+
+MSG = "Subject: p\r\n\r\nbody\r\n.\r\n"
+
+
+def test_slow_directory_holds_later_commands() -> None:
+    """While a RCPT lookup is pending, nothing after it is answered or executed."""
+    s = Session()
+    s.ehlo()
+    s.directory.hold = True
+    s.send("MAIL FROM:<a@b.example>\r\nRCPT TO:<alice@example.test>\r\n"
+           "RCPT TO:<bob@example.test>\r\nDATA\r\n" + MSG + "NOOP\r\n")
+    assert s.codes() == [250]
+    assert s.transport.paused_count >= 1
+    s.directory.release()
+    assert s.codes() == [250]  # first RCPT answered; second lookup now pending
+    s.directory.release()
+    assert s.codes() == [250, 354, 250, 250]
+    assert len(s.store.delivered) == 1
+
+
+def test_slow_store_holds_next_transaction() -> None:
+    """A second pipelined transaction after DATA is not processed before the first 250."""
+    s = Session()
+    s.ehlo()
+    s.store.hold = True
+    second = "MAIL FROM:<c@d.example>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n" + MSG
+    s.send("MAIL FROM:<a@b.example>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n" + MSG + second)
+    assert s.codes() == [250, 250, 354]
+    assert s.store.delivered == []
+    s.store.release()
+    assert s.codes() == [250, 250, 250, 354]
+    s.store.release()
+    assert s.codes() == [250]
+    assert [d.props.mail_from for d in s.store.delivered] == ["a@b.example", "c@d.example"]
+
+
+def test_body_line_looking_like_command_is_data() -> None:
+    """Body lines are never executed as commands, even with a pending lookup before DATA."""
+    s = Session()
+    s.ehlo()
+    s.directory.hold = True
+    s.send("MAIL FROM:<a@b.example>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n"
+           "Subject: t\r\n\r\nQUIT\r\nRSET\r\n.\r\n")
+    s.directory.release()
+    assert s.codes() == [250, 250, 354, 250]
+    assert s.store.delivered[0].body.endswith(b"\r\n\r\nQUIT\r\nRSET\r\n")
+    assert not s.transport.disconnecting
+
+
+def test_data_split_at_every_byte() -> None:
+    """Feeding the session one byte at a time gives the same result as one chunk."""
+    s = Session()
+    wire = (b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<alice@example.test>\r\n"
+            b"DATA\r\nSubject: x\r\n\r\n..dot\r\nline\r\n.\r\nQUIT\r\n")
+    for i in range(len(wire)):
+        s.send(wire[i:i + 1])
+    text = s.output().decode()
+    assert "354 " in text and "221 " in text
+    assert s.store.delivered[0].body.endswith(b"\r\n\r\n.dot\r\nline\r\n")
