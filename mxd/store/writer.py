@@ -79,7 +79,9 @@ class Writer:
         self._max_batch = max(1, max_batch)
         self._pending: list[_Op[Any]] = []
         self._running = False
-        self._closed = True
+        self._closed = True  # refusing new work
+        self._ready = False  # the connection is open; batches may run
+        self._pool_running = False
         self._conn: sqlite3.Connection | None = None
         self._idle_waiters: list[Deferred[None]] = []
         self.on_changes: Callable[[list[MailboxChange]], None] = lambda changes: None
@@ -88,8 +90,11 @@ class Writer:
 
     # -- lifecycle (reactor thread) ------------------------------------------------------
     def start(self, connect: Callable[[], sqlite3.Connection]) -> Deferred[None]:
-        """Start the thread and open the connection on it."""
+        """Start the thread and open the connection on it.  Work submitted from now on
+        waits for the open and then runs (or fails with the open's error)."""
+        self._closed = False
         self._pool.start()
+        self._pool_running = True
 
         def _open() -> None:
             self._conn = connect()
@@ -97,10 +102,19 @@ class Writer:
         d: Deferred[None] = deferToThreadPool(self._reactor, self._pool, _open)  # type: ignore[arg-type]
 
         def _opened(_: object) -> None:
-            self._closed = False
+            self._ready = True
+            self._kick()
 
         def _failed(f: Failure) -> Failure:
-            self._pool.stop()
+            self._closed = True
+            self._stop_pool()
+            pending, self._pending = self._pending, []
+            for op in pending:
+                for b in op.blobs:
+                    if not b.durable:
+                        b.abort()
+                op.deferred.errback(StoreClosed(f"the store could not be opened: {f.value}"))
+            self._notify_idle()
             return f
 
         d.addCallbacks(_opened, _failed)
@@ -135,14 +149,23 @@ class Writer:
                 finally:
                     conn.close()
 
-        def _after_idle(_: object) -> Deferred[None]:
+        def _after_idle(_: object) -> Deferred[None] | None:
+            self._ready = False
+            if not self._pool_running:  # the open failed; nothing to close
+                return None
             return deferToThreadPool(self._reactor, self._pool, _close_conn)  # type: ignore[arg-type]
 
         def _stop_pool(result: object) -> object:
-            self._pool.stop()
+            self._stop_pool()
             return result
 
-        return self.when_idle().addCallback(_after_idle).addBoth(_stop_pool)
+        done = self.when_idle().addCallback(_after_idle).addBoth(_stop_pool)
+        return done  # type: ignore[return-value]
+
+    def _stop_pool(self) -> None:
+        if self._pool_running:
+            self._pool_running = False
+            self._pool.stop()
 
     # -- submitting work (reactor thread) ------------------------------------------------
     def submit(
@@ -164,6 +187,8 @@ class Writer:
         return d
 
     def _kick(self) -> None:
+        if not self._ready:
+            return
         if self._running or not self._pending:
             if not self._running and not self._pending:
                 self._notify_idle()
@@ -239,7 +264,12 @@ class Writer:
                 except BaseException as e:  # noqa: BLE001 - the error goes to its Deferred
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
-                    op.error = e
+                    if isinstance(e, sqlite3.Error):
+                        err = StoreError(f"database error: {e}")
+                        err.__cause__ = e
+                        op.error = err
+                    else:
+                        op.error = e
             conn.execute("COMMIT")
         except sqlite3.Error as e:
             log.error("store commit failed: {error}", error=e)

@@ -435,3 +435,52 @@ def test_open_blob_rejects_bad_ids(store: StoreHarness) -> None:
         store.store.open_blob("../../etc/passwd")
     with pytest.raises(Exception, match="missing"):
         store.store.open_blob("0" * 32)
+
+
+def test_work_submitted_during_open_waits_for_it(data_dir: Path) -> None:
+    """Operations submitted before open() has finished run once it has."""
+    from mxd.store.sqlite import SQLiteStore
+    from tests.store.helpers import StoreHarness, ThreadCalls
+
+    calls = ThreadCalls()
+    s = SQLiteStore(data_dir, calls)  # type: ignore[arg-type]
+    h = StoreHarness(s, calls, inline=False)
+    opened = s.open()
+    early = s.add_account("early", "{}")
+    h.run(opened)
+    assert h.run(early).name == "early"
+    h.close()
+
+
+def test_failed_open_fails_queued_work(data_dir: Path) -> None:
+    """When open() fails (here: a too-new schema), queued operations fail too and
+    their bodies are dropped."""
+    from mxd.store.schema import SchemaTooNew
+    from mxd.store.sqlite import SQLiteStore
+    from tests.store.helpers import StoreHarness, ThreadCalls
+
+    open_store(data_dir).close()
+    with sqlite3.connect(data_dir / "mxd.sqlite3") as c:
+        c.execute("UPDATE schema_version SET version = 99 WHERE name = 'store'")
+    calls = ThreadCalls()
+    s = SQLiteStore(data_dir, calls)  # type: ignore[arg-type]
+    h = StoreHarness(s, calls, inline=False)
+    opened = s.open()
+    w = s.new_blob()
+    w.write(b"x")
+    queued = s.deliver(w, [Delivery(1)], MessageProps())
+    closing = s.close()
+    assert isinstance(h.fail(opened), SchemaTooNew)
+    assert isinstance(h.fail(queued), StoreClosed)
+    h.run(closing)
+    assert list((data_dir / "tmp").iterdir()) == []
+
+
+def test_sqlite_errors_become_store_errors(store: StoreHarness) -> None:
+    """A database error inside transact reaches the caller as a StoreError, and the
+    writer goes on working."""
+    from mxd.store.interfaces import StoreError
+
+    err = store.fail(store.store.transact(lambda c: c.execute("SELECT * FROM no_such_table")))
+    assert isinstance(err, StoreError) and isinstance(err.__cause__, sqlite3.Error)
+    assert store.run(store.store.list_accounts()) == []
