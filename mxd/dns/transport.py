@@ -2,8 +2,8 @@
 
 One exchange sends one query to one nameserver:
 
-* UDP first, from a fresh socket (a kernel-chosen ephemeral source port) connected to the
-  server so datagrams from other addresses never reach us; the answer must carry the query's
+* UDP first, from a fresh socket (a kernel-chosen random ephemeral source port) connected to
+  the server so datagrams from other addresses never reach us; the answer must carry the query's
   random ID and question (RFC 5452 §9.1). Anything else (spoofed, mismatched, malformed) is
   counted and ignored while we keep waiting.
 * A truncated answer (TC, RFC 1035 §4.2.1) is asked again over TCP (RFC 7766 §5).
@@ -15,21 +15,24 @@ when the server cannot be reached (ICMP refused, TCP refused/reset, bad TCP answ
 from __future__ import annotations
 
 import ipaddress
+import socket
 from typing import Any
 
 import dns.flags
 import dns.message
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ClientFactory, DatagramProtocol
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.internet.protocol import ClientFactory
 from twisted.protocols.basic import Int16StringReceiver
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from mxd.dns.errors import DNSError
 from mxd.dns.message import MalformedResponse, answers_question
 from mxd.dns.metrics import Metrics, NoMetrics
 
 Reactor = Any
-"""A reactor providing IReactorTime, IReactorUDP and IReactorTCP."""
+"""A reactor providing IReactorTime, IReactorFDSet and IReactorTCP."""
 
 
 class ExchangeError(DNSError):
@@ -48,12 +51,15 @@ class ExchangeMalformed(ExchangeFailed):
     """The nameserver's answer to our question could not be decoded."""
 
 
-def _bind_address(host: str) -> str:
-    return "::" if ipaddress.ip_address(host).version == 6 else "0.0.0.0"
+@implementer(IReadDescriptor)
+class _UDPExchange:
+    """One query over a connected UDP socket registered with the reactor (IReactorFDSet).
 
+    Twisted's ``listenUDP`` logs two lines per port; one port per query would flood the log,
+    so the socket is handled here directly. ``connect`` makes the kernel pick a random
+    ephemeral source port and drop datagrams from any other address (RFC 5452 §9.2, §4.5).
+    """
 
-class _UDPExchange(DatagramProtocol):
-    noisy = False  # no "Starting protocol" log line per query
     def __init__(
         self,
         reactor: Reactor,
@@ -64,49 +70,77 @@ class _UDPExchange(DatagramProtocol):
         metrics: Metrics,
     ) -> None:
         self._reactor = reactor
-        self._host = host
-        self._port = port
+        self._where = f"udp {host}:{port}"
         self._query = query
         self._metrics = metrics
         self.deferred: Deferred[dns.message.Message] = Deferred()
-        self._timer = reactor.callLater(timeout, self._timed_out)
-
-    def startProtocol(self) -> None:
+        self._sock: socket.socket | None = None
+        self._timer: Any = None
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
         try:
-            transport: Any = self.transport
-            transport.connect(self._host, self._port)
-            transport.write(self._query.to_wire())
+            sock = socket.socket(family, socket.SOCK_DGRAM)
         except OSError as e:
-            self._finish(Failure(ExchangeFailed(f"udp {self._host}:{self._port}: {e}")))
-
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+            self._finish(Failure(ExchangeFailed(f"{self._where}: {e}")))
+            return
+        self._sock = sock
         try:
-            response = answers_question(self._query, datagram)
-        except MalformedResponse as e:
-            self._finish(Failure(ExchangeMalformed(f"udp {self._host}:{self._port}: {e}")))
+            sock.setblocking(False)
+            sock.connect((host, port))
+            sock.send(query.to_wire())
+        except OSError as e:
+            self._finish(Failure(ExchangeFailed(f"{self._where}: {e}")))
             return
-        if response is None:
-            # RFC 5452 §9.1: not an answer to our question; keep waiting for the real one.
-            self._metrics.inc("dns_ignored_responses_total", transport="udp")
-            return
-        self._finish(response)
+        self._timer = reactor.callLater(timeout, self._timed_out)
+        reactor.addReader(self)
 
-    def connectionRefused(self) -> None:
-        self._finish(Failure(ExchangeFailed(f"udp {self._host}:{self._port}: refused")))
+    def fileno(self) -> int:
+        return self._sock.fileno() if self._sock is not None else -1
+
+    def logPrefix(self) -> str:
+        return "dns-udp"
+
+    def doRead(self) -> None:
+        while self._sock is not None:
+            try:
+                datagram = self._sock.recv(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionRefusedError:
+                # ICMP port unreachable on the connected socket: nobody serves DNS there.
+                self._finish(Failure(ExchangeFailed(f"{self._where}: refused")))
+                return
+            except OSError as e:
+                self._finish(Failure(ExchangeFailed(f"{self._where}: {e}")))
+                return
+            try:
+                response = answers_question(self._query, datagram)
+            except MalformedResponse as e:
+                self._finish(Failure(ExchangeMalformed(f"{self._where}: {e}")))
+                return
+            if response is None:
+                # RFC 5452 §9.1: not an answer to our question; keep waiting for the real one.
+                self._metrics.inc("dns_ignored_responses_total", transport="udp")
+                continue
+            self._finish(response)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """The reactor is shutting down (removeAll): give up."""
+        self._finish(Failure(ExchangeFailed(f"{self._where}: reactor stopped")))
 
     def _timed_out(self) -> None:
         self._timer = None
-        self._finish(Failure(ExchangeTimeout(f"udp {self._host}:{self._port}: timeout")))
+        self._finish(Failure(ExchangeTimeout(f"{self._where}: timeout")))
 
     def _finish(self, result: dns.message.Message | Failure) -> None:
-        if self.deferred.called:
-            return
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        transport: Any = self.transport
-        if transport is not None:
-            transport.stopListening()
+        if self._sock is not None:
+            self._reactor.removeReader(self)
+            self._sock.close()
+            self._sock = None
+        if self.deferred.called:
+            return
         if isinstance(result, Failure):
             self.deferred.errback(result)
         else:
@@ -122,12 +156,7 @@ def query_udp(
     metrics: Metrics | None = None,
 ) -> Deferred[dns.message.Message]:
     """Send ``query`` over UDP; fire with the first response that answers it."""
-    proto = _UDPExchange(reactor, host, port, query, timeout, metrics or NoMetrics())
-    try:
-        reactor.listenUDP(0, proto, interface=_bind_address(host))
-    except Exception as e:  # noqa: BLE001 - CannotListenError, OSError
-        proto._finish(Failure(ExchangeFailed(f"udp {host}:{port}: {e}")))
-    return proto.deferred
+    return _UDPExchange(reactor, host, port, query, timeout, metrics or NoMetrics()).deferred
 
 
 class _TCPExchange(Int16StringReceiver):
