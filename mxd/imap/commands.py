@@ -1,0 +1,640 @@
+"""IMAP command handlers (RFC 3501 §6, RFC 9051 §6 and extensions) and the command table.
+
+Each handler takes the session and the parsed command and returns the tagged ``Reply``;
+untagged data is written through the session as it is produced.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+from twisted.logger import Logger
+
+from mxd.imap import response
+from mxd.imap.fetch import do_fetch, resolve
+from mxd.imap.framer import BlobLiteral, Literal
+from mxd.imap.parser import (
+    AppendArgs,
+    AuthenticateArgs,
+    Command,
+    CopyArgs,
+    CreateArgs,
+    EnableArgs,
+    IdArgs,
+    ListArgs,
+    LoginArgs,
+    MailboxArgs,
+    RenameArgs,
+    SelectArgs,
+    SeqSetArgs,
+    StatusArgs,
+    StoreArgs,
+)
+from mxd.imap.searchcmd import do_search
+from mxd.imap.server import (
+    ANY,
+    AUTH,
+    COMMANDS,
+    NOT_AUTH,
+    SELECTED,
+    CommandSpec,
+    Handler,
+    IMAPSession,
+    Reply,
+    State,
+    bad,
+    no,
+    ok,
+)
+from mxd.imap.utf7 import decode as utf7_decode
+from mxd.imap.view import MailboxView
+from mxd.store.interfaces import (
+    HIERARCHY_SEPARATOR,
+    MailboxExists,
+    MailboxInfo,
+    NoSuchMailbox,
+    QuotaExceeded,
+    SpecialUse,
+    StoreError,
+)
+
+log = Logger()
+
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+_SYSTEM_FLAGS_CI = {f.upper(): f for f in SYSTEM_FLAGS}
+
+
+def mailbox_name(s: IMAPSession, wire: str) -> str:
+    """Client wire name → store name (mUTF-7 decoded, INBOX case-folded)."""
+    name = wire if s.utf8 else utf7_decode(wire)
+    if name.upper() == "INBOX":
+        return "INBOX"
+    if name.upper().startswith("INBOX" + HIERARCHY_SEPARATOR):
+        name = "INBOX" + name[5:]
+    return name
+
+
+def normalise_flags(flags: tuple[str, ...]) -> frozenset[str] | None:
+    """System flags in their canonical case; None if an unknown ``\\`` flag is present."""
+    out = set()
+    for f in flags:
+        if f.startswith("\\"):
+            if f.upper() == "\\RECENT":
+                continue
+            canon = _SYSTEM_FLAGS_CI.get(f.upper())
+            if canon is None:
+                return None
+            out.add(canon)
+        else:
+            out.add(f)
+    return frozenset(out)
+
+
+# -- any state --------------------------------------------------------------------------------
+
+async def cmd_capability(s: IMAPSession, cmd: Command) -> Reply:
+    s.untagged("CAPABILITY " + s.capabilities())
+    return ok("CAPABILITY completed")
+
+
+async def cmd_noop(s: IMAPSession, cmd: Command) -> Reply:
+    return ok("NOOP completed")
+
+
+async def cmd_logout(s: IMAPSession, cmd: Command) -> Reply:
+    s.untagged(b"BYE Logging out")
+    s.send_tagged(cmd.tag, ok("LOGOUT completed"))
+    s.state = State.LOGOUT
+    s.deselect()
+    s._closed = True
+    s.tr.loseConnection()
+    from mxd.imap.server import CommandDetached
+
+    raise CommandDetached()
+
+
+async def cmd_id(s: IMAPSession, cmd: Command) -> Reply:
+    args: IdArgs = cmd.args
+    if args.params:
+        s.client_id = {k[:64]: (v[:256] if v else v) for k, v in args.params[:30]}
+        log.info("imap client id {ip} {client}", ip=s.peer_ip, client=s.client_id.get("name"))
+    s.untagged(b'ID ("name" "mxd" "vendor" "mxd")')
+    return ok("ID completed")
+
+
+# -- not authenticated ------------------------------------------------------------------------
+
+async def cmd_starttls(s: IMAPSession, cmd: Command) -> Reply:
+    if s.tls or s.factory.tls is None:
+        return bad("TLS is already active" if s.tls else "STARTTLS is not available")
+    s.send_tagged(cmd.tag, ok("Begin TLS negotiation now"))
+    s.start_tls()
+    from mxd.imap.server import CommandDetached
+
+    raise CommandDetached()
+
+
+async def cmd_login(s: IMAPSession, cmd: Command) -> Reply:
+    args: LoginArgs = cmd.args
+    if not s.login_allowed():
+        return no("LOGIN is disabled before STARTTLS", "PRIVACYREQUIRED")
+    outcome = await s.sasl.check_password(args.username, args.password, s.conn_info())
+    return await s.finish_login(cmd.tag, outcome)
+
+
+async def cmd_authenticate(s: IMAPSession, cmd: Command) -> Reply:
+    args: AuthenticateArgs = cmd.args
+    return await s.authenticate(args.mechanism, args.initial)
+
+
+# -- authenticated ----------------------------------------------------------------------------
+
+async def cmd_enable(s: IMAPSession, cmd: Command) -> Reply:
+    args: EnableArgs = cmd.args
+    done = []
+    for cap in args.capabilities:
+        if cap in ("CONDSTORE", "QRESYNC", "UTF8=ACCEPT") and cap not in s.enabled:
+            s.enabled.add(cap)
+            done.append(cap)
+            if cap == "QRESYNC":
+                s.enabled.add("CONDSTORE")  # RFC 7162 §3.2.3
+    s.untagged("ENABLED" + "".join(" " + c for c in done))
+    return ok("ENABLE completed")
+
+
+async def cmd_namespace(s: IMAPSession, cmd: Command) -> Reply:
+    s.untagged(b'NAMESPACE (("" "/")) NIL NIL')
+    return ok("NAMESPACE completed")
+
+
+async def _get_mailbox(s: IMAPSession, name: str) -> MailboxInfo | None:
+    assert s.account is not None
+    try:
+        return await s.store.get_mailbox(s.account.id, name)
+    except NoSuchMailbox:
+        return None
+
+
+async def cmd_select(s: IMAPSession, cmd: Command) -> Reply:
+    args: SelectArgs = cmd.args
+    readonly = cmd.name == "EXAMINE"
+    s.deselect()
+    if args.condstore:
+        s.enabled.add("CONDSTORE")  # RFC 7162 §3.1.8
+    if args.qresync is not None and "QRESYNC" not in s.enabled:
+        return bad("QRESYNC must be enabled first")
+    name = mailbox_name(s, args.mailbox)
+    info = await _get_mailbox(s, name)
+    if info is None:
+        return no(f"Mailbox {args.mailbox} does not exist", "NONEXISTENT")
+    messages = await s.store.list_messages(info.id)
+    view = MailboxView(info, messages, readonly)
+    keywords = sorted(view.keywords())
+    fl = " ".join(list(SYSTEM_FLAGS) + keywords)
+    s.untagged(f"FLAGS ({fl})")
+    if readonly:
+        s.untagged("OK [PERMANENTFLAGS ()] Read-only mailbox")
+    else:
+        s.untagged(f"OK [PERMANENTFLAGS ({fl} \\*)] Flags permitted")
+    s.untagged(b"%d EXISTS" % view.exists)
+    s.untagged(b"0 RECENT")
+    unseen = view.first_unseen()
+    if unseen is not None:
+        s.untagged(b"OK [UNSEEN %d] First unseen" % unseen)
+    s.untagged(b"OK [UIDVALIDITY %d] UIDs valid" % info.uidvalidity)
+    s.untagged(b"OK [UIDNEXT %d] Predicted next UID" % max(info.uidnext, view.max_uid + 1))
+    s.untagged(b"OK [HIGHESTMODSEQ %d] Highest" % view.modseq)
+    if args.qresync is not None:
+        uidvalidity, modseq, known = args.qresync
+        if uidvalidity == info.uidvalidity:
+            # RFC 7162 §3.2.5.1: VANISHED (EARLIER) for known UIDs that are gone, then
+            # FETCH for messages changed since the client's modseq.
+            if known is not None:
+                gone = [u for u in known.iter_values(view.max_uid, max(info.uidnext, view.max_uid + 1))
+                        if u not in view.msgs]
+            else:
+                gone = [u for u in range(1, view.max_uid + 1) if u not in view.msgs]
+            if gone:
+                s.untagged(b"VANISHED (EARLIER) " + response.seqset(gone))
+            for seq, uid in enumerate(view.uids, 1):
+                m = view.msgs[uid]
+                if m.modseq > modseq:
+                    s.untagged(b"%d FETCH (UID %d FLAGS %s MODSEQ (%d))" % (
+                        seq, uid, response.flags(m.flags), m.modseq))
+    s.select(view)
+    code = "READ-ONLY" if readonly else "READ-WRITE"
+    return ok(f"{cmd.name} completed", code)
+
+
+_SPECIAL_USE_NAMES = {u.value.upper(): u for u in SpecialUse}
+
+
+async def cmd_create(s: IMAPSession, cmd: Command) -> Reply:
+    args: CreateArgs = cmd.args
+    assert s.account is not None
+    name = mailbox_name(s, args.mailbox).rstrip(HIERARCHY_SEPARATOR)
+    if not name or name.upper() == "INBOX":
+        return no("Mailbox already exists", "ALREADYEXISTS")
+    if HIERARCHY_SEPARATOR * 2 in name or name.startswith(HIERARCHY_SEPARATOR) or \
+            any(c in name for c in "\r\n\0*%"):
+        return no("Invalid mailbox name", "CANNOT")
+    use = None
+    if args.special_use:
+        if len(args.special_use) > 1:
+            return no("Only one special use per mailbox", "USEATTR")
+        use = _SPECIAL_USE_NAMES.get(args.special_use[0].upper())
+        if use is None:
+            return no("Unknown special-use attribute", "USEATTR")
+    # RFC 3501 §6.3.3: create missing superiors of a hierarchical name.
+    parts = name.split(HIERARCHY_SEPARATOR)
+    for i in range(1, len(parts)):
+        parent = HIERARCHY_SEPARATOR.join(parts[:i])
+        if await _get_mailbox(s, parent) is None:
+            try:
+                await s.store.create_mailbox(s.account.id, parent)
+            except MailboxExists:
+                pass
+    try:
+        await s.store.create_mailbox(s.account.id, name, use)
+    except MailboxExists:
+        return no("Mailbox already exists", "ALREADYEXISTS")
+    return ok("CREATE completed")
+
+
+async def cmd_delete(s: IMAPSession, cmd: Command) -> Reply:
+    args: MailboxArgs = cmd.args
+    assert s.account is not None
+    name = mailbox_name(s, args.mailbox)
+    if name == "INBOX":
+        return no("INBOX cannot be deleted", "CANNOT")
+    if s.view is not None and s.view.info.name == name:
+        s.deselect()
+    try:
+        await s.store.delete_mailbox(s.account.id, name)
+    except NoSuchMailbox:
+        return no("Mailbox does not exist", "NONEXISTENT")
+    return ok("DELETE completed")
+
+
+async def cmd_rename(s: IMAPSession, cmd: Command) -> Reply:
+    args: RenameArgs = cmd.args
+    assert s.account is not None
+    old = mailbox_name(s, args.old)
+    new = mailbox_name(s, args.new).rstrip(HIERARCHY_SEPARATOR)
+    if old == "INBOX":
+        return no("Renaming INBOX is not supported", "CANNOT")
+    if not new or new == "INBOX":
+        return no("Mailbox already exists", "ALREADYEXISTS")
+    try:
+        await s.store.rename_mailbox(s.account.id, old, new)
+    except NoSuchMailbox:
+        return no("Mailbox does not exist", "NONEXISTENT")
+    except MailboxExists:
+        return no("Mailbox already exists", "ALREADYEXISTS")
+    return ok("RENAME completed")
+
+
+async def cmd_subscribe(s: IMAPSession, cmd: Command) -> Reply:
+    args: MailboxArgs = cmd.args
+    assert s.account is not None
+    try:
+        await s.store.set_subscribed(s.account.id, mailbox_name(s, args.mailbox),
+                                     cmd.name == "SUBSCRIBE")
+    except NoSuchMailbox:
+        return no("Mailbox does not exist", "NONEXISTENT")
+    return ok(f"{cmd.name} completed")
+
+
+def _pattern_regex(reference: str, pattern: str) -> re.Pattern[str]:
+    """RFC 3501 §6.3.8: ``*`` matches anything, ``%`` anything but the separator."""
+    full = reference + pattern if not pattern.startswith(HIERARCHY_SEPARATOR) or not reference \
+        else reference.rstrip(HIERARCHY_SEPARATOR) + pattern
+    out = []
+    for ch in full:
+        if ch == "*":
+            out.append(".*")
+        elif ch == "%":
+            out.append("[^/]*")
+        else:
+            out.append(re.escape(ch))
+    rx = "".join(out)
+    if full.upper().startswith("INBOX"):
+        rx = "(?i:INBOX)" + "".join(out[5:])
+    return re.compile(rx + r"\Z", re.DOTALL)
+
+
+async def cmd_list(s: IMAPSession, cmd: Command) -> Reply:
+    args: ListArgs = cmd.args
+    assert s.account is not None
+    if not args.lsub and args.patterns == ("",):
+        # RFC 3501 §6.3.8: the hierarchy delimiter and root.
+        s.untagged('LIST (\\Noselect) "/" ""')
+        return ok("LIST completed")
+    boxes = await s.store.list_mailboxes(s.account.id)
+    by_name = {b.name: b for b in boxes}
+    names = set(by_name)
+    # Implied parents of hierarchical names (shown as \Noselect \NonExistent).
+    implied = set()
+    for n in list(names):
+        parts = n.split(HIERARCHY_SEPARATOR)
+        for i in range(1, len(parts)):
+            p = HIERARCHY_SEPARATOR.join(parts[:i])
+            if p not in names:
+                implied.add(p)
+    has_children = {n.rsplit(HIERARCHY_SEPARATOR, 1)[0] for n in names | implied
+                    if HIERARCHY_SEPARATOR in n}
+    regexes = [_pattern_regex(mailbox_name(s, args.reference) if args.reference else "",
+                              p if s.utf8 else _safe_utf7(p)) for p in args.patterns]
+    subscribed_only = args.lsub or "SUBSCRIBED" in args.select_opts
+    special_only = "SPECIAL-USE" in args.select_opts
+    show_subscribed = "SUBSCRIBED" in args.return_opts or "SUBSCRIBED" in args.select_opts
+    word = "LSUB" if args.lsub else "LIST"
+    status_rows: list[MailboxInfo] = []
+    for name in sorted(names | implied, key=lambda n: (n != "INBOX", n)):
+        if not any(rx.match(name) for rx in regexes):
+            continue
+        box = by_name.get(name)
+        if subscribed_only and (box is None or not box.subscribed):
+            continue
+        if special_only and (box is None or box.special_use is None):
+            continue
+        attrs_: list[str] = []
+        if box is None:
+            attrs_.append("\\Noselect")
+            if args.extended:
+                attrs_.append("\\NonExistent")
+        if not args.lsub:
+            attrs_.append("\\HasChildren" if name in has_children else "\\HasNoChildren")
+            if box is not None and box.special_use is not None:
+                attrs_.append(str(box.special_use))
+            if show_subscribed and box is not None and box.subscribed:
+                attrs_.append("\\Subscribed")
+        s.untagged(f"{word} ({' '.join(attrs_)}) \"/\" ".encode() + response.mailbox(name, s.utf8))
+        if "STATUS" in args.return_opts and box is not None:
+            status_rows.append(box)
+            await _send_status(s, box, args.status_items)
+    return ok(f"{word} completed")
+
+
+def _safe_utf7(p: str) -> str:
+    try:
+        return utf7_decode(p)
+    except Exception:  # noqa: BLE001 - a pattern that is not mUTF-7 matches literally
+        return p
+
+
+_STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "HIGHESTMODSEQ",
+                 "DELETED")
+
+
+async def _send_status(s: IMAPSession, box: MailboxInfo, items: tuple[str, ...]) -> None:
+    vals = []
+    for it in items:
+        if it == "MESSAGES":
+            vals.append(f"MESSAGES {box.exists}")
+        elif it == "RECENT":
+            vals.append("RECENT 0")
+        elif it == "UIDNEXT":
+            vals.append(f"UIDNEXT {box.uidnext}")
+        elif it == "UIDVALIDITY":
+            vals.append(f"UIDVALIDITY {box.uidvalidity}")
+        elif it == "UNSEEN":
+            vals.append(f"UNSEEN {box.unseen}")
+        elif it == "SIZE":
+            vals.append(f"SIZE {box.size}")
+        elif it == "HIGHESTMODSEQ":
+            vals.append(f"HIGHESTMODSEQ {box.highestmodseq}")
+    s.untagged(b"STATUS " + response.mailbox(box.name, s.utf8) + f" ({' '.join(vals)})".encode())
+
+
+async def cmd_status(s: IMAPSession, cmd: Command) -> Reply:
+    args: StatusArgs = cmd.args
+    for it in args.items:
+        if it not in _STATUS_ITEMS or it == "DELETED":
+            return bad(f"Unknown STATUS item {it}")
+    box = await _get_mailbox(s, mailbox_name(s, args.mailbox))
+    if box is None:
+        return no("Mailbox does not exist", "NONEXISTENT")
+    if s.view is not None and s.view.info.id == box.id:
+        await s.sync(False)
+    await _send_status(s, box, args.items)
+    return ok("STATUS completed")
+
+
+async def cmd_append(s: IMAPSession, cmd: Command) -> Reply:
+    args: AppendArgs = cmd.args
+    msg = args.message
+    blob = msg.sink if isinstance(msg, BlobLiteral) else None
+    try:
+        flags = normalise_flags(args.flags)
+        if flags is None:
+            return bad("Unknown system flag")
+        size = msg.size if isinstance(msg, BlobLiteral) else len(msg.data)
+        if size == 0:
+            return no("Cannot append an empty message")
+        box = await _get_mailbox(s, mailbox_name(s, args.mailbox))
+        if box is None:
+            return no("Mailbox does not exist", "TRYCREATE")
+        if blob is None:
+            assert isinstance(msg, Literal)
+            blob = s.store.new_blob()
+            blob.write(msg.data)
+        when = args.date or datetime.fromtimestamp(s.clock.seconds(), UTC)
+        try:
+            uid = await s.store.append(box.id, blob, flags, when)  # type: ignore[arg-type]
+        except QuotaExceeded:
+            blob = None
+            return no("Quota exceeded", "OVERQUOTA")
+        except StoreError as e:
+            blob = None
+            log.error("imap append failed: {error}", error=str(e))
+            return no("Cannot store the message", "SERVERBUG")
+        blob = None
+        if s.view is not None and s.view.info.id == box.id:
+            s.view.dirty = True
+        return ok("APPEND completed", f"APPENDUID {box.uidvalidity} {uid}")
+    finally:
+        if blob is not None:
+            blob.abort()
+
+
+async def cmd_idle(s: IMAPSession, cmd: Command) -> Reply:
+    if s.view is not None:
+        await s.sync(True)
+    s.start_idle(cmd.tag)
+    from mxd.imap.server import CommandDetached
+
+    raise CommandDetached()
+
+
+# -- selected -----------------------------------------------------------------------------------
+
+async def cmd_check(s: IMAPSession, cmd: Command) -> Reply:
+    return ok("CHECK completed")
+
+
+async def cmd_close(s: IMAPSession, cmd: Command) -> Reply:
+    view = s.view
+    assert view is not None
+    if not view.readonly:
+        # RFC 3501 §6.4.2: expunge silently.
+        await s.store.expunge(view.info.id)
+    s.deselect()
+    return ok("CLOSE completed")
+
+
+async def cmd_unselect(s: IMAPSession, cmd: Command) -> Reply:
+    s.deselect()
+    return ok("UNSELECT completed")
+
+
+async def cmd_expunge(s: IMAPSession, cmd: Command) -> Reply:
+    view = s.view
+    assert view is not None
+    if view.readonly:
+        return no("Mailbox is read-only", "READ-ONLY")
+    uids: list[int] | None = None
+    if cmd.name == "UID EXPUNGE":
+        a: SeqSetArgs = cmd.args
+        uids = list(resolve(view, a.seqset, uid=True))
+        if not uids:
+            return ok("UID EXPUNGE completed")
+    removed = await s.store.expunge(view.info.id, uids)
+    if s.view is view:
+        s.report_expunged(view.expunge(removed))
+    return ok(f"{cmd.name} completed")
+
+
+async def cmd_store(s: IMAPSession, cmd: Command) -> Reply:
+    args: StoreArgs = cmd.args
+    view = s.view
+    assert view is not None
+    if view.readonly:
+        return no("Mailbox is read-only", "READ-ONLY")
+    flags = normalise_flags(args.flags)
+    if flags is None:
+        return bad("Unknown system flag")
+    is_uid = cmd.name.startswith("UID ")
+    try:
+        uids = list(resolve(view, args.seqset, uid=is_uid))
+    except ValueError as e:
+        return bad(str(e))
+    if not uids:
+        return ok("STORE completed")
+    if args.unchangedsince is not None:
+        s.enabled.add("CONDSTORE")
+    changed, failed = await s.store.store_flags(view.info.id, uids, flags, args.mode,
+                                                args.unchangedsince)
+    if s.view is not view:
+        return ok("STORE completed")
+    view.set_messages(changed)
+    changed_uids = {m.uid for m in changed}
+    failed_set = set(failed)
+    for uid in uids:
+        seq = view.seq_of(uid)
+        if seq is None or uid in failed_set:
+            continue
+        if args.silent and not (uid in changed_uids and "CONDSTORE" in s.enabled
+                                and args.unchangedsince is not None):
+            continue
+        s.untagged(s.fetch_flags_line(seq, view.msgs[uid], with_uid=is_uid))
+    if failed:
+        if is_uid:
+            mod = response.seqset(failed)
+        else:
+            mod = response.seqset(q for q in (view.seq_of(u) for u in failed) if q is not None)
+        return ok("Conditional STORE failed", "MODIFIED " + mod.decode())
+    return ok("STORE completed")
+
+
+async def cmd_copy(s: IMAPSession, cmd: Command) -> Reply:
+    args: CopyArgs = cmd.args
+    view = s.view
+    assert view is not None
+    move = cmd.name.endswith("MOVE")
+    if move and view.readonly:
+        return no("Mailbox is read-only", "READ-ONLY")
+    try:
+        uids = list(resolve(view, args.seqset, uid=cmd.name.startswith("UID ")))
+    except ValueError as e:
+        return bad(str(e))
+    dest = await _get_mailbox(s, mailbox_name(s, args.mailbox))
+    if dest is None:
+        return no("Mailbox does not exist", "TRYCREATE")
+    if not uids:
+        return ok(f"{cmd.name} completed")
+    try:
+        if move:
+            pairs = await s.store.move(view.info.id, uids, dest.id)
+        else:
+            pairs = await s.store.copy(view.info.id, uids, dest.id)
+    except QuotaExceeded:
+        return no("Quota exceeded", "OVERQUOTA")
+    code = None
+    if pairs:
+        pairs = sorted(pairs)
+        code = "COPYUID %d %s %s" % (dest.uidvalidity, ",".join(str(a) for a, _ in pairs),
+                                     ",".join(str(b) for _, b in pairs))
+    if move:
+        # RFC 6851 §4.3: COPYUID in an untagged OK before the expunges.
+        if code:
+            s.untagged(f"OK [{code}] Moved")
+        if s.view is view:
+            s.report_expunged(view.expunge([a for a, _ in pairs]))
+        return ok(f"{cmd.name} completed")
+    if dest.id == view.info.id:
+        view.dirty = True
+    return ok(f"{cmd.name} completed", code)
+
+
+async def cmd_fetch(s: IMAPSession, cmd: Command) -> Reply:
+    return await do_fetch(s, cmd)
+
+
+async def cmd_search(s: IMAPSession, cmd: Command) -> Reply:
+    return await do_search(s, cmd)
+
+
+def _spec(states: frozenset[State], handler: Handler, expunge_ok: bool = True) -> CommandSpec:
+    return CommandSpec(states, handler, expunge_ok)
+
+
+COMMANDS.update({
+    "CAPABILITY": _spec(ANY, cmd_capability),
+    "NOOP": _spec(ANY, cmd_noop),
+    "LOGOUT": _spec(ANY, cmd_logout),
+    "ID": _spec(ANY, cmd_id),
+    "STARTTLS": _spec(NOT_AUTH, cmd_starttls),
+    "LOGIN": _spec(NOT_AUTH, cmd_login),
+    "AUTHENTICATE": _spec(NOT_AUTH, cmd_authenticate),
+    "ENABLE": _spec(AUTH, cmd_enable),
+    "NAMESPACE": _spec(AUTH, cmd_namespace),
+    "SELECT": _spec(AUTH, cmd_select),
+    "EXAMINE": _spec(AUTH, cmd_select),
+    "CREATE": _spec(AUTH, cmd_create),
+    "DELETE": _spec(AUTH, cmd_delete),
+    "RENAME": _spec(AUTH, cmd_rename),
+    "SUBSCRIBE": _spec(AUTH, cmd_subscribe),
+    "UNSUBSCRIBE": _spec(AUTH, cmd_subscribe),
+    "LIST": _spec(AUTH, cmd_list),
+    "LSUB": _spec(AUTH, cmd_list),
+    "STATUS": _spec(AUTH, cmd_status),
+    "APPEND": _spec(AUTH, cmd_append),
+    "IDLE": _spec(AUTH, cmd_idle),
+    "CHECK": _spec(SELECTED, cmd_check),
+    "CLOSE": _spec(SELECTED, cmd_close),
+    "UNSELECT": _spec(SELECTED, cmd_unselect),
+    "EXPUNGE": _spec(SELECTED, cmd_expunge),
+    "UID EXPUNGE": _spec(SELECTED, cmd_expunge),
+    "FETCH": _spec(SELECTED, cmd_fetch, expunge_ok=False),
+    "UID FETCH": _spec(SELECTED, cmd_fetch),
+    "STORE": _spec(SELECTED, cmd_store, expunge_ok=False),
+    "UID STORE": _spec(SELECTED, cmd_store),
+    "SEARCH": _spec(SELECTED, cmd_search, expunge_ok=False),
+    "UID SEARCH": _spec(SELECTED, cmd_search),
+    "COPY": _spec(SELECTED, cmd_copy),
+    "UID COPY": _spec(SELECTED, cmd_copy),
+    "MOVE": _spec(SELECTED, cmd_copy),
+    "UID MOVE": _spec(SELECTED, cmd_copy),
+})

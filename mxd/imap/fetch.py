@@ -1,0 +1,295 @@
+"""FETCH and UID FETCH (RFC 3501 §6.4.5, §7.4.2; RFC 3516 BINARY; RFC 7162 CONDSTORE).
+
+Bodies are written from the store's files in chunks, waiting for the transport to drain
+between chunks; derived data (ENVELOPE, BODYSTRUCTURE) is cached by blob id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, BinaryIO
+
+from twisted.logger import Logger
+
+from mxd.imap import message as mimemsg
+from mxd.imap import response
+from mxd.imap.messagecache import read_header_block
+from mxd.imap.parser import Command, FetchArgs, FetchAtt, SeqSet
+from mxd.imap.view import MailboxView
+from mxd.store.interfaces import MessageInfo
+
+if TYPE_CHECKING:
+    from mxd.imap.server import IMAPSession, Reply
+
+log = Logger()
+
+STREAM_THRESHOLD = 256 * 1024
+
+
+def resolve(view: MailboxView, seqset: SeqSet, uid: bool) -> Iterator[int]:
+    """UIDs named by a sequence set.  Raises ValueError for sequence numbers that do not
+    exist (RFC 3501 §9 seq-number) and for ``$`` (no saved search)."""
+    if seqset.saved:
+        raise ValueError("No saved search result ($)")
+    if uid:
+        ranges = seqset.resolve(view.max_uid)
+        if len(ranges) == 1:
+            lo, hi = ranges[0]
+            for u in view.uids:
+                if lo <= u <= hi:
+                    yield u
+            return
+        for u in view.uids:
+            if any(lo <= u <= hi for lo, hi in ranges):
+                yield u
+        return
+    n = view.exists
+    for a, b in seqset.ranges:
+        if (a > n) or (b > n):
+            raise ValueError("Invalid message sequence number")
+    for seq in seqset.iter_values(n, n):
+        yield view.uids[seq - 1]
+
+
+class _Loader:
+    """Opens a message's file at most once and parses it at most once."""
+
+    def __init__(self, s: IMAPSession, m: MessageInfo) -> None:
+        self.s = s
+        self.m = m
+        self._f: BinaryIO | None = None
+        self._header: bytes | None = None
+        self._parsed: mimemsg.ParsedMessage | None = None
+
+    def file(self) -> BinaryIO:
+        if self._f is None:
+            self._f = self.s.store.open_blob(self.m.blob_id)
+        self._f.seek(0)
+        return self._f
+
+    def header(self) -> bytes:
+        if self._header is None:
+            self._header = read_header_block(self.file())
+        return self._header
+
+    def parsed(self) -> mimemsg.ParsedMessage:
+        if self._parsed is None:
+            self._parsed = mimemsg.ParsedMessage.parse(self.file().read())
+        return self._parsed
+
+    def read(self, offset: int, length: int) -> bytes:
+        f = self.file()
+        f.seek(offset)
+        return f.read(length)
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+class _FileRange:
+    def __init__(self, offset: int, length: int) -> None:
+        self.offset = offset
+        self.length = length
+
+
+Segment = bytes | _FileRange
+
+
+def _literal_or_nil(data: bytes | None, partial: tuple[int, int] | None) -> bytes:
+    if data is None:
+        return b"NIL"
+    if partial is not None:
+        off, n = partial
+        data = data[off:off + n]
+    return b"{%d}\r\n" % len(data) + data
+
+
+def _item_name(att: FetchAtt) -> bytes:
+    assert att.section is not None
+    name = f"{att.name}[{att.section.spec()}]"
+    if att.partial is not None:
+        name += f"<{att.partial[0]}>"
+    return name.encode()
+
+
+def _render_att(s: IMAPSession, ld: _Loader, seq: int, att: FetchAtt) -> list[Segment]:
+    m = ld.m
+    n = att.name
+    cache = s.cache
+    utf8 = s.utf8
+    if n == "UID":
+        return [b"UID %d" % m.uid]
+    if n == "FLAGS":
+        return [b"FLAGS " + response.flags(m.flags)]
+    if n == "INTERNALDATE":
+        return [b"INTERNALDATE " + response.internaldate(m.internal_date)]
+    if n == "RFC822.SIZE":
+        return [b"RFC822.SIZE %d" % m.size]
+    if n == "MODSEQ":
+        return [b"MODSEQ (%d)" % m.modseq]
+    if n == "ENVELOPE":
+        kind = "env8" if utf8 else "env"
+        v = cache.get(kind, m.blob_id)
+        if v is None:
+            v = response.render(mimemsg.envelope(mimemsg.parse_headers(ld.header())), utf8)
+            cache.put(kind, m.blob_id, v)
+        return [b"ENVELOPE " + v]
+    if n in ("BODYSTRUCTURE", "BODY") and att.section is None:
+        kind = ("bs" if n == "BODYSTRUCTURE" else "body") + ("8" if utf8 else "")
+        v = cache.get(kind, m.blob_id)
+        if v is None:
+            v = response.render(mimemsg.bodystructure(ld.parsed(), extended=n == "BODYSTRUCTURE"), utf8)
+            cache.put(kind, m.blob_id, v)
+        return [n.encode() + b" " + v]
+    if n in ("RFC822", "RFC822.HEADER", "RFC822.TEXT"):
+        if n == "RFC822":
+            return [b"RFC822 {%d}\r\n" % m.size, _FileRange(0, m.size)]
+        if n == "RFC822.HEADER":
+            return [b"RFC822.HEADER " + _literal_or_nil(ld.header(), None)]
+        h = len(ld.header())
+        return [b"RFC822.TEXT {%d}\r\n" % max(0, m.size - h), _FileRange(h, max(0, m.size - h))]
+    sec = att.section
+    assert sec is not None
+    if n == "BINARY.SIZE":
+        data = _binary(ld, sec.part)
+        return [b"BINARY.SIZE[%s] %d" % (sec.spec().encode(), len(data or b""))]
+    name = _item_name(att)
+    if n == "BINARY":
+        data = _binary(ld, sec.part)
+        if data is not None and b"\0" in data:
+            lit = _literal_or_nil(data, att.partial)
+            return [name + b" ~" + lit]
+        return [name + b" " + _literal_or_nil(data, att.partial)]
+    # BODY[section]
+    if not sec.part and sec.text == "":
+        off, length = 0, m.size
+        if att.partial is not None:
+            off = min(att.partial[0], m.size)
+            length = max(0, min(att.partial[1], m.size - off))
+        if length > STREAM_THRESHOLD:
+            return [name + b" {%d}\r\n" % length, _FileRange(off, length)]
+        return [name + b" {%d}\r\n" % length + ld.read(off, length)]
+    if not sec.part and sec.text in ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT"):
+        block = ld.header()
+        if sec.text != "HEADER":
+            block = mimemsg.filter_header(block, sec.fields, sec.text == "HEADER.FIELDS.NOT")
+        return [name + b" " + _literal_or_nil(block, att.partial)]
+    return [name + b" " + _literal_or_nil(ld.parsed().section(sec.part, sec.text, sec.fields),
+                                          att.partial)]
+
+
+class UnknownCTEError(Exception):
+    pass
+
+
+def _binary(ld: _Loader, part: tuple[int, ...]) -> bytes | None:
+    try:
+        return ld.parsed().binary(part)
+    except mimemsg.UnknownCTE as e:
+        raise UnknownCTEError(str(e)) from e
+
+
+def _sets_seen(att: FetchAtt) -> bool:
+    if att.name in ("BODY", "BINARY") and att.section is not None:
+        return not att.peek
+    return att.name in ("RFC822", "RFC822.TEXT")
+
+
+async def do_fetch(s: IMAPSession, cmd: Command) -> Reply:
+    from mxd.imap.server import bad, no, ok
+
+    args: FetchArgs = cmd.args
+    view = s.view
+    assert view is not None
+    is_uid = cmd.name == "UID FETCH"
+    try:
+        uids = list(resolve(view, args.seqset, uid=is_uid))
+    except ValueError as e:
+        return bad(str(e))
+    atts = list(args.atts)
+    names = {a.name for a in atts}
+    if is_uid and "UID" not in names:
+        atts.insert(0, FetchAtt("UID"))
+    if args.changedsince is not None or "MODSEQ" in names:
+        s.enabled.add("CONDSTORE")  # RFC 7162 §3.1
+    if args.changedsince is not None:
+        if "MODSEQ" not in names:
+            atts.append(FetchAtt("MODSEQ"))
+        uids = [u for u in uids if view.msgs[u].modseq > args.changedsince]
+    if args.vanished:
+        if not is_uid or "QRESYNC" not in s.enabled or args.changedsince is None:
+            return bad("VANISHED needs UID FETCH, QRESYNC and CHANGEDSINCE")
+        gone = [u for u in args.seqset.iter_values(view.max_uid, view.max_uid) if u not in view.msgs]
+        if gone:
+            s.untagged(b"VANISHED (EARLIER) " + response.seqset(gone))
+    seen_set: set[int] = set()
+    if not view.readonly and any(_sets_seen(a) for a in atts):
+        unseen = [u for u in uids if "\\Seen" not in view.msgs[u].flags]
+        if unseen:
+            changed, _ = await s.store.store_flags(view.info.id, unseen, frozenset({"\\Seen"}), "add")
+            if s.view is not view:
+                return ok("FETCH completed")
+            view.set_messages(changed)
+            seen_set = {m.uid for m in changed}
+            if "FLAGS" not in names:
+                # RFC 3501 §6.4.5: report the implicit \Seen change.
+                pass
+    failed = 0
+    for uid in uids:
+        seq = view.seq_of(uid)
+        m = view.msgs.get(uid)
+        if seq is None or m is None:
+            continue
+        ld = _Loader(s, m)
+        try:
+            segs: list[Segment] = [b"* %d FETCH (" % seq]
+            first = True
+            for att in atts:
+                if not first:
+                    segs.append(b" ")
+                first = False
+                segs.extend(_render_att(s, ld, seq, att))
+            if uid in seen_set and "FLAGS" not in names:
+                segs.append(b" FLAGS " + response.flags(m.flags))
+            segs.append(b")\r\n")
+            await _write(s, ld, segs)
+        except UnknownCTEError:
+            ld.close()
+            return no("Unknown Content-Transfer-Encoding", "UNKNOWN-CTE")
+        except (OSError, KeyError) as e:
+            failed += 1
+            log.error("imap fetch cannot read message {uid}: {error}", uid=uid, error=str(e))
+        finally:
+            ld.close()
+    if failed:
+        return no("Some messages could not be read", "SERVERBUG")
+    return ok(f"{cmd.name} completed")
+
+
+async def _write(s: IMAPSession, ld: _Loader, segs: list[Segment]) -> None:
+    # Validate every file range first: the response must not be cut after it began.
+    out = bytearray()
+    for seg in segs:
+        if isinstance(seg, bytes):
+            out += seg
+            continue
+        f = ld.file()
+        if out:
+            s.send(bytes(out))
+            out.clear()
+        f.seek(seg.offset)
+        left = seg.length
+        chunk_size = s.settings.chunk_size
+        while left > 0:
+            chunk = f.read(min(chunk_size, left))
+            if not chunk:
+                # The file is shorter than recorded: pad so the literal stays well-formed.
+                chunk = b" " * min(chunk_size, left)
+            s.send(chunk)
+            left -= len(chunk)
+            await s.drain()
+    if out:
+        s.send(bytes(out))
+    await s.drain()

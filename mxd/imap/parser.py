@@ -1,0 +1,935 @@
+"""IMAP command grammar (RFC 3501 §9, RFC 9051 §9, with RFC 4731, 4959, 5161, 5258, 5819,
+6154, 7162, 7888 extensions).
+
+Pure: turns a framed command (``mxd.imap.framer.RawCommand``) into a typed ``Command``.
+It raises only ``ParseError``, whatever the input (a Hypothesis test holds it to that).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+import attrs
+
+from mxd.imap.errors import ParseError
+from mxd.imap.framer import BlobLiteral, Literal, Part, RawCommand, command_words
+
+# RFC 3501 §9: atom-specials = "(" / ")" / "{" / SP / CTL / list-wildcards / quoted-specials
+# / resp-specials.
+_ATOM_SPECIALS = frozenset(b'(){ %*"\\]') | frozenset(range(0, 32)) | {127}
+_ASTRING_SPECIALS = _ATOM_SPECIALS - {ord("]")}
+_LIST_SPECIALS = _ATOM_SPECIALS - {ord("%"), ord("*"), ord("]")}
+_TAG_SPECIALS = _ASTRING_SPECIALS | {ord("+")}
+_MONTHS = {m: i + 1 for i, m in enumerate(
+    ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"])}
+_LIT = 0  # placeholder byte for a literal in the flattened line (NUL is never valid text)
+MAX_NUMBER = 2**63 - 1
+_DATE_RE = re.compile(r"^([0-9]{1,2})-([A-Za-z]{3})-([0-9]{4})$")
+_DATETIME_RE = re.compile(
+    r"^([ 0-9]?[0-9])-([A-Za-z]{3})-([0-9]{4}) ([0-9]{2}):([0-9]{2}):([0-9]{2}) ([+-])([0-9]{2})([0-9]{2})$")
+
+
+# -- values -----------------------------------------------------------------------------
+
+@attrs.frozen
+class SeqSet:
+    """A sequence set (RFC 9051 §9 ``sequence-set``); 0 stands for ``*``.
+
+    ``saved`` is the RFC 5182 ``$`` (the last saved search result).
+    """
+
+    ranges: tuple[tuple[int, int], ...] = ()
+    saved: bool = False
+
+    def resolve(self, star: int) -> list[tuple[int, int]]:
+        """Ranges with ``*`` replaced by ``star`` and each range ordered low..high."""
+        out = []
+        for a, b in self.ranges:
+            a = star if a == 0 else a
+            b = star if b == 0 else b
+            out.append((min(a, b), max(a, b)))
+        return out
+
+    def contains(self, n: int, star: int) -> bool:
+        return any(lo <= n <= hi for lo, hi in self.resolve(star))
+
+    def iter_values(self, star: int, limit: int) -> Iterator[int]:
+        """Values in the set that are ≤ ``limit`` (sorted, no duplicates)."""
+        seen: set[int] = set()
+        for lo, hi in sorted(self.resolve(star)):
+            for v in range(lo, min(hi, limit) + 1):
+                if v not in seen:
+                    seen.add(v)
+                    yield v
+
+
+@attrs.frozen
+class Section:
+    """A BODY[...] section (RFC 3501 §6.4.5)."""
+
+    part: tuple[int, ...] = ()
+    text: str = ""  # "", "HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT", "MIME"
+    fields: tuple[str, ...] = ()
+
+    def spec(self) -> str:
+        s = ".".join(str(p) for p in self.part)
+        if self.text:
+            s = f"{s}.{self.text}" if s else self.text
+        if self.fields:
+            s += " (" + " ".join(self.fields) + ")"
+        return s
+
+
+@attrs.frozen
+class FetchAtt:
+    """One fetch item.  ``name`` is the upper-case item (BODY, BINARY, BINARY.SIZE, ...)."""
+
+    name: str
+    section: Section | None = None
+    partial: tuple[int, int] | None = None  # (offset, length)
+    peek: bool = False
+
+
+@attrs.frozen
+class SearchKey:
+    """A node of a search program; ``name`` is the upper-case key, "AND" for a list."""
+
+    name: str
+    args: tuple[Any, ...] = ()
+
+
+@attrs.frozen
+class Command:
+    tag: str
+    name: str  # upper case; UID commands are "UID FETCH" etc.
+    args: Any = None
+
+
+@attrs.frozen
+class LoginArgs:
+    username: str
+    password: str
+
+
+@attrs.frozen
+class AuthenticateArgs:
+    mechanism: str
+    initial: bytes | None  # decoded SASL-IR; b"" for "="; None when absent
+
+
+@attrs.frozen
+class MailboxArgs:
+    mailbox: str
+
+
+@attrs.frozen
+class CreateArgs:
+    mailbox: str
+    special_use: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class RenameArgs:
+    old: str
+    new: str
+
+
+@attrs.frozen
+class SelectArgs:
+    mailbox: str
+    condstore: bool = False
+    qresync: tuple[int, int, SeqSet | None] | None = None  # uidvalidity, modseq, known uids
+
+
+@attrs.frozen
+class ListArgs:
+    reference: str
+    patterns: tuple[str, ...]
+    select_opts: frozenset[str] = frozenset()
+    return_opts: frozenset[str] = frozenset()
+    status_items: tuple[str, ...] = ()
+    extended: bool = False
+    lsub: bool = False
+
+
+@attrs.frozen
+class StatusArgs:
+    mailbox: str
+    items: tuple[str, ...]
+
+
+@attrs.frozen
+class AppendArgs:
+    mailbox: str
+    flags: tuple[str, ...]
+    date: datetime | None
+    message: Literal | BlobLiteral
+
+
+@attrs.frozen
+class FetchArgs:
+    seqset: SeqSet
+    atts: tuple[FetchAtt, ...]
+    changedsince: int | None = None
+    vanished: bool = False
+
+
+@attrs.frozen
+class StoreArgs:
+    seqset: SeqSet
+    mode: str  # "set" | "add" | "remove"
+    silent: bool
+    flags: tuple[str, ...]
+    unchangedsince: int | None = None
+
+
+@attrs.frozen
+class SearchArgs:
+    key: SearchKey
+    charset: str | None = None
+    return_opts: tuple[str, ...] | None = None  # None: plain SEARCH; () = RETURN ()
+
+
+@attrs.frozen
+class CopyArgs:
+    seqset: SeqSet
+    mailbox: str
+
+
+@attrs.frozen
+class SeqSetArgs:
+    seqset: SeqSet
+
+
+@attrs.frozen
+class EnableArgs:
+    capabilities: tuple[str, ...]
+
+
+@attrs.frozen
+class IdArgs:
+    params: tuple[tuple[str, str | None], ...] | None
+
+
+# -- the reader ---------------------------------------------------------------------------
+
+class Reader:
+    """A cursor over one command: line text with literals in between."""
+
+    def __init__(self, parts: tuple[Part, ...], tag: str | None = None) -> None:
+        pieces = []
+        self._literals: list[Literal | BlobLiteral] = []
+        for p in parts:
+            if isinstance(p, bytes):
+                if b"\0" in p:
+                    raise ParseError("NUL in command line", tag)
+                pieces.append(p)
+            else:
+                pieces.append(bytes([_LIT]))
+                self._literals.append(p)
+        self.text = b"".join(pieces)
+        self.pos = 0
+        self._lit_index = 0
+        self.tag = tag
+
+    def error(self, what: str) -> ParseError:
+        near = self.text[self.pos:self.pos + 20].replace(b"\0", b"{literal}")
+        return ParseError(f"{what} at position {self.pos} near {near.decode('ascii', 'replace')!r}",
+                          self.tag)
+
+    def peek(self) -> int | None:
+        return self.text[self.pos] if self.pos < len(self.text) else None
+
+    def at_end(self) -> bool:
+        return self.pos >= len(self.text)
+
+    def end(self) -> None:
+        if not self.at_end():
+            raise self.error("unexpected extra arguments")
+
+    def take(self, s: bytes) -> bool:
+        if self.text[self.pos:self.pos + len(s)].upper() == s:
+            self.pos += len(s)
+            return True
+        return False
+
+    def expect(self, s: bytes) -> None:
+        if not self.take(s):
+            raise self.error(f"expected {s.decode()!r}")
+
+    def sp(self) -> None:
+        self.expect(b" ")
+
+    def _run(self, specials: frozenset[int], allow8: bool = False) -> bytes:
+        start = self.pos
+        t = self.text
+        n = len(t)
+        while self.pos < n and t[self.pos] not in specials and (allow8 or t[self.pos] < 128):
+            self.pos += 1
+        return t[start:self.pos]
+
+    def atom(self) -> str:
+        a = self._run(_ATOM_SPECIALS)
+        if not a:
+            raise self.error("expected an atom")
+        return a.decode("ascii")
+
+    def keyword(self) -> str:
+        return self.atom().upper()
+
+    def _literal(self) -> Literal | BlobLiteral:
+        if self._lit_index >= len(self._literals):
+            raise self.error("literal missing")
+        lit = self._literals[self._lit_index]
+        self._lit_index += 1
+        self.pos += 1
+        return lit
+
+    def quoted(self) -> bytes:
+        self.expect(b'"')
+        out = bytearray()
+        t = self.text
+        while True:
+            if self.pos >= len(t):
+                raise self.error("unterminated quoted string")
+            c = t[self.pos]
+            self.pos += 1
+            if c == 0x22:
+                return bytes(out)
+            if c == 0x5C:
+                if self.pos >= len(t) or t[self.pos] not in (0x22, 0x5C):
+                    raise self.error("bad escape in quoted string")
+                c = t[self.pos]
+                self.pos += 1
+            elif c in (0x0A, 0x0D, _LIT):
+                raise self.error("bad character in quoted string")
+            out.append(c)
+
+    def string_or_literal(self) -> Literal | BlobLiteral | bytes:
+        c = self.peek()
+        if c == 0x22:
+            return self.quoted()
+        if c == _LIT:
+            return self._literal()
+        raise self.error("expected a string")
+
+    def string(self) -> bytes:
+        v = self.string_or_literal()
+        if isinstance(v, BlobLiteral):
+            raise self.error("literal too large here")
+        return v.data if isinstance(v, Literal) else v
+
+    def astring_bytes(self) -> bytes:
+        c = self.peek()
+        if c in (0x22, _LIT):
+            return self.string()
+        # 8-bit octets are not ATOM-CHARs, but clients send raw UTF-8 (RFC 6855 spirit).
+        a = self._run(_ASTRING_SPECIALS, allow8=True)
+        if not a:
+            raise self.error("expected an atom or string")
+        return a
+
+    def astring(self) -> str:
+        return _utf8(self.astring_bytes(), self)
+
+    def nstring(self) -> str | None:
+        if self.take(b"NIL"):
+            return None
+        return _utf8(self.string(), self)
+
+    def list_mailbox(self) -> str:
+        c = self.peek()
+        if c in (0x22, _LIT):
+            return _utf8(self.string(), self)
+        a = self._run(_LIST_SPECIALS, allow8=True)
+        if not a:
+            raise self.error("expected a mailbox pattern")
+        return _utf8(a, self)
+
+    def number(self, nz: bool = False) -> int:
+        start = self.pos
+        while self.pos < len(self.text) and 0x30 <= self.text[self.pos] <= 0x39:
+            self.pos += 1
+        digits = self.text[start:self.pos]
+        if not digits or len(digits) > 19:
+            raise self.error("expected a number")
+        v = int(digits)
+        if v > MAX_NUMBER or (nz and v == 0):
+            raise self.error("number out of range")
+        return v
+
+    def seqset(self) -> SeqSet:
+        if self.take(b"$"):
+            return SeqSet(saved=True)
+        ranges = []
+        while True:
+            a = self._seq_number()
+            b = a
+            if self.take(b":"):
+                b = self._seq_number()
+            ranges.append((a, b))
+            if not self.take(b","):
+                break
+        return SeqSet(tuple(ranges))
+
+    def _seq_number(self) -> int:
+        if self.take(b"*"):
+            return 0
+        v = self.number(nz=True)
+        if v > 0xFFFFFFFF:
+            raise self.error("sequence number out of range")
+        return v
+
+    def flag(self) -> str:
+        if self.take(b"\\"):
+            if self.take(b"*"):
+                return "\\*"
+            return "\\" + self.atom()
+        return self.atom()
+
+    def flag_list(self) -> tuple[str, ...]:
+        self.expect(b"(")
+        flags: list[str] = []
+        if self.take(b")"):
+            return ()
+        while True:
+            flags.append(self.flag())
+            if self.take(b")"):
+                return tuple(flags)
+            self.sp()
+
+    def paren_list(self, item: Callable[[], Any]) -> list[Any]:
+        self.expect(b"(")
+        out: list[Any] = []
+        if self.take(b")"):
+            return out
+        while True:
+            out.append(item())
+            if self.take(b")"):
+                return out
+            self.sp()
+
+    def date(self) -> date:
+        if self.peek() == 0x22:
+            s = self.quoted().decode("ascii", "replace")
+        else:
+            s = self._run(_ATOM_SPECIALS).decode("ascii")
+        m = _DATE_RE.match(s)
+        if not m or m.group(2).upper() not in _MONTHS:
+            raise self.error("expected a date like 1-Feb-2024")
+        try:
+            return date(int(m.group(3)), _MONTHS[m.group(2).upper()], int(m.group(1)))
+        except ValueError as e:
+            raise self.error(f"invalid date: {e}") from e
+
+    def date_time(self) -> datetime:
+        s = self.quoted().decode("ascii", "replace")
+        m = _DATETIME_RE.match(s)
+        if not m or m.group(2).upper() not in _MONTHS:
+            raise self.error("expected a date-time like \"01-Feb-2024 10:00:00 +0000\"")
+        try:
+            off = timedelta(hours=int(m.group(8)), minutes=int(m.group(9)))
+            if m.group(7) == "-":
+                off = -off
+            return datetime(int(m.group(3)), _MONTHS[m.group(2).upper()], int(m.group(1).strip()),
+                            int(m.group(4)), int(m.group(5)), int(m.group(6)),
+                            tzinfo=timezone(off))
+        except ValueError as e:
+            raise self.error(f"invalid date-time: {e}") from e
+
+
+def _utf8(b: bytes, r: Reader) -> str:
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise r.error("invalid UTF-8") from e
+
+
+# -- commands -------------------------------------------------------------------------------
+
+def _no_args(r: Reader) -> None:
+    return None
+
+
+def _login(r: Reader) -> LoginArgs:
+    r.sp()
+    user = r.astring()
+    r.sp()
+    pw = r.astring()
+    return LoginArgs(user, pw)
+
+
+def _authenticate(r: Reader) -> AuthenticateArgs:
+    import base64
+    import binascii
+
+    r.sp()
+    mech = r.keyword()
+    initial: bytes | None = None
+    if r.take(b" "):
+        # RFC 4959 §3: initial response is base64, "=" for empty.
+        raw = r._run(frozenset(b" ") | frozenset(range(0, 33)))
+        if raw == b"=":
+            initial = b""
+        else:
+            try:
+                initial = base64.b64decode(raw, validate=True)
+            except (binascii.Error, ValueError) as e:
+                raise r.error("invalid base64 in initial response") from e
+            if not raw:
+                raise r.error("empty initial response (use =)")
+    return AuthenticateArgs(mech, initial)
+
+
+def _mailbox(r: Reader) -> MailboxArgs:
+    r.sp()
+    return MailboxArgs(r.astring())
+
+
+def _create(r: Reader) -> CreateArgs:
+    r.sp()
+    name = r.astring()
+    uses: tuple[str, ...] = ()
+    if r.take(b" "):
+        # RFC 6154 §3: CREATE name (USE (\Sent))
+        r.expect(b"(")
+        r.expect(b"USE")
+        r.sp()
+        uses = r.flag_list()
+        r.expect(b")")
+    return CreateArgs(name, uses)
+
+
+def _rename(r: Reader) -> RenameArgs:
+    r.sp()
+    old = r.astring()
+    r.sp()
+    return RenameArgs(old, r.astring())
+
+
+def _select(r: Reader) -> SelectArgs:
+    r.sp()
+    name = r.astring()
+    condstore = False
+    qresync: tuple[int, int, SeqSet | None] | None = None
+    if r.take(b" "):
+        r.expect(b"(")
+        while True:
+            p = r.keyword()
+            if p == "CONDSTORE":
+                condstore = True
+            elif p == "QRESYNC":
+                # RFC 7162 §3.2.5: (uidvalidity modseq [known-uids [seq-match-data]])
+                r.sp()
+                r.expect(b"(")
+                uidvalidity = r.number(nz=True)
+                r.sp()
+                modseq = r.number(nz=True)
+                known: SeqSet | None = None
+                if r.take(b" "):
+                    if r.peek() != ord("("):
+                        known = r.seqset()
+                        r.take(b" ")
+                    if r.peek() == ord("("):
+                        r.expect(b"(")
+                        r.seqset()
+                        r.sp()
+                        r.seqset()
+                        r.expect(b")")
+                r.expect(b")")
+                qresync = (uidvalidity, modseq, known)
+            else:
+                raise r.error(f"unknown SELECT parameter {p}")
+            if r.take(b")"):
+                break
+            r.sp()
+    return SelectArgs(name, condstore, qresync)
+
+
+def _list(r: Reader) -> ListArgs:
+    r.sp()
+    select: set[str] = set()
+    extended = False
+    if r.peek() == ord("("):
+        extended = True
+        select = set(r.paren_list(r.keyword))
+        r.sp()
+    ref = r.astring()
+    r.sp()
+    if r.peek() == ord("("):
+        extended = True
+        patterns = tuple(r.paren_list(r.list_mailbox))
+    else:
+        patterns = (r.list_mailbox(),)
+    ret: set[str] = set()
+    status_items: tuple[str, ...] = ()
+    if r.take(b" "):
+        extended = True
+        r.expect(b"RETURN")
+        r.sp()
+        r.expect(b"(")
+        if not r.take(b")"):
+            while True:
+                opt = r.keyword()
+                ret.add(opt)
+                if opt == "STATUS":
+                    # RFC 5819 §2
+                    r.sp()
+                    status_items = tuple(r.paren_list(r.keyword))
+                if r.take(b")"):
+                    break
+                r.sp()
+    return ListArgs(ref, patterns, frozenset(select), frozenset(ret), status_items, extended)
+
+
+def _lsub(r: Reader) -> ListArgs:
+    r.sp()
+    ref = r.astring()
+    r.sp()
+    return ListArgs(ref, (r.list_mailbox(),), lsub=True)
+
+
+def _status(r: Reader) -> StatusArgs:
+    r.sp()
+    name = r.astring()
+    r.sp()
+    items = tuple(r.paren_list(r.keyword))
+    if not items:
+        raise r.error("STATUS needs at least one item")
+    return StatusArgs(name, items)
+
+
+def _append(r: Reader) -> AppendArgs:
+    r.sp()
+    name = r.astring()
+    r.sp()
+    flags: tuple[str, ...] = ()
+    when: datetime | None = None
+    if r.peek() == ord("("):
+        flags = r.flag_list()
+        r.sp()
+    if r.peek() == ord('"'):
+        when = r.date_time()
+        r.sp()
+    if r.peek() != _LIT:
+        raise r.error("APPEND needs the message as a literal")
+    msg = r._literal()
+    return AppendArgs(name, flags, when, msg)
+
+
+_FETCH_MACROS = {
+    "ALL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"),
+    "FAST": ("FLAGS", "INTERNALDATE", "RFC822.SIZE"),
+    "FULL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"),
+}
+_SIMPLE_ATTS = frozenset({"ENVELOPE", "FLAGS", "INTERNALDATE", "RFC822", "RFC822.HEADER",
+                          "RFC822.SIZE", "RFC822.TEXT", "BODY", "BODYSTRUCTURE", "UID", "MODSEQ",
+                          "BINARY.SIZE"})
+
+
+def _section(r: Reader, binary: bool = False) -> Section:
+    r.expect(b"[")
+    parts: list[int] = []
+    text = ""
+    fields: tuple[str, ...] = ()
+    if r.take(b"]"):
+        return Section()
+    while r.peek() is not None and 0x30 <= (r.peek() or 0) <= 0x39:
+        parts.append(r.number(nz=True))
+        if not r.take(b"."):
+            break
+    if r.peek() != ord("]"):
+        if binary:
+            raise r.error("BINARY takes only part numbers")
+        kw = r._run(frozenset(b" ]") | frozenset(range(0, 32))).decode("ascii", "replace").upper()
+        if kw in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
+            r.sp()
+            fields = tuple(f.upper() for f in r.paren_list(r.astring))
+            if not fields:
+                raise r.error("empty header list")
+        elif kw == "MIME" and not parts:
+            raise r.error("MIME needs a part number")
+        elif kw not in ("HEADER", "TEXT", "MIME"):
+            raise r.error("unknown section")
+        text = kw
+    r.expect(b"]")
+    return Section(tuple(parts), text, fields)
+
+
+def _partial(r: Reader) -> tuple[int, int] | None:
+    if not r.take(b"<"):
+        return None
+    off = r.number()
+    r.expect(b".")
+    n = r.number(nz=True)
+    r.expect(b">")
+    return (off, n)
+
+
+def _fetch_att(r: Reader) -> FetchAtt:
+    name = r._run(_ATOM_SPECIALS | {ord("["), ord("<")}).decode("ascii").upper()
+    if not name:
+        raise r.error("expected a fetch item")
+    if name in ("BODY", "BODY.PEEK") and r.peek() == ord("["):
+        sec = _section(r)
+        return FetchAtt("BODY", sec, _partial(r), peek=name == "BODY.PEEK")
+    if name in ("BINARY", "BINARY.PEEK", "BINARY.SIZE"):
+        sec = _section(r, binary=True)
+        if name == "BINARY.SIZE":
+            return FetchAtt(name, sec)
+        return FetchAtt("BINARY", sec, _partial(r), peek=name == "BINARY.PEEK")
+    if name not in _SIMPLE_ATTS or name == "BINARY.SIZE":
+        raise r.error(f"unknown fetch item {name}")
+    return FetchAtt(name)
+
+
+def _fetch(r: Reader) -> FetchArgs:
+    r.sp()
+    seqset = r.seqset()
+    r.sp()
+    atts: list[FetchAtt]
+    if r.peek() == ord("("):
+        atts = r.paren_list(lambda: _fetch_att(r))
+        if not atts:
+            raise r.error("empty fetch list")
+    else:
+        save = r.pos
+        word = r._run(_ATOM_SPECIALS | {ord("["), ord("<")}).decode("ascii").upper()
+        if word in _FETCH_MACROS:
+            atts = [FetchAtt(n) for n in _FETCH_MACROS[word]]
+        else:
+            r.pos = save
+            atts = [_fetch_att(r)]
+    changed: int | None = None
+    vanished = False
+    if r.take(b" "):
+        # RFC 7162 §3.1.4, §3.2.6: (CHANGEDSINCE n [VANISHED])
+        r.expect(b"(")
+        while True:
+            m = r.keyword()
+            if m == "CHANGEDSINCE":
+                r.sp()
+                changed = r.number()
+            elif m == "VANISHED":
+                vanished = True
+            else:
+                raise r.error(f"unknown FETCH modifier {m}")
+            if r.take(b")"):
+                break
+            r.sp()
+    return FetchArgs(seqset, tuple(atts), changed, vanished)
+
+
+def _store(r: Reader) -> StoreArgs:
+    r.sp()
+    seqset = r.seqset()
+    r.sp()
+    unchanged: int | None = None
+    if r.take(b"("):
+        r.expect(b"UNCHANGEDSINCE")
+        r.sp()
+        unchanged = r.number()
+        r.expect(b")")
+        r.sp()
+    mode = "set"
+    if r.take(b"+"):
+        mode = "add"
+    elif r.take(b"-"):
+        mode = "remove"
+    item = r.keyword()
+    if item not in ("FLAGS", "FLAGS.SILENT"):
+        raise r.error("expected FLAGS or FLAGS.SILENT")
+    r.sp()
+    if r.peek() == ord("("):
+        flags = r.flag_list()
+    else:
+        fl = [r.flag()]
+        while r.take(b" "):
+            fl.append(r.flag())
+        flags = tuple(fl)
+    return StoreArgs(seqset, mode, item.endswith(".SILENT"), flags, unchanged)
+
+
+_FLAG_KEYS = {"ANSWERED", "DELETED", "DRAFT", "FLAGGED", "SEEN", "UNANSWERED", "UNDELETED",
+              "UNDRAFT", "UNFLAGGED", "UNSEEN", "NEW", "OLD", "RECENT", "ALL"}
+_STRING_KEYS = {"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO"}
+_DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
+MAX_SEARCH_DEPTH = 40
+
+
+def _search_key(r: Reader, depth: int = 0) -> SearchKey:
+    if depth > MAX_SEARCH_DEPTH:
+        raise r.error("search program nested too deeply")
+    c = r.peek()
+    if c == ord("("):
+        keys = r.paren_list(lambda: _search_key(r, depth + 1))
+        if not keys:
+            raise r.error("empty search list")
+        return SearchKey("AND", tuple(keys))
+    if c is not None and (0x30 <= c <= 0x39 or c in (ord("*"), ord("$"))):
+        return SearchKey("SEQ", (r.seqset(),))
+    k = r.keyword()
+    if k in _FLAG_KEYS:
+        return SearchKey(k)
+    if k in _STRING_KEYS:
+        r.sp()
+        return SearchKey(k, (r.astring(),))
+    if k in _DATE_KEYS:
+        r.sp()
+        return SearchKey(k, (r.date(),))
+    if k in ("KEYWORD", "UNKEYWORD"):
+        r.sp()
+        return SearchKey(k, (r.atom(),))
+    if k == "HEADER":
+        r.sp()
+        field = r.astring()
+        r.sp()
+        return SearchKey(k, (field.upper(), r.astring()))
+    if k in ("LARGER", "SMALLER"):
+        r.sp()
+        return SearchKey(k, (r.number(),))
+    if k in ("OLDER", "YOUNGER"):  # RFC 5032
+        r.sp()
+        return SearchKey(k, (r.number(nz=True),))
+    if k == "UID":
+        r.sp()
+        return SearchKey(k, (r.seqset(),))
+    if k == "NOT":
+        r.sp()
+        return SearchKey(k, (_search_key(r, depth + 1),))
+    if k == "OR":
+        r.sp()
+        a = _search_key(r, depth + 1)
+        r.sp()
+        return SearchKey(k, (a, _search_key(r, depth + 1)))
+    if k == "MODSEQ":
+        # RFC 7162 §3.1.5: MODSEQ [entry-name entry-type-req] mod-sequence-valzer
+        r.sp()
+        if r.peek() == ord('"'):
+            r.quoted()
+            r.sp()
+            r.keyword()
+            r.sp()
+        return SearchKey(k, (r.number(),))
+    raise r.error(f"unknown search key {k}")
+
+
+def _search(r: Reader) -> SearchArgs:
+    r.sp()
+    ret: tuple[str, ...] | None = None
+    charset: str | None = None
+    if r.take(b"RETURN "):
+        # RFC 4731 §3
+        ret = tuple(r.paren_list(r.keyword))
+        for o in ret:
+            if o not in ("MIN", "MAX", "ALL", "COUNT", "SAVE"):
+                raise r.error(f"unknown RETURN option {o}")
+        r.sp()
+    if r.take(b"CHARSET "):
+        charset = r.astring().upper()
+        r.sp()
+    keys = [_search_key(r)]
+    while r.take(b" "):
+        keys.append(_search_key(r))
+    key = keys[0] if len(keys) == 1 else SearchKey("AND", tuple(keys))
+    return SearchArgs(key, charset, ret)
+
+
+def _copy(r: Reader) -> CopyArgs:
+    r.sp()
+    s = r.seqset()
+    r.sp()
+    return CopyArgs(s, r.astring())
+
+
+def _uid_expunge(r: Reader) -> SeqSetArgs:
+    r.sp()
+    return SeqSetArgs(r.seqset())
+
+
+def _enable(r: Reader) -> EnableArgs:
+    caps = []
+    while r.take(b" "):
+        caps.append(r.keyword())
+    if not caps:
+        raise r.error("ENABLE needs a capability")
+    return EnableArgs(tuple(caps))
+
+
+def _id(r: Reader) -> IdArgs:
+    r.sp()
+    if r.take(b"NIL"):
+        return IdArgs(None)
+
+    def pair() -> tuple[str, str | None]:
+        k = _utf8(r.string(), r)
+        r.sp()
+        return (k, r.nstring())
+
+    items = r.paren_list(pair)
+    return IdArgs(tuple(items))
+
+
+Parser = Callable[[Reader], Any]
+
+COMMANDS: dict[str, Parser] = {
+    "CAPABILITY": _no_args, "NOOP": _no_args, "LOGOUT": _no_args, "ID": _id,
+    "STARTTLS": _no_args, "AUTHENTICATE": _authenticate, "LOGIN": _login,
+    "ENABLE": _enable, "SELECT": _select, "EXAMINE": _select, "CREATE": _create,
+    "DELETE": _mailbox, "RENAME": _rename, "SUBSCRIBE": _mailbox, "UNSUBSCRIBE": _mailbox,
+    "LIST": _list, "LSUB": _lsub, "NAMESPACE": _no_args, "STATUS": _status, "APPEND": _append,
+    "IDLE": _no_args, "CHECK": _no_args, "CLOSE": _no_args, "UNSELECT": _no_args,
+    "EXPUNGE": _no_args, "SEARCH": _search, "FETCH": _fetch, "STORE": _store, "COPY": _copy,
+    "MOVE": _copy,
+    "UID FETCH": _fetch, "UID STORE": _store, "UID SEARCH": _search, "UID COPY": _copy,
+    "UID MOVE": _copy, "UID EXPUNGE": _uid_expunge,
+}
+
+
+def parse_command(raw: RawCommand) -> Command:
+    """Parse one framed command; raise ParseError (with ``tag`` when known)."""
+    tag, _, _ = command_words(raw.first_line)
+    r = Reader(raw.parts)
+    t = r._run(_TAG_SPECIALS).decode("ascii")
+    if not t or r.peek() not in (ord(" "), None):
+        raise ParseError("missing or invalid tag", None)
+    r.tag = t
+    if r.at_end():
+        raise ParseError("missing command", t)
+    r.sp()
+    name = r.atom().upper()
+    if name == "UID":
+        r.sp()
+        name = "UID " + r.atom().upper()
+    parse = COMMANDS.get(name)
+    if parse is None:
+        raise ParseError(f"unknown command {name[:40]}", t)
+    args = parse(r)
+    r.end()
+    del tag
+    return Command(t, name, args)
+
+
+def parse_bytes(data: bytes) -> Command:
+    """Parse a whole command given as bytes with inline literals (tests and tools).
+
+    ``data`` is the command as a client sends it, with ``{n}``/``{n+}`` CRLF literals.
+    """
+    from mxd.imap.errors import FramingError
+    from mxd.imap.framer import Framer, NeedContinuation
+
+    fr = Framer(lambda head, n, ns: None)
+    fr.feed(data if data.endswith(b"\n") else data + b"\r\n")
+    try:
+        while True:
+            ev = fr.next_event()
+            if ev is None:
+                raise ParseError("incomplete command")
+            if isinstance(ev, NeedContinuation):
+                continue
+            return parse_command(ev)
+    except FramingError as e:
+        raise ParseError(str(e), e.tag) from e

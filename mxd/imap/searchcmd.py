@@ -1,0 +1,90 @@
+"""SEARCH and UID SEARCH with ESEARCH results (RFC 3501 §6.4.4, RFC 4731, RFC 7162 §3.1.5)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from email.message import Message
+from typing import TYPE_CHECKING
+
+from mxd.imap import message as mimemsg
+from mxd.imap import response
+from mxd.imap.messagecache import read_header_block
+from mxd.imap.parser import Command, SearchArgs
+from mxd.imap.search import Candidate, matches, uses_modseq
+from mxd.store.interfaces import MessageInfo
+
+if TYPE_CHECKING:
+    from mxd.imap.server import IMAPSession, Reply
+
+CHARSETS = ("US-ASCII", "UTF-8")
+
+
+async def do_search(s: IMAPSession, cmd: Command) -> Reply:
+    from mxd.imap.server import bad, no, ok
+
+    args: SearchArgs = cmd.args
+    view = s.view
+    assert view is not None
+    if args.charset is not None and args.charset not in CHARSETS:
+        return no("Unsupported charset", "BADCHARSET (US-ASCII UTF-8)")
+    is_uid = cmd.name == "UID SEARCH"
+    now = datetime.fromtimestamp(s.clock.seconds(), UTC)
+
+    def loaders(m: MessageInfo) -> tuple[object, object]:
+        def header() -> Message:
+            try:
+                with s.store.open_blob(m.blob_id) as f:
+                    return mimemsg.parse_headers(read_header_block(f))
+            except (OSError, KeyError):
+                return mimemsg.parse_headers(b"")
+
+        def full() -> mimemsg.ParsedMessage:
+            try:
+                with s.store.open_blob(m.blob_id) as f:
+                    return mimemsg.ParsedMessage.parse(f.read())
+            except (OSError, KeyError):
+                return mimemsg.ParsedMessage.parse(b"")
+
+        return header, full
+
+    results: list[int] = []
+    modseq = 0
+    try:
+        for seq, uid in enumerate(view.uids, 1):
+            m = view.msgs[uid]
+            h, f = loaders(m)
+            c = Candidate(seq, m, view.exists, view.max_uid, h, f, now)  # type: ignore[arg-type]
+            if matches(args.key, c):
+                results.append(uid if is_uid else seq)
+                modseq = max(modseq, m.modseq)
+    except ValueError as e:
+        return bad(str(e))
+    with_modseq = uses_modseq(args.key)
+    if with_modseq:
+        s.enabled.add("CONDSTORE")
+    if args.return_opts is None:
+        line = b"SEARCH" + b"".join(b" %d" % r for r in results)
+        if with_modseq and results:
+            line += b" (MODSEQ %d)" % modseq
+        s.untagged(line)
+        return ok(f"{cmd.name} completed")
+    opts = args.return_opts or ("ALL",)
+    if "SAVE" in opts:
+        return no("SEARCHRES is not supported", "CANNOT")
+    tag = cmd.tag.replace("\\", "\\\\").replace('"', '\\"')
+    line = f'ESEARCH (TAG "{tag}")'.encode()
+    if is_uid:
+        line += b" UID"
+    if results:
+        if "MIN" in opts:
+            line += b" MIN %d" % min(results)
+        if "MAX" in opts:
+            line += b" MAX %d" % max(results)
+        if "ALL" in opts:
+            line += b" ALL " + response.seqset(results)
+    if "COUNT" in opts:
+        line += b" COUNT %d" % len(results)
+    if with_modseq and results:
+        line += b" MODSEQ %d" % modseq
+    s.untagged(line)
+    return ok(f"{cmd.name} completed")

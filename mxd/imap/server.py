@@ -1,0 +1,680 @@
+"""IMAP4rev1 server protocol (RFC 3501) on Twisted, with the extensions mxd offers.
+
+Why mxd has its own protocol instead of ``twisted.mail.imap4.IMAP4Server``: that class
+runs commands pipelined behind STARTTLS inside the TLS session (command injection), has
+no SASL-IR (RFC 4959), no LITERAL+ (RFC 7888), does not handle the ``*`` cancel of
+AUTHENTICATE, encodes SASL challenges with embedded newlines (breaking SCRAM), ends IDLE
+on any line, and calls its mailbox interfaces synchronously for counts and UIDs, while
+mxd's store answers with Deferreds.  Here commands are framed by ``mxd.imap.framer``,
+parsed by the pure ``mxd.imap.parser`` into typed values, dispatched through a typed
+command table (``COMMANDS``: name → allowed states and handler), and run strictly one at a
+time: reading from the socket pauses while a command's store call is outstanding.
+
+Output flow control: the session registers as a streaming producer with its transport;
+FETCH writes message bodies in chunks read from the store's files and waits whenever the
+transport says its buffer is full, so a client that never reads cannot make the server
+buffer without bound.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import ipaddress
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IOpenSSLServerConnectionCreator,
+    IProtocolFactory,
+    IPushProducer,
+    IReactorTime,
+)
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure as TwFailure
+from zope.interface import implementer
+
+from mxd.imap.errors import FramingError, ParseError
+from mxd.imap.framer import Framer, LiteralSink, NeedContinuation, RawCommand, command_words
+from mxd.imap.messagecache import MessageCache
+from mxd.imap.parser import Command, parse_command
+from mxd.imap.view import MailboxView
+from mxd.sasl.api import (
+    ChannelBindings,
+    ConnectionInfo,
+    Continue,
+    ISASLServer,
+    Outcome,
+    Success,
+    UnknownMechanism,
+)
+from mxd.sasl.api import Failure as SASLFailure
+from mxd.store.interfaces import Account, IAccountStore, IMailStore, MailboxChange
+
+log = Logger()
+
+
+class State(enum.StrEnum):
+    """RFC 3501 §3 connection states."""
+
+    NOT_AUTHENTICATED = "not authenticated"
+    AUTHENTICATED = "authenticated"
+    SELECTED = "selected"
+    LOGOUT = "logout"
+
+
+@attrs.frozen
+class IMAPServerSettings:
+    """Limits and policy of the IMAP server."""
+
+    max_line: int = 65536  # longest command line, without literals
+    max_literal: int = 65536  # literals other than APPEND bodies (after login)
+    max_literal_unauthenticated: int = 8192
+    max_command: int = 1 << 20  # lines plus in-memory literals of one command
+    append_limit: int = 64 * 1024 * 1024  # RFC 7889 APPENDLIMIT
+    append_memory: int = 256 * 1024  # APPEND bodies above this stream to a file
+    idle_timeout: float = 30 * 60.0  # RFC 3501 §5.4 autologout; RFC 2177 IDLE limit
+    login_timeout: float = 180.0  # not-authenticated state
+    max_bad_commands: int = 20  # consecutive BADs before the connection is closed
+    plaintext_login_on_loopback: bool = False  # allow LOGIN without TLS from loopback
+    chunk_size: int = 65536  # body streaming chunk
+
+
+class CommandDetached(Exception):
+    """Raised by a handler that has completed its command itself (LOGOUT, STARTTLS,
+    IDLE) or when the session closes under a running command."""
+
+
+@attrs.frozen
+class Reply:
+    """The tagged completion of a command."""
+
+    status: str  # "OK" | "NO" | "BAD"
+    text: str
+    code: str | None = None
+
+
+def ok(text: str, code: str | None = None) -> Reply:
+    return Reply("OK", text, code)
+
+
+def no(text: str, code: str | None = None) -> Reply:
+    return Reply("NO", text, code)
+
+
+def bad(text: str, code: str | None = None) -> Reply:
+    return Reply("BAD", text, code)
+
+
+Handler = Callable[["IMAPSession", Command], Awaitable[Reply]]
+
+
+@attrs.frozen
+class CommandSpec:
+    states: frozenset[State]
+    handler: Handler
+    # May untagged EXPUNGE be sent when this command completes?  RFC 3501 §7.4.1 forbids
+    # it after FETCH, STORE and SEARCH (their UID forms allow it).
+    expunge_ok: bool = True
+
+
+ANY = frozenset({State.NOT_AUTHENTICATED, State.AUTHENTICATED, State.SELECTED})
+NOT_AUTH = frozenset({State.NOT_AUTHENTICATED})
+AUTH = frozenset({State.AUTHENTICATED, State.SELECTED})
+SELECTED = frozenset({State.SELECTED})
+
+COMMANDS: dict[str, CommandSpec] = {}  # filled by mxd.imap.commands
+
+
+@implementer(IHandshakeListener, IPushProducer)
+class IMAPSession(Protocol):
+    """One IMAP connection."""
+
+    factory: IMAPFactory
+
+    def __init__(self, factory: IMAPFactory) -> None:
+        self.factory = factory
+        self.settings = factory.settings
+        self.store = factory.store
+        self.accounts = factory.accounts
+        self.sasl = factory.sasl
+        self.clock: Any = factory.clock
+        self.cache = factory.cache
+        self.state = State.NOT_AUTHENTICATED
+        self.tls = factory.implicit_tls
+        self.tls_handshake_done = False
+        self.channel_bindings: ChannelBindings | None = None
+        self.account: Account | None = None
+        self.view: MailboxView | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self.enabled: set[str] = set()
+        self.framer = Framer(self._choose_sink, max_line=self.settings.max_line,
+                             max_command=self.settings.max_command)
+        self._busy = False
+        self._processing = False
+        self._reading_paused = False
+        self._write_paused = False
+        self._drain_waiters: list[Deferred[None]] = []
+        self._line_waiter: Deferred[bytes] | None = None
+        self._idle_tag: str | None = None
+        self._idle_pushing = False
+        self._bad_count = 0
+        self._timer: Any = None
+        self._closed = False
+        self._current: Deferred[None] | None = None
+        self.peer_ip = ""
+        self.client_id: dict[str, str | None] = {}
+
+    @property
+    def tr(self) -> Any:
+        """The transport, untyped (zope interfaces and mypy do not mix)."""
+        return self.transport
+
+    # -- connection -------------------------------------------------------------------
+    def connectionMade(self) -> None:
+        peer = self.tr.getPeer()
+        self.peer_ip = str(getattr(peer, "host", ""))
+        self.tr.registerProducer(self, True)
+        self._reset_timer()
+        self.factory.sessions.add(self)
+        self.send(b"* OK [CAPABILITY " + self.capabilities().encode() + b"] "
+                  + self.factory.hostname.encode("ascii", "replace") + b" mxd IMAP ready\r\n")
+
+    def connectionLost(self, reason: TwFailure | None = None) -> None:  # type: ignore[override]
+        self._closed = True
+        self.state = State.LOGOUT
+        self.factory.sessions.discard(self)
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self.framer.reset()
+        self.deselect()
+        for d in self._drain_waiters:
+            d.errback(CommandDetached())
+        self._drain_waiters = []
+        if self._line_waiter is not None:
+            w, self._line_waiter = self._line_waiter, None
+            w.errback(CommandDetached())
+
+    def handshakeCompleted(self) -> None:
+        """TLS is up (implicit TLS or after STARTTLS): compute channel bindings."""
+        self.tls_handshake_done = True
+        self.channel_bindings = channel_bindings_for(self.transport)
+
+    def is_loopback(self) -> bool:
+        try:
+            return ipaddress.ip_address(self.peer_ip).is_loopback
+        except ValueError:
+            return False
+
+    def conn_info(self) -> ConnectionInfo:
+        return ConnectionInfo(remote_ip=self.peer_ip, tls=self.tls, loopback=self.is_loopback(),
+                              channel_bindings=self.channel_bindings, service="imap")
+
+    def login_allowed(self) -> bool:
+        return self.tls or (self.settings.plaintext_login_on_loopback and self.is_loopback())
+
+    def capabilities(self) -> str:
+        caps = ["IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE"]
+        if self.state == State.NOT_AUTHENTICATED:
+            if not self.tls and self.factory.tls is not None:
+                caps.append("STARTTLS")
+            if not self.login_allowed():
+                caps.append("LOGINDISABLED")
+            caps += ["AUTH=" + m for m in self.sasl.advertised(self.conn_info())]
+        else:
+            caps += ["NAMESPACE", "UIDPLUS", "MOVE", "UNSELECT", "SPECIAL-USE", "CHILDREN",
+                     "LIST-EXTENDED", "LIST-STATUS", "STATUS=SIZE", "ESEARCH", "CONDSTORE",
+                     "QRESYNC", "BINARY", f"APPENDLIMIT={self.settings.append_limit}",
+                     "UTF8=ACCEPT"]
+        return " ".join(caps)
+
+    @property
+    def utf8(self) -> bool:
+        return "UTF8=ACCEPT" in self.enabled
+
+    # -- timers -----------------------------------------------------------------------
+    def _reset_timer(self) -> None:
+        timeout = (self.settings.login_timeout if self.state == State.NOT_AUTHENTICATED
+                   else self.settings.idle_timeout)
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(timeout)
+        else:
+            self._timer = self.clock.callLater(timeout, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        log.info("imap autologout of {ip}", ip=self.peer_ip)
+        self.bye("Autologout; idle for too long")
+
+    def bye(self, text: str) -> None:
+        if self._closed:
+            return
+        self.send(b"* BYE " + text.encode() + b"\r\n")
+        self._closed = True
+        self.state = State.LOGOUT
+        self.tr.loseConnection()
+
+    # -- output -----------------------------------------------------------------------
+    def send(self, data: bytes) -> None:
+        t = self.tr
+        if t is not None and not getattr(t, 'disconnecting', False):
+            t.write(data)
+
+    def untagged(self, data: bytes | str) -> None:
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        self.send(b"* " + data + b"\r\n")
+
+    async def drain(self) -> None:
+        """Wait while the transport's write buffer is full."""
+        if self._closed:
+            raise CommandDetached()
+        if self._write_paused:
+            d: Deferred[None] = Deferred()
+            self._drain_waiters.append(d)
+            await d
+
+    def pauseProducing(self) -> None:
+        self._write_paused = True
+
+    def resumeProducing(self) -> None:
+        self._write_paused = False
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def stopProducing(self) -> None:
+        self._closed = True
+
+    # -- input ------------------------------------------------------------------------
+    def dataReceived(self, data: bytes) -> None:
+        if self._closed:
+            return
+        self._reset_timer()
+        self.framer.feed(data)
+        self._process()
+
+    def _choose_sink(self, head: bytes, size: int, nonsync: bool) -> LiteralSink | None:
+        _, name, _ = command_words(head)
+        if self.state in (State.AUTHENTICATED, State.SELECTED) and name == "APPEND":
+            if size > self.settings.append_limit:
+                raise FramingError(f"[TOOBIG] Message larger than APPENDLIMIT "
+                                   f"{self.settings.append_limit}")
+            if size > self.settings.append_memory:
+                return self.store.new_blob()
+            return None
+        limit = (self.settings.max_literal if self.state != State.NOT_AUTHENTICATED
+                 else self.settings.max_literal_unauthenticated)
+        if size > limit:
+            raise FramingError(f"[TOOBIG] Literal too large (limit {limit})")
+        return None
+
+    def _set_reading(self, on: bool) -> None:
+        if self.transport is None or self._closed:
+            return
+        if on and self._reading_paused:
+            self._reading_paused = False
+            self.tr.resumeProducing()
+        elif not on and not self._reading_paused:
+            self._reading_paused = True
+            self.tr.pauseProducing()
+
+    def _process(self) -> None:
+        if self._processing:
+            return
+        self._processing = True
+        try:
+            while not self._closed and (not self._busy or self._line_waiter is not None):
+                if self._line_waiter is not None or self._idle_tag is not None:
+                    try:
+                        line = self.framer.read_line()
+                    except FramingError as e:
+                        self.bye(str(e))
+                        return
+                    if line is None:
+                        break
+                    if self._idle_tag is not None:
+                        self._idle_line(line)
+                    else:
+                        w, self._line_waiter = self._line_waiter, None
+                        assert w is not None
+                        w.callback(line)
+                    continue
+                try:
+                    ev = self.framer.next_event()
+                except FramingError as e:
+                    self._framing_error(e)
+                    continue
+                if ev is None:
+                    break
+                if isinstance(ev, NeedContinuation):
+                    self.send(b"+ Ready for literal data\r\n")
+                    continue
+                self._start(ev)
+        finally:
+            self._processing = False
+        self._set_reading(not self._busy or self._line_waiter is not None)
+
+    def _framing_error(self, e: FramingError) -> None:
+        msg = str(e)
+        if e.fatal or e.tag is None:
+            self.bye(msg)
+            return
+        code = None
+        if msg.startswith("[TOOBIG] "):
+            code, msg = "TOOBIG", msg[len("[TOOBIG] "):]
+        _, name, _ = command_words(b"")
+        self.send_tagged(e.tag, bad(msg, code) if not msg.startswith("Message") else no(msg, code))
+
+    def _start(self, raw: RawCommand) -> None:
+        try:
+            cmd = parse_command(raw)
+        except ParseError as e:
+            for p in raw.parts:
+                if not isinstance(p, (bytes,)) and hasattr(p, "sink"):
+                    p.sink.abort()  # type: ignore[union-attr]
+            self._bad(e.tag, str(e))
+            return
+        spec = COMMANDS.get(cmd.name)
+        if spec is None:
+            self._bad(cmd.tag, f"Unknown command {cmd.name}")
+            return
+        if self.state not in spec.states:
+            self._bad(cmd.tag, f"{cmd.name} not allowed in the {self.state} state")
+            return
+        self._busy = True
+        self._set_reading(False)
+        d = Deferred.fromCoroutine(self._run(cmd, spec))
+        self._current = d
+
+    def _bad(self, tag: str | None, text: str) -> None:
+        self._bad_count += 1
+        self.send(((tag or "*") + " BAD ").encode() + text.encode("utf-8", "replace") + b"\r\n")
+        if self._bad_count >= self.settings.max_bad_commands:
+            self.bye("Too many invalid commands")
+
+    async def _run(self, cmd: Command, spec: CommandSpec) -> None:
+        try:
+            reply = await spec.handler(self, cmd)
+            if reply.status == "BAD":
+                self._bad_count += 1
+            else:
+                self._bad_count = 0
+            if self.state == State.SELECTED and self.view is not None and not self._closed:
+                expunge_ok = spec.expunge_ok or cmd.name.startswith("UID ")
+                await self.sync(expunge_ok)
+            self.send_tagged(cmd.tag, reply)
+        except CommandDetached:
+            pass
+        except Exception:  # noqa: BLE001 - one broken command must not kill the server
+            log.failure("imap command {command} failed", command=cmd.name)
+            if not self._closed:
+                self.send_tagged(cmd.tag, no("Internal server error", "SERVERBUG"))
+        finally:
+            self._busy = False
+            self._current = None
+            if self._bad_count >= self.settings.max_bad_commands:
+                self.bye("Too many invalid commands")
+            if not self._closed:
+                self._reset_timer()
+                if not self._processing:
+                    self._process()
+
+    def send_tagged(self, tag: str, reply: Reply) -> None:
+        code = f"[{reply.code}] " if reply.code else ""
+        self.send(f"{tag} {reply.status} {code}{reply.text}\r\n".encode("utf-8", "replace"))
+
+    async def read_line(self) -> bytes:
+        """The next raw line from the client (AUTHENTICATE responses)."""
+        d: Deferred[bytes] = Deferred()
+        self._line_waiter = d
+        if not self._processing:
+            self._process()
+        return await d
+
+    # -- STARTTLS -----------------------------------------------------------------------
+    def start_tls(self) -> None:
+        # RFC 3501 §6.2.1 / RFC 7817: anything the client pipelined after STARTTLS was sent
+        # in the clear and must not run inside TLS.
+        self.framer.discard_buffer()
+        assert self.factory.tls is not None
+        self.tr.unregisterProducer()
+        self.tr.startTLS(self.factory.tls)
+        self.tr.registerProducer(self, True)
+        self.tls = True
+
+    # -- login ----------------------------------------------------------------------------
+    async def finish_login(self, tag: str, outcome: Outcome) -> Reply:
+        if isinstance(outcome, SASLFailure):
+            code = "UNAVAILABLE" if outcome.temporary else "AUTHENTICATIONFAILED"
+            return no(outcome.reason or "Authentication failed", code)
+        if not isinstance(outcome, Success):
+            return no("Authentication failed", "AUTHENTICATIONFAILED")
+        if outcome.authzid and outcome.authzid != outcome.authcid:
+            return no("Proxy authorization is not supported", "AUTHORIZATIONFAILED")
+        account = await self.accounts.get_account(outcome.authcid)
+        if account is None:
+            return no("Authentication failed", "AUTHENTICATIONFAILED")
+        self.account = account
+        self.state = State.AUTHENTICATED
+        self.framer.reset()
+        log.info("imap login {account} from {ip} mechanism={mech}", account=account.name,
+                 ip=self.peer_ip, mech=outcome.mechanism or "LOGIN")
+        return ok("Logged in", "CAPABILITY " + self.capabilities())
+
+    async def authenticate(self, mechanism: str, initial: bytes | None) -> Reply:
+        conn = self.conn_info()
+        if mechanism not in self.sasl.advertised(conn):
+            return no(f"Mechanism {mechanism} is not available", "CANNOT")
+        try:
+            exchange = self.sasl.start(mechanism, conn)
+        except UnknownMechanism:
+            return no(f"Mechanism {mechanism} is not available", "CANNOT")
+        outcome = await exchange.step(initial)
+        while isinstance(outcome, Continue):
+            # RFC 9051 §6.2.2: the challenge is one line of base64.
+            self.send(b"+ " + base64.b64encode(outcome.challenge) + b"\r\n")
+            line = await self.read_line()
+            if line.strip() == b"*":
+                return bad("AUTHENTICATE cancelled")
+            data = _b64(line)
+            if data is None:
+                return bad("Invalid base64 in AUTHENTICATE response")
+            outcome = await exchange.step(data)
+        if isinstance(outcome, Success) and outcome.additional:
+            # RFC 4422 §5 additional data: a last challenge the client answers empty.
+            self.send(b"+ " + base64.b64encode(outcome.additional) + b"\r\n")
+            line = await self.read_line()
+            if line.strip() == b"*":
+                return bad("AUTHENTICATE cancelled")
+        return await self.finish_login("", outcome)
+
+    # -- IDLE -----------------------------------------------------------------------------
+    def start_idle(self, tag: str) -> None:
+        self._idle_tag = tag
+        self.send(b"+ idling\r\n")
+
+    def _idle_line(self, line: bytes) -> None:
+        if line.strip().upper() != b"DONE":
+            # RFC 2177: only DONE ends IDLE.
+            self.untagged(b"BAD Expected DONE")
+            return
+        tag, self._idle_tag = self._idle_tag, None
+        assert tag is not None
+        self._busy = True
+
+        async def finish() -> None:
+            try:
+                if self.view is not None:
+                    await self.sync(True)
+                self.send_tagged(tag, ok("IDLE terminated"))
+            except CommandDetached:
+                pass
+            finally:
+                self._busy = False
+                if not self._closed and not self._processing:
+                    self._process()
+
+        Deferred.fromCoroutine(finish())
+
+    # -- the selected mailbox -----------------------------------------------------------
+    def select(self, view: MailboxView) -> None:
+        self.deselect()
+        self.view = view
+        self.state = State.SELECTED
+        self._unsubscribe = self.store.subscribe(view.info.id, self._on_change)
+
+    def deselect(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        self.view = None
+        if self.state == State.SELECTED:
+            self.state = State.AUTHENTICATED
+
+    def _on_change(self, change: MailboxChange) -> None:
+        view = self.view
+        if view is None or change.mailbox_id != view.info.id:
+            return
+        if change.kind == "expunge":
+            view.pending_expunge.update(u for u in change.uids if u in view.msgs)
+        elif change.kind in ("deleted", "renamed"):
+            view.dirty = True
+        else:
+            view.dirty = True
+        if self._idle_tag is not None and not self._idle_pushing:
+            # RFC 2177: report changes at once while idling.
+            self._idle_pushing = True
+
+            async def push() -> None:
+                try:
+                    await self.sync(True)
+                except CommandDetached:
+                    pass
+                finally:
+                    self._idle_pushing = False
+
+            self.clock.callLater(0, lambda: Deferred.fromCoroutine(push()))
+
+    async def sync(self, expunge_ok: bool) -> None:
+        """Send the untagged responses that changes by other sessions call for."""
+        view = self.view
+        if view is None:
+            return
+        while view.dirty:
+            view.dirty = False
+            changed = await self.store.list_messages(view.info.id, since_modseq=view.modseq)
+            if self.view is not view:
+                return
+            upd = view.update_messages(changed)
+            for seq, m in upd.changed:
+                self.untagged(self.fetch_flags_line(seq, m, with_uid=False))
+            if upd.exists is not None:
+                self.untagged(b"%d EXISTS" % upd.exists)
+        if expunge_ok and view.pending_expunge:
+            expunged = view.take_pending_expunges()
+            self.report_expunged(expunged)
+
+    def report_expunged(self, expunged: list[tuple[int, int]]) -> None:
+        if not expunged:
+            return
+        if "QRESYNC" in self.enabled:
+            from mxd.imap import response
+
+            # RFC 7162 §3.2.10: VANISHED instead of EXPUNGE once QRESYNC is enabled.
+            self.untagged(b"VANISHED " + response.seqset(uid for _, uid in expunged))
+            return
+        for seq, _ in expunged:
+            self.untagged(b"%d EXPUNGE" % seq)
+
+    def fetch_flags_line(self, seq: int, m: Any, with_uid: bool) -> bytes:
+        from mxd.imap import response
+
+        items = [b"FLAGS " + response.flags(m.flags)]
+        if with_uid or "QRESYNC" in self.enabled:
+            items.insert(0, b"UID %d" % m.uid)
+        if "CONDSTORE" in self.enabled:
+            items.append(b"MODSEQ (%d)" % m.modseq)
+        return b"%d FETCH (" % seq + b" ".join(items) + b")"
+
+
+def _b64(line: bytes) -> bytes | None:
+    line = line.strip()
+    if line == b"=":
+        return b""
+    try:
+        return base64.b64decode(line, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def channel_bindings_for(transport: Any) -> ChannelBindings | None:
+    """Channel bindings of a TLS transport, from mxd.sasl.channelbinding when present."""
+    import importlib
+
+    try:
+        mod = importlib.import_module("mxd.sasl.channelbinding")
+    except ImportError:
+        return None
+    try:
+        result: ChannelBindings | None = mod.channel_bindings_from_transport(transport)
+        return result
+    except Exception:  # noqa: BLE001 - no bindings is safe: -PLUS is then refused
+        log.failure("computing channel bindings failed")
+        return None
+
+
+class IMAPFactory(Factory):
+    """Builds IMAP sessions; holds the collaborators they share."""
+
+    def __init__(self, *, implicit_tls: bool, settings: IMAPServerSettings, store: IMailStore,
+                 accounts: IAccountStore, sasl: ISASLServer,
+                 tls: IOpenSSLServerConnectionCreator | None, clock: IReactorTime,
+                 hostname: str, metrics: Any = None, cache: MessageCache | None = None) -> None:
+        import mxd.imap.commands  # noqa: F401 - fills COMMANDS
+        self.implicit_tls = implicit_tls
+        self.settings = settings
+        self.store = store
+        self.accounts = accounts
+        self.sasl = sasl
+        self.tls = tls
+        self.clock: Any = clock
+        self.hostname = hostname
+        self.metrics = metrics
+        self.cache = cache if cache is not None else MessageCache()
+        self.sessions: set[IMAPSession] = set()
+
+    def buildProtocol(self, addr: Any) -> IMAPSession:  # type: ignore[override]
+        return IMAPSession(self)
+
+
+def imap_factory(*, implicit_tls: bool, settings: IMAPServerSettings, store: IMailStore,
+                 accounts: IAccountStore, sasl: ISASLServer,
+                 tls: IOpenSSLServerConnectionCreator | None, clock: IReactorTime,
+                 hostname: str, metrics: Any = None) -> IProtocolFactory:
+    """The factory to listen with: port 993 (``implicit_tls``) or 143 (STARTTLS)."""
+    import mxd.imap.commands  # noqa: F401 - fills COMMANDS
+
+    factory = IMAPFactory(implicit_tls=implicit_tls, settings=settings, store=store,
+                          accounts=accounts, sasl=sasl, tls=tls, clock=clock,
+                          hostname=hostname, metrics=metrics)
+    if implicit_tls:
+        if tls is None:
+            raise ValueError("implicit TLS needs a TLS context")
+        fac: Any = factory
+        wrapped: Any = TLSMemoryBIOFactory(tls, False, fac)
+        return wrapped  # type: ignore[no-any-return]
+    result: Any = factory
+    return result  # type: ignore[no-any-return]
+
+
+def maybe_deferred(v: Any) -> Deferred[Any]:
+    return defer.maybeDeferred(lambda: v)
