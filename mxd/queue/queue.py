@@ -1,0 +1,220 @@
+"""The outbound queue: ``Queue`` implements IOutbound.enqueue and the admin operations.
+
+``enqueue`` fires only once the message is durable: the body blob committed (fsynced) and
+the queue rows committed in the store's database.  Admin operations (list, show, hold,
+release, drop, kick) are plain functions over a database connection, shared by ``Queue``
+(inside the server) and ``mxd queue`` (mxd.queue.cli, directly on the database file).
+"""
+
+from __future__ import annotations
+
+import builtins
+import secrets
+import sqlite3
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import Logger
+
+from mxd.errors import MxdError
+from mxd.metrics import IMetrics, NoopMetrics
+from mxd.queue import store as qs
+from mxd.queue.interfaces import OutboundMessage
+from mxd.store.interfaces import BlobWriter
+
+log = Logger()
+
+VALID_BODY = ("7BIT", "8BITMIME", "BINARYMIME")
+
+
+class QueueError(MxdError):
+    """A queue operation was refused (bad envelope, unknown id)."""
+
+
+class QueueStore(Protocol):
+    """The part of mxd.store.sqlite.SQLiteStore the queue uses."""
+
+    def transact(self, fn: Callable[[sqlite3.Connection], Any]) -> Deferred[Any]: ...
+
+    def commit_blob(self, writer: BlobWriter) -> Deferred[str]: ...
+
+    def ref_blob(self, conn: sqlite3.Connection, blob_id: str) -> None: ...
+
+    def unref_blob(self, conn: sqlite3.Connection, blob_id: str) -> None: ...
+
+    def new_blob(self) -> Any: ...
+
+    def open_blob(self, blob_id: str) -> Any: ...
+
+
+class Clock(Protocol):
+    def seconds(self) -> float: ...
+
+
+def new_queue_id() -> str:
+    return secrets.token_hex(8)
+
+
+def validate_message(m: OutboundMessage) -> None:
+    """Raise QueueError for an envelope that cannot be queued."""
+    if not m.recipients:
+        raise QueueError("a queued message needs at least one recipient")
+    if m.body.upper() not in VALID_BODY:
+        raise QueueError(f"unknown body type {m.body!r}")
+    for r in m.recipients:
+        if "@" not in r.address or any(c in r.address for c in "\r\n<> "):
+            raise QueueError(f"bad recipient address {r.address!r}")
+        if not r.address.isascii() and not m.smtputf8:
+            raise QueueError(f"non-ASCII recipient {r.address!r} without SMTPUTF8")
+    if any(c in m.mail_from for c in "\r\n<> "):
+        raise QueueError(f"bad sender address {m.mail_from!r}")
+
+
+# -- admin operations over a connection (used by Queue and the CLI) -------------------------
+
+
+def op_hold(conn: sqlite3.Connection, queue_id: str | None = None, domain: str | None = None,
+            recipient: str | None = None, hold: bool = True) -> int:
+    ids = qs.select_recipients(conn, queue_id, domain, recipient)
+    conn.executemany("UPDATE queue_recipients SET hold = ? WHERE id = ?",
+                     [(int(hold), i) for i in ids])
+    return len(ids)
+
+
+def op_kick(conn: sqlite3.Connection, now: float, queue_id: str | None = None,
+            domain: str | None = None, recipient: str | None = None) -> int:
+    """Make matching recipients due now (held ones stay held)."""
+    ids = qs.select_recipients(conn, queue_id, domain, recipient)
+    conn.executemany("UPDATE queue_recipients SET next_attempt = ? WHERE id = ? AND state = ?",
+                     [(now, i, qs.QUEUED) for i in ids])
+    return len(ids)
+
+
+def op_drop(conn: sqlite3.Connection, unref: Callable[[sqlite3.Connection, str], None],
+            queue_id: str | None = None, domain: str | None = None,
+            recipient: str | None = None) -> int:
+    """Remove matching recipients without a DSN; messages left empty go with their blob ref."""
+    ids = qs.select_recipients(conn, queue_id, domain, recipient)
+    message_ids = set()
+    for rid in ids:
+        row = conn.execute("SELECT message_id FROM queue_recipients WHERE id = ?", (rid,)).fetchone()
+        if row is not None:
+            message_ids.add(int(row[0]))
+        qs.finish_recipient(conn, rid)
+    for mid in message_ids:
+        blob_id = qs.remove_message_if_done(conn, mid)
+        if blob_id is not None:
+            unref(conn, blob_id)
+    return len(ids)
+
+
+def unref_blob_sql(conn: sqlite3.Connection, blob_id: str) -> None:
+    """Drop a blob reference without the store object (the CLI): the store removes bodies
+    left at refcount 0 at its next start."""
+    conn.execute("UPDATE blobs SET refcount = refcount - 1 WHERE id = ? AND refcount > 0",
+                 (blob_id,))
+
+
+# -- the service-side object ---------------------------------------------------------------
+
+
+class Queue:
+    """The persistent outbound queue (IOutbound) over the mail store's database."""
+
+    def __init__(self, store: QueueStore, clock: Clock, metrics: IMetrics | None = None) -> None:
+        self.store = store
+        self.clock = clock
+        self.metrics: IMetrics = metrics or NoopMetrics()
+        self._listeners: list[Callable[[], None]] = []
+
+    def add_listener(self, fn: Callable[[], None]) -> None:
+        """``fn()`` runs after new work became due (enqueue, kick, release)."""
+        self._listeners.append(fn)
+
+    def _notify(self, _result: Any = None) -> Any:
+        for fn in list(self._listeners):
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - a listener must not break the queue
+                log.failure("queue listener failed")
+        return _result
+
+    def enqueue(self, blob: BlobWriter, message: OutboundMessage) -> Deferred[str]:
+        """IOutbound.enqueue: fires with the queue id once body and rows are durable.
+
+        Errbacks with QueueError for a bad envelope or a StoreError; then nothing is queued.
+        """
+        return ensureDeferred(self._enqueue(blob, message, False))
+
+    def enqueue_bytes(self, data: bytes, message: OutboundMessage, is_dsn: bool = False) -> Deferred[str]:
+        """Queue a message generated here (a DSN) from bytes."""
+        writer = self.store.new_blob()
+        try:
+            writer.write(data)
+        except Exception:
+            writer.abort()
+            raise
+        return ensureDeferred(self._enqueue(writer, message, is_dsn))
+
+    async def _enqueue(self, blob: BlobWriter, message: OutboundMessage, is_dsn: bool) -> str:
+        try:
+            validate_message(message)
+        except QueueError:
+            blob.abort()
+            raise
+        if not message.size:
+            import attrs
+
+            message = attrs.evolve(message, size=blob.size)
+        blob_id = await self.store.commit_blob(blob)
+        queue_id = new_queue_id()
+        now = self.clock.seconds()
+
+        def op(conn: sqlite3.Connection) -> None:
+            self.store.ref_blob(conn, blob_id)
+            qs.insert_message(conn, queue_id, blob_id, message, now, is_dsn)
+
+        await self.store.transact(op)
+        log.info("queued {queue_id} from <{sender}> to {n} recipient(s) size={size}",
+                 queue_id=queue_id, sender=message.mail_from, n=len(message.recipients),
+                 size=message.size)
+        self.metrics.inc("queue_enqueued", dsn="yes" if is_dsn else "no")
+        self._notify()
+        return queue_id
+
+    # -- admin ---------------------------------------------------------------------------
+
+    def list(self, domain: str | None = None, sender: str | None = None,
+             held: bool | None = None, limit: int = 1000) -> Deferred[builtins.list[qs.QueuedMessage]]:
+        return self.store.transact(lambda c: qs.list_messages(
+            c, domain=domain, sender=sender, held=held, limit=limit))
+
+    def show(self, queue_id: str) -> Deferred[tuple[qs.QueuedMessage, builtins.list[qs.AttemptRecord]] | None]:
+        def op(c: sqlite3.Connection) -> tuple[qs.QueuedMessage, builtins.list[qs.AttemptRecord]] | None:
+            m = qs.get_message(c, queue_id)
+            return None if m is None else (m, qs.attempts_for(c, queue_id))
+        return self.store.transact(op)
+
+    def hold(self, queue_id: str | None = None, domain: str | None = None,
+             recipient: str | None = None) -> Deferred[int]:
+        return self.store.transact(lambda c: op_hold(c, queue_id, domain, recipient, True))
+
+    def release(self, queue_id: str | None = None, domain: str | None = None,
+                recipient: str | None = None) -> Deferred[int]:
+        d = self.store.transact(lambda c: op_hold(c, queue_id, domain, recipient, False))
+        return d.addCallback(self._notify)
+
+    def kick(self, queue_id: str | None = None, domain: str | None = None,
+             recipient: str | None = None) -> Deferred[int]:
+        now = self.clock.seconds()
+        d = self.store.transact(lambda c: op_kick(c, now, queue_id, domain, recipient))
+        return d.addCallback(self._notify)
+
+    def drop(self, queue_id: str | None = None, domain: str | None = None,
+             recipient: str | None = None) -> Deferred[int]:
+        return self.store.transact(
+            lambda c: op_drop(c, self.store.unref_blob, queue_id, domain, recipient))
+
+    def counts(self) -> Deferred[dict[str, int]]:
+        return self.store.transact(qs.count_recipients)

@@ -1,0 +1,643 @@
+"""The queue runner: a Service that delivers due queue work (RFC 5321 §4.5.4, §5).
+
+It wakes with ``callLater`` at the next due time (never a polling loop), claims due
+recipients (grouped per message and destination domain: one SMTP transaction each),
+runs deliveries with bounded concurrency in total and per domain, and writes the results:
+delivered and permanently failed recipients leave the queue, temporary failures are
+rescheduled by ``mxd.queue.schedule``; failure and delayed DSNs (``mxd.smtp.dsn``) are
+queued in the same transaction as the result that caused them, with a null reverse-path,
+and go to a local sender's INBOX through ``LocalDelivery`` or out like any message.
+
+Direct delivery (RFC 5321 §5.1): MX hosts in order (``mxd.queue.mx``), each host's
+addresses in order; a connection-level failure (refused, timeout, TLS, 4xx/5xx greeting)
+moves on to the next address/host; once a transaction ran its per-recipient replies are
+final for this attempt.
+
+Restart safety: see mxd.queue.store (in-flight leases, recovered at start).
+"""
+
+from __future__ import annotations
+
+import random as _random
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import Logger
+
+from mxd.metrics import IMetrics, NoopMetrics
+from mxd.queue import mx
+from mxd.queue import store as qs
+from mxd.queue.interfaces import OutboundMessage, OutboundRecipient
+from mxd.queue.queue import Queue
+from mxd.queue.routes import Route, RouteError, Transport, TransportKind, choose_transport
+from mxd.queue.schedule import RetrySettings, delay_dsn_due, give_up_time, next_attempt
+from mxd.smtp import dsn as dsnmod
+from mxd.smtp.client import (
+    ClientMessage,
+    ClientRecipient,
+    ClientSettings,
+    SMTPClient,
+    SMTPClientError,
+    SMTPConnectionError,
+    SMTPLocalError,
+    SMTPReplyError,
+    SMTPTLSError,
+    TLSMode,
+    TLSPolicy,
+    TLSResult,
+    TransactionResult,
+)
+
+log = Logger()
+
+
+@attrs.frozen
+class QueueSettings:
+    """Settings of the queue runner (the composition layer maps the config onto it)."""
+
+    retry: RetrySettings = RetrySettings()
+    max_concurrent: int = 20  # deliveries (SMTP transactions) in flight in total
+    max_per_domain: int = 4  # ... and per destination domain
+    port: int = 25  # direct delivery port (RFC 5321 §4.5.4.2); tests use another
+    connect_timeout: float = 30.0
+    lease: float = 3 * 3600.0  # longer than any attempt can take (sum of client timeouts)
+    batch: int = 500  # due recipients read per wake
+    max_rcpts_per_transaction: int = 100  # RFC 5321 §4.5.3.1.8: at least 100 must be accepted
+    own_names: frozenset[str] = frozenset()  # our host names (RFC 5321 §5.1 MX loop rule)
+    own_addresses: frozenset[str] = frozenset()  # never connect to these
+    ipv4: bool = True
+    ipv6: bool = True
+    prefer_ipv6: bool = False
+    plaintext_fallback: bool = True  # opportunistic TLS: retry in plaintext after a TLS failure
+    client: ClientSettings = ClientSettings()
+    routes: tuple[Route, ...] = ()
+    transports: tuple[Transport, ...] = ()
+    stop_timeout: float = 10.0
+
+
+class LocalDelivery(Protocol):
+    """Delivery into local mailboxes (DSNs to local senders, local recipients)."""
+
+    def is_local(self, address: str) -> bool: ...
+
+    def deliver(self, address: str, body: bytes) -> Deferred[None]:
+        """Errbacks with an error whose ``permanent`` attribute is true for unknown users."""
+
+
+Connector = Callable[[str, int, SMTPClient], Deferred[Any]]
+TLSPolicyFactory = Callable[[str, mx.MXPlan, mx.MXHost], Deferred[TLSPolicy]]
+
+
+@attrs.frozen
+class RcptOutcome:
+    recipient: qs.QueuedRecipient
+    kind: str  # "delivered" | "temporary" | "permanent"
+    code: int | None = None
+    enhanced: str | None = None
+    text: str | None = None
+    host: str | None = None
+    peer_dsn: bool = False  # the peer took NOTIFY (so no "relayed" DSN from us)
+
+
+@attrs.frozen
+class _Attempt:
+    host: str
+    ip: str
+    result: TransactionResult | None = None
+    error: Exception | None = None
+    tls: TLSResult | None = None
+    peer_dsn: bool = False
+
+
+def _reply_fields(e: Exception) -> tuple[int | None, str | None, str]:
+    if isinstance(e, SMTPReplyError):
+        return e.code, e.enhanced, " ".join(e.lines)
+    if isinstance(e, mx.MXError):
+        return (550 if e.permanent else 451), e.enhanced, str(e)
+    return None, getattr(e, "enhanced", "4.4.1"), str(e) or e.__class__.__name__
+
+
+class QueueRunner(Service):
+    """Delivers the queue's due work; see the module docstring."""
+
+    name = "queue-runner"
+
+    def __init__(
+        self,
+        queue: Queue,
+        resolver: mx.MXResolver,
+        reactor: Any,
+        settings: QueueSettings = QueueSettings(),
+        tls_client_options_factory: Callable[[str], Any] | None = None,
+        local_delivery: LocalDelivery | None = None,
+        hostname: str = "localhost",
+        metrics: IMetrics | None = None,
+        *,
+        random: Callable[[], float] | None = None,
+        connector: Connector | None = None,
+        tls_policy_factory: TLSPolicyFactory | None = None,
+    ) -> None:
+        self.queue = queue
+        self.resolver = resolver
+        self.reactor = reactor
+        self.settings = settings
+        self.tls_client_options_factory = tls_client_options_factory
+        self.local_delivery = local_delivery
+        self.hostname = hostname
+        self.metrics: IMetrics = metrics or NoopMetrics()
+        self.random = random or _random.SystemRandom().random
+        self.connector = connector or self._tcp_connect
+        self.tls_policy_factory = tls_policy_factory
+        self.client_settings = attrs.evolve(settings.client, helo_name=hostname)
+        self._transports = {t.name: t for t in settings.transports}
+        self._timer: Any = None
+        self._timer_at: float | None = None
+        self._jobs: dict[int, Deferred[None]] = {}
+        self._job_seq = 0
+        self._per_domain: dict[str, int] = {}
+        self._waking = False
+        self._again = False
+        self.started: Deferred[None] | None = None
+        queue.add_listener(self.wake_soon)
+
+    # -- service -----------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        now = self.reactor.seconds()
+        d = self.queue.store.transact(lambda c: qs.recover_inflight(c, now))
+
+        def recovered(n: int) -> None:
+            if n:
+                log.warn("{n} recipient(s) were in flight at the last stop; retrying them", n=n)
+            self.wake_soon()
+
+        d.addCallback(recovered)
+        d.addErrback(lambda f: log.failure("queue recovery failed", f))
+        self.started = d
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        pending = list(self._jobs.values())
+        if not pending:
+            return _done()
+        done: Deferred[None] = Deferred()
+        remaining = [len(pending)]
+
+        def one(_: Any) -> None:
+            remaining[0] -= 1
+            if remaining[0] == 0 and not done.called:
+                done.callback(None)
+
+        for d in pending:
+            d.addBoth(one)
+        def give_up() -> None:
+            if not done.called:
+                done.callback(None)
+
+        timer = self.reactor.callLater(self.settings.stop_timeout, give_up)
+        done.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])
+        return done
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._jobs)
+
+    # -- waking ------------------------------------------------------------------------
+
+    def wake_soon(self) -> None:
+        """Look for due work as soon as possible (after enqueue, kick, a finished job)."""
+        if self.running:
+            self._schedule(self.reactor.seconds())
+
+    def _schedule(self, at: float) -> None:
+        now = self.reactor.seconds()
+        if self._timer is not None and self._timer.active():
+            if self._timer_at is not None and self._timer_at <= at:
+                return
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = self.reactor.callLater(max(0.0, at - now), self._wake)
+
+    def _wake(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if not self.running:
+            return
+        if self._waking:
+            self._again = True
+            return
+        d = ensureDeferred(self._fill())
+        d.addErrback(lambda f: log.failure("queue runner wake failed", f))
+
+    async def _fill(self) -> None:
+        self._waking = True
+        try:
+            while True:
+                self._again = False
+                more = await self._claim_and_start()
+                if not (more or self._again) or not self.running:
+                    break
+            nxt = await self.queue.store.transact(qs.next_due_time)
+            now = self.reactor.seconds()
+            if nxt is not None and nxt > now and self.running:
+                self._schedule(nxt)
+        finally:
+            self._waking = False
+
+    async def _claim_and_start(self) -> bool:
+        """Claim and start what capacity allows; True when more due work may be waiting."""
+        s = self.settings
+        free = s.max_concurrent - len(self._jobs)
+        if free <= 0:
+            return False
+        now = self.reactor.seconds()
+        busy = {d for d, n in self._per_domain.items() if n >= s.max_per_domain}
+        due = await self.queue.store.transact(lambda c: qs.due_recipients(c, now, s.batch))
+        groups: dict[tuple[str, str, str | None], list[int]] = {}
+        for queue_id, rid, domain, transport in due:
+            if domain in busy:
+                continue
+            key = (queue_id, domain, transport)
+            ids = groups.setdefault(key, [])
+            if len(ids) < s.max_rcpts_per_transaction:
+                ids.append(rid)
+        chosen: list[list[int]] = []
+        planned: dict[str, int] = {}
+        for (_qid, domain, _t), ids in groups.items():
+            if len(chosen) >= free:
+                break
+            if self._per_domain.get(domain, 0) + planned.get(domain, 0) >= s.max_per_domain:
+                continue
+            planned[domain] = planned.get(domain, 0) + 1
+            chosen.append(ids)
+        if not chosen:
+            return False
+        lease = s.lease
+
+        def claim_all(c: Any) -> list[qs.QueuedMessage]:
+            out = []
+            for ids in chosen:
+                m = qs.claim(c, ids, now, lease)
+                if m is not None:
+                    out.append(m)
+            return out
+
+        messages = await self.queue.store.transact(claim_all)
+        for m in messages:
+            self._start_job(m)
+        return len(due) >= s.batch or len(chosen) < len(groups)
+
+    def _start_job(self, m: qs.QueuedMessage) -> None:
+        domain = m.recipients[0].domain
+        self._job_seq += 1
+        job_id = self._job_seq
+        self._per_domain[domain] = self._per_domain.get(domain, 0) + 1
+        d = ensureDeferred(self._run_job(m))
+
+        def finished(_: Any) -> None:
+            self._jobs.pop(job_id, None)
+            left = self._per_domain.get(domain, 1) - 1
+            if left > 0:
+                self._per_domain[domain] = left
+            else:
+                self._per_domain.pop(domain, None)
+            self.wake_soon()
+
+        d.addErrback(lambda f: log.failure("delivery job for {queue_id} failed", f,
+                                           queue_id=m.queue_id))
+        d.addBoth(finished)
+        if not d.called:
+            self._jobs[job_id] = d
+
+    # -- one job: deliver, then record --------------------------------------------------
+
+    async def _run_job(self, m: qs.QueuedMessage) -> None:
+        started = self.reactor.seconds()
+        try:
+            outcomes, attempts = await self._deliver(m)
+        except Exception as e:  # noqa: BLE001 - any bug here must defer, not lose mail
+            log.failure("delivery of {queue_id} crashed", queue_id=m.queue_id)
+            outcomes = [RcptOutcome(r, "temporary", 451, "4.3.0", f"internal error: {e}")
+                        for r in m.recipients]
+            attempts = []
+        await self._record(m, outcomes, attempts)
+        self.metrics.observe("queue_delivery_seconds", self.reactor.seconds() - started)
+
+    async def _deliver(self, m: qs.QueuedMessage) -> tuple[list[RcptOutcome], list[_Attempt]]:
+        first = m.recipients[0]
+        if self.local_delivery is not None and self.local_delivery.is_local(first.address):
+            return await self._deliver_local(m), []
+        try:
+            transport = choose_transport(self.settings.routes, self._transports, m.mail_from,
+                                         first.address, first.transport)
+        except RouteError as e:
+            return self._all(m, "temporary", 451, "4.3.5", str(e)), []
+        if transport.kind is TransportKind.FAIL:
+            kind = "permanent" if transport.fail_code >= 500 else "temporary"
+            return self._all(m, kind, transport.fail_code, transport.fail_enhanced,
+                             transport.fail_text), []
+        if transport.kind is not TransportKind.DIRECT:
+            return self._all(m, "temporary", 451, "4.3.5",
+                             f"transport {transport.kind} is not available"), []
+        return await self._deliver_direct(m)
+
+    @staticmethod
+    def _all(m: qs.QueuedMessage, kind: str, code: int | None, enhanced: str | None,
+             text: str, host: str | None = None) -> list[RcptOutcome]:
+        return [RcptOutcome(r, kind, code, enhanced, text, host) for r in m.recipients]
+
+    async def _deliver_local(self, m: qs.QueuedMessage) -> list[RcptOutcome]:
+        assert self.local_delivery is not None
+        with self.queue.store.open_blob(m.blob_id) as f:
+            data = f.read()
+        out = []
+        for r in m.recipients:
+            try:
+                await self.local_delivery.deliver(r.address, data)
+                out.append(RcptOutcome(r, "delivered", 250, "2.0.0", "delivered locally"))
+            except Exception as e:  # noqa: BLE001 - typed by its permanent flag
+                if getattr(e, "permanent", False):
+                    out.append(RcptOutcome(r, "permanent", 550, "5.1.1", str(e)))
+                else:
+                    out.append(RcptOutcome(r, "temporary", 451, "4.3.0", str(e)))
+        return out
+
+    async def _deliver_direct(self, m: qs.QueuedMessage) -> tuple[list[RcptOutcome], list[_Attempt]]:
+        domain = m.recipients[0].domain
+        try:
+            plan = await mx.find_mx_hosts(self.resolver, domain, self.random,
+                                          self.settings.own_names)
+        except mx.MXError as e:
+            kind = "permanent" if e.permanent else "temporary"
+            return self._all(m, kind, *_reply_fields(e)), []
+        attempts: list[_Attempt] = []
+        last: Exception = SMTPConnectionError(f"no usable host for {domain}")
+        for host in plan.hosts:
+            try:
+                addrs = await mx.resolve_host(self.resolver, host.name, self.settings.ipv6,
+                                              self.settings.ipv4, self.settings.prefer_ipv6)
+            except mx.MXError as e:
+                last = e
+                if host.implicit and e.permanent:
+                    return self._all(m, "permanent", *_reply_fields(e)), attempts
+                continue
+            if not addrs:
+                last = mx.NoSuchDomain(host.name, "the host has no address")
+                if host.implicit:
+                    return self._all(m, "permanent", *_reply_fields(last)), attempts
+                continue
+            for addr in addrs:
+                if mx.is_own_address(addr.ip, self.settings.own_addresses):
+                    last = mx.MailLoop(domain, f"{host.name} [{addr.ip}] is this server")
+                    continue
+                attempt = await self._attempt(m, plan, host, addr.ip)
+                attempts.append(attempt)
+                if attempt.result is not None:
+                    return self._outcomes(m, attempt), attempts
+                err = attempt.error or last
+                if isinstance(err, SMTPLocalError) or (
+                        isinstance(err, SMTPReplyError) and err.command == "MAIL FROM"):
+                    kind = "permanent" if err.permanent else "temporary"
+                    return self._all(m, kind, *_reply_fields(err), host=host.name), attempts
+                last = err
+        code, enhanced, text = _reply_fields(last)
+        if code is not None and code >= 500 and not isinstance(last, mx.MXError):
+            code = 451  # a 5xx greeting from one host is no verdict on the message
+        return self._all(m, "temporary", code or 451, _temporary(enhanced), text), attempts
+
+    def _outcomes(self, m: qs.QueuedMessage, a: _Attempt) -> list[RcptOutcome]:
+        assert a.result is not None
+        by_addr = {r.address: r.reply for r in a.result.recipients}
+        out = []
+        for r in m.recipients:
+            reply = by_addr.get(r.address)
+            if reply is None:
+                out.append(RcptOutcome(r, "temporary", 451, "4.3.0", "no reply", a.host))
+                continue
+            kind = "delivered" if reply.ok else "permanent" if reply.permanent else "temporary"
+            out.append(RcptOutcome(r, kind, reply.code, reply.enhanced, " ".join(reply.lines),
+                                   a.host, a.peer_dsn))
+        return out
+
+    async def _policy(self, m: qs.QueuedMessage, plan: mx.MXPlan, host: mx.MXHost) -> TLSPolicy:
+        if self.tls_policy_factory is not None:
+            return await self.tls_policy_factory(m.recipients[0].domain, plan, host)
+        options = (self.tls_client_options_factory(host.name)
+                   if self.tls_client_options_factory is not None else None)
+        return TLSPolicy(mode=TLSMode.OPPORTUNISTIC, client_options=options)
+
+    async def _attempt(self, m: qs.QueuedMessage, plan: mx.MXPlan, host: mx.MXHost,
+                       ip: str) -> _Attempt:
+        policy = await self._policy(m, plan, host)
+        attempt = await self._connect_and_send(m, host.name, ip, policy)
+        if (isinstance(attempt.error, SMTPTLSError) and policy.mode is TLSMode.OPPORTUNISTIC
+                and self.settings.plaintext_fallback and not m.requiretls):
+            # RFC 7435 §4: opportunistic TLS that fails falls back to cleartext.
+            log.info("TLS with {host} [{ip}] failed; retrying without TLS", host=host.name, ip=ip)
+            retry = await self._connect_and_send(m, host.name, ip, attrs.evolve(policy, mode=TLSMode.NONE))
+            return attrs.evolve(retry, tls=attempt.tls)
+        return attempt
+
+    async def _connect_and_send(self, m: qs.QueuedMessage, host: str, ip: str,
+                                policy: TLSPolicy) -> _Attempt:
+        client = SMTPClient(self.reactor, self.client_settings, policy, host)
+        try:
+            await self.connector(ip, self.settings.port, client)
+        except Exception as e:  # noqa: BLE001 - any connect failure is a temporary one
+            self.metrics.inc("queue_connections", result="failed")
+            return _Attempt(host, ip, error=SMTPConnectionError(f"connect to {host} [{ip}]: {e}"))
+        try:
+            await client.start()
+            cm = ClientMessage(
+                mail_from=m.mail_from,
+                recipients=tuple(ClientRecipient(r.address, r.notify, r.orcpt) for r in m.recipients),
+                size=m.size, body=m.body, smtputf8=m.smtputf8, ret=m.ret, envid=m.envid,
+                requiretls=m.requiretls,
+            )
+            with self.queue.store.open_blob(m.blob_id) as body:
+                result = await client.send(cm, body)
+            client.quit()
+            self.metrics.inc("queue_connections", result="ok")
+            return _Attempt(host, ip, result=result, tls=client.tls_result,
+                            peer_dsn=client.has("DSN"))
+        except SMTPClientError as e:
+            client.quit()
+            return _Attempt(host, ip, error=e, tls=client.tls_result)
+        except OSError as e:
+            client.quit()
+            return _Attempt(host, ip, error=SMTPConnectionError(f"reading the message: {e}"),
+                            tls=client.tls_result)
+
+    def _tcp_connect(self, ip: str, port: int, client: SMTPClient) -> Deferred[Any]:
+        from twisted.internet.endpoints import (
+            TCP4ClientEndpoint,
+            TCP6ClientEndpoint,
+            connectProtocol,
+        )
+
+        cls = TCP6ClientEndpoint if ":" in ip else TCP4ClientEndpoint
+        endpoint = cls(self.reactor, ip, port, timeout=self.settings.connect_timeout)
+        return connectProtocol(endpoint, client)
+
+    # -- recording results and DSNs -----------------------------------------------------
+
+    async def _record(self, m: qs.QueuedMessage, outcomes: list[RcptOutcome],
+                      attempts: list[_Attempt]) -> None:
+        now = self.reactor.seconds()
+        retry = self.settings.retry
+        reports: list[dsnmod.RecipientReport] = []
+        finish: list[int] = []
+        defer: list[tuple[qs.QueuedRecipient, RcptOutcome, float, bool]] = []
+        next_times: list[float] = []
+        for o in outcomes:
+            r = o.recipient
+            self.metrics.inc("queue_attempts", result=o.kind)
+            diag = f"{o.code} {o.enhanced or ''} {o.text or ''}".replace("  ", " ").strip() if o.code else o.text
+            if o.kind == "delivered":
+                finish.append(r.id)
+                log.info("delivered {queue_id} to <{rcpt}> via {host}: {reply}", queue_id=m.queue_id,
+                         rcpt=r.address, host=o.host, reply=diag)
+                if not o.peer_dsn and dsnmod.wants_dsn(m.mail_from, r.notify, dsnmod.Action.RELAYED) \
+                        and r.notify is not None:
+                    reports.append(dsnmod.RecipientReport(
+                        r.address, dsnmod.Action.RELAYED, o.enhanced or "2.0.0", r.orcpt, o.host,
+                        diag, now))
+                continue
+            attempts_n = r.attempts + 1
+            nxt = None if o.kind == "permanent" else next_attempt(
+                m.queued_at, now, attempts_n, retry, self.random)
+            if nxt is None:
+                finish.append(r.id)
+                status = o.enhanced or ("5.0.0" if o.kind == "permanent" else "4.4.7")
+                if o.kind != "permanent":
+                    diag = f"{diag} (gave up after {attempts_n} attempts)"
+                log.info("bounced {queue_id} for <{rcpt}>: {reply}", queue_id=m.queue_id,
+                         rcpt=r.address, reply=diag)
+                if dsnmod.wants_dsn(m.mail_from, r.notify, dsnmod.Action.FAILED):
+                    reports.append(dsnmod.RecipientReport(
+                        r.address, dsnmod.Action.FAILED, status, r.orcpt, o.host, diag, now))
+                continue
+            send_delay = delay_dsn_due(attempts_n, retry, r.delay_dsn_sent)
+            defer.append((r, o, nxt, r.delay_dsn_sent or send_delay))
+            next_times.append(nxt)
+            log.info("deferred {queue_id} for <{rcpt}> until {when}: {reply}", queue_id=m.queue_id,
+                     rcpt=r.address, when=nxt, reply=diag)
+            if send_delay and dsnmod.wants_dsn(m.mail_from, r.notify, dsnmod.Action.DELAYED):
+                reports.append(dsnmod.RecipientReport(
+                    r.address, dsnmod.Action.DELAYED, o.enhanced or "4.0.0", r.orcpt, o.host, diag,
+                    now, give_up_time(m.queued_at, retry)))
+        dsn_blob: str | None = None
+        dsn_envelope: OutboundMessage | None = None
+        if reports and m.mail_from and not m.is_dsn:
+            try:
+                dsn_blob, dsn_envelope = await self._make_dsn(m, reports, now, attempts_n_max(outcomes),
+                                                              min(next_times) if next_times else None)
+            except Exception:  # noqa: BLE001 - a DSN problem must not lose the result
+                log.failure("cannot build a DSN for {queue_id}", queue_id=m.queue_id)
+        dsn_id = self._dsn_queue_id() if dsn_blob else None
+        store = self.queue.store
+
+        def op(c: Any) -> None:
+            for a in attempts:
+                qs.log_attempt(c, _attempt_record(m, a, now))
+            for rid in finish:
+                qs.finish_recipient(c, rid)
+            for r, o, nxt, sent in defer:
+                qs.defer_recipient(c, r.id, next_attempt=nxt, now=now, code=o.code,
+                                   enhanced=o.enhanced, text=o.text, host=o.host,
+                                   delay_dsn_sent=sent)
+            blob = qs.remove_message_if_done(c, m.id)
+            if blob is not None:
+                store.unref_blob(c, blob)
+            if dsn_blob is not None and dsn_envelope is not None and dsn_id is not None:
+                store.ref_blob(c, dsn_blob)
+                qs.insert_message(c, dsn_id, dsn_blob, dsn_envelope, now, is_dsn=True)
+
+        await store.transact(op)
+        if dsn_id:
+            log.info("queued DSN {dsn_id} about {queue_id} to <{sender}>", dsn_id=dsn_id,
+                     queue_id=m.queue_id, sender=m.mail_from)
+
+    @staticmethod
+    def _dsn_queue_id() -> str:
+        from mxd.queue.queue import new_queue_id
+
+        return new_queue_id()
+
+    async def _make_dsn(self, m: qs.QueuedMessage, reports: list[dsnmod.RecipientReport],
+                        now: float, attempts: int, next_time: float | None,
+                        ) -> tuple[str, OutboundMessage]:
+        retry = self.settings.retry
+        with self.queue.store.open_blob(m.blob_id) as f:
+            full = (m.ret or "").upper() == "FULL" and m.size <= dsnmod.MAX_RETURNED_FULL
+            original = f.read() if full else _read_headers(f)
+        data = dsnmod.build_dsn(
+            reporting_mta=self.hostname, sender=m.mail_from, recipients=reports,
+            original=original, ret=m.ret, envid=m.envid, arrival=m.queued_at,
+            smtputf8=m.smtputf8, now=now,
+            context=dsnmod.ReportContext(attempts=attempts, queued_at=m.queued_at,
+                                         next_attempt=next_time,
+                                         give_up_at=give_up_time(m.queued_at, retry)),
+        )
+        envelope = OutboundMessage(
+            mail_from="", recipients=(OutboundRecipient(m.mail_from, frozenset({"NEVER"})),),
+            smtputf8=m.smtputf8, body="8BITMIME" if dsnmod.dsn_is_8bit(data) else "7BIT",
+            size=len(data),
+        )
+        writer = self.queue.store.new_blob()
+        writer.write(data)
+        blob_id = await self.queue.store.commit_blob(writer)
+        return blob_id, envelope
+
+
+def attempts_n_max(outcomes: list[RcptOutcome]) -> int:
+    return max((o.recipient.attempts + 1 for o in outcomes), default=1)
+
+
+def _temporary(enhanced: str | None) -> str:
+    if not enhanced:
+        return "4.4.1"
+    return "4" + enhanced[1:] if enhanced[0] == "5" else enhanced
+
+
+def _read_headers(f: Any, limit: int = 1 << 20) -> bytes:
+    out = bytearray()
+    for line in f:
+        out += line
+        if line in (b"\r\n", b"\n") or len(out) > limit:
+            break
+    return bytes(out)
+
+
+def _attempt_record(m: qs.QueuedMessage, a: _Attempt, now: float) -> qs.AttemptRecord:
+    if a.result is not None:
+        oks = [r.reply.ok for r in a.result.recipients]
+        result = "delivered" if all(oks) else "partial" if any(oks) else "failed"
+        reply = a.result.data_reply or (a.result.recipients[0].reply if a.result.recipients else None)
+        code, enhanced, text = (reply.code, reply.enhanced, " ".join(reply.lines)) if reply else (None, None, None)
+    else:
+        result = "error"
+        code, enhanced, text = _reply_fields(a.error or Exception("unknown"))
+    t = a.tls
+    return qs.AttemptRecord(
+        queue_id=m.queue_id, domain=m.recipients[0].domain,
+        recipients=tuple(r.address for r in m.recipients), at=now, result=result, host=a.host,
+        ip=a.ip, code=code, enhanced=enhanced, text=text,
+        tls_used=bool(t and t.used), tls_verified=bool(t and t.verified),
+        tls_version=t.version if t else None, tls_cipher=t.cipher if t else None,
+        tls_policy_type=t.policy_type if t else None, tls_policy_domain=t.policy_domain if t else None,
+        tls_failure=t.failure if t else None,
+    )
+
+
+def _done() -> Deferred[None]:
+    d: Deferred[None] = Deferred()
+    d.callback(None)
+    return d

@@ -1,0 +1,403 @@
+"""The outbound queue's tables in the mail store's SQLite database, and the SQL over them.
+
+Three tables (component "queue", registered with ``SQLiteStore.register_schema``):
+
+* ``queue_messages``: one row per queued message: envelope, DSN parameters (RFC 3461),
+  REQUIRETLS and ``TLS-Required: No`` (RFC 8689), SMTPUTF8, body type, and the body's blob
+  id.  The body file is the store's (shared with local delivery, referenced once through
+  ``ref_blob``), never copied per recipient.
+* ``queue_recipients``: one row per recipient still to do: state (``queued`` or
+  ``inflight``), attempts, next attempt time, lease, last result, hold flag, transport
+  override, whether the delayed DSN went out.  Delivered and failed recipients are deleted;
+  the message row and the blob reference go with the last recipient.
+* ``queue_attempts``: a log of every delivery attempt (time, host, IP, result, TLS
+  details), kept for TLS reporting (RFC 8460) and the admin interface.
+
+Crash safety: before a delivery starts its recipients are marked ``inflight`` with a lease
+in a committed transaction; the result is written in another.  At start every ``inflight``
+row (a crashed attempt) goes back to ``queued``, due now, so an attempt cut short by a crash
+is retried once: the only possible duplicate is that one in-flight attempt.  An expired
+lease is claimable too, so several nodes could share the tables later.
+
+Every function here takes a ``sqlite3.Connection`` inside ``SQLiteStore.transact``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from mxd.queue.interfaces import OutboundMessage, OutboundRecipient
+
+QUEUE_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE queue_messages (
+        id INTEGER PRIMARY KEY,
+        queue_id TEXT NOT NULL UNIQUE,
+        mail_from TEXT NOT NULL,
+        blob_id TEXT NOT NULL,
+        size INTEGER NOT NULL DEFAULT 0,
+        body TEXT NOT NULL DEFAULT '7BIT',
+        smtputf8 INTEGER NOT NULL DEFAULT 0,
+        requiretls INTEGER NOT NULL DEFAULT 0,
+        tls_required_no INTEGER NOT NULL DEFAULT 0,
+        ret TEXT,
+        envid TEXT,
+        sender_account TEXT,
+        is_dsn INTEGER NOT NULL DEFAULT 0,
+        queued_at REAL NOT NULL
+    );
+    CREATE TABLE queue_recipients (
+        id INTEGER PRIMARY KEY,
+        message_id INTEGER NOT NULL REFERENCES queue_messages(id) ON DELETE CASCADE,
+        address TEXT NOT NULL,
+        domain TEXT NOT NULL,
+        notify TEXT,
+        orcpt TEXT,
+        state TEXT NOT NULL DEFAULT 'queued',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt REAL NOT NULL,
+        lease_until REAL,
+        last_attempt REAL,
+        last_code INTEGER,
+        last_enhanced TEXT,
+        last_text TEXT,
+        last_host TEXT,
+        hold INTEGER NOT NULL DEFAULT 0,
+        transport TEXT,
+        delay_dsn_sent INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX queue_recipients_due ON queue_recipients (state, hold, next_attempt);
+    CREATE INDEX queue_recipients_message ON queue_recipients (message_id);
+    CREATE TABLE queue_attempts (
+        id INTEGER PRIMARY KEY,
+        queue_id TEXT NOT NULL,
+        domain TEXT NOT NULL,
+        recipients TEXT NOT NULL,
+        at REAL NOT NULL,
+        host TEXT,
+        ip TEXT,
+        result TEXT NOT NULL,
+        code INTEGER,
+        enhanced TEXT,
+        text TEXT,
+        tls_used INTEGER NOT NULL DEFAULT 0,
+        tls_verified INTEGER NOT NULL DEFAULT 0,
+        tls_version TEXT,
+        tls_cipher TEXT,
+        tls_policy_type TEXT,
+        tls_policy_domain TEXT,
+        tls_failure TEXT
+    );
+    CREATE INDEX queue_attempts_at ON queue_attempts (at);
+    """,
+]
+
+QUEUED = "queued"
+INFLIGHT = "inflight"
+
+
+@attrs.frozen
+class QueuedRecipient:
+    id: int
+    address: str
+    domain: str
+    notify: frozenset[str] | None
+    orcpt: str | None
+    state: str
+    attempts: int
+    next_attempt: float
+    hold: bool
+    transport: str | None
+    last_attempt: float | None = None
+    last_code: int | None = None
+    last_enhanced: str | None = None
+    last_text: str | None = None
+    last_host: str | None = None
+    delay_dsn_sent: bool = False
+
+
+@attrs.frozen
+class QueuedMessage:
+    id: int
+    queue_id: str
+    mail_from: str
+    blob_id: str
+    size: int
+    body: str
+    smtputf8: bool
+    requiretls: bool
+    tls_required_no: bool
+    ret: str | None
+    envid: str | None
+    sender_account: str | None
+    is_dsn: bool
+    queued_at: float
+    recipients: tuple[QueuedRecipient, ...] = ()
+
+
+@attrs.frozen
+class AttemptRecord:
+    """One row of the attempts log."""
+
+    queue_id: str
+    domain: str
+    recipients: tuple[str, ...]
+    at: float
+    result: str  # "delivered" | "deferred" | "failed" | "partial"
+    host: str | None = None
+    ip: str | None = None
+    code: int | None = None
+    enhanced: str | None = None
+    text: str | None = None
+    tls_used: bool = False
+    tls_verified: bool = False
+    tls_version: str | None = None
+    tls_cipher: str | None = None
+    tls_policy_type: str | None = None
+    tls_policy_domain: str | None = None
+    tls_failure: str | None = None
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2].lower() if "@" in address else ""
+
+
+def _notify_text(notify: frozenset[str] | None) -> str | None:
+    return None if notify is None else ",".join(sorted(n.upper() for n in notify))
+
+
+def _notify_value(text: str | None) -> frozenset[str] | None:
+    return None if text is None else frozenset(t for t in text.split(",") if t)
+
+
+def insert_message(
+    conn: sqlite3.Connection, queue_id: str, blob_id: str, m: OutboundMessage, now: float,
+    is_dsn: bool = False,
+) -> int:
+    cur = conn.execute(
+        "INSERT INTO queue_messages (queue_id, mail_from, blob_id, size, body, smtputf8,"
+        " requiretls, tls_required_no, ret, envid, sender_account, is_dsn, queued_at)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (queue_id, m.mail_from, blob_id, m.size, m.body.upper(), int(m.smtputf8),
+         int(m.requiretls), int(m.tls_required_no), m.ret, m.envid, m.sender_account,
+         int(is_dsn), now),
+    )
+    mid = int(cur.lastrowid or 0)
+    conn.executemany(
+        "INSERT INTO queue_recipients (message_id, address, domain, notify, orcpt,"
+        " next_attempt) VALUES (?,?,?,?,?,?)",
+        [(mid, r.address, domain_of(r.address), _notify_text(r.notify), r.orcpt, now)
+         for r in m.recipients],
+    )
+    return mid
+
+
+_MSG_COLS = ("id, queue_id, mail_from, blob_id, size, body, smtputf8, requiretls,"
+             " tls_required_no, ret, envid, sender_account, is_dsn, queued_at")
+_RCPT_COLS = ("id, address, domain, notify, orcpt, state, attempts, next_attempt, hold,"
+              " transport, last_attempt, last_code, last_enhanced, last_text, last_host,"
+              " delay_dsn_sent")
+
+
+def _message(row: Sequence[Any], rcpts: tuple[QueuedRecipient, ...] = ()) -> QueuedMessage:
+    return QueuedMessage(int(row[0]), row[1], row[2], row[3], int(row[4]), row[5], bool(row[6]),
+                         bool(row[7]), bool(row[8]), row[9], row[10], row[11], bool(row[12]),
+                         float(row[13]), rcpts)
+
+
+def _recipient(row: Sequence[Any]) -> QueuedRecipient:
+    return QueuedRecipient(int(row[0]), row[1], row[2], _notify_value(row[3]), row[4], row[5],
+                           int(row[6]), float(row[7]), bool(row[8]), row[9], row[10], row[11],
+                           row[12], row[13], row[14], bool(row[15]))
+
+
+def get_message(conn: sqlite3.Connection, queue_id: str) -> QueuedMessage | None:
+    row = conn.execute(f"SELECT {_MSG_COLS} FROM queue_messages WHERE queue_id = ?",
+                       (queue_id,)).fetchone()
+    if row is None:
+        return None
+    rcpts = tuple(_recipient(r) for r in conn.execute(
+        f"SELECT {_RCPT_COLS} FROM queue_recipients WHERE message_id = ? ORDER BY id", (row[0],)))
+    return _message(row, rcpts)
+
+
+def list_messages(
+    conn: sqlite3.Connection, *, domain: str | None = None, sender: str | None = None,
+    held: bool | None = None, limit: int = 1000,
+) -> list[QueuedMessage]:
+    """Messages with their remaining recipients, oldest first, with optional filters."""
+    where = ["1=1"]
+    args: list[Any] = []
+    if sender is not None:
+        where.append("m.mail_from = ?")
+        args.append(sender)
+    if domain is not None:
+        where.append("EXISTS (SELECT 1 FROM queue_recipients r WHERE r.message_id = m.id"
+                     " AND r.domain = ?)")
+        args.append(domain.lower())
+    if held is not None:
+        where.append("EXISTS (SELECT 1 FROM queue_recipients r WHERE r.message_id = m.id"
+                     " AND r.hold = ?)")
+        args.append(int(held))
+    rows = conn.execute(
+        f"SELECT {_MSG_COLS} FROM queue_messages m WHERE {' AND '.join(where)}"
+        " ORDER BY queued_at, id LIMIT ?", (*args, limit)).fetchall()
+    out = []
+    for row in rows:
+        rcpts = tuple(_recipient(r) for r in conn.execute(
+            f"SELECT {_RCPT_COLS} FROM queue_recipients WHERE message_id = ? ORDER BY id",
+            (row[0],)))
+        out.append(_message(row, rcpts))
+    return out
+
+
+def recover_inflight(conn: sqlite3.Connection, now: float) -> int:
+    """At start: attempts cut short by a crash become due now; returns how many."""
+    cur = conn.execute(
+        "UPDATE queue_recipients SET state = ?, lease_until = NULL, next_attempt = ?"
+        " WHERE state = ?", (QUEUED, now, INFLIGHT))
+    return cur.rowcount
+
+
+def due_recipients(conn: sqlite3.Connection, now: float, limit: int) -> list[tuple[str, int, str, str | None]]:
+    """(queue_id, recipient id, domain, transport) of due recipients, most overdue first."""
+    return [(r[0], int(r[1]), r[2], r[3]) for r in conn.execute(
+        "SELECT m.queue_id, r.id, r.domain, r.transport FROM queue_recipients r"
+        " JOIN queue_messages m ON m.id = r.message_id"
+        " WHERE r.hold = 0 AND r.next_attempt <= ?"
+        " AND (r.state = ? OR (r.state = ? AND r.lease_until < ?))"
+        " ORDER BY r.next_attempt, r.id LIMIT ?",
+        (now, QUEUED, INFLIGHT, now, limit))]
+
+
+def next_due_time(conn: sqlite3.Connection) -> float | None:
+    row = conn.execute(
+        "SELECT MIN(next_attempt) FROM queue_recipients WHERE hold = 0 AND state = ?",
+        (QUEUED,)).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
+def claim(conn: sqlite3.Connection, recipient_ids: Sequence[int], now: float,
+          lease: float) -> QueuedMessage | None:
+    """Mark recipients in flight; returns their message with just those recipients.
+
+    Recipients that were meanwhile held, dropped or claimed are left out; None when none
+    is left.
+    """
+    claimed: list[int] = []
+    for rid in recipient_ids:
+        cur = conn.execute(
+            "UPDATE queue_recipients SET state = ?, lease_until = ? WHERE id = ? AND hold = 0"
+            " AND (state = ? OR (state = ? AND lease_until < ?))",
+            (INFLIGHT, now + lease, rid, QUEUED, INFLIGHT, now))
+        if cur.rowcount:
+            claimed.append(rid)
+    if not claimed:
+        return None
+    marks = ",".join("?" * len(claimed))
+    rcpts = tuple(_recipient(r) for r in conn.execute(
+        f"SELECT {_RCPT_COLS} FROM queue_recipients WHERE id IN ({marks}) ORDER BY id", claimed))
+    row = conn.execute(
+        f"SELECT {_MSG_COLS} FROM queue_messages WHERE id ="
+        " (SELECT message_id FROM queue_recipients WHERE id = ?)", (claimed[0],)).fetchone()
+    return _message(row, rcpts)
+
+
+def finish_recipient(conn: sqlite3.Connection, recipient_id: int) -> None:
+    """Delivered or failed for good: the row goes."""
+    conn.execute("DELETE FROM queue_recipients WHERE id = ?", (recipient_id,))
+
+
+def defer_recipient(
+    conn: sqlite3.Connection, recipient_id: int, *, next_attempt: float, now: float,
+    code: int | None, enhanced: str | None, text: str | None, host: str | None,
+    delay_dsn_sent: bool,
+) -> None:
+    conn.execute(
+        "UPDATE queue_recipients SET state = ?, lease_until = NULL, attempts = attempts + 1,"
+        " next_attempt = ?, last_attempt = ?, last_code = ?, last_enhanced = ?, last_text = ?,"
+        " last_host = ?, delay_dsn_sent = ? WHERE id = ?",
+        (QUEUED, next_attempt, now, code, enhanced, text, host, int(delay_dsn_sent),
+         recipient_id))
+
+
+def release_unfinished(conn: sqlite3.Connection, recipient_ids: Sequence[int]) -> None:
+    """Put claimed recipients back without counting an attempt (e.g. at shutdown)."""
+    conn.executemany("UPDATE queue_recipients SET state = ?, lease_until = NULL"
+                     " WHERE id = ? AND state = ?", [(QUEUED, i, INFLIGHT) for i in recipient_ids])
+
+
+def remove_message_if_done(conn: sqlite3.Connection, message_id: int) -> str | None:
+    """Delete a message with no recipients left; returns its blob id (to unref) or None."""
+    left = conn.execute("SELECT COUNT(*) FROM queue_recipients WHERE message_id = ?",
+                        (message_id,)).fetchone()[0]
+    if left:
+        return None
+    row = conn.execute("SELECT blob_id FROM queue_messages WHERE id = ?", (message_id,)).fetchone()
+    if row is None:
+        return None
+    conn.execute("DELETE FROM queue_messages WHERE id = ?", (message_id,))
+    return str(row[0])
+
+
+def log_attempt(conn: sqlite3.Connection, a: AttemptRecord) -> None:
+    conn.execute(
+        "INSERT INTO queue_attempts (queue_id, domain, recipients, at, host, ip, result, code,"
+        " enhanced, text, tls_used, tls_verified, tls_version, tls_cipher, tls_policy_type,"
+        " tls_policy_domain, tls_failure) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (a.queue_id, a.domain, ",".join(a.recipients), a.at, a.host, a.ip, a.result, a.code,
+         a.enhanced, a.text, int(a.tls_used), int(a.tls_verified), a.tls_version, a.tls_cipher,
+         a.tls_policy_type, a.tls_policy_domain, a.tls_failure))
+
+
+def attempts_for(conn: sqlite3.Connection, queue_id: str) -> list[AttemptRecord]:
+    return [AttemptRecord(r[0], r[1], tuple(x for x in r[2].split(",") if x), r[3], r[6], r[4],
+                          r[5], r[7], r[8], r[9], bool(r[10]), bool(r[11]), r[12], r[13], r[14],
+                          r[15], r[16])
+            for r in conn.execute(
+                "SELECT queue_id, domain, recipients, at, host, ip, result, code, enhanced, text,"
+                " tls_used, tls_verified, tls_version, tls_cipher, tls_policy_type,"
+                " tls_policy_domain, tls_failure FROM queue_attempts WHERE queue_id = ?"
+                " ORDER BY id", (queue_id,))]
+
+
+def count_recipients(conn: sqlite3.Connection) -> dict[str, int]:
+    """Recipients by state, plus "held", for the queue-size gauge and admin."""
+    out = {QUEUED: 0, INFLIGHT: 0, "held": 0}
+    for state, hold, n in conn.execute(
+            "SELECT state, hold, COUNT(*) FROM queue_recipients GROUP BY state, hold"):
+        out["held" if hold else state] = out.get("held" if hold else state, 0) + int(n)
+    return out
+
+
+def select_recipients(conn: sqlite3.Connection, queue_id: str | None, domain: str | None,
+                      recipient: str | None) -> list[int]:
+    """Recipient ids matching admin selectors (all given selectors must match)."""
+    where = ["1=1"]
+    args: list[Any] = []
+    if queue_id is not None:
+        where.append("m.queue_id = ?")
+        args.append(queue_id)
+    if domain is not None:
+        where.append("r.domain = ?")
+        args.append(domain.lower())
+    if recipient is not None:
+        where.append("r.address = ?")
+        args.append(recipient)
+    return [int(r[0]) for r in conn.execute(
+        "SELECT r.id FROM queue_recipients r JOIN queue_messages m ON m.id = r.message_id"
+        f" WHERE {' AND '.join(where)}", args)]
+
+
+def to_outbound(m: QueuedMessage) -> OutboundMessage:
+    """The envelope of a queued message (for re-queueing and the client)."""
+    return OutboundMessage(
+        mail_from=m.mail_from,
+        recipients=tuple(OutboundRecipient(r.address, r.notify, r.orcpt) for r in m.recipients),
+        ret=m.ret, envid=m.envid, requiretls=m.requiretls, tls_required_no=m.tls_required_no,
+        smtputf8=m.smtputf8, body=m.body, sender_account=m.sender_account, size=m.size,
+    )
