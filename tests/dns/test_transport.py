@@ -235,3 +235,30 @@ def test_closed_port_fails_over() -> None:
     answer, elapsed = run_with_reactor(go)
     assert answer.records == (ipaddress.IPv4Address("192.0.2.1"),)
     assert elapsed < 1.5  # refused fast, not after the 2 s timeout
+
+
+def test_silent_tcp_after_truncation_fails_over() -> None:
+    """When the TCP retry of a truncated answer times out, the next nameserver is asked."""
+
+    def truncating(query: dns.message.Message, transport: str) -> list[bytes]:
+        return [reply(query, tc=True).to_wire()] if transport == "udp" else []
+
+    servers: list[FakeDNSServer] = []
+    answer = resolve([truncating, answer_a], lambda r: r.lookup_a("www.example.test"),
+                     timeout=0.2, servers_out=servers)
+    assert answer.records == (ipaddress.IPv4Address("192.0.2.1"),)
+    assert [t for t, _ in servers[0].received] == ["udp", "tcp"]
+
+
+def test_tcp_answer_with_wrong_id_is_rejected() -> None:
+    """A TCP answer that does not match the query fails that nameserver, not the lookup."""
+
+    def bad_tcp(query: dns.message.Message, transport: str) -> list[bytes]:
+        if transport == "udp":
+            return [reply(query, tc=True).to_wire()]
+        r = reply(query, "www.example.test. 300 IN A 203.0.113.66")
+        r.id ^= 0x5555
+        return [r.to_wire()]
+
+    answer = resolve([bad_tcp, answer_a], lambda r: r.lookup_a("www.example.test"))
+    assert answer.records == (ipaddress.IPv4Address("192.0.2.1"),)
