@@ -88,7 +88,10 @@ def channel_bindings_from_connection(
 
     exporter: bytes | None = None
     if tls13 or ems:
-        exporter = conn.export_keying_material(EXPORTER_LABEL, EXPORTER_LENGTH, None)
+        try:
+            exporter = conn.export_keying_material(EXPORTER_LABEL, EXPORTER_LENGTH, None)
+        except SSL.Error:  # handshake not complete: no binding rather than a crash
+            exporter = None
 
     unique: bytes | None = None
     if not tls13 and version.startswith("TLSv1"):

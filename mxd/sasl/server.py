@@ -30,7 +30,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import attrs
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from mxd.sasl import cram_md5, login, plain, scram
@@ -46,6 +46,7 @@ from mxd.sasl.credentials import (
     DEFAULT_SCRAM_ITERATIONS,
     SCRAM_HASHES,
     SCRYPT_N,
+    CramMD5Secret,
     PasswordHash,
     ScramSecret,
     StoredSecrets,
@@ -89,6 +90,14 @@ def _inline(f: Callable[[], T]) -> Deferred[T]:
     return maybeDeferred(f)
 
 
+def _for_log(user: str | None) -> str | None:
+    """User names are client-chosen: bound their length in logs."""
+    return user if user is None or len(user) <= 128 else user[:128] + "..."
+
+
+_DUMMY_CRAM = CramMD5Secret.derive("mxd-dummy-cram-md5")
+
+
 class SASLServer:
     """``api.ISASLServer``.
 
@@ -117,8 +126,13 @@ class SASLServer:
 
     # -- ISASLServer --------------------------------------------------------------------
 
+    def plaintext_allowed(self, conn: ConnectionInfo) -> bool:
+        """May credentials be used on this connection at all: over TLS, or on loopback
+        with ``allow_plaintext_on_loopback``.  (IMAP: LOGINDISABLED when False.)"""
+        return conn.tls or (self.settings.allow_plaintext_on_loopback and conn.loopback)
+
     def advertised(self, conn: ConnectionInfo) -> list[str]:
-        plaintext_ok = conn.tls or (self.settings.allow_plaintext_on_loopback and conn.loopback)
+        plaintext_ok = self.plaintext_allowed(conn)
         can_bind = conn.channel_bindings is not None and bool(conn.channel_bindings.available)
         out = []
         for mech in self.settings.mechanisms:
@@ -144,6 +158,10 @@ class SASLServer:
         return _LoginExchange(self, name, conn)
 
     def check_password(self, username: str, password: str, conn: ConnectionInfo) -> Deferred[Outcome]:
+        """IMAP LOGIN: refused without checking when ``plaintext_allowed(conn)`` is False."""
+        if not self.plaintext_allowed(conn):
+            self._count("PASSWORD", conn, "failure")
+            return succeed(Failure("password login requires TLS"))
         return Deferred.fromCoroutine(self._check_plaintext("PASSWORD", username, password, conn))
 
     # -- shared pieces ------------------------------------------------------------------
@@ -156,7 +174,7 @@ class SASLServer:
             "SASL {mechanism} refused (rate limit by {scope}, retry in {retry_after:.0f}s) "
             "for {username!r} from {remote_ip} on {service}",
             mechanism=mech, scope=verdict.scope, retry_after=verdict.retry_after,
-            username=user, remote_ip=conn.remote_ip, service=conn.service)
+            username=_for_log(user), remote_ip=conn.remote_ip, service=conn.service)
         self._count(mech, conn, "rate_limited")
         return Failure(RATE_LIMITED, rate_limited=True)
 
@@ -168,7 +186,7 @@ class SASLServer:
         self._limiter.success(conn.remote_ip, user)
         self._count(mech, conn, "success")
         self.log.info("SASL {mechanism} success for {username!r} from {remote_ip} on {service}",
-                      mechanism=mech, username=user, remote_ip=conn.remote_ip,
+                      mechanism=mech, username=_for_log(user), remote_ip=conn.remote_ip,
                       service=conn.service)
         return Success(authcid=user, authzid=None, additional=additional, mechanism=mech)
 
@@ -178,14 +196,14 @@ class SASLServer:
         self._count(mech, conn, "failure")
         self.log.info(
             "SASL {mechanism} failure for {username!r} from {remote_ip} on {service}: {why}",
-            mechanism=mech, username=user, remote_ip=conn.remote_ip, service=conn.service,
-            why=why)
+            mechanism=mech, username=_for_log(user), remote_ip=conn.remote_ip,
+            service=conn.service, why=why)
         return Failure(reason, additional=additional)
 
     def temporary(self, mech: str, conn: ConnectionInfo, user: str | None) -> Failure:
         self._count(mech, conn, "temporary")
         self.log.failure("SASL {mechanism} secret lookup failed for {username!r}",
-                         mechanism=mech, username=user)
+                         mechanism=mech, username=_for_log(user))
         return Failure(TEMPORARY, temporary=True)
 
     def fake_scram_secret(self, hash_name: str, user: str) -> ScramSecret:
@@ -356,9 +374,12 @@ class _CramMD5Exchange(ServerExchangeBase):
             secrets = await s.lookup(user)
         except Exception:  # noqa: BLE001 - any store error: fail temporarily, logged
             return s.temporary(mech, conn, user)
-        if secrets is None or secrets.cram_md5 is None:
+        stored = secrets.cram_md5 if secrets is not None else None
+        # The same work whether or not the user exists.
+        ok = cram_md5.verify(stored or _DUMMY_CRAM, self._challenge, resp.digest)
+        if stored is None:
             return s.failed(mech, conn, user, "no such user or no CRAM-MD5 secret")
-        if not cram_md5.verify(secrets.cram_md5, self._challenge, resp.digest):
+        if not ok:
             return s.failed(mech, conn, user, "wrong digest")
         return s.succeeded(mech, conn, user)
 

@@ -329,3 +329,24 @@ def test_fake_salt_key_makes_salts_stable_across_servers() -> None:
                       fake_scrypt_n=TEST_SCRYPT_N)
     a, b = make_server(settings=st), make_server(settings=st)
     assert _server_first(a, "ghost").split(b",")[1] == _server_first(b, "ghost").split(b",")[1]
+
+
+def test_check_password_requires_tls() -> None:
+    """IMAP LOGIN without TLS is refused without a lookup; loopback only when allowed."""
+    rig = make_server()
+    out = result(rig.server.check_password("user", "pencil", tls_conn(tls=False)))
+    assert isinstance(out, Failure) and rig.lookups == []
+    assert not rig.server.plaintext_allowed(tls_conn(tls=False, loopback=True))
+    rig2 = make_server(settings=SASLSettings(allow_plaintext_on_loopback=True,
+                                             fake_scrypt_n=TEST_SCRYPT_N))
+    conn = tls_conn(tls=False, loopback=True, ip="127.0.0.1")
+    assert isinstance(result(rig2.server.check_password("user", "pencil", conn)), Success)
+
+
+def test_long_user_names_are_truncated_in_logs(captured: list[LogEvent]) -> None:
+    """A client-chosen 10 kB user name does not go whole into the log."""
+    rig = make_server()
+    result(rig.server.check_password("x" * 10_000, "pw", tls_conn(CB13)))
+    texts = [formatEvent(e) for e in captured]
+    assert any("x" * 128 in t for t in texts)
+    assert all("x" * 200 not in t for t in texts)
