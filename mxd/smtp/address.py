@@ -104,7 +104,7 @@ def parse_domain(text: str) -> str:
         if not label:
             raise AddressError(f"empty label in domain {text!r}")
         if label.isascii():
-            if not _LDH_LABEL.match(label):
+            if len(label) > 63 or not _LDH_LABEL.match(label):  # RFC 1035 §2.3.4
                 raise AddressError(f"invalid domain label {label!r}")
         else:
             try:

@@ -1,0 +1,340 @@
+"""Message data of an SMTP transaction: DATA (RFC 5321 §4.1.1.4), BDAT (RFC 3030), SIZE
+(RFC 1870) while reading, the inbound checks seam, trace fields, and the durable commit.
+
+250 is sent only once the store (``IMailStore.deliver``) and the queue
+(``IOutbound.enqueue``) have made the message durable (DESIGN.md "Contracts").
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.python.failure import Failure as TwistedFailure
+
+from mxd.queue.interfaces import OutboundMessage
+from mxd.smtp import commands, replies
+from mxd.smtp.data import (
+    BareLineEndingScanner,
+    DataReader,
+    HeaderSection,
+    has_field,
+    has_tls_required_no,
+)
+from mxd.smtp.interfaces import SessionInfo
+from mxd.smtp.received import TraceInfo, date_field, message_id_field, received_field, with_protocol
+from mxd.smtp.replies import Reply
+from mxd.smtp.session import SessionBase, State, Transaction
+from mxd.store.interfaces import BlobWriter, Delivery, MessageProps
+
+
+class MessageMixin(SessionBase):
+    """DATA and BDAT handling for ``SMTPServerProtocol``."""
+
+    # -- DATA and BDAT ----------------------------------------------------------------
+
+    def _new_blob(self, tx: Transaction) -> bool:
+        try:
+            tx.blob = self.store.new_blob()
+        except Exception:  # noqa: BLE001 - disk full, permissions: answer 451
+            self.log.failure("smtp cannot create a blob {session}", session=self.session_id)
+            return False
+        tx.queue_id = secrets.token_hex(8)
+        tx.headers = HeaderSection(self.settings.max_header_size)
+        return True
+
+    def _do_data(self, cmd: commands.Data) -> None:
+        tx = self.tx
+        if tx is not None and tx.bdat_used:
+            self._send(replies.DATA_AFTER_BDAT)
+            return
+        if tx is None or self.state is not State.RCPT:
+            self._send(replies.NEED_RCPT if tx is not None else replies.NEED_MAIL)
+            return
+        if not self._new_blob(tx):
+            self._send(replies.LOCAL_ERROR)
+            return
+        self._reader = DataReader()
+        self.state = State.DATA
+        self._send(replies.START_DATA)
+        self.setRawMode()
+
+    def _data_bytes(self, data: bytes) -> None:
+        tx = self.tx
+        assert tx is not None
+        body, leftover = self._reader.feed(data)
+        if body:
+            self._body(tx, body)
+        if leftover is not None:
+            tx.bare_line_ending = self._reader.bare_line_ending
+            self.line_mode = 1
+            self._buffer = leftover + self._buffer
+            self.state = State.RCPT
+            self._message_complete(tx)
+
+    def _do_bdat(self, cmd: commands.Bdat) -> None:
+        tx = self.tx
+        if tx is None or self.state is not State.RCPT:
+            # RFC 3030 §2: without a valid transaction the chunk is still read, then refused.
+            self._skip_chunk(cmd, replies.NEED_RCPT if tx is not None else replies.NEED_MAIL)
+            return
+        if not tx.bdat_used:
+            if not self._new_blob(tx):
+                self._abort_transaction()
+                self._skip_chunk(cmd, replies.LOCAL_ERROR)
+                return
+            tx.bdat_used = True
+            tx.bdat_scanner = BareLineEndingScanner()
+        self._bdat_remaining = cmd.size
+        self._bdat_last = cmd.last
+        self._bdat_reply = None
+        self.state = State.BDAT
+        if cmd.size == 0:
+            self._bdat_chunk_done()
+        else:
+            self.setRawMode()
+
+    def _skip_chunk(self, cmd: commands.Bdat, reply: Reply) -> None:
+        self._bdat_remaining = cmd.size
+        self._bdat_last = cmd.last
+        self._bdat_reply = reply
+        self.state = State.BDAT
+        if cmd.size == 0:
+            self._bdat_chunk_done()
+        else:
+            self.setRawMode()
+
+    def _bdat_bytes(self, data: bytes) -> None:
+        chunk, rest = data[: self._bdat_remaining], data[self._bdat_remaining :]
+        self._bdat_remaining -= len(chunk)
+        tx = self.tx
+        if self._bdat_reply is None and tx is not None and chunk:
+            assert tx.bdat_scanner is not None
+            tx.bdat_scanner.feed(chunk)
+            self._body(tx, chunk)
+        if self._bdat_remaining == 0:
+            self.line_mode = 1
+            self._buffer = rest + self._buffer
+            self._bdat_chunk_done()
+
+    def _bdat_chunk_done(self) -> None:
+        self.line_mode = 1
+        reply = self._bdat_reply
+        if reply is not None:
+            self._bdat_reply = None
+            if self.tx is not None and self.tx.bdat_used:
+                self._abort_transaction()  # RFC 3030 §2: a failed chunk ends the transaction
+            if self.tx is None:
+                self.state = State.READY if self.helo is not None else State.INITIAL
+            elif self.tx.recipient_count:
+                self.state = State.RCPT
+            else:
+                self.state = State.MAIL
+            self._send(reply)
+            return
+        tx = self.tx
+        assert tx is not None
+        self.state = State.RCPT
+        if not self._bdat_last:
+            self._send(replies.CHUNK_OK.with_text(f"{tx.size} octets received"))
+            return
+        assert tx.bdat_scanner is not None
+        tx.bdat_scanner.finish()
+        tx.bare_line_ending = tx.bdat_scanner.bare_line_ending
+        self._message_complete(tx)
+
+    def _body(self, tx: Transaction, data: bytes) -> None:
+        """Message bytes (unstuffed): size check, header section, then into the blob."""
+        tx.size += len(data)
+        if tx.size > self.settings.max_message_size:
+            tx.too_big = True  # RFC 1870 §6: keep reading, refuse at the end
+        if tx.too_big or tx.bare_line_ending:
+            return
+        if tx.held is not None:
+            tx.held.append(data)
+            return
+        assert tx.headers is not None
+        if not tx.headers.complete:
+            done = tx.headers.feed(data)
+            if done is None:
+                return
+            headers, rest = done
+            self._headers_complete(tx, headers, rest)
+            return
+        self._write(tx, data)
+
+    def _write(self, tx: Transaction, data: bytes) -> None:
+        if tx.blob is None or not data:
+            return
+        try:
+            tx.blob.write(data)
+        except Exception:  # noqa: BLE001 - a write error answers 451 at the end
+            self.log.failure("smtp blob write failed {session}", session=self.session_id)
+            tx.blob.abort()
+            tx.blob = None
+
+    def _session_info(self, tx: Transaction) -> SessionInfo:
+        return SessionInfo(
+            role=self.role, remote_ip=self.remote_ip, helo=self.helo or "",
+            mail_from=tx.mail_from,
+            recipients=tuple(tx.local_addresses) + tuple(r.address for r in tx.remote),
+            tls_version=self.tls_version, tls_cipher=self.tls_cipher,
+            authenticated_as=self.authenticated, requiretls=tx.requiretls,
+        )
+
+    def _headers_complete(self, tx: Transaction, headers: bytes, rest: bytes) -> None:
+        tx.header_bytes = headers
+        if self.role != "smtp":
+            self._write_prefix(tx, headers, [], rest)
+            return
+        # The message-authentication seam (SPF/DKIM/DMARC/iprev): runs before acceptance.
+        tx.held = [rest]
+
+        def checked(lines: list[str]) -> None:
+            held = tx.held or []
+            tx.held = None
+            if tx is not self.tx or self.state is State.CLOSED:
+                return
+            if not (tx.too_big or tx.bare_line_ending):
+                self._write_prefix(tx, headers, lines, b"".join(held))
+            if tx.data_ended:
+                tx.data_ended = False
+                self._message_complete(tx)  # resumes input when the commit is answered
+            else:
+                self._resume()
+
+        def failed(f: TwistedFailure) -> None:
+            self.log.failure("smtp inbound checks failed {session}", f, session=self.session_id)
+            checked([])
+
+        self.pauseProducing()
+        d = maybeDeferred(self.checker.check, self._session_info(tx), headers)
+        d.addCallbacks(checked, failed)
+        d.addErrback(lambda f: self.log.failure("smtp after checks {session}", f,
+                                                session=self.session_id))
+
+    def _write_prefix(self, tx: Transaction, headers: bytes, extra: list[str], rest: bytes) -> None:
+        now = datetime.fromtimestamp(self.clock.seconds(), UTC)
+        rcpts = tx.local_addresses + [r.address for r in tx.remote]
+        trace = TraceInfo(
+            helo=self.helo or "unknown", remote_ip=self.remote_ip, remote_host=None,
+            by_host=self.hostname,
+            protocol=with_protocol(extended=self.extended, tls=self.tls_active,
+                                   authenticated=self.authenticated is not None,
+                                   smtputf8=tx.smtputf8),
+            queue_id=tx.queue_id, when=now, tls_version=self.tls_version,
+            tls_cipher=self.tls_cipher, recipient=rcpts[0] if len(rcpts) == 1 else None,
+            requiretls=tx.requiretls,
+        )
+        parts = [received_field(trace)]
+        parts.extend(line.encode("utf-8") + b"\r\n" for line in extra)
+        parts.append(headers)
+        if self.role != "smtp":
+            # RFC 6409 §8.2, §8.3: a submission server may add Date and Message-ID.
+            if not has_field(headers, "Date"):
+                parts.append(date_field(now))
+            if not has_field(headers, "Message-ID"):
+                parts.append(message_id_field(f"{tx.queue_id}.{secrets.token_hex(4)}",
+                                              self.hostname))
+        parts.append(rest)
+        self._write(tx, b"".join(parts))
+
+    def _message_complete(self, tx: Transaction) -> None:
+        """End of DATA or of the last BDAT chunk: check, make durable, answer."""
+        if tx.held is not None:
+            tx.data_ended = True  # the checker is still running; it calls back
+            return
+        if tx.too_big:
+            self._fail_message(tx, replies.MESSAGE_TOO_BIG, "too_big")
+            return
+        if tx.bare_line_ending:
+            self._fail_message(tx, replies.BARE_LINEFEED_DATA, "bare_line_ending")
+            return
+        assert tx.headers is not None
+        if tx.headers.overflow:
+            self._fail_message(tx, replies.HEADER_TOO_BIG, "header_too_big")
+            return
+        if not tx.headers.complete:
+            headers = tx.headers.finish()
+            self._headers_complete(tx, headers, b"")
+            if tx.held is not None:
+                tx.data_ended = True
+                return
+        blob = tx.blob
+        if blob is None:
+            self._fail_message(tx, replies.LOCAL_ERROR, "write_error")
+            return
+        self._commit(tx, blob)
+
+    def _fail_message(self, tx: Transaction, reply: Reply, reason: str) -> None:
+        self.log.info("smtp message rejected {session} reason={reason}",
+                      session=self.session_id, reason=reason)
+        self.metrics.inc("smtp_rejected_total", role=self.role, reason=reason)
+        self._abort_transaction()
+        self.state = State.READY
+        self._send(reply)
+        self._resume()
+
+    def _commit(self, tx: Transaction, blob: BlobWriter) -> None:
+        """Local delivery (one call, all local recipients) then the queue for the rest.
+
+        RFC 5321 §4.1.1.4 / DESIGN.md: 250 only after both are durable."""
+        props = MessageProps(
+            requiretls=tx.requiretls, tls_required_no=has_tls_required_no(tx.header_bytes),
+            mail_from=tx.mail_from,
+            received_via=with_protocol(extended=self.extended, tls=self.tls_active,
+                                       authenticated=self.authenticated is not None,
+                                       smtputf8=tx.smtputf8),
+        )
+        targets = [Delivery(account_id=aid) for aid in tx.local]
+
+        def deliver() -> Deferred[Any]:
+            if not targets:
+                return succeed(None)
+            return self.store.deliver(blob, targets, props)
+
+        def enqueue(_: object) -> Deferred[Any] | None:
+            if targets:
+                # Durable in the mailboxes now: the store owns the body file.
+                tx.blob = None
+            if not tx.remote:
+                if not targets:
+                    blob.abort()
+                return None
+            assert self.outbound is not None
+            return self.outbound.enqueue(blob, OutboundMessage(
+                mail_from=tx.mail_from, recipients=tuple(tx.remote), ret=tx.ret,
+                envid=tx.envid, requiretls=tx.requiretls,
+                tls_required_no=props.tls_required_no, smtputf8=tx.smtputf8, body=tx.body,
+                sender_account=self.authenticated, size=tx.size,
+            ))
+
+        d = maybeDeferred(deliver)
+        d.addCallback(enqueue)
+
+        def done(_: object) -> None:
+            self.transactions += 1
+            self.log.info(
+                "smtp accepted {queue_id} {session} from={mail_from} local={local} "
+                "remote={remote} size={size} requiretls={requiretls}",
+                queue_id=tx.queue_id, session=self.session_id, mail_from=tx.mail_from,
+                local=len(targets), remote=len(tx.remote), size=tx.size,
+                requiretls=tx.requiretls,
+            )
+            self.metrics.inc("smtp_accepted_total", role=self.role)
+            self.tx = None
+            self.state = State.READY
+            self._send(replies.MESSAGE_ACCEPTED.with_text(f"Message accepted as {tx.queue_id}"))
+
+        def failed(f: TwistedFailure) -> None:
+            self.log.failure("smtp commit failed {queue_id} {session}", f,
+                             queue_id=tx.queue_id, session=self.session_id)
+            self.metrics.inc("smtp_rejected_total", role=self.role, reason="store_error")
+            self._abort_transaction()
+            self.state = State.READY
+            self._send(replies.LOCAL_ERROR)
+
+        self._await(d, done, failed)
+

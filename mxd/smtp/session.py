@@ -1,0 +1,386 @@
+"""SMTP session plumbing: settings, states, the transaction record, I/O and pausing.
+
+The base of ``mxd.smtp.server.SMTPServerProtocol`` (RFC 5321): greeting, timers, reply
+output, the pause-while-asynchronous rule that keeps pipelined replies in order
+(RFC 2920), line and raw input dispatch.  Commands live in ``server``, message data in
+``message``, AUTH in ``auth``.
+"""
+
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import secrets
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IHandshakeListener, IReactorTime
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure as TwistedFailure
+from zope.interface import implementer
+
+from mxd.queue.interfaces import IOutbound, OutboundRecipient
+from mxd.sasl.api import (
+    ChannelBindings,
+    ConnectionInfo,
+    ISASLServer,
+    ServerExchange,
+)
+from mxd.smtp import commands, replies
+from mxd.smtp.address import Address
+from mxd.smtp.data import (
+    BareLineEndingScanner,
+    DataReader,
+    HeaderSection,
+)
+from mxd.smtp.interfaces import IDirectory, IInboundChecker, IMetrics, NoChecks
+from mxd.smtp.replies import Reply
+from mxd.store.interfaces import Account, BlobWriter, IMailStore
+
+T = TypeVar("T")
+
+Role = Literal["smtp", "submission", "submissions"]
+ChannelBindingsFn = Callable[[Any], "ChannelBindings | None"]
+
+
+@attrs.frozen
+class SMTPServerSettings:
+    """Limits and policy of one SMTP listener (RFC 5321 §4.5.3 for the size limits)."""
+
+    max_message_size: int = 50 * 1024 * 1024  # SIZE (RFC 1870), enforced while reading
+    max_recipients: int = 100  # per transaction; LIMITS RCPTMAX (RFC 9422)
+    max_transactions: int = 100  # per session; LIMITS MAILMAX (RFC 9422)
+    max_errors: int = 20  # error replies per session before 421
+    command_timeout: float = 300.0  # RFC 5321 §4.5.3.2.7: at least 5 minutes
+    data_timeout: float = 300.0  # between bytes of DATA/BDAT
+    max_connections: int = 1000  # in total on this listener
+    max_connections_per_ip: int = 20
+    max_line_length: int = 2048  # command lines (RFC 5321 §4.5.3.1.4 is 512 without extensions)
+    max_auth_line_length: int = 12288  # RFC 4954 §4
+    max_header_size: int = 1024 * 1024  # header section held in memory before the body
+    allow_plaintext_auth_on_loopback: bool = False
+    banner: str = "ESMTP mxd"
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_message_size <= 0 or self.max_recipients <= 0:
+            raise ValueError("max_message_size and max_recipients must be positive")
+
+
+class State(enum.Enum):
+    INITIAL = "initial"  # no EHLO/HELO yet (also right after STARTTLS, RFC 3207 §4.2)
+    READY = "ready"  # greeted, no transaction
+    MAIL = "mail"  # MAIL accepted
+    RCPT = "rcpt"  # at least one RCPT accepted
+    DATA = "data"  # reading DATA
+    BDAT = "bdat"  # reading a BDAT chunk
+    AUTH = "auth"  # in a SASL exchange
+    CLOSED = "closed"
+
+
+@attrs.define
+class Transaction:
+    sender: Address | None
+    body: str = "7BIT"
+    smtputf8: bool = False
+    requiretls: bool = False
+    ret: str | None = None
+    envid: str | None = None
+    local: dict[int, Account] = attrs.Factory(dict)  # account id -> account
+    local_addresses: list[str] = attrs.Factory(list)
+    remote: list[OutboundRecipient] = attrs.Factory(list)
+    recipient_count: int = 0
+    # message data
+    blob: BlobWriter | None = None
+    size: int = 0
+    too_big: bool = False
+    bare_line_ending: bool = False
+    headers: HeaderSection | None = None
+    header_bytes: bytes = b""
+    held: list[bytes] | None = None  # body held while the checker runs
+    data_ended: bool = False
+    bdat_used: bool = False
+    bdat_failed: bool = False
+    bdat_scanner: BareLineEndingScanner | None = None
+    queue_id: str = ""
+
+    @property
+    def mail_from(self) -> str:
+        return "" if self.sender is None else str(self.sender)
+
+
+def _is_loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
+
+
+def _default_channel_bindings(transport: Any) -> ChannelBindings | None:
+    from mxd.sasl.channelbinding import channel_bindings_from_transport
+
+    return channel_bindings_from_transport(transport)
+
+
+@implementer(IHandshakeListener)
+class SessionBase(LineReceiver):
+    """The I/O half of an SMTP session; see ``SMTPServerProtocol``."""
+
+    log = Logger()
+    delimiter = b"\r\n"
+
+    def __init__(
+        self, *, role: Role, settings: SMTPServerSettings, store: IMailStore,
+        directory: IDirectory, sasl: ISASLServer | None, outbound: IOutbound | None,
+        tls: Any | None, clock: IReactorTime, hostname: str,
+        checker: IInboundChecker | None = None, metrics: IMetrics | None = None,
+        channel_bindings: ChannelBindingsFn | None = None,
+        on_close: Callable[[Any], None] | None = None,
+    ) -> None:
+        self.role: Role = role
+        self.settings = settings
+        self.store = store
+        self.directory = directory
+        self.sasl = sasl
+        self.outbound = outbound
+        self.tls_options = tls
+        self.clock: Any = clock  # IReactorTime (zope interfaces confuse mypy)
+        self.hostname = hostname
+        self.checker: IInboundChecker = checker if checker is not None else NoChecks()
+        from mxd.smtp.interfaces import NoMetrics
+
+        self.metrics: IMetrics = metrics if metrics is not None else NoMetrics()
+        self._channel_bindings_fn = channel_bindings or _default_channel_bindings
+        self._on_close = on_close
+        self.MAX_LENGTH = settings.max_auth_line_length
+        self.state = State.INITIAL
+        self.helo: str | None = None
+        self.extended = False
+        self.tls_active = False
+        self.tls_version: str | None = None
+        self.tls_cipher: str | None = None
+        self.channel_bindings: ChannelBindings | None = None
+        self.authenticated: str | None = None  # account name
+        self.tx: Transaction | None = None
+        self.transactions = 0
+        self.errors = 0
+        self.remote_ip = "unknown"
+        self._timer: Any = None  # IDelayedCall
+        self._exchange: ServerExchange | None = None
+        self._auth_final_pending = False
+        self._bdat_remaining = 0
+        self._bdat_last = False
+        self._bdat_reply: Reply | None = None
+        self._reader = DataReader()
+        self.session_id = secrets.token_hex(6)
+
+    @property
+    def _tr(self) -> Any:
+        """The transport, untyped (zope interfaces confuse mypy)."""
+        return self.transport
+
+    # -- connection -------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = self._tr.getPeer()
+        self.remote_ip = str(getattr(peer, "host", "unknown"))
+        self.log.info(
+            "smtp connection {session} from {remote_ip} role={role}",
+            session=self.session_id, remote_ip=self.remote_ip, role=self.role,
+        )
+        self.metrics.inc("smtp_connections_total", role=self.role)
+        self._reset_timer(self.settings.command_timeout)
+        self._send(Reply(220, None, f"{self.hostname} {self.settings.banner}"))
+
+    def connectionLost(self, reason: TwistedFailure = None) -> None:  # type: ignore[assignment]
+        self.state = State.CLOSED
+        self._cancel_timer()
+        self._abort_transaction()
+        if self._on_close is not None:
+            self._on_close(self)
+            self._on_close = None
+
+    def handshakeCompleted(self) -> None:
+        """IHandshakeListener: the TLS handshake finished (STARTTLS or implicit TLS)."""
+        self.tls_active = True
+        handle = None
+        try:
+            handle = self._tr.getHandle()
+            self.tls_version = handle.get_protocol_version_name()
+            self.tls_cipher = handle.get_cipher_name()
+        except Exception:  # noqa: BLE001 - a transport without a pyOpenSSL handle
+            self.log.debug("no TLS details from the transport")
+        try:
+            self.channel_bindings = self._channel_bindings_fn(self.transport)
+        except Exception:  # noqa: BLE001 - bindings unavailable: -PLUS is not offered
+            self.log.failure("cannot compute channel bindings")
+            self.channel_bindings = None
+        self.log.info(
+            "smtp tls {session} {tls_version} {tls_cipher}",
+            session=self.session_id, tls_version=self.tls_version, tls_cipher=self.tls_cipher,
+        )
+        self.metrics.inc("smtp_tls_total", role=self.role, version=str(self.tls_version))
+
+    # -- timers -----------------------------------------------------------------------
+
+    def _reset_timer(self, seconds: float) -> None:
+        self._cancel_timer()
+        if self.state is not State.CLOSED:
+            self._timer = self.clock.callLater(seconds, self._timed_out)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self.log.info("smtp timeout {session} in state {state}", session=self.session_id,
+                      state=self.state.value)
+        self.metrics.inc("smtp_timeouts_total", role=self.role)
+        self._close(replies.TIMEOUT.with_text(f"{self.hostname} Timeout, closing connection"))
+
+    # -- output -----------------------------------------------------------------------
+
+    def _send(self, reply: Reply, extra: tuple[str, ...] = ()) -> None:
+        if self.state is State.CLOSED or self.transport is None:
+            return
+        self._tr.writeSequence([line + b"\r\n" for line in reply.lines(extra)])
+        if reply.code >= 400 and reply.code not in (421,):
+            self.errors += 1
+            if self.errors >= self.settings.max_errors:
+                self._close(replies.TOO_MANY_ERRORS)
+
+    def _close(self, reply: Reply | None = None) -> None:
+        if self.state is State.CLOSED:
+            return
+        if reply is not None and self.transport is not None:
+            self._tr.writeSequence([line + b"\r\n" for line in reply.lines()])
+        self.state = State.CLOSED
+        self._cancel_timer()
+        self._abort_transaction()
+        self.paused = True  # process nothing more
+        self._buffer = b""
+        if self.transport is not None:
+            self._tr.loseConnection()
+
+    # -- pausing around asynchronous steps --------------------------------------------
+
+    def _await(self, d: Deferred[T], on_result: Callable[[T], None],
+               on_error: Callable[[TwistedFailure], None]) -> None:
+        """Stop processing input until ``d`` fires; then run the handler and resume."""
+        self.pauseProducing()
+
+        def ok(result: T) -> None:
+            if self.state is State.CLOSED:
+                return
+            try:
+                on_result(result)
+            except Exception:  # noqa: BLE001 - never leave the session wedged
+                self.log.failure("smtp handler failed {session}", session=self.session_id)
+                self._abort_transaction()
+                self._send(replies.LOCAL_ERROR)
+            self._resume()
+
+        def err(f: TwistedFailure) -> None:
+            if self.state is State.CLOSED:
+                return
+            try:
+                on_error(f)
+            except Exception:  # noqa: BLE001
+                self.log.failure("smtp error handler failed {session}", session=self.session_id)
+                self._send(replies.LOCAL_ERROR)
+            self._resume()
+
+        d.addCallbacks(ok, err)
+
+    def _resume(self) -> None:
+        if self.state is State.CLOSED or not self.paused:
+            return
+        self.resumeProducing()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        pause = getattr(self.transport, "pauseProducing", None)
+        if pause is not None:
+            pause()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        resume = getattr(self.transport, "resumeProducing", None)
+        if resume is not None:
+            resume()
+        self.dataReceived(b"")
+
+    # -- input ------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.state is State.CLOSED:
+            return
+        super().dataReceived(data)
+        if data and self.state is not State.CLOSED:
+            timeout = (self.settings.data_timeout if self.state in (State.DATA, State.BDAT)
+                       else self.settings.command_timeout)
+            self._reset_timer(timeout)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.log.info("smtp line too long {session}", session=self.session_id)
+        self._close(replies.LINE_TOO_LONG)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self.state is State.CLOSED:
+            return
+        if self.state is State.AUTH:
+            self._auth_response(line)
+            return
+        if len(line) > self.settings.max_line_length and not line[:5].upper().startswith(b"AUTH "):
+            self._send(replies.LINE_TOO_LONG)
+            return
+        try:
+            cmd = commands.parse_command(line)
+        except commands.CommandError as e:
+            self._send(e.reply)
+            return
+        handler = self._handlers.get(type(cmd))
+        if handler is None:  # pragma: no cover - the table covers every command type
+            self._send(replies.NOT_IMPLEMENTED)
+            return
+        handler(self, cmd)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self.state is State.DATA:
+            self._data_bytes(data)
+        elif self.state is State.BDAT:
+            self._bdat_bytes(data)
+
+    def _abort_transaction(self) -> None:
+        tx = self.tx
+        self.tx = None
+        if tx is not None and tx.blob is not None:
+            blob, tx.blob = tx.blob, None
+            try:
+                blob.abort()
+            except Exception:  # noqa: BLE001 - already durable or gone
+                self.log.debug("blob abort failed")
+
+    # -- provided by the subclasses ----------------------------------------------------
+
+    _handlers: dict[type, Callable[[Any, Any], None]] = {}
+
+    def _auth_response(self, line: bytes) -> None:
+        raise NotImplementedError
+
+    def _data_bytes(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _bdat_bytes(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _auth_allowed(self) -> bool:
+        raise NotImplementedError
+
+    def _conn_info(self) -> ConnectionInfo:
+        raise NotImplementedError
