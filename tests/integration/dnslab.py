@@ -93,6 +93,25 @@ def _free_udp_tcp_port() -> int:
     raise RuntimeError("no free port on 127.0.0.1")
 
 
+def _free_port53_address() -> str:
+    """A 127.0.0.x address whose port 53 is free for UDP and TCP (needs root)."""
+    import secrets
+
+    for _ in range(50):
+        addr = f"127.0.{secrets.randbelow(250) + 1}.{secrets.randbelow(250) + 2}"
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, \
+                    socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                u.bind((addr, 53))
+                t.bind((addr, 53))
+        except PermissionError:
+            pytest.skip("port 53 needs root (DNSLab.start(port53=True))")
+        except OSError:
+            continue
+        return addr
+    raise RuntimeError("no 127.0.0.x address with a free port 53")
+
+
 def _run(argv: list[str], cwd: Path) -> str:
     proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
@@ -110,6 +129,7 @@ class DNSLab:
         self.trust_anchors: list[str] = []
         self.nsd_port = 0
         self.unbound_port = 0
+        self.port53_address: str | None = None
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
 
     # -- public ------------------------------------------------------------------------
@@ -132,8 +152,15 @@ class DNSLab:
         kw.setdefault("timeout", 2.0)
         return ResolverSettings(nameservers=(Nameserver(host, port, trusted),), **kw)
 
-    def start(self, zones: dict[str, ZoneSpec] | None = None, timeout: float = 20.0) -> DNSLab:
-        """Generate, sign and serve ``zones`` (default DEFAULT_ZONES); wait until ready."""
+    def start(self, zones: dict[str, ZoneSpec] | None = None, timeout: float = 20.0, *,
+              port53: bool = False) -> DNSLab:
+        """Generate, sign and serve ``zones`` (default DEFAULT_ZONES); wait until ready.
+
+        ``port53``: unbound also listens on port 53 of a random 127.0.0.x address, for
+        third-party programs that only read /etc/resolv.conf (see ``wrap``); needs root.
+        """
+        if port53:
+            self.port53_address = _free_port53_address()
         tools = {t: require_tool(t) for t in
                  ("nsd", "unbound", "ldns-keygen", "ldns-signzone", "ldns-key2ds")}
         self.zones = dict(DEFAULT_ZONES if zones is None else zones)
@@ -151,6 +178,21 @@ class DNSLab:
             self.stop()
             raise
         return self
+
+    def resolv_conf(self) -> Path:
+        """A resolv.conf naming the lab's port-53 unbound (``start(port53=True)``)."""
+        if self.port53_address is None:
+            raise RuntimeError("start the lab with port53=True for a resolv.conf")
+        path = self.dir / "resolv.conf"
+        path.write_text(f"nameserver {self.port53_address}\noptions edns0 trust-ad\n")
+        return path
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        """``argv`` run in a private mount namespace where /etc/resolv.conf is the lab's
+        (TESTING.md): the program resolves through the lab and nothing else."""
+        unshare = require_tool("unshare")
+        script = 'mount --bind "$0" /etc/resolv.conf && exec "$@"'
+        return [unshare, "-m", "sh", "-c", script, str(self.resolv_conf()), *argv]
 
     def stop(self) -> None:
         """Stop both servers (idempotent)."""
@@ -288,6 +330,7 @@ class DNSLab:
             "    qname-minimisation: no",
             "    trust-anchor-signaling: no",
             "    access-control: 127.0.0.0/8 allow",
+            *([f"    interface: {self.port53_address}@53"] if self.port53_address else []),
             '    local-zone: "test." nodefault',
         ]
         if self.trust_anchors:

@@ -171,3 +171,16 @@ def test_cli_bogus_prints_ede(dns_lab: DNSLab) -> None:
     assert proc.returncode == 2
     assert "status: SERVFAIL" in proc.stdout
     assert "extended-error: EDE 6 (DNSSEC Bogus)" in proc.stdout
+
+
+def test_port53_resolv_conf_for_third_party_tools(tmp_path: Any) -> None:
+    """With port53=True, a program reading /etc/resolv.conf (dig) resolves through the lab
+    inside ``wrap`` and sees the AD flag."""
+    dig = dnslab.require_tool("dig")
+    with DNSLab(tmp_path / "lab53") as lab:
+        lab.start({"example.test": ZoneSpec(records=["mx A 127.0.0.1"])}, port53=True)
+        proc = subprocess.run(lab.wrap([dig, "+time=2", "+tries=1", "mx.example.test", "A"]),
+                              capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert "127.0.0.1" in proc.stdout and " ad" in proc.stdout.split("flags:")[1].split(";")[0]
+    assert f"SERVER: {lab.port53_address}#53" in proc.stdout
