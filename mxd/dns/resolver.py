@@ -154,6 +154,13 @@ class Resolver:
             self.settings.cache_size, self.settings.max_ttl, self.settings.max_negative_ttl
         )
         self._query_settings = QuerySettings(self.settings.edns_payload, self.settings.dnssec_ok)
+        if not any(ns.trusted for ns in self.settings.nameservers):
+            _log.warn(
+                "no trusted nameserver among {nameservers}: DNS answers are never authentic, "
+                "so DANE and DNSSEC-dependent checks cannot apply; run a local validating "
+                "resolver (unbound) on loopback",
+                nameservers=[f"{ns.host}:{ns.port}" for ns in self.settings.nameservers],
+            )
 
     # -- typed lookups -------------------------------------------------------------------
 

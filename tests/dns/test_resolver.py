@@ -202,3 +202,18 @@ def test_cli_bad_type_and_name() -> None:
     assert code == 2 and text.startswith("error:")
     code, text = run_cli(a_handler, "A", "a..b")
     assert code == 2 and text.startswith("error:")
+
+
+def test_warns_when_no_nameserver_is_trusted() -> None:
+    """A resolver whose nameservers are all untrusted logs a warning naming them."""
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        Resolver(None, ResolverSettings(nameservers=(Nameserver("192.0.2.53"),)))
+        Resolver(None, ResolverSettings(nameservers=(Nameserver("127.0.0.1"),)))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    warnings = [e for e in events if "no trusted nameserver" in e.get("log_format", "")]
+    assert len(warnings) == 1 and warnings[0]["nameservers"] == ["192.0.2.53:53"]

@@ -15,6 +15,11 @@ Usage in tests (import the fixtures into the test module or a conftest)::
             "insecure.test": ZoneSpec(records=["@ TXT \"v=spf1 -all\""], signed=False),
         })
 
+For programs that only read /etc/resolv.conf (posttls-finger, spfquery, dig)::
+
+    lab = DNSLab(tmp).start(zones, port53=True)      # unbound also on 127.0.0.x:53 (root)
+    subprocess.run(lab.wrap(["posttls-finger", ...]))  # /etc/resolv.conf bind-mounted
+
 Zone records are zone-file lines relative to the zone (``$ORIGIN`` is the zone, ``$TTL`` 300);
 the lab adds SOA (negative TTL 300), NS ``ns1`` and ``ns1 A 127.0.0.1``. Signed zones get an
 ECDSAP256SHA256 KSK and ZSK (ldns-keygen), NSEC (ldns-signzone), and their DS (ldns-key2ds)
