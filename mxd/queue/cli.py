@@ -1,0 +1,198 @@
+"""``mxd queue list|show|hold|release|drop|kick``: queue administration on the database file.
+
+Works directly on the store's SQLite database (WAL, so safe while the server runs).  A
+running server sees held/released/kicked recipients at its next wake-up (within the next
+due time); dropping a message lowers its body's reference count, and the store removes a
+body left unreferenced at its next start.
+
+Selectors: a queue id, ``--domain`` and/or ``--recipient``; ``--all`` to select everything.
+Exit status: 0 done, 1 nothing matched / no such id, 2 usage or database errors.
+
+Wiring (mxd/cli.py)::
+
+    qp = sub.add_parser("queue", help="inspect and manage the outbound queue")
+    _add_config(qp)
+    queue_cli.add_arguments(qp)
+    qp.set_defaults(func=lambda a: queue_cli.run(a, data_dir=_config(a).<store data dir>))
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from mxd.queue import queue as qq
+from mxd.queue import store as qs
+
+EXIT_OK, EXIT_NOMATCH, EXIT_ERROR = 0, 1, 2
+DB_NAME_FALLBACK = "mxd.sqlite3"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the queue subcommands to the ``queue`` parser."""
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="the store's data directory (default: from the config)")
+    sub = parser.add_subparsers(dest="queue_command", metavar="COMMAND")
+    sub.required = True
+    p = sub.add_parser("list", help="list queued messages")
+    p.add_argument("--domain", help="only messages with a recipient in this domain")
+    p.add_argument("--sender", help="only messages from this envelope sender")
+    p.add_argument("--held", action="store_true", help="only messages with held recipients")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = sub.add_parser("show", help="show one message, its recipients and attempts")
+    p.add_argument("queue_id")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    for name, text in (("hold", "stop delivery attempts"), ("release", "undo hold"),
+                       ("drop", "remove from the queue without a DSN"),
+                       ("kick", "retry now")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("queue_id", nargs="?")
+        p.add_argument("--domain")
+        p.add_argument("--recipient")
+        p.add_argument("--all", action="store_true", help="select every queued recipient")
+
+
+def _db_path(data_dir: Path) -> Path:
+    try:
+        from mxd.store.sqlite import DB_NAME
+    except ImportError:  # pragma: no cover - the store is part of mxd
+        DB_NAME = DB_NAME_FALLBACK
+    return Path(data_dir) / DB_NAME
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    if not path.exists():
+        raise FileNotFoundError(f"no database at {path}")
+    conn = sqlite3.connect(path, isolation_level=None, timeout=10.0)
+    conn.execute("PRAGMA foreign_keys=ON")
+    row = conn.execute("SELECT name FROM sqlite_master WHERE type='table' AND "
+                       "name='queue_messages'").fetchone()
+    if row is None:
+        conn.close()
+        raise LookupError(f"{path} has no queue tables (start the server once)")
+    return conn
+
+
+def _write(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return result
+
+
+def _ts(t: float | None) -> str:
+    if t is None:
+        return "-"
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _message_dict(m: qs.QueuedMessage) -> dict[str, Any]:
+    return {
+        "queue_id": m.queue_id, "from": m.mail_from, "size": m.size, "body": m.body,
+        "queued_at": _ts(m.queued_at), "requiretls": m.requiretls, "smtputf8": m.smtputf8,
+        "tls_required_no": m.tls_required_no, "dsn": m.is_dsn, "ret": m.ret, "envid": m.envid,
+        "recipients": [{
+            "address": r.address, "state": r.state, "held": r.hold, "attempts": r.attempts,
+            "next_attempt": _ts(r.next_attempt), "last_attempt": _ts(r.last_attempt),
+            "last_result": " ".join(str(x) for x in (r.last_code, r.last_enhanced, r.last_text)
+                                    if x is not None) or None,
+            "last_host": r.last_host, "transport": r.transport,
+        } for r in m.recipients],
+    }
+
+
+def run(args: argparse.Namespace, data_dir: Path | None = None, out: TextIO = sys.stdout,
+        err: TextIO = sys.stderr) -> int:
+    """Run one queue command; returns the exit status."""
+    data_dir = getattr(args, "data_dir", None) or data_dir
+    if data_dir is None:
+        print("mxd queue: no data directory (give --data-dir or a config)", file=err)
+        return EXIT_ERROR
+    try:
+        conn = _connect(_db_path(data_dir))
+    except (OSError, LookupError, sqlite3.Error) as e:
+        print(f"mxd queue: {e}", file=err)
+        return EXIT_ERROR
+    try:
+        return _dispatch(args, conn, out, err)
+    except sqlite3.Error as e:
+        print(f"mxd queue: database error: {e}", file=err)
+        return EXIT_ERROR
+    finally:
+        conn.close()
+
+
+def _dispatch(args: argparse.Namespace, conn: sqlite3.Connection, out: TextIO,
+              err: TextIO) -> int:
+    cmd = args.queue_command
+    if cmd == "list":
+        msgs = qs.list_messages(conn, domain=args.domain, sender=args.sender,
+                                held=True if args.held else None, limit=100000)
+        if args.json:
+            json.dump([_message_dict(m) for m in msgs], out, indent=1)
+            out.write("\n")
+        else:
+            for m in msgs:
+                flags = "".join(("H" if any(r.hold for r in m.recipients) else "",
+                                 "T" if m.requiretls else "", "D" if m.is_dsn else ""))
+                print(f"{m.queue_id}  {_ts(m.queued_at)}  {m.size:>8}  {flags:<3} "
+                      f"<{m.mail_from}>", file=out)
+                for r in m.recipients:
+                    last = f"  {r.last_code} {r.last_text}" if r.last_code else ""
+                    print(f"    {r.address}  {r.state}{' held' if r.hold else ''}"
+                          f"  attempts={r.attempts} next={_ts(r.next_attempt)}{last}", file=out)
+            print(f"{len(msgs)} message(s)", file=out)
+        return EXIT_OK
+    if cmd == "show":
+        found = qs.get_message(conn, args.queue_id)
+        if found is None:
+            print(f"mxd queue: no message {args.queue_id}", file=err)
+            return EXIT_NOMATCH
+        info = _message_dict(found)
+        info["attempts"] = [{
+            "at": _ts(a.at), "host": a.host, "ip": a.ip, "result": a.result,
+            "reply": " ".join(str(x) for x in (a.code, a.enhanced, a.text) if x is not None),
+            "tls": {"used": a.tls_used, "verified": a.tls_verified, "version": a.tls_version,
+                    "cipher": a.tls_cipher, "policy": a.tls_policy_type,
+                    "failure": a.tls_failure},
+        } for a in qs.attempts_for(conn, args.queue_id)]
+        if args.json:
+            json.dump(info, out, indent=1)
+            out.write("\n")
+        else:
+            for key, value in info.items():
+                if key in ("recipients", "attempts"):
+                    print(f"{key}:", file=out)
+                    for item in value:
+                        print("  " + "  ".join(f"{k}={v}" for k, v in item.items()), file=out)
+                else:
+                    print(f"{key}: {value}", file=out)
+        return EXIT_OK
+    if not (args.queue_id or args.domain or args.recipient or args.all):
+        print(f"mxd queue {cmd}: give a queue id, --domain, --recipient or --all", file=err)
+        return EXIT_ERROR
+    sel = {"queue_id": args.queue_id, "domain": args.domain, "recipient": args.recipient}
+    if cmd == "hold":
+        n = _write(conn, lambda c: qq.op_hold(c, hold=True, **sel))
+    elif cmd == "release":
+        n = _write(conn, lambda c: qq.op_hold(c, hold=False, **sel))
+    elif cmd == "kick":
+        now = time.time()
+        n = _write(conn, lambda c: qq.op_kick(c, now, **sel))
+    elif cmd == "drop":
+        n = _write(conn, lambda c: qq.op_drop(c, qq.unref_blob_sql, **sel))
+    else:  # pragma: no cover - argparse restricts the choices
+        return EXIT_ERROR
+    print(f"{cmd}: {n} recipient(s)", file=out)
+    return EXIT_OK if n else EXIT_NOMATCH
