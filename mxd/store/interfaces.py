@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -236,3 +236,36 @@ class IMailStore(Protocol):
         """Call ``listener`` after each committed change; returns an unsubscribe function."""
 
     def close(self) -> Deferred[None]: ...
+
+
+_T = TypeVar("_T")
+
+
+class IMailStoreExtras(Protocol):
+    """More of what ``mxd.store.sqlite.SQLiteStore`` offers beyond ``IMailStore``
+    (kept apart so fakes of IMailStore need not implement it)."""
+
+    def get_mailbox_by_id(self, mailbox_id: int) -> Deferred[MailboxInfo]:
+        """Errbacks with NoSuchMailbox."""
+
+    def list_vanished(self, mailbox_id: int, since_modseq: int = 0) -> Deferred[list[int]]:
+        """UIDs expunged with a modseq above ``since_modseq`` (RFC 7162 VANISHED)."""
+
+    def get_message_props(self, mailbox_id: int, uid: int) -> Deferred[MessageProps | None]: ...
+
+    def get_account_by_id(self, account_id: int) -> Deferred[Account | None]: ...
+
+
+class ISharedDatabase(Protocol):
+    """What the outbound queue uses to keep its rows in the store's database (see the
+    ``mxd.store.sqlite`` module docstring).  ``conn`` is a ``sqlite3.Connection``."""
+
+    def register_schema(self, name: str, migrations: list[str]) -> None: ...
+
+    def transact(self, fn: Callable[[Any], _T]) -> Deferred[_T]: ...
+
+    def commit_blob(self, writer: BlobWriter) -> Deferred[str]: ...
+
+    def ref_blob(self, conn: Any, blob_id: str) -> None: ...
+
+    def unref_blob(self, conn: Any, blob_id: str) -> None: ...

@@ -484,3 +484,23 @@ def test_sqlite_errors_become_store_errors(store: StoreHarness) -> None:
     err = store.fail(store.store.transact(lambda c: c.execute("SELECT * FROM no_such_table")))
     assert isinstance(err, StoreError) and isinstance(err.__cause__, sqlite3.Error)
     assert store.run(store.store.list_accounts()) == []
+
+
+def test_sqlite_store_provides_the_protocols(store: StoreHarness) -> None:
+    """SQLiteStore structurally provides every store protocol others code against."""
+    from mxd.store.interfaces import (
+        IAccountStore,
+        IMailStore,
+        IMailStoreExtras,
+        ISharedDatabase,
+    )
+
+    s = store.store
+    for proto in (IAccountStore, IMailStore, IMailStoreExtras, ISharedDatabase):
+        missing = [m for m in dir(proto) if not m.startswith("_") and not hasattr(s, m)]
+        assert missing == [], (proto.__name__, missing)
+    a: IAccountStore = s
+    m: IMailStore = s
+    e: IMailStoreExtras = s
+    q: ISharedDatabase = s
+    assert a is m is e is q
