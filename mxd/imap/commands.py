@@ -211,7 +211,7 @@ async def cmd_select(s: IMAPSession, cmd: Command) -> Reply:
             # RFC 7162 §3.2.5.1: VANISHED (EARLIER) for known UIDs that are gone, then
             # FETCH for messages changed since the client's modseq.
             if known is not None:
-                gone = [u for u in known.iter_values(view.max_uid, max(info.uidnext, view.max_uid + 1))
+                gone = [u for u in known.iter_values(view.max_uid, max(info.uidnext - 1, view.max_uid))
                         if u not in view.msgs]
             else:
                 gone = [u for u in range(1, view.max_uid + 1) if u not in view.msgs]
