@@ -155,6 +155,18 @@ def make_client(
     binding data but the server offered no -PLUS (RFC 5802 §6), else ``n``.
     """
     mech = mechanism.upper()
+    try:
+        return _make(mech, username, password, authzid, channel_bindings, cb_type,
+                     server_offered_plus, nonce)
+    except ValueError as e:  # SASLprep refused the user name, or a bad nonce
+        raise ClientError(f"{mech}: {e}") from e
+
+
+def _make(
+    mech: str, username: str, password: str, authzid: str | None,
+    channel_bindings: ChannelBindings | None, cb_type: str | None,
+    server_offered_plus: bool, nonce: str | None,
+) -> ClientMechanism:
     if mech in scram.MECHANISMS:
         available = channel_bindings.available if channel_bindings is not None else ()
         if scram.is_plus(mech):
@@ -178,4 +190,4 @@ def make_client(
         return LoginClientMechanism(username, password)
     if mech == cram_md5.MECHANISM:
         return CramMD5ClientMechanism(username, password)
-    raise ClientError(f"unsupported mechanism {mechanism}")
+    raise ClientError(f"unsupported mechanism {mech}")

@@ -85,7 +85,8 @@ class _Table:
         self._entries: dict[str, _Entry] = {}
 
     def _score(self, e: _Entry, now: float) -> float:
-        return e.score * 0.5 ** (max(0.0, now - e.updated) / self._half_life)
+        decay: float = 0.5 ** (max(0.0, now - e.updated) / self._half_life)
+        return e.score * decay
 
     def retry_after(self, key: str, now: float) -> float:
         e = self._entries.get(key)

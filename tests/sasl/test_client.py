@@ -99,3 +99,9 @@ def test_against_scramp_server(mech: str) -> None:
     final = client.step(server.get_server_first().encode())
     server.set_client_final(final.decode())
     client.finish(server.get_server_final().encode())
+
+
+def test_bad_user_name_is_a_client_error() -> None:
+    """A user name that SASLprep refuses raises ClientError, not ValueError."""
+    with pytest.raises(ClientError):
+        make_client("SCRAM-SHA-256", "a\u0007b", "pw")

@@ -338,3 +338,33 @@ def test_wrong_proof_length_fails() -> None:
     with pytest.raises(ScramError) as ei:
         server.client_final(b"c=biws,r=CS,p=" + base64.b64encode(b"\1" * 20))
     assert ei.value.code is ScramErrorCode.INVALID_PROOF
+
+
+def _prepable(s: str) -> bool:
+    from mxd.sasl.saslprep import saslprep
+
+    try:
+        return bool(saslprep(s))
+    except ValueError:
+        return False
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(min_size=1, max_size=20).filter(_prepable),
+       st.text(min_size=1, max_size=20).filter(_prepable),
+       st.sampled_from(["SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-1-PLUS", "SCRAM-SHA-256-PLUS"]))
+def test_round_trip_any_credentials(user: str, password: str, mech: str) -> None:
+    """Client and server agree for any SASLprep-valid user name (commas and = included)
+    and password; the server's authcid is the prepared user name."""
+    from mxd.sasl.saslprep import saslprep
+
+    hash_name = "SHA-256" if "256" in mech else "SHA-1"
+    secret = ScramSecret.derive(hash_name, password, 2)
+    cb = ChannelBindings("TLSv1.3", tls_exporter=b"\x00,=" * 10)
+    plus = mech.endswith("-PLUS")
+    client = ScramClient(mech, user, password, cb_type="tls-exporter" if plus else None,
+                         cb_data=cb.tls_exporter if plus else None)
+    server = ScramServer(mech, cb, plus_advertised=True)
+    server.client_first(client.first())
+    assert server.username == saslprep(user)
+    client.verify(server.client_final(client.final(server.server_first(secret))))
