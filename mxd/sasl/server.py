@@ -181,7 +181,7 @@ class SASLServer:
     def _count(self, mech: str, conn: ConnectionInfo, result: str) -> None:
         self._metrics.inc("sasl_auth_total", mechanism=mech, result=result, service=conn.service)
 
-    def succeeded(self, mech: str, conn: ConnectionInfo, user: str,
+    def _succeeded(self, mech: str, conn: ConnectionInfo, user: str,
                   additional: bytes | None = None) -> Success:
         self._limiter.success(conn.remote_ip, user)
         self._count(mech, conn, "success")
@@ -190,7 +190,7 @@ class SASLServer:
                       service=conn.service)
         return Success(authcid=user, authzid=None, additional=additional, mechanism=mech)
 
-    def failed(self, mech: str, conn: ConnectionInfo, user: str | None, why: str,
+    def _failed(self, mech: str, conn: ConnectionInfo, user: str | None, why: str,
                reason: str = AUTH_FAILED, additional: bytes | None = None) -> Failure:
         self._limiter.failure(conn.remote_ip, user)
         self._count(mech, conn, "failure")
@@ -200,13 +200,13 @@ class SASLServer:
             service=conn.service, why=why)
         return Failure(reason, additional=additional)
 
-    def temporary(self, mech: str, conn: ConnectionInfo, user: str | None) -> Failure:
+    def _temporary(self, mech: str, conn: ConnectionInfo, user: str | None) -> Failure:
         self._count(mech, conn, "temporary")
         self.log.failure("SASL {mechanism} secret lookup failed for {username!r}",
                          mechanism=mech, username=_for_log(user))
         return Failure(TEMPORARY, temporary=True)
 
-    def fake_scram_secret(self, hash_name: str, user: str) -> ScramSecret:
+    def _fake_scram_secret(self, hash_name: str, user: str) -> ScramSecret:
         """RFC 5802 §9 ("unknown-user"): a believable, stable salt for a missing user."""
         mac = hmac.new(self._fake_key, f"{hash_name}\0{user}".encode(), hashlib.sha256)
         salt = mac.digest()[:16]
@@ -214,7 +214,7 @@ class SASLServer:
         return ScramSecret(hash_name, salt, self.settings.fake_scram_iterations,
                            os.urandom(size), os.urandom(size))
 
-    async def lookup(self, user: str) -> StoredSecrets | None:
+    async def _find(self, user: str) -> StoredSecrets | None:
         return await self._lookup(user)
 
     async def _check_plaintext(
@@ -225,26 +225,26 @@ class SASLServer:
             user = saslprep(username)
             authz = saslprep(authzid) if authzid else None
         except ValueError:
-            return self.failed(mech, conn, None, "user name fails SASLprep", MALFORMED)
+            return self._failed(mech, conn, None, "user name fails SASLprep", MALFORMED)
         if not user:
-            return self.failed(mech, conn, None, "empty user name", MALFORMED)
+            return self._failed(mech, conn, None, "empty user name", MALFORMED)
         limited = self._limited(mech, conn, user)
         if limited is not None:
             return limited
         if authz is not None and authz != user:
-            return self.failed(mech, conn, user, "authzid differs (no proxy authorization)",
+            return self._failed(mech, conn, user, "authzid differs (no proxy authorization)",
                                "authorization identity not permitted")
         try:
-            secrets = await self.lookup(user)
+            secrets = await self._find(user)
         except Exception:  # noqa: BLE001 - any store error: fail temporarily, logged
-            return self.temporary(mech, conn, user)
+            return self._temporary(mech, conn, user)
         pw_hash = secrets.password if secrets is not None else self._dummy()
         ok = await self._run_blocking(lambda: pw_hash.verify(password))
         if secrets is None:
-            return self.failed(mech, conn, user, "no such user")
+            return self._failed(mech, conn, user, "no such user")
         if not ok:
-            return self.failed(mech, conn, user, "wrong password")
-        return self.succeeded(mech, conn, user)
+            return self._failed(mech, conn, user, "wrong password")
+        return self._succeeded(mech, conn, user)
 
     def _dummy(self) -> PasswordHash:
         if self._dummy_hash is None:
@@ -315,12 +315,12 @@ class _ScramExchange(ServerExchangeBase):
                 verifier = self._core.client_final(data or b"")
             except scram.ScramError as e:
                 why = f"{e.code} ({e.detail})" + ("" if self._known else ", no such user")
-                return s.failed(mech, conn, self._user, why, additional=e.server_final)
+                return s._failed(mech, conn, self._user, why, additional=e.server_final)
             if not self._known or self._user is None:
                 # Unreachable with random stored keys; never let a fake secret succeed.
-                return s.failed(mech, conn, self._user, "no such user",
+                return s._failed(mech, conn, self._user, "no such user",
                                 additional=b"e=invalid-proof")
-            return s.succeeded(mech, conn, self._user, additional=verifier)
+            return s._succeeded(mech, conn, self._user, additional=verifier)
         return Failure("SASL exchange out of order")
 
     async def _first(self, data: bytes) -> Outcome:
@@ -333,19 +333,19 @@ class _ScramExchange(ServerExchangeBase):
                     "SASL {mechanism}: client from {remote_ip} sent gs2 p= under a non-PLUS "
                     "mechanism name (a known Cyrus SASL client bug); refused",
                     mechanism=mech, remote_ip=conn.remote_ip)
-            return s.failed(mech, conn, None, f"{e.code} ({e.detail})", additional=e.server_final)
+            return s._failed(mech, conn, None, f"{e.code} ({e.detail})", additional=e.server_final)
         self._user = user = self._core.username
         limited = s._limited(mech, conn, user)
         if limited is not None:
             return limited
         try:
-            secrets = await s.lookup(user)
+            secrets = await s._find(user)
         except Exception:  # noqa: BLE001 - any store error: fail temporarily, logged
-            return s.temporary(mech, conn, user)
+            return s._temporary(mech, conn, user)
         secret = secrets.scram.get(self._core.hash_name) if secrets is not None else None
         self._known = secret is not None
         if secret is None:
-            secret = s.fake_scram_secret(self._core.hash_name, user)
+            secret = s._fake_scram_secret(self._core.hash_name, user)
         self._state = "final"
         return Continue(self._core.server_first(secret))
 
@@ -359,29 +359,29 @@ class _CramMD5Exchange(ServerExchangeBase):
         s, conn, mech = self._server, self._conn, self.mechanism
         if self._challenge is None:
             if data:  # RFC 2195: the server speaks first; no initial response
-                return s.failed(mech, conn, None, "initial response", MALFORMED)
+                return s._failed(mech, conn, None, "initial response", MALFORMED)
             self._challenge = cram_md5.make_challenge(s._hostname, s._clock.seconds())
             return Continue(self._challenge)
         try:
             resp = cram_md5.parse_response(data or b"")
             user = saslprep(resp.username)
         except (cram_md5.CramMD5Error, ValueError):
-            return s.failed(mech, conn, None, "malformed response", MALFORMED)
+            return s._failed(mech, conn, None, "malformed response", MALFORMED)
         limited = s._limited(mech, conn, user)
         if limited is not None:
             return limited
         try:
-            secrets = await s.lookup(user)
+            secrets = await s._find(user)
         except Exception:  # noqa: BLE001 - any store error: fail temporarily, logged
-            return s.temporary(mech, conn, user)
+            return s._temporary(mech, conn, user)
         stored = secrets.cram_md5 if secrets is not None else None
         # The same work whether or not the user exists.
         ok = cram_md5.verify(stored or _DUMMY_CRAM, self._challenge, resp.digest)
         if stored is None:
-            return s.failed(mech, conn, user, "no such user or no CRAM-MD5 secret")
+            return s._failed(mech, conn, user, "no such user or no CRAM-MD5 secret")
         if not ok:
-            return s.failed(mech, conn, user, "wrong digest")
-        return s.succeeded(mech, conn, user)
+            return s._failed(mech, conn, user, "wrong digest")
+        return s._succeeded(mech, conn, user)
 
 
 class _PlainExchange(ServerExchangeBase):
@@ -397,7 +397,7 @@ class _PlainExchange(ServerExchangeBase):
         try:
             msg = plain.parse_plain(data or b"")
         except plain.PlainError as e:
-            return s.failed(mech, conn, None, str(e), MALFORMED)
+            return s._failed(mech, conn, None, str(e), MALFORMED)
         return await s._check_plaintext(mech, msg.authcid, msg.password, conn, msg.authzid)
 
 
@@ -411,7 +411,7 @@ class _LoginExchange(ServerExchangeBase):
         try:
             out = self._core.step(data)
         except login.LoginError as e:
-            return s.failed(mech, conn, None, str(e), MALFORMED)
+            return s._failed(mech, conn, None, str(e), MALFORMED)
         if isinstance(out, bytes):
             return Continue(out)
         return await s._check_plaintext(mech, out.username, out.password, conn)
