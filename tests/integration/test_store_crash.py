@@ -1,7 +1,8 @@
 """Crash safety of the store: SIGKILL during deliveries loses nothing acknowledged.
 
 A child process delivers messages as fast as it can (several in flight, so group
-commits are exercised; some messages go to two mailboxes and share one body) and prints
+commits are exercised; some messages go to two or three mailboxes and share one body, and a Trash copy is
+expunged soon after, so body removal after commits is exercised too) and prints
 ``ACK <n> <sha256>`` after each delivery's Deferred fired.  The parent kills it with
 SIGKILL at a random moment after ~100 acknowledgements, reopens the store and checks
 DESIGN.md's contract: every acknowledged message is there exactly once with the right
@@ -56,10 +57,21 @@ async def main(reactor):
             targets = [Delivery(acct.id)]
             if n % 5 == 0:
                 targets.append(Delivery(acct.id, "Archive"))
+            if n % 3 == 0:
+                targets.append(Delivery(acct.id, "Trash", frozenset({"\\Deleted"})))
             await store.deliver(w, targets, MessageProps(mail_from="seq-%d" % n))
             print("ACK %d %s" % (n, hashlib.sha256(body).hexdigest()), flush=True)
 
-    await defer.gatherResults([defer.Deferred.fromCoroutine(worker()) for _ in range(6)])
+    async def churn():
+        # Expunging Trash drops shared references and removes bodies after commits.
+        trash = (await store.get_mailbox(acct.id, "Trash")).id
+        while True:
+            await store.expunge(trash)
+            await task.deferLater(reactor, 0.005, lambda: None)
+
+    workers = [defer.Deferred.fromCoroutine(worker()) for _ in range(6)]
+    workers.append(defer.Deferred.fromCoroutine(churn()))
+    await defer.gatherResults(workers)
 
 task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor)))
 '''
