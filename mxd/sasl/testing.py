@@ -1,6 +1,6 @@
 """Test doubles for code that uses the SASL layer (the SMTP and IMAP servers' tests).
 
-``InMemorySecrets`` is a ``lookup_secrets`` callable over a dict; ``test_sasl_server``
+``InMemorySecrets`` is a ``lookup_secrets`` callable over a dict; ``sasl_server_for_tests``
 builds a ``SASLServer`` on it with cheap key derivation, so that SCRAM and PLAIN cost
 milliseconds in unit tests.  Real clients that insist on the SCRAM minimum (gsasl,
 scramp, aiosasl refuse fewer than 4096 iterations) need ``iterations=4096``.
@@ -41,7 +41,7 @@ class InMemorySecrets:
         return succeed(self.accounts.get(name))
 
 
-def test_sasl_server(
+def sasl_server_for_tests(
     secrets: InMemorySecrets, clock: IClock, *, hostname: str = "mx.example.test",
     settings: SASLSettings | None = None, limiter_settings: AuthLimiterSettings | None = None,
     metrics: IMetrics | None = None,
@@ -52,6 +52,3 @@ def test_sasl_server(
                                   fake_scrypt_n=secrets._scrypt_n)
     return SASLServer(secrets, st, AuthLimiter(clock, limiter_settings, metrics), clock, hostname,
                       metrics=metrics)
-
-
-test_sasl_server.__test__ = False  # type: ignore[attr-defined]  # not a pytest test

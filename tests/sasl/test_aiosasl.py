@@ -13,7 +13,7 @@ from twisted.internet import task
 
 from mxd.sasl.api import Continue, ServerExchange, Success
 from mxd.sasl.channelbinding import EXPORTER_LABEL, channel_bindings_from_connection
-from mxd.sasl.testing import InMemorySecrets, test_sasl_server
+from mxd.sasl.testing import InMemorySecrets, sasl_server_for_tests
 
 from .helpers import pyopenssl_pair, result, tls_conn
 
@@ -66,7 +66,7 @@ def _setup(version: str) -> tuple[Any, Any, Any]:
     pair = pyopenssl_pair(version)
     secrets = InMemorySecrets(iterations=4096)  # aiosasl enforces the SCRAM minimum
     secrets.add("alice", "s3cret")
-    server = test_sasl_server(secrets, task.Clock())
+    server = sasl_server_for_tests(secrets, task.Clock())
     conn = tls_conn(channel_bindings_from_connection(pair.server))
     return pair, server, _InMemoryInterface(server, conn)
 

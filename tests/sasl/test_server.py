@@ -350,3 +350,14 @@ def test_long_user_names_are_truncated_in_logs(captured: list[LogEvent]) -> None
     texts = [formatEvent(e) for e in captured]
     assert any("x" * 128 in t for t in texts)
     assert all("x" * 200 not in t for t in texts)
+
+
+def test_internal_error_becomes_temporary_failure(captured: list[LogEvent]) -> None:
+    """A broken collaborator (lookup fires with garbage) yields a logged temporary
+    Failure, never an errback that would kill the connection."""
+    from twisted.internet.defer import succeed
+
+    rig = make_server(lookup=lambda name: succeed(object()))  # type: ignore[arg-type,return-value]
+    out = run_exchange(rig.server, make_client("SCRAM-SHA-1", "user", "pencil"), tls_conn(CB13))
+    assert isinstance(out, Failure) and out.temporary
+    assert any(e.get("log_failure") is not None for e in captured)
