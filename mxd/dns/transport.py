@@ -73,7 +73,8 @@ class _UDPExchange:
         self._where = f"udp {host}:{port}"
         self._query = query
         self._metrics = metrics
-        self.deferred: Deferred[dns.message.Message] = Deferred()
+        # Cancelling the Deferred closes the socket at once (then fires CancelledError).
+        self.deferred: Deferred[dns.message.Message] = Deferred(lambda d: self._close())
         self._sock: socket.socket | None = None
         self._timer: Any = None
         family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
@@ -131,7 +132,7 @@ class _UDPExchange:
         self._timer = None
         self._finish(Failure(ExchangeTimeout(f"{self._where}: timeout")))
 
-    def _finish(self, result: dns.message.Message | Failure) -> None:
+    def _close(self) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -139,6 +140,9 @@ class _UDPExchange:
             self._reactor.removeReader(self)
             self._sock.close()
             self._sock = None
+
+    def _finish(self, result: dns.message.Message | Failure) -> None:
+        self._close()
         if self.deferred.called:
             return
         if isinstance(result, Failure):
@@ -192,7 +196,7 @@ class _TCPFactory(ClientFactory):
                  metrics: Metrics) -> None:
         self.query = query
         self.metrics = metrics
-        self.deferred: Deferred[dns.message.Message] = Deferred()
+        self.deferred: Deferred[dns.message.Message] = Deferred(lambda d: self._abort())
         self._timer = reactor.callLater(timeout, self._timed_out)
         self.connector: Any = None
         self.proto: _TCPExchange | None = None
@@ -207,6 +211,12 @@ class _TCPFactory(ClientFactory):
     def _timed_out(self) -> None:
         self._timer = None
         self.finish(Failure(ExchangeTimeout("tcp: timeout")))
+        self._abort()
+
+    def _abort(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
         if self.proto is not None and self.proto.transport is not None:
             self.proto.transport.abortConnection()  # type: ignore[attr-defined]
         elif self.connector is not None:

@@ -262,3 +262,30 @@ def test_tcp_answer_with_wrong_id_is_rejected() -> None:
 
     answer = resolve([bad_tcp, answer_a], lambda r: r.lookup_a("www.example.test"))
     assert answer.records == (ipaddress.IPv4Address("192.0.2.1"),)
+
+
+def test_cancel_closes_socket() -> None:
+    """Cancelling a lookup fires CancelledError and unregisters its UDP socket at once."""
+    from twisted.internet.defer import CancelledError
+
+    async def go(reactor: Any) -> tuple[int, int, bool]:
+        server = FakeDNSServer(reactor, lambda q, t: [])
+        try:
+            before = len(reactor.getReaders())
+            settings = ResolverSettings(nameservers=(Nameserver("127.0.0.1", server.port),),
+                                        timeout=5.0)
+            d = Resolver(reactor, settings).lookup_a("www.example.test")
+            during = len(reactor.getReaders())
+            d.cancel()
+            try:
+                await d
+            except CancelledError:
+                cancelled = True
+            else:
+                cancelled = False
+            return before, during - len(reactor.getReaders()), cancelled
+        finally:
+            server.stop()
+
+    before, closed, cancelled = run_with_reactor(go)
+    assert cancelled and closed == 1 and before > 0
