@@ -42,6 +42,7 @@ class SMTPFactory(ServerFactory):
     """Creates ``SMTPServerProtocol`` sessions and enforces connection limits."""
 
     log = Logger()
+    noisy = False
 
     def __init__(self, *, role: Role, settings: SMTPServerSettings, store: IMailStore,
                  directory: IDirectory, sasl: ISASLServer | None, outbound: IOutbound | None,

@@ -1,0 +1,195 @@
+"""The SMTP server against independent clients: swaks, smtplib, gsasl, Cyrus smtptest.
+
+Runs the real store, directory, SASL server and queue in a subprocess
+(``tests/integration/_smtp_harness.py``) on free loopback ports.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+import ssl
+import subprocess
+
+import pytest
+
+from tests.integration._smtp_harness import Harness, smtp_harness  # noqa: F401 - fixture
+from tests.integration.tools import require_tool
+
+pytestmark = pytest.mark.integration
+
+
+def swaks(h: Harness, *args: str) -> subprocess.CompletedProcess[str]:
+    exe = require_tool("swaks")
+    return subprocess.run([exe, "--server", "127.0.0.1", "--helo", "client.example", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def tls_context(h: Harness) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(h.ca_file))
+    return ctx
+
+
+def test_swaks_starttls_auth_plain_pipelining(smtp_harness: Harness) -> None:  # noqa: F811
+    """swaks submits over STARTTLS with AUTH PLAIN and PIPELINING; the message is in bob's
+    INBOX with a Received field naming ESMTPSA, the TLS version and cipher."""
+    h = smtp_harness
+    r = swaks(h, "--port", str(h.ports["submission"]), "--tls", "--tls-verify",
+              "--tls-ca-path", str(h.ca_file), "--tls-sni", "localhost",
+              "--auth", "PLAIN", "--auth-user", h.user, "--auth-password", h.password,
+              "--from", h.user, "--to", h.user2, "--pipeline",
+              "--header", "Subject: swaks-pipelined")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "PIPELINING" in r.stdout
+    (msg,) = h.inbox(h.user2)
+    head = msg["body"].split(b"\r\n\r\n")[0]
+    assert head.startswith(b"Received: from client.example ([127.0.0.1])")
+    assert b"with ESMTPSA (version=TLSv1.3 cipher=" in head
+    assert b"Subject: swaks-pipelined" in head
+    assert msg["via"] == "ESMTPSA"
+
+
+def test_swaks_implicit_tls(smtp_harness: Harness) -> None:  # noqa: F811
+    """swaks --tlsc (implicit TLS, port 465) authenticates and delivers."""
+    h = smtp_harness
+    r = swaks(h, "--port", str(h.ports["submissions"]), "--tlsc", "--tls-verify",
+              "--tls-ca-path", str(h.ca_file), "--tls-sni", "localhost",
+              "--auth", "PLAIN", "--auth-user", h.user, "--auth-password", h.password,
+              "--from", h.user, "--to", h.user)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert len(h.inbox(h.user)) == 1
+
+
+def test_swaks_inbound_plain_and_starttls(smtp_harness: Harness) -> None:  # noqa: F811
+    """Inbound port 25: a plain and a STARTTLS delivery land in INBOX as ESMTP / ESMTPS."""
+    h = smtp_harness
+    r = swaks(h, "--port", str(h.ports["smtp"]), "--from", "x@remote.example", "--to", h.user)
+    assert r.returncode == 0, r.stdout
+    r = swaks(h, "--port", str(h.ports["smtp"]), "--tls", "--tls-ca-path", str(h.ca_file),
+              "--from", "x@remote.example", "--to", h.user)
+    assert r.returncode == 0, r.stdout
+    vias = [m["via"] for m in h.inbox(h.user)]
+    assert vias == ["ESMTP", "ESMTPS"]
+
+
+@pytest.mark.parametrize("port_name", ["smtp", "submission"])
+def test_open_relay_refused(smtp_harness: Harness, port_name: str) -> None:  # noqa: F811
+    """Unauthenticated mail to a foreign domain is refused on 25 (554 5.7.1) and on 587
+    (530 before MAIL); nothing is queued."""
+    h = smtp_harness
+    args = ["--port", str(h.ports[port_name]), "--from", "spammer@remote.example",
+            "--to", "victim@elsewhere.example"]
+    if port_name == "submission":
+        args += ["--tls", "--tls-ca-path", str(h.ca_file)]
+    r = swaks(h, *args)
+    assert r.returncode != 0
+    expected = "554 5.7.1" if port_name == "smtp" else "530 5.7.0"
+    assert expected in r.stdout
+    assert h.queued() == []
+
+
+def test_smtplib_requiretls_and_tls_required_header(smtp_harness: Harness) -> None:  # noqa: F811
+    """smtplib with mail_options=["REQUIRETLS"]: the stored local copy and the queued copy
+    both carry REQUIRETLS; the TLS-Required: No header is recorded as well."""
+    h = smtp_harness
+    with smtplib.SMTP("127.0.0.1", h.ports["submission"], timeout=30) as s:
+        s.starttls(context=tls_context(h))
+        s.ehlo()
+        assert s.has_extn("requiretls")
+        s.login(h.user, h.password)
+        s.sendmail(h.user, [h.user2, "far@remote.example"],
+                   "Subject: rt\r\nTLS-Required: No\r\n\r\nbody\r\n", mail_options=["REQUIRETLS"])
+    (msg,) = h.inbox(h.user2)
+    assert msg["requiretls"] and msg["tls_required_no"]
+    assert b"(requiretls)" in msg["body"]
+    (q,) = h.queued()
+    assert q["requiretls"] == 1 and q["tls_required_no"] == 1
+
+
+def test_smtplib_requiretls_not_offered_in_plaintext(smtp_harness: Harness) -> None:  # noqa: F811
+    """Before STARTTLS the EHLO reply has no REQUIRETLS (RFC 8689 §4)."""
+    h = smtp_harness
+    with smtplib.SMTP("127.0.0.1", h.ports["smtp"], timeout=30) as s:
+        s.ehlo()
+        assert not s.has_extn("requiretls") and s.has_extn("starttls")
+
+
+def test_smtplib_smtputf8(smtp_harness: Harness) -> None:  # noqa: F811
+    """An internationalised sender address is accepted with SMTPUTF8 and recorded."""
+    h = smtp_harness
+    with smtplib.SMTP("127.0.0.1", h.ports["smtp"], timeout=30) as s:
+        s.ehlo()
+        assert s.has_extn("smtputf8")
+        s.sendmail("发件人@例子.test", [h.user], b"Subject: utf8\r\n\r\nhi\r\n",
+                   mail_options=["SMTPUTF8"])
+    (msg,) = h.inbox(h.user)
+    assert msg["mail_from"] == "发件人@例子.test"
+    assert b"with UTF8SMTP" in msg["body"]
+
+
+def test_smtplib_bdat(smtp_harness: Harness) -> None:  # noqa: F811
+    """BDAT by hand: two chunks, the second LAST, make one message."""
+    h = smtp_harness
+    with smtplib.SMTP("127.0.0.1", h.ports["smtp"], timeout=30) as s:
+        s.ehlo()
+        assert s.has_extn("chunking")
+        assert s.mail("x@remote.example")[0] == 250
+        assert s.rcpt(h.user)[0] == 250
+        one, two = b"Subject: chunks\r\n\r\n.first\r\n", b"second\r\n"
+        s.send(f"BDAT {len(one)}\r\n".encode() + one)
+        assert s.getreply()[0] == 250
+        s.send(f"BDAT {len(two)} LAST\r\n".encode() + two)
+        assert s.getreply()[0] == 250
+    (msg,) = h.inbox(h.user)
+    assert msg["body"].endswith(b"\r\n\r\n.first\r\nsecond\r\n")
+
+
+def test_starttls_injection_over_real_tls(smtp_harness: Harness) -> None:  # noqa: F811
+    """A command sent in the same packet as STARTTLS is not executed after the handshake:
+    the first reply inside TLS answers our EHLO, not the injected NOOP."""
+    h = smtp_harness
+    raw = socket.create_connection(("127.0.0.1", h.ports["smtp"]), timeout=10)
+    f = raw.makefile("rb")
+    assert f.readline().startswith(b"220 ")
+    raw.sendall(b"EHLO c.example\r\n")
+    while not f.readline().startswith(b"250 "):
+        pass
+    raw.sendall(b"STARTTLS\r\nNOOP injected\r\n")
+    assert f.readline().startswith(b"220 ")
+    tls = tls_context(h).wrap_socket(raw, server_hostname="localhost")
+    tls.sendall(b"EHLO c.example\r\n")
+    first = tls.recv(4096)
+    assert first.startswith(b"250-mx.example.test"), first
+    tls.close()
+
+
+def gsasl(h: Harness, port: int, mech: str) -> subprocess.CompletedProcess[str]:
+    exe = require_tool("gsasl")
+    return subprocess.run(
+        [exe, "--smtp", f"--connect=127.0.0.1:{port}", "--starttls",
+         f"--x509-ca-file={h.ca_file}", "--hostname=localhost", "-m", mech,
+         "-a", h.user, "-p", h.password],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("mech", ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS"])
+@pytest.mark.parametrize("listener", ["submission", "submission_tls12"])
+def test_gsasl_scram_plus(smtp_harness: Harness, mech: str, listener: str) -> None:  # noqa: F811
+    """gsasl authenticates with SCRAM-*-PLUS over STARTTLS: tls-exporter on TLS 1.3 and
+    tls-unique on the TLS 1.2-capped listener (exit 0)."""
+    r = gsasl(smtp_harness, smtp_harness.ports[listener], mech)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_cyrus_smtptest_scram_plus_refused(smtp_harness: Harness) -> None:  # noqa: F811
+    """Cyrus smtptest sends p=tls-unique under the non-PLUS name: it must be refused."""
+    exe = require_tool("smtptest")
+    h = smtp_harness
+    r = subprocess.run(
+        [exe, "-p", str(h.ports["submission"]), "-t", "", "-m", "SCRAM-SHA-256-PLUS",
+         "-a", h.user, "-w", h.password, "127.0.0.1"],
+        input="QUIT\r\n", capture_output=True, text=True, timeout=60)
+    out = r.stdout + r.stderr
+    assert "C: AUTH SCRAM-SHA-256 " in out, out  # the non-conformant request was made
+    assert "235 " not in out, out
+    assert "535 5.7.8" in out, out
