@@ -17,15 +17,19 @@ import enum
 import os
 import re
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from twisted.logger import Logger
 
 from mxd.store.interfaces import StoreError
 
 log = Logger()
+
+T = TypeVar("T")
+FSYNC_THREADS = 8  # parallel fsyncs of one group commit
 
 _BLOB_ID = re.compile(r"\A[0-9a-f]{32}\Z")
 
@@ -59,6 +63,7 @@ class BlobFiles:
     """The blob and tmp directories of one data directory."""
 
     def __init__(self, data_dir: Path) -> None:
+        self._executor: ThreadPoolExecutor | None = None
         self.data_dir = Path(data_dir)
         self.blob_dir = self.data_dir / "blobs"
         self.tmp_dir = self.data_dir / "tmp"
@@ -105,28 +110,53 @@ class BlobFiles:
         """Make several sealed writers durable, fsyncing each touched directory once.
 
         Returns one entry per writer: None on success, else the error (the writer is then
-        aborted).  Writers already durable are left alone.  Blocking: writer thread only.
+        aborted).  Writers already durable are left alone.  The fsyncs of a batch run in
+        parallel (they release the GIL and the disk can merge them).  Blocking: writer
+        thread only.
         """
-        results: list[BaseException | None] = []
+        writers = list(writers)
+        errors: dict[int, BaseException] = {}
+        todo = [w for w in dict.fromkeys(writers) if w.state is not BlobState.DURABLE]
+        for w, err in zip(todo, self._each(FileBlobWriter._sync, todo), strict=True):
+            if err is not None:
+                errors[id(w)] = err
         dirs: set[Path] = set()
-        for w in writers:
-            try:
-                d = w._sync_and_rename()
-                if d is not None:
-                    dirs.add(d)
-                results.append(None)
-            except (OSError, BlobError) as e:
+        for w in todo:
+            if id(w) in errors:
                 w._abort_quietly()
-                results.append(e)
-        dir_error: OSError | None = None
-        for d in sorted(dirs):
+                continue
             try:
-                fsync_dir(d)
-            except OSError as e:  # pragma: no cover - disk failure
-                dir_error = e
-        if dir_error is not None:  # pragma: no cover - disk failure
-            return [r if r is not None else dir_error for r in results]
-        return results
+                dirs.add(w._rename())
+            except OSError as e:
+                errors[id(w)] = e
+                w._abort_quietly()
+        dir_list = sorted(dirs)
+        dir_errors = [e for e in self._each(fsync_dir, dir_list) if e is not None]
+        if dir_errors:  # pragma: no cover - disk failure
+            return [errors.get(id(w), dir_errors[0]) for w in writers]
+        return [errors.get(id(w)) for w in writers]
+
+    def _each(self, fn: Callable[[T], object], items: list[T]) -> list[BaseException | None]:
+        """Call ``fn`` on each item (in parallel when there are several); the errors."""
+        def call(item: T) -> BaseException | None:
+            try:
+                fn(item)
+            except (OSError, BlobError) as e:
+                return e
+            return None
+
+        if len(items) <= 1:
+            return [call(i) for i in items]
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=FSYNC_THREADS,
+                                                thread_name_prefix="mxd-fsync")
+        return list(self._executor.map(call, items))
+
+    def close(self) -> None:
+        """Stop the fsync helper threads (the store calls this when it closes)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
 
     def unlink(self, blob_ids: Iterable[str]) -> None:
         """Remove body files (after the commit that dropped their last reference)."""
@@ -230,10 +260,8 @@ class FileBlobWriter:
             pass
         self.state = BlobState.ABORTED
 
-    def _sync_and_rename(self) -> Path | None:
-        """Steps 1 and 2 of durability; returns the directory to fsync (None if done)."""
-        if self.state is BlobState.DURABLE:
-            return None
+    def _sync(self) -> None:
+        """Durability step 1: flush, fsync and close the tmp file."""
         if self.state is not BlobState.SEALED or self._f is None:
             raise BlobError(f"blob writer is {self.state.value}, cannot make it durable")
         f = self._f
@@ -241,6 +269,9 @@ class FileBlobWriter:
         os.fsync(f.fileno())
         f.close()
         self._f = None
+
+    def _rename(self) -> Path:
+        """Durability step 2: rename into place; returns the directory to fsync (step 3)."""
         dest = self._files.path(self.blob_id)
         dest.parent.mkdir(exist_ok=True)
         os.rename(self._tmp, dest)

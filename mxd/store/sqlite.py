@@ -166,6 +166,8 @@ class SQLiteStore:
                 conn.execute("PRAGMA optimize")
             except sqlite3.Error:
                 pass
+            finally:
+                self._files.close()
 
         return self._writer.stop(_finish)
 

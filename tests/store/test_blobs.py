@@ -85,3 +85,27 @@ def test_foreign_writer_is_refused(data_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(Exception, match="does not belong"):
         h.store.deliver(w, [Delivery(1)], MessageProps())
     h.close()
+
+
+def test_make_durable_batch_mixed(tmp_path: Path) -> None:
+    """A batch with several writers, a duplicate, an already durable one and an aborted
+    one: each gets its own result and good bodies all land in place."""
+    files = BlobFiles(tmp_path)
+    files.ensure_dirs()
+    good = [files.new_writer() for _ in range(5)]
+    for i, w in enumerate(good):
+        w.write(b"body %d" % i)
+        w.seal()
+    done = files.new_writer()
+    done.write(b"done")
+    done.seal()
+    assert files.make_durable([done]) == [None]
+    bad = files.new_writer()
+    bad.abort()
+    results = files.make_durable([*good, good[0], done, bad])
+    assert results[:7] == [None] * 7
+    assert isinstance(results[7], BlobError)
+    for i, w in enumerate(good):
+        assert files.path(w.blob_id).read_bytes() == b"body %d" % i
+    assert list(files.tmp_dir.iterdir()) == []
+    files.close()
