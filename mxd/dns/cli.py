@@ -4,12 +4,11 @@ Prints the records, whether the answer is authentic (DNSSEC-validated by a trust
 the canonical name and any extended DNS error (RFC 8914). Exit status: 0 answer,
 1 NXDOMAIN or no data, 2 failure (SERVFAIL, timeout, bad arguments).
 
-Wiring (mxd/cli.py)::
+Wiring (mxd/cli.py): ``add_arguments`` fills the ``lookup`` parser, ``run`` runs it::
 
-    dns = subcommands.add_parser("dns", help="DNS lookups through mxd's resolver")
-    mxd.dns.cli.add_arguments(dns)
-    ...
-    if args.command == "dns": return mxd.dns.cli.run(args)
+    lookup = dns_subcommands.add_parser("lookup", help=...)
+    mxd.dns.cli.add_arguments(lookup)
+    lookup.set_defaults(func=mxd.dns.cli.run)
 """
 
 from __future__ import annotations
@@ -37,11 +36,8 @@ from mxd.dns.results import MX, TLSA, Answer, ExtendedError, Record
 EXIT_ANSWER, EXIT_NEGATIVE, EXIT_FAILURE = 0, 1, 2
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``lookup`` subcommand to the ``dns`` parser."""
-    sub = parser.add_subparsers(dest="dns_command", metavar="COMMAND")
-    sub.required = True
-    lookup = sub.add_parser("lookup", help="look up TYPE NAME and show authenticity and EDE")
+def add_arguments(lookup: argparse.ArgumentParser) -> None:
+    """Add the arguments of ``mxd dns lookup`` to its parser."""
     lookup.add_argument("type", metavar="TYPE", help="A, AAAA, MX, TXT, TLSA, PTR, CNAME, ...")
     lookup.add_argument("name", metavar="NAME",
                         help="domain name (ASCII or Unicode); an IP address for PTR")
@@ -187,7 +183,8 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
 def main(argv: list[str] | None = None) -> int:
     """``python -m mxd.dns.cli lookup TYPE NAME ...`` (the same as ``mxd dns ...``)."""
     parser = argparse.ArgumentParser(prog="mxd dns")
-    add_arguments(parser)
+    sub = parser.add_subparsers(dest="dns_command", metavar="COMMAND", required=True)
+    add_arguments(sub.add_parser("lookup", help="look up TYPE NAME; authenticity, EDE"))
     return run(parser.parse_args(argv))
 
 

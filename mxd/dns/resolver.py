@@ -74,7 +74,7 @@ class Nameserver:
         elif text.count(":") == 1:
             host, p = text.split(":")
             port = int(p)
-        if not 0 < port < 65536:
+        if not 0 < port < 65536:  # ValueError from int() too
             raise ValueError(f"bad port in {text!r}")
         if trusted is None:
             return cls(host, port)
@@ -128,6 +128,20 @@ def settings_from_resolv_conf(path: str | Path = "/etc/resolv.conf", **overrides
     servers = tuple(Nameserver(h, 53, trust_ad or _is_loopback(h)) for h in hosts)
     opts.update(overrides)
     return ResolverSettings(nameservers=servers, **opts)
+
+
+def settings_from_values(
+    nameservers: list[str] | tuple[str, ...],
+    trusted: list[str] | tuple[str, ...] = (),
+    **kw: Any,
+) -> ResolverSettings:
+    """Settings from configuration values: nameservers as ``IP``/``IP:PORT``/``[IPv6]:PORT``;
+    ``trusted`` lists (as written in ``nameservers``) those whose AD bit counts; when it is
+    empty, loopback nameservers are trusted. Other keywords go to ResolverSettings."""
+    servers = tuple(
+        Nameserver.parse(ns, (ns in trusted) if trusted else None) for ns in nameservers
+    )
+    return ResolverSettings(nameservers=servers, **kw)
 
 
 def _rdtype(rdtype: int | str) -> int:

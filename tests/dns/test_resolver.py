@@ -138,9 +138,11 @@ def test_bad_name_and_type_errback_domain_error() -> None:
 
 
 def cli_args(*argv: str) -> argparse.Namespace:
+    """Parse ``mxd dns lookup ...`` as mxd/cli.py wires it."""
+    assert argv[0] == "lookup"
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
-    return parser.parse_args(list(argv))
+    return parser.parse_args(list(argv[1:]))
 
 
 def run_cli(handler: Handler, *argv: str) -> tuple[int, str]:
@@ -217,3 +219,26 @@ def test_warns_when_no_nameserver_is_trusted() -> None:
         globalLogPublisher.removeObserver(events.append)
     warnings = [e for e in events if "no trusted nameserver" in e.get("log_format", "")]
     assert len(warnings) == 1 and warnings[0]["nameservers"] == ["192.0.2.53:53"]
+
+
+def test_settings_from_values() -> None:
+    """Config values map to settings: explicit trusted list, else loopback-only trust."""
+    from mxd.dns.resolver import settings_from_values
+
+    s = settings_from_values(["127.0.0.1:5353", "192.0.2.53"], timeout=1.5, attempts=3)
+    assert [(n.host, n.port, n.trusted) for n in s.nameservers] == [
+        ("127.0.0.1", 5353, True), ("192.0.2.53", 53, False)]
+    assert (s.timeout, s.attempts) == (1.5, 3)
+    s = settings_from_values(["127.0.0.1", "[2001:db8::53]:53"], ["[2001:db8::53]:53"])
+    assert [n.trusted for n in s.nameservers] == [False, True]
+
+
+def test_mxd_cli_wiring() -> None:
+    """``mxd dns lookup TYPE NAME`` parses through mxd/cli.py's parser into our run()."""
+    from mxd.cli import build_parser
+
+    args = build_parser().parse_args(["dns", "lookup", "TLSA", "_25._tcp.mx.example.test",
+                                      "--server", "127.0.0.1:5353", "--timeout", "1"])
+    assert args.func is cli.run
+    assert (args.type, args.name, args.server, args.timeout) == (
+        "TLSA", "_25._tcp.mx.example.test", ["127.0.0.1:5353"], 1.0)
