@@ -141,9 +141,10 @@ def test_custom_zones_from_factory(dns_lab_factory: Any) -> None:
 
 
 def _cli(lab: DNSLab, *argv: str) -> subprocess.CompletedProcess[str]:
+    """``mxd dns lookup ARGV --server <lab unbound>`` through the project's CLI."""
     host, port = lab.resolver_address
     return subprocess.run(
-        [sys.executable, "-m", "mxd.dns.cli", "lookup", *argv, "--server", f"{host}:{port}"],
+        [sys.executable, "-m", "mxd.cli", "dns", "lookup", *argv, "--server", f"{host}:{port}"],
         capture_output=True, text=True, timeout=30,
     )
 
