@@ -6,6 +6,8 @@ account/queue commands build the very same objects as ``twistd mxd``.
 
 from __future__ import annotations
 
+import hmac
+import os
 from typing import Any, cast
 
 from twisted.application import service
@@ -96,6 +98,30 @@ async def sync_config_accounts(cfg: Config, store: Any) -> None:
                           "{owner}", address=norm, account=a.name, owner=owner.name)
 
 
+def server_secret(cfg: Config) -> bytes:
+    """32 random bytes kept in ``<data_dir>/server.key`` (mode 0600), created once.
+
+    Derived keys (unknown users' fake SCRAM salts, which must not change across restarts
+    or they would reveal that a user does not exist) come from it."""
+    path = cfg.data_dir / "server.key"
+    try:
+        data = path.read_bytes()
+        if len(data) == 32:
+            return data
+    except FileNotFoundError:
+        pass
+    cfg.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    data = os.urandom(32)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return data
+
+
 def make_sasl(cfg: Config, directory: Any, reactor: Any, metrics: IMetrics) -> Any:
     from twisted.internet.threads import deferToThread
 
@@ -105,6 +131,7 @@ def make_sasl(cfg: Config, directory: Any, reactor: Any, metrics: IMetrics) -> A
     settings = SASLSettings(
         mechanisms=tuple(cfg.auth.mechanisms),
         allow_plaintext_on_loopback=cfg.auth.allow_plaintext_on_loopback,
+        fake_salt_key=hmac.new(server_secret(cfg), b"scram fake salt", "sha256").digest(),
         fake_scram_iterations=cfg.auth.scram_iterations,
     )
     m: Any = metrics

@@ -69,12 +69,17 @@ def load_server_tls(settings: TLSSettings) -> ssl.CertificateOptions:
     kwargs = {}
     if settings.max_version is not None:
         kwargs["lowerMaximumSecurityTo"] = TLS_VERSIONS[settings.max_version]
-    return ssl.CertificateOptions(
+    options = ssl.CertificateOptions(
         privateKey=key,
         certificate=chain[0],
         extraCertChain=chain[1:],
         raiseMinimumTo=TLS_VERSIONS[settings.min_version],
         **kwargs,
     )
+    # Channel bindings (RFC 5929, RFC 9266) are computed once after the handshake; a
+    # renegotiation would change tls-unique under an authenticated session.  The cached
+    # context is the one every connection made from these options uses.
+    options.getContext().set_options(SSL.OP_NO_RENEGOTIATION)
+    return options
 
 
