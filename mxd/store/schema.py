@@ -92,6 +92,22 @@ STORE_MIGRATIONS: list[str] = [
         PRIMARY KEY (mailbox_id, uid)
     ) WITHOUT ROWID;
     """,
+    # 2: per-account storage use (kept by triggers) and quota, for QuotaExceeded/RFC 9208.
+    """
+    ALTER TABLE accounts ADD COLUMN used_bytes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE accounts ADD COLUMN quota_bytes INTEGER;
+    UPDATE accounts SET used_bytes = (
+        SELECT coalesce(sum(m.size), 0) FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id
+        WHERE b.account_id = accounts.id);
+    CREATE TRIGGER messages_use AFTER INSERT ON messages BEGIN
+        UPDATE accounts SET used_bytes = used_bytes + NEW.size
+        WHERE id = (SELECT account_id FROM mailboxes WHERE id = NEW.mailbox_id);
+    END;
+    CREATE TRIGGER messages_unuse AFTER DELETE ON messages BEGIN
+        UPDATE accounts SET used_bytes = used_bytes - OLD.size
+        WHERE id = (SELECT account_id FROM mailboxes WHERE id = OLD.mailbox_id);
+    END;
+    """,
 ]
 
 

@@ -30,6 +30,14 @@ Semantics worth knowing:
 * Bodies are shared: copy, move, and queue rows reference one file; ``blobs.refcount``
   counts the references (message rows keep it exact through triggers).  The file is
   removed after the commit that drops the last reference.
+* Quota: ``accounts.used_bytes`` (kept by triggers) against the account's ``quota_bytes``
+  or ``StoreSettings.quota_bytes``; deliver, append and copy fail with QuotaExceeded
+  (nothing stored), move never does.  ``get_usage``/``set_quota`` for RFC 9208.
+* Errors: each Deferred errbacks with a StoreError subclass (NoSuchAccount,
+  NoSuchMailbox, MailboxExists, QuotaExceeded, InvalidMailboxName, InvalidFlag, ...);
+  SQLite errors arrive as StoreError with the sqlite3 error as ``__cause__``.
+  Operations submitted while ``open()`` runs wait for it; after ``close()`` they fail
+  with StoreClosed.
 
 For the outbound queue (mxd.queue), which keeps its tables in this same database:
 
@@ -81,6 +89,7 @@ from mxd.store.interfaces import (
     MessageProps,
     NoSuchAccount,
     NoSuchMailbox,
+    QuotaExceeded,
     SpecialUse,
     StoreError,
 )
@@ -109,6 +118,7 @@ class StoreSettings:
     """Settings of the embedded store."""
 
     max_batch: int = 64  # operations per group commit; 1 = one transaction each
+    quota_bytes: int | None = None  # default per-account quota (None: unlimited)
     busy_timeout_ms: int = 5000
     scan_orphans: bool = True  # at open, remove body files no row references
 
@@ -372,6 +382,41 @@ class SQLiteStore:
 
         return self._writer.submit(op)
 
+    def set_quota(self, name: str, quota_bytes: int | None) -> Deferred[None]:
+        """Set the account's quota in bytes (None: the store's default)."""
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> None:
+            if quota_bytes is not None and quota_bytes < 0:
+                raise StoreError("a quota cannot be negative")
+            cur = conn.execute("UPDATE accounts SET quota_bytes = ? WHERE name = ?",
+                               (quota_bytes, name))
+            if cur.rowcount != 1:
+                raise NoSuchAccount(f"no account {name!r}")
+
+        return self._writer.submit(op)
+
+    def get_usage(self, account_id: int) -> Deferred[tuple[int, int | None]]:
+        """(bytes used, quota in bytes or None) for RFC 9208 GETQUOTAROOT."""
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> tuple[int, int | None]:
+            row = conn.execute("SELECT used_bytes, quota_bytes FROM accounts WHERE id = ?",
+                               (account_id,)).fetchone()
+            if row is None:
+                raise NoSuchAccount(f"no account with id {account_id}")
+            quota = row[1] if row[1] is not None else self.settings.quota_bytes
+            return int(row[0]), quota
+
+        return self._writer.submit(op)
+
+    def _check_quota(self, conn: sqlite3.Connection, account_id: int, adding: int) -> None:
+        """QuotaExceeded when the account would be over its quota after ``adding`` bytes
+        (checked before or after the rows are written, in the same savepoint)."""
+        row = conn.execute("SELECT used_bytes, quota_bytes FROM accounts WHERE id = ?",
+                           (account_id,)).fetchone()
+        if row is None:
+            raise NoSuchAccount(f"no account with id {account_id}")
+        quota = row[1] if row[1] is not None else self.settings.quota_bytes
+        if quota is not None and row[0] + adding > quota:
+            raise QuotaExceeded(f"account {account_id} is over its quota of {quota} bytes")
+
     def list_accounts(self) -> Deferred[list[Account]]:
         def op(conn: sqlite3.Connection, ctx: OpContext) -> list[Account]:
             rows = conn.execute("SELECT id, name FROM accounts ORDER BY name").fetchall()
@@ -415,6 +460,7 @@ class SQLiteStore:
             uids = []
             for t, flags in zip(targets, flag_sets, strict=True):
                 mailbox_id = _mailbox_id(conn, t.account_id, t.mailbox)
+                self._check_quota(conn, t.account_id, w.size)
                 uid, modseq = _insert_new(conn, mailbox_id, w, flags, when, props)
                 ctx.changes.append(MailboxChange(mailbox_id, "exists", (uid,), modseq))
                 uids.append(uid)
@@ -433,6 +479,9 @@ class SQLiteStore:
             clean = names.clean_flags(flags)
             self._register_blob(conn, ctx, w)
             _check_mailbox(conn, mailbox_id)
+            account_id = conn.execute("SELECT account_id FROM mailboxes WHERE id = ?",
+                                      (mailbox_id,)).fetchone()[0]
+            self._check_quota(conn, account_id, w.size)
             uid, modseq = _insert_new(conn, mailbox_id, w, clean, when, MessageProps())
             ctx.changes.append(MailboxChange(mailbox_id, "exists", (uid,), modseq))
             return uid
@@ -633,7 +682,11 @@ class SQLiteStore:
         uid_list = list(uids)
 
         def op(conn: sqlite3.Connection, ctx: OpContext) -> list[tuple[int, int]]:
-            return _copy(conn, ctx, mailbox_id, uid_list, dest_mailbox_id)
+            pairs = _copy(conn, ctx, mailbox_id, uid_list, dest_mailbox_id)
+            account_id = conn.execute("SELECT account_id FROM mailboxes WHERE id = ?",
+                                      (dest_mailbox_id,)).fetchone()[0]
+            self._check_quota(conn, account_id, 0)
+            return pairs
 
         return self._writer.submit(op)
 

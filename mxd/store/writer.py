@@ -2,8 +2,8 @@
 
 All SQLite work runs on one thread (a Twisted ``ThreadPool`` of size 1), so the reactor
 never waits on an fsync.  Operations submitted while a batch is running queue up and
-run together as the next batch: their body files are fsynced (each touched directory
-once), then every operation runs inside its own SAVEPOINT of one transaction, and a
+run together as the next batch: their body files are fsynced (in parallel, then each
+touched directory once), then every operation runs inside its own SAVEPOINT of one transaction, and a
 single COMMIT (one WAL fsync under ``synchronous=FULL``) makes them all durable.  An
 operation that raises is rolled back to its savepoint alone; the others commit.  Each
 operation's Deferred fires on the reactor thread only after that COMMIT, followed by its

@@ -23,6 +23,11 @@ def _check_invariants(data_dir: Path) -> None:
         counts = dict(conn.execute("SELECT blob_id, count(*) FROM messages GROUP BY blob_id"))
         refcounts = dict(conn.execute("SELECT id, refcount FROM blobs"))
         assert refcounts == counts, "refcounts equal the number of message rows"
+        used = dict(conn.execute("SELECT id, used_bytes FROM accounts"))
+        actual = dict(conn.execute(
+            "SELECT a.id, coalesce(sum(m.size), 0) FROM accounts a LEFT JOIN mailboxes b "
+            "ON b.account_id = a.id LEFT JOIN messages m ON m.mailbox_id = b.id GROUP BY a.id"))
+        assert used == actual, "used_bytes equals the sum of message sizes"
         files = BlobFiles(data_dir)
         assert set(files.iter_blob_ids()) == set(refcounts), "one file per blob row"
         for mailbox_id, uidnext, highest in conn.execute(
@@ -47,7 +52,7 @@ def _check_invariants(data_dir: Path) -> None:
 def test_random_operations_keep_invariants(data_dir: Path, seed: int) -> None:
     """Deliver/copy/move/flag/expunge/delete in random order: refcounts stay exact, every
     blob row has its file and no file lacks a row, UIDs stay below UIDNEXT, modseqs at
-    most HIGHESTMODSEQ, and expunged UIDs never come back."""
+    most HIGHESTMODSEQ, expunged UIDs never come back, and storage use is exact."""
     rng = random.Random(seed)
     h: StoreHarness = open_store(data_dir, inline=True)
     s = h.store

@@ -149,3 +149,27 @@ def test_unref_outside_transact_is_an_error(store: StoreHarness) -> None:
     """unref_blob needs the transact context (to remove the file after the commit)."""
     with pytest.raises(StoreError, match="inside transact"):
         store.store.unref_blob(None, "0" * 32)  # type: ignore[arg-type]
+
+
+def test_upgrade_from_version_1_backfills_usage(data_dir: Path) -> None:
+    """A version-1 database with messages opens upgraded, with storage use computed."""
+    conn = sqlite3.connect(data_dir / "mxd.sqlite3", isolation_level=None)
+    migrate(conn, "store", STORE_MIGRATIONS[:1])
+    conn.executescript("""
+        INSERT INTO accounts (id, name, secrets) VALUES (1, 'old', '{}');
+        INSERT INTO mailboxes (id, account_id, name, uidvalidity, uidnext) VALUES (1, 1, 'INBOX', 7, 3);
+        INSERT INTO blobs (id, size, refcount) VALUES ('00000000000000000000000000000001', 10, 0);
+        INSERT INTO messages (mailbox_id, uid, modseq, internal_date, size, blob_id)
+            VALUES (1, 1, 2, '2024-01-01T00:00:00+00:00', 10, '00000000000000000000000000000001'),
+                   (1, 2, 3, '2024-01-01T00:00:00+00:00', 10, '00000000000000000000000000000001');
+    """)
+    conn.close()
+    files_dir = data_dir / "blobs" / "00"
+    files_dir.mkdir(parents=True)
+    (files_dir / "00000000000000000000000000000001").write_bytes(b"0123456789")
+    h = open_store(data_dir)
+    assert _versions(data_dir)["store"] == len(STORE_MIGRATIONS) > 1
+    assert h.run(h.store.get_usage(1)) == (20, None)
+    (m1, m2) = h.run(h.store.list_messages(1))
+    assert (m1.uid, m2.uid, m1.blob_id) == (1, 2, "00000000000000000000000000000001")
+    h.close()

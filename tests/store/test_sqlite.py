@@ -504,3 +504,41 @@ def test_sqlite_store_provides_the_protocols(store: StoreHarness) -> None:
     e: IMailStoreExtras = s
     q: ISharedDatabase = s
     assert a is m is e is q
+
+
+def test_quota_and_usage(data_dir: Path) -> None:
+    """Usage follows deliveries, copies and expunges; a delivery, append or copy that
+    would pass the quota fails with QuotaExceeded and stores nothing; move is free."""
+    from mxd.store.interfaces import QuotaExceeded
+
+    h = open_store(data_dir, settings=StoreSettings(quota_bytes=250))
+    s = h.store
+    a = _account(h)
+    inbox, archive = _mbox(h, a), _mbox(h, a, "Archive")
+    assert h.run(s.get_usage(a)) == (0, 250)
+    h.deliver_bytes(b"x" * 100, [Delivery(a)])
+    assert h.run(s.get_usage(a)) == (100, 250)
+    w = s.new_blob()
+    w.write(b"y" * 100)
+    err = h.fail(s.deliver(w, [Delivery(a), Delivery(a, "Archive")], MessageProps()))
+    assert isinstance(err, QuotaExceeded)
+    assert h.run(s.get_usage(a)) == (100, 250)
+    h.run(s.copy(inbox, [1], archive))
+    assert h.run(s.get_usage(a))[0] == 200
+    assert isinstance(h.fail(s.copy(inbox, [1], archive)), QuotaExceeded)
+    w2 = s.new_blob()
+    w2.write(b"z" * 51)
+    assert isinstance(h.fail(s.append(inbox, w2, frozenset())), QuotaExceeded)
+    assert h.run(s.move(inbox, [1], _mbox(h, a, "Trash"))) == [(1, 1)]
+    assert h.run(s.get_usage(a))[0] == 200
+    h.run(s.set_quota("alice", None))
+    assert h.run(s.get_usage(a)) == (200, 250)  # back to the default
+    h.run(s.set_quota("alice", 10_000))
+    h.deliver_bytes(b"w" * 1000, [Delivery(a)])
+    assert h.run(s.get_usage(a)) == (1200, 10_000)
+    h.run(s.store_flags(archive, [1], frozenset({"\\Deleted"}), "add"))
+    h.run(s.expunge(archive))
+    assert h.run(s.get_usage(a))[0] == 1100
+    assert isinstance(h.fail(s.set_quota("nobody", 1)), NoSuchAccount)
+    assert isinstance(h.fail(s.get_usage(999)), NoSuchAccount)
+    h.close()
