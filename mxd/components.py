@@ -140,9 +140,42 @@ def make_sasl(cfg: Config, directory: Any, reactor: Any, metrics: IMetrics) -> A
                       metrics=m, run_blocking=lambda f: deferToThread(f))
 
 
+def make_resolver(cfg: Config, reactor: Any, metrics: IMetrics) -> Any:
+    from mxd.dns.resolver import Resolver, settings_from_values
+
+    settings = settings_from_values(
+        cfg.resolver.nameservers, cfg.resolver.trusted, timeout=cfg.resolver.timeout,
+        attempts=cfg.resolver.attempts, cache_size=cfg.resolver.cache_size)
+    m: Any = metrics
+    return Resolver(reactor, settings, m)
+
+
+def make_queue_runner(cfg: Config, queue: Any, resolver: Any, store: Any, reactor: Any,
+                      metrics: IMetrics) -> Any:
+    import attrs
+
+    from mxd.queue.local import StoreLocalDelivery
+    from mxd.queue.runner import QueueRunner, QueueSettings
+
+    settings = attrs.evolve(QueueSettings(), max_concurrent=cfg.queue.max_concurrent,
+                            max_per_domain=cfg.queue.max_concurrent_per_domain,
+                            port=cfg.queue.smtp_port)
+    local = StoreLocalDelivery(store, [normalise_domain(d) for d in cfg.domains.names])
+    m: Any = metrics
+    return QueueRunner(queue, resolver, reactor, settings, local_delivery=local,
+                       hostname=cfg.hostname, metrics=m)
+
+
 def build(cfg: Config, reactor: Any, metrics: IMetrics, parent: Any) -> dict[str, Any]:
-    """Create the shared components; services among them are attached to ``parent``."""
+    """Create the shared components; services among them are attached to ``parent``.
+
+    Order matters: the store service starts first (and stops last), then the queue
+    runner; listeners are added after these by tap.build_service."""
+    from mxd.queue.queue import Queue
+    from mxd.queue.store import QUEUE_MIGRATIONS
+
     store = make_store(cfg, reactor)
+    store.register_schema("queue", QUEUE_MIGRATIONS)
     directory = make_directory(cfg, store)
 
     def sync() -> Deferred[None]:
@@ -151,8 +184,41 @@ def build(cfg: Config, reactor: Any, metrics: IMetrics, parent: Any) -> dict[str
     store_service = StoreService(store, [sync])
     store_service.setServiceParent(parent)
     sasl = make_sasl(cfg, directory, reactor, metrics)
-    return {"store": store, "store_service": store_service, "directory": directory,
-            "sasl": sasl}
+    m: Any = metrics
+    queue = Queue(store, reactor, m)
+    resolver = make_resolver(cfg, reactor, metrics)
+    comps = {"store": store, "store_service": store_service, "directory": directory,
+             "sasl": sasl, "queue": queue, "resolver": resolver}
+    if cfg.queue.hold_all:
+        log.info("queue: hold_all is set, outbound mail stays queued")
+    else:
+        runner = make_queue_runner(cfg, queue, resolver, store, reactor, metrics)
+        runner.setServiceParent(parent)
+        comps["queue_runner"] = runner
+    return comps
+
+
+def _smtp_settings(cfg: Config) -> Any:
+    from mxd.smtp.session import SMTPServerSettings
+
+    return SMTPServerSettings(
+        max_message_size=cfg.smtp.max_message_size,
+        max_recipients=cfg.smtp.max_recipients,
+        max_connections=cfg.smtp.max_connections,
+        max_connections_per_ip=cfg.smtp.max_connections_per_ip,
+        command_timeout=cfg.smtp.command_timeout,
+        allow_plaintext_auth_on_loopback=cfg.auth.allow_plaintext_on_loopback,
+    )
+
+
+def _imap_settings(cfg: Config) -> Any:
+    from mxd.imap.server import IMAPServerSettings
+
+    return IMAPServerSettings(
+        append_limit=cfg.imap.max_literal_size,
+        idle_timeout=cfg.imap.idle_timeout,
+        plaintext_login_on_loopback=cfg.auth.allow_plaintext_on_loopback,
+    )
 
 
 def listener_factory(cfg: Config, li: ListenerConfig, comps: dict[str, Any], reactor: Any,
@@ -163,4 +229,23 @@ def listener_factory(cfg: Config, li: ListenerConfig, comps: dict[str, Any], rea
 
         site: Any = admin_site(top.status, prom)
         return cast(IProtocolFactory, site)
-    raise NotImplementedError(f"the {li.protocol} listener is not wired yet")
+    from mxd.tls import load_server_tls
+
+    tls_options: Any = load_server_tls(tls) if tls is not None else None
+    if li.protocol in ("smtp", "submission", "submissions"):
+        from mxd.smtp.service import smtp_factory
+
+        m: Any = metrics
+        return smtp_factory(role=li.protocol,  # type: ignore[arg-type]
+                            settings=_smtp_settings(cfg), store=comps["store"],
+                            directory=comps["directory"], sasl=comps["sasl"],
+                            outbound=comps["queue"], tls=tls_options, clock=reactor,
+                            hostname=cfg.hostname, metrics=m)
+    if li.protocol in ("imap", "imaps"):
+        from mxd.imap.server import imap_factory
+
+        return imap_factory(implicit_tls=li.protocol == "imaps", settings=_imap_settings(cfg),
+                            store=comps["store"], accounts=comps["store"], sasl=comps["sasl"],
+                            tls=tls_options, clock=reactor, hostname=cfg.hostname,
+                            metrics=metrics)
+    raise ValueError(f"unknown listener protocol {li.protocol}")
