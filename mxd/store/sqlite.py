@@ -74,12 +74,12 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from mxd.store import names
+from mxd.store import queries as q
 from mxd.store.blobs import BlobError, BlobFiles, FileBlobWriter
 from mxd.store.interfaces import (
     DEFAULT_MAILBOXES,
     Account,
     AccountExists,
-    AddressInUse,
     BlobWriter,
     Delivery,
     MailboxChange,
@@ -101,8 +101,6 @@ log = Logger()
 T = TypeVar("T")
 
 DB_NAME = "mxd.sqlite3"
-MAX_UID = 2**32 - 1
-_CHUNK = 500  # host parameters per IN (...) list
 
 
 class MailboxHasChildren(StoreError):
@@ -328,7 +326,7 @@ class SQLiteStore:
         addrs = tuple(addresses)
 
         def op(conn: sqlite3.Connection, ctx: OpContext) -> Account:
-            _check_account_name(name)
+            q.check_account_name(name)
             try:
                 cur = conn.execute("INSERT INTO accounts (name, secrets) VALUES (?, ?)",
                                    (name, secrets_text))
@@ -336,16 +334,16 @@ class SQLiteStore:
                 raise AccountExists(f"account {name!r} exists") from None
             account_id = int(cur.lastrowid or 0)
             for a in addrs:
-                _insert_address(conn, account_id, a)
+                q.insert_address(conn, account_id, a)
             for mbox, use in DEFAULT_MAILBOXES.items():
-                _create_one(conn, account_id, mbox, use, subscribed=True)
+                q.create_one(conn, account_id, mbox, use, subscribed=True)
             return Account(account_id, name, addrs)
 
         return self._writer.submit(op)
 
     def delete_account(self, name: str) -> Deferred[None]:
         def op(conn: sqlite3.Connection, ctx: OpContext) -> None:
-            account_id = _account_id(conn, name)
+            account_id = q.account_id(conn, name)
             for (mailbox_id,) in conn.execute(
                     "SELECT id FROM mailboxes WHERE account_id = ?", (account_id,)).fetchall():
                 self._drop_mailbox(conn, ctx, mailbox_id)
@@ -364,14 +362,14 @@ class SQLiteStore:
     def get_account(self, name: str) -> Deferred[Account | None]:
         def op(conn: sqlite3.Connection, ctx: OpContext) -> Account | None:
             row = conn.execute("SELECT id, name FROM accounts WHERE name = ?", (name,)).fetchone()
-            return _account(conn, row[0], row[1]) if row else None
+            return q.account(conn, row[0], row[1]) if row else None
 
         return self._writer.submit(op)
 
     def get_account_by_id(self, account_id: int) -> Deferred[Account | None]:
         def op(conn: sqlite3.Connection, ctx: OpContext) -> Account | None:
             row = conn.execute("SELECT id, name FROM accounts WHERE id = ?", (account_id,)).fetchone()
-            return _account(conn, row[0], row[1]) if row else None
+            return q.account(conn, row[0], row[1]) if row else None
 
         return self._writer.submit(op)
 
@@ -420,13 +418,13 @@ class SQLiteStore:
     def list_accounts(self) -> Deferred[list[Account]]:
         def op(conn: sqlite3.Connection, ctx: OpContext) -> list[Account]:
             rows = conn.execute("SELECT id, name FROM accounts ORDER BY name").fetchall()
-            return [_account(conn, r[0], r[1]) for r in rows]
+            return [q.account(conn, r[0], r[1]) for r in rows]
 
         return self._writer.submit(op)
 
     def add_address(self, name: str, address: str) -> Deferred[None]:
         def op(conn: sqlite3.Connection, ctx: OpContext) -> None:
-            _insert_address(conn, _account_id(conn, name), address)
+            q.insert_address(conn, q.account_id(conn, name), address)
 
         return self._writer.submit(op)
 
@@ -441,7 +439,7 @@ class SQLiteStore:
             row = conn.execute(
                 "SELECT a.id, a.name FROM addresses d JOIN accounts a ON a.id = d.account_id "
                 "WHERE d.address = ?", (address,)).fetchone()
-            return _account(conn, row[0], row[1]) if row else None
+            return q.account(conn, row[0], row[1]) if row else None
 
         return self._writer.submit(op)
 
@@ -459,9 +457,9 @@ class SQLiteStore:
             self._register_blob(conn, ctx, w)
             uids = []
             for t, flags in zip(targets, flag_sets, strict=True):
-                mailbox_id = _mailbox_id(conn, t.account_id, t.mailbox)
+                mailbox_id = q.mailbox_id(conn, t.account_id, t.mailbox)
                 self._check_quota(conn, t.account_id, w.size)
-                uid, modseq = _insert_new(conn, mailbox_id, w, flags, when, props)
+                uid, modseq = q.insert_new(conn, mailbox_id, w, flags, when, props)
                 ctx.changes.append(MailboxChange(mailbox_id, "exists", (uid,), modseq))
                 uids.append(uid)
             return uids
@@ -478,11 +476,11 @@ class SQLiteStore:
         def op(conn: sqlite3.Connection, ctx: OpContext) -> int:
             clean = names.clean_flags(flags)
             self._register_blob(conn, ctx, w)
-            _check_mailbox(conn, mailbox_id)
+            q.check_mailbox(conn, mailbox_id)
             account_id = conn.execute("SELECT account_id FROM mailboxes WHERE id = ?",
                                       (mailbox_id,)).fetchone()[0]
             self._check_quota(conn, account_id, w.size)
-            uid, modseq = _insert_new(conn, mailbox_id, w, clean, when, MessageProps())
+            uid, modseq = q.insert_new(conn, mailbox_id, w, clean, when, MessageProps())
             ctx.changes.append(MailboxChange(mailbox_id, "exists", (uid,), modseq))
             return uid
 
@@ -491,10 +489,10 @@ class SQLiteStore:
     # -- mailboxes -------------------------------------------------------------------------
     def list_mailboxes(self, account_id: int) -> Deferred[list[MailboxInfo]]:
         def op(conn: sqlite3.Connection, ctx: OpContext) -> list[MailboxInfo]:
-            _check_account(conn, account_id)
-            rows = conn.execute(_MAILBOX_SELECT + " WHERE m.account_id = ? ORDER BY m.name",
+            q.check_account(conn, account_id)
+            rows = conn.execute(q.MAILBOX_SELECT + " WHERE m.account_id = ? ORDER BY m.name",
                                 (account_id,)).fetchall()
-            return [_mailbox_info(r) for r in rows]
+            return [q.mailbox_info(r) for r in rows]
 
         return self._writer.submit(op)
 
@@ -503,21 +501,21 @@ class SQLiteStore:
 
         def op(conn: sqlite3.Connection, ctx: OpContext) -> MailboxInfo:
             name = names.normalize_mailbox_name(mailbox_name)
-            row = conn.execute(_MAILBOX_SELECT + " WHERE m.account_id = ? AND m.name = ?",
+            row = conn.execute(q.MAILBOX_SELECT + " WHERE m.account_id = ? AND m.name = ?",
                                (account_id, name)).fetchone()
             if row is None:
-                _check_account(conn, account_id)
+                q.check_account(conn, account_id)
                 raise NoSuchMailbox(f"no mailbox {name!r}")
-            return _mailbox_info(row)
+            return q.mailbox_info(row)
 
         return self._writer.submit(op)
 
     def get_mailbox_by_id(self, mailbox_id: int) -> Deferred[MailboxInfo]:
         def op(conn: sqlite3.Connection, ctx: OpContext) -> MailboxInfo:
-            row = conn.execute(_MAILBOX_SELECT + " WHERE m.id = ?", (mailbox_id,)).fetchone()
+            row = conn.execute(q.MAILBOX_SELECT + " WHERE m.id = ?", (mailbox_id,)).fetchone()
             if row is None:
                 raise NoSuchMailbox(f"no mailbox with id {mailbox_id}")
-            return _mailbox_info(row)
+            return q.mailbox_info(row)
 
         return self._writer.submit(op)
 
@@ -526,15 +524,15 @@ class SQLiteStore:
 
         def op(conn: sqlite3.Connection, ctx: OpContext) -> MailboxInfo:
             name = names.normalize_mailbox_name(mailbox_name)
-            _check_account(conn, account_id)
-            if _find_mailbox(conn, account_id, name) is not None:
+            q.check_account(conn, account_id)
+            if q.find_mailbox(conn, account_id, name) is not None:
                 raise MailboxExists(f"mailbox {name!r} exists")
             for parent in names.parents(name):  # RFC 3501 §6.3.3
-                if _find_mailbox(conn, account_id, parent) is None:
-                    _create_one(conn, account_id, parent, None, subscribed=False)
-            mailbox_id = _create_one(conn, account_id, name, special_use, subscribed=False)
-            row = conn.execute(_MAILBOX_SELECT + " WHERE m.id = ?", (mailbox_id,)).fetchone()
-            return _mailbox_info(row)
+                if q.find_mailbox(conn, account_id, parent) is None:
+                    q.create_one(conn, account_id, parent, None, subscribed=False)
+            mailbox_id = q.create_one(conn, account_id, name, special_use, subscribed=False)
+            row = conn.execute(q.MAILBOX_SELECT + " WHERE m.id = ?", (mailbox_id,)).fetchone()
+            return q.mailbox_info(row)
 
         return self._writer.submit(op)
 
@@ -545,7 +543,7 @@ class SQLiteStore:
             name = names.normalize_mailbox_name(mailbox_name)
             if names.is_inbox(name):
                 raise CannotDeleteInbox("INBOX cannot be deleted")
-            mailbox_id = _mailbox_id(conn, account_id, name)
+            mailbox_id = q.mailbox_id(conn, account_id, name)
             child = conn.execute(
                 "SELECT 1 FROM mailboxes WHERE account_id = ? AND name LIKE ? ESCAPE '!' LIMIT 1",
                 (account_id, names.like_children(name))).fetchone()
@@ -569,19 +567,19 @@ class SQLiteStore:
         def op(conn: sqlite3.Connection, ctx: OpContext) -> None:
             old = names.normalize_mailbox_name(old_name)
             new = names.normalize_mailbox_name(new_name)
-            src = _mailbox_id(conn, account_id, old)
-            if _find_mailbox(conn, account_id, new) is not None:
+            src = q.mailbox_id(conn, account_id, old)
+            if q.find_mailbox(conn, account_id, new) is not None:
                 raise MailboxExists(f"mailbox {new!r} exists")
             if names.is_inferior(new, old):
                 raise StoreError(f"cannot rename {old!r} to its own inferior {new!r}")
             for parent in names.parents(new):
-                if _find_mailbox(conn, account_id, parent) is None:
-                    _create_one(conn, account_id, parent, None, subscribed=False)
+                if q.find_mailbox(conn, account_id, parent) is None:
+                    q.create_one(conn, account_id, parent, None, subscribed=False)
             if names.is_inbox(old):  # RFC 3501 §6.3.5: move INBOX's messages, keep INBOX
-                dest = _create_one(conn, account_id, new, None, subscribed=False)
+                dest = q.create_one(conn, account_id, new, None, subscribed=False)
                 uids = [r[0] for r in conn.execute(
                     "SELECT uid FROM messages WHERE mailbox_id = ? ORDER BY uid", (src,))]
-                _move(conn, ctx, src, uids, dest)
+                q.move(conn, ctx, src, uids, dest)
                 return
             affected = [r[0] for r in conn.execute(
                 "SELECT id FROM mailboxes WHERE account_id = ? AND (name = ? OR name LIKE ? ESCAPE '!')",
@@ -603,7 +601,7 @@ class SQLiteStore:
 
         def op(conn: sqlite3.Connection, ctx: OpContext) -> None:
             name = names.normalize_mailbox_name(mailbox_name)
-            mailbox_id = _mailbox_id(conn, account_id, name)
+            mailbox_id = q.mailbox_id(conn, account_id, name)
             conn.execute("UPDATE mailboxes SET subscribed = ? WHERE id = ?",
                          (int(subscribed), mailbox_id))
 
@@ -612,18 +610,18 @@ class SQLiteStore:
     # -- messages --------------------------------------------------------------------------
     def list_messages(self, mailbox_id: int, since_modseq: int = 0) -> Deferred[list[MessageInfo]]:
         def op(conn: sqlite3.Connection, ctx: OpContext) -> list[MessageInfo]:
-            _check_mailbox(conn, mailbox_id)
+            q.check_mailbox(conn, mailbox_id)
             rows = conn.execute(
-                _MESSAGE_SELECT + " WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
+                q.MESSAGE_SELECT + " WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
                 (mailbox_id, since_modseq)).fetchall()
-            return [_message_info(r) for r in rows]
+            return [q.message_info(r) for r in rows]
 
         return self._writer.submit(op)
 
     def list_vanished(self, mailbox_id: int, since_modseq: int = 0) -> Deferred[list[int]]:
         """UIDs expunged after ``since_modseq`` (RFC 7162 §3.2.5.2 VANISHED (EARLIER))."""
         def op(conn: sqlite3.Connection, ctx: OpContext) -> list[int]:
-            _check_mailbox(conn, mailbox_id)
+            q.check_mailbox(conn, mailbox_id)
             return [r[0] for r in conn.execute(
                 "SELECT uid FROM vanished WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
                 (mailbox_id, since_modseq))]
@@ -652,11 +650,11 @@ class SQLiteStore:
             if mode not in ("set", "add", "remove"):
                 raise StoreError(f"unknown flag store mode {mode!r}")
             clean = names.clean_flags(flags)
-            _check_mailbox(conn, mailbox_id)
+            q.check_mailbox(conn, mailbox_id)
             failed: list[int] = []
             todo: list[tuple[Any, frozenset[str]]] = []
-            for row in _rows_for_uids(conn, mailbox_id, uid_list):
-                info = _message_info(row)
+            for row in q.rows_for_uids(conn, mailbox_id, uid_list):
+                info = q.message_info(row)
                 # RFC 7162 §3.1.3: UNCHANGEDSINCE fails for messages changed since.
                 if unchanged_since is not None and info.modseq > unchanged_since:
                     failed.append(info.uid)
@@ -666,7 +664,7 @@ class SQLiteStore:
                     todo.append((info, new))
             changed: list[MessageInfo] = []
             if todo:
-                modseq = _bump_modseq(conn, mailbox_id)
+                modseq = q.bump_modseq(conn, mailbox_id)
                 for info, new in todo:
                     conn.execute(
                         "UPDATE messages SET flags = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",
@@ -682,7 +680,7 @@ class SQLiteStore:
         uid_list = list(uids)
 
         def op(conn: sqlite3.Connection, ctx: OpContext) -> list[tuple[int, int]]:
-            pairs = _copy(conn, ctx, mailbox_id, uid_list, dest_mailbox_id)
+            pairs = q.copy(conn, ctx, mailbox_id, uid_list, dest_mailbox_id)
             account_id = conn.execute("SELECT account_id FROM mailboxes WHERE id = ?",
                                       (dest_mailbox_id,)).fetchone()[0]
             self._check_quota(conn, account_id, 0)
@@ -694,7 +692,7 @@ class SQLiteStore:
         uid_list = list(uids)
 
         def op(conn: sqlite3.Connection, ctx: OpContext) -> list[tuple[int, int]]:
-            return _move(conn, ctx, mailbox_id, uid_list, dest_mailbox_id)
+            return q.move(conn, ctx, mailbox_id, uid_list, dest_mailbox_id)
 
         return self._writer.submit(op)
 
@@ -702,211 +700,23 @@ class SQLiteStore:
         uid_list = None if uids is None else list(uids)
 
         def op(conn: sqlite3.Connection, ctx: OpContext) -> list[int]:
-            _check_mailbox(conn, mailbox_id)
+            q.check_mailbox(conn, mailbox_id)
             if uid_list is None:
                 rows = conn.execute(
                     "SELECT uid, blob_id FROM messages WHERE mailbox_id = ? "
                     "AND instr(flags, ' \\Deleted ') > 0 ORDER BY uid", (mailbox_id,)).fetchall()
                 pairs = [(r[0], r[1]) for r in rows]
             else:
-                pairs = [(r[0], r[6]) for r in _rows_for_uids(conn, mailbox_id, uid_list)
+                pairs = [(r[0], r[6]) for r in q.rows_for_uids(conn, mailbox_id, uid_list)
                          if "\\Deleted" in names.flags_from_text(r[2])]
             if not pairs:
                 return []
             gone = [uid for uid, _ in pairs]
-            _remove(conn, ctx, mailbox_id, gone)
+            q.remove(conn, ctx, mailbox_id, gone)
             self._gc(conn, ctx, [b for _, b in pairs])
             return gone
 
         return self._writer.submit(op)
-
-
-# -- SQL helpers (writer thread) ---------------------------------------------------------
-
-_MAILBOX_SELECT = (
-    "SELECT m.id, m.account_id, m.name, m.uidvalidity, m.uidnext, m.highestmodseq, "
-    "m.special_use, m.subscribed, "
-    "(SELECT count(*) FROM messages WHERE mailbox_id = m.id), "
-    "(SELECT count(*) FROM messages WHERE mailbox_id = m.id AND instr(flags, ' \\Seen ') = 0), "
-    "(SELECT coalesce(sum(size), 0) FROM messages WHERE mailbox_id = m.id) "
-    "FROM mailboxes m"
-)
-_MESSAGE_SELECT = (
-    "SELECT uid, modseq, flags, internal_date, size, mailbox_id, blob_id, requiretls, "
-    "tls_required_no, mail_from, received_via FROM messages"
-)
-
-
-def _check_account_name(name: str) -> None:
-    if not name or len(name) > 255 or name != name.strip() or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
-        raise StoreError(f"invalid account name {name!r}")
-
-
-def _mailbox_info(r: Any) -> MailboxInfo:
-    return MailboxInfo(
-        id=r[0], account_id=r[1], name=r[2], uidvalidity=r[3], uidnext=r[4],
-        highestmodseq=r[5], special_use=SpecialUse(r[6]) if r[6] else None,
-        subscribed=bool(r[7]), exists=r[8], unseen=r[9], size=r[10],
-    )
-
-
-def _message_info(r: Any) -> MessageInfo:
-    return MessageInfo(
-        uid=r[0], modseq=r[1], flags=names.flags_from_text(r[2]),
-        internal_date=datetime.fromisoformat(r[3]), size=r[4], blob_id=r[6],
-    )
-
-
-def _account(conn: sqlite3.Connection, account_id: int, name: str) -> Account:
-    addrs = tuple(r[0] for r in conn.execute(
-        "SELECT address FROM addresses WHERE account_id = ? ORDER BY address", (account_id,)))
-    return Account(account_id, name, addrs)
-
-
-def _account_id(conn: sqlite3.Connection, name: str) -> int:
-    row = conn.execute("SELECT id FROM accounts WHERE name = ?", (name,)).fetchone()
-    if row is None:
-        raise NoSuchAccount(f"no account {name!r}")
-    return int(row[0])
-
-
-def _check_account(conn: sqlite3.Connection, account_id: int) -> None:
-    if conn.execute("SELECT 1 FROM accounts WHERE id = ?", (account_id,)).fetchone() is None:
-        raise NoSuchAccount(f"no account with id {account_id}")
-
-
-def _check_mailbox(conn: sqlite3.Connection, mailbox_id: int) -> None:
-    if conn.execute("SELECT 1 FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone() is None:
-        raise NoSuchMailbox(f"no mailbox with id {mailbox_id}")
-
-
-def _insert_address(conn: sqlite3.Connection, account_id: int, address: str) -> None:
-    if not address or "@" not in address:
-        raise StoreError(f"invalid address {address!r}")
-    try:
-        conn.execute("INSERT INTO addresses (address, account_id) VALUES (?, ?)",
-                     (address, account_id))
-    except sqlite3.IntegrityError:
-        raise AddressInUse(f"address {address!r} belongs to an account") from None
-
-
-def _find_mailbox(conn: sqlite3.Connection, account_id: int, name: str) -> int | None:
-    row = conn.execute("SELECT id FROM mailboxes WHERE account_id = ? AND name = ?",
-                       (account_id, name)).fetchone()
-    return int(row[0]) if row else None
-
-
-def _mailbox_id(conn: sqlite3.Connection, account_id: int, name: str) -> int:
-    mailbox_id = _find_mailbox(conn, account_id, names.normalize_mailbox_name(name))
-    if mailbox_id is None:
-        _check_account(conn, account_id)
-        raise NoSuchMailbox(f"no mailbox {name!r}")
-    return mailbox_id
-
-
-def _next_uidvalidity(conn: sqlite3.Connection) -> int:
-    # RFC 3501 §2.3.1.1: never reuse a UIDVALIDITY for a name; a growing counter cannot.
-    value = int(conn.execute("SELECT value FROM meta WHERE key = 'next_uidvalidity'").fetchone()[0])
-    if not 0 < value <= MAX_UID:
-        value = 1
-    conn.execute("UPDATE meta SET value = ? WHERE key = 'next_uidvalidity'", (value + 1,))
-    return value
-
-
-def _create_one(conn: sqlite3.Connection, account_id: int, name: str,
-                special_use: SpecialUse | None, *, subscribed: bool) -> int:
-    try:
-        cur = conn.execute(
-            "INSERT INTO mailboxes (account_id, name, uidvalidity, special_use, subscribed) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (account_id, name, _next_uidvalidity(conn),
-             str(special_use) if special_use else None, int(subscribed)))
-    except sqlite3.IntegrityError:
-        raise MailboxExists(f"mailbox {name!r} exists") from None
-    return int(cur.lastrowid or 0)
-
-
-def _bump_modseq(conn: sqlite3.Connection, mailbox_id: int) -> int:
-    conn.execute("UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ?", (mailbox_id,))
-    return int(conn.execute("SELECT highestmodseq FROM mailboxes WHERE id = ?",
-                            (mailbox_id,)).fetchone()[0])
-
-
-def _alloc_uids(conn: sqlite3.Connection, mailbox_id: int, n: int) -> int:
-    first = int(conn.execute("SELECT uidnext FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()[0])
-    if first + n - 1 > MAX_UID:
-        raise StoreError("mailbox has run out of UIDs; it must be recreated")
-    conn.execute("UPDATE mailboxes SET uidnext = ? WHERE id = ?", (first + n, mailbox_id))
-    return first
-
-
-def _insert_new(conn: sqlite3.Connection, mailbox_id: int, w: FileBlobWriter,
-                flags: frozenset[str], when: datetime, props: MessageProps) -> tuple[int, int]:
-    modseq = _bump_modseq(conn, mailbox_id)
-    uid = _alloc_uids(conn, mailbox_id, 1)
-    conn.execute(
-        "INSERT INTO messages (mailbox_id, uid, modseq, flags, internal_date, size, blob_id, "
-        "requiretls, tls_required_no, mail_from, received_via) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (mailbox_id, uid, modseq, names.flags_to_text(flags), when.isoformat(), w.size,
-         w.blob_id, int(props.requiretls), int(props.tls_required_no), props.mail_from,
-         props.received_via))
-    return uid, modseq
-
-
-def _rows_for_uids(conn: sqlite3.Connection, mailbox_id: int, uids: Sequence[int]) -> list[Any]:
-    out: list[Any] = []
-    wanted = sorted(set(uids))
-    for i in range(0, len(wanted), _CHUNK):
-        chunk = wanted[i:i + _CHUNK]
-        out.extend(conn.execute(
-            _MESSAGE_SELECT + f" WHERE mailbox_id = ? AND uid IN ({','.join('?' * len(chunk))})"
-            " ORDER BY uid", (mailbox_id, *chunk)).fetchall())
-    return out
-
-
-def _copy(conn: sqlite3.Connection, ctx: OpContext, src: int, uids: Sequence[int],
-          dest: int) -> list[tuple[int, int]]:
-    _check_mailbox(conn, src)
-    _check_mailbox(conn, dest)
-    rows = _rows_for_uids(conn, src, uids)
-    if not rows:
-        return []
-    modseq = _bump_modseq(conn, dest)
-    first = _alloc_uids(conn, dest, len(rows))
-    pairs = []
-    for i, r in enumerate(rows):
-        new_uid = first + i
-        # RFC 3501 §6.4.7: flags and internal date are preserved in the copy.
-        conn.execute(
-            "INSERT INTO messages (mailbox_id, uid, modseq, flags, internal_date, size, "
-            "blob_id, requiretls, tls_required_no, mail_from, received_via) "
-            "SELECT ?, ?, ?, flags, internal_date, size, blob_id, requiretls, "
-            "tls_required_no, mail_from, received_via FROM messages "
-            "WHERE mailbox_id = ? AND uid = ?", (dest, new_uid, modseq, src, r[0]))
-        pairs.append((int(r[0]), new_uid))
-    ctx.changes.append(MailboxChange(dest, "exists", tuple(p[1] for p in pairs), modseq))
-    return pairs
-
-
-def _remove(conn: sqlite3.Connection, ctx: OpContext, mailbox_id: int, uids: list[int]) -> None:
-    modseq = _bump_modseq(conn, mailbox_id)
-    for uid in uids:
-        conn.execute("DELETE FROM messages WHERE mailbox_id = ? AND uid = ?", (mailbox_id, uid))
-        conn.execute("INSERT OR REPLACE INTO vanished (mailbox_id, uid, modseq) VALUES (?, ?, ?)",
-                     (mailbox_id, uid, modseq))
-    ctx.changes.append(MailboxChange(mailbox_id, "expunge", tuple(uids), modseq))
-
-
-def _move(conn: sqlite3.Connection, ctx: OpContext, src: int, uids: Sequence[int],
-          dest: int) -> list[tuple[int, int]]:
-    # RFC 6851 §3.3: copy, then expunge the source messages, atomically.
-    if src == dest:
-        raise StoreError("cannot move messages to the mailbox they are in")
-    pairs = _copy(conn, ctx, src, uids, dest)
-    if pairs:
-        _remove(conn, ctx, src, [p[0] for p in pairs])
-    return pairs
 
 
 __all__ = [

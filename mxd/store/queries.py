@@ -1,0 +1,217 @@
+"""SQL for the embedded store's tables (mxd.store.schema), run on the writer thread.
+
+Plain functions over a ``sqlite3.Connection`` inside the writer's transaction; the
+``SQLiteStore`` methods (mxd.store.sqlite) compose them into operations.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from mxd.store import names
+from mxd.store.blobs import FileBlobWriter
+from mxd.store.interfaces import (
+    Account,
+    AddressInUse,
+    MailboxChange,
+    MailboxExists,
+    MailboxInfo,
+    MessageInfo,
+    MessageProps,
+    NoSuchAccount,
+    NoSuchMailbox,
+    SpecialUse,
+    StoreError,
+)
+from mxd.store.writer import OpContext
+
+MAX_UID = 2**32 - 1
+CHUNK = 500  # host parameters per IN (...) list
+
+MAILBOX_SELECT = (
+    "SELECT m.id, m.account_id, m.name, m.uidvalidity, m.uidnext, m.highestmodseq, "
+    "m.special_use, m.subscribed, "
+    "(SELECT count(*) FROM messages WHERE mailbox_id = m.id), "
+    "(SELECT count(*) FROM messages WHERE mailbox_id = m.id AND instr(flags, ' \\Seen ') = 0), "
+    "(SELECT coalesce(sum(size), 0) FROM messages WHERE mailbox_id = m.id) "
+    "FROM mailboxes m"
+)
+MESSAGE_SELECT = (
+    "SELECT uid, modseq, flags, internal_date, size, mailbox_id, blob_id, requiretls, "
+    "tls_required_no, mail_from, received_via FROM messages"
+)
+
+
+def check_account_name(name: str) -> None:
+    if not name or len(name) > 255 or name != name.strip() or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise StoreError(f"invalid account name {name!r}")
+
+
+def mailbox_info(r: Any) -> MailboxInfo:
+    return MailboxInfo(
+        id=r[0], account_id=r[1], name=r[2], uidvalidity=r[3], uidnext=r[4],
+        highestmodseq=r[5], special_use=SpecialUse(r[6]) if r[6] else None,
+        subscribed=bool(r[7]), exists=r[8], unseen=r[9], size=r[10],
+    )
+
+
+def message_info(r: Any) -> MessageInfo:
+    return MessageInfo(
+        uid=r[0], modseq=r[1], flags=names.flags_from_text(r[2]),
+        internal_date=datetime.fromisoformat(r[3]), size=r[4], blob_id=r[6],
+    )
+
+
+def account(conn: sqlite3.Connection, account_id: int, name: str) -> Account:
+    addrs = tuple(r[0] for r in conn.execute(
+        "SELECT address FROM addresses WHERE account_id = ? ORDER BY address", (account_id,)))
+    return Account(account_id, name, addrs)
+
+
+def account_id(conn: sqlite3.Connection, name: str) -> int:
+    row = conn.execute("SELECT id FROM accounts WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        raise NoSuchAccount(f"no account {name!r}")
+    return int(row[0])
+
+
+def check_account(conn: sqlite3.Connection, account_id: int) -> None:
+    if conn.execute("SELECT 1 FROM accounts WHERE id = ?", (account_id,)).fetchone() is None:
+        raise NoSuchAccount(f"no account with id {account_id}")
+
+
+def check_mailbox(conn: sqlite3.Connection, mailbox_id: int) -> None:
+    if conn.execute("SELECT 1 FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone() is None:
+        raise NoSuchMailbox(f"no mailbox with id {mailbox_id}")
+
+
+def insert_address(conn: sqlite3.Connection, account_id: int, address: str) -> None:
+    if not address or "@" not in address:
+        raise StoreError(f"invalid address {address!r}")
+    try:
+        conn.execute("INSERT INTO addresses (address, account_id) VALUES (?, ?)",
+                     (address, account_id))
+    except sqlite3.IntegrityError:
+        raise AddressInUse(f"address {address!r} belongs to an account") from None
+
+
+def find_mailbox(conn: sqlite3.Connection, account_id: int, name: str) -> int | None:
+    row = conn.execute("SELECT id FROM mailboxes WHERE account_id = ? AND name = ?",
+                       (account_id, name)).fetchone()
+    return int(row[0]) if row else None
+
+
+def mailbox_id(conn: sqlite3.Connection, account_id: int, name: str) -> int:
+    mailbox_id = find_mailbox(conn, account_id, names.normalize_mailbox_name(name))
+    if mailbox_id is None:
+        check_account(conn, account_id)
+        raise NoSuchMailbox(f"no mailbox {name!r}")
+    return mailbox_id
+
+
+def next_uidvalidity(conn: sqlite3.Connection) -> int:
+    # RFC 3501 §2.3.1.1: never reuse a UIDVALIDITY for a name; a growing counter cannot.
+    value = int(conn.execute("SELECT value FROM meta WHERE key = 'next_uidvalidity'").fetchone()[0])
+    if not 0 < value <= MAX_UID:
+        value = 1
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'next_uidvalidity'", (value + 1,))
+    return value
+
+
+def create_one(conn: sqlite3.Connection, account_id: int, name: str,
+                special_use: SpecialUse | None, *, subscribed: bool) -> int:
+    try:
+        cur = conn.execute(
+            "INSERT INTO mailboxes (account_id, name, uidvalidity, special_use, subscribed) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (account_id, name, next_uidvalidity(conn),
+             str(special_use) if special_use else None, int(subscribed)))
+    except sqlite3.IntegrityError:
+        raise MailboxExists(f"mailbox {name!r} exists") from None
+    return int(cur.lastrowid or 0)
+
+
+def bump_modseq(conn: sqlite3.Connection, mailbox_id: int) -> int:
+    conn.execute("UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ?", (mailbox_id,))
+    return int(conn.execute("SELECT highestmodseq FROM mailboxes WHERE id = ?",
+                            (mailbox_id,)).fetchone()[0])
+
+
+def alloc_uids(conn: sqlite3.Connection, mailbox_id: int, n: int) -> int:
+    first = int(conn.execute("SELECT uidnext FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()[0])
+    if first + n - 1 > MAX_UID:
+        raise StoreError("mailbox has run out of UIDs; it must be recreated")
+    conn.execute("UPDATE mailboxes SET uidnext = ? WHERE id = ?", (first + n, mailbox_id))
+    return first
+
+
+def insert_new(conn: sqlite3.Connection, mailbox_id: int, w: FileBlobWriter,
+                flags: frozenset[str], when: datetime, props: MessageProps) -> tuple[int, int]:
+    modseq = bump_modseq(conn, mailbox_id)
+    uid = alloc_uids(conn, mailbox_id, 1)
+    conn.execute(
+        "INSERT INTO messages (mailbox_id, uid, modseq, flags, internal_date, size, blob_id, "
+        "requiretls, tls_required_no, mail_from, received_via) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (mailbox_id, uid, modseq, names.flags_to_text(flags), when.isoformat(), w.size,
+         w.blob_id, int(props.requiretls), int(props.tls_required_no), props.mail_from,
+         props.received_via))
+    return uid, modseq
+
+
+def rows_for_uids(conn: sqlite3.Connection, mailbox_id: int, uids: Sequence[int]) -> list[Any]:
+    out: list[Any] = []
+    wanted = sorted(set(uids))
+    for i in range(0, len(wanted), CHUNK):
+        chunk = wanted[i:i + CHUNK]
+        out.extend(conn.execute(
+            MESSAGE_SELECT + f" WHERE mailbox_id = ? AND uid IN ({','.join('?' * len(chunk))})"
+            " ORDER BY uid", (mailbox_id, *chunk)).fetchall())
+    return out
+
+
+def copy(conn: sqlite3.Connection, ctx: OpContext, src: int, uids: Sequence[int],
+          dest: int) -> list[tuple[int, int]]:
+    check_mailbox(conn, src)
+    check_mailbox(conn, dest)
+    rows = rows_for_uids(conn, src, uids)
+    if not rows:
+        return []
+    modseq = bump_modseq(conn, dest)
+    first = alloc_uids(conn, dest, len(rows))
+    pairs = []
+    for i, r in enumerate(rows):
+        new_uid = first + i
+        # RFC 3501 §6.4.7: flags and internal date are preserved in the copy.
+        conn.execute(
+            "INSERT INTO messages (mailbox_id, uid, modseq, flags, internal_date, size, "
+            "blob_id, requiretls, tls_required_no, mail_from, received_via) "
+            "SELECT ?, ?, ?, flags, internal_date, size, blob_id, requiretls, "
+            "tls_required_no, mail_from, received_via FROM messages "
+            "WHERE mailbox_id = ? AND uid = ?", (dest, new_uid, modseq, src, r[0]))
+        pairs.append((int(r[0]), new_uid))
+    ctx.changes.append(MailboxChange(dest, "exists", tuple(p[1] for p in pairs), modseq))
+    return pairs
+
+
+def remove(conn: sqlite3.Connection, ctx: OpContext, mailbox_id: int, uids: list[int]) -> None:
+    modseq = bump_modseq(conn, mailbox_id)
+    for uid in uids:
+        conn.execute("DELETE FROM messages WHERE mailbox_id = ? AND uid = ?", (mailbox_id, uid))
+        conn.execute("INSERT OR REPLACE INTO vanished (mailbox_id, uid, modseq) VALUES (?, ?, ?)",
+                     (mailbox_id, uid, modseq))
+    ctx.changes.append(MailboxChange(mailbox_id, "expunge", tuple(uids), modseq))
+
+
+def move(conn: sqlite3.Connection, ctx: OpContext, src: int, uids: Sequence[int],
+          dest: int) -> list[tuple[int, int]]:
+    # RFC 6851 §3.3: copy, then expunge the source messages, atomically.
+    if src == dest:
+        raise StoreError("cannot move messages to the mailbox they are in")
+    pairs = copy(conn, ctx, src, uids, dest)
+    if pairs:
+        remove(conn, ctx, src, [p[0] for p in pairs])
+    return pairs
