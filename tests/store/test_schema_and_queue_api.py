@@ -173,3 +173,24 @@ def test_upgrade_from_version_1_backfills_usage(data_dir: Path) -> None:
     (m1, m2) = h.run(h.store.list_messages(1))
     assert (m1.uid, m2.uid, m1.blob_id) == (1, 2, "00000000000000000000000000000001")
     h.close()
+
+
+def test_commit_blob_after_deliver_returns_the_same_body(data_dir: Path) -> None:
+    """The SMTP flow deliver-then-enqueue: commit_blob of an already delivered writer
+    fires with the delivered body's id, and a queue reference keeps the file alive after
+    the message is expunged."""
+    h = open_store(data_dir, schemas={"queue": QUEUE_V1})
+    s = h.store
+    a = h.run(s.add_account("alice", "{}")).id
+    w = s.new_blob()
+    w.write(b"both")
+    h.run(s.deliver(w, [Delivery(a)], MessageProps()))
+    blob_id = h.run(s.commit_blob(w))
+    h.run(s.transact(lambda c: s.ref_blob(c, blob_id)))
+    inbox = h.run(s.get_mailbox(a, "INBOX"))
+    (m,) = h.run(s.list_messages(inbox.id))
+    assert m.blob_id == blob_id
+    h.run(s.store_flags(inbox.id, [m.uid], frozenset({"\\Deleted"}), "add"))
+    h.run(s.expunge(inbox.id))
+    assert s.blob_path(blob_id).read_bytes() == b"both"
+    h.close()
