@@ -108,7 +108,7 @@ async def cmd_logout(s: IMAPSession, cmd: Command) -> Reply:
     s.state = State.LOGOUT
     s.deselect()
     s._closed = True
-    s.tr.loseConnection()
+    s.close_connection()
     from mxd.imap.server import CommandDetached
 
     raise CommandDetached()
@@ -197,8 +197,10 @@ async def cmd_select(s: IMAPSession, cmd: Command) -> Reply:
         s.untagged("OK [PERMANENTFLAGS ()] Read-only mailbox")
     else:
         s.untagged(f"OK [PERMANENTFLAGS ({fl} \\*)] Flags permitted")
+    if not readonly:
+        view.claim_recent(s.factory.recent)
     s.untagged(b"%d EXISTS" % view.exists)
-    s.untagged(b"0 RECENT")
+    s.untagged(b"%d RECENT" % len(view.recent))
     unseen = view.first_unseen()
     if unseen is not None:
         s.untagged(b"OK [UNSEEN %d] First unseen" % unseen)
@@ -256,9 +258,10 @@ async def cmd_create(s: IMAPSession, cmd: Command) -> Reply:
             except MailboxExists:
                 pass
     try:
-        await s.store.create_mailbox(s.account.id, name, use)
+        box = await s.store.create_mailbox(s.account.id, name, use)
     except MailboxExists:
         return no("Mailbox already exists", "ALREADYEXISTS")
+    s.factory.recent.created(box.id)
     return ok("CREATE completed")
 
 
@@ -394,7 +397,13 @@ async def _send_status(s: IMAPSession, box: MailboxInfo, items: tuple[str, ...])
         if it == "MESSAGES":
             vals.append(f"MESSAGES {box.exists}")
         elif it == "RECENT":
-            vals.append("RECENT 0")
+            claimed = s.factory.recent.claimed(box.id, box.uidnext - 1)
+            if claimed >= box.uidnext - 1:
+                recent = 0
+            else:
+                msgs = await s.store.list_messages(box.id)
+                recent = sum(1 for m in msgs if m.uid > claimed)
+            vals.append(f"RECENT {recent}")
         elif it == "UIDNEXT":
             vals.append(f"UIDNEXT {box.uidnext}")
         elif it == "UIDVALIDITY":

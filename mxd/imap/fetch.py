@@ -122,7 +122,7 @@ def _render_att(s: IMAPSession, ld: _Loader, seq: int, att: FetchAtt) -> list[Se
     if n == "UID":
         return [b"UID %d" % m.uid]
     if n == "FLAGS":
-        return [b"FLAGS " + response.flags(m.flags)]
+        return [b"FLAGS " + response.flags(s.flags_of(m))]
     if n == "INTERNALDATE":
         return [b"INTERNALDATE " + response.internaldate(m.internal_date)]
     if n == "RFC822.SIZE":
@@ -214,9 +214,10 @@ async def do_fetch(s: IMAPSession, cmd: Command) -> Reply:
         atts.insert(0, FetchAtt("UID"))
     if args.changedsince is not None or "MODSEQ" in names:
         s.enabled.add("CONDSTORE")  # RFC 7162 §3.1
+    if "CONDSTORE" in s.enabled and "MODSEQ" not in names:
+        # RFC 7162 §3.1.2: once CONDSTORE is enabled every FETCH response carries MODSEQ.
+        atts.append(FetchAtt("MODSEQ"))
     if args.changedsince is not None:
-        if "MODSEQ" not in names:
-            atts.append(FetchAtt("MODSEQ"))
         uids = [u for u in uids if view.msgs[u].modseq > args.changedsince]
     if args.vanished:
         if not is_uid or "QRESYNC" not in s.enabled or args.changedsince is None:
@@ -252,7 +253,7 @@ async def do_fetch(s: IMAPSession, cmd: Command) -> Reply:
                 first = False
                 segs.extend(_render_att(s, ld, seq, att))
             if uid in seen_set and "FLAGS" not in names:
-                segs.append(b" FLAGS " + response.flags(m.flags))
+                segs.append(b" FLAGS " + response.flags(s.flags_of(m)))
             segs.append(b")\r\n")
             await _write(s, ld, segs)
         except UnknownCTEError:

@@ -20,7 +20,6 @@ _FLAG_KEYS = {
     "DRAFT": ("\\Draft", True), "UNDRAFT": ("\\Draft", False),
     "FLAGGED": ("\\Flagged", True), "UNFLAGGED": ("\\Flagged", False),
     "SEEN": ("\\Seen", True), "UNSEEN": ("\\Seen", False),
-    "OLD": ("\\Recent", False),
 }
 _ADDR_HEADERS = {"FROM": "From", "TO": "To", "CC": "Cc", "BCC": "Bcc", "SUBJECT": "Subject"}
 
@@ -51,7 +50,8 @@ class Candidate:
 
     def __init__(self, seq: int, info: MessageInfo, max_seq: int, max_uid: int,
                  load_header: Callable[[], Message], load_message: Callable[[], ParsedMessage],
-                 now: datetime) -> None:
+                 now: datetime, recent: bool = False) -> None:
+        self.recent = recent
         self.seq = seq
         self.info = info
         self.max_seq = max_seq
@@ -106,8 +106,12 @@ def matches(key: SearchKey, c: Candidate, saved: SeqSet | None = None) -> bool:
     if k in _FLAG_KEYS:
         flag, want = _FLAG_KEYS[k]
         return (flag in c.info.flags) == want
-    if k in ("NEW", "RECENT"):
-        return False  # mxd keeps no \Recent (RFC 9051 §2.3.2 drops it)
+    if k == "RECENT":
+        return c.recent
+    if k == "NEW":
+        return c.recent and "\\Seen" not in c.info.flags
+    if k == "OLD":
+        return not c.recent
     if k == "KEYWORD":
         return any(f.casefold() == a[0].casefold() for f in c.info.flags)
     if k == "UNKEYWORD":

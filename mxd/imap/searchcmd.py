@@ -53,7 +53,7 @@ async def do_search(s: IMAPSession, cmd: Command) -> Reply:
         for seq, uid in enumerate(view.uids, 1):
             m = view.msgs[uid]
             h, f = loaders(m)
-            c = Candidate(seq, m, view.exists, view.max_uid, h, f, now)  # type: ignore[arg-type]
+            c = Candidate(seq, m, view.exists, view.max_uid, h, f, now, uid in view.recent)  # type: ignore[arg-type]
             if matches(args.key, c):
                 results.append(uid if is_uid else seq)
                 modseq = max(modseq, m.modseq)

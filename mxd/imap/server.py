@@ -56,7 +56,17 @@ from mxd.sasl.api import (
     UnknownMechanism,
 )
 from mxd.sasl.api import Failure as SASLFailure
-from mxd.store.interfaces import Account, IAccountStore, IMailStore, MailboxChange
+from mxd.store.interfaces import (
+    Account,
+    IAccountStore,
+    IMailStore,
+    MailboxChange,
+    MailboxExists,
+    MessageInfo,
+    NoSuchMailbox,
+    QuotaExceeded,
+    StoreError,
+)
 
 log = Logger()
 
@@ -254,13 +264,26 @@ class IMAPSession(Protocol):
         log.info("imap autologout of {ip}", ip=self.peer_ip)
         self.bye("Autologout; idle for too long")
 
+    def close_connection(self) -> None:
+        """Close after pending output; the producer must go first, or a TLS transport
+        waits for it before sending close_notify and never closes."""
+        t = self.tr
+        if t is None:
+            return
+        if getattr(t, "producer", self) is not None:
+            try:
+                t.unregisterProducer()
+            except Exception:  # noqa: BLE001 - transports differ in what they allow here
+                log.debug("unregisterProducer failed on close")
+        t.loseConnection()
+
     def bye(self, text: str) -> None:
         if self._closed:
             return
         self.send(b"* BYE " + text.encode() + b"\r\n")
         self._closed = True
         self.state = State.LOGOUT
-        self.tr.loseConnection()
+        self.close_connection()
 
     # -- output -----------------------------------------------------------------------
     def send(self, data: bytes) -> None:
@@ -414,6 +437,9 @@ class IMAPSession(Protocol):
             self.send_tagged(cmd.tag, reply)
         except CommandDetached:
             pass
+        except StoreError as e:
+            if not self._closed:
+                self.send_tagged(cmd.tag, store_error_reply(e))
         except Exception:  # noqa: BLE001 - one broken command must not kill the server
             log.failure("imap command {command} failed", command=cmd.name)
             if not self._closed:
@@ -579,6 +605,9 @@ class IMAPSession(Protocol):
                 self.untagged(self.fetch_flags_line(seq, m, with_uid=False))
             if upd.exists is not None:
                 self.untagged(b"%d EXISTS" % upd.exists)
+                if not view.readonly:
+                    view.claim_recent(self.factory.recent)
+                self.untagged(b"%d RECENT" % len(view.recent))
         if expunge_ok and view.pending_expunge:
             expunged = view.take_pending_expunges()
             self.report_expunged(expunged)
@@ -595,15 +624,64 @@ class IMAPSession(Protocol):
         for seq, _ in expunged:
             self.untagged(b"%d EXPUNGE" % seq)
 
+    def flags_of(self, m: MessageInfo) -> frozenset[str]:
+        """A message's flags as this session shows them (with \\Recent, RFC 3501 §2.3.2)."""
+        if self.view is not None and m.uid in self.view.recent:
+            return m.flags | {"\\Recent"}
+        return m.flags
+
     def fetch_flags_line(self, seq: int, m: Any, with_uid: bool) -> bytes:
         from mxd.imap import response
 
-        items = [b"FLAGS " + response.flags(m.flags)]
+        items = [b"FLAGS " + response.flags(self.flags_of(m))]
         if with_uid or "QRESYNC" in self.enabled:
             items.insert(0, b"UID %d" % m.uid)
         if "CONDSTORE" in self.enabled:
             items.append(b"MODSEQ (%d)" % m.modseq)
         return b"%d FETCH (" % seq + b" ".join(items) + b")"
+
+
+class RecentClaims:
+    """Which messages have been seen by a read-write session (RFC 3501 §2.3.2 \\Recent).
+
+    Kept in this process: per mailbox, the highest UID some session has claimed.  A
+    mailbox first seen after a restart starts with nothing recent, except mailboxes this
+    process created (all their messages are new).  IMAP4rev2 drops \\Recent; this keeps
+    rev1 clients that count it content.
+    """
+
+    def __init__(self) -> None:
+        self._claimed: dict[int, int] = {}
+
+    def created(self, mailbox_id: int) -> None:
+        self._claimed[mailbox_id] = 0
+
+    def claimed(self, mailbox_id: int, default: int) -> int:
+        return self._claimed.setdefault(mailbox_id, default)
+
+    def claim(self, mailbox_id: int, max_uid: int, default: int) -> int:
+        """Claim UIDs up to ``max_uid``; returns the previous claim."""
+        prev = self._claimed.setdefault(mailbox_id, default)
+        if max_uid > prev:
+            self._claimed[mailbox_id] = max_uid
+        return prev
+
+
+def store_error_reply(e: StoreError) -> Reply:
+    """A store error as a tagged NO with an RFC 5530 response code."""
+    name = type(e).__name__
+    if isinstance(e, NoSuchMailbox):
+        return no("Mailbox does not exist", "NONEXISTENT")
+    if isinstance(e, MailboxExists):
+        return no("Mailbox already exists", "ALREADYEXISTS")
+    if isinstance(e, QuotaExceeded):
+        return no("Quota exceeded", "OVERQUOTA")
+    if name == "MailboxHasChildren":
+        return no("Mailbox has inferior mailboxes", "HASCHILDREN")
+    if name == "CannotDeleteInbox":
+        return no("INBOX cannot be deleted", "CANNOT")
+    log.error("imap store error: {error}", error=str(e))
+    return no("The operation failed", "CANNOT")
 
 
 def _b64(line: bytes) -> bytes | None:
@@ -651,6 +729,7 @@ class IMAPFactory(Factory):
         self.metrics = metrics
         self.cache = cache if cache is not None else MessageCache()
         self.sessions: set[IMAPSession] = set()
+        self.recent = RecentClaims()
 
     def buildProtocol(self, addr: Any) -> IMAPSession:  # type: ignore[override]
         return IMAPSession(self)

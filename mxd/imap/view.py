@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable
+from typing import Any
 
 import attrs
 
@@ -36,6 +37,7 @@ class MailboxView:
         self.modseq = max([info.highestmodseq] + [m.modseq for m in self.msgs.values()])
         self.dirty = False
         self.pending_expunge: set[int] = set()
+        self.recent: set[int] = set()
 
     @property
     def exists(self) -> int:
@@ -65,6 +67,11 @@ class MailboxView:
             if "\\Seen" not in self.msgs[uid].flags:
                 return i + 1
         return None
+
+    def claim_recent(self, claims: Any) -> None:
+        """Take the \\Recent messages no other session has claimed (RFC 3501 §2.3.2)."""
+        prev = claims.claim(self.info.id, self.max_uid, self.info.uidnext - 1)
+        self.recent.update(u for u in self.uids if u > prev)
 
     # -- applying changes -------------------------------------------------------------
     def update_messages(self, messages: Iterable[MessageInfo]) -> Update:
@@ -106,6 +113,7 @@ class MailboxView:
                 continue
             del self.uids[seq - 1]
             del self.msgs[uid]
+            self.recent.discard(uid)
             out.append((seq, uid))
         return out
 

@@ -455,11 +455,11 @@ def test_other_session_changes_reported_at_allowed_points() -> None:
     a.select()
     b.select()
     store.put(acc, "INBOX", MSG1)
-    assert b.cmd("n NOOP").startswith(b"* 3 EXISTS\r\n")
+    assert b.cmd("n NOOP").startswith(b"* 3 EXISTS\r\n* 1 RECENT\r\n")
     a.cmd("s STORE 1 +FLAGS (\\Deleted)")
     a.cmd("x EXPUNGE")
     out = b.cmd("f FETCH 1:* FLAGS")
-    assert b"EXPUNGE" not in out and b"* 3 FETCH (FLAGS ())" in out
+    assert b"EXPUNGE" not in out and b"* 3 FETCH (FLAGS (\\Recent))" in out
     out = b.cmd("n2 NOOP")
     assert out == b"* 1 EXPUNGE\r\nn2 OK NOOP completed\r\n"
     assert b.cmd("f2 FETCH 2 UID").startswith(b"* 2 FETCH (UID 3)")
@@ -477,7 +477,7 @@ def test_idle_pushes_changes_and_ends_only_on_done() -> None:
     assert a.cmd("i IDLE") == b"+ idling\r\n"
     store.put(acc, "INBOX", MSG1)
     a.clock.advance(0)
-    assert a.out() == b"* 3 EXISTS\r\n"
+    assert a.out() == b"* 3 EXISTS\r\n* 1 RECENT\r\n"
     b.cmd("s STORE 1 +FLAGS.SILENT (\\Deleted)")
     b.cmd("x EXPUNGE")
     a.clock.advance(0)
@@ -530,3 +530,21 @@ def test_slow_reader_pauses_body_output() -> None:
     c.proto.resumeProducing()
     rest = c.out()
     assert (first + rest).count(b"y") == 1_000_000 and rest.endswith(b"f OK FETCH completed\r\n")
+
+
+def test_recent_belongs_to_one_session() -> None:
+    """\\Recent goes to the first read-write session that sees a message (RFC 3501 §2.3.2)."""
+    store, acc = make_store()
+    a = Conn(store)
+    b = Conn(store, clock=a.clock, factory=a.factory)
+    a.login()
+    b.login()
+    a.cmd("c CREATE Box")
+    b.send(b"p APPEND Box {12+}\r\nSubject: x\r\n\r\n\r\n")
+    assert b"RECENT 1" in a.cmd("s STATUS Box (RECENT)")
+    out = a.cmd("t SELECT Box")
+    assert b"* 1 RECENT" in out
+    assert b"FLAGS (\\Recent)" in a.cmd("f FETCH 1 FLAGS")
+    assert a.cmd("r SEARCH NEW").startswith(b"* SEARCH 1\r\n")
+    assert b"* 0 RECENT" in b.cmd("u SELECT Box")
+    assert b.cmd("r SEARCH RECENT").startswith(b"* SEARCH\r\n")
