@@ -9,7 +9,8 @@ CRAM-MD5 pad states, an scrypt hash; mxd.sasl.credentials); the store never sees
 
 Recipient resolution, in order: the domain must be one of ``settings.domains`` (after
 IDNA normalisation); then the exact normalised address; then the address without its
-sub-address tag (``alice+tag@`` -> ``alice@``); then the domain's catch-all account.
+sub-address tag (``alice+tag@`` -> ``alice@``); then, for ``postmaster@`` (any case,
+RFC 5321 §4.5.1), the ``postmaster`` account; then the domain's catch-all account.
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ class DirectorySettings:
     scram_iterations: int = DEFAULT_SCRAM_ITERATIONS
     cram_md5: bool = True
     scrypt_n: int = SCRYPT_N  # scrypt cost for PLAIN/LOGIN hashes; lower only in tests
+    # RFC 5321 §4.5.1: postmaster@ each local domain must be deliverable; the account
+    # that receives it when no account has the address itself (None: only explicit).
+    postmaster: str | None = None
 
 
 class LocalDirectory:
@@ -188,8 +192,10 @@ class LocalDirectory:
         base = base_address(norm, self.settings.localpart_separator)
         if base != norm:
             candidates.append(base)
-        catchall = self.settings.catchall.get(domain)
-        return self._first_match(candidates, catchall)
+        fallback = self.settings.catchall.get(domain)
+        if self.settings.postmaster and norm.rpartition("@")[0] == "postmaster":
+            fallback = self.settings.postmaster  # before the catch-all
+        return self._first_match(candidates, fallback)
 
     def _first_match(self, candidates: list[str], catchall: str | None) -> Deferred[Account | None]:
         if not candidates:

@@ -251,3 +251,19 @@ def test_derivation_off_thread(h: StoreHarness) -> None:
     d = LocalDirectory(h.store, SETTINGS, reactor=Reactor())
     acct = h.run(d.add_account("dave", "pw"))
     assert acct.name == "dave" and calls == ["pool"]
+
+
+def test_postmaster_fallback(h: StoreHarness) -> None:
+    """postmaster@ any local domain (any case) reaches the postmaster account unless an
+    account owns that address itself; the catch-all comes after it (RFC 5321 §4.5.1)."""
+    settings = DirectorySettings(domains=("example.test", "other.test"),
+                                 catchall={"other.test": "catch"}, postmaster="admin",
+                                 scrypt_n=2**10)
+    d = LocalDirectory(h.store, settings)
+    h.run(d.add_account("admin", "pw"))
+    h.run(d.add_account("catch", "pw"))
+    h.run(d.add_account("pm2", "pw", ["postmaster@other.test"]))
+    assert h.run(d.resolve_recipient("PostMaster@example.test")).name == "admin"
+    assert h.run(d.resolve_recipient("postmaster@other.test")).name == "pm2"
+    assert h.run(d.resolve_recipient("someone@other.test")).name == "catch"
+    assert h.run(d.resolve_recipient("postmaster@elsewhere.test")) is None
