@@ -357,6 +357,25 @@ def _add_optional_commands(sub: Any) -> None:
         dns_cli.add_arguments(p)
         p.set_defaults(func=dns_cli.run)
 
+    from mxd.queue import cli as queue_cli
+
+    qp = sub.add_parser("queue", help="inspect and manage the outbound queue",
+                        description="list, show, hold, release, drop or kick (retry now) queued "
+                        "messages; works on the database while the server runs")
+    _add_config(qp)
+    queue_cli.add_arguments(qp)
+    for action in qp._subparsers._group_actions if qp._subparsers else ():
+        for sp in getattr(action, "choices", {}).values():
+            # Also accept --config after the subcommand; SUPPRESS keeps the parent's value.
+            sp.add_argument("--config", "-c", metavar="PATH", default=argparse.SUPPRESS,
+                            help="config file (default: $MXD_CONFIG or etc/mxd.toml)")
+
+    def run_queue(args: argparse.Namespace) -> int:
+        data_dir = args.data_dir or _config(args).data_dir
+        return queue_cli.run(args, data_dir=data_dir)
+
+    qp.set_defaults(func=run_queue)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()

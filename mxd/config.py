@@ -182,7 +182,8 @@ class ResolverConfig:
     timeout: float = opt(2.0, "Seconds to wait for one answer before retrying.",
                          check=_positive)
     attempts: int = opt(2, "Tries per nameserver.", check=_positive)
-    cache_size: int = opt(10000, "Cached answers kept at most.", check=_positive)
+    cache_size: int = opt(10000, "Cached answers kept at most; 0 turns the cache off.",
+                          check=lambda v: None if v >= 0 else f"must not be negative, got {v}")
 
 
 @attrs.frozen
