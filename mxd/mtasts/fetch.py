@@ -22,13 +22,16 @@ from typing import Any, Protocol
 
 import attrs
 from OpenSSL import SSL
+from service_identity import VerificationError as ServiceIdentityError
+from service_identity.exceptions import CertificateError
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import ConnectError, TimeoutError
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.internet.ssl import optionsForClientTLS, platformTrust
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.web.client import URI, Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http_headers import Headers
@@ -131,9 +134,11 @@ class _ResolvingEndpoint:
             endpoint_class = (TCP6ClientEndpoint if ipaddress.ip_address(ip).version == 6
                               else TCP4ClientEndpoint)
             tcp: Any = endpoint_class(f._reactor, ip, self._port, timeout=f._settings.timeout)
-            tls: Any = wrapClientTLS(creator, tcp)
+            # (wrapClientTLS would schedule TLS writes on the global reactor.)
+            tls_factory = TLSMemoryBIOFactory(creator, True, protocol_factory, clock=f._reactor)
             try:
-                return await tls.connect(protocol_factory)
+                tls_protocol = await tcp.connect(tls_factory)
+                return tls_protocol.wrappedProtocol
             except ConnectError as e:
                 last = e
         raise PolicyFetchError(f"cannot connect to {self._host}: {last}")
@@ -176,7 +181,7 @@ class _Discard(TwistedProtocol):
 def _is_tls_failure(failure: Failure | BaseException) -> bool:
     """Whether an Agent error was a TLS handshake/verification failure."""
     exc = failure.value if isinstance(failure, Failure) else failure
-    if isinstance(exc, SSL.Error):
+    if isinstance(exc, (SSL.Error, ServiceIdentityError, CertificateError)):
         return True
     for sub in getattr(exc, "reasons", None) or []:
         if _is_tls_failure(sub):
@@ -226,6 +231,8 @@ class PolicyFetcher:
         except defer.CancelledError:
             raise
         except Exception as e:
+            if any(r.check(defer.CancelledError) for r in getattr(e, "reasons", None) or []):
+                raise defer.CancelledError() from e  # the timeout fired
             if _is_tls_failure(e):
                 raise PolicyFetchError(f"TLS with {url} failed: {e}",
                                        ResultType.STS_WEBPKI_INVALID) from e
