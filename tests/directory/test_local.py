@@ -33,13 +33,25 @@ def h(data_dir: Path) -> Iterator[StoreHarness]:
     harness.close()
 
 
-@pytest.fixture
-def directory(h: StoreHarness) -> LocalDirectory:
-    """A directory with alice (two addresses) and the books catch-all account."""
+def _populate(h: StoreHarness) -> LocalDirectory:
     d = LocalDirectory(h.store, SETTINGS)
     h.run(d.add_account("alice", PASSWORD, ["Alice@Example.test", "info@xn--bcher-kva.example"]))
     h.run(d.add_account("books", "pw-books"))
     return d
+
+
+@pytest.fixture
+def directory(h: StoreHarness) -> LocalDirectory:
+    """A directory with alice (two addresses) and the books catch-all account."""
+    return _populate(h)
+
+
+@pytest.fixture(scope="module")
+def ro(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[StoreHarness, LocalDirectory]]:
+    """The same directory, shared by the read-only table tests of this module."""
+    harness = open_store(tmp_path_factory.mktemp("ro"), inline=True)
+    yield harness, _populate(harness)
+    harness.close()
 
 
 def test_settings_normalise_domains() -> None:
@@ -172,9 +184,10 @@ def test_lookup_secrets_of_unusable_record(h: StoreHarness, directory: LocalDire
         ("alice-x@example.test", None),  # only "+" separates
     ],
 )
-def test_resolve_recipient(h: StoreHarness, directory: LocalDirectory, address: str,
+def test_resolve_recipient(ro: tuple[StoreHarness, LocalDirectory], address: str,
                            account: str | None) -> None:
     """Exact address, then without the tag, then the catch-all; only local domains."""
+    h, directory = ro
     got = h.run(directory.resolve_recipient(address))
     assert (got.name if got else None) == account
 
@@ -201,9 +214,10 @@ def test_exact_tagged_address_wins(h: StoreHarness, directory: LocalDirectory) -
      ("xn--bcher-kva.example", True), ("elsewhere.test", False), ("[127.0.0.1]", False),
      ("", False)],
 )
-def test_is_local_domain(directory: LocalDirectory, domain: str, local: bool) -> None:
+def test_is_local_domain(ro: tuple[StoreHarness, LocalDirectory], domain: str,
+                         local: bool) -> None:
     """Configured domains in any case or form are local; others are not."""
-    assert directory.is_local_domain(domain) is local
+    assert ro[1].is_local_domain(domain) is local
 
 
 @pytest.mark.parametrize(
@@ -218,9 +232,10 @@ def test_is_local_domain(directory: LocalDirectory, domain: str, local: bool) ->
         ("alice", "not an address", False),
     ],
 )
-def test_may_send_as(h: StoreHarness, directory: LocalDirectory, account: str, address: str,
+def test_may_send_as(ro: tuple[StoreHarness, LocalDirectory], account: str, address: str,
                      ok: bool) -> None:
     """Submission may use an owned address, with or without a tag, and nothing else."""
+    h, directory = ro
     assert h.run(directory.may_send_as(account, address)) is ok
 
 
