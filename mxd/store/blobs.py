@@ -242,9 +242,10 @@ class FileBlobWriter:
             self.state = BlobState.SEALED
 
     def abort(self) -> None:
-        """Drop the body (client aborted, size limit, error).  Harmless after durability:
-        a durable body is then owned by the store's reference counts."""
-        if self.state in (BlobState.OPEN, BlobState.SEALED):
+        """Drop the body (client aborted, size limit, error).  Once the writer has been
+        handed to the store (sealed or durable) this does nothing: the store then owns
+        the body, removes it if the operation fails, and reference counts decide after."""
+        if self.state is BlobState.OPEN:
             self._abort_quietly()
 
     def _abort_quietly(self) -> None:

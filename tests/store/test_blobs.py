@@ -109,3 +109,18 @@ def test_make_durable_batch_mixed(tmp_path: Path) -> None:
         assert files.path(w.blob_id).read_bytes() == b"body %d" % i
     assert list(files.tmp_dir.iterdir()) == []
     files.close()
+
+
+def test_abort_after_handing_over_is_ignored(data_dir: Path) -> None:
+    """A session that aborts a writer already handed to the store (connection lost
+    while the delivery commits) does not disturb that delivery."""
+    h = open_store(data_dir)
+    a = h.run(h.store.add_account("alice", "{}")).id
+    w = h.store.new_blob()
+    w.write(b"in flight")
+    d = h.store.deliver(w, [Delivery(a)], MessageProps())
+    w.abort()
+    assert h.run(d) == [1]
+    w.abort()
+    assert h.store.blob_path(w.blob_id).read_bytes() == b"in flight"
+    h.close()
