@@ -248,6 +248,11 @@ class FileBlobWriter:
         if self.state is BlobState.OPEN:
             self._abort_quietly()
 
+    def discard(self) -> None:
+        """The store's abort: drop a body that did not become durable (sealed or not)."""
+        if self.state in (BlobState.OPEN, BlobState.SEALED):
+            self._abort_quietly()
+
     def _abort_quietly(self) -> None:
         if self._f is not None:
             try:

@@ -111,8 +111,7 @@ class Writer:
             pending, self._pending = self._pending, []
             for op in pending:
                 for b in op.blobs:
-                    if not b.durable:
-                        b.abort()
+                    b.discard()
                 op.deferred.errback(StoreClosed(f"the store could not be opened: {f.value}"))
             self._notify_idle()
             return f
@@ -176,8 +175,7 @@ class Writer:
         d: Deferred[T] = Deferred()
         if self._closed:
             for b in blobs:
-                if not b.durable:
-                    b.abort()
+                b.discard()
             d.errback(StoreClosed("the store is closed"))
             return d
         for b in blobs:
