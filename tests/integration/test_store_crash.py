@@ -18,6 +18,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -84,6 +85,9 @@ def _run_child_until_killed(data_dir: Path, first: int, seed: int, kill_after: i
         [sys.executable, "-c", CHILD, str(data_dir), str(first), str(seed)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
     acked: dict[int, str] = {}
+    # A child that stops printing must not hang the test: kill it at the deadline.
+    watchdog = threading.Timer(max(deadline - time.monotonic(), 1), proc.kill)
+    watchdog.start()
     try:
         assert proc.stdout is not None
         for raw in proc.stdout:
@@ -98,6 +102,7 @@ def _run_child_until_killed(data_dir: Path, first: int, seed: int, kill_after: i
             err = proc.stderr.read().decode() if proc.stderr else ""
             pytest.fail(f"child exited early ({proc.wait()}): {err[-2000:]}")
     finally:
+        watchdog.cancel()
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
         for f in (proc.stdout, proc.stderr):
