@@ -141,14 +141,17 @@ def migrate(conn: sqlite3.Connection, name: str, migrations: list[str]) -> int:
     """
     ensure_version_table(conn)
     check_not_newer(conn, name, migrations)
-    have = current_version(conn, name)
     applied = 0
-    for version in range(have + 1, len(migrations) + 1):
-        step = migrations[version - 1]
+    while True:
+        version = 0
         try:
             conn.execute("BEGIN IMMEDIATE")
-            # Split on ";" at line ends is unsafe for triggers; sqlite3.complete_statement
-            # tells where each statement ends.
+            # Read the version under the write lock: another process may have migrated.
+            version = current_version(conn, name) + 1
+            if version > len(migrations):
+                conn.execute("COMMIT")
+                break
+            step = migrations[version - 1]
             for stmt in split_sql(step):
                 conn.execute(stmt)
             conn.execute(

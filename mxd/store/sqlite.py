@@ -60,6 +60,8 @@ For the outbound queue (mxd.queue), which keeps its tables in this same database
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -101,6 +103,7 @@ log = Logger()
 T = TypeVar("T")
 
 DB_NAME = "mxd.sqlite3"
+LOCK_NAME = "mxd.lock"
 
 
 class MailboxHasChildren(StoreError):
@@ -139,6 +142,7 @@ class SQLiteStore:
         self._listeners: dict[int, list[Callable[[MailboxChange], None]]] = {}
         self._ctx: OpContext | None = None  # the running transact() op (writer thread)
         self._opened = False
+        self._lock_fd: int | None = None
 
     @property
     def db_path(self) -> Path:
@@ -176,12 +180,55 @@ class SQLiteStore:
                 pass
             finally:
                 self._files.close()
+                self._unlock()
 
         return self._writer.stop(_finish)
 
+    def _lock(self) -> bool:
+        """Take the data directory's lock; True when this process is its only user.
+
+        Every process that opens the store (the server, an ``mxd account`` command) holds
+        a shared flock on ``mxd.lock`` while open.  Crash cleanup removes tmp files and
+        unreferenced bodies, which would destroy another live process's work in
+        progress, so it runs only when an exclusive lock can be had at open.
+        """
+        fd = os.open(self.data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                alone = True
+            except BlockingIOError:
+                alone = False
+            if not alone:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._lock_fd = fd
+        return alone
+
+    def _unlock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # releases the flock
+
     def _connect(self) -> sqlite3.Connection:
-        """Writer thread: open, configure, migrate and clean up."""
+        """Writer thread: lock, open, configure, migrate and (when alone) clean up."""
         self._files.ensure_dirs()
+        try:
+            alone = self._lock()
+        except OSError as e:
+            raise StoreError(f"cannot lock {self.data_dir / LOCK_NAME}: {e}") from e
+        try:
+            conn = self._open_db(alone)
+        except BaseException:
+            self._unlock()
+            raise
+        if alone and self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_SH)  # others may open it from now on
+        return conn
+
+    def _open_db(self, alone: bool) -> sqlite3.Connection:
         conn = sqlite3.connect(
             self.db_path, isolation_level=None, check_same_thread=False,
             timeout=self.settings.busy_timeout_ms / 1000,
@@ -196,7 +243,11 @@ class SQLiteStore:
                 n = migrate(conn, name, steps)
                 if n:
                     log.info("schema {name} migrated by {steps} step(s)", name=name, steps=n)
-            self._cleanup(conn)
+            if alone:
+                self._cleanup(conn)
+            else:
+                log.info("{dir} is open in another process: crash cleanup skipped",
+                         dir=str(self.data_dir))
         except sqlite3.Error as e:
             conn.close()
             raise SchemaError(f"cannot open {self.db_path}: {e}") from e

@@ -124,3 +124,26 @@ def test_abort_after_handing_over_is_ignored(data_dir: Path) -> None:
     w.abort()
     assert h.store.blob_path(w.blob_id).read_bytes() == b"in flight"
     h.close()
+
+
+def test_second_opener_skips_cleanup(data_dir: Path) -> None:
+    """While one store is open, a second opener (an admin command in another process)
+    must not remove the first one's bodies in progress: cleanup runs only when alone."""
+    first = open_store(data_dir)
+    w = first.store.new_blob()
+    w.write(b"arriving")
+    committed = first.store.new_blob()
+    committed.write(b"queued soon")
+    blob_id = first.run(first.store.commit_blob(committed))
+    second = open_store(data_dir)
+    assert first.store.blob_path(blob_id).exists()
+    assert len(list((data_dir / "tmp").iterdir())) == 1
+    a = second.run(second.store.add_account("bob", "{}")).id
+    assert first.run(first.store.get_account("bob")).id == a  # both see one database
+    second.close()
+    w.write(b" and done")
+    assert first.run(first.store.deliver(w, [Delivery(a)], MessageProps())) == [1]
+    first.close()
+    third = open_store(data_dir)  # alone again: the never-referenced body goes
+    assert not third.store.blob_path(blob_id).exists()
+    third.close()
