@@ -33,6 +33,11 @@ Semantics worth knowing:
 * Quota: ``accounts.used_bytes`` (kept by triggers) against the account's ``quota_bytes``
   or ``StoreSettings.quota_bytes``; deliver, append and copy fail with QuotaExceeded
   (nothing stored), move never does.  ``get_usage``/``set_quota`` for RFC 9208.
+* Several processes may open one data directory (the server and an ``mxd account``
+  command): SQLite serialises their writes, and each holds a shared flock on
+  ``mxd.lock``.  Crash cleanup (tmp/ leftovers, bodies at refcount 0, orphan files) runs
+  at open only when the opener is alone, since it would destroy another process's work
+  in progress.  Change notifications reach listeners of the same process only.
 * Errors: each Deferred errbacks with a StoreError subclass (NoSuchAccount,
   NoSuchMailbox, MailboxExists, QuotaExceeded, InvalidMailboxName, InvalidFlag, ...);
   SQLite errors arrive as StoreError with the sqlite3 error as ``__cause__``.
