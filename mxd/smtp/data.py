@@ -41,28 +41,30 @@ class DataReader:
     def _emit_lines(self, chunk: bytes, out: list[bytes]) -> int | None:
         """Append the complete lines in ``chunk`` (which ends with CRLF) to ``out``.
 
-        Returns the offset just after the end-of-data line, or None if it was not seen."""
-        if b"\r\n." not in chunk and not (self._line_start and chunk.startswith(b".")):
-            # Fast path: no line starts with a dot.
-            if has_bare_line_ending(chunk):
-                self.bare_line_ending = True
-            out.append(chunk)
-            self._line_start = True
-            return None
+        Returns the offset just after the end-of-data line, or None if it was not seen.
+        Runs of lines not starting with a dot are passed on in one piece."""
         pos = 0
-        while pos < len(chunk):
-            idx = chunk.find(b"\r\n", pos)
-            line = chunk[pos:idx]
-            if self._line_start and line[:1] == b".":
-                if line == b".":
-                    return idx + 2
-                line = line[1:]  # RFC 5321 §4.5.2 transparency
-            if b"\r" in line or b"\n" in line:
+        n = len(chunk)
+        while pos < n:
+            if self._line_start and chunk[pos:pos + 1] == b".":
+                idx = chunk.find(b"\r\n", pos)
+                if idx == pos + 1:
+                    return idx + 2  # the end-of-data line "."
+                line = chunk[pos + 1:idx]  # RFC 5321 §4.5.2 transparency
+                if b"\r" in line or b"\n" in line:
+                    self.bare_line_ending = True
+                out.append(line)
+                out.append(b"\r\n")
+                pos = idx + 2
+                continue
+            nxt = chunk.find(b"\r\n.", pos)
+            end = n if nxt < 0 else nxt + 2
+            seg = chunk[pos:end] if (pos or end != n) else chunk
+            if has_bare_line_ending(seg):
                 self.bare_line_ending = True
-            out.append(line)
-            out.append(b"\r\n")
+            out.append(seg)
             self._line_start = True
-            pos = idx + 2
+            pos = end
         return None
 
     def feed(self, data: bytes) -> tuple[bytes, bytes | None]:

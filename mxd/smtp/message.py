@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,15 +36,33 @@ class MessageMixin(SessionBase):
 
     # -- DATA and BDAT ----------------------------------------------------------------
 
-    def _new_blob(self, tx: Transaction) -> bool:
-        try:
-            tx.blob = self.store.new_blob()
-        except Exception:  # noqa: BLE001 - disk full, permissions: answer 451
-            self.log.failure("smtp cannot create a blob {session}", session=self.session_id)
-            return False
-        tx.queue_id = secrets.token_hex(8)
-        tx.headers = HeaderSection(self.settings.max_header_size)
-        return True
+    def _with_blob(self, tx: Transaction, ready: Callable[[], None],
+                   failed: Callable[[], None]) -> None:
+        """Create the transaction's body file, then call ``ready`` (or ``failed``).
+
+        With ``run_blocking`` the file is created off the reactor thread (creating a file
+        can wait for the file system journal while the store fsyncs); input is paused
+        meanwhile, so the message bytes that follow stay buffered."""
+
+        def got(blob: BlobWriter) -> None:
+            tx.blob = blob
+            tx.queue_id = secrets.token_hex(8)
+            tx.headers = HeaderSection(self.settings.max_header_size)
+            ready()
+
+        def error(f: TwistedFailure) -> None:
+            self.log.failure("smtp cannot create a blob {session}", f, session=self.session_id)
+            failed()
+
+        if self.run_blocking is None:
+            try:
+                blob = self.store.new_blob()
+            except Exception:  # noqa: BLE001 - disk full, permissions: answer 451
+                error(TwistedFailure())
+                return
+            got(blob)
+            return
+        self._await(self.run_blocking(self.store.new_blob), got, error)
 
     def _do_data(self, cmd: commands.Data) -> None:
         tx = self.tx
@@ -53,13 +72,14 @@ class MessageMixin(SessionBase):
         if tx is None or self.state is not State.RCPT:
             self._send(replies.NEED_RCPT if tx is not None else replies.NEED_MAIL)
             return
-        if not self._new_blob(tx):
-            self._send(replies.LOCAL_ERROR)
-            return
-        self._reader = DataReader()
-        self.state = State.DATA
-        self._send(replies.START_DATA)
-        self.setRawMode()
+
+        def ready() -> None:
+            self._reader = DataReader()
+            self.state = State.DATA
+            self._send(replies.START_DATA)
+            self.setRawMode()
+
+        self._with_blob(tx, ready, lambda: self._send(replies.LOCAL_ERROR))
 
     def _data_bytes(self, data: bytes) -> None:
         tx = self.tx
@@ -81,12 +101,18 @@ class MessageMixin(SessionBase):
             self._skip_chunk(cmd, replies.NEED_RCPT if tx is not None else replies.NEED_MAIL)
             return
         if not tx.bdat_used:
-            if not self._new_blob(tx):
-                self._abort_transaction()
-                self._skip_chunk(cmd, replies.LOCAL_ERROR)
-                return
             tx.bdat_used = True
             tx.bdat_scanner = BareLineEndingScanner()
+
+            def failed() -> None:
+                self._abort_transaction()
+                self._skip_chunk(cmd, replies.LOCAL_ERROR)
+
+            self._with_blob(tx, lambda: self._start_chunk(cmd), failed)
+            return
+        self._start_chunk(cmd)
+
+    def _start_chunk(self, cmd: commands.Bdat) -> None:
         self._bdat_remaining = cmd.size
         self._bdat_last = cmd.last
         self._bdat_reply = None

@@ -28,6 +28,7 @@ from mxd.smtp.replies import Reply
 from mxd.smtp.session import (
     ChannelBindingsFn,
     Role,
+    RunBlocking,
     SMTPServerSettings,
     State,
     Transaction,
@@ -35,7 +36,8 @@ from mxd.smtp.session import (
 )
 from mxd.store.interfaces import Account
 
-__all__ = ["ChannelBindingsFn", "Role", "SMTPServerProtocol", "SMTPServerSettings", "State"]
+__all__ = ["ChannelBindingsFn", "Role", "RunBlocking", "SMTPServerProtocol", "SMTPServerSettings",
+           "State"]
 
 
 class SMTPServerProtocol(AuthMixin, MessageMixin):

@@ -19,7 +19,14 @@ from mxd.queue.interfaces import IOutbound
 from mxd.sasl.api import ISASLServer
 from mxd.smtp import replies
 from mxd.smtp.interfaces import IDirectory, IInboundChecker, IMetrics, NoMetrics
-from mxd.smtp.server import ChannelBindingsFn, Role, SMTPServerProtocol, SMTPServerSettings
+from mxd.smtp.lookup import CachingDirectory
+from mxd.smtp.server import (
+    ChannelBindingsFn,
+    Role,
+    RunBlocking,
+    SMTPServerProtocol,
+    SMTPServerSettings,
+)
 from mxd.store.interfaces import IMailStore
 
 ROLES: tuple[Role, ...] = ("smtp", "submission", "submissions")
@@ -48,7 +55,8 @@ class SMTPFactory(ServerFactory):
                  directory: IDirectory, sasl: ISASLServer | None, outbound: IOutbound | None,
                  tls: Any | None, clock: IReactorTime, hostname: str,
                  checker: IInboundChecker | None = None, metrics: IMetrics | None = None,
-                 channel_bindings: ChannelBindingsFn | None = None) -> None:
+                 channel_bindings: ChannelBindingsFn | None = None,
+                 run_blocking: RunBlocking | None = None) -> None:
         if role not in ROLES:
             raise ValueError(f"unknown SMTP role {role!r}")
         if role == "submissions" and tls is None:
@@ -56,7 +64,9 @@ class SMTPFactory(ServerFactory):
         self.role = role
         self.settings = settings
         self.store = store
-        self.directory = directory
+        self.directory: IDirectory = (
+            CachingDirectory(directory, clock, settings.recipient_cache_ttl)
+            if settings.recipient_cache_ttl > 0 else directory)
         self.sasl = sasl
         self.outbound = outbound
         self.tls = tls
@@ -65,6 +75,7 @@ class SMTPFactory(ServerFactory):
         self.checker = checker
         self.metrics: IMetrics = metrics if metrics is not None else NoMetrics()
         self.channel_bindings = channel_bindings
+        self.run_blocking = run_blocking
         self.per_ip: Counter[str] = Counter()
         self.total = 0
 
@@ -96,6 +107,7 @@ class SMTPFactory(ServerFactory):
             tls=None if self.role == "submissions" else self.tls, clock=self.clock,
             hostname=self.hostname, checker=self.checker, metrics=self.metrics,
             channel_bindings=self.channel_bindings, on_close=closed,
+            run_blocking=self.run_blocking,
         )
         p.factory = self
         return p
@@ -105,16 +117,18 @@ def smtp_factory(*, role: Role, settings: SMTPServerSettings, store: IMailStore,
                  directory: IDirectory, sasl: ISASLServer | None, outbound: IOutbound | None,
                  tls: Any | None, clock: IReactorTime, hostname: str,
                  checker: IInboundChecker | None = None, metrics: IMetrics | None = None,
-                 channel_bindings: ChannelBindingsFn | None = None) -> IProtocolFactory:
+                 channel_bindings: ChannelBindingsFn | None = None,
+                 run_blocking: RunBlocking | None = None) -> IProtocolFactory:
     """The protocol factory of one SMTP listener.
 
     ``tls`` is a ``twisted.internet.ssl.CertificateOptions`` (``mxd.tls.load_server_tls``)
-    or None (then no STARTTLS; ``submissions`` requires it).  For ``submissions`` the
+    or None (then no STARTTLS; ``submissions`` requires it).  ``run_blocking`` (e.g.
+    ``deferToThread``) creates message body files off the reactor thread.  For ``submissions`` the
     factory returned wraps the sessions in TLS from the first byte (listen with TCP)."""
     factory: Any = SMTPFactory(
         role=role, settings=settings, store=store, directory=directory, sasl=sasl,
         outbound=outbound, tls=tls, clock=clock, hostname=hostname, checker=checker,
-        metrics=metrics, channel_bindings=channel_bindings,
+        metrics=metrics, channel_bindings=channel_bindings, run_blocking=run_blocking,
     )
     if role == "submissions":
         tls_any: Any = tls

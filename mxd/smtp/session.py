@@ -45,6 +45,8 @@ T = TypeVar("T")
 
 Role = Literal["smtp", "submission", "submissions"]
 ChannelBindingsFn = Callable[[Any], "ChannelBindings | None"]
+# Runs a blocking call off the reactor thread (e.g. twisted.internet.threads.deferToThread).
+RunBlocking = Callable[[Callable[[], Any]], "Deferred[Any]"]
 
 
 @attrs.frozen
@@ -63,6 +65,7 @@ class SMTPServerSettings:
     max_auth_line_length: int = 12288  # RFC 4954 §4
     max_header_size: int = 1024 * 1024  # header section held in memory before the body
     allow_plaintext_auth_on_loopback: bool = False
+    recipient_cache_ttl: float = 30.0  # seconds a RCPT lookup is cached; 0 disables
     banner: str = "ESMTP mxd"
 
     def __attrs_post_init__(self) -> None:
@@ -139,6 +142,7 @@ class SessionBase(LineReceiver):
         checker: IInboundChecker | None = None, metrics: IMetrics | None = None,
         channel_bindings: ChannelBindingsFn | None = None,
         on_close: Callable[[Any], None] | None = None,
+        run_blocking: RunBlocking | None = None,
     ) -> None:
         self.role: Role = role
         self.settings = settings
@@ -155,6 +159,7 @@ class SessionBase(LineReceiver):
         self.metrics: IMetrics = metrics if metrics is not None else NoMetrics()
         self._channel_bindings_fn = channel_bindings or _default_channel_bindings
         self._on_close = on_close
+        self.run_blocking = run_blocking
         self.MAX_LENGTH = settings.max_auth_line_length
         self.state = State.INITIAL
         self.helo: str | None = None

@@ -39,6 +39,7 @@ SCRYPT_N = 2**12  # cheap PLAIN checks in tests
 def main(config_path: str) -> None:  # pragma: no cover - runs in the subprocess
     from twisted.internet import reactor as _reactor
     from twisted.internet.defer import ensureDeferred
+    from twisted.internet.threads import deferToThread
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     from mxd.directory.local import DirectorySettings, LocalDirectory
@@ -77,7 +78,8 @@ def main(config_path: str) -> None:  # pragma: no cover - runs in the subprocess
             f = smtp_factory(role=role, settings=settings, store=store, directory=directory,
                              sasl=sasl, outbound=queue,
                              tls=tls12 if name == "submission_tls12" else tls,
-                             clock=reactor, hostname="mx.example.test")
+                             clock=reactor, hostname="mx.example.test",
+                             run_blocking=lambda f: deferToThread(f))
             reactor.listenTCP(port, f, interface="127.0.0.1")
         print("HARNESS READY", flush=True)
 
@@ -205,4 +207,9 @@ def smtp_harness(tmp_path: Path, tls_files: dict[str, Path]) -> Iterator[Harness
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main(sys.argv[1])
+    if os.environ.get("MXD_PROFILE"):
+        import cProfile
+
+        cProfile.run("main(sys.argv[1])", os.environ["MXD_PROFILE"])
+    else:
+        main(sys.argv[1])

@@ -249,7 +249,8 @@ class Session:
                  peer_ip: str = "192.0.2.7", tls_context: object | None = "CTX",
                  checker: Any = None, sasl: FakeSASL | None = None,
                  store: FakeStore | None = None, directory: FakeDirectory | None = None,
-                 outbound: FakeOutbound | None = None, metrics: Any = None) -> None:
+                 outbound: FakeOutbound | None = None, metrics: Any = None,
+                 run_blocking: Any = None) -> None:
         self.clock = task.Clock()
         self.store = store or FakeStore()
         self.directory = directory or FakeDirectory()
@@ -260,7 +261,7 @@ class Session:
             role=role, settings=self.settings, store=self.store, directory=self.directory,  # type: ignore[arg-type]
             sasl=self.sasl, outbound=self.outbound, tls=tls_context, clock=self.clock,
             hostname="mx.example.test", checker=checker, metrics=metrics,
-            channel_bindings=lambda t: BINDINGS,
+            channel_bindings=lambda t: BINDINGS, run_blocking=run_blocking,
         )
         self.transport = TLSStringTransport(peer_ip)
         proto = self.factory.buildProtocol(self.transport.getPeer())

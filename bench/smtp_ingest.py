@@ -1,0 +1,283 @@
+"""Inbound SMTP ingest: mxd vs aiosmtpd (Maildir + fsync) vs Postfix, same load, same run.
+
+    .venv/bin/python bench/smtp_ingest.py [--sessions 10] [--messages 2000] [--size 10240]
+                                          [--no-postfix]
+
+Each server gets ``smtp-source -s SESSIONS -m MESSAGES -l SIZE`` on loopback, every message
+to one local mailbox, and must have made each message durable before its 250:
+
+* mxd: the inbound listener (``mxd.smtp.service.smtp_factory``) with the SQLite store
+  (fsync of body file, directory and WAL before 250), via tests/integration/_smtp_harness.
+* aiosmtpd: a handler that writes each message into a Maildir (tmp/, fsync, rename to new/,
+  fsync of the directory) on a thread pool, then answers 250.
+* Postfix (if installed): a private instance in a temp dir (queue file fsynced before 250 by
+  cleanup; virtual(8) delivery into a Maildir afterwards).  Its ingest time is to the last
+  250; the time until the last message is in the Maildir is printed too.
+
+Prints messages/s for each and the ratios mxd/peer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.integration._smtp_harness import Harness  # noqa: E402
+from tests.integration.tools import free_port  # noqa: E402
+
+SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
+RCPT = "alice@example.test"
+
+
+def wait_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def smtp_source(port: int, args: argparse.Namespace) -> float:
+    start = time.perf_counter()
+    r = subprocess.run(
+        [SMTP_SOURCE, "-s", str(args.sessions), "-m", str(args.messages), "-l", str(args.size),
+         "-f", "load@remote.example", "-t", RCPT, "-M", "client.test", f"127.0.0.1:{port}"],
+        capture_output=True, text=True, timeout=900)
+    elapsed = time.perf_counter() - start
+    if r.returncode != 0:
+        raise RuntimeError(f"smtp-source failed ({r.returncode}): {r.stdout} {r.stderr}")
+    return elapsed
+
+
+def make_certs(d: Path) -> dict[str, Path]:
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1", "mx.example.test")
+    paths = {"ca": d / "ca.pem", "cert": d / "cert.pem", "key": d / "key.pem"}
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    cert.private_key_pem.write_to_path(str(paths["key"]))
+    with open(paths["cert"], "wb") as f:
+        for blob in cert.cert_chain_pems:
+            f.write(blob.bytes())
+    return paths
+
+
+def bench_mxd(base: Path, args: argparse.Namespace) -> float:
+    d = base / "mxd"
+    d.mkdir()
+    h = Harness(d, make_certs(d))
+    h.start()
+    try:
+        elapsed = smtp_source(h.ports["smtp"], args)
+        stored = len(h.inbox(RCPT))
+    finally:
+        h.stop()
+    if stored != args.messages:
+        raise RuntimeError(f"mxd stored {stored} of {args.messages}")
+    return elapsed
+
+
+AIOSMTPD_SERVER = textwrap.dedent('''
+    import asyncio, os, sys, time, socket
+    from aiosmtpd.controller import Controller
+
+    maildir, port = sys.argv[1], int(sys.argv[2])
+    for sub in ("tmp", "new", "cur"):
+        os.makedirs(os.path.join(maildir, sub), exist_ok=True)
+    counter = [0]
+    host = socket.gethostname()
+
+    def store(data: bytes) -> None:
+        counter[0] += 1
+        name = f"{time.time():.6f}.{os.getpid()}_{counter[0]}.{host}"
+        tmp = os.path.join(maildir, "tmp", name)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, os.path.join(maildir, "new", name))
+        dfd = os.open(os.path.join(maildir, "new"), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):
+            await asyncio.get_running_loop().run_in_executor(None, store, envelope.original_content)
+            return "250 2.0.0 OK"
+
+    c = Controller(Handler(), hostname="127.0.0.1", port=port, data_size_limit=0)
+    c.start()
+    print("READY", flush=True)
+    try:
+        sys.stdin.read()
+    finally:
+        c.stop()
+''')
+
+
+def bench_aiosmtpd(base: Path, args: argparse.Namespace) -> float:
+    d = base / "aiosmtpd"
+    d.mkdir()
+    port = free_port()
+    p = subprocess.Popen([sys.executable, "-c", AIOSMTPD_SERVER, str(d / "Maildir"), str(port)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        wait_port(port)
+        elapsed = smtp_source(port, args)
+        stored = len(os.listdir(d / "Maildir" / "new"))
+    finally:
+        p.terminate()
+        p.wait(10)
+    if stored != args.messages:
+        raise RuntimeError(f"aiosmtpd stored {stored} of {args.messages}")
+    return elapsed
+
+
+def bench_postfix(base: Path, args: argparse.Namespace) -> tuple[float, float]:
+    """A throwaway Postfix instance; returns (seconds to last 250, seconds to last delivery)."""
+    if os.geteuid() != 0:
+        raise RuntimeError("a private Postfix instance needs root")
+    d = base / "postfix"
+    conf, queue, data, vmail = d / "conf", d / "queue", d / "data", d / "vmail"
+    for x in (conf, queue, data, vmail):
+        x.mkdir(parents=True)
+    for x in (base, d):
+        os.chmod(x, 0o755)  # the postfix user must reach its queue (mkdtemp makes 0700)
+    port = free_port()
+    import pwd
+
+    pw = pwd.getpwnam("postfix")
+    os.chown(vmail, pw.pw_uid, pw.pw_gid)
+    os.chown(data, pw.pw_uid, pw.pw_gid)
+    (conf / "main.cf").write_text(textwrap.dedent(f"""\
+        compatibility_level = 3.6
+        queue_directory = {queue}
+        data_directory = {data}
+        mail_owner = postfix
+        setgid_group = postdrop
+        inet_interfaces = 127.0.0.1
+        inet_protocols = ipv4
+        myhostname = mx.example.test
+        mydomain = example.test
+        myorigin = example.test
+        mydestination =
+        mynetworks = 127.0.0.0/8
+        local_recipient_maps =
+        alias_maps =
+        alias_database =
+        relay_domains =
+        virtual_mailbox_domains = example.test
+        virtual_mailbox_base = {vmail}
+        virtual_mailbox_maps = inline:{{ {RCPT}=alice/ }}
+        virtual_uid_maps = static:{pw.pw_uid}
+        virtual_gid_maps = static:{pw.pw_gid}
+        smtpd_recipient_restrictions = reject_unauth_destination
+        smtputf8_enable = no
+        maillog_file = /dev/stdout
+        disable_dns_lookups = yes
+        smtp_dns_support_level = disabled
+        default_process_limit = 100
+        """))
+    master = Path("/etc/postfix/master.cf").read_text().splitlines()
+    out = []
+    for line in master:
+        fields = line.split()
+        if line and not line[0].isspace() and not line.startswith("#") and len(fields) >= 8:
+            if fields[0] == "smtp" and fields[1] == "inet":
+                fields[0] = f"127.0.0.1:{port}"
+            elif fields[1] == "inet":
+                continue  # only our listener
+            fields[4] = "n"  # no chroot
+            line = " ".join(fields)
+        out.append(line)
+    (conf / "master.cf").write_text("\n".join(out) + "\n")
+    env = dict(os.environ, MAIL_CONFIG=str(conf))
+    subprocess.run(["postfix", "-c", str(conf), "check"], env=env, check=False,
+                   capture_output=True, timeout=60)
+    r = subprocess.run(["postfix", "-c", str(conf), "start"], env=env, capture_output=True,
+                       text=True, timeout=60)
+    if r.returncode != 0:
+        raise RuntimeError(f"postfix start failed: {(r.stdout + r.stderr).strip()[-500:]}")
+    try:
+        wait_port(port)
+        start = time.perf_counter()
+        ingest = smtp_source(port, args)
+        new = vmail / "alice" / "new"
+        deadline = time.monotonic() + 600
+        while True:
+            n = len(os.listdir(new)) if new.is_dir() else 0
+            if n >= args.messages:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"postfix delivered {n} of {args.messages}")
+            time.sleep(0.05)
+        delivered = time.perf_counter() - start
+    finally:
+        subprocess.run(["postfix", "-c", str(conf), "stop"], env=env, capture_output=True,
+                       timeout=60)
+        pid_file = queue / "pid" / "master.pid"
+        if pid_file.exists():
+            try:
+                os.kill(int(pid_file.read_text().split()[0]), signal.SIGTERM)
+            except (ValueError, ProcessLookupError):
+                pass
+    return ingest, delivered
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sessions", type=int, default=10)
+    ap.add_argument("--messages", type=int, default=2000)
+    ap.add_argument("--size", type=int, default=10240)
+    ap.add_argument("--no-postfix", action="store_true")
+    ap.add_argument("--dir")
+    args = ap.parse_args()
+    base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="mxd-smtp-bench-"))
+    print(f"smtp-source -s {args.sessions} -m {args.messages} -l {args.size}; "
+          f"{os.cpu_count()} CPUs; dir {base}")
+    rates: dict[str, float] = {}
+    t = bench_mxd(base, args)
+    rates["mxd"] = args.messages / t
+    print(f"mxd (SQLite store, fsync)        : {t:7.2f} s  {rates['mxd']:8.1f} msg/s")
+    t = bench_aiosmtpd(base, args)
+    rates["aiosmtpd"] = args.messages / t
+    print(f"aiosmtpd (Maildir, fsync)        : {t:7.2f} s  {rates['aiosmtpd']:8.1f} msg/s")
+    if not args.no_postfix:
+        try:
+            ingest, delivered = bench_postfix(base, args)
+            rates["postfix"] = args.messages / ingest
+            print(f"postfix (queue fsync, to 250)    : {ingest:7.2f} s  {rates['postfix']:8.1f} msg/s"
+                  f"  (all in Maildir after {delivered:.2f} s = "
+                  f"{args.messages / delivered:.1f} msg/s)")
+        except Exception as e:
+            print(f"postfix: skipped ({e})")
+    for peer in ("aiosmtpd", "postfix"):
+        if peer in rates:
+            print(f"ratio mxd/{peer}: {rates['mxd'] / rates[peer]:.2f}")
+    if not args.dir:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
