@@ -505,7 +505,7 @@ class SQLiteStore:
         internal_date: datetime | None = None,
     ) -> Deferred[list[int]]:
         w = self._own_writer(blob)
-        when = internal_date or self._now()
+        when = _aware(internal_date or self._now())
         targets = list(targets)
 
         def op(conn: sqlite3.Connection, ctx: OpContext) -> list[int]:
@@ -527,7 +527,7 @@ class SQLiteStore:
         internal_date: datetime | None = None,
     ) -> Deferred[int]:
         w = self._own_writer(blob)
-        when = internal_date or self._now()
+        when = _aware(internal_date or self._now())
 
         def op(conn: sqlite3.Connection, ctx: OpContext) -> int:
             clean = names.clean_flags(flags)
@@ -773,6 +773,13 @@ class SQLiteStore:
             return gone
 
         return self._writer.submit(op)
+
+
+
+
+def _aware(when: datetime) -> datetime:
+    """Internal dates are timezone-aware; a naive one is taken as UTC."""
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 __all__ = [

@@ -542,3 +542,13 @@ def test_quota_and_usage(data_dir: Path) -> None:
     assert isinstance(h.fail(s.set_quota("nobody", 1)), NoSuchAccount)
     assert isinstance(h.fail(s.get_usage(999)), NoSuchAccount)
     h.close()
+
+
+def test_naive_internal_date_is_utc(store: StoreHarness) -> None:
+    """A naive internal date is stored and returned as UTC."""
+    a = _account(store)
+    w = store.store.new_blob()
+    w.write(b"x")
+    store.run(store.store.append(_mbox(store, a), w, frozenset(), datetime(2021, 5, 6, 7, 8, 9)))
+    (m,) = store.run(store.store.list_messages(_mbox(store, a)))
+    assert m.internal_date == datetime(2021, 5, 6, 7, 8, 9, tzinfo=UTC)
