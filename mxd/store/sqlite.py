@@ -775,8 +775,6 @@ class SQLiteStore:
         return self._writer.submit(op)
 
 
-
-
 def _aware(when: datetime) -> datetime:
     """Internal dates are timezone-aware; a naive one is taken as UTC."""
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
