@@ -239,15 +239,18 @@ class QueueRunner(Service):
     async def _fill(self) -> None:
         self._waking = True
         try:
-            while True:
+            while self.running:
                 self._again = False
                 more = await self._claim_and_start()
-                if not (more or self._again) or not self.running:
-                    break
-            nxt = await self.queue.store.transact(qs.next_due_time)
-            now = self.reactor.seconds()
-            if nxt is not None and nxt > now and self.running:
-                self._schedule(nxt)
+                if more or self._again:
+                    continue
+                nxt = await self.queue.store.transact(qs.next_due_time)
+                if self._again:
+                    continue  # new work arrived meanwhile (a wake-up while we were busy)
+                if nxt is not None and nxt > self.reactor.seconds() and self.running:
+                    self._schedule(nxt)
+                # Due work blocked by the concurrency limits is picked up when a job ends.
+                break
         finally:
             self._waking = False
 

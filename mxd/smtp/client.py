@@ -35,7 +35,7 @@ from typing import Any, BinaryIO, Protocol
 import attrs
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
-from twisted.protocols.basic import FileSender, LineOnlyReceiver
+from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
 from mxd.errors import MxdError
@@ -452,7 +452,8 @@ class SMTPClient(LineOnlyReceiver):
             self.extensions = {}
             for line in reply.lines[1:]:
                 keyword, _sep, params = line.strip().partition(" ")
-                self.extensions[keyword.upper()] = params
+                if keyword:
+                    self.extensions[keyword.upper()] = params
             return
         if reply.code == 421:
             raise SMTPReplyError.from_reply(reply, "EHLO")
@@ -670,25 +671,15 @@ class SMTPClient(LineOnlyReceiver):
 
     async def _data(self, body: BinaryIO) -> Reply:
         encoder = DataEncoder()
-        sender = FileSender()
-        # RFC 5321 §4.5.3.2.5: a data block must be taken within the timeout; the watchdog
-        # is pushed back each time the transport asks for (and gets) another block.
-        watchdog = self.clock.callLater(self.settings.data_block_timeout, self._stall)
-
-        def transform(chunk: bytes) -> bytes:
-            if watchdog.active():
-                watchdog.reset(self.settings.data_block_timeout)
-            return encoder.encode(chunk)
-
+        producer = _BodyProducer(body, self._t, encoder.encode, self.clock,
+                                 self.settings.data_block_timeout, self._stall)
         try:
-            await sender.beginFileTransfer(body, self._t, transform)
-        except Exception as e:
-            if self._lost is not None:
-                self._lost.raiseException()
-            raise SMTPConnectionError(f"sending the message failed: {e}") from e
-        finally:
-            if watchdog.active():
-                watchdog.cancel()
+            await producer.start()
+        except SMTPClientError:
+            raise
+        except OSError as e:
+            self._t.abortConnection()
+            raise SMTPConnectionError(f"reading the message failed: {e}") from e
         if self._lost is not None:
             self._lost.raiseException()
         self._t.write(encoder.finish() + b".\r\n")
@@ -732,6 +723,85 @@ class SMTPClient(LineOnlyReceiver):
                 if self.transport is not None:
                     self._t.loseConnection()
         return ensureDeferred(run())
+
+
+class _BodyProducer:
+    """Streams a file to the transport as a push producer (RFC 5321 §4.5.3.2.5 timeout).
+
+    A push producer, not a pull one: Twisted's TLS layer turns pull producers into push
+    ones with the global cooperator, which library code must not depend on.
+    """
+
+    chunk_size = 1 << 16
+
+    def __init__(self, body: BinaryIO, transport: Any, transform: Callable[[bytes], bytes],
+                 clock: Clock, timeout: float, on_stall: Callable[[], None]) -> None:
+        self.body = body
+        self.transport = transport
+        self.transform = transform
+        self.clock = clock
+        self.timeout = timeout
+        self.on_stall = on_stall
+        self.done: Deferred[None] = Deferred()
+        self._paused = False
+        self._producing = False
+        self._finished = False
+        self._watchdog: Any = None
+
+    def start(self) -> Deferred[None]:
+        self._watchdog = self.clock.callLater(self.timeout, self._stalled)
+        self.transport.registerProducer(self, True)
+        self._produce()
+        return self.done
+
+    def _produce(self) -> None:
+        if self._producing:
+            return
+        self._producing = True
+        try:
+            while not self._paused and not self._finished:
+                try:
+                    chunk = self.body.read(self.chunk_size)
+                except OSError as e:
+                    self._finish(e)
+                    return
+                if not chunk:
+                    self._finish(None)
+                    return
+                self.transport.write(self.transform(chunk))
+                if self._watchdog is not None and self._watchdog.active():
+                    self._watchdog.reset(self.timeout)
+        finally:
+            self._producing = False
+
+    def _finish(self, error: Exception | None) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        if self._watchdog is not None and self._watchdog.active():
+            self._watchdog.cancel()
+        try:
+            self.transport.unregisterProducer()
+        except RuntimeError:
+            pass
+        if error is None:
+            self.done.callback(None)
+        else:
+            self.done.errback(error)
+
+    def _stalled(self) -> None:
+        self._finish(SMTPTimeoutError("the peer stopped taking the message data"))
+        self.on_stall()
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._produce()
+
+    def stopProducing(self) -> None:
+        self._finish(SMTPConnectionError("connection lost while sending the message"))
 
 
 def _succeed(value: Reply) -> Deferred[Reply]:
