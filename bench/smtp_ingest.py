@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -162,7 +163,9 @@ def bench_postfix(base: Path, args: argparse.Namespace) -> tuple[float, float]:
     conf, queue, data, vmail = d / "conf", d / "queue", d / "data", d / "vmail"
     for x in (conf, queue, data, vmail):
         x.mkdir(parents=True)
-    for x in (base, d):
+    for x in (d, *d.parents):
+        if x == Path(tempfile.gettempdir()) or x == x.parent:
+            break
         os.chmod(x, 0o755)  # the postfix user must reach its queue (mkdtemp makes 0700)
     port = free_port()
     import pwd
@@ -250,31 +253,42 @@ def main() -> None:
     ap.add_argument("--sessions", type=int, default=10)
     ap.add_argument("--messages", type=int, default=2000)
     ap.add_argument("--size", type=int, default=10240)
+    ap.add_argument("--repeat", type=int, default=3, help="rounds; the median is reported")
     ap.add_argument("--no-postfix", action="store_true")
     ap.add_argument("--dir")
     args = ap.parse_args()
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="mxd-smtp-bench-"))
     print(f"smtp-source -s {args.sessions} -m {args.messages} -l {args.size}; "
-          f"{os.cpu_count()} CPUs; dir {base}")
-    rates: dict[str, float] = {}
-    t = bench_mxd(base, args)
-    rates["mxd"] = args.messages / t
-    print(f"mxd (SQLite store, fsync)        : {t:7.2f} s  {rates['mxd']:8.1f} msg/s")
-    t = bench_aiosmtpd(base, args)
-    rates["aiosmtpd"] = args.messages / t
-    print(f"aiosmtpd (Maildir, fsync)        : {t:7.2f} s  {rates['aiosmtpd']:8.1f} msg/s")
-    if not args.no_postfix:
-        try:
-            ingest, delivered = bench_postfix(base, args)
-            rates["postfix"] = args.messages / ingest
-            print(f"postfix (queue fsync, to 250)    : {ingest:7.2f} s  {rates['postfix']:8.1f} msg/s"
-                  f"  (all in Maildir after {delivered:.2f} s = "
-                  f"{args.messages / delivered:.1f} msg/s)")
-        except Exception as e:
-            print(f"postfix: skipped ({e})")
+          f"{os.cpu_count()} CPUs; {args.repeat} round(s), servers interleaved; dir {base}")
+    runs: dict[str, list[float]] = {"mxd": [], "aiosmtpd": [], "postfix": []}
+    postfix_ok = not args.no_postfix
+    for i in range(args.repeat):
+        rnd = base / f"round{i}"
+        rnd.mkdir(parents=True)
+        t = bench_mxd(rnd, args)
+        runs["mxd"].append(args.messages / t)
+        t = bench_aiosmtpd(rnd, args)
+        runs["aiosmtpd"].append(args.messages / t)
+        if postfix_ok:
+            try:
+                ingest, delivered = bench_postfix(rnd, args)
+                runs["postfix"].append(args.messages / ingest)
+                print(f"  round {i}: postfix had all {args.messages} in its Maildir after "
+                      f"{delivered:.2f} s")
+            except Exception as e:
+                print(f"postfix: skipped ({e})")
+                postfix_ok = False
+        print(f"  round {i}: " + ", ".join(
+            f"{k} {v[-1]:.0f} msg/s" for k, v in runs.items() if len(v) > i))
+    med = {k: statistics.median(v) for k, v in runs.items() if v}
+    labels = {"mxd": "mxd (SQLite store, fsync)", "aiosmtpd": "aiosmtpd (Maildir, fsync)",
+              "postfix": "postfix (queue fsync, to 250)"}
+    for k, v in med.items():
+        print(f"{labels[k]:32s}: median {v:7.1f} msg/s  (runs: "
+              + ", ".join(f"{x:.0f}" for x in runs[k]) + ")")
     for peer in ("aiosmtpd", "postfix"):
-        if peer in rates:
-            print(f"ratio mxd/{peer}: {rates['mxd'] / rates[peer]:.2f}")
+        if peer in med:
+            print(f"ratio mxd/{peer}: {med['mxd'] / med[peer]:.2f}")
     if not args.dir:
         shutil.rmtree(base, ignore_errors=True)
 

@@ -198,6 +198,9 @@ class SMTPServerProtocol(AuthMixin, MessageMixin):
         self._send(replies.DIRECTORY_UNAVAILABLE)
 
     def _mail_params(self, tx: Transaction, params: dict[str, str | None]) -> Reply | None:
+        if params and not self.extended:
+            # RFC 5321 §4.1.1.11: parameters only for extensions announced by EHLO.
+            return replies.BAD_PARAMETER.with_text("No parameters after HELO; use EHLO")
         for key, value in params.items():
             if key == "SIZE":  # RFC 1870 §6
                 if value is None or not value.isdigit() or not value.isascii():
@@ -246,6 +249,9 @@ class SMTPServerProtocol(AuthMixin, MessageMixin):
             return
         notify: frozenset[str] | None = None
         orcpt: str | None = None
+        if cmd.params and not self.extended:
+            self._send(replies.BAD_PARAMETER.with_text("No parameters after HELO; use EHLO"))
+            return
         for key, value in cmd.params.items():
             try:
                 if key == "NOTIFY":

@@ -173,3 +173,11 @@ def test_helo_gives_smtp_protocol() -> None:
     s.send("HELO old.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n" + MSG)
     assert s.codes() == [220, 250, 250, 250, 354, 250]
     assert b"with SMTP\r\n" in s.store.delivered[0].body
+
+
+def test_parameters_refused_after_helo() -> None:
+    """RFC 5321 §4.1.1.11: after HELO (no extensions announced) MAIL/RCPT parameters are 555."""
+    s = Session()
+    s.send("HELO old.example\r\nMAIL FROM:<a@b.example> SIZE=10\r\nMAIL FROM:<a@b.example>\r\n"
+           "RCPT TO:<alice@example.test> NOTIFY=NEVER\r\n")
+    assert s.codes() == [220, 250, 555, 250, 555]
