@@ -34,6 +34,7 @@ from twisted.internet.interfaces import (
     IProtocolFactory,
     IPushProducer,
     IReactorTime,
+    ISSLTransport,
 )
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -178,6 +179,7 @@ class IMAPSession(Protocol):
         self._bad_count = 0
         self._timer: Any = None
         self._closed = False
+        self._greeted = False
         self._current: Deferred[None] | None = None
         self.peer_ip = ""
         self.client_id: dict[str, str | None] = {}
@@ -194,6 +196,16 @@ class IMAPSession(Protocol):
         self.tr.registerProducer(self, True)
         self._reset_timer()
         self.factory.sessions.add(self)
+        self._greeted = False
+        if not (self.factory.implicit_tls and ISSLTransport.providedBy(self.transport)):
+            self._greet()
+
+    def _greet(self) -> None:
+        # On implicit TLS the greeting waits for the handshake, so that its capability
+        # list can offer the -PLUS mechanisms (they need the channel bindings).
+        if self._greeted:
+            return
+        self._greeted = True
         self.send(b"* OK [CAPABILITY " + self.capabilities().encode() + b"] "
                   + self.factory.hostname.encode("ascii", "replace") + b" mxd IMAP ready\r\n")
 
@@ -217,6 +229,8 @@ class IMAPSession(Protocol):
         """TLS is up (implicit TLS or after STARTTLS): compute channel bindings."""
         self.tls_handshake_done = True
         self.channel_bindings = channel_bindings_for(self.transport)
+        if not self._greeted:
+            self._greet()
 
     def is_loopback(self) -> bool:
         try:

@@ -67,6 +67,7 @@ def main(argv: list[str]) -> None:
         print(f.getTraceback(), file=sys.stderr)
         reactor.stop()
 
+    reactor.addSystemEventTrigger("before", "shutdown", store.close)
     Deferred.fromCoroutine(start()).addErrback(failed)
     reactor.run()
 

@@ -61,9 +61,10 @@ class IMAPServer:
         self.proc = None
 
 
-@pytest.fixture
-def imap_server(tmp_path: Path, tls_files: dict[str, Path]) -> Iterator[IMAPServer]:
-    srv = IMAPServer(tmp_path, tls_files)
+@pytest.fixture(scope="module")
+def imap_server(tmp_path_factory: pytest.TempPathFactory,
+                tls_files: dict[str, Path]) -> Iterator[IMAPServer]:
+    srv = IMAPServer(tmp_path_factory.mktemp("imap"), tls_files)
     srv.start()
     try:
         yield srv
