@@ -56,10 +56,13 @@ def make_store(cfg: Config, reactor: Any) -> Any:
     from mxd.store.sqlite import SQLiteStore
 
     cfg.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return SQLiteStore(cfg.data_dir, reactor)
+    from mxd.store.sqlite import StoreSettings
+
+    return SQLiteStore(cfg.data_dir, reactor,
+                       settings=StoreSettings(quota_bytes=cfg.store.quota_bytes or None))
 
 
-def make_directory(cfg: Config, store: Any) -> Any:
+def make_directory(cfg: Config, store: Any, reactor: Any) -> Any:
     from mxd.directory.local import DirectorySettings, LocalDirectory
 
     settings = DirectorySettings(
@@ -68,15 +71,17 @@ def make_directory(cfg: Config, store: Any) -> Any:
         catchall={normalise_domain(d): a for d, a in cfg.domains.catchall.items()},
         scram_iterations=cfg.auth.scram_iterations,
         cram_md5=cfg.auth.cram_md5,
+        postmaster=cfg.domains.postmaster or None,
     )
-    return LocalDirectory(store, settings)
+    # With the reactor, password hashing (PBKDF2 + scrypt) runs on its thread pool.
+    return LocalDirectory(store, settings, reactor=reactor)
 
 
 async def open_store_and_directory(cfg: Config, reactor: Any) -> tuple[Any, Any]:
     """For CLI commands: an open store and its directory (caller closes the store)."""
     store = make_store(cfg, reactor)
     await store.open()
-    return store, make_directory(cfg, store)
+    return store, make_directory(cfg, store, reactor)
 
 
 async def sync_config_accounts(cfg: Config, store: Any) -> None:
@@ -176,7 +181,7 @@ def build(cfg: Config, reactor: Any, metrics: IMetrics, parent: Any) -> dict[str
 
     store = make_store(cfg, reactor)
     store.register_schema("queue", QUEUE_MIGRATIONS)
-    directory = make_directory(cfg, store)
+    directory = make_directory(cfg, store, reactor)
 
     def sync() -> Deferred[None]:
         return Deferred.fromCoroutine(sync_config_accounts(cfg, store))

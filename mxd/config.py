@@ -148,6 +148,15 @@ class DomainsConfig:
     catchall: dict[str, str] = opt({}, "Per-domain catch-all: domain = account name that "
                                    "receives mail for unknown local parts.",
                                    example='{ "example.org" = "alice" }')
+    postmaster: str = opt("", "Account that receives postmaster@ of every local domain "
+                          "(RFC 5321 §4.5.1) unless that address is assigned; empty: none.")
+
+
+@attrs.frozen
+class StoreConfig:
+    quota_bytes: int = opt(0, "Default per-account quota in bytes; 0 means unlimited. "
+                           "Deliveries over quota are refused temporarily (452 4.2.2).",
+                           check=lambda v: None if v >= 0 else f"must not be negative, got {v}")
 
 
 @attrs.frozen
@@ -240,6 +249,7 @@ class Config:
     tls: TLSCertConfig = opt(TLSCertConfig(), "Default certificate for every TLS listener.")
     listeners: list[ListenerConfig] = opt([], "Sockets to listen on.")
     domains: DomainsConfig = opt(DomainsConfig(), "Local domains.")
+    store: StoreConfig = opt(StoreConfig(), "Mail storage.")
     accounts: list[AccountConfig] = opt([], "Accounts created at start-up if missing, with "
                                         "their addresses (accounts may also be added with "
                                         "`mxd account add`).")
