@@ -157,3 +157,22 @@ class STSResolver:
 
     def lookup_deferred(self, domain: str) -> Deferred[STSLookup]:
         return Deferred.fromCoroutine(self.lookup(domain))
+
+    async def refresh(self, domain: str) -> STSLookup:
+        """Fetch the policy again even if the TXT id is unchanged (RFC 8461 §5.1: refresh
+        before expiry), when the domain still publishes a valid TXT record.  A failure
+        keeps the cached policy."""
+        domain = domain.rstrip(".").lower()
+        txt_id, problem = await self._txt_id(domain)
+        cached = self.cached(domain)
+        if txt_id is None:
+            return STSLookup(domain, cached.policy if cached else None,
+                             cached.txt_id if cached else None, cached is not None, None, problem)
+        try:
+            fetched = await self._fetcher.fetch(domain)
+        except PolicyFetchError as e:
+            return STSLookup(domain, cached.policy if cached else None, txt_id, cached is not None,
+                             e.result_type, e.detail)
+        self._cache.put(CachedPolicy(domain, fetched.policy, fetched.text, txt_id,
+                                     self._clock.seconds()))
+        return STSLookup(domain, fetched.policy, txt_id, False)

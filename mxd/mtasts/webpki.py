@@ -91,7 +91,7 @@ def verify_webpki(chain_der: Sequence[bytes], host: str, roots: Sequence[x509.Ce
                     .extension_policies(
                         ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(),
                         ee_policy=_ee_policy())
-                    .build_server_verifier(verification.DNSName(name)))
+                    .build_server_verifier(x509.DNSName(name)))
         verifier.verify(leaf, chain[1:])
     except verification.VerificationError as e:  # RFC 8461 §4.2: must chain to a trusted CA
         return WebPKIResult(False, ResultType.CERTIFICATE_NOT_TRUSTED, str(e))

@@ -223,3 +223,63 @@ def test_cache_expiry() -> None:
     """An entry expires max_age seconds after it was fetched."""
     e = _entry(at=1000.0)
     assert not e.expired(1000.0 + 86399) and e.expired(1000.0 + 86400)
+
+
+# -- refresh (RFC 8461 §5.1) ---------------------------------------------------------------------
+
+def test_refresh_fetches_even_with_unchanged_id(world: Any) -> None:
+    """refresh() fetches again for the same id and restarts max_age."""
+    r, f, c, clock, sts = world
+    r.add("_mta-sts.example.test", "TXT", [b"v=STSv1; id=1"])
+    f.answers["example.test"] = ENFORCE
+    _run(sts.lookup("example.test"))
+    clock.advance(80000)
+    got = _run(sts.refresh("example.test"))
+    assert got.enforce and not got.from_cache and len(f.calls) == 2
+    assert c.get("example.test").fetched_at == clock.seconds()
+
+
+def test_refresh_failure_keeps_cache(world: Any) -> None:
+    """A failed refresh reports the failure and keeps the cached policy."""
+    r, f, c, clock, sts = world
+    r.add("_mta-sts.example.test", "TXT", [b"v=STSv1; id=1"])
+    f.answers["example.test"] = ENFORCE
+    _run(sts.lookup("example.test"))
+    f.answers["example.test"] = PolicyFetchError("down")
+    got = _run(sts.refresh("example.test"))
+    assert got.enforce and got.from_cache and got.failure is ResultType.STS_POLICY_FETCH_ERROR
+    assert c.get("example.test").fetched_at == 1_800_000_000
+
+
+def test_due_for_refresh_orders_and_bounds() -> None:
+    """Only policies expiring within refresh_before are due, soonest first, bounded."""
+    from mxd.mtasts.refresh import RefreshSettings, due_for_refresh
+
+    entries = [_entry("a.test", at=0.0), _entry("b.test", at=-1000.0), _entry("c.test", at=5e5)]
+    settings = RefreshSettings(refresh_before=86400 + 10, max_per_round=5)
+    assert due_for_refresh(entries, 20.0, settings) == ["b.test", "a.test"]
+    assert due_for_refresh(entries, 20.0, RefreshSettings(refresh_before=86400 + 10,
+                                                          max_per_round=1)) == ["b.test"]
+
+
+def test_refresher_service_runs_on_the_clock(world: Any) -> None:
+    """The service refreshes a policy nearing expiry on its interval, and drops an expired
+    policy whose TXT record is gone; stopping cancels the timer."""
+    from mxd.mtasts.refresh import RefreshSettings, STSRefresher
+
+    r, f, c, clock, sts = world
+    r.add("_mta-sts.example.test", "TXT", [b"v=STSv1; id=1"])
+    f.answers["example.test"] = ENFORCE
+    _run(sts.lookup("example.test"))
+    service = STSRefresher(sts, c, clock, RefreshSettings(interval=3600, refresh_before=7200))
+    service.startService()
+    clock.advance(0)
+    assert len(f.calls) == 1  # not due yet
+    clock.advance(86400 - 7200)
+    assert len(f.calls) == 2  # refreshed within refresh_before of expiry
+    r.fail("_mta-sts.example.test", "TXT", "nxdomain")
+    for _ in range(30):
+        clock.advance(3600)
+    assert c.get("example.test") is None
+    service.stopService()
+    assert not clock.getDelayedCalls()
