@@ -322,6 +322,7 @@ async def policy_for_host(
     *,
     host_canonical: str | None = None,
     roots: Sequence[x509.Certificate] | None = None,
+    extra_names: Sequence[str] = (),
 ) -> HostTLSPolicy | HostRefusal:
     """Decide the TLS policy for one MX host of the recipient ``domain``.
 
@@ -331,7 +332,9 @@ async def policy_for_host(
     refusal for others; testing → ``sts-testing``.  REQUIRETLS (RFC 8689 §4.1) refuses hosts
     without ``dane`` or ``sts-enforce``; ``tls_required_no`` (ignored with REQUIRETLS, RFC
     8689 §5) turns policy refusals into opportunistic TLS, keeping the failure as a note.
-    ``host_canonical``: the host's name after an authentic CNAME (RFC 7672 §2.2.2).
+    ``host_canonical``: the host's name after an authentic CNAME (RFC 7672 §2.2.2);
+    ``extra_names``: more DANE-TA reference identifiers, e.g. the recipient domain when the
+    host is its implicit MX reached through a CNAME (RFC 7672 §3.2.2).
     """
     domain_s, host = _name(domain), _name(mx_host)
     trn = tls_required_no and not requiretls  # RFC 8689 §5: REQUIRETLS wins
@@ -351,7 +354,7 @@ async def policy_for_host(
     tlsa_info = PolicyInfo(PolicyType.TLSA, tlsa_domain,
                            tuple(dane.tlsa_text(r) for r in decision.usable + decision.unusable),
                            (host,))
-    refs = dane.reference_names(host, tlsa_domain)
+    refs = dane.reference_names(host, tlsa_domain, extra_names)
     if decision.decision is dane.Decision.TEMPORARY_FAILURE:
         assert decision.result_type is not None
         if not trn:
@@ -441,10 +444,12 @@ def make_policy_factory(resolver: Resolver, sts_resolver: STSResolver | None, cl
                    tls_required_no: bool = False) -> TLSPolicy:
         name = _name(getattr(host, "name", host))
         addr_auth, canonical = await _addresses_authentic(resolver, name)
+        implicit = bool(getattr(host, "implicit", False))
         decided = await policy_for_host(
             resolver, sts_resolver, domain, name, bool(getattr(plan, "authentic", False)),
             addr_auth, requiretls, tls_required_no,
-            host_canonical=canonical if canonical != name else None, roots=roots)
+            host_canonical=canonical if canonical != name else None, roots=roots,
+            extra_names=(_name(domain),) if implicit else ())
         if isinstance(decided, HostRefusal):
             raise HostRefused(decided)
         return decided.client_policy(clock)

@@ -4,7 +4,8 @@
   into the JSON report of RFC 8460 §4.4 (``report_json`` serialises it).  ``mx-host`` is
   always written as an array, as the §4.4 schema says; the example of the RFC shows a string
   (erratum 6241), so ``parse_report`` accepts both.
-* ``parse_txt_record`` / ``select_txt_record`` read ``v=TLSRPTv1; rua=mailto:...,https://...``.
+* ``parse_txt_record`` / ``select_txt_record`` read ``v=TLSRPTv1; rua=mailto:...,https://...``;
+  ``lookup_txt_record`` asks a resolver for ``_smtp._tls.<domain>``.
 
 Sending the reports (mail or HTTPS POST, gzip, RFC 8460 §5) is not done here.
 """
@@ -15,11 +16,13 @@ import datetime
 import json
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import attrs
+from twisted.internet.defer import Deferred
 
+from mxd.dns.errors import DNSNegativeAnswer
 from mxd.errors import MxdError
 from mxd.tlsrpt.results import FailureDetail, PolicyInfo, PolicyType, ResultType, TLSAttempt
 
@@ -281,3 +284,21 @@ def select_txt_record(records: Iterable[bytes | str]) -> TLSRPTRecord:
     if len(found) != 1:
         raise TXTRecordError(f"{len(found)} valid TLSRPTv1 records (need exactly one)")
     return found[0]
+
+
+class TXTResolver(Protocol):
+    def lookup_txt(self, name: Any) -> Deferred[Any]: ...
+
+
+async def lookup_txt_record(resolver: TXTResolver, domain: str) -> TLSRPTRecord | None:
+    """The TLSRPT record of ``domain`` (RFC 8460 §3), or None when it has none (no record,
+    not exactly one valid record).  Temporary DNS failures raise the resolver's
+    ``DNSTemporaryError`` so that the caller can retry."""
+    try:
+        answer = await resolver.lookup_txt(f"_smtp._tls.{domain.rstrip('.').lower()}")
+    except DNSNegativeAnswer:
+        return None
+    try:
+        return select_txt_record(answer.records)
+    except TXTRecordError:
+        return None

@@ -258,3 +258,21 @@ def test_make_policy_factory() -> None:
     tlspolicy.make_policy_factory(plain, None, Clock())(
         "example.test", _Plan(), _Host(), requiretls=True).addBoth(out.append)
     assert out[0].check(HostRefused) and out[0].value.enhanced == "5.7.30"
+
+
+def test_implicit_mx_accepts_the_recipient_domain_name() -> None:
+    """For an implicit MX the recipient domain is a DANE-TA reference identifier too."""
+    r = _resolver()
+    r.add("mx.example.test", "A", ["127.0.0.1"], authentic=True)
+
+    class Implicit:
+        name = "mx.example.test"
+        implicit = True
+
+    out: list[Any] = []
+    tlspolicy.make_policy_factory(r, None, Clock())("example.test", _Plan(), Implicit()).addBoth(
+        out.append)
+    assert out[0].mode is TLSMode.VERIFIED
+    policy = _run(tlspolicy.policy_for_host(r, None, "example.test", "mx.example.test", True,
+                                            True, extra_names=("example.test",)))
+    assert policy.reference_names == ("mx.example.test", "example.test")

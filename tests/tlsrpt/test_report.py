@@ -217,3 +217,30 @@ def test_generated_mailto_lists(addresses: list[str]) -> None:
     """A list of mailto: URIs comes back as the same addresses, in order."""
     text = "v=TLSRPTv1; rua=" + ",".join(f"mailto:{a}" for a in addresses)
     assert parse_txt_record(text).mailto == tuple(addresses)
+
+
+def test_lookup_txt_record() -> None:
+    """The _smtp._tls record is found through the resolver; absence is None, SERVFAIL raises."""
+    from twisted.internet.defer import Deferred
+
+    from mxd.dns.errors import DNSServFail
+    from mxd.dns.testing import FakeResolver
+    from mxd.tlsrpt.report import lookup_txt_record
+
+    r = FakeResolver()
+    r.add("_smtp._tls.example.test", "TXT", [b"v=TLSRPTv1; rua=mailto:tls@example.test"])
+    r.add("_smtp._tls.two.test", "TXT", [b"v=TLSRPTv1; rua=mailto:a@two.test",
+                                         b"v=TLSRPTv1; rua=mailto:b@two.test"])
+    r.fail("_smtp._tls.broken.test", "TXT", "servfail")
+
+    def run(domain: str) -> object:
+        out: list[object] = []
+        Deferred.fromCoroutine(lookup_txt_record(r, domain)).addBoth(out.append)
+        return out[0]
+
+    found = run("Example.Test.")
+    assert getattr(found, "mailto", None) == ("tls@example.test",)
+    assert run("none.test") is None
+    assert run("two.test") is None
+    failure = run("broken.test")
+    assert getattr(failure, "check", lambda *_: False)(DNSServFail)
