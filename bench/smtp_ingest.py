@@ -255,11 +255,16 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=10240)
     ap.add_argument("--repeat", type=int, default=3, help="rounds; the median is reported")
     ap.add_argument("--no-postfix", action="store_true")
+    ap.add_argument("--logs", action="store_true",
+                    help="keep mxd's info log on (off by default: the peers log nothing)")
     ap.add_argument("--dir")
     args = ap.parse_args()
+    if not args.logs:
+        os.environ["HARNESS_QUIET"] = "1"
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="mxd-smtp-bench-"))
     print(f"smtp-source -s {args.sessions} -m {args.messages} -l {args.size}; "
-          f"{os.cpu_count()} CPUs; {args.repeat} round(s), servers interleaved; dir {base}")
+          f"{os.cpu_count()} CPUs; {args.repeat} round(s), servers interleaved; "
+          f"mxd log {'on' if args.logs else 'off'}; dir {base}")
     runs: dict[str, list[float]] = {"mxd": [], "aiosmtpd": [], "postfix": []}
     postfix_ok = not args.no_postfix
     for i in range(args.repeat):

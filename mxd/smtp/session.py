@@ -353,7 +353,16 @@ class SessionBase(LineReceiver):
         if handler is None:  # pragma: no cover - the table covers every command type
             self._send(replies.NOT_IMPLEMENTED)
             return
-        handler(self, cmd)
+        try:
+            handler(self, cmd)
+        except Exception:  # noqa: BLE001 - a bug must cost one reply, not the session
+            self.log.failure("smtp command failed {session}", session=self.session_id)
+            self._abort_transaction()
+            if self.state is not State.CLOSED:
+                self.line_mode = 1
+                self.state = State.READY if self.helo is not None else State.INITIAL
+                self._send(replies.LOCAL_ERROR)
+                self._resume()
 
     def rawDataReceived(self, data: bytes) -> None:
         if self.state is State.DATA:

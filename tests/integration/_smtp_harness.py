@@ -7,6 +7,8 @@ listens with ``mxd.smtp.service.smtp_factory`` on the ports named in the config:
 
 The fixture ``smtp_harness`` starts it in a temp dir, waits for the ports and stops it;
 ``inbox(account)`` reads delivered messages straight from the store's database.
+Environment: HARNESS_QUIET=1 turns the server's log off (benchmarks), HARNESS_BLOB_THREAD=1
+creates body files on the thread pool, MXD_PROFILE=path runs it under cProfile.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ def main(config_path: str) -> None:  # pragma: no cover - runs in the subprocess
 
     reactor: Any = _reactor
     cfg = json.loads(Path(config_path).read_text())
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
+    if not os.environ.get("HARNESS_QUIET"):
+        globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
     store = SQLiteStore(Path(cfg["data_dir"]), reactor)
     store.register_schema("queue", QUEUE_MIGRATIONS)
     directory = LocalDirectory(store, DirectorySettings(domains=("example.test",),
@@ -79,7 +82,8 @@ def main(config_path: str) -> None:  # pragma: no cover - runs in the subprocess
                              sasl=sasl, outbound=queue,
                              tls=tls12 if name == "submission_tls12" else tls,
                              clock=reactor, hostname="mx.example.test",
-                             run_blocking=lambda f: deferToThread(f))
+                             run_blocking=(lambda f: deferToThread(f))
+                             if os.environ.get("HARNESS_BLOB_THREAD") else None)
             reactor.listenTCP(port, f, interface="127.0.0.1")
         print("HARNESS READY", flush=True)
 

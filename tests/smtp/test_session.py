@@ -181,3 +181,19 @@ def test_parameters_refused_after_helo() -> None:
     s.send("HELO old.example\r\nMAIL FROM:<a@b.example> SIZE=10\r\nMAIL FROM:<a@b.example>\r\n"
            "RCPT TO:<alice@example.test> NOTIFY=NEVER\r\n")
     assert s.codes() == [220, 250, 555, 250, 555]
+
+
+def test_internal_error_costs_one_reply() -> None:
+    """A failure inside a command handler answers 451 4.3.0; the session continues."""
+    s = Session()
+    s.ehlo()
+
+    def broken() -> object:
+        raise RuntimeError("bug")
+
+    s.store.new_blob = broken  # type: ignore[method-assign,assignment]
+    s.proto.run_blocking = lambda f: None  # type: ignore[assignment,return-value]
+    s.send("MAIL FROM:<a@b.example>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\nNOOP\r\n")
+    r = s.replies()
+    assert r[-2].startswith("451 4.3.0") and r[-1].startswith("250")
+    assert not s.transport.disconnecting
