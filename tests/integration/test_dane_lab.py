@@ -11,6 +11,7 @@ bound into a private mount namespace's /etc/resolv.conf).  The two verdicts must
 
 from __future__ import annotations
 
+import datetime
 import os
 import random
 import re
@@ -49,10 +50,11 @@ class Case:
     host: str  # MX host label under example.test
     leaf_names: tuple[str, ...]
     intermediate: bool  # leaf issued by an intermediate that the server sends
-    record: str  # "ee-match" | "ee-mismatch" | "ta-match"
+    record: str  # "ee-match" | "ee-mismatch" | "ta-match" (2 0 1) | "ta-spki" (2 1 1)
     expect_verified: bool
     expect_result: ResultType | None = None
     finger_says: str = "Verified TLS connection"  # a line posttls-finger prints
+    expired: bool = False  # the leaf's validity ended yesterday
 
 
 CASES = [
@@ -62,6 +64,12 @@ CASES = [
     Case("mx3", ("mx3.example.test",), True, "ta-match", True, None, "Matched DANE TA"),
     Case("mx4", ("other.example.test",), True, "ta-match", False,  # DANE-TA, wrong name
          ResultType.CERTIFICATE_HOST_MISMATCH, "hostname mismatch"),
+    # RFC 7672 §3.1.1: DANE-EE ignores expiry; DANE-TA does not.
+    Case("mx5", ("mx5.example.test",), False, "ee-match", True, None, "Matched DANE EE",
+         expired=True),
+    Case("mx6", ("mx6.example.test",), True, "ta-match", False,
+         ResultType.CERTIFICATE_EXPIRED, "certificate has expired", expired=True),
+    Case("mx7", ("*.example.test",), True, "ta-spki", True, None, "Matched DANE TA"),
 ]
 
 
@@ -86,13 +94,20 @@ def _start_server(case: Case, root: trustme.CA) -> Server:
     from aiosmtpd.controller import Controller
 
     ca = root.create_child_ca() if case.intermediate else root
-    leaf = ca.issue_cert(*case.leaf_names)
+    if case.expired:
+        now = datetime.datetime.now(datetime.UTC)
+        leaf = ca.issue_cert(*case.leaf_names, not_before=now - datetime.timedelta(days=30),
+                             not_after=now - datetime.timedelta(days=1))
+    else:
+        leaf = ca.issue_cert(*case.leaf_names)
     chain = [_der(b.bytes()) for b in leaf.cert_chain_pems]
     if case.record == "ee-match":
         record = dane.tlsa_for_certificate(chain[0], 3, 1, 1)
     elif case.record == "ee-mismatch":
         record = dane.tlsa_for_certificate(_der(trustme.CA().issue_cert(
             f"{case.host}.example.test").cert_chain_pems[0].bytes()), 3, 1, 1)
+    elif case.record == "ta-spki":
+        record = dane.tlsa_for_certificate(chain[1], 2, 1, 1)
     else:
         record = dane.tlsa_for_certificate(chain[1], 2, 0, 1)  # the intermediate, sent by the server
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -240,8 +255,9 @@ def _posttls_finger(world: dict[str, Any], server: Server, tmp: Path) -> tuple[b
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.host}-{c.record}" for c in CASES])
 def test_mxd_agrees_with_posttls_finger(dane_world: dict[str, Any], case: Case,
                                         tmp_path: Path) -> None:
-    """mxd's DANE verdict (real resolver, real TLS chain) equals posttls-finger's for
-    DANE-EE match and mismatch and DANE-TA with the right and a wrong name."""
+    """mxd's DANE verdict (real resolver, real TLS chain) equals posttls-finger's: DANE-EE
+    match and mismatch, DANE-TA (certificate and key) with the right, a wildcard and a wrong
+    name, and an expired leaf under DANE-EE (accepted) and DANE-TA (refused)."""
     server = next(s for s in dane_world["servers"] if s.case == case)
     policy, check = _mxd_verdict(dane_world["lab"], server)
     assert isinstance(policy, HostTLSPolicy) and policy.mode is PolicyMode.DANE
