@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 
 from mxd import dane
@@ -342,3 +344,34 @@ def test_lookup_tlsa_prefers_cname_target_then_original() -> None:
     r.fail("_25._tcp.mx3.cdn.test", "TLSA", "servfail")
     third = _run(dane.lookup_tlsa(r, "mx3.example.test", "mx3.cdn.test"))
     assert third.outcome is TLSAOutcome.FAILURE and third.base_domain == "mx3.cdn.test"
+
+
+# -- robustness ---------------------------------------------------------------------------------
+
+tlsa_records = st.builds(TLSA, st.integers(0, 255), st.integers(0, 255), st.integers(0, 255),
+                         st.binary(max_size=70))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(tlsa_records, max_size=4), st.lists(st.binary(max_size=200), max_size=3),
+       st.lists(st.text(max_size=20), max_size=2))
+def test_verify_chain_never_raises(records: list[TLSA], chain: list[bytes],
+                                   names: list[str]) -> None:
+    """Arbitrary records, certificate bytes and names give a result, never an exception."""
+    result = dane.verify_chain(records, chain, names, NOW)
+    assert not result.verified
+    assert result.result_type is not None
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(tlsa_records, max_size=3), st.integers(0, 1), st.integers(0, 2))
+def test_random_records_with_real_chain(records: list[TLSA], selector: int, mtype: int) -> None:
+    """With a real chain, adding the right DANE-EE record always verifies, whatever else is
+    in the RRset; without a matching record nothing verifies."""
+    chain = mx_chain("mx.example.test")
+    noise = [r for r in records if r.data not in (
+        dane.association_data(c, r.selector, r.mtype) for c in chain.certs
+        if r.selector in (0, 1) and r.mtype in (0, 1, 2))]
+    assert not dane.verify_chain(noise, chain.der, ["mx.example.test"], NOW).verified
+    good = dane.tlsa_for_certificate(chain.certs[0], 3, selector, mtype)
+    assert dane.verify_chain([*noise, good], chain.der, ["x.test"], NOW).verified

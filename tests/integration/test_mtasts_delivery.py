@@ -32,6 +32,7 @@ from mxd.tlsrpt.results import PolicyType, ResultType
 from tests.integration.dnslab import ZoneSpec, dns_lab_factory  # noqa: F401
 from tests.integration.test_dane_delivery import Sink
 from tests.integration.tools import free_port
+from tests.mtasts.test_fetch import ServerTLS
 
 pytestmark = pytest.mark.integration
 
@@ -86,8 +87,7 @@ def _run(lab: Any, world: dict[str, Any], body: bytes | None, data_dir: Path,
     import twisted.protocols.tls as tls
 
     site = PolicySite(body or b"")
-    options = ssl.PrivateCertificate.loadPEM(
-        world["policy_cert"].private_key_and_cert_chain_pem.bytes()).options()
+    options = ServerTLS(world["policy_cert"])
     https_port = free_port()
     trust = ssl.Certificate.loadPEM(world["ca"].cert_pem.bytes())
 

@@ -7,10 +7,15 @@ from typing import Any
 
 import pytest
 import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL
 from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.task import Clock
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web import resource, server
+from zope.interface import implementer
 
 from mxd.dns.testing import FakeResolver, run_with_reactor
 from mxd.mtasts.cache import MemoryPolicyCache
@@ -55,6 +60,25 @@ class PolicyResource(resource.Resource):
         return POLICY
 
 
+@implementer(IOpenSSLServerConnectionCreator)
+class ServerTLS:
+    """Server-side TLS presenting a trustme leaf and its chain (cryptography objects)."""
+
+    def __init__(self, leaf: trustme.LeafCert) -> None:
+        pems = [x509.load_pem_x509_certificate(b.bytes()) for b in leaf.cert_chain_pems]
+        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+        ctx.use_certificate(pems[0])
+        for extra in pems[1:]:
+            ctx.add_extra_chain_cert(extra)
+        ctx.use_privatekey(serialization.load_pem_private_key(leaf.private_key_pem.bytes(), None))
+        self._ctx = ctx
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        conn = SSL.Connection(self._ctx, None)
+        conn.set_app_data(tlsProtocol)
+        return conn
+
+
 @pytest.fixture(scope="module")
 def certs() -> dict[str, Any]:
     ca = trustme.CA()
@@ -72,9 +96,7 @@ def _fetch_with_server(certs: dict[str, Any], behaviour: str, cert: str = "good"
     """Start the HTTPS server on a private reactor, run a fetch (or ``extra``), stop it."""
     res = PolicyResource()
     res.behaviour = behaviour
-    leaf = certs[cert]
-    options = ssl.PrivateCertificate.loadPEM(
-        leaf.private_key_and_cert_chain_pem.bytes()).options()
+    options = ServerTLS(certs[cert])
     trust = ssl.Certificate.loadPEM(certs["ca"].cert_pem.bytes())
 
     async def go(reactor: Any) -> Any:
