@@ -193,3 +193,24 @@ def test_cyrus_smtptest_scram_plus_refused(smtp_harness: Harness) -> None:  # no
     assert "C: AUTH SCRAM-SHA-256 " in out, out  # the non-conformant request was made
     assert "235 " not in out, out
     assert "535 5.7.8" in out, out
+
+
+def test_smtp_smuggling_over_tcp(smtp_harness: Harness) -> None:  # noqa: F811
+    """The 2023 smuggling payload (\\n.\\n then a second transaction) sent over TCP is
+    refused as one message with 550 5.6.0; nothing reaches the mailbox."""
+    h = smtp_harness
+    s = socket.create_connection(("127.0.0.1", h.ports["smtp"]), timeout=10)
+    f = s.makefile("rb")
+    assert f.readline().startswith(b"220 ")
+    s.sendall(b"EHLO attacker.example\r\n")
+    while not f.readline().startswith(b"250 "):
+        pass
+    s.sendall(b"MAIL FROM:<a@attacker.example>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+    assert [f.readline()[:3] for _ in range(3)] == [b"250", b"250", b"354"]
+    s.sendall(b"Subject: one\r\n\r\nhi\n.\nMAIL FROM:<ceo@example.test>\r\n"
+              b"RCPT TO:<alice@example.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nx\r\n.\r\n"
+              b"QUIT\r\n")
+    assert f.readline().startswith(b"550 5.6.0")
+    assert f.readline().startswith(b"221 ")
+    s.close()
+    assert h.inbox(h.user) == []
