@@ -135,6 +135,7 @@ class SMTPServerProtocol(AuthMixin, MessageMixin):
         self.state = State.INITIAL
         self.helo = None
         self.extended = False
+        self.authenticated = None
         self._tr.startTLS(self.tls_options)
 
     # -- MAIL -------------------------------------------------------------------------

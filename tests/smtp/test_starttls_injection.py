@@ -54,3 +54,21 @@ def test_starttls_twice_and_without_tls_config() -> None:
     assert "STARTTLS" not in [line.split()[0] for line in lines]
     n.send("STARTTLS\r\n")
     assert n.replies()[0].startswith("454 4.7.0")
+
+
+def test_authentication_forgotten_after_starttls() -> None:
+    """RFC 3207 §4.2: an identity established before TLS (loopback allowance) is dropped."""
+    from mxd.smtp.server import SMTPServerSettings
+
+    s = Session("submission", peer_ip="127.0.0.1",
+                settings=SMTPServerSettings(allow_plaintext_auth_on_loopback=True))
+    s.ehlo()
+    s.auth_plain()
+    assert s.codes() == [235]
+    s.send("STARTTLS\r\n")
+    s.output()
+    s.start_tls()
+    assert s.proto.authenticated is None
+    s.ehlo()
+    s.send("MAIL FROM:<alice@example.test>\r\n")
+    assert s.replies()[0].startswith("530")
