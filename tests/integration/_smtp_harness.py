@@ -173,21 +173,7 @@ class Harness:
 
     def inbox(self, account: str, mailbox: str = "INBOX") -> list[dict[str, Any]]:
         """Messages in a mailbox, read from the store's database (WAL, read-only)."""
-        db = sqlite3.connect(f"file:{self.data_dir / 'mxd.sqlite3'}?mode=ro", uri=True)
-        try:
-            rows = db.execute(
-                "SELECT m.uid, m.blob_id, m.requiretls, m.tls_required_no, m.mail_from, "
-                "m.received_via FROM messages m JOIN mailboxes b ON m.mailbox_id = b.id "
-                "JOIN accounts a ON b.account_id = a.id WHERE a.name = ? AND b.name = ? "
-                "ORDER BY m.uid", (account, mailbox)).fetchall()
-        finally:
-            db.close()
-        out = []
-        for uid, blob_id, rtls, trn, mail_from, via in rows:
-            body = (self.data_dir / "blobs" / blob_id[:2] / blob_id).read_bytes()
-            out.append({"uid": uid, "body": body, "requiretls": bool(rtls),
-                        "tls_required_no": bool(trn), "mail_from": mail_from, "via": via})
-        return out
+        return read_mailbox(self.data_dir, account, mailbox)
 
     def queued(self) -> list[dict[str, Any]]:
         """Rows of the outbound queue (message level)."""
@@ -197,6 +183,25 @@ class Harness:
             return [dict(r) for r in db.execute("SELECT * FROM queue_messages")]
         finally:
             db.close()
+
+
+def read_mailbox(data_dir: Path, account: str, mailbox: str = "INBOX") -> list[dict[str, Any]]:
+    """Messages of one mailbox straight from a store's SQLite database and body files."""
+    db = sqlite3.connect(f"file:{data_dir / 'mxd.sqlite3'}?mode=ro", uri=True)
+    try:
+        rows = db.execute(
+            "SELECT m.uid, m.blob_id, m.requiretls, m.tls_required_no, m.mail_from, "
+            "m.received_via FROM messages m JOIN mailboxes b ON m.mailbox_id = b.id "
+            "JOIN accounts a ON b.account_id = a.id WHERE a.name = ? AND b.name = ? "
+            "ORDER BY m.uid", (account, mailbox)).fetchall()
+    finally:
+        db.close()
+    out = []
+    for uid, blob_id, rtls, trn, mail_from, via in rows:
+        body = (data_dir / "blobs" / blob_id[:2] / blob_id).read_bytes()
+        out.append({"uid": uid, "body": body, "requiretls": bool(rtls),
+                    "tls_required_no": bool(trn), "mail_from": mail_from, "via": via})
+    return out
 
 
 @pytest.fixture
