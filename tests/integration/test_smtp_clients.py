@@ -1,7 +1,10 @@
-"""The SMTP server against independent clients: swaks, smtplib, gsasl, Cyrus smtptest.
+"""The SMTP server against independent clients (swaks, smtplib, raw sockets).
 
 Runs the real store, directory, SASL server and queue in a subprocess
-(``tests/integration/_smtp_harness.py``) on free loopback ports.
+(``tests/integration/_smtp_harness.py``) on free loopback ports, which lets these tests
+look at the queue tables too.  The acceptance runs against ``twistd mxd`` (swaks
+submission read back over IMAP, gsasl SCRAM-PLUS, Cyrus smtptest, open relay, SIGKILL)
+are in test_smtp_twistd.py.
 """
 
 from __future__ import annotations
@@ -30,36 +33,6 @@ def tls_context(h: Harness) -> ssl.SSLContext:
     return ctx
 
 
-def test_swaks_starttls_auth_plain_pipelining(smtp_harness: Harness) -> None:  # noqa: F811
-    """swaks submits over STARTTLS with AUTH PLAIN and PIPELINING; the message is in bob's
-    INBOX with a Received field naming ESMTPSA, the TLS version and cipher."""
-    h = smtp_harness
-    r = swaks(h, "--port", str(h.ports["submission"]), "--tls", "--tls-verify",
-              "--tls-ca-path", str(h.ca_file), "--tls-sni", "localhost",
-              "--auth", "PLAIN", "--auth-user", h.user, "--auth-password", h.password,
-              "--from", h.user, "--to", h.user2, "--pipeline",
-              "--header", "Subject: swaks-pipelined")
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "PIPELINING" in r.stdout
-    (msg,) = h.inbox(h.user2)
-    head = msg["body"].split(b"\r\n\r\n")[0]
-    assert head.startswith(b"Received: from client.example ([127.0.0.1])")
-    assert b"with ESMTPSA (version=TLSv1.3 cipher=" in head
-    assert b"Subject: swaks-pipelined" in head
-    assert msg["via"] == "ESMTPSA"
-
-
-def test_swaks_implicit_tls(smtp_harness: Harness) -> None:  # noqa: F811
-    """swaks --tlsc (implicit TLS, port 465) authenticates and delivers."""
-    h = smtp_harness
-    r = swaks(h, "--port", str(h.ports["submissions"]), "--tlsc", "--tls-verify",
-              "--tls-ca-path", str(h.ca_file), "--tls-sni", "localhost",
-              "--auth", "PLAIN", "--auth-user", h.user, "--auth-password", h.password,
-              "--from", h.user, "--to", h.user)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert len(h.inbox(h.user)) == 1
-
-
 def test_swaks_inbound_plain_and_starttls(smtp_harness: Harness) -> None:  # noqa: F811
     """Inbound port 25: a plain and a STARTTLS delivery land in INBOX as ESMTP / ESMTPS."""
     h = smtp_harness
@@ -70,22 +43,6 @@ def test_swaks_inbound_plain_and_starttls(smtp_harness: Harness) -> None:  # noq
     assert r.returncode == 0, r.stdout
     vias = [m["via"] for m in h.inbox(h.user)]
     assert vias == ["ESMTP", "ESMTPS"]
-
-
-@pytest.mark.parametrize("port_name", ["smtp", "submission"])
-def test_open_relay_refused(smtp_harness: Harness, port_name: str) -> None:  # noqa: F811
-    """Unauthenticated mail to a foreign domain is refused on 25 (554 5.7.1) and on 587
-    (530 before MAIL); nothing is queued."""
-    h = smtp_harness
-    args = ["--port", str(h.ports[port_name]), "--from", "spammer@remote.example",
-            "--to", "victim@elsewhere.example"]
-    if port_name == "submission":
-        args += ["--tls", "--tls-ca-path", str(h.ca_file)]
-    r = swaks(h, *args)
-    assert r.returncode != 0
-    expected = "554 5.7.1" if port_name == "smtp" else "530 5.7.0"
-    assert expected in r.stdout
-    assert h.queued() == []
 
 
 def test_smtplib_requiretls_and_tls_required_header(smtp_harness: Harness) -> None:  # noqa: F811
@@ -161,38 +118,6 @@ def test_starttls_injection_over_real_tls(smtp_harness: Harness) -> None:  # noq
     first = tls.recv(4096)
     assert first.startswith(b"250-mx.example.test"), first
     tls.close()
-
-
-def gsasl(h: Harness, port: int, mech: str) -> subprocess.CompletedProcess[str]:
-    exe = require_tool("gsasl")
-    return subprocess.run(
-        [exe, "--smtp", f"--connect=127.0.0.1:{port}", "--starttls",
-         f"--x509-ca-file={h.ca_file}", "--hostname=localhost", "-m", mech,
-         "-a", h.user, "-p", h.password],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
-
-
-@pytest.mark.parametrize("mech", ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS"])
-@pytest.mark.parametrize("listener", ["submission", "submission_tls12"])
-def test_gsasl_scram_plus(smtp_harness: Harness, mech: str, listener: str) -> None:  # noqa: F811
-    """gsasl authenticates with SCRAM-*-PLUS over STARTTLS: tls-exporter on TLS 1.3 and
-    tls-unique on the TLS 1.2-capped listener (exit 0)."""
-    r = gsasl(smtp_harness, smtp_harness.ports[listener], mech)
-    assert r.returncode == 0, r.stdout + r.stderr
-
-
-def test_cyrus_smtptest_scram_plus_refused(smtp_harness: Harness) -> None:  # noqa: F811
-    """Cyrus smtptest sends p=tls-unique under the non-PLUS name: it must be refused."""
-    exe = require_tool("smtptest")
-    h = smtp_harness
-    r = subprocess.run(
-        [exe, "-p", str(h.ports["submission"]), "-t", "", "-m", "SCRAM-SHA-256-PLUS",
-         "-a", h.user, "-w", h.password, "127.0.0.1"],
-        input="QUIT\r\n", capture_output=True, text=True, timeout=60)
-    out = r.stdout + r.stderr
-    assert "C: AUTH SCRAM-SHA-256 " in out, out  # the non-conformant request was made
-    assert "235 " not in out, out
-    assert "535 5.7.8" in out, out
 
 
 def test_smtp_smuggling_over_tcp(smtp_harness: Harness) -> None:  # noqa: F811
