@@ -50,6 +50,17 @@ def unfold(value: str) -> str:
     return _UNFOLD.sub("", value)
 
 
+def raw_all(headers: Message, name: str) -> list[str]:
+    """Raw values of a header field (8-bit octets kept as surrogate escapes)."""
+    n = name.lower()
+    return [str(v) for k, v in headers.raw_items() if k.lower() == n]
+
+
+def raw(headers: Message, name: str) -> str | None:
+    values = raw_all(headers, name)
+    return values[0] if values else None
+
+
 def header_bytes(value: str | None) -> bytes | None:
     """A raw header value as bytes (8-bit octets restored), unfolded."""
     if value is None:
@@ -338,7 +349,7 @@ Value = bytes | int | None | list["Value"] | MultipartValue
 
 
 def _addresses(headers: Message, name: str) -> list[Value] | None:
-    values = headers.get_all(name)
+    values = raw_all(headers, name)
     if not values:
         return None
     out: list[Value] = []
@@ -368,14 +379,14 @@ def envelope(headers: Message) -> list[Value]:
     sender = _addresses(headers, "Sender") or frm
     reply_to = _addresses(headers, "Reply-To") or frm
     return [
-        header_bytes(headers.get("Date")),
-        header_bytes(headers.get("Subject")),
+        header_bytes(raw(headers, "Date")),
+        header_bytes(raw(headers, "Subject")),
         frm, sender, reply_to,  # type: ignore[list-item]
         _addresses(headers, "To"),  # type: ignore[list-item]
         _addresses(headers, "Cc"),  # type: ignore[list-item]
         _addresses(headers, "Bcc"),  # type: ignore[list-item]
-        header_bytes(headers.get("In-Reply-To")),
-        header_bytes(headers.get("Message-ID")),
+        header_bytes(raw(headers, "In-Reply-To")),
+        header_bytes(raw(headers, "Message-ID")),
     ]
 
 
@@ -422,16 +433,16 @@ def bodystructure(msg: ParsedMessage, ent: Entity | None = None, extended: bool 
         rest: list[Value] = [e.subtype.upper().encode()]
         if extended:
             rest += [_params_value(e.params), _disposition(e),
-                     header_bytes(e.headers.get("Content-Language")),
-                     header_bytes(e.headers.get("Content-Location"))]
+                     header_bytes(raw(e.headers, "Content-Language")),
+                     header_bytes(raw(e.headers, "Content-Location"))]
         return MultipartValue(tuple(bodystructure(msg, c, extended) for c in e.children),
                               tuple(rest))
     cte = _cte(e).upper().encode("ascii", "replace") or b"7BIT"
     out: list[Value] = [
         e.maintype.upper().encode("utf-8", "replace"), e.subtype.upper().encode("utf-8", "replace"),
         _params_value(e.params),
-        header_bytes(e.headers.get("Content-ID")),
-        header_bytes(e.headers.get("Content-Description")),
+        header_bytes(raw(e.headers, "Content-ID")),
+        header_bytes(raw(e.headers, "Content-Description")),
         cte, e.size,
     ]
     if e.is_message and e.encapsulated is not None:
@@ -441,7 +452,7 @@ def bodystructure(msg: ParsedMessage, ent: Entity | None = None, extended: bool 
     elif e.maintype == "text":
         out.append(_lines(msg.raw[e.body_start:e.end]))
     if extended:
-        out += [header_bytes(e.headers.get("Content-MD5")), _disposition(e),
-                header_bytes(e.headers.get("Content-Language")),
-                header_bytes(e.headers.get("Content-Location"))]
+        out += [header_bytes(raw(e.headers, "Content-MD5")), _disposition(e),
+                header_bytes(raw(e.headers, "Content-Language")),
+                header_bytes(raw(e.headers, "Content-Location"))]
     return out

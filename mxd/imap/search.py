@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime
 from email.message import Message
 
-from mxd.imap.message import ParsedMessage, decode_header_value
+from mxd.imap.message import ParsedMessage, decode_header_value, raw_all
 from mxd.imap.parser import SearchKey, SeqSet
 from mxd.store.interfaces import MessageInfo
 
@@ -74,18 +74,19 @@ class Candidate:
         return self._texts
 
     def sent_date(self) -> date | None:
-        raw = self.header.get("Date")
-        if raw is None:
+        values = raw_all(self.header, "Date")
+        if not values:
             return None
         try:
-            dt = email.utils.parsedate_to_datetime(str(raw))
+            dt = email.utils.parsedate_to_datetime(values[0])
         except (TypeError, ValueError, IndexError):
             return None
         return dt.date() if dt is not None else None
 
 
 def _header_contains(c: Candidate, name: str, needle: str) -> bool:
-    values = c.header.get_all(name) or []
+    values = [v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+              for v in raw_all(c.header, name)]
     if needle == "":
         return bool(values)  # RFC 3501: HEADER field "" matches messages with that field
     n = needle.casefold()

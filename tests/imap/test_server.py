@@ -548,3 +548,13 @@ def test_recent_belongs_to_one_session() -> None:
     assert a.cmd("r SEARCH NEW").startswith(b"* SEARCH 1\r\n")
     assert b"* 0 RECENT" in b.cmd("u SELECT Box")
     assert b.cmd("r SEARCH RECENT").startswith(b"* SEARCH\r\n")
+
+
+def test_search_raw_utf8_header() -> None:
+    """SEARCH matches raw UTF-8 in headers as well as RFC 2047 encoded words."""
+    store, acc = make_store()
+    store.put(acc, "INBOX", "Subject: Grüße aus Köln\r\n\r\nx".encode())
+    c = Conn(store)
+    c.login()
+    c.select()
+    assert c.send("s SEARCH CHARSET UTF-8 SUBJECT {5+}\r\nköln\r\n".encode()).startswith(b"* SEARCH 1\r\n")
