@@ -272,53 +272,91 @@ def _check_names(leaf: x509.Certificate, names: Sequence[str]) -> None:
                 f"certificate names {presented} match none of {list(names)}")
 
 
+_MAX_PATH = 10  # certificates in a path
+_MAX_POOL = 16  # certificates of a server chain considered
+_MAX_PATHS = 32  # candidate paths tried per anchor
+
+
+def _paths(leaf: x509.Certificate, pool: Sequence[x509.Certificate],
+           is_top: Any) -> list[list[x509.Certificate]]:
+    """Candidate issuer paths [leaf, ..., top] through ``pool`` (any order, as servers send
+    chains out of order or with extra certificates) ending where ``is_top(cert)``; issuer
+    candidates are chosen by name here and checked by ``_validate`` later."""
+    found: list[list[x509.Certificate]] = []
+
+    def walk(path: list[x509.Certificate]) -> None:
+        current = path[-1]
+        if len(found) >= _MAX_PATHS:
+            return
+        if is_top(current):
+            found.append(list(path))
+            return
+        if len(path) >= _MAX_PATH:
+            return
+        for cand in pool[:_MAX_POOL]:
+            if cand.subject == current.issuer and all(cand is not p for p in path):
+                walk([*path, cand])
+
+    walk([leaf])
+    return found
+
+
+def _validate(path: Sequence[x509.Certificate], now: datetime.datetime,
+              names: Sequence[str], anchor_is_cert: bool) -> None:
+    """Validate ``path`` (leaf first).  With ``anchor_is_cert`` the last certificate is the
+    trust anchor (not date-checked); otherwise every certificate is checked and the anchor
+    is a bare key that the caller has verified against the last one."""
+    last = len(path) - 1
+    for i, cert in enumerate(path):
+        if i == last and anchor_is_cert:
+            break
+        _check_validity(cert, now, "leaf certificate" if i == 0 else f"certificate {i}")
+        if i < last:
+            # ``i`` intermediate CA certificates lie below path[i + 1] (RFC 5280 §4.2.1.9).
+            _check_link(cert, path[i + 1], i, f"certificate {i} -> {i + 1}")
+    _check_server_eku(path[0])
+    _check_names(path[0], names)
+
+
+def _signed_by(cert: x509.Certificate, key: Any) -> bool:
+    try:
+        _verify_signature(cert, key)
+    except (InvalidSignature, TypeError, ValueError):
+        return False
+    return True
+
+
 def _ta_path(records: Sequence[TLSA], chain: Sequence[x509.Certificate],
              now: datetime.datetime, names: Sequence[str]) -> TLSA:
     """The DANE-TA record through which the chain validates (RFC 7672 §3.1.2)."""
     errors: list[_Fail] = []
-    for depth, cert in enumerate(chain):
-        for record in records:
-            if not _matches(record, cert):
-                continue
-            try:
-                _validate_up_to(chain, depth, now, names)
-                return record
-            except _Fail as e:
-                errors.append(e)
-    # RFC 7671 §5.2.2: a bare public key (selector 1, full) may be the issuer of the top.
+    leaf = chain[0]
     for record in records:
-        if record.selector == Selector.SPKI and record.mtype == MatchingType.FULL:
+        anchors = [c for c in chain if _matches(record, c)]
+        for anchor in anchors:
+            for path in _paths(leaf, chain, lambda c, a=anchor: c is a):  # type: ignore[misc]
+                try:
+                    _validate(path, now, names, anchor_is_cert=True)
+                    return record
+                except _Fail as e:
+                    errors.append(e)
+    # RFC 7671 §5.2.2: a bare public key (selector 1, full) may sign the top certificate.
+    for record in records:
+        if record.selector != Selector.SPKI or record.mtype != MatchingType.FULL:
+            continue
+        try:
+            key = serialization.load_der_public_key(record.data)
+        except (ValueError, TypeError):
+            continue
+        for path in _paths(leaf, chain, lambda c, k=key: _signed_by(c, k)):  # type: ignore[misc]
             try:
-                key = serialization.load_der_public_key(record.data)
-            except (ValueError, TypeError):
-                continue
-            top = chain[-1]
-            try:
-                _verify_signature(top, key)
-            except (InvalidSignature, TypeError, ValueError):
-                continue
-            try:
-                _validate_up_to(chain, len(chain) - 1, now, names, top_checked=True)
+                _validate(path, now, names, anchor_is_cert=False)
                 return record
             except _Fail as e:
                 errors.append(e)
     if errors:
         raise errors[0]
     raise _Fail(ResultType.VALIDATION_FAILURE, "no DANE-TA record matches the chain")
-
-
-def _validate_up_to(chain: Sequence[x509.Certificate], depth: int, now: datetime.datetime,
-                    names: Sequence[str], top_checked: bool = False) -> None:
-    """Validate chain[0] .. chain[depth] with chain[depth] as trust anchor."""
-    for i in range(depth):
-        _check_validity(chain[i], now, "leaf certificate" if i == 0 else f"certificate {i}")
-        # ``i`` intermediate CA certificates lie below chain[i + 1] (RFC 5280 §4.2.1.9).
-        _check_link(chain[i], chain[i + 1], i, f"certificate {i} -> {i + 1}")
-    if top_checked:  # signed by a bare key: the top certificate is not the anchor
-        _check_validity(chain[depth], now, "leaf certificate" if depth == 0 else
-                        f"certificate {depth}")
-    _check_server_eku(chain[0])
-    _check_names(chain[0], names)
 
 
 @attrs.frozen

@@ -375,3 +375,13 @@ def test_random_records_with_real_chain(records: list[TLSA], selector: int, mtyp
     assert not dane.verify_chain(noise, chain.der, ["mx.example.test"], NOW).verified
     good = dane.tlsa_for_certificate(chain.certs[0], 3, selector, mtype)
     assert dane.verify_chain([*noise, good], chain.der, ["x.test"], NOW).verified
+
+
+def test_dane_ta_chain_out_of_order_with_extra_certificate() -> None:
+    """DANE-TA finds the path through a chain sent out of order with an unrelated extra
+    certificate (servers do this)."""
+    chain = mx_chain("mx.example.test")
+    stray, _ = self_signed("stray", ca=True)
+    shuffled = [chain.der[0], der(stray), der(chain.root), chain.der[1]]
+    record = dane.tlsa_for_certificate(chain.root, 2, 0, 1)
+    assert dane.verify_chain([record], shuffled, ["mx.example.test"], NOW).verified
