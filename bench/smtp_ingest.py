@@ -6,8 +6,9 @@
 Each server gets ``smtp-source -s SESSIONS -m MESSAGES -l SIZE`` on loopback, every message
 to one local mailbox, and must have made each message durable before its 250:
 
-* mxd: the inbound listener (``mxd.smtp.service.smtp_factory``) with the SQLite store
-  (fsync of body file, directory and WAL before 250), via tests/integration/_smtp_harness.
+* mxd: ``twistd -n mxd`` with a generated config (tests/integration/mxdserver.py), its
+  inbound listener and the SQLite store (fsync of body file, directory and WAL before
+  250); ``--target harness`` runs only the SMTP factory + store (_smtp_harness.py).
 * aiosmtpd: a handler that writes each message into a Maildir (tmp/, fsync, rename to new/,
   fsync of the directory) on a thread pool, then answers 250.
 * Postfix (if installed): a private instance in a temp dir (queue file fsynced before 250 by
@@ -80,7 +81,29 @@ def make_certs(d: Path) -> dict[str, Path]:
     return paths
 
 
+def bench_twistd(base: Path, args: argparse.Namespace) -> float:
+    """``twistd -n mxd`` as users run it (tests/integration/mxdserver.py), log level warn."""
+    from tests.integration._smtp_harness import read_mailbox
+    from tests.integration.mxdserver import make_server
+
+    d = base / "twistd"
+    d.mkdir()
+    level = "info" if args.logs else "warn"
+    s = make_server(d, make_certs(d), extra_config=f'[log]\nlevel = "{level}"\n')
+    s.start()
+    try:
+        elapsed = smtp_source(s.ports["smtp"], args)
+        stored = len(read_mailbox(s.data_dir, RCPT))
+    finally:
+        s.stop()
+    if stored != args.messages:
+        raise RuntimeError(f"twistd mxd stored {stored} of {args.messages}")
+    return elapsed
+
+
 def bench_mxd(base: Path, args: argparse.Namespace) -> float:
+    if args.target == "twistd":
+        return bench_twistd(base, args)
     d = base / "mxd"
     d.mkdir()
     h = Harness(d, make_certs(d))
@@ -257,6 +280,8 @@ def main() -> None:
     ap.add_argument("--no-postfix", action="store_true")
     ap.add_argument("--logs", action="store_true",
                     help="keep mxd's info log on (off by default: the peers log nothing)")
+    ap.add_argument("--target", choices=("twistd", "harness"), default="twistd",
+                    help="mxd as `twistd -n mxd` (default) or the SMTP-only test harness")
     ap.add_argument("--dir")
     args = ap.parse_args()
     if not args.logs:
@@ -264,7 +289,7 @@ def main() -> None:
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="mxd-smtp-bench-"))
     print(f"smtp-source -s {args.sessions} -m {args.messages} -l {args.size}; "
           f"{os.cpu_count()} CPUs; {args.repeat} round(s), servers interleaved; "
-          f"mxd log {'on' if args.logs else 'off'}; dir {base}")
+          f"mxd={args.target}, log {'info' if args.logs else 'off/warn'}; dir {base}")
     runs: dict[str, list[float]] = {"mxd": [], "aiosmtpd": [], "postfix": []}
     postfix_ok = not args.no_postfix
     for i in range(args.repeat):
