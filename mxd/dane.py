@@ -8,10 +8,10 @@ Pure cores, no I/O:
   length (RFC 7671 §4).
 * ``verify_chain`` checks a server's certificate chain (DER, leaf first) against the usable
   records: DANE-EE(3) matches the leaf only, with no name or expiry checks (RFC 7672
-  §3.1.1); DANE-TA(2) matches a certificate of the chain (or its public key) and the chain
-  from the leaf up to it is validated link by link (issuer name, signature, CA constraints,
-  validity), and the leaf's names are checked against the reference identifiers (RFC 7672
-  §3.1.2, §3.2.2, §3.2.3).
+  §3.1.1); DANE-TA(2) matches a certificate of the chain (or its public key), an issuer
+  path from the leaf up to it is built from the presented certificates (in any order) and
+  validated link by link (issuer name, signature, CA constraints, validity), and the leaf's
+  names are checked against the reference identifiers (RFC 7672 §3.1.2, §3.2.2, §3.2.3).
 * ``decide`` is the per-host decision of RFC 7672 §2.2 from the authentic status of the MX
   and address lookups and the outcome of the TLSA lookup.
 
@@ -27,8 +27,9 @@ Choices made here:
   reason to drop to unauthenticated TLS silently.
 * When the MX lookup was not authentic, no TLSA lookup is made (no DANE; as Postfix's
   ``smtp_tls_dane_insecure_mx_policy = may``).
-* DANE-TA: the trust anchor's own validity dates are not checked (RFC 7671 §5.2.2 treats it
-  as a key from DNS); every certificate below it must be within its validity period.  A
+* DANE-TA: the trust anchor's own validity dates are not checked (DNSSEC vouches for it;
+  Postfix/OpenSSL agree, see tests/integration/test_dane_lab.py); every certificate below it
+  must be within its validity period.  A
   DANE-TA(2) record that matches the leaf makes the leaf its own anchor (names still checked).
   A trust anchor given only as a public key (``2 1 0``) that signs the top certificate of the
   chain is accepted.

@@ -55,6 +55,7 @@ class Case:
     expect_result: ResultType | None = None
     finger_says: str = "Verified TLS connection"  # a line posttls-finger prints
     expired: bool = False  # the leaf's validity ended yesterday
+    expired_anchor: bool = False  # the DANE-TA intermediate's validity ended yesterday
 
 
 CASES = [
@@ -70,6 +71,9 @@ CASES = [
     Case("mx6", ("mx6.example.test",), True, "ta-match", False,
          ResultType.CERTIFICATE_EXPIRED, "certificate has expired", expired=True),
     Case("mx7", ("*.example.test",), True, "ta-spki", True, None, "Matched DANE TA"),
+    # The trust anchor's own dates are not checked (by either side).
+    Case("mx8", ("mx8.example.test",), True, "ta-match", True, None, "Matched DANE TA",
+         expired_anchor=True),
 ]
 
 
@@ -90,9 +94,52 @@ class Server:
     controller: Any
 
 
-def _start_server(case: Case, root: trustme.CA) -> Server:
+def _expired_anchor_chain(names: tuple[str, ...], tmp: Path) -> tuple[list[bytes], Path, Path]:
+    """root -> intermediate (expired yesterday) -> leaf: DER chain and PEM files."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    day = datetime.timedelta(days=1)
+
+    def make(cn: str, issuer: Any, issuer_key: Any, ca: bool, start: Any, end: Any) -> Any:
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+        b = (x509.CertificateBuilder().subject_name(name)
+             .issuer_name(issuer.subject if issuer is not None else name)
+             .public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(start).not_valid_after(end)
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
+                                critical=False)
+        return b.sign(issuer_key or key, hashes.SHA256()), key
+
+    root, root_key = make("root", None, None, True, now - 30 * day, now + 30 * day)
+    inter, inter_key = make("intermediate", root, root_key, True, now - 30 * day, now - day)
+    leaf, leaf_key = make(names[0], inter, inter_key, False, now - 2 * day, now + 30 * day)
+    chain_pem, key_pem = tmp / "chain.pem", tmp / "key.pem"
+    chain_pem.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (leaf, inter)))
+    key_pem.write_bytes(leaf_key.private_bytes(serialization.Encoding.PEM,
+                                               serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+    return [c.public_bytes(serialization.Encoding.DER) for c in (leaf, inter)], chain_pem, key_pem
+
+
+def _start_server(case: Case, root: trustme.CA, tmp: Path) -> Server:
     from aiosmtpd.controller import Controller
 
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    if case.expired_anchor:
+        chain, chain_pem, key_pem = _expired_anchor_chain(case.leaf_names, tmp)
+        ctx.load_cert_chain(str(chain_pem), str(key_pem))
+        record = dane.tlsa_for_certificate(chain[1], 2, 0, 1)
+        port = free_port()
+        controller = Controller(_Sink(), hostname="127.0.0.1", port=port, tls_context=ctx,
+                                require_starttls=False)
+        controller.start()
+        return Server(case, port, record, controller)
     ca = root.create_child_ca() if case.intermediate else root
     if case.expired:
         now = datetime.datetime.now(datetime.UTC)
@@ -110,7 +157,6 @@ def _start_server(case: Case, root: trustme.CA) -> Server:
         record = dane.tlsa_for_certificate(chain[1], 2, 1, 1)
     else:
         record = dane.tlsa_for_certificate(chain[1], 2, 0, 1)  # the intermediate, sent by the server
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     leaf.configure_cert(ctx)
     port = free_port()
     controller = Controller(_Sink(), hostname="127.0.0.1", port=port, tls_context=ctx,
@@ -162,7 +208,7 @@ def dane_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
     extra: subprocess.Popen[bytes] | None = None
     try:
         for case in CASES:
-            servers.append(_start_server(case, root))
+            servers.append(_start_server(case, root, tmp_path_factory.mktemp(case.host)))
         records = ["@ MX 10 mx1"]
         for s in servers:
             text = dane.tlsa_text(s.tlsa)
@@ -257,7 +303,8 @@ def test_mxd_agrees_with_posttls_finger(dane_world: dict[str, Any], case: Case,
                                         tmp_path: Path) -> None:
     """mxd's DANE verdict (real resolver, real TLS chain) equals posttls-finger's: DANE-EE
     match and mismatch, DANE-TA (certificate and key) with the right, a wildcard and a wrong
-    name, and an expired leaf under DANE-EE (accepted) and DANE-TA (refused)."""
+    name, an expired leaf under DANE-EE (accepted) and DANE-TA (refused), and an expired
+    DANE-TA anchor (accepted)."""
     server = next(s for s in dane_world["servers"] if s.case == case)
     policy, check = _mxd_verdict(dane_world["lab"], server)
     assert isinstance(policy, HostTLSPolicy) and policy.mode is PolicyMode.DANE
