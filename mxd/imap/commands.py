@@ -14,23 +14,6 @@ from twisted.logger import Logger
 from mxd.imap import response
 from mxd.imap.fetch import do_fetch, resolve
 from mxd.imap.framer import BlobLiteral, Literal
-from mxd.imap.parser import (
-    AppendArgs,
-    AuthenticateArgs,
-    Command,
-    CopyArgs,
-    CreateArgs,
-    EnableArgs,
-    IdArgs,
-    ListArgs,
-    LoginArgs,
-    MailboxArgs,
-    RenameArgs,
-    SelectArgs,
-    SeqSetArgs,
-    StatusArgs,
-    StoreArgs,
-)
 from mxd.imap.searchcmd import do_search
 from mxd.imap.server import (
     ANY,
@@ -48,6 +31,23 @@ from mxd.imap.server import (
     ok,
 )
 from mxd.imap.utf7 import decode as utf7_decode
+from mxd.imap.values import (
+    AppendArgs,
+    AuthenticateArgs,
+    Command,
+    CopyArgs,
+    CreateArgs,
+    EnableArgs,
+    IdArgs,
+    ListArgs,
+    LoginArgs,
+    MailboxArgs,
+    RenameArgs,
+    SelectArgs,
+    SeqSetArgs,
+    StatusArgs,
+    StoreArgs,
+)
 from mxd.imap.view import MailboxView
 from mxd.store.interfaces import (
     HIERARCHY_SEPARATOR,

@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from mxd.imap import message as mimemsg
 from mxd.imap import response
 from mxd.imap.messagecache import read_header_block
-from mxd.imap.parser import Command, FetchArgs, FetchAtt, SeqSet
+from mxd.imap.values import Command, FetchArgs, FetchAtt, SeqSet
 from mxd.imap.view import MailboxView
 from mxd.store.interfaces import MessageInfo
 
@@ -133,7 +133,7 @@ def _render_att(s: IMAPSession, ld: _Loader, seq: int, att: FetchAtt) -> list[Se
         kind = "env8" if utf8 else "env"
         v = cache.get(kind, m.blob_id)
         if v is None:
-            v = response.render(mimemsg.envelope(mimemsg.parse_headers(ld.header())), utf8)
+            v = response.render(mimemsg.envelope(mimemsg.HeaderList.parse(ld.header())), utf8)
             cache.put(kind, m.blob_id, v)
         return [b"ENVELOPE " + v]
     if n in ("BODYSTRUCTURE", "BODY") and att.section is None:

@@ -8,14 +8,35 @@ It raises only ``ParseError``, whatever the input (a Hypothesis test holds it to
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
-import attrs
-
 from mxd.imap.errors import ParseError
 from mxd.imap.framer import BlobLiteral, Literal, Part, RawCommand, command_words
+from mxd.imap.values import (
+    AppendArgs,
+    AuthenticateArgs,
+    Command,
+    CopyArgs,
+    CreateArgs,
+    EnableArgs,
+    FetchArgs,
+    FetchAtt,
+    IdArgs,
+    ListArgs,
+    LoginArgs,
+    MailboxArgs,
+    RenameArgs,
+    SearchArgs,
+    SearchKey,
+    Section,
+    SelectArgs,
+    SeqSet,
+    SeqSetArgs,
+    StatusArgs,
+    StoreArgs,
+)
 
 # RFC 3501 §9: atom-specials = "(" / ")" / "{" / SP / CTL / list-wildcards / quoted-specials
 # / resp-specials.
@@ -30,188 +51,6 @@ MAX_NUMBER = 2**63 - 1
 _DATE_RE = re.compile(r"^([0-9]{1,2})-([A-Za-z]{3})-([0-9]{4})$")
 _DATETIME_RE = re.compile(
     r"^([ 0-9]?[0-9])-([A-Za-z]{3})-([0-9]{4}) ([0-9]{2}):([0-9]{2}):([0-9]{2}) ([+-])([0-9]{2})([0-9]{2})$")
-
-
-# -- values -----------------------------------------------------------------------------
-
-@attrs.frozen
-class SeqSet:
-    """A sequence set (RFC 9051 §9 ``sequence-set``); 0 stands for ``*``.
-
-    ``saved`` is the RFC 5182 ``$`` (the last saved search result).
-    """
-
-    ranges: tuple[tuple[int, int], ...] = ()
-    saved: bool = False
-
-    def resolve(self, star: int) -> list[tuple[int, int]]:
-        """Ranges with ``*`` replaced by ``star`` and each range ordered low..high."""
-        out = []
-        for a, b in self.ranges:
-            a = star if a == 0 else a
-            b = star if b == 0 else b
-            out.append((min(a, b), max(a, b)))
-        return out
-
-    def contains(self, n: int, star: int) -> bool:
-        return any(lo <= n <= hi for lo, hi in self.resolve(star))
-
-    def iter_values(self, star: int, limit: int) -> Iterator[int]:
-        """Values in the set that are ≤ ``limit`` (sorted, no duplicates)."""
-        seen: set[int] = set()
-        for lo, hi in sorted(self.resolve(star)):
-            for v in range(lo, min(hi, limit) + 1):
-                if v not in seen:
-                    seen.add(v)
-                    yield v
-
-
-@attrs.frozen
-class Section:
-    """A BODY[...] section (RFC 3501 §6.4.5)."""
-
-    part: tuple[int, ...] = ()
-    text: str = ""  # "", "HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT", "MIME"
-    fields: tuple[str, ...] = ()
-
-    def spec(self) -> str:
-        s = ".".join(str(p) for p in self.part)
-        if self.text:
-            s = f"{s}.{self.text}" if s else self.text
-        if self.fields:
-            s += " (" + " ".join(self.fields) + ")"
-        return s
-
-
-@attrs.frozen
-class FetchAtt:
-    """One fetch item.  ``name`` is the upper-case item (BODY, BINARY, BINARY.SIZE, ...)."""
-
-    name: str
-    section: Section | None = None
-    partial: tuple[int, int] | None = None  # (offset, length)
-    peek: bool = False
-
-
-@attrs.frozen
-class SearchKey:
-    """A node of a search program; ``name`` is the upper-case key, "AND" for a list."""
-
-    name: str
-    args: tuple[Any, ...] = ()
-
-
-@attrs.frozen
-class Command:
-    tag: str
-    name: str  # upper case; UID commands are "UID FETCH" etc.
-    args: Any = None
-
-
-@attrs.frozen
-class LoginArgs:
-    username: str
-    password: str
-
-
-@attrs.frozen
-class AuthenticateArgs:
-    mechanism: str
-    initial: bytes | None  # decoded SASL-IR; b"" for "="; None when absent
-
-
-@attrs.frozen
-class MailboxArgs:
-    mailbox: str
-
-
-@attrs.frozen
-class CreateArgs:
-    mailbox: str
-    special_use: tuple[str, ...] = ()
-
-
-@attrs.frozen
-class RenameArgs:
-    old: str
-    new: str
-
-
-@attrs.frozen
-class SelectArgs:
-    mailbox: str
-    condstore: bool = False
-    qresync: tuple[int, int, SeqSet | None] | None = None  # uidvalidity, modseq, known uids
-
-
-@attrs.frozen
-class ListArgs:
-    reference: str
-    patterns: tuple[str, ...]
-    select_opts: frozenset[str] = frozenset()
-    return_opts: frozenset[str] = frozenset()
-    status_items: tuple[str, ...] = ()
-    extended: bool = False
-    lsub: bool = False
-
-
-@attrs.frozen
-class StatusArgs:
-    mailbox: str
-    items: tuple[str, ...]
-
-
-@attrs.frozen
-class AppendArgs:
-    mailbox: str
-    flags: tuple[str, ...]
-    date: datetime | None
-    message: Literal | BlobLiteral
-
-
-@attrs.frozen
-class FetchArgs:
-    seqset: SeqSet
-    atts: tuple[FetchAtt, ...]
-    changedsince: int | None = None
-    vanished: bool = False
-
-
-@attrs.frozen
-class StoreArgs:
-    seqset: SeqSet
-    mode: str  # "set" | "add" | "remove"
-    silent: bool
-    flags: tuple[str, ...]
-    unchangedsince: int | None = None
-
-
-@attrs.frozen
-class SearchArgs:
-    key: SearchKey
-    charset: str | None = None
-    return_opts: tuple[str, ...] | None = None  # None: plain SEARCH; () = RETURN ()
-
-
-@attrs.frozen
-class CopyArgs:
-    seqset: SeqSet
-    mailbox: str
-
-
-@attrs.frozen
-class SeqSetArgs:
-    seqset: SeqSet
-
-
-@attrs.frozen
-class EnableArgs:
-    capabilities: tuple[str, ...]
-
-
-@attrs.frozen
-class IdArgs:
-    params: tuple[tuple[str, str | None], ...] | None
 
 
 # -- the reader ---------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from datetime import UTC, date, datetime
 from email.message import Message
 
 from mxd.imap.message import ParsedMessage, decode_header_value, raw_all
-from mxd.imap.parser import SearchKey, SeqSet
+from mxd.imap.values import SearchKey, SeqSet
 from mxd.store.interfaces import MessageInfo
 
 _FLAG_KEYS = {

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 from mxd.imap import message as mimemsg
 from mxd.imap import response
 from mxd.imap.messagecache import read_header_block
-from mxd.imap.parser import Command, SearchArgs
 from mxd.imap.search import Candidate, matches, uses_modseq
+from mxd.imap.values import Command, SearchArgs
 from mxd.store.interfaces import MessageInfo
 
 if TYPE_CHECKING:

@@ -45,7 +45,8 @@ from zope.interface import implementer
 from mxd.imap.errors import FramingError, ParseError
 from mxd.imap.framer import Framer, LiteralSink, NeedContinuation, RawCommand, command_words
 from mxd.imap.messagecache import MessageCache
-from mxd.imap.parser import Command, parse_command
+from mxd.imap.parser import parse_command
+from mxd.imap.values import Command
 from mxd.imap.view import MailboxView
 from mxd.sasl.api import (
     ChannelBindings,
