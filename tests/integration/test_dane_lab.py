@@ -214,8 +214,14 @@ def dane_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
             text = dane.tlsa_text(s.tlsa)
             records += [f"{s.case.host} A 127.0.0.1", f"_25._tcp.{s.case.host} TLSA {text}",
                         f"_{s.port}._tcp.{s.case.host} TLSA {text}"]
-        lab.start({"example.test": ZoneSpec(records=records)})
-        world: dict[str, Any] = {"lab": lab, "servers": servers, "resolver_addr": None}
+        # A host whose TLSA records fail DNSSEC validation (served by mx1's server).
+        bogus_port = servers[0].port
+        records.append("mxbogus A 127.0.0.1")
+        bogus = [f"_25._tcp.mxbogus TLSA {dane.tlsa_text(servers[0].tlsa)}",
+                 f"_{bogus_port}._tcp.mxbogus TLSA {dane.tlsa_text(servers[0].tlsa)}"]
+        lab.start({"example.test": ZoneSpec(records=records, bogus=bogus)})
+        world: dict[str, Any] = {"lab": lab, "servers": servers, "resolver_addr": None,
+                                 "bogus_port": bogus_port}
         if os.geteuid() == 0:
             extra, world["resolver_addr"] = _second_unbound(lab)
         yield world
@@ -273,7 +279,7 @@ def _mxd_verdict(lab: DNSLab, server: Server) -> tuple[HostTLSPolicy | HostRefus
     return policy, policy.check(chain, None, time.time())
 
 
-def _posttls_finger(world: dict[str, Any], server: Server, tmp: Path) -> tuple[bool, str]:
+def _posttls_finger(world: dict[str, Any], host: str, port: int, tmp: Path) -> tuple[bool, str]:
     finger = require_tool("posttls-finger")
     unshare = require_tool("unshare")
     if world["resolver_addr"] is None:
@@ -287,7 +293,7 @@ def _posttls_finger(world: dict[str, Any], server: Server, tmp: Path) -> tuple[b
     config.mkdir(exist_ok=True)
     (config / "main.cf").write_text("dnssec_probe =\ncompatibility_level = 3.6\n"
                                     "smtp_dns_support_level = dnssec\n")
-    target = f"[{server.case.host}.example.test]:{server.port}"
+    target = f"[{host}.example.test]:{port}"
     proc = subprocess.run(
         [unshare, "-m", "sh", "-c", 'mount --bind "$0" /etc/resolv.conf && exec "$@"',
          str(resolv), finger, "-c", "-l", "dane", "-L", "summary,certmatch", target],
@@ -311,9 +317,32 @@ def test_mxd_agrees_with_posttls_finger(dane_world: dict[str, Any], case: Case,
     assert policy.tlsa == (server.tlsa,)
     assert check.verified is case.expect_verified and check.ok is case.expect_verified
     assert check.result_type is case.expect_result
-    finger_verified, transcript = _posttls_finger(dane_world, server, tmp_path)
+    finger_verified, transcript = _posttls_finger(dane_world, case.host, server.port, tmp_path)
     assert finger_verified is check.verified, transcript
     assert case.finger_says in transcript, transcript
+
+
+def test_bogus_tlsa_agrees_with_posttls_finger(dane_world: dict[str, Any],
+                                               tmp_path: Path) -> None:
+    """TLSA records that fail DNSSEC validation: mxd refuses the host for now (4.7.5,
+    dnssec-invalid) and posttls-finger does not establish a verified connection either."""
+    lab: DNSLab = dane_world["lab"]
+
+    async def go(reactor: Any) -> Any:
+        resolver = Resolver(reactor, lab.resolver_settings())
+        mx = await resolver.lookup_mx("example.test")
+        addr = await resolver.lookup_a("mxbogus.example.test")
+        return await tlspolicy.policy_for_host(resolver, None, "example.test",
+                                               "mxbogus.example.test", mx.authentic,
+                                               addr.authentic)
+
+    refusal = run_with_reactor(go, timeout=20)
+    assert isinstance(refusal, HostRefusal) and not refusal.permanent
+    assert refusal.result_type is ResultType.DNSSEC_INVALID
+    verified, transcript = _posttls_finger(dane_world, "mxbogus", dane_world["bogus_port"],
+                                           tmp_path)
+    assert not verified, transcript
+    assert "TLSA lookup error" in transcript, transcript
 
 
 def test_real_lookup_is_authentic_and_matches(dane_world: dict[str, Any]) -> None:
