@@ -44,6 +44,7 @@ from mxd.imap.values import (
     MailboxArgs,
     RenameArgs,
     SelectArgs,
+    SeqSet,
     SeqSetArgs,
     StatusArgs,
     StoreArgs,
@@ -212,11 +213,7 @@ async def cmd_select(s: IMAPSession, cmd: Command) -> Reply:
         if uidvalidity == info.uidvalidity:
             # RFC 7162 §3.2.5.1: VANISHED (EARLIER) for known UIDs that are gone, then
             # FETCH for messages changed since the client's modseq.
-            if known is not None:
-                gone = [u for u in known.iter_values(view.max_uid, max(info.uidnext - 1, view.max_uid))
-                        if u not in view.msgs]
-            else:
-                gone = [u for u in range(1, view.max_uid + 1) if u not in view.msgs]
+            gone = await _vanished(s, view, modseq, known, info.uidnext)
             if gone:
                 s.untagged(b"VANISHED (EARLIER) " + response.seqset(gone))
             for seq, uid in enumerate(view.uids, 1):
@@ -227,6 +224,22 @@ async def cmd_select(s: IMAPSession, cmd: Command) -> Reply:
     s.select(view)
     code = "READ-ONLY" if readonly else "READ-WRITE"
     return ok(f"{cmd.name} completed", code)
+
+
+async def _vanished(s: IMAPSession, view: MailboxView, modseq: int, known: SeqSet | None,
+                    uidnext: int) -> list[int]:
+    """UIDs expunged since ``modseq`` (RFC 7162 §3.2.5.1), from the store's record when
+    it keeps one, else every absent UID the client may know of (allowed: §3.2.6)."""
+    limit = max(uidnext - 1, view.max_uid)
+    list_vanished = getattr(s.store, "list_vanished", None)
+    if list_vanished is not None:
+        uids = await list_vanished(view.info.id, modseq)
+        if known is not None:
+            return sorted(u for u in uids if known.contains(u, limit))
+        return sorted(uids)
+    if known is not None:
+        return [u for u in known.iter_values(view.max_uid, limit) if u not in view.msgs]
+    return [u for u in range(1, view.max_uid + 1) if u not in view.msgs]
 
 
 _SPECIAL_USE_NAMES = {u.value.upper(): u for u in SpecialUse}

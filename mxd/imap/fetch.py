@@ -222,7 +222,9 @@ async def do_fetch(s: IMAPSession, cmd: Command) -> Reply:
     if args.vanished:
         if not is_uid or "QRESYNC" not in s.enabled or args.changedsince is None:
             return bad("VANISHED needs UID FETCH, QRESYNC and CHANGEDSINCE")
-        gone = [u for u in args.seqset.iter_values(view.max_uid, view.max_uid) if u not in view.msgs]
+        from mxd.imap.commands import _vanished
+
+        gone = await _vanished(s, view, args.changedsince, args.seqset, view.info.uidnext)
         if gone:
             s.untagged(b"VANISHED (EARLIER) " + response.seqset(gone))
     seen_set: set[int] = set()

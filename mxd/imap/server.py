@@ -587,8 +587,8 @@ class IMAPSession(Protocol):
             return
         if change.kind == "expunge":
             view.pending_expunge.update(u for u in change.uids if u in view.msgs)
-        elif change.kind in ("deleted", "renamed"):
-            view.dirty = True
+        elif change.kind == "deleted":
+            view.deleted = True
         else:
             view.dirty = True
         if self._idle_tag is not None and not self._idle_pushing:
@@ -610,6 +610,11 @@ class IMAPSession(Protocol):
         view = self.view
         if view is None:
             return
+        if view.deleted:
+            # The selected mailbox is gone (another session deleted it): nothing the
+            # client believes about sequence numbers holds any more.
+            self.bye("Selected mailbox was deleted")
+            raise CommandDetached()
         while view.dirty:
             view.dirty = False
             changed = await self.store.list_messages(view.info.id, since_modseq=view.modseq)

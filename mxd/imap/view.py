@@ -36,6 +36,7 @@ class MailboxView:
             self.msgs[m.uid] = m
         self.modseq = max([info.highestmodseq] + [m.modseq for m in self.msgs.values()])
         self.dirty = False
+        self.deleted = False
         self.pending_expunge: set[int] = set()
         self.recent: set[int] = set()
 

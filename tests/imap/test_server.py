@@ -6,6 +6,7 @@ import base64
 import re
 from typing import Any
 
+from twisted.internet.defer import succeed
 from twisted.internet.testing import StringTransport
 
 from mxd.imap.server import IMAPServerSettings
@@ -558,3 +559,44 @@ def test_search_raw_utf8_header() -> None:
     c.login()
     c.select()
     assert c.send("s SEARCH CHARSET UTF-8 SUBJECT {5+}\r\nköln\r\n".encode()).startswith(b"* SEARCH 1\r\n")
+
+
+def test_selected_mailbox_deleted_elsewhere() -> None:
+    """When another session deletes the selected mailbox, this session gets BYE."""
+    store, acc = make_store()
+    a = Conn(store)
+    b = Conn(store, clock=a.clock, factory=a.factory)
+    a.login()
+    b.login()
+    a.cmd("c CREATE Tmp")
+    a.cmd("s SELECT Tmp")
+    assert b.cmd("d DELETE Tmp").startswith(b"d OK")
+    assert a.cmd("n NOOP").startswith(b"* BYE") and a.tr.disconnecting
+
+
+def test_uid_fetch_vanished() -> None:
+    """UID FETCH (CHANGEDSINCE n VANISHED) reports expunged UIDs first (RFC 7162 §3.2.6)."""
+    store, acc = setup_mailbox()
+    store.put(acc, "INBOX", MSG1, ["\\Deleted"])
+    store.expunge(next(b.id for b in store.boxes.values() if b.name == "INBOX"))
+    c = Conn(store)
+    c.login()
+    c.cmd("e ENABLE QRESYNC")
+    c.select()
+    out = c.cmd("f UID FETCH 1:10 FLAGS (CHANGEDSINCE 2 VANISHED)")
+    assert out.startswith(b"* VANISHED (EARLIER) 3\r\n* 2 FETCH (UID 2 FLAGS () MODSEQ (3))")
+
+
+def test_qresync_uses_store_vanished_record() -> None:
+    """With a store that records expunges, SELECT (QRESYNC) reports exactly those."""
+    store, acc = setup_mailbox()
+    store.put(acc, "INBOX", MSG1, ["\\Deleted"])
+    box_id = next(b.id for b in store.boxes.values() if b.name == "INBOX")
+    store.expunge(box_id)
+    store.list_vanished = lambda mailbox_id, since: succeed([3])  # type: ignore[attr-defined]
+    c = Conn(store)
+    c.login()
+    c.cmd("e ENABLE QRESYNC")
+    uidvalidity = store.boxes[box_id].uidvalidity
+    out = c.cmd(f"s SELECT INBOX (QRESYNC ({uidvalidity} 3))")
+    assert b"* VANISHED (EARLIER) 3\r\n" in out
