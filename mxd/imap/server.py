@@ -244,6 +244,11 @@ class IMAPSession(Protocol):
                               channel_bindings=self.channel_bindings, service="imap")
 
     def login_allowed(self) -> bool:
+        """May LOGIN be used (else LOGINDISABLED, RFC 3501 §6.2.3)?  The SASL layer's
+        policy when it has one, so that both agree."""
+        policy = getattr(self.sasl, "plaintext_allowed", None)
+        if policy is not None:
+            return bool(policy(self.conn_info()))
         return self.tls or (self.settings.plaintext_login_on_loopback and self.is_loopback())
 
     def capabilities(self) -> str:

@@ -600,3 +600,22 @@ def test_qresync_uses_store_vanished_record() -> None:
     uidvalidity = store.boxes[box_id].uidvalidity
     out = c.cmd(f"s SELECT INBOX (QRESYNC ({uidvalidity} 3))")
     assert b"* VANISHED (EARLIER) 3\r\n" in out
+
+
+def test_reading_paused_while_store_call_runs() -> None:
+    """While a command waits for the store, the server stops reading; the pipelined next
+    command runs only after the first completes."""
+    from twisted.internet.defer import Deferred
+
+    store, acc = make_store()
+    pending: Deferred[Any] = Deferred()
+    real = store.list_mailboxes
+    store.list_mailboxes = lambda account_id: pending  # type: ignore[method-assign]
+    c = Conn(store)
+    c.login()
+    out = c.send(b'a LIST "" "*"\r\nb NOOP\r\n')
+    assert out == b"" and c.tr.producerState == "paused"
+    real(acc.id).addCallback(pending.callback)
+    out = c.out()
+    assert out.index(b"a OK LIST") < out.index(b"b OK NOOP")
+    assert c.tr.producerState == "producing"
