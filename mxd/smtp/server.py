@@ -237,6 +237,16 @@ class SMTPServerProtocol(AuthMixin, MessageMixin):
 
     # -- RCPT -------------------------------------------------------------------------
 
+    def _postmaster_domain(self) -> str:
+        """The local domain for a bare <Postmaster>: the host name or its closest parent
+        that is a local domain (mx.example.org -> example.org)."""
+        labels = self.hostname.lower().split(".")
+        for i in range(len(labels) - 1):
+            candidate = ".".join(labels[i:])
+            if self.directory.is_local_domain(candidate):
+                return candidate
+        return self.hostname
+
     def _do_rcpt(self, cmd: commands.Rcpt) -> None:
         if self.state is State.INITIAL:
             self._send(replies.NEED_HELO)
@@ -268,7 +278,7 @@ class SMTPServerProtocol(AuthMixin, MessageMixin):
         rcpt = cmd.recipient
         if rcpt is None:
             # RFC 5321 §4.5.1: <Postmaster> without a domain goes to our postmaster.
-            rcpt = Address("postmaster", self.hostname)
+            rcpt = Address("postmaster", self._postmaster_domain())
         if not rcpt.is_ascii and not tx.smtputf8:
             self._send(replies.NON_ASCII_WITHOUT_SMTPUTF8)
             return

@@ -156,6 +156,16 @@ def test_postmaster_without_domain_is_accepted() -> None:
     assert s.directory.lookups == ["postmaster@mx.example.test"]
 
 
+def test_postmaster_goes_to_parent_domain_of_hostname() -> None:
+    """When the host name is not a local domain, <Postmaster> uses its closest local parent."""
+    s = Session()
+    s.directory.domains.discard("mx.example.test")
+    s.ehlo()
+    s.send("MAIL FROM:<a@b.example>\r\nRCPT TO:<postmaster>\r\n")
+    assert s.codes() == [250, 250]
+    assert s.directory.lookups == ["postmaster@example.test"]
+
+
 def test_smtputf8_address_needs_the_parameter() -> None:
     """RFC 6531: a UTF-8 recipient is 553 5.6.7 without SMTPUTF8 and accepted with it."""
     s = Session()
