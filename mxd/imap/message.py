@@ -12,12 +12,14 @@ from __future__ import annotations
 import base64
 import binascii
 import email.header
+import email.headerregistry
 import email.parser
 import email.utils
 import quopri
 import re
 from email.message import Message
 from email.policy import compat32
+from typing import Any
 
 import attrs
 
@@ -26,6 +28,7 @@ MAX_PARTS = 2000
 _HEADER_PARSER = email.parser.BytesHeaderParser(policy=compat32)
 _UNFOLD = re.compile(r"\r?\n(?=[ \t])")
 _HDR_END = re.compile(rb"\r?\n\r?\n")
+_HEADER_REGISTRY = email.headerregistry.HeaderRegistry()
 
 
 class UnknownCTE(ValueError):
@@ -377,7 +380,14 @@ class MultipartValue:
     rest: tuple[Value, ...]
 
 
-Value = bytes | int | None | list["Value"] | MultipartValue
+@attrs.frozen
+class AddressList:
+    """An ENVELOPE address list: ``"(" 1*address ")"``, written without spaces."""
+
+    addresses: tuple[Value, ...]
+
+
+Value = bytes | int | None | list["Value"] | MultipartValue | AddressList
 
 
 _SIMPLE_ADDR = re.compile(
@@ -402,31 +412,55 @@ def _simple_addresses(text: str) -> list[tuple[str, str]] | None:
     return out
 
 
-def _addresses(headers: Message | HeaderList, name: str) -> list[Value] | None:
+def _addr_value(display: str, addr: str) -> list[Value]:
+    local, at, domain = addr.rpartition("@")
+    if not at:
+        local, domain = addr, ""
+    return [
+        display.encode("utf-8", "surrogateescape") if display else None,
+        None,
+        local.encode("utf-8", "surrogateescape") if local else None,
+        domain.encode("utf-8", "surrogateescape") if domain else None,
+    ]
+
+
+def _registry_addresses(text: str) -> list[Value] | None:
+    """Full RFC 5322 address-list parsing (groups, comments) via email.headerregistry."""
+    try:
+        header: Any = _HEADER_REGISTRY("To", text.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+        groups = header.groups
+    except Exception:  # noqa: BLE001 - the registry raises assorted errors on junk
+        return None
+    out: list[Value] = []
+    for g in groups:
+        if g.display_name is not None:
+            # RFC 3501 §7.4.2: group start (NIL NIL name NIL) ... end (NIL NIL NIL NIL).
+            out.append([None, None, g.display_name.encode("utf-8"), None])
+        for a in g.addresses:
+            addr = f"{a.username}@{a.domain}" if a.domain else a.username
+            out.append(_addr_value(a.display_name, addr))
+        if g.display_name is not None:
+            out.append([None, None, None, None])
+    return out
+
+
+def _addresses(headers: Message | HeaderList, name: str) -> AddressList | None:
     values = raw_all(headers, name)
     if not values:
         return None
-    out: list[Value] = []
     text = ", ".join(unfold(str(v)) for v in values)
     pairs = _simple_addresses(text)
-    if pairs is None:
-        try:
-            pairs = email.utils.getaddresses([text])
-        except Exception:  # noqa: BLE001
-            pairs = []
-    for display, addr in pairs:
-        if not display and not addr:
-            continue
-        local, at, domain = addr.rpartition("@")
-        if not at:
-            local, domain = addr, ""
-        out.append([
-            display.encode("utf-8", "surrogateescape") if display else None,
-            None,
-            local.encode("utf-8", "surrogateescape") if local else None,
-            domain.encode("utf-8", "surrogateescape") if domain else None,
-        ])
-    return out or None
+    out: list[Value] | None
+    if pairs is not None:
+        out = [_addr_value(d, a) for d, a in pairs]
+    else:
+        out = _registry_addresses(text)
+        if out is None:
+            try:
+                out = [_addr_value(d, a) for d, a in email.utils.getaddresses([text]) if d or a]
+            except Exception:  # noqa: BLE001
+                out = []
+    return AddressList(tuple(out)) if out else None
 
 
 def envelope(headers: Message | HeaderList) -> list[Value]:
@@ -476,10 +510,9 @@ def _disposition(e: Entity) -> Value:
 
 
 def _lines(body: bytes) -> int:
-    n = body.count(b"\n")
-    if body and not body.endswith(b"\n"):
-        n += 1
-    return n
+    # The CRLF before a boundary belongs to the delimiter, so a part's last line has
+    # no terminator and is not counted (as Dovecot and Cyrus count).
+    return body.count(b"\n")
 
 
 def bodystructure(msg: ParsedMessage, ent: Entity | None = None, extended: bool = True) -> Value:

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from mxd.imap import utf7
-from mxd.imap.message import MultipartValue, Value
+from mxd.imap.message import AddressList, MultipartValue, Value
 
 _MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 _QUOTED_MAX = 1000
@@ -64,6 +64,8 @@ def render(v: Value, utf8: bool = False) -> bytes:
         return str(v).encode()
     if isinstance(v, bytes):
         return string(v, utf8)
+    if isinstance(v, AddressList):
+        return b"(" + b"".join(render(a, utf8) for a in v.addresses) + b")"
     if isinstance(v, MultipartValue):
         return (b"(" + b"".join(render(c, utf8) for c in v.children) + b" "
                 + b" ".join(render(x, utf8) for x in v.rest) + b")")

@@ -40,7 +40,7 @@ def test_single_part_message_part_one_is_body() -> None:
 def test_bodystructure_rendering() -> None:
     """BODYSTRUCTURE writes multipart children without spaces and text line counts."""
     bs = render(bodystructure(ParsedMessage.parse(NESTED)))
-    assert bs.startswith(b'(("TEXT" "PLAIN" ("CHARSET" "us-ascii") NIL NIL "7BIT" 5 1 NIL NIL NIL NIL)'
+    assert bs.startswith(b'(("TEXT" "PLAIN" ("CHARSET" "us-ascii") NIL NIL "7BIT" 5 0 NIL NIL NIL NIL)'
                          b'("MESSAGE" "RFC822" NIL NIL NIL "7BIT" ')
     assert b'"ALTERNATIVE"' in bs and bs.endswith(b'"MIXED" ("BOUNDARY" "BB") NIL NIL NIL)')
     body = render(bodystructure(ParsedMessage.parse(NESTED), extended=False))
@@ -52,7 +52,20 @@ def test_envelope_addresses_and_defaults() -> None:
     m = ParsedMessage.parse(NESTED)
     env = render(envelope(m.root.headers))
     assert env == (b'(NIL "hi" (("A" NIL "a" "x.test")) (("A" NIL "a" "x.test")) (("A" NIL "a" "x.test")) '
-                   b'((NIL NIL "b" "y.test") ("C D" NIL "c" "z.test")) NIL NIL NIL NIL)')
+                   b'((NIL NIL "b" "y.test")("C D" NIL "c" "z.test")) NIL NIL NIL NIL)')
+
+
+def test_envelope_groups_and_comments() -> None:
+    """Group syntax becomes group start/end markers; comments are not display names
+    (RFC 3501 §7.4.2, the same output as Dovecot)."""
+    m = ParsedMessage.parse(b"From: Pete(A nice \\) chap) <pete(his account)@silly.test(his host)>\r\n"
+                            b"To: A Group:Chris Jones <c@public.example>,joe@example.org;\r\n"
+                            b"Cc: undisclosed-recipients:;\r\n\r\n")
+    env = render(envelope(m.root.headers))
+    assert b'(("Pete" NIL "pete" "silly.test"))' in env
+    assert (b'((NIL NIL "A Group" NIL)("Chris Jones" NIL "c" "public.example")'
+            b'(NIL NIL "joe" "example.org")(NIL NIL NIL NIL))') in env
+    assert b'((NIL NIL "undisclosed-recipients" NIL)(NIL NIL NIL NIL))' in env
 
 
 def test_eight_bit_header_becomes_literal() -> None:
