@@ -316,10 +316,12 @@ class MessageMixin(SessionBase):
         )
         targets = [Delivery(account_id=aid) for aid in tx.local]
 
+        local_uids: list[int] = []
+
         def deliver() -> Deferred[Any]:
             if not targets:
                 return succeed(None)
-            return self.store.deliver(blob, targets, props)
+            return self.store.deliver(blob, targets, props).addCallback(local_uids.extend)
 
         def enqueue(_: object) -> Deferred[Any] | None:
             if targets:
@@ -337,8 +339,19 @@ class MessageMixin(SessionBase):
                 sender_account=self.authenticated, size=tx.size,
             ))
 
+        def undo_local(f: TwistedFailure) -> Deferred[Any] | TwistedFailure:
+            # The queue refused after the local copies were committed: remove them, so
+            # that the 451 leaves nothing half-delivered and the client's retry does not
+            # deliver twice.
+            if not local_uids:
+                return f
+            d = Deferred.fromCoroutine(self._remove_local(targets, local_uids, tx.queue_id))
+            d.addBoth(lambda _: f)
+            return d
+
         d = maybeDeferred(deliver)
         d.addCallback(enqueue)
+        d.addErrback(undo_local)
 
         def done(_: object) -> None:
             self.transactions += 1
@@ -364,3 +377,16 @@ class MessageMixin(SessionBase):
 
         self._await(d, done, failed)
 
+    async def _remove_local(self, targets: list[Delivery], uids: list[int], queue_id: str) -> None:
+        """Expunge just-delivered local copies (compensation when queueing failed)."""
+        try:
+            for target, uid in zip(targets, uids, strict=True):
+                mailbox = await self.store.get_mailbox(target.account_id, target.mailbox)
+                await self.store.store_flags(mailbox.id, [uid], frozenset({"\\Deleted"}), "add")
+                await self.store.expunge(mailbox.id, [uid])
+        except Exception:  # noqa: BLE001 - report loudly; the client still gets 451
+            self.log.failure("smtp {queue_id}: queueing failed and the local copies could not "
+                             "be removed; they stay delivered", queue_id=queue_id)
+        else:
+            self.log.warn("smtp {queue_id}: queueing failed; removed {count} local copies",
+                          queue_id=queue_id, count=len(uids))

@@ -64,6 +64,10 @@ class FakeStore:
         self.hold = False
         self.fail_next = False
         self.pending: list[tuple[Deferred[list[int]], Callable[[], list[int]]]] = []
+        self.mailboxes: dict[int, set[int]] = {}  # mailbox id (= account id) -> live UIDs
+        self.deleted_flags: set[tuple[int, int]] = set()
+        self.next_uid = 1
+        self.fail_undo = False
 
     def new_blob(self) -> MemoryBlob:
         b = MemoryBlob()
@@ -79,7 +83,13 @@ class FakeStore:
         def do() -> list[int]:
             blob.durable = True
             self.delivered.append(Delivered(bytes(blob.data), list(targets), props))
-            return [len(self.delivered)] * len(targets)
+            uids = []
+            for t in targets:
+                uid = self.next_uid
+                self.next_uid += 1
+                self.mailboxes.setdefault(t.account_id, set()).add(uid)
+                uids.append(uid)
+            return uids
 
         if self.hold:
             d: Deferred[list[int]] = Deferred()
@@ -91,6 +101,26 @@ class FakeStore:
         pending, self.pending = self.pending, []
         for d, do in pending:
             d.callback(do())
+
+    def get_mailbox(self, account_id: int, name: str) -> Deferred[Any]:
+        if self.fail_undo:
+            return fail(StoreError("still on fire"))
+        assert name == "INBOX"
+        return succeed(attrs.make_class("MB", ["id"])(account_id))
+
+    def store_flags(self, mailbox_id: int, uids: list[int], flags: frozenset[str],
+                    mode: str) -> Deferred[Any]:
+        assert mode == "add" and flags == frozenset({"\\Deleted"})
+        self.deleted_flags.update((mailbox_id, u) for u in uids)
+        return succeed(([], []))
+
+    def expunge(self, mailbox_id: int, uids: list[int]) -> Deferred[list[int]]:
+        gone = [u for u in uids if (mailbox_id, u) in self.deleted_flags]
+        self.mailboxes[mailbox_id].difference_update(gone)
+        return succeed(gone)
+
+    def live(self) -> int:
+        return sum(len(v) for v in self.mailboxes.values())
 
 
 class FakeOutbound:

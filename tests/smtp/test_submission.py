@@ -93,6 +93,29 @@ def test_queue_failure_is_451() -> None:
     assert s.replies()[-1].startswith("451 4.3.0")
 
 
+def test_queue_failure_removes_local_copies() -> None:
+    """Mixed local and remote recipients: if queueing fails after local delivery, the local
+    copies are expunged and the client gets 451: nothing is half-delivered."""
+    s = submitted()
+    s.outbound.fail = True
+    s.send("MAIL FROM:<alice@example.test>\r\nRCPT TO:<far@remote.example>\r\n"
+           "RCPT TO:<bob@example.test>\r\nRCPT TO:<alice@example.test>\r\n"
+           "DATA\r\nS: s\r\n\r\nb\r\n.\r\n")
+    assert s.replies()[-1].startswith("451 4.3.0")
+    assert len(s.store.delivered) == 1 and s.store.live() == 0
+
+
+def test_queue_failure_with_failed_undo_still_451() -> None:
+    """If even the removal fails, the client still gets 451 (and the event is logged)."""
+    s = submitted()
+    s.outbound.fail = True
+    s.store.fail_undo = True
+    s.send("MAIL FROM:<alice@example.test>\r\nRCPT TO:<far@remote.example>\r\n"
+           "RCPT TO:<bob@example.test>\r\nDATA\r\nS: s\r\n\r\nb\r\n.\r\n")
+    assert s.replies()[-1].startswith("451 4.3.0")
+    assert not s.transport.disconnecting
+
+
 def test_submissions_role_works_after_handshake() -> None:
     """Port 465 (implicit TLS): no STARTTLS offered; AUTH after the handshake."""
     s = Session("submissions")
