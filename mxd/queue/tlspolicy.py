@@ -36,8 +36,8 @@ How the queue and the SMTP client use this module
      already does).
    * ``sts-testing`` only reports: a failed check is recorded, delivery goes on (RFC 8461 §5).
 
-4. After the attempt record ``policy.attempt(result, ...)`` (a ``TLSAttempt``) with the
-   ``CheckResult`` of the connection (or a starttls-not-supported failure), plus the
+4. After the attempt record ``policy.attempt_from_client(client.tls_result, now, ...)`` (or
+   ``policy.attempt(check_result, ...)``), a ``TLSAttempt``, plus the
    ``notes`` (problems found before connecting, e.g. an MTA-STS fetch error while a cached
    policy was used), for the daily TLS reports of ``mxd.tlsrpt.report``.
 
@@ -269,6 +269,31 @@ class HostTLSPolicy:
                             sending_ip, receiving_ip, helo, False, now)
         return _failure(info, result.result_type, result.detail, self.mx_host, sending_ip,
                         receiving_ip, helo, False, now)
+
+    def attempt_from_client(self, tls_result: Any, now: float, *,
+                            sending_ip: str | None = None, receiving_ip: str | None = None,
+                            helo: str | None = None) -> TLSAttempt:
+        """The TLS report record from the SMTP client's ``TLSResult`` (``used``,
+        ``verified``, ``failure`` as an RFC 8460 word) of a connection made under this
+        policy."""
+        info = self.policy_info()
+        failure = getattr(tls_result, "failure", None)
+        if failure:
+            try:
+                rtype = ResultType(failure)
+            except ValueError:
+                rtype = ResultType.VALIDATION_FAILURE
+            return _failure(info, rtype, "" if rtype.value == failure else failure,
+                            self.mx_host, sending_ip, receiving_ip, helo, False, now)
+        used = bool(getattr(tls_result, "used", False))
+        verified = bool(getattr(tls_result, "verified", False))
+        if self.requires_verification and not verified:
+            return _failure(info, ResultType.VALIDATION_FAILURE, "not verified", self.mx_host,
+                            sending_ip, receiving_ip, helo, False, now)
+        if not used:  # a session without TLS is a failure session (RFC 8460 §4.3.1)
+            return _failure(info, ResultType.STARTTLS_NOT_SUPPORTED, "", self.mx_host,
+                            sending_ip, receiving_ip, helo, False, now)
+        return TLSAttempt(info, True, now)
 
 
 @attrs.frozen

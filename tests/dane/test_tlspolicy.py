@@ -276,3 +276,32 @@ def test_implicit_mx_accepts_the_recipient_domain_name() -> None:
     policy = _run(tlspolicy.policy_for_host(r, None, "example.test", "mx.example.test", True,
                                             True, extra_names=("example.test",)))
     assert policy.reference_names == ("mx.example.test", "example.test")
+
+
+def test_attempt_from_client_tls_result() -> None:
+    """The client's TLSResult becomes a TLS report record: success when verified as
+    required, the recorded failure word otherwise, starttls-not-supported without TLS."""
+    from mxd.smtp.client import TLSResult
+
+    policy = _decide(_resolver())
+    assert isinstance(policy, HostTLSPolicy)
+    ok = policy.attempt_from_client(TLSResult("tlsa", "mx.example.test", TLSMode.VERIFIED,
+                                              used=True, verified=True), 1.0)
+    assert ok.success
+    bad = policy.attempt_from_client(TLSResult("tlsa", "mx.example.test", TLSMode.VERIFIED,
+                                               used=True, failure="certificate-expired"), 1.0,
+                                     receiving_ip="127.0.0.1")
+    assert bad.failure is not None and bad.failure.result_type is ResultType.CERTIFICATE_EXPIRED
+    plain = policy.attempt_from_client(TLSResult("tlsa", "mx.example.test", TLSMode.VERIFIED,
+                                                 used=False), 1.0)
+    assert plain.failure is not None and plain.failure.result_type is ResultType.VALIDATION_FAILURE
+    opportunistic = _decide(_resolver(kind="nxdomain"))
+    assert isinstance(opportunistic, HostTLSPolicy)
+    none = opportunistic.attempt_from_client(
+        TLSResult("no-policy-found", "example.test", TLSMode.OPPORTUNISTIC, used=False), 1.0)
+    assert none.failure is not None
+    assert none.failure.result_type is ResultType.STARTTLS_NOT_SUPPORTED
+    assert none.policy.type is PolicyType.NO_POLICY_FOUND
+    assert opportunistic.attempt_from_client(
+        TLSResult("no-policy-found", "example.test", TLSMode.OPPORTUNISTIC, used=True), 1.0
+    ).success
