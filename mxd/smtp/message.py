@@ -317,6 +317,9 @@ class MessageMixin(SessionBase):
         targets = [Delivery(account_id=aid) for aid in tx.local]
 
         local_uids: list[int] = []
+        # From here on the store/queue own the body file: a client vanishing now must not
+        # abort a file the store's writer thread may be making durable.
+        tx.blob = None
 
         def deliver() -> Deferred[Any]:
             if not targets:
@@ -324,9 +327,6 @@ class MessageMixin(SessionBase):
             return self.store.deliver(blob, targets, props).addCallback(local_uids.extend)
 
         def enqueue(_: object) -> Deferred[Any] | None:
-            if targets:
-                # Durable in the mailboxes now: the store owns the body file.
-                tx.blob = None
             if not tx.remote:
                 if not targets:
                     blob.abort()
@@ -371,6 +371,11 @@ class MessageMixin(SessionBase):
             self.log.failure("smtp commit failed {queue_id} {session}", f,
                              queue_id=tx.queue_id, session=self.session_id)
             self.metrics.inc("smtp_rejected_total", role=self.role, reason="store_error")
+            if not local_uids:
+                try:
+                    blob.abort()  # the store/queue refused it: drop the temporary file
+                except Exception:  # noqa: BLE001
+                    self.log.failure("smtp blob abort failed {session}", session=self.session_id)
             self._abort_transaction()
             self.state = State.READY
             self._send(replies.LOCAL_ERROR)

@@ -207,3 +207,16 @@ def test_internal_error_costs_one_reply() -> None:
     r = s.replies()
     assert r[-2].startswith("451 4.3.0") and r[-1].startswith("250")
     assert not s.transport.disconnecting
+
+
+def test_disconnect_during_commit_leaves_the_body_to_the_store() -> None:
+    """A client vanishing while the store commits does not abort the body file; the
+    commit completes (RFC 5321 §6.1 prefers a duplicate to a loss)."""
+    s = Session()
+    s.store.hold = True
+    s.ehlo()
+    s.send("MAIL FROM:<a@b.example>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n" + MSG)
+    close(s)
+    assert not s.store.blobs[0].aborted
+    s.store.release()
+    assert len(s.store.delivered) == 1
