@@ -98,8 +98,10 @@ Segment = bytes | _FileRange
 
 
 def _literal_or_nil(data: bytes | None, partial: tuple[int, int] | None) -> bytes:
+    # A section that does not exist is sent as an empty string, as Dovecot does: some
+    # clients do not expect NIL for BODY[...] although the grammar allows it.
     if data is None:
-        return b"NIL"
+        data = b""
     if partial is not None:
         off, n = partial
         data = data[off:off + n]
