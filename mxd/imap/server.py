@@ -333,6 +333,8 @@ class IMAPSession(Protocol):
         waiters, self._drain_waiters = self._drain_waiters, []
         for d in waiters:
             d.callback(None)
+        if not self._closed and not self._processing:
+            self._process()
 
     def stopProducing(self) -> None:
         self._closed = True
@@ -375,7 +377,10 @@ class IMAPSession(Protocol):
             return
         self._processing = True
         try:
-            while not self._closed and (not self._busy or self._line_waiter is not None):
+            # A client that does not read its responses gets no more commands run: the
+            # output stays bounded by the transport's buffer (its pauseProducing).
+            while not self._closed and not self._write_paused and (
+                    not self._busy or self._line_waiter is not None):
                 if self._line_waiter is not None or self._idle_tag is not None:
                     try:
                         line = self.framer.read_line()
@@ -404,7 +409,8 @@ class IMAPSession(Protocol):
                 self._start(ev)
         finally:
             self._processing = False
-        self._set_reading(not self._busy or self._line_waiter is not None)
+        self._set_reading(not self._write_paused
+                          and (not self._busy or self._line_waiter is not None))
 
     def _framing_error(self, e: FramingError) -> None:
         msg = str(e)

@@ -619,3 +619,28 @@ def test_reading_paused_while_store_call_runs() -> None:
     out = c.out()
     assert out.index(b"a OK LIST") < out.index(b"b OK NOOP")
     assert c.tr.producerState == "producing"
+
+
+def test_client_that_never_reads_gets_no_more_commands_run() -> None:
+    """While the transport's write buffer is full, pipelined commands wait unread, so
+    responses cannot pile up without bound; they run once the client reads again."""
+    store, _ = make_store()
+    c = Conn(store)
+    c.login()
+    c.proto.pauseProducing()
+    out = c.send(b"n NOOP\r\n" * 100)
+    assert out == b"" and c.tr.producerState == "paused"
+    c.proto.resumeProducing()
+    out = c.out()
+    assert out.count(b"n OK NOOP completed") == 100
+    assert c.tr.producerState == "producing"
+
+
+def test_idle_and_done_in_one_packet() -> None:
+    """IDLE followed at once by DONE in the same packet ends cleanly."""
+    store, _ = setup_mailbox()
+    c = Conn(store)
+    c.login()
+    c.select()
+    assert c.send(b"i IDLE\r\nDONE\r\nn NOOP\r\n") == (
+        b"+ idling\r\ni OK IDLE terminated\r\nn OK NOOP completed\r\n")
