@@ -48,6 +48,7 @@ from mxd.imap.messagecache import MessageCache
 from mxd.imap.parser import parse_command
 from mxd.imap.values import Command
 from mxd.imap.view import MailboxView
+from mxd.metrics import NoopMetrics
 from mxd.sasl.api import (
     ChannelBindings,
     ConnectionInfo,
@@ -197,6 +198,8 @@ class IMAPSession(Protocol):
         self.tr.registerProducer(self, True)
         self._reset_timer()
         self.factory.sessions.add(self)
+        self.factory.metrics.inc("imap_connections", implicit_tls="yes" if self.tls else "no")
+        self.factory.metrics.set("imap_sessions", len(self.factory.sessions))
         self._greeted = False
         if not (self.factory.implicit_tls and ISSLTransport.providedBy(self.transport)):
             self._greet()
@@ -214,6 +217,7 @@ class IMAPSession(Protocol):
         self._closed = True
         self.state = State.LOGOUT
         self.factory.sessions.discard(self)
+        self.factory.metrics.set("imap_sessions", len(self.factory.sessions))
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -453,6 +457,7 @@ class IMAPSession(Protocol):
     async def _run(self, cmd: Command, spec: CommandSpec) -> None:
         try:
             reply = await spec.handler(self, cmd)
+            self.factory.metrics.inc("imap_commands", command=cmd.name, status=reply.status)
             if reply.status == "BAD":
                 self._bad_count += 1
             else:
@@ -505,6 +510,7 @@ class IMAPSession(Protocol):
 
     # -- login ----------------------------------------------------------------------------
     async def finish_login(self, tag: str, outcome: Outcome) -> Reply:
+        self.factory.metrics.inc("imap_logins", result="ok" if isinstance(outcome, Success) else "failed")
         if isinstance(outcome, SASLFailure):
             code = "UNAVAILABLE" if outcome.temporary else "AUTHENTICATIONFAILED"
             return no(outcome.reason or "Authentication failed", code)
@@ -757,7 +763,7 @@ class IMAPFactory(Factory):
         self.tls = tls
         self.clock: Any = clock
         self.hostname = hostname
-        self.metrics = metrics
+        self.metrics: Any = metrics if metrics is not None else NoopMetrics()
         self.cache = cache if cache is not None else MessageCache()
         self.sessions: set[IMAPSession] = set()
         self.recent = RecentClaims()

@@ -644,3 +644,38 @@ def test_idle_and_done_in_one_packet() -> None:
     c.select()
     assert c.send(b"i IDLE\r\nDONE\r\nn NOOP\r\n") == (
         b"+ idling\r\ni OK IDLE terminated\r\nn OK NOOP completed\r\n")
+
+
+def test_metrics_counted() -> None:
+    """Connections, logins and commands are counted through the metrics interface."""
+    from twisted.internet.task import Clock
+
+    from mxd.imap.server import IMAPFactory
+    from tests.imap.fakes import FakeSASL
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.counts: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+
+        def inc(self, name: str, value: float = 1, **labels: str) -> None:
+            key = (name, tuple(sorted(labels.items())))
+            self.counts[key] = self.counts.get(key, 0) + value
+
+        def set(self, name: str, value: float, **labels: str) -> None:
+            pass
+
+        def observe(self, name: str, value: float, **labels: str) -> None:
+            pass
+
+    rec = Recorder()
+    store, _ = make_store()
+    clock = Clock()
+    factory = IMAPFactory(implicit_tls=True, settings=IMAPServerSettings(), store=store,
+                          accounts=store, sasl=FakeSASL({"alice": "s3cret"}), tls=None,
+                          clock=clock, hostname="mx.example.test", metrics=rec)
+    c = Conn(store, clock=clock, factory=factory)
+    c.login()
+    c.cmd("n NOOP")
+    assert rec.counts[("imap_connections", (("implicit_tls", "yes"),))] == 1
+    assert rec.counts[("imap_logins", (("result", "ok"),))] == 1
+    assert rec.counts[("imap_commands", (("command", "NOOP"), ("status", "OK")))] == 1
