@@ -27,3 +27,7 @@ class FramingError(IMAPError):
         super().__init__(message)
         self.fatal = fatal
         self.tag = tag
+
+
+class BadSequence(IMAPError, ValueError):
+    """A sequence set names messages that do not exist (or ``$`` with nothing saved)."""

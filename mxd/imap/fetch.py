@@ -13,6 +13,7 @@ from twisted.logger import Logger
 
 from mxd.imap import message as mimemsg
 from mxd.imap import response
+from mxd.imap.errors import BadSequence
 from mxd.imap.messagecache import read_header_block
 from mxd.imap.values import Command, FetchArgs, FetchAtt, SeqSet
 from mxd.imap.view import MailboxView
@@ -30,7 +31,7 @@ def resolve(view: MailboxView, seqset: SeqSet, uid: bool) -> Iterator[int]:
     """UIDs named by a sequence set.  Raises ValueError for sequence numbers that do not
     exist (RFC 3501 §9 seq-number) and for ``$`` (no saved search)."""
     if seqset.saved:
-        raise ValueError("No saved search result ($)")
+        raise BadSequence("No saved search result ($)")
     if uid:
         ranges = seqset.resolve(view.max_uid)
         if len(ranges) == 1:
@@ -46,7 +47,7 @@ def resolve(view: MailboxView, seqset: SeqSet, uid: bool) -> Iterator[int]:
     n = view.exists
     for a, b in seqset.ranges:
         if (a > n) or (b > n):
-            raise ValueError("Invalid message sequence number")
+            raise BadSequence("Invalid message sequence number")
     for seq in seqset.iter_values(n, n):
         yield view.uids[seq - 1]
 

@@ -42,7 +42,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure as TwFailure
 from zope.interface import implementer
 
-from mxd.imap.errors import FramingError, ParseError
+from mxd.imap.errors import BadSequence, FramingError, ParseError
 from mxd.imap.framer import Framer, LiteralSink, NeedContinuation, RawCommand, command_words
 from mxd.imap.messagecache import MessageCache
 from mxd.imap.parser import parse_command
@@ -468,6 +468,10 @@ class IMAPSession(Protocol):
             self.send_tagged(cmd.tag, reply)
         except CommandDetached:
             pass
+        except BadSequence as e:
+            if not self._closed:
+                self._bad_count += 1
+                self.send_tagged(cmd.tag, bad(str(e)))
         except StoreError as e:
             if not self._closed:
                 self.send_tagged(cmd.tag, store_error_reply(e))
