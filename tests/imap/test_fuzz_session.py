@@ -45,3 +45,25 @@ def test_random_sessions_never_hit_internal_errors(lines: list[str]) -> None:
     out += c.send(b"DONE\r\nz NOOP\r\n")
     assert b"SERVERBUG" not in out, out[-2000:]
     assert c.tr.disconnecting or b"z OK" in out or b"z BAD" in out, out[-2000:]
+
+
+_RAW = st.sampled_from([b"a ", b"LOGIN ", b"AUTHENTICATE ", b"X-TWO", b"PLAIN ", b"=", b"*", b"\r\n",
+                        b"{3}\r\n", b"{5+}\r\n", b"{999999}\r\n", b"alice", b"s3cret", b'"', b"(", b")",
+                        b"STARTTLS", b"ID NIL", b"\x00", b"\xff", b"AGFsaWNlAHMzY3JldA==", b"LOGOUT"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_RAW, max_size=30), st.integers(min_value=1, max_value=7))
+def test_random_bytes_before_login_never_raise(pieces: list[bytes], split: int) -> None:
+    """Arbitrary bytes, in arbitrary packet boundaries, before login: dataReceived never
+    raises, nothing hits an internal error, and output is whole lines."""
+    store, _ = make_store()
+    c = Conn(store)
+    data = b"".join(pieces)
+    out = b""
+    for i in range(0, len(data), split):
+        out += c.send(data[i:i + split])
+        if c.tr.disconnecting:
+            break
+    assert b"SERVERBUG" not in out
+    assert out == b"" or out.endswith(b"\r\n")  # whole response lines only
