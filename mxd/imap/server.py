@@ -97,6 +97,7 @@ class IMAPServerSettings:
     login_timeout: float = 180.0  # not-authenticated state
     max_bad_commands: int = 20  # consecutive BADs before the connection is closed
     plaintext_login_on_loopback: bool = False  # allow LOGIN without TLS from loopback
+    max_connections_per_ip: int = 50
     chunk_size: int = 65536  # body streaming chunk
 
 
@@ -196,6 +197,14 @@ class IMAPSession(Protocol):
         peer = self.tr.getPeer()
         self.peer_ip = str(getattr(peer, "host", ""))
         self.tr.registerProducer(self, True)
+        same_ip = sum(1 for other in self.factory.sessions if other.peer_ip == self.peer_ip)
+        if same_ip >= self.settings.max_connections_per_ip:
+            self.factory.metrics.inc("imap_connections_refused", reason="per-ip")
+            self._closed = True
+            # RFC 3501 §7.1.5: BYE as the greeting refuses the connection.
+            self.tr.write(b"* BYE Too many connections from your address\r\n")
+            self.close_connection()
+            return
         self._reset_timer()
         self.factory.sessions.add(self)
         self.factory.metrics.inc("imap_connections", implicit_tls="yes" if self.tls else "no")

@@ -679,3 +679,15 @@ def test_metrics_counted() -> None:
     assert rec.counts[("imap_connections", (("implicit_tls", "yes"),))] == 1
     assert rec.counts[("imap_logins", (("result", "ok"),))] == 1
     assert rec.counts[("imap_commands", (("command", "NOOP"), ("status", "OK")))] == 1
+
+
+def test_connections_per_ip_limited() -> None:
+    """Beyond max_connections_per_ip, a new connection is greeted with BYE and closed."""
+    store, _ = make_store()
+    first = Conn(store, settings=IMAPServerSettings(max_connections_per_ip=2))
+    second = Conn(store, clock=first.clock, factory=first.factory)
+    third = Conn(store, clock=first.clock, factory=first.factory)
+    other_ip = Conn(store, clock=first.clock, factory=first.factory, peer="192.0.2.99")
+    assert second.greeting.startswith(b"* OK")
+    assert third.greeting.startswith(b"* BYE") and third.tr.disconnecting
+    assert other_ip.greeting.startswith(b"* OK")
