@@ -366,7 +366,6 @@ async def cmd_list(s: IMAPSession, cmd: Command) -> Reply:
     special_only = "SPECIAL-USE" in args.select_opts
     show_subscribed = "SUBSCRIBED" in args.return_opts or "SUBSCRIBED" in args.select_opts
     word = "LSUB" if args.lsub else "LIST"
-    status_rows: list[MailboxInfo] = []
     for name in sorted(names | implied, key=lambda n: (n != "INBOX", n)):
         if not any(rx.match(name) for rx in regexes):
             continue
@@ -388,7 +387,6 @@ async def cmd_list(s: IMAPSession, cmd: Command) -> Reply:
                 attrs_.append("\\Subscribed")
         s.untagged(f"{word} ({' '.join(attrs_)}) \"/\" ".encode() + response.mailbox(name, s.utf8))
         if "STATUS" in args.return_opts and box is not None:
-            status_rows.append(box)
             await _send_status(s, box, args.status_items)
     return ok(f"{word} completed")
 

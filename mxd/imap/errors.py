@@ -27,6 +27,7 @@ class FramingError(IMAPError):
         super().__init__(message)
         self.fatal = fatal
         self.tag = tag
+        self.append = False  # an APPEND body over APPENDLIMIT (NO, not BAD)
 
 
 class BadSequence(IMAPError, ValueError):

@@ -198,8 +198,6 @@ def _split_multipart(raw: bytes, start: int, end: int, boundary: bytes) -> list[
         if m is None:
             break
         # The CRLF before the delimiter belongs to the delimiter.
-        if m.start() != start or start == 0 or True:
-            pass
         if part_start is not None:
             pe = m.start()
             if body[pe - 2:pe] == b"\r\n" and pe - 2 >= part_start:

@@ -13,7 +13,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from mxd.imap.errors import ParseError
-from mxd.imap.framer import BlobLiteral, Literal, Part, RawCommand, command_words
+from mxd.imap.framer import BlobLiteral, Literal, Part, RawCommand
 from mxd.imap.values import (
     AppendArgs,
     AuthenticateArgs,
@@ -730,7 +730,6 @@ COMMANDS: dict[str, Parser] = {
 
 def parse_command(raw: RawCommand) -> Command:
     """Parse one framed command; raise ParseError (with ``tag`` when known)."""
-    tag, _, _ = command_words(raw.first_line)
     r = Reader(raw.parts)
     t = r._run(_TAG_SPECIALS).decode("ascii")
     if not t or r.peek() not in (ord(" "), None):
@@ -748,7 +747,6 @@ def parse_command(raw: RawCommand) -> Command:
         raise ParseError(f"unknown command {name[:40]}", t)
     args = parse(r)
     r.end()
-    del tag
     return Command(t, name, args)
 
 

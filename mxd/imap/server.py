@@ -26,7 +26,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
-from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IHandshakeListener,
@@ -364,8 +363,10 @@ class IMAPSession(Protocol):
         _, name, _ = command_words(head)
         if self.state in (State.AUTHENTICATED, State.SELECTED) and name == "APPEND":
             if size > self.settings.append_limit:
-                raise FramingError(f"[TOOBIG] Message larger than APPENDLIMIT "
+                err = FramingError(f"[TOOBIG] Message larger than APPENDLIMIT "
                                    f"{self.settings.append_limit}")
+                err.append = True
+                raise err
             if size > self.settings.append_memory:
                 return self.store.new_blob()
             return None
@@ -433,8 +434,8 @@ class IMAPSession(Protocol):
         code = None
         if msg.startswith("[TOOBIG] "):
             code, msg = "TOOBIG", msg[len("[TOOBIG] "):]
-        _, name, _ = command_words(b"")
-        self.send_tagged(e.tag, bad(msg, code) if not msg.startswith("Message") else no(msg, code))
+        # RFC 7889 §4: an APPEND over the limit is NO [TOOBIG]; other refused literals BAD.
+        self.send_tagged(e.tag, no(msg, code) if e.append else bad(msg, code))
 
     def _start(self, raw: RawCommand) -> None:
         try:
@@ -803,7 +804,3 @@ def imap_factory(*, implicit_tls: bool, settings: IMAPServerSettings, store: IMa
         return wrapped  # type: ignore[no-any-return]
     result: Any = factory
     return result  # type: ignore[no-any-return]
-
-
-def maybe_deferred(v: Any) -> Deferred[Any]:
-    return defer.maybeDeferred(lambda: v)
