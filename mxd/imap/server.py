@@ -478,7 +478,9 @@ class IMAPSession(Protocol):
             self.send_tagged(cmd.tag, reply)
         except CommandDetached:
             pass
-        except BadSequence as e:
+        except (BadSequence, ParseError) as e:
+            # Arguments that parse but do not make sense (a malformed modified UTF-7
+            # mailbox name, a sequence number that does not exist).
             if not self._closed:
                 self._bad_count += 1
                 self.send_tagged(cmd.tag, bad(str(e)))

@@ -13,7 +13,7 @@ _ARGS = ["1", "*", "1:*", "2:4", "$", "0", "99", "INBOX", "Sent", "Trash", '"a b
          "ENVELOPE", "BODYSTRUCTURE", "ALL", "FAST", "OR", "NOT", "SEEN", "FROM", "alice", "SINCE",
          "1-Jan-2020", "RETURN", "(MIN)", "(CHANGEDSINCE 1)", "(UNCHANGEDSINCE 1)", "{3+}\r\nabc",
          "CONDSTORE", "QRESYNC", "UTF8=ACCEPT", "(QRESYNC (1 1))", '""', "%", "Work/Sub", "&AOk-",
-         "(SUBSCRIBED)", "(MESSAGES UIDNEXT SIZE)", "HEADER", "X", "UID", "MODSEQ", "LARGER", "5"]
+         "(SUBSCRIBED)", "&Jjo", "&-", "&AOk", "(MESSAGES UIDNEXT SIZE)", "HEADER", "X", "UID", "MODSEQ", "LARGER", "5"]
 _COMMANDS = ["NOOP", "CAPABILITY", "SELECT", "EXAMINE", "FETCH", "UID FETCH", "STORE", "UID STORE",
              "SEARCH", "UID SEARCH", "COPY", "MOVE", "UID MOVE", "EXPUNGE", "UID EXPUNGE", "CLOSE",
              "UNSELECT", "CREATE", "DELETE", "RENAME", "LIST", "LSUB", "STATUS", "APPEND",

@@ -691,3 +691,11 @@ def test_connections_per_ip_limited() -> None:
     assert second.greeting.startswith(b"* OK")
     assert third.greeting.startswith(b"* BYE") and third.tr.disconnecting
     assert other_ip.greeting.startswith(b"* OK")
+
+
+def test_malformed_mutf7_name_is_bad() -> None:
+    """A mailbox name that is not valid modified UTF-7 gets BAD, not an internal error."""
+    store, _ = make_store()
+    c = Conn(store)
+    c.login()
+    assert c.cmd("a CREATE &Jjo").startswith(b"a BAD")
