@@ -763,14 +763,26 @@ def channel_bindings_for(transport: Any) -> ChannelBindings | None:
         return None
 
 
+class IMAPShared:
+    """State shared by all IMAP listeners of one process (pass the same object to the
+    143 and 993 factories): the message cache, \\Recent claims and the open sessions
+    (for the per-IP connection limit)."""
+
+    def __init__(self, cache: MessageCache | None = None) -> None:
+        self.cache = cache if cache is not None else MessageCache()
+        self.recent = RecentClaims()
+        self.sessions: set[IMAPSession] = set()
+
+
 class IMAPFactory(Factory):
     """Builds IMAP sessions; holds the collaborators they share."""
 
     def __init__(self, *, implicit_tls: bool, settings: IMAPServerSettings, store: IMailStore,
                  accounts: IAccountStore, sasl: ISASLServer,
                  tls: IOpenSSLServerConnectionCreator | None, clock: IReactorTime,
-                 hostname: str, metrics: Any = None, cache: MessageCache | None = None) -> None:
+                 hostname: str, metrics: Any = None, shared: IMAPShared | None = None) -> None:
         import mxd.imap.commands  # noqa: F401 - fills COMMANDS
+
         self.implicit_tls = implicit_tls
         self.settings = settings
         self.store = store
@@ -780,9 +792,10 @@ class IMAPFactory(Factory):
         self.clock: Any = clock
         self.hostname = hostname
         self.metrics: Any = metrics if metrics is not None else NoopMetrics()
-        self.cache = cache if cache is not None else MessageCache()
-        self.sessions: set[IMAPSession] = set()
-        self.recent = RecentClaims()
+        self.shared = shared if shared is not None else IMAPShared()
+        self.cache = self.shared.cache
+        self.recent = self.shared.recent
+        self.sessions = self.shared.sessions
 
     def buildProtocol(self, addr: Any) -> IMAPSession:  # type: ignore[override]
         return IMAPSession(self)
@@ -791,13 +804,16 @@ class IMAPFactory(Factory):
 def imap_factory(*, implicit_tls: bool, settings: IMAPServerSettings, store: IMailStore,
                  accounts: IAccountStore, sasl: ISASLServer,
                  tls: IOpenSSLServerConnectionCreator | None, clock: IReactorTime,
-                 hostname: str, metrics: Any = None) -> IProtocolFactory:
-    """The factory to listen with: port 993 (``implicit_tls``) or 143 (STARTTLS)."""
-    import mxd.imap.commands  # noqa: F401 - fills COMMANDS
+                 hostname: str, metrics: Any = None,
+                 shared: IMAPShared | None = None) -> IProtocolFactory:
+    """The factory to listen with: port 993 (``implicit_tls``) or 143 (STARTTLS).
 
+    ``tls`` is required for implicit TLS; on 143 without it STARTTLS is not offered.
+    Give every IMAP listener of a process the same ``shared``.
+    """
     factory = IMAPFactory(implicit_tls=implicit_tls, settings=settings, store=store,
                           accounts=accounts, sasl=sasl, tls=tls, clock=clock,
-                          hostname=hostname, metrics=metrics)
+                          hostname=hostname, metrics=metrics, shared=shared)
     if implicit_tls:
         if tls is None:
             raise ValueError("implicit TLS needs a TLS context")

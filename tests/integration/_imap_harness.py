@@ -22,7 +22,7 @@ def main(argv: list[str]) -> None:
     from twisted.internet import reactor as _reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    from mxd.imap.server import IMAPServerSettings, imap_factory
+    from mxd.imap.server import IMAPServerSettings, IMAPShared, imap_factory
     from mxd.sasl.credentials import StoredSecrets
     from mxd.sasl.ratelimit import AuthLimiter
     from mxd.sasl.server import SASLServer, SASLSettings
@@ -54,7 +54,7 @@ def main(argv: list[str]) -> None:
             if await store.get_account(name) is None:
                 await store.add_account(name, StoredSecrets.derive(pw, iterations=4096).to_text())
         common = dict(settings=settings, store=store, accounts=store, sasl=sasl, clock=reactor,
-                      hostname="localhost")
+                      hostname="localhost", shared=IMAPShared())
         reactor.listenTCP(int(p_imap), imap_factory(implicit_tls=False, tls=tls, **common),
                           interface="127.0.0.1")
         reactor.listenTCP(int(p_imaps), imap_factory(implicit_tls=True, tls=tls, **common),
