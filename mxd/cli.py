@@ -182,7 +182,12 @@ def _serve(cfg: Config, banner: str | None,
             print(banner.format(**ports), flush=True)
 
     def stop(*_: Any) -> None:
-        reactor.callFromThread(reactor.stop)
+        def stop_once() -> None:
+            if reactor.running and not status.get("stopping"):
+                status["stopping"] = True
+                reactor.stop()
+
+        reactor.callFromThread(stop_once)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
