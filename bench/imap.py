@@ -8,7 +8,8 @@ Measures, for a mailbox of N messages (default 10,000):
 
 mxd runs from tests/integration/_imap_harness.py (real SQLite store, real SASL, TLS);
 Dovecot from a one-file config in a temp dir (mail in Maildir, mail processes as
-``nobody``).  Both serve implicit TLS on 127.0.0.1.  Prints each figure and mxd/Dovecot
+``nobody``; its default high-security login mode, one imap-login process per TLS
+connection, or ``--dovecot-performance-mode``).  Both serve implicit TLS on 127.0.0.1.  Prints each figure and mxd/Dovecot
 ratios.  Stops by itself: every wait is bounded and both servers are killed at the end.
 
     .venv/bin/python bench/imap.py [--messages 10000] [--connections 1000]
@@ -190,6 +191,9 @@ def start_mxd(base: Path, tls: dict[str, Path], msgdir: Path) -> tuple[subproces
     return proc, ports[1]
 
 
+DOVECOT_PERFORMANCE_MODE = False
+
+
 def start_dovecot(base: Path, tls: dict[str, Path], msgdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     d = base / "dovecot"
     (d / "run").mkdir(parents=True)
@@ -231,6 +235,8 @@ default_process_limit = 3000
 default_client_limit = 7000
 default_vsz_limit = 0
 service imap-login {{
+  {"service_count = 0" if DOVECOT_PERFORMANCE_MODE else ""}
+  {"client_limit = 5000" if DOVECOT_PERFORMANCE_MODE else ""}
   inet_listener imap {{
     port = 0
   }}
@@ -309,13 +315,14 @@ def timed(c: Raw, command: str) -> tuple[float, int]:
     return time.perf_counter() - t0, len(data)
 
 
-def fetch_bench(port: int, ca: Path) -> dict[str, float]:
+def fetch_bench(port: int, ca: Path, count: int) -> dict[str, float]:
     c = Raw(port, ca)
     login(c)
     c.cmd("SELECT INBOX")
     cold, n1 = timed(c, "UID FETCH 1:* (FLAGS ENVELOPE UID)")
     warm = min(timed(c, "UID FETCH 1:* (FLAGS ENVELOPE UID)")[0] for _ in range(3))
-    bodies = min(timed(c, "FETCH 1:500 BODY.PEEK[]")[0] for _ in range(3))
+    n = min(500, count)
+    bodies = min(timed(c, f"FETCH 1:{n} BODY.PEEK[]")[0] for _ in range(3))
     c.cmd("LOGOUT")
     c.close()
     return {"envelope_cold": cold, "envelope_warm": warm, "bodies_500": bodies, "bytes": n1}
@@ -344,7 +351,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=10000)
     ap.add_argument("--connections", type=int, default=1000)
+    ap.add_argument("--dovecot-performance-mode", action="store_true",
+                    help="imap-login serves many clients per process (service_count = 0) "
+                         "instead of Dovecot's default one process per connection")
     args = ap.parse_args()
+    global DOVECOT_PERFORMANCE_MODE
+    DOVECOT_PERFORMANCE_MODE = args.dovecot_performance_mode
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * args.connections + 100)), hard))
     if shutil.which("dovecot") is None:
@@ -367,7 +379,7 @@ def main() -> None:
             print(f"{name}:")
             proc, port = starter(base, tls, msgdir)
             procs.append(proc)
-            r = fetch_bench(port, tls["ca"])
+            r = fetch_bench(port, tls["ca"], args.messages)
             print(f"  UID FETCH 1:* (FLAGS ENVELOPE UID): cold {r['envelope_cold']:.3f}s, "
                   f"warm {r['envelope_warm']:.3f}s ({r['bytes'] / 1e6:.1f} MB)")
             print(f"  FETCH 1:500 BODY.PEEK[]: {r['bodies_500']:.3f}s")
