@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import os
+from pathlib import Path
 from typing import Any, cast
 
 from twisted.application import service
@@ -20,6 +21,7 @@ from mxd.metrics import IMetrics
 from mxd.tls import TLSSettings
 
 log = Logger(namespace="mxd.components")
+
 
 
 class StoreService(service.Service):
@@ -155,8 +157,48 @@ def make_resolver(cfg: Config, reactor: Any, metrics: IMetrics) -> Any:
     return Resolver(reactor, settings, m)
 
 
+SYSTEM_CA_FILE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+def make_tls_policy_factory(cfg: Config, resolver: Any, reactor: Any, parent: Any) -> Any:
+    """DANE and MTA-STS for the queue runner; the MTA-STS refresher joins ``parent``."""
+    if not (cfg.outbound.dane or cfg.outbound.mta_sts):
+        return None
+    from cryptography.hazmat.primitives.serialization import Encoding
+    from twisted.internet import ssl
+
+    from mxd.mtasts.cache import JSONFilePolicyCache
+    from mxd.mtasts.fetch import FetchSettings, PolicyFetcher
+    from mxd.mtasts.refresh import RefreshSettings, STSRefresher
+    from mxd.mtasts.resolve import STSResolver
+    from mxd.mtasts.webpki import load_roots
+    from mxd.queue.tlspolicy import make_policy_factory
+
+    ca_file = cfg.outbound.ca_file or SYSTEM_CA_FILE
+    try:
+        roots = load_roots(str(ca_file))
+    except (OSError, ValueError) as e:
+        log.error("cannot read WebPKI roots from {ca_file}: {error}; MTA-STS enforce "
+                  "domains will not get mail until this is fixed", ca_file=str(ca_file),
+                  error=str(e))
+        roots = ()
+    sts = None
+    if cfg.outbound.mta_sts:
+        trust_root = ssl.trustRootFromCertificates(
+            [ssl.Certificate.loadPEM(c.public_bytes(Encoding.PEM)) for c in roots]) if roots else None
+        fetcher = PolicyFetcher(reactor, resolver, FetchSettings(
+            timeout=cfg.outbound.mta_sts_fetch_timeout, port=cfg.outbound.mta_sts_port,
+            trust_root=trust_root))
+        cache = JSONFilePolicyCache(cfg.data_dir / "mta-sts-cache.json")
+        sts = STSResolver(resolver, fetcher, cache, reactor)
+        STSRefresher(sts, cache, reactor, RefreshSettings(
+            interval=cfg.outbound.mta_sts_refresh_interval,
+            refresh_before=cfg.outbound.mta_sts_refresh_before)).setServiceParent(parent)
+    return make_policy_factory(resolver, sts, reactor, roots=roots)
+
+
 def make_queue_runner(cfg: Config, queue: Any, resolver: Any, store: Any, reactor: Any,
-                      metrics: IMetrics) -> Any:
+                      metrics: IMetrics, tls_policy_factory: Any = None) -> Any:
     import attrs
 
     from mxd.queue.local import StoreLocalDelivery
@@ -168,7 +210,7 @@ def make_queue_runner(cfg: Config, queue: Any, resolver: Any, store: Any, reacto
     local = StoreLocalDelivery(store, [normalise_domain(d) for d in cfg.domains.names])
     m: Any = metrics
     return QueueRunner(queue, resolver, reactor, settings, local_delivery=local,
-                       hostname=cfg.hostname, metrics=m)
+                       hostname=cfg.hostname, metrics=m, tls_policy_factory=tls_policy_factory)
 
 
 def build(cfg: Config, reactor: Any, metrics: IMetrics, parent: Any) -> dict[str, Any]:
@@ -197,7 +239,8 @@ def build(cfg: Config, reactor: Any, metrics: IMetrics, parent: Any) -> dict[str
     if cfg.queue.hold_all:
         log.info("queue: hold_all is set, outbound mail stays queued")
     else:
-        runner = make_queue_runner(cfg, queue, resolver, store, reactor, metrics)
+        policies = make_tls_policy_factory(cfg, resolver, reactor, parent)
+        runner = make_queue_runner(cfg, queue, resolver, store, reactor, metrics, policies)
         runner.setServiceParent(parent)
         comps["queue_runner"] = runner
     return comps

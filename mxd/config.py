@@ -228,6 +228,24 @@ class QueueConfig:
 
 
 @attrs.frozen
+class OutboundConfig:
+    dane: bool = opt(True, "Apply DANE (RFC 7672) when the MX host has DNSSEC-signed TLSA "
+                     "records: verified TLS becomes mandatory for that host.")
+    mta_sts: bool = opt(True, "Apply MTA-STS (RFC 8461) policies of recipient domains.")
+    ca_file: Path | None = opt(None, "PEM bundle of WebPKI roots for MTA-STS (policy fetch and "
+                               "MX certificates); default: the system store "
+                               "(/etc/ssl/certs/ca-certificates.crt).")
+    mta_sts_fetch_timeout: float = opt(60.0, "Seconds allowed for one policy fetch (RFC 8461 "
+                                       "§3.3 suggests at least a minute).", check=_positive)
+    mta_sts_refresh_interval: float = opt(3600.0, "Seconds between background refresh "
+                                          "rounds of cached policies.", check=_positive)
+    mta_sts_refresh_before: float = opt(86400.0, "Refresh cached policies that expire "
+                                        "within this many seconds.", check=_positive)
+    mta_sts_port: int = opt(443, "HTTPS port of policy hosts (tests change it).",
+                            check=_port_check)
+
+
+@attrs.frozen
 class LogConfig:
     level: str = opt("info", "Lowest level written.", choices=LOG_LEVELS)
     format: str = opt("logfmt", "Output format.", choices=("logfmt", "json"))
@@ -258,6 +276,7 @@ class Config:
     smtp: SMTPConfig = opt(SMTPConfig(), "SMTP server limits.")
     imap: IMAPConfig = opt(IMAPConfig(), "IMAP server limits.")
     queue: QueueConfig = opt(QueueConfig(), "Outbound queue.")
+    outbound: OutboundConfig = opt(OutboundConfig(), "Transport security of outbound delivery.")
     log: LogConfig = opt(LogConfig(), "Logging.")
     metrics: MetricsConfig = opt(MetricsConfig(), "Metrics.")
     # Where the file was read from; not a config key.
@@ -390,6 +409,7 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
         cfg,
         data_dir=cfg.data_dir if cfg.data_dir.is_absolute() else base / cfg.data_dir,
         tls=attrs.evolve(cfg.tls, cert=fix(cfg.tls.cert), key=fix(cfg.tls.key)),
+        outbound=attrs.evolve(cfg.outbound, ca_file=fix(cfg.outbound.ca_file)),
         listeners=[attrs.evolve(li, cert=fix(li.cert), key=fix(li.key)) for li in cfg.listeners],
     )
 
@@ -416,6 +436,8 @@ def _validate(cfg: Config) -> None:
         if li.protocol == "admin" and not ipaddress.ip_address(li.address).is_loopback:
             raise ConfigError(src, f"{key}.address", "the admin listener must be on a "
                               "loopback address (it has no authentication of its own)")
+    if cfg.outbound.ca_file is not None and not cfg.outbound.ca_file.is_file():
+        raise ConfigError(src, "outbound.ca_file", f"file not found: {cfg.outbound.ca_file}")
     names = set()
     for i, d in enumerate(cfg.domains.names):
         try:
