@@ -636,7 +636,11 @@ class IMAPSession(Protocol):
                 finally:
                     self._idle_pushing = False
 
-            self.clock.callLater(0, lambda: Deferred.fromCoroutine(push()))
+            def start_push() -> None:
+                Deferred.fromCoroutine(push()).addErrback(
+                    lambda f: log.failure("imap IDLE update failed", f))
+
+            self.clock.callLater(0, start_push)
 
     async def sync(self, expunge_ok: bool) -> None:
         """Send the untagged responses that changes by other sessions call for."""
