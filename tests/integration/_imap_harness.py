@@ -1,5 +1,8 @@
 """A stand-alone IMAP server process for the IMAP integration tests and bench/imap.py.
 
+With ``IMAP_HARNESS_SMTP_PORT`` set it also listens for inbound SMTP there (the SMTP
+server of ``mxd.smtp.service``), delivering into the same store.
+
 Runs ``mxd.imap.server.imap_factory`` with the real SQLite store, the real SASL server and
 TLS from ``mxd.tls`` on loopback: port ``imap`` (STARTTLS), ``imaps`` (implicit TLS) and
 ``imap_tls12`` (STARTTLS capped at TLS 1.2, for tls-unique).  It writes ``ready`` into
@@ -11,6 +14,7 @@ the data directory once listening.  Used until the composition layer wires IMAP 
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -48,11 +52,25 @@ def main(argv: list[str]) -> None:
     tls12 = load_server_tls(TLSSettings(Path(cert), Path(key), max_version="TLSv1.2"))
     settings = IMAPServerSettings(max_connections_per_ip=100_000)  # bench: 1,000 from loopback
 
+    smtp_port = int(os.environ.get("IMAP_HARNESS_SMTP_PORT", "0"))
+
     async def start() -> None:
         await store.open()
         for name, pw in users:
             if await store.get_account(name) is None:
-                await store.add_account(name, StoredSecrets.derive(pw, iterations=4096).to_text())
+                await store.add_account(name, StoredSecrets.derive(pw, iterations=4096).to_text(),
+                                        [name] if "@" in name else [])
+        if smtp_port:
+            # Inbound SMTP delivering into the same store, for "IDLE sees a delivery".
+            from mxd.directory.local import DirectorySettings, LocalDirectory
+            from mxd.smtp.server import SMTPServerSettings
+            from mxd.smtp.service import smtp_factory
+
+            directory = LocalDirectory(store, DirectorySettings(domains=("example.test",)))
+            reactor.listenTCP(smtp_port, smtp_factory(
+                role="smtp", settings=SMTPServerSettings(), store=store, directory=directory,
+                sasl=None, outbound=None, tls=tls, clock=reactor, hostname="localhost"),
+                interface="127.0.0.1")
         common = dict(settings=settings, store=store, accounts=store, sasl=sasl, clock=reactor,
                       hostname="localhost", shared=IMAPShared())
         reactor.listenTCP(int(p_imap), imap_factory(implicit_tls=False, tls=tls, **common),

@@ -29,7 +29,8 @@ class IMAPServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.ca_file = tls_files["ca"]
         self.tls_files = tls_files
-        self.ports = {"imap": free_port(), "imaps": free_port(), "imap_tls12": free_port()}
+        self.ports = {"imap": free_port(), "imaps": free_port(), "imap_tls12": free_port(),
+                      "smtp": free_port()}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -42,7 +43,8 @@ class IMAPServer:
              str(self.ports["imaps"]), str(self.ports["imap_tls12"]), self.user, self.password,
              self.user2, self.password2],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(self.base / "stderr.log", "ab"),
-            env={**os.environ, "PYTHONPATH": str(ROOT)})
+            env={**os.environ, "PYTHONPATH": str(ROOT),
+                 "IMAP_HARNESS_SMTP_PORT": str(self.ports["smtp"])})
         deadline = time.monotonic() + 30
         while not ready.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:

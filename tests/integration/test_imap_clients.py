@@ -185,6 +185,33 @@ def test_idle_sees_append_and_expunge(imap_server: IMAPServer) -> None:  # noqa:
     b.logout()
 
 
+def test_idle_sees_smtp_delivery(imap_server: IMAPServer) -> None:  # noqa: F811
+    """A session in IDLE sees EXISTS within a second of a delivery over SMTP (the 250
+    reply means the message is stored)."""
+    import smtplib
+
+    a = _imaps(imap_server)
+    a.login(imap_server.user, imap_server.password)
+    a.select("INBOX")
+    tag = a._new_tag().decode()
+    a.send(f"{tag} IDLE\r\n".encode())
+    assert a.readline().startswith(b"+ ")
+    a.sock.settimeout(5)
+    with smtplib.SMTP("127.0.0.1", imap_server.ports["smtp"], local_hostname="client.test",
+                      timeout=10) as smtp:
+        smtp.sendmail("sender@remote.test", [imap_server.user], MSG % (b"via smtp", b"2"))
+    t0 = time.monotonic()
+    line = a.readline()
+    assert re.match(rb"\* \d+ EXISTS", line), line
+    assert time.monotonic() - t0 < 1.0
+    a.send(b"DONE\r\n")
+    while not a.readline().startswith(tag.encode()):
+        pass
+    typ, data = a.search(None, "SUBJECT", '"via smtp"')
+    assert typ == "OK" and data[0]
+    a.logout()
+
+
 def test_mbsync_both_ways(imap_server: IMAPServer, tmp_path: Path) -> None:  # noqa: F811
     """mbsync copies server mail to a Maildir and local mail to the server."""
     mbsync = require_tool("mbsync")
