@@ -62,6 +62,9 @@ class HeaderList:
 
     def __init__(self, items: list[tuple[str, str]]) -> None:
         self._items = items
+        self.by_name: dict[str, list[str]] = {}
+        for name, value in items:
+            self.by_name.setdefault(name.lower(), []).append(value)
 
     @classmethod
     def parse(cls, block: bytes) -> HeaderList:
@@ -88,6 +91,8 @@ class HeaderList:
 def raw_all(headers: Message | HeaderList, name: str) -> list[str]:
     """Raw values of a header field (8-bit octets kept as surrogate escapes)."""
     n = name.lower()
+    if isinstance(headers, HeaderList):
+        return headers.by_name.get(n, [])
     return [str(v) for k, v in headers.raw_items() if k.lower() == n]
 
 

@@ -6,6 +6,7 @@ octets, or long values).  Pure functions returning bytes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
@@ -16,13 +17,14 @@ _MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 _QUOTED_MAX = 1000
 
 
+_NOT_QUOTABLE = re.compile(rb"[\x00-\x1f\x7f-\xff]")
+_NOT_QUOTABLE_UTF8 = re.compile(rb"[\x00-\x1f\x7f]")
+
+
 def _quotable(b: bytes, utf8: bool) -> bool:
     if len(b) > _QUOTED_MAX:
         return False
-    for c in b:
-        if c < 0x20 or c == 0x7F or (c >= 0x80 and not utf8):
-            return False
-    return True
+    return (_NOT_QUOTABLE_UTF8 if utf8 else _NOT_QUOTABLE).search(b) is None
 
 
 def string(b: bytes | str, utf8: bool = False) -> bytes:
