@@ -479,6 +479,43 @@ async def cmd_append(s: IMAPSession, cmd: Command) -> Reply:
             blob.abort()
 
 
+async def _quota_line(s: IMAPSession) -> bytes | None:
+    """RFC 9208 §5.1: ``QUOTA "" (STORAGE used limit)`` in units of 1024 octets."""
+    assert s.account is not None
+    used, limit = await s.store.get_usage(s.account.id)  # type: ignore[attr-defined]
+    if limit is None:
+        return None
+    return b'QUOTA "" (STORAGE %d %d)' % ((used + 1023) // 1024, limit // 1024)
+
+
+async def cmd_getquotaroot(s: IMAPSession, cmd: Command) -> Reply:
+    args: MailboxArgs = cmd.args
+    name = mailbox_name(s, args.mailbox)
+    if await _get_mailbox(s, name) is None:
+        return no("Mailbox does not exist", "NONEXISTENT")
+    # One quota root per account, named "" (RFC 9208 §3.2).
+    line = await _quota_line(s)
+    if line is None:
+        s.untagged(b"QUOTAROOT " + response.mailbox(name, s.utf8))
+    else:
+        s.untagged(b"QUOTAROOT " + response.mailbox(name, s.utf8) + b' ""')
+        s.untagged(line)
+    return ok("GETQUOTAROOT completed")
+
+
+async def cmd_getquota(s: IMAPSession, cmd: Command) -> Reply:
+    args: MailboxArgs = cmd.args
+    line = await _quota_line(s) if args.mailbox == "" else None
+    if line is None:
+        return no("No such quota root", "NONEXISTENT")
+    s.untagged(line)
+    return ok("GETQUOTA completed")
+
+
+async def cmd_setquota(s: IMAPSession, cmd: Command) -> Reply:
+    return no("Quotas are set by the administrator", "NOPERM")
+
+
 async def cmd_idle(s: IMAPSession, cmd: Command) -> Reply:
     if s.view is not None:
         await s.sync(True)
@@ -642,6 +679,9 @@ COMMANDS.update({
     "STATUS": _spec(AUTH, cmd_status),
     "APPEND": _spec(AUTH, cmd_append),
     "IDLE": _spec(AUTH, cmd_idle),
+    "GETQUOTAROOT": _spec(AUTH, cmd_getquotaroot),
+    "GETQUOTA": _spec(AUTH, cmd_getquota),
+    "SETQUOTA": _spec(AUTH, cmd_setquota),
     "CHECK": _spec(SELECTED, cmd_check),
     "CLOSE": _spec(SELECTED, cmd_close),
     "UNSELECT": _spec(SELECTED, cmd_unselect),

@@ -684,6 +684,25 @@ def _copy(r: Reader) -> CopyArgs:
     return CopyArgs(s, r.astring())
 
 
+def _getquota(r: Reader) -> MailboxArgs:
+    r.sp()
+    return MailboxArgs(r.astring())  # the quota root name
+
+
+def _setquota(r: Reader) -> MailboxArgs:
+    # RFC 9208 §4.3: SETQUOTA root (resource limit ...); mxd refuses it, but parses it.
+    r.sp()
+    root = r.astring()
+    r.sp()
+    def resource() -> int:
+        r.atom()
+        r.sp()
+        return r.number()
+
+    r.paren_list(resource)
+    return MailboxArgs(root)
+
+
 def _uid_expunge(r: Reader) -> SeqSetArgs:
     r.sp()
     return SeqSetArgs(r.seqset())
@@ -725,6 +744,7 @@ COMMANDS: dict[str, Parser] = {
     "MOVE": _copy,
     "UID FETCH": _fetch, "UID STORE": _store, "UID SEARCH": _search, "UID COPY": _copy,
     "UID MOVE": _copy, "UID EXPUNGE": _uid_expunge,
+    "GETQUOTAROOT": _mailbox, "GETQUOTA": _getquota, "SETQUOTA": _setquota,
 }
 
 

@@ -276,6 +276,8 @@ class IMAPSession(Protocol):
                      "LIST-EXTENDED", "LIST-STATUS", "STATUS=SIZE", "ESEARCH", "CONDSTORE",
                      "QRESYNC", "BINARY", f"APPENDLIMIT={self.settings.append_limit}",
                      "UTF8=ACCEPT"]
+            if hasattr(self.store, "get_usage"):
+                caps += ["QUOTA", "QUOTA=RES-STORAGE"]  # RFC 9208
         return " ".join(caps)
 
     @property

@@ -699,3 +699,27 @@ def test_malformed_mutf7_name_is_bad() -> None:
     c = Conn(store)
     c.login()
     assert c.cmd("a CREATE &Jjo").startswith(b"a BAD")
+
+
+def test_quota_reporting() -> None:
+    """With a store that reports usage, GETQUOTAROOT answers with the account's single
+    quota root "" and STORAGE in KiB (RFC 9208); SETQUOTA is refused."""
+    store, _ = setup_mailbox()
+    store.get_usage = lambda account_id: succeed((5000, 1024 * 1024))  # type: ignore[attr-defined]
+    c = Conn(store)
+    c.login()
+    assert b"QUOTA=RES-STORAGE" in c.cmd("a CAPABILITY")
+    out = c.cmd("b GETQUOTAROOT INBOX")
+    assert out == b'* QUOTAROOT INBOX ""\r\n* QUOTA "" (STORAGE 5 1024)\r\nb OK GETQUOTAROOT completed\r\n'
+    assert c.cmd('c GETQUOTA ""').startswith(b'* QUOTA "" (STORAGE 5 1024)')
+    assert c.cmd('d SETQUOTA "" (STORAGE 1)').startswith(b"d NO")
+    store.get_usage = lambda account_id: succeed((5000, None))  # type: ignore[attr-defined]
+    assert c.cmd("e GETQUOTAROOT INBOX") == b"* QUOTAROOT INBOX\r\ne OK GETQUOTAROOT completed\r\n"
+
+
+def test_no_quota_capability_without_store_support() -> None:
+    """A store without usage reporting gets no QUOTA capability."""
+    store, _ = make_store()
+    c = Conn(store)
+    c.login()
+    assert b"QUOTA" not in c.cmd("a CAPABILITY")
