@@ -31,8 +31,10 @@ def string(b: bytes | str, utf8: bool = False) -> bytes:
     """A quoted string or a literal (RFC 3501 §4.3)."""
     if isinstance(b, str):
         b = b.encode("utf-8", "surrogateescape")
-    if _quotable(b, utf8):
-        return b'"' + b.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    if len(b) <= _QUOTED_MAX and (_NOT_QUOTABLE_UTF8 if utf8 else _NOT_QUOTABLE).search(b) is None:
+        if b"\\" in b or b'"' in b:
+            b = b.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+        return b'"' + b + b'"'
     return b"{%d}\r\n" % len(b) + b
 
 
@@ -58,20 +60,20 @@ def mailbox(name: str, utf8: bool = False) -> bytes:
 
 def render(v: Value, utf8: bool = False) -> bytes:
     """Nested values (ENVELOPE, BODYSTRUCTURE): bytes→string, int, None→NIL, list→(...)."""
+    if isinstance(v, bytes):
+        return string(v, utf8)
     if v is None:
         return b"NIL"
+    if isinstance(v, list):
+        return b"(" + b" ".join([render(x, utf8) for x in v]) + b")"
     if isinstance(v, bool):
         return b"1" if v else b"0"
     if isinstance(v, int):
-        return str(v).encode()
-    if isinstance(v, bytes):
-        return string(v, utf8)
+        return b"%d" % v
     if isinstance(v, AddressList):
-        return b"(" + b"".join(render(a, utf8) for a in v.addresses) + b")"
-    if isinstance(v, MultipartValue):
-        return (b"(" + b"".join(render(c, utf8) for c in v.children) + b" "
-                + b" ".join(render(x, utf8) for x in v.rest) + b")")
-    return b"(" + b" ".join(render(x, utf8) for x in v) + b")"
+        return b"(" + b"".join([render(a, utf8) for a in v.addresses]) + b")"
+    return (b"(" + b"".join([render(c, utf8) for c in v.children]) + b" "
+            + b" ".join([render(x, utf8) for x in v.rest]) + b")")
 
 
 def flags(fl: Iterable[str]) -> bytes:
