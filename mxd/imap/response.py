@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from mxd.imap import utf7
-from mxd.imap.message import AddressList, MultipartValue, Value
+from mxd.imap.message import AddressList, Value
 
 _MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 _QUOTED_MAX = 1000
