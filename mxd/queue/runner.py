@@ -241,12 +241,9 @@ class QueueRunner(Service):
         try:
             while self.running:
                 self._again = False
-                more = await self._claim_and_start()
+                more, nxt = await self._claim_and_start()
                 if more or self._again:
-                    continue
-                nxt = await self.queue.store.transact(qs.next_due_time)
-                if self._again:
-                    continue  # new work arrived meanwhile (a wake-up while we were busy)
+                    continue  # more due work, or new work arrived while we were busy
                 if nxt is not None and nxt > self.reactor.seconds() and self.running:
                     self._schedule(nxt)
                 # Due work blocked by the concurrency limits is picked up when a job ends.
@@ -254,48 +251,46 @@ class QueueRunner(Service):
         finally:
             self._waking = False
 
-    async def _claim_and_start(self) -> bool:
-        """Claim and start what capacity allows; True when more due work may be waiting."""
+    async def _claim_and_start(self) -> tuple[bool, float | None]:
+        """Claim and start what capacity allows, in one store transaction.
+
+        Returns (more due work may be waiting, the next due time).
+        """
         s = self.settings
         free = s.max_concurrent - len(self._jobs)
-        if free <= 0:
-            return False
         now = self.reactor.seconds()
-        busy = {d for d, n in self._per_domain.items() if n >= s.max_per_domain}
-        due = await self.queue.store.transact(lambda c: qs.due_recipients(c, now, s.batch))
-        groups: dict[tuple[str, str, str | None], list[int]] = {}
-        for queue_id, rid, domain, transport in due:
-            if domain in busy:
-                continue
-            key = (queue_id, domain, transport)
-            ids = groups.setdefault(key, [])
-            if len(ids) < s.max_rcpts_per_transaction:
-                ids.append(rid)
-        chosen: list[list[int]] = []
-        planned: dict[str, int] = {}
-        for (_qid, domain, _t), ids in groups.items():
-            if len(chosen) >= free:
-                break
-            if self._per_domain.get(domain, 0) + planned.get(domain, 0) >= s.max_per_domain:
-                continue
-            planned[domain] = planned.get(domain, 0) + 1
-            chosen.append(ids)
-        if not chosen:
-            return False
-        lease = s.lease
+        running = dict(self._per_domain)
+        limit = s.max_per_domain
 
-        def claim_all(c: Any) -> list[qs.QueuedMessage]:
-            out = []
-            for ids in chosen:
-                m = qs.claim(c, ids, now, lease)
+        def op(c: Any) -> tuple[list[qs.QueuedMessage], bool, float | None]:
+            if free <= 0:
+                return [], False, qs.next_due_time(c)
+            due = qs.due_recipients(c, now, s.batch)
+            groups: dict[tuple[str, str, str | None], list[int]] = {}
+            for queue_id, rid, domain, transport in due:
+                if running.get(domain, 0) >= limit:
+                    continue
+                ids = groups.setdefault((queue_id, domain, transport), [])
+                if len(ids) < s.max_rcpts_per_transaction:
+                    ids.append(rid)
+            claimed: list[qs.QueuedMessage] = []
+            planned: dict[str, int] = {}
+            for (_qid, domain, _t), ids in groups.items():
+                if len(claimed) >= free:
+                    break
+                if running.get(domain, 0) + planned.get(domain, 0) >= limit:
+                    continue
+                m = qs.claim(c, ids, now, s.lease)
                 if m is not None:
-                    out.append(m)
-            return out
+                    planned[domain] = planned.get(domain, 0) + 1
+                    claimed.append(m)
+            more = bool(claimed) and len(due) >= s.batch and len(claimed) < free
+            return claimed, more, qs.next_due_time(c)
 
-        messages = await self.queue.store.transact(claim_all)
+        messages, more, nxt = await self.queue.store.transact(op)
         for m in messages:
             self._start_job(m)
-        return len(due) >= s.batch or len(chosen) < len(groups)
+        return more, nxt
 
     def _start_job(self, m: qs.QueuedMessage) -> None:
         domain = m.recipients[0].domain
