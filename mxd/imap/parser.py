@@ -453,9 +453,12 @@ def _append(r: Reader) -> AppendArgs:
     if r.peek() == ord('"'):
         when = r.date_time()
         r.sp()
+    utf8 = r.take(b"UTF8 (")  # RFC 6855 §4: UTF8 (literal8)
     if r.peek() != _LIT:
         raise r.error("APPEND needs the message as a literal")
     msg = r._literal()
+    if utf8:
+        r.expect(b")")
     return AppendArgs(name, flags, when, msg)
 
 

@@ -91,6 +91,12 @@ def test_append_with_flags_and_date() -> None:
     assert c.args.message == Literal(b"abc")
 
 
+def test_append_utf8_data_item() -> None:
+    """APPEND accepts RFC 6855's UTF8 (~{n} literal8) form."""
+    c = parse_bytes(b"t APPEND INBOX UTF8 (~{3+}\r\nabc)")
+    assert c.args.message == Literal(b"abc")
+
+
 def test_authenticate_initial_response() -> None:
     """AUTHENTICATE decodes a SASL-IR (RFC 4959), '=' meaning empty."""
     assert parse_bytes(b"t AUTHENTICATE PLAIN AGEAYg==").args.initial == b"\0a\0b"
