@@ -273,9 +273,11 @@ def listener_factory(cfg: Config, li: ListenerConfig, comps: dict[str, Any], rea
                      metrics: IMetrics, tls: TLSSettings | None, top: Any,
                      prom: Any) -> IProtocolFactory:
     if li.protocol == "admin":
-        from mxd.admin.web import admin_site
+        from mxd.admin.web import AdminContext, admin_site
 
-        site: Any = admin_site(top.status, prom)
+        ctx = AdminContext(top.status, server_secret(cfg), queue=comps.get("queue"),
+                           store=comps.get("store"), metrics=prom)
+        site: Any = admin_site(ctx)
         return cast(IProtocolFactory, site)
     from mxd.tls import load_server_tls
 

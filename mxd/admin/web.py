@@ -1,15 +1,136 @@
-"""Admin HTTP pages and the Prometheus /metrics endpoint (loopback only by default)."""
+"""Admin HTTP pages, a small JSON API and the Prometheus /metrics endpoint.
+
+The admin listener is loopback-only (the config refuses other addresses) and has no
+login of its own, so it defends against the one attacker that can reach it: a web page in
+a local browser making cross-site requests.  Every state-changing request is a POST that
+must carry either the header ``X-Mxd-Admin: 1`` (which a cross-site form cannot set
+without a CORS preflight this server never grants) or the page's CSRF token, an HMAC of
+the server secret.  Pages send a strict Content-Security-Policy and never reflect input
+unescaped.
+
+Routes:
+  GET  /                     status page (listeners, queue counts, accounts)
+  GET  /queue                queued messages with hold/release/kick/drop buttons
+  GET  /api/queue            JSON list (?domain=, ?sender=)
+  GET  /api/queue/ID         JSON message, recipients and attempts
+  POST /api/queue/ID/OP      OP in hold, release, kick, drop
+  GET  /metrics              Prometheus text (when [metrics] is enabled)
+"""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import html
+import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import Logger
 from twisted.web import resource, server
 
 import mxd
 from mxd.metrics import PrometheusMetrics
+
+log = Logger(namespace="mxd.admin")
+
+QUEUE_OPS = ("hold", "release", "kick", "drop")
+CSP = b"default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"
+
+
+def _ts(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def message_json(m: Any, attempts: list[Any] | None = None) -> dict[str, Any]:
+    """A queued message (mxd.queue.store.QueuedMessage) as JSON-able data."""
+    out: dict[str, Any] = {
+        "queue_id": m.queue_id, "from": m.mail_from, "size": m.size,
+        "queued_at": _ts(m.queued_at), "requiretls": m.requiretls,
+        "tls_required_no": m.tls_required_no, "dsn": m.is_dsn,
+        "recipients": [{
+            "address": r.address, "state": r.state, "held": r.hold, "attempts": r.attempts,
+            "next_attempt": _ts(r.next_attempt),
+            "last_result": " ".join(str(x) for x in (r.last_code, r.last_enhanced, r.last_text)
+                                    if x is not None) or None,
+        } for r in m.recipients],
+    }
+    if attempts is not None:
+        out["attempts"] = [{
+            "at": _ts(a.at), "host": a.host, "ip": a.ip, "result": a.result,
+            "reply": " ".join(str(x) for x in (a.code, a.enhanced, a.text) if x is not None),
+            "tls": {"used": a.tls_used, "verified": a.tls_verified, "version": a.tls_version,
+                    "policy": a.tls_policy_type, "failure": a.tls_failure},
+        } for a in attempts]
+    return out
+
+
+class AdminContext:
+    """What the pages may read and change; built by the composition layer."""
+
+    def __init__(self, status: Callable[[], dict[str, Any]], secret: bytes,
+                 queue: Any = None, store: Any = None,
+                 metrics: PrometheusMetrics | None = None) -> None:
+        self.status = status
+        self.queue = queue
+        self.store = store
+        self.metrics = metrics
+        self.csrf_token = hmac.new(secret, b"mxd admin csrf", hashlib.sha256).hexdigest()
+
+    def authorised_post(self, request: Any) -> bool:
+        if request.getHeader(b"x-mxd-admin") == b"1":
+            return True
+        token = (request.args.get(b"csrf") or [b""])[0].decode("ascii", "replace")
+        return hmac.compare_digest(token, self.csrf_token)
+
+
+def _async(render: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    """Adapt ``async def render(self, request) -> bytes`` to twisted.web."""
+
+    def wrapper(self: Any, request: Any) -> Any:
+        d: Deferred[bytes] = ensureDeferred(render(self, request))
+
+        def done(body: bytes) -> None:
+            if not request._disconnected:
+                request.write(body)
+                request.finish()
+
+        def failed(f: Any) -> None:
+            log.failure("admin request failed", f)
+            if not request._disconnected:
+                request.setResponseCode(500)
+                request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+                request.write(b"internal error\n")
+                request.finish()
+
+        d.addCallbacks(done, failed)
+        return server.NOT_DONE_YET
+
+    return wrapper
+
+
+def _page(title: str, body: str) -> bytes:
+    return (f"<!doctype html><meta charset=utf-8><title>{html.escape(title)} - mxd</title>"
+            "<style>body{font:14px sans-serif;margin:2em}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}</style>"
+            f"<p><a href=/>status</a> · <a href=/queue>queue</a></p>"
+            f"<h1>{html.escape(title)}</h1>{body}").encode()
+
+
+def _html(request: Any) -> None:
+    request.setHeader(b"content-type", b"text/html; charset=utf-8")
+    request.setHeader(b"content-security-policy", CSP)
+    request.setHeader(b"x-frame-options", b"DENY")
+
+
+def _json(request: Any, data: Any, code: int = 200) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json")
+    return json.dumps(data, indent=1).encode() + b"\n"
 
 
 class _Metrics(resource.Resource):
@@ -28,28 +149,114 @@ class _Metrics(resource.Resource):
 class _Status(resource.Resource):
     isLeaf = True
 
-    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, ctx: AdminContext) -> None:
         super().__init__()
-        self._status = status
+        self.ctx = ctx
 
-    def render_GET(self, request: Any) -> bytes:
-        request.setHeader(b"content-type", b"text/html; charset=utf-8")
-        request.setHeader(b"content-security-policy", b"default-src 'none'")
-        rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
-                       for k, v in self._status().items())
-        return (f"<!doctype html><title>mxd</title><h1>mxd {html.escape(mxd.__version__)}</h1>"
-                f"<table>{rows}</table>").encode()
+    @_async
+    async def render_GET(self, request: Any) -> bytes:
+        _html(request)
+        rows = dict(self.ctx.status())
+        if self.ctx.queue is not None:
+            counts = await self.ctx.queue.counts()
+            rows.update({f"queue {k}": v for k, v in counts.items()})
+        if self.ctx.store is not None:
+            rows["accounts"] = len(await self.ctx.store.list_accounts())
+        table = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+                        for k, v in rows.items())
+        return _page(f"mxd {mxd.__version__}", f"<table>{table}</table>")
 
 
-def admin_site(status: Callable[[], dict[str, Any]],
-               metrics: PrometheusMetrics | None = None) -> server.Site:
+class _QueuePage(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, ctx: AdminContext) -> None:
+        super().__init__()
+        self.ctx = ctx
+
+    @_async
+    async def render_GET(self, request: Any) -> bytes:
+        _html(request)
+        msgs = await self.ctx.queue.list()
+        rows = []
+        for m in msgs:
+            rcpts = "<br>".join(
+                html.escape(f"{r.address} {r.state}{' held' if r.hold else ''} "
+                            f"attempts={r.attempts}") for r in m.recipients)
+            qid = html.escape(m.queue_id)
+            buttons = "".join(
+                f"<form method=post action=/api/queue/{qid}/{op} style=display:inline>"
+                f"<input type=hidden name=csrf value={self.ctx.csrf_token}>"
+                f"<button>{op}</button></form>" for op in QUEUE_OPS)
+            rows.append(f"<tr><td>{qid}</td><td>{html.escape(m.mail_from or '<>')}</td>"
+                        f"<td>{rcpts}</td><td>{'yes' if m.requiretls else ''}</td>"
+                        f"<td>{buttons}</td></tr>")
+        table = ("<table><tr><th>id</th><th>from</th><th>recipients</th><th>REQUIRETLS</th>"
+                 "<th></th></tr>" + "".join(rows) + "</table>")
+        return _page("queue", f"<p>{len(msgs)} message(s)</p>{table}")
+
+
+class _QueueAPI(resource.Resource):
+    """/api/queue[/ID[/OP]]"""
+
+    isLeaf = True
+
+    def __init__(self, ctx: AdminContext) -> None:
+        super().__init__()
+        self.ctx = ctx
+
+    @_async
+    async def render_GET(self, request: Any) -> bytes:
+        parts = [p.decode("utf-8", "replace") for p in request.postpath if p]
+        if not parts:
+            def arg(name: bytes) -> str | None:
+                v = request.args.get(name)
+                return v[0].decode("utf-8", "replace") if v else None
+
+            msgs = await self.ctx.queue.list(domain=arg(b"domain"), sender=arg(b"sender"))
+            return _json(request, [message_json(m) for m in msgs])
+        if len(parts) == 1:
+            found = await self.ctx.queue.show(parts[0])
+            if found is None:
+                return _json(request, {"error": f"no message {parts[0]}"}, 404)
+            m, attempts = found
+            return _json(request, message_json(m, attempts))
+        return _json(request, {"error": "not found"}, 404)
+
+    @_async
+    async def render_POST(self, request: Any) -> bytes:
+        if not self.ctx.authorised_post(request):
+            return _json(request, {"error": "missing X-Mxd-Admin header or CSRF token"}, 403)
+        parts = [p.decode("utf-8", "replace") for p in request.postpath if p]
+        if len(parts) != 2 or parts[1] not in QUEUE_OPS:
+            return _json(request, {"error": f"use POST /api/queue/ID/({'|'.join(QUEUE_OPS)})"},
+                         404)
+        queue_id, op = parts
+        n = await getattr(self.ctx.queue, op)(queue_id=queue_id)
+        log.info("admin {op} {queue_id}: {n} recipient(s)", op=op, queue_id=queue_id, n=n)
+        if request.args.get(b"csrf"):  # an HTML form: back to the page
+            request.redirect(b"/queue")
+            return b""
+        return _json(request, {"op": op, "queue_id": queue_id, "recipients": n},
+                     200 if n else 404)
+
+
+def admin_site(ctx: AdminContext) -> server.Site:
     root = resource.Resource()
-    status_page: Any = _Status(status)
+    status_page: Any = _Status(ctx)
     root.putChild(b"", status_page)
     root.putChild(b"status", status_page)
-    if metrics is not None:
-        metrics_page: Any = _Metrics(metrics)
+    if ctx.queue is not None:
+        queue_page: Any = _QueuePage(ctx)
+        root.putChild(b"queue", queue_page)
+        api: Any = resource.Resource()
+        queue_api: Any = _QueueAPI(ctx)
+        api.putChild(b"queue", queue_api)
+        root.putChild(b"api", api)
+    if ctx.metrics is not None:
+        metrics_page: Any = _Metrics(ctx.metrics)
         root.putChild(b"metrics", metrics_page)
     site = server.Site(root)
     site.displayTracebacks = False
+    site.noisy = False
     return site
