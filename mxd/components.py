@@ -265,6 +265,7 @@ def _imap_settings(cfg: Config) -> Any:
     return IMAPServerSettings(
         append_limit=cfg.imap.max_literal_size,
         idle_timeout=cfg.imap.idle_timeout,
+        max_connections_per_ip=cfg.imap.max_connections_per_ip,
         plaintext_login_on_loopback=cfg.auth.allow_plaintext_on_loopback,
     )
 
@@ -292,10 +293,12 @@ def listener_factory(cfg: Config, li: ListenerConfig, comps: dict[str, Any], rea
                             outbound=comps["queue"], tls=tls_options, clock=reactor,
                             hostname=cfg.hostname, metrics=m)
     if li.protocol in ("imap", "imaps"):
-        from mxd.imap.server import imap_factory
+        from mxd.imap.server import IMAPShared, imap_factory
 
+        # One shared state (message cache, \Recent claims, per-IP counts) for 143 and 993.
+        shared = comps.setdefault("imap_shared", IMAPShared())
         return imap_factory(implicit_tls=li.protocol == "imaps", settings=_imap_settings(cfg),
                             store=comps["store"], accounts=comps["store"], sasl=comps["sasl"],
                             tls=tls_options, clock=reactor, hostname=cfg.hostname,
-                            metrics=metrics)
+                            metrics=metrics, shared=shared)
     raise ValueError(f"unknown listener protocol {li.protocol}")

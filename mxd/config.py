@@ -212,6 +212,8 @@ class SMTPConfig:
 class IMAPConfig:
     max_literal_size: int = opt(50 * 1024 * 1024, "Largest literal (APPENDLIMIT).",
                                 check=_positive)
+    max_connections_per_ip: int = opt(50, "Concurrent IMAP connections per client IP.",
+                                      check=_positive)
     idle_timeout: float = opt(1800.0, "Seconds before an idle client is logged out "
                               "(RFC 9051 §5.4: at least 30 minutes).", check=_positive)
 

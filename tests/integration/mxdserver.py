@@ -180,3 +180,15 @@ def mxd_server_factory(tmp_path: Path, tls_files: dict[str, Path]) -> Iterator[o
     finally:
         for s in servers:
             s.stop()
+
+
+@pytest.fixture(scope="module")
+def mxd_server_module(tmp_path_factory: pytest.TempPathFactory,
+                      tls_files: dict[str, Path]) -> Iterator[MxdServer]:
+    """One running mxd shared by the tests of a module (for tests that tolerate state)."""
+    server = make_server(tmp_path_factory.mktemp("mxd"), tls_files)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,5 +1,5 @@
-"""Real IMAP clients against mxd's IMAP server (harness process with the real store and
-SASL): imapclient's live test, gsasl and aiosasl SCRAM-PLUS, Cyrus imtest refusal, mbsync,
+"""Real IMAP clients against `twistd mxd` (the composed server): imapclient's live test,
+gsasl and aiosasl SCRAM-PLUS, Cyrus imtest refusal, mbsync,
 and IDLE across two sessions."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.imap_server import IMAPServer, imap_server  # noqa: F401 - fixture
+from tests.integration.mxdserver import MxdServer as IMAPServer
 from tests.integration.tools import require_module, require_tool
 
 pytestmark = pytest.mark.integration
@@ -43,15 +43,15 @@ KNOWN_CLIENT_SIDE = {"test_fetch", "test_move", "test_small_read_timeout_fail",
                      "test_small_connection_timeout_fail"}
 
 
-def test_imapclient_livetest(imap_server: IMAPServer, tmp_path: Path) -> None:  # noqa: F811
+def test_imapclient_livetest(mxd_server_module: IMAPServer, tmp_path: Path) -> None:
     """imapclient's live test suite passes except for its known client-side failures."""
     require_module("imapclient")
     venv_tool = Path(sys.executable).parent / "imapclient-livetest"
     tool = str(venv_tool) if venv_tool.exists() else require_tool("imapclient-livetest")
     ini = tmp_path / "livetest.ini"
-    ini.write_text(f"[DEFAULT]\nhost = localhost\nport = {imap_server.ports['imaps']}\nssl = true\n"
-                   f"ssl_ca_file = {imap_server.ca_file}\nusername = {imap_server.user}\n"
-                   f"password = {imap_server.password}\n")
+    ini.write_text(f"[DEFAULT]\nhost = localhost\nport = {mxd_server_module.ports['imaps']}\nssl = true\n"
+                   f"ssl_ca_file = {mxd_server_module.ca_file}\nusername = {mxd_server_module.user}\n"
+                   f"password = {mxd_server_module.password}\n")
     proc = subprocess.run([tool, str(ini)], capture_output=True, text=True, timeout=240)
     out = proc.stdout + proc.stderr
     assert re.search(r"Ran 59 tests", out), out[-3000:]
@@ -61,38 +61,38 @@ def test_imapclient_livetest(imap_server: IMAPServer, tmp_path: Path) -> None:  
 
 @pytest.mark.parametrize("port,mech", [("imap", "SCRAM-SHA-256-PLUS"), ("imap", "SCRAM-SHA-1-PLUS"),
                                        ("imap_tls12", "SCRAM-SHA-256-PLUS")])
-def test_gsasl_scram_plus(imap_server: IMAPServer, port: str, mech: str) -> None:  # noqa: F811
+def test_gsasl_scram_plus(mxd_server_module: IMAPServer, port: str, mech: str) -> None:
     """gsasl authenticates with SCRAM-*-PLUS over STARTTLS: tls-exporter on TLS 1.3,
     tls-unique on the TLS 1.2-capped listener."""
     gsasl = require_tool("gsasl")
     proc = subprocess.run(
-        [gsasl, "--imap", f"--connect=127.0.0.1:{imap_server.ports[port]}", "--starttls",
-         f"--x509-ca-file={imap_server.ca_file}", "--hostname=localhost", "-m", mech,
-         "-a", imap_server.user, "-p", imap_server.password, "--verbose"],
+        [gsasl, "--imap", f"--connect=127.0.0.1:{mxd_server_module.ports[port]}", "--starttls",
+         f"--x509-ca-file={mxd_server_module.ca_file}", "--hostname=localhost", "-m", mech,
+         "-a", mxd_server_module.user, "-p", mxd_server_module.password, "--verbose"],
         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     cb = "tls-unique" if port == "imap_tls12" else "tls-exporter"
     assert base64.b64encode(f"p={cb},".encode()).decode()[:8] in proc.stdout + proc.stderr
 
 
-def test_imtest_nonconformant_scram_refused(imap_server: IMAPServer) -> None:  # noqa: F811
+def test_imtest_nonconformant_scram_refused(mxd_server_module: IMAPServer) -> None:
     """Cyrus imtest sends p= under a non-PLUS SCRAM name; the server refuses it."""
     imtest = require_tool("imtest")
     proc = subprocess.run(
-        [imtest, "-p", str(imap_server.ports["imap"]), "-t", "", "-m", "SCRAM-SHA-256-PLUS",
-         "-a", imap_server.user, "-w", imap_server.password, "127.0.0.1"],
+        [imtest, "-p", str(mxd_server_module.ports["imap"]), "-t", "", "-m", "SCRAM-SHA-256-PLUS",
+         "-a", mxd_server_module.user, "-w", mxd_server_module.password, "127.0.0.1"],
         input=". LOGOUT\n", capture_output=True, text=True, timeout=30)
     out = proc.stdout + proc.stderr
     assert "Authentication failed" in out and "Logged in" not in out, out
 
 
-def test_aiosasl_tls_server_end_point(imap_server: IMAPServer) -> None:  # noqa: F811
+def test_aiosasl_tls_server_end_point(mxd_server_module: IMAPServer) -> None:
     """aiosasl SCRAM-SHA-256-PLUS with tls-server-end-point logs in over implicit TLS."""
     aiosasl = require_module("aiosasl")
     from aiosasl.channel_binding import ChannelBindingProvider
 
-    sock = _ctx(imap_server).wrap_socket(
-        socket.create_connection(("127.0.0.1", imap_server.ports["imaps"]), timeout=10),
+    sock = _ctx(mxd_server_module).wrap_socket(
+        socket.create_connection(("127.0.0.1", mxd_server_module.ports["imaps"]), timeout=10),
         server_hostname="localhost")
     f = sock.makefile("rwb")
     greeting = f.readline()
@@ -134,7 +134,7 @@ def test_aiosasl_tls_server_end_point(imap_server: IMAPServer) -> None:  # noqa:
 
     async def go() -> None:
         async def creds() -> tuple[str, str]:
-            return imap_server.user, imap_server.password
+            return mxd_server_module.user, mxd_server_module.password
 
         mech = aiosasl.SCRAMPLUS(creds, EndPoint())
         sm = aiosasl.SASLStateMachine(IMAPInterface())
@@ -149,13 +149,13 @@ def test_aiosasl_tls_server_end_point(imap_server: IMAPServer) -> None:  # noqa:
     sock.close()
 
 
-def test_idle_sees_append_and_expunge(imap_server: IMAPServer) -> None:  # noqa: F811
+def test_idle_sees_append_and_expunge(mxd_server_module: IMAPServer) -> None:
     """A session in IDLE sees EXISTS within a second of another session's APPEND, and
     EXPUNGE after the other session expunges."""
-    a = _imaps(imap_server)
-    b = _imaps(imap_server)
+    a = _imaps(mxd_server_module)
+    b = _imaps(mxd_server_module)
     for c in (a, b):
-        c.login(imap_server.user, imap_server.password)
+        c.login(mxd_server_module.user, mxd_server_module.password)
         c.select("INBOX")
     tag = a._new_tag().decode()
     a.send(f"{tag} IDLE\r\n".encode())
@@ -185,21 +185,21 @@ def test_idle_sees_append_and_expunge(imap_server: IMAPServer) -> None:  # noqa:
     b.logout()
 
 
-def test_idle_sees_smtp_delivery(imap_server: IMAPServer) -> None:  # noqa: F811
+def test_idle_sees_smtp_delivery(mxd_server_module: IMAPServer) -> None:
     """A session in IDLE sees EXISTS within a second of a delivery over SMTP (the 250
     reply means the message is stored)."""
     import smtplib
 
-    a = _imaps(imap_server)
-    a.login(imap_server.user, imap_server.password)
+    a = _imaps(mxd_server_module)
+    a.login(mxd_server_module.user, mxd_server_module.password)
     a.select("INBOX")
     tag = a._new_tag().decode()
     a.send(f"{tag} IDLE\r\n".encode())
     assert a.readline().startswith(b"+ ")
     a.sock.settimeout(5)
-    with smtplib.SMTP("127.0.0.1", imap_server.ports["smtp"], local_hostname="client.test",
+    with smtplib.SMTP("127.0.0.1", mxd_server_module.ports["smtp"], local_hostname="client.test",
                       timeout=10) as smtp:
-        smtp.sendmail("sender@remote.test", [imap_server.user], MSG % (b"via smtp", b"2"))
+        smtp.sendmail("sender@remote.test", [mxd_server_module.user], MSG % (b"via smtp", b"2"))
     t0 = time.monotonic()
     line = a.readline()
     assert re.match(rb"\* \d+ EXISTS", line), line
@@ -212,11 +212,11 @@ def test_idle_sees_smtp_delivery(imap_server: IMAPServer) -> None:  # noqa: F811
     a.logout()
 
 
-def test_mbsync_both_ways(imap_server: IMAPServer, tmp_path: Path) -> None:  # noqa: F811
+def test_mbsync_both_ways(mxd_server_module: IMAPServer, tmp_path: Path) -> None:
     """mbsync copies server mail to a Maildir and local mail to the server."""
     mbsync = require_tool("mbsync")
-    c = _imaps(imap_server)
-    c.login(imap_server.user2, imap_server.password2)
+    c = _imaps(mxd_server_module)
+    c.login(mxd_server_module.user2, mxd_server_module.password2)
     for i in range(3):
         c.append("INBOX", None, None, MSG % (b"to-local-%d" % i, b"x"))
     maildir = tmp_path / "Mail"
@@ -224,11 +224,11 @@ def test_mbsync_both_ways(imap_server: IMAPServer, tmp_path: Path) -> None:  # n
     cfg = tmp_path / "mbsyncrc"
     cfg.write_text(f"""IMAPAccount mxd
 Host localhost
-Port {imap_server.ports['imaps']}
-User {imap_server.user2}
-Pass {imap_server.password2}
+Port {mxd_server_module.ports['imaps']}
+User {mxd_server_module.user2}
+Pass {mxd_server_module.password2}
 SSLType IMAPS
-CertificateFile {imap_server.ca_file}
+CertificateFile {mxd_server_module.ca_file}
 
 IMAPStore remote
 Account mxd
