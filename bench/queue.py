@@ -207,6 +207,7 @@ alias_database =
 local_recipient_maps =
 smtputf8_enable = no
 biff = no
+maillog_file_prefixes = /tmp, /var
 maillog_file = {tmp}/postfix.log
 defer_transports = {defer}
 """
@@ -227,12 +228,15 @@ def run_postfix(tmp: Path, sink: Sink, n: int, size: int, concurrency: int) -> t
     qdir, ddir = tmp / "pfqueue", tmp / "pfdata"
     inport = free_port()
     os.chmod(tmp, 0o755)
+    qdir.mkdir()
+    ddir.mkdir()
+    shutil.chown(ddir, "postfix")
 
     def write_main(defer: str) -> None:
         (conf / "main.cf").write_text(MAIN_CF.format(q=qdir, d=ddir, sink=sink.port,
                                                      conc=concurrency, tmp=tmp, defer=defer))
 
-    write_main("smtp")
+    write_main("smtp, relay")  # relayhost mail goes through the "relay" transport
     master = []
     for line in Path("/etc/postfix/master.cf").read_text().splitlines():
         fields = line.split()
@@ -242,11 +246,14 @@ def run_postfix(tmp: Path, sink: Sink, n: int, size: int, concurrency: int) -> t
             fields[4] = "n"  # no chroot: the queue lives in a temp dir
             line = " ".join(fields)
         master.append(line)
-    master.append("postlog unix-dgram n - n - 1 postlogd")
     (conf / "master.cf").write_text("\n".join(master) + "\n")
     env = dict(os.environ, MAIL_CONFIG=str(conf))
-    subprocess.run(["/usr/sbin/postfix", "-c", str(conf), "start"], env=env, check=True,
-                   capture_output=True)
+    started = subprocess.run(["/usr/sbin/postfix", "-c", str(conf), "start"], env=env,
+                             capture_output=True, text=True)
+    if started.returncode != 0:
+        log = tmp / "postfix.log"
+        raise RuntimeError("postfix start failed: " + started.stderr.strip()
+                           + (log.read_text()[-500:] if log.exists() else ""))
     try:
         deadline = time.monotonic() + 20
         while True:
