@@ -76,6 +76,11 @@ class QueueSettings:
     routes: tuple[Route, ...] = ()
     transports: tuple[Transport, ...] = ()
     stop_timeout: float = 10.0
+    # Connection reuse: a connection that just delivered waits this long for the next
+    # message to the same host (like Postfix's connection cache); 0 disables reuse.
+    idle_timeout: float = 2.0
+    max_idle_per_host: int = 8
+    max_messages_per_connection: int = 100
 
 
 class LocalDelivery(Protocol):
@@ -160,6 +165,8 @@ class QueueRunner(Service):
         self._per_domain: dict[str, int] = {}
         self._waking = False
         self._again = False
+        self._idle = IdleConnections(self.reactor, settings.idle_timeout,
+                                     settings.max_idle_per_host, settings.max_messages_per_connection)
         self.started: Deferred[None] | None = None
         queue.add_listener(self.wake_soon)
 
@@ -181,6 +188,7 @@ class QueueRunner(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        self._idle.close_all()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -445,6 +453,13 @@ class QueueRunner(Service):
 
     async def _connect_and_send(self, m: qs.QueuedMessage, host: str, ip: str,
                                 policy: TLSPolicy) -> _Attempt:
+        key = (ip, self.settings.port, host, policy.mode, policy.policy_type, policy.policy_domain)
+        cached = self._idle.take(key)
+        if cached is not None:
+            attempt = await self._send_on(cached, m, host, ip, key)
+            if not isinstance(attempt.error, SMTPConnectionError):
+                return attempt
+            # the peer closed the idle connection meanwhile: try a fresh one
         client = SMTPClient(self.reactor, self.client_settings, policy, host)
         try:
             await self.connector(ip, self.settings.port, client)
@@ -453,18 +468,23 @@ class QueueRunner(Service):
             return _Attempt(host, ip, error=SMTPConnectionError(f"connect to {host} [{ip}]: {e}"))
         try:
             await client.start()
-            cm = ClientMessage(
-                mail_from=m.mail_from,
-                recipients=tuple(ClientRecipient(r.address, r.notify, r.orcpt) for r in m.recipients),
-                size=m.size, body=m.body, smtputf8=m.smtputf8, ret=m.ret, envid=m.envid,
-                requiretls=m.requiretls,
-            )
+        except SMTPClientError as e:
+            client.quit()
+            return _Attempt(host, ip, error=e, tls=client.tls_result)
+        self.metrics.inc("queue_connections", result="ok")
+        return await self._send_on(client, m, host, ip, key)
+
+    async def _send_on(self, client: SMTPClient, m: qs.QueuedMessage, host: str, ip: str,
+                       key: tuple[Any, ...]) -> _Attempt:
+        cm = ClientMessage(
+            mail_from=m.mail_from,
+            recipients=tuple(ClientRecipient(r.address, r.notify, r.orcpt) for r in m.recipients),
+            size=m.size, body=m.body, smtputf8=m.smtputf8, ret=m.ret, envid=m.envid,
+            requiretls=m.requiretls,
+        )
+        try:
             with self.queue.store.open_blob(m.blob_id) as body:
                 result = await client.send(cm, body)
-            client.quit()
-            self.metrics.inc("queue_connections", result="ok")
-            return _Attempt(host, ip, result=result, tls=client.tls_result,
-                            peer_dsn=client.has("DSN"))
         except SMTPClientError as e:
             client.quit()
             return _Attempt(host, ip, error=e, tls=client.tls_result)
@@ -472,6 +492,9 @@ class QueueRunner(Service):
             client.quit()
             return _Attempt(host, ip, error=SMTPConnectionError(f"reading the message: {e}"),
                             tls=client.tls_result)
+        self._idle.put(key, client)
+        return _Attempt(host, ip, result=result, tls=client.tls_result,
+                        peer_dsn=client.has("DSN"))
 
     def _tcp_connect(self, ip: str, port: int, client: SMTPClient) -> Deferred[Any]:
         from twisted.internet.endpoints import (
@@ -593,6 +616,54 @@ class QueueRunner(Service):
         writer.write(data)
         blob_id = await self.queue.store.commit_blob(writer)
         return blob_id, envelope
+
+
+class IdleConnections:
+    """Started SMTP clients waiting for another message to the same host (and TLS policy)."""
+
+    def __init__(self, clock: Any, timeout: float, per_key: int, max_uses: int) -> None:
+        self.clock = clock
+        self.timeout = timeout
+        self.per_key = per_key
+        self.max_uses = max_uses
+        self._idle: dict[tuple[Any, ...], list[tuple[SMTPClient, Any]]] = {}
+
+    def put(self, key: tuple[Any, ...], client: SMTPClient) -> None:
+        entries = self._idle.setdefault(key, [])
+        if (self.timeout <= 0 or client.transactions >= self.max_uses
+                or len(entries) >= self.per_key or not client.usable):
+            client.quit()
+            return
+        timer = self.clock.callLater(self.timeout, self._expire, key, client)
+        entries.append((client, timer))
+
+    def take(self, key: tuple[Any, ...]) -> SMTPClient | None:
+        entries = self._idle.get(key)
+        while entries:
+            client, timer = entries.pop()
+            if timer.active():
+                timer.cancel()
+            if client.usable:
+                return client
+        return None
+
+    def _expire(self, key: tuple[Any, ...], client: SMTPClient) -> None:
+        entries = self._idle.get(key, [])
+        for i, (c, _t) in enumerate(entries):
+            if c is client:
+                del entries[i]
+                break
+        if not entries:
+            self._idle.pop(key, None)
+        client.quit()
+
+    def close_all(self) -> None:
+        idle, self._idle = self._idle, {}
+        for entries in idle.values():
+            for client, timer in entries:
+                if timer.active():
+                    timer.cancel()
+                client.quit()
 
 
 def attempts_n_max(outcomes: list[RcptOutcome]) -> int:

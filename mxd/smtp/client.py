@@ -335,6 +335,13 @@ class SMTPClient(LineOnlyReceiver):
         self._waiters: list[tuple[Deferred[Reply], DelayedCall | None]] = []
         self._lost: Failure | None = None
         self._in_starttls = False
+        self._quitting = False
+        self.transactions = 0
+
+    @property
+    def usable(self) -> bool:
+        """Whether another transaction can be started on this connection."""
+        return self._lost is None and not self._quitting and self.transport is not None
 
     # -- Twisted plumbing --------------------------------------------------------------
 
@@ -612,6 +619,7 @@ class SMTPClient(LineOnlyReceiver):
 
     async def _transaction(self, m: ClientMessage, body: BinaryIO) -> TransactionResult:
         self.check_message(m)
+        self.transactions += 1
         s = self.settings
         pipelining = self.has("PIPELINING")
         chunking = s.use_chunking and self.has("CHUNKING") or m.body.upper() == "BINARYMIME"
@@ -714,6 +722,9 @@ class SMTPClient(LineOnlyReceiver):
     def quit(self) -> Deferred[None]:
         """Send QUIT, wait briefly for the reply and close; never errbacks."""
         async def run() -> None:
+            if self._quitting:
+                return
+            self._quitting = True
             try:
                 if self._lost is None:
                     await self._command("QUIT", 10.0)

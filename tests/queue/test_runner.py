@@ -304,3 +304,19 @@ def test_settings_are_frozen_values() -> None:
     assert (s.port, s.max_concurrent, s.retry.first_delay) == (25, 20, 450.0)
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         s.port = 26  # type: ignore[misc]
+
+
+def test_connection_is_reused_then_closed_when_idle(world: World) -> None:
+    """A second message to the same host goes over the idle connection; after the idle
+    timeout the connection is closed with QUIT."""
+    world.enqueue("x@remote.test")
+    world.start()
+    world.enqueue("y@remote.test")
+    world.clock.advance(0)
+    assert len(world.sink.received) == 2 and world.sink.connections == ["192.0.2.10"]
+    assert "QUIT" not in world.sink.commands
+    world.clock.advance(world.runner.settings.idle_timeout)
+    assert world.sink.commands[-1] == "QUIT"
+    world.enqueue("z@remote.test")
+    world.clock.advance(0)
+    assert len(world.sink.connections) == 2 and len(world.sink.received) == 3
