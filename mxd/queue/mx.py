@@ -148,7 +148,7 @@ def plan_from_records(
 
 
 @inlineCallbacks
-def find_mx_hosts(  # type: ignore[misc]
+def find_mx_hosts(
     resolver: MXResolver,
     domain: str,
     random: Callable[[], float],
@@ -189,7 +189,7 @@ def is_own_address(ip: str, own_ips: frozenset[str]) -> bool:
 
 
 @inlineCallbacks
-def resolve_host(  # type: ignore[misc]
+def resolve_host(
     resolver: MXResolver, host: str, ipv6: bool = True, ipv4: bool = True,
     prefer_ipv6: bool = False,
 ) -> Any:

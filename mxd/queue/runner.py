@@ -270,7 +270,11 @@ class QueueRunner(Service):
         running = dict(self._per_domain)
         limit = s.max_per_domain
 
+        metrics = self.metrics
+
         def op(c: Any) -> tuple[list[qs.QueuedMessage], bool, float | None]:
+            for state, count in qs.count_recipients(c).items():
+                metrics.set("queue_recipients", count, state=state)
             if free <= 0:
                 return [], False, qs.next_due_time(c)
             due = qs.due_recipients(c, now, s.batch)

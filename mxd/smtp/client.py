@@ -498,7 +498,13 @@ class SMTPClient(LineOnlyReceiver):
         # RFC 3207 §4.2: discard what we knew; nothing may be pipelined across the switch.
         self._replies.clear()
         self._in_starttls = True
-        self._t.startTLS(options)
+        try:
+            self._t.startTLS(options)
+        except Exception as e:  # a transport without TLS, bad options
+            self._in_starttls = False
+            self.tls_result = attrs.evolve(self.tls_result, failure="validation-failure")
+            self._t.abortConnection()
+            raise SMTPTLSError(f"cannot start TLS: {e}") from e
         try:
             await self._hello()  # the reply arrives only after a successful handshake
         except SMTPTLSError as e:

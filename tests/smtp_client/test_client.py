@@ -279,3 +279,27 @@ def test_data_encoder_round_trip(pieces: list[bytes], chunk: int) -> None:
     assert _decode_data(out) + (b"\r\n" if out else b"") == normal.replace(b"\n", b"\r\n")
     for line in out.split(b"\r\n"):
         assert line != b"."  # never a premature terminator
+
+
+@given(st.lists(st.binary(max_size=60), max_size=8))
+def test_any_server_bytes_end_in_a_typed_outcome(chunks: list[bytes]) -> None:
+    """Whatever a server sends, start() either succeeds or fails with an SMTPClientError
+    (never another exception), once the connection is closed."""
+    from mxd.smtp.client import SMTPClientError
+
+    s = Session()
+    d = s.client.start()
+    for c in chunks:
+        s.client.dataReceived(c)
+    s.client.connectionLost(Failure(ConnectionError("closed")))
+    r = _result(d)
+    assert r is None or isinstance(r.value, SMTPClientError)
+
+
+def test_starttls_on_a_transport_without_tls_is_a_tls_error() -> None:
+    """STARTTLS over a transport that cannot do TLS fails cleanly with SMTPTLSError."""
+    s = Session()
+    d = s.client.start()
+    s.reply(b"220 hi\r\n250-x\r\n250 STARTTLS\r\n220 go\r\n")
+    f = _result(d)
+    assert isinstance(f.value, SMTPTLSError)
