@@ -113,6 +113,8 @@ class FakeServerTransport:
                 self._reply("354 go ahead")
             else:
                 self._reply("554 5.5.1 no valid recipients")
+        elif verb == "STARTTLS":
+            self._reply("220 2.0.0 go ahead")  # the transport cannot do TLS: the client fails
         elif verb == "RSET":
             self._reply("250 2.0.0 ok")
         elif verb == "QUIT":

@@ -320,3 +320,39 @@ def test_connection_is_reused_then_closed_when_idle(world: World) -> None:
     world.enqueue("z@remote.test")
     world.clock.advance(0)
     assert len(world.sink.connections) == 2 and len(world.sink.received) == 3
+
+
+def test_opportunistic_tls_failure_falls_back_to_plaintext(world: World) -> None:
+    """RFC 7435: when STARTTLS fails on an opportunistic hop the message goes in plaintext
+    on a new connection, and the attempt records the TLS failure."""
+    world.sink.behaviour.extensions = ("PIPELINING", "STARTTLS", "ENHANCEDSTATUSCODES")
+    qid = world.enqueue("x@remote.test")
+    world.start()
+    assert len(world.sink.connections) == 2 and len(world.sink.received) == 1
+    [a] = world.attempts(qid)
+    assert a.result == "delivered" and a.tls_failure == "validation-failure" and not a.tls_used
+
+
+def test_requiretls_message_is_never_sent_in_plaintext(world: World) -> None:
+    """A REQUIRETLS message gets no plaintext fallback after a failed STARTTLS: one
+    connection, nothing sent, the recipient deferred with the TLS error (4.7.5)."""
+    world.sink.behaviour.extensions = ("PIPELINING", "STARTTLS")
+    world.enqueue("x@remote.test", requiretls=True)
+    world.start()
+    world.clock.advance(0)
+    assert world.sink.received == [] and len(world.sink.connections) == 1
+    [m] = world.queued()
+    assert m.recipients[0].last_enhanced == "4.7.5" and m.recipients[0].attempts == 1
+
+
+def test_notify_success_to_a_peer_without_dsn_gives_a_relayed_dsn(world: World) -> None:
+    """RFC 3461 §5.2.2.1: NOTIFY=SUCCESS relayed to a peer without DSN yields a "relayed" DSN."""
+    world.sink.behaviour.extensions = ("PIPELINING",)
+    w = world.h.store.new_blob()
+    w.write(BODY)
+    world.h.run(world.queue.enqueue(w, OutboundMessage(
+        "a@example.org", (OutboundRecipient("x@remote.test", notify=frozenset({"SUCCESS"})),))))
+    world.start()
+    world.clock.advance(0)
+    [dsn] = world.local.boxes["a@example.org"]
+    assert _report(dsn)[1]["action"] == "relayed"
