@@ -7,16 +7,26 @@ steps (DESIGN.md "Contracts"): flush and ``fsync`` the file, ``rename`` it into 
 it; so after a crash a file may exist without a row (an orphan, removed at the next
 start) but a row never lacks its file.
 
+With a file pool (``BlobFiles(pool_size=N)``, what the SQLite store uses) bodies skip
+``tmp/``: empty files are created ahead of time under their final names, in one fan-out
+directory per refill, and that directory is fsynced *before* any of them is handed out.
+Making such a body durable is then a single ``fsync`` of the file (no rename, no
+directory fsync, no ``open`` on the reactor thread).  The orphan rule is unchanged: a
+pooled file that never got its row (unused at a crash) is an orphan, removed at the next
+start; unused ones are removed at ``close``.
+
 The blocking parts (fsync, rename, unlink) are plain synchronous functions: the SQLite
 store calls them on its writer thread, never on the reactor thread.
 """
 
 from __future__ import annotations
 
+import collections
 import enum
 import os
 import re
 import secrets
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,6 +40,7 @@ log = Logger()
 
 T = TypeVar("T")
 FSYNC_THREADS = 8  # parallel fsyncs of one group commit
+_O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 _BLOB_ID = re.compile(r"\A[0-9a-f]{32}\Z")
 
@@ -62,11 +73,19 @@ def fsync_dir(path: Path) -> None:
 class BlobFiles:
     """The blob and tmp directories of one data directory."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, pool_size: int = 0) -> None:
         self._executor: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
         self.data_dir = Path(data_dir)
         self.blob_dir = self.data_dir / "blobs"
         self.tmp_dir = self.data_dir / "tmp"
+        # Pre-created, empty body files (id, open file), their directory already fsynced.
+        self.pool_size = max(0, pool_size)
+        self._pool: collections.deque[tuple[str, BinaryIO]] = collections.deque()
+        self._refilling = False
+        self._refilled = threading.Event()  # set while no refill runs
+        self._refilled.set()
+        self._closed = False
 
     def ensure_dirs(self) -> None:
         """Create tmp/ and all 256 fan-out directories up front (and fsync them), so that
@@ -91,8 +110,82 @@ class BlobFiles:
         return self.blob_dir / blob_id[:2] / blob_id
 
     def new_writer(self) -> FileBlobWriter:
-        """A writer for a new body (opens a file in tmp/; cheap, no fsync)."""
+        """A writer for a new body: a pooled file when one is ready (no system call),
+        else a new file in tmp/ (cheap, no fsync)."""
+        if self.pool_size:
+            try:
+                blob_id, f = self._pool.popleft()
+            except IndexError:
+                pass
+            else:
+                if len(self._pool) < self.pool_size // 2:
+                    self._start_refill()
+                return FileBlobWriter(self, blob_id, pooled=f)
+            self._start_refill()
         return FileBlobWriter(self, secrets.token_hex(16))
+
+    # -- the file pool -------------------------------------------------------------------
+    def pooled_ids(self) -> set[str]:
+        """Ids of the pooled files not handed out yet (empty files under blobs/); waits
+        for a refill in progress first (for checks and tests)."""
+        self._refilled.wait(10)
+        return {blob_id for blob_id, _ in list(self._pool)}
+
+    def _start_refill(self) -> None:
+        with self._lock:
+            if self._refilling or self._closed:
+                return
+            self._refilling = True
+            self._refilled.clear()
+            executor = self._get_executor()
+        executor.submit(self._refill)
+
+    def _refill(self) -> None:
+        """Helper thread: top the pool up with new files in one fan-out directory, then
+        fsync that directory once; only then are the files handed out."""
+        try:
+            want = self.pool_size - len(self._pool)
+            if want <= 0:
+                return
+            prefix = secrets.token_hex(1)
+            made: list[tuple[str, BinaryIO]] = []
+            try:
+                for _ in range(want):
+                    blob_id = prefix + secrets.token_hex(15)
+                    fd = os.open(self.blob_dir / prefix / blob_id, _O_NEW, 0o600)
+                    made.append((blob_id, open(fd, "wb")))
+                fsync_dir(self.blob_dir / prefix)
+            except OSError as e:
+                log.warn("cannot pre-create body files: {error}", error=e)
+                for blob_id, f in made:
+                    f.close()
+                    self._unlink_quietly(self.blob_dir / prefix / blob_id)
+                return
+            self._pool.extend(made)
+        finally:
+            with self._lock:
+                self._refilling = False
+                self._refilled.set()
+                closed = self._closed
+            if closed:
+                self._drain_pool()
+
+    def _drain_pool(self) -> None:
+        """Remove the pooled files not handed out (at close)."""
+        while True:
+            try:
+                blob_id, f = self._pool.popleft()
+            except IndexError:
+                return
+            f.close()
+            self._unlink_quietly(self.blob_dir / blob_id[:2] / blob_id)
+
+    @staticmethod
+    def _unlink_quietly(path: Path) -> None:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
     def open(self, blob_id: str) -> BinaryIO:
         try:
@@ -126,10 +219,13 @@ class BlobFiles:
                 w._abort_quietly()
                 continue
             try:
-                dirs.add(w._rename())
+                d = w._rename()
             except OSError as e:
                 errors[id(w)] = e
                 w._abort_quietly()
+                continue
+            if d is not None:
+                dirs.add(d)
         dir_list = sorted(dirs)
         dir_errors = [e for e in self._each(fsync_dir, dir_list) if e is not None]
         if dir_errors:  # pragma: no cover - disk failure
@@ -147,16 +243,26 @@ class BlobFiles:
 
         if len(items) <= 1:
             return [call(i) for i in items]
+        with self._lock:
+            executor = self._get_executor()
+        return list(executor.map(call, items))
+
+    def _get_executor(self) -> ThreadPoolExecutor:
+        """The helper threads (call with ``self._lock`` held)."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=FSYNC_THREADS,
                                                 thread_name_prefix="mxd-fsync")
-        return list(self._executor.map(call, items))
+        return self._executor
 
     def close(self) -> None:
-        """Stop the fsync helper threads (the store calls this when it closes)."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        """Stop the helper threads and remove unused pooled files (the store calls this
+        when it closes)."""
+        with self._lock:
+            self._closed = True
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
+        self._drain_pool()
 
     def unlink(self, blob_ids: Iterable[str]) -> None:
         """Remove body files (after the commit that dropped their last reference)."""
@@ -212,11 +318,17 @@ class FileBlobWriter:
     store calls, which then share the one file.
     """
 
-    def __init__(self, files: BlobFiles, blob_id: str) -> None:
+    def __init__(self, files: BlobFiles, blob_id: str, pooled: BinaryIO | None = None) -> None:
         self._files = files
         self.blob_id = blob_id
-        self._tmp = files.tmp_dir / f"{blob_id}.tmp"
-        self._f: BinaryIO | None = open(self._tmp, "xb")
+        # A pooled file already sits at its final path, its directory entry durable.
+        self._pooled = pooled is not None
+        if pooled is not None:
+            self._tmp = files.blob_dir / blob_id[:2] / blob_id
+            self._f: BinaryIO | None = pooled
+        else:
+            self._tmp = files.tmp_dir / f"{blob_id}.tmp"
+            self._f = open(self._tmp, "xb")
         self._size = 0
         self.state = BlobState.OPEN
 
@@ -276,10 +388,19 @@ class FileBlobWriter:
         f.close()
         self._f = None
 
-    def _rename(self) -> Path:
-        """Durability step 2: rename into place; returns the directory to fsync (step 3)."""
+    def _rename(self) -> Path | None:
+        """Durability step 2: rename into place; returns the directory to fsync (step 3),
+        or None for a pooled file (already in place, its directory fsynced at creation)."""
+        if self._pooled:
+            self.state = BlobState.DURABLE
+            return None
         dest = self._files.path(self.blob_id)
-        dest.parent.mkdir(exist_ok=True)
-        os.rename(self._tmp, dest)
+        try:
+            os.rename(self._tmp, dest)
+        except FileNotFoundError:
+            if not self._tmp.exists():
+                raise
+            self._files.ensure_dirs()  # a fan-out directory went missing: recreate it
+            os.rename(self._tmp, dest)
         self.state = BlobState.DURABLE
         return dest.parent

@@ -127,6 +127,8 @@ class StoreSettings:
     quota_bytes: int | None = None  # default per-account quota (None: unlimited)
     busy_timeout_ms: int = 5000
     scan_orphans: bool = True  # at open, remove body files no row references
+    # Empty body files created ahead of time (see mxd.store.blobs); 0 = create each in tmp/.
+    blob_pool: int = 64
 
 
 class SQLiteStore:
@@ -139,7 +141,7 @@ class SQLiteStore:
         self.data_dir = Path(data_dir)
         self.settings = settings
         self._reactor = reactor
-        self._files = BlobFiles(self.data_dir)
+        self._files = BlobFiles(self.data_dir, pool_size=settings.blob_pool)
         pool = threadpool if threadpool is not None else ThreadPool(1, 1, "mxd-store")
         self._writer = Writer(reactor, pool, self._files, max_batch=settings.max_batch)
         self._writer.on_changes = self._dispatch

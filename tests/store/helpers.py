@@ -168,6 +168,13 @@ class StoreHarness:
         self.close()
         return open_store(self.store.data_dir, inline=self.inline, **kw)
 
+    def body_files(self) -> list[Path]:
+        """The body files under blobs/, leaving out the store's pre-created, unused ones
+        (its file pool: empty files that belong to no message yet)."""
+        pooled = self.store._files.pooled_ids()
+        return sorted(p for p in (self.store.data_dir / "blobs").rglob("*")
+                      if p.is_file() and p.name not in pooled)
+
     def deliver_bytes(self, body: bytes, targets: Any, props: Any = None) -> list[int]:
         """Write ``body`` to a new blob and deliver it (a shortcut for tests)."""
         from mxd.store.interfaces import MessageProps

@@ -147,3 +147,93 @@ def test_second_opener_skips_cleanup(data_dir: Path) -> None:
     third = open_store(data_dir)  # alone again: the never-referenced body goes
     assert not third.store.blob_path(blob_id).exists()
     third.close()
+
+
+def _filled_pool(tmp_path: Path, size: int = 8) -> BlobFiles:
+    files = BlobFiles(tmp_path, pool_size=size)
+    files.ensure_dirs()
+    files.new_writer().abort()  # the first call starts the refill (and uses tmp/)
+    files.pooled_ids()  # waits for the refill
+    return files
+
+
+def test_pooled_writer_skips_tmp_and_rename(tmp_path: Path) -> None:
+    """With a file pool a new body is written straight into its final file (nothing in
+    tmp/), and making it durable needs no directory fsync."""
+    files = _filled_pool(tmp_path)
+    pooled = files.pooled_ids()
+    assert len(pooled) == 8
+    w = files.new_writer()
+    assert w.blob_id in pooled and is_blob_id(w.blob_id)
+    w.write(b"hello")
+    w.seal()
+    assert list(files.tmp_dir.iterdir()) == []
+    synced: list[Path] = []
+    import mxd.store.blobs as blobs_mod
+
+    real = blobs_mod.fsync_dir
+    blobs_mod.fsync_dir = lambda p: synced.append(p)  # type: ignore[assignment]
+    try:
+        assert files.make_durable([w]) == [None]
+    finally:
+        blobs_mod.fsync_dir = real  # type: ignore[assignment]
+    assert synced == []
+    assert w.durable and files.path(w.blob_id).read_bytes() == b"hello"
+    files.close()
+
+
+def test_pool_directory_is_fsynced_before_handout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every pooled file's directory entry is made durable (the fan-out directory is
+    fsynced) before the file can be handed to a writer."""
+    import mxd.store.blobs as blobs_mod
+
+    synced: list[tuple[Path, set[str]]] = []
+    real = blobs_mod.fsync_dir
+
+    def record(p: Path) -> None:
+        real(p)
+        synced.append((p, {f.name for f in p.iterdir()}))
+
+    monkeypatch.setattr(blobs_mod, "fsync_dir", record)
+    files = _filled_pool(tmp_path, size=4)
+    handed = [files.new_writer() for _ in range(4)]
+    for w in handed:
+        assert any(d == files.path(w.blob_id).parent and w.blob_id in names
+                   for d, names in synced), f"{w.blob_id} handed out before its dir fsync"
+        w.abort()
+    files.close()
+
+
+def test_close_removes_unused_pooled_files_and_abort_removes_used(tmp_path: Path) -> None:
+    """An aborted pooled writer removes its file; close removes the pooled files never
+    handed out, so only real bodies remain under blobs/."""
+    files = _filled_pool(tmp_path, size=4)
+    keep = files.new_writer()
+    keep.write(b"kept")
+    keep.seal()
+    assert files.make_durable([keep]) == [None]
+    gone = files.new_writer()
+    gone.write(b"dropped")
+    gone.abort()
+    assert not files.path(gone.blob_id).exists()
+    files.close()
+    assert list(files.iter_blob_ids()) == [keep.blob_id]
+    assert files.new_writer().blob_id not in files.pooled_ids()  # closed: no more refills
+
+
+def test_store_crash_cleanup_removes_pooled_leftovers(data_dir: Path) -> None:
+    """Pooled files left by a process that died (no rows point at them) are orphans:
+    the next open removes them; acknowledged bodies stay."""
+    h = open_store(data_dir)
+    a = h.run(h.store.add_account("alice", "{}")).id
+    h.deliver_bytes(b"acked", [Delivery(a)])
+    leftovers = h.store._files.pooled_ids()
+    assert leftovers
+    (msg,) = h.run(h.store.list_messages(h.run(h.store.get_mailbox(a, "INBOX")).id))
+    h.store._files._pool.clear()  # as if the process died: nothing removes them at close
+    h.close()
+    assert all(BlobFiles(data_dir).path(b).exists() for b in leftovers)
+    h = open_store(data_dir)
+    files = BlobFiles(data_dir)
+    assert set(files.iter_blob_ids()) == {msg.blob_id}
+    h.close()

@@ -127,7 +127,7 @@ def test_local_delivery_and_queue_share_one_blob(data_dir: Path) -> None:
     h.run(d2)
     (m,) = h.run(s.list_messages(h.run(s.get_mailbox(a, "INBOX")).id))
     assert m.blob_id == blob_id
-    assert len([p for p in (data_dir / "blobs").rglob("*") if p.is_file()]) == 1
+    assert len(h.body_files()) == 1
     inbox = h.run(s.get_mailbox(a, "INBOX")).id
     h.run(s.store_flags(inbox, [1], frozenset({"\\Deleted"}), "add"))
     h.run(s.expunge(inbox))

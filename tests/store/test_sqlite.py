@@ -35,8 +35,9 @@ def _mbox(h: StoreHarness, account_id: int, name: str = "INBOX") -> int:
     return h.run(h.store.get_mailbox(account_id, name)).id
 
 
-def _blob_files(data_dir: Path) -> list[Path]:
-    return sorted(p for p in (data_dir / "blobs").rglob("*") if p.is_file())
+def _blob_files(data_dir: Path, h: StoreHarness) -> list[Path]:
+    assert h.store.data_dir == data_dir
+    return h.body_files()
 
 
 def _refcount(data_dir: Path, blob_id: str) -> int | None:
@@ -93,9 +94,9 @@ def test_delete_account_removes_bodies(store: StoreHarness, data_dir: Path) -> N
     """Deleting an account removes its messages and their body files."""
     a = _account(store)
     store.deliver_bytes(b"m1", [Delivery(a), Delivery(a, "Archive")])
-    assert len(_blob_files(data_dir)) == 1
+    assert len(_blob_files(data_dir, store)) == 1
     store.run(store.store.delete_account("alice"))
-    assert _blob_files(data_dir) == []
+    assert _blob_files(data_dir, store) == []
 
 
 # -- delivery ---------------------------------------------------------------------------
@@ -109,7 +110,7 @@ def test_deliver_to_several_mailboxes_shares_one_blob(store: StoreHarness, data_
     uids = store.deliver_bytes(body, [Delivery(a), Delivery(a, "Archive", frozenset({"\\Seen"})),
                                       Delivery(b)], props)
     assert uids == [1, 1, 1]
-    files = _blob_files(data_dir)
+    files = _blob_files(data_dir, store)
     assert len(files) == 1
     msgs = store.run(store.store.list_messages(_mbox(store, a)))
     assert len(msgs) == 1 and msgs[0].size == len(body)
@@ -130,7 +131,7 @@ def test_deliver_to_missing_mailbox_stores_nothing(store: StoreHarness, data_dir
     err = store.fail(store.store.deliver(w, [Delivery(a), Delivery(a, "Nope")], MessageProps()))
     assert isinstance(err, NoSuchMailbox)
     assert store.run(store.store.list_messages(_mbox(store, a))) == []
-    assert _blob_files(data_dir) == []
+    assert _blob_files(data_dir, store) == []
     w2 = store.store.new_blob()
     w2.write(b"x")
     assert isinstance(store.fail(store.store.deliver(w2, [Delivery(999)], MessageProps())),
@@ -211,10 +212,10 @@ def test_copy_move_expunge_and_blob_gc(store: StoreHarness, data_dir: Path) -> N
     inbox, archive, trash = _mbox(store, a), _mbox(store, a, "Archive"), _mbox(store, a, "Trash")
     store.deliver_bytes(b"one", [Delivery(a, flags=frozenset({"\\Flagged"}))])
     store.deliver_bytes(b"two", [Delivery(a)])
-    assert len(_blob_files(data_dir)) == 2
+    assert len(_blob_files(data_dir, store)) == 2
     pairs = store.run(s.copy(inbox, [1, 2, 7], archive))
     assert pairs == [(1, 1), (2, 2)]
-    assert len(_blob_files(data_dir)) == 2
+    assert len(_blob_files(data_dir, store)) == 2
     copied = store.run(s.list_messages(archive))
     assert copied[0].flags == frozenset({"\\Flagged"})
     blob_one = copied[0].blob_id
@@ -229,13 +230,13 @@ def test_copy_move_expunge_and_blob_gc(store: StoreHarness, data_dir: Path) -> N
     store.run(s.store_flags(trash, [1], frozenset({"\\Deleted"}), "add"))
     store.run(s.store_flags(archive, [1, 2], frozenset({"\\Deleted"}), "add"))
     assert store.run(s.expunge(trash)) == [1]
-    assert _refcount(data_dir, blob_one) == 1 and len(_blob_files(data_dir)) == 2
+    assert _refcount(data_dir, blob_one) == 1 and len(_blob_files(data_dir, store)) == 2
     assert store.run(s.expunge(archive, [1])) == [1]
     assert _refcount(data_dir, blob_one) is None
-    assert len(_blob_files(data_dir)) == 1
+    assert len(_blob_files(data_dir, store)) == 1
     assert not s.blob_path(blob_one).exists()
     assert store.run(s.expunge(archive)) == [2]
-    assert len(_blob_files(data_dir)) == 1  # still in INBOX
+    assert len(_blob_files(data_dir, store)) == 1  # still in INBOX
     assert isinstance(store.fail(s.move(inbox, [2], inbox)), Exception)
 
 
