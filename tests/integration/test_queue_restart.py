@@ -55,6 +55,12 @@ async def main():
                          QueueSettings(port=int(sys.argv[2]), max_concurrent=20, max_per_domain=20),
                          hostname="mx.example.org")
     runner.startService()
+
+    async def stop():
+        await runner.stopService()
+        await store.close()
+
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: defer.ensureDeferred(stop()))
     print("READY", flush=True)
 
 reactor.callWhenRunning(lambda: defer.ensureDeferred(main()).addErrback(
