@@ -245,6 +245,7 @@ class ClientAuth:
     username: str
     password: str
     allowed_mechanisms: tuple[str, ...] | None = None
+    allow_plaintext: bool = False  # send credentials without TLS (tests, loopback relays)
 
 
 @attrs.frozen
@@ -547,6 +548,9 @@ class SMTPClient(LineOnlyReceiver):
     async def _authenticate(self, auth: ClientAuth) -> None:
         from mxd.sasl import client as sasl_client
 
+        if not self.tls_result.used and not auth.allow_plaintext:
+            # RFC 4954 §4: credentials never go over an unencrypted connection by default.
+            raise SMTPAuthError(538, "5.7.11", ["refusing to authenticate without TLS"], False)
         offered = self.extensions.get("AUTH", "").split()
         mech_name = sasl_client.choose_mechanism(offered, auth.allowed_mechanisms, False)
         if mech_name is None:

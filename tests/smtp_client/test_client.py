@@ -303,3 +303,46 @@ def test_starttls_on_a_transport_without_tls_is_a_tls_error() -> None:
     s.reply(b"220 hi\r\n250-x\r\n250 STARTTLS\r\n220 go\r\n")
     f = _result(d)
     assert isinstance(f.value, SMTPTLSError)
+
+
+def test_auth_plain_with_mxd_sasl_client_mechanisms() -> None:
+    """AUTH picks the best offered mechanism through mxd.sasl.client (PLAIN here, with an
+    initial response); a 535 is a permanent SMTPAuthError."""
+    import base64
+
+    from mxd.smtp.client import ClientAuth, SMTPAuthError
+
+    s = Session()
+    s.client.auth = ClientAuth("alice", "s3cret", allowed_mechanisms=("PLAIN",),
+                               allow_plaintext=True)
+    d = s.client.start()
+    s.reply(b"220 hi\r\n")
+    s.written()
+    s.reply(b"250-mx.test\r\n250 AUTH LOGIN PLAIN\r\n")
+    [line] = s.written()
+    assert line == "AUTH PLAIN " + base64.b64encode(b"\0alice\0s3cret").decode()
+    s.reply(b"235 2.7.0 ok\r\n")
+    assert _result(d) is None
+    s2 = Session()
+    s2.client.auth = ClientAuth("alice", "wrong", allowed_mechanisms=("PLAIN",),
+                                allow_plaintext=True)
+    d2 = s2.client.start()
+    s2.reply(b"220 hi\r\n250-mx.test\r\n250 AUTH PLAIN\r\n")
+    s2.reply(b"535 5.7.8 bad credentials\r\n")
+    f = _result(d2)
+    assert isinstance(f.value, SMTPAuthError) and f.value.permanent and f.value.code == 535
+
+
+def test_no_auth_without_tls_by_default() -> None:
+    """Without TLS the client refuses to send credentials (RFC 4954 §4) and sends no AUTH."""
+    from mxd.smtp.client import ClientAuth, SMTPAuthError
+
+    s = Session()
+    s.client.auth = ClientAuth("alice", "s3cret")
+    d = s.client.start()
+    s.reply(b"220 hi\r\n")
+    s.written()
+    s.reply(b"250-mx.test\r\n250 AUTH PLAIN\r\n")
+    f = _result(d)
+    assert isinstance(f.value, SMTPAuthError) and f.value.enhanced == "5.7.11"
+    assert s.written() == []
