@@ -93,7 +93,10 @@ class LocalDelivery(Protocol):
 
 
 Connector = Callable[[str, int, SMTPClient], Deferred[Any]]
-TLSPolicyFactory = Callable[[str, mx.MXPlan, mx.MXHost], Deferred[TLSPolicy]]
+# tls_policy_factory(domain, plan, host, *, requiretls, tls_required_no) -> Deferred[TLSPolicy];
+# it may errback (e.g. mxd.queue.tlspolicy.HostRefused, with ``permanent`` and ``enhanced``)
+# to refuse a host: the runner then tries the next MX.
+TLSPolicyFactory = Callable[..., Deferred[TLSPolicy]]
 
 
 @attrs.frozen
@@ -388,6 +391,7 @@ class QueueRunner(Service):
             kind = "permanent" if e.permanent else "temporary"
             return self._all(m, kind, *_reply_fields(e)), []
         attempts: list[_Attempt] = []
+        refused: list[Exception] = []
         last: Exception = SMTPConnectionError(f"no usable host for {domain}")
         for host in plan.hosts:
             try:
@@ -403,11 +407,21 @@ class QueueRunner(Service):
                 if host.implicit:
                     return self._all(m, "permanent", *_reply_fields(last)), attempts
                 continue
+            try:
+                policy = await self._policy(m, plan, host)
+            except Exception as e:  # noqa: BLE001 - the policy refuses this host (issue 8)
+                # e.g. mxd.queue.tlspolicy.HostRefused: a DANE/MTA-STS/REQUIRETLS verdict
+                # against this host; try the next one.
+                log.info("not using {host} for {domain}: {why}", host=host.name, domain=domain,
+                         why=str(e))
+                refused.append(e)
+                last = e
+                continue
             for addr in addrs:
                 if mx.is_own_address(addr.ip, self.settings.own_addresses):
                     last = mx.MailLoop(domain, f"{host.name} [{addr.ip}] is this server")
                     continue
-                attempt = await self._attempt(m, plan, host, addr.ip)
+                attempt = await self._attempt(m, host, addr.ip, policy)
                 attempts.append(attempt)
                 if attempt.result is not None:
                     return self._outcomes(m, attempt), attempts
@@ -417,7 +431,15 @@ class QueueRunner(Service):
                     kind = "permanent" if err.permanent else "temporary"
                     return self._all(m, kind, *_reply_fields(err), host=host.name), attempts
                 last = err
+        if refused and not attempts and all(getattr(e, "permanent", False) for e in refused) \
+                and len(refused) == len(plan.hosts):
+            # Every host was refused for good (RFC 8689 §4.1: REQUIRETLS cannot be met).
+            final = refused[-1]
+            return self._all(m, "permanent", 550, getattr(final, "enhanced", "5.7.30"),
+                             str(final)), attempts
         code, enhanced, text = _reply_fields(last)
+        if refused and last is refused[-1]:
+            code, enhanced = 451, _temporary(getattr(last, "enhanced", "4.7.5"))
         if code is not None and code >= 500 and not isinstance(last, mx.MXError):
             code = 451  # a 5xx greeting from one host is no verdict on the message
         return self._all(m, "temporary", code or 451, _temporary(enhanced), text), attempts
@@ -438,14 +460,15 @@ class QueueRunner(Service):
 
     async def _policy(self, m: qs.QueuedMessage, plan: mx.MXPlan, host: mx.MXHost) -> TLSPolicy:
         if self.tls_policy_factory is not None:
-            return await self.tls_policy_factory(m.recipients[0].domain, plan, host)
+            return await self.tls_policy_factory(
+                m.recipients[0].domain, plan, host, requiretls=m.requiretls,
+                tls_required_no=m.tls_required_no)
         options = (self.tls_client_options_factory(host.name)
                    if self.tls_client_options_factory is not None else None)
         return TLSPolicy(mode=TLSMode.OPPORTUNISTIC, client_options=options)
 
-    async def _attempt(self, m: qs.QueuedMessage, plan: mx.MXPlan, host: mx.MXHost,
-                       ip: str) -> _Attempt:
-        policy = await self._policy(m, plan, host)
+    async def _attempt(self, m: qs.QueuedMessage, host: mx.MXHost, ip: str,
+                       policy: TLSPolicy) -> _Attempt:
         attempt = await self._connect_and_send(m, host.name, ip, policy)
         if (isinstance(attempt.error, SMTPTLSError) and policy.mode is TLSMode.OPPORTUNISTIC
                 and self.settings.plaintext_fallback and not m.requiretls):

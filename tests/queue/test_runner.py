@@ -356,3 +356,47 @@ def test_notify_success_to_a_peer_without_dsn_gives_a_relayed_dsn(world: World) 
     world.clock.advance(0)
     [dsn] = world.local.boxes["a@example.org"]
     assert _report(dsn)[1]["action"] == "relayed"
+
+
+class Refused(Exception):
+    def __init__(self, permanent: bool, enhanced: str) -> None:
+        super().__init__(f"refused ({enhanced})")
+        self.permanent = permanent
+        self.enhanced = enhanced
+
+
+def test_tls_policy_factory_gets_message_flags_and_can_refuse_hosts(data_dir: Path) -> None:
+    """The per-host policy factory sees requiretls/tls_required_no; a temporary refusal of
+    the first MX moves to the next; permanent refusal of every MX bounces (5.7.30)."""
+    from mxd.smtp.client import TLSMode, TLSPolicy
+
+    calls: list[tuple[str, bool, bool]] = []
+
+    def factory(domain: str, plan: Any, host: Any, *, requiretls: bool = False,
+                tls_required_no: bool = False) -> Deferred[TLSPolicy]:
+        calls.append((host.name, requiretls, tls_required_no))
+        if host.name == "a.two.test":
+            return fail(Refused(False, "4.7.5"))
+        if host.name == "nope.test":
+            return fail(Refused(True, "5.7.30"))
+        return succeed(TLSPolicy(mode=TLSMode.OPPORTUNISTIC))
+
+    w = World(data_dir)
+    try:
+        w.runner.tls_policy_factory = factory
+        w.resolver.add("two.test", "MX", ["10 a.two.test.", "20 b.two.test."])
+        w.resolver.add("a.two.test", "A", ["192.0.2.1"])
+        w.resolver.add("b.two.test", "A", ["192.0.2.2"])
+        w.resolver.add("strict.test", "MX", ["10 nope.test."])
+        w.resolver.add("nope.test", "A", ["192.0.2.3"])
+        w.enqueue("x@two.test", tls_required_no=True)
+        w.enqueue("y@strict.test", requiretls=True)
+        w.start()
+        w.clock.advance(0)
+        assert ("a.two.test", False, True) in calls and ("nope.test", True, False) in calls
+        assert [r.ip for r in w.sink.received if r.rcpts == ["x@two.test"]] == ["192.0.2.2"]
+        assert "192.0.2.3" not in w.sink.connections
+        [dsn] = w.local.boxes["a@example.org"]
+        assert _report(dsn)[1]["status"] == "5.7.30"
+    finally:
+        w.h.close()
