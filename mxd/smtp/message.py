@@ -235,8 +235,9 @@ class MessageMixin(SessionBase):
             self.log.failure("smtp inbound checks failed {session}", f, session=self.session_id)
             checked([])
 
-        self.pauseProducing()
         d = maybeDeferred(self.checker.check, self._session_info(tx), headers)
+        if not d.called:  # an answer already there is used at once, without pausing
+            self.pauseProducing()
         d.addCallbacks(checked, failed)
         d.addErrback(lambda f: self.log.failure("smtp after checks {session}", f,
                                                 session=self.session_id))

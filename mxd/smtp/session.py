@@ -276,9 +276,11 @@ class SessionBase(LineReceiver):
 
     def _await(self, d: Deferred[T], on_result: Callable[[T], None],
                on_error: Callable[[TwistedFailure], None]) -> None:
-        """Stop processing input until ``d`` fires; then run the handler and resume."""
-        self.pauseProducing()
+        """Stop processing input until ``d`` fires; then run the handler and resume.
 
+        A Deferred that has already fired (a cached directory answer, a checker with
+        nothing to do) runs its handler at once, without pausing the transport: the
+        reply is written before any later pipelined command is read either way."""
         def ok(result: T) -> None:
             if self.state is State.CLOSED:
                 return
@@ -288,7 +290,7 @@ class SessionBase(LineReceiver):
                 self.log.failure("smtp handler failed {session}", session=self.session_id)
                 self._abort_transaction()
                 self._send(replies.LOCAL_ERROR)
-            self._resume()
+            self._resume()  # no-op unless paused (by this wait or one it ended)
 
         def err(f: TwistedFailure) -> None:
             if self.state is State.CLOSED:
@@ -298,8 +300,18 @@ class SessionBase(LineReceiver):
             except Exception:  # noqa: BLE001
                 self.log.failure("smtp error handler failed {session}", session=self.session_id)
                 self._send(replies.LOCAL_ERROR)
-            self._resume()
+            self._resume()  # no-op unless paused (by this wait or one it ended)
 
+        fired = False
+
+        def mark(result: object) -> object:
+            nonlocal fired
+            fired = True
+            return result
+
+        d.addBoth(mark)
+        if not fired:
+            self.pauseProducing()
         d.addCallbacks(ok, err)
 
     def _resume(self) -> None:

@@ -62,3 +62,16 @@ def test_data_split_at_every_byte() -> None:
     text = s.output().decode()
     assert "354 " in text and "221 " in text
     assert s.store.delivered[0].body.endswith(b"\r\n\r\n.dot\r\nline\r\n")
+
+
+def test_answers_already_there_do_not_pause_input() -> None:
+    """Directory, checker and store answers that are already available are used at once:
+    a whole pipelined transaction is answered without pausing the transport."""
+    s = Session()
+    s.ehlo()
+    before = s.transport.paused_count
+    s.send("MAIL FROM:<a@b.example>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n" + MSG
+           + "MAIL FROM:<c@d.example>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n" + MSG)
+    assert s.codes() == [250, 250, 354, 250, 250, 250, 354, 250]
+    assert s.transport.paused_count == before
+    assert [d.props.mail_from for d in s.store.delivered] == ["a@b.example", "c@d.example"]
