@@ -204,9 +204,18 @@ def make_queue_runner(cfg: Config, queue: Any, resolver: Any, store: Any, reacto
     from mxd.queue.local import StoreLocalDelivery
     from mxd.queue.runner import QueueRunner, QueueSettings
 
+    # RFC 5321 §5.1: never deliver to ourselves (an MX naming this host or its addresses).
+    # An address is ours when our inbound SMTP listens there on the delivery port.
+    own: set[str] = set()
+    for li in cfg.listeners:
+        if li.protocol == "smtp" and li.port == cfg.queue.smtp_port:
+            own |= {"127.0.0.1", "::1"} if li.address in ("::", "0.0.0.0") else {li.address}
+    own_addresses = frozenset(own)
     settings = attrs.evolve(QueueSettings(), max_concurrent=cfg.queue.max_concurrent,
                             max_per_domain=cfg.queue.max_concurrent_per_domain,
-                            port=cfg.queue.smtp_port)
+                            port=cfg.queue.smtp_port,
+                            own_names=frozenset({normalise_domain(cfg.hostname)}),
+                            own_addresses=own_addresses)
     local = StoreLocalDelivery(store, [normalise_domain(d) for d in cfg.domains.names])
     m: Any = metrics
     return QueueRunner(queue, resolver, reactor, settings, local_delivery=local,
