@@ -360,7 +360,19 @@ def _add_optional_commands(sub: Any) -> None:
         dsub = dp.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
         p = dsub.add_parser("lookup", help="look up TYPE NAME; show records, authenticity, EDE")
         dns_cli.add_arguments(p)
-        p.set_defaults(func=dns_cli.run)
+        p.add_argument("--config", "-c", metavar="PATH",
+                       help="ask the [resolver] nameservers of this mxd config (as the server "
+                       "does) instead of /etc/resolv.conf")
+
+        def run_dns(args: argparse.Namespace) -> int:
+            if args.config and not args.server:
+                cfg = load_config(args.config)
+                args.server = list(cfg.resolver.nameservers)
+                trusted = set(cfg.resolver.trusted)
+                args.trust_ad = bool(trusted) and set(args.server) <= trusted
+            return int(dns_cli.run(args))
+
+        p.set_defaults(func=run_dns)
 
     from mxd.queue import cli as queue_cli
 

@@ -44,3 +44,7 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
         yield d
     finally:
         os.umask(old)
+
+
+# The DNS lab fixtures, for tests outside tests/integration that need a real resolver.
+from tests.integration.dnslab import dns_lab, dns_lab_factory  # noqa: E402, F401

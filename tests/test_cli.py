@@ -112,3 +112,16 @@ def test_version():
 
     r = subprocess.run([str(BIN / "mxd"), "version"], capture_output=True, text=True, timeout=30)
     assert r.stdout.strip() == f"mxd {pkg.__version__}"
+
+
+@pytest.mark.integration
+def test_dns_lookup_uses_config_resolver(config, dns_lab):
+    """`mxd dns lookup --config` asks the config's [resolver] nameservers, trusting their AD
+    bit as the server would (loopback), and reports a signed name as authentic."""
+    host, port = dns_lab.resolver_address
+    text = config.read_text() + f'[resolver]\nnameservers = ["{host}:{port}"]\n'
+    config.write_text(text)
+    r = subprocess.run([str(BIN / "mxd"), "dns", "lookup", "A", "mx.example.test", "--config",
+                        str(config)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "127.0.0.1" in r.stdout and "authentic: yes" in r.stdout
