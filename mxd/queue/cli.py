@@ -1,9 +1,14 @@
-"""``mxd queue list|show|hold|release|drop|kick``: queue administration on the database file.
+"""``mxd queue list|show|hold|release|drop|kick|requiretls|domains``: queue administration on
+the database file.
 
 Works directly on the store's SQLite database (WAL, so safe while the server runs).  A
 running server sees held/released/kicked recipients at its next wake-up (within the next
 due time); dropping a message lowers its body's reference count, and the store removes a
 body left unreferenced at its next start.
+
+``requiretls ID yes|no|default`` overrides a message's REQUIRETLS (RFC 8689): yes requires
+it, no delivers as with ``TLS-Required: No``, default is as received.  ``domains`` prints
+the last TLS result per recipient domain (STARTTLS, REQUIRETLS, verified by DANE/MTA-STS).
 
 Selectors: a queue id, ``--domain`` and/or ``--recipient``; ``--all`` to select everything.
 Exit status: 0 done, 1 nothing matched / no such id, 2 usage or database errors.
@@ -57,6 +62,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--domain")
         p.add_argument("--recipient")
         p.add_argument("--all", action="store_true", help="select every queued recipient")
+    p = sub.add_parser("requiretls", help="override a message's REQUIRETLS (RFC 8689)")
+    p.add_argument("queue_id")
+    p.add_argument("setting", choices=qs.TLS_OVERRIDES,
+                   help="yes: require TLS; no: as TLS-Required: No; default: as received")
+    p = sub.add_parser("domains", help="last TLS result per recipient domain")
+    p.add_argument("--domain", help="only this domain")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
 
 def _db_path(data_dir: Path) -> Path:
@@ -101,7 +113,8 @@ def _message_dict(m: qs.QueuedMessage) -> dict[str, Any]:
     return {
         "queue_id": m.queue_id, "from": m.mail_from, "size": m.size, "body": m.body,
         "queued_at": _ts(m.queued_at), "requiretls": m.requiretls, "smtputf8": m.smtputf8,
-        "tls_required_no": m.tls_required_no, "dsn": m.is_dsn, "ret": m.ret, "envid": m.envid,
+        "tls_required_no": m.tls_required_no, "tls_override": m.tls_override or "default",
+        "dsn": m.is_dsn, "ret": m.ret, "envid": m.envid,
         "recipients": [{
             "address": r.address, "state": r.state, "held": r.hold, "attempts": r.attempts,
             "next_attempt": _ts(r.next_attempt), "last_attempt": _ts(r.last_attempt),
@@ -165,7 +178,8 @@ def _dispatch(args: argparse.Namespace, conn: sqlite3.Connection, out: TextIO,
             "reply": " ".join(str(x) for x in (a.code, a.enhanced, a.text) if x is not None),
             "tls": {"used": a.tls_used, "verified": a.tls_verified, "version": a.tls_version,
                     "cipher": a.tls_cipher, "policy": a.tls_policy_type,
-                    "failure": a.tls_failure},
+                    "policy_domain": a.tls_policy_domain, "failure": a.tls_failure,
+                    "result_type": a.tls_result_type, "overridden": a.tls_overridden},
         } for a in qs.attempts_for(conn, args.queue_id)]
         if args.json:
             json.dump(info, out, indent=1)
@@ -179,6 +193,16 @@ def _dispatch(args: argparse.Namespace, conn: sqlite3.Connection, out: TextIO,
                 else:
                     print(f"{key}: {value}", file=out)
         return EXIT_OK
+    if cmd == "requiretls":
+        found = _write(conn, lambda c: qq.op_requiretls(c, args.queue_id, args.setting))
+        if not found:
+            print(f"mxd queue: no message {args.queue_id}", file=err)
+            return EXIT_NOMATCH
+        print(f"requiretls: {args.queue_id} set to {args.setting}"
+              " (takes effect at its next attempt; kick it to retry now)", file=out)
+        return EXIT_OK
+    if cmd == "domains":
+        return _domains(conn, args, out)
     if not (args.queue_id or args.domain or args.recipient or args.all):
         print(f"mxd queue {cmd}: give a queue id, --domain, --recipient or --all", file=err)
         return EXIT_ERROR
@@ -196,3 +220,28 @@ def _dispatch(args: argparse.Namespace, conn: sqlite3.Connection, out: TextIO,
         return EXIT_ERROR
     print(f"{cmd}: {n} recipient(s)", file=out)
     return EXIT_OK if n else EXIT_NOMATCH
+
+
+def _domains(conn: sqlite3.Connection, args: argparse.Namespace, out: TextIO) -> int:
+    rows = qs.domain_tls(conn, args.domain)
+    if args.json:
+        json.dump([{"domain": d.domain, "at": _ts(d.at), "mx_host": d.mx_host, "ip": d.ip,
+                    "starttls": d.starttls, "requiretls": d.requiretls, "tls": d.tls_used,
+                    "verified": d.verified, "policy": d.policy_type,
+                    "failure": d.result_type, "tls_version": d.tls_version}
+                   for d in rows], out, indent=1)
+        out.write("\n")
+    else:
+        def yn(b: bool) -> str:
+            return "yes" if b else "no"
+
+        print(f"{'domain':<30} {'last attempt':<19}  starttls requiretls verified  policy"
+              "           mx", file=out)
+        for d in rows:
+            print(f"{d.domain:<30} {_ts(d.at):<19}  {yn(d.starttls):<8} {yn(d.requiretls):<10} "
+                  f"{yn(d.verified):<9} {d.policy_type or '-':<16} {d.mx_host or '-'}"
+                  + (f"  failure={d.result_type}" if d.result_type else ""), file=out)
+        print(f"{len(rows)} domain(s)", file=out)
+    if args.domain and not rows:
+        return EXIT_NOMATCH
+    return EXIT_OK

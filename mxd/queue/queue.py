@@ -109,6 +109,16 @@ def op_drop(conn: sqlite3.Connection, unref: Callable[[sqlite3.Connection, str],
     return len(ids)
 
 
+def op_requiretls(conn: sqlite3.Connection, queue_id: str, setting: str) -> bool:
+    """RFC 8689 admin override of one queued message: ``yes`` requires REQUIRETLS, ``no``
+    delivers as with ``TLS-Required: No``, ``default`` restores what the message came with.
+    Returns False when there is no such message; raises QueueError for another setting."""
+    if setting not in qs.TLS_OVERRIDES:
+        raise QueueError(f"REQUIRETLS setting must be one of {', '.join(qs.TLS_OVERRIDES)},"
+                         f" not {setting!r}")
+    return qs.set_tls_override(conn, queue_id, setting)
+
+
 def unref_blob_sql(conn: sqlite3.Connection, blob_id: str) -> None:
     """Drop a blob reference without the store object (the CLI): the store removes bodies
     left at refcount 0 at its next start."""
@@ -215,6 +225,29 @@ class Queue:
              recipient: str | None = None) -> Deferred[int]:
         return self.store.transact(
             lambda c: op_drop(c, self.store.unref_blob, queue_id, domain, recipient))
+
+    def set_requiretls(self, queue_id: str, setting: str) -> Deferred[bool]:
+        """``mxd queue requiretls ID yes|no|default`` (see ``op_requiretls``); fires False for
+        an unknown id, errbacks with QueueError for a bad setting.  Takes effect at the
+        message's next attempt."""
+        if setting not in qs.TLS_OVERRIDES:
+            from twisted.internet.defer import fail
+
+            return fail(QueueError(f"REQUIRETLS setting must be one of "
+                                   f"{', '.join(qs.TLS_OVERRIDES)}, not {setting!r}"))
+        d = self.store.transact(lambda c: op_requiretls(c, queue_id, setting))
+
+        def logged(found: bool) -> bool:
+            if found:
+                log.info("REQUIRETLS of {queue_id} set to {setting}", queue_id=queue_id,
+                         setting=setting)
+            return found
+
+        return d.addCallback(logged)
+
+    def tls_domains(self, domain: str | None = None) -> Deferred[builtins.list[qs.DomainTLS]]:
+        """The last TLS result per recipient domain (STARTTLS, REQUIRETLS, verified)."""
+        return self.store.transact(lambda c: qs.domain_tls(c, domain))
 
     def counts(self) -> Deferred[dict[str, int]]:
         return self.store.transact(qs.count_recipients)

@@ -50,6 +50,7 @@ from mxd.smtp.client import (
     TLSResult,
     TransactionResult,
 )
+from mxd.tlsrpt.results import FailureDetail, PolicyInfo, ResultType, TLSAttempt
 
 log = Logger()
 
@@ -118,6 +119,13 @@ class _Attempt:
     error: Exception | None = None
     tls: TLSResult | None = None
     peer_dsn: bool = False
+    policy: TLSPolicy | None = None
+    new_session: bool = True  # False: a message on a reused connection
+    local_ip: str | None = None
+    peer_helo: str | None = None  # None: the session never got to EHLO
+    starttls: bool = False  # offered before TLS
+    requiretls: bool = False  # offered (after TLS) (RFC 8689 §3)
+    refusal: Any = None  # mxd.queue.tlspolicy.HostRefusal: not connected (issue 8)
 
 
 def _reply_fields(e: Exception) -> tuple[int | None, str | None, str]:
@@ -392,6 +400,7 @@ class QueueRunner(Service):
             return self._all(m, kind, *_reply_fields(e)), []
         attempts: list[_Attempt] = []
         refused: list[Exception] = []
+        refused_for_good: set[str] = set()  # hosts that can never take this message
         last: Exception = SMTPConnectionError(f"no usable host for {domain}")
         for host in plan.hosts:
             try:
@@ -410,11 +419,16 @@ class QueueRunner(Service):
             try:
                 policy = await self._policy(m, plan, host)
             except Exception as e:  # noqa: BLE001 - the policy refuses this host (issue 8)
-                # e.g. mxd.queue.tlspolicy.HostRefused: a DANE/MTA-STS/REQUIRETLS verdict
-                # against this host; try the next one.
+                # mxd.queue.tlspolicy.HostRefused: a DANE/MTA-STS/REQUIRETLS verdict against
+                # this host (4.7.5 temporary, 5.7.30 permanent); try the next one.  Any other
+                # error deciding the policy is a temporary refusal of the host.
                 log.info("not using {host} for {domain}: {why}", host=host.name, domain=domain,
                          why=str(e))
+                attempts.append(_Attempt(host.name, "", error=e,
+                                         refusal=getattr(e, "refusal", None)))
                 refused.append(e)
+                if getattr(e, "permanent", False):
+                    refused_for_good.add(host.name)
                 last = e
                 continue
             for addr in addrs:
@@ -426,16 +440,23 @@ class QueueRunner(Service):
                 if attempt.result is not None:
                     return self._outcomes(m, attempt), attempts
                 err = attempt.error or last
+                if isinstance(err, SMTPLocalError) and err.enhanced == "5.7.30":
+                    # RFC 8689 §4.1: the host does not offer REQUIRETLS: it cannot take this
+                    # message; another MX host may.
+                    refused.append(err)
+                    refused_for_good.add(host.name)
+                    last = err
+                    break
                 if isinstance(err, SMTPLocalError) or (
                         isinstance(err, SMTPReplyError) and err.command == "MAIL FROM"):
                     kind = "permanent" if err.permanent else "temporary"
                     return self._all(m, kind, *_reply_fields(err), host=host.name), attempts
                 last = err
-        if refused and not attempts and all(getattr(e, "permanent", False) for e in refused) \
-                and len(refused) == len(plan.hosts):
-            # Every host was refused for good (RFC 8689 §4.1: REQUIRETLS cannot be met).
-            final = refused[-1]
-            return self._all(m, "permanent", 550, getattr(final, "enhanced", "5.7.30"),
+        if refused_for_good and len(refused_for_good) == len({h.name for h in plan.hosts}):
+            # Every host was refused for good (RFC 8689 §4.1: REQUIRETLS cannot be met): a
+            # failure DSN (5.7.30), itself sent without REQUIRETLS (see _make_dsn).
+            final = next(e for e in reversed(refused) if getattr(e, "permanent", False))
+            return self._all(m, "permanent", 550, getattr(final, "enhanced", None) or "5.7.30",
                              str(final)), attempts
         code, enhanced, text = _reply_fields(last)
         if refused and last is refused[-1]:
@@ -475,7 +496,8 @@ class QueueRunner(Service):
             # RFC 7435 §4: opportunistic TLS that fails falls back to cleartext.
             log.info("TLS with {host} [{ip}] failed; retrying without TLS", host=host.name, ip=ip)
             retry = await self._connect_and_send(m, host.name, ip, attrs.evolve(policy, mode=TLSMode.NONE))
-            return attrs.evolve(retry, tls=attempt.tls)
+            return attrs.evolve(retry, tls=attempt.tls, starttls=attempt.starttls,
+                                new_session=attempt.new_session)
         return attempt
 
     async def _connect_and_send(self, m: qs.QueuedMessage, host: str, ip: str,
@@ -483,7 +505,7 @@ class QueueRunner(Service):
         key = (ip, self.settings.port, host, policy.mode, policy.policy_type, policy.policy_domain)
         cached = self._idle.take(key)
         if cached is not None:
-            attempt = await self._send_on(cached, m, host, ip, key)
+            attempt = await self._send_on(cached, m, host, ip, key, policy, reused=True)
             if not isinstance(attempt.error, SMTPConnectionError):
                 return attempt
             # the peer closed the idle connection meanwhile: try a fresh one
@@ -492,17 +514,19 @@ class QueueRunner(Service):
             await self.connector(ip, self.settings.port, client)
         except Exception as e:  # noqa: BLE001 - any connect failure is a temporary one
             self.metrics.inc("queue_connections", result="failed")
-            return _Attempt(host, ip, error=SMTPConnectionError(f"connect to {host} [{ip}]: {e}"))
+            return _Attempt(host, ip, error=SMTPConnectionError(f"connect to {host} [{ip}]: {e}"),
+                            policy=policy)
         try:
             await client.start()
         except SMTPClientError as e:
             client.quit()
-            return _Attempt(host, ip, error=e, tls=client.tls_result)
+            return _session(client, host, ip, policy, False, error=e)
         self.metrics.inc("queue_connections", result="ok")
-        return await self._send_on(client, m, host, ip, key)
+        return await self._send_on(client, m, host, ip, key, policy)
 
     async def _send_on(self, client: SMTPClient, m: qs.QueuedMessage, host: str, ip: str,
-                       key: tuple[Any, ...]) -> _Attempt:
+                       key: tuple[Any, ...], policy: TLSPolicy,
+                       reused: bool = False) -> _Attempt:
         cm = ClientMessage(
             mail_from=m.mail_from,
             recipients=tuple(ClientRecipient(r.address, r.notify, r.orcpt) for r in m.recipients),
@@ -514,13 +538,13 @@ class QueueRunner(Service):
                 result = await client.send(cm, body)
         except SMTPClientError as e:
             client.quit()
-            return _Attempt(host, ip, error=e, tls=client.tls_result)
+            return _session(client, host, ip, policy, reused, error=e)
         except OSError as e:
             client.quit()
-            return _Attempt(host, ip, error=SMTPConnectionError(f"reading the message: {e}"),
-                            tls=client.tls_result)
+            return _session(client, host, ip, policy, reused,
+                            error=SMTPConnectionError(f"reading the message: {e}"))
         self._idle.put(key, client)
-        return _Attempt(host, ip, result=result, tls=client.tls_result,
+        return _session(client, host, ip, policy, reused, result=result,
                         peer_dsn=client.has("DSN"))
 
     def _tcp_connect(self, ip: str, port: int, client: SMTPClient) -> Deferred[Any]:
@@ -595,6 +619,9 @@ class QueueRunner(Service):
         def op(c: Any) -> None:
             for a in attempts:
                 qs.log_attempt(c, _attempt_record(m, a, now))
+                support = _domain_tls(m, a, now)
+                if support is not None:
+                    qs.record_domain_tls(c, support)
             for rid in finish:
                 qs.finish_recipient(c, rid)
             for r, o, nxt, sent in defer:
@@ -624,7 +651,10 @@ class QueueRunner(Service):
                         ) -> tuple[str, OutboundMessage]:
         retry = self.settings.retry
         with self.queue.store.open_blob(m.blob_id) as f:
-            full = (m.ret or "").upper() == "FULL" and m.size <= dsnmod.MAX_RETURNED_FULL
+            # The DSN goes without REQUIRETLS (RFC 8689 §4.1; it may not be deliverable
+            # otherwise), so it never carries the body of a message that required TLS.
+            full = ((m.ret or "").upper() == "FULL" and m.size <= dsnmod.MAX_RETURNED_FULL
+                    and not (m.requiretls or m.received_requiretls))
             original = f.read() if full else _read_headers(f)
         data = dsnmod.build_dsn(
             reporting_mta=self.hostname, sender=m.mail_from, recipients=reports,
@@ -712,6 +742,46 @@ def _read_headers(f: Any, limit: int = 1 << 20) -> bytes:
     return bytes(out)
 
 
+def _session(client: SMTPClient, host: str, ip: str, policy: TLSPolicy, reused: bool,
+             **kw: Any) -> _Attempt:
+    """An attempt over ``client``'s connection, with what it showed about TLS."""
+    return _Attempt(host, ip, tls=client.tls_result, policy=policy, new_session=not reused,
+                    local_ip=client.local_ip, peer_helo=client.peer_helo,
+                    starttls=client.starttls_offered or client.tls_result.used,
+                    requiretls=client.tls_result.used and client.has("REQUIRETLS"), **kw)
+
+
+def _tls_report(m: qs.QueuedMessage, a: _Attempt, now: float) -> TLSAttempt | None:
+    """The RFC 8460 record of the attempt's session (None: no TLS session to report: not
+    connected, or the server never got to EHLO)."""
+    if a.refusal is not None:
+        return a.refusal.attempt(now)  # type: ignore[no-any-return]
+    if a.tls is None or a.peer_helo is None:
+        return None
+    report = a.policy.report if a.policy is not None else None
+    if report is not None and hasattr(report, "attempt_from_client"):
+        return report.attempt_from_client(  # type: ignore[no-any-return]
+            a.tls, now, sending_ip=a.local_ip, receiving_ip=a.ip, helo=a.peer_helo)
+    # No policy object (the plain opportunistic path): RFC 8460 §4.4 "no-policy-found".
+    info = PolicyInfo.none_found(m.recipients[0].domain)
+    if a.tls.used and not a.tls.failure:
+        return TLSAttempt(info, True, now)
+    try:
+        rtype = ResultType(a.tls.failure or "starttls-not-supported")
+    except ValueError:
+        rtype = ResultType.VALIDATION_FAILURE
+    return TLSAttempt(info, False, now, FailureDetail(rtype, a.local_ip, a.host, a.peer_helo,
+                                                      a.ip))
+
+
+def _overridden(a: _Attempt) -> bool:
+    """Whether DANE/MTA-STS verification failed and was ignored (``TLS-Required: No``)."""
+    report = a.policy.report if a.policy is not None else None
+    if report is None or not getattr(report, "tls_required_no", False):
+        return False
+    return bool((a.tls is not None and a.tls.failure) or getattr(report, "notes", ()))
+
+
 def _attempt_record(m: qs.QueuedMessage, a: _Attempt, now: float) -> qs.AttemptRecord:
     if a.result is not None:
         oks = [r.reply.ok for r in a.result.recipients]
@@ -719,18 +789,38 @@ def _attempt_record(m: qs.QueuedMessage, a: _Attempt, now: float) -> qs.AttemptR
         reply = a.result.data_reply or (a.result.recipients[0].reply if a.result.recipients else None)
         code, enhanced, text = (reply.code, reply.enhanced, " ".join(reply.lines)) if reply else (None, None, None)
     else:
-        result = "error"
+        result = "refused" if a.refusal is not None else "error"
         code, enhanced, text = _reply_fields(a.error or Exception("unknown"))
     t = a.tls
+    r = _tls_report(m, a, now)
+    fd = r.failure if r is not None else None
     return qs.AttemptRecord(
         queue_id=m.queue_id, domain=m.recipients[0].domain,
         recipients=tuple(r.address for r in m.recipients), at=now, result=result, host=a.host,
-        ip=a.ip, code=code, enhanced=enhanced, text=text,
+        ip=a.ip or None, code=code, enhanced=enhanced, text=text,
         tls_used=bool(t and t.used), tls_verified=bool(t and t.verified),
         tls_version=t.version if t else None, tls_cipher=t.cipher if t else None,
-        tls_policy_type=t.policy_type if t else None, tls_policy_domain=t.policy_domain if t else None,
-        tls_failure=t.failure if t else None,
+        tls_policy_type=(r.policy.type.value if r else t.policy_type if t else None),
+        tls_policy_domain=(r.policy.domain if r else t.policy_domain if t else None),
+        tls_failure=(t.failure if t else fd.result_type.value if fd else None),
+        tls_session=a.new_session, tls_success=None if r is None else r.success,
+        tls_policy_strings=r.policy.strings if r else (),
+        tls_policy_mx=r.policy.mx_host if r else (),
+        tls_result_type=fd.result_type.value if fd else None,
+        tls_detail=fd.additional_information if fd else None,
+        sending_ip=a.local_ip, receiving_helo=a.peer_helo, tls_overridden=_overridden(a),
     )
+
+
+def _domain_tls(m: qs.QueuedMessage, a: _Attempt, now: float) -> qs.DomainTLS | None:
+    """The per-domain support record of a connection that got to EHLO (None otherwise)."""
+    if a.peer_helo is None or a.tls is None:
+        return None
+    return qs.DomainTLS(
+        domain=m.recipients[0].domain, at=now, mx_host=a.host, ip=a.ip, starttls=a.starttls,
+        requiretls=a.requiretls, tls_used=a.tls.used,
+        verified=a.tls.used and a.tls.verified and a.tls.failure is None,
+        policy_type=a.tls.policy_type, result_type=a.tls.failure, tls_version=a.tls.version)
 
 
 def _done() -> Deferred[None]:

@@ -11,7 +11,13 @@ Three tables (component "queue", registered with ``SQLiteStore.register_schema``
   override, whether the delayed DSN went out.  Delivered and failed recipients are deleted;
   the message row and the blob reference go with the last recipient.
 * ``queue_attempts``: a log of every delivery attempt (time, host, IP, result, TLS
-  details), kept for TLS reporting (RFC 8460) and the admin interface.
+  details), kept for TLS reporting (RFC 8460) and the admin interface.  Each row carries the
+  RFC 8460 §4.4 fields of its session (policy type, domain, strings, MX patterns, result
+  type, sending and receiving IP); ``tls_session`` is 0 for a message sent on a reused
+  connection, so a session is counted once (``tls_attempts_between``).  A host refused
+  before connecting (DANE/MTA-STS/REQUIRETLS) is a row with result ``refused``.
+* ``queue_tls_domains``: per recipient domain, the last connection's STARTTLS/REQUIRETLS
+  support and whether TLS was verified (DANE or MTA-STS), for admin and submission.
 
 Crash safety: before a delivery starts its recipients are marked ``inflight`` with a lease
 in a committed transaction; the result is written in another.  At start every ``inflight``
@@ -24,6 +30,8 @@ Every function here takes a ``sqlite3.Connection`` inside ``SQLiteStore.transact
 
 from __future__ import annotations
 
+import datetime
+import json
 import sqlite3
 from collections.abc import Sequence
 from typing import Any
@@ -31,6 +39,7 @@ from typing import Any
 import attrs
 
 from mxd.queue.interfaces import OutboundMessage, OutboundRecipient
+from mxd.tlsrpt.results import FailureDetail, PolicyInfo, PolicyType, ResultType, TLSAttempt
 
 QUEUE_MIGRATIONS: list[str] = [
     """
@@ -94,7 +103,37 @@ QUEUE_MIGRATIONS: list[str] = [
     );
     CREATE INDEX queue_attempts_at ON queue_attempts (at);
     """,
+    # Issue 8: admin REQUIRETLS override, per-session TLS report fields, per-domain support.
+    """
+    ALTER TABLE queue_messages ADD COLUMN tls_override TEXT;
+    ALTER TABLE queue_attempts ADD COLUMN tls_session INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE queue_attempts ADD COLUMN tls_success INTEGER;
+    ALTER TABLE queue_attempts ADD COLUMN tls_policy_strings TEXT;
+    ALTER TABLE queue_attempts ADD COLUMN tls_policy_mx TEXT;
+    ALTER TABLE queue_attempts ADD COLUMN tls_result_type TEXT;
+    ALTER TABLE queue_attempts ADD COLUMN tls_detail TEXT;
+    ALTER TABLE queue_attempts ADD COLUMN sending_ip TEXT;
+    ALTER TABLE queue_attempts ADD COLUMN receiving_helo TEXT;
+    ALTER TABLE queue_attempts ADD COLUMN tls_overridden INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE queue_tls_domains (
+        domain TEXT PRIMARY KEY,
+        at REAL NOT NULL,
+        mx_host TEXT,
+        ip TEXT,
+        starttls INTEGER NOT NULL DEFAULT 0,
+        requiretls INTEGER NOT NULL DEFAULT 0,
+        tls_used INTEGER NOT NULL DEFAULT 0,
+        verified INTEGER NOT NULL DEFAULT 0,
+        policy_type TEXT,
+        result_type TEXT,
+        tls_version TEXT
+    );
+    """,
 ]
+
+# RFC 8689 admin override of a queued message (``mxd queue requiretls ID yes|no|default``):
+# "yes" requires REQUIRETLS, "no" behaves as ``TLS-Required: No``, None/"default" is as received.
+TLS_OVERRIDES = ("yes", "no", "default")
 
 QUEUED = "queued"
 INFLIGHT = "inflight"
@@ -137,6 +176,11 @@ class QueuedMessage:
     is_dsn: bool
     queued_at: float
     recipients: tuple[QueuedRecipient, ...] = ()
+    # ``requiretls``/``tls_required_no`` above are the effective flags (after the admin
+    # override); these are the message's own and the override (None: as received).
+    tls_override: str | None = None
+    received_requiretls: bool = False
+    received_tls_required_no: bool = False
 
 
 @attrs.frozen
@@ -160,6 +204,57 @@ class AttemptRecord:
     tls_policy_type: str | None = None
     tls_policy_domain: str | None = None
     tls_failure: str | None = None
+    # RFC 8460 §4.4 session fields (see ``tls_attempt``); tls_success None: nothing to report
+    tls_session: bool = True  # False: a message on a reused connection (session counted once)
+    tls_success: bool | None = None
+    tls_policy_strings: tuple[str, ...] = ()
+    tls_policy_mx: tuple[str, ...] = ()
+    tls_result_type: str | None = None
+    tls_detail: str | None = None
+    sending_ip: str | None = None
+    receiving_helo: str | None = None
+    tls_overridden: bool = False  # delivered despite a failed verification (TLS-Required: No)
+
+    def tls_attempt(self) -> TLSAttempt | None:
+        """This row as the RFC 8460 ``TLSAttempt`` of its session (None: not a session to
+        report: a reused connection, or no TLS policy was evaluated)."""
+        if not self.tls_session or self.tls_success is None:
+            return None
+        try:
+            ptype = PolicyType(self.tls_policy_type or "no-policy-found")
+        except ValueError:
+            ptype = PolicyType.NO_POLICY_FOUND
+        policy = PolicyInfo(ptype, self.tls_policy_domain or self.domain,
+                            self.tls_policy_strings, self.tls_policy_mx)
+        if self.tls_success:
+            return TLSAttempt(policy, True, self.at)
+        try:
+            rtype = ResultType(self.tls_result_type or "validation-failure")
+        except ValueError:
+            rtype = ResultType.VALIDATION_FAILURE
+        return TLSAttempt(policy, False, self.at, FailureDetail(
+            rtype, self.sending_ip, self.host, self.receiving_helo, self.ip,
+            self.tls_detail or None))
+
+
+@attrs.frozen
+class DomainTLS:
+    """What the last connection for a recipient domain showed (issue 8 support records).
+
+    ``verified``: TLS authenticated by DANE or an enforced MTA-STS policy.
+    """
+
+    domain: str
+    at: float
+    mx_host: str | None
+    ip: str | None
+    starttls: bool
+    requiretls: bool
+    tls_used: bool
+    verified: bool
+    policy_type: str | None = None
+    result_type: str | None = None
+    tls_version: str | None = None
 
 
 def domain_of(address: str) -> str:
@@ -197,16 +292,29 @@ def insert_message(
 
 
 _MSG_COLS = ("id, queue_id, mail_from, blob_id, size, body, smtputf8, requiretls,"
-             " tls_required_no, ret, envid, sender_account, is_dsn, queued_at")
+             " tls_required_no, ret, envid, sender_account, is_dsn, queued_at, tls_override")
 _RCPT_COLS = ("id, address, domain, notify, orcpt, state, attempts, next_attempt, hold,"
               " transport, last_attempt, last_code, last_enhanced, last_text, last_host,"
               " delay_dsn_sent")
 
 
+def effective_tls_flags(requiretls: bool, tls_required_no: bool,
+                        override: str | None) -> tuple[bool, bool]:
+    """(requiretls, tls_required_no) after an admin override (RFC 8689; see TLS_OVERRIDES)."""
+    if override == "yes":
+        return True, False
+    if override == "no":
+        return False, True
+    return requiretls, tls_required_no and not requiretls  # RFC 8689 §5: REQUIRETLS wins
+
+
 def _message(row: Sequence[Any], rcpts: tuple[QueuedRecipient, ...] = ()) -> QueuedMessage:
+    req, trn = bool(row[7]), bool(row[8])
+    override = row[14] if row[14] in ("yes", "no") else None
+    eff_req, eff_trn = effective_tls_flags(req, trn, override)
     return QueuedMessage(int(row[0]), row[1], row[2], row[3], int(row[4]), row[5], bool(row[6]),
-                         bool(row[7]), bool(row[8]), row[9], row[10], row[11], bool(row[12]),
-                         float(row[13]), rcpts)
+                         eff_req, eff_trn, row[9], row[10], row[11], bool(row[12]),
+                         float(row[13]), rcpts, override, req, trn)
 
 
 def _recipient(row: Sequence[Any]) -> QueuedRecipient:
@@ -344,25 +452,111 @@ def remove_message_if_done(conn: sqlite3.Connection, message_id: int) -> str | N
     return str(row[0])
 
 
+_ATTEMPT_COLS = ("queue_id, domain, recipients, at, host, ip, result, code, enhanced, text,"
+                 " tls_used, tls_verified, tls_version, tls_cipher, tls_policy_type,"
+                 " tls_policy_domain, tls_failure, tls_session, tls_success,"
+                 " tls_policy_strings, tls_policy_mx, tls_result_type, tls_detail, sending_ip,"
+                 " receiving_helo, tls_overridden")
+
+
+def _json_list(values: Sequence[str]) -> str | None:
+    return json.dumps(list(values)) if values else None
+
+
+def _list_json(text: str | None) -> tuple[str, ...]:
+    if not text:
+        return ()
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return ()
+    return tuple(str(v) for v in value) if isinstance(value, list) else ()
+
+
 def log_attempt(conn: sqlite3.Connection, a: AttemptRecord) -> None:
     conn.execute(
-        "INSERT INTO queue_attempts (queue_id, domain, recipients, at, host, ip, result, code,"
-        " enhanced, text, tls_used, tls_verified, tls_version, tls_cipher, tls_policy_type,"
-        " tls_policy_domain, tls_failure) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        f"INSERT INTO queue_attempts ({_ATTEMPT_COLS}) VALUES ({','.join('?' * 26)})",
         (a.queue_id, a.domain, ",".join(a.recipients), a.at, a.host, a.ip, a.result, a.code,
          a.enhanced, a.text, int(a.tls_used), int(a.tls_verified), a.tls_version, a.tls_cipher,
-         a.tls_policy_type, a.tls_policy_domain, a.tls_failure))
+         a.tls_policy_type, a.tls_policy_domain, a.tls_failure, int(a.tls_session),
+         None if a.tls_success is None else int(a.tls_success),
+         _json_list(a.tls_policy_strings), _json_list(a.tls_policy_mx), a.tls_result_type,
+         a.tls_detail, a.sending_ip, a.receiving_helo, int(a.tls_overridden)))
+
+
+def _attempt(r: Sequence[Any]) -> AttemptRecord:
+    return AttemptRecord(
+        r[0], r[1], tuple(x for x in r[2].split(",") if x), r[3], r[6], r[4], r[5], r[7], r[8],
+        r[9], bool(r[10]), bool(r[11]), r[12], r[13], r[14], r[15], r[16], bool(r[17]),
+        None if r[18] is None else bool(r[18]), _list_json(r[19]), _list_json(r[20]), r[21],
+        r[22], r[23], r[24], bool(r[25]))
 
 
 def attempts_for(conn: sqlite3.Connection, queue_id: str) -> list[AttemptRecord]:
-    return [AttemptRecord(r[0], r[1], tuple(x for x in r[2].split(",") if x), r[3], r[6], r[4],
-                          r[5], r[7], r[8], r[9], bool(r[10]), bool(r[11]), r[12], r[13], r[14],
-                          r[15], r[16])
+    return [_attempt(r) for r in conn.execute(
+        f"SELECT {_ATTEMPT_COLS} FROM queue_attempts WHERE queue_id = ? ORDER BY id",
+        (queue_id,))]
+
+
+def attempts_between(conn: sqlite3.Connection, start: float, end: float) -> list[AttemptRecord]:
+    """Attempts made in [start, end) (POSIX seconds), oldest first."""
+    return [_attempt(r) for r in conn.execute(
+        f"SELECT {_ATTEMPT_COLS} FROM queue_attempts WHERE at >= ? AND at < ? ORDER BY at, id",
+        (start, end))]
+
+
+def tls_attempts_between(conn: sqlite3.Connection, start: float,
+                         end: float) -> list[TLSAttempt]:
+    """The TLS sessions of [start, end) as ``mxd.tlsrpt.results.TLSAttempt`` values, one per
+    session (messages on a reused connection are left out), ready for
+    ``mxd.tlsrpt.report.aggregate`` (RFC 8460 §4.4)."""
+    out = []
+    for a in attempts_between(conn, start, end):
+        t = a.tls_attempt()
+        if t is not None:
+            out.append(t)
+    return out
+
+
+def tls_attempts_for_day(conn: sqlite3.Connection, day: datetime.date) -> list[TLSAttempt]:
+    """The TLS sessions of one UTC day (RFC 8460 §4.1: reports cover 24-hour UTC days)."""
+    start = datetime.datetime.combine(day, datetime.time(), datetime.UTC)
+    end = start + datetime.timedelta(days=1)
+    return tls_attempts_between(conn, start.timestamp(), end.timestamp())
+
+
+def record_domain_tls(conn: sqlite3.Connection, d: DomainTLS) -> None:
+    """Remember the last connection's TLS facts for a recipient domain (newest wins)."""
+    conn.execute(
+        "INSERT INTO queue_tls_domains (domain, at, mx_host, ip, starttls, requiretls, tls_used,"
+        " verified, policy_type, result_type, tls_version) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+        " ON CONFLICT(domain) DO UPDATE SET at = excluded.at, mx_host = excluded.mx_host,"
+        " ip = excluded.ip, starttls = excluded.starttls, requiretls = excluded.requiretls,"
+        " tls_used = excluded.tls_used, verified = excluded.verified,"
+        " policy_type = excluded.policy_type, result_type = excluded.result_type,"
+        " tls_version = excluded.tls_version WHERE excluded.at >= queue_tls_domains.at",
+        (d.domain.lower(), d.at, d.mx_host, d.ip, int(d.starttls), int(d.requiretls),
+         int(d.tls_used), int(d.verified), d.policy_type, d.result_type, d.tls_version))
+
+
+def domain_tls(conn: sqlite3.Connection, domain: str | None = None) -> list[DomainTLS]:
+    """The last TLS result per recipient domain (all domains, or one), by domain name."""
+    where, args = ("WHERE domain = ?", (domain.rstrip(".").lower(),)) if domain else ("", ())
+    return [DomainTLS(r[0], float(r[1]), r[2], r[3], bool(r[4]), bool(r[5]), bool(r[6]),
+                      bool(r[7]), r[8], r[9], r[10])
             for r in conn.execute(
-                "SELECT queue_id, domain, recipients, at, host, ip, result, code, enhanced, text,"
-                " tls_used, tls_verified, tls_version, tls_cipher, tls_policy_type,"
-                " tls_policy_domain, tls_failure FROM queue_attempts WHERE queue_id = ?"
-                " ORDER BY id", (queue_id,))]
+                "SELECT domain, at, mx_host, ip, starttls, requiretls, tls_used, verified,"
+                f" policy_type, result_type, tls_version FROM queue_tls_domains {where}"
+                " ORDER BY domain", args)]
+
+
+def set_tls_override(conn: sqlite3.Connection, queue_id: str, override: str) -> bool:
+    """Set a queued message's REQUIRETLS override (``TLS_OVERRIDES``); False: no such id."""
+    if override not in TLS_OVERRIDES:
+        raise ValueError(f"override must be one of {', '.join(TLS_OVERRIDES)}")
+    cur = conn.execute("UPDATE queue_messages SET tls_override = ? WHERE queue_id = ?",
+                       (None if override == "default" else override, queue_id))
+    return cur.rowcount > 0
 
 
 def count_recipients(conn: sqlite3.Connection) -> dict[str, int]:

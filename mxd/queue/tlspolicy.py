@@ -249,6 +249,7 @@ class HostTLSPolicy:
             verify=verify,
             policy_type=self.policy_type.value,
             policy_domain=self.policy_domain,
+            report=self,
         )
 
     def attempt(self, result: CheckResult | None, now: float, *,

@@ -187,6 +187,9 @@ class TLSPolicy:
     verify: Callable[[TLSConnectionInfo], str | None] | None = None
     policy_type: str = "no-policy-found"
     policy_domain: str = ""
+    # The object that decided this policy (e.g. mxd.queue.tlspolicy.HostTLSPolicy), kept for
+    # the caller's TLS report record (``attempt_from_client``); the client does not use it.
+    report: Any = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen
@@ -338,6 +341,16 @@ class SMTPClient(LineOnlyReceiver):
         self._in_starttls = False
         self._quitting = False
         self.transactions = 0
+        self.peer_helo: str | None = None  # the domain in the server's last EHLO/HELO reply
+        self.starttls_offered = False  # STARTTLS was in the EHLO reply before TLS
+
+    @property
+    def local_ip(self) -> str | None:
+        """Our address on this connection (RFC 8460 "sending-mta-ip"), when connected."""
+        try:
+            return str(self._t.getHost().host) if self.transport is not None else None
+        except Exception:  # noqa: BLE001 - a transport without addresses (tests)
+            return None
 
     @property
     def usable(self) -> bool:
@@ -456,6 +469,8 @@ class SMTPClient(LineOnlyReceiver):
     async def _hello(self) -> None:
         reply = await self._command(f"EHLO {self.settings.helo_name}", self.settings.ehlo_timeout)
         if reply.code == 250:
+            words = reply.lines[0].split() if reply.lines else []
+            self.peer_helo = words[0] if words else None
             self.esmtp = True
             self.extensions = {}
             for line in reply.lines[1:]:
@@ -477,6 +492,7 @@ class SMTPClient(LineOnlyReceiver):
 
     async def _starttls(self) -> None:
         policy = self.tls_policy
+        self.starttls_offered = self.has("STARTTLS")
         if policy.mode is TLSMode.NONE:
             return
         if not self.has("STARTTLS"):
