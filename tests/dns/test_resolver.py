@@ -233,12 +233,14 @@ def test_settings_from_values() -> None:
     assert [n.trusted for n in s.nameservers] == [False, True]
 
 
-def test_mxd_cli_wiring() -> None:
+def test_mxd_cli_wiring(monkeypatch: pytest.MonkeyPatch) -> None:
     """``mxd dns lookup TYPE NAME`` parses through mxd/cli.py's parser into our run()."""
     from mxd.cli import build_parser
 
+    seen: list[Any] = []
+    monkeypatch.setattr(cli, "run", lambda a: seen.append(a) or 0)
     args = build_parser().parse_args(["dns", "lookup", "TLSA", "_25._tcp.mx.example.test",
                                       "--server", "127.0.0.1:5353", "--timeout", "1"])
-    assert args.func is cli.run
+    assert args.func(args) == 0 and seen == [args]
     assert (args.type, args.name, args.server, args.timeout) == (
         "TLSA", "_25._tcp.mx.example.test", ["127.0.0.1:5353"], 1.0)
