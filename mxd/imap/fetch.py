@@ -13,6 +13,7 @@ from twisted.logger import Logger
 
 from mxd.imap import message as mimemsg
 from mxd.imap import response
+from mxd.imap.envelope import render_envelope
 from mxd.imap.errors import BadSequence
 from mxd.imap.messagecache import read_header_block
 from mxd.imap.values import Command, FetchArgs, FetchAtt, SeqSet
@@ -136,7 +137,7 @@ def _render_att(s: IMAPSession, ld: _Loader, seq: int, att: FetchAtt) -> list[Se
         kind = "env8" if utf8 else "env"
         v = cache.get(kind, m.blob_id)
         if v is None:
-            v = response.render(mimemsg.envelope(mimemsg.HeaderList.parse(ld.header())), utf8)
+            v = render_envelope(ld.header(), utf8)
             cache.put(kind, m.blob_id, v)
         return [b"ENVELOPE " + v]
     if n in ("BODYSTRUCTURE", "BODY") and att.section is None:
@@ -243,48 +244,64 @@ async def do_fetch(s: IMAPSession, cmd: Command) -> Reply:
                 # RFC 3501 §6.4.5: report the implicit \Seen change.
                 pass
     failed = 0
-    for uid in uids:
-        seq = view.seq_of(uid)
-        m = view.msgs.get(uid)
-        if seq is None or m is None:
-            continue
-        ld = _Loader(s, m)
-        try:
-            segs: list[Segment] = [b"* %d FETCH (" % seq]
-            first = True
-            for att in atts:
-                if not first:
-                    segs.append(b" ")
-                first = False
-                segs.extend(_render_att(s, ld, seq, att))
-            if uid in seen_set and "FLAGS" not in names:
-                segs.append(b" FLAGS " + response.flags(s.flags_of(m)))
-            segs.append(b")\r\n")
-            await _write(s, ld, segs)
-        except UnknownCTEError:
-            ld.close()
-            return no("Unknown Content-Transfer-Encoding", "UNKNOWN-CTE")
-        except (OSError, KeyError) as e:
-            failed += 1
-            log.error("imap fetch cannot read message {uid}: {error}", uid=uid, error=str(e))
-        finally:
-            ld.close()
+    out = bytearray()  # responses not yet sent, written in batches of BATCH bytes
+    try:
+        for uid in uids:
+            seq = view.seq_of(uid)
+            m = view.msgs.get(uid)
+            if seq is None or m is None:
+                continue
+            ld = _Loader(s, m)
+            try:
+                segs: list[Segment] = [b"* %d FETCH (" % seq]
+                first = True
+                for att in atts:
+                    if not first:
+                        segs.append(b" ")
+                    first = False
+                    segs.extend(_render_att(s, ld, seq, att))
+                if uid in seen_set and "FLAGS" not in names:
+                    segs.append(b" FLAGS " + response.flags(s.flags_of(m)))
+                segs.append(b")\r\n")
+                await _write(s, ld, segs, out)
+            except UnknownCTEError:
+                return no("Unknown Content-Transfer-Encoding", "UNKNOWN-CTE")
+            except (OSError, KeyError) as e:
+                failed += 1
+                log.error("imap fetch cannot read message {uid}: {error}", uid=uid, error=str(e))
+            finally:
+                ld.close()
+    finally:
+        # Everything rendered so far goes out before the tagged reply (or the error).
+        if out:
+            s.send(bytes(out))
+    await s.drain()
     if failed:
         return no("Some messages could not be read", "SERVERBUG")
     return ok(f"{cmd.name} completed")
 
 
-async def _write(s: IMAPSession, ld: _Loader, segs: list[Segment]) -> None:
-    # Validate every file range first: the response must not be cut after it began.
-    out = bytearray()
+BATCH = 64 * 1024
+
+
+async def _write(s: IMAPSession, ld: _Loader, segs: list[Segment], out: bytearray) -> None:
+    """Append one response to ``out``; send ``out`` (and wait for the transport to drain)
+    once it holds BATCH bytes or before a file range is streamed.  When the message's file
+    cannot be opened, nothing of its response stays in ``out``."""
+    mark = len(out)
     for seg in segs:
         if isinstance(seg, bytes):
             out += seg
             continue
-        f = ld.file()
+        try:
+            f = ld.file()
+        except BaseException:
+            del out[mark:]  # the response must not be cut after it began
+            raise
         if out:
             s.send(bytes(out))
             out.clear()
+        mark = 0
         f.seek(seg.offset)
         left = seg.length
         chunk_size = s.settings.chunk_size
@@ -296,6 +313,7 @@ async def _write(s: IMAPSession, ld: _Loader, segs: list[Segment]) -> None:
             s.send(chunk)
             left -= len(chunk)
             await s.drain()
-    if out:
+    if len(out) >= BATCH:
         s.send(bytes(out))
-    await s.drain()
+        out.clear()
+        await s.drain()
