@@ -50,15 +50,18 @@ _SIMPLE_ADDR = re.compile(
     rb'|([^<>@\s",;:()\[\]]+@[^<>@\s",;:()\[\]]+))\s*(?:,|$)')
 
 
-def _is_unusual(block: bytes) -> bool:
-    return (block.count(b"\r") != block.count(b"\r\n") or _ODD.search(block) is not None
+def _is_unusual(block: bytes, plain: bool) -> bool:
+    # _NEEDS_ESCAPE covers _ODD: a plain header has no odd octets.
+    return (block.count(b"\r") != block.count(b"\r\n")
+            or (not plain and _ODD.search(block) is not None)
             or _JUNK_LINE.search(block) is not None)
 
 
-def split_fields(block: bytes) -> list[list[bytes]] | None:
+def split_fields(block: bytes, plain: bool = False) -> list[list[bytes]] | None:
     """The raw values of the ENVELOPE fields, indexed like ``_FIELDS``, as
-    ``HeaderList.parse`` would give them; None when the header needs the general path."""
-    if _is_unusual(block):
+    ``HeaderList.parse`` would give them; None when the header needs the general path.
+    ``plain``: the caller found no _NEEDS_ESCAPE octet in the block."""
+    if _is_unusual(block, plain):
         return None
     fields: list[list[bytes]] = [[], [], [], [], [], [], [], [], [], []]
     for name, value in _FIELD.findall(block):
@@ -135,10 +138,10 @@ def _general_address_list(text: bytes, utf8: bool) -> bytes | None:
 def render_envelope(block: bytes, utf8: bool = False) -> bytes:
     """The rendered ENVELOPE of a message's header block: the octets of
     ``render(envelope(HeaderList.parse(block)), utf8)``, computed faster."""
-    fields = split_fields(block)
+    plain = _NEEDS_ESCAPE.search(block) is None
+    fields = split_fields(block, plain)
     if fields is None:
         return render(mimemsg.envelope(mimemsg.HeaderList.parse(block)), utf8)
-    plain = _NEEDS_ESCAPE.search(block) is None
     frm = _address_list(fields[_FROM], utf8, plain)
     sender = _address_list(fields[_SENDER], utf8, plain) or frm
     reply_to = _address_list(fields[_REPLY_TO], utf8, plain) or frm
