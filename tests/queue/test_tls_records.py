@@ -243,7 +243,11 @@ def test_a_days_attempts_aggregate_into_a_tlsrpt_report(data_dir: Path) -> None:
     ]
     h = open_store(data_dir, inline=True, schemas={"queue": QUEUE_MIGRATIONS})
     try:
-        h.run(h.store.transact(lambda c: [qs.log_attempt(c, r) for r in rows]))
+        def put(c: Any) -> None:
+            for r in rows:
+                qs.log_attempt(c, r)
+
+        h.run(h.store.transact(put))
         attempts = h.run(h.store.transact(lambda c: qs.tls_attempts_for_day(c, day)))
     finally:
         h.close()
