@@ -6,13 +6,22 @@ Measures, for a mailbox of N messages (default 10,000):
   * memory of K idle authenticated TLS connections (default 1,000): the growth of the
     servers' resident memory (RSS, and PSS, which counts shared pages once) divided by K.
 
-mxd runs from tests/integration/_imap_harness.py (real SQLite store, real SASL, TLS);
-Dovecot from a one-file config in a temp dir (mail in Maildir, mail processes as
-``nobody``; its default high-security login mode, one imap-login process per TLS
-connection, or ``--dovecot-performance-mode``).  Both serve implicit TLS on 127.0.0.1.  Prints each figure and mxd/Dovecot
-ratios.  Stops by itself: every wait is bounded and both servers are killed at the end.
+mxd runs as the composed server, ``twistd mxd`` with a generated config (an IMAPS
+listener; the account made by ``mxd account add --password-stdin``, the messages
+delivered through the store API).  Dovecot runs from a one-file config in a temp dir
+(mail in Maildir, mail processes as ``nobody``; its default high-security login mode,
+one imap-login process per TLS connection, or ``--dovecot-performance-mode``).  Both
+serve implicit TLS on 127.0.0.1.
 
-    .venv/bin/python bench/imap.py [--messages 10000] [--connections 1000]
+``--rounds N`` repeats the fetch figures N times, the servers interleaved in each round;
+every round restarts each server, and Dovecot's index files are removed first, so each
+"cold" figure is a first fetch with nothing derived from the messages cached (the
+operating system's page cache is warm for both).  Idle memory is measured once, in the
+last round.  ``--baseline-root DIR`` also measures an mxd source tree from DIR (e.g. an
+older commit from ``git archive``) as "mxd-base".  Prints medians and mxd/Dovecot
+ratios.  Stops by itself: every wait is bounded and the servers are killed at the end.
+
+    .venv/bin/python bench/imap.py [--messages 10000] [--connections 1000] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import shutil
 import signal
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -155,7 +165,9 @@ async def main(reactor):
     data, msgdir, user, pw = sys.argv[1:5]
     store = SQLiteStore(Path(data), reactor)
     await store.open()
-    acc = await store.add_account(user, StoredSecrets.derive(pw, iterations=4096).to_text())
+    acc = await store.get_account(user)
+    if acc is None:
+        acc = await store.add_account(user, StoredSecrets.derive(pw, iterations=4096).to_text())
     files = sorted(Path(msgdir).iterdir(), key=lambda p: int(p.name))
     for i in range(0, len(files), 64):
         ds = []
@@ -170,31 +182,95 @@ task.react(lambda r: __import__("twisted.internet.defer", fromlist=["x"]).Deferr
 """
 
 
-def start_mxd(base: Path, tls: dict[str, Path], msgdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    data = base / "mxd"
-    data.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    t0 = time.monotonic()
-    subprocess.run([sys.executable, "-c", POPULATE, str(data), str(msgdir), USER, PASSWORD],
-                   check=True, env=env, cwd=ROOT, timeout=900)
-    print(f"  mxd store populated in {time.monotonic() - t0:.1f}s")
-    ports = [free_port() for _ in range(3)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.integration._imap_harness", str(data), str(tls["cert"]),
-         str(tls["key"]), *map(str, ports), USER, PASSWORD],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(base / "mxd.err", "wb"))
-    deadline = time.monotonic() + 60
-    while not (data / "ready").exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("mxd did not start: " + (base / "mxd.err").read_text()[-2000:])
-        time.sleep(0.05)
-    return proc, ports[1]
+MXD_CONFIG = """
+hostname = "localhost"
+data_dir = "{data}"
+[tls]
+cert = "{cert}"
+key = "{key}"
+[domains]
+names = ["example.test"]
+[resolver]
+nameservers = ["127.0.0.1:1"]
+timeout = 1.0
+[imap]
+max_connections_per_ip = 100000
+[[listeners]]
+protocol = "imaps"
+address = "127.0.0.1"
+port = {port}
+"""
+
+
+class MxdServer:
+    """``twistd mxd`` from the source tree ``root``, its store filled once."""
+
+    def __init__(self, name: str, root: Path, base: Path, tls: dict[str, Path], msgdir: Path) -> None:
+        self.name = name
+        self.root = root
+        self.dir = base / name
+        self.dir.mkdir()
+        self.port = free_port()
+        self.config = self.dir / "mxd.toml"
+        self.config.write_text(MXD_CONFIG.format(data=self.dir / "data", cert=tls["cert"],
+                                                 key=tls["key"], port=self.port))
+        self.env = {**os.environ, "PYTHONPATH": str(root)}
+        bindir = Path(sys.executable).parent
+        t0 = time.monotonic()
+        subprocess.run([str(bindir / "mxd"), "account", "add", USER, "--password-stdin",
+                        "--address", USER, "--config", str(self.config)],
+                       input=PASSWORD + "\n", text=True, check=True, env=self.env, cwd=root,
+                       timeout=120, capture_output=True)
+        subprocess.run([sys.executable, "-c", POPULATE, str(self.dir / "data"), str(msgdir), USER,
+                        PASSWORD], check=True, env=self.env, cwd=root, timeout=900)
+        print(f"  {name}: store populated in {time.monotonic() - t0:.1f}s")
+        self.cmd = [str(bindir / "twistd"), "-n", "--pidfile=", f"--logfile={self.dir / 'mxd.log'}",
+                    "mxd", "--config", str(self.config)]
+
+    def start(self) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(self.cmd, cwd=self.root, env=self.env, stdout=subprocess.DEVNULL,
+                                stderr=open(self.dir / "mxd.err", "ab"))
+        wait_listening(proc, self.port, 60, self.dir / "mxd.log")
+        return proc
+
+
+def wait_listening(proc: subprocess.Popen[bytes], port: int, timeout: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                raise RuntimeError(f"server on port {port} did not start\n{tail}") from None
+            time.sleep(0.05)
 
 
 DOVECOT_PERFORMANCE_MODE = False
 
 
-def start_dovecot(base: Path, tls: dict[str, Path], msgdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+class DovecotServer:
+    """Dovecot with a Maildir holding the same messages."""
+
+    name = "dovecot"
+
+    def __init__(self, base: Path, tls: dict[str, Path], msgdir: Path) -> None:
+        self.dir, self.port = setup_dovecot(base, tls, msgdir)
+
+    def start(self) -> subprocess.Popen[bytes]:
+        # Cold: remove what Dovecot derived from the messages (index, cache, UID list).
+        for f in (self.dir / "home").rglob("dovecot*"):
+            if f.is_file():
+                f.unlink()
+        proc = subprocess.Popen(["dovecot", "-F", "-c", str(self.dir / "dovecot.conf")],
+                                stdout=subprocess.DEVNULL,
+                                stderr=open(self.dir / "dovecot.err", "ab"))
+        wait_listening(proc, self.port, 30, self.dir / "dovecot.log")
+        return proc
+
+
+def setup_dovecot(base: Path, tls: dict[str, Path], msgdir: Path) -> tuple[Path, int]:
     d = base / "dovecot"
     (d / "run").mkdir(parents=True)
     home = d / "home" / USER
@@ -246,18 +322,7 @@ service imap-login {{
   }}
 }}
 """)
-    proc = subprocess.Popen(["dovecot", "-F", "-c", str(d / "dovecot.conf")],
-                            stdout=subprocess.DEVNULL, stderr=open(base / "dovecot.err", "wb"))
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("dovecot did not start") from None
-            time.sleep(0.05)
-    return proc, port
+    return d, port
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -350,7 +415,11 @@ def idle_memory(pid: int, port: int, ca: Path, k: int) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=10000)
-    ap.add_argument("--connections", type=int, default=1000)
+    ap.add_argument("--connections", type=int, default=1000,
+                    help="idle connections for the memory figure (0: skip it)")
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--baseline-root", type=Path,
+                    help="also measure the mxd source tree in this directory, as mxd-base")
     ap.add_argument("--dovecot-performance-mode", action="store_true",
                     help="imap-login serves many clients per process (service_count = 0) "
                          "instead of Dovecot's default one process per connection")
@@ -374,29 +443,44 @@ def main() -> None:
         for i, m in enumerate(msgs):
             (msgdir / str(i)).write_bytes(m)
         print(f"{args.messages} messages, {sum(map(len, msgs)) / 1e6:.1f} MB")
-        results = {}
-        for name, starter in (("mxd", start_mxd), ("dovecot", start_dovecot)):
-            print(f"{name}:")
-            proc, port = starter(base, tls, msgdir)
-            procs.append(proc)
-            r = fetch_bench(port, tls["ca"], args.messages)
-            print(f"  UID FETCH 1:* (FLAGS ENVELOPE UID): cold {r['envelope_cold']:.3f}s, "
-                  f"warm {r['envelope_warm']:.3f}s ({r['bytes'] / 1e6:.1f} MB)")
-            print(f"  FETCH 1:500 BODY.PEEK[]: {r['bodies_500']:.3f}s")
-            rss, pss = idle_memory(proc.pid, port, tls["ca"], args.connections)
-            r["rss"], r["pss"] = rss, pss
-            print(f"  {args.connections} idle authenticated TLS connections: "
-                  f"{rss:.1f} KiB RSS, {pss:.1f} KiB PSS per connection")
-            results[name] = r
-            stop(proc)
-        m, d = results["mxd"], results["dovecot"]
-        print("ratios mxd/dovecot (lower is better for mxd):")
-        for key, label in (("envelope_cold", "envelope fetch, cold"),
-                           ("envelope_warm", "envelope fetch, warm"),
-                           ("bodies_500", "500 full bodies"),
-                           ("rss", "RSS per idle connection"),
-                           ("pss", "PSS per idle connection")):
-            print(f"  {label}: {m[key] / d[key]:.3f}x")
+        servers: list[MxdServer | DovecotServer] = [MxdServer("mxd", ROOT, base, tls, msgdir)]
+        if args.baseline_root is not None:
+            servers.append(MxdServer("mxd-base", args.baseline_root.resolve(), base, tls, msgdir))
+        servers.append(DovecotServer(base, tls, msgdir))
+        results: dict[str, list[dict[str, float]]] = {s.name: [] for s in servers}
+        for rnd in range(args.rounds):
+            print(f"round {rnd + 1}:")
+            for server in servers:
+                proc = server.start()
+                procs.append(proc)
+                r = fetch_bench(server.port, tls["ca"], args.messages)
+                print(f"  {server.name}: UID FETCH 1:* (FLAGS ENVELOPE UID) cold "
+                      f"{r['envelope_cold']:.3f}s, warm {r['envelope_warm']:.3f}s "
+                      f"({r['bytes'] / 1e6:.1f} MB); FETCH 1:500 BODY.PEEK[] {r['bodies_500']:.3f}s")
+                if rnd == args.rounds - 1 and args.connections:
+                    r["rss"], r["pss"] = idle_memory(proc.pid, server.port, tls["ca"], args.connections)
+                    print(f"  {server.name}: {args.connections} idle authenticated TLS connections: "
+                          f"{r['rss']:.1f} KiB RSS, {r['pss']:.1f} KiB PSS per connection")
+                results[server.name].append(r)
+                stop(proc)
+        keys = [("envelope_cold", "envelope fetch, cold", "s"),
+                ("envelope_warm", "envelope fetch, warm", "s"),
+                ("bodies_500", "500 full bodies", "s"),
+                ("rss", "RSS per idle connection", "KiB"),
+                ("pss", "PSS per idle connection", "KiB")]
+        med = {name: {k: statistics.median(r[k] for r in rs if k in r)
+                      for k, _, _ in keys if any(k in r for r in rs)}
+               for name, rs in results.items()}
+        print(f"medians over {args.rounds} round(s):")
+        for name, fig in med.items():
+            print(f"  {name}: " + ", ".join(f"{label} {fig[k]:.3f}{unit}"
+                                           for k, label, unit in keys if k in fig))
+        d = med["dovecot"]
+        for name in [s.name for s in servers if s.name != "dovecot"]:
+            print(f"ratios {name}/dovecot (lower is better for mxd):")
+            for k, label, _ in keys:
+                if k in med[name] and k in d:
+                    print(f"  {label}: {med[name][k] / d[k]:.3f}x")
     finally:
         for p in procs:
             stop(p)
