@@ -310,7 +310,8 @@ class BlobFiles:
 
 
 class FileBlobWriter:
-    """Implements ``interfaces.BlobWriter``: a body arriving into ``tmp/``.
+    """Implements ``interfaces.BlobWriter``: a body arriving into ``tmp/`` (or straight
+    into its final, pre-created file when it came from the pool).
 
     Written on the reactor thread; once handed to the store (``deliver``, ``append``,
     ``commit_blob``) it is sealed and the writer thread finishes it.  After that

@@ -2,7 +2,8 @@
 
 ``SQLiteStore`` implements ``IAccountStore`` and ``IMailStore`` (mxd.store.interfaces).
 Every SQLite call runs on one writer thread with group commit (mxd.store.writer); the
-reactor thread only writes arriving body bytes to ``tmp/`` and fires Deferreds.
+reactor thread only writes arriving body bytes (into pre-created files of the body-file
+pool, or ``tmp/``; see mxd.store.blobs) and fires Deferreds.
 
 Use::
 
