@@ -142,6 +142,10 @@ def render_envelope(block: bytes, utf8: bool = False) -> bytes:
     fields = split_fields(block, plain)
     if fields is None:
         return render(mimemsg.envelope(mimemsg.HeaderList.parse(block)), utf8)
+    if not plain:
+        # Quotes or 8-bit octets elsewhere in the header (a MIME boundary="...") need not
+        # be in the ENVELOPE fields.
+        plain = _NEEDS_ESCAPE.search(b"".join([v for values in fields for v in values])) is None
     frm = _address_list(fields[_FROM], utf8, plain)
     sender = _address_list(fields[_SENDER], utf8, plain) or frm
     reply_to = _address_list(fields[_REPLY_TO], utf8, plain) or frm
