@@ -249,5 +249,9 @@ class Queue:
         """The last TLS result per recipient domain (STARTTLS, REQUIRETLS, verified)."""
         return self.store.transact(lambda c: qs.domain_tls(c, domain))
 
+    def requiretls_ready(self, domains: builtins.list[str]) -> Deferred[dict[str, bool]]:
+        """Per domain: REQUIRETLS offered over verified TLS at the last connection."""
+        return self.store.transact(lambda c: qs.requiretls_ready(c, domains))
+
     def counts(self) -> Deferred[dict[str, int]]:
         return self.store.transact(qs.count_recipients)

@@ -550,6 +550,19 @@ def domain_tls(conn: sqlite3.Connection, domain: str | None = None) -> list[Doma
                 " ORDER BY domain", args)]
 
 
+def requiretls_ready(conn: sqlite3.Connection, domains: Sequence[str]) -> dict[str, bool]:
+    """Per domain: whether its last connection offered REQUIRETLS over TLS verified by DANE
+    or MTA-STS (RFC 8689 §4.1), so a submission client can choose REQUIRETLS when every
+    recipient domain is ready.  Domains never connected to are False."""
+    out = {}
+    for domain in domains:
+        key = domain.rstrip(".").lower()
+        row = conn.execute("SELECT requiretls, verified FROM queue_tls_domains WHERE domain = ?",
+                           (key,)).fetchone()
+        out[domain] = bool(row is not None and row[0] and row[1])
+    return out
+
+
 def set_tls_override(conn: sqlite3.Connection, queue_id: str, override: str) -> bool:
     """Set a queued message's REQUIRETLS override (``TLS_OVERRIDES``); False: no such id."""
     if override not in TLS_OVERRIDES:

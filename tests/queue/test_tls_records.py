@@ -210,6 +210,13 @@ def test_cli_requiretls_and_domains(data_dir: Path) -> None:
     assert rows[1]["failure"] == "certificate-expired" and not rows[1]["verified"]
     code, out, _ = _cli(data_dir, "domains")
     assert "certificate-expired" in out and "2 domain(s)" in out
+    h = open_store(data_dir, inline=True, schemas={"queue": QUEUE_MIGRATIONS})
+    try:
+        ready = h.run(Queue(h.store, Clock()).requiretls_ready(
+            ["ONE.test", "two.test", "new.test"]))
+    finally:
+        h.close()
+    assert ready == {"ONE.test": True, "two.test": False, "new.test": False}
     assert _cli(data_dir, "domains", "--domain", "none.test")[0] == cli.EXIT_NOMATCH
 
 
