@@ -13,6 +13,16 @@ addresses in order; a connection-level failure (refused, timeout, TLS, 4xx/5xx g
 moves on to the next address/host; once a transaction ran its per-recipient replies are
 final for this attempt.
 
+Transport security (issue 8): ``tls_policy_factory`` (``mxd.queue.tlspolicy.
+make_policy_factory``) decides each MX host's TLS policy and may refuse a host with
+``HostRefused``: the refusal is logged as a ``refused`` attempt with its RFC 8460 result
+type and the next MX is tried.  When every host was refused for good (REQUIRETLS cannot be
+met, 5.7.30; also a connected host that does not offer REQUIRETLS, RFC 8689 §4.1) the
+message fails with a DSN sent without REQUIRETLS and without the body; otherwise refusals
+defer it (4.7.5: bogus TLSA, an MX outside an enforced MTA-STS policy).  Every attempt row
+carries the RFC 8460 §4.4 fields of its session (once per connection, not per message on a
+reused one) and updates the recipient domain's TLS support record (``queue_tls_domains``).
+
 Restart safety: see mxd.queue.store (in-flight leases, recovered at start).
 """
 

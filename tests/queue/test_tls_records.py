@@ -274,3 +274,27 @@ def test_a_days_attempts_aggregate_into_a_tlsrpt_report(data_dir: Path) -> None:
     assert detail["receiving-mx-hostname"] == "mx.two.test"
     assert sts_p["policy"]["mx-host"] == ["mx2.sts.test"]
     assert sts_p["summary"]["total-failure-session-count"] == 1
+
+
+def test_existing_queue_database_upgrades_with_its_rows(data_dir: Path) -> None:
+    """A database made by the first queue schema gets the TLS columns and table at the
+    next start; its messages read as received (no override) and its attempts as sessions
+    with nothing to report."""
+    h = open_store(data_dir, inline=True, clock=Clock(), schemas={"queue": QUEUE_MIGRATIONS[:1]})
+    w = h.store.new_blob()
+    w.write(b"Subject: x\r\n\r\nbody\r\n")
+    qid = h.run(Queue(h.store, Clock()).enqueue(w, OutboundMessage(
+        "s@example.org", (OutboundRecipient("a@one.test"),), requiretls=True)))
+    h.run(h.store.transact(lambda c: c.execute(
+        "INSERT INTO queue_attempts (queue_id, domain, recipients, at, result, tls_used)"
+        " VALUES (?, 'one.test', 'a@one.test', 5.0, 'error', 0)", (qid,))))
+    h.close()
+    h = open_store(data_dir, inline=True, schemas={"queue": QUEUE_MIGRATIONS})
+    try:
+        m = h.run(h.store.transact(lambda c: qs.get_message(c, qid)))
+        assert m.requiretls and m.tls_override is None
+        [a] = h.run(h.store.transact(lambda c: qs.attempts_for(c, qid)))
+        assert a.tls_session and a.tls_success is None and a.tls_attempt() is None
+        assert h.run(h.store.transact(lambda c: qs.domain_tls(c))) == []
+    finally:
+        h.close()
