@@ -37,6 +37,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
+from mxd.errors import MxdError
 from mxd.metrics import IMetrics, NoopMetrics
 from mxd.queue import mx
 from mxd.queue import store as qs
@@ -92,6 +93,13 @@ class QueueSettings:
     idle_timeout: float = 2.0
     max_idle_per_host: int = 8
     max_messages_per_connection: int = 100
+
+
+class RequireTLSUnavailable(MxdError):
+    """A REQUIRETLS message and no way to verify a host (RFC 8689 §4.1): 5.7.30."""
+
+    permanent = True
+    enhanced = "5.7.30"
 
 
 class LocalDelivery(Protocol):
@@ -494,6 +502,11 @@ class QueueRunner(Service):
             return await self.tls_policy_factory(
                 m.recipients[0].domain, plan, host, requiretls=m.requiretls,
                 tls_required_no=m.tls_required_no)
+        if m.requiretls:
+            # RFC 8689 §4.1: REQUIRETLS needs a host verified by DANE or MTA-STS; with both
+            # off (no policy factory) no host can be.
+            raise RequireTLSUnavailable(
+                f"{host.name}: REQUIRETLS needs DANE or MTA-STS verification, which is off")
         options = (self.tls_client_options_factory(host.name)
                    if self.tls_client_options_factory is not None else None)
         return TLSPolicy(mode=TLSMode.OPPORTUNISTIC, client_options=options)

@@ -334,8 +334,12 @@ def test_opportunistic_tls_failure_falls_back_to_plaintext(world: World) -> None
 
 
 def test_requiretls_message_is_never_sent_in_plaintext(world: World) -> None:
-    """A REQUIRETLS message gets no plaintext fallback after a failed STARTTLS: one
-    connection, nothing sent, the recipient deferred with the TLS error (4.7.5)."""
+    """A REQUIRETLS message under a TLS-required policy gets no plaintext fallback after a
+    failed STARTTLS: one connection, nothing sent, the recipient deferred with the TLS
+    error (4.7.5)."""
+    from mxd.smtp.client import TLSMode, TLSPolicy
+
+    world.runner.tls_policy_factory = lambda *a, **k: succeed(TLSPolicy(mode=TLSMode.REQUIRED))
     world.sink.behaviour.extensions = ("PIPELINING", "STARTTLS")
     world.enqueue("x@remote.test", requiretls=True)
     world.start()
@@ -343,6 +347,18 @@ def test_requiretls_message_is_never_sent_in_plaintext(world: World) -> None:
     assert world.sink.received == [] and len(world.sink.connections) == 1
     [m] = world.queued()
     assert m.recipients[0].last_enhanced == "4.7.5" and m.recipients[0].attempts == 1
+
+
+def test_requiretls_without_dane_or_mta_sts_bounces_without_connecting(world: World) -> None:
+    """With no TLS policy factory (DANE and MTA-STS off) no host can be verified, so a
+    REQUIRETLS message fails at once with 5.7.30 (RFC 8689 §4.1) and nothing connects."""
+    world.sink.behaviour.extensions = ("PIPELINING", "STARTTLS", "REQUIRETLS")
+    world.enqueue("x@remote.test", requiretls=True)
+    world.start()
+    world.clock.advance(0)
+    assert world.sink.connections == [] and world.queued() == []
+    [dsn] = world.local.boxes["a@example.org"]
+    assert _report(dsn)[1]["status"] == "5.7.30"
 
 
 def test_notify_success_to_a_peer_without_dsn_gives_a_relayed_dsn(world: World) -> None:
