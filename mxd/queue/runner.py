@@ -61,7 +61,7 @@ from mxd.smtp.client import (
     TLSResult,
     TransactionResult,
 )
-from mxd.tlsrpt.results import FailureDetail, PolicyInfo, ResultType, TLSAttempt
+from mxd.tlsrpt.results import FailureDetail, PolicyInfo, PolicyType, ResultType, TLSAttempt
 
 log = Logger()
 
@@ -783,8 +783,9 @@ def _tls_report(m: qs.QueuedMessage, a: _Attempt, now: float) -> TLSAttempt | No
         return None
     report = a.policy.report if a.policy is not None else None
     if report is not None and hasattr(report, "attempt_from_client"):
-        return report.attempt_from_client(  # type: ignore[no-any-return]
+        attempt: TLSAttempt = report.attempt_from_client(
             a.tls, now, sending_ip=a.local_ip, receiving_ip=a.ip, helo=a.peer_helo)
+        return _with_notes(attempt, getattr(report, "notes", ()), a, now)
     # No policy object (the plain opportunistic path): RFC 8460 §4.4 "no-policy-found".
     info = PolicyInfo.none_found(m.recipients[0].domain)
     if a.tls.used and not a.tls.failure:
@@ -795,6 +796,22 @@ def _tls_report(m: qs.QueuedMessage, a: _Attempt, now: float) -> TLSAttempt | No
         rtype = ResultType.VALIDATION_FAILURE
     return TLSAttempt(info, False, now, FailureDetail(rtype, a.local_ip, a.host, a.peer_helo,
                                                       a.ip))
+
+
+def _with_notes(attempt: TLSAttempt, notes: Any, a: _Attempt, now: float) -> TLSAttempt:
+    """A policy failure found before connecting (``HostTLSPolicy.notes``: a bogus TLSA
+    answer or an unlisted MX ignored under ``TLS-Required: No``, unusable TLSA records, an
+    MTA-STS testing-mode mismatch) makes the session a failure of that policy (RFC 8460
+    §4.3.2) when the session itself succeeded or ran without a policy.  A failed policy
+    refresh while a cached policy was used is not one: that policy was applied."""
+    if attempt.success is False and attempt.policy.type is not PolicyType.NO_POLICY_FOUND:
+        return attempt
+    for note in notes or ():
+        if note.result_type is ResultType.STS_POLICY_FETCH_ERROR:
+            continue
+        return TLSAttempt(note.policy, False, now, FailureDetail(
+            note.result_type, a.local_ip, a.host, a.peer_helo, a.ip, note.detail[:200] or None))
+    return attempt
 
 
 def _overridden(a: _Attempt) -> bool:

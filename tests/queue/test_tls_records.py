@@ -298,3 +298,31 @@ def test_existing_queue_database_upgrades_with_its_rows(data_dir: Path) -> None:
         assert h.run(h.store.transact(lambda c: qs.domain_tls(c))) == []
     finally:
         h.close()
+
+
+def test_policy_failure_ignored_by_tls_required_no_is_reported_and_marked(
+        data_dir: Path) -> None:
+    """A bogus TLSA answer ignored under TLS-Required: No (a policy note): the message is
+    delivered, the attempt is marked overridden and its session is reported as a failure
+    of the TLSA policy (dnssec-invalid), not as a session without policy."""
+    from mxd.queue.tlspolicy import HostTLSPolicy, PolicyMode, PolicyNote
+
+    w = World(data_dir)
+    try:
+        policy = HostTLSPolicy(
+            mode=PolicyMode.OPPORTUNISTIC, mx_host="mx.remote.test",
+            policy_domain="remote.test", tls_required_no=True,
+            notes=(PolicyNote(TLSA_INFO, ResultType.DNSSEC_INVALID, "bogus TLSA answer"),))
+        w.runner.tls_policy_factory = lambda *a, **k: succeed(policy.client_policy(w.clock))
+        qid = w.enqueue("x@remote.test", tls_required_no=True)
+        w.start()
+        assert len(w.sink.received) == 1
+        [a] = w.attempts(qid)
+        assert a.result == "delivered" and a.tls_overridden
+        assert (a.tls_policy_type, a.tls_result_type, a.tls_success) == (
+            "tlsa", "dnssec-invalid", False)
+        t = a.tls_attempt()
+        assert t is not None and t.policy == TLSA_INFO and t.failure is not None
+        assert t.failure.additional_information == "bogus TLSA answer"
+    finally:
+        w.h.close()
