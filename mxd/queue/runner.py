@@ -419,6 +419,7 @@ class QueueRunner(Service):
         attempts: list[_Attempt] = []
         refused: list[Exception] = []
         refused_for_good: set[str] = set()  # hosts that can never take this message
+        refused_host: dict[int, str] = {}  # id(error) -> the host it refused
         last: Exception = SMTPConnectionError(f"no usable host for {domain}")
         for host in plan.hosts:
             try:
@@ -445,6 +446,7 @@ class QueueRunner(Service):
                 attempts.append(_Attempt(host.name, "", error=e,
                                          refusal=getattr(e, "refusal", None)))
                 refused.append(e)
+                refused_host[id(e)] = host.name
                 if getattr(e, "permanent", False):
                     refused_for_good.add(host.name)
                 last = e
@@ -462,6 +464,7 @@ class QueueRunner(Service):
                     # RFC 8689 §4.1: the host does not offer REQUIRETLS: it cannot take this
                     # message; another MX host may.
                     refused.append(err)
+                    refused_host[id(err)] = host.name
                     refused_for_good.add(host.name)
                     last = err
                     break
@@ -474,8 +477,11 @@ class QueueRunner(Service):
             # Every host was refused for good (RFC 8689 §4.1: REQUIRETLS cannot be met): a
             # failure DSN (5.7.30), itself sent without REQUIRETLS (see _make_dsn).
             final = next(e for e in reversed(refused) if getattr(e, "permanent", False))
-            return self._all(m, "permanent", 550, getattr(final, "enhanced", None) or "5.7.30",
-                             str(final)), attempts
+            _code, enhanced, text = _reply_fields(final)
+            host_name = refused_host[id(final)]
+            if not text.startswith(host_name):
+                text = f"{host_name}: {text}"
+            return self._all(m, "permanent", 550, enhanced or "5.7.30", text), attempts
         code, enhanced, text = _reply_fields(last)
         if refused and last is refused[-1]:
             code, enhanced = 451, _temporary(getattr(last, "enhanced", "4.7.5"))

@@ -116,7 +116,10 @@ def test_peer_without_requiretls_is_skipped_for_the_next_mx_then_bounced(data_di
         w.clock.advance(0)
         assert w.sink.connections == ["192.0.2.1", "192.0.2.2"] and w.sink.received == []
         [dsn] = w.local.boxes["a@example.org"]
-        assert _report(dsn)[1]["status"] == "5.7.30"
+        fields = _report(dsn)[1]
+        assert fields["status"] == "5.7.30"
+        assert "b.two.test: REQUIRETLS not supported" in " ".join(fields["diagnostic-code"].split())
+        assert fields["diagnostic-code"].count("5.7.30") == 1
     finally:
         w.h.close()
 
