@@ -378,7 +378,9 @@ def _add_optional_commands(sub: Any) -> None:
 
     qp = sub.add_parser("queue", help="inspect and manage the outbound queue",
                         description="list, show, hold, release, drop or kick (retry now) queued "
-                        "messages; works on the database while the server runs")
+                        "messages, override REQUIRETLS (requiretls ID yes|no|default), and show "
+                        "the last TLS result per recipient domain (domains); works on the "
+                        "database while the server runs")
     _add_config(qp)
     queue_cli.add_arguments(qp)
     for action in qp._subparsers._group_actions if qp._subparsers else ():

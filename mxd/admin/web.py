@@ -14,6 +14,9 @@ Routes:
   GET  /api/queue            JSON list (?domain=, ?sender=)
   GET  /api/queue/ID         JSON message, recipients and attempts
   POST /api/queue/ID/OP      OP in hold, release, kick, drop
+  POST /api/queue/ID/requiretls   form or query field setting=yes|no|default (RFC 8689)
+  GET  /api/tls/domains      last TLS result per recipient domain (?domain=)
+  GET  /api/tls/requiretls-ready?domain=D&domain=E   REQUIRETLS usable for every domain?
   GET  /metrics              Prometheus text (when [metrics] is enabled)
 """
 
@@ -44,6 +47,14 @@ def _ts(t: float | None) -> str | None:
     if t is None:
         return None
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def domain_tls_json(d: Any) -> dict[str, Any]:
+    """A per-domain TLS support record (mxd.queue.store.DomainTLS) as JSON-able data."""
+    return {"domain": d.domain, "at": _ts(d.at), "mx_host": d.mx_host, "ip": d.ip,
+            "starttls": d.starttls, "requiretls": d.requiretls, "tls_used": d.tls_used,
+            "verified": d.verified, "policy_type": d.policy_type,
+            "result_type": d.result_type, "tls_version": d.tls_version}
 
 
 def message_json(m: Any, attempts: list[Any] | None = None) -> dict[str, Any]:
@@ -228,6 +239,8 @@ class _QueueAPI(resource.Resource):
         if not self.ctx.authorised_post(request):
             return _json(request, {"error": "missing X-Mxd-Admin header or CSRF token"}, 403)
         parts = [p.decode("utf-8", "replace") for p in request.postpath if p]
+        if len(parts) == 2 and parts[1] == "requiretls":
+            return await self._requiretls(request, parts[0])
         if len(parts) != 2 or parts[1] not in QUEUE_OPS:
             return _json(request, {"error": f"use POST /api/queue/ID/({'|'.join(QUEUE_OPS)})"},
                          404)
@@ -241,6 +254,44 @@ class _QueueAPI(resource.Resource):
                      200 if n else 404)
 
 
+    async def _requiretls(self, request: Any, queue_id: str) -> bytes:
+        from mxd.queue.queue import QueueError
+
+        setting = (request.args.get(b"setting") or [b""])[0].decode("ascii", "replace")
+        try:
+            found = await self.ctx.queue.set_requiretls(queue_id, setting)
+        except QueueError as e:
+            return _json(request, {"error": str(e)}, 400)
+        if not found:
+            return _json(request, {"error": f"no message {queue_id}"}, 404)
+        log.info("admin requiretls {queue_id} {setting}", queue_id=queue_id, setting=setting)
+        return _json(request, {"queue_id": queue_id, "requiretls": setting})
+
+
+class _TLSAPI(resource.Resource):
+    """/api/tls/domains and /api/tls/requiretls-ready"""
+
+    isLeaf = True
+
+    def __init__(self, ctx: AdminContext) -> None:
+        super().__init__()
+        self.ctx = ctx
+
+    @_async
+    async def render_GET(self, request: Any) -> bytes:
+        parts = [p.decode("utf-8", "replace") for p in request.postpath if p]
+        domains = [v.decode("utf-8", "replace") for v in request.args.get(b"domain", [])]
+        if parts == ["domains"]:
+            rows = await self.ctx.queue.tls_domains(domains[0] if domains else None)
+            return _json(request, [domain_tls_json(d) for d in rows])
+        if parts == ["requiretls-ready"]:
+            if not domains:
+                return _json(request, {"error": "give one or more ?domain="}, 400)
+            ready = await self.ctx.queue.requiretls_ready(domains)
+            return _json(request, {"domains": ready, "all": all(ready.values())})
+        return _json(request, {"error": "not found"}, 404)
+
+
 def admin_site(ctx: AdminContext) -> server.Site:
     root = resource.Resource()
     status_page: Any = _Status(ctx)
@@ -252,6 +303,8 @@ def admin_site(ctx: AdminContext) -> server.Site:
         api: Any = resource.Resource()
         queue_api: Any = _QueueAPI(ctx)
         api.putChild(b"queue", queue_api)
+        tls_api: Any = _TLSAPI(ctx)
+        api.putChild(b"tls", tls_api)
         root.putChild(b"api", api)
     if ctx.metrics is not None:
         metrics_page: Any = _Metrics(ctx.metrics)

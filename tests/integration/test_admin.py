@@ -90,3 +90,26 @@ def test_status_page_counts(mxd_server: MxdServer):
     code, page = _get(mxd_server, "/")
     assert code == 200
     assert "<th>accounts</th><td>2</td>" in page
+
+
+def test_requiretls_override_and_tls_domains(mxd_server: MxdServer):
+    """POST /api/queue/ID/requiretls changes the message's REQUIRETLS state (RFC 8689 admin
+    override); bad settings get 400, unknown ids 404; the TLS domain endpoints answer."""
+    _queue_one(mxd_server)
+    qid = json.loads(_get(mxd_server, "/api/queue")[1])[0]["queue_id"]
+    code, _ = _post(mxd_server, f"/api/queue/{qid}/requiretls?setting=yes")
+    assert code == 403
+    hdr = {"X-Mxd-Admin": "1"}
+    assert _post(mxd_server, f"/api/queue/{qid}/requiretls?setting=maybe", hdr)[0] == 400
+    assert _post(mxd_server, "/api/queue/nope/requiretls?setting=yes", hdr)[0] == 404
+    code, _ = _post(mxd_server, f"/api/queue/{qid}/requiretls?setting=yes", hdr)
+    assert code == 200
+    assert json.loads(_get(mxd_server, f"/api/queue/{qid}")[1])["requiretls"] is True
+    _post(mxd_server, f"/api/queue/{qid}/requiretls?setting=no", hdr)
+    shown = json.loads(_get(mxd_server, f"/api/queue/{qid}")[1])
+    assert shown["requiretls"] is False and shown["tls_required_no"] is True
+    code, body = _get(mxd_server, "/api/tls/domains")
+    assert code == 200 and json.loads(body) == []
+    code, body = _get(mxd_server, "/api/tls/requiretls-ready?domain=remote.example")
+    assert code == 200 and json.loads(body) == {"domains": {"remote.example": False},
+                                                 "all": False}
