@@ -157,12 +157,25 @@ class _Metrics(resource.Resource):
         return body
 
 
-class _Status(resource.Resource):
+class _Page(resource.Resource):
+    """A leaf page with the admin context."""
+
     isLeaf = True
 
     def __init__(self, ctx: AdminContext) -> None:
         super().__init__()
         self.ctx = ctx
+
+
+def _parts(request: Any) -> list[str]:
+    return [p.decode("utf-8", "replace") for p in request.postpath if p]
+
+
+def _args(request: Any, name: bytes) -> list[str]:
+    return [v.decode("utf-8", "replace") for v in request.args.get(name, [])]
+
+
+class _Status(_Page):
 
     @_async
     async def render_GET(self, request: Any) -> bytes:
@@ -178,12 +191,7 @@ class _Status(resource.Resource):
         return _page(f"mxd {mxd.__version__}", f"<table>{table}</table>")
 
 
-class _QueuePage(resource.Resource):
-    isLeaf = True
-
-    def __init__(self, ctx: AdminContext) -> None:
-        super().__init__()
-        self.ctx = ctx
+class _QueuePage(_Page):
 
     @_async
     async def render_GET(self, request: Any) -> bytes:
@@ -207,24 +215,17 @@ class _QueuePage(resource.Resource):
         return _page("queue", f"<p>{len(msgs)} message(s)</p>{table}")
 
 
-class _QueueAPI(resource.Resource):
+class _QueueAPI(_Page):
     """/api/queue[/ID[/OP]]"""
 
-    isLeaf = True
-
-    def __init__(self, ctx: AdminContext) -> None:
-        super().__init__()
-        self.ctx = ctx
 
     @_async
     async def render_GET(self, request: Any) -> bytes:
-        parts = [p.decode("utf-8", "replace") for p in request.postpath if p]
+        parts = _parts(request)
         if not parts:
-            def arg(name: bytes) -> str | None:
-                v = request.args.get(name)
-                return v[0].decode("utf-8", "replace") if v else None
-
-            msgs = await self.ctx.queue.list(domain=arg(b"domain"), sender=arg(b"sender"))
+            domain, sender = _args(request, b"domain")[:1], _args(request, b"sender")[:1]
+            msgs = await self.ctx.queue.list(domain=domain[0] if domain else None,
+                                             sender=sender[0] if sender else None)
             return _json(request, [message_json(m) for m in msgs])
         if len(parts) == 1:
             found = await self.ctx.queue.show(parts[0])
@@ -238,7 +239,7 @@ class _QueueAPI(resource.Resource):
     async def render_POST(self, request: Any) -> bytes:
         if not self.ctx.authorised_post(request):
             return _json(request, {"error": "missing X-Mxd-Admin header or CSRF token"}, 403)
-        parts = [p.decode("utf-8", "replace") for p in request.postpath if p]
+        parts = _parts(request)
         if len(parts) == 2 and parts[1] == "requiretls":
             return await self._requiretls(request, parts[0])
         if len(parts) != 2 or parts[1] not in QUEUE_OPS:
@@ -253,11 +254,10 @@ class _QueueAPI(resource.Resource):
         return _json(request, {"op": op, "queue_id": queue_id, "recipients": n},
                      200 if n else 404)
 
-
     async def _requiretls(self, request: Any, queue_id: str) -> bytes:
         from mxd.queue.queue import QueueError
 
-        setting = (request.args.get(b"setting") or [b""])[0].decode("ascii", "replace")
+        setting = (_args(request, b"setting") or [""])[0]
         try:
             found = await self.ctx.queue.set_requiretls(queue_id, setting)
         except QueueError as e:
@@ -268,19 +268,14 @@ class _QueueAPI(resource.Resource):
         return _json(request, {"queue_id": queue_id, "requiretls": setting})
 
 
-class _TLSAPI(resource.Resource):
+class _TLSAPI(_Page):
     """/api/tls/domains and /api/tls/requiretls-ready"""
 
-    isLeaf = True
-
-    def __init__(self, ctx: AdminContext) -> None:
-        super().__init__()
-        self.ctx = ctx
 
     @_async
     async def render_GET(self, request: Any) -> bytes:
-        parts = [p.decode("utf-8", "replace") for p in request.postpath if p]
-        domains = [v.decode("utf-8", "replace") for v in request.args.get(b"domain", [])]
+        parts = _parts(request)
+        domains = _args(request, b"domain")
         if parts == ["domains"]:
             rows = await self.ctx.queue.tls_domains(domains[0] if domains else None)
             return _json(request, [domain_tls_json(d) for d in rows])
