@@ -1,7 +1,10 @@
 """FETCH and UID FETCH (RFC 3501 §6.4.5, §7.4.2; RFC 3516 BINARY; RFC 7162 CONDSTORE).
 
 Bodies are written from the store's files in chunks, waiting for the transport to drain
-between chunks; derived data (ENVELOPE, BODYSTRUCTURE) is cached by blob id.
+between chunks; small responses are sent in batches of BATCH bytes, with the same wait
+between batches.  Derived data (ENVELOPE, BODYSTRUCTURE) is cached by blob id; ENVELOPE
+is rendered from the header block alone (envelope.render_envelope), never from a full
+parse of the message.
 """
 
 from __future__ import annotations
