@@ -58,7 +58,8 @@ class Clock(Protocol):
 
     def callLater(self, delay: float, f: Callable[..., Any], *a: Any, **kw: Any) -> Any: ...
 
-_REPLY_RE = re.compile(rb"^([2-5][0-9][0-9])([ -])(.*)$", re.S)
+# RFC 5321 §4.2: Reply-code [ SP textstring ] CRLF -- the text of a reply line is optional.
+_REPLY_RE = re.compile(rb"^([2-5][0-9][0-9])(?:([ -])(.*))?$", re.S)
 _ENHANCED_RE = re.compile(r"^([245]\.[0-9]{1,3}\.[0-9]{1,3})(?: |$)")
 
 
@@ -229,10 +230,19 @@ class ClientMessage:
 class RecipientResult:
     address: str
     reply: Reply
+    at_rcpt: bool = False  # the reply is the one to RCPT (refused before the data)
 
     @property
     def delivered(self) -> bool:
         return self.reply.ok
+
+    @property
+    def permanent(self) -> bool:
+        """Whether the failure is final.  RFC 5321 §4.5.3.1.10: a 552 to RCPT ("too many
+        recipients", RFC 821's code for 452) is treated as temporary."""
+        if self.at_rcpt and self.reply.code == 552:
+            return False
+        return self.reply.permanent
 
 
 @attrs.frozen
@@ -343,6 +353,10 @@ class SMTPClient(LineOnlyReceiver):
         self.transactions = 0
         self.peer_helo: str | None = None  # the domain in the server's last EHLO/HELO reply
         self.starttls_offered = False  # STARTTLS was in the EHLO reply before TLS
+        # RFC 3207 §4.2: lines that arrive in the same read as the STARTTLS reply were
+        # sent in plaintext behind it (response injection): a protocol error.
+        self._tls_epoch = 0
+        self._read_epoch = 0
 
     @property
     def local_ip(self) -> str | None:
@@ -375,10 +389,19 @@ class SMTPClient(LineOnlyReceiver):
                 timer.cancel()
             d.errback(self._lost)
 
+    def dataReceived(self, data: bytes) -> None:
+        self._read_epoch = self._tls_epoch
+        super().dataReceived(data)
+
     def lineLengthExceeded(self, line: bytes) -> None:
         self._protocol_error("reply line too long")
 
     def lineReceived(self, line: bytes) -> None:
+        if self._lost is not None:
+            return
+        if self._read_epoch != self._tls_epoch:
+            self._protocol_error("plaintext data after the STARTTLS reply (RFC 3207 §4.2)")
+            return
         m = _REPLY_RE.match(line)
         if m is None:
             self._protocol_error(f"not an SMTP reply: {line[:80]!r}")
@@ -387,8 +410,8 @@ class SMTPClient(LineOnlyReceiver):
         if self._lines and self._lines[0][0] != code:
             self._protocol_error("reply code changed within a multi-line reply")
             return
-        self._lines.append((code, m.group(3).decode("utf-8", "replace")))
-        if m.group(2) == b" ":
+        self._lines.append((code, (m.group(3) or b"").decode("utf-8", "replace")))
+        if m.group(2) != b"-":
             texts = [t for _c, t in self._lines]
             self._lines = []
             em = _ENHANCED_RE.match(texts[0]) if code != 220 or self.esmtp else None
@@ -416,6 +439,16 @@ class SMTPClient(LineOnlyReceiver):
             self._t.abortConnection()
 
     def _deliver_reply(self, reply: Reply) -> None:
+        if reply.code == 421:
+            # RFC 5321 §3.8: the server is closing the channel: this reply answers the
+            # command it was sent for; nothing after it will be answered or sent.
+            err = SMTPReplyError.from_reply(reply)
+            self._lost = Failure(err)
+            waiters, self._waiters = self._waiters[1:], self._waiters[:1]
+            for d, timer in waiters:
+                if timer is not None and timer.active():
+                    timer.cancel()
+                d.errback(err)
         if self._waiters:
             d, timer = self._waiters.pop(0)
             if timer is not None and timer.active():
@@ -513,7 +546,10 @@ class SMTPClient(LineOnlyReceiver):
 
             options = CertificateOptions()  # opportunistic: no verification (RFC 7435)
         # RFC 3207 §4.2: discard what we knew; nothing may be pipelined across the switch.
-        self._replies.clear()
+        if self._replies or self._buffer:
+            self._protocol_error("plaintext data after the STARTTLS reply (RFC 3207 §4.2)")
+            raise SMTPProtocolError("plaintext data after the STARTTLS reply")
+        self._tls_epoch += 1
         self._in_starttls = True
         try:
             self._t.startTLS(options)
@@ -670,18 +706,16 @@ class SMTPClient(LineOnlyReceiver):
                 if i == len(m.recipients) and not any(r.ok for r in replies[1:]):
                     break  # no recipient accepted: do not start DATA
         mail_reply = replies[0]
+        data_accepted = (not chunking and len(replies) > len(m.recipients) + 1
+                         and replies[-1].code == 354)
         if not mail_reply.ok:
-            await self._reset()
+            await self._abort_data(data_accepted)
             raise SMTPReplyError.from_reply(mail_reply, "MAIL FROM")
         rcpt_replies = replies[1 : 1 + len(m.recipients)]
         accepted = [r.ok for r in rcpt_replies]
         if not any(accepted):
-            if not chunking and len(replies) > len(m.recipients) + 1 and replies[-1].code == 354:
-                # RFC 2920 §3.1: DATA was accepted anyway; end it with an empty message.
-                self._send(".")
-                await self._expect(s.data_end_timeout, "end of data")
-            await self._reset()
-            return TransactionResult(tuple(RecipientResult(r.address, rep)
+            await self._abort_data(data_accepted)
+            return TransactionResult(tuple(RecipientResult(r.address, rep, at_rcpt=True)
                                            for r, rep in zip(m.recipients, rcpt_replies, strict=False)), None)
         if chunking:
             final = await self._bdat(m, body)
@@ -694,10 +728,23 @@ class SMTPClient(LineOnlyReceiver):
                 final = await self._data(body)
         results = []
         for r, rep, ok in zip(m.recipients, rcpt_replies, accepted, strict=True):
-            results.append(RecipientResult(r.address, final if ok else rep))
+            results.append(RecipientResult(r.address, final, False) if ok
+                           else RecipientResult(r.address, rep, at_rcpt=True))
         return TransactionResult(tuple(results), final)
 
+    async def _abort_data(self, data_accepted: bool) -> None:
+        """End a transaction that cannot deliver (MAIL refused or no recipient accepted).
+
+        RFC 2920 §3.1: when the pipelined DATA was accepted anyway, send an empty message
+        (a lone dot) before RSET, which would otherwise become message text."""
+        if data_accepted:
+            self._send(".")
+            await self._expect(self.settings.data_end_timeout, "end of data")
+        await self._reset()
+
     async def _reset(self) -> None:
+        if self._lost is not None:
+            return  # the server closed the channel (421) or the connection is gone
         try:
             await self._command("RSET", self.settings.mail_timeout)
         except SMTPClientError:
