@@ -39,10 +39,9 @@ _FIELDS = {
     b"reply-to": _REPLY_TO, b"to": _TO, b"cc": _CC, b"bcc": _BCC,
     b"in-reply-to": _IN_REPLY_TO, b"message-id": _MESSAGE_ID,
 }
-_ADDRESS_FIELDS = (_FROM, _SENDER, _REPLY_TO, _TO, _CC, _BCC)
 
 # message._SIMPLE_ADDR over octets: the str pattern's \x80-\U0010ffff are the surrogate
-# escapes of 8-bit octets, and \s equals bytes' \s once _UNUSUAL has been ruled out.
+# escapes of 8-bit octets, and \s equals bytes' \s once _ODD octets have been ruled out.
 _SIMPLE_ADDR = re.compile(
     rb'\s*(?:(?:"([^"\\]*)"|([A-Za-z0-9\x80-\xff!#$%&\'*+/=?^_`{|}~.-]+'
     rb'(?:[ \t]+[A-Za-z0-9\x80-\xff!#$%&\'*+/=?^_`{|}~.-]+)*))?\s*'
