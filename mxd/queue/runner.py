@@ -54,6 +54,7 @@ from mxd.smtp.client import (
     SMTPClientError,
     SMTPConnectionError,
     SMTPLocalError,
+    SMTPNoAnswerError,
     SMTPReplyError,
     SMTPTLSError,
     TLSMode,
@@ -127,6 +128,7 @@ class RcptOutcome:
     text: str | None = None
     host: str | None = None
     peer_dsn: bool = False  # the peer took NOTIFY (so no "relayed" DSN from us)
+    final: bool = False  # delivered into a local mailbox (RFC 3464 "delivered")
 
 
 @attrs.frozen
@@ -400,7 +402,8 @@ class QueueRunner(Service):
         for r in m.recipients:
             try:
                 await self.local_delivery.deliver(r.address, data)
-                out.append(RcptOutcome(r, "delivered", 250, "2.0.0", "delivered locally"))
+                out.append(RcptOutcome(r, "delivered", 250, "2.0.0", "delivered locally",
+                                       final=True))
             except Exception as e:  # noqa: BLE001 - typed by its permanent flag
                 if getattr(e, "permanent", False):
                     out.append(RcptOutcome(r, "permanent", 550, "5.1.1", str(e)))
@@ -469,7 +472,10 @@ class QueueRunner(Service):
                     last = err
                     break
                 if isinstance(err, SMTPLocalError) or (
-                        isinstance(err, SMTPReplyError) and err.command == "MAIL FROM"):
+                        isinstance(err, SMTPReplyError) and err.command == "MAIL FROM"
+                        and err.code != 421):
+                    # (RFC 5321 §3.8: a 421 is the server closing, no verdict on the
+                    # message: the next host is tried.)
                     kind = "permanent" if err.permanent else "temporary"
                     return self._all(m, kind, *_reply_fields(err), host=host.name), attempts
                 last = err
@@ -491,15 +497,20 @@ class QueueRunner(Service):
 
     def _outcomes(self, m: qs.QueuedMessage, a: _Attempt) -> list[RcptOutcome]:
         assert a.result is not None
-        by_addr = {r.address: r.reply for r in a.result.recipients}
+        by_addr = {r.address: r for r in a.result.recipients}
         out = []
         for r in m.recipients:
-            reply = by_addr.get(r.address)
-            if reply is None:
+            rr = by_addr.get(r.address)
+            if rr is None:
                 out.append(RcptOutcome(r, "temporary", 451, "4.3.0", "no reply", a.host))
                 continue
-            kind = "delivered" if reply.ok else "permanent" if reply.permanent else "temporary"
-            out.append(RcptOutcome(r, kind, reply.code, reply.enhanced, " ".join(reply.lines),
+            reply = rr.reply
+            # RecipientResult.permanent: RFC 5321 §4.5.3.1.10 makes a 552 to RCPT temporary.
+            kind = "delivered" if reply.ok else "permanent" if rr.permanent else "temporary"
+            enhanced = reply.enhanced
+            if kind == "temporary" and enhanced and enhanced[0] == "5":
+                enhanced = _temporary(enhanced)  # RFC 3463 §3.1: the class follows the verdict
+            out.append(RcptOutcome(r, kind, reply.code, enhanced, " ".join(reply.lines),
                                    a.host, a.peer_dsn))
         return out
 
@@ -535,15 +546,19 @@ class QueueRunner(Service):
         cached = self._idle.take(key)
         if cached is not None:
             attempt = await self._send_on(cached, m, host, ip, key, policy, reused=True)
-            if not isinstance(attempt.error, SMTPConnectionError):
+            err = attempt.error
+            if not isinstance(err, SMTPConnectionError) and not (
+                    isinstance(err, SMTPReplyError) and err.code == 421):
                 return attempt
-            # the peer closed the idle connection meanwhile: try a fresh one
+            # the peer closed the idle connection meanwhile (or is closing it, 421): try a
+            # fresh one
         client = SMTPClient(self.reactor, self.client_settings, policy, host)
         try:
             await self.connector(ip, self.settings.port, client)
         except Exception as e:  # noqa: BLE001 - any connect failure is a temporary one
             self.metrics.inc("queue_connections", result="failed")
-            return _Attempt(host, ip, error=SMTPConnectionError(f"connect to {host} [{ip}]: {e}"),
+            # RFC 3463 §3.5: X.4.1, no answer from host.
+            return _Attempt(host, ip, error=SMTPNoAnswerError(f"connect to {host} [{ip}]: {e}"),
                             policy=policy)
         try:
             await client.start()
@@ -605,11 +620,13 @@ class QueueRunner(Service):
                 finish.append(r.id)
                 log.info("delivered {queue_id} to <{rcpt}> via {host}: {reply}", queue_id=m.queue_id,
                          rcpt=r.address, host=o.host, reply=diag)
-                if not o.peer_dsn and dsnmod.wants_dsn(m.mail_from, r.notify, dsnmod.Action.RELAYED) \
-                        and r.notify is not None:
+                # RFC 3461 §6.2.1: final delivery is "delivered"; handing on to an MTA
+                # without DSN support is "relayed" (one that has it reports itself).
+                action = dsnmod.Action.DELIVERED if o.final else dsnmod.Action.RELAYED
+                if (o.final or not o.peer_dsn) and r.notify is not None \
+                        and dsnmod.wants_dsn(m.mail_from, r.notify, action):
                     reports.append(dsnmod.RecipientReport(
-                        r.address, dsnmod.Action.RELAYED, o.enhanced or "2.0.0", r.orcpt, o.host,
-                        diag, now))
+                        r.address, action, o.enhanced or "2.0.0", r.orcpt, o.host, diag, now))
                 continue
             attempts_n = r.attempts + 1
             nxt = None if o.kind == "permanent" else next_attempt(

@@ -80,6 +80,12 @@ class SMTPConnectionError(SMTPClientError):
     """The connection failed or was lost."""
 
 
+class SMTPNoAnswerError(SMTPConnectionError):
+    """The connection attempt was not answered (refused, unreachable, connect timeout)."""
+
+    enhanced = "4.4.1"  # RFC 3463 §3.5: no answer from host
+
+
 class SMTPTimeoutError(SMTPConnectionError):
     """The peer did not answer within the RFC 5321 §4.5.3.2 timeout."""
 

@@ -30,6 +30,7 @@ class SinkBehaviour:
     extensions: tuple[str, ...] = ("PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "DSN")
     rcpt: dict[str, str] = attrs.Factory(dict)
     data_reply: str = "250 2.0.0 ok"
+    mail: dict[str, str] = attrs.Factory(dict)  # server IP -> MAIL reply (a 421 closes)
 
 
 class FakeServerTransport:
@@ -99,7 +100,10 @@ class FakeServerTransport:
         elif verb == "MAIL":
             self.mail_from = text[text.index("<") + 1 : text.index(">")]
             self.rcpts = []
-            self._reply("250 2.1.0 ok")
+            reply = b.mail.get(self.ip, "250 2.1.0 ok")
+            self._reply(reply)
+            if reply.startswith("421"):
+                self.loseConnection()
         elif verb == "RCPT":
             addr = text[text.index("<") + 1 : text.index(">")]
             reply = b.rcpt.get(addr, "250 2.1.5 ok")
