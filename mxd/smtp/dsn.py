@@ -1,6 +1,7 @@
 """Delivery Status Notifications: RFC 3464 reports, RFC 3461 parameters, RFC 6533 for SMTPUTF8.
 
-A DSN is a ``multipart/report; report-type=delivery-status`` (RFC 6522) with three parts:
+A DSN is a ``multipart/report; report-type=delivery-status`` (RFC 6522; ``global-delivery-status``
+for RFC 6533) with three parts:
 a human-readable explanation, a ``message/delivery-status`` (RFC 3464 §2) and the returned
 message: its headers (``text/rfc822-headers``, RET=HDRS and the default) or all of it
 (``message/rfc822``, RET=FULL; RFC 3461 §4.3).  For a message sent with SMTPUTF8 the
@@ -286,7 +287,9 @@ def build_dsn(
         f"Message-ID: {message_id}",
         "Auto-Submitted: auto-replied",  # RFC 3834 §5
         "MIME-Version: 1.0",
-        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"',
+        # RFC 6522 §3: report-type is the subtype of the second part (RFC 6533 §6.3).
+        f'Content-Type: multipart/report; report-type={status_type.split("/")[1]}; '
+        f'boundary="{boundary}"',
         f"Content-Transfer-Encoding: {cte}",
         "",
         "This is a MIME-encapsulated message.",

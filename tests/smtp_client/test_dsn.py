@@ -120,3 +120,17 @@ def test_null_sender_and_header_injection_are_refused() -> None:
         _build(sender="")
     raw = _build(envid="x\r\nBcc: evil@x")
     assert b"\r\nBcc:" not in raw
+
+
+@pytest.mark.parametrize(("smtputf8", "report_type", "status_type"), [
+    (False, "delivery-status", "message/delivery-status"),
+    (True, "global-delivery-status", "message/global-delivery-status"),
+])
+def test_report_type_names_the_second_part(smtputf8: bool, report_type: str,
+                                           status_type: str) -> None:
+    """RFC 6522 §3: report-type is the subtype of the second part, so an RFC 6533 DSN is
+    multipart/report; report-type=global-delivery-status."""
+    msg = _parse(_build(smtputf8=smtputf8))
+    assert msg.get_content_type() == "multipart/report"
+    assert msg.get_param("report-type") == report_type
+    assert list(msg.iter_parts())[1].get_content_type() == status_type
