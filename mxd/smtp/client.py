@@ -148,7 +148,8 @@ class Reply:
 
     @property
     def ok(self) -> bool:
-        return 200 <= self.code < 400
+        """A positive completion (RFC 5321 §4.2.1: 2yz); 354 and 334 are checked by code."""
+        return 200 <= self.code < 300
 
     @property
     def permanent(self) -> bool:

@@ -159,3 +159,21 @@ def test_any_replies_during_a_transaction_end_in_a_typed_outcome(chunks: list[by
     s.client.connectionLost(Failure(ConnectionError("closed")))
     r = _result(d)
     assert isinstance(r, TransactionResult) or isinstance(r.value, SMTPClientError)
+
+
+def test_only_2yz_completes_a_command() -> None:
+    """RFC 5321 §4.2.1/§4.3.2: only a 2yz reply completes MAIL, RCPT or the end of data; a
+    3yz there (a confused server) is no delivery and no permanent failure either."""
+    s = Session()
+    _started(s)
+    d = s.client.send(TWO, io.BytesIO(b"x"))
+    s.written()
+    s.reply(b"250 ok\r\n250 ok\r\n354 what\r\n354 go\r\n")
+    s.pump()
+    s.written()
+    s.reply(b"354 again\r\n")
+    result = _result(d)
+    by = {r.address: r for r in result.recipients}
+    assert by["b@mx.test"].reply.code == 354 and not by["b@mx.test"].delivered
+    assert not by["c@mx.test"].delivered
+    assert not any(r.permanent for r in result.recipients)
