@@ -650,6 +650,11 @@ class SMTPClient(LineOnlyReceiver):
         if message.requiretls and not (self.tls_result.used and self.has("REQUIRETLS")):
             # RFC 8689 §4.2.1 (verification of the TLS connection comes with the policy).
             raise SMTPLocalError(550, "5.7.30", ["REQUIRETLS not supported by the peer"], True)
+        if message.requiretls and not (self.tls_result.verified and not self.tls_result.failure):
+            # RFC 8689 §4.2.1: the server's certificate must have been verified (DANE or
+            # MTA-STS); the policy should never have let an unverified session get here.
+            raise SMTPLocalError(550, "5.7.30",
+                                 ["REQUIRETLS needs a verified TLS connection"], True)
 
     def _mail_line(self, m: ClientMessage) -> str:
         params = []

@@ -177,3 +177,28 @@ def test_only_2yz_completes_a_command() -> None:
     assert by["b@mx.test"].reply.code == 354 and not by["b@mx.test"].delivered
     assert not by["c@mx.test"].delivered
     assert not any(r.permanent for r in result.recipients)
+
+
+def test_requiretls_needs_a_verified_connection() -> None:
+    """RFC 8689 §4.2.1: REQUIRETLS goes only over TLS whose certificate was verified; an
+    unverified (opportunistic) session offering REQUIRETLS fails locally with 5.7.30."""
+    from mxd.smtp.client import SMTPLocalError
+
+    started: list[Any] = []
+    s = Session()
+    s.transport.startTLS = started.append  # type: ignore[attr-defined]
+    d = s.client.start()
+    s.reply(b"220 hi\r\n")
+    s.written()
+    s.reply(b"250-mx.test\r\n250 STARTTLS\r\n")
+    s.written()
+    s.reply(b"220 go ahead\r\n")
+    s.written()
+    s.reply(b"250-mx.test\r\n250-PIPELINING\r\n250 REQUIRETLS\r\n")
+    assert _result(d) is None and s.client.tls_result.used
+    assert not s.client.tls_result.verified
+    msg = ClientMessage("a@x.test", (ClientRecipient("b@mx.test"),), requiretls=True)
+    f = _result(s.client.send(msg, io.BytesIO(b"x")))
+    assert isinstance(f, Failure) and isinstance(f.value, SMTPLocalError)
+    assert f.value.enhanced == "5.7.30"
+    assert s.written() == []
