@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# bench/ holds scripts named like stdlib modules (bench/queue.py): keep it off the path.
+# Keep bench/ off sys.path: a script named like a stdlib module would shadow it.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 

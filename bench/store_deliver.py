@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-# bench/ holds scripts named like stdlib modules (bench/queue.py): keep it off the path.
+# Keep bench/ off sys.path: a script named like a stdlib module would shadow it.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
