@@ -202,3 +202,25 @@ def test_requiretls_needs_a_verified_connection() -> None:
     assert isinstance(f, Failure) and isinstance(f.value, SMTPLocalError)
     assert f.value.enhanced == "5.7.30"
     assert s.written() == []
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(_LINE, max_size=4).map(lambda ls: b"\r\n".join(ls) + b"\r\n"),
+                max_size=6), st.binary(max_size=30))
+def test_any_replies_around_starttls_end_in_a_typed_outcome(chunks: list[bytes],
+                                                            tail: bytes) -> None:
+    """Whatever follows the EHLO that offers STARTTLS (in the same read as the 220 or
+    later), start() succeeds or fails with an SMTPClientError, never another exception."""
+    s = Session()
+    s.transport.startTLS = lambda _options: None  # type: ignore[attr-defined]
+    d = s.client.start()
+    s.reply(b"220 hi\r\n250-mx.test\r\n250 STARTTLS\r\n")
+    for c in chunks:
+        if s.client._lost is not None:
+            break
+        s.client.dataReceived(c)
+    if s.client._lost is None:
+        s.client.dataReceived(tail)
+    s.client.connectionLost(Failure(ConnectionError("closed")))
+    r = _result(d)
+    assert r is None or isinstance(r.value, SMTPClientError)
