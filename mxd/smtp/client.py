@@ -488,6 +488,8 @@ class SMTPClient(LineOnlyReceiver):
         self._t.write(line.encode("utf-8") + b"\r\n")
 
     async def _command(self, line: str, timeout: float, what: str = "") -> Reply:
+        if self._lost is not None and not self._replies:
+            self._lost.raiseException()  # closed, or closing after a 421 (RFC 5321 §3.8)
         self._send(line)
         return await self._expect(timeout, what or line.split(" ", 1)[0])
 
@@ -729,6 +731,8 @@ class SMTPClient(LineOnlyReceiver):
             await self._abort_data(data_accepted)
             return TransactionResult(tuple(RecipientResult(r.address, rep, at_rcpt=True)
                                            for r, rep in zip(m.recipients, rcpt_replies, strict=False)), None)
+        if self._lost is not None:
+            self._lost.raiseException()  # RFC 5321 §3.8: a 421 came; send no data
         if chunking:
             final = await self._bdat(m, body)
         else:

@@ -224,3 +224,33 @@ def test_any_replies_around_starttls_end_in_a_typed_outcome(chunks: list[bytes],
     s.client.connectionLost(Failure(ConnectionError("closed")))
     r = _result(d)
     assert r is None or isinstance(r.value, SMTPClientError)
+
+
+def test_421_to_the_last_rcpt_sends_no_bdat() -> None:
+    """RFC 5321 §3.8: after a 421 (here to the last pipelined RCPT, with CHUNKING) no
+    message data is sent on the closing channel; the transaction fails temporarily."""
+    s = Session()
+    _started(s, b"250-mx.test\r\n250-PIPELINING\r\n250 CHUNKING\r\n")
+    d = s.client.send(TWO, io.BytesIO(b"x"))
+    s.written()
+    s.reply(b"250 ok\r\n250 ok\r\n421 4.3.2 closing\r\n")
+    f = _result(d)
+    assert isinstance(f, Failure) and isinstance(f.value, SMTPReplyError)
+    assert f.value.code == 421 and not f.value.permanent
+    assert s.transport.value() == b""
+
+
+def test_421_in_lockstep_stops_sending_commands() -> None:
+    """RFC 5321 §3.8: without PIPELINING, a 421 to a RCPT ends the transaction: no further
+    RCPT, DATA or RSET is written to the closing channel."""
+    s = Session()
+    _started(s, b"250-mx.test\r\n250 8BITMIME\r\n")
+    d = s.client.send(TWO, io.BytesIO(b"x"))
+    assert s.written() == ["MAIL FROM:<a@x.test>"]
+    s.reply(b"250 ok\r\n")
+    assert s.written() == ["RCPT TO:<b@mx.test>"]
+    s.reply(b"421 4.3.2 closing\r\n")
+    f = _result(d)
+    assert isinstance(f, Failure) and isinstance(f.value, SMTPReplyError)
+    assert f.value.code == 421
+    assert s.written() == []
