@@ -687,9 +687,11 @@ class SMTPClient(LineOnlyReceiver):
     def send(self, message: ClientMessage, body: BinaryIO) -> Deferred[TransactionResult]:
         """One transaction; fires with per-recipient results.
 
-        A recipient refused at RCPT keeps that reply; the others get the final reply to the
-        body.  Errbacks with SMTPLocalError (nothing sent), SMTPReplyError for MAIL FROM
-        (applies to every recipient) or SMTPConnectionError/SMTPTimeoutError.
+        A recipient refused at RCPT keeps that reply (``RecipientResult.at_rcpt``); the
+        others get the final reply to the body.  Errbacks with SMTPLocalError (nothing
+        sent), SMTPReplyError for MAIL FROM (applies to every recipient), SMTPReplyError 421
+        when the server closes the channel mid-transaction (RFC 5321 §3.8; the connection
+        is then unusable), or SMTPConnectionError/SMTPTimeoutError.
         """
         return ensureDeferred(self._transaction(message, body))
 
