@@ -78,6 +78,7 @@ class BlobFiles:
         self._lock = threading.Lock()
         self.data_dir = Path(data_dir)
         self.blob_dir = self.data_dir / "blobs"
+        self._blob_dir_s = str(self.blob_dir)  # for open(): a str join beats pathlib
         self.tmp_dir = self.data_dir / "tmp"
         # Pre-created, empty body files (id, open file), their directory already fsynced.
         self.pool_size = max(0, pool_size)
@@ -188,8 +189,11 @@ class BlobFiles:
             pass
 
     def open(self, blob_id: str) -> BinaryIO:
+        """Open a body for reading (IMAP FETCH calls this per message: kept cheap)."""
+        if not is_blob_id(blob_id):
+            raise BlobError(f"malformed blob id {blob_id!r}")
         try:
-            return open(self.path(blob_id), "rb")
+            return open(f"{self._blob_dir_s}/{blob_id[:2]}/{blob_id}", "rb")
         except FileNotFoundError as e:
             raise BlobError(f"blob {blob_id} is missing") from e
 
