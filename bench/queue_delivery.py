@@ -11,7 +11,7 @@ The clock runs from the start of delivery until the sink holds every message:
   ``defer_transports = smtp`` holds them (not timed), then the hold is lifted
   (reload + ``postqueue -f``) and timed.
 
-Usage: ``.venv/bin/python bench/queue.py [-n 2000] [--size 10240] [--concurrency 20]``.
+Usage: ``.venv/bin/python bench/queue_delivery.py [-n 2000] [--size 10240] [--concurrency 20]``.
 Needs root for Postfix (master runs as root and drops to the postfix user); without it, or
 without Postfix, only mxd is measured.
 """
