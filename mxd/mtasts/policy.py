@@ -20,6 +20,7 @@ from collections.abc import Iterable
 import attrs
 
 from mxd.errors import MxdError
+from mxd.txtrecord import record_fields
 
 MAX_POLICY_SIZE = 64 * 1024  # RFC 8461 §3.3
 MAX_MAX_AGE = 31557600  # RFC 8461 §3.2: about one year
@@ -164,19 +165,9 @@ class TXTRecord:
 
 def parse_txt_record(text: bytes | str) -> TXTRecord:
     """Parse one TXT record; raise ``TXTRecordError`` when it is not a valid STSv1 record."""
-    if isinstance(text, bytes):
-        try:
-            text = text.decode("ascii")
-        except UnicodeDecodeError:
-            raise TXTRecordError("TXT record is not ASCII") from None
-    parts = [p.strip(" \t") for p in text.split(";")]
-    if parts and parts[-1] == "":
-        parts.pop()  # a final ";" is allowed
-    if not parts or parts[0] != "v=STSv1":
-        raise TXTRecordError("record does not start with v=STSv1")
     record_id: str | None = None
     extensions: list[tuple[str, str]] = []
-    for field in parts[1:]:
+    for field in record_fields(text, "STSv1", TXTRecordError):
         name, eq, value = field.partition("=")
         if not eq or not _KEY.fullmatch(name):
             raise TXTRecordError(f"invalid field {field!r}")

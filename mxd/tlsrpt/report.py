@@ -25,6 +25,7 @@ from twisted.internet.defer import Deferred
 from mxd.dns.errors import DNSNegativeAnswer
 from mxd.errors import MxdError
 from mxd.tlsrpt.results import FailureDetail, PolicyInfo, PolicyType, ResultType, TLSAttempt
+from mxd.txtrecord import record_fields
 
 
 class TLSRPTError(MxdError):
@@ -236,19 +237,9 @@ def _valid_uri(uri: str) -> bool:
 
 def parse_txt_record(text: bytes | str) -> TLSRPTRecord:
     """Parse one TXT record; raise ``TXTRecordError`` when it is not valid TLSRPTv1."""
-    if isinstance(text, bytes):
-        try:
-            text = text.decode("ascii")
-        except UnicodeDecodeError:
-            raise TXTRecordError("TXT record is not ASCII") from None
-    parts = [p.strip(" \t") for p in text.split(";")]
-    if parts and parts[-1] == "":
-        parts.pop()
-    if not parts or parts[0] != "v=TLSRPTv1":
-        raise TXTRecordError("record does not start with v=TLSRPTv1")
     rua: tuple[str, ...] | None = None
     extensions: list[tuple[str, str]] = []
-    for field in parts[1:]:
+    for field in record_fields(text, "TLSRPTv1", TXTRecordError):
         name, eq, value = field.partition("=")
         if not eq or not _EXT_NAME.fullmatch(name) or not value:
             raise TXTRecordError(f"invalid field {field!r}")
