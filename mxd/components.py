@@ -142,7 +142,11 @@ def make_sasl(cfg: Config, directory: Any, reactor: Any, metrics: IMetrics) -> A
         fake_scram_iterations=cfg.auth.scram_iterations,
     )
     m: Any = metrics
-    limiter = AuthLimiter(reactor, AuthLimiterSettings(), metrics=m)
+    limits = AuthLimiterSettings(
+        ip_free_failures=cfg.auth.ip_free_failures, ip_max_delay=cfg.auth.ip_max_delay,
+        account_free_failures=cfg.auth.account_free_failures,
+        account_max_delay=cfg.auth.account_max_delay)
+    limiter = AuthLimiter(reactor, limits, metrics=m)
     return SASLServer(directory.lookup_secrets, settings, limiter, reactor, cfg.hostname,
                       metrics=m, run_blocking=lambda f: deferToThread(f))
 

@@ -179,6 +179,15 @@ class AuthConfig:
                                 "(RFC 7677 asks for at least 4096).", check=_positive)
     cram_md5: bool = opt(True, "Store CRAM-MD5 secrets for new passwords. They are "
                          "password-equivalent for CRAM-MD5; turn off if you do not need it.")
+    ip_free_failures: int = opt(5, "Failed logins per client IP (IPv6: per /64) before "
+                                "back-off starts.", check=_positive)
+    ip_max_delay: float = opt(600.0, "Longest back-off for one client IP, in seconds "
+                              "(doubling from 2 s).", check=_positive)
+    account_free_failures: int = opt(10, "Failed logins per account, from any IP, before "
+                                     "back-off starts.", check=_positive)
+    account_max_delay: float = opt(30.0, "Longest back-off for one account, in seconds "
+                                   "(kept short so others' guessing cannot lock a user out "
+                                   "for long).", check=_positive)
 
 
 @attrs.frozen

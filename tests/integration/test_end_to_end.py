@@ -97,3 +97,21 @@ def test_auth_refused_without_tls_on_submission(mxd_server: MxdServer):
         assert not s.has_extn("auth")
         code, _ = s.mail(mxd_server.user)
         assert code == 530
+
+
+def test_failed_logins_back_off_per_ip(mxd_server_factory):
+    """After [auth] ip_free_failures bad passwords from one IP, even the right password is
+    refused for a while (rate limited), over IMAP as configured."""
+    server = mxd_server_factory(extra_config="[auth]\nip_free_failures = 2\n")
+    for _ in range(3):
+        m = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"],
+                              ssl_context=ssl.create_default_context(cafile=str(server.ca_file)))
+        with pytest.raises(imaplib.IMAP4.error):
+            m.login(server.user, "wrong-password")
+        m.logout()
+    m = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"],
+                          ssl_context=ssl.create_default_context(cafile=str(server.ca_file)))
+    with pytest.raises(imaplib.IMAP4.error) as ei:
+        m.login(server.user, server.password)
+    m.logout()
+    assert "too many failed attempts" in str(ei.value).lower() or "UNAVAILABLE" in str(ei.value)
