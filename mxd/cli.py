@@ -288,6 +288,26 @@ def cmd_localserve(args: argparse.Namespace) -> int:
 
 # --- argument parsing -----------------------------------------------------------------
 
+def _wake_server(cfg: Config) -> None:
+    """Ask a running server (through its admin listener) to look at the queue now."""
+    import urllib.error
+    import urllib.request
+
+    for li in cfg.listeners:
+        if li.protocol != "admin":
+            continue
+        host = f"[{li.address}]" if ":" in li.address else li.address
+        req = urllib.request.Request(f"http://{host}:{li.port}/api/queue/wake", data=b"",
+                                     headers={"X-Mxd-Admin": "1"}, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=5):
+                pass
+        except (OSError, urllib.error.URLError):
+            print("mxd queue: the server did not answer on its admin listener; it will see "
+                  "the change at its next wake-up", file=sys.stderr)
+        return
+
+
 def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", metavar="PATH",
                    help="config file (default: $MXD_CONFIG or etc/mxd.toml)")
@@ -390,8 +410,14 @@ def _add_optional_commands(sub: Any) -> None:
                             help="config file (default: $MXD_CONFIG or etc/mxd.toml)")
 
     def run_queue(args: argparse.Namespace) -> int:
-        data_dir = args.data_dir or _config(args).data_dir
-        return queue_cli.run(args, data_dir=data_dir)
+        cfg = None if args.data_dir else _config(args)
+        data_dir = args.data_dir or cfg.data_dir  # type: ignore[union-attr]
+        rc = queue_cli.run(args, data_dir=data_dir)
+        if rc == 0 and cfg is not None and args.queue_command in ("release", "kick",
+                                                                   "requiretls"):
+            _wake_server(cfg)
+        return int(rc)
+
 
     qp.set_defaults(func=run_queue)
 

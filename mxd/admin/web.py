@@ -15,6 +15,7 @@ Routes:
   GET  /api/queue/ID         JSON message, recipients and attempts
   POST /api/queue/ID/OP      OP in hold, release, kick, drop
   POST /api/queue/ID/requiretls   form or query field setting=yes|no|default (RFC 8689)
+  POST /api/queue/wake       look for due work now (the CLI calls this after changing the queue)
   GET  /api/tls/domains      last TLS result per recipient domain (?domain=)
   GET  /api/tls/requiretls-ready?domain=D&domain=E   REQUIRETLS usable for every domain?
   GET  /metrics              Prometheus text (when [metrics] is enabled)
@@ -240,6 +241,9 @@ class _QueueAPI(_Page):
         if not self.ctx.authorised_post(request):
             return _json(request, {"error": "missing X-Mxd-Admin header or CSRF token"}, 403)
         parts = _parts(request)
+        if parts == ["wake"]:
+            self.ctx.queue.wake()
+            return _json(request, {"woken": True})
         if len(parts) == 2 and parts[1] == "requiretls":
             return await self._requiretls(request, parts[0])
         if len(parts) != 2 or parts[1] not in QUEUE_OPS:

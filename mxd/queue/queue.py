@@ -150,6 +150,11 @@ class Queue:
                 log.failure("queue listener failed")
         return _result
 
+    def wake(self) -> None:
+        """Have the runner look for due work now (after another process, such as the
+        ``mxd queue`` CLI, changed the queue tables)."""
+        self._notify()
+
     def enqueue(self, blob: BlobWriter, message: OutboundMessage) -> Deferred[str]:
         """IOutbound.enqueue: fires with the queue id once body and rows are durable.
 

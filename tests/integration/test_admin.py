@@ -113,3 +113,29 @@ def test_requiretls_override_and_tls_domains(mxd_server: MxdServer):
     code, body = _get(mxd_server, "/api/tls/requiretls-ready?domain=remote.example")
     assert code == 200 and json.loads(body) == {"domains": {"remote.example": False},
                                                  "all": False}
+
+
+def test_cli_kick_wakes_the_running_server(mxd_server: MxdServer):
+    """`mxd queue kick` changes the database and wakes the running server through its admin
+    listener, so a deferred message is attempted again at once, not at its next retry."""
+    import time
+
+    _queue_one(mxd_server)
+
+    def attempts() -> int:
+        r = mxd_server.mxd("queue", "list", "--json")
+        return int(json.loads(r.stdout)[0]["recipients"][0]["attempts"])
+
+    deadline = time.monotonic() + 20
+    while attempts() < 1:  # the resolver is unreachable: the first attempt defers
+        assert time.monotonic() < deadline, "first attempt never happened"
+        time.sleep(0.2)
+    qid = json.loads(_get(mxd_server, "/api/queue")[1])[0]["queue_id"]
+    assert json.loads(_get(mxd_server, f"/api/queue/{qid}")[1])["recipients"][0]["next_attempt"]
+    r = mxd_server.mxd("queue", "kick", qid)
+    assert r.returncode == 0, r.stderr
+    assert "did not answer" not in r.stderr
+    deadline = time.monotonic() + 20
+    while attempts() < 2:
+        assert time.monotonic() < deadline, "kick did not lead to a new attempt"
+        time.sleep(0.2)
