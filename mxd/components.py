@@ -23,14 +23,14 @@ from mxd.tls import TLSSettings
 log = Logger(namespace="mxd.components")
 
 
-
 class StoreService(service.Service):
     """Opens the store at start-up and closes it last at shutdown."""
 
     name = "store"
 
-    def __init__(self, store: Any, on_open: list[Any]) -> None:
+    def __init__(self, store: Any, on_open: list[Any], reactor: Any) -> None:
         self.store = store
+        self._reactor = reactor
         self._on_open = on_open
         self.opened: Deferred[None] | None = None
 
@@ -43,11 +43,12 @@ class StoreService(service.Service):
         self.opened = d
 
     def _failed(self, f: Any) -> None:
-        log.failure("cannot open the store", f)
-        from twisted.internet import reactor as _reactor
-
-        reactor: Any = _reactor
-        reactor.stop()
+        """Without its store the server cannot accept mail: stop, and exit with status 1
+        (twistd itself has no way to report a failure found after start-up)."""
+        log.failure("cannot open the store in {data_dir}", f,
+                    data_dir=str(getattr(self.store, "data_dir", "?")))
+        self._reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+        self._reactor.stop()
 
     def stopService(self) -> Any:
         super().stopService()
@@ -55,10 +56,9 @@ class StoreService(service.Service):
 
 
 def make_store(cfg: Config, reactor: Any) -> Any:
-    from mxd.store.sqlite import SQLiteStore
+    from mxd.store.sqlite import SQLiteStore, StoreSettings
 
     cfg.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    from mxd.store.sqlite import StoreSettings
 
     return SQLiteStore(cfg.data_dir, reactor,
                        settings=StoreSettings(quota_bytes=cfg.store.quota_bytes or None))
@@ -241,7 +241,7 @@ def build(cfg: Config, reactor: Any, metrics: IMetrics, parent: Any) -> dict[str
     def sync() -> Deferred[None]:
         return Deferred.fromCoroutine(sync_config_accounts(cfg, store))
 
-    store_service = StoreService(store, [sync])
+    store_service = StoreService(store, [sync], reactor)
     store_service.setServiceParent(parent)
     sasl = make_sasl(cfg, directory, reactor, metrics)
     m: Any = metrics

@@ -140,3 +140,28 @@ def test_metrics_endpoint_when_enabled(tmp_path, tls_files):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
+
+
+def test_store_that_cannot_open_stops_the_server_with_status_1(tmp_path, tls_files):
+    """A database from a newer mxd (schema version beyond this code) makes twistd log the
+    reason and exit 1 instead of running without a store."""
+    import sqlite3
+
+    port = free_port()
+    cfg = _config(tmp_path, tls_files, f'[[listeners]]\nprotocol = "admin"\nport = {port}\n')
+    proc = _twistd(cfg, tmp_path)
+    try:
+        _wait_port(port, proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    db = sqlite3.connect(tmp_path / "data" / "mxd.sqlite3")
+    tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    version_table = next(t for t in tables if "version" in t)
+    db.execute(f"UPDATE {version_table} SET version = version + 1000")
+    db.commit()
+    db.close()
+    proc = _twistd(cfg, tmp_path)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out
+    assert "cannot open the store" in out
