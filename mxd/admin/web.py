@@ -28,7 +28,6 @@ import hmac
 import html
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -37,48 +36,12 @@ from twisted.web import resource, server
 
 import mxd
 from mxd.metrics import PrometheusMetrics
+from mxd.queue.views import domain_tls_dict, message_dict
 
 log = Logger(namespace="mxd.admin")
 
 QUEUE_OPS = ("hold", "release", "kick", "drop")
 CSP = b"default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"
-
-
-def _ts(t: float | None) -> str | None:
-    if t is None:
-        return None
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def domain_tls_json(d: Any) -> dict[str, Any]:
-    """A per-domain TLS support record (mxd.queue.store.DomainTLS) as JSON-able data."""
-    return {"domain": d.domain, "at": _ts(d.at), "mx_host": d.mx_host, "ip": d.ip,
-            "starttls": d.starttls, "requiretls": d.requiretls, "tls_used": d.tls_used,
-            "verified": d.verified, "policy_type": d.policy_type,
-            "result_type": d.result_type, "tls_version": d.tls_version}
-
-
-def message_json(m: Any, attempts: list[Any] | None = None) -> dict[str, Any]:
-    """A queued message (mxd.queue.store.QueuedMessage) as JSON-able data."""
-    out: dict[str, Any] = {
-        "queue_id": m.queue_id, "from": m.mail_from, "size": m.size,
-        "queued_at": _ts(m.queued_at), "requiretls": m.requiretls,
-        "tls_required_no": m.tls_required_no, "dsn": m.is_dsn,
-        "recipients": [{
-            "address": r.address, "state": r.state, "held": r.hold, "attempts": r.attempts,
-            "next_attempt": _ts(r.next_attempt),
-            "last_result": " ".join(str(x) for x in (r.last_code, r.last_enhanced, r.last_text)
-                                    if x is not None) or None,
-        } for r in m.recipients],
-    }
-    if attempts is not None:
-        out["attempts"] = [{
-            "at": _ts(a.at), "host": a.host, "ip": a.ip, "result": a.result,
-            "reply": " ".join(str(x) for x in (a.code, a.enhanced, a.text) if x is not None),
-            "tls": {"used": a.tls_used, "verified": a.tls_verified, "version": a.tls_version,
-                    "policy": a.tls_policy_type, "failure": a.tls_failure},
-        } for a in attempts]
-    return out
 
 
 class AdminContext:
@@ -227,13 +190,13 @@ class _QueueAPI(_Page):
             domain, sender = _args(request, b"domain")[:1], _args(request, b"sender")[:1]
             msgs = await self.ctx.queue.list(domain=domain[0] if domain else None,
                                              sender=sender[0] if sender else None)
-            return _json(request, [message_json(m) for m in msgs])
+            return _json(request, [message_dict(m) for m in msgs])
         if len(parts) == 1:
             found = await self.ctx.queue.show(parts[0])
             if found is None:
                 return _json(request, {"error": f"no message {parts[0]}"}, 404)
             m, attempts = found
-            return _json(request, message_json(m, attempts))
+            return _json(request, message_dict(m, attempts))
         return _json(request, {"error": "not found"}, 404)
 
     @_async
@@ -282,7 +245,7 @@ class _TLSAPI(_Page):
         domains = _args(request, b"domain")
         if parts == ["domains"]:
             rows = await self.ctx.queue.tls_domains(domains[0] if domains else None)
-            return _json(request, [domain_tls_json(d) for d in rows])
+            return _json(request, [domain_tls_dict(d) for d in rows])
         if parts == ["requiretls-ready"]:
             if not domains:
                 return _json(request, {"error": "give one or more ?domain="}, 400)

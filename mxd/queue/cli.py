@@ -35,6 +35,7 @@ from typing import Any, TextIO
 
 from mxd.queue import queue as qq
 from mxd.queue import store as qs
+from mxd.queue import views
 
 EXIT_OK, EXIT_NOMATCH, EXIT_ERROR = 0, 1, 2
 DB_NAME_FALLBACK = "mxd.sqlite3"
@@ -109,22 +110,6 @@ def _ts(t: float | None) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _message_dict(m: qs.QueuedMessage) -> dict[str, Any]:
-    return {
-        "queue_id": m.queue_id, "from": m.mail_from, "size": m.size, "body": m.body,
-        "queued_at": _ts(m.queued_at), "requiretls": m.requiretls, "smtputf8": m.smtputf8,
-        "tls_required_no": m.tls_required_no, "tls_override": m.tls_override or "default",
-        "dsn": m.is_dsn, "ret": m.ret, "envid": m.envid,
-        "recipients": [{
-            "address": r.address, "state": r.state, "held": r.hold, "attempts": r.attempts,
-            "next_attempt": _ts(r.next_attempt), "last_attempt": _ts(r.last_attempt),
-            "last_result": " ".join(str(x) for x in (r.last_code, r.last_enhanced, r.last_text)
-                                    if x is not None) or None,
-            "last_host": r.last_host, "transport": r.transport,
-        } for r in m.recipients],
-    }
-
-
 def run(args: argparse.Namespace, data_dir: Path | None = None, out: TextIO = sys.stdout,
         err: TextIO = sys.stderr) -> int:
     """Run one queue command; returns the exit status."""
@@ -153,7 +138,7 @@ def _dispatch(args: argparse.Namespace, conn: sqlite3.Connection, out: TextIO,
         msgs = qs.list_messages(conn, domain=args.domain, sender=args.sender,
                                 held=True if args.held else None, limit=100000)
         if args.json:
-            json.dump([_message_dict(m) for m in msgs], out, indent=1)
+            json.dump([views.message_dict(m) for m in msgs], out, indent=1)
             out.write("\n")
         else:
             for m in msgs:
@@ -172,15 +157,7 @@ def _dispatch(args: argparse.Namespace, conn: sqlite3.Connection, out: TextIO,
         if found is None:
             print(f"mxd queue: no message {args.queue_id}", file=err)
             return EXIT_NOMATCH
-        info = _message_dict(found)
-        info["attempts"] = [{
-            "at": _ts(a.at), "host": a.host, "ip": a.ip, "result": a.result,
-            "reply": " ".join(str(x) for x in (a.code, a.enhanced, a.text) if x is not None),
-            "tls": {"used": a.tls_used, "verified": a.tls_verified, "version": a.tls_version,
-                    "cipher": a.tls_cipher, "policy": a.tls_policy_type,
-                    "policy_domain": a.tls_policy_domain, "failure": a.tls_failure,
-                    "result_type": a.tls_result_type, "overridden": a.tls_overridden},
-        } for a in qs.attempts_for(conn, args.queue_id)]
+        info = views.message_dict(found, qs.attempts_for(conn, args.queue_id))
         if args.json:
             json.dump(info, out, indent=1)
             out.write("\n")
@@ -225,11 +202,7 @@ def _dispatch(args: argparse.Namespace, conn: sqlite3.Connection, out: TextIO,
 def _domains(conn: sqlite3.Connection, args: argparse.Namespace, out: TextIO) -> int:
     rows = qs.domain_tls(conn, args.domain)
     if args.json:
-        json.dump([{"domain": d.domain, "at": _ts(d.at), "mx_host": d.mx_host, "ip": d.ip,
-                    "starttls": d.starttls, "requiretls": d.requiretls, "tls": d.tls_used,
-                    "verified": d.verified, "policy": d.policy_type,
-                    "failure": d.result_type, "tls_version": d.tls_version}
-                   for d in rows], out, indent=1)
+        json.dump([views.domain_tls_dict(d) for d in rows], out, indent=1)
         out.write("\n")
     else:
         def yn(b: bool) -> str:
