@@ -201,8 +201,8 @@ def make_tls_policy_factory(cfg: Config, resolver: Any, reactor: Any, parent: An
     return make_policy_factory(resolver, sts, reactor, roots=roots)
 
 
-def make_queue_runner(cfg: Config, queue: Any, resolver: Any, store: Any, reactor: Any,
-                      metrics: IMetrics, tls_policy_factory: Any = None) -> Any:
+def make_queue_runner(cfg: Config, queue: Any, resolver: Any, store: Any, directory: Any,
+                      reactor: Any, metrics: IMetrics, tls_policy_factory: Any = None) -> Any:
     import attrs
 
     from mxd.queue.local import StoreLocalDelivery
@@ -220,7 +220,7 @@ def make_queue_runner(cfg: Config, queue: Any, resolver: Any, store: Any, reacto
                             port=cfg.queue.smtp_port,
                             own_names=frozenset({normalise_domain(cfg.hostname)}),
                             own_addresses=own_addresses)
-    local = StoreLocalDelivery(store, [normalise_domain(d) for d in cfg.domains.names])
+    local = StoreLocalDelivery(store, directory=directory)
     m: Any = metrics
     return QueueRunner(queue, resolver, reactor, settings, local_delivery=local,
                        hostname=cfg.hostname, metrics=m, tls_policy_factory=tls_policy_factory)
@@ -253,7 +253,8 @@ def build(cfg: Config, reactor: Any, metrics: IMetrics, parent: Any) -> dict[str
         log.info("queue: hold_all is set, outbound mail stays queued")
     else:
         policies = make_tls_policy_factory(cfg, resolver, reactor, parent)
-        runner = make_queue_runner(cfg, queue, resolver, store, reactor, metrics, policies)
+        runner = make_queue_runner(cfg, queue, resolver, store, directory, reactor, metrics,
+                                   policies)
         runner.setServiceParent(parent)
         comps["queue_runner"] = runner
     return comps

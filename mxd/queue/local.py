@@ -25,31 +25,29 @@ class LocalDeliveryError(MxdError):
         self.permanent = permanent
 
 
-def normalise_address(address: str) -> str:
-    local, _at, domain = address.rpartition("@")
-    try:
-        domain = domain.rstrip(".").encode("idna").decode("ascii").lower() if not domain.isascii() \
-            else domain.rstrip(".").lower()
-    except UnicodeError:
-        domain = domain.lower()
-    return f"{local}@{domain}"
-
-
 class StoreLocalDelivery:
-    """LocalDelivery over an IAccountStore + IMailStore (mxd.store.sqlite.SQLiteStore)."""
+    """LocalDelivery over an IAccountStore + IMailStore (mxd.store.sqlite.SQLiteStore).
 
-    def __init__(self, store: Any, local_domains: Iterable[str]) -> None:
+    Addresses resolve exactly as inbound SMTP resolves them (sub-addresses, catch-all,
+    postmaster, IDNA): through ``directory`` (the server's LocalDirectory), or a directory
+    made for ``local_domains`` when none is given."""
+
+    def __init__(self, store: Any, local_domains: Iterable[str] = (),
+                 directory: Any = None) -> None:
+        from mxd.directory.local import DirectorySettings, LocalDirectory
+
         self.store = store
-        self.domains = frozenset(normalise_address("x@" + d).split("@", 1)[1] for d in local_domains)
+        self.directory = directory or LocalDirectory(
+            store, DirectorySettings(domains=tuple(local_domains)))
 
     def is_local(self, address: str) -> bool:
-        return normalise_address(address).rpartition("@")[2] in self.domains
+        return bool(self.directory.is_local_domain(address.rpartition("@")[2]))
 
     def deliver(self, address: str, body: bytes) -> Deferred[None]:
         return ensureDeferred(self._deliver(address, body))
 
     async def _deliver(self, address: str, body: bytes) -> None:
-        account = await self.store.account_for_address(normalise_address(address))
+        account = await self.directory.resolve_recipient(address)
         if account is None:
             raise LocalDeliveryError(f"no mailbox for {address}", permanent=True)
         writer = self.store.new_blob()
