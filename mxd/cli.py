@@ -421,6 +421,12 @@ def _add_optional_commands(sub: Any) -> None:
 
     qp.set_defaults(func=run_queue)
 
+    from mxd.msgauth import cli as dkim_cli
+
+    kp = sub.add_parser("dkim", help="DKIM signing keys: generate, print DNS records")
+    dkim_cli.add_arguments(kp, _add_config)
+    kp.set_defaults(func=lambda args: dkim_cli.run(args, _config))
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()

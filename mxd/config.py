@@ -256,6 +256,27 @@ class OutboundConfig:
                             check=_port_check)
 
 
+def _selectors_check(v: dict[str, list[str]]) -> str | None:
+    for domain, selectors in v.items():
+        if not selectors:
+            return f"{domain}: list at least one selector (or remove the domain)"
+    return None
+
+
+@attrs.frozen
+class DKIMConfig:
+    key_dir: Path | None = opt(None, "Directory of DKIM private keys, one file per key at "
+                               "KEY_DIR/DOMAIN/SELECTOR.pem (written by `mxd dkim genkey`); "
+                               "default: DATA_DIR/dkim.", example='"/var/lib/mxd/dkim"')
+    selectors: dict[str, list[str]] = opt(
+        {}, "Per sending domain, the selectors whose keys sign its outgoing mail (submission "
+        "and mxd's own DSNs and reports). Each selector's key file must exist. List an RSA "
+        "and an Ed25519 selector to sign with both (RFC 8463 §3); for a key rollover add the "
+        "new selector, and remove the old one once its successor is published.",
+        check=_selectors_check,
+        example='{ "example.org" = ["20261205r", "20261205e"] }')
+
+
 @attrs.frozen
 class LogConfig:
     level: str = opt("info", "Lowest level written.", choices=LOG_LEVELS)
@@ -288,10 +309,16 @@ class Config:
     imap: IMAPConfig = opt(IMAPConfig(), "IMAP server limits.")
     queue: QueueConfig = opt(QueueConfig(), "Outbound queue.")
     outbound: OutboundConfig = opt(OutboundConfig(), "Transport security of outbound delivery.")
+    dkim: DKIMConfig = opt(DKIMConfig(), "DKIM signing of outgoing mail (RFC 6376).")
     log: LogConfig = opt(LogConfig(), "Logging.")
     metrics: MetricsConfig = opt(MetricsConfig(), "Metrics.")
     # Where the file was read from; not a config key.
     source: str = attrs.field(default="<config>", metadata={"internal": True})
+
+    @property
+    def dkim_key_dir(self) -> Path:
+        """Where DKIM keys are kept: ``[dkim].key_dir`` or DATA_DIR/dkim."""
+        return self.dkim.key_dir or self.data_dir / "dkim"
 
     def tls_for(self, listener: ListenerConfig) -> tuple[Path | None, Path | None]:
         return (listener.cert or self.tls.cert, listener.key or self.tls.key)
@@ -421,6 +448,7 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
         data_dir=cfg.data_dir if cfg.data_dir.is_absolute() else base / cfg.data_dir,
         tls=attrs.evolve(cfg.tls, cert=fix(cfg.tls.cert), key=fix(cfg.tls.key)),
         outbound=attrs.evolve(cfg.outbound, ca_file=fix(cfg.outbound.ca_file)),
+        dkim=attrs.evolve(cfg.dkim, key_dir=fix(cfg.dkim.key_dir)),
         listeners=[attrs.evolve(li, cert=fix(li.cert), key=fix(li.key)) for li in cfg.listeners],
     )
 
@@ -483,6 +511,11 @@ def _validate(cfg: Config) -> None:
         if ns not in cfg.resolver.nameservers:
             raise ConfigError(src, f"resolver.trusted[{i}]", f"{_show(ns)} is not in "
                               "resolver.nameservers")
+    for d in cfg.dkim.selectors:
+        try:
+            normalise_domain(d)
+        except ValueError as e:
+            raise ConfigError(src, f"dkim.selectors.{d}", str(e)) from None
     for ns, lvl in cfg.log.levels.items():
         if lvl not in LOG_LEVELS:
             raise ConfigError(src, f"log.levels.{ns}", f"{_show(lvl)} is not one of "
