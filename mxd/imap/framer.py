@@ -133,6 +133,11 @@ class Framer:
     def in_command(self) -> bool:
         return bool(self._parts) or self._lit_left > 0
 
+    @property
+    def after_literal(self) -> bool:
+        """A literal has been read in full and the rest of its command line has not."""
+        return self._lit_left == 0 and bool(self._parts)
+
     def read_line(self) -> bytes | None:
         """A raw line (AUTHENTICATE responses, IDLE's DONE), without CRLF."""
         idx = self._buf.find(b"\n")

@@ -116,3 +116,18 @@ def test_framer_only_raises_framing_error(chunks: list[bytes]) -> None:
             events(fr)
         except FramingError:
             fr.reset()
+
+
+def test_after_literal_marks_the_wait_for_the_line_end() -> None:
+    """``after_literal`` holds from the last octet of a literal until its command line
+    ends (the moment the server must ACK promptly for Nagle-bound clients)."""
+    fr = Framer(lambda h, n, ns: None)
+    fr.feed(b"a APPEND INBOX {5}\r\n")
+    assert events(fr) == [NeedContinuation()]
+    assert not fr.after_literal
+    fr.feed(b"Hel")
+    assert events(fr) == [] and not fr.after_literal
+    fr.feed(b"lo")
+    assert events(fr) == [] and fr.after_literal
+    fr.feed(b"\r\n")
+    assert len(events(fr)) == 1 and not fr.after_literal
