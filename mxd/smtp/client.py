@@ -331,6 +331,23 @@ class DataEncoder:
         return out
 
 
+# Mechanisms that send the password itself (RFC 4616 PLAIN, LOGIN): never without TLS.
+_CLEARTEXT_MECHS = frozenset({"PLAIN", "LOGIN"})
+
+
+def choose_auth_mechanism(offered: Sequence[str], allowed: Sequence[str] | None, *,
+                          tls: bool, channel_binding: bool) -> str | None:
+    """The most secure SASL mechanism the server offers and ``allowed`` permits (None:
+    all), in mxd.sasl.client's order (SCRAM-SHA-256-PLUS first); -PLUS only with channel
+    binding data, PLAIN and LOGIN only over TLS.  None when nothing fits."""
+    from mxd.sasl import client as sasl_client
+
+    allow = [m.upper() for m in (allowed if allowed is not None else sasl_client.PREFERENCE)]
+    if not tls:
+        allow = [m for m in allow if m not in _CLEARTEXT_MECHS]
+    return sasl_client.choose_mechanism(offered, allow, channel_binding)
+
+
 # -- the protocol ------------------------------------------------------------------------
 
 
@@ -360,6 +377,8 @@ class SMTPClient(LineOnlyReceiver):
         self.transactions = 0
         self.peer_helo: str | None = None  # the domain in the server's last EHLO/HELO reply
         self.starttls_offered = False  # STARTTLS was in the EHLO reply before TLS
+        self.auth_mechanism: str | None = None  # the SASL mechanism used, after AUTH
+        self.auth_cb_type: str | None = None  # its channel-binding type (-PLUS only)
         # RFC 3207 §4.2: lines that arrive in the same read as the STARTTLS reply were
         # sent in plaintext behind it (response injection): a protocol error.
         self._tls_epoch = 0
@@ -609,14 +628,29 @@ class SMTPClient(LineOnlyReceiver):
     async def _authenticate(self, auth: ClientAuth) -> None:
         from mxd.sasl import client as sasl_client
 
-        if not self.tls_result.used and not auth.allow_plaintext:
+        tls = self.tls_result.used
+        if not tls and not auth.allow_plaintext:
             # RFC 4954 §4: credentials never go over an unencrypted connection by default.
             raise SMTPAuthError(538, "5.7.11", ["refusing to authenticate without TLS"], False)
         offered = self.extensions.get("AUTH", "").split()
-        mech_name = sasl_client.choose_mechanism(offered, auth.allowed_mechanisms, False)
+        bindings, cb_type = self._channel_binding() if tls else (None, None)
+        mech_name = choose_auth_mechanism(offered, auth.allowed_mechanisms, tls=tls,
+                                          channel_binding=cb_type is not None)
         if mech_name is None:
-            raise SMTPAuthError(530, "5.7.0", [f"no usable AUTH mechanism in {offered}"], True)
-        mech = sasl_client.make_client(mech_name, auth.username, auth.password)
+            why = f"no usable AUTH mechanism in {offered or 'the EHLO reply'}"
+            if not tls and offered and all(m.upper() in _CLEARTEXT_MECHS for m in offered):
+                why = f"the server offers only {' '.join(offered)} without TLS"
+            raise SMTPAuthError(530, "5.7.0", [why], True)
+        # RFC 5802 §6: a SCRAM client that can bind to the channel but is not offered a
+        # -PLUS mechanism says so (gs2 "y"), so a server that does support -PLUS detects
+        # that the offer was stripped; ``make_client`` decides "y"/"n" from these values.
+        plus_offered = any(m.upper().endswith("-PLUS") for m in offered)
+        mech = sasl_client.make_client(
+            mech_name, auth.username, auth.password,
+            channel_bindings=bindings if cb_type is not None else None, cb_type=cb_type,
+            server_offered_plus=plus_offered)
+        self.auth_mechanism = mech_name
+        self.auth_cb_type = cb_type if mech_name.upper().endswith("-PLUS") else None
         initial = mech.initial_response()
         line = f"AUTH {mech_name}"
         if initial is not None:
@@ -632,8 +666,28 @@ class SMTPClient(LineOnlyReceiver):
             reply = await self._command(base64.b64encode(response).decode(),
                                         self.settings.ehlo_timeout, "AUTH")
         if reply.code != 235:
-            raise SMTPAuthError(reply.code, reply.enhanced, reply.lines, reply.code >= 500)
-        mech.finish(None)
+            raise SMTPAuthError(reply.code, reply.enhanced, [f"AUTH {mech_name}:", *reply.lines],
+                                reply.code >= 500, "AUTH")
+        try:
+            mech.finish(None)
+        except Exception as e:  # SCRAM: the server never proved it knows the password
+            raise SMTPAuthError(535, "5.7.8", [f"AUTH {mech_name}: {e}"], True, "AUTH") from e
+
+    def _channel_binding(self) -> tuple[Any, str | None]:
+        """This connection's channel bindings and the type a -PLUS mechanism uses:
+        tls-exporter on TLS 1.3 (RFC 9266 §3), tls-unique on TLS 1.2 (RFC 5929 §3, the
+        default of RFC 5802 §6); (None, None) when there is none to use."""
+        from mxd.sasl.channelbinding import channel_bindings_from_transport
+
+        try:
+            cb = channel_bindings_from_transport(self.transport, server_side=False)
+        except Exception as e:  # noqa: BLE001 - no binding rather than no delivery
+            log.debug("no channel binding: {error}", error=e)
+            return None, None
+        if cb is None:
+            return None, None
+        cb_type = "tls-exporter" if cb.tls_version == "TLSv1.3" else "tls-unique"
+        return cb, cb_type if cb.get(cb_type) is not None else None
 
     # -- transactions ------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 from typing import Any
 
@@ -305,32 +306,108 @@ def test_starttls_on_a_transport_without_tls_is_a_tls_error() -> None:
     assert isinstance(f.value, SMTPTLSError)
 
 
-def test_auth_plain_with_mxd_sasl_client_mechanisms() -> None:
-    """AUTH picks the best offered mechanism through mxd.sasl.client (PLAIN here, with an
-    initial response); a 535 is a permanent SMTPAuthError."""
-    import base64
-
+def test_auth_cram_md5_in_plaintext_when_allowed() -> None:
+    """With ``allow_plaintext`` a challenge-response mechanism may run without TLS (a
+    loopback relay); a 535 is a permanent SMTPAuthError naming the mechanism."""
     from mxd.smtp.client import ClientAuth, SMTPAuthError
 
     s = Session()
-    s.client.auth = ClientAuth("alice", "s3cret", allowed_mechanisms=("PLAIN",),
+    s.client.auth = ClientAuth("alice", "s3cret", allow_plaintext=True)
+    d = s.client.start()
+    s.reply(b"220 hi\r\n")
+    s.written()
+    s.reply(b"250-mx.test\r\n250 AUTH LOGIN PLAIN CRAM-MD5\r\n")
+    assert s.written() == ["AUTH CRAM-MD5"]
+    s.reply(b"334 " + base64.b64encode(b"<1.2@mx.test>") + b"\r\n")
+    [answer] = s.written()
+    assert base64.b64decode(answer).startswith(b"alice ")
+    s.reply(b"535 5.7.8 bad credentials\r\n")
+    f = _result(d)
+    assert isinstance(f.value, SMTPAuthError) and f.value.permanent and f.value.code == 535
+    assert "CRAM-MD5" in str(f.value)
+
+
+@pytest.mark.parametrize("offer", [b"PLAIN", b"LOGIN PLAIN"])
+def test_plain_never_without_tls(offer: bytes) -> None:
+    """PLAIN and LOGIN send the password itself: never without TLS, even when plaintext
+    AUTH is allowed; the error says why and nothing is sent."""
+    from mxd.smtp.client import ClientAuth, SMTPAuthError
+
+    s = Session()
+    s.client.auth = ClientAuth("alice", "s3cret", allowed_mechanisms=("PLAIN", "LOGIN"),
                                allow_plaintext=True)
     d = s.client.start()
     s.reply(b"220 hi\r\n")
     s.written()
-    s.reply(b"250-mx.test\r\n250 AUTH LOGIN PLAIN\r\n")
+    s.reply(b"250-mx.test\r\n250 AUTH " + offer + b"\r\n")
+    f = _result(d)
+    assert isinstance(f.value, SMTPAuthError) and f.value.permanent
+    assert "only " + offer.decode() + " without TLS" in str(f.value)
+    assert s.written() == []
+
+
+def _tls_session(monkeypatch: pytest.MonkeyPatch, bindings: Any) -> Session:
+    """A session whose connection counts as TLS with the given channel bindings."""
+    import attrs
+
+    s = Session(mode=TLSMode.NONE)
+
+    async def no_starttls() -> None:
+        s.client.tls_result = attrs.evolve(s.client.tls_result, used=True)
+
+    monkeypatch.setattr(s.client, "_starttls", no_starttls)
+    cb_type = None
+    if bindings is not None:
+        cb_type = "tls-exporter" if bindings.tls_version == "TLSv1.3" else "tls-unique"
+        if bindings.get(cb_type) is None:
+            cb_type = None
+    monkeypatch.setattr(s.client, "_channel_binding", lambda: (bindings, cb_type))
+    return s
+
+
+@pytest.mark.parametrize(("version", "offer", "allowed", "mech", "gs2"), [
+    ("TLSv1.3", b"SCRAM-SHA-1 SCRAM-SHA-256-PLUS SCRAM-SHA-256 PLAIN", None,
+     "SCRAM-SHA-256-PLUS", b"p=tls-exporter,,"),
+    ("TLSv1.2", b"SCRAM-SHA-1-PLUS SCRAM-SHA-256 PLAIN", None,
+     "SCRAM-SHA-1-PLUS", b"p=tls-unique,,"),
+    # RFC 5802 §6: we can bind but the server offers no -PLUS: "y"
+    ("TLSv1.3", b"SCRAM-SHA-256 SCRAM-SHA-1 PLAIN", None, "SCRAM-SHA-256", b"y,,"),
+    # the server offers -PLUS but configuration forces plain SCRAM: "n"
+    ("TLSv1.3", b"SCRAM-SHA-256-PLUS SCRAM-SHA-256", ("SCRAM-SHA-256",), "SCRAM-SHA-256",
+     b"n,,"),
+    # no binding data (a resumed TLS 1.2 session without EMS): no -PLUS, "n"
+    (None, b"SCRAM-SHA-256-PLUS SCRAM-SHA-256", None, "SCRAM-SHA-256", b"n,,"),
+    ("TLSv1.3", b"CRAM-MD5 PLAIN LOGIN", None, "CRAM-MD5", None),
+    ("TLSv1.3", b"LOGIN PLAIN", None, "PLAIN", None),
+])
+def test_auth_mechanism_and_channel_binding(monkeypatch: pytest.MonkeyPatch,
+                                            version: str | None, offer: bytes,
+                                            allowed: tuple[str, ...] | None, mech: str,
+                                            gs2: bytes | None) -> None:
+    """The most secure offered mechanism wins; -PLUS binds with tls-exporter on TLS 1.3 and
+    tls-unique on TLS 1.2; the gs2 flag is "y" only when we could bind and no -PLUS is
+    offered."""
+    from mxd.sasl.api import ChannelBindings
+    from mxd.smtp.client import ClientAuth
+
+    bindings = None
+    if version == "TLSv1.3":
+        bindings = ChannelBindings(version, tls_exporter=b"e" * 32, tls_server_end_point=b"s")
+    elif version == "TLSv1.2":
+        bindings = ChannelBindings(version, tls_exporter=b"e" * 32, tls_unique=b"u" * 12)
+    s = _tls_session(monkeypatch, bindings)
+    s.client.auth = ClientAuth("alice", "s3cret", allowed_mechanisms=allowed)
+    s.client.start()
+    s.reply(b"220 hi\r\n")
+    s.written()
+    s.reply(b"250-mx.test\r\n250 AUTH " + offer + b"\r\n")
     [line] = s.written()
-    assert line == "AUTH PLAIN " + base64.b64encode(b"\0alice\0s3cret").decode()
-    s.reply(b"235 2.7.0 ok\r\n")
-    assert _result(d) is None
-    s2 = Session()
-    s2.client.auth = ClientAuth("alice", "wrong", allowed_mechanisms=("PLAIN",),
-                                allow_plaintext=True)
-    d2 = s2.client.start()
-    s2.reply(b"220 hi\r\n250-mx.test\r\n250 AUTH PLAIN\r\n")
-    s2.reply(b"535 5.7.8 bad credentials\r\n")
-    f = _result(d2)
-    assert isinstance(f.value, SMTPAuthError) and f.value.permanent and f.value.code == 535
+    name, _sp, initial = line[len("AUTH "):].partition(" ")
+    assert name == mech and s.client.auth_mechanism == mech
+    if gs2 is not None:
+        assert base64.b64decode(initial).startswith(gs2)
+    if mech.endswith("-PLUS"):
+        assert s.client.auth_cb_type == gs2.decode()[2:-2]  # type: ignore[union-attr]
 
 
 def test_no_auth_without_tls_by_default() -> None:
