@@ -150,6 +150,9 @@ class DomainsConfig:
                                    example='{ "example.org" = "alice" }')
     postmaster: str = opt("", "Account that receives postmaster@ of every local domain "
                           "(RFC 5321 §4.5.1) unless that address is assigned; empty: none.")
+    routes: dict[str, list[RouteConfig]] = opt(
+        {}, "Per local domain: routes for mail sent from that domain, checked after the "
+        "account's and before the global routes (`[[domains.routes.\"example.org\"]]`).")
 
 
 @attrs.frozen
@@ -159,11 +162,80 @@ class StoreConfig:
                            check=lambda v: None if v >= 0 else f"must not be negative, got {v}")
 
 
+TRANSPORT_KINDS = ("direct", "smtp", "submission", "submissions", "socks5", "fail")
+SMARTHOST_TLS = ("verified", "required", "opportunistic", "none")
+
+
+def _transport_port_check(v: int) -> str | None:
+    return None if 0 <= v <= 65535 else f"expected a port from 1 to 65535, got {v}"
+
+
+@attrs.frozen
+class RouteConfig:
+    transport: str = req("Name of a `[transports.NAME]` entry; \"\" or \"direct\" means "
+                         "direct delivery (MX lookup).", example='"relay"')
+    to_domains: list[str] = opt([], "Recipient domains this route applies to: "
+                                "`example.com` (that domain), `.example.com` (its "
+                                "subdomains), `*` (all). Empty: any.",
+                                example='["gmail.com", ".outlook.com"]')
+    from_domains: list[str] = opt([], "Sender (reverse-path) domains, same patterns. "
+                                  "Empty: any.", example='["example.org"]')
+    min_attempt: int = opt(0, "Apply only from this delivery attempt on (1 = the first), "
+                           "e.g. 4 to switch to a third party after three failures. "
+                           "0: every attempt.",
+                           check=lambda v: None if v >= 0 else f"must not be negative, got {v}")
+
+
+@attrs.frozen
+class TransportConfig:
+    kind: str = req("How to deliver: direct (MX lookup), smtp (a smarthost, no AUTH), "
+                    "submission (587, STARTTLS + SASL AUTH), submissions (465, implicit TLS "
+                    "+ SASL AUTH), socks5 (direct delivery with every connection through a "
+                    "SOCKS5 proxy), fail (refuse with `code`/`enhanced`/`text`).",
+                    choices=TRANSPORT_KINDS)
+    host: str = opt("", "smtp/submission/submissions: the smarthost's name (resolved with "
+                    "[resolver]) or IP address; socks5: the proxy's IP address.",
+                    example='"smtp.provider.example"')
+    port: int = opt(0, "Port of the smarthost or proxy; 0: the kind's default (smtp 25, "
+                    "submission 587, submissions 465, socks5 1080).",
+                    check=_transport_port_check)
+    tls: str = opt("verified", "smtp/submission/submissions: TLS to the smarthost. "
+                   "verified: required, certificate checked against the host name (PKIX, "
+                   "[outbound].ca_file); required: not checked; opportunistic; none. "
+                   "REQUIRETLS messages (RFC 8689) go only through verified TLS.",
+                   choices=SMARTHOST_TLS)
+    username: str = opt("", "submission/submissions: SASL user name.",
+                        example='"mailer@example.org"')
+    password_file: Path | None = opt(None, "submission/submissions: file holding the SASL "
+                                     "password (one line; readable only by its owner).",
+                                     example='"/etc/mxd/relay.password"')
+    mechanisms: list[str] = opt([], "submission/submissions: SASL mechanisms allowed, e.g. "
+                                "[\"SCRAM-SHA-256-PLUS\"] to force one. Empty: the most "
+                                "secure one the server offers (SCRAM-SHA-256-PLUS, "
+                                "SCRAM-SHA-1-PLUS, SCRAM-SHA-256, SCRAM-SHA-1, CRAM-MD5, "
+                                "PLAIN; PLAIN never without TLS).")
+    proxy_username: str = opt("", "socks5: RFC 1929 user name (empty: no authentication).")
+    proxy_password_file: Path | None = opt(None, "socks5: file holding the proxy password.",
+                                           example='"/etc/mxd/proxy.password"')
+    remote_ips: list[str] = opt([], "socks5: the public IP addresses the proxy sends from "
+                                "(for the SPF check of your domains).",
+                                example='["198.51.100.7"]', check=lambda v: _address_check(v))
+    ehlo_hostname: str = opt("", "The name said in EHLO through this transport (e.g. the "
+                             "proxy's public host name); empty: [hostname].")
+    code: int = opt(554, "fail: SMTP reply code (4xx: retried, 5xx: bounced).",
+                    check=lambda v: None if 400 <= v < 600 else f"expected 400-599, got {v}")
+    enhanced: str = opt("5.7.1", "fail: enhanced status code (RFC 3463).")
+    text: str = opt("delivery to this domain is not allowed", "fail: reply text in the "
+                    "bounce.")
+
+
 @attrs.frozen
 class AccountConfig:
     name: str = req("Login name of the account (passwords are set with `mxd account passwd`).")
     addresses: list[str] = opt([], "Addresses delivered to this account and that it may "
                                "send as.")
+    routes: list[RouteConfig] = opt([], "Routes for mail this account submits, checked "
+                                    "before the domain's and the global routes.")
 
 
 @attrs.frozen
@@ -312,6 +384,11 @@ class Config:
     dkim: DKIMConfig = opt(DKIMConfig(), "DKIM signing of outgoing mail (RFC 6376).")
     log: LogConfig = opt(LogConfig(), "Logging.")
     metrics: MetricsConfig = opt(MetricsConfig(), "Metrics.")
+    transports: dict[str, TransportConfig] = opt(
+        {}, "Named ways to deliver outbound mail (`[transports.NAME]`); routes pick one.")
+    routes: list[RouteConfig] = opt([], "Global routes, checked on every delivery attempt "
+                                    "after account and domain routes; the first match "
+                                    "wins; no match: direct delivery.")
     # Where the file was read from; not a config key.
     source: str = attrs.field(default="<config>", metadata={"internal": True})
 
@@ -450,6 +527,9 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
         outbound=attrs.evolve(cfg.outbound, ca_file=fix(cfg.outbound.ca_file)),
         dkim=attrs.evolve(cfg.dkim, key_dir=fix(cfg.dkim.key_dir)),
         listeners=[attrs.evolve(li, cert=fix(li.cert), key=fix(li.key)) for li in cfg.listeners],
+        transports={name: attrs.evolve(t, password_file=fix(t.password_file),
+                                       proxy_password_file=fix(t.proxy_password_file))
+                    for name, t in cfg.transports.items()},
     )
 
 
@@ -520,6 +600,9 @@ def _validate(cfg: Config) -> None:
         if lvl not in LOG_LEVELS:
             raise ConfigError(src, f"log.levels.{ns}", f"{_show(lvl)} is not one of "
                               f"{', '.join(LOG_LEVELS)}")
+    from mxd.config_transports import validate_transports
+
+    validate_transports(cfg, names)
 
 
 def normalise_domain(d: str) -> str:
@@ -577,6 +660,13 @@ def schema_keys(cls: type = Config, prefix: str = "") -> list[tuple[str, Any]]:
             out.extend(schema_keys(typing.get_args(tp)[0], key + "[]"))
         elif attrs.has(tp):
             out.extend(schema_keys(tp, key))
+        elif typing.get_origin(tp) is dict:
+            # ``[transports.NAME]``, ``[[domains.routes."DOMAIN"]]``: NAME stands for any key
+            val = typing.get_args(tp)[1]
+            if attrs.has(val):
+                out.extend(schema_keys(val, key + ".NAME"))
+            elif typing.get_origin(val) is list and attrs.has(typing.get_args(val)[0]):
+                out.extend(schema_keys(typing.get_args(val)[0], key + ".NAME[]"))
     return out
 
 
@@ -594,8 +684,12 @@ def reference_markdown() -> str:
         if attrs.has(type(default)):
             lines += ["", f"## [{key}]", "", f.metadata["doc"], ""]
             continue
-        if isinstance(default, list) and default == [] and key in ("listeners", "accounts"):
+        if isinstance(default, list) and default == [] and key in ("listeners", "accounts",
+                                                                    "routes"):
             lines += ["", f"## [[{key}]]", "", f.metadata["doc"], ""]
+            continue
+        if key == "transports":
+            lines += ["", "## [transports.NAME]", "", f"`transports`: {f.metadata['doc']}", ""]
             continue
         d = "required" if default is attrs.NOTHING else f"default `{_toml_value(default)}`"
         choices = f.metadata.get("choices")

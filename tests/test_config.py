@@ -118,6 +118,11 @@ def test_example_file_documents_every_key():
         if not parts:
             return True
         head, rest = parts[0], parts[1:]
+        if head.startswith("NAME"):  # any key of a table such as [transports.NAME]
+            values = list(node.values()) if isinstance(node, dict) else []
+            if head.endswith("[]"):
+                values = [item for v in values for item in v]
+            return any(present(v, rest) for v in values)
         if head.endswith("[]"):
             items = node.get(head[:-2], [])
             return any(present(item, rest) for item in items)
@@ -131,6 +136,10 @@ def test_example_file_is_valid_apart_from_its_paths(tmp_path, tls_files):
     """The example parses once its certificate paths point at real files."""
     text = EXAMPLE.read_text().replace("/etc/mxd/tls/fullchain.pem", str(tls_files["cert"]))
     text = text.replace("/etc/mxd/tls/privkey.pem", str(tls_files["key"]))
+    for name in ("provider.password", "proxy.password"):
+        (tmp_path / name).write_text("secret\n")
+        (tmp_path / name).chmod(0o600)
+        text = text.replace(f"/etc/mxd/{name}", str(tmp_path / name))
     cfg = parse_config(text, "example.toml")
     assert [li.protocol for li in cfg.listeners] == [
         "smtp", "submission", "submissions", "imap", "imaps", "admin"]
