@@ -296,7 +296,9 @@ def listener_factory(cfg: Config, li: ListenerConfig, comps: dict[str, Any], rea
         return cast(IProtocolFactory, site)
     from mxd.tls import load_server_tls
 
-    tls_options: Any = load_server_tls(tls) if tls is not None else None
+    # ALPN protocol ids from the IANA registry: "imap" on 143/993, "smtp" on 25/587/465.
+    alpn = "imap" if li.protocol in ("imap", "imaps") else "smtp"
+    tls_options: Any = load_server_tls(tls, alpn=alpn) if tls is not None else None
     if li.protocol in ("smtp", "submission", "submissions"):
         from mxd.smtp.service import smtp_factory
 

@@ -70,6 +70,7 @@ from mxd.store.interfaces import (
     QuotaExceeded,
     StoreError,
 )
+from mxd.tls import handshake_failure
 
 log = Logger()
 
@@ -99,6 +100,7 @@ class IMAPServerSettings:
     plaintext_login_on_loopback: bool = False  # allow LOGIN without TLS from loopback
     max_connections_per_ip: int = 50
     chunk_size: int = 65536  # body streaming chunk
+    close_timeout: float = 30.0  # a closing connection's peer gets this long to go away
 
 
 class CommandDetached(Exception):
@@ -181,6 +183,7 @@ class IMAPSession(Protocol):
         self._idle_pushing = False
         self._bad_count = 0
         self._timer: Any = None
+        self._close_timer: Any = None
         self._closed = False
         self._greeted = False
         self._current: Deferred[None] | None = None
@@ -231,6 +234,14 @@ class IMAPSession(Protocol):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        if self._close_timer is not None and self._close_timer.active():
+            self._close_timer.cancel()
+        self._close_timer = None
+        failed = handshake_failure(reason) if not self.tls_handshake_done else None
+        if failed is not None:
+            self.factory.metrics.inc("imap_tls_handshake_failures")
+            log.info("imap TLS handshake from {ip} failed: {reason}", ip=self.peer_ip,
+                     reason=failed)
         self.framer.reset()
         self.deselect()
         for d in self._drain_waiters:
@@ -301,8 +312,14 @@ class IMAPSession(Protocol):
         self.bye("Autologout; idle for too long")
 
     def close_connection(self) -> None:
-        """Close after pending output; the producer must go first, or a TLS transport
-        waits for it before sending close_notify and never closes."""
+        """Close after pending output.
+
+        The producer must go first, or a TLS transport waits for it before sending
+        close_notify.  Reading must run again: a TLS transport closes only once it has
+        read the peer's close_notify or end of stream (RFC 8446 §6.1), and the session
+        pauses reading while a command runs, LOGOUT included.  Whatever arrives now is
+        dropped (``dataReceived`` ignores a closed session).  A peer that never closes
+        its side is cut off after ``close_timeout``."""
         t = self.tr
         if t is None:
             return
@@ -311,7 +328,19 @@ class IMAPSession(Protocol):
                 t.unregisterProducer()
             except Exception:  # noqa: BLE001 - transports differ in what they allow here
                 log.debug("unregisterProducer failed on close")
+        if self._reading_paused:
+            self._reading_paused = False
+            t.resumeProducing()
         t.loseConnection()
+        if self._close_timer is None:
+            self._close_timer = self.clock.callLater(self.settings.close_timeout, self._abort)
+
+    def _abort(self) -> None:
+        self._close_timer = None
+        t = self.tr
+        if t is not None:
+            log.info("imap connection from {ip} did not close; aborting it", ip=self.peer_ip)
+            t.abortConnection()
 
     def bye(self, text: str) -> None:
         if self._closed:

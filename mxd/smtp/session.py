@@ -40,6 +40,7 @@ from mxd.smtp.data import (
 from mxd.smtp.interfaces import IDirectory, IInboundChecker, IMetrics, NoChecks
 from mxd.smtp.replies import Reply
 from mxd.store.interfaces import Account, BlobWriter, IMailStore
+from mxd.tls import handshake_failure
 
 T = TypeVar("T")
 
@@ -67,6 +68,7 @@ class SMTPServerSettings:
     allow_plaintext_auth_on_loopback: bool = False
     recipient_cache_ttl: float = 30.0  # seconds a RCPT lookup is cached; 0 disables
     banner: str = "ESMTP mxd"
+    close_timeout: float = 30.0  # a closing connection's peer gets this long to go away
 
     def __attrs_post_init__(self) -> None:
         if self.max_message_size <= 0 or self.max_recipients <= 0:
@@ -204,6 +206,11 @@ class SessionBase(LineReceiver):
         self.state = State.CLOSED
         self._cancel_timer()
         self._abort_transaction()
+        failed = handshake_failure(reason) if not self.tls_active else None
+        if failed is not None:
+            self.metrics.inc("smtp_tls_handshake_failures_total", role=self.role)
+            self.log.info("smtp tls {session} handshake from {remote_ip} failed: {reason}",
+                          session=self.session_id, remote_ip=self.remote_ip, reason=failed)
         if self._on_close is not None:
             self._on_close(self)
             self._on_close = None
@@ -232,9 +239,10 @@ class SessionBase(LineReceiver):
     # -- timers -----------------------------------------------------------------------
 
     def _reset_timer(self, seconds: float) -> None:
+        if self.state is State.CLOSED:
+            return  # the close deadline (``_close``) stays
         self._cancel_timer()
-        if self.state is not State.CLOSED:
-            self._timer = self.clock.callLater(seconds, self._timed_out)
+        self._timer = self.clock.callLater(seconds, self._timed_out)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -270,7 +278,21 @@ class SessionBase(LineReceiver):
         self.paused = True  # process nothing more
         self._buffer = b""
         if self.transport is not None:
+            # A TLS transport closes only after reading the peer's close_notify or end of
+            # stream (RFC 8446 §6.1): reading must run even if a pending step paused it.
+            # What arrives is dropped (LineReceiver's ``paused``); a peer that never
+            # closes is cut off after close_timeout.
+            resume = getattr(self.transport, "resumeProducing", None)
+            if resume is not None:
+                resume()
             self._tr.loseConnection()
+            self._timer = self.clock.callLater(self.settings.close_timeout, self._abort)
+
+    def _abort(self) -> None:
+        self._timer = None
+        if self.transport is not None:
+            self.log.info("smtp {session}: peer did not close; aborting", session=self.session_id)
+            self._tr.abortConnection()
 
     # -- pausing around asynchronous steps --------------------------------------------
 

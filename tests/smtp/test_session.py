@@ -220,3 +220,24 @@ def test_disconnect_during_commit_leaves_the_body_to_the_store() -> None:
     assert not s.store.blobs[0].aborted
     s.store.release()
     assert len(s.store.delivered) == 1
+
+
+def test_close_while_paused_resumes_reading_and_has_a_deadline() -> None:
+    """A session closed while a lookup has reading paused (here: the command timeout)
+    reads again, so that a TLS transport can see the peer's close_notify or end of
+    stream and finish closing; a peer that never closes is aborted after close_timeout."""
+    s = Session()
+    s.ehlo()
+    s.directory.hold = True
+    s.send("MAIL FROM:<a@b.example>\r\nRCPT TO:<alice@example.test>\r\n")
+    assert s.transport.producerState == "paused"
+    s.clock.advance(s.settings.command_timeout)
+    assert s.codes()[-1] == 421
+    assert s.transport.disconnecting
+    assert s.transport.producerState == "producing"
+    aborted: list[bool] = []
+    s.transport.abortConnection = lambda: aborted.append(True)  # type: ignore[method-assign]
+    s.clock.advance(s.settings.close_timeout - 1)
+    assert not aborted
+    s.clock.advance(1)
+    assert aborted == [True]
