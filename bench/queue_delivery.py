@@ -125,10 +125,10 @@ def run_mxd(tmp: Path, sink: Sink, n: int, size: int, concurrency: int) -> tuple
     from twisted.internet.defer import ensureDeferred, gatherResults
 
     from mxd.dns.testing import FakeResolver
-    from mxd.queue.interfaces import OutboundMessage, OutboundRecipient
     from mxd.queue.queue import Queue
     from mxd.queue.runner import QueueRunner, QueueSettings
-    from mxd.queue.store import QUEUE_MIGRATIONS
+    from mxd.store.interfaces import OutboundMessage, OutboundRecipient
+    from mxd.store.queuedb import QUEUE_MIGRATIONS
     from mxd.store.sqlite import SQLiteStore
 
     data_dir = tmp / "mxd"

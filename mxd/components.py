@@ -232,10 +232,8 @@ def build(cfg: Config, reactor: Any, metrics: IMetrics, parent: Any) -> dict[str
     Order matters: the store service starts first (and stops last), then the queue
     runner; listeners are added after these by tap.build_service."""
     from mxd.queue.queue import Queue
-    from mxd.queue.store import QUEUE_MIGRATIONS
 
     store = make_store(cfg, reactor)
-    store.register_schema("queue", QUEUE_MIGRATIONS)
     directory = make_directory(cfg, store, reactor)
 
     def sync() -> Deferred[None]:

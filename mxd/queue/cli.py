@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mxd.queue import queue as qq
-from mxd.queue import store as qs
 from mxd.queue import views
+from mxd.store import queuedb as qs
 
 EXIT_OK, EXIT_NOMATCH, EXIT_ERROR = 0, 1, 2
 DB_NAME_FALLBACK = "mxd.sqlite3"

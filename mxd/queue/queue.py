@@ -11,17 +11,17 @@ from __future__ import annotations
 import builtins
 import secrets
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+import attrs
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
 from mxd.errors import MxdError
 from mxd.metrics import IMetrics, NoopMetrics
-from mxd.queue import store as qs
-from mxd.queue.interfaces import OutboundMessage
-from mxd.store.interfaces import BlobWriter
+from mxd.store import queuedb as qs
+from mxd.store.interfaces import Accepted, BlobWriter, Delivery, MessageProps, OutboundMessage
 
 log = Logger()
 
@@ -38,6 +38,10 @@ class QueueStore(Protocol):
     def transact(self, fn: Callable[[sqlite3.Connection], Any]) -> Deferred[Any]: ...
 
     def commit_blob(self, writer: BlobWriter) -> Deferred[str]: ...
+
+    def accept(self, blob: BlobWriter, targets: Sequence[Delivery], props: MessageProps,
+               outbound: OutboundMessage | None = None,
+               queue_id: str | None = None) -> Deferred[Accepted]: ...
 
     def ref_blob(self, conn: sqlite3.Connection, blob_id: str) -> None: ...
 
@@ -178,23 +182,15 @@ class Queue:
         except QueueError:
             blob.abort()
             raise
-        if not message.size:
-            import attrs
-
-            message = attrs.evolve(message, size=blob.size)
-        blob_id = await self.store.commit_blob(blob)
+        message = attrs.evolve(message, size=message.size or blob.size,
+                               is_dsn=is_dsn or message.is_dsn)
         queue_id = new_queue_id()
-        now = self.clock.seconds()
-
-        def op(conn: sqlite3.Connection) -> None:
-            self.store.ref_blob(conn, blob_id)
-            qs.insert_message(conn, queue_id, blob_id, message, now, is_dsn)
-
-        await self.store.transact(op)
+        # Body, its reference and the queue rows in one transaction.
+        await self.store.accept(blob, [], MessageProps(), message, queue_id)
         log.info("queued {queue_id} from <{sender}> to {n} recipient(s) size={size}",
                  queue_id=queue_id, sender=message.mail_from, n=len(message.recipients),
                  size=message.size)
-        self.metrics.inc("queue_enqueued", dsn="yes" if is_dsn else "no")
+        self.metrics.inc("queue_enqueued", dsn="yes" if message.is_dsn else "no")
         self._notify()
         return queue_id
 

@@ -23,7 +23,7 @@ defer it (4.7.5: bogus TLSA, an MX outside an enforced MTA-STS policy).  Every a
 carries the RFC 8460 §4.4 fields of its session (once per connection, not per message on a
 reused one) and updates the recipient domain's TLS support record (``queue_tls_domains``).
 
-Restart safety: see mxd.queue.store (in-flight leases, recovered at start).
+Restart safety: see mxd.store.queuedb (in-flight leases, recovered at start).
 """
 
 from __future__ import annotations
@@ -40,8 +40,6 @@ from twisted.logger import Logger
 from mxd.errors import MxdError
 from mxd.metrics import IMetrics, NoopMetrics
 from mxd.queue import mx
-from mxd.queue import store as qs
-from mxd.queue.interfaces import OutboundMessage, OutboundRecipient
 from mxd.queue.queue import Queue
 from mxd.queue.routes import Route, RouteError, Transport, TransportKind, choose_transport
 from mxd.queue.schedule import RetrySettings, delay_dsn_due, give_up_time, next_attempt
@@ -62,6 +60,8 @@ from mxd.smtp.client import (
     TLSResult,
     TransactionResult,
 )
+from mxd.store import queuedb as qs
+from mxd.store.interfaces import OutboundMessage, OutboundRecipient
 from mxd.tlsrpt.results import FailureDetail, PolicyInfo, PolicyType, ResultType, TLSAttempt
 
 log = Logger()

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from mxd.queue import store as qs
+from mxd.store import queuedb as qs
 
 
 def iso(t: float | None) -> str | None:

@@ -66,6 +66,16 @@ class NoChecks:
         return succeed([])
 
 
+class IOutbound(Protocol):
+    """The outbound queue as the SMTP server sees it.
+
+    The server accepts a message with ``IMailStore.accept``, queue rows included, in one
+    transaction; it then tells the queue that new work is due.  Relaying (a submission
+    recipient that is not local) is offered only when there is a queue."""
+
+    def wake(self) -> None: ...
+
+
 class IMetrics(Protocol):
     def inc(self, name: str, **labels: str) -> None: ...
 

@@ -1,8 +1,8 @@
 """Message data of an SMTP transaction: DATA (RFC 5321 §4.1.1.4), BDAT (RFC 3030), SIZE
 (RFC 1870) while reading, the inbound checks seam, trace fields, and the durable commit.
 
-250 is sent only once the store (``IMailStore.deliver``) and the queue
-(``IOutbound.enqueue``) have made the message durable (DESIGN.md "Contracts").
+250 is sent only once ``IMailStore.accept`` has made the local copies and the queue rows
+durable, in one transaction (DESIGN.md "Contracts").
 """
 
 from __future__ import annotations
@@ -10,12 +10,10 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import maybeDeferred
 from twisted.python.failure import Failure as TwistedFailure
 
-from mxd.queue.interfaces import OutboundMessage
 from mxd.smtp import commands, replies
 from mxd.smtp.data import (
     BareLineEndingScanner,
@@ -28,7 +26,7 @@ from mxd.smtp.interfaces import SessionInfo
 from mxd.smtp.received import TraceInfo, date_field, message_id_field, received_field, with_protocol
 from mxd.smtp.replies import Reply
 from mxd.smtp.session import SessionBase, State, Transaction
-from mxd.store.interfaces import BlobWriter, Delivery, MessageProps
+from mxd.store.interfaces import Accepted, BlobWriter, Delivery, MessageProps, OutboundMessage
 
 
 class MessageMixin(SessionBase):
@@ -305,9 +303,10 @@ class MessageMixin(SessionBase):
         self._resume()
 
     def _commit(self, tx: Transaction, blob: BlobWriter) -> None:
-        """Local delivery (one call, all local recipients) then the queue for the rest.
+        """Accept the message in one store transaction: local copies and queue rows.
 
-        RFC 5321 §4.1.1.4 / DESIGN.md: 250 only after both are durable."""
+        RFC 5321 §4.1.1.4 / DESIGN.md "Contracts": 250 only once all of it is durable; a
+        crash before then leaves none of it, so the client's retry delivers it once."""
         props = MessageProps(
             requiretls=tx.requiretls, tls_required_no=has_tls_required_no(tx.header_bytes),
             mail_from=tx.mail_from,
@@ -316,45 +315,22 @@ class MessageMixin(SessionBase):
                                        smtputf8=tx.smtputf8),
         )
         targets = [Delivery(account_id=aid) for aid in tx.local]
-
-        local_uids: list[int] = []
-        # From here on the store/queue own the body file: a client vanishing now must not
-        # abort a file the store's writer thread may be making durable.
-        tx.blob = None
-
-        def deliver() -> Deferred[Any]:
-            if not targets:
-                return succeed(None)
-            return self.store.deliver(blob, targets, props).addCallback(local_uids.extend)
-
-        def enqueue(_: object) -> Deferred[Any] | None:
-            if not tx.remote:
-                if not targets:
-                    blob.abort()
-                return None
-            assert self.outbound is not None
-            return self.outbound.enqueue(blob, OutboundMessage(
+        outbound = None
+        if tx.remote:
+            outbound = OutboundMessage(
                 mail_from=tx.mail_from, recipients=tuple(tx.remote), ret=tx.ret,
                 envid=tx.envid, requiretls=tx.requiretls,
                 tls_required_no=props.tls_required_no, smtputf8=tx.smtputf8, body=tx.body,
                 sender_account=self.authenticated, size=tx.size,
-            ))
+            )
+        # From here on the store owns the body file: a client vanishing now must not
+        # abort a file the store's writer thread may be making durable.
+        tx.blob = None
+        d = maybeDeferred(self.store.accept, blob, targets, props, outbound, tx.queue_id)
 
-        def undo_local(f: TwistedFailure) -> Deferred[Any] | TwistedFailure:
-            # The queue refused after the local copies were committed: remove them, so
-            # that the 451 leaves nothing half-delivered and the client's retry does not
-            # deliver twice.
-            if not local_uids:
-                return f
-            d = Deferred.fromCoroutine(self._remove_local(targets, local_uids, tx.queue_id))
-            d.addBoth(lambda _: f)
-            return d
-
-        d = maybeDeferred(deliver)
-        d.addCallback(enqueue)
-        d.addErrback(undo_local)
-
-        def done(_: object) -> None:
+        def done(_: Accepted) -> None:
+            if outbound is not None and self.outbound is not None:
+                self.outbound.wake()
             self.transactions += 1
             self.log.info(
                 "smtp accepted {queue_id} {session} from={mail_from} local={local} "
@@ -369,30 +345,17 @@ class MessageMixin(SessionBase):
             self._send(replies.MESSAGE_ACCEPTED.with_text(f"Message accepted as {tx.queue_id}"))
 
         def failed(f: TwistedFailure) -> None:
+            # Nothing is stored: the store drops a body it refused; one it was never
+            # handed (refused before that) is dropped here (abort does nothing otherwise).
             self.log.failure("smtp commit failed {queue_id} {session}", f,
                              queue_id=tx.queue_id, session=self.session_id)
+            try:
+                blob.abort()
+            except Exception:  # noqa: BLE001
+                self.log.failure("smtp blob abort failed {session}", session=self.session_id)
             self.metrics.inc("smtp_rejected_total", role=self.role, reason="store_error")
-            if not local_uids:
-                try:
-                    blob.abort()  # the store/queue refused it: drop the temporary file
-                except Exception:  # noqa: BLE001
-                    self.log.failure("smtp blob abort failed {session}", session=self.session_id)
             self._abort_transaction()
             self.state = State.READY
             self._send(replies.LOCAL_ERROR)
 
         self._await(d, done, failed)
-
-    async def _remove_local(self, targets: list[Delivery], uids: list[int], queue_id: str) -> None:
-        """Expunge just-delivered local copies (compensation when queueing failed)."""
-        try:
-            for target, uid in zip(targets, uids, strict=True):
-                mailbox = await self.store.get_mailbox(target.account_id, target.mailbox)
-                await self.store.store_flags(mailbox.id, [uid], frozenset({"\\Deleted"}), "add")
-                await self.store.expunge(mailbox.id, [uid])
-        except Exception:  # noqa: BLE001 - report loudly; the client still gets 451
-            self.log.failure("smtp {queue_id}: queueing failed and the local copies could not "
-                             "be removed; they stay delivered", queue_id=queue_id)
-        else:
-            self.log.warn("smtp {queue_id}: queueing failed; removed {count} local copies",
-                          queue_id=queue_id, count=len(uids))

@@ -18,7 +18,6 @@ from typing import Any
 from twisted.internet.defer import maybeDeferred
 from twisted.python.failure import Failure as TwistedFailure
 
-from mxd.queue.interfaces import OutboundRecipient
 from mxd.sasl.api import ConnectionInfo
 from mxd.smtp import commands, replies
 from mxd.smtp.address import Address, AddressError, parse_envid, parse_notify, parse_orcpt
@@ -34,7 +33,7 @@ from mxd.smtp.session import (
     Transaction,
     _is_loopback,
 )
-from mxd.store.interfaces import Account
+from mxd.store.interfaces import Account, OutboundRecipient
 
 __all__ = ["ChannelBindingsFn", "Role", "RunBlocking", "SMTPServerProtocol", "SMTPServerSettings",
            "State"]

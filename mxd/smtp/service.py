@@ -15,10 +15,9 @@ from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from mxd.queue.interfaces import IOutbound
 from mxd.sasl.api import ISASLServer
 from mxd.smtp import replies
-from mxd.smtp.interfaces import IDirectory, IInboundChecker, IMetrics, NoMetrics
+from mxd.smtp.interfaces import IDirectory, IInboundChecker, IMetrics, IOutbound, NoMetrics
 from mxd.smtp.lookup import CachingDirectory
 from mxd.smtp.server import (
     ChannelBindingsFn,

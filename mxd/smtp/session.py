@@ -23,7 +23,6 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure as TwistedFailure
 from zope.interface import implementer
 
-from mxd.queue.interfaces import IOutbound, OutboundRecipient
 from mxd.sasl.api import (
     ChannelBindings,
     ConnectionInfo,
@@ -37,9 +36,9 @@ from mxd.smtp.data import (
     DataReader,
     HeaderSection,
 )
-from mxd.smtp.interfaces import IDirectory, IInboundChecker, IMetrics, NoChecks
+from mxd.smtp.interfaces import IDirectory, IInboundChecker, IMetrics, IOutbound, NoChecks
 from mxd.smtp.replies import Reply
-from mxd.store.interfaces import Account, BlobWriter, IMailStore
+from mxd.store.interfaces import Account, BlobWriter, IMailStore, OutboundRecipient
 from mxd.tls import handshake_failure
 
 T = TypeVar("T")

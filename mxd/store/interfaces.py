@@ -121,6 +121,40 @@ class MessageProps:
 
 
 @attrs.frozen
+class OutboundRecipient:
+    """A recipient the outbound queue delivers to."""
+
+    address: str  # as given in RCPT TO, UTF-8 allowed when smtputf8
+    notify: frozenset[str] | None = None  # RFC 3461 §4.1: {"SUCCESS","FAILURE","DELAY"} or {"NEVER"}
+    orcpt: str | None = None  # RFC 3461 §4.2, "addr-type;xtext" as received
+
+
+@attrs.frozen
+class OutboundMessage:
+    """The envelope of a message for the outbound queue (kept in its rows)."""
+
+    mail_from: str  # "" is the null reverse-path (then no DSN is ever sent about it)
+    recipients: tuple[OutboundRecipient, ...]
+    ret: str | None = None  # RFC 3461 §4.3: "FULL" | "HDRS"
+    envid: str | None = None  # RFC 3461 §4.4, xtext-decoded
+    requiretls: bool = False  # RFC 8689 §4: MAIL FROM ... REQUIRETLS
+    tls_required_no: bool = False  # RFC 8689 §5: "TLS-Required: No" header
+    smtputf8: bool = False  # RFC 6531
+    body: str = "7BIT"  # "7BIT" | "8BITMIME" | "BINARYMIME"
+    sender_account: str | None = None  # authenticated submitter, for admin and DSN routing
+    size: int = 0
+    is_dsn: bool = False  # generated here (a DSN): never answered with another DSN
+
+
+@attrs.frozen
+class Accepted:
+    """What ``IMailStore.accept`` made durable."""
+
+    uids: tuple[int, ...]  # one per local target, in order
+    queue_id: str | None  # the queue's id for the outbound part, None without one
+
+
+@attrs.frozen
 class Delivery:
     """One target of a ``deliver`` call: a mailbox of an account."""
 
@@ -192,6 +226,15 @@ class IMailStore(Protocol):
         """Store one body into each target mailbox in one transaction; fires with the UIDs
         (in ``targets`` order) once durable.  Errbacks with NoSuchAccount, NoSuchMailbox,
         QuotaExceeded or StoreError, and then nothing was stored."""
+
+    def accept(
+        self, blob: BlobWriter, targets: Sequence[Delivery], props: MessageProps,
+        outbound: OutboundMessage | None = None, queue_id: str | None = None,
+    ) -> Deferred[Accepted]:
+        """Accept one message in one transaction (DESIGN.md "Contracts"): the local copies
+        (one per target), the outbound queue rows (``outbound`` under ``queue_id``) and the
+        body's references commit together, or nothing does.  Fires once durable; errbacks
+        like ``deliver`` (or with a StoreError for a duplicate ``queue_id``)."""
 
     # -- mailboxes --------------------------------------------------------------------
     def list_mailboxes(self, account_id: int) -> Deferred[list[MailboxInfo]]: ...

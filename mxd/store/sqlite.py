@@ -58,10 +58,10 @@ For the outbound queue (mxd.queue), which keeps its tables in this same database
   refcount 0 until referenced; a body still at 0 at the next start is removed.
 * ``ref_blob(conn, blob_id)`` / ``unref_blob(conn, blob_id)`` inside ``transact``: count a
   queue row's reference; the unref that reaches 0 removes the file after the commit.
-* To deliver locally *and* queue one message with one file: ``blob_id = await
-  commit_blob(w)``, then ``deliver(w, ...)`` (a durable writer is reused, not copied) and
-  ``transact(... ref_blob(conn, blob_id) ...)``.  Submit both before waiting on either, so
-  no expunge can drop the last reference between them (the writer runs work in order).
+* To deliver locally *and* queue one message: ``accept(w, targets, props, outbound,
+  queue_id)`` writes the message rows, the queue rows (mxd.store.queuedb) and the body's
+  references in one transaction, so a crash leaves all of it or none (DESIGN.md
+  "Contracts").  The queue's tables are always part of the database.
 """
 
 from __future__ import annotations
@@ -81,11 +81,12 @@ from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from mxd.store import names
+from mxd.store import failpoints, names, queuedb
 from mxd.store import queries as q
 from mxd.store.blobs import BlobError, BlobFiles, FileBlobWriter
 from mxd.store.interfaces import (
     DEFAULT_MAILBOXES,
+    Accepted,
     Account,
     AccountExists,
     BlobWriter,
@@ -97,6 +98,7 @@ from mxd.store.interfaces import (
     MessageProps,
     NoSuchAccount,
     NoSuchMailbox,
+    OutboundMessage,
     QuotaExceeded,
     SpecialUse,
     StoreError,
@@ -146,7 +148,8 @@ class SQLiteStore:
         pool = threadpool if threadpool is not None else ThreadPool(1, 1, "mxd-store")
         self._writer = Writer(reactor, pool, self._files, max_batch=settings.max_batch)
         self._writer.on_changes = self._dispatch
-        self._schemas: dict[str, list[str]] = {"store": STORE_MIGRATIONS}
+        self._schemas: dict[str, list[str]] = {"store": STORE_MIGRATIONS,
+                                               "queue": queuedb.QUEUE_MIGRATIONS}
         self._listeners: dict[int, list[Callable[[MailboxChange], None]]] = {}
         self._ctx: OpContext | None = None  # the running transact() op (writer thread)
         self._opened = False
@@ -161,6 +164,8 @@ class SQLiteStore:
         """Add a component's versioned tables; must be called before ``open``."""
         if self._opened:
             raise StoreError("register_schema must be called before open()")
+        if self._schemas.get(name) == list(migrations):
+            return  # the same component again (the queue's tables are built in)
         if name in self._schemas:
             raise StoreError(f"schema {name!r} is already registered")
         self._schemas[name] = list(migrations)
@@ -310,6 +315,10 @@ class SQLiteStore:
 
     def ref_blob(self, conn: sqlite3.Connection, blob_id: str) -> None:
         """Inside ``transact``: one more reference to a durable body."""
+        self._ref(conn, blob_id)
+
+    @staticmethod
+    def _ref(conn: sqlite3.Connection, blob_id: str) -> None:
         cur = conn.execute("UPDATE blobs SET refcount = refcount + 1 WHERE id = ?", (blob_id,))
         if cur.rowcount != 1:
             raise BlobError(f"no such blob {blob_id}")
@@ -524,6 +533,46 @@ class SQLiteStore:
             return uids
 
         return self._writer.submit(op, [w])
+
+    def accept(
+        self, blob: BlobWriter, targets: Sequence[Delivery], props: MessageProps,
+        outbound: OutboundMessage | None = None, queue_id: str | None = None,
+    ) -> Deferred[Accepted]:
+        """IMailStore.accept: local copies, queue rows and body references in one
+        transaction (one savepoint of a group commit)."""
+        w = self._own_writer(blob)
+        when = _aware(self._now())
+        targets = list(targets)
+        if outbound is not None and not queue_id:
+            raise StoreError("accept: an outbound part needs a queue id")
+        now = self._reactor_seconds()
+
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> Accepted:
+            flag_sets = [names.clean_flags(t.flags) for t in targets]
+            self._register_blob(conn, ctx, w)
+            uids = []
+            for t, flags in zip(targets, flag_sets, strict=True):
+                mailbox_id = q.mailbox_id(conn, t.account_id, t.mailbox)
+                self._check_quota(conn, t.account_id, w.size)
+                uid, modseq = q.insert_new(conn, mailbox_id, w, flags, when, props)
+                ctx.changes.append(MailboxChange(mailbox_id, "exists", (uid,), modseq))
+                uids.append(uid)
+            failpoints.reach("accept.between")
+            if outbound is not None and queue_id is not None:
+                self._ref(conn, w.blob_id)
+                try:
+                    queuedb.insert_message(conn, queue_id, w.blob_id, outbound, now)
+                except sqlite3.IntegrityError as e:
+                    raise StoreError(f"queue id {queue_id} is taken") from e
+            elif not targets:
+                self._gc(conn, ctx, [w.blob_id])  # nothing references the body: drop it
+            return Accepted(tuple(uids), queue_id if outbound is not None else None)
+
+        return self._writer.submit(op, [w])
+
+    def _reactor_seconds(self) -> float:
+        seconds = getattr(self._reactor, "seconds", time.time)
+        return float(seconds())
 
     def append(
         self, mailbox_id: int, blob: BlobWriter, flags: frozenset[str],

@@ -46,11 +46,11 @@ def main(config_path: str) -> None:  # pragma: no cover - runs in the subprocess
 
     from mxd.directory.local import DirectorySettings, LocalDirectory
     from mxd.queue.queue import Queue
-    from mxd.queue.store import QUEUE_MIGRATIONS
     from mxd.sasl.ratelimit import AuthLimiter, AuthLimiterSettings
     from mxd.sasl.server import SASLServer, SASLSettings
     from mxd.smtp.server import SMTPServerSettings
     from mxd.smtp.service import smtp_factory
+    from mxd.store.queuedb import QUEUE_MIGRATIONS
     from mxd.store.sqlite import SQLiteStore
     from mxd.tls import TLSSettings, load_server_tls
 

@@ -90,8 +90,9 @@ timeout = 1.0
         r = self.mxd(*args, stdin=password + "\n")
         assert r.returncode == 0, r.stderr
 
-    def start(self, timeout: float = 30.0) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+    def start(self, timeout: float = 30.0, env: dict[str, str] | None = None) -> None:
+        """Start twistd (``env``: more environment variables) and wait for every port."""
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [str(VENV_BIN / "twistd"), "-n", "--pidfile=", "--logfile=-", "mxd",

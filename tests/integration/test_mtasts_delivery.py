@@ -20,13 +20,13 @@ from mxd.dns.testing import run_with_reactor
 from mxd.mtasts.cache import JSONFilePolicyCache
 from mxd.mtasts.fetch import FetchSettings, PolicyFetcher
 from mxd.mtasts.resolve import STSResolver
-from mxd.queue import store as qs
 from mxd.queue import tlspolicy
-from mxd.queue.interfaces import OutboundMessage, OutboundRecipient
 from mxd.queue.queue import Queue
 from mxd.queue.runner import QueueRunner, QueueSettings
-from mxd.queue.store import QUEUE_MIGRATIONS
 from mxd.queue.tlspolicy import HostRefusal, HostTLSPolicy, PolicyMode
+from mxd.store import queuedb as qs
+from mxd.store.interfaces import OutboundMessage, OutboundRecipient
+from mxd.store.queuedb import QUEUE_MIGRATIONS
 from mxd.store.sqlite import SQLiteStore
 from mxd.tlsrpt.results import PolicyType, ResultType
 from tests.integration.dnslab import ZoneSpec, dns_lab_factory  # noqa: F401

@@ -12,12 +12,12 @@ from twisted.internet.task import deferLater
 
 from mxd.dns.resolver import Resolver
 from mxd.dns.testing import run_with_reactor
-from mxd.queue import store as qs
-from mxd.queue.interfaces import OutboundMessage, OutboundRecipient
 from mxd.queue.local import StoreLocalDelivery
 from mxd.queue.queue import Queue
 from mxd.queue.runner import QueueRunner, QueueSettings
-from mxd.queue.store import QUEUE_MIGRATIONS
+from mxd.store import queuedb as qs
+from mxd.store.interfaces import OutboundMessage, OutboundRecipient
+from mxd.store.queuedb import QUEUE_MIGRATIONS
 from mxd.store.sqlite import SQLiteStore
 from tests.integration.dnslab import ZoneSpec, dns_lab_factory  # noqa: F401
 from tests.queue.sinks import AiosmtpdSink, SmtpSink

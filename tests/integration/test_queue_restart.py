@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from twisted.internet.defer import gatherResults
 
-from mxd.queue.interfaces import OutboundMessage, OutboundRecipient
 from mxd.queue.queue import Queue
-from mxd.queue.store import QUEUE_MIGRATIONS
+from mxd.store.interfaces import OutboundMessage, OutboundRecipient
+from mxd.store.queuedb import QUEUE_MIGRATIONS
 from mxd.store.sqlite import DB_NAME
 from tests.queue.sinks import SmtpSink
 from tests.store.helpers import open_store
@@ -40,7 +40,7 @@ from twisted.internet import reactor, defer
 from mxd.dns.testing import FakeResolver
 from mxd.queue.queue import Queue
 from mxd.queue.runner import QueueRunner, QueueSettings
-from mxd.queue.store import QUEUE_MIGRATIONS
+from mxd.store.queuedb import QUEUE_MIGRATIONS
 from mxd.store.sqlite import SQLiteStore
 
 async def main():

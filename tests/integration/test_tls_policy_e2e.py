@@ -34,14 +34,14 @@ from mxd.dns.testing import run_with_reactor
 from mxd.mtasts.cache import JSONFilePolicyCache
 from mxd.mtasts.fetch import FetchSettings, PolicyFetcher
 from mxd.mtasts.resolve import STSResolver
-from mxd.queue import store as qs
 from mxd.queue import tlspolicy
-from mxd.queue.interfaces import OutboundMessage, OutboundRecipient
 from mxd.queue.local import StoreLocalDelivery
 from mxd.queue.queue import Queue
 from mxd.queue.runner import QueueRunner, QueueSettings
-from mxd.queue.store import QUEUE_MIGRATIONS
 from mxd.smtp.client import ClientSettings
+from mxd.store import queuedb as qs
+from mxd.store.interfaces import OutboundMessage, OutboundRecipient
+from mxd.store.queuedb import QUEUE_MIGRATIONS
 from mxd.store.sqlite import SQLiteStore
 from mxd.tlsrpt.report import aggregate
 from tests.integration.dnslab import DNSLab, ZoneSpec

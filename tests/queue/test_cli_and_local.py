@@ -10,10 +10,10 @@ from pathlib import Path
 from twisted.internet.task import Clock
 
 from mxd.queue import cli
-from mxd.queue.interfaces import OutboundMessage, OutboundRecipient
 from mxd.queue.local import StoreLocalDelivery
 from mxd.queue.queue import Queue
-from mxd.queue.store import QUEUE_MIGRATIONS
+from mxd.store.interfaces import OutboundMessage, OutboundRecipient
+from mxd.store.queuedb import QUEUE_MIGRATIONS
 from tests.store.helpers import open_store
 
 

@@ -13,12 +13,12 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
 from mxd.dns.testing import FakeResolver
-from mxd.queue import store as qs
-from mxd.queue.interfaces import OutboundMessage, OutboundRecipient
 from mxd.queue.queue import Queue
 from mxd.queue.runner import QueueRunner, QueueSettings
 from mxd.queue.schedule import RetrySettings
-from mxd.queue.store import QUEUE_MIGRATIONS
+from mxd.store import queuedb as qs
+from mxd.store.interfaces import OutboundMessage, OutboundRecipient
+from mxd.store.queuedb import QUEUE_MIGRATIONS
 from tests.queue.fakesmtp import FakeSink
 from tests.store.helpers import StoreHarness, open_store
 

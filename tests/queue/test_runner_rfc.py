@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from mxd.queue.interfaces import OutboundMessage, OutboundRecipient
+from mxd.store.interfaces import OutboundMessage, OutboundRecipient
 from tests.queue.test_runner import BODY, World, _report
 
 

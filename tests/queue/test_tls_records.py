@@ -15,12 +15,12 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
 from mxd.queue import cli
-from mxd.queue import store as qs
-from mxd.queue.interfaces import OutboundMessage, OutboundRecipient
 from mxd.queue.queue import Queue, QueueError
-from mxd.queue.store import QUEUE_MIGRATIONS
 from mxd.queue.tlspolicy import HostRefusal, HostRefused
 from mxd.smtp.client import TLSMode, TLSPolicy
+from mxd.store import queuedb as qs
+from mxd.store.interfaces import OutboundMessage, OutboundRecipient
+from mxd.store.queuedb import QUEUE_MIGRATIONS
 from mxd.tlsrpt.report import aggregate
 from mxd.tlsrpt.results import PolicyInfo, PolicyType, ResultType
 from tests.queue.test_runner import World, _report, world  # noqa: F401

@@ -12,7 +12,6 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.testing import StringTransport
 
-from mxd.queue.interfaces import OutboundMessage
 from mxd.sasl.api import (
     ChannelBindings,
     ConnectionInfo,
@@ -24,7 +23,14 @@ from mxd.sasl.api import (
 )
 from mxd.smtp.server import SMTPServerProtocol, SMTPServerSettings
 from mxd.smtp.service import SMTPFactory
-from mxd.store.interfaces import Account, Delivery, MessageProps, StoreError
+from mxd.store.interfaces import (
+    Accepted,
+    Account,
+    Delivery,
+    MessageProps,
+    OutboundMessage,
+    StoreError,
+)
 
 
 class MemoryBlob:
@@ -56,43 +62,50 @@ class Delivered:
 
 
 class FakeStore:
-    """``IMailStore.new_blob``/``deliver``; ``hold=True`` makes deliver wait for ``release``."""
+    """``IMailStore.new_blob``/``accept``; ``hold=True`` makes accept wait for ``release``.
+
+    ``fail_next`` refuses the next accept as a store error: then nothing is stored."""
 
     def __init__(self) -> None:
         self.blobs: list[MemoryBlob] = []
         self.delivered: list[Delivered] = []
+        self.queued: list[tuple[bytes, OutboundMessage]] = []
+        self.queue_ids: list[str | None] = []
         self.hold = False
         self.fail_next = False
-        self.pending: list[tuple[Deferred[list[int]], Callable[[], list[int]]]] = []
+        self.pending: list[tuple[Deferred[Accepted], Callable[[], Accepted]]] = []
         self.mailboxes: dict[int, set[int]] = {}  # mailbox id (= account id) -> live UIDs
-        self.deleted_flags: set[tuple[int, int]] = set()
         self.next_uid = 1
-        self.fail_undo = False
 
     def new_blob(self) -> MemoryBlob:
         b = MemoryBlob()
         self.blobs.append(b)
         return b
 
-    def deliver(self, blob: MemoryBlob, targets: list[Delivery], props: MessageProps,
-                internal_date: object = None) -> Deferred[list[int]]:
+    def accept(self, blob: MemoryBlob, targets: list[Delivery], props: MessageProps,
+               outbound: OutboundMessage | None = None,
+               queue_id: str | None = None) -> Deferred[Accepted]:
         if self.fail_next:
             self.fail_next = False
             return fail(StoreError("disk on fire"))
 
-        def do() -> list[int]:
+        def do() -> Accepted:
             blob.durable = True
-            self.delivered.append(Delivered(bytes(blob.data), list(targets), props))
+            if targets:
+                self.delivered.append(Delivered(bytes(blob.data), list(targets), props))
+            if outbound is not None:
+                self.queued.append((bytes(blob.data), outbound))
+                self.queue_ids.append(queue_id)
             uids = []
             for t in targets:
                 uid = self.next_uid
                 self.next_uid += 1
                 self.mailboxes.setdefault(t.account_id, set()).add(uid)
                 uids.append(uid)
-            return uids
+            return Accepted(tuple(uids), queue_id if outbound is not None else None)
 
         if self.hold:
-            d: Deferred[list[int]] = Deferred()
+            d: Deferred[Accepted] = Deferred()
             self.pending.append((d, do))
             return d
         return succeed(do())
@@ -102,38 +115,18 @@ class FakeStore:
         for d, do in pending:
             d.callback(do())
 
-    def get_mailbox(self, account_id: int, name: str) -> Deferred[Any]:
-        if self.fail_undo:
-            return fail(StoreError("still on fire"))
-        assert name == "INBOX"
-        return succeed(attrs.make_class("MB", ["id"])(account_id))
-
-    def store_flags(self, mailbox_id: int, uids: list[int], flags: frozenset[str],
-                    mode: str) -> Deferred[Any]:
-        assert mode == "add" and flags == frozenset({"\\Deleted"})
-        self.deleted_flags.update((mailbox_id, u) for u in uids)
-        return succeed(([], []))
-
-    def expunge(self, mailbox_id: int, uids: list[int]) -> Deferred[list[int]]:
-        gone = [u for u in uids if (mailbox_id, u) in self.deleted_flags]
-        self.mailboxes[mailbox_id].difference_update(gone)
-        return succeed(gone)
-
     def live(self) -> int:
         return sum(len(v) for v in self.mailboxes.values())
 
 
 class FakeOutbound:
-    def __init__(self) -> None:
-        self.queued: list[tuple[bytes, OutboundMessage]] = []
-        self.fail = False
+    """The queue as the SMTP server sees it: counts the wake-ups after an accept."""
 
-    def enqueue(self, blob: MemoryBlob, message: OutboundMessage) -> Deferred[str]:
-        if self.fail:
-            return fail(StoreError("queue full"))
-        blob.durable = True
-        self.queued.append((bytes(blob.data), message))
-        return succeed(f"q{len(self.queued)}")
+    def __init__(self) -> None:
+        self.wakes = 0
+
+    def wake(self) -> None:
+        self.wakes += 1
 
 
 ALICE = Account(1, "alice", ("alice@example.test",))

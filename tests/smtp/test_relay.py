@@ -16,7 +16,7 @@ def test_inbound_refuses_foreign_recipients(rcpt: str) -> None:
     s.ehlo()
     s.send(f"MAIL FROM:<a@b.example>\r\nRCPT TO:{rcpt}\r\n")
     assert s.replies()[1].startswith("554 5.7.1")
-    assert s.outbound.queued == []
+    assert s.store.queued == []
 
 
 def test_inbound_refuses_relay_even_when_authenticated_elsewhere() -> None:
@@ -39,7 +39,7 @@ def test_submission_refuses_unauthenticated_mail() -> None:
     r = s.replies()
     assert r[0].startswith("530 5.7.0")
     assert r[1].startswith("503")
-    assert s.outbound.queued == []
+    assert s.store.queued == []
 
 
 def test_submission_before_tls_asks_for_starttls() -> None:

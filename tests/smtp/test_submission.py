@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.smtp.helpers import ALICE, Session
+from tests.smtp.helpers import ALICE, BOB, Session
 
 
 def submitted(role: str = "submission") -> Session:
@@ -33,7 +33,7 @@ def test_remote_recipients_are_queued_local_delivered() -> None:
     assert s.codes() == [250, 250, 250, 354, 250]
     (d,) = s.store.delivered
     assert [t.account_id for t in d.targets] == [ALICE.id]
-    ((body, msg),) = s.outbound.queued
+    ((body, msg),) = s.store.queued
     assert body == d.body
     assert msg.mail_from == "alice@example.test"
     assert msg.ret == "HDRS" and msg.envid == "abc+def"
@@ -49,12 +49,12 @@ def test_message_id_and_date_added_when_missing() -> None:
     s = submitted()
     s.send("MAIL FROM:<alice@example.test>\r\nRCPT TO:<far@remote.example>\r\nDATA\r\n"
            "Subject: s\r\n\r\nbody\r\n.\r\n")
-    body = s.outbound.queued[0][0]
+    body = s.store.queued[0][0]
     head = body.split(b"\r\n\r\n")[0]
     assert b"\r\nDate: " in head and b"\r\nMessage-ID: <" in head and b"@mx.example.test>" in head
     s.send("MAIL FROM:<alice@example.test>\r\nRCPT TO:<far@remote.example>\r\nDATA\r\n"
            "Message-ID: <mine@x>\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\n\r\nb\r\n.\r\n")
-    body2 = s.outbound.queued[1][0]
+    body2 = s.store.queued[1][0]
     assert body2.count(b"Message-ID:") == 1 and body2.count(b"Date:") == 1
 
 
@@ -65,7 +65,7 @@ def test_requiretls_recorded_on_queue_and_store() -> None:
     s.send("MAIL FROM:<alice@example.test> REQUIRETLS\r\nRCPT TO:<far@remote.example>\r\n"
            "RCPT TO:<bob@example.test>\r\nDATA\r\nTLS-Required: No\r\nSubject: s\r\n\r\nb\r\n.\r\n")
     assert s.codes()[-1] == 250
-    msg = s.outbound.queued[0][1]
+    msg = s.store.queued[0][1]
     assert msg.requiretls and msg.tls_required_no
     props = s.store.delivered[0].props
     assert props.requiretls and props.tls_required_no
@@ -86,33 +86,43 @@ def test_requiretls_unknown_without_tls() -> None:
 
 
 def test_queue_failure_is_451() -> None:
-    """If the queue cannot take the message the client gets 451 4.3.0."""
+    """If the store cannot take the message the client gets 451 4.3.0 and nothing is kept."""
     s = submitted()
-    s.outbound.fail = True
+    s.store.fail_next = True
     s.send("MAIL FROM:<alice@example.test>\r\nRCPT TO:<far@remote.example>\r\nDATA\r\nS: s\r\n\r\nb\r\n.\r\n")
     assert s.replies()[-1].startswith("451 4.3.0")
+    assert s.store.queued == [] and s.outbound.wakes == 0
+    assert s.store.blobs[-1].aborted
 
 
-def test_queue_failure_removes_local_copies() -> None:
-    """Mixed local and remote recipients: if queueing fails after local delivery, the local
-    copies are expunged and the client gets 451: nothing is half-delivered."""
+def test_mixed_recipients_are_accepted_in_one_call() -> None:
+    """Local and remote recipients of one message go to the store in one ``accept`` (one
+    transaction: local copies and queue rows together, under the queue id of the 250);
+    the queue is woken once it is durable."""
     s = submitted()
-    s.outbound.fail = True
     s.send("MAIL FROM:<alice@example.test>\r\nRCPT TO:<far@remote.example>\r\n"
            "RCPT TO:<bob@example.test>\r\nRCPT TO:<alice@example.test>\r\n"
            "DATA\r\nS: s\r\n\r\nb\r\n.\r\n")
-    assert s.replies()[-1].startswith("451 4.3.0")
-    assert len(s.store.delivered) == 1 and s.store.live() == 0
+    last = s.replies()[-1]
+    assert last.startswith("250")
+    (d,) = s.store.delivered
+    assert sorted(t.account_id for t in d.targets) == [ALICE.id, BOB.id]
+    ((body, msg),) = s.store.queued
+    assert body == d.body and [r.address for r in msg.recipients] == ["far@remote.example"]
+    (queue_id,) = s.store.queue_ids
+    assert queue_id is not None and last.endswith(f"Message accepted as {queue_id}")
+    assert s.outbound.wakes == 1
 
 
-def test_queue_failure_with_failed_undo_still_451() -> None:
-    """If even the removal fails, the client still gets 451 (and the event is logged)."""
+def test_mixed_recipients_refused_store_keeps_nothing() -> None:
+    """Mixed local and remote recipients: a refused accept is 451 with no local copy and
+    no queue row (there is no second step to undo), and the session goes on."""
     s = submitted()
-    s.outbound.fail = True
-    s.store.fail_undo = True
+    s.store.fail_next = True
     s.send("MAIL FROM:<alice@example.test>\r\nRCPT TO:<far@remote.example>\r\n"
            "RCPT TO:<bob@example.test>\r\nDATA\r\nS: s\r\n\r\nb\r\n.\r\n")
     assert s.replies()[-1].startswith("451 4.3.0")
+    assert s.store.delivered == [] and s.store.queued == [] and s.store.live() == 0
     assert not s.transport.disconnecting
 
 

@@ -188,12 +188,17 @@ def open_store(
     data_dir: Path, *, inline: bool = False, settings: StoreSettings = StoreSettings(),
     schemas: dict[str, list[str]] | None = None, clock: Any = None,
 ) -> StoreHarness:
-    """Open a SQLiteStore on ``data_dir``; ``schemas`` are registered before open."""
+    """Open a SQLiteStore on ``data_dir``; ``schemas`` are registered before open.  A
+    built-in component named there ("queue") gets those steps instead, as an older mxd
+    had them (upgrade tests)."""
     calls: ThreadCalls = InlineReactor(clock) if inline else ThreadCalls(clock)
     store = SQLiteStore(data_dir, calls, settings=settings,  # type: ignore[arg-type]
                         threadpool=InlinePool() if inline else None)
     for name, steps in (schemas or {}).items():
-        store.register_schema(name, steps)
+        if name in store._schemas:
+            store._schemas[name] = list(steps)
+        else:
+            store.register_schema(name, steps)
     h = StoreHarness(store, calls, inline)
     h.run(store.open())
     return h

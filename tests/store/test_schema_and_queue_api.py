@@ -9,6 +9,7 @@ import pytest
 
 from mxd.store.blobs import BlobError
 from mxd.store.interfaces import Delivery, MessageProps, StoreError
+from mxd.store.queuedb import QUEUE_MIGRATIONS
 from mxd.store.schema import STORE_MIGRATIONS, SchemaError, SchemaTooNew, migrate, split_sql
 from tests.store.helpers import StoreHarness, open_store
 
@@ -29,16 +30,16 @@ def test_database_settings(store: StoreHarness, data_dir: Path) -> None:
                 conn.execute("PRAGMA foreign_keys").fetchone()[0])
 
     assert store.run(store.store.transact(pragmas)) == ("wal", 2, 1)
-    assert _versions(data_dir) == {"store": len(STORE_MIGRATIONS)}
+    assert _versions(data_dir) == {"store": len(STORE_MIGRATIONS), "queue": len(QUEUE_MIGRATIONS)}
 
 
 def test_registered_schema_migrates_forward(data_dir: Path) -> None:
     """A component's tables are created at open and upgraded step by step later."""
-    h = open_store(data_dir, schemas={"queue": QUEUE_V1})
-    assert _versions(data_dir)["queue"] == 1
+    h = open_store(data_dir, schemas={"extra": QUEUE_V1})
+    assert _versions(data_dir)["extra"] == 1
     h.close()
-    h = open_store(data_dir, schemas={"queue": QUEUE_V2})
-    assert _versions(data_dir)["queue"] == 2
+    h = open_store(data_dir, schemas={"extra": QUEUE_V2})
+    assert _versions(data_dir)["extra"] == 2
     cols = h.run(h.store.transact(lambda c: [r[1] for r in c.execute("PRAGMA table_info(q)")]))
     assert cols == ["id", "blob_id", "attempts"]
     h.close()
@@ -46,9 +47,9 @@ def test_registered_schema_migrates_forward(data_dir: Path) -> None:
 
 def test_too_new_schema_fails_open(data_dir: Path) -> None:
     """A database from a newer mxd is refused with a clear SchemaTooNew error."""
-    open_store(data_dir, schemas={"queue": QUEUE_V2}).close()
-    with pytest.raises(SchemaTooNew, match="'queue' is at version 2.*knows only up to 1"):
-        open_store(data_dir, schemas={"queue": QUEUE_V1})
+    open_store(data_dir, schemas={"extra": QUEUE_V2}).close()
+    with pytest.raises(SchemaTooNew, match="'extra' is at version 2.*knows only up to 1"):
+        open_store(data_dir, schemas={"extra": QUEUE_V1})
     with sqlite3.connect(data_dir / "mxd.sqlite3") as c:
         c.execute("UPDATE schema_version SET version = 99 WHERE name = 'store'")
     with pytest.raises(SchemaTooNew, match="'store' is at version 99"):
@@ -83,7 +84,7 @@ def test_register_schema_rules(store: StoreHarness) -> None:
 
 def test_transact_commits_or_rolls_back(data_dir: Path) -> None:
     """transact commits fn's work when it returns and rolls it back when it raises."""
-    h = open_store(data_dir, schemas={"queue": QUEUE_V1})
+    h = open_store(data_dir, schemas={"extra": QUEUE_V1})
     s = h.store
     w = s.new_blob()
     w.write(b"queued")
@@ -108,7 +109,7 @@ def test_transact_commits_or_rolls_back(data_dir: Path) -> None:
 def test_local_delivery_and_queue_share_one_blob(data_dir: Path) -> None:
     """commit_blob + deliver + queue reference use one file; it goes when the last
     reference (message or queue row) is dropped, after the commit."""
-    h = open_store(data_dir, schemas={"queue": QUEUE_V1})
+    h = open_store(data_dir, schemas={"extra": QUEUE_V1})
     s = h.store
     a = h.run(s.add_account("alice", "{}")).id
     w = s.new_blob()
@@ -179,7 +180,7 @@ def test_commit_blob_after_deliver_returns_the_same_body(data_dir: Path) -> None
     """The SMTP flow deliver-then-enqueue: commit_blob of an already delivered writer
     fires with the delivered body's id, and a queue reference keeps the file alive after
     the message is expunged."""
-    h = open_store(data_dir, schemas={"queue": QUEUE_V1})
+    h = open_store(data_dir, schemas={"extra": QUEUE_V1})
     s = h.store
     a = h.run(s.add_account("alice", "{}")).id
     w = s.new_blob()

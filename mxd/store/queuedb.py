@@ -38,7 +38,7 @@ from typing import Any
 
 import attrs
 
-from mxd.queue.interfaces import OutboundMessage, OutboundRecipient
+from mxd.store.interfaces import OutboundMessage, OutboundRecipient
 from mxd.tlsrpt.results import FailureDetail, PolicyInfo, PolicyType, ResultType, TLSAttempt
 
 QUEUE_MIGRATIONS: list[str] = [
@@ -279,7 +279,7 @@ def insert_message(
         " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (queue_id, m.mail_from, blob_id, m.size, m.body.upper(), int(m.smtputf8),
          int(m.requiretls), int(m.tls_required_no), m.ret, m.envid, m.sender_account,
-         int(is_dsn), now),
+         int(is_dsn or m.is_dsn), now),
     )
     mid = int(cur.lastrowid or 0)
     conn.executemany(
