@@ -189,8 +189,21 @@ async def cmd_select(s: IMAPSession, cmd: Command) -> Reply:
     info = await _get_mailbox(s, name)
     if info is None:
         return no(f"Mailbox {args.mailbox} does not exist", "NONEXISTENT")
-    messages = await s.store.list_messages(info.id)
-    view = MailboxView(info, messages, readonly)
+    state = await s.factory.states.acquire(s.store, info)
+    view = MailboxView(info, state, readonly)
+    # Selected (and told of changes) from here on, so nothing committed while the rest
+    # of the answer is prepared is missed; a failure below leaves no mailbox selected.
+    s.select(view)
+    try:
+        return await _select(s, cmd, args, info, view, readonly)
+    except BaseException:
+        if s.view is view:
+            s.deselect()
+        raise
+
+
+async def _select(s: IMAPSession, cmd: Command, args: SelectArgs, info: MailboxInfo,
+                  view: MailboxView, readonly: bool) -> Reply:
     keywords = sorted(view.keywords())
     fl = " ".join(list(SYSTEM_FLAGS) + keywords)
     s.untagged(f"FLAGS ({fl})")
@@ -216,12 +229,12 @@ async def cmd_select(s: IMAPSession, cmd: Command) -> Reply:
             gone = await _vanished(s, view, modseq, known, info.uidnext)
             if gone:
                 s.untagged(b"VANISHED (EARLIER) " + response.seqset(gone))
-            for seq, uid in enumerate(view.uids, 1):
-                m = view.msgs[uid]
-                if m.modseq > modseq:
+            for uid in view.state.changed_since(modseq):
+                m = view.msgs.get(uid)
+                seq = view.seq_of(uid)
+                if m is not None and seq is not None and m.modseq > modseq:
                     s.untagged(b"%d FETCH (UID %d FLAGS %s MODSEQ (%d))" % (
                         seq, uid, response.flags(m.flags), m.modseq))
-    s.select(view)
     code = "READ-ONLY" if readonly else "READ-WRITE"
     return ok(f"{cmd.name} completed", code)
 

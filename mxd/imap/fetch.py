@@ -9,6 +9,7 @@ parse of the message.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -37,16 +38,15 @@ def resolve(view: MailboxView, seqset: SeqSet, uid: bool) -> Iterator[int]:
     if seqset.saved:
         raise BadSequence("No saved search result ($)")
     if uid:
-        ranges = seqset.resolve(view.max_uid)
-        if len(ranges) == 1:
-            lo, hi = ranges[0]
-            for u in view.uids:
-                if lo <= u <= hi:
-                    yield u
-            return
-        for u in view.uids:
-            if any(lo <= u <= hi for lo, hi in ranges):
-                yield u
+        # Each merged range is a slice of the sorted UID array: no work per UID outside.
+        uids = view.uids
+        last = 0
+        for lo, hi in sorted(seqset.resolve(view.max_uid)):
+            lo = max(lo, last + 1)
+            if hi < lo:
+                continue
+            yield from uids[bisect.bisect_left(uids, lo):bisect.bisect_right(uids, hi)]
+            last = hi
         return
     n = view.exists
     for a, b in seqset.ranges:

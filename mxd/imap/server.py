@@ -44,6 +44,7 @@ from zope.interface import implementer
 
 from mxd.imap.errors import BadSequence, FramingError, ParseError
 from mxd.imap.framer import Framer, LiteralSink, NeedContinuation, RawCommand, command_words
+from mxd.imap.mailboxstate import MailboxStates
 from mxd.imap.messagecache import MessageCache
 from mxd.imap.parser import parse_command
 from mxd.imap.values import Command
@@ -169,7 +170,6 @@ class IMAPSession(Protocol):
         self.channel_bindings: ChannelBindings | None = None
         self.account: Account | None = None
         self.view: MailboxView | None = None
-        self._unsubscribe: Callable[[], None] | None = None
         self.enabled: set[str] = set()
         self.framer = Framer(self._choose_sink, max_line=self.settings.max_line,
                              max_command=self.settings.max_command)
@@ -656,29 +656,25 @@ class IMAPSession(Protocol):
 
     # -- the selected mailbox -----------------------------------------------------------
     def select(self, view: MailboxView) -> None:
+        """Make ``view`` (whose state was acquired from ``factory.states``) selected."""
         self.deselect()
         self.view = view
         self.state = State.SELECTED
-        self._unsubscribe = self.store.subscribe(view.info.id, self._on_change)
+        view.attach(self._on_change)
 
     def deselect(self) -> None:
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
-        self.view = None
+        view, self.view = self.view, None
+        if view is not None:
+            view.detach()
+            self.factory.states.release(view.state)
         if self.state == State.SELECTED:
             self.state = State.AUTHENTICATED
 
     def _on_change(self, change: MailboxChange) -> None:
-        view = self.view
-        if view is None or change.mailbox_id != view.info.id:
+        """The shared mailbox state passes on a committed change (it has already marked
+        the view dirty, deleted, or given it the expunged UIDs)."""
+        if self.view is None:
             return
-        if change.kind == "expunge":
-            view.pending_expunge.update(u for u in change.uids if u in view.msgs)
-        elif change.kind == "deleted":
-            view.deleted = True
-        else:
-            view.dirty = True
         if self._idle_tag is not None and not self._idle_pushing:
             # RFC 2177: report changes at once while idling.
             self._idle_pushing = True
@@ -709,10 +705,10 @@ class IMAPSession(Protocol):
             raise CommandDetached()
         while view.dirty:
             view.dirty = False
-            changed = await self.store.list_messages(view.info.id, since_modseq=view.modseq)
+            await view.state.refresh(self.store)
             if self.view is not view:
                 return
-            upd = view.update_messages(changed)
+            upd = view.catch_up()
             for seq, m in upd.changed:
                 self.untagged(self.fetch_flags_line(seq, m, with_uid=False))
             if upd.exists is not None:
@@ -846,6 +842,7 @@ class IMAPShared:
     def __init__(self, cache: MessageCache | None = None) -> None:
         self.cache = cache if cache is not None else MessageCache()
         self.recent = RecentClaims()
+        self.states = MailboxStates()
         self.sessions: set[IMAPSession] = set()
 
 
@@ -870,6 +867,7 @@ class IMAPFactory(Factory):
         self.shared = shared if shared is not None else IMAPShared()
         self.cache = self.shared.cache
         self.recent = self.shared.recent
+        self.states = self.shared.states
         self.sessions = self.shared.sessions
 
     def buildProtocol(self, addr: Any) -> IMAPSession:  # type: ignore[override]
