@@ -8,28 +8,29 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 
 from mxd.imap import response
-from mxd.imap.fetch import do_fetch, resolve
-from mxd.imap.framer import BlobLiteral, Literal
-from mxd.imap.searchcmd import do_search
-from mxd.imap.server import (
+from mxd.imap.dispatch import (
     ANY,
     AUTH,
-    COMMANDS,
     NOT_AUTH,
     SELECTED,
+    CommandDetached,
     CommandSpec,
     Handler,
-    IMAPSession,
     Reply,
     State,
     bad,
     no,
     ok,
 )
+from mxd.imap.fetch import do_fetch, resolve
+from mxd.imap.framer import BlobLiteral, Literal
+from mxd.imap.qresync import vanished
+from mxd.imap.searchcmd import do_search
 from mxd.imap.utf7 import decode as utf7_decode
 from mxd.imap.values import (
     AppendArgs,
@@ -44,7 +45,6 @@ from mxd.imap.values import (
     MailboxArgs,
     RenameArgs,
     SelectArgs,
-    SeqSet,
     SeqSetArgs,
     StatusArgs,
     StoreArgs,
@@ -59,6 +59,9 @@ from mxd.store.interfaces import (
     SpecialUse,
     StoreError,
 )
+
+if TYPE_CHECKING:
+    from mxd.imap.server import IMAPSession
 
 log = Logger()
 
@@ -110,8 +113,6 @@ async def cmd_logout(s: IMAPSession, cmd: Command) -> Reply:
     s.deselect()
     s._closed = True
     s.close_connection()
-    from mxd.imap.server import CommandDetached
-
     raise CommandDetached()
 
 
@@ -131,8 +132,6 @@ async def cmd_starttls(s: IMAPSession, cmd: Command) -> Reply:
         return bad("TLS is already active" if s.tls else "STARTTLS is not available")
     s.send_tagged(cmd.tag, ok("Begin TLS negotiation now"))
     s.start_tls()
-    from mxd.imap.server import CommandDetached
-
     raise CommandDetached()
 
 
@@ -226,7 +225,7 @@ async def _select(s: IMAPSession, cmd: Command, args: SelectArgs, info: MailboxI
         if uidvalidity == info.uidvalidity:
             # RFC 7162 §3.2.5.1: VANISHED (EARLIER) for known UIDs that are gone, then
             # FETCH for messages changed since the client's modseq.
-            gone = await _vanished(s, view, modseq, known, info.uidnext)
+            gone = await vanished(s.store, view, modseq, known, info.uidnext)
             if gone:
                 s.untagged(b"VANISHED (EARLIER) " + response.seqset(gone))
             for uid in view.state.changed_since(modseq):
@@ -237,22 +236,6 @@ async def _select(s: IMAPSession, cmd: Command, args: SelectArgs, info: MailboxI
                         seq, uid, response.flags(m.flags), m.modseq))
     code = "READ-ONLY" if readonly else "READ-WRITE"
     return ok(f"{cmd.name} completed", code)
-
-
-async def _vanished(s: IMAPSession, view: MailboxView, modseq: int, known: SeqSet | None,
-                    uidnext: int) -> list[int]:
-    """UIDs expunged since ``modseq`` (RFC 7162 §3.2.5.1), from the store's record when
-    it keeps one, else every absent UID the client may know of (allowed: §3.2.6)."""
-    limit = max(uidnext - 1, view.max_uid)
-    list_vanished = getattr(s.store, "list_vanished", None)
-    if list_vanished is not None:
-        uids = await list_vanished(view.info.id, modseq)
-        if known is not None:
-            return sorted(u for u in uids if known.contains(u, limit))
-        return sorted(uids)
-    if known is not None:
-        return [u for u in known.iter_values(view.max_uid, limit) if u not in view.msgs]
-    return [u for u in range(1, view.max_uid + 1) if u not in view.msgs]
 
 
 _SPECIAL_USE_NAMES = {u.value.upper(): u for u in SpecialUse}
@@ -533,8 +516,6 @@ async def cmd_idle(s: IMAPSession, cmd: Command) -> Reply:
     if s.view is not None:
         await s.sync(True)
     s.start_idle(cmd.tag)
-    from mxd.imap.server import CommandDetached
-
     raise CommandDetached()
 
 
@@ -670,7 +651,8 @@ def _spec(states: frozenset[State], handler: Handler, expunge_ok: bool = True) -
     return CommandSpec(states, handler, expunge_ok)
 
 
-COMMANDS.update({
+# The command table (RFC 3501 §6, RFC 9051 §6 and the extensions in CAPABILITY).
+COMMANDS: dict[str, CommandSpec] = {
     "CAPABILITY": _spec(ANY, cmd_capability),
     "NOOP": _spec(ANY, cmd_noop),
     "LOGOUT": _spec(ANY, cmd_logout),
@@ -710,4 +692,4 @@ COMMANDS.update({
     "UID COPY": _spec(SELECTED, cmd_copy),
     "MOVE": _spec(SELECTED, cmd_copy),
     "UID MOVE": _spec(SELECTED, cmd_copy),
-})
+}

@@ -17,15 +17,17 @@ from twisted.logger import Logger
 
 from mxd.imap import message as mimemsg
 from mxd.imap import response
+from mxd.imap.dispatch import Reply, bad, no, ok
 from mxd.imap.envelope import render_envelope
 from mxd.imap.errors import BadSequence
 from mxd.imap.messagecache import read_header_block
+from mxd.imap.qresync import vanished
 from mxd.imap.values import Command, FetchArgs, FetchAtt, SeqSet
 from mxd.imap.view import MailboxView
 from mxd.store.interfaces import MessageInfo
 
 if TYPE_CHECKING:
-    from mxd.imap.server import IMAPSession, Reply
+    from mxd.imap.server import IMAPSession
 
 log = Logger()
 
@@ -205,8 +207,6 @@ def _sets_seen(att: FetchAtt) -> bool:
 
 
 async def do_fetch(s: IMAPSession, cmd: Command) -> Reply:
-    from mxd.imap.server import bad, no, ok
-
     args: FetchArgs = cmd.args
     view = s.view
     assert view is not None
@@ -229,9 +229,8 @@ async def do_fetch(s: IMAPSession, cmd: Command) -> Reply:
     if args.vanished:
         if not is_uid or "QRESYNC" not in s.enabled or args.changedsince is None:
             return bad("VANISHED needs UID FETCH, QRESYNC and CHANGEDSINCE")
-        from mxd.imap.commands import _vanished
-
-        gone = await _vanished(s, view, args.changedsince, args.seqset, view.info.uidnext)
+        gone = await vanished(s.store, view, args.changedsince, args.seqset,
+                              view.info.uidnext)
         if gone:
             s.untagged(b"VANISHED (EARLIER) " + response.seqset(gone))
     seen_set: set[int] = set()

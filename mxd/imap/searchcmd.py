@@ -8,20 +8,19 @@ from typing import TYPE_CHECKING
 
 from mxd.imap import message as mimemsg
 from mxd.imap import response
+from mxd.imap.dispatch import Reply, bad, no, ok
 from mxd.imap.messagecache import read_header_block
 from mxd.imap.search import Candidate, matches, uses_modseq
 from mxd.imap.values import Command, SearchArgs
 from mxd.store.interfaces import MessageInfo
 
 if TYPE_CHECKING:
-    from mxd.imap.server import IMAPSession, Reply
+    from mxd.imap.server import IMAPSession
 
 CHARSETS = ("US-ASCII", "UTF-8")
 
 
 async def do_search(s: IMAPSession, cmd: Command) -> Reply:
-    from mxd.imap.server import bad, no, ok
-
     args: SearchArgs = cmd.args
     view = s.view
     assert view is not None

@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import enum
 import ipaddress
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Literal
 
 import attrs
@@ -42,6 +41,8 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure as TwFailure
 from zope.interface import implementer
 
+from mxd.imap.commands import COMMANDS
+from mxd.imap.dispatch import CommandDetached, CommandSpec, Reply, State, bad, no, ok
 from mxd.imap.errors import BadSequence, FramingError, ParseError
 from mxd.imap.framer import Framer, LiteralSink, NeedContinuation, RawCommand, command_words
 from mxd.imap.mailboxstate import MailboxStates
@@ -62,10 +63,14 @@ from mxd.sasl.api import (
 from mxd.sasl.api import Failure as SASLFailure
 from mxd.store.interfaces import (
     Account,
+    CannotDeleteInbox,
     IAccountStore,
     IMailStore,
+    InvalidFlag,
+    InvalidMailboxName,
     MailboxChange,
     MailboxExists,
+    MailboxHasChildren,
     MessageInfo,
     NoSuchMailbox,
     QuotaExceeded,
@@ -74,15 +79,6 @@ from mxd.store.interfaces import (
 from mxd.tls import handshake_failure
 
 log = Logger()
-
-
-class State(enum.StrEnum):
-    """RFC 3501 §3 connection states."""
-
-    NOT_AUTHENTICATED = "not authenticated"
-    AUTHENTICATED = "authenticated"
-    SELECTED = "selected"
-    LOGOUT = "logout"
 
 
 @attrs.frozen
@@ -102,52 +98,6 @@ class IMAPServerSettings:
     max_connections_per_ip: int = 50
     chunk_size: int = 65536  # body streaming chunk
     close_timeout: float = 30.0  # a closing connection's peer gets this long to go away
-
-
-class CommandDetached(Exception):
-    """Raised by a handler that has completed its command itself (LOGOUT, STARTTLS,
-    IDLE) or when the session closes under a running command."""
-
-
-@attrs.frozen
-class Reply:
-    """The tagged completion of a command."""
-
-    status: str  # "OK" | "NO" | "BAD"
-    text: str
-    code: str | None = None
-
-
-def ok(text: str, code: str | None = None) -> Reply:
-    return Reply("OK", text, code)
-
-
-def no(text: str, code: str | None = None) -> Reply:
-    return Reply("NO", text, code)
-
-
-def bad(text: str, code: str | None = None) -> Reply:
-    return Reply("BAD", text, code)
-
-
-Handler = Callable[["IMAPSession", Command], Awaitable[Reply]]
-
-
-@attrs.frozen
-class CommandSpec:
-    states: frozenset[State]
-    handler: Handler
-    # May untagged EXPUNGE be sent when this command completes?  RFC 3501 §7.4.1 forbids
-    # it after FETCH, STORE and SEARCH (their UID forms allow it).
-    expunge_ok: bool = True
-
-
-ANY = frozenset({State.NOT_AUTHENTICATED, State.AUTHENTICATED, State.SELECTED})
-NOT_AUTH = frozenset({State.NOT_AUTHENTICATED})
-AUTH = frozenset({State.AUTHENTICATED, State.SELECTED})
-SELECTED = frozenset({State.SELECTED})
-
-COMMANDS: dict[str, CommandSpec] = {}  # filled by mxd.imap.commands
 
 
 @implementer(IHandshakeListener, IPushProducer)
@@ -776,20 +726,26 @@ class RecentClaims:
 
 
 def store_error_reply(e: StoreError) -> Reply:
-    """A store error as a tagged NO with an RFC 5530 response code."""
-    name = type(e).__name__
+    """A store error as a tagged NO with an RFC 5530 response code.
+
+    Errors the client caused (a name or flag the store refuses) are answered and not
+    logged as faults; only an unexpected store error is logged at error level."""
     if isinstance(e, NoSuchMailbox):
         return no("Mailbox does not exist", "NONEXISTENT")
     if isinstance(e, MailboxExists):
         return no("Mailbox already exists", "ALREADYEXISTS")
     if isinstance(e, QuotaExceeded):
         return no("Quota exceeded", "OVERQUOTA")
-    if name == "MailboxHasChildren":
+    if isinstance(e, MailboxHasChildren):
         return no("Mailbox has inferior mailboxes", "HASCHILDREN")
-    if name == "CannotDeleteInbox":
+    if isinstance(e, CannotDeleteInbox):
         return no("INBOX cannot be deleted", "CANNOT")
+    if isinstance(e, InvalidMailboxName):
+        return no(f"Invalid mailbox name: {e}", "CANNOT")
+    if isinstance(e, InvalidFlag):
+        return no(f"Invalid flag: {e}", "CANNOT")
     log.error("imap store error: {error}", error=str(e))
-    return no("The operation failed", "CANNOT")
+    return no("The operation failed", "SERVERBUG")
 
 
 def _b64(line: bytes) -> bytes | None:
@@ -853,8 +809,6 @@ class IMAPFactory(Factory):
                  accounts: IAccountStore, sasl: ISASLServer,
                  tls: IOpenSSLServerConnectionCreator | None, clock: IReactorTime,
                  hostname: str, metrics: Any = None, shared: IMAPShared | None = None) -> None:
-        import mxd.imap.commands  # noqa: F401 - fills COMMANDS
-
         self.implicit_tls = implicit_tls
         self.settings = settings
         self.store = store

@@ -53,6 +53,23 @@ class QuotaExceeded(StoreError):
     pass
 
 
+class MailboxHasChildren(StoreError):
+    """RFC 3501 §6.3.4: the mailbox has inferiors (mxd has no \\Noselect mailboxes)."""
+
+
+class CannotDeleteInbox(StoreError):
+    """RFC 3501 §6.3.4: deleting INBOX is an error."""
+
+
+class InvalidMailboxName(StoreError):
+    """A mailbox name is empty, has an empty level, or control characters (a client's
+    mistake, not a server fault)."""
+
+
+class InvalidFlag(StoreError):
+    """A flag is not an IMAP atom (or \\Recent, which is never stored), or too long."""
+
+
 class SpecialUse(enum.StrEnum):
     """RFC 6154 special-use attributes created for every account."""
 

@@ -13,18 +13,12 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Iterable
 
-from mxd.store.interfaces import HIERARCHY_SEPARATOR, StoreError
+from mxd.store.interfaces import HIERARCHY_SEPARATOR, InvalidFlag, InvalidMailboxName, StoreError
+
+__all__ = ["InvalidFlag", "InvalidMailboxName"]
 
 MAX_MAILBOX_NAME = 1000  # characters of the full name
 MAX_FLAG = 200
-
-
-class InvalidMailboxName(StoreError):
-    """A mailbox name is empty, has an empty level, or control characters."""
-
-
-class InvalidFlag(StoreError):
-    """A flag is not an IMAP atom (or \\Recent, which is never stored)."""
 
 
 SYSTEM_FLAGS = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}

@@ -90,9 +90,11 @@ from mxd.store.interfaces import (
     Account,
     AccountExists,
     BlobWriter,
+    CannotDeleteInbox,
     Delivery,
     MailboxChange,
     MailboxExists,
+    MailboxHasChildren,
     MailboxInfo,
     MessageInfo,
     MessageProps,
@@ -112,14 +114,6 @@ T = TypeVar("T")
 
 DB_NAME = "mxd.sqlite3"
 LOCK_NAME = "mxd.lock"
-
-
-class MailboxHasChildren(StoreError):
-    """RFC 3501 §6.3.4: the mailbox has inferiors (mxd has no \\Noselect mailboxes)."""
-
-
-class CannotDeleteInbox(StoreError):
-    """RFC 3501 §6.3.4: deleting INBOX is an error."""
 
 
 @attrs.frozen

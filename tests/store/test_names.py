@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mxd.store import names
-from mxd.store.names import InvalidFlag, InvalidMailboxName
+from mxd.store.interfaces import InvalidFlag, InvalidMailboxName
 
 
 @pytest.mark.parametrize(

@@ -13,16 +13,18 @@ from mxd.store.interfaces import (
     DEFAULT_MAILBOXES,
     AccountExists,
     AddressInUse,
+    CannotDeleteInbox,
     Delivery,
+    InvalidFlag,
     MailboxChange,
     MailboxExists,
+    MailboxHasChildren,
     MessageProps,
     NoSuchAccount,
     NoSuchMailbox,
     SpecialUse,
 )
-from mxd.store.names import InvalidFlag
-from mxd.store.sqlite import CannotDeleteInbox, MailboxHasChildren, StoreSettings
+from mxd.store.sqlite import StoreSettings
 from mxd.store.writer import StoreClosed
 from tests.store.helpers import StoreHarness, open_store
 
