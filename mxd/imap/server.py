@@ -22,7 +22,6 @@ import base64
 import binascii
 import ipaddress
 import socket
-from collections.abc import Callable
 from typing import Any, Literal
 
 import attrs
