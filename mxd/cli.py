@@ -319,6 +319,17 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run the server with `twistd -n mxd --config PATH` or `mxd serve`.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    p = sub.add_parser("sendmail", add_help=False,
+                       help="submit a message from stdin, sendmail-compatible (also "
+                       "mxd-sendmail; see its module doc for flags and config)")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+
+    def run_sendmail(args: argparse.Namespace) -> int:
+        from mxd import sendmail
+
+        return sendmail.main(args.args)
+
+    p.set_defaults(func=run_sendmail)
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version)
 
@@ -429,6 +440,12 @@ def _add_optional_commands(sub: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_list = sys.argv[1:] if argv is None else argv
+    if args_list[:1] == ["sendmail"]:
+        # sendmail's own flags (-t, -oi, -fADDR, ...) are not argparse's: hand them over.
+        from mxd import sendmail
+
+        return sendmail.main(args_list[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -357,8 +357,13 @@ class SMTPClient(LineOnlyReceiver):
     delimiter = b"\r\n"
 
     def __init__(self, clock: Clock, settings: ClientSettings, tls: TLSPolicy,
-                 server_name: str, auth: ClientAuth | None = None) -> None:
+                 server_name: str, auth: ClientAuth | None = None, *,
+                 implicit_tls: bool = False) -> None:
         self.clock = clock
+        # The connection is TLS from its first byte (RFC 8314 §3, port 465): the caller
+        # wrapped it (``wrapClientTLS`` with ``tls.client_options``, which verifies when the
+        # mode is VERIFIED); no STARTTLS is sent.
+        self.implicit_tls = implicit_tls
         self.settings = settings
         self.tls_policy = tls
         self.server_name = server_name
@@ -522,8 +527,16 @@ class SMTPClient(LineOnlyReceiver):
         greeting = await self._expect(self.settings.greeting_timeout, "greeting")
         if greeting.code != 220:
             raise SMTPReplyError.from_reply(greeting, "greeting")
+        if self.implicit_tls:
+            # The greeting came through the TLS layer: the handshake is complete.
+            info = self._tls_info()
+            self.tls_result = attrs.evolve(
+                self.tls_result, used=True, version=info.version, cipher=info.cipher,
+                verified=self.tls_policy.mode is TLSMode.VERIFIED
+                and self.tls_policy.client_options is not None)
         await self._hello()
-        await self._starttls()
+        if not self.implicit_tls:
+            await self._starttls()
         if self.auth is not None:
             await self._authenticate(self.auth)
 
