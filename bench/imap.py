@@ -1,27 +1,42 @@
 """IMAP benchmark: mxd against Dovecot 2.3 on loopback with the same messages.
 
-Measures, for a mailbox of N messages (default 10,000):
-  * ``UID FETCH 1:* (FLAGS ENVELOPE UID)`` (first run "cold", second "warm");
-  * a full-body fetch of 500 messages (``FETCH 1:500 BODY.PEEK[]``);
-  * memory of K idle authenticated TLS connections (default 1,000): the growth of the
-    servers' resident memory (RSS, and PSS, which counts shared pages once) divided by K.
+Measures, for an INBOX of N messages (``--messages``, default 10,000):
+  * ``UID FETCH 1:* (FLAGS ENVELOPE UID)`` (first run "cold", second "warm") and a
+    full-body fetch of 500 messages (``FETCH 1:500 BODY.PEEK[]``);
+  * ``--select-connections`` TLS connections (default 200) that LOGIN and SELECT the
+    INBOX and stay: total connect+LOGIN+SELECT time and memory growth per connection;
+  * mbsync (isync, ``FSync no``): pull the INBOX into an empty Maildir, a no-change
+    re-sync, and a push of ``--push-messages`` (default 500): wall time and server CPU;
+  * APPEND of ``--append-messages`` (default 10,000) with stock imaplib (Nagle on, one
+    at a time) and with a pipelining client (LITERAL+, 32 in flight): msg/s and server
+    CPU per message;
+  * ``--mixed-clients`` (10) stock imaplib clients looping LOGIN, SELECT, FETCH, STORE,
+    EXPUNGE, APPEND, LOGOUT over TLS for ``--mixed-seconds`` (60) on a mailbox of 200
+    messages: LOGIN p50/p99, commands/s per command and server CPU per command;
+  * memory of ``--connections`` idle authenticated TLS connections (default 0: skipped):
+    the growth of the servers' resident memory (RSS, and PSS, which counts shared pages
+    once) divided by the count.
 
-mxd runs as the composed server, ``twistd mxd`` with a generated config (an IMAPS
-listener; the account made by ``mxd account add --password-stdin``, the messages
-delivered through the store API).  Dovecot runs from a one-file config in a temp dir
-(mail in Maildir, mail processes as ``nobody``; its default high-security login mode,
-one imap-login process per TLS connection, or ``--dovecot-performance-mode``).  Both
-serve implicit TLS on 127.0.0.1.
+Server CPU is user+system time of the server's process tree, counting Dovecot's exited
+per-connection processes through their parents.  mxd runs as the composed server,
+``twistd mxd`` with a generated config (an IMAPS listener; the account made by ``mxd
+account add --password-stdin``, the INBOX delivered through the store API).  Dovecot runs
+from a one-file config in a temp dir (mail in Maildir, mail processes as ``nobody``; its
+default high-security login mode, one imap-login process per TLS connection, or
+``--dovecot-performance-mode``).  Both serve implicit TLS on 127.0.0.1.
 
-``--rounds N`` repeats the fetch figures N times, the servers interleaved in each round;
-every round restarts each server, and Dovecot's index files are removed first, so each
-"cold" figure is a first fetch with nothing derived from the messages cached (the
-operating system's page cache is warm for both).  Idle memory is measured once, in the
-last round.  ``--baseline-root DIR`` also measures an mxd source tree from DIR (e.g. an
-older commit from ``git archive``) as "mxd-base".  Prints medians and mxd/Dovecot
-ratios.  Stops by itself: every wait is bounded and the servers are killed at the end.
+``--rounds N`` repeats everything N times, the servers interleaved in each round; every
+round restarts each server, and Dovecot's index files are removed first, so each "cold"
+figure is a first fetch with nothing derived from the messages cached (the operating
+system's page cache is warm for both).  ``--sections`` picks some of fetch, select,
+mbsync, append, mixed, idle.  ``--baseline-root DIR`` also measures an mxd source tree
+from DIR (e.g. an older commit from ``git archive``) as "mxd-base".  Prints medians and
+mxd/Dovecot ratios.  Stops by itself: every wait is bounded and the servers are killed at
+the end.  The machine may be shared: say so next to any figures.
 
-    .venv/bin/python bench/imap.py [--messages 10000] [--connections 1000] [--rounds 3]
+    .venv/bin/python bench/imap.py [--messages 10000] [--rounds 3]
+    .venv/bin/python bench/imap.py --messages 2000 --append-messages 1000 \
+        --mixed-seconds 10 --select-connections 50 --push-messages 100   # quick
 """
 
 from __future__ import annotations
@@ -42,7 +57,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# Keep bench/ off sys.path: a script named like a stdlib module would shadow it.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
+
+from bench import imap_workloads as wl  # noqa: E402
+from bench.imap_workloads import memory_kib  # noqa: E402
 
 USER = "alice@example.test"
 PASSWORD = "s3cret-pass"
@@ -335,43 +355,6 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(5)
 
 
-# -- memory ------------------------------------------------------------------------------------------
-
-def process_tree(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for p in os.listdir("/proc"):
-        if not p.isdigit():
-            continue
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(p))
-    out, todo = [], [pid]
-    while todo:
-        q = todo.pop()
-        out.append(q)
-        todo.extend(children.get(q, []))
-    return out
-
-
-def memory_kib(pid: int) -> tuple[int, int]:
-    """(RSS, PSS) summed over the process tree, in KiB."""
-    rss = pss = 0
-    for p in process_tree(pid):
-        try:
-            with open(f"/proc/{p}/smaps_rollup") as f:
-                for line in f:
-                    if line.startswith("Rss:"):
-                        rss += int(line.split()[1])
-                    elif line.startswith("Pss:"):
-                        pss += int(line.split()[1])
-        except OSError:
-            continue
-    return rss, pss
-
-
 # -- measurements --------------------------------------------------------------------------------------
 
 def timed(c: Raw, command: str) -> tuple[float, int]:
@@ -412,11 +395,101 @@ def idle_memory(pid: int, port: int, ca: Path, k: int) -> tuple[float, float]:
     return (after[0] - before[0]) / k, (after[1] - before[1]) / k
 
 
+KEYS = [  # key, label, unit, better
+    ("envelope_cold", "envelope fetch, cold", "s", "lower"),
+    ("envelope_warm", "envelope fetch, warm", "s", "lower"),
+    ("bodies_500", "500 full bodies", "s", "lower"),
+    ("select_total_s", "connect+LOGIN+SELECT, all connections", "s", "lower"),
+    ("select_pss_kib", "PSS per connection with INBOX selected", "KiB", "lower"),
+    ("select_rss_kib", "RSS per connection with INBOX selected", "KiB", "lower"),
+    ("pull_s", "mbsync pull, wall", "s", "lower"),
+    ("pull_cpu_s", "mbsync pull, server CPU", "s", "lower"),
+    ("resync_s", "mbsync no-change re-sync, wall", "s", "lower"),
+    ("resync_cpu_s", "mbsync no-change re-sync, server CPU", "s", "lower"),
+    ("push_s", "mbsync push, wall", "s", "lower"),
+    ("push_cpu_s", "mbsync push, server CPU", "s", "lower"),
+    ("append_stock_msg_s", "APPEND stock imaplib", "msg/s", "higher"),
+    ("append_stock_cpu_ms", "APPEND stock imaplib, server CPU per message", "ms", "lower"),
+    ("append_pipe_msg_s", "APPEND pipelined", "msg/s", "higher"),
+    ("append_pipe_cpu_ms", "APPEND pipelined, server CPU per message", "ms", "lower"),
+    ("login_p50_ms", "mixed: LOGIN p50", "ms", "lower"),
+    ("login_p99_ms", "mixed: LOGIN p99", "ms", "lower"),
+    ("commands_per_s", "mixed: all commands", "/s", "higher"),
+    ("cpu_ms_per_command", "mixed: server CPU per command", "ms", "lower"),
+] + [(f"{c.lower()}_per_s", f"mixed: {c}", "/s", "higher") for c in wl.MIXED_COMMANDS] + [
+    ("rss", "RSS per idle connection", "KiB", "lower"),
+    ("pss", "PSS per idle connection", "KiB", "lower"),
+]
+SECTIONS = ("fetch", "select", "mbsync", "append", "mixed", "idle")
+
+
+def run_round(server: MxdServer | DovecotServer, proc: subprocess.Popen[bytes], rnd: int,
+              args: argparse.Namespace, tls: dict[str, Path], msgs: list[bytes], base: Path,
+              sections: set[str], last: bool) -> dict[str, float]:
+    name, port, ca, pid = server.name, server.port, tls["ca"], proc.pid
+    r: dict[str, float] = {}
+    if "fetch" in sections:
+        f = fetch_bench(port, ca, args.messages)
+        r.update(f)
+        print(f"  {name}: UID FETCH 1:* (FLAGS ENVELOPE UID) cold {f['envelope_cold']:.3f}s, "
+              f"warm {f['envelope_warm']:.3f}s ({f['bytes'] / 1e6:.1f} MB); "
+              f"FETCH 1:500 BODY.PEEK[] {f['bodies_500']:.3f}s")
+    if "select" in sections and args.select_connections:
+        f, socks = wl.select_idle(pid, port, ca, USER, PASSWORD, args.select_connections)
+        for sk in socks:
+            sk.close()
+        r.update(f)
+        print(f"  {name}: {args.select_connections} connections LOGIN+SELECT INBOX: "
+              f"{f['select_total_s']:.2f}s; {f['select_pss_kib']:.0f} KiB PSS, "
+              f"{f['select_rss_kib']:.0f} KiB RSS per connection")
+    if "mbsync" in sections:
+        f = wl.mbsync_runs(pid, port, ca, USER, PASSWORD, base / f"mbsync-{name}",
+                           msgs[:args.push_messages], f"push{rnd}")
+        r.update(f)
+        print(f"  {name}: mbsync pull {int(f['pulled'])} msgs {f['pull_s']:.2f}s "
+              f"(server CPU {f['pull_cpu_s']:.2f}s); re-sync {f['resync_s']:.2f}s "
+              f"(CPU {f['resync_cpu_s']:.3f}s); push {args.push_messages} {f['push_s']:.2f}s "
+              f"(CPU {f['push_cpu_s']:.2f}s)")
+    if "append" in sections and args.append_messages:
+        amsgs = [msgs[i % len(msgs)] for i in range(args.append_messages)]
+        f = wl.append_imaplib(pid, port, ca, USER, PASSWORD, f"stock{rnd}", amsgs)
+        r["append_stock_msg_s"], r["append_stock_cpu_ms"] = f["msg_s"], f["cpu_ms_msg"]
+        f = wl.append_pipelined(pid, port, ca, USER, PASSWORD, f"pipe{rnd}", amsgs)
+        r["append_pipe_msg_s"], r["append_pipe_cpu_ms"] = f["msg_s"], f["cpu_ms_msg"]
+        print(f"  {name}: APPEND {len(amsgs)}: stock imaplib {r['append_stock_msg_s']:.0f} msg/s "
+              f"(CPU {r['append_stock_cpu_ms']:.2f} ms/msg); pipelined "
+              f"{r['append_pipe_msg_s']:.0f} msg/s (CPU {r['append_pipe_cpu_ms']:.2f} ms/msg)")
+    if "mixed" in sections and args.mixed_seconds:
+        box = "mixed"
+        if rnd == 0:
+            wl.fill_mailbox(port, ca, USER, PASSWORD, box, msgs[:200])
+        f = wl.mixed_workload(pid, port, ca, USER, PASSWORD, box, msgs[:200],
+                              args.mixed_clients, args.mixed_seconds)
+        r.update(f)
+        print(f"  {name}: mixed {args.mixed_clients} clients {args.mixed_seconds:.0f}s: "
+              f"{f['commands_per_s']:.0f} commands/s, LOGIN p50 {f['login_p50_ms']:.1f} ms "
+              f"p99 {f['login_p99_ms']:.1f} ms, CPU {f['cpu_ms_per_command']:.2f} ms/command, "
+              + ", ".join(f"{c} {f[c.lower() + '_per_s']:.1f}/s" for c in wl.MIXED_COMMANDS)
+              + (f" ({int(f['errors'])} client errors)" if f["errors"] else ""))
+    if "idle" in sections and last and args.connections:
+        r["rss"], r["pss"] = idle_memory(pid, port, ca, args.connections)
+        print(f"  {name}: {args.connections} idle authenticated TLS connections: "
+              f"{r['rss']:.1f} KiB RSS, {r['pss']:.1f} KiB PSS per connection")
+    return r
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=10000)
-    ap.add_argument("--connections", type=int, default=1000,
-                    help="idle connections for the memory figure (0: skip it)")
+    ap.add_argument("--connections", type=int, default=0,
+                    help="idle authenticated connections for a memory figure (0: skip it)")
+    ap.add_argument("--select-connections", type=int, default=200)
+    ap.add_argument("--append-messages", type=int, default=10000)
+    ap.add_argument("--push-messages", type=int, default=500)
+    ap.add_argument("--mixed-clients", type=int, default=10)
+    ap.add_argument("--mixed-seconds", type=float, default=60.0)
+    ap.add_argument("--sections", default=",".join(SECTIONS),
+                    help="comma-separated: " + ", ".join(SECTIONS))
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--baseline-root", type=Path,
                     help="also measure the mxd source tree in this directory, as mxd-base")
@@ -427,7 +500,9 @@ def main() -> None:
     global DOVECOT_PERFORMANCE_MODE
     DOVECOT_PERFORMANCE_MODE = args.dovecot_performance_mode
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * args.connections + 100)), hard))
+    sections = set(args.sections.split(","))
+    want = 4 * max(args.connections, args.select_connections) + 100
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, want)), hard))
     if shutil.which("dovecot") is None:
         sys.exit("dovecot is not installed (dovecot-imapd)")
     base = Path(tempfile.mkdtemp(prefix="mxd-bench-imap-"))
@@ -453,34 +528,23 @@ def main() -> None:
             for server in servers:
                 proc = server.start()
                 procs.append(proc)
-                r = fetch_bench(server.port, tls["ca"], args.messages)
-                print(f"  {server.name}: UID FETCH 1:* (FLAGS ENVELOPE UID) cold "
-                      f"{r['envelope_cold']:.3f}s, warm {r['envelope_warm']:.3f}s "
-                      f"({r['bytes'] / 1e6:.1f} MB); FETCH 1:500 BODY.PEEK[] {r['bodies_500']:.3f}s")
-                if rnd == args.rounds - 1 and args.connections:
-                    r["rss"], r["pss"] = idle_memory(proc.pid, server.port, tls["ca"], args.connections)
-                    print(f"  {server.name}: {args.connections} idle authenticated TLS connections: "
-                          f"{r['rss']:.1f} KiB RSS, {r['pss']:.1f} KiB PSS per connection")
-                results[server.name].append(r)
+                results[server.name].append(run_round(server, proc, rnd, args, tls, msgs, base,
+                                                      sections, rnd == args.rounds - 1))
                 stop(proc)
-        keys = [("envelope_cold", "envelope fetch, cold", "s"),
-                ("envelope_warm", "envelope fetch, warm", "s"),
-                ("bodies_500", "500 full bodies", "s"),
-                ("rss", "RSS per idle connection", "KiB"),
-                ("pss", "PSS per idle connection", "KiB")]
         med = {name: {k: statistics.median(r[k] for r in rs if k in r)
-                      for k, _, _ in keys if any(k in r for r in rs)}
+                      for k, *_ in KEYS if any(k in r for r in rs)}
                for name, rs in results.items()}
-        print(f"medians over {args.rounds} round(s):")
-        for name, fig in med.items():
-            print(f"  {name}: " + ", ".join(f"{label} {fig[k]:.3f}{unit}"
-                                           for k, label, unit in keys if k in fig))
+        print(f"medians over {args.rounds} round(s) (machine shared with other work: "
+              f"load average {os.getloadavg()[0]:.1f} at the end):")
         d = med["dovecot"]
-        for name in [s.name for s in servers if s.name != "dovecot"]:
-            print(f"ratios {name}/dovecot (lower is better for mxd):")
-            for k, label, _ in keys:
-                if k in med[name] and k in d:
-                    print(f"  {label}: {med[name][k] / d[k]:.3f}x")
+        names = [s.name for s in servers]
+        for k, label, unit, better in KEYS:
+            if k not in d:
+                continue
+            row = ", ".join(f"{n} {med[n][k]:.3f}" for n in names if k in med[n])
+            ratios = ", ".join(f"{n}/dovecot {med[n][k] / d[k]:.2f}x" for n in names
+                               if n != "dovecot" and k in med[n] and d[k])
+            print(f"  {label} ({unit}, {better} is better): {row}; {ratios}")
     finally:
         for p in procs:
             stop(p)
