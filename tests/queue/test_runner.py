@@ -416,3 +416,46 @@ def test_tls_policy_factory_gets_message_flags_and_can_refuse_hosts(data_dir: Pa
         assert _report(dsn)[1]["status"] == "5.7.30"
     finally:
         w.h.close()
+
+
+def test_mx_loop_rule_through_the_runner(data_dir: Path) -> None:
+    """RFC 5321 §5.1: MX hosts at or below our own preference are dropped (the backup MX
+    at 5 gets the mail, never we at 10 or the peer at 20); when we are the best MX the
+    message bounces with 5.4.6 and no connection is made."""
+    w = World(data_dir, own_names=frozenset({"mx.example.org"}))
+    try:
+        w.resolver.add("loop.test", "MX", ["5 mx.backup.test.", "10 mx.example.org.",
+                                           "20 mx.after.test."])
+        w.resolver.add("mx.backup.test", "A", ["192.0.2.30"])
+        w.resolver.add("mx.after.test", "A", ["192.0.2.31"])
+        w.resolver.add("mx.example.org", "A", ["192.0.2.32"])
+        w.resolver.add("self.test", "MX", ["10 mx.example.org.", "20 mx.after.test."])
+        w.enqueue("x@loop.test")
+        w.start()
+        assert w.sink.connections == ["192.0.2.30"] and len(w.sink.received) == 1
+        qid = w.enqueue("y@self.test")
+        w.clock.advance(0)
+        assert w.sink.connections == ["192.0.2.30"]
+        assert w.queued() == []
+        [a] = w.attempts(qid) or [None]
+        assert a is None  # no connection, no attempt row
+        [dsn] = w.local.boxes["a@example.org"]
+        assert b"5.4.6" in dsn and b"y@self.test" in dsn
+    finally:
+        w.h.close()
+
+
+def test_own_address_is_never_connected(data_dir: Path) -> None:
+    """An MX whose address is one of ours (``own_addresses``) is skipped: no connection,
+    the recipient is deferred with the loop named."""
+    w = World(data_dir, own_addresses=frozenset({"192.0.2.10"}))
+    try:
+        qid = w.enqueue("x@remote.test")
+        w.start()
+        assert w.sink.connections == []
+        [m] = w.queued()
+        assert m.queue_id == qid
+        (r,) = m.recipients
+        assert r.last_code == 451 and "is this server" in (r.last_text or "")
+    finally:
+        w.h.close()
