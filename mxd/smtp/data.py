@@ -13,6 +13,8 @@ Pure and incremental: bytes in, bytes out, no I/O.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import Any
 
 # A long line without CRLF is passed on in pieces once the carried part exceeds this.
 _CARRY_LIMIT = 8192
@@ -171,3 +173,53 @@ _TLS_REQUIRED_NO = re.compile(rb"(?im)^tls-required[ \t]*:[ \t]*no[ \t]*\r?$")
 def has_tls_required_no(headers: bytes) -> bool:
     """RFC 8689 §5: the header section carries ``TLS-Required: No``."""
     return _TLS_REQUIRED_NO.search(headers) is not None
+
+
+class Spool:
+    """Holds a message body while a check decides what goes on top of it: in memory up to
+    ``memory_limit`` octets, then in an anonymous temporary file (a big message never sits
+    whole in memory)."""
+
+    def __init__(self, memory_limit: int = 1024 * 1024) -> None:
+        self._limit = memory_limit
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._file: Any = None
+
+    @property
+    def on_disk(self) -> bool:
+        return self._file is not None
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        if self._file is None and self._size + len(data) > self._limit:
+            import tempfile
+
+            self._file = tempfile.TemporaryFile()
+            self._file.writelines(self._parts)
+            self._parts = []
+        if self._file is not None:
+            self._file.write(data)
+        else:
+            self._parts.append(data)
+        self._size += len(data)
+
+    def copy_to(self, write: Callable[[bytes], None], chunk: int = 256 * 1024) -> None:
+        """Pass the whole body to ``write`` in order (reads the file when on disk)."""
+        if self._file is None:
+            for part in self._parts:
+                write(part)
+            return
+        self._file.seek(0)
+        while True:
+            data = self._file.read(chunk)
+            if not data:
+                break
+            write(data)
+
+    def close(self) -> None:
+        self._parts = []
+        if self._file is not None:
+            self._file.close()
+            self._file = None

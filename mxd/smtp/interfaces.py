@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Protocol
 
 import attrs
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 
+from mxd.smtp.replies import Reply
 from mxd.store.interfaces import Account
 
 
@@ -47,23 +48,55 @@ class SessionInfo:
     requiretls: bool = False
 
 
-class IInboundChecker(Protocol):
-    """The seam where SPF, DKIM, DMARC and iprev run before an inbound message is accepted.
+@attrs.frozen
+class Verdict:
+    """What a message check decided, at the end of the message data.
 
-    ``check`` is called once the message's header section is complete (reading pauses
-    meanwhile) with the header section as received.  It fires with complete header field
-    lines (``Authentication-Results: ...`` without CRLF) that the server puts at the top of
-    the stored message, below its own ``Received:``.
+    ``fields``: header fields (``Authentication-Results: ...``, ``DKIM-Signature: ...``,
+    without CRLF) that the server puts on top of the message, below its own ``Received:``;
+    ``header_section``: a replacement for the received header section (forged
+    Authentication-Results removed), or None to keep it; ``remote_host``: the client's
+    verified reverse name, for ``Received:``; ``mailbox``: the mailbox local copies go to
+    (``Junk``), None for INBOX; ``reject``: refuse the message with this reply instead.
     """
 
-    def check(self, session: SessionInfo, headers: bytes) -> Deferred[list[str]]: ...
+    fields: tuple[str, ...] = ()
+    header_section: bytes | None = None
+    remote_host: str | None = None
+    mailbox: str | None = None
+    reject: Reply | None = None
+
+
+class IMessageCheck(Protocol):
+    """The checks of one message: sees the body as it arrives, decides at its end."""
+
+    def feed(self, data: bytes) -> None:
+        """Body bytes (after the header section, unstuffed) in arrival order."""
+
+    def finish(self) -> Deferred[Verdict]:
+        """The end of the message data: fires with the verdict (an errback is logged and
+        the message accepted unchanged, so that no mail is lost to a bug)."""
+
+
+class IMessageChecker(Protocol):
+    """The seam where SPF, DKIM, DMARC and iprev run on port 25 (``mxd.msgauth.inbound``)
+    and DKIM signing on submission (``mxd.msgauth.signing``).
+
+    ``begin`` is called once the header section is complete, with the header section as
+    received (submission: with the Date and Message-ID the server adds).  It returns None
+    when it has nothing to do for this message: the body is then written straight to the
+    store as it arrives.  Otherwise the body is kept aside (memory, then a temporary file)
+    until ``finish`` has decided, because the fields it adds go on top of the message.
+    """
+
+    def begin(self, session: SessionInfo, headers: bytes) -> IMessageCheck | None: ...
 
 
 class NoChecks:
     """The default checker: no message authentication, no added fields."""
 
-    def check(self, session: SessionInfo, headers: bytes) -> Deferred[list[str]]:
-        return succeed([])
+    def begin(self, session: SessionInfo, headers: bytes) -> IMessageCheck | None:
+        return None
 
 
 class IOutbound(Protocol):

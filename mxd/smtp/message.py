@@ -11,7 +11,7 @@ import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import maybeDeferred, succeed
 from twisted.python.failure import Failure as TwistedFailure
 
 from mxd.smtp import commands, replies
@@ -19,10 +19,11 @@ from mxd.smtp.data import (
     BareLineEndingScanner,
     DataReader,
     HeaderSection,
+    Spool,
     has_field,
     has_tls_required_no,
 )
-from mxd.smtp.interfaces import SessionInfo
+from mxd.smtp.interfaces import SessionInfo, Verdict
 from mxd.smtp.received import TraceInfo, date_field, message_id_field, received_field, with_protocol
 from mxd.smtp.replies import Reply
 from mxd.smtp.session import SessionBase, State, Transaction
@@ -170,14 +171,12 @@ class MessageMixin(SessionBase):
         self._message_complete(tx)
 
     def _body(self, tx: Transaction, data: bytes) -> None:
-        """Message bytes (unstuffed): size check, header section, then into the blob."""
+        """Message bytes (unstuffed): size check, header section, then into the blob (or
+        to the check and the spool while a check runs)."""
         tx.size += len(data)
         if tx.size > self.settings.max_message_size:
             tx.too_big = True  # RFC 1870 §6: keep reading, refuse at the end
         if tx.too_big or tx.bare_line_ending:
-            return
-        if tx.held is not None:
-            tx.held.append(data)
             return
         assert tx.headers is not None
         if not tx.headers.complete:
@@ -187,7 +186,20 @@ class MessageMixin(SessionBase):
             headers, rest = done
             self._headers_complete(tx, headers, rest)
             return
+        if tx.spool is not None:
+            self._to_check(tx, data)
+            return
         self._write(tx, data)
+
+    def _to_check(self, tx: Transaction, data: bytes) -> None:
+        assert tx.spool is not None
+        tx.spool.write(data)
+        if tx.check is not None and data:
+            try:
+                tx.check.feed(data)
+            except Exception:  # noqa: BLE001 - a broken check must not lose the message
+                self.log.failure("smtp message check failed {session}", session=self.session_id)
+                tx.check = None
 
     def _write(self, tx: Transaction, data: bytes) -> None:
         if tx.blob is None or not data:
@@ -209,42 +221,77 @@ class MessageMixin(SessionBase):
         )
 
     def _headers_complete(self, tx: Transaction, headers: bytes, rest: bytes) -> None:
-        tx.header_bytes = headers
         if self.role != "smtp":
+            headers = self._submission_fields(tx, headers)
+        tx.header_bytes = headers
+        # The message-check seam: SPF/DKIM/DMARC/iprev on port 25, DKIM signing on
+        # submission. It decides at the end of the data; the body waits in a spool.
+        check = None
+        try:
+            check = self.checker.begin(self._session_info(tx), headers)
+        except Exception:  # noqa: BLE001 - a broken check must not lose the message
+            self.log.failure("smtp message check failed {session}", session=self.session_id)
+        if check is None:
             self._write_prefix(tx, headers, [], rest)
             return
-        # The message-authentication seam (SPF/DKIM/DMARC/iprev): runs before acceptance.
-        tx.held = [rest]
+        tx.check = check
+        tx.spool = Spool()
+        self._to_check(tx, rest)
 
-        def checked(lines: list[str]) -> None:
-            held = tx.held or []
-            tx.held = None
+    def _submission_fields(self, tx: Transaction, headers: bytes) -> bytes:
+        """RFC 6409 §8.2, §8.3: a submission server may add Date and Message-ID (before
+        signing, so that the signature covers them)."""
+        now = datetime.fromtimestamp(self.clock.seconds(), UTC)
+        if not has_field(headers, "Date"):
+            headers += date_field(now)
+        if not has_field(headers, "Message-ID"):
+            headers += message_id_field(f"{tx.queue_id}.{secrets.token_hex(4)}", self.hostname)
+        return headers
+
+    def _finish_check(self, tx: Transaction) -> None:
+        """The end of the data while a check runs: wait for its verdict (input paused),
+        then write trace fields, the check's fields, the headers and the spooled body."""
+        check = tx.check
+        tx.check = None
+
+        def decided(verdict: Verdict) -> None:
             if tx is not self.tx or self.state is State.CLOSED:
                 return
-            if not (tx.too_big or tx.bare_line_ending):
-                self._write_prefix(tx, headers, lines, b"".join(held))
-            if tx.data_ended:
-                tx.data_ended = False
-                self._message_complete(tx)  # resumes input when the commit is answered
-            else:
-                self._resume()
+            if verdict.reject is not None:
+                self._fail_message(tx, verdict.reject, "policy")
+                return
+            headers = (verdict.header_section if verdict.header_section is not None
+                       else tx.header_bytes)
+            self._write_prefix(tx, headers, list(verdict.fields), b"", verdict.remote_host)
+            if verdict.mailbox:
+                tx.mailbox = verdict.mailbox
+            spool, tx.spool = tx.spool, None
+            if spool is not None:
+                spool.copy_to(lambda data: self._write(tx, data))
+                spool.close()
+            blob = tx.blob
+            if blob is None:
+                self._fail_message(tx, replies.LOCAL_ERROR, "write_error")
+                return
+            self._commit(tx, blob)
 
         def failed(f: TwistedFailure) -> None:
-            self.log.failure("smtp inbound checks failed {session}", f, session=self.session_id)
-            checked([])
+            self.log.failure("smtp message check failed {session}", f, session=self.session_id)
+            decided(Verdict())
 
-        d = maybeDeferred(self.checker.check, self._session_info(tx), headers)
-        if not d.called:  # an answer already there is used at once, without pausing
+        d = maybeDeferred(check.finish) if check is not None else succeed(Verdict())
+        if not d.called:  # a verdict already there is used at once, without pausing
             self.pauseProducing()
-        d.addCallbacks(checked, failed)
+        d.addCallbacks(decided, failed)
         d.addErrback(lambda f: self.log.failure("smtp after checks {session}", f,
                                                 session=self.session_id))
 
-    def _write_prefix(self, tx: Transaction, headers: bytes, extra: list[str], rest: bytes) -> None:
+    def _write_prefix(self, tx: Transaction, headers: bytes, extra: list[str], rest: bytes,
+                      remote_host: str | None = None) -> None:
         now = datetime.fromtimestamp(self.clock.seconds(), UTC)
         rcpts = tx.local_addresses + [r.address for r in tx.remote]
         trace = TraceInfo(
-            helo=self.helo or "unknown", remote_ip=self.remote_ip, remote_host=None,
+            helo=self.helo or "unknown", remote_ip=self.remote_ip, remote_host=remote_host,
             by_host=self.hostname,
             protocol=with_protocol(extended=self.extended, tls=self.tls_active,
                                    authenticated=self.authenticated is not None,
@@ -256,21 +303,11 @@ class MessageMixin(SessionBase):
         parts = [received_field(trace)]
         parts.extend(line.encode("utf-8") + b"\r\n" for line in extra)
         parts.append(headers)
-        if self.role != "smtp":
-            # RFC 6409 §8.2, §8.3: a submission server may add Date and Message-ID.
-            if not has_field(headers, "Date"):
-                parts.append(date_field(now))
-            if not has_field(headers, "Message-ID"):
-                parts.append(message_id_field(f"{tx.queue_id}.{secrets.token_hex(4)}",
-                                              self.hostname))
         parts.append(rest)
         self._write(tx, b"".join(parts))
 
     def _message_complete(self, tx: Transaction) -> None:
         """End of DATA or of the last BDAT chunk: check, make durable, answer."""
-        if tx.held is not None:
-            tx.data_ended = True  # the checker is still running; it calls back
-            return
         if tx.too_big:
             self._fail_message(tx, replies.MESSAGE_TOO_BIG, "too_big")
             return
@@ -284,9 +321,9 @@ class MessageMixin(SessionBase):
         if not tx.headers.complete:
             headers = tx.headers.finish()
             self._headers_complete(tx, headers, b"")
-            if tx.held is not None:
-                tx.data_ended = True
-                return
+        if tx.spool is not None:
+            self._finish_check(tx)
+            return
         blob = tx.blob
         if blob is None:
             self._fail_message(tx, replies.LOCAL_ERROR, "write_error")
@@ -314,7 +351,7 @@ class MessageMixin(SessionBase):
                                        authenticated=self.authenticated is not None,
                                        smtputf8=tx.smtputf8),
         )
-        targets = [Delivery(account_id=aid) for aid in tx.local]
+        targets = [Delivery(account_id=aid, mailbox=tx.mailbox) for aid in tx.local]
         outbound = None
         if tx.remote:
             outbound = OutboundMessage(

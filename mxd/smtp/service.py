@@ -17,7 +17,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from mxd.sasl.api import ISASLServer
 from mxd.smtp import replies
-from mxd.smtp.interfaces import IDirectory, IInboundChecker, IMetrics, IOutbound, NoMetrics
+from mxd.smtp.interfaces import IDirectory, IMessageChecker, IMetrics, IOutbound, NoMetrics
 from mxd.smtp.lookup import CachingDirectory
 from mxd.smtp.server import (
     ChannelBindingsFn,
@@ -53,7 +53,7 @@ class SMTPFactory(ServerFactory):
     def __init__(self, *, role: Role, settings: SMTPServerSettings, store: IMailStore,
                  directory: IDirectory, sasl: ISASLServer | None, outbound: IOutbound | None,
                  tls: Any | None, clock: IReactorTime, hostname: str,
-                 checker: IInboundChecker | None = None, metrics: IMetrics | None = None,
+                 checker: IMessageChecker | None = None, metrics: IMetrics | None = None,
                  channel_bindings: ChannelBindingsFn | None = None,
                  run_blocking: RunBlocking | None = None) -> None:
         if role not in ROLES:
@@ -115,7 +115,7 @@ class SMTPFactory(ServerFactory):
 def smtp_factory(*, role: Role, settings: SMTPServerSettings, store: IMailStore,
                  directory: IDirectory, sasl: ISASLServer | None, outbound: IOutbound | None,
                  tls: Any | None, clock: IReactorTime, hostname: str,
-                 checker: IInboundChecker | None = None, metrics: IMetrics | None = None,
+                 checker: IMessageChecker | None = None, metrics: IMetrics | None = None,
                  channel_bindings: ChannelBindingsFn | None = None,
                  run_blocking: RunBlocking | None = None) -> IProtocolFactory:
     """The protocol factory of one SMTP listener.

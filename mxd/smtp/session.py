@@ -35,8 +35,16 @@ from mxd.smtp.data import (
     BareLineEndingScanner,
     DataReader,
     HeaderSection,
+    Spool,
 )
-from mxd.smtp.interfaces import IDirectory, IInboundChecker, IMetrics, IOutbound, NoChecks
+from mxd.smtp.interfaces import (
+    IDirectory,
+    IMessageCheck,
+    IMessageChecker,
+    IMetrics,
+    IOutbound,
+    NoChecks,
+)
 from mxd.smtp.replies import Reply
 from mxd.store.interfaces import Account, BlobWriter, IMailStore, OutboundRecipient
 from mxd.tls import handshake_failure
@@ -104,8 +112,9 @@ class Transaction:
     bare_line_ending: bool = False
     headers: HeaderSection | None = None
     header_bytes: bytes = b""
-    held: list[bytes] | None = None  # body held while the checker runs
-    data_ended: bool = False
+    check: IMessageCheck | None = None  # the message check under way (port 25, signing)
+    spool: Spool | None = None  # the body, kept aside while the check runs
+    mailbox: str = "INBOX"  # where local copies go (a check may say Junk)
     bdat_used: bool = False
     bdat_failed: bool = False
     bdat_scanner: BareLineEndingScanner | None = None
@@ -140,7 +149,7 @@ class SessionBase(LineReceiver):
         self, *, role: Role, settings: SMTPServerSettings, store: IMailStore,
         directory: IDirectory, sasl: ISASLServer | None, outbound: IOutbound | None,
         tls: Any | None, clock: IReactorTime, hostname: str,
-        checker: IInboundChecker | None = None, metrics: IMetrics | None = None,
+        checker: IMessageChecker | None = None, metrics: IMetrics | None = None,
         channel_bindings: ChannelBindingsFn | None = None,
         on_close: Callable[[Any], None] | None = None,
         run_blocking: RunBlocking | None = None,
@@ -154,7 +163,7 @@ class SessionBase(LineReceiver):
         self.tls_options = tls
         self.clock: Any = clock  # IReactorTime (zope interfaces confuse mypy)
         self.hostname = hostname
-        self.checker: IInboundChecker = checker if checker is not None else NoChecks()
+        self.checker: IMessageChecker = checker if checker is not None else NoChecks()
         from mxd.smtp.interfaces import NoMetrics
 
         self.metrics: IMetrics = metrics if metrics is not None else NoMetrics()
@@ -406,6 +415,9 @@ class SessionBase(LineReceiver):
     def _abort_transaction(self) -> None:
         tx = self.tx
         self.tx = None
+        if tx is not None and tx.spool is not None:
+            tx.spool.close()
+            tx.spool = None
         if tx is not None and tx.blob is not None:
             blob, tx.blob = tx.blob, None
             try:
