@@ -6,7 +6,6 @@ untagged data is written through the session as it is produced.
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -29,6 +28,7 @@ from mxd.imap.dispatch import (
 )
 from mxd.imap.fetch import do_fetch, resolve
 from mxd.imap.framer import BlobLiteral, Literal
+from mxd.imap.listmatch import compile_pattern, join_reference
 from mxd.imap.qresync import vanished
 from mxd.imap.searchcmd import do_search
 from mxd.imap.utf7 import decode as utf7_decode
@@ -318,24 +318,6 @@ async def cmd_subscribe(s: IMAPSession, cmd: Command) -> Reply:
     return ok(f"{cmd.name} completed")
 
 
-def _pattern_regex(reference: str, pattern: str) -> re.Pattern[str]:
-    """RFC 3501 §6.3.8: ``*`` matches anything, ``%`` anything but the separator."""
-    full = reference + pattern if not pattern.startswith(HIERARCHY_SEPARATOR) or not reference \
-        else reference.rstrip(HIERARCHY_SEPARATOR) + pattern
-    out = []
-    for ch in full:
-        if ch == "*":
-            out.append(".*")
-        elif ch == "%":
-            out.append("[^/]*")
-        else:
-            out.append(re.escape(ch))
-    rx = "".join(out)
-    if full.upper().startswith("INBOX"):
-        rx = "(?i:INBOX)" + "".join(out[5:])
-    return re.compile(rx + r"\Z", re.DOTALL)
-
-
 async def cmd_list(s: IMAPSession, cmd: Command) -> Reply:
     args: ListArgs = cmd.args
     assert s.account is not None
@@ -356,14 +338,15 @@ async def cmd_list(s: IMAPSession, cmd: Command) -> Reply:
                 implied.add(p)
     has_children = {n.rsplit(HIERARCHY_SEPARATOR, 1)[0] for n in names | implied
                     if HIERARCHY_SEPARATOR in n}
-    regexes = [_pattern_regex(mailbox_name(s, args.reference) if args.reference else "",
-                              p if s.utf8 else _safe_utf7(p)) for p in args.patterns]
+    reference = mailbox_name(s, args.reference) if args.reference else ""
+    matchers = [compile_pattern(join_reference(reference, p if s.utf8 else _safe_utf7(p)))
+                for p in args.patterns]
     subscribed_only = args.lsub or "SUBSCRIBED" in args.select_opts
     special_only = "SPECIAL-USE" in args.select_opts
     show_subscribed = "SUBSCRIBED" in args.return_opts or "SUBSCRIBED" in args.select_opts
     word = "LSUB" if args.lsub else "LIST"
     for name in sorted(names | implied, key=lambda n: (n != "INBOX", n)):
-        if not any(rx.match(name) for rx in regexes):
+        if not any(m.matches(name) for m in matchers):
             continue
         box = by_name.get(name)
         if subscribed_only and (box is None or not box.subscribed):
