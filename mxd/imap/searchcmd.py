@@ -49,10 +49,11 @@ async def do_search(s: IMAPSession, cmd: Command) -> Reply:
     results: list[int] = []
     modseq = 0
     try:
+        exists, max_uid, recent = view.exists, view.max_uid, view.recent
         for seq, uid in enumerate(view.uids, 1):
             m = view.msgs[uid]
             h, f = loaders(m)
-            c = Candidate(seq, m, view.exists, view.max_uid, h, f, now, uid in view.recent)  # type: ignore[arg-type]
+            c = Candidate(seq, m, exists, max_uid, h, f, now, uid in recent)  # type: ignore[arg-type]
             if matches(args.key, c):
                 results.append(uid if is_uid else seq)
                 modseq = max(modseq, m.modseq)

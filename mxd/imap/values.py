@@ -6,6 +6,7 @@ Pure values; ``mxd.imap.parser`` builds them.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -24,27 +25,42 @@ class SeqSet:
 
     ranges: tuple[tuple[int, int], ...] = ()
     saved: bool = False
+    # (star, merged ranges, their low ends) of the last ``resolve``: a set is normalised
+    # once per value of ``*``, not once per message it is tested against.
+    _normal: list[Any] = attrs.field(factory=list, init=False, eq=False, repr=False,
+                                     hash=False)
 
     def resolve(self, star: int) -> list[tuple[int, int]]:
-        """Ranges with ``*`` replaced by ``star`` and each range ordered low..high."""
-        out = []
-        for a, b in self.ranges:
-            a = star if a == 0 else a
-            b = star if b == 0 else b
-            out.append((min(a, b), max(a, b)))
-        return out
+        """The set as sorted, disjoint, non-adjacent ranges, ``*`` replaced by ``star``.
+
+        RFC 9051 §9: "1:*,1:*" is the same set as "1:*"; a client may send thousands of
+        overlapping ranges, and the cost of testing a value must not grow with them."""
+        cached = self._normal
+        if cached and cached[0] == star:
+            return cached[1]  # type: ignore[no-any-return]
+        spans = sorted((min(a or star, b or star), max(a or star, b or star))
+                       for a, b in self.ranges)
+        merged: list[tuple[int, int]] = []
+        for lo, hi in spans:
+            if merged and lo <= merged[-1][1] + 1:
+                if hi > merged[-1][1]:
+                    merged[-1] = (merged[-1][0], hi)
+            else:
+                merged.append((lo, hi))
+        cached[:] = [star, merged, [lo for lo, _ in merged]]
+        return merged
 
     def contains(self, n: int, star: int) -> bool:
-        return any(lo <= n <= hi for lo, hi in self.resolve(star))
+        merged = self.resolve(star)
+        i = bisect.bisect_right(self._normal[2], n) - 1
+        return i >= 0 and n <= merged[i][1]
 
     def iter_values(self, star: int, limit: int) -> Iterator[int]:
         """Values in the set that are ≤ ``limit`` (sorted, no duplicates)."""
-        seen: set[int] = set()
-        for lo, hi in sorted(self.resolve(star)):
-            for v in range(lo, min(hi, limit) + 1):
-                if v not in seen:
-                    seen.add(v)
-                    yield v
+        for lo, hi in self.resolve(star):
+            if lo > limit:
+                return
+            yield from range(lo, min(hi, limit) + 1)
 
 
 @attrs.frozen
