@@ -83,6 +83,27 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     if args.ports:
         check_ports_free(cfg)
     print(f"{cfg.source}: OK ({len(cfg.listeners)} listeners, {len(cfg.domains.names)} domains)")
+    if args.ldap_test is not None:
+        return _ldap_test(cfg, args.ldap_test)
+    return 0
+
+
+def _ldap_test(cfg: Config, login: str) -> int:
+    """Connect with the service bind, search the login name as a login would, and say what
+    was found (exit 1 when the directory cannot be used or the name finds nothing)."""
+    if cfg.directory.backend != "ldap":
+        raise CLIError("--ldap-test needs [directory] backend = \"ldap\"")
+    from mxd.directory.ldapfilter import name_filter
+
+    print(f"LDAP {', '.join(cfg.ldap.uris)}: user filter {name_filter(cfg.ldap.user_filter, login)}")
+    acct = _with_directory(cfg, lambda d: d.test_login(login))
+    if acct is None:
+        print(f"{login}: no entry found (or several: see the log)")
+        return 1
+    print(f"{login}: {acct.dn}\n  account {acct.name}\n  addresses {' '.join(acct.addresses) or '-'}"
+          f"\n  quota {acct.quota if acct.quota is not None else 'default'}"
+          f"\n  SCRAM secrets {', '.join(sorted(acct.scram)) or 'none (PLAIN/LOGIN only)'}"
+          f"\n  may log in {'yes' if acct.may_login else 'no (not matched by group_filter)'}")
     return 0
 
 
@@ -131,9 +152,39 @@ def cmd_account_del(args: argparse.Namespace) -> int:
 
 def cmd_account_list(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    accounts = _with_directory(cfg, lambda d: d.list_accounts())
+    if args.orphans:
+        if cfg.directory.backend != "ldap":
+            raise CLIError("--orphans lists mailboxes of accounts gone from LDAP: it needs "
+                           "[directory] backend = \"ldap\"")
+        accounts = _with_directory(cfg, lambda d: d.orphans())
+    else:
+        accounts = _with_directory(cfg, lambda d: d.list_accounts())
     for a in accounts:
         print(a.name + ("\t" + " ".join(a.addresses) if a.addresses else ""))
+    return 0
+
+
+def cmd_account_show(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    acct = _with_directory(cfg, lambda d: d.get_account(args.name))
+    if acct is None:
+        raise CLIError(f"no account {args.name!r}")
+    print(f"account {acct.name}\naddresses {' '.join(acct.addresses) or '-'}")
+    if cfg.directory.backend == "ldap":
+        entry = _with_directory(cfg, lambda d: d.get_entry(args.name))
+        if entry is not None:
+            print(f"ldap {entry.dn}\nscram {', '.join(sorted(entry.scram)) or 'none'}"
+                  "\npasswords are managed in the directory")
+    return 0
+
+
+def cmd_account_scram_keys(args: argparse.Namespace) -> int:
+    """Print RFC 5803 authPassword values of a password for an LDAP entry."""
+    from mxd.directory.authpassword import derive_values
+
+    pw = _read_password(args)
+    for value in derive_values(pw, iterations=args.iterations):
+        print(f"{args.attribute}: {value}")
     return 0
 
 
@@ -351,6 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = csub.add_parser("check", help="validate the config file (and, with --ports, free ports)")
     _add_config(p)
     p.add_argument("--ports", action="store_true", help="also check the ports can be bound")
+    p.add_argument("--ldap-test", metavar="USER", help="with an LDAP directory: connect, "
+                   "search USER as a login would and show the entry found")
     p.set_defaults(func=cmd_config_check)
     p = csub.add_parser("reference", help="print the configuration reference (Markdown)")
     p.set_defaults(func=cmd_config_reference)
@@ -374,7 +427,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_account_del)
     p = asub.add_parser("list", help="list accounts and their addresses")
     _add_config(p)
+    p.add_argument("--orphans", action="store_true", help="with LDAP: accounts that have "
+                   "mail in the store but no entry in the directory any more")
     p.set_defaults(func=cmd_account_list)
+    p = asub.add_parser("show", help="show an account (with LDAP: its entry)")
+    _add_config(p)
+    p.add_argument("name")
+    p.set_defaults(func=cmd_account_show)
+    p = asub.add_parser("scram-keys", help="print RFC 5803 authPassword values for a "
+                        "password (to store in LDAP)",
+                        description="Reads a password (prompt or --password-stdin) and prints "
+                        "SCRAM-SHA-256 and SCRAM-SHA-1 authPassword values (RFC 5803) as LDIF "
+                        "attribute lines; add them to the user's entry (objectClass "
+                        "authPasswordObject) so that SCRAM and SCRAM-PLUS work with LDAP.")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    p.add_argument("--iterations", type=int, default=4096,
+                   help="PBKDF2 iteration count (RFC 7677: at least 4096)")
+    p.add_argument("--attribute", default="authPassword", help="attribute name to print")
+    p.set_defaults(func=cmd_account_scram_keys)
 
     _add_optional_commands(sub)
     return parser

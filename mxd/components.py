@@ -75,8 +75,38 @@ def make_directory(cfg: Config, store: Any, reactor: Any) -> Any:
         cram_md5=cfg.auth.cram_md5,
         postmaster=cfg.domains.postmaster or None,
     )
+    if cfg.directory.backend == "ldap":
+        return make_ldap_directory(cfg, settings, store, reactor)
     # With the reactor, password hashing (PBKDF2 + scrypt) runs on its thread pool.
     return LocalDirectory(store, settings, reactor=reactor)
+
+
+def make_ldap_directory(cfg: Config, settings: Any, store: Any, reactor: Any) -> Any:
+    """The LDAP directory with its client and bounded worker pool (stopped at shutdown)."""
+    import attrs
+
+    from mxd.directory import ldap
+    from mxd.directory.ldapclient import ClientSettings, LDAPClient
+
+    lc = cfg.ldap
+    password = ""
+    if lc.bind_password_file is not None:
+        lines = lc.bind_password_file.read_text(encoding="utf-8").splitlines()
+        password = lines[0] if lines else ""
+    client = LDAPClient(ClientSettings(
+        uris=tuple(lc.uris), starttls=lc.starttls, ca_file=lc.ca_file,
+        allow_plaintext=lc.allow_plaintext_on_loopback, bind_dn=lc.bind_dn,
+        bind_password=password, pool_size=lc.pool_size, timeout=lc.timeout))
+    pool = ldap.make_threadpool(lc.pool_size)
+    pool.start()
+
+    def stop() -> None:
+        pool.stop()
+        client.close()
+
+    reactor.addSystemEventTrigger("during", "shutdown", stop)
+    return ldap.LDAPDirectory(client, ldap.settings_from_values(attrs.asdict(lc)), settings,
+                              store, reactor, ldap.in_threadpool(reactor, pool))
 
 
 async def open_store_and_directory(cfg: Config, reactor: Any) -> tuple[Any, Any]:

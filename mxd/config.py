@@ -263,6 +263,64 @@ class AuthConfig:
 
 
 @attrs.frozen
+class DirectoryConfig:
+    backend: str = opt("local", "Where accounts come from: local (mxd's own store, managed "
+                       "with `mxd account`) or ldap (the [ldap] section; read-only).",
+                       choices=("local", "ldap"))
+
+
+@attrs.frozen
+class LDAPConfig:
+    uris: list[str] = opt([], "LDAP servers, tried in order (failover): ldaps://HOST:PORT, "
+                          "or ldap://HOST:PORT with starttls = true.",
+                          example='["ldaps://ldap1.example.org", "ldaps://ldap2.example.org"]')
+    starttls: bool = opt(False, "Use StartTLS (RFC 4513 §3) on ldap:// URIs.")
+    ca_file: Path | None = opt(None, "PEM CA bundle to verify the LDAP servers' certificates "
+                               "(default: the system store). Verification is always on.")
+    allow_plaintext_on_loopback: bool = opt(
+        False, "Allow ldap:// without StartTLS, and so passwords in the clear, when every "
+        "URI is a loopback address. Never allowed over the network.")
+    bind_dn: str = opt("", "DN of the service account that searches the directory; empty "
+                       "for an anonymous search.", example='"cn=mxd,ou=services,dc=example,dc=org"')
+    bind_password_file: Path | None = opt(None, "File holding the service account's password "
+                                          "(first line; keep it mode 0600).")
+    base_dn: str = opt("", "Where accounts are searched (subtree).",
+                       example='"ou=people,dc=example,dc=org"')
+    user_filter: str = opt("(&(objectClass=inetOrgPerson)(|(uid=%s)(mail=%s)))",
+                           "Filter finding the entry of a login name: %s the name, %u its "
+                           "local part, %d its domain; values are escaped (RFC 4515).")
+    address_filter: str = opt("(&(objectClass=inetOrgPerson)(|(mail=%s)(mailLocalAddress=%s)))",
+                              "Filter finding the account that receives mail for an address "
+                              "(normalised local@domain; placeholders as in user_filter).")
+    list_filter: str = opt("(objectClass=inetOrgPerson)", "Filter listing every account "
+                           "(`mxd account list`, orphan detection).")
+    group_filter: str = opt("", "Optional: only accounts for which a search with this filter "
+                            "(%D the account's DN, escaped) finds an entry may log in, e.g. "
+                            "(&(objectClass=groupOfNames)(cn=mail)(member=%D)).")
+    group_base_dn: str = opt("", "Where group_filter searches (default: base_dn).")
+    name_attribute: str = opt("uid", "Attribute holding the account name (the mailbox owner "
+                              "in mxd's store).")
+    mail_attributes: list[str] = opt(["mail"], "Attributes with the account's own addresses.")
+    alias_attributes: list[str] = opt(["mailLocalAddress"], "Attributes with more addresses "
+                                      "delivered to the account (multi-valued aliases).")
+    quota_attribute: str = opt("", "Attribute with the account's quota in bytes; empty: the "
+                               "default [store].quota_bytes.")
+    scram_attribute: str = opt("authPassword", "Attribute with RFC 5803 SCRAM secrets "
+                               "(`mxd account scram-keys` prints them). Accounts without "
+                               "them can use PLAIN/LOGIN only.")
+    pool_size: int = opt(4, "Connections (and worker threads) to the directory.",
+                         check=_positive)
+    timeout: float = opt(5.0, "Seconds for connecting and for each operation.",
+                         check=_positive)
+    cache_ttl: float = opt(60.0, "Seconds an entry found is reused (0: no cache). Password "
+                           "checks always bind.", check=lambda v: None if v >= 0 else
+                           f"must not be negative, got {v}")
+    negative_cache_ttl: float = opt(10.0, "Seconds a \"no such entry\" answer is reused.",
+                                    check=lambda v: None if v >= 0 else
+                                    f"must not be negative, got {v}")
+
+
+@attrs.frozen
 class ResolverConfig:
     nameservers: list[str] = opt(["127.0.0.1"], "Recursive resolvers as IP or IP:PORT. Run a "
                                  "local validating resolver (unbound) for DNSSEC.",
@@ -376,6 +434,9 @@ class Config:
                                         "their addresses (accounts may also be added with "
                                         "`mxd account add`).")
     auth: AuthConfig = opt(AuthConfig(), "Authentication.")
+    directory: DirectoryConfig = opt(DirectoryConfig(), "Account directory.")
+    ldap: LDAPConfig = opt(LDAPConfig(), "LDAP account directory (with "
+                           "[directory] backend = \"ldap\").")
     resolver: ResolverConfig = opt(ResolverConfig(), "DNS resolver.")
     smtp: SMTPConfig = opt(SMTPConfig(), "SMTP server limits.")
     imap: IMAPConfig = opt(IMAPConfig(), "IMAP server limits.")
@@ -526,6 +587,8 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
         tls=attrs.evolve(cfg.tls, cert=fix(cfg.tls.cert), key=fix(cfg.tls.key)),
         outbound=attrs.evolve(cfg.outbound, ca_file=fix(cfg.outbound.ca_file)),
         dkim=attrs.evolve(cfg.dkim, key_dir=fix(cfg.dkim.key_dir)),
+        ldap=attrs.evolve(cfg.ldap, ca_file=fix(cfg.ldap.ca_file),
+                          bind_password_file=fix(cfg.ldap.bind_password_file)),
         listeners=[attrs.evolve(li, cert=fix(li.cert), key=fix(li.key)) for li in cfg.listeners],
         transports={name: attrs.evolve(t, password_file=fix(t.password_file),
                                        proxy_password_file=fix(t.proxy_password_file))
@@ -596,6 +659,8 @@ def _validate(cfg: Config) -> None:
             normalise_domain(d)
         except ValueError as e:
             raise ConfigError(src, f"dkim.selectors.{d}", str(e)) from None
+    if cfg.directory.backend == "ldap":
+        _validate_ldap(cfg)
     for ns, lvl in cfg.log.levels.items():
         if lvl not in LOG_LEVELS:
             raise ConfigError(src, f"log.levels.{ns}", f"{_show(lvl)} is not one of "
@@ -603,6 +668,51 @@ def _validate(cfg: Config) -> None:
     from mxd.config_transports import validate_transports
 
     validate_transports(cfg, names)
+
+
+def _validate_ldap(cfg: Config) -> None:
+    from urllib.parse import urlsplit
+
+    from mxd.directory.ldapfilter import FilterTemplateError, check_template
+
+    src, ldap = cfg.source, cfg.ldap
+    if not ldap.uris:
+        raise ConfigError(src, "ldap.uris", "[directory] backend is ldap: list at least one URI")
+    for i, uri in enumerate(ldap.uris):
+        u = urlsplit(uri)
+        if u.scheme not in ("ldap", "ldaps") or not u.hostname:
+            raise ConfigError(src, f"ldap.uris[{i}]", f"expected ldap://HOST[:PORT] or "
+                              f"ldaps://HOST[:PORT], got {_show(uri)}")
+        if u.scheme == "ldap" and not ldap.starttls:
+            try:
+                loopback = ipaddress.ip_address(u.hostname).is_loopback
+            except ValueError:
+                loopback = u.hostname == "localhost"
+            if not (loopback and ldap.allow_plaintext_on_loopback):
+                raise ConfigError(src, f"ldap.uris[{i}]", "passwords would cross the network "
+                                  "in the clear: use ldaps://, or starttls = true (plaintext "
+                                  "is allowed only to loopback with allow_plaintext_on_loopback)")
+    if not ldap.base_dn:
+        raise ConfigError(src, "ldap.base_dn", "required with [directory] backend = \"ldap\"")
+    for key, allowed in (("user_filter", "sud"), ("address_filter", "sud"),
+                         ("list_filter", ""), ("group_filter", "sudD")):
+        value = getattr(ldap, key)
+        if not value and key == "group_filter":
+            continue
+        try:
+            check_template(value, allowed)
+        except FilterTemplateError as e:
+            raise ConfigError(src, f"ldap.{key}", str(e)) from None
+    for key in ("ca_file", "bind_password_file"):
+        p = getattr(ldap, key)
+        if p is not None and not p.is_file():
+            raise ConfigError(src, f"ldap.{key}", f"file not found: {p}")
+    if cfg.accounts:
+        raise ConfigError(src, "accounts", "[[accounts]] are for the local directory; with "
+                          "backend = \"ldap\" accounts come from the directory")
+    if ldap.bind_dn and ldap.bind_password_file is None:
+        raise ConfigError(src, "ldap.bind_password_file", "bind_dn is set: give the file "
+                          "with its password")
 
 
 def normalise_domain(d: str) -> str:

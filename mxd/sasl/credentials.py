@@ -14,7 +14,8 @@ import hmac
 import json
 import os
 import struct
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import attrs
 
@@ -29,6 +30,11 @@ SCRYPT_P = 1
 
 class CredentialError(MxdError):
     """Stored credentials are malformed."""
+
+
+class CredentialsUnavailable(MxdError):
+    """The account's credentials cannot be checked right now (e.g. its directory server
+    is down): a temporary failure, never a wrong password."""
 
 
 SCRAM_HASHES = {"SHA-1": "sha1", "SHA-256": "sha256"}
@@ -150,13 +156,37 @@ class PasswordHash:
         return cls(_unb64(d["salt"]), int(d["n"]), int(d["r"]), int(d["p"]), _unb64(d["digest"]))
 
 
+class AccountSecrets(Protocol):
+    """What the SASL server needs of one account, wherever its secrets are kept: the local
+    store (``StoredSecrets``) or a directory (``mxd.directory.ldap``)."""
+
+    @property
+    def account(self) -> str | None:
+        """The account's own name when it differs from the login name used (None: same)."""
+
+    @property
+    def scram(self) -> Mapping[str, ScramSecret]:
+        """SCRAM secrets by hash ("SHA-1", "SHA-256"); empty: SCRAM is refused."""
+
+    @property
+    def cram_md5(self) -> CramMD5Secret | None: ...
+
+    def verify_password(self, password: str) -> bool:
+        """PLAIN/LOGIN check.  Blocking (a hash or a directory bind): run it on a worker
+        thread.  Raises CredentialsUnavailable when it cannot be decided now."""
+
+
 @attrs.frozen
 class StoredSecrets:
-    """Everything the SASL mechanisms need for one account."""
+    """Everything the SASL mechanisms need for one account (``AccountSecrets``)."""
 
     scram: dict[str, ScramSecret]  # keyed by "SHA-1" / "SHA-256"
     password: PasswordHash
     cram_md5: CramMD5Secret | None = None
+    account: str | None = attrs.field(default=None, eq=False)  # not stored
+
+    def verify_password(self, password: str) -> bool:
+        return self.password.verify(password)
 
     @classmethod
     def derive(

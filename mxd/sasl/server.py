@@ -46,10 +46,11 @@ from mxd.sasl.credentials import (
     DEFAULT_SCRAM_ITERATIONS,
     SCRAM_HASHES,
     SCRYPT_N,
+    AccountSecrets,
     CramMD5Secret,
+    CredentialsUnavailable,
     PasswordHash,
     ScramSecret,
-    StoredSecrets,
 )
 from mxd.sasl.ratelimit import AuthLimiter, IClock, IMetrics, NoMetrics
 from mxd.sasl.saslprep import saslprep
@@ -66,7 +67,7 @@ RATE_LIMITED = "too many failed attempts, try again later"
 TEMPORARY = "authentication is temporarily unavailable"
 MALFORMED = "malformed SASL message"
 
-LookupSecrets = Callable[[str], "Deferred[StoredSecrets | None]"]
+LookupSecrets = Callable[[str], "Deferred[AccountSecrets | None]"]
 RunBlocking = Callable[[Callable[[], Any]], "Deferred[Any]"]
 
 
@@ -101,8 +102,10 @@ _DUMMY_CRAM = CramMD5Secret.derive("mxd-dummy-cram-md5")
 class SASLServer:
     """``api.ISASLServer``.
 
-    ``lookup_secrets(name)`` fires with the account's StoredSecrets or None when there is
-    no such account; an errback makes the attempt fail temporarily.  ``run_blocking``
+    ``lookup_secrets(name)`` fires with the account's ``AccountSecrets`` or None when there
+    is no such account (or it may not log in); an errback makes the attempt fail
+    temporarily, as does ``CredentialsUnavailable`` from ``verify_password``.  A success
+    names the account (``AccountSecrets.account``), which may differ from the login name.  ``run_blocking``
     runs the scrypt check of PLAIN/LOGIN (default: inline; the composition layer can
     pass ``twisted.internet.threads.deferToThread``).
     """
@@ -182,8 +185,9 @@ class SASLServer:
         self._metrics.inc("sasl_auth_total", mechanism=mech, result=result, service=conn.service)
 
     def _succeeded(self, mech: str, conn: ConnectionInfo, user: str,
-                  additional: bytes | None = None) -> Success:
+                  additional: bytes | None = None, account: str | None = None) -> Success:
         self._limiter.success(conn.remote_ip, user)
+        user = account or user  # the account's own name, whatever login name was used
         self._count(mech, conn, "success")
         self.log.info("SASL {mechanism} success for {username!r} from {remote_ip} on {service}",
                       mechanism=mech, username=_for_log(user), remote_ip=conn.remote_ip,
@@ -214,7 +218,7 @@ class SASLServer:
         return ScramSecret(hash_name, salt, self.settings.fake_scram_iterations,
                            os.urandom(size), os.urandom(size))
 
-    async def _find(self, user: str) -> StoredSecrets | None:
+    async def _find(self, user: str) -> AccountSecrets | None:
         return await self._lookup(user)
 
     async def _check_plaintext(
@@ -238,13 +242,16 @@ class SASLServer:
             secrets = await self._find(user)
         except Exception:  # noqa: BLE001 - any store error: fail temporarily, logged
             return self._temporary(mech, conn, user)
-        pw_hash = secrets.password if secrets is not None else self._dummy()
-        ok = await self._run_blocking(lambda: pw_hash.verify(password))
+        verify = secrets.verify_password if secrets is not None else self._dummy().verify
+        try:
+            ok = await self._run_blocking(lambda: verify(password))
+        except CredentialsUnavailable:
+            return self._temporary(mech, conn, user)
         if secrets is None:
             return self._failed(mech, conn, user, "no such user")
         if not ok:
             return self._failed(mech, conn, user, "wrong password")
-        return self._succeeded(mech, conn, user)
+        return self._succeeded(mech, conn, user, account=secrets.account)
 
     def _dummy(self) -> PasswordHash:
         if self._dummy_hash is None:
@@ -300,6 +307,7 @@ class _ScramExchange(ServerExchangeBase):
         self._state = "first"
         self._user: str | None = None
         self._known = False
+        self._account: str | None = None
 
     async def _step(self, data: bytes | None) -> Outcome:
         s, conn, mech = self._server, self._conn, self.mechanism
@@ -320,7 +328,8 @@ class _ScramExchange(ServerExchangeBase):
                 # Unreachable with random stored keys; never let a fake secret succeed.
                 return s._failed(mech, conn, self._user, "no such user",
                                 additional=b"e=invalid-proof")
-            return s._succeeded(mech, conn, self._user, additional=verifier)
+            return s._succeeded(mech, conn, self._user, additional=verifier,
+                                account=self._account)
         return Failure("SASL exchange out of order")
 
     async def _first(self, data: bytes) -> Outcome:
@@ -344,6 +353,12 @@ class _ScramExchange(ServerExchangeBase):
             return s._temporary(mech, conn, user)
         secret = secrets.scram.get(self._core.hash_name) if secrets is not None else None
         self._known = secret is not None
+        if secrets is not None:
+            self._account = secrets.account
+            if secret is None:
+                s.log.info("SASL {mechanism}: account {username!r} has no {hash} secret "
+                           "(PLAIN over TLS still works)", mechanism=mech,
+                           username=_for_log(user), hash=self._core.hash_name)
         if secret is None:
             secret = s._fake_scram_secret(self._core.hash_name, user)
         self._state = "final"
@@ -381,7 +396,7 @@ class _CramMD5Exchange(ServerExchangeBase):
             return s._failed(mech, conn, user, "no such user or no CRAM-MD5 secret")
         if not ok:
             return s._failed(mech, conn, user, "wrong digest")
-        return s._succeeded(mech, conn, user)
+        return s._succeeded(mech, conn, user, account=secrets.account if secrets else None)
 
 
 class _PlainExchange(ServerExchangeBase):

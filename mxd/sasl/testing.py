@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from twisted.internet.defer import Deferred, fail, succeed
 
-from mxd.sasl.credentials import StoredSecrets
+from mxd.sasl.credentials import AccountSecrets, StoredSecrets
 from mxd.sasl.ratelimit import AuthLimiter, AuthLimiterSettings, IClock, IMetrics
 from mxd.sasl.server import SASLServer, SASLSettings
 
@@ -34,7 +34,7 @@ class InMemorySecrets:
         self.accounts[name] = secrets
         return secrets
 
-    def __call__(self, name: str) -> Deferred[StoredSecrets | None]:
+    def __call__(self, name: str) -> Deferred[AccountSecrets | None]:
         self.lookups.append(name)
         if self.broken is not None:
             return fail(self.broken)
