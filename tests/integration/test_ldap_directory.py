@@ -8,6 +8,7 @@ from __future__ import annotations
 import imaplib
 import re
 import smtplib
+import socket
 import ssl
 import subprocess
 import time
@@ -59,16 +60,30 @@ def mxd(tmp_path_factory: pytest.TempPathFactory, tls_files: dict[str, Path],
         server.stop()
 
 
-def _imap_login(server: MxdServer, user: str, password: str) -> imaplib.IMAP4_SSL:
+class _IMAP4FromIP(imaplib.IMAP4_SSL):
+    """IMAPS from a chosen loopback source address: tests that fail logins on purpose use
+    their own, so the login limiter's per-IP back-off of one test does not reach another."""
+
+    source = "127.0.0.1"
+
+    def _create_socket(self, timeout: float | None) -> socket.socket:
+        sock = socket.create_connection((self.host, self.port), timeout,
+                                        source_address=(self.source, 0))
+        return self.ssl_context.wrap_socket(sock, server_hostname="localhost")
+
+
+def _imap_login(server: MxdServer, user: str, password: str,
+                source: str = "127.0.0.1") -> imaplib.IMAP4_SSL:
     ctx = ssl.create_default_context(cafile=str(server.ca_file))
-    m = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=ctx, timeout=30)
+    cls = type("IMAP4FromIP", (_IMAP4FromIP,), {"source": source})
+    m = cls("127.0.0.1", server.ports["imaps"], ssl_context=ctx, timeout=30)
     m.login(user, password)
     return m
 
 
-def _login_error(server: MxdServer, user: str, password: str) -> str:
+def _login_error(server: MxdServer, user: str, password: str, source: str) -> str:
     with pytest.raises(imaplib.IMAP4.error) as e:
-        _imap_login(server, user, password).logout()
+        _imap_login(server, user, password, source).logout()
     return str(e.value)
 
 
@@ -149,7 +164,7 @@ def test_scram_refused_without_authpassword_but_plain_works(mxd: MxdServer) -> N
 def test_user_outside_login_group_is_refused(mxd: MxdServer) -> None:
     """dave's password is right but the group filter does not match him: LOGIN fails
     like a wrong password; mail to him is still delivered."""
-    assert "AUTHENTICATIONFAILED" in _login_error(mxd, "dave", PASSWORDS["dave"])
+    assert "AUTHENTICATIONFAILED" in _login_error(mxd, "dave", PASSWORDS["dave"], "127.0.0.3")
     assert "dave is not in the login group" in mxd.log_tail(400)
     with smtplib.SMTP("127.0.0.1", mxd.ports["smtp"], timeout=30) as s:
         s.ehlo("client.example.net")
@@ -165,7 +180,7 @@ def test_filter_injection_never_matches_another_user(mxd: MxdServer, lab: SlapdL
     before = len(lab.log_text())
     quoted = '"' + login.replace("\\", "\\\\").replace('"', '\\"') + '"'  # imaplib sends atoms as is
     try:
-        m = _imap_login(mxd, quoted, PASSWORDS["alice"])
+        m = _imap_login(mxd, quoted, PASSWORDS["alice"], "127.0.0.4")
     except imaplib.IMAP4.error:
         pass
     except (UnicodeEncodeError, ValueError):
@@ -189,7 +204,8 @@ def test_nul_in_login_name_is_refused_before_ldap(mxd: MxdServer, lab: SlapdLab)
 
     before = len(lab.log_text())
     ctx = ssl.create_default_context(cafile=str(mxd.ca_file))
-    with smtplib.SMTP("127.0.0.1", mxd.ports["submission"], timeout=30) as s:
+    with smtplib.SMTP("127.0.0.1", mxd.ports["submission"], timeout=30,
+                      source_address=("127.0.0.6", 0)) as s:
         s.starttls(context=ctx)
         s.ehlo("client.example.net")
         code, msg = s.docmd("AUTH", "LOGIN " + base64.b64encode(b"alice\x00*").decode())
@@ -210,7 +226,7 @@ def test_slapd_down_gives_451_and_temporary_login_failure_then_recovers(
             s.mail("someone@example.net")
             code, msg = s.rcpt("info@example.test")
             assert (code, msg[:5]) == (451, b"4.4.3"), (code, msg)
-        err = _login_error(mxd, "carol", PASSWORDS["carol"])
+        err = _login_error(mxd, "carol", PASSWORDS["carol"], "127.0.0.5")
         assert "UNAVAILABLE" in err, err
     finally:
         lab.start()
@@ -227,7 +243,7 @@ def test_slapd_down_gives_451_and_temporary_login_failure_then_recovers(
             pass
         time.sleep(0.2)
     assert code == 250, msg
-    _imap_login(mxd, "carol", PASSWORDS["carol"]).logout()
+    _imap_login(mxd, "carol", PASSWORDS["carol"], "127.0.0.5").logout()
 
 
 def test_orphans_and_config_check(mxd: MxdServer, lab: SlapdLab) -> None:
