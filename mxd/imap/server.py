@@ -96,6 +96,7 @@ class IMAPServerSettings:
     plaintext_login_on_loopback: bool = False  # allow LOGIN without TLS from loopback
     max_connections_per_ip: int = 50
     chunk_size: int = 65536  # body streaming chunk
+    max_pipelined_appends: int = 32  # APPENDs of one session stored side by side
     close_timeout: float = 30.0  # a closing connection's peer gets this long to go away
 
 
@@ -136,6 +137,12 @@ class IMAPSession(Protocol):
         self._closed = False
         self._greeted = False
         self._current: Deferred[None] | None = None
+        # Pipelined APPENDs run side by side (their store writes share a group commit);
+        # their tagged replies still go out in command order.
+        self._running = 0  # commands running (more than one only if all are APPENDs)
+        self._appends = 0  # of which APPENDs
+        self._last_done: Deferred[None] | None = None  # fires when the last one replied
+        self._held: RawCommand | None = None  # next command, waiting for them to finish
         self.peer_ip = ""
         self.client_id: dict[str, str | None] = {}
         self._socket: socket.socket | None | Literal[False] = None  # False: none to tune
@@ -398,7 +405,11 @@ class IMAPSession(Protocol):
             # A client that does not read its responses gets no more commands run: the
             # output stays bounded by the transport's buffer (its pauseProducing).
             while not self._closed and not self._write_paused and (
-                    not self._busy or self._line_waiter is not None):
+                    not self._busy or self._line_waiter is not None or self._may_pipeline()):
+                if not self._busy and self._held is not None:
+                    held, self._held = self._held, None
+                    self._start(held)
+                    continue
                 if self._line_waiter is not None or self._idle_tag is not None:
                     try:
                         line = self.framer.read_line()
@@ -424,11 +435,35 @@ class IMAPSession(Protocol):
                 if isinstance(ev, NeedContinuation):
                     self.send(b"+ Ready for literal data\r\n")
                     continue
-                self._start(ev)
+                if self._busy:
+                    self._pipeline(ev)
+                else:
+                    self._start(ev)
         finally:
             self._processing = False
         self._set_reading(not self._write_paused
-                          and (not self._busy or self._line_waiter is not None))
+                          and (not self._busy or self._line_waiter is not None
+                               or self._may_pipeline()))
+
+    def _may_pipeline(self) -> bool:
+        """May the next command be read while commands run?  Only behind APPENDs."""
+        return (self._held is None and self._running > 0 and self._appends == self._running
+                and self._running < self.settings.max_pipelined_appends
+                and self._line_waiter is None and self._idle_tag is None)
+
+    def _pipeline(self, raw: RawCommand) -> None:
+        """A command read while APPENDs run: another APPEND starts now, anything else
+        (including one that does not parse) waits until they are done."""
+        if command_words(raw.first_line)[1] == "APPEND":
+            try:
+                cmd = parse_command(raw)
+            except ParseError:
+                cmd = None
+            spec = COMMANDS.get(cmd.name) if cmd is not None else None
+            if cmd is not None and spec is not None and self.state in spec.states:
+                self._launch(cmd, spec)
+                return
+        self._held = raw
 
     def _framing_error(self, e: FramingError) -> None:
         msg = str(e)
@@ -457,9 +492,18 @@ class IMAPSession(Protocol):
         if self.state not in spec.states:
             self._bad(cmd.tag, f"{cmd.name} not allowed in the {self.state} state")
             return
-        self._busy = True
         self._set_reading(False)
-        d = Deferred.fromCoroutine(self._run(cmd, spec))
+        self._launch(cmd, spec)
+
+    def _launch(self, cmd: Command, spec: CommandSpec) -> None:
+        prev = self._last_done
+        done: Deferred[None] = Deferred()
+        self._last_done = done
+        self._busy = True
+        self._running += 1
+        if cmd.name == "APPEND":
+            self._appends += 1
+        d = Deferred.fromCoroutine(self._run(cmd, spec, prev, done))
         self._current = d
 
     def _bad(self, tag: str | None, text: str) -> None:
@@ -468,9 +512,14 @@ class IMAPSession(Protocol):
         if self._bad_count >= self.settings.max_bad_commands:
             self.bye("Too many invalid commands")
 
-    async def _run(self, cmd: Command, spec: CommandSpec) -> None:
+    async def _run(self, cmd: Command, spec: CommandSpec, prev: Deferred[None] | None = None,
+                   done: Deferred[None] | None = None) -> None:
         try:
-            reply = await spec.handler(self, cmd)
+            try:
+                reply = await spec.handler(self, cmd)
+            finally:
+                if prev is not None and not prev.called:
+                    await prev  # replies in command order (RFC 3501 §5.5)
             self.factory.metrics.inc("imap_commands", command=cmd.name, status=reply.status)
             if reply.status == "BAD":
                 self._bad_count += 1
@@ -496,8 +545,16 @@ class IMAPSession(Protocol):
             if not self._closed:
                 self.send_tagged(cmd.tag, no("Internal server error", "SERVERBUG"))
         finally:
-            self._busy = False
-            self._current = None
+            self._running -= 1
+            if cmd.name == "APPEND":
+                self._appends -= 1
+            self._busy = self._running > 0
+            if not self._busy:
+                self._current = None
+            if done is not None:
+                if self._last_done is done:
+                    self._last_done = None
+                done.callback(None)
             if self._bad_count >= self.settings.max_bad_commands:
                 self.bye("Too many invalid commands")
             if not self._closed:
