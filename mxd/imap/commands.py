@@ -444,12 +444,14 @@ async def cmd_append(s: IMAPSession, cmd: Command) -> Reply:
             uid = await s.store.append(box.id, blob, flags, when)  # type: ignore[arg-type]
         except QuotaExceeded:
             blob = None
+            await s.refresh_usage()
             return no("Quota exceeded", "OVERQUOTA")
         except StoreError as e:
             blob = None
             log.error("imap append failed: {error}", error=str(e))
             return no("Cannot store the message", "SERVERBUG")
         blob = None
+        s.note_appended(size)
         if s.view is not None and s.view.info.id == box.id:
             s.view.dirty = True
         return ok("APPEND completed", f"APPENDUID {box.uidvalidity} {uid}")

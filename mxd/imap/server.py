@@ -43,7 +43,14 @@ from zope.interface import implementer
 from mxd.imap.commands import COMMANDS
 from mxd.imap.dispatch import CommandDetached, CommandSpec, Reply, State, bad, no, ok
 from mxd.imap.errors import BadSequence, FramingError, ParseError
-from mxd.imap.framer import Framer, LiteralSink, NeedContinuation, RawCommand, command_words
+from mxd.imap.framer import (
+    Framer,
+    LiteralSink,
+    NeedContinuation,
+    RawCommand,
+    append_literal_role,
+    command_words,
+)
 from mxd.imap.mailboxstate import MailboxStates
 from mxd.imap.messagecache import MessageCache
 from mxd.imap.parser import parse_command
@@ -78,6 +85,10 @@ from mxd.store.interfaces import (
 from mxd.tls import handshake_failure
 
 log = Logger()
+
+# Commands after which the account's usage is read again (APPEND counts its own).
+_USAGE_CHANGING = frozenset({"EXPUNGE", "UID EXPUNGE", "CLOSE", "DELETE", "COPY", "UID COPY",
+                             "MOVE", "UID MOVE"})
 
 
 @attrs.frozen
@@ -119,6 +130,7 @@ class IMAPSession(Protocol):
         self.tls_handshake_done = False
         self.channel_bindings: ChannelBindings | None = None
         self.account: Account | None = None
+        self.usage: tuple[int, int | None] | None = None  # (bytes used, quota) of the account
         self.view: MailboxView | None = None
         self.enabled: set[str] = set()
         self.framer = Framer(self._choose_sink, max_line=self.settings.max_line,
@@ -373,19 +385,53 @@ class IMAPSession(Protocol):
     def _choose_sink(self, head: bytes, size: int, nonsync: bool) -> LiteralSink | None:
         _, name, _ = command_words(head)
         if self.state in (State.AUTHENTICATED, State.SELECTED) and name == "APPEND":
-            if size > self.settings.append_limit:
-                err = FramingError(f"[TOOBIG] Message larger than APPENDLIMIT "
-                                   f"{self.settings.append_limit}")
-                err.append = True
-                raise err
-            if size > self.settings.append_memory:
-                return self.store.new_blob()
-            return None
+            role = append_literal_role(self.framer.pending_parts)
+            if role == "extra":
+                # No MULTIAPPEND: a second message cannot belong to the command.  Refused
+                # at its announcement, so none of its octets reach the disk (a
+                # non-synchronising one closes the connection, RFC 7888 §4).
+                raise FramingError("One message per APPEND (MULTIAPPEND is not supported)")
+            if role == "message":
+                self._check_append_size(size)
+                if size > self.settings.append_memory:
+                    return self.store.new_blob()
+                return None
         limit = (self.settings.max_literal if self.state != State.NOT_AUTHENTICATED
                  else self.settings.max_literal_unauthenticated)
         if size > limit:
             raise FramingError(f"[TOOBIG] Literal too large (limit {limit})")
         return None
+
+    def _check_append_size(self, size: int) -> None:
+        """RFC 7889 APPENDLIMIT and the account's quota (RFC 9208 §4.1.1), before any
+        octet of the message is accepted: NO [TOOBIG] / NO [OVERQUOTA]."""
+        if size > self.settings.append_limit:
+            err = FramingError(f"[TOOBIG] Message larger than APPENDLIMIT "
+                               f"{self.settings.append_limit}")
+            err.append = True
+            raise err
+        if self.usage is not None:
+            used, limit = self.usage
+            if limit is not None and used + size > limit:
+                err = FramingError("[OVERQUOTA] The message would exceed the quota")
+                err.append = True
+                # Another session may have freed space since: look again for next time.
+                self.clock.callLater(0, lambda: Deferred.fromCoroutine(self.refresh_usage()))
+                raise err
+
+    async def refresh_usage(self) -> None:
+        """Read the account's (used, quota) again, for the check of APPEND sizes."""
+        get_usage = getattr(self.store, "get_usage", None)
+        if get_usage is None or self.account is None:
+            return
+        try:
+            self.usage = await get_usage(self.account.id)
+        except StoreError:
+            self.usage = None
+
+    def note_appended(self, size: int) -> None:
+        if self.usage is not None:
+            self.usage = (self.usage[0] + size, self.usage[1])
 
     def _set_reading(self, on: bool) -> None:
         if self.transport is None or self._closed:
@@ -471,9 +517,10 @@ class IMAPSession(Protocol):
             self.bye(msg)
             return
         code = None
-        if msg.startswith("[TOOBIG] "):
-            code, msg = "TOOBIG", msg[len("[TOOBIG] "):]
-        # RFC 7889 §4: an APPEND over the limit is NO [TOOBIG]; other refused literals BAD.
+        if msg.startswith("[") and "] " in msg:
+            code, msg = msg[1:msg.index("] ")], msg[msg.index("] ") + 2:]
+        # RFC 7889 §4: an APPEND over the limit is NO [TOOBIG] (over the quota NO
+        # [OVERQUOTA]); other refused literals BAD.
         self.send_tagged(e.tag, no(msg, code) if e.append else bad(msg, code))
 
     def _start(self, raw: RawCommand) -> None:
@@ -520,6 +567,8 @@ class IMAPSession(Protocol):
             finally:
                 if prev is not None and not prev.called:
                     await prev  # replies in command order (RFC 3501 §5.5)
+            if cmd.name in _USAGE_CHANGING and reply.status == "OK":
+                await self.refresh_usage()
             self.factory.metrics.inc("imap_commands", command=cmd.name, status=reply.status)
             if reply.status == "BAD":
                 self._bad_count += 1
@@ -600,6 +649,7 @@ class IMAPSession(Protocol):
             return no("Authentication failed", "AUTHENTICATIONFAILED")
         self.account = account
         self.state = State.AUTHENTICATED
+        await self.refresh_usage()
         self.framer.reset()
         log.info("imap login {account} from {ip} mechanism={mech}", account=account.name,
                  ip=self.peer_ip, mech=outcome.mechanism or "LOGIN")
