@@ -479,9 +479,10 @@ def _add_optional_commands(sub: Any) -> None:
 
     qp = sub.add_parser("queue", help="inspect and manage the outbound queue",
                         description="list, show, hold, release, drop or kick (retry now) queued "
-                        "messages, override REQUIRETLS (requiretls ID yes|no|default), and show "
-                        "the last TLS result per recipient domain (domains); works on the "
-                        "database while the server runs")
+                        "messages, override REQUIRETLS (requiretls ID yes|no|default) or the "
+                        "transport (transport ID NAME), and show the last TLS result per "
+                        "recipient domain (domains); works on the database while the server "
+                        "runs")
     _add_config(qp)
     queue_cli.add_arguments(qp)
     for action in qp._subparsers._group_actions if qp._subparsers else ():
@@ -493,9 +494,11 @@ def _add_optional_commands(sub: Any) -> None:
     def run_queue(args: argparse.Namespace) -> int:
         cfg = None if args.data_dir else _config(args)
         data_dir = args.data_dir or cfg.data_dir  # type: ignore[union-attr]
+        if cfg is not None:
+            args.transport_names = frozenset(cfg.transports)
         rc = queue_cli.run(args, data_dir=data_dir)
         if rc == 0 and cfg is not None and args.queue_command in ("release", "kick",
-                                                                   "requiretls"):
+                                                                   "requiretls", "transport"):
             _wake_server(cfg)
         return int(rc)
 

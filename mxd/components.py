@@ -231,6 +231,23 @@ def make_tls_policy_factory(cfg: Config, resolver: Any, reactor: Any, parent: An
     return make_policy_factory(resolver, sts, reactor, roots=roots)
 
 
+def _smarthost_trust(cfg: Config) -> Any:
+    """Trust root for smarthosts with tls = "verified": [outbound].ca_file, else None (the
+    system store, ``platformTrust``)."""
+    if cfg.outbound.ca_file is None or not any(
+            t.tls == "verified" for t in cfg.transports.values()):
+        return None
+    from twisted.internet import ssl
+
+    from mxd.mtasts.webpki import load_roots
+
+    roots = load_roots(str(cfg.outbound.ca_file))
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return ssl.trustRootFromCertificates(
+        [ssl.Certificate.loadPEM(c.public_bytes(Encoding.PEM)) for c in roots])
+
+
 def make_queue_runner(cfg: Config, queue: Any, resolver: Any, store: Any, directory: Any,
                       reactor: Any, metrics: IMetrics, tls_policy_factory: Any = None) -> Any:
     import attrs
@@ -245,11 +262,16 @@ def make_queue_runner(cfg: Config, queue: Any, resolver: Any, store: Any, direct
         if li.protocol == "smtp" and li.port == cfg.queue.smtp_port:
             own |= {"127.0.0.1", "::1"} if li.address in ("::", "0.0.0.0") else {li.address}
     own_addresses = frozenset(own)
+    from mxd.config_transports import build_routes
+
+    table, transports = build_routes(cfg)  # passwords are read here, before privileges drop
+    queue.transport_names = frozenset(t.name for t in transports)
     settings = attrs.evolve(QueueSettings(), max_concurrent=cfg.queue.max_concurrent,
                             max_per_domain=cfg.queue.max_concurrent_per_domain,
                             port=cfg.queue.smtp_port,
                             own_names=frozenset({normalise_domain(cfg.hostname)}),
-                            own_addresses=own_addresses)
+                            own_addresses=own_addresses, route_table=table,
+                            transports=transports, smarthost_trust=_smarthost_trust(cfg))
     local = StoreLocalDelivery(store, directory=directory)
     m: Any = metrics
     return QueueRunner(queue, resolver, reactor, settings, local_delivery=local,

@@ -15,6 +15,8 @@ Routes:
   GET  /api/queue/ID         JSON message, recipients and attempts
   POST /api/queue/ID/OP      OP in hold, release, kick, drop
   POST /api/queue/ID/requiretls   form or query field setting=yes|no|default (RFC 8689)
+  POST /api/queue/ID/transport    form or query field name=TRANSPORT|default: per-message
+                                  transport override (wins over routes; default clears it)
   POST /api/queue/wake       look for due work now (the CLI calls this after changing the queue)
   GET  /api/tls/domains      last TLS result per recipient domain (?domain=)
   GET  /api/tls/requiretls-ready?domain=D&domain=E   REQUIRETLS usable for every domain?
@@ -209,6 +211,8 @@ class _QueueAPI(_Page):
             return _json(request, {"woken": True})
         if len(parts) == 2 and parts[1] == "requiretls":
             return await self._requiretls(request, parts[0])
+        if len(parts) == 2 and parts[1] == "transport":
+            return await self._transport(request, parts[0])
         if len(parts) != 2 or parts[1] not in QUEUE_OPS:
             return _json(request, {"error": f"use POST /api/queue/ID/({'|'.join(QUEUE_OPS)})"},
                          404)
@@ -233,6 +237,20 @@ class _QueueAPI(_Page):
             return _json(request, {"error": f"no message {queue_id}"}, 404)
         log.info("admin requiretls {queue_id} {setting}", queue_id=queue_id, setting=setting)
         return _json(request, {"queue_id": queue_id, "requiretls": setting})
+
+
+    async def _transport(self, request: Any, queue_id: str) -> bytes:
+        from mxd.queue.queue import QueueError
+
+        name = (_args(request, b"name") or [""])[0]
+        try:
+            n = await self.ctx.queue.set_transport(queue_id, name)
+        except QueueError as e:
+            return _json(request, {"error": str(e)}, 400)
+        if not n:
+            return _json(request, {"error": f"no message {queue_id}"}, 404)
+        log.info("admin transport {queue_id} {name}", queue_id=queue_id, name=name)
+        return _json(request, {"queue_id": queue_id, "transport": name, "recipients": n})
 
 
 class _TLSAPI(_Page):

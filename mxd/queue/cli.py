@@ -1,4 +1,4 @@
-"""``mxd queue list|show|hold|release|drop|kick|requiretls|domains``: queue administration on
+"""``mxd queue list|show|hold|release|drop|kick|requiretls|transport|domains``: queue administration on
 the database file.
 
 Works directly on the store's SQLite database (WAL, so safe while the server runs).  A
@@ -67,6 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("queue_id")
     p.add_argument("setting", choices=qs.TLS_OVERRIDES,
                    help="yes: require TLS; no: as TLS-Required: No; default: as received")
+    p = sub.add_parser("transport", help="send a message through a named transport "
+                       "(wins over routes; \"default\" clears the override)")
+    p.add_argument("queue_id")
+    p.add_argument("name", help="a [transports.NAME] of the config, \"direct\" or \"default\"")
     p = sub.add_parser("domains", help="last TLS result per recipient domain")
     p.add_argument("--domain", help="only this domain")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -176,6 +180,24 @@ def _dispatch(args: argparse.Namespace, conn: sqlite3.Connection, out: TextIO,
             print(f"mxd queue: no message {args.queue_id}", file=err)
             return EXIT_NOMATCH
         print(f"requiretls: {args.queue_id} set to {args.setting}"
+              " (takes effect at its next attempt; kick it to retry now)", file=out)
+        return EXIT_OK
+    if cmd == "transport":
+        known = getattr(args, "transport_names", None)
+        if args.name not in ("default", "direct") and known is not None \
+                and args.name not in known:
+            print(f"mxd queue: unknown transport {args.name!r} (transports: "
+                  f"{', '.join(sorted(known)) or 'none defined'})", file=err)
+            return EXIT_ERROR
+        try:
+            n = _write(conn, lambda c: qq.op_transport(c, args.queue_id, args.name))
+        except qq.QueueError as e:
+            print(f"mxd queue: {e}", file=err)
+            return EXIT_ERROR
+        if not n:
+            print(f"mxd queue: no message {args.queue_id}", file=err)
+            return EXIT_NOMATCH
+        print(f"transport: {args.queue_id} set to {args.name} for {n} recipient(s)"
               " (takes effect at its next attempt; kick it to retry now)", file=out)
         return EXIT_OK
     if cmd == "domains":

@@ -37,6 +37,7 @@ from mxd.queue.outcome import (
 )
 from mxd.queue.records import Attempt
 from mxd.queue.settings import QueueSettings
+from mxd.queue.transports import Via
 from mxd.smtp.client import (
     ClientMessage,
     ClientRecipient,
@@ -95,8 +96,12 @@ class DirectDelivery:
         """Close the idle connections (at stop)."""
         self.idle.close_all()
 
-    async def deliver(self, m: qs.QueuedMessage) -> tuple[list[RcptOutcome], list[Attempt]]:
-        """Each recipient's outcome, and the attempts made (for the attempt log)."""
+    async def deliver(self, m: qs.QueuedMessage, via: Via | None = None,
+                      ) -> tuple[list[RcptOutcome], list[Attempt]]:
+        """Each recipient's outcome, and the attempts made (for the attempt log).
+
+        ``via``: the transport's connection details (socks5: a proxied connector and its
+        EHLO name); None: plain direct delivery."""
         domain = m.recipients[0].domain
         try:
             plan = await mx.find_mx_hosts(self.resolver, domain, self.random,
@@ -143,7 +148,7 @@ class DirectDelivery:
                 if mx.is_own_address(addr.ip, self.settings.own_addresses):
                     last = mx.MailLoop(domain, f"{host.name} [{addr.ip}] is this server")
                     continue
-                attempt = await self._attempt(m, host, addr.ip, policy)
+                attempt = await self._attempt(m, host, addr.ip, policy, via)
                 attempts.append(attempt)
                 if attempt.result is not None:
                     return from_transaction(m, attempt.result, attempt.host,
@@ -198,20 +203,26 @@ class DirectDelivery:
         return TLSPolicy(mode=TLSMode.OPPORTUNISTIC, client_options=options)
 
     async def _attempt(self, m: qs.QueuedMessage, host: mx.MXHost, ip: str,
-                       policy: TLSPolicy) -> Attempt:
-        attempt = await self._connect_and_send(m, host.name, ip, policy)
+                       policy: TLSPolicy, via: Via | None) -> Attempt:
+        attempt = await self.connect_and_send(m, host.name, ip, policy, via)
         if (isinstance(attempt.error, SMTPTLSError) and policy.mode is TLSMode.OPPORTUNISTIC
                 and self.settings.plaintext_fallback and not m.requiretls):
             # RFC 7435 §4: opportunistic TLS that fails falls back to cleartext.
             log.info("TLS with {host} [{ip}] failed; retrying without TLS", host=host.name, ip=ip)
-            retry = await self._connect_and_send(m, host.name, ip, attrs.evolve(policy, mode=TLSMode.NONE))
+            retry = await self.connect_and_send(m, host.name, ip,
+                                                attrs.evolve(policy, mode=TLSMode.NONE), via)
             return attrs.evolve(retry, tls=attempt.tls, starttls=attempt.starttls,
                                 new_session=attempt.new_session)
         return attempt
 
-    async def _connect_and_send(self, m: qs.QueuedMessage, host: str, ip: str,
-                                policy: TLSPolicy) -> Attempt:
-        key = (ip, self.settings.port, host, policy.mode, policy.policy_type, policy.policy_domain)
+    async def connect_and_send(self, m: qs.QueuedMessage, host: str, ip: str,
+                               policy: TLSPolicy, via: Via | None = None) -> Attempt:
+        """One transaction with ``host`` at ``ip``: on an idle connection of the same
+        key (host, TLS policy, transport) when there is one, else on a new connection
+        (``via``'s connector, port, EHLO name, AUTH and implicit TLS when given)."""
+        port = via.port if via is not None else self.settings.port
+        key = (ip, port, host, policy.mode, policy.policy_type, policy.policy_domain,
+               *(via.key if via is not None else ()))
         cached = self.idle.take(key)
         if cached is not None:
             attempt = await self._send_on(cached, m, host, ip, key, policy, reused=True)
@@ -221,14 +232,20 @@ class DirectDelivery:
                 return attempt
             # the peer closed the idle connection meanwhile (or is closing it, 421): try a
             # fresh one
-        client = SMTPClient(self.reactor, self.client_settings, policy, host)
+        if via is None:
+            client = SMTPClient(self.reactor, self.client_settings, policy, host)
+        else:
+            client = SMTPClient(self.reactor, via.client_settings or self.client_settings,
+                                policy, host, via.auth, implicit_tls=via.implicit_tls)
+        connector = via.connector if via is not None and via.connector else self.connector
         try:
-            await self.connector(ip, self.settings.port, client)
+            await connector(ip, port, client)
         except Exception as e:  # noqa: BLE001 - any connect failure is a temporary one
             self.metrics.inc("queue_connections", result="failed")
             # RFC 3463 §3.5: X.4.1, no answer from host.
-            return Attempt(host, ip, error=SMTPNoAnswerError(f"connect to {host} [{ip}]: {e}"),
-                           policy=policy)
+            through = f" through transport {via.name}" if via and via.connector else ""
+            return Attempt(host, ip, policy=policy, error=SMTPNoAnswerError(
+                f"connect to {host} [{ip}]{through}: {e}"))
         try:
             await client.start()
         except SMTPClientError as e:

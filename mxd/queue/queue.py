@@ -123,6 +123,19 @@ def op_requiretls(conn: sqlite3.Connection, queue_id: str, setting: str) -> bool
     return qs.set_tls_override(conn, queue_id, setting)
 
 
+def op_transport_check(name: str) -> None:
+    if not name or any(c.isspace() or c in "\"'" for c in name):
+        raise QueueError(f"bad transport name {name!r}")
+
+
+def op_transport(conn: sqlite3.Connection, queue_id: str, name: str) -> int:
+    """Per-message transport override (``mxd queue transport ID NAME``, admin API): NAME
+    wins over routes at the next attempt; "default" clears it.  Returns the number of
+    recipients changed (0: no such message)."""
+    op_transport_check(name)
+    return qs.set_transport(conn, queue_id, None if name == "default" else name)
+
+
 def unref_blob_sql(conn: sqlite3.Connection, blob_id: str) -> None:
     """Drop a blob reference without the store object (the CLI): the store removes bodies
     left at refcount 0 at its next start."""
@@ -141,6 +154,9 @@ class Queue:
         self.clock = clock
         self.metrics: IMetrics = metrics or NoopMetrics()
         self._listeners: list[Callable[[], None]] = []
+        # The configured transport names (set by the composition layer), so an override
+        # naming no transport is refused at once; None: not checked.
+        self.transport_names: frozenset[str] | None = None
 
     def add_listener(self, fn: Callable[[], None]) -> None:
         """``fn()`` runs after new work became due (enqueue, kick, release)."""
@@ -226,6 +242,30 @@ class Queue:
              recipient: str | None = None) -> Deferred[int]:
         return self.store.transact(
             lambda c: op_drop(c, self.store.unref_blob, queue_id, domain, recipient))
+
+    def set_transport(self, queue_id: str, name: str) -> Deferred[int]:
+        """Per-message transport override (admin API); "default" clears it.  Errbacks with
+        QueueError for a name that is not a configured transport (``transport_names``)."""
+        from twisted.internet.defer import fail
+
+        known = self.transport_names
+        if name not in ("default", "direct") and known is not None and name not in known:
+            return fail(QueueError(f"unknown transport {name!r} (transports: "
+                                   f"{', '.join(sorted(known)) or 'none defined'})"))
+        try:
+            op_transport_check(name)
+        except QueueError as e:
+            return fail(e)
+        d = self.store.transact(lambda c: op_transport(c, queue_id, name))
+
+        def logged(n: int) -> int:
+            if n:
+                log.info("queue {queue_id}: transport override {name}", queue_id=queue_id,
+                         name=name)
+                self._notify()
+            return n
+
+        return d.addCallback(logged)
 
     def set_requiretls(self, queue_id: str, setting: str) -> Deferred[bool]:
         """``mxd queue requiretls ID yes|no|default`` (see ``op_requiretls``); fires False for

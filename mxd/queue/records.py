@@ -30,6 +30,9 @@ class Attempt:
     starttls: bool = False  # offered before TLS
     requiretls: bool = False  # offered (after TLS) (RFC 8689 §3)
     refusal: Any = None  # mxd.queue.tlspolicy.HostRefusal: not connected
+    transport: str | None = None  # the transport of this attempt and why (routes)
+    route: str | None = None
+    report_tls: bool = True  # False: a smarthost session, not the recipient domain's MX
 
 
 def tls_report(m: qs.QueuedMessage, a: Attempt, now: float) -> TLSAttempt | None:
@@ -91,7 +94,7 @@ def attempt_record(m: qs.QueuedMessage, a: Attempt, now: float) -> qs.AttemptRec
         result = "refused" if a.refusal is not None else "error"
         code, enhanced, text = reply_fields(a.error or Exception("unknown"))
     t = a.tls
-    r = tls_report(m, a, now)
+    r = tls_report(m, a, now) if a.report_tls else None
     fd = r.failure if r is not None else None
     return qs.AttemptRecord(
         queue_id=m.queue_id, domain=m.recipients[0].domain,
@@ -108,12 +111,13 @@ def attempt_record(m: qs.QueuedMessage, a: Attempt, now: float) -> qs.AttemptRec
         tls_result_type=fd.result_type.value if fd else None,
         tls_detail=fd.additional_information if fd else None,
         sending_ip=a.local_ip, receiving_helo=a.peer_helo, tls_overridden=_overridden(a),
+        transport=a.transport, route=a.route,
     )
 
 
 def domain_tls(m: qs.QueuedMessage, a: Attempt, now: float) -> qs.DomainTLS | None:
     """The per-domain support record of a connection that got to EHLO (None otherwise)."""
-    if a.peer_helo is None or a.tls is None:
+    if a.peer_helo is None or a.tls is None or not a.report_tls:
         return None
     return qs.DomainTLS(
         domain=m.recipients[0].domain, at=now, mx_host=a.host, ip=a.ip, starttls=a.starttls,

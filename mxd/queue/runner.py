@@ -5,7 +5,11 @@ recipients (grouped per message and destination domain: one SMTP transaction eac
 runs deliveries with bounded concurrency in total and per domain, and writes the results.
 Each job: a route chooses the transport (``mxd.queue.routes``); local recipients go
 through ``LocalDelivery``, remote ones through ``DirectDelivery`` (``mxd.queue.direct``,
-MX hosts, DANE/MTA-STS/REQUIRETLS, the idle-connection cache); ``mxd.queue.outcome.decide``
+MX hosts, DANE/MTA-STS/REQUIRETLS, the idle-connection cache; the ``socks5`` transport is
+the same with each connection through the proxy) or a smarthost (``mxd.queue.smarthost``,
+``smtp``/``submission``/``submissions`` transports); the ``fail`` transport fails them
+with its reply, and a REQUIRETLS message fails with 5.7.30 through a transport that
+cannot verify the next hop (RFC 8689 §4.2); ``mxd.queue.outcome.decide``
 turns the recipients' outcomes into finish/defer/DSN, and the runner writes that decision,
 the attempts (``mxd.queue.records``) and any DSN (``mxd.smtp.dsn``, null reverse-path,
 queued like any message) in one store transaction.
@@ -18,20 +22,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.logger import Logger
 
 from mxd.metrics import IMetrics, NoopMetrics
-from mxd.queue import mx
+from mxd.queue import mx, smarthost
+from mxd.queue import transports as tp
 from mxd.queue.direct import Connector, DirectDelivery, RequireTLSUnavailable, TLSPolicyFactory
 from mxd.queue.outcome import Decision, RcptKind, RcptOutcome, Verdict, decide, for_all
 from mxd.queue.queue import Queue, new_queue_id
 from mxd.queue.records import Attempt, attempt_record, domain_tls
-from mxd.queue.routes import RouteError, TransportKind, choose_transport
+from mxd.queue.routes import DIRECT, RouteError, RouteTable, Transport, TransportKind, choose
 from mxd.queue.schedule import give_up_time
 from mxd.queue.settings import QueueSettings
 from mxd.smtp import dsn as dsnmod
+from mxd.smtp.client import SMTPLocalError
 from mxd.store import queuedb as qs
 from mxd.store.interfaces import OutboundMessage, OutboundRecipient
 
@@ -82,6 +89,7 @@ class QueueRunner(Service):
             tls_client_options_factory=tls_client_options_factory)
         self.random = self.direct.random
         self._transports = {t.name: t for t in settings.transports}
+        self._routes = settings.route_table or RouteTable(global_routes=settings.routes)
         self._timer: Any = None
         self._timer_at: float | None = None
         self._jobs: dict[int, Deferred[None]] = {}
@@ -271,23 +279,64 @@ class QueueRunner(Service):
         self.metrics.observe("queue_delivery_seconds", self.reactor.seconds() - started)
 
     async def _deliver(self, m: qs.QueuedMessage) -> tuple[list[RcptOutcome], list[Attempt]]:
-        """The transport for the message's recipients (one domain), and its outcomes."""
+        """The transport for the message's recipients (one domain), and its outcomes.
+
+        Routes are evaluated on every attempt (a route may start at attempt N); each
+        attempt row records the transport and the route that chose it."""
         first = m.recipients[0]
         if self.local_delivery is not None and self.local_delivery.is_local(first.address):
             return await self._deliver_local(m), []
         try:
-            transport = choose_transport(self.settings.routes, self._transports, m.mail_from,
-                                         first.address, first.transport)
+            choice = choose(self._routes, self._transports, m.mail_from, first.address,
+                            account=m.sender_account, attempt=first.attempts + 1,
+                            override=first.transport)
         except RouteError as e:
             return for_all(m, RcptKind.TEMPORARY, 451, "4.3.5", str(e)), []
-        if transport.kind is TransportKind.FAIL:
-            kind = RcptKind.PERMANENT if transport.fail_code >= 500 else RcptKind.TEMPORARY
-            return for_all(m, kind, transport.fail_code, transport.fail_enhanced,
-                           transport.fail_text), []
-        if transport.kind is not TransportKind.DIRECT:
-            return for_all(m, RcptKind.TEMPORARY, 451, "4.3.5",
-                           f"transport {transport.kind} is not available"), []
-        return await self.direct.deliver(m)
+        t = choice.transport
+        log.info("delivering {queue_id} to {domain} via transport {transport} ({route})",
+                 queue_id=m.queue_id, domain=first.domain, transport=t.name,
+                 route=choice.reason)
+        outcomes, attempts = await self._deliver_via(m, t, choice.reason)
+        self.metrics.inc("queue_transport_attempts", transport=t.name)
+        for o in outcomes:
+            self.metrics.inc("queue_transport_results", transport=t.name, result=o.kind.value)
+        return outcomes, [attrs.evolve(a, transport=t.name, route=choice.reason)
+                          for a in attempts]
+
+    async def _deliver_via(self, m: qs.QueuedMessage, t: Transport,
+                           reason: str) -> tuple[list[RcptOutcome], list[Attempt]]:
+        if t.kind is TransportKind.FAIL:
+            kind = RcptKind.PERMANENT if t.fail_code >= 500 else RcptKind.TEMPORARY
+            err = SMTPLocalError(t.fail_code, t.fail_enhanced, [t.fail_text],
+                                 kind is RcptKind.PERMANENT)
+            return (for_all(m, kind, t.fail_code, t.fail_enhanced, t.fail_text),
+                    [Attempt("", "", error=err, report_tls=False)])
+        if m.requiretls:
+            why = tp.requiretls_refusal(t)
+            if why is not None:
+                # RFC 8689 §4.2: only over TLS whose peer was verified; the failure DSN
+                # goes without REQUIRETLS (see _make_dsn).
+                err = SMTPLocalError(550, "5.7.30", [why], True)
+                return (for_all(m, RcptKind.PERMANENT, 550, "5.7.30", why),
+                        [Attempt("", "", error=err, report_tls=False)])
+        d = self.direct
+        settings = (attrs.evolve(d.client_settings, helo_name=t.ehlo_hostname)
+                    if t.ehlo_hostname else None)
+        timeout = self.settings.connect_timeout
+        if t.kind is TransportKind.DIRECT:
+            if settings is None and t is DIRECT:
+                return await d.deliver(m)
+            return await d.deliver(m, tp.Via(t, reason, self.settings.port, settings))
+        if t.kind is TransportKind.SOCKS5:
+            return await d.deliver(m, tp.Via(t, reason, self.settings.port, settings,
+                                             tp.socks5_connector(self.reactor, t, timeout)))
+        policy = tp.smarthost_policy(t, tls_required_no=m.tls_required_no,
+                                     trust=self.settings.smarthost_trust)
+        implicit = t.kind is TransportKind.SUBMISSIONS
+        via = tp.Via(t, reason, t.address[1], settings,
+                     tp.implicit_tls_connector(self.reactor, policy, timeout) if implicit
+                     else None, tp.client_auth(t), implicit)
+        return await smarthost.deliver(d, m, via, policy)
 
     async def _deliver_local(self, m: qs.QueuedMessage) -> list[RcptOutcome]:
         assert self.local_delivery is not None
@@ -326,7 +375,7 @@ class QueueRunner(Service):
 
         def op(c: Any) -> None:
             for a in attempts:
-                qs.log_attempt(c, attempt_record(m, a, now))
+                qs.log_attempt(c, attempt_record(m, a, now))  # with its transport and route
                 support = domain_tls(m, a, now)
                 if support is not None:
                     qs.record_domain_tls(c, support)

@@ -3,9 +3,11 @@ config onto them)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
-from mxd.queue.routes import Route, Transport
+from mxd.queue.routes import Route, RouteTable, Transport
 from mxd.queue.schedule import RetrySettings
 from mxd.smtp.client import ClientSettings
 
@@ -29,8 +31,10 @@ class QueueSettings:
     prefer_ipv6: bool = False
     plaintext_fallback: bool = True  # opportunistic TLS: retry in plaintext after a TLS failure
     client: ClientSettings = ClientSettings()
-    routes: tuple[Route, ...] = ()
+    routes: tuple[Route, ...] = ()  # global routes (used when route_table is None)
+    route_table: RouteTable | None = None  # account, domain and global routes
     transports: tuple[Transport, ...] = ()
+    smarthost_trust: Any = None  # trust root for verified smarthosts; None: the system's
     stop_timeout: float = 10.0
     # Connection reuse: a connection that just delivered waits this long for the next
     # message to the same host (like Postfix's connection cache); 0 disables reuse.

@@ -37,7 +37,8 @@ def message_dict(m: qs.QueuedMessage,
     }
     if attempts is not None:
         out["attempts"] = [{
-            "at": iso(a.at), "host": a.host, "ip": a.ip, "result": a.result,
+            "at": iso(a.at), "transport": a.transport or "direct", "route": a.route,
+            "host": a.host, "ip": a.ip, "result": a.result,
             "reply": _reply(a.code, a.enhanced, a.text) or "",
             "tls": {"used": a.tls_used, "verified": a.tls_verified, "version": a.tls_version,
                     "cipher": a.tls_cipher, "policy": a.tls_policy_type,

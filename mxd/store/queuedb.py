@@ -129,6 +129,11 @@ QUEUE_MIGRATIONS: list[str] = [
         tls_version TEXT
     );
     """,
+    # Transports: which transport each attempt used (and why: override or which route).
+    """
+    ALTER TABLE queue_attempts ADD COLUMN transport TEXT;
+    ALTER TABLE queue_attempts ADD COLUMN route TEXT;
+    """,
 ]
 
 # RFC 8689 admin override of a queued message (``mxd queue requiretls ID yes|no|default``):
@@ -214,6 +219,8 @@ class AttemptRecord:
     sending_ip: str | None = None
     receiving_helo: str | None = None
     tls_overridden: bool = False  # delivered despite a failed verification (TLS-Required: No)
+    transport: str | None = None  # the transport of this attempt (None: direct, before routes)
+    route: str | None = None  # why: "override", "global route 2", "default", ...
 
     def tls_attempt(self) -> TLSAttempt | None:
         """This row as the RFC 8460 ``TLSAttempt`` of its session (None: not a session to
@@ -456,7 +463,7 @@ _ATTEMPT_COLS = ("queue_id, domain, recipients, at, host, ip, result, code, enha
                  " tls_used, tls_verified, tls_version, tls_cipher, tls_policy_type,"
                  " tls_policy_domain, tls_failure, tls_session, tls_success,"
                  " tls_policy_strings, tls_policy_mx, tls_result_type, tls_detail, sending_ip,"
-                 " receiving_helo, tls_overridden")
+                 " receiving_helo, tls_overridden, transport, route")
 
 
 def _json_list(values: Sequence[str]) -> str | None:
@@ -475,13 +482,14 @@ def _list_json(text: str | None) -> tuple[str, ...]:
 
 def log_attempt(conn: sqlite3.Connection, a: AttemptRecord) -> None:
     conn.execute(
-        f"INSERT INTO queue_attempts ({_ATTEMPT_COLS}) VALUES ({','.join('?' * 26)})",
+        f"INSERT INTO queue_attempts ({_ATTEMPT_COLS}) VALUES ({','.join('?' * 28)})",
         (a.queue_id, a.domain, ",".join(a.recipients), a.at, a.host, a.ip, a.result, a.code,
          a.enhanced, a.text, int(a.tls_used), int(a.tls_verified), a.tls_version, a.tls_cipher,
          a.tls_policy_type, a.tls_policy_domain, a.tls_failure, int(a.tls_session),
          None if a.tls_success is None else int(a.tls_success),
          _json_list(a.tls_policy_strings), _json_list(a.tls_policy_mx), a.tls_result_type,
-         a.tls_detail, a.sending_ip, a.receiving_helo, int(a.tls_overridden)))
+         a.tls_detail, a.sending_ip, a.receiving_helo, int(a.tls_overridden), a.transport,
+         a.route))
 
 
 def _attempt(r: Sequence[Any]) -> AttemptRecord:
@@ -489,7 +497,7 @@ def _attempt(r: Sequence[Any]) -> AttemptRecord:
         r[0], r[1], tuple(x for x in r[2].split(",") if x), r[3], r[6], r[4], r[5], r[7], r[8],
         r[9], bool(r[10]), bool(r[11]), r[12], r[13], r[14], r[15], r[16], bool(r[17]),
         None if r[18] is None else bool(r[18]), _list_json(r[19]), _list_json(r[20]), r[21],
-        r[22], r[23], r[24], bool(r[25]))
+        r[22], r[23], r[24], bool(r[25]), r[26], r[27])
 
 
 def attempts_for(conn: sqlite3.Connection, queue_id: str) -> list[AttemptRecord]:
@@ -570,6 +578,15 @@ def set_tls_override(conn: sqlite3.Connection, queue_id: str, override: str) -> 
     cur = conn.execute("UPDATE queue_messages SET tls_override = ? WHERE queue_id = ?",
                        (None if override == "default" else override, queue_id))
     return cur.rowcount > 0
+
+
+def set_transport(conn: sqlite3.Connection, queue_id: str, transport: str | None) -> int:
+    """Set (None: clear) the transport override of a queued message's recipients; it
+    wins over every route at their next attempt.  Returns the number of recipients."""
+    cur = conn.execute(
+        "UPDATE queue_recipients SET transport = ? WHERE message_id ="
+        " (SELECT id FROM queue_messages WHERE queue_id = ?)", (transport, queue_id))
+    return cur.rowcount
 
 
 def count_recipients(conn: sqlite3.Connection) -> dict[str, int]:
