@@ -37,6 +37,7 @@ from mxd.queue.outcome import (
 )
 from mxd.queue.records import Attempt
 from mxd.queue.settings import QueueSettings
+from mxd.queue.tlspolicy import HostRefused
 from mxd.queue.transports import Via
 from mxd.smtp.client import (
     ClientMessage,
@@ -56,7 +57,8 @@ from mxd.store import queuedb as qs
 log = Logger()
 
 Connector = Callable[[str, int, SMTPClient], Deferred[Any]]
-# tls_policy_factory(domain, plan, host, *, requiretls, tls_required_no) -> Deferred[TLSPolicy];
+# tls_policy_factory(domain, plan, host, *, addresses, requiretls, tls_required_no)
+#   -> Deferred[TLSPolicy];
 # it may errback (e.g. mxd.queue.tlspolicy.HostRefused, with ``permanent`` and ``enhanced``)
 # to refuse a host: the next MX is tried.
 TLSPolicyFactory = Callable[..., Deferred[TLSPolicy]]
@@ -129,7 +131,7 @@ class DirectDelivery:
                     return for_all(m, RcptKind.PERMANENT, *reply_fields(last)), attempts
                 continue
             try:
-                policy = await self._policy(m, plan, host)
+                policy = await self._policy(m, plan, host, addrs)
             except Exception as e:  # noqa: BLE001 - the policy refuses this host
                 # mxd.queue.tlspolicy.HostRefused: a DANE/MTA-STS/REQUIRETLS verdict against
                 # this host (4.7.5 temporary, 5.7.30 permanent); try the next one.  Any other
@@ -137,7 +139,7 @@ class DirectDelivery:
                 log.info("not using {host} for {domain}: {why}", host=host.name, domain=domain,
                          why=str(e))
                 attempts.append(Attempt(host.name, "", error=e,
-                                        refusal=getattr(e, "refusal", None)))
+                                        refusal=e.refusal if isinstance(e, HostRefused) else None))
                 refused.append(e)
                 refused_host[id(e)] = host.name
                 if getattr(e, "permanent", False):
@@ -188,11 +190,12 @@ class DirectDelivery:
             code = 451
         return for_all(m, RcptKind.TEMPORARY, code or 451, temporary(enhanced), text), attempts
 
-    async def _policy(self, m: qs.QueuedMessage, plan: mx.MXPlan, host: mx.MXHost) -> TLSPolicy:
+    async def _policy(self, m: qs.QueuedMessage, plan: mx.MXPlan, host: mx.MXHost,
+                      addresses: list[mx.HostAddress]) -> TLSPolicy:
         if self.tls_policy_factory is not None:
             return await self.tls_policy_factory(
-                m.recipients[0].domain, plan, host, requiretls=m.requiretls,
-                tls_required_no=m.tls_required_no)
+                m.recipients[0].domain, plan, host, addresses=tuple(addresses),
+                requiretls=m.requiretls, tls_required_no=m.tls_required_no)
         if m.requiretls:
             # RFC 8689 §4.1: REQUIRETLS needs a host verified by DANE or MTA-STS; with both
             # off (no policy factory) no host can be.

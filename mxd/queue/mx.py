@@ -96,7 +96,8 @@ class MXPlan:
 @attrs.frozen
 class HostAddress:
     ip: str
-    authentic: bool
+    authentic: bool  # the address record was DNSSEC-authentic
+    canonical_name: str | None = None  # the owner name after CNAMEs (RFC 7672 §2.2.2)
 
 
 def name_text(name: Any) -> str:
@@ -215,7 +216,10 @@ def resolve_host(
             temporary.append(e)
             continue
         authentic = bool(getattr(answer, "authentic", False))
-        results[family] = [HostAddress(_address(r), authentic) for r in _records(answer)]
+        canonical = getattr(answer, "canonical_name", None)
+        canonical_text = name_text(canonical) if canonical is not None else None
+        results[family] = [HostAddress(_address(r), authentic, canonical_text)
+                           for r in _records(answer)]
     ordered = results["aaaa"] + results["a"] if prefer_ipv6 else results["a"] + results["aaaa"]
     if not ordered:
         if temporary:

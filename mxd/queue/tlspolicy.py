@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 from cryptography import x509
@@ -68,8 +68,16 @@ from mxd.errors import MxdError
 from mxd.mtasts.policy import Mode, Policy
 from mxd.mtasts.resolve import STSLookup, STSResolver, mx_verdict
 from mxd.mtasts.webpki import load_roots, verify_webpki
-from mxd.smtp.client import TLSConnectionInfo, TLSMode, TLSPolicy
-from mxd.tlsrpt.results import FailureDetail, PolicyInfo, PolicyType, ResultType, TLSAttempt
+from mxd.queue.mx import HostAddress, MXHost, MXPlan
+from mxd.smtp.client import TLSConnectionInfo, TLSMode, TLSPolicy, TLSResult
+from mxd.tlsrpt.results import (
+    CheckResult,
+    FailureDetail,
+    PolicyInfo,
+    PolicyType,
+    ResultType,
+    TLSAttempt,
+)
 
 log = Logger()
 
@@ -82,22 +90,6 @@ class PolicyMode(enum.StrEnum):
     DANE = "dane"  # verified by usable TLSA records (RFC 7672 §3)
     STS_ENFORCE = "sts-enforce"  # WebPKI-verified for the MX name (RFC 8461 §4.2)
     STS_TESTING = "sts-testing"  # checked and reported only (RFC 8461 §5)
-
-
-@attrs.frozen
-class CheckResult:
-    """The verdict on one TLS connection.
-
-    ``ok``: deliver over it.  ``verified``: the peer was authenticated as the policy says.
-    ``result_type``: a failure to record (also when ``ok``: testing mode, or ``downgraded``
-    by ``TLS-Required: No``).
-    """
-
-    ok: bool
-    verified: bool
-    result_type: ResultType | None = None
-    detail: str = ""
-    downgraded: bool = False
 
 
 @attrs.frozen
@@ -229,27 +221,13 @@ class HostTLSPolicy:
     def client_policy(self, clock: Any) -> TLSPolicy:
         """The ``mxd.smtp.client.TLSPolicy`` for one connection; ``clock`` gives the time
         for certificate checks (IReactorTime)."""
-        verify: Callable[[TLSConnectionInfo], str | None] | None = None
-        if self.mode in (PolicyMode.DANE, PolicyMode.STS_ENFORCE, PolicyMode.STS_TESTING):
-            def verify(info: TLSConnectionInfo) -> str | None:
-                chain = [c if isinstance(c, bytes) else
-                         c.public_bytes(serialization.Encoding.DER) for c in info.peer_chain]
-                result = self.check(chain, None, clock.seconds())
-                if result.result_type is not None:
-                    log.info("TLS policy {mode} for {host}: {result} ({detail}){downgraded}",
-                             mode=self.mode.value, host=self.mx_host,
-                             result=result.result_type.value, detail=result.detail,
-                             downgraded=" ignored: TLS-Required: No" if result.downgraded else "")
-                    return result.result_type.value
-                return None if result.ok else ResultType.VALIDATION_FAILURE.value
         strict = self.mode in (PolicyMode.DANE, PolicyMode.STS_ENFORCE)
         return TLSPolicy(
             mode=self.client_mode(),
             client_options=UnverifiedSNIOptions(self.sni or self.mx_host, minimum_tls12=strict),
-            verify=verify,
-            policy_type=self.policy_type.value,
+            verifier=HostVerifier(self, clock),
+            policy_type=self.policy_type,
             policy_domain=self.policy_domain,
-            report=self,
         )
 
     def attempt(self, result: CheckResult | None, now: float, *,
@@ -271,30 +249,65 @@ class HostTLSPolicy:
         return _failure(info, result.result_type, result.detail, self.mx_host, sending_ip,
                         receiving_ip, helo, False, now)
 
-    def attempt_from_client(self, tls_result: Any, now: float, *,
+    def attempt_from_client(self, tls_result: TLSResult, now: float, *,
                             sending_ip: str | None = None, receiving_ip: str | None = None,
                             helo: str | None = None) -> TLSAttempt:
-        """The TLS report record from the SMTP client's ``TLSResult`` (``used``,
-        ``verified``, ``failure`` as an RFC 8460 word) of a connection made under this
-        policy."""
+        """The TLS report record from the SMTP client's ``TLSResult`` of a connection made
+        under this policy (without the notes: see ``HostVerifier.attempt``)."""
         info = self.policy_info()
-        failure = getattr(tls_result, "failure", None)
-        if failure:
-            try:
-                rtype = ResultType(failure)
-            except ValueError:
-                rtype = ResultType.VALIDATION_FAILURE
-            return _failure(info, rtype, "" if rtype.value == failure else failure,
-                            self.mx_host, sending_ip, receiving_ip, helo, False, now)
-        used = bool(getattr(tls_result, "used", False))
-        verified = bool(getattr(tls_result, "verified", False))
-        if self.requires_verification and not verified:
+        if tls_result.failure is not None:
+            return _failure(info, tls_result.failure, tls_result.detail, self.mx_host,
+                            sending_ip, receiving_ip, helo, False, now)
+        if self.requires_verification and not tls_result.verified:
             return _failure(info, ResultType.VALIDATION_FAILURE, "not verified", self.mx_host,
                             sending_ip, receiving_ip, helo, False, now)
-        if not used:  # a session without TLS is a failure session (RFC 8460 §4.3.1)
+        if not tls_result.used:  # a session without TLS is a failure session (RFC 8460 §4.3.1)
             return _failure(info, ResultType.STARTTLS_NOT_SUPPORTED, "", self.mx_host,
                             sending_ip, receiving_ip, helo, False, now)
         return TLSAttempt(info, True, now)
+
+
+@attrs.frozen
+class HostVerifier:
+    """``mxd.smtp.client.TLSVerifier`` for connections under a ``HostTLSPolicy``."""
+
+    policy: HostTLSPolicy
+    clock: Any = attrs.field(eq=False)  # IReactorTime: certificate dates
+
+    def verify(self, info: TLSConnectionInfo) -> CheckResult:
+        p = self.policy
+        chain = [c if isinstance(c, bytes) else c.public_bytes(serialization.Encoding.DER)
+                 for c in info.peer_chain]
+        result = p.check(chain, None, self.clock.seconds())
+        if result.result_type is not None:
+            log.info("TLS policy {mode} for {host}: {result} ({detail}){downgraded}",
+                     mode=p.mode.value, host=p.mx_host, result=result.result_type.value,
+                     detail=result.detail,
+                     downgraded=" ignored: TLS-Required: No" if result.downgraded else "")
+        return result
+
+    def attempt(self, result: TLSResult, now: float, *, sending_ip: str | None = None,
+                receiving_ip: str | None = None, helo: str | None = None) -> TLSAttempt:
+        """The session's RFC 8460 record.  A policy failure found before connecting (a
+        note: a bogus TLSA answer or an unlisted MX ignored under ``TLS-Required: No``,
+        unusable TLSA records, an MTA-STS testing-mode mismatch) makes the session a
+        failure of that policy (RFC 8460 §4.3.2) when the session itself succeeded or ran
+        without a policy.  A failed policy refresh while a cached policy was used is not
+        one: that policy was applied."""
+        attempt = self.policy.attempt_from_client(result, now, sending_ip=sending_ip,
+                                                  receiving_ip=receiving_ip, helo=helo)
+        if attempt.success is False and attempt.policy.type is not PolicyType.NO_POLICY_FOUND:
+            return attempt
+        for note in self.policy.notes:
+            if note.result_type is ResultType.STS_POLICY_FETCH_ERROR:
+                continue
+            return TLSAttempt(note.policy, False, now, FailureDetail(
+                note.result_type, sending_ip, self.policy.mx_host, helo, receiving_ip, None,
+                note.detail[:200] or None))
+        return attempt
+
+    def overridden(self, result: TLSResult) -> bool:
+        return self.policy.tls_required_no and bool(result.failure or self.policy.notes)
 
 
 @attrs.frozen
@@ -324,12 +337,6 @@ class HostRefused(MxdError):
         self.permanent = refusal.permanent
         self.enhanced = refusal.enhanced
         super().__init__(f"{refusal.mx_host}: {refusal.reason}")
-
-
-class Resolver(dane.TLSAResolver, Protocol):
-    def lookup_a(self, name: Any) -> Deferred[Any]: ...
-
-    def lookup_aaaa(self, name: Any) -> Deferred[Any]: ...
 
 
 def _name(name: str | Domain) -> str:
@@ -436,51 +443,33 @@ async def policy_for_host(
         PolicyMode.STS_ENFORCE, PolicyMode.STS_TESTING) else None, sni=host)
 
 
-async def _addresses_authentic(resolver: Resolver, host: str) -> tuple[bool, str | None]:
-    """Whether the host's address records (A and AAAA that exist) are all authentic, and
-    its canonical name after CNAMEs."""
-    from mxd.dns.errors import DNSLookupError
-
-    seen = False
-    authentic = True
-    canonical: str | None = None
-    for lookup in (resolver.lookup_a, resolver.lookup_aaaa):
-        try:
-            answer = await lookup(host)
-        except DNSLookupError:
-            continue
-        seen = True
-        authentic = authentic and bool(answer.authentic)
-        canonical = _name(answer.canonical_name)
-    return seen and authentic, canonical
-
-
 PolicyFactory = Callable[..., Deferred[TLSPolicy]]
 
 
-def make_policy_factory(resolver: Resolver, sts_resolver: STSResolver | None, clock: Any, *,
+def make_policy_factory(resolver: dane.TLSAResolver, sts_resolver: STSResolver | None,
+                        clock: Any, *,
                         roots: Sequence[x509.Certificate] | None = None) -> PolicyFactory:
-    """Adapter for the queue runner's ``tls_policy_factory(domain, plan, host)`` seam:
-    returns the client ``TLSPolicy`` or errbacks with ``HostRefused``.  The MX answer's
-    authenticity comes from ``plan.authentic``; the address records are looked up again
-    (answered from the resolver's cache).  Message flags come as keyword arguments
-    ``requiretls`` and ``tls_required_no``."""
+    """Adapter for the queue runner's ``tls_policy_factory(domain, plan, host, addresses=)``
+    seam: returns the client ``TLSPolicy`` or errbacks with ``HostRefused``.  The MX
+    answer's authenticity comes from ``plan.authentic``, the address records' from the
+    ``addresses`` the caller resolved (``mxd.queue.mx.HostAddress``; not looked up again).
+    Message flags come as keyword arguments ``requiretls`` and ``tls_required_no``."""
 
-    async def make(domain: str, plan: Any, host: Any, *, requiretls: bool = False,
+    async def make(domain: str, plan: MXPlan, host: MXHost, *,
+                   addresses: Sequence[HostAddress], requiretls: bool = False,
                    tls_required_no: bool = False) -> TLSPolicy:
-        name = _name(getattr(host, "name", host))
-        addr_auth, canonical = await _addresses_authentic(resolver, name)
-        implicit = bool(getattr(host, "implicit", False))
+        name = _name(host.name)
+        addr_auth = bool(addresses) and all(a.authentic for a in addresses)
+        canonical = next((a.canonical_name for a in addresses if a.canonical_name), None)
         decided = await policy_for_host(
-            resolver, sts_resolver, domain, name, bool(getattr(plan, "authentic", False)),
-            addr_auth, requiretls, tls_required_no,
-            host_canonical=canonical if canonical != name else None, roots=roots,
-            extra_names=(_name(domain),) if implicit else ())
+            resolver, sts_resolver, domain, name, plan.authentic, addr_auth, requiretls,
+            tls_required_no, host_canonical=canonical if canonical != name else None,
+            roots=roots, extra_names=(_name(domain),) if host.implicit else ())
         if isinstance(decided, HostRefusal):
             raise HostRefused(decided)
         return decided.client_policy(clock)
 
-    def factory(domain: str, plan: Any, host: Any, **kw: bool) -> Deferred[TLSPolicy]:
+    def factory(domain: str, plan: MXPlan, host: MXHost, **kw: Any) -> Deferred[TLSPolicy]:
         return Deferred.fromCoroutine(make(domain, plan, host, **kw))
 
     return factory

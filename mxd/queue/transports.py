@@ -25,6 +25,7 @@ from twisted.internet.defer import Deferred
 
 from mxd.queue.routes import SmarthostTLS, Transport, TransportKind
 from mxd.smtp.client import ClientAuth, ClientSettings, SMTPClient, TLSMode, TLSPolicy
+from mxd.tlsrpt.results import PolicyType
 
 Connector = Callable[[str, int, SMTPClient], Deferred[Any]]
 
@@ -85,7 +86,7 @@ def smarthost_policy(t: Transport, *, tls_required_no: bool, trust: Any = None) 
         options = CertificateOptions()  # RFC 7435: encrypt without authenticating
     if t.kind is TransportKind.SUBMISSIONS and mode in (TLSMode.NONE, TLSMode.OPPORTUNISTIC):
         mode = TLSMode.REQUIRED  # implicit TLS: there is no connection without it
-    return TLSPolicy(mode=mode, client_options=options, policy_type="no-policy-found",
+    return TLSPolicy(mode=mode, client_options=options, policy_type=PolicyType.NO_POLICY_FOUND,
                      policy_domain=host)
 
 

@@ -19,9 +19,10 @@ Choices made here:
   "." are dot-stuffed (RFC 5321 §4.5.2).  BDAT sends BINARYMIME bodies unchanged.
 * Timeouts are RFC 5321 §4.5.3.2's defaults, measured on the injected clock.
 * TLS: the policy's mode decides whether STARTTLS is tried (opportunistic), required, or
-  required and verified; ``TLSPolicy.verify`` is the hook where DANE (RFC 7672) and MTA-STS
-  (RFC 8461) checks run on the peer's chain after the handshake.  The outcome of every
-  connection is recorded as a ``TLSResult`` (for TLS reporting, RFC 8460).
+  required and verified; ``TLSPolicy.verifier`` (a ``TLSVerifier``) is where DANE (RFC 7672)
+  and MTA-STS (RFC 8461) checks run on the peer's chain after the handshake.  The outcome
+  of every connection is recorded as a typed ``TLSResult`` in RFC 8460's words (for TLS
+  reporting), with the reason of a failure.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
 from mxd.errors import MxdError
+from mxd.tlsrpt.results import CheckResult, PolicyType, ResultType, TLSAttempt
 
 log = Logger()
 
@@ -107,7 +109,8 @@ class SMTPTLSError(SMTPClientError):
 
     enhanced = "4.7.5"  # RFC 3463: cryptographic failure
 
-    def __init__(self, message: str, result_type: str = "validation-failure") -> None:
+    def __init__(self, message: str,
+                 result_type: ResultType = ResultType.VALIDATION_FAILURE) -> None:
         super().__init__(message)
         self.result_type = result_type
 
@@ -179,39 +182,54 @@ class TLSConnectionInfo:
     server_name: str
 
 
+class TLSVerifier(Protocol):
+    """A TLS policy's judgement of one connection (``mxd.queue.tlspolicy`` for DANE and
+    MTA-STS) and its TLS report record (RFC 8460 §4.4)."""
+
+    def verify(self, info: TLSConnectionInfo) -> CheckResult:
+        """The verdict on the peer, after the handshake."""
+
+    def attempt(self, result: TLSResult, now: float, *, sending_ip: str | None,
+                receiving_ip: str | None, helo: str | None) -> TLSAttempt:
+        """The RFC 8460 record of a session made under this policy."""
+
+    def overridden(self, result: TLSResult) -> bool:
+        """Whether a verification failure was ignored (``TLS-Required: No``, RFC 8689 §5)."""
+
+
 @attrs.frozen
 class TLSPolicy:
-    """How one connection uses TLS (chosen per attempt by the queue; DANE/MTA-STS later).
+    """How one connection uses TLS (chosen per attempt by the queue: DANE, MTA-STS).
 
     ``client_options`` is what ``ITLSTransport.startTLS`` gets: an OpenSSL context factory
-    or connection creator; for VERIFIED it should itself verify (e.g. WebPKI for MTA-STS),
-    or ``verify`` checks the chain (DANE).  ``verify`` returns None when the peer is
-    acceptable, else an RFC 8460 result type.  ``policy_type``/``policy_domain`` are
-    recorded in the TLS result (RFC 8460 §4.1: "tlsa", "sts", "no-policy-found").
+    or connection creator; for VERIFIED it should itself verify (e.g. WebPKI), or the
+    ``verifier`` checks the chain (DANE, MTA-STS).  ``policy_type``/``policy_domain`` are
+    recorded in the TLS result (RFC 8460 §4.4).
     """
 
     mode: TLSMode = TLSMode.OPPORTUNISTIC
     client_options: Any = None
-    verify: Callable[[TLSConnectionInfo], str | None] | None = None
-    policy_type: str = "no-policy-found"
+    verifier: TLSVerifier | None = attrs.field(default=None, eq=False)
+    policy_type: PolicyType = PolicyType.NO_POLICY_FOUND
     policy_domain: str = ""
-    # The object that decided this policy (e.g. mxd.queue.tlspolicy.HostTLSPolicy), kept for
-    # the caller's TLS report record (``attempt_from_client``); the client does not use it.
-    report: Any = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen
 class TLSResult:
     """The outcome of one connection's TLS, for logs, the attempts log and TLSRPT."""
 
-    policy_type: str
+    policy_type: PolicyType
     policy_domain: str
     mode: TLSMode
     used: bool
     verified: bool = False
     version: str | None = None
     cipher: str | None = None
-    failure: str | None = None  # RFC 8460 §4.3 result type
+    failure: ResultType | None = None  # RFC 8460 §4.3
+    detail: str = ""  # the failure's reason in words
+
+
+_POLICY_NAMES = {PolicyType.TLSA: "DANE", PolicyType.STS: "MTA-STS"}
 
 
 @attrs.frozen
@@ -410,7 +428,7 @@ class SMTPClient(LineOnlyReceiver):
     def connectionLost(self, reason: Failure = Failure(Exception("closed"))) -> None:
         if self._in_starttls:
             err: SMTPClientError = SMTPTLSError(f"TLS handshake failed: {reason.value}",
-                                                "validation-failure")
+                                                ResultType.VALIDATION_FAILURE)
         else:
             err = SMTPConnectionError(f"connection lost: {reason.getErrorMessage()}")
         self._lost = Failure(err)
@@ -572,15 +590,16 @@ class SMTPClient(LineOnlyReceiver):
         if not self.has("STARTTLS"):
             if policy.mode is TLSMode.OPPORTUNISTIC:
                 return
-            self.tls_result = attrs.evolve(self.tls_result, failure="starttls-not-supported")
+            self.tls_result = attrs.evolve(self.tls_result, failure=ResultType.STARTTLS_NOT_SUPPORTED)
             raise SMTPTLSError(f"{self.server_name} does not offer STARTTLS",
-                               "starttls-not-supported")
+                               ResultType.STARTTLS_NOT_SUPPORTED)
         reply = await self._command("STARTTLS", self.settings.ehlo_timeout)
         if reply.code != 220:
-            self.tls_result = attrs.evolve(self.tls_result, failure="starttls-not-supported")
+            self.tls_result = attrs.evolve(self.tls_result, failure=ResultType.STARTTLS_NOT_SUPPORTED)
             if policy.mode is TLSMode.OPPORTUNISTIC:
                 return
-            raise SMTPTLSError(f"STARTTLS refused: {reply.text}", "starttls-not-supported")
+            raise SMTPTLSError(f"STARTTLS refused: {reply.text}",
+                               ResultType.STARTTLS_NOT_SUPPORTED)
         options = policy.client_options
         if options is None:
             from twisted.internet.ssl import CertificateOptions
@@ -596,28 +615,38 @@ class SMTPClient(LineOnlyReceiver):
             self._t.startTLS(options)
         except Exception as e:  # a transport without TLS, bad options
             self._in_starttls = False
-            self.tls_result = attrs.evolve(self.tls_result, failure="validation-failure")
+            self.tls_result = attrs.evolve(self.tls_result,
+                                           failure=ResultType.VALIDATION_FAILURE, detail=str(e))
             self._t.abortConnection()
             raise SMTPTLSError(f"cannot start TLS: {e}") from e
         try:
             await self._hello()  # the reply arrives only after a successful handshake
         except SMTPTLSError as e:
-            self.tls_result = attrs.evolve(self.tls_result, failure=e.result_type)
+            self.tls_result = attrs.evolve(self.tls_result, failure=e.result_type,
+                                           detail=str(e))
             raise
         finally:
             self._in_starttls = False
         info = self._tls_info()
         verified = False
-        if policy.verify is not None:
-            failure = policy.verify(info)
+        if policy.verifier is not None:
+            check = policy.verifier.verify(info)
+            failure = check.result_type
+            if failure is None and not check.ok:
+                failure = ResultType.VALIDATION_FAILURE
             if failure is not None:
                 self.tls_result = attrs.evolve(self.tls_result, used=True, failure=failure,
-                                               version=info.version, cipher=info.cipher)
+                                               detail=check.detail, version=info.version,
+                                               cipher=info.cipher)
                 if policy.mode is TLSMode.VERIFIED:
-                    raise SMTPTLSError(f"{self.server_name}: TLS verification failed: {failure}",
+                    # The policy and the reason, for the queue, the admin and DSNs
+                    # (as Postfix says "no matching DANE TLSA records").
+                    what = _POLICY_NAMES.get(policy.policy_type, "TLS")
+                    raise SMTPTLSError(f"{self.server_name}: {what} verification failed: "
+                                       f"{check.detail or failure.value} ({failure.value})",
                                        failure)
             else:
-                verified = True
+                verified = check.verified
         elif policy.mode is TLSMode.VERIFIED and policy.client_options is not None:
             verified = True  # the connection creator verified during the handshake
         self.tls_result = attrs.evolve(self.tls_result, used=True, verified=verified,

@@ -240,7 +240,7 @@ class AttemptRecord:
         except ValueError:
             rtype = ResultType.VALIDATION_FAILURE
         return TLSAttempt(policy, False, self.at, FailureDetail(
-            rtype, self.sending_ip, self.host, self.receiving_helo, self.ip,
+            rtype, self.sending_ip, self.host, self.receiving_helo, self.ip, None,
             self.tls_detail or None))
 
 

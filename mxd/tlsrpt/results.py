@@ -60,6 +60,23 @@ class PolicyInfo:
 
 
 @attrs.frozen
+class CheckResult:
+    """The verdict of a TLS policy (DANE, MTA-STS) on one TLS connection.
+
+    ``ok``: deliver over it.  ``verified``: the peer was authenticated as the policy says.
+    ``result_type``: a failure to record (also when ``ok``: MTA-STS testing mode, or
+    ``downgraded`` by ``TLS-Required: No``, RFC 8689 §5); ``detail``: its reason in words
+    ("no DANE-EE record matches the server certificate").
+    """
+
+    ok: bool
+    verified: bool
+    result_type: ResultType | None = None
+    detail: str = ""
+    downgraded: bool = False
+
+
+@attrs.frozen
 class FailureDetail:
     """One failure of an attempt (RFC 8460 §4.4 "failure-details" entry, without the count)."""
 

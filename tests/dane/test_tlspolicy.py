@@ -14,6 +14,7 @@ from mxd.dns.testing import FakeResolver
 from mxd.mtasts.policy import parse_policy
 from mxd.mtasts.resolve import STSLookup
 from mxd.queue import tlspolicy
+from mxd.queue.mx import HostAddress, MXHost, MXPlan
 from mxd.queue.tlspolicy import HostRefusal, HostRefused, HostTLSPolicy, PolicyMode
 from mxd.smtp.client import TLSConnectionInfo, TLSMode
 from mxd.tlsrpt.results import PolicyType, ResultType
@@ -185,29 +186,35 @@ def test_sts_untrusted_root() -> None:
 def test_client_policy_mapping(setup: dict[str, Any], mode: TLSMode, has_verify: bool,
                                policy_type: str) -> None:
     """The SMTP client gets VERIFIED only when verification is required; REQUIRED for
-    unusable-only TLSA; the verify hook wherever a check or report is due."""
+    unusable-only TLSA; the verifier checks the chain wherever a check or report is due
+    (it always reports)."""
     setup = dict(setup)
     r = _resolver(**setup.pop("r"))
     sts = _sts(setup.pop("sts")) if "sts" in setup else None
     policy = _decide(r, sts, **setup)
     assert isinstance(policy, HostTLSPolicy)
     cp = policy.client_policy(Clock())
-    assert cp.mode is mode and (cp.verify is not None) is has_verify
-    assert cp.policy_type == policy_type
+    assert cp.mode is mode and cp.verifier is not None
+    info = TLSConnectionInfo("TLSv1.3", "x", OTHER.certs, "mx.example.test")
+    assert (cp.verifier.verify(info).result_type is not None) is has_verify
+    assert cp.policy_type is PolicyType(policy_type)
     assert isinstance(cp.client_options, tlspolicy.UnverifiedSNIOptions)
 
 
-def test_client_verify_hook_uses_clock_and_reports() -> None:
-    """The verify hook returns None for a DANE match and the RFC 8460 word otherwise."""
+def test_client_verifier_uses_clock_and_gives_the_reason() -> None:
+    """The verifier verifies a DANE match, and otherwise gives the RFC 8460 result type
+    with its reason in words (for the queue, the admin and DSNs)."""
     policy = _decide(_resolver())
     assert isinstance(policy, HostTLSPolicy) and policy.sni == "mx.example.test"
     clock = Clock()
     clock.advance(NOW.timestamp())
-    hook = policy.client_policy(clock).verify
-    assert hook is not None
-    assert hook(TLSConnectionInfo("TLSv1.3", "x", CHAIN.certs, "mx.example.test")) is None
-    assert hook(TLSConnectionInfo("TLSv1.3", "x", OTHER.certs, "mx.example.test")) == (
-        "validation-failure")
+    verifier = policy.client_policy(clock).verifier
+    assert verifier is not None
+    good = verifier.verify(TLSConnectionInfo("TLSv1.3", "x", CHAIN.certs, "mx.example.test"))
+    assert good.ok and good.verified and good.result_type is None
+    bad = verifier.verify(TLSConnectionInfo("TLSv1.3", "x", OTHER.certs, "mx.example.test"))
+    assert not bad.ok and bad.result_type is ResultType.VALIDATION_FAILURE
+    assert "DANE-EE" in bad.detail
 
 
 def test_attempt_records() -> None:
@@ -229,49 +236,36 @@ def test_attempt_records() -> None:
 
 # -- the runner adapter -----------------------------------------------------------------------
 
-class _Plan:
-    authentic = True
-
-
-class _Host:
-    name = "mx.example.test"
+PLAN = MXPlan("example.test", (), True, "example.test")
+HOST = MXHost("mx.example.test", 10)
+AUTHENTIC = (HostAddress("127.0.0.1", True, "mx.example.test"),)
 
 
 def test_make_policy_factory() -> None:
-    """The factory looks up address authenticity and returns a client policy, or errbacks
-    with HostRefused for a refused host."""
-    r = _resolver()
-    r.add("mx.example.test", "A", ["127.0.0.1"], authentic=True)
-    factory = tlspolicy.make_policy_factory(r, None, Clock(), roots=[CHAIN.root])
+    """The factory takes the addresses' authenticity from the caller (no second lookup)
+    and returns a client policy, or errbacks with HostRefused for a refused host."""
+    factory = tlspolicy.make_policy_factory(_resolver(), None, Clock(), roots=[CHAIN.root])
     out: list[Any] = []
-    factory("example.test", _Plan(), _Host()).addBoth(out.append)
+    factory("example.test", PLAN, HOST, addresses=AUTHENTIC).addBoth(out.append)
     assert out[0].mode is TLSMode.VERIFIED and out[0].policy_type == "tlsa"
-    bogus = _resolver(kind="servfail")
-    bogus.add("mx.example.test", "A", ["127.0.0.1"], authentic=True)
     out.clear()
-    tlspolicy.make_policy_factory(bogus, None, Clock())(
-        "example.test", _Plan(), _Host()).addBoth(out.append)
+    tlspolicy.make_policy_factory(_resolver(kind="servfail"), None, Clock())(
+        "example.test", PLAN, HOST, addresses=AUTHENTIC).addBoth(out.append)
     assert out[0].check(HostRefused) and out[0].value.enhanced == "4.7.5"
-    plain = _resolver()
-    plain.add("mx.example.test", "A", ["127.0.0.1"], authentic=False)
     out.clear()
-    tlspolicy.make_policy_factory(plain, None, Clock())(
-        "example.test", _Plan(), _Host(), requiretls=True).addBoth(out.append)
+    tlspolicy.make_policy_factory(_resolver(), None, Clock())(
+        "example.test", PLAN, HOST, addresses=(HostAddress("127.0.0.1", False),),
+        requiretls=True).addBoth(out.append)
     assert out[0].check(HostRefused) and out[0].value.enhanced == "5.7.30"
 
 
 def test_implicit_mx_accepts_the_recipient_domain_name() -> None:
     """For an implicit MX the recipient domain is a DANE-TA reference identifier too."""
     r = _resolver()
-    r.add("mx.example.test", "A", ["127.0.0.1"], authentic=True)
-
-    class Implicit:
-        name = "mx.example.test"
-        implicit = True
-
     out: list[Any] = []
-    tlspolicy.make_policy_factory(r, None, Clock())("example.test", _Plan(), Implicit()).addBoth(
-        out.append)
+    tlspolicy.make_policy_factory(r, None, Clock())(
+        "example.test", PLAN, MXHost("mx.example.test", 0, implicit=True),
+        addresses=AUTHENTIC).addBoth(out.append)
     assert out[0].mode is TLSMode.VERIFIED
     policy = _run(tlspolicy.policy_for_host(r, None, "example.test", "mx.example.test", True,
                                             True, extra_names=("example.test",)))
@@ -285,23 +279,23 @@ def test_attempt_from_client_tls_result() -> None:
 
     policy = _decide(_resolver())
     assert isinstance(policy, HostTLSPolicy)
-    ok = policy.attempt_from_client(TLSResult("tlsa", "mx.example.test", TLSMode.VERIFIED,
+    ok = policy.attempt_from_client(TLSResult(PolicyType.TLSA, "mx.example.test", TLSMode.VERIFIED,
                                               used=True, verified=True), 1.0)
     assert ok.success
-    bad = policy.attempt_from_client(TLSResult("tlsa", "mx.example.test", TLSMode.VERIFIED,
-                                               used=True, failure="certificate-expired"), 1.0,
+    bad = policy.attempt_from_client(TLSResult(PolicyType.TLSA, "mx.example.test", TLSMode.VERIFIED,
+                                               used=True, failure=ResultType.CERTIFICATE_EXPIRED), 1.0,
                                      receiving_ip="127.0.0.1")
     assert bad.failure is not None and bad.failure.result_type is ResultType.CERTIFICATE_EXPIRED
-    plain = policy.attempt_from_client(TLSResult("tlsa", "mx.example.test", TLSMode.VERIFIED,
+    plain = policy.attempt_from_client(TLSResult(PolicyType.TLSA, "mx.example.test", TLSMode.VERIFIED,
                                                  used=False), 1.0)
     assert plain.failure is not None and plain.failure.result_type is ResultType.VALIDATION_FAILURE
     opportunistic = _decide(_resolver(kind="nxdomain"))
     assert isinstance(opportunistic, HostTLSPolicy)
     none = opportunistic.attempt_from_client(
-        TLSResult("no-policy-found", "example.test", TLSMode.OPPORTUNISTIC, used=False), 1.0)
+        TLSResult(PolicyType.NO_POLICY_FOUND, "example.test", TLSMode.OPPORTUNISTIC, used=False), 1.0)
     assert none.failure is not None
     assert none.failure.result_type is ResultType.STARTTLS_NOT_SUPPORTED
     assert none.policy.type is PolicyType.NO_POLICY_FOUND
     assert opportunistic.attempt_from_client(
-        TLSResult("no-policy-found", "example.test", TLSMode.OPPORTUNISTIC, used=True), 1.0
+        TLSResult(PolicyType.NO_POLICY_FOUND, "example.test", TLSMode.OPPORTUNISTIC, used=True), 1.0
     ).success

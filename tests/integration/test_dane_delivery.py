@@ -149,7 +149,9 @@ def test_dane_mismatch_everywhere_is_not_delivered(
         dns_lab_factory: Any, sinks: Any, data_dir: Path,  # noqa: F811
         monkeypatch: pytest.MonkeyPatch) -> None:
     """No MX host matches its TLSA records: nothing is delivered and the message stays
-    queued for a retry (no plaintext fallback)."""
+    queued for a retry (no plaintext fallback).  The queue's last result (what ``mxd queue
+    list/show``, the admin API and a delayed DSN show) and each attempt name the policy and
+    the reason, not only the RFC 8460 word."""
     port, first, second, _leaves = sinks
     lab = dns_lab_factory({"remote.test": ZoneSpec(records=[
         "@ MX 10 mx1", "@ MX 20 mx2", "mx1 A 127.0.0.2", "mx2 A 127.0.0.1",
@@ -161,3 +163,8 @@ def test_dane_mismatch_everywhere_is_not_delivered(
     assert {a.host for a in attempts} == {"mx1.remote.test", "mx2.remote.test"}
     assert all(a.tls_failure == "validation-failure" and a.result != "delivered"
                for a in attempts)
+    reason = "no DANE-EE record matches the server certificate"
+    (r,) = left[0].recipients
+    assert r.last_text is not None
+    assert "DANE verification failed" in r.last_text and reason in r.last_text
+    assert all(reason in (a.text or "") and reason in (a.tls_detail or "") for a in attempts)

@@ -388,7 +388,7 @@ def test_tls_policy_factory_gets_message_flags_and_can_refuse_hosts(data_dir: Pa
 
     calls: list[tuple[str, bool, bool]] = []
 
-    def factory(domain: str, plan: Any, host: Any, *, requiretls: bool = False,
+    def factory(domain: str, plan: Any, host: Any, *, addresses: Any = (), requiretls: bool = False,
                 tls_required_no: bool = False) -> Deferred[TLSPolicy]:
         calls.append((host.name, requiretls, tls_required_no))
         if host.name == "a.two.test":

@@ -37,7 +37,7 @@ def _two_mx(w: World) -> None:
 
 def _refusing(permanent: bool, enhanced: str, rtype: ResultType | None,
               seen: list[tuple[str, bool, bool]] | None = None) -> Any:
-    def factory(domain: str, plan: Any, host: Any, *, requiretls: bool = False,
+    def factory(domain: str, plan: Any, host: Any, *, addresses: Any = (), requiretls: bool = False,
                 tls_required_no: bool = False) -> Deferred[TLSPolicy]:
         if seen is not None:
             seen.append((host.name, requiretls, tls_required_no))
@@ -81,7 +81,7 @@ def test_permanent_refusal_of_every_host_bounces_without_requiretls_and_body(
         seen: list[tuple[str, bool, bool]] = []
         refuse = _refusing(True, "5.7.30", None, seen)
 
-        def factory(domain: str, plan: Any, host: Any, **kw: bool) -> Deferred[TLSPolicy]:
+        def factory(domain: str, plan: Any, host: Any, **kw: Any) -> Deferred[TLSPolicy]:
             if domain == "far.test":
                 seen.append((host.name, kw["requiretls"], kw["tls_required_no"]))
                 return succeed(TLSPolicy(mode=TLSMode.NONE))
@@ -275,6 +275,10 @@ def test_a_days_attempts_aggregate_into_a_tlsrpt_report(data_dir: Path) -> None:
     assert detail["result-type"] == "validation-failure"
     assert detail["sending-mta-ip"] == "192.0.2.99" and detail["receiving-ip"] == "192.0.2.1"
     assert detail["receiving-mx-hostname"] == "mx.two.test"
+    # RFC 8460 §4.4: the reason in words is "failure-reason-code" ("additional-information"
+    # is a URI).
+    assert detail["failure-reason-code"] == "no TLSA record matched"
+    assert "additional-information" not in detail
     assert sts_p["policy"]["mx-host"] == ["mx2.sts.test"]
     assert sts_p["summary"]["total-failure-session-count"] == 1
 
@@ -326,6 +330,6 @@ def test_policy_failure_ignored_by_tls_required_no_is_reported_and_marked(
             "tlsa", "dnssec-invalid", False)
         t = a.tls_attempt()
         assert t is not None and t.policy == TLSA_INFO and t.failure is not None
-        assert t.failure.additional_information == "bogus TLSA answer"
+        assert t.failure.failure_reason_code == "bogus TLSA answer"  # RFC 8460 §4.4: text, not a URI
     finally:
         w.h.close()
