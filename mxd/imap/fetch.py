@@ -249,6 +249,7 @@ async def do_fetch(s: IMAPSession, cmd: Command) -> Reply:
     out = bytearray()  # responses not yet sent, written in batches of BATCH bytes
     try:
         for uid in uids:
+            await s.breathe()
             seq = view.seq_of(uid)
             m = view.msgs.get(uid)
             if seq is None or m is None:

@@ -50,7 +50,8 @@ async def do_search(s: IMAPSession, cmd: Command) -> Reply:
     modseq = 0
     try:
         exists, max_uid, recent = view.exists, view.max_uid, view.recent
-        for seq, uid in enumerate(view.uids, 1):
+        for seq, uid in enumerate(view.uids[:], 1):
+            await s.breathe()
             m = view.msgs[uid]
             h, f = loaders(m)
             c = Candidate(seq, m, exists, max_uid, h, f, now, uid in recent)  # type: ignore[arg-type]

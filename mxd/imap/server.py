@@ -108,6 +108,7 @@ class IMAPServerSettings:
     max_connections_per_ip: int = 50
     chunk_size: int = 65536  # body streaming chunk
     max_pipelined_appends: int = 32  # APPENDs of one session stored side by side
+    work_slice: float = 0.004  # seconds of reactor time before a long command yields
     close_timeout: float = 30.0  # a closing connection's peer gets this long to go away
 
 
@@ -155,6 +156,7 @@ class IMAPSession(Protocol):
         self._appends = 0  # of which APPENDs
         self._last_done: Deferred[None] | None = None  # fires when the last one replied
         self._held: RawCommand | None = None  # next command, waiting for them to finish
+        self._slice_start = 0.0  # when the running command last had the reactor back
         self.peer_ip = ""
         self.client_id: dict[str, str | None] = {}
         self._socket: socket.socket | None | Literal[False] = None  # False: none to tune
@@ -328,6 +330,19 @@ class IMAPSession(Protocol):
         if isinstance(data, str):
             data = data.encode("utf-8")
         self.send(b"* " + data + b"\r\n")
+
+    async def breathe(self) -> None:
+        """Let the reactor serve other connections once this command has run for a work
+        slice (DESIGN.md: no request stalls other sessions for more than a few ms);
+        long FETCH and SEARCH loops call it between messages."""
+        if self.clock.seconds() - self._slice_start < self.settings.work_slice:
+            return
+        d: Deferred[None] = Deferred()
+        self.clock.callLater(0, d.callback, None)
+        await d
+        self._slice_start = self.clock.seconds()
+        if self._closed:
+            raise CommandDetached()
 
     async def drain(self) -> None:
         """Wait while the transport's write buffer is full."""
@@ -543,6 +558,7 @@ class IMAPSession(Protocol):
         self._launch(cmd, spec)
 
     def _launch(self, cmd: Command, spec: CommandSpec) -> None:
+        self._slice_start = self.clock.seconds()
         prev = self._last_done
         done: Deferred[None] = Deferred()
         self._last_done = done
