@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import Logger
 
-from mxd.config import Config, ListenerConfig, normalise_domain
+from mxd.config import Config, ConfigError, ListenerConfig, normalise_domain
 from mxd.metrics import IMetrics
 from mxd.tls import TLSSettings
 
@@ -334,6 +334,40 @@ def _imap_settings(cfg: Config) -> Any:
     )
 
 
+def message_checker(cfg: Config, role: str, comps: dict[str, Any], reactor: Any) -> Any:
+    """The SMTP listener's message checks: iprev/SPF/DKIM/DMARC on port 25, DKIM signing
+    on submission (None: nothing to do)."""
+    if role == "smtp":
+        if not cfg.msgauth.inbound_checks:
+            return None
+        from mxd.msgauth.inbound import InboundChecker, InboundSettings
+
+        return InboundChecker(comps["resolver"], reactor, InboundSettings(
+            hostname=normalise_domain(cfg.hostname), dmarc_reject=cfg.msgauth.dmarc_reject))
+    ring = dkim_keyring(cfg, comps)
+    if ring is None:
+        return None
+    from mxd.msgauth.signing import SubmissionSigner
+
+    return SubmissionSigner(ring, reactor)
+
+
+def dkim_keyring(cfg: Config, comps: dict[str, Any]) -> Any:
+    """The DKIM keys of [dkim].selectors, loaded once (a missing key file stops start-up
+    with an error naming it); None when no domain signs."""
+    if not cfg.dkim.selectors:
+        return None
+    if "dkim_keyring" not in comps:
+        from mxd.msgauth.dkimkeys import DKIMKeyError
+        from mxd.msgauth.signing import KeyRing, load_keys
+
+        try:
+            comps["dkim_keyring"] = KeyRing(load_keys(cfg.dkim_key_dir, cfg.dkim.selectors))
+        except DKIMKeyError as e:
+            raise ConfigError(cfg.source, "dkim.selectors", str(e)) from None
+    return comps["dkim_keyring"]
+
+
 def listener_factory(cfg: Config, li: ListenerConfig, comps: dict[str, Any], reactor: Any,
                      metrics: IMetrics, tls: TLSSettings | None, top: Any,
                      prom: Any) -> IProtocolFactory:
@@ -357,7 +391,8 @@ def listener_factory(cfg: Config, li: ListenerConfig, comps: dict[str, Any], rea
                             settings=_smtp_settings(cfg), store=comps["store"],
                             directory=comps["directory"], sasl=comps["sasl"],
                             outbound=comps["queue"], tls=tls_options, clock=reactor,
-                            hostname=cfg.hostname, metrics=m)
+                            hostname=cfg.hostname, metrics=m,
+                            checker=message_checker(cfg, li.protocol, comps, reactor))
     if li.protocol in ("imap", "imaps"):
         from mxd.imap.server import IMAPShared, imap_factory
 

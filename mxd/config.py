@@ -408,6 +408,18 @@ class DKIMConfig:
 
 
 @attrs.frozen
+class MsgAuthConfig:
+    inbound_checks: bool = opt(True, "Check iprev, SPF, DKIM and DMARC for mail received on "
+                               "port 25 (through the [resolver]; a local validating resolver "
+                               "makes the DNSSEC status in Authentication-Results meaningful) "
+                               "and add an Authentication-Results field naming `hostname`.")
+    dmarc_reject: str = opt("reject", "A message that fails DMARC where the From domain "
+                            "publishes p=reject is refused at the end of DATA with 550 5.7.1 "
+                            "(reject), or delivered to the recipient's Junk mailbox (junk). "
+                            "p=quarantine always means Junk.", choices=("reject", "junk"))
+
+
+@attrs.frozen
 class LogConfig:
     level: str = opt("info", "Lowest level written.", choices=LOG_LEVELS)
     format: str = opt("logfmt", "Output format.", choices=("logfmt", "json"))
@@ -443,6 +455,8 @@ class Config:
     queue: QueueConfig = opt(QueueConfig(), "Outbound queue.")
     outbound: OutboundConfig = opt(OutboundConfig(), "Transport security of outbound delivery.")
     dkim: DKIMConfig = opt(DKIMConfig(), "DKIM signing of outgoing mail (RFC 6376).")
+    msgauth: MsgAuthConfig = opt(MsgAuthConfig(), "Message authentication of incoming mail "
+                                 "(SPF, DKIM, DMARC, iprev; RFC 8601 Authentication-Results).")
     log: LogConfig = opt(LogConfig(), "Logging.")
     metrics: MetricsConfig = opt(MetricsConfig(), "Metrics.")
     transports: dict[str, TransportConfig] = opt(

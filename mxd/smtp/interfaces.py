@@ -71,7 +71,8 @@ class IMessageCheck(Protocol):
     """The checks of one message: sees the body as it arrives, decides at its end."""
 
     def feed(self, data: bytes) -> None:
-        """Body bytes (after the header section, unstuffed) in arrival order."""
+        """Body bytes (after the empty line that ends the header section, unstuffed) in
+        arrival order."""
 
     def finish(self) -> Deferred[Verdict]:
         """The end of the message data: fires with the verdict (an errback is logged and

@@ -191,9 +191,11 @@ class MessageMixin(SessionBase):
             return
         self._write(tx, data)
 
-    def _to_check(self, tx: Transaction, data: bytes) -> None:
+    def _to_check(self, tx: Transaction, data: bytes, first: bool = False) -> None:
         assert tx.spool is not None
         tx.spool.write(data)
+        if first:
+            data = data.removeprefix(b"\r\n")  # the empty line that ends the header section
         if tx.check is not None and data:
             try:
                 tx.check.feed(data)
@@ -236,7 +238,7 @@ class MessageMixin(SessionBase):
             return
         tx.check = check
         tx.spool = Spool()
-        self._to_check(tx, rest)
+        self._to_check(tx, rest, first=True)
 
     def _submission_fields(self, tx: Transaction, headers: bytes) -> bytes:
         """RFC 6409 §8.2, §8.3: a submission server may add Date and Message-ID (before

@@ -64,7 +64,7 @@ def test_fields_below_received_and_body_seen() -> None:
     assert info.mail_from == "a@b.example" and info.recipients == ("alice@example.test",)
     assert info.remote_ip == "192.0.2.7" and info.helo == "client.example"
     assert headers == b"Subject: x\r\n"
-    assert chk.bodies == [b"\r\nbody\r\n.dot\r\n"]
+    assert chk.bodies == [b"body\r\n.dot\r\n"]
     body = s.store.delivered[0].body
     assert body.startswith(b"Received: ")
     assert body.endswith(AR.encode() + b"\r\nSubject: x\r\n\r\nbody\r\n.dot\r\n")
@@ -145,7 +145,7 @@ def test_bdat_chunks_reach_the_check() -> None:
     s.send("BDAT 14\r\nSubject: x\r\n\r\n")
     s.send("BDAT 6 LAST\r\nbo\r\ndy")
     assert s.codes()[-1] == 250
-    assert chk.bodies == [b"\r\nbo\r\ndy"]
+    assert chk.bodies == [b"bo\r\ndy"]
     assert s.store.delivered[0].body.endswith(AR.encode() + b"\r\nSubject: x\r\n\r\nbo\r\ndy")
 
 

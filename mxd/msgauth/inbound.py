@@ -1,0 +1,119 @@
+"""The inbound checks on port 25 (the SMTP server's ``IMessageChecker``): iprev, SPF,
+DKIM and DMARC, with their DNSSEC status, ending in Authentication-Results and a verdict.
+
+Lookups that need only the envelope (iprev, SPF) and the header section (the DMARC record
+of the From domain) start when the header section is complete, while the body streams
+into the DKIM body hashes; DKIM keys are fetched at the end.  The verdict (RFC 7489 §6.6.2,
+§10.3): p=reject refuses the message with 550 5.7.1 at the end of DATA (or, configured so,
+delivers it to Junk); p=quarantine delivers it to Junk.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from mxd.msgauth import authres, dmarc, iprev, spf
+from mxd.msgauth.dkim import Verifier
+from mxd.msgauth.headers import from_domains, join_fields, split_fields
+from mxd.smtp.interfaces import SessionInfo, Verdict
+from mxd.smtp.replies import Reply
+
+_log = Logger()
+
+
+@attrs.frozen
+class InboundSettings:
+    hostname: str  # authserv-id of our Authentication-Results (RFC 8601 §2.5)
+    dmarc_reject: str = "reject"  # "reject" (550 5.7.1) or "junk"
+
+
+class InboundChecker:
+    """Creates an ``InboundCheck`` per message received on port 25."""
+
+    def __init__(self, resolver: Any, clock: Any, settings: InboundSettings, *,
+                 sample: Callable[[], float] = random.random, metrics: Any = None) -> None:
+        self.resolver = resolver
+        self.clock = clock
+        self.settings = settings
+        self.sample = sample
+        self.metrics = metrics
+
+    def begin(self, session: SessionInfo, headers: bytes) -> InboundCheck | None:
+        if session.role != "smtp":
+            return None
+        return InboundCheck(self, session, headers)
+
+
+class InboundCheck:
+    def __init__(self, checker: InboundChecker, session: SessionInfo, headers: bytes) -> None:
+        self.checker = checker
+        self.session = session
+        fields = split_fields(headers)
+        kept, removed = authres.remove_ours(fields, checker.settings.hostname)
+        self.header_section = join_fields(kept) if removed else None
+        if removed:
+            _log.info("msgauth removed {count} Authentication-Results claiming {host}",
+                      count=removed, host=checker.settings.hostname)
+        r = checker.resolver
+        self._iprev = iprev.check_iprev(r, session.remote_ip)
+        self._spf: Deferred[spf.SPFOutcome] = spf.check_mail_from(
+            r, session.remote_ip, session.mail_from, session.helo,
+            receiver=checker.settings.hostname)
+        domains = from_domains(kept)
+        self.from_domain = domains[0] if domains and len(set(domains)) == 1 else None
+        self._dmarc: Deferred[dmarc.Found] | None = (
+            Deferred.fromCoroutine(dmarc.lookup(r, self.from_domain))
+            if self.from_domain else None)
+        # DKIM signatures are verified over the fields as received (minus ours).
+        self.verifier = Verifier(b"", kept)
+
+    def feed(self, data: bytes) -> None:
+        if self.verifier.wants_body:
+            self.verifier.feed(data)
+
+    def finish(self) -> Deferred[Verdict]:
+        return Deferred.fromCoroutine(self._finish())
+
+    async def _finish(self) -> Verdict:
+        settings = self.checker.settings
+        ip_outcome = await self._iprev
+        spf_outcome = await self._spf
+        dkim_results = await self.verifier.finish(self.checker.resolver,
+                                                  self.checker.clock.seconds())
+        dmarc_outcome = None
+        if self._dmarc is not None and self.from_domain:
+            found = await self._dmarc
+            dmarc_outcome = dmarc.evaluate(self.from_domain, found, spf_outcome,
+                                           dkim_results, self.checker.sample)
+        elif self.from_domain is None:
+            dmarc_outcome = dmarc.DMARCOutcome(dmarc.DMARCResult.PERMERROR, "",
+                                               reason="not exactly one From domain")
+        results = authres.AuthResults(settings.hostname, ip_outcome, spf_outcome,
+                                      tuple(dkim_results), dmarc_outcome)
+        ar = authres.field(results, self.session.mail_from)
+        _log.info(
+            "msgauth from={remote_ip} iprev={iprev} spf={spf} dkim={dkim} dmarc={dmarc} "
+            "header_from={header_from}", remote_ip=self.session.remote_ip,
+            iprev=ip_outcome.result, spf=spf_outcome.result,
+            dkim=",".join(str(d.result) for d in dkim_results) or "none",
+            dmarc=dmarc_outcome.result if dmarc_outcome else "none",
+            header_from=self.from_domain or "")
+        verdict = Verdict(fields=(ar,), header_section=self.header_section,
+                          remote_host=ip_outcome.name)
+        if dmarc_outcome is not None and dmarc_outcome.result is dmarc.DMARCResult.FAIL:
+            if dmarc_outcome.disposition is dmarc.Policy.REJECT:
+                if settings.dmarc_reject == "reject":
+                    # RFC 7489 §10.3 / §6.6.4: refused in the SMTP dialogue with 5.7.1.
+                    text = (f"Rejected by DMARC policy of {dmarc_outcome.record_domain}: "
+                            f"{dmarc_outcome.reason}")
+                    return attrs.evolve(verdict, reject=Reply(550, "5.7.1", text))
+                return attrs.evolve(verdict, mailbox="Junk")
+            if dmarc_outcome.disposition is dmarc.Policy.QUARANTINE:
+                return attrs.evolve(verdict, mailbox="Junk")
+        return verdict
