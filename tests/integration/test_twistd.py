@@ -150,13 +150,22 @@ def test_store_that_cannot_open_stops_the_server_with_status_1(tmp_path, tls_fil
     port = free_port()
     cfg = _config(tmp_path, tls_files, f'[[listeners]]\nprotocol = "admin"\nport = {port}\n')
     proc = _twistd(cfg, tmp_path)
+    tables: list[str] = []
     try:
         _wait_port(port, proc)
+        # The listeners bind before the store has finished opening: wait (bounded) until
+        # the schema is there, so the stop below does not race the first start.
+        deadline = time.monotonic() + 30
+        while not any("version" in t for t in tables) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            if (tmp_path / "data" / "mxd.sqlite3").exists():
+                with sqlite3.connect(tmp_path / "data" / "mxd.sqlite3", timeout=5) as db:
+                    tables = [r[0] for r in
+                              db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
     db = sqlite3.connect(tmp_path / "data" / "mxd.sqlite3")
-    tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
     version_table = next(t for t in tables if "version" in t)
     db.execute(f"UPDATE {version_table} SET version = version + 1000")
     db.commit()
