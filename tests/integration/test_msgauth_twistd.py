@@ -1,0 +1,117 @@
+"""Message authentication end to end: ``twistd mxd`` on port 25 with the DNSSEC lab.
+
+Zones: ``signed.test`` (DNSSEC-signed) and ``unsigned.test`` publish SPF for 127.0.0.1, a
+DKIM key and DMARC p=reject; ``bank.test`` publishes p=reject and ``shop.test``
+p=quarantine (both signed). Messages go in with smtplib, come out with imaplib, and the
+stored Authentication-Results is read back.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import smtplib
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mxd.msgauth.dkimkeys import DKIMKey, generate_key
+from mxd.msgauth.dkimsign import sign_message
+from tests.integration.dnslab import DNSLab, ZoneSpec
+from tests.integration.mxdserver import MxdServer, make_server
+
+pytestmark = pytest.mark.integration
+
+
+def _rr(key: DKIMKey) -> str:
+    owner, rdata = key.zone_line().split(". IN ", 1)
+    return owner.removesuffix("." + key.domain) + " IN " + rdata
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, tls_files: dict[str, Path]
+          ) -> Iterator[tuple[MxdServer, dict[str, DKIMKey]]]:
+    tmp = tmp_path_factory.mktemp("msgauth")
+    keys = {d: generate_key(tmp / "keys", d, "s1", "ed25519")
+            for d in ("signed.test", "unsigned.test")}
+    zones = {
+        d: ZoneSpec(records=['@ TXT "v=spf1 ip4:127.0.0.1 -all"',
+                             '_dmarc TXT "v=DMARC1; p=reject"', _rr(keys[d])],
+                    signed=(d == "signed.test"))
+        for d in keys
+    }
+    zones["bank.test"] = ZoneSpec(records=['_dmarc TXT "v=DMARC1; p=reject"'])
+    zones["shop.test"] = ZoneSpec(records=['_dmarc TXT "v=DMARC1; p=quarantine"'])
+    lab = DNSLab(tmp / "lab").start(zones)
+    (tmp / "mxd").mkdir()
+    server = make_server(tmp / "mxd", tls_files, resolver=lab.resolver_address)
+    try:
+        server.start()
+        yield server, keys
+    finally:
+        server.stop()
+        lab.stop()
+
+
+def _send(server: MxdServer, mail_from: str, message: bytes) -> None:
+    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30) as s:
+        s.ehlo("client.signed.test")
+        s.sendmail(mail_from, [MxdServer.user], message)
+
+
+def _fetch(server: MxdServer, mailbox: str, subject: str) -> bytes:
+    ctx = ssl.create_default_context(cafile=str(server.ca_file))
+    m = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=ctx)
+    try:
+        m.login(MxdServer.user, MxdServer.password)
+        deadline = time.monotonic() + 10
+        while True:
+            m.select(mailbox)
+            typ, data = m.search(None, "SUBJECT", f'"{subject}"')
+            if data[0]:
+                break
+            assert time.monotonic() < deadline, f"{subject} not in {mailbox}"
+            time.sleep(0.1)
+        typ, msg = m.fetch(data[0].split()[-1], "(BODY.PEEK[HEADER])")
+        return msg[0][1]  # type: ignore[index,no-any-return]
+    finally:
+        m.logout()
+
+
+def _message(from_addr: str, subject: str) -> bytes:
+    return (f"From: <{from_addr}>\r\nTo: <{MxdServer.user}>\r\nSubject: {subject}\r\n"
+            f"Date: Sat, 05 Dec 2026 07:00:00 +0000\r\n\r\nhello\r\n").encode()
+
+
+@pytest.mark.parametrize(("domain", "status"), [("signed.test", "secure"),
+                                                ("unsigned.test", "insecure")])
+def test_spf_dkim_dmarc_pass_with_dnssec_status(world, domain: str, status: str) -> None:  # type: ignore[no-untyped-def]
+    """SPF, DKIM and DMARC pass; the DNSSEC status is secure for the signed zone and
+    insecure for the unsigned one."""
+    server, keys = world
+    subject = f"pass-{domain}"
+    msg = sign_message([keys[domain]], _message(f"a@{domain}", subject), int(time.time()))
+    _send(server, f"a@{domain}", msg)
+    head = _fetch(server, "INBOX", subject).decode()
+    ar = head.split("Authentication-Results: mx.example.test;", 1)[1].split("\r\nSubject")[0]
+    assert f"spf=pass smtp.mailfrom=a@{domain} (dnssec={status})" in ar, ar
+    assert f"dkim=pass header.d={domain} header.s=s1" in ar and f"(dnssec={status})" in ar
+    assert f"dmarc=pass header.from={domain} (p=reject dnssec={status})" in ar, ar
+
+
+def test_spoofed_from_p_reject_refused_with_571(world) -> None:  # type: ignore[no-untyped-def]
+    """A From of a p=reject domain without aligned SPF/DKIM is refused at the end of DATA."""
+    server, _ = world
+    with pytest.raises(smtplib.SMTPDataError) as e:
+        _send(server, "a@signed.test", _message("ceo@bank.test", "spoof"))
+    assert e.value.smtp_code == 550 and b"5.7.1" in e.value.smtp_error
+
+
+def test_p_quarantine_lands_in_junk(world) -> None:  # type: ignore[no-untyped-def]
+    """A DMARC failure under p=quarantine is delivered to Junk, dmarc=fail recorded."""
+    server, _ = world
+    _send(server, "a@signed.test", _message("sales@shop.test", "quarantined"))
+    head = _fetch(server, "Junk", "quarantined").decode()
+    assert "dmarc=fail header.from=shop.test (p=quarantine dnssec=secure)" in head
