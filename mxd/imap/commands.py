@@ -155,10 +155,10 @@ async def cmd_enable(s: IMAPSession, cmd: Command) -> Reply:
     done = []
     for cap in args.capabilities:
         if cap in ("CONDSTORE", "QRESYNC", "UTF8=ACCEPT") and cap not in s.enabled:
+            if cap in ("CONDSTORE", "QRESYNC"):
+                s.enable_condstore()  # RFC 7162 §3.2.3: QRESYNC implies CONDSTORE
             s.enabled.add(cap)
             done.append(cap)
-            if cap == "QRESYNC":
-                s.enabled.add("CONDSTORE")  # RFC 7162 §3.2.3
     s.untagged("ENABLED" + "".join(" " + c for c in done))
     return ok("ENABLE completed")
 
@@ -559,7 +559,7 @@ async def cmd_store(s: IMAPSession, cmd: Command) -> Reply:
     if not uids:
         return ok("STORE completed")
     if args.unchangedsince is not None:
-        s.enabled.add("CONDSTORE")
+        s.enable_condstore()
     changed, failed = await s.store.store_flags(view.info.id, uids, flags, args.mode,
                                                 args.unchangedsince)
     if s.view is not view:

@@ -84,6 +84,21 @@ class _Loader:
             self._parsed = mimemsg.ParsedMessage.parse(self.file().read())
         return self._parsed
 
+    def has_nul(self) -> bool:
+        """Does the stored message hold NUL (a binary literal8 APPEND)?  Cached per blob."""
+        cache = self.s.cache
+        v = cache.get("nul", self.m.blob_id)
+        if v is None:
+            f = self.file()
+            found = False
+            while chunk := f.read(1 << 20):
+                if b"\0" in chunk:
+                    found = True
+                    break
+            v = b"1" if found else b"0"
+            cache.put("nul", self.m.blob_id, v)
+        return v == b"1"
+
     def read(self, offset: int, length: int) -> bytes:
         f = self.file()
         f.seek(offset)
@@ -152,6 +167,16 @@ def _render_att(s: IMAPSession, ld: _Loader, seq: int, att: FetchAtt) -> list[Se
             v = response.render(mimemsg.bodystructure(ld.parsed(), extended=n == "BODYSTRUCTURE"), utf8)
             cache.put(kind, m.blob_id, v)
         return [n.encode() + b" " + v]
+    if (n in ("RFC822", "RFC822.HEADER", "RFC822.TEXT") or n == "BODY") and ld.has_nul():
+        # Never NUL in a normal literal: the parts holding it are sent re-encoded.
+        safe = ld.parsed().without_nul()
+        if n == "BODY":
+            assert att.section is not None
+            sec0 = att.section
+            data = safe.section(sec0.part, sec0.text, sec0.fields)
+            return [_item_name(att) + b" " + _literal_or_nil(data, att.partial)]
+        text = {"RFC822": "", "RFC822.HEADER": "HEADER", "RFC822.TEXT": "TEXT"}[n]
+        return [n.encode() + b" " + _literal_or_nil(safe.section((), text), None)]
     if n in ("RFC822", "RFC822.HEADER", "RFC822.TEXT"):
         if n == "RFC822":
             return [b"RFC822 {%d}\r\n" % m.size, _FileRange(0, m.size)]
@@ -220,7 +245,7 @@ async def do_fetch(s: IMAPSession, cmd: Command) -> Reply:
     if is_uid and "UID" not in names:
         atts.insert(0, FetchAtt("UID"))
     if args.changedsince is not None or "MODSEQ" in names:
-        s.enabled.add("CONDSTORE")  # RFC 7162 §3.1
+        s.enable_condstore()  # RFC 7162 §3.1
     if "CONDSTORE" in s.enabled and "MODSEQ" not in names:
         # RFC 7162 §3.1.2: once CONDSTORE is enabled every FETCH response carries MODSEQ.
         atts.append(FetchAtt("MODSEQ"))

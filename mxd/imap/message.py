@@ -12,23 +12,22 @@ from __future__ import annotations
 import base64
 import binascii
 import email.header
-import email.headerregistry
 import email.parser
 import email.utils
 import quopri
 import re
 from email.message import Message
 from email.policy import compat32
-from typing import Any
 
 import attrs
+
+from mxd.imap.addresses import GroupEnd, GroupStart, parse_address_list
 
 MAX_DEPTH = 20
 MAX_PARTS = 2000
 _HEADER_PARSER = email.parser.BytesHeaderParser(policy=compat32)
 _UNFOLD = re.compile(r"\r?\n(?=[ \t])")
 _HDR_END = re.compile(rb"\r?\n\r?\n")
-_HEADER_REGISTRY = email.headerregistry.HeaderRegistry()
 
 
 class UnknownCTE(ValueError):
@@ -158,7 +157,9 @@ def _content_type(headers: Message, default: str) -> tuple[str, str, list[tuple[
         for k, v in got[1:]:
             if isinstance(v, tuple):
                 v = email.utils.collapse_rfc2231_value(v)
-            params.append((str(k).lower(), str(v)))
+            # RFC 5322 §2.2.3: a folded value is unfolded (the CRLF goes, the WSP stays):
+            # boundary="foo\r\n bar" is "foo bar".
+            params.append((str(k).lower(), unfold(str(v))))
     main, _, sub = ctype.partition("/")
     if main == "text" and not any(k == "charset" for k, _ in params):
         params.insert(0, ("charset", "us-ascii"))
@@ -235,7 +236,11 @@ class ParsedMessage:
     def locate(self, part: tuple[int, ...]) -> Entity | None:
         ent = self.root
         for i, n in enumerate(part):
-            if ent.is_message and ent is not self.root and ent.encapsulated is not None:
+            # RFC 3501 §6.4.5: a part number after that of a message/rfc822 part counts
+            # within the enclosed message.  The top level is such a part too when the
+            # whole message is message/rfc822: BODY[1] is the enclosed message and
+            # BODY[1.1] its first part.
+            if i > 0 and ent.is_message and ent.encapsulated is not None:
                 ent = ent.encapsulated
             if ent.is_multipart:
                 if n > len(ent.children):
@@ -243,7 +248,6 @@ class ParsedMessage:
                 ent = ent.children[n - 1]
             elif n != 1:
                 return None
-            del i
         return ent
 
     def section(self, part: tuple[int, ...], text: str, fields: tuple[str, ...] = ()) -> bytes | None:
@@ -282,6 +286,45 @@ class ParsedMessage:
             return self.raw[ent.body_start:ent.end]
         return decode_cte(self.raw[ent.body_start:ent.end], _cte(ent))
 
+    def without_nul(self) -> ParsedMessage:
+        """The message with every leaf part whose body holds NUL re-encoded as base64.
+
+        RFC 3516 §4.3 / RFC 9051 §6.3.12: a message APPENDed as a binary literal8 may
+        hold NUL, which BODY[] (a normal literal, RFC 9051 §4.3) must never carry; the
+        server re-encodes such parts (Dovecot does so with base64).  BINARY[] still gives
+        the decoded octets from the stored message."""
+        if b"\0" not in self.raw:
+            return self
+        edits: list[tuple[int, int, bytes]] = []
+
+        def walk(e: Entity) -> None:
+            if e.is_multipart:
+                for c in e.children:
+                    walk(c)
+                return
+            if e.is_message and e.encapsulated is not None:
+                walk(e.encapsulated)
+                return
+            body = self.raw[e.body_start:e.end]
+            if b"\0" not in body:
+                return
+            try:
+                content = decode_cte(body, _cte(e))
+            except UnknownCTE:
+                content = body
+            header = _replace_cte(self.raw[e.hdr_start:e.body_start])
+            encoded = base64.encodebytes(content).replace(b"\n", b"\r\n")
+            edits.append((e.hdr_start, e.end, header + encoded.rstrip(b"\r\n")))
+
+        walk(self.root)
+        out = bytearray()
+        pos = 0
+        for start, end, new in sorted(edits):
+            out += self.raw[pos:start] + new
+            pos = end
+        out += self.raw[pos:]
+        return ParsedMessage.parse(bytes(out).replace(b"\0", b"\x80"))
+
     # -- search -------------------------------------------------------------------------
     def text_parts(self) -> list[str]:
         """Decoded text of every text/* leaf (for SEARCH BODY/TEXT)."""
@@ -303,6 +346,25 @@ class ParsedMessage:
                 out.append(_decode_charset(body, e.param("charset")))
         walk(self.root)
         return out
+
+
+def _replace_cte(block: bytes) -> bytes:
+    """A header block with its Content-Transfer-Encoding field set to base64."""
+    out = bytearray()
+    skip = False
+    body_sep = b"\r\n"
+    for line in block.splitlines(keepends=True):
+        if line in (b"\r\n", b"\n"):
+            body_sep = line
+            break
+        if line[:1] in (b" ", b"\t"):
+            if not skip:
+                out += line
+            continue
+        skip = line.split(b":", 1)[0].strip().lower() == b"content-transfer-encoding"
+        if not skip:
+            out += line
+    return bytes(out) + b"Content-Transfer-Encoding: base64\r\n" + body_sep
 
 
 def _cte(e: Entity) -> str:
@@ -427,23 +489,21 @@ def _addr_value(display: str, addr: str) -> list[Value]:
     ]
 
 
-def _registry_addresses(text: str) -> list[Value] | None:
-    """Full RFC 5322 address-list parsing (groups, comments) via email.headerregistry."""
-    try:
-        header: Any = _HEADER_REGISTRY("To", text.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
-        groups = header.groups
-    except Exception:  # noqa: BLE001 - the registry raises assorted errors on junk
-        return None
+def _b(text: str | None) -> bytes | None:
+    return text.encode("utf-8", "surrogateescape") if text else None
+
+
+def _parsed_addresses(text: str) -> list[Value]:
+    """Full RFC 5322 address lists: groups, comments, source routes (mxd.imap.addresses)."""
     out: list[Value] = []
-    for g in groups:
-        if g.display_name is not None:
+    for e in parse_address_list(text):
+        if isinstance(e, GroupStart):
             # RFC 3501 §7.4.2: group start (NIL NIL name NIL) ... end (NIL NIL NIL NIL).
-            out.append([None, None, g.display_name.encode("utf-8"), None])
-        for a in g.addresses:
-            addr = f"{a.username}@{a.domain}" if a.domain else a.username
-            out.append(_addr_value(a.display_name, addr))
-        if g.display_name is not None:
+            out.append([None, None, _b(e.name) or b"", None])
+        elif isinstance(e, GroupEnd):
             out.append([None, None, None, None])
+        else:
+            out.append([_b(e.name), _b(e.adl), _b(e.mailbox), _b(e.host)])
     return out
 
 
@@ -457,12 +517,7 @@ def _addresses(headers: Message | HeaderList, name: str) -> AddressList | None:
     if pairs is not None:
         out = [_addr_value(d, a) for d, a in pairs]
     else:
-        out = _registry_addresses(text)
-        if out is None:
-            try:
-                out = [_addr_value(d, a) for d, a in email.utils.getaddresses([text]) if d or a]
-            except Exception:  # noqa: BLE001
-                out = []
+        out = _parsed_addresses(text)
     return AddressList(tuple(out)) if out else None
 
 
@@ -508,7 +563,7 @@ def _disposition(e: Entity) -> Value:
     for k, v in got[1:]:
         if isinstance(v, tuple):
             v = email.utils.collapse_rfc2231_value(v)
-        params.append((str(k).lower(), str(v)))
+        params.append((str(k).lower(), unfold(str(v))))
     return [kind.upper().encode("utf-8", "surrogateescape"), _params_value(params)]
 
 

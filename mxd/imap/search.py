@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime
 from email.message import Message
 
+from mxd.imap.addresses import Address, parse_address_list
 from mxd.imap.message import ParsedMessage, decode_header_value, raw_all
 from mxd.imap.values import SearchKey, SeqSet
 from mxd.store.interfaces import MessageInfo
@@ -93,6 +94,21 @@ def _header_contains(c: Candidate, name: str, needle: str) -> bool:
     return any(n in decode_header_value(str(v)).casefold() for v in values)
 
 
+def _address_contains(c: Candidate, name: str, needle: str) -> bool:
+    """FROM/TO/CC/BCC also match the addresses as RFC 5322 reads them: comments and
+    folding whitespace inside an address (``<user (c)@ (c) domain.org>``) are not part
+    of it (RFC 5322 §3.4.1), so "user@domain.org" is found there too, as in Dovecot."""
+    n = needle.casefold()
+    for v in raw_all(c.header, name):
+        text = decode_header_value(str(v))
+        for entry in parse_address_list(text):
+            if isinstance(entry, Address):
+                spec = f"{entry.mailbox or ''}@{entry.host}" if entry.host else entry.mailbox or ""
+                if n in spec.casefold() or (entry.name and n in entry.name.casefold()):
+                    return True
+    return False
+
+
 def matches(key: SearchKey, c: Candidate, saved: SeqSet | None = None) -> bool:
     k = key.name
     a = key.args
@@ -140,7 +156,9 @@ def matches(key: SearchKey, c: Candidate, saved: SeqSet | None = None) -> bool:
         age = (c.now - c.info.internal_date.astimezone(UTC)).total_seconds()
         return age >= a[0] if k == "OLDER" else age <= a[0]
     if k in _ADDR_HEADERS:
-        return _header_contains(c, _ADDR_HEADERS[k], a[0])
+        if _header_contains(c, _ADDR_HEADERS[k], a[0]):
+            return True
+        return k != "SUBJECT" and _address_contains(c, _ADDR_HEADERS[k], a[0])
     if k == "HEADER":
         return _header_contains(c, a[0], a[1])
     if k == "BODY":

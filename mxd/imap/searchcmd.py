@@ -47,7 +47,7 @@ async def do_search(s: IMAPSession, cmd: Command) -> Reply:
         return header, full
 
     results: list[int] = []
-    modseq = 0
+    modseqs: list[int] = []  # of each result, in order
     try:
         exists, max_uid, recent = view.exists, view.max_uid, view.recent
         for seq, uid in enumerate(view.uids[:], 1):
@@ -57,16 +57,16 @@ async def do_search(s: IMAPSession, cmd: Command) -> Reply:
             c = Candidate(seq, m, exists, max_uid, h, f, now, uid in recent)  # type: ignore[arg-type]
             if matches(args.key, c):
                 results.append(uid if is_uid else seq)
-                modseq = max(modseq, m.modseq)
+                modseqs.append(m.modseq)
     except ValueError as e:
         return bad(str(e))
     with_modseq = uses_modseq(args.key)
     if with_modseq:
-        s.enabled.add("CONDSTORE")
+        s.enable_condstore()
     if args.return_opts is None:
         line = b"SEARCH" + b"".join(b" %d" % r for r in results)
         if with_modseq and results:
-            line += b" (MODSEQ %d)" % modseq
+            line += b" (MODSEQ %d)" % max(modseqs)
         s.untagged(line)
         return ok(f"{cmd.name} completed")
     opts = args.return_opts or ("ALL",)
@@ -86,6 +86,17 @@ async def do_search(s: IMAPSession, cmd: Command) -> Reply:
     if "COUNT" in opts:
         line += b" COUNT %d" % len(results)
     if with_modseq and results:
+        # RFC 7162 §3.1.5: with ALL or COUNT the highest mod-sequence of all matches;
+        # with only MIN and/or MAX, the highest of the messages those return.
+        if "ALL" in opts or "COUNT" in opts:
+            modseq = max(modseqs)
+        else:
+            picked = []
+            if "MIN" in opts:
+                picked.append(modseqs[results.index(min(results))])
+            if "MAX" in opts:
+                picked.append(modseqs[results.index(max(results))])
+            modseq = max(picked) if picked else max(modseqs)
         line += b" MODSEQ %d" % modseq
     s.untagged(line)
     return ok(f"{cmd.name} completed")

@@ -263,6 +263,16 @@ class IMAPSession(Protocol):
                 caps += ["QUOTA", "QUOTA=RES-STORAGE"]  # RFC 9208
         return " ".join(caps)
 
+    def enable_condstore(self) -> None:
+        """A CONDSTORE enabling command (RFC 7162 §3.1): the first one with a mailbox
+        selected is preceded by ``* OK [HIGHESTMODSEQ n]``, since the client could not
+        have asked for it at SELECT time."""
+        if "CONDSTORE" in self.enabled:
+            return
+        self.enabled.add("CONDSTORE")
+        if self.view is not None:
+            self.untagged(b"OK [HIGHESTMODSEQ %d] Highest" % self.view.modseq)
+
     @property
     def utf8(self) -> bool:
         return "UTF8=ACCEPT" in self.enabled

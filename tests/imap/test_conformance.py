@@ -1,0 +1,138 @@
+"""RFC-exact answers where mxd differed from the RFCs (and from Dovecot 2.3)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from mxd.imap.addresses import Address, GroupEnd, GroupStart, parse_address_list
+from mxd.imap.message import HeaderList, ParsedMessage, envelope, parse_headers
+from tests.imap.helpers import Conn, make_store
+
+FOLDED = (b'Content-Type: multipart/mixed; boundary="foo\r\n bar"\r\n\r\n'
+          b"--foo bar\r\nContent-Type: text/plain\r\n\r\nA\r\n"
+          b"--foo bar\r\nContent-Type: text/plain\r\n\r\nB\r\n--foo bar--\r\n")
+TOP_RFC822 = (b"Content-Type: message/rfc822\r\n\r\n"
+              b"Content-Type: multipart/mixed; boundary=X\r\n\r\n"
+              b"--X\r\n\r\nHello world\r\n--X\r\n\r\nsecond\r\n--X--\r\n")
+WITH_NUL = (b"Subject: nul\r\nContent-Type: multipart/mixed; boundary=X\r\n\r\n"
+            b"--X\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
+            b"--X\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary"
+            b"\r\n\r\n\x00\x01\x02\xff\r\n--X--\r\n")
+
+
+def _conn(*messages: bytes) -> Conn:
+    store, acc = make_store()
+    for m in messages:
+        store.put(acc, "INBOX", m)
+    c = Conn(store)
+    c.login()
+    c.select()
+    return c
+
+
+def test_folded_boundary_parameter_is_unfolded() -> None:
+    m = ParsedMessage.parse(FOLDED)
+    assert m.root.param("boundary") == "foo bar"
+    assert [m.section((1,), ""), m.binary((2,))] == [b"A", b"B"]
+    c = _conn(FOLDED)
+    r = c.cmd("f FETCH 1 (BODYSTRUCTURE BODY[1] BINARY[2])")
+    assert b'("BOUNDARY" "foo bar")' in r, r
+    assert b"BODY[1] {1}\r\nA" in r and b"BINARY[2] {1}\r\nB" in r, r
+
+
+def test_part_numbers_enter_a_top_level_message_rfc822() -> None:
+    """RFC 3501 §6.4.5: BODY[1] of a message/rfc822 message is the enclosed message,
+    BODY[1.1] the enclosed message's first part."""
+    c = _conn(TOP_RFC822)
+    r = c.cmd("f FETCH 1 (BODY[1.1] BODY[1.2] BODY[1.HEADER])")
+    assert b"BODY[1.1] {11}\r\nHello world" in r, r
+    assert b"BODY[1.2] {6}\r\nsecond" in r, r
+    assert b"BODY[1.HEADER] {45}\r\nContent-Type: multipart/mixed; boundary=X\r\n\r\n" in r, r
+
+
+def test_nul_never_in_body_sections_and_binary_decodes() -> None:
+    c = _conn(WITH_NUL)
+    for item in ("BODY[]", "BODY[2]", "RFC822", "BODY[TEXT]", "BODY.PEEK[]<0.1000>"):
+        r = c.cmd(f"f FETCH 1 ({item})")
+        assert r.endswith(b"f OK FETCH completed\r\n"), r
+        assert b"\x00" not in r, (item, r)
+    r = c.cmd("f FETCH 1 (BODY[2])")
+    assert b"{8}\r\nAAEC/w==" in r, r
+    r = c.cmd("f FETCH 1 (BODY[2.MIME])")
+    assert b"Content-Transfer-Encoding: base64" in r, r
+    r = c.cmd("f FETCH 1 (BINARY[2])")
+    assert b"BINARY[2] ~{4}\r\n\x00\x01\x02\xff" in r, r
+    r = c.cmd("f FETCH 1 (BINARY.SIZE[2])")
+    assert b"BINARY.SIZE[2] 4" in r, r
+
+
+@pytest.mark.parametrize(("text", "entries"), [
+    ("user@domain (Real Name)", [Address("Real Name", None, "user", "domain")]),
+    ("<@route:user@domain>", [Address(None, "@route", "user", "domain")]),
+    ("<@a.test,@b.test:u@d>", [Address(None, "@a.test,@b.test", "u", "d")]),
+    ("<user-from (comment)@ (comment) domain.org>",
+     [Address(None, None, "user-from", "domain.org")]),
+    ('Team: a@x.test, "B" <b@x.test>;, c@x.test',
+     [GroupStart("Team"), Address(None, None, "a", "x.test"), Address("B", None, "b", "x.test"),
+      GroupEnd(), Address(None, None, "c", "x.test")]),
+    ("Joe Q. Public <john.q.public@example.com>",
+     [Address("Joe Q. Public", None, "john.q.public", "example.com")]),
+    ('"odd \\" local"@x.test', [Address(None, None, 'odd " local', "x.test")]),
+    ("<<@>>,,\"", []),
+])
+def test_address_lists(text: str, entries: list[object]) -> None:
+    assert parse_address_list(text) == entries
+
+
+def test_envelope_comment_name_and_route() -> None:
+    for parse in (HeaderList.parse, parse_headers):
+        env = envelope(parse(b"From: user@domain (Real Name)\r\nTo: <@route:u@d>\r\n\r\n"))
+        assert env[2].addresses == ([b"Real Name", None, b"user", b"domain"],)  # type: ignore[union-attr]
+        assert env[5].addresses == ([None, b"@route", b"u", b"d"],)  # type: ignore[union-attr]
+    c = _conn(b"From: user@domain (Real Name)\r\nTo: <@route:u@d>\r\n\r\nx\r\n")
+    r = c.cmd("f FETCH 1 ENVELOPE")
+    assert b'(("Real Name" NIL "user" "domain"))' in r, r
+    assert b'((NIL "@route" "u" "d"))' in r, r
+
+
+def test_search_from_sees_through_comments() -> None:
+    c = _conn(b"From: <user-from (comment)@ (comment) domain.org>\r\n\r\nx\r\n",
+              b"From: other@domain.org\r\n\r\ny\r\n")
+    assert c.cmd("s SEARCH FROM user-from@domain.org").startswith(b"* SEARCH 1\r\n")
+    assert c.cmd("s SEARCH FROM other@domain.org").startswith(b"* SEARCH 2\r\n")
+    assert c.cmd("s SEARCH TO nobody@domain.org").startswith(b"* SEARCH\r\n")
+
+
+def test_search_return_min_max_modseq_is_that_of_the_returned_message() -> None:
+    """RFC 7162 §3.1.5."""
+    c = _conn(b"Subject: a\r\n\r\n1\r\n", b"Subject: b\r\n\r\n2\r\n", b"Subject: c\r\n\r\n3\r\n")
+    c.cmd("s STORE 1 +FLAGS (x)")
+    c.cmd("s STORE 3 +FLAGS (y)")
+    ms = {int(a): int(b) for a, b in re.findall(
+        rb"\* (\d) FETCH \(MODSEQ \((\d+)\)\)", c.cmd("f FETCH 1:3 (MODSEQ)"))}
+    assert ms[3] > ms[1] > ms[2]
+    r = c.cmd("a SEARCH RETURN (MIN) MODSEQ 1")
+    assert b"MIN 1 MODSEQ %d\r\n" % ms[1] in r, r
+    r = c.cmd("a SEARCH RETURN (MAX) MODSEQ 1")
+    assert b"MAX 3 MODSEQ %d\r\n" % ms[3] in r, r
+    r = c.cmd("a SEARCH RETURN (MIN COUNT) MODSEQ 1")
+    assert b"MODSEQ %d\r\n" % ms[3] in r, r
+    r = c.cmd("a UID SEARCH RETURN (MIN) MODSEQ %d" % (ms[2] + 1))
+    assert b"MIN 1 MODSEQ %d\r\n" % ms[1] in r, r
+
+
+def test_implicit_condstore_enable_sends_highestmodseq_first() -> None:
+    """RFC 7162 §3.1: the first CONDSTORE enabling command with a mailbox selected."""
+    c = _conn(b"Subject: a\r\n\r\n1\r\n")
+    r = c.cmd("f FETCH 1 (MODSEQ)")
+    assert re.match(rb"\* OK \[HIGHESTMODSEQ \d+\] .*\r\n\* 1 FETCH \(MODSEQ", r), r
+    r = c.cmd("f FETCH 1 (MODSEQ)")
+    assert b"HIGHESTMODSEQ" not in r
+    c2 = _conn(b"Subject: a\r\n\r\n1\r\n")
+    r = c2.cmd("s SEARCH MODSEQ 1")
+    assert r.startswith(b"* OK [HIGHESTMODSEQ"), r
+    c3 = _conn(b"Subject: a\r\n\r\n1\r\n")
+    r = c3.cmd("e ENABLE CONDSTORE")
+    assert r.startswith(b"* OK [HIGHESTMODSEQ"), r
