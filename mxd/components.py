@@ -178,7 +178,8 @@ def make_sasl(cfg: Config, directory: Any, reactor: Any, metrics: IMetrics) -> A
         account_max_delay=cfg.auth.account_max_delay)
     limiter = AuthLimiter(reactor, limits, metrics=m)
     return SASLServer(directory.lookup_secrets, settings, limiter, reactor, cfg.hostname,
-                      metrics=m, run_blocking=lambda f: deferToThread(f))
+                      metrics=m, run_blocking=lambda f: deferToThread(f),
+                      dummy_verify=getattr(directory, "dummy_verify", None))
 
 
 def make_resolver(cfg: Config, reactor: Any, metrics: IMetrics) -> Any:

@@ -24,6 +24,7 @@ nothing blocks the reactor thread).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -181,6 +182,7 @@ class LDAPDirectory:
         self._quotas: dict[str, int | None] = {}
         self.cache_hits = 0
         self.cache_misses = 0
+        self._dummy_name = "mxd-no-such-account-" + os.urandom(8).hex()
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -349,6 +351,17 @@ class LDAPDirectory:
             return None
         await self._store_account(acct)
         return LDAPSecrets(acct.name, acct.dn, dict(acct.scram), self.client.check_password)
+
+    def dummy_verify(self, password: str) -> bool:
+        """Blocking, for ``SASLServer(dummy_verify=...)``: the password check of an unknown
+        login costs a bind, like a known one's (a bind as a DN that does not exist, which
+        the server refuses as invalid credentials, RFC 4513 §5.1.3).  Always False."""
+        dn = f"{self.settings.name_attribute}={self._dummy_name},{self.settings.base_dn}"
+        try:
+            self.client.check_password(dn, password)
+        except LDAPUnavailable as e:
+            raise CredentialsUnavailable(str(e)) from e
+        return False
 
     # -- administration (read-only) --------------------------------------------------------
 

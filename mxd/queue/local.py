@@ -18,11 +18,13 @@ from mxd.store.interfaces import Delivery, MessageProps
 
 
 class LocalDeliveryError(MxdError):
-    """Local delivery failed; ``permanent`` for an unknown recipient."""
+    """Local delivery failed; ``permanent`` for an unknown recipient; ``enhanced`` is the
+    RFC 3463 status code (None: the runner's default)."""
 
-    def __init__(self, message: str, permanent: bool) -> None:
+    def __init__(self, message: str, permanent: bool, enhanced: str | None = None) -> None:
         super().__init__(message)
         self.permanent = permanent
+        self.enhanced = enhanced
 
 
 class StoreLocalDelivery:
@@ -47,7 +49,12 @@ class StoreLocalDelivery:
         return ensureDeferred(self._deliver(address, body))
 
     async def _deliver(self, address: str, body: bytes) -> None:
-        account = await self.directory.resolve_recipient(address)
+        try:
+            account = await self.directory.resolve_recipient(address)
+        except MxdError as e:
+            # e.g. the LDAP directory is down: RFC 3463 X.4.3 "directory server failure".
+            raise LocalDeliveryError(f"directory lookup failed: {e}", permanent=False,
+                                     enhanced="4.4.3") from e
         if account is None:
             raise LocalDeliveryError(f"no mailbox for {address}", permanent=True)
         writer = self.store.new_blob()

@@ -352,7 +352,8 @@ class QueueRunner(Service):
                 if getattr(e, "permanent", False):
                     out.append(RcptOutcome(r, RcptKind.PERMANENT, 550, "5.1.1", str(e)))
                 else:
-                    out.append(RcptOutcome(r, RcptKind.TEMPORARY, 451, "4.3.0", str(e)))
+                    out.append(RcptOutcome(r, RcptKind.TEMPORARY, 451,
+                                           getattr(e, "enhanced", None) or "4.3.0", str(e)))
         return out
 
     # -- recording results and DSNs -----------------------------------------------------

@@ -105,9 +105,12 @@ class SASLServer:
     ``lookup_secrets(name)`` fires with the account's ``AccountSecrets`` or None when there
     is no such account (or it may not log in); an errback makes the attempt fail
     temporarily, as does ``CredentialsUnavailable`` from ``verify_password``.  A success
-    names the account (``AccountSecrets.account``), which may differ from the login name.  ``run_blocking``
-    runs the scrypt check of PLAIN/LOGIN (default: inline; the composition layer can
-    pass ``twisted.internet.threads.deferToThread``).
+    names the account (``AccountSecrets.account``), which may differ from the login name.
+    ``run_blocking`` runs the scrypt check of PLAIN/LOGIN (default: inline; the
+    composition layer can pass ``twisted.internet.threads.deferToThread``).
+    ``dummy_verify(password)`` (blocking) is the check made for an unknown user so that it
+    costs what a real one costs: by default a dummy scrypt hash; a directory that checks
+    passwords by binding passes a bind that must fail (``LDAPDirectory.dummy_verify``).
     """
 
     log = Logger()
@@ -116,8 +119,10 @@ class SASLServer:
         self, lookup_secrets: LookupSecrets, settings: SASLSettings, limiter: AuthLimiter,
         clock: IClock, hostname: str, *, metrics: IMetrics | None = None,
         run_blocking: RunBlocking | None = None,
+        dummy_verify: Callable[[str], bool] | None = None,
     ) -> None:
         self._lookup = lookup_secrets
+        self._dummy_verify = dummy_verify
         self.settings = settings
         self._limiter = limiter
         self._clock = clock
@@ -242,7 +247,11 @@ class SASLServer:
             secrets = await self._find(user)
         except Exception:  # noqa: BLE001 - any store error: fail temporarily, logged
             return self._temporary(mech, conn, user)
-        verify = secrets.verify_password if secrets is not None else self._dummy().verify
+        verify: Callable[[str], bool]
+        if secrets is not None:
+            verify = secrets.verify_password
+        else:
+            verify = self._dummy_verify or self._dummy().verify
         try:
             ok = await self._run_blocking(lambda: verify(password))
         except CredentialsUnavailable:

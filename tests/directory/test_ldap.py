@@ -55,6 +55,7 @@ class FakeClient:
         self.members = members
         self.passwords = passwords
         self.filters: list[str] = []
+        self.binds: list[str] = []
         self.down = False
 
     def search(self, base: str, f: str, attributes: Sequence[str],
@@ -81,6 +82,7 @@ class FakeClient:
         return entries[0] if entries else None
 
     def check_password(self, dn: str, password: str) -> bool:
+        self.binds.append(dn)
         if self.down:
             raise LDAPUnavailable("down")
         return bool(password) and self.passwords.get(dn) == password
@@ -208,7 +210,8 @@ def test_verify_password_while_down_is_credentials_unavailable(h: StoreHarness) 
 
 def _sasl(d: LDAPDirectory, clock: task.Clock) -> SASLServer:
     st = SASLSettings(fake_salt_key=b"k" * 32, fake_scrypt_n=2**10)
-    return SASLServer(d.lookup_secrets, st, AuthLimiter(clock), clock, "mx.example.test")
+    return SASLServer(d.lookup_secrets, st, AuthLimiter(clock), clock, "mx.example.test",
+                      dummy_verify=d.dummy_verify)
 
 
 CONN = ConnectionInfo("192.0.2.1", tls=True)
@@ -268,3 +271,18 @@ def test_read_only_and_orphans(h: StoreHarness) -> None:
     failure_of(d.delete_account("alice")).trap(ReadOnlyDirectory)
     h.run(d.delete_account("dave"))
     assert h.run(d.orphans()) == []
+
+
+def test_unknown_login_costs_a_bind_like_a_known_one(h: StoreHarness) -> None:
+    """PLAIN for an unknown login (and for one outside the group) binds once as a DN that
+    does not exist, as a known login binds once as its own DN; both fail the same way."""
+    d, client, clock = make(h)
+    server = _sasl(d, clock)
+    out = h.run(server.check_password("nobody", "whatever-1", CONN))
+    assert isinstance(out, SASLFailure) and not out.temporary
+    assert len(client.binds) == 1 and "mxd-no-such-account-" in client.binds[0]
+    assert client.binds[0].endswith("," + SETTINGS.base_dn)
+    h.run(server.check_password("alice", "wrong-pw", CONN))
+    assert client.binds[1] == "uid=alice,ou=people,dc=example,dc=test"
+    h.run(server.check_password("dave", "dave-pw", CONN))
+    assert len(client.binds) == 3 and "mxd-no-such-account-" in client.binds[2]

@@ -92,3 +92,26 @@ def test_store_local_delivery_into_inbox(data_dir: Path) -> None:
         assert getattr(err, "permanent", False)
     finally:
         h.close()
+
+
+def test_store_local_delivery_directory_down_is_temporary_443(data_dir: Path) -> None:
+    """When the directory cannot answer (LDAP down), local delivery fails temporarily with
+    4.4.3 (RFC 3463 directory server failure), never as an unknown recipient."""
+    from twisted.internet.defer import fail
+
+    from mxd.directory.ldapclient import LDAPUnavailable
+
+    class DownDirectory:
+        def is_local_domain(self, domain: str) -> bool:
+            return True
+
+        def resolve_recipient(self, address: str):  # type: ignore[no-untyped-def]
+            return fail(LDAPUnavailable("no LDAP server available"))
+
+    h = open_store(data_dir, inline=True)
+    try:
+        local = StoreLocalDelivery(h.store, directory=DownDirectory())
+        err = h.fail(local.deliver("alice@example.org", b"x"))
+        assert not err.permanent and err.enhanced == "4.4.3"
+    finally:
+        h.close()
