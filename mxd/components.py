@@ -64,7 +64,7 @@ def make_store(cfg: Config, reactor: Any) -> Any:
                        settings=StoreSettings(quota_bytes=cfg.store.quota_bytes or None))
 
 
-def make_directory(cfg: Config, store: Any, reactor: Any) -> Any:
+def make_directory(cfg: Config, store: Any, reactor: Any, metrics: IMetrics | None = None) -> Any:
     from mxd.directory.local import DirectorySettings, LocalDirectory
 
     settings = DirectorySettings(
@@ -76,12 +76,13 @@ def make_directory(cfg: Config, store: Any, reactor: Any) -> Any:
         postmaster=cfg.domains.postmaster or None,
     )
     if cfg.directory.backend == "ldap":
-        return make_ldap_directory(cfg, settings, store, reactor)
+        return make_ldap_directory(cfg, settings, store, reactor, metrics)
     # With the reactor, password hashing (PBKDF2 + scrypt) runs on its thread pool.
     return LocalDirectory(store, settings, reactor=reactor)
 
 
-def make_ldap_directory(cfg: Config, settings: Any, store: Any, reactor: Any) -> Any:
+def make_ldap_directory(cfg: Config, settings: Any, store: Any, reactor: Any,
+                        metrics: IMetrics | None = None) -> Any:
     """The LDAP directory with its client and bounded worker pool (stopped at shutdown)."""
     import attrs
 
@@ -106,7 +107,8 @@ def make_ldap_directory(cfg: Config, settings: Any, store: Any, reactor: Any) ->
 
     reactor.addSystemEventTrigger("during", "shutdown", stop)
     return ldap.LDAPDirectory(client, ldap.settings_from_values(attrs.asdict(lc)), settings,
-                              store, reactor, ldap.in_threadpool(reactor, pool))
+                              store, reactor, ldap.in_threadpool(reactor, pool),
+                              metrics=metrics)
 
 
 async def open_store_and_directory(cfg: Config, reactor: Any) -> tuple[Any, Any]:
@@ -287,7 +289,7 @@ def build(cfg: Config, reactor: Any, metrics: IMetrics, parent: Any) -> dict[str
     from mxd.queue.queue import Queue
 
     store = make_store(cfg, reactor)
-    directory = make_directory(cfg, store, reactor)
+    directory = make_directory(cfg, store, reactor, metrics)
 
     def sync() -> Deferred[None]:
         return Deferred.fromCoroutine(sync_config_accounts(cfg, store))

@@ -50,6 +50,7 @@ from mxd.directory.ldapclient import (
 )
 from mxd.directory.ldapfilter import escape_value, group_filter, name_filter
 from mxd.directory.local import DirectoryError, DirectorySettings
+from mxd.metrics import IMetrics, NoopMetrics
 from mxd.sasl.credentials import CramMD5Secret, CredentialsUnavailable, ScramSecret
 from mxd.store.interfaces import Account, AccountExists
 
@@ -161,6 +162,8 @@ def entry_to_account(entry: RawEntry, settings: LDAPSettings) -> LDAPAccount | N
 class LDAPDirectory:
     """The LDAP ``IDirectory`` and ``lookup_secrets`` (see the module docstring).
 
+    Metrics: ``ldap_cache_total{result=hit|miss,kind=login|address|name}``.
+
     ``client`` is a blocking ``LDAPClient``; ``run_in_thread(fn)`` runs its calls off the
     reactor thread (``in_threadpool`` over a bounded pool that the caller starts and
     stops).  ``store`` keeps the mailboxes (``IAccountStore``); ``clock`` (``seconds()``)
@@ -169,13 +172,15 @@ class LDAPDirectory:
 
     def __init__(self, client: LDAPClient, settings: LDAPSettings,
                  directory: DirectorySettings, store: Any, clock: Any,
-                 run_in_thread: Callable[[Callable[[], Any]], Deferred[Any]]) -> None:
+                 run_in_thread: Callable[[Callable[[], Any]], Deferred[Any]], *,
+                 metrics: IMetrics | None = None) -> None:
         self.client = client
         self.settings = settings
         self.directory = directory
         self.store = store
         self._clock = clock
         self._run = run_in_thread
+        self._metrics: IMetrics = metrics if metrics is not None else NoopMetrics()
         self._domains = frozenset(directory.domains)
         self._cache: dict[tuple[str, str], tuple[float, LDAPAccount | None]] = {}
         self._store_ids: dict[str, int] = {}
@@ -196,8 +201,10 @@ class LDAPDirectory:
         hit = self._cache.get((kind, key))
         if hit is not None and hit[0] > now:
             self.cache_hits += 1
+            self._metrics.inc("ldap_cache_total", result="hit", kind=kind)
             return succeed(hit[1])
         self.cache_misses += 1
+        self._metrics.inc("ldap_cache_total", result="miss", kind=kind)
 
         def remember(acct: LDAPAccount | None) -> LDAPAccount | None:
             ttl = self.settings.cache_ttl if acct is not None else self.settings.negative_cache_ttl
