@@ -389,10 +389,14 @@ class LDAPDirectory:
         return self._by_name(name)
 
     def get_account(self, name: str) -> Deferred[Account | None]:
-        """The account ``name`` as LDAP has it (its store row is created if missing)."""
+        """The account ``name`` as LDAP has it, with its store id (0 when it has no
+        mailboxes yet: reading creates nothing)."""
         async def get() -> Account | None:
             acct = await self._by_name(name)
-            return await self._store_account(acct) if acct is not None else None
+            if acct is None:
+                return None
+            row = await self.store.get_account(acct.name)
+            return Account(row.id if row is not None else 0, acct.name, acct.addresses)
 
         return ensureDeferred(get())
 
