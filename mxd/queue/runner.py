@@ -300,8 +300,12 @@ class QueueRunner(Service):
         self.metrics.inc("queue_transport_attempts", transport=t.name)
         for o in outcomes:
             self.metrics.inc("queue_transport_results", transport=t.name, result=o.kind.value)
-        return outcomes, [attrs.evolve(a, transport=t.name, route=choice.reason)
-                          for a in attempts]
+        stamped = [attrs.evolve(a, transport=t.name, route=choice.reason) for a in attempts]
+        if t.kind is TransportKind.SOCKS5 and t.remote_ips:
+            # RFC 8460 §4.4 "sending-mta-ip": the receiver saw the proxy's address, not ours.
+            stamped = [attrs.evolve(a, local_ip=t.remote_ips[0]) if a.local_ip else a
+                       for a in stamped]
+        return outcomes, stamped
 
     async def _deliver_via(self, m: qs.QueuedMessage, t: Transport,
                            reason: str) -> tuple[list[RcptOutcome], list[Attempt]]:
