@@ -73,6 +73,12 @@ def unfold(value: bytes) -> str:
     return re.sub(rb"\r\n(?=[ \t])", b"", value).decode("utf-8", "replace").strip()
 
 
+# The common forms "Name <local@domain>" and "local@domain", without quotes, comments,
+# groups or several addresses; anything else goes to the full RFC 5322 parser.
+_SIMPLE_FROM = re.compile(r"^(?:[A-Za-z0-9 .\-_']*<)?[A-Za-z0-9.!#$%&'*+/=?^_`{|}~\-]+"
+                          r"@([A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?)>?$")
+
+
 def from_domains(fields: list[Field]) -> list[str] | None:
     """The domains of the RFC5322.From addresses (RFC 7489 §6.6.1), lower case, or None
     when there is not exactly one From field or it cannot be parsed."""
@@ -80,6 +86,9 @@ def from_domains(fields: list[Field]) -> list[str] | None:
     if len(froms) != 1:
         return None
     text = unfold(froms[0].value)
+    m = _SIMPLE_FROM.match(text)
+    if m and (text.endswith(">") == ("<" in text)):
+        return [m.group(1).lower().rstrip(".")]
     try:
         header = SMTP.header_factory("from", text)
         addresses: tuple[Address, ...] = header.addresses  # type: ignore[attr-defined]

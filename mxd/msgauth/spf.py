@@ -14,6 +14,7 @@ DNSSEC-validated by a trusted resolver.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import re
 import urllib.parse
@@ -163,7 +164,9 @@ class SPFSyntaxError(ValueError):
     """The record is not valid SPF (RFC 7208 §4.6: permerror)."""
 
 
+@functools.lru_cache(maxsize=1024)
 def _parse(text: str) -> Record:
+    """Parsed records are cached: the same policies come back message after message."""
     if not text.isascii():
         raise _perm("non-ASCII record")
     terms = text.split(" ")
