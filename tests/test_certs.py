@@ -1,0 +1,157 @@
+"""The certificate store: self-signed fallback on the host keys, atomic install, SNI."""
+
+from __future__ import annotations
+
+import datetime
+import socket
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
+
+from mxd.certs import CertifiedKey, CertStore, names_for, spki_sha256_of_cert
+from mxd.hostkeys import KeyKind
+from tests.golive_helpers import NOW, host_keys
+
+NAMES = names_for("mx.example.test", ["example.test"])
+
+
+def _issued(hk, name: str, days: int = 90) -> CertifiedKey:
+    """A certificate for ``name`` on host key ``hk`` signed by a throwaway CA."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(1)
+          .not_valid_before(NOW - datetime.timedelta(days=1))
+          .not_valid_after(NOW + datetime.timedelta(days=365))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    leaf = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_name).public_key(hk.key.public_key()).serial_number(2)
+            .not_valid_before(NOW).not_valid_after(NOW + datetime.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    return CertifiedKey((leaf, ca), hk.key, hk.kind)
+
+
+def _handshake(store: CertStore, sni: str | None, rsa_only: bool = False,
+               http: bool = False) -> x509.Certificate:
+    """A real TLS handshake over a socket pair; the certificate the server presented."""
+    a, b = socket.socketpair()
+    server = SSL.Connection(store.context(None, None, http), a)
+    server.set_accept_state()
+    cctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    if rsa_only:  # TLS 1.2 with an RSA-only cipher suite
+        cctx.set_max_proto_version(SSL.TLS1_2_VERSION)
+        cctx.set_cipher_list(b"ECDHE-RSA-AES128-GCM-SHA256")
+    client = SSL.Connection(cctx, b)
+    if sni:
+        client.set_tlsext_host_name(sni.encode())
+    client.set_connect_state()
+    a.setblocking(False)
+    b.setblocking(False)
+    for _ in range(100):
+        for c in (client, server):
+            try:
+                c.do_handshake()
+            except SSL.WantReadError:
+                pass
+        if client.get_peer_certificate() is not None and server.get_servername() is not None \
+                or (client.get_peer_certificate() is not None and sni is None):
+            try:
+                client.do_handshake()
+                break
+            except SSL.WantReadError:
+                continue
+    cert = client.get_peer_certificate()
+    assert cert is not None
+    a.close()
+    b.close()
+    return cert.to_cryptography()
+
+
+@pytest.fixture
+def keys(tmp_path):
+    return host_keys(tmp_path / "keys")
+
+
+def test_fallback_is_self_signed_for_every_name_on_each_host_key(keys, tmp_path):
+    """Without CA certificates every name is served a self-signed certificate made for
+    the host key of each kind (never no certificate)."""
+    store = CertStore(NAMES, keys, tmp_path / "certs", now=NOW)
+    for name in NAMES:
+        served = store.current(name)
+        assert [c.kind for c in served] == [KeyKind.RSA2048, KeyKind.ECDSAP256]
+        for c, hk in zip(served, keys, strict=True):
+            assert c.self_signed
+            assert spki_sha256_of_cert(c.leaf) == hk.spki_sha256
+            sans = c.leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+            assert set(sans.value.get_values_for_type(x509.DNSName)) == set(NAMES)
+
+
+def test_fallback_is_kept_across_restarts(keys, tmp_path):
+    """The self-signed certificate is stored and reused, so it can be pinned."""
+    one = CertStore(NAMES, keys, tmp_path / "certs", now=NOW)
+    two = CertStore(NAMES, keys, tmp_path / "certs", now=NOW)
+    assert one.fallback[KeyKind.RSA2048].leaf == two.fallback[KeyKind.RSA2048].leaf
+
+
+def test_install_writes_then_serves_and_survives_a_restart(keys, tmp_path):
+    """A new CA certificate is written to disk and served; a new store loads it."""
+    store = CertStore(NAMES, keys, tmp_path / "certs", now=NOW)
+    issued = _issued(keys[1], "mta-sts.example.test")
+    store.install("mta-sts.example.test", issued)
+    assert store.get("mta-sts.example.test", KeyKind.ECDSAP256) == issued
+    assert _handshake(store, "mta-sts.example.test") == issued.leaf
+    again = CertStore(NAMES, keys, tmp_path / "certs", now=NOW)
+    assert again.get("mta-sts.example.test", KeyKind.ECDSAP256).leaf == issued.leaf
+
+
+def test_install_refuses_a_certificate_for_another_key(keys, tmp_path):
+    """A certificate whose key is not the host key is refused; the old one stays."""
+    store = CertStore(NAMES, keys, tmp_path / "certs", now=NOW)
+    wrong = _issued(keys[1], "mx.example.test")
+    bad = CertifiedKey(wrong.chain, keys[0].key, KeyKind.RSA2048)
+    with pytest.raises(ValueError, match="not for its host key"):
+        store.install("mx.example.test", bad)
+    assert store.get("mx.example.test", KeyKind.RSA2048) is None
+    assert not (tmp_path / "certs" / "mx.example.test.rsa2048.pem").exists()
+
+
+def test_sni_picks_the_certificate_of_the_name(keys, tmp_path):
+    """SNI mta-sts.example.test gets that name's certificate; no SNI or an unknown name
+    gets the host name's."""
+    store = CertStore(NAMES, keys, tmp_path / "certs", now=NOW)
+    mx = _issued(keys[1], "mx.example.test")
+    sts = _issued(keys[1], "mta-sts.example.test")
+    store.install("mx.example.test", mx)
+    store.install("mta-sts.example.test", sts)
+    assert _handshake(store, "mta-sts.example.test") == sts.leaf
+    assert _handshake(store, None) == mx.leaf
+    assert _handshake(store, "unknown.example.test") == mx.leaf
+
+
+def test_rsa_only_clients_get_the_rsa_certificate(keys, tmp_path):
+    """Both certificates are in each context; a client without ECDSA gets the RSA one."""
+    store = CertStore(NAMES, keys, tmp_path / "certs", now=NOW)
+    cert = _handshake(store, "mx.example.test", rsa_only=True)
+    assert spki_sha256_of_cert(cert) == keys[0].spki_sha256
+
+
+def test_tls_alpn_challenge_certificate_only_while_pending(keys, tmp_path):
+    """While a TLS-ALPN-01 validation is pending the https listener answers that name with
+    the challenge certificate; after clear_challenge the normal one again."""
+    from mxd.acme.tlsalpn import challenge_certificate
+
+    store = CertStore(NAMES, keys, tmp_path / "certs", now=NOW)
+    chall = challenge_certificate("mta-sts.example.test", "token.thumb", keys[1].key)
+    store.set_challenge("mta-sts.example.test", chall, keys[1].key)
+    assert _handshake(store, "mta-sts.example.test", http=True) == chall
+    assert _handshake(store, "mta-sts.example.test", http=False) != chall  # mail listeners
+    store.clear_challenge("mta-sts.example.test")
+    assert _handshake(store, "mta-sts.example.test", http=True) != chall
