@@ -32,11 +32,16 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mxd.hostkeys import HostKey, KeyKind, PrivateKey, spki_sha256
-from mxd.tls import TLS_VERSIONS
+from mxd.tls import TLS_VERSIONS, alpn_selector
 
 log = Logger(namespace="mxd.certs")
 
 ACME_TLS_ALPN = b"acme-tls/1"  # RFC 8737 §6.2
+HTTP_ALPN = "http/1.1"
+
+
+def _http_alpn(conn: SSL.Connection, offered: Sequence[bytes]) -> Any:
+    return b"http/1.1" if b"http/1.1" in offered else SSL.NO_OVERLAPPING_PROTOCOLS
 
 
 @attrs.frozen
@@ -130,7 +135,7 @@ class CertStore:
         self.min_version = min_version
         self._lock = threading.Lock()
         self._certs: dict[tuple[str, KeyKind], CertifiedKey] = {}
-        self._contexts: dict[tuple[str, str | None, bool], SSL.Context] = {}
+        self._contexts: dict[tuple[str, str | None, str | None], SSL.Context] = {}
         self._challenges: dict[str, SSL.Context] = {}
         now = now or datetime.datetime.now(datetime.UTC)
         self.fallback = {k.kind: self._fallback(k, now) for k in self.host_keys}
@@ -215,27 +220,26 @@ class CertStore:
     # -- contexts ------------------------------------------------------------------------
 
     def context(self, name: str | None, max_version: str | None = None,
-                http: bool = False) -> SSL.Context:
-        """The context for SNI ``name`` (unknown or absent: the default name)."""
+                alpn: str | None = None) -> SSL.Context:
+        """The context for SNI ``name`` (unknown or absent: the default name) on a listener
+        speaking ``alpn`` ("smtp", "imap", or HTTP_ALPN on the https listener)."""
         if name not in self.names:
             name = self.default_name
-        key = (name, max_version, http)
+        key = (name, max_version, alpn)
         with self._lock:
             ctx = self._contexts.get(key)
         if ctx is None:
-            ctx = self._build(name, max_version, http)
+            ctx = self._build(name, max_version, alpn)
             with self._lock:
                 self._contexts[key] = ctx
         return ctx
 
-    def _build(self, name: str, max_version: str | None, http: bool) -> SSL.Context:
+    def _build(self, name: str, max_version: str | None, alpn: str | None) -> SSL.Context:
         certified = self.current(name)
         first, rest = certified[0], certified[1:]
         kwargs: dict[str, Any] = {}
         if max_version is not None:
             kwargs["lowerMaximumSecurityTo"] = TLS_VERSIONS[max_version]
-        if http:
-            kwargs["acceptableProtocols"] = [b"http/1.1"]
         extra: list[x509.Certificate] = []
         for c in certified:
             extra += [x for x in c.chain[1:] if x not in extra]
@@ -251,10 +255,16 @@ class CertStore:
             ctx.use_privatekey(c.key)
         ctx.check_privatekey()
         ctx.set_options(SSL.OP_NO_RENEGOTIATION)
-        ctx.set_tlsext_servername_callback(self._servername(max_version, http))
+        if alpn == HTTP_ALPN:
+            ctx.set_alpn_select_callback(_http_alpn)
+        elif alpn is not None:  # RFC 7301 §3.2: refuse a client speaking another protocol
+            ctx.set_alpn_select_callback(alpn_selector(alpn.encode("ascii")))
+        else:
+            ctx.set_alpn_select_callback(lambda conn, offered: SSL.NO_OVERLAPPING_PROTOCOLS)
+        ctx.set_tlsext_servername_callback(self._servername(max_version, alpn))
         return ctx
 
-    def _servername(self, max_version: str | None, http: bool) -> Any:
+    def _servername(self, max_version: str | None, alpn: str | None) -> Any:
         def pick(conn: SSL.Connection) -> None:
             raw = conn.get_servername()
             if not raw:
@@ -263,7 +273,7 @@ class CertStore:
                 name = raw.decode("ascii").lower().rstrip(".")
             except UnicodeDecodeError:
                 return
-            if http:
+            if alpn == HTTP_ALPN:
                 with self._lock:
                     challenge = self._challenges.get(name)
                 if challenge is not None:
@@ -272,13 +282,13 @@ class CertStore:
                     conn.set_context(challenge)
                     return
             if name in self.names and name != self.default_name:
-                conn.set_context(self.context(name, max_version, http))
+                conn.set_context(self.context(name, max_version, alpn))
         return pick
 
     def server_tls(self, max_version: str | None = None,
-                   http: bool = False) -> ServerTLS:
+                   alpn: str | None = None) -> ServerTLS:
         """A connection creator for a listener (STARTTLS or implicit TLS)."""
-        return ServerTLS(self, max_version, http)
+        return ServerTLS(self, max_version, alpn)
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -286,13 +296,13 @@ class ServerTLS:
     """Makes each server connection from the store's current default context; SNI may
     switch it to another name's context during the handshake."""
 
-    def __init__(self, store: CertStore, max_version: str | None, http: bool) -> None:
+    def __init__(self, store: CertStore, max_version: str | None, alpn: str | None) -> None:
         self.store = store
         self.max_version = max_version
-        self.http = http
+        self.alpn = alpn
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        return SSL.Connection(self.store.context(None, self.max_version, self.http), None)
+        return SSL.Connection(self.store.context(None, self.max_version, self.alpn), None)
 
 
 def spki_sha256_of_cert(cert: x509.Certificate) -> bytes:

@@ -204,10 +204,11 @@ def _serve(cfg: Config, banner: str | None,
     from twisted.logger import globalLogBeginner
 
     from mxd.log import make_observer
-    from mxd.tap import build_service, check_ports_free, tls_settings_for
+    from mxd.tap import build_service, check_host_keys, check_ports_free, tls_settings_for
 
     for li in cfg.listeners:
         tls_settings_for(cfg, li)
+    check_host_keys(cfg)
     check_ports_free(cfg)
     globalLogBeginner.beginLoggingTo(
         [make_observer(cfg.log.level, cfg.log.format, cfg.log.levels, sys.stderr)],
@@ -337,6 +338,46 @@ def cmd_localserve(args: argparse.Namespace) -> int:
     return _serve(cfg, banner, prepare)
 
 
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from mxd.quickstart import DEFAULT_DIR, QuickstartOptions, run
+
+    opts = QuickstartOptions(
+        address=args.address, directory=Path(args.dir) if args.dir else DEFAULT_DIR,
+        hostname=args.hostname, data_dir=Path(args.data_dir) if args.data_dir else None,
+        public_ips=tuple(args.ip or ()), acme=not args.no_acme,
+        acme_directory=args.acme_directory,
+        acme_ca_file=Path(args.acme_ca_file).resolve() if args.acme_ca_file else None,
+        resolver=args.resolver)
+    return run(opts)
+
+
+def _domain_in_config(cfg: Config, domain: str) -> str:
+    from mxd.config import normalise_domain
+
+    d = normalise_domain(domain)
+    if d not in {normalise_domain(x) for x in cfg.domains.names}:
+        raise CLIError(f"{domain} is not in [domains].names of {cfg.source}")
+    return d
+
+
+def cmd_dns_records(args: argparse.Namespace) -> int:
+    from mxd.dnsrecords import records, render
+    from mxd.recordsconfig import record_inputs
+
+    cfg = _config(args)
+    inputs = record_inputs(cfg, _domain_in_config(cfg, args.domain))
+    sys.stdout.write(render(records(inputs), inputs))
+    return 0
+
+
+def cmd_dns_check(args: argparse.Namespace) -> int:
+    from mxd.dnscheck_cli import run_check
+
+    cfg = _config(args)
+    return run_check(cfg, _domain_in_config(cfg, args.domain), as_json=args.json,
+                     ca_file=args.ca_file, run=_run_deferred)
+
+
 # --- argument parsing -----------------------------------------------------------------
 
 def _wake_server(cfg: Config) -> None:
@@ -396,6 +437,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port-offset", type=int, default=0, metavar="N",
                    help="add N to every port (to run a second instance)")
     p.set_defaults(func=cmd_localserve)
+
+    p = sub.add_parser("quickstart", help="configure a new domain: config, keys, account, "
+                       "and the DNS records to publish",
+                       description="Writes DIR/mxd.toml, host keys, DKIM keys and an admin "
+                       "password hash (never overwriting a file), creates the account with a "
+                       "generated password, and prints every DNS record to add. Run again, it "
+                       "prints the records of the existing config.")
+    p.add_argument("address", help="your address, e.g. you@example.org")
+    p.add_argument("--hostname", help="the mail host name (default mail.DOMAIN)")
+    p.add_argument("--dir", help="config directory (default /etc/mxd)")
+    p.add_argument("--data-dir", help="data directory (default /var/lib/mxd)")
+    p.add_argument("--ip", action="append", help="a public IP address of this server "
+                   "(repeatable): A/AAAA, SPF, reverse DNS")
+    p.add_argument("--no-acme", action="store_true", help="do not request certificates "
+                   "with ACME (self-signed certificates on the host keys are served)")
+    p.add_argument("--acme-directory", help="ACME directory URL (default Let's Encrypt)")
+    p.add_argument("--acme-ca-file", help="roots for the ACME server's HTTPS")
+    p.add_argument("--resolver", default="127.0.0.1",
+                   help="validating resolver as IP[:PORT] (default 127.0.0.1)")
+    p.set_defaults(func=cmd_quickstart)
 
     cp = sub.add_parser("config", help="check the config or print its reference")
     csub = cp.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
@@ -474,6 +535,19 @@ def _add_optional_commands(sub: Any) -> None:
             return int(dns_cli.run(args))
 
         p.set_defaults(func=run_dns)
+        p = dsub.add_parser("records", help="print the DNS records DOMAIN needs, with what "
+                            "each is for")
+        _add_config(p)
+        p.add_argument("domain")
+        p.set_defaults(func=cmd_dns_records)
+        p = dsub.add_parser("check", help="check DOMAIN's DNS records through mxd's resolver "
+                            "(OK/WARN/ERROR per check with the fix; exit 1 on any ERROR)")
+        _add_config(p)
+        p.add_argument("domain")
+        p.add_argument("--json", action="store_true", help="print the results as JSON")
+        p.add_argument("--ca-file", metavar="PEM", help="roots to verify the MTA-STS policy "
+                       "host with (default [outbound].ca_file or the system store)")
+        p.set_defaults(func=cmd_dns_check)
 
     from mxd.queue import cli as queue_cli
 

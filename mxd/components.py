@@ -302,6 +302,8 @@ def build(cfg: Config, reactor: Any, metrics: IMetrics, parent: Any) -> dict[str
     resolver = make_resolver(cfg, reactor, metrics)
     comps = {"store": store, "store_service": store_service, "directory": directory,
              "sasl": sasl, "queue": queue, "resolver": resolver}
+    if cfg.tls.host_keys:
+        comps.update(make_certificates(cfg, reactor, resolver, parent))
     if cfg.queue.hold_all:
         log.info("queue: hold_all is set, outbound mail stays queued")
     else:
@@ -311,6 +313,50 @@ def build(cfg: Config, reactor: Any, metrics: IMetrics, parent: Any) -> dict[str
         runner.setServiceParent(parent)
         comps["queue_runner"] = runner
     return comps
+
+
+def make_certificates(cfg: Config, reactor: Any, resolver: Any, parent: Any) -> dict[str, Any]:
+    """The certificate store on the host keys (SNI), the HTTP-01 responder, the ACME
+    service when enabled, and the start-up check of our own TLSA records."""
+    from mxd.certs import CertStore, names_for
+    from mxd.dane_inbound import InboundDANECheck
+    from mxd.hostkeys import load_all
+    from mxd.recordsconfig import acme_dir
+    from mxd.wellknown import HTTP01Responder
+
+    keys = load_all(cfg.tls.host_keys)
+    names = names_for(normalise_domain(cfg.hostname),
+                      [normalise_domain(d) for d in cfg.domains.names])
+    store = CertStore(names, keys, acme_dir(cfg) / "certs", min_version=cfg.tls.min_version)
+    http01 = HTTP01Responder()
+    out: dict[str, Any] = {"certs": store, "http01": http01}
+    smtp_port = next((li.port for li in cfg.listeners if li.protocol == "smtp"), None)
+    if smtp_port is not None:
+        InboundDANECheck(resolver, store, normalise_domain(cfg.hostname)).setServiceParent(parent)
+    if cfg.acme.enabled:
+        out["acme"] = make_acme_service(cfg, store, keys, http01, reactor)
+        out["acme"].setServiceParent(parent)
+    return out
+
+
+def make_acme_service(cfg: Config, store: Any, keys: Any, http01: Any, reactor: Any) -> Any:
+    """ACME orders for every name and host key; the blocking ``acme`` library runs in the
+    reactor's thread pool."""
+    from twisted.internet.threads import deferToThreadPool
+
+    from mxd.acme.client import ACMEClient, ACMESettings
+    from mxd.acme.service import ACMEService, RenewalSettings, StoreProvisioner
+    from mxd.recordsconfig import acme_dir
+
+    settings = ACMESettings(directory_url=cfg.acme.directory_url, state_dir=acme_dir(cfg),
+                            contact=cfg.acme.contact, ca_file=cfg.acme.ca_file,
+                            challenges=tuple(cfg.acme.challenges))
+    renewal = RenewalSettings(renew_fraction=cfg.acme.renew_fraction,
+                              retry_min=cfg.acme.retry_min, retry_max=cfg.acme.retry_max)
+    return ACMEService(store, store.names, keys, ACMEClient(settings),
+                       StoreProvisioner(store, http01), reactor,
+                       lambda f: deferToThreadPool(reactor, reactor.getThreadPool(), f),
+                       renewal)
 
 
 def _smtp_settings(cfg: Config) -> Any:
@@ -371,6 +417,12 @@ def dkim_keyring(cfg: Config, comps: dict[str, Any]) -> Any:
     return comps["dkim_keyring"]
 
 
+def site_for_https(root: Any) -> Any:
+    from mxd.wellknown import site
+
+    return site(root)
+
+
 def listener_factory(cfg: Config, li: ListenerConfig, comps: dict[str, Any], reactor: Any,
                      metrics: IMetrics, tls: TLSSettings | None, top: Any,
                      prom: Any) -> IProtocolFactory:
@@ -383,9 +435,32 @@ def listener_factory(cfg: Config, li: ListenerConfig, comps: dict[str, Any], rea
         return cast(IProtocolFactory, site)
     from mxd.tls import load_server_tls
 
+    certs = comps.get("certs")
+    if li.protocol == "http":
+        from mxd.wellknown import PlainSite, site
+
+        return cast(IProtocolFactory, site(PlainSite(comps["http01"])))
+    if li.protocol == "https":
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        from mxd.certs import HTTP_ALPN
+        from mxd.recordsconfig import client_settings, sts_policy
+        from mxd.wellknown import PublicSite
+
+        domains = [normalise_domain(d) for d in cfg.domains.names]
+        policy_text = sts_policy(cfg).to_text()
+        web: Any = site_for_https(PublicSite(domains, lambda: policy_text,
+                                             lambda d: client_settings(cfg, d)))
+        creator: Any = (certs.server_tls(li.max_tls_version, alpn=HTTP_ALPN) if certs is not None
+                        and tls is None else load_server_tls(tls) if tls is not None else None)
+        if creator is None:
+            raise ValueError("the https listener needs a certificate")
+        return cast(IProtocolFactory, TLSMemoryBIOFactory(creator, False, web))
     # ALPN protocol ids from the IANA registry: "imap" on 143/993, "smtp" on 25/587/465.
     alpn = "imap" if li.protocol in ("imap", "imaps") else "smtp"
-    tls_options: Any = load_server_tls(tls, alpn=alpn) if tls is not None else None
+    tls_options: Any = (load_server_tls(tls, alpn=alpn) if tls is not None else
+                        certs.server_tls(li.max_tls_version, alpn=alpn) if certs is not None
+                        else None)
     if li.protocol in ("smtp", "submission", "submissions"):
         from mxd.smtp.service import smtp_factory
 

@@ -108,7 +108,11 @@ def parse_hostport(v: str, default_port: int) -> tuple[str, int]:
     return host, port
 
 
-LISTENER_PROTOCOLS = ("smtp", "submission", "submissions", "imap", "imaps", "admin")
+LISTENER_PROTOCOLS = ("smtp", "submission", "submissions", "imap", "imaps", "admin", "https",
+                      "http")
+ACME_CHALLENGES = ("tls-alpn-01", "http-01")
+STS_MODES = ("enforce", "testing", "none")
+DMARC_POLICIES = ("none", "quarantine", "reject")
 TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
 LOG_LEVELS = ("trace", "debug", "info", "warn", "error", "critical")
 
@@ -121,13 +125,22 @@ class TLSCertConfig:
                            example='"/etc/mxd/tls/privkey.pem"')
     min_version: str = opt("TLSv1.2", "Oldest TLS version accepted (RFC 8996 forbids older).",
                            choices=TLS_VERSIONS)
+    host_keys: list[Path] = opt([], "Pre-generated host keys (PEM, mode 0600): an RSA-2048 "
+                                "and an ECDSA P-256 key. When set and `cert`/`key` are not, "
+                                "every TLS listener serves certificates made for these keys "
+                                "(ACME-issued when [acme] is enabled, self-signed until "
+                                "then), picked by SNI, so TLSA 3 1 1 records stay valid "
+                                "across renewals. `mxd quickstart` generates them.",
+                                example='["hostkey-rsa2048.pem", "hostkey-ecdsap256.pem"]')
 
 
 @attrs.frozen
 class ListenerConfig:
     protocol: str = req("What this listener speaks: smtp (port 25, inbound), submission "
                         "(587, STARTTLS then AUTH), submissions (465, implicit TLS), imap (143, "
-                        "STARTTLS), imaps (993, implicit TLS), admin (HTTP admin and /metrics).",
+                        "STARTTLS), imaps (993, implicit TLS), admin (HTTP admin and /metrics), "
+                        "https (443: MTA-STS policy, client autoconfig, ACME TLS-ALPN-01), "
+                        "http (80: ACME HTTP-01, otherwise a redirect to https).",
                         choices=LISTENER_PROTOCOLS)
     port: int = req("TCP port.", check=_port_check)
     address: str = opt("127.0.0.1", "IP address to bind; \"::\" or \"0.0.0.0\" for all.",
@@ -420,6 +433,53 @@ class MsgAuthConfig:
 
 
 @attrs.frozen
+class ACMEConfig:
+    enabled: bool = opt(False, "Obtain and renew certificates with ACME (RFC 8555) for the "
+                        "host name and each domain's mta-sts. and autoconfig. names, made for "
+                        "[tls].host_keys. Needs an https listener (TLS-ALPN-01) or an http "
+                        "listener (HTTP-01) reachable from the CA on ports 443/80.")
+    directory_url: str = opt("https://acme-v02.api.letsencrypt.org/directory",
+                             "The CA's ACME directory URL.")
+    contact: str = opt("", "Contact e-mail address given to the CA (empty: none).")
+    ca_file: Path | None = opt(None, "PEM roots to verify the ACME server's HTTPS with "
+                               "(default: the system store; tests point it at pebble's).")
+    challenges: list[str] = opt(["tls-alpn-01", "http-01"], "Challenge types to use, in order "
+                                "of preference.", choices=ACME_CHALLENGES)
+    renew_fraction: float = opt(2 / 3, "Renew when this fraction of a certificate's lifetime "
+                                "has passed.", check=lambda v: None if 0 < v < 1 else
+                                f"must be between 0 and 1, got {v}")
+    retry_min: float = opt(60.0, "First retry delay in seconds after a failed order; doubles "
+                           "per failure.", check=_positive)
+    retry_max: float = opt(21600.0, "Longest retry delay in seconds.", check=_positive)
+    caa_issuer: str = opt("letsencrypt.org", "The CA's CAA issuer domain (RFC 8659), for the "
+                          "CAA record `mxd dns records` suggests.")
+
+
+@attrs.frozen
+class MTASTSConfig:
+    mode: str = opt("enforce", "Mode of the MTA-STS policy served at "
+                    "https://mta-sts.<domain>/.well-known/mta-sts.txt (RFC 8461 §3.2).",
+                    choices=STS_MODES)
+    max_age: int = opt(604800, "Seconds senders may cache the policy (RFC 8461 §3.2; at most "
+                       "31557600).", check=lambda v: None if 0 < v <= 31557600 else
+                       f"must be from 1 to 31557600, got {v}")
+    mx: list[str] = opt([], "MX host patterns of the policy (default: [hostname]).")
+
+
+@attrs.frozen
+class DNSRecordsConfig:
+    public_ips: list[str] = opt([], "This server's public IP addresses: A/AAAA of the host "
+                                "name, SPF, reverse DNS. `mxd dns check` compares DNS with "
+                                "them.", check=_address_check, example='["192.0.2.10"]')
+    dmarc_policy: str = opt("reject", "DMARC policy suggested for each domain (RFC 7489 §6.3).",
+                            choices=DMARC_POLICIES)
+    dmarc_rua: str = opt("dmarc-reports", "Local part (at each domain) receiving DMARC "
+                         "aggregate reports.")
+    tlsrpt_rua: str = opt("tls-reports", "Local part (at each domain) receiving TLS reports "
+                          "(RFC 8460).")
+
+
+@attrs.frozen
 class LogConfig:
     level: str = opt("info", "Lowest level written.", choices=LOG_LEVELS)
     format: str = opt("logfmt", "Output format.", choices=("logfmt", "json"))
@@ -457,6 +517,10 @@ class Config:
     dkim: DKIMConfig = opt(DKIMConfig(), "DKIM signing of outgoing mail (RFC 6376).")
     msgauth: MsgAuthConfig = opt(MsgAuthConfig(), "Message authentication of incoming mail "
                                  "(SPF, DKIM, DMARC, iprev; RFC 8601 Authentication-Results).")
+    acme: ACMEConfig = opt(ACMEConfig(), "ACME certificates.")
+    mta_sts: MTASTSConfig = opt(MTASTSConfig(), "MTA-STS policy served for our domains.")
+    dns: DNSRecordsConfig = opt(DNSRecordsConfig(), "What `mxd dns records` suggests and "
+                                "`mxd dns check` expects.")
     log: LogConfig = opt(LogConfig(), "Logging.")
     metrics: MetricsConfig = opt(MetricsConfig(), "Metrics.")
     transports: dict[str, TransportConfig] = opt(
@@ -598,7 +662,10 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
     return attrs.evolve(
         cfg,
         data_dir=cfg.data_dir if cfg.data_dir.is_absolute() else base / cfg.data_dir,
-        tls=attrs.evolve(cfg.tls, cert=fix(cfg.tls.cert), key=fix(cfg.tls.key)),
+        tls=attrs.evolve(cfg.tls, cert=fix(cfg.tls.cert), key=fix(cfg.tls.key),
+                         host_keys=[base / p if not p.is_absolute() else p
+                                    for p in cfg.tls.host_keys]),
+        acme=attrs.evolve(cfg.acme, ca_file=fix(cfg.acme.ca_file)),
         outbound=attrs.evolve(cfg.outbound, ca_file=fix(cfg.outbound.ca_file)),
         dkim=attrs.evolve(cfg.dkim, key_dir=fix(cfg.dkim.key_dir)),
         ldap=attrs.evolve(cfg.ldap, ca_file=fix(cfg.ldap.ca_file),
@@ -619,12 +686,13 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(src, f"{key}.port", f"{li.address}:{li.port} is already used by "
                               f"listeners[{seen[(li.address, li.port)]}]")
         seen[(li.address, li.port)] = i
-        if li.protocol != "admin":
+        if li.protocol not in ("admin", "http"):
             cert, keyf = cfg.tls_for(li)
-            needs_tls = True  # smtp offers STARTTLS; submission/imap require it before auth
-            if needs_tls and (cert is None or keyf is None):
+            # smtp offers STARTTLS; submission/imap require it before auth
+            if (cert is None or keyf is None) and not cfg.tls.host_keys:
                 raise ConfigError(src, key, f"protocol {li.protocol} needs a certificate: set "
-                                  "[tls].cert and [tls].key or cert/key on the listener")
+                                  "[tls].host_keys, or [tls].cert and [tls].key, or cert/key "
+                                  "on the listener")
             for what, p in (("cert", cert), ("key", keyf)):
                 if p is not None and not p.is_file():
                     k = f"{key}.{what}" if getattr(li, what) else f"tls.{what}"
@@ -632,6 +700,18 @@ def _validate(cfg: Config) -> None:
         if li.protocol == "admin" and not ipaddress.ip_address(li.address).is_loopback:
             raise ConfigError(src, f"{key}.address", "the admin listener must be on a "
                               "loopback address (it has no authentication of its own)")
+    for i, p in enumerate(cfg.tls.host_keys):
+        if not p.is_file():
+            raise ConfigError(src, f"tls.host_keys[{i}]", f"file not found: {p} (`mxd "
+                              "quickstart` generates host keys)")
+    if cfg.acme.enabled and not cfg.tls.host_keys:
+        raise ConfigError(src, "acme.enabled", "ACME needs [tls].host_keys (certificates are "
+                          "requested for the pre-generated keys)")
+    if cfg.acme.enabled and not any(li.protocol in ("https", "http") for li in cfg.listeners):
+        raise ConfigError(src, "acme.enabled", "ACME needs an https (TLS-ALPN-01) or http "
+                          "(HTTP-01) listener")
+    if cfg.acme.ca_file is not None and not cfg.acme.ca_file.is_file():
+        raise ConfigError(src, "acme.ca_file", f"file not found: {cfg.acme.ca_file}")
     if cfg.outbound.ca_file is not None and not cfg.outbound.ca_file.is_file():
         raise ConfigError(src, "outbound.ca_file", f"file not found: {cfg.outbound.ca_file}")
     names = set()

@@ -41,12 +41,13 @@ class Options(usage.Options):
             # Build every TLS context now: a bad key or certificate fails before binding.
             for li in self.cfg.listeners:
                 tls_settings_for(self.cfg, li)
+            check_host_keys(self.cfg)
         except (ConfigError, TLSConfigError, ListenError) as e:
             raise usage.UsageError(str(e)) from None
 
 
 def tls_settings_for(cfg: Config, li: ListenerConfig) -> TLSSettings | None:
-    if li.protocol == "admin":
+    if li.protocol in ("admin", "http"):
         return None
     cert, key = cfg.tls_for(li)
     if cert is None or key is None:
@@ -58,6 +59,16 @@ def tls_settings_for(cfg: Config, li: ListenerConfig) -> TLSSettings | None:
     except TLSConfigError as e:
         raise ConfigError(cfg.source, "tls", str(e)) from None
     return settings
+
+
+def check_host_keys(cfg: Config) -> None:
+    """Fail before binding when a configured host key cannot be used."""
+    from mxd.hostkeys import HostKeyError, load_all
+
+    try:
+        load_all(cfg.tls.host_keys)
+    except HostKeyError as e:
+        raise ConfigError(cfg.source, "tls.host_keys", str(e)) from None
 
 
 def check_ports_free(cfg: Config) -> None:

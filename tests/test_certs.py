@@ -43,7 +43,7 @@ def _handshake(store: CertStore, sni: str | None, rsa_only: bool = False,
                http: bool = False) -> x509.Certificate:
     """A real TLS handshake over a socket pair; the certificate the server presented."""
     a, b = socket.socketpair()
-    server = SSL.Connection(store.context(None, None, http), a)
+    server = SSL.Connection(store.context(None, None, "http/1.1" if http else "smtp"), a)
     server.set_accept_state()
     cctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
     if rsa_only:  # TLS 1.2 with an RSA-only cipher suite

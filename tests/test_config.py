@@ -140,9 +140,13 @@ def test_example_file_is_valid_apart_from_its_paths(tmp_path, tls_files):
         (tmp_path / name).write_text("secret\n")
         (tmp_path / name).chmod(0o600)
         text = text.replace(f"/etc/mxd/{name}", str(tmp_path / name))
+    from tests.golive_helpers import host_keys
+
+    for k in host_keys(tmp_path):
+        text = text.replace(f"/etc/mxd/{k.path.name}", str(k.path))
     cfg = parse_config(text, "example.toml")
     assert [li.protocol for li in cfg.listeners] == [
-        "smtp", "submission", "submissions", "imap", "imaps", "admin"]
+        "smtp", "submission", "submissions", "imap", "imaps", "https", "http", "admin"]
 
 
 def test_reference_lists_every_key():
