@@ -700,18 +700,9 @@ def _validate(cfg: Config) -> None:
         if li.protocol == "admin" and not ipaddress.ip_address(li.address).is_loopback:
             raise ConfigError(src, f"{key}.address", "the admin listener must be on a "
                               "loopback address (it has no authentication of its own)")
-    for i, p in enumerate(cfg.tls.host_keys):
-        if not p.is_file():
-            raise ConfigError(src, f"tls.host_keys[{i}]", f"file not found: {p} (`mxd "
-                              "quickstart` generates host keys)")
-    if cfg.acme.enabled and not cfg.tls.host_keys:
-        raise ConfigError(src, "acme.enabled", "ACME needs [tls].host_keys (certificates are "
-                          "requested for the pre-generated keys)")
-    if cfg.acme.enabled and not any(li.protocol in ("https", "http") for li in cfg.listeners):
-        raise ConfigError(src, "acme.enabled", "ACME needs an https (TLS-ALPN-01) or http "
-                          "(HTTP-01) listener")
-    if cfg.acme.ca_file is not None and not cfg.acme.ca_file.is_file():
-        raise ConfigError(src, "acme.ca_file", f"file not found: {cfg.acme.ca_file}")
+    from mxd.config_golive import validate_golive
+
+    validate_golive(cfg)
     if cfg.outbound.ca_file is not None and not cfg.outbound.ca_file.is_file():
         raise ConfigError(src, "outbound.ca_file", f"file not found: {cfg.outbound.ca_file}")
     names = set()
