@@ -252,7 +252,8 @@ def _smarthost_trust(cfg: Config) -> Any:
 
 
 def make_queue_runner(cfg: Config, queue: Any, resolver: Any, store: Any, directory: Any,
-                      reactor: Any, metrics: IMetrics, tls_policy_factory: Any = None) -> Any:
+                      reactor: Any, metrics: IMetrics, tls_policy_factory: Any = None,
+                      sign: Any = None) -> Any:
     import attrs
 
     from mxd.queue.local import StoreLocalDelivery
@@ -278,7 +279,8 @@ def make_queue_runner(cfg: Config, queue: Any, resolver: Any, store: Any, direct
     local = StoreLocalDelivery(store, directory=directory)
     m: Any = metrics
     return QueueRunner(queue, resolver, reactor, settings, local_delivery=local,
-                       hostname=cfg.hostname, metrics=m, tls_policy_factory=tls_policy_factory)
+                       hostname=cfg.hostname, metrics=m, tls_policy_factory=tls_policy_factory,
+                       sign=sign)
 
 
 def build(cfg: Config, reactor: Any, metrics: IMetrics, parent: Any) -> dict[str, Any]:
@@ -308,8 +310,9 @@ def build(cfg: Config, reactor: Any, metrics: IMetrics, parent: Any) -> dict[str
         log.info("queue: hold_all is set, outbound mail stays queued")
     else:
         policies = make_tls_policy_factory(cfg, resolver, reactor, parent)
+        ring = dkim_keyring(cfg, comps)
         runner = make_queue_runner(cfg, queue, resolver, store, directory, reactor, metrics,
-                                   policies)
+                                   policies, sign=ring.sign if ring is not None else None)
         runner.setServiceParent(parent)
         comps["queue_runner"] = runner
     return comps

@@ -75,8 +75,11 @@ class QueueRunner(Service):
         random: Callable[[], float] | None = None,
         connector: Connector | None = None,
         tls_policy_factory: TLSPolicyFactory | None = None,
+        sign: Callable[[bytes, float], bytes] | None = None,
     ) -> None:
         self.queue = queue
+        # DKIM-signs mxd's own messages (DSNs) by their From domain; None: unsigned.
+        self.sign = sign
         self.reactor = reactor
         self.settings = settings
         self.local_delivery = local_delivery
@@ -437,6 +440,8 @@ class QueueRunner(Service):
                                          next_attempt=next_time,
                                          give_up_at=give_up_time(m.queued_at, retry)),
         )
+        if self.sign is not None:
+            data = self.sign(data, now)
         envelope = OutboundMessage(
             mail_from="", recipients=(OutboundRecipient(m.mail_from, frozenset({"NEVER"})),),
             smtputf8=m.smtputf8, body="8BITMIME" if dsnmod.dsn_is_8bit(data) else "7BIT",

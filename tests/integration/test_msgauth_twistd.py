@@ -115,3 +115,56 @@ def test_p_quarantine_lands_in_junk(world) -> None:  # type: ignore[no-untyped-d
     _send(server, "a@signed.test", _message("sales@shop.test", "quarantined"))
     head = _fetch(server, "Junk", "quarantined").decode()
     assert "dmarc=fail header.from=shop.test (p=quarantine dnssec=secure)" in head
+
+
+def test_submission_is_dkim_signed_and_verifies_with_dkimpy(tmp_path: Path,
+                                                            tls_files: dict[str, Path]) -> None:
+    """With [dkim] selectors for example.test, a message submitted on 587 carries RSA and
+    Ed25519 signatures (over the Date/Message-ID mxd added) that dkimpy verifies; a config
+    naming a missing key file stops start-up with an error naming it."""
+    import dkim as dkimpy
+
+    keydir = tmp_path / "dkim"
+    keys = [generate_key(keydir, "example.test", "r1", "rsa"),
+            generate_key(keydir, "example.test", "e1", "ed25519")]
+    (tmp_path / "bad").mkdir()
+    bad = make_server(tmp_path / "bad", tls_files, extra_config=(
+        f'[dkim]\nkey_dir = "{keydir}"\nselectors = {{ "example.test" = ["missing"] }}\n'))
+    with pytest.raises(RuntimeError, match="missing.pem"):
+        bad.start(timeout=20)
+    (tmp_path / "good").mkdir()
+    server = make_server(tmp_path / "good", tls_files, extra_config=(
+        f'[dkim]\nkey_dir = "{keydir}"\nselectors = {{ "example.test" = ["r1", "e1"] }}\n'))
+    server.start()
+    try:
+        ctx = ssl.create_default_context(cafile=str(server.ca_file))
+        with smtplib.SMTP("127.0.0.1", server.ports["submission"], timeout=30) as s:
+            s.starttls(context=ctx)
+            s.login(server.user, server.password)
+            s.sendmail(server.user, [server.user2],
+                       f"From: <{server.user}>\r\nTo: <{server.user2}>\r\n"
+                       "Subject: signed-submission\r\n\r\nhello\r\n".encode())
+        ctx2 = ssl.create_default_context(cafile=str(server.ca_file))
+        m = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=ctx2)
+        m.login(server.user2, server.password2)
+        deadline = time.monotonic() + 10
+        while True:
+            m.select("INBOX")
+            _, data = m.search(None, "SUBJECT", '"signed-submission"')
+            if data[0] or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        _, msg = m.fetch(data[0].split()[-1], "(BODY.PEEK[])")
+        m.logout()
+        raw: bytes = msg[0][1]  # type: ignore[index]
+    finally:
+        server.stop()
+    # The stored copy starts with our Received; DKIM covers what follows it.
+    signed = raw.split(b"\r\n", 1)[1]
+    while signed[:1] in (b" ", b"\t"):
+        signed = signed.split(b"\r\n", 1)[1]
+    assert signed.count(b"DKIM-Signature:") == 2
+    records = {k.dns_name + ".": k.txt.encode() for k in keys}
+    d = dkimpy.DKIM(signed)
+    for i in range(2):
+        assert d.verify(idx=i, dnsfunc=lambda name, timeout=5: records[name.decode()]), i

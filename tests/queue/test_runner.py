@@ -459,3 +459,24 @@ def test_own_address_is_never_connected(data_dir: Path) -> None:
         assert r.last_code == 451 and "is this server" in (r.last_text or "")
     finally:
         w.h.close()
+
+
+def test_dsn_is_dkim_signed_for_the_hostname_domain(world: World, tmp_path: Path) -> None:
+    """mxd's own messages are signed: the DSN from MAILER-DAEMON@mx.example.org carries
+    a DKIM signature of example.org that verifies."""
+    from mxd.msgauth.dkim import Result, verify_message
+    from mxd.msgauth.dkimkeys import generate_key
+    from mxd.msgauth.signing import KeyRing
+
+    key = generate_key(tmp_path / "dkim", "example.org", "s1", "ed25519")
+    world.runner.sign = KeyRing({"example.org": [key]}).sign
+    world.sink.behaviour.rcpt["x@remote.test"] = "550 5.1.1 no such user"
+    world.enqueue("x@remote.test")
+    world.start()
+    world.clock.advance(0)
+    [dsn] = world.local.boxes["a@example.org"]
+    assert dsn.startswith(b"DKIM-Signature: v=1; a=ed25519-sha256;")
+    keys = FakeResolver()
+    keys.add(key.dns_name, "TXT", [key.txt.encode()])
+    [res] = verify_message(keys, dsn, world.clock.seconds()).result
+    assert res.result is Result.PASS and res.domain == "example.org"
