@@ -269,6 +269,8 @@ key = "key.pem"
 
 [domains]
 names = ["localhost"]
+# RFC 5321 §4.5.1: postmaster@localhost (and a bare <postmaster>) reach the account.
+postmaster = "{LOCAL_ACCOUNT}"
 
 [[accounts]]
 name = "{LOCAL_ACCOUNT}"

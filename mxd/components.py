@@ -162,8 +162,7 @@ def server_secret(cfg: Config) -> bytes:
 
 
 def make_sasl(cfg: Config, directory: Any, reactor: Any, metrics: IMetrics) -> Any:
-    from twisted.internet.threads import deferToThread
-
+    from mxd.sasl.hashpool import HashPool
     from mxd.sasl.ratelimit import AuthLimiter, AuthLimiterSettings
     from mxd.sasl.server import SASLServer, SASLSettings
 
@@ -176,12 +175,19 @@ def make_sasl(cfg: Config, directory: Any, reactor: Any, metrics: IMetrics) -> A
     m: Any = metrics
     limits = AuthLimiterSettings(
         ip_free_failures=cfg.auth.ip_free_failures, ip_max_delay=cfg.auth.ip_max_delay,
+        account_ip_free_failures=cfg.auth.ip_free_failures,
         account_free_failures=cfg.auth.account_free_failures,
-        account_max_delay=cfg.auth.account_max_delay)
+        account_max_delay=cfg.auth.account_max_delay,
+        half_life=cfg.auth.failure_half_life, trusted_for=cfg.auth.trusted_for)
     limiter = AuthLimiter(reactor, limits, metrics=m)
+    # scrypt/PBKDF2 on a bounded pool of their own, never on the reactor thread.
+    pool = HashPool(reactor, threads=cfg.auth.hash_threads or None,
+                    max_pending=cfg.auth.hash_max_pending)
+    pool.install()
     return SASLServer(directory.lookup_secrets, settings, limiter, reactor, cfg.hostname,
-                      metrics=m, run_blocking=lambda f: deferToThread(f),
-                      dummy_verify=getattr(directory, "dummy_verify", None))
+                      metrics=m, run_blocking=pool,
+                      dummy_verify=getattr(directory, "dummy_verify", None),
+                      normalise_user=getattr(directory, "login_key", None))
 
 
 def make_resolver(cfg: Config, reactor: Any, metrics: IMetrics) -> Any:
@@ -370,7 +376,12 @@ def _smtp_settings(cfg: Config) -> Any:
         max_recipients=cfg.smtp.max_recipients,
         max_connections=cfg.smtp.max_connections,
         max_connections_per_ip=cfg.smtp.max_connections_per_ip,
+        max_connections_per_network=cfg.smtp.max_connections_per_network,
         command_timeout=cfg.smtp.command_timeout,
+        command_timeout_busy=cfg.smtp.command_timeout_busy,
+        data_timeout=cfg.smtp.data_timeout,
+        data_min_rate=cfg.smtp.data_min_rate,
+        max_hops=cfg.smtp.max_hops,
         allow_plaintext_auth_on_loopback=cfg.auth.allow_plaintext_on_loopback,
     )
 
@@ -381,6 +392,7 @@ def _imap_settings(cfg: Config) -> Any:
     return IMAPServerSettings(
         append_limit=cfg.imap.max_literal_size,
         idle_timeout=cfg.imap.idle_timeout,
+        login_timeout=cfg.imap.login_timeout,
         max_connections_per_ip=cfg.imap.max_connections_per_ip,
         plaintext_login_on_loopback=cfg.auth.allow_plaintext_on_loopback,
     )
@@ -430,11 +442,11 @@ def listener_factory(cfg: Config, li: ListenerConfig, comps: dict[str, Any], rea
                      metrics: IMetrics, tls: TLSSettings | None, top: Any,
                      prom: Any) -> IProtocolFactory:
     if li.protocol == "admin":
-        from mxd.admin.web import AdminContext, admin_site
+        from mxd.admin.web import AdminContext, admin_site, bounded_admin_factory
 
         ctx = AdminContext(top.status, server_secret(cfg), queue=comps.get("queue"),
                            store=comps.get("store"), metrics=prom)
-        site: Any = admin_site(ctx)
+        site: Any = bounded_admin_factory(admin_site(ctx), reactor)
         return cast(IProtocolFactory, site)
     from mxd.tls import load_server_tls
 

@@ -162,7 +162,8 @@ class DomainsConfig:
                                    "receives mail for unknown local parts.",
                                    example='{ "example.org" = "alice" }')
     postmaster: str = opt("", "Account that receives postmaster@ of every local domain "
-                          "(RFC 5321 §4.5.1) unless that address is assigned; empty: none.")
+                          "(RFC 5321 §4.5.1) unless that address is assigned; empty: the "
+                          "first account by name (postmaster@ is never refused).")
     routes: dict[str, list[RouteConfig]] = opt(
         {}, "Per local domain: routes for mail sent from that domain, checked after the "
         "account's and before the global routes (`[[domains.routes.\"example.org\"]]`).")
@@ -265,14 +266,33 @@ class AuthConfig:
     cram_md5: bool = opt(True, "Store CRAM-MD5 secrets for new passwords. They are "
                          "password-equivalent for CRAM-MD5; turn off if you do not need it.")
     ip_free_failures: int = opt(5, "Failed logins per client IP (IPv6: per /64) before "
-                                "back-off starts.", check=_positive)
+                                "back-off starts; also per account and IP. A successful "
+                                "login does not clear the IP's count (only its own "
+                                "account-and-IP count), so mixing in logins to one's own "
+                                "account does not buy more guesses.", check=_positive)
     ip_max_delay: float = opt(600.0, "Longest back-off for one client IP, in seconds "
                               "(doubling from 2 s).", check=_positive)
     account_free_failures: int = opt(10, "Failed logins per account, from any IP, before "
                                      "back-off starts.", check=_positive)
-    account_max_delay: float = opt(30.0, "Longest back-off for one account, in seconds "
-                                   "(kept short so others' guessing cannot lock a user out "
-                                   "for long).", check=_positive)
+    account_max_delay: float = opt(300.0, "Longest back-off for one account, in seconds "
+                                   "(doubling from 1 s). It applies only to addresses without "
+                                   "a recent successful login to the account (see "
+                                   "trusted_for), so others' guessing does not lock its owner "
+                                   "out.", check=_positive)
+    failure_half_life: float = opt(900.0, "Seconds for a failure count (per IP, per account "
+                                   "and IP, per account) to halve: old failures fade away.",
+                                   check=_positive)
+    trusted_for: float = opt(30 * 86400.0, "Seconds an address stays trusted for an account "
+                             "after a successful login from it: trusted addresses pass the "
+                             "per-IP and per-account limits for that account (only its own "
+                             "per-account-and-IP limit applies). Kept in memory only.",
+                             check=_positive)
+    hash_threads: int = opt(0, "Threads that hash passwords (scrypt, PBKDF2) off the event "
+                            "loop; 0: one per CPU (2 to 8). Each uses 32 MiB while hashing.",
+                            check=lambda v: None if v >= 0 else f"must not be negative, got {v}")
+    hash_max_pending: int = opt(256, "Password checks that may wait for a hashing thread; "
+                                "beyond it logins fail temporarily instead of queueing.",
+                                check=_positive)
 
 
 @attrs.frozen
@@ -356,8 +376,25 @@ class SMTPConfig:
     max_connections: int = opt(200, "Concurrent SMTP connections in total.", check=_positive)
     max_connections_per_ip: int = opt(20, "Concurrent SMTP connections per client IP.",
                                       check=_positive)
-    command_timeout: float = opt(300.0, "Seconds a client may stay silent (RFC 5321 "
-                                 "§4.5.3.2.7).", check=_positive)
+    max_connections_per_network: int = opt(50, "Concurrent SMTP connections per client "
+                                           "network (IPv4 /24, IPv6 /48), so that a flood "
+                                           "from many addresses of one network cannot take "
+                                           "every slot.", check=_positive)
+    command_timeout: float = opt(300.0, "Seconds within which each command line must be "
+                                 "complete, counted from the previous reply; bytes that "
+                                 "trickle in do not extend it (RFC 5321 §4.5.3.2.7).",
+                                 check=_positive)
+    command_timeout_busy: float = opt(10.0, "The same deadline while three quarters of "
+                                      "max_connections are in use (sessions already "
+                                      "waiting get it too).", check=_positive)
+    data_timeout: float = opt(300.0, "Seconds for message data (DATA, a BDAT chunk), "
+                              "extended by the bytes received divided by data_min_rate.",
+                              check=_positive)
+    data_min_rate: float = opt(500.0, "Bytes per second a client must keep up while sending "
+                               "message data.", check=_positive)
+    max_hops: int = opt(100, "Received fields a message may carry; more is a mail loop and "
+                        "is refused with 554 5.4.6 (RFC 5321 §6.3 asks for at least 100).",
+                        check=_positive)
 
 
 @attrs.frozen
@@ -368,6 +405,9 @@ class IMAPConfig:
                                       check=_positive)
     idle_timeout: float = opt(1800.0, "Seconds before an idle client is logged out "
                               "(RFC 9051 §5.4: at least 30 minutes).", check=_positive)
+    login_timeout: float = opt(180.0, "Seconds from connecting within which a client must "
+                               "log in; bytes sent meanwhile do not extend it.",
+                               check=_positive)
 
 
 @attrs.frozen

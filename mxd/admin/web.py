@@ -33,7 +33,9 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.protocols import policies
 from twisted.web import resource, server
 
 import mxd
@@ -289,7 +291,54 @@ def admin_site(ctx: AdminContext) -> server.Site:
     if ctx.metrics is not None:
         metrics_page: Any = _Metrics(ctx.metrics)
         root.putChild(b"metrics", metrics_page)
-    site = server.Site(root)
+    # twisted.web's idle timeout restarts on every byte; the listener is wrapped in
+    # bounded_admin_factory for a hard per-connection deadline and a connection cap.
+    site = server.Site(root, timeout=30)
     site.displayTracebacks = False
     site.noisy = False
     return site
+
+
+class _Deadline(policies.ProtocolWrapper):
+    """Closes the connection ``lifetime`` seconds after it opened, busy or not."""
+
+    def connectionMade(self) -> None:
+        f: Any = self.factory
+        self._deadline = f.clock.callLater(f.lifetime, self._expired)
+        super().connectionMade()
+
+    def _expired(self) -> None:
+        t: Any = self.transport
+        t.abortConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self._deadline.active():
+            self._deadline.cancel()
+        super().connectionLost(reason)
+
+
+class BoundedFactory(policies.WrappingFactory):
+    """At most ``max_connections`` at once (others are closed at once), each closed
+    ``lifetime`` seconds after it opened: the admin listener cannot be held by slow
+    or many clients (a page or API call takes milliseconds)."""
+
+    protocol = _Deadline
+
+    def __init__(self, wrapped: Any, clock: IReactorTime, *, max_connections: int = 32,
+                 lifetime: float = 120.0) -> None:
+        super().__init__(wrapped)
+        self.clock: Any = clock
+        self.max_connections = max_connections
+        self.lifetime = lifetime
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if len(self.protocols) >= self.max_connections:
+            log.warn("admin connection from {peer} refused: {count} open",
+                     peer=getattr(addr, "host", "?"), count=len(self.protocols))
+            return None
+        return super().buildProtocol(addr)
+
+
+def bounded_admin_factory(site: server.Site, clock: IReactorTime) -> BoundedFactory:
+    """The admin site behind a connection cap and a hard per-connection deadline."""
+    return BoundedFactory(site, clock)

@@ -88,6 +88,22 @@ def normalize_address(address: str) -> str:
     return f"{normalize_local(local)}@{normalize_domain(domain)}"
 
 
+def login_key(name: str) -> str:
+    """The directory's key for a login name: every spelling of one account gives one key.
+
+    Account names compare like the store compares them (NFC, ASCII case ignored); a name
+    that is an address is normalised as an address (IDNA domain, unquoted local part).
+    The SASL layer keys its failure counters and unknown users' fake SCRAM salts on this,
+    so that ``Nobody@EXAMPLE.org`` and ``nobody@example.org`` cannot be told apart."""
+    name = unicodedata.normalize("NFC", name)
+    if "@" in name:
+        try:
+            return normalize_address(name)
+        except InvalidAddress:
+            pass
+    return lower_ascii(name)
+
+
 def strip_separator(local: str, separator: str | None) -> str:
     """``alice+tag`` -> ``alice`` for separator "+"; unchanged when there is no
     separator, or when nothing would remain before it (``+tag`` stays ``+tag``)."""

@@ -10,7 +10,8 @@ CRAM-MD5 pad states, an scrypt hash; mxd.sasl.credentials); the store never sees
 Recipient resolution, in order: the domain must be one of ``settings.domains`` (after
 IDNA normalisation); then the exact normalised address; then the address without its
 sub-address tag (``alice+tag@`` -> ``alice@``); then, for ``postmaster@`` (any case,
-RFC 5321 §4.5.1), the ``postmaster`` account; then the domain's catch-all account.
+RFC 5321 §4.5.1), the ``postmaster`` account (without one configured: the first account
+by name, so that postmaster@ is never refused); then the domain's catch-all account.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from twisted.logger import Logger
 from mxd.directory.addresses import (
     InvalidAddress,
     base_address,
+    login_key,
     lower_ascii,
     normalize_address,
     normalize_domain,
@@ -40,6 +42,9 @@ from mxd.sasl.credentials import (
 from mxd.store.interfaces import Account, IAccountStore
 
 log = Logger()
+
+
+_FIRST_ACCOUNT = "\0first account"  # postmaster fallback when none is configured
 
 
 class DirectoryError(MxdError):
@@ -69,7 +74,7 @@ class DirectorySettings:
     cram_md5: bool = True
     scrypt_n: int = SCRYPT_N  # scrypt cost for PLAIN/LOGIN hashes; lower only in tests
     # RFC 5321 §4.5.1: postmaster@ each local domain must be deliverable; the account
-    # that receives it when no account has the address itself (None: only explicit).
+    # that receives it when no account has the address itself (None: the first account).
     postmaster: str | None = None
 
 
@@ -155,6 +160,11 @@ class LocalDirectory:
             raise NotLocalDomain(f"{address!r} is not in a configured domain")
         return norm
 
+    @staticmethod
+    def login_key(name: str) -> str:
+        """The key of a login name (``mxd.directory.addresses.login_key``)."""
+        return login_key(name)
+
     def lookup_secrets(self, username: str) -> Deferred[StoredSecrets | None]:
         """The account's stored SASL secrets, or None (unknown account, unusable record).
 
@@ -192,15 +202,20 @@ class LocalDirectory:
         base = base_address(norm, self.settings.localpart_separator)
         if base != norm:
             candidates.append(base)
-        fallback = self.settings.catchall.get(domain)
-        if self.settings.postmaster and norm.rpartition("@")[0] == "postmaster":
-            fallback = self.settings.postmaster  # before the catch-all
+        fallback: str | None = self.settings.catchall.get(domain)
+        if norm.rpartition("@")[0] == "postmaster":
+            # RFC 5321 §4.5.1: postmaster@ every local domain MUST be accepted: the
+            # postmaster account, before the catch-all; without one, the first account.
+            fallback = self.settings.postmaster or _FIRST_ACCOUNT
         return self._first_match(candidates, fallback)
 
     def _first_match(self, candidates: list[str], catchall: str | None) -> Deferred[Account | None]:
         if not candidates:
             if catchall is None:
                 return succeed(None)
+            if catchall is _FIRST_ACCOUNT:
+                return self.store.list_accounts().addCallback(
+                    lambda accounts: accounts[0] if accounts else None)
             return self.store.get_account(catchall)
         head, rest = candidates[0], candidates[1:]
 

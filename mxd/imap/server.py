@@ -102,7 +102,7 @@ class IMAPServerSettings:
     append_limit: int = 64 * 1024 * 1024  # RFC 7889 APPENDLIMIT
     append_memory: int = 256 * 1024  # APPEND bodies above this stream to a file
     idle_timeout: float = 30 * 60.0  # RFC 3501 §5.4 autologout; RFC 2177 IDLE limit
-    login_timeout: float = 180.0  # not-authenticated state
+    login_timeout: float = 180.0  # not-authenticated state, from connect (not extended)
     max_bad_commands: int = 20  # consecutive BADs before the connection is closed
     plaintext_login_on_loopback: bool = False  # allow LOGIN without TLS from loopback
     max_connections_per_ip: int = 50
@@ -279,8 +279,13 @@ class IMAPSession(Protocol):
 
     # -- timers -----------------------------------------------------------------------
     def _reset_timer(self) -> None:
-        timeout = (self.settings.login_timeout if self.state == State.NOT_AUTHENTICATED
-                   else self.settings.idle_timeout)
+        if self.state == State.NOT_AUTHENTICATED:
+            # Before login the deadline counts from the connection, whatever trickles
+            # in (as Dovecot's login timeout): unauthenticated peers cannot hold a slot.
+            if self._timer is None or not self._timer.active():
+                self._timer = self.clock.callLater(self.settings.login_timeout, self._timed_out)
+            return
+        timeout = self.settings.idle_timeout
         if self._timer is not None and self._timer.active():
             self._timer.reset(timeout)
         else:

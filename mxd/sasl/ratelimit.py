@@ -1,18 +1,29 @@
-"""Authentication failure limiting, per remote IP and per account, with back-off.
+"""Authentication failure limiting: per client IP, per (account, IP) and per account.
 
-Each key (a remote address, or an account name) has a failure score that halves every
-``half_life`` seconds.  While the score is within the free allowance nothing happens;
-past it, each further failure blocks the key for a delay that doubles per failure, up
-to a cap.  So guessing gets slow fast, and a forgotten burst decays away by itself.
+Three failure tables, each key with a score that halves every ``half_life`` seconds
+(a fail2ban-style sliding window without a list of timestamps).  While a key's score is
+within its free allowance nothing happens; past it, each further failure blocks the key
+for a delay that doubles per failure, up to a cap.  A blocked attempt is refused at once,
+without checking the password (the caller's job, ``mxd.sasl.server``): nothing waits on
+the reactor or keeps a connection open for the attacker's benefit.
 
-* The per-IP limit is the strict one; IPv6 addresses are grouped by ``ipv6_prefix``
-  (one /64 is usually one client).  A success from an address clears that address.
-* The per-account limit is softer (more free failures, a short cap), so that others'
-  guessing at an account slows them without locking its owner out for long; a success
-  does not clear it (the guessers' addresses keep their own, stricter, limits).
+* **IP** (IPv6 grouped by ``ipv6_prefix``, one /64 is usually one client): every failure
+  from the address counts, whatever account it named, and a success does **not** clear
+  it.  So mixing correct logins to one's own account with guesses at others (password
+  spraying) checks no more passwords than plain guessing does.
+* **(account, IP)**: the failures of one address against one account.  A success clears
+  this one only.  It is the only table that still applies to a *trusted* pair (below),
+  so a shared address that knows a password cannot guess it in a loop either.
+* **account**: failures against one name from any address (unknown names too, so
+  refusals do not reveal which accounts exist).  It stops distributed guessing, but
+  only for addresses that have no recent successful login to that account: an address
+  that logged in successfully within ``trusted_for`` seconds (a *trusted pair*) passes
+  the account and IP limits, so the owner keeps working while others are refused.
 
-A limited attempt is answered without checking the password (the caller's job, see
-``mxd.sasl.server``).  Pure apart from reading the clock passed in.
+The design follows Dovecot's auth penalty (per-IP, doubling delays, success resets only
+what it proves) and mox's limiter (per IP and per network mask, failures only), with the
+per-account table and trusted pairs added against lock-out attacks.  Pure apart from
+reading the clock passed in; memory is bounded by ``max_entries`` per table.
 """
 
 from __future__ import annotations
@@ -48,10 +59,12 @@ class AuthLimiterSettings:
     ip_free_failures: int = 5
     ip_base_delay: float = 2.0  # seconds blocked after the first failure past the free ones
     ip_max_delay: float = 600.0
+    account_ip_free_failures: int = 5  # one address against one account
     account_free_failures: int = 10
     account_base_delay: float = 1.0
-    account_max_delay: float = 30.0
+    account_max_delay: float = 300.0
     half_life: float = 900.0  # seconds for a failure score to halve
+    trusted_for: float = 30 * 86400.0  # a success makes its (account, IP) pair trusted
     ipv6_prefix: int = 64
     max_entries: int = 100_000  # per table; the oldest entries go first beyond it
 
@@ -60,7 +73,7 @@ class AuthLimiterSettings:
 class Verdict:
     allowed: bool
     retry_after: float = 0.0  # seconds until the attempt would be allowed
-    scope: str | None = None  # "ip" or "account": which limit refused it
+    scope: str | None = None  # "ip", "account_ip" or "account": which limit refused it
 
 
 @attrs.define
@@ -82,17 +95,17 @@ class _Table:
         self._policy = policy
         self._half_life = half_life
         self._max = max_entries
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[object, _Entry] = {}
 
     def _score(self, e: _Entry, now: float) -> float:
         decay: float = 0.5 ** (max(0.0, now - e.updated) / self._half_life)
         return e.score * decay
 
-    def retry_after(self, key: str, now: float) -> float:
+    def retry_after(self, key: object, now: float) -> float:
         e = self._entries.get(key)
         return 0.0 if e is None else max(0.0, e.blocked_until - now)
 
-    def failure(self, key: str, now: float) -> None:
+    def failure(self, key: object, now: float) -> None:
         e = self._entries.pop(key, None)  # re-inserted last: the dict stays in age order
         score = (self._score(e, now) if e is not None else 0.0) + 1.0
         entry = _Entry(score, now, e.blocked_until if e is not None else 0.0)
@@ -104,7 +117,7 @@ class _Table:
         if len(self._entries) > self._max:
             self._prune(now)
 
-    def clear(self, key: str) -> None:
+    def clear(self, key: object) -> None:
         self._entries.pop(key, None)
 
     def _prune(self, now: float) -> None:
@@ -116,6 +129,29 @@ class _Table:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class _Trust:
+    """(account, IP) pairs with a recent successful login, bounded, oldest first out."""
+
+    def __init__(self, ttl: float, max_entries: int) -> None:
+        self._ttl = ttl
+        self._max = max_entries
+        self._at: dict[tuple[str, str], float] = {}
+
+    def add(self, key: tuple[str, str], now: float) -> None:
+        self._at.pop(key, None)
+        self._at[key] = now
+        while len(self._at) > self._max:
+            del self._at[next(iter(self._at))]
+
+    def __contains__(self, item: tuple[tuple[str, str], float]) -> bool:
+        key, now = item
+        at = self._at.get(key)
+        return at is not None and now - at < self._ttl
+
+    def __len__(self) -> int:
+        return len(self._at)
 
 
 def ip_key(remote_ip: str, ipv6_prefix: int = 64) -> str:
@@ -132,7 +168,11 @@ def ip_key(remote_ip: str, ipv6_prefix: int = 64) -> str:
 
 
 class AuthLimiter:
-    """Tracks failures; ``check`` before verifying a credential, then report the outcome."""
+    """Tracks failures; ``check`` before verifying a credential, then report the outcome
+    with ``failure`` or ``success``.
+
+    ``account`` is the login name as the directory normalises it (the caller's job, so
+    that every spelling of one account shares its counters)."""
 
     def __init__(
         self, clock: IClock, settings: AuthLimiterSettings | None = None,
@@ -141,41 +181,57 @@ class AuthLimiter:
         self._clock = clock
         self.settings = s = settings if settings is not None else AuthLimiterSettings()
         self._metrics: IMetrics = metrics if metrics is not None else NoMetrics()
-        self._ips = _Table(_Policy(s.ip_free_failures, s.ip_base_delay, s.ip_max_delay),
-                           s.half_life, s.max_entries)
+        ip_policy = _Policy(s.ip_free_failures, s.ip_base_delay, s.ip_max_delay)
+        self._ips = _Table(ip_policy, s.half_life, s.max_entries)
+        self._pairs = _Table(_Policy(s.account_ip_free_failures, s.ip_base_delay,
+                                     s.ip_max_delay), s.half_life, s.max_entries)
         self._accounts = _Table(
             _Policy(s.account_free_failures, s.account_base_delay, s.account_max_delay),
             s.half_life, s.max_entries)
+        self._trusted = _Trust(s.trusted_for, s.max_entries)
 
     def _ip(self, remote_ip: str) -> str:
         return ip_key(remote_ip, self.settings.ipv6_prefix)
 
-    @staticmethod
-    def _account(account: str) -> str:
-        return account.casefold()
+    def trusted(self, remote_ip: str, account: str) -> bool:
+        """Did ``remote_ip`` log in to ``account`` successfully within ``trusted_for``?"""
+        return ((account, self._ip(remote_ip)), self._clock.seconds()) in self._trusted
 
     def check(self, remote_ip: str, account: str | None = None) -> Verdict:
         """May an attempt from ``remote_ip`` (for ``account``, when known) go ahead now?"""
         now = self._clock.seconds()
-        wait = self._ips.retry_after(self._ip(remote_ip), now)
-        if wait > 0:
-            self._metrics.inc("sasl_rate_limited_total", scope="ip")
-            return Verdict(False, wait, "ip")
+        ip = self._ip(remote_ip)
+        trusted = account is not None and ((account, ip), now) in self._trusted
+        checks: list[tuple[str, _Table, object]] = []
+        if not trusted:
+            checks.append(("ip", self._ips, ip))
         if account is not None:
-            wait = self._accounts.retry_after(self._account(account), now)
+            checks.append(("account_ip", self._pairs, (account, ip)))
+            if not trusted:
+                checks.append(("account", self._accounts, account))
+        for scope, table, key in checks:
+            wait = table.retry_after(key, now)
             if wait > 0:
-                self._metrics.inc("sasl_rate_limited_total", scope="account")
-                return Verdict(False, wait, "account")
+                self._metrics.inc("sasl_rate_limited_total", scope=scope)
+                return Verdict(False, wait, scope)
         return Verdict(True)
 
     def failure(self, remote_ip: str, account: str | None = None) -> None:
         now = self._clock.seconds()
-        self._ips.failure(self._ip(remote_ip), now)
+        ip = self._ip(remote_ip)
+        self._ips.failure(ip, now)
         if account is not None:
-            self._accounts.failure(self._account(account), now)
+            self._pairs.failure((account, ip), now)
+            self._accounts.failure(account, now)
 
     def success(self, remote_ip: str, account: str | None = None) -> None:
-        self._ips.clear(self._ip(remote_ip))
+        """Clears only the (account, IP) pair and trusts it; the IP's and the account's
+        failures stay (see the module docstring)."""
+        if account is None:
+            return
+        key = (account, self._ip(remote_ip))
+        self._pairs.clear(key)
+        self._trusted.add(key, self._clock.seconds())
 
     @property
     def tracked(self) -> tuple[int, int]:

@@ -15,9 +15,15 @@ Choices (see also ``SASLSettings``):
   ``allow_plaintext_on_loopback`` is set (SCRAM without TLS exposes the exchange to an
   offline dictionary attack, so it is not offered there either by default).
 * An unknown user gets a SCRAM exchange that is shaped like any other: a salt derived
-  from a server secret and the user name (stable across attempts), the usual
-  iteration count, and a final ``e=invalid-proof``, exactly as for a wrong password.
-  PLAIN/LOGIN for an unknown user verify against a dummy hash of the same cost.
+  from a server secret and the user name *as the directory normalises it* (stable
+  across attempts and spellings: ``Nobody@`` and ``nobody@`` get one salt, as one
+  account would; RFC 5802 §9), the usual iteration count, and a final
+  ``e=invalid-proof``, exactly as for a wrong password.  PLAIN/LOGIN for an unknown
+  user run one scrypt of the same cost against a random digest (nothing to build
+  first, so the first attempt after start costs what every other does).
+* Password hashing runs through ``run_blocking`` (the composition layer passes a
+  bounded thread pool, ``mxd.sasl.hashpool``), never on the reactor thread; a full
+  pool answers "temporarily unavailable" instead of queueing without bound.
 * No proxy authorization: an authzid that differs from the authcid is refused.
 """
 
@@ -26,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import unicodedata
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -46,6 +53,8 @@ from mxd.sasl.credentials import (
     DEFAULT_SCRAM_ITERATIONS,
     SCRAM_HASHES,
     SCRYPT_N,
+    SCRYPT_P,
+    SCRYPT_R,
     AccountSecrets,
     CramMD5Secret,
     CredentialsUnavailable,
@@ -68,6 +77,7 @@ TEMPORARY = "authentication is temporarily unavailable"
 MALFORMED = "malformed SASL message"
 
 LookupSecrets = Callable[[str], "Deferred[AccountSecrets | None]"]
+NormaliseUser = Callable[[str], str]
 RunBlocking = Callable[[Callable[[], Any]], "Deferred[Any]"]
 
 
@@ -91,6 +101,16 @@ def _inline(f: Callable[[], T]) -> Deferred[T]:
     return maybeDeferred(f)
 
 
+def default_login_key(name: str) -> str:
+    """NFC and ASCII lower case: how the store compares account names (COLLATE NOCASE).
+    The composition layer passes the directory's own function instead."""
+    return "".join(c.lower() if c.isascii() else c for c in unicodedata.normalize("NFC", name))
+
+
+class HashingBusy(Exception):
+    """``run_blocking`` refused work: the hashing pool is full (a temporary failure)."""
+
+
 def _for_log(user: str | None) -> str | None:
     """User names are client-chosen: bound their length in logs."""
     return user if user is None or len(user) <= 128 else user[:128] + "..."
@@ -107,10 +127,13 @@ class SASLServer:
     temporarily, as does ``CredentialsUnavailable`` from ``verify_password``.  A success
     names the account (``AccountSecrets.account``), which may differ from the login name.
     ``run_blocking`` runs the scrypt check of PLAIN/LOGIN (default: inline; the
-    composition layer can pass ``twisted.internet.threads.deferToThread``).
-    ``dummy_verify(password)`` (blocking) is the check made for an unknown user so that it
-    costs what a real one costs: by default a dummy scrypt hash; a directory that checks
-    passwords by binding passes a bind that must fail (``LDAPDirectory.dummy_verify``).
+    composition layer passes a bounded pool, ``mxd.sasl.hashpool.HashPool``; it may
+    errback with ``HashingBusy``).  ``dummy_verify(password)`` (blocking) is the check
+    made for an unknown user so that it costs what a real one costs: by default one scrypt
+    against a random digest; a directory that checks passwords by binding passes a bind
+    that must fail (``LDAPDirectory.dummy_verify``).  ``normalise_user`` maps a login name
+    to the directory's key for it (limiter counters and unknown users' fake SCRAM salts
+    use that key).
     """
 
     log = Logger()
@@ -120,9 +143,11 @@ class SASLServer:
         clock: IClock, hostname: str, *, metrics: IMetrics | None = None,
         run_blocking: RunBlocking | None = None,
         dummy_verify: Callable[[str], bool] | None = None,
+        normalise_user: NormaliseUser | None = None,
     ) -> None:
         self._lookup = lookup_secrets
         self._dummy_verify = dummy_verify
+        self._key: NormaliseUser = normalise_user if normalise_user is not None else default_login_key
         self.settings = settings
         self._limiter = limiter
         self._clock = clock
@@ -130,7 +155,10 @@ class SASLServer:
         self._metrics: IMetrics = metrics if metrics is not None else NoMetrics()
         self._run_blocking: RunBlocking = run_blocking if run_blocking is not None else _inline
         self._fake_key = settings.fake_salt_key or os.urandom(32)
-        self._dummy_hash: PasswordHash | None = None
+        # PLAIN/LOGIN for unknown users: one scrypt of the accounts' cost against a
+        # random digest that no password matches.  Built here, costing nothing.
+        self._dummy_hash = PasswordHash(os.urandom(16), settings.fake_scrypt_n, SCRYPT_R,
+                                        SCRYPT_P, os.urandom(32))
 
     # -- ISASLServer --------------------------------------------------------------------
 
@@ -175,7 +203,7 @@ class SASLServer:
     # -- shared pieces ------------------------------------------------------------------
 
     def _limited(self, mech: str, conn: ConnectionInfo, user: str | None) -> Failure | None:
-        verdict = self._limiter.check(conn.remote_ip, user)
+        verdict = self._limiter.check(conn.remote_ip, None if user is None else self._key(user))
         if verdict.allowed:
             return None
         self.log.info(
@@ -191,7 +219,7 @@ class SASLServer:
 
     def _succeeded(self, mech: str, conn: ConnectionInfo, user: str,
                   additional: bytes | None = None, account: str | None = None) -> Success:
-        self._limiter.success(conn.remote_ip, user)
+        self._limiter.success(conn.remote_ip, self._key(user))
         user = account or user  # the account's own name, whatever login name was used
         self._count(mech, conn, "success")
         self.log.info("SASL {mechanism} success for {username!r} from {remote_ip} on {service}",
@@ -201,7 +229,7 @@ class SASLServer:
 
     def _failed(self, mech: str, conn: ConnectionInfo, user: str | None, why: str,
                reason: str = AUTH_FAILED, additional: bytes | None = None) -> Failure:
-        self._limiter.failure(conn.remote_ip, user)
+        self._limiter.failure(conn.remote_ip, None if user is None else self._key(user))
         self._count(mech, conn, "failure")
         self.log.info(
             "SASL {mechanism} failure for {username!r} from {remote_ip} on {service}: {why}",
@@ -217,7 +245,8 @@ class SASLServer:
 
     def _fake_scram_secret(self, hash_name: str, user: str) -> ScramSecret:
         """RFC 5802 §9 ("unknown-user"): a believable, stable salt for a missing user."""
-        mac = hmac.new(self._fake_key, f"{hash_name}\0{user}".encode(), hashlib.sha256)
+        key = self._key(user)
+        mac = hmac.new(self._fake_key, f"{hash_name}\0{key}".encode(), hashlib.sha256)
         salt = mac.digest()[:16]
         size = hashlib.new(SCRAM_HASHES[hash_name]).digest_size
         return ScramSecret(hash_name, salt, self.settings.fake_scram_iterations,
@@ -251,21 +280,22 @@ class SASLServer:
         if secrets is not None:
             verify = secrets.verify_password
         else:
-            verify = self._dummy_verify or self._dummy().verify
+            verify = self._dummy_verify or self._dummy_hash.verify
         try:
             ok = await self._run_blocking(lambda: verify(password))
         except CredentialsUnavailable:
             return self._temporary(mech, conn, user)
+        except HashingBusy:
+            self._count(mech, conn, "temporary")
+            self.log.warn("SASL {mechanism} for {username!r} from {remote_ip}: the password "
+                          "hashing pool is full", mechanism=mech, username=_for_log(user),
+                          remote_ip=conn.remote_ip)
+            return Failure(TEMPORARY, temporary=True)
         if secrets is None:
             return self._failed(mech, conn, user, "no such user")
         if not ok:
             return self._failed(mech, conn, user, "wrong password")
         return self._succeeded(mech, conn, user, account=secrets.account)
-
-    def _dummy(self) -> PasswordHash:
-        if self._dummy_hash is None:
-            self._dummy_hash = PasswordHash.derive(os.urandom(16).hex(), n=self.settings.fake_scrypt_n)
-        return self._dummy_hash
 
 
 # --- exchanges -------------------------------------------------------------------------

@@ -24,7 +24,14 @@ from mxd.smtp.data import (
     has_tls_required_no,
 )
 from mxd.smtp.interfaces import SessionInfo, Verdict
-from mxd.smtp.received import TraceInfo, date_field, message_id_field, received_field, with_protocol
+from mxd.smtp.received import (
+    TraceInfo,
+    count_hops,
+    date_field,
+    message_id_field,
+    received_field,
+    with_protocol,
+)
 from mxd.smtp.replies import Reply
 from mxd.smtp.session import SessionBase, State, Transaction
 from mxd.store.interfaces import Accepted, BlobWriter, Delivery, MessageProps, OutboundMessage
@@ -75,6 +82,7 @@ class MessageMixin(SessionBase):
         def ready() -> None:
             self._reader = DataReader()
             self.state = State.DATA
+            self._start_data_deadline()
             self._send(replies.START_DATA)
             self.setRawMode()
 
@@ -89,6 +97,7 @@ class MessageMixin(SessionBase):
         if leftover is not None:
             tx.bare_line_ending = self._reader.bare_line_ending
             self.line_mode = 1
+            self._await_command()
             self._buffer = leftover + self._buffer
             self.state = State.RCPT
             self._message_complete(tx)
@@ -119,6 +128,7 @@ class MessageMixin(SessionBase):
         if cmd.size == 0:
             self._bdat_chunk_done()
         else:
+            self._start_data_deadline()
             self.setRawMode()
 
     def _skip_chunk(self, cmd: commands.Bdat, reply: Reply) -> None:
@@ -129,6 +139,7 @@ class MessageMixin(SessionBase):
         if cmd.size == 0:
             self._bdat_chunk_done()
         else:
+            self._start_data_deadline()
             self.setRawMode()
 
     def _bdat_bytes(self, data: bytes) -> None:
@@ -146,6 +157,7 @@ class MessageMixin(SessionBase):
 
     def _bdat_chunk_done(self) -> None:
         self.line_mode = 1
+        self._await_command()
         reply = self._bdat_reply
         if reply is not None:
             self._bdat_reply = None
@@ -176,7 +188,7 @@ class MessageMixin(SessionBase):
         tx.size += len(data)
         if tx.size > self.settings.max_message_size:
             tx.too_big = True  # RFC 1870 §6: keep reading, refuse at the end
-        if tx.too_big or tx.bare_line_ending:
+        if tx.too_big or tx.bare_line_ending or tx.too_many_hops:
             return
         assert tx.headers is not None
         if not tx.headers.complete:
@@ -223,6 +235,13 @@ class MessageMixin(SessionBase):
         )
 
     def _headers_complete(self, tx: Transaction, headers: bytes, rest: bytes) -> None:
+        hops = count_hops(headers)
+        if hops > self.settings.max_hops:
+            # RFC 5321 §6.3: a loop; read the rest, then refuse (554 5.4.6).
+            self.log.info("smtp message with {hops} Received fields refused {session}",
+                          hops=hops, session=self.session_id)
+            tx.too_many_hops = True
+            return
         if self.role != "smtp":
             headers = self._submission_fields(tx, headers)
         tx.header_bytes = headers
@@ -323,6 +342,9 @@ class MessageMixin(SessionBase):
         if not tx.headers.complete:
             headers = tx.headers.finish()
             self._headers_complete(tx, headers, b"")
+        if tx.too_many_hops:
+            self._fail_message(tx, replies.TOO_MANY_HOPS, "too_many_hops")
+            return
         if tx.spool is not None:
             self._finish_check(tx)
             return

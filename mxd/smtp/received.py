@@ -4,6 +4,7 @@ RFC 5322 §3.6.1, §3.6.4).  Pure: time and ids come in as arguments."""
 from __future__ import annotations
 
 import email.utils
+import re
 from datetime import datetime
 
 import attrs
@@ -68,3 +69,12 @@ def date_field(when: datetime) -> bytes:
 def message_id_field(unique: str, host: str) -> bytes:
     """RFC 5322 §3.6.4 ``Message-ID:`` for a submitted message that lacks one (RFC 6409 §8.3)."""
     return f"Message-ID: <{unique}@{host}>\r\n".encode("ascii")
+
+
+_RECEIVED = re.compile(rb"(?im)^received[ \t]*:")
+
+
+def count_hops(headers: bytes) -> int:
+    """The number of ``Received:`` fields in a header section (RFC 5321 §6.3: counting
+    them is the loop detection SMTP servers use; each relay adds one, §4.4)."""
+    return len(_RECEIVED.findall(headers))

@@ -107,4 +107,6 @@ BARE_LINEFEED_DATA = Reply(
 BDAT_WITHOUT_CHUNKING = Reply(503, "5.5.1", "BDAT chunk sequence broken")
 DATA_AFTER_BDAT = Reply(503, "5.5.1", "DATA not allowed after BDAT")
 TRANSACTION_FAILED = Reply(554, "5.0.0", "Transaction failed")
+# RFC 5321 §6.3 loop detection; RFC 3463 X.4.6 "Routing loop detected".
+TOO_MANY_HOPS = Reply(554, "5.4.6", "Too many hops (Received fields): mail loop?")
 REQUIRETLS_NEEDS_TLS = Reply(530, "5.7.10", "REQUIRETLS needs a TLS connection")

@@ -7,6 +7,7 @@ implicit TLS, RFC 8314 §3).
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
 from typing import Any
 
@@ -29,6 +30,18 @@ from mxd.smtp.server import (
 from mxd.store.interfaces import IMailStore
 
 ROLES: tuple[Role, ...] = ("smtp", "submission", "submissions")
+
+
+def network_key(ip: str) -> str:
+    """The network a connection share is counted on: IPv4 /24, IPv6 /48 (one site)."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    prefix = 24 if addr.version == 4 else 48
+    return str(ipaddress.ip_network((addr, prefix), strict=False))
 
 
 class _Refuse(Protocol):
@@ -76,27 +89,60 @@ class SMTPFactory(ServerFactory):
         self.channel_bindings = channel_bindings
         self.run_blocking = run_blocking
         self.per_ip: Counter[str] = Counter()
+        self.per_network: Counter[str] = Counter()
+        self.sessions: set[SMTPServerProtocol] = set()
         self.total = 0
+
+    def busy(self) -> bool:
+        """Is the listener under load (``busy_fraction`` of its connections in use)?"""
+        return self.total >= self.settings.busy_fraction * self.settings.max_connections
+
+    def _refusal(self, ip: str, net: str) -> str | None:
+        s = self.settings
+        if self.total >= s.max_connections:
+            return "total"
+        if self.per_ip[ip] >= s.max_connections_per_ip:
+            return "ip"
+        if self.per_network[net] >= s.max_connections_per_network:
+            return "network"
+        return None
 
     def buildProtocol(self, addr: Any) -> Protocol | None:
         ip = str(getattr(addr, "host", "unknown"))
-        if (self.total >= self.settings.max_connections
-                or self.per_ip[ip] >= self.settings.max_connections_per_ip):
-            self.log.warn("smtp connection from {remote_ip} refused: limit reached "
-                          "(total={total}, from this address={per_ip})",
-                          remote_ip=ip, total=self.total, per_ip=self.per_ip[ip])
-            self.metrics.inc("smtp_connections_refused_total", role=self.role)
+        net = network_key(ip)
+        why = self._refusal(ip, net)
+        if why is not None:
+            self.log.warn("smtp connection from {remote_ip} refused: {limit} limit reached "
+                          "(total={total}, from this address={per_ip}, from {network}="
+                          "{per_network})", remote_ip=ip, limit=why, total=self.total,
+                          per_ip=self.per_ip[ip], network=net,
+                          per_network=self.per_network[net])
+            self.metrics.inc("smtp_connections_refused_total", role=self.role, limit=why)
             refuse = _Refuse(self.hostname)
             refuse.factory = self
             return refuse
+        was_busy = self.busy()
         self.total += 1
         self.per_ip[ip] += 1
+        self.per_network[net] += 1
+        if self.busy() and not was_busy:
+            # Entering the busy state: sessions idling towards the long deadline get
+            # the short one (Postfix's stress-dependent smtpd_timeout).
+            self.log.warn("smtp {role} listener busy ({total} connections): command "
+                          "deadline now {seconds}s", role=self.role, total=self.total,
+                          seconds=self.settings.command_timeout_busy)
+            for other in self.sessions:
+                other.shorten_deadline(self.settings.command_timeout_busy)
 
-        def closed(_: SMTPServerProtocol) -> None:
+        def closed(p: SMTPServerProtocol) -> None:
             self.total -= 1
+            self.sessions.discard(p)
             self.per_ip[ip] -= 1
             if self.per_ip[ip] <= 0:
                 del self.per_ip[ip]
+            self.per_network[net] -= 1
+            if self.per_network[net] <= 0:
+                del self.per_network[net]
 
         # On 587 STARTTLS is offered; on 25 too (opportunistic, RFC 3207).  On 465 the
         # TLS layer wraps this factory and the session starts inside TLS.
@@ -106,9 +152,10 @@ class SMTPFactory(ServerFactory):
             tls=None if self.role == "submissions" else self.tls, clock=self.clock,
             hostname=self.hostname, checker=self.checker, metrics=self.metrics,
             channel_bindings=self.channel_bindings, on_close=closed,
-            run_blocking=self.run_blocking,
+            run_blocking=self.run_blocking, busy=self.busy,
         )
         p.factory = self
+        self.sessions.add(p)
         return p
 
 

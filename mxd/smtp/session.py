@@ -65,13 +65,27 @@ class SMTPServerSettings:
     max_recipients: int = 100  # per transaction; LIMITS RCPTMAX (RFC 9422)
     max_transactions: int = 100  # per session; LIMITS MAILMAX (RFC 9422)
     max_errors: int = 20  # error replies per session before 421
-    command_timeout: float = 300.0  # RFC 5321 §4.5.3.2.7: at least 5 minutes
-    data_timeout: float = 300.0  # between bytes of DATA/BDAT
+    # Deadlines (Postfix's "per-request deadline" model): bytes that trickle in do not
+    # restart a timer.  A command line must be complete within command_timeout of the
+    # previous reply (RFC 5321 §4.5.3.2.7: at least 5 minutes); with the listener
+    # under load (busy_fraction of max_connections in use) within command_timeout_busy.
+    command_timeout: float = 300.0
+    command_timeout_busy: float = 10.0
+    busy_fraction: float = 0.75
+    # DATA/BDAT: data_timeout from the start of the data, extended by the bytes received
+    # divided by data_min_rate (bytes/s), never to more than data_timeout from now.
+    data_timeout: float = 300.0
+    data_min_rate: float = 500.0
     max_connections: int = 1000  # in total on this listener
     max_connections_per_ip: int = 20
+    # One IPv4 /24 or IPv6 /48 may hold at most this many of max_connections.
+    max_connections_per_network: int = 100
     max_line_length: int = 2048  # command lines (RFC 5321 §4.5.3.1.4 is 512 without extensions)
     max_auth_line_length: int = 12288  # RFC 4954 §4
     max_header_size: int = 1024 * 1024  # header section held in memory before the body
+    # RFC 5321 §6.3: refuse a message with more Received fields than this (a loop);
+    # "normally at least 100".
+    max_hops: int = 100
     allow_plaintext_auth_on_loopback: bool = False
     recipient_cache_ttl: float = 30.0  # seconds a RCPT lookup is cached; 0 disables
     banner: str = "ESMTP mxd"
@@ -109,6 +123,7 @@ class Transaction:
     blob: BlobWriter | None = None
     size: int = 0
     too_big: bool = False
+    too_many_hops: bool = False
     bare_line_ending: bool = False
     headers: HeaderSection | None = None
     header_bytes: bytes = b""
@@ -153,6 +168,7 @@ class SessionBase(LineReceiver):
         channel_bindings: ChannelBindingsFn | None = None,
         on_close: Callable[[Any], None] | None = None,
         run_blocking: RunBlocking | None = None,
+        busy: Callable[[], bool] | None = None,
     ) -> None:
         self.role: Role = role
         self.settings = settings
@@ -170,6 +186,8 @@ class SessionBase(LineReceiver):
         self._channel_bindings_fn = channel_bindings or _default_channel_bindings
         self._on_close = on_close
         self.run_blocking = run_blocking
+        self._busy = busy if busy is not None else (lambda: False)
+        self._data_deadline = 0.0
         self.MAX_LENGTH = settings.max_auth_line_length
         self.state = State.INITIAL
         self.helo: str | None = None
@@ -207,7 +225,7 @@ class SessionBase(LineReceiver):
             session=self.session_id, remote_ip=self.remote_ip, role=self.role,
         )
         self.metrics.inc("smtp_connections_total", role=self.role)
-        self._reset_timer(self.settings.command_timeout)
+        self._await_command()
         self._send(Reply(220, None, f"{self.hostname} {self.settings.banner}"))
 
     def connectionLost(self, reason: TwistedFailure = None) -> None:  # type: ignore[assignment]
@@ -249,8 +267,40 @@ class SessionBase(LineReceiver):
     def _reset_timer(self, seconds: float) -> None:
         if self.state is State.CLOSED:
             return  # the close deadline (``_close``) stays
-        self._cancel_timer()
-        self._timer = self.clock.callLater(seconds, self._timed_out)
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(seconds)
+        else:
+            self._timer = self.clock.callLater(seconds, self._timed_out)
+
+    def command_deadline(self) -> float:
+        """Seconds allowed for the next command line (shorter while the listener is busy)."""
+        return (self.settings.command_timeout_busy if self._busy()
+                else self.settings.command_timeout)
+
+    def _await_command(self) -> None:
+        """Start the deadline of the next command line; bytes do not extend it."""
+        self._reset_timer(self.command_deadline())
+
+    def _start_data_deadline(self) -> None:
+        """DATA or a BDAT chunk starts: data_timeout, extended as bytes arrive."""
+        self._data_deadline = self.clock.seconds() + self.settings.data_timeout
+        self._reset_timer(self.settings.data_timeout)
+
+    def _data_progress(self, size: int) -> None:
+        """Postfix's smtpd_min_data_rate: each byte buys 1/data_min_rate seconds, up to
+        data_timeout from now; a trickle cannot keep a session alive."""
+        now = self.clock.seconds()
+        self._data_deadline = min(now + self.settings.data_timeout,
+                                  self._data_deadline + size / self.settings.data_min_rate)
+        self._reset_timer(max(0.0, self._data_deadline - now))
+
+    def shorten_deadline(self, seconds: float) -> None:
+        """Under load: a session waiting for a command gets at most ``seconds`` more."""
+        if self.state in (State.DATA, State.BDAT, State.CLOSED):
+            return
+        t = self._timer
+        if t is not None and t.active() and t.getTime() - self.clock.seconds() > seconds:
+            t.reset(seconds)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -270,7 +320,9 @@ class SessionBase(LineReceiver):
         if self.state is State.CLOSED or self.transport is None:
             return
         self._tr.writeSequence([line + b"\r\n" for line in reply.lines(extra)])
-        if reply.code >= 400 and reply.code not in (421,):
+        # 452 too many recipients is our own limit at work, not a client error: RFC 5321
+        # §4.5.3.1.10 tells the client to send the rest in a later transaction.
+        if reply.code >= 400 and reply.code != 421 and reply is not replies.TOO_MANY_RECIPIENTS:
             self.errors += 1
             if self.errors >= self.settings.max_errors:
                 self._close(replies.TOO_MANY_ERRORS)
@@ -368,10 +420,6 @@ class SessionBase(LineReceiver):
         if self.state is State.CLOSED:
             return
         super().dataReceived(data)
-        if data and self.state is not State.CLOSED:
-            timeout = (self.settings.data_timeout if self.state in (State.DATA, State.BDAT)
-                       else self.settings.command_timeout)
-            self._reset_timer(timeout)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self.log.info("smtp line too long {session}", session=self.session_id)
@@ -380,6 +428,7 @@ class SessionBase(LineReceiver):
     def lineReceived(self, line: bytes) -> None:
         if self.state is State.CLOSED:
             return
+        self._await_command()  # the deadline of the line after this one
         if self.state is State.AUTH:
             self._auth_response(line)
             return
@@ -407,6 +456,7 @@ class SessionBase(LineReceiver):
                 self._resume()
 
     def rawDataReceived(self, data: bytes) -> None:
+        self._data_progress(len(data))
         if self.state is State.DATA:
             self._data_bytes(data)
         elif self.state is State.BDAT:

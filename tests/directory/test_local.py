@@ -282,3 +282,27 @@ def test_postmaster_fallback(h: StoreHarness) -> None:
     assert h.run(d.resolve_recipient("postmaster@other.test")).name == "pm2"
     assert h.run(d.resolve_recipient("someone@other.test")).name == "catch"
     assert h.run(d.resolve_recipient("postmaster@elsewhere.test")) is None
+
+
+def test_postmaster_without_a_configured_account(h: StoreHarness) -> None:
+    """With no postmaster account configured, postmaster@ each local domain still
+    reaches an account (the first by name): RFC 5321 §4.5.1 says it MUST be accepted."""
+    settings = DirectorySettings(domains=("example.test", "other.test"), scrypt_n=2**10)
+    d = LocalDirectory(h.store, settings)
+    assert h.run(d.resolve_recipient("postmaster@example.test")) is None  # no account yet
+    h.run(d.add_account("zed", "pw"))
+    h.run(d.add_account("bea", "pw"))
+    assert h.run(d.resolve_recipient("postmaster@example.test")).name == "bea"
+    assert h.run(d.resolve_recipient("POSTMASTER@other.test")).name == "bea"
+    assert h.run(d.resolve_recipient("nobody@other.test")) is None
+
+
+def test_login_key_every_spelling_one_key() -> None:
+    """login_key: NFC, ASCII case, IDNA domains: every spelling of a name gives one key."""
+    from mxd.directory.addresses import login_key
+
+    assert len({login_key(n) for n in ["nobody@localhost", "NOBODY@localhost",
+                                        "Nobody@LocalHost"]}) == 1
+    assert login_key("Alice") == login_key("ALICE") == "alice"
+    assert login_key("x@B\u00fccher.example") == "x@xn--bcher-kva.example"
+    assert login_key("\u00c4rger") != login_key("\u00e4rger")  # no non-ASCII folding, like the store

@@ -176,6 +176,20 @@ def test_login_timeout() -> None:
     assert c.out().startswith(b"* BYE") and c.tr.disconnecting
 
 
+def test_login_deadline_is_not_extended_by_traffic() -> None:
+    """Before login the deadline counts from the connection: commands (or bytes
+    trickling in) do not extend it; after a login the idle timer applies."""
+    store, _ = make_store()
+    c = Conn(store, settings=IMAPServerSettings(login_timeout=60))
+    for _ in range(5):
+        c.clock.advance(10)
+        c.send(b"a NOOP\r\n")
+        c.send(b"b")
+    assert not c.tr.disconnecting
+    c.clock.advance(11)
+    assert b"* BYE" in c.out() and c.tr.disconnecting
+
+
 def test_logout() -> None:
     """LOGOUT answers BYE then OK and closes."""
     store, _ = make_store()

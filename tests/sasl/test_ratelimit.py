@@ -52,26 +52,88 @@ def test_scores_decay() -> None:
     assert lim.check("192.0.2.1").allowed
 
 
-def test_success_clears_the_address_only() -> None:
-    """A success clears its address's record, not the account's."""
+def test_success_clears_only_its_account_and_ip() -> None:
+    """A success clears the (account, IP) pair; the IP's own failures stay, so other
+    accounts are still refused from that address."""
     lim, clock, _ = _limiter()
-    for i in range(6):
-        lim.failure(f"192.0.2.{i + 10}", "alice")
-    for _ in range(4):
-        lim.failure("192.0.2.1")
-    assert not lim.check("192.0.2.1").allowed
-    lim.success("192.0.2.1", "alice")
-    assert lim.check("192.0.2.1").allowed
-    assert not lim.check("192.0.2.1", "alice").allowed
+    for i in range(4):
+        lim.failure("192.0.2.1", f"victim{i}")
+    assert not lim.check("192.0.2.1", "victim9").allowed
+    lim.success("192.0.2.1", "mine")
+    v = lim.check("192.0.2.1", "victim9")
+    assert not v.allowed and v.scope == "ip"
 
 
-def test_account_limit_is_soft_for_distributed_guessing() -> None:
-    """Failures for one account from many addresses delay that account, but only up to
-    the short account cap, and other accounts are unaffected."""
+def test_spraying_checks_no_more_passwords_than_guessing() -> None:
+    """Alternating 4 guesses at other accounts with 1 correct login to one's own (the
+    spray trick) gets exactly as many guesses checked as plain guessing, in the same time."""
+    def run(spray: bool) -> int:
+        lim, clock, _ = _limiter()
+        checked = 0
+        for step in range(300):  # 30 s in 0.1 s steps
+            clock.advance(0.1)
+            if spray and step % 5 == 4:
+                if lim.check("192.0.2.7", "mine").allowed:
+                    lim.success("192.0.2.7", "mine")
+                continue
+            victim = f"victim{step}"
+            if lim.check("192.0.2.7", victim).allowed:
+                checked += 1
+                lim.failure("192.0.2.7", victim)
+        return checked
+
+    plain, spray = run(False), run(True)
+    assert spray <= plain
+    assert plain <= 8  # 3 free, then 2+4+8+16 s of back-off in 30 s
+
+
+def test_owner_keeps_working_while_the_account_is_attacked() -> None:
+    """Distributed guessing blocks the account for untrusted addresses only: an address
+    with a recent successful login to it passes, others (new or guessing) are refused."""
+    lim, clock, metrics = _limiter()
+    lim.success("203.0.113.5", "alice")  # the owner's usual address
+    for i in range(40):
+        clock.advance(0.5)
+        lim.failure(f"198.51.100.{i % 12}", "alice")
+        assert lim.check("203.0.113.5", "alice").allowed
+    v = lim.check("198.51.100.200", "alice")  # a clean but untrusted address
+    assert not v.allowed and v.scope == "account"
+    assert metrics.total("sasl_rate_limited_total", scope="account") == 1
+    assert lim.check("198.51.100.200", "bob").allowed
+
+
+def test_trusted_pair_still_has_its_own_limit() -> None:
+    """A trusted address guessing at its account is stopped by the (account, IP) limit."""
+    lim, clock, _ = _limiter()
+    lim.success("203.0.113.5", "alice")
+    for _ in range(S.account_ip_free_failures + 1):
+        lim.failure("203.0.113.5", "alice")
+    v = lim.check("203.0.113.5", "alice")
+    assert not v.allowed and v.scope == "account_ip"
+    clock.advance(v.retry_after)
+    lim.success("203.0.113.5", "alice")
+    assert lim.check("203.0.113.5", "alice").allowed
+
+
+def test_trust_expires() -> None:
+    """Trust lasts trusted_for seconds after the last success."""
+    lim, clock, _ = _limiter(AuthLimiterSettings(trusted_for=100.0, account_free_failures=1))
+    lim.success("203.0.113.5", "alice")
+    assert lim.trusted("203.0.113.5", "alice")
+    clock.advance(101)
+    assert not lim.trusted("203.0.113.5", "alice")
+    for i in range(3):
+        lim.failure(f"198.51.100.{i}", "alice")
+    assert not lim.check("203.0.113.5", "alice").allowed
+
+
+def test_account_limit_for_distributed_guessing() -> None:
+    """Failures for one account from many addresses delay that account up to its cap,
+    and other accounts are unaffected."""
     lim, clock, _ = _limiter()
     for i in range(20):
-        lim.failure(f"198.51.100.{i}", "Alice")
-    v = lim.check("203.0.113.9", "alice")  # case-folded: the same account
+        lim.failure(f"198.51.100.{i}", "alice")
+    v = lim.check("203.0.113.9", "alice")
     assert not v.allowed and v.scope == "account" and v.retry_after <= S.account_max_delay
     assert lim.check("203.0.113.9", "bob").allowed
     clock.advance(S.account_max_delay)

@@ -6,7 +6,7 @@ import base64
 from collections.abc import Iterator
 
 import pytest
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
 from mxd.sasl.api import ChannelBindings, Continue, Failure, Success, UnknownMechanism
@@ -260,6 +260,61 @@ def test_unknown_user_looks_like_a_known_one() -> None:
     client = make_client("SCRAM-SHA-256", "ghost", "pencil")
     out = run_exchange(rig.server, client, tls_conn(CB13))
     assert isinstance(out, Failure) and out.additional == b"e=invalid-proof"
+
+
+@pytest.mark.parametrize("spellings", [
+    ["nobody@localhost", "NOBODY@localhost", "Nobody@LOCALHOST", "nobody@LocalHost"],
+    ["ghost", "GHOST", "Ghost"],
+])
+def test_unknown_user_salt_is_the_same_for_every_spelling(spellings: list[str]) -> None:
+    """The fake salt comes from the normalised name, as one real account would give one
+    salt for every spelling of its name (RFC 5802 §9: no account enumeration)."""
+    rig = make_server()
+    salts = {_server_first(rig, name).split(b",")[1] for name in spellings}
+    assert len(salts) == 1
+
+
+def test_unknown_user_salt_uses_the_given_normalisation() -> None:
+    """SASLServer keys fake salts on ``normalise_user`` (the directory's function)."""
+    from mxd.directory.addresses import login_key
+    from mxd.sasl.ratelimit import AuthLimiter
+    from mxd.sasl.server import SASLServer
+
+    rig = make_server()
+    server = SASLServer(lambda n: succeed(None), rig.server.settings, AuthLimiter(rig.clock),
+                        rig.clock, "mx.example.test", normalise_user=login_key)
+    rig.server = server
+    a = _server_first(rig, "nobody@xn--bcher-kva.example").split(b",")[1]
+    b = _server_first(rig, "Nobody@B\u00fccher.example").split(b",")[1]
+    assert a == b
+
+
+def test_unknown_user_plain_costs_one_scrypt_like_a_known_one() -> None:
+    """PLAIN for an unknown user runs one scrypt of the accounts' cost (the dummy hash is
+    ready from the start: nothing is derived on the first attempt)."""
+    calls: list[int] = []
+    rig = make_server()
+
+    def counting(f):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return succeed(f())
+
+    rig.server._run_blocking = counting
+    assert rig.server._dummy_hash.n == TEST_SCRYPT_N
+    run_exchange(rig.server, make_client("PLAIN", "ghost", "pencil"), tls_conn(CB13))
+    run_exchange(rig.server, make_client("PLAIN", "user", "wrong"), tls_conn(CB13))
+    assert calls == [1, 1]
+
+
+def test_full_hashing_pool_fails_temporarily() -> None:
+    """When run_blocking refuses (HashingBusy) the login fails temporarily, uncounted."""
+    from mxd.sasl.server import HashingBusy
+
+    rig = make_server()
+    rig.server._run_blocking = lambda f: fail(HashingBusy("full"))
+    out = run_exchange(rig.server, make_client("PLAIN", "user", "pencil"), tls_conn(CB13))
+    assert isinstance(out, Failure) and out.temporary
+    assert rig.limiter.check("192.0.2.1", "user").allowed
 
 
 def test_unknown_user_plain_same_failure() -> None:

@@ -1,0 +1,431 @@
+"""Abuse suite: `twistd mxd` probed as an attacker would, on loopback, from many
+127.0.0.0/8 source addresses (each client binds its own 127.x address).
+
+Short forms run in every test run; the long forms (the slow flood at full size) run with
+``MXD_ABUSE_LONG=1`` and print their figures.
+
+* password spraying (correct logins mixed into guesses) checks no more passwords than
+  plain guessing; distributed guessing at one account does not lock its owner out;
+* unknown users get one fake SCRAM salt for every spelling, and known and unknown users
+  take the same time to fail a LOGIN (the first attempt after start included);
+* slow-trickle floods cannot take every SMTP slot and are closed at their deadlines;
+* mail loops (RFC 5321 §6.3), postmaster (§4.5.1), and 452 for too many recipients.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import smtplib
+import socket
+import statistics
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.mxdserver import MxdServer
+from tests.integration.tools import free_port, require_tool
+
+LONG = os.environ.get("MXD_ABUSE_LONG", "") not in ("", "0")
+PLAINTEXT = "[auth]\nallow_plaintext_on_loopback = true\n"
+
+
+# -- a raw IMAP client bound to a chosen source address ---------------------------------
+
+
+class RawIMAP:
+    """Plain IMAP from ``source`` (127.x): LOGIN/AUTHENTICATE with timing."""
+
+    def __init__(self, port: int, source: str) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30,
+                                             source_address=(source, 0))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+        self.n = 0
+        greeting = self.line()
+        assert greeting.startswith(b"* OK"), greeting
+
+    def line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("closed by the server")
+            self.buf += data
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line
+
+    def command(self, text: str) -> tuple[bytes, float]:
+        """Send one command; (tagged reply, seconds from send to reply)."""
+        self.n += 1
+        tag = f"t{self.n}".encode()
+        start = time.perf_counter()
+        self.sock.sendall(tag + b" " + text.encode() + b"\r\n")
+        while True:
+            line = self.line()
+            if line.startswith(tag + b" "):
+                return line, time.perf_counter() - start
+
+    def login(self, user: str, password: str) -> tuple[bytes, float]:
+        return self.command(f'LOGIN "{user}" "{password}"')
+
+    def scram_salt(self, user: str) -> bytes:
+        """The salt of SCRAM-SHA-256's server-first message for ``user`` (then cancel)."""
+        first = base64.b64encode(f"n,,n={user},r=abcdefgh".encode()).decode()
+        self.n += 1
+        tag = f"t{self.n}".encode()
+        self.sock.sendall(tag + b" AUTHENTICATE SCRAM-SHA-256 " + first.encode() + b"\r\n")
+        line = self.line()
+        assert line.startswith(b"+ "), line
+        server_first = base64.b64decode(line[2:])
+        self.sock.sendall(b"*\r\n")  # RFC 3501 §6.2.2: cancel
+        while not self.line().startswith(tag + b" "):
+            pass
+        attrs = dict(p.split(b"=", 1) for p in server_first.split(b","))
+        return attrs[b"s"] + b"/i=" + attrs[b"i"]
+
+    def close(self) -> None:
+        try:
+            self.sock.sendall(b"z LOGOUT\r\n")
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def _limited(reply: bytes) -> bool:
+    return b"too many failed attempts" in reply.lower()
+
+
+@pytest.fixture
+def server(mxd_server_factory: Any, request: pytest.FixtureRequest) -> MxdServer:
+    extra = getattr(request, "param", "")
+    s: MxdServer = mxd_server_factory(extra_config=PLAINTEXT + extra)
+    return s
+
+
+# -- the login limiter ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("server", ["ip_free_failures = 3\n"], indirect=True)
+def test_spraying_checks_no_more_passwords_than_plain_guessing(server: MxdServer) -> None:
+    """One address alternating 4 wrong guesses at other accounts with 1 correct login to
+    its own account gets no more guesses checked than one that only guesses; its own
+    correct logins keep working."""
+    port = server.ports["imap"]
+
+    plain = RawIMAP(port, "127.0.3.2")
+    plain_checked = 0
+    for i in range(20):
+        reply, _ = plain.login(server.user2, f"guess-{i}")
+        assert b" NO " in reply
+        plain_checked += not _limited(reply)
+    plain.close()
+
+    spray = RawIMAP(port, "127.0.3.3")
+    spray_checked = 0
+    own_ok = 0
+    for r in range(5):
+        own = RawIMAP(port, "127.0.3.3")
+        reply, _ = own.login(server.user, server.password)
+        own_ok += b" OK " in reply
+        own.close()
+        for i in range(4):
+            reply, _ = spray.login(f"victim{i}@example.test", f"guess-{r}-{i}")
+            assert b" NO " in reply
+            spray_checked += not _limited(reply)
+    spray.close()
+    assert plain_checked <= 5  # 3 free, the 4th starts a 2 s back-off, maybe one after it
+    assert spray_checked <= plain_checked, (spray_checked, plain_checked)
+    assert own_ok == 5
+
+
+@pytest.mark.parametrize("server", ["ip_free_failures = 3\naccount_free_failures = 5\n"],
+                         indirect=True)
+def test_owner_keeps_working_during_distributed_guessing(server: MxdServer) -> None:
+    """12 addresses guess bob's password in turn while bob logs in from his usual address:
+    every one of bob's logins succeeds; the guessers are refused, and so is a new address
+    trying bob's account while the attack goes on."""
+    port = server.ports["imap"]
+    owner = "127.0.4.50"
+    first = RawIMAP(port, owner)
+    assert b" OK " in first.login(server.user2, server.password2)[0]
+    first.close()
+    guessers = [RawIMAP(port, f"127.0.5.{i + 1}") for i in range(12)]
+    refused = checked = 0
+    owner_results = []
+    for round_ in range(4):
+        for i, g in enumerate(guessers):
+            reply, _ = g.login(server.user2, f"guess-{round_}-{i}")
+            assert b" NO " in reply
+            refused += _limited(reply)
+            checked += not _limited(reply)
+        c = RawIMAP(port, owner)
+        owner_results.append(c.login(server.user2, server.password2)[0])
+        c.close()
+    for g in guessers:
+        g.close()
+    assert all(b" OK " in r for r in owner_results), owner_results
+    assert refused >= 30 and checked <= 18, (refused, checked)
+    newcomer = RawIMAP(port, "127.0.6.1")
+    reply, _ = newcomer.login(server.user2, server.password2)
+    newcomer.close()
+    assert _limited(reply), reply
+
+
+# -- enumeration ------------------------------------------------------------------------
+
+
+def test_fake_scram_salt_is_the_same_for_every_spelling(server: MxdServer) -> None:
+    """An unknown name gets one salt whatever its spelling, as a real account does."""
+    port = server.ports["imap"]
+    salts: dict[str, set[bytes]] = {}
+    groups = {
+        "unknown": ["nobody@example.test", "NOBODY@example.test", "Nobody@EXAMPLE.test",
+                    "nObOdY@Example.Test"],
+        "known": ["alice@example.test", "ALICE@example.test", "Alice@Example.TEST"],
+    }
+    n = 0
+    for group, names in groups.items():
+        for name in names:
+            n += 1
+            c = RawIMAP(port, f"127.0.7.{n}")
+            salts.setdefault(group, set()).add(c.scram_salt(name))
+            c.close()
+    assert len(salts["unknown"]) == 1, salts
+    assert len(salts["known"]) == 1, salts
+    assert salts["unknown"] != salts["known"]
+
+
+@pytest.mark.parametrize("server", ["ip_free_failures = 1000\naccount_free_failures = 1000\n"],
+                         indirect=True)
+def test_known_and_unknown_users_fail_in_the_same_time(server: MxdServer) -> None:
+    """LOGIN with a wrong password takes the same time for a known and an unknown user
+    (median difference < 5 ms), starting with the very first attempt after start."""
+    port = server.ports["imap"]
+    known: list[float] = []
+    unknown: list[float] = []
+    pairs = 25
+    for i in range(pairs):
+        # Alternate which goes first, so that load on the machine hits both alike.
+        order = [("unknown", f"ghost{i}@example.test"), ("known", server.user2)]
+        if i % 2:
+            order.reverse()
+        for kind, user in order:
+            c = RawIMAP(port, f"127.0.8.{(2 * i + len(known) + len(unknown)) % 250 + 1}")
+            reply, took = c.login(user, "not-the-password")
+            c.close()
+            assert b" NO " in reply and not _limited(reply)
+            (known if kind == "known" else unknown).append(took)
+    diff = abs(statistics.median(known) - statistics.median(unknown))
+    first_unknown = unknown[0]
+    print(f"LOGIN failure median: known {statistics.median(known) * 1000:.1f} ms, unknown "
+          f"{statistics.median(unknown) * 1000:.1f} ms, first unknown after start "
+          f"{first_unknown * 1000:.1f} ms (machine shared with other test runs)")
+    assert diff < 0.005, (known, unknown)
+    assert first_unknown < max(known) + 0.05
+
+
+# -- SMTP: loops, postmaster, 452 -------------------------------------------------------
+
+
+def _looping_message(hops: int) -> str:
+    received = "".join(f"Received: from h{i}.example.net by h{i + 1}.example.net; "
+                       "Thu, 1 Jan 2026 00:00:00 +0000\r\n" for i in range(hops))
+    return received + "From: a@example.net\r\nSubject: loop\r\n\r\nbody\r\n"
+
+
+@pytest.mark.parametrize(("hops", "accepted"), [(100, True), (101, False)])
+def test_mail_loop_on_inbound(mxd_server: MxdServer, hops: int, accepted: bool) -> None:
+    """RFC 5321 §6.3: 101 Received fields is a loop (554 5.4.6), 100 is accepted."""
+    with smtplib.SMTP("127.0.0.1", mxd_server.ports["smtp"], timeout=30) as s:
+        s.ehlo("client.example.net")
+        if accepted:
+            assert s.sendmail("a@example.net", [mxd_server.user], _looping_message(hops)) == {}
+        else:
+            with pytest.raises(smtplib.SMTPDataError) as ei:
+                s.sendmail("a@example.net", [mxd_server.user], _looping_message(hops))
+            assert ei.value.smtp_code == 554 and b"5.4.6" in ei.value.smtp_error
+
+
+def test_mail_loop_on_submission(server: MxdServer) -> None:
+    """Submission counts hops as well: a looping message is not queued outward."""
+    with smtplib.SMTP("127.0.0.1", server.ports["submission"], timeout=30) as s:
+        s.ehlo("client.example.net")
+        s.login(server.user, server.password)
+        with pytest.raises(smtplib.SMTPDataError) as ei:
+            s.sendmail(server.user, ["someone@far.example.net"], _looping_message(101))
+        assert ei.value.smtp_code == 554 and b"5.4.6" in ei.value.smtp_error
+
+
+def test_postmaster_is_always_accepted(mxd_server: MxdServer) -> None:
+    """RCPT TO:<postmaster> and postmaster@ a local domain are accepted (RFC 5321
+    §4.5.1) with no postmaster account configured."""
+    with smtplib.SMTP("127.0.0.1", mxd_server.ports["smtp"], timeout=30) as s:
+        s.ehlo("client.example.net")
+        s.mail("a@example.net")
+        assert s.rcpt("<postmaster>")[0] == 250
+        assert s.rcpt("<Postmaster@example.test>")[0] == 250
+        code, _ = s.data("Subject: hi postmaster\r\n\r\nbody\r\n")
+        assert code == 250
+
+
+def test_localserve_accepts_postmaster(tmp_path: Path) -> None:
+    """`mxd localserve` accepts postmaster and postmaster@localhost."""
+    from tests.integration.test_twistd import BIN, _wait_port
+
+    offset = free_port() % 20000 + 20000 - 1025
+    proc = subprocess.Popen([str(BIN / "mxd"), "localserve", "--dir", str(tmp_path / "ls"),
+                             "--port-offset", str(offset)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    try:
+        _wait_port(1025 + offset, proc)
+        with smtplib.SMTP("127.0.0.1", 1025 + offset, timeout=30) as s:
+            s.ehlo("client.example.net")
+            s.mail("a@example.net")
+            assert s.rcpt("<postmaster>")[0] == 250
+            assert s.rcpt("<postmaster@localhost>")[0] == 250
+            s.rset()
+    finally:
+        proc.send_signal(2)
+        proc.communicate(timeout=30)
+
+
+def test_pipelined_recipients_beyond_the_limit_keep_the_transaction(mxd_server: MxdServer) -> None:
+    """A pipelining client ignoring LIMITS RCPTMAX gets 452 for the extra recipients and
+    its transaction goes through: the 452s are not counted as errors (no 421)."""
+    sock = socket.create_connection(("127.0.0.1", mxd_server.ports["smtp"]), timeout=30)
+    f = sock.makefile("rb")
+    assert f.readline().startswith(b"220")
+    sock.sendall(b"EHLO client.example.net\r\n")
+    while not f.readline().startswith(b"250 "):
+        pass
+    rcpts = b"".join(b"RCPT TO:<%s>\r\n" % mxd_server.user.encode() for _ in range(150))
+    sock.sendall(b"MAIL FROM:<a@example.net>\r\n" + rcpts + b"DATA\r\n")
+    codes = [f.readline()[:3] for _ in range(152)]
+    assert codes.count(b"452") == 50 and b"421" not in codes and codes[-1] == b"354"
+    sock.sendall(b"Subject: many\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+    assert f.readline().startswith(b"250 ")
+    sock.close()
+
+
+# -- slow floods ------------------------------------------------------------------------
+
+
+class _Trickler(threading.Thread):
+    """Opens connections from many source addresses and sends one byte per ``interval``
+    on each, never finishing a line; records when the server closed each one."""
+
+    def __init__(self, port: int, sources: list[str], per_source: int, interval: float,
+                 duration: float) -> None:
+        super().__init__(daemon=True)
+        self.port, self.sources, self.per_source = port, sources, per_source
+        self.interval, self.duration = interval, duration
+        self.opened: list[tuple[socket.socket, float]] = []
+        self.refused = 0  # 421 at connect
+        self.closed_after: list[float] = []  # seconds from connect to the server's close
+        self.ready = threading.Event()
+
+    def run(self) -> None:
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        for src in self.sources:
+            for _ in range(self.per_source):
+                try:
+                    s = socket.create_connection(("127.0.0.1", self.port), timeout=5,
+                                                 source_address=(src, 0))
+                except OSError:
+                    self.refused += 1
+                    continue
+                greeting = s.recv(512)
+                if greeting.startswith(b"421"):
+                    self.refused += 1
+                    s.close()
+                    continue
+                s.setblocking(False)
+                self.opened.append((s, time.monotonic()))
+                sel.register(s, selectors.EVENT_READ, len(self.opened) - 1)
+        self.ready.set()
+        end = time.monotonic() + self.duration
+        live = {i for i in range(len(self.opened))}
+        next_byte = time.monotonic()
+        while live and time.monotonic() < end:
+            for key, _ in sel.select(timeout=0.2):
+                i = key.data
+                s, t0 = self.opened[i]
+                try:
+                    data = s.recv(4096)
+                except OSError:
+                    data = b""
+                if not data or b"421" in data:
+                    self.closed_after.append(time.monotonic() - t0)
+                    sel.unregister(s)
+                    s.close()
+                    live.discard(i)
+            if time.monotonic() >= next_byte:
+                next_byte += self.interval
+                for i in list(live):
+                    try:
+                        self.opened[i][0].send(b"E")
+                    except OSError:
+                        pass
+        for i in live:
+            self.opened[i][0].close()
+
+
+def _swaks_delivery(server: MxdServer) -> float:
+    swaks = require_tool("swaks")
+    start = time.monotonic()
+    r = subprocess.run([swaks, "--server", "127.0.0.1", "--port", str(server.ports["smtp"]),
+                        "--from", "a@example.net", "--to", server.user, "--helo",
+                        "client.example.net", "--timeout", "20"],
+                       capture_output=True, text=True, timeout=60)
+    took = time.monotonic() - start
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "250 2.0.0" in r.stdout or "Message accepted" in r.stdout, r.stdout
+    return took
+
+
+def _flood(server: MxdServer, networks: int, per_network: int, per_source: int,
+           deadline: float, duration: float) -> None:
+    sources = [f"127.{10 + n}.{a}.{b}" for n in range(networks)
+               for a, b in [(i // 200, i % 200 + 2) for i in range(per_network)]]
+    t = _Trickler(server.ports["smtp"], sources, per_source, interval=1.0, duration=duration)
+    t.start()
+    assert t.ready.wait(60)
+    took = _swaks_delivery(server)
+    t.join(duration + 30)
+    opened = len(t.opened)
+    closed = sorted(t.closed_after)
+    print(f"slow flood: {len(sources) * per_source} connections from {len(sources)} addresses "
+          f"in {networks} networks; {opened} accepted, {t.refused} refused at connect; "
+          f"swaks delivery {took:.2f} s during the flood; server closed {len(closed)} "
+          f"trickling connections, after {closed[0] if closed else 0:.1f} to "
+          f"{closed[-1] if closed else 0:.1f} s (deadline {deadline} s; machine shared)")
+    assert took < 5.0
+    assert len(closed) == opened, "every trickling connection is closed by the server"
+    assert closed[-1] < deadline + 5.0
+
+
+FLOOD_CONFIG = ("[smtp]\nmax_connections = 200\nmax_connections_per_ip = 20\n"
+                "max_connections_per_network = 50\ncommand_timeout = 8.0\n"
+                "command_timeout_busy = 4.0\n")
+
+
+@pytest.mark.parametrize("server", [FLOOD_CONFIG], indirect=True)
+def test_slow_flood_short(server: MxdServer) -> None:
+    """Short form: 300 trickling connections (1 byte/s, never a full line) from 60
+    addresses in 3 /24s: swaks still delivers within 5 s; each slow connection is closed
+    at its deadline."""
+    _flood(server, networks=3, per_network=20, per_source=5, deadline=8.0, duration=20.0)
+
+
+@pytest.mark.skipif(not LONG, reason="long form: set MXD_ABUSE_LONG=1")
+@pytest.mark.parametrize("server", [FLOOD_CONFIG.replace("8.0", "30.0")], indirect=True)
+def test_slow_flood_long(server: MxdServer) -> None:
+    """Long form: 1,500 trickling connections from 300 addresses in 10 /24s for up to
+    60 s."""
+    _flood(server, networks=10, per_network=30, per_source=5, deadline=30.0, duration=50.0)
