@@ -153,7 +153,7 @@ def test_hop_count_on_submission() -> None:
     s.send("MAIL FROM:<alice@example.test>\r\nRCPT TO:<bob@far.example>\r\nDATA\r\n")
     s.send(_message(4))
     assert s.replies()[-1].startswith("554 5.4.6")
-    assert s.outbound.queued == []
+    assert s.store.queued == []
 
 
 def test_too_many_recipients_is_not_a_client_error() -> None:
