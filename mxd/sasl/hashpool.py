@@ -40,7 +40,9 @@ class HashPool:
         self._reactor = reactor
         self.threads = threads if threads is not None else default_threads()
         self.max_pending = max_pending
-        self._pool = ThreadPool(minthreads=0, maxthreads=self.threads, name="mxd-hash")
+        # All threads from the start: the first login after start finds them running.
+        self._pool = ThreadPool(minthreads=self.threads, maxthreads=self.threads,
+                                name="mxd-hash")
         self.pending = 0  # calls submitted and not yet answered
 
     def start(self) -> None:
@@ -52,9 +54,17 @@ class HashPool:
             self._pool.stop()
 
     def install(self) -> None:
-        """Start with the reactor and stop at its shutdown."""
-        self._reactor.callWhenRunning(self.start)
+        """Start with the reactor (and warm up) and stop at its shutdown."""
+        self._reactor.callWhenRunning(self._start_and_warm)
         self._reactor.addSystemEventTrigger("during", "shutdown", self.stop)
+
+    def _start_and_warm(self) -> None:
+        self.start()
+        # The first password check imports SASLprep's tables; do it now, on the pool,
+        # so that the first login after start costs what every other one does.
+        from mxd.sasl.credentials import saslprep_password
+
+        self(lambda: saslprep_password("warm-up"))
 
     def __call__(self, f: Callable[[], T]) -> Deferred[T]:
         if self.pending >= self.max_pending:
