@@ -166,12 +166,16 @@ def cmd_account_list(args: argparse.Namespace) -> int:
 
 def cmd_account_show(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    acct = _with_directory(cfg, lambda d: d.get_account(args.name))
+    async def both(d: Any) -> tuple[Any, Any]:
+        entry = await d.get_entry(args.name) if cfg.directory.backend == "ldap" else None
+        return await d.get_account(args.name), entry
+
+    # One reactor run: a Twisted reactor cannot be started twice in one process.
+    acct, entry = _with_directory(cfg, both)
     if acct is None:
         raise CLIError(f"no account {args.name!r}")
     print(f"account {acct.name}\naddresses {' '.join(acct.addresses) or '-'}")
     if cfg.directory.backend == "ldap":
-        entry = _with_directory(cfg, lambda d: d.get_entry(args.name))
         if entry is not None:
             print(f"ldap {entry.dn}\nscram {', '.join(sorted(entry.scram)) or 'none'}"
                   "\npasswords are managed in the directory")

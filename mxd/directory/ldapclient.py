@@ -108,7 +108,8 @@ class LDAPClient:
         self._lock = threading.Lock()
         self._search_pool: queue.LifoQueue[Any] = queue.LifoQueue()
         self._bind_pool: queue.LifoQueue[Any] = queue.LifoQueue()
-        self._ldap3_servers: list[Any] = [self._make_server(s) for s in self._servers]
+        for spec in self._servers:
+            self._make_server(spec)  # refuse plaintext now, not at the first login
 
     # -- connections ------------------------------------------------------------------
 
@@ -145,8 +146,10 @@ class LDAPClient:
         problems = []
         for i in self._order():
             spec = self._servers[i]
+            # A new ldap3.Server each time: one that failed marks its address invalid
+            # for minutes, which would outlast the directory's own recovery.
             conn = ldap3.Connection(
-                self._ldap3_servers[i], user=user, password=password,
+                self._make_server(spec), user=user, password=password,
                 receive_timeout=max(1, round(self.settings.timeout)), read_only=True,
                 raise_exceptions=False, auto_referrals=False)
             try:

@@ -252,6 +252,9 @@ def test_orphans_and_config_check(mxd: MxdServer, lab: SlapdLab) -> None:
     r = mxd.mxd("config", "check", "--ldap-test", "carol@example.test")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "uid=carol,ou=people" in r.stdout and "SCRAM secrets SHA-1, SHA-256" in r.stdout
+    r = mxd.mxd("account", "show", "carol")
+    assert r.returncode == 0, r.stderr
+    assert "ldap uid=carol,ou=people" in r.stdout and "scram SHA-1, SHA-256" in r.stdout
     r = mxd.mxd("config", "check", "--ldap-test", "*")
     assert r.returncode == 1 and "no entry" in r.stdout
     r = mxd.mxd("account", "passwd", "alice", "--password-stdin", stdin="new-password-1\n")
@@ -265,3 +268,45 @@ def test_orphans_and_config_check(mxd: MxdServer, lab: SlapdLab) -> None:
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["dave"], r.stdout
     _ = (SERVICE_DN, SERVICE_PASSWORD)
+
+
+def test_hung_directory_times_out_to_451(mxd: MxdServer, lab: SlapdLab) -> None:
+    """slapd frozen (SIGSTOP: connections open, nothing answers): RCPT for an uncached
+    address gets 451 4.4.3 once the LDAP timeouts (3 s here) expire, not a hang, and
+    works again when slapd resumes."""
+    import os
+    import signal as sig
+
+    assert lab.proc is not None
+    os.kill(lab.proc.pid, sig.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        with smtplib.SMTP("127.0.0.1", mxd.ports["smtp"], timeout=60) as s:
+            s.ehlo("client.example.net")
+            s.mail("someone@example.net")
+            code, msg = s.rcpt("hung-check@example.test")
+        elapsed = time.monotonic() - t0
+        assert (code, msg[:5]) == (451, b"4.4.3"), (code, msg)
+        assert elapsed < 45, elapsed
+    finally:
+        os.kill(lab.proc.pid, sig.SIGCONT)
+    with smtplib.SMTP("127.0.0.1", mxd.ports["smtp"], timeout=60) as s:
+        s.ehlo("client.example.net")
+        s.mail("someone@example.net")
+        assert s.rcpt("carol+after@example.test")[0] == 250
+    assert "LDAP" in mxd.log_tail(400)
+
+
+def test_starttls_directory(tmp_path: Path, tls_files: dict[str, Path], lab: SlapdLab) -> None:
+    """The same directory over ldap:// with StartTLS (RFC 4513 §3): IMAP LOGIN works and
+    slapd saw a TLS session (STARTTLS) before the binds."""
+    server = MxdServer(tmp_path, tls_files, extra_config=lab.mxd_config(starttls=True))
+    before = len(lab.log_text())
+    server.start()
+    try:
+        _imap_login(server, "carol@example.test", PASSWORDS["carol"], "127.0.0.7").logout()
+    finally:
+        server.stop()
+    log = lab.log_text()[before:]
+    assert "EXT oid=1.3.6.1.4.1.1466.20037" in log  # the StartTLS extended operation
+    assert 'BIND dn="uid=carol,ou=people,dc=example,dc=test" mech=SIMPLE' in log
