@@ -26,6 +26,7 @@ from mxd.imap.dispatch import (
     no,
     ok,
 )
+from mxd.imap.errors import ParseError
 from mxd.imap.fetch import do_fetch, resolve
 from mxd.imap.framer import BlobLiteral, Literal
 from mxd.imap.listmatch import compile_pattern, join_reference
@@ -52,6 +53,7 @@ from mxd.imap.values import (
 from mxd.imap.view import MailboxView
 from mxd.store.interfaces import (
     HIERARCHY_SEPARATOR,
+    InvalidMailboxName,
     MailboxExists,
     MailboxInfo,
     NoSuchMailbox,
@@ -59,6 +61,7 @@ from mxd.store.interfaces import (
     SpecialUse,
     StoreError,
 )
+from mxd.store.names import MAX_FLAG, MAX_MAILBOX_NAME
 
 if TYPE_CHECKING:
     from mxd.imap.server import IMAPSession
@@ -70,13 +73,42 @@ _SYSTEM_FLAGS_CI = {f.upper(): f for f in SYSTEM_FLAGS}
 
 
 def mailbox_name(s: IMAPSession, wire: str) -> str:
-    """Client wire name → store name (mUTF-7 decoded, INBOX case-folded)."""
-    name = wire if s.utf8 else utf7_decode(wire)
+    """Client wire name → store name (mUTF-7 decoded, INBOX case-folded).
+
+    A name that is not valid modified UTF-7 (RFC 3501 §5.1.3) parses as an astring, so
+    it is not a syntax error: the command fails with NO (InvalidMailboxName), as in
+    Dovecot."""
+    try:
+        name = wire if s.utf8 else utf7_decode(wire)
+    except ParseError as e:
+        raise InvalidMailboxName(f"{wire!r} is not valid modified UTF-7 ({e})") from None
     if name.upper() == "INBOX":
         return "INBOX"
     if name.upper().startswith("INBOX" + HIERARCHY_SEPARATOR):
         name = "INBOX" + name[5:]
     return name
+
+
+def new_name_problem(name: str) -> str | None:
+    """Why a name cannot be given to a new mailbox (CREATE, RENAME), or None.
+
+    RFC 3501 §6.3.8: "*" and "%" are wildcards in LIST; a mailbox named with them could
+    not be listed by itself.  Empty levels and control characters are refused too."""
+    if HIERARCHY_SEPARATOR * 2 in name or name.startswith(HIERARCHY_SEPARATOR):
+        return "empty hierarchy level"
+    if any(c in name for c in "*%") or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        return "wildcard or control character in the name"
+    if len(name) > MAX_MAILBOX_NAME:
+        return "name too long"
+    return None
+
+
+def flags_problem(flags: tuple[str, ...]) -> Reply | None:
+    """A clean refusal of flags the store cannot keep (before any store call)."""
+    for f in flags:
+        if len(f) > MAX_FLAG:
+            return no(f"Keyword too long (at most {MAX_FLAG} characters)", "LIMIT")
+    return None
 
 
 def normalise_flags(flags: tuple[str, ...]) -> frozenset[str] | None:
@@ -203,15 +235,13 @@ async def cmd_select(s: IMAPSession, cmd: Command) -> Reply:
 
 async def _select(s: IMAPSession, cmd: Command, args: SelectArgs, info: MailboxInfo,
                   view: MailboxView, readonly: bool) -> Reply:
-    keywords = sorted(view.keywords())
-    fl = " ".join(list(SYSTEM_FLAGS) + keywords)
-    s.untagged(f"FLAGS ({fl})")
-    if readonly:
-        s.untagged("OK [PERMANENTFLAGS ()] Read-only mailbox")
-    else:
-        s.untagged(f"OK [PERMANENTFLAGS ({fl} \\*)] Flags permitted")
+    s.send_flags(view, view.keywords())
     if not readonly:
         view.claim_recent(s.factory.recent)
+    else:
+        # EXAMINE claims nothing but shows what no read-write session has seen yet
+        # (RFC 3501 §6.3.2, §2.3.2), as STATUS RECENT counts it.
+        view.recent.add_above(s.factory.recent.claimed(info.id, info.uidnext - 1))
     s.untagged(b"%d EXISTS" % view.exists)
     s.untagged(b"%d RECENT" % len(view.recent))
     unseen = view.first_unseen()
@@ -247,9 +277,9 @@ async def cmd_create(s: IMAPSession, cmd: Command) -> Reply:
     name = mailbox_name(s, args.mailbox).rstrip(HIERARCHY_SEPARATOR)
     if not name or name.upper() == "INBOX":
         return no("Mailbox already exists", "ALREADYEXISTS")
-    if HIERARCHY_SEPARATOR * 2 in name or name.startswith(HIERARCHY_SEPARATOR) or \
-            any(c in name for c in "\r\n\0*%"):
-        return no("Invalid mailbox name", "CANNOT")
+    problem = new_name_problem(name)
+    if problem is not None:
+        return no(f"Invalid mailbox name: {problem}", "CANNOT")
     use = None
     if args.special_use:
         if len(args.special_use) > 1:
@@ -298,6 +328,9 @@ async def cmd_rename(s: IMAPSession, cmd: Command) -> Reply:
         return no("Renaming INBOX is not supported", "CANNOT")
     if not new or new == "INBOX":
         return no("Mailbox already exists", "ALREADYEXISTS")
+    problem = new_name_problem(new)
+    if problem is not None:
+        return no(f"Invalid mailbox name: {problem}", "CANNOT")
     try:
         await s.store.rename_mailbox(s.account.id, old, new)
     except NoSuchMailbox:
@@ -341,30 +374,65 @@ async def cmd_list(s: IMAPSession, cmd: Command) -> Reply:
     reference = mailbox_name(s, args.reference) if args.reference else ""
     matchers = [compile_pattern(join_reference(reference, p if s.utf8 else _safe_utf7(p)))
                 for p in args.patterns]
+
+    def matches(n: str) -> bool:
+        return any(m.matches(n) for m in matchers)
+
+    # Subscriptions are names (RFC 3501 §6.3.6): one may outlive its mailbox.
+    list_subscriptions = getattr(s.store, "list_subscriptions", None)
+    if list_subscriptions is not None:
+        subscribed = set(await list_subscriptions(s.account.id))
+    else:
+        subscribed = {b.name for b in boxes if b.subscribed}
     subscribed_only = args.lsub or "SUBSCRIBED" in args.select_opts
+    recursive = "RECURSIVEMATCH" in args.select_opts
     special_only = "SPECIAL-USE" in args.select_opts
     show_subscribed = "SUBSCRIBED" in args.return_opts or "SUBSCRIBED" in args.select_opts
     word = "LSUB" if args.lsub else "LIST"
-    for name in sorted(names | implied, key=lambda n: (n != "INBOX", n)):
-        if not any(m.matches(name) for m in matchers):
+    candidates = names | implied
+    if subscribed_only:
+        candidates |= subscribed
+        for n in subscribed:  # superiors of subscribed names (LSUB's \Noselect parents)
+            parts = n.split(HIERARCHY_SEPARATOR)
+            candidates.update(HIERARCHY_SEPARATOR.join(parts[:i]) for i in range(1, len(parts)))
+    for name in sorted(candidates, key=lambda n: (n != "INBOX", n)):
+        if not matches(name):
             continue
         box = by_name.get(name)
-        if subscribed_only and (box is None or not box.subscribed):
-            continue
+        childinfo = False
+        if subscribed_only and name not in subscribed:
+            # A superior of a subscribed name the pattern does not reach: LSUB shows it
+            # \Noselect (RFC 3501 §6.3.9); LIST (SUBSCRIBED RECURSIVEMATCH) with
+            # CHILDINFO (RFC 5258 §3.5).  Otherwise it is not listed.
+            prefix = name + HIERARCHY_SEPARATOR
+            hidden = any(n.startswith(prefix) and not matches(n) for n in subscribed)
+            if not hidden or not (args.lsub or recursive):
+                continue
+            childinfo = recursive
+        elif subscribed_only and recursive:
+            prefix = name + HIERARCHY_SEPARATOR
+            childinfo = any(n.startswith(prefix) and not matches(n) for n in subscribed)
         if special_only and (box is None or box.special_use is None):
             continue
         attrs_: list[str] = []
-        if box is None:
-            attrs_.append("\\Noselect")
-            if args.extended:
-                attrs_.append("\\NonExistent")
-        if not args.lsub:
-            attrs_.append("\\HasChildren" if name in has_children else "\\HasNoChildren")
+        if args.lsub:
+            if box is None or name not in subscribed:
+                attrs_.append("\\Noselect")
+        else:
+            if box is None:
+                attrs_.append("\\NonExistent" if args.extended else "\\Noselect")
+                if args.extended and name in implied:
+                    attrs_.insert(0, "\\Noselect")
+            if box is not None or name in implied:
+                attrs_.append("\\HasChildren" if name in has_children else "\\HasNoChildren")
             if box is not None and box.special_use is not None:
                 attrs_.append(str(box.special_use))
-            if show_subscribed and box is not None and box.subscribed:
+            if show_subscribed and name in subscribed:
                 attrs_.append("\\Subscribed")
-        s.untagged(f"{word} ({' '.join(attrs_)}) \"/\" ".encode() + response.mailbox(name, s.utf8))
+        line = f"{word} ({' '.join(attrs_)}) \"/\" ".encode() + response.mailbox(name, s.utf8)
+        if childinfo:
+            line += b' ("CHILDINFO" ("SUBSCRIBED"))'
+        s.untagged(line)
         if "STATUS" in args.return_opts and box is not None:
             await _send_status(s, box, args.status_items)
     return ok(f"{word} completed")
@@ -429,6 +497,8 @@ async def cmd_append(s: IMAPSession, cmd: Command) -> Reply:
         flags = normalise_flags(args.flags)
         if flags is None:
             return bad("Unknown system flag")
+        if (refused := flags_problem(args.flags)) is not None:
+            return refused
         size = msg.size if isinstance(msg, BlobLiteral) else len(msg.data)
         if size == 0:
             return no("Cannot append an empty message")
@@ -551,6 +621,8 @@ async def cmd_store(s: IMAPSession, cmd: Command) -> Reply:
     flags = normalise_flags(args.flags)
     if flags is None:
         return bad("Unknown system flag")
+    if (refused := flags_problem(args.flags)) is not None:
+        return refused
     is_uid = cmd.name.startswith("UID ")
     try:
         uids = list(resolve(view, args.seqset, uid=is_uid))
@@ -565,6 +637,10 @@ async def cmd_store(s: IMAPSession, cmd: Command) -> Reply:
     if s.view is not view:
         return ok("STORE completed")
     view.set_messages(changed)
+    if args.mode != "-":
+        # RFC 3501 §7.2.6: a keyword new to the mailbox is announced (FLAGS and
+        # PERMANENTFLAGS) before any FETCH that shows it.
+        s.announce_keywords(flags)
     changed_uids = {m.uid for m in changed}
     failed_set = set(failed)
     for uid in uids:
@@ -618,6 +694,8 @@ async def cmd_copy(s: IMAPSession, cmd: Command) -> Reply:
             s.untagged(f"OK [{code}] Moved")
         if s.view is view:
             s.report_expunged(view.expunge([a for a, _ in pairs]))
+            if dest.id == view.info.id:
+                view.dirty = True  # RFC 6851: the moved copies are new messages here
         return ok(f"{cmd.name} completed")
     if dest.id == view.info.id:
         view.dirty = True

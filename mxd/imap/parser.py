@@ -395,6 +395,10 @@ def _select(r: Reader) -> SelectArgs:
     return SelectArgs(name, condstore, qresync)
 
 
+_LIST_SELECT = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
+_LIST_RETURN = frozenset({"SUBSCRIBED", "CHILDREN", "STATUS", "SPECIAL-USE"})
+
+
 def _list(r: Reader) -> ListArgs:
     r.sp()
     select: set[str] = set()
@@ -428,6 +432,13 @@ def _list(r: Reader) -> ListArgs:
                 if r.take(b")"):
                     break
                 r.sp()
+    # RFC 5258 §3: options the server does not know, and RECURSIVEMATCH alone (or with
+    # only REMOTE), are BAD.
+    unknown = (select - _LIST_SELECT) | (ret - _LIST_RETURN)
+    if unknown:
+        raise r.error(f"unknown LIST option {sorted(unknown)[0]}")
+    if "RECURSIVEMATCH" in select and not select - {"RECURSIVEMATCH", "REMOTE"}:
+        raise r.error("RECURSIVEMATCH needs another selection option")
     return ListArgs(ref, patterns, frozenset(select), frozenset(ret), status_items, extended)
 
 

@@ -22,6 +22,7 @@ import base64
 import binascii
 import ipaddress
 import socket
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import attrs
@@ -40,7 +41,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure as TwFailure
 from zope.interface import implementer
 
-from mxd.imap.commands import COMMANDS
+from mxd.imap.commands import COMMANDS, SYSTEM_FLAGS
 from mxd.imap.dispatch import CommandDetached, CommandSpec, Reply, State, bad, no, ok
 from mxd.imap.errors import BadSequence, FramingError, ParseError
 from mxd.imap.framer import (
@@ -134,6 +135,7 @@ class IMAPSession(Protocol):
         self.usage: tuple[int, int | None] | None = None  # (bytes used, quota) of the account
         self.view: MailboxView | None = None
         self.enabled: set[str] = set()
+        self._keywords: dict[str, str] = {}  # announced keywords of the selected mailbox
         self.framer = Framer(self._choose_sink, max_line=self.settings.max_line,
                              max_command=self.settings.max_command)
         self._busy = False
@@ -262,6 +264,26 @@ class IMAPSession(Protocol):
             if hasattr(self.store, "get_usage"):
                 caps += ["QUOTA", "QUOTA=RES-STORAGE"]  # RFC 9208
         return " ".join(caps)
+
+    def send_flags(self, view: MailboxView, keywords: Iterable[str]) -> None:
+        """FLAGS and PERMANENTFLAGS for the selected mailbox (RFC 3501 §7.2.6, §7.1)."""
+        self._keywords = {k.casefold(): k for k in keywords}
+        fl = " ".join(list(SYSTEM_FLAGS) + sorted(self._keywords.values()))
+        self.untagged(f"FLAGS ({fl})")
+        if view.readonly:
+            self.untagged("OK [PERMANENTFLAGS ()] Read-only mailbox")
+        else:
+            self.untagged(f"OK [PERMANENTFLAGS ({fl} \\*)] Flags permitted")
+
+    def announce_keywords(self, flags: Iterable[str]) -> None:
+        """Send FLAGS/PERMANENTFLAGS again when ``flags`` hold a keyword the client has
+        not been told of yet (RFC 3501 §7.2.6: FLAGS updates the client's list)."""
+        view = self.view
+        if view is None:
+            return
+        new = [f for f in flags if not f.startswith("\\") and f.casefold() not in self._keywords]
+        if new:
+            self.send_flags(view, list(self._keywords.values()) + new)
 
     def enable_condstore(self) -> None:
         """A CONDSTORE enabling command (RFC 7162 §3.1): the first one with a mailbox
@@ -795,13 +817,21 @@ class IMAPSession(Protocol):
             await view.state.refresh(self.store)
             if self.view is not view:
                 return
+            old_max = view.max_uid
             upd = view.catch_up()
+            if upd.exists is not None:
+                self.announce_keywords(view.keywords())
+            for _, m in upd.changed:
+                self.announce_keywords(m.flags)
             for seq, m in upd.changed:
                 self.untagged(self.fetch_flags_line(seq, m, with_uid=False))
             if upd.exists is not None:
                 self.untagged(b"%d EXISTS" % upd.exists)
                 if not view.readonly:
                     view.claim_recent(self.factory.recent)
+                else:
+                    view.recent.add_above(max(old_max, self.factory.recent.claimed(
+                        view.info.id, view.info.uidnext - 1)))
                 self.untagged(b"%d RECENT" % len(view.recent))
         if expunge_ok and view.pending_expunge:
             expunged = view.take_pending_expunges()

@@ -208,9 +208,8 @@ def remove(conn: sqlite3.Connection, ctx: OpContext, mailbox_id: int, uids: list
 
 def move(conn: sqlite3.Connection, ctx: OpContext, src: int, uids: Sequence[int],
           dest: int) -> list[tuple[int, int]]:
-    # RFC 6851 §3.3: copy, then expunge the source messages, atomically.
-    if src == dest:
-        raise StoreError("cannot move messages to the mailbox they are in")
+    # RFC 6851 §3.3: copy, then expunge the source messages, atomically.  Into the same
+    # mailbox too: the messages get new UIDs (as in Dovecot, with COPYUID).
     pairs = copy(conn, ctx, src, uids, dest)
     if pairs:
         remove(conn, ctx, src, [p[0] for p in pairs])

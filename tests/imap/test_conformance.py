@@ -136,3 +136,114 @@ def test_implicit_condstore_enable_sends_highestmodseq_first() -> None:
     c3 = _conn(b"Subject: a\r\n\r\n1\r\n")
     r = c3.cmd("e ENABLE CONDSTORE")
     assert r.startswith(b"* OK [HIGHESTMODSEQ"), r
+
+
+def test_examine_after_appends_shows_recent() -> None:
+    """EXAMINE claims nothing but reports what STATUS RECENT counts (RFC 3501 §6.3.2)."""
+    store, _ = make_store()
+    c = Conn(store)
+    c.login()
+    assert c.cmd("c CREATE Box").startswith(b"c OK")
+    for i in range(2):
+        assert c.send(b"a APPEND Box {5+}\r\nhello\r\n").startswith(b"a OK"), i
+    assert b"RECENT 2" in c.cmd("s STATUS Box (RECENT)")
+    r = c.cmd("e EXAMINE Box")
+    assert b"* 2 RECENT\r\n" in r, r
+    r = c.cmd("e SELECT Box")  # the first read-write session claims them
+    assert b"* 2 RECENT\r\n" in r, r
+    r = c.cmd("e EXAMINE Box")
+    assert b"* 0 RECENT\r\n" in r, r
+
+
+def test_move_into_the_selected_mailbox() -> None:
+    """Dovecot answers OK with COPYUID; the messages get new UIDs (RFC 6851)."""
+    c = _conn(b"Subject: a\r\n\r\n1\r\n", b"Subject: b\r\n\r\n2\r\n")
+    r = c.cmd("m UID MOVE 1 INBOX")
+    assert b"* OK [COPYUID " in r and b" 1 3] " in r, r
+    assert b"* 1 EXPUNGE\r\n" in r and b"* 2 EXISTS\r\n" in r, r
+    assert r.endswith(b"m OK UID MOVE completed\r\n"), r
+    assert c.cmd("f UID FETCH 1:* (UID)").count(b"* ") == 2
+
+
+@pytest.mark.parametrize("name", ["a*b%c", "a//b", "/a", "a\tb"])
+def test_rename_refuses_what_create_refuses(name: str) -> None:
+    store, _ = make_store()
+    c = Conn(store)
+    c.login()
+    assert c.cmd("c CREATE old").startswith(b"c OK")
+    assert c.cmd(f'c CREATE "{name}"').startswith(b"c NO [CANNOT]")
+    assert c.cmd(f'r RENAME old "{name}"').startswith(b"r NO [CANNOT]")
+    assert b"old" in c.cmd('l LIST "" *')
+
+
+def test_new_keyword_is_announced_before_the_fetch() -> None:
+    """RFC 3501 §7.2.6: FLAGS and PERMANENTFLAGS with the new keyword come first."""
+    c = _conn(b"Subject: a\r\n\r\n1\r\n")
+    r = c.cmd("s STORE 1 +FLAGS ($Label1)")
+    assert r.startswith(b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label1)\r\n"
+                        b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft "
+                        b"$Label1 \\*)]"), r
+    assert b"* 1 FETCH (FLAGS ($Label1))" in r
+    assert b"* FLAGS" not in c.cmd("s STORE 1 +FLAGS ($label1)")  # known (case-insensitive)
+
+
+def test_keyword_set_by_another_session_is_announced() -> None:
+    store, acc = make_store()
+    store.put(acc, "INBOX", b"Subject: a\r\n\r\n1\r\n")
+    c1, c2 = Conn(store), Conn(store)
+    for c in (c1, c2):
+        c.login()
+        c.select()
+    c2.cmd("s STORE 1 +FLAGS (Other)")
+    r = c1.cmd("n NOOP")
+    assert r.index(b"* FLAGS (") < r.index(b"* 1 FETCH (FLAGS (Other))"), r
+
+
+def test_long_keyword_is_a_clean_no() -> None:
+    c = _conn(b"Subject: a\r\n\r\n1\r\n")
+    r = c.cmd("s STORE 1 +FLAGS (" + "k" * 300 + ")")
+    assert r.startswith(b"s NO [LIMIT]"), r
+    r = c.send(b"a APPEND INBOX (" + b"k" * 300 + b") {5+}\r\nhello\r\n")
+    assert r.startswith(b"a NO [LIMIT]"), r
+
+
+@pytest.mark.parametrize("command", [
+    'LIST (RECURSIVEMATCH) "" ""', 'LIST (RECURSIVEMATCH REMOTE) "" "*"',
+    'LIST (BOGUS) "" "*"', 'LIST "" "*" RETURN (BOGUS)',
+])
+def test_list_extended_bad_options(command: str) -> None:
+    store, _ = make_store()
+    c = Conn(store)
+    c.login()
+    assert c.cmd("l " + command).startswith(b"l BAD"), command
+
+
+def _subscribed_hierarchy() -> Conn:
+    store, _ = make_store()
+    c = Conn(store)
+    c.login()
+    for name in ("hc/a/b", "hc/c"):
+        assert c.cmd(f"c CREATE {name}").startswith(b"c OK")
+    for name in ("hc", "hc/a", "hc/c"):  # the fake subscribes what it creates
+        assert c.cmd(f"u UNSUBSCRIBE {name}").startswith(b"u OK")
+    assert c.cmd("s SUBSCRIBE hc/a/b").startswith(b"s OK")
+    return c
+
+
+def test_lsub_shows_noselect_parent_of_a_subscribed_child() -> None:
+    """RFC 3501 §6.3.9: "foo/bar" subscribed, "foo" not: LSUB "%" gives foo \\Noselect."""
+    c = _subscribed_hierarchy()
+    r = c.cmd('l LSUB "" hc/%')
+    assert r == b'* LSUB (\\Noselect) "/" "hc/a"\r\nl OK LSUB completed\r\n', r
+    r = c.cmd('l LSUB "" hc/*')
+    assert r == b'* LSUB () "/" "hc/a/b"\r\nl OK LSUB completed\r\n', r
+
+
+def test_list_subscribed_recursivematch_childinfo() -> None:
+    """RFC 5258 §3.5: a parent whose subscribed child the pattern misses gets CHILDINFO."""
+    c = _subscribed_hierarchy()
+    r = c.cmd('l LIST (SUBSCRIBED RECURSIVEMATCH) "" hc/% RETURN (CHILDREN)')
+    assert r == (b'* LIST (\\HasChildren) "/" "hc/a" ("CHILDINFO" ("SUBSCRIBED"))\r\n'
+                 b"l OK LIST completed\r\n"), r
+    r = c.cmd('l LIST (SUBSCRIBED) "" hc/%')
+    assert r == b"l OK LIST completed\r\n", r

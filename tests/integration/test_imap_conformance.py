@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import imaplib
 import os
+import re
 import socket
 import ssl
 import time
@@ -91,3 +92,48 @@ def test_append_extra_literal_refused_before_its_data(mxd_server_module: MxdServ
     tls.close()
     assert any(line.startswith(b"* BYE") and b"MULTIAPPEND" in line for line in lines), lines
     assert grown < 1 << 20, f"data dir grew by {grown} bytes after {sent} bytes were sent"
+
+
+def _errors_in_log(server: MxdServer) -> list[str]:
+    return [line for line in server.log_path.read_text(errors="replace").splitlines()
+            if "#error]" in line or "#critical]" in line]
+
+
+def test_client_mistakes_and_conformance_with_imaplib(mxd_server_module: MxdServer,
+                                                      imap: imaplib.IMAP4_SSL) -> None:
+    """One imaplib session through the cases of the conformance list that need the real
+    store; none of the client's mistakes is logged at error level."""
+    server = mxd_server_module
+    errors_before = len(_errors_in_log(server))
+    box = f"conf{time.monotonic_ns()}"
+    assert imap.create(box)[0] == "OK"
+    for body in (b"Subject: one\r\n\r\n1\r\n", b"Subject: two\r\n\r\n2\r\n"):
+        assert imap.append(box, None, None, body)[0] == "OK"
+    # EXAMINE right after the APPENDs: RECENT as STATUS counts it.
+    typ, data = imap.status(box, "(RECENT)")
+    assert b"RECENT 2" in data[0], data
+    imap.select(box, readonly=True)
+    assert imap.untagged_responses.get("RECENT") == [b"2"], imap.untagged_responses
+    imap.select(box)
+    # A new keyword: FLAGS and PERMANENTFLAGS first.
+    typ, data = imap.store("1", "+FLAGS", "($Label7)")
+    assert typ == "OK"
+    assert b"$Label7" in imap.untagged_responses.get("FLAGS", [b""])[-1], imap.untagged_responses
+    # A 300-character keyword: a clean NO.
+    typ, data = imap.store("1", "+FLAGS", "(" + "k" * 300 + ")")
+    assert typ == "NO" and b"[LIMIT]" in data[0], data
+    # MOVE into the selected mailbox: OK with COPYUID, the message gets a new UID.
+    typ, data = imap.uid("MOVE", "1", box)
+    assert typ == "OK", data
+    typ, data = imap.uid("FETCH", "1:*", "(UID)")
+    assert [re.search(rb"UID (\d+)", d).group(1) for d in data] == [b"2", b"3"], data  # type: ignore[union-attr]
+    # Names: not modified UTF-7 is NO; RENAME refuses what CREATE refuses.
+    typ, data = imap.create("&Jjo")
+    assert typ == "NO", data
+    typ, data = imap.rename(box, '"a*b%c"')
+    assert typ == "NO", data
+    typ, data = imap.create(f"{box}//x")
+    assert typ == "NO", data
+    imap.close()
+    # The server logs before it answers, and writes its log unbuffered.
+    assert _errors_in_log(server)[errors_before:] == []
