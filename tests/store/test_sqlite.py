@@ -239,7 +239,10 @@ def test_copy_move_expunge_and_blob_gc(store: StoreHarness, data_dir: Path) -> N
     assert not s.blob_path(blob_one).exists()
     assert store.run(s.expunge(archive)) == [2]
     assert len(_blob_files(data_dir, store)) == 1  # still in INBOX
-    assert isinstance(store.fail(s.move(inbox, [2], inbox)), Exception)
+    # MOVE into the same mailbox gives the message a new UID (RFC 6851, as Dovecot).
+    assert store.run(s.move(inbox, [2], inbox)) == [(2, 3)]
+    assert [m.uid for m in store.run(s.list_messages(inbox))] == [3]
+    assert len(_blob_files(data_dir, store)) == 1
 
 
 def test_notifications_after_commit(store: StoreHarness) -> None:
