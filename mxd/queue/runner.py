@@ -303,6 +303,12 @@ class QueueRunner(Service):
         self.metrics.inc("queue_transport_attempts", transport=t.name)
         for o in outcomes:
             self.metrics.inc("queue_transport_results", transport=t.name, result=o.kind.value)
+        if not attempts and outcomes and outcomes[0].kind is not RcptKind.DELIVERED:
+            # No connection was made (an MX or smarthost lookup failed): still one row, so
+            # the attempts log shows every attempt and its transport.
+            o = outcomes[0]
+            attempts = [Attempt(o.host or "", "", report_tls=False, error=SMTPLocalError(
+                o.code or 451, o.enhanced, [o.text or ""], o.kind is RcptKind.PERMANENT))]
         stamped = [attrs.evolve(a, transport=t.name, route=choice.reason) for a in attempts]
         if t.kind is TransportKind.SOCKS5 and t.remote_ips:
             # RFC 8460 §4.4 "sending-mta-ip": the receiver saw the proxy's address, not ours.

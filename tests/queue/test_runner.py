@@ -437,8 +437,9 @@ def test_mx_loop_rule_through_the_runner(data_dir: Path) -> None:
         w.clock.advance(0)
         assert w.sink.connections == ["192.0.2.30"]
         assert w.queued() == []
-        [a] = w.attempts(qid) or [None]
-        assert a is None  # no connection, no attempt row
+        [a] = w.attempts(qid)  # no connection: a row without host address or TLS
+        assert (a.ip, a.result, a.enhanced, a.transport) == (None, "error", "5.4.6", "direct")
+        assert a.tls_success is None
         [dsn] = w.local.boxes["a@example.org"]
         assert b"5.4.6" in dsn and b"y@self.test" in dsn
     finally:
