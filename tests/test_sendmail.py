@@ -190,3 +190,28 @@ def test_main_prints_one_line(tmp_path: Path) -> None:
                        stdin=io.BytesIO(b"x\n"), stderr=err)
     assert rc == Exit.CONFIG
     assert err.getvalue().count("\n") == 1 and err.getvalue().startswith("mxd-sendmail: ")
+
+
+def test_unknown_host_is_ex_nohost() -> None:
+    """A name the system resolver cannot resolve: EX_NOHOST (tested with an endpoint that
+    fails as HostnameEndpoint does, so no query leaves the machine)."""
+    from twisted.internet import task
+    from twisted.internet.defer import Deferred, ensureDeferred
+    from twisted.internet.error import DNSLookupError
+
+    class Unresolvable:
+        def connect(self, factory: object) -> Deferred[object]:
+            d: Deferred[object] = Deferred()
+            d.errback(DNSLookupError("mail.invalid"))
+            return d
+
+    cfg = sendmail.SendmailConfig(host="mail.invalid", tls="none")
+    msg = prepare(b"Subject: x\r\n\r\nb\r\n", Options(("a@x.test",)), "me@x.test", "h")
+    d = ensureDeferred(sendmail.submit(task.Clock(), cfg, None, "me@x.test", msg,
+                                       Options(("a@x.test",)), endpoint=Unresolvable()))
+    failures: list[object] = []
+    d.addErrback(failures.append)
+    [f] = failures
+    err = f.value  # type: ignore[attr-defined]
+    assert isinstance(err, SendmailError) and err.code is Exit.NOHOST
+    assert "cannot resolve mail.invalid" in str(err)
