@@ -11,6 +11,7 @@ import re
 
 import attrs
 
+from mxd.msgauth.arc import ARCOutcome
 from mxd.msgauth.dkim import DKIMResult
 from mxd.msgauth.dmarc import DMARCOutcome, DMARCResult
 from mxd.msgauth.headers import Field, unfold
@@ -44,6 +45,15 @@ class AuthResults:
     spf: SPFOutcome | None = None
     dkim: tuple[DKIMResult, ...] = ()
     dmarc: DMARCOutcome | None = None
+    arc: ARCOutcome | None = None
+
+
+def arc_text(r: ARCOutcome) -> str:
+    """RFC 8617 §7.2: the arc method; the chain length and DNSSEC status as a comment."""
+    note = f"i={r.instances}; " if r.instances else ""
+    if r.reason and r.result != "pass":
+        return f"arc={r.result} reason={_pvalue(r.reason)} {_comment(note + _dnssec(r.authentic))}"
+    return f"arc={r.result} {_comment(note + _dnssec(r.authentic))}"
 
 
 def iprev_text(r: IprevOutcome) -> str:
@@ -95,6 +105,8 @@ def field(results: AuthResults, mail_from: str) -> str:
     parts.extend(dkim_text(d) for d in results.dkim)
     if results.dmarc is not None:
         parts.append(dmarc_text(results.dmarc))
+    if results.arc is not None and results.arc.result != "none":
+        parts.append(arc_text(results.arc))
     if not parts:
         return f"Authentication-Results: {results.authserv_id}; none"
     return f"Authentication-Results: {results.authserv_id};\r\n\t" + ";\r\n\t".join(parts)

@@ -93,10 +93,13 @@ def parse_tags(text: str) -> dict[str, str]:
     """tag-list (RFC 6376 §3.2): ``tag=value`` pairs separated by ``;``, FWS around.
     Duplicate tags are an error."""
     tags: dict[str, str] = {}
-    for part in text.split(";"):
+    parts = text.split(";")
+    for index, part in enumerate(parts):
         part = part.strip(" \t\r\n")
         if not part:
-            continue
+            if index == len(parts) - 1:
+                continue  # a trailing ";" is allowed
+            raise DKIMSyntaxError("empty tag (\";;\")")
         name, eq, value = part.partition("=")
         name = name.strip(" \t\r\n")
         if not eq or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):

@@ -18,7 +18,7 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from mxd.msgauth import authres, dmarc, iprev, spf
+from mxd.msgauth import arc, authres, dmarc, iprev, spf
 from mxd.msgauth.dkim import Verifier
 from mxd.msgauth.headers import from_domains, join_fields, split_fields
 from mxd.smtp.interfaces import SessionInfo, Verdict
@@ -72,10 +72,12 @@ class InboundCheck:
             if self.from_domain else None)
         # DKIM signatures are verified over the fields as received (minus ours).
         self.verifier = Verifier(b"", kept)
+        self.arc = arc.Validator(kept)  # RFC 8617 §5.2 (hashes the body only with a chain)
 
     def feed(self, data: bytes) -> None:
         if self.verifier.wants_body:
             self.verifier.feed(data)
+        self.arc.feed(data)
 
     def finish(self) -> Deferred[Verdict]:
         return Deferred.fromCoroutine(self._finish())
@@ -94,8 +96,9 @@ class InboundCheck:
         elif self.from_domain is None:
             dmarc_outcome = dmarc.DMARCOutcome(dmarc.DMARCResult.PERMERROR, "",
                                                reason="not exactly one From domain")
+        arc_outcome = await self.arc.finish(self.checker.resolver)
         results = authres.AuthResults(settings.hostname, ip_outcome, spf_outcome,
-                                      tuple(dkim_results), dmarc_outcome)
+                                      tuple(dkim_results), dmarc_outcome, arc_outcome)
         ar = authres.field(results, self.session.mail_from)
         _log.info(
             "msgauth from={remote_ip} iprev={iprev} spf={spf} dkim={dkim} dmarc={dmarc} "

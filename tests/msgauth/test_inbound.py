@@ -123,3 +123,24 @@ def test_dns_failure_is_temperror_and_mail_is_kept(key: DKIMKey) -> None:
     body = s.store.delivered[0].body
     for method in (b"iprev", b"spf", b"dkim", b"dmarc"):
         assert method + b"=temperror" in body
+
+
+def test_arc_chain_reported(key: DKIMKey) -> None:
+    """A message sealed by a forwarder (here with mxd's own sealer) shows arc=pass with the
+    chain length and DNSSEC status; a chain broken in transit shows arc=fail."""
+    from mxd.msgauth.arc import ARCResult, seal
+    from mxd.msgauth.dkim import body_hash
+    from mxd.msgauth.headers import split_fields
+
+    idx = MSG.find(b"\r\n\r\n")
+    fields = split_fields(MSG[: idx + 2])
+    made = seal(key, fields, body_hash(MSG[idx + 4:], True), authserv_id="fwd.b.example",
+                auth_results="spf=pass smtp.mailfrom=a@b.example", cv=ARCResult.NONE,
+                signed_headers=("from", "to", "subject", "date"), now=int(NOW))
+    sealed = "".join(h + "\r\n" for h in reversed(made)).encode() + MSG
+    s = _session(_resolver(key))
+    assert _send(s, sealed) == 250
+    assert b"arc=pass (i=1; dnssec=secure)" in s.store.delivered[0].body
+    s = _session(_resolver(key))
+    assert _send(s, sealed.replace(b"hello", b"jello")) == 250
+    assert b"arc=fail reason=" in s.store.delivered[0].body
