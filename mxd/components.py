@@ -44,7 +44,13 @@ class StoreService(service.Service):
 
     def _failed(self, f: Any) -> None:
         """Without its store the server cannot accept mail: stop, and exit with status 1
-        (twistd itself has no way to report a failure found after start-up)."""
+        (twistd itself has no way to report a failure found after start-up).  A stop that
+        came first (Ctrl-C during start-up) closed the store under the open: that is a
+        clean stop, not a broken store."""
+        if not self.running:
+            log.info("start-up interrupted by a stop; the store was closed before it was "
+                     "ready ({error})", error=f.getErrorMessage())
+            return
         log.failure("cannot open the store in {data_dir}", f,
                     data_dir=str(getattr(self.store, "data_dir", "?")))
         self._reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
@@ -118,15 +124,20 @@ async def open_store_and_directory(cfg: Config, reactor: Any) -> tuple[Any, Any]
     return store, make_directory(cfg, store, reactor)
 
 
+# The secrets text of an account created from the config: no password yet; no login works
+# until `mxd account passwd` sets one (``StoredSecrets.from_text`` refuses it).
+NO_PASSWORD = ""
+
+
 async def sync_config_accounts(cfg: Config, store: Any) -> None:
-    """Create accounts declared in the config (without a usable password) and add their
-    addresses; an account's password is set with `mxd account passwd`."""
+    """Create accounts declared in the config that do not exist yet (without a password)
+    and add their addresses; an account's password is set with `mxd account passwd`."""
     for a in cfg.accounts:
         acct = await store.get_account(a.name)
         if acct is None:
-            log.warn("account {account} from the config has no password yet: set one with "
-                     "`mxd account passwd {account}`", account=a.name)
-            continue
+            await store.add_account(a.name, NO_PASSWORD)
+            log.warn("account {account} from the config was created without a password: "
+                     "set one with `mxd account passwd {account}`", account=a.name)
         for addr in a.addresses:
             norm = addr.rsplit("@", 1)[0] + "@" + normalise_domain(addr.rsplit("@", 1)[1])
             owner = await store.account_for_address(norm)

@@ -114,11 +114,48 @@ def make_observer(level: str = "info", fmt: str = "logfmt",
     return cast(ILogObserver, FilteringLogObserver(observer, [cast(Any, predicate)]))
 
 
+@implementer(ILogObserver)
+class ConfigurableObserver:
+    """Lines filtered by levels that can change after start: twistd sets logging up
+    (``--logger``) before mxd has read its config, and ``configure`` then applies the
+    config's ``[log]`` section."""
+
+    def __init__(self, level: str = "info", fmt: str = "logfmt",
+                 levels: Mapping[str, str] | None = None, stream: IO[str] | None = None) -> None:
+        self._stream = stream or sys.stdout
+        self._inner: Any = make_observer(level, fmt, levels, self._stream)
+
+    def configure(self, level: str, fmt: str, levels: Mapping[str, str] | None = None) -> None:
+        self._inner = make_observer(level, fmt, levels, self._stream)
+
+    def __call__(self, event: Mapping[str, Any]) -> None:
+        self._inner(event)
+
+
+_twistd_observers: list[ConfigurableObserver] = []
+_twistd_config: tuple[str, str, dict[str, str]] | None = None  # the [log] section, once read
+
+
 def twistd_observer() -> ILogObserver:
-    """For ``twistd --logger mxd.log.twistd_observer``: format and level from the
-    environment (MXD_LOG_FORMAT, MXD_LOG_LEVEL), since twistd sets logging up before the
-    configuration is read."""
+    """For ``twistd --logger mxd.log.twistd_observer``: the config's ``[log]`` section
+    (twistd makes the service, which reads the config and calls ``configure_twistd``,
+    before it starts logging; should that order change, logfmt at info until then).
+    ``MXD_LOG_LEVEL``/``MXD_LOG_FORMAT``, when set, override the section."""
+    level, fmt, levels = _twistd_config or ("info", "logfmt", {})
+    obs = ConfigurableObserver(*_with_env(level, fmt), levels)
+    _twistd_observers.append(obs)
+    return cast(ILogObserver, obs)
+
+
+def configure_twistd(level: str, fmt: str, levels: Mapping[str, str] | None = None) -> None:
+    """Apply the config's ``[log]`` section to the observers ``twistd_observer`` makes."""
+    global _twistd_config
+    _twistd_config = (level, fmt, dict(levels or {}))
+    for obs in _twistd_observers:
+        obs.configure(*_with_env(level, fmt), levels)
+
+
+def _with_env(level: str, fmt: str) -> tuple[str, str]:
     import os
 
-    return make_observer(os.environ.get("MXD_LOG_LEVEL", "info"),
-                         os.environ.get("MXD_LOG_FORMAT", "logfmt"))
+    return os.environ.get("MXD_LOG_LEVEL") or level, os.environ.get("MXD_LOG_FORMAT") or fmt

@@ -143,9 +143,12 @@ def build_service(cfg: Config, reactor: Any | None = None) -> MxdService:
 
 
 def makeService(options: Options) -> service.IService:
-    # twistd owns the log observer; `twistd --logger mxd.log.twistd_observer mxd` gives
-    # logfmt/JSON lines (MXD_LOG_FORMAT, MXD_LOG_LEVEL), and `mxd serve` uses [log] directly.
+    # twistd owns the log observer; with `twistd --logger mxd.log.twistd_observer mxd` the
+    # [log] section applies from here on (`mxd serve` uses it directly).
     cfg = options.cfg
+    from mxd.log import configure_twistd
+
+    configure_twistd(cfg.log.level, cfg.log.format, cfg.log.levels)
     log.info("mxd {version} starting as {hostname}", version=mxd.__version__,
              hostname=cfg.hostname)
     return cast(service.IService, build_service(cfg))

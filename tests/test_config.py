@@ -169,3 +169,28 @@ def test_port_in_use_is_detected(tls_files):
         cfg = parse_config(_minimal(tls_files, listeners=f'[[listeners]]\nprotocol = "smtp"\nport = {port}\n'), "t.toml")
         with pytest.raises(ListenError, match=rf"t.toml: listeners\[0\]: cannot listen for smtp on 127.0.0.1 port {port}"):
             check_ports_free(cfg)
+
+
+def test_smtp_library_defaults_agree_with_the_config() -> None:
+    """SMTPServerSettings (used without a config, e.g. by tests and other programs) has
+    the config's defaults for every key the two share (max_connections said 1000 vs 200)."""
+    import attrs
+
+    from mxd.config import SMTPConfig
+    from mxd.smtp.session import SMTPServerSettings
+
+    lib = {f.name: f.default for f in attrs.fields(SMTPServerSettings)}
+    shared = [f for f in attrs.fields(SMTPConfig) if f.name in lib]
+    assert len(shared) >= 5
+    assert {f.name: f.default for f in shared} == {f.name: lib[f.name] for f in shared}
+
+
+def test_rfc_status_table_lists_each_rfc_once() -> None:
+    """doc/rfc.md has one row per RFC (7505 was listed twice with different status)."""
+    from pathlib import Path
+
+    rows = [line.split("|")[1].strip() for line in
+            (Path(__file__).parents[1] / "doc" / "rfc.md").read_text().splitlines()
+            if line.startswith("| ") and line.split("|")[1].strip()[:1].isdigit()]
+    assert len(rows) > 20 and len(rows) == len(set(rows)), sorted(
+        r for r in rows if rows.count(r) > 1)

@@ -166,20 +166,32 @@ class LocalDirectory:
         return login_key(name)
 
     def lookup_secrets(self, username: str) -> Deferred[StoredSecrets | None]:
-        """The account's stored SASL secrets, or None (unknown account, unusable record).
+        """The stored SASL secrets of the account whose name, or one of whose addresses,
+        is ``username`` (mail clients log in with the address), or None (unknown,
+        unusable record).  ``account`` of the result names the account.
 
         For ``mxd.sasl.server.SASLServer``; never logs secrets."""
-        def parse(text: str | None) -> StoredSecrets | None:
-            if text is None:
-                return None
-            try:
-                return StoredSecrets.from_text(text)
-            except CredentialError:
-                log.warn("account {account} has no usable credentials; set a password",
-                         account=username)
-                return None
+        return Deferred.fromCoroutine(self._lookup_secrets(username))
 
-        return self.store.get_secrets(username).addCallback(parse)
+    async def _lookup_secrets(self, username: str) -> StoredSecrets | None:
+        name = username
+        text = await self.store.get_secrets(name)
+        if text is None and "@" in username:
+            try:
+                owner = await self.store.account_for_address(normalize_address(username))
+            except InvalidAddress:
+                owner = None
+            if owner is not None:
+                name = owner.name
+                text = await self.store.get_secrets(name)
+        if text is None:
+            return None
+        try:
+            return attrs.evolve(StoredSecrets.from_text(text), account=name)
+        except CredentialError:
+            log.warn("account {account} has no usable credentials; set a password with "
+                     "`mxd account passwd {account}`", account=name)
+            return None
 
     # -- addresses -----------------------------------------------------------------------
     def is_local_domain(self, domain: str) -> bool:

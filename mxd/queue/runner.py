@@ -26,6 +26,7 @@ import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mxd.metrics import IMetrics, NoopMetrics
 from mxd.queue import mx, smarthost
@@ -124,8 +125,15 @@ class QueueRunner(Service):
                 log.warn("{n} recipient(s) were in flight at the last stop; retrying them", n=n)
             self.wake_soon()
 
+        def failed(f: Failure) -> None:
+            if self.running:
+                log.failure("queue recovery failed", f)
+            else:  # stopped during start-up: the store closed under the recovery
+                log.info("queue recovery cut short by a stop ({error})",
+                         error=f.getErrorMessage())
+
         d.addCallback(recovered)
-        d.addErrback(lambda f: log.failure("queue recovery failed", f))
+        d.addErrback(failed)
         self.started = d
 
     def stopService(self) -> Deferred[None]:

@@ -76,7 +76,7 @@ class SMTPServerSettings:
     # divided by data_min_rate (bytes/s), never to more than data_timeout from now.
     data_timeout: float = 300.0
     data_min_rate: float = 500.0
-    max_connections: int = 1000  # in total on this listener
+    max_connections: int = 200  # in total on this listener
     max_connections_per_ip: int = 20
     # One IPv4 /24 or IPv6 /48 may hold at most this many of max_connections.
     max_connections_per_network: int = 100

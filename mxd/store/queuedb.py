@@ -103,7 +103,7 @@ QUEUE_MIGRATIONS: list[str] = [
     );
     CREATE INDEX queue_attempts_at ON queue_attempts (at);
     """,
-    # Issue 8: admin REQUIRETLS override, per-session TLS report fields, per-domain support.
+    # Step 2: admin REQUIRETLS override, per-session TLS report fields, per-domain support.
     """
     ALTER TABLE queue_messages ADD COLUMN tls_override TEXT;
     ALTER TABLE queue_attempts ADD COLUMN tls_session INTEGER NOT NULL DEFAULT 1;
@@ -246,7 +246,7 @@ class AttemptRecord:
 
 @attrs.frozen
 class DomainTLS:
-    """What the last connection for a recipient domain showed (issue 8 support records).
+    """What the last connection for a recipient domain showed (the support records).
 
     ``verified``: TLS authenticated by DANE or an enforced MTA-STS policy.
     """

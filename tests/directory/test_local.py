@@ -306,3 +306,27 @@ def test_login_key_every_spelling_one_key() -> None:
     assert login_key("Alice") == login_key("ALICE") == "alice"
     assert login_key("x@B\u00fccher.example") == "x@xn--bcher-kva.example"
     assert login_key("\u00c4rger") != login_key("\u00e4rger")  # no non-ASCII folding, like the store
+@pytest.mark.parametrize("login", ["alice", "alice@example.test", "ALICE@EXAMPLE.TEST",
+                                   "info@b\u00fccher.example"])
+def test_login_by_name_or_any_address(h: StoreHarness, directory: LocalDirectory,
+                                      login: str) -> None:
+    """Mail clients log in with the email address: the name and each of the account's
+    addresses find its secrets, and the success names the account itself."""
+    from mxd.sasl.ratelimit import AuthLimiter
+    from mxd.sasl.server import SASLServer, SASLSettings
+
+    clock = task.Clock()
+    server = SASLServer(directory.lookup_secrets, SASLSettings(fake_scrypt_n=2**10),
+                        AuthLimiter(clock), clock, "mx.example.test")
+    conn = ConnectionInfo(remote_ip="127.0.0.1", tls=True)
+    out = h.run(server.start("PLAIN", conn).step(f"\0{login}\0{PASSWORD}".encode()))
+    assert isinstance(out, Success) and out.authcid == "alice"
+    secrets = h.run(directory.lookup_secrets(login))
+    assert secrets is not None and secrets.account == "alice"
+
+
+def test_unknown_address_login_finds_nothing(directory: LocalDirectory,
+                                             h: StoreHarness) -> None:
+    """An address nobody owns, or a malformed one, is no account."""
+    assert h.run(directory.lookup_secrets("nobody@example.test")) is None
+    assert h.run(directory.lookup_secrets("@@")) is None

@@ -225,16 +225,18 @@ def test_closed_port_fails_over() -> None:
         try:
             dead = Nameserver("127.0.0.1", free_port(), True)
             settings = ResolverSettings(
-                nameservers=(dead, Nameserver("127.0.0.1", server.port, True)), timeout=2.0)
+                nameservers=(dead, Nameserver("127.0.0.1", server.port, True)), timeout=60.0)
             start = reactor.seconds()
             answer = await Resolver(reactor, settings).lookup_a("www.example.test")
             return answer, reactor.seconds() - start
         finally:
             server.stop()
 
-    answer, elapsed = run_with_reactor(go)
+    answer, elapsed = run_with_reactor(go, timeout=120)
     assert answer.records == (ipaddress.IPv4Address("192.0.2.1"),)
-    assert elapsed < 1.5  # refused fast, not after the 2 s timeout
+    # Refused at once, not after the 60 s timeout (a bound far from both, for a loaded
+    # machine: a wall-clock bound near the event made this test flaky).
+    assert elapsed < 30
 
 
 def test_silent_tcp_after_truncation_fails_over() -> None:

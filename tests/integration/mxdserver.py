@@ -90,12 +90,14 @@ timeout = 1.0
         r = self.mxd(*args, stdin=password + "\n")
         assert r.returncode == 0, r.stderr
 
-    def start(self, timeout: float = 30.0, env: dict[str, str] | None = None) -> None:
-        """Start twistd (``env``: more environment variables) and wait for every port."""
+    def start(self, timeout: float = 30.0, env: dict[str, str] | None = None,
+              twistd_args: tuple[str, ...] = ()) -> None:
+        """Start twistd (``env``: more environment variables, ``twistd_args``: more
+        options of twistd itself, e.g. ``--logger``) and wait for every port."""
         env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [str(VENV_BIN / "twistd"), "-n", "--pidfile=", "--logfile=-", "mxd",
+            [str(VENV_BIN / "twistd"), "-n", "--pidfile=", "--logfile=-", *twistd_args, "mxd",
              "--config", str(self.config_path)],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=self.base, env=env)
         deadline = time.monotonic() + timeout

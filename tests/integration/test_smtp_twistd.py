@@ -8,7 +8,6 @@ lighter SMTP-only harness.)"""
 from __future__ import annotations
 
 import imaplib
-import inspect
 import re
 import smtplib
 import ssl
@@ -24,18 +23,6 @@ from tests.integration.mxdserver import MxdServer, mxd_server  # noqa: F401 - fi
 from tests.integration.tools import require_tool
 
 pytestmark = pytest.mark.integration
-
-
-def _wired() -> bool:
-    from mxd import components
-
-    return "smtp_factory" in inspect.getsource(components)
-
-
-@pytest.fixture(autouse=True)
-def _needs_wiring() -> None:
-    if not _wired():
-        pytest.skip("SMTP listeners are not wired into mxd.components yet")
 
 
 def imap_fetch_headers(s: MxdServer, user: str, password: str) -> list[bytes]:

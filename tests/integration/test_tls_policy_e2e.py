@@ -1,4 +1,4 @@
-"""Verified outbound TLS end to end through the queue runner (issue 8): one DNSSEC lab, an
+"""Verified outbound TLS end to end through the queue runner: one DNSSEC lab, an
 MTA-STS policy host, aiosmtpd peers with STARTTLS on loopback addresses (one advertising
 REQUIRETLS), and local delivery of DSNs into the sender's INBOX.
 

@@ -1,4 +1,4 @@
-"""Issue 8 in the queue: host refusals by the TLS policy, per-session TLS report records,
+"""TLS in the queue: host refusals by the TLS policy, per-session TLS report records,
 per-domain TLS support, and the REQUIRETLS admin override (RFC 8689, RFC 8460)."""
 
 from __future__ import annotations

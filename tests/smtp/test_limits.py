@@ -129,3 +129,41 @@ def test_metrics_counted() -> None:
     names = [n for n, _ in seen]
     assert "smtp_connections_total" in names and "smtp_accepted_total" in names
     assert ("smtp_rejected_total", {"role": "smtp", "reason": "relay_denied"}) in seen
+
+
+def test_nothing_is_written_after_close() -> None:
+    """Once the session is CLOSED (here by the idle timeout) nothing more is written: not a
+    reply to input still arriving, not a second 421 from a later timer, and not the 250
+    of a store commit that completes after the close."""
+    s = Session(settings=SMTPServerSettings(command_timeout=60, data_timeout=60))
+    s.ehlo()
+    s.store.hold = True
+    s.send("MAIL FROM:<a@b.example>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n"
+           "Subject: x\r\n\r\nbody\r\n.\r\n")
+    assert s.codes() == [250, 250, 354]
+    s.clock.advance(61)  # the store is still committing: the command timer ends it
+    assert s.replies()[-1].startswith("421 4.4.2") and s.transport.disconnecting
+    s.output()
+    s.send("NOOP\r\n")
+    s.clock.advance(1000)
+    s.store.release()
+    assert s.output() == b""
+
+
+def test_closing_twice_writes_one_reply_and_keeps_the_deadline() -> None:
+    """A second close (two causes racing: a timer and a handler) writes no second reply
+    and does not push the close deadline out: the connection is aborted close_timeout
+    after the first close."""
+    from mxd.smtp import replies
+
+    s = Session(settings=SMTPServerSettings(close_timeout=10))
+    s.ehlo()
+    aborted: list[int] = []
+    s.transport.abortConnection = lambda: aborted.append(1)  # type: ignore[method-assign]
+    s.proto._close(replies.TIMEOUT)
+    s.clock.advance(5)
+    s.proto._close(replies.TOO_MANY_ERRORS)
+    assert [r[:3] for r in s.replies()] == ["421"]
+    assert aborted == []
+    s.clock.advance(5)
+    assert aborted == [1]

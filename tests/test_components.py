@@ -1,0 +1,101 @@
+"""Composition helpers of mxd.components run against a real store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.internet.defer import Deferred
+
+from mxd.components import sync_config_accounts
+from mxd.config import parse_config
+from mxd.directory.local import DirectorySettings, LocalDirectory
+from tests.store.helpers import open_store
+
+
+def test_config_accounts_are_created_then_passwd_works(tmp_path: Path,
+                                                       tls_files: dict[str, Path]) -> None:
+    """``[[accounts]]`` are created at start-up if missing, as doc/config.md says, with
+    their addresses and no password: no login works until `mxd account passwd` (here
+    ``set_password``) sets one, which then succeeds (it used to say "no account")."""
+    cfg = parse_config(f'''hostname = "mx.example.test"
+data_dir = "{tmp_path / "data"}"
+[tls]
+cert = "{tls_files["cert"]}"
+key = "{tls_files["key"]}"
+[domains]
+names = ["example.test"]
+[[accounts]]
+name = "alice"
+addresses = ["alice@example.test"]
+''', "t.toml")
+    h = open_store(tmp_path / "data", inline=True)
+    try:
+        h.run(Deferred.fromCoroutine(sync_config_accounts(cfg, h.store)))
+        acct = h.run(h.store.get_account("alice"))
+        assert acct is not None and acct.addresses == ("alice@example.test",)
+        d = LocalDirectory(h.store, DirectorySettings(domains=("example.test",), scrypt_n=2**10,
+                                                     scram_iterations=4096))
+        assert h.run(d.lookup_secrets("alice")) is None
+        h.run(d.set_password("alice", "a good password"))
+        secrets = h.run(d.lookup_secrets("alice@example.test"))
+        assert secrets is not None and secrets.verify_password("a good password")
+        h.run(Deferred.fromCoroutine(sync_config_accounts(cfg, h.store)))  # again: no change
+        assert h.run(d.lookup_secrets("alice")) is not None
+    finally:
+        h.close()
+
+
+class _Reactor:
+    def __init__(self) -> None:
+        self.stopped = False
+        self.triggers: list[tuple[str, str]] = []
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def addSystemEventTrigger(self, phase: str, event: str, *a: object) -> None:
+        self.triggers.append((phase, event))
+
+
+class _SlowStore:
+    data_dir = "/nowhere"
+
+    def __init__(self) -> None:
+        self.opening: Deferred[None] = Deferred()
+
+    def open(self) -> Deferred[None]:
+        return self.opening
+
+    def close(self) -> Deferred[None]:
+        from twisted.internet.defer import succeed
+
+        return succeed(None)
+
+
+def test_stop_during_start_up_is_a_clean_stop() -> None:
+    """Ctrl-C while the store is still opening closes it under the open: that is a clean
+    stop (no exit status 1, no reactor stop of ours, no critical line), whatever the
+    timing.  A store that fails to open while the server runs still stops it with 1."""
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    from mxd.components import StoreService
+    from mxd.store.writer import StoreClosed
+
+    events: list[dict[str, object]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        reactor, store = _Reactor(), _SlowStore()
+        svc = StoreService(store, [], reactor)
+        svc.startService()
+        svc.stopService()
+        store.opening.errback(StoreClosed("the store is closed"))
+        assert not reactor.stopped and reactor.triggers == []
+        assert not [e for e in events if e.get("log_level") is LogLevel.critical]
+
+        reactor, store = _Reactor(), _SlowStore()
+        svc = StoreService(store, [], reactor)
+        svc.startService()
+        store.opening.errback(OSError("disk gone"))
+        assert reactor.stopped and reactor.triggers == [("after", "shutdown")]
+    finally:
+        globalLogPublisher.removeObserver(events.append)
