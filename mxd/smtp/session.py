@@ -79,7 +79,7 @@ class SMTPServerSettings:
     max_connections: int = 200  # in total on this listener
     max_connections_per_ip: int = 20
     # One IPv4 /24 or IPv6 /48 may hold at most this many of max_connections.
-    max_connections_per_network: int = 100
+    max_connections_per_network: int = 50
     max_line_length: int = 2048  # command lines (RFC 5321 §4.5.3.1.4 is 512 without extensions)
     max_auth_line_length: int = 12288  # RFC 4954 §4
     max_header_size: int = 1024 * 1024  # header section held in memory before the body
