@@ -107,10 +107,29 @@ class SMTPFactory(ServerFactory):
             return "network"
         return None
 
+    def _make_room(self, net: str) -> bool:
+        """At max_connections: close the idlest evictable session of the network holding
+        the most connections, when that is more than the newcomer's network holds.  A
+        flood from many networks then cannot keep a client from a quieter one out."""
+        if not self.per_network:
+            return False
+        biggest, count = self.per_network.most_common(1)[0]
+        if count <= self.per_network[net] + 1:
+            return False
+        candidates = [p for p in self.sessions if p.network == biggest and p.evictable()]
+        if not candidates:
+            return False
+        victim = min(candidates, key=lambda p: p.last_line_at)
+        self.metrics.inc("smtp_connections_evicted_total", role=self.role)
+        victim.evict()
+        return True
+
     def buildProtocol(self, addr: Any) -> Protocol | None:
         ip = str(getattr(addr, "host", "unknown"))
         net = network_key(ip)
         why = self._refusal(ip, net)
+        if why == "total" and self._make_room(net):
+            why = self._refusal(ip, net)
         if why is not None:
             self.log.warn("smtp connection from {remote_ip} refused: {limit} limit reached "
                           "(total={total}, from this address={per_ip}, from {network}="
@@ -155,6 +174,7 @@ class SMTPFactory(ServerFactory):
             run_blocking=self.run_blocking, busy=self.busy,
         )
         p.factory = self
+        p.network = net
         self.sessions.add(p)
         return p
 

@@ -209,6 +209,8 @@ class SessionBase(LineReceiver):
         self._bdat_reply: Reply | None = None
         self._reader = DataReader()
         self.session_id = secrets.token_hex(6)
+        self.network = ""  # the client's /24 or /48 (set by the factory)
+        self.last_line_at = 0.0  # clock time of the last complete line (or the connect)
 
     @property
     def _tr(self) -> Any:
@@ -220,6 +222,7 @@ class SessionBase(LineReceiver):
     def connectionMade(self) -> None:
         peer = self._tr.getPeer()
         self.remote_ip = str(getattr(peer, "host", "unknown"))
+        self.last_line_at = self.clock.seconds()
         self.log.info(
             "smtp connection {session} from {remote_ip} role={role}",
             session=self.session_id, remote_ip=self.remote_ip, role=self.role,
@@ -293,6 +296,22 @@ class SessionBase(LineReceiver):
         self._data_deadline = min(now + self.settings.data_timeout,
                                   self._data_deadline + size / self.settings.data_min_rate)
         self._reset_timer(max(0.0, self._data_deadline - now))
+
+    def evictable(self) -> bool:
+        """Between transactions and not waiting on anything: closing it loses nothing."""
+        return (self.state in (State.INITIAL, State.READY) and self.tx is None
+                and not self.paused)
+
+    def evict(self) -> None:
+        """Make room for another client (the listener is full): 421 and close now, and
+        give the slot back at once rather than when the peer has gone."""
+        self.log.info("smtp {session} from {remote_ip} closed to make room",
+                      session=self.session_id, remote_ip=self.remote_ip)
+        self._close(replies.TOO_MANY_CONNECTIONS.with_text(
+            "Too many connections from your network, closing"))
+        if self._on_close is not None:
+            self._on_close(self)
+            self._on_close = None
 
     def shorten_deadline(self, seconds: float) -> None:
         """Under load: a session waiting for a command gets at most ``seconds`` more."""
@@ -429,6 +448,7 @@ class SessionBase(LineReceiver):
         if self.state is State.CLOSED:
             return
         self._await_command()  # the deadline of the line after this one
+        self.last_line_at = self.clock.seconds()
         if self.state is State.AUTH:
             self._auth_response(line)
             return

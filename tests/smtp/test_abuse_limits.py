@@ -168,3 +168,31 @@ def test_too_many_recipients_is_not_a_client_error() -> None:
     assert sum(1 for x in r if x.startswith("452 4.5.3")) == 55
     assert not any(x.startswith("421") for x in r)
     assert r[-1].startswith("250") and len(s.store.delivered) == 1
+
+
+def test_full_listener_makes_room_for_a_quieter_network() -> None:
+    """At max_connections, a client from a network with few connections gets in: the
+    idlest session of the network holding the most is closed with 421 (not one in the
+    middle of a transaction); a newcomer from the biggest network is refused."""
+    settings = SMTPServerSettings(max_connections=6, max_connections_per_ip=10,
+                                  max_connections_per_network=10)
+    s = Session(settings=settings, peer_ip="198.51.100.1")  # in a transaction below
+    s.ehlo()
+    s.send("MAIL FROM:<a@b.example>\r\n")
+    f = s.factory
+    flood = []
+    for i in range(5):
+        t = TLSStringTransport(f"203.0.113.{i + 1}")
+        p = f.buildProtocol(IPv4Address("TCP", f"203.0.113.{i + 1}", 1))
+        assert isinstance(p, SMTPServerProtocol)
+        p.makeConnection(t)
+        s.clock.advance(1)
+        flood.append(t)
+    same_net = f.buildProtocol(IPv4Address("TCP", "203.0.113.99", 1))
+    assert not isinstance(same_net, SMTPServerProtocol)
+    newcomer = f.buildProtocol(IPv4Address("TCP", "192.0.2.50", 1))
+    assert isinstance(newcomer, SMTPServerProtocol)
+    assert flood[0].disconnecting and b"421 4.7.0" in flood[0].value()
+    assert not any(t.disconnecting for t in flood[1:])
+    assert not s.transport.disconnecting
+    assert f.total == 6
