@@ -24,7 +24,7 @@ from mxd.imap.messagecache import read_header_block
 from mxd.imap.qresync import vanished
 from mxd.imap.values import Command, FetchArgs, FetchAtt, SeqSet
 from mxd.imap.view import MailboxView
-from mxd.store.interfaces import MessageInfo
+from mxd.store.interfaces import MessageInfo, StoreError
 
 if TYPE_CHECKING:
     from mxd.imap.server import IMAPSession
@@ -271,6 +271,7 @@ async def do_fetch(s: IMAPSession, cmd: Command) -> Reply:
                 # RFC 3501 §6.4.5: report the implicit \Seen change.
                 pass
     failed = 0
+    expunge_issued = False
     out = bytearray()  # responses not yet sent, written in batches of BATCH bytes
     try:
         for uid in uids:
@@ -281,20 +282,31 @@ async def do_fetch(s: IMAPSession, cmd: Command) -> Reply:
                 continue
             ld = _Loader(s, m)
             try:
+                body_gone = _body_gone(view, uid, ld)
+                if body_gone:
+                    expunge_issued = True
+                    log.info("imap fetch of message {uid} expunged by another session",
+                             uid=uid)
                 segs: list[Segment] = [b"* %d FETCH (" % seq]
                 first = True
                 for att in atts:
+                    if body_gone and att.name in _NEEDS_BODY:
+                        if att.section is None:
+                            continue  # no value to give; the item is left out
+                        rendered: list[Segment] = [_item_name(att) + b" NIL"]
+                    else:
+                        rendered = _render_att(s, ld, seq, att)
                     if not first:
                         segs.append(b" ")
                     first = False
-                    segs.extend(_render_att(s, ld, seq, att))
+                    segs.extend(rendered)
                 if uid in seen_set and "FLAGS" not in names:
                     segs.append(b" FLAGS " + response.flags(s.flags_of(m)))
                 segs.append(b")\r\n")
                 await _write(s, ld, segs, out)
             except UnknownCTEError:
                 return no("Unknown Content-Transfer-Encoding", "UNKNOWN-CTE")
-            except (OSError, KeyError) as e:
+            except (OSError, KeyError, StoreError) as e:
                 failed += 1
                 log.error("imap fetch cannot read message {uid}: {error}", uid=uid, error=str(e))
             finally:
@@ -306,10 +318,31 @@ async def do_fetch(s: IMAPSession, cmd: Command) -> Reply:
     await s.drain()
     if failed:
         return no("Some messages could not be read", "SERVERBUG")
+    if expunge_issued:
+        # RFC 9051 §7.1 EXPUNGEISSUED: the client learns of the expunge with its next
+        # command that may report it (as Dovecot answers).
+        return ok(f"{cmd.name} completed; some messages were expunged by another session",
+                  "EXPUNGEISSUED")
     return ok(f"{cmd.name} completed")
 
 
 BATCH = 64 * 1024
+
+# Items that need the message's file; for a message whose file went with an expunge by
+# another session, sections are NIL (RFC 9051 §7.5.2 nstring) and the others left out.
+_NEEDS_BODY = frozenset({"ENVELOPE", "BODYSTRUCTURE", "BODY", "BINARY", "BINARY.SIZE", "RFC822",
+                         "RFC822.HEADER", "RFC822.TEXT"})
+
+
+def _body_gone(view: MailboxView, uid: int, ld: _Loader) -> bool:
+    """Is ``uid`` expunged by another session (still shown here) and its file gone?"""
+    if view.state.index(uid) is not None:
+        return False
+    try:
+        ld.file()
+    except (OSError, KeyError, StoreError):
+        return True
+    return False
 
 
 async def _write(s: IMAPSession, ld: _Loader, segs: list[Segment], out: bytearray) -> None:

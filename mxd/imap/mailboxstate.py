@@ -127,6 +127,9 @@ class MailboxState:
         self._log_floor = 0  # changes at or below this may be missing from _log
         self._tombstones: set[int] | None = None  # expunged while a refresh is running
         self.ghosts: dict[int, tuple[MessageInfo, int]] = {}  # uid -> (info, sessions)
+        # The store's body holds (SQLiteStore.hold_blob), when it has them.
+        self.hold_blob: Callable[[str], None] | None = None
+        self.release_blob: Callable[[str], None] | None = None
         self.members: list[Member] = []
         self.lock = DeferredLock()
         self.unsubscribe: Callable[[], None] | None = None
@@ -301,7 +304,10 @@ class MailboxState:
             uid = self.uids[i]
             holders = [mb for mb in self.members if mb.contains(uid)]
             if holders:
-                self.ghosts[uid] = (self._info_at(i), len(holders))
+                info = self._info_at(i)
+                self.ghosts[uid] = (info, len(holders))
+                if self.hold_blob is not None:
+                    self.hold_blob(info.blob_id)  # its body stays readable meanwhile
                 for mb in holders:
                     mb.expunged_elsewhere(uid)
             removed.append(uid)
@@ -320,6 +326,8 @@ class MailboxState:
             return
         if g[1] <= 1:
             del self.ghosts[uid]
+            if self.release_blob is not None:
+                self.release_blob(g[0].blob_id)
         else:
             self.ghosts[uid] = (g[0], g[1] - 1)
 
@@ -364,6 +372,8 @@ class MailboxStates:
         st = self._states.get(info.id)
         if st is None:
             st = self._states[info.id] = MailboxState(info.id)
+            st.hold_blob = getattr(store, "hold_blob", None)
+            st.release_blob = getattr(store, "release_blob", None)
             st.unsubscribe = store.subscribe(info.id, st.on_change)
         st.refs += 1
         try:
@@ -403,3 +413,7 @@ class MailboxStates:
             if st.unsubscribe is not None:
                 st.unsubscribe()
                 st.unsubscribe = None
+            if st.release_blob is not None:
+                for info, _ in st.ghosts.values():
+                    st.release_blob(info.blob_id)
+            st.ghosts.clear()

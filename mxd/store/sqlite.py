@@ -142,6 +142,9 @@ class SQLiteStore:
         pool = threadpool if threadpool is not None else ThreadPool(1, 1, "mxd-store")
         self._writer = Writer(reactor, pool, self._files, max_batch=settings.max_batch)
         self._writer.on_changes = self._dispatch
+        self._writer.keep_bodies = self._unheld
+        self._holds: dict[str, int] = {}  # blob id -> readers holding it
+        self._orphans: set[str] = set()  # held bodies no message references any more
         self._schemas: dict[str, list[str]] = {"store": STORE_MIGRATIONS,
                                                "queue": queuedb.QUEUE_MIGRATIONS}
         self._listeners: dict[int, list[Callable[[MailboxChange], None]]] = {}
@@ -360,6 +363,33 @@ class SQLiteStore:
     def _now(self) -> datetime:
         seconds = getattr(self._reactor, "seconds", time.time)
         return datetime.fromtimestamp(int(seconds()), UTC)
+
+    # -- bodies that readers still show ------------------------------------------------------
+    def hold_blob(self, blob_id: str) -> None:
+        """Keep a body file while a reader can still show its message, even after the
+        last reference goes (IMAP: a message expunged by another session stays readable
+        until every session that shows it has been told, RFC 9051 §7.5.1).  Call from
+        a change listener to hold a body that the change being reported dropped."""
+        self._holds[blob_id] = self._holds.get(blob_id, 0) + 1
+
+    def release_blob(self, blob_id: str) -> None:
+        n = self._holds.get(blob_id, 0) - 1
+        if n > 0:
+            self._holds[blob_id] = n
+            return
+        self._holds.pop(blob_id, None)
+        if blob_id in self._orphans:
+            self._orphans.discard(blob_id)
+            self._writer.unlink_later([blob_id])
+
+    def _unheld(self, blob_ids: list[str]) -> list[str]:
+        now = []
+        for b in blob_ids:
+            if b in self._holds:
+                self._orphans.add(b)
+            else:
+                now.append(b)
+        return now
 
     # -- notifications ---------------------------------------------------------------------
     def subscribe(self, mailbox_id: int, listener: Callable[[MailboxChange], None]) -> Callable[[], None]:

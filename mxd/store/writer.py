@@ -85,6 +85,9 @@ class Writer:
         self._conn: sqlite3.Connection | None = None
         self._idle_waiters: list[Deferred[None]] = []
         self.on_changes: Callable[[list[MailboxChange]], None] = lambda changes: None
+        # Of the bodies a commit left unreferenced, those to remove now (the store keeps
+        # the ones readers hold, see SQLiteStore.hold_blob).
+        self.keep_bodies: Callable[[list[str]], list[str]] = lambda blob_ids: blob_ids
         self.batches = 0  # counters for tests and metrics
         self.ops = 0
 
@@ -203,7 +206,6 @@ class Writer:
             w.callback(None)
 
     def _batch_done(self, _: object, batch: list[_Op[Any]]) -> None:
-        self._running = False
         self.batches += 1
         self.ops += len(batch)
         changes: list[MailboxChange] = []
@@ -215,12 +217,36 @@ class Writer:
                 self.on_changes(changes)
             except Exception:  # noqa: BLE001 - listeners must not break the store
                 log.failure("store change listener failed")
-        for op in batch:
-            if op.error is not None:
-                op.deferred.errback(Failure(op.error))
-            else:
-                op.deferred.callback(op.result)
-        self._kick()
+        unlink = [b for op in batch if op.error is None for b in op.ctx.unlink_after_commit]
+        unlink = self.keep_bodies(unlink) if unlink else unlink
+
+        def finish(_: object = None) -> None:
+            self._running = False
+            for op in batch:
+                if op.error is not None:
+                    op.deferred.errback(Failure(op.error))
+                else:
+                    op.deferred.callback(op.result)
+            self._kick()
+
+        if unlink:
+            # Off the reactor thread, and before the operations report success, so that
+            # a body is gone once the expunge that dropped it has answered.
+            d = deferToThreadPool(self._reactor, self._pool, self._files.unlink, unlink)  # type: ignore[arg-type]
+            d.addErrback(lambda f: log.failure("removing bodies failed", f))
+            d.addBoth(finish)
+        else:
+            finish()
+
+    def unlink_later(self, blob_ids: list[str]) -> None:
+        """Remove bodies no longer referenced nor held (after a hold ends)."""
+        if not blob_ids:
+            return
+        if self._pool_running:
+            d = deferToThreadPool(self._reactor, self._pool, self._files.unlink, blob_ids)  # type: ignore[arg-type]
+            d.addErrback(lambda f: log.failure("removing bodies failed", f))
+        else:
+            self._files.unlink(blob_ids)
 
     def _batch_failed(self, f: Failure, batch: list[_Op[Any]]) -> None:  # pragma: no cover
         # _run_batch catches everything; this is a last resort so no Deferred hangs.
@@ -279,13 +305,13 @@ class Writer:
             for op in live:
                 if op.error is None:
                     op.error = StoreError(f"database error: {e}")
-        # 3. After the commit: remove unreferenced bodies.
+        # 3. After the commit: remove the bodies of rolled-back operations.  Bodies whose
+        # last reference a committed operation dropped go in ``_batch_done``, after the
+        # change listeners ran: a listener may hold one that a reader still shows.
         unlink: list[str] = []
         kept = {w.blob_id for op in batch if op.error is None for w in op.blobs}
         for op in batch:
-            if op.error is None:
-                unlink.extend(op.ctx.unlink_after_commit)
-            else:
+            if op.error is not None:
                 unlink.extend(b for b in op.ctx.fresh_blobs if b not in kept)
         if unlink:
             self._files.unlink(unlink)

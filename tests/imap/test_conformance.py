@@ -247,3 +247,31 @@ def test_list_subscribed_recursivematch_childinfo() -> None:
                  b"l OK LIST completed\r\n"), r
     r = c.cmd('l LIST (SUBSCRIBED) "" hc/%')
     assert r == b"l OK LIST completed\r\n", r
+
+
+def test_fetch_of_a_message_expunged_elsewhere_whose_file_is_gone() -> None:
+    """RFC 9051: BODY[] NIL and OK [EXPUNGEISSUED] (as Dovecot), no error-level log."""
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    store, acc = make_store()
+    store.put(acc, "INBOX", b"Subject: a\r\n\r\n1\r\n")
+    store.put(acc, "INBOX", b"Subject: b\r\n\r\n2\r\n")
+    c1, c2 = Conn(store), Conn(store)
+    for c in (c1, c2):
+        c.login()
+        c.select()
+    c2.cmd("s STORE 1 +FLAGS (\\Deleted)")
+    assert b"* 1 EXPUNGE" in c2.cmd("e EXPUNGE")
+    blob = next(iter(store.blobs))
+    del store.blobs[blob]  # the body went with the expunge (another process, say)
+    events: list[dict[str, object]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        r = c1.cmd("f FETCH 1:2 (UID BODY.PEEK[] BODY.PEEK[HEADER] ENVELOPE)")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert r.startswith(b"* 1 FETCH (UID 1 BODY[] NIL BODY[HEADER] NIL)\r\n* 2 FETCH (UID 2 "), r
+    assert r.endswith(b"\r\nf OK [EXPUNGEISSUED] FETCH completed; some messages were expunged "
+                      b"by another session\r\n"), r
+    assert not [e for e in events if e.get("log_level") in (LogLevel.error, LogLevel.critical)]
+    assert b"* 1 EXPUNGE" in c1.cmd("n NOOP")

@@ -137,3 +137,36 @@ def test_client_mistakes_and_conformance_with_imaplib(mxd_server_module: MxdServ
     imap.close()
     # The server logs before it answers, and writes its log unbuffered.
     assert _errors_in_log(server)[errors_before:] == []
+
+
+def test_fetch_after_another_session_expunged(mxd_server_module: MxdServer) -> None:
+    """Session A still shows a message that session B expunged: A's FETCH of it gets the
+    body (kept readable until A is told), OK, and no error-level log; A's NOOP then
+    reports the EXPUNGE.  Before: NO [CANNOT] and "blob ... is missing" at error level."""
+    server = mxd_server_module
+    errors_before = len(_errors_in_log(server))
+    sessions = []
+    for _ in range(2):
+        c = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=_ctx(server),
+                              timeout=30)
+        c.login(server.user, server.password)
+        sessions.append(c)
+    a, b = sessions
+    box = f"exp{time.monotonic_ns()}"
+    assert a.create(box)[0] == "OK"
+    body = b"Subject: gone soon\r\n\r\nstill readable\r\n"
+    assert a.append(box, None, None, body)[0] == "OK"
+    a.select(box)
+    b.select(box)
+    b.store("1", "+FLAGS", "(\\Deleted)")
+    assert b.expunge()[0] == "OK"
+    typ, data = a.fetch("1", "(BODY.PEEK[])")
+    assert typ == "OK", data
+    assert data[0][1] == body, data  # type: ignore[index]
+    assert a.noop()[0] == "OK"
+    assert a.untagged_responses.get("EXPUNGE") == [b"1"], a.untagged_responses
+    typ, data = a.uid("SEARCH", "ALL")
+    assert data == [b""], data  # the mailbox is empty now
+    for c in sessions:
+        c.logout()
+    assert _errors_in_log(server)[errors_before:] == []

@@ -558,3 +558,28 @@ def test_naive_internal_date_is_utc(store: StoreHarness) -> None:
     store.run(store.store.append(_mbox(store, a), w, frozenset(), datetime(2021, 5, 6, 7, 8, 9)))
     (m,) = store.run(store.store.list_messages(_mbox(store, a)))
     assert m.internal_date == datetime(2021, 5, 6, 7, 8, 9, tzinfo=UTC)
+
+
+def test_held_body_outlives_its_last_reference(store: StoreHarness, data_dir: Path) -> None:
+    """A body a reader holds (hold_blob, from a change listener) stays on disk after the
+    expunge that dropped its last reference, and goes when the hold is released."""
+    a = _account(store)
+    s = store.store
+    inbox = _mbox(store, a)
+    store.deliver_bytes(b"one", [Delivery(a)])
+    [m] = store.run(s.list_messages(inbox))
+
+    def listener(change: MailboxChange) -> None:
+        if change.kind == "expunge":
+            s.hold_blob(m.blob_id)
+
+    unsubscribe = s.subscribe(inbox, listener)
+    store.run(s.store_flags(inbox, [1], frozenset({"\\Deleted"}), "add"))
+    assert store.run(s.expunge(inbox)) == [1]
+    unsubscribe()
+    assert _refcount(data_dir, m.blob_id) is None
+    with s.open_blob(m.blob_id) as f:
+        assert f.read() == b"one"
+    s.release_blob(m.blob_id)
+    store.run(s.get_usage(a))  # a writer round trip: the removal has run by then
+    assert not s.blob_path(m.blob_id).exists()
