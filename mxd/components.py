@@ -182,6 +182,7 @@ def make_sasl(cfg: Config, directory: Any, reactor: Any, metrics: IMetrics) -> A
         allow_plaintext_on_loopback=cfg.auth.allow_plaintext_on_loopback,
         fake_salt_key=hmac.new(server_secret(cfg), b"scram fake salt", "sha256").digest(),
         fake_scram_iterations=cfg.auth.scram_iterations,
+        verified_cache_ttl=cfg.auth.login_cache_ttl,
     )
     m: Any = metrics
     limits = AuthLimiterSettings(

@@ -290,6 +290,12 @@ class AuthConfig:
     hash_threads: int = opt(0, "Threads that hash passwords (scrypt, PBKDF2) off the event "
                             "loop; 0: one per CPU (2 to 8). Each uses 32 MiB while hashing.",
                             check=lambda v: None if v >= 0 else f"must not be negative, got {v}")
+    login_cache_ttl: float = opt(900.0, "Seconds a successful PLAIN/LOGIN password check "
+                                 "is remembered (as a keyed hash, in memory) so that the "
+                                 "same password skips scrypt; wrong passwords always pay "
+                                 "it. 0 turns this off (every login then costs one scrypt).",
+                                 check=lambda v: None if v >= 0 else
+                                 f"must not be negative, got {v}")
     hash_max_pending: int = opt(256, "Password checks that may wait for a hashing thread; "
                                 "beyond it logins fail temporarily instead of queueing.",
                                 check=_positive)

@@ -24,6 +24,9 @@ Choices (see also ``SASLSettings``):
 * Password hashing runs through ``run_blocking`` (the composition layer passes a
   bounded thread pool, ``mxd.sasl.hashpool``), never on the reactor thread; a full
   pool answers "temporarily unavailable" instead of queueing without bound.
+* A successful PLAIN/LOGIN check may be remembered for ``verified_cache_ttl`` seconds
+  (``mxd.sasl.verified``): the same password for the same stored hash then succeeds
+  without scrypt; wrong passwords always pay the full cost.
 * No proxy authorization: an authzid that differs from the authcid is refused.
 """
 
@@ -63,6 +66,7 @@ from mxd.sasl.credentials import (
 )
 from mxd.sasl.ratelimit import AuthLimiter, IClock, IMetrics, NoMetrics
 from mxd.sasl.saslprep import saslprep
+from mxd.sasl.verified import VerifiedCache
 
 T = TypeVar("T")
 
@@ -90,6 +94,8 @@ class SASLSettings:
     fake_salt_key: bytes | None = attrs.field(default=None, repr=False)
     fake_scram_iterations: int = DEFAULT_SCRAM_ITERATIONS  # match the accounts' count
     fake_scrypt_n: int = SCRYPT_N  # match the accounts' scrypt cost
+    # Seconds a successful PLAIN/LOGIN check is remembered (mxd.sasl.verified); 0: off.
+    verified_cache_ttl: float = 0.0
 
     def __attrs_post_init__(self) -> None:
         unknown = [m for m in self.mechanisms if m not in ALL_MECHANISMS]
@@ -109,6 +115,13 @@ def default_login_key(name: str) -> str:
 
 class HashingBusy(Exception):
     """``run_blocking`` refused work: the hashing pool is full (a temporary failure)."""
+
+
+def _stamp(secrets: AccountSecrets | None) -> bytes | None:
+    """What identifies a stored password hash (a new password changes it); None for
+    credentials checked elsewhere (an LDAP bind), which are never cached."""
+    pw = getattr(secrets, "password", None)
+    return pw.salt + pw.digest if isinstance(pw, PasswordHash) else None
 
 
 def _for_log(user: str | None) -> str | None:
@@ -157,6 +170,7 @@ class SASLServer:
         self._fake_key = settings.fake_salt_key or os.urandom(32)
         # PLAIN/LOGIN for unknown users: one scrypt of the accounts' cost against a
         # random digest that no password matches.  Built here, costing nothing.
+        self._verified = VerifiedCache(clock, settings.verified_cache_ttl)
         self._dummy_hash = PasswordHash(os.urandom(16), settings.fake_scrypt_n, SCRYPT_R,
                                         SCRYPT_P, os.urandom(32))
 
@@ -276,6 +290,11 @@ class SASLServer:
             secrets = await self._find(user)
         except Exception:  # noqa: BLE001 - any store error: fail temporarily, logged
             return self._temporary(mech, conn, user)
+        key = self._key(user)
+        stamp = _stamp(secrets)
+        if (secrets is not None and stamp is not None
+                and self._verified.matches(key, stamp, password)):
+            return self._succeeded(mech, conn, user, account=secrets.account)
         verify: Callable[[str], bool]
         if secrets is not None:
             verify = secrets.verify_password
@@ -295,6 +314,8 @@ class SASLServer:
             return self._failed(mech, conn, user, "no such user")
         if not ok:
             return self._failed(mech, conn, user, "wrong password")
+        if stamp is not None:
+            self._verified.remember(key, stamp, password)
         return self._succeeded(mech, conn, user, account=secrets.account)
 
 
