@@ -590,6 +590,9 @@ def _add_optional_commands(sub: Any) -> None:
     kp = sub.add_parser("dkim", help="DKIM signing keys: generate, print DNS records")
     dkim_cli.add_arguments(kp, _add_config)
     kp.set_defaults(func=lambda args: dkim_cli.run(args, _config))
+    mp = sub.add_parser("dmarc", help="DMARC aggregate reports received")
+    dkim_cli.add_dmarc_arguments(mp, _add_config)
+    mp.set_defaults(func=lambda args: dkim_cli.run(args, _config))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -416,16 +416,39 @@ def message_checker(cfg: Config, role: str, comps: dict[str, Any], reactor: Any)
     if role == "smtp":
         if not cfg.msgauth.inbound_checks:
             return None
+        from twisted.internet.threads import deferToThreadPool
+
         from mxd.msgauth.inbound import InboundChecker, InboundSettings
 
+        report_addresses = frozenset(_normalise_address(a)
+                                     for a in cfg.msgauth.dmarc_report_addresses)
+
+        def run_blocking(fn: Any) -> Any:
+            return deferToThreadPool(reactor, reactor.getThreadPool(), fn)
+
         return InboundChecker(comps["resolver"], reactor, InboundSettings(
-            hostname=normalise_domain(cfg.hostname), dmarc_reject=cfg.msgauth.dmarc_reject))
+            hostname=normalise_domain(cfg.hostname), dmarc_reject=cfg.msgauth.dmarc_reject,
+            report_addresses=report_addresses),
+            reports=dmarc_report_store(cfg) if report_addresses else None,
+            run_blocking=run_blocking)
     ring = dkim_keyring(cfg, comps)
     if ring is None:
         return None
     from mxd.msgauth.signing import SubmissionSigner
 
     return SubmissionSigner(ring, reactor)
+
+
+def _normalise_address(address: str) -> str:
+    local, _, domain = address.rpartition("@")
+    return f"{local.lower()}@{normalise_domain(domain)}"
+
+
+def dmarc_report_store(cfg: Config) -> Any:
+    """Incoming DMARC aggregate reports, under DATA_DIR/dmarc/incoming."""
+    from mxd.msgauth.reportstore import ReportStore
+
+    return ReportStore(cfg.data_dir / "dmarc" / "incoming")
 
 
 def dkim_keyring(cfg: Config, comps: dict[str, Any]) -> Any:
@@ -457,7 +480,8 @@ def listener_factory(cfg: Config, li: ListenerConfig, comps: dict[str, Any], rea
         from mxd.admin.web import AdminContext, admin_site, bounded_admin_factory
 
         ctx = AdminContext(top.status, server_secret(cfg), queue=comps.get("queue"),
-                           store=comps.get("store"), metrics=prom)
+                           store=comps.get("store"), metrics=prom,
+                           dmarc_reports=dmarc_report_store(cfg))
         site: Any = bounded_admin_factory(admin_site(ctx), reactor)
         return cast(IProtocolFactory, site)
     from mxd.tls import load_server_tls

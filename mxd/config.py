@@ -476,6 +476,12 @@ class MsgAuthConfig:
                             "publishes p=reject is refused at the end of DATA with 550 5.7.1 "
                             "(reject), or delivered to the recipient's Junk mailbox (junk). "
                             "p=quarantine always means Junk.", choices=("reject", "junk"))
+    dmarc_report_addresses: list[str] = opt(
+        [], "Local addresses whose incoming mail is read as DMARC aggregate reports (RFC 7489 "
+        "§7.2; gzip, zip or XML, with size limits) and stored under DATA_DIR/dmarc/incoming; "
+        "the mail is delivered as usual. `mxd dmarc reports` and GET /api/dmarc/reports list "
+        "them. Name such an address in the rua= of your domains' DMARC records.",
+        example='["dmarc-reports@example.org"]')
 
 
 @attrs.frozen

@@ -125,3 +125,25 @@ def test_dns_lookup_uses_config_resolver(config, dns_lab):
                         str(config)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "127.0.0.1" in r.stdout and "authentic: yes" in r.stdout
+
+
+def test_dmarc_reports_command(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """`mxd dmarc reports` lists the stored reports (text and --json)."""
+    import gzip
+    import json
+
+    from mxd.cli import main
+    from mxd.msgauth.reportstore import ReportStore
+    from tests.msgauth.test_dmarcreport import _mail, _xml
+
+    cfg = tmp_path / "mxd.toml"
+    cfg.write_text(f'hostname = "mx.example.org"\ndata_dir = "{tmp_path / "data"}"\n')
+    assert main(["dmarc", "reports", "--config", str(cfg)]) == 0
+    assert "no DMARC aggregate reports" in capsys.readouterr().out
+    ReportStore(tmp_path / "data" / "dmarc" / "incoming").ingest(
+        _mail(gzip.compress(_xml("cli-1"))), 1.0, "192.0.2.1")
+    assert main(["dmarc", "reports", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "example.com  from mx.example.org" in out and "4 messages, 3 passed DMARC" in out
+    assert main(["dmarc", "reports", "--json", "--config", str(cfg)]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["report_id"] == "cli-1"

@@ -20,6 +20,7 @@ Routes:
   POST /api/queue/wake       look for due work now (the CLI calls this after changing the queue)
   GET  /api/tls/domains      last TLS result per recipient domain (?domain=)
   GET  /api/tls/requiretls-ready?domain=D&domain=E   REQUIRETLS usable for every domain?
+  GET  /api/dmarc/reports    DMARC aggregate reports received (JSON)
   GET  /metrics              Prometheus text (when [metrics] is enabled)
 """
 
@@ -53,8 +54,9 @@ class AdminContext:
 
     def __init__(self, status: Callable[[], dict[str, Any]], secret: bytes,
                  queue: Any = None, store: Any = None,
-                 metrics: PrometheusMetrics | None = None) -> None:
+                 metrics: PrometheusMetrics | None = None, dmarc_reports: Any = None) -> None:
         self.status = status
+        self.dmarc_reports = dmarc_reports  # a ReportStore, or None
         self.queue = queue
         self.store = store
         self.metrics = metrics
@@ -274,6 +276,19 @@ class _TLSAPI(_Page):
         return _json(request, {"error": "not found"}, 404)
 
 
+class _DMARCAPI(_Page):
+    """/api/dmarc/reports"""
+
+    @_async
+    async def render_GET(self, request: Any) -> bytes:
+        if _parts(request) != ["reports"] or self.ctx.dmarc_reports is None:
+            return _json(request, {"error": "not found"}, 404)
+        from twisted.internet.threads import deferToThread
+
+        reports = await deferToThread(self.ctx.dmarc_reports.reports)
+        return _json(request, reports)
+
+
 def admin_site(ctx: AdminContext) -> server.Site:
     root = resource.Resource()
     status_page: Any = _Status(ctx)
@@ -287,6 +302,8 @@ def admin_site(ctx: AdminContext) -> server.Site:
         api.putChild(b"queue", queue_api)
         tls_api: Any = _TLSAPI(ctx)
         api.putChild(b"tls", tls_api)
+        dmarc_api: Any = _DMARCAPI(ctx)
+        api.putChild(b"dmarc", dmarc_api)
         root.putChild(b"api", api)
     if ctx.metrics is not None:
         metrics_page: Any = _Metrics(ctx.metrics)

@@ -35,6 +35,43 @@ def add_arguments(parser: argparse.ArgumentParser,
     p.set_defaults(dkim_func=_records)
 
 
+def add_dmarc_arguments(parser: argparse.ArgumentParser,
+                        add_config: Callable[[argparse.ArgumentParser], None]) -> None:
+    sub = parser.add_subparsers(dest="dmarc_command", metavar="SUBCOMMAND", required=True)
+    p = sub.add_parser("reports", help="list the DMARC aggregate reports received",
+                       description="Reports that arrived at [msgauth].dmarc_report_addresses, "
+                       "oldest period first: reporter, period, domain, messages and how many "
+                       "passed DMARC.")
+    add_config(p)
+    p.add_argument("--json", action="store_true", help="print JSON (records included)")
+    p.set_defaults(dkim_func=_dmarc_reports)
+
+
+def _dmarc_reports(args: argparse.Namespace,
+                   config_loader: Callable[[argparse.Namespace], Any]) -> int:
+    import json
+    from datetime import UTC, datetime
+
+    from mxd.msgauth.reportstore import ReportStore
+
+    cfg = config_loader(args)
+    reports = ReportStore(cfg.data_dir / "dmarc" / "incoming").reports()
+    if args.json:
+        print(json.dumps(reports, indent=2))
+        return 0
+    if not reports:
+        print("no DMARC aggregate reports received")
+        return 0
+    for r in reports:
+        begin = datetime.fromtimestamp(int(r.get("begin", 0)), UTC).strftime("%Y-%m-%d %H:%M")
+        end = datetime.fromtimestamp(int(r.get("end", 0)), UTC).strftime("%Y-%m-%d %H:%M")
+        print(f"{begin} - {end}  {r.get('domain', '')}  from {r.get('org_name', '')} "
+              f"<{r.get('email', '')}>  id {r.get('report_id', '')}: "
+              f"{r.get('messages', 0)} messages, {r.get('dmarc_pass', 0)} passed DMARC "
+              f"(p={r.get('policy', '')})")
+    return 0
+
+
 def run(args: argparse.Namespace, config_loader: Callable[[argparse.Namespace], Any]) -> int:
     try:
         return int(args.dkim_func(args, config_loader))

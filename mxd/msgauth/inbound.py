@@ -31,18 +31,24 @@ _log = Logger()
 class InboundSettings:
     hostname: str  # authserv-id of our Authentication-Results (RFC 8601 §2.5)
     dmarc_reject: str = "reject"  # "reject" (550 5.7.1) or "junk"
+    report_addresses: frozenset[str] = frozenset()  # mail to these is read as DMARC reports
 
 
 class InboundChecker:
     """Creates an ``InboundCheck`` per message received on port 25."""
 
     def __init__(self, resolver: Any, clock: Any, settings: InboundSettings, *,
-                 sample: Callable[[], float] = random.random, metrics: Any = None) -> None:
+                 sample: Callable[[], float] = random.random, metrics: Any = None,
+                 reports: Any = None,
+                 run_blocking: Callable[[Callable[[], Any]], Deferred[Any]] | None = None,
+                 ) -> None:
         self.resolver = resolver
         self.clock = clock
         self.settings = settings
         self.sample = sample
         self.metrics = metrics
+        self.reports = reports  # a ReportStore for DMARC aggregate reports, or None
+        self.run_blocking = run_blocking  # where report parsing runs (a thread pool)
 
     def begin(self, session: SessionInfo, headers: bytes) -> InboundCheck | None:
         if session.role != "smtp":
@@ -73,11 +79,26 @@ class InboundCheck:
         # DKIM signatures are verified over the fields as received (minus ours).
         self.verifier = Verifier(b"", kept)
         self.arc = arc.Validator(kept)  # RFC 8617 §5.2 (hashes the body only with a chain)
+        # A copy of mail to a DMARC report address, for the report parser (bounded).
+        self.report_copy: list[bytes] | None = None
+        if checker.reports is not None and any(
+                r.lower() in checker.settings.report_addresses for r in session.recipients):
+            self.report_copy = [headers, b"\r\n"]
+            self.report_size = len(headers)
 
     def feed(self, data: bytes) -> None:
         if self.verifier.wants_body:
             self.verifier.feed(data)
         self.arc.feed(data)
+        if self.report_copy is not None:
+            from mxd.msgauth.dmarcreport import MAX_MESSAGE
+
+            self.report_size += len(data)
+            if self.report_size > MAX_MESSAGE:
+                _log.info("msgauth DMARC report mail too large; not parsed")
+                self.report_copy = None
+            else:
+                self.report_copy.append(data)
 
     def finish(self) -> Deferred[Verdict]:
         return Deferred.fromCoroutine(self._finish())
@@ -109,6 +130,8 @@ class InboundCheck:
             header_from=self.from_domain or "")
         verdict = Verdict(fields=(ar,), header_section=self.header_section,
                           remote_host=ip_outcome.name)
+        if self.report_copy is not None:
+            self._ingest_report(b"".join(self.report_copy))
         if dmarc_outcome is not None and dmarc_outcome.result is dmarc.DMARCResult.FAIL:
             if dmarc_outcome.disposition is dmarc.Policy.REJECT:
                 if settings.dmarc_reject == "reject":
@@ -120,3 +143,32 @@ class InboundCheck:
             if dmarc_outcome.disposition is dmarc.Policy.QUARANTINE:
                 return attrs.evolve(verdict, mailbox="Junk")
         return verdict
+
+    def _ingest_report(self, message: bytes) -> None:
+        """Parse and store a DMARC aggregate report off the reactor thread; the mail is
+        delivered whatever comes of it (RFC 7489 §7.2: reports are ordinary mail)."""
+        checker = self.checker
+        store = checker.reports
+        now = checker.clock.seconds()
+        source = self.session.remote_ip
+
+        def work() -> Any:
+            return store.ingest(message, now, source)
+
+        def done(reports: Any) -> None:
+            for r in reports:
+                _log.info("dmarc report {report_id} from {org} for {domain}: {messages} "
+                          "messages", report_id=r.report_id, org=r.org_name, domain=r.domain,
+                          messages=r.messages)
+
+        def failed(f: Any) -> None:
+            _log.info("dmarc report mail from {remote_ip} not stored: {error}",
+                      remote_ip=source, error=f.getErrorMessage())
+
+        d = (checker.run_blocking(work) if checker.run_blocking is not None
+             else Deferred.fromCoroutine(_call(work)))
+        d.addCallbacks(done, failed)
+
+
+async def _call(fn: Callable[[], Any]) -> Any:
+    return fn()

@@ -168,3 +168,37 @@ def test_submission_is_dkim_signed_and_verifies_with_dkimpy(tmp_path: Path,
     d = dkimpy.DKIM(signed)
     for i in range(2):
         assert d.verify(idx=i, dnsfunc=lambda name, timeout=5: records[name.decode()]), i
+
+
+def test_incoming_dmarc_report_listed_by_cli_and_admin_api(tmp_path: Path,
+                                                           tls_files: dict[str, Path]) -> None:
+    """A gzip report mailed to the configured address is delivered, stored, and listed by
+    `mxd dmarc reports` and GET /api/dmarc/reports."""
+    import gzip
+    import json
+    import urllib.request
+
+    from tests.msgauth.test_dmarcreport import _mail, _xml
+
+    (tmp_path / "m").mkdir()
+    server = make_server(tmp_path / "m", tls_files, extra_config=(
+        f'[msgauth]\ndmarc_report_addresses = ["{MxdServer.user}"]\n'))
+    server.start()
+    try:
+        with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30) as s:
+            s.sendmail("noreply@reporter.example", [MxdServer.user],
+                       _mail(gzip.compress(_xml("e2e-1"))))
+        deadline = time.monotonic() + 10
+        while True:
+            out = server.mxd("dmarc", "reports", "--json")
+            if out.returncode == 0 and json.loads(out.stdout):
+                break
+            assert time.monotonic() < deadline, out.stderr
+            time.sleep(0.1)
+        assert json.loads(out.stdout)[0]["report_id"] == "e2e-1"
+        url = f"http://127.0.0.1:{server.ports['admin']}/api/dmarc/reports"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            listed = json.loads(r.read())
+        assert [x["report_id"] for x in listed] == ["e2e-1"] and listed[0]["messages"] == 4
+    finally:
+        server.stop()

@@ -144,3 +144,23 @@ def test_arc_chain_reported(key: DKIMKey) -> None:
     s = _session(_resolver(key))
     assert _send(s, sealed.replace(b"hello", b"jello")) == 250
     assert b"arc=fail reason=" in s.store.delivered[0].body
+
+
+def test_dmarc_report_mail_is_stored(key: DKIMKey, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Mail to a configured report address is delivered and its report parsed and stored."""
+    import gzip
+
+    from mxd.msgauth.reportstore import ReportStore
+    from tests.msgauth.test_dmarcreport import _mail, _xml
+
+    store = ReportStore(tmp_path_factory.mktemp("reports"))
+    clock = task.Clock()
+    clock.advance(NOW)
+    checker = InboundChecker(_resolver(key), clock, InboundSettings(
+        "mx.example.test", report_addresses=frozenset({"alice@example.test"})), reports=store)
+    s = Session(checker=checker)
+    s.ehlo("mail.b.example")
+    assert _send(s, _mail(gzip.compress(_xml("from-b")))) == 250
+    assert len(s.store.delivered) == 1
+    (report,) = store.reports()
+    assert report["report_id"] == "from-b" and report["source"] == "192.0.2.7"
