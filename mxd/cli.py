@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import mxd
+from mxd.clirun import run_deferred, with_directory
 from mxd.config import Config, ConfigError, load_config, parse_config, reference_markdown
 from mxd.errors import MxdError
 
@@ -42,29 +43,6 @@ def _read_password(args: argparse.Namespace, confirm: bool = True) -> str:
     if len(pw) < 8:
         raise CLIError("password too short (at least 8 characters)")
     return pw
-
-
-def _run_deferred(fn: Callable[[Any], Any]) -> Any:
-    """Run ``fn(reactor)`` (which may return a Deferred) to completion; return its result
-    or raise its exception.  The reactor runs once per process, so a command calls this
-    at most once."""
-    from twisted.internet import defer, task
-
-    box: dict[str, Any] = {}
-
-    def main(reactor: Any) -> Any:
-        d = defer.maybeDeferred(fn, reactor)
-        d.addCallbacks(lambda r: box.__setitem__("result", r),
-                       lambda f: box.__setitem__("failure", f))
-        return d
-
-    try:
-        task.react(main)
-    except SystemExit:
-        pass
-    if "failure" in box:
-        box["failure"].raiseException()
-    return box.get("result")
 
 
 # --- commands -------------------------------------------------------------------------
@@ -96,7 +74,7 @@ def _ldap_test(cfg: Config, login: str) -> int:
     from mxd.directory.ldapfilter import name_filter
 
     print(f"LDAP {', '.join(cfg.ldap.uris)}: user filter {name_filter(cfg.ldap.user_filter, login)}")
-    acct = _with_directory(cfg, lambda d: d.test_login(login))
+    acct = with_directory(cfg, lambda d: d.test_login(login))
     if acct is None:
         print(f"{login}: no entry found (or several: see the log)")
         return 1
@@ -112,25 +90,10 @@ def cmd_config_reference(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_directory(cfg: Config, fn: Callable[[Any], Any]) -> Any:
-    from mxd import components
-
-    async def run(reactor: Any) -> Any:
-        store, directory = await components.open_store_and_directory(cfg, reactor)
-        try:
-            return await fn(directory)
-        finally:
-            await store.close()
-
-    from twisted.internet import defer
-
-    return _run_deferred(lambda r: defer.ensureDeferred(run(r)))
-
-
 def cmd_account_add(args: argparse.Namespace) -> int:
     cfg = _config(args)
     pw = _read_password(args)
-    acct = _with_directory(cfg, lambda d: d.add_account(args.name, pw, args.address or ()))
+    acct = with_directory(cfg, lambda d: d.add_account(args.name, pw, args.address or ()))
     print(f"added account {acct.name}" + (f" ({', '.join(acct.addresses)})" if acct.addresses else ""))
     return 0
 
@@ -138,14 +101,14 @@ def cmd_account_add(args: argparse.Namespace) -> int:
 def cmd_account_passwd(args: argparse.Namespace) -> int:
     cfg = _config(args)
     pw = _read_password(args)
-    _with_directory(cfg, lambda d: d.set_password(args.name, pw))
+    with_directory(cfg, lambda d: d.set_password(args.name, pw))
     print(f"password changed for {args.name}")
     return 0
 
 
 def cmd_account_del(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    _with_directory(cfg, lambda d: d.delete_account(args.name))
+    with_directory(cfg, lambda d: d.delete_account(args.name))
     print(f"deleted account {args.name} and its mail")
     return 0
 
@@ -156,9 +119,9 @@ def cmd_account_list(args: argparse.Namespace) -> int:
         if cfg.directory.backend != "ldap":
             raise CLIError("--orphans lists mailboxes of accounts gone from LDAP: it needs "
                            "[directory] backend = \"ldap\"")
-        accounts = _with_directory(cfg, lambda d: d.orphans())
+        accounts = with_directory(cfg, lambda d: d.orphans())
     else:
-        accounts = _with_directory(cfg, lambda d: d.list_accounts())
+        accounts = with_directory(cfg, lambda d: d.list_accounts())
     for a in accounts:
         print(a.name + ("\t" + " ".join(a.addresses) if a.addresses else ""))
     return 0
@@ -171,7 +134,7 @@ def cmd_account_show(args: argparse.Namespace) -> int:
         return await d.get_account(args.name), entry
 
     # One reactor run: a Twisted reactor cannot be started twice in one process.
-    acct, entry = _with_directory(cfg, both)
+    acct, entry = with_directory(cfg, both)
     if acct is None:
         raise CLIError(f"no account {args.name!r}")
     print(f"account {acct.name}\naddresses {' '.join(acct.addresses) or '-'}")
@@ -381,7 +344,7 @@ def cmd_dns_check(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     return run_check(cfg, _domain_in_config(cfg, args.domain), as_json=args.json,
-                     ca_file=args.ca_file, run=_run_deferred)
+                     ca_file=args.ca_file, run=run_deferred)
 
 
 # --- argument parsing -----------------------------------------------------------------

@@ -126,13 +126,13 @@ nameservers = [{_toml_str(o.resolver)}]
 
 
 def _create_account(cfg: Config, name: str, password: str, addresses: list[str]) -> None:
-    from mxd.cli import _with_directory
+    from mxd.clirun import with_directory
 
     async def add(directory: Any) -> None:
         if await directory.get_account(name) is None:
             await directory.add_account(name, password, addresses)
 
-    _with_directory(cfg, add)
+    with_directory(cfg, add)
 
 
 def run(o: QuickstartOptions, out: TextIO = sys.stdout) -> int:

@@ -17,19 +17,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mxd.errors import MxdError
+from mxd.dns.base import DNSError, DomainError
 
 if TYPE_CHECKING:
     from mxd.dns.names import Domain
     from mxd.dns.results import ExtendedError
 
-
-class DNSError(MxdError):
-    """Base of every error raised by mxd.dns."""
-
-
-class DomainError(DNSError, ValueError):
-    """A text is not a valid domain name (syntax, length or IDNA2008/UTS 46)."""
 
 
 class DNSLookupError(DNSError):
@@ -113,3 +106,9 @@ class DNSServFail(DNSTemporaryError):
 
 class DNSTimeout(DNSTemporaryError):
     """No usable response from any nameserver within the timeout and attempts."""
+
+
+__all__ = [
+    "DNSError", "DNSLookupError", "DNSNegativeAnswer", "DNSNoData", "DNSNotFound",
+    "DNSServFail", "DNSTemporaryError", "DNSTimeout", "DomainError",
+]

@@ -21,7 +21,7 @@ import attrs
 import dns.name
 import idna
 
-from mxd.dns.errors import DomainError
+from mxd.dns.base import DomainError
 
 _ASCII_LABEL = re.compile(r"[a-z0-9_-]{1,63}")
 _MAX_NAME = 253  # RFC 1035 §2.3.4: 255 octets on the wire, 253 in presentation form

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 import attrs
 
@@ -115,21 +114,3 @@ def planned_attempts(settings: RetrySettings) -> list[float]:
             break
         times.append(t)
     return times
-
-
-def format_duration(seconds: float) -> str:
-    """'3 days 4 hours', '7 minutes', for the human part of a DSN."""
-    seconds = max(0, int(round(seconds)))
-    parts: list[str] = []
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        n, seconds = divmod(seconds, size)
-        if n:
-            parts.append(f"{n} {unit}{'s' if n != 1 else ''}")
-    if not parts:
-        return f"{seconds} second{'s' if seconds != 1 else ''}"
-    return " ".join(parts[:2])
-
-
-def format_time(ts: float) -> str:
-    """An RFC 5322 style UTC date for the human part of a DSN."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%a, %d %b %Y %H:%M:%S +0000")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 import secrets
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import attrs
 
@@ -139,7 +140,6 @@ def human_text(
     reporting_mta: str, recipients: Sequence[RecipientReport], context: ReportContext,
 ) -> str:
     """The first part: what happened, in words, with times from the real schedule."""
-    from mxd.queue.schedule import format_duration, format_time
 
     failed = [r for r in recipients if r.action is Action.FAILED]
     delayed = [r for r in recipients if r.action is Action.DELAYED]
@@ -320,3 +320,21 @@ def build_dsn(
 def dsn_is_8bit(dsn: bytes) -> bool:
     """Whether the DSN must be sent with BODY=8BITMIME (RFC 6152)."""
     return not dsn.isascii()
+
+
+def format_duration(seconds: float) -> str:
+    """'3 days 4 hours', '7 minutes', for the human part of a DSN."""
+    seconds = max(0, int(round(seconds)))
+    parts: list[str] = []
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        n, seconds = divmod(seconds, size)
+        if n:
+            parts.append(f"{n} {unit}{'s' if n != 1 else ''}")
+    if not parts:
+        return f"{seconds} second{'s' if seconds != 1 else ''}"
+    return " ".join(parts[:2])
+
+
+def format_time(ts: float) -> str:
+    """An RFC 5322 style UTC date for the human part of a DSN."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%a, %d %b %Y %H:%M:%S +0000")

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from mxd.queue import schedule
 from mxd.queue.schedule import RetrySettings, ScheduleError
+from mxd.smtp import dsn
 
 
 def test_default_intervals_double_from_7_5_minutes_up_to_the_cap() -> None:
@@ -77,6 +78,6 @@ def test_delay_is_bounded_by_jittered_cap(attempts: int, r: float, jitter: float
 
 def test_format_duration_is_readable() -> None:
     """Durations are given in at most two units."""
-    assert schedule.format_duration(7 * 60 + 30) == "7 minutes"
-    assert schedule.format_duration(86400 + 3 * 3600 + 60) == "1 day 3 hours"
-    assert schedule.format_duration(5) == "5 seconds"
+    assert dsn.format_duration(7 * 60 + 30) == "7 minutes"
+    assert dsn.format_duration(86400 + 3 * 3600 + 60) == "1 day 3 hours"
+    assert dsn.format_duration(5) == "5 seconds"
