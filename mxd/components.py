@@ -324,6 +324,8 @@ def build(cfg: Config, reactor: Any, metrics: IMetrics, parent: Any) -> dict[str
              "sasl": sasl, "queue": queue, "resolver": resolver}
     if cfg.tls.host_keys:
         comps.update(make_certificates(cfg, reactor, resolver, parent))
+    if cfg.msgauth.inbound_checks and cfg.msgauth.dmarc_reports_send:
+        make_dmarc_reporter(cfg, comps, reactor, parent)
     if cfg.queue.hold_all:
         log.info("queue: hold_all is set, outbound mail stays queued")
     else:
@@ -430,13 +432,37 @@ def message_checker(cfg: Config, role: str, comps: dict[str, Any], reactor: Any)
             hostname=normalise_domain(cfg.hostname), dmarc_reject=cfg.msgauth.dmarc_reject,
             report_addresses=report_addresses),
             reports=dmarc_report_store(cfg) if report_addresses else None,
-            run_blocking=run_blocking)
+            run_blocking=run_blocking, evaluations=comps.get("dmarc_evaluations"))
     ring = dkim_keyring(cfg, comps)
     if ring is None:
         return None
     from mxd.msgauth.signing import SubmissionSigner
 
     return SubmissionSigner(ring, reactor)
+
+
+def make_dmarc_reporter(cfg: Config, comps: dict[str, Any], reactor: Any, parent: Any) -> Any:
+    """The evaluation log the port-25 checks write and the daily report sender."""
+    from twisted.internet.threads import deferToThreadPool
+
+    from mxd.msgauth.dmarcsend import DMARCReporter, EvaluationLog, ReporterSettings
+
+    evaluations = EvaluationLog(cfg.data_dir / "dmarc" / "evaluations")
+    comps["dmarc_evaluations"] = evaluations
+    ring = dkim_keyring(cfg, comps)
+    host = normalise_domain(cfg.hostname)
+
+    def run_blocking(fn: Any) -> Any:
+        return deferToThreadPool(reactor, reactor.getThreadPool(), fn)
+
+    reporter = DMARCReporter(
+        evaluations, comps["resolver"], comps["queue"], reactor,
+        ReporterSettings(submitter=host,
+                         from_addr=cfg.msgauth.dmarc_reports_from or f"postmaster@{host}"),
+        sign=ring.sign if ring is not None else None, run_blocking=run_blocking)
+    reporter.setServiceParent(parent)
+    comps["dmarc_reporter"] = reporter
+    return reporter
 
 
 def _normalise_address(address: str) -> str:

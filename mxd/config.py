@@ -482,6 +482,16 @@ class MsgAuthConfig:
         "the mail is delivered as usual. `mxd dmarc reports` and GET /api/dmarc/reports list "
         "them. Name such an address in the rua= of your domains' DMARC records.",
         example='["dmarc-reports@example.org"]')
+    dmarc_reports_send: bool = opt(True, "Send a daily DMARC aggregate report (RFC 7489 §7.2) "
+                                   "to each domain whose DMARC record asks for one (rua=), "
+                                   "after 00:00 UTC with a random delay of up to an hour, "
+                                   "DKIM-signed when [dkim] has keys for the From domain. "
+                                   "Destinations outside the domain are used only when they "
+                                   "agree (RFC 7489 §7.1). false: keep no evaluations, send "
+                                   "nothing.")
+    dmarc_reports_from: str = opt("", "From address and envelope sender of the reports we "
+                                  "send; empty: postmaster@HOSTNAME.",
+                                  example='"dmarc-noreply@example.org"')
 
 
 @attrs.frozen

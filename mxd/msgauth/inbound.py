@@ -41,7 +41,7 @@ class InboundChecker:
                  sample: Callable[[], float] = random.random, metrics: Any = None,
                  reports: Any = None,
                  run_blocking: Callable[[Callable[[], Any]], Deferred[Any]] | None = None,
-                 ) -> None:
+                 evaluations: Any = None) -> None:
         self.resolver = resolver
         self.clock = clock
         self.settings = settings
@@ -49,6 +49,7 @@ class InboundChecker:
         self.metrics = metrics
         self.reports = reports  # a ReportStore for DMARC aggregate reports, or None
         self.run_blocking = run_blocking  # where report parsing runs (a thread pool)
+        self.evaluations = evaluations  # a dmarcsend.EvaluationLog for outgoing reports
 
     def begin(self, session: SessionInfo, headers: bytes) -> InboundCheck | None:
         if session.role != "smtp":
@@ -79,12 +80,18 @@ class InboundCheck:
         # DKIM signatures are verified over the fields as received (minus ours).
         self.verifier = Verifier(b"", kept)
         self.arc = arc.Validator(kept)  # RFC 8617 §5.2 (hashes the body only with a chain)
+        self.is_report = False
         # A copy of mail to a DMARC report address, for the report parser (bounded).
         self.report_copy: list[bytes] | None = None
-        if checker.reports is not None and any(
-                r.lower() in checker.settings.report_addresses for r in session.recipients):
+        to_reports = any(r.lower() in checker.settings.report_addresses
+                         for r in session.recipients)
+        if checker.reports is not None and to_reports:
             self.report_copy = [headers, b"\r\n"]
             self.report_size = len(headers)
+        if checker.evaluations is not None:
+            from mxd.msgauth.dmarcsend import is_report_mail
+
+            self.is_report = to_reports or is_report_mail(headers)
 
     def feed(self, data: bytes) -> None:
         if self.verifier.wants_body:
@@ -114,6 +121,15 @@ class InboundCheck:
             found = await self._dmarc
             dmarc_outcome = dmarc.evaluate(self.from_domain, found, spf_outcome,
                                            dkim_results, self.checker.sample)
+            if (self.checker.evaluations is not None and found.record is not None
+                    and found.record.rua and not self.is_report):
+                # RFC 7489 §7.2: kept for the daily aggregate report (never about reports).
+                from mxd.msgauth.dmarcsend import evaluation_row
+
+                self.checker.evaluations.add(evaluation_row(
+                    dmarc_outcome, self.session.remote_ip, self.checker.clock.seconds(),
+                    [(d.domain, str(d.result)) for d in dkim_results if d.domain],
+                    (spf_outcome.domain, str(spf_outcome.result)), found.record))
         elif self.from_domain is None:
             dmarc_outcome = dmarc.DMARCOutcome(dmarc.DMARCResult.PERMERROR, "",
                                                reason="not exactly one From domain")
