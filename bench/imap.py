@@ -357,23 +357,26 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 # -- measurements --------------------------------------------------------------------------------------
 
-def timed(c: Raw, command: str) -> tuple[float, int]:
-    t0 = time.perf_counter()
-    data = c.cmd(command)
-    return time.perf_counter() - t0, len(data)
+def timed(c: Raw, command: str, pid: int) -> tuple[float, int, float]:
+    """(wall seconds, response bytes, server CPU seconds) of one command."""
+    with wl.Measure(pid) as m:
+        data = c.cmd(command)
+    return m.wall, len(data), m.cpu
 
 
-def fetch_bench(port: int, ca: Path, count: int) -> dict[str, float]:
+def fetch_bench(port: int, ca: Path, count: int, pid: int) -> dict[str, float]:
     c = Raw(port, ca)
     login(c)
     c.cmd("SELECT INBOX")
-    cold, n1 = timed(c, "UID FETCH 1:* (FLAGS ENVELOPE UID)")
-    warm = min(timed(c, "UID FETCH 1:* (FLAGS ENVELOPE UID)")[0] for _ in range(3))
+    cold, n1, cold_cpu = timed(c, "UID FETCH 1:* (FLAGS ENVELOPE UID)", pid)
+    warm = min(timed(c, "UID FETCH 1:* (FLAGS ENVELOPE UID)", pid)[::2] for _ in range(3))
     n = min(500, count)
-    bodies = min(timed(c, f"FETCH 1:{n} BODY.PEEK[]")[0] for _ in range(3))
+    bodies = min(timed(c, f"FETCH 1:{n} BODY.PEEK[]", pid)[::2] for _ in range(3))
     c.cmd("LOGOUT")
     c.close()
-    return {"envelope_cold": cold, "envelope_warm": warm, "bodies_500": bodies, "bytes": n1}
+    return {"envelope_cold": cold, "envelope_cold_cpu": cold_cpu, "envelope_warm": warm[0],
+            "envelope_warm_cpu": warm[1], "bodies_500": bodies[0], "bodies_500_cpu": bodies[1],
+            "bytes": n1}
 
 
 def idle_memory(pid: int, port: int, ca: Path, k: int) -> tuple[float, float]:
@@ -397,8 +400,11 @@ def idle_memory(pid: int, port: int, ca: Path, k: int) -> tuple[float, float]:
 
 KEYS = [  # key, label, unit, better
     ("envelope_cold", "envelope fetch, cold", "s", "lower"),
+    ("envelope_cold_cpu", "envelope fetch, cold, server CPU", "s", "lower"),
     ("envelope_warm", "envelope fetch, warm", "s", "lower"),
+    ("envelope_warm_cpu", "envelope fetch, warm, server CPU", "s", "lower"),
     ("bodies_500", "500 full bodies", "s", "lower"),
+    ("bodies_500_cpu", "500 full bodies, server CPU", "s", "lower"),
     ("select_total_s", "connect+LOGIN+SELECT, all connections", "s", "lower"),
     ("select_pss_kib", "PSS per connection with INBOX selected", "KiB", "lower"),
     ("select_rss_kib", "RSS per connection with INBOX selected", "KiB", "lower"),
@@ -429,11 +435,12 @@ def run_round(server: MxdServer | DovecotServer, proc: subprocess.Popen[bytes], 
     name, port, ca, pid = server.name, server.port, tls["ca"], proc.pid
     r: dict[str, float] = {}
     if "fetch" in sections:
-        f = fetch_bench(port, ca, args.messages)
+        f = fetch_bench(port, ca, args.messages, pid)
         r.update(f)
-        print(f"  {name}: UID FETCH 1:* (FLAGS ENVELOPE UID) cold {f['envelope_cold']:.3f}s, "
-              f"warm {f['envelope_warm']:.3f}s ({f['bytes'] / 1e6:.1f} MB); "
-              f"FETCH 1:500 BODY.PEEK[] {f['bodies_500']:.3f}s")
+        print(f"  {name}: UID FETCH 1:* (FLAGS ENVELOPE UID) cold {f['envelope_cold']:.3f}s "
+              f"(server CPU {f['envelope_cold_cpu']:.2f}s), warm {f['envelope_warm']:.3f}s "
+              f"(CPU {f['envelope_warm_cpu']:.2f}s) ({f['bytes'] / 1e6:.1f} MB); "
+              f"FETCH 1:500 BODY.PEEK[] {f['bodies_500']:.3f}s (CPU {f['bodies_500_cpu']:.2f}s)")
     if "select" in sections and args.select_connections:
         f, socks = wl.select_idle(pid, port, ca, USER, PASSWORD, args.select_connections)
         for sk in socks:

@@ -258,6 +258,8 @@ async def do_fetch(s: IMAPSession, cmd: Command) -> Reply:
                               view.info.uidnext)
         if gone:
             s.untagged(b"VANISHED (EARLIER) " + response.seqset(gone))
+    if all(a.name in _META for a in atts):
+        return await _fetch_meta(s, view, uids, atts, cmd.name)
     seen_set: set[int] = set()
     if not view.readonly and any(_sets_seen(a) for a in atts):
         unseen = [u for u in uids if "\\Seen" not in view.msgs[u].flags]
@@ -327,6 +329,60 @@ async def do_fetch(s: IMAPSession, cmd: Command) -> Reply:
 
 
 BATCH = 64 * 1024
+_META = frozenset({"UID", "FLAGS", "MODSEQ", "RFC822.SIZE", "INTERNALDATE"})
+
+
+async def _fetch_meta(s: IMAPSession, view: MailboxView, uids: list[int], atts: list[FetchAtt],
+                      name: str) -> Reply:
+    """FETCH of message attributes only (a client's flag re-sync: ``UID FETCH 1:* (UID
+    FLAGS)``): read from the shared state's columns, no message object per message."""
+    st = view.state
+    recent = view.recent
+    any_recent = len(recent) > 0
+    rendered: dict[int, bytes] = {}  # flag set id -> "FLAGS (...)"
+    names = [a.name for a in atts]
+    out = bytearray()
+    for k, uid in enumerate(uids):
+        if not k & 255:
+            await s.breathe()
+        seq = view.seq_of(uid)
+        i = st.index(uid)
+        if seq is None:
+            continue
+        if i is None or (any_recent and uid in recent):
+            m = view.msgs.get(uid)  # expunged elsewhere (kept as a ghost), or \Recent
+            if m is None:
+                continue
+            modseq, size, flags = m.modseq, m.size, b"FLAGS " + response.flags(s.flags_of(m))
+        else:
+            modseq, fid, size = st.meta_at(i)
+            flags = rendered.get(fid)  # type: ignore[assignment]
+            if flags is None:
+                flags = rendered[fid] = b"FLAGS " + response.flags(st.flagset(fid))
+        items = []
+        for n in names:
+            if n == "UID":
+                items.append(b"UID %d" % uid)
+            elif n == "FLAGS":
+                items.append(flags)
+            elif n == "MODSEQ":
+                items.append(b"MODSEQ (%d)" % modseq)
+            elif n == "RFC822.SIZE":
+                items.append(b"RFC822.SIZE %d" % size)
+            else:
+                info = view.msgs.get(uid)
+                if info is None:
+                    continue
+                items.append(b"INTERNALDATE " + response.internaldate(info.internal_date))
+        out += b"* %d FETCH (%s)\r\n" % (seq, b" ".join(items))
+        if len(out) >= BATCH:
+            s.send(bytes(out))
+            out.clear()
+            await s.drain()
+    if out:
+        s.send(bytes(out))
+    await s.drain()
+    return ok(f"{name} completed")
 
 # Items that need the message's file; for a message whose file went with an expunge by
 # another session, sections are NIL (RFC 9051 §7.5.2 nstring) and the others left out.

@@ -164,6 +164,14 @@ class MailboxState:
             datetime.fromtimestamp(self._dates[i], _tz(self._tz[i])), self._sizes[i],
             self._blobs[i])
 
+    def meta_at(self, i: int) -> tuple[int, int, int]:
+        """(modseq, flag set id, size) of the message at index ``i``: the columns a
+        metadata-only FETCH needs, without building a MessageInfo."""
+        return self._modseqs[i], self._flag_ids[i], self._sizes[i]
+
+    def flagset(self, fid: int) -> frozenset[str]:
+        return self._flagsets[fid]
+
     def flags(self, uid: int) -> frozenset[str] | None:
         i = self.index(uid)
         if i is None:

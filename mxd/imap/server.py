@@ -170,6 +170,16 @@ class IMAPSession(Protocol):
 
     # -- connection -------------------------------------------------------------------
     def connectionMade(self) -> None:
+        # TCP_NODELAY: a response is written in one piece per reactor iteration (the
+        # transport joins writes), so Nagle's algorithm only ever delays the tail of a
+        # response sent after an await (a FETCH batch, an IDLE push) until the client's
+        # delayed ACK, tens of milliseconds later.
+        sock = tcp_socket(self.transport)
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                log.debug("cannot set TCP_NODELAY")
         peer = self.tr.getPeer()
         self.peer_ip = str(getattr(peer, "host", ""))
         self.tr.registerProducer(self, True)
