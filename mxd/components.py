@@ -184,20 +184,19 @@ def make_sasl(cfg: Config, directory: Any, reactor: Any, metrics: IMetrics) -> A
         fake_scram_iterations=cfg.auth.scram_iterations,
         verified_cache_ttl=cfg.auth.login_cache_ttl,
     )
-    m: Any = metrics
     limits = AuthLimiterSettings(
         ip_free_failures=cfg.auth.ip_free_failures, ip_max_delay=cfg.auth.ip_max_delay,
         account_ip_free_failures=cfg.auth.ip_free_failures,
         account_free_failures=cfg.auth.account_free_failures,
         account_max_delay=cfg.auth.account_max_delay,
         half_life=cfg.auth.failure_half_life, trusted_for=cfg.auth.trusted_for)
-    limiter = AuthLimiter(reactor, limits, metrics=m)
+    limiter = AuthLimiter(reactor, limits, metrics=metrics)
     # scrypt/PBKDF2 on a bounded pool of their own, never on the reactor thread.
     pool = HashPool(reactor, threads=cfg.auth.hash_threads or None,
                     max_pending=cfg.auth.hash_max_pending)
     pool.install()
     return SASLServer(directory.lookup_secrets, settings, limiter, reactor, cfg.hostname,
-                      metrics=m, run_blocking=pool,
+                      metrics=metrics, run_blocking=pool,
                       dummy_verify=getattr(directory, "dummy_verify", None),
                       normalise_user=getattr(directory, "login_key", None))
 
@@ -208,8 +207,7 @@ def make_resolver(cfg: Config, reactor: Any, metrics: IMetrics) -> Any:
     settings = settings_from_values(
         cfg.resolver.nameservers, cfg.resolver.trusted, timeout=cfg.resolver.timeout,
         attempts=cfg.resolver.attempts, cache_size=cfg.resolver.cache_size)
-    m: Any = metrics
-    return Resolver(reactor, settings, m)
+    return Resolver(reactor, settings, metrics)
 
 
 SYSTEM_CA_FILE = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -295,9 +293,8 @@ def make_queue_runner(cfg: Config, queue: Any, resolver: Any, store: Any, direct
                             own_addresses=own_addresses, route_table=table,
                             transports=transports, smarthost_trust=_smarthost_trust(cfg))
     local = StoreLocalDelivery(store, directory=directory)
-    m: Any = metrics
     return QueueRunner(queue, resolver, reactor, settings, local_delivery=local,
-                       hostname=cfg.hostname, metrics=m, tls_policy_factory=tls_policy_factory,
+                       hostname=cfg.hostname, metrics=metrics, tls_policy_factory=tls_policy_factory,
                        sign=sign)
 
 
@@ -317,8 +314,7 @@ def build(cfg: Config, reactor: Any, metrics: IMetrics, parent: Any) -> dict[str
     store_service = StoreService(store, [sync], reactor)
     store_service.setServiceParent(parent)
     sasl = make_sasl(cfg, directory, reactor, metrics)
-    m: Any = metrics
-    queue = Queue(store, reactor, m)
+    queue = Queue(store, reactor, metrics)
     resolver = make_resolver(cfg, reactor, metrics)
     comps = {"store": store, "store_service": store_service, "directory": directory,
              "sasl": sasl, "queue": queue, "resolver": resolver}
@@ -541,12 +537,11 @@ def listener_factory(cfg: Config, li: ListenerConfig, comps: dict[str, Any], rea
     if li.protocol in ("smtp", "submission", "submissions"):
         from mxd.smtp.service import smtp_factory
 
-        m: Any = metrics
         return smtp_factory(role=li.protocol,  # type: ignore[arg-type]
                             settings=_smtp_settings(cfg), store=comps["store"],
                             directory=comps["directory"], sasl=comps["sasl"],
                             outbound=comps["queue"], tls=tls_options, clock=reactor,
-                            hostname=cfg.hostname, metrics=m,
+                            hostname=cfg.hostname, metrics=metrics,
                             checker=message_checker(cfg, li.protocol, comps, reactor))
     if li.protocol in ("imap", "imaps"):
         from mxd.imap.server import IMAPShared, imap_factory

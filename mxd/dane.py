@@ -335,7 +335,7 @@ def _ta_path(records: Sequence[TLSA], chain: Sequence[x509.Certificate],
     for record in records:
         anchors = [c for c in chain if _matches(record, c)]
         for anchor in anchors:
-            for path in _paths(leaf, chain, lambda c, a=anchor: c is a):  # type: ignore[misc]
+            for path in _paths(leaf, chain, lambda c, a=anchor: c is a):
                 try:
                     _validate(path, now, names, anchor_is_cert=True)
                     return record
@@ -349,7 +349,7 @@ def _ta_path(records: Sequence[TLSA], chain: Sequence[x509.Certificate],
             key = serialization.load_der_public_key(record.data)
         except (ValueError, TypeError):
             continue
-        for path in _paths(leaf, chain, lambda c, k=key: _signed_by(c, k)):  # type: ignore[misc]
+        for path in _paths(leaf, chain, lambda c, k=key: _signed_by(c, k)):
             try:
                 _validate(path, now, names, anchor_is_cert=False)
                 return record

@@ -168,9 +168,9 @@ def run(o: QuickstartOptions, out: TextIO = sys.stdout) -> int:
     dkim_dir = directory / "dkim"
     selectors = []
     for alg in ("rsa", "ed25519"):
-        sel = default_selector(alg)  # type: ignore[arg-type]
+        sel = default_selector(alg)
         if not key_path(dkim_dir, domain, sel).exists():
-            generate_key(dkim_dir, domain, sel, alg)  # type: ignore[arg-type]
+            generate_key(dkim_dir, domain, sel, alg)
         selectors.append(sel)
     text = config_text(o, domain, hostname, data_dir, [k.path for k in keys], selectors,
                        account).replace("[dkim]\n", f"[dkim]\nkey_dir = \"{dkim_dir}\"\n")

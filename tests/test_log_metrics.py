@@ -76,3 +76,21 @@ def test_noop_metrics_accepts_everything():
     m.observe("b", 1.0)
     m.set("c", 2)
     assert vars(m) == {}
+
+
+def test_one_metrics_seam_for_every_layer() -> None:
+    """Every layer (SMTP, IMAP, SASL, DNS, queue) counts through mxd.metrics.IMetrics: the
+    no-op default and the Prometheus implementation take the same calls."""
+    import pytest
+
+    from mxd.metrics import IMetrics, NoopMetrics, PrometheusMetrics
+
+    pytest.importorskip("prometheus_client")
+    for m in (NoopMetrics(), PrometheusMetrics()):
+        seam: IMetrics = m
+        seam.inc("dns_lookups_total", rdtype="A", outcome="ok", cache="miss")
+        seam.inc("smtp_accepted_total", 2, role="smtp")
+        seam.observe("dns_lookup_seconds", 0.01, rdtype="A")
+        seam.set("queue_recipients", 3, state="queued")
+    text = m.render()[0].decode()
+    assert 'mxd_smtp_accepted_total{role="smtp"} 2.0' in text

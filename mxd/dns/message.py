@@ -74,7 +74,7 @@ def negative_ttl(response: dns.message.Message) -> int:
     """RFC 2308 §5: the SOA's TTL capped by its MINIMUM field; 0 when there is no SOA."""
     for rrset in response.authority:
         if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
-            return int(min(rrset.ttl, rrset[0].minimum))  # type: ignore[attr-defined]
+            return int(min(rrset.ttl, rrset[0].minimum))
     return 0
 
 
@@ -105,7 +105,7 @@ def interpret(
         if cname is None or not len(cname):
             break
         ttls.append(cname.ttl)
-        current = cname[0].target  # type: ignore[attr-defined]
+        current = cname[0].target
         if current in seen or len(seen) > MAX_CNAME_CHAIN:
             return DNSServFail(name, rdtype, rcode=int(dns.rcode.SERVFAIL), extended_errors=ede)
         seen.add(current)

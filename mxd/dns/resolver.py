@@ -27,7 +27,6 @@ from twisted.logger import Logger
 from mxd.dns.cache import Cache
 from mxd.dns.errors import DNSServFail, DNSTimeout, DomainError
 from mxd.dns.message import Outcome, QuerySettings, interpret, make_query
-from mxd.dns.metrics import Metrics, NoMetrics
 from mxd.dns.names import Domain
 from mxd.dns.results import MX, TLSA, Answer, Record
 from mxd.dns.transport import (
@@ -37,6 +36,7 @@ from mxd.dns.transport import (
     Reactor,
     exchange,
 )
+from mxd.metrics import IMetrics, NoopMetrics
 
 T = TypeVar("T")
 _log = Logger()
@@ -157,13 +157,13 @@ class Resolver:
         self,
         reactor: Reactor,
         settings: ResolverSettings | None = None,
-        metrics: Metrics | None = None,
+        metrics: IMetrics | None = None,
     ) -> None:
         self._reactor = reactor
         self.settings = settings or ResolverSettings()
         if not self.settings.nameservers:
             raise ValueError("at least one nameserver is needed")
-        self._metrics = metrics or NoMetrics()
+        self._metrics = metrics or NoopMetrics()
         self.cache = Cache(
             self.settings.cache_size, self.settings.max_ttl, self.settings.max_negative_ttl
         )

@@ -76,7 +76,7 @@ def _record(rdtype: int, value: Any) -> Record:
         return ipaddress.IPv4Address(value)
     if rdtype == dns.rdatatype.AAAA and not isinstance(value, ipaddress.IPv6Address):
         return ipaddress.IPv6Address(value)
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 class FakeResolver:
@@ -235,4 +235,4 @@ def run_with_reactor(
     result = box[0] if box else Failure(RuntimeError("reactor stopped without a result"))
     if isinstance(result, Failure):
         result.raiseException()
-    return result  # type: ignore[no-any-return]
+    return result

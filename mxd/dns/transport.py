@@ -29,7 +29,7 @@ from zope.interface import implementer
 
 from mxd.dns.errors import DNSError
 from mxd.dns.message import MalformedResponse, answers_question
-from mxd.dns.metrics import Metrics, NoMetrics
+from mxd.metrics import IMetrics, NoopMetrics
 
 Reactor = Any
 """A reactor providing IReactorTime, IReactorFDSet and IReactorTCP."""
@@ -67,7 +67,7 @@ class _UDPExchange:
         port: int,
         query: dns.message.Message,
         timeout: float,
-        metrics: Metrics,
+        metrics: IMetrics,
     ) -> None:
         self._reactor = reactor
         self._where = f"udp {host}:{port}"
@@ -157,10 +157,10 @@ def query_udp(
     port: int,
     query: dns.message.Message,
     timeout: float,
-    metrics: Metrics | None = None,
+    metrics: IMetrics | None = None,
 ) -> Deferred[dns.message.Message]:
     """Send ``query`` over UDP; fire with the first response that answers it."""
-    return _UDPExchange(reactor, host, port, query, timeout, metrics or NoMetrics()).deferred
+    return _UDPExchange(reactor, host, port, query, timeout, metrics or NoopMetrics()).deferred
 
 
 class _TCPExchange(Int16StringReceiver):
@@ -193,7 +193,7 @@ class _TCPExchange(Int16StringReceiver):
 class _TCPFactory(ClientFactory):
     noisy = False
     def __init__(self, reactor: Reactor, query: dns.message.Message, timeout: float,
-                 metrics: Metrics) -> None:
+                 metrics: IMetrics) -> None:
         self.query = query
         self.metrics = metrics
         self.deferred: Deferred[dns.message.Message] = Deferred(lambda d: self._abort())
@@ -240,10 +240,10 @@ def query_tcp(
     port: int,
     query: dns.message.Message,
     timeout: float,
-    metrics: Metrics | None = None,
+    metrics: IMetrics | None = None,
 ) -> Deferred[dns.message.Message]:
     """Send ``query`` over TCP (RFC 7766, 2-octet length prefix); fire with the answer."""
-    factory = _TCPFactory(reactor, query, timeout, metrics or NoMetrics())
+    factory = _TCPFactory(reactor, query, timeout, metrics or NoopMetrics())
     factory.connector = reactor.connectTCP(host, port, factory, timeout=timeout)
     return factory.deferred
 
@@ -254,10 +254,10 @@ async def exchange(
     port: int,
     query: dns.message.Message,
     timeout: float,
-    metrics: Metrics | None = None,
+    metrics: IMetrics | None = None,
 ) -> dns.message.Message:
     """UDP, then TCP when the UDP answer is truncated (RFC 7766 §5)."""
-    metrics = metrics or NoMetrics()
+    metrics = metrics or NoopMetrics()
     response = await query_udp(reactor, host, port, query, timeout, metrics)
     if response.flags & dns.flags.TC:
         metrics.inc("dns_tcp_fallbacks_total")

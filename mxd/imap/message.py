@@ -529,10 +529,10 @@ def envelope(headers: Message | HeaderList) -> list[Value]:
     return [
         header_bytes(raw(headers, "Date")),
         header_bytes(raw(headers, "Subject")),
-        frm, sender, reply_to,  # type: ignore[list-item]
-        _addresses(headers, "To"),  # type: ignore[list-item]
-        _addresses(headers, "Cc"),  # type: ignore[list-item]
-        _addresses(headers, "Bcc"),  # type: ignore[list-item]
+        frm, sender, reply_to,
+        _addresses(headers, "To"),
+        _addresses(headers, "Cc"),
+        _addresses(headers, "Bcc"),
         header_bytes(raw(headers, "In-Reply-To")),
         header_bytes(raw(headers, "Message-ID")),
     ]

@@ -208,7 +208,7 @@ class IMAPSession(Protocol):
         self.send(b"* OK [CAPABILITY " + self.capabilities().encode() + b"] "
                   + self.factory.hostname.encode("ascii", "replace") + b" mxd IMAP ready\r\n")
 
-    def connectionLost(self, reason: TwFailure | None = None) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: TwFailure | None = None) -> None:
         self._closed = True
         self.state = State.LOGOUT
         self.factory.sessions.discard(self)
@@ -591,7 +591,7 @@ class IMAPSession(Protocol):
         except ParseError as e:
             for p in raw.parts:
                 if not isinstance(p, (bytes,)) and hasattr(p, "sink"):
-                    p.sink.abort()  # type: ignore[union-attr]
+                    p.sink.abort()
             self._bad(e.tag, str(e))
             return
         spec = COMMANDS.get(cmd.name)
@@ -1023,6 +1023,6 @@ def imap_factory(*, implicit_tls: bool, settings: IMAPServerSettings, store: IMa
             raise ValueError("implicit TLS needs a TLS context")
         fac: Any = factory
         wrapped: Any = TLSMemoryBIOFactory(tls, False, fac)
-        return wrapped  # type: ignore[no-any-return]
+        return wrapped
     result: Any = factory
-    return result  # type: ignore[no-any-return]
+    return result

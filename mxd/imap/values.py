@@ -37,7 +37,7 @@ class SeqSet:
         overlapping ranges, and the cost of testing a value must not grow with them."""
         cached = self._normal
         if cached and cached[0] == star:
-            return cached[1]  # type: ignore[no-any-return]
+            return cached[1]
         spans = sorted((min(a or star, b or star), max(a or star, b or star))
                        for a, b in self.ranges)
         merged: list[tuple[int, int]] = []

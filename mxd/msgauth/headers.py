@@ -91,7 +91,7 @@ def from_domains(fields: list[Field]) -> list[str] | None:
         return [m.group(1).lower().rstrip(".")]
     try:
         header = SMTP.header_factory("from", text)
-        addresses: tuple[Address, ...] = header.addresses  # type: ignore[attr-defined]
+        addresses: tuple[Address, ...] = header.addresses
     except (ValueError, IndexError, TypeError, AttributeError):
         return None
     if getattr(header, "defects", None):

@@ -58,7 +58,7 @@ class STSRefresher(Service):
         super().startService()
         self._schedule(0)
 
-    def stopService(self) -> Deferred[Any] | None:  # type: ignore[override]
+    def stopService(self) -> Deferred[Any] | None:
         super().stopService()
         if self._call is not None and self._call.active():
             self._call.cancel()

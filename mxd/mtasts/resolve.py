@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import attrs
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from mxd.dns.errors import DNSError, DNSNegativeAnswer
@@ -39,10 +40,6 @@ class TXTResolver(Protocol):
 
 class Fetcher(Protocol):
     def fetch(self, domain: str) -> Deferred[FetchedPolicy]: ...
-
-
-class Clock(Protocol):
-    def seconds(self) -> float: ...
 
 
 @attrs.frozen
@@ -105,7 +102,7 @@ class STSResolver:
     """Looks up MTA-STS policies through the resolver, cache and fetcher given."""
 
     def __init__(self, resolver: TXTResolver, fetcher: Fetcher, cache: IPolicyCache,
-                 clock: Clock) -> None:
+                 clock: IReactorTime) -> None:
         self._resolver = resolver
         self._fetcher = fetcher
         self._cache = cache

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.interfaces import IReactorTime
+
 from mxd.smtp.client import SMTPClient
 
 
 class IdleConnections:
     """Started SMTP clients waiting for another message to the same host (and TLS policy)."""
 
-    def __init__(self, clock: Any, timeout: float, per_key: int, max_uses: int) -> None:
+    def __init__(self, clock: IReactorTime, timeout: float, per_key: int, max_uses: int) -> None:
         self.clock = clock
         self.timeout = timeout
         self.per_key = per_key

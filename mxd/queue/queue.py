@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import attrs
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from mxd.errors import MxdError
@@ -50,10 +51,6 @@ class QueueStore(Protocol):
     def new_blob(self) -> Any: ...
 
     def open_blob(self, blob_id: str) -> Any: ...
-
-
-class Clock(Protocol):
-    def seconds(self) -> float: ...
 
 
 def new_queue_id() -> str:
@@ -149,7 +146,7 @@ def unref_blob_sql(conn: sqlite3.Connection, blob_id: str) -> None:
 class Queue:
     """The persistent outbound queue (IOutbound) over the mail store's database."""
 
-    def __init__(self, store: QueueStore, clock: Clock, metrics: IMetrics | None = None) -> None:
+    def __init__(self, store: QueueStore, clock: IReactorTime, metrics: IMetrics | None = None) -> None:
         self.store = store
         self.clock = clock
         self.metrics: IMetrics = metrics or NoopMetrics()

@@ -29,29 +29,11 @@ reading the clock passed in; memory is bounded by ``max_entries`` per table.
 from __future__ import annotations
 
 import ipaddress
-from typing import Protocol
 
 import attrs
+from twisted.internet.interfaces import IReactorTime
 
-
-class IClock(Protocol):
-    """The part of ``twisted.internet.interfaces.IReactorTime`` used here (the reactor,
-    or ``task.Clock`` in tests)."""
-
-    def seconds(self) -> float: ...
-
-
-class IMetrics(Protocol):
-    """The tiny metrics interface the SASL layer counts through."""
-
-    def inc(self, name: str, **labels: str) -> None: ...
-
-
-class NoMetrics:
-    """The default: counts nothing."""
-
-    def inc(self, name: str, **labels: str) -> None:
-        return None
+from mxd.metrics import IMetrics, NoopMetrics
 
 
 @attrs.frozen
@@ -175,12 +157,12 @@ class AuthLimiter:
     that every spelling of one account shares its counters)."""
 
     def __init__(
-        self, clock: IClock, settings: AuthLimiterSettings | None = None,
+        self, clock: IReactorTime, settings: AuthLimiterSettings | None = None,
         metrics: IMetrics | None = None,
     ) -> None:
         self._clock = clock
         self.settings = s = settings if settings is not None else AuthLimiterSettings()
-        self._metrics: IMetrics = metrics if metrics is not None else NoMetrics()
+        self._metrics: IMetrics = metrics if metrics is not None else NoopMetrics()
         ip_policy = _Policy(s.ip_free_failures, s.ip_base_delay, s.ip_max_delay)
         self._ips = _Table(ip_policy, s.half_life, s.max_entries)
         self._pairs = _Table(_Policy(s.account_ip_free_failures, s.ip_base_delay,

@@ -41,8 +41,10 @@ from typing import Any, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from mxd.metrics import IMetrics, NoopMetrics
 from mxd.sasl import cram_md5, login, plain, scram
 from mxd.sasl.api import (
     ConnectionInfo,
@@ -64,7 +66,7 @@ from mxd.sasl.credentials import (
     PasswordHash,
     ScramSecret,
 )
-from mxd.sasl.ratelimit import AuthLimiter, IClock, IMetrics, NoMetrics
+from mxd.sasl.ratelimit import AuthLimiter
 from mxd.sasl.saslprep import saslprep
 from mxd.sasl.verified import VerifiedCache
 
@@ -153,7 +155,7 @@ class SASLServer:
 
     def __init__(
         self, lookup_secrets: LookupSecrets, settings: SASLSettings, limiter: AuthLimiter,
-        clock: IClock, hostname: str, *, metrics: IMetrics | None = None,
+        clock: IReactorTime, hostname: str, *, metrics: IMetrics | None = None,
         run_blocking: RunBlocking | None = None,
         dummy_verify: Callable[[str], bool] | None = None,
         normalise_user: NormaliseUser | None = None,
@@ -165,7 +167,7 @@ class SASLServer:
         self._limiter = limiter
         self._clock = clock
         self._hostname = hostname
-        self._metrics: IMetrics = metrics if metrics is not None else NoMetrics()
+        self._metrics: IMetrics = metrics if metrics is not None else NoopMetrics()
         self._run_blocking: RunBlocking = run_blocking if run_blocking is not None else _inline
         self._fake_key = settings.fake_salt_key or os.urandom(32)
         # PLAIN/LOGIN for unknown users: one scrypt of the accounts' cost against a

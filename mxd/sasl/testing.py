@@ -9,9 +9,11 @@ scramp, aiosasl refuse fewer than 4096 iterations) need ``iterations=4096``.
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
 
+from mxd.metrics import IMetrics
 from mxd.sasl.credentials import AccountSecrets, StoredSecrets
-from mxd.sasl.ratelimit import AuthLimiter, AuthLimiterSettings, IClock, IMetrics
+from mxd.sasl.ratelimit import AuthLimiter, AuthLimiterSettings
 from mxd.sasl.server import SASLServer, SASLSettings
 
 CHEAP_ITERATIONS = 64
@@ -42,7 +44,7 @@ class InMemorySecrets:
 
 
 def sasl_server_for_tests(
-    secrets: InMemorySecrets, clock: IClock, *, hostname: str = "mx.example.test",
+    secrets: InMemorySecrets, clock: IReactorTime, *, hostname: str = "mx.example.test",
     settings: SASLSettings | None = None, limiter_settings: AuthLimiterSettings | None = None,
     metrics: IMetrics | None = None,
 ) -> SASLServer:

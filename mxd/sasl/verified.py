@@ -18,13 +18,13 @@ import hashlib
 import hmac
 import os
 
-from mxd.sasl.ratelimit import IClock
+from twisted.internet.interfaces import IReactorTime
 
 
 class VerifiedCache:
     """``remember`` after a successful full check; ``matches`` before the next one."""
 
-    def __init__(self, clock: IClock, ttl: float, max_entries: int = 10_000) -> None:
+    def __init__(self, clock: IReactorTime, ttl: float, max_entries: int = 10_000) -> None:
         self._clock = clock
         self.ttl = ttl
         self._max = max_entries

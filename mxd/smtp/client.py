@@ -35,6 +35,7 @@ from typing import Any, BinaryIO, Protocol
 
 import attrs
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
@@ -52,13 +53,6 @@ class DelayedCall(Protocol):
 
     def reset(self, seconds: float) -> None: ...
 
-
-class Clock(Protocol):
-    """The part of IReactorTime used here (task.Clock in tests)."""
-
-    def seconds(self) -> float: ...
-
-    def callLater(self, delay: float, f: Callable[..., Any], *a: Any, **kw: Any) -> Any: ...
 
 # RFC 5321 §4.2: Reply-code [ SP textstring ] CRLF -- the text of a reply line is optional.
 _REPLY_RE = re.compile(rb"^([2-5][0-9][0-9])(?:([ -])(.*))?$", re.S)
@@ -374,7 +368,7 @@ class SMTPClient(LineOnlyReceiver):
 
     delimiter = b"\r\n"
 
-    def __init__(self, clock: Clock, settings: ClientSettings, tls: TLSPolicy,
+    def __init__(self, clock: IReactorTime, settings: ClientSettings, tls: TLSPolicy,
                  server_name: str, auth: ClientAuth | None = None, *,
                  implicit_tls: bool = False) -> None:
         self.clock = clock
@@ -933,7 +927,7 @@ class _BodyProducer:
     chunk_size = 1 << 16
 
     def __init__(self, body: BinaryIO, transport: Any, transform: Callable[[bytes], bytes],
-                 clock: Clock, timeout: float, on_stall: Callable[[], None]) -> None:
+                 clock: IReactorTime, timeout: float, on_stall: Callable[[], None]) -> None:
         self.body = body
         self.transport = transport
         self.transform = transform

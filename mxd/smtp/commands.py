@@ -125,7 +125,7 @@ def _no_argument(cls: type) -> Callable[[str], Command]:
     def parse(arg: str) -> Command:
         if arg.strip():
             raise CommandError(replies.SYNTAX_ERROR.with_text("This command takes no argument"))
-        return cls()  # type: ignore[no-any-return]
+        return cls()
 
     return parse
 
@@ -189,7 +189,7 @@ def _auth(arg: str) -> Command:
 
 def _text(cls: type) -> Callable[[str], Command]:
     def parse(arg: str) -> Command:
-        return cls(arg.strip())  # type: ignore[no-any-return]
+        return cls(arg.strip())
 
     return parse
 

@@ -108,12 +108,3 @@ class IOutbound(Protocol):
     recipient that is not local) is offered only when there is a queue."""
 
     def wake(self) -> None: ...
-
-
-class IMetrics(Protocol):
-    def inc(self, name: str, **labels: str) -> None: ...
-
-
-class NoMetrics:
-    def inc(self, name: str, **labels: str) -> None:
-        pass

@@ -16,9 +16,10 @@ from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from mxd.metrics import IMetrics, NoopMetrics
 from mxd.sasl.api import ISASLServer
 from mxd.smtp import replies
-from mxd.smtp.interfaces import IDirectory, IMessageChecker, IMetrics, IOutbound, NoMetrics
+from mxd.smtp.interfaces import IDirectory, IMessageChecker, IOutbound
 from mxd.smtp.lookup import CachingDirectory
 from mxd.smtp.server import (
     ChannelBindingsFn,
@@ -85,7 +86,7 @@ class SMTPFactory(ServerFactory):
         self.clock = clock
         self.hostname = hostname
         self.checker = checker
-        self.metrics: IMetrics = metrics if metrics is not None else NoMetrics()
+        self.metrics: IMetrics = metrics if metrics is not None else NoopMetrics()
         self.channel_bindings = channel_bindings
         self.run_blocking = run_blocking
         self.per_ip: Counter[str] = Counter()
@@ -199,5 +200,5 @@ def smtp_factory(*, role: Role, settings: SMTPServerSettings, store: IMailStore,
     if role == "submissions":
         tls_any: Any = tls
         wrapped: Any = TLSMemoryBIOFactory(tls_any, False, factory)
-        return wrapped  # type: ignore[no-any-return]
-    return factory  # type: ignore[no-any-return]
+        return wrapped
+    return factory

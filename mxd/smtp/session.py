@@ -23,6 +23,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure as TwistedFailure
 from zope.interface import implementer
 
+from mxd.metrics import IMetrics, NoopMetrics
 from mxd.sasl.api import (
     ChannelBindings,
     ConnectionInfo,
@@ -41,7 +42,6 @@ from mxd.smtp.interfaces import (
     IDirectory,
     IMessageCheck,
     IMessageChecker,
-    IMetrics,
     IOutbound,
     NoChecks,
 )
@@ -180,9 +180,8 @@ class SessionBase(LineReceiver):
         self.clock: Any = clock  # IReactorTime (zope interfaces confuse mypy)
         self.hostname = hostname
         self.checker: IMessageChecker = checker if checker is not None else NoChecks()
-        from mxd.smtp.interfaces import NoMetrics
 
-        self.metrics: IMetrics = metrics if metrics is not None else NoMetrics()
+        self.metrics: IMetrics = metrics if metrics is not None else NoopMetrics()
         self._channel_bindings_fn = channel_bindings or _default_channel_bindings
         self._on_close = on_close
         self.run_blocking = run_blocking
