@@ -69,6 +69,16 @@ def dkim_records(cfg: Config, domain: str) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+def socks5_ips(cfg: Config) -> tuple[str, ...]:
+    """Public addresses of the SOCKS5 transports: mail leaves from them, so SPF must allow
+    them ([transports.NAME] remote_ips)."""
+    out: list[str] = []
+    for t in cfg.transports.values():
+        if t.kind == "socks5":
+            out += [ip for ip in t.remote_ips if ip not in out]
+    return tuple(out)
+
+
 def record_inputs(cfg: Config, domain: str) -> RecordInputs:
     """Everything ``mxd.dnsrecords.records`` needs for ``domain``; raises HostKeyError
     when a configured host key cannot be read."""
@@ -90,5 +100,6 @@ def record_inputs(cfg: Config, domain: str) -> RecordInputs:
         tlsrpt_rua=f"{cfg.dns.tlsrpt_rua}@{domain}" if cfg.dns.tlsrpt_rua else "",
         caa_issuer=cfg.acme.caa_issuer if cfg.acme.enabled else "",
         acme_account_uri=acme_account_uri(cfg),
+        extra_spf_ips=socks5_ips(cfg),
         submissions_port=_port(cfg, "submissions"), submission_port=_port(cfg, "submission"),
         imaps_port=_port(cfg, "imaps"), imap_port=_port(cfg, "imap"), https=https)

@@ -58,3 +58,21 @@ def test_host_keys_replace_cert_and_key(tmp_path):
     assert cfg.tls.host_keys == [k.path for k in keys]
     with pytest.raises(ConfigError, match="needs a certificate"):
         parse_config(BASE, "t.toml", tmp_path)
+
+
+def test_spf_record_and_check_allow_socks5_transport_addresses(tmp_path):
+    """Mail sent through a SOCKS5 transport leaves from the proxy's public address: the
+    suggested SPF record includes it, and the check expects it."""
+    from mxd.dnsrecords import records
+    from mxd.recordsconfig import record_inputs
+
+    keys = host_keys(tmp_path)
+    text = BASE + "[tls]\nhost_keys = [" + ", ".join(f'"{k.path}"' for k in keys) + "]\n" + \
+        '[dns]\npublic_ips = ["192.0.2.10"]\n' \
+        '[transports.proxy]\nkind = "socks5"\nhost = "127.0.0.1"\nport = 1080\n' \
+        'remote_ips = ["198.51.100.7"]\n'
+    cfg = parse_config(text, "t.toml", tmp_path)
+    inputs = record_inputs(cfg, "example.test")
+    assert inputs.extra_spf_ips == ("198.51.100.7",)
+    (spf,) = [r for r in records(inputs) if r.purpose == "spf"]
+    assert spf.value == '"v=spf1 ip4:192.0.2.10 ip4:198.51.100.7 -all"'

@@ -117,3 +117,20 @@ def test_served_chains_are_der(world):
         x509.load_der_x509_certificate(chain[0])
     assert serialization.Encoding.DER
     assert isinstance(NOW, datetime.datetime)
+
+
+def test_spf_must_allow_the_socks5_transport_addresses(world):
+    """An SPF record with only the server's own address fails when mail also leaves through
+    a SOCKS5 proxy whose public address it does not allow."""
+    keys, served = world
+    x = inputs(keys, extra_spf_ips=("198.51.100.7",))
+    own_only = records(inputs(keys))
+
+    async def fetch(domain):
+        return POLICY
+
+    checker = Checker(_resolver(own_only), x, served, fetch, sts_policy_text=POLICY, now=NOW)
+    results = run_with_reactor(lambda reactor: checker.run(), timeout=10)
+    (spf,) = [r for r in results if r.name == "spf"]
+    assert spf.status is Status.ERROR and "198.51.100.7" in spf.detail
+    assert "ip4:198.51.100.7" in spf.fix
