@@ -40,10 +40,6 @@ ACME_TLS_ALPN = b"acme-tls/1"  # RFC 8737 §6.2
 HTTP_ALPN = "http/1.1"
 
 
-def _http_alpn(conn: SSL.Connection, offered: Sequence[bytes]) -> Any:
-    return b"http/1.1" if b"http/1.1" in offered else SSL.NO_OVERLAPPING_PROTOCOLS
-
-
 @attrs.frozen
 class CertifiedKey:
     """A certificate chain (leaf first) and the host key it is for."""
@@ -136,7 +132,7 @@ class CertStore:
         self._lock = threading.Lock()
         self._certs: dict[tuple[str, KeyKind], CertifiedKey] = {}
         self._contexts: dict[tuple[str, str | None, str | None], SSL.Context] = {}
-        self._challenges: dict[str, SSL.Context] = {}
+        self._challenges: dict[str, tuple[tuple[x509.Certificate, PrivateKey], ...]] = {}
         now = now or datetime.datetime.now(datetime.UTC)
         self.fallback = {k.kind: self._fallback(k, now) for k in self.host_keys}
         if directory is not None:
@@ -205,13 +201,13 @@ class CertStore:
 
     # -- TLS-ALPN-01 challenge certificates (RFC 8737) ---------------------------------
 
-    def set_challenge(self, name: str, cert: x509.Certificate, key: PrivateKey) -> None:
-        opts = ssl.CertificateOptions(
-            privateKey=crypto.PKey.from_cryptography_key(key),
-            certificate=crypto.X509.from_cryptography(cert),
-            raiseMinimumTo=TLS_VERSIONS["TLSv1.2"], acceptableProtocols=[ACME_TLS_ALPN])
+    def set_challenge(self, name: str,
+                      certs: Sequence[tuple[x509.Certificate, PrivateKey]]) -> None:
+        """While a validation for ``name`` is pending, a client that offers only ALPN
+        ``acme-tls/1`` gets these certificates (one per key type, so whichever OpenSSL
+        picks is a challenge certificate); every other client is unaffected."""
         with self._lock:
-            self._challenges[name] = opts.getContext()
+            self._challenges[name] = tuple(certs)
 
     def clear_challenge(self, name: str) -> None:
         with self._lock:
@@ -256,7 +252,7 @@ class CertStore:
         ctx.check_privatekey()
         ctx.set_options(SSL.OP_NO_RENEGOTIATION)
         if alpn == HTTP_ALPN:
-            ctx.set_alpn_select_callback(_http_alpn)
+            ctx.set_alpn_select_callback(self._http_alpn)
         elif alpn is not None:  # RFC 7301 §3.2: refuse a client speaking another protocol
             ctx.set_alpn_select_callback(alpn_selector(alpn.encode("ascii")))
         else:
@@ -273,17 +269,28 @@ class CertStore:
                 name = raw.decode("ascii").lower().rstrip(".")
             except UnicodeDecodeError:
                 return
-            if alpn == HTTP_ALPN:
-                with self._lock:
-                    challenge = self._challenges.get(name)
-                if challenge is not None:
-                    # RFC 8737 §3: while a validation is pending, answer this name with the
-                    # challenge certificate (the validator offers only acme-tls/1).
-                    conn.set_context(challenge)
-                    return
             if name in self.names and name != self.default_name:
                 conn.set_context(self.context(name, max_version, alpn))
         return pick
+
+    def _http_alpn(self, conn: SSL.Connection, offered: Sequence[bytes]) -> Any:
+        """ALPN on the https listener: http/1.1, or a TLS-ALPN-01 validation (RFC 8737 §3).
+
+        OpenSSL selects the certificate after this callback, so replacing the
+        connection's certificates here answers the validator with the challenge
+        certificate without touching other clients' handshakes."""
+        if ACME_TLS_ALPN in offered:
+            raw = conn.get_servername() or b""
+            name = raw.decode("ascii", "replace").lower().rstrip(".")
+            with self._lock:
+                pending = self._challenges.get(name, ())
+            if pending:
+                for cert, key in pending:
+                    conn.use_certificate(cert)
+                    conn.use_privatekey(key)
+                log.info("answering ACME TLS-ALPN-01 validation for {name}", name=name)
+                return ACME_TLS_ALPN
+        return b"http/1.1" if b"http/1.1" in offered else SSL.NO_OVERLAPPING_PROTOCOLS
 
     def server_tls(self, max_version: str | None = None,
                    alpn: str | None = None) -> ServerTLS:

@@ -40,7 +40,7 @@ def _issued(hk, name: str, days: int = 90) -> CertifiedKey:
 
 
 def _handshake(store: CertStore, sni: str | None, rsa_only: bool = False,
-               http: bool = False) -> x509.Certificate:
+               http: bool = False, alpn: list[bytes] | None = None) -> x509.Certificate:
     """A real TLS handshake over a socket pair; the certificate the server presented."""
     a, b = socket.socketpair()
     server = SSL.Connection(store.context(None, None, "http/1.1" if http else "smtp"), a)
@@ -49,6 +49,8 @@ def _handshake(store: CertStore, sni: str | None, rsa_only: bool = False,
     if rsa_only:  # TLS 1.2 with an RSA-only cipher suite
         cctx.set_max_proto_version(SSL.TLS1_2_VERSION)
         cctx.set_cipher_list(b"ECDHE-RSA-AES128-GCM-SHA256")
+    if alpn:
+        cctx.set_alpn_protos(alpn)
     client = SSL.Connection(cctx, b)
     if sni:
         client.set_tlsext_host_name(sni.encode())
@@ -143,15 +145,26 @@ def test_rsa_only_clients_get_the_rsa_certificate(keys, tmp_path):
     assert spki_sha256_of_cert(cert) == keys[0].spki_sha256
 
 
-def test_tls_alpn_challenge_certificate_only_while_pending(keys, tmp_path):
-    """While a TLS-ALPN-01 validation is pending the https listener answers that name with
-    the challenge certificate; after clear_challenge the normal one again."""
+def test_tls_alpn_challenge_certificate_only_for_the_validator(keys, tmp_path):
+    """While a TLS-ALPN-01 validation is pending, a client offering ALPN acme-tls/1 to the
+    https listener gets the challenge certificate (RFC 8737 §3); ordinary clients of the
+    same name, and the mail listeners, keep getting the normal one."""
     from mxd.acme.tlsalpn import challenge_certificate
 
     store = CertStore(NAMES, keys, tmp_path / "certs", now=NOW)
-    chall = challenge_certificate("mta-sts.example.test", "token.thumb", keys[1].key)
-    store.set_challenge("mta-sts.example.test", chall, keys[1].key)
-    assert _handshake(store, "mta-sts.example.test", http=True) == chall
-    assert _handshake(store, "mta-sts.example.test", http=False) != chall  # mail listeners
+    pairs = [(challenge_certificate("mta-sts.example.test", "tok.thumb", k.key), k.key)
+             for k in keys]
+    store.set_challenge("mta-sts.example.test", pairs)
+    acme = [b"acme-tls/1"]
+    assert _handshake(store, "mta-sts.example.test", http=True, alpn=acme) in \
+        [c for c, _ in pairs]
+    assert _handshake(store, "mta-sts.example.test", http=True, alpn=acme,
+                      rsa_only=True) == pairs[0][0]
+    assert _handshake(store, "mta-sts.example.test", http=True,
+                      alpn=[b"http/1.1"]) not in [c for c, _ in pairs]
+    assert _handshake(store, "mta-sts.example.test", http=True) not in [c for c, _ in pairs]
+    assert _handshake(store, "mx.example.test", http=True, alpn=acme) not in \
+        [c for c, _ in pairs]
     store.clear_challenge("mta-sts.example.test")
-    assert _handshake(store, "mta-sts.example.test", http=True) != chall
+    assert _handshake(store, "mta-sts.example.test", http=True, alpn=acme) not in \
+        [c for c, _ in pairs]

@@ -23,7 +23,7 @@ from acme import challenges, client, crypto_util, errors, messages
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from mxd.acme.tlsalpn import TLSALPN01, challenge_certificate
+from mxd.acme.tlsalpn import TLSALPN01
 from mxd.errors import MxdError
 from mxd.hostkeys import HostKey, write_private
 
@@ -39,7 +39,7 @@ class Provisioner(Protocol):
 
     def add_http01(self, token: str, key_authorization: str) -> None: ...
     def remove_http01(self, token: str) -> None: ...
-    def add_tlsalpn01(self, name: str, cert: Any, key: Any) -> None: ...
+    def add_tlsalpn01(self, name: str, key_authorization: str) -> None: ...
     def remove_tlsalpn01(self, name: str) -> None: ...
 
 
@@ -83,6 +83,8 @@ def _explain(e: Exception) -> str:
         return "validation failed: " + ("; ".join(details) or str(e))
     if isinstance(e, errors.TimeoutError):
         return "the CA did not finish validation in time"
+    if isinstance(e, OSError):  # requests' ConnectionError, SSLError, timeouts
+        return f"{e.__class__.__name__}: {e} (is the CA reachable?)"
     return f"{e.__class__.__name__}: {e}"
 
 
@@ -195,8 +197,6 @@ class ACMEClient:
             p.add_http01(token, chall.validation(key))
             return lambda: p.remove_http01(token)
         if isinstance(chall, TLSALPN01):
-            cert_key = ec.generate_private_key(ec.SECP256R1())
-            cert = challenge_certificate(name, chall.key_authorization(key), cert_key)
-            p.add_tlsalpn01(name, cert, cert_key)
+            p.add_tlsalpn01(name, chall.key_authorization(key))
             return lambda: p.remove_tlsalpn01(name)
         raise ACMEError(f"unsupported challenge {chall.typ}")

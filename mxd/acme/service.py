@@ -47,8 +47,14 @@ class StoreProvisioner:
     def remove_http01(self, token: str) -> None:
         self.http01.remove(token)
 
-    def add_tlsalpn01(self, name: str, cert: Any, key: Any) -> None:
-        self.store.set_challenge(name, cert, key)
+    def add_tlsalpn01(self, name: str, key_authorization: str) -> None:
+        """RFC 8737 §3: a validation certificate on each host key (RSA signing: this runs
+        in the worker thread)."""
+        from mxd.acme.tlsalpn import challenge_certificate
+
+        self.store.set_challenge(name, [
+            (challenge_certificate(name, key_authorization, hk.key), hk.key)
+            for hk in self.store.host_keys])
 
     def remove_tlsalpn01(self, name: str) -> None:
         self.store.clear_challenge(name)

@@ -1,0 +1,302 @@
+"""ACME against pebble (Let's Encrypt's test CA, from Debian), with twistd mxd.
+
+pebble resolves the names through the DNSSEC lab's unbound (``-dnsserver``) and validates
+on mxd's https listener (TLS-ALPN-01) or http listener (HTTP-01); its ports are free ports
+named in its config file.  Certificates must come for the host name and the mta-sts. and
+autoconfig. names, be served by SNI, chain to pebble's root, and be for the pre-generated
+host keys — also after a renewal (pebble's certificateValidityPeriod makes them short-lived,
+so the 2/3-of-lifetime renewal happens within the test).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import smtplib
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from mxd.certs import spki_sha256_of_cert
+from tests.golive_helpers import host_keys
+from tests.integration.dnslab import DNSLab, ZoneSpec
+from tests.integration.tools import free_port, require_module, require_tool
+
+pytestmark = pytest.mark.integration
+
+VENV_BIN = Path(sys.executable).parent
+NAMES = ("mx.example.test", "mta-sts.example.test", "autoconfig.example.test")
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DNSLab]:
+    d = DNSLab(tmp_path_factory.mktemp("acmelab"))
+    d.start({"example.test": ZoneSpec(records=[
+        "@ MX 10 mx", "mx A 127.0.0.1", "mta-sts A 127.0.0.1", "autoconfig A 127.0.0.1"])})
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+class Pebble:
+    def __init__(self, tmp: Path, lab: DNSLab, http_port: int, tls_port: int,
+                 validity: int) -> None:
+        trustme = require_module("trustme")
+        self.binary = require_tool("pebble")
+        self.tmp = tmp
+        ca = trustme.CA()
+        leaf = ca.issue_cert("127.0.0.1", "localhost")
+        self.ca_file = tmp / "pebble-api-ca.pem"
+        ca.cert_pem.write_to_path(str(self.ca_file))
+        leaf.cert_chain_pems[0].write_to_path(str(tmp / "pebble-cert.pem"))
+        leaf.private_key_pem.write_to_path(str(tmp / "pebble-key.pem"))
+        self.port, self.mgmt = free_port(), free_port()
+        (tmp / "pebble.json").write_text(json.dumps({"pebble": {
+            "listenAddress": f"127.0.0.1:{self.port}",
+            "managementListenAddress": f"127.0.0.1:{self.mgmt}",
+            "certificate": str(tmp / "pebble-cert.pem"),
+            "privateKey": str(tmp / "pebble-key.pem"),
+            "httpPort": http_port, "tlsPort": tls_port, "ocspResponderURL": "",
+            "externalAccountBindingRequired": False,
+            "certificateValidityPeriod": validity}}))
+        host, port = lab.resolver_address
+        env = dict(os.environ, PEBBLE_VA_NOSLEEP="1", PEBBLE_VA_ALWAYS_VALID="0",
+                   PEBBLE_WFE_NONCEREJECT="0", PEBBLE_AUTHZREUSE="0")
+        self.log = open(tmp / "pebble.log", "wb")
+        self.proc = subprocess.Popen(
+            [self.binary, "-config", str(tmp / "pebble.json"), "-dnsserver",
+             f"{host}:{port}"], stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=tmp)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 1).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("pebble did not start: " + self.output()) from None
+                time.sleep(0.05)
+
+    @property
+    def directory(self) -> str:
+        return f"https://127.0.0.1:{self.port}/dir"
+
+    def root(self) -> x509.Certificate:
+        """The root pebble issues under (a new one each run), from its management API."""
+        ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        with urllib.request.urlopen(f"https://127.0.0.1:{self.mgmt}/roots/0", context=ctx,
+                                    timeout=10) as r:
+            return x509.load_pem_x509_certificate(r.read())
+
+    def output(self) -> str:
+        return (self.tmp / "pebble.log").read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.log.close()
+
+
+class Server:
+    """twistd mxd with ACME on, host keys, https/http/smtp listeners."""
+
+    def __init__(self, tmp: Path, lab: DNSLab, pebble: Pebble, challenges: list[str],
+                 ports: dict[str, int]) -> None:
+        self.tmp = tmp
+        self.keys = host_keys(tmp)
+        self.ports = ports
+        host, port = lab.resolver_address
+        listeners = "".join(f'[[listeners]]\nprotocol = "{p}"\naddress = "127.0.0.1"\n'
+                            f"port = {n}\n" for p, n in ports.items())
+        self.config = tmp / "mxd.toml"
+        self.config.write_text(f'''hostname = "mx.example.test"
+data_dir = "{tmp / 'data'}"
+[tls]
+host_keys = [{", ".join(f'"{k.path}"' for k in self.keys)}]
+[acme]
+enabled = true
+directory_url = "{pebble.directory}"
+ca_file = "{pebble.ca_file}"
+contact = "you@example.test"
+challenges = {json.dumps(challenges)}
+retry_min = 1.0
+retry_max = 5.0
+[domains]
+names = ["example.test"]
+[resolver]
+nameservers = ["{host}:{port}"]
+[queue]
+hold_all = true
+''' + listeners)
+        self.log_path = tmp / "mxd.log"
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [str(VENV_BIN / "twistd"), "-n", "--pidfile=", "--logfile=-", "mxd", "--config",
+             str(self.config)], stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
+
+    def cert_file(self, name: str, kind: str) -> Path:
+        return self.tmp / "data" / "acme" / "certs" / f"{name}.{kind}.pem"
+
+    def wait_for(self, paths: list[Path], timeout: float, pebble: Pebble,
+                 newer_than: dict[Path, int] | None = None) -> None:
+        """Poll until every certificate file exists (with ``newer_than``: holds another
+        serial) and the server has logged that it switched to it (the file is written
+        first, then the certificate is served)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.log_path.read_text(errors="replace")
+            ready = []
+            for p in paths:
+                name, kind, _ = p.name.rsplit(".", 2)
+                installed = log.count(f"ACME: new certificate for {name} ({kind})")
+                if p.exists() and installed >= (2 if newer_than else 1) and (
+                        newer_than is None or _leaf(p).serial_number != newer_than[p]):
+                    ready.append(p)
+            if len(ready) == len(paths):
+                return
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"certificates missing: {sorted(set(paths) - set(ready))}"
+                                     f"\n--- mxd\n{self.log()}\n--- pebble\n{pebble.output()}")
+            time.sleep(0.1)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def _leaf(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificates(path.read_bytes())[0]
+
+
+def _served(port: int, sni: str, root: x509.Certificate) -> list[x509.Certificate]:
+    """Handshake with SNI, verifying against pebble's root and the name."""
+    ctx = ssl.create_default_context(cadata=root.public_bytes(serialization.Encoding.PEM)
+                                     .decode())
+    with socket.create_connection(("127.0.0.1", port), 10) as s, \
+            ctx.wrap_socket(s, server_hostname=sni) as t:
+        der = t.getpeercert(binary_form=True)
+    return [x509.load_der_x509_certificate(der)]
+
+
+@pytest.fixture
+def world(tmp_path: Path, lab: DNSLab) -> Iterator[dict[str, Any]]:
+    made: dict[str, Any] = {}
+    yield made
+    if "server" in made:
+        made["server"].stop()
+    if "pebble" in made:
+        made["pebble"].stop()
+
+
+def _start(world: dict[str, Any], tmp: Path, lab: DNSLab, challenges: list[str],
+           protocols: list[str], validity: int) -> tuple[Pebble, Server]:
+    ports = {p: free_port() for p in protocols}
+    pebble = Pebble(tmp, lab, ports.get("http", free_port()), ports.get("https", free_port()),
+                    validity)
+    world["pebble"] = pebble
+    server = Server(tmp, lab, pebble, challenges, ports)
+    world["server"] = server
+    return pebble, server
+
+
+def test_tls_alpn_01_certificates_for_every_name_and_renewal_keeps_the_key(
+        world: dict[str, Any], tmp_path: Path, lab: DNSLab) -> None:
+    """Only TLS-ALPN-01 and no http listener: mxd gets certificates for the host, mta-sts.
+    and autoconfig. names for both host keys, serves each by SNI, and after pebble's short
+    lifetime runs 2/3 out it has renewed them — on the same public keys."""
+    pebble, server = _start(world, tmp_path, lab, ["tls-alpn-01"], ["https", "smtp"],
+                            validity=12)
+    files = [server.cert_file(n, k.kind.value) for n in NAMES for k in server.keys]
+    server.wait_for(files, 60, pebble)
+    root = pebble.root()
+    spki = {k.kind.value: k.spki_sha256 for k in server.keys}
+    for name in NAMES:
+        for k in server.keys:
+            leaf = _leaf(server.cert_file(name, k.kind.value))
+            assert spki_sha256_of_cert(leaf) == spki[k.kind.value]
+            assert leaf.issuer != leaf.subject
+        (served,) = _served(server.ports["https"], name, root)
+        names = served.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        assert names.value.get_values_for_type(x509.DNSName) == [name]
+        assert spki_sha256_of_cert(served) in spki.values()
+    assert "http-01" not in pebble.output().lower().replace("tls-alpn-01", "")
+    assert "answering ACME TLS-ALPN-01 validation for mta-sts.example.test" in server.log()
+    # The mail listeners present the same ACME certificates (SNI on STARTTLS).
+    ctx = ssl.create_default_context(cadata=root.public_bytes(serialization.Encoding.PEM)
+                                     .decode())
+    ctx.check_hostname = False  # smtplib would check "127.0.0.1"; the name is checked below
+    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=10) as smtp:
+        smtp._host = "mx.example.test"  # the SNI smtplib sends
+        smtp.starttls(context=ctx)
+        leaf = x509.load_der_x509_certificate(smtp.sock.getpeercert(binary_form=True))
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert sans.value.get_values_for_type(x509.DNSName) == ["mx.example.test"]
+    assert spki_sha256_of_cert(leaf) in spki.values()
+    # Renewal at 2/3 of 12 s: new serials, same keys, the old certificate served until then.
+    first = {p: _leaf(p).serial_number for p in files}
+    mx = server.cert_file("mx.example.test", "ecdsap256")
+    server.wait_for([mx], 60, pebble, newer_than=first)
+    renewed = _leaf(mx)
+    assert renewed.serial_number != first[mx]
+    assert spki_sha256_of_cert(renewed) == spki["ecdsap256"]
+    (served,) = _served(server.ports["https"], "mx.example.test", root)
+    assert spki_sha256_of_cert(served) in spki.values()
+    assert "ACME: new certificate for mx.example.test (ecdsap256)" in server.log()
+
+
+def test_http_01_certificates(world: dict[str, Any], tmp_path: Path, lab: DNSLab) -> None:
+    """Only HTTP-01: pebble fetches the key authorizations from mxd's http listener."""
+    pebble, server = _start(world, tmp_path, lab, ["http-01"], ["https", "http"],
+                            validity=3600)
+    files = [server.cert_file(n, k.kind.value) for n in NAMES[:2] for k in server.keys]
+    server.wait_for(files, 60, pebble)
+    assert "answered ACME HTTP-01 challenge for mta-sts.example.test" in server.log()
+    root = pebble.root()
+    (served,) = _served(server.ports["https"], "mta-sts.example.test", root)
+    assert spki_sha256_of_cert(served) in {k.spki_sha256 for k in server.keys}
+    account = json.loads((tmp_path / "data" / "acme" / "account.json").read_text())
+    assert account["uri"].startswith(f"https://127.0.0.1:{pebble.port}/")
+    records = subprocess.run([str(VENV_BIN / "mxd"), "dns", "records", "example.test",
+                              "--config", str(server.config)], capture_output=True,
+                             text=True, timeout=60)
+    assert f'accounturi={account["uri"]}' in records.stdout, records.stderr
+
+
+def test_ca_down_keeps_the_self_signed_certificate_and_retries(
+        world: dict[str, Any], tmp_path: Path, lab: DNSLab) -> None:
+    """With the CA unreachable mxd still serves (self-signed on the host key), logs what
+    went wrong and retries with back-off."""
+    pebble, server = _start(world, tmp_path, lab, ["tls-alpn-01"], ["https"], validity=3600)
+    pebble.stop()
+    deadline = time.monotonic() + 30
+    while "retry 2 in" not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    log = server.log()
+    assert "is the CA reachable?" in log and "self-signed certificate stays in use" in log, log
+    assert "retry 2 in" in log
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", server.ports["https"]), 10) as s, \
+            ctx.wrap_socket(s, server_hostname="mx.example.test") as t:
+        served = x509.load_der_x509_certificate(t.getpeercert(binary_form=True))
+    assert served.issuer == served.subject
+    assert spki_sha256_of_cert(served) in {k.spki_sha256 for k in server.keys}
