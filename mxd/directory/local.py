@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
@@ -119,7 +119,7 @@ class LocalDirectory:
             normalised = [self._own_address(a) for a in addresses]
             d = self._derive(password)
         except MxdError as e:
-            return _failed(e)
+            return fail(e)
         return d.addCallback(lambda s: self.store.add_account(name, s.to_text(), normalised))
 
     def set_password(self, name: str, password: str) -> Deferred[None]:
@@ -127,7 +127,7 @@ class LocalDirectory:
         try:
             d = self._derive(password)
         except MxdError as e:
-            return _failed(e)
+            return fail(e)
         return d.addCallback(lambda s: self.store.set_secrets(name, s.to_text()))
 
     def delete_account(self, name: str) -> Deferred[None]:
@@ -143,14 +143,14 @@ class LocalDirectory:
         try:
             norm = self._own_address(address)
         except MxdError as e:
-            return _failed(e)
+            return fail(e)
         return self.store.add_address(name, norm)
 
     def remove_address(self, address: str) -> Deferred[None]:
         try:
             norm = normalize_address(address)
         except InvalidAddress as e:
-            return _failed(e)
+            return fail(e)
         return self.store.remove_address(norm)
 
     def _own_address(self, address: str) -> str:
@@ -255,12 +255,6 @@ class LocalDirectory:
             return norm in owned or base in owned
 
         return self.store.get_account(account_name).addCallback(check)
-
-
-def _failed(e: BaseException) -> Deferred[Any]:
-    d: Deferred[Any] = Deferred()
-    d.errback(e)
-    return d
 
 
 __all__ = [

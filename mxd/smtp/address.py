@@ -15,6 +15,7 @@ import attrs
 import idna
 
 from mxd.errors import MxdError
+from mxd.smtp import xtext
 
 # RFC 5321 §4.5.3.1.1-3
 MAX_LOCAL_PART = 64
@@ -272,34 +273,15 @@ def parse_rcpt_argument(arg: str) -> RcptArgument:
 
 # -- RFC 3461 §4 xtext ---------------------------------------------------------------
 
-_XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*\Z")
-
-
 def decode_xtext(text: str) -> str:
     """Decode RFC 3461 §4 xtext (``+HH`` hex escapes); AddressError when malformed."""
-    if not _XTEXT.match(text):
-        raise AddressError("invalid xtext")
-    out = bytearray()
-    i = 0
-    while i < len(text):
-        if text[i] == "+":
-            out.append(int(text[i + 1 : i + 3], 16))
-            i += 3
-        else:
-            out.append(ord(text[i]))
-            i += 1
-    return out.decode("utf-8", errors="replace")
+    try:
+        return xtext.decode(text)
+    except xtext.XtextError as e:
+        raise AddressError(str(e)) from None
 
 
-def encode_xtext(text: str) -> str:
-    """Encode text as RFC 3461 §4 xtext (UTF-8 octets outside 33..126, '+', '=' escaped)."""
-    out = []
-    for b in text.encode("utf-8"):
-        if 33 <= b <= 126 and b not in (0x2B, 0x3D):
-            out.append(chr(b))
-        else:
-            out.append(f"+{b:02X}")
-    return "".join(out)
+encode_xtext = xtext.encode
 
 
 _NOTIFY_VALUES = frozenset({"SUCCESS", "FAILURE", "DELAY"})

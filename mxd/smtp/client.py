@@ -28,20 +28,44 @@ Choices made here:
 from __future__ import annotations
 
 import base64
-import enum
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, BinaryIO, Protocol
 
 import attrs
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
-from mxd.errors import MxdError
-from mxd.tlsrpt.results import CheckResult, PolicyType, ResultType, TLSAttempt
+from mxd.smtp import xtext
+from mxd.smtp.clientdata import BodyProducer, DataEncoder
+from mxd.smtp.clientvalues import (
+    POLICY_NAMES,
+    ClientAuth,
+    ClientMessage,
+    ClientRecipient,
+    ClientSettings,
+    RecipientResult,
+    Reply,
+    SMTPAuthError,
+    SMTPClientError,
+    SMTPConnectionError,
+    SMTPLocalError,
+    SMTPNoAnswerError,
+    SMTPProtocolError,
+    SMTPReplyError,
+    SMTPTimeoutError,
+    SMTPTLSError,
+    TLSConnectionInfo,
+    TLSMode,
+    TLSPolicy,
+    TLSResult,
+    TLSVerifier,
+    TransactionResult,
+)
+from mxd.tlsrpt.results import ResultType
 
 log = Logger()
 
@@ -58,292 +82,6 @@ class DelayedCall(Protocol):
 _REPLY_RE = re.compile(rb"^([2-5][0-9][0-9])(?:([ -])(.*))?$", re.S)
 _ENHANCED_RE = re.compile(r"^([245]\.[0-9]{1,3}\.[0-9]{1,3})(?: |$)")
 
-
-# -- errors ------------------------------------------------------------------------------
-
-
-class SMTPClientError(MxdError):
-    """Base of the SMTP client's errors; ``permanent`` decides bounce or retry."""
-
-    permanent = False
-    enhanced = "4.4.2"  # RFC 3463: bad connection
-
-    def __str__(self) -> str:
-        return super().__str__() or self.__class__.__name__
-
-
-class SMTPConnectionError(SMTPClientError):
-    """The connection failed or was lost."""
-
-
-class SMTPNoAnswerError(SMTPConnectionError):
-    """The connection attempt was not answered (refused, unreachable, connect timeout)."""
-
-    enhanced = "4.4.1"  # RFC 3463 §3.5: no answer from host
-
-
-class SMTPTimeoutError(SMTPConnectionError):
-    """The peer did not answer within the RFC 5321 §4.5.3.2 timeout."""
-
-    enhanced = "4.4.2"
-
-
-class SMTPProtocolError(SMTPConnectionError):
-    """The peer sent something that is not an SMTP reply."""
-
-    enhanced = "4.5.0"
-
-
-class SMTPTLSError(SMTPClientError):
-    """STARTTLS was required but not offered, failed, or the peer was not verified.
-
-    ``result_type`` uses RFC 8460 §4.3's words (starttls-not-supported,
-    certificate-not-trusted, validation-failure, ...).
-    """
-
-    enhanced = "4.7.5"  # RFC 3463: cryptographic failure
-
-    def __init__(self, message: str,
-                 result_type: ResultType = ResultType.VALIDATION_FAILURE) -> None:
-        super().__init__(message)
-        self.result_type = result_type
-
-
-class SMTPReplyError(SMTPClientError):
-    """The peer answered a command with an error reply."""
-
-    def __init__(self, code: int, enhanced: str | None, lines: Sequence[str],
-                 permanent: bool | None = None, command: str = "") -> None:
-        self.code = code
-        self.enhanced = enhanced or ("5.0.0" if code >= 500 else "4.0.0")
-        self.lines = tuple(lines)
-        self.permanent = code >= 500 if permanent is None else permanent
-        self.command = command
-        super().__init__(f"{code} {self.enhanced} {' '.join(self.lines)}".strip())
-
-    @classmethod
-    def from_reply(cls, reply: Reply, command: str = "") -> SMTPReplyError:
-        return cls(reply.code, reply.enhanced, reply.lines, reply.code >= 500, command)
-
-
-class SMTPLocalError(SMTPReplyError):
-    """A failure decided on our side (e.g. 8-bit body to a 7-bit peer), in reply form."""
-
-
-class SMTPAuthError(SMTPReplyError):
-    """Authentication failed or no usable mechanism."""
-
-
-# -- values ------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class Reply:
-    code: int
-    lines: tuple[str, ...]
-    enhanced: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        """A positive completion (RFC 5321 §4.2.1: 2yz); 354 and 334 are checked by code."""
-        return 200 <= self.code < 300
-
-    @property
-    def permanent(self) -> bool:
-        return self.code >= 500
-
-    @property
-    def text(self) -> str:
-        """The reply as one line, for logs and DSN Diagnostic-Code fields."""
-        first = " ".join(self.lines)
-        return f"{self.code} {first}".strip()
-
-
-class TLSMode(enum.StrEnum):
-    NONE = "none"  # never STARTTLS (tests, or after a failed opportunistic attempt)
-    OPPORTUNISTIC = "opportunistic"  # STARTTLS when offered, no verification (RFC 7435)
-    REQUIRED = "required"  # STARTTLS must succeed; the certificate is not checked
-    VERIFIED = "verified"  # STARTTLS must succeed and the policy's verification pass
-
-
-@attrs.frozen
-class TLSConnectionInfo:
-    """What ``TLSPolicy.verify`` sees after the handshake."""
-
-    version: str | None
-    cipher: str | None
-    peer_chain: tuple[Any, ...]  # cryptography x509.Certificate, leaf first
-    server_name: str
-
-
-class TLSVerifier(Protocol):
-    """A TLS policy's judgement of one connection (``mxd.queue.tlspolicy`` for DANE and
-    MTA-STS) and its TLS report record (RFC 8460 §4.4)."""
-
-    def verify(self, info: TLSConnectionInfo) -> CheckResult:
-        """The verdict on the peer, after the handshake."""
-
-    def attempt(self, result: TLSResult, now: float, *, sending_ip: str | None,
-                receiving_ip: str | None, helo: str | None) -> TLSAttempt:
-        """The RFC 8460 record of a session made under this policy."""
-
-    def overridden(self, result: TLSResult) -> bool:
-        """Whether a verification failure was ignored (``TLS-Required: No``, RFC 8689 §5)."""
-
-
-@attrs.frozen
-class TLSPolicy:
-    """How one connection uses TLS (chosen per attempt by the queue: DANE, MTA-STS).
-
-    ``client_options`` is what ``ITLSTransport.startTLS`` gets: an OpenSSL context factory
-    or connection creator; for VERIFIED it should itself verify (e.g. WebPKI), or the
-    ``verifier`` checks the chain (DANE, MTA-STS).  ``policy_type``/``policy_domain`` are
-    recorded in the TLS result (RFC 8460 §4.4).
-    """
-
-    mode: TLSMode = TLSMode.OPPORTUNISTIC
-    client_options: Any = None
-    verifier: TLSVerifier | None = attrs.field(default=None, eq=False)
-    policy_type: PolicyType = PolicyType.NO_POLICY_FOUND
-    policy_domain: str = ""
-
-
-@attrs.frozen
-class TLSResult:
-    """The outcome of one connection's TLS, for logs, the attempts log and TLSRPT."""
-
-    policy_type: PolicyType
-    policy_domain: str
-    mode: TLSMode
-    used: bool
-    verified: bool = False
-    version: str | None = None
-    cipher: str | None = None
-    failure: ResultType | None = None  # RFC 8460 §4.3
-    detail: str = ""  # the failure's reason in words
-
-
-_POLICY_NAMES = {PolicyType.TLSA: "DANE", PolicyType.STS: "MTA-STS"}
-
-
-@attrs.frozen
-class ClientRecipient:
-    address: str
-    notify: frozenset[str] | None = None
-    orcpt: str | None = None
-
-
-@attrs.frozen
-class ClientMessage:
-    mail_from: str
-    recipients: tuple[ClientRecipient, ...]
-    size: int = 0
-    body: str = "7BIT"  # "7BIT" | "8BITMIME" | "BINARYMIME"
-    smtputf8: bool = False
-    ret: str | None = None
-    envid: str | None = None
-    requiretls: bool = False
-
-
-@attrs.frozen
-class RecipientResult:
-    address: str
-    reply: Reply
-    at_rcpt: bool = False  # the reply is the one to RCPT (refused before the data)
-
-    @property
-    def delivered(self) -> bool:
-        return self.reply.ok
-
-    @property
-    def permanent(self) -> bool:
-        """Whether the failure is final.  RFC 5321 §4.5.3.1.10: a 552 to RCPT ("too many
-        recipients", RFC 821's code for 452) is treated as temporary."""
-        if self.at_rcpt and self.reply.code == 552:
-            return False
-        return self.reply.permanent
-
-
-@attrs.frozen
-class TransactionResult:
-    recipients: tuple[RecipientResult, ...]
-    data_reply: Reply | None
-
-
-@attrs.frozen
-class ClientAuth:
-    """Credentials for AUTH (submission transports); the mechanism comes from mxd.sasl."""
-
-    username: str
-    password: str
-    allowed_mechanisms: tuple[str, ...] | None = None
-    allow_plaintext: bool = False  # send credentials without TLS (tests, loopback relays)
-
-
-@attrs.frozen
-class ClientSettings:
-    """RFC 5321 §4.5.3.2 timeouts (seconds) and behaviour switches."""
-
-    helo_name: str = "localhost"
-    greeting_timeout: float = 300.0
-    ehlo_timeout: float = 300.0
-    mail_timeout: float = 300.0
-    rcpt_timeout: float = 300.0
-    data_init_timeout: float = 120.0
-    data_block_timeout: float = 180.0
-    data_end_timeout: float = 600.0
-    use_chunking: bool = True
-    chunk_size: int = 1 << 20
-    max_reply_line: int = 4096
-
-
-def xtext_encode(text: str) -> str:
-    """RFC 3461 §4: '+', '=' and characters outside '!'..'~' become '+XX'."""
-    out = []
-    for b in text.encode("utf-8"):
-        out.append(chr(b) if 33 <= b <= 126 and b not in (43, 61) else f"+{b:02X}")
-    return "".join(out)
-
-
-class DataEncoder:
-    """Streaming CRLF normalisation and dot-stuffing for DATA (RFC 5321 §4.5.2)."""
-
-    def __init__(self, dot_stuff: bool = True) -> None:
-        self._bol = True
-        self._cr = False
-        self._dot_stuff = dot_stuff
-
-    def encode(self, chunk: bytes) -> bytes:
-        if self._cr:
-            chunk = b"\r" + chunk
-            self._cr = False
-        if chunk.endswith(b"\r"):
-            chunk = chunk[:-1]
-            self._cr = True
-        if not chunk:
-            return b""
-        data = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        if self._dot_stuff:
-            data = data.replace(b"\n.", b"\n..")
-            if self._bol and data.startswith(b"."):
-                data = b"." + data
-        self._bol = data.endswith(b"\n")
-        return data.replace(b"\n", b"\r\n")
-
-    def finish(self) -> bytes:
-        """The rest: a pending CR as CRLF, a final CRLF if the body lacked one."""
-        out = b""
-        if self._cr:
-            out = b"\r\n"
-            self._cr = False
-            self._bol = True
-        if not self._bol:
-            out += b"\r\n"
-            self._bol = True
-        return out
-
-
-# Mechanisms that send the password itself (RFC 4616 PLAIN, LOGIN): never without TLS.
 _CLEARTEXT_MECHS = frozenset({"PLAIN", "LOGIN"})
 
 
@@ -503,9 +241,9 @@ class SMTPClient(LineOnlyReceiver):
     def _expect(self, timeout: float, what: str) -> Deferred[Reply]:
         """A Deferred for the next reply; errbacks with SMTPTimeoutError after ``timeout``."""
         if self._replies:
-            return _succeed(self._replies.pop(0))
+            return succeed(self._replies.pop(0))
         if self._lost is not None:
-            return _failed(self._lost)
+            return fail(self._lost)
         d: Deferred[Reply] = Deferred()
         entry: list[Any] = [d, None]
 
@@ -635,7 +373,7 @@ class SMTPClient(LineOnlyReceiver):
                 if policy.mode is TLSMode.VERIFIED:
                     # The policy and the reason, for the queue, the admin and DSNs
                     # (as Postfix says "no matching DANE TLSA records").
-                    what = _POLICY_NAMES.get(policy.policy_type, "TLS")
+                    what = POLICY_NAMES.get(policy.policy_type, "TLS")
                     raise SMTPTLSError(f"{self.server_name}: {what} verification failed: "
                                        f"{check.detail or failure.value} ({failure.value})",
                                        failure)
@@ -762,7 +500,7 @@ class SMTPClient(LineOnlyReceiver):
             if m.ret:
                 params.append(f"RET={m.ret.upper()}")
             if m.envid:
-                params.append(f"ENVID={xtext_encode(m.envid)}")
+                params.append(f"ENVID={xtext.encode(m.envid)}")
         return " ".join([f"MAIL FROM:<{m.mail_from}>", *params])
 
     def _rcpt_line(self, r: ClientRecipient) -> str:
@@ -860,7 +598,7 @@ class SMTPClient(LineOnlyReceiver):
 
     async def _data(self, body: BinaryIO) -> Reply:
         encoder = DataEncoder()
-        producer = _BodyProducer(body, self._t, encoder.encode, self.clock,
+        producer = BodyProducer(body, self._t, encoder.encode, self.clock,
                                  self.settings.data_block_timeout, self._stall)
         try:
             await producer.start()
@@ -917,92 +655,29 @@ class SMTPClient(LineOnlyReceiver):
         return ensureDeferred(run())
 
 
-class _BodyProducer:
-    """Streams a file to the transport as a push producer (RFC 5321 §4.5.3.2.5 timeout).
-
-    A push producer, not a pull one: Twisted's TLS layer turns pull producers into push
-    ones with the global cooperator, which library code must not depend on.
-    """
-
-    chunk_size = 1 << 16
-
-    def __init__(self, body: BinaryIO, transport: Any, transform: Callable[[bytes], bytes],
-                 clock: IReactorTime, timeout: float, on_stall: Callable[[], None]) -> None:
-        self.body = body
-        self.transport = transport
-        self.transform = transform
-        self.clock = clock
-        self.timeout = timeout
-        self.on_stall = on_stall
-        self.done: Deferred[None] = Deferred()
-        self._paused = False
-        self._producing = False
-        self._finished = False
-        self._watchdog: Any = None
-
-    def start(self) -> Deferred[None]:
-        self._watchdog = self.clock.callLater(self.timeout, self._stalled)
-        self.transport.registerProducer(self, True)
-        self._produce()
-        return self.done
-
-    def _produce(self) -> None:
-        if self._producing:
-            return
-        self._producing = True
-        try:
-            while not self._paused and not self._finished:
-                try:
-                    chunk = self.body.read(self.chunk_size)
-                except OSError as e:
-                    self._finish(e)
-                    return
-                if not chunk:
-                    self._finish(None)
-                    return
-                self.transport.write(self.transform(chunk))
-                if self._watchdog is not None and self._watchdog.active():
-                    self._watchdog.reset(self.timeout)
-        finally:
-            self._producing = False
-
-    def _finish(self, error: Exception | None) -> None:
-        if self._finished:
-            return
-        self._finished = True
-        if self._watchdog is not None and self._watchdog.active():
-            self._watchdog.cancel()
-        try:
-            self.transport.unregisterProducer()
-        except RuntimeError:
-            pass
-        if error is None:
-            self.done.callback(None)
-        else:
-            self.done.errback(error)
-
-    def _stalled(self) -> None:
-        self._finish(SMTPTimeoutError("the peer stopped taking the message data"))
-        self.on_stall()
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        self._produce()
-
-    def stopProducing(self) -> None:
-        self._finish(SMTPConnectionError("connection lost while sending the message"))
-
-
-def _succeed(value: Reply) -> Deferred[Reply]:
-    d: Deferred[Reply] = Deferred()
-    d.callback(value)
-    return d
-
-
-def _failed(f: Failure) -> Deferred[Reply]:
-    d: Deferred[Reply] = Deferred()
-    d.errback(f)
-    return d
+__all__ = [
+    "ClientAuth",
+    "ClientMessage",
+    "ClientRecipient",
+    "ClientSettings",
+    "DataEncoder",
+    "RecipientResult",
+    "Reply",
+    "SMTPAuthError",
+    "SMTPClient",
+    "SMTPClientError",
+    "SMTPConnectionError",
+    "SMTPLocalError",
+    "SMTPNoAnswerError",
+    "SMTPProtocolError",
+    "SMTPReplyError",
+    "SMTPTLSError",
+    "SMTPTimeoutError",
+    "TLSConnectionInfo",
+    "TLSMode",
+    "TLSPolicy",
+    "TLSResult",
+    "TLSVerifier",
+    "TransactionResult",
+    "choose_auth_mechanism",
+]

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 import attrs
 
 from mxd.errors import MxdError
+from mxd.smtp import xtext
 
 # A returned message larger than this is returned as headers only (RFC 3461 §4.3 lets an
 # MTA truncate the returned content).
@@ -88,25 +89,6 @@ class ReportContext:
     give_up_at: float | None = None
 
 
-def xtext_decode(text: str) -> str:
-    """RFC 3461 §4: "+XX" hex escapes; a malformed escape is kept as is."""
-    out: list[str] = []
-    i = 0
-    while i < len(text):
-        c = text[i]
-        if c == "+" and _ishex(text[i + 1 : i + 3]):
-            out.append(chr(int(text[i + 1 : i + 3], 16)))
-            i += 3
-        else:
-            out.append(c)
-            i += 1
-    return "".join(out)
-
-
-def _ishex(s: str) -> bool:
-    return len(s) == 2 and all(c in "0123456789ABCDEFabcdef" for c in s)
-
-
 def _clean(value: str) -> str:
     """Field values must not break the header structure."""
     return " ".join(value.replace("\r", " ").replace("\n", " ").split())
@@ -123,8 +105,8 @@ def _address_field(address: str, smtputf8: bool) -> str:
 def _original_recipient(orcpt: str, smtputf8: bool) -> str:
     addr_type, _sep, value = orcpt.partition(";")
     if not _sep:
-        return f"rfc822;{_clean(xtext_decode(orcpt))}"
-    decoded = xtext_decode(value)
+        return f"rfc822;{_clean(xtext.decode_lenient(orcpt))}"
+    decoded = xtext.decode_lenient(value)
     if addr_type.strip().lower() == "utf-8" or not decoded.isascii():
         return f"utf-8;{_clean(decoded)}" if smtputf8 else f"{addr_type.strip()};{_clean(value)}"
     return f"{addr_type.strip()};{_clean(decoded)}"

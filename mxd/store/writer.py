@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -137,9 +137,7 @@ class Writer:
     def stop(self, finish: Callable[[sqlite3.Connection], None] | None = None) -> Deferred[None]:
         """Refuse new work, let queued work finish, close the connection, stop the thread."""
         if self._closed:
-            d: Deferred[None] = Deferred()
-            d.callback(None)
-            return d
+            return succeed(None)
         self._closed = True
 
         def _close_conn() -> None:

@@ -14,6 +14,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
+from mxd.smtp import xtext
 from mxd.smtp.client import (
     ClientMessage,
     ClientRecipient,
@@ -27,7 +28,6 @@ from mxd.smtp.client import (
     TLSMode,
     TLSPolicy,
     TransactionResult,
-    xtext_encode,
 )
 
 EHLO_FULL = (b"250-mx.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n"
@@ -256,8 +256,8 @@ def test_connection_lost_fails_pending_commands() -> None:
 
 def test_xtext_encoding() -> None:
     """RFC 3461 §4 xtext escapes '+', '=', space and non-ASCII."""
-    assert xtext_encode("a+b=c d") == "a+2Bb+3Dc+20d"
-    assert xtext_encode("é") == "+C3+A9"
+    assert xtext.encode("a+b=c d") == "a+2Bb+3Dc+20d"
+    assert xtext.encode("é") == "+C3+A9"
 
 
 def _decode_data(wire: bytes) -> bytes:
