@@ -175,6 +175,33 @@ def test_owner_keeps_working_during_distributed_guessing(server: MxdServer) -> N
     assert _limited(reply), reply
 
 
+@pytest.mark.parametrize("server", ["ip_free_failures = 3\n"], indirect=True)
+def test_smtp_auth_shares_the_limiter(server: MxdServer) -> None:
+    """SMTP AUTH on submission is limited the same way: after the free failures from one
+    address, guesses get 454 4.7.0 without a check, while that address's own account
+    (logged in before) still gets 235."""
+    def auth(s: smtplib.SMTP, user: str, password: str) -> int:
+        token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+        code, _ = s.docmd("AUTH", "PLAIN " + token)
+        return code
+
+    def session() -> smtplib.SMTP:
+        s = smtplib.SMTP(timeout=30, source_address=("127.0.9.2", 0))
+        s.connect("127.0.0.1", server.ports["submission"])
+        s.ehlo("client.example.net")
+        return s
+
+    with session() as s:
+        assert auth(s, server.user, server.password) == 235
+    codes = []
+    for i in range(8):
+        with session() as s:
+            codes.append(auth(s, f"victim{i}@example.test", "guess"))
+    assert codes[:4] == [535] * 4 and set(codes[5:]) == {454}, codes
+    with session() as s:
+        assert auth(s, server.user, server.password) == 235
+
+
 # -- enumeration ------------------------------------------------------------------------
 
 
