@@ -41,9 +41,19 @@ def require_module(name: str):  # type: ignore[no-untyped-def]
         pytest.skip(msg)
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on loopback right now (bind to 0 and release)."""
+    """A TCP port free on loopback right now (bind to 0 and release), never one this
+    process was given before: the kernel may hand a just-released port out again, and
+    two listeners of one test server must not get the same port."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    for _ in range(100):
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no fresh free port")
