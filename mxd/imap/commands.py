@@ -25,6 +25,7 @@ from mxd.imap.dispatch import (
     bad,
     no,
     ok,
+    store_error_reply,
 )
 from mxd.imap.errors import ParseError
 from mxd.imap.fetch import do_fetch, resolve
@@ -518,8 +519,7 @@ async def cmd_append(s: IMAPSession, cmd: Command) -> Reply:
             return no("Quota exceeded", "OVERQUOTA")
         except StoreError as e:
             blob = None
-            log.error("imap append failed: {error}", error=str(e))
-            return no("Cannot store the message", "SERVERBUG")
+            return store_error_reply(e)  # a flag the store refuses is the client's mistake
         blob = None
         s.note_appended(size)
         if s.view is not None and s.view.info.id == box.id:

@@ -13,10 +13,25 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import attrs
+from twisted.logger import Logger
+
+from mxd.store.interfaces import (
+    CannotDeleteInbox,
+    InvalidFlag,
+    InvalidMailboxName,
+    MailboxExists,
+    MailboxHasChildren,
+    NoSuchMailbox,
+    QuotaExceeded,
+    StoreError,
+)
 
 if TYPE_CHECKING:
     from mxd.imap.server import IMAPSession
     from mxd.imap.values import Command
+
+
+log = Logger()
 
 
 class State(enum.StrEnum):
@@ -70,3 +85,26 @@ ANY = frozenset({State.NOT_AUTHENTICATED, State.AUTHENTICATED, State.SELECTED})
 NOT_AUTH = frozenset({State.NOT_AUTHENTICATED})
 AUTH = frozenset({State.AUTHENTICATED, State.SELECTED})
 SELECTED = frozenset({State.SELECTED})
+
+
+def store_error_reply(e: StoreError) -> Reply:
+    """A store error as a tagged NO with an RFC 5530 response code.
+
+    Errors the client caused (a name or flag the store refuses) are answered and not
+    logged as faults; only an unexpected store error is logged at error level."""
+    if isinstance(e, NoSuchMailbox):
+        return no("Mailbox does not exist", "NONEXISTENT")
+    if isinstance(e, MailboxExists):
+        return no("Mailbox already exists", "ALREADYEXISTS")
+    if isinstance(e, QuotaExceeded):
+        return no("Quota exceeded", "OVERQUOTA")
+    if isinstance(e, MailboxHasChildren):
+        return no("Mailbox has inferior mailboxes", "HASCHILDREN")
+    if isinstance(e, CannotDeleteInbox):
+        return no("INBOX cannot be deleted", "CANNOT")
+    if isinstance(e, InvalidMailboxName):
+        return no(f"Invalid mailbox name: {e}", "CANNOT")
+    if isinstance(e, InvalidFlag):
+        return no(f"Invalid flag: {e}", "CANNOT")
+    log.error("imap store error: {error}", error=str(e))
+    return no("The operation failed", "SERVERBUG")

@@ -42,7 +42,16 @@ from twisted.python.failure import Failure as TwFailure
 from zope.interface import implementer
 
 from mxd.imap.commands import COMMANDS, SYSTEM_FLAGS
-from mxd.imap.dispatch import CommandDetached, CommandSpec, Reply, State, bad, no, ok
+from mxd.imap.dispatch import (
+    CommandDetached,
+    CommandSpec,
+    Reply,
+    State,
+    bad,
+    no,
+    ok,
+    store_error_reply,
+)
 from mxd.imap.errors import BadSequence, FramingError, ParseError
 from mxd.imap.framer import (
     Framer,
@@ -70,17 +79,10 @@ from mxd.sasl.api import (
 from mxd.sasl.api import Failure as SASLFailure
 from mxd.store.interfaces import (
     Account,
-    CannotDeleteInbox,
     IAccountStore,
     IMailStore,
-    InvalidFlag,
-    InvalidMailboxName,
     MailboxChange,
-    MailboxExists,
-    MailboxHasChildren,
     MessageInfo,
-    NoSuchMailbox,
-    QuotaExceeded,
     StoreError,
 )
 from mxd.tls import handshake_failure
@@ -900,29 +902,6 @@ class RecentClaims:
         if max_uid > prev:
             self._claimed[mailbox_id] = max_uid
         return prev
-
-
-def store_error_reply(e: StoreError) -> Reply:
-    """A store error as a tagged NO with an RFC 5530 response code.
-
-    Errors the client caused (a name or flag the store refuses) are answered and not
-    logged as faults; only an unexpected store error is logged at error level."""
-    if isinstance(e, NoSuchMailbox):
-        return no("Mailbox does not exist", "NONEXISTENT")
-    if isinstance(e, MailboxExists):
-        return no("Mailbox already exists", "ALREADYEXISTS")
-    if isinstance(e, QuotaExceeded):
-        return no("Quota exceeded", "OVERQUOTA")
-    if isinstance(e, MailboxHasChildren):
-        return no("Mailbox has inferior mailboxes", "HASCHILDREN")
-    if isinstance(e, CannotDeleteInbox):
-        return no("INBOX cannot be deleted", "CANNOT")
-    if isinstance(e, InvalidMailboxName):
-        return no(f"Invalid mailbox name: {e}", "CANNOT")
-    if isinstance(e, InvalidFlag):
-        return no(f"Invalid flag: {e}", "CANNOT")
-    log.error("imap store error: {error}", error=str(e))
-    return no("The operation failed", "SERVERBUG")
 
 
 def _b64(line: bytes) -> bytes | None:
