@@ -108,6 +108,15 @@ STORE_MIGRATIONS: list[str] = [
         WHERE id = (SELECT account_id FROM mailboxes WHERE id = OLD.mailbox_id);
     END;
     """,
+    # 3: subscriptions that outlived their mailbox (RFC 3501 §6.3.6: a subscription is a
+    # name; RFC 5258 LIST (SUBSCRIBED) shows it \NonExistent).
+    """
+    CREATE TABLE orphan_subscriptions (
+        account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        PRIMARY KEY (account_id, name)
+    ) WITHOUT ROWID;
+    """,
 ]
 
 

@@ -92,6 +92,7 @@ from mxd.store.interfaces import (
     BlobWriter,
     CannotDeleteInbox,
     Delivery,
+    InvalidMailboxName,
     MailboxChange,
     MailboxExists,
     MailboxHasChildren,
@@ -662,7 +663,11 @@ class SQLiteStore:
             for parent in names.parents(name):  # RFC 3501 §6.3.3
                 if q.find_mailbox(conn, account_id, parent) is None:
                     q.create_one(conn, account_id, parent, None, subscribed=False)
-            mailbox_id = q.create_one(conn, account_id, name, special_use, subscribed=False)
+            # A subscription kept from a deleted mailbox of that name applies again.
+            orphan = conn.execute("DELETE FROM orphan_subscriptions WHERE account_id = ? "
+                                  "AND name = ?", (account_id, name)).rowcount
+            mailbox_id = q.create_one(conn, account_id, name, special_use,
+                                      subscribed=bool(orphan))
             row = conn.execute(q.MAILBOX_SELECT + " WHERE m.id = ?", (mailbox_id,)).fetchone()
             return q.mailbox_info(row)
 
@@ -681,6 +686,10 @@ class SQLiteStore:
                 (account_id, names.like_children(name))).fetchone()
             if child is not None:  # RFC 3501 §6.3.4
                 raise MailboxHasChildren(f"mailbox {name!r} has inferior mailboxes")
+            # RFC 3501 §6.3.6: deleting a mailbox does not unsubscribe its name.
+            conn.execute("INSERT OR IGNORE INTO orphan_subscriptions (account_id, name) "
+                         "SELECT account_id, name FROM mailboxes WHERE id = ? AND subscribed",
+                         (mailbox_id,))
             self._drop_mailbox(conn, ctx, mailbox_id)
 
         return self._writer.submit(op)
@@ -703,7 +712,7 @@ class SQLiteStore:
             if q.find_mailbox(conn, account_id, new) is not None:
                 raise MailboxExists(f"mailbox {new!r} exists")
             if names.is_inferior(new, old):
-                raise StoreError(f"cannot rename {old!r} to its own inferior {new!r}")
+                raise InvalidMailboxName(f"cannot rename {old!r} to its own inferior {new!r}")
             for parent in names.parents(new):
                 if q.find_mailbox(conn, account_id, parent) is None:
                     q.create_one(conn, account_id, parent, None, subscribed=False)
@@ -733,9 +742,24 @@ class SQLiteStore:
 
         def op(conn: sqlite3.Connection, ctx: OpContext) -> None:
             name = names.normalize_mailbox_name(mailbox_name)
+            if not subscribed and conn.execute(
+                    "DELETE FROM orphan_subscriptions WHERE account_id = ? AND name = ?",
+                    (account_id, name)).rowcount:
+                return  # the subscription of a deleted mailbox ends
             mailbox_id = q.mailbox_id(conn, account_id, name)
             conn.execute("UPDATE mailboxes SET subscribed = ? WHERE id = ?",
                          (int(subscribed), mailbox_id))
+
+        return self._writer.submit(op)
+
+    def list_subscriptions(self, account_id: int) -> Deferred[list[str]]:
+        """Subscribed names, including those whose mailbox was deleted (RFC 3501 §6.3.6)."""
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> list[str]:
+            rows = conn.execute(
+                "SELECT name FROM mailboxes WHERE account_id = ? AND subscribed UNION "
+                "SELECT name FROM orphan_subscriptions WHERE account_id = ? ORDER BY 1",
+                (account_id, account_id)).fetchall()
+            return [r[0] for r in rows]
 
         return self._writer.submit(op)
 

@@ -275,3 +275,19 @@ def test_fetch_of_a_message_expunged_elsewhere_whose_file_is_gone() -> None:
                       b"by another session\r\n"), r
     assert not [e for e in events if e.get("log_level") in (LogLevel.error, LogLevel.critical)]
     assert b"* 1 EXPUNGE" in c1.cmd("n NOOP")
+
+
+def test_list_subscribed_shows_deleted_mailboxes_nonexistent() -> None:
+    """RFC 5258 §3.1: LIST (SUBSCRIBED) lists a subscribed name whose mailbox is gone,
+    with \\NonExistent; LSUB shows it \\Noselect (the store lists such names)."""
+    from twisted.internet.defer import succeed
+
+    store, _ = make_store()
+    store.list_subscriptions = lambda account_id: succeed(["INBOX", "hc/gone"])  # type: ignore[attr-defined]
+    c = Conn(store)
+    c.login()
+    r = c.cmd('l LIST (SUBSCRIBED) "" "hc/*"')
+    assert r == b'* LIST (\\NonExistent \\Subscribed) "/" "hc/gone"\r\nl OK LIST completed\r\n', r
+    r = c.cmd('l LSUB "" "hc/*"')
+    assert r == b'* LSUB (\\Noselect) "/" "hc/gone"\r\nl OK LSUB completed\r\n', r
+    assert b"hc/gone" not in c.cmd('l LIST "" "*"')

@@ -170,3 +170,29 @@ def test_fetch_after_another_session_expunged(mxd_server_module: MxdServer) -> N
     for c in sessions:
         c.logout()
     assert _errors_in_log(server)[errors_before:] == []
+
+
+def test_list_extended_and_lsub_with_imaplib(imap: imaplib.IMAP4_SSL) -> None:
+    """RFC 5258 / RFC 3501 §6.3.9 cases against the real store."""
+    top = f"hc{time.monotonic_ns()}"
+    assert imap.create(f"{top}/a/b")[0] == "OK"
+    assert imap.create(f"{top}/gone")[0] == "OK"
+    for name in (f"{top}/a/b", f"{top}/gone"):
+        assert imap.subscribe(name)[0] == "OK"
+    assert imap.delete(f"{top}/gone")[0] == "OK"
+    typ, data = imap.lsub('""', f"{top}/%")
+    assert typ == "OK"
+    assert sorted(data) == sorted([f'(\\Noselect) "/" "{top}/a"'.encode(),
+                                   f'(\\Noselect) "/" "{top}/gone"'.encode()]), data
+    typ, data = imap._simple_command("LIST", '(SUBSCRIBED RECURSIVEMATCH)', '""', f"{top}/%",
+                                     "RETURN", "(CHILDREN)")
+    assert typ == "OK"
+    _, data = imap._untagged_response(typ, data, "LIST")
+    assert f'(\\HasChildren) "/" "{top}/a" ("CHILDINFO" ("SUBSCRIBED"))'.encode() in data, data
+    assert f'(\\NonExistent \\Subscribed) "/" "{top}/gone"'.encode() in data, data
+    typ, data = imap._simple_command("LIST", "(SUBSCRIBED)", '""', f"{top}/*")
+    _, data = imap._untagged_response(typ, data, "LIST")
+    assert f'(\\NonExistent \\Subscribed) "/" "{top}/gone"'.encode() in data, data
+    for options, pattern in (("(RECURSIVEMATCH)", '""'), ("(BOGUS)", "*")):
+        with pytest.raises(imaplib.IMAP4.error, match="BAD"):
+            imap._simple_command("LIST", options, '""', pattern)

@@ -16,6 +16,7 @@ from mxd.store.interfaces import (
     CannotDeleteInbox,
     Delivery,
     InvalidFlag,
+    InvalidMailboxName,
     MailboxChange,
     MailboxExists,
     MailboxHasChildren,
@@ -583,3 +584,28 @@ def test_held_body_outlives_its_last_reference(store: StoreHarness, data_dir: Pa
     s.release_blob(m.blob_id)
     store.run(s.get_usage(a))  # a writer round trip: the removal has run by then
     assert not s.blob_path(m.blob_id).exists()
+
+
+def test_subscription_outlives_its_mailbox(store: StoreHarness) -> None:
+    """RFC 3501 §6.3.6: DELETE does not unsubscribe; UNSUBSCRIBE ends it; a new mailbox
+    of the same name is subscribed again."""
+    a = _account(store)
+    s = store.store
+    store.run(s.create_mailbox(a, "hc/x"))
+    store.run(s.set_subscribed(a, "hc/x", True))
+    store.run(s.delete_mailbox(a, "hc/x"))
+    assert "hc/x" in store.run(s.list_subscriptions(a))
+    assert "hc/x" not in [b.name for b in store.run(s.list_mailboxes(a))]
+    store.run(s.create_mailbox(a, "hc/x"))
+    assert [b.subscribed for b in store.run(s.list_mailboxes(a)) if b.name == "hc/x"] == [True]
+    store.run(s.delete_mailbox(a, "hc/x"))
+    store.run(s.set_subscribed(a, "hc/x", False))
+    assert "hc/x" not in store.run(s.list_subscriptions(a))
+    assert isinstance(store.fail(s.set_subscribed(a, "hc/x", False)), NoSuchMailbox)
+
+
+def test_rename_to_own_inferior_is_a_name_error(store: StoreHarness) -> None:
+    a = _account(store)
+    s = store.store
+    store.run(s.create_mailbox(a, "P"))
+    assert isinstance(store.fail(s.rename_mailbox(a, "P", "P/Q")), InvalidMailboxName)
