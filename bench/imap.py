@@ -406,6 +406,8 @@ KEYS = [  # key, label, unit, better
     ("bodies_500", "500 full bodies", "s", "lower"),
     ("bodies_500_cpu", "500 full bodies, server CPU", "s", "lower"),
     ("select_total_s", "connect+LOGIN+SELECT, all connections", "s", "lower"),
+    ("select_login_s", "of which LOGIN commands", "s", "lower"),
+    ("select_only_s", "of which SELECT commands", "s", "lower"),
     ("select_pss_kib", "PSS per connection with INBOX selected", "KiB", "lower"),
     ("select_rss_kib", "RSS per connection with INBOX selected", "KiB", "lower"),
     ("pull_s", "mbsync pull, wall", "s", "lower"),
@@ -447,7 +449,8 @@ def run_round(server: MxdServer | DovecotServer, proc: subprocess.Popen[bytes], 
             sk.close()
         r.update(f)
         print(f"  {name}: {args.select_connections} connections LOGIN+SELECT INBOX: "
-              f"{f['select_total_s']:.2f}s; {f['select_pss_kib']:.0f} KiB PSS, "
+              f"{f['select_total_s']:.2f}s (LOGIN {f['select_login_s']:.2f}s, SELECT "
+              f"{f['select_only_s']:.2f}s); {f['select_pss_kib']:.0f} KiB PSS, "
               f"{f['select_rss_kib']:.0f} KiB RSS per connection")
     if "mbsync" in sections:
         f = wl.mbsync_runs(pid, port, ca, USER, PASSWORD, base / f"mbsync-{name}",

@@ -251,14 +251,17 @@ def select_idle(pid: int, port: int, ca: Path, user: str, password: str,
     before = memory_kib(pid)
     socks: list[socket.socket] = []
     t0 = time.perf_counter()
+    login_s = select_s = 0.0
     for _ in range(k):
         s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=300),
                             server_hostname="localhost")
         f = s.makefile("rb")
         f.readline()
+        t1 = time.perf_counter()
         s.sendall(b'L LOGIN "%s" "%s"\r\n' % (user.encode(), password.encode()))
         while not f.readline().startswith(b"L "):
             pass
+        t2 = time.perf_counter()
         s.sendall(b"S SELECT INBOX\r\n")
         while True:
             ln = f.readline()
@@ -266,11 +269,14 @@ def select_idle(pid: int, port: int, ca: Path, user: str, password: str,
                 if not ln.startswith(b"S OK"):
                     raise RuntimeError(ln.decode(errors="replace"))
                 break
+        select_s += time.perf_counter() - t2
+        login_s += t2 - t1
         socks.append(s)
     total = time.perf_counter() - t0
     time.sleep(1.0)
     after = memory_kib(pid)
-    return ({"select_total_s": total, "select_rss_kib": (after[0] - before[0]) / k,
+    return ({"select_total_s": total, "select_login_s": login_s, "select_only_s": select_s,
+             "select_rss_kib": (after[0] - before[0]) / k,
              "select_pss_kib": (after[1] - before[1]) / k}, socks)
 
 

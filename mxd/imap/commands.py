@@ -201,10 +201,12 @@ async def cmd_namespace(s: IMAPSession, cmd: Command) -> Reply:
     return ok("NAMESPACE completed")
 
 
-async def _get_mailbox(s: IMAPSession, name: str) -> MailboxInfo | None:
+async def _get_mailbox(s: IMAPSession, name: str, counts: bool = False) -> MailboxInfo | None:
+    """The mailbox, or None; ``counts``: with its message, unseen and size totals (STATUS
+    needs them; everything else only names or identifies the mailbox)."""
     assert s.account is not None
     try:
-        return await s.store.get_mailbox(s.account.id, name)
+        return await s.store.get_mailbox(s.account.id, name, counts=counts)
     except NoSuchMailbox:
         return None
 
@@ -481,7 +483,7 @@ async def cmd_status(s: IMAPSession, cmd: Command) -> Reply:
     for it in args.items:
         if it not in _STATUS_ITEMS or it == "DELETED":
             return bad(f"Unknown STATUS item {it}")
-    box = await _get_mailbox(s, mailbox_name(s, args.mailbox))
+    box = await _get_mailbox(s, mailbox_name(s, args.mailbox), counts=True)
     if box is None:
         return no("Mailbox does not exist", "NONEXISTENT")
     if s.view is not None and s.view.info.id == box.id:

@@ -276,10 +276,12 @@ async def do_fetch(s: IMAPSession, cmd: Command) -> Reply:
     expunge_issued = False
     out = bytearray()  # responses not yet sent, written in batches of BATCH bytes
     try:
-        for uid in uids:
-            await s.breathe()
+        state = view.state
+        for k, uid in enumerate(uids):
+            if not k & 15:
+                await s.breathe()
             seq = view.seq_of(uid)
-            m = view.msgs.get(uid)
+            m = state.info(uid) if seq is not None else None
             if seq is None or m is None:
                 continue
             ld = _Loader(s, m)
@@ -305,7 +307,10 @@ async def do_fetch(s: IMAPSession, cmd: Command) -> Reply:
                 if uid in seen_set and "FLAGS" not in names:
                     segs.append(b" FLAGS " + response.flags(s.flags_of(m)))
                 segs.append(b")\r\n")
-                await _write(s, ld, segs, out)
+                if len(out) < BATCH and all(type(seg) is bytes for seg in segs):
+                    out += b"".join(segs)  # type: ignore[arg-type]
+                else:
+                    await _write(s, ld, segs, out)
             except UnknownCTEError:
                 return no("Unknown Content-Transfer-Encoding", "UNKNOWN-CTE")
             except (OSError, KeyError, StoreError) as e:

@@ -123,6 +123,7 @@ class MailboxState:
         self._flag_index: dict[frozenset[str], int] = {}
         self.modseq = 0  # the highest modseq merged from the store
         self.stale = True  # the store has changes not merged yet
+        self.loaded = False
         self._log: list[tuple[int, int]] = []  # (modseq, uid) of flag changes
         self._log_floor = 0  # changes at or below this may be missing from _log
         self._tombstones: set[int] | None = None  # expunged while a refresh is running
@@ -195,13 +196,17 @@ class MailboxState:
 
     def first_without(self, flag: str) -> int | None:
         """Index of the first message without ``flag`` (for ``OK [UNSEEN n]``)."""
-        lacking = {i for i, fs in enumerate(self._flagsets) if flag not in fs}
-        if not lacking:
-            return None
-        for i, fid in enumerate(self._flag_ids):
-            if fid in lacking:
-                return i
-        return None
+        first: int | None = None
+        for fid, fs in enumerate(self._flagsets):
+            if flag in fs:
+                continue
+            try:
+                i = self._flag_ids.index(fid)  # a scan in C
+            except ValueError:
+                continue
+            if first is None or i < first:
+                first = i
+        return first
 
     def changed_since(self, modseq: int) -> Iterator[int]:
         """UIDs of messages whose flags changed after ``modseq`` (may include some that
@@ -262,6 +267,7 @@ class MailboxState:
             if m.modseq > top:
                 top = m.modseq
         self.modseq = max(self.modseq, top)
+        self.loaded = True
         self._log = []
         self._log_floor = self.modseq
 
@@ -385,9 +391,9 @@ class MailboxStates:
             st.unsubscribe = store.subscribe(info.id, st.on_change)
         st.refs += 1
         try:
-            if st.modseq == 0 and st.stale:
+            if not st.loaded:
                 async with st.lock:
-                    if st.modseq == 0 and st.stale:
+                    if not st.loaded:
                         st.stale = False
                         tomb: set[int] = set()
                         st._tombstones = tomb
@@ -402,13 +408,6 @@ class MailboxStates:
             if info.highestmodseq > st.modseq:
                 st.stale = True
             await st.refresh(store)
-            if len(st) != info.exists and info.highestmodseq >= st.modseq:
-                # Changed behind our back (another process): start again from the store.
-                async with st.lock:
-                    rows = await store.list_messages(info.id)
-                    fresh = {m.uid for m in rows}
-                    st.remove([u for u in st.uids if u not in fresh])
-                    st.load(rows, info.highestmodseq)
         except BaseException:
             self.release(st)
             raise

@@ -256,7 +256,9 @@ class IMailStore(Protocol):
     # -- mailboxes --------------------------------------------------------------------
     def list_mailboxes(self, account_id: int) -> Deferred[list[MailboxInfo]]: ...
 
-    def get_mailbox(self, account_id: int, name: str) -> Deferred[MailboxInfo]: ...
+    def get_mailbox(self, account_id: int, name: str, counts: bool = True) -> Deferred[MailboxInfo]:
+        """Errbacks with NoSuchMailbox.  ``counts=False``: ``exists``, ``unseen`` and
+        ``size`` are not computed (0), which spares a backend a scan of the messages."""
 
     def create_mailbox(self, account_id: int, name: str, special_use: SpecialUse | None = None) -> Deferred[MailboxInfo]: ...
 

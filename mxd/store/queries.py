@@ -39,6 +39,12 @@ MAILBOX_SELECT = (
     "(SELECT coalesce(sum(size), 0) FROM messages WHERE mailbox_id = m.id) "
     "FROM mailboxes m"
 )
+# The same columns without the three scans of the mailbox's messages (exists, unseen and
+# size read as 0): for callers that need only the mailbox's identity and counters.
+MAILBOX_SELECT_NO_COUNTS = (
+    "SELECT m.id, m.account_id, m.name, m.uidvalidity, m.uidnext, m.highestmodseq, "
+    "m.special_use, m.subscribed, 0, 0, 0 FROM mailboxes m"
+)
 MESSAGE_SELECT = (
     "SELECT uid, modseq, flags, internal_date, size, mailbox_id, blob_id, requiretls, "
     "tls_required_no, mail_from, received_via FROM messages"

@@ -629,12 +629,13 @@ class SQLiteStore:
 
         return self._writer.submit(op)
 
-    def get_mailbox(self, account_id: int, name: str) -> Deferred[MailboxInfo]:
+    def get_mailbox(self, account_id: int, name: str, counts: bool = True) -> Deferred[MailboxInfo]:
         mailbox_name = name
+        select = q.MAILBOX_SELECT if counts else q.MAILBOX_SELECT_NO_COUNTS
 
         def op(conn: sqlite3.Connection, ctx: OpContext) -> MailboxInfo:
             name = names.normalize_mailbox_name(mailbox_name)
-            row = conn.execute(q.MAILBOX_SELECT + " WHERE m.account_id = ? AND m.name = ?",
+            row = conn.execute(select + " WHERE m.account_id = ? AND m.name = ?",
                                (account_id, name)).fetchone()
             if row is None:
                 q.check_account(conn, account_id)

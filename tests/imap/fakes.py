@@ -143,7 +143,7 @@ class FakeStore:
     def list_mailboxes(self, account_id: int) -> Deferred[list[MailboxInfo]]:
         return succeed([self._info(b) for b in self.boxes.values() if b.account_id == account_id])
 
-    def get_mailbox(self, account_id: int, name: str) -> Deferred[MailboxInfo]:
+    def get_mailbox(self, account_id: int, name: str, counts: bool = True) -> Deferred[MailboxInfo]:
         try:
             return succeed(self._info(self._find(account_id, name)))
         except NoSuchMailbox as e:
