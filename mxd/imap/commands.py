@@ -535,7 +535,7 @@ async def cmd_append(s: IMAPSession, cmd: Command) -> Reply:
 async def _quota_line(s: IMAPSession) -> bytes | None:
     """RFC 9208 §5.1: ``QUOTA "" (STORAGE used limit)`` in units of 1024 octets."""
     assert s.account is not None
-    used, limit = await s.store.get_usage(s.account.id)  # type: ignore[attr-defined]
+    used, limit = await s.store.get_usage(s.account.id)
     if limit is None:
         return None
     return b'QUOTA "" (STORAGE %d %d)' % ((used + 1023) // 1024, limit // 1024)

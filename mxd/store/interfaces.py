@@ -227,6 +227,9 @@ class IAccountStore(Protocol):
     def account_for_address(self, address: str) -> Deferred[Account | None]:
         """Exact lookup of a normalised address (catch-all/separator logic is the caller's)."""
 
+    def set_quota(self, name: str, quota_bytes: int | None) -> Deferred[None]:
+        """The account's own limit in bytes (None: the store's default)."""
+
 
 class IMailStore(Protocol):
     # -- bodies -----------------------------------------------------------------------
@@ -293,6 +296,19 @@ class IMailStore(Protocol):
     def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> Deferred[list[int]]:
         """Remove messages flagged \\Deleted (restricted to ``uids`` when given)."""
 
+    def list_vanished(self, mailbox_id: int, since_modseq: int = 0) -> Deferred[list[int]]:
+        """UIDs expunged with a modseq above ``since_modseq`` (RFC 7162 VANISHED)."""
+
+    def get_message_props(self, mailbox_id: int, uid: int) -> Deferred[MessageProps | None]: ...
+
+    def get_mailbox_by_id(self, mailbox_id: int) -> Deferred[MailboxInfo]:
+        """Errbacks with NoSuchMailbox."""
+
+    def get_account_by_id(self, account_id: int) -> Deferred[Account | None]: ...
+
+    def get_usage(self, account_id: int) -> Deferred[tuple[int, int | None]]:
+        """(bytes used, the account's limit or None) (RFC 9208 STORAGE)."""
+
     # -- notifications ----------------------------------------------------------------
     def subscribe(self, mailbox_id: int, listener: Callable[[MailboxChange], None]) -> Callable[[], None]:
         """Call ``listener`` after each committed change; returns an unsubscribe function."""
@@ -301,21 +317,6 @@ class IMailStore(Protocol):
 
 
 _T = TypeVar("_T")
-
-
-class IMailStoreExtras(Protocol):
-    """More of what ``mxd.store.sqlite.SQLiteStore`` offers beyond ``IMailStore``
-    (kept apart so fakes of IMailStore need not implement it)."""
-
-    def get_mailbox_by_id(self, mailbox_id: int) -> Deferred[MailboxInfo]:
-        """Errbacks with NoSuchMailbox."""
-
-    def list_vanished(self, mailbox_id: int, since_modseq: int = 0) -> Deferred[list[int]]:
-        """UIDs expunged with a modseq above ``since_modseq`` (RFC 7162 VANISHED)."""
-
-    def get_message_props(self, mailbox_id: int, uid: int) -> Deferred[MessageProps | None]: ...
-
-    def get_account_by_id(self, account_id: int) -> Deferred[Account | None]: ...
 
 
 class ISharedDatabase(Protocol):

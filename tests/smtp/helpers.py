@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -31,27 +31,7 @@ from mxd.store.interfaces import (
     OutboundMessage,
     StoreError,
 )
-
-
-class MemoryBlob:
-    """A BlobWriter in memory."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.aborted = False
-        self.durable = False
-
-    def write(self, data: bytes) -> None:
-        assert not self.aborted and not self.durable
-        self.data += data
-
-    @property
-    def size(self) -> int:
-        return len(self.data)
-
-    def abort(self) -> None:
-        if not self.durable:
-            self.aborted = True
+from mxd.store.testing import MemoryBlob, MemoryStore
 
 
 @attrs.define
@@ -61,62 +41,66 @@ class Delivered:
     props: MessageProps
 
 
-class FakeStore:
-    """``IMailStore.new_blob``/``accept``; ``hold=True`` makes accept wait for ``release``.
+ALICE = Account(1, "alice", ("alice@example.test",))
+BOB = Account(2, "bob", ("bob@example.test", "robert@example.test"))
 
-    ``fail_next`` refuses the next accept as a store error: then nothing is stored."""
+
+class FakeStore(MemoryStore):
+    """mxd.store.testing.MemoryStore with accounts alice (1) and bob (2) and a record of
+    what was accepted; ``hold=True`` makes accept wait for ``release``."""
 
     def __init__(self) -> None:
+        super().__init__()
+        self.run_now(self.add_account(ALICE.name, "", ALICE.addresses))
+        self.run_now(self.add_account(BOB.name, "", BOB.addresses))
         self.blobs: list[MemoryBlob] = []
         self.delivered: list[Delivered] = []
         self.queued: list[tuple[bytes, OutboundMessage]] = []
         self.queue_ids: list[str | None] = []
         self.hold = False
-        self.fail_next = False
-        self.pending: list[tuple[Deferred[Accepted], Callable[[], Accepted]]] = []
-        self.mailboxes: dict[int, set[int]] = {}  # mailbox id (= account id) -> live UIDs
-        self.next_uid = 1
+        self.pending: list[tuple[Deferred[Accepted], Callable[[], Deferred[Accepted]]]] = []
+
+    @staticmethod
+    def run_now(d: Deferred[Any]) -> Any:
+        box: list[Any] = []
+        d.addBoth(box.append)
+        return box[0]
 
     def new_blob(self) -> MemoryBlob:
-        b = MemoryBlob()
+        b = super().new_blob()
         self.blobs.append(b)
         return b
 
-    def accept(self, blob: MemoryBlob, targets: list[Delivery], props: MessageProps,
-               outbound: OutboundMessage | None = None,
-               queue_id: str | None = None) -> Deferred[Accepted]:
-        if self.fail_next:
-            self.fail_next = False
-            return fail(StoreError("disk on fire"))
+    def accept(self, blob: Any, targets: Sequence[Delivery], props: MessageProps,
+               outbound: OutboundMessage | None = None, queue_id: str | None = None, *,
+               internal_date: Any = None) -> Deferred[Accepted]:
+        def do() -> Deferred[Accepted]:
+            d = super(FakeStore, self).accept(blob, targets, props, outbound, queue_id,
+                                              internal_date=internal_date)
 
-        def do() -> Accepted:
-            blob.durable = True
-            if targets:
-                self.delivered.append(Delivered(bytes(blob.data), list(targets), props))
-            if outbound is not None:
-                self.queued.append((bytes(blob.data), outbound))
-                self.queue_ids.append(queue_id)
-            uids = []
-            for t in targets:
-                uid = self.next_uid
-                self.next_uid += 1
-                self.mailboxes.setdefault(t.account_id, set()).add(uid)
-                uids.append(uid)
-            return Accepted(tuple(uids), queue_id if outbound is not None else None)
+            def record(a: Accepted) -> Accepted:
+                if targets:
+                    self.delivered.append(Delivered(bytes(blob.data), list(targets), props))
+                if outbound is not None:
+                    self.queued.append((bytes(blob.data), outbound))
+                    self.queue_ids.append(queue_id)
+                return a
+
+            return d.addCallback(record)
 
         if self.hold:
-            d: Deferred[Accepted] = Deferred()
-            self.pending.append((d, do))
-            return d
-        return succeed(do())
+            waiting: Deferred[Accepted] = Deferred()
+            self.pending.append((waiting, do))
+            return waiting
+        return do()
 
     def release(self) -> None:
         pending, self.pending = self.pending, []
-        for d, do in pending:
-            d.callback(do())
+        for waiting, do in pending:
+            do().chainDeferred(waiting)
 
     def live(self) -> int:
-        return sum(len(v) for v in self.mailboxes.values())
+        return sum(len(b.messages) for b in self.mailboxes.values())
 
 
 class FakeOutbound:
@@ -129,8 +113,6 @@ class FakeOutbound:
         self.wakes += 1
 
 
-ALICE = Account(1, "alice", ("alice@example.test",))
-BOB = Account(2, "bob", ("bob@example.test", "robert@example.test"))
 
 
 class FakeDirectory:

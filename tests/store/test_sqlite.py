@@ -498,19 +498,17 @@ def test_sqlite_store_provides_the_protocols(store: StoreHarness) -> None:
     from mxd.store.interfaces import (
         IAccountStore,
         IMailStore,
-        IMailStoreExtras,
         ISharedDatabase,
     )
 
     s = store.store
-    for proto in (IAccountStore, IMailStore, IMailStoreExtras, ISharedDatabase):
+    for proto in (IAccountStore, IMailStore, ISharedDatabase):
         missing = [m for m in dir(proto) if not m.startswith("_") and not hasattr(s, m)]
         assert missing == [], (proto.__name__, missing)
     a: IAccountStore = s
     m: IMailStore = s
-    e: IMailStoreExtras = s
     q: ISharedDatabase = s
-    assert a is m is e is q
+    assert a is m is q
 
 
 def test_quota_and_usage(data_dir: Path) -> None:

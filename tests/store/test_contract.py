@@ -1,0 +1,215 @@
+"""The store contract (mxd.store.interfaces), run against the in-memory store that tests
+use (mxd.store.testing.MemoryStore) and the real SQLiteStore: what one does, the other
+does, so that tests written against the fake say something about the real thing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from mxd.store.interfaces import (
+    AccountExists,
+    AddressInUse,
+    CannotDeleteInbox,
+    Delivery,
+    IAccountStore,
+    IMailStore,
+    MailboxChange,
+    MailboxExists,
+    MailboxHasChildren,
+    MessageProps,
+    NoSuchMailbox,
+    OutboundMessage,
+    OutboundRecipient,
+    QuotaExceeded,
+    StoreError,
+)
+from mxd.store.sqlite import StoreSettings
+from mxd.store.testing import MemoryStore
+from tests.store.helpers import open_store
+
+ENVELOPE = OutboundMessage("a@example.test", (OutboundRecipient("x@remote.test"),))
+
+
+class Contract:
+    """A store under test and a way to wait for its (already fired) Deferreds."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def run(self, d: Deferred[Any]) -> Any:
+        box: list[Any] = []
+        d.addBoth(box.append)
+        assert box, "the Deferred did not fire at once"
+        if isinstance(box[0], Failure):
+            box[0].raiseException()
+        return box[0]
+
+    def fail(self, d: Deferred[Any]) -> BaseException:
+        try:
+            self.run(d)
+        except BaseException as e:
+            return e
+        raise AssertionError("the Deferred succeeded")
+
+    def blob(self, data: bytes = b"Subject: x\r\n\r\nbody\r\n") -> Any:
+        w = self.store.new_blob()
+        w.write(data)
+        return w
+
+    def account(self, name: str = "alice") -> int:
+        return int(self.run(self.store.add_account(name, "{}", [f"{name}@example.test"])).id)
+
+    def box(self, account_id: int, name: str = "INBOX") -> int:
+        return int(self.run(self.store.get_mailbox(account_id, name)).id)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def c(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Contract]:
+    if request.param == "memory":
+        yield Contract(MemoryStore(quota_bytes=10_000))
+        return
+    h = open_store(tmp_path / "data", inline=True, settings=StoreSettings(quota_bytes=10_000))
+    try:
+        yield Contract(h.store)
+    finally:
+        h.close()
+
+
+def test_both_provide_the_protocols(c: Contract) -> None:
+    """Every method of IAccountStore and IMailStore is there."""
+    for proto in (IAccountStore, IMailStore):
+        missing = [m for m in dir(proto) if not m.startswith("_") and not hasattr(c.store, m)]
+        assert missing == [], (proto.__name__, missing)
+
+
+def test_accounts_and_addresses(c: Contract) -> None:
+    """An account gets the default mailboxes; names and addresses are unique."""
+    a = c.account()
+    assert {m.name for m in c.run(c.store.list_mailboxes(a))} >= {"INBOX", "Sent", "Trash"}
+    assert isinstance(c.fail(c.store.add_account("alice", "{}")), AccountExists)
+    assert isinstance(c.fail(c.store.add_account("bob", "{}", ["alice@example.test"])),
+                      AddressInUse)
+    assert c.run(c.store.account_for_address("alice@example.test")).name == "alice"
+    c.run(c.store.set_secrets("alice", "new"))
+    assert c.run(c.store.get_secrets("alice")) == "new"
+    assert c.run(c.store.get_account_by_id(a)).name == "alice"
+
+
+def test_uids_and_modseqs_grow_per_mailbox(c: Contract) -> None:
+    """UIDs start at 1 in each mailbox and grow; each change raises the modseq."""
+    a = c.account()
+    inbox, sent = c.box(a), c.box(a, "Sent")
+    assert c.run(c.store.deliver(c.blob(), [Delivery(a)], MessageProps())) == [1]
+    assert c.run(c.store.append(inbox, c.blob(), frozenset({"\\Seen"}))) == 2
+    assert c.run(c.store.append(sent, c.blob(), frozenset())) == 1
+    info = c.run(c.store.get_mailbox(a, "INBOX"))
+    assert (info.uidnext, info.exists, info.unseen) == (3, 2, 1)
+    first = info.highestmodseq
+    changed, failed = c.run(c.store.store_flags(inbox, [1], frozenset({"\\Flagged"}), "add"))
+    assert [m.uid for m in changed] == [1] and failed == []
+    assert changed[0].modseq > first
+    assert [m.uid for m in c.run(c.store.list_messages(inbox, first))] == [1]
+
+
+def test_unchanged_since_fails_newer_messages(c: Contract) -> None:
+    """RFC 7162 UNCHANGEDSINCE: a message changed after the given modseq is not stored."""
+    a = c.account()
+    inbox = c.box(a)
+    c.run(c.store.append(inbox, c.blob(), frozenset()))
+    old = c.run(c.store.get_mailbox(a, "INBOX")).highestmodseq
+    c.run(c.store.store_flags(inbox, [1], frozenset({"\\Seen"}), "add"))
+    changed, failed = c.run(c.store.store_flags(inbox, [1], frozenset({"\\Flagged"}), "add",
+                                                unchanged_since=old))
+    assert changed == [] and failed == [1]
+
+
+def test_copy_move_expunge_and_vanished(c: Contract) -> None:
+    """Copies share the body; MOVE removes from the source; EXPUNGE removes \\Deleted ones
+    and they are listed as vanished after the modseq before."""
+    a = c.account()
+    inbox, archive = c.box(a), c.box(a, "Archive")
+    for _ in range(3):
+        c.run(c.store.append(inbox, c.blob(), frozenset()))
+    assert c.run(c.store.copy(inbox, [1, 2], archive)) == [(1, 1), (2, 2)]
+    assert c.run(c.store.move(inbox, [3], archive)) == [(3, 3)]
+    before = c.run(c.store.get_mailbox(a, "INBOX")).highestmodseq
+    c.run(c.store.store_flags(inbox, [1], frozenset({"\\Deleted"}), "add"))
+    assert c.run(c.store.expunge(inbox)) == [1]
+    assert c.run(c.store.list_vanished(inbox, before)) == [1]
+    assert [m.uid for m in c.run(c.store.list_messages(inbox))] == [2]
+    blob_ids = {m.blob_id for m in c.run(c.store.list_messages(archive))}
+    assert len(blob_ids) == 3
+    with c.store.open_blob(next(iter(blob_ids))) as f:
+        assert f.read().endswith(b"body\r\n")
+
+
+def test_mailbox_names(c: Contract) -> None:
+    """CREATE makes superiors; INBOX is case-insensitive and cannot be deleted; a mailbox
+    with inferiors cannot be deleted; RENAME moves the inferiors."""
+    a = c.account()
+    c.run(c.store.create_mailbox(a, "Work/2024/Q1"))
+    names = {m.name for m in c.run(c.store.list_mailboxes(a))}
+    assert {"Work", "Work/2024", "Work/2024/Q1"} <= names
+    assert isinstance(c.fail(c.store.create_mailbox(a, "Work")), MailboxExists)
+    assert c.run(c.store.get_mailbox(a, "inbox")).name == "INBOX"
+    assert isinstance(c.fail(c.store.delete_mailbox(a, "INBOX")), CannotDeleteInbox)
+    assert isinstance(c.fail(c.store.delete_mailbox(a, "Work")), MailboxHasChildren)
+    c.run(c.store.rename_mailbox(a, "Work", "Job"))
+    assert c.run(c.store.get_mailbox(a, "Job/2024/Q1")).name == "Job/2024/Q1"
+    assert isinstance(c.fail(c.store.get_mailbox(a, "Work")), NoSuchMailbox)
+
+
+def test_uidvalidity_is_never_reused(c: Contract) -> None:
+    """RFC 3501 §2.3.1.1: a mailbox created again gets a new UIDVALIDITY."""
+    a = c.account()
+    first = c.run(c.store.create_mailbox(a, "Temp")).uidvalidity
+    c.run(c.store.delete_mailbox(a, "Temp"))
+    assert c.run(c.store.create_mailbox(a, "Temp")).uidvalidity != first
+
+
+def test_accept_is_all_or_nothing(c: Contract) -> None:
+    """accept stores the local copies and the queue rows together; over quota, or with a
+    queue id already taken, nothing at all is stored."""
+    a, b = c.account(), c.account("bob")
+    got = c.run(c.store.accept(c.blob(), [Delivery(a), Delivery(b)], MessageProps(),
+                               ENVELOPE, "q1"))
+    assert got.queue_id == "q1" and got.uids == (1, 1)
+    err = c.fail(c.store.accept(c.blob(), [Delivery(a)], MessageProps(), ENVELOPE, "q1"))
+    assert isinstance(err, StoreError)
+    assert c.run(c.store.get_mailbox(a, "INBOX")).exists == 1
+    big = c.blob(b"x" * 20_000)
+    assert isinstance(c.fail(c.store.accept(big, [Delivery(a)], MessageProps(), ENVELOPE,
+                                            "q2")), QuotaExceeded)
+    assert c.run(c.store.get_mailbox(a, "INBOX")).exists == 1
+    assert c.run(c.store.get_usage(a))[1] == 10_000
+
+
+def test_listeners_hear_committed_changes(c: Contract) -> None:
+    """subscribe: exists, flags and expunge changes, after they are done; unsubscribe stops."""
+    a = c.account()
+    inbox = c.box(a)
+    heard: list[MailboxChange] = []
+    stop = c.store.subscribe(inbox, heard.append)
+    c.run(c.store.append(inbox, c.blob(), frozenset()))
+    c.run(c.store.store_flags(inbox, [1], frozenset({"\\Deleted"}), "add"))
+    c.run(c.store.expunge(inbox))
+    assert [(h.kind, h.uids) for h in heard] == [("exists", (1,)), ("flags", (1,)),
+                                                ("expunge", (1,))]
+    stop()
+    c.run(c.store.append(inbox, c.blob(), frozenset()))
+    assert len(heard) == 3
+
+
+def test_message_props_are_kept(c: Contract) -> None:
+    """The properties given at delivery come back for the message."""
+    a = c.account()
+    props = MessageProps(requiretls=True, mail_from="s@example.test", received_via="ESMTPS")
+    c.run(c.store.deliver(c.blob(), [Delivery(a)], props))
+    got = c.run(c.store.get_message_props(c.box(a), 1))
+    assert (got.requiretls, got.mail_from) == (True, "s@example.test")
