@@ -404,6 +404,8 @@ def _imap_settings(cfg: Config) -> Any:
         idle_timeout=cfg.imap.idle_timeout,
         login_timeout=cfg.imap.login_timeout,
         max_connections_per_ip=cfg.imap.max_connections_per_ip,
+        max_connections_per_network=cfg.imap.max_connections_per_network,
+        max_connections=cfg.imap.max_connections,
         plaintext_login_on_loopback=cfg.auth.allow_plaintext_on_loopback,
     )
 

@@ -409,6 +409,10 @@ class IMAPConfig:
                                 check=_positive)
     max_connections_per_ip: int = opt(50, "Concurrent IMAP connections per client IP.",
                                       check=_positive)
+    max_connections_per_network: int = opt(200, "Concurrent IMAP connections per client "
+                                           "network (IPv4 /24, IPv6 /48).", check=_positive)
+    max_connections: int = opt(5000, "Concurrent IMAP connections in total (all IMAP "
+                               "listeners).", check=_positive)
     idle_timeout: float = opt(1800.0, "Seconds before an idle client is logged out "
                               "(RFC 9051 §5.4: at least 30 minutes).", check=_positive)
     login_timeout: float = opt(180.0, "Seconds from connecting within which a client must "

@@ -41,6 +41,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure as TwFailure
 from zope.interface import implementer
 
+from mxd.clientnet import network_key
 from mxd.imap.commands import COMMANDS, SYSTEM_FLAGS
 from mxd.imap.dispatch import (
     CommandDetached,
@@ -109,6 +110,8 @@ class IMAPServerSettings:
     max_bad_commands: int = 20  # consecutive BADs before the connection is closed
     plaintext_login_on_loopback: bool = False  # allow LOGIN without TLS from loopback
     max_connections_per_ip: int = 50
+    max_connections_per_network: int = 200  # per IPv4 /24, IPv6 /48
+    max_connections: int = 5000  # in total (143 and 993 together)
     chunk_size: int = 65536  # body streaming chunk
     max_pipelined_appends: int = 32  # APPENDs of one session stored side by side
     work_slice: float = 0.004  # seconds of reactor time before a long command yields
@@ -162,6 +165,7 @@ class IMAPSession(Protocol):
         self._held: RawCommand | None = None  # next command, waiting for them to finish
         self._slice_start = 0.0  # when the running command last had the reactor back
         self.peer_ip = ""
+        self.network = ""
         self.client_id: dict[str, str | None] = {}
         self._socket: socket.socket | None | Literal[False] = None  # False: none to tune
 
@@ -185,12 +189,21 @@ class IMAPSession(Protocol):
         peer = self.tr.getPeer()
         self.peer_ip = str(getattr(peer, "host", ""))
         self.tr.registerProducer(self, True)
-        same_ip = sum(1 for other in self.factory.sessions if other.peer_ip == self.peer_ip)
-        if same_ip >= self.settings.max_connections_per_ip:
-            self.factory.metrics.inc("imap_connections_refused", reason="per-ip")
+        self.network = network_key(self.peer_ip)
+        sessions = self.factory.sessions
+        same_ip = sum(1 for other in sessions if other.peer_ip == self.peer_ip)
+        same_net = sum(1 for other in sessions if other.network == self.network)
+        refusal = ("total" if len(sessions) >= self.settings.max_connections
+                   else "per-ip" if same_ip >= self.settings.max_connections_per_ip
+                   else "per-network" if same_net >= self.settings.max_connections_per_network
+                   else None)
+        if refusal is not None:
+            self.factory.metrics.inc("imap_connections_refused", reason=refusal)
             self._closed = True
             # RFC 3501 §7.1.5: BYE as the greeting refuses the connection.
-            self.tr.write(b"* BYE Too many connections from your address\r\n")
+            self.tr.write(b"* BYE Too many connections" + (
+                b" from your address" if refusal == "per-ip" else
+                b" from your network" if refusal == "per-network" else b"") + b"\r\n")
             self.close_connection()
             return
         self._reset_timer()

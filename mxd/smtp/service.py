@@ -7,7 +7,6 @@ implicit TLS, RFC 8314 §3).
 
 from __future__ import annotations
 
-import ipaddress
 from collections import Counter
 from typing import Any
 
@@ -16,6 +15,7 @@ from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from mxd.clientnet import network_key
 from mxd.metrics import IMetrics, NoopMetrics
 from mxd.sasl.api import ISASLServer
 from mxd.smtp import replies
@@ -31,18 +31,7 @@ from mxd.smtp.server import (
 from mxd.store.interfaces import IMailStore
 
 ROLES: tuple[Role, ...] = ("smtp", "submission", "submissions")
-
-
-def network_key(ip: str) -> str:
-    """The network a connection share is counted on: IPv4 /24, IPv6 /48 (one site)."""
-    try:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return ip
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    prefix = 24 if addr.version == 4 else 48
-    return str(ipaddress.ip_network((addr, prefix), strict=False))
+__all__ = ["ROLES", "SMTPFactory", "network_key", "smtp_factory"]
 
 
 class _Refuse(Protocol):

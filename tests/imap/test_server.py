@@ -708,6 +708,24 @@ def test_connections_per_ip_limited() -> None:
     assert other_ip.greeting.startswith(b"* OK")
 
 
+def test_connections_per_network_and_total_limited() -> None:
+    """Beyond max_connections_per_network (one /24) or max_connections in total, a new
+    connection is greeted with BYE and closed; other networks still get in until the
+    total is reached."""
+    store, _ = make_store()
+    settings = IMAPServerSettings(max_connections_per_ip=10, max_connections_per_network=2,
+                                  max_connections=4)
+    first = Conn(store, settings=settings, peer="203.0.113.1")
+    f, clock = first.factory, first.clock
+    assert Conn(store, clock=clock, factory=f, peer="203.0.113.2").greeting.startswith(b"* OK")
+    same_net = Conn(store, clock=clock, factory=f, peer="203.0.113.3")
+    assert same_net.greeting.startswith(b"* BYE Too many connections from your network")
+    assert Conn(store, clock=clock, factory=f, peer="198.51.100.1").greeting.startswith(b"* OK")
+    assert Conn(store, clock=clock, factory=f, peer="192.0.2.1").greeting.startswith(b"* OK")
+    full = Conn(store, clock=clock, factory=f, peer="192.0.2.200")
+    assert full.greeting.startswith(b"* BYE") and full.tr.disconnecting
+
+
 def test_malformed_mutf7_name_is_no() -> None:
     """A mailbox name that is not valid modified UTF-7 parses (an astring): the command
     fails with NO, as in Dovecot, not BAD and not an internal error."""
