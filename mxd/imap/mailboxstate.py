@@ -17,6 +17,7 @@ that still shows them has reported the expunge.
 from __future__ import annotations
 
 import bisect
+import collections
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -44,7 +45,9 @@ class Member(Protocol):
 
     def contains(self, uid: int) -> bool: ...
 
-    def expunged_elsewhere(self, uid: int) -> None: ...
+    uids: Any  # the member's UIDs in sequence order (an array)
+
+    def expunged_elsewhere(self, uids: set[int]) -> None: ...
 
     def changed(self, change: MailboxChange) -> None: ...
 
@@ -86,14 +89,14 @@ class _BlobColumn:
             return self._packed[16 * i:16 * i + 16].hex()
         return self._list[i]
 
-    def delete(self, keep: list[int]) -> None:
-        """Keep only the entries at the indexes in ``keep`` (ascending)."""
+    def keep_spans(self, spans: list[tuple[int, int]]) -> None:
+        """Keep only the entries in the index ranges ``[a, b)`` of ``spans`` (ascending)."""
         if self._packed is not None:
             p = self._packed
-            self._packed = bytearray(b"".join(p[16 * i:16 * i + 16] for i in keep))
+            self._packed = bytearray(b"".join(p[16 * a:16 * b] for a, b in spans))
         else:
             lst = self._list
-            self._list = [lst[i] for i in keep]
+            self._list = [x for a, b in spans for x in lst[a:b]]
 
 
 _TZ: dict[int, timezone] = {0: UTC}
@@ -313,24 +316,37 @@ class MailboxState:
         idx = [i for i in (self.index(u) for u in gone) if i is not None]
         if not idx:
             return []
-        removed = []
-        for i in idx:
-            uid = self.uids[i]
-            holders = [mb for mb in self.members if mb.contains(uid)]
-            if holders:
+        removed = [self.uids[i] for i in idx]
+        # Which sessions still show which of them: set operations in C, since a large
+        # expunge seen by many sessions must not cost (sessions x messages) Python steps.
+        gone_set = set(removed)
+        holders: collections.Counter[int] = collections.Counter()
+        for mb in self.members:
+            if len(gone_set) <= 8:
+                hit = {u for u in gone_set if mb.contains(u)}
+            else:
+                hit = gone_set.intersection(mb.uids)
+            if hit:
+                holders.update(hit)
+                mb.expunged_elsewhere(hit)
+        for i, uid in zip(idx, removed, strict=True):
+            n = holders.get(uid, 0)
+            if n:
                 info = self._info_at(i)
-                self.ghosts[uid] = (info, len(holders))
+                self.ghosts[uid] = (info, n)
                 if self.hold_blob is not None:
                     self.hold_blob(info.blob_id)  # its body stays readable meanwhile
-                for mb in holders:
-                    mb.expunged_elsewhere(uid)
-            removed.append(uid)
-        drop = set(idx)
-        keep = [i for i in range(len(self.uids)) if i not in drop]
+        # Keep the slices between removed indexes (copies in C).
+        bounds = [-1, *idx, len(self.uids)]
+        spans = [(bounds[k] + 1, bounds[k + 1]) for k in range(len(bounds) - 1)
+                 if bounds[k + 1] > bounds[k] + 1]
         for name in ("uids", "_modseqs", "_flag_ids", "_sizes", "_dates", "_tz"):
             col = getattr(self, name)
-            setattr(self, name, array(col.typecode, [col[i] for i in keep]))
-        self._blobs.delete(keep)
+            new = array(col.typecode)
+            for a, b in spans:
+                new.extend(col[a:b])
+            setattr(self, name, new)
+        self._blobs.keep_spans(spans)
         return removed
 
     def release_ghost(self, uid: int) -> None:

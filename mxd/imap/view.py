@@ -104,8 +104,8 @@ class MailboxView:
     def contains(self, uid: int) -> bool:
         return self.seq_of(uid) is not None
 
-    def expunged_elsewhere(self, uid: int) -> None:
-        self.pending_expunge.add(uid)
+    def expunged_elsewhere(self, uids: set[int]) -> None:
+        self.pending_expunge |= uids
 
     def changed(self, change: MailboxChange) -> None:
         if change.kind == "deleted":

@@ -9,6 +9,11 @@ import tracemalloc
 from array import array
 from datetime import UTC, datetime, timedelta, timezone
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hs
+
+from mxd.imap import mailboxstate
 from mxd.imap.mailboxstate import MailboxState
 from mxd.store.interfaces import MessageInfo
 from tests.imap.helpers import MSG1, Conn, make_store
@@ -143,3 +148,94 @@ def test_flag_change_elsewhere_is_reported_once() -> None:
     r = b.cmd("B1 NOOP")
     assert r.count(b"FETCH") == 1 and b"* 3 FETCH (FLAGS (\\Flagged \\Seen))" in r
     assert b"FETCH" not in b.cmd("B2 NOOP")
+
+
+class _Member:
+    def __init__(self, uids: list[int]) -> None:
+        self.uids = array("I", uids)
+        self.pending: set[int] = set()
+
+    def contains(self, uid: int) -> bool:
+        return uid in set(self.uids)
+
+    def expunged_elsewhere(self, uids: set[int]) -> None:
+        self.pending |= uids
+
+    def changed(self, change: object) -> None:
+        pass
+
+
+def test_large_expunge_seen_by_several_sessions() -> None:
+    """Removing 4,000 of 5,000 messages shown by three sessions: each gets all 4,000 as
+    pending, each ghost counts three holders, the columns keep the other 1,000."""
+    st = MailboxState(1)
+    now = datetime(2024, 1, 1, tzinfo=UTC)
+    st.load(MessageInfo(u, u, frozenset(), now, u, f"{u:032x}") for u in range(1, 5001))
+    members = [_Member(list(range(1, 5001))) for _ in range(3)]
+    st.members.extend(members)  # type: ignore[arg-type]
+    gone = list(range(1, 5001, 5)) + list(range(2, 5001, 5)) + list(range(3, 5001, 5)) + \
+        list(range(4, 5001, 5))
+    assert len(st.remove(gone)) == 4000
+    assert list(st.uids) == list(range(5, 5001, 5))
+    assert all(mb.pending == set(gone) for mb in members)
+    assert len(st.ghosts) == 4000 and {n for _, n in st.ghosts.values()} == {3}
+    m = st.info(4995)
+    assert m is not None and m.size == 4995 and m.blob_id == f"{4995:032x}"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st_ops=hs.lists(hs.tuples(hs.sampled_from(["new", "flag", "remove", "apply"]),
+                                 hs.integers(0, 50), hs.integers(1, 4)), max_size=40))
+def test_state_follows_a_model(st_ops: list[tuple[str, int, int]]) -> None:
+    """Random merges, flag changes, own STORE results and expunges: the columns always
+    equal a dict model, and changed_since never misses a flag change."""
+    now = datetime(2024, 1, 1, tzinfo=UTC)
+    state = MailboxState(1)
+    model: dict[int, MessageInfo] = {}
+    flagged: dict[int, int] = {}  # uid -> modseq of its last flag change
+    state.load([])
+    modseq = 1
+    next_uid = 1
+    for op, k, n in st_ops:
+        modseq += 1
+        uids = sorted(model)
+        if op == "new":
+            batch = []
+            for _ in range(n):
+                m = MessageInfo(next_uid, modseq, frozenset(), now, next_uid,
+                                "x%d" % next_uid if k % 2 else f"{next_uid:032x}")
+                model[next_uid] = m
+                batch.append(m)
+                next_uid += 1
+            state.merge(batch)
+        elif uids and op in ("flag", "apply"):
+            uid = uids[k % len(uids)]
+            m = MessageInfo(uid, modseq, frozenset({f"$k{n}"}), now, model[uid].size,
+                            model[uid].blob_id)
+            model[uid] = m
+            flagged[uid] = modseq
+            (state.merge if op == "flag" else state.apply)([m])
+        elif uids and op == "remove":
+            gone = uids[k % len(uids):][:n]
+            state.remove(gone)
+            for u in gone:
+                del model[u]
+        assert list(state.uids) == sorted(model)
+        assert [state.info(u) for u in state.uids] == [model[u] for u in sorted(model)]
+        for since in (0, modseq // 2, modseq - 1):
+            want = {u for u, ms in flagged.items() if ms > since and u in model}
+            assert want <= set(state.changed_since(since))
+
+
+def test_changed_since_before_the_trimmed_log_scans(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the change log is trimmed, an older modseq is answered by a scan of the
+    columns, so a session that looked long ago still hears of every change."""
+    monkeypatch.setattr(mailboxstate, "LOG_LIMIT", 4)
+    now = datetime(2024, 1, 1, tzinfo=UTC)
+    st = MailboxState(1)
+    st.load([MessageInfo(u, 1, frozenset(), now, 1, "b%d" % u) for u in range(1, 11)])
+    for k, uid in enumerate(range(1, 11), 2):
+        st.merge([MessageInfo(uid, k, frozenset({"\\Seen"}), now, 1, "b%d" % uid)])
+    assert st._log_floor > 1
+    assert sorted(st.changed_since(1)) == list(range(1, 11))
+    assert sorted(st.changed_since(9)) == [9, 10]
