@@ -159,3 +159,16 @@ def test_password_file_unreadable_or_world_readable(tls_files: dict[str, Path],
         parse_config(_minimal(tls_files, extra), "t.toml")
     with pytest.raises(ValueError, match="not a regular file"):
         read_secret(secret.parent)
+
+
+def test_socks5_public_ips_go_into_spf(tls_files: dict[str, Path], secret: Path) -> None:
+    """The DNS records/check allow the proxies' public addresses in SPF (mail through a
+    socks5 transport comes from them)."""
+    from mxd.dnsrecords import records
+    from mxd.recordsconfig import record_inputs
+
+    cfg = parse_config(_minimal(tls_files, GOOD.format(secret=secret)), "t.toml")
+    inputs = record_inputs(cfg, "example.test")
+    assert inputs.extra_spf_ips == ("198.51.100.7",)
+    [spf] = [r for r in records(inputs) if r.purpose == "spf"]
+    assert "ip4:198.51.100.7" in spf.value

@@ -37,7 +37,8 @@ def test_account_then_domain_then_global(data_dir: Path) -> None:
         account_routes={"alice": (Route("acct", to_domains=("remote.test",)),)},
         domain_routes={"example.org": (Route("dom", to_domains=("remote.test",
                                                                 ".other.test")),)},
-        global_routes=(Route("glob", to_domains=("*",)),),
+        global_routes=(Route("relay", from_domains=(".example.net",)),
+                       Route("glob", to_domains=("*",))),
     )
     w = _world(data_dir, table)
     try:
@@ -45,16 +46,19 @@ def test_account_then_domain_then_global(data_dir: Path) -> None:
         q2 = w.enqueue("y@remote.test", sender_account="bob")
         q3 = w.enqueue("z@remote.test", sender="s@elsewhere.test")
         q4 = w.enqueue("u@other.test")  # .other.test is subdomains only: global
+        w.enqueue("v@remote.test", sender="s@news.example.net")  # sender subdomain
+        w.enqueue("w@remote.test", sender="s@example.net")  # not a subdomain
         w.start()
         got = {r.rcpts[0]: r.ip for r in w.sink.received}
         assert got == {"x@remote.test": "192.0.2.91", "y@remote.test": "192.0.2.92",
-                       "z@remote.test": "192.0.2.93", "u@other.test": "192.0.2.93"}
+                       "z@remote.test": "192.0.2.93", "u@other.test": "192.0.2.93",
+                       "v@remote.test": "192.0.2.99", "w@remote.test": "192.0.2.93"}
         rows = {q: w.attempts(q)[0] for q in (q1, q2, q3, q4)}
         assert [(rows[q].transport, rows[q].route, rows[q].result) for q in (q1, q2, q3, q4)] == [
             ("acct", "account alice route 1", "delivered"),
             ("dom", "domain example.org route 1", "delivered"),
-            ("glob", "global route 1", "delivered"),
-            ("glob", "global route 1", "delivered")]
+            ("glob", "global route 2", "delivered"),
+            ("glob", "global route 2", "delivered")]
         assert rows[q1].host == "192.0.2.91" and rows[q1].tls_success is None  # not TLSRPT
     finally:
         w.h.close()
