@@ -187,6 +187,7 @@ def make_sasl(cfg: Config, directory: Any, reactor: Any, metrics: IMetrics) -> A
     limits = AuthLimiterSettings(
         ip_free_failures=cfg.auth.ip_free_failures, ip_max_delay=cfg.auth.ip_max_delay,
         account_ip_free_failures=cfg.auth.ip_free_failures,
+        network_free_failures=cfg.auth.network_free_failures,
         account_free_failures=cfg.auth.account_free_failures,
         account_max_delay=cfg.auth.account_max_delay,
         half_life=cfg.auth.failure_half_life, trusted_for=cfg.auth.trusted_for)

@@ -270,6 +270,10 @@ class AuthConfig:
                                 "login does not clear the IP's count (only its own "
                                 "account-and-IP count), so mixing in logins to one's own "
                                 "account does not buy more guesses.", check=_positive)
+    network_free_failures: int = opt(20, "Failed logins per client network (IPv4 /24, IPv6 "
+                                     "/48) before back-off starts, so that many addresses "
+                                     "of one network do not each get their own allowance.",
+                                     check=_positive)
     ip_max_delay: float = opt(600.0, "Longest back-off for one client IP, in seconds "
                               "(doubling from 2 s).", check=_positive)
     account_free_failures: int = opt(10, "Failed logins per account, from any IP, before "

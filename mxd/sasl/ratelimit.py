@@ -11,6 +11,9 @@ the reactor or keeps a connection open for the attacker's benefit.
   from the address counts, whatever account it named, and a success does **not** clear
   it.  So mixing correct logins to one's own account with guesses at others (password
   spraying) checks no more passwords than plain guessing does.
+* **network** (IPv4 /24, IPv6 /48): the same for a whole network, with a larger free
+  allowance, so that a guesser with many addresses of one network (mox counts /26 and
+  /21 the same way) gets no more than a few addresses' worth of guesses.
 * **(account, IP)**: the failures of one address against one account.  A success clears
   this one only.  It is the only table that still applies to a *trusted* pair (below),
   so a shared address that knows a password cannot guess it in a loop either.
@@ -20,9 +23,11 @@ the reactor or keeps a connection open for the attacker's benefit.
   that logged in successfully within ``trusted_for`` seconds (a *trusted pair*) passes
   the account and IP limits, so the owner keeps working while others are refused.
 
-The design follows Dovecot's auth penalty (per-IP, doubling delays, success resets only
-what it proves) and mox's limiter (per IP and per network mask, failures only), with the
-per-account table and trusted pairs added against lock-out attacks.  Pure apart from
+The design takes Dovecot's auth penalty (per IP, delays doubling per failure) and mox's
+limiter (an address and its enclosing networks counted together), but where both reset
+the address's count on a success — the hole that password spraying uses — a success here
+clears only what it proves, the (account, IP) pair; the per-account table and trusted
+pairs are added against lock-out attacks.  Pure apart from
 reading the clock passed in; memory is bounded by ``max_entries`` per table.
 """
 
@@ -33,6 +38,7 @@ import ipaddress
 import attrs
 from twisted.internet.interfaces import IReactorTime
 
+from mxd.clientnet import network_key
 from mxd.metrics import IMetrics, NoopMetrics
 
 
@@ -41,6 +47,7 @@ class AuthLimiterSettings:
     ip_free_failures: int = 5
     ip_base_delay: float = 2.0  # seconds blocked after the first failure past the free ones
     ip_max_delay: float = 600.0
+    network_free_failures: int = 20  # one IPv4 /24 or IPv6 /48
     account_ip_free_failures: int = 5  # one address against one account
     account_free_failures: int = 10
     account_base_delay: float = 1.0
@@ -55,7 +62,7 @@ class AuthLimiterSettings:
 class Verdict:
     allowed: bool
     retry_after: float = 0.0  # seconds until the attempt would be allowed
-    scope: str | None = None  # "ip", "account_ip" or "account": which limit refused it
+    scope: str | None = None  # "ip", "network", "account_ip", "account": which refused it
 
 
 @attrs.define
@@ -165,6 +172,8 @@ class AuthLimiter:
         self._metrics: IMetrics = metrics if metrics is not None else NoopMetrics()
         ip_policy = _Policy(s.ip_free_failures, s.ip_base_delay, s.ip_max_delay)
         self._ips = _Table(ip_policy, s.half_life, s.max_entries)
+        self._networks = _Table(_Policy(s.network_free_failures, s.ip_base_delay,
+                                        s.ip_max_delay), s.half_life, s.max_entries)
         self._pairs = _Table(_Policy(s.account_ip_free_failures, s.ip_base_delay,
                                      s.ip_max_delay), s.half_life, s.max_entries)
         self._accounts = _Table(
@@ -187,6 +196,7 @@ class AuthLimiter:
         checks: list[tuple[str, _Table, object]] = []
         if not trusted:
             checks.append(("ip", self._ips, ip))
+            checks.append(("network", self._networks, network_key(remote_ip)))
         if account is not None:
             checks.append(("account_ip", self._pairs, (account, ip)))
             if not trusted:
@@ -202,6 +212,7 @@ class AuthLimiter:
         now = self._clock.seconds()
         ip = self._ip(remote_ip)
         self._ips.failure(ip, now)
+        self._networks.failure(network_key(remote_ip), now)
         if account is not None:
             self._pairs.failure((account, ip), now)
             self._accounts.failure(account, now)

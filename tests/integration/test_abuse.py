@@ -124,11 +124,11 @@ def test_spraying_checks_no_more_passwords_than_plain_guessing(server: MxdServer
         plain_checked += not _limited(reply)
     plain.close()
 
-    spray = RawIMAP(port, "127.0.3.3")
+    spray = RawIMAP(port, "127.0.13.3")
     spray_checked = 0
     own_ok = 0
     for r in range(5):
-        own = RawIMAP(port, "127.0.3.3")
+        own = RawIMAP(port, "127.0.13.3")
         reply, _ = own.login(server.user, server.password)
         own_ok += b" OK " in reply
         own.close()
