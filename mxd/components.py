@@ -286,6 +286,14 @@ def make_queue_runner(cfg: Config, queue: Any, resolver: Any, store: Any, direct
     from mxd.config_transports import build_routes
 
     table, transports = build_routes(cfg)  # passwords are read here, before privileges drop
+    for t in transports:
+        where = f" {t.address[0]}:{t.address[1]}" if t.host else ""
+        log.info("transport {name}: {kind}{where}{tls}", name=t.name, kind=t.kind.value,
+                 where=where, tls=f" tls={t.tls.value}" if t.smarthost else "")
+    n_routes = len(table.all_routes())
+    if n_routes:
+        log.info("{n} route(s): account, then sender domain, then global; first match wins",
+                 n=n_routes)
     queue.transport_names = frozenset(t.name for t in transports)
     settings = attrs.evolve(QueueSettings(), max_concurrent=cfg.queue.max_concurrent,
                             max_per_domain=cfg.queue.max_concurrent_per_domain,

@@ -83,3 +83,22 @@ def test_proxy_down_or_wrong_password_defers(dns_lab_factory: Any,  # noqa: F811
         [m] = out.left
         assert "SOCKS proxy refused the username/password" in (m.recipients[0].last_text or "")
         assert sink.count() == 0
+
+
+def test_requiretls_still_applies_through_proxy(dns_lab_factory: Any,  # noqa: F811
+                                                tls_files: dict[str, Path], data_dir: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 8689 through the proxy: the MX is DANE-verified but does not offer REQUIRETLS
+    (aiosmtpd), so a REQUIRETLS message fails with 5.7.30 and is not sent."""
+    lab = dns_lab_factory(_zones(tls_files["cert"]))
+    with AiosmtpdSink(tls_files["cert"], tls_files["key"]) as sink, Microsocks() as p:
+        out = deliver(monkeypatch, data_dir, (_proxied(p.port),),
+                      [("a@example.org", ["someone@remote.test"], {"requiretls": True})],
+                      lambda: False, resolver=lab.resolver_settings(), port=sink.port,
+                      policy=True, wait=3.0)
+        assert p.connected_to(sink.port)
+    assert sink.messages == [] or all(m["rcpts"] != ["someone@remote.test"]
+                                      for m in sink.messages)
+    [[a]] = out.attempts.values()
+    assert a.transport == "proxied" and a.enhanced == "5.7.30" and a.tls_verified
+    assert all(m.queue_id not in out.attempts for m in out.left)
