@@ -215,3 +215,18 @@ def test_unknown_host_is_ex_nohost() -> None:
     err = f.value  # type: ignore[attr-defined]
     assert isinstance(err, SendmailError) and err.code is Exit.NOHOST
     assert "cannot resolve mail.invalid" in str(err)
+
+
+def test_internal_error_is_ex_software_in_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    """A bug shows as EX_SOFTWARE with one line, never a traceback."""
+    monkeypatch.setattr(sendmail, "DEFAULT_CONFIG", tmp_path / "absent.toml")
+
+    def broken(*_a: object, **_k: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(sendmail, "_run_reactor", broken)
+    err = io.StringIO()
+    rc = sendmail.main(["a@x.test"], stdin=io.BytesIO(b"Subject: x\n\nb\n"), stderr=err)
+    assert rc == Exit.SOFTWARE
+    assert err.getvalue() == "mxd-sendmail: internal error: RuntimeError: boom\n"

@@ -205,6 +205,17 @@ def test_exit_codes(mxd_server_module: MxdServer, tmp_path: Path, tls_ca: object
         assert r.returncode == code, (args, r.returncode, r.stderr)
         assert text in r.stderr, (args, r.stderr)
         assert r.stderr.count("\n") == 1 and r.stderr.startswith("mxd-sendmail: ")
+    # EX_IOERR: stdin cannot be read (opened write-only)
+    fd = os.open(tmp_path / "write-only", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        r = subprocess.run([str(VENV_BIN / "mxd-sendmail"), "--config", str(good),
+                            "bob@example.test"], stdin=fd, capture_output=True, text=True,
+                           timeout=60)
+    finally:
+        os.close(fd)
+    assert r.returncode == 74, r.stderr
+    assert r.stderr.startswith("mxd-sendmail: cannot read the message") and \
+        r.stderr.count("\n") == 1
 
 
 def test_plaintext_plain_server_is_refused(tmp_path: Path, mxd_server_module: MxdServer
