@@ -37,6 +37,7 @@ from twisted.python.threadpool import ThreadPool
 from mxd.directory.addresses import (
     InvalidAddress,
     base_address,
+    login_key,
     lower_ascii,
     normalize_address,
     normalize_domain,
@@ -264,7 +265,7 @@ class LDAPDirectory:
                                             gf, ["1.1"], limit=1)
             return attrs.evolve(acct, may_login=bool(entries))
 
-        return self._cached("login", lower_ascii(login), fetch)
+        return self._cached("login", login_key(login), fetch)
 
     async def _store_account(self, acct: LDAPAccount) -> Account:
         """The store's account row for ``acct`` (created on first use), with the
@@ -343,6 +344,13 @@ class LDAPDirectory:
 
     # -- SASL --------------------------------------------------------------------------------
 
+    @staticmethod
+    def login_key(name: str) -> str:
+        """The key of a login name (``mxd.directory.addresses.login_key``): the SASL
+        server keys its limiter counters and fake SCRAM salts on it, as this directory
+        keys its login cache."""
+        return login_key(name)
+
     def lookup_secrets(self, login: str) -> Deferred[LDAPSecrets | None]:
         """For ``SASLServer``: the account's secrets, None when there is no such entry or
         it may not log in; errbacks with LDAPUnavailable (a temporary failure)."""
@@ -411,7 +419,7 @@ class LDAPDirectory:
 
     def test_login(self, login: str) -> Deferred[LDAPAccount | None]:
         """``mxd config check --ldap-test``: the entry a login name finds (no cache)."""
-        self._cache.pop(("login", lower_ascii(login)), None)
+        self._cache.pop(("login", login_key(login)), None)
         return self._by_login(login)
 
     def _read_only(self, *_: Any, **__: Any) -> Deferred[Any]:

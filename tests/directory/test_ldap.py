@@ -286,3 +286,15 @@ def test_unknown_login_costs_a_bind_like_a_known_one(h: StoreHarness) -> None:
     assert client.binds[1] == "uid=alice,ou=people,dc=example,dc=test"
     h.run(server.check_password("dave", "dave-pw", CONN))
     assert len(client.binds) == 3 and "mxd-no-such-account-" in client.binds[2]
+
+
+def test_login_spellings_share_one_cache_entry_and_key(h: StoreHarness) -> None:
+    """Every spelling of a login (ASCII case, IDNA domain) is one key, for the SASL
+    limiter and fake salts as for this directory's cache: one search serves them all."""
+    d, client, _ = make(h)
+    h.run(d.lookup_secrets("Carol@Example.TEST"))
+    n = len(client.filters)
+    h.run(d.lookup_secrets("carol@example.test"))
+    h.run(d.lookup_secrets("CAROL@example.test"))
+    assert len(client.filters) == n
+    assert d.login_key("Nobody@EXAMPLE.test") == d.login_key("nobody@example.test")
