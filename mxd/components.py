@@ -177,8 +177,13 @@ def make_sasl(cfg: Config, directory: Any, reactor: Any, metrics: IMetrics) -> A
     from mxd.sasl.ratelimit import AuthLimiter, AuthLimiterSettings
     from mxd.sasl.server import SASLServer, SASLSettings
 
+    mechanisms = tuple(cfg.auth.mechanisms)
+    if cfg.directory.backend == "ldap":
+        # No LDAP account has a CRAM-MD5 secret: offering it would only make clients
+        # that prefer it fail (and count as failed logins).
+        mechanisms = tuple(m for m in mechanisms if m != "CRAM-MD5")
     settings = SASLSettings(
-        mechanisms=tuple(cfg.auth.mechanisms),
+        mechanisms=mechanisms,
         allow_plaintext_on_loopback=cfg.auth.allow_plaintext_on_loopback,
         fake_salt_key=hmac.new(server_secret(cfg), b"scram fake salt", "sha256").digest(),
         fake_scram_iterations=cfg.auth.scram_iterations,

@@ -62,6 +62,10 @@ MAX_NAME = 256  # octets of an account name taken from the directory
 MAX_VALUES = 1000  # addresses per entry considered
 
 
+class IncompleteListing(DirectoryError):
+    """The directory cut a listing short (size limit): no conclusions from it."""
+
+
 class ReadOnlyDirectory(DirectoryError):
     """Accounts come from LDAP: change them in the directory, not with mxd."""
 
@@ -382,8 +386,13 @@ class LDAPDirectory:
 
     def list_entries(self) -> Deferred[list[LDAPAccount]]:
         def fetch() -> list[LDAPAccount]:
-            entries, _ = self.client.search(self.settings.base_dn, self.settings.list_filter,
-                                            self.settings.attributes)
+            entries, truncated = self.client.search(
+                self.settings.base_dn, self.settings.list_filter, self.settings.attributes)
+            if truncated:
+                # An incomplete listing would make present accounts look like orphans.
+                raise IncompleteListing(
+                    f"the directory returned only {len(entries)} entries (its size limit); "
+                    "allow the service account to read them all")
             accounts = [entry_to_account(e, self.settings) for e in entries]
             return sorted((a for a in accounts if a is not None), key=lambda a: a.name)
 
@@ -463,6 +472,7 @@ def settings_from_values(values: Mapping[str, Any]) -> LDAPSettings:
 
 
 __all__ = [
+    "IncompleteListing",
     "LDAPAccount",
     "LDAPDirectory",
     "LDAPSecrets",

@@ -45,6 +45,8 @@ SUCCESS = 0
 SIZE_LIMIT_EXCEEDED = 4
 NO_SUCH_OBJECT = 32
 INVALID_CREDENTIALS = 49
+PAGED_RESULTS_OID = "1.2.840.113556.1.4.319"  # RFC 2696 simple paged results control
+PAGE_SIZE = 200
 
 
 class LDAPDirectoryError(MxdError):
@@ -211,30 +213,43 @@ class LDAPClient:
     def search(self, base: str, search_filter: str, attributes: Sequence[str],
                limit: int = 0) -> tuple[list[RawEntry], bool]:
         """Entries under ``base`` (subtree) matching ``search_filter`` (already escaped),
-        and whether the size ``limit`` cut the answer short."""
+        and whether the answer was cut short (by ``limit``, or for a listing with
+        ``limit`` 0, by the server's own size limit)."""
         import ldap3
 
         def op(conn: Any) -> tuple[list[RawEntry], bool]:
-            ok = conn.search(base, search_filter, search_scope=ldap3.SUBTREE,
-                             attributes=list(attributes), size_limit=limit,
-                             time_limit=max(1, int(self.settings.timeout)))
-            code = conn.result.get("result")
-            if code not in (SUCCESS, SIZE_LIMIT_EXCEEDED, NO_SUCH_OBJECT) and not ok:
-                if code is None or code in (51, 52, 80, 81):  # busy, unavailable, other, down
-                    from ldap3.core.exceptions import LDAPCommunicationError
+            out: list[RawEntry] = []
+            truncated = False
+            cookie: bytes | None = None
+            while True:
+                # A listing (no limit) asks for pages (RFC 2696), so that the server's
+                # per-search size limit does not cut it short where paging is allowed.
+                ok = conn.search(base, search_filter, search_scope=ldap3.SUBTREE,
+                                 attributes=list(attributes), size_limit=limit,
+                                 time_limit=max(1, int(self.settings.timeout)),
+                                 paged_size=None if limit else PAGE_SIZE, paged_cookie=cookie)
+                code = conn.result.get("result")
+                if code not in (SUCCESS, SIZE_LIMIT_EXCEEDED, NO_SUCH_OBJECT) and not ok:
+                    if code is None or code in (51, 52, 80, 81):  # busy, unavailable, other, down
+                        from ldap3.core.exceptions import LDAPCommunicationError
 
-                    raise LDAPCommunicationError(conn.result.get("description") or "no answer")
-                raise LDAPUnavailable(f"search failed: {conn.result.get('description')} "
-                                      f"({code}) {conn.result.get('message', '')}")
-            out = []
-            for r in conn.response or ():
-                if r.get("type") != "searchResEntry":
-                    continue
-                attrs_: dict[str, list[str]] = {}
-                for k, v in (r.get("raw_attributes") or {}).items():
-                    attrs_[k.lower()] = [_text(x) for x in v]
-                out.append(RawEntry(r["dn"], attrs_))
-            return out, code == SIZE_LIMIT_EXCEEDED
+                        raise LDAPCommunicationError(conn.result.get("description") or "no answer")
+                    raise LDAPUnavailable(f"search failed: {conn.result.get('description')} "
+                                          f"({code}) {conn.result.get('message', '')}")
+                for r in conn.response or ():
+                    if r.get("type") != "searchResEntry":
+                        continue
+                    attrs_: dict[str, list[str]] = {}
+                    for k, v in (r.get("raw_attributes") or {}).items():
+                        attrs_[k.lower()] = [_text(x) for x in v]
+                    out.append(RawEntry(r["dn"], attrs_))
+                truncated = truncated or code == SIZE_LIMIT_EXCEEDED
+                if limit or truncated:
+                    return out, truncated
+                paged = (conn.result.get("controls") or {}).get(PAGED_RESULTS_OID) or {}
+                cookie = (paged.get("value") or {}).get("cookie") or None
+                if not cookie:
+                    return out, truncated
 
         return self._with(self._search_pool, self._service, op)
 

@@ -14,6 +14,7 @@ from twisted.python.failure import Failure
 
 from mxd.directory.authpassword import derive_values
 from mxd.directory.ldap import (
+    IncompleteListing,
     LDAPDirectory,
     LDAPSecrets,
     LDAPSettings,
@@ -57,6 +58,7 @@ class FakeClient:
         self.filters: list[str] = []
         self.binds: list[str] = []
         self.down = False
+        self.list_limit: int | None = None
 
     def search(self, base: str, f: str, attributes: Sequence[str],
                limit: int = 0) -> tuple[list[RawEntry], bool]:
@@ -68,6 +70,8 @@ class FakeClient:
                                                 for m in self.members) else []
         elif f == LIST:
             hits = list(self.entries)
+            if self.list_limit is not None and len(hits) > self.list_limit:
+                return hits[:self.list_limit], True
         else:
             low = f.lower()
             hits = [e for e in self.entries if any(
@@ -298,3 +302,18 @@ def test_login_spellings_share_one_cache_entry_and_key(h: StoreHarness) -> None:
     h.run(d.lookup_secrets("CAROL@example.test"))
     assert len(client.filters) == n
     assert d.login_key("Nobody@EXAMPLE.test") == d.login_key("nobody@example.test")
+
+
+def test_truncated_listing_finds_no_orphans(h: StoreHarness) -> None:
+    """When the directory's size limit cuts the listing short, orphans (and the account
+    list) fail instead of calling present accounts orphans."""
+    d, client, _ = make(h)
+    h.run(d.resolve_recipient("carol@example.test"))
+    client.list_limit = 1
+    failure_of(d.orphans()).trap(IncompleteListing)
+    failure_of(d.list_accounts()).trap(IncompleteListing)
+
+
+def test_huge_name_is_not_an_account() -> None:
+    """An entry whose account name is longer than 256 octets is ignored (logged)."""
+    assert entry_to_account(person("x" * 300, ["x@example.test"]), SETTINGS) is None

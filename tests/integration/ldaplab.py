@@ -41,7 +41,8 @@ objectclass ( 1.3.6.1.4.1.4203.1.4.7 NAME 'authPasswordObject'
 
 
 class SlapdLab:
-    def __init__(self, base: Path, tls_files: dict[str, Path], scram_values: list[str]) -> None:
+    def __init__(self, base: Path, tls_files: dict[str, Path], scram_values: list[str],
+                 sizelimit: str = "500") -> None:
         self.slapd = require_tool("slapd")
         self.slapadd = require_tool("slapadd")
         self.base = base
@@ -67,7 +68,7 @@ pidfile {base}/slapd.pid
 TLSCACertificateFile {tls_files["ca"]}
 TLSCertificateFile {tls_files["cert"]}
 TLSCertificateKeyFile {tls_files["key"]}
-sizelimit 500
+sizelimit {sizelimit}
 database mdb
 maxsize 10485760
 suffix "{BASE}"

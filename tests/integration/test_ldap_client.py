@@ -96,3 +96,22 @@ def test_several_entries_are_ambiguous(lab: SlapdLab) -> None:
     c = client(lab, [f"ldaps://127.0.0.1:{lab.ldaps_port}"])
     with pytest.raises(AmbiguousEntry):
         c.search_one(PEOPLE, "(objectClass=inetOrgPerson)", ["uid"])
+
+
+@pytest.mark.parametrize("sizelimit, complete", [
+    ("size.soft=2 size.hard=2 size.prtotal=unlimited", True),  # paging allowed past it
+    ("2", False),  # a hard limit for paged searches too
+])
+def test_listing_pages_past_size_limit_or_says_it_was_cut(
+        tmp_path: Path, tls_files: dict[str, Path], sizelimit: str, complete: bool) -> None:
+    """A listing asks for pages (RFC 2696): where slapd allows paging beyond its size
+    limit every entry comes back; where it does not, the answer says it was cut short."""
+    lab = SlapdLab(tmp_path / "slapd", tls_files, [], sizelimit=sizelimit)
+    lab.start()
+    try:
+        c = client(lab, [f"ldaps://127.0.0.1:{lab.ldaps_port}"])
+        entries, truncated = c.search(BASE, "(objectClass=*)", ["1.1"])
+    finally:
+        lab.stop()
+    assert truncated is not complete
+    assert len(entries) == (8 if complete else 2)
