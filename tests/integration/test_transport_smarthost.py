@@ -61,7 +61,8 @@ def test_self_signed_relay_refused_when_verifying(tls_files: dict[str, Path], tm
                                                  data_dir: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The relay's certificate is self-signed: with verification on nothing is sent and
-    the message is deferred with the TLS error; with tls = "required" it goes through."""
+    the message is deferred with the TLS error; with tls = "required" it goes through, and
+    so does a "TLS-Required: No" message through the verifying transport."""
     cert, key = self_signed(tmp_path)
     with AiosmtpdSink(tls_files["cert"], tls_files["key"]) as sink, \
             PostfixRelay(tmp_path, sink.port, cert, key) as pf:
@@ -82,6 +83,14 @@ def test_self_signed_relay_refused_when_verifying(tls_files: dict[str, Path], tm
         assert sink.count() == 1 and out2.left == []
         [a2] = next(iter(out2.attempts.values()))
         assert a2.tls_used and not a2.tls_verified
+        # RFC 8689 §5: "TLS-Required: No" relaxes the verified transport's check (TLS is
+        # still used), so that message goes through the same self-signed relay.
+        out3 = deliver(monkeypatch, tmp_path / "data3", (_relay(pf.port, SmarthostTLS.VERIFIED),),
+                       [("a@example.org", ["third@remote.test"], {"tls_required_no": True})],
+                       lambda: sink.count() >= 2, trust=trust_root(tls_files["ca"]))
+        assert sink.count() == 2 and out3.left == []
+        [a3] = next(iter(out3.attempts.values()))
+        assert a3.result == "delivered" and a3.tls_used and not a3.tls_verified
 
 
 def test_requiretls_never_reaches_an_unverified_smarthost(
