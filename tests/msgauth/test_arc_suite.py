@@ -98,3 +98,22 @@ def test_signing(case: str, test: dict[str, Any], doc: dict[str, Any]) -> None:
     want_aar = re.sub(r"\s+", " ", test["AAR"]).strip()
     assert re.sub(r"\s+", " ", aar.split(":", 1)[1]).strip() == want_aar
     assert cv in (ARCResult.NONE, ARCResult.PASS, ARCResult.FAIL)
+
+
+def test_validator_total_on_random_arc_fields() -> None:
+    """Garbled ARC fields give cv=fail (never an exception)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=200)
+    @given(st.lists(st.tuples(st.sampled_from(["ARC-Seal", "ARC-Message-Signature",
+                                               "ARC-Authentication-Results"]),
+                              st.text(alphabet=st.characters(min_codepoint=0x20,
+                                                             max_codepoint=0x7e),
+                                      max_size=80)), min_size=1, max_size=6))
+    def check(fields: list[tuple[str, str]]) -> None:
+        msg = "".join(f"{n}: {v}\r\n" for n, v in fields).encode() + b"From: a@b\r\n\r\nx\r\n"
+        out = Deferred.fromCoroutine(validate_message(FakeResolver(), msg)).result
+        assert out.result in (ARCResult.FAIL, ARCResult.PASS, ARCResult.NONE)
+
+    check()

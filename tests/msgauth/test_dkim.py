@@ -219,3 +219,26 @@ def test_parse_signature_fields() -> None:
     assert sig.signed_headers == ("from", "to") and sig.header_canon == "simple"
     with pytest.raises(DKIMSyntaxError):
         parse_signature(split_fields(raw.replace(b"from : to", b"to"))[0])
+
+
+@settings(max_examples=300)
+@given(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7e), max_size=200))
+def test_signature_parser_total(value: str) -> None:
+    """Any DKIM-Signature value parses or raises DKIMSyntaxError, nothing else."""
+    field = split_fields(b"DKIM-Signature: " + value.encode() + b"\r\n")[0]
+    try:
+        parse_signature(field)
+    except DKIMSyntaxError:
+        pass
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=200))
+def test_key_parser_total(txt: bytes) -> None:
+    """Any key record parses or raises DKIMSyntaxError."""
+    from mxd.msgauth.dkim import parse_key
+
+    try:
+        parse_key(txt)
+    except DKIMSyntaxError:
+        pass
