@@ -175,6 +175,75 @@ def test_owner_keeps_working_during_distributed_guessing(server: MxdServer) -> N
     assert _limited(reply), reply
 
 
+@pytest.mark.skipif(not LONG, reason="long form: set MXD_ABUSE_LONG=1")
+def test_spraying_long(server: MxdServer) -> None:
+    """Long form, default [auth] settings: 30 s of plain guessing from one address and
+    30 s of the spray trick (1 correct login to its own account, then 4 guesses at
+    others) from another; the spray gets no more guesses checked."""
+    port = server.ports["imap"]
+
+    def run(source: str, spray: bool) -> tuple[int, int, int]:
+        checked = attempts = own_ok = 0
+        c = RawIMAP(port, source)
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            if spray and attempts % 4 == 0:
+                own = RawIMAP(port, source)
+                own_ok += b" OK " in own.login(server.user, server.password)[0]
+                own.close()
+            reply, _ = c.login(f"victim{attempts % 7}@example.test" if spray else server.user2,
+                               f"guess-{attempts}")
+            attempts += 1
+            checked += not _limited(reply)
+        c.close()
+        return checked, attempts, own_ok
+
+    plain_checked, plain_attempts, _ = run("127.0.30.2", spray=False)
+    spray_checked, spray_attempts, own_ok = run("127.0.31.2", spray=True)
+    print(f"spraying, 30 s each: plain guessing {plain_checked} passwords checked of "
+          f"{plain_attempts} tried; spray trick {spray_checked} checked of {spray_attempts} "
+          f"tried, with {own_ok} successful own logins (machine shared)")
+    assert spray_checked <= plain_checked
+    assert own_ok >= 1
+
+
+@pytest.mark.skipif(not LONG, reason="long form: set MXD_ABUSE_LONG=1")
+def test_lockout_long(server: MxdServer) -> None:
+    """Long form, default [auth] settings: 12 addresses (in 12 /24s) guess bob's password
+    at 1 guess/s in all for 60 s; bob logs in from his usual address every 2.5 s."""
+    port = server.ports["imap"]
+    owner = "127.0.40.50"
+    c = RawIMAP(port, owner)
+    assert b" OK " in c.login(server.user2, server.password2)[0]
+    c.close()
+    guessers = [RawIMAP(port, f"127.{41 + i}.0.1") for i in range(12)]
+    start = time.monotonic()
+    checked = refused = guesses = 0
+    owner_ok = owner_tries = 0
+    next_guess = next_owner = start
+    while time.monotonic() - start < 60:
+        now = time.monotonic()
+        if now >= next_owner:
+            next_owner += 2.5
+            o = RawIMAP(port, owner)
+            owner_ok += b" OK " in o.login(server.user2, server.password2)[0]
+            owner_tries += 1
+            o.close()
+        if now >= next_guess:
+            next_guess += 1.0
+            reply, _ = guessers[guesses % 12].login(server.user2, f"guess-{guesses}")
+            guesses += 1
+            refused += _limited(reply)
+            checked += not _limited(reply)
+        time.sleep(0.05)
+    for g in guessers:
+        g.close()
+    print(f"lockout, 60 s: owner {owner_ok}/{owner_tries} logins succeeded; guessers "
+          f"{checked} passwords checked, {refused} refused of {guesses} (machine shared)")
+    assert owner_ok == owner_tries
+    assert refused > checked
+
+
 @pytest.mark.parametrize("server", ["ip_free_failures = 3\n"], indirect=True)
 def test_smtp_auth_shares_the_limiter(server: MxdServer) -> None:
     """SMTP AUTH on submission is limited the same way: after the free failures from one
