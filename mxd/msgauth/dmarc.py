@@ -57,6 +57,7 @@ class Record:
     rua: tuple[str, ...] = ()
     ruf: tuple[str, ...] = ()
     text: str = ""
+    nonexistent_policy: Policy | None = None  # np= (RFC 9091 §4.1)
 
 
 _VERSION = re.compile(r"^\s*v\s*=\s*DMARC1\s*(?:;|$)")
@@ -88,18 +89,23 @@ def parse_record(txt: str) -> Record:
             raise DMARCSyntaxError(f"p={tags.get('p', '')!r} is not none, quarantine or "
                                    "reject") from None
         policy = Policy.NONE
-    sp = None
+    sp = np = None
     if "sp" in tags:
         try:
             sp = Policy(tags["sp"].lower())
         except ValueError:
             sp = None
+    if "np" in tags:
+        try:
+            np = Policy(tags["np"].lower())
+        except ValueError:
+            np = None
     pct = 100
     if tags.get("pct", "").isdigit() and 0 <= int(tags["pct"]) <= 100:
         pct = int(tags["pct"])
     adkim = "s" if tags.get("adkim", "r").lower() == "s" else "r"
     aspf = "s" if tags.get("aspf", "r").lower() == "s" else "r"
-    return Record(policy, sp, adkim, aspf, pct, rua, _uris(tags.get("ruf", "")), txt)
+    return Record(policy, sp, adkim, aspf, pct, rua, _uris(tags.get("ruf", "")), txt, np)
 
 
 @functools.lru_cache(maxsize=1)
@@ -135,6 +141,7 @@ class Found:
     authentic: bool
     error: DMARCResult | None = None  # temperror / permerror on the way
     reason: str = ""
+    nonexistent: bool = False  # the From domain does not exist (RFC 9091 §2.1)
 
 
 class TXTResolver(Protocol):
@@ -148,6 +155,21 @@ async def _records_at(resolver: TXTResolver, domain: str) -> tuple[list[str], bo
         return [], e.authentic
     texts = [r.decode("utf-8", "replace") for r in answer.records]
     return [t for t in texts if is_dmarc(t)], bool(answer.authentic)
+
+
+async def _nonexistent(resolver: Any, domain: str) -> bool:
+    """RFC 9091 §2.1: NXDOMAIN for A, AAAA and MX (any other outcome: it exists)."""
+    from mxd.dns.errors import DNSNotFound
+
+    for method in ("lookup_a", "lookup_aaaa", "lookup_mx"):
+        try:
+            await getattr(resolver, method)(domain)
+        except DNSNotFound:
+            continue
+        except Exception:  # noqa: BLE001 - no data, a failure: not shown to be absent
+            return False
+        return False
+    return True
 
 
 async def lookup(resolver: TXTResolver, from_domain: str) -> Found:
@@ -172,9 +194,13 @@ async def lookup(resolver: TXTResolver, from_domain: str) -> Found:
         if len(texts) != 1:
             continue  # none, or several: no policy at this name (§6.6.3)
         try:
-            return Found(parse_record(texts[0]), domain, authentic)
+            record = parse_record(texts[0])
         except DMARCSyntaxError as e:
             return Found(None, domain, authentic, reason=str(e))
+        gone = False
+        if domain != from_domain and record.nonexistent_policy is not None:
+            gone = await _nonexistent(resolver, from_domain)
+        return Found(record, domain, authentic, nonexistent=gone)
     return Found(None, "", authentic)
 
 
@@ -210,8 +236,11 @@ def evaluate(from_domain: str, found: Found, spf: SPFOutcome | None,
         return DMARCOutcome(DMARCResult.NONE, from_domain, authentic=found.authentic,
                             reason=found.reason or "no DMARC record")
     policy = record.policy
-    if found.domain != from_domain and record.subdomain_policy is not None:
-        policy = record.subdomain_policy
+    if found.domain != from_domain:
+        if found.nonexistent and record.nonexistent_policy is not None:
+            policy = record.nonexistent_policy  # RFC 9091 §4.1
+        elif record.subdomain_policy is not None:
+            policy = record.subdomain_policy
     spf_ok = (spf is not None and spf.result is SPFResult.PASS
               and aligned(spf.domain, from_domain, record.aspf))
     dkim_pass = [d for d in dkim if d.result is DKIMStatus.PASS

@@ -120,3 +120,18 @@ def test_lookup_falls_back_to_organizational_domain() -> None:
     fake.add("_dmarc.two.test", "TXT", [b"v=DMARC1; p=reject", b"v=DMARC1; p=none"])
     res = d.Deferred.fromCoroutine(lookup(fake, "two.test")).result
     assert res.record is None  # several records: no policy
+
+
+def test_np_applies_to_nonexistent_subdomains() -> None:
+    """RFC 9091: np= applies when the From domain has NXDOMAIN for A, AAAA and MX; an
+    existing subdomain gets sp=."""
+    import twisted.internet.defer as d
+
+    fake = FakeResolver()
+    fake.add("_dmarc.example.com", "TXT", [b"v=DMARC1; p=none; sp=quarantine; np=reject"])
+    fake.add("real.example.com", "A", ["192.0.2.1"])
+    gone = d.Deferred.fromCoroutine(lookup(fake, "ghost.example.com")).result
+    real = d.Deferred.fromCoroutine(lookup(fake, "real.example.com")).result
+    assert gone.nonexistent and not real.nonexistent
+    assert evaluate("ghost.example.com", gone, None, [], lambda: 0.0).disposition is Policy.REJECT
+    assert evaluate("real.example.com", real, None, [], lambda: 0.0).disposition is Policy.QUARANTINE
