@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import tempfile
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -236,19 +237,13 @@ class CertStore:
         kwargs: dict[str, Any] = {}
         if max_version is not None:
             kwargs["lowerMaximumSecurityTo"] = TLS_VERSIONS[max_version]
-        extra: list[x509.Certificate] = []
-        for c in certified:
-            extra += [x for x in c.chain[1:] if x not in extra]
         opts = ssl.CertificateOptions(
             privateKey=crypto.PKey.from_cryptography_key(first.key),
             certificate=crypto.X509.from_cryptography(first.leaf),
-            extraCertChain=[crypto.X509.from_cryptography(c) for c in extra],
             raiseMinimumTo=TLS_VERSIONS[self.min_version], **kwargs)
         ctx = opts.getContext()
-        for c in rest:
-            # A second certificate of another key type in the same context.
-            ctx.use_certificate(c.leaf)
-            ctx.use_privatekey(c.key)
+        for c in (first, *rest):
+            _use_chain(ctx, c)
         ctx.check_privatekey()
         ctx.set_options(SSL.OP_NO_RENEGOTIATION)
         if alpn == HTTP_ALPN:
@@ -296,6 +291,22 @@ class CertStore:
                    alpn: str | None = None) -> ServerTLS:
         """A connection creator for a listener (STARTTLS or implicit TLS)."""
         return ServerTLS(self, max_version, alpn)
+
+
+def _use_chain(ctx: SSL.Context, certified: CertifiedKey) -> None:
+    """Put a certificate and *its own* chain in the context's slot for its key type.
+
+    The RSA and ECDSA certificates of a CA usually come from different intermediates;
+    ``SSL_CTX_use_certificate_chain_file`` keeps a chain per key slot, where
+    ``add_extra_chain_cert`` would send every intermediate with both."""
+    if len(certified.chain) == 1:
+        ctx.use_certificate(certified.leaf)
+    else:
+        with tempfile.NamedTemporaryFile(suffix=".pem") as f:
+            f.write(certified.pem())
+            f.flush()
+            ctx.use_certificate_chain_file(f.name)
+    ctx.use_privatekey(certified.key)
 
 
 @implementer(IOpenSSLServerConnectionCreator)

@@ -72,3 +72,15 @@ def test_any_bytes_give_an_address_or_autoconfig_error(body):
         assert "@" in autodiscover_email(body)
     except AutoconfigError:
         pass
+
+
+def test_document_is_valid_against_the_documented_schema():
+    """tests/data/autoconfig-v1.1.xsd transcribes Mozilla's documented format."""
+    from pathlib import Path
+
+    etree = pytest.importorskip("lxml.etree")
+    schema = etree.XMLSchema(etree.parse(str(Path(__file__).parent / "data" /
+                                             "autoconfig-v1.1.xsd")))
+    assert schema.validate(etree.fromstring(thunderbird_xml(SETTINGS).encode()))
+    bad = thunderbird_xml(SETTINGS).replace("<socketType>SSL", "<socketType>TLS")
+    assert not schema.validate(etree.fromstring(bad.encode()))

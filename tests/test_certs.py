@@ -40,7 +40,8 @@ def _issued(hk, name: str, days: int = 90) -> CertifiedKey:
 
 
 def _handshake(store: CertStore, sni: str | None, rsa_only: bool = False,
-               http: bool = False, alpn: list[bytes] | None = None) -> x509.Certificate:
+               http: bool = False, alpn: list[bytes] | None = None,
+               chain: list[x509.Certificate] | None = None) -> x509.Certificate:
     """A real TLS handshake over a socket pair; the certificate the server presented."""
     a, b = socket.socketpair()
     server = SSL.Connection(store.context(None, None, "http/1.1" if http else "smtp"), a)
@@ -72,6 +73,8 @@ def _handshake(store: CertStore, sni: str | None, rsa_only: bool = False,
                 continue
     cert = client.get_peer_certificate()
     assert cert is not None
+    if chain is not None:
+        chain += [c.to_cryptography() for c in client.get_peer_cert_chain() or []]
     a.close()
     b.close()
     return cert.to_cryptography()
@@ -168,3 +171,18 @@ def test_tls_alpn_challenge_certificate_only_for_the_validator(keys, tmp_path):
     store.clear_challenge("mta-sts.example.test")
     assert _handshake(store, "mta-sts.example.test", http=True, alpn=acme) not in \
         [c for c, _ in pairs]
+
+
+def test_each_key_type_is_served_with_its_own_chain(keys, tmp_path):
+    """RSA and ECDSA certificates from different intermediates: each handshake carries the
+    leaf and only its own issuer."""
+    store = CertStore(NAMES, keys, tmp_path / "certs", now=NOW)
+    rsa, ecdsa = _issued(keys[0], "mx.example.test"), _issued(keys[1], "mx.example.test")
+    store.install("mx.example.test", rsa)
+    store.install("mx.example.test", ecdsa)
+    got: list[x509.Certificate] = []
+    _handshake(store, "mx.example.test", rsa_only=True, chain=got)
+    assert got == list(rsa.chain)
+    got = []
+    _handshake(store, "mx.example.test", chain=got)
+    assert got == list(ecdsa.chain)

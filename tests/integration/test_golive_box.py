@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from tests.integration.dnslab import DNSLab, ZoneSpec
-from tests.integration.tools import free_port, in_ci, require_tool
+from tests.integration.tools import free_port, in_ci, require_module, require_tool
 
 pytestmark = pytest.mark.integration
 
@@ -424,10 +424,17 @@ def test_autoconfig_xml_over_https(box: Box) -> None:
     conn.close()
 
 
+SCHEMA = Path(__file__).resolve().parents[1] / "data" / "autoconfig-v1.1.xsd"
+
+
 def _validate_clientconfig(root: ET.Element, box: Box) -> None:
-    """The autoconfig format as documented (Mozilla's config-v1.1 description): one
-    emailProvider with domain, displayName, incomingServer/outgoingServer elements each
-    with hostname, port, socketType in {plain, SSL, STARTTLS}, username, authentication."""
+    """Valid against the documented format (tests/data/autoconfig-v1.1.xsd, checked with
+    lxml), and pointing only at mxd's TLS ports."""
+    lxml = require_module("lxml.etree")
+    etree = lxml.etree
+    schema = etree.XMLSchema(etree.parse(str(SCHEMA)))
+    doc = etree.fromstring(ET.tostring(root))
+    assert schema.validate(doc), schema.error_log
     assert root.tag == "clientConfig" and root.get("version") == "1.1"
     (provider,) = root.findall("emailProvider")
     assert provider.get("id") and provider.findtext("domain") == DOMAIN
