@@ -112,7 +112,7 @@ class Server:
     """twistd mxd with ACME on, host keys, https/http/smtp listeners."""
 
     def __init__(self, tmp: Path, lab: DNSLab, pebble: Pebble, challenges: list[str],
-                 ports: dict[str, int]) -> None:
+                 ports: dict[str, int], domains: tuple[str, ...] = ("example.test",)) -> None:
         self.tmp = tmp
         self.keys = host_keys(tmp)
         self.ports = ports
@@ -133,7 +133,7 @@ challenges = {json.dumps(challenges)}
 retry_min = 1.0
 retry_max = 5.0
 [domains]
-names = ["example.test"]
+names = {json.dumps(list(domains))}
 [resolver]
 nameservers = ["{host}:{port}"]
 [queue]
@@ -207,12 +207,13 @@ def world(tmp_path: Path, lab: DNSLab) -> Iterator[dict[str, Any]]:
 
 
 def _start(world: dict[str, Any], tmp: Path, lab: DNSLab, challenges: list[str],
-           protocols: list[str], validity: int) -> tuple[Pebble, Server]:
+           protocols: list[str], validity: int,
+           domains: tuple[str, ...] = ("example.test",)) -> tuple[Pebble, Server]:
     ports = {p: free_port() for p in protocols}
     pebble = Pebble(tmp, lab, ports.get("http", free_port()), ports.get("https", free_port()),
                     validity)
     world["pebble"] = pebble
-    server = Server(tmp, lab, pebble, challenges, ports)
+    server = Server(tmp, lab, pebble, challenges, ports, domains)
     world["server"] = server
     return pebble, server
 
@@ -300,3 +301,21 @@ def test_ca_down_keeps_the_self_signed_certificate_and_retries(
         served = x509.load_der_x509_certificate(t.getpeercert(binary_form=True))
     assert served.issuer == served.subject
     assert spki_sha256_of_cert(served) in {k.spki_sha256 for k in server.keys}
+
+
+def test_a_name_the_ca_cannot_validate_is_reported_and_others_still_issued(
+        world: dict[str, Any], tmp_path: Path, lab: DNSLab) -> None:
+    """A domain whose mta-sts. name does not resolve: the CA's validation error is logged
+    with the name and a hint, retried later, and the other names get their certificates."""
+    pebble, server = _start(world, tmp_path, lab, ["tls-alpn-01"], ["https"], validity=3600,
+                            domains=("example.test", "nowhere.test"))
+    good = [server.cert_file("mx.example.test", k.kind.value) for k in server.keys]
+    server.wait_for(good, 60, pebble)
+    deadline = time.monotonic() + 30
+    while "validation failed: mta-sts.nowhere.test" not in server.log() and \
+            time.monotonic() < deadline:
+        time.sleep(0.1)
+    log = server.log()
+    line = next(ln for ln in log.splitlines() if "validation failed: mta-sts.nowhere.test" in ln)
+    assert "self-signed certificate stays in use; retry 1 in" in line, line
+    assert not server.cert_file("mta-sts.nowhere.test", "ecdsap256").exists()
