@@ -130,6 +130,7 @@ def run_mxd(tmp: Path, sink: Sink, n: int, size: int, concurrency: int) -> tuple
     from mxd.store.interfaces import OutboundMessage, OutboundRecipient
     from mxd.store.queuedb import QUEUE_MIGRATIONS
     from mxd.store.sqlite import SQLiteStore
+    from mxd.store.sqlitequeue import SQLiteQueueStore
 
     data_dir = tmp / "mxd"
     data_dir.mkdir()
@@ -139,7 +140,7 @@ def run_mxd(tmp: Path, sink: Sink, n: int, size: int, concurrency: int) -> tuple
         store = SQLiteStore(data_dir, reactor)
         store.register_schema("queue", QUEUE_MIGRATIONS)
         await store.open()
-        queue = Queue(store, reactor)
+        queue = Queue(SQLiteQueueStore(store), reactor)
         for start in range(0, n, 100):
             ds = []
             for i in range(start, min(n, start + 100)):

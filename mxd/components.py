@@ -318,6 +318,7 @@ def build(cfg: Config, reactor: Any, metrics: IMetrics, parent: Any) -> dict[str
     Order matters: the store service starts first (and stops last), then the queue
     runner; listeners are added after these by tap.build_service."""
     from mxd.queue.queue import Queue
+    from mxd.store.sqlitequeue import SQLiteQueueStore
 
     store = make_store(cfg, reactor)
     directory = make_directory(cfg, store, reactor, metrics)
@@ -328,7 +329,7 @@ def build(cfg: Config, reactor: Any, metrics: IMetrics, parent: Any) -> dict[str
     store_service = StoreService(store, [sync], reactor)
     store_service.setServiceParent(parent)
     sasl = make_sasl(cfg, directory, reactor, metrics)
-    queue = Queue(store, reactor, metrics)
+    queue = Queue(SQLiteQueueStore(store), reactor, metrics)
     resolver = make_resolver(cfg, reactor, metrics)
     comps = {"store": store, "store_service": store_service, "directory": directory,
              "sasl": sasl, "queue": queue, "resolver": resolver}

@@ -175,7 +175,7 @@ def _dispatch(args: argparse.Namespace, conn: sqlite3.Connection, out: TextIO,
                     print(f"{key}: {value}", file=out)
         return EXIT_OK
     if cmd == "requiretls":
-        found = _write(conn, lambda c: qq.op_requiretls(c, args.queue_id, args.setting))
+        found = _write(conn, lambda c: qs.op_requiretls(c, args.queue_id, args.setting))
         if not found:
             print(f"mxd queue: no message {args.queue_id}", file=err)
             return EXIT_NOMATCH
@@ -190,7 +190,8 @@ def _dispatch(args: argparse.Namespace, conn: sqlite3.Connection, out: TextIO,
                   f"{', '.join(sorted(known)) or 'none defined'})", file=err)
             return EXIT_ERROR
         try:
-            n = _write(conn, lambda c: qq.op_transport(c, args.queue_id, args.name))
+            qq.check_transport_name(args.name)
+            n = _write(conn, lambda c: qs.op_transport(c, args.queue_id, args.name))
         except qq.QueueError as e:
             print(f"mxd queue: {e}", file=err)
             return EXIT_ERROR
@@ -207,14 +208,14 @@ def _dispatch(args: argparse.Namespace, conn: sqlite3.Connection, out: TextIO,
         return EXIT_ERROR
     sel = {"queue_id": args.queue_id, "domain": args.domain, "recipient": args.recipient}
     if cmd == "hold":
-        n = _write(conn, lambda c: qq.op_hold(c, hold=True, **sel))
+        n = _write(conn, lambda c: qs.op_hold(c, hold=True, **sel))
     elif cmd == "release":
-        n = _write(conn, lambda c: qq.op_hold(c, hold=False, **sel))
+        n = _write(conn, lambda c: qs.op_hold(c, hold=False, **sel))
     elif cmd == "kick":
         now = time.time()
-        n = _write(conn, lambda c: qq.op_kick(c, now, **sel))
+        n = _write(conn, lambda c: qs.op_kick(c, now, **sel))
     elif cmd == "drop":
-        n = _write(conn, lambda c: qq.op_drop(c, qq.unref_blob_sql, **sel))
+        n = _write(conn, lambda c: qs.op_drop(c, qs.unref_blob_sql, **sel))
     else:  # pragma: no cover - argparse restricts the choices
         return EXIT_ERROR
     print(f"{cmd}: {n} recipient(s)", file=out)

@@ -1,18 +1,17 @@
-"""The outbound queue: ``Queue`` implements IOutbound.enqueue and the admin operations.
+"""The outbound queue: ``Queue`` takes new messages (``enqueue``; the SMTP server's
+``IOutbound.wake``) and carries out the admin operations, through ``IQueueStore``.
 
-``enqueue`` fires only once the message is durable: the body blob committed (fsynced) and
-the queue rows committed in the store's database.  Admin operations (list, show, hold,
-release, drop, kick) are plain functions over a database connection, shared by ``Queue``
-(inside the server) and ``mxd queue`` (mxd.queue.cli, directly on the database file).
+``enqueue`` fires only once the message is durable: body, its reference and the queue
+rows in one transaction (``IQueueStore.accept``).  ``mxd queue`` (mxd.queue.cli) runs the
+same admin SQL (mxd.store.queuedb) directly on the database file of a stopped server.
 """
 
 from __future__ import annotations
 
 import builtins
 import secrets
-import sqlite3
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -21,8 +20,9 @@ from twisted.logger import Logger
 
 from mxd.errors import MxdError
 from mxd.metrics import IMetrics, NoopMetrics
+from mxd.queue.storage import IQueueStore
 from mxd.store import queuedb as qs
-from mxd.store.interfaces import Accepted, BlobWriter, Delivery, MessageProps, OutboundMessage
+from mxd.store.interfaces import BlobWriter, MessageProps, OutboundMessage
 
 log = Logger()
 
@@ -33,24 +33,10 @@ class QueueError(MxdError):
     """A queue operation was refused (bad envelope, unknown id)."""
 
 
-class QueueStore(Protocol):
-    """The part of mxd.store.sqlite.SQLiteStore the queue uses."""
-
-    def transact(self, fn: Callable[[sqlite3.Connection], Any]) -> Deferred[Any]: ...
-
-    def commit_blob(self, writer: BlobWriter) -> Deferred[str]: ...
-
-    def accept(self, blob: BlobWriter, targets: Sequence[Delivery], props: MessageProps,
-               outbound: OutboundMessage | None = None,
-               queue_id: str | None = None) -> Deferred[Accepted]: ...
-
-    def ref_blob(self, conn: sqlite3.Connection, blob_id: str) -> None: ...
-
-    def unref_blob(self, conn: sqlite3.Connection, blob_id: str) -> None: ...
-
-    def new_blob(self) -> Any: ...
-
-    def open_blob(self, blob_id: str) -> Any: ...
+def check_transport_name(name: str) -> None:
+    """A per-message transport override names a transport: no spaces or quotes."""
+    if not name or any(c.isspace() or c in "\"'" for c in name):
+        raise QueueError(f"bad transport name {name!r}")
 
 
 def new_queue_id() -> str:
@@ -72,81 +58,13 @@ def validate_message(m: OutboundMessage) -> None:
         raise QueueError(f"bad sender address {m.mail_from!r}")
 
 
-# -- admin operations over a connection (used by Queue and the CLI) -------------------------
-
-
-def op_hold(conn: sqlite3.Connection, queue_id: str | None = None, domain: str | None = None,
-            recipient: str | None = None, hold: bool = True) -> int:
-    ids = qs.select_recipients(conn, queue_id, domain, recipient)
-    conn.executemany("UPDATE queue_recipients SET hold = ? WHERE id = ?",
-                     [(int(hold), i) for i in ids])
-    return len(ids)
-
-
-def op_kick(conn: sqlite3.Connection, now: float, queue_id: str | None = None,
-            domain: str | None = None, recipient: str | None = None) -> int:
-    """Make matching recipients due now (held ones stay held)."""
-    ids = qs.select_recipients(conn, queue_id, domain, recipient)
-    conn.executemany("UPDATE queue_recipients SET next_attempt = ? WHERE id = ? AND state = ?",
-                     [(now, i, qs.QUEUED) for i in ids])
-    return len(ids)
-
-
-def op_drop(conn: sqlite3.Connection, unref: Callable[[sqlite3.Connection, str], None],
-            queue_id: str | None = None, domain: str | None = None,
-            recipient: str | None = None) -> int:
-    """Remove matching recipients without a DSN; messages left empty go with their blob ref."""
-    ids = qs.select_recipients(conn, queue_id, domain, recipient)
-    message_ids = set()
-    for rid in ids:
-        row = conn.execute("SELECT message_id FROM queue_recipients WHERE id = ?", (rid,)).fetchone()
-        if row is not None:
-            message_ids.add(int(row[0]))
-        qs.finish_recipient(conn, rid)
-    for mid in message_ids:
-        blob_id = qs.remove_message_if_done(conn, mid)
-        if blob_id is not None:
-            unref(conn, blob_id)
-    return len(ids)
-
-
-def op_requiretls(conn: sqlite3.Connection, queue_id: str, setting: str) -> bool:
-    """RFC 8689 admin override of one queued message: ``yes`` requires REQUIRETLS, ``no``
-    delivers as with ``TLS-Required: No``, ``default`` restores what the message came with.
-    Returns False when there is no such message; raises QueueError for another setting."""
-    if setting not in qs.TLS_OVERRIDES:
-        raise QueueError(f"REQUIRETLS setting must be one of {', '.join(qs.TLS_OVERRIDES)},"
-                         f" not {setting!r}")
-    return qs.set_tls_override(conn, queue_id, setting)
-
-
-def op_transport_check(name: str) -> None:
-    if not name or any(c.isspace() or c in "\"'" for c in name):
-        raise QueueError(f"bad transport name {name!r}")
-
-
-def op_transport(conn: sqlite3.Connection, queue_id: str, name: str) -> int:
-    """Per-message transport override (``mxd queue transport ID NAME``, admin API): NAME
-    wins over routes at the next attempt; "default" clears it.  Returns the number of
-    recipients changed (0: no such message)."""
-    op_transport_check(name)
-    return qs.set_transport(conn, queue_id, None if name == "default" else name)
-
-
-def unref_blob_sql(conn: sqlite3.Connection, blob_id: str) -> None:
-    """Drop a blob reference without the store object (the CLI): the store removes bodies
-    left at refcount 0 at its next start."""
-    conn.execute("UPDATE blobs SET refcount = refcount - 1 WHERE id = ? AND refcount > 0",
-                 (blob_id,))
-
-
 # -- the service-side object ---------------------------------------------------------------
 
 
 class Queue:
     """The persistent outbound queue (IOutbound) over the mail store's database."""
 
-    def __init__(self, store: QueueStore, clock: IReactorTime, metrics: IMetrics | None = None) -> None:
+    def __init__(self, store: IQueueStore, clock: IReactorTime, metrics: IMetrics | None = None) -> None:
         self.store = store
         self.clock = clock
         self.metrics: IMetrics = metrics or NoopMetrics()
@@ -211,34 +129,29 @@ class Queue:
 
     def list(self, domain: str | None = None, sender: str | None = None,
              held: bool | None = None, limit: int = 1000) -> Deferred[builtins.list[qs.QueuedMessage]]:
-        return self.store.transact(lambda c: qs.list_messages(
-            c, domain=domain, sender=sender, held=held, limit=limit))
+        return self.store.list_messages(domain, sender, held, limit)
 
     def show(self, queue_id: str) -> Deferred[tuple[qs.QueuedMessage, builtins.list[qs.AttemptRecord]] | None]:
-        def op(c: sqlite3.Connection) -> tuple[qs.QueuedMessage, builtins.list[qs.AttemptRecord]] | None:
-            m = qs.get_message(c, queue_id)
-            return None if m is None else (m, qs.attempts_for(c, queue_id))
-        return self.store.transact(op)
+        return self.store.show(queue_id)
 
     def hold(self, queue_id: str | None = None, domain: str | None = None,
              recipient: str | None = None) -> Deferred[int]:
-        return self.store.transact(lambda c: op_hold(c, queue_id, domain, recipient, True))
+        return self.store.hold(queue_id, domain, recipient, True)
 
     def release(self, queue_id: str | None = None, domain: str | None = None,
                 recipient: str | None = None) -> Deferred[int]:
-        d = self.store.transact(lambda c: op_hold(c, queue_id, domain, recipient, False))
+        d = self.store.hold(queue_id, domain, recipient, False)
         return d.addCallback(self._notify)
 
     def kick(self, queue_id: str | None = None, domain: str | None = None,
              recipient: str | None = None) -> Deferred[int]:
         now = self.clock.seconds()
-        d = self.store.transact(lambda c: op_kick(c, now, queue_id, domain, recipient))
+        d = self.store.kick(now, queue_id, domain, recipient)
         return d.addCallback(self._notify)
 
     def drop(self, queue_id: str | None = None, domain: str | None = None,
              recipient: str | None = None) -> Deferred[int]:
-        return self.store.transact(
-            lambda c: op_drop(c, self.store.unref_blob, queue_id, domain, recipient))
+        return self.store.drop(queue_id, domain, recipient)
 
     def set_transport(self, queue_id: str, name: str) -> Deferred[int]:
         """Per-message transport override (admin API); "default" clears it.  Errbacks with
@@ -250,10 +163,10 @@ class Queue:
             return fail(QueueError(f"unknown transport {name!r} (transports: "
                                    f"{', '.join(sorted(known)) or 'none defined'})"))
         try:
-            op_transport_check(name)
+            check_transport_name(name)
         except QueueError as e:
             return fail(e)
-        d = self.store.transact(lambda c: op_transport(c, queue_id, name))
+        d = self.store.set_transport(queue_id, name)
 
         def logged(n: int) -> int:
             if n:
@@ -265,7 +178,7 @@ class Queue:
         return d.addCallback(logged)
 
     def set_requiretls(self, queue_id: str, setting: str) -> Deferred[bool]:
-        """``mxd queue requiretls ID yes|no|default`` (see ``op_requiretls``); fires False for
+        """``mxd queue requiretls ID yes|no|default`` (RFC 8689 admin override); fires False for
         an unknown id, errbacks with QueueError for a bad setting.  Takes effect at the
         message's next attempt."""
         if setting not in qs.TLS_OVERRIDES:
@@ -273,7 +186,7 @@ class Queue:
 
             return fail(QueueError(f"REQUIRETLS setting must be one of "
                                    f"{', '.join(qs.TLS_OVERRIDES)}, not {setting!r}"))
-        d = self.store.transact(lambda c: op_requiretls(c, queue_id, setting))
+        d = self.store.set_tls_override(queue_id, setting)
 
         def logged(found: bool) -> bool:
             if found:
@@ -285,11 +198,11 @@ class Queue:
 
     def tls_domains(self, domain: str | None = None) -> Deferred[builtins.list[qs.DomainTLS]]:
         """The last TLS result per recipient domain (STARTTLS, REQUIRETLS, verified)."""
-        return self.store.transact(lambda c: qs.domain_tls(c, domain))
+        return self.store.domain_tls(domain)
 
     def requiretls_ready(self, domains: builtins.list[str]) -> Deferred[dict[str, bool]]:
         """Per domain: REQUIRETLS offered over verified TLS at the last connection."""
-        return self.store.transact(lambda c: qs.requiretls_ready(c, domains))
+        return self.store.requiretls_ready(domains)
 
     def counts(self) -> Deferred[dict[str, int]]:
-        return self.store.transact(qs.count_recipients)
+        return self.store.counts()

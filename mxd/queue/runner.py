@@ -41,7 +41,7 @@ from mxd.queue.settings import QueueSettings
 from mxd.smtp import dsn as dsnmod
 from mxd.smtp.client import SMTPLocalError
 from mxd.store import queuedb as qs
-from mxd.store.interfaces import OutboundMessage, OutboundRecipient
+from mxd.store.interfaces import BlobWriter, OutboundMessage, OutboundRecipient
 
 __all__ = ["LocalDelivery", "QueueRunner", "QueueSettings", "RequireTLSUnavailable"]
 
@@ -118,7 +118,7 @@ class QueueRunner(Service):
     def startService(self) -> None:
         super().startService()
         now = self.reactor.seconds()
-        d = self.queue.store.transact(lambda c: qs.recover_inflight(c, now))
+        d = self.queue.store.recover_inflight(now)
 
         def recovered(n: int) -> None:
             if n:
@@ -132,9 +132,7 @@ class QueueRunner(Service):
                 log.info("queue recovery cut short by a stop ({error})",
                          error=f.getErrorMessage())
 
-        d.addCallback(recovered)
-        d.addErrback(failed)
-        self.started = d
+        self.started = d.addCallback(recovered).addErrback(failed)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -220,36 +218,12 @@ class QueueRunner(Service):
         running = dict(self._per_domain)
         limit = s.max_per_domain
 
-        metrics = self.metrics
-
-        def op(c: Any) -> tuple[list[qs.QueuedMessage], bool, float | None]:
-            for state, count in qs.count_recipients(c).items():
-                metrics.set("queue_recipients", count, state=state)
-            if free <= 0:
-                return [], False, qs.next_due_time(c)
-            due = qs.due_recipients(c, now, s.batch)
-            groups: dict[tuple[str, str, str | None], list[int]] = {}
-            for queue_id, rid, domain, transport in due:
-                if running.get(domain, 0) >= limit:
-                    continue
-                ids = groups.setdefault((queue_id, domain, transport), [])
-                if len(ids) < s.max_rcpts_per_transaction:
-                    ids.append(rid)
-            claimed: list[qs.QueuedMessage] = []
-            planned: dict[str, int] = {}
-            for (_qid, domain, _t), ids in groups.items():
-                if len(claimed) >= free:
-                    break
-                if running.get(domain, 0) + planned.get(domain, 0) >= limit:
-                    continue
-                m = qs.claim(c, ids, now, s.lease)
-                if m is not None:
-                    planned[domain] = planned.get(domain, 0) + 1
-                    claimed.append(m)
-            more = bool(claimed) and len(due) >= s.batch and len(claimed) < free
-            return claimed, more, qs.next_due_time(c)
-
-        messages, more, nxt = await self.queue.store.transact(op)
+        claimed = await self.queue.store.claim_due(
+            now, free=free, running=running, per_domain=limit, batch=s.batch,
+            max_rcpts=s.max_rcpts_per_transaction, lease=s.lease)
+        for state, count in claimed.counts.items():
+            self.metrics.set("queue_recipients", count, state=state)
+        messages, more, nxt = claimed.messages, claimed.more, claimed.next_due
         for m in messages:
             self._start_job(m)
         return more, nxt
@@ -384,41 +358,26 @@ class QueueRunner(Service):
         now = self.reactor.seconds()
         decision = decide(m, outcomes, now, self.settings.retry, self.random)
         self._log_decision(m, decision)
-        dsn_blob: str | None = None
-        dsn_envelope: OutboundMessage | None = None
+        dsn: tuple[BlobWriter, OutboundMessage, str] | None = None
         if decision.reports:
             try:
-                dsn_blob, dsn_envelope = await self._make_dsn(
+                writer, envelope = self._make_dsn(
                     m, list(decision.reports), now, decision.attempts, decision.next_attempt)
+                dsn = (writer, envelope, new_queue_id())
             except Exception:  # noqa: BLE001 - a DSN problem must not lose the result
                 log.failure("cannot build a DSN for {queue_id}", queue_id=m.queue_id)
-        dsn_id = new_queue_id() if dsn_blob else None
-        store = self.queue.store
-
-        def op(c: Any) -> None:
-            for a in attempts:
-                qs.log_attempt(c, attempt_record(m, a, now))  # with its transport and route
-                support = domain_tls(m, a, now)
-                if support is not None:
-                    qs.record_domain_tls(c, support)
-            for rid in decision.finished:
-                qs.finish_recipient(c, rid)
-            for d in decision.deferred:
-                o = d.outcome
-                assert d.next_attempt is not None
-                qs.defer_recipient(c, o.recipient.id, next_attempt=d.next_attempt, now=now,
-                                   code=o.code, enhanced=o.enhanced, text=o.text, host=o.host,
-                                   delay_dsn_sent=d.delay_dsn_sent)
-            blob = qs.remove_message_if_done(c, m.id)
-            if blob is not None:
-                store.unref_blob(c, blob)
-            if dsn_blob is not None and dsn_envelope is not None and dsn_id is not None:
-                store.ref_blob(c, dsn_blob)
-                qs.insert_message(c, dsn_id, dsn_blob, dsn_envelope, now, is_dsn=True)
-
-        await store.transact(op)
-        if dsn_id:
-            log.info("queued DSN {dsn_id} about {queue_id} to <{sender}>", dsn_id=dsn_id,
+        supports = (domain_tls(m, a, now) for a in attempts)
+        result = qs.AttemptResult(
+            attempts=tuple(attempt_record(m, a, now) for a in attempts),  # transport, route
+            domains=tuple(d for d in supports if d is not None),
+            finished=tuple(decision.finished),
+            deferred=tuple(qs.Deferral(d.outcome.recipient.id, d.next_attempt, d.outcome.code,
+                                       d.outcome.enhanced, d.outcome.text, d.outcome.host,
+                                       d.delay_dsn_sent)
+                           for d in decision.deferred if d.next_attempt is not None))
+        await self.queue.store.record_result(m, result, now, dsn)
+        if dsn is not None:
+            log.info("queued DSN {dsn_id} about {queue_id} to <{sender}>", dsn_id=dsn[2],
                      queue_id=m.queue_id, sender=m.mail_from)
 
     def _log_decision(self, m: qs.QueuedMessage, decision: Decision) -> None:
@@ -436,9 +395,9 @@ class QueueRunner(Service):
                          queue_id=m.queue_id, rcpt=rcpt, when=d.next_attempt,
                          reply=d.diagnostic)
 
-    async def _make_dsn(self, m: qs.QueuedMessage, reports: list[dsnmod.RecipientReport],
-                        now: float, attempts: int, next_time: float | None,
-                        ) -> tuple[str, OutboundMessage]:
+    def _make_dsn(self, m: qs.QueuedMessage, reports: list[dsnmod.RecipientReport],
+                  now: float, attempts: int, next_time: float | None,
+                  ) -> tuple[BlobWriter, OutboundMessage]:
         retry = self.settings.retry
         with self.queue.store.open_blob(m.blob_id) as f:
             # The DSN goes without REQUIRETLS (RFC 8689 §4.1; it may not be deliverable
@@ -463,8 +422,7 @@ class QueueRunner(Service):
         )
         writer = self.queue.store.new_blob()
         writer.write(data)
-        blob_id = await self.queue.store.commit_blob(writer)
-        return blob_id, envelope
+        return writer, envelope
 
 
 def _read_headers(f: Any, limit: int = 1 << 20) -> bytes:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import datetime
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -625,3 +625,127 @@ def to_outbound(m: QueuedMessage) -> OutboundMessage:
         ret=m.ret, envid=m.envid, requiretls=m.requiretls, tls_required_no=m.tls_required_no,
         smtputf8=m.smtputf8, body=m.body, sender_account=m.sender_account, size=m.size,
     )
+
+
+# -- admin operations (the server through SQLiteQueueStore, and `mxd queue` on the file) --
+
+
+def op_hold(conn: sqlite3.Connection, queue_id: str | None = None, domain: str | None = None,
+            recipient: str | None = None, hold: bool = True) -> int:
+    ids = select_recipients(conn, queue_id, domain, recipient)
+    conn.executemany("UPDATE queue_recipients SET hold = ? WHERE id = ?",
+                     [(int(hold), i) for i in ids])
+    return len(ids)
+
+
+def op_kick(conn: sqlite3.Connection, now: float, queue_id: str | None = None,
+            domain: str | None = None, recipient: str | None = None) -> int:
+    """Make matching recipients due now (held ones stay held)."""
+    ids = select_recipients(conn, queue_id, domain, recipient)
+    conn.executemany("UPDATE queue_recipients SET next_attempt = ? WHERE id = ? AND state = ?",
+                     [(now, i, QUEUED) for i in ids])
+    return len(ids)
+
+
+def op_drop(conn: sqlite3.Connection, unref: Callable[[sqlite3.Connection, str], None],
+            queue_id: str | None = None, domain: str | None = None,
+            recipient: str | None = None) -> int:
+    """Remove matching recipients without a DSN; messages left empty go with their blob ref."""
+    ids = select_recipients(conn, queue_id, domain, recipient)
+    message_ids = set()
+    for rid in ids:
+        row = conn.execute("SELECT message_id FROM queue_recipients WHERE id = ?", (rid,)).fetchone()
+        if row is not None:
+            message_ids.add(int(row[0]))
+        finish_recipient(conn, rid)
+    for mid in message_ids:
+        blob_id = remove_message_if_done(conn, mid)
+        if blob_id is not None:
+            unref(conn, blob_id)
+    return len(ids)
+
+
+def op_requiretls(conn: sqlite3.Connection, queue_id: str, setting: str) -> bool:
+    """RFC 8689 admin override of one queued message: ``yes`` requires REQUIRETLS, ``no``
+    delivers as with ``TLS-Required: No``, ``default`` restores what the message came with.
+    Returns False when there is no such message (the caller checked ``setting`` against
+    ``TLS_OVERRIDES``)."""
+    return set_tls_override(conn, queue_id, setting)
+
+
+def op_transport(conn: sqlite3.Connection, queue_id: str, name: str) -> int:
+    """Per-message transport override (``mxd queue transport ID NAME``, admin API): NAME
+    wins over routes at the next attempt; "default" clears it.  Returns the number of
+    recipients changed (0: no such message; the caller checked the name)."""
+    return set_transport(conn, queue_id, None if name == "default" else name)
+
+
+def unref_blob_sql(conn: sqlite3.Connection, blob_id: str) -> None:
+    """Drop a blob reference without the store object (the CLI): the store removes bodies
+    left at refcount 0 at its next start."""
+    conn.execute("UPDATE blobs SET refcount = refcount - 1 WHERE id = ? AND refcount > 0",
+                 (blob_id,))
+
+
+@attrs.frozen
+class Claimed:
+    """What ``claim_due`` took: messages (one per message and domain) and what is left."""
+
+    messages: list[QueuedMessage]
+    more: bool  # more due work may be waiting (the batch was full)
+    next_due: float | None
+    counts: dict[str, int]  # recipients per state, for metrics
+
+
+def claim_due(conn: sqlite3.Connection, now: float, *, free: int, running: dict[str, int],
+              per_domain: int, batch: int, max_rcpts: int, lease: float) -> Claimed:
+    """Claim due recipients in one transaction, grouped per message and destination domain
+    (and transport), within ``free`` jobs and ``per_domain`` jobs per domain (``running``:
+    the jobs running now per domain)."""
+    counts = count_recipients(conn)
+    if free <= 0:
+        return Claimed([], False, next_due_time(conn), counts)
+    due = due_recipients(conn, now, batch)
+    groups: dict[tuple[str, str, str | None], list[int]] = {}
+    for queue_id, rid, domain, transport in due:
+        if running.get(domain, 0) >= per_domain:
+            continue
+        ids = groups.setdefault((queue_id, domain, transport), [])
+        if len(ids) < max_rcpts:
+            ids.append(rid)
+    claimed: list[QueuedMessage] = []
+    planned: dict[str, int] = {}
+    for (_qid, domain, _t), ids in groups.items():
+        if len(claimed) >= free:
+            break
+        if running.get(domain, 0) + planned.get(domain, 0) >= per_domain:
+            continue
+        m = claim(conn, ids, now, lease)
+        if m is not None:
+            planned[domain] = planned.get(domain, 0) + 1
+            claimed.append(m)
+    more = bool(claimed) and len(due) >= batch and len(claimed) < free
+    return Claimed(claimed, more, next_due_time(conn), counts)
+
+
+@attrs.frozen
+class Deferral:
+    """A recipient that stays queued after an attempt, and its last result."""
+
+    recipient_id: int
+    next_attempt: float
+    code: int | None
+    enhanced: str | None
+    text: str | None
+    host: str | None
+    delay_dsn_sent: bool
+
+
+@attrs.frozen
+class AttemptResult:
+    """Everything one delivery job writes, in one transaction (``record_result``)."""
+
+    attempts: tuple[AttemptRecord, ...] = ()
+    domains: tuple[DomainTLS, ...] = ()
+    finished: tuple[int, ...] = ()
+    deferred: tuple[Deferral, ...] = ()

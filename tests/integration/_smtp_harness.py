@@ -52,6 +52,7 @@ def main(config_path: str) -> None:  # pragma: no cover - runs in the subprocess
     from mxd.smtp.service import smtp_factory
     from mxd.store.queuedb import QUEUE_MIGRATIONS
     from mxd.store.sqlite import SQLiteStore
+    from mxd.store.sqlitequeue import SQLiteQueueStore
     from mxd.tls import TLSSettings, load_server_tls
 
     reactor: Any = _reactor
@@ -65,7 +66,7 @@ def main(config_path: str) -> None:  # pragma: no cover - runs in the subprocess
     sasl = SASLServer(directory.lookup_secrets,
                       SASLSettings(fake_scrypt_n=SCRYPT_N), AuthLimiter(reactor, AuthLimiterSettings()),
                       reactor, "mx.example.test")
-    queue = Queue(store, reactor)  # type: ignore[arg-type]
+    queue = Queue(SQLiteQueueStore(store), reactor)
     tls = load_server_tls(TLSSettings(Path(cfg["cert"]), Path(cfg["key"])))
     tls12 = load_server_tls(TLSSettings(Path(cfg["cert"]), Path(cfg["key"]),
                                         max_version="TLSv1.2"))

@@ -24,6 +24,7 @@ from mxd.store import queuedb as qs
 from mxd.store.interfaces import OutboundMessage, OutboundRecipient
 from mxd.store.queuedb import QUEUE_MIGRATIONS
 from mxd.store.sqlite import SQLiteStore
+from mxd.store.sqlitequeue import SQLiteQueueStore
 from tests.integration.dnslab import ZoneSpec, dns_lab_factory  # noqa: F401
 from tests.integration.tools import free_port, require_module
 
@@ -99,7 +100,7 @@ def _deliver(lab: Any, port: int, data_dir: Path, monkeypatch: pytest.MonkeyPatc
         await store.open()
         try:
             resolver = Resolver(reactor, lab.resolver_settings())
-            queue = Queue(store, reactor)
+            queue = Queue(SQLiteQueueStore(store), reactor)
             runner = QueueRunner(queue, resolver, reactor, QueueSettings(port=port),
                                  hostname="mx.example.org",
                                  tls_policy_factory=tlspolicy.make_policy_factory(

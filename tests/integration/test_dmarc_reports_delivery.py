@@ -22,6 +22,7 @@ from mxd.queue.queue import Queue
 from mxd.queue.runner import QueueRunner, QueueSettings
 from mxd.store.queuedb import QUEUE_MIGRATIONS
 from mxd.store.sqlite import SQLiteStore
+from mxd.store.sqlitequeue import SQLiteQueueStore
 from tests.integration.dnslab import ZoneSpec, dns_lab_factory  # noqa: F401
 from tests.integration.test_queue_delivery import _until, run
 from tests.queue.sinks import AiosmtpdSink
@@ -53,7 +54,7 @@ def test_report_delivered_to_rua_parsed_and_signed(
             store.register_schema("queue", QUEUE_MIGRATIONS)
             await store.open()
             try:
-                queue = Queue(store, reactor)
+                queue = Queue(SQLiteQueueStore(store), reactor)
                 resolver = Resolver(reactor, lab.resolver_settings())
                 runner = QueueRunner(queue, resolver, reactor, QueueSettings(port=sink.port),
                                      local_delivery=StoreLocalDelivery(store, ["example.org"]),

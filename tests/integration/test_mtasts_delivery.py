@@ -28,6 +28,7 @@ from mxd.store import queuedb as qs
 from mxd.store.interfaces import OutboundMessage, OutboundRecipient
 from mxd.store.queuedb import QUEUE_MIGRATIONS
 from mxd.store.sqlite import SQLiteStore
+from mxd.store.sqlitequeue import SQLiteQueueStore
 from mxd.tlsrpt.results import PolicyType, ResultType
 from tests.integration.dnslab import ZoneSpec, dns_lab_factory  # noqa: F401
 from tests.integration.test_dane_delivery import Sink
@@ -118,7 +119,7 @@ def _run(lab: Any, world: dict[str, Any], body: bytes | None, data_dir: Path,
             store.register_schema("queue", QUEUE_MIGRATIONS)
             await store.open()
             try:
-                queue = Queue(store, reactor)
+                queue = Queue(SQLiteQueueStore(store), reactor)
                 runner = QueueRunner(
                     queue, resolver, reactor, QueueSettings(port=world["port"]),
                     hostname="mx.example.org",

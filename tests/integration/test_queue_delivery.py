@@ -19,6 +19,7 @@ from mxd.store import queuedb as qs
 from mxd.store.interfaces import OutboundMessage, OutboundRecipient
 from mxd.store.queuedb import QUEUE_MIGRATIONS
 from mxd.store.sqlite import SQLiteStore
+from mxd.store.sqlitequeue import SQLiteQueueStore
 from tests.integration.dnslab import ZoneSpec, dns_lab_factory  # noqa: F401
 from tests.queue.sinks import AiosmtpdSink, SmtpSink
 
@@ -69,7 +70,7 @@ def test_delivery_over_starttls_and_failure_dsn_in_inbox(
             await store.open()
             try:
                 alice = await store.add_account("alice", "{}", ["alice@example.org"])
-                queue = Queue(store, reactor)
+                queue = Queue(SQLiteQueueStore(store), reactor)
                 runner = QueueRunner(
                     queue, Resolver(reactor, lab.resolver_settings()), reactor,
                     QueueSettings(port=sink.port), local_delivery=StoreLocalDelivery(store, ["example.org"]),
@@ -129,7 +130,7 @@ def test_delivery_to_postfix_smtp_sink(dns_lab_factory: Any, data_dir: Path, tmp
             store.register_schema("queue", QUEUE_MIGRATIONS)
             await store.open()
             try:
-                queue = Queue(store, reactor)
+                queue = Queue(SQLiteQueueStore(store), reactor)
                 runner = QueueRunner(queue, Resolver(reactor, lab.resolver_settings()), reactor,
                                      QueueSettings(port=sink.port), hostname="mx.example.org")
                 runner.startService()

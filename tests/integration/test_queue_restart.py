@@ -25,6 +25,7 @@ from mxd.queue.queue import Queue
 from mxd.store.interfaces import OutboundMessage, OutboundRecipient
 from mxd.store.queuedb import QUEUE_MIGRATIONS
 from mxd.store.sqlite import DB_NAME
+from mxd.store.sqlitequeue import SQLiteQueueStore
 from tests.queue.sinks import SmtpSink
 from tests.store.helpers import open_store
 
@@ -42,6 +43,7 @@ from mxd.queue.queue import Queue
 from mxd.queue.runner import QueueRunner, QueueSettings
 from mxd.store.queuedb import QUEUE_MIGRATIONS
 from mxd.store.sqlite import SQLiteStore
+from mxd.store.sqlitequeue import SQLiteQueueStore
 
 async def main():
     store = SQLiteStore(Path(sys.argv[1]), reactor)
@@ -50,7 +52,7 @@ async def main():
     resolver = FakeResolver()
     resolver.add("remote.test", "MX", ["10 mx.remote.test."])
     resolver.add("mx.remote.test", "A", ["127.0.0.1"])
-    queue = Queue(store, reactor)
+    queue = Queue(SQLiteQueueStore(store), reactor)
     runner = QueueRunner(queue, resolver, reactor,
                          QueueSettings(port=int(sys.argv[2]), max_concurrent=20, max_per_domain=20),
                          hostname="mx.example.org")
@@ -77,7 +79,7 @@ class _Clock:
 def _fill(data_dir: Path) -> None:
     h = open_store(data_dir, schemas={"queue": QUEUE_MIGRATIONS})
     try:
-        q = Queue(h.store, _Clock())
+        q = Queue(SQLiteQueueStore(h.store), _Clock())
         for batch in range(0, TOTAL, 50):  # 50 at a time: the store group-commits them
             ds = []
             for n in range(batch, min(TOTAL, batch + 50)):

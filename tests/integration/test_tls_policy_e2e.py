@@ -43,6 +43,7 @@ from mxd.store import queuedb as qs
 from mxd.store.interfaces import OutboundMessage, OutboundRecipient
 from mxd.store.queuedb import QUEUE_MIGRATIONS
 from mxd.store.sqlite import SQLiteStore
+from mxd.store.sqlitequeue import SQLiteQueueStore
 from mxd.tlsrpt.report import aggregate
 from tests.integration.dnslab import DNSLab, ZoneSpec
 from tests.integration.test_mtasts_delivery import PolicySite
@@ -199,7 +200,7 @@ async def _deliver(reactor: Any, mp: pytest.MonkeyPatch, tls: Any, lab: DNSLab,
             timeout=5, port=https_port,
             trust_root=tssl.Certificate.loadPEM(ca.cert_pem.bytes())))
         sts = STSResolver(resolver, fetcher, JSONFilePolicyCache(data_dir / "sts.json"), reactor)
-        queue = Queue(store, reactor)
+        queue = Queue(SQLiteQueueStore(store), reactor)
         runner = QueueRunner(
             queue, resolver, reactor,
             QueueSettings(port=port, connect_timeout=5, stop_timeout=3, client=ClientSettings(

@@ -25,6 +25,7 @@ from mxd.store import queuedb as qs
 from mxd.store.interfaces import OutboundMessage, OutboundRecipient
 from mxd.store.queuedb import QUEUE_MIGRATIONS
 from mxd.store.sqlite import SQLiteStore
+from mxd.store.sqlitequeue import SQLiteQueueStore
 from tests.integration.test_queue_delivery import run
 from tests.integration.tools import free_port, in_ci, require_tool
 
@@ -64,7 +65,7 @@ def deliver(monkeypatch: pytest.MonkeyPatch, data_dir: Path, transports: tuple[T
                 from mxd.queue import tlspolicy
 
                 factory = tlspolicy.make_policy_factory(res, None, reactor)
-            queue = Queue(store, reactor)
+            queue = Queue(SQLiteQueueStore(store), reactor)
             runner = QueueRunner(
                 queue, res, reactor,
                 QueueSettings(port=port, route_table=table, transports=transports,

@@ -14,6 +14,7 @@ from mxd.queue.local import StoreLocalDelivery
 from mxd.queue.queue import Queue
 from mxd.store.interfaces import OutboundMessage, OutboundRecipient
 from mxd.store.queuedb import QUEUE_MIGRATIONS
+from mxd.store.sqlitequeue import SQLiteQueueStore
 from tests.store.helpers import open_store
 
 
@@ -31,7 +32,7 @@ def _run(data_dir: Path, *argv: str) -> tuple[int, str, str]:
 
 def _fill(data_dir: Path) -> list[str]:
     h = open_store(data_dir, inline=True, clock=Clock(), schemas={"queue": QUEUE_MIGRATIONS})
-    q = Queue(h.store, Clock())
+    q = Queue(SQLiteQueueStore(h.store), Clock())
     ids = []
     for rcpts in (("a@one.test", "b@two.test"), ("c@two.test",)):
         w = h.store.new_blob()

@@ -19,6 +19,7 @@ from mxd.queue.schedule import RetrySettings
 from mxd.store import queuedb as qs
 from mxd.store.interfaces import OutboundMessage, OutboundRecipient
 from mxd.store.queuedb import QUEUE_MIGRATIONS
+from mxd.store.sqlitequeue import SQLiteQueueStore
 from tests.queue.fakesmtp import FakeSink
 from tests.store.helpers import StoreHarness, open_store
 
@@ -57,7 +58,7 @@ class World:
             self.resolver.add(f"mx.{dom}", "A", [ip])
         self.sink = FakeSink()
         self.local = FakeLocal()
-        self.queue = Queue(self.h.store, self.clock)
+        self.queue = Queue(SQLiteQueueStore(self.h.store), self.clock)
         retry = settings.pop("retry", RetrySettings())
         self.runner = QueueRunner(
             self.queue, self.resolver, self.clock,

@@ -21,6 +21,7 @@ from mxd.smtp.client import TLSMode, TLSPolicy
 from mxd.store import queuedb as qs
 from mxd.store.interfaces import OutboundMessage, OutboundRecipient
 from mxd.store.queuedb import QUEUE_MIGRATIONS
+from mxd.store.sqlitequeue import SQLiteQueueStore
 from mxd.tlsrpt.report import aggregate
 from mxd.tlsrpt.results import PolicyInfo, PolicyType, ResultType
 from tests.queue.test_runner import World, _report, world  # noqa: F401
@@ -185,7 +186,7 @@ def test_cli_requiretls_and_domains(data_dir: Path) -> None:
     h = open_store(data_dir, inline=True, clock=Clock(), schemas={"queue": QUEUE_MIGRATIONS})
     w = h.store.new_blob()
     w.write(b"Subject: x\r\n\r\nbody\r\n")
-    qid = h.run(Queue(h.store, Clock()).enqueue(w, OutboundMessage(
+    qid = h.run(Queue(SQLiteQueueStore(h.store), Clock()).enqueue(w, OutboundMessage(
         "s@example.org", (OutboundRecipient("a@one.test"),))))
 
     def put(c: Any) -> None:
@@ -215,7 +216,7 @@ def test_cli_requiretls_and_domains(data_dir: Path) -> None:
     assert "certificate-expired" in out and "2 domain(s)" in out
     h = open_store(data_dir, inline=True, schemas={"queue": QUEUE_MIGRATIONS})
     try:
-        ready = h.run(Queue(h.store, Clock()).requiretls_ready(
+        ready = h.run(Queue(SQLiteQueueStore(h.store), Clock()).requiretls_ready(
             ["ONE.test", "two.test", "new.test"]))
     finally:
         h.close()
@@ -290,7 +291,7 @@ def test_existing_queue_database_upgrades_with_its_rows(data_dir: Path) -> None:
     h = open_store(data_dir, inline=True, clock=Clock(), schemas={"queue": QUEUE_MIGRATIONS[:1]})
     w = h.store.new_blob()
     w.write(b"Subject: x\r\n\r\nbody\r\n")
-    qid = h.run(Queue(h.store, Clock()).enqueue(w, OutboundMessage(
+    qid = h.run(Queue(SQLiteQueueStore(h.store), Clock()).enqueue(w, OutboundMessage(
         "s@example.org", (OutboundRecipient("a@one.test"),), requiretls=True)))
     h.run(h.store.transact(lambda c: c.execute(
         "INSERT INTO queue_attempts (queue_id, domain, recipients, at, result, tls_used)"
