@@ -7,9 +7,15 @@ serves every server that needs a directory:
   the group filter, cached ``cache_ttl`` = 60 s; each login binds as the user);
 * ``mxd-ldap-nocache``: the same with ``cache_ttl = 0`` (search + group search + bind on
   every login);
-* ``mxd-local``: ``twistd mxd`` with the local directory (scrypt check on a worker thread);
-* ``dovecot-ldap``: Dovecot 2.3 with an LDAP passdb, ``auth_bind = yes`` (a bind as the
-  user per login, as mxd does), same slapd, same filter shape.
+* ``mxd-local``: ``twistd mxd`` with the local directory (scrypt on the hashing pool; a
+  successful check is remembered for ``[auth] login_cache_ttl``, so repeated logins of
+  the same users skip scrypt), and ``mxd-local-nocache`` with ``login_cache_ttl = 0``
+  (scrypt on every login);
+* ``dovecot-ldap``: Dovecot 2.3 with an LDAP passdb, ``auth_bind = yes`` (a search and a
+  bind as the user per login, as mxd does; no auth cache), same slapd, same filter shape;
+  ``dovecot-local``: the same Dovecot with a passwd-file (PLAIN scheme: no hashing), to
+  show what LDAP costs Dovecot.  Dovecot runs in its default mode (a login process per
+  connection, an imap process per login), which is part of its figures.
 
 Each client thread loops: TLS connect (IMAPS), LOGIN, LOGOUT.  Reported per server: logins
 per second over ``--seconds`` with ``--clients`` threads, the LOGIN command's latency (p50,
@@ -19,6 +25,8 @@ printed with ratios against dovecot-ldap.  The machine may be shared with other 
 so next to any figures.
 
     .venv/bin/python bench/ldap_login.py [--seconds 10] [--clients 4] [--rounds 3]
+
+``--only NAME,...`` runs some of the servers.
 """
 
 from __future__ import annotations
@@ -78,10 +86,9 @@ def free_port() -> int:
 
 
 class Dovecot:
-    name = "dovecot-ldap"
-
-    def __init__(self, base: Path, tls: dict[str, Path], lab: SlapdLab) -> None:
-        d = base / "dovecot"
+    def __init__(self, base: Path, tls: dict[str, Path], lab: SlapdLab, ldap: bool) -> None:
+        self.name = "dovecot-ldap" if ldap else "dovecot-local"
+        d = base / self.name
         (d / "run").mkdir(parents=True)
         (d / "home").mkdir()
         subprocess.run(["chown", "-R", "nobody:nogroup", str(d / "home")], check=True)
@@ -98,6 +105,9 @@ pass_filter = (&(objectClass=inetOrgPerson)(|(uid=%u)(mail=%u)))
 pass_attrs = uid=user
 """)
         (d / "ldap.conf.ext").chmod(0o644)  # throwaway service password, temp dir
+        (d / "passwd").write_text("".join(f"{u}:{{PLAIN}}{PASSWORDS[u]}\n" for u in USERS))
+        passdb = (f"driver = ldap\n  args = {d}/ldap.conf.ext" if ldap
+                  else f"driver = passwd-file\n  args = scheme=PLAIN {d}/passwd")
         (d / "dovecot.conf").write_text(f"""
 base_dir = {d}/run
 state_dir = {d}/state
@@ -109,8 +119,7 @@ ssl_cert = <{tls['cert']}
 ssl_key = <{tls['key']}
 auth_mechanisms = plain login
 passdb {{
-  driver = ldap
-  args = {d}/ldap.conf.ext
+  {passdb}
 }}
 userdb {{
   driver = static
@@ -271,6 +280,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", default="", help="comma-separated server names")
     args = ap.parse_args()
     for tool in ("slapd", "dovecot"):
         if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists():
@@ -289,8 +299,12 @@ def main() -> None:
             ldap_cfg.replace("cache_ttl = 60.0", "cache_ttl = 0.0")
             .replace("negative_cache_ttl = 5.0", "negative_cache_ttl = 0.0"), local=False),
         Mxd("mxd-local", base, tls, "", local=True),
-        Dovecot(base, tls, lab),
+        Mxd("mxd-local-nocache", base, tls, "[auth]\nlogin_cache_ttl = 0.0\n", local=True),
+        Dovecot(base, tls, lab, ldap=True),
+        Dovecot(base, tls, lab, ldap=False),
     ]
+    if args.only:
+        servers = [s for s in servers if s.name in args.only.split(",")]
     results: dict[str, list[dict[str, float]]] = {s.name: [] for s in servers}
     ratios: dict[str, list[float]] = {}
     try:
@@ -314,7 +328,8 @@ def main() -> None:
         lab.stop()
     print(f"\nmedians of {args.rounds} rounds, {args.clients} clients x {args.seconds:.0f} s "
           "(TLS connect + LOGIN + LOGOUT per login; shared, loaded machine):")
-    peer = statistics.median(r["logins/s"] for r in results["dovecot-ldap"])
+    peer = (statistics.median(r["logins/s"] for r in results["dovecot-ldap"])
+            if results.get("dovecot-ldap") else 0.0)
     for name, rs in results.items():
         med = {k: statistics.median(r.get(k, 0.0) for r in rs) for k in rs[0]}
         extra = f", vs dovecot-ldap {med['logins/s'] / peer:.2f}x" if peer else ""
