@@ -182,9 +182,13 @@ class LDAPClient:
         from ldap3.core.exceptions import LDAPException
 
         for attempt in (1, 2):
-            try:
-                conn = pool.get_nowait()
-            except queue.Empty:
+            conn = None
+            if attempt == 1:
+                try:
+                    conn = pool.get_nowait()
+                except queue.Empty:
+                    pass
+            if conn is None:
                 conn = opener()
             try:
                 result = op(conn)
@@ -193,6 +197,9 @@ class LDAPClient:
                 self._mark(getattr(conn, "mxd_server_index", 0), False)
                 if attempt == 2:
                     raise LDAPUnavailable(f"LDAP operation failed: {e}") from None
+                # The other idle connections were most likely cut at the same moment
+                # (a restarted or failed-over server): drop them, retry on a new one.
+                _drain(pool)
                 continue
             except BaseException:
                 _close(conn)
@@ -292,11 +299,15 @@ class LDAPClient:
 
     def close(self) -> None:
         for pool in (self._search_pool, self._bind_pool):
-            while True:
-                try:
-                    _close(pool.get_nowait())
-                except queue.Empty:
-                    break
+            _drain(pool)
+
+
+def _drain(pool: queue.LifoQueue[Any]) -> None:
+    while True:
+        try:
+            _close(pool.get_nowait())
+        except queue.Empty:
+            return
 
 
 def _close(conn: Any) -> None:

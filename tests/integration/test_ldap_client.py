@@ -115,3 +115,23 @@ def test_listing_pages_past_size_limit_or_says_it_was_cut(
         lab.stop()
     assert truncated is not complete
     assert len(entries) == (8 if complete else 2)
+
+
+def test_restart_with_several_pooled_connections_recovers_at_once(
+        tmp_path: Path, tls_files: dict[str, Path]) -> None:
+    """After slapd restarts, every pooled connection is dead: the first search and the
+    first bind afterwards still succeed (the pool is dropped, one retry on a new one)."""
+    lab = SlapdLab(tmp_path / "slapd", tls_files, [])
+    lab.start()
+    try:
+        c = client(lab, [f"ldaps://127.0.0.1:{lab.ldaps_port}"])
+        for _ in range(3):  # fill the pools beyond one connection each
+            c._search_pool.put(c._service())
+        assert c.check_password(CAROL, PASSWORDS["carol"])
+        c._bind_pool.put(c._open(None, None))
+        lab.stop()
+        lab.start()
+        assert c.search_one(PEOPLE, "(uid=carol)", ["uid"]) is not None
+        assert c.check_password(CAROL, PASSWORDS["carol"])
+    finally:
+        lab.stop()
