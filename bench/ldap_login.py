@@ -140,7 +140,11 @@ service imap-login {{
 """)
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(["dovecot", "-F", "-c", str(self.dir / "dovecot.conf")],
+        conf = self.dir / "dovecot.conf"
+        new_port = free_port()  # a new port every start, as for mxd
+        conf.write_text(conf.read_text().replace(f"port = {self.port}\n", f"port = {new_port}\n"))
+        self.port = new_port
+        self.proc = subprocess.Popen(["dovecot", "-F", "-c", str(conf)],
                                      stdout=subprocess.DEVNULL,
                                      stderr=open(self.dir / "dovecot.err", "ab"))
         wait_port(self.port, self.proc)
@@ -171,6 +175,10 @@ class Mxd:
         self.port = self.server.ports["imaps"]
 
     def start(self) -> None:
+        # New free ports for every start: others' tests may take a port between rounds.
+        self.server.ports = {name: free_port() for name in self.server.ports}
+        self.server.write_config()
+        self.port = self.server.ports["imaps"]
         self.server.start()
 
     def stop(self) -> None:
