@@ -354,14 +354,16 @@ def bench_twistd_checks(base: Path, args: argparse.Namespace, lab: object, messa
     s.start()
     try:
         assert s.proc is not None
+        # One message first: DNS answers cached, start-up work (Public Suffix List) done.
+        send_signed(s.ports["smtp"], message, argparse.Namespace(messages=1, sessions=1))
         cpu0 = _cpu_seconds(s.proc.pid)
         elapsed = send_signed(s.ports["smtp"], message, args)
         cpu = _cpu_seconds(s.proc.pid) - cpu0
         inbox = read_mailbox(s.data_dir, RCPT)
     finally:
         s.stop()
-    if len(inbox) != args.messages:
-        raise RuntimeError(f"mxd stored {len(inbox)} of {args.messages}")
+    if len(inbox) != args.messages + 1:
+        raise RuntimeError(f"mxd stored {len(inbox)} of {args.messages + 1}")
     if checks and b"dkim=pass" not in inbox[-1]["body"]:
         raise RuntimeError("checks on, but no dkim=pass in the stored message")
     return args.messages / elapsed, 1000 * cpu / args.messages

@@ -441,6 +441,10 @@ def message_checker(cfg: Config, role: str, comps: dict[str, Any], reactor: Any)
         def run_blocking(fn: Any) -> Any:
             return deferToThreadPool(reactor, reactor.getThreadPool(), fn)
 
+        from mxd.msgauth import dmarc
+
+        reactor.callWhenRunning(lambda: run_blocking(dmarc.warm_up).addErrback(
+            lambda f: log.failure("cannot load the Public Suffix List", f)))
         return InboundChecker(comps["resolver"], reactor, InboundSettings(
             hostname=normalise_domain(cfg.hostname), dmarc_reject=cfg.msgauth.dmarc_reject,
             report_addresses=report_addresses),

@@ -115,6 +115,13 @@ def _psl() -> Any:
     return PublicSuffixList()
 
 
+def warm_up() -> None:
+    """Parse the Public Suffix List now (a quarter of a second of CPU): the server calls
+    this in a thread at start-up so that the first message does not pay for it on the
+    reactor thread."""
+    _psl()
+
+
 @functools.lru_cache(maxsize=4096)
 def organizational_domain(domain: str) -> str:
     """§3.2: the registrable domain under the public suffix (``mail.example.co.uk`` →

@@ -137,7 +137,11 @@ class InboundCheck:
         results = authres.AuthResults(settings.hostname, ip_outcome, spf_outcome,
                                       tuple(dkim_results), dmarc_outcome, arc_outcome)
         ar = authres.field(results, self.session.mail_from)
-        _log.info(
+        # The results travel in the message's Authentication-Results; the log gets them at
+        # debug level (a line per message at info would double the log volume), and at
+        # info only when DMARC fails.
+        failed = dmarc_outcome is not None and dmarc_outcome.result is dmarc.DMARCResult.FAIL
+        (_log.info if failed else _log.debug)(
             "msgauth from={remote_ip} iprev={iprev} spf={spf} dkim={dkim} dmarc={dmarc} "
             "header_from={header_from}", remote_ip=self.session.remote_ip,
             iprev=ip_outcome.result, spf=spf_outcome.result,
