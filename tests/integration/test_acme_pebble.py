@@ -31,7 +31,7 @@ from tests.integration.dnslab import DNSLab, ZoneSpec
 from tests.integration.pebblelab import Pebble
 from tests.integration.tools import free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 VENV_BIN = Path(sys.executable).parent
 NAMES = ("mx.example.test", "mta-sts.example.test", "autoconfig.example.test")

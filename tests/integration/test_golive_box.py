@@ -33,7 +33,7 @@ import pytest
 from tests.integration.dnslab import DNSLab, ZoneSpec
 from tests.integration.tools import free_port, in_ci, require_module, require_tool
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 VENV_BIN = Path(sys.executable).parent
 DOMAIN = "example.test"
