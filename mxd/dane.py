@@ -41,7 +41,7 @@ import datetime
 import enum
 import hashlib
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 from cryptography import x509
@@ -49,10 +49,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from twisted.internet.defer import Deferred
 
 from mxd.dns.errors import DNSLookupError, DNSNegativeAnswer, DNSTemporaryError
-from mxd.dns.names import Domain
+from mxd.dns.interfaces import IResolver
 from mxd.dns.results import TLSA
 from mxd.errors import MxdError
 from mxd.tlsrpt.results import ResultType
@@ -512,18 +511,12 @@ def reference_names(mx_host: str, base_domain: str, extra: Iterable[str] = ()) -
 # -- the thin adapter ------------------------------------------------------------------
 
 
-class TLSAResolver(Protocol):
-    """The part of mxd.dns.resolver.Resolver used here."""
-
-    def lookup_tlsa(self, name: Domain | str) -> Deferred[Any]: ...
-
-
 def tlsa_base_name(host: str, port: int = 25) -> str:
     """``_25._tcp.<host>`` (RFC 6698 §3, RFC 7672 §2.2)."""
     return f"_{port}._tcp.{host.rstrip('.').lower()}"
 
 
-async def _lookup_one(resolver: TLSAResolver, host: str, port: int) -> TLSALookup:
+async def _lookup_one(resolver: IResolver, host: str, port: int) -> TLSALookup:
     try:
         answer = await resolver.lookup_tlsa(tlsa_base_name(host, port))
     except DNSNegativeAnswer as e:
@@ -542,7 +535,7 @@ async def _lookup_one(resolver: TLSAResolver, host: str, port: int) -> TLSALooku
     return TLSALookup(TLSAOutcome.RECORDS, host, records)
 
 
-async def lookup_tlsa(resolver: TLSAResolver, host: str, canonical: str | None = None,
+async def lookup_tlsa(resolver: IResolver, host: str, canonical: str | None = None,
                       port: int = 25) -> TLSALookup:
     """Look up the TLSA records of an MX host (RFC 7672 §2.2.2).
 

@@ -24,11 +24,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding
 
 from mxd.dns.errors import DNSNegativeAnswer, DNSTemporaryError, DomainError
+from mxd.dns.interfaces import IResolver
 from mxd.dns.names import Domain
 from mxd.msgauth.dkim import (
     BodyHasher,
     DKIMSyntaxError,
-    KeyResolver,
     canon_header,
     parse_key,
     parse_tags,
@@ -146,7 +146,7 @@ def _b64(value: str, what: str) -> bytes:
         raise _Fail(f"{what} is not base64") from None
 
 
-async def _key(resolver: KeyResolver, tags: dict[str, str], state: dict[str, bool]) -> Any:
+async def _key(resolver: IResolver, tags: dict[str, str], state: dict[str, bool]) -> Any:
     name = f"{tags['s']}._domainkey.{tags['d']}"
     try:
         answer = await resolver.lookup_txt(Domain.parse(name))
@@ -220,7 +220,7 @@ class Validator:
         if self._hasher is not None:
             self._hasher.feed(data)
 
-    async def finish(self, resolver: KeyResolver) -> ARCOutcome:
+    async def finish(self, resolver: IResolver) -> ARCOutcome:
         if self.error is not None:
             return ARCOutcome(ARCResult.FAIL, len(self.sets), self.error)
         if not self.sets:
@@ -233,7 +233,7 @@ class Validator:
             return ARCOutcome(ARCResult.FAIL, n, e.reason, False, e.temporary)
         return ARCOutcome(ARCResult.PASS, n, "", state["authentic"])
 
-    async def _check(self, resolver: KeyResolver, n: int, state: dict[str, bool]) -> None:
+    async def _check(self, resolver: IResolver, n: int, state: dict[str, bool]) -> None:
         sets = self.sets
         # §5.2 step 3-4: the cv= values of the chain.
         for i in range(n, 0, -1):
@@ -274,7 +274,7 @@ class Validator:
                 raise _Fail(f"AS({i}): seal did not verify")
 
 
-async def validate_message(resolver: KeyResolver, message: bytes) -> ARCOutcome:
+async def validate_message(resolver: IResolver, message: bytes) -> ARCOutcome:
     idx = message.find(b"\r\n\r\n")
     header, body = (message[: idx + 2], message[idx + 4:]) if idx >= 0 else (message, b"")
     v = Validator(split_fields(header))

@@ -17,7 +17,7 @@ import enum
 import functools
 import hashlib
 import re
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 from cryptography.exceptions import InvalidSignature
@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from twisted.internet.defer import Deferred
 
 from mxd.dns.errors import DNSNegativeAnswer, DNSTemporaryError, DomainError
+from mxd.dns.interfaces import IResolver
 from mxd.dns.names import Domain
 from mxd.msgauth.headers import Field, split_fields
 
@@ -371,10 +372,6 @@ def check_signature(sig: Signature, key: Key, data: bytes) -> str | None:
 
 # -- verification of a received message ------------------------------------------------------
 
-class KeyResolver(Protocol):
-    def lookup_txt(self, name: Domain | str) -> Deferred[Any]: ...
-
-
 class Verifier:
     """Verifies every DKIM-Signature of one message, hashing the body as it streams."""
 
@@ -412,7 +409,7 @@ class Verifier:
         for h in self._hashers.values():
             h.feed(data)
 
-    async def finish(self, resolver: KeyResolver, now: float) -> list[DKIMResult]:
+    async def finish(self, resolver: IResolver, now: float) -> list[DKIMResult]:
         digests = {k: (h.digest(), h.total) for k, h in self._hashers.items()}
         out: list[DKIMResult] = []
         for item in self.results:
@@ -441,7 +438,7 @@ def _summary(sig: Signature, **kw: Any) -> DKIMResult:
                       b=base64.b64encode(sig.signature).decode("ascii")[:12], **kw)
 
 
-async def _verify_one(resolver: KeyResolver, fields: list[Field], sig: Signature,
+async def _verify_one(resolver: IResolver, fields: list[Field], sig: Signature,
                       digest: bytes, total: int, now: float) -> DKIMResult:
     if sig.algorithm == "rsa-sha1":
         return _summary(sig, result=Result.FAIL, reason="rsa-sha1 is not accepted (RFC 8301 §3.1)")
@@ -488,7 +485,7 @@ async def _verify_one(resolver: KeyResolver, fields: list[Field], sig: Signature
                     unsigned_body=unsigned)
 
 
-def verify_message(resolver: KeyResolver, message: bytes, now: float) -> Deferred[list[DKIMResult]]:
+def verify_message(resolver: IResolver, message: bytes, now: float) -> Deferred[list[DKIMResult]]:
     """Verify a whole message held in memory (tests, tools)."""
     idx = message.find(b"\r\n\r\n")
     header, body = (message[: idx + 2], message[idx + 4:]) if idx >= 0 else (message, b"")

@@ -13,12 +13,12 @@ import enum
 import functools
 import re
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred
 
 from mxd.dns.errors import DNSNegativeAnswer, DNSTemporaryError, DomainError
+from mxd.dns.interfaces import IResolver
 from mxd.dns.names import Domain
 from mxd.msgauth.dkim import DKIMResult
 from mxd.msgauth.dkim import Result as DKIMStatus
@@ -151,11 +151,7 @@ class Found:
     nonexistent: bool = False  # the From domain does not exist (RFC 9091 §2.1)
 
 
-class TXTResolver(Protocol):
-    def lookup_txt(self, name: Domain | str) -> Deferred[Any]: ...
-
-
-async def _records_at(resolver: TXTResolver, domain: str) -> tuple[list[str], bool]:
+async def _records_at(resolver: IResolver, domain: str) -> tuple[list[str], bool]:
     try:
         answer = await resolver.lookup_txt(f"_dmarc.{domain}")
     except DNSNegativeAnswer as e:
@@ -179,7 +175,7 @@ async def _nonexistent(resolver: Any, domain: str) -> bool:
     return True
 
 
-async def lookup(resolver: TXTResolver, from_domain: str) -> Found:
+async def lookup(resolver: IResolver, from_domain: str) -> Found:
     """§6.6.3: _dmarc.FROM, else _dmarc.ORGANIZATIONAL; more than one record is none."""
     try:
         Domain.parse(from_domain)

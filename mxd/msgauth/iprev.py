@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from typing import Any, Protocol
 
 import attrs
 from twisted.internet.defer import Deferred
 
 from mxd.dns.errors import DNSNegativeAnswer, DNSTemporaryError, DomainError
+from mxd.dns.interfaces import IResolver
 from mxd.dns.names import Domain
 
 MAX_NAMES = 10  # PTR names tried at most (as RFC 7208 §4.6.4 limits them for SPF)
@@ -37,13 +37,7 @@ class IprevOutcome:
     reason: str = ""
 
 
-class PTRResolver(Protocol):
-    def lookup_ptr(self, address: Any) -> Deferred[Any]: ...
-    def lookup_a(self, name: Domain | str) -> Deferred[Any]: ...
-    def lookup_aaaa(self, name: Domain | str) -> Deferred[Any]: ...
-
-
-async def check(resolver: PTRResolver, ip: str) -> IprevOutcome:
+async def check(resolver: IResolver, ip: str) -> IprevOutcome:
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError:
@@ -78,5 +72,5 @@ async def check(resolver: PTRResolver, ip: str) -> IprevOutcome:
                         reason="no PTR name resolves back to the address")
 
 
-def check_iprev(resolver: PTRResolver, ip: str) -> Deferred[IprevOutcome]:
+def check_iprev(resolver: IResolver, ip: str) -> Deferred[IprevOutcome]:
     return Deferred.fromCoroutine(check(resolver, ip))

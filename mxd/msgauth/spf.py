@@ -18,7 +18,7 @@ import functools
 import ipaddress
 import re
 import urllib.parse
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 import dns.exception
@@ -26,6 +26,7 @@ import dns.name
 from twisted.internet.defer import Deferred
 
 from mxd.dns.errors import DNSNegativeAnswer, DNSTemporaryError, DomainError
+from mxd.dns.interfaces import IResolver
 from mxd.dns.names import Domain
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -63,14 +64,6 @@ class SPFOutcome:
     explanation: str | None = None  # exp= text on fail (RFC 7208 §6.2), untrusted
     authentic: bool = False  # every deciding lookup was DNSSEC-validated
     lookups: int = 0
-
-
-class SPFResolver(Protocol):
-    def lookup_txt(self, name: Domain | str) -> Deferred[Any]: ...
-    def lookup_a(self, name: Domain | str) -> Deferred[Any]: ...
-    def lookup_aaaa(self, name: Domain | str) -> Deferred[Any]: ...
-    def lookup_mx(self, name: Domain | str) -> Deferred[Any]: ...
-    def lookup_ptr(self, address: Any) -> Deferred[Any]: ...
 
 
 class _Stop(Exception):
@@ -262,7 +255,7 @@ def _mechanism(term: str, qualifier: SPFResult, name: str, rest: str) -> Mechani
 class _State:
     """Shared by a check_host and every include/redirect inside it (§4.6.4 limits)."""
 
-    resolver: SPFResolver
+    resolver: IResolver
     ip: IP
     sender: str
     helo: str
@@ -550,7 +543,7 @@ def _initial_domain(domain: str) -> str | None:
         return None
 
 
-async def check_host(resolver: SPFResolver, ip: str | IP, domain: str, sender: str,
+async def check_host(resolver: IResolver, ip: str | IP, domain: str, sender: str,
                      helo: str, *, identity: str = "mailfrom",
                      receiver: str = "unknown") -> SPFOutcome:
     """RFC 7208 §4: the SPF result for ``ip`` sending as ``sender`` from ``domain``."""
@@ -570,7 +563,7 @@ async def check_host(resolver: SPFResolver, ip: str | IP, domain: str, sender: s
                       state.authentic, state.lookups)
 
 
-def check_mail_from(resolver: SPFResolver, ip: str | IP, mail_from: str, helo: str, *,
+def check_mail_from(resolver: IResolver, ip: str | IP, mail_from: str, helo: str, *,
                     receiver: str = "unknown") -> Deferred[SPFOutcome]:
     """The MAIL FROM identity (§2.4); for the null reverse-path, postmaster@HELO."""
     if not mail_from:
@@ -581,7 +574,7 @@ def check_mail_from(resolver: SPFResolver, ip: str | IP, mail_from: str, helo: s
                                              identity="mailfrom", receiver=receiver))
 
 
-def check_helo(resolver: SPFResolver, ip: str | IP, helo: str, *,
+def check_helo(resolver: IResolver, ip: str | IP, helo: str, *,
                receiver: str = "unknown") -> Deferred[SPFOutcome]:
     """The HELO identity (§2.3): sender is postmaster@HELO."""
     return Deferred.fromCoroutine(check_host(resolver, ip, helo, f"postmaster@{helo}", helo,

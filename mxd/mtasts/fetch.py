@@ -18,7 +18,7 @@ sts-webpki-invalid).
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 from OpenSSL import SSL
@@ -39,6 +39,7 @@ from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from mxd.dns.errors import DNSLookupError
+from mxd.dns.interfaces import IResolver
 from mxd.mtasts.policy import (
     MAX_POLICY_SIZE,
     Policy,
@@ -80,15 +81,7 @@ class PolicyFetchError(STSError):
         super().__init__(detail)
 
 
-class AddressResolver(Protocol):
-    """The part of mxd.dns.resolver.Resolver used here."""
-
-    def lookup_a(self, name: Any) -> Deferred[Any]: ...
-
-    def lookup_aaaa(self, name: Any) -> Deferred[Any]: ...
-
-
-async def _addresses(resolver: AddressResolver, host: str) -> list[str]:
+async def _addresses(resolver: IResolver, host: str) -> list[str]:
     found: list[str] = []
     errors: list[str] = []
     for lookup in (resolver.lookup_a, resolver.lookup_aaaa):
@@ -107,7 +100,7 @@ async def _addresses(resolver: AddressResolver, host: str) -> list[str]:
 class _EndpointFactory:
     """Connects to the policy host's address found by mxd's resolver, TLS-verified."""
 
-    def __init__(self, reactor: Any, resolver: AddressResolver, settings: FetchSettings) -> None:
+    def __init__(self, reactor: Any, resolver: IResolver, settings: FetchSettings) -> None:
         self._reactor = reactor
         self._resolver = resolver
         self._settings = settings
@@ -192,7 +185,7 @@ def _is_tls_failure(failure: Failure | BaseException) -> bool:
 class PolicyFetcher:
     """Fetches MTA-STS policies; ``reactor`` provides IReactorTCP and IReactorTime."""
 
-    def __init__(self, reactor: Any, resolver: AddressResolver,
+    def __init__(self, reactor: Any, resolver: IResolver,
                  settings: FetchSettings | None = None) -> None:
         self._reactor = reactor
         self._resolver = resolver

@@ -18,7 +18,7 @@ its MX (RFC 8461 §4).  ``mx_verdict`` is the pure per-host decision.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -26,16 +26,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from mxd.dns.errors import DNSError, DNSNegativeAnswer
+from mxd.dns.interfaces import IResolver
 from mxd.mtasts.cache import CachedPolicy, IPolicyCache
 from mxd.mtasts.fetch import FetchedPolicy, PolicyFetchError
 from mxd.mtasts.policy import Mode, Policy, TXTRecordError, select_txt_record
 from mxd.tlsrpt.results import PolicyInfo, PolicyType, ResultType
 
 log = Logger()
-
-
-class TXTResolver(Protocol):
-    def lookup_txt(self, name: Any) -> Deferred[Any]: ...
 
 
 class Fetcher(Protocol):
@@ -101,7 +98,7 @@ def mx_verdict(policy: Policy | None, mx_host: str) -> MXVerdict:
 class STSResolver:
     """Looks up MTA-STS policies through the resolver, cache and fetcher given."""
 
-    def __init__(self, resolver: TXTResolver, fetcher: Fetcher, cache: IPolicyCache,
+    def __init__(self, resolver: IResolver, fetcher: Fetcher, cache: IPolicyCache,
                  clock: IReactorTime) -> None:
         self._resolver = resolver
         self._fetcher = fetcher

@@ -23,6 +23,7 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from mxd.dns.interfaces import IResolver
 from mxd.errors import MxdError
 from mxd.metrics import IMetrics, NoopMetrics
 from mxd.queue import mx
@@ -75,7 +76,7 @@ class DirectDelivery:
     """Delivers one claimed message (recipients at one domain) to that domain's MX hosts."""
 
     def __init__(
-        self, *, resolver: mx.MXResolver, reactor: Any, settings: QueueSettings,
+        self, *, resolver: IResolver, reactor: Any, settings: QueueSettings,
         open_blob: Callable[[str], BinaryIO], hostname: str,
         metrics: IMetrics | None = None, random: Callable[[], float] | None = None,
         connector: Connector | None = None, tls_policy_factory: TLSPolicyFactory | None = None,

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred
 
-from mxd.dns.errors import DNSLookupError, DNSNoData, DNSNotFound, DNSTemporaryError
+from mxd.dns.errors import DNSLookupError, DNSNoData, DNSNotFound
+from mxd.dns.interfaces import IResolver
+from mxd.dns.results import Answer
 from mxd.errors import MxdError
 
 
@@ -66,16 +68,6 @@ class MailLoop(MXError):
     enhanced = "5.4.6"  # RFC 3463: routing loop detected
 
 
-class MXResolver(Protocol):
-    """The part of mxd.dns.resolver.Resolver used here."""
-
-    def lookup_mx(self, name: Any) -> Deferred[Any]: ...
-
-    def lookup_a(self, name: Any) -> Deferred[Any]: ...
-
-    def lookup_aaaa(self, name: Any) -> Deferred[Any]: ...
-
-
 @attrs.frozen
 class MXHost:
     name: str  # ASCII, no trailing dot
@@ -111,14 +103,6 @@ def name_text(name: Any) -> str:
     return text.rstrip(".").lower()
 
 
-def _records(answer: Any) -> list[Any]:
-    return list(getattr(answer, "records", answer) or ())
-
-
-def _address(record: Any) -> str:
-    return str(getattr(record, "address", record))
-
-
 def order_mx(records: Iterable[tuple[int, str]], random: Callable[[], float]) -> list[MXHost]:
     """Sort by preference; shuffle records of equal preference with ``random``."""
     keyed = [(pref, random(), name_text(host)) for pref, host in records]
@@ -148,37 +132,37 @@ def plan_from_records(
     return hosts
 
 
-@inlineCallbacks
 def find_mx_hosts(
-    resolver: MXResolver,
+    resolver: IResolver,
     domain: str,
     random: Callable[[], float],
     own_names: frozenset[str] = frozenset(),
-) -> Any:
-    """Deferred[MXPlan] for ``domain``; errbacks with an MXError subclass."""
+) -> Deferred[MXPlan]:
+    """The MX plan for ``domain``; errbacks with an MXError subclass."""
+    return Deferred.fromCoroutine(_find_mx_hosts(resolver, domain, random, own_names))
+
+
+async def _find_mx_hosts(resolver: IResolver, domain: str, random: Callable[[], float],
+                         own_names: frozenset[str]) -> MXPlan:
     domain = name_text(domain)
     try:
-        answer = yield resolver.lookup_mx(domain)
+        answer = await resolver.lookup_mx(domain)
     except DNSNotFound as e:
         raise NoSuchDomain(domain, "the domain does not exist (NXDOMAIN)") from e
     except DNSNoData as e:
         # RFC 5321 §5.1: no MX records: the domain itself is the implicit MX.
-        canonical = name_text(getattr(e, "canonical_name", domain) or domain)
+        canonical = name_text(e.canonical_name or domain)
         host = MXHost(name=canonical, preference=0, implicit=True)
-        return MXPlan(domain, (host,), bool(getattr(e, "authentic", False)), canonical)
-    except DNSTemporaryError as e:
-        raise MXTemporaryError(domain, f"MX lookup failed: {e}") from e
+        return MXPlan(domain, (host,), e.authentic, canonical)
     except DNSLookupError as e:
         raise MXTemporaryError(domain, f"MX lookup failed: {e}") from e
-    records = [(int(r.preference), name_text(getattr(r, "host", None) or getattr(r, "exchange", "")))
-               for r in _records(answer)]
-    canonical = name_text(getattr(answer, "canonical_name", None) or domain)
-    authentic = bool(getattr(answer, "authentic", False))
+    records = [(r.preference, name_text(r.host)) for r in answer.records]
+    canonical = name_text(answer.canonical_name)
     if not records:
         host = MXHost(name=canonical, preference=0, implicit=True)
-        return MXPlan(domain, (host,), authentic, canonical)
+        return MXPlan(domain, (host,), answer.authentic, canonical)
     hosts = plan_from_records(domain, records, random, own_names)
-    return MXPlan(domain, tuple(hosts), authentic, canonical)
+    return MXPlan(domain, tuple(hosts), answer.authentic, canonical)
 
 
 def is_own_address(ip: str, own_ips: frozenset[str]) -> bool:
@@ -189,24 +173,31 @@ def is_own_address(ip: str, own_ips: frozenset[str]) -> bool:
     return any(addr == ipaddress.ip_address(o) for o in own_ips)
 
 
-@inlineCallbacks
 def resolve_host(
-    resolver: MXResolver, host: str, ipv6: bool = True, ipv4: bool = True,
+    resolver: IResolver, host: str, ipv6: bool = True, ipv4: bool = True,
     prefer_ipv6: bool = False,
-) -> Any:
-    """Deferred[list[HostAddress]]: the host's addresses (both families, preferred first).
+) -> Deferred[list[HostAddress]]:
+    """The host's addresses (both families, preferred first).
 
     A "no data" or NXDOMAIN answer for one family is an empty list for it; temporary errors
     for both families errback with MXTemporaryError, NXDOMAIN for both with NoSuchDomain.
     """
+    return Deferred.fromCoroutine(_resolve_host(resolver, host, ipv6, ipv4, prefer_ipv6))
+
+
+async def _resolve_host(resolver: IResolver, host: str, ipv6: bool, ipv4: bool,
+                        prefer_ipv6: bool) -> list[HostAddress]:
     results: dict[str, list[HostAddress]] = {"a": [], "aaaa": []}
     temporary: list[Exception] = []
     notfound = 0
     families = [f for f, on in (("aaaa", ipv6), ("a", ipv4)) if on]
     for family in families:
-        lookup = resolver.lookup_aaaa if family == "aaaa" else resolver.lookup_a
         try:
-            answer = yield lookup(host)
+            answer: Answer[ipaddress.IPv4Address] | Answer[ipaddress.IPv6Address]
+            if family == "aaaa":
+                answer = await resolver.lookup_aaaa(host)
+            else:
+                answer = await resolver.lookup_a(host)
         except DNSNotFound:
             notfound += 1
             continue
@@ -215,11 +206,9 @@ def resolve_host(
         except DNSLookupError as e:
             temporary.append(e)
             continue
-        authentic = bool(getattr(answer, "authentic", False))
-        canonical = getattr(answer, "canonical_name", None)
-        canonical_text = name_text(canonical) if canonical is not None else None
-        results[family] = [HostAddress(_address(r), authentic, canonical_text)
-                           for r in _records(answer)]
+        canonical = name_text(answer.canonical_name)
+        results[family] = [HostAddress(str(r), answer.authentic, canonical)
+                           for r in answer.records]
     ordered = results["aaaa"] + results["a"] if prefer_ipv6 else results["a"] + results["aaaa"]
     if not ordered:
         if temporary:

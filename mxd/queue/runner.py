@@ -28,8 +28,9 @@ from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mxd.dns.interfaces import IResolver
 from mxd.metrics import IMetrics, NoopMetrics
-from mxd.queue import mx, smarthost
+from mxd.queue import smarthost
 from mxd.queue import transports as tp
 from mxd.queue.direct import Connector, DirectDelivery, RequireTLSUnavailable, TLSPolicyFactory
 from mxd.queue.outcome import Decision, RcptKind, RcptOutcome, Verdict, decide, for_all
@@ -65,7 +66,7 @@ class QueueRunner(Service):
     def __init__(
         self,
         queue: Queue,
-        resolver: mx.MXResolver,
+        resolver: IResolver,
         reactor: Any,
         settings: QueueSettings = QueueSettings(),
         tls_client_options_factory: Callable[[str], Any] | None = None,

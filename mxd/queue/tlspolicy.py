@@ -62,6 +62,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mxd import dane
+from mxd.dns.interfaces import IResolver
 from mxd.dns.names import Domain
 from mxd.dns.results import TLSA
 from mxd.errors import MxdError
@@ -344,7 +345,7 @@ def _name(name: str | Domain) -> str:
 
 
 async def policy_for_host(
-    resolver: dane.TLSAResolver,
+    resolver: IResolver,
     sts_resolver: STSResolver | STSLookup | None,
     domain: str | Domain,
     mx_host: str | Domain,
@@ -446,7 +447,7 @@ async def policy_for_host(
 PolicyFactory = Callable[..., Deferred[TLSPolicy]]
 
 
-def make_policy_factory(resolver: dane.TLSAResolver, sts_resolver: STSResolver | None,
+def make_policy_factory(resolver: IResolver, sts_resolver: STSResolver | None,
                         clock: Any, *,
                         roots: Sequence[x509.Certificate] | None = None) -> PolicyFactory:
     """Adapter for the queue runner's ``tls_policy_factory(domain, plan, host, addresses=)``

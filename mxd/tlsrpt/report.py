@@ -16,13 +16,13 @@ import datetime
 import json
 import re
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
-from twisted.internet.defer import Deferred
 
 from mxd.dns.errors import DNSNegativeAnswer
+from mxd.dns.interfaces import IResolver
 from mxd.errors import MxdError
 from mxd.tlsrpt.results import FailureDetail, PolicyInfo, PolicyType, ResultType, TLSAttempt
 from mxd.txtrecord import record_fields
@@ -277,11 +277,7 @@ def select_txt_record(records: Iterable[bytes | str]) -> TLSRPTRecord:
     return found[0]
 
 
-class TXTResolver(Protocol):
-    def lookup_txt(self, name: Any) -> Deferred[Any]: ...
-
-
-async def lookup_txt_record(resolver: TXTResolver, domain: str) -> TLSRPTRecord | None:
+async def lookup_txt_record(resolver: IResolver, domain: str) -> TLSRPTRecord | None:
     """The TLSRPT record of ``domain`` (RFC 8460 §3), or None when it has none (no record,
     not exactly one valid record).  Temporary DNS failures raise the resolver's
     ``DNSTemporaryError`` so that the caller can retry."""
