@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from twisted.internet.defer import DeferredLock
 from twisted.logger import Logger
 
-from mxd.store.interfaces import MailboxChange, MailboxInfo, MessageInfo
+from mxd.store.interfaces import MailboxChange, MailboxInfo, MessageColumns, MessageInfo
 
 log = Logger()
 
@@ -274,6 +274,24 @@ class MailboxState:
         self._log = []
         self._log_floor = self.modseq
 
+    def load_columns(self, cols: MessageColumns, highestmodseq: int = 0) -> None:
+        """Take a store's full listing in columns (its arrays become this state's)."""
+        self.uids, self._modseqs, self._flag_ids = cols.uids, cols.modseqs, cols.flag_ids
+        self._sizes, self._dates, self._tz = cols.sizes, cols.dates, cols.tz_minutes
+        self._flagsets = list(cols.flag_sets)
+        self._flag_index = {fs: i for i, fs in enumerate(self._flagsets)}
+        self._blobs = _BlobColumn()
+        if cols.blobs_packed is not None:
+            self._blobs._packed = bytearray(cols.blobs_packed)
+        else:
+            self._blobs._packed = None
+            self._blobs._list = list(cols.blob_ids or ())
+        top = max(self._modseqs) if self._modseqs else 0
+        self.modseq = max(self.modseq, highestmodseq, top)
+        self.loaded = True
+        self._log = []
+        self._log_floor = self.modseq
+
     def merge(self, messages: Iterable[MessageInfo]) -> None:
         """Merge a listing of messages changed after ``self.modseq``."""
         tomb = self._tombstones or ()
@@ -414,8 +432,15 @@ class MailboxStates:
                         tomb: set[int] = set()
                         st._tombstones = tomb
                         try:
-                            rows = await store.list_messages(info.id)
-                            st.load((m for m in rows if m.uid not in tomb), info.highestmodseq)
+                            columns = getattr(store, "message_columns", None)
+                            if columns is not None:
+                                st.load_columns(await columns(info.id), info.highestmodseq)
+                                if tomb:
+                                    st.remove(tomb)
+                            else:
+                                rows = await store.list_messages(info.id)
+                                st.load((m for m in rows if m.uid not in tomb),
+                                        info.highestmodseq)
                         except BaseException:
                             st.stale = True
                             raise

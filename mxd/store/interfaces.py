@@ -15,6 +15,7 @@ leaves either the whole message visible or none of it.
 from __future__ import annotations
 
 import enum
+from array import array
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, BinaryIO, Protocol, TypeVar
@@ -125,6 +126,23 @@ class MessageInfo:
     internal_date: datetime  # timezone-aware
     size: int
     blob_id: str  # the body file; shared by copies and by queue rows
+
+
+@attrs.frozen(eq=False)
+class MessageColumns:
+    """Every message of a mailbox in UID order, column by column: what an IMAP server
+    keeps per selected mailbox, without an object per message.  The receiver owns the
+    arrays."""
+
+    uids: array[int]  # "I"
+    modseqs: array[int]  # "Q"
+    flag_sets: list[frozenset[str]]  # the distinct flag sets
+    flag_ids: array[int]  # "I": index into flag_sets
+    sizes: array[int]  # "Q"
+    dates: array[float]  # "d": internal date, POSIX seconds
+    tz_minutes: array[int]  # "h": the internal date's UTC offset
+    blob_ids: list[str] | None  # or, when every id is 32 hex digits:
+    blobs_packed: bytes | None  # 16 octets per message
 
 
 @attrs.frozen

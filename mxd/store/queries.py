@@ -7,6 +7,7 @@ Plain functions over a ``sqlite3.Connection`` inside the writer's transaction; t
 from __future__ import annotations
 
 import sqlite3
+from array import array
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -19,6 +20,7 @@ from mxd.store.interfaces import (
     MailboxChange,
     MailboxExists,
     MailboxInfo,
+    MessageColumns,
     MessageInfo,
     MessageProps,
     NoSuchAccount,
@@ -69,6 +71,52 @@ def message_info(r: Any) -> MessageInfo:
         uid=r[0], modseq=r[1], flags=names.flags_from_text(r[2]),
         internal_date=datetime.fromisoformat(r[3]), size=r[4], blob_id=r[6],
     )
+
+
+def message_columns(conn: sqlite3.Connection, mailbox_id: int) -> MessageColumns:
+    """A mailbox's messages as columns (see MessageColumns); flag texts and UTC offsets
+    are parsed once per distinct value."""
+    uids, modseqs, flag_ids, sizes = array("I"), array("Q"), array("I"), array("Q")
+    dates, tzs = array("d"), array("h")
+    flag_sets: list[frozenset[str]] = []
+    by_text: dict[str, int] = {}
+    by_set: dict[frozenset[str], int] = {}
+    blob_ids: list[str] = []
+    packed = bytearray()
+    hex_ids = True
+    rows = conn.execute("SELECT uid, modseq, flags, internal_date, size, blob_id FROM messages "
+                        "WHERE mailbox_id = ? ORDER BY uid", (mailbox_id,))
+    for uid, modseq, flags, when, size, blob_id in rows:
+        uids.append(uid)
+        modseqs.append(modseq)
+        fid = by_text.get(flags)
+        if fid is None:
+            fs = names.flags_from_text(flags)
+            fid = by_set.get(fs)
+            if fid is None:
+                fid = by_set[fs] = len(flag_sets)
+                flag_sets.append(fs)
+            by_text[flags] = fid
+        flag_ids.append(fid)
+        sizes.append(size)
+        dt = datetime.fromisoformat(when)
+        off = dt.utcoffset()
+        dates.append(dt.timestamp())
+        tzs.append(int(off.total_seconds() // 60) if off is not None else 0)
+        if hex_ids:
+            try:
+                raw = bytes.fromhex(blob_id)
+            except ValueError:
+                raw = b""
+            if len(raw) == 16 and len(blob_id) == 32 and blob_id == raw.hex():
+                packed += raw
+            else:
+                hex_ids = False
+                blob_ids = [bytes(packed[i:i + 16]).hex() for i in range(0, len(packed), 16)]
+        if not hex_ids:
+            blob_ids.append(blob_id)
+    return MessageColumns(uids, modseqs, flag_sets, flag_ids, sizes, dates, tzs,
+                          None if hex_ids else blob_ids, bytes(packed) if hex_ids else None)
 
 
 def account(conn: sqlite3.Connection, account_id: int, name: str) -> Account:

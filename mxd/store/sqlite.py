@@ -97,6 +97,7 @@ from mxd.store.interfaces import (
     MailboxExists,
     MailboxHasChildren,
     MailboxInfo,
+    MessageColumns,
     MessageInfo,
     MessageProps,
     NoSuchAccount,
@@ -772,6 +773,15 @@ class SQLiteStore:
                 q.MESSAGE_SELECT + " WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
                 (mailbox_id, since_modseq)).fetchall()
             return [q.message_info(r) for r in rows]
+
+        return self._writer.submit(op)
+
+    def message_columns(self, mailbox_id: int) -> Deferred[MessageColumns]:
+        """All messages as MessageColumns, built on the writer thread (IMAP SELECT of a
+        large mailbox costs the reactor nothing per message)."""
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> MessageColumns:
+            q.check_mailbox(conn, mailbox_id)
+            return q.message_columns(conn, mailbox_id)
 
         return self._writer.submit(op)
 
