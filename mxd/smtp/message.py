@@ -287,14 +287,31 @@ class MessageMixin(SessionBase):
             if verdict.mailbox:
                 tx.mailbox = verdict.mailbox
             spool, tx.spool = tx.spool, None
-            if spool is not None:
-                spool.copy_to(lambda data: self._write(tx, data))
-                spool.close()
             blob = tx.blob
-            if blob is None:
-                self._fail_message(tx, replies.LOCAL_ERROR, "write_error")
+            if spool is None or blob is None or not spool.on_disk or self.run_blocking is None:
+                if spool is not None:
+                    spool.copy_to(lambda data: self._write(tx, data))
+                    spool.close()
+                self._commit_written(tx)
                 return
-            self._commit(tx, blob)
+            # A body big enough to have gone to a file is copied off the reactor thread
+            # (input stays paused meanwhile, so pipelined commands wait).
+            def copy() -> None:
+                try:
+                    spool.copy_to(blob.write)
+                finally:
+                    spool.close()
+
+            def copy_failed(f: TwistedFailure) -> None:
+                self.log.failure("smtp blob write failed {session}", f, session=self.session_id)
+                blob.abort()
+                tx.blob = None
+                self._commit_written(tx)
+
+            d2 = self.run_blocking(copy)
+            if not d2.called:
+                self.pauseProducing()
+            d2.addCallbacks(lambda _: self._commit_written(tx), copy_failed)
 
         def failed(f: TwistedFailure) -> None:
             self.log.failure("smtp message check failed {session}", f, session=self.session_id)
@@ -326,6 +343,15 @@ class MessageMixin(SessionBase):
         parts.append(headers)
         parts.append(rest)
         self._write(tx, b"".join(parts))
+
+    def _commit_written(self, tx: Transaction) -> None:
+        if tx is not self.tx or self.state is State.CLOSED:
+            return
+        blob = tx.blob
+        if blob is None:
+            self._fail_message(tx, replies.LOCAL_ERROR, "write_error")
+            return
+        self._commit(tx, blob)
 
     def _message_complete(self, tx: Transaction) -> None:
         """End of DATA or of the last BDAT chunk: check, make durable, answer."""

@@ -176,3 +176,32 @@ def test_spool_moves_to_a_file_past_its_limit() -> None:
     spool.copy_to(out.extend, chunk=3)
     assert bytes(out) == b"12345678901234"
     spool.close()
+
+
+def test_big_spooled_body_copied_off_the_reactor_thread() -> None:
+    """A body that went to the spool's file is copied into the store by run_blocking;
+    the reply waits for the copy, and the message arrives whole."""
+    ran: list[object] = []
+    pending: list[Deferred[object]] = []
+
+    def run_blocking(fn):  # type: ignore[no-untyped-def]
+        ran.append(fn)
+        d: Deferred[object] = Deferred()
+        pending.append(d)
+        return d
+
+    s = Session(checker=RecordingChecker(Verdict(fields=(AR,))), run_blocking=run_blocking)
+    s.ehlo()
+    body = "x" * 998 + "\r\n"
+    s.send(TX)
+    while pending:  # the blob is created through run_blocking too
+        fn, d = ran.pop(0), pending.pop(0)
+        d.callback(fn())  # type: ignore[operator]
+    s.send("Subject: big\r\n\r\n" + body * 1200 + ".\r\nNOOP\r\n")
+    codes = s.codes()
+    assert codes == [250, 250, 354]  # waiting for the copy; NOOP not answered yet
+    fn, d = ran.pop(0), pending.pop(0)
+    d.callback(fn())  # type: ignore[operator]
+    assert s.codes() == [250, 250]
+    stored = s.store.delivered[0].body
+    assert stored.endswith(("Subject: big\r\n\r\n" + body * 1200).encode())
