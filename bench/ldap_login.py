@@ -175,11 +175,19 @@ class Mxd:
         self.port = self.server.ports["imaps"]
 
     def start(self) -> None:
-        # New free ports for every start: others' tests may take a port between rounds.
-        self.server.ports = {name: free_port() for name in self.server.ports}
-        self.server.write_config()
-        self.port = self.server.ports["imaps"]
-        self.server.start()
+        # New free ports for every start, and again when one was taken meanwhile: other
+        # people's tests pick free ports on this machine too.
+        for attempt in range(3):
+            self.server.ports = {name: free_port() for name in self.server.ports}
+            self.server.write_config()
+            self.port = self.server.ports["imaps"]
+            try:
+                self.server.start()
+                return
+            except RuntimeError:
+                if attempt == 2:
+                    raise
+                self.server.stop()
 
     def stop(self) -> None:
         self.server.stop()

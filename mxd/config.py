@@ -329,7 +329,7 @@ class LDAPConfig:
                                           "(first line; keep it mode 0600).")
     base_dn: str = opt("", "Where accounts are searched (subtree).",
                        example='"ou=people,dc=example,dc=org"')
-    user_filter: str = opt("(&(objectClass=inetOrgPerson)(|(uid=%s)(mail=%s)))",
+    user_filter: str = opt("(&(objectClass=inetOrgPerson)(|(uid=%s)(mail=%s)(mailLocalAddress=%s)))",
                            "Filter finding the entry of a login name: %s the name, %u its "
                            "local part, %d its domain; values are escaped (RFC 4515).")
     address_filter: str = opt("(&(objectClass=inetOrgPerson)(|(mail=%s)(mailLocalAddress=%s)))",

@@ -75,7 +75,7 @@ class LDAPSettings:
     """What the LDAP directory searches for (mapped from the ``[ldap]`` config)."""
 
     base_dn: str
-    user_filter: str = "(&(objectClass=inetOrgPerson)(|(uid=%s)(mail=%s)))"
+    user_filter: str = "(&(objectClass=inetOrgPerson)(|(uid=%s)(mail=%s)(mailLocalAddress=%s)))"
     address_filter: str = "(&(objectClass=inetOrgPerson)(|(mail=%s)(mailLocalAddress=%s)))"
     list_filter: str = "(objectClass=inetOrgPerson)"
     group_filter: str = ""

@@ -139,6 +139,8 @@ def test_inbound_mail_to_alias_lands_in_owner_mailbox(mxd: MxdServer) -> None:
         assert s.rcpt("Sales+news@example.test")[0] == 250
         assert s.data(b"Subject: to-alias\r\n\r\nfor sales\r\n")[0] == 250
     assert "Subject: to-alias" in _inbox_subjects(mxd, "alice", PASSWORDS["alice"])
+    # Any of the account's addresses is a login name (an alias too): the same mailbox.
+    assert "Subject: to-alias" in _inbox_subjects(mxd, "Sales@example.test", PASSWORDS["alice"])
     r = mxd.mxd("account", "list")
     assert r.returncode == 0, r.stderr
     assert re.search(r"^alice\talice@example.test sales@example.test info@example.test$",
