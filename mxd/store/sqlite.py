@@ -66,8 +66,6 @@ For the outbound queue (mxd.queue), which keeps its tables in this same database
 
 from __future__ import annotations
 
-import fcntl
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -107,7 +105,8 @@ from mxd.store.interfaces import (
     SpecialUse,
     StoreError,
 )
-from mxd.store.schema import STORE_MIGRATIONS, SchemaError, migrate
+from mxd.store.schema import STORE_MIGRATIONS
+from mxd.store.sqlitedb import DatabaseOpener
 from mxd.store.writer import OpContext, PoolLike, StoreClosed, Writer
 
 log = Logger()
@@ -115,7 +114,6 @@ log = Logger()
 T = TypeVar("T")
 
 DB_NAME = "mxd.sqlite3"
-LOCK_NAME = "mxd.lock"
 
 
 @attrs.frozen
@@ -152,7 +150,7 @@ class SQLiteStore:
         self._listeners: dict[int, list[Callable[[MailboxChange], None]]] = {}
         self._ctx: OpContext | None = None  # the running transact() op (writer thread)
         self._opened = False
-        self._lock_fd: int | None = None
+        self._opened_db: DatabaseOpener | None = None
 
     @property
     def db_path(self) -> Path:
@@ -196,99 +194,16 @@ class SQLiteStore:
 
         return self._writer.stop(_finish)
 
-    def _lock(self) -> bool:
-        """Take the data directory's lock; True when this process is its only user.
-
-        Every process that opens the store (the server, an ``mxd account`` command) holds
-        a shared flock on ``mxd.lock`` while open.  Crash cleanup removes tmp files and
-        unreferenced bodies, which would destroy another live process's work in
-        progress, so it runs only when an exclusive lock can be had at open.
-        """
-        fd = os.open(self.data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                alone = True
-            except BlockingIOError:
-                alone = False
-            if not alone:
-                fcntl.flock(fd, fcntl.LOCK_SH)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._lock_fd = fd
-        return alone
-
-    def _unlock(self) -> None:
-        fd, self._lock_fd = self._lock_fd, None
-        if fd is not None:
-            os.close(fd)  # releases the flock
-
     def _connect(self) -> sqlite3.Connection:
         """Writer thread: lock, open, configure, migrate and (when alone) clean up."""
-        self._files.ensure_dirs()
-        try:
-            alone = self._lock()
-        except OSError as e:
-            raise StoreError(f"cannot lock {self.data_dir / LOCK_NAME}: {e}") from e
-        try:
-            conn = self._open_db(alone)
-        except BaseException:
-            self._unlock()
-            raise
-        if alone and self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_SH)  # others may open it from now on
-        return conn
+        self._opened_db = DatabaseOpener(self.data_dir, self.db_path, self._files,
+                                         self.settings.busy_timeout_ms,
+                                         self.settings.scan_orphans, self._schemas)
+        return self._opened_db.connect()
 
-    def _open_db(self, alone: bool) -> sqlite3.Connection:
-        conn = sqlite3.connect(
-            self.db_path, isolation_level=None, check_same_thread=False,
-            timeout=self.settings.busy_timeout_ms / 1000,
-        )
-        try:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise StoreError(f"cannot put {self.db_path} in WAL mode (got {mode})")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            for name, steps in self._schemas.items():
-                n = migrate(conn, name, steps)
-                if n:
-                    log.info("schema {name} migrated by {steps} step(s)", name=name, steps=n)
-            if alone:
-                self._cleanup(conn)
-            else:
-                log.info("{dir} is open in another process: crash cleanup skipped",
-                         dir=str(self.data_dir))
-        except sqlite3.Error as e:
-            conn.close()
-            raise SchemaError(f"cannot open {self.db_path}: {e}") from e
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _cleanup(self, conn: sqlite3.Connection) -> None:
-        """Remove what a crash may leave: tmp files, unreferenced and orphan bodies."""
-        n_tmp = self._files.clean_tmp()
-        conn.execute("BEGIN IMMEDIATE")
-        zero = [r[0] for r in conn.execute("SELECT id FROM blobs WHERE refcount = 0")]
-        conn.execute("DELETE FROM blobs WHERE refcount = 0")
-        conn.execute("COMMIT")
-        self._files.unlink(zero)
-        orphans: list[str] = []
-        if self.settings.scan_orphans:
-            known = {r[0] for r in conn.execute("SELECT id FROM blobs")}
-            on_disk = set(self._files.iter_blob_ids())
-            orphans = sorted(on_disk - known)
-            self._files.unlink(orphans)
-            missing = known - on_disk
-            if missing:
-                log.error("{n} message bodies are missing from {dir}", n=len(missing),
-                          dir=str(self._files.blob_dir))
-        if n_tmp or zero or orphans:
-            log.info("cleanup: removed {tmp} tmp files, {zero} unreferenced and "
-                     "{orphans} orphan bodies", tmp=n_tmp, zero=len(zero), orphans=len(orphans))
+    def _unlock(self) -> None:
+        if self._opened_db is not None:
+            self._opened_db.unlock()
 
     # -- queue support ---------------------------------------------------------------------
     def transact(self, fn: Callable[[sqlite3.Connection], T]) -> Deferred[T]:
@@ -542,32 +457,18 @@ class SQLiteStore:
         self, blob: BlobWriter, targets: Sequence[Delivery], props: MessageProps,
         internal_date: datetime | None = None,
     ) -> Deferred[list[int]]:
-        w = self._own_writer(blob)
-        when = _aware(internal_date or self._now())
-        targets = list(targets)
-
-        def op(conn: sqlite3.Connection, ctx: OpContext) -> list[int]:
-            flag_sets = [names.clean_flags(t.flags) for t in targets]
-            self._register_blob(conn, ctx, w)
-            uids = []
-            for t, flags in zip(targets, flag_sets, strict=True):
-                mailbox_id = q.mailbox_id(conn, t.account_id, t.mailbox)
-                self._check_quota(conn, t.account_id, w.size)
-                uid, modseq = q.insert_new(conn, mailbox_id, w, flags, when, props)
-                ctx.changes.append(MailboxChange(mailbox_id, "exists", (uid,), modseq))
-                uids.append(uid)
-            return uids
-
-        return self._writer.submit(op, [w])
+        d = self.accept(blob, targets, props, internal_date=internal_date)
+        return d.addCallback(lambda accepted: list(accepted.uids))
 
     def accept(
         self, blob: BlobWriter, targets: Sequence[Delivery], props: MessageProps,
-        outbound: OutboundMessage | None = None, queue_id: str | None = None,
+        outbound: OutboundMessage | None = None, queue_id: str | None = None, *,
+        internal_date: datetime | None = None,
     ) -> Deferred[Accepted]:
         """IMailStore.accept: local copies, queue rows and body references in one
         transaction (one savepoint of a group commit)."""
         w = self._own_writer(blob)
-        when = _aware(self._now())
+        when = _aware(internal_date or self._now())
         targets = list(targets)
         if outbound is not None and not queue_id:
             raise StoreError("accept: an outbound part needs a queue id")
