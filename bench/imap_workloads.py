@@ -343,7 +343,11 @@ SyncState *
     pull = run("pull")
     pulled = sum(1 for _ in (local / "INBOX" / "new").iterdir()) + \
         sum(1 for _ in (local / "INBOX" / "cur").iterdir())
+    # mbsync sleeps a second before reading a Maildir modified within the last second
+    # ("sleeping due to recent directory modification"): let that second pass first.
+    time.sleep(1.1)
     resync = run("pull")
+    time.sleep(1.1)
     push = run("push")
     return {"pull_s": pull.wall, "pull_cpu_s": pull.cpu, "pulled": float(pulled),
             "resync_s": resync.wall, "resync_cpu_s": resync.cpu,
