@@ -55,6 +55,7 @@ from mxd.imap.dispatch import (
 )
 from mxd.imap.errors import BadSequence, FramingError, ParseError
 from mxd.imap.framer import (
+    BlobLiteral,
     Framer,
     LiteralSink,
     NeedContinuation,
@@ -234,6 +235,11 @@ class IMAPSession(Protocol):
         if self._close_timer is not None and self._close_timer.active():
             self._close_timer.cancel()
         self._close_timer = None
+        held, self._held = self._held, None
+        if held is not None:  # read behind pipelined APPENDs, never run
+            for p in held.parts:
+                if isinstance(p, BlobLiteral):
+                    p.sink.abort()
         failed = handshake_failure(reason) if not self.tls_handshake_done else None
         if failed is not None:
             self.factory.metrics.inc("imap_tls_handshake_failures")

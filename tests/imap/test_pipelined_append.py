@@ -92,3 +92,19 @@ def test_selected_mailbox_sees_pipelined_appends() -> None:
     assert re.findall(rb"^(\w+) OK", out, re.M) == [b"A0", b"A1", b"A2", b"N"]
     assert b"* 3 EXISTS" in out
     assert acc is not None
+
+
+def test_command_held_behind_appends_is_dropped_cleanly_on_disconnect() -> None:
+    """An APPEND that does not parse waits behind the running ones (its body already in
+    a sink); when the client goes away before it runs, its sink is aborted."""
+    store = _store()
+    c = Conn(store, settings=IMAPServerSettings(append_memory=10))
+    c.login()
+    c.send(_appends(1) + b"B APPEND INBOX {%d+}\r\n%s trailing junk\r\n" % (len(MSG1), MSG1))
+    assert len(store.pending) == 1
+    held = c.proto._held
+    assert held is not None
+    sinks = [p.sink for p in held.parts if hasattr(p, "sink")]
+    assert len(sinks) == 1
+    c.proto.connectionLost(None)
+    assert sinks[0].aborted  # type: ignore[attr-defined]
