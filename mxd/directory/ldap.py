@@ -321,8 +321,14 @@ class LDAPDirectory:
             if acct is not None:
                 return await self._store_account(acct)
         fallback = self.directory.catchall.get(domain)
-        if self.directory.postmaster and local == "postmaster":
-            fallback = self.directory.postmaster  # RFC 5321 §4.5.1, before the catch-all
+        if local == "postmaster":
+            # RFC 5321 §4.5.1: postmaster@ every local domain MUST be accepted: the
+            # postmaster account, before the catch-all; without one (as the local
+            # directory does) the first account by name.
+            if not self.directory.postmaster:
+                acct = await self._first_account()
+                return await self._store_account(acct) if acct is not None else None
+            fallback = self.directory.postmaster
         if fallback is None:
             return None
         acct = await self._by_name(fallback)
@@ -331,6 +337,19 @@ class LDAPDirectory:
                      account=fallback)
             return None
         return await self._store_account(acct)
+
+    def _first_account(self) -> Deferred[LDAPAccount | None]:
+        def fetch() -> LDAPAccount | None:
+            entries, _ = self.client.search(self.settings.base_dn, self.settings.list_filter,
+                                            self.settings.attributes)
+            accounts = [a for a in (entry_to_account(e, self.settings) for e in entries)
+                        if a is not None]
+            if accounts:
+                log.warn("postmaster@ goes to {account}, the first LDAP account by name: set "
+                         "[domains] postmaster", account=min(a.name for a in accounts))
+            return min(accounts, key=lambda a: a.name, default=None)
+
+        return self._cached("first", "", fetch)
 
     def may_send_as(self, account_name: str, address: str) -> Deferred[bool]:
         """True when the LDAP account ``account_name`` has ``address`` (or its base

@@ -317,3 +317,15 @@ def test_truncated_listing_finds_no_orphans(h: StoreHarness) -> None:
 def test_huge_name_is_not_an_account() -> None:
     """An entry whose account name is longer than 256 octets is ignored (logged)."""
     assert entry_to_account(person("x" * 300, ["x@example.test"]), SETTINGS) is None
+
+
+def test_postmaster_without_configured_account_goes_to_first_account(
+        h: StoreHarness) -> None:
+    """RFC 5321 §4.5.1: without [domains] postmaster (and no entry with the address),
+    postmaster@ still reaches someone: the first account by name, as locally."""
+    client_settings = DirectorySettings(domains=("example.test",), postmaster=None)
+    d, client, clock = make(h)
+    d.directory = client_settings
+    client.entries = list(reversed(client.entries))  # dave first in the answer
+    acct = h.run(d.resolve_recipient("Postmaster@example.test"))
+    assert acct is not None and acct.name == "alice"
