@@ -15,6 +15,7 @@ connection from the client's signature algorithms (RFC 8446 §4.2.3).
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import tempfile
 import threading
@@ -324,8 +325,6 @@ class ServerTLS:
 
 
 def spki_sha256_of_cert(cert: x509.Certificate) -> bytes:
-    import hashlib
-
     der = cert.public_key().public_bytes(serialization.Encoding.DER,
                                          serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(der).digest()

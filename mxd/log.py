@@ -8,6 +8,7 @@ written (defence in depth: modules must not log them in the first place).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Mapping
@@ -156,6 +157,4 @@ def configure_twistd(level: str, fmt: str, levels: Mapping[str, str] | None = No
 
 
 def _with_env(level: str, fmt: str) -> tuple[str, str]:
-    import os
-
     return os.environ.get("MXD_LOG_LEVEL") or level, os.environ.get("MXD_LOG_FORMAT") or fmt

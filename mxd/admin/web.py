@@ -41,6 +41,7 @@ from twisted.web import resource, server
 
 import mxd
 from mxd.metrics import PrometheusMetrics
+from mxd.queue.queue import QueueError
 from mxd.queue.views import domain_tls_dict, message_dict
 
 log = Logger(namespace="mxd.admin")
@@ -230,8 +231,6 @@ class _QueueAPI(_Page):
                      200 if n else 404)
 
     async def _requiretls(self, request: Any, queue_id: str) -> bytes:
-        from mxd.queue.queue import QueueError
-
         setting = (_args(request, b"setting") or [""])[0]
         try:
             found = await self.ctx.queue.set_requiretls(queue_id, setting)
@@ -244,8 +243,6 @@ class _QueueAPI(_Page):
 
 
     async def _transport(self, request: Any, queue_id: str) -> bytes:
-        from mxd.queue.queue import QueueError
-
         name = (_args(request, b"name") or [""])[0]
         try:
             n = await self.ctx.queue.set_transport(queue_id, name)

@@ -13,6 +13,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
 
+from mxd.directory.local import DirectorySettings, LocalDirectory
 from mxd.errors import MxdError
 from mxd.store.interfaces import Delivery, MessageProps
 
@@ -36,8 +37,6 @@ class StoreLocalDelivery:
 
     def __init__(self, store: Any, local_domains: Iterable[str] = (),
                  directory: Any = None) -> None:
-        from mxd.directory.local import DirectorySettings, LocalDirectory
-
         self.store = store
         self.directory = directory or LocalDirectory(
             store, DirectorySettings(domains=tuple(local_domains)))

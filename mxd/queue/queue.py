@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -156,8 +156,6 @@ class Queue:
     def set_transport(self, queue_id: str, name: str) -> Deferred[int]:
         """Per-message transport override (admin API); "default" clears it.  Errbacks with
         QueueError for a name that is not a configured transport (``transport_names``)."""
-        from twisted.internet.defer import fail
-
         known = self.transport_names
         if name not in ("default", "direct") and known is not None and name not in known:
             return fail(QueueError(f"unknown transport {name!r} (transports: "
@@ -182,8 +180,6 @@ class Queue:
         an unknown id, errbacks with QueueError for a bad setting.  Takes effect at the
         message's next attempt."""
         if setting not in qs.TLS_OVERRIDES:
-            from twisted.internet.defer import fail
-
             return fail(QueueError(f"REQUIRETLS setting must be one of "
                                    f"{', '.join(qs.TLS_OVERRIDES)}, not {setting!r}"))
         d = self.store.set_tls_override(queue_id, setting)

@@ -19,6 +19,7 @@ import enum
 import secrets
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from email.utils import formatdate
 
 import attrs
 
@@ -113,8 +114,6 @@ def _original_recipient(orcpt: str, smtputf8: bool) -> str:
 
 
 def _date(ts: float) -> str:
-    from email.utils import formatdate
-
     return formatdate(ts, usegmt=True)
 
 

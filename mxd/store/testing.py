@@ -13,6 +13,7 @@ envelope)).
 
 from __future__ import annotations
 
+import copy
 import io
 import itertools
 from collections.abc import Callable, Iterable, Sequence
@@ -127,8 +128,6 @@ class MemoryStore:
         return succeed(result)
 
     def _snapshot(self) -> Any:
-        import copy
-
         return copy.deepcopy((self.accounts, self.secrets, self.quotas, self.mailboxes,
                               self.bodies, self.outbound))
 
