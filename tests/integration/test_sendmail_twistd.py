@@ -253,3 +253,16 @@ def test_plaintext_plain_server_is_refused(tmp_path: Path, mxd_server_module: Mx
     assert r.returncode == 69, r.stderr
     assert "offers only PLAIN LOGIN without TLS" in r.stderr
     assert not any(line.upper().startswith(b"AUTH") for line in got)
+
+
+def test_scram_y_flag_accepted_by_server_without_plus(mxd_server_factory: object,
+                                                      tmp_path: Path) -> None:
+    """A server that offers SCRAM without -PLUS: we can bind, so we send gs2 "y"
+    (RFC 5802 §6); mxd, which did not offer -PLUS, accepts it."""
+    s: MxdServer = mxd_server_factory(  # type: ignore[operator]
+        extra_config='[auth]\nmechanisms = ["SCRAM-SHA-256", "PLAIN"]\n')
+    conf = _write_config(tmp_path, s)
+    r = _sendmail(["--config", str(conf), "-i", "bob@example.test"],
+                  b"Subject: y-flag\n\nx\n")
+    assert r.returncode == 0, r.stderr
+    assert _auth_logged(s, "SCRAM-SHA-256", s.user)
