@@ -295,7 +295,8 @@ def test_fake_scram_salt_is_the_same_for_every_spelling(server: MxdServer) -> No
     assert salts["unknown"] != salts["known"]
 
 
-@pytest.mark.parametrize("server", ["ip_free_failures = 1000\naccount_free_failures = 1000\n"],
+@pytest.mark.parametrize("server", ["ip_free_failures = 1000\nnetwork_free_failures = 1000\n"
+                                    "account_free_failures = 1000\n"],
                          indirect=True)
 def test_known_and_unknown_users_fail_in_the_same_time(server: MxdServer) -> None:
     """LOGIN with a wrong password takes the same time for a known and an unknown user
