@@ -1,6 +1,7 @@
 """Two `twistd mxd` processes: the first relays through the second (its submission
 transport, from the config file: [transports.provider] with a password file and the test
-CA as [outbound].ca_file) with SCRAM-SHA-256-PLUS; `mxd queue show` names each attempt's
+CA as [outbound].ca_file, chosen by the submitting account's route) with
+SCRAM-SHA-256-PLUS; `mxd queue show` names each attempt's
 transport and route; `mxd queue transport ID NAME` and POST /api/queue/ID/transport set
 the per-message override, which moves a deferred message onto the transport."""
 
@@ -76,7 +77,10 @@ port = {provider.ports["submission"]}
 username = "{MxdServer.user}"
 password_file = "{pw}"
 
-[[routes]]
+[[accounts]]
+name = "{MxdServer.user}"
+addresses = ["{MxdServer.user}"]
+[[accounts.routes]]
 to_domains = ["remote.test"]
 transport = "provider"
 ''')
@@ -90,6 +94,9 @@ transport = "provider"
     assert relayed["from"] == MxdServer.user
     log = provider.log_path.read_text(errors="replace")
     assert f"mechanism=SCRAM-SHA-256-PLUS account={MxdServer.user}" in log
+    # the account's route chose the transport (the submitter is kept with the message)
+    assert (f"via transport provider (account {MxdServer.user} route 1)"
+            in first.log_path.read_text(errors="replace"))
 
     # No route for nowhere.test: direct, which cannot resolve (deferred, transport direct).
     _submit(first, "x@nowhere.test", "direct-then-override")
