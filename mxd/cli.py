@@ -320,6 +320,32 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return run(opts)
 
 
+def cmd_hostkeys_next(args: argparse.Namespace) -> int:
+    """Make the next host keys of a rollover and print their TLSA records."""
+    import datetime
+
+    from mxd.config import normalise_domain
+    from mxd.hostkeys import load_all, next_keys
+
+    cfg = _config(args)
+    if not cfg.tls.host_keys:
+        raise CLIError(f"{cfg.source}: [tls].host_keys is not set (mxd quickstart makes them)")
+    stamp = args.stamp or datetime.datetime.now(datetime.UTC).strftime("%Y%m%d")
+    made = next_keys(load_all(cfg.tls.host_keys), stamp)
+    host = normalise_domain(cfg.hostname)
+    print("; New host keys (mode 0600): " + ", ".join(str(k.path) for k in made))
+    print("; 1. Publish their TLSA records now, next to the current ones:")
+    for k in made:
+        print(f"_25._tcp.{host}. 300 IN TLSA 3 1 1 {k.spki_sha256.hex()}")
+    print("; 2. Wait until the old answers have left caches (twice the TLSA TTL), then check")
+    print(f";    `mxd dns check` and set in {cfg.source}:")
+    print(";    [tls] host_keys = [" + ", ".join(f'"{k.path}"' for k in made) + "]")
+    print(";    and restart mxd (ACME then orders certificates for the new keys; self-signed")
+    print(";    ones on them are served meanwhile, which DANE accepts).")
+    print("; 3. Remove the old TLSA records (`mxd dns check` warns while they remain).")
+    return 0
+
+
 def _domain_in_config(cfg: Config, domain: str) -> str:
     from mxd.config import normalise_domain
 
@@ -426,6 +452,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolver", default="127.0.0.1",
                    help="validating resolver as IP[:PORT] (default 127.0.0.1)")
     p.set_defaults(func=cmd_quickstart)
+
+    hp = sub.add_parser("hostkeys", help="host keys: make the next keys of a rollover")
+    hsub = hp.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+    p = hsub.add_parser("next", help="generate new host keys next to the current ones and "
+                        "print their TLSA records to publish before switching (RFC 7671 §8.1)")
+    _add_config(p)
+    p.add_argument("--stamp", help="suffix of the new file names (default: today, YYYYMMDD)")
+    p.set_defaults(func=cmd_hostkeys_next)
 
     cp = sub.add_parser("config", help="check the config or print its reference")
     csub = cp.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)

@@ -140,7 +140,8 @@ def records(i: RecordInputs) -> list[DNSRecord]:
                              "DANE (RFC 7672 §3.1.1): the SHA-256 of one host key. Needs a "
                              "DNSSEC-signed zone. It stays valid across certificate renewals "
                              "because mxd keeps its host keys; to roll a key, publish the new "
-                             "key's TLSA record first, wait two TTLs, then switch keys."))
+                             "key's TLSA record first (`mxd hostkeys next`), wait two TTLs, "
+                             "then switch keys."))
     if i.caa_issuer:
         expl = ("CAA (RFC 8659): only this CA may issue certificates for the domain, and "
                 "(RFC 8657) only to mxd's ACME account.")

@@ -100,6 +100,22 @@ def ensure(directory: Path) -> list[HostKey]:
     return out
 
 
+def next_keys(current: list[HostKey], stamp: str) -> list[HostKey]:
+    """New keys of the same kinds as ``current``, written next to them as
+    ``hostkey-<kind>-<stamp>.pem`` (never overwriting): the keys of a rollover.
+
+    RFC 7671 §8.1 (key rollover): publish the TLSA records of the new keys first, wait
+    until the old records have expired from caches (twice the TTL), then switch
+    [tls].host_keys to the new files and restart; remove the old records afterwards."""
+    out = []
+    for hk in current:
+        path = hk.path.with_name(f"hostkey-{hk.kind.value}-{stamp}.pem")
+        key = generate(hk.kind)
+        write_private(path, HostKey(hk.kind, path, key).pem())
+        out.append(load(path))
+    return out
+
+
 def load(path: Path) -> HostKey:
     """Load one host key; raise HostKeyError naming the file and the fix."""
     try:

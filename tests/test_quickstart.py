@@ -70,3 +70,26 @@ def test_bad_address_is_refused_without_writing(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "expected an address" in r.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_hostkeys_next_makes_rollover_keys_and_prints_their_tlsa(tmp_path):
+    """`mxd hostkeys next` writes new keys (0600, never overwriting) beside the current
+    ones and prints their TLSA records and the steps of the rollover."""
+    from mxd.hostkeys import load
+
+    assert _qs(tmp_path, "--no-acme").returncode == 0
+    cfg_path = str(tmp_path / "mxd.toml")
+    r = subprocess.run([MXD, "hostkeys", "next", "--stamp", "20270101", "--config", cfg_path],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    new = [tmp_path / "hostkey-rsa2048-20270101.pem", tmp_path / "hostkey-ecdsap256-20270101.pem"]
+    for p in new:
+        assert os.stat(p).st_mode & 0o777 == 0o600
+        assert f"TLSA 3 1 1 {load(p).spki_sha256.hex()}" in r.stdout
+    current = load_config(tmp_path / "mxd.toml").tls.host_keys
+    for p in current:
+        assert load(p).spki_sha256.hex() not in r.stdout
+    assert "Publish their TLSA records now" in r.stdout and "twice the TLSA TTL" in r.stdout
+    again = subprocess.run([MXD, "hostkeys", "next", "--stamp", "20270101", "--config",
+                            cfg_path], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1 and "refusing to overwrite" in again.stderr

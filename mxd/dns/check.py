@@ -390,9 +390,11 @@ class Checker:
             stale = [x for x in usable if x.usage == 3 and x.selector == 1 and x.mtype == 1
                      and x.data not in self.x.tlsa_spki_sha256]
             if stale or unusable:
-                return CheckResult("tlsa", Status.WARN, sec, r.detail,
-                                   "remove records that match no host key once a rollover "
-                                   "is done")
+                return CheckResult("tlsa", Status.WARN, sec,
+                                   f"{r.detail}; {len(stale) + len(unusable)} record(s) match "
+                                   "no host key in use",
+                                   "fine for the next keys of a rollover (`mxd hostkeys "
+                                   "next`); remove an old key's records once it is retired")
             return CheckResult("tlsa", Status.OK, sec, f"{name}: {r.detail} (DANE-EE usable)")
         if r.status is InboundStatus.PARTIAL:
             return CheckResult("tlsa", Status.ERROR, sec, r.detail, fix)

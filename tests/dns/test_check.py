@@ -134,3 +134,14 @@ def test_spf_must_allow_the_socks5_transport_addresses(world):
     (spf,) = [r for r in results if r.name == "spf"]
     assert spf.status is Status.ERROR and "198.51.100.7" in spf.detail
     assert "ip4:198.51.100.7" in spf.fix
+
+
+def test_prepublished_next_key_tlsa_is_a_warning_not_an_error(world):
+    """During a rollover the next keys' TLSA records sit beside ours: still usable for the
+    keys in use, so a WARN that names the rollover, not an ERROR."""
+    keys, _ = world
+    ours = [f"3 1 1 {k.spki_sha256.hex()}" for k in keys]
+    results = _run(world, {("_25._tcp.mx.example.test", "TLSA"): [*ours, "3 1 1 " + "cd" * 32]})
+    (t,) = [r for r in results if r.name == "tlsa"]
+    assert t.status is Status.WARN and "mxd hostkeys next" in t.fix
+    assert exit_status(results) == 0
