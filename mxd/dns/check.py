@@ -224,7 +224,11 @@ class Checker:
         return CheckResult("iprev", Status.OK, sec, f"{', '.join(addresses)} → {self.x.hostname}")
 
     async def spf(self) -> CheckResult:
-        """Our IPs must pass the domain's SPF record (RFC 7208 §4.6 mechanisms ip4/ip6/a/mx)."""
+        """Each of our IPs (and the SOCKS5 transports') must get ``pass`` from the domain's
+        SPF policy, evaluated by mxd's own SPF implementation (RFC 7208 §4, check_host);
+        an address that is not ours should get ``fail`` or ``softfail``."""
+        from mxd.msgauth.spf import SPFResult, check_host
+
         name = self.x.domain
         want = [*self.x.public_ips, *self.x.extra_spf_ips]
         fix = f'publish: {name}. TXT "{spf_text(want)}"' if want else "set [dns].public_ips"
@@ -236,40 +240,27 @@ class Checker:
             return CheckResult("spf", Status.ERROR, looked.dnssec,
                                f"{len(recs)} SPF records at {name} (need exactly one, RFC 7208 "
                                "§4.5)", fix)
-        terms = recs[0].split()[1:]
-        allowed: list[Any] = []
-        for t in terms:
-            q, mech = (t[0], t[1:]) if t[:1] in "+-~?" else ("+", t)
-            if q != "+":
-                continue
-            kind, _, arg = mech.partition(":")
-            if kind in ("ip4", "ip6"):
-                try:
-                    allowed.append(ipaddress.ip_network(arg, strict=False))
-                except ValueError:
-                    continue
-            elif kind in ("a", "mx"):
-                target = arg.split("/")[0] or name
-                hosts = [target]
-                if kind == "mx":
-                    mx = await _lookup(self.r, target, "MX")
-                    hosts = [str(m.host.ascii).rstrip(".") for m in mx.records]
-                for h in hosts:
-                    for rt in ("A", "AAAA"):
-                        allowed += [ipaddress.ip_network(str(a)) for a in
-                                    (await _lookup(self.r, h, rt)).records]
-        missing = [ip for ip in want
-                   if not any(ipaddress.ip_address(ip) in n for n in allowed)]
-        all_term = terms[-1] if terms else ""
-        if missing:
+        sender = f"postmaster@{name}"
+        failing = []
+        for ip in want:
+            out = await check_host(self.r, ip, name, sender, self.x.hostname)
+            if out.result is not SPFResult.PASS:
+                failing.append(f"{ip}: {out.result.value}" + (f" ({out.reason})"
+                                                              if out.reason else ""))
+        if failing:
             return CheckResult("spf", Status.ERROR, looked.dnssec,
-                               f"{recs[0]!r} does not allow {', '.join(missing)}", fix)
+                               f"{recs[0]!r} does not pass " + "; ".join(failing), fix)
         if not want:
             return CheckResult("spf", Status.WARN, looked.dnssec, recs[0], fix)
-        if all_term not in ("-all", "~all"):
-            return CheckResult("spf", Status.WARN, looked.dnssec, recs[0],
+        # An RFC 5737 documentation address, never a real sender (and not one of ours).
+        probe = next(a for a in ("203.0.113.254", "198.51.100.254", "192.0.2.254")
+                     if a not in want)
+        other = await check_host(self.r, probe, name, sender, self.x.hostname)
+        if other.result not in (SPFResult.FAIL, SPFResult.SOFTFAIL):
+            return CheckResult("spf", Status.WARN, looked.dnssec,
+                               f"{recs[0]} gives {other.result.value} to other addresses",
                                "end the record with -all so others cannot send as the domain")
-        return CheckResult("spf", Status.OK, looked.dnssec, recs[0])
+        return CheckResult("spf", Status.OK, looked.dnssec, f"{recs[0]} (our addresses pass)")
 
     async def dkim(self) -> list[CheckResult]:
         if not self.x.dkim:

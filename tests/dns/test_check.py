@@ -145,3 +145,18 @@ def test_prepublished_next_key_tlsa_is_a_warning_not_an_error(world):
     (t,) = [r for r in results if r.name == "tlsa"]
     assert t.status is Status.WARN and "mxd hostkeys next" in t.fix
     assert exit_status(results) == 0
+
+
+@pytest.mark.parametrize("records,status", [
+    ({("example.test", "TXT"): ['"v=spf1 include:_spf.example.test -all"'],
+      ("_spf.example.test", "TXT"): ['"v=spf1 ip4:192.0.2.0/24 -all"']}, Status.OK),
+    ({("example.test", "TXT"): ['"v=spf1 a:mx.example.test ~all"']}, Status.OK),
+    ({("example.test", "TXT"): ['"v=spf1 ip4:192.0.2.10 ?all"']}, Status.WARN),
+    ({("example.test", "TXT"): ['"v=spf1 +all"']}, Status.WARN),
+    ({("example.test", "TXT"): ['"v=spf1 include:nowhere.example.test -all"']}, Status.ERROR),
+])
+def test_spf_is_evaluated_by_the_rfc7208_implementation(world, records, status):
+    """include:, a: and the all qualifier go through mxd.msgauth.spf's check_host."""
+    results = _run(world, records)
+    (spf,) = [r for r in results if r.name == "spf"]
+    assert spf.status is status, spf.line()
