@@ -463,11 +463,11 @@ async def submit(reactor: Any, cfg: SendmailConfig, password: str | None, sender
             worst = max(refused, key=lambda r: r.reply.code)
             stage = "RCPT" if worst.at_rcpt else "DATA"
             code = exit_for_reply(worst.reply.code, worst.reply.enhanced, stage)
-            texts = "; ".join(f"<{r.address}>: {r.reply.text}" for r in refused)
+            texts = "; ".join(f"<{r.address}>: {r.reply.summary}" for r in refused)
             sent = len(result.recipients) - len(refused)
             raise SendmailError(code, f"{where}: refused {texts}"
                                 + (f" (sent to the other {sent})" if sent else ""))
-        return result.data_reply.text if result.data_reply else ""
+        return result.data_reply.summary if result.data_reply else ""
     finally:
         await client.quit()
 

@@ -48,7 +48,6 @@ from mxd.smtp.clientvalues import (
     ClientRecipient,
     ClientSettings,
     RecipientResult,
-    Reply,
     SMTPAuthError,
     SMTPClientError,
     SMTPConnectionError,
@@ -65,6 +64,7 @@ from mxd.smtp.clientvalues import (
     TLSVerifier,
     TransactionResult,
 )
+from mxd.smtp.replies import Reply
 from mxd.tlsrpt.results import ResultType
 
 log = Logger()
@@ -200,7 +200,7 @@ class SMTPClient(LineOnlyReceiver):
             if em and em.group(1)[0] == str(code)[0]:
                 enhanced = em.group(1)
                 texts = [_ENHANCED_RE.sub("", t, count=1) for t in texts]
-            self._deliver_reply(Reply(code, tuple(texts), enhanced))
+            self._deliver_reply(Reply(code, enhanced, texts[0] if texts else "", tuple(texts[1:])))
 
     @property
     def _t(self) -> Any:
@@ -330,7 +330,7 @@ class SMTPClient(LineOnlyReceiver):
             self.tls_result = attrs.evolve(self.tls_result, failure=ResultType.STARTTLS_NOT_SUPPORTED)
             if policy.mode is TLSMode.OPPORTUNISTIC:
                 return
-            raise SMTPTLSError(f"STARTTLS refused: {reply.text}",
+            raise SMTPTLSError(f"STARTTLS refused: {reply.summary}",
                                ResultType.STARTTLS_NOT_SUPPORTED)
         options = policy.client_options
         if options is None:

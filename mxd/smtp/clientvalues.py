@@ -10,6 +10,7 @@ from typing import Any, Protocol
 import attrs
 
 from mxd.errors import MxdError
+from mxd.smtp.replies import Reply
 from mxd.tlsrpt.results import CheckResult, PolicyType, ResultType, TLSAttempt
 
 # -- errors ------------------------------------------------------------------------------
@@ -88,28 +89,6 @@ class SMTPAuthError(SMTPReplyError):
 
 
 # -- values ------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class Reply:
-    code: int
-    lines: tuple[str, ...]
-    enhanced: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        """A positive completion (RFC 5321 §4.2.1: 2yz); 354 and 334 are checked by code."""
-        return 200 <= self.code < 300
-
-    @property
-    def permanent(self) -> bool:
-        return self.code >= 500
-
-    @property
-    def text(self) -> str:
-        """The reply as one line, for logs and DSN Diagnostic-Code fields."""
-        first = " ".join(self.lines)
-        return f"{self.code} {first}".strip()
 
 
 class TLSMode(enum.StrEnum):

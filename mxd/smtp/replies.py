@@ -11,11 +11,24 @@ import attrs
 
 @attrs.frozen
 class Reply:
-    """One SMTP reply: code, enhanced status code (None for 220/221 greetings) and text."""
+    """One SMTP reply (RFC 5321 §4.2), sent by the server or read by the client: code,
+    enhanced status code (RFC 3463; None when there is none, e.g. 220 greetings) and the
+    text of its first line, ``more`` for the lines after it."""
 
     code: int
     enhanced: str | None
     text: str
+    more: tuple[str, ...] = ()
+
+    @property
+    def lines(self) -> tuple[str, ...]:
+        """The text of every line."""
+        return (self.text, *self.more)
+
+    @property
+    def ok(self) -> bool:
+        """A positive completion (RFC 5321 §4.2.1: 2yz); 354 and 334 are checked by code."""
+        return 200 <= self.code < 300
 
     @property
     def permanent(self) -> bool:
@@ -25,12 +38,17 @@ class Reply:
     def positive(self) -> bool:
         return 200 <= self.code < 400
 
+    @property
+    def summary(self) -> str:
+        """The reply as one line, for logs and DSN Diagnostic-Code fields."""
+        return f"{self.code} {' '.join(self.lines)}".strip()
+
     def with_text(self, text: str) -> Reply:
         return Reply(self.code, self.enhanced, text)
 
-    def lines(self, extra: tuple[str, ...] = ()) -> list[bytes]:
+    def wire(self, extra: tuple[str, ...] = ()) -> list[bytes]:
         """Wire lines (without CRLF).  RFC 5321 §4.2.1: "code-" on all but the last line."""
-        texts = [self.text, *extra]
+        texts = [self.text, *self.more, *extra]
         out = []
         for i, t in enumerate(texts):
             sep = " " if i == len(texts) - 1 else "-"

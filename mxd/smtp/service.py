@@ -43,7 +43,7 @@ class _Refuse(Protocol):
     def connectionMade(self) -> None:
         reply = replies.TOO_MANY_CONNECTIONS
         t: Any = self.transport
-        t.write(b"".join(line + b"\r\n" for line in reply.lines()))
+        t.write(b"".join(line + b"\r\n" for line in reply.wire()))
         t.loseConnection()
 
 

@@ -337,7 +337,7 @@ class SessionBase(LineReceiver):
     def _send(self, reply: Reply, extra: tuple[str, ...] = ()) -> None:
         if self.state is State.CLOSED or self.transport is None:
             return
-        self._tr.writeSequence([line + b"\r\n" for line in reply.lines(extra)])
+        self._tr.writeSequence([line + b"\r\n" for line in reply.wire(extra)])
         # 452 too many recipients is our own limit at work, not a client error: RFC 5321
         # §4.5.3.1.10 tells the client to send the rest in a later transaction.
         if reply.code >= 400 and reply.code != 421 and reply is not replies.TOO_MANY_RECIPIENTS:
@@ -349,7 +349,7 @@ class SessionBase(LineReceiver):
         if self.state is State.CLOSED:
             return
         if reply is not None and self.transport is not None:
-            self._tr.writeSequence([line + b"\r\n" for line in reply.lines()])
+            self._tr.writeSequence([line + b"\r\n" for line in reply.wire()])
         self.state = State.CLOSED
         self._cancel_timer()
         self._abort_transaction()
