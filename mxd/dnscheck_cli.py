@@ -1,4 +1,4 @@
-"""``mxd dns check DOMAIN``: wires the checker (``mxd.dns.check``) from a config."""
+"""``mxd dns check DOMAIN``: wires the checker (``mxd.dnscheck``) from a config."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def run_check(cfg: Config, domain: str, *, as_json: bool, ca_file: str | None,
     from mxd import components
     from mxd.certs import CertStore, names_for
     from mxd.dane_inbound import served_chains
-    from mxd.dns.check import Checker, exit_status
+    from mxd.dnscheck import Checker, exit_status
     from mxd.hostkeys import load_all
     from mxd.metrics import NoopMetrics
     from mxd.recordsconfig import acme_dir, record_inputs, sts_policy

@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives import serialization
 
 from mxd.certs import CertStore, names_for
 from mxd.dane_inbound import served_chains
-from mxd.dns.check import DNSSEC, Checker, Status, exit_status
 from mxd.dns.testing import FakeResolver, run_with_reactor
+from mxd.dnscheck import DNSSEC, Checker, Status, exit_status
 from mxd.dnsrecords import records
 from tests.golive_helpers import NOW, host_keys, inputs
 
