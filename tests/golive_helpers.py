@@ -28,11 +28,22 @@ def host_keys(directory: Path) -> list[HostKey]:
 NOW = datetime.datetime(2026, 12, 5, 12, 0, tzinfo=datetime.UTC)
 
 
+def _dkim_record() -> str:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from mxd.msgauth.dkimkeys import dns_record
+
+    return dns_record(ed25519.Ed25519PrivateKey.generate())
+
+
+DKIM_RECORD = _dkim_record()
+
+
 def inputs(keys: list[HostKey], **kw: object) -> RecordInputs:
     base: dict[str, object] = dict(
         domain="example.test", hostname="mx.example.test", public_ips=("192.0.2.10",),
         tlsa_spki_sha256=tuple(k.spki_sha256 for k in keys),
-        dkim=(("sel1._domainkey.example.test", "v=DKIM1; k=ed25519; p=AAAA"),),
+        dkim=(("sel1._domainkey.example.test", DKIM_RECORD),),
         sts_id="ABC123", sts_policy_text="version: STSv1\r\nmode: enforce\r\nmx: "
         "mx.example.test\r\nmax_age: 604800\r\n",
         dmarc_policy="reject", dmarc_rua="dmarc@example.test", tlsrpt_rua="tls@example.test",

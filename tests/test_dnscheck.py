@@ -80,6 +80,8 @@ BROKEN = [
     ("dmarc", {("_dmarc.example.test", "TXT"): []}),
     ("mx", {("example.test", "MX"): ["10 other.example.test."]}),
     ("dkim", {("sel1._domainkey.example.test", "TXT"): ['"v=DKIM1; k=ed25519; p=BBBB"']}),
+    ("dkim", {("sel1._domainkey.example.test", "TXT"): [
+        '"v=DKIM1; k=ed25519; p=11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="']}),
 ]
 
 
