@@ -5,6 +5,7 @@ injection and a user outside the login group."""
 
 from __future__ import annotations
 
+import base64
 import imaplib
 import re
 import smtplib
@@ -204,8 +205,6 @@ def test_filter_injection_never_matches_another_user(mxd: MxdServer, lab: SlapdL
 def test_nul_in_login_name_is_refused_before_ldap(mxd: MxdServer, lab: SlapdLab) -> None:
     """AUTH LOGIN with a NUL in the user name (base64 can carry it) is refused as
     malformed (SASLprep, RFC 4013 §2.3) without any search reaching slapd."""
-    import base64
-
     before = len(lab.log_text())
     ctx = ssl.create_default_context(cafile=str(mxd.ca_file))
     with smtplib.SMTP("127.0.0.1", mxd.ports["submission"], timeout=30,
@@ -232,6 +231,14 @@ def test_slapd_down_gives_451_and_temporary_login_failure_then_recovers(
             assert (code, msg[:5]) == (451, b"4.4.3"), (code, msg)
         err = _login_error(mxd, "carol", PASSWORDS["carol"], "127.0.0.5")
         assert "UNAVAILABLE" in err, err
+        ctx = ssl.create_default_context(cafile=str(mxd.ca_file))
+        with smtplib.SMTP("127.0.0.1", mxd.ports["submission"], timeout=30,
+                          source_address=("127.0.0.5", 0)) as sub:
+            sub.starttls(context=ctx)
+            sub.ehlo("client.example.net")
+            code, msg = sub.docmd("AUTH", "PLAIN " + base64.b64encode(
+                b"\0carol\0" + PASSWORDS["carol"].encode()).decode())
+            assert (code, msg[:5]) == (454, b"4.7.0"), (code, msg)  # RFC 4954 temporary
     finally:
         lab.start()
     deadline = time.monotonic() + 20
