@@ -337,6 +337,8 @@ def build(cfg: Config, reactor: Any, metrics: IMetrics, parent: Any) -> dict[str
         comps.update(make_certificates(cfg, reactor, resolver, parent))
     if cfg.msgauth.inbound_checks and cfg.msgauth.dmarc_reports_send:
         make_dmarc_reporter(cfg, comps, reactor, parent)
+    if cfg.tlsrpt.send:
+        make_tls_reporter(cfg, comps, reactor, metrics, parent)
     if cfg.queue.hold_all:
         log.info("queue: hold_all is set, outbound mail stays queued")
     else:
@@ -479,6 +481,26 @@ def make_dmarc_reporter(cfg: Config, comps: dict[str, Any], reactor: Any, parent
         sign=ring.sign if ring is not None else None, run_blocking=run_blocking)
     reporter.setServiceParent(parent)
     comps["dmarc_reporter"] = reporter
+    return reporter
+
+
+def make_tls_reporter(cfg: Config, comps: dict[str, Any], reactor: Any, metrics: IMetrics,
+                      parent: Any) -> Any:
+    """The daily SMTP TLS report sender (RFC 8460), reading the queue's attempts log."""
+    from mxd.tlsrpt.send import SenderSettings, TLSReporter, https_poster
+
+    ring = dkim_keyring(cfg, comps)
+    host = normalise_domain(cfg.hostname)
+    from_addr = cfg.tlsrpt.from_address or f"postmaster@{host}"
+    reporter = TLSReporter(
+        comps["queue"].store.tls_attempts_between, comps["resolver"], comps["queue"], reactor,
+        SenderSettings(organization_name=cfg.tlsrpt.organization or host, submitter=host,
+                       from_addr=from_addr, contact_info=cfg.tlsrpt.contact or from_addr,
+                       send_success=cfg.tlsrpt.send_success),
+        sign=ring.sign if ring is not None else None, post=https_poster(reactor),
+        state=cfg.data_dir / "tlsrpt" / "last-reported-day", metrics=metrics)
+    reporter.setServiceParent(parent)
+    comps["tls_reporter"] = reporter
     return reporter
 
 

@@ -537,6 +537,26 @@ class MTASTSConfig:
 
 
 @attrs.frozen
+class TLSRPTConfig:
+    send: bool = opt(True, "Send a daily SMTP TLS report (RFC 8460) about the previous UTC "
+                     "day to each policy domain that publishes `_smtp._tls` (rua=): the "
+                     "recipient domain for MTA-STS and STARTTLS results, the MX host for "
+                     "DANE results, after 00:00 UTC with a random delay of up to an hour; "
+                     "by mail (DKIM-signed when [dkim] has a key for the From domain) or "
+                     "HTTPS POST. false: send nothing.")
+    send_success: bool = opt(False, "Also report days on which every TLS session to the "
+                             "domain succeeded (by default only days with a failure).")
+    organization: str = opt("", "The reporting organisation's name in the reports "
+                            "(organization-name); empty: `hostname`.",
+                            example='"Example Org"')
+    contact: str = opt("", "Contact information in the reports (contact-info); empty: "
+                       "the From address.", example='"mailto:postmaster@example.org"')
+    from_address: str = opt("", "From address and envelope sender of the report mails; "
+                            "empty: postmaster@HOSTNAME.",
+                            example='"tls-reports-noreply@example.org"')
+
+
+@attrs.frozen
 class DNSRecordsConfig:
     public_ips: list[str] = opt([], "This server's public IP addresses: A/AAAA of the host "
                                 "name, SPF, reverse DNS. `mxd dns check` compares DNS with "
@@ -589,6 +609,7 @@ class Config:
                                  "(SPF, DKIM, DMARC, iprev; RFC 8601 Authentication-Results).")
     acme: ACMEConfig = opt(ACMEConfig(), "ACME certificates.")
     mta_sts: MTASTSConfig = opt(MTASTSConfig(), "MTA-STS policy served for our domains.")
+    tlsrpt: TLSRPTConfig = opt(TLSRPTConfig(), "SMTP TLS reports we send (RFC 8460).")
     dns: DNSRecordsConfig = opt(DNSRecordsConfig(), "What `mxd dns records` suggests and "
                                 "`mxd dns check` expects.")
     log: LogConfig = opt(LogConfig(), "Logging.")

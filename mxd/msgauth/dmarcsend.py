@@ -19,7 +19,7 @@ import os
 import random as random_module
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
@@ -30,6 +30,7 @@ from twisted.application import service
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from mxd.dailyreports import DailyTimer, next_daily_run, queue_report_mail
 from mxd.dns.errors import DNSLookupError, DomainError
 from mxd.msgauth.dmarc import DMARCOutcome, DMARCResult, is_dmarc, organizational_domain
 from mxd.msgauth.dmarcreport import ReportRecord, build_report
@@ -203,6 +204,7 @@ class DMARCReporter(service.Service):
         self.random = random
         self.flush_interval = flush_interval
         self._timers: list[Any] = []
+        self._daily: DailyTimer | None = None
         self.sent: list[tuple[str, str]] = []  # (domain, rua address), for tests and logs
 
     def _blocking(self, fn: Callable[[], Any]) -> Deferred[Any]:
@@ -221,6 +223,8 @@ class DMARCReporter(service.Service):
             if t.active():
                 t.cancel()
         self._timers = []
+        if self._daily is not None:
+            self._daily.stop()
         return self._blocking(self.log.flush)
 
     def _schedule_flush(self) -> None:
@@ -234,21 +238,12 @@ class DMARCReporter(service.Service):
         self._timers.append(self.clock.callLater(self.flush_interval, tick))
 
     def next_run(self, now: float) -> float:
-        midnight = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0,
-                                                           microsecond=0) + timedelta(days=1)
-        return midnight.timestamp() + self.random() * self.settings.max_jitter
+        return next_daily_run(now, self.random, self.settings.max_jitter)
 
     def _schedule_run(self) -> None:
-        now = self.clock.seconds()
-        delay = max(0.0, self.next_run(now) - now)
-
-        def fire() -> None:
-            d = Deferred.fromCoroutine(self.run_once())
-            d.addErrback(lambda f: _log.failure("dmarc reports failed", f))
-            if self.running:
-                self._schedule_run()
-
-        self._timers.append(self.clock.callLater(delay, fire))
+        self._daily = DailyTimer(self.clock, self.run_once, "dmarc reports",
+                                 random=self.random, max_jitter=self.settings.max_jitter)
+        self._daily.start()
 
     async def run_once(self) -> int:
         """Report every finished day not reported yet; returns the mails queued."""
@@ -267,8 +262,6 @@ class DMARCReporter(service.Service):
         return queued
 
     async def _send(self, report: DomainReport, now: float) -> int:
-        from mxd.store.interfaces import OutboundMessage, OutboundRecipient
-
         sent = 0
         for uri in report.rua[:2]:  # §7.1 leaves the count to us; two is plenty
             parsed = mailto(uri)
@@ -282,17 +275,12 @@ class DMARCReporter(service.Service):
             data = report_mail(report, from_addr=self.settings.from_addr, to_addr=address,
                                submitter=self.settings.submitter, now=now,
                                message_id=f"{report.report_id}.{sent}")
-            data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
             if limit is not None and len(data) > limit:
                 _log.info("dmarc report for {domain} larger than {rua}'s limit", rua=address,
                           domain=report.domain)
                 continue
-            if self.sign is not None:
-                data = self.sign(data, now)
-            await self.queue.enqueue_bytes(data, OutboundMessage(
-                mail_from=self.settings.from_addr,
-                recipients=(OutboundRecipient(address, frozenset({"NEVER"})),),
-                size=len(data)))
+            await queue_report_mail(self.queue, data, from_addr=self.settings.from_addr,
+                                    to_addr=address, now=now, sign=self.sign)
             self.sent.append((report.domain, address))
             _log.info("dmarc report {report_id} queued to {rua}", report_id=report.report_id,
                       rua=address)

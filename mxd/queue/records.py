@@ -71,7 +71,9 @@ def attempt_record(m: qs.QueuedMessage, a: Attempt, now: float) -> qs.AttemptRec
         result = "refused" if a.refusal is not None else "error"
         code, enhanced, text = reply_fields(a.error or Exception("unknown"))
     t = a.tls
-    r = tls_report(m, a, now) if a.report_tls else None
+    # RFC 8460 §3: the delivery of a TLS report must not produce TLS results of its own
+    # (a broken receiver would otherwise get a report about its report, every day).
+    r = tls_report(m, a, now) if a.report_tls and not m.tls_report else None
     fd = r.failure if r is not None else None
     return qs.AttemptRecord(
         queue_id=m.queue_id, domain=m.recipients[0].domain,

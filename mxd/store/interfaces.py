@@ -179,6 +179,7 @@ class OutboundMessage:
     sender_account: str | None = None  # authenticated submitter, for admin and DSN routing
     size: int = 0
     is_dsn: bool = False  # generated here (a DSN): never answered with another DSN
+    tls_report: bool = False  # an RFC 8460 report: its sessions record no TLS results (§3)
 
 
 @attrs.frozen

@@ -134,6 +134,10 @@ QUEUE_MIGRATIONS: list[str] = [
     ALTER TABLE queue_attempts ADD COLUMN transport TEXT;
     ALTER TABLE queue_attempts ADD COLUMN route TEXT;
     """,
+    # TLS reports we send: their deliveries record no TLS results (RFC 8460 §3).
+    """
+    ALTER TABLE queue_messages ADD COLUMN tls_report INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 # RFC 8689 admin override of a queued message (``mxd queue requiretls ID yes|no|default``):
@@ -186,6 +190,7 @@ class QueuedMessage:
     tls_override: str | None = None
     received_requiretls: bool = False
     received_tls_required_no: bool = False
+    tls_report: bool = False  # an RFC 8460 report we send: its sessions are not reported
 
 
 @attrs.frozen
@@ -280,14 +285,17 @@ def insert_message(
     conn: sqlite3.Connection, queue_id: str, blob_id: str, m: OutboundMessage, now: float,
     is_dsn: bool = False,
 ) -> int:
+    values: tuple[Any, ...] = (
+        queue_id, m.mail_from, blob_id, m.size, m.body.upper(), int(m.smtputf8),
+        int(m.requiretls), int(m.tls_required_no), m.ret, m.envid, m.sender_account,
+        int(is_dsn or m.is_dsn), now)
+    extra = ""
+    if m.tls_report:  # a later column: only named when set (the default is 0)
+        values, extra = values + (1,), ", tls_report"
     cur = conn.execute(
         "INSERT INTO queue_messages (queue_id, mail_from, blob_id, size, body, smtputf8,"
-        " requiretls, tls_required_no, ret, envid, sender_account, is_dsn, queued_at)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        (queue_id, m.mail_from, blob_id, m.size, m.body.upper(), int(m.smtputf8),
-         int(m.requiretls), int(m.tls_required_no), m.ret, m.envid, m.sender_account,
-         int(is_dsn or m.is_dsn), now),
-    )
+        f" requiretls, tls_required_no, ret, envid, sender_account, is_dsn, queued_at{extra})"
+        f" VALUES ({','.join('?' * len(values))})", values)
     mid = int(cur.lastrowid or 0)
     conn.executemany(
         "INSERT INTO queue_recipients (message_id, address, domain, notify, orcpt,"
@@ -299,7 +307,8 @@ def insert_message(
 
 
 _MSG_COLS = ("id, queue_id, mail_from, blob_id, size, body, smtputf8, requiretls,"
-             " tls_required_no, ret, envid, sender_account, is_dsn, queued_at, tls_override")
+             " tls_required_no, ret, envid, sender_account, is_dsn, queued_at, tls_override,"
+             " tls_report")
 _RCPT_COLS = ("id, address, domain, notify, orcpt, state, attempts, next_attempt, hold,"
               " transport, last_attempt, last_code, last_enhanced, last_text, last_host,"
               " delay_dsn_sent")
@@ -321,7 +330,7 @@ def _message(row: Sequence[Any], rcpts: tuple[QueuedRecipient, ...] = ()) -> Que
     eff_req, eff_trn = effective_tls_flags(req, trn, override)
     return QueuedMessage(int(row[0]), row[1], row[2], row[3], int(row[4]), row[5], bool(row[6]),
                          eff_req, eff_trn, row[9], row[10], row[11], bool(row[12]),
-                         float(row[13]), rcpts, override, req, trn)
+                         float(row[13]), rcpts, override, req, trn, bool(row[15]))
 
 
 def _recipient(row: Sequence[Any]) -> QueuedRecipient:

@@ -334,3 +334,16 @@ def test_policy_failure_ignored_by_tls_required_no_is_reported_and_marked(
         assert t.failure.failure_reason_code == "bogus TLSA answer"  # RFC 8460 §4.4: text, not a URI
     finally:
         w.h.close()
+
+
+def test_delivery_of_a_tls_report_records_no_tls_session(world: World) -> None:  # noqa: F811
+    """RFC 8460 §3 loop prevention: a queued TLS report (``tls_report``) is delivered like
+    any mail, but its session leaves no TLS result that a later report would carry."""
+    q1 = world.enqueue("x@remote.test", tls_report=True, tls_required_no=True)
+    world.start()
+    world.clock.advance(0)
+    [a1] = world.attempts(q1)
+    assert a1.result == "delivered" and a1.tls_success is None
+    now = world.clock.seconds()
+    assert world.h.run(world.h.store.transact(
+        lambda c: qs.tls_attempts_between(c, now - 60, now + 60))) == []

@@ -1,0 +1,216 @@
+"""Outgoing SMTP TLS reports (mxd.tlsrpt.send): one report per policy domain and kind, the
+daily run after 00:00 UTC, the §5.3 mail read with the stdlib email parser, JSON checked
+against a schema written from RFC 8460 §4.4, HTTPS retries, loop prevention."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import gzip
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from twisted.internet import task
+from twisted.internet.defer import Deferred, fail, succeed
+
+from mxd.dns.testing import FakeResolver
+from mxd.tlsrpt.results import FailureDetail, PolicyInfo, PolicyType, ResultType, TLSAttempt
+from mxd.tlsrpt.send import SenderSettings, TLSReporter, daily_reports, report_mail
+from tests.tlsrpt.schema import REPORT_SCHEMA
+
+DAY1 = datetime(2026, 12, 4, tzinfo=UTC).timestamp()
+MIDNIGHT = DAY1 + 86400
+
+STS = PolicyInfo(PolicyType.STS, "b.example", ("version: STSv1", "mode: enforce",
+                                               "mx: mx1.b.example", "max_age: 86400"),
+                 ("mx1.b.example",))
+TLSA = PolicyInfo(PolicyType.TLSA, "mx2.b.example", ("3 1 1 " + "ab" * 32,), ("mx2.b.example",))
+NONE_C = PolicyInfo.none_found("c.example")
+
+
+def _fail(policy: PolicyInfo, rtype: ResultType, t: float) -> TLSAttempt:
+    return TLSAttempt(policy, False, t, FailureDetail(rtype, "127.0.0.1", policy.domain,
+                                                      None, "127.0.0.2", None, "detail"))
+
+
+ATTEMPTS = [
+    TLSAttempt(STS, True, DAY1 + 10), TLSAttempt(STS, True, DAY1 + 20),
+    _fail(TLSA, ResultType.VALIDATION_FAILURE, DAY1 + 30),
+    _fail(TLSA, ResultType.VALIDATION_FAILURE, DAY1 + 40),
+    TLSAttempt(NONE_C, True, DAY1 + 50),  # success only: no report
+    _fail(STS, ResultType.CERTIFICATE_EXPIRED, MIDNIGHT + 5),  # the next day
+]
+
+SETTINGS = SenderSettings(organization_name="Example A", submitter="mx.a.example",
+                          from_addr="postmaster@a.example",
+                          contact_info="mailto:postmaster@a.example", https_retries=(60, 300))
+
+
+def test_reports_per_policy_domain_and_kind_failure_only() -> None:
+    """DANE results go to the MX host, MTA-STS to the recipient domain, separately; days
+    without failure are skipped unless success reports are on."""
+    reports = daily_reports(ATTEMPTS, DAY1, organization_name="Example A",
+                            contact_info="mailto:x@a.example", submitter="mx.a.example")
+    assert [(r.policy_domain, r.kind, r.failures) for r in reports] == [
+        ("mx2.b.example", "tlsa", 2)]
+    everything = daily_reports(ATTEMPTS, DAY1, organization_name="Example A",
+                               contact_info="mailto:x@a.example", submitter="mx.a.example",
+                               send_success=True)
+    assert [(r.policy_domain, r.kind) for r in everything] == [
+        ("b.example", "sts"), ("c.example", "sts"), ("mx2.b.example", "tlsa")]
+    for r in everything:
+        jsonschema.validate(r.report, REPORT_SCHEMA)
+    [tlsa] = [r for r in everything if r.kind == "tlsa"]
+    [policy] = tlsa.report["policies"]
+    assert policy["summary"] == {"total-successful-session-count": 0,
+                                 "total-failure-session-count": 2}
+    assert policy["failure-details"][0]["result-type"] == "validation-failure"
+    assert tlsa.report["date-range"] == {"start-datetime": "2026-12-04T00:00:00Z",
+                                         "end-datetime": "2026-12-05T00:00:00Z"}
+
+
+def test_same_name_for_domain_and_mx_still_two_reports() -> None:
+    """A domain that is its own MX gets its DANE and its MTA-STS results apart."""
+    own_sts = PolicyInfo(PolicyType.STS, "d.example", (), ("d.example",))
+    own_tlsa = PolicyInfo(PolicyType.TLSA, "d.example", (), ("d.example",))
+    reports = daily_reports([_fail(own_sts, ResultType.STS_WEBPKI_INVALID, DAY1),
+                             _fail(own_tlsa, ResultType.TLSA_INVALID, DAY1)], DAY1,
+                            organization_name="o", contact_info="c", submitter="s")
+    assert [(r.policy_domain, r.kind) for r in reports] == [("d.example", "sts"),
+                                                           ("d.example", "tlsa")]
+    assert len({r.report_id for r in reports}) == 2
+
+
+def test_report_mail_read_by_the_stdlib_parser() -> None:
+    """RFC 8460 §5.3: multipart/report; report-type=tlsrpt, the gzipped JSON as
+    application/tlsrpt+gzip with the §5.1 file name, TLS-Report-Domain/-Submitter, the
+    subject, and TLS-Required: No (RFC 8689 §5)."""
+    [r] = daily_reports(ATTEMPTS, DAY1, organization_name="Example A",
+                        contact_info="mailto:x@a.example", submitter="mx.a.example")
+    raw = report_mail(r, from_addr="postmaster@a.example", to_addr="tls@b.example",
+                      submitter="mx.a.example", now=MIDNIGHT + 60, message_id="1@a.example")
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert msg.get_content_type() == "multipart/report"
+    assert msg.get_param("report-type") == "tlsrpt"
+    assert msg["TLS-Report-Domain"] == "mx2.b.example"
+    assert msg["TLS-Report-Submitter"] == "mx.a.example"
+    assert msg["TLS-Required"] == "No"
+    assert msg["Subject"] == ("Report Domain: mx2.b.example Submitter: mx.a.example "
+                              "Report-ID: <20261204.tlsa.mx2.b.example@mx.a.example>")
+    parts = list(msg.iter_parts())
+    assert [p.get_content_type() for p in parts] == ["text/plain", "application/tlsrpt+gzip"]
+    att = parts[1]
+    start, end = int(DAY1), int(MIDNIGHT)
+    assert att.get_filename() == f"mx.a.example!mx2.b.example!{start}!{end}.json.gz"
+    doc = json.loads(gzip.decompress(att.get_content()))
+    jsonschema.validate(doc, REPORT_SCHEMA)
+    assert doc["policies"][0]["policy"]["policy-domain"] == "mx2.b.example"
+
+
+class FakeQueue:
+    def __init__(self) -> None:
+        self.queued: list[tuple[bytes, Any]] = []
+
+    def enqueue_bytes(self, data: bytes, message: Any, is_dsn: bool = False) -> Deferred[str]:
+        self.queued.append((data, message))
+        return succeed(f"q{len(self.queued)}")
+
+
+def _resolver() -> FakeResolver:
+    f = FakeResolver()
+    f.add("_smtp._tls.b.example", "TXT", [b"v=TLSRPTv1; rua=mailto:tls@b.example"])
+    f.add("_smtp._tls.mx2.b.example", "TXT",
+          [b"v=TLSRPTv1; rua=mailto:host-tls@b.example,https://reports.b.example/tlsrpt"])
+    f.add("_smtp._tls.c.example", "TXT", [b"v=TLSRPTv1; junk"])  # invalid: not used
+    return f
+
+
+def _reporter(tmp_path: Path, clock: task.Clock, post: Any, settings: SenderSettings = SETTINGS
+              ) -> tuple[TLSReporter, FakeQueue]:
+    queue = FakeQueue()
+
+    def attempts(start: float, end: float) -> Deferred[list[TLSAttempt]]:
+        return succeed([a for a in ATTEMPTS if start <= a.time < end])
+
+    rep = TLSReporter(attempts, _resolver(), queue, clock, settings, sign=None, post=post,
+                      state=tmp_path / "state", random=lambda: 0.5)
+    return rep, queue
+
+
+def test_daily_run_after_midnight_with_jitter_once(tmp_path: Path) -> None:
+    """Nothing before 00:00 UTC + jitter; then the previous day's report goes to every rua
+    of the MX host's own _smtp._tls record (mail and https), once even across restarts."""
+    clock = task.Clock()
+    clock.advance(DAY1 + 3600)
+    posts: list[tuple[str, bytes]] = []
+    rep, queue = _reporter(tmp_path, clock, lambda u, b: (posts.append((u, b)), succeed(200))[1])
+    rep.startService()
+    clock.advance(MIDNIGHT - clock.seconds() + 0.5 * 3600 - 1)
+    assert queue.queued == [] and posts == []
+    clock.advance(1)
+    [(data, envelope)] = queue.queued
+    assert [r.address for r in envelope.recipients] == ["host-tls@b.example"]
+    assert envelope.tls_required_no and envelope.tls_report
+    assert envelope.mail_from == "postmaster@a.example"
+    assert b"\r\nTLS-Report-Domain: mx2.b.example\r\n" in data
+    [(url, body)] = posts
+    assert url == "https://reports.b.example/tlsrpt"
+    jsonschema.validate(json.loads(gzip.decompress(body)), REPORT_SCHEMA)
+    rep.stopService()
+    again, queue2 = _reporter(tmp_path, clock, lambda u, b: succeed(200))
+    assert again.run_once is not None
+    d = Deferred.fromCoroutine(again.run_once())
+    assert d.result == 0 and queue2.queued == []
+
+
+def test_https_retries_on_500_and_network_errors_then_gives_up(tmp_path: Path) -> None:
+    """5xx and connection errors are retried after the configured delays; 4xx is not."""
+    clock = task.Clock()
+    clock.advance(MIDNIGHT + 10)
+    calls: list[float] = []
+
+    def post(url: str, body: bytes) -> Deferred[int]:
+        calls.append(clock.seconds())
+        return fail(ConnectionRefusedError()) if len(calls) == 2 else succeed(500)
+
+    rep, _ = _reporter(tmp_path, clock, post)
+    d = Deferred.fromCoroutine(rep.run_once())
+    assert d.result == 2
+    [pending] = rep.pending
+    clock.advance(60)
+    clock.advance(300)
+    assert [c - calls[0] for c in calls] == [0, 60, 360]
+    assert pending.called and pending.result is False
+
+    rep2, _ = _reporter(tmp_path / "x", clock, lambda u, b: (calls.append(0), succeed(403))[1])
+    calls.clear()
+    Deferred.fromCoroutine(rep2.run_once())
+    clock.advance(10_000)
+    assert calls == [0]
+
+
+def test_https_success_after_retry(tmp_path: Path) -> None:
+    clock = task.Clock()
+    clock.advance(MIDNIGHT + 10)
+    answers = [503, 200]
+    rep, _ = _reporter(tmp_path, clock, lambda u, b: succeed(answers.pop(0)))
+    Deferred.fromCoroutine(rep.run_once())
+    [pending] = rep.pending
+    clock.advance(60)
+    assert pending.result is True and answers == []
+
+
+@pytest.mark.parametrize("records", [[], [b"v=TLSRPTv1; rua=ftp://x"], [b"v=TLSRPTv1;"]])
+def test_no_usable_record_sends_nothing(tmp_path: Path, records: list[bytes]) -> None:
+    clock = task.Clock()
+    clock.advance(MIDNIGHT + 10)
+    rep, queue = _reporter(tmp_path, clock, lambda u, b: succeed(200))
+    rep.resolver = FakeResolver()
+    if records:
+        rep.resolver.add("_smtp._tls.mx2.b.example", "TXT", records)
+    d = Deferred.fromCoroutine(rep.run_once())
+    assert d.result == 0 and queue.queued == []
