@@ -143,11 +143,33 @@ def https_poster(reactor: Any, trust_root: Any = None, timeout: float = 60.0
                  ) -> Callable[[str, bytes], Deferred[int]]:
     """POST a gzipped report (RFC 8460 §5.4) with Web PKI verification (``trust_root``:
     the platform's CAs unless given); fires with the HTTP status."""
-    from io import BytesIO
-
+    from twisted.internet.defer import succeed
     from twisted.internet.protocol import Protocol
-    from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, FileBodyProducer
+    from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
     from twisted.web.http_headers import Headers
+    from twisted.web.iweb import IBodyProducer
+    from zope.interface import implementer
+
+    @implementer(IBodyProducer)
+    class _Body:
+        """The whole body at once (no Cooperator: it runs on the reactor we are given)."""
+
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+            self.length = len(data)
+
+        def startProducing(self, consumer: Any) -> Deferred[None]:
+            consumer.write(self.data)
+            return succeed(None)
+
+        def pauseProducing(self) -> None:
+            pass
+
+        def resumeProducing(self) -> None:
+            pass
+
+        def stopProducing(self) -> None:
+            pass
 
     agent = Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(trust_root),
                   connectTimeout=timeout)
@@ -163,7 +185,7 @@ def https_poster(reactor: Any, trust_root: Any = None, timeout: float = 60.0
         response = await agent.request(
             b"POST", url.encode("ascii"),
             Headers({b"Content-Type": [b"application/tlsrpt+gzip"], b"User-Agent": [b"mxd"]}),
-            FileBodyProducer(BytesIO(body)))
+            _Body(body))
         done: Deferred[None] = Deferred()
         response.deliverBody(_Discard(done))
         await done
