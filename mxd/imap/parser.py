@@ -771,7 +771,14 @@ COMMANDS: dict[str, Parser] = {
 
 def parse_command(raw: RawCommand) -> Command:
     """Parse one framed command; raise ParseError (with ``tag`` when known)."""
-    r = Reader(raw.parts)
+    # A NUL anywhere in the line is refused with the command's tag when the tag itself is
+    # valid, so the client gets its tagged BAD instead of waiting forever (RFC 3501 §7.1.3).
+    first = raw.first_line
+    sp = first.find(b" ")
+    head = first[:sp] if sp > 0 else b""
+    known = (head.decode("ascii") if head and all(c < 128 and c not in _TAG_SPECIALS for c in head)
+             else None)
+    r = Reader(raw.parts, known)
     t = r._run(_TAG_SPECIALS).decode("ascii")
     if not t or r.peek() not in (ord(" "), None):
         raise ParseError("missing or invalid tag", None)

@@ -758,3 +758,13 @@ def test_no_quota_capability_without_store_support() -> None:
     c = Conn(store)
     c.login()
     assert b"QUOTA" not in c.cmd("a CAPABILITY")
+
+
+def test_nul_in_command_line_gets_a_tagged_bad() -> None:
+    """A NUL in a command line is refused with the command's own tag, so a client waiting
+    for its tagged reply gets one (RFC 3501 §7.1.3), and the session goes on."""
+    store, _ = make_store()
+    c = Conn(store)
+    r = c.send(b"a1 LOGIN alice\0 s3cret\r\n")
+    assert re.search(rb"^a1 BAD .*NUL", r, re.M), r
+    assert c.cmd("a2 NOOP").startswith(b"a2 OK")
