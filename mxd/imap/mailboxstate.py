@@ -406,10 +406,18 @@ class MailboxState:
 
 
 class MailboxStates:
-    """The states of the mailboxes selected by sessions of this process."""
+    """The states of the mailboxes selected by sessions of this process.
 
-    def __init__(self) -> None:
+    A state outlives its last session by ``linger`` seconds (still subscribed to the
+    store, so still current): a client that syncs by connecting, selecting and leaving
+    (mbsync, a phone) does not reload the whole mailbox every time.  Without a clock a
+    state goes with its last session."""
+
+    def __init__(self, clock: Any = None, linger: float = 60.0) -> None:
         self._states: dict[int, MailboxState] = {}
+        self.clock = clock
+        self.linger = linger
+        self._timers: dict[int, Any] = {}
 
     def get(self, mailbox_id: int) -> MailboxState | None:
         return self._states.get(mailbox_id)
@@ -417,6 +425,9 @@ class MailboxStates:
     async def acquire(self, store: _Store, info: MailboxInfo) -> MailboxState:
         """The state of ``info``'s mailbox, current as of ``info`` or later; call
         ``release`` when done with it."""
+        timer = self._timers.pop(info.id, None)
+        if timer is not None and timer.active():
+            timer.cancel()
         st = self._states.get(info.id)
         if st is None:
             st = self._states[info.id] = MailboxState(info.id)
@@ -456,12 +467,24 @@ class MailboxStates:
 
     def release(self, st: MailboxState) -> None:
         st.refs -= 1
+        if st.refs > 0 or self._states.get(st.mailbox_id) is not st:
+            return
+        if st.release_blob is not None:
+            for info, _ in st.ghosts.values():
+                st.release_blob(info.blob_id)
+        st.ghosts.clear()
+        if self.clock is not None and self.linger > 0:
+            old = self._timers.pop(st.mailbox_id, None)
+            if old is not None and old.active():
+                old.cancel()
+            self._timers[st.mailbox_id] = self.clock.callLater(self.linger, self._drop, st)
+        else:
+            self._drop(st)
+
+    def _drop(self, st: MailboxState) -> None:
+        self._timers.pop(st.mailbox_id, None)
         if st.refs <= 0 and self._states.get(st.mailbox_id) is st:
             del self._states[st.mailbox_id]
             if st.unsubscribe is not None:
                 st.unsubscribe()
                 st.unsubscribe = None
-            if st.release_blob is not None:
-                for info, _ in st.ghosts.values():
-                    st.release_blob(info.blob_id)
-            st.ghosts.clear()

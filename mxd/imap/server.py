@@ -997,6 +997,8 @@ class IMAPFactory(Factory):
         self.cache = self.shared.cache
         self.recent = self.shared.recent
         self.states = self.shared.states
+        if self.states.clock is None:
+            self.states.clock = clock  # states linger after their last session
         self.sessions = self.shared.sessions
 
     def buildProtocol(self, addr: Any) -> IMAPSession:  # type: ignore[override]

@@ -45,7 +45,8 @@ class CountingStore:
 
 
 def test_sessions_share_one_state_loaded_once() -> None:
-    """Two sessions selecting INBOX share one state; the store is listed in full once."""
+    """Two sessions selecting INBOX share one state; the store is listed in full once,
+    also for a session that comes soon after both left; later the state is dropped."""
     store, _ = _fill(50)
     counting = CountingStore(store)
     a = Conn(counting)  # type: ignore[arg-type]
@@ -60,7 +61,17 @@ def test_sessions_share_one_state_loaded_once() -> None:
     a.cmd("X LOGOUT")
     assert a.factory.states.get(state.mailbox_id) is state
     b.cmd("X LOGOUT")
-    assert a.factory.states.get(state.mailbox_id) is None  # dropped when the last leaves
+    # Kept (and current) for a while after the last session: a new one reuses it.
+    store.put(store.get_account("alice").result, "INBOX", MSG1)  # type: ignore[attr-defined]
+    c = Conn(counting, factory=a.factory)  # type: ignore[arg-type]
+    c.login()
+    assert b"* 51 EXISTS" in c.select()
+    assert counting.full_listings == 1
+    c.cmd("X LOGOUT")
+    a.clock.advance(a.factory.states.linger - 1)
+    assert a.factory.states.get(state.mailbox_id) is state
+    a.clock.advance(1)
+    assert a.factory.states.get(state.mailbox_id) is None  # dropped a while after the last
 
 
 def test_session_view_is_an_array_of_uids() -> None:
