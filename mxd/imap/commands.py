@@ -33,6 +33,7 @@ from mxd.imap.framer import BlobLiteral, Literal
 from mxd.imap.listmatch import compile_pattern, join_reference
 from mxd.imap.qresync import vanished
 from mxd.imap.searchcmd import do_search
+from mxd.imap.sortcmd import do_sort
 from mxd.imap.utf7 import decode as utf7_decode
 from mxd.imap.values import (
     AppendArgs,
@@ -593,6 +594,7 @@ async def cmd_close(s: IMAPSession, cmd: Command) -> Reply:
 
 
 async def cmd_unselect(s: IMAPSession, cmd: Command) -> Reply:
+    # RFC 3691 §2: like CLOSE, but no message is expunged, even in read-write mode.
     s.deselect()
     return ok("UNSELECT completed")
 
@@ -712,6 +714,10 @@ async def cmd_search(s: IMAPSession, cmd: Command) -> Reply:
     return await do_search(s, cmd)
 
 
+async def cmd_sort(s: IMAPSession, cmd: Command) -> Reply:
+    return await do_sort(s, cmd)
+
+
 def _spec(states: frozenset[State], handler: Handler, expunge_ok: bool = True) -> CommandSpec:
     return CommandSpec(states, handler, expunge_ok)
 
@@ -753,6 +759,8 @@ COMMANDS: dict[str, CommandSpec] = {
     "UID STORE": _spec(SELECTED, cmd_store),
     "SEARCH": _spec(SELECTED, cmd_search, expunge_ok=False),
     "UID SEARCH": _spec(SELECTED, cmd_search),
+    "SORT": _spec(SELECTED, cmd_sort, expunge_ok=False),  # RFC 5256 §3: like SEARCH
+    "UID SORT": _spec(SELECTED, cmd_sort),
     "COPY": _spec(SELECTED, cmd_copy),
     "UID COPY": _spec(SELECTED, cmd_copy),
     "MOVE": _spec(SELECTED, cmd_copy),

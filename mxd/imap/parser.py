@@ -14,6 +14,7 @@ from typing import Any
 
 from mxd.imap.errors import ParseError
 from mxd.imap.framer import BlobLiteral, Literal, Part, RawCommand
+from mxd.imap.sort import SORT_KEYS
 from mxd.imap.values import (
     AppendArgs,
     AuthenticateArgs,
@@ -34,6 +35,7 @@ from mxd.imap.values import (
     SelectArgs,
     SeqSet,
     SeqSetArgs,
+    SortArgs,
     StatusArgs,
     StoreArgs,
 )
@@ -698,6 +700,35 @@ def _search(r: Reader) -> SearchArgs:
     return SearchArgs(key, charset, ret)
 
 
+def _sort(r: Reader) -> SortArgs:
+    # RFC 5256 §5: "SORT" SP sort-criteria SP search-criteria; sort-criteria =
+    # "(" sort-criterion *(SP sort-criterion) ")"; sort-criterion = ["REVERSE" SP] sort-key;
+    # search-criteria = charset 1*(SP search-key) (the charset is not optional here).
+    r.sp()
+
+    def criterion() -> tuple[str, bool]:
+        k = r.keyword()
+        rev = k == "REVERSE"
+        if rev:
+            r.sp()
+            k = r.keyword()
+        if k not in SORT_KEYS:
+            raise r.error(f"unknown sort key {k[:40]}")
+        return (k, rev)
+
+    criteria = tuple(r.paren_list(criterion))
+    if not criteria:
+        raise r.error("empty sort criteria")
+    r.sp()
+    charset = r.astring().upper()
+    keys = []
+    while r.take(b" "):
+        keys.append(_search_key(r))
+    if not keys:
+        raise r.error("SORT needs a search key")
+    return SortArgs(criteria, charset, keys[0] if len(keys) == 1 else SearchKey("AND", tuple(keys)))
+
+
 def _copy(r: Reader) -> CopyArgs:
     r.sp()
     s = r.seqset()
@@ -764,7 +795,7 @@ COMMANDS: dict[str, Parser] = {
     "EXPUNGE": _no_args, "SEARCH": _search, "FETCH": _fetch, "STORE": _store, "COPY": _copy,
     "MOVE": _copy,
     "UID FETCH": _fetch, "UID STORE": _store, "UID SEARCH": _search, "UID COPY": _copy,
-    "UID MOVE": _copy, "UID EXPUNGE": _uid_expunge,
+    "UID MOVE": _copy, "UID EXPUNGE": _uid_expunge, "SORT": _sort, "UID SORT": _sort,
     "GETQUOTAROOT": _mailbox, "GETQUOTA": _getquota, "SETQUOTA": _setquota,
 }
 

@@ -191,6 +191,15 @@ class SearchArgs:
 
 
 @attrs.frozen
+class SortArgs:
+    """SORT (RFC 5256 §3): (sort-key, reverse) pairs, then a SEARCH program."""
+
+    criteria: tuple[tuple[str, bool], ...]
+    charset: str
+    key: SearchKey
+
+
+@attrs.frozen
 class CopyArgs:
     seqset: SeqSet
     mailbox: str

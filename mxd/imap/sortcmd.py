@@ -1,0 +1,71 @@
+"""SORT and UID SORT (RFC 5256 §3, RFC 5957): the session adapter around the pure
+``mxd.imap.sort``.  Headers are read per message between work slices, and the ordering
+runs in chunks, so a big mailbox never holds the reactor."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from email.message import Message
+from typing import TYPE_CHECKING
+
+from mxd.imap import message as mimemsg
+from mxd.imap.dispatch import Reply, bad, no, ok
+from mxd.imap.messagecache import read_header_block
+from mxd.imap.search import Candidate, matches
+from mxd.imap.searchcmd import CHARSETS
+from mxd.imap.sort import SortData, sort_data, sort_steps
+from mxd.imap.values import Command, SortArgs
+from mxd.store.interfaces import MessageInfo
+
+if TYPE_CHECKING:
+    from mxd.imap.server import IMAPSession
+
+
+def _header(s: IMAPSession, m: MessageInfo) -> Message:
+    try:
+        with s.store.open_blob(m.blob_id) as f:
+            return mimemsg.parse_headers(read_header_block(f))
+    except (OSError, KeyError):
+        return mimemsg.parse_headers(b"")
+
+
+async def do_sort(s: IMAPSession, cmd: Command) -> Reply:
+    args: SortArgs = cmd.args
+    view = s.view
+    assert view is not None
+    if args.charset not in CHARSETS:
+        # RFC 5256 §3: an unsupported charset is a NO with BADCHARSET.
+        return no("Unsupported charset", "BADCHARSET (US-ASCII UTF-8)")
+    is_uid = cmd.name == "UID SORT"
+    now = datetime.fromtimestamp(s.clock.seconds(), UTC)
+    items: list[SortData] = []
+    try:
+        exists, max_uid, recent = view.exists, view.max_uid, view.recent
+        for seq, uid in enumerate(view.uids[:], 1):
+            await s.breathe()
+            m = view.msgs[uid]
+            cache: list[Message] = []
+
+            def header(m: MessageInfo = m, cache: list[Message] = cache) -> Message:
+                if not cache:
+                    cache.append(_header(s, m))
+                return cache[0]
+
+            def full(m: MessageInfo = m) -> mimemsg.ParsedMessage:
+                try:
+                    with s.store.open_blob(m.blob_id) as f:
+                        return mimemsg.ParsedMessage.parse(f.read())
+                except (OSError, KeyError):
+                    return mimemsg.ParsedMessage.parse(b"")
+
+            c = Candidate(seq, m, exists, max_uid, header, full, now, uid in recent)
+            if matches(args.key, c):
+                items.append(sort_data(seq, uid, m.internal_date, m.size, header()))
+    except ValueError as e:
+        return bad(str(e))
+    ordered: list[SortData] = []
+    for _ in sort_steps(items, args.criteria, ordered):
+        await s.breathe()
+    # RFC 5256 §4: "SORT" *(SP nz-number); UID SORT answers UIDs (§3).
+    s.untagged(b"SORT" + b"".join(b" %d" % (d.uid if is_uid else d.seq) for d in ordered))
+    return ok(f"{cmd.name} completed")

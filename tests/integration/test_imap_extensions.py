@@ -1,0 +1,77 @@
+"""IMAP extensions against `twistd mxd` with real clients: imapclient's ``sort()``
+(RFC 5256 SORT, RFC 5957 SORT=DISPLAY) and Python imaplib for UNSELECT (RFC 3691)."""
+
+from __future__ import annotations
+
+import imaplib
+import ssl
+from typing import Any
+
+import pytest
+
+from tests.integration.mxdserver import MxdServer
+from tests.integration.tools import require_module
+
+pytestmark = pytest.mark.integration
+
+MSGS = [
+    b"From: Zoe <b@example.test>\r\nTo: x@example.test\r\nSubject: Re: [list] banana\r\n"
+    b"Date: Mon, 01 Jan 2024 10:00:00 +0000\r\n\r\none\r\n",
+    b"From: a@example.test\r\nTo: x@example.test\r\nSubject: =?utf-8?q?=C3=84pfel?=\r\n"
+    b"Date: Wed, 03 Jan 2024 10:00:00 +0000\r\n\r\ntwo two\r\n",
+    b"From: =?utf-8?q?=C3=89mile?= <c@example.test>\r\nTo: x@example.test\r\n"
+    b"Subject: apple\r\nDate: Tue, 02 Jan 2024 10:00:00 +0000\r\n\r\nthree three three\r\n",
+    b"From: d@example.test\r\nTo: x@example.test\r\nSubject: Fwd: Banana (fwd)\r\n"
+    b"Date: Tue, 02 Jan 2024 09:00:00 +0100\r\n\r\nfour\r\n",
+]
+
+
+def _client(srv: MxdServer, box: str) -> Any:
+    imapclient = require_module("imapclient")
+    ctx = ssl.create_default_context(cafile=str(srv.ca_file))
+    c = imapclient.IMAPClient("127.0.0.1", port=srv.ports["imaps"], ssl=True, ssl_context=ctx,
+                              timeout=10)
+    c.login(srv.user, srv.password)
+    if not c.folder_exists(box):
+        c.create_folder(box)
+        for m in MSGS:
+            c.append(box, m)
+    c.select_folder(box)
+    return c
+
+
+def test_imapclient_sort(mxd_server_module: MxdServer) -> None:
+    """imapclient sees SORT advertised and its sort() answers in RFC 5256 order: base
+    subjects with i;unicode-casemap, ties in UID order, REVERSE DATE in UTC, DISPLAYFROM."""
+    c = _client(mxd_server_module, "SortBox")
+    try:
+        assert c.has_capability("SORT") and c.has_capability("SORT=DISPLAY")
+        uids = c.search("ALL")
+        u1, u2, u3, u4 = uids
+        # "apple" < "Äpfel" (A + U+0308 follows AP), "banana" == "Banana" (tie: UID order)
+        assert c.sort(["SUBJECT"]) == [u3, u2, u1, u4]
+        assert c.sort(["SUBJECT", "REVERSE DATE"]) == [u3, u2, u4, u1]
+        assert c.sort(["REVERSE DATE"]) == [u2, u3, u4, u1]  # 4 is 08:00 UTC on Jan 2
+        assert c.sort(["DISPLAYFROM"]) == [u2, u4, u3, u1]  # a@, d@, Émile, Zoe
+        assert c.sort(["FROM"]) == [u2, u1, u3, u4]
+        assert c.sort(["SIZE"], ["NOT", "FROM", "zoe"]) == [u4, u2, u3]
+        assert c.sort(["ARRIVAL"], "SUBJECT banana") == [u1, u4]
+    finally:
+        c.logout()
+
+
+def test_imaplib_raw_sort_and_unselect(mxd_server_module: MxdServer) -> None:
+    """imaplib's sort() and a raw UNSELECT: RFC 3691 leaves \\Deleted messages in place."""
+    _client(mxd_server_module, "SortBox2").logout()
+    ctx = ssl.create_default_context(cafile=str(mxd_server_module.ca_file))
+    c = imaplib.IMAP4_SSL("127.0.0.1", mxd_server_module.ports["imaps"], ssl_context=ctx, timeout=10)
+    c.login(mxd_server_module.user, mxd_server_module.password)
+    c.select("SortBox2")
+    typ, data = c.sort("(REVERSE SUBJECT)", "UTF-8", "ALL")
+    assert typ == "OK" and data == [b"1 4 2 3"]  # the tie stays in mailbox order
+    c.store("1:*", "+FLAGS", "\\Deleted")
+    typ, data = c.unselect()
+    assert typ == "OK", data
+    typ, data = c.select("SortBox2")
+    assert typ == "OK" and data == [b"4"]
+    c.logout()
