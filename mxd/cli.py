@@ -267,7 +267,7 @@ mxd {version} is serving a local instance from {dir}
   submissions  127.0.0.1:{submissions}   (implicit TLS)
   IMAP         127.0.0.1:{imap}   (STARTTLS)
   IMAPS        127.0.0.1:{imaps}   (implicit TLS)
-  admin        http://127.0.0.1:{admin}/
+  admin        http://127.0.0.1:{admin}/   (log in with the password above)
   CA file      {ca}
   config       {config}
 
@@ -285,6 +285,10 @@ def cmd_localserve(args: argparse.Namespace) -> int:
     cfg_path.write_text(text, encoding="utf-8")
     cfg = parse_config(text, str(cfg_path), directory)
     password = args.password or LOCAL_PASSWORD
+    from mxd.admin.auth import hash_password, write_private
+    from mxd.components import admin_password_file
+
+    write_private(admin_password_file(cfg), (hash_password(password) + "\n").encode())
 
     async def ensure_account(directory_: Any) -> None:
         if await directory_.get_account(LOCAL_ACCOUNT) is None:
@@ -376,23 +380,59 @@ def cmd_dns_check(args: argparse.Namespace) -> int:
 # --- argument parsing -----------------------------------------------------------------
 
 def _wake_server(cfg: Config) -> None:
-    """Ask a running server (through its admin listener) to look at the queue now."""
+    """Ask a running server (through its admin listener, with the local token that only
+    the mxd user can read) to look at the queue now."""
+    import ipaddress
+    import ssl
     import urllib.error
     import urllib.request
+
+    from mxd.admin.auth import local_token
+    from mxd.components import admin_token_file
 
     for li in cfg.listeners:
         if li.protocol != "admin":
             continue
-        host = f"[{li.address}]" if ":" in li.address else li.address
-        req = urllib.request.Request(f"http://{host}:{li.port}/api/queue/wake", data=b"",
-                                     headers={"X-Mxd-Admin": "1"}, method="POST")
+        token = local_token(admin_token_file(cfg))
+        if token is None:
+            print("mxd queue: cannot read the admin token (run as the mxd user); the server "
+                  "will see the change at its next wake-up", file=sys.stderr)
+            return
+        ip = ipaddress.ip_address(li.address)
+        if ip.is_unspecified:
+            ip = ipaddress.ip_address("::1" if ip.version == 6 else "127.0.0.1")
+        host = f"[{ip}]" if ip.version == 6 else str(ip)
+        headers = {"Authorization": f"Bearer {token}"}
+        context = None
+        scheme = "http"
+        if not li.address or not ipaddress.ip_address(li.address).is_loopback:
+            # HTTPS to this machine's own address: the certificate names the host name.
+            scheme, headers["Host"] = "https", cfg.hostname
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        req = urllib.request.Request(f"{scheme}://{host}:{li.port}/api/queue/wake", data=b"",
+                                     headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(req, timeout=5):
+            with urllib.request.urlopen(req, timeout=5, context=context):
                 pass
         except (OSError, urllib.error.URLError):
             print("mxd queue: the server did not answer on its admin listener; it will see "
                   "the change at its next wake-up", file=sys.stderr)
         return
+
+
+def cmd_admin_password(args: argparse.Namespace) -> int:
+    """Set the admin web password: an scrypt hash in a file of mode 0600."""
+    from mxd.admin.auth import hash_password, write_private
+    from mxd.components import admin_password_file
+
+    cfg = _config(args)
+    pw = _read_password(args)
+    path = admin_password_file(cfg)
+    write_private(path, (hash_password(pw) + "\n").encode())
+    print(f"admin password set in {path}; log in at the admin listener's /login")
+    return 0
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -472,6 +512,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = csub.add_parser("reference", help="print the configuration reference (Markdown)")
     p.set_defaults(func=cmd_config_reference)
 
+    ap = sub.add_parser("admin", help="the admin web interface")
+    asub = ap.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+    p = asub.add_parser("password", help="set the admin web password (prompt or stdin)")
+    _add_config(p)
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    p.set_defaults(func=cmd_admin_password)
     ap = sub.add_parser("account", help="manage accounts")
     asub = ap.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
     p = asub.add_parser("add", help="add an account (password from a prompt or stdin)")

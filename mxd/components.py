@@ -538,18 +538,63 @@ def site_for_https(root: Any) -> Any:
     return site(root)
 
 
+def admin_factory(cfg: Config, li: ListenerConfig, comps: dict[str, Any], reactor: Any,
+                  tls: TLSSettings | None, top: Any, prom: Any) -> IProtocolFactory:
+    """The admin web: plain HTTP on loopback, HTTPS elsewhere (the config insists)."""
+    import ipaddress
+
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    from mxd.admin import auth
+    from mxd.admin.web import AdminContext, admin_site, bounded_admin_factory
+    from mxd.sasl.ratelimit import AuthLimiter, AuthLimiterSettings
+    from mxd.tls import load_server_tls
+
+    limiter = comps.get("admin_limiter")
+    if limiter is None:
+        a = cfg.auth
+        limiter = comps["admin_limiter"] = AuthLimiter(reactor, AuthLimiterSettings(
+            ip_free_failures=a.ip_free_failures, ip_max_delay=a.ip_max_delay,
+            account_ip_free_failures=a.ip_free_failures,
+            network_free_failures=a.network_free_failures,
+            account_free_failures=a.account_free_failures,
+            account_max_delay=a.account_max_delay, half_life=a.failure_half_life,
+            trusted_for=a.trusted_for))
+    loopback = ipaddress.ip_address(li.address).is_loopback
+    ctx = AdminContext(
+        top.status, clock=reactor, password_file=admin_password_file(cfg),
+        token=auth.local_token(admin_token_file(cfg), create=True),
+        hosts=frozenset([cfg.hostname, *cfg.admin.hosts]), loopback=loopback,
+        limiter=limiter, queue=comps.get("queue"), store=comps.get("store"), metrics=prom,
+        dmarc_reports=dmarc_report_store(cfg), session_lifetime=cfg.admin.session_lifetime,
+        session_idle=cfg.admin.session_idle)
+    site: Any = bounded_admin_factory(admin_site(ctx), reactor)
+    if loopback:
+        return cast(IProtocolFactory, site)
+    certs = comps.get("certs")
+    creator: Any = (load_server_tls(tls) if tls is not None else
+                    certs.server_tls(li.max_tls_version) if certs is not None else None)
+    if creator is None:
+        raise ValueError("an admin listener off loopback needs a certificate")
+    return cast(IProtocolFactory, TLSMemoryBIOFactory(creator, False, site))
+
+
+def admin_password_file(cfg: Config) -> Path:
+    return cfg.admin.password_file or cfg.data_dir / "admin-password"
+
+
+def admin_token_file(cfg: Config) -> Path:
+    """The CLI's credential for the admin API (mode 0600, made by the server)."""
+    return cfg.data_dir / "admin.token"
+
+
 def listener_factory(cfg: Config, li: ListenerConfig, comps: dict[str, Any], reactor: Any,
                      metrics: IMetrics, tls: TLSSettings | None, top: Any,
                      prom: Any) -> IProtocolFactory:
-    if li.protocol == "admin":
-        from mxd.admin.web import AdminContext, admin_site, bounded_admin_factory
-
-        ctx = AdminContext(top.status, server_secret(cfg), queue=comps.get("queue"),
-                           store=comps.get("store"), metrics=prom,
-                           dmarc_reports=dmarc_report_store(cfg))
-        site: Any = bounded_admin_factory(admin_site(ctx), reactor)
-        return cast(IProtocolFactory, site)
     from mxd.tls import load_server_tls
+
+    if li.protocol == "admin":
+        return admin_factory(cfg, li, comps, reactor, tls, top, prom)
 
     certs = comps.get("certs")
     if li.protocol == "http":

@@ -577,6 +577,20 @@ class LogConfig:
 
 
 @attrs.frozen
+class AdminConfig:
+    password_file: Path | None = opt(None, "File with the admin web password's scrypt hash, "
+                                     "mode 0600 (default: <data_dir>/admin-password). Set it "
+                                     "with `mxd admin password`.")
+    hosts: list[str] = opt([], "Host names the admin web answers to besides `hostname` "
+                           "(and 127.0.0.1/localhost on a loopback listener); requests "
+                           "naming any other Host are refused (DNS rebinding).",
+                           example='["admin.example.org"]')
+    session_lifetime: float = opt(8 * 3600.0, "Seconds an admin login lasts at most.")
+    session_idle: float = opt(1800.0, "Seconds without a request after which an admin "
+                              "session ends.")
+
+
+@attrs.frozen
 class MetricsConfig:
     enabled: bool = opt(False, "Serve Prometheus metrics at /metrics on the admin listener "
                         "(needs the `metrics` extra: prometheus-client).")
@@ -614,6 +628,7 @@ class Config:
                                 "`mxd dns check` expects.")
     log: LogConfig = opt(LogConfig(), "Logging.")
     metrics: MetricsConfig = opt(MetricsConfig(), "Metrics.")
+    admin: AdminConfig = opt(AdminConfig(), "The admin web interface.")
     transports: dict[str, TransportConfig] = opt(
         {}, "Named ways to deliver outbound mail (`[transports.NAME]`); routes pick one.")
     routes: list[RouteConfig] = opt([], "Global routes, checked on every delivery attempt "
@@ -759,6 +774,7 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
         acme=attrs.evolve(cfg.acme, ca_file=fix(cfg.acme.ca_file)),
         outbound=attrs.evolve(cfg.outbound, ca_file=fix(cfg.outbound.ca_file)),
         dkim=attrs.evolve(cfg.dkim, key_dir=fix(cfg.dkim.key_dir)),
+        admin=attrs.evolve(cfg.admin, password_file=fix(cfg.admin.password_file)),
         ldap=attrs.evolve(cfg.ldap, ca_file=fix(cfg.ldap.ca_file),
                           bind_password_file=fix(cfg.ldap.bind_password_file)),
         listeners=[attrs.evolve(li, cert=fix(li.cert), key=fix(li.key)) for li in cfg.listeners],
@@ -777,20 +793,20 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(src, f"{key}.port", f"{li.address}:{li.port} is already used by "
                               f"listeners[{seen[(li.address, li.port)]}]")
         seen[(li.address, li.port)] = i
-        if li.protocol not in ("admin", "http"):
+        admin_tls = li.protocol == "admin" and not ipaddress.ip_address(li.address).is_loopback
+        if li.protocol not in ("admin", "http") or admin_tls:
             cert, keyf = cfg.tls_for(li)
             # smtp offers STARTTLS; submission/imap require it before auth
             if (cert is None or keyf is None) and not cfg.tls.host_keys:
-                raise ConfigError(src, key, f"protocol {li.protocol} needs a certificate: set "
+                what = ("an admin listener off loopback" if admin_tls else
+                        f"protocol {li.protocol}")
+                raise ConfigError(src, key, f"{what} needs a certificate: set "
                                   "[tls].host_keys, or [tls].cert and [tls].key, or cert/key "
                                   "on the listener")
             for what, p in (("cert", cert), ("key", keyf)):
                 if p is not None and not p.is_file():
                     k = f"{key}.{what}" if getattr(li, what) else f"tls.{what}"
                     raise ConfigError(src, k, f"file not found: {p}")
-        if li.protocol == "admin" and not ipaddress.ip_address(li.address).is_loopback:
-            raise ConfigError(src, f"{key}.address", "the admin listener must be on a "
-                              "loopback address (it has no authentication of its own)")
     from mxd.config_golive import validate_golive
 
     validate_golive(cfg)

@@ -13,8 +13,6 @@ DNS record to publish with what it is for.  Run it again and it prints the recor
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import secrets
 import sys
@@ -61,11 +59,9 @@ def generate_password() -> str:
 
 def hash_admin_password(password: str) -> str:
     """``scrypt$N$r$p$salt$hash`` (RFC 7914 parameters N=2^15, r=8, p=1)."""
-    salt = os.urandom(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=1 << 15, r=8, p=1,
-                            maxmem=64 * 1024 * 1024, dklen=32)
-    b64 = base64.b64encode
-    return f"scrypt$32768$8$1${b64(salt).decode()}${b64(digest).decode()}"
+    from mxd.admin.auth import hash_password
+
+    return hash_password(password)
 
 
 def _toml_str(s: str) -> str:
@@ -117,6 +113,10 @@ mode = "enforce"
 
 [dns]
 public_ips = [{ips}]
+
+[admin]
+# scrypt hash of the admin web password; change it with `mxd admin password`.
+password_file = "admin-password"
 
 [resolver]
 # A validating resolver on this machine (unbound): DANE and DNSSEC checks need it.

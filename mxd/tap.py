@@ -47,8 +47,9 @@ class Options(usage.Options):
 
 
 def tls_settings_for(cfg: Config, li: ListenerConfig) -> TLSSettings | None:
-    if li.protocol in ("admin", "http"):
-        return None
+    if li.protocol == "http" or (li.protocol == "admin"
+                                 and ipaddress.ip_address(li.address).is_loopback):
+        return None  # an admin listener off loopback speaks HTTPS only
     cert, key = cfg.tls_for(li)
     if cert is None or key is None:
         return None

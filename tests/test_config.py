@@ -80,8 +80,9 @@ def test_listener_errors(tls_files, tmp_path):
     missing = f'[[listeners]]\nprotocol = "imaps"\nport = 9993\ncert = "{tmp_path}/nope.pem"\n'
     with pytest.raises(ConfigError, match=r"listeners\[0\]\.cert: file not found"):
         parse_config(_minimal(tls_files, listeners=missing), "t.toml")
-    admin = '[[listeners]]\nprotocol = "admin"\naddress = "0.0.0.0"\nport = 8080\n'
-    with pytest.raises(ConfigError, match=r"listeners\[0\]\.address: the admin listener must"):
+    admin = ('[[listeners]]\nprotocol = "admin"\naddress = "0.0.0.0"\nport = 8080\n'
+             f'cert = "{tmp_path}/nope.pem"\n')
+    with pytest.raises(ConfigError, match=r"listeners\[0\]\.cert: file not found"):
         parse_config(_minimal(tls_files, listeners=admin), "t.toml")
 
 
@@ -194,3 +195,15 @@ def test_rfc_status_table_lists_each_rfc_once() -> None:
             if line.startswith("| ") and line.split("|")[1].strip()[:1].isdigit()]
     assert len(rows) > 20 and len(rows) == len(set(rows)), sorted(
         r for r in rows if rows.count(r) > 1)
+
+
+def test_admin_off_loopback_needs_a_certificate():
+    """An admin listener off loopback is served over HTTPS only, so it needs a
+    certificate; on loopback plain HTTP is allowed."""
+    base = 'hostname = "mail.example.test"\ndata_dir = "/tmp/mxd-test-data"\n'
+    off = base + '[[listeners]]\nprotocol = "admin"\naddress = "0.0.0.0"\nport = 8080\n'
+    with pytest.raises(ConfigError, match=r"listeners\[0\]: an admin listener off loopback "
+                       "needs a certificate"):
+        parse_config(off, "t.toml")
+    on = base + '[[listeners]]\nprotocol = "admin"\naddress = "127.0.0.1"\nport = 8080\n'
+    assert parse_config(on, "t.toml").listeners[0].protocol == "admin"

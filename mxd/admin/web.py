@@ -1,14 +1,14 @@
 """Admin HTTP pages, a small JSON API and the Prometheus /metrics endpoint.
 
-The admin listener is loopback-only (the config refuses other addresses) and has no
-login of its own, so it defends against the one attacker that can reach it: a web page in
-a local browser making cross-site requests.  Every state-changing request is a POST that
-must carry either the header ``X-Mxd-Admin: 1`` (which a cross-site form cannot set
-without a CORS preflight this server never grants) or the page's CSRF token, an HMAC of
-the server secret.  Pages send a strict Content-Security-Policy and never reflect input
-unescaped.
+Every request must name this server in ``Host`` (DNS rebinding, see mxd.admin.auth) and,
+apart from the login page, be authenticated: by an admin session (a cookie set at
+``/login``) or by the local token of the CLI (``Authorization: Bearer``, the file
+``<data_dir>/admin.token``).  A POST on a session must carry the session's CSRF token
+and, when the browser sends ``Origin``, come from this origin.  Pages send a strict
+Content-Security-Policy and never reflect input unescaped.
 
 Routes:
+  GET  /login, POST /login   the password form; POST /logout ends the session
   GET  /                     status page (listeners, queue counts, accounts)
   GET  /queue                queued messages with hold/release/kick/drop buttons
   GET  /api/queue            JSON list (?domain=, ?sender=)
@@ -26,20 +26,21 @@ Routes:
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import html
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.protocols import policies
 from twisted.web import resource, server
 
 import mxd
+from mxd.admin import auth
 from mxd.metrics import PrometheusMetrics
 from mxd.queue.queue import QueueError
 from mxd.queue.views import domain_tls_dict, message_dict
@@ -51,23 +52,36 @@ CSP = b"default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"
 
 
 class AdminContext:
-    """What the pages may read and change; built by the composition layer."""
+    """What the pages may read and change, and how requests authenticate; built by the
+    composition layer."""
 
-    def __init__(self, status: Callable[[], dict[str, Any]], secret: bytes,
+    def __init__(self, status: Callable[[], dict[str, Any]], *, clock: IReactorTime,
+                 password_file: Path, token: str | None, hosts: frozenset[str] = frozenset(),
+                 loopback: bool = True, limiter: Any = None,
                  queue: Any = None, store: Any = None,
-                 metrics: PrometheusMetrics | None = None, dmarc_reports: Any = None) -> None:
+                 metrics: PrometheusMetrics | None = None, dmarc_reports: Any = None,
+                 session_lifetime: float = 8 * 3600.0, session_idle: float = 1800.0,
+                 run_blocking: Callable[[Callable[[], Any]], Deferred[Any]] | None = None
+                 ) -> None:
         self.status = status
         self.dmarc_reports = dmarc_reports  # a ReportStore, or None
         self.queue = queue
         self.store = store
         self.metrics = metrics
-        self.csrf_token = hmac.new(secret, b"mxd admin csrf", hashlib.sha256).hexdigest()
+        self.password_file = password_file
+        self.token = token
+        self.hosts = frozenset(h.lower().rstrip(".") for h in hosts)
+        self.loopback = loopback
+        self.limiter = limiter  # an mxd.sasl.ratelimit.AuthLimiter, or None
+        self.sessions = auth.Sessions(clock, lifetime=session_lifetime, idle=session_idle)
+        self.run_blocking = run_blocking if run_blocking is not None else deferToThread
 
-    def authorised_post(self, request: Any) -> bool:
-        if request.getHeader(b"x-mxd-admin") == b"1":
-            return True
-        token = (request.args.get(b"csrf") or [b""])[0].decode("ascii", "replace")
-        return hmac.compare_digest(token, self.csrf_token)
+    def session(self, request: Any) -> auth.Session | None:
+        return self.sessions.get(
+            (request.getCookie(auth.COOKIE) or b"").decode("ascii", "replace"))
+
+    def bearer(self, request: Any) -> bool:
+        return auth.bearer_matches(request.getHeader(b"authorization"), self.token)
 
 
 def _async(render: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
@@ -95,12 +109,22 @@ def _async(render: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     return wrapper
 
 
-def _page(title: str, body: str) -> bytes:
+def _csrf(request: Any) -> str:
+    s = getattr(request, "mxd_session", None)
+    return html.escape(s.csrf) if s is not None else ""
+
+
+def _page(title: str, body: str, request: Any = None) -> bytes:
+    nav = ""
+    if request is not None and getattr(request, "mxd_session", None) is not None:
+        nav = ("<p><a href=/>status</a> · <a href=/queue>queue</a> · "
+               "<form method=post action=/logout style=display:inline>"
+               f"<input type=hidden name=csrf value={_csrf(request)}>"
+               "<button>log out</button></form></p>")
     return (f"<!doctype html><meta charset=utf-8><title>{html.escape(title)} - mxd</title>"
             "<style>body{font:14px sans-serif;margin:2em}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}</style>"
-            f"<p><a href=/>status</a> · <a href=/queue>queue</a></p>"
-            f"<h1>{html.escape(title)}</h1>{body}").encode()
+            f"{nav}<h1>{html.escape(title)}</h1>{body}").encode()
 
 
 def _html(request: Any) -> None:
@@ -159,7 +183,7 @@ class _Status(_Page):
             rows["accounts"] = len(await self.ctx.store.list_accounts())
         table = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
                         for k, v in rows.items())
-        return _page(f"mxd {mxd.__version__}", f"<table>{table}</table>")
+        return _page(f"mxd {mxd.__version__}", f"<table>{table}</table>", request)
 
 
 class _QueuePage(_Page):
@@ -176,14 +200,14 @@ class _QueuePage(_Page):
             qid = html.escape(m.queue_id)
             buttons = "".join(
                 f"<form method=post action=/api/queue/{qid}/{op} style=display:inline>"
-                f"<input type=hidden name=csrf value={self.ctx.csrf_token}>"
+                f"<input type=hidden name=csrf value={_csrf(request)}>"
                 f"<button>{op}</button></form>" for op in QUEUE_OPS)
             rows.append(f"<tr><td>{qid}</td><td>{html.escape(m.mail_from or '<>')}</td>"
                         f"<td>{rcpts}</td><td>{'yes' if m.requiretls else ''}</td>"
                         f"<td>{buttons}</td></tr>")
         table = ("<table><tr><th>id</th><th>from</th><th>recipients</th><th>REQUIRETLS</th>"
                  "<th></th></tr>" + "".join(rows) + "</table>")
-        return _page("queue", f"<p>{len(msgs)} message(s)</p>{table}")
+        return _page("queue", f"<p>{len(msgs)} message(s)</p>{table}", request)
 
 
 class _QueueAPI(_Page):
@@ -208,8 +232,6 @@ class _QueueAPI(_Page):
 
     @_async
     async def render_POST(self, request: Any) -> bytes:
-        if not self.ctx.authorised_post(request):
-            return _json(request, {"error": "missing X-Mxd-Admin header or CSRF token"}, 403)
         parts = _parts(request)
         if parts == ["wake"]:
             self.ctx.queue.wake()
@@ -280,17 +302,159 @@ class _DMARCAPI(_Page):
     async def render_GET(self, request: Any) -> bytes:
         if _parts(request) != ["reports"] or self.ctx.dmarc_reports is None:
             return _json(request, {"error": "not found"}, 404)
-        from twisted.internet.threads import deferToThread
-
-        reports = await deferToThread(self.ctx.dmarc_reports.reports)
+        reports = await self.ctx.run_blocking(self.ctx.dmarc_reports.reports)
         return _json(request, reports)
 
 
+class _Error(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__()
+        self.code, self.message = code, message
+
+    def render(self, request: Any) -> bytes:
+        request.setResponseCode(self.code)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return self.message.encode() + b"\n"
+
+
+class _Redirect(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, to: bytes) -> None:
+        super().__init__()
+        self.to = to
+
+    def render(self, request: Any) -> bytes:
+        request.redirect(self.to)
+        return b""
+
+
+def _client_ip(request: Any) -> str:
+    return str(getattr(request.getClientAddress(), "host", "") or "unknown")
+
+
+def _same_origin(request: Any) -> bool:
+    """A POST's ``Origin`` (RFC 6454 §7), when the browser sends one, must be this
+    server as the request's ``Host`` names it."""
+    origin = request.getHeader(b"origin")
+    if origin is None:
+        return True
+    scheme = b"https://" if request.isSecure() else b"http://"
+    return bool(origin == scheme + (request.getHeader(b"host") or b""))
+
+
+_LOGIN_FORM = ("<form method=post action=/login><p><label>admin password "
+               "<input type=password name=password autocomplete=current-password autofocus>"
+               "</label> <button>log in</button></p></form>")
+
+
+class _Login(resource.Resource):
+    """GET shows the password form; POST checks the password (scrypt, off the reactor,
+    behind the login limiter) and starts a session."""
+
+    isLeaf = True
+
+    def __init__(self, ctx: AdminContext) -> None:
+        super().__init__()
+        self.ctx = ctx
+
+    def render_GET(self, request: Any) -> bytes:
+        _html(request)
+        return _page("log in", _LOGIN_FORM)
+
+    @_async
+    async def render_POST(self, request: Any) -> bytes:
+        _html(request)
+        ip = _client_ip(request)
+        limiter = self.ctx.limiter
+        if limiter is not None:
+            verdict = limiter.check(ip, auth.ADMIN_ACCOUNT)
+            if not verdict.allowed:
+                request.setResponseCode(429)
+                request.setHeader(b"retry-after", str(int(verdict.retry_after) + 1).encode())
+                log.warn("admin login from {ip} refused: too many failures", ip=ip)
+                return _page("log in", "<p>Too many failed logins; try again later.</p>")
+        password = (request.args.get(b"password") or [b""])[0].decode("utf-8", "replace")
+        try:
+            ok = bool(password) and await self.ctx.run_blocking(
+                lambda: auth.verify_password_file(self.ctx.password_file, password))
+        except auth.AdminAuthError as e:
+            log.error("admin password file {path}: {err}", path=str(self.ctx.password_file),
+                      err=str(e))
+            ok = False
+        if not ok:
+            if limiter is not None:
+                limiter.failure(ip, auth.ADMIN_ACCOUNT)
+            log.info("admin login from {ip} failed", ip=ip)
+            request.setResponseCode(403)
+            return _page("log in", "<p>Wrong password.</p>" + _LOGIN_FORM)
+        if limiter is not None:
+            limiter.success(ip, auth.ADMIN_ACCOUNT)
+        session = self.ctx.sessions.create()
+        request.setHeader(b"set-cookie", auth.cookie_header(
+            session, request.isSecure(), self.ctx.sessions.lifetime))
+        log.info("admin login from {ip}", ip=ip)
+        request.redirect(b"/")
+        return b""
+
+
+class _Logout(_Page):
+
+    def render_POST(self, request: Any) -> bytes:
+        session = request.mxd_session
+        self.ctx.sessions.end(session.sid)
+        request.setHeader(b"set-cookie", auth.cookie_header(None, request.isSecure(), 0))
+        request.redirect(b"/login")
+        return b""
+
+
+class _Root(resource.Resource):
+    """Checks ``Host`` and authentication before any page or API call."""
+
+    def __init__(self, ctx: AdminContext) -> None:
+        super().__init__()
+        self.ctx = ctx
+
+    def getChildWithDefault(self, path: bytes, request: Any) -> Any:
+        ctx = self.ctx
+        host = request.getHeader(b"host")
+        if host is None:
+            return _Error(400, "missing Host header")
+        if not auth.host_allowed(host, ctx.hosts, ctx.loopback):
+            # RFC 9110 §15.5.20: not a name this server answers for (DNS rebinding).
+            log.warn("admin request for host {host} refused", host=host.decode("latin-1"))
+            return _Error(421, "misdirected request: unknown Host")
+        request.mxd_session = None
+        if path == b"login" and not request.postpath:
+            if request.method == b"POST" and not _same_origin(request):
+                return _Error(403, "cross-origin request refused")
+            return _Login(ctx)
+        if ctx.bearer(request):
+            return super().getChildWithDefault(path, request)
+        session = ctx.session(request)
+        if session is None:
+            if request.method == b"GET" and path not in (b"api", b"metrics"):
+                return _Redirect(b"/login")
+            return _Error(401, "log in first (or use the local token)")
+        if request.method not in (b"GET", b"HEAD"):
+            token = (request.args.get(b"csrf") or [b""])[0].decode("ascii", "replace")
+            if not _same_origin(request) or not auth.csrf_matches(session, token):
+                log.warn("admin {method} without a valid CSRF token refused",
+                         method=request.method.decode("latin-1"))
+                return _Error(403, "missing or wrong CSRF token")
+        request.mxd_session = session
+        return super().getChildWithDefault(path, request)
+
+
 def admin_site(ctx: AdminContext) -> server.Site:
-    root = resource.Resource()
+    root = _Root(ctx)
     status_page: Any = _Status(ctx)
     root.putChild(b"", status_page)
     root.putChild(b"status", status_page)
+    logout: Any = _Logout(ctx)
+    root.putChild(b"logout", logout)
     if ctx.queue is not None:
         queue_page: Any = _QueuePage(ctx)
         root.putChild(b"queue", queue_page)

@@ -34,6 +34,11 @@ PROTOCOLS = {
 }
 
 
+def admin_headers(data_dir: Path) -> dict[str, str]:
+    """``Authorization: Bearer`` with the local admin token of the server on ``data_dir``."""
+    return {"Authorization": "Bearer " + (data_dir / "admin.token").read_text().strip()}
+
+
 class MxdServer:
     """One mxd instance in a temp directory."""
 
@@ -82,6 +87,10 @@ timeout = 1.0
         return subprocess.run(
             [str(VENV_BIN / "mxd"), *args, "--config", str(self.config_path)],
             input=stdin, capture_output=True, text=True, timeout=60, cwd=self.base)
+
+    def admin_headers(self) -> dict[str, str]:
+        """The CLI's credential for the admin API (the server writes it at start-up)."""
+        return admin_headers(self.data_dir)
 
     def add_account(self, name: str, password: str, *addresses: str) -> None:
         args = ["account", "add", name, "--password-stdin"]

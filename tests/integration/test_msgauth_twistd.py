@@ -197,7 +197,8 @@ def test_incoming_dmarc_report_listed_by_cli_and_admin_api(tmp_path: Path,
             time.sleep(0.1)
         assert json.loads(out.stdout)[0]["report_id"] == "e2e-1"
         url = f"http://127.0.0.1:{server.ports['admin']}/api/dmarc/reports"
-        with urllib.request.urlopen(url, timeout=10) as r:
+        req = urllib.request.Request(url, headers=server.admin_headers())
+        with urllib.request.urlopen(req, timeout=10) as r:
             listed = json.loads(r.read())
         assert [x["report_id"] for x in listed] == ["e2e-1"] and listed[0]["messages"] == 4
     finally:

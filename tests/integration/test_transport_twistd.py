@@ -111,8 +111,8 @@ transport = "provider"
     r = first.mxd("queue", "transport", qid, "default")
     assert r.returncode == 0 and "set to default" in r.stdout, r.stderr
     # The admin API sets the override on the running server.
-    hdr = {"X-Mxd-Admin": "1"}
-    assert _post(first, f"/api/queue/{qid}/transport?name=provider")[0] == 403
+    hdr = first.admin_headers()
+    assert _post(first, f"/api/queue/{qid}/transport?name=provider")[0] == 401
     code, body = _post(first, f"/api/queue/{qid}/transport?name=nosuch", hdr)
     assert code == 400 and "unknown transport" in body
     assert _post(first, "/api/queue/nope/transport?name=provider", hdr)[0] == 404

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.mxdserver import admin_headers
 from tests.integration.tools import free_port
 
 pytestmark = pytest.mark.integration
@@ -89,7 +90,11 @@ def test_twistd_starts_serves_and_stops_cleanly(tmp_path, tls_files):
     proc = _twistd(cfg, tmp_path)
     try:
         _wait_port(port, proc)
-        page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+        login = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+        assert "admin password" in login and "mx.example.test" not in login
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/",
+                                     headers=admin_headers(tmp_path / "data"))
+        page = urllib.request.urlopen(req, timeout=5).read().decode()
         assert "mx.example.test" in page and f"admin:{port}" in page
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -102,8 +107,9 @@ def test_twistd_starts_serves_and_stops_cleanly(tmp_path, tls_files):
 
 
 def test_localserve_prints_ports_and_credentials_and_keeps_state(tmp_path):
-    """`mxd localserve` starts with no set-up, prints ports and credentials, and restarts on
-    the same state directory with the account still there."""
+    """`mxd localserve` starts with no set-up, prints ports and credentials (the admin web
+    takes the same password), and restarts on the same state directory with the account
+    still there."""
     offset = free_port() % 20000 + 20000 - 1025
     d = tmp_path / "ls"
     for _ in range(2):
@@ -112,6 +118,13 @@ def test_localserve_prints_ports_and_credentials_and_keeps_state(tmp_path):
                                 stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
         try:
             _wait_port(1080 + offset, proc)
+            import http.client
+
+            c = http.client.HTTPConnection("127.0.0.1", 1080 + offset, timeout=10)
+            c.request("POST", "/login", body="password=mxdmxdmxd",
+                      headers={"Content-Type": "application/x-www-form-urlencoded"})
+            resp = c.getresponse()
+            assert resp.status == 302 and "mxd_admin=" in (resp.getheader("set-cookie") or "")
         finally:
             proc.send_signal(signal.SIGINT)
             out, _ = proc.communicate(timeout=30)
@@ -133,7 +146,9 @@ def test_metrics_endpoint_when_enabled(tmp_path, tls_files):
     proc = _twistd(cfg, tmp_path)
     try:
         _wait_port(port, proc)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
+                                     headers=admin_headers(tmp_path / "data"))
+        with urllib.request.urlopen(req, timeout=5) as resp:
             assert resp.headers["content-type"].startswith("text/plain")
             body = resp.read().decode()
         assert f'mxd_build_info{{version="{__import__("mxd").__version__}"}} 1.0' in body
@@ -174,3 +189,54 @@ def test_store_that_cannot_open_stops_the_server_with_status_1(tmp_path, tls_fil
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 1, out
     assert "cannot open the store" in out
+
+
+def test_admin_off_loopback_speaks_https_only(tmp_path, tls_files, capsys):
+    """An admin listener on all addresses serves HTTPS only: plain HTTP gets no answer,
+    the session cookie is Secure, Host must be the configured name (127.0.0.1 is not
+    enough off loopback), and the CLI's wake-up call reaches it with the local token."""
+    import http.client
+    import ssl
+
+    from mxd.cli import _wake_server
+    from mxd.config import load_config
+
+    port = free_port()
+    cfg = _config(tmp_path, tls_files, f'[[listeners]]\nprotocol = "admin"\naddress = "0.0.0.0"'
+                  f"\nport = {port}\n")
+    r = subprocess.run([str(BIN / "mxd"), "admin", "password", "--password-stdin", "--config",
+                        str(cfg)], input="adm1n-pass\n", capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    proc = _twistd(cfg, tmp_path)
+    try:
+        _wait_port(port, proc)
+        plain = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        with pytest.raises((http.client.HTTPException, OSError)):
+            plain.request("GET", "/login")
+            plain.getresponse().read()
+        ctx = ssl.create_default_context(cafile=str(tls_files["ca"]))
+        ctx.check_hostname = False
+
+        def https(method: str, path: str, host: str, body: str | None = None,
+                  headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
+            c = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=ctx)
+            c.request(method, path, body=body, headers={"Host": host, **(headers or {})})
+            return c.getresponse()
+
+        assert https("GET", "/login", "127.0.0.1").status == 421
+        assert https("GET", "/login", "mx.example.test").status == 200
+        resp = https("POST", "/login", "mx.example.test", "password=adm1n-pass",
+                     {"Content-Type": "application/x-www-form-urlencoded"})
+        assert resp.status == 302
+        cookie = resp.getheader("set-cookie") or ""
+        assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        capsys.readouterr()
+        _wake_server(load_config(cfg))
+        assert "did not answer" not in capsys.readouterr().err  # a 401 would print it
+        assert https("GET", "/api/queue", "mx.example.test").status == 401
+        assert https("GET", "/api/queue", "mx.example.test",
+                     headers=admin_headers(tmp_path / "data")).status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
