@@ -127,6 +127,8 @@ class MailboxState:
         self.modseq = 0  # the highest modseq merged from the store
         self.stale = True  # the store has changes not merged yet
         self.loaded = False
+        self.deleted = False  # the mailbox is gone; its id may be reused
+        self.uidvalidity = 0
         self._log: list[tuple[int, int]] = []  # (modseq, uid) of flag changes
         self._log_floor = 0  # changes at or below this may be missing from _log
         self._tombstones: set[int] | None = None  # expunged while a refresh is running
@@ -381,6 +383,8 @@ class MailboxState:
 
     # -- store notices ----------------------------------------------------------------------
     def on_change(self, change: MailboxChange) -> None:
+        if change.kind == "deleted":
+            self.deleted = True
         if change.kind == "expunge":
             self.remove(change.uids)
         elif change.kind in ("exists", "flags"):
@@ -429,8 +433,13 @@ class MailboxStates:
         if timer is not None and timer.active():
             timer.cancel()
         st = self._states.get(info.id)
+        if st is not None and (st.deleted or st.uidvalidity != info.uidvalidity):
+            # The mailbox was deleted (a new one may reuse its id): never reuse its state.
+            self._forget(st)
+            st = None
         if st is None:
             st = self._states[info.id] = MailboxState(info.id)
+            st.uidvalidity = info.uidvalidity
             st.hold_blob = getattr(store, "hold_blob", None)
             st.release_blob = getattr(store, "release_blob", None)
             st.unsubscribe = store.subscribe(info.id, st.on_change)
@@ -473,7 +482,7 @@ class MailboxStates:
             for info, _ in st.ghosts.values():
                 st.release_blob(info.blob_id)
         st.ghosts.clear()
-        if self.clock is not None and self.linger > 0:
+        if self.clock is not None and self.linger > 0 and not st.deleted:
             old = self._timers.pop(st.mailbox_id, None)
             if old is not None and old.active():
                 old.cancel()
@@ -483,8 +492,13 @@ class MailboxStates:
 
     def _drop(self, st: MailboxState) -> None:
         self._timers.pop(st.mailbox_id, None)
-        if st.refs <= 0 and self._states.get(st.mailbox_id) is st:
+        if st.refs <= 0:
+            self._forget(st)
+
+    def _forget(self, st: MailboxState) -> None:
+        """Stop keeping ``st`` (its sessions, if any, keep their reference)."""
+        if self._states.get(st.mailbox_id) is st:
             del self._states[st.mailbox_id]
-            if st.unsubscribe is not None:
-                st.unsubscribe()
-                st.unsubscribe = None
+        if st.unsubscribe is not None:
+            st.unsubscribe()
+            st.unsubscribe = None

@@ -250,3 +250,31 @@ def test_changed_since_before_the_trimmed_log_scans(monkeypatch: pytest.MonkeyPa
     assert st._log_floor > 1
     assert sorted(st.changed_since(1)) == list(range(1, 11))
     assert sorted(st.changed_since(9)) == [9, 10]
+
+
+def test_lingering_state_is_not_reused_for_a_new_mailbox_with_the_same_id() -> None:
+    """SQLite may give a new mailbox the id of a deleted one: a state kept after its
+    last session is used again only for the same UIDVALIDITY, never after a delete."""
+    from twisted.internet.defer import Deferred
+    from twisted.internet.task import Clock
+
+    from mxd.imap.mailboxstate import MailboxStates
+    from mxd.store.interfaces import MailboxChange, MailboxInfo
+
+    store, acc = make_store()
+    box = store._find(acc.id, "INBOX")  # type: ignore[attr-defined]
+    store.put(acc, "INBOX", MSG1)  # type: ignore[attr-defined]
+    states = MailboxStates(Clock())
+    info = store.get_mailbox(acc.id, "INBOX").result  # type: ignore[attr-defined]
+    st = Deferred.fromCoroutine(states.acquire(store, info)).result  # type: ignore[arg-type]
+    states.release(st)
+    assert states.get(box.id) is st  # lingering
+    again = Deferred.fromCoroutine(states.acquire(store, info)).result  # type: ignore[arg-type]
+    assert again is st
+    states.release(st)
+    other = MailboxInfo(box.id, acc.id, "INBOX", info.uidvalidity + 1, 1, 0, None, True)
+    fresh = Deferred.fromCoroutine(states.acquire(store, other)).result  # type: ignore[arg-type]
+    assert fresh is not st
+    states.release(fresh)
+    fresh.on_change(MailboxChange(box.id, "deleted"))
+    assert Deferred.fromCoroutine(states.acquire(store, other)).result is not fresh  # type: ignore[arg-type]
