@@ -34,6 +34,7 @@ from mxd.imap.listmatch import compile_pattern, join_reference
 from mxd.imap.qresync import vanished
 from mxd.imap.searchcmd import do_search
 from mxd.imap.sortcmd import do_sort
+from mxd.imap.threadcmd import do_thread
 from mxd.imap.utf7 import decode as utf7_decode
 from mxd.imap.values import (
     AppendArgs,
@@ -718,6 +719,10 @@ async def cmd_sort(s: IMAPSession, cmd: Command) -> Reply:
     return await do_sort(s, cmd)
 
 
+async def cmd_thread(s: IMAPSession, cmd: Command) -> Reply:
+    return await do_thread(s, cmd)
+
+
 def _spec(states: frozenset[State], handler: Handler, expunge_ok: bool = True) -> CommandSpec:
     return CommandSpec(states, handler, expunge_ok)
 
@@ -761,6 +766,8 @@ COMMANDS: dict[str, CommandSpec] = {
     "UID SEARCH": _spec(SELECTED, cmd_search),
     "SORT": _spec(SELECTED, cmd_sort, expunge_ok=False),  # RFC 5256 §3: like SEARCH
     "UID SORT": _spec(SELECTED, cmd_sort),
+    "THREAD": _spec(SELECTED, cmd_thread, expunge_ok=False),  # RFC 5256 §3: like SEARCH
+    "UID THREAD": _spec(SELECTED, cmd_thread),
     "COPY": _spec(SELECTED, cmd_copy),
     "UID COPY": _spec(SELECTED, cmd_copy),
     "MOVE": _spec(SELECTED, cmd_copy),

@@ -15,6 +15,7 @@ from typing import Any
 from mxd.imap.errors import ParseError
 from mxd.imap.framer import BlobLiteral, Literal, Part, RawCommand
 from mxd.imap.sort import SORT_KEYS
+from mxd.imap.thread import ALGORITHMS
 from mxd.imap.values import (
     AppendArgs,
     AuthenticateArgs,
@@ -38,6 +39,7 @@ from mxd.imap.values import (
     SortArgs,
     StatusArgs,
     StoreArgs,
+    ThreadArgs,
 )
 
 # RFC 3501 §9: atom-specials = "(" / ")" / "{" / SP / CTL / list-wildcards / quoted-specials
@@ -721,12 +723,28 @@ def _sort(r: Reader) -> SortArgs:
         raise r.error("empty sort criteria")
     r.sp()
     charset = r.astring().upper()
+    return SortArgs(criteria, charset, _search_criteria(r))
+
+
+def _search_criteria(r: Reader) -> SearchKey:
+    # RFC 5256 §5: search-criteria = charset 1*(SP search-key), after the charset.
     keys = []
     while r.take(b" "):
         keys.append(_search_key(r))
     if not keys:
-        raise r.error("SORT needs a search key")
-    return SortArgs(criteria, charset, keys[0] if len(keys) == 1 else SearchKey("AND", tuple(keys)))
+        raise r.error("a search key is needed")
+    return keys[0] if len(keys) == 1 else SearchKey("AND", tuple(keys))
+
+
+def _thread(r: Reader) -> ThreadArgs:
+    # RFC 5256 §5: "THREAD" SP thread-alg SP search-criteria
+    r.sp()
+    alg = r.atom().upper()
+    if alg not in ALGORITHMS:
+        raise r.error(f"unknown threading algorithm {alg[:40]}")
+    r.sp()
+    charset = r.astring().upper()
+    return ThreadArgs(alg, charset, _search_criteria(r))
 
 
 def _copy(r: Reader) -> CopyArgs:
@@ -796,6 +814,7 @@ COMMANDS: dict[str, Parser] = {
     "MOVE": _copy,
     "UID FETCH": _fetch, "UID STORE": _store, "UID SEARCH": _search, "UID COPY": _copy,
     "UID MOVE": _copy, "UID EXPUNGE": _uid_expunge, "SORT": _sort, "UID SORT": _sort,
+    "THREAD": _thread, "UID THREAD": _thread,
     "GETQUOTAROOT": _mailbox, "GETQUOTA": _getquota, "SETQUOTA": _setquota,
 }
 

@@ -17,12 +17,14 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from email.message import Message
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
 from mxd.imap.addresses import Address, parse_address_list
 from mxd.imap.message import decode_header_value, raw_all, unfold
+
+T = TypeVar("T")
 
 # RFC 5256 §3 sort-key, plus RFC 5957 §3 DISPLAYFROM / DISPLAYTO.
 SORT_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO",
@@ -70,12 +72,24 @@ _FWD_HDR = re.compile(r"\[fwd:", re.I)
 def base_subject(subject: str) -> str:
     """RFC 5256 §2.1: the subject with reply/forward markers and list tags removed,
     whitespace collapsed (the caller has decoded RFC 2047 words).  Not yet casemapped."""
+    return base_subject_reply(subject)[0]
+
+
+def base_subject_reply(subject: str) -> tuple[str, bool]:
+    """The base subject and whether it is a reply or forward: RFC 5256 §2.1 counts a
+    message as one when step 2 removed "(fwd)", step 3 removed a subj-refwd or step 6
+    removed a "[fwd:" wrapper (THREAD=REFERENCES uses that in its step 6)."""
+    reply = False
     s = _WSP.sub(" ", subject)  # step 1
     while True:
-        s = _TRAILER.sub("", s)  # step 2
+        m = _TRAILER.search(s)  # step 2
+        if m:
+            reply = reply or "(" in m.group()
+            s = s[:m.start()]
         while True:  # steps 3-5
             before = s
             while (m := _LEADER.match(s)) and m.end() > 0:
+                reply = reply or m.group().endswith(":")
                 s = s[m.end():]
             m = _BLOB_RE.match(s)
             if m and s[m.end():]:  # step 4: only if a non-empty base remains
@@ -85,8 +99,9 @@ def base_subject(subject: str) -> str:
         # step 6: "[fwd:" ... "]" wrapping the whole subject
         if _FWD_HDR.match(s) and s.endswith("]"):
             s = s[5:-1]
+            reply = True
             continue
-        return s
+        return s, reply
 
 
 # --- per-message sort data ----------------------------------------------------------------
@@ -212,20 +227,25 @@ def key_function(criteria: Sequence[tuple[str, bool]]) -> Callable[[SortData], t
 
 def sort_steps(items: list[SortData], criteria: Sequence[tuple[str, bool]], result: list[SortData],
                chunk: int = 2000) -> Iterator[None]:
-    """Sort ``items`` into ``result``, yielding between units of about ``chunk``
-    messages: chunks are sorted one by one, then merged a slice at a time."""
-    key = key_function(criteria)
-    runs: list[list[tuple[tuple[Any, ...], SortData]]] = []
+    """Sort ``items`` by ``criteria`` into ``result`` in units of about ``chunk``."""
+    yield from chunked_sort(items, key_function(criteria), result, chunk)
+
+
+def chunked_sort(items: Sequence[T], key: Callable[[T], Any], result: list[T],
+                 chunk: int = 2000) -> Iterator[None]:
+    """A stable sort of ``items`` into ``result``, yielding between units of about
+    ``chunk`` items: chunks are sorted one by one, then merged a slice at a time."""
+    runs: list[list[tuple[Any, int, T]]] = []
     for i in range(0, len(items), chunk):
-        run = [(key(d), d) for d in items[i:i + chunk]]
-        run.sort(key=lambda p: p[0])
+        run = [(key(d), i + j, d) for j, d in enumerate(items[i:i + chunk])]
+        run.sort(key=lambda p: (p[0], p[1]))
         runs.append(run)
         yield None
     if len(runs) == 1:
-        result.extend(d for _, d in runs[0])
+        result.extend(d for _, _, d in runs[0])
         return
     n = 0
-    for _, d in heapq.merge(*runs, key=lambda p: p[0]):
+    for _, _, d in heapq.merge(*runs, key=lambda p: (p[0], p[1])):
         result.append(d)
         n += 1
         if n % chunk == 0:

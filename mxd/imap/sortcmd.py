@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from mxd.imap.server import IMAPSession
 
 
-def _header(s: IMAPSession, m: MessageInfo) -> Message:
+def read_headers(s: IMAPSession, m: MessageInfo) -> Message:
     try:
         with s.store.open_blob(m.blob_id) as f:
             return mimemsg.parse_headers(read_header_block(f))
@@ -48,7 +48,7 @@ async def do_sort(s: IMAPSession, cmd: Command) -> Reply:
 
             def header(m: MessageInfo = m, cache: list[Message] = cache) -> Message:
                 if not cache:
-                    cache.append(_header(s, m))
+                    cache.append(read_headers(s, m))
                 return cache[0]
 
             def full(m: MessageInfo = m) -> mimemsg.ParsedMessage:

@@ -191,6 +191,15 @@ class SearchArgs:
 
 
 @attrs.frozen
+class ThreadArgs:
+    """THREAD (RFC 5256 §3): the algorithm, then a SEARCH program."""
+
+    algorithm: str
+    charset: str
+    key: SearchKey
+
+
+@attrs.frozen
 class SortArgs:
     """SORT (RFC 5256 §3): (sort-key, reverse) pairs, then a SEARCH program."""
 

@@ -50,7 +50,9 @@ def _setup(clock: Clock) -> tuple[Conn, Conn]:
 @pytest.mark.parametrize("command", ["FETCH 1:* (FLAGS ENVELOPE BODY.PEEK[HEADER])",
                                      "SEARCH TEXT bob", "UID SEARCH SUBJECT hello",
                                      "SORT (SUBJECT REVERSE ARRIVAL) UTF-8 ALL",
-                                     "UID SORT (DISPLAYFROM) UTF-8 ALL"])
+                                     "UID SORT (DISPLAYFROM) UTF-8 ALL",
+                                     "THREAD REFERENCES UTF-8 ALL",
+                                     "UID THREAD ORDEREDSUBJECT UTF-8 ALL"])
 def test_long_command_yields_and_others_are_served(command: str) -> None:
     """The command is not finished in one go; while it waits, another session's command
     is answered; resumed, it completes with exactly the unsliced output."""

@@ -75,3 +75,39 @@ def test_imaplib_raw_sort_and_unselect(mxd_server_module: MxdServer) -> None:
     typ, data = c.select("SortBox2")
     assert typ == "OK" and data == [b"4"]
     c.logout()
+
+
+THREAD_MSGS = [
+    b"Message-ID: <t1@example.test>\r\nSubject: plan\r\nDate: Mon, 01 Jan 2024 10:00:00 +0000\r\n\r\n1\r\n",
+    b"Message-ID: <t2@example.test>\r\nReferences: <t1@example.test>\r\nSubject: Re: plan\r\n"
+    b"Date: Mon, 01 Jan 2024 11:00:00 +0000\r\n\r\n2\r\n",
+    b"Message-ID: <t3@example.test>\r\nSubject: =?utf-8?q?=C3=BCber?=\r\n"
+    b"Date: Mon, 01 Jan 2024 10:30:00 +0000\r\n\r\n3\r\n",
+    b"Message-ID: <t4@example.test>\r\nIn-Reply-To: <t2@example.test>\r\nSubject: Re: Re: plan\r\n"
+    b"Date: Mon, 01 Jan 2024 12:00:00 +0000\r\n\r\n4\r\n",
+    b"Message-ID: <t5@example.test>\r\nSubject: Re: plan\r\nDate: Mon, 01 Jan 2024 13:00:00 +0000\r\n\r\n5\r\n",
+]
+
+
+def test_imapclient_thread(mxd_server_module: MxdServer) -> None:
+    """imapclient sees THREAD=REFERENCES and THREAD=ORDEREDSUBJECT and parses the
+    nested answers of its thread(): by References/In-Reply-To, and a reply without
+    references gathered under its subject's original (RFC 5256 REFERENCES step 6)."""
+    imapclient = require_module("imapclient")
+    ctx = ssl.create_default_context(cafile=str(mxd_server_module.ca_file))
+    c = imapclient.IMAPClient("127.0.0.1", port=mxd_server_module.ports["imaps"], ssl=True,
+                              ssl_context=ctx, timeout=10)
+    c.login(mxd_server_module.user, mxd_server_module.password)
+    try:
+        if not c.folder_exists("ThreadBox"):
+            c.create_folder("ThreadBox")
+            for m in THREAD_MSGS:
+                c.append("ThreadBox", m)
+        c.select_folder("ThreadBox")
+        assert c.has_capability("THREAD=REFERENCES") and c.has_capability("THREAD=ORDEREDSUBJECT")
+        u1, u2, u3, u4, u5 = c.search("ALL")
+        assert c.thread("REFERENCES") == ((u1, (u2, u4), (u5,)), (u3,))
+        assert c.thread("ORDEREDSUBJECT") == ((u1, (u2,), (u4,), (u5,)), (u3,))
+        assert c.thread("REFERENCES", ["SUBJECT", "plan"]) == ((u1, (u2, u4), (u5,)),)
+    finally:
+        c.logout()
