@@ -636,6 +636,11 @@ def _add_optional_commands(sub: Any) -> None:
     mp = sub.add_parser("dmarc", help="DMARC aggregate reports received")
     dkim_cli.add_dmarc_arguments(mp, _add_config)
     mp.set_defaults(func=lambda args: dkim_cli.run(args, _config))
+    from mxd.tlsrpt import cli as tlsrpt_cli
+
+    tp = sub.add_parser("tlsrpt", help="SMTP TLS reports (RFC 8460) received")
+    tlsrpt_cli.add_arguments(tp, _add_config)
+    tp.set_defaults(func=lambda args: tlsrpt_cli.run(args, _config))
 
 
 def main(argv: list[str] | None = None) -> int:

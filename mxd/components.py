@@ -439,6 +439,7 @@ def message_checker(cfg: Config, role: str, comps: dict[str, Any], reactor: Any)
 
         report_addresses = frozenset(_normalise_address(a)
                                      for a in cfg.msgauth.dmarc_report_addresses)
+        tls_addresses = frozenset(_normalise_address(a) for a in tls_report_addresses(cfg))
 
         def run_blocking(fn: Any) -> Any:
             return deferToThreadPool(reactor, reactor.getThreadPool(), fn)
@@ -449,8 +450,9 @@ def message_checker(cfg: Config, role: str, comps: dict[str, Any], reactor: Any)
             lambda f: log.failure("cannot load the Public Suffix List", f)))
         return InboundChecker(comps["resolver"], reactor, InboundSettings(
             hostname=normalise_domain(cfg.hostname), dmarc_reject=cfg.msgauth.dmarc_reject,
-            report_addresses=report_addresses),
+            report_addresses=report_addresses, tls_report_addresses=tls_addresses),
             reports=dmarc_report_store(cfg) if report_addresses else None,
+            tls_reports=tls_report_store(cfg) if tls_addresses else None,
             run_blocking=run_blocking, evaluations=comps.get("dmarc_evaluations"))
     ring = dkim_keyring(cfg, comps)
     if ring is None:
@@ -516,6 +518,26 @@ def dmarc_report_store(cfg: Config) -> Any:
     return ReportStore(cfg.data_dir / "dmarc" / "incoming")
 
 
+def tls_report_addresses(cfg: Config) -> list[str]:
+    """[tlsrpt] report_addresses and the HostTLSRPT address (a bare local part is at the
+    first local domain)."""
+    out = list(cfg.tlsrpt.report_addresses)
+    host = cfg.tlsrpt.host_address
+    if host:
+        if "@" not in host and cfg.domains.names:
+            host = f"{host}@{cfg.domains.names[0]}"
+        if "@" in host:
+            out.append(host)
+    return out
+
+
+def tls_report_store(cfg: Config) -> Any:
+    """Incoming TLS reports, under DATA_DIR/tlsrpt/incoming."""
+    from mxd.tlsrpt.incoming import TLSReportStore
+
+    return TLSReportStore(cfg.data_dir / "tlsrpt" / "incoming")
+
+
 def dkim_keyring(cfg: Config, comps: dict[str, Any]) -> Any:
     """The DKIM keys of [dkim].selectors, loaded once (a missing key file stops start-up
     with an error naming it); None when no domain signs."""
@@ -567,7 +589,7 @@ def admin_factory(cfg: Config, li: ListenerConfig, comps: dict[str, Any], reacto
         hosts=frozenset([cfg.hostname, *cfg.admin.hosts]), loopback=loopback,
         limiter=limiter, queue=comps.get("queue"), store=comps.get("store"), metrics=prom,
         dmarc_reports=dmarc_report_store(cfg), session_lifetime=cfg.admin.session_lifetime,
-        session_idle=cfg.admin.session_idle)
+        session_idle=cfg.admin.session_idle, tls_reports=tls_report_store(cfg))
     site: Any = bounded_admin_factory(admin_site(ctx), reactor)
     if loopback:
         return cast(IProtocolFactory, site)

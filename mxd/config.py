@@ -554,6 +554,17 @@ class TLSRPTConfig:
     from_address: str = opt("", "From address and envelope sender of the report mails; "
                             "empty: postmaster@HOSTNAME.",
                             example='"tls-reports-noreply@example.org"')
+    report_addresses: list[str] = opt(
+        [], "Local addresses whose incoming mail is read as TLS reports (RFC 8460 §5.3; "
+        "gzip or JSON, with size limits) and stored under DATA_DIR/tlsrpt/incoming; the mail "
+        "is delivered as usual. `mxd tlsrpt list|show` and GET /api/tlsrpt/reports show "
+        "them. Name such an address in the rua= of `_smtp._tls.<your domain>` (needs "
+        "[msgauth] inbound_checks).", example='["tls-reports@example.org"]')
+    host_address: str = opt(
+        "", "HostTLSRPT: the address receiving TLS reports about this server's own host "
+        "name (the DANE policy of `hostname`, RFC 8460 §3 at `_smtp._tls.<hostname>`); "
+        "read as reports like report_addresses, and suggested by `mxd dns records`. A bare "
+        "local part means LOCAL@<first local domain>.", example='"tls-reports@example.org"')
 
 
 @attrs.frozen

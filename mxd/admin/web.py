@@ -21,6 +21,7 @@ Routes:
   GET  /api/tls/domains      last TLS result per recipient domain (?domain=)
   GET  /api/tls/requiretls-ready?domain=D&domain=E   REQUIRETLS usable for every domain?
   GET  /api/dmarc/reports    DMARC aggregate reports received (JSON)
+  GET  /api/tlsrpt/reports   TLS reports received (JSON; /api/tlsrpt/reports/ID: one)
   GET  /metrics              Prometheus text (when [metrics] is enabled)
 """
 
@@ -61,10 +62,12 @@ class AdminContext:
                  queue: Any = None, store: Any = None,
                  metrics: PrometheusMetrics | None = None, dmarc_reports: Any = None,
                  session_lifetime: float = 8 * 3600.0, session_idle: float = 1800.0,
-                 run_blocking: Callable[[Callable[[], Any]], Deferred[Any]] | None = None
+                 run_blocking: Callable[[Callable[[], Any]], Deferred[Any]] | None = None,
+                 tls_reports: Any = None
                  ) -> None:
         self.status = status
         self.dmarc_reports = dmarc_reports  # a ReportStore, or None
+        self.tls_reports = tls_reports  # a tlsrpt.incoming.TLSReportStore, or None
         self.queue = queue
         self.store = store
         self.metrics = metrics
@@ -306,6 +309,22 @@ class _DMARCAPI(_Page):
         return _json(request, reports)
 
 
+class _TLSRPTAPI(_Page):
+    """/api/tlsrpt/reports and /api/tlsrpt/reports/ID"""
+
+    @_async
+    async def render_GET(self, request: Any) -> bytes:
+        parts = _parts(request)
+        if self.ctx.tls_reports is None or parts[:1] != ["reports"] or len(parts) > 2:
+            return _json(request, {"error": "not found"}, 404)
+        if len(parts) == 2:
+            report = await self.ctx.run_blocking(lambda: self.ctx.tls_reports.get(parts[1]))
+            if report is None:
+                return _json(request, {"error": "not found"}, 404)
+            return _json(request, report)
+        return _json(request, await self.ctx.run_blocking(self.ctx.tls_reports.reports))
+
+
 class _Error(resource.Resource):
     isLeaf = True
 
@@ -465,6 +484,8 @@ def admin_site(ctx: AdminContext) -> server.Site:
         api.putChild(b"tls", tls_api)
         dmarc_api: Any = _DMARCAPI(ctx)
         api.putChild(b"dmarc", dmarc_api)
+        tlsrpt_api: Any = _TLSRPTAPI(ctx)
+        api.putChild(b"tlsrpt", tlsrpt_api)
         root.putChild(b"api", api)
     if ctx.metrics is not None:
         metrics_page: Any = _Metrics(ctx.metrics)

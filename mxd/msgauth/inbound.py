@@ -32,6 +32,7 @@ class InboundSettings:
     hostname: str  # authserv-id of our Authentication-Results (RFC 8601 §2.5)
     dmarc_reject: str = "reject"  # "reject" (550 5.7.1) or "junk"
     report_addresses: frozenset[str] = frozenset()  # mail to these is read as DMARC reports
+    tls_report_addresses: frozenset[str] = frozenset()  # ... as TLS reports (RFC 8460)
 
 
 class InboundChecker:
@@ -41,7 +42,7 @@ class InboundChecker:
                  sample: Callable[[], float] = random.random, metrics: Any = None,
                  reports: Any = None,
                  run_blocking: Callable[[Callable[[], Any]], Deferred[Any]] | None = None,
-                 evaluations: Any = None) -> None:
+                 evaluations: Any = None, tls_reports: Any = None) -> None:
         self.resolver = resolver
         self.clock = clock
         self.settings = settings
@@ -50,6 +51,7 @@ class InboundChecker:
         self.reports = reports  # a ReportStore for DMARC aggregate reports, or None
         self.run_blocking = run_blocking  # where report parsing runs (a thread pool)
         self.evaluations = evaluations  # a dmarcsend.EvaluationLog for outgoing reports
+        self.tls_reports = tls_reports  # a tlsrpt.incoming.TLSReportStore, or None
 
     def begin(self, session: SessionInfo, headers: bytes) -> InboundCheck | None:
         if session.role != "smtp":
@@ -83,11 +85,17 @@ class InboundCheck:
         self.is_report = False
         # A copy of mail to a DMARC report address, for the report parser (bounded).
         self.report_copy: list[bytes] | None = None
-        to_reports = any(r.lower() in checker.settings.report_addresses
-                         for r in session.recipients)
-        if checker.reports is not None and to_reports:
+        rcpts = [r.lower() for r in session.recipients]
+        to_reports = any(r in checker.settings.report_addresses for r in rcpts)
+        to_tls = any(r in checker.settings.tls_report_addresses for r in rcpts)
+        # The stores this mail is a report for: (kind, store).
+        self.report_stores = [(kind, store) for kind, store, wanted in (
+            ("dmarc", checker.reports, to_reports), ("tls", checker.tls_reports, to_tls))
+            if store is not None and wanted]
+        if self.report_stores:
             self.report_copy = [headers, b"\r\n"]
             self.report_size = len(headers)
+        to_reports = to_reports or to_tls
         if checker.evaluations is not None:
             from mxd.msgauth.dmarcsend import is_report_mail
 
@@ -102,7 +110,7 @@ class InboundCheck:
 
             self.report_size += len(data)
             if self.report_size > MAX_MESSAGE:
-                _log.info("msgauth DMARC report mail too large; not parsed")
+                _log.info("msgauth report mail too large; not parsed")
                 self.report_copy = None
             else:
                 self.report_copy.append(data)
@@ -151,7 +159,8 @@ class InboundCheck:
         verdict = Verdict(fields=(ar,), header_section=self.header_section,
                           remote_host=ip_outcome.name)
         if self.report_copy is not None:
-            self._ingest_report(b"".join(self.report_copy))
+            for kind, store in self.report_stores:
+                self._ingest_report(b"".join(self.report_copy), kind, store)
         if dmarc_outcome is not None and dmarc_outcome.result is dmarc.DMARCResult.FAIL:
             if dmarc_outcome.disposition is dmarc.Policy.REJECT:
                 if settings.dmarc_reject == "reject":
@@ -164,25 +173,35 @@ class InboundCheck:
                 return attrs.evolve(verdict, mailbox="Junk")
         return verdict
 
-    def _ingest_report(self, message: bytes) -> None:
-        """Parse and store a DMARC aggregate report off the reactor thread; the mail is
-        delivered whatever comes of it (RFC 7489 §7.2: reports are ordinary mail)."""
+    def _ingest_report(self, message: bytes, kind: str, store: Any) -> None:
+        """Parse and store a DMARC aggregate report (RFC 7489 §7.2) or a TLS report (RFC
+        8460 §5.3) off the reactor thread; the mail is delivered whatever comes of it
+        (reports are ordinary mail)."""
         checker = self.checker
-        store = checker.reports
         now = checker.clock.seconds()
         source = self.session.remote_ip
+        sender = self.session.mail_from or ""
 
         def work() -> Any:
+            if kind == "tls":
+                return store.ingest(message, now, source, sender)
             return store.ingest(message, now, source)
 
         def done(reports: Any) -> None:
             for r in reports:
+                if kind == "tls":
+                    _log.info("tls report {report_id} from {org}: {policies}",
+                              report_id=r.report_id, org=r.organization_name,
+                              policies=", ".join(f"{p.policy.domain} ({p.policy.type}) "
+                                                 f"{p.successful} ok {p.failed} failed"
+                                                 for p in r.policies))
+                    continue
                 _log.info("dmarc report {report_id} from {org} for {domain}: {messages} "
                           "messages", report_id=r.report_id, org=r.org_name, domain=r.domain,
                           messages=r.messages)
 
         def failed(f: Any) -> None:
-            _log.info("dmarc report mail from {remote_ip} not stored: {error}",
+            _log.info("{kind} report mail from {remote_ip} not stored: {error}", kind=kind,
                       remote_ip=source, error=f.getErrorMessage())
 
         d = (checker.run_blocking(work) if checker.run_blocking is not None
