@@ -409,6 +409,7 @@ def _smtp_settings(cfg: Config) -> Any:
         data_timeout=cfg.smtp.data_timeout,
         data_min_rate=cfg.smtp.data_min_rate,
         max_hops=cfg.smtp.max_hops,
+        requiretls=cfg.smtp.requiretls,
         allow_plaintext_auth_on_loopback=cfg.auth.allow_plaintext_on_loopback,
     )
 

@@ -405,6 +405,10 @@ class SMTPConfig:
     max_hops: int = opt(100, "Received fields a message may carry; more is a mail loop and "
                         "is refused with 554 5.4.6 (RFC 5321 §6.3 asks for at least 100).",
                         check=_positive)
+    requiretls: bool = opt(True, "Offer REQUIRETLS (RFC 8689) on smtp and submission "
+                           "listeners once TLS is up. false: the keyword is not advertised "
+                           "and MAIL FROM ... REQUIRETLS is refused as an unknown parameter "
+                           "(555 5.5.4); queued REQUIRETLS messages are still honoured.")
 
 
 @attrs.frozen

@@ -95,6 +95,34 @@ def attempt_record(m: qs.QueuedMessage, a: Attempt, now: float) -> qs.AttemptRec
     )
 
 
+def attempt_metrics(m: qs.QueuedMessage, rec: qs.AttemptRecord
+                    ) -> list[tuple[str, dict[str, str]]]:
+    """The counters an attempt row adds to: ``tls_results`` (RFC 8460 sessions by policy
+    type and result type), ``tls_required_no_overrides`` (delivered despite a failed
+    verification, RFC 8689 §5), ``requiretls_failures`` (a REQUIRETLS message not
+    delivered for a TLS reason, RFC 8689 §4.2)."""
+    out: list[tuple[str, dict[str, str]]] = []
+    ptype = rec.tls_policy_type or "no-policy-found"
+    if rec.tls_session and rec.tls_success is not None:
+        result = "success" if rec.tls_success else rec.tls_result_type or "validation-failure"
+        out.append(("tls_results", {"policy_type": ptype, "result": result}))
+    if rec.tls_overridden:
+        out.append(("tls_required_no_overrides", {"policy_type": ptype}))
+    if m.requiretls and rec.result not in ("delivered", "partial"):
+        enhanced = rec.enhanced or ""
+        if rec.tls_result_type:
+            reason = rec.tls_result_type  # the TLS policy failed (DANE, MTA-STS)
+        elif enhanced[1:] == ".7.30":
+            reason = "requiretls-not-supported"  # the MX did not offer REQUIRETLS
+        elif enhanced[1:] == ".7.10" or (rec.host and not rec.tls_used and rec.code):
+            reason = "no-tls"
+        else:
+            reason = ""
+        if reason:
+            out.append(("requiretls_failures", {"reason": reason}))
+    return out
+
+
 def domain_tls(m: qs.QueuedMessage, a: Attempt, now: float) -> qs.DomainTLS | None:
     """The per-domain support record of a connection that got to EHLO (None otherwise)."""
     if a.peer_helo is None or a.tls is None or not a.report_tls:

@@ -35,7 +35,7 @@ from mxd.queue import transports as tp
 from mxd.queue.direct import Connector, DirectDelivery, RequireTLSUnavailable, TLSPolicyFactory
 from mxd.queue.outcome import Decision, RcptKind, RcptOutcome, Verdict, decide, for_all
 from mxd.queue.queue import Queue, new_queue_id
-from mxd.queue.records import Attempt, attempt_record, domain_tls
+from mxd.queue.records import Attempt, attempt_metrics, attempt_record, domain_tls
 from mxd.queue.routes import DIRECT, RouteError, RouteTable, Transport, TransportKind, choose
 from mxd.queue.schedule import give_up_time
 from mxd.queue.settings import QueueSettings
@@ -377,6 +377,9 @@ class QueueRunner(Service):
                                        d.delay_dsn_sent)
                            for d in decision.deferred if d.next_attempt is not None))
         await self.queue.store.record_result(m, result, now, dsn)
+        for rec in result.attempts:
+            for name, labels in attempt_metrics(m, rec):
+                self.metrics.inc(name, 1, **labels)
         if dsn is not None:
             log.info("queued DSN {dsn_id} about {queue_id} to <{sender}>", dsn_id=dsn[2],
                      queue_id=m.queue_id, sender=m.mail_from)

@@ -84,7 +84,7 @@ class SMTPServerProtocol(AuthMixin, MessageMixin):
             mechs = self.sasl.advertised(self._conn_info())
             if mechs:
                 ext.append("AUTH " + " ".join(mechs))
-        if self.tls_active:
+        if self.tls_active and self.settings.requiretls:
             ext.append("REQUIRETLS")  # RFC 8689 §4: only on a TLS session
         ext.append(f"LIMITS RCPTMAX={self.settings.max_recipients} "
                    f"MAILMAX={self.settings.max_transactions}")
@@ -215,7 +215,8 @@ class SMTPServerProtocol(AuthMixin, MessageMixin):
                 if value is not None:
                     return replies.SYNTAX_ERROR.with_text("SMTPUTF8 takes no value")
                 tx.smtputf8 = True
-            elif key == "REQUIRETLS" and self.tls_active:  # RFC 8689 §4.1
+            elif key == "REQUIRETLS" and self.tls_active and self.settings.requiretls:
+                # RFC 8689 §4.1 (not advertised: an unknown parameter, 555 below)
                 if value is not None:
                     return replies.SYNTAX_ERROR.with_text("REQUIRETLS takes no value")
                 tx.requiretls = True

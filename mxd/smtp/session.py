@@ -89,6 +89,7 @@ class SMTPServerSettings:
     allow_plaintext_auth_on_loopback: bool = False
     recipient_cache_ttl: float = 30.0  # seconds a RCPT lookup is cached; 0 disables
     banner: str = "ESMTP mxd"
+    requiretls: bool = True  # offer REQUIRETLS (RFC 8689 §4) on TLS sessions
     close_timeout: float = 30.0  # a closing connection's peer gets this long to go away
 
     def __attrs_post_init__(self) -> None:

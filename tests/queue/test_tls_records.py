@@ -347,3 +347,50 @@ def test_delivery_of_a_tls_report_records_no_tls_session(world: World) -> None: 
     now = world.clock.seconds()
     assert world.h.run(world.h.store.transact(
         lambda c: qs.tls_attempts_between(c, now - 60, now + 60))) == []
+
+
+def test_tls_and_requiretls_metrics_after_deliveries(data_dir: Path) -> None:
+    """A REQUIRETLS message to an MX without STARTTLS: /metrics shows the session's TLS
+    result by policy and result type, and the REQUIRETLS failure with that reason."""
+    from mxd.metrics import PrometheusMetrics
+
+    w = World(data_dir)
+    try:
+        prom = PrometheusMetrics()
+        w.runner.metrics = prom
+        w.runner.tls_policy_factory = lambda *a, **k: succeed(TLSPolicy(mode=TLSMode.NONE))
+        w.enqueue("x@remote.test", requiretls=True)
+        w.start()
+        w.clock.advance(0)
+        text = prom.render()[0].decode()
+        assert 'mxd_requiretls_failures_total{reason="starttls-not-supported"} 1.0' in text
+        assert ('mxd_tls_results_total{policy_type="no-policy-found",'
+                'result="starttls-not-supported"} 1.0') in text
+    finally:
+        w.h.close()
+
+
+@pytest.mark.parametrize("fields,requiretls,expected", [
+    ({"tls_success": True, "tls_policy_type": "tlsa", "result": "delivered"}, False,
+     [("tls_results", {"policy_type": "tlsa", "result": "success"})]),
+    ({"tls_success": False, "tls_policy_type": "tlsa", "tls_result_type": "tlsa-invalid",
+      "tls_overridden": True, "result": "delivered"}, True,
+     [("tls_results", {"policy_type": "tlsa", "result": "tlsa-invalid"}),
+      ("tls_required_no_overrides", {"policy_type": "tlsa"})]),
+    ({"tls_success": False, "tls_policy_type": "sts", "tls_result_type": "sts-webpki-invalid",
+      "result": "refused"}, True,
+     [("tls_results", {"policy_type": "sts", "result": "sts-webpki-invalid"}),
+      ("requiretls_failures", {"reason": "sts-webpki-invalid"})]),
+    ({"tls_session": False, "tls_success": True, "result": "failed", "enhanced": "5.7.30"},
+     True, [("requiretls_failures", {"reason": "requiretls-not-supported"})]),
+    ({"result": "error", "host": "mx"}, True, []),
+])
+def test_attempt_metrics_table(fields: dict[str, Any], requiretls: bool,
+                               expected: list[Any]) -> None:
+    from mxd.queue.records import attempt_metrics
+
+    rec = qs.AttemptRecord(**{"queue_id": "q", "domain": "d.test", "recipients": ("a@d.test",),
+                              "at": 1.0, "result": "failed", **fields})
+    msg = qs.QueuedMessage(1, "q", "s@x", "b", 1, "7BIT", False, requiretls, False, None, None,
+                           None, False, 0.0)
+    assert attempt_metrics(msg, rec) == expected

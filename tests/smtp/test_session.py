@@ -241,3 +241,18 @@ def test_close_while_paused_resumes_reading_and_has_a_deadline() -> None:
     assert not aborted
     s.clock.advance(1)
     assert aborted == [True]
+
+
+def test_requiretls_switched_off_is_not_offered_nor_accepted() -> None:
+    """[smtp] requiretls = false: EHLO after TLS lists no REQUIRETLS and MAIL FROM with the
+    parameter is refused as unknown (555 5.5.4), as without TLS."""
+    from mxd.smtp.session import SMTPServerSettings
+
+    s = Session(settings=SMTPServerSettings(requiretls=False))
+    s.output()
+    s.start_tls()
+    lines = s.ehlo()
+    keywords = [line.split()[0] for line in lines[1:]]
+    assert "REQUIRETLS" not in keywords and "LIMITS" in keywords
+    s.send("MAIL FROM:<x@remote.example> REQUIRETLS\r\n")
+    assert s.replies()[0].startswith("555 5.5.4")
