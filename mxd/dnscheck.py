@@ -373,7 +373,9 @@ class Checker:
 
     async def tlsrpt(self, owner: str, check: str) -> CheckResult:
         name = f"_smtp._tls.{owner}"
-        fix = (f'publish: {name}. TXT "{tlsrpt_text(self.x.tlsrpt_rua)}"' if self.x.tlsrpt_rua
+        rua = (self.x.tlsrpt_host_rua or self.x.tlsrpt_rua) if check == "tlsrpt-host" \
+            else self.x.tlsrpt_rua
+        fix = (f'publish: {name}. TXT "{tlsrpt_text(rua)}"' if rua
                else "set [dns].tlsrpt_rua")
         looked = await _lookup(self.r, name, "TXT")
         if looked.error and not looked.missing:

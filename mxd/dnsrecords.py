@@ -47,6 +47,7 @@ class RecordInputs:
     dmarc_policy: str = "reject"
     dmarc_rua: str = ""  # full address
     tlsrpt_rua: str = ""  # full address
+    tlsrpt_host_rua: str = ""  # HostTLSRPT: reports about our MX host (empty: tlsrpt_rua)
     caa_issuer: str = ""
     acme_account_uri: str | None = None
     extra_spf_ips: tuple[str, ...] = ()  # public IPs of SOCKS5 transports
@@ -129,9 +130,9 @@ def records(i: RecordInputs) -> list[DNSRecord]:
                              "Where the policy is served: https://mta-sts." + d +
                              "/.well-known/mta-sts.txt (mxd serves it with an ACME "
                              "certificate for this name)."))
-    if i.tlsrpt_rua:
-        for owner in (d, h):
-            out.append(DNSRecord(f"_smtp._tls.{owner}", "TXT", txt_value(tlsrpt_text(i.tlsrpt_rua)),
+    for owner, rua in ((d, i.tlsrpt_rua), (h, i.tlsrpt_host_rua or i.tlsrpt_rua)):
+        if rua:
+            out.append(DNSRecord(f"_smtp._tls.{owner}", "TXT", txt_value(tlsrpt_text(rua)),
                                  "tlsrpt" if owner == d else "tlsrpt-host",
                                  "TLS reporting (RFC 8460 §3): senders report TLS failures "
                                  f"for {'MTA-STS of the domain' if owner == d else 'DANE of the MX host'}."))

@@ -98,6 +98,9 @@ def record_inputs(cfg: Config, domain: str) -> RecordInputs:
         dmarc_policy=cfg.dns.dmarc_policy,
         dmarc_rua=f"{cfg.dns.dmarc_rua}@{domain}" if cfg.dns.dmarc_rua else "",
         tlsrpt_rua=f"{cfg.dns.tlsrpt_rua}@{domain}" if cfg.dns.tlsrpt_rua else "",
+        tlsrpt_host_rua=(cfg.tlsrpt.host_address if "@" in cfg.tlsrpt.host_address
+                         else f"{cfg.tlsrpt.host_address}@{domain}"
+                         if cfg.tlsrpt.host_address else ""),
         caa_issuer=cfg.acme.caa_issuer if cfg.acme.enabled else "",
         acme_account_uri=acme_account_uri(cfg),
         extra_spf_ips=socks5_ips(cfg),

@@ -95,3 +95,13 @@ def test_render_has_every_record_and_the_policy(keys):
     for r in records(i):
         assert r.zone_line() in text
     assert ";   mode: enforce" in text
+
+
+def test_host_tlsrpt_address_for_the_mx_host_record(keys):
+    """HostTLSRPT ([tlsrpt] host_address): _smtp._tls.<host> names its own address, the
+    domain's record keeps the domain's."""
+    recs = records(inputs(keys, tlsrpt_host_rua="host-reports@example.test"))
+    (dom,) = _by(recs, "tlsrpt")
+    (host,) = _by(recs, "tlsrpt-host")
+    assert "mailto:host-reports@example.test" in host.value
+    assert "host-reports" not in dom.value
