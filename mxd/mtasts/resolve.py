@@ -125,11 +125,24 @@ class STSResolver:
         except TXTRecordError as e:
             return None, f"_mta-sts TXT record: {e}"
 
+    def _forget_withdrawn(self, domain: str, cached: CachedPolicy | None, txt_id: str | None,
+                          problem: str) -> CachedPolicy | None:
+        """RFC 8461 §8.3: a domain leaves MTA-STS by publishing mode "none" and then removing
+        the TXT record.  A cached "none" policy is dropped once the TXT record is cleanly
+        gone (NXDOMAIN or no data; not on a failed lookup, which keeps what we know)."""
+        if (cached is not None and txt_id is None and not problem
+                and cached.policy.mode is Mode.NONE):
+            self._cache.delete(domain)
+            log.info("MTA-STS policy of {domain} (mode none) removed: TXT record gone",
+                     domain=domain)
+            return None
+        return cached
+
     async def lookup(self, domain: str) -> STSLookup:
         """The policy in force for the recipient ``domain`` (see the module docstring)."""
         domain = domain.rstrip(".").lower()
         txt_id, problem = await self._txt_id(domain)
-        cached = self.cached(domain)
+        cached = self._forget_withdrawn(domain, self.cached(domain), txt_id, problem)
         if txt_id is None:
             if cached is not None:
                 return STSLookup(domain, cached.policy, cached.txt_id, True, None, problem)
@@ -158,10 +171,11 @@ class STSResolver:
         keeps the cached policy."""
         domain = domain.rstrip(".").lower()
         txt_id, problem = await self._txt_id(domain)
-        cached = self.cached(domain)
+        cached = self._forget_withdrawn(domain, self.cached(domain), txt_id, problem)
         if txt_id is None:
-            return STSLookup(domain, cached.policy if cached else None,
-                             cached.txt_id if cached else None, cached is not None, None, problem)
+            # policy_id None: no TXT record now (the refresher drops expired entries then).
+            return STSLookup(domain, cached.policy if cached else None, None,
+                             cached is not None, None, problem)
         try:
             fetched = await self._fetcher.fetch(domain)
         except PolicyFetchError as e:

@@ -283,3 +283,43 @@ def test_refresher_service_runs_on_the_clock(world: Any) -> None:
     assert c.get("example.test") is None
     service.stopService()
     assert not clock.getDelayedCalls()
+
+
+# -- withdrawal (RFC 8461 §8.3) --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text,dns,kept", [
+    (NONE, "gone", False),  # mode none, TXT removed: forgotten
+    (NONE, "servfail", True),  # a failed lookup is not a removal
+    (ENFORCE, "gone", True),  # an enforce policy stays in force until it expires (§5.1)
+])
+def test_cached_none_policy_removed_when_txt_record_is_gone(world: Any, text: str, dns: str,
+                                                            kept: bool) -> None:
+    r, f, c, clock, sts = world
+    r.add("_mta-sts.example.test", "TXT", [b"v=STSv1; id=1"])
+    f.answers["example.test"] = text
+    _run(sts.lookup("example.test"))
+    assert c.get("example.test") is not None
+    r2 = FakeResolver()
+    if dns == "servfail":
+        r2.fail("_mta-sts.example.test", "TXT", "servfail")
+    sts._resolver = r2
+    got = _run(sts.lookup("example.test"))
+    assert (c.get("example.test") is not None) is kept
+    assert (got.policy is not None) is kept
+
+
+def test_refresher_drops_an_expired_policy_whose_txt_record_is_gone(world: Any) -> None:
+    """Regression: refresh() used to report the cached id when the TXT record was gone, so
+    the refresher never removed withdrawn, expired entries."""
+    from mxd.mtasts.refresh import RefreshSettings, STSRefresher
+
+    r, f, c, clock, sts = world
+    r.add("_mta-sts.example.test", "TXT", [b"v=STSv1; id=1"])
+    f.answers["example.test"] = ENFORCE
+    _run(sts.lookup("example.test"))
+    sts._resolver = FakeResolver()
+    clock.advance(86400 + 1)
+    refresher = STSRefresher(sts, c, clock, RefreshSettings())
+    _run(refresher.run_once())
+    assert c.get("example.test") is None
