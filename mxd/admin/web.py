@@ -18,7 +18,7 @@ Routes:
   POST /api/queue/ID/transport    form or query field name=TRANSPORT|default: per-message
                                   transport override (wins over routes; default clears it)
   POST /api/queue/wake       look for due work now (the CLI calls this after changing the queue)
-  GET  /api/tls/domains      last TLS result per recipient domain (?domain=)
+  GET  /api/tls/domains      last TLS result per recipient domain (?domain=, ?account=)
   GET  /api/tls/requiretls-ready?domain=D&domain=E   REQUIRETLS usable for every domain?
   GET  /api/dmarc/reports    DMARC aggregate reports received (JSON)
   GET  /api/tlsrpt/reports   TLS reports received (JSON; /api/tlsrpt/reports/ID: one)
@@ -280,7 +280,7 @@ class _QueueAPI(_Page):
 
 
 class _TLSAPI(_Page):
-    """/api/tls/domains and /api/tls/requiretls-ready"""
+    """/api/tls/domains[?domain=D][&account=A] and /api/tls/requiretls-ready"""
 
 
     @_async
@@ -288,7 +288,9 @@ class _TLSAPI(_Page):
         parts = _parts(request)
         domains = _args(request, b"domain")
         if parts == ["domains"]:
-            rows = await self.ctx.queue.tls_domains(domains[0] if domains else None)
+            accounts = _args(request, b"account")
+            rows = await self.ctx.queue.tls_domains(domains[0] if domains else None,
+                                                    accounts[0] if accounts else None)
             return _json(request, [domain_tls_dict(d) for d in rows])
         if parts == ["requiretls-ready"]:
             if not domains:

@@ -192,9 +192,11 @@ class Queue:
 
         return d.addCallback(logged)
 
-    def tls_domains(self, domain: str | None = None) -> Deferred[builtins.list[qs.DomainTLS]]:
-        """The last TLS result per recipient domain (STARTTLS, REQUIRETLS, verified)."""
-        return self.store.domain_tls(domain)
+    def tls_domains(self, domain: str | None = None, account: str | None = None
+                    ) -> Deferred[builtins.list[qs.DomainTLS]]:
+        """The last TLS result per recipient domain (STARTTLS, REQUIRETLS, verified); with
+        ``account``: as the messages of that sending account found it."""
+        return self.store.domain_tls(domain, account)
 
     def requiretls_ready(self, domains: builtins.list[str]) -> Deferred[dict[str, bool]]:
         """Per domain: REQUIRETLS offered over verified TLS at the last connection."""

@@ -72,7 +72,10 @@ class IQueueStore(Protocol):
 
     def set_transport(self, queue_id: str, name: str) -> Deferred[int]: ...
 
-    def domain_tls(self, domain: str | None = None) -> Deferred[list[DomainTLS]]: ...
+    def domain_tls(self, domain: str | None = None,
+                   account: str | None = None) -> Deferred[list[DomainTLS]]:
+        """The last TLS facts per recipient domain; with ``account``: that sending
+        account's own (STARTTLS and REQUIRETLS support as its messages found them)."""
 
     def requiretls_ready(self, domains: Sequence[str]) -> Deferred[dict[str, bool]]: ...
 

@@ -138,6 +138,24 @@ QUEUE_MIGRATIONS: list[str] = [
     """
     ALTER TABLE queue_messages ADD COLUMN tls_report INTEGER NOT NULL DEFAULT 0;
     """,
+    # Per sending account: what each recipient domain's last connection supported.
+    """
+    CREATE TABLE queue_tls_accounts (
+        account TEXT NOT NULL,
+        domain TEXT NOT NULL,
+        at REAL NOT NULL,
+        mx_host TEXT,
+        ip TEXT,
+        starttls INTEGER NOT NULL DEFAULT 0,
+        requiretls INTEGER NOT NULL DEFAULT 0,
+        tls_used INTEGER NOT NULL DEFAULT 0,
+        verified INTEGER NOT NULL DEFAULT 0,
+        policy_type TEXT,
+        result_type TEXT,
+        tls_version TEXT,
+        PRIMARY KEY (account, domain)
+    );
+    """,
 ]
 
 # RFC 8689 admin override of a queued message (``mxd queue requiretls ID yes|no|default``):
@@ -542,8 +560,23 @@ def tls_attempts_for_day(conn: sqlite3.Connection, day: datetime.date) -> list[T
     return tls_attempts_between(conn, start.timestamp(), end.timestamp())
 
 
-def record_domain_tls(conn: sqlite3.Connection, d: DomainTLS) -> None:
-    """Remember the last connection's TLS facts for a recipient domain (newest wins)."""
+def record_domain_tls(conn: sqlite3.Connection, d: DomainTLS,
+                      account: str | None = None) -> None:
+    """Remember the last connection's TLS facts for a recipient domain (newest wins), also
+    in the sending account's own records when the message came from an account."""
+    if account:
+        conn.execute(
+            "INSERT INTO queue_tls_accounts (account, domain, at, mx_host, ip, starttls,"
+            " requiretls, tls_used, verified, policy_type, result_type, tls_version)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(account, domain) DO UPDATE SET"
+            " at = excluded.at, mx_host = excluded.mx_host, ip = excluded.ip,"
+            " starttls = excluded.starttls, requiretls = excluded.requiretls,"
+            " tls_used = excluded.tls_used, verified = excluded.verified,"
+            " policy_type = excluded.policy_type, result_type = excluded.result_type,"
+            " tls_version = excluded.tls_version WHERE excluded.at >= queue_tls_accounts.at",
+            (account, d.domain.lower(), d.at, d.mx_host, d.ip, int(d.starttls),
+             int(d.requiretls), int(d.tls_used), int(d.verified), d.policy_type,
+             d.result_type, d.tls_version))
     conn.execute(
         "INSERT INTO queue_tls_domains (domain, at, mx_host, ip, starttls, requiretls, tls_used,"
         " verified, policy_type, result_type, tls_version) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
@@ -556,14 +589,25 @@ def record_domain_tls(conn: sqlite3.Connection, d: DomainTLS) -> None:
          int(d.tls_used), int(d.verified), d.policy_type, d.result_type, d.tls_version))
 
 
-def domain_tls(conn: sqlite3.Connection, domain: str | None = None) -> list[DomainTLS]:
-    """The last TLS result per recipient domain (all domains, or one), by domain name."""
-    where, args = ("WHERE domain = ?", (domain.rstrip(".").lower(),)) if domain else ("", ())
+def domain_tls(conn: sqlite3.Connection, domain: str | None = None,
+               account: str | None = None) -> list[DomainTLS]:
+    """The last TLS result per recipient domain (all domains, or one), by domain name;
+    with ``account``, as seen by that sending account's own messages."""
+    conds, args = [], []
+    if domain:
+        conds.append("domain = ?")
+        args.append(domain.rstrip(".").lower())
+    table = "queue_tls_domains"
+    if account is not None:
+        table = "queue_tls_accounts"
+        conds.append("account = ?")
+        args.append(account)
+    where = ("WHERE " + " AND ".join(conds)) if conds else ""
     return [DomainTLS(r[0], float(r[1]), r[2], r[3], bool(r[4]), bool(r[5]), bool(r[6]),
                       bool(r[7]), r[8], r[9], r[10])
             for r in conn.execute(
                 "SELECT domain, at, mx_host, ip, starttls, requiretls, tls_used, verified,"
-                f" policy_type, result_type, tls_version FROM queue_tls_domains {where}"
+                f" policy_type, result_type, tls_version FROM {table} {where}"
                 " ORDER BY domain", args)]
 
 

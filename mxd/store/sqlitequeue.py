@@ -49,7 +49,7 @@ class SQLiteQueueStore:
             for a in result.attempts:
                 qs.log_attempt(c, a)
             for d in result.domains:
-                qs.record_domain_tls(c, d)
+                qs.record_domain_tls(c, d, m.sender_account)
             for rid in result.finished:
                 qs.finish_recipient(c, rid)
             for f in result.deferred:
@@ -102,8 +102,9 @@ class SQLiteQueueStore:
     def set_transport(self, queue_id: str, name: str) -> Deferred[int]:
         return self.store.transact(lambda c: qs.op_transport(c, queue_id, name))
 
-    def domain_tls(self, domain: str | None = None) -> Deferred[list[qs.DomainTLS]]:
-        return self.store.transact(lambda c: qs.domain_tls(c, domain))
+    def domain_tls(self, domain: str | None = None,
+                   account: str | None = None) -> Deferred[list[qs.DomainTLS]]:
+        return self.store.transact(lambda c: qs.domain_tls(c, domain, account))
 
     def requiretls_ready(self, domains: Sequence[str]) -> Deferred[dict[str, bool]]:
         return self.store.transact(lambda c: qs.requiretls_ready(c, domains))

@@ -186,6 +186,8 @@ def test_requiretls_override_and_tls_domains(mxd_server: MxdServer):
     assert shown["requiretls"] is False and shown["tls_required_no"] is True
     code, body = _get(mxd_server, "/api/tls/domains")
     assert code == 200 and json.loads(body) == []
+    code, body = _get(mxd_server, "/api/tls/domains?account=alice")
+    assert code == 200 and json.loads(body) == []
     code, body = _get(mxd_server, "/api/tls/requiretls-ready?domain=remote.example")
     assert code == 200 and json.loads(body) == {"domains": {"remote.example": False},
                                                  "all": False}

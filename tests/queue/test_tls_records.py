@@ -394,3 +394,17 @@ def test_attempt_metrics_table(fields: dict[str, Any], requiretls: bool,
     msg = qs.QueuedMessage(1, "q", "s@x", "b", 1, "7BIT", False, requiretls, False, None, None,
                            None, False, 0.0)
     assert attempt_metrics(msg, rec) == expected
+
+
+def test_support_records_per_sending_account(world: World) -> None:  # noqa: F811
+    """Each sending account keeps its own STARTTLS/REQUIRETLS record per recipient domain;
+    the global table still has the newest; an account that sent nothing there has none."""
+    world.enqueue("x@remote.test", sender_account="alice")
+    world.start()
+    world.clock.advance(0)
+    [mine] = world.h.run(world.queue.tls_domains(account="alice"))
+    assert (mine.domain, mine.mx_host, mine.starttls, mine.requiretls) == (
+        "remote.test", "mx.remote.test", False, False)
+    assert world.h.run(world.queue.tls_domains(account="bob")) == []
+    assert world.h.run(world.queue.tls_domains("remote.test", account="alice")) == [mine]
+    assert [d.domain for d in world.h.run(world.queue.tls_domains())] == ["remote.test"]
