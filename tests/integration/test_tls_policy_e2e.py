@@ -127,13 +127,16 @@ def _zones(leaf: trustme.LeafCert) -> dict[str, ZoneSpec]:
     return {
         "sts.test": ZoneSpec(records=[
             "@ MX 10 mx1", "@ MX 20 mx2", "mx1 A 127.0.0.2", "mx2 A 127.0.0.3",
-            "mta-sts A 127.0.0.1", '_mta-sts TXT "v=STSv1; id=20261128"'], signed=False),
+            "mta-sts A 127.0.0.1", '_mta-sts TXT "v=STSv1; id=20261128"',
+            '_smtp._tls TXT "v=TLSRPTv1; rua=mailto:tls-reports@sts.test"'], signed=False),
         "bogus.test": ZoneSpec(records=["@ MX 10 mx", "mx A 127.0.0.4"],
                                bogus=[f"_25._tcp.mx TLSA {good}"]),
         "dane.test": ZoneSpec(records=mx("127.0.0.5", good)),
         "norequire.test": ZoneSpec(records=mx("127.0.0.6", good)),
         "unsigned.test": ZoneSpec(records=mx("127.0.0.7"), signed=False),
-        "mismatch.test": ZoneSpec(records=mx("127.0.0.8", wrong)),
+        "mismatch.test": ZoneSpec(records=[
+            *mx("127.0.0.8", wrong),
+            '_smtp._tls.mx TXT "v=TLSRPTv1; rua=mailto:host-reports@mismatch.test"']),
     }
 
 
@@ -172,6 +175,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 lambda reactor: _deliver(reactor, mp, tls, lab, ca, leaf, root, port,
                                          tmp / "data", peers), timeout=90)
         out["peers"] = peers
+        out["lab"] = lab
         yield out
     finally:
         for p in started:
@@ -374,3 +378,67 @@ def test_attempts_aggregate_into_a_tls_report(run: dict[str, Any]) -> None:
     assert all(d.get("sending-mta-ip") == "127.0.0.1" for d in mism["failure-details"])
     assert pols[("tlsa", "mx.bogus.test")]["failure-details"][0]["result-type"] == \
         "dnssec-invalid"
+
+
+def test_next_day_reports_per_policy_domain_read_by_the_receiver(
+        run: dict[str, Any], tmp_path: Path) -> None:
+    """The day after the run, the TLS reporter looks up _smtp._tls through the lab and
+    sends one report about sts.test (MTA-STS, to the domain's rua) and one about the MX host
+    mx.mismatch.test (DANE, to the host's own rua); domains without a record or without a
+    failure get none.  The receiving side reads both mails, stores them, and `mxd tlsrpt
+    list` shows the counts and failure types."""
+    import argparse
+
+    import jsonschema
+    from twisted.internet.defer import Deferred, succeed
+
+    from mxd.tlsrpt import cli
+    from mxd.tlsrpt.incoming import TLSReportStore, extract_reports
+    from mxd.tlsrpt.send import SenderSettings, TLSReporter
+    from tests.tlsrpt.schema import REPORT_SCHEMA
+    from tests.tlsrpt.test_send import FakeQueue
+
+    day_after = (int(run["start"]) // 86400 + 1) * 86400 + 60
+
+    class NextDay:
+        def __init__(self, reactor: Any) -> None:
+            self.reactor = reactor
+
+        def seconds(self) -> float:
+            return day_after
+
+        def callLater(self, *a: Any, **kw: Any) -> Any:
+            return self.reactor.callLater(*a, **kw)
+
+    queue = FakeQueue()
+
+    async def report(reactor: Any) -> int:
+        resolver = Resolver(reactor, run["lab"].resolver_settings())
+        rep = TLSReporter(lambda s, e: succeed(run["tls_attempts"]), resolver, queue,
+                          NextDay(reactor), SenderSettings(
+                              organization_name="Example Org", submitter="mx.example.org",
+                              from_addr="postmaster@example.org",
+                              contact_info="mailto:postmaster@example.org"),
+                          sign=None, post=None, state=tmp_path / "state")
+        return int(await Deferred.fromCoroutine(rep.run_once()))
+
+    assert run_with_reactor(report, timeout=30) == 2
+    sent = {m.recipients[0].address: data for data, m in queue.queued}
+    assert sorted(sent) == ["host-reports@mismatch.test", "tls-reports@sts.test"]
+    receiver = TLSReportStore(tmp_path / "b" / "tlsrpt" / "incoming")
+    for data in sent.values():
+        [doc] = extract_reports(data)
+        jsonschema.validate(json.loads(doc), REPORT_SCHEMA)
+        receiver.ingest(data, float(day_after), "127.0.0.1", "postmaster@example.org")
+    by_domain = {p["policy_domain"]: p for r in receiver.reports() for p in r["policies"]}
+    assert set(by_domain) == {"sts.test", "mx.mismatch.test"}
+    assert (by_domain["sts.test"]["successful"], by_domain["sts.test"]["failed"]) == (1, 1)
+    assert by_domain["mx.mismatch.test"]["failure_types"] == {"validation-failure": 2}
+    out: list[str] = []
+    cfg = argparse.Namespace(data_dir=tmp_path / "b")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("builtins.print", lambda *a, **k: out.append(" ".join(map(str, a))))
+        cli.run(argparse.Namespace(tlsrpt_func=cli._list, json=False), lambda a: cfg)
+    text = "\n".join(out)
+    assert "sts.test (sts): 1 successful, 1 failed [validation-failure 1]" in text
+    assert "mx.mismatch.test (tlsa): 0 successful, 2 failed [validation-failure 2]" in text
