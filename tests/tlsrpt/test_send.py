@@ -214,3 +214,18 @@ def test_no_usable_record_sends_nothing(tmp_path: Path, records: list[bytes]) ->
         rep.resolver.add("_smtp._tls.mx2.b.example", "TXT", records)
     d = Deferred.fromCoroutine(rep.run_once())
     assert d.result == 0 and queue.queued == []
+
+
+def test_reports_sent_and_failed_are_counted_on_metrics(tmp_path: Path) -> None:
+    """/metrics counts report deliveries by method: mail queued, HTTPS taken or given up."""
+    from mxd.metrics import PrometheusMetrics
+
+    clock = task.Clock()
+    clock.advance(MIDNIGHT + 10)
+    prom = PrometheusMetrics()
+    rep, _ = _reporter(tmp_path, clock, lambda u, b: succeed(404))
+    rep.metrics = prom
+    Deferred.fromCoroutine(rep.run_once())
+    text = prom.render()[0].decode()
+    assert 'mxd_tlsrpt_reports_sent_total{method="mailto"} 1.0' in text
+    assert 'mxd_tlsrpt_reports_failed_total{method="https",reason="http_404"} 1.0' in text
