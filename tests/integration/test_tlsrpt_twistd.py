@@ -32,10 +32,12 @@ def test_incoming_tls_report_listed_by_cli_and_admin_api(tmp_path: Path,
             time.sleep(0.1)
         assert "mx2.b.example (tlsa): 0 successful, 2 failed [validation-failure 2]" in out.stdout
         url = f"http://127.0.0.1:{server.ports['admin']}/api/tlsrpt/reports"
-        with urllib.request.urlopen(url, timeout=10) as r:
+        req = urllib.request.Request(url, headers=server.admin_headers())
+        with urllib.request.urlopen(req, timeout=10) as r:
             [listed] = json.loads(r.read())
         assert listed["organization"] == "Example A"
-        with urllib.request.urlopen(f"{url}/{listed['id']}", timeout=10) as r:
+        req = urllib.request.Request(f"{url}/{listed['id']}", headers=server.admin_headers())
+        with urllib.request.urlopen(req, timeout=10) as r:
             assert json.loads(r.read())["policies"][0]["failed"] == 2
     finally:
         server.stop()
