@@ -123,8 +123,18 @@ class SortData:
     display_to: str
 
 
+def header_text(raw: str) -> str:
+    """A raw header value as text: 8-bit octets (kept as surrogate escapes) read as
+    UTF-8 (RFC 6532), then RFC 2047 encoded words decoded (RFC 5256 §2.1 step 1)."""
+    if not raw.isascii():
+        raw = raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return decode_header_value(raw)
+
+
 def _first_address(h: Message, name: str) -> Address | None:
     for v in raw_all(h, name):
+        if not v.isascii():
+            v = v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         for e in parse_address_list(unfold(v)):
             if isinstance(e, Address):
                 return e
@@ -173,7 +183,7 @@ def sent_date(h: Message, internal: datetime) -> float:
 
 def sort_data(seq: int, uid: int, internal: datetime, size: int, h: Message) -> SortData:
     subj = raw_all(h, "Subject")
-    subject = casemap(base_subject(decode_header_value(subj[0]))) if subj else ""
+    subject = casemap(base_subject(header_text(subj[0]))) if subj else ""
     frm, to, cc = _first_address(h, "From"), _first_address(h, "To"), _first_address(h, "Cc")
     return SortData(seq, uid, internal.timestamp(), sent_date(h, internal), size, subject,
                     _mailbox_key(frm), _mailbox_key(to), _mailbox_key(cc),

@@ -15,8 +15,8 @@ from email.message import Message
 
 import attrs
 
-from mxd.imap.message import decode_header_value, raw_all, unfold
-from mxd.imap.sort import base_subject_reply, casemap, chunked_sort
+from mxd.imap.message import raw_all, unfold
+from mxd.imap.sort import base_subject_reply, casemap, chunked_sort, header_text
 
 ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
 
@@ -44,7 +44,7 @@ def msg_ids(value: str) -> list[str]:
 
 def thread_data(seq: int, uid: int, sent: float, h: Message) -> ThreadData:
     subj = raw_all(h, "Subject")
-    base, reply = base_subject_reply(decode_header_value(subj[0])) if subj else ("", False)
+    base, reply = base_subject_reply(header_text(subj[0])) if subj else ("", False)
     mid = next((i for v in raw_all(h, "Message-ID") for i in msg_ids(v)), None)
     refs = [i for v in raw_all(h, "References") for i in msg_ids(v)]
     if not refs:

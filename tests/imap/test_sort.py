@@ -84,6 +84,15 @@ def _data(seq: int, header: bytes, size: int = 100, when: float = 0.0) -> SortDa
     return sort_data(seq, seq * 10, datetime.fromtimestamp(when, UTC), size, parse_headers(header))
 
 
+def test_raw_utf8_headers_read_as_utf8() -> None:
+    """RFC 6532: unencoded UTF-8 in Subject and From is text, not escaped octets (a
+    defect found against Dovecot: raw "café" sorted apart from encoded "café")."""
+    raw = _data(1, "Subject: Re: café\r\nFrom: Ärger <a@x>\r\n\r\n".encode())
+    enc = _data(2, b"Subject: =?utf-8?q?caf=C3=A9?=\r\nFrom: =?utf-8?q?=C3=84rger?= <a@x>\r\n\r\n")
+    assert raw.subject == enc.subject == casemap("CAFÉ")
+    assert raw.display_from == enc.display_from == casemap("Ärger")
+
+
 def test_sort_data_keys() -> None:
     """FROM/TO/CC use the first addr-mailbox (RFC 5256 §3); DISPLAYFROM the decoded
     display-name or else mailbox@host (RFC 5957 §3); DATE falls back to the arrival."""
