@@ -39,10 +39,20 @@ def test_casemap_orders_by_code_point_of_canonical_form() -> None:
 
 @given(st.text(max_size=40))
 @settings(max_examples=300)
-def test_casemap_idempotent_and_case_blind(s: str) -> None:
-    """Casemapping is idempotent and ignores simple case differences."""
+def test_casemap_idempotent(s: str) -> None:
+    """Casemapping a casemapped string changes nothing."""
     assert casemap(casemap(s)) == casemap(s)
-    assert casemap(s.lower()) == casemap(s.lower().upper()) or any(len(c.upper()) > 1 for c in s.lower())
+
+
+@given(st.text(st.characters(max_codepoint=0x4FF), max_size=40))
+@settings(max_examples=300)
+def test_casemap_case_blind_latin_greek_cyrillic(s: str) -> None:
+    """In scripts whose lower and upper case share a titlecase (Latin, Greek,
+    Cyrillic) case differences vanish.  (Not in every script: Georgian Mkhedruli's
+    titlecase is itself, not its Mtavruli capital, so RFC 5051 keeps them apart.)"""
+    if any(len(c.upper()) > 1 or len(c.lower()) > 1 for c in s):
+        return  # SpecialCasing full mappings are not part of RFC 5051
+    assert casemap(s.lower()) == casemap(s.upper())
 
 
 # -- RFC 5256 §2.1 ---------------------------------------------------------------------------
