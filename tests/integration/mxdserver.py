@@ -102,7 +102,27 @@ timeout = 1.0
     def start(self, timeout: float = 30.0, env: dict[str, str] | None = None,
               twistd_args: tuple[str, ...] = ()) -> None:
         """Start twistd (``env``: more environment variables, ``twistd_args``: more
-        options of twistd itself, e.g. ``--logger``) and wait for every port."""
+        options of twistd itself, e.g. ``--logger``) and wait for every port.
+
+        A port picked by ``free_port`` can be taken by some other socket (an outgoing
+        connection's ephemeral port, another test run) before twistd binds it; then the
+        start is retried on fresh ports, at most three times."""
+        for attempt in range(3):
+            offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+            try:
+                self._start(timeout, env, twistd_args)
+                return
+            except RuntimeError:
+                with open(self.log_path, "rb") as f:
+                    f.seek(offset)
+                    lost_race = b"Address already in use" in f.read()
+                if not lost_race or attempt == 2:
+                    raise
+                self.ports = {name: free_port() for name in PROTOCOLS}
+                self.write_config()
+
+    def _start(self, timeout: float, env: dict[str, str] | None,
+               twistd_args: tuple[str, ...]) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
