@@ -707,6 +707,14 @@ def _sort(r: Reader) -> SortArgs:
     # "(" sort-criterion *(SP sort-criterion) ")"; sort-criterion = ["REVERSE" SP] sort-key;
     # search-criteria = charset 1*(SP search-key) (the charset is not optional here).
     r.sp()
+    ret: tuple[str, ...] | None = None
+    if r.take(b"RETURN "):
+        # RFC 5267 §3: sort-return-opts = "RETURN" SP "(" [search-return-opts] ")"
+        ret = tuple(r.paren_list(r.keyword))
+        for o in ret:
+            if o not in ("MIN", "MAX", "ALL", "COUNT", "SAVE"):
+                raise r.error(f"unknown RETURN option {o[:40]}")
+        r.sp()
 
     def criterion() -> tuple[str, bool]:
         k = r.keyword()
@@ -723,7 +731,7 @@ def _sort(r: Reader) -> SortArgs:
         raise r.error("empty sort criteria")
     r.sp()
     charset = r.astring().upper()
-    return SortArgs(criteria, charset, _search_criteria(r))
+    return SortArgs(criteria, charset, _search_criteria(r), ret)
 
 
 def _search_criteria(r: Reader) -> SearchKey:

@@ -291,7 +291,7 @@ class IMAPSession(Protocol):
             caps += ["NAMESPACE", "UIDPLUS", "MOVE", "UNSELECT", "SPECIAL-USE", "CHILDREN",
                      "LIST-EXTENDED", "LIST-STATUS", "STATUS=SIZE", "ESEARCH", "CONDSTORE",
                      "QRESYNC", "BINARY", f"APPENDLIMIT={self.settings.append_limit}",
-                     "UTF8=ACCEPT", "SORT", "SORT=DISPLAY",  # RFC 5256, RFC 5957
+                     "UTF8=ACCEPT", "SORT", "SORT=DISPLAY", "ESORT",  # RFC 5256, 5957, 5267
                      "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES"]  # RFC 5256
             if hasattr(self.store, "get_usage"):
                 caps += ["QUOTA", "QUOTA=RES-STORAGE"]  # RFC 9208

@@ -36,6 +36,8 @@ async def do_sort(s: IMAPSession, cmd: Command) -> Reply:
     if args.charset not in CHARSETS:
         # RFC 5256 §3: an unsupported charset is a NO with BADCHARSET.
         return no("Unsupported charset", "BADCHARSET (US-ASCII UTF-8)")
+    if args.return_opts is not None and "SAVE" in args.return_opts:
+        return no("SEARCHRES is not supported", "CANNOT")
     is_uid = cmd.name == "UID SORT"
     now = datetime.fromtimestamp(s.clock.seconds(), UTC)
     items: list[SortData] = []
@@ -66,6 +68,44 @@ async def do_sort(s: IMAPSession, cmd: Command) -> Reply:
     ordered: list[SortData] = []
     for _ in sort_steps(items, args.criteria, ordered):
         await s.breathe()
-    # RFC 5256 §4: "SORT" *(SP nz-number); UID SORT answers UIDs (§3).
-    s.untagged(b"SORT" + b"".join(b" %d" % (d.uid if is_uid else d.seq) for d in ordered))
+    numbers = [d.uid if is_uid else d.seq for d in ordered]
+    if args.return_opts is None:
+        # RFC 5256 §4: "SORT" *(SP nz-number); UID SORT answers UIDs (§3).
+        s.untagged(b"SORT" + b"".join(b" %d" % n for n in numbers))
+    else:
+        s.untagged(esort_response(cmd.tag, is_uid, args.return_opts, numbers))
     return ok(f"{cmd.name} completed")
+
+
+def sorted_set(numbers: list[int]) -> bytes:
+    """RFC 5267 §3.1 ALL: a sequence set in sort order; only ascending runs of
+    consecutive numbers are written as ranges ("4:6" only for 4, 5, 6 in that order)."""
+    out: list[str] = []
+    i = 0
+    while i < len(numbers):
+        j = i
+        while j + 1 < len(numbers) and numbers[j + 1] == numbers[j] + 1:
+            j += 1
+        out.append(str(numbers[i]) if i == j else f"{numbers[i]}:{numbers[j]}")
+        i = j + 1
+    return ",".join(out).encode("ascii")
+
+
+def esort_response(tag: str, is_uid: bool, opts: tuple[str, ...], numbers: list[int]) -> bytes:
+    """The ESEARCH answer of an ESORT (RFC 5267 §3.1): MIN and MAX are the first and
+    last messages in sort order, ALL the numbers in sort order; RETURN () means ALL."""
+    opts = opts or ("ALL",)
+    quoted = tag.replace("\\", "\\\\").replace('"', '\\"')
+    line = f'ESEARCH (TAG "{quoted}")'.encode()
+    if is_uid:
+        line += b" UID"
+    if numbers:
+        if "MIN" in opts:
+            line += b" MIN %d" % numbers[0]
+        if "MAX" in opts:
+            line += b" MAX %d" % numbers[-1]
+        if "ALL" in opts:
+            line += b" ALL " + sorted_set(numbers)
+    if "COUNT" in opts:
+        line += b" COUNT %d" % len(numbers)
+    return line

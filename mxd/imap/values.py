@@ -206,6 +206,7 @@ class SortArgs:
     criteria: tuple[tuple[str, bool], ...]
     charset: str
     key: SearchKey
+    return_opts: tuple[str, ...] | None = None  # RFC 5267 ESORT; None: plain SORT
 
 
 @attrs.frozen

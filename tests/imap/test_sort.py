@@ -243,3 +243,24 @@ def test_sort_capabilities_and_unselect_rfc3691() -> None:
     assert c.cmd("A341 UNSELECT") == b"A341 OK UNSELECT completed\r\n"
     assert c.cmd("c SORT (ARRIVAL) UTF-8 ALL").startswith(b"c BAD")
     assert b"* 5 EXISTS" in c.select()
+
+
+def test_esort_rfc5267_examples_byte_exact() -> None:
+    """RFC 5267 §3.1 ESORT: the RFC's answer forms byte for byte; MIN/MAX are the first
+    and last in sort order and ALL keeps sort order (ranges only for ascending runs)."""
+    c = _session()
+    assert c.cmd("A282 SORT RETURN (MIN COUNT) (DATE) UTF-8 2:4") == (
+        b'* ESEARCH (TAG "A282") MIN 2 COUNT 3\r\nA282 OK SORT completed\r\n')
+    assert c.cmd("A283 SORT RETURN (ALL) (REVERSE DATE) UTF-8 ALL") == (
+        b'* ESEARCH (TAG "A283") ALL 3:5,1:2\r\nA283 OK SORT completed\r\n')
+    assert c.cmd("A284 SORT RETURN (COUNT) (DATE) UTF-8 SUBJECT b") == (
+        b'* ESEARCH (TAG "A284") COUNT 2\r\nA284 OK SORT completed\r\n')
+    assert c.cmd("a UID SORT RETURN (MIN MAX) (SUBJECT) UTF-8 ALL").startswith(
+        b'* ESEARCH (TAG "a") UID MIN 5 MAX 2\r\n')
+    assert c.cmd("b SORT RETURN () (SIZE) UTF-8 ALL").startswith(b'* ESEARCH (TAG "b") ALL 1:5\r\n')
+    assert c.cmd("c SORT RETURN (MIN COUNT) (SIZE) UTF-8 NOT ALL").startswith(
+        b'* ESEARCH (TAG "c") COUNT 0\r\n')
+    assert c.cmd("d SORT RETURN (SAVE) (SIZE) UTF-8 ALL") == (
+        b"d NO [CANNOT] SEARCHRES is not supported\r\n")
+    assert c.cmd("e SORT RETURN (BOGUS) (SIZE) UTF-8 ALL").startswith(b"e BAD")
+    assert b" ESORT" in c.cmd("f CAPABILITY")

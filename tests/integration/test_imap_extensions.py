@@ -1,5 +1,6 @@
-"""IMAP extensions against `twistd mxd` with real clients: imapclient's ``sort()``
-(RFC 5256 SORT, RFC 5957 SORT=DISPLAY) and Python imaplib for UNSELECT (RFC 3691)."""
+"""IMAP extensions against `twistd mxd` with real clients: imapclient's ``sort()`` and
+``thread()`` (RFC 5256 SORT and THREAD, RFC 5957 SORT=DISPLAY) and Python imaplib for
+ESORT (RFC 5267) and UNSELECT (RFC 3691)."""
 
 from __future__ import annotations
 
@@ -69,6 +70,11 @@ def test_imaplib_raw_sort_and_unselect(mxd_server_module: MxdServer) -> None:
     c.select("SortBox2")
     typ, data = c.sort("(REVERSE SUBJECT)", "UTF-8", "ALL")
     assert typ == "OK" and data == [b"1 4 2 3"]  # the tie stays in mailbox order
+    # ESORT (RFC 5267) as a raw command: the ESEARCH answer in sort order.
+    typ, data = c._simple_command("SORT", "RETURN", "(MIN MAX ALL COUNT)", "(REVERSE SIZE)", "UTF-8", "ALL")
+    assert typ == "OK", data
+    typ, data = c._untagged_response(typ, data, "ESEARCH")
+    assert data[-1].decode().endswith(" MIN 3 MAX 4 ALL 3,2,1,4 COUNT 4"), data
     c.store("1:*", "+FLAGS", "\\Deleted")
     typ, data = c.unselect()
     assert typ == "OK", data
