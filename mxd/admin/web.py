@@ -28,28 +28,35 @@ Routes:
 from __future__ import annotations
 
 import html
-import json
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.protocols import policies
 from twisted.web import resource, server
 
-import mxd
 from mxd.admin import auth
+from mxd.admin.pages import QUEUE_OPS, QueuePage, Status
+from mxd.admin.render import (
+    Page,
+    async_render,
+    html_headers,
+    json_body,
+    page,
+    path_parts,
+    query_args,
+)
 from mxd.metrics import PrometheusMetrics
 from mxd.queue.queue import QueueError
 from mxd.queue.views import domain_tls_dict, message_dict
 
 log = Logger(namespace="mxd.admin")
 
-QUEUE_OPS = ("hold", "release", "kick", "drop")
-CSP = b"default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"
 
 
 class AdminContext:
@@ -87,61 +94,6 @@ class AdminContext:
         return auth.bearer_matches(request.getHeader(b"authorization"), self.token)
 
 
-def _async(render: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
-    """Adapt ``async def render(self, request) -> bytes`` to twisted.web."""
-
-    def wrapper(self: Any, request: Any) -> Any:
-        d: Deferred[bytes] = ensureDeferred(render(self, request))
-
-        def done(body: bytes) -> None:
-            if not request._disconnected:
-                request.write(body)
-                request.finish()
-
-        def failed(f: Any) -> None:
-            log.failure("admin request failed", f)
-            if not request._disconnected:
-                request.setResponseCode(500)
-                request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-                request.write(b"internal error\n")
-                request.finish()
-
-        d.addCallbacks(done, failed)
-        return server.NOT_DONE_YET
-
-    return wrapper
-
-
-def _csrf(request: Any) -> str:
-    s = getattr(request, "mxd_session", None)
-    return html.escape(s.csrf) if s is not None else ""
-
-
-def _page(title: str, body: str, request: Any = None) -> bytes:
-    nav = ""
-    if request is not None and getattr(request, "mxd_session", None) is not None:
-        nav = ("<p><a href=/>status</a> · <a href=/queue>queue</a> · "
-               "<form method=post action=/logout style=display:inline>"
-               f"<input type=hidden name=csrf value={_csrf(request)}>"
-               "<button>log out</button></form></p>")
-    return (f"<!doctype html><meta charset=utf-8><title>{html.escape(title)} - mxd</title>"
-            "<style>body{font:14px sans-serif;margin:2em}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}</style>"
-            f"{nav}<h1>{html.escape(title)}</h1>{body}").encode()
-
-
-def _html(request: Any) -> None:
-    request.setHeader(b"content-type", b"text/html; charset=utf-8")
-    request.setHeader(b"content-security-policy", CSP)
-    request.setHeader(b"x-frame-options", b"DENY")
-
-
-def _json(request: Any, data: Any, code: int = 200) -> bytes:
-    request.setResponseCode(code)
-    request.setHeader(b"content-type", b"application/json")
-    return json.dumps(data, indent=1).encode() + b"\n"
-
-
 class _Metrics(resource.Resource):
     isLeaf = True
 
@@ -155,176 +107,141 @@ class _Metrics(resource.Resource):
         return body
 
 
-class _Page(resource.Resource):
-    """A leaf page with the admin context."""
-
-    isLeaf = True
-
-    def __init__(self, ctx: AdminContext) -> None:
-        super().__init__()
-        self.ctx = ctx
-
-
-def _parts(request: Any) -> list[str]:
-    return [p.decode("utf-8", "replace") for p in request.postpath if p]
-
-
-def _args(request: Any, name: bytes) -> list[str]:
-    return [v.decode("utf-8", "replace") for v in request.args.get(name, [])]
-
-
-class _Status(_Page):
-
-    @_async
-    async def render_GET(self, request: Any) -> bytes:
-        _html(request)
-        rows = dict(self.ctx.status())
-        if self.ctx.queue is not None:
-            counts = await self.ctx.queue.counts()
-            rows.update({f"queue {k}": v for k, v in counts.items()})
-        if self.ctx.store is not None:
-            rows["accounts"] = len(await self.ctx.store.list_accounts())
-        table = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
-                        for k, v in rows.items())
-        return _page(f"mxd {mxd.__version__}", f"<table>{table}</table>", request)
-
-
-class _QueuePage(_Page):
-
-    @_async
-    async def render_GET(self, request: Any) -> bytes:
-        _html(request)
-        msgs = await self.ctx.queue.list()
-        rows = []
-        for m in msgs:
-            rcpts = "<br>".join(
-                html.escape(f"{r.address} {r.state}{' held' if r.hold else ''} "
-                            f"attempts={r.attempts}") for r in m.recipients)
-            qid = html.escape(m.queue_id)
-            buttons = "".join(
-                f"<form method=post action=/api/queue/{qid}/{op} style=display:inline>"
-                f"<input type=hidden name=csrf value={_csrf(request)}>"
-                f"<button>{op}</button></form>" for op in QUEUE_OPS)
-            rows.append(f"<tr><td>{qid}</td><td>{html.escape(m.mail_from or '<>')}</td>"
-                        f"<td>{rcpts}</td><td>{'yes' if m.requiretls else ''}</td>"
-                        f"<td>{buttons}</td></tr>")
-        table = ("<table><tr><th>id</th><th>from</th><th>recipients</th><th>REQUIRETLS</th>"
-                 "<th></th></tr>" + "".join(rows) + "</table>")
-        return _page("queue", f"<p>{len(msgs)} message(s)</p>{table}", request)
-
-
-class _QueueAPI(_Page):
+class _QueueAPI(Page):
     """/api/queue[/ID[/OP]]"""
 
 
-    @_async
+    @async_render
     async def render_GET(self, request: Any) -> bytes:
-        parts = _parts(request)
+        parts = path_parts(request)
         if not parts:
-            domain, sender = _args(request, b"domain")[:1], _args(request, b"sender")[:1]
+            domain, sender = query_args(request, b"domain")[:1], query_args(request, b"sender")[:1]
             msgs = await self.ctx.queue.list(domain=domain[0] if domain else None,
                                              sender=sender[0] if sender else None)
-            return _json(request, [message_dict(m) for m in msgs])
+            return json_body(request, [message_dict(m) for m in msgs])
         if len(parts) == 1:
             found = await self.ctx.queue.show(parts[0])
             if found is None:
-                return _json(request, {"error": f"no message {parts[0]}"}, 404)
+                return json_body(request, {"error": f"no message {parts[0]}"}, 404)
             m, attempts = found
-            return _json(request, message_dict(m, attempts))
-        return _json(request, {"error": "not found"}, 404)
+            return json_body(request, message_dict(m, attempts))
+        return json_body(request, {"error": "not found"}, 404)
 
-    @_async
+    @async_render
     async def render_POST(self, request: Any) -> bytes:
-        parts = _parts(request)
+        parts = path_parts(request)
         if parts == ["wake"]:
             self.ctx.queue.wake()
-            return _json(request, {"woken": True})
+            return json_body(request, {"woken": True})
         if len(parts) == 2 and parts[1] == "requiretls":
             return await self._requiretls(request, parts[0])
         if len(parts) == 2 and parts[1] == "transport":
             return await self._transport(request, parts[0])
         if len(parts) != 2 or parts[1] not in QUEUE_OPS:
-            return _json(request, {"error": f"use POST /api/queue/ID/({'|'.join(QUEUE_OPS)})"},
+            return json_body(request, {"error": f"use POST /api/queue/ID/({'|'.join(QUEUE_OPS)})"},
                          404)
         queue_id, op = parts
         n = await getattr(self.ctx.queue, op)(queue_id=queue_id)
         log.info("admin {op} {queue_id}: {n} recipient(s)", op=op, queue_id=queue_id, n=n)
-        if request.args.get(b"csrf"):  # an HTML form: back to the page
-            request.redirect(b"/queue")
-            return b""
-        return _json(request, {"op": op, "queue_id": queue_id, "recipients": n},
+        if _form_post(request):
+            return _back(request, "/queue" if op == "drop" else f"/queue/{queue_id}")
+        return json_body(request, {"op": op, "queue_id": queue_id, "recipients": n},
                      200 if n else 404)
 
     async def _requiretls(self, request: Any, queue_id: str) -> bytes:
-        setting = (_args(request, b"setting") or [""])[0]
+        setting = (query_args(request, b"setting") or [""])[0]
         try:
             found = await self.ctx.queue.set_requiretls(queue_id, setting)
         except QueueError as e:
-            return _json(request, {"error": str(e)}, 400)
+            return _failed(request, str(e), 400)
         if not found:
-            return _json(request, {"error": f"no message {queue_id}"}, 404)
+            return _failed(request, f"no message {queue_id}", 404)
         log.info("admin requiretls {queue_id} {setting}", queue_id=queue_id, setting=setting)
-        return _json(request, {"queue_id": queue_id, "requiretls": setting})
+        if _form_post(request):
+            return _back(request, f"/queue/{queue_id}")
+        return json_body(request, {"queue_id": queue_id, "requiretls": setting})
 
 
     async def _transport(self, request: Any, queue_id: str) -> bytes:
-        name = (_args(request, b"name") or [""])[0]
+        name = (query_args(request, b"name") or [""])[0]
         try:
             n = await self.ctx.queue.set_transport(queue_id, name)
         except QueueError as e:
-            return _json(request, {"error": str(e)}, 400)
+            return _failed(request, str(e), 400)
         if not n:
-            return _json(request, {"error": f"no message {queue_id}"}, 404)
+            return _failed(request, f"no message {queue_id}", 404)
         log.info("admin transport {queue_id} {name}", queue_id=queue_id, name=name)
-        return _json(request, {"queue_id": queue_id, "transport": name, "recipients": n})
+        if _form_post(request):
+            return _back(request, f"/queue/{queue_id}")
+        return json_body(request, {"queue_id": queue_id, "transport": name, "recipients": n})
 
 
-class _TLSAPI(_Page):
+def _form_post(request: Any) -> bool:
+    """A form of the HTML pages (it carries the CSRF token), not an API client."""
+    return bool(request.args.get(b"csrf"))
+
+
+def _back(request: Any, path: str) -> bytes:
+    """After a form's action: back to the page (303, RFC 9110 §15.4.4)."""
+    request.setResponseCode(303)
+    request.setHeader(b"location", urllib.parse.quote(path).encode())
+    return b""
+
+
+def _failed(request: Any, error: str, code: int) -> bytes:
+    if not _form_post(request):
+        return json_body(request, {"error": error}, code)
+    html_headers(request)
+    request.setResponseCode(code)
+    return page("error", f"<p>{html.escape(error)}</p><p><a href=/queue>back</a></p>", request)
+
+
+class _TLSAPI(Page):
     """/api/tls/domains[?domain=D][&account=A] and /api/tls/requiretls-ready"""
 
 
-    @_async
+    @async_render
     async def render_GET(self, request: Any) -> bytes:
-        parts = _parts(request)
-        domains = _args(request, b"domain")
+        parts = path_parts(request)
+        domains = query_args(request, b"domain")
         if parts == ["domains"]:
-            accounts = _args(request, b"account")
+            accounts = query_args(request, b"account")
             rows = await self.ctx.queue.tls_domains(domains[0] if domains else None,
                                                     accounts[0] if accounts else None)
-            return _json(request, [domain_tls_dict(d) for d in rows])
+            return json_body(request, [domain_tls_dict(d) for d in rows])
         if parts == ["requiretls-ready"]:
             if not domains:
-                return _json(request, {"error": "give one or more ?domain="}, 400)
+                return json_body(request, {"error": "give one or more ?domain="}, 400)
             ready = await self.ctx.queue.requiretls_ready(domains)
-            return _json(request, {"domains": ready, "all": all(ready.values())})
-        return _json(request, {"error": "not found"}, 404)
+            return json_body(request, {"domains": ready, "all": all(ready.values())})
+        return json_body(request, {"error": "not found"}, 404)
 
 
-class _DMARCAPI(_Page):
+class _DMARCAPI(Page):
     """/api/dmarc/reports"""
 
-    @_async
+    @async_render
     async def render_GET(self, request: Any) -> bytes:
-        if _parts(request) != ["reports"] or self.ctx.dmarc_reports is None:
-            return _json(request, {"error": "not found"}, 404)
+        if path_parts(request) != ["reports"] or self.ctx.dmarc_reports is None:
+            return json_body(request, {"error": "not found"}, 404)
         reports = await self.ctx.run_blocking(self.ctx.dmarc_reports.reports)
-        return _json(request, reports)
+        return json_body(request, reports)
 
 
-class _TLSRPTAPI(_Page):
+class _TLSRPTAPI(Page):
     """/api/tlsrpt/reports and /api/tlsrpt/reports/ID"""
 
-    @_async
+    @async_render
     async def render_GET(self, request: Any) -> bytes:
-        parts = _parts(request)
+        parts = path_parts(request)
         if self.ctx.tls_reports is None or parts[:1] != ["reports"] or len(parts) > 2:
-            return _json(request, {"error": "not found"}, 404)
+            return json_body(request, {"error": "not found"}, 404)
         if len(parts) == 2:
             report = await self.ctx.run_blocking(lambda: self.ctx.tls_reports.get(parts[1]))
             if report is None:
-                return _json(request, {"error": "not found"}, 404)
-            return _json(request, report)
-        return _json(request, await self.ctx.run_blocking(self.ctx.tls_reports.reports))
+                return json_body(request, {"error": "not found"}, 404)
+            return json_body(request, report)
+        return json_body(request, await self.ctx.run_blocking(self.ctx.tls_reports.reports))
 
 
 class _Error(resource.Resource):
@@ -382,12 +299,12 @@ class _Login(resource.Resource):
         self.ctx = ctx
 
     def render_GET(self, request: Any) -> bytes:
-        _html(request)
-        return _page("log in", _LOGIN_FORM)
+        html_headers(request)
+        return page("log in", _LOGIN_FORM)
 
-    @_async
+    @async_render
     async def render_POST(self, request: Any) -> bytes:
-        _html(request)
+        html_headers(request)
         ip = _client_ip(request)
         limiter = self.ctx.limiter
         if limiter is not None:
@@ -396,7 +313,7 @@ class _Login(resource.Resource):
                 request.setResponseCode(429)
                 request.setHeader(b"retry-after", str(int(verdict.retry_after) + 1).encode())
                 log.warn("admin login from {ip} refused: too many failures", ip=ip)
-                return _page("log in", "<p>Too many failed logins; try again later.</p>")
+                return page("log in", "<p>Too many failed logins; try again later.</p>")
         password = (request.args.get(b"password") or [b""])[0].decode("utf-8", "replace")
         try:
             ok = bool(password) and await self.ctx.run_blocking(
@@ -410,7 +327,7 @@ class _Login(resource.Resource):
                 limiter.failure(ip, auth.ADMIN_ACCOUNT)
             log.info("admin login from {ip} failed", ip=ip)
             request.setResponseCode(403)
-            return _page("log in", "<p>Wrong password.</p>" + _LOGIN_FORM)
+            return page("log in", "<p>Wrong password.</p>" + _LOGIN_FORM)
         if limiter is not None:
             limiter.success(ip, auth.ADMIN_ACCOUNT)
         session = self.ctx.sessions.create()
@@ -421,7 +338,7 @@ class _Login(resource.Resource):
         return b""
 
 
-class _Logout(_Page):
+class _Logout(Page):
 
     def render_POST(self, request: Any) -> bytes:
         session = request.mxd_session
@@ -471,13 +388,13 @@ class _Root(resource.Resource):
 
 def admin_site(ctx: AdminContext) -> server.Site:
     root = _Root(ctx)
-    status_page: Any = _Status(ctx)
+    status_page: Any = Status(ctx)
     root.putChild(b"", status_page)
     root.putChild(b"status", status_page)
     logout: Any = _Logout(ctx)
     root.putChild(b"logout", logout)
     if ctx.queue is not None:
-        queue_page: Any = _QueuePage(ctx)
+        queue_page: Any = QueuePage(ctx)
         root.putChild(b"queue", queue_page)
         api: Any = resource.Resource()
         queue_api: Any = _QueueAPI(ctx)

@@ -71,7 +71,7 @@ class Admin:
 
     def csrf(self, cookie: str) -> str:
         _, _, page = self.request("GET", "/", headers={"Cookie": cookie})
-        return page.decode().split("name=csrf value=", 1)[1].split(">", 1)[0]
+        return page.decode().split('name=csrf value="', 1)[1].split('"', 1)[0]
 
 
 @pytest.fixture

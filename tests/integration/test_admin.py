@@ -134,7 +134,7 @@ def test_login_queue_form_and_logout(mxd_server: MxdServer):
         "SameSite") == "Strict"
     code, page = b.open("/queue")
     assert code == 200 and qid in page
-    token = page.split("name=csrf value=", 1)[1].split(">", 1)[0]
+    token = page.split('name=csrf value="', 1)[1].split('"', 1)[0]
     assert len(token) >= 40
     assert b.open(f"/api/queue/{qid}/release", {"csrf": "0" * 43})[0] == 403
     assert b.open(f"/api/queue/{qid}/release", {})[0] == 403
