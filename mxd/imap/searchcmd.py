@@ -11,6 +11,7 @@ from mxd.imap import response
 from mxd.imap.dispatch import Reply, bad, no, ok
 from mxd.imap.messagecache import read_header_block
 from mxd.imap.search import Candidate, matches, uses_modseq
+from mxd.imap.searchres import to_save
 from mxd.imap.values import Command, SearchArgs
 from mxd.store.interfaces import MessageInfo
 
@@ -24,6 +25,9 @@ async def do_search(s: IMAPSession, cmd: Command) -> Reply:
     args: SearchArgs = cmd.args
     view = s.view
     assert view is not None
+    saving = args.return_opts is not None and "SAVE" in args.return_opts
+    if saving:
+        s.search_result = ()  # RFC 5182 §2.4: a failed SEARCH leaves the result empty
     if args.charset is not None and args.charset not in CHARSETS:
         return no("Unsupported charset", "BADCHARSET (US-ASCII UTF-8)")
     is_uid = cmd.name == "UID SEARCH"
@@ -70,8 +74,12 @@ async def do_search(s: IMAPSession, cmd: Command) -> Reply:
         s.untagged(line)
         return ok(f"{cmd.name} completed")
     opts = args.return_opts or ("ALL",)
-    if "SAVE" in opts:
-        return no("SEARCHRES is not supported", "CANNOT")
+    if saving:
+        saved = to_save(opts, results)
+        s.search_result = tuple(saved if is_uid else (view.uids[q - 1] for q in saved))
+        opts = tuple(o for o in opts if o != "SAVE")
+        if not opts:
+            return ok(f"{cmd.name} completed")  # RFC 5182 §2.4: SAVE alone answers no ESEARCH
     tag = cmd.tag.replace("\\", "\\\\").replace('"', '\\"')
     line = f'ESEARCH (TAG "{tag}")'.encode()
     if is_uid:

@@ -42,6 +42,7 @@ from twisted.python.failure import Failure as TwFailure
 from zope.interface import implementer
 
 from mxd.clientnet import network_key
+from mxd.imap import searchres
 from mxd.imap.commands import COMMANDS, SYSTEM_FLAGS
 from mxd.imap.dispatch import (
     CommandDetached,
@@ -124,6 +125,7 @@ class IMAPSession(Protocol):
     """One IMAP connection."""
 
     factory: IMAPFactory
+    search_result: tuple[int, ...] = ()  # RFC 5182: UIDs of the saved search result
 
     def __init__(self, factory: IMAPFactory) -> None:
         self.factory = factory
@@ -291,7 +293,7 @@ class IMAPSession(Protocol):
             caps += ["NAMESPACE", "UIDPLUS", "MOVE", "UNSELECT", "SPECIAL-USE", "CHILDREN",
                      "LIST-EXTENDED", "LIST-STATUS", "STATUS=SIZE", "ESEARCH", "CONDSTORE",
                      "QRESYNC", "BINARY", f"APPENDLIMIT={self.settings.append_limit}",
-                     "UTF8=ACCEPT", "SORT", "SORT=DISPLAY", "ESORT",  # RFC 5256, 5957, 5267
+                     "UTF8=ACCEPT", "SORT", "SORT=DISPLAY", "ESORT", "SEARCHRES",  # RFC 5256, 5957, 5267, 5182
                      "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES"]  # RFC 5256
             if hasattr(self.store, "get_usage"):
                 caps += ["QUOTA", "QUOTA=RES-STORAGE"]  # RFC 9208
@@ -648,6 +650,8 @@ class IMAPSession(Protocol):
                    done: Deferred[None] | None = None) -> None:
         try:
             try:
+                if self.view is not None:
+                    cmd = searchres.substitute(cmd, self.search_result, self.view.uids)  # RFC 5182 $
                 reply = await spec.handler(self, cmd)
             finally:
                 if prev is not None and not prev.called:
@@ -805,6 +809,7 @@ class IMAPSession(Protocol):
 
     def deselect(self) -> None:
         view, self.view = self.view, None
+        self.search_result = ()  # RFC 5182 §2.1: no saved result in a newly selected mailbox
         if view is not None:
             view.detach()
             self.factory.states.release(view.state)

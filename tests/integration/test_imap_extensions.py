@@ -117,3 +117,22 @@ def test_imapclient_thread(mxd_server_module: MxdServer) -> None:
         assert c.thread("REFERENCES", ["SUBJECT", "plan"]) == ((u1, (u2, u4), (u5,)),)
     finally:
         c.logout()
+
+
+def test_imaplib_searchres(mxd_server_module: MxdServer) -> None:
+    """RFC 5182 with imaplib raw commands: SEARCH RETURN (SAVE), then FETCH $ and
+    UID SEARCH UID $ name the saved messages."""
+    _client(mxd_server_module, "ResBox").logout()
+    ctx = ssl.create_default_context(cafile=str(mxd_server_module.ca_file))
+    c = imaplib.IMAP4_SSL("127.0.0.1", mxd_server_module.ports["imaps"], ssl_context=ctx, timeout=10)
+    c.login(mxd_server_module.user, mxd_server_module.password)
+    assert "SEARCHRES" in c.capabilities or "SEARCHRES" in c.capability()[1][0].decode()
+    c.select("ResBox")
+    typ, data = c._simple_command("SEARCH", "RETURN", "(SAVE)", "SUBJECT", "banana")
+    assert typ == "OK", data
+    assert "ESEARCH" not in c.untagged_responses and "SEARCH" not in c.untagged_responses
+    typ, data = c.fetch("$", "(UID)")
+    assert typ == "OK" and [d.split(b" ")[0] for d in data] == [b"1", b"4"], data
+    typ, data = c.uid("SEARCH", "UID", "$")
+    assert typ == "OK" and len(data[0].split()) == 2, data
+    c.logout()
