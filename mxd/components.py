@@ -590,7 +590,10 @@ def admin_factory(cfg: Config, li: ListenerConfig, comps: dict[str, Any], reacto
         hosts=frozenset([cfg.hostname, *cfg.admin.hosts]), loopback=loopback,
         limiter=limiter, queue=comps.get("queue"), store=comps.get("store"), metrics=prom,
         dmarc_reports=dmarc_report_store(cfg), session_lifetime=cfg.admin.session_lifetime,
-        session_idle=cfg.admin.session_idle, tls_reports=tls_report_store(cfg))
+        session_idle=cfg.admin.session_idle, tls_reports=tls_report_store(cfg),
+        directory=comps.get("directory"),
+        domains=tuple(normalise_domain(d) for d in cfg.domains.names),
+        domain_records=lambda d: admin_domain_records(cfg, d))
     site: Any = bounded_admin_factory(admin_site(ctx), reactor)
     if loopback:
         return cast(IProtocolFactory, site)
@@ -600,6 +603,14 @@ def admin_factory(cfg: Config, li: ListenerConfig, comps: dict[str, Any], reacto
     if creator is None:
         raise ValueError("an admin listener off loopback needs a certificate")
     return cast(IProtocolFactory, TLSMemoryBIOFactory(creator, False, site))
+
+
+def admin_domain_records(cfg: Config, domain: str) -> list[Any]:
+    """The DNS records ``domain`` needs (what ``mxd dns records`` prints); reads key files."""
+    from mxd.dnsrecords import records
+    from mxd.recordsconfig import record_inputs
+
+    return list(records(record_inputs(cfg, domain)))
 
 
 def admin_password_file(cfg: Config) -> Path:

@@ -51,7 +51,9 @@ def csrf_value(request: Any) -> str:
 def page(title: str, body: str, request: Any = None) -> bytes:
     nav = ""
     if request is not None and getattr(request, "mxd_session", None) is not None:
-        nav = ("<nav><a href=/>status</a> · <a href=/queue>queue</a> · "
+        links = getattr(request, "mxd_nav", None) or [("/", "status")]
+        nav = ("<nav>" + " · ".join(f"<a href=\"{html.escape(href)}\">{html.escape(label)}</a>"
+                                    for href, label in links) + " · "
                "<form method=post action=/logout style=display:inline>"
                f"<input type=hidden name=csrf value=\"{csrf_value(request)}\">"
                "<button>log out</button></form></nav>")

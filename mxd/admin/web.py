@@ -10,7 +10,13 @@ Content-Security-Policy and never reflect input unescaped.
 Routes:
   GET  /login, POST /login   the password form; POST /logout ends the session
   GET  /                     status page (listeners, queue counts, accounts)
-  GET  /queue                queued messages with hold/release/kick/drop buttons
+  GET  /queue                queued messages (?domain=, ?sender=); /queue/ID one message with
+                             its attempts and forms for every action below
+  GET  /accounts             accounts; POST /accounts/(add|delete|password|address-add|
+                             address-remove|quota)
+  GET  /domains              each domain's DNS records (mxd dns records)
+  GET  /tls                  TLS support per recipient domain
+  GET  /reports              DMARC and TLS reports received
   GET  /api/queue            JSON list (?domain=, ?sender=)
   GET  /api/queue/ID         JSON message, recipients and attempts
   POST /api/queue/ID/OP      OP in hold, release, kick, drop
@@ -41,6 +47,7 @@ from twisted.protocols import policies
 from twisted.web import resource, server
 
 from mxd.admin import auth
+from mxd.admin.manage import Accounts, Domains, Reports, TLSSupport
 from mxd.admin.pages import QUEUE_OPS, QueuePage, Status
 from mxd.admin.render import (
     Page,
@@ -70,13 +77,17 @@ class AdminContext:
                  metrics: PrometheusMetrics | None = None, dmarc_reports: Any = None,
                  session_lifetime: float = 8 * 3600.0, session_idle: float = 1800.0,
                  run_blocking: Callable[[Callable[[], Any]], Deferred[Any]] | None = None,
-                 tls_reports: Any = None
-                 ) -> None:
+                 tls_reports: Any = None, directory: Any = None,
+                 domains: tuple[str, ...] = (),
+                 domain_records: Callable[[str], list[Any]] | None = None) -> None:
         self.status = status
         self.dmarc_reports = dmarc_reports  # a ReportStore, or None
         self.tls_reports = tls_reports  # a tlsrpt.incoming.TLSReportStore, or None
         self.queue = queue
         self.store = store
+        self.directory = directory  # the account directory (local or LDAP), or None
+        self.domains = domains
+        self.domain_records = domain_records  # domain -> [mxd.dnsrecords.DNSRecord]; blocking
         self.metrics = metrics
         self.password_file = password_file
         self.token = token
@@ -348,12 +359,24 @@ class _Logout(Page):
         return b""
 
 
+NAV_LABELS = {b"status": "status", b"queue": "queue", b"domains": "domains",
+              b"accounts": "accounts", b"tls": "TLS support", b"reports": "reports",
+              b"metrics": "metrics"}
+
+
 class _Root(resource.Resource):
     """Checks ``Host`` and authentication before any page or API call."""
 
     def __init__(self, ctx: AdminContext) -> None:
         super().__init__()
         self.ctx = ctx
+        self.nav: list[tuple[str, str]] = []
+
+    def putChild(self, path: bytes, child: Any) -> None:
+        super().putChild(path, child)
+        label = NAV_LABELS.get(path)
+        if label is not None:
+            self.nav.append(("/" + path.decode(), label))
 
     def getChildWithDefault(self, path: bytes, request: Any) -> Any:
         ctx = self.ctx
@@ -383,6 +406,7 @@ class _Root(resource.Resource):
                          method=request.method.decode("latin-1"))
                 return _Error(403, "missing or wrong CSRF token")
         request.mxd_session = session
+        request.mxd_nav = self.nav
         return super().getChildWithDefault(path, request)
 
 
@@ -406,6 +430,17 @@ def admin_site(ctx: AdminContext) -> server.Site:
         tlsrpt_api: Any = _TLSRPTAPI(ctx)
         api.putChild(b"tlsrpt", tlsrpt_api)
         root.putChild(b"api", api)
+    if ctx.directory is not None and ctx.store is not None:
+        accounts: Any = Accounts(ctx)
+        root.putChild(b"accounts", accounts)
+    if ctx.domain_records is not None:
+        domains: Any = Domains(ctx)
+        root.putChild(b"domains", domains)
+    if ctx.queue is not None:
+        tls_page: Any = TLSSupport(ctx)
+        root.putChild(b"tls", tls_page)
+    reports: Any = Reports(ctx)
+    root.putChild(b"reports", reports)
     if ctx.metrics is not None:
         metrics_page: Any = _Metrics(ctx.metrics)
         root.putChild(b"metrics", metrics_page)

@@ -19,11 +19,6 @@ from mxd.sasl.ratelimit import AuthLimiter
 PASSWORD = "correct horse"
 
 
-@pytest.fixture(scope="module")
-def hashed() -> str:
-    return auth.hash_password(PASSWORD)
-
-
 class Admin:
     def __init__(self, tmp: Path, hashed: str) -> None:
         self.clock = Clock()

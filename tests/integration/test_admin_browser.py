@@ -204,3 +204,91 @@ def test_rebinding_and_cross_site_post_refused(server: MxdServer, chrome: Any, t
     # The real session still works on the real name.
     chrome.get(base + "/queue")
     assert qid in chrome.page_source
+
+
+def test_accounts_domains_tls_and_reports_pages(server: MxdServer, chrome: Any,
+                                                tmp_path: Path):
+    """Accounts: add (with an address), password reset, address add/remove, quota and
+    delete through the forms, each checked with `mxd account list` or over IMAP (login
+    with the new password, GETQUOTAROOT, RFC 9208); domains show the records of `mxd dns
+    records`; the TLS support and reports pages render; names are escaped."""
+    import imaplib
+
+    from selenium.webdriver.common.by import By
+
+    shots = screenshot_dir(tmp_path)
+    base = f"http://127.0.0.1:{server.ports['admin']}"
+    driver = chrome
+    _login(driver, base, ADMIN_PASSWORD)
+
+    def accounts() -> dict[str, list[str]]:
+        r = server.mxd("account", "list")
+        assert r.returncode == 0, r.stderr
+        return {line.split("\t")[0]: line.split("\t")[1].split() if "\t" in line else []
+                for line in r.stdout.splitlines()}
+
+    def fill(fields: dict[str, str], button: str, row: str | None = None) -> None:
+        scope = (driver.find_element(By.XPATH, f"//tr[td[1][text()='{row}']]") if row
+                 else driver)
+        for name, value in fields.items():
+            el = scope.find_element(By.CSS_SELECTOR,
+                                    f"input[name='{name}']:not([type=hidden])")
+            el.clear()
+            el.send_keys(value)
+        old = driver.find_element(By.TAG_NAME, "html")
+        scope.find_element(By.XPATH, f".//button[text()='{button}']").click()
+        from selenium.webdriver.support import expected_conditions
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        WebDriverWait(driver, 20).until(expected_conditions.staleness_of(old))
+
+    driver.get(base + "/accounts")
+    fill({"name": "carol@example.test", "password": "first-pass",
+          "addresses": "carol@example.test"}, "add account")
+    assert accounts()["carol@example.test"] == ["carol@example.test"]
+    fill({"address": "c.one@example.test"}, "add address", row="carol@example.test")
+    assert sorted(accounts()["carol@example.test"]) == ["c.one@example.test",
+                                                         "carol@example.test"]
+    fill({"address": "x@elsewhere.example"}, "add address", row="carol@example.test")
+    assert "not in a configured domain" in driver.page_source
+    driver.get(base + "/accounts")
+    fill({"password": "second-pass"}, "set password", row="carol@example.test")
+    fill({"quota": "5000000"}, "set quota", row="carol@example.test")
+    driver.save_screenshot(str(shots / "admin-accounts.png"))
+    ctx = ssl.create_default_context(cafile=str(server.ca_file))
+    with imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=ctx) as imap:
+        imap.login("carol@example.test", "second-pass")
+        typ, data = imap.getquotaroot("INBOX")
+        assert typ == "OK" and b"STORAGE 0 4882" in b" ".join(
+            x if isinstance(x, bytes) else b"" for d in data for x in d), data
+    old = driver.find_element(By.TAG_NAME, "html")
+    driver.find_element(By.XPATH, "//form[input[@name='address' and @value="
+                        "'c.one@example.test']]/button").click()
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, 20).until(expected_conditions.staleness_of(old))
+    assert accounts()["carol@example.test"] == ["carol@example.test"]
+    fill({"confirm": "wrong"}, "delete", row="carol@example.test")
+    assert "to confirm" in driver.page_source and "carol@example.test" in accounts()
+    driver.get(base + "/accounts")
+    fill({"confirm": "carol@example.test"}, "delete", row="carol@example.test")
+    assert "carol@example.test" not in accounts()
+
+    driver.get(base + "/domains")
+    records = server.mxd("dns", "records", "example.test")
+    assert records.returncode == 0, records.stderr
+    text = driver.find_element(By.TAG_NAME, "body").text
+    checked = 0
+    for line in records.stdout.splitlines():  # zone lines: NAME TTL IN TYPE VALUE
+        fields = line.split(None, 4)
+        if len(fields) == 5 and fields[2] == "IN" and fields[3] in ("MX", "TXT"):
+            assert fields[0].rstrip(".") in text and fields[4].strip('"')[:20] in text, line
+            checked += 1
+    assert checked >= 3, records.stdout
+    driver.save_screenshot(str(shots / "admin-domains.png"))
+    driver.get(base + "/tls")
+    assert driver.find_element(By.TAG_NAME, "h1").text == "TLS support per recipient domain"
+    driver.get(base + "/reports")
+    assert "DMARC aggregate reports received" in driver.page_source
+    assert driver.find_element(By.LINK_TEXT, "accounts")
