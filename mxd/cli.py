@@ -382,44 +382,17 @@ def cmd_dns_check(args: argparse.Namespace) -> int:
 def _wake_server(cfg: Config) -> None:
     """Ask a running server (through its admin listener, with the local token that only
     the mxd user can read) to look at the queue now."""
-    import ipaddress
-    import ssl
-    import urllib.error
-    import urllib.request
+    from mxd.admin.client import AdminUnreachable, local_admin_post
 
-    from mxd.admin.auth import local_token
-    from mxd.components import admin_token_file
-
-    for li in cfg.listeners:
-        if li.protocol != "admin":
-            continue
-        token = local_token(admin_token_file(cfg))
-        if token is None:
-            print("mxd queue: cannot read the admin token (run as the mxd user); the server "
-                  "will see the change at its next wake-up", file=sys.stderr)
-            return
-        ip = ipaddress.ip_address(li.address)
-        if ip.is_unspecified:
-            ip = ipaddress.ip_address("::1" if ip.version == 6 else "127.0.0.1")
-        host = f"[{ip}]" if ip.version == 6 else str(ip)
-        headers = {"Authorization": f"Bearer {token}"}
-        context = None
-        scheme = "http"
-        if not li.address or not ipaddress.ip_address(li.address).is_loopback:
-            # HTTPS to this machine's own address: the certificate names the host name.
-            scheme, headers["Host"] = "https", cfg.hostname
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        req = urllib.request.Request(f"{scheme}://{host}:{li.port}/api/queue/wake", data=b"",
-                                     headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=5, context=context):
-                pass
-        except (OSError, urllib.error.URLError):
-            print("mxd queue: the server did not answer on its admin listener; it will see "
-                  "the change at its next wake-up", file=sys.stderr)
+    if not any(li.protocol == "admin" for li in cfg.listeners):
         return
+    try:
+        status, _ = local_admin_post(cfg, "/api/queue/wake")
+        if status != 200:
+            raise AdminUnreachable(f"the admin listener answered HTTP {status}")
+    except AdminUnreachable as e:
+        print(f"mxd queue: {e}; the server will see the change at its next wake-up",
+              file=sys.stderr)
 
 
 def cmd_admin_password(args: argparse.Namespace) -> int:

@@ -593,7 +593,8 @@ def admin_factory(cfg: Config, li: ListenerConfig, comps: dict[str, Any], reacto
         session_idle=cfg.admin.session_idle, tls_reports=tls_report_store(cfg),
         directory=comps.get("directory"),
         domains=tuple(normalise_domain(d) for d in cfg.domains.names),
-        domain_records=lambda d: admin_domain_records(cfg, d))
+        domain_records=lambda d: admin_domain_records(cfg, d),
+        tls_reporter=comps.get("tls_reporter"))
     site: Any = bounded_admin_factory(admin_site(ctx), reactor)
     if loopback:
         return cast(IProtocolFactory, site)

@@ -28,11 +28,13 @@ Routes:
   GET  /api/tls/requiretls-ready?domain=D&domain=E   REQUIRETLS usable for every domain?
   GET  /api/dmarc/reports    DMARC aggregate reports received (JSON)
   GET  /api/tlsrpt/reports   TLS reports received (JSON; /api/tlsrpt/reports/ID: one)
+  POST /api/tlsrpt/send?day=YYYY-MM-DD   build and send that UTC day's TLS reports now
   GET  /metrics              Prometheus text (when [metrics] is enabled)
 """
 
 from __future__ import annotations
 
+import datetime
 import html
 import urllib.parse
 from collections.abc import Callable
@@ -79,8 +81,10 @@ class AdminContext:
                  run_blocking: Callable[[Callable[[], Any]], Deferred[Any]] | None = None,
                  tls_reports: Any = None, directory: Any = None,
                  domains: tuple[str, ...] = (),
-                 domain_records: Callable[[str], list[Any]] | None = None) -> None:
+                 domain_records: Callable[[str], list[Any]] | None = None,
+                 tls_reporter: Any = None) -> None:
         self.status = status
+        self.tls_reporter = tls_reporter  # a tlsrpt.send.TLSReporter when [tlsrpt] send
         self.dmarc_reports = dmarc_reports  # a ReportStore, or None
         self.tls_reports = tls_reports  # a tlsrpt.incoming.TLSReportStore, or None
         self.queue = queue
@@ -253,6 +257,25 @@ class _TLSRPTAPI(Page):
                 return json_body(request, {"error": "not found"}, 404)
             return json_body(request, report)
         return json_body(request, await self.ctx.run_blocking(self.ctx.tls_reports.reports))
+
+    @async_render
+    async def render_POST(self, request: Any) -> bytes:
+        """POST /api/tlsrpt/send?day=YYYY-MM-DD: the reports of that UTC day, now."""
+        if path_parts(request) != ["send"]:
+            return json_body(request, {"error": "not found"}, 404)
+        if self.ctx.tls_reporter is None:
+            return json_body(request, {"error": "TLS reports are not sent ([tlsrpt] send)"},
+                             409)
+        day = (query_args(request, b"day") or [""])[0]
+        try:
+            start = datetime.datetime.strptime(day, "%Y-%m-%d").replace(
+                tzinfo=datetime.UTC).timestamp()
+        except ValueError:
+            return json_body(request, {"error": "day must be YYYY-MM-DD"}, 400)
+        reports, deliveries = await self.ctx.tls_reporter.report_day(start)
+        log.info("admin: tls reports of {day}: {reports} report(s), {n} delivery(ies)",
+                 day=day, reports=reports, n=deliveries)
+        return json_body(request, {"day": day, "reports": reports, "deliveries": deliveries})
 
 
 class _Error(resource.Resource):

@@ -1,9 +1,12 @@
-"""``mxd tlsrpt list|show``: the SMTP TLS reports (RFC 8460) received."""
+"""``mxd tlsrpt list|show``: the SMTP TLS reports (RFC 8460) received; ``mxd tlsrpt send
+--day``: the running server sends a chosen day's reports now."""
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +29,16 @@ def add_arguments(parser: argparse.ArgumentParser,
     p.add_argument("id", help="the id shown by `mxd tlsrpt list` or the report-id")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(tlsrpt_func=_show)
+    p = sub.add_parser("send", help="have the running server send a day's TLS reports now",
+                       description="The running server builds the reports of the UTC day "
+                       "(RFC 8460 §4.1) from its TLS results and queues or posts them to the "
+                       "rua of each policy domain now, through the admin listener with the "
+                       "local token (run as the mxd user). A finished day is then not sent "
+                       "again by the daily run; today's reports still go out after midnight.")
+    add_config(p)
+    p.add_argument("--day", required=True, type=_day, metavar="YYYY-MM-DD",
+                   help="the UTC day to report")
+    p.set_defaults(tlsrpt_func=_send)
 
 
 def _store(args: argparse.Namespace, config_loader: Callable[[argparse.Namespace], Any]
@@ -74,6 +87,38 @@ def _show(args: argparse.Namespace, config_loader: Callable[[argparse.Namespace]
         for d in p.get("failure_details", []):
             print(f"    {d.get('result_type')} x{d.get('count')} mx={d.get('receiving_mx')} "
                   f"ip={d.get('receiving_ip')} {d.get('reason') or ''}".rstrip())
+    return 0
+
+
+def _day(text: str) -> str:
+    try:
+        datetime.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a day (YYYY-MM-DD): {text!r}") from None
+    if len(text) != 10:
+        raise argparse.ArgumentTypeError(f"not a day (YYYY-MM-DD): {text!r}")
+    return text
+
+
+def _send(args: argparse.Namespace, config_loader: Callable[[argparse.Namespace], Any]) -> int:
+    from mxd.admin.client import AdminUnreachable, local_admin_post
+
+    cfg = config_loader(args)
+    try:
+        status, body = local_admin_post(cfg, f"/api/tlsrpt/send?day={args.day}", timeout=60)
+    except AdminUnreachable as e:
+        print(f"mxd tlsrpt: {e}", file=sys.stderr)
+        return 1
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = {"error": body.decode("utf-8", "replace").strip()}
+    if status != 200:
+        print(f"mxd tlsrpt: the server refused (HTTP {status}): {answer.get('error', '')}",
+              file=sys.stderr)
+        return 1
+    print(f"{answer['day']}: {answer['reports']} report(s), {answer['deliveries']} "
+          "delivery(ies) started")
     return 0
 
 

@@ -254,6 +254,17 @@ class TLSReporter(service.Service):
         day = utc_day_start(now) - DAY
         if self._last_reported() >= day:
             return 0
+        _, started = await self.report_day(day)
+        return started
+
+    async def report_day(self, day_start: float) -> tuple[int, int]:
+        """Build and send the reports of the UTC day starting at ``day_start`` now (the daily
+        run, and ``mxd tlsrpt send --day`` through the admin API); (reports, deliveries
+        started).  A finished day newer than the last one reported is remembered, so the
+        daily run does not send it again; a day still running (today) is not, so its full
+        report still goes out after midnight."""
+        now = self.clock.seconds()
+        day = utc_day_start(day_start)
         attempts = await self.attempts(day, day + DAY)
         reports = daily_reports(attempts, day, organization_name=self.settings.organization_name,
                                 contact_info=self.settings.contact_info,
@@ -262,8 +273,9 @@ class TLSReporter(service.Service):
         started = 0
         for r in reports:
             started += await self._deliver(r, now)
-        self._mark_reported(day)
-        return started
+        if day + DAY <= now and day > self._last_reported():
+            self._mark_reported(day)
+        return len(reports), started
 
     async def _deliver(self, r: PolicyReport, now: float) -> int:
         try:

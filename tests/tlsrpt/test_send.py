@@ -229,3 +229,26 @@ def test_reports_sent_and_failed_are_counted_on_metrics(tmp_path: Path) -> None:
     text = prom.render()[0].decode()
     assert 'mxd_tlsrpt_reports_sent_total{method="mailto"} 1.0' in text
     assert 'mxd_tlsrpt_reports_failed_total{method="https",reason="http_404"} 1.0' in text
+
+
+def test_report_day_sends_a_chosen_day_and_remembers_only_finished_days(tmp_path: Path) -> None:
+    """``report_day`` (``mxd tlsrpt send --day``) reports the day asked for now; a finished
+    day is then not sent again by the daily run, the day still running is."""
+    clock = task.Clock()
+    clock.advance(DAY1 + 7200)  # during DAY1: its report is partial
+    rep, queue = _reporter(tmp_path, clock, lambda u, b: succeed(200))
+    d = Deferred.fromCoroutine(rep.report_day(DAY1 + 5))  # any time of the day names it
+    assert d.result == (1, 2) and len(queue.queued) == 1
+    assert not (tmp_path / "state").exists()
+    clock.advance(MIDNIGHT + 10 - clock.seconds())
+    assert Deferred.fromCoroutine(rep.run_once()).result == 2  # the full day still goes out
+    assert len(queue.queued) == 2
+
+    clock2 = task.Clock()
+    clock2.advance(MIDNIGHT + 3600)
+    rep2, queue2 = _reporter(tmp_path / "y", clock2, lambda u, b: succeed(200))
+    assert Deferred.fromCoroutine(rep2.report_day(DAY1)).result == (1, 2)
+    assert Deferred.fromCoroutine(rep2.run_once()).result == 0  # not twice
+    assert len(queue2.queued) == 1
+    empty = Deferred.fromCoroutine(rep2.report_day(DAY1 - 86400))
+    assert empty.result == (0, 0)  # a day without results: nothing to report
