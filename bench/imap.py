@@ -379,6 +379,24 @@ def fetch_bench(port: int, ca: Path, count: int, pid: int) -> dict[str, float]:
             "bytes": n1}
 
 
+def sort_bench(port: int, ca: Path, pid: int) -> dict[str, float]:
+    """UID SORT (DATE) and UID THREAD REFERENCES over the whole INBOX (RFC 5256): the
+    first run after the server starts (cold) and the best of three more (warm)."""
+    c = Raw(port, ca)
+    login(c)
+    c.cmd("SELECT INBOX")
+    out: dict[str, float] = {}
+    for key, command in (("sort_date", "UID SORT (DATE) UTF-8 ALL"),
+                         ("thread_refs", "UID THREAD REFERENCES UTF-8 ALL")):
+        wall, _, cpu = timed(c, command, pid)
+        out[f"{key}_cold"], out[f"{key}_cold_cpu"] = wall, cpu
+        warm = min(timed(c, command, pid)[::2] for _ in range(3))
+        out[f"{key}_warm"], out[f"{key}_warm_cpu"] = warm
+    c.cmd("LOGOUT")
+    c.close()
+    return out
+
+
 def idle_memory(pid: int, port: int, ca: Path, k: int) -> tuple[float, float]:
     """KiB per idle authenticated connection: (RSS, PSS)."""
     time.sleep(0.5)
@@ -425,10 +443,16 @@ KEYS = [  # key, label, unit, better
     ("commands_per_s", "mixed: all commands", "/s", "higher"),
     ("cpu_ms_per_command", "mixed: server CPU per command", "ms", "lower"),
 ] + [(f"{c.lower()}_per_s", f"mixed: {c}", "/s", "higher") for c in wl.MIXED_COMMANDS] + [
+    ("sort_date_cold", "UID SORT (DATE) UTF-8 ALL, cold", "s", "lower"),
+    ("sort_date_warm", "UID SORT (DATE) UTF-8 ALL, warm", "s", "lower"),
+    ("sort_date_warm_cpu", "UID SORT (DATE), warm, server CPU", "s", "lower"),
+    ("thread_refs_cold", "UID THREAD REFERENCES UTF-8 ALL, cold", "s", "lower"),
+    ("thread_refs_warm", "UID THREAD REFERENCES UTF-8 ALL, warm", "s", "lower"),
+    ("thread_refs_warm_cpu", "UID THREAD REFERENCES, warm, server CPU", "s", "lower"),
     ("rss", "RSS per idle connection", "KiB", "lower"),
     ("pss", "PSS per idle connection", "KiB", "lower"),
 ]
-SECTIONS = ("fetch", "select", "mbsync", "append", "mixed", "idle")
+SECTIONS = ("fetch", "sort", "select", "mbsync", "append", "mixed", "idle")
 
 
 def run_round(server: MxdServer | DovecotServer, proc: subprocess.Popen[bytes], rnd: int,
@@ -443,6 +467,13 @@ def run_round(server: MxdServer | DovecotServer, proc: subprocess.Popen[bytes], 
               f"(server CPU {f['envelope_cold_cpu']:.2f}s), warm {f['envelope_warm']:.3f}s "
               f"(CPU {f['envelope_warm_cpu']:.2f}s) ({f['bytes'] / 1e6:.1f} MB); "
               f"FETCH 1:500 BODY.PEEK[] {f['bodies_500']:.3f}s (CPU {f['bodies_500_cpu']:.2f}s)")
+    if "sort" in sections:
+        f = sort_bench(port, ca, pid)
+        r.update(f)
+        print(f"  {name}: UID SORT (DATE) cold {f['sort_date_cold']:.3f}s warm "
+              f"{f['sort_date_warm']:.3f}s (CPU {f['sort_date_warm_cpu']:.2f}s); UID THREAD "
+              f"REFERENCES cold {f['thread_refs_cold']:.3f}s warm {f['thread_refs_warm']:.3f}s "
+              f"(CPU {f['thread_refs_warm_cpu']:.2f}s)")
     if "select" in sections and args.select_connections:
         f, socks = wl.select_idle(pid, port, ca, USER, PASSWORD, args.select_connections)
         for sk in socks:
