@@ -164,6 +164,12 @@ def _display_key(a: Address | None) -> str:
 def sent_date(h: Message, internal: datetime) -> float:
     """RFC 5256 §2.2: the Date header in UTC; the internal date when it is missing or
     cannot be parsed."""
+    d = header_date(h)
+    return internal.timestamp() if d is None else d
+
+
+def header_date(h: Message) -> float | None:
+    """The Date header in UTC POSIX seconds, or None when missing or unparseable."""
     for v in raw_all(h, "Date"):
         try:
             dt = email.utils.parsedate_to_datetime(unfold(v).strip())
@@ -178,7 +184,7 @@ def sent_date(h: Message, internal: datetime) -> float:
         except (OverflowError, ValueError, OSError):
             break
         break
-    return internal.timestamp()
+    return None
 
 
 def sort_data(seq: int, uid: int, internal: datetime, size: int, h: Message) -> SortData:

@@ -4,21 +4,52 @@ runs in chunks, so a big mailbox never holds the reactor."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from datetime import UTC, datetime
 from email.message import Message
 from typing import TYPE_CHECKING
+from weakref import WeakKeyDictionary
+
+import attrs
 
 from mxd.imap import message as mimemsg
 from mxd.imap.dispatch import Reply, bad, no, ok
 from mxd.imap.messagecache import read_header_block
 from mxd.imap.search import Candidate, matches
 from mxd.imap.searchcmd import CHARSETS
-from mxd.imap.sort import SortData, sort_data, sort_steps
+from mxd.imap.sort import SortData, header_date, sort_data, sort_steps
+from mxd.imap.thread import ThreadData, thread_data
 from mxd.imap.values import Command, SortArgs
 from mxd.store.interfaces import MessageInfo
 
 if TYPE_CHECKING:
     from mxd.imap.server import IMAPSession
+
+
+# What SORT and THREAD derive from a header block, per blob (blobs are immutable, so
+# entries never go stale): the Date header (None: use the internal date) and the
+# header parts of SortData and ThreadData.  Shared by the sessions of a factory and
+# bounded in entries (about 1-2 KiB each).
+HeaderKeys = tuple[float | None, SortData, ThreadData]
+MAX_CACHED = 20_000
+_EPOCH = datetime.fromtimestamp(0, UTC)
+_caches: WeakKeyDictionary[object, OrderedDict[str, HeaderKeys]] = WeakKeyDictionary()
+
+
+def header_keys(s: IMAPSession, m: MessageInfo) -> HeaderKeys:
+    cache = _caches.get(s.factory)
+    if cache is None:
+        cache = _caches[s.factory] = OrderedDict()
+    v = cache.get(m.blob_id)
+    if v is not None:
+        cache.move_to_end(m.blob_id)
+        return v
+    h = read_headers(s, m)
+    v = (header_date(h), sort_data(0, 0, _EPOCH, 0, h), thread_data(0, 0, 0.0, h))
+    cache[m.blob_id] = v
+    if len(cache) > MAX_CACHED:
+        cache.popitem(last=False)
+    return v
 
 
 def read_headers(s: IMAPSession, m: MessageInfo) -> Message:
@@ -62,7 +93,10 @@ async def do_sort(s: IMAPSession, cmd: Command) -> Reply:
 
             c = Candidate(seq, m, exists, max_uid, header, full, now, uid in recent)
             if matches(args.key, c):
-                items.append(sort_data(seq, uid, m.internal_date, m.size, header()))
+                date, d, _ = header_keys(s, m)
+                arrival = m.internal_date.timestamp()
+                items.append(attrs.evolve(d, seq=seq, uid=uid, arrival=arrival, size=m.size,
+                                          sent=arrival if date is None else date))
     except ValueError as e:
         return bad(str(e))
     ordered: list[SortData] = []

@@ -8,13 +8,14 @@ from datetime import UTC, datetime
 from email.message import Message
 from typing import TYPE_CHECKING
 
+import attrs
+
 from mxd.imap import message as mimemsg
 from mxd.imap.dispatch import Reply, bad, no, ok
 from mxd.imap.search import Candidate, matches
 from mxd.imap.searchcmd import CHARSETS
-from mxd.imap.sort import sent_date
-from mxd.imap.sortcmd import read_headers
-from mxd.imap.thread import Node, ThreadData, ordered_subject, references, render, thread_data
+from mxd.imap.sortcmd import header_keys, read_headers
+from mxd.imap.thread import Node, ThreadData, ordered_subject, references, render
 from mxd.imap.values import Command, ThreadArgs
 from mxd.store.interfaces import MessageInfo
 
@@ -51,8 +52,9 @@ async def do_thread(s: IMAPSession, cmd: Command) -> Reply:
 
             c = Candidate(seq, m, exists, max_uid, header, full, now, uid in recent)
             if matches(args.key, c):
-                h = header()
-                items.append(thread_data(seq, uid, sent_date(h, m.internal_date), h))
+                date, _, d = header_keys(s, m)
+                sent = m.internal_date.timestamp() if date is None else date
+                items.append(attrs.evolve(d, seq=seq, uid=uid, sent=sent))
     except ValueError as e:
         return bad(str(e))
     roots: list[Node] = []

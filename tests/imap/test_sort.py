@@ -264,3 +264,27 @@ def test_esort_rfc5267_examples_byte_exact() -> None:
         b"d NO [CANNOT] SEARCHRES is not supported\r\n")
     assert c.cmd("e SORT RETURN (BOGUS) (SIZE) UTF-8 ALL").startswith(b"e BAD")
     assert b" ESORT" in c.cmd("f CAPABILITY")
+
+
+def test_header_keys_cached_per_blob_and_internal_date_per_message() -> None:
+    """A second SORT or THREAD reads no message file (header keys are kept per blob),
+    yet a message without a Date header still sorts by its own internal date."""
+    store, acc = make_store()
+    store.put(acc, "INBOX", b"Subject: x\r\n\r\nbody", when=datetime(2024, 1, 5, tzinfo=UTC))
+    store.put(acc, "INBOX", b"Subject: x\r\n\r\nbody", when=datetime(2024, 1, 3, tzinfo=UTC))
+    store.put(acc, "INBOX", b"Subject: y\r\n\r\nother", when=datetime(2024, 1, 4, tzinfo=UTC))
+    c = Conn(store)
+    c.login()
+    c.select()
+    assert c.cmd("a SORT (DATE) UTF-8 ALL").startswith(b"* SORT 2 3 1\r\n")
+    opened: list[str] = []
+    real = store.open_blob
+
+    def counting(blob_id: str) -> object:
+        opened.append(blob_id)
+        return real(blob_id)
+
+    store.open_blob = counting  # type: ignore[method-assign]
+    assert c.cmd("b SORT (REVERSE DATE) UTF-8 ALL").startswith(b"* SORT 1 3 2\r\n")
+    assert c.cmd("c THREAD ORDEREDSUBJECT UTF-8 ALL").startswith(b"* THREAD (2 1)(3)\r\n")
+    assert opened == []
