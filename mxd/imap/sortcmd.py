@@ -68,7 +68,7 @@ async def do_sort(s: IMAPSession, cmd: Command) -> Reply:
         # RFC 5256 §3: an unsupported charset is a NO with BADCHARSET.
         return no("Unsupported charset", "BADCHARSET (US-ASCII UTF-8)")
     if args.return_opts is not None and "SAVE" in args.return_opts:
-        return no("SEARCHRES is not supported", "CANNOT")
+        return no("SORT RETURN (SAVE) is not supported; use SEARCH RETURN (SAVE)", "CANNOT")
     is_uid = cmd.name == "UID SORT"
     now = datetime.fromtimestamp(s.clock.seconds(), UTC)
     items: list[SortData] = []

@@ -261,7 +261,7 @@ def test_esort_rfc5267_examples_byte_exact() -> None:
     assert c.cmd("c SORT RETURN (MIN COUNT) (SIZE) UTF-8 NOT ALL").startswith(
         b'* ESEARCH (TAG "c") COUNT 0\r\n')
     assert c.cmd("d SORT RETURN (SAVE) (SIZE) UTF-8 ALL") == (
-        b"d NO [CANNOT] SEARCHRES is not supported\r\n")
+        b"d NO [CANNOT] SORT RETURN (SAVE) is not supported; use SEARCH RETURN (SAVE)\r\n")
     assert c.cmd("e SORT RETURN (BOGUS) (SIZE) UTF-8 ALL").startswith(b"e BAD")
     assert b" ESORT" in c.cmd("f CAPABILITY")
 
