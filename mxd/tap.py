@@ -135,6 +135,8 @@ def build_service(cfg: Config, reactor: Any | None = None) -> MxdService:
     top.components.update(comps)
     for i, li in enumerate(cfg.listeners):
         name = f"{li.protocol}:{li.port}" if li.port else f"{li.protocol}#{i}"
+        if name in top.listeners:  # the same port on another address (one per MX name)
+            name = f"{li.protocol}:{li.address}:{li.port}"
         factory = components.listener_factory(cfg, li, comps, reactor, metrics,
                                               tls_settings_for(cfg, li), top, prom)
         listener = TCPListener(reactor, name, li.address, li.port, factory)
