@@ -6,6 +6,7 @@ account/queue commands build the very same objects as ``twistd mxd``.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import os
 from pathlib import Path
@@ -490,7 +491,7 @@ def make_dmarc_reporter(cfg: Config, comps: dict[str, Any], reactor: Any, parent
 def make_tls_reporter(cfg: Config, comps: dict[str, Any], reactor: Any, metrics: IMetrics,
                       parent: Any) -> Any:
     """The daily SMTP TLS report sender (RFC 8460), reading the queue's attempts log."""
-    from mxd.tlsrpt.send import SenderSettings, TLSReporter, https_poster
+    from mxd.tlsrpt.send import SIGNED_HEADERS, SenderSettings, TLSReporter, https_poster
 
     ring = dkim_keyring(cfg, comps)
     host = normalise_domain(cfg.hostname)
@@ -500,7 +501,8 @@ def make_tls_reporter(cfg: Config, comps: dict[str, Any], reactor: Any, metrics:
         SenderSettings(organization_name=cfg.tlsrpt.organization or host, submitter=host,
                        from_addr=from_addr, contact_info=cfg.tlsrpt.contact or from_addr,
                        send_success=cfg.tlsrpt.send_success),
-        sign=ring.sign if ring is not None else None, post=https_poster(reactor),
+        sign=(functools.partial(ring.sign, extra_headers=SIGNED_HEADERS)
+              if ring is not None else None), post=https_poster(reactor),
         state=cfg.data_dir / "tlsrpt" / "last-reported-day", metrics=metrics)
     reporter.setServiceParent(parent)
     comps["tls_reporter"] = reporter

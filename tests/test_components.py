@@ -99,3 +99,44 @@ def test_stop_during_start_up_is_a_clean_stop() -> None:
         assert reactor.stopped and reactor.triggers == [("after", "shutdown")]
     finally:
         globalLogPublisher.removeObserver(events.append)
+
+
+def test_tls_reporter_signs_the_report_fields(tmp_path: Path, tls_files: dict[str, Path]) -> None:
+    """The composed TLS reporter's DKIM signer covers TLS-Report-Domain and
+    TLS-Report-Submitter (RFC 8460 §5.3), not just the default header set."""
+    from twisted.application.service import MultiService
+    from twisted.internet.task import Clock
+
+    from mxd.components import make_tls_reporter
+    from mxd.dns.testing import FakeResolver
+    from mxd.metrics import NoopMetrics
+    from mxd.msgauth.dkimkeys import generate_key
+    from mxd.msgauth.signing import KeyRing
+
+    cfg = parse_config(f'''hostname = "mx.example.test"
+data_dir = "{tmp_path / "data"}"
+[tls]
+cert = "{tls_files["cert"]}"
+key = "{tls_files["key"]}"
+[domains]
+names = ["example.test"]
+[dkim.selectors]
+"example.test" = ["s1"]
+''', "t.toml")
+    key = generate_key(tmp_path / "keys", "example.test", "s1", "rsa")
+
+    class _Queue:
+        class store:
+            @staticmethod
+            def tls_attempts_between(start: float, end: float) -> object:
+                raise AssertionError("not called")
+
+    comps = {"queue": _Queue(), "resolver": FakeResolver(),
+             "dkim_keyring": KeyRing({"example.test": [key]})}
+    reporter = make_tls_reporter(cfg, comps, Clock(), NoopMetrics(), MultiService())
+    message = (b"From: postmaster@example.test\r\nTo: r@b.example\r\nSubject: s\r\n"
+               b"TLS-Report-Domain: b.example\r\nTLS-Report-Submitter: mx.example.test\r\n"
+               b"\r\nbody\r\n")
+    signed = reporter.sign(message, 1_000_000.0)
+    h = signed.split(b"\th=", 1)[1].split(b";", 1)[0].replace(b"\r\n\t", b"").split(b":")
+    assert b"tls-report-domain" in h and b"tls-report-submitter" in h

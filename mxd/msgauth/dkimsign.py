@@ -29,9 +29,11 @@ OVERSIGNED = frozenset({"from", "reply-to", "subject", "date", "to", "cc", "mess
                         "content-transfer-encoding"})
 
 
-def header_list(fields: list[Field]) -> tuple[str, ...]:
+def header_list(fields: list[Field], extra: tuple[str, ...] = ()) -> tuple[str, ...]:
     """h= for these fields: each present name as often as it occurs, plus once more for
-    the oversigned ones; From always (RFC 6376 §5.4)."""
+    the oversigned ones; From always (RFC 6376 §5.4).  ``extra``: more field names the
+    caller's standard asks to sign (e.g. RFC 8460 §5.3's TLS-Report-Domain), signed as
+    often as they occur."""
     counts: dict[str, int] = {}
     for f in fields:
         counts[f.lname] = counts.get(f.lname, 0) + 1
@@ -41,6 +43,9 @@ def header_list(fields: list[Field]) -> tuple[str, ...]:
         if name in OVERSIGNED:
             n += 1
         out.extend([name] * n)
+    for name in dict.fromkeys(e.lower() for e in extra):
+        if name not in SIGNED:
+            out.extend([name] * counts.get(name, 0))
     return tuple(out)
 
 
@@ -48,10 +53,11 @@ def _fold_b64(value: str, width: int = 72) -> str:
     return "\r\n\t ".join(value[i:i + width] for i in range(0, len(value), width))
 
 
-def sign_fields(keys: list[DKIMKey], fields: list[Field], digest: bytes, now: int) -> list[str]:
+def sign_fields(keys: list[DKIMKey], fields: list[Field], digest: bytes, now: int,
+                extra: tuple[str, ...] = ()) -> list[str]:
     """The DKIM-Signature fields (without CRLF) for a header section whose relaxed body
-    hash (SHA-256) is ``digest``."""
-    h = header_list(fields)
+    hash (SHA-256) is ``digest``; ``extra``: see ``header_list``."""
+    h = header_list(fields, extra)
     bh = base64.b64encode(digest).decode("ascii")
     out: list[str] = []
     for key in keys:
@@ -80,16 +86,19 @@ class Signer:
     def feed(self, data: bytes) -> None:
         self._hasher.feed(data)
 
-    def finish(self, header_section: bytes, now: int) -> list[str]:
-        return sign_fields(self.keys, split_fields(header_section), self._hasher.digest(), now)
+    def finish(self, header_section: bytes, now: int, extra: tuple[str, ...] = ()
+               ) -> list[str]:
+        return sign_fields(self.keys, split_fields(header_section), self._hasher.digest(), now,
+                           extra)
 
 
-def sign_message(keys: list[DKIMKey], message: bytes, now: int) -> bytes:
+def sign_message(keys: list[DKIMKey], message: bytes, now: int,
+                 extra: tuple[str, ...] = ()) -> bytes:
     """The message with DKIM-Signature fields on top (for messages held in memory, such
-    as DSNs and reports)."""
+    as DSNs and reports); ``extra``: more fields to sign when present."""
     idx = message.find(b"\r\n\r\n")
     header, body = (message[: idx + 2], message[idx + 4:]) if idx >= 0 else (message, b"")
     signer = Signer(keys)
     signer.feed(body)
-    fields = signer.finish(header, now)
+    fields = signer.finish(header, now, extra)
     return b"".join(f.encode("ascii") + b"\r\n" for f in fields) + message

@@ -36,12 +36,13 @@ class KeyRing:
             d = d.partition(".")[2]
         return []
 
-    def sign(self, message: bytes, now: float) -> bytes:
-        """Sign a whole message held in memory (DSNs, reports) by its From domain."""
+    def sign(self, message: bytes, now: float, extra_headers: tuple[str, ...] = ()) -> bytes:
+        """Sign a whole message held in memory (DSNs, reports) by its From domain;
+        ``extra_headers``: more fields to sign when present (see dkimsign.header_list)."""
         idx = message.find(b"\r\n\r\n")
         domains = from_domains(split_fields(message[: idx + 2] if idx >= 0 else message))
         keys = self.for_domain(domains[0]) if domains else []
-        return sign_message(keys, message, int(now)) if keys else message
+        return sign_message(keys, message, int(now), extra_headers) if keys else message
 
 
 class SubmissionSigner:

@@ -116,6 +116,12 @@ def report_mail(r: PolicyReport, *, from_addr: str, to_addr: str, submitter: str
     return m.as_bytes()
 
 
+# RFC 8460 §5.3: "the report SHOULD be DKIM signed ... The DKIM signature SHOULD cover
+# the TLS-Report-Domain and TLS-Report-Submitter header fields" (our signer's default set
+# does not contain them).
+SIGNED_HEADERS = ("tls-report-domain", "tls-report-submitter")
+
+
 # RFC 8460 §5.4 leaves retries to the sender; these fit in the day before the next run.
 HTTPS_RETRIES: tuple[float, ...] = (60.0, 300.0, 1800.0, 3600.0, 4 * 3600.0)
 

@@ -252,3 +252,45 @@ def test_report_day_sends_a_chosen_day_and_remembers_only_finished_days(tmp_path
     assert len(queue2.queued) == 1
     empty = Deferred.fromCoroutine(rep2.report_day(DAY1 - 86400))
     assert empty.result == (0, 0)  # a day without results: nothing to report
+
+
+def test_report_mail_dkim_signature_covers_the_report_fields(tmp_path: Path) -> None:
+    """RFC 8460 §5.3: the DKIM signature of a report mail covers TLS-Report-Domain and
+    TLS-Report-Submitter (checked with dkimpy's verifier, which also fails once either is
+    changed); the signer's default header set, used by everything else, does not list them."""
+    import dkim as dkimpy
+
+    from mxd.msgauth.dkimkeys import generate_key
+    from mxd.msgauth.signing import KeyRing
+    from mxd.tlsrpt.send import SIGNED_HEADERS
+
+    key = generate_key(tmp_path / "dkim", "a.example", "s1", "rsa")
+    ring = KeyRing({"a.example": [key]})
+    clock = task.Clock()
+    clock.advance(MIDNIGHT + 10)
+    rep, queue = _reporter(tmp_path, clock, None)
+    rep.sign = lambda m, now: ring.sign(m, now, extra_headers=SIGNED_HEADERS)
+    Deferred.fromCoroutine(rep.run_once())
+    [(data, _)] = queue.queued
+
+    def dns(name: bytes, timeout: int = 5) -> bytes:
+        return key.txt.encode()
+
+    assert dkimpy.verify(data, dnsfunc=dns)
+    msg = email.message_from_bytes(data, policy=email.policy.default)
+    tags = dict(t.strip().split("=", 1) for t in
+                "".join(str(msg["DKIM-Signature"]).split()).split(";") if "=" in t)
+    signed = tags["h"].lower().split(":")
+    assert "tls-report-domain" in signed and "tls-report-submitter" in signed
+    for field, value in ((b"TLS-Report-Domain: mx2.b.example", b"TLS-Report-Domain: evil.example"),
+                         (b"TLS-Report-Submitter: mx.a.example",
+                          b"TLS-Report-Submitter: evil.example")):
+        assert field in data
+        assert not dkimpy.verify(data.replace(field, value), dnsfunc=dns)
+
+    from mxd.msgauth.dkimsign import header_list
+    from mxd.msgauth.headers import split_fields
+
+    header = data.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+    default = header_list(split_fields(header))
+    assert "from" in default and not set(SIGNED_HEADERS) & set(default)
