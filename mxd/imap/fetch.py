@@ -20,7 +20,7 @@ from mxd.imap import response
 from mxd.imap.dispatch import Reply, bad, no, ok
 from mxd.imap.envelope import render_envelope
 from mxd.imap.errors import BadSequence
-from mxd.imap.messagecache import read_header_block
+from mxd.imap.messagecache import read_header, read_header_block
 from mxd.imap.qresync import vanished
 from mxd.imap.values import Command, FetchArgs, FetchAtt, SeqSet
 from mxd.imap.view import MailboxView
@@ -76,7 +76,13 @@ class _Loader:
 
     def header(self) -> bytes:
         if self._header is None:
-            self._header = read_header_block(self.file())
+            if self._f is None:
+                # Only the header is needed so far (ENVELOPE, the header section): a
+                # small read without a file object.
+                store, blob_id = self.s.store, self.m.blob_id
+                self._header = read_header(lambda n: store.read_blob_head(blob_id, n))
+            else:
+                self._header = read_header_block(self.file())
         return self._header
 
     def parsed(self) -> mimemsg.ParsedMessage:

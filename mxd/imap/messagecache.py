@@ -8,6 +8,7 @@ cache is shared by all sessions of a factory and bounded in bytes.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import BinaryIO
 
 from mxd.imap.message import ParsedMessage, header_end
@@ -55,6 +56,24 @@ def read_header_block(f: BinaryIO) -> bytes:
         if end < len(data) or data.endswith(b"\n\n") or data.endswith(b"\r\n\r\n"):
             return data[:end]
     return data[:header_end(data)]
+
+
+FIRST_HEAD = 8192
+
+
+def read_header(read_head: Callable[[int], bytes]) -> bytes:
+    """The header block of a message (up to and including the blank line, at most
+    MAX_HEADER octets), from ``read_head(n)``, the message's first n octets: one small
+    read for most messages, a larger one for a long header."""
+    n = FIRST_HEAD
+    while True:
+        data = read_head(n)
+        end = header_end(data)
+        if end < len(data) or len(data) < n or n >= MAX_HEADER:
+            return data[:end]
+        if data.endswith(b"\n\n") or data.endswith(b"\r\n\r\n"):
+            return data
+        n = min(n * 16, MAX_HEADER)
 
 
 def parse_file(f: BinaryIO) -> ParsedMessage:

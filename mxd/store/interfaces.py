@@ -257,6 +257,10 @@ class IMailStore(Protocol):
     def open_blob(self, blob_id: str) -> BinaryIO:
         """A readable file for a stored body (synchronous: local files or a cache)."""
 
+    def read_blob_head(self, blob_id: str, length: int) -> bytes:
+        """The first ``length`` octets of a stored body (all of it when shorter), read
+        synchronously without a file object: FETCH ENVELOPE calls this per message."""
+
     # -- delivery ---------------------------------------------------------------------
     def deliver(
         self, blob: BlobWriter, targets: Sequence[Delivery], props: MessageProps,

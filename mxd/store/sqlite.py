@@ -254,6 +254,9 @@ class SQLiteStore:
     def open_blob(self, blob_id: str) -> BinaryIO:
         return self._files.open(blob_id)
 
+    def read_blob_head(self, blob_id: str, length: int) -> bytes:
+        return self._files.read_head(blob_id, length)
+
     def blob_path(self, blob_id: str) -> Path:
         return self._files.path(blob_id)
 

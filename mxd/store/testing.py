@@ -239,6 +239,9 @@ class MemoryStore:
     def open_blob(self, blob_id: str) -> BinaryIO:
         return io.BytesIO(self.bodies[blob_id])
 
+    def read_blob_head(self, blob_id: str, length: int) -> bytes:
+        return self.bodies[blob_id][:length]
+
     def _take(self, blob: Any) -> str:
         if not isinstance(blob, MemoryBlob) or blob.aborted:
             raise StoreError("blob writer does not belong to this store")

@@ -132,6 +132,9 @@ class FakeStore:
     def open_blob(self, blob_id: str) -> BinaryIO:
         return io.BytesIO(self.blobs[blob_id])
 
+    def read_blob_head(self, blob_id: str, length: int) -> bytes:
+        return bytes(self.blobs[blob_id][:length])
+
     def deliver(self, blob: FakeBlob, targets: Sequence[Delivery], props: MessageProps,
                 internal_date: datetime | None = None) -> Deferred[list[int]]:
         out = []

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from mxd.imap.envelope import render_envelope, split_fields
 from mxd.imap.message import HeaderList, envelope
-from mxd.imap.messagecache import read_header_block
+from mxd.imap.messagecache import FIRST_HEAD, MAX_HEADER, read_header, read_header_block
 from mxd.imap.response import render
 
 
@@ -120,3 +120,28 @@ def test_any_bytes_match_general_path(raw: bytes, utf8: bool) -> None:
     """Arbitrary octets as a header give the same ENVELOPE on both paths."""
     block = header_of(raw)
     assert render_envelope(block, utf8) == general(block, utf8)
+
+
+@pytest.mark.parametrize("raw", [
+    *CORPUS,
+    b"",
+    b"\r\n\r\nbody",
+    b"A: b\r\n" * (FIRST_HEAD // 6) + b"\r\nbody",  # the header outgrows the first read
+    b"A: " + b"b" * (FIRST_HEAD - 7) + b"\r\n\r\n" + b"body",  # blank line ends the first read
+    b"A: " + b"b" * (FIRST_HEAD - 6) + b"\r\n\r\n" + b"body",  # blank line split across reads
+    b"A: b\r\n" * 300_000,  # no end within MAX_HEADER
+])
+def test_read_header_matches_read_header_block(raw: bytes) -> None:
+    """FETCH's small-read header (read_header) is the same block read_header_block gives."""
+    # Both stop at MAX_HEADER octets when the header does not end before (in reads of
+    # different sizes).
+    assert read_header(lambda n: raw[:n]) == header_of(raw)[:MAX_HEADER]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([b"A: b\r\n", b"\r\n", b"\n", b"x" * 3000, b"\r", b" c\n"]),
+                max_size=20))
+def test_read_header_property(parts: list[bytes]) -> None:
+    """Any header shape, split anywhere by the reads: the same block."""
+    raw = b"".join(parts)
+    assert read_header(lambda n: raw[:n]) == header_of(raw)

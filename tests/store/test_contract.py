@@ -149,6 +149,21 @@ def test_copy_move_expunge_and_vanished(c: Contract) -> None:
         assert f.read().endswith(b"body\r\n")
 
 
+def test_read_blob_head(c: Contract) -> None:
+    """read_blob_head gives a body's first octets, all of a shorter body, and agrees with
+    open_blob."""
+    a = c.account()
+    inbox = c.box(a)
+    body = b"Subject: head\r\n\r\n" + b"x" * 9000
+    c.run(c.store.append(inbox, c.blob(body), frozenset()))
+    blob_id = c.run(c.store.list_messages(inbox))[0].blob_id
+    assert c.store.read_blob_head(blob_id, 10) == body[:10]
+    assert c.store.read_blob_head(blob_id, 5000) == body[:5000]
+    assert c.store.read_blob_head(blob_id, 1 << 20) == body
+    with c.store.open_blob(blob_id) as f:
+        assert f.read() == body
+
+
 def test_mailbox_names(c: Contract) -> None:
     """CREATE makes superiors; INBOX is case-insensitive and cannot be deleted; a mailbox
     with inferiors cannot be deleted; RENAME moves the inferiors."""
