@@ -20,7 +20,7 @@ from mxd.imap import response
 from mxd.imap.dispatch import Reply, bad, no, ok
 from mxd.imap.envelope import render_envelope
 from mxd.imap.errors import BadSequence
-from mxd.imap.messagecache import read_header, read_header_block
+from mxd.imap.messagecache import FIRST_HEAD, read_header, read_header_block
 from mxd.imap.qresync import vanished
 from mxd.imap.values import Command, FetchArgs, FetchAtt, SeqSet
 from mxd.imap.view import MailboxView
@@ -67,6 +67,7 @@ class _Loader:
         self._f: BinaryIO | None = None
         self._header: bytes | None = None
         self._parsed: mimemsg.ParsedMessage | None = None
+        self._data: bytes | None = None  # the whole message, when small (see whole())
 
     def file(self) -> BinaryIO:
         if self._f is None:
@@ -76,7 +77,11 @@ class _Loader:
 
     def header(self) -> bytes:
         if self._header is None:
-            if self._f is None:
+            data = self.whole() if self._data is not None or self.m.size <= FIRST_HEAD else None
+            if data is not None:
+                # Read already, or no larger than the first header read would be.
+                self._header = read_header(lambda n: data[:n])
+            elif self._f is None:
                 # Only the header is needed so far (ENVELOPE, the header section): a
                 # small read without a file object.
                 store, blob_id = self.s.store, self.m.blob_id
@@ -87,13 +92,17 @@ class _Loader:
 
     def parsed(self) -> mimemsg.ParsedMessage:
         if self._parsed is None:
-            self._parsed = mimemsg.ParsedMessage.parse(self.file().read())
+            data = self.whole()
+            self._parsed = mimemsg.ParsedMessage.parse(data if data is not None else self.file().read())
         return self._parsed
 
     def has_nul(self) -> bool:
         """Does the stored message hold NUL (a binary literal8 APPEND)?  Cached per blob."""
         cache = self.s.cache
         v = cache.get("nul", self.m.blob_id)
+        if v is None and (data := self.whole()) is not None:
+            v = b"1" if b"\0" in data else b"0"
+            cache.put("nul", self.m.blob_id, v)
         if v is None:
             f = self.file()
             found = False
@@ -105,7 +114,19 @@ class _Loader:
             cache.put("nul", self.m.blob_id, v)
         return v == b"1"
 
+    def whole(self) -> bytes | None:
+        """The whole message if it is at most STREAM_THRESHOLD octets (one unbuffered
+        read, kept for the next item), else None.  A full-body FETCH of a small message
+        (a client's download of new mail) then reads the file once, not once for the NUL
+        check and once more for the literal."""
+        if self._data is None and self.m.size <= STREAM_THRESHOLD:
+            self._data = self.s.store.read_blob_head(self.m.blob_id, self.m.size)
+        return self._data
+
     def read(self, offset: int, length: int) -> bytes:
+        data = self.whole()
+        if data is not None:
+            return data[offset:offset + length]
         f = self.file()
         f.seek(offset)
         return f.read(length)

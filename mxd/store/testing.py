@@ -56,6 +56,7 @@ class MemoryBlob:
         self.data = bytearray()
         self.aborted = False
         self.taken = False
+        self.blob_id = ""  # given when the store takes it
 
     def write(self, data: bytes) -> None:
         if self.aborted or self.taken:
@@ -100,6 +101,7 @@ class MemoryStore:
         self._now = now or (lambda: datetime(2024, 2, 1, 12, 0, tzinfo=UTC))
         self._account_ids = itertools.count(1)
         self._mailbox_ids = itertools.count(1)
+        self._blob_ids = itertools.count(1)
         self._uidvalidity = itertools.count(1_700_000_000)
         self.accounts: dict[str, Account] = {}
         self.secrets: dict[str, str] = {}
@@ -246,9 +248,11 @@ class MemoryStore:
         if not isinstance(blob, MemoryBlob) or blob.aborted:
             raise StoreError("blob writer does not belong to this store")
         blob.taken = True
-        blob_id = f"b{id(blob):x}"
-        self.bodies.setdefault(blob_id, bytes(blob.data))
-        return blob_id
+        if not blob.blob_id:
+            # A counter, not id(blob): a collected writer's id is reused by the next one.
+            blob.blob_id = f"b{next(self._blob_ids)}"
+            self.bodies[blob.blob_id] = bytes(blob.data)
+        return blob.blob_id
 
     # -- mailboxes ---------------------------------------------------------------------------
     def _create(self, account_id: int, name: str, use: SpecialUse | None = None) -> _Mailbox:

@@ -81,3 +81,38 @@ def test_missing_file_leaves_no_partial_response() -> None:
     for seq in (1, 3):
         assert b"* %d FETCH (UID %d RFC822 {%d}\r\n%s FLAGS (\\Seen))\r\n" % (seq, seq, len(MSG1), MSG1) in out
     assert out.endswith(b"a NO [SERVERBUG] Some messages could not be read\r\n")
+
+
+def test_small_messages_are_read_once_without_a_file_object() -> None:
+    """ENVELOPE and a full-body FETCH of small messages read each message with one
+    read_blob_head (no open_blob, no second read for the NUL check); the octets sent
+    are the message's, and a message holding NUL is still sent without it."""
+    store, acc = make_store()
+    msgs = [_message(i) for i in range(20)]
+    for m in msgs:
+        store.put(acc, "INBOX", m)
+    store.put(acc, "INBOX", b"Subject: nul\r\nContent-Type: text/plain\r\n\r\na\0b\r\n")
+    reads: list[tuple[str, int]] = []
+    opens: list[str] = []
+    head, open_blob = store.read_blob_head, store.open_blob
+
+    def counting_head(blob_id: str, length: int) -> bytes:
+        reads.append((blob_id, length))
+        return head(blob_id, length)
+
+    def counting_open(blob_id: str):  # type: ignore[no-untyped-def]
+        opens.append(blob_id)
+        return open_blob(blob_id)
+
+    store.read_blob_head = counting_head  # type: ignore[method-assign]
+    store.open_blob = counting_open  # type: ignore[method-assign]
+    c = Conn(store)
+    c.login()
+    c.select()
+    out = c.cmd("a FETCH 1:20 (ENVELOPE BODY.PEEK[])")
+    assert out.endswith(b"a OK FETCH completed\r\n")
+    for raw in msgs:
+        assert b"BODY[] {%d}\r\n" % len(raw) + raw in out
+    assert opens == [] and len(reads) == 20 and len({b for b, _ in reads}) == 20
+    out = c.cmd("b FETCH 21 (BODY.PEEK[])")
+    assert b"\0" not in out and out.endswith(b"b OK FETCH completed\r\n")
