@@ -291,7 +291,8 @@ class MemoryStore:
         return succeed(sorted((self._info(b) for b in self.mailboxes.values()
                                if b.account_id == account_id), key=lambda i: i.name))
 
-    def get_mailbox(self, account_id: int, name: str) -> Deferred[MailboxInfo]:
+    def get_mailbox(self, account_id: int, name: str, counts: bool = True) -> Deferred[MailboxInfo]:
+        # Counting costs nothing here, so ``counts=False`` still fills them in.
         return self._read(lambda: self._info(self._find(account_id, name)))
 
     def get_mailbox_by_id(self, mailbox_id: int) -> Deferred[MailboxInfo]:

@@ -110,6 +110,10 @@ def test_uids_and_modseqs_grow_per_mailbox(c: Contract) -> None:
     assert c.run(c.store.append(sent, c.blob(), frozenset())) == 1
     info = c.run(c.store.get_mailbox(a, "INBOX"))
     assert (info.uidnext, info.exists, info.unseen) == (3, 2, 1)
+    # Without counts, the mailbox's identity and UID/modseq state are the same.
+    lean = c.run(c.store.get_mailbox(a, "INBOX", counts=False))
+    assert (lean.id, lean.uidvalidity, lean.uidnext, lean.highestmodseq) == (
+        info.id, info.uidvalidity, info.uidnext, info.highestmodseq)
     first = info.highestmodseq
     changed, failed = c.run(c.store.store_flags(inbox, [1], frozenset({"\\Flagged"}), "add"))
     assert [m.uid for m in changed] == [1] and failed == []
