@@ -596,7 +596,7 @@ def admin_factory(cfg: Config, li: ListenerConfig, comps: dict[str, Any], reacto
         directory=comps.get("directory"),
         domains=tuple(normalise_domain(d) for d in cfg.domains.names),
         domain_records=lambda d: admin_domain_records(cfg, d),
-        tls_reporter=comps.get("tls_reporter"))
+        tls_reporter=comps.get("tls_reporter"), recent=recent_problems(comps))
     site: Any = bounded_admin_factory(admin_site(ctx), reactor)
     if loopback:
         return cast(IProtocolFactory, site)
@@ -606,6 +606,18 @@ def admin_factory(cfg: Config, li: ListenerConfig, comps: dict[str, Any], reacto
     if creator is None:
         raise ValueError("an admin listener off loopback needs a certificate")
     return cast(IProtocolFactory, TLSMemoryBIOFactory(creator, False, site))
+
+
+def recent_problems(comps: dict[str, Any]) -> Any:
+    """One observer of the global log for the admin overview's recent warnings/errors."""
+    if "recent_problems" not in comps:
+        from twisted.logger import globalLogPublisher
+
+        from mxd.admin.recent import RecentProblems
+
+        comps["recent_problems"] = RecentProblems()
+        globalLogPublisher.addObserver(comps["recent_problems"])
+    return comps["recent_problems"]
 
 
 def admin_domain_records(cfg: Config, domain: str) -> list[Any]:

@@ -4,9 +4,11 @@ actions).  Forms work without JavaScript; every value is escaped."""
 from __future__ import annotations
 
 import html
+import platform
 from typing import Any
 
 import mxd
+import twisted
 from mxd.admin.render import Page, async_render, csrf_value, html_headers, page
 from mxd.queue.views import iso
 
@@ -24,9 +26,17 @@ class Status(Page):
             rows.update({f"queue {k}": v for k, v in counts.items()})
         if self.ctx.store is not None:
             rows["accounts"] = len(await self.ctx.store.list_accounts())
+        rows["python"] = platform.python_version()
+        rows["twisted"] = twisted.__version__
         table = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
                         for k, v in rows.items())
-        return page(f"mxd {mxd.__version__}", f"<table>{table}</table>", request)
+        body = f"<table>{table}</table><h2>recent warnings and errors</h2>"
+        recent = getattr(self.ctx, "recent", None)
+        problems = recent.latest() if recent is not None else []
+        body += _table(["at", "level", "where", "what"], [
+            [_e(iso(t)), _e(level), _e(ns), _e(text)] for t, ns, level, text in problems]
+        ) if problems else "<p>none since the start</p>"
+        return page(f"mxd {mxd.__version__}", body, request)
 
 
 def _e(v: Any) -> str:

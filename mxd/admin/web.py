@@ -82,7 +82,7 @@ class AdminContext:
                  tls_reports: Any = None, directory: Any = None,
                  domains: tuple[str, ...] = (),
                  domain_records: Callable[[str], list[Any]] | None = None,
-                 tls_reporter: Any = None) -> None:
+                 tls_reporter: Any = None, recent: Any = None) -> None:
         self.status = status
         self.tls_reporter = tls_reporter  # a tlsrpt.send.TLSReporter when [tlsrpt] send
         self.dmarc_reports = dmarc_reports  # a ReportStore, or None
@@ -92,6 +92,7 @@ class AdminContext:
         self.directory = directory  # the account directory (local or LDAP), or None
         self.domains = domains
         self.domain_records = domain_records  # domain -> [mxd.dnsrecords.DNSRecord]; blocking
+        self.recent = recent  # an mxd.admin.recent.RecentProblems, or None
         self.metrics = metrics
         self.password_file = password_file
         self.token = token

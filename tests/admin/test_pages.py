@@ -21,6 +21,9 @@ class _Directory:
 
 
 class _Store:
+    def list_accounts(self):  # type: ignore[no-untyped-def]
+        return succeed([])
+
     def get_usage(self, account_id: int):  # type: ignore[no-untyped-def]
         return succeed((0, None))
 
@@ -68,3 +71,27 @@ def test_account_forms_need_the_csrf_token(tmp_path, hashed):
     code, _, _ = a.request("POST", "/accounts/delete", headers={"Cookie": cookie},
                            body=b"name=x&confirm=x")
     assert code == 403 and called == []
+
+
+def test_overview_lists_recent_warnings_escaped(tmp_path, hashed):
+    """Warnings and errors logged since the start appear on the overview (newest first,
+    escaped); info events do not; the buffer is bounded."""
+    from twisted.logger import Logger, LogPublisher
+
+    from mxd.admin.recent import RecentProblems
+
+    recent = RecentProblems(size=3)
+    pub = LogPublisher(recent)
+    log = Logger(namespace="mxd.test", observer=pub)
+    log.info("routine {x}", x=1)
+    log.warn("first {what}", what=HOSTILE)
+    for i in range(3):
+        log.error("boom {i}", i=i)
+    assert [e[3] for e in recent.latest()] == ["boom 2", "boom 1", "boom 0"]
+    a = _admin(tmp_path, hashed)
+    a.ctx.recent = recent
+    log.warn("late {what}", what=HOSTILE)
+    _, cookie = a.login()
+    code, _, body = a.request("GET", "/", headers={"Cookie": cookie})
+    assert code == 200 and b"boom 2" in body and b"routine" not in body
+    assert b"late &lt;script&gt;" in body and b"<script>" not in body
