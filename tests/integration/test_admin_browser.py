@@ -70,15 +70,30 @@ def _login(driver: Any, base: str, password: str) -> None:
     _click(driver, "log in")
 
 
+def _wait_replaced(driver: Any, old: Any) -> None:
+    """Wait until the page that held ``old`` is gone.  Chromium reports a replaced node
+    either as stale or, when the new document came in between, as "Node with given id
+    does not belong to the document" (a plain WebDriverException)."""
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def gone(_: Any) -> bool:
+        try:
+            old.is_enabled()
+        except WebDriverException:
+            return True
+        return False
+
+    WebDriverWait(driver, 20).until(gone)
+
+
 def _click(driver: Any, label: str) -> None:
     """Click a form's button and wait for the page it leads to."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.ui import WebDriverWait
 
     old = driver.find_element(By.TAG_NAME, "html")
     driver.find_element(By.XPATH, f"//button[text()='{label}']").click()
-    WebDriverWait(driver, 20).until(expected_conditions.staleness_of(old))
+    _wait_replaced(driver, old)
 
 
 def test_admin_login_queue_actions_logout(server: MxdServer, chrome: Any, tmp_path: Path):
@@ -237,10 +252,7 @@ def test_accounts_domains_tls_and_reports_pages(server: MxdServer, chrome: Any,
             el.send_keys(value)
         old = driver.find_element(By.TAG_NAME, "html")
         scope.find_element(By.XPATH, f".//button[text()='{button}']").click()
-        from selenium.webdriver.support import expected_conditions
-        from selenium.webdriver.support.ui import WebDriverWait
-
-        WebDriverWait(driver, 20).until(expected_conditions.staleness_of(old))
+        _wait_replaced(driver, old)
 
     driver.get(base + "/accounts")
     fill({"name": "carol@example.test", "password": "first-pass",
@@ -264,10 +276,7 @@ def test_accounts_domains_tls_and_reports_pages(server: MxdServer, chrome: Any,
     old = driver.find_element(By.TAG_NAME, "html")
     driver.find_element(By.XPATH, "//form[input[@name='address' and @value="
                         "'c.one@example.test']]/button").click()
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    WebDriverWait(driver, 20).until(expected_conditions.staleness_of(old))
+    _wait_replaced(driver, old)
     assert accounts()["carol@example.test"] == ["carol@example.test"]
     fill({"confirm": "wrong"}, "delete", row="carol@example.test")
     assert "to confirm" in driver.page_source and "carol@example.test" in accounts()
