@@ -5,6 +5,7 @@ runs in chunks, so a big mailbox never holds the reactor."""
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from email.message import Message
 from typing import TYPE_CHECKING
@@ -19,7 +20,7 @@ from mxd.imap.search import Candidate, matches
 from mxd.imap.searchcmd import CHARSETS
 from mxd.imap.sort import SortData, header_date, sort_data, sort_steps
 from mxd.imap.thread import ThreadData, thread_data
-from mxd.imap.values import Command, SortArgs
+from mxd.imap.values import Command, SearchKey, SortArgs
 from mxd.store.interfaces import MessageInfo
 
 if TYPE_CHECKING:
@@ -60,6 +61,36 @@ def read_headers(s: IMAPSession, m: MessageInfo) -> Message:
         return mimemsg.parse_headers(b"")
 
 
+async def matching(s: IMAPSession, key: SearchKey,
+                   now: datetime) -> AsyncIterator[tuple[int, int, MessageInfo]]:
+    """(sequence number, UID, message) of each message of the selected mailbox that
+    ``key`` matches, in mailbox order, giving the reactor back between work slices
+    (SORT and THREAD select their messages this way). Raises ValueError for a search
+    program that cannot be evaluated."""
+    view = s.view
+    assert view is not None
+    exists, max_uid, recent = view.exists, view.max_uid, view.recent
+    for seq, uid in enumerate(view.uids[:], 1):
+        await s.breathe()
+        m = view.msgs[uid]
+        cache: list[Message] = []
+
+        def header(m: MessageInfo = m, cache: list[Message] = cache) -> Message:
+            if not cache:
+                cache.append(read_headers(s, m))
+            return cache[0]
+
+        def full(m: MessageInfo = m) -> mimemsg.ParsedMessage:
+            try:
+                with s.store.open_blob(m.blob_id) as f:
+                    return mimemsg.ParsedMessage.parse(f.read())
+            except (OSError, KeyError):
+                return mimemsg.ParsedMessage.parse(b"")
+
+        if matches(key, Candidate(seq, m, exists, max_uid, header, full, now, uid in recent)):
+            yield seq, uid, m
+
+
 async def do_sort(s: IMAPSession, cmd: Command) -> Reply:
     args: SortArgs = cmd.args
     view = s.view
@@ -73,30 +104,11 @@ async def do_sort(s: IMAPSession, cmd: Command) -> Reply:
     now = datetime.fromtimestamp(s.clock.seconds(), UTC)
     items: list[SortData] = []
     try:
-        exists, max_uid, recent = view.exists, view.max_uid, view.recent
-        for seq, uid in enumerate(view.uids[:], 1):
-            await s.breathe()
-            m = view.msgs[uid]
-            cache: list[Message] = []
-
-            def header(m: MessageInfo = m, cache: list[Message] = cache) -> Message:
-                if not cache:
-                    cache.append(read_headers(s, m))
-                return cache[0]
-
-            def full(m: MessageInfo = m) -> mimemsg.ParsedMessage:
-                try:
-                    with s.store.open_blob(m.blob_id) as f:
-                        return mimemsg.ParsedMessage.parse(f.read())
-                except (OSError, KeyError):
-                    return mimemsg.ParsedMessage.parse(b"")
-
-            c = Candidate(seq, m, exists, max_uid, header, full, now, uid in recent)
-            if matches(args.key, c):
-                date, d, _ = header_keys(s, m)
-                arrival = m.internal_date.timestamp()
-                items.append(attrs.evolve(d, seq=seq, uid=uid, arrival=arrival, size=m.size,
-                                          sent=arrival if date is None else date))
+        async for seq, uid, m in matching(s, args.key, now):
+            date, d, _ = header_keys(s, m)
+            arrival = m.internal_date.timestamp()
+            items.append(attrs.evolve(d, seq=seq, uid=uid, arrival=arrival, size=m.size,
+                                      sent=arrival if date is None else date))
     except ValueError as e:
         return bad(str(e))
     ordered: list[SortData] = []
