@@ -15,15 +15,13 @@ from __future__ import annotations
 import email
 import email.policy
 import gzip
-import hashlib
 import io
-import json
-import os
 import re
 import zlib
 from pathlib import Path
 from typing import Any
 
+from mxd.reportfiles import ReportFiles
 from mxd.tlsrpt.report import ParsedReport, ReportError, parse_report
 
 MAX_MESSAGE = 20 * 1024 * 1024  # a report mail larger than this is not examined
@@ -108,39 +106,18 @@ class TLSReportStore:
     """Incoming TLS reports, one JSON file each (see the module docstring)."""
 
     def __init__(self, directory: Path) -> None:
-        self.directory = Path(directory)
-
-    def _path(self, r: ParsedReport) -> Path:
-        key = f"{r.organization_name}\0{r.report_id}".encode()
-        safe = re.sub(r"[^A-Za-z0-9._-]", "_", r.organization_name)[:40] or "report"
-        day = re.sub(r"[^0-9]", "", r.start)[:8] or "0"
-        return self.directory / f"{day}-{safe}-{hashlib.sha256(key).hexdigest()[:16]}.json"
+        self.files = ReportFiles(directory)
+        self.directory = self.files.directory
 
     def save(self, r: ParsedReport, received: float, source: str, sender: str = "") -> Path:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self._path(r)
-        data = dict(summary(r), received=received, source=source, sender=sender,
-                    id=path.stem)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        return path
+        day = re.sub(r"[^0-9]", "", r.start)[:8] or "0"
+        path = self.files.path(day, r.organization_name, r.organization_name, r.report_id)
+        return self.files.write(path, dict(summary(r), received=received, source=source,
+                                           sender=sender, id=path.stem))
 
     def reports(self) -> list[dict[str, Any]]:
         """Every stored report, oldest period first."""
-        if not self.directory.is_dir():
-            return []
-        out = []
-        for p in sorted(self.directory.glob("*.json")):
-            try:
-                out.append(json.loads(p.read_text(encoding="utf-8")))
-            except (OSError, ValueError):
-                continue
-        out.sort(key=lambda r: (r.get("start", ""), r.get("organization", "")))
-        return out
+        return self.files.load(lambda r: (r.get("start", ""), r.get("organization", "")))
 
     def get(self, report_id: str) -> dict[str, Any] | None:
         """One stored report by its id (file stem) or its report-id."""
