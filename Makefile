@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # Debian packages of the real clients and servers the integration tests run.
 DEB_PACKAGES := gsasl cyrus-clients swaks libnet-ssleay-perl libauthen-sasl-perl postfix \
 	unbound nsd ldnsutils bind9-dnsutils gnutls-bin slapd ldap-utils microsocks \
-	dante-server opendkim-tools spfquery dovecot-imapd dovecot-ldap isync pebble certbot msmtp \
+	dante-server opendkim opendkim-tools spfquery dovecot-imapd dovecot-ldap isync pebble certbot msmtp \
 	chromium chromium-driver
 
 .PHONY: run test test-deps venv lint typecheck unit integration bench config-reference clean

@@ -1,4 +1,5 @@
-"""DKIM against OpenDKIM (Debian opendkim-tools), with keys served by the DNSSEC lab.
+"""DKIM against OpenDKIM (Debian opendkim-tools and the opendkim milter in test mode),
+with keys served by the DNSSEC lab.
 
 ``opendkim-testmsg`` resolves key records through the C library, so it runs in a private
 mount namespace whose /etc/resolv.conf names the lab's unbound (``DNSLab.wrap``).  mxd's
@@ -41,6 +42,7 @@ def _record(key: DKIMKey, zone: str) -> str:
 @pytest.fixture(scope="module")
 def lab_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DNSLab, dict[str, DKIMKey], Path]]:
     require_tool("opendkim-testmsg")
+    require_tool("opendkim")
     tmp = tmp_path_factory.mktemp("dkimlab")
     keys = {"rsa": generate_key(tmp / "keys", "dkim.test", "r1", "rsa"),
             "ed25519": generate_key(tmp / "keys", "dkim.test", "e1", "ed25519")}
@@ -121,3 +123,36 @@ def test_opendkim_signature_verifies_in_mxd(lab_keys) -> None:  # type: ignore[n
     data = signed_data(fields, sig.signed_headers, sig.field,  # type: ignore[union-attr]
                        sig.header_canon == "relaxed")  # type: ignore[union-attr]
     assert check_signature(sig, key, data) is None  # type: ignore[arg-type]
+
+
+def _opendkim_daemon_sign(tmp: Path, message: bytes) -> bytes:
+    """Sign ``message`` with rsa-sha256 by the OpenDKIM milter's test mode (``opendkim -t``),
+    which runs the milter callbacks on a file and prints the header it would insert."""
+    conf = tmp / "opendkim-sign.conf"
+    # RequireSafeKeys: the key lies under pytest's tmp (inside world-writable /tmp), which
+    # the daemon otherwise refuses.
+    conf.write_text(f"Mode s\nDomain dkim.test\nSelector odk\nKeyFile {tmp / 'odk.private'}\n"
+                    "SignatureAlgorithm rsa-sha256\nCanonicalization relaxed/relaxed\n"
+                    "Syslog no\nRequireSafeKeys no\n")
+    path = tmp / "daemon-in.eml"
+    path.write_bytes(message.replace(b"\r\n", b"\n"))
+    out = subprocess.run([require_tool("opendkim"), "-x", str(conf), "-t", str(path), "-vv"],
+                         capture_output=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    # ### INSHEADER: idx=0 hname='DKIM-Signature' hvalue='v=1; ...\n\tb=...'
+    head, sep, rest = out.stdout.partition(b"hname='DKIM-Signature' hvalue='")
+    assert sep, out.stdout
+    value = rest[: rest.rindex(b"'")].replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    return b"DKIM-Signature: " + value + b"\r\n" + message
+
+
+def test_opendkim_daemon_rsa_sha256_signature_verifies_in_mxd(lab_keys) -> None:  # type: ignore[no-untyped-def]
+    """A message signed rsa-sha256 by the opendkim milter (test mode) passes mxd's verifier
+    with the key from the signed lab zone; a changed body fails (RFC 6376 section 6.1.3)."""
+    lab, _, tmp = lab_keys
+    signed = _opendkim_daemon_sign(tmp, MSG)
+    assert b"a=rsa-sha256" in signed
+    (res,) = _verify_in_mxd(lab, signed)
+    assert res.result is Result.PASS and res.authentic and res.selector == "odk", res
+    (bad,) = _verify_in_mxd(lab, signed.replace(b"bye", b"bye!"))
+    assert bad.result is Result.FAIL, bad
