@@ -596,7 +596,8 @@ def admin_factory(cfg: Config, li: ListenerConfig, comps: dict[str, Any], reacto
         directory=comps.get("directory"),
         domains=tuple(normalise_domain(d) for d in cfg.domains.names),
         domain_records=lambda d: admin_domain_records(cfg, d),
-        tls_reporter=comps.get("tls_reporter"), recent=recent_problems(comps))
+        tls_reporter=comps.get("tls_reporter"), recent=recent_problems(comps),
+        sasl=comps.get("sasl"))
     site: Any = bounded_admin_factory(admin_site(ctx), reactor)
     if loopback:
         return cast(IProtocolFactory, site)

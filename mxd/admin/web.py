@@ -30,6 +30,9 @@ Routes:
   GET  /api/tlsrpt/reports   TLS reports received (JSON; /api/tlsrpt/reports/ID: one)
   POST /api/tlsrpt/send?day=YYYY-MM-DD   build and send that UTC day's TLS reports now
   GET  /metrics              Prometheus text (when [metrics] is enabled)
+  GET  /api/account/tls/domains   the ACCOUNT's own TLS results, authenticated by the
+                             account's credentials (HTTP Basic), not as admin: see
+                             mxd.admin.account_api
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from twisted.protocols import policies
 from twisted.web import resource, server
 
 from mxd.admin import auth
+from mxd.admin.account_api import AccountAPI
 from mxd.admin.manage import Accounts, Domains, Reports, TLSSupport
 from mxd.admin.pages import QUEUE_OPS, QueuePage, Status
 from mxd.admin.render import (
@@ -82,8 +86,9 @@ class AdminContext:
                  tls_reports: Any = None, directory: Any = None,
                  domains: tuple[str, ...] = (),
                  domain_records: Callable[[str], list[Any]] | None = None,
-                 tls_reporter: Any = None, recent: Any = None) -> None:
+                 tls_reporter: Any = None, recent: Any = None, sasl: Any = None) -> None:
         self.status = status
+        self.sasl = sasl  # the SASL server (account password checks), or None
         self.tls_reporter = tls_reporter  # a tlsrpt.send.TLSReporter when [tlsrpt] send
         self.dmarc_reports = dmarc_reports  # a ReportStore, or None
         self.tls_reports = tls_reports  # a tlsrpt.incoming.TLSReportStore, or None
@@ -416,6 +421,9 @@ class _Root(resource.Resource):
             if request.method == b"POST" and not _same_origin(request):
                 return _Error(403, "cross-origin request refused")
             return _Login(ctx)
+        if path == b"api" and request.postpath[:1] == [b"account"]:
+            # The account's own API: its credentials, never the admin's (account_api).
+            return AccountAPI(ctx)
         if ctx.bearer(request):
             return super().getChildWithDefault(path, request)
         session = ctx.session(request)

@@ -16,10 +16,14 @@ no TLSA record, so DANE does not apply) and which publishes an MTA-STS policy in
 mode (``_mta-sts`` TXT and the policy over HTTPS with a certificate of the lab CA, which A
 trusts through ``[outbound] ca_file``) and its own ``_smtp._tls`` record: A's report day
 then also holds one report about the policy DOMAIN sts.test (policy type sts, RFC 8460
-§4.1), sent to the domain's rua."""
+§4.1), sent to the domain's rua.
+
+The sending account then reads its own support records on A's admin listener
+(``/api/account/tls/domains`` with its credentials); another account of A sees none."""
 
 from __future__ import annotations
 
+import base64
 import datetime
 import http.server
 import json
@@ -27,6 +31,7 @@ import smtplib
 import ssl
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -143,6 +148,7 @@ def test_reports_between_two_servers(dns_lab_factory: Any, tls_files: dict[str, 
                         "[tlsrpt]\nsend = true\nsend_success = true\n"
                         'organization = "A Test"\n[metrics]\nenabled = true\n'))
     a.add_account("sender@a.test", "sender-pass", "sender@a.test")
+    a.add_account("other@a.test", "other-pass", "other@a.test")
     b.start()
     try:
         a.start()
@@ -181,6 +187,8 @@ def _run(a: MxdServer, b: MxdServer) -> None:
     attempts = _until(lambda: a.mxd("queue", "domains").stdout, "no TLS records on A")
     assert "example.test" in attempts and "sts.test" in attempts
 
+    _account_api(a)
+
     today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
     sent = a.mxd("tlsrpt", "send", "--day", today)
     assert sent.returncode == 0, (sent.stdout, sent.stderr, a.log_tail())
@@ -214,3 +222,30 @@ def _run(a: MxdServer, b: MxdServer) -> None:
     assert 'mxd_requiretls_failures_total{reason="validation-failure"}' in metrics, metrics
     # ... and the report mail with TLS-Required: No went through mx1 anyway (RFC 8689 §5).
     assert 'mxd_tls_required_no_overrides_total{policy_type="tlsa"}' in metrics, metrics
+
+
+def _account_api(a: MxdServer) -> None:
+    """Each account reads its own support records on A's admin listener with its own
+    credentials (HTTP Basic): the sender sees both recipient domains, another account of A
+    sees none of them, a wrong password gets 401 and the admin token is no account."""
+    def get(headers: dict[str, str]) -> tuple[int, Any]:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{a.ports['admin']}/api/account/tls/domains", headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def basic(user: str, password: str) -> dict[str, str]:
+        return {"Authorization": "Basic " + base64.b64encode(
+            f"{user}:{password}".encode()).decode()}
+
+    code, rows = get(basic("sender@a.test", "sender-pass"))
+    assert code == 200, rows
+    by_domain = {r["domain"]: r for r in rows}
+    assert set(by_domain) == {"example.test", "sts.test"}, rows
+    assert by_domain["sts.test"]["policy"] == "sts" and by_domain["sts.test"]["verified"]
+    assert get(basic("other@a.test", "other-pass")) == (200, [])
+    assert get(basic("sender@a.test", "wrong"))[0] == 401
+    assert get(a.admin_headers())[0] == 401
