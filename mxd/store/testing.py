@@ -6,9 +6,10 @@ reused, INBOX case-insensitive and undeletable, superiors created on CREATE, sha
 quotas, VANISHED, and ``accept`` that stores all of a message or none of it.  Every
 Deferred has fired when it is returned; listeners run after the change, as after a commit.
 
-Test hooks: ``fail_next`` makes the next writing operation fail with a StoreError (and
-change nothing); ``outbound`` holds what ``accept`` queued (queue id -> (body id,
-envelope)).
+Test hooks: ``rollback = False`` skips the per-write snapshot (for fast bulk fills: a
+failed write then keeps its partial changes); ``fail_next`` makes the next writing
+operation fail with a StoreError (and change nothing); ``outbound`` holds what ``accept``
+queued (queue id -> (body id, envelope)).
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ class MemoryStore:
         self.bodies: dict[str, bytes] = {}
         self.outbound: dict[str, tuple[str, OutboundMessage]] = {}
         self.fail_next = False
+        self.rollback = True
         self._listeners: dict[int, list[Callable[[MailboxChange], None]]] = {}
 
     # -- the write path: all or nothing, then notify ------------------------------------
@@ -118,11 +120,12 @@ class MemoryStore:
             self.fail_next = False
             return fail(StoreError("injected failure"))
         changes: list[MailboxChange] = []
-        snapshot = self._snapshot()
+        snapshot = self._snapshot() if self.rollback else None
         try:
             result = fn(changes)
         except Exception as e:  # noqa: BLE001 - roll back and report, like a transaction
-            self._restore(snapshot)
+            if snapshot is not None:
+                self._restore(snapshot)
             return fail(e)
         for ch in changes:
             for listener in list(self._listeners.get(ch.mailbox_id, [])):

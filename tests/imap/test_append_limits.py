@@ -38,7 +38,7 @@ def test_second_message_literal_refused_before_its_data() -> None:
     r = c.send(body + b" {41943040}\r\n")
     assert r.startswith(b"a BAD") and b"MULTIAPPEND" in r, r
     assert store.aborted_blobs == 1  # the first message's file is dropped too
-    assert not any(b.msgs for b in store.boxes.values())
+    assert not any(b.messages for b in store.mailboxes.values())
     assert c.cmd("b NOOP").startswith(b"b OK")  # the session goes on
 
 
@@ -53,7 +53,7 @@ def test_second_nonsync_literal_closes_the_connection() -> None:
     assert time.process_time() - started < 0.1  # refused at once, none of it stored
     assert r.startswith(b"* BYE") and b"MULTIAPPEND" in r, r
     assert c.tr.disconnecting
-    assert not any(b.msgs for b in store.boxes.values())
+    assert not any(b.messages for b in store.mailboxes.values())
     assert store.aborted_blobs == 1
 
 
@@ -74,7 +74,7 @@ def test_append_over_quota_refused_before_the_data() -> None:
     assert r.startswith(b"a NO [OVERQUOTA]"), r
     r = c.send(b"b APPEND INBOX {200+}\r\n")
     assert r.startswith(b"* BYE"), r  # the octets are on their way: no way to resynchronise
-    assert not any(b.msgs for b in store.boxes.values())
+    assert not any(b.messages for b in store.mailboxes.values())
 
 
 def test_quota_check_follows_usage() -> None:

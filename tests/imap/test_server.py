@@ -257,7 +257,7 @@ def test_mutf7_mailbox_names() -> None:
     c = Conn(store)
     c.login()
     assert c.cmd("a CREATE &AOk-t&AOk-").startswith(b"a OK")
-    assert any(b.name == "été" for b in store.boxes.values())
+    assert any(b.name == "été" for b in store.mailboxes.values())
     assert b'"&AOk-t&AOk-"' in c.cmd('b LIST "" "*"')
     c.cmd("c ENABLE UTF8=ACCEPT")
     assert '"été"'.encode() in c.cmd('d LIST "" "*"')
@@ -281,8 +281,8 @@ def test_append_with_flags_date_and_appenduid() -> None:
     r = c.send(b'a APPEND INBOX (\\Seen Foo) "05-Mar-2024 08:09:10 +0200" {5+}\r\nhello\r\n')
     m = re.match(rb"a OK \[APPENDUID (\d+) 1\]", r)
     assert m, r
-    box = next(b for b in store.boxes.values() if b.name == "INBOX")
-    info = box.msgs[1]
+    box = next(b for b in store.mailboxes.values() if b.name == "INBOX")
+    info = box.messages[1].info
     assert info.flags == {"\\Seen", "Foo"}
     assert info.internal_date.isoformat() == "2024-03-05T08:09:10+02:00"
     assert c.cmd('b APPEND Nope {1+}\r\nx').startswith(b"b NO [TRYCREATE]")
@@ -444,8 +444,8 @@ def test_close_expunges_silently_and_unselect_does_not() -> None:
     c.select()
     assert c.cmd("c CLOSE") == b"c OK CLOSE completed\r\n"
     assert c.cmd("d FETCH 1 FLAGS").startswith(b"d BAD")
-    box = next(b for b in store.boxes.values() if b.name == "INBOX")
-    assert list(box.msgs) == [2]
+    box = next(b for b in store.mailboxes.values() if b.name == "INBOX")
+    assert list(box.messages) == [2]
 
 
 def test_examine_is_read_only() -> None:
@@ -519,11 +519,11 @@ def test_qresync_select_and_vanished() -> None:
     """With QRESYNC, SELECT reports VANISHED (EARLIER) and changes; expunges are VANISHED."""
     store, acc = setup_mailbox()
     store.put(acc, "INBOX", MSG1, ["\\Deleted"])
-    store.expunge(next(b.id for b in store.boxes.values() if b.name == "INBOX"))
+    store.expunge(next(b.id for b in store.mailboxes.values() if b.name == "INBOX"))
     c = Conn(store)
     c.login()
     c.cmd("e ENABLE QRESYNC")
-    uidvalidity = next(b for b in store.boxes.values() if b.name == "INBOX").uidvalidity
+    uidvalidity = next(b for b in store.mailboxes.values() if b.name == "INBOX").uidvalidity
     out = c.cmd(f"s SELECT INBOX (QRESYNC ({uidvalidity} 1 1:5))")
     assert b"* VANISHED (EARLIER) 3\r\n" in out
     assert b"* 1 FETCH (UID 1 FLAGS (\\Seen) MODSEQ (" in out
@@ -593,7 +593,7 @@ def test_uid_fetch_vanished() -> None:
     """UID FETCH (CHANGEDSINCE n VANISHED) reports expunged UIDs first (RFC 7162 §3.2.6)."""
     store, acc = setup_mailbox()
     store.put(acc, "INBOX", MSG1, ["\\Deleted"])
-    store.expunge(next(b.id for b in store.boxes.values() if b.name == "INBOX"))
+    store.expunge(next(b.id for b in store.mailboxes.values() if b.name == "INBOX"))
     c = Conn(store)
     c.login()
     c.cmd("e ENABLE QRESYNC")
@@ -606,13 +606,13 @@ def test_qresync_uses_store_vanished_record() -> None:
     """With a store that records expunges, SELECT (QRESYNC) reports exactly those."""
     store, acc = setup_mailbox()
     store.put(acc, "INBOX", MSG1, ["\\Deleted"])
-    box_id = next(b.id for b in store.boxes.values() if b.name == "INBOX")
+    box_id = next(b.id for b in store.mailboxes.values() if b.name == "INBOX")
     store.expunge(box_id)
     store.list_vanished = lambda mailbox_id, since: succeed([3])  # type: ignore[attr-defined]
     c = Conn(store)
     c.login()
     c.cmd("e ENABLE QRESYNC")
-    uidvalidity = store.boxes[box_id].uidvalidity
+    uidvalidity = store.mailboxes[box_id].uidvalidity
     out = c.cmd(f"s SELECT INBOX (QRESYNC ({uidvalidity} 3))")
     assert b"* VANISHED (EARLIER) 3\r\n" in out
 
@@ -755,7 +755,14 @@ def test_quota_reporting() -> None:
 def test_no_quota_capability_without_store_support() -> None:
     """A store without usage reporting gets no QUOTA capability."""
     store, _ = make_store()
-    c = Conn(store)
+
+    class NoUsage:  # the store's methods, minus get_usage
+        def __getattr__(self, name: str) -> object:
+            if name == "get_usage":
+                raise AttributeError(name)
+            return getattr(store, name)
+
+    c = Conn(NoUsage())  # type: ignore[arg-type]
     c.login()
     assert b"QUOTA" not in c.cmd("a CAPABILITY")
 
