@@ -31,7 +31,14 @@ from typing import Any
 import pytest
 
 from tests.integration.dnslab import DNSLab, ZoneSpec
-from tests.integration.tools import free_port, in_ci, require_module, require_tool
+from tests.integration.tools import (
+    free_port,
+    in_ci,
+    postfix_main_cf,
+    postfix_master_cf,
+    require_module,
+    require_tool,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -278,34 +285,11 @@ def test_posttls_finger_verifies_mxd_with_dane(box: Box, tmp_path: Path) -> None
     assert "Matched DANE EE" in out and "Verified TLS connection established" in out, out
 
 
-POSTFIX_MAIN = """compatibility_level = 3.6
-queue_directory = {q}
-data_directory = {d}
-command_directory = /usr/sbin
-daemon_directory = /usr/lib/postfix/sbin
-meta_directory = /etc/postfix
-shlib_directory = /usr/lib/postfix
-mail_owner = postfix
-setgid_group = postdrop
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-myhostname = relay.client.test
-mydomain = client.test
-myorigin = client.test
-mydestination =
-mynetworks = 127.0.0.0/8
-relay_domains = {domain}
+POSTFIX_DANE = """relay_domains = {domain}
 smtp_dns_support_level = dnssec
 smtp_tls_security_level = dane
 smtp_tls_loglevel = 1
 smtpd_tls_security_level = none
-alias_maps =
-alias_database =
-local_recipient_maps =
-smtputf8_enable = no
-biff = no
-maillog_file_prefixes = /tmp, /var
-maillog_file = {tmp}/postfix.log
 """
 
 
@@ -334,18 +318,10 @@ def test_postfix_delivers_with_dane_and_logs_verified(box: Box, postfix_dir: Pat
         d.mkdir()
     shutil.chown(ddir, "postfix")
     inport = free_port()
-    (conf / "main.cf").write_text(POSTFIX_MAIN.format(q=qdir, d=ddir, tmp=tmp_path,
-                                                      domain=DOMAIN))
-    master = []
-    for line in Path("/etc/postfix/master.cf").read_text().splitlines():
-        fields = line.split()
-        if line.startswith("smtp ") and len(fields) > 1 and fields[1] == "inet":
-            line = f"127.0.0.1:{inport} inet n - n - - smtpd"
-        elif fields and not line[0].isspace() and not line.startswith("#") and len(fields) >= 8:
-            fields[4] = "n"
-            line = " ".join(fields)
-        master.append(line)
-    (conf / "master.cf").write_text("\n".join(master) + "\n")
+    (conf / "main.cf").write_text(postfix_main_cf(
+        qdir, ddir, tmp_path / "postfix.log", "relay.client.test",
+        POSTFIX_DANE.format(domain=DOMAIN)))
+    (conf / "master.cf").write_text(postfix_master_cf(inport))
     env = dict(os.environ, MAIL_CONFIG=str(conf))
     started = subprocess.run(box.lab.wrap([postfix, "-c", str(conf), "start"]), env=env,
                              capture_output=True, text=True, timeout=60)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -57,3 +58,49 @@ def free_port(host: str = "127.0.0.1") -> int:
             _HANDED_OUT.add(port)
             return port
     raise RuntimeError("no fresh free port")
+
+
+def postfix_main_cf(queue_dir: Path, data_dir: Path, log: Path, hostname: str,
+                    settings: str) -> str:
+    """main.cf of a throwaway Postfix running from temp dirs on 127.0.0.1 with no local
+    delivery; ``settings`` adds the test's own lines (relaying, TLS)."""
+    domain = hostname.split(".", 1)[1]
+    return f"""compatibility_level = 3.6
+queue_directory = {queue_dir}
+data_directory = {data_dir}
+command_directory = /usr/sbin
+daemon_directory = /usr/lib/postfix/sbin
+meta_directory = /etc/postfix
+shlib_directory = /usr/lib/postfix
+mail_owner = postfix
+setgid_group = postdrop
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+myhostname = {hostname}
+mydomain = {domain}
+myorigin = {domain}
+mydestination =
+mynetworks = 127.0.0.0/8
+alias_maps =
+alias_database =
+local_recipient_maps =
+smtputf8_enable = no
+biff = no
+maillog_file_prefixes = /tmp, /var
+maillog_file = {log}
+{settings}"""
+
+
+def postfix_master_cf(port: int) -> str:
+    """The system master.cf with smtpd on 127.0.0.1:``port`` and no chroot (the queue lives
+    in a temp dir)."""
+    master = []
+    for line in Path("/etc/postfix/master.cf").read_text().splitlines():
+        fields = line.split()
+        if line.startswith("smtp ") and len(fields) > 1 and fields[1] == "inet":
+            line = f"127.0.0.1:{port} inet n - n - - smtpd"
+        elif fields and not line[0].isspace() and not line.startswith("#") and len(fields) >= 8:
+            fields[4] = "n"
+            line = " ".join(fields)
+        master.append(line)
+    return "\n".join(master) + "\n"

@@ -27,7 +27,13 @@ from mxd.store.queuedb import QUEUE_MIGRATIONS
 from mxd.store.sqlite import SQLiteStore
 from mxd.store.sqlitequeue import SQLiteQueueStore
 from tests.integration.test_queue_delivery import run
-from tests.integration.tools import free_port, in_ci, require_tool
+from tests.integration.tools import (
+    free_port,
+    in_ci,
+    postfix_main_cf,
+    postfix_master_cf,
+    require_tool,
+)
 
 
 @attrs.define
@@ -100,36 +106,13 @@ def deliver(monkeypatch: pytest.MonkeyPatch, data_dir: Path, transports: tuple[T
 
 # -- Postfix as a relay ------------------------------------------------------------------
 
-MAIN_CF = """compatibility_level = 3.6
-queue_directory = {q}
-data_directory = {d}
-command_directory = /usr/sbin
-daemon_directory = /usr/lib/postfix/sbin
-meta_directory = /etc/postfix
-shlib_directory = /usr/lib/postfix
-mail_owner = postfix
-setgid_group = postdrop
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-myhostname = relay.example.net
-mydomain = example.net
-myorigin = example.net
-mydestination =
-mynetworks = 127.0.0.0/8
-relay_domains = remote.test
+RELAY_SETTINGS = """relay_domains = remote.test
 relayhost = [127.0.0.1]:{sink}
 smtp_tls_security_level = may
 smtpd_tls_security_level = may
 smtpd_tls_cert_file = {cert}
 smtpd_tls_key_file = {key}
 smtpd_tls_loglevel = 1
-alias_maps =
-alias_database =
-local_recipient_maps =
-smtputf8_enable = no
-biff = no
-maillog_file_prefixes = /tmp, /var
-maillog_file = {log}
 """
 
 
@@ -163,20 +146,10 @@ class PostfixRelay:
         shutil.copy(key, self.conf / "key.pem")
         os.chmod(self.conf / "key.pem", 0o600)
         self.port = free_port()
-        (self.conf / "main.cf").write_text(MAIN_CF.format(
-            q=q, d=d, sink=sink_port, cert=self.conf / "cert.pem", key=self.conf / "key.pem",
-            log=self.log))
-        master = []
-        for line in Path("/etc/postfix/master.cf").read_text().splitlines():
-            fields = line.split()
-            if line.startswith("smtp ") and len(fields) > 1 and fields[1] == "inet":
-                line = f"127.0.0.1:{self.port} inet n - n - - smtpd"
-            elif fields and not line[0].isspace() and not line.startswith("#") \
-                    and len(fields) >= 8:
-                fields[4] = "n"  # no chroot: the queue lives in a temp dir
-                line = " ".join(fields)
-            master.append(line)
-        (self.conf / "master.cf").write_text("\n".join(master) + "\n")
+        (self.conf / "main.cf").write_text(postfix_main_cf(
+            q, d, self.log, "relay.example.net", RELAY_SETTINGS.format(
+                sink=sink_port, cert=self.conf / "cert.pem", key=self.conf / "key.pem")))
+        (self.conf / "master.cf").write_text(postfix_master_cf(self.port))
         self.env = dict(os.environ, MAIL_CONFIG=str(self.conf))
 
     def __enter__(self) -> PostfixRelay:
