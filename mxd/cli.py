@@ -216,7 +216,7 @@ def _serve(cfg: Config, banner: str | None,
 
 
 LOCAL_PORTS = {"smtp": 1025, "submission": 1587, "submissions": 1465, "imap": 1143,
-               "imaps": 1993, "admin": 1080}
+               "imaps": 1993, "admin": 1080, "webmail": 1081}
 LOCAL_ACCOUNT = "mxd@localhost"
 LOCAL_PASSWORD = "mxdmxdmxd"
 
@@ -268,6 +268,7 @@ mxd {version} is serving a local instance from {dir}
   IMAP         127.0.0.1:{imap}   (STARTTLS)
   IMAPS        127.0.0.1:{imaps}   (implicit TLS)
   admin        http://127.0.0.1:{admin}/   (log in with the password above)
+  webmail      http://127.0.0.1:{webmail}/   (log in as {account})
   CA file      {ca}
   config       {config}
 

@@ -609,6 +609,40 @@ def admin_factory(cfg: Config, li: ListenerConfig, comps: dict[str, Any], reacto
     return cast(IProtocolFactory, TLSMemoryBIOFactory(creator, False, site))
 
 
+def webmail_factory(cfg: Config, li: ListenerConfig, comps: dict[str, Any], reactor: Any,
+                    tls: TLSSettings | None) -> IProtocolFactory:
+    """The webmail: plain HTTP on loopback, HTTPS elsewhere (the config insists).  Its
+    sessions are shared by every webmail listener."""
+    import ipaddress
+
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    from mxd.tls import load_server_tls
+    from mxd.webmail.context import WebmailContext
+    from mxd.webmail.site import bounded_webmail_factory, webmail_site
+
+    loopback = ipaddress.ip_address(li.address).is_loopback
+    w = cfg.webmail
+    ctx = WebmailContext(
+        clock=reactor, store=comps["store"], directory=comps["directory"],
+        sasl=comps["sasl"], queue=comps.get("queue"),
+        hosts=frozenset([cfg.hostname, *w.hosts]), loopback=loopback,
+        session_lifetime=w.session_lifetime, session_idle=w.session_idle,
+        max_sessions=w.max_sessions, page_size=w.page_size, hostname=cfg.hostname)
+    if "webmail_sessions" in comps:
+        ctx.sessions = comps["webmail_sessions"]
+    comps["webmail_sessions"] = ctx.sessions
+    site: Any = bounded_webmail_factory(webmail_site(ctx), reactor)
+    if loopback:
+        return cast(IProtocolFactory, site)
+    certs = comps.get("certs")
+    creator: Any = (load_server_tls(tls) if tls is not None else
+                    certs.server_tls(li.max_tls_version) if certs is not None else None)
+    if creator is None:
+        raise ValueError("a webmail listener off loopback needs a certificate")
+    return cast(IProtocolFactory, TLSMemoryBIOFactory(creator, False, site))
+
+
 def recent_problems(comps: dict[str, Any]) -> Any:
     """One observer of the global log for the admin overview's recent warnings/errors."""
     if "recent_problems" not in comps:
@@ -645,6 +679,8 @@ def listener_factory(cfg: Config, li: ListenerConfig, comps: dict[str, Any], rea
 
     if li.protocol == "admin":
         return admin_factory(cfg, li, comps, reactor, tls, top, prom)
+    if li.protocol == "webmail":
+        return webmail_factory(cfg, li, comps, reactor, tls)
 
     certs = comps.get("certs")
     if li.protocol == "http":

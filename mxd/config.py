@@ -109,7 +109,9 @@ def parse_hostport(v: str, default_port: int) -> tuple[str, int]:
 
 
 LISTENER_PROTOCOLS = ("smtp", "submission", "submissions", "imap", "imaps", "admin", "https",
-                      "http")
+                      "http", "webmail")
+# HTTP listeners that may be plain HTTP on loopback and must be HTTPS anywhere else.
+WEB_UI_PROTOCOLS = ("admin", "webmail")
 ACME_CHALLENGES = ("tls-alpn-01", "http-01")
 STS_MODES = ("enforce", "testing", "none")
 DMARC_POLICIES = ("none", "quarantine", "reject")
@@ -140,7 +142,9 @@ class ListenerConfig:
                         "(587, STARTTLS then AUTH), submissions (465, implicit TLS), imap (143, "
                         "STARTTLS), imaps (993, implicit TLS), admin (HTTP admin and /metrics), "
                         "https (443: MTA-STS policy, client autoconfig, ACME TLS-ALPN-01), "
-                        "http (80: ACME HTTP-01, otherwise a redirect to https).",
+                        "http (80: ACME HTTP-01, otherwise a redirect to https), webmail "
+                        "(the accounts' web client; plain HTTP on loopback only, HTTPS "
+                        "elsewhere).",
                         choices=LISTENER_PROTOCOLS)
     port: int = req("TCP port.", check=_port_check)
     address: str = opt("127.0.0.1", "IP address to bind; \"::\" or \"0.0.0.0\" for all.",
@@ -606,6 +610,23 @@ class AdminConfig:
 
 
 @attrs.frozen
+class WebmailConfig:
+    hosts: list[str] = opt([], "Host names the webmail answers to besides `hostname` (and "
+                           "127.0.0.1/localhost on a loopback listener); requests naming any "
+                           "other Host are refused (DNS rebinding).",
+                           example='["webmail.example.org"]')
+    session_lifetime: float = opt(12 * 3600.0, "Seconds a webmail login lasts at most.")
+    session_idle: float = opt(3600.0, "Seconds without a request after which a webmail "
+                              "session ends.")
+    max_sessions: int = opt(1024, "Webmail sessions kept at once (the least recently used "
+                            "ends first).", check=lambda v: None if v > 0 else
+                            f"must be positive, got {v}")
+    page_size: int = opt(50, "Messages per page of a message list.",
+                         check=lambda v: None if 0 < v <= 500 else
+                         f"expected 1 to 500, got {v}")
+
+
+@attrs.frozen
 class MetricsConfig:
     enabled: bool = opt(False, "Serve Prometheus metrics at /metrics on the admin listener "
                         "(needs the `metrics` extra: prometheus-client).")
@@ -644,6 +665,8 @@ class Config:
     log: LogConfig = opt(LogConfig(), "Logging.")
     metrics: MetricsConfig = opt(MetricsConfig(), "Metrics.")
     admin: AdminConfig = opt(AdminConfig(), "The admin web interface.")
+    webmail: WebmailConfig = opt(WebmailConfig(), "The accounts' web client (served by "
+                                 "`webmail` listeners).")
     transports: dict[str, TransportConfig] = opt(
         {}, "Named ways to deliver outbound mail (`[transports.NAME]`); routes pick one.")
     routes: list[RouteConfig] = opt([], "Global routes, checked on every delivery attempt "
@@ -808,12 +831,13 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(src, f"{key}.port", f"{li.address}:{li.port} is already used by "
                               f"listeners[{seen[(li.address, li.port)]}]")
         seen[(li.address, li.port)] = i
-        admin_tls = li.protocol == "admin" and not ipaddress.ip_address(li.address).is_loopback
-        if li.protocol not in ("admin", "http") or admin_tls:
+        admin_tls = (li.protocol in WEB_UI_PROTOCOLS
+                     and not ipaddress.ip_address(li.address).is_loopback)
+        if li.protocol not in (*WEB_UI_PROTOCOLS, "http") or admin_tls:
             cert, keyf = cfg.tls_for(li)
             # smtp offers STARTTLS; submission/imap require it before auth
             if (cert is None or keyf is None) and not cfg.tls.host_keys:
-                what = ("an admin listener off loopback" if admin_tls else
+                what = (f"an {li.protocol} listener off loopback" if admin_tls else
                         f"protocol {li.protocol}")
                 raise ConfigError(src, key, f"{what} needs a certificate: set "
                                   "[tls].host_keys, or [tls].cert and [tls].key, or cert/key "

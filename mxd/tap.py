@@ -19,7 +19,14 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 import mxd
-from mxd.config import Config, ConfigError, ListenerConfig, load_config, normalise_domain
+from mxd.config import (
+    WEB_UI_PROTOCOLS,
+    Config,
+    ConfigError,
+    ListenerConfig,
+    load_config,
+    normalise_domain,
+)
 from mxd.listeners import ListenError, TCPListener
 from mxd.metrics import IMetrics, NoopMetrics
 from mxd.tls import TLSConfigError, TLSSettings, load_server_tls
@@ -47,9 +54,9 @@ class Options(usage.Options):
 
 
 def tls_settings_for(cfg: Config, li: ListenerConfig) -> TLSSettings | None:
-    if li.protocol == "http" or (li.protocol == "admin"
+    if li.protocol == "http" or (li.protocol in WEB_UI_PROTOCOLS
                                  and ipaddress.ip_address(li.address).is_loopback):
-        return None  # an admin listener off loopback speaks HTTPS only
+        return None  # an admin or webmail listener off loopback speaks HTTPS only
     cert, key = cfg.tls_for(li)
     if cert is None or key is None:
         return None

@@ -147,7 +147,7 @@ def test_example_file_is_valid_apart_from_its_paths(tmp_path, tls_files):
         text = text.replace(f"/etc/mxd/{k.path.name}", str(k.path))
     cfg = parse_config(text, "example.toml")
     assert [li.protocol for li in cfg.listeners] == [
-        "smtp", "submission", "submissions", "imap", "imaps", "https", "http", "admin"]
+        "smtp", "submission", "submissions", "imap", "imaps", "https", "http", "admin", "webmail"]
 
 
 def test_reference_lists_every_key():
@@ -197,13 +197,14 @@ def test_rfc_status_table_lists_each_rfc_once() -> None:
         r for r in rows if rows.count(r) > 1)
 
 
-def test_admin_off_loopback_needs_a_certificate():
-    """An admin listener off loopback is served over HTTPS only, so it needs a
-    certificate; on loopback plain HTTP is allowed."""
+@pytest.mark.parametrize("protocol", ["admin", "webmail"])
+def test_web_ui_off_loopback_needs_a_certificate(protocol):
+    """An admin or webmail listener off loopback is served over HTTPS only, so it needs
+    a certificate; on loopback plain HTTP is allowed."""
     base = 'hostname = "mail.example.test"\ndata_dir = "/tmp/mxd-test-data"\n'
-    off = base + '[[listeners]]\nprotocol = "admin"\naddress = "0.0.0.0"\nport = 8080\n'
-    with pytest.raises(ConfigError, match=r"listeners\[0\]: an admin listener off loopback "
-                       "needs a certificate"):
+    off = base + f'[[listeners]]\nprotocol = "{protocol}"\naddress = "0.0.0.0"\nport = 8080\n'
+    with pytest.raises(ConfigError, match=rf"listeners\[0\]: an {protocol} listener off "
+                       "loopback needs a certificate"):
         parse_config(off, "t.toml")
-    on = base + '[[listeners]]\nprotocol = "admin"\naddress = "127.0.0.1"\nport = 8080\n'
-    assert parse_config(on, "t.toml").listeners[0].protocol == "admin"
+    on = base + f'[[listeners]]\nprotocol = "{protocol}"\naddress = "127.0.0.1"\nport = 8080\n'
+    assert parse_config(on, "t.toml").listeners[0].protocol == protocol

@@ -140,10 +140,11 @@ class Session:
     csrf: str
     created: float
     last_used: float
+    account: str = ""  # the logged-in account (webmail); "" for the admin
 
 
 class Sessions:
-    """Logged-in admin sessions, in memory (a restart logs everyone out)."""
+    """Logged-in sessions (admin or webmail), in memory (a restart logs everyone out)."""
 
     def __init__(self, clock: IReactorTime, *, lifetime: float = 8 * 3600.0,
                  idle: float = 1800.0, max_sessions: int = 64) -> None:
@@ -153,13 +154,13 @@ class Sessions:
         self.max_sessions = max_sessions
         self._by_id: dict[str, Session] = {}
 
-    def create(self) -> Session:
+    def create(self, account: str = "") -> Session:
         now = self._clock.seconds()
         self._expire(now)
         while len(self._by_id) >= self.max_sessions:  # drop the oldest
             oldest = min(self._by_id.values(), key=lambda s: s.last_used)
             del self._by_id[oldest.sid]
-        s = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32), now, now)
+        s = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32), now, now, account)
         self._by_id[s.sid] = s
         return s
 
@@ -178,6 +179,14 @@ class Sessions:
     def end(self, sid: str) -> None:
         self._by_id.pop(sid, None)
 
+    def end_account(self, account: str, keep: str | None = None) -> int:
+        """End every session of ``account`` but ``keep`` (after a password change);
+        returns how many ended."""
+        ended = [sid for sid, s in self._by_id.items() if s.account == account and sid != keep]
+        for sid in ended:
+            del self._by_id[sid]
+        return len(ended)
+
     def _expire(self, now: float) -> None:
         for sid, s in list(self._by_id.items()):
             if now - s.created >= self.lifetime or now - s.last_used >= self.idle:
@@ -191,12 +200,13 @@ def csrf_matches(session: Session, given: str) -> bool:
     return bool(given) and hmac.compare_digest(given.encode(), session.csrf.encode())
 
 
-def cookie_header(session: Session | None, secure: bool, max_age: float) -> bytes:
+def cookie_header(session: Session | None, secure: bool, max_age: float,
+                  name: bytes = COOKIE) -> bytes:
     """Set-Cookie value (RFC 6265 §4.1; SameSite per RFC 6265bis): the session id, or an
-    expired empty cookie to log out."""
+    expired empty cookie to log out, under the cookie ``name``."""
     value = session.sid.encode() if session is not None else b""
     age = int(max_age) if session is not None else 0
-    parts = [COOKIE + b"=" + value, b"Path=/", b"HttpOnly", b"SameSite=Strict",
+    parts = [name + b"=" + value, b"Path=/", b"HttpOnly", b"SameSite=Strict",
              b"Max-Age=%d" % age]
     if secure:
         parts.append(b"Secure")

@@ -63,9 +63,9 @@ def page(title: str, body: str, request: Any = None) -> bytes:
             f"{nav}<h1>{html.escape(title)}</h1>{body}").encode()
 
 
-def html_headers(request: Any) -> None:
+def html_headers(request: Any, csp: bytes = CSP) -> None:
     request.setHeader(b"content-type", b"text/html; charset=utf-8")
-    request.setHeader(b"content-security-policy", CSP)
+    request.setHeader(b"content-security-policy", csp)
     request.setHeader(b"x-frame-options", b"DENY")
 
 

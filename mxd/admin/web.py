@@ -67,6 +67,11 @@ from mxd.admin.render import (
 from mxd.metrics import PrometheusMetrics
 from mxd.queue.queue import QueueError
 from mxd.queue.views import domain_tls_dict, message_dict
+from mxd.webui import ErrorPage as _Error
+from mxd.webui import Redirect as _Redirect
+from mxd.webui import client_ip as _client_ip
+from mxd.webui import refuse_host, refuse_post
+from mxd.webui import same_origin as _same_origin
 
 log = Logger(namespace="mxd.admin")
 
@@ -284,45 +289,6 @@ class _TLSRPTAPI(Page):
         return json_body(request, {"day": day, "reports": reports, "deliveries": deliveries})
 
 
-class _Error(resource.Resource):
-    isLeaf = True
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__()
-        self.code, self.message = code, message
-
-    def render(self, request: Any) -> bytes:
-        request.setResponseCode(self.code)
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return self.message.encode() + b"\n"
-
-
-class _Redirect(resource.Resource):
-    isLeaf = True
-
-    def __init__(self, to: bytes) -> None:
-        super().__init__()
-        self.to = to
-
-    def render(self, request: Any) -> bytes:
-        request.redirect(self.to)
-        return b""
-
-
-def _client_ip(request: Any) -> str:
-    return str(getattr(request.getClientAddress(), "host", "") or "unknown")
-
-
-def _same_origin(request: Any) -> bool:
-    """A POST's ``Origin`` (RFC 6454 §7), when the browser sends one, must be this
-    server as the request's ``Host`` names it."""
-    origin = request.getHeader(b"origin")
-    if origin is None:
-        return True
-    scheme = b"https://" if request.isSecure() else b"http://"
-    return bool(origin == scheme + (request.getHeader(b"host") or b""))
-
-
 _LOGIN_FORM = ("<form method=post action=/login><p><label>admin password "
                "<input type=password name=password autocomplete=current-password autofocus>"
                "</label> <button>log in</button></p></form>")
@@ -409,13 +375,9 @@ class _Root(resource.Resource):
 
     def getChildWithDefault(self, path: bytes, request: Any) -> Any:
         ctx = self.ctx
-        host = request.getHeader(b"host")
-        if host is None:
-            return _Error(400, "missing Host header")
-        if not auth.host_allowed(host, ctx.hosts, ctx.loopback):
-            # RFC 9110 §15.5.20: not a name this server answers for (DNS rebinding).
-            log.warn("admin request for host {host} refused", host=host.decode("latin-1"))
-            return _Error(421, "misdirected request: unknown Host")
+        refused = refuse_host(request, ctx.hosts, ctx.loopback, "admin")
+        if refused is not None:
+            return refused
         request.mxd_session = None
         if path == b"login" and not request.postpath:
             if request.method == b"POST" and not _same_origin(request):
@@ -431,12 +393,9 @@ class _Root(resource.Resource):
             if request.method == b"GET" and path not in (b"api", b"metrics"):
                 return _Redirect(b"/login")
             return _Error(401, "log in first (or use the local token)")
-        if request.method not in (b"GET", b"HEAD"):
-            token = (request.args.get(b"csrf") or [b""])[0].decode("ascii", "replace")
-            if not _same_origin(request) or not auth.csrf_matches(session, token):
-                log.warn("admin {method} without a valid CSRF token refused",
-                         method=request.method.decode("latin-1"))
-                return _Error(403, "missing or wrong CSRF token")
+        refused = refuse_post(request, session, "admin")
+        if refused is not None:
+            return refused
         request.mxd_session = session
         request.mxd_nav = self.nav
         return super().getChildWithDefault(path, request)

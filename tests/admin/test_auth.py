@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 
 from mxd.admin import auth
 from mxd.admin.web import AdminContext, admin_site
 from mxd.sasl.ratelimit import AuthLimiter
+from tests.webtesting import http_request
 
 PASSWORD = "correct horse"
 
@@ -36,28 +35,7 @@ class Admin:
 
     def request(self, method: str, path: str, *, host: str | None = "127.0.0.1:8080",
                 headers: dict[str, str] | None = None, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
-        proto: Any = self.site.buildProtocol(None)
-        tr = StringTransport()
-        proto.makeConnection(tr)
-        lines = [f"{method} {path} HTTP/1.1"]
-        if host is not None:
-            lines.append(f"Host: {host}")
-        for k, v in (headers or {}).items():
-            lines.append(f"{k}: {v}")
-        if method == "POST":
-            lines.append("Content-Type: application/x-www-form-urlencoded")
-            lines.append(f"Content-Length: {len(body)}")
-        lines.append("Connection: close")
-        proto.dataReceived(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
-        raw = tr.value()
-        head, _, content = raw.partition(b"\r\n\r\n")
-        status_line, *hdr_lines = head.decode("latin-1").split("\r\n")
-        hdrs = {}
-        for h in hdr_lines:
-            k, _, v = h.partition(":")
-            hdrs[k.strip().lower()] = v.strip()
-        proto.connectionLost(None)
-        return int(status_line.split()[1]), hdrs, content
+        return http_request(self.site, method, path, host=host, headers=headers, body=body)
 
     def login(self, password: str = PASSWORD) -> tuple[int, str]:
         code, hdrs, _ = self.request("POST", "/login", body=b"password=" + password.encode())

@@ -1,0 +1,94 @@
+"""The webmail's resource tree: the guard in front of every page and the page table.
+
+Routes (the first path segment; see ``PAGES``):
+  GET  /login, POST /login     the login form; POST /logout ends the session
+  GET  /                       mailboxes with message and unseen counts
+  GET  /compose                the compose pages (``mxd.webmail.compose``)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web import resource, server
+
+from mxd.admin.render import async_render
+from mxd.admin.web import BoundedFactory
+from mxd.webmail.context import WebmailContext
+from mxd.webmail.layout import WebmailPage, layout
+from mxd.webmail.login import Login, Logout
+from mxd.webmail.mailboxes import Mailboxes
+from mxd.webui import ErrorPage, Redirect, refuse_host, refuse_post, same_origin
+
+log = Logger(namespace="mxd.webmail")
+
+
+class ComposeUnavailable(WebmailPage):
+    """Stands at /compose until the compose pages are registered."""
+
+    @async_render
+    async def render_GET(self, request: Any) -> bytes:
+        self.headers(request)
+        request.setResponseCode(404)
+        return layout("Compose", "<p class=note>Composing is not available here yet.</p>",
+                      request)
+
+
+# The pages behind the login: first path segment -> factory of the page.  Add a page
+# with one line here (mxd/webmail/__init__.py says how to write one).
+PAGES: dict[bytes, Callable[[WebmailContext], resource.Resource]] = {
+    b"": Mailboxes,
+    b"logout": Logout,
+    b"compose": ComposeUnavailable,
+}
+
+
+class Root(resource.Resource):
+    """Checks ``Host``, the session and (for POSTs) the CSRF token before any page."""
+
+    def __init__(self, ctx: WebmailContext,
+                 pages: dict[bytes, Callable[[WebmailContext], resource.Resource]]) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self.login = Login(ctx)
+        for path, factory in pages.items():
+            self.putChild(path, factory(ctx))
+
+    def getChildWithDefault(self, path: bytes, request: Any) -> Any:
+        ctx = self.ctx
+        refused = refuse_host(request, ctx.hosts, ctx.loopback, "webmail")
+        if refused is not None:
+            return refused
+        request.webmail = None
+        if path == b"login" and not request.postpath:
+            if request.method == b"POST" and not same_origin(request):
+                return ErrorPage(403, "cross-origin request refused")
+            return self.login
+        session = ctx.session(request)
+        if session is None:
+            if request.method in (b"GET", b"HEAD"):
+                return Redirect(b"/login")
+            return ErrorPage(401, "log in first")
+        refused = refuse_post(request, session, "webmail")
+        if refused is not None:
+            return refused
+        request.webmail = session
+        return super().getChildWithDefault(path, request)
+
+
+def webmail_site(ctx: WebmailContext,
+                 pages: dict[bytes, Callable[[WebmailContext], resource.Resource]] | None = None,
+                 ) -> server.Site:
+    site = server.Site(Root(ctx, PAGES if pages is None else pages), timeout=30)
+    site.displayTracebacks = False
+    site.noisy = False
+    return site
+
+
+def bounded_webmail_factory(site: server.Site, clock: IReactorTime) -> BoundedFactory:
+    """The site behind a connection cap and a hard per-connection deadline (as the
+    admin's: a page takes milliseconds; a download of a large attachment has minutes)."""
+    return BoundedFactory(site, clock, max_connections=256, lifetime=600.0)
