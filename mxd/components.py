@@ -63,12 +63,48 @@ class StoreService(service.Service):
 
 
 def make_store(cfg: Config, reactor: Any) -> Any:
+    from mxd.imap import summary
     from mxd.store.sqlite import SQLiteStore, StoreSettings
 
     cfg.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
-    return SQLiteStore(cfg.data_dir, reactor,
-                       settings=StoreSettings(quota_bytes=cfg.store.quota_bytes or None))
+    store = SQLiteStore(cfg.data_dir, reactor,
+                        settings=StoreSettings(quota_bytes=cfg.store.quota_bytes or None))
+    summary.register(store)  # IMAP's ENVELOPE and SORT/THREAD keys, stored with each message
+    return store
+
+
+BACKFILL_BATCH = 64
+BACKFILL_PAUSE = 0.02  # seconds between batches, so the store's other work goes first
+
+
+def start_backfill(store: Any, reactor: Any) -> Deferred[int]:
+    """Compute the derived data of bodies stored before their deriver was registered (a
+    store from an older mxd) in batches, in the background after start-up; fires with
+    the number of bodies done.  Never delays the start, never runs on the reactor."""
+    from twisted.internet.task import deferLater
+
+    from mxd.store.writer import StoreClosed
+
+    total = 0
+
+    async def run() -> int:
+        nonlocal total
+        while True:
+            n = await store.backfill_derived(BACKFILL_BATCH)
+            total += n
+            if not n:
+                if total:
+                    log.info("derived data computed for {n} stored messages", n=total)
+                return total
+            await deferLater(reactor, BACKFILL_PAUSE, lambda: None)
+
+    def failed(f: Any) -> int:
+        if not f.check(StoreClosed):
+            log.failure("computing derived data of stored messages failed", f)
+        return total
+
+    return Deferred.fromCoroutine(run()).addErrback(failed)
 
 
 def make_directory(cfg: Config, store: Any, reactor: Any, metrics: IMetrics | None = None) -> Any:
@@ -327,7 +363,10 @@ def build(cfg: Config, reactor: Any, metrics: IMetrics, parent: Any) -> dict[str
     def sync() -> Deferred[None]:
         return Deferred.fromCoroutine(sync_config_accounts(cfg, store))
 
-    store_service = StoreService(store, [sync], reactor)
+    def backfill() -> None:
+        start_backfill(store, reactor)  # not waited for: runs while the server serves
+
+    store_service = StoreService(store, [sync, backfill], reactor)
     store_service.setServiceParent(parent)
     sasl = make_sasl(cfg, directory, reactor, metrics)
     queue = Queue(SQLiteQueueStore(store), reactor, metrics)

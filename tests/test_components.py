@@ -140,3 +140,37 @@ names = ["example.test"]
     signed = reporter.sign(message, 1_000_000.0)
     h = signed.split(b"\th=", 1)[1].split(b";", 1)[0].replace(b"\r\n\t", b"").split(b":")
     assert b"tls-report-domain" in h and b"tls-report-submitter" in h
+
+
+def test_backfill_runs_in_batches_until_nothing_is_left() -> None:
+    """start_backfill asks the store for batches, pausing between them on the clock, and
+    fires with the total once a batch comes back empty; a closed store ends it quietly."""
+    from twisted.internet import task
+    from twisted.internet.defer import fail, succeed
+
+    from mxd.components import BACKFILL_PAUSE, start_backfill
+    from mxd.store.writer import StoreClosed
+
+    class Store:
+        def __init__(self, batches: list[int]) -> None:
+            self.batches = batches
+            self.calls = 0
+
+        def backfill_derived(self, limit: int) -> object:
+            self.calls += 1
+            if not self.batches:
+                return fail(StoreClosed("closed"))
+            return succeed(self.batches.pop(0))
+
+    clock = task.Clock()
+    store = Store([64, 10, 0])
+    done: list[int] = []
+    start_backfill(store, clock).addCallback(done.append)
+    assert store.calls == 1 and done == []
+    clock.advance(BACKFILL_PAUSE)
+    clock.advance(BACKFILL_PAUSE)
+    assert done == [74] and store.calls == 3
+    closed = Store([5])
+    start_backfill(closed, clock).addCallback(done.append)
+    clock.advance(BACKFILL_PAUSE)
+    assert done == [74, 5]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from twisted.logger import Logger
 
 from mxd.imap import message as mimemsg
-from mxd.imap import response
+from mxd.imap import response, summary
 from mxd.imap.dispatch import Reply, bad, no, ok
 from mxd.imap.envelope import render_envelope
 from mxd.imap.errors import BadSequence
@@ -68,6 +68,7 @@ class _Loader:
         self._header: bytes | None = None
         self._parsed: mimemsg.ParsedMessage | None = None
         self._data: bytes | None = None  # the whole message, when small (see whole())
+        self.envelope: bytes | None = None  # the stored ENVELOPE (summary.ENVELOPE)
 
     def file(self) -> BinaryIO:
         if self._f is None:
@@ -181,6 +182,8 @@ def _render_att(s: IMAPSession, ld: _Loader, seq: int, att: FetchAtt) -> list[Se
     if n == "MODSEQ":
         return [b"MODSEQ (%d)" % m.modseq]
     if n == "ENVELOPE":
+        if ld.envelope is not None and not utf8:
+            return [b"ENVELOPE ", ld.envelope]
         kind = "env8" if utf8 else "env"
         v = cache.get(kind, m.blob_id)
         if v is None:
@@ -302,16 +305,23 @@ async def do_fetch(s: IMAPSession, cmd: Command) -> Reply:
     failed = 0
     expunge_issued = False
     out = bytearray()  # responses not yet sent, written in batches of BATCH bytes
+    # ENVELOPE as the store keeps it (summary.ENVELOPE), read for PREFETCH messages at a
+    # time; a message without one is rendered from its header.
+    envelopes: dict[int, bytes] = {}
+    stored_envelopes = "ENVELOPE" in names and not s.utf8
     try:
         state = view.state
         for k, uid in enumerate(uids):
             if not k & 15:
                 await s.breathe()
+            if stored_envelopes and k % PREFETCH == 0:
+                envelopes = await _stored_envelopes(s, view, uids[k:k + PREFETCH])
             seq = view.seq_of(uid)
             m = state.info(uid) if seq is not None else None
             if seq is None or m is None:
                 continue
             ld = _Loader(s, m)
+            ld.envelope = envelopes.get(uid)
             try:
                 body_gone = _body_gone(view, uid, ld)
                 if body_gone:
@@ -361,7 +371,19 @@ async def do_fetch(s: IMAPSession, cmd: Command) -> Reply:
 
 
 BATCH = 64 * 1024
+PREFETCH = 2000
 _META = frozenset({"UID", "FLAGS", "MODSEQ", "RFC822.SIZE", "INTERNALDATE"})
+
+
+async def _stored_envelopes(s: IMAPSession, view: MailboxView, uids: list[int]) -> dict[int, bytes]:
+    """UID -> stored ENVELOPE of those of ``uids`` that have one ({} if the store fails:
+    the envelopes are then rendered from the files)."""
+    if not uids:
+        return {}
+    try:
+        return await s.store.get_derived(view.info.id, summary.ENVELOPE, min(uids), max(uids))
+    except StoreError:
+        return {}
 
 
 async def _fetch_meta(s: IMAPSession, view: MailboxView, uids: list[int], atts: list[FetchAtt],

@@ -1,11 +1,13 @@
 """SORT and UID SORT (RFC 5256 §3, RFC 5957): the session adapter around the pure
-``mxd.imap.sort``.  Headers are read per message between work slices, and the ordering
-runs in chunks, so a big mailbox never holds the reactor."""
+``mxd.imap.sort``.  The header keys of each message come from what the store keeps
+with it (``mxd.imap.summary``, one query per command), else from its header block, read
+per message between work slices; the ordering runs in chunks, so a big mailbox never
+holds the reactor."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from email.message import Message
 from typing import TYPE_CHECKING
@@ -14,30 +16,40 @@ from weakref import WeakKeyDictionary
 import attrs
 
 from mxd.imap import message as mimemsg
+from mxd.imap import summary
 from mxd.imap.dispatch import Reply, bad, no, ok
 from mxd.imap.messagecache import read_header_block
 from mxd.imap.search import Candidate, matches
 from mxd.imap.searchcmd import CHARSETS
-from mxd.imap.sort import SortData, header_date, sort_data, sort_steps
-from mxd.imap.thread import ThreadData, thread_data
+from mxd.imap.sort import SortData, sort_steps
+from mxd.imap.summary import HeaderKeys
 from mxd.imap.values import Command, SearchKey, SortArgs
-from mxd.store.interfaces import MessageInfo
+from mxd.store.interfaces import MessageInfo, StoreError
 
 if TYPE_CHECKING:
     from mxd.imap.server import IMAPSession
 
 
-# What SORT and THREAD derive from a header block, per blob (blobs are immutable, so
-# entries never go stale): the Date header (None: use the internal date) and the
-# header parts of SortData and ThreadData.  Shared by the sessions of a factory and
-# bounded in entries (about 1-2 KiB each).
-HeaderKeys = tuple[float | None, SortData, ThreadData]
+# What SORT and THREAD derive from a header block (summary.HeaderKeys), per blob
+# (blobs are immutable, so entries never go stale).  Shared by the sessions of a
+# factory and bounded in entries (about 1-2 KiB each).
 MAX_CACHED = 20_000
-_EPOCH = datetime.fromtimestamp(0, UTC)
 _caches: WeakKeyDictionary[object, OrderedDict[str, HeaderKeys]] = WeakKeyDictionary()
 
 
-def header_keys(s: IMAPSession, m: MessageInfo) -> HeaderKeys:
+async def stored_keys(s: IMAPSession) -> Mapping[int, bytes]:
+    """UID -> the stored keys (summary.KEYS) of the selected mailbox's messages that
+    have them; {} when the store cannot say (the keys are then read from the files)."""
+    view = s.view
+    assert view is not None
+    try:
+        return await s.store.get_derived(view.info.id, summary.KEYS)
+    except StoreError:
+        return {}
+
+
+def header_keys(s: IMAPSession, m: MessageInfo,
+                stored: Mapping[int, bytes] | None = None) -> HeaderKeys:
     cache = _caches.get(s.factory)
     if cache is None:
         cache = _caches[s.factory] = OrderedDict()
@@ -45,12 +57,26 @@ def header_keys(s: IMAPSession, m: MessageInfo) -> HeaderKeys:
     if v is not None:
         cache.move_to_end(m.blob_id)
         return v
-    h = read_headers(s, m)
-    v = (header_date(h), sort_data(0, 0, _EPOCH, 0, h), thread_data(0, 0, 0.0, h))
+    raw = stored.get(m.uid) if stored is not None else None
+    if raw is not None:
+        try:
+            v = summary.decode_keys(raw)
+        except (ValueError, UnicodeDecodeError, TypeError):
+            v = None
+    if v is None:
+        v = summary.header_keys(read_header_bytes(s, m))
     cache[m.blob_id] = v
     if len(cache) > MAX_CACHED:
         cache.popitem(last=False)
     return v
+
+
+def read_header_bytes(s: IMAPSession, m: MessageInfo) -> bytes:
+    try:
+        with s.store.open_blob(m.blob_id) as f:
+            return read_header_block(f)
+    except (OSError, KeyError, StoreError):
+        return b""
 
 
 def read_headers(s: IMAPSession, m: MessageInfo) -> Message:
@@ -103,9 +129,10 @@ async def do_sort(s: IMAPSession, cmd: Command) -> Reply:
     is_uid = cmd.name == "UID SORT"
     now = datetime.fromtimestamp(s.clock.seconds(), UTC)
     items: list[SortData] = []
+    stored = await stored_keys(s)
     try:
         async for seq, uid, m in matching(s, args.key, now):
-            date, d, _ = header_keys(s, m)
+            date, d, _ = header_keys(s, m, stored)
             arrival = m.internal_date.timestamp()
             items.append(attrs.evolve(d, seq=seq, uid=uid, arrival=arrival, size=m.size,
                                       sent=arrival if date is None else date))

@@ -1,5 +1,6 @@
 """THREAD and UID THREAD (RFC 5256 §3): the session adapter around the pure
-``mxd.imap.thread``.  Headers are read between work slices and the threading runs as
+``mxd.imap.thread``.  Header keys come from the store (``mxd.imap.summary``) or are
+read between work slices and the threading runs as
 a generator of work units, so a big mailbox never holds the reactor."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import attrs
 
 from mxd.imap.dispatch import Reply, bad, no, ok
 from mxd.imap.searchcmd import CHARSETS
-from mxd.imap.sortcmd import header_keys, matching
+from mxd.imap.sortcmd import header_keys, matching, stored_keys
 from mxd.imap.thread import Node, ThreadData, ordered_subject, references, render
 from mxd.imap.values import Command, ThreadArgs
 
@@ -27,9 +28,10 @@ async def do_thread(s: IMAPSession, cmd: Command) -> Reply:
         return no("Unsupported charset", "BADCHARSET (US-ASCII UTF-8)")
     now = datetime.fromtimestamp(s.clock.seconds(), UTC)
     items: list[ThreadData] = []
+    stored = await stored_keys(s)
     try:
         async for seq, uid, m in matching(s, args.key, now):
-            date, _, d = header_keys(s, m)
+            date, _, d = header_keys(s, m, stored)
             sent = m.internal_date.timestamp() if date is None else date
             items.append(attrs.evolve(d, seq=seq, uid=uid, sent=sent))
     except ValueError as e:

@@ -40,6 +40,7 @@ log = Logger()
 
 T = TypeVar("T")
 FSYNC_THREADS = 8  # parallel fsyncs of one group commit
+HEAD_KEEP = 64 * 1024  # a writer keeps its body's first octets for the store's derivers
 _O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 _BLOB_ID = re.compile(r"\A[0-9a-f]{32}\Z")
@@ -355,11 +356,19 @@ class FileBlobWriter:
             self._tmp = files.tmp_dir / f"{blob_id}.tmp"
             self._f = open(self._tmp, "xb")
         self._size = 0
+        self._head = bytearray()  # the first HEAD_KEEP octets, for derived data
         self.state = BlobState.OPEN
 
     @property
     def size(self) -> int:
         return self._size
+
+    def read_head(self, length: int) -> bytes:
+        """The first ``length`` octets of the body: from memory when they arrived within
+        the first HEAD_KEEP octets, else from the file (writer thread, once durable)."""
+        if length <= len(self._head) or len(self._head) == self._size:
+            return bytes(self._head[:length])
+        return self._files.read_head(self.blob_id, length)
 
     @property
     def durable(self) -> bool:
@@ -369,6 +378,8 @@ class FileBlobWriter:
         if self.state is not BlobState.OPEN or self._f is None:
             raise BlobError(f"blob writer is {self.state.value}, cannot write")
         self._f.write(data)
+        if self._size < HEAD_KEEP:
+            self._head += data[:HEAD_KEEP - self._size]
         self._size += len(data)
 
     def seal(self) -> None:

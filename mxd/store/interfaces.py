@@ -10,13 +10,24 @@ rather than shared in-process objects.
 Durability (DESIGN.md "Contracts"): a Deferred from ``deliver``/``append`` fires only
 after the body file and the metadata commit are both fsynced.  A crash at any point
 leaves either the whole message visible or none of it.
+
+Derived data (``register_deriver``, ``get_derived``, ``backfill_derived``): what a
+protocol computes from a message body (IMAP's rendered ENVELOPE and SORT/THREAD keys,
+a PREVIEW) is stored with the body, computed once when the body arrives (deliver,
+accept, append; on the store's thread, never the reactor's) and read back per mailbox
+in one query.  Values are opaque octets under a *kind* name chosen by their producer
+("imap.envelope.1"); a new format takes a new kind, so a stored value never needs to be
+rewritten.  Bodies are shared by COPY and MOVE, so their copies share the values; the
+values go with the body.  Bodies stored before a deriver was registered (an older
+store) get theirs from ``backfill_derived``, in small batches.  The store never imports
+a protocol: the producer passes its function in.
 """
 
 from __future__ import annotations
 
 import enum
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, BinaryIO, Protocol, TypeVar
 
@@ -225,6 +236,13 @@ class BlobWriter(Protocol):
     def abort(self) -> None: ...
 
 
+# A deriver computes derived data of one body from ``read_head(n)``, the body's first
+# ``n`` octets (all of it when shorter): ``{kind: value}``.  It must be pure and fast
+# (it runs per stored message) and may raise; a failing deriver stores nothing.
+ReadHead = Callable[[int], bytes]
+Deriver = Callable[[ReadHead], Mapping[str, bytes]]
+
+
 class IAccountStore(Protocol):
     def add_account(self, name: str, secrets_text: str, addresses: Iterable[str] = ()) -> Deferred[Account]: ...
 
@@ -331,6 +349,21 @@ class IMailStore(Protocol):
 
     def get_usage(self, account_id: int) -> Deferred[tuple[int, int | None]]:
         """(bytes used, the account's limit or None) (RFC 9208 STORAGE)."""
+
+    # -- derived data (see the module docstring) ----------------------------------------
+    def register_deriver(self, name: str, kinds: Iterable[str], fn: Deriver) -> None:
+        """Compute ``fn``'s ``kinds`` for each body stored from now on.  ``name``
+        identifies the deriver (registering it again replaces it)."""
+
+    def get_derived(self, mailbox_id: int, kind: str, first_uid: int = 1,
+                    last_uid: int = 0xFFFFFFFF) -> Deferred[dict[int, bytes]]:
+        """UID -> the ``kind`` value of the mailbox's messages in the UID range that have
+        one (a message without one is left out: the caller computes it itself)."""
+
+    def backfill_derived(self, limit: int = 256) -> Deferred[int]:
+        """Compute the registered derivers' values for up to ``limit`` stored bodies
+        that lack one (off the reactor); fires with how many bodies were done (0: none
+        is left)."""
 
     # -- notifications ----------------------------------------------------------------
     def subscribe(self, mailbox_id: int, listener: Callable[[MailboxChange], None]) -> Callable[[], None]:

@@ -117,6 +117,17 @@ STORE_MIGRATIONS: list[str] = [
         PRIMARY KEY (account_id, name)
     ) WITHOUT ROWID;
     """,
+    # 4: data derived from a body (IMAP ENVELOPE, SORT/THREAD keys, PREVIEW), stored
+    # with it by kind (mxd.store.derived).  An empty table: bodies stored before this
+    # step get their values later, in batches (SQLiteStore.backfill_derived).
+    """
+    CREATE TABLE blob_data (
+        blob_id TEXT NOT NULL REFERENCES blobs(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL,
+        value BLOB NOT NULL,
+        PRIMARY KEY (blob_id, kind)
+    ) WITHOUT ROWID;
+    """,
 ]
 
 

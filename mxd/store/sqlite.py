@@ -39,6 +39,12 @@ Semantics worth knowing:
   ``mxd.lock``.  Crash cleanup (tmp/ leftovers, bodies at refcount 0, orphan files) runs
   at open only when the opener is alone, since it would destroy another process's work
   in progress.  Change notifications reach listeners of the same process only.
+* Derived data (mxd.store.derived): ``register_deriver`` passes in a function that
+  computes values from a body's first octets (IMAP ENVELOPE and SORT/THREAD keys, PREVIEW);
+  it runs in the transaction that stores a new body (deliver, accept, append), and
+  ``get_derived`` reads a mailbox's values in one query.  ``backfill_derived`` fills
+  bodies stored earlier, a batch at a time.  Add a new kind of per-message data this way
+  (a new ``kind`` name per format) rather than as a column.
 * Errors: each Deferred errbacks with a StoreError subclass (NoSuchAccount,
   NoSuchMailbox, MailboxExists, QuotaExceeded, InvalidMailboxName, InvalidFlag, ...);
   SQLite errors arrive as StoreError with the sqlite3 error as ``__cause__``.
@@ -79,7 +85,7 @@ from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from mxd.store import failpoints, names, queuedb
+from mxd.store import derived, failpoints, names, queuedb
 from mxd.store import queries as q
 from mxd.store.blobs import BlobError, BlobFiles, FileBlobWriter
 from mxd.store.interfaces import (
@@ -90,6 +96,7 @@ from mxd.store.interfaces import (
     BlobWriter,
     CannotDeleteInbox,
     Delivery,
+    Deriver,
     InvalidMailboxName,
     MailboxChange,
     MailboxExists,
@@ -151,6 +158,8 @@ class SQLiteStore:
         self._ctx: OpContext | None = None  # the running transact() op (writer thread)
         self._opened = False
         self._opened_db: DatabaseOpener | None = None
+        self._derivers: dict[str, derived.Registered] = {}
+        self._derive_failed: set[str] = set()  # bodies the backfill gives up on
 
     @property
     def db_path(self) -> Path:
@@ -283,6 +292,65 @@ class SQLiteStore:
     def _now(self) -> datetime:
         seconds = getattr(self._reactor, "seconds", time.time)
         return datetime.fromtimestamp(int(seconds()), UTC)
+
+    # -- derived data (mxd.store.derived) ----------------------------------------------------
+    def register_deriver(self, name: str, kinds: Iterable[str], fn: Deriver) -> None:
+        """IMailStore.register_deriver: from now on, every new body gets ``fn``'s values."""
+        self._derivers[name] = derived.Registered(name, tuple(kinds), fn)
+
+    def _derive_new(self, conn: sqlite3.Connection, ctx: OpContext, w: FileBlobWriter) -> None:
+        # Writer thread, in the storing transaction: a body new to this operation (not
+        # one shared with an earlier call) gets its values with its first message row.
+        if self._derivers and w.blob_id in ctx.fresh_blobs:
+            derived.derive(conn, w.blob_id, w.read_head, list(self._derivers.values()))
+
+    def get_derived(self, mailbox_id: int, kind: str, first_uid: int = 1,
+                    last_uid: int = 0xFFFFFFFF) -> Deferred[dict[int, bytes]]:
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> dict[int, bytes]:
+            return derived.get(conn, mailbox_id, kind, first_uid, last_uid)
+
+        return self._writer.submit(op)
+
+    def backfill_derived(self, limit: int = 64) -> Deferred[int]:
+        """IMailStore.backfill_derived: one batch of at most ``limit`` bodies, read and
+        derived on the writer thread in one transaction."""
+        registered = list(self._derivers.values())
+        failed = self._derive_failed
+
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> int:
+            todo: dict[str, list[derived.Registered]] = {}
+            for d in registered:
+                for kind in d.kinds:
+                    for blob_id in derived.missing(conn, kind, limit, failed):
+                        if d not in todo.setdefault(blob_id, []):
+                            todo[blob_id].append(d)
+            done = 0
+            for blob_id, ds in list(todo.items())[:limit]:
+                try:
+                    head = self._files.read_head(blob_id, derived.MAX_VALUE)
+                except BlobError:
+                    failed.add(blob_id)
+                    continue
+                size = len(head)
+
+                def read_head(n: int, head: bytes = head, size: int = size,
+                              blob_id: str = blob_id) -> bytes:
+                    if n <= size or size < derived.MAX_VALUE:
+                        return head[:n]
+                    return self._files.read_head(blob_id, n)
+
+                stored = False
+                for d in ds:
+                    values = derived.run(d, blob_id, read_head)
+                    if values:
+                        derived.store(conn, blob_id, values)
+                        stored = True
+                if not stored:
+                    failed.add(blob_id)
+                done += 1
+            return done
+
+        return self._writer.submit(op)
 
     # -- bodies that readers still show ------------------------------------------------------
     def hold_blob(self, blob_id: str) -> None:
@@ -480,6 +548,8 @@ class SQLiteStore:
         def op(conn: sqlite3.Connection, ctx: OpContext) -> Accepted:
             flag_sets = [names.clean_flags(t.flags) for t in targets]
             self._register_blob(conn, ctx, w)
+            if targets:
+                self._derive_new(conn, ctx, w)
             uids = []
             for t, flags in zip(targets, flag_sets, strict=True):
                 mailbox_id = q.mailbox_id(conn, t.account_id, t.mailbox)
@@ -515,6 +585,7 @@ class SQLiteStore:
             clean = names.clean_flags(flags)
             self._register_blob(conn, ctx, w)
             q.check_mailbox(conn, mailbox_id)
+            self._derive_new(conn, ctx, w)
             account_id = conn.execute("SELECT account_id FROM mailboxes WHERE id = ?",
                                       (mailbox_id,)).fetchone()[0]
             self._check_quota(conn, account_id, w.size)

@@ -33,6 +33,7 @@ from mxd.store.interfaces import (
     AddressInUse,
     CannotDeleteInbox,
     Delivery,
+    Deriver,
     MailboxChange,
     MailboxExists,
     MailboxHasChildren,
@@ -113,6 +114,8 @@ class MemoryStore:
         self.fail_next = False
         self.rollback = True
         self._listeners: dict[int, list[Callable[[MailboxChange], None]]] = {}
+        self._derivers: dict[str, tuple[tuple[str, ...], Deriver]] = {}
+        self.derived: dict[tuple[str, str], bytes] = {}  # (blob id, kind) -> value
 
     # -- the write path: all or nothing, then notify ------------------------------------
     def _write(self, fn: Callable[[list[MailboxChange]], T]) -> Deferred[T]:
@@ -247,7 +250,7 @@ class MemoryStore:
     def read_blob_head(self, blob_id: str, length: int) -> bytes:
         return self.bodies[blob_id][:length]
 
-    def _take(self, blob: Any) -> str:
+    def _take(self, blob: Any, derive: bool = True) -> str:
         if not isinstance(blob, MemoryBlob) or blob.aborted:
             raise StoreError("blob writer does not belong to this store")
         blob.taken = True
@@ -255,7 +258,51 @@ class MemoryStore:
             # A counter, not id(blob): a collected writer's id is reused by the next one.
             blob.blob_id = f"b{next(self._blob_ids)}"
             self.bodies[blob.blob_id] = bytes(blob.data)
+            if derive:
+                self._derive(blob.blob_id)
         return blob.blob_id
+
+    # -- derived data (interfaces module docstring) -------------------------------------------
+    def register_deriver(self, name: str, kinds: Iterable[str], fn: Deriver) -> None:
+        self._derivers[name] = (tuple(kinds), fn)
+
+    def _derive(self, blob_id: str) -> int:
+        body = self.bodies[blob_id]
+        done = 0
+        for kinds, fn in self._derivers.values():
+            if all((blob_id, k) in self.derived for k in kinds):
+                continue
+            try:
+                values = fn(lambda n: body[:n])
+            except Exception:  # noqa: BLE001 - as the SQLite store: store nothing
+                continue
+            for k, v in values.items():
+                if k in kinds:
+                    self.derived[(blob_id, k)] = bytes(v)
+            done = 1
+        return done
+
+    def get_derived(self, mailbox_id: int, kind: str, first_uid: int = 1,
+                    last_uid: int = 0xFFFFFFFF) -> Deferred[dict[int, bytes]]:
+        def get() -> dict[int, bytes]:
+            out = {}
+            for uid, m in self._box(mailbox_id).messages.items():
+                v = self.derived.get((m.info.blob_id, kind))
+                if first_uid <= uid <= last_uid and v is not None:
+                    out[uid] = v
+            return out
+        return self._read(get)
+
+    def backfill_derived(self, limit: int = 64) -> Deferred[int]:
+        def op(changes: list[MailboxChange]) -> int:
+            live = {m.info.blob_id for b in self.mailboxes.values() for m in b.messages.values()}
+            done = 0
+            for blob_id in sorted(live):
+                if done >= limit:
+                    break
+                done += self._derive(blob_id)
+            return done
+        return self._write(op)
 
     # -- mailboxes ---------------------------------------------------------------------------
     def _create(self, account_id: int, name: str, use: SpecialUse | None = None) -> _Mailbox:
@@ -401,7 +448,7 @@ class MemoryStore:
         def op(changes: list[MailboxChange]) -> Accepted:
             if outbound is not None and not queue_id:
                 raise StoreError("accept: an outbound part needs a queue id")
-            blob_id = self._take(blob)
+            blob_id = self._take(blob, derive=bool(targets))
             size = len(self.bodies[blob_id])
             uids = []
             for t in targets:
