@@ -521,7 +521,8 @@ def make_dmarc_reporter(cfg: Config, comps: dict[str, Any], reactor: Any, parent
         evaluations, comps["resolver"], comps["queue"], reactor,
         ReporterSettings(submitter=host,
                          from_addr=cfg.msgauth.dmarc_reports_from or f"postmaster@{host}"),
-        sign=ring.sign if ring is not None else None, run_blocking=run_blocking)
+        sign=ring.sign if ring is not None else None, run_blocking=run_blocking,
+        sent_store=dmarc_sent_store(cfg))
     reporter.setServiceParent(parent)
     comps["dmarc_reporter"] = reporter
     return reporter
@@ -558,6 +559,13 @@ def dmarc_report_store(cfg: Config) -> Any:
     from mxd.msgauth.reportstore import ReportStore
 
     return ReportStore(cfg.data_dir / "dmarc" / "incoming")
+
+
+def dmarc_sent_store(cfg: Config) -> Any:
+    """DMARC aggregate reports sent, under DATA_DIR/dmarc/sent."""
+    from mxd.msgauth.reportstore import SentReportStore
+
+    return SentReportStore(cfg.data_dir / "dmarc" / "sent")
 
 
 def tls_report_addresses(cfg: Config) -> list[str]:
@@ -636,7 +644,9 @@ def admin_factory(cfg: Config, li: ListenerConfig, comps: dict[str, Any], reacto
         domains=tuple(normalise_domain(d) for d in cfg.domains.names),
         domain_records=lambda d: admin_domain_records(cfg, d),
         tls_reporter=comps.get("tls_reporter"), recent=recent_problems(comps),
-        sasl=comps.get("sasl"))
+        sasl=comps.get("sasl"), dmarc_sent=dmarc_sent_store(cfg),
+        domain_check=(admin_dns_check(cfg, comps["resolver"], reactor)
+                      if comps.get("resolver") is not None else None))
     site: Any = bounded_admin_factory(admin_site(ctx), reactor)
     if loopback:
         return cast(IProtocolFactory, site)
@@ -700,6 +710,23 @@ def admin_domain_records(cfg: Config, domain: str) -> list[Any]:
     from mxd.recordsconfig import record_inputs
 
     return list(records(record_inputs(cfg, domain)))
+
+
+def admin_dns_check(cfg: Config, resolver: Any, reactor: Any) -> Any:
+    """``mxd dns check DOMAIN`` for the admin domains page, through the server's own
+    resolver, bounded to two minutes (the key files it reads are a few small ones)."""
+    from twisted.internet.defer import Deferred
+
+    from mxd.dnscheck_cli import checker_for
+
+    def check(domain: str) -> Any:
+        async def run() -> list[Any]:
+            checker = checker_for(cfg, domain, resolver, reactor)
+            return list(await checker.run())
+
+        return Deferred.fromCoroutine(run()).addTimeout(120, reactor)
+
+    return check
 
 
 def admin_password_file(cfg: Config) -> Path:

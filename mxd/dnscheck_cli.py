@@ -11,16 +11,14 @@ from typing import Any
 from mxd.config import Config, normalise_domain
 
 
-def run_check(cfg: Config, domain: str, *, as_json: bool, ca_file: str | None,
-              run: Callable[[Callable[[Any], Any]], Any]) -> int:
-    from twisted.internet import defer
-
-    from mxd import components
+def checker_for(cfg: Config, domain: str, resolver: Any, reactor: Any,
+                ca_file: str | None = None) -> Any:
+    """The DNS checker of ``domain`` (``mxd.dnscheck.Checker``) with what this config
+    serves: the CLI and the admin web's domains page both use it.  Reads key files."""
     from mxd.certs import CertStore, names_for
     from mxd.dane_inbound import served_chains
-    from mxd.dnscheck import Checker, exit_status
+    from mxd.dnscheck import Checker
     from mxd.hostkeys import load_all
-    from mxd.metrics import NoopMetrics
     from mxd.recordsconfig import acme_dir, record_inputs, sts_policy
 
     inputs = record_inputs(cfg, domain)
@@ -37,13 +35,23 @@ def run_check(cfg: Config, domain: str, *, as_json: bool, ca_file: str | None,
 
         chain = parse_pem_chain(Path(cfg.tls.cert).read_bytes())
         served = [("configured", [c.public_bytes(Encoding.DER) for c in chain])]
+    fetch = _fetcher(cfg, resolver, reactor, ca_file)
+    return Checker(resolver, inputs, served, fetch,
+                   sts_policy_text=sts_policy(cfg).to_text(), acme=cfg.acme.enabled)
+
+
+def run_check(cfg: Config, domain: str, *, as_json: bool, ca_file: str | None,
+              run: Callable[[Callable[[Any], Any]], Any]) -> int:
+    from twisted.internet import defer
+
+    from mxd import components
+    from mxd.dnscheck import exit_status
+    from mxd.metrics import NoopMetrics
 
     async def main(reactor: Any) -> list[Any]:
         resolver = components.make_resolver(cfg, reactor, NoopMetrics())
-        fetch = _fetcher(cfg, resolver, reactor, ca_file)
-        checker = Checker(resolver, inputs, served, fetch,
-                          sts_policy_text=sts_policy(cfg).to_text(), acme=cfg.acme.enabled)
-        return await checker.run()
+        checker = checker_for(cfg, domain, resolver, reactor, ca_file)
+        return list(await checker.run())
 
     results = run(lambda reactor: defer.ensureDeferred(main(reactor)))
     if as_json:

@@ -136,27 +136,87 @@ class Accounts(Page):
         return _back(request, b"/accounts")
 
 
+_WORST = {"ERROR": 3, "WARN": 2, "OK": 1}
+
+
+def _check_cell(results: list[Any]) -> str:
+    """The check results of one record kind: the worst status first, each detail."""
+    if not results:
+        return ""
+    worst = max(results, key=lambda r: _WORST.get(str(r.status), 0))
+    return (f"<b class=\"{_e(str(worst.status).lower())}\">{_e(worst.status)}</b> "
+            + "<br>".join(_e(f"[{r.dnssec}] {r.detail}") for r in results))
+
+
 class Domains(Page):
     """/domains: each configured domain with the DNS records it needs (``mxd dns
-    records``)."""
+    records``) and, next to each, what the last DNS check (``mxd dns check``,
+    mxd.dnscheck) found; POST /domains/check (field ``domain``) runs the check now."""
 
     @async_render
     async def render_GET(self, request: Any) -> bytes:
         html_headers(request)
         parts = []
+        checks = self.ctx.dns_checks
         for domain in self.ctx.domains:
             try:
                 recs = await self.ctx.run_blocking(lambda d=domain: self.ctx.domain_records(d))
             except MxdError as e:
                 parts.append(f"<h2>{_e(domain)}</h2><p>{_e(e)}</p>")
                 continue
-            rows = [[_e(r.name), _e(r.rtype), f"<code>{_e(r.value)}</code>", _e(r.purpose),
-                     _e(r.explanation)] for r in recs]
-            parts.append(f"<h2>{_e(domain)}</h2>" + _table(
-                ["name", "type", "value", "for", "why"], rows))
-        note = ("<p>The records each domain needs; <code>mxd dns check DOMAIN</code> compares "
-                "them with what DNS publishes.</p>")
+            checked = checks.get(domain)
+            results = list(checked[1]) if checked is not None else []
+            by_name: dict[str, list[Any]] = {}
+            for r in results:
+                by_name.setdefault(r.name, []).append(r)
+            head = ["name", "type", "value", "for", "why"]
+            if checked is not None:
+                head.append(f"DNS check {iso(checked[0])}")
+            rows = []
+            for rec in recs:
+                row = [_e(rec.name), _e(rec.rtype), f"<code>{_e(rec.value)}</code>",
+                       _e(rec.purpose), _e(rec.explanation)]
+                if checked is not None:
+                    row.append(_check_cell(by_name.get(rec.purpose, [])))
+                rows.append(row)
+            section = f"<h2 id=\"{_e(domain)}\">{_e(domain)}</h2>" + _table(head, rows)
+            purposes = {rec.purpose for rec in recs}
+            others = [r for r in results if r.name not in purposes]
+            if others:  # checks without a record of their own (dnssec, policy fetch ...)
+                section += "<h3>other checks</h3>" + _table(
+                    ["check", "status", "DNSSEC", "detail", "fix"],
+                    [[_e(r.name), _e(r.status), _e(r.dnssec), _e(r.detail), _e(r.fix)]
+                     for r in others])
+            fixes = [r for r in results if r.fix and r.name in purposes]
+            if fixes:
+                section += "<h3>to fix</h3><ul>" + "".join(
+                    f"<li>{_e(r.name)}: {_e(r.fix)}</li>" for r in fixes) + "</ul>"
+            if self.ctx.domain_check is not None:
+                section += "<p>" + _form(request, "/domains/check", _hidden("domain", domain),
+                                         "run the DNS check now") + "</p>"
+            parts.append(section)
+        note = ("<p>The records each domain needs and what the DNS check (<code>mxd dns "
+                "check DOMAIN</code>) found when it last ran.</p>")
         return page("domains", note + "".join(parts), request)
+
+    @async_render
+    async def render_POST(self, request: Any) -> bytes:
+        html_headers(request)
+        domain = _arg(request, "domain")
+        if request.postpath != [b"check"] or self.ctx.domain_check is None:
+            request.setResponseCode(404)
+            return page("domains", "<p>No such action.</p>", request)
+        if domain not in self.ctx.domains:
+            return _error(request, "domains", f"{domain} is not a configured domain",
+                          "/domains")
+        try:
+            results = await self.ctx.domain_check(domain)
+        except Exception as e:  # noqa: BLE001 - shown to the admin, logged
+            log.failure("dns check of {domain} failed", domain=domain)
+            return _error(request, "domains", f"DNS check of {domain} failed: {e}", "/domains")
+        self.ctx.dns_checks[domain] = (self.ctx.clock.seconds(), tuple(results))
+        log.info("admin dns check {domain}: {n} result(s)", domain=domain, n=len(results))
+        return _back(request, b"/domains#" + domain.encode("ascii", "replace"))
 
 
 def _yes(v: Any) -> str:
@@ -180,7 +240,8 @@ class TLSSupport(Page):
 
 
 class Reports(Page):
-    """/reports: DMARC aggregate reports (RFC 7489) and TLS reports (RFC 8460) received."""
+    """/reports: DMARC aggregate reports (RFC 7489) received and sent, and TLS reports
+    (RFC 8460) received."""
 
     @async_render
     async def render_GET(self, request: Any) -> bytes:
@@ -195,6 +256,19 @@ class Reports(Page):
                  _e(r.get("dmarc_pass")), _e(r.get("policy"))] for r in dmarc])
         else:
             body += "<p>Not kept (no report store configured).</p>"
+        body += "<h2>DMARC aggregate reports sent</h2>"
+        sent_store = getattr(self.ctx, "dmarc_sent", None)
+        if sent_store is not None:
+            sent = await self.ctx.run_blocking(sent_store.reports)
+            body += _table(["domain", "report id", "period", "messages", "rows", "sent to",
+                            "sent", "queue id"], [
+                [_e(r.get("domain")), _e(r.get("report_id")),
+                 _e(f"{iso(r.get('begin'))} – {iso(r.get('end'))}"), _e(r.get("messages")),
+                 _e(r.get("records")), _e(r.get("to")), _e(iso(r.get("sent"))),
+                 f"<a href=\"/queue/{_e(r.get('queue_id'))}\">{_e(r.get('queue_id'))}</a>"]
+                for r in sent]) if sent else "<p>None sent yet.</p>"
+        else:
+            body += "<p>Not kept.</p>"
         body += "<h2>TLS reports received</h2>"
         tls_reports = getattr(self.ctx, "tls_reports", None)
         if tls_reports is not None:

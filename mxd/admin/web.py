@@ -14,9 +14,10 @@ Routes:
                              its attempts and forms for every action below
   GET  /accounts             accounts; POST /accounts/(add|delete|password|address-add|
                              address-remove|quota)
-  GET  /domains              each domain's DNS records (mxd dns records)
+  GET  /domains              each domain's DNS records (mxd dns records) next to the last
+                             DNS check's results; POST /domains/check runs it (mxd dns check)
   GET  /tls                  TLS support per recipient domain
-  GET  /reports              DMARC and TLS reports received
+  GET  /reports              DMARC reports received and sent, TLS reports received
   GET  /api/queue            JSON list (?domain=, ?sender=)
   GET  /api/queue/ID         JSON message, recipients and attempts
   POST /api/queue/ID/OP      OP in hold, release, kick, drop
@@ -27,6 +28,7 @@ Routes:
   GET  /api/tls/domains      last TLS result per recipient domain (?domain=, ?account=)
   GET  /api/tls/requiretls-ready?domain=D&domain=E   REQUIRETLS usable for every domain?
   GET  /api/dmarc/reports    DMARC aggregate reports received (JSON)
+  GET  /api/dmarc/sent       DMARC aggregate reports this server sent (JSON)
   GET  /api/tlsrpt/reports   TLS reports received (JSON; /api/tlsrpt/reports/ID: one)
   POST /api/tlsrpt/send?day=YYYY-MM-DD   build and send that UTC day's TLS reports now
   GET  /metrics              Prometheus text (when [metrics] is enabled)
@@ -91,8 +93,15 @@ class AdminContext:
                  tls_reports: Any = None, directory: Any = None,
                  domains: tuple[str, ...] = (),
                  domain_records: Callable[[str], list[Any]] | None = None,
-                 tls_reporter: Any = None, recent: Any = None, sasl: Any = None) -> None:
+                 tls_reporter: Any = None, recent: Any = None, sasl: Any = None,
+                 domain_check: Callable[[str], Deferred[list[Any]]] | None = None,
+                 dmarc_sent: Any = None) -> None:
         self.status = status
+        self.clock: Any = clock
+        # domain -> the results of ``mxd dns check`` (mxd.dnscheck.CheckResult), or None
+        self.domain_check = domain_check
+        self.dns_checks: dict[str, tuple[float, tuple[Any, ...]]] = {}  # the last per domain
+        self.dmarc_sent = dmarc_sent  # a msgauth.reportstore.SentReportStore, or None
         self.sasl = sasl  # the SASL server (account password checks), or None
         self.tls_reporter = tls_reporter  # a tlsrpt.send.TLSReporter when [tlsrpt] send
         self.dmarc_reports = dmarc_reports  # a ReportStore, or None
@@ -244,11 +253,14 @@ class _TLSAPI(Page):
 
 
 class _DMARCAPI(Page):
-    """/api/dmarc/reports"""
+    """/api/dmarc/reports (received) and /api/dmarc/sent"""
 
     @async_render
     async def render_GET(self, request: Any) -> bytes:
-        if path_parts(request) != ["reports"] or self.ctx.dmarc_reports is None:
+        parts = path_parts(request)
+        if parts == ["sent"] and self.ctx.dmarc_sent is not None:
+            return json_body(request, await self.ctx.run_blocking(self.ctx.dmarc_sent.reports))
+        if parts != ["reports"] or self.ctx.dmarc_reports is None:
             return json_body(request, {"error": "not found"}, 404)
         reports = await self.ctx.run_blocking(self.ctx.dmarc_reports.reports)
         return json_body(request, reports)
@@ -408,19 +420,19 @@ def admin_site(ctx: AdminContext) -> server.Site:
     root.putChild(b"status", status_page)
     logout: Any = _Logout(ctx)
     root.putChild(b"logout", logout)
+    api: Any = resource.Resource()
+    dmarc_api: Any = _DMARCAPI(ctx)
+    api.putChild(b"dmarc", dmarc_api)
     if ctx.queue is not None:
         queue_page: Any = QueuePage(ctx)
         root.putChild(b"queue", queue_page)
-        api: Any = resource.Resource()
         queue_api: Any = _QueueAPI(ctx)
         api.putChild(b"queue", queue_api)
         tls_api: Any = _TLSAPI(ctx)
         api.putChild(b"tls", tls_api)
-        dmarc_api: Any = _DMARCAPI(ctx)
-        api.putChild(b"dmarc", dmarc_api)
         tlsrpt_api: Any = _TLSRPTAPI(ctx)
         api.putChild(b"tlsrpt", tlsrpt_api)
-        root.putChild(b"api", api)
+    root.putChild(b"api", api)
     if ctx.directory is not None and ctx.store is not None:
         accounts: Any = Accounts(ctx)
         root.putChild(b"accounts", accounts)

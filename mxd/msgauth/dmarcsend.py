@@ -104,6 +104,8 @@ class DomainReport:
     begin: int
     end: int
     report_id: str
+    messages: int = 0  # the messages the report covers
+    records: int = 0  # its <record> rows
 
 
 def aggregate(rows: list[dict[str, Any]], day_start: int, submitter: str, email_addr: str
@@ -132,7 +134,8 @@ def aggregate(rows: list[dict[str, Any]], day_start: int, submitter: str, email_
                            adkim=last["adkim"], aspf=last["aspf"], policy=last["p"],
                            subdomain_policy=last["sp"], pct=int(last["pct"]), records=records)
         out.append(DomainReport(domain, tuple(last["rua"]), xml, day_start,
-                                day_start + DAY - 1, report_id))
+                                day_start + DAY - 1, report_id, messages=len(items),
+                                records=len(records)))
     return out
 
 
@@ -193,7 +196,7 @@ class DMARCReporter(service.Service):
                  settings: ReporterSettings, *, sign: Callable[[bytes, float], bytes] | None,
                  run_blocking: Callable[[Callable[[], Any]], Deferred[Any]] | None = None,
                  random: Callable[[], float] = random_module.random,
-                 flush_interval: float = 60.0) -> None:
+                 flush_interval: float = 60.0, sent_store: Any = None) -> None:
         self.log = log
         self.resolver = resolver
         self.queue = queue
@@ -206,6 +209,7 @@ class DMARCReporter(service.Service):
         self._timers: list[Any] = []
         self._daily: DailyTimer | None = None
         self.sent: list[tuple[str, str]] = []  # (domain, rua address), for tests and logs
+        self.sent_store = sent_store  # a reportstore.SentReportStore: what the admin lists
 
     def _blocking(self, fn: Callable[[], Any]) -> Deferred[Any]:
         if self.run_blocking is not None:
@@ -279,9 +283,15 @@ class DMARCReporter(service.Service):
                 _log.info("dmarc report for {domain} larger than {rua}'s limit", rua=address,
                           domain=report.domain)
                 continue
-            await queue_report_mail(self.queue, data, from_addr=self.settings.from_addr,
-                                    to_addr=address, now=now, sign=self.sign)
+            queue_id = await queue_report_mail(
+                self.queue, data, from_addr=self.settings.from_addr, to_addr=address, now=now,
+                sign=self.sign)
             self.sent.append((report.domain, address))
+            if self.sent_store is not None:
+                await self._blocking(functools.partial(
+                    self.sent_store.record, domain=report.domain, report_id=report.report_id,
+                    begin=report.begin, end=report.end, to_addr=address, queue_id=queue_id,
+                    sent=now, messages=report.messages, records=report.records))
             _log.info("dmarc report {report_id} queued to {rua}", report_id=report.report_id,
                       rua=address)
             sent += 1

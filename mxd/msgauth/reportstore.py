@@ -40,3 +40,25 @@ class ReportStore:
         for r in reports:
             self.save(r, received, source)
         return reports
+
+
+class SentReportStore:
+    """The DMARC aggregate reports this server sent (RFC 7489 §7.2), one JSON document
+    per report and destination under DATA_DIR/dmarc/sent: what the admin pages list.
+    Blocking file I/O (off the reactor thread)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.files = ReportFiles(directory)
+        self.directory = self.files.directory
+
+    def record(self, *, domain: str, report_id: str, begin: int, end: int, to_addr: str,
+               queue_id: str, sent: float, messages: int, records: int) -> Path:
+        path = self.files.path(str(begin), domain, report_id, to_addr)
+        return self.files.write(path, {
+            "domain": domain, "report_id": report_id, "begin": begin, "end": end,
+            "to": to_addr, "queue_id": queue_id, "sent": sent, "messages": messages,
+            "records": records})
+
+    def reports(self) -> list[dict[str, Any]]:
+        """Every report sent, newest period first."""
+        return self.files.load(lambda r: (-int(r.get("begin", 0)), r.get("domain", "")))

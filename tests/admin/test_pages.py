@@ -95,3 +95,86 @@ def test_overview_lists_recent_warnings_escaped(tmp_path, hashed):
     code, _, body = a.request("GET", "/", headers={"Cookie": cookie})
     assert code == 200 and b"boom 2" in body and b"routine" not in body
     assert b"late &lt;script&gt;" in body and b"<script>" not in body
+
+
+def _csrf(a: Admin, cookie: str) -> str:
+    import re
+
+    _, _, body = a.request("GET", "/domains", headers={"Cookie": cookie})
+    m = re.search(rb'name=csrf value="([^"]+)"', body)
+    assert m is not None
+    return m.group(1).decode()
+
+
+def test_domains_page_shows_the_dns_check_next_to_the_records(tmp_path, hashed):
+    """POST /domains/check runs the DNS check (mxd.dnscheck) of a configured domain; the
+    page then shows each record with its check result (worst status, DNSSEC state,
+    detail, escaped), the checks without a record of their own, and the fixes."""
+    from mxd.dnscheck import DNSSEC, CheckResult, Status
+
+    a = _admin(tmp_path, hashed)
+    a.ctx.domain_records = lambda d: [DNSRecord(d, "MX", "10 mx.example.test.", "mx", "mail"),
+                                      DNSRecord(d, "TXT", "v=spf1 -all", "spf", "SPF")]
+    calls: list[str] = []
+
+    def check(domain: str):  # type: ignore[no-untyped-def]
+        calls.append(domain)
+        return succeed([
+            CheckResult("mx", Status.OK, DNSSEC.SECURE, "MX → mx.example.test"),
+            CheckResult("spf", Status.ERROR, DNSSEC.INSECURE, HOSTILE, "publish v=spf1 mx"),
+            CheckResult("dnssec", Status.WARN, DNSSEC.INSECURE, "not signed", "sign it")])
+
+    a.ctx.domain_check = check
+    a.site = admin_site(a.ctx)
+    _, cookie = a.login()
+    code, _, body = a.request("GET", "/domains", headers={"Cookie": cookie})
+    assert code == 200 and b"<th>DNS check" not in body
+    token = _csrf(a, cookie)
+    code, _, _ = a.request("POST", "/domains/check", headers={"Cookie": cookie},
+                           body=b"domain=example.test")
+    assert code == 403 and calls == []  # no CSRF token
+    code, hdrs, _ = a.request("POST", "/domains/check", headers={"Cookie": cookie},
+                              body=f"domain=example.test&csrf={token}".encode())
+    assert code == 303 and hdrs["location"] == "/domains#example.test" and calls == [
+        "example.test"]
+    code, _, body = a.request("POST", "/domains/check", headers={"Cookie": cookie},
+                              body=f"domain=other.test&csrf={token}".encode())
+    assert code == 400 and b"not a configured domain" in body
+    _, _, body = a.request("GET", "/domains", headers={"Cookie": cookie})
+    text = body.decode()
+    rows = text.split("<tr>")
+    mx_row = next(r for r in rows if "10 mx.example.test." in r)
+    assert "OK" in mx_row and "[secure] MX → mx.example.test" in mx_row
+    spf_row = next(r for r in rows if "v=spf1 -all" in r)
+    assert "ERROR" in spf_row and "&lt;script&gt;" in spf_row and "<script>" not in text
+    assert "other checks" in text and "not signed" in text and "sign it" in text
+    assert "spf: publish v=spf1 mx" in text
+
+
+def test_reports_page_lists_dmarc_reports_sent(tmp_path, hashed):
+    """The DMARC reports this server sent (msgauth.reportstore.SentReportStore) are
+    listed on /reports, escaped, and as JSON at /api/dmarc/sent."""
+
+    from mxd.msgauth.reportstore import SentReportStore
+
+    a = _admin(tmp_path, hashed)
+    store = SentReportStore(tmp_path / "sent")
+    store.record(domain="example.net", report_id=HOSTILE, begin=86400, end=2 * 86400 - 1,
+                 to_addr="rua@example.net", queue_id="q1", sent=2 * 86400 + 60, messages=7,
+                 records=2)
+    a.ctx.dmarc_sent = store
+    a.site = admin_site(a.ctx)
+    _, cookie = a.login()
+    code, _, body = a.request("GET", "/reports", headers={"Cookie": cookie})
+    text = body.decode()
+    assert code == 200 and "DMARC aggregate reports sent" in text
+    sent = text[text.index("DMARC aggregate reports sent"):].split("</table>")[0]
+    assert "example.net" in sent and "rua@example.net" in sent and "<td>7</td>" in sent
+    assert "&lt;script&gt;" in sent and "<script>" not in text
+    assert 'href="/queue/q1"' in sent
+    code, _, body = a.request("GET", "/api/dmarc/sent", headers={
+        "Authorization": f"Bearer {a.token}"})
+    assert code == 200, body
+    from tests.admin.test_tlsrpt_send_api import _json
+
+    assert _json(body)[0]["report_id"] == HOSTILE  # type: ignore[index]

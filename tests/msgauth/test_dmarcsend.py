@@ -21,6 +21,7 @@ from mxd.msgauth.dkimkeys import DKIMKey, generate_key
 from mxd.msgauth.dkimsign import sign_message
 from mxd.msgauth.dmarcsend import DMARCReporter, EvaluationLog, ReporterSettings, mailto
 from mxd.msgauth.inbound import InboundChecker, InboundSettings
+from mxd.msgauth.reportstore import SentReportStore
 from mxd.msgauth.signing import KeyRing
 from tests.smtp.helpers import Session
 
@@ -76,7 +77,7 @@ def _reporter(tmp_path: Path, keys: dict[str, DKIMKey], resolver: FakeResolver,
     rep = DMARCReporter(log, resolver, queue, clock,
                         ReporterSettings("mx.example.test", "postmaster@example.test"),
                         sign=KeyRing({"example.test": [keys["ours"]]}).sign,
-                        random=lambda: 0.25)
+                        random=lambda: 0.25, sent_store=SentReportStore(tmp_path / "sent"))
     return rep, log, queue
 
 
@@ -138,6 +139,14 @@ def test_external_destination_needs_authorisation(tmp_path: Path, keys: dict[str
     clock.advance(86400)
     assert Deferred.fromCoroutine(rep.run_once()).result == sent
     assert len(queue.queued) == sent
+    # Each report sent is recorded for the admin pages (what, to whom, which queue id).
+    recorded = rep.sent_store.reports()
+    assert len(recorded) == sent
+    if sent:
+        (r,) = recorded
+        assert (r["domain"], r["to"], r["messages"], r["records"]) == (
+            "b.example", "agg@reports.test", 1, 1)
+        assert r["report_id"].endswith(".b.example@mx.example.test") and r["queue_id"]
 
 
 def test_mailto_uris() -> None:
