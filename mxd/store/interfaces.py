@@ -125,6 +125,7 @@ class MailboxInfo:
     exists: int = 0  # number of messages
     unseen: int = 0
     size: int = 0  # sum of message sizes (STATUS=SIZE)
+    deleted: int = 0  # messages flagged \\Deleted (RFC 9051 STATUS DELETED)
 
 
 @attrs.frozen
@@ -336,6 +337,12 @@ class IMailStore(Protocol):
 
     def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> Deferred[list[int]]:
         """Remove messages flagged \\Deleted (restricted to ``uids`` when given)."""
+
+    def save_dates(self, mailbox_id: int,
+                   uids: Sequence[int] | None = None) -> Deferred[dict[int, datetime]]:
+        """RFC 8514: when each message (all, or those of ``uids``) was saved into the
+        mailbox (delivery, APPEND, COPY, MOVE), by UID; a message without one is left
+        out.  Errbacks with NoSuchMailbox."""
 
     def list_vanished(self, mailbox_id: int, since_modseq: int = 0) -> Deferred[list[int]]:
         """UIDs expunged with a modseq above ``since_modseq`` (RFC 7162 VANISHED)."""

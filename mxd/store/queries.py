@@ -7,9 +7,10 @@ Plain functions over a ``sqlite3.Connection`` inside the writer's transaction; t
 from __future__ import annotations
 
 import sqlite3
+import time
 from array import array
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from mxd.store import names
@@ -38,14 +39,15 @@ MAILBOX_SELECT = (
     "m.special_use, m.subscribed, "
     "(SELECT count(*) FROM messages WHERE mailbox_id = m.id), "
     "(SELECT count(*) FROM messages WHERE mailbox_id = m.id AND instr(flags, ' \\Seen ') = 0), "
-    "(SELECT coalesce(sum(size), 0) FROM messages WHERE mailbox_id = m.id) "
+    "(SELECT coalesce(sum(size), 0) FROM messages WHERE mailbox_id = m.id), "
+    "(SELECT count(*) FROM messages WHERE mailbox_id = m.id AND instr(flags, ' \\Deleted ') > 0) "
     "FROM mailboxes m"
 )
 # The same columns without the three scans of the mailbox's messages (exists, unseen and
 # size read as 0): for callers that need only the mailbox's identity and counters.
 MAILBOX_SELECT_NO_COUNTS = (
     "SELECT m.id, m.account_id, m.name, m.uidvalidity, m.uidnext, m.highestmodseq, "
-    "m.special_use, m.subscribed, 0, 0, 0 FROM mailboxes m"
+    "m.special_use, m.subscribed, 0, 0, 0, 0 FROM mailboxes m"
 )
 MESSAGE_SELECT = (
     "SELECT uid, modseq, flags, internal_date, size, mailbox_id, blob_id, requiretls, "
@@ -62,7 +64,7 @@ def mailbox_info(r: Any) -> MailboxInfo:
     return MailboxInfo(
         id=r[0], account_id=r[1], name=r[2], uidvalidity=r[3], uidnext=r[4],
         highestmodseq=r[5], special_use=SpecialUse(r[6]) if r[6] else None,
-        subscribed=bool(r[7]), exists=r[8], unseen=r[9], size=r[10],
+        subscribed=bool(r[7]), exists=r[8], unseen=r[9], size=r[10], deleted=r[11],
     )
 
 
@@ -203,17 +205,46 @@ def alloc_uids(conn: sqlite3.Connection, mailbox_id: int, n: int) -> int:
 
 
 def insert_new(conn: sqlite3.Connection, mailbox_id: int, w: FileBlobWriter,
-                flags: frozenset[str], when: datetime, props: MessageProps) -> tuple[int, int]:
+                flags: frozenset[str], when: datetime, props: MessageProps,
+                saved: datetime | None = None) -> tuple[int, int]:
+    """Insert a new message; ``saved`` is its save date (RFC 8514), now when None."""
     modseq = bump_modseq(conn, mailbox_id)
     uid = alloc_uids(conn, mailbox_id, 1)
     conn.execute(
         "INSERT INTO messages (mailbox_id, uid, modseq, flags, internal_date, size, blob_id, "
-        "requiretls, tls_required_no, mail_from, received_via) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "requiretls, tls_required_no, mail_from, received_via, save_date) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (mailbox_id, uid, modseq, names.flags_to_text(flags), when.isoformat(), w.size,
          w.blob_id, int(props.requiretls), int(props.tls_required_no), props.mail_from,
-         props.received_via))
+         props.received_via, _saved_text(saved)))
     return uid, modseq
+
+
+def _saved_text(saved: datetime | None) -> str:
+    if saved is None:
+        saved = datetime.fromtimestamp(int(time.time()), UTC)
+    return saved.isoformat()
+
+
+def save_dates(conn: sqlite3.Connection, mailbox_id: int,
+               uids: Sequence[int] | None) -> dict[int, datetime]:
+    """RFC 8514 save dates of a mailbox's messages (all, or those of ``uids``)."""
+    out: dict[int, datetime] = {}
+    if uids is None:
+        rows: Any = conn.execute("SELECT uid, save_date FROM messages WHERE mailbox_id = ?",
+                                 (mailbox_id,))
+    else:
+        wanted = sorted(set(uids))
+        rows = []
+        for i in range(0, len(wanted), CHUNK):
+            chunk = wanted[i:i + CHUNK]
+            rows.extend(conn.execute(
+                "SELECT uid, save_date FROM messages WHERE mailbox_id = ? AND uid IN "
+                f"({','.join('?' * len(chunk))})", (mailbox_id, *chunk)).fetchall())
+    for uid, text in rows:
+        if text is not None:
+            out[int(uid)] = datetime.fromisoformat(text)
+    return out
 
 
 def rows_for_uids(conn: sqlite3.Connection, mailbox_id: int, uids: Sequence[int]) -> list[Any]:
@@ -228,7 +259,7 @@ def rows_for_uids(conn: sqlite3.Connection, mailbox_id: int, uids: Sequence[int]
 
 
 def copy(conn: sqlite3.Connection, ctx: OpContext, src: int, uids: Sequence[int],
-          dest: int) -> list[tuple[int, int]]:
+          dest: int, saved: datetime | None = None) -> list[tuple[int, int]]:
     check_mailbox(conn, src)
     check_mailbox(conn, dest)
     rows = rows_for_uids(conn, src, uids)
@@ -236,16 +267,18 @@ def copy(conn: sqlite3.Connection, ctx: OpContext, src: int, uids: Sequence[int]
         return []
     modseq = bump_modseq(conn, dest)
     first = alloc_uids(conn, dest, len(rows))
+    saved_text = _saved_text(saved)
     pairs = []
     for i, r in enumerate(rows):
         new_uid = first + i
-        # RFC 3501 §6.4.7: flags and internal date are preserved in the copy.
+        # RFC 3501 §6.4.7: flags and internal date are preserved in the copy; RFC 8514
+        # §2: the save date is the moment of the copy.
         conn.execute(
             "INSERT INTO messages (mailbox_id, uid, modseq, flags, internal_date, size, "
-            "blob_id, requiretls, tls_required_no, mail_from, received_via) "
+            "blob_id, requiretls, tls_required_no, mail_from, received_via, save_date) "
             "SELECT ?, ?, ?, flags, internal_date, size, blob_id, requiretls, "
-            "tls_required_no, mail_from, received_via FROM messages "
-            "WHERE mailbox_id = ? AND uid = ?", (dest, new_uid, modseq, src, r[0]))
+            "tls_required_no, mail_from, received_via, ? FROM messages "
+            "WHERE mailbox_id = ? AND uid = ?", (dest, new_uid, modseq, saved_text, src, r[0]))
         pairs.append((int(r[0]), new_uid))
     ctx.changes.append(MailboxChange(dest, "exists", tuple(p[1] for p in pairs), modseq))
     return pairs
@@ -261,10 +294,10 @@ def remove(conn: sqlite3.Connection, ctx: OpContext, mailbox_id: int, uids: list
 
 
 def move(conn: sqlite3.Connection, ctx: OpContext, src: int, uids: Sequence[int],
-          dest: int) -> list[tuple[int, int]]:
+          dest: int, saved: datetime | None = None) -> list[tuple[int, int]]:
     # RFC 6851 §3.3: copy, then expunge the source messages, atomically.  Into the same
     # mailbox too: the messages get new UIDs (as in Dovecot, with COPYUID).
-    pairs = copy(conn, ctx, src, uids, dest)
+    pairs = copy(conn, ctx, src, uids, dest, saved)
     if pairs:
         remove(conn, ctx, src, [p[0] for p in pairs])
     return pairs

@@ -128,6 +128,14 @@ STORE_MIGRATIONS: list[str] = [
         PRIMARY KEY (blob_id, kind)
     ) WITHOUT ROWID;
     """,
+    # 5: the save date of each message (RFC 8514 SAVEDATE): when it was saved into its
+    # mailbox (delivery, APPEND, COPY, MOVE), unlike the internal date, which COPY keeps
+    # and APPEND may set.  Messages saved before this step get their internal date,
+    # the best estimate there is (for delivered mail it is the arrival time).
+    """
+    ALTER TABLE messages ADD COLUMN save_date TEXT;
+    UPDATE messages SET save_date = internal_date;
+    """,
 ]
 
 

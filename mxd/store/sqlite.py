@@ -539,7 +539,8 @@ class SQLiteStore:
         """IMailStore.accept: local copies, queue rows and body references in one
         transaction (one savepoint of a group commit)."""
         w = self._own_writer(blob)
-        when = _aware(internal_date or self._now())
+        saved = self._now()
+        when = _aware(internal_date or saved)
         targets = list(targets)
         if outbound is not None and not queue_id:
             raise StoreError("accept: an outbound part needs a queue id")
@@ -554,7 +555,7 @@ class SQLiteStore:
             for t, flags in zip(targets, flag_sets, strict=True):
                 mailbox_id = q.mailbox_id(conn, t.account_id, t.mailbox)
                 self._check_quota(conn, t.account_id, w.size)
-                uid, modseq = q.insert_new(conn, mailbox_id, w, flags, when, props)
+                uid, modseq = q.insert_new(conn, mailbox_id, w, flags, when, props, saved)
                 ctx.changes.append(MailboxChange(mailbox_id, "exists", (uid,), modseq))
                 uids.append(uid)
             failpoints.reach("accept.between")
@@ -579,7 +580,8 @@ class SQLiteStore:
         internal_date: datetime | None = None,
     ) -> Deferred[int]:
         w = self._own_writer(blob)
-        when = _aware(internal_date or self._now())
+        saved = self._now()
+        when = _aware(internal_date or saved)
 
         def op(conn: sqlite3.Connection, ctx: OpContext) -> int:
             clean = names.clean_flags(flags)
@@ -589,7 +591,7 @@ class SQLiteStore:
             account_id = conn.execute("SELECT account_id FROM mailboxes WHERE id = ?",
                                       (mailbox_id,)).fetchone()[0]
             self._check_quota(conn, account_id, w.size)
-            uid, modseq = q.insert_new(conn, mailbox_id, w, clean, when, MessageProps())
+            uid, modseq = q.insert_new(conn, mailbox_id, w, clean, when, MessageProps(), saved)
             ctx.changes.append(MailboxChange(mailbox_id, "exists", (uid,), modseq))
             return uid
 
@@ -697,7 +699,7 @@ class SQLiteStore:
                 dest = q.create_one(conn, account_id, new, None, subscribed=False)
                 uids = [r[0] for r in conn.execute(
                     "SELECT uid FROM messages WHERE mailbox_id = ? ORDER BY uid", (src,))]
-                q.move(conn, ctx, src, uids, dest)
+                q.move(conn, ctx, src, uids, dest, self._now())
                 return
             affected = [r[0] for r in conn.execute(
                 "SELECT id FROM mailboxes WHERE account_id = ? AND (name = ? OR name LIKE ? ESCAPE '!')",
@@ -748,6 +750,17 @@ class SQLiteStore:
                 q.MESSAGE_SELECT + " WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
                 (mailbox_id, since_modseq)).fetchall()
             return [q.message_info(r) for r in rows]
+
+        return self._writer.submit(op)
+
+    def save_dates(self, mailbox_id: int,
+                   uids: Sequence[int] | None = None) -> Deferred[dict[int, datetime]]:
+        """RFC 8514: the save dates of a mailbox's messages (all, or of ``uids``) by UID."""
+        wanted = None if uids is None else list(uids)
+
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> dict[int, datetime]:
+            q.check_mailbox(conn, mailbox_id)
+            return q.save_dates(conn, mailbox_id, wanted)
 
         return self._writer.submit(op)
 
@@ -820,9 +833,10 @@ class SQLiteStore:
 
     def copy(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int) -> Deferred[list[tuple[int, int]]]:
         uid_list = list(uids)
+        saved = self._now()
 
         def op(conn: sqlite3.Connection, ctx: OpContext) -> list[tuple[int, int]]:
-            pairs = q.copy(conn, ctx, mailbox_id, uid_list, dest_mailbox_id)
+            pairs = q.copy(conn, ctx, mailbox_id, uid_list, dest_mailbox_id, saved)
             account_id = conn.execute("SELECT account_id FROM mailboxes WHERE id = ?",
                                       (dest_mailbox_id,)).fetchone()[0]
             self._check_quota(conn, account_id, 0)
@@ -832,9 +846,10 @@ class SQLiteStore:
 
     def move(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int) -> Deferred[list[tuple[int, int]]]:
         uid_list = list(uids)
+        saved = self._now()
 
         def op(conn: sqlite3.Connection, ctx: OpContext) -> list[tuple[int, int]]:
-            return q.move(conn, ctx, mailbox_id, uid_list, dest_mailbox_id)
+            return q.move(conn, ctx, mailbox_id, uid_list, dest_mailbox_id, saved)
 
         return self._writer.submit(op)
 

@@ -78,6 +78,7 @@ class MemoryBlob:
 class _Message:
     info: MessageInfo
     props: MessageProps
+    saved: datetime | None = None  # RFC 8514 save date
 
 
 @attrs.define
@@ -329,7 +330,8 @@ class MemoryStore:
         return MailboxInfo(b.id, b.account_id, b.name, b.uidvalidity, b.uidnext,
                            b.highestmodseq, b.special_use, b.subscribed, len(msgs),
                            sum(1 for m in msgs if "\\Seen" not in m.flags),
-                           sum(m.size for m in msgs))
+                           sum(m.size for m in msgs),
+                           sum(1 for m in msgs if "\\Deleted" in m.flags))
 
     def _read(self, fn: Callable[[], T]) -> Deferred[T]:
         try:
@@ -424,7 +426,7 @@ class MemoryStore:
         box.highestmodseq += 1
         box.messages[uid] = _Message(
             MessageInfo(uid, box.highestmodseq, names.clean_flags(flags), when, size, blob_id),
-            props)
+            props, self._now())
         changes.append(MailboxChange(box.id, "exists", (uid,), box.highestmodseq))
         return uid
 
@@ -477,6 +479,14 @@ class MemoryStore:
     def list_messages(self, mailbox_id: int, since_modseq: int = 0) -> Deferred[list[MessageInfo]]:
         return self._read(lambda: [m.info for _, m in sorted(self._box(mailbox_id).messages.items())
                                    if m.info.modseq > since_modseq])
+
+    def save_dates(self, mailbox_id: int,
+                   uids: Sequence[int] | None = None) -> Deferred[dict[int, datetime]]:
+        def get() -> dict[int, datetime]:
+            msgs = self._box(mailbox_id).messages
+            wanted = msgs.keys() if uids is None else [u for u in uids if u in msgs]
+            return {u: s for u in wanted if (s := msgs[u].saved) is not None}
+        return self._read(get)
 
     def list_vanished(self, mailbox_id: int, since_modseq: int = 0) -> Deferred[list[int]]:
         return self._read(lambda: sorted(u for u, ms in self._box(mailbox_id).vanished.items()

@@ -5,6 +5,7 @@ does, so that tests written against the fake say something about the real thing.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -232,3 +233,31 @@ def test_message_props_are_kept(c: Contract) -> None:
     c.run(c.store.deliver(c.blob(), [Delivery(a)], props))
     got = c.run(c.store.get_message_props(c.box(a), 1))
     assert (got.requiretls, got.mail_from) == (True, "s@example.test")
+
+
+def test_save_dates(c: Contract) -> None:
+    """RFC 8514: the save date is when a message entered its mailbox (now for delivery,
+    APPEND and COPY/MOVE), not the internal date that APPEND sets and COPY keeps."""
+    a = c.account()
+    inbox, archive = c.box(a), c.box(a, "Archive")
+    old = datetime(2001, 2, 3, 4, 5, 6, tzinfo=UTC)
+    c.run(c.store.append(inbox, c.blob(), frozenset(), old))
+    c.run(c.store.deliver(c.blob(), [Delivery(a)], MessageProps()))
+    c.run(c.store.copy(inbox, [1], archive))
+    saved = c.run(c.store.save_dates(inbox))
+    assert set(saved) == {1, 2}
+    assert all(d.tzinfo is not None and d.year > 2020 for d in saved.values())
+    (copied,) = c.run(c.store.list_messages(archive))
+    assert copied.internal_date == old  # COPY keeps the internal date ...
+    assert c.run(c.store.save_dates(archive, [1, 99]))[1].year > 2020  # ... not the save date
+    assert c.run(c.store.save_dates(inbox, [2])) == {2: saved[2]}
+
+
+def test_deleted_count(c: Contract) -> None:
+    """MailboxInfo.deleted counts \\Deleted messages (RFC 9051 STATUS DELETED)."""
+    a = c.account()
+    inbox = c.box(a)
+    for _ in range(3):
+        c.run(c.store.append(inbox, c.blob(), frozenset()))
+    c.run(c.store.store_flags(inbox, [1, 3], frozenset({"\\Deleted"}), "add"))
+    assert c.run(c.store.get_mailbox(a, "INBOX")).deleted == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -173,6 +174,9 @@ def test_upgrade_from_version_1_backfills_usage(data_dir: Path) -> None:
     assert h.run(h.store.get_usage(1)) == (20, None)
     (m1, m2) = h.run(h.store.list_messages(1))
     assert (m1.uid, m2.uid, m1.blob_id) == (1, 2, "00000000000000000000000000000001")
+    # Step 4 (RFC 8514 save dates): messages older than the column get their internal date.
+    when = datetime(2024, 1, 1, tzinfo=UTC)
+    assert h.run(h.store.save_dates(1)) == {1: when, 2: when}
     h.close()
 
 
