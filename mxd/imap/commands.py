@@ -30,9 +30,11 @@ from mxd.imap.dispatch import (
 from mxd.imap.errors import ParseError
 from mxd.imap.fetch import do_fetch, resolve
 from mxd.imap.framer import BlobLiteral, Literal
+from mxd.imap.imap4rev2 import ENABLABLE
 from mxd.imap.listmatch import compile_pattern, join_reference
+from mxd.imap.multisearch import do_esearch
 from mxd.imap.qresync import vanished
-from mxd.imap.searchcmd import do_search
+from mxd.imap.searchcmd import do_cancelupdate, do_search
 from mxd.imap.sortcmd import do_sort
 from mxd.imap.threadcmd import do_thread
 from mxd.imap.utf7 import decode as utf7_decode
@@ -189,11 +191,11 @@ async def cmd_enable(s: IMAPSession, cmd: Command) -> Reply:
     args: EnableArgs = cmd.args
     done = []
     for cap in args.capabilities:
-        if cap in ("CONDSTORE", "QRESYNC", "UTF8=ACCEPT") and cap not in s.enabled:
+        if cap in ENABLABLE and cap not in s.enabled:
             if cap in ("CONDSTORE", "QRESYNC"):
                 s.enable_condstore()  # RFC 7162 §3.2.3: QRESYNC implies CONDSTORE
             s.enabled.add(cap)
-            done.append(cap)
+            done.append(ENABLABLE[cap])  # IMAP4rev2: RFC 9051 §6.3.1
     s.untagged("ENABLED" + "".join(" " + c for c in done))
     return ok("ENABLE completed")
 
@@ -248,10 +250,15 @@ async def _select(s: IMAPSession, cmd: Command, args: SelectArgs, info: MailboxI
         # (RFC 3501 §6.3.2, §2.3.2), as STATUS RECENT counts it.
         view.recent.add_above(s.factory.recent.claimed(info.id, info.uidnext - 1))
     s.untagged(b"%d EXISTS" % view.exists)
-    s.untagged(b"%d RECENT" % len(view.recent))
-    unseen = view.first_unseen()
-    if unseen is not None:
-        s.untagged(b"OK [UNSEEN %d] First unseen" % unseen)
+    if s.rev2:
+        # RFC 9051 §6.3.2: LIST of the mailbox is a required response; RECENT and
+        # OK [UNSEEN] are gone (Appendix E).
+        s.untagged(b'LIST () "/" ' + response.mailbox(info.name, s.utf8))
+    else:
+        s.untagged(b"%d RECENT" % len(view.recent))
+        unseen = view.first_unseen()
+        if unseen is not None:
+            s.untagged(b"OK [UNSEEN %d] First unseen" % unseen)
     s.untagged(b"OK [UIDVALIDITY %d] UIDs valid" % info.uidvalidity)
     s.untagged(b"OK [UIDNEXT %d] Predicted next UID" % max(info.uidnext, view.max_uid + 1))
     s.untagged(b"OK [HIGHESTMODSEQ %d] Highest" % view.modseq)
@@ -393,6 +400,7 @@ async def cmd_list(s: IMAPSession, cmd: Command) -> Reply:
     recursive = "RECURSIVEMATCH" in args.select_opts
     special_only = "SPECIAL-USE" in args.select_opts
     show_subscribed = "SUBSCRIBED" in args.return_opts or "SUBSCRIBED" in args.select_opts
+    extended = args.extended or s.rev2  # RFC 9051 §6.3.9: rev2 LIST is LIST-EXTENDED
     word = "LSUB" if args.lsub else "LIST"
     candidates = names | implied
     if subscribed_only:
@@ -425,8 +433,8 @@ async def cmd_list(s: IMAPSession, cmd: Command) -> Reply:
                 attrs_.append("\\Noselect")
         else:
             if box is None:
-                attrs_.append("\\NonExistent" if args.extended else "\\Noselect")
-                if args.extended and name in implied:
+                attrs_.append("\\NonExistent" if extended else "\\Noselect")
+                if extended and name in implied:
                     attrs_.insert(0, "\\Noselect")
             if box is not None or name in implied:
                 attrs_.append("\\HasChildren" if name in has_children else "\\HasNoChildren")
@@ -477,13 +485,15 @@ async def _send_status(s: IMAPSession, box: MailboxInfo, items: tuple[str, ...])
             vals.append(f"SIZE {box.size}")
         elif it == "HIGHESTMODSEQ":
             vals.append(f"HIGHESTMODSEQ {box.highestmodseq}")
+        elif it == "DELETED":
+            vals.append(f"DELETED {box.deleted}")  # RFC 9051 §6.3.11
     s.untagged(b"STATUS " + response.mailbox(box.name, s.utf8) + f" ({' '.join(vals)})".encode())
 
 
 async def cmd_status(s: IMAPSession, cmd: Command) -> Reply:
     args: StatusArgs = cmd.args
     for it in args.items:
-        if it not in _STATUS_ITEMS or it == "DELETED":
+        if it not in _STATUS_ITEMS:
             return bad(f"Unknown STATUS item {it}")
     box = await _get_mailbox(s, mailbox_name(s, args.mailbox), counts=True)
     if box is None:
@@ -647,6 +657,7 @@ async def cmd_store(s: IMAPSession, cmd: Command) -> Reply:
         # PERMANENTFLAGS) before any FETCH that shows it.
         s.announce_keywords(flags)
     changed_uids = {m.uid for m in changed}
+    s.context_touched |= changed_uids  # RFC 5267 §4.3: updates for our own changes too
     failed_set = set(failed)
     for uid in uids:
         seq = view.seq_of(uid)
@@ -723,6 +734,14 @@ async def cmd_thread(s: IMAPSession, cmd: Command) -> Reply:
     return await do_thread(s, cmd)
 
 
+async def cmd_esearch(s: IMAPSession, cmd: Command) -> Reply:
+    return await do_esearch(s, cmd)
+
+
+async def cmd_cancelupdate(s: IMAPSession, cmd: Command) -> Reply:
+    return await do_cancelupdate(s, cmd)
+
+
 def _spec(states: frozenset[State], handler: Handler, expunge_ok: bool = True) -> CommandSpec:
     return CommandSpec(states, handler, expunge_ok)
 
@@ -768,6 +787,8 @@ COMMANDS: dict[str, CommandSpec] = {
     "UID SORT": _spec(SELECTED, cmd_sort),
     "THREAD": _spec(SELECTED, cmd_thread, expunge_ok=False),  # RFC 5256 §3: like SEARCH
     "UID THREAD": _spec(SELECTED, cmd_thread),
+    "ESEARCH": _spec(AUTH, cmd_esearch),  # RFC 7377 §2: in the authenticated state too
+    "CANCELUPDATE": _spec(SELECTED, cmd_cancelupdate),  # RFC 5267 §4.3
     "COPY": _spec(SELECTED, cmd_copy),
     "UID COPY": _spec(SELECTED, cmd_copy),
     "MOVE": _spec(SELECTED, cmd_copy),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator
+from datetime import datetime
 from typing import TYPE_CHECKING, BinaryIO
 
 from twisted.logger import Logger
@@ -69,6 +70,7 @@ class _Loader:
         self._parsed: mimemsg.ParsedMessage | None = None
         self._data: bytes | None = None  # the whole message, when small (see whole())
         self.envelope: bytes | None = None  # the stored ENVELOPE (summary.ENVELOPE)
+        self.saved: datetime | None = None  # RFC 8514 save date, when FETCH asks for it
 
     def file(self) -> BinaryIO:
         if self._f is None:
@@ -179,6 +181,9 @@ def _render_att(s: IMAPSession, ld: _Loader, seq: int, att: FetchAtt) -> list[Se
         return [b"INTERNALDATE " + response.internaldate(m.internal_date)]
     if n == "RFC822.SIZE":
         return [b"RFC822.SIZE %d" % m.size]
+    if n == "SAVEDATE":
+        # RFC 8514 §3: the save date as a date-time, NIL when there is none.
+        return [b"SAVEDATE " + (b"NIL" if ld.saved is None else response.internaldate(ld.saved))]
     if n == "MODSEQ":
         return [b"MODSEQ (%d)" % m.modseq]
     if n == "ENVELOPE":
@@ -302,6 +307,11 @@ async def do_fetch(s: IMAPSession, cmd: Command) -> Reply:
             if "FLAGS" not in names:
                 # RFC 3501 §6.4.5: report the implicit \Seen change.
                 pass
+    saved: dict[int, datetime] = {}
+    if "SAVEDATE" in names and (read := getattr(s.store, "save_dates", None)) is not None:
+        saved = await read(view.info.id, uids)
+        if s.view is not view:
+            return ok("FETCH completed")
     failed = 0
     expunge_issued = False
     out = bytearray()  # responses not yet sent, written in batches of BATCH bytes
@@ -322,6 +332,7 @@ async def do_fetch(s: IMAPSession, cmd: Command) -> Reply:
                 continue
             ld = _Loader(s, m)
             ld.envelope = envelopes.get(uid)
+            ld.saved = saved.get(uid)
             try:
                 body_gone = _body_gone(view, uid, ld)
                 if body_gone:

@@ -14,15 +14,18 @@ from typing import Any
 
 from mxd.imap.errors import ParseError
 from mxd.imap.framer import BlobLiteral, Literal, Part, RawCommand
+from mxd.imap.searchres import uses_saved as _uses_saved
 from mxd.imap.sort import SORT_KEYS
 from mxd.imap.thread import ALGORITHMS
 from mxd.imap.values import (
     AppendArgs,
     AuthenticateArgs,
+    CancelUpdateArgs,
     Command,
     CopyArgs,
     CreateArgs,
     EnableArgs,
+    ESearchArgs,
     FetchArgs,
     FetchAtt,
     IdArgs,
@@ -491,7 +494,7 @@ _FETCH_MACROS = {
 }
 _SIMPLE_ATTS = frozenset({"ENVELOPE", "FLAGS", "INTERNALDATE", "RFC822", "RFC822.HEADER",
                           "RFC822.SIZE", "RFC822.TEXT", "BODY", "BODYSTRUCTURE", "UID", "MODSEQ",
-                          "BINARY.SIZE"})
+                          "BINARY.SIZE", "SAVEDATE"})
 
 
 def _section(r: Reader, binary: bool = False) -> Section:
@@ -618,9 +621,11 @@ def _store(r: Reader) -> StoreArgs:
 
 
 _FLAG_KEYS = {"ANSWERED", "DELETED", "DRAFT", "FLAGGED", "SEEN", "UNANSWERED", "UNDELETED",
-              "UNDRAFT", "UNFLAGGED", "UNSEEN", "NEW", "OLD", "RECENT", "ALL"}
+              "UNDRAFT", "UNFLAGGED", "UNSEEN", "NEW", "OLD", "RECENT", "ALL",
+              "SAVEDATESUPPORTED"}  # RFC 8514 §4.3
 _STRING_KEYS = {"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO"}
-_DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
+_DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE",
+              "SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"}  # RFC 8514 §4.3
 MAX_SEARCH_DEPTH = 40
 
 
@@ -681,16 +686,59 @@ def _search_key(r: Reader, depth: int = 0) -> SearchKey:
     raise r.error(f"unknown search key {k}")
 
 
+_RETURN_OPTS = ("MIN", "MAX", "ALL", "COUNT", "SAVE", "CONTEXT", "UPDATE", "PARTIAL")
+MAX_PARTIAL = 0xFFFFFFFF
+
+
+def _partial_range(r: Reader) -> tuple[int, int]:
+    # RFC 9394 §3.1 (extending RFC 5267 §4.4): partial-range = partial-range-first /
+    # partial-range-last; first = nz-number ":" nz-number, last = "-" nz-number ":" "-"
+    # nz-number.  Either end may come first ("100:1" is "1:100").
+    neg = r.take(b"-")
+    a = r.number(nz=True)
+    r.expect(b":")
+    if neg:
+        r.expect(b"-")
+    elif r.peek() == ord("-"):
+        raise r.error("a PARTIAL range has both ends on one side")
+    b = r.number(nz=True)
+    if a > MAX_PARTIAL or b > MAX_PARTIAL:
+        raise r.error("PARTIAL range out of range")
+    lo, hi = min(a, b), max(a, b)
+    return (-hi, -lo) if neg else (lo, hi)
+
+
+def _return_opts(r: Reader) -> tuple[tuple[str, ...], tuple[int, int] | None]:
+    """``RETURN (...)`` after "RETURN " (RFC 4731 §3, RFC 5182, RFC 5267 §4, RFC 9394)."""
+    opts: list[str] = []
+    partial: tuple[int, int] | None = None
+
+    def opt() -> str:
+        nonlocal partial
+        o = r.keyword()
+        if o not in _RETURN_OPTS:
+            raise r.error(f"unknown RETURN option {o[:40]}")
+        if o == "PARTIAL":
+            r.sp()
+            partial = _partial_range(r)
+        return o
+
+    opts = r.paren_list(opt)
+    if "PARTIAL" in opts and "ALL" in opts:
+        # RFC 9394 §3.1: PARTIAL and ALL cannot be asked for together.
+        raise r.error("RETURN PARTIAL and ALL are mutually exclusive")
+    if len(set(opts)) != len(opts):
+        raise r.error("a RETURN option is repeated")
+    return tuple(opts), partial
+
+
 def _search(r: Reader) -> SearchArgs:
     r.sp()
     ret: tuple[str, ...] | None = None
+    partial: tuple[int, int] | None = None
     charset: str | None = None
     if r.take(b"RETURN "):
-        # RFC 4731 §3
-        ret = tuple(r.paren_list(r.keyword))
-        for o in ret:
-            if o not in ("MIN", "MAX", "ALL", "COUNT", "SAVE"):
-                raise r.error(f"unknown RETURN option {o}")
+        ret, partial = _return_opts(r)
         r.sp()
     if r.take(b"CHARSET "):
         charset = r.astring().upper()
@@ -699,7 +747,66 @@ def _search(r: Reader) -> SearchArgs:
     while r.take(b" "):
         keys.append(_search_key(r))
     key = keys[0] if len(keys) == 1 else SearchKey("AND", tuple(keys))
-    return SearchArgs(key, charset, ret)
+    return SearchArgs(key, charset, ret, partial)
+
+
+# RFC 7377 §4 (the filter-mailboxes of RFC 5465 §8): which take one-or-more-mailbox.
+_SOURCES = {"SELECTED": False, "SELECTED-DELAYED": False, "INBOXES": False, "PERSONAL": False,
+            "SUBSCRIBED": False, "SUBTREE": True, "SUBTREE-ONE": True, "MAILBOXES": True}
+MAX_ESEARCH_MAILBOXES = 1000
+
+
+def _esearch(r: Reader) -> ESearchArgs:
+    # RFC 7377 §4: esearch = "ESEARCH" [SP esearch-source-opts] [SP search-return-opts]
+    # SP search-program; esearch-source-opts = "IN" SP "(" source-mbox [SP "("
+    # scope-options ")"] ")"; source-mbox = filter-mailboxes *(SP filter-mailboxes).
+    r.sp()
+    sources: list[tuple[str, tuple[str, ...]]] = []
+    named = 0
+    if r.take(b"IN ("):
+        while True:
+            f = r.keyword()
+            if f not in _SOURCES:
+                raise r.error(f"unknown mailbox filter {f[:40]}")
+            names: tuple[str, ...] = ()
+            if _SOURCES[f]:
+                r.sp()
+                names = tuple(r.paren_list(r.astring)) if r.peek() == ord("(") else (r.astring(),)
+                if not names:
+                    raise r.error("a mailbox filter needs a mailbox")
+                named += len(names)
+                if named > MAX_ESEARCH_MAILBOXES:
+                    raise r.error("too many mailboxes")
+            sources.append((f, names))
+            if r.take(b")"):
+                break
+            r.sp()
+            if r.peek() == ord("("):
+                # RFC 7377 §2: scope options; none is defined, so any is unknown.
+                raise r.error("unknown scope option")
+        r.sp()
+    base = _search(_back_one(r))
+    if any(f not in ("SELECTED", "SELECTED-DELAYED") for f, _ in sources) and \
+            _uses_saved(base.key):
+        # RFC 7377 §2.2: "$" is the selected mailbox's result, meaningless elsewhere.
+        raise r.error("$ can only be used in a search of the selected mailbox")
+    return ESearchArgs(base.key, base.charset, base.return_opts, base.partial, tuple(sources))
+
+
+def _back_one(r: Reader) -> Reader:
+    """``r`` one position back, so that ``_search`` may read its leading space again."""
+    r.pos -= 1
+    return r
+
+
+def _cancelupdate(r: Reader) -> CancelUpdateArgs:
+    # RFC 5267 §4.3: "CANCELUPDATE" 1*(SP tag-string); tag-string = string.
+    tags = []
+    while r.take(b" "):
+        tags.append(_utf8(r.string(), r))
+    if not tags:
+        raise r.error("CANCELUPDATE needs a tag")
+    return CancelUpdateArgs(tuple(tags))
 
 
 def _sort(r: Reader) -> SortArgs:
@@ -708,12 +815,10 @@ def _sort(r: Reader) -> SortArgs:
     # search-criteria = charset 1*(SP search-key) (the charset is not optional here).
     r.sp()
     ret: tuple[str, ...] | None = None
+    partial: tuple[int, int] | None = None
     if r.take(b"RETURN "):
         # RFC 5267 §3: sort-return-opts = "RETURN" SP "(" [search-return-opts] ")"
-        ret = tuple(r.paren_list(r.keyword))
-        for o in ret:
-            if o not in ("MIN", "MAX", "ALL", "COUNT", "SAVE"):
-                raise r.error(f"unknown RETURN option {o[:40]}")
+        ret, partial = _return_opts(r)
         r.sp()
 
     def criterion() -> tuple[str, bool]:
@@ -731,7 +836,7 @@ def _sort(r: Reader) -> SortArgs:
         raise r.error("empty sort criteria")
     r.sp()
     charset = r.astring().upper()
-    return SortArgs(criteria, charset, _search_criteria(r), ret)
+    return SortArgs(criteria, charset, _search_criteria(r), ret, partial)
 
 
 def _search_criteria(r: Reader) -> SearchKey:
@@ -823,6 +928,7 @@ COMMANDS: dict[str, Parser] = {
     "UID FETCH": _fetch, "UID STORE": _store, "UID SEARCH": _search, "UID COPY": _copy,
     "UID MOVE": _copy, "UID EXPUNGE": _uid_expunge, "SORT": _sort, "UID SORT": _sort,
     "THREAD": _thread, "UID THREAD": _thread,
+    "ESEARCH": _esearch, "CANCELUPDATE": _cancelupdate,  # RFC 7377, RFC 5267
     "GETQUOTAROOT": _mailbox, "GETQUOTA": _getquota, "SETQUOTA": _setquota,
 }
 

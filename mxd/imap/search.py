@@ -46,13 +46,23 @@ def uses_modseq(key: SearchKey) -> bool:
     return key.name == "MODSEQ" or any(isinstance(a, SearchKey) and uses_modseq(a) for a in key.args)
 
 
+SAVEDATE_KEYS = frozenset({"SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"})
+
+
+def uses_savedate(key: SearchKey) -> bool:
+    """Does the program read save dates (RFC 8514 §4.3), which the store keeps apart?"""
+    return key.name in SAVEDATE_KEYS or any(isinstance(a, SearchKey) and uses_savedate(a)
+                                            for a in key.args)
+
+
 class Candidate:
     """One message as the evaluator sees it."""
 
     def __init__(self, seq: int, info: MessageInfo, max_seq: int, max_uid: int,
                  load_header: Callable[[], Message], load_message: Callable[[], ParsedMessage],
-                 now: datetime, recent: bool = False) -> None:
+                 now: datetime, recent: bool = False, saved: datetime | None = None) -> None:
         self.recent = recent
+        self.saved = saved  # RFC 8514 save date, when the program needs it
         self.seq = seq
         self.info = info
         self.max_seq = max_seq
@@ -152,7 +162,17 @@ def matches(key: SearchKey, c: Candidate, saved: SeqSet | None = None) -> bool:
         if sd is None:
             return False
         return sd < a[0] if k == "SENTBEFORE" else sd == a[0] if k == "SENTON" else sd >= a[0]
+    if k in SAVEDATE_KEYS:
+        # RFC 8514 §4.3: the save date, disregarding time and timezone (as BEFORE/ON/
+        # SINCE read the internal date); a message without one is judged by its
+        # internal date.
+        d = (c.saved or c.info.internal_date).date()
+        return d < a[0] if k == "SAVEDBEFORE" else d == a[0] if k == "SAVEDON" else d >= a[0]
+    if k == "SAVEDATESUPPORTED":
+        return True  # RFC 8514 §4.3: every mailbox keeps save dates
     if k in ("OLDER", "YOUNGER"):
+        # RFC 5032 §3: OLDER n: internal date at least n seconds ago; YOUNGER n: at
+        # most n seconds ago.
         age = (c.now - c.info.internal_date.astimezone(UTC)).total_seconds()
         return age >= a[0] if k == "OLDER" else age <= a[0]
     if k in _ADDR_HEADERS:

@@ -1,24 +1,86 @@
-"""SEARCH and UID SEARCH with ESEARCH results (RFC 3501 §6.4.4, RFC 4731, RFC 7162 §3.1.5)."""
+"""SEARCH and UID SEARCH with ESEARCH results (RFC 3501 §6.4.4, RFC 9051 §6.4.4, RFC 4731,
+RFC 7162 §3.1.5, RFC 5267 §4 CONTEXT=SEARCH, RFC 9394 PARTIAL, RFC 8514 SAVEDATE keys)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from email.message import Message
 from typing import TYPE_CHECKING
 
+from mxd.imap import context, esearch
 from mxd.imap import message as mimemsg
-from mxd.imap import response
 from mxd.imap.dispatch import Reply, bad, no, ok
 from mxd.imap.messagecache import read_header_block
-from mxd.imap.search import Candidate, matches, uses_modseq
+from mxd.imap.search import Candidate, matches, uses_modseq, uses_savedate
 from mxd.imap.searchres import to_save
-from mxd.imap.values import Command, SearchArgs
+from mxd.imap.values import Command, SearchArgs, SearchKey
 from mxd.store.interfaces import MessageInfo
 
 if TYPE_CHECKING:
     from mxd.imap.server import IMAPSession
 
 CHARSETS = ("US-ASCII", "UTF-8")
+
+
+def loaders(s: IMAPSession, m: MessageInfo) -> tuple[object, object]:
+    """Header and whole-message loaders of one message, read only when a key needs them."""
+    def header() -> Message:
+        try:
+            with s.store.open_blob(m.blob_id) as f:
+                return mimemsg.parse_headers(read_header_block(f))
+        except (OSError, KeyError):
+            return mimemsg.parse_headers(b"")
+
+    def full() -> mimemsg.ParsedMessage:
+        try:
+            with s.store.open_blob(m.blob_id) as f:
+                return mimemsg.ParsedMessage.parse(f.read())
+        except (OSError, KeyError):
+            return mimemsg.ParsedMessage.parse(b"")
+
+    return header, full
+
+
+async def save_dates_for(s: IMAPSession, mailbox_id: int, key: SearchKey,
+                         uids: Iterable[int] | None = None) -> dict[int, datetime]:
+    """The save dates a program needs (RFC 8514), read once per search."""
+    if not uses_savedate(key):
+        return {}
+    read = getattr(s.store, "save_dates", None)
+    if read is None:
+        return {}
+    got: dict[int, datetime] = await read(mailbox_id, None if uids is None else list(uids))
+    return got
+
+
+async def selected_matches(s: IMAPSession, key: SearchKey, now: datetime,
+                           only: Iterable[int] | None = None) -> list[tuple[int, int, MessageInfo]]:
+    """(sequence number, UID, message) of the selected mailbox's messages that ``key``
+    matches (of ``only`` those UIDs when given), in mailbox order, giving the reactor
+    back between work slices.  Raises ValueError for a program that cannot be run."""
+    view = s.view
+    assert view is not None
+    exists, max_uid, recent = view.exists, view.max_uid, view.recent
+    saved = await save_dates_for(s, view.info.id, key, only)
+    if s.view is not view:
+        return []
+    if only is None:
+        todo = list(enumerate(view.uids[:], 1))
+    else:
+        todo = [(q, u) for u in sorted(set(only)) if (q := view.seq_of(u)) is not None]
+    out = []
+    for seq, uid in todo:
+        await s.breathe()
+        m = view.msgs.get(uid)
+        if m is None:
+            continue
+        h, f = loaders(s, m)
+        c = Candidate(seq, m, exists, max_uid, h, f, now, uid in recent,  # type: ignore[arg-type]
+                      saved.get(uid))
+        if matches(key, c):
+            out.append((seq, uid, m))
+    return out
 
 
 async def do_search(s: IMAPSession, cmd: Command) -> Reply:
@@ -32,71 +94,45 @@ async def do_search(s: IMAPSession, cmd: Command) -> Reply:
         return no("Unsupported charset", "BADCHARSET (US-ASCII UTF-8)")
     is_uid = cmd.name == "UID SEARCH"
     now = datetime.fromtimestamp(s.clock.seconds(), UTC)
-
-    def loaders(m: MessageInfo) -> tuple[object, object]:
-        def header() -> Message:
-            try:
-                with s.store.open_blob(m.blob_id) as f:
-                    return mimemsg.parse_headers(read_header_block(f))
-            except (OSError, KeyError):
-                return mimemsg.parse_headers(b"")
-
-        def full() -> mimemsg.ParsedMessage:
-            try:
-                with s.store.open_blob(m.blob_id) as f:
-                    return mimemsg.ParsedMessage.parse(f.read())
-            except (OSError, KeyError):
-                return mimemsg.ParsedMessage.parse(b"")
-
-        return header, full
-
-    results: list[int] = []
-    modseqs: list[int] = []  # of each result, in order
     try:
-        exists, max_uid, recent = view.exists, view.max_uid, view.recent
-        for seq, uid in enumerate(view.uids[:], 1):
-            await s.breathe()
-            m = view.msgs[uid]
-            h, f = loaders(m)
-            c = Candidate(seq, m, exists, max_uid, h, f, now, uid in recent)  # type: ignore[arg-type]
-            if matches(args.key, c):
-                results.append(uid if is_uid else seq)
-                modseqs.append(m.modseq)
+        found = await selected_matches(s, args.key, now)
     except ValueError as e:
         return bad(str(e))
+    if s.view is not view:
+        return ok(f"{cmd.name} completed")
+    results = [uid if is_uid else seq for seq, uid, _ in found]
+    modseqs = [m.modseq for _, _, m in found]  # of each result, in order
     with_modseq = uses_modseq(args.key)
     if with_modseq:
         s.enable_condstore()
-    if args.return_opts is None:
+    return_opts = args.return_opts
+    if return_opts is None and s.rev2:
+        # RFC 9051 §6.4.4: an IMAP4rev2 server answers SEARCH with ESEARCH; no RETURN
+        # options mean RETURN (ALL).
+        return_opts = ()
+    if return_opts is None:
         line = b"SEARCH" + b"".join(b" %d" % r for r in results)
         if with_modseq and results:
             line += b" (MODSEQ %d)" % max(modseqs)
         s.untagged(line)
         return ok(f"{cmd.name} completed")
-    opts = args.return_opts or ("ALL",)
+    opts = return_opts or ("ALL",)
     if saving:
         saved = to_save(opts, results)
         s.search_result = tuple(saved if is_uid else (view.uids[q - 1] for q in saved))
         opts = tuple(o for o in opts if o != "SAVE")
         if not opts:
             return ok(f"{cmd.name} completed")  # RFC 5182 §2.4: SAVE alone answers no ESEARCH
-    tag = cmd.tag.replace("\\", "\\\\").replace('"', '\\"')
-    line = f'ESEARCH (TAG "{tag}")'.encode()
-    if is_uid:
-        line += b" UID"
-    if results:
-        if "MIN" in opts:
-            line += b" MIN %d" % min(results)
-        if "MAX" in opts:
-            line += b" MAX %d" % max(results)
-        if "ALL" in opts:
-            line += b" ALL " + response.seqset(results)
-    if "COUNT" in opts:
-        line += b" COUNT %d" % len(results)
+    if "UPDATE" in opts:
+        context.start(s, cmd.tag, is_uid, args.key, None, [u for _, u, _ in found],
+                      args.partial)
+    if opts and set(opts) <= {"UPDATE", "CONTEXT"}:
+        opts = opts + ("ALL",)  # RFC 5267 §4.1: CONTEXT/UPDATE alone return ALL
+    modseq = None
     if with_modseq and results:
         # RFC 7162 §3.1.5: with ALL or COUNT the highest mod-sequence of all matches;
         # with only MIN and/or MAX, the highest of the messages those return.
-        if "ALL" in opts or "COUNT" in opts:
+        if "ALL" in opts or "COUNT" in opts or "PARTIAL" in opts:
             modseq = max(modseqs)
         else:
             picked = []
@@ -105,6 +141,13 @@ async def do_search(s: IMAPSession, cmd: Command) -> Reply:
             if "MAX" in opts:
                 picked.append(modseqs[results.index(max(results))])
             modseq = max(picked) if picked else max(modseqs)
-        line += b" MODSEQ %d" % modseq
-    s.untagged(line)
+    s.untagged(esearch.render(cmd.tag, is_uid, opts, results, partial=args.partial,
+                              modseq=modseq))
     return ok(f"{cmd.name} completed")
+
+
+async def do_cancelupdate(s: IMAPSession, cmd: Command) -> Reply:
+    """CANCELUPDATE (RFC 5267 §4.3): stop the updates of the named searches."""
+    for tag in cmd.args.tags:
+        context.cancel(s, tag)
+    return ok("CANCELUPDATE completed")

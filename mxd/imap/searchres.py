@@ -47,8 +47,9 @@ def _key(k: SearchKey, uid_set: SeqSet, seq_set: SeqSet) -> SearchKey:
     return k
 
 
-def _uses_saved(k: SearchKey) -> bool:
-    return any((isinstance(a, SeqSet) and a.saved) or (isinstance(a, SearchKey) and _uses_saved(a))
+def uses_saved(k: SearchKey) -> bool:
+    """Does a search program use ``$`` (RFC 5182 §2.1)?"""
+    return any((isinstance(a, SeqSet) and a.saved) or (isinstance(a, SearchKey) and uses_saved(a))
                for a in k.args)
 
 
@@ -63,7 +64,7 @@ def substitute(cmd: Command, saved: Sequence[int], uids: Sequence[int]) -> Comma
         new = as_seqset([uids[q - 1] for q in seqs] if is_uid else seqs)
         return attrs.evolve(cmd, args=attrs.evolve(args, seqset=new))
     key = getattr(args, "key", None)
-    if isinstance(key, SearchKey) and _uses_saved(key):
+    if isinstance(key, SearchKey) and uses_saved(key):
         seqs = _seqs(uids, saved)
         new_key = _key(key, as_seqset([uids[q - 1] for q in seqs]), as_seqset(seqs))
         return attrs.evolve(cmd, args=attrs.evolve(args, key=new_key))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import ipaddress
 import socket
 from collections.abc import Iterable
@@ -42,7 +43,7 @@ from twisted.python.failure import Failure as TwFailure
 from zope.interface import implementer
 
 from mxd.clientnet import network_key
-from mxd.imap import searchres
+from mxd.imap import context, imap4rev2, searchres
 from mxd.imap.commands import COMMANDS, SYSTEM_FLAGS
 from mxd.imap.dispatch import (
     CommandDetached,
@@ -143,6 +144,8 @@ class IMAPSession(Protocol):
         self.usage: tuple[int, int | None] | None = None  # (bytes used, quota) of the account
         self.view: MailboxView | None = None
         self.enabled: set[str] = set()
+        self.contexts: dict[str, Any] = {}  # RFC 5267 §4: updated searches by tag
+        self.context_touched: set[int] = set()  # UIDs this session's STOREs changed
         self._keywords: dict[str, str] = {}  # announced keywords of the selected mailbox
         self.framer = Framer(self._choose_sink, max_line=self.settings.max_line,
                              max_command=self.settings.max_command)
@@ -282,7 +285,7 @@ class IMAPSession(Protocol):
         return self.tls or (self.settings.plaintext_login_on_loopback and self.is_loopback())
 
     def capabilities(self) -> str:
-        caps = ["IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE"]
+        caps = ["IMAP4rev1", "IMAP4rev2", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE"]
         if self.state == State.NOT_AUTHENTICATED:
             if not self.tls and self.factory.tls is not None:
                 caps.append("STARTTLS")
@@ -294,7 +297,8 @@ class IMAPSession(Protocol):
                      "LIST-EXTENDED", "LIST-STATUS", "STATUS=SIZE", "ESEARCH", "CONDSTORE",
                      "QRESYNC", "BINARY", f"APPENDLIMIT={self.settings.append_limit}",
                      "UTF8=ACCEPT", "SORT", "SORT=DISPLAY", "ESORT", "SEARCHRES",  # RFC 5256, 5957, 5267, 5182
-                     "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES"]  # RFC 5256
+                     "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES",  # RFC 5256
+                     *imap4rev2.MORE_CAPABILITIES]
             if hasattr(self.store, "get_usage"):
                 caps += ["QUOTA", "QUOTA=RES-STORAGE"]  # RFC 9208
         return " ".join(caps)
@@ -331,7 +335,14 @@ class IMAPSession(Protocol):
 
     @property
     def utf8(self) -> bool:
-        return "UTF8=ACCEPT" in self.enabled
+        """UTF-8 mailbox names and strings: UTF8=ACCEPT enabled (RFC 6855 §3), or
+        IMAP4rev2 (RFC 9051 §5.1, Appendix E: mailbox names are UTF-8)."""
+        return "UTF8=ACCEPT" in self.enabled or "IMAP4REV2" in self.enabled
+
+    @property
+    def rev2(self) -> bool:
+        """Has the client enabled IMAP4rev2 (RFC 9051 §6.3.1)?"""
+        return "IMAP4REV2" in self.enabled
 
     # -- timers -----------------------------------------------------------------------
     def _reset_timer(self) -> None:
@@ -810,6 +821,7 @@ class IMAPSession(Protocol):
     def deselect(self) -> None:
         view, self.view = self.view, None
         self.search_result = ()  # RFC 5182 §2.1: no saved result in a newly selected mailbox
+        self.contexts.clear()  # RFC 5267 §4.2: updates end with the mailbox's selection
         if view is not None:
             view.detach()
             self.factory.states.release(view.state)
@@ -849,6 +861,8 @@ class IMAPSession(Protocol):
             # client believes about sequence numbers holds any more.
             self.bye("Selected mailbox was deleted")
             raise CommandDetached()
+        touched: set[int] = self.context_touched
+        self.context_touched = set()
         while view.dirty:
             view.dirty = False
             await view.state.refresh(self.store)
@@ -856,6 +870,8 @@ class IMAPSession(Protocol):
                 return
             old_max = view.max_uid
             upd = view.catch_up()
+            touched.update(m.uid for _, m in upd.changed)
+            touched.update(u for u in view.uids[bisect.bisect_right(view.uids, old_max):])
             if upd.exists is not None:
                 self.announce_keywords(view.keywords())
             for _, m in upd.changed:
@@ -869,7 +885,10 @@ class IMAPSession(Protocol):
                 else:
                     view.recent.add_above(max(old_max, self.factory.recent.claimed(
                         view.info.id, view.info.uidnext - 1)))
-                self.untagged(b"%d RECENT" % len(view.recent))
+                if not self.rev2:  # RFC 9051 Appendix E: no RECENT response in IMAP4rev2
+                    self.untagged(b"%d RECENT" % len(view.recent))
+        if touched and self.contexts:
+            await context.touched(self, touched)
         if expunge_ok and view.pending_expunge:
             expunged = view.take_pending_expunges()
             self.report_expunged(expunged)
@@ -877,6 +896,7 @@ class IMAPSession(Protocol):
     def report_expunged(self, expunged: list[tuple[int, int]]) -> None:
         if not expunged:
             return
+        context.removed(self, expunged)  # RFC 5267 §4.3 REMOVEFROM, while seqs hold
         if "QRESYNC" in self.enabled:
             from mxd.imap import response
 
@@ -888,8 +908,8 @@ class IMAPSession(Protocol):
 
     def flags_of(self, m: MessageInfo) -> frozenset[str]:
         """A message's flags as this session shows them (with \\Recent, RFC 3501 §2.3.2)."""
-        if self.view is not None and m.uid in self.view.recent:
-            return m.flags | {"\\Recent"}
+        if self.view is not None and m.uid in self.view.recent and not self.rev2:
+            return m.flags | {"\\Recent"}  # IMAP4rev2 has no \\Recent (RFC 9051 Appendix E)
         return m.flags
 
     def fetch_flags_line(self, seq: int, m: Any, with_uid: bool) -> bytes:

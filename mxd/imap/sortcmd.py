@@ -15,13 +15,13 @@ from weakref import WeakKeyDictionary
 
 import attrs
 
+from mxd.imap import context, esearch, summary
 from mxd.imap import message as mimemsg
-from mxd.imap import summary
 from mxd.imap.dispatch import Reply, bad, no, ok
 from mxd.imap.messagecache import read_header_block
-from mxd.imap.search import Candidate, matches
+from mxd.imap.search import Candidate, matches, uses_savedate
 from mxd.imap.searchcmd import CHARSETS
-from mxd.imap.sort import SortData, sort_steps
+from mxd.imap.sort import SortData, key_function, sort_steps
 from mxd.imap.summary import HeaderKeys
 from mxd.imap.values import Command, SearchKey, SortArgs
 from mxd.store.interfaces import MessageInfo, StoreError
@@ -124,20 +124,28 @@ async def do_sort(s: IMAPSession, cmd: Command) -> Reply:
     if args.charset not in CHARSETS:
         # RFC 5256 §3: an unsupported charset is a NO with BADCHARSET.
         return no("Unsupported charset", "BADCHARSET (US-ASCII UTF-8)")
-    if args.return_opts is not None and "SAVE" in args.return_opts:
-        return no("SORT RETURN (SAVE) is not supported; use SEARCH RETURN (SAVE)", "CANNOT")
+    saving = args.return_opts is not None and "SAVE" in args.return_opts
+    if saving:
+        s.search_result = ()  # RFC 5182 §2.4: a failed command leaves the result empty
     is_uid = cmd.name == "UID SORT"
     now = datetime.fromtimestamp(s.clock.seconds(), UTC)
     items: list[SortData] = []
     stored = await stored_keys(s)
-    try:
-        async for seq, uid, m in matching(s, args.key, now):
-            date, d, _ = header_keys(s, m, stored)
-            arrival = m.internal_date.timestamp()
-            items.append(attrs.evolve(d, seq=seq, uid=uid, arrival=arrival, size=m.size,
-                                      sent=arrival if date is None else date))
-    except ValueError as e:
-        return bad(str(e))
+    if uses_savedate(args.key):
+        from mxd.imap.searchcmd import selected_matches
+
+        try:
+            found = await selected_matches(s, args.key, now)
+        except ValueError as e:
+            return bad(str(e))
+        for seq, uid, m in found:
+            items.append(sort_item(s, m, seq, uid, stored))
+    else:
+        try:
+            async for seq, uid, m in matching(s, args.key, now):
+                items.append(sort_item(s, m, seq, uid, stored))
+        except ValueError as e:
+            return bad(str(e))
     ordered: list[SortData] = []
     for _ in sort_steps(items, args.criteria, ordered):
         await s.breathe()
@@ -145,40 +153,38 @@ async def do_sort(s: IMAPSession, cmd: Command) -> Reply:
     if args.return_opts is None:
         # RFC 5256 §4: "SORT" *(SP nz-number); UID SORT answers UIDs (§3).
         s.untagged(b"SORT" + b"".join(b" %d" % n for n in numbers))
-    else:
-        s.untagged(esort_response(cmd.tag, is_uid, args.return_opts, numbers))
+        return ok(f"{cmd.name} completed")
+    opts = args.return_opts or ("ALL",)
+    if saving and s.view is not None:
+        # RFC 5267 §3 with RFC 5182 §2.4: SAVE keeps the matches (as a set, so order
+        # does not matter), MIN/MAX alone the first/last in sort order.
+        picked = numbers
+        if numbers and ("MIN" in opts or "MAX" in opts) and "ALL" not in opts \
+                and "COUNT" not in opts:
+            picked = ([numbers[0]] if "MIN" in opts else []) + (
+                [numbers[-1]] if "MAX" in opts else [])
+        uids = s.view.uids
+        s.search_result = tuple(sorted(set(picked if is_uid else (uids[q - 1] for q in picked))))
+        opts = tuple(o for o in opts if o != "SAVE")
+        if not opts:
+            return ok(f"{cmd.name} completed")
+    if "UPDATE" in opts:
+        key = key_function(args.criteria)
+        pairs = [(key(attrs.evolve(d, seq=d.uid)), d.uid) for d in ordered]
+        pairs.sort()
+        context.start(s, cmd.tag, is_uid, args.key, args.criteria, [u for _, u in pairs],
+                      args.partial, [k for k, _ in pairs])
+    if set(opts) <= {"UPDATE", "CONTEXT"}:
+        opts = opts + ("ALL",)
+    s.untagged(esearch.render(cmd.tag, is_uid, opts, numbers, partial=args.partial,
+                              in_order=True))
     return ok(f"{cmd.name} completed")
 
 
-def sorted_set(numbers: list[int]) -> bytes:
-    """RFC 5267 §3.1 ALL: a sequence set in sort order; only ascending runs of
-    consecutive numbers are written as ranges ("4:6" only for 4, 5, 6 in that order)."""
-    out: list[str] = []
-    i = 0
-    while i < len(numbers):
-        j = i
-        while j + 1 < len(numbers) and numbers[j + 1] == numbers[j] + 1:
-            j += 1
-        out.append(str(numbers[i]) if i == j else f"{numbers[i]}:{numbers[j]}")
-        i = j + 1
-    return ",".join(out).encode("ascii")
-
-
-def esort_response(tag: str, is_uid: bool, opts: tuple[str, ...], numbers: list[int]) -> bytes:
-    """The ESEARCH answer of an ESORT (RFC 5267 §3.1): MIN and MAX are the first and
-    last messages in sort order, ALL the numbers in sort order; RETURN () means ALL."""
-    opts = opts or ("ALL",)
-    quoted = tag.replace("\\", "\\\\").replace('"', '\\"')
-    line = f'ESEARCH (TAG "{quoted}")'.encode()
-    if is_uid:
-        line += b" UID"
-    if numbers:
-        if "MIN" in opts:
-            line += b" MIN %d" % numbers[0]
-        if "MAX" in opts:
-            line += b" MAX %d" % numbers[-1]
-        if "ALL" in opts:
-            line += b" ALL " + sorted_set(numbers)
-    if "COUNT" in opts:
-        line += b" COUNT %d" % len(numbers)
-    return line
+def sort_item(s: IMAPSession, m: MessageInfo, seq: int, uid: int,
+              stored: Mapping[int, bytes] | None = None) -> SortData:
+    """What SORT reads of one message (header keys cached per blob)."""
+    date, d, _ = header_keys(s, m, stored)
+    arrival = m.internal_date.timestamp()
+    return attrs.evolve(d, seq=seq, uid=uid, arrival=arrival, size=m.size,
+                        sent=arrival if date is None else date)

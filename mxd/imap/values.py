@@ -188,6 +188,25 @@ class SearchArgs:
     key: SearchKey
     charset: str | None = None
     return_opts: tuple[str, ...] | None = None  # None: plain SEARCH; () = RETURN ()
+    # RFC 5267 §4.4 / RFC 9394 §3.1: RETURN (PARTIAL first:last), 1-based positions in
+    # the result; negative ones count from its end (-1 is the last).
+    partial: tuple[int, int] | None = None
+
+
+@attrs.frozen
+class ESearchArgs(SearchArgs):
+    """The ESEARCH command (RFC 7377 §2): a search over the mailboxes that the source
+    options name, ``("SELECTED", ())``, ``("MAILBOXES", ("a", "b"))``...; no IN: the
+    selected mailbox."""
+
+    sources: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+@attrs.frozen
+class CancelUpdateArgs:
+    """CANCELUPDATE (RFC 5267 §4.3): the tags of the searches to stop updating."""
+
+    tags: tuple[str, ...]
 
 
 @attrs.frozen
@@ -207,6 +226,7 @@ class SortArgs:
     charset: str
     key: SearchKey
     return_opts: tuple[str, ...] | None = None  # RFC 5267 ESORT; None: plain SORT
+    partial: tuple[int, int] | None = None  # RFC 5267 §4.4 PARTIAL, in sort order
 
 
 @attrs.frozen

@@ -260,8 +260,12 @@ def test_esort_rfc5267_examples_byte_exact() -> None:
     assert c.cmd("b SORT RETURN () (SIZE) UTF-8 ALL").startswith(b'* ESEARCH (TAG "b") ALL 1:5\r\n')
     assert c.cmd("c SORT RETURN (MIN COUNT) (SIZE) UTF-8 NOT ALL").startswith(
         b'* ESEARCH (TAG "c") COUNT 0\r\n')
-    assert c.cmd("d SORT RETURN (SAVE) (SIZE) UTF-8 ALL") == (
-        b"d NO [CANNOT] SORT RETURN (SAVE) is not supported; use SEARCH RETURN (SAVE)\r\n")
+    # RFC 5267 §3 with RFC 5182: SORT RETURN (SAVE) keeps the result for "$".
+    assert c.cmd("d SORT RETURN (SAVE) (SIZE) UTF-8 2:3") == b"d OK SORT completed\r\n"
+    assert c.cmd("d2 SEARCH $").startswith(b"* SEARCH 2 3\r\n")
+    assert c.cmd("d3 SORT RETURN (SAVE MIN) (REVERSE DATE) UTF-8 ALL").startswith(
+        b'* ESEARCH (TAG "d3") MIN 3\r\n')
+    assert c.cmd("d4 SEARCH $").startswith(b"* SEARCH 3\r\n")
     assert c.cmd("e SORT RETURN (BOGUS) (SIZE) UTF-8 ALL").startswith(b"e BAD")
     assert b" ESORT" in c.cmd("f CAPABILITY")
 
