@@ -140,14 +140,19 @@ def test_an_older_store_is_upgraded_and_backfilled(tmp_path: Path) -> None:
     without computing anything at open; the backfill then fills every body once, and
     values are right after it."""
     data = tmp_path / "data"
-    h = open_store(data, inline=True, schemas={"store": STORE_MIGRATIONS[:3]})
+    h = open_store(data, inline=True)
     c = Contract(h.store)
     a = c.account()
     inbox = c.box(a)
     for i in range(3):
         c.run(h.store.append(inbox, c.blob(msg(f"old{i}")), frozenset()))
     h.close()
-    db = sqlite3.connect(data / "mxd.sqlite3")
+    # Back to schema 3: what the steps after it added is taken away again (today's
+    # code cannot write rows of an older layout).
+    db = sqlite3.connect(data / "mxd.sqlite3", isolation_level=None)
+    db.executescript("DROP TABLE blob_data; ALTER TABLE messages DROP COLUMN save_date; "
+                     "UPDATE schema_version SET version = 3 WHERE name = 'store';")
+    assert len(STORE_MIGRATIONS) == 5  # a later step must be taken away above too
     assert db.execute("SELECT version FROM schema_version WHERE name = 'store'").fetchone() == (3,)
     db.close()
     CALLS.clear()
