@@ -24,10 +24,13 @@ class _Negative:
     extended_errors: tuple[ExtendedError, ...]
 
 
-@attrs.frozen
+@attrs.define
 class _Entry:
     expires: float
     value: Answer[Record] | _Negative
+    # The last Answer handed out with its remaining TTL: the TTL changes once a second,
+    # and a busy server asks for the same names many times a second.
+    last: Answer[Record] | None = None
 
 
 CachedOutcome = Answer[Record] | DNSNotFound | DNSNoData
@@ -84,7 +87,10 @@ class Cache:
         ttl = max(1, int(remaining))
         value = entry.value
         if isinstance(value, Answer):
-            return attrs.evolve(value, ttl=ttl, from_cache=True)
+            last = entry.last
+            if last is None or last.ttl != ttl:
+                last = entry.last = attrs.evolve(value, ttl=ttl, from_cache=True)
+            return last
         cls: type[DNSNegativeAnswer] = DNSNotFound if value.not_found else DNSNoData
         neg = cls(
             name, rdtype, authentic=value.authentic, canonical_name=value.canonical_name,
