@@ -62,6 +62,18 @@ class StoreService(service.Service):
         return self.store.close()
 
 
+def freeze_heap() -> None:
+    """Move every object alive now into the collector's permanent generation.
+
+    Called once start-up work is done (configuration, imports, the Public Suffix List's
+    tens of thousands of entries): these objects live as long as the process, and without
+    this every full collection walks them again — a steady per-message CPU cost that grows
+    with the size of the start-up heap.  Objects created later are collected as usual."""
+    import gc
+
+    gc.freeze()
+
+
 def make_store(cfg: Config, reactor: Any) -> Any:
     from mxd.imap import summary
     from mxd.store.sqlite import SQLiteStore, StoreSettings
@@ -487,7 +499,8 @@ def message_checker(cfg: Config, role: str, comps: dict[str, Any], reactor: Any)
 
         from mxd.msgauth import dmarc
 
-        reactor.callWhenRunning(lambda: run_blocking(dmarc.warm_up).addErrback(
+        reactor.callWhenRunning(lambda: run_blocking(dmarc.warm_up).addCallbacks(
+            lambda _: freeze_heap(),
             lambda f: log.failure("cannot load the Public Suffix List", f)))
         return InboundChecker(comps["resolver"], reactor, InboundSettings(
             hostname=normalise_domain(cfg.hostname), dmarc_reject=cfg.msgauth.dmarc_reject,

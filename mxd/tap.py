@@ -149,6 +149,7 @@ def build_service(cfg: Config, reactor: Any | None = None) -> MxdService:
         listener = TCPListener(reactor, name, li.address, li.port, factory)
         listener.setServiceParent(top)
         top.listeners[name] = listener
+    reactor.callWhenRunning(components.freeze_heap)
     return top
 
 

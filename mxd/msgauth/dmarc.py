@@ -71,6 +71,7 @@ def _uris(value: str) -> tuple[str, ...]:
     return tuple(u.strip() for u in value.split(",") if u.strip())
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_record(txt: str) -> Record:
     """§6.3/§6.4: v=DMARC1 first; p= required (an invalid p= with a rua= is p=none,
     §6.6.3); unknown tags ignored; a bad pct= is ignored (100)."""

@@ -21,10 +21,9 @@ class Field:
 
     name: str  # as written
     raw: bytes
-
-    @property
-    def lname(self) -> str:
-        return self.name.lower()
+    # The lower-cased name, computed once: the checks compare it many times per field.
+    lname: str = attrs.field(init=False, eq=False, repr=False, default=attrs.Factory(
+        lambda self: self.name.lower(), takes_self=True))
 
     @property
     def value(self) -> bytes:

@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred
 from mxd.dns.errors import DNSNegativeAnswer, DNSTemporaryError, DomainError
 from mxd.dns.interfaces import IResolver
 from mxd.dns.names import Domain
+from mxd.msgauth.spf import client_address
 
 MAX_NAMES = 10  # PTR names tried at most (as RFC 7208 §4.6.4 limits them for SPF)
 
@@ -39,7 +40,7 @@ class IprevOutcome:
 
 async def check(resolver: IResolver, ip: str) -> IprevOutcome:
     try:
-        addr = ipaddress.ip_address(ip)
+        addr = client_address(ip)
     except ValueError:
         return IprevOutcome(IprevResult.PERMERROR, ip, reason="not an IP address")
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:

@@ -543,11 +543,18 @@ def _initial_domain(domain: str) -> str | None:
         return None
 
 
+@functools.lru_cache(maxsize=4096)
+def client_address(text: str) -> IP:
+    """The parsed client address (memoised: a server sees the same peers again and again);
+    ValueError when ``text`` is not an address."""
+    return ipaddress.ip_address(text)
+
+
 async def check_host(resolver: IResolver, ip: str | IP, domain: str, sender: str,
                      helo: str, *, identity: str = "mailfrom",
                      receiver: str = "unknown") -> SPFOutcome:
     """RFC 7208 §4: the SPF result for ``ip`` sending as ``sender`` from ``domain``."""
-    client = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
+    client = client_address(ip) if isinstance(ip, str) else ip
     if isinstance(client, ipaddress.IPv6Address) and client.ipv4_mapped is not None:
         client = client.ipv4_mapped
     checked = _initial_domain(domain)
