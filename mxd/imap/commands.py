@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 
-from mxd.imap import response
+from mxd.imap import appendcmd, response
 from mxd.imap.dispatch import (
     ANY,
     AUTH,
@@ -505,6 +505,8 @@ async def cmd_status(s: IMAPSession, cmd: Command) -> Reply:
 
 
 async def cmd_append(s: IMAPSession, cmd: Command) -> Reply:
+    if not isinstance(cmd.args, AppendArgs):  # RFC 3502 MULTIAPPEND, RFC 4469 CATENATE
+        return await appendcmd.cmd_multiappend(s, cmd)
     args: AppendArgs = cmd.args
     msg = args.message
     blob = msg.sink if isinstance(msg, BlobLiteral) else None
@@ -793,4 +795,6 @@ COMMANDS: dict[str, CommandSpec] = {
     "UID COPY": _spec(SELECTED, cmd_copy),
     "MOVE": _spec(SELECTED, cmd_copy),
     "UID MOVE": _spec(SELECTED, cmd_copy),
+    "REPLACE": _spec(SELECTED, appendcmd.cmd_replace),  # RFC 8508
+    "UID REPLACE": _spec(SELECTED, appendcmd.cmd_replace),
 }

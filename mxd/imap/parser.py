@@ -12,13 +12,13 @@ from collections.abc import Callable
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
+from mxd.imap import appendsyntax
 from mxd.imap.errors import ParseError
 from mxd.imap.framer import BlobLiteral, Literal, Part, RawCommand
 from mxd.imap.searchres import uses_saved as _uses_saved
 from mxd.imap.sort import SORT_KEYS
 from mxd.imap.thread import ALGORITHMS
 from mxd.imap.values import (
-    AppendArgs,
     AuthenticateArgs,
     CancelUpdateArgs,
     Command,
@@ -466,27 +466,6 @@ def _status(r: Reader) -> StatusArgs:
     return StatusArgs(name, items)
 
 
-def _append(r: Reader) -> AppendArgs:
-    r.sp()
-    name = r.astring()
-    r.sp()
-    flags: tuple[str, ...] = ()
-    when: datetime | None = None
-    if r.peek() == ord("("):
-        flags = r.flag_list()
-        r.sp()
-    if r.peek() == ord('"'):
-        when = r.date_time()
-        r.sp()
-    utf8 = r.take(b"UTF8 (")  # RFC 6855 §4: UTF8 (literal8)
-    if r.peek() != _LIT:
-        raise r.error("APPEND needs the message as a literal")
-    msg = r._literal()
-    if utf8:
-        r.expect(b")")
-    return AppendArgs(name, flags, when, msg)
-
-
 _FETCH_MACROS = {
     "ALL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"),
     "FAST": ("FLAGS", "INTERNALDATE", "RFC822.SIZE"),
@@ -921,7 +900,8 @@ COMMANDS: dict[str, Parser] = {
     "STARTTLS": _no_args, "AUTHENTICATE": _authenticate, "LOGIN": _login,
     "ENABLE": _enable, "SELECT": _select, "EXAMINE": _select, "CREATE": _create,
     "DELETE": _mailbox, "RENAME": _rename, "SUBSCRIBE": _mailbox, "UNSUBSCRIBE": _mailbox,
-    "LIST": _list, "LSUB": _lsub, "NAMESPACE": _no_args, "STATUS": _status, "APPEND": _append,
+    "LIST": _list, "LSUB": _lsub, "NAMESPACE": _no_args, "STATUS": _status,
+    "APPEND": appendsyntax.parse_append,  # RFC 3502 MULTIAPPEND, RFC 4469 CATENATE
     "IDLE": _no_args, "CHECK": _no_args, "CLOSE": _no_args, "UNSELECT": _no_args,
     "EXPUNGE": _no_args, "SEARCH": _search, "FETCH": _fetch, "STORE": _store, "COPY": _copy,
     "MOVE": _copy,
@@ -929,6 +909,7 @@ COMMANDS: dict[str, Parser] = {
     "UID MOVE": _copy, "UID EXPUNGE": _uid_expunge, "SORT": _sort, "UID SORT": _sort,
     "THREAD": _thread, "UID THREAD": _thread,
     "ESEARCH": _esearch, "CANCELUPDATE": _cancelupdate,  # RFC 7377, RFC 5267
+    "REPLACE": appendsyntax.parse_replace, "UID REPLACE": appendsyntax.parse_replace,  # RFC 8508
     "GETQUOTAROOT": _mailbox, "GETQUOTA": _getquota, "SETQUOTA": _setquota,
 }
 

@@ -43,7 +43,7 @@ from twisted.python.failure import Failure as TwFailure
 from zope.interface import implementer
 
 from mxd.clientnet import network_key
-from mxd.imap import context, imap4rev2, searchres
+from mxd.imap import appendcmd, context, imap4rev2, searchres
 from mxd.imap.commands import COMMANDS, SYSTEM_FLAGS
 from mxd.imap.dispatch import (
     CommandDetached,
@@ -62,7 +62,6 @@ from mxd.imap.framer import (
     LiteralSink,
     NeedContinuation,
     RawCommand,
-    append_literal_role,
     command_words,
 )
 from mxd.imap.mailboxstate import MailboxStates
@@ -298,6 +297,7 @@ class IMAPSession(Protocol):
                      "QRESYNC", "BINARY", f"APPENDLIMIT={self.settings.append_limit}",
                      "UTF8=ACCEPT", "SORT", "SORT=DISPLAY", "ESORT", "SEARCHRES",  # RFC 5256, 5957, 5267, 5182
                      "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES",  # RFC 5256
+                     "MULTIAPPEND", "CATENATE", "REPLACE",  # RFC 3502, 4469, 8508
                      *imap4rev2.MORE_CAPABILITIES]
             if hasattr(self.store, "get_usage"):
                 caps += ["QUOTA", "QUOTA=RES-STORAGE"]  # RFC 9208
@@ -480,19 +480,14 @@ class IMAPSession(Protocol):
             self._socket = False
 
     def _choose_sink(self, head: bytes, size: int, nonsync: bool) -> LiteralSink | None:
-        _, name, _ = command_words(head)
-        if self.state in (State.AUTHENTICATED, State.SELECTED) and name == "APPEND":
-            role = append_literal_role(self.framer.pending_parts)
-            if role == "extra":
-                # No MULTIAPPEND: a second message cannot belong to the command.  Refused
-                # at its announcement, so none of its octets reach the disk (a
-                # non-synchronising one closes the connection, RFC 7888 §4).
-                raise FramingError("One message per APPEND (MULTIAPPEND is not supported)")
-            if role == "message":
-                self._check_append_size(size)
-                if size > self.settings.append_memory:
-                    return self.store.new_blob()
-                return None
+        _, name, sub = command_words(head)
+        if self.state in (State.AUTHENTICATED, State.SELECTED) and (
+                name in ("APPEND", "REPLACE") or (name == "UID" and sub == "REPLACE")):
+            # RFC 3502 MULTIAPPEND, RFC 4469 CATENATE, RFC 8508 REPLACE: each message's
+            # size is checked before its octets are accepted (mxd.imap.appendcmd).
+            sink = appendcmd.choose_sink(self, self.framer.pending_parts, size)
+            if sink is not False:
+                return sink  # type: ignore[return-value]
         limit = (self.settings.max_literal if self.state != State.NOT_AUTHENTICATED
                  else self.settings.max_literal_unauthenticated)
         if size > limit:

@@ -78,6 +78,10 @@ class InvalidMailboxName(StoreError):
     mistake, not a server fault)."""
 
 
+class MessageGone(StoreError):
+    """The message a command names is no longer in its mailbox (REPLACE, RFC 8508)."""
+
+
 class InvalidFlag(StoreError):
     """A flag is not an IMAP atom (or \\Recent, which is never stored), or too long."""
 
@@ -322,6 +326,20 @@ class IMailStore(Protocol):
         internal_date: datetime | None = None,
     ) -> Deferred[int]:
         """IMAP APPEND: fires with the new UID once durable."""
+
+    def append_many(
+        self, mailbox_id: int, items: Sequence[tuple[BlobWriter, frozenset[str], datetime | None]],
+    ) -> Deferred[list[int]]:
+        """IMAP MULTIAPPEND (RFC 3502): all messages in one transaction, or none (the
+        quota is checked against their total); fires with the new UIDs in order."""
+
+    def replace(
+        self, mailbox_id: int, uid: int, dest_mailbox_id: int, blob: BlobWriter,
+        flags: frozenset[str], internal_date: datetime | None = None,
+    ) -> Deferred[int]:
+        """IMAP REPLACE (RFC 8508 §3.4): append to ``dest_mailbox_id`` and expunge
+        ``uid`` of ``mailbox_id`` in one transaction; fires with the new UID.  Errbacks
+        with MessageGone (nothing appended) when ``uid`` is no longer there."""
 
     def store_flags(
         self, mailbox_id: int, uids: Sequence[int], flags: frozenset[str], mode: str,

@@ -103,6 +103,7 @@ from mxd.store.interfaces import (
     MailboxHasChildren,
     MailboxInfo,
     MessageColumns,
+    MessageGone,
     MessageInfo,
     MessageProps,
     NoSuchAccount,
@@ -594,6 +595,56 @@ class SQLiteStore:
             uid, modseq = q.insert_new(conn, mailbox_id, w, clean, when, MessageProps(), saved)
             ctx.changes.append(MailboxChange(mailbox_id, "exists", (uid,), modseq))
             return uid
+
+        return self._writer.submit(op, [w])
+
+    def append_many(
+        self, mailbox_id: int, items: Sequence[tuple[BlobWriter, frozenset[str], datetime | None]],
+    ) -> Deferred[list[int]]:
+        writers = [(self._own_writer(b), f, _aware(d or self._now())) for b, f, d in items]
+
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> list[int]:
+            # RFC 3502 §6.3.11: all or none; one savepoint holds them all.
+            q.check_mailbox(conn, mailbox_id)
+            account_id = conn.execute("SELECT account_id FROM mailboxes WHERE id = ?",
+                                      (mailbox_id,)).fetchone()[0]
+            self._check_quota(conn, account_id, sum(w.size for w, _, _ in writers))
+            uids = []
+            for w, flags, when in writers:
+                self._register_blob(conn, ctx, w)
+                uid, modseq = q.insert_new(conn, mailbox_id, w, names.clean_flags(flags), when,
+                                           MessageProps())
+                ctx.changes.append(MailboxChange(mailbox_id, "exists", (uid,), modseq))
+                uids.append(uid)
+            return uids
+
+        return self._writer.submit(op, [w for w, _, _ in writers])
+
+    def replace(
+        self, mailbox_id: int, uid: int, dest_mailbox_id: int, blob: BlobWriter,
+        flags: frozenset[str], internal_date: datetime | None = None,
+    ) -> Deferred[int]:
+        w = self._own_writer(blob)
+        when = _aware(internal_date or self._now())
+
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> int:
+            # RFC 8508 §3.4: the append and the expunge of the original happen together.
+            q.check_mailbox(conn, mailbox_id)
+            q.check_mailbox(conn, dest_mailbox_id)
+            old = q.rows_for_uids(conn, mailbox_id, [uid])
+            if not old:
+                raise MessageGone(f"no message {uid} in mailbox {mailbox_id}")
+            old_size, old_blob = old[0][4], old[0][6]
+            clean = names.clean_flags(flags)
+            self._register_blob(conn, ctx, w)
+            account_id = conn.execute("SELECT account_id FROM mailboxes WHERE id = ?",
+                                      (dest_mailbox_id,)).fetchone()[0]
+            self._check_quota(conn, account_id, w.size - old_size)
+            new_uid, modseq = q.insert_new(conn, dest_mailbox_id, w, clean, when, MessageProps())
+            ctx.changes.append(MailboxChange(dest_mailbox_id, "exists", (new_uid,), modseq))
+            q.remove(conn, ctx, mailbox_id, [uid])
+            self._gc(conn, ctx, [old_blob])
+            return new_uid
 
         return self._writer.submit(op, [w])
 

@@ -38,6 +38,7 @@ from mxd.store.interfaces import (
     MailboxExists,
     MailboxHasChildren,
     MailboxInfo,
+    MessageGone,
     MessageInfo,
     MessageProps,
     NoSuchAccount,
@@ -474,6 +475,39 @@ class MemoryStore:
             self._check_quota(box.account_id, size)
             return self._insert(box, blob_id, size, flags, internal_date or self._now(),
                                 MessageProps(), changes)
+        return self._write(op)
+
+    def append_many(self, mailbox_id: int,
+                    items: Sequence[tuple[Any, frozenset[str], datetime | None]]) -> Deferred[list[int]]:
+        def op(changes: list[MailboxChange]) -> list[int]:
+            box = self._box(mailbox_id)
+            for blob, _, _ in items:
+                if not isinstance(blob, MemoryBlob) or blob.aborted:
+                    raise StoreError("blob writer does not belong to this store")
+            self._check_quota(box.account_id, sum(len(b.data) for b, _, _ in items))
+            uids = []
+            for blob, flags, when in items:
+                blob_id = self._take(blob)
+                uids.append(self._insert(box, blob_id, len(self.bodies[blob_id]), flags,
+                                         when or self._now(), MessageProps(), changes))
+            return uids
+        return self._write(op)
+
+    def replace(self, mailbox_id: int, uid: int, dest_mailbox_id: int, blob: Any,
+                flags: frozenset[str], internal_date: datetime | None = None) -> Deferred[int]:
+        def op(changes: list[MailboxChange]) -> int:
+            src, dst = self._box(mailbox_id), self._box(dest_mailbox_id)
+            old = src.messages.get(uid)
+            if old is None:
+                raise MessageGone(f"no message {uid} in mailbox {mailbox_id}")
+            if not isinstance(blob, MemoryBlob) or blob.aborted:
+                raise StoreError("blob writer does not belong to this store")
+            self._check_quota(dst.account_id, len(blob.data) - old.info.size)
+            blob_id = self._take(blob)
+            new = self._insert(dst, blob_id, len(self.bodies[blob_id]), flags,
+                               internal_date or self._now(), MessageProps(), changes)
+            self._remove(src, [uid], changes)
+            return new
         return self._write(op)
 
     def list_messages(self, mailbox_id: int, since_modseq: int = 0) -> Deferred[list[MessageInfo]]:
