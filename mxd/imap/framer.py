@@ -82,23 +82,6 @@ def command_words(first_line: bytes) -> tuple[str | None, str, str]:
     return tag, name, sub
 
 
-_APPEND_HEAD_RE = re.compile(rb"^[^ ]+ APPEND $", re.IGNORECASE)
-
-
-def append_literal_role(parts: tuple[Part, ...]) -> str:
-    """What an APPEND literal announced after ``parts`` is (RFC 3501 §6.3.11, RFC 6855
-    §4): "mailbox" (the mailbox name as a literal), "message", or "extra" — a literal
-    after the message, which without MULTIAPPEND (RFC 3502) cannot belong to the
-    command and is refused before any of its octets are accepted."""
-    literals = sum(1 for p in parts if not isinstance(p, bytes))
-    first = parts[0] if parts else b""
-    mailbox_literal = isinstance(first, bytes) and _APPEND_HEAD_RE.match(first) is not None
-    if mailbox_literal and literals == 0:
-        return "mailbox"
-    messages_before = literals - (1 if mailbox_literal else 0)
-    return "message" if messages_before == 0 else "extra"
-
-
 class Framer:
     """Incremental command framer.
 

@@ -10,21 +10,27 @@ import time
 import pytest
 from twisted.internet.defer import succeed
 
-from mxd.imap.framer import BlobLiteral, Literal, append_literal_role
+from mxd.imap.appendsyntax import literal_role
+from mxd.imap.framer import BlobLiteral, Literal
 from mxd.imap.server import IMAPServerSettings
 from tests.imap.helpers import Conn, make_store
 
 
 @pytest.mark.parametrize(("parts", "role"), [
-    ((b"a APPEND INBOX ",), "message"),
-    ((b"a append ",), "mailbox"),
-    ((b"a APPEND ", Literal(b"INBOX"), b" (\\Seen) "), "message"),
-    ((b"a APPEND INBOX ", BlobLiteral(None, 5), b" "), "extra"),  # type: ignore[arg-type]
-    ((b"a APPEND ", Literal(b"INBOX"), b" ", Literal(b"x"), b" "), "extra"),
-    ((b"a APPEND INBOX UTF8 (",), "message"),
+    ((b"a APPEND INBOX ",), ("message", 0)),
+    ((b"a append ",), ("mailbox", 0)),
+    ((b"a UID REPLACE 7 ",), ("mailbox", 0)),
+    ((b"a APPEND ", Literal(b"INBOX"), b" (\\Seen) "), ("message", 0)),
+    ((b"a APPEND INBOX ", BlobLiteral(None, 5), b" "), ("message", 1)),  # type: ignore[arg-type]
+    ((b"a APPEND ", Literal(b"INBOX"), b" ", Literal(b"x"), b" "), ("message", 1)),
+    ((b"a APPEND INBOX UTF8 (",), ("message", 0)),
+    ((b'a APPEND INBOX CATENATE (URL "/x" TEXT ',), ("text", 0)),
+    ((b"a APPEND INBOX CATENATE (TEXT ", Literal(b"x"), b" TEXT "), ("text", 0)),
+    ((b"a APPEND INBOX CATENATE (TEXT ", Literal(b"x"), b") CATENATE (TEXT "), ("text", 1)),
+    ((b"a APPEND INBOX CATENATE (TEXT ", Literal(b"x"), b") "), ("message", 1)),
 ])
-def test_literal_roles(parts: tuple[object, ...], role: str) -> None:
-    assert append_literal_role(parts) == role  # type: ignore[arg-type]
+def test_literal_roles(parts: tuple[object, ...], role: tuple[str, int]) -> None:
+    assert literal_role(parts) == role  # type: ignore[arg-type]
 
 
 def test_second_message_over_appendlimit_refused_before_its_data() -> None:
