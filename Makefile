@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 DEB_PACKAGES := gsasl cyrus-clients swaks libnet-ssleay-perl libauthen-sasl-perl postfix \
 	unbound nsd ldnsutils bind9-dnsutils gnutls-bin slapd ldap-utils microsocks \
 	dante-server opendkim opendkim-tools spfquery dovecot-imapd dovecot-ldap isync pebble certbot msmtp \
-	chromium chromium-driver
+	chromium chromium-driver postgresql
 
 .PHONY: run test test-deps venv lint typecheck unit integration bench config-reference clean
 

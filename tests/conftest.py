@@ -48,3 +48,6 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
 
 # The DNS lab fixtures, for tests outside tests/integration that need a real resolver.
 from tests.integration.dnslab import dns_lab, dns_lab_factory  # noqa: E402, F401
+
+# The private PostgreSQL cluster (session) and a fresh database per test.
+from tests.integration.pglab import pg_cluster, pg_dsn  # noqa: E402, F401

@@ -1,11 +1,13 @@
 """The storage contract shared by the SMTP server, the IMAP server and the queue.
 
-The embedded backend (``mxd.store.sqlite``) keeps metadata in SQLite (WAL) and one file
-per message body under the data directory.  The contract is written so that a
-server-grade backend (PostgreSQL metadata, object-store bodies, several mxd nodes) can
-implement it later: every method returns a Deferred, UIDs/modseqs are allocated by the
-backend inside its transaction, and change notification goes through ``subscribe``
-rather than shared in-process objects.
+Two backends implement it: the embedded one (``mxd.store.sqlite``) keeps metadata in
+SQLite (WAL) and one file per message body under the data directory; the server-grade one
+(``mxd.store.postgres``) keeps metadata in PostgreSQL and bodies as files in a directory
+that several mxd nodes share.  Every method returns a Deferred, UIDs/modseqs are allocated
+by the backend inside its transaction, and change notification goes through ``subscribe``
+rather than shared in-process objects.  No database connection crosses this contract:
+the queue has its own (``mxd.queue.storage.IQueueStore``), and the SQL both backends run
+is theirs alone (``mxd.store.sqlbase``).
 
 Durability (DESIGN.md "Contracts"): a Deferred from ``deliver``/``append`` fires only
 after the body file and the metadata commit are both fsynced.  A crash at any point
@@ -29,7 +31,7 @@ import enum
 from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, BinaryIO, Protocol, TypeVar
+from typing import BinaryIO, Protocol
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -395,21 +397,3 @@ class IMailStore(Protocol):
         """Call ``listener`` after each committed change; returns an unsubscribe function."""
 
     def close(self) -> Deferred[None]: ...
-
-
-_T = TypeVar("_T")
-
-
-class ISharedDatabase(Protocol):
-    """What the outbound queue uses to keep its rows in the store's database (see the
-    ``mxd.store.sqlite`` module docstring).  ``conn`` is a ``sqlite3.Connection``."""
-
-    def register_schema(self, name: str, migrations: list[str]) -> None: ...
-
-    def transact(self, fn: Callable[[Any], _T]) -> Deferred[_T]: ...
-
-    def commit_blob(self, writer: BlobWriter) -> Deferred[str]: ...
-
-    def ref_blob(self, conn: Any, blob_id: str) -> None: ...
-
-    def unref_blob(self, conn: Any, blob_id: str) -> None: ...

@@ -1,12 +1,11 @@
 """SQL for the embedded store's tables (mxd.store.schema), run on the writer thread.
 
-Plain functions over a ``sqlite3.Connection`` inside the writer's transaction; the
+Plain functions over a ``Conn`` inside the writer's transaction; the
 ``SQLiteStore`` methods (mxd.store.sqlite) compose them into operations.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from array import array
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from mxd.store.interfaces import (
     SpecialUse,
     StoreError,
 )
+from mxd.store.sqlbase import INTEGRITY_ERRORS, Conn
 from mxd.store.writer import OpContext
 
 MAX_UID = 2**32 - 1
@@ -39,7 +39,7 @@ MAILBOX_SELECT = (
     "m.special_use, m.subscribed, "
     "(SELECT count(*) FROM messages WHERE mailbox_id = m.id), "
     "(SELECT count(*) FROM messages WHERE mailbox_id = m.id AND instr(flags, ' \\Seen ') = 0), "
-    "(SELECT coalesce(sum(size), 0) FROM messages WHERE mailbox_id = m.id), "
+    "(SELECT CAST(coalesce(sum(size), 0) AS BIGINT) FROM messages WHERE mailbox_id = m.id), "
     "(SELECT count(*) FROM messages WHERE mailbox_id = m.id AND instr(flags, ' \\Deleted ') > 0) "
     "FROM mailboxes m"
 )
@@ -75,7 +75,7 @@ def message_info(r: Any) -> MessageInfo:
     )
 
 
-def message_columns(conn: sqlite3.Connection, mailbox_id: int) -> MessageColumns:
+def message_columns(conn: Conn, mailbox_id: int) -> MessageColumns:
     """A mailbox's messages as columns (see MessageColumns); flag texts and UTC offsets
     are parsed once per distinct value."""
     uids, modseqs, flag_ids, sizes = array("I"), array("Q"), array("I"), array("Q")
@@ -121,46 +121,46 @@ def message_columns(conn: sqlite3.Connection, mailbox_id: int) -> MessageColumns
                           None if hex_ids else blob_ids, bytes(packed) if hex_ids else None)
 
 
-def account(conn: sqlite3.Connection, account_id: int, name: str) -> Account:
+def account(conn: Conn, account_id: int, name: str) -> Account:
     addrs = tuple(r[0] for r in conn.execute(
         "SELECT address FROM addresses WHERE account_id = ? ORDER BY address", (account_id,)))
     return Account(account_id, name, addrs)
 
 
-def account_id(conn: sqlite3.Connection, name: str) -> int:
+def account_id(conn: Conn, name: str) -> int:
     row = conn.execute("SELECT id FROM accounts WHERE name = ?", (name,)).fetchone()
     if row is None:
         raise NoSuchAccount(f"no account {name!r}")
     return int(row[0])
 
 
-def check_account(conn: sqlite3.Connection, account_id: int) -> None:
+def check_account(conn: Conn, account_id: int) -> None:
     if conn.execute("SELECT 1 FROM accounts WHERE id = ?", (account_id,)).fetchone() is None:
         raise NoSuchAccount(f"no account with id {account_id}")
 
 
-def check_mailbox(conn: sqlite3.Connection, mailbox_id: int) -> None:
+def check_mailbox(conn: Conn, mailbox_id: int) -> None:
     if conn.execute("SELECT 1 FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone() is None:
         raise NoSuchMailbox(f"no mailbox with id {mailbox_id}")
 
 
-def insert_address(conn: sqlite3.Connection, account_id: int, address: str) -> None:
+def insert_address(conn: Conn, account_id: int, address: str) -> None:
     if not address or "@" not in address:
         raise StoreError(f"invalid address {address!r}")
     try:
         conn.execute("INSERT INTO addresses (address, account_id) VALUES (?, ?)",
                      (address, account_id))
-    except sqlite3.IntegrityError:
+    except INTEGRITY_ERRORS:
         raise AddressInUse(f"address {address!r} belongs to an account") from None
 
 
-def find_mailbox(conn: sqlite3.Connection, account_id: int, name: str) -> int | None:
+def find_mailbox(conn: Conn, account_id: int, name: str) -> int | None:
     row = conn.execute("SELECT id FROM mailboxes WHERE account_id = ? AND name = ?",
                        (account_id, name)).fetchone()
     return int(row[0]) if row else None
 
 
-def mailbox_id(conn: sqlite3.Connection, account_id: int, name: str) -> int:
+def mailbox_id(conn: Conn, account_id: int, name: str) -> int:
     mailbox_id = find_mailbox(conn, account_id, names.normalize_mailbox_name(name))
     if mailbox_id is None:
         check_account(conn, account_id)
@@ -168,35 +168,37 @@ def mailbox_id(conn: sqlite3.Connection, account_id: int, name: str) -> int:
     return mailbox_id
 
 
-def next_uidvalidity(conn: sqlite3.Connection) -> int:
+def next_uidvalidity(conn: Conn) -> int:
     # RFC 3501 §2.3.1.1: never reuse a UIDVALIDITY for a name; a growing counter cannot.
-    value = int(conn.execute("SELECT value FROM meta WHERE key = 'next_uidvalidity'").fetchone()[0])
+    # One UPDATE ... RETURNING: concurrent transactions (PostgreSQL) never read one value.
+    value = int(conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'next_uidvalidity' "
+                             "RETURNING value - 1").fetchone()[0])
     if not 0 < value <= MAX_UID:
         value = 1
-    conn.execute("UPDATE meta SET value = ? WHERE key = 'next_uidvalidity'", (value + 1,))
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'next_uidvalidity'", (value + 1,))
     return value
 
 
-def create_one(conn: sqlite3.Connection, account_id: int, name: str,
+def create_one(conn: Conn, account_id: int, name: str,
                 special_use: SpecialUse | None, *, subscribed: bool) -> int:
     try:
-        cur = conn.execute(
+        row = conn.execute(
             "INSERT INTO mailboxes (account_id, name, uidvalidity, special_use, subscribed) "
-            "VALUES (?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?) RETURNING id",
             (account_id, name, next_uidvalidity(conn),
-             str(special_use) if special_use else None, int(subscribed)))
-    except sqlite3.IntegrityError:
+             str(special_use) if special_use else None, int(subscribed))).fetchone()
+    except INTEGRITY_ERRORS:
         raise MailboxExists(f"mailbox {name!r} exists") from None
-    return int(cur.lastrowid or 0)
+    return int(row[0])
 
 
-def bump_modseq(conn: sqlite3.Connection, mailbox_id: int) -> int:
+def bump_modseq(conn: Conn, mailbox_id: int) -> int:
     conn.execute("UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ?", (mailbox_id,))
     return int(conn.execute("SELECT highestmodseq FROM mailboxes WHERE id = ?",
                             (mailbox_id,)).fetchone()[0])
 
 
-def alloc_uids(conn: sqlite3.Connection, mailbox_id: int, n: int) -> int:
+def alloc_uids(conn: Conn, mailbox_id: int, n: int) -> int:
     first = int(conn.execute("SELECT uidnext FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()[0])
     if first + n - 1 > MAX_UID:
         raise StoreError("mailbox has run out of UIDs; it must be recreated")
@@ -204,7 +206,7 @@ def alloc_uids(conn: sqlite3.Connection, mailbox_id: int, n: int) -> int:
     return first
 
 
-def insert_new(conn: sqlite3.Connection, mailbox_id: int, w: FileBlobWriter,
+def insert_new(conn: Conn, mailbox_id: int, w: FileBlobWriter,
                 flags: frozenset[str], when: datetime, props: MessageProps,
                 saved: datetime | None = None) -> tuple[int, int]:
     """Insert a new message; ``saved`` is its save date (RFC 8514), now when None."""
@@ -226,7 +228,7 @@ def _saved_text(saved: datetime | None) -> str:
     return saved.isoformat()
 
 
-def save_dates(conn: sqlite3.Connection, mailbox_id: int,
+def save_dates(conn: Conn, mailbox_id: int,
                uids: Sequence[int] | None) -> dict[int, datetime]:
     """RFC 8514 save dates of a mailbox's messages (all, or those of ``uids``)."""
     out: dict[int, datetime] = {}
@@ -247,7 +249,7 @@ def save_dates(conn: sqlite3.Connection, mailbox_id: int,
     return out
 
 
-def rows_for_uids(conn: sqlite3.Connection, mailbox_id: int, uids: Sequence[int]) -> list[Any]:
+def rows_for_uids(conn: Conn, mailbox_id: int, uids: Sequence[int]) -> list[Any]:
     out: list[Any] = []
     wanted = sorted(set(uids))
     for i in range(0, len(wanted), CHUNK):
@@ -258,7 +260,7 @@ def rows_for_uids(conn: sqlite3.Connection, mailbox_id: int, uids: Sequence[int]
     return out
 
 
-def copy(conn: sqlite3.Connection, ctx: OpContext, src: int, uids: Sequence[int],
+def copy(conn: Conn, ctx: OpContext, src: int, uids: Sequence[int],
           dest: int, saved: datetime | None = None) -> list[tuple[int, int]]:
     check_mailbox(conn, src)
     check_mailbox(conn, dest)
@@ -284,16 +286,17 @@ def copy(conn: sqlite3.Connection, ctx: OpContext, src: int, uids: Sequence[int]
     return pairs
 
 
-def remove(conn: sqlite3.Connection, ctx: OpContext, mailbox_id: int, uids: list[int]) -> None:
+def remove(conn: Conn, ctx: OpContext, mailbox_id: int, uids: list[int]) -> None:
     modseq = bump_modseq(conn, mailbox_id)
     for uid in uids:
         conn.execute("DELETE FROM messages WHERE mailbox_id = ? AND uid = ?", (mailbox_id, uid))
-        conn.execute("INSERT OR REPLACE INTO vanished (mailbox_id, uid, modseq) VALUES (?, ?, ?)",
+        conn.execute("INSERT INTO vanished (mailbox_id, uid, modseq) VALUES (?, ?, ?) "
+                     "ON CONFLICT (mailbox_id, uid) DO UPDATE SET modseq = excluded.modseq",
                      (mailbox_id, uid, modseq))
     ctx.changes.append(MailboxChange(mailbox_id, "expunge", tuple(uids), modseq))
 
 
-def move(conn: sqlite3.Connection, ctx: OpContext, src: int, uids: Sequence[int],
+def move(conn: Conn, ctx: OpContext, src: int, uids: Sequence[int],
           dest: int, saved: datetime | None = None) -> list[tuple[int, int]]:
     # RFC 6851 §3.3: copy, then expunge the source messages, atomically.  Into the same
     # mailbox too: the messages get new UIDs (as in Dovecot, with COPYUID).

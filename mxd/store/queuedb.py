@@ -25,20 +25,23 @@ row (a crashed attempt) goes back to ``queued``, due now, so an attempt cut shor
 is retried once: the only possible duplicate is that one in-flight attempt.  An expired
 lease is claimable too, so several nodes could share the tables later.
 
-Every function here takes a ``sqlite3.Connection`` inside ``SQLiteStore.transact``.
+Every function here takes a ``Conn`` (mxd.store.sqlbase) inside the store's ``transact``:
+the same SQL runs on SQLite and PostgreSQL.  Several nodes on one PostgreSQL database
+claim work with row locks (``FOR UPDATE SKIP LOCKED``) and leases: a node that dies
+holding a lease leaves its recipients to whichever node claims them after it expires.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
-import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
 
 from mxd.store.interfaces import OutboundMessage, OutboundRecipient
+from mxd.store.sqlbase import Conn, dialect
 from mxd.tlsrpt.results import FailureDetail, PolicyInfo, PolicyType, ResultType, TLSAttempt
 
 QUEUE_MIGRATIONS: list[str] = [
@@ -300,7 +303,7 @@ def _notify_value(text: str | None) -> frozenset[str] | None:
 
 
 def insert_message(
-    conn: sqlite3.Connection, queue_id: str, blob_id: str, m: OutboundMessage, now: float,
+    conn: Conn, queue_id: str, blob_id: str, m: OutboundMessage, now: float,
     is_dsn: bool = False,
 ) -> int:
     values: tuple[Any, ...] = (
@@ -310,11 +313,10 @@ def insert_message(
     extra = ""
     if m.tls_report:  # a later column: only named when set (the default is 0)
         values, extra = values + (1,), ", tls_report"
-    cur = conn.execute(
+    mid = int(conn.execute(
         "INSERT INTO queue_messages (queue_id, mail_from, blob_id, size, body, smtputf8,"
         f" requiretls, tls_required_no, ret, envid, sender_account, is_dsn, queued_at{extra})"
-        f" VALUES ({','.join('?' * len(values))})", values)
-    mid = int(cur.lastrowid or 0)
+        f" VALUES ({','.join('?' * len(values))}) RETURNING id", values).fetchone()[0])
     conn.executemany(
         "INSERT INTO queue_recipients (message_id, address, domain, notify, orcpt,"
         " next_attempt) VALUES (?,?,?,?,?,?)",
@@ -357,7 +359,7 @@ def _recipient(row: Sequence[Any]) -> QueuedRecipient:
                            row[12], row[13], row[14], bool(row[15]))
 
 
-def get_message(conn: sqlite3.Connection, queue_id: str) -> QueuedMessage | None:
+def get_message(conn: Conn, queue_id: str) -> QueuedMessage | None:
     row = conn.execute(f"SELECT {_MSG_COLS} FROM queue_messages WHERE queue_id = ?",
                        (queue_id,)).fetchone()
     if row is None:
@@ -368,7 +370,7 @@ def get_message(conn: sqlite3.Connection, queue_id: str) -> QueuedMessage | None
 
 
 def list_messages(
-    conn: sqlite3.Connection, *, domain: str | None = None, sender: str | None = None,
+    conn: Conn, *, domain: str | None = None, sender: str | None = None,
     held: bool | None = None, limit: int = 1000,
 ) -> list[QueuedMessage]:
     """Messages with their remaining recipients, oldest first, with optional filters."""
@@ -397,33 +399,43 @@ def list_messages(
     return out
 
 
-def recover_inflight(conn: sqlite3.Connection, now: float) -> int:
+def recover_inflight(conn: Conn, now: float) -> int:
     """At start: attempts cut short by a crash become due now; returns how many."""
+    if dialect(conn) == "postgresql":
+        # Other nodes share the rows: only leases that ran out are ours to take back (the
+        # node that held them died); live ones belong to a node still delivering.
+        return conn.execute(
+            "UPDATE queue_recipients SET state = ?, lease_until = NULL, next_attempt = ?"
+            " WHERE state = ? AND lease_until < ?", (QUEUED, now, INFLIGHT, now)).rowcount
     cur = conn.execute(
         "UPDATE queue_recipients SET state = ?, lease_until = NULL, next_attempt = ?"
         " WHERE state = ?", (QUEUED, now, INFLIGHT))
     return cur.rowcount
 
 
-def due_recipients(conn: sqlite3.Connection, now: float, limit: int) -> list[tuple[str, int, str, str | None]]:
-    """(queue_id, recipient id, domain, transport) of due recipients, most overdue first."""
+def due_recipients(conn: Conn, now: float, limit: int) -> list[tuple[str, int, str, str | None]]:
+    """(queue_id, recipient id, domain, transport) of due recipients, most overdue first.
+
+    On PostgreSQL the rows are locked until the claim commits, and rows another node is
+    claiming right now are skipped rather than waited for (``FOR UPDATE SKIP LOCKED``)."""
+    lock = " FOR UPDATE OF r SKIP LOCKED" if dialect(conn) == "postgresql" else ""
     return [(r[0], int(r[1]), r[2], r[3]) for r in conn.execute(
         "SELECT m.queue_id, r.id, r.domain, r.transport FROM queue_recipients r"
         " JOIN queue_messages m ON m.id = r.message_id"
         " WHERE r.hold = 0 AND r.next_attempt <= ?"
         " AND (r.state = ? OR (r.state = ? AND r.lease_until < ?))"
-        " ORDER BY r.next_attempt, r.id LIMIT ?",
+        " ORDER BY r.next_attempt, r.id LIMIT ?" + lock,
         (now, QUEUED, INFLIGHT, now, limit))]
 
 
-def next_due_time(conn: sqlite3.Connection) -> float | None:
+def next_due_time(conn: Conn) -> float | None:
     row = conn.execute(
         "SELECT MIN(next_attempt) FROM queue_recipients WHERE hold = 0 AND state = ?",
         (QUEUED,)).fetchone()
     return None if row is None or row[0] is None else float(row[0])
 
 
-def claim(conn: sqlite3.Connection, recipient_ids: Sequence[int], now: float,
+def claim(conn: Conn, recipient_ids: Sequence[int], now: float,
           lease: float) -> QueuedMessage | None:
     """Mark recipients in flight; returns their message with just those recipients.
 
@@ -449,13 +461,13 @@ def claim(conn: sqlite3.Connection, recipient_ids: Sequence[int], now: float,
     return _message(row, rcpts)
 
 
-def finish_recipient(conn: sqlite3.Connection, recipient_id: int) -> None:
+def finish_recipient(conn: Conn, recipient_id: int) -> None:
     """Delivered or failed for good: the row goes."""
     conn.execute("DELETE FROM queue_recipients WHERE id = ?", (recipient_id,))
 
 
 def defer_recipient(
-    conn: sqlite3.Connection, recipient_id: int, *, next_attempt: float, now: float,
+    conn: Conn, recipient_id: int, *, next_attempt: float, now: float,
     code: int | None, enhanced: str | None, text: str | None, host: str | None,
     delay_dsn_sent: bool,
 ) -> None:
@@ -467,13 +479,13 @@ def defer_recipient(
          recipient_id))
 
 
-def release_unfinished(conn: sqlite3.Connection, recipient_ids: Sequence[int]) -> None:
+def release_unfinished(conn: Conn, recipient_ids: Sequence[int]) -> None:
     """Put claimed recipients back without counting an attempt (e.g. at shutdown)."""
     conn.executemany("UPDATE queue_recipients SET state = ?, lease_until = NULL"
                      " WHERE id = ? AND state = ?", [(QUEUED, i, INFLIGHT) for i in recipient_ids])
 
 
-def remove_message_if_done(conn: sqlite3.Connection, message_id: int) -> str | None:
+def remove_message_if_done(conn: Conn, message_id: int) -> str | None:
     """Delete a message with no recipients left; returns its blob id (to unref) or None."""
     left = conn.execute("SELECT COUNT(*) FROM queue_recipients WHERE message_id = ?",
                         (message_id,)).fetchone()[0]
@@ -507,7 +519,7 @@ def _list_json(text: str | None) -> tuple[str, ...]:
     return tuple(str(v) for v in value) if isinstance(value, list) else ()
 
 
-def log_attempt(conn: sqlite3.Connection, a: AttemptRecord) -> None:
+def log_attempt(conn: Conn, a: AttemptRecord) -> None:
     conn.execute(
         f"INSERT INTO queue_attempts ({_ATTEMPT_COLS}) VALUES ({','.join('?' * 28)})",
         (a.queue_id, a.domain, ",".join(a.recipients), a.at, a.host, a.ip, a.result, a.code,
@@ -527,20 +539,20 @@ def _attempt(r: Sequence[Any]) -> AttemptRecord:
         r[22], r[23], r[24], bool(r[25]), r[26], r[27])
 
 
-def attempts_for(conn: sqlite3.Connection, queue_id: str) -> list[AttemptRecord]:
+def attempts_for(conn: Conn, queue_id: str) -> list[AttemptRecord]:
     return [_attempt(r) for r in conn.execute(
         f"SELECT {_ATTEMPT_COLS} FROM queue_attempts WHERE queue_id = ? ORDER BY id",
         (queue_id,))]
 
 
-def attempts_between(conn: sqlite3.Connection, start: float, end: float) -> list[AttemptRecord]:
+def attempts_between(conn: Conn, start: float, end: float) -> list[AttemptRecord]:
     """Attempts made in [start, end) (POSIX seconds), oldest first."""
     return [_attempt(r) for r in conn.execute(
         f"SELECT {_ATTEMPT_COLS} FROM queue_attempts WHERE at >= ? AND at < ? ORDER BY at, id",
         (start, end))]
 
 
-def tls_attempts_between(conn: sqlite3.Connection, start: float,
+def tls_attempts_between(conn: Conn, start: float,
                          end: float) -> list[TLSAttempt]:
     """The TLS sessions of [start, end) as ``mxd.tlsrpt.results.TLSAttempt`` values, one per
     session (messages on a reused connection are left out), ready for
@@ -553,14 +565,14 @@ def tls_attempts_between(conn: sqlite3.Connection, start: float,
     return out
 
 
-def tls_attempts_for_day(conn: sqlite3.Connection, day: datetime.date) -> list[TLSAttempt]:
+def tls_attempts_for_day(conn: Conn, day: datetime.date) -> list[TLSAttempt]:
     """The TLS sessions of one UTC day (RFC 8460 §4.1: reports cover 24-hour UTC days)."""
     start = datetime.datetime.combine(day, datetime.time(), datetime.UTC)
     end = start + datetime.timedelta(days=1)
     return tls_attempts_between(conn, start.timestamp(), end.timestamp())
 
 
-def record_domain_tls(conn: sqlite3.Connection, d: DomainTLS,
+def record_domain_tls(conn: Conn, d: DomainTLS,
                       account: str | None = None) -> None:
     """Remember the last connection's TLS facts for a recipient domain (newest wins), also
     in the sending account's own records when the message came from an account."""
@@ -589,7 +601,7 @@ def record_domain_tls(conn: sqlite3.Connection, d: DomainTLS,
          int(d.tls_used), int(d.verified), d.policy_type, d.result_type, d.tls_version))
 
 
-def domain_tls(conn: sqlite3.Connection, domain: str | None = None,
+def domain_tls(conn: Conn, domain: str | None = None,
                account: str | None = None) -> list[DomainTLS]:
     """The last TLS result per recipient domain (all domains, or one), by domain name;
     with ``account``, as seen by that sending account's own messages."""
@@ -611,7 +623,7 @@ def domain_tls(conn: sqlite3.Connection, domain: str | None = None,
                 " ORDER BY domain", args)]
 
 
-def requiretls_ready(conn: sqlite3.Connection, domains: Sequence[str]) -> dict[str, bool]:
+def requiretls_ready(conn: Conn, domains: Sequence[str]) -> dict[str, bool]:
     """Per domain: whether its last connection offered REQUIRETLS over TLS verified by DANE
     or MTA-STS (RFC 8689 §4.1), so a submission client can choose REQUIRETLS when every
     recipient domain is ready.  Domains never connected to are False."""
@@ -624,7 +636,7 @@ def requiretls_ready(conn: sqlite3.Connection, domains: Sequence[str]) -> dict[s
     return out
 
 
-def set_tls_override(conn: sqlite3.Connection, queue_id: str, override: str) -> bool:
+def set_tls_override(conn: Conn, queue_id: str, override: str) -> bool:
     """Set a queued message's REQUIRETLS override (``TLS_OVERRIDES``); False: no such id."""
     if override not in TLS_OVERRIDES:
         raise ValueError(f"override must be one of {', '.join(TLS_OVERRIDES)}")
@@ -633,7 +645,7 @@ def set_tls_override(conn: sqlite3.Connection, queue_id: str, override: str) -> 
     return cur.rowcount > 0
 
 
-def set_transport(conn: sqlite3.Connection, queue_id: str, transport: str | None) -> int:
+def set_transport(conn: Conn, queue_id: str, transport: str | None) -> int:
     """Set (None: clear) the transport override of a queued message's recipients; it
     wins over every route at their next attempt.  Returns the number of recipients."""
     cur = conn.execute(
@@ -642,7 +654,7 @@ def set_transport(conn: sqlite3.Connection, queue_id: str, transport: str | None
     return cur.rowcount
 
 
-def count_recipients(conn: sqlite3.Connection) -> dict[str, int]:
+def count_recipients(conn: Conn) -> dict[str, int]:
     """Recipients by state, plus "held", for the queue-size gauge and admin."""
     out = {QUEUED: 0, INFLIGHT: 0, "held": 0}
     for state, hold, n in conn.execute(
@@ -651,7 +663,7 @@ def count_recipients(conn: sqlite3.Connection) -> dict[str, int]:
     return out
 
 
-def select_recipients(conn: sqlite3.Connection, queue_id: str | None, domain: str | None,
+def select_recipients(conn: Conn, queue_id: str | None, domain: str | None,
                       recipient: str | None) -> list[int]:
     """Recipient ids matching admin selectors (all given selectors must match)."""
     where = ["1=1"]
@@ -683,7 +695,7 @@ def to_outbound(m: QueuedMessage) -> OutboundMessage:
 # -- admin operations (the server through SQLiteQueueStore, and `mxd queue` on the file) --
 
 
-def op_hold(conn: sqlite3.Connection, queue_id: str | None = None, domain: str | None = None,
+def op_hold(conn: Conn, queue_id: str | None = None, domain: str | None = None,
             recipient: str | None = None, hold: bool = True) -> int:
     ids = select_recipients(conn, queue_id, domain, recipient)
     conn.executemany("UPDATE queue_recipients SET hold = ? WHERE id = ?",
@@ -691,7 +703,7 @@ def op_hold(conn: sqlite3.Connection, queue_id: str | None = None, domain: str |
     return len(ids)
 
 
-def op_kick(conn: sqlite3.Connection, now: float, queue_id: str | None = None,
+def op_kick(conn: Conn, now: float, queue_id: str | None = None,
             domain: str | None = None, recipient: str | None = None) -> int:
     """Make matching recipients due now (held ones stay held)."""
     ids = select_recipients(conn, queue_id, domain, recipient)
@@ -700,7 +712,7 @@ def op_kick(conn: sqlite3.Connection, now: float, queue_id: str | None = None,
     return len(ids)
 
 
-def op_drop(conn: sqlite3.Connection, unref: Callable[[sqlite3.Connection, str], None],
+def op_drop(conn: Conn, unref: Callable[[Conn, str], None],
             queue_id: str | None = None, domain: str | None = None,
             recipient: str | None = None) -> int:
     """Remove matching recipients without a DSN; messages left empty go with their blob ref."""
@@ -718,7 +730,7 @@ def op_drop(conn: sqlite3.Connection, unref: Callable[[sqlite3.Connection, str],
     return len(ids)
 
 
-def op_requiretls(conn: sqlite3.Connection, queue_id: str, setting: str) -> bool:
+def op_requiretls(conn: Conn, queue_id: str, setting: str) -> bool:
     """RFC 8689 admin override of one queued message: ``yes`` requires REQUIRETLS, ``no``
     delivers as with ``TLS-Required: No``, ``default`` restores what the message came with.
     Returns False when there is no such message (the caller checked ``setting`` against
@@ -726,14 +738,14 @@ def op_requiretls(conn: sqlite3.Connection, queue_id: str, setting: str) -> bool
     return set_tls_override(conn, queue_id, setting)
 
 
-def op_transport(conn: sqlite3.Connection, queue_id: str, name: str) -> int:
+def op_transport(conn: Conn, queue_id: str, name: str) -> int:
     """Per-message transport override (``mxd queue transport ID NAME``, admin API): NAME
     wins over routes at the next attempt; "default" clears it.  Returns the number of
     recipients changed (0: no such message; the caller checked the name)."""
     return set_transport(conn, queue_id, None if name == "default" else name)
 
 
-def unref_blob_sql(conn: sqlite3.Connection, blob_id: str) -> None:
+def unref_blob_sql(conn: Conn, blob_id: str) -> None:
     """Drop a blob reference without the store object (the CLI): the store removes bodies
     left at refcount 0 at its next start."""
     conn.execute("UPDATE blobs SET refcount = refcount - 1 WHERE id = ? AND refcount > 0",
@@ -750,7 +762,7 @@ class Claimed:
     counts: dict[str, int]  # recipients per state, for metrics
 
 
-def claim_due(conn: sqlite3.Connection, now: float, *, free: int, running: dict[str, int],
+def claim_due(conn: Conn, now: float, *, free: int, running: dict[str, int],
               per_domain: int, batch: int, max_rcpts: int, lease: float) -> Claimed:
     """Claim due recipients in one transaction, grouped per message and destination domain
     (and transport), within ``free`` jobs and ``per_domain`` jobs per domain (``running``:

@@ -114,6 +114,7 @@ from mxd.store.interfaces import (
     StoreError,
 )
 from mxd.store.schema import STORE_MIGRATIONS
+from mxd.store.sqlbase import INTEGRITY_ERRORS, Conn
 from mxd.store.sqlitedb import DatabaseOpener
 from mxd.store.writer import OpContext, PoolLike, StoreClosed, Writer
 
@@ -216,9 +217,9 @@ class SQLiteStore:
             self._opened_db.unlock()
 
     # -- queue support ---------------------------------------------------------------------
-    def transact(self, fn: Callable[[sqlite3.Connection], T]) -> Deferred[T]:
+    def transact(self, fn: Callable[[Conn], T]) -> Deferred[T]:
         """Run ``fn(conn)`` in one transaction on the writer thread (see module doc)."""
-        def op(conn: sqlite3.Connection, ctx: OpContext) -> T:
+        def op(conn: Conn, ctx: OpContext) -> T:
             self._ctx = ctx
             try:
                 return fn(conn)
@@ -237,17 +238,17 @@ class SQLiteStore:
 
         return self._writer.submit(op, [w])
 
-    def ref_blob(self, conn: sqlite3.Connection, blob_id: str) -> None:
+    def ref_blob(self, conn: Conn, blob_id: str) -> None:
         """Inside ``transact``: one more reference to a durable body."""
         self._ref(conn, blob_id)
 
     @staticmethod
-    def _ref(conn: sqlite3.Connection, blob_id: str) -> None:
+    def _ref(conn: Conn, blob_id: str) -> None:
         cur = conn.execute("UPDATE blobs SET refcount = refcount + 1 WHERE id = ?", (blob_id,))
         if cur.rowcount != 1:
             raise BlobError(f"no such blob {blob_id}")
 
-    def unref_blob(self, conn: sqlite3.Connection, blob_id: str) -> None:
+    def unref_blob(self, conn: Conn, blob_id: str) -> None:
         """Inside ``transact``: drop a reference; at zero the file goes after the commit."""
         if self._ctx is None:
             raise StoreError("unref_blob must be called inside transact()")
@@ -276,15 +277,15 @@ class SQLiteStore:
         return writer
 
     @staticmethod
-    def _register_blob(conn: sqlite3.Connection, ctx: OpContext, w: FileBlobWriter) -> None:
+    def _register_blob(conn: Conn, ctx: OpContext, w: FileBlobWriter) -> None:
         if w.blob_id in ctx.fresh_blobs:
-            conn.execute("INSERT OR IGNORE INTO blobs (id, size, refcount) VALUES (?, ?, 0)",
-                         (w.blob_id, w.size))
+            conn.execute("INSERT INTO blobs (id, size, refcount) VALUES (?, ?, 0) "
+                         "ON CONFLICT DO NOTHING", (w.blob_id, w.size))
         elif conn.execute("SELECT 1 FROM blobs WHERE id = ?", (w.blob_id,)).fetchone() is None:
             raise BlobError(f"blob {w.blob_id} no longer exists")
 
     @staticmethod
-    def _gc(conn: sqlite3.Connection, ctx: OpContext, blob_ids: Iterable[str]) -> None:
+    def _gc(conn: Conn, ctx: OpContext, blob_ids: Iterable[str]) -> None:
         for blob_id in set(blob_ids):
             cur = conn.execute("DELETE FROM blobs WHERE id = ? AND refcount = 0", (blob_id,))
             if cur.rowcount:
@@ -409,11 +410,11 @@ class SQLiteStore:
         def op(conn: sqlite3.Connection, ctx: OpContext) -> Account:
             q.check_account_name(name)
             try:
-                cur = conn.execute("INSERT INTO accounts (name, secrets) VALUES (?, ?)",
-                                   (name, secrets_text))
-            except sqlite3.IntegrityError:
+                row = conn.execute("INSERT INTO accounts (name, secrets) VALUES (?, ?) "
+                                   "RETURNING id", (name, secrets_text)).fetchone()
+            except INTEGRITY_ERRORS:
                 raise AccountExists(f"account {name!r} exists") from None
-            account_id = int(cur.lastrowid or 0)
+            account_id = int(row[0])
             for a in addrs:
                 q.insert_address(conn, account_id, a)
             for mbox, use in DEFAULT_MAILBOXES.items():
@@ -564,7 +565,7 @@ class SQLiteStore:
                 self._ref(conn, w.blob_id)
                 try:
                     queuedb.insert_message(conn, queue_id, w.blob_id, outbound, now)
-                except sqlite3.IntegrityError as e:
+                except INTEGRITY_ERRORS as e:
                     raise StoreError(f"queue id {queue_id} is taken") from e
             elif not targets:
                 self._gc(conn, ctx, [w.blob_id])  # nothing references the body: drop it
@@ -717,9 +718,9 @@ class SQLiteStore:
             if child is not None:  # RFC 3501 §6.3.4
                 raise MailboxHasChildren(f"mailbox {name!r} has inferior mailboxes")
             # RFC 3501 §6.3.6: deleting a mailbox does not unsubscribe its name.
-            conn.execute("INSERT OR IGNORE INTO orphan_subscriptions (account_id, name) "
-                         "SELECT account_id, name FROM mailboxes WHERE id = ? AND subscribed",
-                         (mailbox_id,))
+            conn.execute("INSERT INTO orphan_subscriptions (account_id, name) "
+                         "SELECT account_id, name FROM mailboxes WHERE id = ? AND subscribed <> 0 "
+                         "ON CONFLICT DO NOTHING", (mailbox_id,))
             self._drop_mailbox(conn, ctx, mailbox_id)
 
         return self._writer.submit(op)
@@ -760,7 +761,7 @@ class SQLiteStore:
                     "UPDATE mailboxes SET name = ? || substr(name, ?) WHERE account_id = ? "
                     "AND (name = ? OR name LIKE ? ESCAPE '!')",
                     (new, len(old) + 1, account_id, old, names.like_children(old)))
-            except sqlite3.IntegrityError:
+            except INTEGRITY_ERRORS:
                 raise MailboxExists(f"a mailbox below {new!r} exists") from None
             for mailbox_id in affected:
                 ctx.changes.append(MailboxChange(mailbox_id, "renamed"))
@@ -786,7 +787,7 @@ class SQLiteStore:
         """Subscribed names, including those whose mailbox was deleted (RFC 3501 §6.3.6)."""
         def op(conn: sqlite3.Connection, ctx: OpContext) -> list[str]:
             rows = conn.execute(
-                "SELECT name FROM mailboxes WHERE account_id = ? AND subscribed UNION "
+                "SELECT name FROM mailboxes WHERE account_id = ? AND subscribed <> 0 UNION "
                 "SELECT name FROM orphan_subscriptions WHERE account_id = ? ORDER BY 1",
                 (account_id, account_id)).fetchall()
             return [r[0] for r in rows]

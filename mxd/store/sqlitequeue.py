@@ -1,9 +1,9 @@
 """``IQueueStore`` (mxd.queue.storage) over the embedded SQLite store: each operation is
-one ``transact`` of the SQL in ``mxd.store.queuedb``."""
+one ``transact`` of the SQL in ``mxd.store.queuedb`` (SQL that PostgreSQL runs too:
+mxd.store.postgres.PostgresQueueStore is this over the PostgreSQL store)."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from typing import BinaryIO
 
@@ -11,6 +11,7 @@ from twisted.internet.defer import Deferred
 
 from mxd.store import queuedb as qs
 from mxd.store.interfaces import Accepted, BlobWriter, Delivery, MessageProps, OutboundMessage
+from mxd.store.sqlbase import Conn
 from mxd.store.sqlite import SQLiteStore
 from mxd.tlsrpt.results import TLSAttempt
 
@@ -45,7 +46,7 @@ class SQLiteQueueStore:
                       dsn: tuple[BlobWriter, OutboundMessage, str] | None) -> None:
         dsn_blob = await self.store.commit_blob(dsn[0]) if dsn is not None else None
 
-        def op(c: sqlite3.Connection) -> None:
+        def op(c: Conn) -> None:
             for a in result.attempts:
                 qs.log_attempt(c, a)
             for d in result.domains:
@@ -78,7 +79,7 @@ class SQLiteQueueStore:
 
     def show(self, queue_id: str,
              ) -> Deferred[tuple[qs.QueuedMessage, list[qs.AttemptRecord]] | None]:
-        def op(c: sqlite3.Connection) -> tuple[qs.QueuedMessage, list[qs.AttemptRecord]] | None:
+        def op(c: Conn) -> tuple[qs.QueuedMessage, list[qs.AttemptRecord]] | None:
             m = qs.get_message(c, queue_id)
             return None if m is None else (m, qs.attempts_for(c, queue_id))
         return self.store.transact(op)

@@ -202,3 +202,21 @@ def open_store(
     h = StoreHarness(store, calls, inline)
     h.run(store.open())
     return h
+
+
+def open_pg_store(
+    dsn: str, blob_dir: Path, *, inline: bool = False,
+    settings: StoreSettings = StoreSettings(), listen: bool = False, clock: Any = None,
+) -> StoreHarness:
+    """Open a PostgresStore on database ``dsn`` with bodies under ``blob_dir`` (created);
+    ``inline`` runs its operations in the calling thread (Deferreds fire at once)."""
+    from mxd.store.postgres import PostgresSettings, PostgresStore
+
+    blob_dir.mkdir(parents=True, exist_ok=True)
+    calls: ThreadCalls = InlineReactor(clock) if inline else ThreadCalls(clock)
+    store = PostgresStore(dsn, blob_dir, calls, settings=settings,  # type: ignore[arg-type]
+                          pg=PostgresSettings(pool_size=4, listen=listen),
+                          threadpool=InlinePool() if inline else None)
+    h = StoreHarness(store, calls, inline)
+    h.run(store.open())
+    return h

@@ -1,6 +1,7 @@
 """The store contract (mxd.store.interfaces), run against the in-memory store that tests
-use (mxd.store.testing.MemoryStore) and the real SQLiteStore: what one does, the other
-does, so that tests written against the fake say something about the real thing."""
+use (mxd.store.testing.MemoryStore) and both real backends, SQLiteStore and PostgresStore
+(on the tests' private PostgreSQL cluster): what one does, the others do, so that tests
+written against the fake say something about the real things."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from mxd.store.interfaces import (
 )
 from mxd.store.sqlite import StoreSettings
 from mxd.store.testing import MemoryStore
-from tests.store.helpers import open_store
+from tests.store.helpers import open_pg_store, open_store
 
 ENVELOPE = OutboundMessage("a@example.test", (OutboundRecipient("x@remote.test"),))
 
@@ -70,12 +71,17 @@ class Contract:
         return int(self.run(self.store.get_mailbox(account_id, name)).id)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
 def c(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Contract]:
     if request.param == "memory":
         yield Contract(MemoryStore(quota_bytes=10_000))
         return
-    h = open_store(tmp_path / "data", inline=True, settings=StoreSettings(quota_bytes=10_000))
+    settings = StoreSettings(quota_bytes=10_000)
+    if request.param == "postgresql":
+        dsn = request.getfixturevalue("pg_dsn")
+        h = open_pg_store(dsn, tmp_path / "blobs", inline=True, settings=settings)
+    else:
+        h = open_store(tmp_path / "data", inline=True, settings=settings)
     try:
         yield Contract(h.store)
     finally:

@@ -494,21 +494,21 @@ def test_sqlite_errors_become_store_errors(store: StoreHarness) -> None:
 
 
 def test_sqlite_store_provides_the_protocols(store: StoreHarness) -> None:
-    """SQLiteStore structurally provides every store protocol others code against."""
-    from mxd.store.interfaces import (
-        IAccountStore,
-        IMailStore,
-        ISharedDatabase,
-    )
+    """SQLiteStore structurally provides every store protocol others code against, and
+    its queue store IQueueStore (no database connection crosses either)."""
+    from mxd.queue.storage import IQueueStore
+    from mxd.store.interfaces import IAccountStore, IMailStore
+    from mxd.store.sqlitequeue import SQLiteQueueStore
 
     s = store.store
-    for proto in (IAccountStore, IMailStore, ISharedDatabase):
-        missing = [m for m in dir(proto) if not m.startswith("_") and not hasattr(s, m)]
+    qs = SQLiteQueueStore(s)
+    for proto, obj in ((IAccountStore, s), (IMailStore, s), (IQueueStore, qs)):
+        missing = [m for m in dir(proto) if not m.startswith("_") and not hasattr(obj, m)]
         assert missing == [], (proto.__name__, missing)
     a: IAccountStore = s
     m: IMailStore = s
-    q: ISharedDatabase = s
-    assert a is m is q
+    q: IQueueStore = qs
+    assert a is m and q.new_blob is not None
 
 
 def test_quota_and_usage(data_dir: Path) -> None:

@@ -1,0 +1,302 @@
+"""The server-grade store: metadata in PostgreSQL, message bodies as files in a directory
+that every mxd node shares (``[store] blob_dir``, e.g. on NFS).
+
+``PostgresStore`` implements ``IAccountStore`` and ``IMailStore`` with the very operations
+of the SQLite store (mxd.store.sqlite), whose SQL both engines run (mxd.store.sqlbase); it
+differs in how they run (mxd.store.pgconn: a bounded thread pool over a psycopg pool, one
+transaction per operation, several at once) and in what several nodes need:
+
+* Schema: ``mxd.store.pgschema``, migrated at open under an advisory lock, so nodes
+  starting together do not both migrate.
+* Change notification across nodes: each transaction that changed a mailbox also sends
+  ``NOTIFY mxd_changes`` (delivered when it commits); every node LISTENs on one
+  connection of its own and hands other nodes' changes to its ``subscribe`` listeners, as
+  its own commits are (an IMAP IDLE on node B sees a delivery on node A).  Changes lost
+  while that connection was down (a database restart) reach the listeners as a
+  refresh of every subscribed mailbox once it is back.
+* The queue (``PostgresQueueStore``): the same operations as on SQLite; due work is
+  claimed with ``FOR UPDATE SKIP LOCKED`` and leases, so nodes never deliver one recipient
+  together, and a dead node's leases expire into another node's hands.
+* No crash clean-up at open (tmp files, unreferenced bodies): another node may be using
+  them right now.
+* Bodies still shown by an IMAP session of another node are not held: an expunge on one
+  node removes the file at once (sessions of the same node hold it as on SQLite).
+
+Errors: as the SQLite store's, plus ``StoreUnavailable`` (a temporary StoreError) while the
+database cannot be reached; the pool reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from mxd.store.interfaces import MailboxChange, StoreError
+from mxd.store.pgconn import PGRunner, StoreUnavailable
+from mxd.store.pgschema import SCHEMAS, migrate
+from mxd.store.sqlbase import Conn
+from mxd.store.sqlite import SQLiteStore, StoreSettings
+from mxd.store.sqlitequeue import SQLiteQueueStore
+from mxd.store.writer import OpContext, PoolLike
+
+log = Logger(namespace="mxd.store.postgres")
+
+T = TypeVar("T")
+
+CHANNEL = "mxd_changes"
+MAX_UIDS_PER_NOTICE = 400  # keeps a NOTIFY payload well under PostgreSQL's 8000 octets
+
+
+@attrs.frozen
+class PostgresSettings:
+    """Settings of the PostgreSQL store."""
+
+    pool_size: int = 8  # connections, and threads that run operations
+    connect_timeout: float = 10.0  # seconds to wait for a connection before failing an op
+    listen: bool = True  # LISTEN for other nodes' changes
+
+
+class BlobDirError(StoreError):
+    """The shared body directory is missing or not writable."""
+
+
+def check_blob_dir(blob_dir: Path) -> None:
+    """Refuse a body directory that is missing or read-only (BlobDirError): every node
+    must be able to write bodies there before it accepts any mail."""
+    if not blob_dir.is_dir():
+        raise BlobDirError(f"[store] blob_dir {blob_dir} does not exist or is not a directory")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".mxd-probe-", dir=blob_dir)
+    except OSError as e:
+        raise BlobDirError(f"[store] blob_dir {blob_dir} is not writable: {e.strerror}") from e
+    os.close(fd)
+    os.unlink(name)
+
+
+def change_payloads(node: str, changes: list[MailboxChange]) -> list[str]:
+    """NOTIFY payloads for ``changes`` (long UID lists split over several)."""
+    out = []
+    for c in changes:
+        uids = list(c.uids)
+        chunks = [uids[i:i + MAX_UIDS_PER_NOTICE]
+                  for i in range(0, len(uids), MAX_UIDS_PER_NOTICE)] or [[]]
+        for chunk in chunks:
+            out.append(json.dumps({"n": node, "m": c.mailbox_id, "k": c.kind, "u": chunk,
+                                   "h": c.highestmodseq}, separators=(",", ":")))
+    return out
+
+
+def parse_payload(text: str) -> tuple[str, MailboxChange] | None:
+    """(node, change) from a NOTIFY payload; None for one that is not ours."""
+    try:
+        d = json.loads(text)
+        return str(d["n"]), MailboxChange(int(d["m"]), str(d["k"]),
+                                          tuple(int(u) for u in d["u"]), int(d["h"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class _NoThreads:
+    """The SQLite writer's pool, never started: the runner has threads of its own."""
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def callInThreadWithCallback(self, onResult: Any, func: Any, *args: Any, **kw: Any) -> None:
+        raise StoreError("the SQLite writer is not used by the PostgreSQL store")
+
+
+class PostgresStore(SQLiteStore):
+    """PostgreSQL + shared files implementation of IAccountStore and IMailStore."""
+
+    def __init__(
+        self, dsn: str, blob_dir: Path, reactor: IReactorFromThreads, *,
+        settings: StoreSettings = StoreSettings(),
+        pg: PostgresSettings = PostgresSettings(), threadpool: PoolLike | None = None,
+    ) -> None:
+        super().__init__(Path(blob_dir), reactor, settings=settings,
+                         threadpool=_NoThreads())
+        self.dsn = dsn
+        self.pg = pg
+        self.node = secrets.token_hex(8)
+        threads = threadpool if threadpool is not None else ThreadPool(
+            1, max(1, pg.pool_size), "mxd-store-pg")
+        runner = PGRunner(reactor, threads, self._files)
+        runner.on_changes = self._dispatch
+        runner.keep_bodies = self._unheld
+        runner.publish = self._publish
+        self._writer = runner  # type: ignore[assignment]
+        self._runner = runner
+        self._local = threading.local()
+        self._listener: _Listener | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def open(self) -> Deferred[None]:
+        """Check the body directory, connect, migrate, start listening for other nodes.
+
+        Errbacks with BlobDirError, SchemaTooNew / SchemaError, StoreUnavailable."""
+        if self._opened:
+            raise StoreError("store is already open")
+        self._opened = True
+        d = self._runner.start(self._connect_pool)
+        if self.pg.listen:
+            d.addCallback(self._start_listener)
+        return d
+
+    def _connect_pool(self) -> Any:
+        """A pool thread: the body directory, the pool, the schema."""
+        import psycopg
+        import psycopg_pool
+
+        check_blob_dir(self.data_dir)
+        self._files.ensure_dirs()
+        pool = psycopg_pool.ConnectionPool(
+            self.dsn, min_size=1, max_size=max(1, self.pg.pool_size), open=False,
+            kwargs={"autocommit": True}, timeout=self.pg.connect_timeout,
+            check=psycopg_pool.ConnectionPool.check_connection, name="mxd-store",
+            reconnect_timeout=0)
+        try:
+            pool.open(wait=True, timeout=self.pg.connect_timeout)
+            with pool.connection() as conn:
+                migrate(conn, self._pg_schemas())
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as e:
+            pool.close()
+            raise StoreUnavailable(f"cannot connect to PostgreSQL: {e}") from e
+        except BaseException:
+            pool.close()
+            raise
+        return pool
+
+    def _pg_schemas(self) -> dict[str, list[str]]:
+        extra = {k for k in self._schemas if k not in SCHEMAS}
+        if extra:
+            raise StoreError(f"no PostgreSQL schema for component(s) {sorted(extra)}")
+        return SCHEMAS
+
+    def close(self) -> Deferred[None]:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.stop()
+
+        def _finish() -> None:
+            self._files.close()
+
+        return self._runner.stop(_finish)
+
+    # -- transactions of the queue (one per operation, on any pool thread) -----------------
+    def transact(self, fn: Callable[[Conn], T]) -> Deferred[T]:
+        def op(conn: Conn, ctx: OpContext) -> T:
+            self._local.ctx = ctx
+            try:
+                return fn(conn)
+            finally:
+                self._local.ctx = None
+
+        return self._runner.submit(op)
+
+    def unref_blob(self, conn: Conn, blob_id: str) -> None:
+        ctx = getattr(self._local, "ctx", None)
+        if ctx is None:
+            raise StoreError("unref_blob must be called inside transact()")
+        cur = conn.execute(
+            "UPDATE blobs SET refcount = refcount - 1 WHERE id = ? AND refcount > 0", (blob_id,))
+        if cur.rowcount != 1:
+            raise StoreError(f"no reference to drop on blob {blob_id}")
+        self._gc(conn, ctx, [blob_id])
+
+    # -- other nodes' changes ------------------------------------------------------------------
+    def _publish(self, raw: Any, changes: list[MailboxChange]) -> None:
+        """Inside the committing transaction: tell the other nodes."""
+        for payload in change_payloads(self.node, changes):
+            raw.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+
+    def _start_listener(self, _: object) -> None:
+        self._listener = _Listener(self.dsn, self.node, self._reactor, self._remote,
+                                   self._resync)
+        self._listener.start()
+
+    def _remote(self, changes: list[MailboxChange]) -> None:
+        """Reactor thread: another node committed ``changes``."""
+        self._dispatch(changes)
+
+    def _resync(self) -> None:
+        """Reactor thread: notifications may have been lost (the listening connection was
+        down): every subscribed mailbox is told to look again."""
+        self._dispatch([MailboxChange(mailbox_id, "exists") for mailbox_id in list(self._listeners)])
+
+
+class _Listener:
+    """One thread with one connection that LISTENs for other nodes' changes and passes
+    them to the reactor; it reconnects (with back-off) when the connection drops."""
+
+    def __init__(self, dsn: str, node: str, reactor: IReactorFromThreads,
+                 deliver: Callable[[list[MailboxChange]], None],
+                 resync: Callable[[], None]) -> None:
+        self._dsn = dsn
+        self._node = node
+        self._reactor = reactor
+        self._deliver = deliver
+        self._resync = resync
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="mxd-store-listen", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        import psycopg
+
+        delay = 0.2
+        first = True
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._dsn, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    if not first:
+                        log.info("listening for other nodes' changes again")
+                        self._reactor.callFromThread(self._resync)
+                    first = False
+                    delay = 0.2
+                    while not self._stop.is_set():
+                        batch: list[MailboxChange] = []
+                        for n in conn.notifies(timeout=0.25):
+                            parsed = parse_payload(n.payload)
+                            if parsed is not None and parsed[0] != self._node:
+                                batch.append(parsed[1])
+                        if batch:
+                            self._reactor.callFromThread(self._deliver, batch)
+            except psycopg.Error as e:
+                if self._stop.is_set():
+                    return
+                first = False
+                log.warn("change notifications: {error}; reconnecting in {delay}s",
+                         error=str(e).strip(), delay=delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+
+
+class PostgresQueueStore(SQLiteQueueStore):
+    """``IQueueStore`` over the PostgreSQL store: the same operations as on SQLite, whose
+    SQL claims due work with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        super().__init__(store)
