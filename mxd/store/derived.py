@@ -58,7 +58,8 @@ def run(d: Registered, blob_id: str, read_head: ReadHead) -> dict[str, bytes]:
 
 def store(conn: sqlite3.Connection, blob_id: str, values: Mapping[str, bytes]) -> None:
     conn.executemany(
-        "INSERT OR REPLACE INTO blob_data (blob_id, kind, value) VALUES (?, ?, ?)",
+        "INSERT INTO blob_data (blob_id, kind, value) VALUES (?, ?, ?) "
+        "ON CONFLICT (blob_id, kind) DO UPDATE SET value = excluded.value",
         [(blob_id, k, v) for k, v in values.items()])
 
 

@@ -136,6 +136,15 @@ STORE_MIGRATIONS: list[str] = [
         PRIMARY KEY (account_id, name)
     );
     """,
+    # 4: data derived from a body (mxd.store.derived), stored with it by kind.
+    """
+    CREATE TABLE blob_data (
+        blob_id text NOT NULL REFERENCES blobs(id) ON DELETE CASCADE,
+        kind text NOT NULL,
+        value bytea NOT NULL,
+        PRIMARY KEY (blob_id, kind)
+    );
+    """,
 ]
 
 QUEUE_MIGRATIONS: list[str] = [

@@ -267,3 +267,18 @@ def test_deleted_count(c: Contract) -> None:
         c.run(c.store.append(inbox, c.blob(), frozenset()))
     c.run(c.store.store_flags(inbox, [1, 3], frozenset({"\\Deleted"}), "add"))
     assert c.run(c.store.get_mailbox(a, "INBOX")).deleted == 2
+
+
+def test_derived_values_follow_their_body(c: Contract) -> None:
+    """A registered deriver's values are stored with each new body, shared by a copy,
+    read back per mailbox by UID, and replaced (not duplicated) when computed again."""
+    c.store.register_deriver("len", ["len"], lambda head: {"len": str(len(head(100))).encode()})
+    a = c.account()
+    inbox, sent = c.box(a), c.box(a, "Sent")
+    w = c.blob(b"Subject: d\r\n\r\n12345\r\n")
+    [uid] = c.run(c.store.deliver(w, [Delivery(a)], MessageProps()))
+    c.run(c.store.copy(inbox, [uid], sent))
+    assert c.run(c.store.get_derived(inbox, "len")) == {uid: b"21"}
+    assert list(c.run(c.store.get_derived(sent, "len")).values()) == [b"21"]
+    assert c.run(c.store.get_derived(inbox, "other")) == {}
+    assert c.run(c.store.backfill_derived()) == 0
