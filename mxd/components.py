@@ -19,6 +19,7 @@ from twisted.logger import Logger
 
 from mxd.config import Config, ConfigError, ListenerConfig, normalise_domain
 from mxd.metrics import IMetrics
+from mxd.store.interfaces import AccountExists
 from mxd.tls import TLSSettings
 
 log = Logger(namespace="mxd.components")
@@ -80,8 +81,26 @@ def make_store(cfg: Config, reactor: Any) -> Any:
 
     cfg.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
-    store = SQLiteStore(cfg.data_dir, reactor,
-                        settings=StoreSettings(quota_bytes=cfg.store.quota_bytes or None))
+    settings = StoreSettings(quota_bytes=cfg.store.quota_bytes or None)
+    store: Any
+    if cfg.store.backend == "postgresql":
+        from mxd.store.postgres import (
+            BlobDirError,
+            PostgresSettings,
+            PostgresStore,
+            check_blob_dir,
+        )
+
+        assert cfg.store.blob_dir is not None  # the config check requires it
+        # Refused before any port is bound: a node that cannot write bodies must not start.
+        try:
+            check_blob_dir(cfg.store.blob_dir)
+        except BlobDirError as e:
+            raise ConfigError(cfg.source, "store.blob_dir", str(e)) from None
+        store = PostgresStore(cfg.store.dsn, cfg.store.blob_dir, reactor, settings=settings,
+                              pg=PostgresSettings(pool_size=cfg.store.pool_size))
+    else:
+        store = SQLiteStore(cfg.data_dir, reactor, settings=settings)
     summary.register(store)  # IMAP's ENVELOPE and SORT/THREAD keys, stored with each message
     return store
 
@@ -184,9 +203,14 @@ async def sync_config_accounts(cfg: Config, store: Any) -> None:
     for a in cfg.accounts:
         acct = await store.get_account(a.name)
         if acct is None:
-            await store.add_account(a.name, NO_PASSWORD)
-            log.warn("account {account} from the config was created without a password: "
-                     "set one with `mxd account passwd {account}`", account=a.name)
+            try:
+                await store.add_account(a.name, NO_PASSWORD)
+            except AccountExists:
+                pass  # another node sharing the database created it just now
+            else:
+                log.warn("account {account} from the config was created without a "
+                         "password: set one with `mxd account passwd {account}`",
+                         account=a.name)
         for addr in a.addresses:
             norm = addr.rsplit("@", 1)[0] + "@" + normalise_domain(addr.rsplit("@", 1)[1])
             owner = await store.account_for_address(norm)
@@ -354,11 +378,22 @@ def make_queue_runner(cfg: Config, queue: Any, resolver: Any, store: Any, direct
                             port=cfg.queue.smtp_port,
                             own_names=frozenset({normalise_domain(cfg.hostname)}),
                             own_addresses=own_addresses, route_table=table,
-                            transports=transports, smarthost_trust=_smarthost_trust(cfg))
+                            transports=transports, smarthost_trust=_smarthost_trust(cfg),
+                            lease=cfg.queue.lease)
     local = StoreLocalDelivery(store, directory=directory)
     return QueueRunner(queue, resolver, reactor, settings, local_delivery=local,
                        hostname=cfg.hostname, metrics=metrics, tls_policy_factory=tls_policy_factory,
                        sign=sign)
+
+
+def make_queue_store(store: Any) -> Any:
+    """The queue's IQueueStore over ``store`` (whichever backend it is)."""
+    from mxd.store.postgres import PostgresQueueStore, PostgresStore
+    from mxd.store.sqlitequeue import SQLiteQueueStore
+
+    if isinstance(store, PostgresStore):
+        return PostgresQueueStore(store)
+    return SQLiteQueueStore(store)
 
 
 def build(cfg: Config, reactor: Any, metrics: IMetrics, parent: Any) -> dict[str, Any]:
@@ -367,7 +402,6 @@ def build(cfg: Config, reactor: Any, metrics: IMetrics, parent: Any) -> dict[str
     Order matters: the store service starts first (and stops last), then the queue
     runner; listeners are added after these by tap.build_service."""
     from mxd.queue.queue import Queue
-    from mxd.store.sqlitequeue import SQLiteQueueStore
 
     store = make_store(cfg, reactor)
     directory = make_directory(cfg, store, reactor, metrics)
@@ -381,7 +415,7 @@ def build(cfg: Config, reactor: Any, metrics: IMetrics, parent: Any) -> dict[str
     store_service = StoreService(store, [sync, backfill], reactor)
     store_service.setServiceParent(parent)
     sasl = make_sasl(cfg, directory, reactor, metrics)
-    queue = Queue(SQLiteQueueStore(store), reactor, metrics)
+    queue = Queue(make_queue_store(store), reactor, metrics)
     resolver = make_resolver(cfg, reactor, metrics)
     comps = {"store": store, "store_service": store_service, "directory": directory,
              "sasl": sasl, "queue": queue, "resolver": resolver}

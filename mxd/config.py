@@ -173,11 +173,27 @@ class DomainsConfig:
         "account's and before the global routes (`[[domains.routes.\"example.org\"]]`).")
 
 
+STORE_BACKENDS = ("sqlite", "postgresql")
+
+
 @attrs.frozen
 class StoreConfig:
     quota_bytes: int = opt(0, "Default per-account quota in bytes; 0 means unlimited. "
                            "Deliveries over quota are refused temporarily (452 4.2.2).",
                            check=lambda v: None if v >= 0 else f"must not be negative, got {v}")
+    backend: str = opt("sqlite", "Where metadata (accounts, mailboxes, messages, flags, "
+                       "the queue) is kept: sqlite (in data_dir, one machine) or postgresql "
+                       "(`dsn`; several mxd nodes may share the database and `blob_dir`).",
+                       choices=STORE_BACKENDS)
+    dsn: str = opt("", "postgresql: the libpq connection string or URI of the database "
+                   "(a password is better kept in ~/.pgpass or PGPASSFILE than here).",
+                   example='"host=db.example.org dbname=mxd user=mxd"')
+    blob_dir: Path | None = opt(None, "postgresql: the directory of message bodies, shared "
+                                "by every node (e.g. on NFS); it must exist and be writable, "
+                                "or mxd refuses to start. sqlite keeps bodies in data_dir.",
+                                example='"/srv/mxd-blobs"')
+    pool_size: int = opt(8, "postgresql: database connections (and threads running store "
+                         "operations) per node.", check=_positive)
 
 
 TRANSPORT_KINDS = ("direct", "smtp", "submission", "submissions", "socks5", "fail")
@@ -441,6 +457,10 @@ class QueueConfig:
                                          check=_positive)
     smtp_port: int = opt(25, "Port used for direct delivery to MX hosts (tests change it).",
                          check=_port_check)
+    lease: float = opt(10800.0, "Seconds a node holds the recipients it is delivering; "
+                       "when it dies, another node (or itself after a restart, with "
+                       "postgresql) takes them after this. Keep it above the longest "
+                       "delivery attempt.", check=_positive)
 
 
 @attrs.frozen
@@ -812,6 +832,7 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
         acme=attrs.evolve(cfg.acme, ca_file=fix(cfg.acme.ca_file)),
         outbound=attrs.evolve(cfg.outbound, ca_file=fix(cfg.outbound.ca_file)),
         dkim=attrs.evolve(cfg.dkim, key_dir=fix(cfg.dkim.key_dir)),
+        store=attrs.evolve(cfg.store, blob_dir=fix(cfg.store.blob_dir)),
         admin=attrs.evolve(cfg.admin, password_file=fix(cfg.admin.password_file)),
         ldap=attrs.evolve(cfg.ldap, ca_file=fix(cfg.ldap.ca_file),
                           bind_password_file=fix(cfg.ldap.bind_password_file)),
@@ -890,6 +911,11 @@ def _validate(cfg: Config) -> None:
             normalise_domain(d)
         except ValueError as e:
             raise ConfigError(src, f"dkim.selectors.{d}", str(e)) from None
+    if cfg.store.backend == "postgresql":
+        if not cfg.store.dsn:
+            raise ConfigError(src, "store.dsn", 'required with backend = "postgresql"')
+        if cfg.store.blob_dir is None:
+            raise ConfigError(src, "store.blob_dir", 'required with backend = "postgresql"')
     if cfg.directory.backend == "ldap":
         from mxd.config_ldap import validate_ldap
 

@@ -230,6 +230,11 @@ class PostgresStore(SQLiteStore):
                                    self._resync)
         self._listener.start()
 
+    def listening(self, timeout: float) -> bool:
+        """Wait (in a thread other than the reactor's) until other nodes' changes are
+        being received; False after ``timeout`` seconds."""
+        return self._listener is not None and self._listener.ready.wait(timeout)
+
     def _remote(self, changes: list[MailboxChange]) -> None:
         """Reactor thread: another node committed ``changes``."""
         self._dispatch(changes)
@@ -253,6 +258,7 @@ class _Listener:
         self._deliver = deliver
         self._resync = resync
         self._stop = threading.Event()
+        self.ready = threading.Event()  # set once LISTEN is in place (for tests)
         self._thread = threading.Thread(target=self._loop, name="mxd-store-listen", daemon=True)
 
     def start(self) -> None:
@@ -271,6 +277,7 @@ class _Listener:
             try:
                 with psycopg.connect(self._dsn, autocommit=True, connect_timeout=5) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
+                    self.ready.set()
                     if not first:
                         log.info("listening for other nodes' changes again")
                         self._reactor.callFromThread(self._resync)
@@ -285,6 +292,7 @@ class _Listener:
                         if batch:
                             self._reactor.callFromThread(self._deliver, batch)
             except psycopg.Error as e:
+                self.ready.clear()
                 if self._stop.is_set():
                     return
                 first = False

@@ -215,7 +215,7 @@ def open_pg_store(
     blob_dir.mkdir(parents=True, exist_ok=True)
     calls: ThreadCalls = InlineReactor(clock) if inline else ThreadCalls(clock)
     store = PostgresStore(dsn, blob_dir, calls, settings=settings,  # type: ignore[arg-type]
-                          pg=PostgresSettings(pool_size=4, listen=listen),
+                          pg=PostgresSettings(pool_size=4, listen=listen, connect_timeout=2.0),
                           threadpool=InlinePool() if inline else None)
     h = StoreHarness(store, calls, inline)
     h.run(store.open())
