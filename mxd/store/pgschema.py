@@ -145,6 +145,11 @@ STORE_MIGRATIONS: list[str] = [
         PRIMARY KEY (blob_id, kind)
     );
     """,
+    # 5: the save date of each message (RFC 8514 SAVEDATE).
+    """
+    ALTER TABLE messages ADD COLUMN save_date text;
+    UPDATE messages SET save_date = internal_date;
+    """,
 ]
 
 QUEUE_MIGRATIONS: list[str] = [
