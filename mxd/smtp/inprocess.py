@@ -158,7 +158,7 @@ class InProcessSubmission:
             metrics=self.metrics, run_blocking=self.run_blocking)
         channel = _Channel(_address(client_ip, 0), _address("127.0.0.1", 0))
         greeting = channel.next_reply()
-        proto.makeConnection(channel)  # type: ignore[arg-type]
+        proto.makeConnection(channel)
         try:
             code, text = await greeting
             _expect("connect", code, text, 220)
