@@ -728,6 +728,8 @@ def webmail_factory(cfg: Config, li: ListenerConfig, comps: dict[str, Any], reac
     if "webmail_sessions" in comps:
         ctx.sessions = comps["webmail_sessions"]
     comps["webmail_sessions"] = ctx.sessions
+    ctx.submitter = web_submitter(cfg, comps, reactor)
+    ctx.max_request_body = w.max_upload + 1024 * 1024  # the form's other fields, boundaries
     site: Any = bounded_webmail_factory(webmail_site(ctx), reactor)
     if loopback:
         return cast(IProtocolFactory, site)
@@ -737,6 +739,33 @@ def webmail_factory(cfg: Config, li: ListenerConfig, comps: dict[str, Any], reac
     if creator is None:
         raise ValueError("a webmail listener off loopback needs a certificate")
     return cast(IProtocolFactory, TLSMemoryBIOFactory(creator, False, site))
+
+
+def web_submitter(cfg: Config, comps: dict[str, Any], reactor: Any) -> Any:
+    """Sending from the webmail: an in-process session of the submission listener's
+    protocol with the same settings, checker (DKIM signing) and queue; one for every
+    webmail listener."""
+    if "web_submitter" not in comps:
+        from twisted.internet.threads import deferToThreadPool
+
+        from mxd.smtp.inprocess import InProcessSubmission
+        from mxd.webmail.compose import Limits
+        from mxd.webmail.submit import WebSubmitter
+
+        def run_blocking(fn: Any) -> Any:
+            return deferToThreadPool(reactor, reactor.getThreadPool(), fn)
+
+        max_total = min(cfg.webmail.max_upload, cfg.smtp.max_message_size)
+        submission = InProcessSubmission(
+            settings=_smtp_settings(cfg), store=comps["store"], directory=comps["directory"],
+            outbound=comps["queue"], clock=reactor, hostname=cfg.hostname,
+            checker=message_checker(cfg, "submission", comps, reactor),
+            metrics=comps.get("metrics"), run_blocking=run_blocking)
+        comps["web_submitter"] = WebSubmitter(
+            submission, comps["store"], clock=reactor, run_blocking=run_blocking,
+            limits=Limits(max_attachment=max_total, max_total=max_total,
+                          max_recipients=cfg.smtp.max_recipients))
+    return comps["web_submitter"]
 
 
 def recent_problems(comps: dict[str, Any]) -> Any:

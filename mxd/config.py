@@ -644,6 +644,11 @@ class WebmailConfig:
     page_size: int = opt(50, "Messages per page of a message list.",
                          check=lambda v: None if 0 < v <= 500 else
                          f"expected 1 to 500, got {v}")
+    max_upload: int = opt(
+        25 * 1024 * 1024, "Largest message the compose page sends, in octets: the text and "
+        "the attached files together (a larger upload is refused with 413 before it is "
+        "read; the SMTP [smtp] max_message_size applies too).",
+        check=lambda v: None if v > 0 else f"must be positive, got {v}")
 
 
 @attrs.frozen

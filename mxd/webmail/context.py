@@ -36,6 +36,9 @@ class WebmailContext:
         self.sessions = auth.Sessions(clock, lifetime=session_lifetime, idle=session_idle,
                                       max_sessions=max_sessions)
         self.run_blocking = run_blocking if run_blocking is not None else deferToThread
+        # Sending (the compose pages): an mxd.webmail.submit.WebSubmitter, or None.
+        self.submitter: Any = None
+        self.max_request_body = 32 * 1024 * 1024  # octets of one request (uploads)
 
     def session(self, request: Any) -> auth.Session | None:
         return self.sessions.get(

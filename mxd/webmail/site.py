@@ -3,7 +3,8 @@
 Routes (the first path segment; see ``PAGES``):
   GET  /login, POST /login     the login form; POST /logout ends the session
   GET  /                       mailboxes with message and unseen counts
-  GET  /compose                the compose pages (``mxd.webmail.compose``)
+  GET  /compose                the compose pages (``mxd.webmail.compose_page``; the message
+                               is built by ``mxd.webmail.compose``, sent by ``.submit``)
 """
 
 from __future__ import annotations
@@ -15,26 +16,15 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web import resource, server
 
-from mxd.admin.render import async_render
 from mxd.admin.web import BoundedFactory
+from mxd.webmail.compose_page import ComposePage
 from mxd.webmail.context import WebmailContext
-from mxd.webmail.layout import WebmailPage, layout
 from mxd.webmail.login import Login, Logout
 from mxd.webmail.mailboxes import Mailboxes
+from mxd.webmail.upload import limited_request
 from mxd.webui import ErrorPage, Redirect, refuse_host, refuse_post, same_origin
 
 log = Logger(namespace="mxd.webmail")
-
-
-class ComposeUnavailable(WebmailPage):
-    """Stands at /compose until the compose pages are registered."""
-
-    @async_render
-    async def render_GET(self, request: Any) -> bytes:
-        self.headers(request)
-        request.setResponseCode(404)
-        return layout("Compose", "<p class=note>Composing is not available here yet.</p>",
-                      request)
 
 
 # The pages behind the login: first path segment -> factory of the page.  Add a page
@@ -42,7 +32,7 @@ class ComposeUnavailable(WebmailPage):
 PAGES: dict[bytes, Callable[[WebmailContext], resource.Resource]] = {
     b"": Mailboxes,
     b"logout": Logout,
-    b"compose": ComposeUnavailable,
+    b"compose": ComposePage,
 }
 
 
@@ -83,6 +73,8 @@ def webmail_site(ctx: WebmailContext,
                  pages: dict[bytes, Callable[[WebmailContext], resource.Resource]] | None = None,
                  ) -> server.Site:
     site = server.Site(Root(ctx, PAGES if pages is None else pages), timeout=30)
+    # Uploads (compose) are refused above the limit before they are read (413).
+    site.requestFactory = limited_request(ctx.max_request_body)
     site.displayTracebacks = False
     site.noisy = False
     return site
