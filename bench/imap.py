@@ -180,12 +180,16 @@ from twisted.internet.defer import gatherResults
 from mxd.sasl.credentials import StoredSecrets
 from mxd.store.interfaces import Delivery, MessageProps
 from mxd.store.sqlite import SQLiteStore
-from mxd.imap import summary
+try:
+    from mxd.imap import summary
+except ImportError:  # an older tree (--baseline-root) stores no IMAP values
+    summary = None
 
 async def main(reactor):
     data, msgdir, user, pw = sys.argv[1:5]
     store = SQLiteStore(Path(data), reactor)
-    summary.register(store)  # as twistd mxd does (mxd.components.make_store)
+    if summary is not None:
+        summary.register(store)  # as twistd mxd does (mxd.components.make_store)
     await store.open()
     acc = await store.get_account(user)
     if acc is None:

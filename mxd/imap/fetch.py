@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, BinaryIO
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from mxd.imap import message as mimemsg
@@ -318,6 +319,7 @@ async def do_fetch(s: IMAPSession, cmd: Command) -> Reply:
     # ENVELOPE as the store keeps it (summary.ENVELOPE), read for PREFETCH messages at a
     # time; a message without one is rendered from its header.
     envelopes: dict[int, bytes] = {}
+    ahead: Deferred[dict[int, bytes]] | None = None
     stored_envelopes = "ENVELOPE" in names and not s.utf8
     try:
         state = view.state
@@ -325,7 +327,13 @@ async def do_fetch(s: IMAPSession, cmd: Command) -> Reply:
             if not k & 15:
                 await s.breathe()
             if stored_envelopes and k % PREFETCH == 0:
-                envelopes = await _stored_envelopes(s, view, uids[k:k + PREFETCH])
+                # This batch's envelopes (asked for with the previous batch), and the next
+                # batch's asked for now: the store's thread reads while this one renders.
+                envelopes = await (ahead or _stored_envelopes(s, view, uids[k:k + PREFETCH]))
+                ahead = None
+                if k + PREFETCH < len(uids):
+                    ahead = Deferred.fromCoroutine(
+                        _stored_envelopes(s, view, uids[k + PREFETCH:k + 2 * PREFETCH]))
             seq = view.seq_of(uid)
             m = state.info(uid) if seq is not None else None
             if seq is None or m is None:
@@ -367,6 +375,8 @@ async def do_fetch(s: IMAPSession, cmd: Command) -> Reply:
             finally:
                 ld.close()
     finally:
+        if ahead is not None:
+            ahead.addErrback(lambda _: None)  # a batch no longer wanted
         # Everything rendered so far goes out before the tagged reply (or the error).
         if out:
             s.send(bytes(out))

@@ -175,6 +175,11 @@ class MailboxState:
         metadata-only FETCH needs, without building a MessageInfo."""
         return self._modseqs[i], self._flag_ids[i], self._sizes[i]
 
+    def arrival_size_at(self, i: int) -> tuple[float, int]:
+        """(internal date in POSIX seconds, size) of the message at index ``i``: what
+        SORT needs of the message besides its header keys."""
+        return self._dates[i], self._sizes[i]
+
     def flagset(self, fid: int) -> frozenset[str]:
         return self._flagsets[fid]
 

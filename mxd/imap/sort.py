@@ -251,17 +251,19 @@ def chunked_sort(items: Sequence[T], key: Callable[[T], Any], result: list[T],
                  chunk: int = 2000) -> Iterator[None]:
     """A stable sort of ``items`` into ``result``, yielding between units of about
     ``chunk`` items: chunks are sorted one by one, then merged a slice at a time."""
+    # (key, position, item): positions are unique, so tuples never compare the items,
+    # and equal keys keep their order (the sort is stable).
     runs: list[list[tuple[Any, int, T]]] = []
     for i in range(0, len(items), chunk):
         run = [(key(d), i + j, d) for j, d in enumerate(items[i:i + chunk])]
-        run.sort(key=lambda p: (p[0], p[1]))
+        run.sort()
         runs.append(run)
         yield None
     if len(runs) == 1:
         result.extend(d for _, _, d in runs[0])
         return
     n = 0
-    for _, _, d in heapq.merge(*runs, key=lambda p: (p[0], p[1])):
+    for _, _, d in heapq.merge(*runs):
         result.append(d)
         n += 1
         if n % chunk == 0:

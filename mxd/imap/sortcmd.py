@@ -22,7 +22,6 @@ from mxd.imap.messagecache import read_header_block
 from mxd.imap.search import Candidate, matches, uses_savedate
 from mxd.imap.searchcmd import CHARSETS
 from mxd.imap.sort import SortData, key_function, sort_steps
-from mxd.imap.summary import HeaderKeys
 from mxd.imap.values import Command, SearchKey, SortArgs
 from mxd.store.interfaces import MessageInfo, StoreError
 
@@ -30,11 +29,16 @@ if TYPE_CHECKING:
     from mxd.imap.server import IMAPSession
 
 
-# What SORT and THREAD derive from a header block (summary.HeaderKeys), per blob
-# (blobs are immutable, so entries never go stale).  Shared by the sessions of a
-# factory and bounded in entries (about 1-2 KiB each).
+# What SORT and THREAD derive from a header block (summary.Fields), per blob (blobs are
+# immutable, so entries never go stale), for messages the store has no keys for.
+# Shared by the sessions of a factory and bounded in entries (about 1-2 KiB each).
 MAX_CACHED = 20_000
-_caches: WeakKeyDictionary[object, OrderedDict[str, HeaderKeys]] = WeakKeyDictionary()
+_caches: WeakKeyDictionary[object, OrderedDict[str, summary.Fields]] = WeakKeyDictionary()
+
+# (sequence number, UID, internal date in POSIX seconds, size, header keys, either
+# as stored (summary.KEYS) or decoded)
+Keys = bytes | summary.Fields
+Row = tuple[int, int, float, int, Keys]
 
 
 async def stored_keys(s: IMAPSession) -> Mapping[int, bytes]:
@@ -48,27 +52,33 @@ async def stored_keys(s: IMAPSession) -> Mapping[int, bytes]:
         return {}
 
 
-def header_keys(s: IMAPSession, m: MessageInfo,
-                stored: Mapping[int, bytes] | None = None) -> HeaderKeys:
+def _decode(raw: bytes | None) -> summary.Fields | None:
+    if raw is None:
+        return None
+    try:
+        return summary.decode_fields(raw)
+    except (ValueError, UnicodeDecodeError, TypeError):
+        return None
+
+
+def header_fields(s: IMAPSession, m: MessageInfo, stored: Mapping[int, bytes]) -> summary.Fields:
+    """The header keys of ``m``: stored, cached, or read from its file (and cached)."""
+    f = _decode(stored.get(m.uid))
+    if f is not None:
+        return f
     cache = _caches.get(s.factory)
     if cache is None:
         cache = _caches[s.factory] = OrderedDict()
-    v = cache.get(m.blob_id)
-    if v is not None:
+    f = cache.get(m.blob_id)
+    if f is not None:
         cache.move_to_end(m.blob_id)
-        return v
-    raw = stored.get(m.uid) if stored is not None else None
-    if raw is not None:
-        try:
-            v = summary.decode_keys(raw)
-        except (ValueError, UnicodeDecodeError, TypeError):
-            v = None
-    if v is None:
-        v = summary.header_keys(read_header_bytes(s, m))
-    cache[m.blob_id] = v
+        return f
+    # Through the stored format, so that both ways give the very same keys.
+    f = summary.decode_fields(summary.encode_keys(summary.header_keys(read_header_bytes(s, m))))
+    cache[m.blob_id] = f
     if len(cache) > MAX_CACHED:
         cache.popitem(last=False)
-    return v
+    return f
 
 
 def read_header_bytes(s: IMAPSession, m: MessageInfo) -> bytes:
@@ -77,6 +87,95 @@ def read_header_bytes(s: IMAPSession, m: MessageInfo) -> bytes:
             return read_header_block(f)
     except (OSError, KeyError, StoreError):
         return b""
+
+
+def is_all(key: SearchKey) -> bool:
+    """Does the search program match every message (``ALL``, alone or ANDed)?"""
+    return key.name == "ALL" or (key.name == "AND" and all(is_all(k) for k in key.args))
+
+
+async def rows(s: IMAPSession, key: SearchKey, now: datetime) -> AsyncIterator[list[Row]]:
+    """Rows for the messages of the selected mailbox that ``key`` matches, in mailbox
+    order and in lists of up to CHUNK, giving the reactor back between work slices.
+    For ``ALL`` with keys stored (the common case: a client sorting or threading a whole
+    mailbox) no message object is built and the keys stay encoded until a criterion
+    needs them (``fields``, ``sent``).  Raises ValueError for a search program that
+    cannot be evaluated."""
+    view = s.view
+    assert view is not None
+    stored = await stored_keys(s)
+    if s.view is not view:
+        return
+    out: list[Row] = []
+    if uses_savedate(key):  # RFC 8514: save dates are read with the matches
+        from mxd.imap.searchcmd import selected_matches
+
+        for seq, uid, m in await selected_matches(s, key, now):
+            out.append((seq, uid, m.internal_date.timestamp(), m.size,
+                        header_fields(s, m, stored)))
+        yield out
+        return
+    if not is_all(key):
+        async for seq, uid, m in matching(s, key, now):
+            out.append((seq, uid, m.internal_date.timestamp(), m.size,
+                        header_fields(s, m, stored)))
+            if len(out) >= CHUNK:
+                yield out
+                out = []
+        if out:
+            yield out
+        return
+    st = view.state
+    index, columns, get = st.index, st.arrival_size_at, stored.get
+    for seq, uid in enumerate(view.uids[:], 1):
+        raw = get(uid)
+        i = index(uid) if raw is not None and _well_formed(raw) else None
+        if i is not None and raw is not None:
+            arrival, size = columns(i)
+            out.append((seq, uid, arrival, size, raw))
+        else:
+            info = view.msgs.get(uid)  # no stored keys, or expunged elsewhere (a ghost)
+            if info is not None:
+                out.append((seq, uid, info.internal_date.timestamp(), info.size,
+                            header_fields(s, info, stored)))
+        if not seq & 31:
+            await s.breathe()
+        if len(out) >= CHUNK:
+            yield out
+            out = []
+    if out:
+        yield out
+
+
+CHUNK = 256
+
+
+def _well_formed(raw: bytes) -> bool:
+    return raw[:1] == b"J" or raw.count(b"\0") == 9
+
+
+def fields(keys: Keys) -> summary.Fields:
+    """The header keys of a Row, decoded."""
+    if isinstance(keys, bytes):
+        try:
+            return summary.decode_fields(keys)
+        except (ValueError, UnicodeDecodeError, TypeError):
+            return _NO_FIELDS
+    return keys
+
+
+def sent(keys: Keys) -> float | None:
+    """The Date header of a Row (None: none or unparseable), decoding nothing else."""
+    if isinstance(keys, bytes) and keys[:1] != b"J":
+        date = keys[:keys.find(b"\0")]
+        try:
+            return float(date) if date else None
+        except ValueError:
+            return None
+    return fields(keys)[0]
+
+
+_NO_FIELDS: summary.Fields = (None, "", "", "", "", "", "", False, None, ())
 
 
 def read_headers(s: IMAPSession, m: MessageInfo) -> Message:
@@ -130,22 +229,22 @@ async def do_sort(s: IMAPSession, cmd: Command) -> Reply:
     is_uid = cmd.name == "UID SORT"
     now = datetime.fromtimestamp(s.clock.seconds(), UTC)
     items: list[SortData] = []
-    stored = await stored_keys(s)
-    if uses_savedate(args.key):
-        from mxd.imap.searchcmd import selected_matches
-
-        try:
-            found = await selected_matches(s, args.key, now)
-        except ValueError as e:
-            return bad(str(e))
-        for seq, uid, m in found:
-            items.append(sort_item(s, m, seq, uid, stored))
-    else:
-        try:
-            async for seq, uid, m in matching(s, args.key, now):
-                items.append(sort_item(s, m, seq, uid, stored))
-        except ValueError as e:
-            return bad(str(e))
+    # DATE, ARRIVAL and SIZE need no string key: those are left empty, undecoded.
+    strings = any(k not in ("ARRIVAL", "DATE", "SIZE") for k, _ in args.criteria)
+    try:
+        async for chunk in rows(s, args.key, now):
+            for seq, uid, arrival, size, keys in chunk:
+                if strings:
+                    f = fields(keys)
+                    date = f[0]
+                    items.append(SortData(seq, uid, arrival, arrival if date is None else date,
+                                          size, f[1], f[2], f[3], f[4], f[5], f[6]))
+                else:
+                    date = sent(keys)
+                    items.append(SortData(seq, uid, arrival, arrival if date is None else date,
+                                          size, "", "", "", "", "", ""))
+    except ValueError as e:
+        return bad(str(e))
     ordered: list[SortData] = []
     for _ in sort_steps(items, args.criteria, ordered):
         await s.breathe()
@@ -183,8 +282,8 @@ async def do_sort(s: IMAPSession, cmd: Command) -> Reply:
 
 def sort_item(s: IMAPSession, m: MessageInfo, seq: int, uid: int,
               stored: Mapping[int, bytes] | None = None) -> SortData:
-    """What SORT reads of one message (header keys cached per blob)."""
-    date, d, _ = header_keys(s, m, stored)
+    """What SORT reads of one message (header keys stored, or cached per blob)."""
+    f = header_fields(s, m, stored or {})
     arrival = m.internal_date.timestamp()
-    return attrs.evolve(d, seq=seq, uid=uid, arrival=arrival, size=m.size,
-                        sent=arrival if date is None else date)
+    return SortData(seq, uid, arrival, arrival if f[0] is None else f[0], m.size,
+                    f[1], f[2], f[3], f[4], f[5], f[6])

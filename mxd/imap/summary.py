@@ -18,7 +18,6 @@ The format of a value is fixed by its kind name: change it only under a new name
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import attrs
@@ -77,30 +76,27 @@ def encode_keys(k: HeaderKeys) -> bytes:
     return "\0".join(fields).encode("utf-8", "surrogatepass")
 
 
-def decode_keys(v: bytes) -> HeaderKeys:
-    """The inverse of ``encode_keys``; raises ValueError for a malformed value."""
+Fields = tuple[float | None, str, str, str, str, str, str, bool, str | None, tuple[str, ...]]
+
+
+def decode_fields(v: bytes) -> Fields:
+    """The fields of an ``encode_keys`` value: (date, subject, from, to, cc, display
+    from, display to, reply, Message-ID, References).  Raises ValueError for a
+    malformed value."""
     if v[:1] == b"J":
         date, subject, frm, to, cc, dfrom, dto, reply, mid, refs = json.loads(v[1:])
-        date = None if date is None else float(date)
-        refs = tuple(refs)
-    else:
-        f = v.decode("utf-8", "surrogatepass").split("\0")
-        if len(f) != 10:
-            raise ValueError("malformed sort keys")
-        date = float(f[0]) if f[0] else None
-        subject, frm, to, cc, dfrom, dto = f[1:7]
-        reply, mid = f[7] == "1", f[8] or None
-        refs = tuple(f[9].split(" ")) if f[9] else ()
+        return (None if date is None else float(date), str(subject), str(frm), str(to),
+                str(cc), str(dfrom), str(dto), bool(reply), None if mid is None else str(mid),
+                tuple(str(r) for r in refs))
+    f = v.decode("utf-8", "surrogatepass").split("\0")
+    if len(f) != 10:
+        raise ValueError("malformed sort keys")
+    return (float(f[0]) if f[0] else None, f[1], f[2], f[3], f[4], f[5], f[6], f[7] == "1",
+            f[8] or None, tuple(f[9].split(" ")) if f[9] else ())
+
+
+def decode_keys(v: bytes) -> HeaderKeys:
+    """The inverse of ``encode_keys``; raises ValueError for a malformed value."""
+    date, subject, frm, to, cc, dfrom, dto, reply, mid, refs = decode_fields(v)
     return (date, SortData(0, 0, 0.0, 0.0, 0, subject, frm, to, cc, dfrom, dto),
-            ThreadData(0, 0, 0.0, subject, bool(reply), mid, refs))
-
-
-def decode_all(values: Mapping[int, bytes]) -> dict[int, HeaderKeys]:
-    """UID -> keys of the values that decode (a malformed one is left out)."""
-    out: dict[int, HeaderKeys] = {}
-    for uid, v in values.items():
-        try:
-            out[uid] = decode_keys(v)
-        except (ValueError, UnicodeDecodeError, TypeError):
-            continue
-    return out
+            ThreadData(0, 0, 0.0, subject, reply, mid, refs))

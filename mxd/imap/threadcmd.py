@@ -8,11 +8,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-import attrs
-
 from mxd.imap.dispatch import Reply, bad, no, ok
 from mxd.imap.searchcmd import CHARSETS
-from mxd.imap.sortcmd import header_keys, matching, stored_keys
+from mxd.imap.sortcmd import fields, rows
 from mxd.imap.thread import Node, ThreadData, ordered_subject, references, render
 from mxd.imap.values import Command, ThreadArgs
 
@@ -28,12 +26,13 @@ async def do_thread(s: IMAPSession, cmd: Command) -> Reply:
         return no("Unsupported charset", "BADCHARSET (US-ASCII UTF-8)")
     now = datetime.fromtimestamp(s.clock.seconds(), UTC)
     items: list[ThreadData] = []
-    stored = await stored_keys(s)
     try:
-        async for seq, uid, m in matching(s, args.key, now):
-            date, _, d = header_keys(s, m, stored)
-            sent = m.internal_date.timestamp() if date is None else date
-            items.append(attrs.evolve(d, seq=seq, uid=uid, sent=sent))
+        async for chunk in rows(s, args.key, now):
+            for seq, uid, arrival, _, keys in chunk:
+                f = fields(keys)
+                # RFC 5256 §2.2: the sent date, else the internal date.
+                items.append(ThreadData(seq, uid, arrival if f[0] is None else f[0], f[1],
+                                        f[7], f[8], f[9]))
     except ValueError as e:
         return bad(str(e))
     roots: list[Node] = []
