@@ -450,9 +450,11 @@ KEYS = [  # key, label, unit, better
     ("cpu_ms_per_command", "mixed: server CPU per command", "ms", "lower"),
 ] + [(f"{c.lower()}_per_s", f"mixed: {c}", "/s", "higher") for c in wl.MIXED_COMMANDS] + [
     ("sort_date_cold", "UID SORT (DATE) UTF-8 ALL, cold", "s", "lower"),
+    ("sort_date_cold_cpu", "UID SORT (DATE), cold, server CPU", "s", "lower"),
     ("sort_date_warm", "UID SORT (DATE) UTF-8 ALL, warm", "s", "lower"),
     ("sort_date_warm_cpu", "UID SORT (DATE), warm, server CPU", "s", "lower"),
     ("thread_refs_cold", "UID THREAD REFERENCES UTF-8 ALL, cold", "s", "lower"),
+    ("thread_refs_cold_cpu", "UID THREAD REFERENCES, cold, server CPU", "s", "lower"),
     ("thread_refs_warm", "UID THREAD REFERENCES UTF-8 ALL, warm", "s", "lower"),
     ("thread_refs_warm_cpu", "UID THREAD REFERENCES, warm, server CPU", "s", "lower"),
     ("rss", "RSS per idle connection", "KiB", "lower"),
