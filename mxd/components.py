@@ -541,7 +541,8 @@ def message_checker(cfg: Config, role: str, comps: dict[str, Any], reactor: Any)
             report_addresses=report_addresses, tls_report_addresses=tls_addresses),
             reports=dmarc_report_store(cfg) if report_addresses else None,
             tls_reports=tls_report_store(cfg) if tls_addresses else None,
-            run_blocking=run_blocking, evaluations=comps.get("dmarc_evaluations"))
+            run_blocking=run_blocking, evaluations=comps.get("dmarc_evaluations"),
+            sealer=dkim_keyring(cfg, comps) if cfg.forward else None)
     ring = dkim_keyring(cfg, comps)
     if ring is None:
         return None
@@ -633,6 +634,15 @@ def tls_report_store(cfg: Config) -> Any:
     from mxd.tlsrpt.incoming import TLSReportStore
 
     return TLSReportStore(cfg.data_dir / "tlsrpt" / "incoming")
+
+
+def forwarder(cfg: Config, comps: dict[str, Any], reactor: Any) -> Any:
+    """The one Forwarder of [[forward]] (shared by every SMTP listener), or None."""
+    if "forwarder" not in comps:
+        from mxd.config_forward import make_forwarder
+
+        comps["forwarder"] = make_forwarder(cfg, reactor)
+    return comps["forwarder"]
 
 
 def dkim_keyring(cfg: Config, comps: dict[str, Any]) -> Any:
@@ -858,7 +868,8 @@ def listener_factory(cfg: Config, li: ListenerConfig, comps: dict[str, Any], rea
                             directory=comps["directory"], sasl=comps["sasl"],
                             outbound=comps["queue"], tls=tls_options, clock=reactor,
                             hostname=cfg.hostname, metrics=metrics,
-                            checker=message_checker(cfg, li.protocol, comps, reactor))
+                            checker=message_checker(cfg, li.protocol, comps, reactor),
+                            forwarder=forwarder(cfg, comps, reactor))
     if li.protocol in ("imap", "imaps"):
         from mxd.imap.server import IMAPShared, imap_factory
 

@@ -503,6 +503,27 @@ class DKIMConfig:
 
 
 @attrs.frozen
+class ForwardConfig:
+    address: str = req("A local address (its domain in [domains].names) whose mail is sent "
+                       "on; `local+tag@domain` is forwarded too.", example='"alias@example.org"')
+    to: list[str] = req("Where it goes (1 to 10 addresses, usually elsewhere).",
+                        example='["someone@elsewhere.example"]')
+    keep_copy: bool = opt(False, "Also deliver to the account owning the address (when one "
+                          "does).")
+
+
+@attrs.frozen
+class ForwardingConfig:
+    srs_secret_file: Path | None = opt(
+        None, "Secret of the Sender Rewriting Scheme: forwarded mail leaves with an envelope "
+        "sender SRS0=HASH=TT=domain=local@<forwarding domain> so that SPF at the next hop "
+        "passes and bounces come back here, to be sent on to the original sender; only "
+        "addresses made with this secret are accepted back. Created (mode 0600) when "
+        "missing; default: DATA_DIR/srs.secret.", example='"/var/lib/mxd/srs.secret"')
+    srs_max_age_days: int = opt(21, "Days a bounce address stays valid.", check=_positive)
+
+
+@attrs.frozen
 class MsgAuthConfig:
     inbound_checks: bool = opt(True, "Check iprev, SPF, DKIM and DMARC for mail received on "
                                "port 25 (through the [resolver]; a local validating resolver "
@@ -692,6 +713,11 @@ class Config:
     admin: AdminConfig = opt(AdminConfig(), "The admin web interface.")
     webmail: WebmailConfig = opt(WebmailConfig(), "The accounts' web client (served by "
                                  "`webmail` listeners).")
+    forward: list[ForwardConfig] = opt(
+        [], "Forwarding (`[[forward]]`): mail to a local address is sent on to other "
+        "addresses, with an SRS envelope sender and an ARC set sealed with the forwarding "
+        "domain's RSA DKIM key ([dkim].selectors) when it has one.")
+    forwarding: ForwardingConfig = opt(ForwardingConfig(), "Settings of forwarding.")
     transports: dict[str, TransportConfig] = opt(
         {}, "Named ways to deliver outbound mail (`[transports.NAME]`); routes pick one.")
     routes: list[RouteConfig] = opt([], "Global routes, checked on every delivery attempt "
@@ -837,6 +863,8 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
         acme=attrs.evolve(cfg.acme, ca_file=fix(cfg.acme.ca_file)),
         outbound=attrs.evolve(cfg.outbound, ca_file=fix(cfg.outbound.ca_file)),
         dkim=attrs.evolve(cfg.dkim, key_dir=fix(cfg.dkim.key_dir)),
+        forwarding=attrs.evolve(cfg.forwarding,
+                                srs_secret_file=fix(cfg.forwarding.srs_secret_file)),
         store=attrs.evolve(cfg.store, blob_dir=fix(cfg.store.blob_dir)),
         admin=attrs.evolve(cfg.admin, password_file=fix(cfg.admin.password_file)),
         ldap=attrs.evolve(cfg.ldap, ca_file=fix(cfg.ldap.ca_file),
@@ -916,6 +944,9 @@ def _validate(cfg: Config) -> None:
             normalise_domain(d)
         except ValueError as e:
             raise ConfigError(src, f"dkim.selectors.{d}", str(e)) from None
+    from mxd.config_forward import validate_forward
+
+    validate_forward(cfg, names)
     if cfg.store.backend == "postgresql":
         if not cfg.store.dsn:
             raise ConfigError(src, "store.dsn", 'required with backend = "postgresql"')

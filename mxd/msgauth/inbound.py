@@ -19,7 +19,8 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from mxd.msgauth import arc, authres, dmarc, iprev, spf
-from mxd.msgauth.dkim import Verifier
+from mxd.msgauth.dkim import BodyHasher, Verifier
+from mxd.msgauth.dkimsign import header_list
 from mxd.msgauth.headers import from_domains, join_fields, split_fields
 from mxd.smtp.interfaces import SessionInfo, Verdict
 from mxd.smtp.replies import Reply
@@ -42,7 +43,8 @@ class InboundChecker:
                  sample: Callable[[], float] = random.random, metrics: Any = None,
                  reports: Any = None,
                  run_blocking: Callable[[Callable[[], Any]], Deferred[Any]] | None = None,
-                 evaluations: Any = None, tls_reports: Any = None) -> None:
+                 evaluations: Any = None, tls_reports: Any = None,
+                 sealer: Any = None) -> None:
         self.resolver = resolver
         self.clock = clock
         self.settings = settings
@@ -52,6 +54,7 @@ class InboundChecker:
         self.run_blocking = run_blocking  # where report parsing runs (a thread pool)
         self.evaluations = evaluations  # a dmarcsend.EvaluationLog for outgoing reports
         self.tls_reports = tls_reports  # a tlsrpt.incoming.TLSReportStore, or None
+        self.sealer = sealer  # a signing.KeyRing: ARC sets on forwarded mail, or None
 
     def begin(self, session: SessionInfo, headers: bytes) -> InboundCheck | None:
         if session.role != "smtp":
@@ -82,6 +85,21 @@ class InboundCheck:
         # DKIM signatures are verified over the fields as received (minus ours).
         self.verifier = Verifier(b"", kept)
         self.arc = arc.Validator(kept)  # RFC 8617 §5.2 (hashes the body only with a chain)
+        self.fields = kept
+        # RFC 8617 §5.1: mail we forward gets our ARC set, sealed with an RSA key of the
+        # forwarding domain (RFC 8617 defines rsa-sha256 only; an Ed25519-only domain
+        # forwards without a seal).
+        self.seal_key = None
+        self.seal_body: BodyHasher | None = None
+        if session.forwarding_domain and checker.sealer is not None:
+            keys = [k for k in checker.sealer.for_domain(session.forwarding_domain)
+                    if k.algorithm == "rsa"]
+            if keys:
+                self.seal_key = keys[0]
+                self.seal_body = BodyHasher(True, "sha256", None)
+            else:
+                _log.info("msgauth no RSA key for {domain}: forwarded without an ARC seal",
+                          domain=session.forwarding_domain)
         self.is_report = False
         # A copy of mail to a DMARC report address, for the report parser (bounded).
         self.report_copy: list[bytes] | None = None
@@ -104,6 +122,8 @@ class InboundCheck:
     def feed(self, data: bytes) -> None:
         if self.verifier.wants_body:
             self.verifier.feed(data)
+        if self.seal_body is not None:
+            self.seal_body.feed(data)
         self.arc.feed(data)
         if self.report_copy is not None:
             from mxd.msgauth.dmarcreport import MAX_MESSAGE
@@ -156,8 +176,8 @@ class InboundCheck:
             dkim=",".join(str(d.result) for d in dkim_results) or "none",
             dmarc=dmarc_outcome.result if dmarc_outcome else "none",
             header_from=self.from_domain or "")
-        verdict = Verdict(fields=(ar,), header_section=self.header_section,
-                          remote_host=ip_outcome.name)
+        verdict = Verdict(fields=(*self._seal(ar, arc_outcome), ar),
+                          header_section=self.header_section, remote_host=ip_outcome.name)
         if self.report_copy is not None:
             for kind, store in self.report_stores:
                 self._ingest_report(b"".join(self.report_copy), kind, store)
@@ -172,6 +192,22 @@ class InboundCheck:
             if dmarc_outcome.disposition is dmarc.Policy.QUARANTINE:
                 return attrs.evolve(verdict, mailbox="Junk")
         return verdict
+
+    def _seal(self, ar: str, chain: arc.ARCOutcome) -> list[str]:
+        """The ARC set for a forwarded message (AS, AMS, AAR: newest on top), or []."""
+        if self.seal_key is None or self.seal_body is None:
+            return []
+        try:
+            fields = arc.seal(
+                self.seal_key, self.fields, self.seal_body.digest(),
+                authserv_id=self.checker.settings.hostname,
+                auth_results=ar.partition(";")[2].strip(), cv=chain.result,
+                signed_headers=header_list(self.fields, ("dkim-signature",)),
+                now=int(self.checker.clock.seconds()))
+        except ValueError as e:  # a chain already at i=50 (RFC 8617 §4.2.1)
+            _log.info("msgauth not sealed: {error}", error=str(e))
+            return []
+        return list(reversed(fields))
 
     def _ingest_report(self, message: bytes, kind: str, store: Any) -> None:
         """Parse and store a DMARC aggregate report (RFC 7489 §7.2) or a TLS report (RFC

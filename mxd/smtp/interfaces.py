@@ -46,6 +46,9 @@ class SessionInfo:
     tls_cipher: str | None = None
     authenticated_as: str | None = None
     requiretls: bool = False
+    # Set when the message is forwarded on (mxd.forwarding): the domain whose key adds
+    # an ARC set (RFC 8617 §5.1) to what is queued.
+    forwarding_domain: str | None = None
 
 
 @attrs.frozen

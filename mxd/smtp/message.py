@@ -232,6 +232,7 @@ class MessageMixin(SessionBase):
             recipients=tuple(tx.local_addresses) + tuple(r.address for r in tx.remote),
             tls_version=self.tls_version, tls_cipher=self.tls_cipher,
             authenticated_as=self.authenticated, requiretls=tx.requiretls,
+            forwarding_domain=tx.forward_domain,
         )
 
     def _headers_complete(self, tx: Transaction, headers: bytes, rest: bytes) -> None:
@@ -404,8 +405,13 @@ class MessageMixin(SessionBase):
         targets = [Delivery(account_id=aid, mailbox=tx.mailbox) for aid in tx.local]
         outbound = None
         if tx.remote:
+            mail_from = tx.mail_from
+            if tx.forward_domain is not None and self.role == "smtp" and self.forwarder:
+                # Forwarded mail leaves with an SRS sender of the forwarding domain
+                # (mxd.forwarding); on submission the user's own address stays.
+                mail_from = self.forwarder.envelope_sender(mail_from, tx.forward_domain)
             outbound = OutboundMessage(
-                mail_from=tx.mail_from, recipients=tuple(tx.remote), ret=tx.ret,
+                mail_from=mail_from, recipients=tuple(tx.remote), ret=tx.ret,
                 envid=tx.envid, requiretls=tx.requiretls,
                 tls_required_no=props.tls_required_no, smtputf8=tx.smtputf8, body=tx.body,
                 sender_account=self.authenticated, size=tx.size,

@@ -20,7 +20,14 @@ from twisted.python.failure import Failure as TwistedFailure
 
 from mxd.sasl.api import ConnectionInfo
 from mxd.smtp import commands, replies
-from mxd.smtp.address import Address, AddressError, parse_envid, parse_notify, parse_orcpt
+from mxd.smtp.address import (
+    Address,
+    AddressError,
+    encode_xtext,
+    parse_envid,
+    parse_notify,
+    parse_orcpt,
+)
 from mxd.smtp.auth import AuthMixin
 from mxd.smtp.message import MessageMixin
 from mxd.smtp.replies import Reply
@@ -33,6 +40,7 @@ from mxd.smtp.session import (
     Transaction,
     _is_loopback,
 )
+from mxd.srs import SRSError
 from mxd.store.interfaces import Account, OutboundRecipient
 
 __all__ = ["ChannelBindingsFn", "Role", "RunBlocking", "SMTPServerProtocol", "SMTPServerSettings",
@@ -304,8 +312,18 @@ class SMTPServerProtocol(AuthMixin, MessageMixin):
             self._send(replies.RECIPIENT_OK)
             return
 
+        forwarded = False
+        if self.forwarder is not None and not rcpt.is_literal:
+            handled = self._forward(tx, rcpt, normalised, notify, orcpt)
+            if handled is None:
+                return  # answered
+            forwarded = handled
+
         def resolved(account: Account | None) -> None:
             if account is None:
+                if forwarded:  # a forward rule that keeps a copy only where one exists
+                    self._send(replies.RECIPIENT_OK)
+                    return
                 self.metrics.inc("smtp_rejected_total", role=self.role, reason="no_such_user")
                 self._send(replies.NO_SUCH_USER)
                 return
@@ -317,6 +335,52 @@ class SMTPServerProtocol(AuthMixin, MessageMixin):
 
         self._await(maybeDeferred(self.directory.resolve_recipient, normalised),
                     resolved, self._directory_failed)
+
+    def _forward(self, tx: Transaction, rcpt: Address, normalised: str,
+                 notify: frozenset[str] | None, orcpt: str | None) -> bool | None:
+        """Forwarding (``mxd.forwarding``) for a local recipient: None when the RCPT is
+        answered here, True when forwarded and a local copy is wanted too, False when the
+        address is not forwarded."""
+        forwarder = self.forwarder
+        assert forwarder is not None
+        if forwarder.is_bounce_address(rcpt.local_unquoted):
+            # Mail to one of our SRS addresses: a bounce of mail we forwarded goes back
+            # to its original sender; an address not made here is unknown (no relay).
+            try:
+                target = forwarder.bounce_target(f"{rcpt.local_unquoted}@{rcpt.domain_ascii}")
+            except SRSError as e:
+                self.log.info("smtp srs address refused {recipient}: {error} {session}",
+                              recipient=normalised, error=str(e), session=self.session_id)
+                self.metrics.inc("smtp_rejected_total", role=self.role, reason="bad_srs")
+                self._send(replies.NO_SUCH_USER)
+                return None
+            targets: tuple[str, ...] = (target,)
+            keep = False
+            domain = rcpt.domain_ascii
+        else:
+            rule = forwarder.rule_for(normalised)
+            if rule is None:
+                return False
+            targets, keep, domain = rule.targets, rule.keep_copy, rule.domain
+        if self.outbound is None:
+            self._send(replies.LOCAL_ERROR)
+            return None
+        if tx.recipient_count + len(targets) > self.settings.max_recipients:
+            self._send(replies.TOO_MANY_RECIPIENTS)  # RFC 5321 §4.5.3.1.10
+            return None
+        # RFC 3461 §4.2: the original recipient travels with each forwarded copy.
+        original = orcpt or f"rfc822;{encode_xtext(normalised)}"
+        for target in targets:
+            tx.remote.append(OutboundRecipient(address=target, notify=notify, orcpt=original))
+        tx.recipient_count += len(targets)
+        tx.forward_domain = tx.forward_domain or domain
+        self.state = State.RCPT
+        self.log.info("smtp forward {recipient} -> {targets} {session}", recipient=normalised,
+                      targets=",".join(targets), session=self.session_id)
+        if keep:
+            return True
+        self._send(replies.RECIPIENT_OK)
+        return None
 
     _handlers: dict[type, Callable[[SMTPServerProtocol, Any], None]] = {
         commands.Helo: _do_helo,

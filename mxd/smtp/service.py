@@ -78,6 +78,7 @@ class SMTPFactory(ServerFactory):
         self.metrics: IMetrics = metrics if metrics is not None else NoopMetrics()
         self.channel_bindings = channel_bindings
         self.run_blocking = run_blocking
+        self.forwarder: Any = None  # mxd.forwarding.Forwarder (set by smtp_factory)
         self.per_ip: Counter[str] = Counter()
         self.per_network: Counter[str] = Counter()
         self.sessions: set[SMTPServerProtocol] = set()
@@ -161,7 +162,7 @@ class SMTPFactory(ServerFactory):
             tls=None if self.role == "submissions" else self.tls, clock=self.clock,
             hostname=self.hostname, checker=self.checker, metrics=self.metrics,
             channel_bindings=self.channel_bindings, on_close=closed,
-            run_blocking=self.run_blocking, busy=self.busy,
+            run_blocking=self.run_blocking, busy=self.busy, forwarder=self.forwarder,
         )
         p.factory = self
         p.network = net
@@ -174,7 +175,8 @@ def smtp_factory(*, role: Role, settings: SMTPServerSettings, store: IMailStore,
                  tls: Any | None, clock: IReactorTime, hostname: str,
                  checker: IMessageChecker | None = None, metrics: IMetrics | None = None,
                  channel_bindings: ChannelBindingsFn | None = None,
-                 run_blocking: RunBlocking | None = None) -> IProtocolFactory:
+                 run_blocking: RunBlocking | None = None,
+                 forwarder: Any = None) -> IProtocolFactory:
     """The protocol factory of one SMTP listener.
 
     ``tls`` is a ``twisted.internet.ssl.CertificateOptions`` (``mxd.tls.load_server_tls``)
@@ -186,6 +188,7 @@ def smtp_factory(*, role: Role, settings: SMTPServerSettings, store: IMailStore,
         outbound=outbound, tls=tls, clock=clock, hostname=hostname, checker=checker,
         metrics=metrics, channel_bindings=channel_bindings, run_blocking=run_blocking,
     )
+    factory.forwarder = forwarder  # mxd.forwarding.Forwarder or None
     if role == "submissions":
         tls_any: Any = tls
         wrapped: Any = TLSMemoryBIOFactory(tls_any, False, factory)

@@ -120,6 +120,10 @@ class Transaction:
     local_addresses: list[str] = attrs.Factory(list)
     remote: list[OutboundRecipient] = attrs.Factory(list)
     recipient_count: int = 0
+    # The domain of the first forwarded local address (mxd.forwarding): the envelope
+    # sender of the queued copy is rewritten into it (SRS) and the checker seals with
+    # its key (ARC).  None when nothing is forwarded.
+    forward_domain: str | None = None
     # message data
     blob: BlobWriter | None = None
     size: int = 0
@@ -170,8 +174,10 @@ class SessionBase(LineReceiver):
         on_close: Callable[[Any], None] | None = None,
         run_blocking: RunBlocking | None = None,
         busy: Callable[[], bool] | None = None,
+        forwarder: Any = None,
     ) -> None:
         self.role: Role = role
+        self.forwarder = forwarder  # mxd.forwarding.Forwarder, or None (no forwarding)
         self.settings = settings
         self.store = store
         self.directory = directory

@@ -255,7 +255,7 @@ class Session:
                  checker: Any = None, sasl: FakeSASL | None = None,
                  store: FakeStore | None = None, directory: FakeDirectory | None = None,
                  outbound: FakeOutbound | None = None, metrics: Any = None,
-                 run_blocking: Any = None) -> None:
+                 run_blocking: Any = None, forwarder: Any = None) -> None:
         self.clock = task.Clock()
         self.store = store or FakeStore()
         self.directory = directory or FakeDirectory()
@@ -268,6 +268,7 @@ class Session:
             hostname="mx.example.test", checker=checker, metrics=metrics,
             channel_bindings=lambda t: BINDINGS, run_blocking=run_blocking,
         )
+        self.factory.forwarder = forwarder
         self.transport = TLSStringTransport(peer_ip)
         proto = self.factory.buildProtocol(self.transport.getPeer())
         assert isinstance(proto, SMTPServerProtocol)
