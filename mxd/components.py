@@ -348,7 +348,7 @@ def _smarthost_trust(cfg: Config) -> Any:
 
 def make_queue_runner(cfg: Config, queue: Any, resolver: Any, store: Any, directory: Any,
                       reactor: Any, metrics: IMetrics, tls_policy_factory: Any = None,
-                      sign: Any = None) -> Any:
+                      sign: Any = None, dsn_recipient: Any = None) -> Any:
     import attrs
 
     from mxd.queue.local import StoreLocalDelivery
@@ -383,7 +383,7 @@ def make_queue_runner(cfg: Config, queue: Any, resolver: Any, store: Any, direct
     local = StoreLocalDelivery(store, directory=directory)
     return QueueRunner(queue, resolver, reactor, settings, local_delivery=local,
                        hostname=cfg.hostname, metrics=metrics, tls_policy_factory=tls_policy_factory,
-                       sign=sign)
+                       sign=sign, dsn_recipient=dsn_recipient)
 
 
 def make_queue_store(store: Any) -> Any:
@@ -430,8 +430,10 @@ def build(cfg: Config, reactor: Any, metrics: IMetrics, parent: Any) -> dict[str
     else:
         policies = make_tls_policy_factory(cfg, resolver, reactor, parent)
         ring = dkim_keyring(cfg, comps)
+        fwd = forwarder(cfg, comps, reactor)
         runner = make_queue_runner(cfg, queue, resolver, store, directory, reactor, metrics,
-                                   policies, sign=ring.sign if ring is not None else None)
+                                   policies, sign=ring.sign if ring is not None else None,
+                                   dsn_recipient=fwd.unwrap if fwd is not None else None)
         runner.setServiceParent(parent)
         comps["queue_runner"] = runner
     return comps

@@ -65,6 +65,16 @@ class Forwarder:
         was not made here or has expired."""
         return self.srs.reverse(address, self._now())
 
+    def unwrap(self, address: str) -> str:
+        """The original sender behind one of our SRS addresses, else ``address``: a DSN
+        the queue makes about a forwarded copy goes straight to the original sender."""
+        if not is_srs(address.rpartition("@")[0]):
+            return address
+        try:
+            return self.bounce_target(address)
+        except SRSError:
+            return address
+
     def envelope_sender(self, mail_from: str, domain: str) -> str:
         """The envelope sender of a forwarded copy: ``mail_from`` rewritten into
         ``domain`` (the forwarding address's domain); the null sender stays null."""

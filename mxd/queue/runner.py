@@ -78,8 +78,12 @@ class QueueRunner(Service):
         connector: Connector | None = None,
         tls_policy_factory: TLSPolicyFactory | None = None,
         sign: Callable[[bytes, float], bytes] | None = None,
+        dsn_recipient: Callable[[str], str] | None = None,
     ) -> None:
         self.queue = queue
+        # Where a DSN about a message goes, given its envelope sender: a forwarded
+        # message's SRS sender is unwrapped to the original sender (mxd.forwarding).
+        self.dsn_recipient = dsn_recipient or (lambda sender: sender)
         # DKIM-signs mxd's own messages (DSNs) by their From domain; None: unsigned.
         self.sign = sign
         self.reactor = reactor
@@ -410,7 +414,8 @@ class QueueRunner(Service):
                     and not (m.requiretls or m.received_requiretls))
             original = f.read() if full else _read_headers(f)
         data = dsnmod.build_dsn(
-            reporting_mta=self.hostname, sender=m.mail_from, recipients=reports,
+            reporting_mta=self.hostname, sender=self.dsn_recipient(m.mail_from),
+            recipients=reports,
             original=original, ret=m.ret, envid=m.envid, arrival=m.queued_at,
             smtputf8=m.smtputf8, now=now,
             context=dsnmod.ReportContext(attempts=attempts, queued_at=m.queued_at,
@@ -420,7 +425,8 @@ class QueueRunner(Service):
         if self.sign is not None:
             data = self.sign(data, now)
         envelope = OutboundMessage(
-            mail_from="", recipients=(OutboundRecipient(m.mail_from, frozenset({"NEVER"})),),
+            mail_from="", recipients=(OutboundRecipient(self.dsn_recipient(m.mail_from),
+                                                        frozenset({"NEVER"})),),
             smtputf8=m.smtputf8, body="8BITMIME" if dsnmod.dsn_is_8bit(data) else "7BIT",
             size=len(data),
         )
