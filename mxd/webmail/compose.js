@@ -14,6 +14,8 @@
   var userChose = false;  // the user's own choice always wins
   var autoSet = select.value === "requiretls" && autoNote && autoNote.textContent !== "";
   var KEYS = ["starttls", "verified", "requiretls"];
+  // RFC 8460 policy types as people know them.
+  var POLICY_NAMES = {"tlsa": "DANE", "sts": "MTA-STS"};
   var AUTO_TEXT = "selected automatically: every recipient domain supports REQUIRETLS";
 
   select.addEventListener("change", function () {
@@ -39,8 +41,8 @@
 
   function tooltip(domain, rec) {
     if (!rec) { return domain + ": no delivery from this account yet, nothing known"; }
-    var verified = rec.verified ? "yes" + (rec.policy ? " (" + rec.policy.toUpperCase() + ")" : "")
-                                : "no";
+    var how = POLICY_NAMES[rec.policy] || rec.policy;
+    var verified = rec.verified ? "yes" + (how ? " (" + how + ")" : "") : "no";
     return domain + ": STARTTLS " + (rec.starttls ? "yes" : "no") + ", verified TLS " +
       verified + ", REQUIRETLS " + (rec.requiretls ? "yes" : "no") + " (last delivery " +
       (rec.at || "?") + (rec.tls_version ? ", " + rec.tls_version : "") + ")";

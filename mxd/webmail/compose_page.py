@@ -71,17 +71,21 @@ _STYLE = """
 <style>
 form.compose label{display:block;margin:.5em 0 .15em;font-weight:600}
 form.compose input[type=text],form.compose textarea,form.compose select{width:100%}
-form.compose textarea{min-height:16em;font:13px/1.5 ui-monospace,monospace}
+form.compose textarea{min-height:10em;font:13px/1.5 ui-monospace,monospace}
+.tlsrow{display:flex;align-items:center;gap:.6em}form.compose .tlsrow select{width:auto}
 .tls{display:flex;flex-wrap:wrap;gap:.4em .9em;margin:.25em 0;min-height:1.2em;
  font-size:12px;color:#4a5561}
 .tls span.dom{display:inline-flex;align-items:center;gap:.35em}
 .bars{display:inline-flex;gap:2px;align-items:flex-end}
-.bars i{display:inline-block;width:5px;background:#cfd6dd;border-radius:1px}
-.bars i:nth-child(1){height:6px}.bars i:nth-child(2){height:9px}
-.bars i:nth-child(3){height:12px}
+.bars i{display:inline-block;width:6px;background:#cfd6dd;border-radius:1px}
+.bars i:nth-child(1){height:7px}.bars i:nth-child(2){height:11px}
+.bars i:nth-child(3){height:15px}
 .bars i.on{background:#2e8b57}.bars.unknown i{background:#e4e8ec}
-#tls-auto{font-size:12px;color:#2e6b45;margin-left:.5em}
+#tls-auto{font-size:12px;color:#2e6b45}
 </style>"""
+
+
+_POLICY_NAMES = {"tlsa": "DANE", "sts": "MTA-STS"}  # RFC 8460 policy types, as known
 
 
 def _record_text(domain: str, rec: dict[str, Any] | None) -> str:
@@ -89,8 +93,8 @@ def _record_text(domain: str, rec: dict[str, Any] | None) -> str:
     if rec is None:
         return f"{domain}: no delivery from this account yet, nothing known"
     policy = rec.get("policy") or ""
-    verified = "yes" + (f" ({policy.upper()})" if policy else "") if rec.get("verified") \
-        else "no"
+    how = _POLICY_NAMES.get(policy, policy)
+    verified = "yes" + (f" ({how})" if how else "") if rec.get("verified") else "no"
     return (f"{domain}: STARTTLS {'yes' if rec.get('starttls') else 'no'}, "
             f"verified TLS {verified}, REQUIRETLS {'yes' if rec.get('requiretls') else 'no'}"
             f" (last delivery {rec.get('at') or '?'}"
@@ -262,14 +266,15 @@ class ComposePage(WebmailPage):
             f"{csrf_field(request)}{hidden}"
             f"<label for=from>From</label><select id=from name=from>{from_opts}</select>"
             f"{field('to', 'To')}{field('cc', 'Cc')}{field('bcc', 'Bcc')}"
+            f"<label for=tls-choice>Transport security</label>"
+            f"<div class=tlsrow><select id=tls-choice name=tls>{tls_opts}</select>"
+            f"{auto_note}</div>"
             f"<label for=subject>Subject</label><input type=text id=subject name=subject "
             f"value=\"{e(values['subject'])}\">"
             f"<label for=body>Message</label><textarea id=body name=body>"
             f"{e(values['body'])}</textarea>"
             "<label for=attachment>Attachments</label>"
             "<input type=file id=attachment name=attachment multiple>"
-            f"<label for=tls-choice>Transport security</label>"
-            f"<select id=tls-choice name=tls>{tls_opts}</select>{auto_note}"
             "<p><button id=send>Send</button></p></form>"
             "<script src=/compose/compose.js></script>")
         return layout("Compose", body, request)

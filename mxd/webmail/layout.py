@@ -104,10 +104,12 @@ def layout(title: str, body: str, request: Any = None) -> bytes:
 
 def headers(request: Any, csp: bytes = CSP) -> None:
     """Headers of every webmail HTML page: the CSP, no framing, no sniffing, no
-    referrer (message URLs name mailboxes), never cached (private mail)."""
+    referrer to other sites (message URLs name mailboxes; ``same-origin`` rather than
+    ``no-referrer``, under which Chromium sends ``Origin: null`` with our own form
+    POSTs), never cached (private mail)."""
     html_headers(request, csp)
     request.setHeader(b"x-content-type-options", b"nosniff")
-    request.setHeader(b"referrer-policy", b"no-referrer")
+    request.setHeader(b"referrer-policy", b"same-origin")
     request.setHeader(b"cache-control", b"no-store")
 
 
