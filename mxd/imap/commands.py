@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 
-from mxd.imap import appendcmd, response
+from mxd.imap import appendcmd, compress, response
 from mxd.imap.dispatch import (
     ANY,
     AUTH,
@@ -795,6 +795,7 @@ COMMANDS: dict[str, CommandSpec] = {
     "UID COPY": _spec(SELECTED, cmd_copy),
     "MOVE": _spec(SELECTED, cmd_copy),
     "UID MOVE": _spec(SELECTED, cmd_copy),
+    "COMPRESS": _spec(AUTH, compress.cmd_compress),  # RFC 4978 §5: command-auth
     "REPLACE": _spec(SELECTED, appendcmd.cmd_replace),  # RFC 8508
     "UID REPLACE": _spec(SELECTED, appendcmd.cmd_replace),
 }

@@ -112,6 +112,13 @@ class Framer:
     def buffered(self) -> int:
         return len(self._buf)
 
+    def take_buffer(self) -> bytes:
+        """Hand over the bytes received but not yet framed (COMPRESS, RFC 4978 §3: what
+        follows the command is compressed and must go through the inflater first)."""
+        data = bytes(self._buf)
+        self._buf.clear()
+        return data
+
     def discard_buffer(self) -> None:
         """Forget bytes received but not yet framed (STARTTLS, RFC 3501 §6.2.1)."""
         self._buf.clear()

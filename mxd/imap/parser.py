@@ -870,6 +870,12 @@ def _uid_expunge(r: Reader) -> SeqSetArgs:
     return SeqSetArgs(r.seqset())
 
 
+def _compress(r: Reader) -> str:
+    # RFC 4978 §5: compress = "COMPRESS" SP algorithm; algorithm = "DEFLATE" (an atom).
+    r.sp()
+    return r.atom()
+
+
 def _enable(r: Reader) -> EnableArgs:
     caps = []
     while r.take(b" "):
@@ -909,6 +915,7 @@ COMMANDS: dict[str, Parser] = {
     "UID MOVE": _copy, "UID EXPUNGE": _uid_expunge, "SORT": _sort, "UID SORT": _sort,
     "THREAD": _thread, "UID THREAD": _thread,
     "ESEARCH": _esearch, "CANCELUPDATE": _cancelupdate,  # RFC 7377, RFC 5267
+    "COMPRESS": _compress,  # RFC 4978
     "REPLACE": appendsyntax.parse_replace, "UID REPLACE": appendsyntax.parse_replace,  # RFC 8508
     "GETQUOTAROOT": _mailbox, "GETQUOTA": _getquota, "SETQUOTA": _setquota,
 }

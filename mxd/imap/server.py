@@ -45,6 +45,7 @@ from zope.interface import implementer
 from mxd.clientnet import network_key
 from mxd.imap import appendcmd, context, imap4rev2, searchres
 from mxd.imap.commands import COMMANDS, SYSTEM_FLAGS
+from mxd.imap.deflate import CompressError, DeflateSettings, Inflater
 from mxd.imap.dispatch import (
     CommandDetached,
     CommandSpec,
@@ -118,6 +119,7 @@ class IMAPServerSettings:
     max_pipelined_appends: int = 32  # APPENDs of one session stored side by side
     work_slice: float = 0.004  # seconds of reactor time before a long command yields
     close_timeout: float = 30.0  # a closing connection's peer gets this long to go away
+    deflate: DeflateSettings = DeflateSettings()  # RFC 4978 COMPRESS=DEFLATE
 
 
 @implementer(IHandshakeListener, IPushProducer)
@@ -143,6 +145,8 @@ class IMAPSession(Protocol):
         self.usage: tuple[int, int | None] | None = None  # (bytes used, quota) of the account
         self.view: MailboxView | None = None
         self.enabled: set[str] = set()
+        self.deflate: Inflater | None = None  # RFC 4978: input inflater once COMPRESS is on
+        self._inflating = False
         self.contexts: dict[str, Any] = {}  # RFC 5267 §4: updated searches by tag
         self.context_touched: set[int] = set()  # UIDs this session's STOREs changed
         self._keywords: dict[str, str] = {}  # announced keywords of the selected mailbox
@@ -297,7 +301,7 @@ class IMAPSession(Protocol):
                      "QRESYNC", "BINARY", f"APPENDLIMIT={self.settings.append_limit}",
                      "UTF8=ACCEPT", "SORT", "SORT=DISPLAY", "ESORT", "SEARCHRES",  # RFC 5256, 5957, 5267, 5182
                      "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES",  # RFC 5256
-                     "MULTIAPPEND", "CATENATE", "REPLACE",  # RFC 3502, 4469, 8508
+                     "MULTIAPPEND", "CATENATE", "REPLACE", "COMPRESS=DEFLATE",  # RFC 3502, 4469, 8508, 4978
                      *imap4rev2.MORE_CAPABILITIES]
             if hasattr(self.store, "get_usage"):
                 caps += ["QUOTA", "QUOTA=RES-STORAGE"]  # RFC 9208
@@ -454,10 +458,38 @@ class IMAPSession(Protocol):
         if self._closed:
             return
         self._reset_timer()
+        if self.deflate is not None:
+            self.deflate.receive(data)
+            self._inflate_some()
+            return
         self.framer.feed(data)
         self._process()
         if self.framer.after_literal:
             self._ack_now()
+
+    def _inflate_some(self) -> None:
+        """COMPRESS (RFC 4978): decompress into the framer while it has room
+        (``inflate_budget`` octets waiting), so that a small compressed input never
+        becomes a large buffer; the rest waits until commands have taken what is there."""
+        d = self.deflate
+        if d is None or self._inflating:
+            return
+        self._inflating = True
+        try:
+            while not self._closed and d.pending and self.framer.buffered < d.budget:
+                try:
+                    chunk = d.inflate()
+                except CompressError as e:
+                    self.bye(f"COMPRESS: {e}")
+                    return
+                if not chunk:
+                    break
+                self.framer.feed(chunk)
+                self._process()
+                if self.framer.after_literal:
+                    self._ack_now()
+        finally:
+            self._inflating = False
 
     def _ack_now(self) -> None:
         """Acknowledge the received bytes at once instead of after the delayed-ACK timer.
@@ -579,6 +611,8 @@ class IMAPSession(Protocol):
                     self._start(ev)
         finally:
             self._processing = False
+        if self.deflate is not None and self.deflate.pending:
+            self._inflate_some()
         self._set_reading(not self._write_paused
                           and (not self._busy or self._line_waiter is not None
                                or self._may_pipeline()))
