@@ -416,6 +416,8 @@ def build(cfg: Config, reactor: Any, metrics: IMetrics, parent: Any) -> dict[str
     store_service.setServiceParent(parent)
     sasl = make_sasl(cfg, directory, reactor, metrics)
     queue = Queue(make_queue_store(store), reactor, metrics)
+    if hasattr(store, "on_queue_work"):  # PostgreSQL: work queued by another node
+        store.on_queue_work = queue.wake
     resolver = make_resolver(cfg, reactor, metrics)
     comps = {"store": store, "store_service": store_service, "directory": directory,
              "sasl": sasl, "queue": queue, "resolver": resolver}

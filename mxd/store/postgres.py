@@ -46,6 +46,7 @@ from twisted.python.threadpool import ThreadPool
 from mxd.store.interfaces import MailboxChange, StoreError
 from mxd.store.pgconn import PGRunner, StoreUnavailable
 from mxd.store.pgschema import SCHEMAS, migrate
+from mxd.store.queuedb import Claimed
 from mxd.store.sqlbase import Conn
 from mxd.store.sqlite import SQLiteStore, StoreSettings
 from mxd.store.sqlitequeue import SQLiteQueueStore
@@ -56,6 +57,9 @@ log = Logger(namespace="mxd.store.postgres")
 T = TypeVar("T")
 
 CHANNEL = "mxd_changes"
+QUEUE_CHANNEL = "mxd_queue"  # payload: the node that queued new work
+QUEUE_POLL = 30.0  # seconds: the longest a node sleeps with work possibly due elsewhere
+RECLAIM_DELAY = 1.0  # seconds before looking again at due work another node had locked
 MAX_UIDS_PER_NOTICE = 400  # keeps a NOTIFY payload well under PostgreSQL's 8000 octets
 
 
@@ -144,6 +148,8 @@ class PostgresStore(SQLiteStore):
         self._runner = runner
         self._local = threading.local()
         self._listener: _Listener | None = None
+        # Called (reactor thread) when another node queued outbound work.
+        self.on_queue_work: Callable[[], None] = lambda: None
 
     # -- lifecycle -----------------------------------------------------------------------
     def open(self) -> Deferred[None]:
@@ -198,6 +204,25 @@ class PostgresStore(SQLiteStore):
 
         return self._runner.stop(_finish)
 
+    def accept(self, blob: Any, targets: Any, props: Any, outbound: Any = None,
+               queue_id: str | None = None, **kw: Any) -> Deferred[Any]:
+        """IMailStore.accept; new outbound work is announced to the other nodes' queue
+        runners (NOTIFY after the commit; a lost notice costs at most QUEUE_POLL)."""
+        d = super().accept(blob, targets, props, outbound, queue_id, **kw)
+        if outbound is not None:
+            d.addCallback(self._announce_work)
+        return d
+
+    def _announce_work(self, result: T) -> T:
+        node = self.node
+
+        def op(conn: Any, ctx: OpContext) -> None:
+            conn.raw.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, node))
+
+        self._runner.submit(op).addErrback(
+            lambda f: log.info("queue notice not sent: {error}", error=f.getErrorMessage()))
+        return result
+
     # -- transactions of the queue (one per operation, on any pool thread) -----------------
     def transact(self, fn: Callable[[Conn], T]) -> Deferred[T]:
         def op(conn: Conn, ctx: OpContext) -> T:
@@ -227,7 +252,7 @@ class PostgresStore(SQLiteStore):
 
     def _start_listener(self, _: object) -> None:
         self._listener = _Listener(self.dsn, self.node, self._reactor, self._remote,
-                                   self._resync)
+                                   self._resync, lambda: self.on_queue_work())
         self._listener.start()
 
     def listening(self, timeout: float) -> bool:
@@ -251,8 +276,9 @@ class _Listener:
 
     def __init__(self, dsn: str, node: str, reactor: IReactorFromThreads,
                  deliver: Callable[[list[MailboxChange]], None],
-                 resync: Callable[[], None]) -> None:
+                 resync: Callable[[], None], queue_work: Callable[[], None]) -> None:
         self._dsn = dsn
+        self._queue_work = queue_work
         self._node = node
         self._reactor = reactor
         self._deliver = deliver
@@ -277,6 +303,7 @@ class _Listener:
             try:
                 with psycopg.connect(self._dsn, autocommit=True, connect_timeout=5) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
+                    conn.execute(f"LISTEN {QUEUE_CHANNEL}")
                     self.ready.set()
                     if not first:
                         log.info("listening for other nodes' changes again")
@@ -285,12 +312,18 @@ class _Listener:
                     delay = 0.2
                     while not self._stop.is_set():
                         batch: list[MailboxChange] = []
+                        work = False
                         for n in conn.notifies(timeout=0.25):
+                            if n.channel == QUEUE_CHANNEL:
+                                work = work or n.payload != self._node
+                                continue
                             parsed = parse_payload(n.payload)
                             if parsed is not None and parsed[0] != self._node:
                                 batch.append(parsed[1])
                         if batch:
                             self._reactor.callFromThread(self._deliver, batch)
+                        if work:
+                            self._reactor.callFromThread(self._queue_work)
             except psycopg.Error as e:
                 self.ready.clear()
                 if self._stop.is_set():
@@ -306,5 +339,24 @@ class PostgresQueueStore(SQLiteQueueStore):
     """``IQueueStore`` over the PostgreSQL store: the same operations as on SQLite, whose
     SQL claims due work with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL."""
 
-    def __init__(self, store: PostgresStore) -> None:
+    def __init__(self, store: PostgresStore, poll: float = QUEUE_POLL) -> None:
         super().__init__(store)
+        self.poll = poll
+
+    def claim_due(self, now: float, *, free: int, running: dict[str, int], per_domain: int,
+                  batch: int, max_rcpts: int, lease: float) -> Deferred[Claimed]:
+        """As on SQLite, but with other nodes in mind: the due rows looked at (and locked
+        until the claim commits) are limited to what this node can start, so the others
+        find the rest; due work this node could not take (another node held its rows)
+        is looked at again in a second; and the next wake-up is at most ``poll`` seconds
+        away, for work queued or released by another node whose notice was lost."""
+        def clamp(c: Claimed) -> Claimed:
+            nxt = now + self.poll if c.next_due is None else min(c.next_due, now + self.poll)
+            if not c.messages and nxt <= now:
+                nxt = now + RECLAIM_DELAY
+            return attrs.evolve(c, next_due=nxt)
+
+        d = super().claim_due(now, free=free, running=running, per_domain=per_domain,
+                              batch=min(batch, max(16, free * 8)), max_rcpts=max_rcpts,
+                              lease=lease)
+        return d.addCallback(clamp)

@@ -429,9 +429,12 @@ def due_recipients(conn: Conn, now: float, limit: int) -> list[tuple[str, int, s
 
 
 def next_due_time(conn: Conn) -> float | None:
+    """When the next recipient is due: a queued one's next attempt, or an in-flight one's
+    lease end (a node that died holding it: another node takes it then)."""
     row = conn.execute(
-        "SELECT MIN(next_attempt) FROM queue_recipients WHERE hold = 0 AND state = ?",
-        (QUEUED,)).fetchone()
+        "SELECT MIN(CASE WHEN state = ? THEN next_attempt ELSE lease_until END)"
+        " FROM queue_recipients WHERE hold = 0 AND (state = ? OR lease_until IS NOT NULL)",
+        (QUEUED, QUEUED)).fetchone()
     return None if row is None or row[0] is None else float(row[0])
 
 
