@@ -402,8 +402,10 @@ def build(cfg: Config, reactor: Any, metrics: IMetrics, parent: Any) -> dict[str
     Order matters: the store service starts first (and stops last), then the queue
     runner; listeners are added after these by tap.build_service."""
     from mxd.queue.queue import Queue
+    from mxd.store.metadata import SQLiteMetadata
 
     store = make_store(cfg, reactor)
+    metadata = SQLiteMetadata(store)  # RFC 5464 annotations, in the store's database
     directory = make_directory(cfg, store, reactor, metrics)
 
     def sync() -> Deferred[None]:
@@ -420,7 +422,7 @@ def build(cfg: Config, reactor: Any, metrics: IMetrics, parent: Any) -> dict[str
         store.on_queue_work = queue.wake
     resolver = make_resolver(cfg, reactor, metrics)
     comps = {"store": store, "store_service": store_service, "directory": directory,
-             "sasl": sasl, "queue": queue, "resolver": resolver}
+             "sasl": sasl, "queue": queue, "resolver": resolver, "metadata": metadata}
     if cfg.tls.host_keys:
         comps.update(make_certificates(cfg, reactor, resolver, parent))
     if cfg.msgauth.inbound_checks and cfg.msgauth.dmarc_reports_send:
@@ -878,7 +880,7 @@ def listener_factory(cfg: Config, li: ListenerConfig, comps: dict[str, Any], rea
         from mxd.imap.server import IMAPShared, imap_factory
 
         # One shared state (message cache, \Recent claims, per-IP counts) for 143 and 993.
-        shared = comps.setdefault("imap_shared", IMAPShared())
+        shared = comps.setdefault("imap_shared", IMAPShared(metadata=comps.get("metadata")))
         return imap_factory(implicit_tls=li.protocol == "imaps", settings=_imap_settings(cfg),
                             store=comps["store"], accounts=comps["store"], sasl=comps["sasl"],
                             tls=tls_options, clock=reactor, hostname=cfg.hostname,

@@ -32,6 +32,7 @@ from mxd.imap.fetch import do_fetch, resolve
 from mxd.imap.framer import BlobLiteral, Literal
 from mxd.imap.imap4rev2 import ENABLABLE
 from mxd.imap.listmatch import compile_pattern, join_reference
+from mxd.imap.metadata import cmd_getmetadata, cmd_setmetadata
 from mxd.imap.multisearch import do_esearch
 from mxd.imap.qresync import vanished
 from mxd.imap.searchcmd import do_cancelupdate, do_search
@@ -774,6 +775,8 @@ COMMANDS: dict[str, CommandSpec] = {
     "GETQUOTAROOT": _spec(AUTH, cmd_getquotaroot),
     "GETQUOTA": _spec(AUTH, cmd_getquota),
     "SETQUOTA": _spec(AUTH, cmd_setquota),
+    "GETMETADATA": _spec(AUTH, cmd_getmetadata),  # RFC 5464
+    "SETMETADATA": _spec(AUTH, cmd_setmetadata),
     "CHECK": _spec(SELECTED, cmd_check),
     "CLOSE": _spec(SELECTED, cmd_close),
     "UNSELECT": _spec(SELECTED, cmd_unselect),

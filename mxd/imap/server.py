@@ -89,6 +89,7 @@ from mxd.store.interfaces import (
     MessageInfo,
     StoreError,
 )
+from mxd.store.metadata import IMetadataStore
 from mxd.tls import handshake_failure
 
 log = Logger()
@@ -305,6 +306,8 @@ class IMAPSession(Protocol):
                      *imap4rev2.MORE_CAPABILITIES]
             if hasattr(self.store, "get_usage"):
                 caps += ["QUOTA", "QUOTA=RES-STORAGE"]  # RFC 9208
+            if self.factory.shared.metadata is not None:
+                caps.append("METADATA")  # RFC 5464 §1: implies METADATA-SERVER
         return " ".join(caps)
 
     def send_flags(self, view: MailboxView, keywords: Iterable[str]) -> None:
@@ -1025,8 +1028,10 @@ class IMAPShared:
     143 and 993 factories): the message cache, \\Recent claims and the open sessions
     (for the per-IP connection limit)."""
 
-    def __init__(self, cache: MessageCache | None = None) -> None:
+    def __init__(self, cache: MessageCache | None = None,
+                 metadata: IMetadataStore | None = None) -> None:
         self.cache = cache if cache is not None else MessageCache()
+        self.metadata = metadata  # RFC 5464 annotations, when the store keeps them
         self.recent = RecentClaims()
         self.states = MailboxStates()
         self.sessions: set[IMAPSession] = set()

@@ -1,0 +1,222 @@
+"""Server and mailbox annotations (RFC 5464 METADATA) kept by the store.
+
+Entries belong to an account: server entries (RFC 5464 §3.1, mailbox "") and entries of
+one of its mailboxes.  mxd has no shared namespace, so a ``/shared`` entry is seen by
+the account's own sessions only, like a ``/private`` one (§3.3 lets a server decide who
+may see shared entries).  Names are stored in lower case: §3.2 "Entry names are
+case-insensitive".
+
+Limits (§4.3): a value larger than ``max_entry_size`` fails with ``MetadataTooLarge``
+(IMAP: ``NO [METADATA MAXSIZE n]``); more than ``max_entries`` entries or
+``max_total`` octets of values for one account fail with ``MetadataTooMany`` (``NO
+[METADATA TOOMANY]``).  A SETMETADATA is all or nothing (§4.3: "If the server is unable
+to set an annotation ..., the server MUST NOT change any of the annotations").
+
+``SQLiteMetadata`` keeps its table in the store's database (the "metadata" schema
+component, registered on the store before it opens); ``MemoryMetadata`` is the fake with
+the same behaviour (one contract suite runs against both).
+"""
+
+from __future__ import annotations
+
+import enum
+import sqlite3
+from collections.abc import Sequence
+from typing import Protocol
+
+import attrs
+from twisted.internet.defer import Deferred, fail, succeed
+
+from mxd.store.interfaces import ISharedDatabase, StoreError
+
+SERVER = 0  # the mailbox id of server entries
+
+
+class MetadataError(StoreError):
+    """An annotation could not be set."""
+
+
+class MetadataTooLarge(MetadataError):
+    """RFC 5464 §4.3: a value is larger than the server accepts (``limit`` octets)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"value larger than {limit} octets")
+        self.limit = limit
+
+
+class MetadataTooMany(MetadataError):
+    """RFC 5464 §4.3: the account's entries would exceed their number or total size."""
+
+
+class Depth(enum.IntEnum):
+    """RFC 5464 §4.2.2 DEPTH: the entry, its children, or everything below it."""
+
+    ZERO = 0
+    ONE = 1
+    INFINITY = 2
+
+
+@attrs.frozen
+class MetadataLimits:
+    max_entry_size: int = 16 * 1024  # octets of one value (below the literal limit)
+    max_entries: int = 1000  # entries per account (server and mailboxes together)
+    max_total: int = 1024 * 1024  # octets of all values of an account
+
+
+def below(name: str, requested: str, depth: Depth) -> bool:
+    """Is entry ``name`` returned for ``requested`` at ``depth`` (RFC 5464 §4.2.2)?
+    Both in lower case."""
+    if name == requested:
+        return True
+    if depth == Depth.ZERO or not name.startswith(requested + "/"):
+        return False
+    return depth == Depth.INFINITY or "/" not in name[len(requested) + 1:]
+
+
+class IMetadataStore(Protocol):
+    limits: MetadataLimits
+
+    def get_metadata(self, account_id: int, mailbox_id: int, names: Sequence[str],
+                     depth: Depth = Depth.ZERO) -> Deferred[list[tuple[str, bytes]]]:
+        """The entries named (lower case), and with ``depth`` those below them, sorted by
+        name; ``mailbox_id`` 0 for server entries."""
+
+    def set_metadata(self, account_id: int, mailbox_id: int,
+                     items: Sequence[tuple[str, bytes | None]]) -> Deferred[None]:
+        """Set (or with None remove) entries, all or none.  Errbacks with
+        MetadataTooLarge or MetadataTooMany."""
+
+
+def _check_sizes(limits: MetadataLimits, items: Sequence[tuple[str, bytes | None]]) -> None:
+    for _, v in items:
+        if v is not None and len(v) > limits.max_entry_size:
+            raise MetadataTooLarge(limits.max_entry_size)
+
+
+METADATA_MIGRATIONS: list[str] = [
+    # 1: one row per entry; mailbox_id 0 holds server entries (RFC 5464 §3.1).
+    """
+    CREATE TABLE metadata (
+        account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        mailbox_id INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        value BLOB NOT NULL,
+        PRIMARY KEY (account_id, mailbox_id, name)
+    ) WITHOUT ROWID;
+    -- RFC 5464 §3.2: a deleted mailbox's annotations go with it.
+    CREATE TRIGGER metadata_mailbox_gone AFTER DELETE ON mailboxes BEGIN
+        DELETE FROM metadata WHERE account_id = OLD.account_id AND mailbox_id = OLD.id;
+    END;
+    """,
+]
+
+
+def _like_below(name: str) -> str:
+    return name.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "/%"
+
+
+class SQLiteMetadata:
+    """Annotations in the SQLite store's database (through its ``transact``)."""
+
+    def __init__(self, db: ISharedDatabase, limits: MetadataLimits = MetadataLimits(), *,
+                 register: bool = True) -> None:
+        """``register``: add the table's schema to ``db`` (which must not be open yet;
+        pass False when it was registered already)."""
+        self._db = db
+        self.limits = limits
+        if register:
+            db.register_schema("metadata", METADATA_MIGRATIONS)
+
+    def get_metadata(self, account_id: int, mailbox_id: int, names: Sequence[str],
+                     depth: Depth = Depth.ZERO) -> Deferred[list[tuple[str, bytes]]]:
+        wanted = tuple(names)
+
+        def op(conn: sqlite3.Connection) -> list[tuple[str, bytes]]:
+            found: dict[str, bytes] = {}
+            for req in wanted:
+                if depth == Depth.ZERO:
+                    rows = conn.execute(
+                        "SELECT name, value FROM metadata WHERE account_id = ? AND "
+                        "mailbox_id = ? AND name = ?", (account_id, mailbox_id, req))
+                else:
+                    rows = conn.execute(
+                        "SELECT name, value FROM metadata WHERE account_id = ? AND "
+                        "mailbox_id = ? AND (name = ? OR name LIKE ? ESCAPE '!')",
+                        (account_id, mailbox_id, req, _like_below(req)))
+                for name, value in rows:
+                    if below(name, req, depth):
+                        found[name] = bytes(value)
+            return sorted(found.items())
+
+        return self._db.transact(op)
+
+    def set_metadata(self, account_id: int, mailbox_id: int,
+                     items: Sequence[tuple[str, bytes | None]]) -> Deferred[None]:
+        try:
+            _check_sizes(self.limits, items)
+        except MetadataError as e:
+            return fail(e)
+        todo = list(items)
+        limits = self.limits
+
+        def op(conn: sqlite3.Connection) -> None:
+            for name, value in todo:
+                if value is None:
+                    conn.execute("DELETE FROM metadata WHERE account_id = ? AND mailbox_id = ? "
+                                 "AND name = ?", (account_id, mailbox_id, name))
+                else:
+                    conn.execute(
+                        "INSERT INTO metadata (account_id, mailbox_id, name, value) "
+                        "VALUES (?, ?, ?, ?) ON CONFLICT (account_id, mailbox_id, name) "
+                        "DO UPDATE SET value = excluded.value",
+                        (account_id, mailbox_id, name, value))
+            count, total = conn.execute(
+                "SELECT count(*), coalesce(sum(length(value)), 0) FROM metadata "
+                "WHERE account_id = ?", (account_id,)).fetchone()
+            if count > limits.max_entries or total > limits.max_total:
+                raise MetadataTooMany(f"{count} entries, {total} octets")  # rolls back
+
+        return self._db.transact(op)
+
+
+class MemoryMetadata:
+    """The in-memory fake of ``IMetadataStore``.  ``forget_mailbox`` stands for the
+    SQLite trigger (the memory store does not tell it of deletions)."""
+
+    def __init__(self, limits: MetadataLimits = MetadataLimits()) -> None:
+        self.limits = limits
+        self.entries: dict[tuple[int, int], dict[str, bytes]] = {}
+
+    def get_metadata(self, account_id: int, mailbox_id: int, names: Sequence[str],
+                     depth: Depth = Depth.ZERO) -> Deferred[list[tuple[str, bytes]]]:
+        have = self.entries.get((account_id, mailbox_id), {})
+        found = {n: v for n, v in have.items() if any(below(n, r, depth) for r in names)}
+        return succeed(sorted(found.items()))
+
+    def set_metadata(self, account_id: int, mailbox_id: int,
+                     items: Sequence[tuple[str, bytes | None]]) -> Deferred[None]:
+        try:
+            _check_sizes(self.limits, items)
+        except MetadataError as e:
+            return fail(e)
+        box = dict(self.entries.get((account_id, mailbox_id), {}))
+        for name, value in items:
+            if value is None:
+                box.pop(name, None)
+            else:
+                box[name] = value
+        count = total = 0
+        for (acc, mb), entries in self.entries.items():
+            if acc == account_id and mb != mailbox_id:
+                count += len(entries)
+                total += sum(len(v) for v in entries.values())
+        count += len(box)
+        total += sum(len(v) for v in box.values())
+        if count > self.limits.max_entries or total > self.limits.max_total:
+            return fail(MetadataTooMany(f"{count} entries, {total} octets"))
+        self.entries[(account_id, mailbox_id)] = box
+        return succeed(None)
+
+    def forget_mailbox(self, account_id: int, mailbox_id: int) -> None:
+        self.entries.pop((account_id, mailbox_id), None)
+
