@@ -13,21 +13,30 @@ Limits (§4.3): a value larger than ``max_entry_size`` fails with ``MetadataTooL
 to set an annotation ..., the server MUST NOT change any of the annotations").
 
 ``SQLiteMetadata`` keeps its table in the store's database (the "metadata" schema
-component, registered on the store before it opens); ``MemoryMetadata`` is the fake with
-the same behaviour (one contract suite runs against both).
+component, built into both backends: ``METADATA_MIGRATIONS`` for SQLite,
+``PG_METADATA_MIGRATIONS`` for PostgreSQL); ``MemoryMetadata`` is the fake with the same
+behaviour (one contract suite runs against all three).
 """
 
 from __future__ import annotations
 
 import enum
-import sqlite3
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 
-from mxd.store.interfaces import ISharedDatabase, StoreError
+from mxd.store.interfaces import StoreError
+from mxd.store.sqlbase import Conn
+
+T = TypeVar("T")
+
+
+class Database(Protocol):
+    """The store's transactions (SQLiteStore and PostgresStore both have it)."""
+
+    def transact(self, fn: Callable[[Conn], T]) -> Deferred[T]: ...
 
 SERVER = 0  # the mailbox id of server entries
 
@@ -111,27 +120,44 @@ METADATA_MIGRATIONS: list[str] = [
 ]
 
 
+PG_METADATA_MIGRATIONS: list[str] = [
+    # 1: as METADATA_MIGRATIONS step 1.
+    """
+    CREATE TABLE metadata (
+        account_id bigint NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        mailbox_id bigint NOT NULL,
+        name text NOT NULL,
+        value bytea NOT NULL,
+        PRIMARY KEY (account_id, mailbox_id, name)
+    );
+    CREATE FUNCTION metadata_mailbox_gone() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        DELETE FROM metadata WHERE account_id = OLD.account_id AND mailbox_id = OLD.id;
+        RETURN OLD;
+    END $$;
+    CREATE TRIGGER metadata_mailbox_gone AFTER DELETE ON mailboxes
+        FOR EACH ROW EXECUTE FUNCTION metadata_mailbox_gone();
+    """,
+]
+
+
 def _like_below(name: str) -> str:
     return name.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "/%"
 
 
 class SQLiteMetadata:
-    """Annotations in the SQLite store's database (through its ``transact``)."""
+    """Annotations in the store's database through its ``transact``: SQLite, or
+    PostgreSQL (the SQL is the subset both run, mxd.store.sqlbase)."""
 
-    def __init__(self, db: ISharedDatabase, limits: MetadataLimits = MetadataLimits(), *,
-                 register: bool = True) -> None:
-        """``register``: add the table's schema to ``db`` (which must not be open yet;
-        pass False when it was registered already)."""
+    def __init__(self, db: Database, limits: MetadataLimits = MetadataLimits()) -> None:
         self._db = db
         self.limits = limits
-        if register:
-            db.register_schema("metadata", METADATA_MIGRATIONS)
 
     def get_metadata(self, account_id: int, mailbox_id: int, names: Sequence[str],
                      depth: Depth = Depth.ZERO) -> Deferred[list[tuple[str, bytes]]]:
         wanted = tuple(names)
 
-        def op(conn: sqlite3.Connection) -> list[tuple[str, bytes]]:
+        def op(conn: Conn) -> list[tuple[str, bytes]]:
             found: dict[str, bytes] = {}
             for req in wanted:
                 if depth == Depth.ZERO:
@@ -159,7 +185,7 @@ class SQLiteMetadata:
         todo = list(items)
         limits = self.limits
 
-        def op(conn: sqlite3.Connection) -> None:
+        def op(conn: Conn) -> None:
             for name, value in todo:
                 if value is None:
                     conn.execute("DELETE FROM metadata WHERE account_id = ? AND mailbox_id = ? "
@@ -171,7 +197,7 @@ class SQLiteMetadata:
                         "DO UPDATE SET value = excluded.value",
                         (account_id, mailbox_id, name, value))
             count, total = conn.execute(
-                "SELECT count(*), coalesce(sum(length(value)), 0) FROM metadata "
+                "SELECT count(*), CAST(coalesce(sum(length(value)), 0) AS BIGINT) FROM metadata "
                 "WHERE account_id = ?", (account_id,)).fetchone()
             if count > limits.max_entries or total > limits.max_total:
                 raise MetadataTooMany(f"{count} entries, {total} octets")  # rolls back

@@ -22,6 +22,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from mxd.store.metadata import PG_METADATA_MIGRATIONS
 from mxd.store.schema import SchemaError, SchemaTooNew
 
 log = Logger(namespace="mxd.store.postgres")
@@ -265,7 +266,8 @@ QUEUE_MIGRATIONS: list[str] = [
     """,
 ]
 
-SCHEMAS: dict[str, list[str]] = {"store": STORE_MIGRATIONS, "queue": QUEUE_MIGRATIONS}
+SCHEMAS: dict[str, list[str]] = {"store": STORE_MIGRATIONS, "queue": QUEUE_MIGRATIONS,
+                                  "metadata": PG_METADATA_MIGRATIONS}
 
 
 def current_version(conn: Any, name: str) -> int:

@@ -113,6 +113,7 @@ from mxd.store.interfaces import (
     SpecialUse,
     StoreError,
 )
+from mxd.store.metadata import METADATA_MIGRATIONS
 from mxd.store.schema import STORE_MIGRATIONS
 from mxd.store.sqlbase import INTEGRITY_ERRORS, Conn
 from mxd.store.sqlitedb import DatabaseOpener
@@ -155,7 +156,8 @@ class SQLiteStore:
         self._holds: dict[str, int] = {}  # blob id -> readers holding it
         self._orphans: set[str] = set()  # held bodies no message references any more
         self._schemas: dict[str, list[str]] = {"store": STORE_MIGRATIONS,
-                                               "queue": queuedb.QUEUE_MIGRATIONS}
+                                               "queue": queuedb.QUEUE_MIGRATIONS,
+                                               "metadata": METADATA_MIGRATIONS}
         self._listeners: dict[int, list[Callable[[MailboxChange], None]]] = {}
         self._ctx: OpContext | None = None  # the running transact() op (writer thread)
         self._opened = False

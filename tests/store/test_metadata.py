@@ -12,7 +12,6 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from mxd.store.metadata import (
-    METADATA_MIGRATIONS,
     SERVER,
     Depth,
     MemoryMetadata,
@@ -23,7 +22,7 @@ from mxd.store.metadata import (
     below,
 )
 from mxd.store.testing import MemoryStore
-from tests.store.helpers import open_store
+from tests.store.helpers import StoreHarness, open_pg_store, open_store
 
 LIMITS = MetadataLimits(max_entry_size=100, max_entries=5, max_total=300)
 
@@ -51,14 +50,20 @@ class Case:
         run(self.md.set_metadata(self.account, mailbox, items))
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+def _open(request: pytest.FixtureRequest, kind: str, tmp_path: Path) -> StoreHarness:
+    if kind == "postgresql":
+        return open_pg_store(request.getfixturevalue("pg_dsn"), tmp_path / "blobs", inline=True)
+    return open_store(tmp_path / "data", inline=True)
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
 def case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Case]:
     if request.param == "memory":
         yield Case(MemoryStore(), MemoryMetadata(LIMITS))
         return
-    h = open_store(tmp_path / "data", inline=True, schemas={"metadata": METADATA_MIGRATIONS})
+    h = _open(request, request.param, tmp_path)
     try:
-        yield Case(h.store, SQLiteMetadata(h.store, LIMITS, register=False))
+        yield Case(h.store, SQLiteMetadata(h.store, LIMITS))
     finally:
         h.close()
 
@@ -101,12 +106,14 @@ def test_limits_all_or_nothing(case: Case) -> None:
     case.set(case.inbox, ("/private/c", b"c" * 100))  # exactly at the limit
 
 
-def test_sqlite_entries_go_with_their_mailbox(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_entries_go_with_their_mailbox(request: pytest.FixtureRequest, kind: str,
+                                       tmp_path: Path) -> None:
     """RFC 5464 §3.2: deleting a mailbox deletes its annotations (a trigger), and a
     rename keeps them (the mailbox keeps its id)."""
-    h = open_store(tmp_path / "data", inline=True, schemas={"metadata": METADATA_MIGRATIONS})
+    h = _open(request, kind, tmp_path)
     try:
-        case = Case(h.store, SQLiteMetadata(h.store, LIMITS, register=False))
+        case = Case(h.store, SQLiteMetadata(h.store, LIMITS))
         box = run(h.store.create_mailbox(case.account, "Work")).id
         case.set(box, ("/private/color", b"red"))
         run(h.store.rename_mailbox(case.account, "Work", "Job"))

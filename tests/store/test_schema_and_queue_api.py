@@ -10,6 +10,7 @@ import pytest
 
 from mxd.store.blobs import BlobError
 from mxd.store.interfaces import Delivery, MessageProps, StoreError
+from mxd.store.metadata import METADATA_MIGRATIONS
 from mxd.store.queuedb import QUEUE_MIGRATIONS
 from mxd.store.schema import STORE_MIGRATIONS, SchemaError, SchemaTooNew, migrate, split_sql
 from tests.store.helpers import StoreHarness, open_store
@@ -31,7 +32,8 @@ def test_database_settings(store: StoreHarness, data_dir: Path) -> None:
                 conn.execute("PRAGMA foreign_keys").fetchone()[0])
 
     assert store.run(store.store.transact(pragmas)) == ("wal", 2, 1)
-    assert _versions(data_dir) == {"store": len(STORE_MIGRATIONS), "queue": len(QUEUE_MIGRATIONS)}
+    assert _versions(data_dir) == {"store": len(STORE_MIGRATIONS), "queue": len(QUEUE_MIGRATIONS),
+                                   "metadata": len(METADATA_MIGRATIONS)}
 
 
 def test_registered_schema_migrates_forward(data_dir: Path) -> None:
