@@ -295,9 +295,21 @@ def test_accounts_domains_tls_and_reports_pages(server: MxdServer, chrome: Any,
             assert fields[0].rstrip(".") in text and fields[4].strip('"')[:20] in text, line
             checked += 1
     assert checked >= 3, records.stdout
+    # The DNS check from the page: its results next to the records, as `mxd dns check`
+    # reports them (this server's resolver is unreachable: every lookup fails).
+    old = driver.find_element(By.TAG_NAME, "html")
+    driver.find_element(By.XPATH, "//button[text()='run the DNS check now']").click()
+    _wait_replaced(driver, old)
+    cli = json.loads(server.mxd("dns", "check", "example.test", "--json").stdout)
+    mx_cli = next(r for r in cli["results"] if r["check"] == "mx")
+    mx_row = driver.find_element(By.XPATH, "//tr[td[4][text()='mx']]").text
+    assert mx_cli["status"] in mx_row and mx_cli["detail"] in mx_row, (mx_row, mx_cli)
+    text = driver.find_element(By.TAG_NAME, "body").text
+    assert "other checks" in text and "dnssec" in text
     driver.save_screenshot(str(shots / "admin-domains.png"))
     driver.get(base + "/tls")
     assert driver.find_element(By.TAG_NAME, "h1").text == "TLS support per recipient domain"
     driver.get(base + "/reports")
     assert "DMARC aggregate reports received" in driver.page_source
+    assert "DMARC aggregate reports sent" in driver.page_source
     assert driver.find_element(By.LINK_TEXT, "accounts")
