@@ -19,6 +19,7 @@ bytes never left the host) — the condition RFC 8689 §4.1 puts on REQUIRETLS.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,12 +27,16 @@ import attrs
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
+from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
 from mxd.errors import MxdError
 from mxd.smtp.server import SMTPServerProtocol, SMTPServerSettings
 
 __all__ = ["InProcessSubmission", "SubmissionRefused", "Submitted"]
+
+CHUNK = 64 * 1024  # octets of the message handed to the session at a time
+_BAD_PATH = re.compile(r"[\x00-\x20<>\x7f]")  # would break out of MAIL FROM:<...>
 
 
 class SubmissionRefused(MxdError):
@@ -150,7 +155,11 @@ class InProcessSubmission:
                      data: bytes, client_ip: str, protected: bool, requiretls: bool = False,
                      smtputf8: bool = False, eight_bit: bool = False) -> Submitted:
         """Submit ``data`` (CRLF line ends) from ``mail_from`` to ``recipients`` as
-        ``account``.  Raises SubmissionRefused with the session's reply."""
+        ``account``.  Raises SubmissionRefused with the session's reply, ValueError for
+        an address that cannot go into a command line."""
+        for path in (mail_from, *recipients):
+            if _BAD_PATH.search(path) or not path:
+                raise ValueError(f"not an address for an SMTP command: {path!r}")
         proto = SMTPServerProtocol(
             role="submission", settings=self.settings, store=self.store,
             directory=self.directory, sasl=None, outbound=self.outbound, tls=None,
@@ -176,10 +185,19 @@ class InProcessSubmission:
                                 f"MAIL FROM:<{mail_from}> {' '.join(params)}".encode(), 250)
             for rcpt in recipients:
                 await self._command(proto, channel, "RCPT", f"RCPT TO:<{rcpt}>".encode(), 250)
-            # BDAT (RFC 3030): the octets as they are, no dot-stuffing to get wrong.
-            code, text = await self._command(proto, channel, "DATA",
-                                             b"BDAT %d LAST\r\n" % len(data) + data, 250,
-                                             newline=False)
+            # BDAT (RFC 3030): the octets as they are, no dot-stuffing to get wrong; fed
+            # in network-sized pieces with a reactor turn between them, as a client's
+            # bytes arrive, so a large message does not hold the reactor thread.
+            reply = channel.next_reply()
+            proto.dataReceived(b"BDAT %d LAST\r\n" % len(data))
+            for i in range(0, len(data), CHUNK):
+                if i:
+                    await deferLater(self.clock, 0, lambda: None)
+                if channel.closed:
+                    break
+                proto.dataReceived(data[i:i + CHUNK])
+            code, text = await reply
+            _expect("DATA", code, text, 250)
             queue_id = text.rsplit(" ", 1)[-1] if "accepted as" in text else ""
             return Submitted(queue_id=queue_id, reply=f"{code} {text}")
         finally:
@@ -189,9 +207,9 @@ class InProcessSubmission:
 
     @staticmethod
     async def _command(proto: SMTPServerProtocol, channel: _Channel, stage: str,
-                       line: bytes, want: int, *, newline: bool = True) -> tuple[int, str]:
+                       line: bytes, want: int) -> tuple[int, str]:
         reply = channel.next_reply()
-        proto.dataReceived(line + (b"\r\n" if newline else b""))
+        proto.dataReceived(line + b"\r\n")
         code, text = await reply
         _expect(stage, code, text, want)
         return code, text

@@ -301,8 +301,8 @@ class ComposePage(WebmailPage):
             request.setResponseCode(400)
             return await self._form(request, acct, values, "Unknown transport security "
                                     "choice.")
-        attachments = tuple(Attachment(f.filename, f.content_type, f.data)
-                            for f in form_files(request, b"attachment"))
+        files = await self.ctx.run_blocking(lambda: form_files(request, b"attachment"))
+        attachments = tuple(Attachment(f.filename, f.content_type, f.data) for f in files)
         forward = None
         if values["forward"]:
             original = await self._original(acct, values["forward"])

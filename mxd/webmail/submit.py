@@ -80,7 +80,9 @@ class WebSubmitter:
                    client_ip: str, protected: bool) -> SendResult:
         """Compose, submit and keep the Sent copy.  Raises compose.ComposeError (the form)
         or SubmissionRefused (the submission session's reply)."""
-        composed = self.compose(account, form, tls)
+        # Building encodes every attachment (base64): a pure function, run off the
+        # reactor thread so a large upload does not stall other sessions.
+        composed: Composed = await self.run_blocking(lambda: self.compose(account, form, tls))
         submitted = await self.submission.submit(
             account=account.name, mail_from=composed.envelope_from,
             recipients=composed.recipients, data=composed.message, client_ip=client_ip,

@@ -156,3 +156,47 @@ def test_sent_copy_keeps_bcc(tmp_path: Path) -> None:
     assert b"hidden@" not in body
     (info,) = w.store.run_now(w.store.list_messages(_sent_box(w).id))
     assert b"Bcc: hidden@remote.example" in w.store.bodies[info.blob_id]
+
+
+def test_large_message_fed_in_pieces_with_reactor_turns(tmp_path: Path) -> None:
+    """A message larger than one piece reaches the store intact, handed over in 64 KiB
+    pieces with a turn of the clock between them (the reactor is not held)."""
+    from mxd.smtp import inprocess
+
+    w = World(tmp_path)
+    data = bytes(range(256)) * 1200  # 300 KiB: base64 makes it about 400 KiB
+    turns: list[float] = []
+    call_later = w.clock.callLater
+
+    def counting(delay: float, fn: Any, *a: Any, **kw: Any) -> Any:
+        if delay == 0:
+            turns.append(delay)
+        return call_later(delay, fn, *a, **kw)
+
+    w.clock.callLater = counting  # type: ignore[method-assign]
+    d = Deferred.fromCoroutine(w.submitter.send(
+        ALICE, ComposeForm(from_addr="alice@example.test", to="far@remote.example",
+                           attachments=(Attachment("big.bin", "application/x", data),)),
+        TLSChoice.DEFAULT, client_ip="127.0.0.1", protected=True))
+    for _ in range(100):
+        if d.called:
+            break
+        w.clock.advance(0)
+    assert d.result.queue_id and len(turns) >= 400_000 // inprocess.CHUNK - 1
+    ((body, _),) = w.store.queued
+    (att,) = email.message_from_bytes(body, policy=email.policy.default).iter_attachments()
+    assert att.get_content() == data
+
+
+@pytest.mark.parametrize("path", ["a@b.example> RCPT TO:<x@y.example", "a@b\r\nRSET", "",
+                                  "a b@c.example"])
+def test_command_injection_through_addresses_refused(tmp_path: Path, path: str) -> None:
+    """The in-process session takes addresses only that cannot leave MAIL FROM:<...>."""
+    w = World(tmp_path)
+    d = Deferred.fromCoroutine(w.submission.submit(
+        account="alice", mail_from="alice@example.test", recipients=[path],
+        data=b"Subject: x\r\n\r\nx\r\n", client_ip="127.0.0.1", protected=True))
+    failures: list[Any] = []
+    d.addErrback(failures.append)
+    (f,) = failures
+    assert f.check(ValueError) and w.store.queued == []
