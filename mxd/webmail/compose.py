@@ -32,7 +32,7 @@ from mxd.smtp.address import Address, AddressError, parse_mailbox
 
 __all__ = ["Attachment", "ComposeError", "ComposeForm", "Composed", "Forward", "Limits",
            "MailboxAddress", "build", "parse_address_list", "reply_subject",
-           "forward_subject", "quote_text", "references_for_reply"]
+           "forward_subject", "quote_text", "references_for_reply", "valid_msg_id"]
 
 
 class ComposeError(MxdError):
@@ -487,6 +487,11 @@ def references_for_reply(message_id: str, references: str, in_reply_to: str) -> 
     if _MSG_ID.fullmatch(message_id):
         ids.append(message_id)
     return " ".join(ids[-20:])  # a bound: deep threads keep the newest ones
+
+
+def valid_msg_id(text: str) -> bool:
+    """Is ``text`` one ``msg-id`` (RFC 5322 §3.6.4, ``<left@right>``)?"""
+    return _MSG_ID.fullmatch(text.strip()) is not None
 
 
 def quote_text(text: str, attribution: str) -> str:

@@ -50,6 +50,7 @@ from mxd.webmail.compose import (
     quote_text,
     references_for_reply,
     reply_subject,
+    valid_msg_id,
 )
 from mxd.webmail.layout import CSP, WebmailPage, arg, csrf_field, e, layout
 from mxd.webmail.submit import TLSChoice
@@ -367,9 +368,13 @@ def _reply_values(data: bytes, acct: Account, reply_all: bool) -> dict[str, str]
     who = _header(msg, "From") or "someone"
     when = _header(msg, "Date")
     attribution = f"On {when}, {who} wrote:" if when else f"{who} wrote:"
+    # A parent without a well-formed Message-ID is answered without threading fields
+    # rather than with a form that cannot be sent.
+    mid = _header(msg, "Message-ID")
+    mid = mid if valid_msg_id(mid) else ""
     return {"to": to, "cc": cc, "subject": reply_subject(_header(msg, "Subject")),
-            "in_reply_to": _header(msg, "Message-ID"),
-            "references": references_for_reply(_header(msg, "Message-ID"),
+            "in_reply_to": mid,
+            "references": references_for_reply(mid,
                                                 _header(msg, "References"),
                                                 _header(msg, "In-Reply-To")),
             "body": "\n\n" + quote_text(plain_text_of(msg), attribution)}

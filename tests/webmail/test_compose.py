@@ -243,14 +243,18 @@ def _mailbox(draw: st.DrawFn) -> tuple[str, str, str]:
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(subject=_text, body=_text, to=st.lists(_mailbox(), min_size=1, max_size=4),
+       cc=st.lists(_mailbox(), max_size=3), me=_name,
        fname=_text, data=st.binary(max_size=200))
-def test_round_trip(subject: str, body: str, to: list[tuple[str, str, str]], fname: str,
-                    data: bytes) -> None:
-    """Any form either gives a ComposeError or a message whose Subject, To (names and
-    addresses), body and attachment read back as given; the message is CRLF only, with
-    lines of at most 998 octets (RFC 5322 §2.1.1) and no bare CR or LF."""
-    form = ComposeForm(from_addr=ME, to=", ".join(t for t, _, _ in to), subject=subject,
-                       body=body, attachments=(Attachment(fname, "application/pdf", data),))
+def test_round_trip(subject: str, body: str, to: list[tuple[str, str, str]],
+                    cc: list[tuple[str, str, str]], me: str, fname: str, data: bytes) -> None:
+    """Any form either gives a ComposeError or a message whose Subject, From and To/Cc
+    (names and addresses), body and attachment read back as given; the message is CRLF
+    only, with lines of at most 998 octets (RFC 5322 §2.1.1) and no bare CR or LF."""
+    quoted_me = '"' + me.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    form = ComposeForm(from_addr=f"{quoted_me} <{ME}>" if me.strip() else ME,
+                       to=", ".join(t for t, _, _ in to), cc=", ".join(t for t, _, _ in cc),
+                       subject=subject, body=body,
+                       attachments=(Attachment(fname, "application/pdf", data),))
     try:
         c = build(form, allowed_from=[ME], now=NOW, hostname="mx.example.org", unique="u")
     except ComposeError:
@@ -262,6 +266,13 @@ def test_round_trip(subject: str, body: str, to: list[tuple[str, str, str]], fna
     names = [decoded(n) for n, _ in getaddresses([raw_field(c.message, "To")])]
     assert [" ".join(n.split()) for n in names] == [n for _, n, _ in to]
     assert [a.username for a in msg["To"].addresses] == [lp for _, _, lp in to]
+    if cc:
+        cc_names = [decoded(n) for n, _ in getaddresses([raw_field(c.message, "Cc")])]
+        assert [" ".join(n.split()) for n in cc_names] == [n for _, n, _ in cc]
+    else:
+        assert "Cc" not in msg
+    ((from_name, from_addr),) = getaddresses([raw_field(c.message, "From")])
+    assert " ".join(decoded(from_name).split()) == " ".join(me.split()) and from_addr == ME
     text = body.replace("\r\n", "\n").replace("\r", "\n")
     got = msg.get_body(("plain",))
     assert got is not None

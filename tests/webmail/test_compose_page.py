@@ -269,3 +269,15 @@ def test_forward_as_attachment(world: World) -> None:
     assert code == 303, content
     (info,) = _sent(world)
     assert ORIGINAL in world.store.bodies[info.blob_id]
+
+
+def test_reply_to_a_message_without_a_valid_message_id_can_be_sent(world: World) -> None:
+    """A parent whose Message-ID is malformed is answered without In-Reply-To (the form
+    would otherwise be refused on sending)."""
+    uid = world.deliver(ORIGINAL.replace(b"<orig@remote.example>", b"no-brackets"))
+    cookie, csrf = _login(world)
+    code, _, page = world.request("GET", f"/compose?reply=INBOX/{uid}", cookie=cookie)
+    assert code == 200 and b"name=in_reply_to" not in page and b"no-brackets" not in page
+    body, ctype = multipart({"csrf": csrf, "from": ALICE, "to": "bob@remote.example",
+                             "subject": "Re: plans", "body": "yes"})
+    assert raw_post(world, "/compose", cookie, body, ctype)[0] == 303
