@@ -41,6 +41,7 @@
 
   function tooltip(domain, rec) {
     if (!rec) { return domain + ": no delivery from this account yet, nothing known"; }
+    if (rec.local) { return domain + ": a domain of this server, the message never leaves it"; }
     var how = POLICY_NAMES[rec.policy] || rec.policy;
     var verified = rec.verified ? "yes" + (how ? " (" + how + ")" : "") : "no";
     return domain + ": STARTTLS " + (rec.starttls ? "yes" : "no") + ", verified TLS " +

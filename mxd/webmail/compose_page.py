@@ -37,6 +37,7 @@ from twisted.logger import Logger
 
 from mxd.admin.render import async_render
 from mxd.queue.views import domain_tls_dict
+from mxd.smtp.address import AddressError, domain_to_ascii
 from mxd.smtp.inprocess import SubmissionRefused
 from mxd.store.interfaces import Account, NoSuchMailbox
 from mxd.webmail.compose import (
@@ -93,6 +94,8 @@ def _record_text(domain: str, rec: dict[str, Any] | None) -> str:
     """The indicator's tooltip."""
     if rec is None:
         return f"{domain}: no delivery from this account yet, nothing known"
+    if rec.get("local"):
+        return f"{domain}: a domain of this server, the message never leaves it"
     policy = rec.get("policy") or ""
     how = _POLICY_NAMES.get(policy, policy)
     verified = "yes" + (f" ({how})" if how else "") if rec.get("verified") else "no"
@@ -197,8 +200,20 @@ class ComposePage(WebmailPage):
     async def _records(self, acct: Account, domains: list[str]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         queue = self.ctx.queue
+        is_local = getattr(self.ctx.directory, "is_local_domain", None)
         for d in domains:
-            rows = await queue.tls_domains(d, acct.name) if queue is not None else []
+            try:
+                ascii_domain = domain_to_ascii(d)
+            except AddressError:
+                out[d] = None
+                continue
+            if is_local is not None and is_local(ascii_domain):
+                # Delivered into this server's store: no TLS hop to ask about.
+                out[d] = {"domain": d, "local": True, "starttls": True, "verified": True,
+                          "requiretls": True}
+                continue
+            rows = await queue.tls_domains(ascii_domain, acct.name) if queue is not None \
+                else []
             out[d] = domain_tls_dict(rows[0]) if rows else None
         return out
 

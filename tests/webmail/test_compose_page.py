@@ -235,6 +235,14 @@ def test_tls_json_is_the_accounts_own(world: World) -> None:
     assert data["secure.example"]["verified"] is True
     assert data["plain.example"]["requiretls"] is False and data["new.example"] is None
     assert all(acct == ALICE for _, acct in world.ctx.queue.asked)
+    # This server's own domains need no TLS hop; IDNs are asked for as A-labels.
+    world.ctx.directory = _Directory()
+    code, _, body = world.request(
+        "GET", "/compose/tls?domain=example.test&domain=b%C3%BCcher.example", cookie=cookie)
+    data = _json(body)
+    assert data["example.test"]["local"] is True and data["example.test"]["requiretls"]
+    assert data["bücher.example"] is None
+    assert ("xn--bcher-kva.example", ALICE) in world.ctx.queue.asked
 
 
 def test_reply_prefill_and_server_side_indicator(world: World) -> None:
