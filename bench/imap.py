@@ -28,8 +28,10 @@ default high-security login mode, one imap-login process per TLS connection, or
 ``--rounds N`` repeats everything N times, the servers interleaved in each round; every
 round restarts each server, and Dovecot's index files are removed first, so each "cold"
 figure is a first fetch with nothing derived from the messages cached (the operating
-system's page cache is warm for both).  ``--sections`` picks some of fetch, select,
-mbsync, append, mixed, idle.  ``--baseline-root DIR`` also measures an mxd source tree
+system's page cache is warm for both).  ``--sections`` picks some of fetch, sort,
+compress, select, mbsync, append, mixed, idle (compress: COMPRESS=DEFLATE, RFC 4978, then
+an envelope fetch and a full-body fetch of the whole INBOX; Dovecot with its imap_zlib
+plugin at its default level 6, mxd at its default level 6).  ``--baseline-root DIR`` also measures an mxd source tree
 from DIR (e.g. an older commit from ``git archive``) as "mxd-base".  Prints medians and
 mxd/Dovecot ratios.  Stops by itself: every wait is bounded and the servers are killed at
 the end.  The machine may be shared: say so next to any figures.
@@ -54,6 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -331,6 +334,7 @@ userdb {{
 mail_location = maildir:~/Maildir
 protocol imap {{
   mail_max_userip_connections = 100000
+  mail_plugins = $mail_plugins imap_zlib
 }}
 first_valid_uid = 1
 default_process_limit = 3000
@@ -383,6 +387,57 @@ def fetch_bench(port: int, ca: Path, count: int, pid: int) -> dict[str, float]:
     return {"envelope_cold": cold, "envelope_cold_cpu": cold_cpu, "envelope_warm": warm[0],
             "envelope_warm_cpu": warm[1], "bodies_500": bodies[0], "bodies_500_cpu": bodies[1],
             "bytes": n1}
+
+
+class _DeflateSocket:
+    """A TLS socket under COMPRESS=DEFLATE (RFC 4978): raw DEFLATE both ways, each
+    command sync-flushed.  Counts the compressed octets received."""
+
+    def __init__(self, sock: ssl.SSLSocket) -> None:
+        self.sock = sock
+        self.comp = zlib.compressobj(6, zlib.DEFLATED, -15)
+        self.decomp = zlib.decompressobj(-15)
+        self.raw_in = 0
+
+    def sendall(self, data: bytes) -> None:
+        self.sock.sendall(self.comp.compress(data) + self.comp.flush(zlib.Z_SYNC_FLUSH))
+
+    def recv(self, n: int) -> bytes:
+        while True:
+            raw = self.sock.recv(n)
+            if not raw:
+                return b""
+            self.raw_in += len(raw)
+            out = self.decomp.decompress(raw)
+            if out:
+                return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def compress_bench(port: int, ca: Path, pid: int) -> dict[str, float]:
+    """COMPRESS=DEFLATE, then ``UID FETCH 1:* (FLAGS ENVELOPE UID)`` and ``UID FETCH 1:*
+    (UID BODY.PEEK[])`` of the whole INBOX (best of three after a first, warming run):
+    wall time (the client's decompression included, the same for both servers), server
+    CPU and the compressed octets."""
+    c = Raw(port, ca)
+    login(c)
+    c.cmd("SELECT INBOX")
+    c.cmd("COMPRESS DEFLATE")
+    z = _DeflateSocket(c.sock)
+    c.sock = z  # type: ignore[assignment]
+    out: dict[str, float] = {}
+    for key, command in (("z_envelope", "UID FETCH 1:* (FLAGS ENVELOPE UID)"),
+                         ("z_bodies", "UID FETCH 1:* (UID BODY.PEEK[])")):
+        c.cmd(command)
+        before = z.raw_in
+        best = min(timed(c, command, pid) for _ in range(3))
+        out[key], out[f"{key}_cpu"] = best[0], best[2]
+        out[f"{key}_ratio"] = best[1] / max(1, (z.raw_in - before) / 3)
+    c.cmd("LOGOUT")
+    c.close()
+    return out
 
 
 def sort_bench(port: int, ca: Path, pid: int) -> dict[str, float]:
@@ -457,10 +512,15 @@ KEYS = [  # key, label, unit, better
     ("thread_refs_cold_cpu", "UID THREAD REFERENCES, cold, server CPU", "s", "lower"),
     ("thread_refs_warm", "UID THREAD REFERENCES UTF-8 ALL, warm", "s", "lower"),
     ("thread_refs_warm_cpu", "UID THREAD REFERENCES, warm, server CPU", "s", "lower"),
+    ("z_envelope", "COMPRESS=DEFLATE UID FETCH 1:* (FLAGS ENVELOPE UID)", "s", "lower"),
+    ("z_envelope_cpu", "COMPRESS=DEFLATE envelope fetch, server CPU", "s", "lower"),
+    ("z_bodies", "COMPRESS=DEFLATE UID FETCH 1:* (UID BODY.PEEK[])", "s", "lower"),
+    ("z_bodies_cpu", "COMPRESS=DEFLATE full bodies, server CPU", "s", "lower"),
+    ("z_bodies_ratio", "COMPRESS=DEFLATE full bodies, plain/compressed octets", "x", "higher"),
     ("rss", "RSS per idle connection", "KiB", "lower"),
     ("pss", "PSS per idle connection", "KiB", "lower"),
 ]
-SECTIONS = ("fetch", "sort", "select", "mbsync", "append", "mixed", "idle")
+SECTIONS = ("fetch", "sort", "compress", "select", "mbsync", "append", "mixed", "idle")
 
 
 def run_round(server: MxdServer | DovecotServer, proc: subprocess.Popen[bytes], rnd: int,
@@ -482,6 +542,12 @@ def run_round(server: MxdServer | DovecotServer, proc: subprocess.Popen[bytes], 
               f"{f['sort_date_warm']:.3f}s (CPU {f['sort_date_warm_cpu']:.2f}s); UID THREAD "
               f"REFERENCES cold {f['thread_refs_cold']:.3f}s warm {f['thread_refs_warm']:.3f}s "
               f"(CPU {f['thread_refs_warm_cpu']:.2f}s)")
+    if "compress" in sections:
+        f = compress_bench(port, ca, pid)
+        r.update(f)
+        print(f"  {name}: COMPRESS=DEFLATE UID FETCH 1:* (FLAGS ENVELOPE UID) {f['z_envelope']:.3f}s "
+              f"(CPU {f['z_envelope_cpu']:.2f}s); UID FETCH 1:* (UID BODY.PEEK[]) "
+              f"{f['z_bodies']:.3f}s (CPU {f['z_bodies_cpu']:.2f}s, {f['z_bodies_ratio']:.1f}x smaller)")
     if "select" in sections and args.select_connections:
         f, socks = wl.select_idle(pid, port, ca, USER, PASSWORD, args.select_connections)
         for sk in socks:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 
-from mxd.imap import appendcmd, compress, response
+from mxd.imap import appendcmd, compress, response, uidonly
 from mxd.imap.dispatch import (
     ANY,
     AUTH,
@@ -275,8 +275,8 @@ async def _select(s: IMAPSession, cmd: Command, args: SelectArgs, info: MailboxI
                 m = view.msgs.get(uid)
                 seq = view.seq_of(uid)
                 if m is not None and seq is not None and m.modseq > modseq:
-                    s.untagged(b"%d FETCH (UID %d FLAGS %s MODSEQ (%d))" % (
-                        seq, uid, response.flags(m.flags), m.modseq))
+                    s.send(uidonly.fetch_head(s, seq, uid) + b"UID %d FLAGS %s MODSEQ (%d))\r\n" % (
+                        uid, response.flags(m.flags), m.modseq))
     code = "READ-ONLY" if readonly else "READ-WRITE"
     return ok(f"{cmd.name} completed", code)
 

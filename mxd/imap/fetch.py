@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from mxd.imap import message as mimemsg
-from mxd.imap import response, summary
+from mxd.imap import response, summary, uidonly
 from mxd.imap.dispatch import Reply, bad, no, ok
 from mxd.imap.envelope import render_envelope
 from mxd.imap.errors import BadSequence
@@ -278,7 +278,8 @@ async def do_fetch(s: IMAPSession, cmd: Command) -> Reply:
         return bad(str(e))
     atts = list(args.atts)
     names = {a.name for a in atts}
-    if is_uid and "UID" not in names:
+    if is_uid and "UID" not in names and not uidonly.active(s):
+        # RFC 3501 §6.4.8; with UIDONLY the UID leads the UIDFETCH response instead.
         atts.insert(0, FetchAtt("UID"))
     if args.changedsince is not None or "MODSEQ" in names:
         s.enable_condstore()  # RFC 7162 §3.1
@@ -347,7 +348,7 @@ async def do_fetch(s: IMAPSession, cmd: Command) -> Reply:
                     expunge_issued = True
                     log.info("imap fetch of message {uid} expunged by another session",
                              uid=uid)
-                segs: list[Segment] = [b"* %d FETCH (" % seq]
+                segs: list[Segment] = [uidonly.fetch_head(s, seq, uid)]
                 first = True
                 for att in atts:
                     if body_gone and att.name in _NEEDS_BODY:
@@ -449,7 +450,7 @@ async def _fetch_meta(s: IMAPSession, view: MailboxView, uids: list[int], atts: 
                 if info is None:
                     continue
                 items.append(b"INTERNALDATE " + response.internaldate(info.internal_date))
-        out += b"* %d FETCH (%s)\r\n" % (seq, b" ".join(items))
+        out += uidonly.fetch_head(s, seq, uid) + b" ".join(items) + b")\r\n"
         if len(out) >= BATCH:
             s.send(bytes(out))
             out.clear()

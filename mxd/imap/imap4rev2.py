@@ -26,4 +26,4 @@ MORE_CAPABILITIES = ("WITHIN", "SAVEDATE", "MULTISEARCH", "CONTEXT=SEARCH", "CON
 
 # ENABLE-able capabilities (RFC 5161 §3.1) in their advertised spelling.
 ENABLABLE = {"CONDSTORE": "CONDSTORE", "QRESYNC": "QRESYNC", "UTF8=ACCEPT": "UTF8=ACCEPT",
-             "IMAP4REV2": "IMAP4rev2"}
+             "IMAP4REV2": "IMAP4rev2", "UIDONLY": "UIDONLY"}  # RFC 9586 (mxd.imap.uidonly)

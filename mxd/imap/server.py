@@ -43,7 +43,7 @@ from twisted.python.failure import Failure as TwFailure
 from zope.interface import implementer
 
 from mxd.clientnet import network_key
-from mxd.imap import appendcmd, context, imap4rev2, searchres
+from mxd.imap import appendcmd, context, imap4rev2, searchres, uidonly
 from mxd.imap.commands import COMMANDS, SYSTEM_FLAGS
 from mxd.imap.deflate import CompressError, DeflateSettings, Inflater
 from mxd.imap.dispatch import (
@@ -303,6 +303,7 @@ class IMAPSession(Protocol):
                      "UTF8=ACCEPT", "SORT", "SORT=DISPLAY", "ESORT", "SEARCHRES",  # RFC 5256, 5957, 5267, 5182
                      "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES",  # RFC 5256
                      "MULTIAPPEND", "CATENATE", "REPLACE", "COMPRESS=DEFLATE",  # RFC 3502, 4469, 8508, 4978
+                     "UIDONLY",  # RFC 9586
                      *imap4rev2.MORE_CAPABILITIES]
             if hasattr(self.store, "get_usage"):
                 caps += ["QUOTA", "QUOTA=RES-STORAGE"]  # RFC 9208
@@ -693,9 +694,10 @@ class IMAPSession(Protocol):
                    done: Deferred[None] | None = None) -> None:
         try:
             try:
-                if self.view is not None:
+                refused = uidonly.refusal(cmd) if uidonly.active(self) else None  # RFC 9586 §3
+                if self.view is not None and refused is None:
                     cmd = searchres.substitute(cmd, self.search_result, self.view.uids)  # RFC 5182 $
-                reply = await spec.handler(self, cmd)
+                reply = refused if refused is not None else await spec.handler(self, cmd)
             finally:
                 if prev is not None and not prev.called:
                     await prev  # replies in command order (RFC 3501 §5.5)
@@ -929,7 +931,7 @@ class IMAPSession(Protocol):
         if not expunged:
             return
         context.removed(self, expunged)  # RFC 5267 §4.3 REMOVEFROM, while seqs hold
-        if "QRESYNC" in self.enabled:
+        if "QRESYNC" in self.enabled or uidonly.active(self):  # RFC 9586 §3.2
             from mxd.imap import response
 
             # RFC 7162 §3.2.10: VANISHED instead of EXPUNGE once QRESYNC is enabled.
@@ -952,7 +954,7 @@ class IMAPSession(Protocol):
             items.insert(0, b"UID %d" % m.uid)
         if "CONDSTORE" in self.enabled:
             items.append(b"MODSEQ (%d)" % m.modseq)
-        return b"%d FETCH (" % seq + b" ".join(items) + b")"
+        return uidonly.fetch_head(self, seq, m.uid)[2:] + b" ".join(items) + b")"
 
 
 class RecentClaims:

@@ -116,3 +116,32 @@ def test_catenate_and_replace_with_imaplib(mxd_server_module: MxdServer) -> None
         assert data[0][1] == newer
     finally:
         c.logout()
+
+
+def test_uidonly_with_imaplib(mxd_server_module: MxdServer) -> None:
+    """ENABLE UIDONLY (RFC 9586): FETCH by number is BAD [UIDREQUIRED], UID FETCH answers
+    UIDFETCH, an expunge by another session comes as VANISHED."""
+    srv = mxd_server_module
+    c = _imaps(srv)
+    other = _imaps(srv)
+    try:
+        c.create("uidonly")
+        for i in range(3):
+            c.append("uidonly", None, None, MSG % (b"u%d" % i, b"x"))
+        typ, caps = c.capability()
+        assert b"UIDONLY" in caps[0].split()
+        r = _raw(c, b"ENABLE UIDONLY")
+        assert b"* ENABLED UIDONLY\r\n" in r, r
+        c.select("uidonly")
+        r = _raw(c, b"FETCH 1 (FLAGS)")
+        assert re.search(rb" BAD \[UIDREQUIRED\] ", r), r
+        r = _raw(c, b"UID FETCH 1:* (FLAGS)")
+        assert re.findall(rb"^\* (\d+) UIDFETCH \(FLAGS ", r, re.M) == [b"1", b"2", b"3"], r
+        other.select("uidonly")
+        other.uid("STORE", "2", "+FLAGS", "(\\Deleted)")
+        other.expunge()
+        r = _raw(c, b"NOOP")
+        assert b"* VANISHED 2\r\n" in r and b"EXPUNGE" not in r, r
+    finally:
+        other.logout()
+        c.logout()
