@@ -76,7 +76,7 @@ def freeze_heap() -> None:
 
 
 def make_store(cfg: Config, reactor: Any) -> Any:
-    from mxd.imap import summary
+    from mxd.imap import preview, summary
     from mxd.store.sqlite import SQLiteStore, StoreSettings
 
     cfg.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -102,6 +102,7 @@ def make_store(cfg: Config, reactor: Any) -> Any:
     else:
         store = SQLiteStore(cfg.data_dir, reactor, settings=settings)
     summary.register(store)  # IMAP's ENVELOPE and SORT/THREAD keys, stored with each message
+    preview.register(store)  # and its PREVIEW (RFC 8970)
     return store
 
 

@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from mxd.imap import message as mimemsg
-from mxd.imap import response, summary, uidonly
+from mxd.imap import preview, response, summary, uidonly
 from mxd.imap.dispatch import Reply, bad, no, ok
 from mxd.imap.envelope import render_envelope
 from mxd.imap.errors import BadSequence
@@ -72,6 +72,7 @@ class _Loader:
         self._data: bytes | None = None  # the whole message, when small (see whole())
         self.envelope: bytes | None = None  # the stored ENVELOPE (summary.ENVELOPE)
         self.saved: datetime | None = None  # RFC 8514 save date, when FETCH asks for it
+        self.preview: bytes | None = None  # the stored PREVIEW (mxd.imap.preview)
 
     def file(self) -> BinaryIO:
         if self._f is None:
@@ -187,6 +188,8 @@ def _render_att(s: IMAPSession, ld: _Loader, seq: int, att: FetchAtt) -> list[Se
         return [b"SAVEDATE " + (b"NIL" if ld.saved is None else response.internaldate(ld.saved))]
     if n == "MODSEQ":
         return [b"MODSEQ (%d)" % m.modseq]
+    if n == "PREVIEW":
+        return [b"PREVIEW " + _preview(ld, att.lazy)]
     if n == "ENVELOPE":
         if ld.envelope is not None and not utf8:
             return [b"ENVELOPE ", ld.envelope]
@@ -322,6 +325,7 @@ async def do_fetch(s: IMAPSession, cmd: Command) -> Reply:
     envelopes: dict[int, bytes] = {}
     ahead: Deferred[dict[int, bytes]] | None = None
     stored_envelopes = "ENVELOPE" in names and not s.utf8
+    previews: dict[int, bytes] = {}  # RFC 8970, as stored; read per PREFETCH messages too
     try:
         state = view.state
         for k, uid in enumerate(uids):
@@ -335,12 +339,15 @@ async def do_fetch(s: IMAPSession, cmd: Command) -> Reply:
                 if k + PREFETCH < len(uids):
                     ahead = Deferred.fromCoroutine(
                         _stored_envelopes(s, view, uids[k + PREFETCH:k + 2 * PREFETCH]))
+            if "PREVIEW" in names and k % PREFETCH == 0:
+                previews = await _stored(s, view, uids[k:k + PREFETCH], preview.KIND)
             seq = view.seq_of(uid)
             m = state.info(uid) if seq is not None else None
             if seq is None or m is None:
                 continue
             ld = _Loader(s, m)
             ld.envelope = envelopes.get(uid)
+            ld.preview = previews.get(uid)
             ld.saved = saved.get(uid)
             try:
                 body_gone = _body_gone(view, uid, ld)
@@ -400,12 +407,35 @@ _META = frozenset({"UID", "FLAGS", "MODSEQ", "RFC822.SIZE", "INTERNALDATE"})
 async def _stored_envelopes(s: IMAPSession, view: MailboxView, uids: list[int]) -> dict[int, bytes]:
     """UID -> stored ENVELOPE of those of ``uids`` that have one ({} if the store fails:
     the envelopes are then rendered from the files)."""
+    return await _stored(s, view, uids, summary.ENVELOPE)
+
+
+async def _stored(s: IMAPSession, view: MailboxView, uids: list[int], kind: str) -> dict[int, bytes]:
+    """UID -> the stored ``kind`` value of those of ``uids`` that have one ({} if the
+    store fails: the values are then computed from the files)."""
     if not uids:
         return {}
     try:
-        return await s.store.get_derived(view.info.id, summary.ENVELOPE, min(uids), max(uids))
+        return await s.store.get_derived(view.info.id, kind, min(uids), max(uids))
     except StoreError:
         return {}
+
+
+def _preview(ld: _Loader, lazy: bool) -> bytes:
+    """RFC 8970 §3.1: the preview as a string; computed from the message when the store
+    has none yet (a message stored before previews were), or NIL under LAZY (§3.2: the
+    server need not compute it now; the store's backfill will)."""
+    v = ld.preview
+    if v is None:
+        cached = ld.s.cache.get("preview", ld.m.blob_id)
+        if cached is None and lazy:
+            return b"NIL"
+        if cached is None:
+            store, blob_id = ld.s.store, ld.m.blob_id
+            cached = preview.derive(lambda n: store.read_blob_head(blob_id, n))[preview.KIND]
+            ld.s.cache.put("preview", ld.m.blob_id, cached)
+        v = cached
+    return response.string(v)
 
 
 async def _fetch_meta(s: IMAPSession, view: MailboxView, uids: list[int], atts: list[FetchAtt],
@@ -463,7 +493,7 @@ async def _fetch_meta(s: IMAPSession, view: MailboxView, uids: list[int], atts: 
 # Items that need the message's file; for a message whose file went with an expunge by
 # another session, sections are NIL (RFC 9051 §7.5.2 nstring) and the others left out.
 _NEEDS_BODY = frozenset({"ENVELOPE", "BODYSTRUCTURE", "BODY", "BINARY", "BINARY.SIZE", "RFC822",
-                         "RFC822.HEADER", "RFC822.TEXT"})
+                         "RFC822.HEADER", "RFC822.TEXT", "PREVIEW"})
 
 
 def _body_gone(view: MailboxView, uid: int, ld: _Loader) -> bool:

@@ -528,6 +528,19 @@ def _fetch_att(r: Reader) -> FetchAtt:
         if name == "BINARY.SIZE":
             return FetchAtt(name, sec)
         return FetchAtt("BINARY", sec, _partial(r), peek=name == "BINARY.PEEK")
+    if name == "PREVIEW":
+        # RFC 8970 §6: "PREVIEW" [SP "(" preview-mod *(SP preview-mod) ")"]
+        lazy = False
+        if r.take(b" ("):
+            while True:
+                mod = r.keyword()
+                if mod != "LAZY":
+                    raise r.error(f"unknown PREVIEW modifier {mod}")
+                lazy = True
+                if r.take(b")"):
+                    break
+                r.sp()
+        return FetchAtt(name, lazy=lazy)
     if name not in _SIMPLE_ATTS or name == "BINARY.SIZE":
         raise r.error(f"unknown fetch item {name}")
     return FetchAtt(name)

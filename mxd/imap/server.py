@@ -307,6 +307,7 @@ class IMAPSession(Protocol):
                      *imap4rev2.MORE_CAPABILITIES]
             if hasattr(self.store, "get_usage"):
                 caps += ["QUOTA", "QUOTA=RES-STORAGE"]  # RFC 9208
+            caps.append("PREVIEW")  # RFC 8970
             if self.factory.shared.metadata is not None:
                 caps.append("METADATA")  # RFC 5464 §1: implies METADATA-SERVER
         return " ".join(caps)

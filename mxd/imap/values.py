@@ -88,6 +88,7 @@ class FetchAtt:
     section: Section | None = None
     partial: tuple[int, int] | None = None  # (offset, length)
     peek: bool = False
+    lazy: bool = False  # RFC 8970 §3.2: PREVIEW (LAZY)
 
 
 @attrs.frozen

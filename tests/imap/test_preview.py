@@ -1,0 +1,93 @@
+"""FETCH PREVIEW (RFC 8970): the preview text of typical messages, stored when the message
+is stored, computed for older messages, NIL under LAZY when not stored; Hypothesis holds
+the generator to its bounds."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mxd.imap import preview
+from mxd.imap.parser import parse_bytes
+from mxd.imap.values import FetchAtt
+from tests.imap.helpers import Conn, make_store
+
+PLAIN = (b"From: a@example.test\r\nSubject: hi\r\n\r\n"
+         b"Hello Bob,\r\n\r\n  how   are you?\r\n")
+HTML = (b"From: a@example.test\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+        b"<html><head><title>T</title><style>p{color:red}</style></head><body>"
+        b"<p>Caf\xc3\xa9 &amp; <b>cake</b></p><!-- hidden --><script>x()</script>"
+        b"<div>tomorrow?</div></body></html>\r\n")
+ALTERNATIVE = (b"From: a@example.test\r\nContent-Type: multipart/mixed; boundary=M\r\n\r\n"
+               b"--M\r\nContent-Type: multipart/alternative; boundary=A\r\n\r\n"
+               b"--A\r\nContent-Type: text/html\r\n\r\n<p>html version</p>\r\n"
+               b"--A\r\nContent-Type: text/plain; charset=iso-8859-1\r\n"
+               b"Content-Transfer-Encoding: quoted-printable\r\n\r\nplain version =E9t=E9\r\n"
+               b"--A--\r\n--M\r\nContent-Type: text/plain\r\nContent-Disposition: attachment\r\n\r\n"
+               b"attached\r\n--M--\r\n")
+ONLY_ATTACHMENT = (b"From: a@example.test\r\nContent-Type: multipart/mixed; boundary=M\r\n\r\n"
+                   b"--M\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+                   + base64.b64encode(b"%PDF") + b"\r\n--M--\r\n")
+
+
+@pytest.mark.parametrize(("raw", "text"), [
+    (PLAIN, "Hello Bob, how are you?"),
+    (HTML, "T Café & cake tomorrow?"),
+    (ALTERNATIVE, "plain version été"),
+    (ONLY_ATTACHMENT, ""),
+    (b"Subject: no body\r\n\r\n", ""),
+    (b"From: a\r\n\r\n" + b"word " * 100, ("word " * 40).strip()),
+])
+def test_preview_text(raw: bytes, text: str) -> None:
+    """The first text part (plain before HTML in an alternative, attachments passed
+    over), decoded, HTML stripped, white space collapsed, at most 200 characters."""
+    assert preview.preview_text(raw) == text
+
+
+def test_parse_preview_items() -> None:
+    """RFC 8970 §6: PREVIEW with an optional (LAZY) modifier; unknown modifiers are BAD."""
+    assert parse_bytes(b"a FETCH 1 (PREVIEW (LAZY) UID)").args.atts == (
+        FetchAtt("PREVIEW", lazy=True), FetchAtt("UID"))
+    assert parse_bytes(b"a FETCH 1 PREVIEW").args.atts == (FetchAtt("PREVIEW"),)
+
+
+def test_fetch_preview_stored_and_lazy() -> None:
+    """A message stored with the deriver registered is answered from the stored value;
+    an older one is computed on FETCH PREVIEW and NIL under PREVIEW (LAZY) (RFC 8970
+    §3.2) until the store's backfill has stored it."""
+    store, acc = make_store()
+    store.put(acc, "INBOX", PLAIN)  # before the deriver: an "older" message
+    preview.register(store)
+    store.put(acc, "INBOX", HTML)
+    c = Conn(store)
+    c.login()
+    assert b" PREVIEW" in c.cmd("a CAPABILITY")
+    c.select()
+    assert c.cmd("a FETCH 1:2 (PREVIEW (LAZY))") == (
+        b"* 1 FETCH (PREVIEW NIL)\r\n"
+        b"* 2 FETCH (PREVIEW {24}\r\nT Caf\xc3\xa9 & cake tomorrow?)\r\n"
+        b"a OK FETCH completed\r\n")
+    assert c.cmd("a UID FETCH 1 (PREVIEW)") == (
+        b'* 1 FETCH (UID 1 PREVIEW "Hello Bob, how are you?")\r\n'
+        b"a OK UID FETCH completed\r\n")
+    store.backfill_derived(10)
+    c2 = Conn(store)
+    c2.login()
+    c2.select()
+    assert b'PREVIEW "Hello Bob, how are you?"' in c2.cmd("a FETCH 1 (PREVIEW (LAZY))")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=3000), st.sampled_from([b"text/plain", b"text/html",
+                                                  b"multipart/alternative; boundary=x"]))
+def test_preview_bounds(body: bytes, ctype: bytes) -> None:
+    """Whatever the body, the preview is at most 200 characters with no control
+    characters, and deriving it never raises."""
+    raw = b"Content-Type: " + ctype + b"\r\n\r\n" + body
+    text = preview.preview_text(raw)
+    assert len(text) <= preview.MAX_CHARS
+    assert all(ch >= " " and ch != "\x7f" for ch in text)
+    assert preview.derive(lambda n: raw[:n])[preview.KIND] == text.encode("utf-8")
