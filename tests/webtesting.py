@@ -34,4 +34,18 @@ def http_request(site: Any, method: str, path: str, *, host: str | None = "127.0
         k, _, v = h.partition(":")
         hdrs[k.strip().lower()] = v.strip()
     proto.connectionLost(None)
+    if hdrs.get("transfer-encoding") == "chunked":
+        content = dechunk(content)
     return int(status_line.split()[1]), hdrs, content
+
+
+def dechunk(data: bytes) -> bytes:
+    """The body of a chunked transfer coding (RFC 9112 §7.1)."""
+    out, pos = b"", 0
+    while True:
+        eol = data.index(b"\r\n", pos)
+        size = int(data[pos:eol].split(b";")[0], 16)
+        if size == 0:
+            return out
+        out += data[eol + 2:eol + 2 + size]
+        pos = eol + 2 + size + 2

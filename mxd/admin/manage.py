@@ -230,13 +230,18 @@ class TLSSupport(Page):
     @async_render
     async def render_GET(self, request: Any) -> bytes:
         html_headers(request)
-        rows = [[_e(d.domain), _e(iso(d.at)), _e(d.mx_host), _yes(d.starttls),
-                 _yes(d.verified), _e(d.policy_type or ""), _yes(d.requiretls),
-                 _e(d.tls_version or ""), _e(d.result_type or "")]
-                for d in await self.ctx.queue.tls_domains(None)]
-        table = _table(["domain", "last delivery", "MX", "STARTTLS", "verified",
-                        "policy", "REQUIRETLS", "TLS", "failure"], rows)
+        table = tls_table(await self.ctx.queue.tls_domains(None))
         return page("TLS support per recipient domain", table, request)
+
+
+def tls_table(domains: list[Any]) -> str:
+    """The support records (``mxd.store.queuedb.DomainTLS``) as an HTML table, escaped;
+    the admin's /tls page and the webmail's settings show it."""
+    rows = [[_e(d.domain), _e(iso(d.at)), _e(d.mx_host), _yes(d.starttls),
+             _yes(d.verified), _e(d.policy_type or ""), _yes(d.requiretls),
+             _e(d.tls_version or ""), _e(d.result_type or "")] for d in domains]
+    return _table(["domain", "last delivery", "MX", "STARTTLS", "verified",
+                   "policy", "REQUIRETLS", "TLS", "failure"], rows)
 
 
 class Reports(Page):

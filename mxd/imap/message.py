@@ -343,7 +343,7 @@ class ParsedMessage:
                     body = decode_cte(body, _cte(e))
                 except UnknownCTE:
                     pass
-                out.append(_decode_charset(body, e.param("charset")))
+                out.append(decode_charset(body, e.param("charset")))
         walk(self.root)
         return out
 
@@ -387,7 +387,9 @@ def decode_cte(body: bytes, cte: str) -> bytes:
     raise UnknownCTE(cte)
 
 
-def _decode_charset(body: bytes, charset: str | None) -> str:
+def decode_charset(body: bytes, charset: str | None) -> str:
+    """``body`` as text in ``charset`` (UTF-8 when the charset is unknown; bad octets
+    replaced)."""
     try:
         return body.decode(charset or "us-ascii", "replace")
     except LookupError:
@@ -404,7 +406,7 @@ def decode_header_value(value: str) -> str:
     out = []
     for text, cs in parts:
         if isinstance(text, bytes):
-            out.append(_decode_charset(text, cs or "utf-8"))
+            out.append(decode_charset(text, cs or "utf-8"))
         else:
             out.append(text)
     return "".join(out)

@@ -3,6 +3,10 @@
 Routes (the first path segment; see ``PAGES``):
   GET  /login, POST /login     the login form; POST /logout ends the session
   GET  /                       mailboxes with message and unseen counts
+  GET  /messages               a mailbox's messages, paged, with search (messages.py)
+  GET  /message[/body|/part]   one message, its sanitised HTML frame, an attachment
+  POST /message/flags          seen/unseen, flag/unflag, delete, move (actions.py)
+  GET  /settings[/tls], POST /settings/password   account settings (settings.py)
   GET  /compose                the compose pages (``mxd.webmail.compose_page``; the message
                                is built by ``mxd.webmail.compose``, sent by ``.submit``)
 """
@@ -21,6 +25,9 @@ from mxd.webmail.compose_page import ComposePage
 from mxd.webmail.context import WebmailContext
 from mxd.webmail.login import Login, Logout
 from mxd.webmail.mailboxes import Mailboxes
+from mxd.webmail.message import MessageView
+from mxd.webmail.messages import MessageList
+from mxd.webmail.settings import Settings
 from mxd.webmail.upload import limited_request
 from mxd.webui import ErrorPage, Redirect, refuse_host, refuse_post, same_origin
 
@@ -32,6 +39,9 @@ log = Logger(namespace="mxd.webmail")
 PAGES: dict[bytes, Callable[[WebmailContext], resource.Resource]] = {
     b"": Mailboxes,
     b"logout": Logout,
+    b"messages": MessageList,
+    b"message": MessageView,
+    b"settings": Settings,
     b"compose": ComposePage,
 }
 

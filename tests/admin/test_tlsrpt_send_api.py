@@ -24,16 +24,6 @@ class _Reporter:
         return succeed((2, 3))
 
 
-def _json(body: bytes) -> object:
-    """The JSON of a chunked response body."""
-    out, rest = b"", body
-    while rest:
-        size, _, rest = rest.partition(b"\r\n")
-        n = int(size, 16)
-        out, rest = out + rest[:n], rest[n + 2:]
-    return json.loads(out)
-
-
 def _admin(tmp_path: Path, hashed: str, reporter: object) -> Admin:
     a = Admin(tmp_path, hashed)
     a.ctx.queue = object()  # the API tree exists only with a queue
@@ -51,7 +41,7 @@ def test_send_reports_the_day_with_the_local_token(tmp_path, hashed):
     auth = {"Authorization": f"Bearer {admin.token}"}
     code, _, body = admin.request("POST", path, headers=auth)
     assert code == 200
-    assert _json(body) == {"day": "2026-12-04", "reports": 2, "deliveries": 3}
+    assert json.loads(body) == {"day": "2026-12-04", "reports": 2, "deliveries": 3}
     assert reporter.days == [datetime(2026, 12, 4, tzinfo=UTC).timestamp()]
     for bad in ("2026-13-01", "yesterday", ""):
         assert admin.request("POST", f"/api/tlsrpt/send?day={bad}", headers=auth)[0] == 400

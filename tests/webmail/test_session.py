@@ -56,7 +56,7 @@ def test_plain_http_login_from_afar_refused_unchecked(world: World) -> None:
     """Credentials over plain HTTP from a non-loopback peer are refused without a check
     (a webmail listener off loopback is HTTPS only; this is the second line)."""
     assert world.login(peer="192.0.2.7")[0] == 403
-    assert world.secrets.lookups == []
+    assert world.lookups == []
 
 
 def test_forged_and_expired_sessions_are_refused(world: World) -> None:

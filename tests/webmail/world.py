@@ -6,9 +6,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
 
-from mxd.sasl.testing import InMemorySecrets, sasl_server_for_tests
+from mxd.directory.local import DirectorySettings, LocalDirectory
+from mxd.sasl.ratelimit import AuthLimiter
+from mxd.sasl.server import SASLServer, SASLSettings
+from mxd.sasl.testing import CHEAP_ITERATIONS, CHEAP_SCRYPT_N
 from mxd.store.interfaces import Delivery, MessageProps
 from mxd.store.testing import MemoryStore
 from mxd.webmail.context import WebmailContext
@@ -23,15 +27,25 @@ class World:
     def __init__(self) -> None:
         self.clock = Clock()
         self.clock.advance(1_000_000)
-        self.secrets = InMemorySecrets()
-        self.secrets.add(ALICE, PASSWORD)
-        self.sasl = sasl_server_for_tests(self.secrets, self.clock)
         self.store = MemoryStore()
-        self.account = self.store.add_account(ALICE, "", [ALICE]).result
-        self.directory: Any = None
-        self.ctx = WebmailContext(clock=self.clock, store=self.store, directory=None,
+        self.directory = LocalDirectory(self.store, DirectorySettings(
+            domains=("example.test",), scram_iterations=CHEAP_ITERATIONS,
+            scrypt_n=CHEAP_SCRYPT_N))
+        self.account = self.directory.add_account(ALICE, PASSWORD, [ALICE]).result
+        self.lookups: list[str] = []
+
+        def lookup(name: str) -> Any:
+            self.lookups.append(name)
+            return self.directory.lookup_secrets(name)
+
+        self.sasl = SASLServer(lookup, SASLSettings(
+            fake_salt_key=b"mxd-test-fake-salt-key-000000000",
+            fake_scram_iterations=CHEAP_ITERATIONS, fake_scrypt_n=CHEAP_SCRYPT_N),
+            AuthLimiter(self.clock), self.clock, "mail.example.test")
+        self.ctx = WebmailContext(clock=self.clock, store=self.store, directory=self.directory,
                                   sasl=self.sasl, hosts=frozenset(["mail.example.test"]),
-                                  session_lifetime=3600, session_idle=600, page_size=3)
+                                  session_lifetime=3600, session_idle=600, page_size=3,
+                                  run_blocking=lambda f: maybeDeferred(f))
         self.site = webmail_site(self.ctx)
 
     def request(self, method: str, path: str, *, cookie: str | None = None,
