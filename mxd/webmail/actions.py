@@ -58,7 +58,8 @@ class Flags(WebmailPage):
             return _refuse(request, 400, "Bad message number.")
         if op not in OPS:
             return _refuse(request, 400, "Unknown action.")
-        back_to_list = arg(request, b"back") == "list" or op in ("delete", "move")
+        # After "mark unread" the list: the message page would mark it read again.
+        back_to_list = arg(request, b"back") == "list" or op in ("delete", "move", "unseen")
         back = mailbox_link(mbox.name) if back_to_list or len(uids) != 1 else message_link(
             mbox.name, uids[0])
         if not uids:

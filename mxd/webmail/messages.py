@@ -98,7 +98,7 @@ class MessageList(WebmailPage):
         key = search_key(query)
         if key is None:
             shown, more = msgs[page * size:(page + 1) * size], len(msgs) > (page + 1) * size
-            total = f"{len(msgs)} messages, {mbox.unseen} unseen"
+            total = f"{len(msgs)} message{'' if len(msgs) == 1 else 's'}, {mbox.unseen} unseen"
         else:
             want = (page + 1) * size + 1
             now = datetime.fromtimestamp(self.ctx.clock.seconds(), UTC)

@@ -32,6 +32,10 @@ def chrome(tmp_path: Path) -> Iterator[Any]:
                 "--disable-background-networking", "--disable-component-update",
                 "--disable-sync", "--metrics-recording-only", "--disable-default-apps",
                 "--host-resolver-rules=MAP evil.example 127.0.0.1",
+                # Sandboxed iframes stay in their parent's process, so that the
+                # performance log (which follows the page's own target only) also shows
+                # the requests made from inside them; sandbox and CSP rules are the same.
+                "--disable-features=IsolateSandboxedIframes",
                 f"--user-data-dir={tmp_path / 'chrome-profile'}"):
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})

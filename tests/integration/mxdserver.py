@@ -31,6 +31,7 @@ PROTOCOLS = {
     "submission_tls12": ("submission", "TLSv1.2"),
     "imap_tls12": ("imap", "TLSv1.2"),
     "admin": ("admin", None),
+    "webmail": ("webmail", None),
 }
 
 
