@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import attrs
@@ -175,6 +176,4 @@ def test_reports_page_lists_dmarc_reports_sent(tmp_path, hashed):
     code, _, body = a.request("GET", "/api/dmarc/sent", headers={
         "Authorization": f"Bearer {a.token}"})
     assert code == 200, body
-    from tests.admin.test_tlsrpt_send_api import _json
-
-    assert _json(body)[0]["report_id"] == HOSTILE  # type: ignore[index]
+    assert json.loads(body)[0]["report_id"] == HOSTILE

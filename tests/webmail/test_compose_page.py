@@ -213,16 +213,6 @@ def test_oversize_upload_refused_before_it_is_read(world: World) -> None:
     assert world.outbound.wakes == 0  # type: ignore[attr-defined]
 
 
-def _json(body: bytes) -> object:
-    """The JSON of a chunked response body."""
-    out, rest = b"", body
-    while rest:
-        size, _, rest = rest.partition(b"\r\n")
-        n = int(size, 16)
-        out, rest = out + rest[:n], rest[n + 2:]
-    return json.loads(out)
-
-
 def test_tls_json_is_the_accounts_own(world: World) -> None:
     """/compose/tls gives, per domain, what this account's last delivery saw."""
     cookie, _ = _login(world)
@@ -230,7 +220,7 @@ def test_tls_json_is_the_accounts_own(world: World) -> None:
         "GET", "/compose/tls?domain=secure.example&domain=Plain.Example&domain=new.example",
         cookie=cookie)
     assert code == 200 and hdrs["content-type"] == "application/json"
-    data: Any = _json(body)
+    data: Any = json.loads(body)
     assert data["secure.example"]["requiretls"] is True
     assert data["secure.example"]["verified"] is True
     assert data["plain.example"]["requiretls"] is False and data["new.example"] is None
