@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 
-from mxd.imap import appendcmd, compress, response, uidonly
+from mxd.imap import appendcmd, compress, imap4rev2, response, uidonly
 from mxd.imap.dispatch import (
     ANY,
     AUTH,
@@ -252,9 +252,9 @@ async def _select(s: IMAPSession, cmd: Command, args: SelectArgs, info: MailboxI
         view.recent.add_above(s.factory.recent.claimed(info.id, info.uidnext - 1))
     s.untagged(b"%d EXISTS" % view.exists)
     if s.rev2:
-        # RFC 9051 §6.3.2: LIST of the mailbox is a required response; RECENT and
-        # OK [UNSEEN] are gone (Appendix E).
-        s.untagged(b'LIST () "/" ' + response.mailbox(info.name, s.utf8))
+        # RFC 9051 §6.3.2: LIST of the mailbox, with accurate attributes, is a required
+        # response; RECENT and OK [UNSEEN] are gone (Appendix E).
+        s.untagged(await imap4rev2.select_list(s, info))
     else:
         s.untagged(b"%d RECENT" % len(view.recent))
         unseen = view.first_unseen()

@@ -80,16 +80,17 @@ def render(tag: str, is_uid: bool, opts: Sequence[str], results: Sequence[int], 
             line += b" MAX %d" % (results[-1] if in_order else max(results))
         if "ALL" in opts:
             line += b" ALL " + (sorted_set(results) if in_order else response.seqset(results))
-    if "COUNT" in opts:
-        line += b" COUNT %d" % len(results)
     if partial is not None and "PARTIAL" in opts:
         # RFC 9394 §3.1: PARTIAL (range set-or-NIL); always present when asked for.
+        # Return data may come in any order (RFC 4731 §3.1); this is Dovecot's.
         window = partial_window(results, partial)
         if not window:
             body = b"NIL"
         else:
             body = sorted_set(window) if in_order else response.seqset(window)
         line += b" PARTIAL (" + partial_range_text(partial) + b" " + body + b")"
+    if "COUNT" in opts:
+        line += b" COUNT %d" % len(results)
     if modseq is not None:
         line += b" MODSEQ %d" % modseq
     return line

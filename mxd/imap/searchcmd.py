@@ -126,8 +126,8 @@ async def do_search(s: IMAPSession, cmd: Command) -> Reply:
     if "UPDATE" in opts:
         context.start(s, cmd.tag, is_uid, args.key, None, [u for _, u, _ in found],
                       args.partial)
-    if opts and set(opts) <= {"UPDATE", "CONTEXT"}:
-        opts = opts + ("ALL",)  # RFC 5267 §4.1: CONTEXT/UPDATE alone return ALL
+    # Only RETURN () means ALL (RFC 4731 §3.1); RETURN (UPDATE) alone asks for the
+    # notifications without a first result (an empty ESEARCH answers it, as Dovecot).
     modseq = None
     if with_modseq and results:
         # RFC 7162 §3.1.5: with ALL or COUNT the highest mod-sequence of all matches;

@@ -273,8 +273,6 @@ async def do_sort(s: IMAPSession, cmd: Command) -> Reply:
         pairs.sort()
         context.start(s, cmd.tag, is_uid, args.key, args.criteria, [u for _, u in pairs],
                       args.partial, [k for k, _ in pairs])
-    if set(opts) <= {"UPDATE", "CONTEXT"}:
-        opts = opts + ("ALL",)
     s.untagged(esearch.render(cmd.tag, is_uid, opts, numbers, partial=args.partial,
                               in_order=True))
     return ok(f"{cmd.name} completed")

@@ -115,6 +115,8 @@ def test_render_rfc_forms_byte_exact() -> None:
     assert esearch.render("E01", True, ("PARTIAL",), [23765, 23767, 23769, 23771],
                           partial=(1, 3)) == \
         b'ESEARCH (TAG "E01") UID PARTIAL (1:3 23765,23767,23769)'
+    assert esearch.render("E04", False, ("COUNT", "PARTIAL"), [1, 2], partial=(1, 1)) == \
+        b'ESEARCH (TAG "E04") PARTIAL (1:1 1) COUNT 2'
     assert esearch.render("E02", True, ("PARTIAL",), [1, 2, 3, 7], partial=(-2, -1)) == \
         b'ESEARCH (TAG "E02") UID PARTIAL (-1:-2 3,7)'
     assert esearch.render("E03", True, ("PARTIAL",), [1, 2], partial=(5, 9)) == \
@@ -179,7 +181,7 @@ def test_rev2_session_answers() -> None:
     assert c.cmd("t1 ENABLE IMAP4rev2") == b"* ENABLED IMAP4rev2\r\nt1 OK ENABLE completed\r\n"
     sel = c.select()
     assert b"RECENT" not in sel and b"UNSEEN" not in sel
-    assert b'* LIST () "/" INBOX\r\n' in sel
+    assert b'* LIST (\\HasNoChildren) "/" INBOX\r\n' in sel, sel
     store.put(acc, "INBOX", MSG2)
     store.put(acc, "INBOX", MSG1, flags=("\\Flagged",))
     noop = c.cmd("n NOOP")
@@ -193,6 +195,10 @@ def test_rev2_session_answers() -> None:
         b'* ESEARCH (TAG "A284")\r\nA284 OK SEARCH completed\r\n'
     assert c.cmd("A285 UID SEARCH ALL") == \
         b'* ESEARCH (TAG "A285") UID ALL 1:3\r\nA285 OK UID SEARCH completed\r\n'
+    # The LIST of SELECT/EXAMINE has the mailbox's attributes (RFC 9051 §6.3.2).
+    c.cmd("c CREATE INBOX/sub")
+    assert b'* LIST (\\HasChildren) "/" INBOX\r\n' in c.cmd("x EXAMINE INBOX")
+    assert b'* LIST (\\HasNoChildren \\Sent) "/" ' in c.cmd("y EXAMINE Sent")
 
 
 def test_rev2_utf8_mailbox_names_and_list() -> None:
@@ -263,7 +269,7 @@ def test_partial_in_search_and_sort() -> None:
     assert c.cmd("E01 UID SEARCH RETURN (PARTIAL 2:3) ALL").startswith(
         b'* ESEARCH (TAG "E01") UID PARTIAL (2:3 2:3)\r\n')
     assert c.cmd("E02 SEARCH RETURN (PARTIAL -1:-2 COUNT) ALL").startswith(
-        b'* ESEARCH (TAG "E02") COUNT 5 PARTIAL (-1:-2 4:5)\r\n')
+        b'* ESEARCH (TAG "E02") PARTIAL (-1:-2 4:5) COUNT 5\r\n')
     assert c.cmd("E03 SEARCH RETURN (PARTIAL 9:10) ALL").startswith(
         b'* ESEARCH (TAG "E03") PARTIAL (9:10 NIL)\r\n')
     assert c.cmd("E04 SORT RETURN (PARTIAL 1:2) (ARRIVAL) UTF-8 ALL").startswith(
@@ -280,7 +286,7 @@ def test_context_search_updates() -> None:
     c = Conn(store)
     c.login()
     c.select()
-    assert c.cmd("B01 UID SEARCH RETURN (UPDATE) UNSEEN") == \
+    assert c.cmd("B01 UID SEARCH RETURN (UPDATE ALL) UNSEEN") == \
         b'* ESEARCH (TAG "B01") UID ALL 1:3\r\nB01 OK UID SEARCH completed\r\n'
     store.put(acc, "INBOX", MSG1)
     store.put(acc, "INBOX", MSG1)
@@ -311,8 +317,12 @@ def test_context_sort_updates_with_positions() -> None:
     c = Conn(store)
     c.login()
     c.select()
-    assert c.cmd("S01 UID SORT RETURN (UPDATE) (SIZE) UTF-8 ALL").startswith(
+    assert c.cmd("S01 UID SORT RETURN (UPDATE ALL) (SIZE) UTF-8 ALL").startswith(
         b'* ESEARCH (TAG "S01") UID ALL 3,2,1\r\n')
+    # UPDATE alone: notifications only, the first answer carries no result data.
+    assert c.cmd("S02 UID SORT RETURN (UPDATE) (SIZE) UTF-8 ALL").startswith(
+        b'* ESEARCH (TAG "S02") UID\r\nS02 OK')
+    c.cmd('c CANCELUPDATE "S02"')
     store.put(acc, "INBOX", MSG1 + b"x" * 15)  # between 3 (10) and 2 (20)
     assert b'* ESEARCH (TAG "S01") UID ADDTO (2 4)\r\n' in c.cmd("n NOOP")
     c.cmd("s STORE 2 +FLAGS.SILENT (\\Deleted)")
