@@ -229,7 +229,7 @@ def test_tls_json_is_the_accounts_own(world: World) -> None:
     world.ctx.directory = _Directory()
     code, _, body = world.request(
         "GET", "/compose/tls?domain=example.test&domain=b%C3%BCcher.example", cookie=cookie)
-    data = _json(body)
+    data = json.loads(body)
     assert data["example.test"]["local"] is True and data["example.test"]["requiretls"]
     assert data["bücher.example"] is None
     assert ("xn--bcher-kva.example", ALICE) in world.ctx.queue.asked
