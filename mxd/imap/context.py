@@ -48,15 +48,26 @@ def stable(key: SearchKey) -> bool:
 
 @attrs.define
 class Context:
-    """One updated search: its members as UIDs (ascending for SEARCH; in sort order,
-    with their sort keys, for SORT)."""
+    """One updated search: its members as UIDs; for SORT also in sort order with their
+    sort keys (``uids``/``keys`` parallel, ``key_of`` by UID), so that a member's
+    position is found by bisection, not by a walk over the result."""
 
     tag: str
     is_uid: bool
     key: SearchKey
     criteria: tuple[tuple[str, bool], ...] | None
-    uids: list[int]
+    members: set[int]
+    uids: list[int] = attrs.field(factory=list)
     keys: list[tuple[Any, ...]] = attrs.field(factory=list)
+    key_of: dict[int, tuple[Any, ...]] = attrs.field(factory=dict)
+
+    @classmethod
+    def sorted(cls, tag: str, is_uid: bool, key: SearchKey,
+               criteria: tuple[tuple[str, bool], ...],
+               pairs: Sequence[tuple[tuple[Any, ...], int]]) -> Context:
+        """A SORT context from (sort key, UID) pairs in sort order."""
+        return cls(tag, is_uid, key, criteria, {u for _, u in pairs}, [u for _, u in pairs],
+                   [k for k, _ in pairs], {u: k for k, u in pairs})
 
 
 # -- pure: notifications from membership changes ---------------------------------------------
@@ -87,26 +98,30 @@ def diff_sort(ctx: Context, removed: Iterable[int],
     Removals are listed from the last position to the first, so each position holds
     when the client applies it; additions from the first final position up, runs of
     neighbours together (RFC 5267 §4.3)."""
-    gone = set(removed)
+    gone = sorted(((ctx.key_of[u], u) for u in set(removed) if u in ctx.members),
+                  reverse=True)
     rem: list[tuple[int, list[int]]] = []
-    for i in range(len(ctx.uids) - 1, -1, -1):
-        if ctx.uids[i] in gone:
-            rem.append((i + 1, [ctx.uids[i]]))
-            del ctx.uids[i]
-            del ctx.keys[i]
-    placed: list[int] = []
+    for k, uid in gone:
+        i = bisect.bisect_left(ctx.keys, k)
+        del ctx.keys[i]
+        del ctx.uids[i]
+        del ctx.key_of[uid]
+        ctx.members.discard(uid)
+        rem.append((i + 1, [uid]))
+    placed: list[tuple[int, int]] = []
     for k, uid in sorted(added):
-        if uid in ctx.uids:
+        if uid in ctx.members:
             continue
         i = bisect.bisect_left(ctx.keys, k)
         ctx.keys.insert(i, k)
         ctx.uids.insert(i, uid)
-        placed.append(uid)
-    new_set = set(placed)
+        ctx.key_of[uid] = k
+        ctx.members.add(uid)
+        placed.append((i, uid))
+    # Inserted in ascending key order, so each later one lands after the earlier ones:
+    # the indexes recorded are final.
     add: list[tuple[int, list[int]]] = []
-    for i, uid in enumerate(ctx.uids):
-        if uid not in new_set:
-            continue
+    for i, uid in placed:
         if add and add[-1][0] + len(add[-1][1]) == i + 1:
             add[-1][1].append(uid)
         else:
@@ -118,7 +133,8 @@ def diff_sort(ctx: Context, removed: Iterable[int],
 
 def start(s: IMAPSession, tag: str, is_uid: bool, key: SearchKey,
           criteria: tuple[tuple[str, bool], ...] | None, uids: list[int],
-          partial: tuple[int, int] | None, keys: list[tuple[Any, ...]] | None = None) -> None:
+          partial: tuple[int, int] | None,
+          keys: Sequence[tuple[Any, ...]] | None = None) -> None:
     """Keep the result of a SEARCH/SORT RETURN (UPDATE), or say why not (RFC 5267 §4.2:
     an untagged ``NO [NOUPDATE "tag"]``, and the result is answered as usual)."""
     contexts: dict[str, Context] = s.contexts
@@ -134,7 +150,11 @@ def start(s: IMAPSession, tag: str, is_uid: bool, key: SearchKey,
     if why is not None:
         s.untagged(b"NO [NOUPDATE " + esearch.quote(tag) + b"] " + why.encode())
         return
-    contexts[tag] = Context(tag, is_uid, key, criteria, list(uids), list(keys or []))
+    if criteria is None:
+        contexts[tag] = Context(tag, is_uid, key, None, set(uids))
+    else:
+        contexts[tag] = Context.sorted(tag, is_uid, key, criteria,
+                                       list(zip(keys or [], uids, strict=True)))
 
 
 def cancel(s: IMAPSession, tag: str) -> None:
@@ -149,9 +169,7 @@ def removed(s: IMAPSession, expunged: Sequence[tuple[int, int]]) -> None:
     seq_of = {uid: seq for seq, uid in expunged}
     for ctx in list(s.contexts.values()):
         if ctx.criteria is None:
-            members = set(ctx.uids)
-            gone, _ = diff_search(members, seq_of, {})
-            ctx.uids = sorted(members)
+            gone, _ = diff_search(ctx.members, seq_of, {})
             if gone:
                 nums = gone if ctx.is_uid else [seq_of[u] for u in gone]
                 for line in esearch.update_lines(ctx.tag, ctx.is_uid, [(0, nums)], []):
@@ -184,9 +202,7 @@ async def touched(s: IMAPSession, uids: Iterable[int]) -> None:
             return
         verdicts = {u: u in hits for u in todo if view.seq_of(u) is not None}
         if ctx.criteria is None:
-            members = set(ctx.uids)
-            gone, added = diff_search(members, (), verdicts)
-            ctx.uids = sorted(members)
+            gone, added = diff_search(ctx.members, (), verdicts)
             rem_items = [(0, gone)] if gone else []
             add_items = [(0, added)] if added else []
         else:
@@ -195,7 +211,7 @@ async def touched(s: IMAPSession, uids: Iterable[int]) -> None:
             joining = []
             for u, hit in verdicts.items():
                 m = view.msgs.get(u)
-                if hit and m is not None and u not in ctx.uids:
+                if hit and m is not None and u not in ctx.members:
                     joining.append((key(sort_item(s, m, u, u)), u))
             rem_items, add_items = diff_sort(ctx, leaving, joining)
         if not ctx.is_uid:

@@ -6,10 +6,11 @@ always in UIDs (§2.1: sequence numbers mean nothing outside the selected mailbo
 Without ``IN`` the selected mailbox is searched.  Mailboxes other than the selected one
 are read from the store (no \\Recent there), one message per work slice as SEARCH does.
 
-Choices the RFC leaves open: a named mailbox that does not exist is passed over (it
-has nothing to match); a mailbox without matches gets no response (§2.1 lets a server
-leave it out), unless it is the only one searched, so that a plain ``ESEARCH`` still
-answers as SEARCH RETURN does; "inboxes" is INBOX, where mxd delivers.
+Unlike SEARCH RETURN, the ESEARCH command answers only for mailboxes with matches
+(§2: a mailbox without any gets no ESEARCH response; as mox does).  Choices the RFC
+leaves open: a named mailbox that does not exist is passed over (it has nothing to
+match); "inboxes" (RFC 5465 §6: where an MDA delivers) is INBOX and Junk, where a
+DMARC quarantine verdict delivers (mxd.msgauth.inbound).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from mxd.imap.search import Candidate, matches
 from mxd.imap.searchcmd import CHARSETS, loaders, save_dates_for, selected_matches
 from mxd.imap.searchres import to_save
 from mxd.imap.values import Command, ESearchArgs, SearchKey
-from mxd.store.interfaces import HIERARCHY_SEPARATOR, MailboxInfo
+from mxd.store.interfaces import HIERARCHY_SEPARATOR, MailboxInfo, SpecialUse
 
 if TYPE_CHECKING:
     from mxd.imap.server import IMAPSession
@@ -43,6 +44,7 @@ def choose(sources: tuple[tuple[str, tuple[str, ...]], ...], boxes: list[Mailbox
                 out.add(selected)
         elif f == "INBOXES":
             out.add("INBOX")
+            out |= {b.name for b in boxes if b.special_use == SpecialUse.JUNK}
         elif f == "PERSONAL":
             out |= names
         elif f == "SUBSCRIBED":
@@ -84,16 +86,16 @@ async def do_esearch(s: IMAPSession, cmd: Command) -> Reply:
     view = s.view
     opts = args.return_opts or ("ALL",)
     only_selected = not args.sources or all(f in _SELECTED for f, _ in args.sources)
-    if not args.sources and view is None:
-        return bad("ESEARCH without IN needs a selected mailbox")
+    if view is None and (not args.sources or any(f in _SELECTED for f, _ in args.sources)):
+        # RFC 7377 §2: no IN, or IN (selected), searches the selected mailbox.
+        return bad("ESEARCH of the selected mailbox needs a selected mailbox")
     if not only_selected and ("SAVE" in opts or "UPDATE" in opts):
         # RFC 7377 §2.2: SAVE (and so the updates that keep a result) only for the
         # selected mailbox.
         return bad("RETURN SAVE and UPDATE need IN (selected)")
     now = datetime.fromtimestamp(s.clock.seconds(), UTC)
     if only_selected:
-        if view is None:
-            return ok("ESEARCH completed")
+        assert view is not None
         targets = [view.info]
     else:
         boxes = await s.store.list_mailboxes(s.account.id)
@@ -117,7 +119,7 @@ async def do_esearch(s: IMAPSession, cmd: Command) -> Reply:
             return bad(str(e))
         shown = tuple(o for o in opts if o not in ("SAVE", "UPDATE", "CONTEXT")) or (
             () if "SAVE" in opts else ("ALL",))
-        if not shown or (not uids and len(targets) > 1):
+        if not shown or not uids:
             continue
         s.untagged(esearch.render(cmd.tag, True, shown, uids, partial=args.partial,
                                   mailbox=response.mailbox(box.name, s.utf8),

@@ -65,8 +65,9 @@ async def selected_matches(s: IMAPSession, key: SearchKey, now: datetime,
     saved = await save_dates_for(s, view.info.id, key, only)
     if s.view is not view:
         return []
+    todo: Iterable[tuple[int, int]]
     if only is None:
-        todo = list(enumerate(view.uids[:], 1))
+        todo = enumerate(view.uids[:], 1)  # lazily: no list per message of a big mailbox
     else:
         todo = [(q, u) for u in sorted(set(only)) if (q := view.seq_of(u)) is not None]
     out = []

@@ -130,12 +130,49 @@ def test_render_rfc_forms_byte_exact() -> None:
 
 def test_diff_sort_positions() -> None:
     """RFC 5267 §4.3: REMOVEFROM from the last position down, ADDTO at final positions."""
-    ctx = context.Context("t", True, SearchKey("ALL"), (("SIZE", False),), [5, 6, 7, 8],
-                          [(10, 5), (20, 6), (30, 7), (40, 8)])
+    ctx = context.Context.sorted("t", True, SearchKey("ALL"), (("SIZE", False),),
+                                 [((10, 5), 5), ((20, 6), 6), ((30, 7), 7), ((40, 8), 8)])
     rem, add = context.diff_sort(ctx, {6, 8}, [((25, 9), 9), ((26, 10), 10), ((1, 11), 11)])
     assert rem == [(4, [8]), (2, [6])]
     assert ctx.uids == [11, 5, 9, 10, 7]
     assert add == [(1, [11]), (3, [9, 10])]
+
+
+@given(st.lists(st.integers(0, 60), unique=True, max_size=25),
+       st.lists(st.tuples(st.sets(st.integers(0, 60), max_size=6),
+                          st.sets(st.integers(0, 60), max_size=6)), max_size=6))
+@settings(max_examples=200)
+def test_sort_notifications_replay_to_the_servers_order(start: list[int],
+                                                        steps: list[tuple[set[int], set[int]]]
+                                                        ) -> None:
+    """A client that applies each REMOVEFROM and ADDTO in order (RFC 5267 §4.3) ends
+    with the server's sorted result, whatever joins and leaves."""
+    def key(u: int) -> tuple[int, int]:
+        return ((u * 7919) % 61, u)  # an order unlike the UIDs'
+
+    ordered = sorted(start, key=key)
+    ctx = context.Context.sorted("t", True, SearchKey("ALL"), (("SIZE", False),),
+                                 [(key(u), u) for u in ordered])
+    client = list(ordered)
+    for leave, join in steps:
+        rem, add = context.diff_sort(ctx, leave, [(key(u), u) for u in join - leave])
+        for pos, uids in rem:
+            assert client[pos - 1:pos - 1 + len(uids)] == uids
+            del client[pos - 1:pos - 1 + len(uids)]
+        for pos, uids in add:
+            client[pos - 1:pos - 1] = uids
+        assert client == ctx.uids == sorted(ctx.members, key=key)
+
+
+@given(st.sets(st.integers(0, 40)), st.sets(st.integers(0, 40)),
+       st.dictionaries(st.integers(0, 40), st.booleans()))
+def test_search_notifications_replay(members: set[int], removed: set[int],
+                                     verdicts: dict[int, bool]) -> None:
+    """For SEARCH: REMOVEFROM then ADDTO turn the client's set into the server's."""
+    client = set(members)
+    server = set(members)
+    gone, added = context.diff_search(server, removed, verdicts)
+    assert client - set(gone) | set(added) == server
 
 
 def test_stable_keys() -> None:
@@ -360,3 +397,28 @@ def test_multisearch() -> None:
         b"t6 OK ESEARCH completed\r\n"
     assert c.cmd("t7 SEARCH $").startswith(b"* SEARCH 1\r\n")
     assert c.cmd("t8 ESEARCH IN (personal) RETURN (SAVE) ALL").startswith(b"t8 BAD")
+    # RFC 7377 §2: no ESEARCH response for a mailbox without matches, none at all here.
+    assert c.cmd("t9 ESEARCH SUBJECT nothing-like-this") == b"t9 OK ESEARCH completed\r\n"
+    # "inboxes": INBOX and Junk, where quarantined mail is delivered.
+    store.put(acc, "Junk", MSG1)
+    out = c.cmd("t10 ESEARCH IN (inboxes) RETURN (COUNT) ALL")
+    assert b"MAILBOX INBOX " in out and b'MAILBOX "Junk" ' in out and b"Archive" not in out
+    c.cmd("u UNSELECT")
+    assert c.cmd("t11 ESEARCH IN (selected) ALL").startswith(b"t11 BAD")
+
+
+@pytest.mark.parametrize("rev2", [False, True])
+def test_binary_fetch_alike_in_both_modes(rev2: bool) -> None:
+    """BINARY (RFC 3516, part of IMAP4rev2, RFC 9051 §6.4.5): decoded content, literal8
+    for content with NUL, BINARY.SIZE, NO [UNKNOWN-CTE]; the same in both modes."""
+    store, acc = make_store()
+    store.put(acc, "INBOX", MSG2)
+    store.put(acc, "INBOX", b"Content-Transfer-Encoding: x-unknown\r\n\r\nzz\r\n")
+    c = Conn(store)
+    c.login()
+    if rev2:
+        c.cmd("E ENABLE IMAP4rev2")
+    c.select()
+    out = c.cmd("f FETCH 1 (BINARY.PEEK[2] BINARY.SIZE[2])")
+    assert out.startswith(b"* 1 FETCH (BINARY[2] ~{4}\r\n\x00\x01\x02\x03 BINARY.SIZE[2] 4)\r\n"), out
+    assert c.cmd("g FETCH 2 (BINARY.PEEK[1])").startswith(b"g NO [UNKNOWN-CTE]")
