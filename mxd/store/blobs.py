@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import collections
 import enum
+import hashlib
 import os
 import re
 import secrets
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
@@ -257,6 +258,14 @@ class BlobFiles:
             return [errors.get(id(w), dir_errors[0]) for w in writers]
         return [errors.get(id(w)) for w in writers]
 
+    def start_durable(self, writers: Iterable[FileBlobWriter]) -> Future[list[BaseException | None]]:
+        """``make_durable`` on a helper thread, so that the caller can commit the rows
+        meanwhile; the Future gives its result.  Writer thread only."""
+        writers = list(writers)
+        with self._lock:
+            executor = self._get_executor()
+        return executor.submit(self.make_durable, writers)
+
     def _each(self, fn: Callable[[T], object], items: list[T]) -> list[BaseException | None]:
         """Call ``fn`` on each item (in parallel when there are several); the errors."""
         def call(item: T) -> BaseException | None:
@@ -357,7 +366,19 @@ class FileBlobWriter:
             self._f = open(self._tmp, "xb")
         self._size = 0
         self._head = bytearray()  # the first HEAD_KEEP octets, for derived data
+        # A digest of the body as written: lets a restart check a body whose fsync ran
+        # alongside its database commit (mxd.store.unsynced).
+        self._digest = hashlib.blake2b(digest_size=16)
         self.state = BlobState.OPEN
+
+    @property
+    def pooled(self) -> bool:
+        """Does the body sit in a pool file (its directory entry durable already)?"""
+        return self._pooled
+
+    @property
+    def digest(self) -> bytes:
+        return self._digest.digest()
 
     @property
     def size(self) -> int:
@@ -378,6 +399,7 @@ class FileBlobWriter:
         if self.state is not BlobState.OPEN or self._f is None:
             raise BlobError(f"blob writer is {self.state.value}, cannot write")
         self._f.write(data)
+        self._digest.update(data)
         if self._size < HEAD_KEEP:
             self._head += data[:HEAD_KEEP - self._size]
         self._size += len(data)

@@ -10,6 +10,11 @@ Points:
 * ``accept.between``: inside ``SQLiteStore.accept``'s transaction, after the local
   copies are written and before the queue rows are (the two halves an older accept path
   committed separately).
+* ``overlap.after_commit``: in the store's writer, right after the COMMIT of rows whose
+  bodies' fsync runs alongside it (mxd.store.unsynced), before that fsync is waited for.
+* ``overlap.body_lost``: the same place, but the bodies' files are first truncated to
+  nothing, as an operating-system crash could leave bodies whose pages were not yet
+  written.
 """
 
 from __future__ import annotations
@@ -21,6 +26,10 @@ EXIT_STATUS = 70
 
 _enabled: frozenset[str] = frozenset(
     n.strip() for n in os.environ.get(ENV, "").split(",") if n.strip())
+
+
+def enabled(name: str) -> bool:
+    return name in _enabled
 
 
 def reach(name: str) -> None:

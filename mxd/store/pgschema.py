@@ -151,6 +151,15 @@ STORE_MIGRATIONS: list[str] = [
     ALTER TABLE messages ADD COLUMN save_date text;
     UPDATE messages SET save_date = internal_date;
     """,
+    # 6: bodies whose fsync ran alongside their commit (mxd.store.unsynced; only the
+    # SQLite writer overlaps them, the table keeps both layouts at one version).
+    """
+    CREATE TABLE unsynced_blobs (
+        blob_id text PRIMARY KEY,
+        size bigint NOT NULL,
+        digest bytea NOT NULL
+    );
+    """,
 ]
 
 QUEUE_MIGRATIONS: list[str] = [

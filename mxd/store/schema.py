@@ -136,6 +136,15 @@ STORE_MIGRATIONS: list[str] = [
     ALTER TABLE messages ADD COLUMN save_date TEXT;
     UPDATE messages SET save_date = internal_date;
     """,
+    # 6: bodies whose fsync ran alongside the commit of their rows, until it finished
+    # (mxd.store.unsynced): checked at the next start after a crash.  An empty table.
+    """
+    CREATE TABLE unsynced_blobs (
+        blob_id TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        digest BLOB NOT NULL
+    ) WITHOUT ROWID;
+    """,
 ]
 
 

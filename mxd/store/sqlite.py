@@ -573,7 +573,9 @@ class SQLiteStore:
                 self._gc(conn, ctx, [w.blob_id])  # nothing references the body: drop it
             return Accepted(tuple(uids), queue_id if outbound is not None else None)
 
-        return self._writer.submit(op, [w])
+        # A body for local mailboxes only may be fsynced alongside the commit
+        # (mxd.store.unsynced); one the queue also sends is durable before it.
+        return self._writer.submit(op, [w], overlap=outbound is None and bool(targets))
 
     def _reactor_seconds(self) -> float:
         seconds = getattr(self._reactor, "seconds", time.time)
@@ -599,7 +601,7 @@ class SQLiteStore:
             ctx.changes.append(MailboxChange(mailbox_id, "exists", (uid,), modseq))
             return uid
 
-        return self._writer.submit(op, [w])
+        return self._writer.submit(op, [w], overlap=True)
 
     def append_many(
         self, mailbox_id: int, items: Sequence[tuple[BlobWriter, frozenset[str], datetime | None]],

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from twisted.logger import Logger
 
+from mxd.store import unsynced
 from mxd.store.blobs import BlobFiles
 from mxd.store.interfaces import StoreError
 from mxd.store.schema import SchemaError, migrate
@@ -108,6 +109,9 @@ class DatabaseOpener:
     def _cleanup(self, conn: sqlite3.Connection) -> None:
         """Remove what a crash may leave: tmp files, unreferenced and orphan bodies."""
         n_tmp = self._files.clean_tmp()
+        # Bodies fsynced alongside their commit when the crash came: kept if intact,
+        # else their (never acknowledged) messages go (mxd.store.unsynced).
+        unsynced.recover(conn, self._files)
         conn.execute("BEGIN IMMEDIATE")
         zero = [r[0] for r in conn.execute("SELECT id FROM blobs WHERE refcount = 0")]
         conn.execute("DELETE FROM blobs WHERE refcount = 0")

@@ -9,10 +9,17 @@ operation that raises is rolled back to its savepoint alone; the others commit. 
 operation's Deferred fires on the reactor thread only after that COMMIT, followed by its
 post-commit work (removing body files whose last reference went away, notifying
 listeners).
+
+An operation submitted with ``overlap=True`` (APPEND, a delivery without an outbound
+part) lets the fsync of its new pooled bodies run on a helper thread *during* the
+transaction instead of before it, recorded in ``unsynced_blobs`` until done
+(mxd.store.unsynced has the recovery argument); its Deferred still fires only once both
+the body and the commit are durable.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
@@ -24,6 +31,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mxd.store import failpoints
+from mxd.store import unsynced as unsynced_mod
 from mxd.store.blobs import BlobFiles, FileBlobWriter
 from mxd.store.interfaces import MailboxChange, StoreError
 
@@ -61,6 +70,7 @@ class _Op(Generic[T]):
     fn: Callable[[sqlite3.Connection, OpContext], T]
     deferred: Deferred[T]
     blobs: Sequence[FileBlobWriter]
+    overlap: bool = False  # the bodies' fsync may run alongside the commit
     ctx: OpContext = attrs.Factory(OpContext)
     error: BaseException | None = None
     result: Any = None
@@ -90,6 +100,9 @@ class Writer:
         self.keep_bodies: Callable[[list[str]], list[str]] = lambda blob_ids: blob_ids
         self.batches = 0  # counters for tests and metrics
         self.ops = 0
+        self.overlapped = 0  # bodies fsynced alongside their commit
+        # Bodies fsynced since their unsynced_blobs entry was written (writer thread).
+        self._synced: list[str] = []
 
     # -- lifecycle (reactor thread) ------------------------------------------------------
     def start(self, connect: Callable[[], sqlite3.Connection]) -> Deferred[None]:
@@ -144,6 +157,7 @@ class Writer:
             conn, self._conn = self._conn, None
             if conn is not None:
                 try:
+                    self._forget_synced(conn)
                     if finish is not None:
                         finish(conn)
                 finally:
@@ -170,9 +184,12 @@ class Writer:
     # -- submitting work (reactor thread) ------------------------------------------------
     def submit(
         self, fn: Callable[[sqlite3.Connection, OpContext], T],
-        blobs: Sequence[FileBlobWriter] = (),
+        blobs: Sequence[FileBlobWriter] = (), *, overlap: bool = False,
     ) -> Deferred[T]:
-        """Run ``fn(conn, ctx)`` in the next batch; fires with its result after COMMIT."""
+        """Run ``fn(conn, ctx)`` in the next batch; fires with its result after COMMIT
+        (and the bodies' fsync).  ``overlap``: the bodies are referenced by message rows
+        only (mxd.store.unsynced may remove those after a crash), so their fsync may run
+        alongside the commit."""
         d: Deferred[T] = Deferred()
         if self._closed:
             for b in blobs:
@@ -181,7 +198,7 @@ class Writer:
             return d
         for b in blobs:
             b.seal()
-        self._pending.append(_Op(fn, d, blobs))
+        self._pending.append(_Op(fn, d, blobs, overlap))
         self._kick()
         return d
 
@@ -246,6 +263,47 @@ class Writer:
         else:
             self._files.unlink(blob_ids)
 
+    def _forget_synced(self, conn: sqlite3.Connection) -> None:
+        """Writer thread: drop the unsynced_blobs entries of bodies fsynced since."""
+        if self._synced:
+            unsynced_mod.forget(conn, self._synced)
+            self._synced = []
+
+    def _finish_overlap(self, conn: sqlite3.Connection, batch: list[_Op[Any]],
+                        ahead: dict[int, FileBlobWriter],
+                        errors: list[BaseException | None]) -> None:
+        """After the commit: the bodies fsynced alongside it are durable, or their
+        committed messages are removed again and their operations fail."""
+        failpoints.reach("overlap.after_commit")
+        if failpoints.enabled("overlap.body_lost"):
+            for w in ahead.values():  # as an OS crash losing the unwritten pages would
+                os.truncate(self._files.path(w.blob_id), 0)
+            failpoints.reach("overlap.body_lost")
+        writers = list(ahead.values())
+        failed = {w.blob_id: e for w, e in zip(writers, errors, strict=True) if e is not None}
+        self.overlapped += len(writers)
+        ok = [w.blob_id for w in writers if w.blob_id not in failed]
+        committed = [op for op in batch if op.error is None]
+        for op in committed:
+            bad = [b for b in (w.blob_id for w in op.blobs if id(w) in ahead) if b in failed]
+            if bad:
+                op.error = StoreError(f"cannot store message body: {failed[bad[0]]}")
+        if not failed:
+            self._synced.extend(ok)
+            return
+        log.error("{n} message bodies could not be made durable: {error}", n=len(failed),
+                  error=next(iter(failed.values())))
+        try:  # undo the committed rows that reference them (mxd.store.unsynced)
+            conn.execute("BEGIN IMMEDIATE")
+            gone = unsynced_mod.remove_bodies(conn, OpContext(), list(failed))
+            conn.execute("COMMIT")
+            self._files.unlink(gone)
+        except sqlite3.Error as e:  # pragma: no cover - a disk failure on top of one
+            log.error("cannot undo messages with failed bodies: {error}", error=e)
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        self._synced.extend(ok)
+
     def _batch_failed(self, f: Failure, batch: list[_Op[Any]]) -> None:  # pragma: no cover
         # _run_batch catches everything; this is a last resort so no Deferred hangs.
         log.failure("store batch failed", f)
@@ -260,28 +318,42 @@ class Writer:
             for op in batch:
                 op.error = StoreClosed("the store is closed")
             return
-        # 1. Bodies: fsync + rename, one directory fsync per directory.
+        # 1. Bodies: fsync + rename, one directory fsync per directory.  New pooled
+        # bodies of operations that allow it are fsynced on a helper thread while the
+        # transaction runs (step 2); the others before it.
         writers: list[tuple[_Op[Any], FileBlobWriter, bool]] = []
         seen: set[int] = set()
         for op in batch:
             for w in op.blobs:
                 writers.append((op, w, not w.durable and id(w) not in seen))
                 seen.add(id(w))
-        if writers:
-            errors = self._files.make_durable([w for _, w, _ in writers])
-            for (op, w, fresh), err in zip(writers, errors, strict=True):
+        strict = {id(w) for op, w, _ in writers if not op.overlap or not w.pooled}
+        ahead = {id(w): w for _, w, fresh in writers if fresh and id(w) not in strict}
+        now = [(op, w, fresh) for op, w, fresh in writers if id(w) not in ahead]
+        if now:
+            errors = self._files.make_durable([w for _, w, _ in now])
+            for (op, w, fresh), err in zip(now, errors, strict=True):
                 if err is not None and op.error is None:
                     op.error = StoreError(f"cannot store message body: {err}")
                 elif fresh and err is None:
                     op.ctx.fresh_blobs.append(w.blob_id)
+        syncing = self._files.start_durable(list(ahead.values())) if ahead else None
+        unsynced: dict[int, list[FileBlobWriter]] = {}  # id(op) -> its bodies in flight
+        for op, w, fresh in writers:
+            if fresh and id(w) in ahead:
+                op.ctx.fresh_blobs.append(w.blob_id)
+                unsynced.setdefault(id(op), []).append(w)
         # 2. One transaction, one savepoint per operation.
         live = [op for op in batch if op.error is None]
         try:
             conn.execute("BEGIN IMMEDIATE")
+            self._forget_synced(conn)
             for op in live:
                 conn.execute("SAVEPOINT op")
                 try:
                     op.result = op.fn(conn, op.ctx)
+                    for w in unsynced.get(id(op), ()):
+                        unsynced_mod.record(conn, w.blob_id, w.size, w.digest)
                     conn.execute("RELEASE op")
                 except BaseException as e:  # noqa: BLE001 - the error goes to its Deferred
                     conn.execute("ROLLBACK TO op")
@@ -303,6 +375,8 @@ class Writer:
             for op in live:
                 if op.error is None:
                     op.error = StoreError(f"database error: {e}")
+        if syncing is not None:
+            self._finish_overlap(conn, batch, ahead, syncing.result())
         # 3. After the commit: remove the bodies of rolled-back operations.  Bodies whose
         # last reference a committed operation dropped go in ``_batch_done``, after the
         # change listeners ran: a listener may hold one that a reader still shows.

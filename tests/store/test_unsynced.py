@@ -1,0 +1,124 @@
+"""Bodies fsynced alongside their commit (mxd.store.unsynced): recorded until durable,
+checked after a crash (intact ones kept, the others' messages removed as by an
+expunge), and a failed body fsync undoes its committed message at once."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mxd.store.blobs import FileBlobWriter
+from mxd.store.interfaces import (
+    Delivery,
+    MessageProps,
+    OutboundMessage,
+    OutboundRecipient,
+    StoreError,
+)
+from tests.store.helpers import open_store
+from tests.store.test_contract import Contract
+
+BODY = b"Subject: overlap\r\n\r\n" + b"x" * 3000 + b"\r\n"
+
+
+def _pool(h: Any) -> None:
+    """Have the body-file pool filled (the first writer comes from tmp/ and starts it)."""
+    h.store.new_blob().abort()
+    assert h.store._files.pooled_ids()
+
+
+def _rows(data: Path, sql: str) -> list[Any]:
+    with sqlite3.connect(data / "mxd.sqlite3") as db:
+        return db.execute(sql).fetchall()
+
+
+def test_append_overlaps_and_its_entry_goes_with_the_next_commit(tmp_path: Path) -> None:
+    """An APPEND's pooled body is fsynced alongside the commit and recorded in
+    unsynced_blobs; the next transaction (or the close) drops the entry.  A delivery
+    with an outbound part does not overlap."""
+    data = tmp_path / "data"
+    h = open_store(data, inline=True)
+    _pool(h)
+    c = Contract(h.store)
+    a = c.account()
+    inbox = c.box(a)
+    c.run(h.store.append(inbox, c.blob(BODY), frozenset()))
+    assert h.store._writer.overlapped == 1
+    assert len(_rows(data, "SELECT blob_id FROM unsynced_blobs")) == 1
+    c.run(h.store.get_mailbox(a, "INBOX"))  # any later transaction
+    assert _rows(data, "SELECT blob_id FROM unsynced_blobs") == []
+    out = OutboundMessage("a@example.test", (OutboundRecipient("x@remote.test"),))
+    c.run(h.store.accept(c.blob(BODY), [Delivery(a)], MessageProps(), out, "q1"))
+    assert h.store._writer.overlapped == 1
+    c.run(h.store.deliver(c.blob(BODY), [Delivery(a)], MessageProps()))
+    assert h.store._writer.overlapped == 2
+    h.close()
+    assert _rows(data, "SELECT blob_id FROM unsynced_blobs") == []
+    assert _rows(data, "SELECT count(*) FROM messages") == [(3,)]
+
+
+def test_restart_keeps_intact_bodies_and_removes_lost_ones(tmp_path: Path) -> None:
+    """As a crash would leave them: two entries, one body intact, one truncated (its
+    pages lost).  The next open keeps the first, removes the second's messages (both
+    copies) with a VANISHED record and its file, and empties the table."""
+    data = tmp_path / "data"
+    h = open_store(data, inline=True)
+    c = Contract(h.store)
+    a = c.account()
+    inbox, trash = c.box(a), c.box(a, "Trash")
+    good_body, lost_body = BODY, BODY.replace(b"overlap", b"lost")
+    c.run(h.store.append(inbox, c.blob(good_body), frozenset()))
+    c.run(h.store.append(inbox, c.blob(lost_body), frozenset()))
+    c.run(h.store.copy(inbox, [2], trash))
+    blobs = dict(_rows(data, "SELECT uid, blob_id FROM messages WHERE mailbox_id = %d" % inbox))
+    h.close()
+    with sqlite3.connect(data / "mxd.sqlite3") as db:
+        for blob_id, body in ((blobs[1], good_body), (blobs[2], lost_body)):
+            db.execute("INSERT INTO unsynced_blobs VALUES (?, ?, ?)",
+                       (blob_id, len(body), hashlib.blake2b(body, digest_size=16).digest()))
+    lost = h.store.blob_path(blobs[2])
+    lost.write_bytes(b"")
+    h = open_store(data, inline=True)
+    try:
+        c = Contract(h.store)
+        assert [m.uid for m in c.run(h.store.list_messages(inbox))] == [1]
+        assert c.run(h.store.list_messages(trash)) == []
+        assert c.run(h.store.list_vanished(inbox)) == [2]
+        assert c.run(h.store.list_vanished(trash)) == [1]
+        assert h.store.read_blob_head(blobs[1], 10_000) == good_body
+        assert not lost.exists()
+        assert _rows(data, "SELECT * FROM unsynced_blobs") == []
+    finally:
+        h.close()
+
+
+def test_a_failed_body_fsync_undoes_the_committed_message(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The body's fsync fails after the rows committed: the APPEND fails, its message
+    is gone again (no row, no entry), and the next APPEND works."""
+    data = tmp_path / "data"
+    h = open_store(data, inline=True)
+    _pool(h)
+    try:
+        c = Contract(h.store)
+        a = c.account()
+        inbox = c.box(a)
+        real = FileBlobWriter._sync
+
+        def failing(self: FileBlobWriter) -> None:
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(FileBlobWriter, "_sync", failing)
+        assert isinstance(c.fail(h.store.append(inbox, c.blob(BODY), frozenset())), StoreError)
+        monkeypatch.setattr(FileBlobWriter, "_sync", real)
+        assert c.run(h.store.list_messages(inbox)) == []
+        assert _rows(data, "SELECT count(*) FROM blobs") == [(0,)]
+        assert c.run(h.store.append(inbox, c.blob(BODY), frozenset())) == 2
+        assert _rows(data, "SELECT count(*) FROM unsynced_blobs") == [(1,)]
+    finally:
+        h.close()
+    assert _rows(data, "SELECT count(*) FROM unsynced_blobs") == [(0,)]
