@@ -210,8 +210,10 @@ class PGRunner:
 
     # -- submitting work (reactor thread) ------------------------------------------------
     def submit(self, fn: Callable[[Any, OpContext], T],
-               blobs: Sequence[FileBlobWriter] = ()) -> Deferred[T]:
-        """Run ``fn(conn, ctx)`` in a transaction; fires with its result after COMMIT."""
+               blobs: Sequence[FileBlobWriter] = (), *, overlap: bool = False) -> Deferred[T]:
+        """Run ``fn(conn, ctx)`` in a transaction; fires with its result after COMMIT.
+        ``overlap`` is the SQLite writer's (mxd.store.unsynced): here bodies are always
+        durable before the transaction."""
         d: Deferred[T] = Deferred()
         if self._closed:
             for b in blobs:
