@@ -133,12 +133,32 @@ def header_text(raw: str) -> str:
 
 def _first_address(h: Message, name: str) -> Address | None:
     for v in raw_all(h, name):
-        if not v.isascii():
-            v = v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        for e in parse_address_list(unfold(v)):
-            if isinstance(e, Address):
-                return e
+        a = _first_in(v)
+        if a is not None:
+            return a
     return None
+
+
+@lru_cache(maxsize=4096)
+def _first_in(v: str) -> Address | None:
+    # Address lists repeat across messages (the owner in To, a list in From): parsed
+    # once per distinct value.  Address is immutable.
+    if not v.isascii():
+        v = v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    for e in parse_address_list(unfold(v)):
+        if isinstance(e, Address):
+            return e
+    return None
+
+
+def header_sort_keys(h: Message) -> tuple[str, str, str, str, str, str]:
+    """The header parts of SortData: base subject (casemapped), first From, To and Cc
+    mailbox, and the display names of From and To (RFC 5256 §3, RFC 5957 §3)."""
+    subj = raw_all(h, "Subject")
+    subject = casemap(base_subject(header_text(subj[0]))) if subj else ""
+    frm, to, cc = _first_address(h, "From"), _first_address(h, "To"), _first_address(h, "Cc")
+    return (subject, _mailbox_key(frm), _mailbox_key(to), _mailbox_key(cc),
+            _display_key(frm), _display_key(to))
 
 
 def _mailbox_key(a: Address | None) -> str:
@@ -188,12 +208,8 @@ def header_date(h: Message) -> float | None:
 
 
 def sort_data(seq: int, uid: int, internal: datetime, size: int, h: Message) -> SortData:
-    subj = raw_all(h, "Subject")
-    subject = casemap(base_subject(header_text(subj[0]))) if subj else ""
-    frm, to, cc = _first_address(h, "From"), _first_address(h, "To"), _first_address(h, "Cc")
-    return SortData(seq, uid, internal.timestamp(), sent_date(h, internal), size, subject,
-                    _mailbox_key(frm), _mailbox_key(to), _mailbox_key(cc),
-                    _display_key(frm), _display_key(to))
+    return SortData(seq, uid, internal.timestamp(), sent_date(h, internal), size,
+                    *header_sort_keys(h))
 
 
 # --- ordering -------------------------------------------------------------------------------

@@ -18,14 +18,11 @@ The format of a value is fixed by its kind name: change it only under a new name
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
-
-import attrs
 
 from mxd.imap import message as mimemsg
 from mxd.imap.envelope import render_envelope
 from mxd.imap.messagecache import read_header
-from mxd.imap.sort import SortData, header_date, sort_data
+from mxd.imap.sort import SortData, header_date, header_sort_keys
 from mxd.imap.thread import ThreadData, thread_data
 from mxd.store.interfaces import IMailStore, ReadHead
 
@@ -37,13 +34,12 @@ DERIVER = "imap"
 # The Date header (None: use the internal date) and the header parts of SortData and
 # ThreadData; their other fields (seq, uid, dates, size) are filled by the reader.
 HeaderKeys = tuple[float | None, SortData, ThreadData]
-_EPOCH = datetime.fromtimestamp(0, UTC)
 
 
 def header_keys(header: bytes) -> HeaderKeys:
     h = mimemsg.parse_headers(header)
     # The per-message fields are the reader's: zero here, as decode_keys gives them.
-    return (header_date(h), attrs.evolve(sort_data(0, 0, _EPOCH, 0, h), arrival=0.0, sent=0.0),
+    return (header_date(h), SortData(0, 0, 0.0, 0.0, 0, *header_sort_keys(h)),
             thread_data(0, 0, 0.0, h))
 
 

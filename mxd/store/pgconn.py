@@ -210,10 +210,12 @@ class PGRunner:
 
     # -- submitting work (reactor thread) ------------------------------------------------
     def submit(self, fn: Callable[[Any, OpContext], T],
-               blobs: Sequence[FileBlobWriter] = (), *, overlap: bool = False) -> Deferred[T]:
+               blobs: Sequence[FileBlobWriter] = (), *, overlap: bool = False,
+               prepare: Callable[[OpContext], None] | None = None) -> Deferred[T]:
         """Run ``fn(conn, ctx)`` in a transaction; fires with its result after COMMIT.
-        ``overlap`` is the SQLite writer's (mxd.store.unsynced): here bodies are always
-        durable before the transaction."""
+        ``overlap`` and ``prepare`` are the SQLite writer's (mxd.store.unsynced): here
+        bodies are always durable before the transaction, and an operation does its
+        own work inside it."""
         d: Deferred[T] = Deferred()
         if self._closed:
             for b in blobs:

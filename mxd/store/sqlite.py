@@ -304,9 +304,23 @@ class SQLiteStore:
 
     def _derive_new(self, conn: sqlite3.Connection, ctx: OpContext, w: FileBlobWriter) -> None:
         # Writer thread, in the storing transaction: a body new to this operation (not
-        # one shared with an earlier call) gets its values with its first message row.
-        if self._derivers and w.blob_id in ctx.fresh_blobs:
+        # one shared with an earlier call) gets its values with its first message row,
+        # computed before the transaction (_prepare_derived) when the runner did that.
+        if w.blob_id in ctx.derived:
+            derived.store(conn, w.blob_id, ctx.derived.pop(w.blob_id))
+        elif self._derivers and w.blob_id in ctx.fresh_blobs:
             derived.derive(conn, w.blob_id, w.read_head, list(self._derivers.values()))
+
+    def _prepare_derived(self, w: FileBlobWriter) -> Callable[[OpContext], None]:
+        def prepare(ctx: OpContext) -> None:
+            if not self._derivers or w.blob_id not in ctx.fresh_blobs:
+                return
+            values: dict[str, bytes] = {}
+            for d in list(self._derivers.values()):
+                values.update(derived.run(d, w.blob_id, w.read_head))
+            ctx.derived[w.blob_id] = values
+
+        return prepare
 
     def get_derived(self, mailbox_id: int, kind: str, first_uid: int = 1,
                     last_uid: int = 0xFFFFFFFF) -> Deferred[dict[int, bytes]]:
@@ -575,7 +589,8 @@ class SQLiteStore:
 
         # A body for local mailboxes only may be fsynced alongside the commit
         # (mxd.store.unsynced); one the queue also sends is durable before it.
-        return self._writer.submit(op, [w], overlap=outbound is None and bool(targets))
+        return self._writer.submit(op, [w], overlap=outbound is None and bool(targets),
+                                   prepare=self._prepare_derived(w) if targets else None)
 
     def _reactor_seconds(self) -> float:
         seconds = getattr(self._reactor, "seconds", time.time)
@@ -601,7 +616,7 @@ class SQLiteStore:
             ctx.changes.append(MailboxChange(mailbox_id, "exists", (uid,), modseq))
             return uid
 
-        return self._writer.submit(op, [w], overlap=True)
+        return self._writer.submit(op, [w], overlap=True, prepare=self._prepare_derived(w))
 
     def append_many(
         self, mailbox_id: int, items: Sequence[tuple[BlobWriter, frozenset[str], datetime | None]],

@@ -63,6 +63,9 @@ class OpContext:
     changes: list[MailboxChange] = attrs.Factory(list)
     # Bodies made durable for this operation alone: removed again if it rolls back.
     fresh_blobs: list[str] = attrs.Factory(list)
+    # Derived data computed by the operation's ``prepare``, outside the transaction:
+    # body id -> {kind: value} (mxd.store.derived).
+    derived: dict[str, dict[str, bytes]] = attrs.Factory(dict)
 
 
 @attrs.define(eq=False)
@@ -71,6 +74,7 @@ class _Op(Generic[T]):
     deferred: Deferred[T]
     blobs: Sequence[FileBlobWriter]
     overlap: bool = False  # the bodies' fsync may run alongside the commit
+    prepare: Callable[[OpContext], None] | None = None  # runs before the transaction
     ctx: OpContext = attrs.Factory(OpContext)
     error: BaseException | None = None
     result: Any = None
@@ -185,11 +189,13 @@ class Writer:
     def submit(
         self, fn: Callable[[sqlite3.Connection, OpContext], T],
         blobs: Sequence[FileBlobWriter] = (), *, overlap: bool = False,
+        prepare: Callable[[OpContext], None] | None = None,
     ) -> Deferred[T]:
         """Run ``fn(conn, ctx)`` in the next batch; fires with its result after COMMIT
         (and the bodies' fsync).  ``overlap``: the bodies are referenced by message rows
         only (mxd.store.unsynced may remove those after a crash), so their fsync may run
-        alongside the commit."""
+        alongside the commit.  ``prepare(ctx)`` runs first, outside the transaction
+        (while the bodies' fsync runs): CPU work whose result ``fn`` only stores."""
         d: Deferred[T] = Deferred()
         if self._closed:
             for b in blobs:
@@ -198,7 +204,7 @@ class Writer:
             return d
         for b in blobs:
             b.seal()
-        self._pending.append(_Op(fn, d, blobs, overlap))
+        self._pending.append(_Op(fn, d, blobs, overlap, prepare))
         self._kick()
         return d
 
@@ -343,6 +349,12 @@ class Writer:
             if fresh and id(w) in ahead:
                 op.ctx.fresh_blobs.append(w.blob_id)
                 unsynced.setdefault(id(op), []).append(w)
+        for op in batch:  # CPU work of the operations, while the bodies' fsync runs
+            if op.prepare is not None and op.error is None:
+                try:
+                    op.prepare(op.ctx)
+                except Exception as e:  # noqa: BLE001 - the error goes to its Deferred
+                    op.error = e
         # 2. One transaction, one savepoint per operation.
         live = [op for op in batch if op.error is None]
         try:

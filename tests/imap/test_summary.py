@@ -7,14 +7,16 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime
 
+import attrs
 from hypothesis import given
 from hypothesis import strategies as st
 
 from mxd.imap import summary
 from mxd.imap.envelope import render_envelope
+from mxd.imap.message import parse_headers
 from mxd.imap.messagecache import read_header
-from mxd.imap.sort import SortData
-from mxd.imap.thread import ThreadData
+from mxd.imap.sort import SortData, header_date, sort_data
+from mxd.imap.thread import ThreadData, thread_data
 from tests.imap.helpers import Conn, make_store
 
 _text = st.text(max_size=30)
@@ -52,7 +54,12 @@ def test_derive_equals_the_header_path() -> None:
         values = summary.derive(lambda n, m=m: m[:n])
         header = read_header(lambda n, m=m: m[:n])
         assert values[summary.ENVELOPE] == render_envelope(header, False)
-        assert summary.decode_keys(values[summary.KEYS]) == summary.header_keys(header)
+        date, sd, td = summary.decode_keys(values[summary.KEYS])
+        h = parse_headers(header)
+        assert date == header_date(h)
+        full = sort_data(0, 0, datetime.fromtimestamp(0, UTC), 0, h)
+        assert attrs.evolve(full, sent=0.0) == sd
+        assert thread_data(0, 0, 0.0, h) == td
 
 
 def _random_messages(n: int, seed: int) -> list[bytes]:
