@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 
 from tests.integration.mxdserver import MxdServer
+from tests.integration.test_imap_vs_dovecot import DOVECOT_PASSWORD, DOVECOT_USER, dovecot
 from tests.integration.tools import require_tool
 
 pytestmark = pytest.mark.integration
+__all__ = ["dovecot"]
 
 imaplib.Commands.setdefault("COMPRESS", ("AUTH", "SELECTED"))  # imaplib does not know it
 
@@ -177,3 +179,38 @@ SyncState *
     typ, data = c.search(None, "SUBJECT", "z-up")
     assert typ == "OK" and len(data[0].split()) == 1
     c.logout()
+
+
+def _compress_transcript(port: int, ca: Path, user: str, password: str) -> list[bytes]:
+    """Statuses of COMPRESS before login, with a bad mechanism, the real one, and once
+    more inside the compressed session."""
+    ctx = ssl.create_default_context(cafile=str(ca))
+    c = DeflateIMAP("127.0.0.1", port, ssl_context=ctx, timeout=15)
+    out = []
+    for tag, data in ((b"p1", b"COMPRESS DEFLATE"),):
+        c.send(tag + b" " + data + b"\r\n")
+        out.append(c.readline())
+    c.login(user, password)
+    c.send(b"p2 COMPRESS BOGUS\r\n")
+    out.append(c.readline())
+    c.compress()
+    for tag, data in ((b"p3", b"COMPRESS DEFLATE"), (b"p4", b"NOOP")):
+        c.send(tag + b" " + data + b"\r\n")
+        while not (line := c.readline()).startswith(tag):
+            pass
+        out.append(line)
+    c.logout()
+    return out
+
+
+def test_compress_answers_as_dovecot(dovecot: int, mxd_server_module: MxdServer) -> None:
+    """Dovecot 2.3 with imap_zlib and mxd alike: BAD before login (COMPRESS is a
+    command-auth, RFC 4978 §5), OK and then a working compressed session.  Where the RFC
+    decides otherwise than Dovecot: RFC 4978 §3 lists BAD for "invalid or unknown
+    argument, or COMPRESS already active"; Dovecot answers NO to both, mxd BAD."""
+    srv = mxd_server_module
+    dov = _compress_transcript(dovecot, srv.ca_file, DOVECOT_USER, DOVECOT_PASSWORD)
+    mxd = _compress_transcript(srv.ports["imaps"], srv.ca_file, srv.user, srv.password)
+    status = [[x.split(b" ")[1] for x in t] for t in (dov, mxd)]
+    assert status[0] == [b"BAD", b"NO", b"NO", b"OK"], dov
+    assert status[1] == [b"BAD", b"BAD", b"BAD", b"OK"], mxd

@@ -96,6 +96,9 @@ userdb {{
 }}
 mail_location = maildir:~/Maildir
 first_valid_uid = 1
+protocol imap {{
+  mail_plugins = $mail_plugins imap_zlib
+}}
 service imap-login {{
   inet_listener imap {{
     port = 0
