@@ -668,6 +668,9 @@ class IMAPSession(Protocol):
             self._bad(cmd.tag, f"Unknown command {cmd.name}")
             return
         if self.state not in spec.states:
+            for p in raw.parts:  # REPLACE outside the selected state: drop its body
+                if isinstance(p, BlobLiteral):
+                    p.sink.abort()
             self._bad(cmd.tag, f"{cmd.name} not allowed in the {self.state} state")
             return
         self._set_reading(False)

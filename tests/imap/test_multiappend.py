@@ -272,10 +272,12 @@ def test_replace_failures_keep_the_original() -> None:
 
 
 def test_replace_needs_a_selected_mailbox() -> None:
+    """Refused by state, and the body it streamed to a file is dropped (before: kept)."""
     store, _ = make_store()
-    c = Conn(store)
+    c = Conn(store, settings=IMAPServerSettings(append_memory=10))
     c.login()
-    assert c.cmd(b"a REPLACE 1 INBOX {3+}\r\nabc").startswith(b"a BAD")
+    assert c.cmd(b"a REPLACE 1 INBOX {30+}\r\nSubject: x\r\n\r\n0123456789abcdef").startswith(b"a BAD")
+    assert store.aborted_blobs == 1
 
 
 def test_capabilities_after_login() -> None:
