@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from twisted.internet.defer import Deferred
 
 from mxd.imap import response
-from mxd.imap.appendsyntax import AppendMessage, MultiAppendArgs, ReplaceArgs, literal_tally
+from mxd.imap.appendsyntax import AppendMessage, MultiAppendArgs, ReplaceArgs
 from mxd.imap.catenate import CatenateRefused, SpoolSink, assemble
 from mxd.imap.dispatch import Reply, bad, no, ok
 from mxd.imap.errors import BadSequence, FramingError
@@ -42,25 +42,24 @@ def choose_sink(s: IMAPSession, parts: tuple[Part, ...], size: int) -> LiteralSi
     """Where an APPEND or REPLACE literal goes, or False when it is the mailbox name
     (ordinary literal limits apply).  Raises FramingError (a tagged NO) when the
     literal would break a limit, before any of its octets is accepted."""
-    t = literal_tally(parts)
-    role, index, sizes, in_memory = t.role, t.index, t.sizes, t.in_memory
-    if role == "mailbox":
+    t = s.literal_counter.tally(parts)
+    if t.role == "mailbox":
         return False
     st = s.settings
-    if index >= MAX_MULTIAPPEND:
+    if t.index >= MAX_MULTIAPPEND:
         raise _refuse(f"[LIMIT] At most {MAX_MULTIAPPEND} messages in one APPEND")
-    if sizes.get(index, 0) + size > st.append_limit:
+    if t.message_octets + size > st.append_limit:
         raise _refuse(f"[TOOBIG] Message larger than APPENDLIMIT {st.append_limit}")
     if s.usage is not None:
         used, limit = s.usage
-        if limit is not None and used + sum(sizes.values()) + size > limit:
+        if limit is not None and used + t.total_octets + size > limit:
             # Another session may have freed space since: look again for next time.
             s.clock.callLater(0, lambda: Deferred.fromCoroutine(s.refresh_usage()))
             raise _refuse("[OVERQUOTA] The message would exceed the quota")
     # In-memory literals count against the command's size limit (the framer's
     # max_command): beyond half of it, or append_memory per literal, they are spooled.
-    if size > st.append_memory or in_memory + size > st.max_command // 2:
-        return SpoolSink(st.append_memory) if role == "text" else s.store.new_blob()
+    if size > st.append_memory or t.in_memory + size > st.max_command // 2:
+        return SpoolSink(st.append_memory) if t.role == "text" else s.store.new_blob()
     return None
 
 

@@ -159,55 +159,81 @@ _CATENATE_RE = re.compile(rb"(?:^| )CATENATE \(", re.IGNORECASE)
 
 @attrs.frozen
 class LiteralTally:
-    """What ``literal_tally`` found: the role and message index of the literal being
-    announced, and the octets of each message (and in memory) before it."""
+    """What ``LiteralCounter`` found: the role and message index of the literal being
+    announced, the octets its message has had so far, of all messages, and in memory."""
 
     role: str  # "mailbox" | "message" | "text"
     index: int
-    sizes: dict[int, int]
+    message_octets: int
+    total_octets: int
     in_memory: int
 
 
-def literal_tally(parts: tuple[Part, ...]) -> LiteralTally:
+class LiteralCounter:
     """What a literal of an APPEND or REPLACE announced after ``parts`` is: "mailbox"
     (the mailbox name as a literal), "message" (the data of message ``index``) or "text"
-    (a CATENATE TEXT part of message ``index``, RFC 4469 §5), with the octets each
-    message has had so far.  The session counts each message against APPENDLIMIT and
-    the command's total against the quota with it, before any octet of the literal is
-    accepted.  One pass over the line text between literals; input that is not valid
-    syntax may be counted oddly, and the parser refuses it later."""
-    sizes: dict[int, int] = {}
-    in_memory = 0
-    if not parts:
-        return LiteralTally("message", 0, sizes, 0)
-    first = parts[0]
-    mailbox_pending = isinstance(first, bytes) and _HEAD_RE.match(first) is not None
-    messages = 0  # messages begun so far
-    in_catenate = False
-    prev = b""
-    for p in parts:
+    (a CATENATE TEXT part of message ``index``, RFC 4469 §5), with the octets so far.
+    The session counts each message against APPENDLIMIT and the command's total against
+    the quota with it, before any octet of the literal is accepted.
+
+    Incremental: the parts of one command only grow, and each is looked at once (a
+    MULTIAPPEND of a thousand messages costs a thousand steps, not a million).  Only the
+    line text between literals is read; input that is not valid syntax may be counted
+    oddly, and the parser refuses it later."""
+
+    def __init__(self) -> None:
+        self._first: object = None
+        self._seen = 0
+        self._mailbox_pending = False
+        self._messages = 0  # messages begun so far
+        self._in_catenate = False
+        self._prev = b""
+        self._sizes: dict[int, int] = {}
+        self._total = 0
+        self._in_memory = 0
+
+    def tally(self, parts: tuple[Part, ...]) -> LiteralTally:
+        if not parts:
+            return LiteralTally("message", 0, 0, 0, 0)
+        if parts[0] is not self._first or len(parts) < self._seen:
+            self.__init__()  # type: ignore[misc]  # a new command
+            self._first = parts[0]
+            first = parts[0]
+            self._mailbox_pending = isinstance(first, bytes) and _HEAD_RE.match(first) is not None
+        for p in parts[self._seen:]:
+            self._step(p)
+        self._seen = len(parts)
+        last = parts[-1] if isinstance(parts[-1], bytes) else b""
+        if self._mailbox_pending:
+            return LiteralTally("mailbox", 0, 0, self._total, self._in_memory)
+        if self._in_catenate and _TEXT_RE.search(last):
+            i = self._messages - 1
+            return LiteralTally("text", i, self._sizes.get(i, 0), self._total, self._in_memory)
+        return LiteralTally("message", self._messages, 0, self._total, self._in_memory)
+
+    def _step(self, p: Part) -> None:
         if isinstance(p, bytes):
             if _CATENATE_RE.search(p):
-                messages += 1
-                in_catenate = True
-            prev = p
-            continue
-        if mailbox_pending:
-            mailbox_pending = False
-            continue
-        if not (in_catenate and _TEXT_RE.search(prev)):
-            messages += 1
-            in_catenate = False
+                self._messages += 1
+                self._in_catenate = True
+            self._prev = p
+            return
+        if self._mailbox_pending:
+            self._mailbox_pending = False
+            return
+        if not (self._in_catenate and _TEXT_RE.search(self._prev)):
+            self._messages += 1
+            self._in_catenate = False
         n = p.size if isinstance(p, BlobLiteral) else len(p.data)
-        sizes[messages - 1] = sizes.get(messages - 1, 0) + n
+        i = self._messages - 1
+        self._sizes[i] = self._sizes.get(i, 0) + n
+        self._total += n
         if isinstance(p, Literal):
-            in_memory += n
-    last = parts[-1] if isinstance(parts[-1], bytes) else b""
-    if mailbox_pending:
-        return LiteralTally("mailbox", 0, sizes, in_memory)
-    if in_catenate and _TEXT_RE.search(last):
-        return LiteralTally("text", messages - 1, sizes, in_memory)
-    return LiteralTally("message", messages, sizes, in_memory)
+            self._in_memory += n
+
+
+def literal_tally(parts: tuple[Part, ...]) -> LiteralTally:
+    return LiteralCounter().tally(parts)
 
 
 def literal_role(parts: tuple[Part, ...]) -> tuple[str, int]:

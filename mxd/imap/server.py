@@ -44,6 +44,7 @@ from zope.interface import implementer
 
 from mxd.clientnet import network_key
 from mxd.imap import appendcmd, context, imap4rev2, searchres, uidonly
+from mxd.imap.appendsyntax import LiteralCounter
 from mxd.imap.commands import COMMANDS, SYSTEM_FLAGS
 from mxd.imap.deflate import CompressError, DeflateSettings, Inflater
 from mxd.imap.dispatch import (
@@ -147,6 +148,7 @@ class IMAPSession(Protocol):
         self.view: MailboxView | None = None
         self.enabled: set[str] = set()
         self.deflate: Inflater | None = None  # RFC 4978: input inflater once COMPRESS is on
+        self.literal_counter = LiteralCounter()  # sizes of APPEND literals (appendcmd)
         self._inflating = False
         self.contexts: dict[str, Any] = {}  # RFC 5267 §4: updated searches by tag
         self.context_touched: set[int] = set()  # UIDs this session's STOREs changed

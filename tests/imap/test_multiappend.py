@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.defer import succeed
@@ -365,3 +366,29 @@ def test_multiappend_roundtrip(bodies: list[bytes]) -> None:
     got = [cmd.args.message.data] if isinstance(cmd.args, AppendArgs) else \
         [m.data.data for m in cmd.args.messages]
     assert got == bodies
+
+
+def test_literal_counter_looks_at_each_part_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A MULTIAPPEND of 1000 messages: the sizes are tallied in 1000 steps, not a
+    million (before: every announcement re-read the whole command)."""
+    from mxd.imap.appendsyntax import LiteralCounter
+    from mxd.imap.framer import Literal
+
+    steps = 0
+    real = LiteralCounter._step
+
+    def counting(self: LiteralCounter, p: object) -> None:
+        nonlocal steps
+        steps += 1
+        real(self, p)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(LiteralCounter, "_step", counting)
+    counter = LiteralCounter()
+    parts: list[object] = [b"a APPEND INBOX "]
+    for i in range(1000):
+        t = counter.tally(tuple(parts))  # type: ignore[arg-type]
+        assert (t.role, t.index, t.total_octets) == ("message", i, 3 * i)
+        parts += [Literal(b"abc"), b" "]
+    assert steps == len(parts) - 2
+    other = counter.tally((b"b APPEND INBOX ",))  # a new command starts afresh
+    assert (other.index, other.total_octets) == (0, 0)
