@@ -15,9 +15,8 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from mxd.admin.render import async_render
 from mxd.store.interfaces import NoSuchMailbox, SpecialUse
-from mxd.webmail.layout import WebmailPage, arg, layout
+from mxd.webmail.layout import WebmailPage, arg, layout, page_render
 from mxd.webmail.mailboxes import mailbox_link
 from mxd.webmail.messages import find_mailbox, message_link, no_mailbox
 
@@ -43,7 +42,7 @@ def _refuse(request: Any, code: int, text: str) -> bytes:
 
 class Flags(WebmailPage):
 
-    @async_render
+    @page_render
     async def render_POST(self, request: Any) -> bytes:
         self.headers(request)
         found = await find_mailbox(self, request)

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import html
 import urllib.parse
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.web import resource
 
+from mxd.admin import auth
 from mxd.admin.auth import Session
-from mxd.admin.render import html_headers
+from mxd.admin.render import async_render, html_headers
 from mxd.store.interfaces import Account
+from mxd.webmail.context import COOKIE
 
 # No script at all; styles inline; images from here only; frames (the sanitised message
 # body) from here only; forms post here only; never framed elsewhere.
@@ -135,6 +138,25 @@ class WebmailPage(resource.Resource):
 
 class AccountGone(Exception):
     """The session's account no longer exists."""
+
+
+def page_render(render: Callable[[Any, Any], Awaitable[bytes]]) -> Callable[[Any, Any], Any]:
+    """``async def render_X(self, request) -> bytes`` of a webmail page, for twisted.web
+    (``mxd.admin.render.async_render``); when the account was deleted meanwhile, the
+    session ends and the browser goes to the login."""
+
+    async def guarded(self: Any, request: Any) -> bytes:
+        try:
+            return await render(self, request)
+        except AccountGone:
+            self.ctx.sessions.end(request.webmail.sid)
+            request.setHeader(b"set-cookie", auth.cookie_header(
+                None, request.isSecure(), 0, COOKIE))
+            request.setResponseCode(303)
+            request.setHeader(b"location", b"/login")
+            return b""
+
+    return async_render(guarded)
 
 
 def arg(request: Any, name: bytes, default: str = "") -> str:

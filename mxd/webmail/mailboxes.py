@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mxd.admin.render import async_render
 from mxd.store.interfaces import MailboxInfo, SpecialUse
-from mxd.webmail.layout import WebmailPage, e, layout, q
+from mxd.webmail.layout import WebmailPage, e, layout, page_render, q
 
 _ORDER = {None: 1, SpecialUse.DRAFTS: 2, SpecialUse.SENT: 3, SpecialUse.ARCHIVE: 4,
           SpecialUse.JUNK: 5, SpecialUse.TRASH: 6}
@@ -30,7 +29,7 @@ def mailbox_link(name: str) -> str:
 class Mailboxes(WebmailPage):
     """GET /: every mailbox of the account with its counts."""
 
-    @async_render
+    @page_render
     async def render_GET(self, request: Any) -> bytes:
         self.headers(request)
         acct = await self.account(request)

@@ -20,11 +20,10 @@ import re
 import urllib.parse
 from typing import Any
 
-from mxd.admin.render import async_render
 from mxd.imap.message import ParsedMessage
 from mxd.store.interfaces import MessageInfo
 from mxd.webmail.actions import Flags
-from mxd.webmail.layout import WebmailPage, arg, e, hidden, layout, post_form, q
+from mxd.webmail.layout import WebmailPage, arg, e, hidden, layout, page_render, post_form, q
 from mxd.webmail.mailboxes import mailbox_link
 from mxd.webmail.messages import find_mailbox, load_message, move_options
 from mxd.webmail.mime import Attachment, Body, body, parse_part, part_bytes, summary
@@ -103,7 +102,7 @@ class MessageView(WebmailPage):
         request.setResponseCode(404)
         return layout("Not found", "<p class=error>No such page.</p>", request)
 
-    @async_render
+    @page_render
     async def render_GET(self, request: Any) -> bytes:
         sub = [p for p in request.postpath if p]
         if sub == [b"body"]:

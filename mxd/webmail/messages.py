@@ -11,11 +11,10 @@ from datetime import UTC, datetime
 from email.message import Message
 from typing import Any
 
-from mxd.admin.render import async_render
 from mxd.imap.message import ParsedMessage, parse_headers
 from mxd.imap.messagecache import read_header
 from mxd.store.interfaces import MailboxInfo, MessageInfo, NoSuchMailbox
-from mxd.webmail.layout import WebmailPage, arg, csrf_field, e, hidden, layout, q
+from mxd.webmail.layout import WebmailPage, arg, csrf_field, e, hidden, layout, page_render, q
 from mxd.webmail.mailboxes import mailbox_link, ordered
 from mxd.webmail.mime import Summary, summary
 from mxd.webmail.search import scan, search_key
@@ -80,7 +79,7 @@ def move_options(boxes: list[MailboxInfo], current: str) -> str:
 class MessageList(WebmailPage):
     """GET /messages?mailbox=NAME[&page=N][&q=SEARCH]"""
 
-    @async_render
+    @page_render
     async def render_GET(self, request: Any) -> bytes:
         self.headers(request)
         found = await find_mailbox(self, request)

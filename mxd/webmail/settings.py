@@ -18,10 +18,9 @@ from typing import Any
 from twisted.logger import Logger
 
 from mxd.admin.manage import tls_table
-from mxd.admin.render import async_render
 from mxd.errors import MxdError
 from mxd.sasl.api import ConnectionInfo, Success
-from mxd.webmail.layout import WebmailPage, arg, e, layout, post_form
+from mxd.webmail.layout import WebmailPage, arg, e, layout, page_render, post_form
 from mxd.webui import client_ip
 
 log = Logger(namespace="mxd.webmail")
@@ -35,7 +34,7 @@ def _size(n: int) -> str:
 
 class Settings(WebmailPage):
 
-    @async_render
+    @page_render
     async def render_GET(self, request: Any) -> bytes:
         self.headers(request)
         sub = [p for p in request.postpath if p]
@@ -80,7 +79,7 @@ class Settings(WebmailPage):
                 + (tls_table(rows) if rows else "<p>No deliveries yet.</p>"))
         return layout("TLS per recipient domain", body, request)
 
-    @async_render
+    @page_render
     async def render_POST(self, request: Any) -> bytes:
         self.headers(request)
         if [p for p in request.postpath if p] != [b"password"]:

@@ -117,3 +117,13 @@ def test_hostile_address_escaped_on_the_login_page(world: World) -> None:
                                   body=b"address=%22%3E%3Cscript%3Ex%3C%2Fscript%3E&password=p")
     assert code == 403
     assert b"<script>" not in body and b"&quot;&gt;&lt;script&gt;" in body
+
+
+def test_deleted_account_ends_its_session(world: World) -> None:
+    """When the account is deleted while logged in, the next page ends the session and
+    sends the browser to the login."""
+    _, cookie = world.login()
+    world.store.delete_account(ALICE)
+    code, hdrs, _ = world.request("GET", "/", cookie=cookie)
+    assert code == 303 and hdrs["location"] == "/login" and "Max-Age=0" in hdrs["set-cookie"]
+    assert world.request("GET", "/", cookie=cookie)[0] == 302  # no session any more
