@@ -34,6 +34,8 @@ from mxd.imap.imap4rev2 import ENABLABLE
 from mxd.imap.listmatch import compile_pattern, join_reference
 from mxd.imap.metadata import cmd_getmetadata, cmd_setmetadata
 from mxd.imap.multisearch import do_esearch
+from mxd.imap.notifier import cmd_notify, publish
+from mxd.imap.notify import Event
 from mxd.imap.qresync import vanished
 from mxd.imap.searchcmd import do_cancelupdate, do_search
 from mxd.imap.sortcmd import do_sort
@@ -314,6 +316,7 @@ async def cmd_create(s: IMAPSession, cmd: Command) -> Reply:
     except MailboxExists:
         return no("Mailbox already exists", "ALREADYEXISTS")
     s.factory.recent.created(box.id)
+    publish(s, Event.MAILBOX_NAME, name)  # RFC 5465 §5.4
     return ok("CREATE completed")
 
 
@@ -329,6 +332,7 @@ async def cmd_delete(s: IMAPSession, cmd: Command) -> Reply:
         await s.store.delete_mailbox(s.account.id, name)
     except NoSuchMailbox:
         return no("Mailbox does not exist", "NONEXISTENT")
+    publish(s, Event.MAILBOX_NAME, name, exists=False)
     return ok("DELETE completed")
 
 
@@ -350,17 +354,19 @@ async def cmd_rename(s: IMAPSession, cmd: Command) -> Reply:
         return no("Mailbox does not exist", "NONEXISTENT")
     except MailboxExists:
         return no("Mailbox already exists", "ALREADYEXISTS")
+    publish(s, Event.MAILBOX_NAME, new, old=old)
     return ok("RENAME completed")
 
 
 async def cmd_subscribe(s: IMAPSession, cmd: Command) -> Reply:
     args: MailboxArgs = cmd.args
     assert s.account is not None
+    name = mailbox_name(s, args.mailbox)
     try:
-        await s.store.set_subscribed(s.account.id, mailbox_name(s, args.mailbox),
-                                     cmd.name == "SUBSCRIBE")
+        await s.store.set_subscribed(s.account.id, name, cmd.name == "SUBSCRIBE")
     except NoSuchMailbox:
         return no("Mailbox does not exist", "NONEXISTENT")
+    publish(s, Event.SUBSCRIPTION_CHANGE, name, subscribed=cmd.name == "SUBSCRIBE")  # §5.5
     return ok(f"{cmd.name} completed")
 
 
@@ -776,6 +782,7 @@ COMMANDS: dict[str, CommandSpec] = {
     "GETQUOTA": _spec(AUTH, cmd_getquota),
     "SETQUOTA": _spec(AUTH, cmd_setquota),
     "GETMETADATA": _spec(AUTH, cmd_getmetadata),  # RFC 5464
+    "NOTIFY": _spec(AUTH, cmd_notify),  # RFC 5465
     "SETMETADATA": _spec(AUTH, cmd_setmetadata),
     "CHECK": _spec(SELECTED, cmd_check),
     "CLOSE": _spec(SELECTED, cmd_close),

@@ -213,4 +213,11 @@ async def cmd_setmetadata(s: IMAPSession, cmd: Command) -> Reply:
         return no("Value too large", f"METADATA MAXSIZE {e.limit}")  # RFC 5464 §4.3
     except MetadataTooMany:
         return no("Too many annotations, or too large in total", "METADATA TOOMANY")
+    # RFC 5465 §5.6, §5.7: NOTIFY sessions hear of it (MailboxMetadataChange or
+    # ServerMetadataChange).
+    from mxd.imap.commands import mailbox_name
+
+    s.factory.shared.notify.metadata_event(
+        s.account.id, None if mailbox_id == SERVER else mailbox_name(s, args.mailbox),
+        list(dict.fromkeys(n for n, _ in args.items)), origin=s)
     return ok("SETMETADATA completed")

@@ -16,6 +16,7 @@ from mxd.imap import appendsyntax
 from mxd.imap.errors import ParseError
 from mxd.imap.framer import BlobLiteral, Literal, Part, RawCommand
 from mxd.imap.metadata import parse_getmetadata, parse_setmetadata
+from mxd.imap.notify import parse_notify
 from mxd.imap.searchres import uses_saved as _uses_saved
 from mxd.imap.sort import SORT_KEYS
 from mxd.imap.thread import ALGORITHMS
@@ -933,6 +934,7 @@ COMMANDS: dict[str, Parser] = {
     "REPLACE": appendsyntax.parse_replace, "UID REPLACE": appendsyntax.parse_replace,  # RFC 8508
     "GETQUOTAROOT": _mailbox, "GETQUOTA": _getquota, "SETQUOTA": _setquota,
     "GETMETADATA": parse_getmetadata, "SETMETADATA": parse_setmetadata,  # RFC 5464
+    "NOTIFY": lambda r: parse_notify(r, _fetch_att),  # RFC 5465
 }
 
 

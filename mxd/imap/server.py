@@ -43,7 +43,7 @@ from twisted.python.failure import Failure as TwFailure
 from zope.interface import implementer
 
 from mxd.clientnet import network_key
-from mxd.imap import appendcmd, context, imap4rev2, searchres, uidonly
+from mxd.imap import appendcmd, context, imap4rev2, notifier, searchres, uidonly
 from mxd.imap.appendsyntax import LiteralCounter
 from mxd.imap.commands import COMMANDS, SYSTEM_FLAGS
 from mxd.imap.deflate import CompressError, DeflateSettings, Inflater
@@ -147,6 +147,7 @@ class IMAPSession(Protocol):
         self.usage: tuple[int, int | None] | None = None  # (bytes used, quota) of the account
         self.view: MailboxView | None = None
         self.enabled: set[str] = set()
+        self.notifier: notifier.Notifier | None = None  # RFC 5465 NOTIFY SET in force
         self.deflate: Inflater | None = None  # RFC 4978: input inflater once COMPRESS is on
         self.literal_counter = LiteralCounter()  # sizes of APPEND literals (appendcmd)
         self._inflating = False
@@ -257,6 +258,7 @@ class IMAPSession(Protocol):
             log.info("imap TLS handshake from {ip} failed: {reason}", ip=self.peer_ip,
                      reason=failed)
         self.framer.reset()
+        self.stop_notify()
         self.deselect()
         for d in self._drain_waiters:
             d.errback(CommandDetached())
@@ -309,7 +311,7 @@ class IMAPSession(Protocol):
                      *imap4rev2.MORE_CAPABILITIES]
             if hasattr(self.store, "get_usage"):
                 caps += ["QUOTA", "QUOTA=RES-STORAGE"]  # RFC 9208
-            caps.append("PREVIEW")  # RFC 8970
+            caps += ["PREVIEW", "NOTIFY"]  # RFC 8970, RFC 5465
             if self.factory.shared.metadata is not None:
                 caps.append("METADATA")  # RFC 5464 §1: implies METADATA-SERVER
         return " ".join(caps)
@@ -451,6 +453,8 @@ class IMAPSession(Protocol):
 
     def resumeProducing(self) -> None:
         self._write_paused = False
+        if self.notifier is not None and self.notifier.pending():
+            self.notifier.schedule()
         waiters, self._drain_waiters = self._drain_waiters, []
         for d in waiters:
             d.callback(None)
@@ -716,7 +720,9 @@ class IMAPSession(Protocol):
                 self._bad_count = 0
             if self.state == State.SELECTED and self.view is not None and not self._closed:
                 expunge_ok = spec.expunge_ok or cmd.name.startswith("UID ")
-                await self.sync(expunge_ok)
+                await notifier.sync_selected(self, expunge_ok)
+            if self.notifier is not None:
+                await self.notifier.flush()  # RFC 5465: queued events before the reply
             self.send_tagged(cmd.tag, reply)
         except CommandDetached:
             pass
@@ -740,6 +746,8 @@ class IMAPSession(Protocol):
             self._busy = self._running > 0
             if not self._busy:
                 self._current = None
+                if self.notifier is not None and self.notifier.pending():
+                    self.notifier.schedule()
             if done is not None:
                 if self._last_done is done:
                     self._last_done = None
@@ -868,18 +876,33 @@ class IMAPSession(Protocol):
         if self.state == State.SELECTED:
             self.state = State.AUTHENTICATED
 
+    def may_push(self) -> bool:
+        """May unsolicited responses go out now (no command running, output flowing)?"""
+        return not self._closed and not self._busy and not self._write_paused
+
+    def stop_notify(self) -> None:
+        """NOTIFY NONE (RFC 5465 §3.1), also after an overflow (§5.8) and at the end."""
+        n, self.notifier = self.notifier, None
+        if n is not None:
+            n.close()
+
     def _on_change(self, change: MailboxChange) -> None:
         """The shared mailbox state passes on a committed change (it has already marked
         the view dirty, deleted, or given it the expunged UIDs)."""
         if self.view is None:
             return
-        if self._idle_tag is not None and not self._idle_pushing:
-            # RFC 2177: report changes at once while idling.
+        pushing = self._idle_tag is not None or notifier.wants_selected(self)
+        if pushing and not self._idle_pushing:
+            # RFC 2177: report changes at once while idling; RFC 5465 §5.2, §5.3: at once
+            # between commands with NOTIFY SET (SELECTED ...).
             self._idle_pushing = True
 
             async def push() -> None:
                 try:
-                    await self.sync(True)
+                    if self._idle_tag is not None:
+                        await notifier.sync_selected(self, True)
+                    elif self.may_push():
+                        await notifier.sync_selected(self, notifier.expunge_now(self))
                 except CommandDetached:
                     pass
                 finally:
@@ -1040,6 +1063,7 @@ class IMAPShared:
                  metadata: IMetadataStore | None = None) -> None:
         self.cache = cache if cache is not None else MessageCache()
         self.metadata = metadata  # RFC 5464 annotations, when the store keeps them
+        self.notify = notifier.NotifyHub()  # RFC 5465 NOTIFY sessions and what they watch
         self.recent = RecentClaims()
         self.states = MailboxStates()
         self.sessions: set[IMAPSession] = set()

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import base64
 import imaplib
+import re
+import select
 import smtplib
+import socket
 import ssl
+import time
 from pathlib import Path
 
 import pytest
@@ -114,3 +118,86 @@ def test_preview_same_as_dovecot(mxd_server_module: MxdServer, dovecot: int,
         answers.append(lines)
         c.logout()
     assert answers[1] == answers[0]
+
+
+class RawIMAP:
+    """A client that reads the server's lines itself (imaplib cannot wait for a line
+    with a deadline): for the session that listens for notifications."""
+
+    def __init__(self, srv: MxdServer) -> None:
+        ctx = ssl.create_default_context(cafile=str(srv.ca_file))
+        self.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", srv.ports["imaps"]),
+                                                             timeout=10),
+                                    server_hostname="localhost")
+        self.buf = b""
+        self.n = 0
+        assert self.line(10.0) is not None
+        self.cmd(f"LOGIN {srv.user} {srv.password}")
+
+    def line(self, within: float) -> bytes | None:
+        deadline = time.monotonic() + within
+        while b"\r\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            if not self.sock.pending() and not select.select([self.sock], [], [], left)[0]:
+                return None
+            data = self.sock.recv(65536)
+            assert data, "connection closed"
+            self.buf += data
+        ln, self.buf = self.buf.split(b"\r\n", 1)
+        return ln
+
+    def cmd(self, text: str) -> tuple[list[bytes], bytes]:
+        self.n += 1
+        tag = f"n{self.n}".encode()
+        self.sock.sendall(tag + b" " + text.encode() + b"\r\n")
+        lines: list[bytes] = []
+        while True:
+            ln = self.line(10.0)
+            assert ln is not None, f"no reply to {text!r}"
+            if ln.startswith(tag + b" "):
+                return lines, ln
+            lines.append(ln)
+
+    def wait(self, pattern: bytes, within: float) -> float:
+        """Seconds until an unsolicited line matching ``pattern`` arrived."""
+        t0 = time.monotonic()
+        while True:
+            ln = self.line(within - (time.monotonic() - t0))
+            assert ln is not None, f"no {pattern!r} within {within} s"
+            if re.search(pattern, ln):
+                return time.monotonic() - t0
+
+
+def test_notify_smtp_delivery_and_flags(mxd_server_module: MxdServer) -> None:
+    """A NOTIFY session (no command running) sees a message delivered over SMTP to its
+    INBOX as STATUS within a second (RFC 5465 §5.2, INBOXES), a message appended by
+    another session to its selected mailbox as EXISTS + FETCH (§5.2), that session's
+    flag change as FETCH (§5.1) and its new mailbox as LIST (§5.4)."""
+    srv = mxd_server_module
+    a = RawIMAP(srv)
+    lines, _ = a.cmd("CAPABILITY")
+    assert b" NOTIFY" in lines[0]
+    a.cmd("SELECT Sent")
+    _, done = a.cmd("NOTIFY SET (SELECTED (MessageNew (UID FLAGS) MessageExpunge FlagChange)) "
+                    "(INBOXES (MessageNew MessageExpunge)) (PERSONAL (MailboxName))")
+    assert done.endswith(b"OK NOTIFY completed"), done
+    with smtplib.SMTP("127.0.0.1", srv.ports["smtp"], local_hostname="client.test",
+                      timeout=10) as smtp:
+        smtp.sendmail("sender@remote.test", [srv.user],
+                      b"From: sender@remote.test\r\nSubject: notify me\r\n\r\nhello\r\n")
+    # The 250 means stored; the notice follows without any command from the client.
+    assert a.wait(rb"^\* STATUS INBOX \(MESSAGES \d+ UIDNEXT \d+ UNSEEN \d+\)", 5.0) < 1.0
+    b = _imaps(srv)
+    b.append("Sent", None, None, b"Subject: sent copy\r\n\r\nx\r\n")
+    assert a.wait(rb"^\* \d+ FETCH \(UID \d+ FLAGS \(", 5.0) < 1.0
+    b.select("Sent")
+    b.store("1", "+FLAGS", "\\Flagged")
+    assert a.wait(rb"^\* 1 FETCH \(FLAGS \(.*\\Flagged", 5.0) < 1.0
+    b.create("NotifyNew")
+    assert a.wait(rb'^\* LIST \(\) "/" "?NotifyNew', 5.0) < 1.0
+    b.logout()
+    _, done = a.cmd("NOTIFY NONE")
+    assert done.endswith(b"OK NOTIFY completed")
+    a.cmd("LOGOUT")
