@@ -12,7 +12,7 @@ from mxd.imap import context, esearch
 from mxd.imap import message as mimemsg
 from mxd.imap.dispatch import Reply, bad, no, ok
 from mxd.imap.messagecache import read_header_block
-from mxd.imap.search import Candidate, matches, uses_modseq, uses_savedate
+from mxd.imap.search import Candidate, matches, needs, uses_modseq, uses_savedate
 from mxd.imap.searchres import to_save
 from mxd.imap.values import Command, SearchArgs, SearchKey
 from mxd.store.interfaces import MessageInfo
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from mxd.imap.server import IMAPSession
 
 CHARSETS = ("US-ASCII", "UTF-8")
+_ALL = SearchKey("ALL")
 
 
 def loaders(s: IMAPSession, m: MessageInfo) -> tuple[object, object]:
@@ -71,17 +72,27 @@ async def selected_matches(s: IMAPSession, key: SearchKey, now: datetime,
     else:
         todo = [(q, u) for u in sorted(set(only)) if (q := view.seq_of(u)) is not None]
     out = []
+    meta_only = needs(key) == "meta"
     for seq, uid in todo:
         await s.breathe()
         m = view.msgs.get(uid)
         if m is None:
             continue
-        h, f = loaders(s, m)
+        # Flags, sizes and dates need no loader (a pair of closures per message).
+        h, f = (_no_header, _no_message) if meta_only else loaders(s, m)
         c = Candidate(seq, m, exists, max_uid, h, f, now, uid in recent,  # type: ignore[arg-type]
                       saved.get(uid))
         if matches(key, c):
             out.append((seq, uid, m))
     return out
+
+
+def _no_header() -> Message:
+    raise AssertionError("a flags-only search read a header")
+
+
+def _no_message() -> mimemsg.ParsedMessage:
+    raise AssertionError("a flags-only search read a message")
 
 
 async def do_search(s: IMAPSession, cmd: Command) -> Reply:
@@ -95,14 +106,22 @@ async def do_search(s: IMAPSession, cmd: Command) -> Reply:
         return no("Unsupported charset", "BADCHARSET (US-ASCII UTF-8)")
     is_uid = cmd.name == "UID SEARCH"
     now = datetime.fromtimestamp(s.clock.seconds(), UTC)
-    try:
-        found = await selected_matches(s, args.key, now)
-    except ValueError as e:
-        return bad(str(e))
-    if s.view is not view:
-        return ok(f"{cmd.name} completed")
-    results = [uid if is_uid else seq for seq, uid, _ in found]
-    modseqs = [m.modseq for _, _, m in found]  # of each result, in order
+    if args.key == _ALL:
+        # Every message (a client paging with RETURN (PARTIAL ...) ALL): no test per
+        # message, no message object per message.
+        matched = list(view.uids)
+        results = matched if is_uid else list(range(1, len(matched) + 1))
+        modseqs: list[int] = []
+    else:
+        try:
+            found = await selected_matches(s, args.key, now)
+        except ValueError as e:
+            return bad(str(e))
+        if s.view is not view:
+            return ok(f"{cmd.name} completed")
+        matched = [uid for _, uid, _ in found]
+        results = matched if is_uid else [seq for seq, _, _ in found]
+        modseqs = [m.modseq for _, _, m in found]  # of each result, in order
     with_modseq = uses_modseq(args.key)
     if with_modseq:
         s.enable_condstore()
@@ -125,8 +144,7 @@ async def do_search(s: IMAPSession, cmd: Command) -> Reply:
         if not opts:
             return ok(f"{cmd.name} completed")  # RFC 5182 §2.4: SAVE alone answers no ESEARCH
     if "UPDATE" in opts:
-        context.start(s, cmd.tag, is_uid, args.key, None, [u for _, u, _ in found],
-                      args.partial)
+        context.start(s, cmd.tag, is_uid, args.key, None, matched, args.partial)
     # Only RETURN () means ALL (RFC 4731 §3.1); RETURN (UPDATE) alone asks for the
     # notifications without a first result (an empty ESEARCH answers it, as Dovecot).
     modseq = None

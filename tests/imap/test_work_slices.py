@@ -52,7 +52,13 @@ def _setup(clock: Clock) -> tuple[Conn, Conn]:
                                      "SORT (SUBJECT REVERSE ARRIVAL) UTF-8 ALL",
                                      "UID SORT (DISPLAYFROM) UTF-8 ALL",
                                      "THREAD REFERENCES UTF-8 ALL",
-                                     "UID THREAD ORDEREDSUBJECT UTF-8 ALL"])
+                                     "UID THREAD ORDEREDSUBJECT UTF-8 ALL",
+                                     # RFC 9394 PARTIAL, RFC 8514, RFC 5032, RFC 7377:
+                                     "UID SEARCH RETURN (PARTIAL -1:-10) SAVEDSINCE 1-Jan-2020",
+                                     "SORT RETURN (PARTIAL 1:5 COUNT) (SUBJECT) UTF-8 "
+                                     "SAVEDBEFORE 1-Jan-2100",
+                                     "SEARCH YOUNGER 100000000",
+                                     "ESEARCH IN (personal) RETURN (COUNT) SUBJECT hello"])
 def test_long_command_yields_and_others_are_served(command: str) -> None:
     """The command is not finished in one go; while it waits, another session's command
     is answered; resumed, it completes with exactly the unsliced output."""
