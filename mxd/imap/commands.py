@@ -221,6 +221,12 @@ async def _get_mailbox(s: IMAPSession, name: str, counts: bool = False) -> Mailb
 async def cmd_select(s: IMAPSession, cmd: Command) -> Reply:
     args: SelectArgs = cmd.args
     readonly = cmd.name == "EXAMINE"
+    if s.view is not None:
+        # RFC 9051 §7.1 and RFC 7162 §3.2.11: OK [CLOSED] parts the responses about the
+        # mailbox closed implicitly from those about the one selected now.  Required in
+        # IMAP4rev2 and with QRESYNC; sent always, as Dovecot does (a rev1 client
+        # ignores a response code it does not know, RFC 3501 §7.1).
+        s.untagged(b"OK [CLOSED] Previous mailbox closed")
     s.deselect()
     if args.condstore:
         s.enabled.add("CONDSTORE")  # RFC 7162 §3.1.8

@@ -202,6 +202,7 @@ def test_rev1_session_keeps_rev1_answers() -> None:
     c.login()
     sel = c.select()
     assert b" RECENT\r\n" in sel and b"OK [UNSEEN 1]" in sel and b"* LIST" not in sel
+    assert c.select().startswith(b"* OK [CLOSED] Previous mailbox closed\r\n")
     assert c.cmd("s SEARCH ALL") == b"* SEARCH 1\r\ns OK SEARCH completed\r\n"
     store.put(acc, "INBOX", MSG2)
     assert b"* 2 EXISTS\r\n* 1 RECENT\r\n" in c.cmd("n NOOP")
@@ -232,9 +233,12 @@ def test_rev2_session_answers() -> None:
         b'* ESEARCH (TAG "A284")\r\nA284 OK SEARCH completed\r\n'
     assert c.cmd("A285 UID SEARCH ALL") == \
         b'* ESEARCH (TAG "A285") UID ALL 1:3\r\nA285 OK UID SEARCH completed\r\n'
-    # The LIST of SELECT/EXAMINE has the mailbox's attributes (RFC 9051 §6.3.2).
+    # The LIST of SELECT/EXAMINE has the mailbox's attributes (RFC 9051 §6.3.2); the
+    # mailbox closed by it is marked by OK [CLOSED] first (§7.1).
     c.cmd("c CREATE INBOX/sub")
-    assert b'* LIST (\\HasChildren) "/" INBOX\r\n' in c.cmd("x EXAMINE INBOX")
+    out = c.cmd("x EXAMINE INBOX")
+    assert out.startswith(b"* OK [CLOSED] Previous mailbox closed\r\n* FLAGS"), out
+    assert b'* LIST (\\HasChildren) "/" INBOX\r\n' in out
     assert b'* LIST (\\HasNoChildren \\Sent) "/" ' in c.cmd("y EXAMINE Sent")
 
 

@@ -298,3 +298,26 @@ def _expand(s: bytes) -> list[int]:
 
 
 del date
+
+
+def test_closed_response_matches_dovecot(dovecot: int, mxd_server_module: MxdServer) -> None:
+    """RFC 7162 §3.2.11 (and RFC 9051 §7.1 for rev2): a SELECT that closes the selected
+    mailbox first answers OK [CLOSED]; required with QRESYNC, and both servers send it
+    without QRESYNC too."""
+    srv = mxd_server_module
+    answers: dict[str, list[bytes]] = {}
+    for name, port, user, pw in (("dovecot", dovecot, DOVECOT_USER, DOVECOT_PASSWORD),
+                                 ("mxd", srv.ports["imaps"], srv.user, srv.password)):
+        plain, qr = (Client(port, srv.ca_file, user, pw) for _ in range(2))
+        try:
+            qr.cmd(b"ENABLE QRESYNC")
+            out = []
+            for c in (plain, qr):
+                c.cmd(b"SELECT INBOX")
+                out.append(c.cmd(b"EXAMINE INBOX").split(b"\r\n", 1)[0])
+            answers[name] = out
+        finally:
+            plain.close()
+            qr.close()
+    d, m = answers["dovecot"], answers["mxd"]
+    assert all(a.startswith(b"* OK [CLOSED]") for a in d + m), (d, m)
