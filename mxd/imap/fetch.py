@@ -330,7 +330,7 @@ async def do_fetch(s: IMAPSession, cmd: Command) -> Reply:
         state = view.state
         for k, uid in enumerate(uids):
             if not k & 15:
-                await s.breathe()
+                await s.breathe(k, len(uids))
             if stored_envelopes and k % PREFETCH == 0:
                 # This batch's envelopes (asked for with the previous batch), and the next
                 # batch's asked for now: the store's thread reads while this one renders.
@@ -450,7 +450,7 @@ async def _fetch_meta(s: IMAPSession, view: MailboxView, uids: list[int], atts: 
     out = bytearray()
     for k, uid in enumerate(uids):
         if not k & 255:
-            await s.breathe()
+            await s.breathe(k, len(uids))
         seq = view.seq_of(uid)
         i = st.index(uid)
         if seq is None:

@@ -43,7 +43,7 @@ from twisted.python.failure import Failure as TwFailure
 from zope.interface import implementer
 
 from mxd.clientnet import network_key
-from mxd.imap import appendcmd, context, imap4rev2, notifier, searchres, uidonly
+from mxd.imap import appendcmd, context, imap4rev2, inprogress, notifier, searchres, uidonly
 from mxd.imap.appendsyntax import LiteralCounter
 from mxd.imap.commands import COMMANDS, SYSTEM_FLAGS
 from mxd.imap.deflate import CompressError, DeflateSettings, Inflater
@@ -177,6 +177,9 @@ class IMAPSession(Protocol):
         self._last_done: Deferred[None] | None = None  # fires when the last one replied
         self._held: RawCommand | None = None  # next command, waiting for them to finish
         self._slice_start = 0.0  # when the running command last had the reactor back
+        self._progress_tag: str | None = None  # RFC 9585: the running command's tag
+        self._progress_at = 0.0  # no progress line before this time
+        self._progress_timer: Any = None
         self.peer_ip = ""
         self.network = ""
         self.client_id: dict[str, str | None] = {}
@@ -311,7 +314,7 @@ class IMAPSession(Protocol):
                      *imap4rev2.MORE_CAPABILITIES]
             if hasattr(self.store, "get_usage"):
                 caps += ["QUOTA", "QUOTA=RES-STORAGE"]  # RFC 9208
-            caps += ["PREVIEW", "NOTIFY"]  # RFC 8970, RFC 5465
+            caps += ["PREVIEW", "NOTIFY", "INPROGRESS"]  # RFC 8970, RFC 5465, RFC 9585
             if self.factory.shared.metadata is not None:
                 caps.append("METADATA")  # RFC 5464 §1: implies METADATA-SERVER
         return " ".join(caps)
@@ -426,18 +429,35 @@ class IMAPSession(Protocol):
             data = data.encode("utf-8")
         self.send(b"* " + data + b"\r\n")
 
-    async def breathe(self) -> None:
+    async def breathe(self, done: int | None = None, goal: int | None = None) -> None:
         """Let the reactor serve other connections once this command has run for a work
         slice (DESIGN.md: no request stalls other sessions for more than a few ms);
-        long FETCH and SEARCH loops call it between messages."""
-        if self.clock.seconds() - self._slice_start < self.settings.work_slice:
+        long FETCH and SEARCH loops call it between messages, with how many of how
+        many they have done when they know (RFC 9585 INPROGRESS, at most once a second)."""
+        now = self.clock.seconds()
+        if now - self._slice_start < self.settings.work_slice:
             return
+        if self._progress_tag is not None and now >= self._progress_at:
+            self._progress_at = now + inprogress.INTERVAL
+            self.untagged(inprogress.line(self._progress_tag, done, goal))
         d: Deferred[None] = Deferred()
         self.clock.callLater(0, d.callback, None)
         await d
         self._slice_start = self.clock.seconds()
         if self._closed:
             raise CommandDetached()
+
+    def _progress_tick(self) -> None:
+        """RFC 9585 for a command waiting on the store (``inprogress.TIMED``)."""
+        self._progress_timer = None
+        if self._progress_tag is None or self._closed:
+            return
+        now = self.clock.seconds()
+        if now >= self._progress_at:
+            self._progress_at = now + inprogress.INTERVAL
+            self.untagged(inprogress.line(self._progress_tag, None, None))
+        self._progress_timer = self.clock.callLater(
+            max(0.0, self._progress_at - now), self._progress_tick)
 
     async def drain(self) -> None:
         """Wait while the transport's write buffer is full."""
@@ -684,6 +704,12 @@ class IMAPSession(Protocol):
 
     def _launch(self, cmd: Command, spec: CommandSpec) -> None:
         self._slice_start = self.clock.seconds()
+        if self._running == 0 and self.state != State.NOT_AUTHENTICATED:
+            self._progress_tag = cmd.tag  # RFC 9585: a long command reports progress
+            self._progress_at = self._slice_start + inprogress.INTERVAL
+            if cmd.name in inprogress.TIMED:
+                self._progress_timer = self.clock.callLater(inprogress.INTERVAL,
+                                                            self._progress_tick)
         prev = self._last_done
         done: Deferred[None] = Deferred()
         self._last_done = done
@@ -744,6 +770,10 @@ class IMAPSession(Protocol):
             if cmd.name == "APPEND":
                 self._appends -= 1
             self._busy = self._running > 0
+            self._progress_tag = None
+            if self._progress_timer is not None and self._progress_timer.active():
+                self._progress_timer.cancel()
+            self._progress_timer = None
             if not self._busy:
                 self._current = None
                 if self.notifier is not None and self.notifier.pending():

@@ -196,7 +196,7 @@ async def matching(s: IMAPSession, key: SearchKey,
     assert view is not None
     exists, max_uid, recent = view.exists, view.max_uid, view.recent
     for seq, uid in enumerate(view.uids[:], 1):
-        await s.breathe()
+        await s.breathe(seq - 1, exists)
         m = view.msgs[uid]
         cache: list[Message] = []
 

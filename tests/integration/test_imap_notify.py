@@ -178,7 +178,7 @@ def test_notify_smtp_delivery_and_flags(mxd_server_module: MxdServer) -> None:
     srv = mxd_server_module
     a = RawIMAP(srv)
     lines, _ = a.cmd("CAPABILITY")
-    assert b" NOTIFY" in lines[0]
+    assert b" NOTIFY" in lines[0] and b" INPROGRESS" in lines[0]
     a.cmd("SELECT Sent")
     _, done = a.cmd("NOTIFY SET (SELECTED (MessageNew (UID FLAGS) MessageExpunge FlagChange)) "
                     "(INBOXES (MessageNew MessageExpunge)) (PERSONAL (MailboxName))")
