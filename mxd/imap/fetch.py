@@ -405,9 +405,26 @@ _META = frozenset({"UID", "FLAGS", "MODSEQ", "RFC822.SIZE", "INTERNALDATE"})
 
 
 async def _stored_envelopes(s: IMAPSession, view: MailboxView, uids: list[int]) -> dict[int, bytes]:
-    """UID -> stored ENVELOPE of those of ``uids`` that have one ({} if the store fails:
-    the envelopes are then rendered from the files)."""
-    return await _stored(s, view, uids, summary.ENVELOPE)
+    """UID -> stored ENVELOPE of those of ``uids`` that have one and are not in the
+    session cache already ({} if the store fails: the envelopes are then rendered from
+    the files).  What is read is put in the cache, so a second FETCH asks nothing."""
+    st, cache = view.state, s.cache
+    todo: list[tuple[int, str]] = []
+    for uid in uids:
+        i = st.index(uid)
+        if i is not None and cache.get("env", blob := st.blob_at(i)) is None:
+            todo.append((uid, blob))
+    if not todo:
+        return {}
+    try:
+        found = await s.store.get_derived(view.info.id, summary.ENVELOPE, todo[0][0], todo[-1][0])
+    except StoreError:
+        return {}
+    for uid, blob in todo:
+        v = found.get(uid)
+        if v is not None:
+            cache.put("env", blob, v)
+    return found
 
 
 async def _stored(s: IMAPSession, view: MailboxView, uids: list[int], kind: str) -> dict[int, bytes]:

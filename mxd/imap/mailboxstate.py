@@ -175,6 +175,10 @@ class MailboxState:
         metadata-only FETCH needs, without building a MessageInfo."""
         return self._modseqs[i], self._flag_ids[i], self._sizes[i]
 
+    def blob_at(self, i: int) -> str:
+        """The body id of the message at index ``i``."""
+        return self._blobs[i]
+
     def arrival_size_at(self, i: int) -> tuple[float, int]:
         """(internal date in POSIX seconds, size) of the message at index ``i``: what
         SORT needs of the message besides its header keys."""

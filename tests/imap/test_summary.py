@@ -8,7 +8,7 @@ import random
 from datetime import UTC, datetime
 
 import attrs
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mxd.imap import summary
@@ -23,6 +23,7 @@ _text = st.text(max_size=30)
 _ids = st.lists(st.text(alphabet="abc@.<> \0x", min_size=1, max_size=8), max_size=3)
 
 
+@settings(deadline=None)  # a loaded machine must not fail it on time
 @given(st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False)),
        _text, _text, _text, _text, _text, _text, st.booleans(),
        st.one_of(st.none(), st.text(min_size=1, max_size=10)), _ids)
@@ -147,3 +148,22 @@ def test_messages_without_stored_values_are_read_from_their_files() -> None:
     reference, _ = _session(False, msgs)
     for cmd in COMMANDS[:-2]:
         assert c.cmd(f"t {cmd}") == reference.cmd(f"t {cmd}"), cmd
+
+
+def test_a_second_envelope_fetch_asks_the_store_nothing() -> None:
+    """Stored envelopes read by one FETCH stay in the session cache: the next FETCH
+    ENVELOPE of the same messages makes no store query and answers the same."""
+    c, _ = _session(True, _random_messages(40, 7))
+    calls: list[str] = []
+    store = c.store
+    real = store.get_derived
+
+    def counting(*a: object, **kw: object) -> object:
+        calls.append(str(a[1]))
+        return real(*a, **kw)  # type: ignore[arg-type]
+
+    store.get_derived = counting  # type: ignore[method-assign]
+    first = c.cmd("a UID FETCH 1:* (ENVELOPE)")
+    assert calls == [summary.ENVELOPE]
+    assert c.cmd("a UID FETCH 1:* (ENVELOPE)") == first
+    assert calls == [summary.ENVELOPE]
