@@ -167,3 +167,31 @@ def test_a_second_envelope_fetch_asks_the_store_nothing() -> None:
     assert calls == [summary.ENVELOPE]
     assert c.cmd("a UID FETCH 1:* (ENVELOPE)") == first
     assert calls == [summary.ENVELOPE]
+
+
+def test_sort_keys_are_asked_for_once_per_message() -> None:
+    """The first SORT reads a mailbox's stored keys; the next SORT or THREAD asks the
+    store nothing, and after a delivery only for the new UIDs; answers stay right."""
+    msgs = _random_messages(30, 11)
+    c, _ = _session(True, msgs)
+    store = c.store
+    calls: list[tuple[str, int]] = []
+    real = store.get_derived
+
+    def counting(mailbox_id: int, kind: str, first_uid: int = 1, *a: object) -> object:
+        calls.append((kind, first_uid))
+        return real(mailbox_id, kind, first_uid, *a)  # type: ignore[arg-type]
+
+    store.get_derived = counting  # type: ignore[method-assign]
+    first = c.cmd("a UID SORT (SUBJECT) UTF-8 ALL")
+    assert calls == [(summary.KEYS, 1)]
+    assert c.cmd("a UID SORT (SUBJECT) UTF-8 ALL") == first
+    c.cmd("b UID THREAD REFERENCES UTF-8 ALL")
+    assert calls == [(summary.KEYS, 1)]
+    store.put(store.accounts["alice"], "INBOX", _random_messages(31, 11)[-1])
+    c.cmd("c NOOP")
+    after = c.cmd("d UID SORT (SUBJECT) UTF-8 ALL")
+    assert calls == [(summary.KEYS, 1), (summary.KEYS, 31)]
+    reference, _ = _session(False, msgs + [_random_messages(31, 11)[-1]])
+    assert after.replace(b"d OK", b"x") == reference.cmd("d UID SORT (SUBJECT) UTF-8 ALL").replace(
+        b"d OK", b"x")
