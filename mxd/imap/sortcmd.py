@@ -21,7 +21,7 @@ from mxd.imap.dispatch import Reply, bad, no, ok
 from mxd.imap.messagecache import read_header_block
 from mxd.imap.search import Candidate, matches, uses_savedate
 from mxd.imap.searchcmd import CHARSETS
-from mxd.imap.sort import SortData, key_function, sort_steps
+from mxd.imap.sort import SortData, chunked_sort, key_function, sort_steps
 from mxd.imap.values import Command, SearchKey, SortArgs
 from mxd.store.interfaces import MessageInfo, StoreError
 
@@ -252,27 +252,39 @@ async def do_sort(s: IMAPSession, cmd: Command) -> Reply:
         s.search_result = ()  # RFC 5182 §2.4: a failed command leaves the result empty
     is_uid = cmd.name == "UID SORT"
     now = datetime.fromtimestamp(s.clock.seconds(), UTC)
-    items: list[SortData] = []
-    # DATE, ARRIVAL and SIZE need no string key: those are left empty, undecoded.
-    strings = any(k not in ("ARRIVAL", "DATE", "SIZE") for k, _ in args.criteria)
-    try:
-        async for chunk in rows(s, args.key, now):
-            for seq, uid, arrival, size, keys in chunk:
-                if strings:
-                    f = fields(keys)
-                    date = f[0]
-                    items.append(SortData(seq, uid, arrival, arrival if date is None else date,
-                                          size, f[1], f[2], f[3], f[4], f[5], f[6]))
-                else:
-                    date = sent(keys)
-                    items.append(SortData(seq, uid, arrival, arrival if date is None else date,
-                                          size, "", "", "", "", "", ""))
-    except ValueError as e:
-        return bad(str(e))
-    ordered: list[SortData] = []
-    for _ in sort_steps(items, args.criteria, ordered):
-        await s.breathe()
-    numbers = [d.uid if is_uid else d.seq for d in ordered]
+    opts_needing_items = args.return_opts is not None and "UPDATE" in args.return_opts
+    if len(args.criteria) == 1 and args.criteria[0][0] in _NUMERIC and not opts_needing_items:
+        # One numeric criterion (a client's date order): (key, seq, uid) tuples sorted
+        # as they are, no SortData per message.  Equal keys keep sequence order (§3).
+        try:
+            numbers = await _sort_numeric(s, args, now, is_uid)
+        except ValueError as e:
+            return bad(str(e))
+        ordered: list[SortData] = []
+    else:
+        items: list[SortData] = []
+        # DATE, ARRIVAL and SIZE need no string key: those are left empty, undecoded.
+        strings = any(k not in _NUMERIC for k, _ in args.criteria)
+        try:
+            async for chunk in rows(s, args.key, now):
+                for seq, uid, arrival, size, keys in chunk:
+                    if strings:
+                        f = fields(keys)
+                        date = f[0]
+                        items.append(SortData(seq, uid, arrival,
+                                              arrival if date is None else date, size,
+                                              f[1], f[2], f[3], f[4], f[5], f[6]))
+                    else:
+                        date = sent(keys)
+                        items.append(SortData(seq, uid, arrival,
+                                              arrival if date is None else date, size,
+                                              "", "", "", "", "", ""))
+        except ValueError as e:
+            return bad(str(e))
+        ordered = []
+        for _ in sort_steps(items, args.criteria, ordered):
+            await s.breathe()
+        numbers = [d.uid if is_uid else d.seq for d in ordered]
     if args.return_opts is None:
         # RFC 5256 §4: "SORT" *(SP nz-number); UID SORT answers UIDs (§3).
         s.untagged(b"SORT" + b"".join(b" %d" % n for n in numbers))
@@ -300,6 +312,33 @@ async def do_sort(s: IMAPSession, cmd: Command) -> Reply:
     s.untagged(esearch.render(cmd.tag, is_uid, opts, numbers, partial=args.partial,
                               in_order=True))
     return ok(f"{cmd.name} completed")
+
+
+_NUMERIC = ("ARRIVAL", "DATE", "SIZE")
+
+
+async def _sort_numeric(s: IMAPSession, args: SortArgs, now: datetime, is_uid: bool) -> list[int]:
+    """SORT by one of ARRIVAL, DATE (RFC 5256 §2.2 sent date) or SIZE, maybe REVERSE:
+    the numbers in order.  Raises ValueError for a search program that cannot run."""
+    name, reverse = args.criteria[0]
+    sign = -1 if reverse else 1
+    keyed: list[tuple[float, int, int]] = []
+    async for chunk in rows(s, args.key, now):
+        for seq, uid, arrival, size, keys in chunk:
+            if name == "DATE":
+                date = sent(keys)
+                v = arrival if date is None else date
+            else:
+                v = arrival if name == "ARRIVAL" else size
+            keyed.append((sign * v, seq, uid))
+    ordered: list[tuple[float, int, int]] = []
+    for _ in chunked_sort(keyed, _same, ordered):
+        await s.breathe()
+    return [t[2] for t in ordered] if is_uid else [t[1] for t in ordered]
+
+
+def _same(t: tuple[float, int, int]) -> tuple[float, int, int]:
+    return t
 
 
 def sort_item(s: IMAPSession, m: MessageInfo, seq: int, uid: int,

@@ -195,3 +195,20 @@ def test_sort_keys_are_asked_for_once_per_message() -> None:
     reference, _ = _session(False, msgs + [_random_messages(31, 11)[-1]])
     assert after.replace(b"d OK", b"x") == reference.cmd("d UID SORT (SUBJECT) UTF-8 ALL").replace(
         b"d OK", b"x")
+
+
+def test_one_numeric_criterion_sorts_as_the_general_path() -> None:
+    """SORT by one of DATE, ARRIVAL, SIZE (maybe REVERSE) takes a path of its own;
+    repeating the criterion (the same order, RFC 5256 §3) takes the general one: both
+    answer alike, ties in sequence order, with stored keys and without."""
+    msgs = _random_messages(80, 13)
+    for stored in (True, False):
+        c, _ = _session(stored, msgs)
+        for crit in ("DATE", "REVERSE DATE", "ARRIVAL", "REVERSE ARRIVAL", "SIZE",
+                     "REVERSE SIZE"):
+            for uid in ("", "UID "):
+                one = c.cmd(f"a {uid}SORT ({crit}) UTF-8 ALL")
+                assert one == c.cmd(f"a {uid}SORT ({crit} {crit}) UTF-8 ALL"), (crit, uid)
+                assert one.startswith(b"* SORT ") and b"a OK" in one
+            assert c.cmd(f"a SORT ({crit}) UTF-8 SUBJECT hello") == c.cmd(
+                f"a SORT ({crit} {crit}) UTF-8 SUBJECT hello")
