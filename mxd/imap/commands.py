@@ -32,7 +32,7 @@ from mxd.imap.fetch import do_fetch, resolve
 from mxd.imap.framer import BlobLiteral, Literal
 from mxd.imap.imap4rev2 import ENABLABLE
 from mxd.imap.listmatch import compile_pattern, join_reference
-from mxd.imap.metadata import cmd_getmetadata, cmd_setmetadata
+from mxd.imap.metadata import cmd_getmetadata, cmd_setmetadata, list_metadata
 from mxd.imap.multisearch import do_esearch
 from mxd.imap.notifier import cmd_notify, publish
 from mxd.imap.notify import Event
@@ -461,6 +461,8 @@ async def cmd_list(s: IMAPSession, cmd: Command) -> Reply:
         s.untagged(line)
         if "STATUS" in args.return_opts and box is not None:
             await _send_status(s, box, args.status_items)
+        if args.metadata_entries and box is not None:
+            await list_metadata(s, box, args.metadata_entries)  # RFC 9590
     return ok(f"{word} completed")
 
 

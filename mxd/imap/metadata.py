@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from mxd.imap.parser import Reader
     from mxd.imap.server import IMAPSession
     from mxd.imap.values import Command
+    from mxd.store.interfaces import MailboxInfo
 
 MAX_ENTRY_NAME = 255  # octets; RFC 5464 sets no limit, the store's key must be bounded
 MAX_ENTRIES_PER_COMMAND = 100
@@ -143,6 +144,27 @@ def parse_setmetadata(r: Reader) -> SetMetadataArgs:
     if len(items) > MAX_ENTRIES_PER_COMMAND:
         raise r.error("too many entries in one command")
     return SetMetadataArgs(mailbox, items)
+
+
+def parse_list_metadata(r: Reader) -> tuple[str, ...]:
+    """RFC 9590 §5: the entries of LIST's ``RETURN (METADATA (entry ...))``."""
+    entries = tuple(r.paren_list(lambda: _entry(r)))
+    if not entries:
+        raise r.error("no entries")
+    if len(entries) > MAX_ENTRIES_PER_COMMAND:
+        raise r.error("too many entries in one command")
+    return entries
+
+
+async def list_metadata(s: IMAPSession, box: MailboxInfo, entries: tuple[str, ...]) -> None:
+    """RFC 9590 §3: after a mailbox's LIST response, its METADATA response with each
+    requested entry (NIL when it has none)."""
+    store = s.factory.shared.metadata
+    if store is None or s.account is None:
+        return
+    found = dict(await store.get_metadata(s.account.id, box.id, entries))
+    s.untagged(render(response.mailbox(box.name, s.utf8), [(e, found.get(e)) for e in entries],
+                      s.utf8))
 
 
 def render(mailbox: bytes, values: list[tuple[str, bytes | None]], utf8: bool) -> bytes:

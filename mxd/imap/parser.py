@@ -15,7 +15,7 @@ from typing import Any
 from mxd.imap import appendsyntax
 from mxd.imap.errors import ParseError
 from mxd.imap.framer import BlobLiteral, Literal, Part, RawCommand
-from mxd.imap.metadata import parse_getmetadata, parse_setmetadata
+from mxd.imap.metadata import parse_getmetadata, parse_list_metadata, parse_setmetadata
 from mxd.imap.notify import parse_notify
 from mxd.imap.searchres import uses_saved as _uses_saved
 from mxd.imap.sort import SORT_KEYS
@@ -405,7 +405,7 @@ def _select(r: Reader) -> SelectArgs:
 
 
 _LIST_SELECT = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
-_LIST_RETURN = frozenset({"SUBSCRIBED", "CHILDREN", "STATUS", "SPECIAL-USE"})
+_LIST_RETURN = frozenset({"SUBSCRIBED", "CHILDREN", "STATUS", "SPECIAL-USE", "METADATA"})
 
 
 def _list(r: Reader) -> ListArgs:
@@ -425,6 +425,7 @@ def _list(r: Reader) -> ListArgs:
         patterns = (r.list_mailbox(),)
     ret: set[str] = set()
     status_items: tuple[str, ...] = ()
+    metadata_entries: tuple[str, ...] = ()
     if r.take(b" "):
         extended = True
         r.expect(b"RETURN")
@@ -438,6 +439,9 @@ def _list(r: Reader) -> ListArgs:
                     # RFC 5819 §2
                     r.sp()
                     status_items = tuple(r.paren_list(r.keyword))
+                elif opt == "METADATA":
+                    r.sp()
+                    metadata_entries = parse_list_metadata(r)  # RFC 9590 §5
                 if r.take(b")"):
                     break
                 r.sp()
@@ -448,7 +452,8 @@ def _list(r: Reader) -> ListArgs:
         raise r.error(f"unknown LIST option {sorted(unknown)[0]}")
     if "RECURSIVEMATCH" in select and not select - {"RECURSIVEMATCH", "REMOTE"}:
         raise r.error("RECURSIVEMATCH needs another selection option")
-    return ListArgs(ref, patterns, frozenset(select), frozenset(ret), status_items, extended)
+    return ListArgs(ref, patterns, frozenset(select), frozenset(ret), status_items, extended,
+                    metadata_entries=metadata_entries)
 
 
 def _lsub(r: Reader) -> ListArgs:

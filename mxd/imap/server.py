@@ -316,7 +316,7 @@ class IMAPSession(Protocol):
                 caps += ["QUOTA", "QUOTA=RES-STORAGE"]  # RFC 9208
             caps += ["PREVIEW", "NOTIFY", "INPROGRESS"]  # RFC 8970, RFC 5465, RFC 9585
             if self.factory.shared.metadata is not None:
-                caps.append("METADATA")  # RFC 5464 §1: implies METADATA-SERVER
+                caps += ["METADATA", "LIST-METADATA"]  # RFC 5464 §1 (with -SERVER), RFC 9590
         return " ".join(caps)
 
     def send_flags(self, view: MailboxView, keywords: Iterable[str]) -> None:

@@ -151,6 +151,7 @@ class ListArgs:
     status_items: tuple[str, ...] = ()
     extended: bool = False
     lsub: bool = False
+    metadata_entries: tuple[str, ...] = ()  # RFC 9590 RETURN (METADATA (entries))
 
 
 @attrs.frozen

@@ -126,3 +126,19 @@ def test_entry_names_property(root: str, rest: str) -> None:
     assert entry_problem(got) is None
     assert "*" not in got and "%" not in got and "//" not in got and not got.endswith("/")
     assert got.startswith(("/private", "/shared"))
+
+
+def test_list_metadata() -> None:
+    """RFC 9590 §3: LIST ... RETURN (METADATA (entries)) follows each listed mailbox with
+    its METADATA response, NIL for an entry it does not have."""
+    c = conn()
+    assert b" LIST-METADATA" in c.cmd("a CAPABILITY")
+    c.cmd('a SETMETADATA Sent (/private/color "blue")')
+    out = c.cmd('a LIST "" "*" RETURN (METADATA (/private/color /shared/comment))')
+    assert (b'* LIST (\\HasNoChildren \\Sent) "/" "Sent"\r\n'
+            b'* METADATA "Sent" (/private/color "blue" /shared/comment NIL)\r\n') in out, out
+    assert b"* METADATA INBOX (/private/color NIL /shared/comment NIL)\r\n" in out
+    assert out.endswith(b"a OK LIST completed\r\n")
+    assert parse_bytes(b'a LIST "" % RETURN (METADATA (/shared/x))').args.metadata_entries == (
+        "/shared/x",)
+    assert b"a BAD" in c.cmd('a LIST "" % RETURN (METADATA (/bogus))')

@@ -66,6 +66,9 @@ def test_metadata_set_get_limits(mxd_server_module: MxdServer) -> None:
     assert lines == [b'* METADATA "" (/private/vendor/mxd-test/theme "dark")'], lines
     lines, done = _raw(b, "GETMETADATA (MAXSIZE 5) INBOX (/private/color /shared/comment)")
     assert lines == [] and b"[METADATA LONGENTRIES 13]" in done, (lines, done)
+    # RFC 9590 LIST-METADATA: the entries with the LIST response.
+    lines, done = _raw(b, 'LIST "" INBOX RETURN (METADATA (/private/color))')
+    assert lines[-1] == b'* METADATA INBOX (/private/color "#ff0000")', lines
     b.logout()
     other = _imaps(srv, srv.user2, srv.password2)
     lines, _ = _raw(other, "GETMETADATA INBOX /private/color")
