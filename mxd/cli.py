@@ -602,6 +602,21 @@ def _add_optional_commands(sub: Any) -> None:
 
     qp.set_defaults(func=run_queue)
 
+    sp = sub.add_parser("store", help="the store: move an installation between backends")
+    ssub = sp.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+    p = ssub.add_parser(
+        "migrate", help="copy every account, mailbox, message, flag, UID and queue entry "
+        "from one store to another (stop mxd first) and verify the copy")
+    p.add_argument("--from", dest="source", required=True, metavar="SPEC",
+                   help="sqlite:DATA_DIR or postgresql:DSN")
+    p.add_argument("--to", dest="target", required=True, metavar="SPEC",
+                   help="sqlite:DATA_DIR or postgresql:DSN")
+    p.add_argument("--blob-dir", type=Path, default=None,
+                   help="the postgresql side's body directory ([store] blob_dir)")
+    p.add_argument("--replace", action="store_true",
+                   help="empty a target that already holds accounts, mail or queue entries")
+    p.set_defaults(func=_store_migrate)
+
     from mxd.msgauth import cli as dkim_cli
 
     kp = sub.add_parser("dkim", help="DKIM signing keys: generate, print DNS records")
@@ -615,6 +630,19 @@ def _add_optional_commands(sub: Any) -> None:
     tp = sub.add_parser("tlsrpt", help="SMTP TLS reports (RFC 8460) received")
     tlsrpt_cli.add_arguments(tp, _add_config)
     tp.set_defaults(func=lambda args: tlsrpt_cli.run(args, _config))
+
+
+def _store_migrate(args: argparse.Namespace) -> int:
+    from mxd.store.transfer import Endpoint, migrate_store
+
+    src = Endpoint.parse(args.source, args.blob_dir)
+    dst = Endpoint.parse(args.target, args.blob_dir)
+    report = migrate_store(src, dst, replace=args.replace,
+                           progress=lambda line: print(line, file=sys.stderr))
+    print(f"migrated {src.describe()} to {dst.describe()}: "
+          + ", ".join(f"{n} {t}" for t, n in report.rows.items() if n)
+          + f"; {report.bodies} bodies ({report.body_bytes} bytes); verified")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
