@@ -591,6 +591,9 @@ def _add_optional_commands(sub: Any) -> None:
     def run_queue(args: argparse.Namespace) -> int:
         cfg = None if args.data_dir else _config(args)
         data_dir = args.data_dir or cfg.data_dir  # type: ignore[union-attr]
+        if cfg is not None and cfg.store.backend != "sqlite":
+            raise CLIError("mxd queue works on the SQLite store; with [store] backend = "
+                           f"{cfg.store.backend!r} use the admin API or web interface")
         if cfg is not None:
             args.transport_names = frozenset(cfg.transports)
         rc = queue_cli.run(args, data_dir=data_dir)

@@ -98,7 +98,8 @@ def make_store(cfg: Config, reactor: Any) -> Any:
         except BlobDirError as e:
             raise ConfigError(cfg.source, "store.blob_dir", str(e)) from None
         store = PostgresStore(cfg.store.dsn, cfg.store.blob_dir, reactor, settings=settings,
-                              pg=PostgresSettings(pool_size=cfg.store.pool_size))
+                              pg=PostgresSettings(pool_size=cfg.store.pool_size,
+                                                  connect_timeout=cfg.store.connect_timeout))
     else:
         store = SQLiteStore(cfg.data_dir, reactor, settings=settings)
     summary.register(store)  # IMAP's ENVELOPE and SORT/THREAD keys, stored with each message

@@ -194,6 +194,9 @@ class StoreConfig:
                                 example='"/srv/mxd-blobs"')
     pool_size: int = opt(8, "postgresql: database connections (and threads running store "
                          "operations) per node.", check=_positive)
+    connect_timeout: float = opt(10.0, "postgresql: seconds an operation waits for a "
+                                 "database connection before it fails temporarily (SMTP "
+                                 "451, IMAP NO [UNAVAILABLE]).", check=_positive)
 
 
 TRANSPORT_KINDS = ("direct", "smtp", "submission", "submissions", "socks5", "fail")

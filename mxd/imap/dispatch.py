@@ -24,6 +24,7 @@ from mxd.store.interfaces import (
     NoSuchMailbox,
     QuotaExceeded,
     StoreError,
+    StoreUnavailable,
 )
 
 if TYPE_CHECKING:
@@ -106,5 +107,8 @@ def store_error_reply(e: StoreError) -> Reply:
         return no(f"Invalid mailbox name: {e}", "CANNOT")
     if isinstance(e, InvalidFlag):
         return no(f"Invalid flag: {e}", "CANNOT")
+    if isinstance(e, StoreUnavailable):  # RFC 5530 §3: a subsystem is down, try later
+        log.warn("imap store unavailable: {error}", error=str(e))
+        return no("The mail store is unavailable; try again later", "UNAVAILABLE")
     log.error("imap store error: {error}", error=str(e))
     return no("The operation failed", "SERVERBUG")

@@ -43,6 +43,11 @@ class StoreError(MxdError):
     """A storage operation failed."""
 
 
+class StoreUnavailable(StoreError):
+    """The store's database cannot be reached now (restarting, network): a temporary
+    failure; nothing was stored, try again later (SMTP 451, IMAP NO [UNAVAILABLE])."""
+
+
 class NoSuchAccount(StoreError):
     pass
 

@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mxd.store.blobs import BlobFiles, FileBlobWriter
-from mxd.store.interfaces import MailboxChange, StoreError
+from mxd.store.interfaces import MailboxChange, StoreError, StoreUnavailable
 from mxd.store.sqlbase import Cursor, IntegrityError
 from mxd.store.writer import OpContext, PoolLike, StoreClosed
 
@@ -38,11 +38,9 @@ log = Logger(namespace="mxd.store.postgres")
 
 T = TypeVar("T")
 
+__all__ = ["PGConn", "PGRunner", "StoreUnavailable", "translate"]
+
 RETRIES = 5  # deadlocks / serialization failures before giving up
-
-
-class StoreUnavailable(StoreError):
-    """The database cannot be reached now (restarting, network): try again later."""
 
 
 @functools.lru_cache(maxsize=1024)

@@ -18,6 +18,7 @@ from mxd.store.interfaces import (
     NoSuchMailbox,
     QuotaExceeded,
     StoreError,
+    StoreUnavailable,
 )
 
 
@@ -38,6 +39,7 @@ def test_table_is_complete_without_importing_the_handlers_first() -> None:
     (CannotDeleteInbox("x"), "NO", "CANNOT"),
     (InvalidMailboxName("empty hierarchy level in 'a//b'"), "NO", "CANNOT"),
     (InvalidFlag("bad flag"), "NO", "CANNOT"),
+    (StoreUnavailable("database unavailable"), "NO", "UNAVAILABLE"),  # RFC 5530 §3
 ])
 def test_store_errors_by_type_and_no_error_log(error: StoreError, status: str, code: str) -> None:
     events: list[dict[str, object]] = []

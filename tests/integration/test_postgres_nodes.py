@@ -91,6 +91,7 @@ backend = "postgresql"
 dsn = "{dsn}"
 blob_dir = "{blobs}"
 pool_size = 4
+connect_timeout = 2.0
 
 [queue]
 lease = {lease}
@@ -290,3 +291,76 @@ def test_node_b_completes_after_node_a_is_killed_mid_delivery(cluster_nodes: Any
         assert b.stop() in STOPPED
     finally:
         sink.controller.stop()
+
+
+def test_postgresql_restart_under_load_loses_nothing_acknowledged(
+        cluster_nodes: Any, pg_cluster: PGCluster) -> None:
+    """SMTP clients keep sending to a node while PostgreSQL is stopped and started again:
+    during the outage they get 4xx (never 5xx) and an IMAP login gets NO [UNAVAILABLE];
+    the node reconnects by itself; every message that got its 250 is in the mailbox."""
+    sink = Sink()
+    a, _ = cluster_nodes(sink)
+    a.start()
+    accepted: list[str] = []
+    temporary: list[int] = []
+    permanent: list[tuple[int, bytes]] = []
+    stop = threading.Event()
+
+    def send() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            msgid = f"<load{i}@example.test>"
+            body = (f"From: x@client.test\r\nTo: {MxdServer.user2}\r\nSubject: load {i}\r\n"
+                    f"Message-ID: {msgid}\r\n\r\nbody\r\n")
+            try:
+                with smtplib.SMTP("127.0.0.1", a.ports["smtp"], timeout=30) as s:
+                    s.sendmail("x@client.test", [MxdServer.user2], body)
+                accepted.append(msgid)
+            except smtplib.SMTPRecipientsRefused as e:
+                code = next(iter(e.recipients.values()))[0]
+                (temporary.append(code) if 400 <= code < 500
+                 else permanent.append((code, b"rcpt")))
+            except smtplib.SMTPResponseException as e:
+                (temporary.append(e.smtp_code) if 400 <= e.smtp_code < 500
+                 else permanent.append((e.smtp_code, e.smtp_error)))
+            except (OSError, smtplib.SMTPException):
+                temporary.append(0)  # connection dropped: not acknowledged either
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        _until(lambda: len(accepted) >= 10, 60, "no mail accepted before the restart")
+        pg_cluster.stop()
+        try:
+            n_down = len(temporary)
+            _until(lambda: len(temporary) >= n_down + 2, 60, "no temporary failures seen")
+            ctx = ssl.create_default_context(cafile=str(a.ca_file))
+            imap = imaplib.IMAP4_SSL("127.0.0.1", a.ports["imaps"], ssl_context=ctx)
+            try:
+                with pytest.raises(imaplib.IMAP4.error, match=r"UNAVAILABLE"):
+                    imap.login(MxdServer.user2, MxdServer.password2)
+            finally:
+                imap.shutdown()
+        finally:
+            pg_cluster.start()
+        n_back = len(accepted)
+        _until(lambda: len(accepted) >= n_back + 10, 60, "no mail accepted after the restart")
+    finally:
+        stop.set()
+        sender.join(60)
+    assert permanent == []
+    ctx = ssl.create_default_context(cafile=str(a.ca_file))
+    imap = imaplib.IMAP4_SSL("127.0.0.1", a.ports["imaps"], ssl_context=ctx)
+    try:
+        imap.login(MxdServer.user2, MxdServer.password2)
+        typ, data = imap.select("INBOX", readonly=True)
+        typ, fetched = imap.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+        stored = [x[1].decode().split(":", 1)[1].strip() for x in fetched
+                  if isinstance(x, tuple)]
+    finally:
+        imap.logout()
+    missing = set(accepted) - set(stored)
+    assert not missing, f"acknowledged but lost: {sorted(missing)[:5]}"
+    assert len(stored) == len(set(stored))
+    assert a.stop() in STOPPED
