@@ -126,6 +126,12 @@ T = TypeVar("T")
 DB_NAME = "mxd.sqlite3"
 
 
+# The components every SQLite store has (mxd.store.pgschema.SCHEMAS: the same on PostgreSQL).
+BUILTIN_SCHEMAS: dict[str, list[str]] = {"store": STORE_MIGRATIONS,
+                                         "queue": queuedb.QUEUE_MIGRATIONS,
+                                         "metadata": METADATA_MIGRATIONS}
+
+
 @attrs.frozen
 class StoreSettings:
     """Settings of the embedded store."""
@@ -155,9 +161,7 @@ class SQLiteStore:
         self._writer.keep_bodies = self._unheld
         self._holds: dict[str, int] = {}  # blob id -> readers holding it
         self._orphans: set[str] = set()  # held bodies no message references any more
-        self._schemas: dict[str, list[str]] = {"store": STORE_MIGRATIONS,
-                                               "queue": queuedb.QUEUE_MIGRATIONS,
-                                               "metadata": METADATA_MIGRATIONS}
+        self._schemas: dict[str, list[str]] = dict(BUILTIN_SCHEMAS)
         self._listeners: dict[int, list[Callable[[MailboxChange], None]]] = {}
         self._ctx: OpContext | None = None  # the running transact() op (writer thread)
         self._opened = False

@@ -33,7 +33,7 @@ from typing import Any
 
 import attrs
 
-from mxd.store import pgschema, queuedb, schema
+from mxd.store import pgschema, schema
 from mxd.store.blobs import BlobFiles, fsync_dir
 from mxd.store.interfaces import StoreError
 
@@ -49,6 +49,7 @@ TABLES: list[tuple[str, str, str | None]] = [
     ("accounts", "id", "id"),
     ("addresses", "address", None),
     ("mailboxes", "id", "id"),
+    ("metadata", "account_id, mailbox_id, name", None),
     ("blobs", "id", None),
     ("blob_data", "blob_id, kind", None),
     ("messages", "mailbox_id, uid", None),
@@ -155,8 +156,10 @@ class _Side:
 
     def migrate(self) -> None:
         if self.ep.kind == "sqlite":
-            schema.migrate(self.conn, "store", schema.STORE_MIGRATIONS)
-            schema.migrate(self.conn, "queue", queuedb.QUEUE_MIGRATIONS)
+            from mxd.store.sqlite import BUILTIN_SCHEMAS
+
+            for name, steps in BUILTIN_SCHEMAS.items():
+                schema.migrate(self.conn, name, steps)
         else:
             pgschema.migrate(self.conn)
 
@@ -193,9 +196,21 @@ class _Side:
         self.conn.close()
 
 
+    def tables(self) -> set[str]:
+        if self.ep.kind == "sqlite":
+            rows = self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                     "AND name NOT LIKE 'sqlite_%'").fetchall()
+        else:
+            rows = self.conn.execute("SELECT tablename FROM pg_tables "
+                                     "WHERE schemaname = current_schema()").fetchall()
+        return {str(r[0]) for r in rows}
+
+
 def expected_versions(kind: str) -> dict[str, int]:
     if kind == "sqlite":
-        return {"store": len(schema.STORE_MIGRATIONS), "queue": len(queuedb.QUEUE_MIGRATIONS)}
+        from mxd.store.sqlite import BUILTIN_SCHEMAS
+
+        return {k: len(v) for k, v in BUILTIN_SCHEMAS.items()}
     return {k: len(v) for k, v in pgschema.SCHEMAS.items()}
 
 
@@ -244,6 +259,9 @@ def migrate_store(src_ep: Endpoint, dst_ep: Endpoint, *, replace: bool = False,
             raise TransferError(
                 f"the source schema is {have or 'missing'}, this mxd writes {want}: start "
                 "this mxd once on the source (it upgrades it), stop it, and migrate then")
+        unknown = src.tables() - {t for t, _, _ in TABLES} - {"schema_version"}
+        if unknown:
+            raise TransferError(f"this mxd does not know how to move table(s) {sorted(unknown)}")
         dst.migrate()
         if dst.versions() != expected_versions(dst_ep.kind):
             raise TransferError("the target schema is not this mxd's")
