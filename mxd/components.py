@@ -404,10 +404,12 @@ def build(cfg: Config, reactor: Any, metrics: IMetrics, parent: Any) -> dict[str
     Order matters: the store service starts first (and stops last), then the queue
     runner; listeners are added after these by tap.build_service."""
     from mxd.queue.queue import Queue
-    from mxd.store.metadata import SQLiteMetadata
+    from mxd.store.metadata import MetadataLimits, SQLiteMetadata
 
     store = make_store(cfg, reactor)
-    metadata = SQLiteMetadata(store)  # RFC 5464 annotations, in the store's database
+    metadata = SQLiteMetadata(store, MetadataLimits(  # RFC 5464, in the store's database
+        max_entry_size=cfg.imap.metadata_max_value, max_entries=cfg.imap.metadata_max_entries,
+        max_total=cfg.imap.metadata_max_total))
     directory = make_directory(cfg, store, reactor, metrics)
 
     def sync() -> Deferred[None]:

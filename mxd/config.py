@@ -65,6 +65,10 @@ def _positive(v: float) -> str | None:
     return None if v > 0 else f"must be positive, got {v}"
 
 
+def _metadata_value_check(v: int) -> str | None:
+    return None if 0 < v <= 65536 else f"must be from 1 to 65536, got {v}"
+
+
 def _address_check(v: str) -> str | None:
     try:
         ipaddress.ip_address(v)
@@ -449,6 +453,14 @@ class IMAPConfig:
     login_timeout: float = opt(180.0, "Seconds from connecting within which a client must "
                                "log in; bytes sent meanwhile do not extend it.",
                                check=_positive)
+    metadata_max_value: int = opt(16384, "Largest value of one METADATA entry in octets "
+                                  "(RFC 5464; larger: NO [METADATA MAXSIZE n]); at most 65536, "
+                                  "the literal limit.", check=_metadata_value_check)
+    metadata_max_entries: int = opt(1000, "METADATA entries per account, server and "
+                                    "mailboxes together (more: NO [METADATA TOOMANY]).",
+                                    check=_positive)
+    metadata_max_total: int = opt(1048576, "Octets of all METADATA values of one account "
+                                  "(more: NO [METADATA TOOMANY]).", check=_positive)
 
 
 @attrs.frozen

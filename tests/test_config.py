@@ -53,6 +53,8 @@ def test_minimal_config_parses_with_defaults(tls_files):
          "expected an IP address"),
         ("[resolver]\ntrusted = [\"192.0.2.1\"]", "resolver.trusted[0]", "not in"),
         ("bogus = 1", "domains.bogus", "unknown key"),
+        ("[imap]\nmetadata_max_value = 70000", "imap.metadata_max_value",
+         "must be from 1 to 65536"),
         ("[[accounts]]\nname = \"a\"\naddresses = [\"a@other.test\"]", "accounts[0].addresses[0]",
          "not listed in domains.names"),
         ("[[accounts]]\naddresses = [\"a@example.test\"]", "accounts[0].name",
