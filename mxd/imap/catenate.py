@@ -10,7 +10,7 @@ response code RFC 4469 §5 gives: ``BADURL`` (naming the URL) or ``TOOBIG``.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from mxd.imap.appendsyntax import CatPart, CatText, CatURL, MessageURL, URLError, parse_url
@@ -69,26 +69,45 @@ def bad_url(url: str, why: str) -> CatenateRefused:
     return CatenateRefused(no(f"CATENATE: {why}", f"BADURL {shown}"))
 
 
-async def resolve(s: IMAPSession, url: str) -> bytes:
-    """The octets a URL names: FETCH BODY[section]<partial> of the message (RFC 4469 §3:
-    "the same data as a FETCH of BODY[section]")."""
+async def resolve(s: IMAPSession, url: str) -> AsyncGenerator[bytes, None]:
+    """The octets a URL names, in pieces: FETCH BODY[section]<partial> of the message
+    (RFC 4469 §3: the same data as a FETCH of the section).  A whole message, or a
+    range of one, is copied from its file a chunk at a time between work slices; a
+    section needs the message parsed (at most APPENDLIMIT octets)."""
     assert s.account is not None
     try:
         ref: MessageURL = parse_url(url, s.account.name)
     except URLError as e:
         raise bad_url(url, str(e)) from None
     info = await _message(s, url, ref)
+    if ref.section is None:
+        start, end = 0, info.size
+        if ref.partial is not None:
+            offset, length = ref.partial
+            start = min(offset, info.size)
+            end = info.size if length is None else min(info.size, start + length)
+        f = s.store.open_blob(info.blob_id)
+        try:
+            f.seek(start)
+            left = end - start
+            while left > 0:
+                chunk = f.read(min(s.settings.chunk_size, left))
+                if not chunk:
+                    break
+                left -= len(chunk)
+                yield chunk
+                await s.breathe()
+        finally:
+            f.close()
+        return
     raw = s.store.read_blob_head(info.blob_id, info.size)
-    if ref.section is not None and (ref.section.part or ref.section.text):
-        data = ParsedMessage.parse(raw).section(ref.section.part, ref.section.text)
-        if data is None:
-            raise bad_url(url, "no such part")
-    else:
-        data = raw
+    data = ParsedMessage.parse(raw).section(ref.section.part, ref.section.text)
+    if data is None:
+        raise bad_url(url, "no such part")
     if ref.partial is not None:
         offset, length = ref.partial
         data = data[offset:] if length is None else data[offset:offset + length]
-    return data
+    yield data
 
 
 async def _message(s: IMAPSession, url: str, ref: MessageURL) -> MessageInfo:
@@ -134,18 +153,26 @@ async def assemble(s: IMAPSession, parts: tuple[CatPart, ...], limit: int) -> tu
     try:
         for part in parts:
             if isinstance(part, CatText):
-                pieces: Iterator[bytes] = text_chunks(part.data)
+                pieces: AsyncGenerator[bytes, None] = _aiter(text_chunks(part.data))
             else:
                 assert isinstance(part, CatURL)
-                pieces = iter((await resolve(s, part.url),))
-            for chunk in pieces:
-                size += len(chunk)
-                if size > limit:
-                    # RFC 4469 §5 TOOBIG; APPENDLIMIT (RFC 7889) is the limit.
-                    raise CatenateRefused(no(f"Message would be larger than APPENDLIMIT {limit}",
-                                             "TOOBIG"))
-                blob.write(chunk)
+                pieces = resolve(s, part.url)
+            try:
+                async for chunk in pieces:
+                    size += len(chunk)
+                    if size > limit:
+                        # RFC 4469 §5 TOOBIG; APPENDLIMIT (RFC 7889) is the limit.
+                        raise CatenateRefused(no(f"Message would be larger than APPENDLIMIT "
+                                                 f"{limit}", "TOOBIG"))
+                    blob.write(chunk)
+            finally:
+                await pieces.aclose()  # its file is closed now
         return blob, size
     except BaseException:
         blob.abort()
         raise
+
+
+async def _aiter(chunks: Iterator[bytes]) -> AsyncGenerator[bytes, None]:
+    for chunk in chunks:
+        yield chunk

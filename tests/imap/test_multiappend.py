@@ -4,6 +4,7 @@ session: the RFC examples, atomicity and the limits checked before octets are re
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -392,3 +393,28 @@ def test_literal_counter_looks_at_each_part_once(monkeypatch: pytest.MonkeyPatch
     assert steps == len(parts) - 2
     other = counter.tally((b"b APPEND INBOX ",))  # a new command starts afresh
     assert (other.index, other.total_octets) == (0, 0)
+
+
+def test_whole_message_urls_are_copied_in_chunks_and_files_closed() -> None:
+    """A URL naming a whole message is copied from its file a chunk at a time; the file
+    is closed also when the result turns out TOOBIG halfway."""
+    store, acc = make_store()
+    big = b"Subject: big\r\n\r\n" + bytes(range(256)) * 40  # 10,256 octets
+    store.put(acc, "INBOX", big)
+    opened: list[Any] = []
+    real_open = store.open_blob
+
+    def open_blob(blob_id: str) -> Any:
+        f = real_open(blob_id)
+        opened.append(f)
+        return f
+
+    store.open_blob = open_blob  # type: ignore[method-assign]
+    c = Conn(store, settings=IMAPServerSettings(chunk_size=1000, append_limit=15_000))
+    c.login()
+    r = c.cmd('a APPEND INBOX CATENATE (URL "/INBOX/;UID=1/;PARTIAL=16.10000")')
+    assert r.startswith(b"a OK"), r
+    assert _messages(store)[-1] == big[16:10016]
+    r = c.cmd('b APPEND INBOX CATENATE (URL "/INBOX/;UID=1" URL "/INBOX/;UID=1")')
+    assert r.startswith(b"b NO [TOOBIG]"), r
+    assert len(opened) == 3 and all(f.closed for f in opened)
