@@ -118,7 +118,8 @@ async def cmd_multiappend(s: IMAPSession, cmd: Command) -> Reply:
             if not isinstance(m.data, BlobLiteral):
                 pending.append(blob)
             if size == 0:
-                return no("Cannot append an empty message")
+                # RFC 3502 §6.3.11: a zero-length message is how a client cancels.
+                return no("APPEND cancelled (empty message); nothing appended")
             total += size
             items.append((blob, flags, m.date))
         if s.usage is not None and s.usage[1] is not None and s.usage[0] + total > s.usage[1]:
