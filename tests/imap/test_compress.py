@@ -152,3 +152,100 @@ def test_inflater_raises_only_compresserror(data: bytes) -> None:
             pass
     except CompressError:
         pass
+
+
+class _Lower:
+    """A lower transport that records writes and producer registrations."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.producer: object = None
+        self.lost = False
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def registerProducer(self, producer: object, streaming: bool) -> None:
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def loseConnection(self) -> None:
+        self.lost = True
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+
+
+class _Session:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self._write_paused = False
+
+    def pauseProducing(self) -> None:
+        self.events.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.events.append("resume")
+
+    def stopProducing(self) -> None:
+        self.events.append("stop")
+
+
+def test_threaded_compression_keeps_order_flow_control_and_close() -> None:
+    """Big writes go to the worker one job at a time; small writes behind them wait
+    their turn (the stream stays in order); the session pauses while too much waits
+    and when the lower transport is full, and resumes only when both have room; a close
+    waits for the compressor."""
+    from twisted.internet.defer import Deferred
+
+    from mxd.imap import compress
+
+    jobs: list[tuple[Deferred[bytes], object, bytes]] = []
+
+    def run(fn: object, data: bytes) -> Deferred[bytes]:
+        d: Deferred[bytes] = Deferred()
+        jobs.append((d, fn, data))
+        return d
+
+    def finish() -> None:
+        d, fn, data = jobs.pop(0)
+        d.callback(fn(data))  # type: ignore[operator]
+
+    lower, session = _Lower(), _Session()
+    t = compress.DeflateTransport(lower, Deflater(), session, run)
+    assert lower.producer is not None and lower.producer is not session
+    t.write(b"small first\r\n")  # idle and small: at once
+    assert len(jobs) == 0 and lower.data
+    big = b"".join(b"line %d of a big FETCH\r\n" % i for i in range(20_000))  # > MAX_QUEUED
+    t.write(big)
+    t.write(b"tagged OK\r\n")  # behind the big one, though small
+    assert len(jobs) == 1 and session.events == ["pause"]
+    lower.producer.pauseProducing()  # type: ignore[attr-defined]  # the socket is full too
+    finish()  # the big one done; the small one starts
+    assert session.events == ["pause"] and len(jobs) == 1
+    t.loseConnection()
+    assert not lower.lost  # waits for the compressor
+    finish()
+    assert lower.lost
+    lower.producer.resumeProducing()  # type: ignore[attr-defined]
+    assert session.events == ["pause", "resume"]
+    out = zlib.decompressobj(-15).decompress(bytes(lower.data))
+    assert out == b"small first\r\n" + big + b"tagged OK\r\n"
+
+
+def test_abort_drops_what_waits() -> None:
+    from twisted.internet.defer import Deferred
+
+    from mxd.imap import compress
+
+    jobs: list[Deferred[bytes]] = []
+    lower, session = _Lower(), _Session()
+    t = compress.DeflateTransport(lower, Deflater(), session,
+                                  lambda fn, data: jobs.append(Deferred()) or jobs[-1])
+    t.write(b"x" * 100_000)
+    t.abortConnection()
+    jobs[0].callback(b"late")
+    assert lower.aborted and not lower.data
