@@ -266,7 +266,8 @@ async def _select(s: IMAPSession, cmd: Command, args: SelectArgs, info: MailboxI
     else:
         s.untagged(b"%d RECENT" % len(view.recent))
         unseen = view.first_unseen()
-        if unseen is not None:
+        # RFC 9586 (abstract, §3): with UIDONLY no message numbers in responses.
+        if unseen is not None and not uidonly.active(s):
             s.untagged(b"OK [UNSEEN %d] First unseen" % unseen)
     s.untagged(b"OK [UIDVALIDITY %d] UIDs valid" % info.uidvalidity)
     s.untagged(b"OK [UIDNEXT %d] Predicted next UID" % max(info.uidnext, view.max_uid + 1))

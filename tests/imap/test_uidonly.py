@@ -33,6 +33,18 @@ def test_capability_advertised_after_login() -> None:
     assert b" UIDONLY" in c.login()
 
 
+def test_select_names_no_sequence_number() -> None:
+    """SELECT gives no OK [UNSEEN seq] (a message number) with UIDONLY."""
+    store, acc = make_store()
+    store.put(acc, "INBOX", MSG1)
+    c = Conn(store)
+    c.login()
+    assert b"[UNSEEN 1]" in c.cmd("s SELECT INBOX")
+    c.cmd("e ENABLE UIDONLY")
+    r = c.cmd("t SELECT INBOX")
+    assert b"UNSEEN" not in r and b"* 1 EXISTS" in r, r
+
+
 def test_uid_fetch_answers_uidfetch() -> None:
     """RFC 9586 §3.3's example: ``* 25996 UIDFETCH (FLAGS (\\Flagged \\Answered))``."""
     c, _, _ = _session()
