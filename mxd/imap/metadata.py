@@ -42,12 +42,12 @@ class SetMetadataArgs:
     items: tuple[tuple[str, bytes | None], ...]  # NIL removes the entry (§4.3)
 
 
-def entry_problem(name: str, for_set: bool = False) -> str | None:
+def entry_problem(name: str) -> str | None:
     """Why ``name`` is not a valid entry name (RFC 5464 §3.2), or None.
 
     An entry is a "/"-separated path under "/private" or "/shared" (§3.2); no "*" or
     "%" (§3.2.1: they are reserved for future wildcard use), no empty component, no
-    trailing "/"; printable ASCII here.  SETMETADATA needs a name below the two roots."""
+    trailing "/"; printable ASCII here.  "/private" itself may be set, as Dovecot allows."""
     raw = name.encode("utf-8", "surrogateescape")
     if len(raw) > MAX_ENTRY_NAME:
         return "entry name too long"
@@ -58,14 +58,12 @@ def entry_problem(name: str, for_set: bool = False) -> str | None:
         return "entry names begin with /private or /shared"
     if "//" in low or low.endswith("/"):
         return "empty component in entry name"
-    if for_set and low in ("/private", "/shared"):
-        return "cannot set a top-level entry"
     return None
 
 
-def _entry(r: Reader, for_set: bool = False) -> str:
+def _entry(r: Reader) -> str:
     name = r.astring()
-    problem = entry_problem(name, for_set)
+    problem = entry_problem(name)
     if problem is not None:
         raise r.error(problem)
     return name.lower()
@@ -132,7 +130,7 @@ def parse_setmetadata(r: Reader) -> SetMetadataArgs:
     r.sp()
 
     def item() -> tuple[str, bytes | None]:
-        name = _entry(r, for_set=True)
+        name = _entry(r)
         r.sp()
         if r.take(b"NIL"):
             return name, None

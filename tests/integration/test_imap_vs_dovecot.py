@@ -96,8 +96,10 @@ userdb {{
 }}
 mail_location = maildir:~/Maildir
 first_valid_uid = 1
+mail_attribute_dict = file:%h/dovecot-attributes
 protocol imap {{
   mail_plugins = $mail_plugins imap_zlib
+  imap_metadata = yes
 }}
 service imap-login {{
   inet_listener imap {{
