@@ -184,15 +184,15 @@ from mxd.sasl.credentials import StoredSecrets
 from mxd.store.interfaces import Delivery, MessageProps
 from mxd.store.sqlite import SQLiteStore
 try:
-    from mxd.imap import summary
-except ImportError:  # an older tree (--baseline-root) stores no IMAP values
-    summary = None
+    from mxd.components import register_derivers
+except ImportError:  # an older tree (--baseline-root) stores no derived data
+    register_derivers = None
 
 async def main(reactor):
     data, msgdir, user, pw = sys.argv[1:5]
     store = SQLiteStore(Path(data), reactor)
-    if summary is not None:
-        summary.register(store)  # as twistd mxd does (mxd.components.make_store)
+    if register_derivers is not None:
+        register_derivers(store)  # as twistd mxd does: no backfill runs during the bench
     await store.open()
     acc = await store.get_account(user)
     if acc is None:

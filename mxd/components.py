@@ -76,7 +76,6 @@ def freeze_heap() -> None:
 
 
 def make_store(cfg: Config, reactor: Any) -> Any:
-    from mxd.imap import preview, summary
     from mxd.store.sqlite import SQLiteStore, StoreSettings
 
     cfg.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -102,9 +101,18 @@ def make_store(cfg: Config, reactor: Any) -> Any:
                                                   connect_timeout=cfg.store.connect_timeout))
     else:
         store = SQLiteStore(cfg.data_dir, reactor, settings=settings)
-    summary.register(store)  # IMAP's ENVELOPE and SORT/THREAD keys, stored with each message
-    preview.register(store)  # and its PREVIEW (RFC 8970)
+    register_derivers(store)
     return store
+
+
+def register_derivers(store: Any) -> None:
+    """Everything the server stores with each new message (derived data, see the
+    ``mxd.store.interfaces`` docstring); a tool that fills a store for the server (a
+    benchmark, an import) calls it too, or the server backfills at start."""
+    from mxd.imap import preview, summary
+
+    summary.register(store)  # IMAP's ENVELOPE and SORT/THREAD keys
+    preview.register(store)  # and its PREVIEW (RFC 8970)
 
 
 BACKFILL_BATCH = 64
