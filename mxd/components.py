@@ -609,7 +609,8 @@ def make_tls_reporter(cfg: Config, comps: dict[str, Any], reactor: Any, metrics:
                        send_success=cfg.tlsrpt.send_success),
         sign=(functools.partial(ring.sign, extra_headers=SIGNED_HEADERS)
               if ring is not None else None), post=https_poster(reactor),
-        state=cfg.data_dir / "tlsrpt" / "last-reported-day", metrics=metrics)
+        state=cfg.data_dir / "tlsrpt" / "last-reported-day", metrics=metrics,
+        sent_store=tls_sent_store(cfg))
     reporter.setServiceParent(parent)
     comps["tls_reporter"] = reporter
     return reporter
@@ -632,6 +633,13 @@ def dmarc_sent_store(cfg: Config) -> Any:
     from mxd.msgauth.reportstore import SentReportStore
 
     return SentReportStore(cfg.data_dir / "dmarc" / "sent")
+
+
+def tls_sent_store(cfg: Config) -> Any:
+    """TLS reports sent, under DATA_DIR/tlsrpt/sent."""
+    from mxd.tlsrpt.send import SentTLSReports
+
+    return SentTLSReports(cfg.data_dir / "tlsrpt" / "sent")
 
 
 def tls_report_addresses(cfg: Config) -> list[str]:
@@ -719,7 +727,7 @@ def admin_factory(cfg: Config, li: ListenerConfig, comps: dict[str, Any], reacto
         domains=tuple(normalise_domain(d) for d in cfg.domains.names),
         domain_records=lambda d: admin_domain_records(cfg, d),
         tls_reporter=comps.get("tls_reporter"), recent=recent_problems(comps),
-        sasl=comps.get("sasl"), dmarc_sent=dmarc_sent_store(cfg),
+        sasl=comps.get("sasl"), dmarc_sent=dmarc_sent_store(cfg), tls_sent=tls_sent_store(cfg),
         domain_check=(admin_dns_check(cfg, comps["resolver"], reactor)
                       if comps.get("resolver") is not None else None))
     site: Any = bounded_admin_factory(admin_site(ctx), reactor)

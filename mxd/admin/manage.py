@@ -245,8 +245,8 @@ def tls_table(domains: list[Any]) -> str:
 
 
 class Reports(Page):
-    """/reports: DMARC aggregate reports (RFC 7489) received and sent, and TLS reports
-    (RFC 8460) received."""
+    """/reports: DMARC aggregate reports (RFC 7489) and TLS reports (RFC 8460), received
+    and sent."""
 
     @async_render
     async def render_GET(self, request: Any) -> bytes:
@@ -287,6 +287,20 @@ class Reports(Page):
                                             f"{p.get('successful')} ok, {p.get('failed')} failed")
                                          for p in pols)])
             body += _table(["from", "report id", "policies"], rows)
+        else:
+            body += "<p>Not kept.</p>"
+        body += "<h2>TLS reports sent</h2>"
+        tls_sent = getattr(self.ctx, "tls_sent", None)
+        if tls_sent is not None:
+            sent = await self.ctx.run_blocking(tls_sent.reports)
+            body += _table(["policy domain", "kind", "report id", "period", "failures",
+                            "sent to", "result", "at"], [
+                [_e(r.get("policy_domain")), _e(r.get("kind")), _e(r.get("report_id")),
+                 _e(f"{iso(r.get('begin'))} – {iso(r.get('end'))}"), _e(r.get("failures")),
+                 _e(r.get("to")),
+                 (f"queued as <a href=\"/queue/{_e(r.get('queue_id'))}\">"
+                  f"{_e(r.get('queue_id'))}</a>" if r.get("queue_id") else _e(r.get("result"))),
+                 _e(iso(r.get("sent")))] for r in sent]) if sent else "<p>None sent yet.</p>"
         else:
             body += "<p>Not kept.</p>"
         return page("reports", body, request)

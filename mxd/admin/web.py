@@ -17,7 +17,7 @@ Routes:
   GET  /domains              each domain's DNS records (mxd dns records) next to the last
                              DNS check's results; POST /domains/check runs it (mxd dns check)
   GET  /tls                  TLS support per recipient domain
-  GET  /reports              DMARC reports received and sent, TLS reports received
+  GET  /reports              DMARC and TLS reports received and sent
   GET  /api/queue            JSON list (?domain=, ?sender=)
   GET  /api/queue/ID         JSON message, recipients and attempts
   POST /api/queue/ID/OP      OP in hold, release, kick, drop
@@ -30,6 +30,7 @@ Routes:
   GET  /api/dmarc/reports    DMARC aggregate reports received (JSON)
   GET  /api/dmarc/sent       DMARC aggregate reports this server sent (JSON)
   GET  /api/tlsrpt/reports   TLS reports received (JSON; /api/tlsrpt/reports/ID: one)
+  GET  /api/tlsrpt/sent      TLS reports this server sent (JSON)
   POST /api/tlsrpt/send?day=YYYY-MM-DD   build and send that UTC day's TLS reports now
   GET  /metrics              Prometheus text (when [metrics] is enabled)
   GET  /api/account/tls/domains   the ACCOUNT's own TLS results, authenticated by the
@@ -95,13 +96,14 @@ class AdminContext:
                  domain_records: Callable[[str], list[Any]] | None = None,
                  tls_reporter: Any = None, recent: Any = None, sasl: Any = None,
                  domain_check: Callable[[str], Deferred[list[Any]]] | None = None,
-                 dmarc_sent: Any = None) -> None:
+                 dmarc_sent: Any = None, tls_sent: Any = None) -> None:
         self.status = status
         self.clock: Any = clock
         # domain -> the results of ``mxd dns check`` (mxd.dnscheck.CheckResult), or None
         self.domain_check = domain_check
         self.dns_checks: dict[str, tuple[float, tuple[Any, ...]]] = {}  # the last per domain
         self.dmarc_sent = dmarc_sent  # a msgauth.reportstore.SentReportStore, or None
+        self.tls_sent = tls_sent  # a tlsrpt.send.SentTLSReports, or None
         self.sasl = sasl  # the SASL server (account password checks), or None
         self.tls_reporter = tls_reporter  # a tlsrpt.send.TLSReporter when [tlsrpt] send
         self.dmarc_reports = dmarc_reports  # a ReportStore, or None
@@ -267,11 +269,13 @@ class _DMARCAPI(Page):
 
 
 class _TLSRPTAPI(Page):
-    """/api/tlsrpt/reports and /api/tlsrpt/reports/ID"""
+    """/api/tlsrpt/reports, /api/tlsrpt/reports/ID and /api/tlsrpt/sent"""
 
     @async_render
     async def render_GET(self, request: Any) -> bytes:
         parts = path_parts(request)
+        if parts == ["sent"] and self.ctx.tls_sent is not None:
+            return json_body(request, await self.ctx.run_blocking(self.ctx.tls_sent.reports))
         if self.ctx.tls_reports is None or parts[:1] != ["reports"] or len(parts) > 2:
             return json_body(request, {"error": "not found"}, 404)
         if len(parts) == 2:

@@ -40,6 +40,7 @@ from twisted.logger import Logger
 from mxd.dailyreports import DailyTimer, queue_report_mail, utc_day_start
 from mxd.dns.errors import DNSLookupError, DomainError
 from mxd.metrics import IMetrics, NoopMetrics
+from mxd.reportfiles import ReportFiles
 from mxd.tlsrpt.report import aggregate, lookup_txt_record, report_filename, report_json
 from mxd.tlsrpt.results import PolicyType, TLSAttempt
 
@@ -200,6 +201,31 @@ def https_poster(reactor: Any, trust_root: Any = None, timeout: float = 60.0
     return lambda url, body: Deferred.fromCoroutine(post(url, body))
 
 
+class SentTLSReports:
+    """The TLS reports this server sent, one JSON document per report and destination
+    under DATA_DIR/tlsrpt/sent: what the admin pages list.  A mailto: report is recorded
+    once queued (with its queue id), an https: one once its POST succeeded or gave up
+    (§5.4).  Blocking file I/O (small, fsynced documents)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.files = ReportFiles(directory)
+
+    def record(self, report: PolicyReport, *, to: str, method: str, result: str,
+               sent: float, queue_id: str | None = None) -> Path:
+        begin = int(report.start.timestamp())
+        data = {"policy_domain": report.policy_domain, "kind": report.kind,
+                "report_id": report.report_id, "begin": begin,
+                "end": int(report.end.timestamp()), "to": to, "method": method,
+                "result": result, "queue_id": queue_id, "sent": sent,
+                "failures": report.failures}
+        path = self.files.path(str(begin), report.policy_domain, report.report_id, to)
+        return self.files.write(path, data)
+
+    def reports(self) -> list[dict[str, Any]]:
+        """Every report sent, newest period first."""
+        return self.files.load(lambda r: (-int(r.get("begin", 0)), r.get("policy_domain", "")))
+
+
 class TLSReporter(service.Service):
     """Sends yesterday's TLS reports after 00:00 UTC (see the module docstring).
 
@@ -211,7 +237,8 @@ class TLSReporter(service.Service):
                  sign: Callable[[bytes, float], bytes] | None,
                  post: Callable[[str, bytes], Deferred[int]] | None,
                  state: Path | None = None, metrics: IMetrics | None = None,
-                 random: Callable[[], float] = random_module.random) -> None:
+                 random: Callable[[], float] = random_module.random,
+                 sent_store: SentTLSReports | None = None) -> None:
         self.attempts = attempts
         self.resolver = resolver
         self.queue = queue
@@ -225,6 +252,7 @@ class TLSReporter(service.Service):
         self._daily: DailyTimer | None = None
         self.sent: list[tuple[str, str, str]] = []  # (policy domain, kind, rua), for logs/tests
         self.pending: list[Deferred[bool]] = []  # https deliveries still retrying
+        self.sent_store = sent_store  # what the admin pages list, or None
 
     def startService(self) -> None:
         super().startService()
@@ -301,9 +329,9 @@ class TLSReporter(service.Service):
                                    submitter=self.settings.submitter, now=now,
                                    message_id=f"{r.report_id}.{n}")
                 try:
-                    await queue_report_mail(self.queue, data, from_addr=self.settings.from_addr,
-                                            to_addr=address, now=now, sign=self.sign,
-                                            tls_required_no=True, tls_report=True)
+                    queue_id = await queue_report_mail(
+                        self.queue, data, from_addr=self.settings.from_addr, to_addr=address,
+                        now=now, sign=self.sign, tls_required_no=True, tls_report=True)
                 except Exception as e:  # noqa: BLE001  a bad address: the others still go
                     _log.warn("tls report {id} to {rua} not queued: {error}", id=r.report_id,
                               rua=address, error=str(e))
@@ -311,15 +339,32 @@ class TLSReporter(service.Service):
                     continue
                 self.metrics.inc("tlsrpt_reports_sent", method="mailto")
                 _log.info("tls report {id} queued to {rua}", id=r.report_id, rua=address)
+                self._record(r, to=address, method="mailto", result="queued", sent=now,
+                             queue_id=queue_id)
             elif self.post is not None:
                 d = Deferred.fromCoroutine(self._post(uri, r.gzipped, r.report_id))
                 self.pending.append(d)
                 d.addBoth(self._done, d)
+                d.addCallback(self._posted, r, uri)
             else:
                 continue
             self.sent.append((r.policy_domain, r.kind, uri))
             started += 1
         return started
+
+    def _record(self, r: PolicyReport, **kw: Any) -> None:
+        if self.sent_store is None:
+            return
+        try:
+            self.sent_store.record(r, **kw)
+        except OSError as e:  # the report went out; only the admin's list misses it
+            _log.warn("tls report {id}: not recorded as sent: {error}", id=r.report_id,
+                      error=str(e))
+
+    def _posted(self, delivered: bool, r: PolicyReport, uri: str) -> bool:
+        self._record(r, to=uri, method="https", sent=self.clock.seconds(),
+                     result="delivered" if delivered else "failed")
+        return delivered
 
     def _done(self, result: Any, d: Deferred[bool]) -> Any:
         if d in self.pending:

@@ -177,3 +177,34 @@ def test_reports_page_lists_dmarc_reports_sent(tmp_path, hashed):
         "Authorization": f"Bearer {a.token}"})
     assert code == 200, body
     assert json.loads(body)[0]["report_id"] == HOSTILE
+
+
+def test_reports_page_lists_tls_reports_sent(tmp_path, hashed):
+    """The TLS reports this server sent (tlsrpt.send.SentTLSReports): mail with its queue
+    id, https with its result; escaped; also JSON at /api/tlsrpt/sent."""
+    import datetime
+
+    from mxd.tlsrpt.send import PolicyReport, SentTLSReports
+
+    a = _admin(tmp_path, hashed)
+    store = SentTLSReports(tmp_path / "tls-sent")
+    day = datetime.datetime(2026, 12, 4, tzinfo=datetime.UTC)
+    report = PolicyReport(HOSTILE, "tlsa", {}, "2026-12-04.r1", day,
+                          day + datetime.timedelta(days=1), 3)
+    store.record(report, to="mailto:tls@example.net", method="mailto", result="queued",
+                 sent=1.0, queue_id="q7")
+    store.record(report, to="https://r.example.net/x", method="https", result="failed",
+                 sent=2.0)
+    a.ctx.tls_sent = store
+    a.ctx.queue = object()  # the API tree of the queue exists only with a queue
+    a.site = admin_site(a.ctx)
+    _, cookie = a.login()
+    code, _, body = a.request("GET", "/reports", headers={"Cookie": cookie})
+    text = body.decode()
+    sent = text[text.index("TLS reports sent"):].split("</table>")[0]
+    assert code == 200 and "tlsa" in sent and "&lt;script&gt;" in sent
+    assert 'queued as <a href="/queue/q7">' in sent and "<td>failed</td>" in sent
+    assert "<script>" not in text
+    code, _, body = a.request("GET", "/api/tlsrpt/sent", headers={
+        "Authorization": f"Bearer {a.token}"})
+    assert code == 200 and len(json.loads(body)) == 2

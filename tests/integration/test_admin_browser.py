@@ -312,4 +312,5 @@ def test_accounts_domains_tls_and_reports_pages(server: MxdServer, chrome: Any,
     driver.get(base + "/reports")
     assert "DMARC aggregate reports received" in driver.page_source
     assert "DMARC aggregate reports sent" in driver.page_source
+    assert "TLS reports sent" in driver.page_source
     assert driver.find_element(By.LINK_TEXT, "accounts")

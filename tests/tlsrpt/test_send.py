@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 
 from mxd.dns.testing import FakeResolver
 from mxd.tlsrpt.results import FailureDetail, PolicyInfo, PolicyType, ResultType, TLSAttempt
-from mxd.tlsrpt.send import SenderSettings, TLSReporter, daily_reports, report_mail
+from mxd.tlsrpt.send import SenderSettings, SentTLSReports, TLSReporter, daily_reports, report_mail
 from tests.tlsrpt.schema import REPORT_SCHEMA
 
 DAY1 = datetime(2026, 12, 4, tzinfo=UTC).timestamp()
@@ -137,7 +137,8 @@ def _reporter(tmp_path: Path, clock: task.Clock, post: Any, settings: SenderSett
         return succeed([a for a in ATTEMPTS if start <= a.time < end])
 
     rep = TLSReporter(attempts, _resolver(), queue, clock, settings, sign=None, post=post,
-                      state=tmp_path / "state", random=lambda: 0.5)
+                      state=tmp_path / "state", random=lambda: 0.5,
+                      sent_store=SentTLSReports(tmp_path / "sent"))
     return rep, queue
 
 
@@ -185,6 +186,14 @@ def test_https_retries_on_500_and_network_errors_then_gives_up(tmp_path: Path) -
     clock.advance(300)
     assert [c - calls[0] for c in calls] == [0, 60, 360]
     assert pending.called and pending.result is False
+    # Recorded for the admin pages: the mail once queued, the POST once it gave up.
+    assert rep.sent_store is not None
+    sent = {r["method"]: r for r in rep.sent_store.reports()}
+    assert sent["mailto"]["result"] == "queued" and sent["mailto"]["queue_id"]
+    assert sent["mailto"]["to"] == "host-tls@b.example"
+    assert sent["https"]["result"] == "failed"
+    assert sent["https"]["to"] == "https://reports.b.example/tlsrpt"
+    assert sent["https"]["policy_domain"] == "mx2.b.example" and sent["https"]["kind"] == "tlsa"
 
     rep2, _ = _reporter(tmp_path / "x", clock, lambda u, b: (calls.append(0), succeed(403))[1])
     calls.clear()
@@ -202,6 +211,9 @@ def test_https_success_after_retry(tmp_path: Path) -> None:
     [pending] = rep.pending
     clock.advance(60)
     assert pending.result is True and answers == []
+    assert rep.sent_store is not None
+    assert {r["method"]: r["result"] for r in rep.sent_store.reports()} == {
+        "mailto": "queued", "https": "delivered"}
 
 
 @pytest.mark.parametrize("records", [[], [b"v=TLSRPTv1; rua=ftp://x"], [b"v=TLSRPTv1;"]])
