@@ -181,6 +181,42 @@ class CertStore:
                     continue
                 self._certs[(name, hk.kind)] = CertifiedKey(chain, hk.key, hk.kind)
 
+    def file_stamps(self) -> dict[Path, tuple[int, int]]:
+        """(mtime ns, size) of each certificate file present, to notice a new one."""
+        out: dict[Path, tuple[int, int]] = {}
+        if self.directory is None:
+            return out
+        for name in self.names:
+            for hk in self.host_keys:
+                path = cert_path(self.directory, name, hk.kind)
+                try:
+                    st = path.stat()
+                except OSError:
+                    continue
+                out[path] = (st.st_mtime_ns, st.st_size)
+        return out
+
+    def reload(self) -> int:
+        """Read the certificate files again (another process installed new ones, e.g.
+        the main process's ACME service when workers serve TLS); returns how many
+        certificates changed.  Contexts of changed names are built anew."""
+        if self.directory is None:
+            return 0
+        fresh = CertStore.__new__(CertStore)
+        fresh.names, fresh.host_keys = self.names, self.host_keys
+        fresh._certs = {}
+        fresh._load(self.directory)
+        changed = [k for k, v in fresh._certs.items()
+                   if self._certs.get(k) is None or self._certs[k].pem() != v.pem()]
+        if changed:
+            with self._lock:
+                self._certs.update({k: fresh._certs[k] for k in changed})
+                names = {k[0] for k in changed}
+                self._contexts = {k: v for k, v in self._contexts.items() if k[0] not in names}
+            for name, kind in changed:
+                log.info("certificate for {name} ({kind}) reloaded", name=name, kind=kind.value)
+        return len(changed)
+
     def get(self, name: str, kind: KeyKind) -> CertifiedKey | None:
         """The CA-issued certificate in use for ``name`` and ``kind``, if any."""
         return self._certs.get((name, kind))
@@ -292,6 +328,29 @@ class CertStore:
                    alpn: str | None = None) -> ServerTLS:
         """A connection creator for a listener (STARTTLS or implicit TLS)."""
         return ServerTLS(self, max_version, alpn)
+
+
+class CertReloader:
+    """A worker process's watch on the certificate files (``CertStore.reload`` when one
+    changes, looked at every ``interval`` seconds): ACME runs in the main process only."""
+
+    def __init__(self, store: CertStore, clock: Any, interval: float = 30.0) -> None:
+        from twisted.application.internet import TimerService
+
+        self.store = store
+        self._stamps = store.file_stamps()
+        self._service = TimerService(interval, self.check)
+        self._service.clock = clock
+
+    def check(self) -> int:
+        stamps = self.store.file_stamps()
+        if stamps == self._stamps:
+            return 0
+        self._stamps = stamps
+        return self.store.reload()
+
+    def setServiceParent(self, parent: Any) -> None:
+        self._service.setServiceParent(parent)
 
 
 def _use_chain(ctx: SSL.Context, certified: CertifiedKey) -> None:

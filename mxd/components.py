@@ -358,7 +358,8 @@ def _smarthost_trust(cfg: Config) -> Any:
 
 def make_queue_runner(cfg: Config, queue: Any, resolver: Any, store: Any, directory: Any,
                       reactor: Any, metrics: IMetrics, tls_policy_factory: Any = None,
-                      sign: Any = None, dsn_recipient: Any = None) -> Any:
+                      sign: Any = None, dsn_recipient: Any = None,
+                      lease_owner: str | None = None) -> Any:
     import attrs
 
     from mxd.queue.local import StoreLocalDelivery
@@ -389,7 +390,8 @@ def make_queue_runner(cfg: Config, queue: Any, resolver: Any, store: Any, direct
                             own_names=frozenset({normalise_domain(cfg.hostname)}),
                             own_addresses=own_addresses, route_table=table,
                             transports=transports, smarthost_trust=_smarthost_trust(cfg),
-                            lease=cfg.queue.lease)
+                            lease=cfg.queue.lease, lease_owner=lease_owner,
+                            recover_at_start=lease_owner is None)
     local = StoreLocalDelivery(store, directory=directory)
     return QueueRunner(queue, resolver, reactor, settings, local_delivery=local,
                        hostname=cfg.hostname, metrics=metrics, tls_policy_factory=tls_policy_factory,
@@ -406,11 +408,17 @@ def make_queue_store(store: Any) -> Any:
     return SQLiteQueueStore(store)
 
 
-def build(cfg: Config, reactor: Any, metrics: IMetrics, parent: Any) -> dict[str, Any]:
+def build(cfg: Config, reactor: Any, metrics: IMetrics, parent: Any,
+          role: str = "single", lease_owner: str | None = None) -> dict[str, Any]:
     """Create the shared components; services among them are attached to ``parent``.
 
     Order matters: the store service starts first (and stops last), then the queue
-    runner; listeners are added after these by tap.build_service."""
+    runner; listeners are added after these by tap.build_service.
+
+    ``role`` (mxd.tap.ProcessRole.kind): with workers, the ``main`` process runs ACME,
+    the inbound DANE check and the daily report senders but no queue runner; each
+    ``worker`` runs a queue runner (the queue's leases let several claim work, each
+    message once) and none of the once-per-server services."""
     from mxd.queue.queue import Queue
     from mxd.store.metadata import MetadataLimits, SQLiteMetadata
 
@@ -426,22 +434,54 @@ def build(cfg: Config, reactor: Any, metrics: IMetrics, parent: Any) -> dict[str
     def backfill() -> None:
         start_backfill(store, reactor)  # not waited for: runs while the server serves
 
-    store_service = StoreService(store, [sync, backfill], reactor)
+    on_open: list[Any] = [sync, backfill]
+    store_service = StoreService(store, on_open, reactor)
     store_service.setServiceParent(parent)
     sasl = make_sasl(cfg, directory, reactor, metrics)
     queue = Queue(make_queue_store(store), reactor, metrics)
     if hasattr(store, "on_queue_work"):  # PostgreSQL: work queued by another node
         store.on_queue_work = queue.wake
+    if role == "main":
+        # The queue runners are in the workers, which start after this: what a crash
+        # left in flight is put back here, once, before any of them claims work.
+        def recover() -> Deferred[None]:
+            d = queue.store.recover_inflight(reactor.seconds())
+
+            def done(n: int) -> None:
+                if n:
+                    log.warn("{n} recipient(s) were in flight at the last stop; retrying "
+                             "them", n=n)
+
+            return d.addCallback(done)
+
+        on_open.append(recover)
     resolver = make_resolver(cfg, reactor, metrics)
     comps = {"store": store, "store_service": store_service, "directory": directory,
              "sasl": sasl, "queue": queue, "resolver": resolver, "metadata": metadata}
+    worker = role == "worker"
     if cfg.tls.host_keys:
-        comps.update(make_certificates(cfg, reactor, resolver, parent))
+        comps.update(make_certificates(cfg, reactor, resolver, parent, worker=worker))
     if cfg.msgauth.inbound_checks and cfg.msgauth.dmarc_reports_send:
-        make_dmarc_reporter(cfg, comps, reactor, parent)
-    if cfg.tlsrpt.send:
+        if worker:  # the port-25 checks write the evaluations the main process reports
+            from twisted.internet.threads import deferToThreadPool
+
+            from mxd.msgauth.dmarcsend import EvaluationFlusher, EvaluationLog
+
+            evaluations = EvaluationLog(cfg.data_dir / "dmarc" / "evaluations")
+            comps["dmarc_evaluations"] = evaluations
+            EvaluationFlusher(evaluations, reactor, lambda fn: deferToThreadPool(
+                reactor, reactor.getThreadPool(), fn)).setServiceParent(parent)
+        else:
+            make_dmarc_reporter(cfg, comps, reactor, parent)
+    if cfg.tlsrpt.send and not worker:
         make_tls_reporter(cfg, comps, reactor, metrics, parent)
-    if cfg.queue.hold_all:
+    if role == "main":
+        from mxd.config_transports import build_routes
+
+        # The admin API checks transport names here, though the runners are elsewhere.
+        queue.transport_names = frozenset(t.name for t in build_routes(cfg)[1])
+        log.info("queue: delivered by the worker processes")
+    elif cfg.queue.hold_all:
         log.info("queue: hold_all is set, outbound mail stays queued")
     else:
         policies = make_tls_policy_factory(cfg, resolver, reactor, parent)
@@ -449,15 +489,23 @@ def build(cfg: Config, reactor: Any, metrics: IMetrics, parent: Any) -> dict[str
         fwd = forwarder(cfg, comps, reactor)
         runner = make_queue_runner(cfg, queue, resolver, store, directory, reactor, metrics,
                                    policies, sign=ring.sign if ring is not None else None,
-                                   dsn_recipient=fwd.unwrap if fwd is not None else None)
+                                   dsn_recipient=fwd.unwrap if fwd is not None else None,
+                                   lease_owner=lease_owner)
         runner.setServiceParent(parent)
         comps["queue_runner"] = runner
+        if worker:
+            # Work queued or given back by another process (a message another worker
+            # accepted, a retry from the admin web) wakes this runner too.
+            store.on_foreign_commit(runner.wake_soon)
     return comps
 
 
-def make_certificates(cfg: Config, reactor: Any, resolver: Any, parent: Any) -> dict[str, Any]:
+def make_certificates(cfg: Config, reactor: Any, resolver: Any, parent: Any,
+                      worker: bool = False) -> dict[str, Any]:
     """The certificate store on the host keys (SNI), the HTTP-01 responder, the ACME
-    service when enabled, and the start-up check of our own TLSA records."""
+    service when enabled, and the start-up check of our own TLSA records.  A worker
+    process gets the certificate store only, and reloads it from the files the main
+    process's ACME service writes (``CertReloader``)."""
     from mxd.certs import CertStore, names_for
     from mxd.dane_inbound import InboundDANECheck
     from mxd.hostkeys import load_all
@@ -470,6 +518,11 @@ def make_certificates(cfg: Config, reactor: Any, resolver: Any, parent: Any) -> 
     store = CertStore(names, keys, acme_dir(cfg) / "certs", min_version=cfg.tls.min_version)
     http01 = HTTP01Responder()
     out: dict[str, Any] = {"certs": store, "http01": http01}
+    if worker:
+        from mxd.certs import CertReloader
+
+        CertReloader(store, reactor).setServiceParent(parent)
+        return out
     smtp_port = next((li.port for li in cfg.listeners if li.protocol == "smtp"), None)
     if smtp_port is not None:
         InboundDANECheck(resolver, store, normalise_domain(cfg.hostname)).setServiceParent(parent)

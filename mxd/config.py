@@ -463,6 +463,35 @@ class IMAPConfig:
                                   "(more: NO [METADATA TOOMANY]).", check=_positive)
 
 
+def _workers_check(v: int) -> str | None:
+    return None if 0 <= v <= 256 else f"expected 0 (one per CPU core) to 256, got {v}"
+
+
+@attrs.frozen
+class ServerConfig:
+    workers: int = opt(0, "Worker processes serving SMTP, submission and IMAP (and running "
+                       "the outbound queue) on listening sockets the main process binds "
+                       "and hands down. 0: one per CPU core; 1: everything in one process, "
+                       "as without workers. Applies to `twistd mxd`; `mxd serve` and "
+                       "`mxd localserve` always run one process. See doc/processes.md.",
+                       check=_workers_check)
+    drain_timeout: float = opt(30.0, "At SIGTERM, seconds the workers let open SMTP and "
+                               "IMAP sessions finish (they stop accepting at once) before "
+                               "closing them.", check=_positive)
+    restart_backoff_max: float = opt(30.0, "A worker that exits is started again after a "
+                                     "delay that doubles with each quick exit, from 0.5 s "
+                                     "up to this many seconds.", check=_positive)
+
+    def worker_count(self) -> int:
+        """``workers``, with 0 resolved to the CPU cores this process may run on."""
+        if self.workers:
+            return self.workers
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except (AttributeError, OSError):  # pragma: no cover - not Linux
+            return max(1, os.cpu_count() or 1)
+
+
 @attrs.frozen
 class QueueConfig:
     hold_all: bool = opt(False, "Keep every outbound message queued (never deliver); "
@@ -713,6 +742,8 @@ class Config:
     resolver: ResolverConfig = opt(ResolverConfig(), "DNS resolver.")
     smtp: SMTPConfig = opt(SMTPConfig(), "SMTP server limits.")
     imap: IMAPConfig = opt(IMAPConfig(), "IMAP server limits.")
+    server: ServerConfig = opt(ServerConfig(), "Processes: worker processes on this "
+                               "machine.")
     queue: QueueConfig = opt(QueueConfig(), "Outbound queue.")
     outbound: OutboundConfig = opt(OutboundConfig(), "Transport security of outbound delivery.")
     dkim: DKIMConfig = opt(DKIMConfig(), "DKIM signing of outgoing mail (RFC 6376).")

@@ -6,6 +6,9 @@ open.  A port that cannot be bound stops start-up with a message naming the list
 
 from __future__ import annotations
 
+import ipaddress
+import os
+import socket
 from typing import Any
 
 from twisted.application import service
@@ -46,6 +49,90 @@ class TCPListener(service.Service):
         self.port = self.listening.getHost().port
         self.log.info("listening for {listener} on {address} port {port}",
                       listener=self.name, address=self.address, port=self.port)
+        super().privilegedStartService()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self.listening is not None:
+            d = self.listening.stopListening()
+            self.listening = None
+            return d
+        return None
+
+
+class HandedDownSocket(service.Service):
+    """A listening socket the main process binds (in ``privilegedStartService``, before
+    twistd drops privileges) and never accepts on: worker processes inherit it and
+    accept on it (``AdoptedListener``); the kernel hands each connection to one of them."""
+
+    log = Logger()
+
+    def __init__(self, name: str, address: str, port: int, backlog: int = 128) -> None:
+        self.setName(name)
+        self.address = address
+        self.port = port
+        self.backlog = backlog
+        self.sock: socket.socket | None = None
+
+    @property
+    def family(self) -> int:
+        return socket.AF_INET6 if ipaddress.ip_address(self.address).version == 6 else socket.AF_INET
+
+    def privilegedStartService(self) -> None:
+        s = socket.socket(self.family, socket.SOCK_STREAM)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.bind((self.address, self.port))
+            s.listen(self.backlog)
+            s.setblocking(False)
+        except OSError as e:
+            s.close()
+            raise ListenError(f"cannot listen for {self.name} on {self.address} port "
+                              f"{self.port}: {e.strerror or e}") from e
+        self.sock = s
+        self.port = s.getsockname()[1]
+        self.log.info("listening for {listener} on {address} port {port} (served by the "
+                      "workers)", listener=self.name, address=self.address, port=self.port)
+        super().privilegedStartService()
+
+    def fileno(self) -> int:
+        if self.sock is None:
+            raise ListenError(f"{self.name} is not bound")
+        return self.sock.fileno()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        return None
+
+
+class AdoptedListener(service.Service):
+    """A worker's side of a ``HandedDownSocket``: accept on the inherited descriptor."""
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, name: str, fd: int, family: int,
+                 factory: IProtocolFactory) -> None:
+        self._reactor = reactor
+        self.setName(name)
+        self.fd = fd
+        self.family = family
+        self.factory = factory
+        self.listening: Any = None
+        self.address = ""
+        self.port = 0
+
+    def privilegedStartService(self) -> None:
+        # adoptStreamPort duplicates the descriptor; the inherited one is closed so that
+        # stopListening really closes this worker's last reference to the socket.
+        self.listening = self._reactor.adoptStreamPort(self.fd, self.family, self.factory)
+        os.close(self.fd)
+        host = self.listening.getHost()
+        self.address, self.port = host.host, host.port
         super().privilegedStartService()
 
     def stopService(self) -> Any:

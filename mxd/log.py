@@ -32,6 +32,9 @@ LEVELS = {
     "critical": LogLevel.critical,
 }
 
+# Fields this process adds to every line (a worker process: ``worker=N``).
+PROCESS_FIELDS: dict[str, Any] = {}
+
 _SECRET_WORDS = ("password", "passwd", "secret", "proof", "payload", "credential", "token")
 
 
@@ -71,6 +74,7 @@ def render_event(event: Mapping[str, Any], fmt: str = "logfmt") -> str:
         "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z",
         "level": level.name,
         "ns": event.get("log_namespace", "-"),
+        **PROCESS_FIELDS,
         "msg": msg,
     }
     record.update((k, v) for k, v in fields.items() if k not in record)
@@ -143,7 +147,7 @@ def twistd_observer() -> ILogObserver:
     before it starts logging; should that order change, logfmt at info until then).
     ``MXD_LOG_LEVEL``/``MXD_LOG_FORMAT``, when set, override the section."""
     level, fmt, levels = _twistd_config or ("info", "logfmt", {})
-    obs = ConfigurableObserver(*_with_env(level, fmt), levels)
+    obs = ConfigurableObserver(*with_env(level, fmt), levels)
     _twistd_observers.append(obs)
     return cast(ILogObserver, obs)
 
@@ -153,8 +157,10 @@ def configure_twistd(level: str, fmt: str, levels: Mapping[str, str] | None = No
     global _twistd_config
     _twistd_config = (level, fmt, dict(levels or {}))
     for obs in _twistd_observers:
-        obs.configure(*_with_env(level, fmt), levels)
+        obs.configure(*with_env(level, fmt), levels)
 
 
-def _with_env(level: str, fmt: str) -> tuple[str, str]:
+def with_env(level: str, fmt: str) -> tuple[str, str]:
+    """The level and format to use: ``MXD_LOG_LEVEL``/``MXD_LOG_FORMAT`` override the
+    config's."""
     return os.environ.get("MXD_LOG_LEVEL") or level, os.environ.get("MXD_LOG_FORMAT") or fmt

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import Any, cast
+from pathlib import Path
+from typing import Any, Literal, cast
 
+import attrs
 from twisted.application import service
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 import mxd
 from mxd.config import (
@@ -27,7 +30,7 @@ from mxd.config import (
     load_config,
     normalise_domain,
 )
-from mxd.listeners import ListenError, TCPListener
+from mxd.listeners import AdoptedListener, HandedDownSocket, ListenError, TCPListener
 from mxd.metrics import IMetrics, NoopMetrics
 from mxd.tls import TLSConfigError, TLSSettings, load_server_tls
 
@@ -98,6 +101,40 @@ def check_ports_free(cfg: Config) -> None:
             s.close()
 
 
+# Listeners whose sessions run in the worker processes when [server] workers > 1; the
+# others (admin web, the HTTP/HTTPS responders ACME and MTA-STS need) stay in the main
+# process, which also runs ACME and the daily report senders.
+WORKER_PROTOCOLS = frozenset({"smtp", "submission", "submissions", "imap", "imaps"})
+
+
+@attrs.frozen
+class ProcessRole:
+    """Which part of the server this process runs.
+
+    ``single``: everything (``workers = 1``, ``mxd serve``).  ``main``: the supervisor
+    of ``workers = N``: binds every listener, serves the admin/HTTP ones, runs ACME and
+    the report senders, and starts the workers.  ``worker``: SMTP/submission/IMAP
+    sessions on the sockets in ``inherited`` (listener name -> (fd, address family))
+    and an outbound queue runner (doc/processes.md)."""
+
+    kind: Literal["single", "main", "worker"] = "single"
+    index: int = 0
+    inherited: dict[str, tuple[int, int]] = attrs.field(factory=dict)
+    lease_owner: str | None = None  # a worker's name on its queue leases
+
+
+SINGLE = ProcessRole()
+
+
+def role_for(cfg: Config) -> ProcessRole:
+    """The role of the process twistd starts: ``main`` when workers are configured and
+    some listener is served by them."""
+    if cfg.server.worker_count() > 1 and any(li.protocol in WORKER_PROTOCOLS
+                                             for li in cfg.listeners):
+        return ProcessRole(kind="main")
+    return SINGLE
+
+
 class MxdService(service.MultiService):
     """The whole server; components are attributes for the admin interface and tests."""
 
@@ -106,13 +143,20 @@ class MxdService(service.MultiService):
         self.cfg = cfg
         self.reactor = reactor
         self.metrics = metrics
-        self.listeners: dict[str, TCPListener] = {}
+        self.listeners: dict[str, Any] = {}  # TCPListener / AdoptedListener by name
+        self.handed_down: dict[str, HandedDownSocket] = {}  # main: served by workers
         self.components: dict[str, Any] = {}
+        self.role = SINGLE
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"hostname": self.cfg.hostname, "version": mxd.__version__}
         for name, li in self.listeners.items():
             out[f"listener {name}"] = f"{li.address}:{li.port}"
+        for name, h in self.handed_down.items():
+            out[f"listener {name}"] = f"{h.address}:{h.port}"
+        workers = self.components.get("workers")
+        if workers is not None:
+            out["workers"] = " ".join(f"{i}:{pid}" for i, pid in sorted(workers.pids().items()))
         return out
 
     def stopService(self) -> Deferred[Any]:
@@ -121,7 +165,16 @@ class MxdService(service.MultiService):
         return d if d is not None else succeed(None)
 
 
-def build_service(cfg: Config, reactor: Any | None = None) -> MxdService:
+def listener_name(cfg: Config, i: int, taken: Any) -> str:
+    li = cfg.listeners[i]
+    name = f"{li.protocol}:{li.port}" if li.port else f"{li.protocol}#{i}"
+    if name in taken:  # the same port on another address (one per MX name)
+        name = f"{li.protocol}:{li.address}:{li.port}"
+    return name
+
+
+def build_service(cfg: Config, reactor: Any | None = None, *,
+                  role: ProcessRole = SINGLE) -> MxdService:
     """Wire every component from a validated Config (no sockets are bound yet)."""
     if reactor is None:
         from twisted.internet import reactor as _reactor
@@ -136,21 +189,103 @@ def build_service(cfg: Config, reactor: Any | None = None) -> MxdService:
         prom.set("build_info", 1, version=mxd.__version__)
         metrics = prom
     top = MxdService(cfg, reactor, metrics)
+    top.role = role
     from mxd import components
 
-    comps = components.build(cfg, reactor, metrics, top)
+    comps = components.build(cfg, reactor, metrics, top, role=role.kind,
+                             lease_owner=role.lease_owner)
     top.components.update(comps)
+    taken: set[str] = set()
     for i, li in enumerate(cfg.listeners):
-        name = f"{li.protocol}:{li.port}" if li.port else f"{li.protocol}#{i}"
-        if name in top.listeners:  # the same port on another address (one per MX name)
-            name = f"{li.protocol}:{li.address}:{li.port}"
+        name = listener_name(cfg, i, taken)
+        taken.add(name)
+        served_by_workers = li.protocol in WORKER_PROTOCOLS
+        if role.kind == "main" and served_by_workers:
+            sock = HandedDownSocket(name, li.address, li.port)
+            sock.setServiceParent(top)
+            top.handed_down[name] = sock
+            continue
+        if role.kind == "worker" and not served_by_workers:
+            continue
         factory = components.listener_factory(cfg, li, comps, reactor, metrics,
                                               tls_settings_for(cfg, li), top, prom)
-        listener = TCPListener(reactor, name, li.address, li.port, factory)
+        listener: Any
+        if role.kind == "worker":
+            if name not in role.inherited:
+                raise ListenError(f"worker {role.index}: no socket handed down for {name}")
+            fd, family = role.inherited[name]
+            listener = AdoptedListener(reactor, name, fd, family, factory)
+        else:
+            listener = TCPListener(reactor, name, li.address, li.port, factory)
         listener.setServiceParent(top)
         top.listeners[name] = listener
     reactor.callWhenRunning(components.freeze_heap)
+    if role.kind == "main":
+        top.components["workers"] = make_supervisor(cfg, reactor, top)
     return top
+
+
+def make_supervisor(cfg: Config, reactor: Any, top: MxdService) -> Any:
+    """The worker processes, started after every socket is bound (a child added last
+    starts last and stops first: workers drain before the sockets and the store close)."""
+    from mxd.supervisor import InheritedSocket, SupervisorSettings, WorkerSupervisor, worker_argv
+
+    settings = SupervisorSettings(count=cfg.server.worker_count(),
+                                  drain_timeout=cfg.server.drain_timeout,
+                                  backoff_max=cfg.server.restart_backoff_max)
+    config_path = str(Path(cfg.source).resolve())
+
+    def sockets() -> list[InheritedSocket]:
+        return [InheritedSocket(name, h.fileno(), h.family)
+                for name, h in top.handed_down.items()]
+
+    def store_open() -> Deferred[Any] | None:
+        # Workers open the store after the main process has migrated it and, alone on
+        # it, cleaned up after a crash.  A fresh Deferred: the caller's callbacks must
+        # not change what the store service's ``opened`` fires with.
+        opened = top.components["store_service"].opened
+        if opened is None:
+            return None
+        d: Deferred[Any] = Deferred()
+
+        def relay(result: Any) -> Any:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(None)
+            return result
+
+        opened.addBoth(relay)
+        return d
+
+    def lost(owner: str) -> None:
+        """A worker died: the recipients it was delivering are due again now."""
+        d = top.components["queue"].store.release_owner(owner, reactor.seconds())
+
+        def released(n: int) -> None:
+            if n:
+                log.warn("{n} recipient(s) in flight in a lost worker are due again", n=n)
+
+        d.addCallbacks(released, lambda f: log.failure("cannot release leases of {owner}",
+                                                       f, owner=owner))
+
+    sup = WorkerSupervisor(reactor, settings, sockets,
+                           lambda index, owner, socks: worker_argv(config_path, index, owner,
+                                                                   socks),
+                           ready=store_open, lost=lost)
+    sasl = top.components.get("sasl")
+    if sasl is not None:  # the main process checks passwords too (admin API, webmail)
+        from mxd import limitsync
+
+        limiter = sasl.limiter
+        def outcome(line: bytes) -> None:
+            limitsync.apply_line(limiter, line)
+
+        sup.outcome = outcome
+        limiter.on_outcome = lambda kind, ip, account: sup.broadcast(
+            limitsync.encode(kind, ip, account))
+    sup.setServiceParent(top)
+    return sup
 
 
 def makeService(options: Options) -> service.IService:
@@ -162,7 +297,7 @@ def makeService(options: Options) -> service.IService:
     configure_twistd(cfg.log.level, cfg.log.format, cfg.log.levels)
     log.info("mxd {version} starting as {hostname}", version=mxd.__version__,
              hostname=cfg.hostname)
-    return cast(service.IService, build_service(cfg))
+    return cast(service.IService, build_service(cfg, role=role_for(cfg)))
 
 
 __all__ = ["Options", "makeService", "build_service", "normalise_domain"]

@@ -410,6 +410,16 @@ class IMAPSession(Protocol):
             log.info("imap connection from {ip} did not close; aborting it", ip=self.peer_ip)
             t.abortConnection()
 
+    def shutdown_when_idle(self) -> bool:
+        """The server is stopping: unless a command is running (IDLE does not count),
+        send BYE (RFC 9051 §7.1.5) and close; True when closed."""
+        if self._closed:
+            return True
+        if self._idle_tag is None and (self._busy or self._processing):
+            return False
+        self.bye("Server shutting down")
+        return True
+
     def bye(self, text: str) -> None:
         if self._closed:
             return

@@ -83,10 +83,18 @@ class EvaluationLog:
             day = datetime.fromtimestamp(r["t"], UTC).strftime("%Y-%m-%d")
             by_day.setdefault(day, []).append(json.dumps(r))
         for day, lines in by_day.items():
-            with open(self.directory / f"{day}.jsonl", "a", encoding="utf-8") as f:
-                f.write("\n".join(lines) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+            # One write(2) on an O_APPEND descriptor: several worker processes append to
+            # the same day file, and their lines must not interleave.
+            data = ("\n".join(lines) + "\n").encode("utf-8")
+            fd = os.open(self.directory / f"{day}.jsonl",
+                         os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                written = os.write(fd, data)
+                if written != len(data):
+                    raise OSError(f"short write to {day}.jsonl ({written} of {len(data)})")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         return len(rows)
 
     def finished_days(self, now: float) -> list[Path]:
@@ -187,6 +195,36 @@ class ReporterSettings:
     submitter: str  # our host name (org_name and Submitter)
     from_addr: str  # the From and envelope sender of reports
     max_jitter: float = 3600.0  # seconds after 00:00 UTC, chosen at random each day
+
+
+class EvaluationFlusher(service.Service):
+    """Flushes an ``EvaluationLog`` every ``interval`` seconds and at stop: what a worker
+    process runs (the main process's ``DMARCReporter`` flushes its own and reports)."""
+
+    def __init__(self, log: EvaluationLog, clock: Any,
+                 run_blocking: Callable[[Callable[[], Any]], Deferred[Any]],
+                 interval: float = 60.0) -> None:
+        self.log = log
+        self.clock = clock
+        self.run_blocking = run_blocking
+        self.interval = interval
+        self._timer: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._timer = self.clock.callLater(self.interval, self._tick)
+
+    def _tick(self) -> None:
+        self.run_blocking(self.log.flush).addErrback(
+            lambda f: _log.failure("dmarc evaluation log flush failed", f))
+        if self.running:
+            self._timer = self.clock.callLater(self.interval, self._tick)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        return self.run_blocking(self.log.flush)
 
 
 class DMARCReporter(service.Service):

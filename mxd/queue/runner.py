@@ -123,7 +123,8 @@ class QueueRunner(Service):
     def startService(self) -> None:
         super().startService()
         now = self.reactor.seconds()
-        d = self.queue.store.recover_inflight(now)
+        d = (self.queue.store.recover_inflight(now) if self.settings.recover_at_start
+             else succeed(0))
 
         def recovered(n: int) -> None:
             if n:
@@ -225,7 +226,7 @@ class QueueRunner(Service):
 
         claimed = await self.queue.store.claim_due(
             now, free=free, running=running, per_domain=limit, batch=s.batch,
-            max_rcpts=s.max_rcpts_per_transaction, lease=s.lease)
+            max_rcpts=s.max_rcpts_per_transaction, lease=s.lease, owner=s.lease_owner)
         for state, count in claimed.counts.items():
             self.metrics.set("queue_recipients", count, state=state)
         messages, more, nxt = claimed.messages, claimed.more, claimed.next_due

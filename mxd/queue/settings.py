@@ -22,6 +22,12 @@ class QueueSettings:
     port: int = 25  # direct delivery port (RFC 5321 §4.5.4.2); tests use another
     connect_timeout: float = 30.0
     lease: float = 3 * 3600.0  # longer than any attempt can take (sum of client timeouts)
+    # This runner's name on its leases (worker processes: one each, see mxd.supervisor);
+    # None: the only runner.
+    lease_owner: str | None = None
+    # At start, put every in-flight recipient back (a crash cut them short).  Off in a
+    # worker process: other workers' leases are live; the main process recovers at start.
+    recover_at_start: bool = True
     batch: int = 500  # due recipients read per wake
     max_rcpts_per_transaction: int = 100  # RFC 5321 §4.5.3.1.8: at least 100 must be accepted
     own_names: frozenset[str] = frozenset()  # our host names (RFC 5321 §5.1 MX loop rule)

@@ -41,8 +41,13 @@ class IQueueStore(Protocol):
         """At start: recipients left in flight by a crash are due again now."""
 
     def claim_due(self, now: float, *, free: int, running: dict[str, int], per_domain: int,
-                  batch: int, max_rcpts: int, lease: float) -> Deferred[Claimed]:
-        """Lease due recipients for delivery (see ``mxd.store.queuedb.claim_due``)."""
+                  batch: int, max_rcpts: int, lease: float,
+                  owner: str | None = None) -> Deferred[Claimed]:
+        """Lease due recipients for delivery to runner ``owner`` (see
+        ``mxd.store.queuedb.claim_due``); of several runners each recipient goes to one."""
+
+    def release_owner(self, owner: str, now: float) -> Deferred[int]:
+        """Runner ``owner`` is gone: its in-flight recipients are due again now."""
 
     def record_result(self, m: QueuedMessage, result: AttemptResult, now: float,
                       dsn: tuple[BlobWriter, OutboundMessage, str] | None = None,

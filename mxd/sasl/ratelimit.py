@@ -29,11 +29,17 @@ the address's count on a success — the hole that password spraying uses — a 
 clears only what it proves, the (account, IP) pair; the per-account table and trusted
 pairs are added against lock-out attacks.  Pure apart from
 reading the clock passed in; memory is bounded by ``max_entries`` per table.
+
+Several processes (``[server] workers = N``) keep one table each and tell each other
+every outcome: ``on_outcome`` is called after each local ``failure``/``success``, and
+``apply`` records one that another process saw (mxd.limitsync carries them), so a
+guesser spreading connections over the workers gains no attempts.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -180,6 +186,8 @@ class AuthLimiter:
             _Policy(s.account_free_failures, s.account_base_delay, s.account_max_delay),
             s.half_life, s.max_entries)
         self._trusted = _Trust(s.trusted_for, s.max_entries)
+        # Told (kind, remote_ip, account) after each local outcome, for other processes.
+        self.on_outcome: Callable[[str, str, str | None], None] | None = None
 
     def _ip(self, remote_ip: str) -> str:
         return ip_key(remote_ip, self.settings.ipv6_prefix)
@@ -209,6 +217,25 @@ class AuthLimiter:
         return Verdict(True)
 
     def failure(self, remote_ip: str, account: str | None = None) -> None:
+        self._failure(remote_ip, account)
+        if self.on_outcome is not None:
+            self.on_outcome("failure", remote_ip, account)
+
+    def success(self, remote_ip: str, account: str | None = None) -> None:
+        """Clears only the (account, IP) pair and trusts it; the IP's and the account's
+        failures stay (see the module docstring)."""
+        self._success(remote_ip, account)
+        if self.on_outcome is not None:
+            self.on_outcome("success", remote_ip, account)
+
+    def apply(self, kind: str, remote_ip: str, account: str | None = None) -> None:
+        """Record an outcome another process saw (not passed on to ``on_outcome``)."""
+        if kind == "failure":
+            self._failure(remote_ip, account)
+        elif kind == "success":
+            self._success(remote_ip, account)
+
+    def _failure(self, remote_ip: str, account: str | None) -> None:
         now = self._clock.seconds()
         ip = self._ip(remote_ip)
         self._ips.failure(ip, now)
@@ -217,9 +244,7 @@ class AuthLimiter:
             self._pairs.failure((account, ip), now)
             self._accounts.failure(account, now)
 
-    def success(self, remote_ip: str, account: str | None = None) -> None:
-        """Clears only the (account, IP) pair and trusts it; the IP's and the account's
-        failures stay (see the module docstring)."""
+    def _success(self, remote_ip: str, account: str | None) -> None:
         if account is None:
             return
         key = (account, self._ip(remote_ip))

@@ -216,6 +216,11 @@ class SASLServer:
             return succeed(Failure("password login requires TLS"))
         return Deferred.fromCoroutine(self._check_plaintext("PASSWORD", username, password, conn))
 
+    @property
+    def limiter(self) -> AuthLimiter:
+        """The failure limiter (shared with other processes by the composition layer)."""
+        return self._limiter
+
     # -- shared pieces ------------------------------------------------------------------
 
     def _limited(self, mech: str, conn: ConnectionInfo, user: str | None) -> Failure | None:

@@ -319,6 +319,20 @@ class SessionBase(LineReceiver):
             self._on_close(self)
             self._on_close = None
 
+    def shutdown_when_idle(self) -> bool:
+        """The server is stopping: between transactions, say so (RFC 5321 §3.8: 421)
+        and close; True when closed.  A transaction in progress is left to finish."""
+        if self.state is State.CLOSED:
+            return True
+        if not self.evictable():
+            return False
+        self._close(replies.SERVICE_UNAVAILABLE.with_text("Server shutting down, try again "
+                                                          "later"))
+        if self._on_close is not None:
+            self._on_close(self)
+            self._on_close = None
+        return True
+
     def shorten_deadline(self, seconds: float) -> None:
         """Under load: a session waiting for a command gets at most ``seconds`` more."""
         if self.state in (State.DATA, State.BDAT, State.CLOSED):

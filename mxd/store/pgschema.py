@@ -273,6 +273,10 @@ QUEUE_MIGRATIONS: list[str] = [
         PRIMARY KEY (account, domain)
     );
     """,
+    # As SQLite's queue step 6: the runner holding each in-flight lease.
+    """
+    ALTER TABLE queue_recipients ADD COLUMN lease_owner text;
+    """,
 ]
 
 SCHEMAS: dict[str, list[str]] = {"store": STORE_MIGRATIONS, "queue": QUEUE_MIGRATIONS,

@@ -135,6 +135,7 @@ class PostgresStore(SQLiteStore):
     ) -> None:
         super().__init__(Path(blob_dir), reactor, settings=settings,
                          threadpool=_NoThreads())
+        self._watcher = None  # other nodes' changes come by LISTEN/NOTIFY, not data_version
         self.dsn = dsn
         self.pg = pg
         self.node = secrets.token_hex(8)
@@ -344,7 +345,8 @@ class PostgresQueueStore(SQLiteQueueStore):
         self.poll = poll
 
     def claim_due(self, now: float, *, free: int, running: dict[str, int], per_domain: int,
-                  batch: int, max_rcpts: int, lease: float) -> Deferred[Claimed]:
+                  batch: int, max_rcpts: int, lease: float,
+                  owner: str | None = None) -> Deferred[Claimed]:
         """As on SQLite, but with other nodes in mind: the due rows looked at (and locked
         until the claim commits) are limited to what this node can start, so the others
         find the rest; due work this node could not take (another node held its rows)
@@ -358,5 +360,5 @@ class PostgresQueueStore(SQLiteQueueStore):
 
         d = super().claim_due(now, free=free, running=running, per_domain=per_domain,
                               batch=min(batch, max(16, free * 8)), max_rcpts=max_rcpts,
-                              lease=lease)
+                              lease=lease, owner=owner)
         return d.addCallback(clamp)

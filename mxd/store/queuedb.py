@@ -16,6 +16,8 @@ Three tables (component "queue", registered with ``SQLiteStore.register_schema``
   type, sending and receiving IP); ``tls_session`` is 0 for a message sent on a reused
   connection, so a session is counted once (``tls_attempts_between``).  A host refused
   before connecting (DANE/MTA-STS/REQUIRETLS) is a row with result ``refused``.
+* ``queue_recipients.lease_owner``: the runner holding an in-flight lease (with workers,
+  one per worker process), so the main process gives a dead worker's leases back.
 * ``queue_tls_domains``: per recipient domain, the last connection's STARTTLS/REQUIRETLS
   support and whether TLS was verified (DANE or MTA-STS), for admin and submission.
 
@@ -158,6 +160,11 @@ QUEUE_MIGRATIONS: list[str] = [
         tls_version TEXT,
         PRIMARY KEY (account, domain)
     );
+    """,
+    # Several runners on one database (worker processes): who holds each lease, so the
+    # leases of a runner known to be gone can be given back at once (``release_owner``).
+    """
+    ALTER TABLE queue_recipients ADD COLUMN lease_owner TEXT;
     """,
 ]
 
@@ -413,6 +420,16 @@ def recover_inflight(conn: Conn, now: float) -> int:
     return cur.rowcount
 
 
+def release_owner(conn: Conn, owner: str, now: float) -> int:
+    """The runner ``owner`` is gone (its worker process died): its in-flight recipients
+    are due again now instead of when their leases expire; returns how many.  Only
+    attempts cut short can be repeated, as after a crash (module doc)."""
+    cur = conn.execute(
+        "UPDATE queue_recipients SET state = ?, lease_until = NULL, lease_owner = NULL,"
+        " next_attempt = ? WHERE state = ? AND lease_owner = ?", (QUEUED, now, INFLIGHT, owner))
+    return cur.rowcount
+
+
 def due_recipients(conn: Conn, now: float, limit: int) -> list[tuple[str, int, str, str | None]]:
     """(queue_id, recipient id, domain, transport) of due recipients, most overdue first.
 
@@ -439,18 +456,21 @@ def next_due_time(conn: Conn) -> float | None:
 
 
 def claim(conn: Conn, recipient_ids: Sequence[int], now: float,
-          lease: float) -> QueuedMessage | None:
-    """Mark recipients in flight; returns their message with just those recipients.
+          lease: float, owner: str | None = None) -> QueuedMessage | None:
+    """Mark recipients in flight, leased to ``owner`` (a runner's name, or None);
+    returns their message with just those recipients.
 
     Recipients that were meanwhile held, dropped or claimed are left out; None when none
-    is left.
+    is left.  The check and the update are one statement inside the caller's write
+    transaction, so of several runners (processes, nodes) claiming at once exactly one
+    gets each recipient.
     """
     claimed: list[int] = []
     for rid in recipient_ids:
         cur = conn.execute(
-            "UPDATE queue_recipients SET state = ?, lease_until = ? WHERE id = ? AND hold = 0"
-            " AND (state = ? OR (state = ? AND lease_until < ?))",
-            (INFLIGHT, now + lease, rid, QUEUED, INFLIGHT, now))
+            "UPDATE queue_recipients SET state = ?, lease_until = ?, lease_owner = ?"
+            " WHERE id = ? AND hold = 0 AND (state = ? OR (state = ? AND lease_until < ?))",
+            (INFLIGHT, now + lease, owner, rid, QUEUED, INFLIGHT, now))
         if cur.rowcount:
             claimed.append(rid)
     if not claimed:
@@ -766,7 +786,8 @@ class Claimed:
 
 
 def claim_due(conn: Conn, now: float, *, free: int, running: dict[str, int],
-              per_domain: int, batch: int, max_rcpts: int, lease: float) -> Claimed:
+              per_domain: int, batch: int, max_rcpts: int, lease: float,
+              owner: str | None = None) -> Claimed:
     """Claim due recipients in one transaction, grouped per message and destination domain
     (and transport), within ``free`` jobs and ``per_domain`` jobs per domain (``running``:
     the jobs running now per domain)."""
@@ -788,7 +809,7 @@ def claim_due(conn: Conn, now: float, *, free: int, running: dict[str, int],
             break
         if running.get(domain, 0) + planned.get(domain, 0) >= per_domain:
             continue
-        m = claim(conn, ids, now, lease)
+        m = claim(conn, ids, now, lease, owner)
         if m is not None:
             planned[domain] = planned.get(domain, 0) + 1
             claimed.append(m)

@@ -38,7 +38,10 @@ Semantics worth knowing:
   command): SQLite serialises their writes, and each holds a shared flock on
   ``mxd.lock``.  Crash cleanup (tmp/ leftovers, bodies at refcount 0, orphan files) runs
   at open only when the opener is alone, since it would destroy another process's work
-  in progress.  Change notifications reach listeners of the same process only.
+  in progress.  Writers of several processes take turns on an flock
+  (``mxd.write.lock``) around each group commit.  Change notifications reach the
+  listeners of every process: those of this one after its commits, those of others
+  within ``watch_interval`` (mxd.store.watch, ``PRAGMA data_version``).
 * Derived data (mxd.store.derived): ``register_deriver`` passes in a function that
   computes values from a body's first octets (IMAP ENVELOPE and SORT/THREAD keys, PREVIEW);
   it runs in the transaction that stores a new body (deliver, accept, append), and
@@ -116,7 +119,8 @@ from mxd.store.interfaces import (
 from mxd.store.metadata import METADATA_MIGRATIONS
 from mxd.store.schema import STORE_MIGRATIONS
 from mxd.store.sqlbase import INTEGRITY_ERRORS, Conn
-from mxd.store.sqlitedb import DatabaseOpener
+from mxd.store.sqlitedb import WRITE_LOCK_NAME, DatabaseOpener, WriteLock
+from mxd.store.watch import ChangeWatcher
 from mxd.store.writer import OpContext, PoolLike, StoreClosed, Writer
 
 log = Logger()
@@ -142,6 +146,8 @@ class StoreSettings:
     scan_orphans: bool = True  # at open, remove body files no row references
     # Empty body files created ahead of time (see mxd.store.blobs); 0 = create each in tmp/.
     blob_pool: int = 64
+    # Seconds between looks for commits of other processes (mxd.store.watch); 0: never.
+    watch_interval: float = 0.2
 
 
 class SQLiteStore:
@@ -168,6 +174,12 @@ class SQLiteStore:
         self._opened_db: DatabaseOpener | None = None
         self._derivers: dict[str, derived.Registered] = {}
         self._derive_failed: set[str] = set()  # bodies the backfill gives up on
+        self._write_lock = WriteLock(self.data_dir / WRITE_LOCK_NAME)
+        self._writer.write_lock = self._write_lock
+        self._watcher: ChangeWatcher | None = None
+        if settings.watch_interval > 0 and hasattr(reactor, "callLater"):
+            self._watcher = ChangeWatcher(reactor, self._writer.call, self._read_op,
+                                          self._dispatch, settings.watch_interval)
 
     @property
     def db_path(self) -> Path:
@@ -191,7 +203,16 @@ class SQLiteStore:
         if self._opened:
             raise StoreError("store is already open")
         self._opened = True
-        return self._writer.start(self._connect)
+        d = self._writer.start(self._connect)
+        if self._watcher is not None:
+            watcher = self._watcher
+
+            def watch(result: object) -> object:
+                watcher.start()
+                return result
+
+            d.addCallback(watch)
+        return d
 
     @property
     def idle(self) -> bool:
@@ -207,9 +228,15 @@ class SQLiteStore:
                 pass
             finally:
                 self._files.close()
+                self._write_lock.close()
                 self._unlock()
 
+        if self._watcher is not None:
+            self._watcher.stop()
         return self._writer.stop(_finish)
+
+    def _read_op(self, fn: Callable[[sqlite3.Connection], T]) -> Deferred[T]:
+        return self._writer.submit(lambda conn, ctx: fn(conn))
 
     def _connect(self) -> sqlite3.Connection:
         """Writer thread: lock, open, configure, migrate and (when alone) clean up."""
@@ -403,16 +430,26 @@ class SQLiteStore:
 
     # -- notifications ---------------------------------------------------------------------
     def subscribe(self, mailbox_id: int, listener: Callable[[MailboxChange], None]) -> Callable[[], None]:
+        # Commits of other processes reach these listeners too (mxd.store.watch).
+        if self._watcher is not None and mailbox_id not in self._listeners:
+            self._watcher.watch(mailbox_id)
         self._listeners.setdefault(mailbox_id, []).append(listener)
 
         def unsubscribe() -> None:
             lst = self._listeners.get(mailbox_id, [])
             if listener in lst:
                 lst.remove(listener)
-            if not lst:
-                self._listeners.pop(mailbox_id, None)
+            if not lst and self._listeners.pop(mailbox_id, None) is not None:
+                if self._watcher is not None:
+                    self._watcher.unwatch(mailbox_id)
 
         return unsubscribe
+
+    def on_foreign_commit(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` (reactor thread) soon after another process commits to the
+        database (seen within ``watch_interval``); nothing when the watcher is off."""
+        if self._watcher is not None:
+            self._watcher.on_commit.append(fn)
 
     def _dispatch(self, changes: list[MailboxChange]) -> None:
         for change in changes:

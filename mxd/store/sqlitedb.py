@@ -130,3 +130,36 @@ class DatabaseOpener:
         if n_tmp or zero or orphans:
             log.info("cleanup: removed {tmp} tmp files, {zero} unreferenced and "
                      "{orphans} orphan bodies", tmp=n_tmp, zero=len(zero), orphans=len(orphans))
+
+
+WRITE_LOCK_NAME = "mxd.write.lock"
+
+
+class WriteLock:
+    """An exclusive flock on ``<data_dir>/mxd.write.lock``, held by a process's writer
+    thread around each batch's transaction.
+
+    SQLite itself serialises writers of several processes (``BEGIN IMMEDIATE`` and the
+    busy timeout), but its busy handler retries with sleeps of up to 100 ms, so under
+    steady load from two workers each batch could wait a sleep rather than the other's
+    commit.  A blocking flock wakes the waiter as soon as the holder releases it.  The
+    busy timeout still covers other programs (an ``sqlite3`` shell) that do not take
+    this lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)

@@ -37,10 +37,14 @@ class SQLiteQueueStore:
         return self.store.transact(lambda c: qs.recover_inflight(c, now))
 
     def claim_due(self, now: float, *, free: int, running: dict[str, int], per_domain: int,
-                  batch: int, max_rcpts: int, lease: float) -> Deferred[qs.Claimed]:
+                  batch: int, max_rcpts: int, lease: float,
+                  owner: str | None = None) -> Deferred[qs.Claimed]:
         return self.store.transact(lambda c: qs.claim_due(
             c, now, free=free, running=running, per_domain=per_domain, batch=batch,
-            max_rcpts=max_rcpts, lease=lease))
+            max_rcpts=max_rcpts, lease=lease, owner=owner))
+
+    def release_owner(self, owner: str, now: float) -> Deferred[int]:
+        return self.store.transact(lambda c: qs.release_owner(c, owner, now))
 
     async def _record(self, m: qs.QueuedMessage, result: qs.AttemptResult, now: float,
                       dsn: tuple[BlobWriter, OutboundMessage, str] | None) -> None:

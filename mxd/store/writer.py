@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 import attrs
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -53,6 +53,12 @@ class PoolLike(Protocol):
     def stop(self) -> None: ...
 
     def callInThreadWithCallback(self, onResult: Any, func: Any, *args: Any, **kw: Any) -> None: ...
+
+
+class WriteLockLike(Protocol):
+    def acquire(self) -> None: ...
+
+    def release(self) -> None: ...
 
 
 @attrs.define
@@ -102,6 +108,9 @@ class Writer:
         # Of the bodies a commit left unreferenced, those to remove now (the store keeps
         # the ones readers hold, see SQLiteStore.hold_blob).
         self.keep_bodies: Callable[[list[str]], list[str]] = lambda blob_ids: blob_ids
+        # Taken around each batch's transaction when several processes share the
+        # database (see mxd.store.sqlitedb.WriteLock); None: SQLite's busy handler alone.
+        self.write_lock: WriteLockLike | None = None
         self.batches = 0  # counters for tests and metrics
         self.ops = 0
         self.overlapped = 0  # bodies fsynced alongside their commit
@@ -259,6 +268,20 @@ class Writer:
         else:
             finish()
 
+    def call(self, fn: Callable[[sqlite3.Connection], T]) -> Deferred[T]:
+        """Run ``fn(conn)`` on the writer thread outside any transaction and batch (a
+        cheap read such as ``PRAGMA data_version``); StoreClosed when not open."""
+        if self._closed or not self._ready or not self._pool_running:
+            return fail(StoreClosed("the store is closed"))
+
+        def run() -> T:
+            conn = self._conn
+            if conn is None:
+                raise StoreClosed("the store is closed")
+            return fn(conn)
+
+        return deferToThreadPool(self._reactor, self._pool, run)  # type: ignore[arg-type]
+
     def unlink_later(self, blob_ids: list[str]) -> None:
         """Remove bodies no longer referenced nor held (after a hold ends)."""
         if not blob_ids:
@@ -355,8 +378,16 @@ class Writer:
                     op.prepare(op.ctx)
                 except Exception as e:  # noqa: BLE001 - the error goes to its Deferred
                     op.error = e
-        # 2. One transaction, one savepoint per operation.
+        # 2. One transaction, one savepoint per operation.  ``BEGIN IMMEDIATE`` takes the
+        # database's write lock before the first read (waiting up to the busy timeout for
+        # another process): a transaction that read first could fail to upgrade with
+        # SQLITE_BUSY midway, which no wait resolves.  Processes sharing the database take
+        # turns on ``write_lock`` first, woken by the kernel, rather than in SQLite's busy
+        # handler, which polls with sleeps of up to 100 ms.
         live = [op for op in batch if op.error is None]
+        lock = self.write_lock
+        if lock is not None:
+            lock.acquire()
         try:
             conn.execute("BEGIN IMMEDIATE")
             self._forget_synced(conn)
@@ -387,6 +418,9 @@ class Writer:
             for op in live:
                 if op.error is None:
                     op.error = StoreError(f"database error: {e}")
+        finally:
+            if lock is not None:
+                lock.release()
         if syncing is not None:
             self._finish_overlap(conn, batch, ahead, syncing.result())
         # 3. After the commit: remove the bodies of rolled-back operations.  Bodies whose

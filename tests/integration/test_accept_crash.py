@@ -13,6 +13,7 @@ from __future__ import annotations
 import smtplib
 import sqlite3
 import ssl
+import time
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,10 @@ def test_kill_inside_accept_leaves_nothing_and_retry_stores_once(
     """Killed between the local copies and the queue rows: no 250, nothing stored after
     restart; the retry is accepted once (two local copies, one queued recipient, under
     the queue id that the 250 named)."""
-    server = make_server(tmp_path, tls_files, extra_config="[queue]\nhold_all = true\n")
+    # One process: the failpoint ends the server itself (with workers it ends a worker,
+    # see test_worker_killed_inside_accept_leaves_nothing below).
+    server = make_server(tmp_path, tls_files,
+                         extra_config="[server]\nworkers = 1\n[queue]\nhold_all = true\n")
     server.start(env={ENV: "accept.between"})
     try:
         with pytest.raises(smtplib.SMTPServerDisconnected):
@@ -75,3 +79,24 @@ def test_kill_inside_accept_leaves_nothing_and_retry_stores_once(
     messages, rcpts, ids = _stored(server.data_dir)
     assert (messages, rcpts) == (len(LOCALS), 1)
     assert len(ids) == 1 and text.endswith(f"accepted as {ids[0]}")
+
+
+def test_worker_killed_inside_accept_leaves_nothing(
+        tmp_path: Path, tls_files: dict[str, Path]) -> None:
+    """With two workers the failpoint ends the worker that runs the transaction: the
+    client gets no 250, the main process starts the worker again, and once stopped the
+    database holds neither the local copies nor the queue rows."""
+    server = make_server(tmp_path, tls_files,
+                         extra_config="[server]\nworkers = 2\n[queue]\nhold_all = true\n")
+    server.start(env={ENV: "accept.between"})
+    try:
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            _send(server, "first try")
+        deadline = time.monotonic() + 30
+        while "starting it again" not in server.log_path.read_text(errors="replace"):
+            assert time.monotonic() < deadline, server.log_tail()
+            time.sleep(0.05)
+        assert server.proc is not None and server.proc.poll() is None  # main still runs
+    finally:
+        server.stop()
+    assert _stored(server.data_dir) == (0, 0, [])

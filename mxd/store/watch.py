@@ -1,0 +1,193 @@
+"""Changes committed by other processes on the same SQLite database, as change notices.
+
+With ``[server] workers = N`` every worker has its own store (one connection, one writer
+thread); a commit in one worker must reach the IMAP sessions of the others (new mail
+for IDLE, flags, expunges) within a second.  One ``ChangeWatcher`` per process does it
+without a query per session:
+
+* every ``interval`` (0.2 s) it reads ``PRAGMA data_version`` on the writer thread,
+  outside any transaction (SQLite changes the value when another connection commits,
+  and only then: https://sqlite.org/pragma.html#pragma_data_version);
+* when it changed, one query over the mailboxes this process watches (those with a
+  ``subscribe`` listener) compares their ``highestmodseq`` and ``uidnext`` with what
+  was last seen, and reads the UIDs expunged since from ``vanished`` (every change
+  takes a new modseq, RFC 7162 §3.1, and expunged UIDs stay in ``vanished`` with it);
+* each difference becomes a ``MailboxChange`` for the process's listeners, as if the
+  change had been made here: ``expunge`` with the UIDs, ``exists`` when ``uidnext``
+  grew, ``flags`` otherwise, ``deleted`` when the mailbox is gone.  Listeners refresh
+  from the store by modseq, so a notice that repeats one of this process's own
+  changes costs a query and shows nothing twice.
+
+What a mailbox looked like when it began to be watched is read on the writer thread
+before any later read of the subscriber (the queue of the one writer thread keeps the
+order), so no change falls between the two.  Renames are not noticed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mxd.store.interfaces import MailboxChange
+
+log = Logger(namespace="mxd.store.watch")
+
+# (highestmodseq, uidnext) of a mailbox; None: the mailbox is gone.
+Mark = tuple[int, int] | None
+
+
+def read_marks(conn: sqlite3.Connection, ids: list[int]) -> dict[int, Mark]:
+    out: dict[int, Mark] = dict.fromkeys(ids)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        rows = conn.execute(
+            "SELECT id, highestmodseq, uidnext FROM mailboxes WHERE id IN (%s)"
+            % ",".join("?" * len(chunk)), chunk).fetchall()
+        for r in rows:
+            out[int(r[0])] = (int(r[1]), int(r[2]))
+    return out
+
+
+def changes_since(conn: sqlite3.Connection, seen: dict[int, tuple[int, int]]
+                  ) -> tuple[list[MailboxChange], dict[int, Mark]]:
+    """The notices for every watched mailbox that differs from ``seen``, and the new
+    marks of those mailboxes."""
+    out: list[MailboxChange] = []
+    marks: dict[int, Mark] = {}
+    for mailbox_id, now in read_marks(conn, list(seen)).items():
+        modseq, uidnext = seen[mailbox_id]
+        if now is None:
+            out.append(MailboxChange(mailbox_id, "deleted"))
+            marks[mailbox_id] = None
+            continue
+        if now[0] <= modseq:
+            continue
+        marks[mailbox_id] = now
+        gone = tuple(r[0] for r in conn.execute(
+            "SELECT uid FROM vanished WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
+            (mailbox_id, modseq)))
+        if gone:
+            out.append(MailboxChange(mailbox_id, "expunge", gone, now[0]))
+        kind = "exists" if now[1] > uidnext else "flags"
+        out.append(MailboxChange(mailbox_id, kind, (), now[0]))
+    return out, marks
+
+
+class ChangeWatcher:
+    """One per store of a process (see the module doc).
+
+    ``call(fn)`` runs ``fn(conn)`` on the writer thread outside a transaction;
+    ``read(fn)`` runs it inside one (an ordinary store operation); ``dispatch`` delivers
+    notices to the process's listeners; ``watched()`` lists the mailbox ids to watch."""
+
+    def __init__(self, clock: Any, call: Callable[[Callable[[sqlite3.Connection], Any]], Deferred[Any]],
+                 read: Callable[[Callable[[sqlite3.Connection], Any]], Deferred[Any]],
+                 dispatch: Callable[[list[MailboxChange]], None],
+                 interval: float = 0.2) -> None:
+        self._clock = clock
+        self._call = call
+        self._read = read
+        self._dispatch = dispatch
+        self.interval = interval
+        self._seen: dict[int, tuple[int, int]] = {}
+        self._pending: set[int] = set()  # watched, first look not back yet
+        self._version: int | None = None
+        self._busy = False
+        self._loop: LoopingCall | None = None
+        self.on_commit: list[Callable[[], None]] = []  # another process committed
+        self.polls = 0  # data_version reads, for tests
+        self.notices = 0
+
+    def start(self) -> None:
+        if self._loop is None:
+            self._loop = LoopingCall(self._tick)
+            self._loop.clock = self._clock
+            self._loop.start(self.interval, now=True).addErrback(
+                lambda f: log.failure("change watcher stopped", f))
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+
+    def watch(self, mailbox_id: int) -> None:
+        """Start watching (idempotent); call before the subscriber's first read."""
+        if mailbox_id in self._seen or mailbox_id in self._pending:
+            return
+        self._pending.add(mailbox_id)
+
+        def got(marks: dict[int, Mark]) -> None:
+            if mailbox_id not in self._pending:
+                return  # unwatched meanwhile
+            self._pending.discard(mailbox_id)
+            mark = marks.get(mailbox_id)
+            if mark is not None:
+                self._seen[mailbox_id] = mark
+
+        def failed(f: Failure) -> None:
+            self._pending.discard(mailbox_id)
+            log.debug("cannot watch mailbox {mailbox_id}: {error}", mailbox_id=mailbox_id,
+                      error=f.getErrorMessage())
+
+        self._read(lambda conn: read_marks(conn, [mailbox_id])).addCallbacks(got, failed)
+
+    def unwatch(self, mailbox_id: int) -> None:
+        self._seen.pop(mailbox_id, None)
+        self._pending.discard(mailbox_id)
+
+    def _tick(self) -> None:
+        if self._busy:
+            return
+        self._busy = True
+        self.polls += 1
+        d = self._call(lambda conn: int(conn.execute("PRAGMA data_version").fetchone()[0]))
+        d.addCallback(self._version_read)
+        d.addErrback(self._failed)
+        d.addBoth(self._idle)
+
+    def _idle(self, _: object) -> None:
+        self._busy = False
+
+    def _failed(self, f: Failure) -> None:
+        from mxd.store.writer import StoreClosed
+
+        if not f.check(StoreClosed):
+            log.failure("reading changes of other processes failed", f)
+
+    def _version_read(self, version: int) -> Deferred[None] | None:
+        if version == self._version:
+            return None
+        first = self._version is None
+        self._version = version
+        if first:
+            return None
+        for fn in self.on_commit:
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - one listener must not stop the others
+                log.failure("commit listener failed")
+        if not self._seen:
+            return None
+        seen = dict(self._seen)
+        return self._read(lambda conn: changes_since(conn, seen)).addCallback(self._apply, seen)
+
+    def _apply(self, result: tuple[list[MailboxChange], dict[int, Mark]],
+               asked: dict[int, tuple[int, int]]) -> None:
+        changes, marks = result
+        fresh = {m for m in marks if m in self._seen and self._seen[m] == asked.get(m)}
+        for m in fresh:  # unwatched or moved on meanwhile: the next look covers those
+            mark = marks[m]
+            if mark is None:
+                del self._seen[m]
+            else:
+                self._seen[m] = mark
+        out = [c for c in changes if c.mailbox_id in fresh]
+        if out:
+            self.notices += len(out)
+            self._dispatch(out)

@@ -1,0 +1,197 @@
+"""A worker process of ``[server] workers = N`` (started by ``mxd.supervisor``, never by
+hand): ``python -m mxd.worker --config PATH --index I --listener NAME=FD:FAMILY ...``.
+
+It reads the same config as the main process, builds the worker's part of the service
+tree (``mxd.tap.build_service`` with a worker role: store, directory, SASL, the queue
+runner, and the SMTP, submission and IMAP listeners on the inherited sockets) and runs
+its own reactor.  Every log line carries ``worker=I``.
+
+SIGTERM drains: the listeners stop accepting at once (the other workers, or nobody
+during a full shutdown, take new connections); SMTP sessions between transactions get
+``421 4.3.2`` (RFC 5321 §3.8) and IMAP sessions without a running command get ``BYE``
+(RFC 9051 §7.1.5) as soon as they are idle; after ``drain_timeout`` seconds whatever is
+left is closed and the process exits.  The worker also exits when its main process is
+gone (it would otherwise keep serving on sockets nobody supervises).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.logger import Logger, globalLogBeginner
+
+log = Logger(namespace="mxd.worker")
+
+DRAIN_POLL = 0.1  # seconds between looks at the sessions left while draining
+CLOSE_GRACE = 2.0  # seconds for told sessions' clients to close before the exit
+
+
+def parse_listener(text: str) -> tuple[str, int, int]:
+    """``NAME=FD:FAMILY`` -> (name, fd, family)."""
+    name, sep, rest = text.rpartition("=")
+    fd, sep2, family = rest.partition(":")
+    if not sep or not sep2 or not fd.isdigit() or not family.isdigit():
+        raise argparse.ArgumentTypeError(f"expected NAME=FD:FAMILY, got {text!r}")
+    return name, int(fd), int(family)
+
+
+def session_sets(factories: Iterable[Any]) -> list[set[Any]]:
+    """The distinct sets of open sessions behind listener factories (a TLS wrapper's
+    wrapped factory; the IMAP listeners of one process share one set)."""
+    out: dict[int, set[Any]] = {}
+    for f in factories:
+        while getattr(f, "sessions", None) is None and hasattr(f, "wrappedFactory"):
+            f = f.wrappedFactory
+        sessions = getattr(f, "sessions", None)
+        if isinstance(sessions, set):
+            out[id(sessions)] = sessions
+    return list(out.values())
+
+
+class Drain:
+    """Stop accepting, close sessions as they become idle, give up after ``timeout``."""
+
+    def __init__(self, reactor: Any, top: Any, timeout: float) -> None:
+        self._reactor = reactor
+        self._top = top
+        self._timeout = timeout
+        self.done: defer.Deferred[None] | None = None
+
+    def start(self) -> defer.Deferred[None]:
+        if self.done is not None:
+            return self.done
+        self.done = defer.Deferred()
+        listeners = list(self._top.listeners.values())
+        sets = session_sets(li.factory for li in listeners)
+        left = sum(len(s) for s in sets)
+        log.info("draining: no longer accepting; {n} session(s) open", n=left)
+        for li in listeners:
+            li.stopService()
+        deadline = self._reactor.seconds() + self._timeout
+
+        closed_at: list[float] = []
+
+        def look() -> None:
+            busy = left = 0
+            for sessions in sets:
+                for s in list(sessions):
+                    shutdown = getattr(s, "shutdown_when_idle", None)
+                    if shutdown is None or not shutdown():
+                        busy += 1
+                left += len(sessions)
+            now = self._reactor.seconds()
+            if busy == 0 and not closed_at:
+                closed_at.append(now)
+            # Every session has been told (421/BYE): a moment for that to reach the
+            # clients and for them to close, then go.
+            told = bool(closed_at) and (left == 0 or now - closed_at[0] >= CLOSE_GRACE)
+            if told or now >= deadline:
+                if busy and now >= deadline:
+                    log.warn("drain timeout: closing {n} session(s)", n=busy)
+                loop.stop()
+
+        loop = task.LoopingCall(look)
+        loop.clock = self._reactor
+        done = self.done
+
+        def finished(_: object) -> None:
+            done.callback(None)
+
+        loop.start(DRAIN_POLL, now=True).addBoth(finished)
+        return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mxd.worker")
+    p.add_argument("--config", required=True)
+    p.add_argument("--index", type=int, required=True)
+    p.add_argument("--owner", default=None, help="the name on this worker's queue leases")
+    p.add_argument("--listener", type=parse_listener, action="append", default=[])
+    args = p.parse_args(argv)
+
+    import os
+
+    from twisted.internet import reactor as _reactor
+
+    from mxd import log as mxdlog
+    from mxd.config import ConfigError, load_config
+    from mxd.tap import ProcessRole, build_service
+
+    reactor: Any = _reactor
+    mxdlog.PROCESS_FIELDS["worker"] = args.index
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(f"mxd worker {args.index}: {e}", file=sys.stderr, flush=True)
+        return 2
+    level, fmt = mxdlog.with_env(cfg.log.level, cfg.log.format)
+    globalLogBeginner.beginLoggingTo(
+        [mxdlog.make_observer(level, fmt, cfg.log.levels, sys.stdout)],
+        redirectStandardIO=False, discardBuffer=True)
+    role = ProcessRole(kind="worker", index=args.index,
+                       inherited={name: (fd, fam) for name, fd, fam in args.listener},
+                       lease_owner=args.owner or f"worker-{args.index}-{os.getpid()}")
+    parent = os.getppid()
+    status = {"code": 0}
+    top: Any = None
+    drain: Drain | None = None
+
+    def stop_reactor() -> None:
+        if reactor.running:
+            reactor.stop()
+
+    def begin_drain(reason: str) -> None:
+        nonlocal drain
+        if drain is not None:
+            return
+        log.info("stopping ({reason})", reason=reason)
+        if top is None:
+            stop_reactor()
+            return
+        drain = Drain(reactor, top, cfg.server.drain_timeout)
+        drain.start().addBoth(lambda _: stop_reactor())
+
+    def on_sigterm(*_: Any) -> None:
+        reactor.callFromThread(begin_drain, "SIGTERM")
+
+    def check_parent() -> None:
+        if os.getppid() != parent:
+            begin_drain("the main process is gone")
+
+    def start() -> None:
+        nonlocal top
+        try:
+            top = build_service(cfg, reactor, role=role)
+            top.privilegedStartService()
+            top.startService()
+        except Exception as e:  # noqa: BLE001 - reported, then the worker exits 1
+            log.error("worker {worker} cannot start: {error}", worker=args.index, error=str(e))
+            status["code"] = 1
+            stop_reactor()
+            return
+        sasl = top.components.get("sasl")
+        if sasl is not None:
+            from mxd.limitsync import connect_worker
+
+            connect_worker(sasl.limiter, reactor)
+        reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
+        watch = task.LoopingCall(check_parent)
+        watch.clock = reactor
+        watch.start(1.0, now=False)
+        log.info("worker {worker} serving {n} listener(s)", worker=args.index,
+                 n=len(top.listeners))
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the main process too
+    reactor.callWhenRunning(start)
+    reactor.run(installSignalHandlers=False)
+    return status["code"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""One SQLite store shared by several processes (``[server] workers = N``): writes of
+every process land once each, UIDs and modseqs stay unique and ordered, and each
+process hears of the others' commits (mxd.store.watch)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import task
+
+from mxd.store.interfaces import Delivery, MailboxChange, MessageProps
+from mxd.store.sqlite import StoreSettings
+from tests.store.helpers import StoreHarness, ThreadCalls, open_store
+
+WRITER_SCRIPT = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from twisted.internet import defer, reactor
+    from mxd.store.interfaces import Delivery, MessageProps
+    from mxd.store.sqlite import SQLiteStore, StoreSettings
+
+    data_dir, tag, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+
+    async def main():
+        store = SQLiteStore(data_dir, reactor, settings=StoreSettings(max_batch=8))
+        await store.open()
+        acct = await store.get_account("alice")
+        ds = []
+        for i in range(n):
+            w = store.new_blob()
+            w.write(b"Subject: %s-%d\\r\\n\\r\\nbody\\r\\n" % (tag.encode(), i))
+            ds.append(store.deliver(w, [Delivery(acct.id)], MessageProps()))
+            if i % 10 == 0:
+                await defer.gatherResults(ds)
+        await defer.gatherResults(ds)
+        # A flag change per message too: modseqs interleave with the other process's.
+        box = await store.get_mailbox(acct.id, "INBOX")
+        msgs = await store.list_messages(box.id)
+        mine = [m.uid for m in msgs if m.uid % 2 == (0 if tag == "a" else 1)]
+        for uid in mine[:20]:
+            await store.store_flags(box.id, [uid], frozenset({"$" + tag}), "add")
+        await store.close()
+
+    def run():
+        d = defer.ensureDeferred(main())
+        d.addErrback(lambda f: (f.printTraceback(), setattr(sys, "exitcode", 1)))
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(run)
+    reactor.run()
+    sys.exit(getattr(sys, "exitcode", 0))
+""")
+
+
+def test_two_processes_write_concurrently_each_message_once(data_dir: Path) -> None:
+    """Two processes deliver 150 messages each into one INBOX at the same time: 300
+    messages, UIDs 1..300 without gaps or repeats, every modseq distinct per change."""
+    h = open_store(data_dir)
+    acct = h.run(h.store.add_account("alice", "{}", ["alice@example.test"]))
+    start = h.run(h.store.get_mailbox(acct.id, "INBOX")).highestmodseq
+    h.close()
+    n = 150
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT, str(data_dir), tag, str(n)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for tag in ("a", "b")]
+    for p in procs:
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 0, out.decode(errors="replace")
+    h = open_store(data_dir)
+    try:
+        box = h.run(h.store.get_mailbox(acct.id, "INBOX"))
+        msgs = h.run(h.store.list_messages(box.id))
+        assert [m.uid for m in msgs] == list(range(1, 2 * n + 1))
+        assert box.uidnext == 2 * n + 1
+        subjects = []
+        for m in msgs:
+            subjects.append(h.store.read_blob_head(m.blob_id, 64).split(b"\r\n")[0])
+        assert sorted(subjects) == sorted(
+            b"Subject: %s-%d" % (t, i) for t in (b"a", b"b") for i in range(n))
+        # Each delivery and each flag change took its own modseq.
+        assert box.highestmodseq == start + 2 * n + 40
+        flagged = [m for m in msgs if m.flags & {"$a", "$b"}]
+        assert len(flagged) == 40
+        assert len({m.modseq for m in flagged}) == 40
+    finally:
+        h.close()
+
+
+class ClockCalls(ThreadCalls):
+    """ThreadCalls plus ``callLater`` on a task.Clock, so the store runs its watcher."""
+
+    def __init__(self, clock: task.Clock) -> None:
+        super().__init__(clock)
+        self.clock = clock
+
+    def callLater(self, delay: float, f: Any, *a: Any, **kw: Any) -> Any:
+        return self.clock.callLater(delay, f, *a, **kw)
+
+
+def _open_watching(data_dir: Path, clock: task.Clock) -> StoreHarness:
+    from mxd.store.sqlite import SQLiteStore
+
+    calls = ClockCalls(clock)
+    store = SQLiteStore(data_dir, calls, settings=StoreSettings())  # type: ignore[arg-type]
+    h = StoreHarness(store, calls, inline=False)
+    h.run(store.open())
+    return h
+
+
+def _until(h: StoreHarness, clock: task.Clock, pred: Any, what: str,
+           timeout: float = 10.0) -> None:
+    """Advance the watcher's clock and pump the store until ``pred()``."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not seen within {timeout}s: {what}")
+        clock.advance(0.2)
+        h.calls.pump_once(0.02)
+        while h.calls.pump_once(0):
+            pass
+
+
+def test_changes_of_another_store_reach_listeners(data_dir: Path) -> None:
+    """A listener on store A hears of B's delivery ("exists"), flag change ("flags")
+    and expunge ("expunge" with the UIDs), and of the mailbox's deletion."""
+    clock = task.Clock()
+    a = _open_watching(data_dir, clock)
+    b = open_store(data_dir)
+    try:
+        acct = b.run(b.store.add_account("alice", "{}", ["alice@example.test"]))
+        box_id = b.run(b.store.create_mailbox(acct.id, "Lists")).id
+        heard: list[MailboxChange] = []
+        a.store.subscribe(box_id, heard.append)
+        a.settle()
+        assert a.store._watcher is not None
+        _until(a, clock, lambda: a.store._watcher.polls >= 2, "first polls")  # type: ignore[union-attr]
+        assert heard == []
+
+        uids = b.deliver_bytes(b"Subject: x\r\n\r\nx\r\n", [Delivery(acct.id, "Lists")])
+        b.deliver_bytes(b"Subject: y\r\n\r\ny\r\n", [Delivery(acct.id, "Lists")])
+        _until(a, clock, lambda: any(c.kind == "exists" for c in heard), "exists")
+        box = b.run(b.store.get_mailbox(acct.id, "Lists"))
+        assert heard[-1] == MailboxChange(box_id, "exists", (), box.highestmodseq)
+
+        heard.clear()
+        b.run(b.store.store_flags(box_id, uids, frozenset({"\\Deleted"}), "add"))
+        _until(a, clock, lambda: any(c.kind == "flags" for c in heard), "flags")
+
+        heard.clear()
+        assert b.run(b.store.expunge(box_id)) == uids
+        _until(a, clock, lambda: any(c.kind == "expunge" for c in heard), "expunge")
+        assert [c.uids for c in heard if c.kind == "expunge"] == [tuple(uids)]
+
+        heard.clear()
+        b.run(b.store.delete_mailbox(acct.id, "Lists"))
+        _until(a, clock, lambda: any(c.kind == "deleted" for c in heard), "deleted")
+    finally:
+        a.close()
+        b.close()
+
+
+def test_own_commits_do_not_wake_the_watcher(data_dir: Path) -> None:
+    """``PRAGMA data_version`` moves only for other connections' commits: a store alone
+    polls without a query per watched mailbox and hears each change once, from its
+    own commit."""
+    clock = task.Clock()
+    a = _open_watching(data_dir, clock)
+    try:
+        acct = a.run(a.store.add_account("alice", "{}", ["alice@example.test"]))
+        box = a.run(a.store.get_mailbox(acct.id, "INBOX"))
+        heard: list[MailboxChange] = []
+        a.store.subscribe(box.id, heard.append)
+        w = a.store.new_blob()
+        w.write(b"Subject: z\r\n\r\nz\r\n")
+        a.run(a.store.deliver(w, [Delivery(acct.id)], MessageProps()))
+        watcher = a.store._watcher
+        assert watcher is not None
+        _until(a, clock, lambda: watcher.polls >= 10, "polls")
+        assert [c.kind for c in heard] == ["exists"]
+        assert watcher.notices == 0
+    finally:
+        a.close()
