@@ -384,8 +384,12 @@ def make_queue_runner(cfg: Config, queue: Any, resolver: Any, store: Any, direct
         log.info("{n} route(s): account, then sender domain, then global; first match wins",
                  n=n_routes)
     queue.transport_names = frozenset(t.name for t in transports)
-    settings = attrs.evolve(QueueSettings(), max_concurrent=cfg.queue.max_concurrent,
-                            max_per_domain=cfg.queue.max_concurrent_per_domain,
+    # With workers each runs a share of the server's limits ([queue] max_concurrent is
+    # for the server): rounded up, so the total may exceed them by up to one per worker.
+    share = cfg.server.worker_count() if lease_owner is not None else 1
+    settings = attrs.evolve(QueueSettings(),
+                            max_concurrent=-(-cfg.queue.max_concurrent // share),
+                            max_per_domain=-(-cfg.queue.max_concurrent_per_domain // share),
                             port=cfg.queue.smtp_port,
                             own_names=frozenset({normalise_domain(cfg.hostname)}),
                             own_addresses=own_addresses, route_table=table,

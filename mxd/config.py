@@ -496,7 +496,9 @@ class ServerConfig:
 class QueueConfig:
     hold_all: bool = opt(False, "Keep every outbound message queued (never deliver); "
                          "`mxd localserve` sets this so nothing leaves the machine.")
-    max_concurrent: int = opt(20, "Deliveries in flight at once.", check=_positive)
+    max_concurrent: int = opt(20, "Deliveries in flight at once (for the server: with "
+                              "[server] workers each worker runs its share, rounded up).",
+                              check=_positive)
     max_concurrent_per_domain: int = opt(4, "Deliveries in flight per destination domain.",
                                          check=_positive)
     smtp_port: int = opt(25, "Port used for direct delivery to MX hosts (tests change it).",

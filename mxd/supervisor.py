@@ -69,7 +69,7 @@ def worker_argv(config_path: str, index: int, owner: str,
     """The command line of worker ``index``: its sockets are descriptors 3, 4, ...;
     ``owner`` names its queue leases."""
     argv = [sys.executable, "-m", "mxd.worker", "--config", config_path, "--index", str(index),
-            "--owner", owner]
+            "--owner", owner, "--parent", str(os.getpid())]
     for k, s in enumerate(sockets):
         argv += ["--listener", f"{s.name}={FIRST_INHERITED_FD + k}:{s.family}"]
     return argv

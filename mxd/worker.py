@@ -10,8 +10,8 @@ SIGTERM drains: the listeners stop accepting at once (the other workers, or nobo
 during a full shutdown, take new connections); SMTP sessions between transactions get
 ``421 4.3.2`` (RFC 5321 §3.8) and IMAP sessions without a running command get ``BYE``
 (RFC 9051 §7.1.5) as soon as they are idle; after ``drain_timeout`` seconds whatever is
-left is closed and the process exits.  The worker also exits when its main process is
-gone (it would otherwise keep serving on sockets nobody supervises).
+left is closed and the process exits.  The worker is killed when its main process dies
+(it would otherwise keep serving on sockets nobody supervises, see ``die_with_parent``).
 """
 
 from __future__ import annotations
@@ -106,11 +106,27 @@ class Drain:
         return done
 
 
+def die_with_parent() -> None:
+    """Linux: SIGKILL this process when the main process dies.  Its sockets must not
+    outlive it (a restarted server could not bind them), and what a killed worker had in
+    flight is recovered as after any crash.  Elsewhere the once-a-second look at the
+    parent pid below ends the worker instead."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mxd.worker")
     p.add_argument("--config", required=True)
     p.add_argument("--index", type=int, required=True)
     p.add_argument("--owner", default=None, help="the name on this worker's queue leases")
+    p.add_argument("--parent", type=int, default=None, help="the main process's pid")
     p.add_argument("--listener", type=parse_listener, action="append", default=[])
     args = p.parse_args(argv)
 
@@ -136,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     role = ProcessRole(kind="worker", index=args.index,
                        inherited={name: (fd, fam) for name, fd, fam in args.listener},
                        lease_owner=args.owner or f"worker-{args.index}-{os.getpid()}")
-    parent = os.getppid()
+    parent = args.parent if args.parent is not None else os.getppid()
+    die_with_parent()
+    if os.getppid() != parent:  # gone before the line above took effect
+        return 1
     status = {"code": 0}
     top: Any = None
     drain: Drain | None = None
