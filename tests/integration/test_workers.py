@@ -120,20 +120,22 @@ class IdleWatcher(threading.Thread):
         self.local_port = self.imap.sock.getsockname()[1]
 
     def run(self) -> None:
-        self.imap.sock.settimeout(0.5)
+        # Blocking reads (a timed-out SSL socket file cannot be read again); close()
+        # ends IDLE with DONE, whose tagged reply ends the loop.
+        self.imap.sock.settimeout(None)
         try:
-            while not self.stopped.is_set():
-                try:
-                    line = self.imap.readline()
-                except TimeoutError:
-                    continue
+            while True:
+                line = self.imap.readline()
                 if not line:
                     raise AssertionError("the IDLE session was closed")
+                if line.startswith(b"i1 "):
+                    return
                 m = re.match(rb"\* (\d+) EXISTS", line)
                 if m:
                     self.seen.append((time.monotonic(), int(m.group(1))))
         except BaseException as e:
-            self.error = e
+            if not self.stopped.is_set():
+                self.error = e
 
     def count_at(self, t: float) -> int:
         n = self.start_count
@@ -150,10 +152,12 @@ class IdleWatcher(threading.Thread):
 
     def close(self) -> None:
         self.stopped.set()
-        self.join(5)
         try:
-            self.imap.sock.settimeout(5)
             self.imap.send(b"DONE\r\n")
+        except OSError:
+            pass
+        self.join(10)
+        try:
             self.imap.logout()
         except (OSError, imaplib.IMAP4.error):
             pass
@@ -234,8 +238,13 @@ def test_burst_idle_and_sigkill_of_a_worker(workers_server: MxdServer) -> None:
             t.join(30)
     with lock:
         done = sorted(acked)
-    _until(lambda: idle.count_at(time.monotonic()) - idle.start_count >= len(done),
-           "IDLE saw every acknowledged message", 10)
+    try:
+        _until(lambda: idle.count_at(time.monotonic()) - idle.start_count >= len(done),
+               "IDLE saw every acknowledged message", 10)
+    except AssertionError as e:
+        raise AssertionError(f"{e}: IDLE at {idle.count_at(time.monotonic())} (from "
+                             f"{idle.start_count}), {len(done)} acknowledged, last seen "
+                             f"{idle.seen[-3:]}, error {idle.error!r}") from None
     idle.close()
     assert idle.error is None, idle.error
     # The k-th acknowledged message was in the IDLE session's EXISTS count within 1 s.
