@@ -25,7 +25,9 @@ from a one-file config in a temp dir (mail in Maildir, mail processes as ``nobod
 default high-security login mode, one imap-login process per TLS connection, or
 ``--dovecot-performance-mode``).  Both serve implicit TLS on 127.0.0.1.
 
-``--rounds N`` repeats everything N times, the servers interleaved in each round; every
+``--workers 1 2`` (the default) measures ``twistd mxd`` with ``[server] workers = 1`` (as
+"mxd") and ``= 2`` (as "mxd-w2"; timing starts once both workers serve), so the mixed
+workload and the rest show what worker processes bring.  ``--rounds N`` repeats everything N times, the servers interleaved in each round; every
 round restarts each server, and Dovecot's index files are removed first, so each "cold"
 figure is a first fetch with nothing derived from the messages cached (the operating
 system's page cache is warm for both).  ``--sections`` picks some of fetch, sort,
@@ -234,15 +236,18 @@ port = {port}
 class MxdServer:
     """``twistd mxd`` from the source tree ``root``, its store filled once."""
 
-    def __init__(self, name: str, root: Path, base: Path, tls: dict[str, Path], msgdir: Path) -> None:
+    def __init__(self, name: str, root: Path, base: Path, tls: dict[str, Path], msgdir: Path,
+                 workers: int = 1) -> None:
         self.name = name
         self.root = root
         self.dir = base / name
         self.dir.mkdir()
         self.port = free_port()
+        self.workers = workers
         self.config = self.dir / "mxd.toml"
         self.config.write_text(MXD_CONFIG.format(data=self.dir / "data", cert=tls["cert"],
-                                                 key=tls["key"], port=self.port))
+                                                 key=tls["key"], port=self.port)
+                               + (f"[server]\nworkers = {workers}\n" if workers else ""))
         self.env = {**os.environ, "PYTHONPATH": str(root)}
         bindir = Path(sys.executable).parent
         t0 = time.monotonic()
@@ -257,9 +262,20 @@ class MxdServer:
                     "mxd", "--config", str(self.config)]
 
     def start(self) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(self.cmd, cwd=self.root, env=self.env, stdout=subprocess.DEVNULL,
+        out = self.dir / "mxd.out"  # the worker processes' log lines (their stdout)
+        offset = out.stat().st_size if out.exists() else 0
+        proc = subprocess.Popen(self.cmd, cwd=self.root, env=self.env, stdout=open(out, "ab"),
                                 stderr=open(self.dir / "mxd.err", "ab"))
         wait_listening(proc, self.port, 60, self.dir / "mxd.log")
+        if self.workers > 1:  # the socket accepts before the workers serve: wait for them
+            import re
+
+            deadline = time.monotonic() + 60
+            while len(set(re.findall(rb'msg="worker (\d+) serving',
+                                     out.read_bytes()[offset:]))) < self.workers:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.name}: {self.workers} workers did not start")
+                time.sleep(0.05)
         return proc
 
 
@@ -606,6 +622,9 @@ def main() -> None:
     ap.add_argument("--sections", default=",".join(SECTIONS),
                     help="comma-separated: " + ", ".join(SECTIONS))
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                    help="[server] workers of the mxd servers measured: \"mxd\" is 1, "
+                         "\"mxd-wN\" is N (default: 1 2)")
     ap.add_argument("--baseline-root", type=Path,
                     help="also measure the mxd source tree in this directory, as mxd-base")
     ap.add_argument("--dovecot-performance-mode", action="store_true",
@@ -633,9 +652,12 @@ def main() -> None:
         for i, m in enumerate(msgs):
             (msgdir / str(i)).write_bytes(m)
         print(f"{args.messages} messages, {sum(map(len, msgs)) / 1e6:.1f} MB")
-        servers: list[MxdServer | DovecotServer] = [MxdServer("mxd", ROOT, base, tls, msgdir)]
+        servers: list[MxdServer | DovecotServer] = [
+            MxdServer("mxd" if n == 1 else f"mxd-w{n}", ROOT, base, tls, msgdir, workers=n)
+            for n in args.workers]
         if args.baseline_root is not None:
-            servers.append(MxdServer("mxd-base", args.baseline_root.resolve(), base, tls, msgdir))
+            servers.append(MxdServer("mxd-base", args.baseline_root.resolve(), base, tls, msgdir,
+                                     workers=0))  # an older tree: its own default
         servers.append(DovecotServer(base, tls, msgdir))
         results: dict[str, list[dict[str, float]]] = {s.name: [] for s in servers}
         for rnd in range(args.rounds):

@@ -1,7 +1,7 @@
 """Inbound SMTP ingest: mxd vs aiosmtpd (Maildir + fsync) vs Postfix, same load, same run.
 
     .venv/bin/python bench/smtp_ingest.py [--sessions 10] [--messages 2000] [--size 10240]
-                                          [--no-postfix]
+                                          [--no-postfix] [--workers 1 2]
 
 Each server gets ``smtp-source -s SESSIONS -m MESSAGES -l SIZE`` on loopback, every message
 to one local mailbox, and must have made each message durable before its 250:
@@ -14,6 +14,11 @@ to one local mailbox, and must have made each message durable before its 250:
 * Postfix (if installed): a private instance in a temp dir (queue file fsynced before 250 by
   cleanup; virtual(8) delivery into a Maildir afterwards).  Its ingest time is to the last
   250; the time until the last message is in the Maildir is printed too.
+
+``--workers N [N ...]`` runs ``twistd mxd`` once per value of ``[server] workers`` in each
+round (default: 1 and 2), timing from when every worker serves.  Postfix is reported twice:
+to its last 250 and to its last delivery into the Maildir ("delivered"), which is when mxd's
+250 already stands (mxd stores into the mailbox before answering).
 
 Prints messages/s for each and the ratios mxd/peer.
 
@@ -90,17 +95,33 @@ def make_certs(d: Path) -> dict[str, Path]:
     return paths
 
 
-def bench_twistd(base: Path, args: argparse.Namespace) -> float:
-    """``twistd -n mxd`` as users run it (tests/integration/mxdserver.py), log level warn."""
+def wait_workers(log: Path, n: int, timeout: float = 60.0) -> None:
+    """Until ``n`` worker processes say they serve (their lines in the server's log)."""
+    import re
+
+    deadline = time.monotonic() + timeout
+    while len(set(re.findall(r'msg="worker (\d+) serving', log.read_text(errors="replace")))) < n:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{n} workers did not start")
+        time.sleep(0.05)
+
+
+def bench_twistd(base: Path, args: argparse.Namespace, workers: int = 1) -> float:
+    """``twistd -n mxd`` as users run it (tests/integration/mxdserver.py), log level warn
+    (the workers' start-up lines at info, to know when they serve)."""
     from tests.integration._smtp_harness import read_mailbox
     from tests.integration.mxdserver import make_server
 
-    d = base / "twistd"
+    d = base / f"twistd-w{workers}"
     d.mkdir()
     level = "info" if args.logs else "warn"
-    s = make_server(d, make_certs(d), extra_config=f'[log]\nlevel = "{level}"\n')
+    s = make_server(d, make_certs(d), extra_config=(
+        f'[log]\nlevel = "{level}"\nlevels = {{ "mxd.worker" = "info" }}\n'
+        f"[server]\nworkers = {workers}\n"))
     s.start()
     try:
+        if workers > 1:
+            wait_workers(s.log_path, workers)
         elapsed = smtp_source(s.ports["smtp"], args)
         stored = len(read_mailbox(s.data_dir, RCPT))
     finally:
@@ -110,9 +131,9 @@ def bench_twistd(base: Path, args: argparse.Namespace) -> float:
     return elapsed
 
 
-def bench_mxd(base: Path, args: argparse.Namespace) -> float:
+def bench_mxd(base: Path, args: argparse.Namespace, workers: int = 1) -> float:
     if args.target == "twistd":
-        return bench_twistd(base, args)
+        return bench_twistd(base, args, workers)
     d = base / "mxd"
     d.mkdir()
     h = Harness(d, make_certs(d))
@@ -438,6 +459,8 @@ def main() -> None:
                     help="mxd as `twistd -n mxd` (default) or the SMTP-only test harness")
     ap.add_argument("--checks", action="store_true",
                     help="measure message authentication: mxd checks off vs on vs aiosmtpd")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                    help="[server] workers values to run twistd mxd with (default: 1 2)")
     ap.add_argument("--dir")
     args = ap.parse_args()
     if not args.logs:
@@ -448,44 +471,57 @@ def main() -> None:
         if not args.dir:
             shutil.rmtree(base, ignore_errors=True)
         return
+    if args.target != "twistd":
+        args.workers = [1]
     print(f"smtp-source -s {args.sessions} -m {args.messages} -l {args.size}; "
           f"{os.cpu_count()} CPUs; {args.repeat} round(s), servers interleaved; "
-          f"mxd={args.target}, log {'info' if args.logs else 'off/warn'}; dir {base}")
-    runs: dict[str, list[float]] = {"mxd": [], "aiosmtpd": [], "postfix": []}
+          f"mxd={args.target} workers={args.workers}, log {'info' if args.logs else 'off/warn'}; "
+          f"dir {base}")
+    mxds = [f"mxd w={n}" for n in args.workers]
+    runs: dict[str, list[float]] = {m: [] for m in mxds}
+    runs.update({"aiosmtpd": [], "postfix": [], "postfix delivered": []})
     postfix_ok = not args.no_postfix
-    order = ["mxd", "aiosmtpd", "postfix"]
+    order = [*mxds, "aiosmtpd", "postfix"]
     for i in range(args.repeat):
         rnd = base / f"round{i}"
         rnd.mkdir(parents=True)
         # Rotate who goes first, so no server always runs on a warm (or busy) machine.
-        for name in order[i % 3:] + order[: i % 3]:
-            if name == "mxd":
-                runs["mxd"].append(args.messages / bench_mxd(rnd, args))
+        k = i % len(order)
+        for name in order[k:] + order[:k]:
+            if name in mxds:
+                n = args.workers[mxds.index(name)]
+                runs[name].append(args.messages / bench_mxd(rnd, args, n))
             elif name == "aiosmtpd":
                 runs["aiosmtpd"].append(args.messages / bench_aiosmtpd(rnd, args))
             elif postfix_ok:
                 try:
                     ingest, delivered = bench_postfix(rnd, args)
                     runs["postfix"].append(args.messages / ingest)
-                    print(f"  round {i}: postfix had all {args.messages} in its Maildir "
-                          f"after {delivered:.2f} s")
+                    runs["postfix delivered"].append(args.messages / delivered)
                 except Exception as e:
                     print(f"postfix: skipped ({e})")
                     postfix_ok = False
         print(f"  round {i}: " + ", ".join(
-            f"{k} {v[-1]:.0f} msg/s" for k, v in runs.items() if len(v) > i))
+            f"{k} {v[-1]:.0f} msg/s" for k, v in runs.items() if len(v) > i), flush=True)
     med = {k: statistics.median(v) for k, v in runs.items() if v}
-    labels = {"mxd": "mxd (SQLite store, fsync)", "aiosmtpd": "aiosmtpd (Maildir, fsync)",
-              "postfix": "postfix (queue fsync, to 250)"}
+    labels = {"aiosmtpd": "aiosmtpd (Maildir, fsync)",
+              "postfix": "postfix (queue fsync, to 250)",
+              "postfix delivered": "postfix (to Maildir delivery)"}
     for k, v in med.items():
-        print(f"{labels[k]:32s}: median {v:7.1f} msg/s  (runs: "
+        label = labels.get(k, f"{k} (SQLite store, fsync)")
+        print(f"{label:32s}: median {v:7.1f} msg/s  (runs: "
               + ", ".join(f"{x:.0f}" for x in runs[k]) + ")")
-    for peer in ("aiosmtpd", "postfix"):
-        if peer in med:
-            per_round = [m / p for m, p in zip(runs["mxd"], runs[peer], strict=False)]
-            print(f"ratio mxd/{peer}: {med['mxd'] / med[peer]:.2f} (medians); per round "
-                  + ", ".join(f"{r:.2f}" for r in per_round)
-                  + f"; median of per-round ratios {statistics.median(per_round):.2f}")
+    for m in mxds:
+        for peer in ("aiosmtpd", "postfix", "postfix delivered"):
+            if peer in med and m in med:
+                per_round = [a / b for a, b in zip(runs[m], runs[peer], strict=False)]
+                print(f"ratio {m}/{peer}: {med[m] / med[peer]:.2f} (medians); per round "
+                      + ", ".join(f"{r:.2f}" for r in per_round)
+                      + f"; median of per-round ratios {statistics.median(per_round):.2f}")
+    if len(mxds) > 1:
+        base_m = mxds[0]
+        for m in mxds[1:]:
+            print(f"ratio {m}/{base_m}: {med[m] / med[base_m]:.2f}")
     if not args.dir:
         shutil.rmtree(base, ignore_errors=True)
 
