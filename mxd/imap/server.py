@@ -96,6 +96,11 @@ from mxd.tls import handshake_failure
 log = Logger()
 
 # Commands after which the account's usage is read again (APPEND counts its own).
+# Commands by which a client asks for what changed (RFC 9051 §6.1.2 NOOP, §6.3.13 IDLE,
+# CHECK) or opens a mailbox: first learn at once what other processes committed (with
+# [server] workers; mxd.store.watch otherwise reports it within a fraction of a second).
+_CATCH_UP = frozenset({"NOOP", "CHECK", "IDLE", "SELECT", "EXAMINE", "STATUS"})
+
 _USAGE_CHANGING = frozenset({"EXPUNGE", "UID EXPUNGE", "CLOSE", "DELETE", "COPY", "UID COPY",
                              "MOVE", "UID MOVE"})
 
@@ -743,6 +748,8 @@ class IMAPSession(Protocol):
                 refused = uidonly.refusal(cmd) if uidonly.active(self) else None  # RFC 9586 §3
                 if self.view is not None and refused is None:
                     cmd = searchres.substitute(cmd, self.search_result, self.view.uids)  # RFC 5182 $
+                if cmd.name in _CATCH_UP and refused is None:
+                    await self._catch_up()
                 reply = refused if refused is not None else await spec.handler(self, cmd)
             finally:
                 if prev is not None and not prev.called:
@@ -995,6 +1002,15 @@ class IMAPSession(Protocol):
         if expunge_ok and view.pending_expunge:
             expunged = view.take_pending_expunges()
             self.report_expunged(expunged)
+
+    async def _catch_up(self) -> None:
+        """Have the store look for other processes' commits now (a no-op without them)."""
+        catch_up = getattr(self.store, "catch_up", None)
+        if catch_up is not None:
+            try:
+                await catch_up()
+            except StoreError:
+                pass  # the command itself will meet the store's trouble
 
     def report_expunged(self, expunged: list[tuple[int, int]]) -> None:
         if not expunged:

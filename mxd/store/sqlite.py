@@ -83,7 +83,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -444,6 +444,13 @@ class SQLiteStore:
                     self._watcher.unwatch(mailbox_id)
 
         return unsubscribe
+
+    def catch_up(self) -> Deferred[None]:
+        """Deliver other processes' commits to the listeners now rather than at the
+        watcher's next tick (mxd.store.watch); fires when done."""
+        if self._watcher is None or not self._watcher.running:
+            return succeed(None)
+        return self._watcher.catch_up()
 
     def on_foreign_commit(self, fn: Callable[[], None]) -> None:
         """Call ``fn`` (reactor thread) soon after another process commits to the

@@ -99,6 +99,7 @@ class ChangeWatcher:
         self._pending: set[int] = set()  # watched, first look not back yet
         self._version: int | None = None
         self._busy = False
+        self._waiters: list[Deferred[None]] = []  # catch_up callers for the next look
         self._loop: LoopingCall | None = None
         self.on_commit: list[Callable[[], None]] = []  # another process committed
         self.polls = 0  # data_version reads, for tests
@@ -110,6 +111,10 @@ class ChangeWatcher:
             self._loop.clock = self._clock
             self._loop.start(self.interval, now=True).addErrback(
                 lambda f: log.failure("change watcher stopped", f))
+
+    @property
+    def running(self) -> bool:
+        return self._loop is not None
 
     def stop(self) -> None:
         if self._loop is not None and self._loop.running:
@@ -141,18 +146,32 @@ class ChangeWatcher:
         self._seen.pop(mailbox_id, None)
         self._pending.discard(mailbox_id)
 
+    def catch_up(self) -> Deferred[None]:
+        """Look now (not at the next tick); fires once a look that began after this call
+        has delivered its notices (a client's NOOP must see what was committed before)."""
+        d: Deferred[None] = Deferred()
+        self._waiters.append(d)
+        if not self._busy:
+            self._tick()
+        return d
+
     def _tick(self) -> None:
         if self._busy:
             return
         self._busy = True
         self.polls += 1
+        waiters, self._waiters = self._waiters, []
         d = self._call(lambda conn: int(conn.execute("PRAGMA data_version").fetchone()[0]))
         d.addCallback(self._version_read)
         d.addErrback(self._failed)
-        d.addBoth(self._idle)
+        d.addBoth(self._idle, waiters)
 
-    def _idle(self, _: object) -> None:
+    def _idle(self, _: object, waiters: list[Deferred[None]]) -> None:
         self._busy = False
+        for w in waiters:
+            w.callback(None)
+        if self._waiters:  # asked while this look ran: it may have begun too early
+            self._tick()
 
     def _failed(self, f: Failure) -> None:
         from mxd.store.writer import StoreClosed

@@ -185,3 +185,25 @@ def test_own_commits_do_not_wake_the_watcher(data_dir: Path) -> None:
         assert watcher.notices == 0
     finally:
         a.close()
+
+
+def test_catch_up_reports_at_once(data_dir: Path) -> None:
+    """``catch_up`` (what IMAP NOOP, CHECK, IDLE and SELECT call) delivers another
+    store's commit without waiting for the watcher's next tick."""
+    clock = task.Clock()
+    a = _open_watching(data_dir, clock)
+    b = open_store(data_dir)
+    try:
+        acct = b.run(b.store.add_account("alice", "{}", ["alice@example.test"]))
+        box = b.run(b.store.get_mailbox(acct.id, "INBOX"))
+        heard: list[MailboxChange] = []
+        a.store.subscribe(box.id, heard.append)
+        a.settle()
+        b.deliver_bytes(b"Subject: now\r\n\r\nnow\r\n", [Delivery(acct.id)])
+        polls = a.store._watcher.polls  # type: ignore[union-attr]
+        a.run(a.store.catch_up())  # the clock does not move
+        assert [c.kind for c in heard] == ["exists"]
+        assert a.store._watcher.polls == polls + 1  # type: ignore[union-attr]
+    finally:
+        a.close()
+        b.close()
