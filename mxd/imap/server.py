@@ -313,7 +313,7 @@ class IMAPSession(Protocol):
                      "LIST-EXTENDED", "LIST-STATUS", "STATUS=SIZE", "ESEARCH", "CONDSTORE",
                      "QRESYNC", "BINARY", f"APPENDLIMIT={self.settings.append_limit}",
                      "UTF8=ACCEPT", "SORT", "SORT=DISPLAY", "ESORT", "SEARCHRES",  # RFC 5256, 5957, 5267, 5182
-                     "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES",  # RFC 5256
+                     "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "THREAD=REFS",  # RFC 5256; Dovecot
                      "MULTIAPPEND", "CATENATE", "REPLACE", "COMPRESS=DEFLATE",  # RFC 3502, 4469, 8508, 4978
                      "UIDONLY",  # RFC 9586
                      *imap4rev2.MORE_CAPABILITIES]

@@ -1,4 +1,4 @@
-"""THREAD=ORDEREDSUBJECT and THREAD=REFERENCES (RFC 5256 §3-4).  Pure: the adapter
+"""THREAD=ORDEREDSUBJECT and THREAD=REFERENCES (RFC 5256 §3-4), and Dovecot's THREAD=REFS.  Pure: the adapter
 (``mxd.imap.threadcmd``) hands in per-message ``ThreadData``; base subjects come from
 ``mxd.imap.sort`` (RFC 5256 §2.1, shared with SORT).
 
@@ -18,7 +18,7 @@ import attrs
 from mxd.imap.message import raw_all, unfold
 from mxd.imap.sort import base_subject_reply, casemap, chunked_sort, header_text
 
-ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
+ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES", "REFS")
 
 # RFC 5322 §3.6.4 msg-id = "<" id-left "@" id-right ">"; anything else is not a valid
 # Message ID for threading (RFC 5256 §2.2 / REFERENCES step 1).
@@ -128,6 +128,55 @@ def _sort_tree(roots: list[Node], chunk: int) -> Iterator[None]:
 def references(msgs: Iterable[ThreadData], out: list[Node], chunk: int = 2000) -> Iterator[None]:
     """RFC 5256 §3 THREAD=REFERENCES, steps 1-7: the thread roots in order into
     ``out``, yielding between units of about ``chunk`` messages."""
+    roots: list[Node] = []
+    yield from _link_references(msgs, roots, chunk)
+    roots = _prune(roots)
+    yield None
+    yield from _sort_tree(roots, chunk)  # step 5 (all levels: step 7 sorts again after merging)
+    roots = _merge_subjects(roots)
+    yield None
+    yield from _sort_tree(roots, chunk)  # step 7
+    out.extend(roots)
+
+
+def refs(msgs: Iterable[ThreadData], out: list[Node], chunk: int = 2000) -> Iterator[None]:
+    """THREAD=REFS, Dovecot's variant of REFERENCES (no RFC; defined by Dovecot 2.3's
+    index-thread-finish.c, which the differential test compares with): the same links
+    (steps 1-3), dummies pruned (a root dummy with one child keeps its place in the
+    order, as a dummy), no subject merging (steps 5-6), siblings by sent date, and
+    threads ordered by their newest message's sent date (ties: the root's UID, a dummy
+    root first), so the thread with the latest reply comes last."""
+    roots: list[Node] = []
+    yield from _link_references(msgs, roots, chunk)
+    roots = _prune(roots, keep_root_dummies=True)
+    yield None
+    yield from _sort_tree(roots, chunk)
+    newest: dict[int, float] = {}
+    for k, r in enumerate(roots, 1):
+        if k % chunk == 0:
+            yield None
+        top = float("-inf")
+        stack = [r]
+        while stack:
+            n = stack.pop()
+            if n.msg is not None and n.msg.sent > top:
+                top = n.msg.sent
+            stack.extend(n.children)
+        newest[id(r)] = top
+    roots.sort(key=lambda r: (newest[id(r)], r.msg.uid if r.msg is not None else 0))
+    # A root dummy with one child is written as that child (Dovecot writes no dummy
+    # level around it); it kept its place in the order above.
+    for r in roots:
+        if r.msg is None and len(r.children) == 1:
+            r = r.children[0]
+            r.parent = None
+        out.append(r)
+
+
+def _link_references(msgs: Iterable[ThreadData], roots: list[Node],
+                     chunk: int) -> Iterator[None]:
+    """REFERENCES steps 1-2: link the messages by their references; the root set
+    into ``roots``."""
     table: dict[str, Node] = {}
     nodes: list[Node] = []
     for k, m in enumerate(msgs, 1):
@@ -162,24 +211,17 @@ def references(msgs: Iterable[ThreadData], out: list[Node], chunk: int = 2000) -
             _unlink(node)
     # Step 2: the root set; step 3: the id table is no longer needed.
     seen: set[int] = set()
-    roots: list[Node] = []
     for n in list(table.values()) + nodes:
         if n.parent is None and id(n) not in seen:
             seen.add(id(n))
             roots.append(n)
     yield None
-    roots = _prune(roots)
-    yield None
-    yield from _sort_tree(roots, chunk)  # step 5 (all levels: step 7 sorts again after merging)
-    roots = _merge_subjects(roots)
-    yield None
-    yield from _sort_tree(roots, chunk)  # step 7
-    out.extend(roots)
 
 
-def _prune(roots: list[Node]) -> list[Node]:
+def _prune(roots: list[Node], keep_root_dummies: bool = False) -> list[Node]:
     """Step 4: a dummy without children goes; a dummy with children is replaced by
-    them, except at the root when it has more than one child."""
+    them, except at the root when it has more than one child (with
+    ``keep_root_dummies``, any child)."""
     holder = Node()
     for r in roots:
         holder.children.append(r)
@@ -191,7 +233,8 @@ def _prune(roots: list[Node]) -> list[Node]:
         work = deque(n.children)
         while work:
             c = work.popleft()
-            if c.msg is None and (n is not holder or len(c.children) <= 1):
+            if c.msg is None and (n is not holder or not c.children or (
+                    len(c.children) == 1 and not keep_root_dummies)):
                 for g in c.children:
                     g.parent = n
                 work.extendleft(reversed(c.children))  # promoted children are pruned in turn

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from mxd.imap.dispatch import Reply, bad, no, ok
 from mxd.imap.searchcmd import CHARSETS
 from mxd.imap.sortcmd import fields, rows
-from mxd.imap.thread import Node, ThreadData, ordered_subject, references, render
+from mxd.imap.thread import Node, ThreadData, ordered_subject, references, refs, render
 from mxd.imap.values import Command, ThreadArgs
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ async def do_thread(s: IMAPSession, cmd: Command) -> Reply:
     except ValueError as e:
         return bad(str(e))
     roots: list[Node] = []
-    algorithm = ordered_subject if args.algorithm == "ORDEREDSUBJECT" else references
+    algorithm = {"ORDEREDSUBJECT": ordered_subject, "REFS": refs}.get(args.algorithm, references)
     for _ in algorithm(items, roots):
         await s.breathe()
     s.untagged(render(roots, uid=cmd.name == "UID THREAD"))

@@ -143,7 +143,7 @@ def test_parse_thread() -> None:
     assert c.args.algorithm == "ORDEREDSUBJECT" and c.args.charset == "UTF-8"
     c = parse_bytes(b"A285 UID THREAD references UTF-8 SINCE 5-MAR-2000")
     assert c.name == "UID THREAD" and c.args.algorithm == "REFERENCES"
-    for bad in (b"a THREAD REFS UTF-8 ALL", b"a THREAD REFERENCES UTF-8", b"a THREAD REFERENCES"):
+    for bad in (b"a THREAD REFSX UTF-8 ALL", b"a THREAD REFERENCES UTF-8", b"a THREAD REFERENCES"):
         with pytest.raises(ParseError):
             parse_bytes(bad)
 
@@ -186,3 +186,23 @@ def test_thread_session_byte_exact() -> None:
         b"* THREAD\r\nA284 OK THREAD completed\r\n")
     assert c.cmd("b UID THREAD REFERENCES UTF-8 2:4").startswith(b"* THREAD (3)((2)(4))\r\n")
     assert c.cmd("d THREAD REFERENCES KOI8-R ALL").startswith(b"d NO [BADCHARSET")
+
+
+def test_thread_refs() -> None:
+    """THREAD=REFS (Dovecot's): threads ordered by their newest message, so the thread
+    with the latest reply comes last; no subject merging (REFERENCES gathers the two
+    "hello" threads of 5 and 6 under a dummy, REFS leaves them apart)."""
+    extra = [b"Message-ID: <5@x>\r\nSubject: topic\r\nDate: Thu, 04 Jan 2024 00:00:00 +0000\r\n\r\n5",
+             b"Message-ID: <6@x>\r\nSubject: Re: topic\r\n"
+             b"Date: Fri, 05 Jan 2024 00:00:00 +0000\r\n\r\n6"]
+    store, acc = make_store()
+    for m in MSGS + extra:
+        store.put(acc, "INBOX", m, when=datetime(2024, 2, 1, tzinfo=UTC))
+    c = Conn(store)
+    c.login()
+    c.select()
+    assert b" THREAD=REFS" in c.cmd("a CAPABILITY")
+    assert c.cmd("a THREAD REFERENCES UTF-8 ALL") == (
+        b"* THREAD (1 (2)(4))(3)(5 6)\r\na OK THREAD completed\r\n")
+    assert c.cmd("a THREAD REFS UTF-8 ALL") == (
+        b"* THREAD (3)(1 (2)(4))(5)(6)\r\na OK THREAD completed\r\n")

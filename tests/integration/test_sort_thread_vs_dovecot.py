@@ -87,6 +87,7 @@ COMMANDS = [
     "SORT (SIZE) UTF-8 SUBJECT plan",
     "THREAD ORDEREDSUBJECT UTF-8 ALL",
     "THREAD REFERENCES UTF-8 ALL",
+    "THREAD REFS UTF-8 ALL",  # Dovecot's own algorithm (mxd.imap.thread.refs)
 ]
 
 
