@@ -7,7 +7,9 @@ indicator shows all three bars (STARTTLS, verified TLS, REQUIRETLS) and REQUIRET
 selected by itself; the message reaches the sink with MAIL FROM ... REQUIRETLS, its
 attachment intact, and the sent copy is in Sent (read with imaplib).  "Fallback to
 insecure" puts `TLS-Required: No` in what the sink receives.  CR/LF in the subject is
-refused; a cross-site form POST without the CSRF token sends nothing."""
+refused; a cross-site form POST without the CSRF token sends nothing.  A message from
+another account, opened in the message view and answered with its Reply link, reaches
+that account with In-Reply-To and References."""
 
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ import email.policy
 import http.server
 import imaplib
 import smtplib
-import socket
 import ssl
 import threading
 import time
@@ -112,27 +113,16 @@ def world(dns_lab_factory: Any, tls_files: dict[str, Path], tmp_path: Path) -> A
     smtp_port = free_port(SINK_IP)
     sink = Sink(SINK_IP, smtp_port, leaf)
     sink.controller.start()
-    webmail_port = free_port()
     base = tmp_path / "mxd"
     base.mkdir()
     server = make_server(base, tls_files, resolver=(host, port), extra_config=(
-        f'trusted = ["{host}:{port}"]\n[queue]\nsmtp_port = {smtp_port}\n'
-        f'[[listeners]]\nprotocol = "webmail"\naddress = "127.0.0.1"\nport = {webmail_port}\n'))
+        f'trusted = ["{host}:{port}"]\n[queue]\nsmtp_port = {smtp_port}\n'))
     server.start()
     try:
-        _until(lambda: _connects(webmail_port), "the webmail listener never listened", 30)
-        yield server, sink, f"http://127.0.0.1:{webmail_port}"
+        yield server, sink, f"http://127.0.0.1:{server.ports['webmail']}"
     finally:
         server.stop()
         sink.controller.stop()
-
-
-def _connects(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
 
 
 def _queue_empty(server: MxdServer) -> bool:
@@ -314,3 +304,36 @@ def test_compose_requiretls_insecure_attachment_and_refusals(world: Any, chrome:
     time.sleep(1)
     assert sink.count() == 3
     assert not any(b"forged" in c for c in _sent_copies(server))
+
+    # Reply from the message view: a message from bob, opened in the webmail, answered
+    # with the Reply link; bob's copy (local delivery) threads under it.
+    ctx = ssl.create_default_context(cafile=str(server.ca_file))
+    with smtplib.SMTP("127.0.0.1", server.ports["submission"], timeout=30) as s:
+        s.starttls(context=ctx)
+        s.login(server.user2, server.password2)
+        s.sendmail(server.user2, [server.user], b"From: Bob <bob@example.test>\r\n"
+                   b"Subject: lunch?\r\nMessage-ID: <lunch@example.test>\r\n\r\n12:30?\r\n")
+    with imaplib.IMAP4("127.0.0.1", server.ports["imap"]) as m:
+        m.starttls(ctx)
+        m.login(server.user, server.password)
+        m.select("INBOX", readonly=True)
+        uid = _until(lambda: m.uid("SEARCH", "SUBJECT", "lunch")[1][0].split(),
+                     "bob's message never arrived")[-1].decode()
+    driver.get(f"{base}/message?mailbox=INBOX&uid={uid}")
+    old = driver.find_element(By.TAG_NAME, "html")
+    driver.find_element(By.LINK_TEXT, "Reply").click()
+    _wait_replaced(driver, old)
+    assert driver.find_element(By.ID, "subject").get_attribute("value") == "Re: lunch?"
+    assert "bob@example.test" in driver.find_element(By.ID, "to").get_attribute("value")
+    assert "> 12:30?" in driver.find_element(By.ID, "body").get_attribute("value")
+    driver.find_element(By.ID, "body").send_keys("Yes.")
+    _send(driver)
+    assert "Message sent" in driver.find_element(By.ID, "sent").text
+    with imaplib.IMAP4("127.0.0.1", server.ports["imap"]) as m:
+        m.starttls(ctx)
+        m.login(server.user2, server.password2)
+        m.select("INBOX", readonly=True)
+        got = _until(lambda: m.uid("SEARCH", "HEADER", "In-Reply-To", "lunch@example.test")[1][0]
+                     .split(), "the reply never reached bob")
+        _, data = m.uid("FETCH", got[-1], "(BODY.PEEK[HEADER.FIELDS (REFERENCES SUBJECT)])")
+    assert b"<lunch@example.test>" in bytes(data[0][1]) and b"Re: lunch?" in bytes(data[0][1])
