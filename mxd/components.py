@@ -848,7 +848,7 @@ def web_submitter(cfg: Config, comps: dict[str, Any], reactor: Any) -> Any:
         def run_blocking(fn: Any) -> Any:
             return deferToThreadPool(reactor, reactor.getThreadPool(), fn)
 
-        max_total = min(cfg.webmail.max_upload, cfg.smtp.max_message_size)
+        max_total = cfg.smtp.max_message_size  # the message as sent (base64 included)
         submission = InProcessSubmission(
             settings=_smtp_settings(cfg), store=comps["store"], directory=comps["directory"],
             outbound=comps["queue"], clock=reactor, hostname=cfg.hostname,
@@ -856,7 +856,8 @@ def web_submitter(cfg: Config, comps: dict[str, Any], reactor: Any) -> Any:
             metrics=comps.get("metrics"), run_blocking=run_blocking)
         comps["web_submitter"] = WebSubmitter(
             submission, comps["store"], clock=reactor, run_blocking=run_blocking,
-            limits=Limits(max_attachment=max_total, max_total=max_total,
+            limits=Limits(max_attachment=min(cfg.webmail.max_upload, max_total),
+                          max_total=max_total,
                           max_recipients=cfg.smtp.max_recipients))
     return comps["web_submitter"]
 

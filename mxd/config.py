@@ -712,9 +712,10 @@ class WebmailConfig:
                          check=lambda v: None if 0 < v <= 500 else
                          f"expected 1 to 500, got {v}")
     max_upload: int = opt(
-        25 * 1024 * 1024, "Largest message the compose page sends, in octets: the text and "
-        "the attached files together (a larger upload is refused with 413 before it is "
-        "read; the SMTP [smtp] max_message_size applies too).",
+        25 * 1024 * 1024, "Largest upload the compose page accepts, in octets: the text and "
+        "the attached files together as the browser sends them (a larger request is refused "
+        "with 413 before it is read). The message built from it, the files in base64, must "
+        "also fit `[smtp] max_message_size`.",
         check=lambda v: None if v > 0 else f"must be positive, got {v}")
 
 
