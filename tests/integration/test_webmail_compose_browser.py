@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import http.client
 import http.server
 import imaplib
 import smtplib
@@ -273,6 +274,19 @@ def test_compose_requiretls_insecure_attachment_and_refusals(world: Any, chrome:
     assert "Not sent: subject" in error and "control character" in error
     time.sleep(1)
     assert sink.count() == 3
+
+    # An upload declared larger than [webmail] max_upload is answered 413 at once, with
+    # the session's cookie and before any of the body is sent.
+    cookie = driver.get_cookie("mxd_webmail")["value"]
+    conn = http.client.HTTPConnection("127.0.0.1", int(base.rsplit(":", 1)[1]), timeout=30)
+    conn.putrequest("POST", "/compose")
+    for k, v in (("Cookie", f"mxd_webmail={cookie}"), ("Content-Length", str(200 << 20)),
+                 ("Content-Type", "multipart/form-data; boundary=x")):
+        conn.putheader(k, v)
+    conn.endheaders()
+    response = conn.getresponse()
+    assert response.status == 413 and b"larger than" in response.read()
+    conn.close()
 
     # A cross-site form POST (another origin, no CSRF token) sends nothing.
     class Evil(http.server.BaseHTTPRequestHandler):
