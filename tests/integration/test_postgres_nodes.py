@@ -116,7 +116,8 @@ def cluster_nodes(pg_cluster: PGCluster, tmp_path: Path,
     """Call with (sink, lease=, max_concurrent=) to get nodes A and B (not started)."""
     nodes: list[Node] = []
 
-    def make(sink: Sink, lease: float = 60.0, max_concurrent: int = 4) -> list[Node]:
+    def make(sink: Sink, lease: float = 60.0, max_concurrent: int = 4,
+             accounts: bool = True) -> list[Node]:
         dsn = pg_cluster.create_database("nodes")
         blobs = tmp_path / "blobs"
         blobs.mkdir()
@@ -126,7 +127,7 @@ def cluster_nodes(pg_cluster: PGCluster, tmp_path: Path,
             base = tmp_path / name
             base.mkdir()
             node = Node(name, base, tls_files, extra_config=extra)
-            if name == "a":  # the accounts are in the shared database: once is enough
+            if name == "a" and accounts:  # in the shared database: once is enough
                 node.add_account(MxdServer.user, MxdServer.password, MxdServer.user)
                 node.add_account(MxdServer.user2, MxdServer.password2, MxdServer.user2)
             out.append(node)
@@ -364,3 +365,28 @@ def test_postgresql_restart_under_load_loses_nothing_acknowledged(
     assert not missing, f"acknowledged but lost: {sorted(missing)[:5]}"
     assert len(stored) == len(set(stored))
     assert a.stop() in STOPPED
+
+
+def test_two_nodes_starting_together_on_an_empty_database(cluster_nodes: Any) -> None:
+    """Both nodes start at once on a database without tables: one migrates it (under the
+    advisory lock), the other waits and finds it done; both serve, and an account added
+    through one is usable on the other."""
+    a, b = cluster_nodes(Sink(), accounts=False)
+    _start_together([a, b])
+    try:
+        def migrated() -> int:
+            return sum("schema store migrated" in n.log_path.read_text(errors="replace")
+                       for n in (a, b))
+
+        _until(lambda: migrated() > 0, 10, "neither node logged its migration")
+        assert migrated() == 1
+        b.add_account(MxdServer.user2, MxdServer.password2, MxdServer.user2)
+        ctx = ssl.create_default_context(cafile=str(a.ca_file))
+        imap = imaplib.IMAP4_SSL("127.0.0.1", a.ports["imaps"], ssl_context=ctx)
+        try:
+            imap.login(MxdServer.user2, MxdServer.password2)
+            assert imap.select("INBOX")[0] == "OK"
+        finally:
+            imap.logout()
+    finally:
+        assert a.stop() in STOPPED and b.stop() in STOPPED
