@@ -56,8 +56,9 @@ def require_postgres() -> tuple[str, str]:
 class PGCluster:
     """One running cluster: ``dsn(db)``, ``create_database()``, ``stop``/``start``."""
 
-    def __init__(self, initdb: str, pg_ctl: str, base: Path) -> None:
+    def __init__(self, initdb: str, pg_ctl: str, base: Path, *, durable: bool = False) -> None:
         self.pg_ctl = pg_ctl
+        self.durable = durable  # fsync and synchronous_commit on (benchmarks)
         self.base = base
         self.datadir = base / "data"
         self.socket_dir = base
@@ -81,9 +82,10 @@ class PGCluster:
             raise RuntimeError(f"{argv[0]} failed ({r.returncode}): {r.stderr}{r.stdout}\n{tail}")
 
     def start(self) -> None:
-        opts = (f"-k {self.socket_dir} -h {self.host} -p {self.port} -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300 "
-                "-c shared_buffers=32MB")
+        fast = ("" if self.durable else
+                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off ")
+        opts = (f"-k {self.socket_dir} -h {self.host} -p {self.port} {fast}"
+                "-c max_connections=300 -c shared_buffers=32MB")
         self._run([self.pg_ctl, "-D", str(self.datadir), "-o", opts, "-l",
                    str(self.base / "log"), "-w", "-t", "60", "start"])
 
