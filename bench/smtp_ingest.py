@@ -369,7 +369,9 @@ def bench_twistd_checks(base: Path, args: argparse.Namespace, lab: object, messa
 
     d = base / ("twistd-checks-on" if checks else "twistd-checks-off")
     d.mkdir()
-    extra = f'[log]\nlevel = "warn"\n[msgauth]\ninbound_checks = {str(checks).lower()}\n'
+    # One process (workers = 1): the CPU read from /proc is the server's whole CPU.
+    extra = (f'[log]\nlevel = "warn"\n[server]\nworkers = 1\n'
+             f'[msgauth]\ninbound_checks = {str(checks).lower()}\n')
     s = make_server(d, make_certs(d), extra_config=extra,
                     resolver=lab.resolver_address)  # type: ignore[attr-defined]
     # With mxd's observer, as README says to run it: the [log] level applies (twistd's own
