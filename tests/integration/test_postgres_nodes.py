@@ -390,3 +390,23 @@ def test_two_nodes_starting_together_on_an_empty_database(cluster_nodes: Any) ->
             imap.logout()
     finally:
         assert a.stop() in STOPPED and b.stop() in STOPPED
+
+
+def test_node_refuses_to_start_without_its_body_directory(
+        tmp_path: Path, tls_files: dict[str, Path], pg_cluster: PGCluster) -> None:
+    """twistd mxd with a blob_dir that does not exist exits non-zero before it listens,
+    naming the key and the directory."""
+    import subprocess
+
+    from tests.integration.mxdserver import VENV_BIN
+
+    dsn = pg_cluster.create_database("noblobs")
+    missing = tmp_path / "not-mounted"
+    node = Node("a", tmp_path, tls_files,
+                extra_config=_node_config(dsn, missing, free_port(), 60.0, 4))
+    r = subprocess.run([str(VENV_BIN / "twistd"), "-n", "--pidfile=", "--logfile=-", "mxd",
+                        "--config", str(node.config_path)],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    assert "store.blob_dir" in out and f"{missing} does not exist" in out, out[-2000:]

@@ -135,7 +135,7 @@ def test_a_change_on_one_node_reaches_the_other_within_a_second(
         seen_a: list[MailboxChange] = []
         b.store.subscribe(inbox.id, seen_b.append)
         a.store.subscribe(inbox.id, seen_a.append)
-        assert b.store.listening(5)  # LISTEN is not retroactive
+        assert b.store.listening(5)  # type: ignore[attr-defined]  # LISTEN: not retroactive
         t0 = time.monotonic()
         [uid] = a.deliver_bytes(b"Subject: hi\r\n\r\nx\r\n", [Delivery(acct.id)])
         while not seen_b and time.monotonic() - t0 < 5:
@@ -145,6 +145,36 @@ def test_a_change_on_one_node_reaches_the_other_within_a_second(
         assert elapsed < 1.0, elapsed
         a.settle()
         assert [(c.kind, c.uids) for c in seen_a] == [("exists", (uid,))]  # not twice
+    finally:
+        a.close()
+        b.close()
+
+
+def test_flag_changes_and_expunges_reach_the_other_node(pg_dsn: str, tmp_path: Path) -> None:
+    """Flags stored and messages expunged on node A reach node B's listener with their
+    UIDs and modseqs, so B's IMAP sessions can send FETCH FLAGS and EXPUNGE."""
+    a = open_pg_store(pg_dsn, tmp_path / "blobs", listen=True)
+    b = open_pg_store(pg_dsn, tmp_path / "blobs", listen=True)
+    try:
+        acct = a.run(a.store.add_account("alice", "{}"))
+        inbox = a.run(a.store.get_mailbox(acct.id, "INBOX"))
+        uids = [a.deliver_bytes(b"Subject: %d\r\n\r\n" % i, [Delivery(acct.id)])[0]
+                for i in range(3)]
+        seen: list[MailboxChange] = []
+        b.store.subscribe(inbox.id, seen.append)
+        assert b.store.listening(5)  # type: ignore[attr-defined]
+        changed, _ = a.run(a.store.store_flags(inbox.id, uids[:2], frozenset({"\\Deleted"}),
+                                               "add"))
+        gone = a.run(a.store.expunge(inbox.id))
+        assert gone == uids[:2]
+        deadline = time.monotonic() + 5
+        while not any(c.kind == "expunge" for c in seen) and time.monotonic() < deadline:
+            b.calls.pump_once(0.02)
+        # (the deliveries' notices may arrive too: B subscribed while they were on the way)
+        later = [c for c in seen if c.kind != "exists"]
+        assert [(c.kind, c.uids) for c in later] == [("flags", tuple(uids[:2])),
+                                                     ("expunge", tuple(uids[:2]))]
+        assert later[1].highestmodseq > later[0].highestmodseq == changed[0].modseq
     finally:
         a.close()
         b.close()
