@@ -279,8 +279,24 @@ QUEUE_MIGRATIONS: list[str] = [
     """,
 ]
 
+# PostgreSQL only: which node took on a daily report (one node sends it, not every one).
+REPORTS_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE report_days (
+        kind text NOT NULL,
+        day bigint NOT NULL,
+        node text NOT NULL,
+        at double precision NOT NULL,
+        PRIMARY KEY (kind, day)
+    );
+    """,
+]
+
 SCHEMAS: dict[str, list[str]] = {"store": STORE_MIGRATIONS, "queue": QUEUE_MIGRATIONS,
-                                  "metadata": PG_METADATA_MIGRATIONS}
+                                  "metadata": PG_METADATA_MIGRATIONS,
+                                  "reports": REPORTS_MIGRATIONS}
+# Tables of the PostgreSQL store that only coordinate its nodes (not moved by migrate).
+NODE_TABLES = ("report_days",)
 
 
 def current_version(conn: Any, name: str) -> int:

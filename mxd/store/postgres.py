@@ -362,3 +362,17 @@ class PostgresQueueStore(SQLiteQueueStore):
                               batch=min(batch, max(16, free * 8)), max_rcpts=max_rcpts,
                               lease=lease, owner=owner)
         return d.addCallback(clamp)
+
+    def claim_report_day(self, kind: str, day: float) -> Deferred[bool]:
+        """Take on the daily report ``kind`` of the UTC day starting at ``day``: True for
+        the one node that gets it first, False for every other (which then skips it)."""
+        node = self.store.node if isinstance(self.store, PostgresStore) else "?"
+        now = float(getattr(self.store._reactor, "seconds", lambda: 0.0)())
+
+        def op(conn: Conn) -> bool:
+            row = conn.execute(
+                "INSERT INTO report_days (kind, day, node, at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING RETURNING day", (kind, int(day), node, now)).fetchone()
+            return row is not None
+
+        return self.store.transact(op)

@@ -263,7 +263,8 @@ def migrate_store(src_ep: Endpoint, dst_ep: Endpoint, *, replace: bool = False,
                 f"the source schema is {have or 'missing'}, this mxd writes {want}: start "
                 "this mxd once on the source (it upgrades it), stop it, and migrate then")
         present = src.tables()
-        unknown = present - {t for t, _, _ in TABLES} - {"schema_version", *MUST_BE_EMPTY}
+        unknown = (present - {t for t, _, _ in TABLES}
+                   - {"schema_version", *MUST_BE_EMPTY, *pgschema.NODE_TABLES})
         if unknown:
             raise TransferError(f"this mxd does not know how to move table(s) {sorted(unknown)}")
         for table in MUST_BE_EMPTY:

@@ -288,6 +288,12 @@ class TLSReporter(service.Service):
         day = utc_day_start(now) - DAY
         if self._last_reported() >= day:
             return 0
+        # Several nodes on one PostgreSQL database see the same attempts: one sends.
+        claim = getattr(getattr(self.queue, "store", None), "claim_report_day", None)
+        if claim is not None and not await claim("tlsrpt", day):
+            _log.info("tls reports of {day}: another node sends them", day=int(day))
+            self._mark_reported(day)
+            return 0
         _, started = await self.report_day(day)
         return started
 

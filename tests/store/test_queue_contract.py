@@ -204,3 +204,19 @@ def test_two_nodes_never_claim_one_recipient(pg_dsn: str, tmp_path: Path) -> Non
     finally:
         for h, _ in stores:
             h.close()
+
+
+def test_one_node_takes_on_a_daily_report(pg_dsn: str, tmp_path: Path) -> None:
+    """Two nodes asking for the same day's TLS report: the first gets it, the second is
+    told another node has it; another day or kind is free again."""
+    h1, q1 = _pg_queue(pg_dsn, tmp_path / "blobs")
+    h2, q2 = _pg_queue(pg_dsn, tmp_path / "blobs")
+    try:
+        day = 86400.0 * 20000
+        assert h1.run(q1.claim_report_day("tlsrpt", day)) is True  # type: ignore[attr-defined]
+        assert h2.run(q2.claim_report_day("tlsrpt", day)) is False  # type: ignore[attr-defined]
+        assert h2.run(q2.claim_report_day("tlsrpt", day + 86400)) is True  # type: ignore[attr-defined]
+        assert h2.run(q2.claim_report_day("dmarc", day)) is True  # type: ignore[attr-defined]
+    finally:
+        h1.close()
+        h2.close()

@@ -306,3 +306,24 @@ def test_report_mail_dkim_signature_covers_the_report_fields(tmp_path: Path) -> 
     header = data.split(b"\r\n\r\n", 1)[0] + b"\r\n"
     default = header_list(split_fields(header))
     assert "from" in default and not set(SIGNED_HEADERS) & set(default)
+
+
+def test_daily_run_skipped_when_another_node_took_the_day(tmp_path: Path) -> None:
+    """With several nodes on one database (a queue store that hands out report days), a
+    node that does not get the day sends nothing and does not ask again."""
+    clock = task.Clock()
+    clock.advance(MIDNIGHT + 10)
+    asked: list[tuple[str, float]] = []
+
+    class Store:
+        def claim_report_day(self, kind: str, day: float) -> Deferred[bool]:
+            asked.append((kind, day))
+            return succeed(False)
+
+    rep, queue = _reporter(tmp_path, clock, lambda u, b: succeed(200))
+    queue.store = Store()  # type: ignore[attr-defined]
+    d = Deferred.fromCoroutine(rep.run_once())
+    assert d.result == 0 and queue.queued == []
+    assert asked == [("tlsrpt", DAY1)]
+    d = Deferred.fromCoroutine(rep.run_once())
+    assert d.result == 0 and len(asked) == 1
