@@ -11,6 +11,12 @@ the time"), during IDLE (§4) and before a command's tagged reply.  A queue that
 outgrows its bound (a client that does not read, or a flood of changes) ends in ``* OK
 [NOTIFICATIONOVERFLOW]`` and NOTIFY NONE (§5.8).
 
+With ``[server] workers = N`` the store's change notices cross processes (message
+events); names and subscriptions changed by another process are found by comparing the
+account's names once per ``POLL_INTERVAL`` (one query per account, not per session, and
+only while a session asks for MailboxName or SubscriptionChange).  Annotation changes
+reach sessions of the same process only.
+
 Events a session causes itself are not queued for it where the session knows it caused
 them (mailbox names, subscriptions, annotations: §5 "The server SHOULD omit notifying
 the client if the event is caused by this client"); message events come from the store,
@@ -24,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure as TwFailure
 
 from mxd.imap import response
 from mxd.imap.dispatch import CommandDetached, Reply, no, ok
@@ -58,6 +65,15 @@ class _Account:
         self.unsubscribe: dict[int, Callable[[], None]] = {}
         self.notifiers: set[Notifier] = set()
         self.loading: Deferred[None] | None = None
+        # For changes made by other processes: the mailbox names and subscriptions as
+        # last seen, compared once per POLL_INTERVAL while a session wants them.
+        self.boxes: set[str] | None = None
+        self.subscribed: set[str] = set()
+        self.timer: Any = None
+        self.polling = False
+
+
+POLL_INTERVAL = 1.0  # seconds between two looks at an account's names (per process)
 
 
 class NotifyHub:
@@ -73,6 +89,9 @@ class NotifyHub:
         acc.notifiers.add(n)
         if not acc.names:
             await self._load(n.store, n.account_id, acc)
+        if n.wants_names() and acc.boxes is None:
+            acc.boxes, acc.subscribed = await _names_now(n.store, n.account_id)
+            self._poll_later(n.account_id, acc, n.session.clock)
         return len(acc.names) <= MAX_WATCHED
 
     def leave(self, n: Notifier) -> None:
@@ -83,6 +102,8 @@ class NotifyHub:
         if not acc.notifiers:
             for unsub in acc.unsubscribe.values():
                 unsub()
+            if acc.timer is not None and acc.timer.active():
+                acc.timer.cancel()
             del self._accounts[n.account_id]
 
     def names(self, account_id: int) -> dict[int, str]:
@@ -135,9 +156,53 @@ class NotifyHub:
         if event == Event.MAILBOX_NAME:
             self._reload(account_id)
         acc = self._accounts.get(account_id)
+        if acc is not None and acc.boxes is not None:
+            _seen(acc, event, name, old, exists, subscribed)  # the poll must not repeat it
         for n in list(acc.notifiers if acc is not None else ()):
             if n.session is not origin:
                 n.mailbox_event(event, name, old=old, exists=exists, subscribed=subscribed)
+
+    # -- names and subscriptions changed by other processes ---------------------------
+    def _poll_later(self, account_id: int, acc: _Account, clock: Any) -> None:
+        def tick() -> None:
+            acc.timer = None
+            if self._accounts.get(account_id) is not acc:
+                return
+            def again(r: object) -> None:
+                if isinstance(r, TwFailure):
+                    log.failure("notify: reading mailbox names failed", r)
+                self._poll_later(account_id, acc, clock)
+
+            Deferred.fromCoroutine(self._poll(account_id, acc)).addBoth(again)
+
+        if any(n.wants_names() for n in acc.notifiers) and acc.timer is None:
+            acc.timer = clock.callLater(POLL_INTERVAL, tick)
+        elif not any(n.wants_names() for n in acc.notifiers):
+            acc.boxes = None
+
+    async def _poll(self, account_id: int, acc: _Account) -> None:
+        """RFC 5465 §5.4, §5.5 for what another worker process changed: the names and
+        subscriptions compared with what was last seen (a rename there reads as a
+        delete and a create here: the old name is not known)."""
+        if not acc.notifiers or acc.boxes is None:
+            return
+        store = next(iter(acc.notifiers)).store
+        boxes, subscribed = await _names_now(store, account_id)
+        if self._accounts.get(account_id) is not acc or acc.boxes is None:
+            return
+        events: list[tuple[Event, str, bool, bool]] = []
+        for name in sorted(boxes - acc.boxes):
+            events.append((Event.MAILBOX_NAME, name, True, name in subscribed))
+        for name in sorted(acc.boxes - boxes):
+            events.append((Event.MAILBOX_NAME, name, False, False))
+        for name in sorted(subscribed ^ acc.subscribed):
+            events.append((Event.SUBSCRIPTION_CHANGE, name, name in boxes, name in subscribed))
+        acc.boxes, acc.subscribed = boxes, subscribed
+        if any(e == Event.MAILBOX_NAME for e, _, _, _ in events):
+            self._reload(account_id)
+        for event, name, exists, sub in events:
+            for n in list(acc.notifiers):
+                n.mailbox_event(event, name, old=None, exists=exists, subscribed=sub)
 
     def metadata_event(self, account_id: int, mailbox: str | None, entries: list[str],
                        origin: Any = None) -> None:
@@ -146,6 +211,34 @@ class NotifyHub:
         for n in list(acc.notifiers if acc is not None else ()):
             if n.session is not origin:
                 n.metadata_event(mailbox, entries)
+
+
+async def _names_now(store: Any, account_id: int) -> tuple[set[str], set[str]]:
+    boxes = await store.list_mailboxes(account_id)
+    list_subscriptions = getattr(store, "list_subscriptions", None)
+    if list_subscriptions is not None:
+        subscribed = set(await list_subscriptions(account_id))
+    else:
+        subscribed = {b.name for b in boxes if b.subscribed}
+    return {b.name for b in boxes}, subscribed
+
+
+def _seen(acc: _Account, event: Event, name: str, old: str | None, exists: bool,
+          subscribed: bool) -> None:
+    """Apply a change this process made (and reported) to the last-seen names."""
+    assert acc.boxes is not None
+    if event == Event.SUBSCRIPTION_CHANGE:
+        (acc.subscribed.add if subscribed else acc.subscribed.discard)(name)
+    elif old is not None:  # a rename moves the inferiors along (RFC 3501 §6.3.5)
+        def moved(names: set[str]) -> set[str]:
+            return {name + n[len(old):] if n == old or n.startswith(old + "/") else n
+                    for n in names}
+        acc.boxes, acc.subscribed = moved(acc.boxes), moved(acc.subscribed)
+    elif exists:
+        acc.boxes.add(name)
+        acc.boxes.update("/".join(name.split("/")[:i]) for i in range(1, name.count("/") + 1))
+    else:
+        acc.boxes.discard(name)
 
 
 class Notifier:
@@ -168,6 +261,11 @@ class Notifier:
     def hub(self) -> NotifyHub:
         hub: NotifyHub = self.session.factory.shared.notify
         return hub
+
+    def wants_names(self) -> bool:
+        """Does the spec ask for MailboxName or SubscriptionChange anywhere?"""
+        return any(g.events & {Event.MAILBOX_NAME, Event.SUBSCRIPTION_CHANGE}
+                   for g in self.spec.others)
 
     def _selected_name(self) -> str | None:
         v = self.session.view

@@ -224,3 +224,28 @@ def test_notify_grammar_property(groups: list[tuple[str, list[str]]], status: bo
         assert ("MessageNew" in g.events) == ("MessageExpunge" in g.events)
         if "FlagChange" in g.events:
             assert "MessageNew" in g.events
+
+
+def test_names_changed_by_another_process() -> None:
+    """Mailboxes and subscriptions changed without an IMAP command of this process (by
+    another worker) reach the session within a second: the hub compares the account's
+    names once per second; what this process reported already is not repeated."""
+    a, b, store, acc = pair()
+    a.cmd("a NOTIFY SET (personal (MailboxName SubscriptionChange))")
+    b.cmd("c CREATE Here")
+    b.cmd("c UNSUBSCRIBE Here")  # (the memory store subscribes what it creates)
+    assert pushed(a) == b'* LIST () "/" "Here"\r\n* LIST () "/" "Here"\r\n'
+    a.clock.advance(1.0)
+    assert pushed(a) == b""  # nothing new: this process told it already
+    store.create_mailbox(acc.id, "There")  # as another process would
+    store.set_subscribed(acc.id, "There", False)
+    assert pushed(a) == b""
+    a.clock.advance(1.0)
+    assert pushed(a) == b'* LIST () "/" "There"\r\n'
+    store.set_subscribed(acc.id, "There", True)
+    store.delete_mailbox(acc.id, "Here")
+    a.clock.advance(1.0)
+    assert pushed(a) == (b'* LIST (\\NonExistent) "/" "Here"\r\n'
+                         b'* LIST (\\Subscribed) "/" "There"\r\n')
+    a.clock.advance(1.0)
+    assert pushed(a) == b""
