@@ -197,7 +197,9 @@ class StoreConfig:
                                 "or mxd refuses to start. sqlite keeps bodies in data_dir.",
                                 example='"/srv/mxd-blobs"')
     pool_size: int = opt(8, "postgresql: database connections (and threads running store "
-                         "operations) per node.", check=_positive)
+                         "operations) per mxd process; each of `[server] workers` has its "
+                         "own, plus one that listens for other nodes' changes.",
+                         check=_positive)
     connect_timeout: float = opt(10.0, "postgresql: seconds an operation waits for a "
                                  "database connection before it fails temporarily (SMTP "
                                  "451, IMAP NO [UNAVAILABLE]).", check=_positive)
