@@ -33,7 +33,7 @@ figure is a first fetch with nothing derived from the messages cached (the opera
 system's page cache is warm for both).  ``--sections`` picks some of fetch, sort,
 compress, select, mbsync, append, mixed, idle (compress: COMPRESS=DEFLATE, RFC 4978, then
 an envelope fetch and a full-body fetch of the whole INBOX; Dovecot with its imap_zlib
-plugin at its default level 6, mxd at its default level 6).  ``--baseline-root DIR`` also measures an mxd source tree
+plugin at its default level 6, mxd at its own default, ``DeflateSettings.level``: 1).  ``--baseline-root DIR`` also measures an mxd source tree
 from DIR (e.g. an older commit from ``git archive``) as "mxd-base".  Prints medians and
 mxd/Dovecot ratios.  Stops by itself: every wait is bounded and the servers are killed at
 the end.  The machine may be shared: say so next to any figures.
