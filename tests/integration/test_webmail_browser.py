@@ -24,7 +24,7 @@ import pytest
 from tests.integration.browser import screenshot_dir
 from tests.integration.mxdserver import MxdServer
 from tests.integration.test_admin_browser import _EvilPage, _until, _wait_replaced
-from tests.integration.tools import require_tool
+from tests.integration.tools import free_port, require_tool
 
 pytestmark = pytest.mark.integration
 
@@ -84,7 +84,8 @@ def _swaks(server: MxdServer, subject: str, body: str) -> None:
 def test_webmail_login_read_flags_settings(mxd_server: MxdServer, chrome: Any,
                                            tmp_path: Path) -> None:
     """Wrong password refused; log in; the swaks message is listed and reads escaped;
-    flag / mark unread / move / delete each show over IMAP afterwards; the password
+    flag / mark unread / move / delete each show over IMAP afterwards (the flag also in
+    an IMAP session that had the mailbox selected); the password
     change works for SCRAM (gsasl); log out; repeated failures are limited (429)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
@@ -118,6 +119,10 @@ def test_webmail_login_read_flags_settings(mxd_server: MxdServer, chrome: Any,
     try:
         assert b"\\Seen" in _flags(imap, "INBOX")[0]
         _click(driver, "Flag")
+        # The session that has INBOX selected hears of it (untagged FETCH at NOOP).
+        imap.noop()
+        assert any(b"\\Flagged" in r for r in imap.untagged_responses.pop("FETCH", [])
+                   if isinstance(r, bytes))
         assert b"\\Flagged" in _flags(imap, "INBOX")[0]
         _click(driver, "Mark unread")
         assert b"\\Seen" not in _flags(imap, "INBOX")[0]
@@ -288,3 +293,34 @@ def test_cross_site_post_refused(mxd_server: MxdServer, chrome: Any) -> None:
         assert len(_flags(imap, "INBOX")) == 1
     finally:
         imap.logout()
+
+
+def test_webmail_off_loopback_speaks_https_with_secure_cookies(mxd_server_factory: Any) -> None:
+    """A webmail listener on all addresses serves HTTPS only: the login over TLS sets a
+    Secure cookie, only the configured host name is accepted (loopback names are not,
+    off loopback), and plain HTTP gets no page."""
+    port = free_port("0.0.0.0")
+    server: MxdServer = mxd_server_factory(extra_config=(
+        f'[[listeners]]\nprotocol = "webmail"\naddress = "0.0.0.0"\nport = {port}\n'))
+    ctx = ssl.create_default_context(cafile=str(server.ca_file))
+    ctx.check_hostname = False  # the test certificate names localhost, not mx.example.test
+
+    def post(host: str) -> http.client.HTTPResponse:
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=30, context=ctx)
+        conn.request("POST", "/login", urllib.parse.urlencode(
+            {"address": server.user, "password": server.password}),
+            {"Content-Type": "application/x-www-form-urlencoded", "Host": host})
+        return conn.getresponse()
+
+    r = post(f"mx.example.test:{port}")
+    assert r.status == 302, r.read()
+    cookie = r.getheader("set-cookie") or ""
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert post(f"127.0.0.1:{port}").status == 421
+    plain = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        plain.request("GET", "/login", headers={"Host": f"mx.example.test:{port}"})
+        status = plain.getresponse().status
+    except (http.client.HTTPException, OSError):
+        status = None
+    assert status is None  # not an HTTP server without TLS
