@@ -426,3 +426,14 @@ def test_binary_fetch_alike_in_both_modes(rev2: bool) -> None:
     out = c.cmd("f FETCH 1 (BINARY.PEEK[2] BINARY.SIZE[2])")
     assert out.startswith(b"* 1 FETCH (BINARY[2] ~{4}\r\n\x00\x01\x02\x03 BINARY.SIZE[2] 4)\r\n"), out
     assert c.cmd("g FETCH 2 (BINARY.PEEK[1])").startswith(b"g NO [UNKNOWN-CTE]")
+
+
+def test_rev2_subscriptions_through_list_extended() -> None:
+    """RFC 9051 has no LSUB: a rev2 client lists subscriptions with LIST (SUBSCRIBED)
+    (RFC 5258 §3), which answers \\Subscribed; LSUB is still answered for rev1 habits."""
+    c = _session(1, rev2=True)
+    c.cmd("c CREATE Projekte/Alt")
+    c.cmd("s SUBSCRIBE Projekte/Alt")
+    out = c.cmd('l LIST (SUBSCRIBED) "" "Projekte/*"')
+    assert b'\\Subscribed) "/" "Projekte/Alt"\r\n' in out, out
+    assert c.cmd('m LSUB "" "Projekte/*"').endswith(b"m OK LSUB completed\r\n")
