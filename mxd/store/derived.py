@@ -9,8 +9,9 @@ message and its derived values commit together.  ``blob_data`` rows go with thei
 
 Bodies that lack a registered kind (stored before its deriver existed: an older store
 upgraded by schema step 4, or one filled by a process that registered none) are found
-by ``missing`` and computed in small batches (``SQLiteStore.backfill_derived``), so an
-upgrade never rewrites a big store at start.  A deriver that raises stores nothing for
+by ``window`` and computed in small batches (``SQLiteStore.backfill_derived``), each
+looking at a bounded number of bodies, so an upgrade never rewrites a big store at
+start nor holds the store's thread long.  A deriver that raises stores nothing for
 that body, and the body is not tried again by the backfill of this process.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import attrs
 from twisted.logger import Logger
@@ -73,20 +75,33 @@ def get(conn: sqlite3.Connection, mailbox_id: int, kind: str, first_uid: int,
     return dict(rows)
 
 
-def missing(conn: sqlite3.Connection, kind: str, limit: int,
-            skip: Iterable[str] = ()) -> list[str]:
-    """Up to ``limit`` bodies referenced by a message that have no ``kind`` value,
-    newest messages' bodies first is not promised: in blob id order."""
-    skipped = set(skip)
-    out: list[str] = []
-    # Bodies referenced by messages only: a queue-only body is never shown by IMAP.
-    for (blob_id,) in conn.execute(
-            "SELECT b.id FROM blobs b WHERE NOT EXISTS "
-            "(SELECT 1 FROM blob_data d WHERE d.blob_id = b.id AND d.kind = ?) "
-            "AND EXISTS (SELECT 1 FROM messages m WHERE m.blob_id = b.id) "
-            "LIMIT ?", (kind, limit + len(skipped))):
-        if blob_id not in skipped:
-            out.append(blob_id)
+WINDOW = 1024  # bodies looked at per backfill batch, at most
+
+
+def window(conn: Any, after: str, kinds: Iterable[str],
+           limit: int) -> tuple[list[tuple[str, set[str]]], str | None]:
+    """The next bodies after id ``after`` (in id order, at most WINDOW looked at) that a
+    message references and that lack one of ``kinds``: (body id, missing kinds) for up
+    to ``limit`` of them, and the id to continue after (None: the end was reached).
+    Each batch costs a bounded amount of work, however big the store."""
+    kinds = list(kinds)
+    ids = [r[0] for r in conn.execute(
+        "SELECT id FROM blobs WHERE id > ? ORDER BY id LIMIT ?", (after, WINDOW))]
+    if not ids:
+        return [], None
+    out: list[tuple[str, set[str]]] = []
+    last: str | None = ids[-1] if len(ids) == WINDOW else None  # None: the last window
+    for blob_id in ids:
+        # Bodies referenced by messages only: a queue-only body is never shown by IMAP.
+        if conn.execute("SELECT 1 FROM messages WHERE blob_id = ? LIMIT 1",
+                        (blob_id,)).fetchone() is None:
+            continue
+        have = {r[0] for r in conn.execute(
+            "SELECT kind FROM blob_data WHERE blob_id = ?", (blob_id,))}
+        lacking = set(kinds) - have
+        if lacking:
+            out.append((blob_id, lacking))
             if len(out) >= limit:
+                last = blob_id
                 break
-    return out
+    return out, last

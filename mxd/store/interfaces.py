@@ -394,8 +394,9 @@ class IMailStore(Protocol):
 
     def backfill_derived(self, limit: int = 256) -> Deferred[int]:
         """Compute the registered derivers' values for up to ``limit`` stored bodies
-        that lack one (off the reactor); fires with how many bodies were done (0: none
-        is left)."""
+        that lack one (off the reactor); fires with how many bodies were done, 0 when
+        none is left (a batch that found nothing to do in a part of a big store may
+        report 1: call again until 0)."""
 
     # -- notifications ----------------------------------------------------------------
     def subscribe(self, mailbox_id: int, listener: Callable[[MailboxChange], None]) -> Callable[[], None]:

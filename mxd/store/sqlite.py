@@ -173,7 +173,7 @@ class SQLiteStore:
         self._opened = False
         self._opened_db: DatabaseOpener | None = None
         self._derivers: dict[str, derived.Registered] = {}
-        self._derive_failed: set[str] = set()  # bodies the backfill gives up on
+        self._backfill_after: str | None = ""  # backfill's place in body id order
         self._write_lock = WriteLock(self.data_dir / WRITE_LOCK_NAME)
         self._writer.write_lock = self._write_lock
         self._watcher: ChangeWatcher | None = None
@@ -361,24 +361,23 @@ class SQLiteStore:
         return self._writer.submit(op)
 
     def backfill_derived(self, limit: int = 64) -> Deferred[int]:
-        """IMailStore.backfill_derived: one batch of at most ``limit`` bodies, read and
-        derived on the writer thread in one transaction."""
+        """IMailStore.backfill_derived: one batch, derived on the writer thread in one
+        transaction: the next bodies in id order (mxd.store.derived.window), at most
+        ``limit`` of them computed.  Fires with the number computed (at least 1 while the
+        pass goes on), 0 once it is complete (new bodies get their values when stored)."""
         registered = list(self._derivers.values())
-        failed = self._derive_failed
+        kinds = [k for d in registered for k in d.kinds]
 
         def op(conn: sqlite3.Connection, ctx: OpContext) -> int:
-            todo: dict[str, list[derived.Registered]] = {}
-            for d in registered:
-                for kind in d.kinds:
-                    for blob_id in derived.missing(conn, kind, limit, failed):
-                        if d not in todo.setdefault(blob_id, []):
-                            todo[blob_id].append(d)
-            done = 0
-            for blob_id, ds in list(todo.items())[:limit]:
+            if not kinds or self._backfill_after is None:
+                return 0
+            todo, after = derived.window(conn, self._backfill_after, kinds, limit)
+            looked = 0
+            for blob_id, lacking in todo:
+                looked += 1
                 try:
                     head = self._files.read_head(blob_id, derived.MAX_VALUE)
                 except BlobError:
-                    failed.add(blob_id)
                     continue
                 size = len(head)
 
@@ -388,16 +387,15 @@ class SQLiteStore:
                         return head[:n]
                     return self._files.read_head(blob_id, n)
 
-                stored = False
-                for d in ds:
-                    values = derived.run(d, blob_id, read_head)
-                    if values:
-                        derived.store(conn, blob_id, values)
-                        stored = True
-                if not stored:
-                    failed.add(blob_id)
-                done += 1
-            return done
+                for d in registered:
+                    if lacking & set(d.kinds):
+                        values = derived.run(d, blob_id, read_head)
+                        if values:
+                            derived.store(conn, blob_id, values)
+            self._backfill_after = after
+            # Positive while there may be more to do (a window of bodies that all had
+            # their values computes nothing, yet the pass goes on).
+            return looked or (1 if after is not None else 0)
 
         return self._writer.submit(op)
 

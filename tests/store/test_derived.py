@@ -185,3 +185,30 @@ def test_a_long_header_is_read_from_the_file(tmp_path: Path) -> None:
         assert c.run(h.store.get_derived(inbox, "t.n")) == {1: b"%d" % len(body)}
     finally:
         h.close()
+
+
+def test_backfill_looks_at_a_bounded_window_per_batch(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each batch looks at no more than WINDOW bodies (here 2), windows whose bodies all
+    have their values report 1 so the pass goes on, and the pass fills every body."""
+    from mxd.store import derived
+
+    monkeypatch.setattr(derived, "WINDOW", 2)
+    h = open_store(tmp_path / "data", inline=True)
+    try:
+        c = Contract(h.store)
+        inbox = c.box(c.account())
+        h.store.register_deriver("t", ("t.subject",), subject_deriver)
+        for i in range(4):
+            c.run(h.store.append(inbox, c.blob(msg(f"new{i}")), frozenset()))
+        h.store.register_deriver("late", ("t.late",), lambda rh: {"t.late": rh(9)})
+        for i in range(3):
+            c.run(h.store.append(inbox, c.blob(msg(f"m{i}")), frozenset()))
+        results = []
+        while (n := c.run(h.store.backfill_derived(64))) and len(results) < 20:
+            results.append(n)
+        assert all(0 < r <= 2 for r in results) and len(results) >= 2
+        assert len(c.run(h.store.get_derived(inbox, "t.late"))) == 7
+        assert c.run(h.store.backfill_derived(64)) == 0
+    finally:
+        h.close()
