@@ -322,6 +322,9 @@ class Writer:
             return
         log.error("{n} message bodies could not be made durable: {error}", n=len(failed),
                   error=next(iter(failed.values())))
+        lock = self.write_lock
+        if lock is not None:
+            lock.acquire()
         try:  # undo the committed rows that reference them (mxd.store.unsynced)
             conn.execute("BEGIN IMMEDIATE")
             gone = unsynced_mod.remove_bodies(conn, OpContext(), list(failed))
@@ -331,6 +334,9 @@ class Writer:
             log.error("cannot undo messages with failed bodies: {error}", error=e)
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+        finally:
+            if lock is not None:
+                lock.release()
         self._synced.extend(ok)
 
     def _batch_failed(self, f: Failure, batch: list[_Op[Any]]) -> None:  # pragma: no cover
