@@ -71,7 +71,9 @@ def _bodies(server: MxdServer) -> list[bytes]:
 @pytest.mark.parametrize("failpoint", ["overlap.after_commit", "overlap.body_lost"])
 def test_killed_append_keeps_every_acknowledged_message_and_no_broken_one(
         tmp_path: Path, tls_files: dict[str, Path], failpoint: str) -> None:
-    server = make_server(tmp_path, tls_files)
+    # One process, so that the failpoint ends the server itself (with [server] workers
+    # it ends a worker, which the main process starts again).
+    server = make_server(tmp_path, tls_files, extra_config="[server]\nworkers = 1\n")
     server.start(env={ENV: failpoint})
     try:
         acked = _append_until_killed(server)
