@@ -195,6 +195,10 @@ class WorkerSupervisor(service.Service):
             w.send(line)
 
     def _ended(self, proto: _WorkerProcess, reason: Failure) -> None:
+        if proto.pid is not None:
+            from mxd.metrics import process_ended
+
+            process_ended(proto.pid)
         if self.workers.get(proto.index) is proto:
             del self.workers[proto.index]
         how = ("exited normally" if isinstance(reason.value, ProcessDone)

@@ -297,7 +297,13 @@ def makeService(options: Options) -> service.IService:
     configure_twistd(cfg.log.level, cfg.log.format, cfg.log.levels)
     log.info("mxd {version} starting as {hostname}", version=mxd.__version__,
              hostname=cfg.hostname)
-    return cast(service.IService, build_service(cfg, role=role_for(cfg)))
+    role = role_for(cfg)
+    if role.kind == "main" and cfg.metrics.enabled:
+        from mxd.metrics import enable_multiprocess
+
+        # The workers count what they serve; /metrics here shows every process.
+        enable_multiprocess(cfg.data_dir / "run" / "metrics")
+    return cast(service.IService, build_service(cfg, role=role))
 
 
 __all__ = ["Options", "makeService", "build_service", "normalise_domain"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 from twisted.logger import Logger, LogPublisher
 
@@ -94,3 +95,39 @@ def test_one_metrics_seam_for_every_layer() -> None:
         seam.set("queue_recipients", 3, state="queued")
     text = m.render()[0].decode()
     assert 'mxd_smtp_accepted_total{role="smtp"} 2.0' in text
+
+
+_MULTIPROC_SCRIPT = r'''
+import subprocess, sys
+from pathlib import Path
+from mxd.metrics import PrometheusMetrics, enable_multiprocess, process_ended
+enable_multiprocess(Path(sys.argv[1]) / "run" / "metrics")
+main = PrometheusMetrics()
+main.inc("smtp_messages", 1, role="smtp")
+child = ("from mxd.metrics import PrometheusMetrics\n"
+         "m = PrometheusMetrics(); m.inc('smtp_messages', {n}, role='smtp')\n"
+         "m.set('imap_sessions', {n}); m.observe('dns_lookup_seconds', 0.5, rdtype='A')\n"
+         "import os; print(os.getpid())")
+pids = [int(subprocess.run([sys.executable, "-c", child.format(n=n)], check=True,
+                           capture_output=True, text=True).stdout) for n in (2, 3)]
+print(main.render()[0].decode())
+print("----")
+process_ended(pids[0])
+print(main.render()[0].decode())
+'''
+
+
+def test_metrics_of_worker_processes_are_added_up(tmp_path: Path) -> None:
+    """With [server] workers the main process's /metrics shows every process: counters
+    and histograms summed, per-process gauges summed over the live processes only."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _MULTIPROC_SCRIPT, str(tmp_path)], check=True,
+                         capture_output=True, text=True, timeout=60).stdout
+    before, after = out.split("----")
+    assert 'mxd_smtp_messages_total{role="smtp"} 6.0' in before
+    assert 'mxd_dns_lookup_seconds_count{rdtype="A"} 2.0' in before
+    assert "mxd_imap_sessions 5.0" in before
+    assert "mxd_imap_sessions 3.0" in after  # the first child has ended
+    assert 'mxd_smtp_messages_total{role="smtp"} 6.0' in after  # counts stay
