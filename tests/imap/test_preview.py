@@ -91,3 +91,11 @@ def test_preview_bounds(body: bytes, ctype: bytes) -> None:
     assert len(text) <= preview.MAX_CHARS
     assert all(ch >= " " and ch != "\x7f" for ch in text)
     assert preview.derive(lambda n: raw[:n])[preview.KIND] == text.encode("utf-8")
+
+
+@given(st.text(alphabet=st.sampled_from(list("ab \t\r\n\u00a0\u2003x.")), max_size=6000))
+def test_collapse_equals_collapsing_everything(text: str) -> None:
+    """Collapsing only a window of the text gives the preview the whole text gives."""
+    from mxd.imap.preview import _WS, MAX_CHARS, _collapse
+
+    assert _collapse(text)[:2 * MAX_CHARS] == _WS.sub(" ", text).strip()[:2 * MAX_CHARS]
