@@ -81,9 +81,9 @@ class HandedDownSocket(service.Service):
     def privilegedStartService(self) -> None:
         s = socket.socket(self.family, socket.SOCK_STREAM)
         try:
+            # As listenTCP does: SO_REUSEADDR, and IPV6_V6ONLY left to the system's
+            # default (so "::" takes IPv4 too where the system is dual-stack).
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if self.family == socket.AF_INET6:
-                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             s.bind((self.address, self.port))
             s.listen(self.backlog)
             s.setblocking(False)

@@ -186,3 +186,23 @@ def test_each_key_type_is_served_with_its_own_chain(keys, tmp_path):
     got = []
     _handshake(store, "mx.example.test", chain=got)
     assert got == list(ecdsa.chain)
+
+
+def test_worker_reloads_what_the_main_process_installed(keys, tmp_path):
+    """A worker's store (``CertReloader``) notices the file the main process's ACME
+    service wrote, switches to it, and serves it in new handshakes."""
+    from twisted.internet import task
+
+    from mxd.certs import CertReloader
+
+    main = CertStore(NAMES, keys, tmp_path / "certs", now=NOW)
+    worker = CertStore(NAMES, keys, tmp_path / "certs", now=NOW)
+    reloader = CertReloader(worker, task.Clock())
+    assert reloader.check() == 0
+    issued = _issued(keys[1], "mx.example.test")
+    _handshake(worker, "mx.example.test")  # a context built before the change
+    main.install("mx.example.test", issued)
+    assert reloader.check() == 1
+    assert worker.get("mx.example.test", KeyKind.ECDSAP256).leaf == issued.leaf
+    assert _handshake(worker, "mx.example.test") == issued.leaf
+    assert reloader.check() == 0
