@@ -213,3 +213,33 @@ def test_catch_up_reports_at_once(data_dir: Path) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_busy_database_fails_whole_operations_and_a_retry_stores_once(data_dir: Path) -> None:
+    """Another program holds the write lock longer than the busy timeout: the delivery
+    fails as a whole (StoreError, nothing written, the body file removed); retried once
+    the lock is free it is stored exactly once."""
+    import sqlite3
+
+    from mxd.store.interfaces import StoreError
+
+    h = open_store(data_dir, settings=StoreSettings(busy_timeout_ms=200))
+    try:
+        acct = h.run(h.store.add_account("alice", "{}", ["alice@example.test"]))
+        box = h.run(h.store.get_mailbox(acct.id, "INBOX"))
+        other = sqlite3.connect(data_dir / "mxd.sqlite3", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            w = h.store.new_blob()
+            w.write(b"Subject: busy\r\n\r\nbusy\r\n")
+            err = h.fail(h.store.deliver(w, [Delivery(acct.id)], MessageProps()))
+            assert isinstance(err, StoreError) and "locked" in str(err)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert h.run(h.store.list_messages(box.id)) == []
+        assert h.body_files() == []
+        assert h.deliver_bytes(b"Subject: busy\r\n\r\nbusy\r\n", [Delivery(acct.id)]) == [1]
+        assert [m.uid for m in h.run(h.store.list_messages(box.id))] == [1]
+    finally:
+        h.close()
