@@ -332,9 +332,10 @@ class CertStore:
 
 class CertReloader:
     """A worker process's watch on the certificate files (``CertStore.reload`` when one
-    changes, looked at every ``interval`` seconds): ACME runs in the main process only."""
+    changes, looked at every ``interval`` seconds: a few stat calls): ACME runs in the main
+    process only."""
 
-    def __init__(self, store: CertStore, clock: Any, interval: float = 30.0) -> None:
+    def __init__(self, store: CertStore, clock: Any, interval: float = 1.0) -> None:
         from twisted.application.internet import TimerService
 
         self.store = store

@@ -99,7 +99,10 @@ log = Logger()
 # Commands by which a client asks for what changed (RFC 9051 §6.1.2 NOOP, §6.3.13 IDLE,
 # CHECK) or opens a mailbox: first learn at once what other processes committed (with
 # [server] workers; mxd.store.watch otherwise reports it within a fraction of a second).
-_CATCH_UP = frozenset({"NOOP", "CHECK", "IDLE", "SELECT", "EXAMINE", "STATUS"})
+# FETCH too: a message another process expunged may have lost its body file already, and
+# must then be known as expunged here (NIL and [EXPUNGEISSUED], mxd.imap.fetch).
+_CATCH_UP = frozenset({"NOOP", "CHECK", "IDLE", "SELECT", "EXAMINE", "STATUS", "FETCH",
+                       "UID FETCH"})
 
 _USAGE_CHANGING = frozenset({"EXPUNGE", "UID EXPUNGE", "CLOSE", "DELETE", "COPY", "UID COPY",
                              "MOVE", "UID MOVE"})
