@@ -146,10 +146,7 @@ def test_reports_between_two_servers(dns_lab_factory: Any, tls_files: dict[str, 
                         f'[outbound]\nca_file = "{tls_files["ca"]}"\n'
                         f"mta_sts_port = {policy.port}\n"
                         "[tlsrpt]\nsend = true\nsend_success = true\n"
-                        'organization = "A Test"\n[metrics]\nenabled = true\n'
-                        # One process: /metrics shows the main process's counters only,
-                        # and with workers the deliveries counted are theirs.
-                        "[server]\nworkers = 1\n"))
+                        'organization = "A Test"\n[metrics]\nenabled = true\n'))
     a.add_account("sender@a.test", "sender-pass", "sender@a.test")
     a.add_account("other@a.test", "other-pass", "other@a.test")
     b.start()
