@@ -258,8 +258,10 @@ class MxdServer:
         subprocess.run([sys.executable, "-c", POPULATE, str(self.dir / "data"), str(msgdir), USER,
                         PASSWORD], check=True, env=self.env, cwd=root, timeout=900)
         print(f"  {name}: store populated in {time.monotonic() - t0:.1f}s")
+        # As README says to run it: mxd's log observer, so the [log] level applies (twistd's
+        # own file observer writes every event, debug included).
         self.cmd = [str(bindir / "twistd"), "-n", "--pidfile=", f"--logfile={self.dir / 'mxd.log'}",
-                    "mxd", "--config", str(self.config)]
+                    "--logger", "mxd.log.twistd_observer", "mxd", "--config", str(self.config)]
 
     def start(self) -> subprocess.Popen[bytes]:
         out = self.dir / "mxd.out"  # the worker processes' log lines (their stdout)

@@ -513,7 +513,7 @@ class IMAPSession(Protocol):
             return
         self.framer.feed(data)
         self._process()
-        if self.framer.after_literal:
+        if self.framer.in_command:
             self._ack_now()
 
     def _inflate_some(self) -> None:
@@ -535,7 +535,7 @@ class IMAPSession(Protocol):
                     break
                 self.framer.feed(chunk)
                 self._process()
-                if self.framer.after_literal:
+                if self.framer.in_command:
                     self._ack_now()
         finally:
             self._inflating = False
@@ -547,7 +547,10 @@ class IMAPSession(Protocol):
         in two sends (Python's imaplib does) holds the CRLF until the literal is
         acknowledged; the server has nothing to say until the command line is complete, so
         its ACK would wait for the delayed-ACK timer (40 ms on Linux) on every APPEND.
-        TCP_QUICKACK sends the pending ACK now (Linux; elsewhere nothing is done).
+        The same holds inside a literal: a literal over 16 KiB comes in several TLS
+        records, and Nagle holds back the last, small one until the first is acknowledged.
+        So the ACK goes at once whenever a command is still incomplete after the bytes at
+        hand.  TCP_QUICKACK sends the pending ACK now (Linux; elsewhere nothing is done).
         """
         if _TCP_QUICKACK is None or self._socket is False:
             return

@@ -16,6 +16,10 @@ from tests.integration.mxdserver import MxdServer
 pytestmark = pytest.mark.integration
 
 MSG = b"From: a@example.test\r\nTo: alice@example.test\r\nSubject: s %d\r\n\r\n" + b"x" * 5000 + b"\r\n"
+# Over 16 KiB: the literal comes in two TLS records, and Nagle holds back the second, small
+# one until the first is acknowledged.
+BIG = (b"From: a@example.test\r\nTo: alice@example.test\r\nSubject: s %d\r\n\r\n"
+       + (b"y" * 70 + b"\r\n") * 240)
 
 
 def _client(srv: MxdServer, port: str, nodelay: bool) -> imaplib.IMAP4:
@@ -32,8 +36,10 @@ def _client(srv: MxdServer, port: str, nodelay: bool) -> imaplib.IMAP4:
     return c
 
 
-@pytest.mark.parametrize("port", ["imaps", "imap"])
-def test_append_with_nagle_does_not_stall(mxd_server_module: MxdServer, port: str) -> None:
+@pytest.mark.parametrize(("port", "msg"), [("imaps", MSG), ("imap", MSG), ("imaps", BIG)],
+                         ids=["imaps", "imap", "imaps-17k"])
+def test_append_with_nagle_does_not_stall(mxd_server_module: MxdServer, port: str,
+                                          msg: bytes) -> None:
     """imaplib keeps Nagle on and sends an APPEND literal and its CRLF in two writes: the
     CRLF waits for the literal's ACK.  The server must ACK at once, not after the 40 ms
     delayed-ACK timer, so APPEND takes about as long as with a TCP_NODELAY client.
@@ -47,7 +53,7 @@ def test_append_with_nagle_does_not_stall(mxd_server_module: MxdServer, port: st
         for i in range(30):
             for nodelay, c in ((False, stock), (True, tuned)):
                 t0 = time.perf_counter()
-                typ, _ = c.append("INBOX", None, None, MSG % i)
+                typ, _ = c.append("INBOX", None, None, msg % i)
                 times[nodelay].append(time.perf_counter() - t0)
                 assert typ == "OK"
     finally:
