@@ -328,6 +328,11 @@ class IMailStore(Protocol):
     def list_messages(self, mailbox_id: int, since_modseq: int = 0) -> Deferred[list[MessageInfo]]:
         """All messages in UID order (or those changed after ``since_modseq``)."""
 
+    def get_message(self, mailbox_id: int, uid: int) -> Deferred[MessageInfo | None]:
+        """The message ``uid`` of the mailbox (as ``list_messages`` gives it), or None
+        when there is none: one row, not the mailbox's list.  Errbacks with
+        NoSuchMailbox."""
+
     def append(
         self, mailbox_id: int, blob: BlobWriter, flags: frozenset[str],
         internal_date: datetime | None = None,

@@ -870,6 +870,16 @@ class SQLiteStore:
 
         return self._writer.submit(op)
 
+    def get_message(self, mailbox_id: int, uid: int) -> Deferred[MessageInfo | None]:
+        """IMailStore.get_message: one row by the (mailbox_id, uid) key."""
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> MessageInfo | None:
+            q.check_mailbox(conn, mailbox_id)
+            row = conn.execute(q.MESSAGE_SELECT + " WHERE mailbox_id = ? AND uid = ?",
+                               (mailbox_id, uid)).fetchone()
+            return None if row is None else q.message_info(row)
+
+        return self._writer.submit(op)
+
     def save_dates(self, mailbox_id: int,
                    uids: Sequence[int] | None = None) -> Deferred[dict[int, datetime]]:
         """RFC 8514: the save dates of a mailbox's messages (all, or of ``uids``) by UID."""

@@ -514,6 +514,12 @@ class MemoryStore:
         return self._read(lambda: [m.info for _, m in sorted(self._box(mailbox_id).messages.items())
                                    if m.info.modseq > since_modseq])
 
+    def get_message(self, mailbox_id: int, uid: int) -> Deferred[MessageInfo | None]:
+        def get() -> MessageInfo | None:
+            m = self._box(mailbox_id).messages.get(uid)
+            return None if m is None else m.info
+        return self._read(get)
+
     def save_dates(self, mailbox_id: int,
                    uids: Sequence[int] | None = None) -> Deferred[dict[int, datetime]]:
         def get() -> dict[int, datetime]:

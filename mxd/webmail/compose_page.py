@@ -230,7 +230,7 @@ class ComposePage(WebmailPage):
         if box.account_id != acct.id:
             return None
         uid = int(uid_text)
-        info = next((m for m in await store.list_messages(box.id) if m.uid == uid), None)
+        info = await store.get_message(box.id, uid) if 0 < uid < 2**32 else None
         if info is None:
             return None
 

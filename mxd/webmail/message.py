@@ -15,7 +15,6 @@ attachment is never rendered in the webmail's origin."""
 from __future__ import annotations
 
 import base64
-import bisect
 import re
 import urllib.parse
 from typing import Any
@@ -43,12 +42,14 @@ async def find_message(page: WebmailPage, request: Any) -> tuple[Any, Any, Messa
         uid = int(arg(request, b"uid"))
     except ValueError:
         uid = 0
-    msgs: list[MessageInfo] = await page.ctx.store.list_messages(mbox.id)
-    i = bisect.bisect_left([m.uid for m in msgs], uid)
-    if i == len(msgs) or msgs[i].uid != uid:
+    # One row by its key, not the mailbox's list (RFC 3501 §2.3.1.1: a UID is a
+    # non-zero 32-bit number; anything else names no message).
+    m: MessageInfo | None = (await page.ctx.store.get_message(mbox.id, uid)
+                             if 0 < uid < 2**32 else None)
+    if m is None:
         request.setResponseCode(404)
         return None
-    return acct, mbox, msgs[i]
+    return acct, mbox, m
 
 
 def _gone(request: Any) -> bytes:

@@ -282,3 +282,28 @@ def test_derived_values_follow_their_body(c: Contract) -> None:
     assert list(c.run(c.store.get_derived(sent, "len")).values()) == [b"21"]
     assert c.run(c.store.get_derived(inbox, "other")) == {}
     assert c.run(c.store.backfill_derived()) == 0
+
+
+def test_get_message_is_one_row_by_uid(c: Contract) -> None:
+    """get_message answers the row list_messages has for that UID (flags, size, dates,
+    body), None for a UID the mailbox lacks (never there, or expunged), and NoSuchMailbox
+    for a mailbox that is not there."""
+    a = c.account()
+    inbox = c.box(a)
+    when = datetime(2020, 1, 2, 3, 4, 5, tzinfo=UTC)
+    c.run(c.store.append(inbox, c.blob(b"Subject: one\r\n\r\n1\r\n"), frozenset(), when))
+    c.run(c.store.append(inbox, c.blob(b"Subject: two\r\n\r\n22\r\n"),
+                         frozenset({"\\Seen", "$Work"})))
+    c.run(c.store.append(inbox, c.blob(), frozenset()))
+    c.run(c.store.store_flags(inbox, [3], frozenset({"\\Deleted"}), "add"))
+    c.run(c.store.expunge(inbox))
+    listed = {m.uid: m for m in c.run(c.store.list_messages(inbox))}
+    assert sorted(listed) == [1, 2]
+    for uid, m in listed.items():
+        assert c.run(c.store.get_message(inbox, uid)) == m
+    assert c.run(c.store.get_message(inbox, 1)).internal_date == when
+    assert c.run(c.store.get_message(inbox, 2)).flags == frozenset({"\\Seen", "$Work"})
+    assert c.run(c.store.get_message(inbox, 3)) is None  # expunged
+    assert c.run(c.store.get_message(inbox, 99)) is None
+    assert c.run(c.store.get_message(c.box(a, "Archive"), 1)) is None  # UIDs are per mailbox
+    assert isinstance(c.fail(c.store.get_message(999_999, 1)), NoSuchMailbox)
