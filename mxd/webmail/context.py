@@ -22,7 +22,7 @@ class WebmailContext:
                  session_idle: float = 3600.0, max_sessions: int = 1024,
                  page_size: int = 50, hostname: str = "localhost",
                  run_blocking: Callable[[Callable[[], Any]], Deferred[Any]] | None = None,
-                 work_slice: float = 0.01) -> None:
+                 work_slice: float = 0.004) -> None:
         self.clock = clock
         self.store = store  # IMailStore and IAccountStore
         self.directory = directory  # local or LDAP directory (set_password)

@@ -2,24 +2,30 @@
 
 The store hands over the mailbox's rows (its database work runs off the reactor); only
 the messages of the page shown have their header read, in a thread.  A search runs the
-IMAP search evaluator over the mailbox newest first, in batches in a thread, and stops
-once it has the page: a 10,000-message mailbox never holds the reactor."""
+IMAP search evaluator over the mailbox newest first and stops once it has the page.  It
+runs on the reactor in work slices (``WebmailContext.work_slice``, 4 ms), as IMAP SEARCH
+does, giving the reactor back between them: a search in a thread held the interpreter
+lock against the reactor for tens to hundreds of milliseconds at a time (the parsing is
+Python code), so every other session waited; on the reactor the wait is one slice."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.message import Message
 from typing import Any
 
+from twisted.internet import task
+
 from mxd.imap.message import ParsedMessage, parse_headers
 from mxd.imap.messagecache import read_header
+from mxd.imap.values import SearchKey
 from mxd.store.interfaces import MailboxInfo, MessageInfo, NoSuchMailbox
+from mxd.webmail.context import WebmailContext
 from mxd.webmail.layout import WebmailPage, arg, csrf_field, e, hidden, layout, page_render, q
 from mxd.webmail.mailboxes import mailbox_link, ordered
 from mxd.webmail.mime import Summary, summary
-from mxd.webmail.search import scan, search_key
-
-SEARCH_BATCH = 200  # messages per thread hop of a search
+from mxd.webmail.search import match, search_key
 
 
 def load_header(store: Any, m: MessageInfo) -> Message:
@@ -37,6 +43,34 @@ def load_message(store: Any, m: MessageInfo) -> ParsedMessage:
             return ParsedMessage.parse(f.read())
     except (OSError, KeyError):
         return ParsedMessage.parse(b"")
+
+
+async def search_messages(ctx: WebmailContext, key: SearchKey, msgs: Sequence[MessageInfo],
+                          want: int) -> list[MessageInfo]:
+    """The first ``want`` messages of ``msgs`` that match ``key`` (fewer when fewer do),
+    in order.  Runs on the reactor and gives it back after each ``ctx.work_slice`` of
+    work (DESIGN.md: no request stalls other sessions for more than a few ms); a message
+    is read from its file (the page cache, mostly) only as far as ``key`` needs."""
+    store, clock = ctx.store, ctx.clock
+    now = datetime.fromtimestamp(clock.seconds(), UTC)
+
+    def header(m: MessageInfo) -> Message:
+        return load_header(store, m)
+
+    def whole(m: MessageInfo) -> ParsedMessage:
+        return load_message(store, m)
+
+    hits: list[MessageInfo] = []
+    started = clock.seconds()
+    for m in msgs:
+        if clock.seconds() - started >= ctx.work_slice:
+            await task.deferLater(clock, 0, lambda: None)
+            started = clock.seconds()
+        if match(key, m, now, header, whole):
+            hits.append(m)
+            if len(hits) >= want:
+                break
+    return hits
 
 
 def message_link(mailbox: str, uid: int) -> str:
@@ -99,16 +133,8 @@ class MessageList(WebmailPage):
             shown, more = msgs[page * size:(page + 1) * size], len(msgs) > (page + 1) * size
             total = f"{len(msgs)} message{'' if len(msgs) == 1 else 's'}, {mbox.unseen} unseen"
         else:
-            want = (page + 1) * size + 1
-            now = datetime.fromtimestamp(self.ctx.clock.seconds(), UTC)
-            hits: list[MessageInfo] = []
-            for start in range(0, len(msgs), SEARCH_BATCH):
-                batch = msgs[start:start + SEARCH_BATCH]
-                hits += await self.ctx.run_blocking(lambda b=batch: scan(
-                    key, b, now, lambda m: load_header(store, m),
-                    lambda m: load_message(store, m)))
-                if len(hits) >= want:
-                    break
+            want = (page + 1) * size + 1  # one more than shown: is there a next page?
+            hits = await search_messages(self.ctx, key, msgs, want)
             shown, more = hits[page * size:(page + 1) * size], len(hits) >= want
             total = f"search: {len(shown)} shown"
         heads = await self.ctx.run_blocking(

@@ -44,16 +44,19 @@ def search_key(query: str) -> SearchKey | None:
     return keys[0] if len(keys) == 1 else SearchKey("AND", tuple(keys))
 
 
+def match(key: SearchKey, m: MessageInfo, now: datetime,
+          load_header: Callable[[MessageInfo], Message],
+          load_message: Callable[[MessageInfo], ParsedMessage]) -> bool:
+    """Does ``m`` match ``key``?  The loaders run only when a term needs them: flags
+    (``is:``) read nothing, from:/to:/cc:/subject: read the header block only, words
+    and body: the whole message.  Blocking when a loader runs (a local file read)."""
+    # The box's programs have no sequence or UID terms: the Candidate's numbers are moot.
+    return matches(key, Candidate(1, m, 1, m.uid, lambda: load_header(m),
+                                  lambda: load_message(m), now))
+
+
 def scan(key: SearchKey, msgs: Sequence[MessageInfo], now: datetime,
          load_header: Callable[[MessageInfo], Message],
          load_message: Callable[[MessageInfo], ParsedMessage]) -> list[MessageInfo]:
-    """The messages of ``msgs`` that match ``key`` (in order).  Blocking: the loaders
-    read message files; run it in a thread, a batch at a time."""
-    out = []
-    n = len(msgs)
-    for i, m in enumerate(msgs):
-        c = Candidate(i + 1, m, n, m.uid, lambda m=m: load_header(m),  # type: ignore[misc]
-                      lambda m=m: load_message(m), now)  # type: ignore[misc]
-        if matches(key, c):
-            out.append(m)
-    return out
+    """The messages of ``msgs`` that match ``key`` (in order), in one go."""
+    return [m for m in msgs if match(key, m, now, load_header, load_message)]

@@ -78,24 +78,35 @@ def test_message_list_reads_only_the_page_headers(world: World) -> None:
     assert len(set(reads)) == 3
 
 
-def test_search_uses_imap_search_in_batches(world: World) -> None:
-    """The search box: words (TEXT), from:, subject:, is:unseen; evaluated in thread
-    batches that stop once the page is full."""
+def test_search_uses_imap_search_and_stops_with_the_page(world: World) -> None:
+    """The search box: words (TEXT), from:, subject:, is:unseen; evaluated on the reactor
+    (no thread hop but the shown page's headers), message by message newest first, and
+    it stops once it has one hit more than the page shows."""
     for i in range(450):
         world.deliver(plain(f"s{i}", text="needle" if i % 2 else "hay"))
     world.deliver(plain("from carol", sender="Carol <carol@other.example>"))
-    batches: list[int] = []
+    hops: list[int] = []
     run = world.ctx.run_blocking
 
     def counting(f: Any) -> Any:
-        batches.append(1)
+        hops.append(1)
         return run(f)
 
+    opened: list[str] = []
+    orig = world.store.open_blob
+
+    def opening(blob_id: str) -> Any:
+        opened.append(blob_id)
+        return orig(blob_id)
+
     world.ctx.run_blocking = counting
+    world.store.open_blob = opening  # type: ignore[method-assign]
     cookie = logged_in(world)
     _, _, page = world.request("GET", "/messages?mailbox=INBOX&q=needle", cookie=cookie)
     assert re.findall(rb">(s\d+)<", page) == [b"s449", b"s447", b"s445"]
-    assert len(batches) == 2  # one batch of 200 found enough; one for the headers
+    assert len(hops) == 1  # the shown page's headers
+    # carol's message, s449 .. s443: the fourth hit (s443) says there is a next page.
+    assert len(opened) == 8 and b"rel=next" in page
     _, _, page = world.request("GET", "/messages?mailbox=INBOX&q=from%3Acarol", cookie=cookie)
     assert re.findall(rb">(from carol|s\d+)<", page) == [b"from carol"]
     _, _, page = world.request(
@@ -281,3 +292,29 @@ def test_tls_results_page_shows_only_this_accounts_records(world: World) -> None
     code, _, page = world.request("GET", "/settings/tls", cookie=cookie)
     assert code == 200 and asked == [ALICE]
     assert b"&lt;remote&gt;.example" in page and b"TLSv1.3" in page and b"<remote>" not in page
+
+
+@pytest.mark.parametrize("path", ["/message?mailbox=INBOX&uid={uid}",
+                                  "/message/body?mailbox=INBOX&uid={uid}",
+                                  "/compose?reply=INBOX/{uid}"])
+def test_one_message_is_fetched_by_its_uid(world: World, path: str) -> None:
+    """The view, its frame and a reply ask the store for the one message by UID
+    (get_message), never for the mailbox's whole list; a UID the mailbox lacks, or one
+    out of the 32-bit range, is a 404 (the reply: a blank form), not a 500."""
+    uids = [world.deliver(plain(f"m{i}")) for i in range(5)]
+    listed: list[int] = []
+    orig = world.store.list_messages
+
+    def listing(mailbox_id: int, since_modseq: int = 0) -> Any:
+        listed.append(mailbox_id)
+        return orig(mailbox_id, since_modseq)
+
+    world.store.list_messages = listing  # type: ignore[method-assign]
+    cookie = logged_in(world)
+    code, _, page = world.request("GET", path.format(uid=uids[2]), cookie=cookie)
+    assert code == 200 and (b"m2" in page or "/body" in path), page[:300]
+    assert listed == []
+    for bad in (999, 0, 2**32, 2**64):
+        code, _, _ = world.request("GET", path.format(uid=bad), cookie=cookie)
+        assert code == 404, (bad, code)
+    assert listed == []
