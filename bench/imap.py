@@ -611,6 +611,21 @@ def run_round(server: MxdServer | DovecotServer, proc: subprocess.Popen[bytes], 
     return r
 
 
+def prepare(base: Path, n: int) -> tuple[dict[str, Path], Path, list[bytes]]:
+    """Certificates (readable by Dovecot's users) and ``n`` generated messages, one file
+    each under ``base``/messages, for the servers of a bench run."""
+    tls = tls_files(base)
+    for f in tls.values():
+        os.chmod(f, 0o644)
+    msgdir = base / "messages"
+    msgdir.mkdir()
+    msgs = make_messages(n)
+    for i, m in enumerate(msgs):
+        (msgdir / str(i)).write_bytes(m)
+    print(f"{n} messages, {sum(map(len, msgs)) / 1e6:.1f} MB")
+    return tls, msgdir, msgs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=10000)
@@ -645,15 +660,7 @@ def main() -> None:
     os.chmod(base, 0o755)
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        tls = tls_files(base)
-        for f in tls.values():
-            os.chmod(f, 0o644)
-        msgdir = base / "messages"
-        msgdir.mkdir()
-        msgs = make_messages(args.messages)
-        for i, m in enumerate(msgs):
-            (msgdir / str(i)).write_bytes(m)
-        print(f"{args.messages} messages, {sum(map(len, msgs)) / 1e6:.1f} MB")
+        tls, msgdir, msgs = prepare(base, args.messages)
         servers: list[MxdServer | DovecotServer] = [
             MxdServer("mxd" if n == 1 else f"mxd-w{n}", ROOT, base, tls, msgdir, workers=n)
             for n in args.workers]

@@ -27,10 +27,9 @@ from bench.imap import (  # noqa: E402
     MxdServer,
     Raw,
     login,
-    make_messages,
+    prepare,
     stop,
     timed,
-    tls_files,
 )
 
 # (key, command, whether Dovecot runs it too) for an INBOX of n messages.
@@ -67,15 +66,7 @@ def main(commands: Commands, name: str) -> None:
     os.chmod(base, 0o755)
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        tls = tls_files(base)
-        for f in tls.values():
-            os.chmod(f, 0o644)
-        msgdir = base / "messages"
-        msgdir.mkdir()
-        msgs = make_messages(args.messages)
-        for i, m in enumerate(msgs):
-            (msgdir / str(i)).write_bytes(m)
-        print(f"{args.messages} messages, {sum(map(len, msgs)) / 1e6:.1f} MB")
+        tls, msgdir, _ = prepare(base, args.messages)
         servers: list[MxdServer | DovecotServer] = [MxdServer("mxd", ROOT, base, tls, msgdir),
                                                     DovecotServer(base, tls, msgdir)]
         results: dict[str, list[dict[str, float]]] = {s.name: [] for s in servers}
