@@ -28,7 +28,8 @@ DERIVER = "imap.preview"
 MAX_CHARS = 200
 HEAD = 64 * 1024  # octets of the message read to find the text
 _MAX_TEXT = 16 * 1024  # octets of one part's body decoded (a preview needs far fewer)
-_WS = re.compile(r"\s+")
+# The C0 controls and DEL, dropped from a preview by str.translate.
+_CONTROLS = dict.fromkeys([*range(0x20), 0x7F])
 
 
 class _Text(HTMLParser):
@@ -113,7 +114,7 @@ def preview_text(raw: bytes) -> str:
         text = strip_html(text)
     text = _collapse(text.replace("\0", " "))
     # No control characters in the result (it goes out as an IMAP string).
-    text = "".join(c for c in text[:MAX_CHARS * 2] if c >= " " and c != "\x7f")
+    text = text[:MAX_CHARS * 2].translate(_CONTROLS)
     return text[:MAX_CHARS].rstrip()
 
 
@@ -123,7 +124,9 @@ def _collapse(text: str) -> str:
     every delivery), more only when white space ate most of it."""
     window = 8 * MAX_CHARS
     while True:
-        out = _WS.sub(" ", text[:window]).strip()
+        # str.split() splits at runs of exactly the characters re's \s matches in a
+        # str pattern (str.isspace), and drops them at both ends, four times faster.
+        out = " ".join(text[:window].split())
         if len(out) >= 2 * MAX_CHARS or window >= len(text):
             return out
         window *= 4

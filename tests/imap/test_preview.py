@@ -5,6 +5,7 @@ the generator to its bounds."""
 from __future__ import annotations
 
 import base64
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -96,6 +97,23 @@ def test_preview_bounds(body: bytes, ctype: bytes) -> None:
 @given(st.text(alphabet=st.sampled_from(list("ab \t\r\n\u00a0\u2003x.")), max_size=6000))
 def test_collapse_equals_collapsing_everything(text: str) -> None:
     """Collapsing only a window of the text gives the preview the whole text gives."""
-    from mxd.imap.preview import _WS, MAX_CHARS, _collapse
+    from mxd.imap.preview import MAX_CHARS, _collapse
 
     assert _collapse(text)[:2 * MAX_CHARS] == _WS.sub(" ", text).strip()[:2 * MAX_CHARS]
+
+
+_WS = re.compile(r"\s+")
+# Every character re's \s matches, and some that look like white space but are not.
+_SPACES = [chr(c) for c in range(0x110000) if _WS.match(chr(c))] + ["\u200b", "\ufeff", "\x00"]
+
+
+@given(st.text(alphabet=st.sampled_from([*_SPACES, "a", "b", "\x01", "\x7f", "\x80", "\u00e9"]),
+               max_size=3000))
+def test_collapse_and_controls_as_the_regex_and_filter_do(text: str) -> None:
+    """The preview's white-space collapsing (str.split) and control-character removal
+    (str.translate) give what the regular expression and the character filter they
+    replace gave, for every white-space character."""
+    from mxd.imap.preview import _CONTROLS, MAX_CHARS, _collapse
+
+    assert _collapse(text)[:2 * MAX_CHARS] == _WS.sub(" ", text).strip()[:2 * MAX_CHARS]
+    assert text.translate(_CONTROLS) == "".join(c for c in text if c >= " " and c != "\x7f")
