@@ -57,6 +57,38 @@ SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 RCPT = "alice@example.test"
 
 
+# CPU ms per message of each server in each round (user + system time of all its
+# processes, from /proc): unlike msg/s, barely changed by other load on the machine.
+CPU_MS: dict[str, list[float]] = {}
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process, of its children it has reaped, and of its live
+    descendants (the workers of twistd mxd, Postfix's master and its daemons)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    total = sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    for child in _children(pid):
+        total += tree_cpu(child)
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            out.extend(int(x) for x in task.read_text().split())
+        except OSError:
+            pass
+    return out
+
+
+def record_cpu(name: str, seconds: float, messages: int) -> None:
+    CPU_MS.setdefault(name, []).append(1000 * seconds / messages)
+
+
 def wait_port(port: int, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -115,14 +147,24 @@ def bench_twistd(base: Path, args: argparse.Namespace, workers: int = 1) -> floa
     d = base / f"twistd-w{workers}"
     d.mkdir()
     level = "info" if args.logs else "warn"
+    # Like the peers, no message authentication unless asked for (--inbound-checks): the
+    # test config's resolver (127.0.0.1:1) answers nothing, so each check would cost the
+    # failed lookups of SPF, DKIM, DMARC and iprev (--checks measures them against a
+    # real DNSSEC resolver).
     s = make_server(d, make_certs(d), extra_config=(
         f'[log]\nlevel = "{level}"\nlevels = {{ "mxd.worker" = "info" }}\n'
-        f"[server]\nworkers = {workers}\n"))
-    s.start()
+        f"[server]\nworkers = {workers}\n"
+        f"[msgauth]\ninbound_checks = {str(args.inbound_checks).lower()}\n"))
+    # With mxd's observer, so that the [log] level applies (twistd's own file observer
+    # writes every event, debug included: ~6 lines and ~0.4 CPU ms per message here).
+    s.start(twistd_args=("--logger", "mxd.log.twistd_observer"))
     try:
         if workers > 1:
             wait_workers(s.log_path, workers)
+        assert s.proc is not None
+        cpu0 = tree_cpu(s.proc.pid)
         elapsed = smtp_source(s.ports["smtp"], args)
+        record_cpu(f"mxd w={workers}", tree_cpu(s.proc.pid) - cpu0, args.messages)
         stored = len(read_mailbox(s.data_dir, RCPT))
     finally:
         s.stop()
@@ -198,7 +240,9 @@ def bench_aiosmtpd(base: Path, args: argparse.Namespace) -> float:
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         wait_port(port)
+        cpu0 = tree_cpu(p.pid)
         elapsed = smtp_source(port, args)
+        record_cpu("aiosmtpd", tree_cpu(p.pid) - cpu0, args.messages)
         stored = len(os.listdir(d / "Maildir" / "new"))
     finally:
         p.terminate()
@@ -277,6 +321,8 @@ def bench_postfix(base: Path, args: argparse.Namespace) -> tuple[float, float]:
         raise RuntimeError(f"postfix start failed: {(r.stdout + r.stderr).strip()[-500:]}")
     try:
         wait_port(port)
+        master = int((queue / "pid" / "master.pid").read_text().split()[0])
+        cpu0 = tree_cpu(master)
         start = time.perf_counter()
         ingest = smtp_source(port, args)
         new = vmail / "alice" / "new"
@@ -289,6 +335,7 @@ def bench_postfix(base: Path, args: argparse.Namespace) -> tuple[float, float]:
                 raise RuntimeError(f"postfix delivered {n} of {args.messages}")
             time.sleep(0.05)
         delivered = time.perf_counter() - start
+        record_cpu("postfix delivered", tree_cpu(master) - cpu0, args.messages)
     finally:
         subprocess.run(["postfix", "-c", str(conf), "stop"], env=env, capture_output=True,
                        timeout=60)
@@ -461,6 +508,9 @@ def main() -> None:
                     help="mxd as `twistd -n mxd` (default) or the SMTP-only test harness")
     ap.add_argument("--checks", action="store_true",
                     help="measure message authentication: mxd checks off vs on vs aiosmtpd")
+    ap.add_argument("--inbound-checks", action="store_true",
+                    help="twistd mxd with [msgauth] inbound_checks on (default: off, as the "
+                         "peers check nothing; the resolver answers nothing)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2],
                     help="[server] workers values to run twistd mxd with (default: 1 2)")
     ap.add_argument("--dir")
@@ -477,7 +527,8 @@ def main() -> None:
         args.workers = [1]
     print(f"smtp-source -s {args.sessions} -m {args.messages} -l {args.size}; "
           f"{os.cpu_count()} CPUs; {args.repeat} round(s), servers interleaved; "
-          f"mxd={args.target} workers={args.workers}, log {'info' if args.logs else 'off/warn'}; "
+          f"mxd={args.target} workers={args.workers}, log {'info' if args.logs else 'off/warn'}, "
+          f"inbound checks {'on' if args.inbound_checks else 'off'}; "
           f"dir {base}")
     mxds = [f"mxd w={n}" for n in args.workers]
     runs: dict[str, list[float]] = {m: [] for m in mxds}
@@ -504,7 +555,9 @@ def main() -> None:
                     print(f"postfix: skipped ({e})")
                     postfix_ok = False
         print(f"  round {i}: " + ", ".join(
-            f"{k} {v[-1]:.0f} msg/s" for k, v in runs.items() if len(v) > i), flush=True)
+            f"{k} {v[-1]:.0f} msg/s" for k, v in runs.items() if len(v) > i)
+            + "; CPU ms/msg " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in CPU_MS.items())
+            + f"; load {os.getloadavg()[0]:.1f}", flush=True)
     med = {k: statistics.median(v) for k, v in runs.items() if v}
     labels = {"aiosmtpd": "aiosmtpd (Maildir, fsync)",
               "postfix": "postfix (queue fsync, to 250)",
@@ -520,6 +573,11 @@ def main() -> None:
                 print(f"ratio {m}/{peer}: {med[m] / med[peer]:.2f} (medians); per round "
                       + ", ".join(f"{r:.2f}" for r in per_round)
                       + f"; median of per-round ratios {statistics.median(per_round):.2f}")
+    for k, v in CPU_MS.items():
+        print(f"CPU {k:28s}: median {statistics.median(v):.3f} ms/msg  (runs: "
+              + ", ".join(f"{x:.3f}" for x in v) + ")")
+    print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())} "
+          f"(other work on this {os.cpu_count()}-CPU machine)")
     if len(mxds) > 1:
         base_m = mxds[0]
         for m in mxds[1:]:
