@@ -75,12 +75,19 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
-def make_store(cfg: Config, reactor: Any) -> Any:
+def make_store(cfg: Config, reactor: Any, *, shared: bool = False) -> Any:
+    """The configured store; ``shared``: other server processes use it too (workers)."""
     from mxd.store.sqlite import SQLiteStore, StoreSettings
 
     cfg.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
-    settings = StoreSettings(quota_bytes=cfg.store.quota_bytes or None)
+    shared = shared or cfg.store.backend == "postgresql"
+    settings = StoreSettings(quota_bytes=cfg.store.quota_bytes or None,
+                             # Other processes' sessions still showing an expunged
+                             # message pin its body within this time (mxd.store.blobs
+                             # "Pins"; they hear of it within 0.2 s, or at once by
+                             # PostgreSQL NOTIFY): generous, as a loaded worker lags.
+                             unlink_grace=cfg.store.expunged_body_grace if shared else 0.0)
     store: Any
     if cfg.store.backend == "postgresql":
         from mxd.store.postgres import (
@@ -426,7 +433,7 @@ def build(cfg: Config, reactor: Any, metrics: IMetrics, parent: Any,
     from mxd.queue.queue import Queue
     from mxd.store.metadata import MetadataLimits, SQLiteMetadata
 
-    store = make_store(cfg, reactor)
+    store = make_store(cfg, reactor, shared=role != "single")
     metadata = SQLiteMetadata(store, MetadataLimits(  # RFC 5464, in the store's database
         max_entry_size=cfg.imap.metadata_max_value, max_entries=cfg.imap.metadata_max_entries,
         max_total=cfg.imap.metadata_max_total))

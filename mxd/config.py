@@ -203,6 +203,12 @@ class StoreConfig:
     connect_timeout: float = opt(10.0, "postgresql: seconds an operation waits for a "
                                  "database connection before it fails temporarily (SMTP "
                                  "451, IMAP NO [UNAVAILABLE]).", check=_positive)
+    expunged_body_grace: float = opt(60.0, "With workers or PostgreSQL (several processes "
+                                     "on one store): seconds the body of an expunged "
+                                     "message stays on disk, so that IMAP sessions of "
+                                     "other processes that still show the message can "
+                                     "keep it readable until they report the expunge. "
+                                     "One process removes it at once.", check=_positive)
 
 
 TRANSPORT_KINDS = ("direct", "smtp", "submission", "submissions", "socks5", "fail")

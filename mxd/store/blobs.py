@@ -15,8 +15,16 @@ directory fsync, no ``open`` on the reactor thread).  The orphan rule is unchang
 pooled file that never got its row (unused at a crash) is an orphan, removed at the next
 start; unused ones are removed at ``close``.
 
-The blocking parts (fsync, rename, unlink) are plain synchronous functions: the SQLite
-store calls them on its writer thread, never on the reactor thread.
+Pins (``<data_dir>/held/<host>-<pid>.<random>/<id>``): when several processes share one store, a
+body whose last reference another process dropped may still be shown by a session of
+this one (IMAP: until that session is told of the expunge, RFC 9051 §7.5.1).  The
+process that dropped it leaves the file for a grace period (``StoreSettings.
+unlink_grace``); meanwhile each process that still shows the message hard-links it into
+its own pin directory, and reads fall back to that link once the file itself is gone.
+A pin directory of a process that is no longer running is removed at the next start.
+
+The blocking parts (fsync, rename, unlink, link) are plain synchronous functions: the
+SQLite store calls them on its writer thread, never on the reactor thread.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ import hashlib
 import os
 import re
 import secrets
+import shutil
+import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -89,6 +99,8 @@ class BlobFiles:
         self._refilled = threading.Event()  # set while no refill runs
         self._refilled.set()
         self._closed = False
+        self.pin_dir: Path | None = None  # see enable_pins
+        self._pin_dir_s = ""
 
     def ensure_dirs(self) -> None:
         """Create tmp/ and all 256 fan-out directories up front (and fsync them), so that
@@ -197,6 +209,11 @@ class BlobFiles:
         try:
             return open(f"{self._blob_dir_s}/{blob_id[:2]}/{blob_id}", "rb")
         except FileNotFoundError as e:
+            if self._pin_dir_s:
+                try:
+                    return open(f"{self._pin_dir_s}/{blob_id}", "rb")
+                except FileNotFoundError:
+                    pass
             raise BlobError(f"blob {blob_id} is missing") from e
 
     def read_head(self, blob_id: str, length: int) -> bytes:
@@ -207,7 +224,12 @@ class BlobFiles:
         try:
             fd = os.open(f"{self._blob_dir_s}/{blob_id[:2]}/{blob_id}", os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError as e:
-            raise BlobError(f"blob {blob_id} is missing") from e
+            if not self._pin_dir_s:
+                raise BlobError(f"blob {blob_id} is missing") from e
+            try:
+                fd = os.open(f"{self._pin_dir_s}/{blob_id}", os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise BlobError(f"blob {blob_id} is missing") from e
         try:
             data = os.read(fd, length)
             while 0 < len(data) < length:
@@ -223,7 +245,66 @@ class BlobFiles:
         try:
             return self.path(blob_id).stat().st_size
         except FileNotFoundError:
+            if self.pin_dir is not None:
+                try:
+                    return (self.pin_dir / blob_id).stat().st_size
+                except FileNotFoundError:
+                    pass
             return None
+
+    # -- pins (see the module docstring) ----------------------------------------------------
+    def enable_pins(self) -> None:
+        """Use pins, in a directory named after this host and process."""
+        name = f"{socket.gethostname()}-{os.getpid()}.{secrets.token_hex(4)}"
+        self.pin_dir = self.data_dir / "held" / name
+        self._pin_dir_s = str(self.pin_dir)
+
+    def pin(self, blob_ids: Iterable[str]) -> None:
+        """Hard-link bodies into this process's pin directory; one already gone is not
+        pinned (nothing left to keep)."""
+        if self.pin_dir is None:
+            return
+        made = False
+        for blob_id in blob_ids:
+            if not made:
+                self.pin_dir.mkdir(parents=True, exist_ok=True)
+                made = True
+            try:
+                os.link(self.path(blob_id), self.pin_dir / blob_id)
+            except (FileExistsError, FileNotFoundError):
+                pass
+            except OSError as e:
+                log.warn("cannot pin blob {blob_id}: {error}", blob_id=blob_id, error=e)
+
+    def unpin(self, blob_ids: Iterable[str]) -> None:
+        if self.pin_dir is None:
+            return
+        for blob_id in blob_ids:
+            if is_blob_id(blob_id):
+                self._unlink_quietly(self.pin_dir / blob_id)
+
+    def clear_pins(self) -> None:
+        """Remove this process's pins (at close: no session shows anything any more)."""
+        if self.pin_dir is not None:
+            shutil.rmtree(self.pin_dir, ignore_errors=True)
+
+    def clean_stale_pins(self) -> int:
+        """Remove the pin directories of this host's processes that no longer run (a
+        process killed while it held bodies); other hosts' directories are theirs."""
+        held = self.data_dir / "held"
+        if not held.is_dir():
+            return 0
+        prefix = socket.gethostname() + "-"
+        n = 0
+        for d in held.iterdir():
+            pid = d.name[len(prefix):].partition(".")[0]
+            if not d.name.startswith(prefix) or not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            if _running(int(pid)):
+                continue
+            shutil.rmtree(d, ignore_errors=True)
+            n += 1
+        return n
 
     def make_durable(self, writers: Iterable[FileBlobWriter]) -> list[BaseException | None]:
         """Make several sealed writers durable, fsyncing each touched directory once.
@@ -341,6 +422,16 @@ class BlobFiles:
             except OSError as e:
                 log.warn("cannot remove {path}: {error}", path=str(f), error=e)
         return n
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class FileBlobWriter:

@@ -265,13 +265,17 @@ class PGRunner:
             finish()
 
     def unlink_later(self, blob_ids: list[str]) -> None:
-        if not blob_ids:
-            return
+        if blob_ids:
+            self.run_files(lambda: self._files.unlink(blob_ids))
+
+    def run_files(self, fn: Callable[[], object]) -> None:
+        """A blocking file operation (unlink, pin) on a pool thread; at once when the
+        pool is not running."""
         if self._threads_running:
-            d = deferToThreadPool(self._reactor, self._threads, self._files.unlink, blob_ids)  # type: ignore[arg-type]
-            d.addErrback(lambda f: log.failure("removing bodies failed", f))
+            d = deferToThreadPool(self._reactor, self._threads, fn)  # type: ignore[arg-type]
+            d.addErrback(lambda f: log.failure("body file operation failed", f))
         else:
-            self._files.unlink(blob_ids)
+            fn()
 
     # -- a pool thread ---------------------------------------------------------------------
     def _run(self, op: _Op[Any]) -> None:

@@ -172,6 +172,8 @@ class PostgresStore(SQLiteStore):
 
         check_blob_dir(self.data_dir)
         self._files.ensure_dirs()
+        if self._files.pin_dir is not None:
+            self._files.clean_stale_pins()
         pool = psycopg_pool.ConnectionPool(
             self.dsn, min_size=1, max_size=max(1, self.pg.pool_size), open=False,
             kwargs={"autocommit": True}, timeout=self.pg.connect_timeout,
@@ -200,7 +202,11 @@ class PostgresStore(SQLiteStore):
         if listener is not None:
             listener.stop()
 
+        doomed = self._take_doomed()
+
         def _finish() -> None:
+            self._files.unlink(doomed)
+            self._files.clear_pins()
             self._files.close()
 
         return self._runner.stop(_finish)

@@ -30,7 +30,10 @@ Semantics worth knowing:
   RENAME moves the inferiors along.
 * Bodies are shared: copy, move, and queue rows reference one file; ``blobs.refcount``
   counts the references (message rows keep it exact through triggers).  The file is
-  removed after the commit that drops the last reference.
+  removed after the commit that drops the last reference — or, when other processes
+  share the store (``StoreSettings.unlink_grace`` > 0: workers, several nodes),
+  ``unlink_grace`` seconds later, so that their sessions still showing the message can
+  pin it first (``hold_blob``; mxd.store.blobs "Pins").
 * Quota: ``accounts.used_bytes`` (kept by triggers) against the account's ``quota_bytes``
   or ``StoreSettings.quota_bytes``; deliver, append and copy fail with QuotaExceeded
   (nothing stored), move never does.  ``get_usage``/``set_quota`` for RFC 9208.
@@ -75,6 +78,7 @@ For the outbound queue (mxd.queue), which keeps its tables in this same database
 
 from __future__ import annotations
 
+import collections
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -148,6 +152,10 @@ class StoreSettings:
     blob_pool: int = 64
     # Seconds between looks for commits of other processes (mxd.store.watch); 0: never.
     watch_interval: float = 0.2
+    # Seconds a body whose last reference went stays on disk when other processes share
+    # the store: they learn of the change within ``watch_interval`` and pin the bodies
+    # their sessions still show (hold_blob).  0: removed at once (one process).
+    unlink_grace: float = 0.0
 
 
 class SQLiteStore:
@@ -167,6 +175,13 @@ class SQLiteStore:
         self._writer.keep_bodies = self._unheld
         self._holds: dict[str, int] = {}  # blob id -> readers holding it
         self._orphans: set[str] = set()  # held bodies no message references any more
+        # Bodies to remove once the grace period ends: (due time, ids), oldest first.
+        self._doomed: collections.deque[tuple[float, list[str]]] = collections.deque()
+        self._doom_timer: Any = None
+        self._pins_pending: list[str] = []  # to pin on the next turn (one trip for many)
+        self._unpins_pending: list[str] = []
+        if settings.unlink_grace > 0:
+            self._files.enable_pins()
         self._schemas: dict[str, list[str]] = dict(BUILTIN_SCHEMAS)
         self._listeners: dict[int, list[Callable[[MailboxChange], None]]] = {}
         self._ctx: OpContext | None = None  # the running transact() op (writer thread)
@@ -221,12 +236,16 @@ class SQLiteStore:
 
     def close(self) -> Deferred[None]:
         """Finish queued work, then close the database and stop the writer thread."""
+        doomed = self._take_doomed()
+
         def _finish(conn: sqlite3.Connection) -> None:
             try:
                 conn.execute("PRAGMA optimize")
             except sqlite3.Error:
                 pass
             finally:
+                self._files.unlink(doomed)
+                self._files.clear_pins()
                 self._files.close()
                 self._write_lock.close()
                 self._unlock()
@@ -243,7 +262,10 @@ class SQLiteStore:
         self._opened_db = DatabaseOpener(self.data_dir, self.db_path, self._files,
                                          self.settings.busy_timeout_ms,
                                          self.settings.scan_orphans, self._schemas)
-        return self._opened_db.connect()
+        conn = self._opened_db.connect()
+        if self._files.pin_dir is not None:
+            self._files.clean_stale_pins()
+        return conn
 
     def _unlock(self) -> None:
         if self._opened_db is not None:
@@ -404,8 +426,16 @@ class SQLiteStore:
         """Keep a body file while a reader can still show its message, even after the
         last reference goes (IMAP: a message expunged by another session stays readable
         until every session that shows it has been told, RFC 9051 §7.5.1).  Call from
-        a change listener to hold a body that the change being reported dropped."""
-        self._holds[blob_id] = self._holds.get(blob_id, 0) + 1
+        a change listener to hold a body that the change being reported dropped.
+
+        When other processes share the store the change may be theirs: the body is also
+        pinned (hard-linked) before their grace period ends, off the reactor thread."""
+        n = self._holds.get(blob_id, 0)
+        self._holds[blob_id] = n + 1
+        if n == 0 and self._files.pin_dir is not None:
+            if not self._pins_pending and not self._unpins_pending:
+                self._reactor.callLater(0, self._flush_pins)  # type: ignore[attr-defined]
+            self._pins_pending.append(blob_id)
 
     def release_blob(self, blob_id: str) -> None:
         n = self._holds.get(blob_id, 0) - 1
@@ -413,18 +443,71 @@ class SQLiteStore:
             self._holds[blob_id] = n
             return
         self._holds.pop(blob_id, None)
+        if self._files.pin_dir is not None:
+            if not self._pins_pending and not self._unpins_pending:
+                self._reactor.callLater(0, self._flush_pins)  # type: ignore[attr-defined]
+            self._unpins_pending.append(blob_id)
         if blob_id in self._orphans:
             self._orphans.discard(blob_id)
-            self._writer.unlink_later([blob_id])
+            self._remove_later([blob_id])
+
+    def _flush_pins(self) -> None:
+        pins, self._pins_pending = self._pins_pending, []
+        unpins, self._unpins_pending = self._unpins_pending, []
+        files = self._files
+
+        def run(_: object = None) -> None:
+            # In order: a body held, released and held again ends pinned.
+            files.unpin(b for b in unpins if b not in self._holds)
+            files.pin(b for b in pins if b in self._holds)
+
+        self._writer.run_files(run)
 
     def _unheld(self, blob_ids: list[str]) -> list[str]:
+        """Of the bodies a commit dropped, those to remove now (the others are held by a
+        reader here, or wait for the grace period)."""
         now = []
         for b in blob_ids:
             if b in self._holds:
                 self._orphans.add(b)
             else:
                 now.append(b)
+        if now and self.settings.unlink_grace > 0:
+            self._remove_later(now)
+            return []
         return now
+
+    def _remove_later(self, blob_ids: list[str]) -> None:
+        grace = self.settings.unlink_grace
+        if grace <= 0:
+            self._writer.unlink_later(blob_ids)
+            return
+        clock: Any = self._reactor
+        self._doomed.append((clock.seconds() + grace, list(blob_ids)))
+        if self._doom_timer is None:
+            self._doom_timer = clock.callLater(grace, self._remove_due)
+
+    def _remove_due(self) -> None:
+        clock: Any = self._reactor
+        self._doom_timer = None
+        now = clock.seconds()
+        due: list[str] = []
+        while self._doomed and self._doomed[0][0] <= now:
+            due.extend(b for b in self._doomed.popleft()[1] if b not in self._holds)
+        if due:
+            self._writer.unlink_later(due)
+        if self._doomed:
+            self._doom_timer = clock.callLater(max(0.0, self._doomed[0][0] - now),
+                                               self._remove_due)
+
+    def _take_doomed(self) -> list[str]:
+        """At close: every body still waiting for its grace period (removed now)."""
+        if self._doom_timer is not None and self._doom_timer.active():
+            self._doom_timer.cancel()
+        self._doom_timer = None
+        out = [b for _, ids in self._doomed for b in ids]
+        self._doomed.clear()
+        return out
 
     # -- notifications ---------------------------------------------------------------------
     def subscribe(self, mailbox_id: int, listener: Callable[[MailboxChange], None]) -> Callable[[], None]:

@@ -284,13 +284,17 @@ class Writer:
 
     def unlink_later(self, blob_ids: list[str]) -> None:
         """Remove bodies no longer referenced nor held (after a hold ends)."""
-        if not blob_ids:
-            return
+        if blob_ids:
+            self.run_files(lambda: self._files.unlink(blob_ids))
+
+    def run_files(self, fn: Callable[[], object]) -> None:
+        """Run a blocking file operation (unlink, pin) off the reactor thread, in order
+        with the others; at once when the writer is not running."""
         if self._pool_running:
-            d = deferToThreadPool(self._reactor, self._pool, self._files.unlink, blob_ids)  # type: ignore[arg-type]
-            d.addErrback(lambda f: log.failure("removing bodies failed", f))
+            d = deferToThreadPool(self._reactor, self._pool, fn)  # type: ignore[arg-type]
+            d.addErrback(lambda f: log.failure("body file operation failed", f))
         else:
-            self._files.unlink(blob_ids)
+            fn()
 
     def _forget_synced(self, conn: sqlite3.Connection) -> None:
         """Writer thread: drop the unsynced_blobs entries of bodies fsynced since."""

@@ -108,11 +108,12 @@ class ClockCalls(ThreadCalls):
         return self.clock.callLater(delay, f, *a, **kw)
 
 
-def _open_watching(data_dir: Path, clock: task.Clock) -> StoreHarness:
+def _open_watching(data_dir: Path, clock: task.Clock,
+                   settings: StoreSettings = StoreSettings()) -> StoreHarness:
     from mxd.store.sqlite import SQLiteStore
 
     calls = ClockCalls(clock)
-    store = SQLiteStore(data_dir, calls, settings=StoreSettings())  # type: ignore[arg-type]
+    store = SQLiteStore(data_dir, calls, settings=settings)  # type: ignore[arg-type]
     h = StoreHarness(store, calls, inline=False)
     h.run(store.open())
     return h
@@ -241,5 +242,122 @@ def test_busy_database_fails_whole_operations_and_a_retry_stores_once(data_dir: 
         assert h.body_files() == []
         assert h.deliver_bytes(b"Subject: busy\r\n\r\nbusy\r\n", [Delivery(acct.id)]) == [1]
         assert [m.uid for m in h.run(h.store.list_messages(box.id))] == [1]
+    finally:
+        h.close()
+
+
+def _pump(h: StoreHarness, clock: task.Clock, seconds: float = 0.0) -> None:
+    """Advance ``clock`` and run what the store's threads handed back, until idle."""
+    clock.advance(seconds)
+    for _ in range(3):
+        h.settle()
+        while h.calls.pump_once(0.02):
+            pass
+
+
+def test_body_expunged_by_another_process_stays_readable(data_dir: Path) -> None:
+    """With ``unlink_grace`` (workers sharing a store), B's expunge leaves the body on
+    disk for the grace period: A reads it before it hears of the expunge; A's session
+    still showing the message pins it (hold_blob), so A reads it after B removed the
+    file too; A's release drops the pin, and then the body is gone for good."""
+    from mxd.store.blobs import BlobError
+
+    grace = StoreSettings(unlink_grace=60.0)
+    clock_a, clock_b = task.Clock(), task.Clock()
+    a = _open_watching(data_dir, clock_a, grace)
+    b = _open_watching(data_dir, clock_b, grace)
+    try:
+        acct = b.run(b.store.add_account("alice", "{}", ["alice@example.test"]))
+        box = b.run(b.store.get_mailbox(acct.id, "INBOX"))
+        body = b"Subject: soon gone\r\n\r\nstill readable\r\n"
+        b.deliver_bytes(body, [Delivery(acct.id)])
+        [m] = b.run(b.store.list_messages(box.id))
+
+        def listener(change: MailboxChange) -> None:  # as the IMAP mailbox state does
+            if change.kind == "expunge":
+                a.store.hold_blob(m.blob_id)
+
+        a.store.subscribe(box.id, listener)
+        _until(a, clock_a, lambda: a.store._watcher.polls >= 2, "first polls")  # type: ignore[union-attr]
+        b.run(b.store.store_flags(box.id, [m.uid], frozenset({"\\Deleted"}), "add"))
+        assert b.run(b.store.expunge(box.id)) == [m.uid]
+        _pump(b, clock_b)
+        # Not yet heard of in A: the file is still there, so A's FETCH still works.
+        assert b.store.blob_path(m.blob_id).exists()
+        with a.store.open_blob(m.blob_id) as f:
+            assert f.read() == body
+        _until(a, clock_a, lambda: m.blob_id in a.store._holds, "expunge heard in A")
+        _pump(a, clock_a)  # the pin is made
+        _pump(b, clock_b, 61.0)  # B's grace period ends: B removes the file
+        assert not b.store.blob_path(m.blob_id).exists()
+        with a.store.open_blob(m.blob_id) as f:
+            assert f.read() == body
+        assert a.store.read_blob_head(m.blob_id, 7) == body[:7]
+        a.store.release_blob(m.blob_id)
+        _pump(a, clock_a)
+        assert not list((data_dir / "held").glob(f"*/{m.blob_id}"))
+        try:
+            a.store.open_blob(m.blob_id)
+        except BlobError:
+            pass
+        else:
+            raise AssertionError("the body is still readable after its last hold went")
+    finally:
+        a.close()
+        b.close()
+
+
+def test_grace_period_removes_unheld_bodies_and_close_removes_the_rest(data_dir: Path) -> None:
+    """An expunged body nobody holds goes when the grace period ends; one still waiting
+    when the store closes goes at close (no leftovers)."""
+    clock = task.Clock()
+    h = _open_watching(data_dir, clock, StoreSettings(unlink_grace=30.0))
+    closed = False
+    try:
+        acct = h.run(h.store.add_account("alice", "{}", ["alice@example.test"]))
+        box = h.run(h.store.get_mailbox(acct.id, "INBOX"))
+        h.deliver_bytes(b"Subject: 1\r\n\r\none\r\n", [Delivery(acct.id)])
+        h.deliver_bytes(b"Subject: 2\r\n\r\ntwo\r\n", [Delivery(acct.id)])
+        first, second = h.run(h.store.list_messages(box.id))
+        h.run(h.store.store_flags(box.id, [first.uid], frozenset({"\\Deleted"}), "add"))
+        h.run(h.store.expunge(box.id))
+        _pump(h, clock, 29.0)
+        assert h.store.blob_path(first.blob_id).exists()
+        _pump(h, clock, 2.0)
+        assert not h.store.blob_path(first.blob_id).exists()
+        h.run(h.store.store_flags(box.id, [second.uid], frozenset({"\\Deleted"}), "add"))
+        h.run(h.store.expunge(box.id))
+        _pump(h, clock, 1.0)
+        assert h.store.blob_path(second.blob_id).exists()
+        h.close()
+        closed = True
+        assert not h.store.blob_path(second.blob_id).exists()
+        held = data_dir / "held"
+        assert not held.exists() or list(held.iterdir()) == []  # its pin directory went
+    finally:
+        if not closed:
+            h.close()
+
+
+def test_pins_of_a_dead_process_are_removed_at_open(data_dir: Path) -> None:
+    """A process killed while it pinned bodies leaves its pin directory; the next store
+    to open on this host removes it, but not that of a process still running."""
+    import os
+    import socket
+
+    host = socket.gethostname()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    held = data_dir / "held"
+    stale = held / f"{host}-{int(dead.stdout)}.0001"
+    live = held / f"{host}-{os.getppid()}.0002"
+    other_host = held / "elsewhere.example-1.0003"
+    for d in (stale, live, other_host):
+        d.mkdir(parents=True)
+        (d / ("0" * 32)).write_bytes(b"x")
+    h = open_store(data_dir, settings=StoreSettings(unlink_grace=60.0))
+    try:
+        assert not stale.exists()
+        assert live.exists() and other_host.exists()
     finally:
         h.close()

@@ -1,0 +1,101 @@
+"""A message expunged by a session in one worker stays readable to a session of the
+other worker that still shows it (RFC 9051 §7.5.1: the server may not send EXPUNGE
+while no command is in progress, so a session keeps showing the message until its next
+command that allows one; FETCH is not such a command).
+
+``twistd mxd`` with ``[server] workers = 2``; two imaplib sessions are opened until they
+are served by different worker processes (checked through /proc).  The expunging worker
+leaves the body for ``[store] expunged_body_grace`` seconds (here 1 s); the other
+worker pins it when it hears of the expunge, so a FETCH long after the grace period
+still gets the body, and the pin goes once the session has been told."""
+
+from __future__ import annotations
+
+import imaplib
+import ssl
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.mxdserver import make_server
+from tests.integration.test_workers import _until, owner_of_connection, serving, worker_pids
+
+pytestmark = pytest.mark.integration
+
+CONFIG = "[server]\nworkers = 2\ndrain_timeout = 5.0\n[store]\nexpunged_body_grace = 1.0\n"
+
+
+def _pins(data_dir: Path) -> list[Path]:
+    held = data_dir / "held"
+    return [f for f in held.glob("*/*") if f.is_file()] if held.is_dir() else []
+
+
+def _sessions_in_two_workers(s: Any) -> tuple[imaplib.IMAP4_SSL, imaplib.IMAP4_SSL]:
+    """Two logged-in sessions served by different workers (the kernel spreads accepts
+    over the workers' shared socket; open more until two differ, bounded)."""
+    pids = list(worker_pids(s).values())
+    ctx = ssl.create_default_context(cafile=str(s.ca_file))
+    by_pid: dict[int, imaplib.IMAP4_SSL] = {}
+    extra: list[imaplib.IMAP4_SSL] = []
+    for _ in range(40):
+        c = imaplib.IMAP4_SSL("127.0.0.1", s.ports["imaps"], ssl_context=ctx, timeout=30)
+        c.login(s.user, s.password)
+        port = c.sock.getsockname()[1]
+        pid = _until(lambda port=port: owner_of_connection(pids, port, s.ports["imaps"]),
+                     "the session's worker")
+        if pid in by_pid:
+            extra.append(c)
+        else:
+            by_pid[pid] = c
+        if len(by_pid) == 2:
+            break
+    for c in extra:
+        c.logout()
+    assert len(by_pid) == 2, "40 connections all went to one worker"
+    a, b = by_pid.values()
+    return a, b
+
+
+def test_body_expunged_in_another_worker_stays_readable(tmp_path: Path,
+                                                        tls_files: dict[str, Path]) -> None:
+    s = make_server(tmp_path, tls_files, extra_config=CONFIG)
+    s.start()
+    try:
+        _until(lambda: len(worker_pids(s)) == 2 and all(
+            serving(s, p) for p in worker_pids(s).values()), "two workers serving")
+        a, b = _sessions_in_two_workers(s)
+        box = f"exp{time.monotonic_ns()}"
+        assert a.create(box)[0] == "OK"
+        body = b"Subject: gone soon\r\n\r\nstill readable\r\n"
+        assert a.append(box, None, None, body)[0] == "OK"
+        assert a.select(box)[0] == "OK"
+        assert b.select(box)[0] == "OK"
+        b.store("1", "+FLAGS", "(\\Deleted)")
+        assert b.expunge()[0] == "OK"
+        # A's worker hears of it (within 0.2 s) and pins the body A still shows.
+        [pin] = _until(lambda: _pins(s.data_dir), "the body pinned by A's worker")
+        assert pin.read_bytes() == body
+        # B's worker removes the file when the grace period ends; the pin keeps it.
+        original = s.data_dir / "blobs" / pin.name[:2] / pin.name
+        _until(lambda: not original.exists(), "the body file removed after the grace period")
+        typ, data = a.fetch("1", "(BODY.PEEK[])")
+        assert typ == "OK", data
+        assert data[0][1] == body, data  # type: ignore[index]
+
+        def told() -> bool:
+            assert a.noop()[0] == "OK"
+            return "EXPUNGE" in a.untagged_responses
+
+        _until(told, "A told of the expunge")
+        assert a.untagged_responses["EXPUNGE"] == [b"1"]
+        _until(lambda: not _pins(s.data_dir), "the pin dropped once A was told")
+        typ, data = a.uid("SEARCH", "ALL")
+        assert data == [b""], data
+        for c in (a, b):
+            c.logout()
+        log = s.log_path.read_text(errors="replace")
+        assert "is missing" not in log
+    finally:
+        s.stop()
