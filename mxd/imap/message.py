@@ -16,6 +16,7 @@ import email.parser
 import email.utils
 import quopri
 import re
+import threading
 from email.message import Message
 from email.policy import compat32
 
@@ -44,8 +45,26 @@ def header_end(raw: bytes, start: int = 0) -> int:
     return m.end() if m else len(raw)
 
 
+class _LastParsed(threading.local):
+    block: bytes | None = None
+    parsed: Message | None = None
+
+
+_last = _LastParsed()
+
+
 def parse_headers(block: bytes) -> Message:
-    return _HEADER_PARSER.parsebytes(block)
+    """The header fields of ``block``.  The last block parsed on a thread is kept: the
+    store runs its derivers (ENVELOPE and sort keys, mxd.imap.summary; the preview,
+    mxd.imap.preview) one after the other on each new body, and each parses the same
+    header block, which so costs one parse.  The Message may thus be shared: callers
+    read it, none changes it."""
+    last = _last
+    if last.parsed is not None and last.block == block:
+        return last.parsed
+    parsed = _HEADER_PARSER.parsebytes(block)
+    last.block, last.parsed = block, parsed
+    return parsed
 
 
 def unfold(value: str) -> str:

@@ -124,3 +124,25 @@ def test_any_message_parses_and_renders(pieces: list[bytes]) -> None:
             got = m.section(part, text)
             assert got is None or isinstance(got, bytes)
     m.text_parts()
+
+
+def test_parse_headers_parses_a_block_once_per_thread() -> None:
+    """The store's derivers parse the same header block one after the other: the
+    second gets the first's parse; any other block is parsed anew, and another thread
+    never gets this thread's parse."""
+    import threading
+
+    from mxd.imap.message import parse_headers
+
+    a = b"Subject: one\r\nFrom: a@example.test\r\n\r\n"
+    b = b"Subject: two\r\nFrom: a@example.test\r\n\r\n"  # same length, other octets
+    first = parse_headers(a)
+    assert parse_headers(bytes(bytearray(a))) is first
+    other = parse_headers(b)
+    assert other is not first and other["Subject"] == "two"
+    assert parse_headers(a)["Subject"] == "one"
+    seen: list[object] = []
+    t = threading.Thread(target=lambda: seen.append(parse_headers(a)))
+    t.start()
+    t.join()
+    assert seen[0] is not parse_headers(a) and seen[0]["Subject"] == "one"  # type: ignore[index]
