@@ -206,12 +206,24 @@ def alloc_uids(conn: Conn, mailbox_id: int, n: int) -> int:
     return first
 
 
+def next_uid_modseq(conn: Conn, mailbox_id: int) -> tuple[int, int]:
+    """The UID and modseq of one new message: ``bump_modseq`` then ``alloc_uids(conn,
+    mailbox_id, 1)`` in one statement (each delivery runs it)."""
+    row = conn.execute(
+        "UPDATE mailboxes SET highestmodseq = highestmodseq + 1, uidnext = uidnext + 1 "
+        "WHERE id = ? AND uidnext <= ? RETURNING uidnext - 1, highestmodseq",
+        (mailbox_id, MAX_UID)).fetchone()
+    if row is None:
+        check_mailbox(conn, mailbox_id)
+        raise StoreError("mailbox has run out of UIDs; it must be recreated")
+    return int(row[0]), int(row[1])
+
+
 def insert_new(conn: Conn, mailbox_id: int, w: FileBlobWriter,
                 flags: frozenset[str], when: datetime, props: MessageProps,
                 saved: datetime | None = None) -> tuple[int, int]:
     """Insert a new message; ``saved`` is its save date (RFC 8514), now when None."""
-    modseq = bump_modseq(conn, mailbox_id)
-    uid = alloc_uids(conn, mailbox_id, 1)
+    uid, modseq = next_uid_modseq(conn, mailbox_id)
     conn.execute(
         "INSERT INTO messages (mailbox_id, uid, modseq, flags, internal_date, size, blob_id, "
         "requiretls, tls_required_no, mail_from, received_via, save_date) "

@@ -162,6 +162,26 @@ def test_uids_uidnext_and_modseq(store: StoreHarness) -> None:
     assert store.run(store.store.get_mailbox_by_id(inbox)).unseen == 2
 
 
+def test_last_uid_then_out_of_uids_changes_nothing(store: StoreHarness) -> None:
+    """RFC 3501 §2.3.1.1: UIDs are 32-bit.  The last one, 4294967295, is given out; the
+    delivery after it fails and leaves the mailbox (UIDNEXT, HIGHESTMODSEQ) unchanged."""
+    from mxd.store.interfaces import StoreError
+
+    a = _account(store)
+    inbox = _mbox(store, a)
+    store.run(store.store.transact(lambda conn: conn.execute(
+        "UPDATE mailboxes SET uidnext = 4294967295 WHERE id = ?", (inbox,))))
+    assert store.deliver_bytes(b"last", [Delivery(a)]) == [4294967295]
+    before = store.run(store.store.get_mailbox_by_id(inbox))
+    w = store.store.new_blob()
+    w.write(b"one too many")
+    err = store.fail(store.store.deliver(w, [Delivery(a)], MessageProps()))
+    assert isinstance(err, StoreError) and "run out of UIDs" in str(err)
+    after = store.run(store.store.get_mailbox_by_id(inbox))
+    assert (after.uidnext, after.highestmodseq, after.exists) == (
+        before.uidnext, before.highestmodseq, 1) == (2**32, before.highestmodseq, 1)
+
+
 def test_append_with_date_and_flags(store: StoreHarness) -> None:
     """APPEND keeps the given internal date and flags (\\Recent dropped); bad flags fail."""
     a = _account(store)
