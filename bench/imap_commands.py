@@ -59,6 +59,9 @@ def main(commands: Commands, name: str) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=10000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--baseline-root", type=Path,
+                    help="also measure the mxd source tree in this directory, as mxd-base "
+                         "(before/after figures of a change in one run)")
     args = ap.parse_args()
     if shutil.which("dovecot") is None:
         sys.exit("dovecot is not installed (dovecot-imapd)")
@@ -67,8 +70,10 @@ def main(commands: Commands, name: str) -> None:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         tls, msgdir, _ = prepare(base, args.messages)
-        servers: list[MxdServer | DovecotServer] = [MxdServer("mxd", ROOT, base, tls, msgdir),
-                                                    DovecotServer(base, tls, msgdir)]
+        servers: list[MxdServer | DovecotServer] = [MxdServer("mxd", ROOT, base, tls, msgdir)]
+        if args.baseline_root is not None:
+            servers.append(MxdServer("mxd-base", args.baseline_root.resolve(), base, tls, msgdir))
+        servers.append(DovecotServer(base, tls, msgdir))
         results: dict[str, list[dict[str, float]]] = {s.name: [] for s in servers}
         for rnd in range(args.rounds):
             print(f"round {rnd + 1}:")
@@ -96,6 +101,11 @@ def main(commands: Commands, name: str) -> None:
                         f"{m[key + '_cold'] / d[key + '_cold']:.2f}x warm "
                         f"{m[key + '_warm'] / d[key + '_warm']:.2f}x")
             print(row)
+            if "mxd-base" in med:
+                b = med["mxd-base"]
+                print(f"    mxd-base {b[key + '_cold']:.3f}/{b[key + '_warm']:.3f}s "
+                      f"(CPU {b[key + '_warm_cpu']:.3f}s); mxd/mxd-base warm "
+                      f"{m[key + '_warm'] / b[key + '_warm']:.2f}x")
     finally:
         for p in procs:
             stop(p)

@@ -38,10 +38,18 @@ def commands(n: int) -> list[tuple[str, str, bool]]:
     """(key, command, both servers)."""
     return [
         ("subject", "UID SEARCH RETURN (COUNT) SUBJECT transport", True),
+        ("from", "UID SEARCH RETURN (COUNT) FROM sender42", True),
+        ("header", "UID SEARCH RETURN (COUNT) HEADER Message-ID example", True),
+        ("or_to_cc", "UID SEARCH RETURN (COUNT) OR TO bob CC carol", True),
         ("partial_last", f"UID SEARCH RETURN (PARTIAL {max(1, n - 49)}:{n}) ALL", True),
         ("within", "UID SEARCH RETURN (COUNT) YOUNGER 86400", True),
         ("savedate", "UID SEARCH RETURN (COUNT) SAVEDSINCE 1-Jan-2020", True),
         ("esort_unseen", "UID SORT RETURN (COUNT MIN MAX) (DATE) UTF-8 UNSEEN", True),
+        ("sort_date", "UID SORT (DATE) UTF-8 ALL", True),
+        ("sort_subject", "UID SORT (SUBJECT) UTF-8 ALL", True),
+        ("sort_from", "UID SORT (REVERSE FROM DATE) UTF-8 ALL", True),
+        ("thread_refs", "UID THREAD REFERENCES UTF-8 ALL", True),
+        ("thread_subject", "UID THREAD ORDEREDSUBJECT UTF-8 ALL", True),
         ("partial_neg", "UID SEARCH RETURN (PARTIAL -1:-50) ALL", False),
         ("multisearch", "ESEARCH IN (personal) RETURN (COUNT) SUBJECT transport", False),
     ]

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime
 from email.message import Message
 
+from mxd.imap import headersearch
 from mxd.imap.addresses import Address, parse_address_list
 from mxd.imap.message import ParsedMessage, decode_header_value, raw_all
 from mxd.imap.values import SearchKey, SeqSet
@@ -56,11 +57,15 @@ def uses_savedate(key: SearchKey) -> bool:
 
 
 class Candidate:
-    """One message as the evaluator sees it."""
+    """One message as the evaluator sees it.  ``stored`` is its header search text
+    (mxd.imap.headersearch) when the store has it: header keys read it instead of the
+    header, which is loaded only where the stored text cannot decide."""
 
     def __init__(self, seq: int, info: MessageInfo, max_seq: int, max_uid: int,
                  load_header: Callable[[], Message], load_message: Callable[[], ParsedMessage],
-                 now: datetime, recent: bool = False, saved: datetime | None = None) -> None:
+                 now: datetime, recent: bool = False, saved: datetime | None = None,
+                 stored: bytes | None = None) -> None:
+        self.stored = stored
         self.recent = recent
         self.saved = saved  # RFC 8514 save date, when the program needs it
         self.seq = seq
@@ -85,6 +90,15 @@ class Candidate:
         return self._texts
 
     def sent_date(self) -> date | None:
+        if self.stored is not None:
+            iso = headersearch.stored_sent_date(self.stored)
+            if iso == "-":
+                return None
+            if iso is not None:
+                try:
+                    return date.fromisoformat(iso)
+                except ValueError:
+                    pass
         values = raw_all(self.header, "Date")
         if not values:
             return None
@@ -96,6 +110,10 @@ class Candidate:
 
 
 def _header_contains(c: Candidate, name: str, needle: str) -> bool:
+    if c.stored is not None:
+        found = headersearch.contains(c.stored, name, needle)
+        if found is not None:
+            return found
     values = [v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
               for v in raw_all(c.header, name)]
     if needle == "":
@@ -176,6 +194,11 @@ def matches(key: SearchKey, c: Candidate, saved: SeqSet | None = None) -> bool:
         age = (c.now - c.info.internal_date.astimezone(UTC)).total_seconds()
         return age >= a[0] if k == "OLDER" else age <= a[0]
     if k in _ADDR_HEADERS:
+        if c.stored is not None:
+            # The field's text and (but for SUBJECT) its addresses, as stored.
+            found = headersearch.contains(c.stored, _ADDR_HEADERS[k], a[0], k != "SUBJECT")
+            if found is not None:
+                return found
         if _header_contains(c, _ADDR_HEADERS[k], a[0]):
             return True
         return k != "SUBJECT" and _address_contains(c, _ADDR_HEADERS[k], a[0])

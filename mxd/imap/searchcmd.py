@@ -8,12 +8,13 @@ from datetime import UTC, datetime
 from email.message import Message
 from typing import TYPE_CHECKING
 
-from mxd.imap import context, esearch
+from mxd.imap import context, esearch, headersearch
 from mxd.imap import message as mimemsg
 from mxd.imap.dispatch import Reply, bad, no, ok
 from mxd.imap.messagecache import read_header_block
 from mxd.imap.search import Candidate, matches, needs, uses_modseq, uses_savedate
 from mxd.imap.searchres import to_save
+from mxd.imap.storedvalues import stored_values
 from mxd.imap.values import Command, SearchArgs, SearchKey
 from mxd.store.interfaces import MessageInfo
 
@@ -66,13 +67,19 @@ async def selected_matches(s: IMAPSession, key: SearchKey, now: datetime,
     saved = await save_dates_for(s, view.info.id, key, only)
     if s.view is not view:
         return []
+    need = needs(key)
+    # Header keys read the stored header search text (mxd.imap.headersearch), one query
+    # per mailbox and command at most; a message without one has its header read.
+    stored = await stored_values(s, headersearch.KIND) if need == "header" else {}
+    if s.view is not view:
+        return []
     todo: Iterable[tuple[int, int]]
     if only is None:
         todo = enumerate(view.uids[:], 1)  # lazily: no list per message of a big mailbox
     else:
         todo = [(q, u) for u in sorted(set(only)) if (q := view.seq_of(u)) is not None]
     out = []
-    meta_only = needs(key) == "meta"
+    meta_only = need == "meta"
     for seq, uid in todo:
         await s.breathe()
         m = view.msgs.get(uid)
@@ -81,7 +88,7 @@ async def selected_matches(s: IMAPSession, key: SearchKey, now: datetime,
         # Flags, sizes and dates need no loader (a pair of closures per message).
         h, f = (_no_header, _no_message) if meta_only else loaders(s, m)
         c = Candidate(seq, m, exists, max_uid, h, f, now, uid in recent,  # type: ignore[arg-type]
-                      saved.get(uid))
+                      saved.get(uid), stored.get(uid))
         if matches(key, c):
             out.append((seq, uid, m))
     return out

@@ -22,6 +22,7 @@ from mxd.imap.messagecache import read_header_block
 from mxd.imap.search import Candidate, matches, uses_savedate
 from mxd.imap.searchcmd import CHARSETS
 from mxd.imap.sort import SortData, chunked_sort, key_function, sort_steps
+from mxd.imap.storedvalues import stored_values
 from mxd.imap.values import Command, SearchKey, SortArgs
 from mxd.store.interfaces import MessageInfo, StoreError
 
@@ -41,39 +42,10 @@ Keys = bytes | summary.Fields
 Row = tuple[int, int, float, int, Keys]
 
 
-# The stored keys of recently sorted or threaded mailboxes, shared by the sessions of a
-# factory: (mailbox id, UIDVALIDITY) -> (UID -> keys, the highest UID asked for).  A
-# UID's keys never change (its body is immutable), so an entry only grows: a later
-# command asks the store for the UIDs above the highest one asked for.  Bounded by
-# the number of messages kept (about 110 octets of keys each, and the dict's share).
-MAX_STORED = 200_000
-_stored: WeakKeyDictionary[object, OrderedDict[tuple[int, int], tuple[dict[int, bytes], int]]] = (
-    WeakKeyDictionary())
-
-
 async def stored_keys(s: IMAPSession) -> Mapping[int, bytes]:
     """UID -> the stored keys (summary.KEYS) of the selected mailbox's messages that
     have them; {} when the store cannot say (the keys are then read from the files)."""
-    view = s.view
-    assert view is not None
-    mailboxes = _stored.get(s.factory)
-    if mailboxes is None:
-        mailboxes = _stored[s.factory] = OrderedDict()
-    key = (view.info.id, view.info.uidvalidity)
-    values, asked = mailboxes.pop(key, ({}, 0))
-    top = view.max_uid
-    if top > asked:
-        try:
-            values = {**values, **await s.store.get_derived(view.info.id, summary.KEYS, asked + 1)}
-        except StoreError:
-            return values
-        asked = top
-    mailboxes[key] = (values, asked)
-    total = sum(len(v) for v, _ in mailboxes.values())
-    while total > MAX_STORED and len(mailboxes) > 1:
-        _, (dropped, _) = mailboxes.popitem(last=False)
-        total -= len(dropped)
-    return values
+    return await stored_values(s, summary.KEYS)
 
 
 def _decode(raw: bytes | None) -> summary.Fields | None:

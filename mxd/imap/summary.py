@@ -8,9 +8,11 @@ The store keeps values derived from each body under a kind name (see the
   ENVELOPE of a mailbox never opens its files;
 * ``KEYS`` (kind ``imap.sortkeys.1``): the header parts of the SORT keys (RFC 5256 §3,
   RFC 5957 §3: sent date, base subject, first From/To/Cc mailbox and display name) and
-  of THREAD (RFC 5256 §2.1 reply/forward, Message-ID, References or In-Reply-To).
+  of THREAD (RFC 5256 §2.1 reply/forward, Message-ID, References or In-Reply-To);
+* ``HSEARCH`` (kind ``imap.hsearch.1``, mxd.imap.headersearch): the decoded, casefolded
+  header texts that SEARCH FROM/TO/CC/BCC/SUBJECT/HEADER/SENT* compare.
 
-``derive`` computes both from a body's first octets; the composition registers it with
+``derive`` computes all three from one parse of the header block from a body's first octets; the composition registers it with
 the store (``register``), which runs it on its own thread when a message is stored.
 The format of a value is fixed by its kind name: change it only under a new name.
 """
@@ -18,7 +20,9 @@ The format of a value is fixed by its kind name: change it only under a new name
 from __future__ import annotations
 
 import json
+from email.message import Message
 
+from mxd.imap import headersearch
 from mxd.imap import message as mimemsg
 from mxd.imap.envelope import render_envelope
 from mxd.imap.messagecache import read_header
@@ -28,7 +32,8 @@ from mxd.store.interfaces import IMailStore, ReadHead
 
 ENVELOPE = "imap.envelope.1"
 KEYS = "imap.sortkeys.1"
-KINDS = (ENVELOPE, KEYS)
+HSEARCH = headersearch.KIND
+KINDS = (ENVELOPE, KEYS, HSEARCH)
 DERIVER = "imap"
 
 # The Date header (None: use the internal date) and the header parts of SortData and
@@ -37,7 +42,10 @@ HeaderKeys = tuple[float | None, SortData, ThreadData]
 
 
 def header_keys(header: bytes) -> HeaderKeys:
-    h = mimemsg.parse_headers(header)
+    return keys_of(mimemsg.parse_headers(header))
+
+
+def keys_of(h: Message) -> HeaderKeys:
     # The per-message fields are the reader's: zero here, as decode_keys gives them.
     return (header_date(h), SortData(0, 0, 0.0, 0.0, 0, *header_sort_keys(h)),
             thread_data(0, 0, 0.0, h))
@@ -46,7 +54,9 @@ def header_keys(header: bytes) -> HeaderKeys:
 def derive(read_head: ReadHead) -> dict[str, bytes]:
     """The values IMAP stores for one message (a ``Deriver``)."""
     header = read_header(read_head)
-    return {ENVELOPE: render_envelope(header, False), KEYS: encode_keys(header_keys(header))}
+    h = mimemsg.parse_headers(header)
+    return {ENVELOPE: render_envelope(header, False), KEYS: encode_keys(keys_of(h)),
+            HSEARCH: headersearch.encode(h)}
 
 
 def register(store: IMailStore) -> None:
