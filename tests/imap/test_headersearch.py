@@ -125,7 +125,7 @@ _TEXT = st.lists(st.sampled_from(list("aAbß é€z=?_ :,<>@\"()\t") + ["=?utf-8
 @given(subject=_TEXT, frm=_TEXT, other=_TEXT, needle=_TEXT, pick=st.integers(0, 5))
 def test_any_header_and_needle(subject: str, frm: str, other: str, needle: str, pick: int) -> None:
     block = (f"Subject: {subject}\r\nFrom: {frm}\r\nX-Other: {other}\r\n\r\n"
-             .encode("utf-8"))
+             .encode())
     h = parse_headers(block)
     stored = headersearch.encode(h)
     # A needle taken from a value finds something more often than a random one.
