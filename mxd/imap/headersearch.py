@@ -36,7 +36,7 @@ from email.message import Message
 from functools import lru_cache
 
 from mxd.imap.addresses import Address, parse_address_list
-from mxd.imap.message import decode_header_value, raw_all
+from mxd.imap.message import _simple_addresses, decode_header_value, raw_all, unfold
 
 KIND = "imap.hsearch.1"
 UNUSABLE = b"!"
@@ -80,7 +80,14 @@ def header_value(raw: str) -> str:
 
 def address_pieces(raw: str) -> list[str]:
     """The address specs and display names of a raw address field, as FROM/TO/CC/BCC
-    compare them (RFC 5322 §3.4.1: ``<user (c)@ (c) domain.org>`` is user@domain.org)."""
+    compare them (RFC 5322 §3.4.1: ``<user (c)@ (c) domain.org>`` is user@domain.org),
+    leaving out those that are bound to be in the field's text already: the common
+    plain forms (``Name <a@b>``, ``"Name" <a@b>``, ``a@b``, no comment, no encoded word,
+    single spaces), whose specs and names are written out in the text as they are."""
+    if raw.isascii() and "=?" not in raw:
+        simple = _simple_addresses(unfold(raw))
+        if simple is not None and all(" " * 2 not in n and "\t" not in n for n, _ in simple):
+            return []
     out = []
     for entry in parse_address_list(decode_header_value(raw)):
         if isinstance(entry, Address):
@@ -100,34 +107,36 @@ def encode(h: Message) -> bytes:
 
 
 def _encode(h: Message) -> bytes:
+    by_name: dict[str, list[str]] = {}
+    for k, v in h.raw_items():
+        by_name.setdefault(str(k).lower(), []).append(str(v))
     lines: list[str] = []
     skipped: list[str] = []
-    items = list(h.raw_items())
-    names = {str(k).lower() for k, _ in items}
-    for n in names:
-        if not _good_name(n):
-            return UNUSABLE  # cannot be written down: every key reads the header
     size = 0
-    by_name: dict[str, list[str]] = {}
-    for k, v in items:
-        by_name.setdefault(str(k).lower(), []).append(str(v))
     for name, values in by_name.items():
+        if not _good_name(name):
+            return UNUSABLE  # cannot be written down: every key reads the header
         if name in TRACE:
             skipped.append(name)
             continue
-        texts = [header_value(v).casefold() for v in values]
+        every = []
+        for v in values:
+            if v.isascii() and "=?" not in v and "\n" not in v:
+                every.append(v.casefold())  # what header_value gives such a value
+            else:
+                every.append(header_value(v).casefold())
+        count = len(every)
         if name in ADDRESS_FIELDS:
-            pieces = [p.casefold() for v in values for p in address_pieces(v)]
-        else:
-            pieces = []
-        every = texts + pieces
-        if (any("\n" in t or len(t) > MAX_FIELD for t in every)
-                or size + sum(len(t) for t in every) > MAX_TEXT):
+            for v in values:
+                every.extend(p.casefold() for p in address_pieces(v))
+        length = sum(map(len, every))
+        if size + length > MAX_TEXT or any("\n" in t or len(t) > MAX_FIELD for t in every):
             skipped.append(name)
             continue
-        size += sum(len(t) + len(name) + 2 for t in every)
-        lines.extend(f"{name}:{t}" for t in texts)
-        lines.extend(f"\x01{name}:{p}" for p in pieces)
+        size += length
+        head = name + ":"
+        lines.extend(head + t for t in every[:count])
+        lines.extend("\x01" + head + t for t in every[count:])
     first = " ".join([sent_date(h), *skipped])
     return "\n".join([first, *lines]).encode("utf-8", "surrogatepass")
 
