@@ -10,7 +10,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from email.message import Message
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
 import attrs
@@ -225,9 +225,8 @@ async def do_sort(s: IMAPSession, cmd: Command) -> Reply:
     is_uid = cmd.name == "UID SORT"
     now = datetime.fromtimestamp(s.clock.seconds(), UTC)
     opts_needing_items = args.return_opts is not None and "UPDATE" in args.return_opts
-    if len(args.criteria) == 1 and args.criteria[0][0] in _NUMERIC and not opts_needing_items:
-        # One numeric criterion (a client's date order): (key, seq, uid) tuples sorted
-        # as they are, no SortData per message.  Equal keys keep sequence order (§3).
+    if not opts_needing_items:
+        # A tuple of plain values per message (no SortData), sorted as it is.
         try:
             numbers = await _sort_numeric(s, args, now, is_uid)
         except ValueError as e:
@@ -289,27 +288,79 @@ async def do_sort(s: IMAPSession, cmd: Command) -> Reply:
 _NUMERIC = ("ARRIVAL", "DATE", "SIZE")
 
 
+# Where each string criterion is among the fields of the stored keys (summary.KEYS).
+_STRING_FIELD = {"SUBJECT": 1, "FROM": 2, "TO": 3, "CC": 4, "DISPLAYFROM": 5, "DISPLAYTO": 6}
+
+
+def _as_bytes(keys: Keys) -> list[bytes]:
+    """The date and the six string fields of a Row's keys as the UTF-8 octets of the
+    stored format: octets compare as the strings' code points do (UTF-8 keeps code point
+    order), so no key is decoded to sort."""
+    if isinstance(keys, bytes) and keys[:1] != b"J":
+        parts = keys.split(b"\0", 7)
+        if len(parts) == 8:
+            return parts
+    f = fields(keys)
+    return [b"" if f[0] is None else repr(f[0]).encode(),
+            *(v.encode("utf-8", "surrogatepass") for v in f[1:7])]
+
+
 async def _sort_numeric(s: IMAPSession, args: SortArgs, now: datetime, is_uid: bool) -> list[int]:
-    """SORT by one of ARRIVAL, DATE (RFC 5256 §2.2 sent date) or SIZE, maybe REVERSE:
-    the numbers in order.  Raises ValueError for a search program that cannot run."""
-    name, reverse = args.criteria[0]
-    sign = -1 if reverse else 1
-    keyed: list[tuple[float, int, int]] = []
+    """SORT by ``args.criteria`` (RFC 5256 §3, RFC 5957 §3; REVERSE applies to the
+    criterion it precedes; messages equal under all of them in sequence order): a tuple
+    of the criteria's values, then sequence number and UID, per message, sorted as it
+    is; the string keys stay the stored octets.  The numbers in order.  Raises
+    ValueError for a search program that cannot run."""
+    criteria = args.criteria
+    numeric_only = all(k in _NUMERIC for k, _ in criteria)
+    keyed: list[tuple[Any, ...]] = []
+    for_date = any(k == "DATE" for k, _ in criteria)
     async for chunk in rows(s, args.key, now):
         for seq, uid, arrival, size, keys in chunk:
-            if name == "DATE":
-                date = sent(keys)
-                v = arrival if date is None else date
+            parts: list[bytes] | None = None
+            if numeric_only:
+                date = sent(keys) if for_date else None
             else:
-                v = arrival if name == "ARRIVAL" else size
-            keyed.append((sign * v, seq, uid))
-    ordered: list[tuple[float, int, int]] = []
+                parts = _as_bytes(keys)
+                date = _float(parts[0]) if for_date else None
+            vals: list[Any] = []
+            for name, reverse in criteria:
+                if name == "ARRIVAL":
+                    v: Any = arrival
+                elif name == "DATE":
+                    v = arrival if date is None else date
+                elif name == "SIZE":
+                    v = size
+                else:
+                    assert parts is not None
+                    v = parts[_STRING_FIELD[name]]
+                    vals.append(v.translate(_INVERT) + b"\xff" if reverse else v)
+                    continue
+                vals.append(-v if reverse else v)
+            vals.append(seq)
+            vals.append(uid)
+            keyed.append(tuple(vals))
+        await s.breathe()
+    ordered: list[tuple[Any, ...]] = []
     for _ in chunked_sort(keyed, _same, ordered):
         await s.breathe()
-    return [t[2] for t in ordered] if is_uid else [t[1] for t in ordered]
+    return [t[-1] for t in ordered] if is_uid else [t[-2] for t in ordered]
 
 
-def _same(t: tuple[float, int, int]) -> tuple[float, int, int]:
+# REVERSE of a string key as octets that sort the other way: each octet inverted, then
+# 0xFF, so that a string sorts after its own extensions ("ab" after "abc").  The fields
+# hold no NUL, so no inverted octet is 0xFF.
+_INVERT = bytes(255 - b for b in range(256))
+
+
+def _float(v: bytes) -> float | None:
+    try:
+        return float(v) if v else None
+    except ValueError:
+        return None
+
+
+def _same(t: tuple[Any, ...]) -> tuple[Any, ...]:
     return t
 
 
