@@ -12,10 +12,14 @@ outgrows its bound (a client that does not read, or a flood of changes) ends in 
 [NOTIFICATIONOVERFLOW]`` and NOTIFY NONE (§5.8).
 
 With ``[server] workers = N`` the store's change notices cross processes (message
-events); names and subscriptions changed by another process are found by comparing the
-account's names once per ``POLL_INTERVAL`` (one query per account, not per session, and
-only while a session asks for MailboxName or SubscriptionChange).  Annotation changes
-reach sessions of the same process only.
+events), and so do names, subscriptions and annotations on a store that reports them
+(``on_account_changes``: SQLite writes them to a journal the other processes read when
+the database changed, mxd.store.watch): a rename there arrives as a rename (LIST with
+OLDNAME), a SETMETADATA as METADATA.  On a store that does not (PostgreSQL), names and
+subscriptions changed by another node are found by comparing the account's names once
+per ``POLL_INTERVAL`` (one query per account, not per session, and only while a session
+asks for MailboxName or SubscriptionChange; a rename reads as a delete and a create),
+and annotation changes reach sessions of the same process only.
 
 Events a session causes itself are not queued for it where the session knows it caused
 them (mailbox names, subscriptions, annotations: §5 "The server SHOULD omit notifying
@@ -44,7 +48,7 @@ from mxd.imap.notify import (
     NotifySpec,
     matches,
 )
-from mxd.store.interfaces import MailboxChange, NoSuchMailbox, StoreError
+from mxd.store.interfaces import AccountChange, MailboxChange, NoSuchMailbox, StoreError
 
 if TYPE_CHECKING:
     from mxd.imap.server import IMAPSession
@@ -81,15 +85,19 @@ class NotifyHub:
 
     def __init__(self) -> None:
         self._accounts: dict[int, _Account] = {}
+        self._journal = False  # the store passes other processes' account changes
 
     async def join(self, n: Notifier) -> bool:
         """Start passing ``n`` the events of its account; False when the account has
         too many mailboxes to watch."""
         acc = self._accounts.setdefault(n.account_id, _Account())
         acc.notifiers.add(n)
+        if not self._journal and hasattr(n.store, "on_account_changes"):
+            self._journal = True  # one listener for the process, whichever account
+            n.store.on_account_changes(self._foreign)
         if not acc.names:
             await self._load(n.store, n.account_id, acc)
-        if n.wants_names() and acc.boxes is None:
+        if n.wants_names() and acc.boxes is None and not self._journal:
             acc.boxes, acc.subscribed = await _names_now(n.store, n.account_id)
             self._poll_later(n.account_id, acc, n.session.clock)
         return len(acc.names) <= MAX_WATCHED
@@ -162,7 +170,30 @@ class NotifyHub:
             if n.session is not origin:
                 n.mailbox_event(event, name, old=old, exists=exists, subscribed=subscribed)
 
-    # -- names and subscriptions changed by other processes ---------------------------
+    # -- names, subscriptions and annotations changed by other processes ---------------
+    def _foreign(self, changes: list[AccountChange]) -> None:
+        """RFC 5465 §5.4-§5.7 for what another process committed (its sessions were told
+        by the command; here nobody caused it, so every NOTIFY session hears it)."""
+        reload: set[int] = set()
+        for c in changes:
+            acc = self._accounts.get(c.account_id)
+            if acc is None:
+                continue
+            if c.kind == "metadata":
+                for n in list(acc.notifiers):
+                    n.metadata_event(c.name, list(c.entries))
+                continue
+            if c.name is None:
+                continue
+            event = Event.MAILBOX_NAME if c.kind == "name" else Event.SUBSCRIPTION_CHANGE
+            if event == Event.MAILBOX_NAME:
+                reload.add(c.account_id)
+            for n in list(acc.notifiers):
+                n.mailbox_event(event, c.name, old=c.old, exists=c.exists,
+                                subscribed=c.subscribed)
+        for account_id in reload:
+            self._reload(account_id)
+
     def _poll_later(self, account_id: int, acc: _Account, clock: Any) -> None:
         def tick() -> None:
             acc.timer = None

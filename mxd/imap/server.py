@@ -87,6 +87,7 @@ from mxd.store.interfaces import (
     IAccountStore,
     IMailStore,
     MailboxChange,
+    MailboxInfo,
     MessageInfo,
     StoreError,
 )
@@ -939,11 +940,25 @@ class IMAPSession(Protocol):
         if n is not None:
             n.close()
 
+    def _follow_rename(self, view: MailboxView) -> None:
+        """The selected mailbox was renamed (by this or another session, in this or
+        another process): it stays selected under its new name (the store's RENAME keeps
+        its id, UIDVALIDITY and messages), so that commands naming it (DELETE, NOTIFY's
+        selected mailbox, ESEARCH's mailbox) know it by that name."""
+        def got(info: MailboxInfo) -> None:
+            if self.view is view and info.id == view.info.id:
+                view.info = attrs.evolve(view.info, name=info.name)
+
+        self.store.get_mailbox_by_id(view.info.id).addCallbacks(
+            got, lambda f: log.debug("renamed mailbox not found: {e}", e=f.getErrorMessage()))
+
     def _on_change(self, change: MailboxChange) -> None:
         """The shared mailbox state passes on a committed change (it has already marked
         the view dirty, deleted, or given it the expunged UIDs)."""
         if self.view is None:
             return
+        if change.kind == "renamed":
+            self._follow_rename(self.view)
         pushing = self._idle_tag is not None or notifier.wants_selected(self)
         if pushing and not self._idle_pushing:
             # RFC 2177: report changes at once while idling; RFC 5465 §5.2, §5.3: at once

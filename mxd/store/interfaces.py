@@ -232,6 +232,21 @@ class MailboxChange:
     highestmodseq: int = 0
 
 
+@attrs.frozen
+class AccountChange:
+    """A change to an account's mailbox names, subscriptions or annotations, as another
+    process of the same store reports it (mxd.store.watch): what RFC 5465 §5.4-§5.7
+    calls MailboxName, SubscriptionChange and Mailbox/ServerMetadataChange events."""
+
+    account_id: int
+    kind: str  # "name" | "subscription" | "metadata"
+    name: str | None  # the mailbox (None: server annotations)
+    old: str | None = None  # a rename's old name
+    exists: bool = True  # "name": created or renamed (True), deleted (False)
+    subscribed: bool = False  # "subscription": subscribed now
+    entries: tuple[str, ...] = ()  # "metadata": the entry names set or removed
+
+
 class BlobWriter(Protocol):
     """Receives a message body as it arrives (SMTP DATA, IMAP APPEND literal).
 

@@ -27,7 +27,7 @@ from typing import Protocol, TypeVar
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 
-from mxd.store.interfaces import StoreError
+from mxd.store.interfaces import AccountChange, StoreError
 from mxd.store.sqlbase import Conn
 
 T = TypeVar("T")
@@ -201,6 +201,14 @@ class SQLiteMetadata:
                 "WHERE account_id = ?", (account_id,)).fetchone()
             if count > limits.max_entries or total > limits.max_total:
                 raise MetadataTooMany(f"{count} entries, {total} octets")  # rolls back
+            note = getattr(self._db, "record_account_change", None)
+            if note is not None:  # other processes' NOTIFY sessions (RFC 5465 §5.6, §5.7)
+                row = None if mailbox_id == SERVER else conn.execute(
+                    "SELECT name FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+                if mailbox_id == SERVER or row is not None:
+                    note(conn, AccountChange(
+                        account_id, "metadata", None if row is None else str(row[0]),
+                        entries=tuple(dict.fromkeys(n for n, _ in todo))))
 
         return self._db.transact(op)
 

@@ -79,6 +79,7 @@ For the outbound queue (mxd.queue), which keeps its tables in this same database
 from __future__ import annotations
 
 import collections
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -99,6 +100,7 @@ from mxd.store.interfaces import (
     DEFAULT_MAILBOXES,
     Accepted,
     Account,
+    AccountChange,
     AccountExists,
     BlobWriter,
     CannotDeleteInbox,
@@ -124,7 +126,7 @@ from mxd.store.metadata import METADATA_MIGRATIONS
 from mxd.store.schema import STORE_MIGRATIONS
 from mxd.store.sqlbase import INTEGRITY_ERRORS, Conn
 from mxd.store.sqlitedb import WRITE_LOCK_NAME, DatabaseOpener, WriteLock
-from mxd.store.watch import ChangeWatcher
+from mxd.store.watch import JOURNAL_MIGRATIONS, ChangeWatcher, record
 from mxd.store.writer import OpContext, PoolLike, StoreClosed, Writer
 
 log = Logger()
@@ -137,7 +139,8 @@ DB_NAME = "mxd.sqlite3"
 # The components every SQLite store has (mxd.store.pgschema.SCHEMAS: the same on PostgreSQL).
 BUILTIN_SCHEMAS: dict[str, list[str]] = {"store": STORE_MIGRATIONS,
                                          "queue": queuedb.QUEUE_MIGRATIONS,
-                                         "metadata": METADATA_MIGRATIONS}
+                                         "metadata": METADATA_MIGRATIONS,
+                                         "changes": JOURNAL_MIGRATIONS}
 
 
 @attrs.frozen
@@ -192,9 +195,13 @@ class SQLiteStore:
         self._write_lock = WriteLock(self.data_dir / WRITE_LOCK_NAME)
         self._writer.write_lock = self._write_lock
         self._watcher: ChangeWatcher | None = None
+        # Names this store's rows of account_changes (mxd.store.watch): unique per open
+        # store, so a process skips its own and a restarted one is another origin.
+        self.origin = f"{os.getpid()}-{os.urandom(4).hex()}"
         if settings.watch_interval > 0 and hasattr(reactor, "callLater"):
             self._watcher = ChangeWatcher(reactor, self._writer.call, self._read_op,
-                                          self._dispatch, settings.watch_interval)
+                                          self._dispatch, settings.watch_interval,
+                                          origin=self.origin)
 
     @property
     def db_path(self) -> Path:
@@ -539,6 +546,18 @@ class SQLiteStore:
         if self._watcher is not None:
             self._watcher.on_commit.append(fn)
 
+    def on_account_changes(self, fn: Callable[[list[AccountChange]], None]) -> None:
+        """Call ``fn`` (reactor thread) with the mailbox name, subscription and
+        annotation changes other processes commit from now on (mxd.store.watch);
+        nothing when the watcher is off.  This process's own are not passed."""
+        if self._watcher is not None:
+            self._watcher.on_account(fn)
+
+    def record_account_change(self, conn: Conn, change: AccountChange) -> None:
+        """Writer thread, inside ``transact``: note ``change`` for the other processes
+        (it commits or rolls back with the transaction)."""
+        record(conn, self.origin, change)
+
     def _dispatch(self, changes: list[MailboxChange]) -> None:
         for change in changes:
             for listener in list(self._listeners.get(change.mailbox_id, ())):
@@ -847,6 +866,8 @@ class SQLiteStore:
                                   "AND name = ?", (account_id, name)).rowcount
             mailbox_id = q.create_one(conn, account_id, name, special_use,
                                       subscribed=bool(orphan))
+            record(conn, self.origin, AccountChange(account_id, "name", name,
+                                                    subscribed=bool(orphan)))
             row = conn.execute(q.MAILBOX_SELECT + " WHERE m.id = ?", (mailbox_id,)).fetchone()
             return q.mailbox_info(row)
 
@@ -870,6 +891,7 @@ class SQLiteStore:
                          "SELECT account_id, name FROM mailboxes WHERE id = ? AND subscribed <> 0 "
                          "ON CONFLICT DO NOTHING", (mailbox_id,))
             self._drop_mailbox(conn, ctx, mailbox_id)
+            record(conn, self.origin, AccountChange(account_id, "name", name, exists=False))
 
         return self._writer.submit(op)
 
@@ -900,6 +922,7 @@ class SQLiteStore:
                 uids = [r[0] for r in conn.execute(
                     "SELECT uid FROM messages WHERE mailbox_id = ? ORDER BY uid", (src,))]
                 q.move(conn, ctx, src, uids, dest, self._now())
+                record(conn, self.origin, AccountChange(account_id, "name", new))
                 return
             affected = [r[0] for r in conn.execute(
                 "SELECT id FROM mailboxes WHERE account_id = ? AND (name = ? OR name LIKE ? ESCAPE '!')",
@@ -913,6 +936,7 @@ class SQLiteStore:
                 raise MailboxExists(f"a mailbox below {new!r} exists") from None
             for mailbox_id in affected:
                 ctx.changes.append(MailboxChange(mailbox_id, "renamed"))
+            record(conn, self.origin, AccountChange(account_id, "name", new, old=old))
 
         return self._writer.submit(op)
 
@@ -924,10 +948,14 @@ class SQLiteStore:
             if not subscribed and conn.execute(
                     "DELETE FROM orphan_subscriptions WHERE account_id = ? AND name = ?",
                     (account_id, name)).rowcount:
-                return  # the subscription of a deleted mailbox ends
+                # the subscription of a deleted mailbox ends
+                record(conn, self.origin, AccountChange(account_id, "subscription", name))
+                return
             mailbox_id = q.mailbox_id(conn, account_id, name)
             conn.execute("UPDATE mailboxes SET subscribed = ? WHERE id = ?",
                          (int(subscribed), mailbox_id))
+            record(conn, self.origin, AccountChange(account_id, "subscription", name,
+                                                    subscribed=subscribed))
 
         return self._writer.submit(op)
 

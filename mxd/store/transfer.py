@@ -64,6 +64,9 @@ TABLES: list[tuple[str, str, str | None]] = [
 # Tables that must be empty in a source at rest, and are not copied: bodies whose fsync
 # a crash may have cut short (mxd.store.unsynced), checked by the next start.
 MUST_BE_EMPTY = ["unsynced_blobs"]
+# Tables of a running installation's processes, not copied: account_changes (SQLite's
+# change notices between worker processes, mxd.store.watch) matter to no later start.
+TRANSIENT = ["account_changes"]
 # Counters the triggers change while rows are copied: set to the source's values last.
 COUNTERS = [("blobs", "id", "refcount"), ("accounts", "id", "used_bytes")]
 
@@ -264,7 +267,7 @@ def migrate_store(src_ep: Endpoint, dst_ep: Endpoint, *, replace: bool = False,
                 "this mxd once on the source (it upgrades it), stop it, and migrate then")
         present = src.tables()
         unknown = (present - {t for t, _, _ in TABLES}
-                   - {"schema_version", *MUST_BE_EMPTY, *pgschema.NODE_TABLES})
+                   - {"schema_version", *MUST_BE_EMPTY, *TRANSIENT, *pgschema.NODE_TABLES})
         if unknown:
             raise TransferError(f"this mxd does not know how to move table(s) {sorted(unknown)}")
         for table in MUST_BE_EMPTY:

@@ -249,3 +249,57 @@ def test_names_changed_by_another_process() -> None:
                          b'* LIST (\\Subscribed) "/" "There"\r\n')
     a.clock.advance(1.0)
     assert pushed(a) == b""
+
+
+def test_account_changes_of_another_process_from_the_store() -> None:
+    """A store that reports other processes' account changes (SQLite's journal,
+    ``on_account_changes``): a rename arrives as LIST with OLDNAME, subscriptions as
+    LIST, annotations as METADATA (§5.4-§5.7), with no comparing of names each second;
+    the hub listens once per process."""
+    from mxd.store.interfaces import AccountChange
+
+    a, b, store, acc = pair()
+    listeners: list = []
+    store.on_account_changes = listeners.append  # type: ignore[attr-defined]
+    a.cmd("a NOTIFY SET (personal (MailboxName SubscriptionChange MailboxMetadataChange "
+          "ServerMetadataChange))")
+    b.cmd("b NOTIFY SET (personal (MailboxName))")
+    assert len(listeners) == 1
+    store.create_mailbox(acc.id, "Work")  # as another process would (told through the journal)
+    a.clock.advance(1.0)
+    assert pushed(a) == b""
+    tell = listeners[0]
+    tell([AccountChange(acc.id, "name", "Work"),
+          AccountChange(acc.id + 1, "name", "Elsewhere")])  # not this account's
+    assert pushed(a) == b'* LIST () "/" "Work"\r\n'
+    store.rename_mailbox(acc.id, "Work", "Job")
+    tell([AccountChange(acc.id, "name", "Job", old="Work"),
+          AccountChange(acc.id, "subscription", "Job", subscribed=True),
+          AccountChange(acc.id, "metadata", "Job", entries=("/private/color",)),
+          AccountChange(acc.id, "metadata", None, entries=("/shared/admin",)),
+          AccountChange(acc.id, "name", "Job", exists=False)])
+    assert pushed(a) == (b'* LIST () "/" "Job" ("OLDNAME" ("Work"))\r\n'
+                         b'* LIST (\\Subscribed) "/" "Job"\r\n'
+                         b'* METADATA "Job" /private/color\r\n'
+                         b'* METADATA "" /shared/admin\r\n'
+                         b'* LIST (\\NonExistent) "/" "Job"\r\n')
+    assert pushed(b) == (b'* LIST () "/" "Work"\r\n* LIST () "/" "Job" ("OLDNAME" ("Work"))\r\n'
+                         b'* LIST (\\NonExistent) "/" "Job"\r\n')
+
+
+def test_selected_mailbox_follows_a_rename() -> None:
+    """Another session renames the selected mailbox: it stays selected under the new
+    name, so DELETE of the new name deselects it first (no BYE) and NOTIFY's selected
+    mailbox is the new name (its new mail comes as EXISTS, not STATUS)."""
+    a, b, store, acc = pair()
+    b.cmd("c CREATE Work")
+    a.select("Work")
+    assert a.cmd("a NOTIFY SET (selected (MessageNew MessageExpunge)) "
+                 "(personal (MessageNew MessageExpunge))") == b"a OK NOTIFY completed\r\n"
+    b.cmd("c RENAME Work Job")
+    pushed(a)
+    assert a.cmd("a NOOP") == b"a OK NOOP completed\r\n"
+    store.put(acc, "Job", MSG1)
+    assert pushed(a) == b"* 1 EXISTS\r\n* 1 RECENT\r\n"
+    assert a.cmd("a DELETE Job") == b"a OK DELETE completed\r\n"
+    assert a.cmd("a NOOP") == b"a OK NOOP completed\r\n"  # not BYE: no longer selected

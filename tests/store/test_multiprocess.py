@@ -216,6 +216,77 @@ def test_catch_up_reports_at_once(data_dir: Path) -> None:
         b.close()
 
 
+def test_renames_of_another_store_reach_listeners(data_dir: Path) -> None:
+    """B renames a mailbox A watches, with its inferior: A's listeners of both hear
+    "renamed" (RENAME takes no modseq; the watcher compares names too), once."""
+    clock = task.Clock()
+    a = _open_watching(data_dir, clock)
+    b = open_store(data_dir)
+    try:
+        acct = b.run(b.store.add_account("alice", "{}", ["alice@example.test"]))
+        top = b.run(b.store.create_mailbox(acct.id, "Work")).id
+        child = b.run(b.store.create_mailbox(acct.id, "Work/2026")).id
+        heard: list[MailboxChange] = []
+        a.store.subscribe(top, heard.append)
+        a.store.subscribe(child, heard.append)
+        a.settle()
+        _until(a, clock, lambda: a.store._watcher.polls >= 2, "first polls")  # type: ignore[union-attr]
+        b.run(b.store.rename_mailbox(acct.id, "Work", "Play"))
+        _until(a, clock, lambda: len(heard) >= 2, "renamed")
+        assert sorted((c.mailbox_id, c.kind) for c in heard) == [(top, "renamed"),
+                                                                 (child, "renamed")]
+        b.deliver_bytes(b"Subject: x\r\n\r\nx\r\n", [Delivery(acct.id, "Play")])
+        _until(a, clock, lambda: len(heard) >= 3, "exists after the rename")
+        assert [c.kind for c in heard[2:]] == ["exists"]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_account_changes_of_another_store_reach_listeners(data_dir: Path) -> None:
+    """Names, subscriptions and annotations changed by B reach A's ``on_account_changes``
+    listener as AccountChange values, in order; A's own changes do not; a change
+    B makes before A listens is not replayed."""
+    from mxd.store.interfaces import AccountChange
+    from mxd.store.metadata import SERVER, SQLiteMetadata
+
+    clock = task.Clock()
+    a = _open_watching(data_dir, clock)
+    b = open_store(data_dir)
+    try:
+        acct = b.run(b.store.add_account("alice", "{}", ["alice@example.test"]))
+        b.run(b.store.create_mailbox(acct.id, "Before"))
+        heard: list[AccountChange] = []
+        a.store.on_account_changes(heard.extend)
+        a.settle()
+        _until(a, clock, lambda: a.store._watcher.polls >= 2, "first polls")  # type: ignore[union-attr]
+        box = b.run(b.store.create_mailbox(acct.id, "Work"))
+        b.run(b.store.set_subscribed(acct.id, "Work", True))
+        b.run(b.store.rename_mailbox(acct.id, "Work", "Play"))
+        meta = SQLiteMetadata(b.store)
+        b.run(meta.set_metadata(acct.id, box.id, [("/private/comment", b"hi")]))
+        b.run(meta.set_metadata(acct.id, SERVER, [("/shared/admin", b"x"),
+                                                 ("/private/vendor/a", None)]))
+        b.run(b.store.delete_mailbox(acct.id, "Play"))
+        a.run(a.store.create_mailbox(acct.id, "Mine"))  # A's own: not passed back
+        _until(a, clock, lambda: len(heard) >= 6, "six changes")
+        assert heard == [
+            AccountChange(acct.id, "name", "Work"),
+            AccountChange(acct.id, "subscription", "Work", subscribed=True),
+            AccountChange(acct.id, "name", "Play", old="Work"),
+            AccountChange(acct.id, "metadata", "Play", entries=("/private/comment",)),
+            AccountChange(acct.id, "metadata", None,
+                          entries=("/shared/admin", "/private/vendor/a")),
+            AccountChange(acct.id, "name", "Play", exists=False),
+        ]
+        b.deliver_bytes(b"Subject: y\r\n\r\ny\r\n", [Delivery(acct.id)])
+        _until(a, clock, lambda: a.store._watcher.polls >= 20, "more polls")  # type: ignore[union-attr]
+        assert len(heard) == 6
+    finally:
+        a.close()
+        b.close()
+
+
 def test_busy_database_fails_whole_operations_and_a_retry_stores_once(data_dir: Path) -> None:
     """Another program holds the write lock longer than the busy timeout: the delivery
     fails as a whole (StoreError, nothing written, the body file removed); retried once

@@ -1,0 +1,162 @@
+"""``[server] workers = 2`` through ``twistd -n mxd``: what one worker process changes
+reaches the sessions of the other (mxd.store.watch), with stock imaplib sessions
+that are made to land in different workers (the server side of each connection is
+found in /proc, see ``owner_of_connection``).
+
+* A rename in worker X: a NOTIFY session in worker Y gets LIST with OLDNAME (RFC 5465
+  §5.4), its LIST shows the new name, and the mailbox it has selected stays selected
+  under the new name (its DELETE of the new name deselects it first: no BYE).
+* Subscriptions and annotations changed in X: LIST (\\Subscribed) and METADATA in Y
+  (RFC 5465 §5.5-§5.7), LSUB/LIST (SUBSCRIBED) in Y agree.
+* A mailbox deleted in X while Y has it selected: Y's session ends with BYE.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import ssl
+import time
+from typing import Any
+
+import pytest
+
+from tests.integration.mxdserver import MxdServer
+from tests.integration.test_workers import (  # noqa: F401 - the fixture is used by name
+    _until,
+    owner_of_connection,
+    worker_pids,
+    workers_server,
+)
+
+pytestmark = pytest.mark.integration
+
+FIND_WITHIN = 30.0  # seconds to find a connection served by the other worker
+
+
+def both_serving(s: MxdServer) -> bool:
+    """Have both workers said they serve (each its own line, not just one of them)?"""
+    log = s.log_path.read_text(errors="replace")
+    return all(f'msg="worker {i} serving' in log for i in (1, 2))
+
+
+def _connect(s: MxdServer) -> imaplib.IMAP4_SSL:
+    ctx = ssl.create_default_context(cafile=str(s.ca_file))
+    m = imaplib.IMAP4_SSL("127.0.0.1", s.ports["imaps"], ssl_context=ctx, timeout=20)
+    m.login(s.user, s.password)
+    return m
+
+
+def _owner(s: MxdServer, m: imaplib.IMAP4_SSL) -> int:
+    pids = list(worker_pids(s).values())
+    port = m.sock.getsockname()[1]
+    owner: int = _until(lambda: owner_of_connection(pids, port, s.ports["imaps"]),
+                        "the worker serving a connection", timeout=10)
+    return owner
+
+
+def sessions_in_two_workers(s: MxdServer) -> tuple[imaplib.IMAP4_SSL, imaplib.IMAP4_SSL]:
+    """Two logged-in sessions served by different worker processes.  Whichever worker
+    is in accept() first takes a connection; connections that landed in the first
+    one's worker are kept open meanwhile (so it is busier) and closed at the end;
+    bounded by ``FIND_WITHIN`` seconds."""
+    _until(lambda: both_serving(s), "both workers serving", timeout=FIND_WITHIN)
+    first = _connect(s)
+    pid = _owner(s, first)
+    extra: list[imaplib.IMAP4_SSL] = []
+    deadline = time.monotonic() + FIND_WITHIN
+    try:
+        while time.monotonic() < deadline:
+            m = _connect(s)
+            if _owner(s, m) != pid:
+                return first, m
+            extra.append(m)
+            time.sleep(0.05)
+    finally:
+        _close(*extra)
+    raise AssertionError(f"{len(extra) + 1} connections all landed in worker pid {pid}")
+
+
+def _close(*sessions: imaplib.IMAP4_SSL) -> None:
+    for m in sessions:
+        try:
+            m.logout()
+        except (OSError, imaplib.IMAP4.error):
+            pass
+
+
+def pushed_until(m: imaplib.IMAP4_SSL, kind: str, want: bytes, timeout: float = 10.0
+                 ) -> list[bytes]:
+    """NOOP (a command lets imaplib read what the server pushed) until an untagged
+    ``kind`` response containing ``want`` came; every ``kind`` response seen."""
+    got: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        typ, _ = m.noop()
+        assert typ == "OK"
+        got += [d for d in m.untagged_responses.pop(kind, []) if isinstance(d, bytes)]
+        if any(want in d for d in got):
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {kind} with {want!r} within {timeout}s: {got}")
+        time.sleep(0.05)
+
+
+def _ok(resp: tuple[str, Any]) -> Any:
+    typ, data = resp
+    assert typ == "OK", data
+    return data
+
+
+def test_renames_subscriptions_metadata_and_deletes_cross_workers(
+        workers_server: MxdServer) -> None:  # noqa: F811 - the imported fixture
+    """Changes made by a session in one worker reach a session in the other (see the
+    module doc), each within a bounded poll."""
+    s = workers_server
+    x, y = sessions_in_two_workers(s)
+    try:
+        _ok(x.create("Work"))
+        _ok(x.create("Other"))
+        _ok(y.select("Work"))
+        _ok(y.xatom("NOTIFY", "SET (selected (MessageNew MessageExpunge)) (personal "
+                    "(MailboxName SubscriptionChange MailboxMetadataChange "
+                    "ServerMetadataChange))"))
+        y.untagged_responses.clear()
+
+        _ok(x.rename("Work", "Play"))
+        pushed_until(y, "LIST", b'"Play" ("OLDNAME" ("Work"))')
+        names = b"\n".join(_ok(y.list()))
+        assert b'"Play"' in names and b'"Work"' not in names, names
+
+        _ok(x.subscribe("Play"))
+        pushed_until(y, "LIST", b'(\\Subscribed) "/" "Play"')
+        assert any(b'"Play"' in d for d in _ok(y.lsub()) if d)
+        _ok(x.unsubscribe("Play"))
+        pushed_until(y, "LIST", b'() "/" "Play"')
+        assert not any(b'"Play"' in d for d in _ok(y.lsub()) if d)
+
+        _ok(x.xatom("SETMETADATA", '"Play" (/private/comment "from x")'))
+        pushed_until(y, "METADATA", b'"Play" /private/comment')
+        _ok(x.xatom("SETMETADATA", '"" (/private/theme "dark")'))
+        pushed_until(y, "METADATA", b'"" /private/theme')
+
+        _ok(x.delete("Other"))
+        pushed_until(y, "LIST", b'(\\NonExistent) "/" "Other"')
+
+        # y still has the renamed mailbox selected, under its new name: deleting it
+        # deselects it first (a stale name would leave it selected, and its deletion
+        # would end the session with BYE).
+        _ok(y.delete("Play"))
+        _ok(y.noop())
+        _ok(y.select("INBOX"))
+
+        # A mailbox y has selected, deleted in x: y's session ends (BYE).
+        _ok(x.create("Gone"))
+        _ok(y.select("Gone"))
+        _ok(x.delete("Gone"))
+        deadline = time.monotonic() + 10
+        with pytest.raises(imaplib.IMAP4.abort, match="deleted"):
+            while time.monotonic() < deadline:
+                y.noop()
+                time.sleep(0.05)
+    finally:
+        _close(x, y)
