@@ -85,16 +85,17 @@ class NotifyHub:
 
     def __init__(self) -> None:
         self._accounts: dict[int, _Account] = {}
-        self._journal = False  # the store passes other processes' account changes
+        self._journal: bool | None = None  # the store passes other processes' account
+        # changes (None: not asked yet)
 
     async def join(self, n: Notifier) -> bool:
         """Start passing ``n`` the events of its account; False when the account has
         too many mailboxes to watch."""
         acc = self._accounts.setdefault(n.account_id, _Account())
         acc.notifiers.add(n)
-        if not self._journal and hasattr(n.store, "on_account_changes"):
-            self._journal = True  # one listener for the process, whichever account
-            n.store.on_account_changes(self._foreign)
+        if self._journal is None:  # one listener for the process, whichever account
+            listen = getattr(n.store, "on_account_changes", None)
+            self._journal = bool(listen(self._foreign)) if listen is not None else False
         if not acc.names:
             await self._load(n.store, n.account_id, acc)
         if n.wants_names() and acc.boxes is None and not self._journal:

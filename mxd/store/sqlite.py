@@ -139,8 +139,10 @@ DB_NAME = "mxd.sqlite3"
 # The components every SQLite store has (mxd.store.pgschema.SCHEMAS: the same on PostgreSQL).
 BUILTIN_SCHEMAS: dict[str, list[str]] = {"store": STORE_MIGRATIONS,
                                          "queue": queuedb.QUEUE_MIGRATIONS,
-                                         "metadata": METADATA_MIGRATIONS,
-                                         "changes": JOURNAL_MIGRATIONS}
+                                         "metadata": METADATA_MIGRATIONS}
+# SQLite's alone: the change journal between the processes of one store (mxd.store.watch;
+# PostgreSQL nodes hear of each other by LISTEN/NOTIFY).
+SQLITE_SCHEMAS: dict[str, list[str]] = {**BUILTIN_SCHEMAS, "changes": JOURNAL_MIGRATIONS}
 
 
 @attrs.frozen
@@ -198,6 +200,7 @@ class SQLiteStore:
         # Names this store's rows of account_changes (mxd.store.watch): unique per open
         # store, so a process skips its own and a restarted one is another origin.
         self.origin = f"{os.getpid()}-{os.urandom(4).hex()}"
+        self._journal = False  # account_changes rows are written (set by _connect)
         if settings.watch_interval > 0 and hasattr(reactor, "callLater"):
             self._watcher = ChangeWatcher(reactor, self._writer.call, self._read_op,
                                           self._dispatch, settings.watch_interval,
@@ -268,8 +271,10 @@ class SQLiteStore:
         """Writer thread: lock, open, configure, migrate and (when alone) clean up."""
         self._opened_db = DatabaseOpener(self.data_dir, self.db_path, self._files,
                                          self.settings.busy_timeout_ms,
-                                         self.settings.scan_orphans, self._schemas)
+                                         self.settings.scan_orphans,
+                                         {**self._schemas, "changes": JOURNAL_MIGRATIONS})
         conn = self._opened_db.connect()
+        self._journal = True
         if self._files.pin_dir is not None:
             self._files.clean_stale_pins()
         return conn
@@ -546,17 +551,21 @@ class SQLiteStore:
         if self._watcher is not None:
             self._watcher.on_commit.append(fn)
 
-    def on_account_changes(self, fn: Callable[[list[AccountChange]], None]) -> None:
+    def on_account_changes(self, fn: Callable[[list[AccountChange]], None]) -> bool:
         """Call ``fn`` (reactor thread) with the mailbox name, subscription and
-        annotation changes other processes commit from now on (mxd.store.watch);
-        nothing when the watcher is off.  This process's own are not passed."""
-        if self._watcher is not None:
-            self._watcher.on_account(fn)
+        annotation changes other processes commit from now on (mxd.store.watch); this
+        process's own are not passed.  False (and ``fn`` is never called) when this
+        store does not report them (no watcher; PostgreSQL)."""
+        if self._watcher is None or not self._journal:
+            return False
+        self._watcher.on_account(fn)
+        return True
 
     def record_account_change(self, conn: Conn, change: AccountChange) -> None:
         """Writer thread, inside ``transact``: note ``change`` for the other processes
         (it commits or rolls back with the transaction)."""
-        record(conn, self.origin, change)
+        if self._journal:
+            record(conn, self.origin, change)
 
     def _dispatch(self, changes: list[MailboxChange]) -> None:
         for change in changes:
@@ -866,7 +875,7 @@ class SQLiteStore:
                                   "AND name = ?", (account_id, name)).rowcount
             mailbox_id = q.create_one(conn, account_id, name, special_use,
                                       subscribed=bool(orphan))
-            record(conn, self.origin, AccountChange(account_id, "name", name,
+            self.record_account_change(conn, AccountChange(account_id, "name", name,
                                                     subscribed=bool(orphan)))
             row = conn.execute(q.MAILBOX_SELECT + " WHERE m.id = ?", (mailbox_id,)).fetchone()
             return q.mailbox_info(row)
@@ -891,7 +900,7 @@ class SQLiteStore:
                          "SELECT account_id, name FROM mailboxes WHERE id = ? AND subscribed <> 0 "
                          "ON CONFLICT DO NOTHING", (mailbox_id,))
             self._drop_mailbox(conn, ctx, mailbox_id)
-            record(conn, self.origin, AccountChange(account_id, "name", name, exists=False))
+            self.record_account_change(conn, AccountChange(account_id, "name", name, exists=False))
 
         return self._writer.submit(op)
 
@@ -922,7 +931,7 @@ class SQLiteStore:
                 uids = [r[0] for r in conn.execute(
                     "SELECT uid FROM messages WHERE mailbox_id = ? ORDER BY uid", (src,))]
                 q.move(conn, ctx, src, uids, dest, self._now())
-                record(conn, self.origin, AccountChange(account_id, "name", new))
+                self.record_account_change(conn, AccountChange(account_id, "name", new))
                 return
             affected = [r[0] for r in conn.execute(
                 "SELECT id FROM mailboxes WHERE account_id = ? AND (name = ? OR name LIKE ? ESCAPE '!')",
@@ -936,7 +945,7 @@ class SQLiteStore:
                 raise MailboxExists(f"a mailbox below {new!r} exists") from None
             for mailbox_id in affected:
                 ctx.changes.append(MailboxChange(mailbox_id, "renamed"))
-            record(conn, self.origin, AccountChange(account_id, "name", new, old=old))
+            self.record_account_change(conn, AccountChange(account_id, "name", new, old=old))
 
         return self._writer.submit(op)
 
@@ -949,12 +958,12 @@ class SQLiteStore:
                     "DELETE FROM orphan_subscriptions WHERE account_id = ? AND name = ?",
                     (account_id, name)).rowcount:
                 # the subscription of a deleted mailbox ends
-                record(conn, self.origin, AccountChange(account_id, "subscription", name))
+                self.record_account_change(conn, AccountChange(account_id, "subscription", name))
                 return
             mailbox_id = q.mailbox_id(conn, account_id, name)
             conn.execute("UPDATE mailboxes SET subscribed = ? WHERE id = ?",
                          (int(subscribed), mailbox_id))
-            record(conn, self.origin, AccountChange(account_id, "subscription", name,
+            self.record_account_change(conn, AccountChange(account_id, "subscription", name,
                                                     subscribed=subscribed))
 
         return self._writer.submit(op)

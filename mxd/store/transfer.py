@@ -162,9 +162,9 @@ class _Side:
 
     def migrate(self) -> None:
         if self.ep.kind == "sqlite":
-            from mxd.store.sqlite import BUILTIN_SCHEMAS
+            from mxd.store.sqlite import SQLITE_SCHEMAS
 
-            for name, steps in BUILTIN_SCHEMAS.items():
+            for name, steps in SQLITE_SCHEMAS.items():
                 schema.migrate(self.conn, name, steps)
         else:
             pgschema.migrate(self.conn)
@@ -214,9 +214,9 @@ class _Side:
 
 def expected_versions(kind: str) -> dict[str, int]:
     if kind == "sqlite":
-        from mxd.store.sqlite import BUILTIN_SCHEMAS
+        from mxd.store.sqlite import SQLITE_SCHEMAS
 
-        return {k: len(v) for k, v in BUILTIN_SCHEMAS.items()}
+        return {k: len(v) for k, v in SQLITE_SCHEMAS.items()}
     return {k: len(v) for k, v in pgschema.SCHEMAS.items()}
 
 

@@ -260,7 +260,7 @@ def test_account_changes_of_another_process_from_the_store() -> None:
 
     a, b, store, acc = pair()
     listeners: list = []
-    store.on_account_changes = listeners.append  # type: ignore[attr-defined]
+    store.on_account_changes = lambda fn: listeners.append(fn) or True  # type: ignore[attr-defined]
     a.cmd("a NOTIFY SET (personal (MailboxName SubscriptionChange MailboxMetadataChange "
           "ServerMetadataChange))")
     b.cmd("b NOTIFY SET (personal (MailboxName))")

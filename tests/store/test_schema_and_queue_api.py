@@ -13,6 +13,7 @@ from mxd.store.interfaces import Delivery, MessageProps, StoreError
 from mxd.store.metadata import METADATA_MIGRATIONS
 from mxd.store.queuedb import QUEUE_MIGRATIONS
 from mxd.store.schema import STORE_MIGRATIONS, SchemaError, SchemaTooNew, migrate, split_sql
+from mxd.store.watch import JOURNAL_MIGRATIONS
 from tests.store.helpers import StoreHarness, open_store
 
 QUEUE_V1 = ["CREATE TABLE q (id INTEGER PRIMARY KEY, blob_id TEXT NOT NULL REFERENCES blobs(id));"]
@@ -33,7 +34,8 @@ def test_database_settings(store: StoreHarness, data_dir: Path) -> None:
 
     assert store.run(store.store.transact(pragmas)) == ("wal", 2, 1)
     assert _versions(data_dir) == {"store": len(STORE_MIGRATIONS), "queue": len(QUEUE_MIGRATIONS),
-                                   "metadata": len(METADATA_MIGRATIONS)}
+                                   "metadata": len(METADATA_MIGRATIONS),
+                                   "changes": len(JOURNAL_MIGRATIONS)}
 
 
 def test_registered_schema_migrates_forward(data_dir: Path) -> None:
