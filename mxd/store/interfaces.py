@@ -343,6 +343,12 @@ class IMailStore(Protocol):
     def list_messages(self, mailbox_id: int, since_modseq: int = 0) -> Deferred[list[MessageInfo]]:
         """All messages in UID order (or those changed after ``since_modseq``)."""
 
+    def newest_messages(self, mailbox_id: int, limit: int, *, offset: int = 0,
+                        before_uid: int | None = None) -> Deferred[list[MessageInfo]]:
+        """Up to ``limit`` messages in descending UID order (newest first), skipping
+        ``offset``, only those below ``before_uid`` when given (for paging through a
+        large mailbox without loading all of it).  Errbacks with NoSuchMailbox."""
+
     def get_message(self, mailbox_id: int, uid: int) -> Deferred[MessageInfo | None]:
         """The message ``uid`` of the mailbox (as ``list_messages`` gives it), or None
         when there is none: one row, not the mailbox's list.  Errbacks with

@@ -1000,6 +1000,21 @@ class SQLiteStore:
 
         return self._writer.submit(op)
 
+    def newest_messages(self, mailbox_id: int, limit: int, *, offset: int = 0,
+                        before_uid: int | None = None) -> Deferred[list[MessageInfo]]:
+        """IMailStore.newest_messages: a page in descending UID order (one indexed
+        query; a list page of a large mailbox builds no object per message)."""
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> list[MessageInfo]:
+            q.check_mailbox(conn, mailbox_id)
+            below = (1 << 62) if before_uid is None else before_uid
+            rows = conn.execute(
+                q.MESSAGE_SELECT + " WHERE mailbox_id = ? AND uid < ? ORDER BY uid DESC"
+                " LIMIT ? OFFSET ?", (mailbox_id, below, max(0, limit), max(0, offset))
+            ).fetchall()
+            return [q.message_info(r) for r in rows]
+
+        return self._writer.submit(op)
+
     def save_dates(self, mailbox_id: int,
                    uids: Sequence[int] | None = None) -> Deferred[dict[int, datetime]]:
         """RFC 8514: the save dates of a mailbox's messages (all, or of ``uids``) by UID."""

@@ -514,6 +514,15 @@ class MemoryStore:
         return self._read(lambda: [m.info for _, m in sorted(self._box(mailbox_id).messages.items())
                                    if m.info.modseq > since_modseq])
 
+    def newest_messages(self, mailbox_id: int, limit: int, *, offset: int = 0,
+                        before_uid: int | None = None) -> Deferred[list[MessageInfo]]:
+        def get() -> list[MessageInfo]:
+            msgs = self._box(mailbox_id).messages
+            uids = sorted((u for u in msgs if before_uid is None or u < before_uid),
+                          reverse=True)
+            return [msgs[u].info for u in uids[max(0, offset):max(0, offset) + max(0, limit)]]
+        return self._read(get)
+
     def get_message(self, mailbox_id: int, uid: int) -> Deferred[MessageInfo | None]:
         def get() -> MessageInfo | None:
             m = self._box(mailbox_id).messages.get(uid)

@@ -1,8 +1,11 @@
 """A mailbox's message list: newest first, a page at a time, with search.
 
-The store hands over the mailbox's rows (its database work runs off the reactor); only
-the messages of the page shown have their header read, in a thread.  A search runs the
-IMAP search evaluator over the mailbox newest first and stops once it has the page.  It
+The store hands over the rows of the page shown (``newest_messages``: one indexed query,
+off the reactor; a large mailbox is never loaded whole, which on a 10,000-message box
+also cost a full garbage collection pass over the objects it made); only the messages of
+the page shown have their header read, in a thread.  A search runs the IMAP search
+evaluator over the mailbox newest first, ``SEARCH_CHUNK`` rows at a time from the store,
+and stops once it has the page.  It
 runs on the reactor in work slices (``WebmailContext.work_slice``, 4 ms), as IMAP SEARCH
 does, giving the reactor back between them: a search in a thread held the interpreter
 lock against the reactor for tens to hundreds of milliseconds at a time (the parsing is
@@ -73,6 +76,26 @@ async def search_messages(ctx: WebmailContext, key: SearchKey, msgs: Sequence[Me
     return hits
 
 
+SEARCH_CHUNK = 500  # rows fetched from the store per step of a search
+
+
+async def search_mailbox(ctx: WebmailContext, key: SearchKey, mailbox_id: int,
+                         want: int, chunk: int = SEARCH_CHUNK) -> list[MessageInfo]:
+    """search_messages over a whole mailbox, newest first, reading its rows from the
+    store a chunk at a time and no further than the hits wanted."""
+    hits: list[MessageInfo] = []
+    before: int | None = None
+    while len(hits) < want:
+        rows = await ctx.store.newest_messages(mailbox_id, chunk, before_uid=before)
+        if not rows:
+            break
+        hits.extend(await search_messages(ctx, key, rows, want - len(hits)))
+        if len(rows) < chunk:
+            break
+        before = rows[-1].uid
+    return hits
+
+
 def message_link(mailbox: str, uid: int) -> str:
     return f"/message?mailbox={q(mailbox)}&uid={uid}"
 
@@ -126,15 +149,15 @@ class MessageList(WebmailPage):
         except ValueError:
             page = 0
         query = arg(request, b"q").strip()[:500]
-        msgs: list[MessageInfo] = await store.list_messages(mbox.id)
-        msgs.reverse()  # newest first
         key = search_key(query)
         if key is None:
-            shown, more = msgs[page * size:(page + 1) * size], len(msgs) > (page + 1) * size
-            total = f"{len(msgs)} message{'' if len(msgs) == 1 else 's'}, {mbox.unseen} unseen"
+            rows = await store.newest_messages(mbox.id, size + 1, offset=page * size)
+            shown, more = rows[:size], len(rows) > size
+            n = mbox.exists
+            total = f"{n} message{'' if n == 1 else 's'}, {mbox.unseen} unseen"
         else:
             want = (page + 1) * size + 1  # one more than shown: is there a next page?
-            hits = await search_messages(self.ctx, key, msgs, want)
+            hits = await search_mailbox(self.ctx, key, mbox.id, want)
             shown, more = hits[page * size:(page + 1) * size], len(hits) >= want
             total = f"search: {len(shown)} shown"
         heads = await self.ctx.run_blocking(

@@ -284,6 +284,28 @@ def test_derived_values_follow_their_body(c: Contract) -> None:
     assert c.run(c.store.backfill_derived()) == 0
 
 
+def test_newest_messages_pages_in_descending_uid_order(c: Contract) -> None:
+    """newest_messages: the rows list_messages has, highest UID first, ``limit`` at a
+    time, by ``offset`` or below ``before_uid``; expunged ones absent; NoSuchMailbox."""
+    a = c.account()
+    inbox = c.box(a)
+    for i in range(7):
+        c.run(c.store.append(inbox, c.blob(b"Subject: %d\r\n\r\n%d\r\n" % (i, i)),
+                             frozenset()))
+    c.run(c.store.store_flags(inbox, [4], frozenset({"\\Deleted"}), "add"))
+    c.run(c.store.expunge(inbox))
+    listed = {m.uid: m for m in c.run(c.store.list_messages(inbox))}
+    page = c.run(c.store.newest_messages(inbox, 3))
+    assert [m.uid for m in page] == [7, 6, 5]
+    assert page == [listed[7], listed[6], listed[5]]
+    assert [m.uid for m in c.run(c.store.newest_messages(inbox, 3, offset=3))] == [3, 2, 1]
+    assert [m.uid for m in c.run(c.store.newest_messages(inbox, 3, offset=6))] == []
+    assert [m.uid for m in c.run(c.store.newest_messages(inbox, 2, before_uid=5))] == [3, 2]
+    assert [m.uid for m in c.run(c.store.newest_messages(inbox, 10, before_uid=2))] == [1]
+    assert c.run(c.store.newest_messages(inbox, 0)) == []
+    assert isinstance(c.fail(c.store.newest_messages(999_999, 5)), NoSuchMailbox)
+
+
 def test_get_message_is_one_row_by_uid(c: Contract) -> None:
     """get_message answers the row list_messages has for that UID (flags, size, dates,
     body), None for a UID the mailbox lacks (never there, or expunged), and NoSuchMailbox

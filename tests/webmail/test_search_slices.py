@@ -18,7 +18,7 @@ from mxd.imap.search import Candidate, matches
 from mxd.imap.values import SearchKey
 from mxd.store.interfaces import Delivery, MessageInfo, MessageProps
 from mxd.store.testing import MemoryStore
-from mxd.webmail.messages import load_header, load_message, search_messages
+from mxd.webmail.messages import load_header, load_message, search_mailbox, search_messages
 from mxd.webmail.search import search_key
 
 NAMES = ["Ann Lee <ann@example.org>", "=?utf-8?q?Ren=C3=A9e_Dupont?= <renee@example.fr>",
@@ -238,3 +238,45 @@ def test_flag_terms_read_nothing() -> None:
     assert [m.uid for m in hits] == [m.uid for m in msgs if "\\Seen" not in m.flags]
 
 
+
+
+@pytest.mark.parametrize("query", ["needle", "from:ann", "is:flagged", "nothing-matches"])
+def test_search_of_a_mailbox_reads_rows_a_chunk_at_a_time(
+        query: str, generated_box: tuple[MemoryStore, list[MessageInfo]]) -> None:
+    """search_mailbox gives the hits search_messages gives over the whole mailbox
+    (newest first), for pages at the start and the end, reading rows from the store in
+    chunks (never list_messages) and no chunk past the one that completed the page."""
+    store, msgs = generated_box
+    key = search_key(query)
+    assert key is not None
+    box_id = store.get_mailbox(store.get_account("gen@example.test").result.id,
+                               "INBOX").result.id
+    chunks: list[tuple[int, int | None]] = []
+    newest = store.newest_messages
+
+    def counted(mailbox_id: int, limit: int, *, offset: int = 0,
+                before_uid: int | None = None) -> Any:
+        chunks.append((limit, before_uid))
+        return newest(mailbox_id, limit, offset=offset, before_uid=before_uid)
+
+    def no_list(*a: Any, **kw: Any) -> Any:
+        raise AssertionError("loaded the whole mailbox")
+
+    store.newest_messages = counted  # type: ignore[method-assign]
+    store.list_messages = no_list  # type: ignore[method-assign]
+    try:
+        everything = run(Deferred.fromCoroutine(search_messages(
+            context(store, Clock()), key, msgs, len(msgs) + 1)))
+        for want in (1, 5, len(everything), len(everything) + 1):
+            chunks.clear()
+            got = run(Deferred.fromCoroutine(search_mailbox(
+                context(store, Clock()), key, box_id, want, chunk=40)))
+            assert [m.uid for m in got] == [m.uid for m in everything[:want]], (query, want)
+            if got:
+                # The last chunk read is the one holding the last hit (or the end).
+                last_uid = got[-1].uid
+                assert all(b is None or b > last_uid for _, b in chunks[:-1])
+            assert len(chunks) <= len(msgs) // 40 + 2
+    finally:
+        del store.newest_messages
+        del store.list_messages
