@@ -164,6 +164,14 @@ class MailboxState:
             return g[0] if g is not None else None
         return self._info_at(i)
 
+    def info_at(self, i: int) -> MessageInfo:
+        """The message at index ``i``."""
+        return self._info_at(i)
+
+    def date_at(self, i: int) -> datetime:
+        """The internal date of the message at index ``i``."""
+        return datetime.fromtimestamp(self._dates[i], _tz(self._tz[i]))
+
     def _info_at(self, i: int) -> MessageInfo:
         return MessageInfo(
             self.uids[i], self._modseqs[i], self._flagsets[self._flag_ids[i]],

@@ -3,7 +3,7 @@ RFC 7162 §3.1.5, RFC 5267 §4 CONTEXT=SEARCH, RFC 9394 PARTIAL, RFC 8514 SAVEDA
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from email.message import Message
 from typing import TYPE_CHECKING
@@ -19,6 +19,7 @@ from mxd.imap.values import Command, SearchArgs, SearchKey
 from mxd.store.interfaces import MessageInfo
 
 if TYPE_CHECKING:
+    from mxd.imap.mailboxstate import MailboxState
     from mxd.imap.server import IMAPSession
 
 CHARSETS = ("US-ASCII", "UTF-8")
@@ -56,42 +57,101 @@ async def save_dates_for(s: IMAPSession, mailbox_id: int, key: SearchKey,
     return got
 
 
+class Row:
+    """A message of the selected mailbox as the evaluator reads it: its columns in the
+    shared state (``MailboxState``) at index ``i``, each read when a key asks for it, so
+    that a search builds no MessageInfo per message.  Valid only until the reactor is
+    given back (an expunge elsewhere moves the columns)."""
+
+    __slots__ = ("_i", "_st", "uid")
+
+    def __init__(self, st: MailboxState, i: int, uid: int) -> None:
+        self._st = st
+        self._i = i
+        self.uid = uid
+
+    @property
+    def flags(self) -> frozenset[str]:
+        return self._st.flagset(self._st.meta_at(self._i)[1])
+
+    @property
+    def modseq(self) -> int:
+        return self._st.meta_at(self._i)[0]
+
+    @property
+    def size(self) -> int:
+        return self._st.meta_at(self._i)[2]
+
+    @property
+    def internal_date(self) -> datetime:
+        return self._st.date_at(self._i)
+
+    @property
+    def blob_id(self) -> str:
+        return self._st.blob_at(self._i)
+
+    def info(self) -> MessageInfo:
+        return self._st.info_at(self._i)
+
+
 async def selected_matches(s: IMAPSession, key: SearchKey, now: datetime,
                            only: Iterable[int] | None = None) -> list[tuple[int, int, MessageInfo]]:
     """(sequence number, UID, message) of the selected mailbox's messages that ``key``
     matches (of ``only`` those UIDs when given), in mailbox order, giving the reactor
     back between work slices.  Raises ValueError for a program that cannot be run."""
+    return [hit async for hit in iter_matches(s, key, now, only)]
+
+
+async def iter_matches(s: IMAPSession, key: SearchKey, now: datetime,
+                       only: Iterable[int] | None = None
+                       ) -> AsyncIterator[tuple[int, int, MessageInfo]]:
+    """``selected_matches`` one by one (SORT and THREAD select their messages this way).
+    Each message is judged on its columns (``Row``) and, for header keys, the stored
+    header search text; a MessageInfo is built for the matches only."""
     view = s.view
     assert view is not None
     exists, max_uid, recent = view.exists, view.max_uid, view.recent
     saved = await save_dates_for(s, view.info.id, key, only)
     if s.view is not view:
-        return []
+        return
     need = needs(key)
     # Header keys read the stored header search text (mxd.imap.headersearch), one query
     # per mailbox and command at most; a message without one has its header read.
     stored = await stored_values(s, headersearch.KIND) if need == "header" else {}
     if s.view is not view:
-        return []
+        return
     todo: Iterable[tuple[int, int]]
     if only is None:
         todo = enumerate(view.uids[:], 1)  # lazily: no list per message of a big mailbox
     else:
         todo = [(q, u) for u in sorted(set(only)) if (q := view.seq_of(u)) is not None]
-    out = []
+    # Messages that become \Recent later are above the ones searched here.
+    any_recent = len(recent) > 0
     meta_only = need == "meta"
+    get_stored = stored.get
+    # A message whose body is read (BODY, TEXT) may take a while: a check after each.
+    every = 1 if need == "body" else 16
+    n = 0
     for seq, uid in todo:
-        await s.breathe()
-        m = view.msgs.get(uid)
-        if m is None:
-            continue
+        n += 1
+        if not n % every:
+            await s.breathe()
+        st = view.state
+        i = st.index(uid)
+        m: MessageInfo | Row
+        if i is None:
+            ghost = view.msgs.get(uid)  # expunged by another session, not yet reported
+            if ghost is None:
+                continue
+            m = ghost
+        else:
+            m = Row(st, i, uid)
         # Flags, sizes and dates need no loader (a pair of closures per message).
-        h, f = (_no_header, _no_message) if meta_only else loaders(s, m)
-        c = Candidate(seq, m, exists, max_uid, h, f, now, uid in recent,  # type: ignore[arg-type]
-                      saved.get(uid), stored.get(uid))
+        h, f = (_no_header, _no_message) if meta_only else loaders(s, m)  # type: ignore[arg-type]
+        c = Candidate(seq, m, exists, max_uid, h, f, now,  # type: ignore[arg-type]
+                      any_recent and uid in recent, saved.get(uid), get_stored(uid))
         if matches(key, c):
-            out.append((seq, uid, m))
-    return out
+            yield seq, uid, m.info() if isinstance(m, Row) else m
 
 
 def _no_header() -> Message:

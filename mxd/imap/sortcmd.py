@@ -19,8 +19,8 @@ from mxd.imap import context, esearch, summary
 from mxd.imap import message as mimemsg
 from mxd.imap.dispatch import Reply, bad, no, ok
 from mxd.imap.messagecache import read_header_block
-from mxd.imap.search import Candidate, matches, uses_savedate
-from mxd.imap.searchcmd import CHARSETS
+from mxd.imap.search import uses_savedate
+from mxd.imap.searchcmd import CHARSETS, iter_matches
 from mxd.imap.sort import SortData, chunked_sort, key_function, sort_steps
 from mxd.imap.storedvalues import stored_values
 from mxd.imap.values import Command, SearchKey, SortArgs
@@ -188,28 +188,8 @@ async def matching(s: IMAPSession, key: SearchKey,
     ``key`` matches, in mailbox order, giving the reactor back between work slices
     (SORT and THREAD select their messages this way). Raises ValueError for a search
     program that cannot be evaluated."""
-    view = s.view
-    assert view is not None
-    exists, max_uid, recent = view.exists, view.max_uid, view.recent
-    for seq, uid in enumerate(view.uids[:], 1):
-        await s.breathe(seq - 1, exists)
-        m = view.msgs[uid]
-        cache: list[Message] = []
-
-        def header(m: MessageInfo = m, cache: list[Message] = cache) -> Message:
-            if not cache:
-                cache.append(read_headers(s, m))
-            return cache[0]
-
-        def full(m: MessageInfo = m) -> mimemsg.ParsedMessage:
-            try:
-                with s.store.open_blob(m.blob_id) as f:
-                    return mimemsg.ParsedMessage.parse(f.read())
-            except (OSError, KeyError):
-                return mimemsg.ParsedMessage.parse(b"")
-
-        if matches(key, Candidate(seq, m, exists, max_uid, header, full, now, uid in recent)):
-            yield seq, uid, m
+    async for hit in iter_matches(s, key, now):
+        yield hit
 
 
 async def do_sort(s: IMAPSession, cmd: Command) -> Reply:
