@@ -10,7 +10,7 @@ parse of the message.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -24,6 +24,7 @@ from mxd.imap.envelope import render_envelope
 from mxd.imap.errors import BadSequence
 from mxd.imap.messagecache import FIRST_HEAD, read_header, read_header_block
 from mxd.imap.qresync import vanished
+from mxd.imap.storedvalues import stored_values
 from mxd.imap.values import Command, FetchArgs, FetchAtt, SeqSet
 from mxd.imap.view import MailboxView
 from mxd.store.interfaces import MessageInfo, StoreError
@@ -300,6 +301,14 @@ async def do_fetch(s: IMAPSession, cmd: Command) -> Reply:
             s.untagged(b"VANISHED (EARLIER) " + response.seqset(gone))
     if all(a.name in _META for a in atts):
         return await _fetch_meta(s, view, uids, atts, cmd.name)
+    if len(uids) >= MANY_PREVIEWS and "PREVIEW" in names and not view.pending_expunge \
+            and all(a.name in _META or a.name == "PREVIEW" for a in atts):
+        # A client's list of previews (RFC 8970): the mailbox's stored previews, kept
+        # in memory between commands (mxd.imap.storedvalues), and the columns.
+        kept = await stored_values(s, preview.KIND)
+        if s.view is not view:
+            return ok(f"{cmd.name} completed")
+        return await _fetch_meta(s, view, uids, atts, cmd.name, kept)
     seen_set: set[int] = set()
     if not view.readonly and any(_sets_seen(a) for a in atts):
         unseen = [u for u in uids if "\\Seen" not in view.msgs[u].flags]
@@ -401,6 +410,7 @@ async def do_fetch(s: IMAPSession, cmd: Command) -> Reply:
 
 BATCH = 64 * 1024
 PREFETCH = 2000
+MANY_PREVIEWS = 64  # a FETCH of PREVIEW for this many messages reads the whole mailbox's
 _META = frozenset({"UID", "FLAGS", "MODSEQ", "RFC822.SIZE", "INTERNALDATE"})
 
 
@@ -456,14 +466,17 @@ def _preview(ld: _Loader, lazy: bool) -> bytes:
 
 
 async def _fetch_meta(s: IMAPSession, view: MailboxView, uids: list[int], atts: list[FetchAtt],
-                      name: str) -> Reply:
+                      name: str, previews: Mapping[int, bytes] | None = None) -> Reply:
     """FETCH of message attributes only (a client's flag re-sync: ``UID FETCH 1:* (UID
-    FLAGS)``): read from the shared state's columns, no message object per message."""
+    FLAGS)``): read from the shared state's columns, no message object per message; with
+    ``previews`` (UID -> stored PREVIEW), PREVIEW too, a message without a stored one
+    computed from its file (or NIL under LAZY) as in every FETCH."""
     st = view.state
     recent = view.recent
     any_recent = len(recent) > 0
     rendered: dict[int, bytes] = {}  # flag set id -> "FLAGS (...)"
     names = [a.name for a in atts]
+    lazy = any(a.lazy for a in atts if a.name == "PREVIEW")
     out = bytearray()
     for k, uid in enumerate(uids):
         if not k & 255:
@@ -492,6 +505,21 @@ async def _fetch_meta(s: IMAPSession, view: MailboxView, uids: list[int], atts: 
                 items.append(b"MODSEQ (%d)" % modseq)
             elif n == "RFC822.SIZE":
                 items.append(b"RFC822.SIZE %d" % size)
+            elif n == "PREVIEW":
+                v = previews.get(uid) if previews is not None else None
+                if v is not None:
+                    items.append(b"PREVIEW " + response.string(v))
+                    continue
+                info = view.msgs.get(uid)
+                if info is None:
+                    continue
+                ld = _Loader(s, info)
+                try:
+                    items.append(b"PREVIEW " + _preview(ld, lazy))
+                except (OSError, KeyError, StoreError):
+                    items.append(b"PREVIEW NIL")  # RFC 8970 §3.1: nstring
+                finally:
+                    ld.close()
             else:
                 info = view.msgs.get(uid)
                 if info is None:

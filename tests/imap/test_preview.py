@@ -117,3 +117,35 @@ def test_collapse_and_controls_as_the_regex_and_filter_do(text: str) -> None:
 
     assert _collapse(text)[:2 * MAX_CHARS] == _WS.sub(" ", text).strip()[:2 * MAX_CHARS]
     assert text.translate(_CONTROLS) == "".join(c for c in text if c >= " " and c != "\x7f")
+
+
+def test_fetch_preview_of_many_messages_from_the_mailbox_s_stored_previews() -> None:
+    """A FETCH of PREVIEW for many messages (the column path with the mailbox's stored
+    previews, kept between commands) answers what one FETCH per message answers: stored
+    previews, computed ones for messages stored before previews were (NIL under LAZY),
+    with FLAGS/UID as asked; a message stored later is seen by the next FETCH."""
+    store, acc = make_store()
+    bodies = [PLAIN, HTML, ALTERNATIVE, ONLY_ATTACHMENT]
+    for i in range(40):
+        store.put(acc, "INBOX", bodies[i % 4])
+    preview.register(store)
+    for i in range(40):
+        store.put(acc, "INBOX", bodies[(i + 1) % 4])
+    first = Conn(store)
+    first.login()
+    first.select()
+    # RFC 8970 §3.2: LAZY gives NIL for the 40 without a stored preview, nothing computed.
+    assert first.cmd("f FETCH 1:* (PREVIEW (LAZY))").count(b"PREVIEW NIL") == 40
+    c = Conn(store)
+    c.login()
+    c.select()
+    c.cmd("s STORE 3,50 +FLAGS (\\Flagged)")
+    for atts in ("PREVIEW", "(UID PREVIEW (LAZY) FLAGS)", "(PREVIEW RFC822.SIZE)"):
+        whole = c.cmd(f"f FETCH 1:* {atts}")
+        assert whole.endswith(b"f OK FETCH completed\r\n"), whole[-200:]
+        one_by_one = b"".join(c.cmd(f"f FETCH {n} {atts}").rsplit(b"f OK", 1)[0]
+                              for n in range(1, 81))
+        assert whole.rsplit(b"f OK", 1)[0] == one_by_one, atts
+    store.put(acc, "INBOX", PLAIN)
+    c.cmd("n NOOP")
+    assert b'* 81 FETCH (PREVIEW "Hello Bob, how are you?")' in c.cmd("f FETCH 1:* (PREVIEW)")
