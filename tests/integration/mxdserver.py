@@ -8,6 +8,7 @@ the real ``mxd account add`` command, starts twistd, and waits until every port 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,6 +23,11 @@ from tests.integration.tools import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
+# A bound for a twistd mxd start that fails: generous, since other test runs may load the
+# machine (a start that works returns as soon as it is done).
+STARTUP_TIMEOUT = 120.0
+_WORKER_SERVING = re.compile(rb"worker (\d+) serving \d+ listener")
+
 PROTOCOLS = {
     "smtp": ("smtp", None),
     "submission": ("submission", None),
@@ -100,10 +106,17 @@ timeout = 1.0
         r = self.mxd(*args, stdin=password + "\n")
         assert r.returncode == 0, r.stderr
 
-    def start(self, timeout: float = 30.0, env: dict[str, str] | None = None,
+    def start(self, timeout: float = STARTUP_TIMEOUT, env: dict[str, str] | None = None,
               twistd_args: tuple[str, ...] = ()) -> None:
         """Start twistd (``env``: more environment variables, ``twistd_args``: more
-        options of twistd itself, e.g. ``--logger``) and wait for every port.
+        options of twistd itself, e.g. ``--logger``) and wait for every port and, with
+        ``[server] workers``, for every worker process to serve.
+
+        The main process binds every port before it starts the workers, so an open port
+        does not mean that anything answers yet: on a loaded machine a worker took 6 s
+        to import and open the store, and a test's first connection waited (and its
+        client's timeout ran) in the listen queue meanwhile.  ``timeout`` is a bound for
+        a start that fails, generous because the machine may be shared.
 
         A port picked by ``free_port`` can be taken by some other socket (an outgoing
         connection's ephemeral port, another test run) before twistd binds it; then the
@@ -130,6 +143,7 @@ timeout = 1.0
             [str(VENV_BIN / "twistd"), "-n", "--pidfile=", "--logfile=-", *twistd_args, "mxd",
              "--config", str(self.config_path)],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=self.base, env=env)
+        offset = self.log_path.stat().st_size
         deadline = time.monotonic() + timeout
         pending = set(self.ports)
         while pending:
@@ -146,6 +160,34 @@ timeout = 1.0
                 raise RuntimeError(f"mxd did not listen on {sorted(pending)}:\n{self.log_tail()}")
             if pending:
                 time.sleep(0.05)
+        self._wait_for_workers(offset, deadline, env)
+
+    def _wait_for_workers(self, offset: int, deadline: float, env: dict[str, str]) -> None:
+        """Poll the log (from ``offset``) until each worker has said it serves (at info
+        level, from mxd.worker: not when the test's [log] settings leave that out)."""
+        from mxd.config import load_config
+
+        cfg = load_config(self.config_path)
+        expected = cfg.server.worker_count()
+        level = env.get("MXD_LOG_LEVEL") or next(
+            (cfg.log.levels[ns] for ns in ("mxd.worker", "mxd") if ns in cfg.log.levels),
+            cfg.log.level)
+        if expected <= 1 or level not in ("trace", "debug", "info"):
+            return
+        assert self.proc is not None
+        while True:
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                serving = set(_WORKER_SERVING.findall(f.read()))
+            if len(serving) >= expected:
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mxd exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"{expected - len(serving)} of {expected} workers did not "
+                                   f"start serving:\n{self.log_tail()}")
+            time.sleep(0.05)
 
     def log_tail(self, n: int = 60) -> str:
         try:
