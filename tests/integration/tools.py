@@ -42,6 +42,60 @@ def require_module(name: str):  # type: ignore[no-untyped-def]
         pytest.skip(msg)
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (twistd mxd's worker processes), from /proc."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass  # exited meanwhile
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time used so far by ``pid``, its descendants and all their threads, in
+    seconds with nanosecond resolution (the first field of /proc/PID/task/TID/schedstat:
+    time on a CPU).  Unlike wall time, it does not grow while other programs on a loaded
+    machine hold the CPUs.  (A thread that exits takes its time with it: measure across
+    work done by long-lived threads, such as the reactor and the hashing pool.)"""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{p}/task/{task}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
+    return total / 1e9
+
+
+def wait_cpu_idle(pid: int, timeout: float = 60.0, window: float = 0.5,
+                  busy: float = 0.02) -> None:
+    """Poll until ``pid`` and its descendants use less than ``busy`` seconds of CPU in
+    ``window`` seconds (start-up work done: imports, warm-ups, first queue scans);
+    AssertionError when they are still busy after ``timeout``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    last = cpu_seconds(pid)
+    while True:
+        time.sleep(window)
+        now = cpu_seconds(pid)
+        if now - last < busy:
+            return
+        last = now
+        assert time.monotonic() < deadline, f"process {pid} still busy after {timeout} s"
+
+
 _HANDED_OUT: set[int] = set()
 
 
