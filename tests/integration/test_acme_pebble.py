@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.x509 import DNSName
+from cryptography.x509.verification import PolicyBuilder, Store
 
 from mxd.certs import spki_sha256_of_cert
 from tests.golive_helpers import host_keys
@@ -126,14 +127,57 @@ def _leaf(path: Path) -> x509.Certificate:
     return x509.load_pem_x509_certificates(path.read_bytes())[0]
 
 
-def _served(port: int, sni: str, root: x509.Certificate) -> list[x509.Certificate]:
-    """Handshake with SNI, verifying against pebble's root and the name."""
-    ctx = ssl.create_default_context(cadata=root.public_bytes(serialization.Encoding.PEM)
-                                     .decode())
+def _served(port: int, sni: str, root: x509.Certificate,
+            chains: list[Path]) -> list[x509.Certificate]:
+    """Handshake with SNI; the leaf, verified to chain to pebble's root (through the
+    intermediates in ``chains``, the certificate files) and to be for ``sni``."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # verified below, see _verify
     with socket.create_connection(("127.0.0.1", port), 10) as s, \
             ctx.wrap_socket(s, server_hostname=sni) as t:
         der = t.getpeercert(binary_form=True)
-    return [x509.load_der_x509_certificate(der)]
+    assert der is not None
+    leaf = x509.load_der_x509_certificate(der)
+    _verify(leaf, sni, root, chains)
+    return [leaf]
+
+
+def _verify(leaf: x509.Certificate, name: str, root: x509.Certificate,
+            chains: list[Path]) -> None:
+    """Path validation to ``root`` and the name check, as a TLS client makes them, but at
+    a time within the leaf's lifetime rather than now: with pebble's 12 s lifetimes a
+    certificate may have expired by the time the test looks at it on a loaded machine,
+    while its renewal waits for the orders of other names (they run one at a time)."""
+    intermediates = [c for p in chains if p.exists()
+                     for c in x509.load_pem_x509_certificates(p.read_bytes())[1:]]
+    start, end = leaf.not_valid_before_utc, leaf.not_valid_after_utc
+    verifier = (PolicyBuilder().store(Store([root])).time(start + (end - start) / 2)
+                .build_server_verifier(DNSName(name)))
+    verifier.verify(leaf, intermediates)  # raises VerificationError
+
+
+def _smtp_certificate(port: int, name: str, root: x509.Certificate,
+                      chains: list[Path], within: float = 30.0) -> x509.Certificate:
+    """The leaf STARTTLS presents for SNI ``name``, once it is no longer the self-signed
+    one (polled: the worker switches within about a second of the files), verified as
+    in _served."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # verified below
+    deadline = time.monotonic() + within
+    while True:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+            smtp._host = name  # the SNI smtplib sends
+            smtp.starttls(context=ctx)
+            der = smtp.sock.getpeercert(binary_form=True)
+        assert der is not None
+        leaf = x509.load_der_x509_certificate(der)
+        if leaf.issuer != leaf.subject:
+            _verify(leaf, name, root, chains)
+            return leaf
+        assert time.monotonic() < deadline, "STARTTLS still presents the self-signed certificate"
+        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -174,20 +218,18 @@ def test_tls_alpn_01_certificates_for_every_name_and_renewal_keeps_the_key(
             leaf = _leaf(server.cert_file(name, k.kind.value))
             assert spki_sha256_of_cert(leaf) == spki[k.kind.value]
             assert leaf.issuer != leaf.subject
-        (served,) = _served(server.ports["https"], name, root)
+        (served,) = _served(server.ports["https"], name, root,
+                            [server.cert_file(name, k.kind.value) for k in server.keys])
         names = served.extensions.get_extension_for_class(x509.SubjectAlternativeName)
         assert names.value.get_values_for_type(x509.DNSName) == [name]
         assert spki_sha256_of_cert(served) in spki.values()
     assert "http-01" not in pebble.output().lower().replace("tls-alpn-01", "")
     assert "answering ACME TLS-ALPN-01 validation for mta-sts.example.test" in server.log()
-    # The mail listeners present the same ACME certificates (SNI on STARTTLS).
-    ctx = ssl.create_default_context(cadata=root.public_bytes(serialization.Encoding.PEM)
-                                     .decode())
-    ctx.check_hostname = False  # smtplib would check "127.0.0.1"; the name is checked below
-    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=10) as smtp:
-        smtp._host = "mx.example.test"  # the SNI smtplib sends
-        smtp.starttls(context=ctx)
-        leaf = x509.load_der_x509_certificate(smtp.sock.getpeercert(binary_form=True))
+    # The mail listeners present the same ACME certificates (SNI on STARTTLS); they are
+    # served by the worker processes, which look for new certificate files every second.
+    leaf = _smtp_certificate(server.ports["smtp"], "mx.example.test", root,
+                             [server.cert_file("mx.example.test", k.kind.value)
+                              for k in server.keys])
     sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     assert sans.value.get_values_for_type(x509.DNSName) == ["mx.example.test"]
     assert spki_sha256_of_cert(leaf) in spki.values()
@@ -198,7 +240,8 @@ def test_tls_alpn_01_certificates_for_every_name_and_renewal_keeps_the_key(
     renewed = _leaf(mx)
     assert renewed.serial_number != first[mx]
     assert spki_sha256_of_cert(renewed) == spki["ecdsap256"]
-    (served,) = _served(server.ports["https"], "mx.example.test", root)
+    (served,) = _served(server.ports["https"], "mx.example.test", root,
+                        [server.cert_file("mx.example.test", k.kind.value) for k in server.keys])
     assert spki_sha256_of_cert(served) in spki.values()
     assert "ACME: new certificate for mx.example.test (ecdsap256)" in server.log()
 
@@ -211,7 +254,9 @@ def test_http_01_certificates(world: dict[str, Any], tmp_path: Path, lab: DNSLab
     server.wait_for(files, 60, pebble)
     assert "answered ACME HTTP-01 challenge for mta-sts.example.test" in server.log()
     root = pebble.root()
-    (served,) = _served(server.ports["https"], "mta-sts.example.test", root)
+    (served,) = _served(server.ports["https"], "mta-sts.example.test", root,
+                        [server.cert_file("mta-sts.example.test", k.kind.value)
+                         for k in server.keys])
     assert spki_sha256_of_cert(served) in {k.spki_sha256 for k in server.keys}
     account = json.loads((tmp_path / "data" / "acme" / "account.json").read_text())
     assert account["uri"].startswith(f"https://127.0.0.1:{pebble.port}/")
