@@ -119,7 +119,8 @@ def _sort_tree(roots: list[Node], chunk: int) -> Iterator[None]:
         if len(order) % chunk == 0:
             yield None
     for i, n in enumerate(reversed(order)):
-        n.children.sort(key=_date_key)
+        if len(n.children) > 1:  # most messages have no reply: nothing to sort
+            n.children.sort(key=_date_key)
         if i % chunk == 0:
             yield None
     roots.sort(key=_date_key)
@@ -194,6 +195,9 @@ def _link_references(msgs: Iterable[ThreadData], roots: list[Node],
         nodes.append(node)
         # Step 1A: link the References in order, parent before child, unless the child
         # already has a parent or the link would make a loop.
+        if not m.references:
+            _unlink(node)  # step 1C: no references, a root
+            continue
         chain = []
         for r in m.references:
             c = table.get(r)

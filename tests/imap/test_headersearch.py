@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 from email.message import Message
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -163,3 +164,31 @@ def test_search_reads_no_message_file_when_stored() -> None:
     assert opened == []
     assert c.cmd("s SEARCH HEADER Received b.example").startswith(b"* SEARCH 6\r\n")
     assert len(opened) == 1  # only the message that has the field left out
+
+
+def test_bodies_stored_before_the_search_text_get_it_from_the_backfill(tmp_path: Path) -> None:
+    """A store whose bodies have ENVELOPE and the sort keys but no header search text (an
+    older mxd) gets the text from the backfill, and keeps the other values."""
+    from tests.store.helpers import open_store
+    from tests.store.test_contract import Contract
+
+    h = open_store(tmp_path / "data", inline=True)
+    try:
+        older = (summary.ENVELOPE, summary.KEYS)
+        h.store.register_deriver(summary.DERIVER, older,
+                                 lambda rh: {k: v for k, v in summary.derive(rh).items()
+                                             if k in older})
+        c = Contract(h.store)
+        inbox = c.box(c.account())
+        for block in HEADERS[:4]:
+            c.run(h.store.append(inbox, c.blob(block + b"x\r\n"), frozenset()))
+        assert c.run(h.store.get_derived(inbox, summary.HSEARCH)) == {}
+        envelopes = c.run(h.store.get_derived(inbox, summary.ENVELOPE))
+        summary.register(h.store)
+        while c.run(h.store.backfill_derived(2)):
+            pass
+        got = c.run(h.store.get_derived(inbox, summary.HSEARCH))
+        assert got == {i + 1: headersearch.encode(parse_headers(b)) for i, b in enumerate(HEADERS[:4])}
+        assert c.run(h.store.get_derived(inbox, summary.ENVELOPE)) == envelopes
+    finally:
+        h.close()
