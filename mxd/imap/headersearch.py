@@ -154,6 +154,13 @@ def needle(text: str) -> bytes | None:
         return None
 
 
+@lru_cache(maxsize=256)
+def _name(name: str) -> bytes | None:
+    """A field name as stored lines carry it; None for one that cannot be stored."""
+    key = name.lower()
+    return key.encode("ascii") if _good_name(key) else None
+
+
 def _skipped(stored: bytes, name: bytes) -> bool:
     first = stored[:stored.find(b"\n")] if b"\n" in stored else stored
     if b" " not in first:  # a date or "-" alone: every field stored
@@ -170,10 +177,9 @@ def contains(stored: bytes, name: str, text: str, addresses: bool = False) -> bo
     if stored == UNUSABLE or not stored:
         return None
     n = needle(text)
-    key = name.lower()
-    if n is None or not _good_name(key):
+    bname = _name(name)
+    if n is None or bname is None:
         return None
-    bname = key.encode("ascii")
     if n and n not in stored:
         # Not anywhere in the text (the common case, decided in one scan).
         return None if _skipped(stored, bname) else False

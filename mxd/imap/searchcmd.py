@@ -3,7 +3,7 @@ RFC 7162 §3.1.5, RFC 5267 §4 CONTEXT=SEARCH, RFC 9394 PARTIAL, RFC 8514 SAVEDA
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
 from email.message import Message
 from typing import TYPE_CHECKING
@@ -105,9 +105,24 @@ async def selected_matches(s: IMAPSession, key: SearchKey, now: datetime,
 async def iter_matches(s: IMAPSession, key: SearchKey, now: datetime,
                        only: Iterable[int] | None = None
                        ) -> AsyncIterator[tuple[int, int, MessageInfo]]:
-    """``selected_matches`` one by one (SORT and THREAD select their messages this way).
-    Each message is judged on its columns (``Row``) and, for header keys, the stored
-    header search text; a MessageInfo is built for the matches only."""
+    """``selected_matches`` one by one (SORT and THREAD select their messages this way);
+    a MessageInfo is built for the matches only."""
+    async for seq, uid, m in _judged(s, key, now, only):
+        yield seq, uid, m.info() if isinstance(m, Row) else m
+
+
+async def matched_modseqs(s: IMAPSession, key: SearchKey,
+                          now: datetime) -> list[tuple[int, int, int]]:
+    """(sequence number, UID, modseq) of the selected mailbox's messages that ``key``
+    matches, as ``selected_matches`` finds them, with no message object per match."""
+    return [(seq, uid, m.modseq) async for seq, uid, m in _judged(s, key, now, None)]
+
+
+async def _judged(s: IMAPSession, key: SearchKey, now: datetime, only: Iterable[int] | None
+                  ) -> AsyncIterator[tuple[int, int, MessageInfo | Row]]:
+    """The matches, each as a ``Row`` (to be read before the reactor runs again) or, for
+    a message expunged elsewhere, its MessageInfo.  Each message is judged on its
+    columns and, for header keys, the stored header search text."""
     view = s.view
     assert view is not None
     exists, max_uid, recent = view.exists, view.max_uid, view.recent
@@ -131,6 +146,10 @@ async def iter_matches(s: IMAPSession, key: SearchKey, now: datetime,
     get_stored = stored.get
     # A message whose body is read (BODY, TEXT) may take a while: a check after each.
     every = 1 if need == "body" else 16
+    # One pair of loaders for the whole search, reading the message being judged
+    # (``current``): matches() runs to its end before the next message is looked at.
+    current: list[MessageInfo | Row] = []
+    header, full = (_no_header, _no_message) if meta_only else _loaders(s, current)
     n = 0
     for seq, uid in todo:
         n += 1
@@ -146,12 +165,24 @@ async def iter_matches(s: IMAPSession, key: SearchKey, now: datetime,
             m = ghost
         else:
             m = Row(st, i, uid)
-        # Flags, sizes and dates need no loader (a pair of closures per message).
-        h, f = (_no_header, _no_message) if meta_only else loaders(s, m)  # type: ignore[arg-type]
-        c = Candidate(seq, m, exists, max_uid, h, f, now,  # type: ignore[arg-type]
+        current[:] = [m]
+        c = Candidate(seq, m, exists, max_uid, header, full, now,  # type: ignore[arg-type]
                       any_recent and uid in recent, saved.get(uid), get_stored(uid))
         if matches(key, c):
-            yield seq, uid, m.info() if isinstance(m, Row) else m
+            yield seq, uid, m
+
+
+def _loaders(s: IMAPSession, current: list[MessageInfo | Row]
+             ) -> tuple[Callable[[], Message], Callable[[], mimemsg.ParsedMessage]]:
+    def header() -> Message:
+        h, _ = loaders(s, current[0])  # type: ignore[arg-type]
+        return h()  # type: ignore[operator]
+
+    def full() -> mimemsg.ParsedMessage:
+        _, f = loaders(s, current[0])  # type: ignore[arg-type]
+        return f()  # type: ignore[operator]
+
+    return header, full
 
 
 def _no_header() -> Message:
@@ -181,14 +212,14 @@ async def do_search(s: IMAPSession, cmd: Command) -> Reply:
         modseqs: list[int] = []
     else:
         try:
-            found = await selected_matches(s, args.key, now)
+            found = await matched_modseqs(s, args.key, now)
         except ValueError as e:
             return bad(str(e))
         if s.view is not view:
             return ok(f"{cmd.name} completed")
         matched = [uid for _, uid, _ in found]
         results = matched if is_uid else [seq for seq, _, _ in found]
-        modseqs = [m.modseq for _, _, m in found]  # of each result, in order
+        modseqs = [modseq for _, _, modseq in found]  # of each result, in order
     with_modseq = uses_modseq(args.key)
     if with_modseq:
         s.enable_condstore()
