@@ -4,16 +4,29 @@
 connection: ``?`` placeholders become ``%s``, a literal ``%`` is doubled, and a violated
 constraint arrives as ``sqlbase.IntegrityError``.
 
-``PGRunner`` is the PostgreSQL counterpart of the SQLite writer (mxd.store.writer) with
-the same ``submit(fn, blobs)`` face, so the store's operations are written once.  There is
-no single writer here: each operation runs in its own transaction on a connection of the
-pool, on a thread of a bounded pool (never the reactor thread), several at once; row locks
-order them (a mailbox's UID and modseq counters are updated first, so deliveries to one
-mailbox queue on that row).  A deadlock or serialization failure is retried with a fresh
-context; a lost connection or an unreachable server fails the operation with
-``StoreUnavailable`` (a temporary error: SMTP 4xx, IMAP ``NO [UNAVAILABLE]``), and the pool
-reconnects by itself for the next one.  Body files are made durable before the
-transaction starts, exactly as with SQLite, so a row never points at a missing body.
+``PGRunner`` is the PostgreSQL counterpart of the SQLite writer (mxd.store.writer), with
+the same ``submit(fn, blobs)`` face and the same group commit, so the store's operations
+are written once.  Operations submitted while a batch runs wait and go together in the
+next: their bodies are fsynced first (in parallel, each touched directory once), then
+every operation runs in its own SAVEPOINT of one transaction on a connection of the pool,
+on a thread of a bounded pool (never the reactor thread), and one COMMIT (one WAL flush
+with ``synchronous_commit`` on) makes them all durable; each Deferred fires only after it.
+An operation that fails is rolled back to its savepoint alone; the others commit.
+
+Why batches: a delivery updates its mailbox's UID and modseq counters first, so
+deliveries to one mailbox queue on that row lock, which a transaction keeps until its
+commit has been flushed: one transaction per operation meant one WAL flush per message.
+
+Several nodes share the rows, so a batch may deadlock with another node's transaction.
+PostgreSQL then fails one statement; rolling back to the operation's savepoint releases
+its own locks but not those of the batch's earlier operations, which the other
+transaction waits for, so the victim runs again in the next batch, after this one
+committed.  A lost connection or an unreachable server fails the batch's operations with
+``StoreUnavailable`` (a temporary error: SMTP 4xx, IMAP ``NO [UNAVAILABLE]``), and the
+pool reconnects by itself for the next one.  When the connection is lost while the COMMIT
+is on its way, the operations fail although they may have committed: their bodies are
+kept (a row never points at a missing body); the orphan sweep (mxd.store.orphans)
+removes them if no row took them.
 """
 
 from __future__ import annotations
@@ -41,6 +54,7 @@ T = TypeVar("T")
 __all__ = ["PGConn", "PGRunner", "StoreUnavailable", "translate"]
 
 RETRIES = 5  # deadlocks / serialization failures before giving up
+BATCHES = 1  # transactions under way at once (see PGRunner)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -92,6 +106,14 @@ class PGConn:
         return cur
 
 
+class _CommitUnknown(Exception):
+    """The connection failed while COMMIT was on its way: it may have committed."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 @attrs.define(eq=False)
 class _Op(Generic[T]):
     fn: Callable[[Any, OpContext], T]
@@ -100,27 +122,36 @@ class _Op(Generic[T]):
     ctx: OpContext = attrs.Factory(OpContext)
     error: BaseException | None = None
     result: Any = None
+    fresh: list[str] = attrs.Factory(list)  # bodies made durable for this op alone
+    tries: int = 0  # transactions it ran in (a deadlock victim runs again in the next)
+    again: bool = False  # chosen as a deadlock victim: run it in the next batch
 
 
 class PGRunner:
-    """Runs store operations on a psycopg pool, each in its own transaction."""
+    """Runs store operations on a psycopg pool in group-committed batches."""
 
-    def __init__(self, reactor: IReactorFromThreads, threads: PoolLike, files: BlobFiles) -> None:
+    def __init__(self, reactor: IReactorFromThreads, threads: PoolLike, files: BlobFiles,
+                 *, max_batch: int = 64, batches: int = BATCHES) -> None:
         self._reactor = reactor
         self._threads = threads
         self._files = files
+        self._max_batch = max(1, max_batch)
+        self._batches = max(1, batches)
         self.pool: Any = None  # psycopg_pool.ConnectionPool, set by start()
         self._closed = True
         self._ready = False
         self._threads_running = False
-        self._waiting: list[_Op[Any]] = []  # submitted before the open finished
-        self._running = 0
+        self._pending: list[_Op[Any]] = []
+        self._running = 0  # batches under way
         self._idle_waiters: list[Deferred[None]] = []
         self.on_changes: Callable[[list[MailboxChange]], None] = lambda changes: None
         self.keep_bodies: Callable[[list[str]], list[str]] = lambda blob_ids: blob_ids
-        # Called inside each transaction that changed mailboxes (NOTIFY other nodes).
+        # Called inside each operation that changed mailboxes (NOTIFY other nodes; sent
+        # only if the operation's savepoint and the batch commit).
         self.publish: Callable[[Any, list[MailboxChange]], None] = lambda raw, changes: None
-        self.ops = 0
+        self.ops = 0  # counters for tests and metrics
+        self.batches = 0
+        self.commits_unknown = 0  # commits whose answer was lost with the connection
 
     # -- lifecycle (reactor thread) ------------------------------------------------------
     def start(self, connect: Callable[[], Any]) -> Deferred[None]:
@@ -137,14 +168,12 @@ class PGRunner:
 
         def _opened(_: object) -> None:
             self._ready = True
-            waiting, self._waiting = self._waiting, []
-            for op in waiting:
-                self._dispatch(op)
+            self._kick()
 
         def _failed(f: Failure) -> Failure:
             self._closed = True
             self._stop_threads()
-            waiting, self._waiting = self._waiting, []
+            waiting, self._pending = self._pending, []
             for op in waiting:
                 for b in op.blobs:
                     b.discard()
@@ -157,7 +186,7 @@ class PGRunner:
 
     @property
     def idle(self) -> bool:
-        return self._running == 0 and not self._waiting
+        return self._running == 0 and not self._pending
 
     def when_idle(self) -> Deferred[None]:
         d: Deferred[None] = Deferred()
@@ -175,7 +204,8 @@ class PGRunner:
             w.callback(None)
 
     def stop(self, finish: Callable[[], None] | None = None) -> Deferred[None]:
-        """Refuse new work, let running work finish, close the pool, stop the threads."""
+        """Refuse new work, let queued and running work finish, close the pool, stop the
+        threads."""
         if self._closed:
             return succeed(None)
         self._closed = True
@@ -210,10 +240,10 @@ class PGRunner:
     def submit(self, fn: Callable[[Any, OpContext], T],
                blobs: Sequence[FileBlobWriter] = (), *, overlap: bool = False,
                prepare: Callable[[OpContext], None] | None = None) -> Deferred[T]:
-        """Run ``fn(conn, ctx)`` in a transaction; fires with its result after COMMIT.
-        ``overlap`` and ``prepare`` are the SQLite writer's (mxd.store.unsynced): here
-        bodies are always durable before the transaction, and an operation does its
-        own work inside it."""
+        """Run ``fn(conn, ctx)`` in the next batch; fires with its result after the
+        batch's COMMIT.  ``overlap`` and ``prepare`` are the SQLite writer's
+        (mxd.store.unsynced): here bodies are always durable before the transaction,
+        and an operation does its own work inside it."""
         d: Deferred[T] = Deferred()
         if self._closed:
             for b in blobs:
@@ -222,40 +252,53 @@ class PGRunner:
             return d
         for b in blobs:
             b.seal()
-        op: _Op[T] = _Op(fn, d, blobs)
-        if not self._ready:
-            self._waiting.append(op)
-        else:
-            self._dispatch(op)
+        self._pending.append(_Op(fn, d, blobs))
+        self._kick()
         return d
 
-    def _dispatch(self, op: _Op[Any]) -> None:
-        self._running += 1
-        d = deferToThreadPool(self._reactor, self._threads, self._run, op)  # type: ignore[arg-type]
-        d.addBoth(self._done, op)
+    def _kick(self) -> None:
+        """Start batches while fewer than ``batches`` run: what was submitted meanwhile
+        waits and goes together in the next one."""
+        while self._ready and self._pending and self._running < self._batches:
+            batch = self._pending[:self._max_batch]
+            self._pending = self._pending[self._max_batch:]
+            self._running += 1
+            d = deferToThreadPool(self._reactor, self._threads, self._run_batch, batch)  # type: ignore[arg-type]
+            d.addBoth(self._batch_done, batch)
+        self._notify_idle()
 
-    def _done(self, result: object, op: _Op[Any]) -> None:
-        if isinstance(result, Failure):  # pragma: no cover - _run catches everything
-            op.error = op.error or result.value
-        self.ops += 1
-        unlink: list[str] = []
-        if op.error is None:
-            if op.ctx.changes:
-                try:
-                    self.on_changes(op.ctx.changes)
-                except Exception:  # noqa: BLE001 - listeners must not break the store
-                    log.failure("store change listener failed")
-            unlink = self.keep_bodies(op.ctx.unlink_after_commit) if op.ctx.unlink_after_commit else []
+    def _batch_done(self, result: object, batch: list[_Op[Any]]) -> None:
+        if isinstance(result, Failure):  # pragma: no cover - _run_batch catches everything
+            log.failure("store batch failed", result)
+            for op in batch:
+                op.again = False
+                op.error = op.error or result.value
+        self.batches += 1
+        again = [op for op in batch if op.again]
+        done = [op for op in batch if not op.again]
+        self.ops += len(done)
+        if again:  # deadlock victims: first in the next batch, once this one committed
+            self._pending[:0] = again
+        changes = [c for op in done if op.error is None for c in op.ctx.changes]
+        if changes:
+            try:
+                self.on_changes(changes)
+            except Exception:  # noqa: BLE001 - listeners must not break the store
+                log.failure("store change listener failed")
+        unlink = [b for op in done if op.error is None for b in op.ctx.unlink_after_commit]
+        unlink = self.keep_bodies(unlink) if unlink else unlink
 
         def finish(_: object = None) -> None:
             self._running -= 1
-            if op.error is not None:
-                op.deferred.errback(Failure(op.error))
-            else:
-                op.deferred.callback(op.result)
-            self._notify_idle()
+            for op in done:
+                if op.error is not None:
+                    op.deferred.errback(Failure(op.error))
+                else:
+                    op.deferred.callback(op.result)
+            self._kick()
 
         if unlink and self._threads_running:
+            # Before the operations answer: a body is gone once its expunge has answered.
             d = deferToThreadPool(self._reactor, self._threads, self._files.unlink, unlink)  # type: ignore[arg-type]
             d.addErrback(lambda f: log.failure("removing bodies failed", f))
             d.addBoth(finish)
@@ -278,46 +321,126 @@ class PGRunner:
             fn()
 
     # -- a pool thread ---------------------------------------------------------------------
-    def _run(self, op: _Op[Any]) -> None:
+    def _run_batch(self, batch: list[_Op[Any]]) -> None:
+        """One transaction for the whole batch, one savepoint per operation, one COMMIT
+        (one WAL flush) for all of them."""
         import psycopg
         import psycopg_pool
 
-        fresh: list[str] = []
-        todo = [w for w in op.blobs if not w.durable]
-        if todo:
-            for w, err in zip(todo, self._files.make_durable(todo), strict=True):
+        for op in batch:
+            op.again = False
+        # 1. Bodies, before the transaction that references them: fsync + rename (in
+        # parallel), each touched directory once.
+        writers = [(op, w) for op in batch for w in op.blobs if not w.durable]
+        if writers:
+            errors = self._files.make_durable([w for _, w in writers])
+            for (op, w), err in zip(writers, errors, strict=True):
                 if err is not None:
-                    op.error = StoreError(f"cannot store message body: {err}")
-                else:
-                    fresh.append(w.blob_id)
-            if op.error is not None:
-                self._files.unlink(fresh)
-                return
+                    if op.error is None:
+                        op.error = StoreError(f"cannot store message body: {err}")
+                elif w.blob_id not in op.fresh:
+                    op.fresh.append(w.blob_id)
+        live = [op for op in batch if op.error is None]
+        # 2. The transaction.
+        unknown = False
         pool = self.pool
-        for attempt in range(RETRIES):
-            op.ctx = OpContext(fresh_blobs=list(fresh))
-            op.error = None
+        try:
+            if pool is None:
+                raise StoreClosed("the store is closed")
+            if live:
+                with pool.connection() as raw:
+                    self._transaction(raw, live)
+        except _CommitUnknown as e:
+            unknown = True
+            self._fail(live, StoreUnavailable(f"database unavailable: {e.error}"), e.error)
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as e:
+            self._fail(live, StoreUnavailable(f"database unavailable: {e}"), e)
+        except psycopg.Error as e:
+            self._fail(live, StoreError(f"database error: {e}"), e)
+        except BaseException as e:  # noqa: BLE001 - the errors go to the Deferreds
+            self._fail(live, e, None)
+        if unknown:
+            # The connection went while COMMIT was on its way: it may have committed.  The
+            # operations fail (the client tries again: a message may arrive twice, never
+            # zero times) and their bodies stay, for the sweep of unreferenced bodies
+            # (mxd.store.orphans) to remove if the commit did not happen.
+            self.commits_unknown += 1
+            log.warn("the outcome of a commit of {n} operation(s) is unknown", n=len(live))
+            return
+        # 3. The bodies made durable for operations that did not commit go again (not
+        # those of deadlock victims, which run again in the next batch).
+        kept = {w.blob_id for op in batch if op.error is None for w in op.blobs}
+        unlink = [b for op in batch if op.error is not None and not op.again
+                  for b in op.fresh if b not in kept]
+        if unlink:
+            self._files.unlink(unlink)
+
+    def _transaction(self, raw: Any, live: list[_Op[Any]]) -> None:
+        """BEGIN, each operation in a savepoint, COMMIT.  The savepoint statements
+        travel together ("RELEASE ...; SAVEPOINT ..." in one round trip), so a batch of
+        one costs what a plain transaction did."""
+        import psycopg
+
+        conn = PGConn(raw)
+        try:
+            raw.execute("BEGIN; SAVEPOINT op")
+            for i, op in enumerate(live):
+                if self._run_op(raw, conn, op):
+                    if i < len(live) - 1:
+                        raw.execute("RELEASE SAVEPOINT op; SAVEPOINT op")
+                else:  # its work undone; the savepoint stays for the next one
+                    raw.execute("ROLLBACK TO SAVEPOINT op")
             try:
-                if pool is None:
-                    raise StoreClosed("the store is closed")
-                with pool.connection() as raw, raw.transaction():
-                    op.result = op.fn(PGConn(raw), op.ctx)
-                    if op.ctx.changes:
-                        self.publish(raw, op.ctx.changes)
-                return
-            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as e:
+                raw.execute("COMMIT")
+            except psycopg.OperationalError as e:
+                raise _CommitUnknown(e) from e
+        except (psycopg.OperationalError, _CommitUnknown):
+            raise
+        except BaseException:
+            if raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                try:
+                    raw.execute("ROLLBACK")
+                except psycopg.Error:
+                    pass
+            raise
+
+    def _run_op(self, raw: Any, conn: PGConn, op: _Op[Any]) -> bool:
+        """One operation (inside its savepoint); False when it failed and its work must
+        be rolled back."""
+        import psycopg
+
+        op.ctx = OpContext(fresh_blobs=list(op.fresh))
+        op.tries += 1
+        try:
+            op.result = op.fn(conn, op.ctx)
+            if op.ctx.changes:
+                self.publish(raw, op.ctx.changes)
+            return True
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as e:
+            # Rolling back to the savepoint releases this operation's locks, not those of
+            # the batch's earlier operations that the other transaction waits for: run it
+            # again in the next batch, after this one committed.
+            if op.tries < RETRIES:
+                log.debug("{error}: running the operation again (try {n})", error=e,
+                          n=op.tries)
+                op.again = True
+            else:
                 op.error = StoreError(f"database conflict: {e}")
-                log.debug("retrying after {error} (attempt {n})", error=e, n=attempt + 1)
-                continue
-            except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as e:
-                op.error = StoreUnavailable(f"database unavailable: {e}")
                 op.error.__cause__ = e
-            except psycopg.Error as e:
-                op.error = StoreError(f"database error: {e}")
-                op.error.__cause__ = e
-            except BaseException as e:  # noqa: BLE001 - the error goes to its Deferred
-                op.error = e
-            break
-        # Rolled back: the bodies made durable for this operation alone go again.
-        if fresh:
-            self._files.unlink(fresh)
+        except psycopg.OperationalError:
+            raise  # the connection is gone: the whole batch fails
+        except psycopg.Error as e:
+            op.error = StoreError(f"database error: {e}")
+            op.error.__cause__ = e
+        except Exception as e:  # noqa: BLE001 - the error goes to its Deferred
+            op.error = e
+        return False
+
+    @staticmethod
+    def _fail(ops: list[_Op[Any]], error: BaseException, cause: BaseException | None) -> None:
+        if cause is not None:
+            error.__cause__ = cause
+        for op in ops:
+            op.again = False
+            if op.error is None:
+                op.error = error

@@ -3,8 +3,8 @@ that every mxd node shares (``[store] blob_dir``, e.g. on NFS).
 
 ``PostgresStore`` implements ``IAccountStore`` and ``IMailStore`` with the very operations
 of the SQLite store (mxd.store.sqlite), whose SQL both engines run (mxd.store.sqlbase); it
-differs in how they run (mxd.store.pgconn: a bounded thread pool over a psycopg pool, one
-transaction per operation, several at once) and in what several nodes need:
+differs in how they run (mxd.store.pgconn: a bounded thread pool over a psycopg pool,
+group-committed batches, one savepoint per operation) and in what several nodes need:
 
 * Schema: ``mxd.store.pgschema``, migrated at open under an advisory lock, so nodes
   starting together do not both migrate.
