@@ -512,9 +512,10 @@ class QueueConfig:
     smtp_port: int = opt(25, "Port used for direct delivery to MX hosts (tests change it).",
                          check=_port_check)
     lease: float = opt(10800.0, "Seconds a node holds the recipients it is delivering; "
-                       "when it dies, another node (or itself after a restart, with "
-                       "postgresql) takes them after this. Keep it above the longest "
-                       "delivery attempt.", check=_positive)
+                       "a delivery still under way renews its leases every third of "
+                       "this, so a slow one is never taken for abandoned. When a node "
+                       "dies, another node (or itself after a restart, with postgresql) "
+                       "takes its recipients once their leases run out.", check=_positive)
 
 
 @attrs.frozen

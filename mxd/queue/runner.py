@@ -14,7 +14,9 @@ turns the recipients' outcomes into finish/defer/DSN, and the runner writes that
 the attempts (``mxd.queue.records``) and any DSN (``mxd.smtp.dsn``, null reverse-path,
 queued like any message) in one store transaction.
 
-Restart safety: see mxd.store.queuedb (in-flight leases, recovered at start).
+Restart safety: see mxd.store.queuedb (in-flight leases, recovered at start).  A job
+renews its recipients' leases every third of ``lease`` while it runs, so that another
+runner (a worker, a node) never takes a slow delivery for an abandoned one.
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ class QueueRunner(Service):
         self._timer: Any = None
         self._timer_at: float | None = None
         self._jobs: dict[int, Deferred[None]] = {}
+        self._lease_timers: dict[int, Any] = {}  # job -> its next lease renewal
         self._job_seq = 0
         self._per_domain: dict[str, int] = {}
         self._waking = False
@@ -146,6 +149,10 @@ class QueueRunner(Service):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        for timer in self._lease_timers.values():
+            if timer.active():
+                timer.cancel()
+        self._lease_timers.clear()
         pending = list(self._jobs.values())
         if not pending:
             return succeed(None)
@@ -243,6 +250,9 @@ class QueueRunner(Service):
 
         def finished(_: Any) -> None:
             self._jobs.pop(job_id, None)
+            timer = self._lease_timers.pop(job_id, None)
+            if timer is not None and timer.active():
+                timer.cancel()
             left = self._per_domain.get(domain, 1) - 1
             if left > 0:
                 self._per_domain[domain] = left
@@ -255,6 +265,32 @@ class QueueRunner(Service):
         d.addBoth(finished)
         if not d.called:
             self._jobs[job_id] = d
+            self._keep_leased(m, job_id)
+
+    def _keep_leased(self, m: qs.QueuedMessage, job_id: int) -> None:
+        """While the job runs, renew its recipients' leases every third of the lease, so
+        that a delivery taking longer than ``lease`` (a slow receiver, a large message)
+        is not taken for abandoned and claimed by another runner or node meanwhile."""
+        ids = [r.id for r in m.recipients]
+        lease, owner = self.settings.lease, self.settings.lease_owner
+        every = max(0.01, lease / 3)
+
+        def renewed(n: int) -> None:
+            if n < len(ids) and job_id in self._jobs:  # (not: recorded meanwhile)
+                log.warn("{queue_id}: {lost} of {n} lease(s) had run out before renewal;"
+                         " another runner may deliver them too", queue_id=m.queue_id,
+                         lost=len(ids) - n, n=len(ids))
+
+        def renew() -> None:
+            if job_id not in self._jobs or not self.running:
+                return
+            d = self.queue.store.renew_leases(ids, self.reactor.seconds(), lease, owner)
+            d.addCallbacks(renewed, lambda f: log.warn(
+                "{queue_id}: lease renewal failed: {error}", queue_id=m.queue_id,
+                error=f.getErrorMessage()))
+            self._lease_timers[job_id] = self.reactor.callLater(every, renew)
+
+        self._lease_timers[job_id] = self.reactor.callLater(every, renew)
 
     # -- one job: deliver, then record --------------------------------------------------
 

@@ -46,6 +46,11 @@ class IQueueStore(Protocol):
         """Lease due recipients for delivery to runner ``owner`` (see
         ``mxd.store.queuedb.claim_due``); of several runners each recipient goes to one."""
 
+    def renew_leases(self, recipient_ids: Sequence[int], now: float, lease: float,
+                     owner: str | None = None) -> Deferred[int]:
+        """A delivery is still under way: its recipients' leases (``owner``'s, not yet
+        run out) last ``lease`` seconds from ``now``; fires with how many were renewed."""
+
     def release_owner(self, owner: str, now: float) -> Deferred[int]:
         """Runner ``owner`` is gone: its in-flight recipients are due again now."""
 

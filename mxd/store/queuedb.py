@@ -484,6 +484,24 @@ def claim(conn: Conn, recipient_ids: Sequence[int], now: float,
     return _message(row, rcpts)
 
 
+def renew_leases(conn: Conn, recipient_ids: Sequence[int], now: float, lease: float,
+                 owner: str | None = None) -> int:
+    """A delivery still under way: its recipients' leases run ``lease`` seconds from
+    ``now`` again, so no other runner (node) takes them as abandoned.  Only leases still
+    held are renewed: in flight, ``owner``'s, not yet run out (one that ran out may be
+    another runner's by now).  Returns how many were renewed."""
+    if not recipient_ids:
+        return 0
+    marks = ",".join("?" * len(recipient_ids))
+    who = "lease_owner IS NULL" if owner is None else "lease_owner = ?"
+    args: list[Any] = [now + lease, INFLIGHT, now]
+    if owner is not None:
+        args.append(owner)
+    return conn.execute(
+        f"UPDATE queue_recipients SET lease_until = ? WHERE state = ? AND lease_until >= ?"
+        f" AND {who} AND id IN ({marks})", (*args, *recipient_ids)).rowcount
+
+
 def finish_recipient(conn: Conn, recipient_id: int) -> None:
     """Delivered or failed for good: the row goes."""
     conn.execute("DELETE FROM queue_recipients WHERE id = ?", (recipient_id,))

@@ -43,6 +43,11 @@ class SQLiteQueueStore:
             c, now, free=free, running=running, per_domain=per_domain, batch=batch,
             max_rcpts=max_rcpts, lease=lease, owner=owner))
 
+    def renew_leases(self, recipient_ids: Sequence[int], now: float, lease: float,
+                     owner: str | None = None) -> Deferred[int]:
+        ids = list(recipient_ids)
+        return self.store.transact(lambda c: qs.renew_leases(c, ids, now, lease, owner))
+
     def release_owner(self, owner: str, now: float) -> Deferred[int]:
         return self.store.transact(lambda c: qs.release_owner(c, owner, now))
 

@@ -412,3 +412,26 @@ def test_node_refuses_to_start_without_its_body_directory(
     out = r.stdout + r.stderr
     assert r.returncode != 0
     assert "store.blob_dir" in out and f"{missing} does not exist" in out, out[-2000:]
+
+
+def test_a_delivery_longer_than_its_lease_is_renewed_and_sent_once(
+        cluster_nodes: Any) -> None:
+    """Both nodes run with a 1 s lease; the sink takes 4 s to answer DATA.  The node
+    delivering renews its lease while it waits, so the other node (which looks again
+    when the lease would end) never takes the recipient as abandoned: one delivery
+    attempt in the two nodes' logs, one copy at the sink."""
+    sink = Sink(delay=4.0)
+    a, b = cluster_nodes(sink, lease=1.0, max_concurrent=2)
+    sink.controller.start()
+    try:
+        _start_together([a, b])
+        _submit(a, ["slow@remote.test"], "slow", "<slow@example.test>")
+        _until(lambda: sink.ids() == ["<slow@example.test>"], 30, f"sink got {sink.ids()}")
+        _until(lambda: not _queued(a), 10, "the recipient is still queued")
+        attempts = sum(n.log_path.read_text(errors="replace").count("delivering ")
+                       for n in (a, b))
+        assert attempts == 1, attempts
+        assert sink.ids() == ["<slow@example.test>"]
+        assert a.stop() in STOPPED and b.stop() in STOPPED
+    finally:
+        sink.controller.stop()

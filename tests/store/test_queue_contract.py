@@ -116,6 +116,21 @@ def test_deferral_lease_expiry_and_recovery(q: Q) -> None:
     assert [r.id for r in expired[0].recipients] == [rid]
 
 
+def test_a_renewed_lease_keeps_the_recipient(q: Q) -> None:
+    """A delivery still under way renews its lease: the recipient is not claimable when
+    the first lease would have run out, only after the renewed one.  A lease that ran
+    out already, or another runner's, is not renewed."""
+    q.enqueue("QR", ("x@one.test",))
+    m = q.claim().messages[0]
+    rid = m.recipients[0].id
+    assert q.run(q.qs.renew_leases([rid], 1000.0 + LEASE / 2, LEASE, owner="other")) == 0
+    assert q.run(q.qs.renew_leases([rid], 1000.0 + LEASE / 2, LEASE)) == 1
+    assert q.claim(now=1000.0 + LEASE + 1).messages == []  # the first lease's end
+    assert q.run(q.qs.renew_leases([rid], 1000.0 + 2 * LEASE, LEASE)) == 0  # ran out
+    again = q.claim(now=1000.0 + 1.5 * LEASE + 1).messages
+    assert [r.id for r in again[0].recipients] == [rid]
+
+
 def test_admin_operations(q: Q) -> None:
     """hold/kick/drop select by queue id, domain and recipient; held recipients are not
     claimed; drop removes the message when nothing is left."""
