@@ -16,6 +16,9 @@ log lines (each carrying ``worker=N``) go where the main process's go.
 * ``stopService`` (SIGTERM to twistd) sends SIGTERM to every worker: each stops
   accepting, lets its sessions finish for up to ``drain_timeout`` seconds and exits.
   A worker still alive ``kill_grace`` seconds after that is killed.
+* When a worker exits while the server runs, ``lost`` gets its lease owner (its queue
+  recipients are due again) and ``reaped`` its pid (the files it was writing are
+  removed: mxd.store.blobs ``clean_dead``), before it is started again.
 * Authentication outcomes a worker reports (mxd.limitsync) go to every other worker and
   to ``outcome`` (the main process's own limiter); ``broadcast`` sends one to all.
 """
@@ -115,10 +118,12 @@ class WorkerSupervisor(service.Service):
                  argv: Callable[[int, str, Sequence[InheritedSocket]], list[str]],
                  env: dict[str, str] | None = None,
                  ready: Callable[[], Deferred[Any] | None] | None = None,
-                 lost: Callable[[str], None] | None = None) -> None:
+                 lost: Callable[[str], None] | None = None,
+                 reaped: Callable[[int], None] | None = None) -> None:
         self._reactor = reactor
         self._ready = ready  # workers start once this fires (the store is open)
         self._lost = lost  # called with the lease owner of a worker that exited
+        self._reaped = reaped  # called with the pid of a worker that exited (and is reaped)
         self.outcome: Callable[[bytes], None] | None = None  # the main process's limiter
         self.settings = settings
         self._sockets = sockets  # called at start: the sockets are bound by then
@@ -208,6 +213,11 @@ class WorkerSupervisor(service.Service):
                 self._lost(proto.owner)
             except Exception:  # noqa: BLE001 - the restart must happen regardless
                 log.failure("handling the exit of worker {worker} failed", worker=proto.index)
+        if self._reaped is not None and not self._stopping and proto.pid is not None:
+            try:  # its files in the store's tmp/ and pool (mxd.store.blobs.clean_dead)
+                self._reaped(proto.pid)
+            except Exception:  # noqa: BLE001 - the restart must happen regardless
+                log.failure("cleaning up after worker {worker} failed", worker=proto.index)
         if self._stopping:
             log.info("worker {worker} (pid {pid}) stopped: {how}", worker=proto.index,
                      pid=proto.pid, how=how)

@@ -269,10 +269,24 @@ def make_supervisor(cfg: Config, reactor: Any, top: MxdService) -> Any:
         d.addCallbacks(released, lambda f: log.failure("cannot release leases of {owner}",
                                                        f, owner=owner))
 
+    def reaped(pid: int) -> None:
+        """A worker died: the body files it was writing are leftovers now."""
+        clean = getattr(top.components["store"], "clean_dead_process", None)
+        if clean is None:
+            return
+
+        def cleaned(n: tuple[int, int]) -> None:
+            if any(n):
+                log.info("removed {tmp} tmp and {pool} unused pooled body file(s) of worker "
+                         "pid {pid}", tmp=n[0], pool=n[1], pid=pid)
+
+        clean(pid).addCallbacks(cleaned, lambda f: log.failure(
+            "cannot clean up after worker pid {pid}", f, pid=pid))
+
     sup = WorkerSupervisor(reactor, settings, sockets,
                            lambda index, owner, socks: worker_argv(config_path, index, owner,
                                                                    socks),
-                           ready=store_open, lost=lost)
+                           ready=store_open, lost=lost, reaped=reaped)
     sasl = top.components.get("sasl")
     if sasl is not None:  # the main process checks passwords too (admin API, webmail)
         from mxd import limitsync

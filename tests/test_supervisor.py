@@ -77,7 +77,9 @@ def test_starts_workers_with_sockets_and_pipes() -> None:
 def test_restart_backoff(ran: float, delays: list[float]) -> None:
     r, sup = _supervisor(count=1, backoff_max=4.0, stable_after=10.0)
     lost: list[str] = []
+    reaped: list[int] = []
     sup._lost = lost.append
+    sup._reaped = reaped.append
     sup.startService()
     seen = []
     for _ in delays:
@@ -91,6 +93,7 @@ def test_restart_backoff(ran: float, delays: list[float]) -> None:
         assert sup.pids() == {1: r.spawned[-1][0].pid}
     assert seen == delays
     assert lost == [p.owner for p, _, _ in r.spawned[:-1]]  # each dead one's leases
+    assert reaped == [p.pid for p, _, _ in r.spawned[:-1]]  # and its files
 
 
 def test_stop_drains_then_kills_late_workers() -> None:

@@ -1,7 +1,7 @@
 """Message body files ("blobs") under the data directory.
 
 Layout: ``<data_dir>/blobs/<first 2 hex digits>/<id>`` for durable bodies and
-``<data_dir>/tmp/<id>.tmp`` for bodies still arriving.  A body becomes durable in three
+``<data_dir>/tmp/<host>-<pid>.<id>.tmp`` for bodies still arriving.  A body becomes durable in three
 steps (DESIGN.md "Contracts"): flush and ``fsync`` the file, ``rename`` it into place,
 ``fsync`` the directory that now holds it.  Only after that may a database row point at
 it; so after a crash a file may exist without a row (an orphan, removed at the next
@@ -14,6 +14,14 @@ Making such a body durable is then a single ``fsync`` of the file (no rename, no
 directory fsync, no ``open`` on the reactor thread).  The orphan rule is unchanged: a
 pooled file that never got its row (unused at a crash) is an orphan, removed at the next
 start; unused ones are removed at ``close``.
+
+A process killed alone (a SIGKILLed worker of ``[server] workers = N``) leaves its files
+in ``tmp/`` and its pooled files that never got a row, while other processes go on
+writing theirs.  So each process's files carry its name (``<host>-<pid>``): its tmp
+files by name, its pooled ids in ``tmp/<host>-<pid>.pool`` (written before the files
+are made; ids of written, durable or removed bodies leave it at the next refill).
+``clean_dead(pid)`` (the main process, once it has reaped that worker) removes that
+process's tmp files and those of its listed ids that no row references.
 
 Pins (``<data_dir>/held/<host>-<pid>.<random>/<id>``): when several processes share one store, a
 body whose last reference another process dropped may still be shown by a session of
@@ -100,6 +108,9 @@ class BlobFiles:
         self._refilled.set()
         self._closed = False
         self.pin_dir: Path | None = None  # see enable_pins
+        # This process's name on its tmp files and pool list (see the module doc).
+        self.proc_name = f"{socket.gethostname()}-{os.getpid()}"
+        self._handed: dict[str, FileBlobWriter] = {}  # pooled writers not finished yet
         self._pin_dir_s = ""
 
     def ensure_dirs(self) -> None:
@@ -135,7 +146,10 @@ class BlobFiles:
             else:
                 if len(self._pool) < self.pool_size // 2:
                     self._start_refill()
-                return FileBlobWriter(self, blob_id, pooled=f)
+                w = FileBlobWriter(self, blob_id, pooled=f)
+                with self._lock:
+                    self._handed[blob_id] = w
+                return w
             self._start_refill()
         return FileBlobWriter(self, secrets.token_hex(16))
 
@@ -164,9 +178,10 @@ class BlobFiles:
                 return
             prefix = secrets.token_hex(1)
             made: list[tuple[str, BinaryIO]] = []
+            ids = [prefix + secrets.token_hex(15) for _ in range(want)]
             try:
-                for _ in range(want):
-                    blob_id = prefix + secrets.token_hex(15)
+                self._write_pool_list(ids)
+                for blob_id in ids:
                     fd = os.open(self.blob_dir / prefix / blob_id, _O_NEW, 0o600)
                     made.append((blob_id, open(fd, "wb")))
                 fsync_dir(self.blob_dir / prefix)
@@ -184,6 +199,60 @@ class BlobFiles:
                 closed = self._closed
             if closed:
                 self._drain_pool()
+
+    @property
+    def pool_list(self) -> Path:
+        return self.tmp_dir / f"{self.proc_name}.pool"
+
+    def _write_pool_list(self, new: list[str]) -> None:
+        """Helper thread: name in ``pool_list`` every pooled id this process may still
+        have to remove: ``new``, the pool's, and handed-out ones not yet durable or
+        aborted (replaced whole; not fsynced: after a crash of the machine the full
+        orphan scan at the next start applies)."""
+        with self._lock:
+            for blob_id, w in list(self._handed.items()):
+                if w.state in (BlobState.DURABLE, BlobState.ABORTED):
+                    del self._handed[blob_id]
+            ids = [*new, *(b for b, _ in list(self._pool)), *self._handed]
+        tmp = self.tmp_dir / f"{self.proc_name}.pool.new"
+        tmp.write_text("".join(b + "\n" for b in ids))
+        os.replace(tmp, self.pool_list)
+
+    def clean_dead(self, pid: int, referenced: Callable[[list[str]], set[str]]) -> tuple[int, int]:
+        """Remove what process ``pid`` of this host left (its tmp files; its pooled
+        files whose ids ``referenced`` does not return); nothing while it runs.  Returns
+        (tmp files, pooled files) removed.  Blocking: the writer thread."""
+        name = f"{socket.gethostname()}-{pid}"
+        if pid == os.getpid() or _running(pid) or not self.tmp_dir.is_dir():
+            return 0, 0
+        n_tmp = 0
+        for f in self.tmp_dir.iterdir():
+            if f.name.startswith(name + ".") and f.name.endswith(".tmp"):
+                try:
+                    f.unlink()
+                    n_tmp += 1
+                except OSError as e:
+                    log.warn("cannot remove {path}: {error}", path=str(f), error=e)
+        listed = self.tmp_dir / f"{name}.pool"
+        try:
+            ids = [b for b in listed.read_text().split() if is_blob_id(b)]
+        except OSError:
+            ids = []
+        keep = referenced(ids) if ids else set()
+        n_pool = 0
+        for blob_id in ids:
+            if blob_id in keep:
+                continue
+            try:
+                self.path(blob_id).unlink()
+                n_pool += 1
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                log.warn("cannot remove body file {blob_id}: {error}", blob_id=blob_id, error=e)
+        for f in (listed, self.tmp_dir / f"{name}.pool.new"):
+            self._unlink_quietly(f)
+        return n_tmp, n_pool
 
     def _drain_pool(self) -> None:
         """Remove the pooled files not handed out (at close)."""
@@ -378,6 +447,8 @@ class BlobFiles:
         if executor is not None:
             executor.shutdown(wait=True)
         self._drain_pool()
+        if self.pool_size:
+            self._unlink_quietly(self.pool_list)
 
     def unlink(self, blob_ids: Iterable[str]) -> None:
         """Remove body files (after the commit that dropped their last reference)."""
@@ -453,7 +524,7 @@ class FileBlobWriter:
             self._tmp = files.blob_dir / blob_id[:2] / blob_id
             self._f: BinaryIO | None = pooled
         else:
-            self._tmp = files.tmp_dir / f"{blob_id}.tmp"
+            self._tmp = files.tmp_dir / f"{files.proc_name}.{blob_id}.tmp"
             self._f = open(self._tmp, "xb")
         self._size = 0
         self._head = bytearray()  # the first HEAD_KEEP octets, for derived data

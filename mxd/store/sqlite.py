@@ -279,6 +279,26 @@ class SQLiteStore:
             self._files.clean_stale_pins()
         return conn
 
+    def clean_dead_process(self, pid: int) -> Deferred[tuple[int, int]]:
+        """Remove the body files process ``pid`` of this host (a worker killed while the
+        others run) left: its tmp files, and its pooled files no row references
+        (mxd.store.blobs ``clean_dead``).  Fires with (tmp, pooled) files removed."""
+        files = self._files
+
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> tuple[int, int]:
+            def referenced(ids: list[str]) -> set[str]:
+                out: set[str] = set()
+                for start in range(0, len(ids), 500):
+                    chunk = ids[start:start + 500]
+                    out.update(r[0] for r in conn.execute(
+                        "SELECT id FROM blobs WHERE id IN (%s)" % ",".join("?" * len(chunk)),
+                        chunk))
+                return out
+
+            return files.clean_dead(pid, referenced)
+
+        return self._writer.submit(op)
+
     def _unlock(self) -> None:
         if self._opened_db is not None:
             self._opened_db.unlock()

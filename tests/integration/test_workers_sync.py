@@ -9,13 +9,21 @@ found in /proc, see ``owner_of_connection``).
 * Subscriptions and annotations changed in X: LIST (\\Subscribed) and METADATA in Y
   (RFC 5465 §5.5-§5.7), LSUB/LIST (SUBSCRIBED) in Y agree.
 * A mailbox deleted in X while Y has it selected: Y's session ends with BYE.
+* A worker SIGKILLed in the middle of an SMTP DATA: once it is restarted, the body
+  files it was writing (tmp/, its unused pooled files) are gone, and the other
+  worker's are all there.
 """
 
 from __future__ import annotations
 
 import imaplib
+import os
+import signal
+import smtplib
+import socket
 import ssl
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -160,3 +168,88 @@ def test_renames_subscriptions_metadata_and_deletes_cross_workers(
                 time.sleep(0.05)
     finally:
         _close(x, y)
+
+
+def _files_of(tmp_dir: Path, pid: int) -> list[Path]:
+    name = f"{socket.gethostname()}-{pid}."
+    return [f for f in tmp_dir.iterdir() if f.name.startswith(name)]
+
+
+def _listed(tmp_dir: Path, pid: int) -> list[str]:
+    path = tmp_dir / f"{socket.gethostname()}-{pid}.pool"
+    return path.read_text().split() if path.exists() else []
+
+
+def _data_in_progress(s: MxdServer) -> tuple[smtplib.SMTP, int]:
+    """An SMTP session in the middle of DATA, and the pid of the worker serving it."""
+    client = smtplib.SMTP("127.0.0.1", s.ports["smtp"], timeout=20)
+    client.ehlo("client.example.test")
+    assert client.mail("sender@example.org")[0] == 250
+    assert client.rcpt(s.user)[0] == 250
+    assert client.docmd("DATA")[0] == 354
+    client.send(b"Subject: in flight\r\n\r\n" + b"x" * 200_000 + b"\r\n")
+    pids = list(worker_pids(s).values())
+    owner: int = _until(lambda: owner_of_connection(pids, client.sock.getsockname()[1],
+                                                    s.ports["smtp"]),
+                        "the worker serving an SMTP session", timeout=10)
+    return client, owner
+
+
+def test_files_of_a_killed_worker_are_removed_at_its_restart(
+        workers_server: MxdServer) -> None:  # noqa: F811 - the imported fixture
+    """Both workers in the middle of an SMTP DATA; one is SIGKILLed: the main process
+    removes that worker's tmp files and unused pooled body files when it restarts it,
+    and the other worker's message, written meanwhile, is delivered whole."""
+    s = workers_server
+    _until(lambda: both_serving(s), "both workers serving", timeout=FIND_WITHIN)
+    tmp_dir = s.data_dir / "tmp"
+    clients: list[smtplib.SMTP] = []
+    try:
+        first, victim = _data_in_progress(s)
+        clients.append(first)
+        deadline = time.monotonic() + FIND_WITHIN
+        while True:
+            c, owner = _data_in_progress(s)
+            clients.append(c)
+            if owner != victim:
+                live, other = c, owner
+                break
+            assert time.monotonic() < deadline, "every SMTP session landed in one worker"
+        index = next(i for i, p in worker_pids(s).items() if p == victim)
+        # Each body arrives in a pooled file (listed) or in tmp/ (named): either way
+        # both workers have files of their own now.
+        _until(lambda: _listed(tmp_dir, victim), "the victim's pool list", timeout=10)
+        _until(lambda: _listed(tmp_dir, other), "the other worker's pool list", timeout=10)
+        def exist(ids: list[str]) -> bool:
+            return all((s.data_dir / "blobs" / b[:2] / b).exists() for b in ids)
+
+        theirs = _listed(tmp_dir, victim)  # (listed before they are made)
+        _until(lambda: exist(theirs), "the victim's pooled files", timeout=10)
+        os.kill(victim, signal.SIGKILL)
+        _until(lambda: worker_pids(s)[index] != victim, "the killed worker restarted",
+               timeout=30)
+        _until(lambda: not _files_of(tmp_dir, victim), "the killed worker's tmp files gone",
+               timeout=10)
+        assert not [b for b in theirs if (s.data_dir / "blobs" / b[:2] / b).exists()]
+        mine = _listed(tmp_dir, other)
+        assert mine
+        _until(lambda: exist(mine), "the other worker's pooled files", timeout=10)
+        assert f"of worker pid {victim}" in s.log_path.read_text(errors="replace")
+        # The live worker's message was not touched: it completes and is stored.
+        live.send(b"the end\r\n.\r\n")
+        assert live.getreply()[0] == 250
+        ctx = ssl.create_default_context(cafile=str(s.ca_file))
+        with imaplib.IMAP4_SSL("127.0.0.1", s.ports["imaps"], ssl_context=ctx) as m:
+            m.login(s.user, s.password)
+            m.select("INBOX", readonly=True)
+            typ, data = m.fetch("1:*", "(BODY.PEEK[TEXT])")
+            assert typ == "OK"
+            bodies = [part[1] for part in data if isinstance(part, tuple)]
+            assert [len(b) for b in bodies] == [200_002 + 9]
+            assert bodies[0].endswith(b"the end\r\n")
+    finally:
+        for c in clients:
+            try:
+                c.close()
+            except OSError:
+                pass

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mxd.store.blobs import BlobError, BlobFiles, BlobState, is_blob_id
+from mxd.store.blobs import BlobError, BlobFiles, BlobState, FileBlobWriter, is_blob_id
 from mxd.store.interfaces import Delivery, MessageProps
 from tests.store.helpers import open_store
 
@@ -137,7 +137,7 @@ def test_second_opener_skips_cleanup(data_dir: Path) -> None:
     blob_id = first.run(first.store.commit_blob(committed))
     second = open_store(data_dir)
     assert first.store.blob_path(blob_id).exists()
-    assert len(list((data_dir / "tmp").iterdir())) == 1
+    assert len(list((data_dir / "tmp").glob("*.tmp"))) == 1  # (and the pool's list)
     a = second.run(second.store.add_account("bob", "{}")).id
     assert first.run(first.store.get_account("bob")).id == a  # both see one database
     second.close()
@@ -167,7 +167,7 @@ def test_pooled_writer_skips_tmp_and_rename(tmp_path: Path) -> None:
     assert w.blob_id in pooled and is_blob_id(w.blob_id)
     w.write(b"hello")
     w.seal()
-    assert list(files.tmp_dir.iterdir()) == []
+    assert list(files.tmp_dir.glob("*.tmp")) == []  # (the pool's list is there)
     synced: list[Path] = []
     import mxd.store.blobs as blobs_mod
 
@@ -237,3 +237,29 @@ def test_store_crash_cleanup_removes_pooled_leftovers(data_dir: Path) -> None:
     files = BlobFiles(data_dir)
     assert set(files.iter_blob_ids()) == {msg.blob_id}
     h.close()
+
+
+def test_pool_list_names_the_ids_this_process_may_have_to_remove(tmp_path: Path) -> None:
+    """``tmp/<host>-<pid>.pool`` lists the pooled ids not handed out and those handed
+    out but not yet durable or aborted (written before the files are made); finished
+    ones leave it at the next refill; tmp files carry the process's name too."""
+    files = _filled_pool(tmp_path, size=4)
+    assert files.pool_list.name == f"{files.proc_name}.pool"
+    assert set(files.pool_list.read_text().split()) == files.pooled_ids()
+    kept = files.new_writer()
+    kept.write(b"in flight")
+    done = files.new_writer()
+    done.write(b"done")
+    done.seal()
+    files.make_durable([done])
+    gone = files.new_writer()
+    gone.abort()
+    pooled = files.pooled_ids()  # (waits for a refill the takes started)
+    files._write_pool_list([])  # what each refill does first
+    assert set(files.pool_list.read_text().split()) == pooled | {kept.blob_id}
+    tmp = FileBlobWriter(files, "cd" * 16)
+    assert tmp._tmp.name == f"{files.proc_name}.{'cd' * 16}.tmp"
+    tmp.abort()
+    kept.abort()
+    files.close()
+    assert not files.pool_list.exists()

@@ -432,3 +432,89 @@ def test_pins_of_a_dead_process_are_removed_at_open(data_dir: Path) -> None:
         assert live.exists() and other_host.exists()
     finally:
         h.close()
+
+
+KILLED_SCRIPT = textwrap.dedent("""
+    import secrets, sys, time
+    from pathlib import Path
+    from twisted.internet import defer, reactor
+    from mxd.store.blobs import FileBlobWriter
+    from mxd.store.interfaces import Delivery, MessageProps
+    from mxd.store.sqlite import SQLiteStore, StoreSettings
+
+    async def main():
+        store = SQLiteStore(Path(sys.argv[1]), reactor, settings=StoreSettings(blob_pool=8))
+        await store.open()
+        acct = await store.get_account("alice")
+        done = store.new_blob()  # pooled, delivered: its row keeps it
+        done.write(b"Subject: kept\\r\\n\\r\\nkept\\r\\n")
+        await store.deliver(done, [Delivery(acct.id)], MessageProps())
+        store._files.pooled_ids()  # waits for the pool's refill
+        half = store.new_blob()  # pooled, half written when the process dies
+        assert half.pooled
+        half.write(b"Subject: half")
+        tmp = FileBlobWriter(store._files, secrets.token_hex(16))  # a body in tmp/
+        tmp.write(b"Subject: tmp")
+        store._files.pooled_ids()  # the refill has run: its files are listed
+        print("IDS", done.blob_id, half.blob_id, flush=True)
+        print("POOL", *sorted(store._files.pooled_ids()), flush=True)
+        print("READY", flush=True)
+
+    reactor.callWhenRunning(lambda: defer.ensureDeferred(main()).addErrback(
+        lambda f: (f.printTraceback(), reactor.stop())))
+    reactor.run()
+""")
+
+
+def test_files_of_a_killed_process_are_removed_and_a_live_ones_kept(data_dir: Path) -> None:
+    """A process SIGKILLed while writing leaves a tmp file, a half-written pooled file
+    and unused pooled files; ``clean_dead_process`` (what the main process runs once
+    it has reaped a worker) removes those and keeps the delivered body, and touches
+    nothing of a live process (another store writing into the same directories)."""
+    h = open_store(data_dir, settings=StoreSettings(blob_pool=8))
+    try:
+        acct = h.run(h.store.add_account("alice", "{}", ["alice@example.test"]))
+        h.store.new_blob().abort()  # the pool fills
+        h.store._files.pooled_ids()
+        live = h.store.new_blob()  # this (live) process's half-written pooled body
+        assert live.pooled
+        live.write(b"Subject: live")
+        from mxd.store.blobs import FileBlobWriter
+
+        live_tmp = FileBlobWriter(h.store._files, "ab" * 16)
+        live_tmp.write(b"Subject: live tmp")
+        p = subprocess.Popen([sys.executable, "-c", KILLED_SCRIPT, str(data_dir)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        lines: dict[str, list[str]] = {}
+        assert p.stdout is not None
+        deadline = time.monotonic() + 60
+        while "READY" not in lines:
+            line = p.stdout.readline().decode()
+            assert line and time.monotonic() < deadline, (line, lines)
+            key, *rest = line.split()
+            lines[key] = rest
+        done_id, half_id = lines["IDS"]
+        unused = lines["POOL"]
+        files = h.store._files
+        theirs = [f for f in files.tmp_dir.iterdir() if f".{p.pid}." in f.name
+                  or f.name.startswith(f"{files.proc_name.rsplit('-', 1)[0]}-{p.pid}.")]
+        assert {f.suffix for f in theirs} == {".tmp", ".pool"}, theirs
+
+        # Alive: nothing is removed.
+        assert h.run(h.store.clean_dead_process(p.pid)) == (0, 0)
+        p.kill()
+        p.wait(10)
+        assert h.run(h.store.clean_dead_process(p.pid)) == (1, 1 + len(unused))
+        assert not any(f.exists() for f in theirs)
+        assert files.path(done_id).exists()
+        assert not files.path(half_id).exists()
+        assert not any(files.path(b).exists() for b in unused)
+        # This process's files are all still there.
+        assert live._tmp == files.path(live.blob_id) and live._tmp.exists()
+        assert live_tmp._tmp.exists()
+        assert files.pool_list.exists()
+        assert all(files.path(b).exists() for b in files.pooled_ids())
+        live_tmp.abort()
+        h.run(h.store.deliver(live, [Delivery(acct.id)], MessageProps()))
+    finally:
+        h.close()

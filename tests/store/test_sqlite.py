@@ -123,7 +123,7 @@ def test_deliver_to_several_mailboxes_shares_one_blob(store: StoreHarness, data_
     archived = store.run(store.store.list_messages(_mbox(store, a, "Archive")))
     assert archived[0].flags == frozenset({"\\Seen"})
     assert store.run(store.store.get_message_props(_mbox(store, a), 1)) == props
-    assert list((data_dir / "tmp").iterdir()) == []
+    assert list((data_dir / "tmp").glob("*.tmp")) == []  # no body (the pool list may be)
 
 
 def test_deliver_to_missing_mailbox_stores_nothing(store: StoreHarness, data_dir: Path) -> None:
@@ -428,7 +428,7 @@ def test_closed_store_refuses_work(data_dir: Path) -> None:
     w = h.store.new_blob()
     w.write(b"x")
     assert isinstance(h.fail(h.store.deliver(w, [Delivery(1)], MessageProps())), StoreClosed)
-    assert list((data_dir / "tmp").iterdir()) == []
+    assert list((data_dir / "tmp").glob("*.tmp")) == []  # no body (the pool list may be)
 
 
 def test_small_batches_setting(data_dir: Path) -> None:
@@ -500,7 +500,7 @@ def test_failed_open_fails_queued_work(data_dir: Path) -> None:
     assert isinstance(h.fail(opened), SchemaTooNew)
     assert isinstance(h.fail(queued), StoreClosed)
     h.run(closing)
-    assert list((data_dir / "tmp").iterdir()) == []
+    assert list((data_dir / "tmp").glob("*.tmp")) == []  # no body (the pool list may be)
 
 
 def test_sqlite_errors_become_store_errors(store: StoreHarness) -> None:
