@@ -535,16 +535,20 @@ async def cmd_append(s: IMAPSession, cmd: Command) -> Reply:
         size = msg.size if isinstance(msg, BlobLiteral) else len(msg.data)
         if size == 0:
             return no("Cannot append an empty message")
-        box = await _get_mailbox(s, mailbox_name(s, args.mailbox))
-        if box is None:
-            return no("Mailbox does not exist", "TRYCREATE")
         if blob is None:
             assert isinstance(msg, Literal)
             blob = s.store.new_blob()
             blob.write(msg.data)
         when = args.date or datetime.fromtimestamp(s.clock.seconds(), UTC)
+        assert s.account is not None
         try:
-            uid = await s.store.append(box.id, blob, flags, when)  # type: ignore[arg-type]
+            # The mailbox is looked up in the operation that stores the message: one
+            # round trip to the store per APPEND.
+            done = await s.store.append_to(s.account.id, mailbox_name(s, args.mailbox), blob,  # type: ignore[arg-type]
+                                           flags, when)
+        except NoSuchMailbox:
+            blob = None  # the store drops the body
+            return no("Mailbox does not exist", "TRYCREATE")
         except QuotaExceeded:
             blob = None
             await s.refresh_usage()
@@ -554,9 +558,9 @@ async def cmd_append(s: IMAPSession, cmd: Command) -> Reply:
             return store_error_reply(e)  # a flag the store refuses is the client's mistake
         blob = None
         s.note_appended(size)
-        if s.view is not None and s.view.info.id == box.id:
+        if s.view is not None and s.view.info.id == done.mailbox_id:
             s.view.dirty = True
-        return ok("APPEND completed", f"APPENDUID {box.uidvalidity} {uid}")
+        return ok("APPEND completed", f"APPENDUID {done.uidvalidity} {done.uid}")
     finally:
         if blob is not None:
             blob.abort()

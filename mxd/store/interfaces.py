@@ -214,6 +214,15 @@ class Accepted:
 
 
 @attrs.frozen
+class Appended:
+    """What ``IMailStore.append_to`` stored: the mailbox it went to and the new UID."""
+
+    mailbox_id: int
+    uidvalidity: int
+    uid: int
+
+
+@attrs.frozen
 class Delivery:
     """One target of a ``deliver`` call: a mailbox of an account."""
 
@@ -359,6 +368,15 @@ class IMailStore(Protocol):
         internal_date: datetime | None = None,
     ) -> Deferred[int]:
         """IMAP APPEND: fires with the new UID once durable."""
+
+    def append_to(
+        self, account_id: int, name: str, blob: BlobWriter, flags: frozenset[str],
+        internal_date: datetime | None = None,
+    ) -> Deferred[Appended]:
+        """IMAP APPEND to the account's mailbox ``name``, looked up in the same operation
+        as the message is stored (one round trip to the store instead of ``get_mailbox``
+        then ``append``); fires once durable.  Errbacks with NoSuchMailbox (nothing
+        stored), QuotaExceeded or StoreError."""
 
     def append_many(
         self, mailbox_id: int, items: Sequence[tuple[BlobWriter, frozenset[str], datetime | None]],

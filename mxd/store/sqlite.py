@@ -102,6 +102,7 @@ from mxd.store.interfaces import (
     Account,
     AccountChange,
     AccountExists,
+    Appended,
     BlobWriter,
     CannotDeleteInbox,
     Delivery,
@@ -792,6 +793,31 @@ class SQLiteStore:
             uid, modseq = q.insert_new(conn, mailbox_id, w, clean, when, MessageProps(), saved)
             ctx.changes.append(MailboxChange(mailbox_id, "exists", (uid,), modseq))
             return uid
+
+        return self._writer.submit(op, [w], overlap=True, prepare=self._prepare_derived(w))
+
+    def append_to(
+        self, account_id: int, name: str, blob: BlobWriter, flags: frozenset[str],
+        internal_date: datetime | None = None,
+    ) -> Deferred[Appended]:
+        w = self._own_writer(blob)
+        saved = self._now()
+        when = _aware(internal_date or saved)
+
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> Appended:
+            clean = names.clean_flags(flags)
+            row = conn.execute("SELECT id, uidvalidity FROM mailboxes WHERE account_id = ? "
+                               "AND name = ?", (account_id, names.normalize_mailbox_name(name)),
+                               ).fetchone()
+            if row is None:
+                raise NoSuchMailbox(f"no mailbox {name!r}")
+            mailbox_id = int(row[0])
+            self._register_blob(conn, ctx, w)
+            self._derive_new(conn, ctx, w)
+            self._check_quota(conn, account_id, w.size)
+            uid, modseq = q.insert_new(conn, mailbox_id, w, clean, when, MessageProps(), saved)
+            ctx.changes.append(MailboxChange(mailbox_id, "exists", (uid,), modseq))
+            return Appended(mailbox_id, int(row[1]), uid)
 
         return self._writer.submit(op, [w], overlap=True, prepare=self._prepare_derived(w))
 

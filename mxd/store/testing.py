@@ -31,6 +31,7 @@ from mxd.store.interfaces import (
     Account,
     AccountExists,
     AddressInUse,
+    Appended,
     CannotDeleteInbox,
     Delivery,
     Deriver,
@@ -475,6 +476,18 @@ class MemoryStore:
             self._check_quota(box.account_id, size)
             return self._insert(box, blob_id, size, flags, internal_date or self._now(),
                                 MessageProps(), changes)
+        return self._write(op)
+
+    def append_to(self, account_id: int, name: str, blob: Any, flags: frozenset[str],
+                  internal_date: datetime | None = None) -> Deferred[Appended]:
+        def op(changes: list[MailboxChange]) -> Appended:
+            box = self._find(account_id, name)
+            blob_id = self._take(blob)
+            size = len(self.bodies[blob_id])
+            self._check_quota(box.account_id, size)
+            uid = self._insert(box, blob_id, size, flags, internal_date or self._now(),
+                               MessageProps(), changes)
+            return Appended(box.id, box.uidvalidity, uid)
         return self._write(op)
 
     def append_many(self, mailbox_id: int,

@@ -10,6 +10,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from mxd.imap.server import IMAPServerSettings
+from mxd.store.interfaces import Appended
 from tests.imap.fakes import FakeStore
 from tests.imap.helpers import MSG1, Conn, make_store
 
@@ -19,13 +20,13 @@ class SlowAppendStore(FakeStore):
 
     def __init__(self) -> None:
         super().__init__()
-        self.pending: list[tuple[Deferred[int], Any]] = []
+        self.pending: list[tuple[Deferred[Appended], Any]] = []
 
-    def append(self, mailbox_id: int, blob: Any, flags: frozenset[str],
-               when: datetime | None = None) -> Deferred[int]:
-        d: Deferred[int] = Deferred()
-        self.pending.append((d, lambda: super(SlowAppendStore, self).append(
-            mailbox_id, blob, flags, when)))
+    def append_to(self, account_id: int, name: str, blob: Any, flags: frozenset[str],
+                  when: datetime | None = None) -> Deferred[Appended]:
+        d: Deferred[Appended] = Deferred()
+        self.pending.append((d, lambda: super(SlowAppendStore, self).append_to(
+            account_id, name, blob, flags, when)))
         return d
 
     def finish(self, i: int) -> None:

@@ -128,6 +128,30 @@ def test_uids_and_modseqs_grow_per_mailbox(c: Contract) -> None:
     assert [m.uid for m in c.run(c.store.list_messages(inbox, first))] == [1]
 
 
+def test_append_to_looks_the_mailbox_up_by_name(c: Contract) -> None:
+    """append_to stores into the account's mailbox of that name (INBOX in any case, after
+    a RENAME under its new name) and tells its id and UIDVALIDITY; a name that does not
+    exist (or is the name before a RENAME) is NoSuchMailbox and stores nothing; the
+    quota holds."""
+    a, b = c.account(), c.account("bob")
+    inbox = c.run(c.store.get_mailbox(a, "INBOX"))
+    done = c.run(c.store.append_to(a, "inbox", c.blob(), frozenset({"\\Seen"})))
+    assert (done.mailbox_id, done.uidvalidity, done.uid) == (inbox.id, inbox.uidvalidity, 1)
+    assert c.run(c.store.append_to(a, "INBOX", c.blob(), frozenset())).uid == 2
+    c.run(c.store.create_mailbox(a, "Old"))
+    c.run(c.store.rename_mailbox(a, "Old", "New"))
+    assert isinstance(c.fail(c.store.append_to(a, "Old", c.blob(), frozenset())), NoSuchMailbox)
+    new = c.run(c.store.get_mailbox(a, "New"))
+    assert c.run(c.store.append_to(a, "New", c.blob(), frozenset())).mailbox_id == new.id
+    assert isinstance(c.fail(c.store.append_to(b, "New", c.blob(), frozenset())), NoSuchMailbox)
+    assert [m.uid for m in c.run(c.store.list_messages(inbox.id))] == [1, 2]
+    assert c.run(c.store.list_messages(inbox.id))[0].flags == frozenset({"\\Seen"})
+    assert len(c.run(c.store.list_messages(new.id))) == 1
+    assert isinstance(c.fail(c.store.append_to(a, "INBOX", c.blob(b"x" * 20_000), frozenset())),
+                      QuotaExceeded)
+    assert c.run(c.store.get_mailbox(a, "INBOX")).exists == 2
+
+
 def test_unchanged_since_fails_newer_messages(c: Contract) -> None:
     """RFC 7162 UNCHANGEDSINCE: a message changed after the given modseq is not stored."""
     a = c.account()
