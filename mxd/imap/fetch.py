@@ -354,43 +354,56 @@ async def do_fetch(s: IMAPSession, cmd: Command) -> Reply:
             m = state.info(uid) if seq is not None else None
             if seq is None or m is None:
                 continue
-            ld = _Loader(s, m)
-            ld.envelope = envelopes.get(uid)
-            ld.preview = previews.get(uid)
-            ld.saved = saved.get(uid)
-            try:
-                body_gone = _body_gone(view, uid, ld)
-                if body_gone:
-                    expunge_issued = True
-                    log.info("imap fetch of message {uid} expunged by another session",
-                             uid=uid)
-                segs: list[Segment] = [uidonly.fetch_head(s, seq, uid)]
-                first = True
-                for att in atts:
-                    if body_gone and att.name in _NEEDS_BODY:
-                        if att.section is None:
-                            continue  # no value to give; the item is left out
-                        rendered: list[Segment] = [_item_name(att) + b" NIL"]
+            for retry in (False, True):
+                ld = _Loader(s, m)
+                ld.envelope = envelopes.get(uid)
+                ld.preview = previews.get(uid)
+                ld.saved = saved.get(uid)
+                try:
+                    body_gone = _body_gone(view, uid, ld)
+                    if body_gone:
+                        expunge_issued = True
+                        log.info("imap fetch of message {uid} expunged by another session",
+                                 uid=uid)
+                    segs: list[Segment] = [uidonly.fetch_head(s, seq, uid)]
+                    first = True
+                    for att in atts:
+                        if body_gone and att.name in _NEEDS_BODY:
+                            if att.section is None:
+                                continue  # no value to give; the item is left out
+                            rendered: list[Segment] = [_item_name(att) + b" NIL"]
+                        else:
+                            rendered = _render_att(s, ld, seq, att)
+                        if not first:
+                            segs.append(b" ")
+                        first = False
+                        segs.extend(rendered)
+                    if uid in seen_set and "FLAGS" not in names:
+                        segs.append(b" FLAGS " + response.flags(s.flags_of(m)))
+                    segs.append(b")\r\n")
+                    if len(out) < BATCH and all(type(seg) is bytes for seg in segs):
+                        out += b"".join(segs)  # type: ignore[arg-type]
                     else:
-                        rendered = _render_att(s, ld, seq, att)
-                    if not first:
-                        segs.append(b" ")
-                    first = False
-                    segs.extend(rendered)
-                if uid in seen_set and "FLAGS" not in names:
-                    segs.append(b" FLAGS " + response.flags(s.flags_of(m)))
-                segs.append(b")\r\n")
-                if len(out) < BATCH and all(type(seg) is bytes for seg in segs):
-                    out += b"".join(segs)  # type: ignore[arg-type]
-                else:
-                    await _write(s, ld, segs, out)
-            except UnknownCTEError:
-                return no("Unknown Content-Transfer-Encoding", "UNKNOWN-CTE")
-            except (OSError, KeyError, StoreError) as e:
-                failed += 1
-                log.error("imap fetch cannot read message {uid}: {error}", uid=uid, error=str(e))
-            finally:
-                ld.close()
+                        await _write(s, ld, segs, out)
+                    break
+                except UnknownCTEError:
+                    return no("Unknown Content-Transfer-Encoding", "UNKNOWN-CTE")
+                except (OSError, KeyError, StoreError) as e:
+                    if not retry:
+                        # Another process may have expunged the message and removed its
+                        # body (doc/processes.md): learn of that now and render it again,
+                        # NIL with [EXPUNGEISSUED].  Asked only when a read fails, so a
+                        # FETCH costs no round trip to the store's thread otherwise.
+                        ld.close()
+                        await s.catch_up()
+                        if s.view is not view:
+                            return ok("FETCH completed")
+                        continue
+                    failed += 1
+                    log.error("imap fetch cannot read message {uid}: {error}", uid=uid,
+                              error=str(e))
+                finally:
+                    ld.close()
     finally:
         if ahead is not None:
             ahead.addErrback(lambda _: None)  # a batch no longer wanted

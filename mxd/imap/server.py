@@ -100,10 +100,9 @@ log = Logger()
 # Commands by which a client asks for what changed (RFC 9051 §6.1.2 NOOP, §6.3.13 IDLE,
 # CHECK) or opens a mailbox: first learn at once what other processes committed (with
 # [server] workers; mxd.store.watch otherwise reports it within a fraction of a second).
-# FETCH too: a message another process expunged may have lost its body file already, and
-# must then be known as expunged here (NIL and [EXPUNGEISSUED], mxd.imap.fetch).
-_CATCH_UP = frozenset({"NOOP", "CHECK", "IDLE", "SELECT", "EXAMINE", "STATUS", "FETCH",
-                       "UID FETCH"})
+# FETCH catches up only when a message's body cannot be read (another process may have
+# expunged it and removed the file: it is then NIL with [EXPUNGEISSUED], mxd.imap.fetch).
+_CATCH_UP = frozenset({"NOOP", "CHECK", "IDLE", "SELECT", "EXAMINE", "STATUS"})
 
 _USAGE_CHANGING = frozenset({"EXPUNGE", "UID EXPUNGE", "CLOSE", "DELETE", "COPY", "UID COPY",
                              "MOVE", "UID MOVE"})
@@ -756,7 +755,7 @@ class IMAPSession(Protocol):
                 if self.view is not None and refused is None:
                     cmd = searchres.substitute(cmd, self.search_result, self.view.uids)  # RFC 5182 $
                 if cmd.name in _CATCH_UP and refused is None:
-                    await self._catch_up()
+                    await self.catch_up()
                 reply = refused if refused is not None else await spec.handler(self, cmd)
             finally:
                 if prev is not None and not prev.called:
@@ -1024,7 +1023,7 @@ class IMAPSession(Protocol):
             expunged = view.take_pending_expunges()
             self.report_expunged(expunged)
 
-    async def _catch_up(self) -> None:
+    async def catch_up(self) -> None:
         """Have the store look for other processes' commits now (a no-op without them)."""
         catch_up = getattr(self.store, "catch_up", None)
         if catch_up is not None:
