@@ -720,7 +720,9 @@ class IMAPSession(Protocol):
                     p.sink.abort()
             self._bad(cmd.tag, f"{cmd.name} not allowed in the {self.state} state")
             return
-        self._set_reading(False)
+        # Reading is paused (or not) by ``_process`` once this returns, as the command
+        # left things: a command that finishes at once (FETCH of small bodies, NOOP) or
+        # that may be pipelined (APPEND) then costs no pause and resume of the transport.
         self._launch(cmd, spec)
 
     def _launch(self, cmd: Command, spec: CommandSpec) -> None:

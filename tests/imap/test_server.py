@@ -636,6 +636,32 @@ def test_reading_paused_while_store_call_runs() -> None:
     assert c.tr.producerState == "producing"
 
 
+def test_command_that_finishes_at_once_does_not_pause_reading() -> None:
+    """A command answered without waiting (NOOP, FETCH of a small body) neither pauses
+    nor resumes the transport's reading: that would be two needless changes of the
+    socket's registration per command."""
+    store, _ = setup_mailbox()
+    c = Conn(store)
+    c.login()
+    c.select()
+    calls: list[str] = []
+    pause, resume = c.tr.pauseProducing, c.tr.resumeProducing
+
+    def counted_pause() -> None:
+        calls.append("pause")
+        pause()
+
+    def counted_resume() -> None:
+        calls.append("resume")
+        resume()
+
+    c.tr.pauseProducing = counted_pause  # type: ignore[method-assign]
+    c.tr.resumeProducing = counted_resume  # type: ignore[method-assign]
+    out = c.send(b"n NOOP\r\nf UID FETCH 1 (BODY.PEEK[])\r\n")
+    assert out.endswith(b"f OK UID FETCH completed\r\n") and b"n OK NOOP" in out, out
+    assert calls == [] and c.tr.producerState == "producing"
+
+
 def test_client_that_never_reads_gets_no_more_commands_run() -> None:
     """While the transport's write buffer is full, pipelined commands wait unread, so
     responses cannot pile up without bound; they run once the client reads again."""
