@@ -49,7 +49,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from twisted.logger import Logger
 
@@ -513,6 +513,12 @@ class FileBlobWriter:
     ``commit_blob``) it is sealed and the writer thread finishes it.  After that
     ``blob_id`` names the durable body and the same writer may be passed to further
     store calls, which then share the one file.
+
+    A body of at most HEAD_KEEP octets (most mail) stays in memory until it is made
+    durable: the writer thread (or its fsync helper) writes it to the file just before
+    the fsync, so the reactor thread makes no file system call for it, and its digest
+    is computed when asked for (off the reactor too).  A larger body goes to the file
+    as it arrives.
     """
 
     def __init__(self, files: BlobFiles, blob_id: str, pooled: BinaryIO | None = None) -> None:
@@ -528,9 +534,12 @@ class FileBlobWriter:
             self._f = open(self._tmp, "xb")
         self._size = 0
         self._head = bytearray()  # the first HEAD_KEEP octets, for derived data
+        # Whether the octets so far are in the file; if not, they are all in _head.
+        self._spilled = False
         # A digest of the body as written: lets a restart check a body whose fsync ran
-        # alongside its database commit (mxd.store.unsynced).
-        self._digest = hashlib.blake2b(digest_size=16)
+        # alongside its database commit (mxd.store.unsynced).  Kept up to date once the
+        # body has spilled to the file; else computed from _head when asked for.
+        self._digest: Any = None
         self.state = BlobState.OPEN
 
     @property
@@ -540,7 +549,10 @@ class FileBlobWriter:
 
     @property
     def digest(self) -> bytes:
-        return self._digest.digest()
+        """BLAKE2b-128 of the body's octets (once sealed: of the whole body)."""
+        if self._spilled:
+            return bytes(self._digest.digest())
+        return hashlib.blake2b(self._head, digest_size=16).digest()
 
     @property
     def size(self) -> int:
@@ -560,6 +572,14 @@ class FileBlobWriter:
     def write(self, data: bytes) -> None:
         if self.state is not BlobState.OPEN or self._f is None:
             raise BlobError(f"blob writer is {self.state.value}, cannot write")
+        if not self._spilled:
+            if self._size + len(data) <= HEAD_KEEP:
+                self._head += data  # written to the file by _sync
+                self._size += len(data)
+                return
+            self._f.write(self._head)  # too big to keep: to the file from now on
+            self._digest = hashlib.blake2b(self._head, digest_size=16)
+            self._spilled = True
         self._f.write(data)
         self._digest.update(data)
         if self._size < HEAD_KEEP:
@@ -599,10 +619,13 @@ class FileBlobWriter:
         self.state = BlobState.ABORTED
 
     def _sync(self) -> None:
-        """Durability step 1: flush, fsync and close the tmp file."""
+        """Durability step 1: write what is still in memory, flush, fsync and close the
+        tmp file."""
         if self.state is not BlobState.SEALED or self._f is None:
             raise BlobError(f"blob writer is {self.state.value}, cannot make it durable")
         f = self._f
+        if not self._spilled and self._head:
+            f.write(self._head)
         f.flush()
         os.fsync(f.fileno())
         f.close()
