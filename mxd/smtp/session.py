@@ -543,9 +543,13 @@ def send_now(transport: Any, data: bytes) -> None:
     its next turn and stops watching: two ``epoll_ctl`` calls and a reactor turn per
     reply, a good part of the reactor's CPU per message of an SMTP session (which
     answers each command with a short reply that fits the socket's buffer).  What the
-    socket does not take, and everything on a TLS connection, goes the usual way."""
-    if (type(transport) is tcp.Server and transport.connected and not transport.disconnecting
-            and not transport._writeDisconnected and not transport._tempDataBuffer
+    socket does not take, and everything on a TLS connection (implicit or STARTTLS),
+    goes the usual way."""
+    # Not once STARTTLS has begun: Twisted then keeps the same transport object and sends
+    # through its TLS layer (``transport.TLS``).
+    if (type(transport) is tcp.Server and not transport.TLS and transport.connected
+            and not transport.disconnecting and not transport._writeDisconnected
+            and not transport._tempDataBuffer
             and len(transport.dataBuffer) == transport.offset):
         sent = transport.writeSomeData(data)
         if isinstance(sent, int):

@@ -83,3 +83,19 @@ def test_other_transports_use_write() -> None:
     t = StringTransport()
     send_now(t, b"250 OK\r\n")
     assert t.value() == b"250 OK\r\n"
+
+
+def test_after_starttls_through_the_tls_layer(
+        pair: tuple[tcp.Server, socket.socket, MemoryReactor]) -> None:
+    """Once TLS has started on the connection (STARTTLS keeps the transport object and
+    sets ``TLS``), a reply goes through the transport's write, never as plain text to
+    the socket."""
+    server, peer, reactor = pair
+    written: list[bytes] = []
+    server.TLS = True
+    server.write = written.append  # type: ignore[method-assign]
+    send_now(server, b"250 OK\r\n")
+    assert written == [b"250 OK\r\n"]
+    peer.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        peer.recv(100)
