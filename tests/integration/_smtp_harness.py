@@ -28,7 +28,7 @@ from typing import Any
 import attrs
 import pytest
 
-from tests.integration.tools import free_port
+from tests.integration.tools import STARTUP_TIMEOUT, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 USER = "alice@example.test"
@@ -121,7 +121,7 @@ class Harness:
     def log_path(self) -> Path:
         return self.base / "harness.log"
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = STARTUP_TIMEOUT) -> None:
         self.data_dir.mkdir(exist_ok=True)
         cfg = self.base / "harness.json"
         cfg.write_text(json.dumps({"data_dir": str(self.data_dir), "ports": self.ports,

@@ -43,7 +43,7 @@ from typing import Any
 import attrs
 import pytest
 
-from tests.integration.tools import require_tool
+from tests.integration.tools import STARTUP_TIMEOUT, require_tool
 
 TLSA_SAMPLE = "3 1 1 " + "0123456789abcdef" * 4
 
@@ -157,7 +157,8 @@ class DNSLab:
         kw.setdefault("timeout", 2.0)
         return ResolverSettings(nameservers=(Nameserver(host, port, trusted),), **kw)
 
-    def start(self, zones: dict[str, ZoneSpec] | None = None, timeout: float = 20.0, *,
+    def start(self, zones: dict[str, ZoneSpec] | None = None,
+              timeout: float = STARTUP_TIMEOUT, *,
               port53: bool = False) -> DNSLab:
         """Generate, sign and serve ``zones`` (default DEFAULT_ZONES); wait until ready.
 

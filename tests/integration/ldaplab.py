@@ -24,7 +24,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.integration.tools import free_port, require_tool
+from tests.integration.tools import STARTUP_TIMEOUT, free_port, require_tool
 
 BASE = "dc=example,dc=test"
 SERVICE_DN = f"cn=mxd,{BASE}"
@@ -113,7 +113,7 @@ access to * by * read
             f"member: uid=alice,ou=people,{BASE}\nmember: uid=carol,ou=people,{BASE}\n",
         ])
 
-    def start(self, timeout: float = 20.0) -> None:
+    def start(self, timeout: float = STARTUP_TIMEOUT) -> None:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [self.slapd, "-d", "stats", "-f", str(self.conf), "-h",

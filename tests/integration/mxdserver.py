@@ -19,13 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.tools import free_port
+from tests.integration.tools import STARTUP_TIMEOUT, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
-# A bound for a twistd mxd start that fails: generous, since other test runs may load the
-# machine (a start that works returns as soon as it is done).
-STARTUP_TIMEOUT = 120.0
 _WORKER_SERVING = re.compile(rb"worker (\d+) serving \d+ listener")
 
 PROTOCOLS = {

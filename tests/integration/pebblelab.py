@@ -20,7 +20,7 @@ from pathlib import Path
 from cryptography import x509
 
 from tests.integration.dnslab import DNSLab
-from tests.integration.tools import free_port, require_module, require_tool
+from tests.integration.tools import STARTUP_TIMEOUT, free_port, require_module, require_tool
 
 
 class Pebble:
@@ -51,7 +51,7 @@ class Pebble:
         self.proc = subprocess.Popen(
             [self.binary, "-config", str(tmp / "pebble.json"), "-dnsserver",
              f"{host}:{port}"], stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=tmp)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + STARTUP_TIMEOUT
         while True:
             try:
                 socket.create_connection(("127.0.0.1", self.port), 1).close()

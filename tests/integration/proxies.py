@@ -14,11 +14,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.integration.tools import free_port, require_tool
+from tests.integration.tools import STARTUP_TIMEOUT, free_port, require_tool
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Path) -> None:
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + STARTUP_TIMEOUT
     while True:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):

@@ -38,7 +38,13 @@ from mxd.queue.tlspolicy import HostRefusal, HostTLSPolicy, PolicyMode
 from mxd.tlsrpt.results import ResultType
 from tests.integration import dnslab
 from tests.integration.dnslab import DNSLab, ZoneSpec
-from tests.integration.tools import free_port, in_ci, require_module, require_tool
+from tests.integration.tools import (
+    STARTUP_TIMEOUT,
+    free_port,
+    in_ci,
+    require_module,
+    require_tool,
+)
 
 dns_lab = dnslab.dns_lab  # the session lab (DEFAULT_ZONES: insecure.test, bogus TLSA)
 
@@ -182,7 +188,7 @@ def _second_unbound(lab: DNSLab) -> tuple[subprocess.Popen[bytes], str]:
         path.write_text(conf)
         proc = subprocess.Popen([unbound, "-d", "-c", str(path)], cwd=lab.dir,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + STARTUP_TIMEOUT
         last: Exception | None = None
         while time.monotonic() < deadline and proc.poll() is None:
             try:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.mxdserver import admin_headers
-from tests.integration.tools import free_port
+from tests.integration.tools import STARTUP_TIMEOUT, free_port
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -38,7 +38,7 @@ def _twistd(config: Path, cwd: Path) -> subprocess.Popen[str]:
                             stderr=subprocess.STDOUT, text=True)
 
 
-def _wait_port(port: int, proc: subprocess.Popen[str], timeout: float = 20) -> None:
+def _wait_port(port: int, proc: subprocess.Popen[str], timeout: float = STARTUP_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""

@@ -15,6 +15,11 @@ import pytest
 
 EXTRA_PATHS = ["/usr/sbin", "/usr/lib/cyrus/bin", "/usr/lib/postfix/sbin"]
 
+# A bound for a program's start (twistd mxd, unbound, nsd, slapd, pebble, Postfix, ...) that
+# fails: generous, since other test runs may load the shared machine (a twistd mxd worker
+# took 6-7 s to start at load 13). A start that works returns as soon as it is done.
+STARTUP_TIMEOUT = 120.0
+
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")

@@ -28,6 +28,7 @@ from mxd.store.sqlite import SQLiteStore
 from mxd.store.sqlitequeue import SQLiteQueueStore
 from tests.integration.test_queue_delivery import run
 from tests.integration.tools import (
+    STARTUP_TIMEOUT,
     free_port,
     in_ci,
     postfix_main_cf,
@@ -157,7 +158,7 @@ class PostfixRelay:
                            capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError(f"postfix start failed: {r.stderr.strip()}")
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + STARTUP_TIMEOUT
         while True:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.integration.tools import free_port, require_module, require_tool
+from tests.integration.tools import STARTUP_TIMEOUT, free_port, require_module, require_tool
 
 MESSAGE_ID_RE = re.compile(rb"^Message-I[dD]:\s*(<[^>\r\n]+>)", re.M)
 
@@ -90,7 +90,7 @@ class SmtpSink:
     def __enter__(self) -> SmtpSink:
         self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + STARTUP_TIMEOUT
         import socket
 
         while True:
