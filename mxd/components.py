@@ -280,10 +280,12 @@ def make_sasl(cfg: Config, directory: Any, reactor: Any, metrics: IMetrics) -> A
         verified_cache_ttl=cfg.auth.login_cache_ttl,
     )
     limits = AuthLimiterSettings(
-        ip_free_failures=cfg.auth.ip_free_failures, ip_max_delay=cfg.auth.ip_max_delay,
+        ip_free_failures=cfg.auth.ip_free_failures, ip_base_delay=cfg.auth.ip_base_delay,
+        ip_max_delay=cfg.auth.ip_max_delay,
         account_ip_free_failures=cfg.auth.ip_free_failures,
         network_free_failures=cfg.auth.network_free_failures,
         account_free_failures=cfg.auth.account_free_failures,
+        account_base_delay=cfg.auth.account_base_delay,
         account_max_delay=cfg.auth.account_max_delay,
         half_life=cfg.auth.failure_half_life, trusted_for=cfg.auth.trusted_for)
     limiter = AuthLimiter(reactor, limits, metrics=metrics)
@@ -773,11 +775,11 @@ def admin_factory(cfg: Config, li: ListenerConfig, comps: dict[str, Any], reacto
     if limiter is None:
         a = cfg.auth
         limiter = comps["admin_limiter"] = AuthLimiter(reactor, AuthLimiterSettings(
-            ip_free_failures=a.ip_free_failures, ip_max_delay=a.ip_max_delay,
-            account_ip_free_failures=a.ip_free_failures,
+            ip_free_failures=a.ip_free_failures, ip_base_delay=a.ip_base_delay,
+            ip_max_delay=a.ip_max_delay, account_ip_free_failures=a.ip_free_failures,
             network_free_failures=a.network_free_failures,
             account_free_failures=a.account_free_failures,
-            account_max_delay=a.account_max_delay, half_life=a.failure_half_life,
+            account_base_delay=a.account_base_delay, account_max_delay=a.account_max_delay, half_life=a.failure_half_life,
             trusted_for=a.trusted_for))
     loopback = ipaddress.ip_address(li.address).is_loopback
     ctx = AdminContext(

@@ -309,12 +309,18 @@ class AuthConfig:
                                      "/48) before back-off starts, so that many addresses "
                                      "of one network do not each get their own allowance.",
                                      check=_positive)
+    ip_base_delay: float = opt(2.0, "First back-off for one client IP, in seconds, once "
+                               "its free failures are used; it doubles with each further "
+                               "failure.", check=_positive)
     ip_max_delay: float = opt(600.0, "Longest back-off for one client IP, in seconds "
-                              "(doubling from 2 s).", check=_positive)
+                              "(doubling from ip_base_delay).", check=_positive)
     account_free_failures: int = opt(10, "Failed logins per account, from any IP, before "
                                      "back-off starts.", check=_positive)
+    account_base_delay: float = opt(1.0, "First back-off for one account, in seconds, once "
+                                    "its free failures are used; it doubles with each "
+                                    "further failure.", check=_positive)
     account_max_delay: float = opt(300.0, "Longest back-off for one account, in seconds "
-                                   "(doubling from 1 s). It applies only to addresses without "
+                                   "(doubling from account_base_delay). It applies only to addresses without "
                                    "a recent successful login to the account (see "
                                    "trusted_for), so others' guessing does not lock its owner "
                                    "out.", check=_positive)

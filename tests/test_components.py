@@ -174,3 +174,34 @@ def test_backfill_runs_in_batches_until_nothing_is_left() -> None:
     start_backfill(closed, clock).addCallback(done.append)
     clock.advance(BACKFILL_PAUSE)
     assert done == [74, 5]
+
+
+def test_auth_back_off_settings_reach_the_login_limiter(tmp_path: Path,
+                                                        tls_files: dict[str, Path]) -> None:
+    """``[auth] ip_base_delay`` and ``account_base_delay`` set the limiter's first
+    back-offs (defaults 2 s and 1 s, doubling up to the max delays)."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from mxd.components import make_sasl
+    from mxd.metrics import NoopMetrics
+
+    cfg = parse_config(f'''hostname = "mx.example.test"
+data_dir = "{tmp_path / "data"}"
+[tls]
+cert = "{tls_files["cert"]}"
+key = "{tls_files["key"]}"
+[domains]
+names = ["example.test"]
+[auth]
+ip_free_failures = 1
+ip_base_delay = 30.0
+account_free_failures = 1
+account_base_delay = 20.0
+''', "t.toml")
+    directory = LocalDirectory(None, DirectorySettings(domains=("example.test",)))  # type: ignore[arg-type]
+    sasl = make_sasl(cfg, directory, MemoryReactorClock(), NoopMetrics())
+    limiter = sasl._limiter
+    for _ in range(2):
+        limiter.failure("192.0.2.1", "alice")
+    assert limiter.check("192.0.2.1").retry_after == 30.0
+    assert limiter.check("198.51.100.1", "alice").retry_after == 20.0
