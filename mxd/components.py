@@ -468,6 +468,14 @@ def build(cfg: Config, reactor: Any, metrics: IMetrics, parent: Any,
             return d.addCallback(done)
 
         on_open.append(recover)
+    if role != "worker" and hasattr(store, "sweep_orphans"):
+        # PostgreSQL: bodies on the shared directory that no node references any more
+        # (a node killed between a body's fsync and its commit), one node at a time.
+        from twisted.application.internet import TimerService
+
+        sweeper = TimerService(store.sweep_interval, store.sweep_orphans)
+        sweeper.clock = reactor
+        sweeper.setServiceParent(parent)
     resolver = make_resolver(cfg, reactor, metrics)
     comps = {"store": store, "store_service": store_service, "directory": directory,
              "sasl": sasl, "queue": queue, "resolver": resolver, "metadata": metadata}

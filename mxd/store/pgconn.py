@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
 import attrs
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -306,6 +306,20 @@ class PGRunner:
             if unlink:
                 self._files.unlink(unlink)
             finish()
+
+    def call(self, fn: Callable[[Any], T]) -> Deferred[T]:
+        """Run ``fn(pool)`` on a pool thread, outside any batch (a sweep of the body
+        directory with a connection of its own); StoreClosed when not open."""
+        if self._closed or not self._ready or not self._threads_running:
+            return fail(StoreClosed("the store is closed"))
+
+        def run() -> T:
+            pool = self.pool
+            if pool is None:
+                raise StoreClosed("the store is closed")
+            return fn(pool)
+
+        return deferToThreadPool(self._reactor, self._threads, run)  # type: ignore[arg-type]
 
     def unlink_later(self, blob_ids: list[str]) -> None:
         if blob_ids:

@@ -18,7 +18,9 @@ group-committed batches, one savepoint per operation) and in what several nodes 
   claimed with ``FOR UPDATE SKIP LOCKED`` and leases, so nodes never deliver one recipient
   together, and a dead node's leases expire into another node's hands.
 * No crash clean-up at open (tmp files, unreferenced bodies): another node may be using
-  them right now.
+  them right now.  Instead every node sweeps periodically (``sweep_orphans``, one node at
+  a time under an advisory lock), removing only old files that no row has named for a
+  while (mxd.store.orphans).
 * Bodies still shown by an IMAP session of another node are not held: an expunge on one
   node removes the file at once (sessions of the same node hold it as on SQLite).
 
@@ -44,13 +46,14 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from mxd.store.interfaces import MailboxChange, StoreError
+from mxd.store.orphans import OrphanSweeper, SweepResult, SweepSettings
 from mxd.store.pgconn import PGRunner, StoreUnavailable
 from mxd.store.pgschema import SCHEMAS, migrate
 from mxd.store.queuedb import Claimed
 from mxd.store.sqlbase import Conn
 from mxd.store.sqlite import SQLiteStore, StoreSettings
 from mxd.store.sqlitequeue import SQLiteQueueStore
-from mxd.store.writer import OpContext, PoolLike
+from mxd.store.writer import OpContext, PoolLike, StoreClosed
 
 log = Logger(namespace="mxd.store.postgres")
 
@@ -70,6 +73,7 @@ class PostgresSettings:
     pool_size: int = 8  # connections, and threads that run operations
     connect_timeout: float = 10.0  # seconds to wait for a connection before failing an op
     listen: bool = True  # LISTEN for other nodes' changes
+    sweep: SweepSettings = SweepSettings()  # unreferenced bodies (mxd.store.orphans)
 
 
 class BlobDirError(StoreError):
@@ -149,6 +153,7 @@ class PostgresStore(SQLiteStore):
         self._runner = runner
         self._local = threading.local()
         self._listener: _Listener | None = None
+        self._sweeper = OrphanSweeper(self._files, pg.sweep)
         # Called (reactor thread) when another node queued outbound work.
         self.on_queue_work: Callable[[], None] = lambda: None
 
@@ -250,6 +255,25 @@ class PostgresStore(SQLiteStore):
         if cur.rowcount != 1:
             raise StoreError(f"no reference to drop on blob {blob_id}")
         self._gc(conn, ctx, [blob_id])
+
+    # -- unreferenced bodies -------------------------------------------------------------------
+    @property
+    def sweep_interval(self) -> float:
+        return self._sweeper.settings.interval
+
+    def sweep_orphans(self, now: float | None = None) -> Deferred[SweepResult | None]:
+        """Remove body files that no row references and no node keeps (see
+        mxd.store.orphans), unless another node is sweeping.  Never fails: fires with
+        None when the store is not open or the sweep could not run (logged)."""
+        d: Deferred[SweepResult | None] = self._runner.call(
+            lambda pool: self._sweeper.sweep(pool, now))
+
+        def failed(f: Any) -> None:
+            if not f.check(StoreClosed):
+                log.warn("sweep of unreferenced bodies failed: {error}",
+                         error=f.getErrorMessage())
+
+        return d.addErrback(failed)
 
     # -- other nodes' changes ------------------------------------------------------------------
     def _publish(self, raw: Any, changes: list[MailboxChange]) -> None:

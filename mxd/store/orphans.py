@@ -1,0 +1,142 @@
+"""Removing body files that no row references from a body directory that several nodes
+share (the PostgreSQL store's ``blob_dir``).
+
+A node makes a body durable before the transaction that references it commits (a row
+never points at a missing body), so a node killed in between leaves a file that no row
+will ever reference; so does a commit whose answer was lost and that did not happen
+(mxd.store.pgconn), and a body whose grace period (``StoreSettings.unlink_grace``) was
+cut short by the node's death.  On SQLite the one process alone on its data directory
+removes these at start; here another node may be writing a body right now, or keeping
+an expunged one for its grace period, so the sweep removes a file only when all of:
+
+* it is older than ``min_age`` (its modification time): a body being written is
+  younger (each write moves its time, and SMTP and IMAP time out idle transfers long
+  before);
+* it is not empty: an empty file may be a pool file (mxd.store.blobs) that a live node
+  pre-created and will hand out later (a crashed node's empty pool files stay: they
+  take no space);
+* no row of ``blobs`` names it, at two sweeps at least ``hold_off`` seconds apart
+  (longer than ``unlink_grace``): a body id is never referenced again once its last
+  reference went, so a file unreferenced then and now is one that no node keeps.
+
+Leftovers in ``tmp/`` (bodies whose transfer never ended) older than ``min_age`` go too.
+One node sweeps at a time: the sweep holds the PostgreSQL advisory lock ``LOCK_KEY`` on
+its connection and a node that cannot take it skips its turn.  Every node of the
+installation tries every ``interval`` seconds (a TimerService, mxd.components).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+from twisted.logger import Logger
+
+from mxd.store.blobs import BlobFiles, is_blob_id
+
+log = Logger(namespace="mxd.store.orphans")
+
+LOCK_KEY = 0x6D78645F6F727068  # pg_advisory_lock key ("mxd_orph")
+CHUNK = 1000  # ids per query
+
+
+@attrs.frozen
+class SweepSettings:
+    interval: float = 1800.0  # seconds between a node's sweeps
+    min_age: float = 3600.0  # a file modified more recently is never touched
+    hold_off: float = 600.0  # unreferenced at two sweeps at least this far apart
+
+
+@attrs.frozen
+class SweepResult:
+    locked: bool  # False: another node was sweeping (nothing done)
+    unreferenced: int = 0  # old, non-empty body files no row names (now)
+    removed: tuple[str, ...] = ()  # of those, the ones removed (seen before too)
+    tmp_removed: int = 0
+
+
+class OrphanSweeper:
+    """One node's sweeps; remembers when it first saw each unreferenced file."""
+
+    def __init__(self, files: BlobFiles, settings: SweepSettings = SweepSettings()) -> None:
+        self.files = files
+        self.settings = settings
+        self._first_seen: dict[str, float] = {}
+
+    def sweep(self, pool: Any, now: float | None = None) -> SweepResult:
+        """One sweep with a connection of ``pool`` (blocking: a pool thread).  ``now``:
+        the time in seconds since the epoch (file times are compared with it)."""
+        now = time.time() if now is None else now
+        with pool.connection() as conn:
+            if not conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()[0]:
+                return SweepResult(False)
+            try:
+                return self._sweep(conn, now)
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+
+    def _sweep(self, conn: Any, now: float) -> SweepResult:
+        s = self.settings
+        old = list(self._old_bodies(now - s.min_age))
+        unreferenced = _unreferenced(conn, old)
+        seen = {b: self._first_seen.get(b, now) for b in unreferenced}
+        due = sorted(b for b, first in seen.items() if first <= now - s.hold_off)
+        if due:  # once more, right before: nothing may have taken one of them
+            due = _unreferenced(conn, due)
+        self.files.unlink(due)
+        gone = set(due)
+        self._first_seen = {b: t for b, t in seen.items() if b not in gone}
+        n_tmp = self._clean_tmp(now - s.min_age)
+        if due or n_tmp:
+            log.info("removed {n} unreferenced bodies and {tmp} abandoned tmp files from"
+                     " {dir}", n=len(due), tmp=n_tmp, dir=str(self.files.blob_dir))
+        return SweepResult(True, len(unreferenced), tuple(due), n_tmp)
+
+    def _old_bodies(self, before: float) -> Iterator[str]:
+        """Non-empty body files last modified before ``before``."""
+        blob_dir = self.files.blob_dir
+        if not blob_dir.is_dir():
+            return
+        for sub in blob_dir.iterdir():
+            if not sub.is_dir():
+                continue
+            for f in sub.iterdir():
+                if not (is_blob_id(f.name) and f.name[:2] == sub.name):
+                    continue
+                try:
+                    st = f.stat()
+                except OSError:
+                    continue  # removed meanwhile
+                if st.st_size > 0 and st.st_mtime < before:
+                    yield f.name
+
+    def _clean_tmp(self, before: float) -> int:
+        tmp_dir = self.files.tmp_dir
+        if not tmp_dir.is_dir():
+            return 0
+        n = 0
+        for f in tmp_dir.iterdir():
+            try:
+                st = f.lstat()
+                if os.path.isdir(f) or st.st_mtime >= before:
+                    continue
+                f.unlink()
+                n += 1
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                log.warn("cannot remove {path}: {error}", path=str(f), error=e)
+        return n
+
+
+def _unreferenced(conn: Any, blob_ids: list[str]) -> list[str]:
+    """Of ``blob_ids``, those that no row of ``blobs`` names."""
+    known: set[str] = set()
+    for i in range(0, len(blob_ids), CHUNK):
+        chunk = blob_ids[i:i + CHUNK]
+        known.update(r[0] for r in conn.execute(
+            "SELECT id FROM blobs WHERE id = ANY(%s)", (chunk,)))
+    return [b for b in blob_ids if b not in known]

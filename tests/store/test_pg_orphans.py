@@ -1,0 +1,162 @@
+"""The sweep of unreferenced bodies on the shared body directory (mxd.store.orphans), on
+the tests' private PostgreSQL cluster with two nodes on one database and one directory."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from mxd.store.interfaces import Delivery
+from mxd.store.orphans import LOCK_KEY, SweepResult, SweepSettings
+from mxd.store.sqlite import StoreSettings
+from tests.store.helpers import StoreHarness, ThreadCalls, open_pg_store
+
+HOUR = 3600.0
+
+
+class _ClockCalls(ThreadCalls):
+    """ThreadCalls plus ``callLater`` on a task.Clock (the store's grace timers)."""
+
+    def __init__(self, clock: Any) -> None:
+        super().__init__(clock)
+        self.clock = clock
+
+    def callLater(self, delay: float, f: Any, *a: Any, **kw: Any) -> Any:
+        return self.clock.callLater(delay, f, *a, **kw)
+
+
+def _plant(blob_dir: Path, data: bytes, age: float) -> str:
+    """A body file no row references, last modified ``age`` seconds ago."""
+    blob_id = secrets.token_hex(16)
+    path = blob_dir / "blobs" / blob_id[:2] / blob_id
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    t = time.time() - age
+    os.utime(path, (t, t))
+    return blob_id
+
+
+def _exists(blob_dir: Path, blob_id: str) -> bool:
+    return (blob_dir / "blobs" / blob_id[:2] / blob_id).exists()
+
+
+def _age(path: Path, age: float) -> None:
+    t = time.time() - age
+    os.utime(path, (t, t))
+
+
+def _sweep(h: StoreHarness, now: float) -> SweepResult:
+    result = h.run(h.store.sweep_orphans(now))  # type: ignore[attr-defined]
+    assert isinstance(result, SweepResult)
+    return result
+
+
+def test_a_planted_orphan_goes_and_a_body_being_written_stays(
+        pg_dsn: str, tmp_path: Path) -> None:
+    """Node A delivered a message (its body made old); an old body no row names is
+    planted (a node killed between the body's fsync and its commit), and a fresh one (a
+    body another node is writing right now), an old empty file (another node's pool
+    file) and two tmp/ leftovers, one old and one fresh.  Node B's first sweep removes the
+    old tmp file and only notes the orphan; its sweep ``hold_off`` later removes the
+    orphan, and nothing else."""
+    blobs = tmp_path / "blobs"
+    a = open_pg_store(pg_dsn, blobs)
+    b = open_pg_store(pg_dsn, blobs)
+    try:
+        acct = a.run(a.store.add_account("alice", "{}"))
+        [uid] = a.deliver_bytes(b"Subject: kept\r\n\r\nbody\r\n", [Delivery(acct.id)])
+        [kept] = [p for p in a.body_files()]
+        _age(kept, 2 * HOUR)
+        orphan = _plant(blobs, b"Subject: orphan\r\n\r\n", 2 * HOUR)
+        writing = _plant(blobs, b"Subject: in flight\r\n\r\n", 0)
+        empty = _plant(blobs, b"", 2 * HOUR)
+        (blobs / "tmp").mkdir(exist_ok=True)
+        old_tmp, new_tmp = blobs / "tmp" / "old.tmp", blobs / "tmp" / "new.tmp"
+        old_tmp.write_bytes(b"partial")
+        new_tmp.write_bytes(b"partial")
+        _age(old_tmp, 2 * HOUR)
+        settings = SweepSettings(min_age=HOUR, hold_off=600.0)
+        b.store._sweeper.settings = settings  # type: ignore[attr-defined]
+        now = time.time()
+        first = _sweep(b, now)
+        assert first.locked and first.unreferenced == 1 and first.removed == ()
+        assert first.tmp_removed == 1 and not old_tmp.exists()  # no row names tmp files
+        assert _exists(blobs, orphan)
+        second = _sweep(b, now + 601)
+        assert second.removed == (orphan,)
+        assert not _exists(blobs, orphan) and not old_tmp.exists()
+        for blob_id in (writing, empty):
+            assert _exists(blobs, blob_id), blob_id
+        assert kept.exists() and new_tmp.exists()
+        inbox = a.run(a.store.get_mailbox(acct.id, "INBOX"))
+        [msg] = a.run(a.store.list_messages(inbox.id))
+        assert msg.uid == uid
+        with a.store.open_blob(msg.blob_id) as f:
+            assert f.read() == b"Subject: kept\r\n\r\nbody\r\n"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_one_node_sweeps_at_a_time(pg_dsn: str, tmp_path: Path) -> None:
+    """While another node holds the sweep's advisory lock, a node's sweep does nothing
+    (not even note candidates); once it is free, the sweep runs."""
+    import psycopg
+
+    blobs = tmp_path / "blobs"
+    h = open_pg_store(pg_dsn, blobs)
+    try:
+        h.store._sweeper.settings = SweepSettings(min_age=HOUR, hold_off=0.0)  # type: ignore[attr-defined]
+        orphan = _plant(blobs, b"Subject: orphan\r\n\r\n", 2 * HOUR)
+        with psycopg.connect(pg_dsn, autocommit=True) as other:
+            other.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+            assert _sweep(h, time.time()) == SweepResult(False)
+            assert _exists(blobs, orphan)
+            other.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+        result = _sweep(h, time.time())
+        assert result.locked and result.removed == (orphan,)
+        assert not _exists(blobs, orphan)
+    finally:
+        h.close()
+
+
+def test_a_body_whose_last_reference_went_is_not_swept_within_the_hold_off(
+        pg_dsn: str, tmp_path: Path) -> None:
+    """An expunged message's body that its node keeps for a grace period (old file, no
+    row any more) is left alone by a sweep that sees it unreferenced for the first time:
+    only a second sweep ``hold_off`` later may remove it."""
+    blobs = tmp_path / "blobs"
+    from twisted.internet import task
+
+    from mxd.store.postgres import PostgresSettings, PostgresStore
+
+    blobs.mkdir()
+    calls = _ClockCalls(task.Clock())
+    store = PostgresStore(pg_dsn, blobs, calls,  # type: ignore[arg-type]
+                          settings=StoreSettings(unlink_grace=HOUR),
+                          pg=PostgresSettings(pool_size=4, listen=False, connect_timeout=2.0))
+    h = StoreHarness(store, calls, inline=False)
+    h.run(store.open())
+    try:
+        acct = h.run(h.store.add_account("alice", "{}"))
+        h.deliver_bytes(b"Subject: gone\r\n\r\n", [Delivery(acct.id)])
+        [body] = h.body_files()
+        _age(body, 2 * HOUR)
+        inbox = h.run(h.store.get_mailbox(acct.id, "INBOX"))
+        [msg] = h.run(h.store.list_messages(inbox.id))
+        h.run(h.store.store_flags(inbox.id, [msg.uid], frozenset({"\\Deleted"}), "add"))
+        assert h.run(h.store.expunge(inbox.id)) == [msg.uid]
+        h.settle()
+        assert body.exists()  # kept for its grace period by this node
+        h.store._sweeper.settings = SweepSettings(min_age=HOUR, hold_off=600.0)  # type: ignore[attr-defined]
+        now = time.time()
+        assert _sweep(h, now).removed == ()
+        assert _sweep(h, now + 300).removed == ()
+        assert body.exists()
+        assert _sweep(h, now + 601).removed == (msg.blob_id,)
+        assert not body.exists()
+    finally:
+        h.close()
