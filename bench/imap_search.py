@@ -6,17 +6,21 @@ the server starts (cold) and as the best of three more runs (warm), with the ser
 CPU time:
 
   * ``UID SEARCH RETURN (COUNT) SUBJECT transport``: ESEARCH over the header of every
-    message (RFC 4731);
+    message (RFC 4731); the same with ``FROM``, ``HEADER Message-ID`` and ``OR TO .. CC ..``
+    (mxd reads the header search text stored with each message);
   * ``UID SEARCH RETURN (PARTIAL n-49:n) ALL``: the last page of 50 (RFC 5267 §4.4);
   * ``UID SEARCH RETURN (COUNT) YOUNGER 86400``: WITHIN (RFC 5032);
   * ``UID SEARCH RETURN (COUNT) SAVEDSINCE 1-Jan-2020``: SAVEDATE (RFC 8514);
   * ``UID SORT RETURN (COUNT MIN MAX) (DATE) UTF-8 UNSEEN``: ESORT of a filtered set;
+  * ``UID SORT`` of the whole INBOX by DATE, SUBJECT and (REVERSE FROM DATE), ``UID THREAD``
+    REFERENCES and ORDEREDSUBJECT (RFC 5256);
   * mxd only (Dovecot 2.3 has neither): ``UID SEARCH RETURN (PARTIAL -1:-50) ALL``
     (RFC 9394) and ``ESEARCH IN (personal) RETURN (COUNT) SUBJECT transport``
     (MULTISEARCH, RFC 7377).
 
 ``--rounds N`` interleaves the servers N times (each round restarts both, Dovecot's
-indexes removed first) and prints medians and mxd/Dovecot ratios.  The machine may be
+indexes removed first) and prints medians and mxd/Dovecot ratios; ``--baseline-root DIR``
+adds the mxd source tree in DIR (before a change) as ``mxd-base``.  The machine may be
 shared: say so next to any figures.
 
     .venv/bin/python bench/imap_search.py [--messages 10000] [--rounds 3]
