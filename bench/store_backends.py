@@ -4,11 +4,14 @@ against PostgreSQL (a private cluster with fsync and synchronous_commit on, psyc
 in both.
 
     .venv/bin/python bench/store_backends.py [--count N] [--rounds R] [--concurrency 1,8,32]
-                                              [--mailboxes N]
+                                              [--mailboxes N] [--baseline-root DIR]
 
 For each concurrency level (deliveries in flight, like SMTP sessions finishing DATA at
 once), the backends run in interleaved rounds; the medians of deliveries/s are printed
-with the ratio PostgreSQL / SQLite.  Needs initdb and pg_ctl (Debian postgresql); as root
+with the ratio PostgreSQL / SQLite.  ``--baseline-root DIR`` (a checkout of an older
+tree) adds a third contender in the same rounds: the PostgreSQL store running its
+operations with DIR's mxd/store/pgconn.py (how they are run: transactions, commits),
+everything else as here.  Needs initdb and pg_ctl (Debian postgresql); as root
 PostgreSQL runs as nobody.  The machine may be shared: run it when it is quiet, and read
 the ratio rather than the absolute figures.
 """
@@ -60,6 +63,28 @@ async def one(store: Any, count: int, concurrency: int, mailboxes: int) -> float
     return count / elapsed
 
 
+def baseline_runner(root: Path) -> Any:
+    """The ``PGRunner`` class of the tree at ``root``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "mxd_baseline_pgconn", root / "mxd" / "store" / "pgconn.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.PGRunner
+
+
+def with_runner(store: PostgresStore, runner_cls: Any, reactor: Any) -> PostgresStore:
+    """``store`` running its operations with ``runner_cls`` instead of its own."""
+    old = store._runner
+    runner = runner_cls(reactor, old._threads, store._files)
+    runner.on_changes, runner.keep_bodies, runner.publish = (
+        old.on_changes, old.keep_bodies, old.publish)
+    store._runner = store._writer = runner  # type: ignore[assignment]
+    return store
+
+
 async def main(reactor: Any, args: argparse.Namespace) -> None:
     initdb, pg_ctl = _find("initdb"), _find("pg_ctl")
     if initdb is None or pg_ctl is None:
@@ -71,9 +96,17 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         print(f"{args.count} deliveries of 10 KiB per run to {args.mailboxes} mailbox(es), "
               f"{args.rounds} interleaved rounds, medians (machine shared with others: "
               "compare the ratio)")
+        base = baseline_runner(Path(args.baseline_root)) if args.baseline_root else None
         for c in (int(x) for x in args.concurrency.split(",")):
-            rates: dict[str, list[float]] = {"sqlite": [], "postgresql": []}
+            rates: dict[str, list[float]] = {"sqlite": [], "postgresql": [], "baseline": []}
             for r in range(args.rounds):
+                if base is not None:
+                    blobs = work / f"base-{c}-{r}"
+                    blobs.mkdir()
+                    pg = with_runner(PostgresStore(
+                        cluster.create_database("bench"), blobs, reactor,
+                        pg=PostgresSettings(pool_size=8, listen=False)), base, reactor)
+                    rates["baseline"].append(await one(pg, args.count, c, args.mailboxes))
                 d = work / f"sqlite-{c}-{r}"
                 d.mkdir()
                 rates["sqlite"].append(await one(SQLiteStore(d, reactor), args.count, c,
@@ -85,8 +118,12 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                                                                              listen=False))
                 rates["postgresql"].append(await one(pg, args.count, c, args.mailboxes))
             s, p = statistics.median(rates["sqlite"]), statistics.median(rates["postgresql"])
-            print(f"concurrency {c:3d}: sqlite {s:7.0f}/s  postgresql {p:7.0f}/s  "
-                  f"postgresql/sqlite {p / s:.2f}")
+            line = (f"concurrency {c:3d}: sqlite {s:7.0f}/s  postgresql {p:7.0f}/s  "
+                    f"postgresql/sqlite {p / s:.2f}")
+            if rates["baseline"]:
+                b = statistics.median(rates["baseline"])
+                line += f"  |  baseline postgresql {b:7.0f}/s  postgresql/baseline {p / b:.2f}"
+            print(line)
     finally:
         cluster.stop()
         shutil.rmtree(base, ignore_errors=True)
@@ -101,5 +138,8 @@ if __name__ == "__main__":
     ap.add_argument("--mailboxes", type=int, default=1,
                     help="spread deliveries over this many accounts' INBOXes (1: one "
                     "mailbox, whose row lock serialises PostgreSQL transactions)")
+    ap.add_argument("--baseline-root", default=None,
+                    help="also run the PostgreSQL store with this older tree's "
+                    "mxd/store/pgconn.py, in the same rounds")
     args = ap.parse_args()
     task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor, args)))
