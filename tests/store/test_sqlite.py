@@ -141,6 +141,22 @@ def test_deliver_to_missing_mailbox_stores_nothing(store: StoreHarness, data_dir
                       NoSuchAccount)
 
 
+def test_append_to_missing_mailbox_leaves_no_body(store: StoreHarness, data_dir: Path) -> None:
+    """APPEND by name to a mailbox that does not exist (the look-up is part of the
+    storing operation): NoSuchMailbox, and the body's file is removed, fsynced
+    alongside the commit or not."""
+    a = _account(store)
+    w = store.store.new_blob()
+    w.write(b"Subject: lost\r\n\r\nbody\r\n")
+    assert isinstance(store.fail(store.store.append_to(a, "Nope", w, frozenset())),
+                      NoSuchMailbox)
+    assert _blob_files(data_dir, store) == []
+    w2 = store.store.new_blob()
+    w2.write(b"Subject: kept\r\n\r\nbody\r\n")
+    done = store.run(store.store.append_to(a, "INBOX", w2, frozenset()))
+    assert done.uid == 1 and len(_blob_files(data_dir, store)) == 1
+
+
 def test_uids_uidnext_and_modseq(store: StoreHarness) -> None:
     """UIDs ascend from 1, UIDNEXT follows, each change raises HIGHESTMODSEQ and the
     changed messages carry the new value."""
