@@ -160,6 +160,22 @@ def configure_twistd(level: str, fmt: str, levels: Mapping[str, str] | None = No
         obs.configure(*with_env(level, fmt), levels)
 
 
+def twistd_default_observer(level: str, levels: Mapping[str, str] | None = None,
+                            stream: IO[str] | None = None) -> ILogObserver:
+    """twistd's own text lines, filtered by the ``[log]`` levels: for ``twistd -n mxd``
+    without ``--logger``, whose default observer writes every event, debug included
+    (about 0.4 ms of CPU per SMTP message in debug lines nobody asked for).
+    ``MXD_LOG_LEVEL``, when set, overrides ``level``."""
+    from twisted.logger import textFileLogObserver
+
+    level = os.environ.get("MXD_LOG_LEVEL") or level
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LEVELS[level])
+    for ns, lvl in (levels or {}).items():
+        predicate.setLogLevelForNamespace(ns, LEVELS[lvl])
+    return cast(ILogObserver, FilteringLogObserver(textFileLogObserver(stream or sys.stdout),
+                                                   [cast(Any, predicate)]))
+
+
 def with_env(level: str, fmt: str) -> tuple[str, str]:
     """The level and format to use: ``MXD_LOG_LEVEL``/``MXD_LOG_FORMAT`` override the
     config's."""

@@ -147,6 +147,19 @@ class MxdService(service.MultiService):
         self.handed_down: dict[str, HandedDownSocket] = {}  # main: served by workers
         self.components: dict[str, Any] = {}
         self.role = SINGLE
+        # Set by makeService for twistd's application when twistd would otherwise log
+        # with its default, unfiltered observer (see mxd.log.twistd_default_observer).
+        self.log_observer: Any = None
+
+    def setServiceParent(self, parent: Any) -> None:
+        # twistd wraps the service in an Application and then asks that Application for
+        # an ILogObserver component before it falls back to its own observer.
+        if self.log_observer is not None and hasattr(parent, "setComponent"):
+            from twisted.logger import ILogObserver
+
+            if parent.getComponent(ILogObserver, None) is None:
+                parent.setComponent(ILogObserver, self.log_observer)
+        super().setServiceParent(parent)
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"hostname": self.cfg.hostname, "version": mxd.__version__}
@@ -317,7 +330,17 @@ def makeService(options: Options) -> service.IService:
 
         # The workers count what they serve; /metrics here shows every process.
         enable_multiprocess(cfg.data_dir / "run" / "metrics")
-    return cast(service.IService, build_service(cfg, role=role))
+    svc = build_service(cfg, role=role)
+    twistd_opts = getattr(options, "parent", None)
+    if (twistd_opts is not None and not twistd_opts.get("logger")
+            and twistd_opts.get("nodaemon") and not twistd_opts.get("syslog")
+            and twistd_opts.get("logfile") in (None, "", "-")):
+        # Foreground twistd logging to stdout with its default observer: keep its line
+        # format but write only what [log] asks for (the default one writes debug too).
+        from mxd.log import twistd_default_observer
+
+        svc.log_observer = twistd_default_observer(cfg.log.level, cfg.log.levels)
+    return cast(service.IService, svc)
 
 
 __all__ = ["Options", "makeService", "build_service", "normalise_domain"]
