@@ -329,20 +329,44 @@ transport = "sink"
             _until(lambda: len(worker_pids(s)) == 2, "two workers")
             n = 60
             ctx = ssl.create_default_context(cafile=str(s.ca_file))
+            pids = list(worker_pids(s).values())
+            # Six connections, opened until both workers hold some (the kernel hands
+            # each accept to whichever worker wakes first; under load one may win
+            # them all), so that both workers accept, and so both runners deliver.
+            conns: list[tuple[smtplib.SMTP, int]] = []
+            for _ in range(40):
+                c = smtplib.SMTP("127.0.0.1", s.ports["submission"], timeout=60)
+                port = c.sock.getsockname()[1]
+                owner = _until(lambda port=port: owner_of_connection(
+                    pids, port, s.ports["submission"]), "the connection's worker")
+                conns.append((c, owner))
+                if len(conns) >= 6 and len({o for _, o in conns}) == 2:
+                    break
+            # The newest connection is the first of its worker or the sixth: the last six
+            # hold both workers.
+            assert len({o for _, o in conns[-6:]}) == 2, "40 connections all went to one worker"
+            for c, _ in conns[:-6]:
+                c.quit()
+            errors: list[BaseException] = []
 
-            def submit(k: int) -> None:
-                with smtplib.SMTP("127.0.0.1", s.ports["submission"], timeout=20) as c:
-                    c.starttls(context=ctx)
-                    c.login(s.user, s.password)
-                    for i in range(k, n, 6):
-                        c.sendmail(s.user, ["someone@remote.test"],
-                                   f"From: {s.user}\r\nSubject: q{i}\r\n\r\nbody\r\n")
+            def submit(k: int, c: smtplib.SMTP) -> None:
+                try:
+                    with c:
+                        c.starttls(context=ctx)
+                        c.login(s.user, s.password)
+                        for i in range(k, n, 6):
+                            c.sendmail(s.user, ["someone@remote.test"],
+                                       f"From: {s.user}\r\nSubject: q{i}\r\n\r\nbody\r\n")
+                except BaseException as e:  # reported below
+                    errors.append(e)
 
-            threads = [threading.Thread(target=submit, args=(k,)) for k in range(6)]
+            last6 = [c for c, _ in conns[-6:]]
+            threads = [threading.Thread(target=submit, args=(k, c)) for k, c in enumerate(last6)]
             for t in threads:
                 t.start()
             for t in threads:
-                t.join(60)
+                t.join(120)
+            assert errors == [], errors
             _until(lambda: sink.count() >= n, f"{n} messages at the sink", 60)
             time.sleep(1.0)  # a duplicate would arrive within this (none may)
             got = Counter(re.search(rb"Subject: (q\d+)", m["data"]).group(1).decode()  # type: ignore[union-attr]
