@@ -526,7 +526,11 @@ class SQLiteStore:
         now = clock.seconds()
         due: list[str] = []
         while self._doomed and self._doomed[0][0] <= now:
-            due.extend(b for b in self._doomed.popleft()[1] if b not in self._holds)
+            for b in self._doomed.popleft()[1]:
+                if b in self._holds:
+                    self._orphans.add(b)  # held here meanwhile: removed at its release
+                else:
+                    due.append(b)
         if due:
             self._writer.unlink_later(due)
         if self._doomed:

@@ -518,3 +518,25 @@ def test_files_of_a_killed_process_are_removed_and_a_live_ones_kept(data_dir: Pa
         h.run(h.store.deliver(live, [Delivery(acct.id)], MessageProps()))
     finally:
         h.close()
+
+
+def test_a_body_held_when_its_grace_period_ends_goes_at_its_release(data_dir: Path) -> None:
+    """A body whose grace period ends while a reader here holds it stays until that
+    reader releases it, and is removed then (not left behind)."""
+    clock = task.Clock()
+    h = _open_watching(data_dir, clock, StoreSettings(unlink_grace=30.0))
+    try:
+        acct = h.run(h.store.add_account("alice", "{}", ["alice@example.test"]))
+        box = h.run(h.store.get_mailbox(acct.id, "INBOX"))
+        h.deliver_bytes(b"Subject: 1\r\n\r\none\r\n", [Delivery(acct.id)])
+        [m] = h.run(h.store.list_messages(box.id))
+        h.run(h.store.store_flags(box.id, [m.uid], frozenset({"\\Deleted"}), "add"))
+        h.run(h.store.expunge(box.id))
+        h.store.hold_blob(m.blob_id)  # held after the commit, before the grace ends
+        _pump(h, clock, 31.0)
+        assert h.store.blob_path(m.blob_id).exists()
+        h.store.release_blob(m.blob_id)
+        _pump(h, clock, 31.0)
+        assert not h.store.blob_path(m.blob_id).exists()
+    finally:
+        h.close()
