@@ -13,6 +13,7 @@ process's sockets (mxd.supervisor, mxd.worker).
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import os
 import re
@@ -22,6 +23,7 @@ import ssl
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +99,19 @@ def owner_of_connection(pids: list[int], local_port: int, server_port: int) -> i
             if link.startswith("socket:[") and link[8:-1] in inodes:
                 return pid
     return None
+
+
+@contextlib.contextmanager
+def paused(pid: int) -> Iterator[None]:
+    """Stop a worker (SIGSTOP) so that only the other one accepts the connections made
+    meanwhile, then let it go on (SIGCONT).  Both workers wait on the same listening
+    socket and the kernel wakes both; on a quiet machine the same idle worker wins every
+    accept, so "open connections until two differ" can fail forty times in a row."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
 
 class IdleWatcher(threading.Thread):
@@ -330,23 +345,20 @@ transport = "sink"
             n = 60
             ctx = ssl.create_default_context(cafile=str(s.ca_file))
             pids = list(worker_pids(s).values())
-            # Six connections, opened until both workers hold some (the kernel hands
-            # each accept to whichever worker wakes first; under load one may win
-            # them all), so that both workers accept, and so both runners deliver.
-            conns: list[tuple[smtplib.SMTP, int]] = []
-            for _ in range(40):
-                c = smtplib.SMTP("127.0.0.1", s.ports["submission"], timeout=60)
+            # Six connections, some in each worker: the first one's worker is paused
+            # while the other five connect (see ``paused``), so both workers accept.
+            first = smtplib.SMTP("127.0.0.1", s.ports["submission"], timeout=60)
+            port = first.sock.getsockname()[1]
+            owner = _until(lambda: owner_of_connection(pids, port, s.ports["submission"]),
+                           "the connection's worker")
+            with paused(owner):
+                rest = [smtplib.SMTP("127.0.0.1", s.ports["submission"], timeout=60)
+                        for _ in range(5)]
+            for c in rest:
                 port = c.sock.getsockname()[1]
-                owner = _until(lambda port=port: owner_of_connection(
-                    pids, port, s.ports["submission"]), "the connection's worker")
-                conns.append((c, owner))
-                if len(conns) >= 6 and len({o for _, o in conns}) == 2:
-                    break
-            # The newest connection is the first of its worker or the sixth: the last six
-            # hold both workers.
-            assert len({o for _, o in conns[-6:]}) == 2, "40 connections all went to one worker"
-            for c, _ in conns[:-6]:
-                c.quit()
+                assert _until(lambda port=port: owner_of_connection(
+                    pids, port, s.ports["submission"]), "a connection's worker") != owner
+            last6 = [first, *rest]
             errors: list[BaseException] = []
 
             def submit(k: int, c: smtplib.SMTP) -> None:
@@ -360,7 +372,6 @@ transport = "sink"
                 except BaseException as e:  # reported below
                     errors.append(e)
 
-            last6 = [c for c, _ in conns[-6:]]
             threads = [threading.Thread(target=submit, args=(k, c)) for k, c in enumerate(last6)]
             for t in threads:
                 t.start()

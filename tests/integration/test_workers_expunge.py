@@ -20,7 +20,13 @@ from typing import Any
 import pytest
 
 from tests.integration.mxdserver import make_server
-from tests.integration.test_workers import _until, owner_of_connection, serving, worker_pids
+from tests.integration.test_workers import (
+    _until,
+    owner_of_connection,
+    paused,
+    serving,
+    worker_pids,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -33,28 +39,24 @@ def _pins(data_dir: Path) -> list[Path]:
 
 
 def _sessions_in_two_workers(s: Any) -> tuple[imaplib.IMAP4_SSL, imaplib.IMAP4_SSL]:
-    """Two logged-in sessions served by different workers (the kernel spreads accepts
-    over the workers' shared socket; open more until two differ, bounded)."""
+    """Two logged-in sessions served by different workers: the first one's worker is
+    paused while the second connects (tests.integration.test_workers.paused)."""
     pids = list(worker_pids(s).values())
     ctx = ssl.create_default_context(cafile=str(s.ca_file))
-    by_pid: dict[int, imaplib.IMAP4_SSL] = {}
-    extra: list[imaplib.IMAP4_SSL] = []
-    for _ in range(40):
-        c = imaplib.IMAP4_SSL("127.0.0.1", s.ports["imaps"], ssl_context=ctx, timeout=30)
-        c.login(s.user, s.password)
+
+    def owner(c: imaplib.IMAP4_SSL) -> int:
         port = c.sock.getsockname()[1]
-        pid = _until(lambda port=port: owner_of_connection(pids, port, s.ports["imaps"]),
-                     "the session's worker")
-        if pid in by_pid:
-            extra.append(c)
-        else:
-            by_pid[pid] = c
-        if len(by_pid) == 2:
-            break
-    for c in extra:
-        c.logout()
-    assert len(by_pid) == 2, "40 connections all went to one worker"
-    a, b = by_pid.values()
+        found: int = _until(lambda: owner_of_connection(pids, port, s.ports["imaps"]),
+                            "the session's worker")
+        return found
+
+    a = imaplib.IMAP4_SSL("127.0.0.1", s.ports["imaps"], ssl_context=ctx, timeout=30)
+    first = owner(a)
+    with paused(first):
+        b = imaplib.IMAP4_SSL("127.0.0.1", s.ports["imaps"], ssl_context=ctx, timeout=30)
+    assert owner(b) != first
+    for c in (a, b):
+        c.login(s.user, s.password)
     return a, b
 
 

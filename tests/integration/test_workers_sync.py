@@ -32,6 +32,7 @@ from tests.integration.mxdserver import MxdServer
 from tests.integration.test_workers import (  # noqa: F401 - the fixture is used by name
     _until,
     owner_of_connection,
+    paused,
     worker_pids,
     workers_server,
 )
@@ -63,25 +64,18 @@ def _owner(s: MxdServer, m: imaplib.IMAP4_SSL) -> int:
 
 
 def sessions_in_two_workers(s: MxdServer) -> tuple[imaplib.IMAP4_SSL, imaplib.IMAP4_SSL]:
-    """Two logged-in sessions served by different worker processes.  Whichever worker
-    is in accept() first takes a connection; connections that landed in the first
-    one's worker are kept open meanwhile (so it is busier) and closed at the end;
-    bounded by ``FIND_WITHIN`` seconds."""
+    """Two logged-in sessions served by different worker processes: the first one's
+    worker is paused while the second connects (``paused``: on a quiet machine the same
+    idle worker wins every accept)."""
     _until(lambda: both_serving(s), "both workers serving", timeout=FIND_WITHIN)
     first = _connect(s)
     pid = _owner(s, first)
-    extra: list[imaplib.IMAP4_SSL] = []
-    deadline = time.monotonic() + FIND_WITHIN
-    try:
-        while time.monotonic() < deadline:
-            m = _connect(s)
-            if _owner(s, m) != pid:
-                return first, m
-            extra.append(m)
-            time.sleep(0.05)
-    finally:
-        _close(*extra)
-    raise AssertionError(f"{len(extra) + 1} connections all landed in worker pid {pid}")
+    ctx = ssl.create_default_context(cafile=str(s.ca_file))
+    with paused(pid):
+        second = imaplib.IMAP4_SSL("127.0.0.1", s.ports["imaps"], ssl_context=ctx, timeout=20)
+    second.login(s.user, s.password)
+    assert _owner(s, second) != pid
+    return first, second
 
 
 def _close(*sessions: imaplib.IMAP4_SSL) -> None:
@@ -207,14 +201,10 @@ def test_files_of_a_killed_worker_are_removed_at_its_restart(
     try:
         first, victim = _data_in_progress(s)
         clients.append(first)
-        deadline = time.monotonic() + FIND_WITHIN
-        while True:
-            c, owner = _data_in_progress(s)
-            clients.append(c)
-            if owner != victim:
-                live, other = c, owner
-                break
-            assert time.monotonic() < deadline, "every SMTP session landed in one worker"
+        with paused(victim):  # so that the other worker takes the next session
+            live, other = _data_in_progress(s)
+        clients.append(live)
+        assert other != victim
         index = next(i for i, p in worker_pids(s).items() if p == victim)
         # Each body arrives in a pooled file (listed) or in tmp/ (named): either way
         # both workers have files of their own now.
