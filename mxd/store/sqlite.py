@@ -466,9 +466,7 @@ class SQLiteStore:
         n = self._holds.get(blob_id, 0)
         self._holds[blob_id] = n + 1
         if n == 0 and self._files.pin_dir is not None:
-            if not self._pins_pending and not self._unpins_pending:
-                self._reactor.callLater(0, self._flush_pins)  # type: ignore[attr-defined]
-            self._pins_pending.append(blob_id)
+            self._queue_pin_change(self._pins_pending, blob_id)
 
     def release_blob(self, blob_id: str) -> None:
         n = self._holds.get(blob_id, 0) - 1
@@ -477,12 +475,16 @@ class SQLiteStore:
             return
         self._holds.pop(blob_id, None)
         if self._files.pin_dir is not None:
-            if not self._pins_pending and not self._unpins_pending:
-                self._reactor.callLater(0, self._flush_pins)  # type: ignore[attr-defined]
-            self._unpins_pending.append(blob_id)
+            self._queue_pin_change(self._unpins_pending, blob_id)
         if blob_id in self._orphans:
             self._orphans.discard(blob_id)
             self._remove_later([blob_id])
+
+    def _queue_pin_change(self, pending: list[str], blob_id: str) -> None:
+        """Add to the pins or unpins made on the next turn (one writer trip for many)."""
+        if not self._pins_pending and not self._unpins_pending:
+            self._reactor.callLater(0, self._flush_pins)  # type: ignore[attr-defined]
+        pending.append(blob_id)
 
     def _flush_pins(self) -> None:
         pins, self._pins_pending = self._pins_pending, []
