@@ -112,11 +112,16 @@ def make_observer(level: str = "info", fmt: str = "logfmt",
                   levels: Mapping[str, str] | None = None,
                   stream: IO[str] | None = None) -> ILogObserver:
     """An observer that writes lines, filtered by a default and per-namespace levels."""
+    observer = cast(ILogObserver, LineObserver(stream or sys.stdout, fmt))
+    return cast(ILogObserver, FilteringLogObserver(observer, [_predicate(level, levels)]))
+
+
+def _predicate(level: str, levels: Mapping[str, str] | None) -> Any:
+    """A filter by a default level and per-namespace levels."""
     predicate = LogLevelFilterPredicate(defaultLogLevel=LEVELS[level])
     for ns, lvl in (levels or {}).items():
         predicate.setLogLevelForNamespace(ns, LEVELS[lvl])
-    observer = cast(ILogObserver, LineObserver(stream or sys.stdout, fmt))
-    return cast(ILogObserver, FilteringLogObserver(observer, [cast(Any, predicate)]))
+    return predicate
 
 
 @implementer(ILogObserver)
@@ -169,11 +174,8 @@ def twistd_default_observer(level: str, levels: Mapping[str, str] | None = None,
     from twisted.logger import textFileLogObserver
 
     level = os.environ.get("MXD_LOG_LEVEL") or level
-    predicate = LogLevelFilterPredicate(defaultLogLevel=LEVELS[level])
-    for ns, lvl in (levels or {}).items():
-        predicate.setLogLevelForNamespace(ns, LEVELS[lvl])
     return cast(ILogObserver, FilteringLogObserver(textFileLogObserver(stream or sys.stdout),
-                                                   [cast(Any, predicate)]))
+                                                   [_predicate(level, levels)]))
 
 
 def with_env(level: str, fmt: str) -> tuple[str, str]:
