@@ -96,6 +96,7 @@ def make_store(cfg: Config, reactor: Any, *, shared: bool = False) -> Any:
             PostgresStore,
             check_blob_dir,
         )
+        from mxd.store.orphans import SweepSettings
 
         assert cfg.store.blob_dir is not None  # the config check requires it
         # Refused before any port is bound: a node that cannot write bodies must not start.
@@ -105,7 +106,11 @@ def make_store(cfg: Config, reactor: Any, *, shared: bool = False) -> Any:
             raise ConfigError(cfg.source, "store.blob_dir", str(e)) from None
         store = PostgresStore(cfg.store.dsn, cfg.store.blob_dir, reactor, settings=settings,
                               pg=PostgresSettings(pool_size=cfg.store.pool_size,
-                                                  connect_timeout=cfg.store.connect_timeout))
+                                                  connect_timeout=cfg.store.connect_timeout,
+                                                  sweep=SweepSettings(
+                                                      interval=cfg.store.orphan_sweep_interval,
+                                                      min_age=cfg.store.orphan_min_age,
+                                                      hold_off=cfg.store.orphan_hold_off)))
     else:
         store = SQLiteStore(cfg.data_dir, reactor, settings=settings)
     register_derivers(store)

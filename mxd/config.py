@@ -209,6 +209,19 @@ class StoreConfig:
                                      "other processes that still show the message can "
                                      "keep it readable until they report the expunge. "
                                      "One process removes it at once.", check=_positive)
+    orphan_sweep_interval: float = opt(1800.0, "postgresql: seconds between a node's sweeps "
+                                       "of `blob_dir` for body files that no row references "
+                                       "(left by a node killed while it wrote or kept "
+                                       "them); one node sweeps at a time.", check=_positive)
+    orphan_min_age: float = opt(3600.0, "postgresql: a sweep leaves every body or tmp file "
+                                "modified more recently than this many seconds (a body "
+                                "being written is younger); must exceed `[smtp] "
+                                "data_timeout` and `command_timeout` and `[imap] "
+                                "idle_timeout`.", check=_positive)
+    orphan_hold_off: float = opt(600.0, "postgresql: a sweep removes a body file only when "
+                                 "no row named it at two sweeps at least this many seconds "
+                                 "apart; must exceed `expunged_body_grace` (a node keeps an "
+                                 "expunged body that long).", check=_positive)
 
 
 TRANSPORT_KINDS = ("direct", "smtp", "submission", "submissions", "socks5", "fail")
@@ -940,6 +953,23 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
     )
 
 
+def _validate_sweep(cfg: Config) -> None:
+    """The orphan sweep (mxd.store.orphans) must never take a body still in use."""
+    st = cfg.store
+    longest = max(cfg.smtp.data_timeout, cfg.smtp.command_timeout, cfg.imap.idle_timeout)
+    if st.orphan_min_age <= longest:
+        raise ConfigError(cfg.source, "store.orphan_min_age",
+                          f"{st.orphan_min_age:g} s would let a sweep remove a body still "
+                          f"being written: it must exceed the longest transfer timeout "
+                          f"({longest:g} s, [smtp] data_timeout/command_timeout, [imap] "
+                          "idle_timeout)")
+    if st.orphan_hold_off <= st.expunged_body_grace:
+        raise ConfigError(cfg.source, "store.orphan_hold_off",
+                          f"{st.orphan_hold_off:g} s would let a sweep remove a body that a "
+                          f"node still keeps: it must exceed expunged_body_grace "
+                          f"({st.expunged_body_grace:g} s)")
+
+
 def _validate(cfg: Config) -> None:
     src = cfg.source
     seen: dict[tuple[str, int], int] = {}
@@ -1016,6 +1046,7 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(src, "store.dsn", 'required with backend = "postgresql"')
         if cfg.store.blob_dir is None:
             raise ConfigError(src, "store.blob_dir", 'required with backend = "postgresql"')
+        _validate_sweep(cfg)
     if cfg.directory.backend == "ldap":
         from mxd.config_ldap import validate_ldap
 

@@ -210,3 +210,46 @@ def test_web_ui_off_loopback_needs_a_certificate(protocol):
         parse_config(off, "t.toml")
     on = base + f'[[listeners]]\nprotocol = "{protocol}"\naddress = "127.0.0.1"\nport = 8080\n'
     assert parse_config(on, "t.toml").listeners[0].protocol == protocol
+
+
+PG_STORE = '[store]\nbackend = "postgresql"\ndsn = "host=/nonexistent"\nblob_dir = "{blobs}"\n'
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "problem"),
+    [
+        ("orphan_sweep_interval = 0", "store.orphan_sweep_interval", "must be positive"),
+        ("orphan_min_age = 1800", "store.orphan_min_age", "exceed the longest transfer"),
+        ("orphan_min_age = 800\n[imap]\nidle_timeout = 900", "store.orphan_min_age",
+         "exceed the longest transfer timeout (900 s"),
+        ("orphan_hold_off = 60", "store.orphan_hold_off", "exceed expunged_body_grace (60 s)"),
+        ("expunged_body_grace = 700", "store.orphan_hold_off", "exceed expunged_body_grace"),
+    ],
+)
+def test_orphan_sweep_settings_that_could_take_a_body_in_use_are_refused(
+        tls_files, tmp_path, extra, key, problem):
+    """The PostgreSQL sweep's minimum age must exceed every transfer timeout (a body being
+    written is younger) and its hold-off the expunged-body grace (a node keeps that body)."""
+    text = _minimal(tls_files, PG_STORE.format(blobs=tmp_path) + extra)
+    with pytest.raises(ConfigError) as ei:
+        parse_config(text, "t.toml")
+    assert ei.value.key == key
+    assert problem in ei.value.problem
+
+
+def test_orphan_sweep_settings_reach_the_postgresql_store(tls_files, tmp_path):
+    """[store] orphan_* become the sweep's settings; a SQLite installation ignores them."""
+    from twisted.internet import reactor
+
+    from mxd.components import make_store
+    from mxd.store.orphans import SweepSettings
+
+    extra = "orphan_sweep_interval = 120\norphan_min_age = 4000\norphan_hold_off = 90\n"
+    text = _minimal(tls_files, PG_STORE.format(blobs=tmp_path) + extra).replace(
+        "/tmp/mxd-test-data", str(tmp_path / "data"))
+    store = make_store(parse_config(text, "t.toml"), reactor)
+    assert store._sweeper.settings == SweepSettings(interval=120.0, min_age=4000.0,
+                                                    hold_off=90.0)
+    assert store.sweep_interval == 120.0
+    sqlite = _minimal(tls_files, "[store]\norphan_min_age = 10\n")
+    assert parse_config(sqlite, "t.toml").store.orphan_min_age == 10.0
