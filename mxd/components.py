@@ -90,13 +90,13 @@ def make_store(cfg: Config, reactor: Any, *, shared: bool = False) -> Any:
                              unlink_grace=cfg.store.expunged_body_grace if shared else 0.0)
     store: Any
     if cfg.store.backend == "postgresql":
+        from mxd.store.orphans import SweepSettings
         from mxd.store.postgres import (
             BlobDirError,
             PostgresSettings,
             PostgresStore,
             check_blob_dir,
         )
-        from mxd.store.orphans import SweepSettings
 
         assert cfg.store.blob_dir is not None  # the config check requires it
         # Refused before any port is bound: a node that cannot write bodies must not start.

@@ -288,10 +288,12 @@ def make_supervisor(cfg: Config, reactor: Any, top: MxdService) -> Any:
         if clean is None:
             return
 
-        def cleaned(n: tuple[int, int]) -> None:
-            if any(n):
-                log.info("removed {tmp} tmp and {pool} unused pooled body file(s) of worker "
-                         "pid {pid}", tmp=n[0], pool=n[1], pid=pid)
+        def cleaned(n: Any) -> None:
+            if n.tmp or n.pooled or n.pins or n.doomed:
+                log.info("removed {tmp} tmp and {pool} unused pooled body file(s) and {pins} "
+                         "pin director(ies) of worker pid {pid}; {doomed} body file(s) it kept "
+                         "for their grace period go when it ends", tmp=n.tmp, pool=n.pooled,
+                         pins=n.pins, doomed=len(n.doomed), pid=pid)
 
         clean(pid).addCallbacks(cleaned, lambda f: log.failure(
             "cannot clean up after worker pid {pid}", f, pid=pid))

@@ -21,7 +21,8 @@ writing theirs.  So each process's files carry its name (``<host>-<pid>``): its 
 files by name, its pooled ids in ``tmp/<host>-<pid>.pool`` (written before the files
 are made; ids of written, durable or removed bodies leave it at the next refill).
 ``clean_dead(pid)`` (the main process, once it has reaped that worker) removes that
-process's tmp files and those of its listed ids that no row references.
+process's tmp files, those of its listed ids that no row references and its pins, and
+hands over the bodies it was keeping for their grace period (mxd.store.leftovers).
 
 Pins (``<data_dir>/held/<host>-<pid>.<random>/<id>``): when several processes share one store, a
 body whose last reference another process dropped may still be shown by a session of
@@ -51,9 +52,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
+import attrs
 from twisted.logger import Logger
 
 from mxd.store.interfaces import StoreError
+from mxd.store.leftovers import DOOMED, DoomedList, is_list_of, read_ids
 
 log = Logger()
 
@@ -63,6 +66,16 @@ HEAD_KEEP = 64 * 1024  # a writer keeps its body's first octets for the store's 
 _O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 _BLOB_ID = re.compile(r"\A[0-9a-f]{32}\Z")
+
+
+@attrs.frozen
+class DeadLeftovers:
+    """What ``clean_dead`` found of a dead process."""
+
+    tmp: int = 0  # its tmp files, removed
+    pooled: int = 0  # its pooled files that no row references, removed
+    pins: int = 0  # its pin directories, removed
+    doomed: tuple[str, ...] = ()  # bodies it kept for their grace period, handed over
 
 
 class BlobError(StoreError):
@@ -108,6 +121,7 @@ class BlobFiles:
         self._refilled.set()
         self._closed = False
         self.pin_dir: Path | None = None  # see enable_pins
+        self.doomed: DoomedList | None = None  # see enable_pins
         # This process's name on its tmp files and pool list (see the module doc).
         self.proc_name = f"{socket.gethostname()}-{os.getpid()}"
         self._handed: dict[str, FileBlobWriter] = {}  # pooled writers not finished yet
@@ -218,13 +232,26 @@ class BlobFiles:
         tmp.write_text("".join(b + "\n" for b in ids))
         os.replace(tmp, self.pool_list)
 
-    def clean_dead(self, pid: int, referenced: Callable[[list[str]], set[str]]) -> tuple[int, int]:
+    def clean_dead(self, pid: int, referenced: Callable[[list[str]], set[str]],
+                   adopt: Callable[[list[str]], None] | None = None) -> DeadLeftovers:
         """Remove what process ``pid`` of this host left (its tmp files; its pooled
-        files whose ids ``referenced`` does not return); nothing while it runs.  Returns
-        (tmp files, pooled files) removed.  Blocking: the writer thread."""
+        files whose ids ``referenced`` does not return; its pins) and pass ``adopt`` the
+        bodies of its doomed lists that ``referenced`` does not return, before those
+        lists are removed (mxd.store.leftovers); nothing while it runs.  Blocking: the
+        writer thread."""
         name = f"{socket.gethostname()}-{pid}"
         if pid == os.getpid() or _running(pid) or not self.tmp_dir.is_dir():
-            return 0, 0
+            return DeadLeftovers()
+        n_pins = self._clean_pins_of(name)
+        lists = [f for f in self.tmp_dir.iterdir() if is_list_of(f.name, name, DOOMED)]
+        doomed = list(dict.fromkeys(b for f in lists for b in read_ids(f)))
+        if doomed:
+            keep = referenced(doomed)
+            doomed = [b for b in doomed if b not in keep]
+        if doomed and adopt is not None:
+            adopt(doomed)
+        for f in lists:
+            self._unlink_quietly(f)
         n_tmp = 0
         for f in self.tmp_dir.iterdir():
             if f.name.startswith(name + ".") and f.name.endswith(".tmp"):
@@ -252,7 +279,7 @@ class BlobFiles:
                 log.warn("cannot remove body file {blob_id}: {error}", blob_id=blob_id, error=e)
         for f in (listed, self.tmp_dir / f"{name}.pool.new"):
             self._unlink_quietly(f)
-        return n_tmp, n_pool
+        return DeadLeftovers(n_tmp, n_pool, n_pins, tuple(doomed))
 
     def _drain_pool(self) -> None:
         """Remove the pooled files not handed out (at close)."""
@@ -327,6 +354,7 @@ class BlobFiles:
         name = f"{socket.gethostname()}-{os.getpid()}.{secrets.token_hex(4)}"
         self.pin_dir = self.data_dir / "held" / name
         self._pin_dir_s = str(self.pin_dir)
+        self.doomed = DoomedList(self.tmp_dir, self.proc_name)
 
     def pin(self, blob_ids: Iterable[str]) -> None:
         """Hard-link bodies into this process's pin directory; one already gone is not
@@ -373,6 +401,18 @@ class BlobFiles:
                 continue
             shutil.rmtree(d, ignore_errors=True)
             n += 1
+        return n
+
+    def _clean_pins_of(self, proc_name: str) -> int:
+        """Remove the pin directories of (dead) process ``proc_name``."""
+        held = self.data_dir / "held"
+        if not held.is_dir():
+            return 0
+        n = 0
+        for d in held.iterdir():
+            if d.name.startswith(proc_name + ".") and d != self.pin_dir:
+                shutil.rmtree(d, ignore_errors=True)
+                n += 1
         return n
 
     def make_durable(self, writers: Iterable[FileBlobWriter]) -> list[BaseException | None]:
@@ -449,6 +489,8 @@ class BlobFiles:
         self._drain_pool()
         if self.pool_size:
             self._unlink_quietly(self.pool_list)
+        if self.doomed is not None:
+            self.doomed.close()
 
     def unlink(self, blob_ids: Iterable[str]) -> None:
         """Remove body files (after the commit that dropped their last reference)."""

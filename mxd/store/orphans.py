@@ -19,7 +19,19 @@ an expunged one for its grace period, so the sweep removes a file only when all 
   (longer than ``unlink_grace``): a body id is never referenced again once its last
   reference went, so a file unreferenced then and now is one that no node keeps.
 
-Leftovers in ``tmp/`` (bodies whose transfer never ended) older than ``min_age`` go too.
+A body named in a node's doomed list (mxd.store.leftovers: it had a row, and the node
+dropped it and keeps the file for its grace period) is durable and was referenced, so
+the first two conditions are not needed for it: unreferenced at two sweeps ``hold_off``
+apart, it goes whatever its age (a node killed in its grace period).  A list whose
+bodies are all gone (or still referenced: a rolled-back drop) and that is older than
+``min_age`` is removed.
+
+A node's pool list (``<host>-<pid>.pool``, mxd.store.blobs) names its pre-created,
+empty files; for a process of this host that no longer runs (a node restarted here),
+those no row references are removed with its tmp files and pins (``BlobFiles.
+clean_dead``).  Other hosts' pool files stay (their liveness is not known here; they
+are empty).  Other leftovers in ``tmp/`` (bodies whose transfer never ended) older than
+``min_age`` go too.
 One node sweeps at a time: the sweep holds the PostgreSQL advisory lock ``LOCK_KEY`` on
 its connection and a node that cannot take it skips its turn.  Every node of the
 installation tries every ``interval`` seconds (a TimerService, mxd.components).
@@ -28,6 +40,7 @@ installation tries every ``interval`` seconds (a TimerService, mxd.components).
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -36,6 +49,7 @@ import attrs
 from twisted.logger import Logger
 
 from mxd.store.blobs import BlobFiles, is_blob_id
+from mxd.store.leftovers import DOOMED, list_owner, read_ids
 
 log = Logger(namespace="mxd.store.orphans")
 
@@ -56,6 +70,8 @@ class SweepResult:
     unreferenced: int = 0  # old, non-empty body files no row names (now)
     removed: tuple[str, ...] = ()  # of those, the ones removed (seen before too)
     tmp_removed: int = 0
+    lists_removed: int = 0  # doomed lists with nothing left to remove
+    dead_pooled: int = 0  # pooled files of dead processes of this host, removed
 
 
 class OrphanSweeper:
@@ -65,6 +81,8 @@ class OrphanSweeper:
         self.files = files
         self.settings = settings
         self._first_seen: dict[str, float] = {}
+        # Bodies of the doomed lists of dead processes whose lists clean_dead removed.
+        self._carried: set[str] = set()
 
     def sweep(self, pool: Any, now: float | None = None) -> SweepResult:
         """One sweep with a connection of ``pool`` (blocking: a pool thread).  ``now``:
@@ -80,7 +98,11 @@ class OrphanSweeper:
 
     def _sweep(self, conn: Any, now: float) -> SweepResult:
         s = self.settings
-        old = list(self._old_bodies(now - s.min_age))
+        lists = self._doomed_lists()
+        self._carried = {b for b in self._carried if self.files.path(b).exists()}
+        listed = [b for ids in [*lists.values(), sorted(self._carried)] for b in ids
+                  if self.files.path(b).exists()]
+        old = list(dict.fromkeys([*self._old_bodies(now - s.min_age), *listed]))
         unreferenced = _unreferenced(conn, old)
         seen = {b: self._first_seen.get(b, now) for b in unreferenced}
         due = sorted(b for b, first in seen.items() if first <= now - s.hold_off)
@@ -89,11 +111,61 @@ class OrphanSweeper:
         self.files.unlink(due)
         gone = set(due)
         self._first_seen = {b: t for b, t in seen.items() if b not in gone}
+        self._carried.intersection_update(seen)
+        n_lists = self._clean_lists(conn, lists, now - s.min_age)
+        n_pooled = self._clean_dead_pools(conn)
         n_tmp = self._clean_tmp(now - s.min_age)
-        if due or n_tmp:
-            log.info("removed {n} unreferenced bodies and {tmp} abandoned tmp files from"
-                     " {dir}", n=len(due), tmp=n_tmp, dir=str(self.files.blob_dir))
-        return SweepResult(True, len(unreferenced), tuple(due), n_tmp)
+        if due or n_tmp or n_pooled:
+            log.info("removed {n} unreferenced bodies, {pooled} pooled files of dead "
+                     "processes and {tmp} abandoned tmp files from {dir}", n=len(due),
+                     pooled=n_pooled, tmp=n_tmp, dir=str(self.files.blob_dir))
+        return SweepResult(True, len(unreferenced), tuple(due), n_tmp, n_lists, n_pooled)
+
+    def _doomed_lists(self) -> dict[os.PathLike[str], list[str]]:
+        tmp_dir = self.files.tmp_dir
+        if not tmp_dir.is_dir():
+            return {}
+        return {f: read_ids(f) for f in tmp_dir.iterdir() if f.name.endswith(DOOMED)}
+
+    def _clean_lists(self, conn: Any, lists: dict[os.PathLike[str], list[str]],
+                     before: float) -> int:
+        """Remove the doomed lists older than ``before`` whose bodies are all gone or
+        referenced (their owner, if alive, makes a new one at its next drop)."""
+        n = 0
+        for f, ids in lists.items():
+            try:
+                if os.stat(f).st_mtime >= before:
+                    continue
+            except OSError:
+                continue
+            on_disk = [b for b in ids if self.files.path(b).exists()]
+            if on_disk and _unreferenced(conn, on_disk):
+                continue
+            try:
+                os.unlink(f)
+                n += 1
+            except OSError:
+                pass
+        return n
+
+    def _clean_dead_pools(self, conn: Any) -> int:
+        """clean_dead for every process of this host with a pool list that is not
+        running (a node restarted here)."""
+        tmp_dir = self.files.tmp_dir
+        if not tmp_dir.is_dir():
+            return 0
+        host = socket.gethostname()
+        pids = {owner[1] for f in tmp_dir.iterdir() if f.name.endswith(".pool")
+                for owner in [list_owner(f.name[:-len(".pool")])]
+                if owner is not None and owner[0] == host}
+
+        def referenced(ids: list[str]) -> set[str]:
+            return set(ids) - set(_unreferenced(conn, ids))
+
+        n = 0
+        for pid in sorted(pids):
+            n += self.files.clean_dead(pid, referenced, self._carried.update).pooled
+        return n
 
     def _old_bodies(self, before: float) -> Iterator[str]:
         """Non-empty body files last modified before ``before``."""
@@ -119,6 +191,8 @@ class OrphanSweeper:
             return 0
         n = 0
         for f in tmp_dir.iterdir():
+            if f.name.endswith((DOOMED, ".pool")):
+                continue  # lists: see _clean_lists, _clean_dead_pools
             try:
                 st = f.lstat()
                 if os.path.isdir(f) or st.st_mtime >= before:

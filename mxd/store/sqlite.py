@@ -33,7 +33,8 @@ Semantics worth knowing:
   removed after the commit that drops the last reference — or, when other processes
   share the store (``StoreSettings.unlink_grace`` > 0: workers, several nodes),
   ``unlink_grace`` seconds later, so that their sessions still showing the message can
-  pin it first (``hold_blob``; mxd.store.blobs "Pins").
+  pin it first (``hold_blob``; mxd.store.blobs "Pins"); the doomed list of
+  mxd.store.leftovers lets another process remove it if this one dies meanwhile.
 * Quota: ``accounts.used_bytes`` (kept by triggers) against the account's ``quota_bytes``
   or ``StoreSettings.quota_bytes``; deliver, append and copy fail with QuotaExceeded
   (nothing stored), move never does.  ``get_usage``/``set_quota`` for RFC 9208.
@@ -95,7 +96,7 @@ from twisted.python.threadpool import ThreadPool
 
 from mxd.store import derived, failpoints, names, queuedb
 from mxd.store import queries as q
-from mxd.store.blobs import BlobError, BlobFiles, FileBlobWriter
+from mxd.store.blobs import BlobError, BlobFiles, DeadLeftovers, FileBlobWriter
 from mxd.store.interfaces import (
     DEFAULT_MAILBOXES,
     Accepted,
@@ -280,13 +281,23 @@ class SQLiteStore:
             self._files.clean_stale_pins()
         return conn
 
-    def clean_dead_process(self, pid: int) -> Deferred[tuple[int, int]]:
+    def clean_dead_process(self, pid: int) -> Deferred[DeadLeftovers]:
         """Remove the body files process ``pid`` of this host (a worker killed while the
-        others run) left: its tmp files, and its pooled files no row references
-        (mxd.store.blobs ``clean_dead``).  Fires with (tmp, pooled) files removed."""
+        others run) left: its tmp files, its pooled files no row references and its
+        pins (mxd.store.blobs ``clean_dead``); the bodies it kept for their grace period
+        are removed one grace period from now (mxd.store.leftovers)."""
         files = self._files
 
-        def op(conn: sqlite3.Connection, ctx: OpContext) -> tuple[int, int]:
+        def adopt(blob_ids: list[str]) -> None:
+            if files.doomed is not None:
+                files.doomed.note(blob_ids)  # listed as ours before its list goes
+
+        def adopted(result: DeadLeftovers) -> DeadLeftovers:
+            if result.doomed:
+                self._remove_later(list(result.doomed))
+            return result
+
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> DeadLeftovers:
             def referenced(ids: list[str]) -> set[str]:
                 out: set[str] = set()
                 for start in range(0, len(ids), 500):
@@ -296,9 +307,9 @@ class SQLiteStore:
                         chunk))
                 return out
 
-            return files.clean_dead(pid, referenced)
+            return files.clean_dead(pid, referenced, adopt)
 
-        return self._writer.submit(op)
+        return self._writer.submit(op).addCallback(adopted)
 
     def _unlock(self) -> None:
         if self._opened_db is not None:
@@ -372,12 +383,16 @@ class SQLiteStore:
         elif conn.execute("SELECT 1 FROM blobs WHERE id = ?", (w.blob_id,)).fetchone() is None:
             raise BlobError(f"blob {w.blob_id} no longer exists")
 
-    @staticmethod
-    def _gc(conn: Conn, ctx: OpContext, blob_ids: Iterable[str]) -> None:
+    def _gc(self, conn: Conn, ctx: OpContext, blob_ids: Iterable[str]) -> None:
+        dropped = []
         for blob_id in set(blob_ids):
             cur = conn.execute("DELETE FROM blobs WHERE id = ? AND refcount = 0", (blob_id,))
             if cur.rowcount:
-                ctx.unlink_after_commit.append(blob_id)
+                dropped.append(blob_id)
+        if dropped:
+            ctx.unlink_after_commit.extend(dropped)
+            if self._files.doomed is not None:  # before the commit (mxd.store.leftovers)
+                self._files.doomed.note(dropped)
 
     def _now(self) -> datetime:
         seconds = getattr(self._reactor, "seconds", time.time)
@@ -517,6 +532,8 @@ class SQLiteStore:
         if grace <= 0:
             self._writer.unlink_later(blob_ids)
             return
+        if not blob_ids:
+            return
         clock: Any = self._reactor
         self._doomed.append((clock.seconds() + grace, list(blob_ids)))
         if self._doom_timer is None:
@@ -534,18 +551,32 @@ class SQLiteStore:
                 else:
                     due.append(b)
         if due:
-            self._writer.unlink_later(due)
+            self._unlink_doomed(due)
         if self._doomed:
             self._doom_timer = clock.callLater(max(0.0, self._doomed[0][0] - now),
                                                self._remove_due)
 
+    def _unlink_doomed(self, blob_ids: list[str]) -> None:
+        """Remove bodies whose grace period ended, then strike them off the doomed list."""
+        files = self._files
+
+        def unlink() -> None:
+            files.unlink(blob_ids)
+            if files.doomed is not None:
+                files.doomed.done(blob_ids)
+
+        self._writer.run_files(unlink)
+
     def _take_doomed(self) -> list[str]:
-        """At close: every body still waiting for its grace period (removed now)."""
+        """At close: every body still waiting for its grace period, or for a reader here
+        to release it (removed now: no reader is left)."""
         if self._doom_timer is not None and self._doom_timer.active():
             self._doom_timer.cancel()
         self._doom_timer = None
         out = [b for _, ids in self._doomed for b in ids]
+        out.extend(sorted(self._orphans))
         self._doomed.clear()
+        self._orphans.clear()
         return out
 
     # -- notifications ---------------------------------------------------------------------

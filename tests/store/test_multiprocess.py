@@ -13,6 +13,7 @@ from typing import Any
 
 from twisted.internet import task
 
+from mxd.store.blobs import DeadLeftovers
 from mxd.store.interfaces import Delivery, MailboxChange, MessageProps
 from mxd.store.sqlite import StoreSettings
 from tests.store.helpers import StoreHarness, ThreadCalls, open_store
@@ -501,10 +502,10 @@ def test_files_of_a_killed_process_are_removed_and_a_live_ones_kept(data_dir: Pa
         assert {f.suffix for f in theirs} == {".tmp", ".pool"}, theirs
 
         # Alive: nothing is removed.
-        assert h.run(h.store.clean_dead_process(p.pid)) == (0, 0)
+        assert h.run(h.store.clean_dead_process(p.pid)) == DeadLeftovers()
         p.kill()
         p.wait(10)
-        assert h.run(h.store.clean_dead_process(p.pid)) == (1, 1 + len(unused))
+        assert h.run(h.store.clean_dead_process(p.pid)) == DeadLeftovers(1, 1 + len(unused))
         assert not any(f.exists() for f in theirs)
         assert files.path(done_id).exists()
         assert not files.path(half_id).exists()
@@ -539,4 +540,95 @@ def test_a_body_held_when_its_grace_period_ends_goes_at_its_release(data_dir: Pa
         _pump(h, clock, 31.0)
         assert not h.store.blob_path(m.blob_id).exists()
     finally:
+        h.close()
+
+
+DOOMED_SCRIPT = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from twisted.internet import defer, reactor
+    from mxd.store.sqlite import SQLiteStore, StoreSettings
+
+    async def main():
+        store = SQLiteStore(Path(sys.argv[1]), reactor,
+                            settings=StoreSettings(unlink_grace=600.0, watch_interval=0))
+        await store.open()
+        acct = await store.get_account("alice")
+        box = await store.get_mailbox(acct.id, "INBOX")
+        other = await store.get_mailbox(acct.id, "Kept")
+        gone, copied = await store.list_messages(box.id)
+        await store.copy(box.id, [copied.uid], other.id)
+        store.hold_blob(gone.blob_id)  # a session here still shows it: pinned
+        await store.store_flags(box.id, [gone.uid, copied.uid], frozenset({"\\\\Deleted"}),
+                                "add")
+        await store.expunge(box.id)
+        while not list(store._files.pin_dir.glob("*")):
+            await defer.Deferred.fromCoroutine(_sleep())
+        print("READY", flush=True)
+
+    async def _sleep():
+        from twisted.internet import task
+        await task.deferLater(reactor, 0.02, lambda: None)
+
+    reactor.callWhenRunning(lambda: defer.ensureDeferred(main()).addErrback(
+        lambda f: (f.printTraceback(), reactor.stop())))
+    reactor.run()
+""")
+
+
+def test_bodies_a_killed_process_kept_for_their_grace_period_are_removed(
+        data_dir: Path) -> None:
+    """A process (a worker) expunges two messages and is SIGKILLed during its grace
+    period: one body had no other reference, the other is still in another mailbox.
+    Once the main process has reaped it (``clean_dead_process``) and a grace period has
+    passed, the first body's file is gone, the second stays, the dead process's pin is
+    gone, and a session of another live process that pinned the first body still reads
+    it."""
+    clock, clock_r = task.Clock(), task.Clock()
+    grace = StoreSettings(unlink_grace=30.0)
+    h = _open_watching(data_dir, clock, grace)  # the main process
+    r = _open_watching(data_dir, clock_r, grace)  # another worker, whose session shows it
+    try:
+        acct = h.run(h.store.add_account("alice", "{}", ["alice@example.test"]))
+        box = h.run(h.store.get_mailbox(acct.id, "INBOX"))
+        h.run(h.store.create_mailbox(acct.id, "Kept"))
+        h.deliver_bytes(b"Subject: gone\r\n\r\ngone\r\n", [Delivery(acct.id)])
+        h.deliver_bytes(b"Subject: copied\r\n\r\ncopied\r\n", [Delivery(acct.id)])
+        gone, copied = h.run(h.store.list_messages(box.id))
+        p = subprocess.Popen([sys.executable, "-c", DOOMED_SCRIPT, str(data_dir)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert p.stdout is not None
+        line = p.stdout.readline().decode()
+        assert line.strip() == "READY", line + p.stdout.read().decode(errors="replace")
+        r.store.hold_blob(gone.blob_id)  # within the grace period
+        _pump(r, clock_r)
+        p.kill()
+        p.wait(10)
+        files = h.store._files
+        host = files.proc_name.rsplit("-", 1)[0]
+        assert list((data_dir / "held").glob(f"{host}-{p.pid}.*/{gone.blob_id}"))
+        _pump(h, clock, 60.0)
+        assert files.path(gone.blob_id).exists()  # no one else would ever remove it
+
+        result = h.run(h.store.clean_dead_process(p.pid))
+        assert result.doomed == (gone.blob_id,) and result.pins == 1
+        assert not list((data_dir / "held").glob(f"{host}-{p.pid}.*"))
+        assert not list(files.tmp_dir.glob(f"{host}-{p.pid}.*"))  # its lists went
+        _pump(h, clock, 29.0)
+        assert files.path(gone.blob_id).exists()  # a full grace period from now
+        _pump(h, clock, 2.0)
+        assert not files.path(gone.blob_id).exists()
+        assert not list(files.tmp_dir.glob("*.doomed"))  # nothing left to remove
+        with r.store.open_blob(gone.blob_id) as f:  # through the live worker's pin
+            assert f.read() == b"Subject: gone\r\n\r\ngone\r\n"
+        [kept] = h.run(h.store.list_messages(
+            h.run(h.store.get_mailbox(acct.id, "Kept")).id))
+        assert kept.blob_id == copied.blob_id
+        with h.store.open_blob(kept.blob_id) as f:
+            assert f.read() == b"Subject: copied\r\n\r\ncopied\r\n"
+        r.store.release_blob(gone.blob_id)
+        _pump(r, clock_r, 31.0)
+        assert not list((data_dir / "held").glob(f"*/{gone.blob_id}"))
+    finally:
+        r.close()
         h.close()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -158,5 +160,68 @@ def test_a_body_whose_last_reference_went_is_not_swept_within_the_hold_off(
         assert body.exists()
         assert _sweep(h, now + 601).removed == (msg.blob_id,)
         assert not body.exists()
+    finally:
+        h.close()
+
+
+def test_bodies_a_dead_node_kept_for_their_grace_period_go_whatever_their_age(
+        pg_dsn: str, tmp_path: Path) -> None:
+    """A node killed during the grace period of bodies it dropped leaves them listed in
+    its doomed list (mxd.store.leftovers).  The sweep removes a listed body without a
+    row once unreferenced at two sweeps ``hold_off`` apart although it is younger than
+    ``min_age``; a listed body whose row is still there (its drop rolled back) stays; the
+    list goes once it is older than ``min_age`` and nothing in it is left to remove."""
+    blobs = tmp_path / "blobs"
+    h = open_pg_store(pg_dsn, blobs)
+    try:
+        acct = h.run(h.store.add_account("alice", "{}"))
+        h.deliver_bytes(b"Subject: kept\r\n\r\nbody\r\n", [Delivery(acct.id)])
+        inbox = h.run(h.store.get_mailbox(acct.id, "INBOX"))
+        [msg] = h.run(h.store.list_messages(inbox.id))
+        dropped = _plant(blobs, b"Subject: dropped\r\n\r\n", 60)  # a minute old
+        doomed = blobs / "tmp" / "elsewhere.example-4242.0badcafe.doomed"
+        doomed.write_text(f"{dropped}\n{msg.blob_id}\n")
+        h.store._sweeper.settings = SweepSettings(min_age=HOUR, hold_off=600.0)  # type: ignore[attr-defined]
+        now = time.time()
+        assert _sweep(h, now).removed == ()
+        assert _exists(blobs, dropped)
+        result = _sweep(h, now + 601)
+        assert result.removed == (dropped,)
+        assert not _exists(blobs, dropped) and _exists(blobs, msg.blob_id)
+        assert doomed.exists() and result.lists_removed == 0  # younger than min_age
+        _age(doomed, 2 * HOUR)
+        assert _sweep(h, now + 1200).lists_removed == 1
+        assert not doomed.exists() and _exists(blobs, msg.blob_id)
+    finally:
+        h.close()
+
+
+def test_pool_files_of_a_dead_process_of_this_host_go_and_live_lists_stay(
+        pg_dsn: str, tmp_path: Path) -> None:
+    """A node restarted on this host: the empty pooled files its dead predecessor listed
+    in its pool list go at the next sweep (with its list); the pool lists of a live
+    process and of another host stay, however old (they are not tmp leftovers)."""
+    import socket
+
+    blobs = tmp_path / "blobs"
+    h = open_pg_store(pg_dsn, blobs)
+    try:
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+        name = f"{socket.gethostname()}-{int(dead.stdout)}"
+        pooled = [_plant(blobs, b"", 2 * HOUR) for _ in range(3)]
+        dead_list = blobs / "tmp" / f"{name}.pool"
+        dead_list.write_text("".join(b + "\n" for b in pooled))
+        live_pool = blobs / "tmp" / f"{socket.gethostname()}-{os.getpid()}.pool"
+        live_pool.write_text(pooled[0] + "\n")
+        other_host = blobs / "tmp" / "elsewhere.example-1.pool"
+        other_host.write_text(pooled[1] + "\n")
+        for f in (dead_list, live_pool, other_host):
+            _age(f, 2 * HOUR)
+        h.store._sweeper.settings = SweepSettings(min_age=HOUR, hold_off=600.0)  # type: ignore[attr-defined]
+        result = _sweep(h, time.time())
+        assert result.dead_pooled == 3
+        assert not any(_exists(blobs, b) for b in pooled) and not dead_list.exists()
+        assert live_pool.exists() and other_host.exists()
     finally:
         h.close()
