@@ -2,19 +2,25 @@
 listening sockets it bound, start again a worker that exits, and drain them at shutdown.
 
 The main process (``twistd mxd``) binds every listener in ``privilegedStartService``,
-before twistd drops privileges, and never accepts on the sockets served by workers.
-Each worker (``python -m mxd.worker``, see ``mxd.worker``) inherits them as descriptors
-3, 4, ... and accepts on them with ``adoptStreamPort``; the kernel gives each new
-connection to one worker.  Workers inherit the main process's stdout and stderr, so their
-log lines (each carrying ``worker=N``) go where the main process's go.
+before twistd drops privileges, and never accepts on the sockets served by workers: one
+socket per listener and worker slot, joined with ``SO_REUSEPORT``
+(``mxd.listeners.HandedDownSocket``).  Worker ``I`` (``python -m mxd.worker``, see
+``mxd.worker``) inherits slot ``I``'s sockets as descriptors 5, 6, ... and accepts on
+them with ``adoptStreamPort``; the kernel hashes each new connection to one socket, so
+to one worker, and wakes only that one.  A restarted worker gets its slot's sockets
+back (the main process keeps them open): what was queued on them meanwhile is served
+then.  Workers inherit the main process's stdout and stderr, so their log lines (each
+carrying ``worker=N``) go where the main process's go.
 
 * A worker that exits while the server runs is started again after a back-off that
   doubles with each exit that came soon after a start (``backoff_min`` up to
   ``backoff_max``) and falls back to ``backoff_min`` once a worker has run for
   ``stable_after`` seconds.  The dead worker's clients reconnect; the other workers keep
   accepting meanwhile, so nobody waits for the restart.
-* ``stopService`` (SIGTERM to twistd) sends SIGTERM to every worker: each stops
-  accepting, lets its sessions finish for up to ``drain_timeout`` seconds and exits.
+* ``stopService`` (SIGTERM to twistd) first calls ``release`` (the main process closes
+  its copies of the listening sockets, so that connections made during the drain are
+  refused at once instead of waiting in a queue nobody accepts from), then sends SIGTERM
+  to every worker: each stops accepting, lets its sessions finish for up to ``drain_timeout`` seconds and exits.
   A worker still alive ``kill_grace`` seconds after that is killed.
 * When a worker exits while the server runs, ``lost`` gets its lease owner (its queue
   recipients are due again) and ``reaped`` its pid (the files it was writing are
@@ -114,19 +120,21 @@ class WorkerSupervisor(service.Service):
     name = "workers"
 
     def __init__(self, reactor: Any, settings: SupervisorSettings,
-                 sockets: Callable[[], Sequence[InheritedSocket]],
+                 sockets: Callable[[int], Sequence[InheritedSocket]],
                  argv: Callable[[int, str, Sequence[InheritedSocket]], list[str]],
                  env: dict[str, str] | None = None,
                  ready: Callable[[], Deferred[Any] | None] | None = None,
                  lost: Callable[[str], None] | None = None,
-                 reaped: Callable[[int], None] | None = None) -> None:
+                 reaped: Callable[[int], None] | None = None,
+                 release: Callable[[], None] | None = None) -> None:
         self._reactor = reactor
         self._ready = ready  # workers start once this fires (the store is open)
         self._lost = lost  # called with the lease owner of a worker that exited
         self._reaped = reaped  # called with the pid of a worker that exited (and is reaped)
+        self._release = release  # called when the drain begins: close the listening sockets
         self.outcome: Callable[[bytes], None] | None = None  # the main process's limiter
         self.settings = settings
-        self._sockets = sockets  # called at start: the sockets are bound by then
+        self._sockets = sockets  # worker index -> its sockets; bound when called
         self._argv = argv
         self._env = env
         self.workers: dict[int, _WorkerProcess] = {}
@@ -163,7 +171,7 @@ class WorkerSupervisor(service.Service):
         self._timers.pop(index, None)
         if self._stopping:
             return
-        sockets = list(self._sockets())
+        sockets = list(self._sockets(index))
         child_fds: dict[int, Any] = {1: 1, 2: 2, limitsync.EVENTS_OUT_FD: "r",
                                      limitsync.EVENTS_IN_FD: "w"}
         for k, s in enumerate(sockets):
@@ -246,6 +254,8 @@ class WorkerSupervisor(service.Service):
             if t.active():
                 t.cancel()
         self._timers.clear()
+        if self._release is not None:
+            self._release()
         live = list(self.workers.values())
         if not live:
             return succeed(None)

@@ -214,7 +214,8 @@ def build_service(cfg: Config, reactor: Any | None = None, *,
         taken.add(name)
         served_by_workers = li.protocol in WORKER_PROTOCOLS
         if role.kind == "main" and served_by_workers:
-            sock = HandedDownSocket(name, li.address, li.port)
+            sock = HandedDownSocket(name, li.address, li.port,
+                                    slots=cfg.server.worker_count())
             sock.setServiceParent(top)
             top.handed_down[name] = sock
             continue
@@ -227,7 +228,8 @@ def build_service(cfg: Config, reactor: Any | None = None, *,
             if name not in role.inherited:
                 raise ListenError(f"worker {role.index}: no socket handed down for {name}")
             fd, family = role.inherited[name]
-            listener = AdoptedListener(reactor, name, fd, family, factory)
+            listener = AdoptedListener(reactor, name, fd, family, factory, metrics,
+                                       worker=role.index)
         else:
             listener = TCPListener(reactor, name, li.address, li.port, factory)
         listener.setServiceParent(top)
@@ -248,9 +250,14 @@ def make_supervisor(cfg: Config, reactor: Any, top: MxdService) -> Any:
                                   backoff_max=cfg.server.restart_backoff_max)
     config_path = str(Path(cfg.source).resolve())
 
-    def sockets() -> list[InheritedSocket]:
-        return [InheritedSocket(name, h.fileno(), h.family)
+    def sockets(index: int) -> list[InheritedSocket]:
+        """Worker ``index``'s sockets: the same slot of every listener at each start."""
+        return [InheritedSocket(name, h.fileno(index - 1), h.family)
                 for name, h in top.handed_down.items()]
+
+    def release() -> None:
+        for h in top.handed_down.values():
+            h.close()
 
     def store_open() -> Deferred[Any] | None:
         # Workers open the store after the main process has migrated it and, alone on
@@ -301,7 +308,7 @@ def make_supervisor(cfg: Config, reactor: Any, top: MxdService) -> Any:
     sup = WorkerSupervisor(reactor, settings, sockets,
                            lambda index, owner, socks: worker_argv(config_path, index, owner,
                                                                    socks),
-                           ready=store_open, lost=lost, reaped=reaped)
+                           ready=store_open, lost=lost, reaped=reaped, release=release)
     sasl = top.components.get("sasl")
     if sasl is not None:  # the main process checks passwords too (admin API, webmail)
         from mxd import limitsync

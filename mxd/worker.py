@@ -6,8 +6,10 @@ tree (``mxd.tap.build_service`` with a worker role: store, directory, SASL, the 
 runner, and the SMTP, submission and IMAP listeners on the inherited sockets) and runs
 its own reactor.  Every log line carries ``worker=I``.
 
-SIGTERM drains: the listeners stop accepting at once (the other workers, or nobody
-during a full shutdown, take new connections); SMTP sessions between transactions get
+SIGTERM drains: the worker logs how many connections it accepted on each listener
+(``accepted N connection(s) since the start: NAME=N ...``), the listeners stop accepting
+at once (in a full shutdown the main process has closed its copies of the sockets, so
+new connections are refused); SMTP sessions between transactions get
 ``421 4.3.2`` (RFC 5321 §3.8) and IMAP sessions without a running command get ``BYE``
 (RFC 9051 §7.1.5) as soon as they are idle; after ``drain_timeout`` seconds whatever is
 left is closed and the process exits.  The worker is killed when its main process dies
@@ -53,6 +55,15 @@ def session_sets(factories: Iterable[Any]) -> list[set[Any]]:
     return list(out.values())
 
 
+def accepted_counts(listeners: Iterable[Any]) -> dict[str, Any]:
+    """How many connections this process accepted, in all (``total``) and per listener
+    (``by_listener``: ``name=N`` words), for the line logged when the drain begins: how
+    the kernel spread connections over the workers (``mxd.listeners.HandedDownSocket``)."""
+    counts = {li.name: li.accepted for li in listeners if hasattr(li, "accepted")}
+    return {"total": sum(counts.values()),
+            "by_listener": " ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "-"}
+
+
 class Drain:
     """Stop accepting, close sessions as they become idle, give up after ``timeout``."""
 
@@ -70,6 +81,8 @@ class Drain:
         sets = session_sets(li.factory for li in listeners)
         left = sum(len(s) for s in sets)
         log.info("draining: no longer accepting; {n} session(s) open", n=left)
+        log.info("accepted {total} connection(s) since the start: {by_listener}",
+                 **accepted_counts(listeners))
         for li in listeners:
             li.stopService()
         deadline = self._reactor.seconds() + self._timeout

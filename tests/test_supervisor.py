@@ -47,8 +47,11 @@ class FakeReactor(task.Clock):
 
 def _supervisor(count: int = 2, **kw: Any) -> tuple[FakeReactor, WorkerSupervisor]:
     r = FakeReactor()
-    socks = [InheritedSocket("smtp:25", 7, 2), InheritedSocket("imap:143", 8, 10)]
-    sup = WorkerSupervisor(r, SupervisorSettings(count=count, **kw), lambda: socks,
+    def socks(index: int) -> list[InheritedSocket]:  # each slot its own sockets
+        return [InheritedSocket("smtp:25", 6 + index, 2),
+                InheritedSocket("imap:143", 16 + index, 10)]
+
+    sup = WorkerSupervisor(r, SupervisorSettings(count=count, **kw), socks,
                            lambda i, owner, s: worker_argv("/etc/mxd.toml", i, owner, s))
     return r, sup
 
@@ -59,12 +62,13 @@ def _exit(proto: Any, reason: Any) -> None:
 
 def test_starts_workers_with_sockets_and_pipes() -> None:
     """Each worker gets its index, a lease owner of its own, the outcome pipes on 3/4
-    and the sockets from descriptor 5 on, named on its command line."""
+    and its slot's sockets from descriptor 5 on, named on its command line."""
     r, sup = _supervisor()
     sup.startService()
     assert sorted(sup.pids()) == [1, 2]
-    (p1, args1, fds1), (p2, args2, _) = r.spawned
-    assert fds1 == {1: 1, 2: 2, 3: "r", 4: "w", 5: 7, 6: 8}
+    (p1, args1, fds1), (p2, args2, fds2) = r.spawned
+    assert fds1 == {1: 1, 2: 2, 3: "r", 4: "w", 5: 7, 6: 17}
+    assert fds2 == {1: 1, 2: 2, 3: "r", 4: "w", 5: 8, 6: 18}
     assert args1[args1.index("--index") + 1] == "1"
     assert args1[-4:] == ["--listener", "smtp:25=5:2", "--listener", "imap:143=6:10"]
     assert args1[args1.index("--owner") + 1] != args2[args2.index("--owner") + 1]
@@ -94,6 +98,31 @@ def test_restart_backoff(ran: float, delays: list[float]) -> None:
     assert seen == delays
     assert lost == [p.owner for p, _, _ in r.spawned[:-1]]  # each dead one's leases
     assert reaped == [p.pid for p, _, _ in r.spawned[:-1]]  # and its files
+
+
+def test_a_restarted_worker_gets_its_slots_sockets_back() -> None:
+    """Worker 2 dies: its replacement inherits worker 2's sockets again (whatever was
+    queued on them meanwhile is served by it), not worker 1's."""
+    r, sup = _supervisor()
+    sup.startService()
+    _exit(r.spawned[1][0], ProcessTerminated(signal=signal.SIGKILL))
+    r.advance(0.5)
+    proto, args, fds = r.spawned[-1]
+    assert proto.index == 2 and fds[5] == 8 and fds[6] == 18
+    assert args[args.index("--index") + 1] == "2"
+
+
+def test_stop_releases_the_sockets_before_the_workers_drain() -> None:
+    """The main process closes its listening sockets when the drain begins (new
+    connections are refused, not queued), before it signals the workers."""
+    r, sup = _supervisor()
+    at_release: list[list[list[Any]]] = []
+    sup._release = lambda: at_release.append([list(p.transport.signals)
+                                              for p, _, _ in r.spawned])
+    sup.startService()
+    sup.stopService()
+    assert at_release == [[[], []]]  # once, before any worker was signalled
+    assert [p.transport.signals for p, _, _ in r.spawned] == [[signal.SIGTERM]] * 2
 
 
 def test_stop_drains_then_kills_late_workers() -> None:

@@ -13,7 +13,6 @@ process's sockets (mxd.supervisor, mxd.worker).
 
 from __future__ import annotations
 
-import contextlib
 import imaplib
 import os
 import re
@@ -23,7 +22,7 @@ import ssl
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,17 +100,25 @@ def owner_of_connection(pids: list[int], local_port: int, server_port: int) -> i
     return None
 
 
-@contextlib.contextmanager
-def paused(pid: int) -> Iterator[None]:
-    """Stop a worker (SIGSTOP) so that only the other one accepts the connections made
-    meanwhile, then let it go on (SIGCONT).  Both workers wait on the same listening
-    socket and the kernel wakes both; on a quiet machine the same idle worker wins every
-    accept, so "open connections until two differ" can fail forty times in a row."""
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(pid, signal.SIGCONT)
+def served_elsewhere(s: MxdServer, server_port: int, connect: Callable[[], Any],
+                     discard: Callable[[Any], None], avoid: int,
+                     tries: int = 20) -> tuple[Any, int]:
+    """A connection served by a worker other than pid ``avoid``: ``connect()`` opens
+    one after another (each returned as is; its socket's ``getsockname`` names it), and
+    each served by ``avoid`` is passed to ``discard``.  The kernel hashes each new
+    connection to one worker's socket (SO_REUSEPORT, mxd.listeners.HandedDownSocket):
+    with two workers, 20 in a row in the same one has odds of 1 in 2**20."""
+    pids = list(worker_pids(s).values())
+    for _ in range(tries):
+        conn = connect()
+        sock = conn.sock if hasattr(conn, "sock") else conn
+        local = sock.getsockname()[1]
+        owner: int = _until(lambda local=local: owner_of_connection(pids, local, server_port),
+                            "the connection's worker", 10)
+        if owner != avoid:
+            return conn, owner
+        discard(conn)
+    raise AssertionError(f"{tries} connections in a row were served by pid {avoid}")
 
 
 class IdleWatcher(threading.Thread):
@@ -322,7 +329,7 @@ def test_sigterm_drains_sessions(workers_server: MxdServer) -> None:
 
 
 def test_two_workers_deliver_the_queue_once(tmp_path: Path, tls_files: dict[str, Path]) -> None:
-    """60 messages submitted over several connections (so both workers accept some),
+    """60 messages submitted over several connections (both workers accept some),
     relayed by the runners of both workers to an aiosmtpd sink: each arrives once."""
     from tests.queue.sinks import AiosmtpdSink
 
@@ -345,20 +352,17 @@ transport = "sink"
             n = 60
             ctx = ssl.create_default_context(cafile=str(s.ca_file))
             pids = list(worker_pids(s).values())
-            # Six connections, some in each worker: the first one's worker is paused
-            # while the other five connect (see ``paused``), so both workers accept.
-            first = smtplib.SMTP("127.0.0.1", s.ports["submission"], timeout=60)
-            port = first.sock.getsockname()[1]
-            owner = _until(lambda: owner_of_connection(pids, port, s.ports["submission"]),
-                           "the connection's worker")
-            with paused(owner):
-                rest = [smtplib.SMTP("127.0.0.1", s.ports["submission"], timeout=60)
-                        for _ in range(5)]
-            for c in rest:
+            # Six connections or more, some in each worker (each new connection is
+            # hashed to one worker's socket: open them until both have some).
+            conns: list[smtplib.SMTP] = []
+            owners: set[int] = set()
+            while len(conns) < 6 or len(owners) < 2:
+                assert len(conns) < 26, f"26 connections, all in worker pid {owners}"
+                c = smtplib.SMTP("127.0.0.1", s.ports["submission"], timeout=60)
                 port = c.sock.getsockname()[1]
-                assert _until(lambda port=port: owner_of_connection(
-                    pids, port, s.ports["submission"]), "a connection's worker") != owner
-            last6 = [first, *rest]
+                owners.add(_until(lambda port=port: owner_of_connection(
+                    pids, port, s.ports["submission"]), "a connection's worker"))
+                conns.append(c)
             errors: list[BaseException] = []
 
             def submit(k: int, c: smtplib.SMTP) -> None:
@@ -366,13 +370,13 @@ transport = "sink"
                     with c:
                         c.starttls(context=ctx)
                         c.login(s.user, s.password)
-                        for i in range(k, n, 6):
+                        for i in range(k, n, len(conns)):
                             c.sendmail(s.user, ["someone@remote.test"],
                                        f"From: {s.user}\r\nSubject: q{i}\r\n\r\nbody\r\n")
                 except BaseException as e:  # reported below
                     errors.append(e)
 
-            threads = [threading.Thread(target=submit, args=(k, c)) for k, c in enumerate(last6)]
+            threads = [threading.Thread(target=submit, args=(k, c)) for k, c in enumerate(conns)]
             for t in threads:
                 t.start()
             for t in threads:

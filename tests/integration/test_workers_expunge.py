@@ -3,8 +3,8 @@ other worker that still shows it (RFC 9051 §7.5.1: the server may not send EXPU
 while no command is in progress, so a session keeps showing the message until its next
 command that allows one; FETCH is not such a command).
 
-``twistd mxd`` with ``[server] workers = 2``; two imaplib sessions are opened until they
-are served by different worker processes (checked through /proc).  The expunging worker
+``twistd mxd`` with ``[server] workers = 2``; imaplib sessions are opened until two are
+served by different worker processes (checked through /proc).  The expunging worker
 leaves the body for ``[store] expunged_body_grace`` seconds (here 3 s: the other worker must pin the body within it, even on a loaded machine); the other
 worker pins it when it hears of the expunge, so a FETCH long after the grace period
 still gets the body, and the pin goes once the session has been told."""
@@ -23,7 +23,7 @@ from tests.integration.mxdserver import make_server
 from tests.integration.test_workers import (
     _until,
     owner_of_connection,
-    paused,
+    served_elsewhere,
     serving,
     worker_pids,
 )
@@ -39,22 +39,19 @@ def _pins(data_dir: Path) -> list[Path]:
 
 
 def _sessions_in_two_workers(s: Any) -> tuple[imaplib.IMAP4_SSL, imaplib.IMAP4_SSL]:
-    """Two logged-in sessions served by different workers: the first one's worker is
-    paused while the second connects (tests.integration.test_workers.paused)."""
+    """Two logged-in sessions served by different workers (sessions are opened until
+    one lands in the other worker: tests.integration.test_workers.served_elsewhere)."""
     pids = list(worker_pids(s).values())
     ctx = ssl.create_default_context(cafile=str(s.ca_file))
 
-    def owner(c: imaplib.IMAP4_SSL) -> int:
-        port = c.sock.getsockname()[1]
-        found: int = _until(lambda: owner_of_connection(pids, port, s.ports["imaps"]),
-                            "the session's worker")
-        return found
+    def connect() -> imaplib.IMAP4_SSL:
+        return imaplib.IMAP4_SSL("127.0.0.1", s.ports["imaps"], ssl_context=ctx, timeout=30)
 
-    a = imaplib.IMAP4_SSL("127.0.0.1", s.ports["imaps"], ssl_context=ctx, timeout=30)
-    first = owner(a)
-    with paused(first):
-        b = imaplib.IMAP4_SSL("127.0.0.1", s.ports["imaps"], ssl_context=ctx, timeout=30)
-    assert owner(b) != first
+    a = connect()
+    port = a.sock.getsockname()[1]
+    first: int = _until(lambda: owner_of_connection(pids, port, s.ports["imaps"]),
+                        "the session's worker")
+    b, _ = served_elsewhere(s, s.ports["imaps"], connect, lambda c: c.shutdown(), first)
     for c in (a, b):
         c.login(s.user, s.password)
     return a, b

@@ -32,7 +32,7 @@ from tests.integration.mxdserver import MxdServer
 from tests.integration.test_workers import (  # noqa: F401 - the fixture is used by name
     _until,
     owner_of_connection,
-    paused,
+    served_elsewhere,
     worker_pids,
     workers_server,
 )
@@ -64,17 +64,17 @@ def _owner(s: MxdServer, m: imaplib.IMAP4_SSL) -> int:
 
 
 def sessions_in_two_workers(s: MxdServer) -> tuple[imaplib.IMAP4_SSL, imaplib.IMAP4_SSL]:
-    """Two logged-in sessions served by different worker processes: the first one's
-    worker is paused while the second connects (``paused``: on a quiet machine the same
-    idle worker wins every accept)."""
+    """Two logged-in sessions served by different worker processes (sessions are opened
+    until one lands in the other worker: ``served_elsewhere``)."""
     _until(lambda: both_serving(s), "both workers serving", timeout=FIND_WITHIN)
     first = _connect(s)
     pid = _owner(s, first)
     ctx = ssl.create_default_context(cafile=str(s.ca_file))
-    with paused(pid):
-        second = imaplib.IMAP4_SSL("127.0.0.1", s.ports["imaps"], ssl_context=ctx, timeout=20)
+    second, _ = served_elsewhere(
+        s, s.ports["imaps"],
+        lambda: imaplib.IMAP4_SSL("127.0.0.1", s.ports["imaps"], ssl_context=ctx, timeout=20),
+        lambda c: c.shutdown(), pid)
     second.login(s.user, s.password)
-    assert _owner(s, second) != pid
     return first, second
 
 
@@ -174,9 +174,12 @@ def _listed(tmp_dir: Path, pid: int) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
-def _data_in_progress(s: MxdServer) -> tuple[smtplib.SMTP, int]:
-    """An SMTP session in the middle of DATA, and the pid of the worker serving it."""
-    client = smtplib.SMTP("127.0.0.1", s.ports["smtp"], timeout=20)
+def _smtp(s: MxdServer) -> smtplib.SMTP:
+    return smtplib.SMTP("127.0.0.1", s.ports["smtp"], timeout=20)
+
+
+def _data_in_progress(s: MxdServer, client: smtplib.SMTP) -> tuple[smtplib.SMTP, int]:
+    """``client``'s session in the middle of DATA, and the pid of the worker serving it."""
     client.ehlo("client.example.test")
     assert client.mail("sender@example.org")[0] == 250
     assert client.rcpt(s.user)[0] == 250
@@ -199,10 +202,12 @@ def test_files_of_a_killed_worker_are_removed_at_its_restart(
     tmp_dir = s.data_dir / "tmp"
     clients: list[smtplib.SMTP] = []
     try:
-        first, victim = _data_in_progress(s)
+        first, victim = _data_in_progress(s, _smtp(s))
         clients.append(first)
-        with paused(victim):  # so that the other worker takes the next session
-            live, other = _data_in_progress(s)
+        # A session in the other worker (sessions opened until one lands there).
+        elsewhere, _ = served_elsewhere(s, s.ports["smtp"], lambda: _smtp(s),
+                                        lambda c: c.close(), victim)
+        live, other = _data_in_progress(s, elsewhere)
         clients.append(live)
         assert other != victim
         index = next(i for i, p in worker_pids(s).items() if p == victim)
