@@ -51,7 +51,7 @@ log = Logger(namespace="mxd.store.postgres")
 
 T = TypeVar("T")
 
-__all__ = ["PGConn", "PGRunner", "StoreUnavailable", "translate"]
+__all__ = ["PGConn", "PGRunner", "Statement", "StoreUnavailable", "translate"]
 
 RETRIES = 5  # deadlocks / serialization failures before giving up
 BATCHES = 1  # transactions under way at once (see PGRunner)
@@ -106,6 +106,28 @@ class PGConn:
         return cur
 
 
+@attrs.frozen
+class Statement(Generic[T]):
+    """An operation that is one SQL statement (``PGRunner.submit_statement``).
+
+    ``build(ctx)``, on a pool thread before the transaction (the bodies are durable and
+    ``ctx.fresh_blobs`` is known), gives the SQL (psycopg's ``%s`` placeholders) and its
+    parameters; ``finish(rows, ctx)`` turns the statement's rows into the operation's
+    result (recording its changes in ``ctx``) or raises its error.  The statement must
+    not fail for a reason of the operation's own: it reports that in its rows, having
+    changed nothing; and it sends its own notices to the other nodes (the runner does
+    not publish its changes).  So the statements of a batch travel together, in one
+    round trip with its COMMIT, with no savepoint of their own."""
+
+    build: Callable[[OpContext], tuple[str, Sequence[Any]]]
+    finish: Callable[[list[Any], OpContext], T]
+
+    def run(self, conn: PGConn, ctx: OpContext) -> T:
+        """The operation on its own (inside a savepoint), as any other."""
+        sql, params = self.build(ctx)
+        return self.finish(conn.raw.execute(sql, params).fetchall(), ctx)
+
+
 class _CommitUnknown(Exception):
     """The connection failed while COMMIT was on its way: it may have committed."""
 
@@ -125,6 +147,7 @@ class _Op(Generic[T]):
     fresh: list[str] = attrs.Factory(list)  # bodies made durable for this op alone
     tries: int = 0  # transactions it ran in (a deadlock victim runs again in the next)
     again: bool = False  # chosen as a deadlock victim: run it in the next batch
+    statement: Statement[Any] | None = None  # an operation that is one statement
 
 
 class PGRunner:
@@ -244,6 +267,10 @@ class PGRunner:
         batch's COMMIT.  ``overlap`` and ``prepare`` are the SQLite writer's
         (mxd.store.unsynced): here bodies are always durable before the transaction,
         and an operation does its own work inside it."""
+        return self._submit(fn, blobs, None)
+
+    def _submit(self, fn: Callable[[Any, OpContext], T], blobs: Sequence[FileBlobWriter],
+                statement: Statement[T] | None) -> Deferred[T]:
         d: Deferred[T] = Deferred()
         if self._closed:
             for b in blobs:
@@ -252,9 +279,15 @@ class PGRunner:
             return d
         for b in blobs:
             b.seal()
-        self._pending.append(_Op(fn, d, blobs))
+        self._pending.append(_Op(fn, d, blobs, statement=statement))
         self._kick()
         return d
+
+    def submit_statement(self, statement: Statement[T],
+                         blobs: Sequence[FileBlobWriter] = ()) -> Deferred[T]:
+        """Like ``submit``, for an operation that is one statement (see Statement): the
+        statements of a batch go to the server together with its COMMIT."""
+        return self._submit(statement.run, blobs, statement)
 
     def _kick(self) -> None:
         """Start batches while fewer than ``batches`` run: what was submitted meanwhile
@@ -390,24 +423,40 @@ class PGRunner:
             self._files.unlink(unlink)
 
     def _transaction(self, raw: Any, live: list[_Op[Any]]) -> None:
-        """BEGIN, each operation in a savepoint, COMMIT.  The savepoint statements
-        travel together ("RELEASE ...; SAVEPOINT ..." in one round trip), so a batch of
-        one costs what a plain transaction did."""
+        """BEGIN, the operations, COMMIT.  An operation that is a Python function runs in
+        a savepoint of its own; the statements that travel with the next round trip
+        ("RELEASE SAVEPOINT op; SAVEPOINT op") are sent together, so a batch of one costs
+        what a plain transaction did.  Consecutive statement operations (Statement) go
+        in one pipeline, with the COMMIT when they end the batch: one round trip for
+        all of them (see _run_statements)."""
         import psycopg
 
         conn = PGConn(raw)
+        pending = ["BEGIN"]  # parameterless statements sent with the next round trip
+        committed = False
         try:
-            raw.execute("BEGIN; SAVEPOINT op")
-            for i, op in enumerate(live):
-                if self._run_op(raw, conn, op):
-                    if i < len(live) - 1:
-                        raw.execute("RELEASE SAVEPOINT op; SAVEPOINT op")
-                else:  # its work undone; the savepoint stays for the next one
-                    raw.execute("ROLLBACK TO SAVEPOINT op")
-            try:
-                raw.execute("COMMIT")
-            except psycopg.OperationalError as e:
-                raise _CommitUnknown(e) from e
+            i = 0
+            while i < len(live):
+                if live[i].statement is not None:
+                    j = i
+                    while j < len(live) and live[j].statement is not None:
+                        j += 1
+                    committed = j == len(live)
+                    self._run_statements(raw, conn, live[i:j], pending, commit=committed)
+                    pending = []
+                    i = j
+                    continue
+                raw.execute("; ".join([*pending, "SAVEPOINT op"]))
+                if self._run_op(raw, conn, live[i]):
+                    pending = ["RELEASE SAVEPOINT op"]
+                else:  # its work undone
+                    pending = ["ROLLBACK TO SAVEPOINT op", "RELEASE SAVEPOINT op"]
+                i += 1
+            if not committed:
+                try:
+                    raw.execute("; ".join([*pending, "COMMIT"]))
+                except psycopg.OperationalError as e:
+                    raise _CommitUnknown(e) from e
         except (psycopg.OperationalError, _CommitUnknown):
             raise
         except BaseException:
@@ -418,6 +467,68 @@ class PGRunner:
                     pass
             raise
 
+    def _run_statements(self, raw: Any, conn: PGConn, ops: list[_Op[Any]],
+                        pending: list[str], *, commit: bool) -> None:
+        """Statement operations, in one pipeline (psycopg's pipeline mode: one round
+        trip): the ``pending`` statements, a savepoint around them all, each statement,
+        and the COMMIT when ``commit``.  Should one fail after all (a deadlock with
+        another node, a bug), the server skips the rest of the pipeline: the work is
+        rolled back to the savepoint and the operations run again one by one, each in
+        a savepoint of its own, as function operations do."""
+        import psycopg
+
+        built: list[tuple[_Op[Any], tuple[str, Sequence[Any]]]] = []
+        for op in ops:
+            op.ctx = OpContext(fresh_blobs=list(op.fresh))
+            op.tries += 1
+            try:
+                assert op.statement is not None
+                built.append((op, op.statement.build(op.ctx)))
+            except Exception as e:  # noqa: BLE001 - the error goes to its Deferred
+                op.error = e
+        cursors: list[Any] = []
+        try:
+            with raw.pipeline():
+                for sql in pending:
+                    raw.execute(sql)
+                raw.execute("SAVEPOINT seg")
+                cursors = [raw.execute(sql, params) for _, (sql, params) in built]
+                raw.execute("RELEASE SAVEPOINT seg")
+                if commit:
+                    raw.execute("COMMIT")
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as e:
+            log.debug("{error}: running the batch's statements one by one", error=e)
+        except psycopg.OperationalError as e:
+            if commit:
+                raise _CommitUnknown(e) from e
+            raise
+        except psycopg.Error as e:
+            log.info("a statement of a batch failed ({error}): running them one by one",
+                     error=e)
+        else:
+            for (op, _), cur in zip(built, cursors, strict=True):
+                try:
+                    assert op.statement is not None
+                    op.result = op.statement.finish(cur.fetchall(), op.ctx)
+                except Exception as e:  # noqa: BLE001 - the error goes to its Deferred
+                    op.error = e
+                    op.ctx = OpContext()
+            return
+        # One by one, each in its savepoint (a deadlock victim runs in the next batch).
+        raw.execute("ROLLBACK TO SAVEPOINT seg; RELEASE SAVEPOINT seg")
+        for op, _ in built:
+            op.tries -= 1  # counted again by _run_op
+            raw.execute("SAVEPOINT op")
+            if self._run_op(raw, conn, op):
+                raw.execute("RELEASE SAVEPOINT op")
+            else:
+                raw.execute("ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op")
+        if commit:
+            try:
+                raw.execute("COMMIT")
+            except psycopg.OperationalError as e:
+                raise _CommitUnknown(e) from e
+
     def _run_op(self, raw: Any, conn: PGConn, op: _Op[Any]) -> bool:
         """One operation (inside its savepoint); False when it failed and its work must
         be rolled back."""
@@ -427,7 +538,7 @@ class PGRunner:
         op.tries += 1
         try:
             op.result = op.fn(conn, op.ctx)
-            if op.ctx.changes:
+            if op.ctx.changes and op.statement is None:
                 self.publish(raw, op.ctx.changes)
             return True
         except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as e:

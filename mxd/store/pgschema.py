@@ -292,9 +292,124 @@ REPORTS_MIGRATIONS: list[str] = [
     """,
 ]
 
+# PostgreSQL only: server-side functions that do one operation in one statement, so that
+# a batch of them costs one round trip (mxd.store.pgdeliver).  A function changes by a new
+# step (CREATE OR REPLACE), never by editing an old one.
+ROUTINES_MIGRATIONS: list[str] = [
+    # 1: a new message: one body into one or more mailboxes (SMTP delivery, IMAP APPEND).
+    # Everything the store's Python operation did (mxd.store.sqlite: accept, append,
+    # append_to), in its order: the body's row (or the check that it still exists), its
+    # derived values, then per mailbox the quota check, the next UID and modseq, the
+    # message row (whose triggers count the body's references and the account's use),
+    # and at the end the notices to the other nodes (sent at COMMIT).  An expected
+    # failure (no such body, account or mailbox, over quota, out of UIDs) changes
+    # nothing and is reported as a row, never raised: the transaction of a batch stays
+    # usable without a savepoint per operation.
+    """
+    CREATE FUNCTION mxd_store_message(
+        p_blob text, p_size bigint, p_fresh boolean,
+        p_mailbox_ids bigint[], p_account_ids bigint[], p_names text[],
+        p_check_account boolean, p_flags text[], p_internal_date text, p_save_date text,
+        p_requiretls integer, p_tls_required_no integer, p_mail_from text,
+        p_received_via text, p_default_quota bigint, p_kinds text[], p_values bytea[],
+        p_channel text, p_node text)
+    RETURNS TABLE (r_status text, r_index integer, r_mailbox bigint, r_uidvalidity bigint,
+                   r_uid bigint, r_modseq bigint, r_account bigint, r_quota bigint)
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        v_i integer := 0;
+        v_n integer := coalesce(cardinality(p_flags), 0);
+        v_box bigint;
+        v_acct bigint;
+        v_validity bigint;
+        v_used bigint;
+        v_quota bigint;
+        v_uid bigint;
+        v_modseq bigint;
+        v_boxes bigint[] := '{}';
+        v_validities bigint[] := '{}';
+        v_uids bigint[] := '{}';
+        v_modseqs bigint[] := '{}';
+    BEGIN
+        BEGIN
+            IF p_fresh THEN
+                INSERT INTO blobs (id, size, refcount) VALUES (p_blob, p_size, 0)
+                    ON CONFLICT DO NOTHING;
+            ELSIF NOT EXISTS (SELECT 1 FROM blobs WHERE id = p_blob) THEN
+                RAISE EXCEPTION 'no-blob' USING ERRCODE = 'MX000';
+            END IF;
+            IF coalesce(cardinality(p_kinds), 0) > 0 THEN
+                INSERT INTO blob_data (blob_id, kind, value)
+                    SELECT p_blob, x.k, x.v FROM unnest(p_kinds, p_values) AS x(k, v)
+                    ON CONFLICT (blob_id, kind) DO UPDATE SET value = excluded.value;
+            END IF;
+            WHILE v_i < v_n LOOP
+                v_i := v_i + 1;
+                v_quota := NULL;
+                v_acct := NULL;
+                IF p_mailbox_ids[v_i] IS NOT NULL THEN
+                    SELECT id, account_id, uidvalidity INTO v_box, v_acct, v_validity
+                        FROM mailboxes WHERE id = p_mailbox_ids[v_i];
+                ELSE
+                    SELECT id, account_id, uidvalidity INTO v_box, v_acct, v_validity
+                        FROM mailboxes
+                        WHERE account_id = p_account_ids[v_i] AND name = p_names[v_i];
+                END IF;
+                IF NOT FOUND THEN
+                    IF p_check_account AND NOT EXISTS (
+                            SELECT 1 FROM accounts WHERE id = p_account_ids[v_i]) THEN
+                        RAISE EXCEPTION 'no-account' USING ERRCODE = 'MX000';
+                    END IF;
+                    RAISE EXCEPTION 'no-mailbox' USING ERRCODE = 'MX000';
+                END IF;
+                SELECT used_bytes, coalesce(quota_bytes, p_default_quota)
+                    INTO v_used, v_quota FROM accounts WHERE id = v_acct;
+                IF v_quota IS NOT NULL AND v_used + p_size > v_quota THEN
+                    RAISE EXCEPTION 'quota' USING ERRCODE = 'MX000';
+                END IF;
+                UPDATE mailboxes SET highestmodseq = highestmodseq + 1, uidnext = uidnext + 1
+                    WHERE id = v_box AND uidnext <= 4294967295
+                    RETURNING uidnext - 1, highestmodseq INTO v_uid, v_modseq;
+                IF NOT FOUND THEN
+                    RAISE EXCEPTION 'no-uids' USING ERRCODE = 'MX000';
+                END IF;
+                INSERT INTO messages (mailbox_id, uid, modseq, flags, internal_date, size,
+                        blob_id, requiretls, tls_required_no, mail_from, received_via,
+                        save_date)
+                    VALUES (v_box, v_uid, v_modseq, p_flags[v_i], p_internal_date, p_size,
+                        p_blob, p_requiretls, p_tls_required_no, p_mail_from,
+                        p_received_via, p_save_date);
+                v_boxes := v_boxes || v_box;
+                v_validities := v_validities || v_validity;
+                v_uids := v_uids || v_uid;
+                v_modseqs := v_modseqs || v_modseq;
+            END LOOP;
+        EXCEPTION WHEN SQLSTATE 'MX000' THEN
+            RETURN QUERY SELECT SQLERRM, v_i, NULL::bigint, NULL::bigint, NULL::bigint,
+                NULL::bigint, v_acct, v_quota;
+            RETURN;
+        END;
+        IF p_channel IS NOT NULL THEN
+            v_i := 0;
+            WHILE v_i < cardinality(v_boxes) LOOP
+                v_i := v_i + 1;
+                PERFORM pg_notify(p_channel, json_build_object(
+                    'n', p_node, 'm', v_boxes[v_i], 'k', 'exists',
+                    'u', json_build_array(v_uids[v_i]), 'h', v_modseqs[v_i])::text);
+            END LOOP;
+        END IF;
+        RETURN QUERY SELECT 'ok'::text, x.i::integer, x.b, x.v, x.u, x.m, NULL::bigint,
+                NULL::bigint
+            FROM unnest(v_boxes, v_validities, v_uids, v_modseqs)
+                WITH ORDINALITY AS x(b, v, u, m, i);
+    END $$;
+    """,
+]
+
 SCHEMAS: dict[str, list[str]] = {"store": STORE_MIGRATIONS, "queue": QUEUE_MIGRATIONS,
                                   "metadata": PG_METADATA_MIGRATIONS,
-                                  "reports": REPORTS_MIGRATIONS}
+                                  "reports": REPORTS_MIGRATIONS,
+                                  "routines": ROUTINES_MIGRATIONS}
 # Tables of the PostgreSQL store that only coordinate its nodes (not moved by migrate).
 NODE_TABLES = ("report_days",)
 

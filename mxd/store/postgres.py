@@ -35,7 +35,8 @@ import os
 import secrets
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,13 +46,22 @@ from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from mxd.store.interfaces import MailboxChange, StoreError
+from mxd.store import pgdeliver
+from mxd.store.blobs import FileBlobWriter
+from mxd.store.interfaces import (
+    Accepted,
+    Appended,
+    BlobWriter,
+    MailboxChange,
+    MessageProps,
+    StoreError,
+)
 from mxd.store.orphans import OrphanSweeper, SweepResult, SweepSettings
-from mxd.store.pgconn import PGRunner, StoreUnavailable
+from mxd.store.pgconn import PGRunner, Statement, StoreUnavailable
 from mxd.store.pgschema import SCHEMAS, migrate
 from mxd.store.queuedb import Claimed
 from mxd.store.sqlbase import Conn
-from mxd.store.sqlite import SQLiteStore, StoreSettings
+from mxd.store.sqlite import SQLiteStore, StoreSettings, _aware
 from mxd.store.sqlitequeue import SQLiteQueueStore
 from mxd.store.writer import OpContext, PoolLike, StoreClosed
 
@@ -217,13 +227,68 @@ class PostgresStore(SQLiteStore):
         return self._runner.stop(_finish)
 
     def accept(self, blob: Any, targets: Any, props: Any, outbound: Any = None,
-               queue_id: str | None = None, **kw: Any) -> Deferred[Any]:
+               queue_id: str | None = None, *,
+               internal_date: datetime | None = None) -> Deferred[Any]:
         """IMailStore.accept; new outbound work is announced to the other nodes' queue
-        runners (NOTIFY after the commit; a lost notice costs at most QUEUE_POLL)."""
-        d = super().accept(blob, targets, props, outbound, queue_id, **kw)
-        if outbound is not None:
-            d.addCallback(self._announce_work)
-        return d
+        runners (NOTIFY after the commit; a lost notice costs at most QUEUE_POLL).  Local
+        copies alone are one statement (mxd.store.pgdeliver)."""
+        targets = list(targets)
+        if outbound is not None or not targets:
+            d = super().accept(blob, targets, props, outbound, queue_id,
+                               internal_date=internal_date)
+            if outbound is not None:
+                d.addCallback(self._announce_work)
+            return d
+        w = self._own_writer(blob)
+        saved = self._now()
+        want = [pgdeliver.Target(None, t.account_id, t.mailbox, t.flags) for t in targets]
+        stored = self._store_message(w, want, props, _aware(internal_date or saved), saved,
+                                     check_account=True)
+        return stored.addCallback(lambda rows: Accepted(tuple(r.uid for r in rows), None))
+
+    def append(self, mailbox_id: int, blob: BlobWriter, flags: frozenset[str],
+               internal_date: datetime | None = None) -> Deferred[int]:
+        """IMailStore.append, in one statement (mxd.store.pgdeliver)."""
+        w = self._own_writer(blob)
+        saved = self._now()
+        d = self._store_message(w, [pgdeliver.Target(mailbox_id, None, None, flags)],
+                                MessageProps(), _aware(internal_date or saved), saved,
+                                check_account=False)
+        return d.addCallback(lambda stored: stored[0].uid)
+
+    def append_to(self, account_id: int, name: str, blob: BlobWriter, flags: frozenset[str],
+                  internal_date: datetime | None = None) -> Deferred[Appended]:
+        """IMailStore.append_to, in one statement (mxd.store.pgdeliver)."""
+        w = self._own_writer(blob)
+        saved = self._now()
+        d = self._store_message(w, [pgdeliver.Target(None, account_id, name, flags)],
+                                MessageProps(), _aware(internal_date or saved), saved,
+                                check_account=False)
+        return d.addCallback(
+            lambda stored: Appended(stored[0].mailbox_id, stored[0].uidvalidity, stored[0].uid))
+
+    def _store_message(self, w: FileBlobWriter, targets: list[pgdeliver.Target],
+                       props: MessageProps, when: datetime, saved: datetime, *,
+                       check_account: bool) -> Deferred[list[pgdeliver.Stored]]:
+        default_quota = self.settings.quota_bytes
+        node = self.node
+
+        def build(ctx: OpContext) -> tuple[str, Sequence[Any]]:
+            # A pool thread, before the transaction: the derived values of a body new to
+            # this operation are computed here, not while the batch holds row locks.
+            fresh = w.blob_id in ctx.fresh_blobs
+            values: dict[str, bytes] = {}
+            if fresh and self._derivers:
+                self._prepare_derived(w)(ctx)
+                values = ctx.derived.pop(w.blob_id, {})
+            return pgdeliver.build(w, targets, props, when, saved, check_account=check_account,
+                                   default_quota=default_quota, values=values, fresh=fresh,
+                                   channel=CHANNEL, node=node)
+
+        def finish(rows: list[Any], ctx: OpContext) -> list[pgdeliver.Stored]:
+            return pgdeliver.finish(rows, w, targets, ctx)
+
+        return self._runner.submit_statement(Statement(build, finish), [w])
 
     def _announce_work(self, result: T) -> T:
         node = self.node

@@ -456,6 +456,8 @@ class MemoryStore:
             size = len(self.bodies[blob_id])
             uids = []
             for t in targets:
+                if not any(acct.id == t.account_id for acct in self.accounts.values()):
+                    raise NoSuchAccount(f"no account with id {t.account_id}")
                 box = self._find(t.account_id, t.mailbox)
                 self._check_quota(t.account_id, size)
                 uids.append(self._insert(box, blob_id, size, t.flags,

@@ -25,6 +25,7 @@ from mxd.store.interfaces import (
     MailboxExists,
     MailboxHasChildren,
     MessageProps,
+    NoSuchAccount,
     NoSuchMailbox,
     OutboundMessage,
     OutboundRecipient,
@@ -353,3 +354,63 @@ def test_get_message_is_one_row_by_uid(c: Contract) -> None:
     assert c.run(c.store.get_message(inbox, 99)) is None
     assert c.run(c.store.get_message(c.box(a, "Archive"), 1)) is None  # UIDs are per mailbox
     assert isinstance(c.fail(c.store.get_message(999_999, 1)), NoSuchMailbox)
+
+
+def test_local_delivery_to_several_mailboxes_is_all_or_nothing(c: Contract) -> None:
+    """A delivery to two accounts of which the second is over its quota stores nothing:
+    the first account's INBOX, its use and its UIDs are as before (the next delivery
+    there gets the UID the failed one would have had, no gap)."""
+    a, b = c.account(), c.account("bob")
+    c.run(c.store.append(c.box(b), c.blob(b"x" * 9_000), frozenset()))
+    before = c.run(c.store.get_mailbox(a, "INBOX"))
+    used = c.run(c.store.get_usage(a))[0]
+    err = c.fail(c.store.deliver(c.blob(b"y" * 2_000), [Delivery(a), Delivery(b)],
+                                 MessageProps()))
+    assert isinstance(err, QuotaExceeded)
+    after = c.run(c.store.get_mailbox(a, "INBOX"))
+    assert (after.exists, after.uidnext) == (before.exists, before.uidnext)
+    assert c.run(c.store.get_usage(a))[0] == used
+    assert c.run(c.store.deliver(c.blob(), [Delivery(a)], MessageProps())) == [before.uidnext]
+    # Two targets that fit: one UID in each, flags per target.
+    d = c.account("dave")
+    uids = c.run(c.store.deliver(c.blob(), [Delivery(a, flags=frozenset({"\\Seen"})),
+                                            Delivery(d, "Sent")], MessageProps()))
+    assert uids == [before.uidnext + 1, 1]
+    seen = c.run(c.store.get_message(c.box(a), uids[0]))
+    assert seen.flags == frozenset({"\\Seen"})
+    assert c.run(c.store.get_message(c.box(d, "Sent"), 1)).blob_id == seen.blob_id
+
+
+def test_new_messages_fail_with_the_missing_part_named(c: Contract) -> None:
+    """deliver to an account that does not exist: NoSuchAccount; to a mailbox that does
+    not exist: NoSuchMailbox; append to a mailbox id that does not exist: NoSuchMailbox;
+    append and append_to over the quota: QuotaExceeded.  None of them stores anything
+    or uses a UID."""
+    a = c.account()
+    inbox = c.box(a)
+    assert isinstance(c.fail(c.store.deliver(c.blob(), [Delivery(a + 1000)],
+                                             MessageProps())), NoSuchAccount)
+    assert isinstance(c.fail(c.store.deliver(c.blob(), [Delivery(a, "Nope")],
+                                             MessageProps())), NoSuchMailbox)
+    assert isinstance(c.fail(c.store.append(inbox + 1000, c.blob(), frozenset())),
+                      NoSuchMailbox)
+    big = b"z" * 20_000
+    assert isinstance(c.fail(c.store.append(inbox, c.blob(big), frozenset())), QuotaExceeded)
+    assert isinstance(c.fail(c.store.append_to(a, "INBOX", c.blob(big), frozenset())),
+                      QuotaExceeded)
+    assert c.run(c.store.get_usage(a))[0] == 0
+    assert c.run(c.store.append(inbox, c.blob(), frozenset())) == 1
+    info = c.run(c.store.get_mailbox(a, "INBOX"))
+    assert (info.exists, info.uidnext) == (1, 2)
+
+
+def test_every_new_message_gets_its_derived_values(c: Contract) -> None:
+    """A registered deriver's values come with messages stored by deliver, append and
+    append_to alike, each with its own body's values."""
+    c.store.register_deriver("len", ["len"], lambda head: {"len": str(len(head(100))).encode()})
+    a = c.account()
+    inbox = c.box(a)
+    c.run(c.store.deliver(c.blob(b"1"), [Delivery(a)], MessageProps()))
+    c.run(c.store.append(inbox, c.blob(b"22"), frozenset()))
+    c.run(c.store.append_to(a, "INBOX", c.blob(b"333"), frozenset()))
+    assert c.run(c.store.get_derived(inbox, "len")) == {1: b"1", 2: b"2", 3: b"3"}

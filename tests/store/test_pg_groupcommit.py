@@ -181,3 +181,158 @@ def test_a_commit_whose_answer_is_lost_keeps_the_bodies(
         assert inbox.exists == 1
     finally:
         h.close()
+
+
+def _round_trips(runner: Any) -> list[str]:
+    """Patch ``runner`` to record each round trip its transactions make: a statement
+    sent on its own ("exec: SQL") or a pipeline ("pipeline: n statements")."""
+    from mxd.store import pgconn
+
+    trips: list[str] = []
+    real = pgconn.PGRunner._transaction
+
+    def counting(self: Any, raw: Any, live: Any) -> None:
+        execute, pipeline = raw.execute, raw.pipeline
+        inside: list[list[str]] = []
+
+        def ex(sql: str, *args: Any) -> Any:
+            if inside:
+                inside[-1].append(sql)
+            else:
+                trips.append(f"exec: {sql}")
+            return execute(sql, *args)
+
+        class Counted:
+            def __enter__(self) -> None:
+                inside.append([])
+                self._cm = pipeline()
+                self._cm.__enter__()
+
+            def __exit__(self, *exc: Any) -> Any:
+                trips.append(f"pipeline: {len(inside.pop())} statements")
+                return self._cm.__exit__(*exc)
+
+        raw.execute, raw.pipeline = ex, Counted
+        try:
+            real(self, raw, live)
+        finally:
+            del raw.execute, raw.pipeline
+
+    runner._transaction = counting.__get__(runner)
+    return trips
+
+
+def test_a_batch_of_deliveries_is_one_round_trip(pg_dsn: str, tmp_path: Path) -> None:
+    """Deliveries and APPENDs are one statement each (mxd.store.pgdeliver), and a batch of
+    them goes to the server in one pipeline with its BEGIN and COMMIT: 12 messages, one
+    round trip; each still got its own UID, and other nodes their notices."""
+    h = open_pg_store(pg_dsn, tmp_path / "blobs")
+    try:
+        acct = h.run(h.store.add_account("alice", "{}"))
+        inbox = h.run(h.store.get_mailbox(acct.id, "INBOX"))
+        runner = h.store._runner  # type: ignore[attr-defined]
+        trips = _round_trips(runner)
+        gate = threading.Event()
+        first = runner.submit(lambda conn, ctx: gate.wait(10))
+        ds = []
+        for i in range(4):
+            ds.append(_deliver(h, b"Subject: %d\r\n\r\n" % i, acct.id))
+            w = h.store.new_blob()
+            w.write(b"Subject: append\r\n\r\n")
+            ds.append(h.store.append(inbox.id, w, frozenset({"\\Seen"})))
+            w = h.store.new_blob()
+            w.write(b"Subject: append_to\r\n\r\n")
+            ds.append(h.store.append_to(acct.id, "INBOX", w, frozenset()))
+        gate.set()
+        h.run(first)
+        results = [h.run(d) for d in ds]
+        uids = [r[0] if isinstance(r, list) else getattr(r, "uid", r) for r in results]
+        assert uids == list(range(1, 13))
+        assert trips == ["exec: BEGIN; SAVEPOINT op", "exec: RELEASE SAVEPOINT op; COMMIT",
+                         # BEGIN, SAVEPOINT, 12 calls, RELEASE, COMMIT
+                         "pipeline: 16 statements"]
+        assert h.run(h.store.get_mailbox(acct.id, "INBOX")).exists == 12
+    finally:
+        h.close()
+
+
+def test_a_statement_that_fails_in_a_batch_loses_nothing_of_the_others(
+        pg_dsn: str, tmp_path: Path) -> None:
+    """A statement operation that fails after all (here: one that divides by zero) aborts
+    its pipeline; the batch's statements then run one by one, each in its savepoint: the
+    failing one fails alone, the deliveries commit with consecutive UIDs, and operations
+    that are Python functions before and after them keep their work."""
+    from mxd.store.pgconn import Statement
+
+    h = open_pg_store(pg_dsn, tmp_path / "blobs")
+    try:
+        acct = h.run(h.store.add_account("alice", "{}"))
+        runner = h.store._runner  # type: ignore[attr-defined]
+        gate = threading.Event()
+        first = runner.submit(lambda conn, ctx: gate.wait(10))
+
+        def add(name: str) -> Any:
+            return runner.submit(lambda conn, ctx: conn.execute(
+                "INSERT INTO accounts (name, secrets) VALUES (?, '{}')", (name,)))
+
+        bad = Statement(lambda ctx: ("SELECT 1 / 0", ()), lambda rows, ctx: rows)
+        ds = [add("bob"), _deliver(h, b"Subject: a\r\n\r\n", acct.id),
+              runner.submit_statement(bad), _deliver(h, b"Subject: b\r\n\r\n", acct.id),
+              add("carol")]
+        gate.set()
+        h.run(first)
+        assert isinstance(h.fail(ds[2]), StoreError)
+        a, b = h.run(ds[1])[0], h.run(ds[3])[0]
+        assert (a, b) == (1, 2)
+        h.run(ds[0])
+        h.run(ds[4])
+        assert h.run(h.store.get_account("bob")) is not None
+        assert h.run(h.store.get_account("carol")) is not None
+        assert h.run(h.store.get_mailbox(acct.id, "INBOX")).exists == 2
+        assert len(h.body_files()) == 2
+    finally:
+        h.close()
+
+
+def test_a_deadlock_in_a_pipeline_runs_its_statements_again(
+        pg_dsn: str, tmp_path: Path) -> None:
+    """Node A's pipelined statements lock row X then row Y while node B's operation holds
+    Y and then asks for X.  Whichever side PostgreSQL picks as the victim runs again: no
+    operation fails and each change counts once."""
+    from mxd.store.pgconn import Statement
+
+    a = open_pg_store(pg_dsn, tmp_path / "blobs")
+    b = open_pg_store(pg_dsn, tmp_path / "blobs")
+    try:
+        x = a.run(a.store.add_account("x", "{}")).id
+        y = a.run(a.store.add_account("y", "{}")).id
+        b_has_y = threading.Event()
+
+        def bump(account: int) -> Any:
+            return Statement(
+                lambda ctx: ("UPDATE accounts SET used_bytes = used_bytes + 1 WHERE id = %s "
+                             "RETURNING used_bytes", (account,)),
+                lambda rows, ctx: rows)
+
+        def b1(conn: Any, ctx: Any) -> None:
+            conn.execute("UPDATE accounts SET used_bytes = used_bytes + 1 WHERE id = ?", (y,))
+            b_has_y.set()
+            conn.execute("SELECT pg_sleep(0.3)")
+            conn.execute("UPDATE accounts SET used_bytes = used_bytes + 1 WHERE id = ?", (x,))
+
+        ra = a.store._runner  # type: ignore[attr-defined]
+        rb = b.store._runner  # type: ignore[attr-defined]
+        first = ra.submit(lambda conn, ctx: b_has_y.wait(10))
+        dx, dy = ra.submit_statement(bump(x)), ra.submit_statement(bump(y))  # one pipeline
+        db = rb.submit(b1)
+        a.run(first, timeout=30)
+        a.run(dx, timeout=30)
+        a.run(dy, timeout=30)
+        b.run(db, timeout=30)
+        rows = a.run(a.store.transact(lambda conn: conn.execute(
+            "SELECT used_bytes FROM accounts WHERE id IN (?, ?) ORDER BY id",
+            (x, y)).fetchall()))  # type: ignore[attr-defined]
+        assert [r[0] for r in rows] == [2, 2]
+    finally:
+        a.close()
+        b.close()
