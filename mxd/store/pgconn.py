@@ -7,11 +7,15 @@ constraint arrives as ``sqlbase.IntegrityError``.
 ``PGRunner`` is the PostgreSQL counterpart of the SQLite writer (mxd.store.writer), with
 the same ``submit(fn, blobs)`` face and the same group commit, so the store's operations
 are written once.  Operations submitted while a batch runs wait and go together in the
-next: their bodies are fsynced first (in parallel, each touched directory once), then
-every operation runs in its own SAVEPOINT of one transaction on a connection of the pool,
-on a thread of a bounded pool (never the reactor thread), and one COMMIT (one WAL flush
-with ``synchronous_commit`` on) makes them all durable; each Deferred fires only after it.
-An operation that fails is rolled back to its savepoint alone; the others commit.
+next: their bodies are fsynced first (in parallel, each touched directory once; while the
+current batch's transaction runs, so that the fsyncs add nothing to a batch's time), then
+every operation runs in one transaction on a connection of the pool, on a thread of a
+bounded pool (never the reactor thread), and one COMMIT (one WAL flush with
+``synchronous_commit`` on) makes them all durable; each Deferred fires only after it.  An
+operation that fails is rolled back alone (its own SAVEPOINT, or for an operation that is
+one statement, ``Statement``, the statement's own guarantee); the others commit.
+Statement operations next to each other in a batch travel in one round trip (psycopg's
+pipeline mode), with the COMMIT when they end the batch.
 
 Why batches: a delivery updates its mailbox's UID and modseq counters first, so
 deliveries to one mailbox queue on that row lock, which a transaction keeps until its
@@ -32,6 +36,7 @@ removes them if no row took them.
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -148,6 +153,9 @@ class _Op(Generic[T]):
     tries: int = 0  # transactions it ran in (a deadlock victim runs again in the next)
     again: bool = False  # chosen as a deadlock victim: run it in the next batch
     statement: Statement[Any] | None = None  # an operation that is one statement
+    # Set once a body sync ahead of its batch (PGRunner._sync_ahead) has made its bodies
+    # durable; None when its batch makes them durable itself.
+    synced: threading.Event | None = None
 
 
 class PGRunner:
@@ -166,6 +174,10 @@ class PGRunner:
         self._threads_running = False
         self._pending: list[_Op[Any]] = []
         self._running = 0  # batches under way
+        # Operations whose bodies no one is making durable yet, and whether a sync of
+        # bodies ahead of their batch is under way (see _sync_ahead).
+        self._unsynced: list[_Op[Any]] = []
+        self._syncing = False
         self._idle_waiters: list[Deferred[None]] = []
         self.on_changes: Callable[[list[MailboxChange]], None] = lambda changes: None
         self.keep_bodies: Callable[[list[str]], list[str]] = lambda blob_ids: blob_ids
@@ -209,7 +221,7 @@ class PGRunner:
 
     @property
     def idle(self) -> bool:
-        return self._running == 0 and not self._pending
+        return self._running == 0 and not self._pending and not self._syncing
 
     def when_idle(self) -> Deferred[None]:
         d: Deferred[None] = Deferred()
@@ -279,8 +291,12 @@ class PGRunner:
             return d
         for b in blobs:
             b.seal()
-        self._pending.append(_Op(fn, d, blobs, statement=statement))
+        op = _Op(fn, d, blobs, statement=statement)
+        self._pending.append(op)
+        if any(not b.durable for b in blobs):
+            self._unsynced.append(op)
         self._kick()
+        self._sync_ahead()
         return d
 
     def submit_statement(self, statement: Statement[T],
@@ -296,9 +312,60 @@ class PGRunner:
             batch = self._pending[:self._max_batch]
             self._pending = self._pending[self._max_batch:]
             self._running += 1
+            if self._unsynced:  # the batch makes these bodies durable itself
+                mine = set(map(id, batch))
+                self._unsynced = [op for op in self._unsynced if id(op) not in mine]
             d = deferToThreadPool(self._reactor, self._threads, self._run_batch, batch)  # type: ignore[arg-type]
             d.addBoth(self._batch_done, batch)
         self._notify_idle()
+
+    def _sync_ahead(self) -> None:
+        """Make the bodies of operations waiting for a batch durable now, while the
+        current batch's transaction runs (one sync at a time, each for all waiting
+        then): their batch then finds them durable and goes straight to its
+        transaction.  The batches stay what they were (everything submitted while one
+        runs goes in the next); the fsyncs of the bodies no longer add to the time a
+        batch takes."""
+        if self._syncing or not self._unsynced or not self._threads_running:
+            return
+        group, self._unsynced = self._unsynced, []
+        done = threading.Event()
+        for op in group:
+            op.synced = done
+
+        def sync() -> None:
+            try:
+                self._make_durable(group)
+            finally:
+                done.set()
+
+        def after(result: object) -> None:
+            self._syncing = False
+            if isinstance(result, Failure):  # pragma: no cover - _make_durable catches all
+                log.failure("making bodies durable failed", result)
+            self._sync_ahead()
+            self._notify_idle()
+
+        self._syncing = True
+        d = deferToThreadPool(self._reactor, self._threads, sync)  # type: ignore[arg-type]
+        d.addBoth(after)
+
+    def _make_durable(self, ops: list[_Op[Any]]) -> None:
+        """Bodies, before the transaction that references them: fsync + rename (in
+        parallel), each touched directory once.  A body that fails fails its operation."""
+        writers = [(op, w) for op in ops for w in op.blobs if not w.durable]
+        if not writers:
+            return
+        try:
+            errors = self._files.make_durable([w for _, w in writers])
+        except Exception as e:  # noqa: BLE001 - the errors go to the operations
+            errors = [e] * len(writers)
+        for (op, w), err in zip(writers, errors, strict=True):
+            if err is not None:
+                if op.error is None:
+                    op.error = StoreError(f"cannot store message body: {err}")
+            elif w.blob_id not in op.fresh:
+                op.fresh.append(w.blob_id)
 
     def _batch_done(self, result: object, batch: list[_Op[Any]]) -> None:
         if isinstance(result, Failure):  # pragma: no cover - _run_batch catches everything
@@ -376,17 +443,12 @@ class PGRunner:
 
         for op in batch:
             op.again = False
-        # 1. Bodies, before the transaction that references them: fsync + rename (in
-        # parallel), each touched directory once.
-        writers = [(op, w) for op in batch for w in op.blobs if not w.durable]
-        if writers:
-            errors = self._files.make_durable([w for _, w in writers])
-            for (op, w), err in zip(writers, errors, strict=True):
-                if err is not None:
-                    if op.error is None:
-                        op.error = StoreError(f"cannot store message body: {err}")
-                elif w.blob_id not in op.fresh:
-                    op.fresh.append(w.blob_id)
+        # 1. Bodies: made durable ahead by _sync_ahead (wait for it), or here.
+        for op in batch:
+            if op.synced is not None:
+                op.synced.wait()
+                op.synced = None
+        self._make_durable(batch)
         live = [op for op in batch if op.error is None]
         # 2. The transaction.
         unknown = False
