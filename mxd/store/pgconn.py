@@ -87,6 +87,9 @@ class PGConn:
 
     def __init__(self, raw: Any) -> None:
         self.raw = raw
+        # Set by an operation that sent the notices of its changes to the other nodes
+        # itself (in one of its statements): the runner then sends none for it.
+        self.notified = False
 
     def execute(self, sql: str, parameters: Any = (), /) -> Cursor:
         import psycopg
@@ -599,8 +602,9 @@ class PGRunner:
         op.ctx = OpContext(fresh_blobs=list(op.fresh))
         op.tries += 1
         try:
+            conn.notified = False
             op.result = op.fn(conn, op.ctx)
-            if op.ctx.changes and op.statement is None:
+            if op.ctx.changes and op.statement is None and not conn.notified:
                 self.publish(raw, op.ctx.changes)
             return True
         except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as e:

@@ -46,18 +46,20 @@ from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from mxd.store import pgdeliver
+from mxd.store import names, pgdeliver
+from mxd.store import queries as q
 from mxd.store.blobs import FileBlobWriter
 from mxd.store.interfaces import (
     Accepted,
     Appended,
     BlobWriter,
     MailboxChange,
+    MessageInfo,
     MessageProps,
     StoreError,
 )
 from mxd.store.orphans import OrphanSweeper, SweepResult, SweepSettings
-from mxd.store.pgconn import PGRunner, Statement, StoreUnavailable
+from mxd.store.pgconn import PGConn, PGRunner, Statement, StoreUnavailable
 from mxd.store.pgschema import SCHEMAS, migrate
 from mxd.store.queuedb import Claimed
 from mxd.store.sqlbase import Conn
@@ -74,6 +76,18 @@ QUEUE_CHANNEL = "mxd_queue"  # payload: the node that queued new work
 QUEUE_POLL = 30.0  # seconds: the longest a node sleeps with work possibly due elsewhere
 RECLAIM_DELAY = 1.0  # seconds before looking again at due work another node had locked
 MAX_UIDS_PER_NOTICE = 400  # keeps a NOTIFY payload well under PostgreSQL's 8000 octets
+# store_flags' writes in one statement: the mailbox's modseq, the messages' new flags
+# with it, and the notices to the other nodes with it (their "h").
+STORE_FLAGS = (
+    "WITH b AS (UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = %s "
+    "RETURNING highestmodseq), "
+    "u AS (UPDATE messages m SET flags = v.flags, modseq = b.highestmodseq "
+    "FROM b, unnest(%s::bigint[], %s::text[]) AS v(uid, flags) "
+    "WHERE m.mailbox_id = %s AND m.uid = v.uid RETURNING m.uid), "
+    "n AS (SELECT pg_notify(%s, (p::jsonb || jsonb_build_object('h', b.highestmodseq))::text) "
+    "FROM b, unnest(%s::text[]) AS p) "
+    "SELECT b.highestmodseq, (SELECT count(*) FROM u), (SELECT count(*) FROM n) FROM b"
+)
 
 
 @attrs.frozen
@@ -266,6 +280,52 @@ class PostgresStore(SQLiteStore):
                                 check_account=False)
         return d.addCallback(
             lambda stored: Appended(stored[0].mailbox_id, stored[0].uidvalidity, stored[0].uid))
+
+    def store_flags(
+        self, mailbox_id: int, uids: Sequence[int], flags: frozenset[str], mode: str,
+        unchanged_since: int | None = None,
+    ) -> Deferred[tuple[list[MessageInfo], list[int]]]:
+        """IMailStore.store_flags in two statements whatever the number of messages: the
+        messages read, then the mailbox's modseq, the changed rows and the notices to
+        the other nodes written in one (the SQLite store's operation makes a round trip
+        for the mailbox, the modseq and each changed message)."""
+        uid_list = list(uids)
+        node = self.node
+
+        def op(conn: PGConn, ctx: OpContext) -> tuple[list[MessageInfo], list[int]]:
+            if mode not in ("set", "add", "remove"):
+                raise StoreError(f"unknown flag store mode {mode!r}")
+            clean = names.clean_flags(flags)
+            rows = conn.execute(q.MESSAGE_SELECT + " WHERE mailbox_id = ? AND uid = ANY(?) "
+                                "ORDER BY uid", (mailbox_id, uid_list)).fetchall()
+            if not rows:
+                q.check_mailbox(conn, mailbox_id)
+            failed: list[int] = []
+            todo: list[tuple[MessageInfo, frozenset[str]]] = []
+            for row in rows:
+                info = q.message_info(row)
+                # RFC 7162 §3.1.3: UNCHANGEDSINCE fails for messages changed since.
+                if unchanged_since is not None and info.modseq > unchanged_since:
+                    failed.append(info.uid)
+                    continue
+                new = names.apply_flags(info.flags, clean, mode)
+                if not names.flags_equal(new, info.flags):
+                    todo.append((info, new))
+            if not todo:
+                return [], sorted(failed)
+            changed_uids = tuple(info.uid for info, _ in todo)
+            # The notices' "h" (the new modseq) is filled in by the statement.
+            notices = change_payloads(node, [MailboxChange(mailbox_id, "flags", changed_uids, 0)])
+            modseq = int(conn.raw.execute(
+                STORE_FLAGS, (mailbox_id, list(changed_uids),
+                              [names.flags_to_text(new) for _, new in todo], mailbox_id,
+                              CHANNEL, notices)).fetchone()[0])
+            conn.notified = True
+            ctx.changes.append(MailboxChange(mailbox_id, "flags", changed_uids, modseq))
+            return ([attrs.evolve(info, flags=new, modseq=modseq) for info, new in todo],
+                    sorted(failed))
+
+        return self._runner.submit(op)
 
     def _store_message(self, w: FileBlobWriter, targets: list[pgdeliver.Target],
                        props: MessageProps, when: datetime, saved: datetime, *,

@@ -122,6 +122,58 @@ def test_nodes_starting_together_migrate_once(pg_dsn: str) -> None:
     assert versions == {k: len(v) for k, v in SCHEMAS.items()}
 
 
+def test_every_kind_of_change_reaches_the_other_node_once(
+        pg_dsn: str, tmp_path: Path) -> None:
+    """The notices sent by the statements themselves (a delivery, an APPEND, a flag
+    change on many messages, split over several notices) reach node B once each, with
+    the UIDs and modseqs node A's own listener hears; a flag store that changes
+    nothing sends nothing."""
+    a = open_pg_store(pg_dsn, tmp_path / "blobs", listen=True)
+    b = open_pg_store(pg_dsn, tmp_path / "blobs", listen=True)
+    try:
+        acct = a.run(a.store.add_account("alice", "{}"))
+        inbox = a.run(a.store.get_mailbox(acct.id, "INBOX"))
+        seen_b: list[MailboxChange] = []
+        seen_a: list[MailboxChange] = []
+        b.store.subscribe(inbox.id, seen_b.append)
+        a.store.subscribe(inbox.id, seen_a.append)
+        assert b.store.listening(5)  # type: ignore[attr-defined]
+        [first] = a.deliver_bytes(b"Subject: hi\r\n\r\nx\r\n", [Delivery(acct.id)])
+        n = MAX_UIDS_PER_NOTICE + 5
+        ws = []
+        for i in range(n - 1):
+            w = a.store.new_blob()
+            w.write(b"Subject: %d\r\n\r\n" % i)
+            ws.append((w, frozenset(), None))
+        a.run(a.store.append_many(inbox.id, ws), timeout=60)
+        uids = list(range(first, first + n))
+        changed, failed = a.run(a.store.store_flags(inbox.id, uids, frozenset({"\\Seen"}),
+                                                    "add"))
+        assert [m.uid for m in changed] == uids and failed == []
+        modseq = changed[0].modseq
+        assert {m.modseq for m in changed} == {modseq}
+        assert a.run(a.store.store_flags(inbox.id, uids, frozenset({"\\Seen"}), "add")) == (
+            [], [])
+        a.settle()
+        want = [(c.kind, c.uids, c.highestmodseq) for c in seen_a]
+        flags = [c for c in seen_a if c.kind == "flags"]
+        assert sum(len(c.uids) for c in flags) == n
+        assert {c.highestmodseq for c in flags} == {modseq}
+        t0 = time.monotonic()
+        while len(seen_b) < len(want) and time.monotonic() - t0 < 10:
+            b.calls.pump_once(0.02)
+        got = [(c.kind, c.uids, c.highestmodseq) for c in seen_b]
+        # Node A's listeners hear each change as one; node B as its notices (the UIDs
+        # of one change split over several).
+        assert [g for g in got if g[0] == "exists"] == [w for w in want if w[0] == "exists"]
+        assert sorted(u for g in got if g[0] == "flags" for u in g[1]) == uids
+        assert {g[2] for g in got if g[0] == "flags"} == {modseq}
+        assert a.run(a.store.get_message(inbox.id, first)).flags == frozenset({"\\Seen"})
+    finally:
+        a.close()
+        b.close()
+
+
 def test_a_change_on_one_node_reaches_the_other_within_a_second(
         pg_dsn: str, tmp_path: Path) -> None:
     """A delivery committed by node A reaches node B's mailbox listener (LISTEN/NOTIFY)
