@@ -15,6 +15,11 @@ to one local mailbox, and must have made each message durable before its 250:
   cleanup; virtual(8) delivery into a Maildir afterwards).  Its ingest time is to the last
   250; the time until the last message is in the Maildir is printed too.
 
+``--store postgresql`` (or ``both``) runs twistd mxd with ``[store] backend = "postgresql"``
+too: metadata in a private PostgreSQL cluster made for the run (initdb, fsync and
+synchronous_commit on), bodies as files in a blob_dir; its ratios against the SQLite store
+and the peers of the same rounds are printed.
+
 ``--workers N [N ...]`` runs ``twistd mxd`` once per value of ``[server] workers`` in each
 round (default: 1 and 2), timing from when every worker serves.  Postfix is reported twice:
 to its last 250 and to its last delivery into the Maildir ("delivered"), which is when mxd's
@@ -138,14 +143,34 @@ def wait_workers(log: Path, n: int, timeout: float = 60.0) -> None:
         time.sleep(0.05)
 
 
-def bench_twistd(base: Path, args: argparse.Namespace, workers: int = 1) -> float:
+def pg_store_config(dsn: str, blobs: Path) -> str:
+    blobs.mkdir()
+    return (f'[store]\nbackend = "postgresql"\ndsn = "{dsn}"\nblob_dir = "{blobs}"\n')
+
+
+def pg_inbox_count(dsn: str, account: str) -> int:
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM messages m JOIN mailboxes b ON m.mailbox_id = b.id "
+            "JOIN accounts a ON b.account_id = a.id WHERE a.name = %s AND b.name = 'INBOX'",
+            (account,)).fetchone()
+    return int(row[0])
+
+
+def bench_twistd(base: Path, args: argparse.Namespace, workers: int = 1,
+                 pg: object = None) -> float:
     """``twistd -n mxd`` as users run it (tests/integration/mxdserver.py), log level warn
-    (the workers' start-up lines at info, to know when they serve)."""
+    (the workers' start-up lines at info, to know when they serve); with ``pg`` (a
+    PGCluster), on a new database of it."""
     from tests.integration._smtp_harness import read_mailbox
     from tests.integration.mxdserver import make_server
 
-    d = base / f"twistd-w{workers}"
+    d = base / f"twistd-w{workers}{'-pg' if pg is not None else ''}"
     d.mkdir()
+    dsn = pg.create_database("ingest") if pg is not None else ""  # type: ignore[attr-defined]
+    store = pg_store_config(dsn, d / "blobs") if pg is not None else ""
     level = "info" if args.logs else "warn"
     # Like the peers, no message authentication unless asked for (--inbound-checks): the
     # test config's resolver (127.0.0.1:1) answers nothing, so each check would cost the
@@ -154,7 +179,7 @@ def bench_twistd(base: Path, args: argparse.Namespace, workers: int = 1) -> floa
     s = make_server(d, make_certs(d), extra_config=(
         f'[log]\nlevel = "{level}"\nlevels = {{ "mxd.worker" = "info" }}\n'
         f"[server]\nworkers = {workers}\n"
-        f"[msgauth]\ninbound_checks = {str(args.inbound_checks).lower()}\n"))
+        f"[msgauth]\ninbound_checks = {str(args.inbound_checks).lower()}\n" + store))
     # With mxd's observer, so that the [log] level applies (twistd's own file observer
     # writes every event, debug included: ~6 lines and ~0.4 CPU ms per message here).
     s.start(twistd_args=("--logger", "mxd.log.twistd_observer"))
@@ -164,8 +189,10 @@ def bench_twistd(base: Path, args: argparse.Namespace, workers: int = 1) -> floa
         assert s.proc is not None
         cpu0 = tree_cpu(s.proc.pid)
         elapsed = smtp_source(s.ports["smtp"], args)
-        record_cpu(f"mxd w={workers}", tree_cpu(s.proc.pid) - cpu0, args.messages)
-        stored = len(read_mailbox(s.data_dir, RCPT))
+        record_cpu(f"mxd w={workers}{' pg' if pg is not None else ''}",
+                   tree_cpu(s.proc.pid) - cpu0, args.messages)
+        stored = (pg_inbox_count(dsn, RCPT) if pg is not None
+                  else len(read_mailbox(s.data_dir, RCPT)))
     finally:
         s.stop()
     if stored != args.messages:
@@ -173,9 +200,10 @@ def bench_twistd(base: Path, args: argparse.Namespace, workers: int = 1) -> floa
     return elapsed
 
 
-def bench_mxd(base: Path, args: argparse.Namespace, workers: int = 1) -> float:
-    if args.target == "twistd":
-        return bench_twistd(base, args, workers)
+def bench_mxd(base: Path, args: argparse.Namespace, workers: int = 1,
+              pg: object = None) -> float:
+    if args.target == "twistd" or pg is not None:
+        return bench_twistd(base, args, workers, pg)
     d = base / "mxd"
     d.mkdir()
     h = Harness(d, make_certs(d))
@@ -513,6 +541,9 @@ def main() -> None:
                          "peers check nothing; the resolver answers nothing)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2],
                     help="[server] workers values to run twistd mxd with (default: 1 2)")
+    ap.add_argument("--store", choices=("sqlite", "postgresql", "both"), default="sqlite",
+                    help="twistd mxd's store: SQLite (default), PostgreSQL (a private "
+                         "cluster made for the run), or both in the same rounds")
     ap.add_argument("--dir")
     args = ap.parse_args()
     if not args.logs:
@@ -530,11 +561,33 @@ def main() -> None:
           f"mxd={args.target} workers={args.workers}, log {'info' if args.logs else 'off/warn'}, "
           f"inbound checks {'on' if args.inbound_checks else 'off'}; "
           f"dir {base}")
-    mxds = [f"mxd w={n}" for n in args.workers]
-    runs: dict[str, list[float]] = {m: [] for m in mxds}
+    mxds = [f"mxd w={n}" for n in args.workers] if args.store != "postgresql" else []
+    pgs = [f"mxd pg w={n}" for n in args.workers] if args.store != "sqlite" else []
+    cluster = None
+    if pgs:
+        from tests.integration.pglab import PGCluster, _find
+
+        initdb, pg_ctl = _find("initdb"), _find("pg_ctl")
+        if initdb is None or pg_ctl is None:
+            raise SystemExit("initdb/pg_ctl not found (apt-get install postgresql)")
+        cluster = PGCluster(initdb, pg_ctl, Path(tempfile.mkdtemp(prefix="mxd-bench-pg-")),
+                            durable=True)
+    try:
+        run_rounds(args, base, mxds, pgs, cluster)
+    finally:
+        if cluster is not None:
+            cluster.stop()
+            shutil.rmtree(cluster.base, ignore_errors=True)
+    if not args.dir:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def run_rounds(args: argparse.Namespace, base: Path, mxds: list[str], pgs: list[str],
+               cluster: object) -> None:
+    runs: dict[str, list[float]] = {m: [] for m in [*mxds, *pgs]}
     runs.update({"aiosmtpd": [], "postfix": [], "postfix delivered": []})
     postfix_ok = not args.no_postfix
-    order = [*mxds, "aiosmtpd", "postfix"]
+    order = [*mxds, *pgs, "aiosmtpd", "postfix"]
     for i in range(args.repeat):
         rnd = base / f"round{i}"
         rnd.mkdir(parents=True)
@@ -544,6 +597,9 @@ def main() -> None:
             if name in mxds:
                 n = args.workers[mxds.index(name)]
                 runs[name].append(args.messages / bench_mxd(rnd, args, n))
+            elif name in pgs:
+                n = args.workers[pgs.index(name)]
+                runs[name].append(args.messages / bench_mxd(rnd, args, n, cluster))
             elif name == "aiosmtpd":
                 runs["aiosmtpd"].append(args.messages / bench_aiosmtpd(rnd, args))
             elif postfix_ok:
@@ -563,10 +619,10 @@ def main() -> None:
               "postfix": "postfix (queue fsync, to 250)",
               "postfix delivered": "postfix (to Maildir delivery)"}
     for k, v in med.items():
-        label = labels.get(k, f"{k} (SQLite store, fsync)")
+        label = labels.get(k, f"{k} ({'PostgreSQL' if k in pgs else 'SQLite'} store, fsync)")
         print(f"{label:32s}: median {v:7.1f} msg/s  (runs: "
               + ", ".join(f"{x:.0f}" for x in runs[k]) + ")")
-    for m in mxds:
+    for m in [*mxds, *pgs]:
         for peer in ("aiosmtpd", "postfix", "postfix delivered"):
             if peer in med and m in med:
                 per_round = [a / b for a, b in zip(runs[m], runs[peer], strict=False)]
@@ -582,8 +638,11 @@ def main() -> None:
         base_m = mxds[0]
         for m in mxds[1:]:
             print(f"ratio {m}/{base_m}: {med[m] / med[base_m]:.2f}")
-    if not args.dir:
-        shutil.rmtree(base, ignore_errors=True)
+    for m, p in zip(mxds, pgs, strict=False):
+        if m in med and p in med:
+            per_round = [a / b for a, b in zip(runs[p], runs[m], strict=False)]
+            print(f"ratio {p}/{m} (PostgreSQL / SQLite store): {med[p] / med[m]:.2f} "
+                  "(medians); per round " + ", ".join(f"{r:.2f}" for r in per_round))
 
 
 if __name__ == "__main__":
