@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-import secrets
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
@@ -24,6 +23,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure as TwistedFailure
 from zope.interface import implementer
 
+from mxd import randomids
 from mxd.metrics import IMetrics, NoopMetrics
 from mxd.sasl.api import (
     ChannelBindings,
@@ -215,7 +215,8 @@ class SessionBase(LineReceiver):
         self._bdat_last = False
         self._bdat_reply: Reply | None = None
         self._reader = DataReader()
-        self.session_id = secrets.token_hex(6)
+        self._reading_paused = False  # the transport's reading is stopped (see PAUSE_BUFFER)
+        self.session_id = randomids.token_hex(6)
         self.network = ""  # the client's /24 or /48 (set by the factory)
         self.last_line_at = 0.0  # clock time of the last complete line (or the connect)
 
@@ -441,17 +442,23 @@ class SessionBase(LineReceiver):
             return
         self.resumeProducing()
 
+    # While a step is pending, input is held back in LineReceiver's buffer (``paused``)
+    # rather than by pausing the transport: a client that waits for the reply sends
+    # nothing meanwhile, and stopping and restarting the socket's reading would cost two
+    # ``epoll_ctl`` calls per wait.  A client that keeps sending while it should wait is
+    # stopped once PAUSE_BUFFER octets are held.
+    PAUSE_BUFFER = 256 * 1024
+
     def pauseProducing(self) -> None:
         self.paused = True
-        pause = getattr(self.transport, "pauseProducing", None)
-        if pause is not None:
-            pause()
 
     def resumeProducing(self) -> None:
         self.paused = False
-        resume = getattr(self.transport, "resumeProducing", None)
-        if resume is not None:
-            resume()
+        if self._reading_paused:
+            self._reading_paused = False
+            resume = getattr(self.transport, "resumeProducing", None)
+            if resume is not None:
+                resume()
         self.dataReceived(b"")
 
     # -- input ------------------------------------------------------------------------
@@ -459,6 +466,12 @@ class SessionBase(LineReceiver):
     def dataReceived(self, data: bytes) -> None:
         if self.state is State.CLOSED:
             return
+        if (self.paused and not self._reading_paused
+                and len(self._buffer) + len(data) > self.PAUSE_BUFFER):
+            pause = getattr(self.transport, "pauseProducing", None)
+            if pause is not None:
+                self._reading_paused = True
+                pause()
         super().dataReceived(data)
 
     def lineLengthExceeded(self, line: bytes) -> None:

@@ -61,7 +61,7 @@ from mxd.store.leftovers import DOOMED, DoomedList, is_list_of, read_ids
 log = Logger()
 
 T = TypeVar("T")
-FSYNC_THREADS = 8  # parallel fsyncs of one group commit
+FSYNC_THREADS = int(os.environ.get("MXD_FSYNC_THREADS", "8"))  # parallel fsyncs of one group commit
 HEAD_KEEP = 64 * 1024  # a writer keeps its body's first octets for the store's derivers
 _O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
@@ -152,20 +152,27 @@ class BlobFiles:
     def new_writer(self) -> FileBlobWriter:
         """A writer for a new body: a pooled file when one is ready (no system call),
         else a new file in tmp/ (cheap, no fsync)."""
-        if self.pool_size:
-            try:
-                blob_id, f = self._pool.popleft()
-            except IndexError:
-                pass
-            else:
-                if len(self._pool) < self.pool_size // 2:
-                    self._start_refill()
-                w = FileBlobWriter(self, blob_id, pooled=f)
-                with self._lock:
-                    self._handed[blob_id] = w
-                return w
-            self._start_refill()
+        w = self.pooled_writer()
+        if w is not None:
+            return w
         return FileBlobWriter(self, secrets.token_hex(16))
+
+    def pooled_writer(self) -> FileBlobWriter | None:
+        """A writer on a pooled file, made without any system call; None when the pool
+        is empty (a refill is then under way)."""
+        if not self.pool_size:
+            return None
+        try:
+            blob_id, f = self._pool.popleft()
+        except IndexError:
+            self._start_refill()
+            return None
+        if len(self._pool) < self.pool_size // 2:
+            self._start_refill()
+        w = FileBlobWriter(self, blob_id, pooled=f)
+        with self._lock:
+            self._handed[blob_id] = w
+        return w
 
     # -- the file pool -------------------------------------------------------------------
     def pooled_ids(self) -> set[str]:

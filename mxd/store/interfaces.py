@@ -308,6 +308,11 @@ class IMailStore(Protocol):
     # -- bodies -----------------------------------------------------------------------
     def new_blob(self) -> BlobWriter: ...
 
+    def new_blob_nowait(self) -> BlobWriter | None:
+        """A writer for a new body if one can be had without any system call (a file
+        made ahead of time), else None: the caller then calls ``new_blob`` where
+        blocking is allowed.  The reactor thread's way to skip a thread hop."""
+
     def open_blob(self, blob_id: str) -> BinaryIO:
         """A readable file for a stored body (synchronous: local files or a cache)."""
 

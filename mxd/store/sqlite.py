@@ -361,6 +361,9 @@ class SQLiteStore:
     def new_blob(self) -> FileBlobWriter:
         return self._files.new_writer()
 
+    def new_blob_nowait(self) -> FileBlobWriter | None:
+        return self._files.pooled_writer()
+
     def open_blob(self, blob_id: str) -> BinaryIO:
         return self._files.open(blob_id)
 

@@ -247,6 +247,9 @@ class MemoryStore:
     def new_blob(self) -> MemoryBlob:
         return MemoryBlob()
 
+    def new_blob_nowait(self) -> MemoryBlob:
+        return MemoryBlob()
+
     def open_blob(self, blob_id: str) -> BinaryIO:
         return io.BytesIO(self.bodies[blob_id])
 

@@ -58,6 +58,7 @@ class FakeStore(MemoryStore):
         self.queued: list[tuple[bytes, OutboundMessage]] = []
         self.queue_ids: list[str | None] = []
         self.hold = False
+        self.pool_empty = False
         self.pending: list[tuple[Deferred[Accepted], Callable[[], Deferred[Accepted]]]] = []
 
     @staticmethod
@@ -70,6 +71,10 @@ class FakeStore(MemoryStore):
         b = super().new_blob()
         self.blobs.append(b)
         return b
+
+    def new_blob_nowait(self) -> MemoryBlob | None:
+        # ``pool_empty``: as a store whose files made ahead of time have run out.
+        return None if self.pool_empty else self.new_blob()
 
     def accept(self, blob: Any, targets: Sequence[Delivery], props: MessageProps,
                outbound: OutboundMessage | None = None, queue_id: str | None = None, *,

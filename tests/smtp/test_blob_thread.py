@@ -1,4 +1,5 @@
-"""Body files created off the reactor thread (``run_blocking``): input waits, order holds."""
+"""Body files created off the reactor thread (``run_blocking``) when the store has none
+made ahead of time: input waits, order holds."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ def test_data_waits_for_blob_then_reads_body() -> None:
     """354 comes only after the file exists; pipelined body bytes are then read as data."""
     runner = HeldRunner()
     s = Session(run_blocking=runner)
+    s.store.pool_empty = True
     s.ehlo()
     s.send("MAIL FROM:<a@b.example>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n"
            "Subject: x\r\n\r\nQUIT\r\n.\r\nNOOP\r\n")
@@ -47,6 +49,7 @@ def test_bdat_waits_for_blob() -> None:
     """A BDAT chunk sent with its command is held until the file exists, then stored."""
     runner = HeldRunner()
     s = Session(run_blocking=runner)
+    s.store.pool_empty = True
     s.ehlo()
     body = b"Subject: x\r\n\r\nRSET\r\n"
     s.send(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<alice@example.test>\r\n"
@@ -61,8 +64,22 @@ def test_blob_creation_failure_is_451() -> None:
     """If the file cannot be created DATA gets 451 4.3.0 and the session goes on."""
     runner = HeldRunner()
     s = Session(run_blocking=runner)
+    s.store.pool_empty = True
     s.ehlo()
     s.send("MAIL FROM:<a@b.example>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\nNOOP\r\n")
     runner.release(fail=True)
     r = s.replies()
     assert r[-2].startswith("451 4.3.0") and r[-1].startswith("250")
+
+
+def test_pooled_blob_needs_no_thread_hop() -> None:
+    """With a file made ahead of time, DATA answers 354 at once: nothing runs on a
+    thread and the body is read in the same turn."""
+    runner = HeldRunner()
+    s = Session(run_blocking=runner)
+    s.ehlo()
+    s.send("MAIL FROM:<a@b.example>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n"
+           "Subject: x\r\n\r\nhi\r\n.\r\n")
+    assert s.codes() == [250, 250, 354, 250]
+    assert runner.pending == []
+    assert s.store.delivered[0].body.endswith(b"\r\n\r\nhi\r\n")

@@ -15,7 +15,8 @@ def test_slow_directory_holds_later_commands() -> None:
     s.send("MAIL FROM:<a@b.example>\r\nRCPT TO:<alice@example.test>\r\n"
            "RCPT TO:<bob@example.test>\r\nDATA\r\n" + MSG + "NOOP\r\n")
     assert s.codes() == [250]
-    assert s.transport.paused_count >= 1
+    assert s.proto.paused  # later commands held in the session's buffer
+    assert s.transport.paused_count == 0  # without stopping the socket's reading
     s.directory.release()
     assert s.codes() == [250]  # first RCPT answered; second lookup now pending
     s.directory.release()
@@ -62,6 +63,26 @@ def test_data_split_at_every_byte() -> None:
     text = s.output().decode()
     assert "354 " in text and "221 " in text
     assert s.store.delivered[0].body.endswith(b"\r\n\r\n.dot\r\nline\r\n")
+
+
+def test_flood_while_waiting_stops_reading() -> None:
+    """A client that keeps sending while a step is pending is held in the buffer only up
+    to PAUSE_BUFFER octets; then the transport stops reading, and reading resumes (and the
+    held commands run in order) once the step is done."""
+    s = Session()
+    s.ehlo()
+    s.directory.hold = True
+    s.send("MAIL FROM:<a@b.example>\r\nRCPT TO:<alice@example.test>\r\n")
+    assert s.codes() == [250] and s.transport.paused_count == 0
+    noops = "NOOP\r\n" * (s.proto.PAUSE_BUFFER // 6 + 10)
+    s.send(noops)
+    assert s.transport.paused_count == 1
+    assert s.transport.producerState == "paused"
+    s.directory.release()
+    assert s.transport.producerState == "producing"
+    codes = s.codes()
+    assert codes[0] == 250 and all(c == 250 for c in codes)
+    assert len(codes) == 1 + noops.count("NOOP")
 
 
 def test_answers_already_there_do_not_pause_input() -> None:

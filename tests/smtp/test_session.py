@@ -230,6 +230,8 @@ def test_close_while_paused_resumes_reading_and_has_a_deadline() -> None:
     s.ehlo()
     s.directory.hold = True
     s.send("MAIL FROM:<a@b.example>\r\nRCPT TO:<alice@example.test>\r\n")
+    assert s.transport.producerState == "producing"  # held in the session's buffer
+    s.send("NOOP\r\n" * (s.proto.PAUSE_BUFFER // 6 + 1))  # too much held: reading stops
     assert s.transport.producerState == "paused"
     s.clock.advance(s.settings.command_timeout)
     assert s.codes()[-1] == 421
