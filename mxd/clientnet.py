@@ -6,9 +6,14 @@ counts against one share of a listener's connections.  Pure.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 
+# Every new connection asks (twice: the listener's shares, then the session); the
+# ipaddress module's parsing costs tens of microseconds.  Bounded: a flood from many
+# addresses only churns it.
+@functools.lru_cache(maxsize=4096)
 def network_key(ip: str) -> str:
     """The network a connection share is counted on: IPv4 /24, IPv6 /48 (IPv4-mapped
     IPv6 addresses count as IPv4); anything unparsable stands for itself."""

@@ -219,11 +219,39 @@ def next_uid_modseq(conn: Conn, mailbox_id: int) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
+def deliver_slot(conn: Conn, account_id: int, name: str) -> tuple[int, int, int, Any]:
+    """The mailbox ``name`` of an account and the UID and modseq of one new message in
+    it (as ``next_uid_modseq``), with the account's (used_bytes, quota_bytes): one
+    statement, as each delivery needs all of them.  Raises as ``mailbox_id`` and
+    ``next_uid_modseq`` do."""
+    row = conn.execute(
+        "UPDATE mailboxes SET highestmodseq = highestmodseq + 1, uidnext = uidnext + 1 "
+        "WHERE account_id = ? AND name = ? AND uidnext <= ? "
+        "RETURNING id, uidnext - 1, highestmodseq, "
+        "(SELECT used_bytes FROM accounts WHERE id = ?), "
+        "(SELECT quota_bytes FROM accounts WHERE id = ?)",
+        (account_id, names.normalize_mailbox_name(name), MAX_UID, account_id, account_id),
+    ).fetchone()
+    if row is None:  # no such mailbox (or account), or out of UIDs: the precise error
+        mailbox = mailbox_id(conn, account_id, name)
+        next_uid_modseq(conn, mailbox)
+        raise StoreError(f"cannot deliver to mailbox {name!r}")  # pragma: no cover
+    return int(row[0]), int(row[1]), int(row[2]), (row[3], row[4])
+
+
 def insert_new(conn: Conn, mailbox_id: int, w: FileBlobWriter,
                 flags: frozenset[str], when: datetime, props: MessageProps,
                 saved: datetime | None = None) -> tuple[int, int]:
     """Insert a new message; ``saved`` is its save date (RFC 8514), now when None."""
     uid, modseq = next_uid_modseq(conn, mailbox_id)
+    insert_row(conn, mailbox_id, uid, modseq, w, flags, when, props, saved)
+    return uid, modseq
+
+
+def insert_row(conn: Conn, mailbox_id: int, uid: int, modseq: int, w: FileBlobWriter,
+               flags: frozenset[str], when: datetime, props: MessageProps,
+               saved: datetime | None = None) -> None:
+    """The row of a new message whose UID and modseq are allocated already."""
     conn.execute(
         "INSERT INTO messages (mailbox_id, uid, modseq, flags, internal_date, size, blob_id, "
         "requiretls, tls_required_no, mail_from, received_via, save_date) "
@@ -231,7 +259,6 @@ def insert_new(conn: Conn, mailbox_id: int, w: FileBlobWriter,
         (mailbox_id, uid, modseq, names.flags_to_text(flags), when.isoformat(), w.size,
          w.blob_id, int(props.requiretls), int(props.tls_required_no), props.mail_from,
          props.received_via, _saved_text(saved)))
-    return uid, modseq
 
 
 def _saved_text(saved: datetime | None) -> str:

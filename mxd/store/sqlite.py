@@ -727,8 +727,14 @@ class SQLiteStore:
                            (account_id,)).fetchone()
         if row is None:
             raise NoSuchAccount(f"no account with id {account_id}")
-        quota = row[1] if row[1] is not None else self.settings.quota_bytes
-        if quota is not None and row[0] + adding > quota:
+        self._quota_allows(account_id, row, adding)
+
+    def _quota_allows(self, account_id: int, use: Any, adding: int) -> None:
+        """``_check_quota`` on the account's (used_bytes, quota_bytes) as read already."""
+        if use[0] is None:
+            raise NoSuchAccount(f"no account with id {account_id}")
+        quota = use[1] if use[1] is not None else self.settings.quota_bytes
+        if quota is not None and use[0] + adding > quota:
             raise QuotaExceeded(f"account {account_id} is over its quota of {quota} bytes")
 
     def list_accounts(self) -> Deferred[list[Account]]:
@@ -789,9 +795,9 @@ class SQLiteStore:
                 self._derive_new(conn, ctx, w)
             uids = []
             for t, flags in zip(targets, flag_sets, strict=True):
-                mailbox_id = q.mailbox_id(conn, t.account_id, t.mailbox)
-                self._check_quota(conn, t.account_id, w.size)
-                uid, modseq = q.insert_new(conn, mailbox_id, w, flags, when, props, saved)
+                mailbox_id, uid, modseq, use = q.deliver_slot(conn, t.account_id, t.mailbox)
+                self._quota_allows(t.account_id, use, w.size)
+                q.insert_row(conn, mailbox_id, uid, modseq, w, flags, when, props, saved)
                 ctx.changes.append(MailboxChange(mailbox_id, "exists", (uid,), modseq))
                 uids.append(uid)
             failpoints.reach("accept.between")

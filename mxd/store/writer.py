@@ -296,11 +296,14 @@ class Writer:
         else:
             fn()
 
-    def _forget_synced(self, conn: sqlite3.Connection) -> None:
-        """Writer thread: drop the unsynced_blobs entries of bodies fsynced since."""
-        if self._synced:
-            unsynced_mod.forget(conn, self._synced)
+    def _forget_synced(self, conn: sqlite3.Connection) -> list[str]:
+        """Writer thread: drop the unsynced_blobs entries of bodies fsynced since (in the
+        transaction under way); returns their ids, to be kept should it roll back."""
+        forgotten = self._synced
+        if forgotten:
+            unsynced_mod.forget(conn, forgotten)
             self._synced = []
+        return forgotten
 
     def _finish_overlap(self, conn: sqlite3.Connection, batch: list[_Op[Any]],
                         ahead: dict[int, FileBlobWriter],
@@ -395,29 +398,41 @@ class Writer:
         # turns on ``write_lock`` first, woken by the kernel, rather than in SQLite's busy
         # handler, which polls with sleeps of up to 100 ms.
         live = [op for op in batch if op.error is None]
+        # An operation alone in its transaction needs no savepoint: if it fails, the
+        # whole transaction is rolled back (two statements fewer per lone delivery).
+        alone = len(live) == 1
+        forgotten: list[str] = []
         lock = self.write_lock
         if lock is not None:
             lock.acquire()
         try:
             conn.execute("BEGIN IMMEDIATE")
-            self._forget_synced(conn)
+            forgotten = self._forget_synced(conn)
             for op in live:
-                conn.execute("SAVEPOINT op")
+                if not alone:
+                    conn.execute("SAVEPOINT op")
                 try:
                     op.result = op.fn(conn, op.ctx)
                     for w in unsynced.get(id(op), ()):
                         unsynced_mod.record(conn, w.blob_id, w.size, w.digest)
-                    conn.execute("RELEASE op")
+                    if not alone:
+                        conn.execute("RELEASE op")
                 except BaseException as e:  # noqa: BLE001 - the error goes to its Deferred
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
+                    if alone:
+                        conn.execute("ROLLBACK")
+                    else:
+                        conn.execute("ROLLBACK TO op")
+                        conn.execute("RELEASE op")
                     if isinstance(e, sqlite3.Error):
                         err = StoreError(f"database error: {e}")
                         err.__cause__ = e
                         op.error = err
                     else:
                         op.error = e
-            conn.execute("COMMIT")
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+            else:  # the lone operation failed: its transaction is gone, forget again later
+                self._synced[:0] = forgotten
         except sqlite3.Error as e:
             log.error("store commit failed: {error}", error=e)
             if conn.in_transaction:
@@ -425,6 +440,8 @@ class Writer:
                     conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass
+            if forgotten and forgotten[0] not in self._synced:
+                self._synced[:0] = forgotten
             for op in live:
                 if op.error is None:
                     op.error = StoreError(f"database error: {e}")

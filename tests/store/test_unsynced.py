@@ -122,3 +122,55 @@ def test_a_failed_body_fsync_undoes_the_committed_message(tmp_path: Path,
     finally:
         h.close()
     assert _rows(data, "SELECT count(*) FROM unsynced_blobs") == [(0,)]
+
+
+def test_a_lone_failing_operation_rolls_back_alone_and_the_entries_are_dropped_later(
+        tmp_path: Path) -> None:
+    """An operation alone in its batch runs without a savepoint: when it fails, its
+    whole transaction rolls back (none of its rows stay), including the dropping of
+    earlier bodies' unsynced_blobs entries, which the next transaction then does."""
+    data = tmp_path / "data"
+    h = open_store(data, inline=True)
+    _pool(h)
+    c = Contract(h.store)
+    a = c.account()
+    inbox = c.box(a)
+    c.run(h.store.append(inbox, c.blob(BODY), frozenset()))
+    assert len(_rows(data, "SELECT blob_id FROM unsynced_blobs")) == 1
+    before = _rows(data, "SELECT uidnext, highestmodseq FROM mailboxes WHERE id = "
+                         f"{inbox}")
+    with pytest.raises(StoreError):  # no such mailbox: fails after the entry was dropped
+        c.run(h.store.deliver(c.blob(BODY), [Delivery(a, "Nowhere")], MessageProps()))
+    assert len(_rows(data, "SELECT blob_id FROM unsynced_blobs")) == 1  # rolled back
+    assert _rows(data, "SELECT uidnext, highestmodseq FROM mailboxes WHERE id = "
+                       f"{inbox}") == before
+    assert len(_rows(data, "SELECT uid FROM messages")) == 1
+    c.run(h.store.get_mailbox(a, "INBOX"))  # the next transaction drops it
+    assert _rows(data, "SELECT blob_id FROM unsynced_blobs") == []
+    h.close()
+
+
+def test_a_failing_operation_among_others_rolls_back_alone(tmp_path: Path) -> None:
+    """In a batch of several operations each has its savepoint: one failing (here: a
+    missing mailbox) leaves the others committed."""
+    data = tmp_path / "data"
+    h = open_store(data)  # a real writer thread: work queues up while a batch runs
+    try:
+        a = h.run(h.store.add_account("alice", "{}", ["alice@example.test"])).id
+        h.run(h.store.get_mailbox(a, "INBOX"))
+
+        def blob() -> Any:
+            w = h.store.new_blob()
+            w.write(BODY)
+            return w
+
+        batches = h.store._writer.batches
+        ds = [h.store.deliver(blob(), [Delivery(a, box)], MessageProps())
+              for box in ("INBOX", "Nowhere", "INBOX")]
+        assert h.run(ds[0]) == [1]
+        assert isinstance(h.fail(ds[1]), StoreError)
+        assert h.run(ds[2]) == [2]
+        assert h.store._writer.batches - batches <= 2  # two of them shared a batch
+        assert [r[0] for r in _rows(data, "SELECT uid FROM messages ORDER BY uid")] == [1, 2]
+    finally:
+        h.close()
