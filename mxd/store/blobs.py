@@ -61,7 +61,7 @@ from mxd.store.leftovers import DOOMED, DoomedList, is_list_of, read_ids
 log = Logger()
 
 T = TypeVar("T")
-FSYNC_THREADS = int(os.environ.get("MXD_FSYNC_THREADS", "8"))  # parallel fsyncs of one group commit
+FSYNC_THREADS = 8  # parallel fsyncs of one group commit
 HEAD_KEEP = 64 * 1024  # a writer keeps its body's first octets for the store's derivers
 _O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
