@@ -25,6 +25,10 @@ round (default: 1 and 2), timing from when every worker serves.  Postfix is repo
 to its last 250 and to its last delivery into the Maildir ("delivered"), which is when mxd's
 250 already stands (mxd stores into the mailbox before answering).
 
+``--sharded`` adds two ``twistd mxd`` with ``workers = 1`` on separate stores, the load
+split between them: what two processes give when they share no store, against which the
+cost of ``workers = 2`` sharing one SQLite store can be read.
+
 Prints messages/s for each and the ratios mxd/peer.
 
 ``--checks`` measures instead what message authentication costs: ``twistd mxd`` with
@@ -38,6 +42,7 @@ time of the server process from /proc), and the extra CPU ms/msg of the checks.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import os
 import shutil
 import signal
@@ -198,6 +203,39 @@ def bench_twistd(base: Path, args: argparse.Namespace, workers: int = 1,
     if stored != args.messages:
         raise RuntimeError(f"twistd mxd stored {stored} of {args.messages}")
     return elapsed
+
+
+def bench_sharded(base: Path, args: argparse.Namespace) -> float:
+    """``--sharded``: two ``twistd mxd`` with ``workers = 1``, each on its own data
+    directory, smtp-source's sessions and messages split between them and run at the
+    same time: what two processes give without a shared store (the cost of sharing it
+    is the gap to ``workers = 2``)."""
+    from tests.integration.mxdserver import make_server
+
+    servers = []
+    try:
+        for i in range(2):
+            d = base / f"sharded-{i}"
+            d.mkdir()
+            s = make_server(d, make_certs(d), extra_config=(
+                '[log]\nlevel = "warn"\n[server]\nworkers = 1\n'
+                f"[msgauth]\ninbound_checks = {str(args.inbound_checks).lower()}\n"))
+            servers.append(s)
+            s.start(twistd_args=("--logger", "mxd.log.twistd_observer"))
+        cpu0 = [tree_cpu(s.proc.pid) for s in servers if s.proc is not None]
+        half = argparse.Namespace(sessions=max(1, args.sessions // 2),
+                                  messages=args.messages // 2, size=args.size)
+        start = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda s: smtp_source(s.ports["smtp"], half), servers))
+        elapsed = time.perf_counter() - start
+        cpu = sum(tree_cpu(s.proc.pid) - c for s, c in zip(servers, cpu0, strict=True)
+                  if s.proc is not None)
+        record_cpu("mxd 2 x w=1", cpu, 2 * half.messages)
+    finally:
+        for s in servers:
+            s.stop()
+    return elapsed * args.messages / (2 * half.messages)
 
 
 def bench_mxd(base: Path, args: argparse.Namespace, workers: int = 1,
@@ -544,6 +582,9 @@ def main() -> None:
     ap.add_argument("--store", choices=("sqlite", "postgresql", "both"), default="sqlite",
                     help="twistd mxd's store: SQLite (default), PostgreSQL (a private "
                          "cluster made for the run), or both in the same rounds")
+    ap.add_argument("--sharded", action="store_true",
+                    help="also two twistd mxd (workers = 1) on separate stores sharing the "
+                         "load: the upper bound for workers = 2 without a shared store")
     ap.add_argument("--dir")
     args = ap.parse_args()
     if not args.logs:
@@ -585,9 +626,11 @@ def main() -> None:
 def run_rounds(args: argparse.Namespace, base: Path, mxds: list[str], pgs: list[str],
                cluster: object) -> None:
     runs: dict[str, list[float]] = {m: [] for m in [*mxds, *pgs]}
+    sharded = ["mxd 2 x w=1"] if args.sharded else []
+    runs.update({m: [] for m in sharded})
     runs.update({"aiosmtpd": [], "postfix": [], "postfix delivered": []})
     postfix_ok = not args.no_postfix
-    order = [*mxds, *pgs, "aiosmtpd", "postfix"]
+    order = [*mxds, *pgs, *sharded, "aiosmtpd", "postfix"]
     for i in range(args.repeat):
         rnd = base / f"round{i}"
         rnd.mkdir(parents=True)
@@ -600,6 +643,8 @@ def run_rounds(args: argparse.Namespace, base: Path, mxds: list[str], pgs: list[
             elif name in pgs:
                 n = args.workers[pgs.index(name)]
                 runs[name].append(args.messages / bench_mxd(rnd, args, n, cluster))
+            elif name in sharded:
+                runs[name].append(args.messages / bench_sharded(rnd, args))
             elif name == "aiosmtpd":
                 runs["aiosmtpd"].append(args.messages / bench_aiosmtpd(rnd, args))
             elif postfix_ok:
@@ -622,7 +667,7 @@ def run_rounds(args: argparse.Namespace, base: Path, mxds: list[str], pgs: list[
         label = labels.get(k, f"{k} ({'PostgreSQL' if k in pgs else 'SQLite'} store, fsync)")
         print(f"{label:32s}: median {v:7.1f} msg/s  (runs: "
               + ", ".join(f"{x:.0f}" for x in runs[k]) + ")")
-    for m in [*mxds, *pgs]:
+    for m in [*mxds, *pgs, *sharded]:
         for peer in ("aiosmtpd", "postfix", "postfix delivered"):
             if peer in med and m in med:
                 per_round = [a / b for a, b in zip(runs[m], runs[peer], strict=False)]
@@ -636,7 +681,7 @@ def run_rounds(args: argparse.Namespace, base: Path, mxds: list[str], pgs: list[
           f"(other work on this {os.cpu_count()}-CPU machine)")
     if len(mxds) > 1:
         base_m = mxds[0]
-        for m in mxds[1:]:
+        for m in mxds[1:] + sharded:
             print(f"ratio {m}/{base_m}: {med[m] / med[base_m]:.2f}")
     for m, p in zip(mxds, pgs, strict=False):
         if m in med and p in med:
