@@ -11,6 +11,11 @@ or two more attempts past the limit of a single process.
 Wire format: one JSON object per line, ``{"k": "failure"|"success", "ip": "...",
 "a": "account" | null}``; lines longer than ``MAX_LINE`` or not of that shape are dropped.
 Worker side: descriptor ``EVENTS_OUT_FD`` to the main process, ``EVENTS_IN_FD`` from it.
+
+The same pipes carry the supervisor's control lines (``{"c": KIND, "slot": N}``, see
+``mxd.supervisor``): ``serving`` from a worker that accepts on its sockets, ``cover`` and
+``uncover`` to a worker that is to accept, or no longer, on the sockets of slot N while
+that slot's worker is down.
 """
 
 from __future__ import annotations
@@ -52,6 +57,27 @@ def decode(line: bytes) -> tuple[str, str, str | None] | None:
     return kind, ip, account
 
 
+CONTROLS = ("serving", "cover", "uncover")
+
+
+def encode_control(kind: str, slot: int = 0) -> bytes:
+    return json.dumps({"c": kind, "slot": slot}, separators=(",", ":")).encode()
+
+
+def decode_control(line: bytes) -> tuple[str, int] | None:
+    """(kind, slot) of a control line, or None for any other line."""
+    if len(line) > MAX_LINE or not line.startswith(b'{"c":'):
+        return None
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return None
+    kind, slot = obj.get("c"), obj.get("slot")
+    if kind not in CONTROLS or not isinstance(slot, int) or isinstance(slot, bool):
+        return None
+    return kind, slot
+
+
 def apply_line(limiter: Any, line: bytes) -> bool:
     """Record the outcome in ``line`` on ``limiter``; False when it is not one."""
     got = decode(line)
@@ -80,21 +106,34 @@ class LineSplitter:
 
 
 class WorkerLink(LineOnlyReceiver):
-    """A worker's end: send its limiter's outcomes, apply the others'."""
+    """A worker's end: send its limiter's outcomes, apply the others'; control lines
+    go to ``on_control`` (kind, slot)."""
 
     delimiter = b"\n"
     MAX_LENGTH = MAX_LINE
 
-    def __init__(self, limiter: Any) -> None:
+    def __init__(self, limiter: Any,
+                 on_control: Callable[[str, int], None] | None = None) -> None:
         self.limiter = limiter
-        limiter.on_outcome = self.send
+        self.on_control = on_control
+        if limiter is not None:
+            limiter.on_outcome = self.send
 
     def send(self, kind: str, remote_ip: str, account: str | None) -> None:
         if self.transport is not None:
             self.sendLine(encode(kind, remote_ip, account))
 
+    def send_control(self, kind: str, slot: int = 0) -> None:
+        if self.transport is not None:
+            self.sendLine(encode_control(kind, slot))
+
     def lineReceived(self, line: bytes) -> None:
-        apply_line(self.limiter, line)
+        control = decode_control(line)
+        if control is not None:
+            if self.on_control is not None:
+                self.on_control(*control)
+        elif self.limiter is not None:
+            apply_line(self.limiter, line)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         log.warn("dropping an overlong authentication outcome from the main process")
@@ -104,10 +143,12 @@ class WorkerLink(LineOnlyReceiver):
             self.limiter.on_outcome = None
 
 
-def connect_worker(limiter: Any, reactor: Any) -> WorkerLink:
-    """Attach ``limiter`` to the pipes the main process gave this worker."""
+def connect_worker(limiter: Any, reactor: Any,
+                   on_control: Callable[[str, int], None] | None = None) -> WorkerLink:
+    """Attach ``limiter`` (None: none in this worker) and ``on_control`` to the pipes
+    the main process gave this worker."""
     from twisted.internet import _posixstdio
 
-    link = WorkerLink(limiter)
+    link = WorkerLink(limiter, on_control)
     _posixstdio.StandardIO(link, stdin=EVENTS_IN_FD, stdout=EVENTS_OUT_FD, reactor=reactor)
     return link

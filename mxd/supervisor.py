@@ -12,6 +12,14 @@ back (the main process keeps them open): what was queued on them meanwhile is se
 then.  Workers inherit the main process's stdout and stderr, so their log lines (each
 carrying ``worker=N``) go where the main process's go.
 
+* Every worker also inherits the other slots' sockets, without accepting on them.  While
+  a slot has no worker that serves (its worker died, and the replacement has not said
+  ``serving`` yet), the main process tells one serving worker to ``cover`` it: that
+  worker accepts on the slot's sockets too, so connections the kernel hashes to them
+  are served at once instead of waiting for the restart; ``uncover`` when the slot's
+  own worker serves again.  Each slot is covered by at most one worker, the one that
+  covers the fewest slots (mxd.limitsync control lines on the outcome pipes).
+
 * A worker that exits while the server runs is started again after a back-off that
   doubles with each exit that came soon after a start (``backoff_min`` up to
   ``backoff_max``) and falls back to ``backoff_min`` once a worker has run for
@@ -74,13 +82,17 @@ class InheritedSocket:
 
 
 def worker_argv(config_path: str, index: int, owner: str,
-                sockets: Sequence[InheritedSocket]) -> list[str]:
-    """The command line of worker ``index``: its sockets are descriptors 3, 4, ...;
-    ``owner`` names its queue leases."""
+                sockets: Sequence[InheritedSocket],
+                spares: Sequence[tuple[int, InheritedSocket]] = ()) -> list[str]:
+    """The command line of worker ``index``: its sockets are descriptors 5, 6, ...,
+    the other slots' (``spares``: (slot, socket)) follow; ``owner`` names its queue
+    leases."""
     argv = [sys.executable, "-m", "mxd.worker", "--config", config_path, "--index", str(index),
             "--owner", owner, "--parent", str(os.getpid())]
     for k, s in enumerate(sockets):
         argv += ["--listener", f"{s.name}={FIRST_INHERITED_FD + k}:{s.family}"]
+    for k, (slot, s) in enumerate(spares, len(sockets)):
+        argv += ["--spare", f"{slot}@{s.name}={FIRST_INHERITED_FD + k}:{s.family}"]
     return argv
 
 
@@ -93,6 +105,7 @@ class _WorkerProcess(ProcessProtocol):
         self.started = started
         self.ended: Deferred[None] = Deferred()
         self.pid: int | None = None
+        self.serving = False  # it said so: it accepts on its sockets
         self.splitter = limitsync.LineSplitter(lambda line: supervisor._outcome(self, line))
 
     def connectionMade(self) -> None:
@@ -121,7 +134,8 @@ class WorkerSupervisor(service.Service):
 
     def __init__(self, reactor: Any, settings: SupervisorSettings,
                  sockets: Callable[[int], Sequence[InheritedSocket]],
-                 argv: Callable[[int, str, Sequence[InheritedSocket]], list[str]],
+                 argv: Callable[[int, str, Sequence[InheritedSocket],
+                                 Sequence[tuple[int, InheritedSocket]]], list[str]],
                  env: dict[str, str] | None = None,
                  ready: Callable[[], Deferred[Any] | None] | None = None,
                  lost: Callable[[str], None] | None = None,
@@ -138,6 +152,7 @@ class WorkerSupervisor(service.Service):
         self._argv = argv
         self._env = env
         self.workers: dict[int, _WorkerProcess] = {}
+        self._covers: dict[int, _WorkerProcess] = {}  # slot -> the worker covering it
         self._backoff: dict[int, float] = {}
         self._timers: dict[int, Any] = {}
         self._stopping = False
@@ -172,9 +187,11 @@ class WorkerSupervisor(service.Service):
         if self._stopping:
             return
         sockets = list(self._sockets(index))
+        spares = [(slot, s) for slot in range(1, self.settings.count + 1) if slot != index
+                  for s in self._sockets(slot)]
         child_fds: dict[int, Any] = {1: 1, 2: 2, limitsync.EVENTS_OUT_FD: "r",
                                      limitsync.EVENTS_IN_FD: "w"}
-        for k, s in enumerate(sockets):
+        for k, s in enumerate([*sockets, *(s for _, s in spares)]):
             child_fds[FIRST_INHERITED_FD + k] = s.fileno
         # A fresh name for each start: leases of a dead worker are never mistaken for
         # those of the worker started in its place.
@@ -183,7 +200,7 @@ class WorkerSupervisor(service.Service):
         env = dict(os.environ if self._env is None else self._env)
         try:
             self._reactor.spawnProcess(proto, sys.executable,
-                                       self._argv(index, owner, sockets),
+                                       self._argv(index, owner, sockets, spares),
                                        env=env, childFDs=child_fds)
         except OSError as e:
             log.error("cannot start worker {worker}: {error}", worker=index, error=str(e))
@@ -193,6 +210,12 @@ class WorkerSupervisor(service.Service):
         log.info("worker {worker} started as pid {pid}", worker=index, pid=proto.pid)
 
     def _outcome(self, source: _WorkerProcess, line: bytes) -> None:
+        control = limitsync.decode_control(line)
+        if control is not None:
+            if control[0] == "serving" and not source.serving:
+                source.serving = True
+                self._arrange_covers()
+            return
         if limitsync.decode(line) is None:
             log.warn("worker {worker} sent a malformed line; dropped", worker=source.index)
             return
@@ -214,6 +237,10 @@ class WorkerSupervisor(service.Service):
             process_ended(proto.pid)
         if self.workers.get(proto.index) is proto:
             del self.workers[proto.index]
+        for slot in [k for k, w in self._covers.items() if w is proto]:
+            del self._covers[slot]
+        if not self._stopping:
+            self._arrange_covers()
         how = ("exited normally" if isinstance(reason.value, ProcessDone)
                else reason.getErrorMessage())
         if self._lost is not None and not self._stopping:
@@ -239,6 +266,34 @@ class WorkerSupervisor(service.Service):
                  "{delay:.1f}s", worker=proto.index, pid=proto.pid, how=how, ran=ran,
                  delay=delay)
         self._schedule(proto.index, delay)
+
+    def _arrange_covers(self) -> None:
+        """Each slot without a serving worker covered by one serving worker (the one
+        covering the fewest slots), each slot with one uncovered."""
+        if self._stopping or self.settings.count < 2:
+            return
+        for slot in range(1, self.settings.count + 1):
+            own = self.workers.get(slot)
+            cover = self._covers.get(slot)
+            if own is not None and own.serving:
+                if cover is not None:
+                    del self._covers[slot]
+                    cover.send(limitsync.encode_control("uncover", slot))
+                    log.info("worker {worker} no longer covers slot {slot}",
+                             worker=cover.index, slot=slot)
+                continue
+            if cover is not None:
+                continue
+            load = {w.index: 0 for w in self.workers.values() if w.serving}
+            for w in self._covers.values():
+                load[w.index] = load.get(w.index, 0) + 1
+            if not load:
+                return  # nobody serves: connections wait in the queues
+            index = min((n, i) for i, n in load.items())[1]
+            self._covers[slot] = self.workers[index]
+            self.workers[index].send(limitsync.encode_control("cover", slot))
+            log.info("worker {worker} covers slot {slot} (its worker does not serve)",
+                     worker=index, slot=slot)
 
     def _schedule(self, index: int, delay: float | None = None) -> None:
         if delay is None:

@@ -306,8 +306,8 @@ def make_supervisor(cfg: Config, reactor: Any, top: MxdService) -> Any:
             "cannot clean up after worker pid {pid}", f, pid=pid))
 
     sup = WorkerSupervisor(reactor, settings, sockets,
-                           lambda index, owner, socks: worker_argv(config_path, index, owner,
-                                                                   socks),
+                           lambda index, owner, socks, spares: worker_argv(
+                               config_path, index, owner, socks, spares),
                            ready=store_open, lost=lost, reaped=reaped, release=release)
     sasl = top.components.get("sasl")
     if sasl is not None:  # the main process checks passwords too (admin API, webmail)

@@ -4,7 +4,9 @@ hand): ``python -m mxd.worker --config PATH --index I --listener NAME=FD:FAMILY 
 It reads the same config as the main process, builds the worker's part of the service
 tree (``mxd.tap.build_service`` with a worker role: store, directory, SASL, the queue
 runner, and the SMTP, submission and IMAP listeners on the inherited sockets) and runs
-its own reactor.  Every log line carries ``worker=I``.
+its own reactor.  Every log line carries ``worker=I``.  Once it serves it says so to the
+main process, which may ask it to accept on another slot's sockets for a while (``--spare``,
+``Covers``: that slot's worker is down).
 
 SIGTERM drains: the worker logs how many connections it accepted on each listener
 (``accepted N connection(s) since the start: NAME=N ...``), the listeners stop accepting
@@ -19,6 +21,7 @@ left is closed and the process exits.  The worker is killed when its main proces
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Iterable
@@ -40,6 +43,56 @@ def parse_listener(text: str) -> tuple[str, int, int]:
     if not sep or not sep2 or not fd.isdigit() or not family.isdigit():
         raise argparse.ArgumentTypeError(f"expected NAME=FD:FAMILY, got {text!r}")
     return name, int(fd), int(family)
+
+
+def parse_spare(text: str) -> tuple[int, str, int, int]:
+    """``SLOT@NAME=FD:FAMILY`` -> (slot, name, fd, family): another slot's socket."""
+    slot, sep, rest = text.partition("@")
+    if not sep or not slot.isdigit():
+        raise argparse.ArgumentTypeError(f"expected SLOT@NAME=FD:FAMILY, got {text!r}")
+    return (int(slot), *parse_listener(rest))
+
+
+class Covers:
+    """The other slots' sockets this worker inherited, and accepting on them while the
+    main process asks (``cover``/``uncover`` of a slot whose worker does not serve, see
+    mxd.supervisor): each as an ``AdoptedListener`` named ``NAME@SLOT`` among the
+    process's listeners, on a duplicate of the descriptor (stopping it closes only that)."""
+
+    def __init__(self, reactor: Any, top: Any, index: int,
+                 spares: Iterable[tuple[int, str, int, int]]) -> None:
+        self._reactor = reactor
+        self._top = top
+        self._index = index
+        self.spares: dict[int, list[tuple[str, int, int]]] = {}
+        for slot, name, fd, family in spares:
+            self.spares.setdefault(slot, []).append((name, fd, family))
+        self.draining = False
+
+    def control(self, kind: str, slot: int) -> None:
+        from mxd.listeners import AdoptedListener
+
+        accepted = 0
+        for name, fd, family in self.spares.get(slot, []):
+            key = f"{name}@{slot}"
+            current = self._top.listeners.get(key)
+            if kind == "cover" and current is None and not self.draining:
+                own = self._top.listeners.get(name)
+                if own is None:
+                    continue
+                li = AdoptedListener(self._reactor, key, os.dup(fd), family, own.factory,
+                                     self._top.metrics, worker=self._index)
+                li.setServiceParent(self._top)  # starts it: the parent runs
+                self._top.listeners[key] = li
+            elif kind == "uncover" and current is not None:
+                del self._top.listeners[key]
+                current.disownServiceParent()  # stops listening on the duplicate
+                accepted += current.accepted
+        if kind == "cover" and self.spares.get(slot):
+            log.info("covering slot {slot}", slot=slot)
+        elif kind == "uncover" and self.spares.get(slot):
+            log.info("no longer covering slot {slot} (accepted {n} connection(s) on its "
+                     "sockets)", slot=slot, n=accepted)
 
 
 def session_sets(factories: Iterable[Any]) -> list[set[Any]]:
@@ -141,9 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--owner", default=None, help="the name on this worker's queue leases")
     p.add_argument("--parent", type=int, default=None, help="the main process's pid")
     p.add_argument("--listener", type=parse_listener, action="append", default=[])
+    p.add_argument("--spare", type=parse_spare, action="append", default=[],
+                   help="another slot's socket, accepted on while covering that slot")
     args = p.parse_args(argv)
-
-    import os
 
     from twisted.internet import reactor as _reactor
 
@@ -172,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     status = {"code": 0}
     top: Any = None
     drain: Drain | None = None
+    covers: Covers | None = None
 
     def stop_reactor() -> None:
         if reactor.running:
@@ -182,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         if drain is not None:
             return
         log.info("stopping ({reason})", reason=reason)
+        if covers is not None:
+            covers.draining = True
         if top is None:
             stop_reactor()
             return
@@ -196,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             begin_drain("the main process is gone")
 
     def start() -> None:
-        nonlocal top
+        nonlocal top, covers
         try:
             top = build_service(cfg, reactor, role=role)
             top.privilegedStartService()
@@ -206,11 +262,13 @@ def main(argv: list[str] | None = None) -> int:
             status["code"] = 1
             stop_reactor()
             return
+        covers = Covers(reactor, top, args.index, args.spare)
         sasl = top.components.get("sasl")
-        if sasl is not None:
-            from mxd.limitsync import connect_worker
+        from mxd.limitsync import connect_worker
 
-            connect_worker(sasl.limiter, reactor)
+        link = connect_worker(sasl.limiter if sasl is not None else None, reactor,
+                              covers.control)
+        link.send_control("serving")
         reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
         watch = task.LoopingCall(check_parent)
         watch.clock = reactor

@@ -148,3 +148,49 @@ def test_adopted_listener_counts_per_worker(handed: list[HandedDownSocket]) -> N
         assert li.port == h.port
     finally:
         li.stopService()
+
+
+def test_parse_spare() -> None:
+    from mxd.worker import parse_spare
+
+    assert parse_spare("2@imaps:993=7:10") == (2, "imaps:993", 7, 10)
+    with pytest.raises(Exception, match="SLOT@NAME"):
+        parse_spare("imaps:993=7:10")
+
+
+def test_covering_another_slot_accepts_on_a_duplicate_of_its_socket(
+        handed: list[HandedDownSocket]) -> None:
+    """``cover`` adds a listener on another slot's inherited socket (a duplicate), which
+    ``uncover`` stops again while the inherited descriptor stays open for the next time;
+    nothing is covered once the worker drains."""
+    from twisted.application import service
+    from twisted.internet import reactor
+
+    from mxd.worker import Covers
+
+    h = _bound(handed, "127.0.0.1", slots=2)
+    top: Any = service.MultiService()
+    top.metrics = _Metrics()
+    own = AdoptedListener(reactor, "imaps#0", os.dup(h.fileno(0)), socket.AF_INET,
+                          Factory.forProtocol(Protocol), top.metrics, worker=1)
+    own.setServiceParent(top)
+    top.listeners = {"imaps#0": own}
+    top.privilegedStartService()
+    top.startService()
+    spare_fd = os.dup(h.fileno(1))
+    try:
+        covers = Covers(reactor, top, 1, [(2, "imaps#0", spare_fd, socket.AF_INET)])
+        covers.control("cover", 2)
+        li = top.listeners["imaps#0@2"]
+        assert li.running and li.port == h.port and li.factory is own.factory
+        covers.control("cover", 2)  # again: nothing more
+        assert sorted(top.listeners) == ["imaps#0", "imaps#0@2"]
+        covers.control("uncover", 2)
+        assert sorted(top.listeners) == ["imaps#0"] and not li.running
+        os.fstat(spare_fd)  # still open
+        covers.draining = True
+        covers.control("cover", 2)
+        assert sorted(top.listeners) == ["imaps#0"]
+    finally:
+        top.stopService()
+        os.close(spare_fd)

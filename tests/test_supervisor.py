@@ -52,7 +52,8 @@ def _supervisor(count: int = 2, **kw: Any) -> tuple[FakeReactor, WorkerSuperviso
                 InheritedSocket("imap:143", 16 + index, 10)]
 
     sup = WorkerSupervisor(r, SupervisorSettings(count=count, **kw), socks,
-                           lambda i, owner, s: worker_argv("/etc/mxd.toml", i, owner, s))
+                           lambda i, owner, s, spares: worker_argv("/etc/mxd.toml", i, owner,
+                                                                   s, spares))
     return r, sup
 
 
@@ -67,10 +68,12 @@ def test_starts_workers_with_sockets_and_pipes() -> None:
     sup.startService()
     assert sorted(sup.pids()) == [1, 2]
     (p1, args1, fds1), (p2, args2, fds2) = r.spawned
-    assert fds1 == {1: 1, 2: 2, 3: "r", 4: "w", 5: 7, 6: 17}
-    assert fds2 == {1: 1, 2: 2, 3: "r", 4: "w", 5: 8, 6: 18}
+    # Then the other slot's sockets (accepted on only while covering that slot).
+    assert fds1 == {1: 1, 2: 2, 3: "r", 4: "w", 5: 7, 6: 17, 7: 8, 8: 18}
+    assert fds2 == {1: 1, 2: 2, 3: "r", 4: "w", 5: 8, 6: 18, 7: 7, 8: 17}
     assert args1[args1.index("--index") + 1] == "1"
-    assert args1[-4:] == ["--listener", "smtp:25=5:2", "--listener", "imap:143=6:10"]
+    assert args1[-8:] == ["--listener", "smtp:25=5:2", "--listener", "imap:143=6:10",
+                          "--spare", "2@smtp:25=7:2", "--spare", "2@imap:143=8:10"]
     assert args1[args1.index("--owner") + 1] != args2[args2.index("--owner") + 1]
 
 
@@ -110,6 +113,60 @@ def test_a_restarted_worker_gets_its_slots_sockets_back() -> None:
     proto, args, fds = r.spawned[-1]
     assert proto.index == 2 and fds[5] == 8 and fds[6] == 18
     assert args[args.index("--index") + 1] == "2"
+
+
+def _says_serving(proto: Any) -> None:
+    proto.childDataReceived(limitsync.EVENTS_OUT_FD, limitsync.encode_control("serving") + b"\n")
+
+
+def _controls(proto: Any) -> list[tuple[str, int]]:
+    out = []
+    for fd, data in proto.transport.written:
+        assert fd == limitsync.EVENTS_IN_FD
+        got = limitsync.decode_control(data.rstrip(b"\n"))
+        if got is not None:
+            out.append(got)
+    return out
+
+
+def test_a_slot_without_a_serving_worker_is_covered_by_a_serving_one() -> None:
+    """Worker 2 dies: worker 1 (serving) is told to cover slot 2 at once, and to stop
+    once worker 2's replacement says it serves; a cover that dies hands its slots on;
+    nobody covers while nobody serves."""
+    r, sup = _supervisor(count=3)
+    sup.startService()
+    w1, w2, w3 = (p for p, _, _ in r.spawned)
+    _says_serving(w1)  # the others have not said so yet: w1 covers them meanwhile
+    assert _controls(w1) == [("cover", 2), ("cover", 3)]
+    _says_serving(w2)
+    _says_serving(w3)
+    assert _controls(w1)[2:] == [("uncover", 2), ("uncover", 3)]
+    _exit(w2, ProcessTerminated(signal=signal.SIGKILL))
+    # The one covering the fewest slots (a tie: the lowest index).
+    assert _controls(w1)[4:] == [("cover", 2)] and _controls(w3) == []
+    _exit(w1, ProcessTerminated(signal=signal.SIGKILL))  # the cover dies too
+    assert _controls(w3) == [("cover", 1), ("cover", 2)]
+    r.advance(0.5)
+    new2, new1 = (p for p, _, _ in r.spawned[3:])  # in the order they died
+    assert (new1.index, new2.index) == (1, 2)
+    assert _controls(w3)[2:] == []  # not serving yet: still covered
+    _says_serving(new2)
+    assert _controls(w3)[2:] == [("uncover", 2)]
+    _exit(w3, ProcessTerminated(signal=signal.SIGKILL))
+    assert _controls(new2)[-2:] == [("cover", 1), ("cover", 3)]  # new1 does not serve yet
+
+
+def test_nobody_covers_when_nobody_serves_or_the_server_stops() -> None:
+    r, sup = _supervisor(count=2)
+    sup.startService()
+    w1, w2 = (p for p, _, _ in r.spawned)
+    _exit(w2, ProcessTerminated(signal=signal.SIGKILL))
+    assert _controls(w1) == []  # w1 has not said it serves
+    _says_serving(w1)
+    assert _controls(w1) == [("cover", 2)]
+    sup.stopService()
+    _exit(w1, ProcessDone(0))
+    assert _controls(w1) == [("cover", 2)]
 
 
 def test_stop_releases_the_sockets_before_the_workers_drain() -> None:
