@@ -246,8 +246,15 @@ class BlobFiles:
         bodies of its doomed lists that ``referenced`` does not return, before those
         lists are removed (mxd.store.leftovers); nothing while it runs.  Blocking: the
         writer thread."""
-        name = f"{socket.gethostname()}-{pid}"
-        if pid == os.getpid() or _running(pid) or not self.tmp_dir.is_dir():
+        if pid == os.getpid() or _running(pid):
+            return DeadLeftovers()
+        return self.clean_dead_name(f"{socket.gethostname()}-{pid}", referenced, adopt)
+
+    def clean_dead_name(self, name: str, referenced: Callable[[list[str]], set[str]],
+                        adopt: Callable[[list[str]], None] | None = None) -> DeadLeftovers:
+        """``clean_dead`` for process ``name`` (``<host>-<pid>``), which the caller
+        knows to be dead (another host's: mxd.store.orphans)."""
+        if name == self.proc_name or not self.tmp_dir.is_dir():
             return DeadLeftovers()
         n_pins = self._clean_pins_of(name)
         lists = [f for f in self.tmp_dir.iterdir() if is_list_of(f.name, name, DOOMED)]

@@ -27,11 +27,15 @@ bodies are all gone (or still referenced: a rolled-back drop) and that is older 
 ``min_age`` is removed.
 
 A node's pool list (``<host>-<pid>.pool``, mxd.store.blobs) names its pre-created,
-empty files; for a process of this host that no longer runs (a node restarted here),
-those no row references are removed with its tmp files and pins (``BlobFiles.
-clean_dead``).  Other hosts' pool files stay (their liveness is not known here; they
-are empty).  Other leftovers in ``tmp/`` (bodies whose transfer never ended) older than
-``min_age`` go too.
+empty files.  Of a dead process, those no row references are removed with its tmp files,
+lists and pins (``BlobFiles.clean_dead_name``).  Dead means: of this host, its pid is
+not running (a node or worker restarted here); of another host (where the same pid may
+be alive), its database connections, which carry its name as ``application_name``, were
+seen by this sweeper and then were absent at two sweeps ``hold_off`` apart, and its
+files are older than ``min_age``.  A live node always has one (its pool keeps one open);
+one never seen connected (an older mxd during an upgrade) is never taken for dead, so
+a node that died while no sweeper watched leaves its empty files.  Other leftovers in
+``tmp/`` (bodies whose transfer never ended) older than ``min_age`` go too.
 One node sweeps at a time: the sweep holds the PostgreSQL advisory lock ``LOCK_KEY`` on
 its connection and a node that cannot take it skips its turn.  Every node of the
 installation tries every ``interval`` seconds (a TimerService, mxd.components).
@@ -40,21 +44,24 @@ installation tries every ``interval`` seconds (a TimerService, mxd.components).
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import attrs
 from twisted.logger import Logger
 
-from mxd.store.blobs import BlobFiles, is_blob_id
+from mxd.store.blobs import BlobFiles, _running, is_blob_id
 from mxd.store.leftovers import DOOMED, list_owner, read_ids
 
 log = Logger(namespace="mxd.store.orphans")
 
 LOCK_KEY = 0x6D78645F6F727068  # pg_advisory_lock key ("mxd_orph")
 CHUNK = 1000  # ids per query
+_PROC_NAME = re.compile(r"(.+-[0-9]+)\.")  # <host>-<pid>. starts a process's file names
 
 
 @attrs.frozen
@@ -83,6 +90,8 @@ class OrphanSweeper:
         self._first_seen: dict[str, float] = {}
         # Bodies of the doomed lists of dead processes whose lists clean_dead removed.
         self._carried: set[str] = set()
+        self._seen_alive: set[str] = set()  # application names of processes seen connected
+        self._absent_since: dict[str, float] = {}  # dead-looking processes of other hosts
 
     def sweep(self, pool: Any, now: float | None = None) -> SweepResult:
         """One sweep with a connection of ``pool`` (blocking: a pool thread).  ``now``:
@@ -113,7 +122,7 @@ class OrphanSweeper:
         self._first_seen = {b: t for b, t in seen.items() if b not in gone}
         self._carried.intersection_update(seen)
         n_lists = self._clean_lists(conn, lists, now - s.min_age)
-        n_pooled = self._clean_dead_pools(conn)
+        n_pooled = self._clean_dead_processes(conn, now)
         n_tmp = self._clean_tmp(now - s.min_age)
         if due or n_tmp or n_pooled:
             log.info("removed {n} unreferenced bodies, {pooled} pooled files of dead "
@@ -148,24 +157,56 @@ class OrphanSweeper:
                 pass
         return n
 
-    def _clean_dead_pools(self, conn: Any) -> int:
-        """clean_dead for every process of this host with a pool list that is not
-        running (a node restarted here)."""
-        tmp_dir = self.files.tmp_dir
-        if not tmp_dir.is_dir():
-            return 0
+    def _clean_dead_processes(self, conn: Any, now: float) -> int:
+        """``clean_dead_name`` for every process that left files here (pool and doomed
+        lists, pin directories) and is dead: of this host, not running; of another host,
+        seen connected before by this sweeper and absent from ``pg_stat_activity`` at two
+        sweeps ``hold_off`` apart, its files older than ``min_age``.  Returns the pooled
+        files removed."""
+        s = self.settings
         host = socket.gethostname()
-        pids = {owner[1] for f in tmp_dir.iterdir() if f.name.endswith(".pool")
-                for owner in [list_owner(f.name[:-len(".pool")])]
-                if owner is not None and owner[0] == host}
+        live = {r[0] for r in conn.execute(
+            "SELECT application_name FROM pg_stat_activity"
+            " WHERE datname = current_database()")}
+        self._seen_alive.update(live)
+        files = self._process_files()
 
         def referenced(ids: list[str]) -> set[str]:
             return set(ids) - set(_unreferenced(conn, ids))
 
         n = 0
-        for pid in sorted(pids):
-            n += self.files.clean_dead(pid, referenced, self._carried.update).pooled
+        for name, paths in sorted(files.items()):
+            owner = list_owner(name)
+            if owner is None:
+                continue
+            if owner[0] == host:
+                if owner[1] == os.getpid() or _running(owner[1]):
+                    continue
+            else:
+                app = application_name(name)
+                if app in live or app not in self._seen_alive:
+                    self._absent_since.pop(name, None)
+                    continue
+                first = self._absent_since.setdefault(name, now)
+                if first > now - s.hold_off or _newest(paths) >= now - s.min_age:
+                    continue
+            n += self.files.clean_dead_name(name, referenced, self._carried.update).pooled
+            self._absent_since.pop(name, None)
         return n
+
+    def _process_files(self) -> dict[str, list[Path]]:
+        """Process name -> its lists in tmp/ and pin directories."""
+        out: dict[str, list[Path]] = {}
+        tmp_dir, held = self.files.tmp_dir, self.files.data_dir / "held"
+        for d, pick in ((tmp_dir, lambda n: n.endswith((".pool", DOOMED))),
+                        (held, lambda n: True)):
+            if not d.is_dir():
+                continue
+            for f in d.iterdir():
+                m = _PROC_NAME.match(f.name)  # a host name may hold dots and dashes
+                if m and pick(f.name):
+                    out.setdefault(m.group(1), []).append(f)
+        return out
 
     def _old_bodies(self, before: float) -> Iterator[str]:
         """Non-empty body files last modified before ``before``."""
@@ -204,6 +245,22 @@ class OrphanSweeper:
             except OSError as e:
                 log.warn("cannot remove {path}: {error}", path=str(f), error=e)
         return n
+
+
+def application_name(proc_name: str) -> str:
+    """The ``application_name`` of process ``proc_name``'s database connections (at most
+    63 octets: longer ones are cut so by the server)."""
+    return ("mxd " + proc_name).encode()[:63].decode(errors="ignore")
+
+
+def _newest(paths: list[Path]) -> float:
+    newest = 0.0
+    for p in paths:
+        try:
+            newest = max(newest, p.stat().st_mtime)
+        except OSError:
+            pass
+    return newest
 
 
 def _unreferenced(conn: Any, blob_ids: list[str]) -> list[str]:

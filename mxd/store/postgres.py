@@ -58,7 +58,7 @@ from mxd.store.interfaces import (
     MessageProps,
     StoreError,
 )
-from mxd.store.orphans import OrphanSweeper, SweepResult, SweepSettings
+from mxd.store.orphans import OrphanSweeper, SweepResult, SweepSettings, application_name
 from mxd.store.pgconn import PGConn, PGRunner, Statement, StoreUnavailable
 from mxd.store.pgschema import SCHEMAS, migrate
 from mxd.store.queuedb import Claimed
@@ -205,7 +205,9 @@ class PostgresStore(SQLiteStore):
             self._files.clean_stale_pins()
         pool = psycopg_pool.ConnectionPool(
             self.dsn, min_size=1, max_size=max(1, self.pg.pool_size), open=False,
-            kwargs={"autocommit": True}, timeout=self.pg.connect_timeout,
+            kwargs={"autocommit": True,  # names this process for the sweep's liveness
+                    "application_name": application_name(self._files.proc_name)},
+            timeout=self.pg.connect_timeout,
             check=psycopg_pool.ConnectionPool.check_connection, name="mxd-store",
             reconnect_timeout=0)
         try:

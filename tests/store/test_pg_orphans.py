@@ -225,3 +225,62 @@ def test_pool_files_of_a_dead_process_of_this_host_go_and_live_lists_stay(
         assert live_pool.exists() and other_host.exists()
     finally:
         h.close()
+
+
+def test_files_of_a_node_of_another_host_go_once_it_has_been_gone_a_while(
+        pg_dsn: str, tmp_path: Path) -> None:
+    """A node of another host (its pid means nothing here) is known alive by its
+    database connections (``application_name``).  Seen connected, then absent at two
+    sweeps ``hold_off`` apart, with files older than ``min_age``: its pooled files that
+    no row names, its pool list and its pin directory go.  A node never seen connected
+    (an older mxd, say) keeps its files."""
+    import psycopg
+
+    from mxd.store.orphans import application_name
+
+    blobs = tmp_path / "blobs"
+    h = open_pg_store(pg_dsn, blobs)
+    try:
+        acct = h.run(h.store.add_account("alice", "{}"))
+        h.deliver_bytes(b"Subject: kept\r\n\r\nbody\r\n", [Delivery(acct.id)])
+        inbox = h.run(h.store.get_mailbox(acct.id, "INBOX"))
+        [msg] = h.run(h.store.list_messages(inbox.id))
+        gone_node, unknown_node = "node-b.example-77", "node-c.example-78"
+        pooled = [_plant(blobs, b"", 2 * HOUR) for _ in range(2)]
+        lst = blobs / "tmp" / f"{gone_node}.pool"
+        lst.write_text(f"{pooled[0]}\n{msg.blob_id}\n")  # the second one was delivered
+        pins = blobs / "held" / f"{gone_node}.0a0b0c0d"
+        pins.mkdir(parents=True)
+        os.link(blobs / "blobs" / msg.blob_id[:2] / msg.blob_id, pins / msg.blob_id)
+        other = blobs / "tmp" / f"{unknown_node}.pool"
+        other.write_text(f"{pooled[1]}\n")
+        for p in (lst, pins, other):
+            _age(p, 2 * HOUR)
+        h.store._sweeper.settings = SweepSettings(min_age=HOUR, hold_off=600.0)  # type: ignore[attr-defined]
+        now = time.time()
+        with psycopg.connect(pg_dsn, application_name=application_name(gone_node)):
+            assert _sweep(h, now).dead_pooled == 0  # connected: alive
+        assert _sweep(h, now + 1).dead_pooled == 0  # gone for the first time
+        assert _exists(blobs, pooled[0]) and lst.exists() and pins.exists()
+        result = _sweep(h, now + 602)
+        assert result.dead_pooled == 1
+        assert not _exists(blobs, pooled[0]) and not lst.exists() and not pins.exists()
+        assert _exists(blobs, msg.blob_id)
+        assert _exists(blobs, pooled[1]) and other.exists()
+        with h.store.open_blob(msg.blob_id) as f:
+            assert f.read() == b"Subject: kept\r\n\r\nbody\r\n"
+    finally:
+        h.close()
+
+
+def test_a_node_names_itself_on_its_database_connections(pg_dsn: str, tmp_path: Path) -> None:
+    """What the sweep's liveness rests on: the store's connections carry its name."""
+    from mxd.store.orphans import application_name
+
+    h = open_pg_store(pg_dsn, tmp_path / "blobs")
+    try:
+        names = h.run(h.store.transact(lambda conn: [r[0] for r in conn.execute(
+            "SELECT application_name FROM pg_stat_activity")]))
+        assert application_name(h.store._files.proc_name) in names  # type: ignore[attr-defined]
+    finally:
+        h.close()
