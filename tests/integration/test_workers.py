@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 from tests.integration.mxdserver import MxdServer, make_server
+from tests.integration.runqueue import RunQueueWatch, owner_of_connection
 
 pytestmark = pytest.mark.integration
 
@@ -73,33 +74,6 @@ def _fd_count(pid: int) -> int:
         return 0
 
 
-def owner_of_connection(pids: list[int], local_port: int, server_port: int) -> int | None:
-    """Which of ``pids`` holds the server side of the TCP connection from ``local_port``
-    (via /proc/net/tcp socket inodes and /proc/PID/fd links)."""
-    inodes: set[str] = set()
-    with open("/proc/net/tcp") as f:
-        next(f)
-        for line in f:
-            parts = line.split()
-            lport = int(parts[1].split(":")[1], 16)
-            rport = int(parts[2].split(":")[1], 16)
-            if lport == server_port and rport == local_port:
-                inodes.add(parts[9])
-    for pid in pids:
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                link = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if link.startswith("socket:[") and link[8:-1] in inodes:
-                return pid
-    return None
-
-
 def served_elsewhere(s: MxdServer, server_port: int, connect: Callable[[], Any],
                      discard: Callable[[Any], None], avoid: int,
                      tries: int = 20) -> tuple[Any, int]:
@@ -140,10 +114,12 @@ class IdleWatcher(threading.Thread):
         line = self.imap.readline()
         assert line.startswith(b"+"), line
         self.local_port = self.imap.sock.getsockname()[1]
+        self.tid = 0  # the reader thread's, once it runs
 
     def run(self) -> None:
         # Blocking reads (a timed-out SSL socket file cannot be read again); close()
         # ends IDLE with DONE, whose tagged reply ends the loop.
+        self.tid = threading.get_native_id()
         self.imap.sock.settimeout(None)
         try:
             while True:
@@ -207,7 +183,7 @@ def workers_server(tmp_path: Path, tls_files: dict[str, Path]) -> Any:
     s.start()
     try:
         _until(lambda: len(worker_pids(s)) == 2 and all(
-            serving(s, p) for p in worker_pids(s).values()), "two workers serving")
+            serving(s, p) for p in worker_pids(s).values()), "two workers serving", 60)
         yield s
     finally:
         s.stop()
@@ -215,7 +191,12 @@ def workers_server(tmp_path: Path, tls_files: dict[str, Path]) -> Any:
 
 def test_burst_idle_and_sigkill_of_a_worker(workers_server: MxdServer) -> None:
     """20 clients, one worker SIGKILLed mid-burst: restarted; IDLE sees each message
-    within 1 s of its 250; every acknowledged message is in the INBOX exactly once."""
+    within 1 s of its 250; every acknowledged message is in the INBOX exactly once.
+
+    The 1 s is for a machine with CPU to spare: on a shared one, the time that the
+    IDLE worker and the test's reader spent runnable but waiting for a CPU between a
+    250 and its EXISTS (RunQueueWatch) is not counted against that message, and the
+    median delay must be within the bound all the same."""
     s = workers_server
     pids = worker_pids(s)
     idle = IdleWatcher(s)
@@ -223,6 +204,8 @@ def test_burst_idle_and_sigkill_of_a_worker(workers_server: MxdServer) -> None:
     idle_pid = _until(lambda: owner_of_connection(list(pids.values()), idle.local_port,
                                                   s.ports["imaps"]), "IDLE session's worker")
     victim_index = next(i for i, p in pids.items() if p != idle_pid)
+    watch = RunQueueWatch(idle_pid, _until(lambda: idle.tid, "IDLE reader running"))
+    watch.start()
     target, kill_at = 200, 60
     acked: list[tuple[float, str]] = []
     lock = threading.Lock()
@@ -252,7 +235,8 @@ def test_burst_idle_and_sigkill_of_a_worker(workers_server: MxdServer) -> None:
         _until(lambda: len(acked) >= kill_at, f"{kill_at} messages acknowledged", 60)
         os.kill(pids[victim_index], signal.SIGKILL)
         _until(lambda: worker_pids(s)[victim_index] != pids[victim_index]
-               and serving(s, worker_pids(s)[victim_index]), "the killed worker restarted")
+               and serving(s, worker_pids(s)[victim_index]), "the killed worker restarted",
+               60)
         _until(lambda: len(acked) >= target, f"{target} messages acknowledged", 90)
     finally:
         stop.set()
@@ -262,21 +246,33 @@ def test_burst_idle_and_sigkill_of_a_worker(workers_server: MxdServer) -> None:
         done = sorted(acked)
     try:
         _until(lambda: idle.count_at(time.monotonic()) - idle.start_count >= len(done),
-               "IDLE saw every acknowledged message", 10)
+               "IDLE saw every acknowledged message", 30)
     except AssertionError as e:
         raise AssertionError(f"{e}: IDLE at {idle.count_at(time.monotonic())} (from "
                              f"{idle.start_count}), {len(done)} acknowledged, last seen "
                              f"{idle.seen[-3:]}, error {idle.error!r}") from None
+    watch.stop()
     idle.close()
     assert idle.error is None, idle.error
-    # The k-th acknowledged message was in the IDLE session's EXISTS count within 1 s.
-    late = []
+    # The k-th acknowledged message was in the IDLE session's EXISTS count within 1 s,
+    # not counting the time the path to the client waited for a CPU.
+    late, excused, delays = [], [], []
     for k, (t_ack, tag) in enumerate(done, 1):
         seen_at = idle.first_time_with(idle.start_count + k)
         assert seen_at is not None
-        if seen_at - t_ack > 1.0:
-            late.append((tag, round(seen_at - t_ack, 3)))
-    assert late == [], f"seen later than 1 s after 250: {late[:10]} ({len(late)} of {len(done)})"
+        delay = seen_at - t_ack
+        delays.append(delay)
+        if delay > 1.0:
+            waited = watch.waited(t_ack, seen_at)
+            entry = (tag, round(delay, 3), round(waited, 3))
+            (late if delay - waited > 1.0 else excused).append(entry)
+    median = sorted(delays)[len(delays) // 2]
+    print(f"IDLE: {len(done)} messages, delay median {median:.3f} s, max {max(delays):.3f} s,"
+          f" {len(excused)} over 1 s excused by CPU waits: {excused[:5]}")
+    assert late == [], (f"seen later than 1 s after 250, beyond CPU waits (tag, delay, "
+                        f"waited): {late[:10]} ({len(late)} of {len(done)}; {len(excused)} "
+                        f"more excused by CPU waits; median {median:.3f} s)")
+    assert median <= 1.0, f"median delay {median:.3f} s; excused: {excused[:10]}"
     # Every 250'd message is there exactly once (and nothing is there twice).
     subjects = Counter(imap_subjects(s))
     assert [tag for _, tag in done if subjects[tag] != 1] == []
@@ -316,12 +312,15 @@ def test_sigterm_drains_sessions(workers_server: MxdServer) -> None:
     except smtplib.SMTPServerDisconnected:
         pass  # closed with 421 after the transaction: also a clean end
     # twistd ends by raising the signal it stopped on again (-SIGTERM): a clean stop.
-    assert s.proc.wait(30) in (0, -signal.SIGTERM), s.log_tail()
-    assert time.monotonic() - t0 < 8, "drain waited for a timeout"
+    assert s.proc.wait(60) in (0, -signal.SIGTERM), s.log_tail()
     s.proc = None
     s.log.close()
     log = s.log_path.read_text(errors="replace")
     assert "draining 2 worker(s)" in log
+    # Ended by the drain, not by its deadline (drain_timeout, 10 s): the workers say
+    # so when it strikes, and a wall-clock bound would fail on a busy machine.
+    assert "drain timeout" not in log and "did not stop" not in log, log[-2000:]
+    assert time.monotonic() - t0 < 60
     assert re.search(r'worker=\d msg="draining: no longer accepting', log)
     s.start()
     assert imap_subjects(s) == ["drained"]

@@ -5,7 +5,9 @@ command that allows one; FETCH is not such a command).
 
 ``twistd mxd`` with ``[server] workers = 2``; imaplib sessions are opened until two are
 served by different worker processes (checked through /proc).  The expunging worker
-leaves the body for ``[store] expunged_body_grace`` seconds (here 3 s: the other worker must pin the body within it, even on a loaded machine); the other
+leaves the body for ``[store] expunged_body_grace`` seconds (here 6 s: the other worker
+must pin the body within it, even on a loaded machine where a worker waited 2.5 s for a
+CPU); the other
 worker pins it when it hears of the expunge, so a FETCH long after the grace period
 still gets the body, and the pin goes once the session has been told."""
 
@@ -30,7 +32,7 @@ from tests.integration.test_workers import (
 
 pytestmark = pytest.mark.integration
 
-CONFIG = "[server]\nworkers = 2\ndrain_timeout = 5.0\n[store]\nexpunged_body_grace = 3.0\n"
+CONFIG = "[server]\nworkers = 2\ndrain_timeout = 5.0\n[store]\nexpunged_body_grace = 6.0\n"
 
 
 def _pins(data_dir: Path) -> list[Path]:
@@ -98,3 +100,56 @@ def test_body_expunged_in_another_worker_stays_readable(tmp_path: Path,
         assert "is missing" not in log
     finally:
         s.stop()
+
+
+def test_body_expunged_by_a_worker_killed_in_its_grace_period_is_removed(
+        tmp_path: Path, tls_files: dict[str, Path]) -> None:
+    """A worker expunges a message and is SIGKILLed during the body's grace period (its
+    timer dies with it): the main process, once it has reaped the worker, removes the
+    body file a grace period later, and the restarted worker serves the mailbox."""
+    import os
+    import signal
+
+    s = make_server(tmp_path, tls_files, extra_config=CONFIG)
+    s.start()
+    try:
+        _until(lambda: len(worker_pids(s)) == 2 and all(
+            serving(s, p) for p in worker_pids(s).values()), "two workers serving", 60)
+        ctx = ssl.create_default_context(cafile=str(s.ca_file))
+        m = imaplib.IMAP4_SSL("127.0.0.1", s.ports["imaps"], ssl_context=ctx, timeout=30)
+        m.login(s.user, s.password)
+        pids = worker_pids(s)
+        victim: int = _until(lambda: owner_of_connection(
+            list(pids.values()), m.sock.getsockname()[1], s.ports["imaps"]),
+            "the session's worker")
+        index = next(i for i, p in pids.items() if p == victim)
+        box = f"kill{time.monotonic_ns()}"
+        assert m.create(box)[0] == "OK"
+        assert m.append(box, None, None, b"Subject: dropped\r\n\r\ngone\r\n")[0] == "OK"
+        blob_id = _blob_of(s, box)
+        body = s.data_dir / "blobs" / blob_id[:2] / blob_id
+        assert m.select(box)[0] == "OK"
+        m.store("1", "+FLAGS", "(\\Deleted)")
+        assert m.expunge()[0] == "OK"
+        os.kill(victim, signal.SIGKILL)
+        assert body.exists(), "the grace period ended before the kill"
+        _until(lambda: worker_pids(s)[index] != victim, "the killed worker restarted", 60)
+        _until(lambda: not body.exists(), "the body file removed by the main process", 60)
+        log = s.log_path.read_text(errors="replace")
+        assert f"of worker pid {victim}; 1 body file(s) it kept" in log, log[-3000:]
+        assert not list((s.data_dir / "held").glob(f"*-{victim}.*"))
+    finally:
+        s.stop()
+
+
+def _blob_of(s: Any, box: str) -> str:
+    """The body id of the one message in mailbox ``box`` (from the database)."""
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{s.data_dir / 'mxd.sqlite3'}?mode=ro", uri=True)
+    try:
+        [(blob_id,)] = db.execute("SELECT m.blob_id FROM messages m JOIN mailboxes b"
+                                  " ON b.id = m.mailbox_id WHERE b.name = ?", (box,)).fetchall()
+        return str(blob_id)
+    finally:
+        db.close()

@@ -59,7 +59,7 @@ def _owner(s: MxdServer, m: imaplib.IMAP4_SSL) -> int:
     pids = list(worker_pids(s).values())
     port = m.sock.getsockname()[1]
     owner: int = _until(lambda: owner_of_connection(pids, port, s.ports["imaps"]),
-                        "the worker serving a connection", timeout=10)
+                        "the worker serving a connection", timeout=30)
     return owner
 
 
@@ -86,7 +86,7 @@ def _close(*sessions: imaplib.IMAP4_SSL) -> None:
             pass
 
 
-def pushed_until(m: imaplib.IMAP4_SSL, kind: str, want: bytes, timeout: float = 10.0
+def pushed_until(m: imaplib.IMAP4_SSL, kind: str, want: bytes, timeout: float = 30.0
                  ) -> list[bytes]:
     """NOOP (a command lets imaplib read what the server pushed) until an untagged
     ``kind`` response containing ``want`` came; every ``kind`` response seen."""
@@ -188,7 +188,7 @@ def _data_in_progress(s: MxdServer, client: smtplib.SMTP) -> tuple[smtplib.SMTP,
     pids = list(worker_pids(s).values())
     owner: int = _until(lambda: owner_of_connection(pids, client.sock.getsockname()[1],
                                                     s.ports["smtp"]),
-                        "the worker serving an SMTP session", timeout=10)
+                        "the worker serving an SMTP session", timeout=30)
     return client, owner
 
 
@@ -213,22 +213,22 @@ def test_files_of_a_killed_worker_are_removed_at_its_restart(
         index = next(i for i, p in worker_pids(s).items() if p == victim)
         # Each body arrives in a pooled file (listed) or in tmp/ (named): either way
         # both workers have files of their own now.
-        _until(lambda: _listed(tmp_dir, victim), "the victim's pool list", timeout=10)
-        _until(lambda: _listed(tmp_dir, other), "the other worker's pool list", timeout=10)
+        _until(lambda: _listed(tmp_dir, victim), "the victim's pool list", timeout=30)
+        _until(lambda: _listed(tmp_dir, other), "the other worker's pool list", timeout=30)
         def exist(ids: list[str]) -> bool:
             return all((s.data_dir / "blobs" / b[:2] / b).exists() for b in ids)
 
         theirs = _listed(tmp_dir, victim)  # (listed before they are made)
-        _until(lambda: exist(theirs), "the victim's pooled files", timeout=10)
+        _until(lambda: exist(theirs), "the victim's pooled files", timeout=30)
         os.kill(victim, signal.SIGKILL)
         _until(lambda: worker_pids(s)[index] != victim, "the killed worker restarted",
-               timeout=30)
+               timeout=60)
         _until(lambda: not _files_of(tmp_dir, victim), "the killed worker's tmp files gone",
-               timeout=10)
+               timeout=30)
         assert not [b for b in theirs if (s.data_dir / "blobs" / b[:2] / b).exists()]
         mine = _listed(tmp_dir, other)
         assert mine
-        _until(lambda: exist(mine), "the other worker's pooled files", timeout=10)
+        _until(lambda: exist(mine), "the other worker's pooled files", timeout=30)
         assert f"of worker pid {victim}" in s.log_path.read_text(errors="replace")
         # The live worker's message was not touched: it completes and is stored.
         live.send(b"the end\r\n.\r\n")
