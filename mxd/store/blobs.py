@@ -246,7 +246,7 @@ class BlobFiles:
         bodies of its doomed lists that ``referenced`` does not return, before those
         lists are removed (mxd.store.leftovers); nothing while it runs.  Blocking: the
         writer thread."""
-        if pid == os.getpid() or _running(pid):
+        if pid == os.getpid() or pid_running(pid):
             return DeadLeftovers()
         return self.clean_dead_name(f"{socket.gethostname()}-{pid}", referenced, adopt)
 
@@ -411,7 +411,7 @@ class BlobFiles:
             pid = d.name[len(prefix):].partition(".")[0]
             if not d.name.startswith(prefix) or not pid.isdigit() or int(pid) == os.getpid():
                 continue
-            if _running(int(pid)):
+            if pid_running(int(pid)):
                 continue
             shutil.rmtree(d, ignore_errors=True)
             n += 1
@@ -551,7 +551,8 @@ class BlobFiles:
         return n
 
 
-def _running(pid: int) -> bool:
+def pid_running(pid: int) -> bool:
+    """Does a process ``pid`` run on this host (of any user)?"""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -54,7 +54,7 @@ from typing import Any
 import attrs
 from twisted.logger import Logger
 
-from mxd.store.blobs import BlobFiles, _running, is_blob_id
+from mxd.store.blobs import BlobFiles, is_blob_id, pid_running
 from mxd.store.leftovers import DOOMED, list_owner, read_ids
 
 log = Logger(namespace="mxd.store.orphans")
@@ -180,7 +180,7 @@ class OrphanSweeper:
             if owner is None:
                 continue
             if owner[0] == host:
-                if owner[1] == os.getpid() or _running(owner[1]):
+                if owner[1] == os.getpid() or pid_running(owner[1]):
                     continue
             else:
                 app = application_name(name)
