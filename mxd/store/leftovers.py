@@ -19,8 +19,9 @@ installation.  So each such process lists those bodies in a *doomed list*,
 
 A body whose ``blobs`` row is gone is never referenced again (no operation can create a
 reference to an id without a row: copies read the id from a message row, the queue's
-``ref_blob`` and a writer's further use check the row), and its pins are hard links that
-its removal does not touch.  So a listed body without a row may be removed by anyone once
+``ref_blob`` and a writer's further use check the row, and the foreign key of
+``messages.blob_id`` refuses a copy that raced with the drop on PostgreSQL), and its pins
+are hard links that its removal does not touch.  So a listed body without a row may be removed by anyone once
 a full grace period has passed since it was seen without its row: the other processes
 have had that time to pin it (the process that listed it may have died at any point of
 its own grace period, so its start is unknown).  Who does it:
