@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from typing import Any
 
 
 def _run_delays(pid: int) -> dict[int, float]:
@@ -106,3 +107,21 @@ def children(pid: int) -> list[int]:
         if ppid == pid:
             out.append(int(d))
     return out
+
+
+def watch_session(server_pid: int, sock: Any, server_port: int) -> RunQueueWatch:
+    """A started RunQueueWatch of the process serving the client socket ``sock`` (the
+    server ``server_pid`` or one of its workers) and of the calling thread (the one
+    that reads the notification)."""
+    pids = [server_pid, *children(server_pid)]
+    owner = owner_of_connection(pids, sock.getsockname()[1], server_port) or server_pid
+    watch = RunQueueWatch(owner, threading.get_native_id())
+    watch.start()
+    return watch
+
+
+def within(watch: RunQueueWatch, t0: float, t1: float, bound: float) -> bool:
+    """Did [t0, t1] last less than ``bound`` seconds, not counting the CPU waits of the
+    watched path (stops the watch)?"""
+    watch.stop()
+    return t1 - t0 - watch.waited(t0, t1) < bound
