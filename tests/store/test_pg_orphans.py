@@ -258,8 +258,15 @@ def test_files_of_a_node_of_another_host_go_once_it_has_been_gone_a_while(
             _age(p, 2 * HOUR)
         h.store._sweeper.settings = SweepSettings(min_age=HOUR, hold_off=600.0)  # type: ignore[attr-defined]
         now = time.time()
-        with psycopg.connect(pg_dsn, application_name=application_name(gone_node)):
+        app = application_name(gone_node)
+        with psycopg.connect(pg_dsn, application_name=app):
             assert _sweep(h, now).dead_pooled == 0  # connected: alive
+        with psycopg.connect(pg_dsn, autocommit=True) as db:  # its backend exits after
+            deadline = time.monotonic() + 20
+            while db.execute("SELECT count(*) FROM pg_stat_activity"
+                             " WHERE application_name = %s", (app,)).fetchone()[0]:
+                assert time.monotonic() < deadline, "the node's backend is still there"
+                time.sleep(0.02)
         assert _sweep(h, now + 1).dead_pooled == 0  # gone for the first time
         assert _exists(blobs, pooled[0]) and lst.exists() and pins.exists()
         result = _sweep(h, now + 602)
