@@ -77,10 +77,10 @@ class HandedDownSocket(service.Service):
 
     The main process keeps every slot's socket open for its whole life: a restarted
     worker gets its slot's socket back, and connections hashed to that socket while its
-    worker was down wait in its accept queue and are served by the restarted worker
-    (none is dropped; they wait for the restart).  ``close`` (called when the server
-    stops) closes them at once, so that connections arriving during the drain are
-    refused rather than left waiting.
+    worker was down stay in its accept queue (none is dropped) until another worker that
+    covers the slot (``mxd.supervisor``) or the restarted worker accepts them.  ``close``
+    (called when the server stops) closes them at once, so that connections arriving
+    during the drain are refused rather than left waiting.
     """
 
     log = Logger()
