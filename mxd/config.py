@@ -508,6 +508,14 @@ class ServerConfig:
     restart_backoff_max: float = opt(30.0, "A worker that exits is started again after a "
                                      "delay that doubles with each quick exit, from 0.5 s "
                                      "up to this many seconds.", check=_positive)
+    cpu_affinity: str = opt("auto", "\"auto\": with several workers and at least as many "
+                            "usable CPU cores, worker N runs (all its threads) on the N-th "
+                            "core only; \"none\": the kernel's scheduler places them. "
+                            "Keeping a worker's threads on one core turns their hand-offs "
+                            "of Python's interpreter lock into cheap local switches instead "
+                            "of wake-ups across cores (see doc/processes.md for figures).",
+                            check=lambda v: None if v in ("auto", "none")
+                            else f'expected "auto" or "none", got {v!r}')
 
     def worker_count(self) -> int:
         """``workers``, with 0 resolved to the CPU cores this process may run on."""

@@ -168,3 +168,37 @@ def test_connections_queued_on_a_killed_worker_are_served(
     assert s.proc.wait(60) in (0, -signal.SIGTERM), s.log_tail()
     s.proc = None
     s.log.close()
+
+
+def _allowed_cpus(pid: int) -> set[str]:
+    """The CPU lists every thread of a process may run on."""
+    out = set()
+    for status in (f"/proc/{pid}/task/{t}/status" for t in os.listdir(f"/proc/{pid}/task")):
+        try:
+            with open(status) as f:
+                for line in f:
+                    if line.startswith("Cpus_allowed_list:"):
+                        out.add(line.split(":", 1)[1].strip())
+        except FileNotFoundError:  # a thread that ended meanwhile
+            pass
+    return out
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two usable CPU cores")
+def test_each_worker_keeps_its_threads_on_a_core_of_its_own(
+        workers_server: MxdServer) -> None:  # noqa: F811 - the imported fixture
+    """[server] cpu_affinity = "auto" (the default) with 2 workers on 2+ cores: every
+    thread of worker 1 (reactor, store writer, fsync helpers) may run on one core only,
+    every thread of worker 2 on another; the main process is left alone."""
+    s = workers_server
+    ctx = ssl.create_default_context(cafile=str(s.ca_file))
+    m = imaplib.IMAP4_SSL("127.0.0.1", s.ports["imaps"], ssl_context=ctx, timeout=30)
+    m.login(s.user, s.password)  # the store's threads have started
+    m.logout()
+    cores = sorted(os.sched_getaffinity(0))
+    per_worker = {i: _allowed_cpus(pid) for i, pid in worker_pids(s).items()}
+    assert per_worker == {1: {str(cores[0])}, 2: {str(cores[1])}}, per_worker
+    assert s.proc is not None
+    assert _allowed_cpus(s.proc.pid) == _allowed_cpus(os.getpid())  # not pinned
+    log = s.log_path.read_text(errors="replace")
+    assert re.search(rf'worker=1 [^\n]*msg="worker 1 on CPU {cores[0]}"', log), s.log_tail()
