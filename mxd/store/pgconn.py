@@ -211,6 +211,7 @@ class PGRunner:
         def _failed(f: Failure) -> Failure:
             self._closed = True
             self._stop_threads()
+            self._unsynced = []
             waiting, self._pending = self._pending, []
             for op in waiting:
                 for b in op.blobs:
