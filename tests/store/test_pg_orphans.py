@@ -291,3 +291,25 @@ def test_a_node_names_itself_on_its_database_connections(pg_dsn: str, tmp_path: 
         assert application_name(h.store._files.proc_name) in names  # type: ignore[attr-defined]
     finally:
         h.close()
+
+
+def test_main_process_cleans_up_after_a_dead_worker_on_postgresql(
+        pg_dsn: str, tmp_path: Path) -> None:
+    """``clean_dead_process`` (what a node's main process runs for a reaped worker) works
+    on the PostgreSQL store too: the dead worker's unused pooled file goes at once."""
+    import socket
+
+    from mxd.store.blobs import DeadLeftovers
+
+    blobs = tmp_path / "blobs"
+    h = open_pg_store(pg_dsn, blobs)
+    try:
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+        pooled = _plant(blobs, b"", 0)
+        (blobs / "tmp" / f"{socket.gethostname()}-{int(dead.stdout)}.pool").write_text(
+            pooled + "\n")
+        assert h.run(h.store.clean_dead_process(int(dead.stdout))) == DeadLeftovers(0, 1)
+        assert not _exists(blobs, pooled)
+    finally:
+        h.close()
