@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 import attrs
-from twisted.internet import tcp
+from twisted.internet import main, tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.logger import Logger
@@ -372,13 +372,15 @@ class SessionBase(LineReceiver):
         if self.state is State.CLOSED:
             return
         if reply is not None and self.transport is not None:
-            self._tr.writeSequence([line + b"\r\n" for line in reply.wire()])
+            send_now(self._tr, b"".join([line + b"\r\n" for line in reply.wire()]))
         self.state = State.CLOSED
         self._cancel_timer()
         self._abort_transaction()
         self.paused = True  # process nothing more
         self._buffer = b""
         if self.transport is not None:
+            if close_now(self._tr):
+                return
             # A TLS transport closes only after reading the peer's close_notify or end of
             # stream (RFC 8446 §6.1): reading must run even if a pending step paused it.
             # What arrives is dropped (LineReceiver's ``paused``); a peer that never
@@ -547,6 +549,23 @@ class SessionBase(LineReceiver):
 
     def _conn_info(self) -> ConnectionInfo:
         raise NotImplementedError
+
+
+def close_now(transport: Any) -> bool:
+    """Close a plain TCP connection whose output has all gone to the socket at once
+    (shutdown and close, then the protocol's ``connectionLost``), as the reactor would
+    after ``loseConnection`` had waited for writability with nothing left to write: two
+    ``epoll_ctl`` calls and a reactor turn fewer per SMTP session.  False (nothing done)
+    for anything else, a TLS connection in particular (its close waits for the peer's
+    close_notify), which then goes through ``loseConnection``."""
+    disconnect = getattr(getattr(transport, "reactor", None), "_disconnectSelectable", None)
+    if (disconnect is None or type(transport) is not tcp.Server or transport.TLS
+            or not transport.connected or transport.disconnecting
+            or transport._tempDataBuffer or len(transport.dataBuffer) != transport.offset
+            or transport.producer is not None):
+        return False
+    disconnect(transport, main.CONNECTION_DONE, False)
+    return True
 
 
 def send_now(transport: Any, data: bytes) -> None:
