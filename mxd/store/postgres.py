@@ -302,17 +302,7 @@ class PostgresStore(SQLiteStore):
                                 "ORDER BY uid", (mailbox_id, uid_list)).fetchall()
             if not rows:
                 q.check_mailbox(conn, mailbox_id)
-            failed: list[int] = []
-            todo: list[tuple[MessageInfo, frozenset[str]]] = []
-            for row in rows:
-                info = q.message_info(row)
-                # RFC 7162 §3.1.3: UNCHANGEDSINCE fails for messages changed since.
-                if unchanged_since is not None and info.modseq > unchanged_since:
-                    failed.append(info.uid)
-                    continue
-                new = names.apply_flags(info.flags, clean, mode)
-                if not names.flags_equal(new, info.flags):
-                    todo.append((info, new))
+            todo, failed = q.plan_flag_changes(rows, clean, mode, unchanged_since)
             if not todo:
                 return [], sorted(failed)
             changed_uids = tuple(info.uid for info, _ in todo)

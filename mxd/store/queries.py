@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -73,6 +73,25 @@ def message_info(r: Any) -> MessageInfo:
         uid=r[0], modseq=r[1], flags=names.flags_from_text(r[2]),
         internal_date=datetime.fromisoformat(r[3]), size=r[4], blob_id=r[6],
     )
+
+
+def plan_flag_changes(rows: Iterable[Any], clean: frozenset[str], mode: str,
+                      unchanged_since: int | None,
+                      ) -> tuple[list[tuple[MessageInfo, frozenset[str]]], list[int]]:
+    """A flag STORE on message rows: (message, its new flags) for each message whose
+    flags change, and the UIDs refused by UNCHANGEDSINCE (RFC 7162 §3.1.3: a message
+    changed since that modseq fails)."""
+    todo: list[tuple[MessageInfo, frozenset[str]]] = []
+    failed: list[int] = []
+    for row in rows:
+        info = message_info(row)
+        if unchanged_since is not None and info.modseq > unchanged_since:
+            failed.append(info.uid)
+            continue
+        new = names.apply_flags(info.flags, clean, mode)
+        if not names.flags_equal(new, info.flags):
+            todo.append((info, new))
+    return todo, failed
 
 
 def message_columns(conn: Conn, mailbox_id: int) -> MessageColumns:

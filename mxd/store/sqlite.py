@@ -1160,17 +1160,8 @@ class SQLiteStore:
                 raise StoreError(f"unknown flag store mode {mode!r}")
             clean = names.clean_flags(flags)
             q.check_mailbox(conn, mailbox_id)
-            failed: list[int] = []
-            todo: list[tuple[Any, frozenset[str]]] = []
-            for row in q.rows_for_uids(conn, mailbox_id, uid_list):
-                info = q.message_info(row)
-                # RFC 7162 §3.1.3: UNCHANGEDSINCE fails for messages changed since.
-                if unchanged_since is not None and info.modseq > unchanged_since:
-                    failed.append(info.uid)
-                    continue
-                new = names.apply_flags(info.flags, clean, mode)
-                if not names.flags_equal(new, info.flags):
-                    todo.append((info, new))
+            todo, failed = q.plan_flag_changes(q.rows_for_uids(conn, mailbox_id, uid_list),
+                                               clean, mode, unchanged_since)
             changed: list[MessageInfo] = []
             if todo:
                 modseq = q.bump_modseq(conn, mailbox_id)

@@ -36,10 +36,9 @@ def _rows(data: Path, sql: str) -> list[Any]:
         return db.execute(sql).fetchall()
 
 
-def test_append_overlaps_and_its_entry_goes_with_the_next_commit(tmp_path: Path) -> None:
-    """An APPEND's pooled body is fsynced alongside the commit and recorded in
-    unsynced_blobs; the next transaction (or the close) drops the entry.  A delivery
-    with an outbound part does not overlap."""
+def _appended(tmp_path: Path) -> tuple[Path, Any, Contract, int, int]:
+    """An inline store with its pool filled, an account, its INBOX and one APPEND in it:
+    (data dir, harness, contract, account id, INBOX id)."""
     data = tmp_path / "data"
     h = open_store(data, inline=True)
     _pool(h)
@@ -47,6 +46,14 @@ def test_append_overlaps_and_its_entry_goes_with_the_next_commit(tmp_path: Path)
     a = c.account()
     inbox = c.box(a)
     c.run(h.store.append(inbox, c.blob(BODY), frozenset()))
+    return data, h, c, a, inbox
+
+
+def test_append_overlaps_and_its_entry_goes_with_the_next_commit(tmp_path: Path) -> None:
+    """An APPEND's pooled body is fsynced alongside the commit and recorded in
+    unsynced_blobs; the next transaction (or the close) drops the entry.  A delivery
+    with an outbound part does not overlap."""
+    data, h, c, a, inbox = _appended(tmp_path)
     assert h.store._writer.overlapped == 1
     assert len(_rows(data, "SELECT blob_id FROM unsynced_blobs")) == 1
     c.run(h.store.get_mailbox(a, "INBOX"))  # any later transaction
@@ -129,13 +136,7 @@ def test_a_lone_failing_operation_rolls_back_alone_and_the_entries_are_dropped_l
     """An operation alone in its batch runs without a savepoint: when it fails, its
     whole transaction rolls back (none of its rows stay), including the dropping of
     earlier bodies' unsynced_blobs entries, which the next transaction then does."""
-    data = tmp_path / "data"
-    h = open_store(data, inline=True)
-    _pool(h)
-    c = Contract(h.store)
-    a = c.account()
-    inbox = c.box(a)
-    c.run(h.store.append(inbox, c.blob(BODY), frozenset()))
+    data, h, c, a, inbox = _appended(tmp_path)
     assert len(_rows(data, "SELECT blob_id FROM unsynced_blobs")) == 1
     before = _rows(data, "SELECT uidnext, highestmodseq FROM mailboxes WHERE id = "
                          f"{inbox}")
