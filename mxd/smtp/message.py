@@ -63,7 +63,7 @@ class MessageMixin(SessionBase):
         # A file made ahead of time (the store's pool) is taken here, without a thread
         # hop; only an empty pool costs one.
         nowait = getattr(self.store, "new_blob_nowait", None)
-        quick = nowait() if nowait is not None and self.run_blocking is not None else None
+        quick = nowait() if nowait is not None else None
         if quick is not None:
             got(quick)
             return

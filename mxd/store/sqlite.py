@@ -725,12 +725,11 @@ class SQLiteStore:
         (checked before or after the rows are written, in the same savepoint)."""
         row = conn.execute("SELECT used_bytes, quota_bytes FROM accounts WHERE id = ?",
                            (account_id,)).fetchone()
-        if row is None:
-            raise NoSuchAccount(f"no account with id {account_id}")
-        self._quota_allows(account_id, row, adding)
+        self._quota_allows(account_id, row or (None, None), adding)
 
     def _quota_allows(self, account_id: int, use: Any, adding: int) -> None:
-        """``_check_quota`` on the account's (used_bytes, quota_bytes) as read already."""
+        """``_check_quota`` on the account's (used_bytes, quota_bytes) as read already
+        (used_bytes None: no such account)."""
         if use[0] is None:
             raise NoSuchAccount(f"no account with id {account_id}")
         quota = use[1] if use[1] is not None else self.settings.quota_bytes

@@ -402,6 +402,7 @@ class Writer:
         # whole transaction is rolled back (two statements fewer per lone delivery).
         alone = len(live) == 1
         forgotten: list[str] = []
+        committed = False
         lock = self.write_lock
         if lock is not None:
             lock.acquire()
@@ -429,10 +430,9 @@ class Writer:
                         op.error = err
                     else:
                         op.error = e
-            if conn.in_transaction:
+            if conn.in_transaction:  # not when the lone operation failed and rolled back
                 conn.execute("COMMIT")
-            else:  # the lone operation failed: its transaction is gone, forget again later
-                self._synced[:0] = forgotten
+                committed = True
         except sqlite3.Error as e:
             log.error("store commit failed: {error}", error=e)
             if conn.in_transaction:
@@ -440,14 +440,14 @@ class Writer:
                     conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass
-            if forgotten and forgotten[0] not in self._synced:
-                self._synced[:0] = forgotten
             for op in live:
                 if op.error is None:
                     op.error = StoreError(f"database error: {e}")
         finally:
             if lock is not None:
                 lock.release()
+        if not committed:  # the entries' removal went with the transaction: next time
+            self._synced[:0] = forgotten
         if syncing is not None:
             self._finish_overlap(conn, batch, ahead, syncing.result())
         # 3. After the commit: remove the bodies of rolled-back operations.  Bodies whose
