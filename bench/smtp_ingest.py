@@ -54,6 +54,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 # Keep bench/ off sys.path: a script named like a stdlib module would shadow it.
@@ -172,18 +173,10 @@ def pg_inbox_count(dsn: str, account: str) -> int:
     return int(row[0])
 
 
-def bench_twistd(base: Path, args: argparse.Namespace, workers: int = 1,
-                 pg: object = None) -> float:
-    """``twistd -n mxd`` as users run it (tests/integration/mxdserver.py), log level warn
-    (the workers' start-up lines at info, to know when they serve); with ``pg`` (a
-    PGCluster), on a new database of it."""
-    from tests.integration._smtp_harness import read_mailbox
+def start_twistd(d: Path, args: argparse.Namespace, workers: int, store: str = "") -> Any:
+    """``twistd -n mxd`` in ``d``, started (tests/integration/mxdserver.py)."""
     from tests.integration.mxdserver import make_server
 
-    d = base / f"twistd-w{workers}{'-pg' if pg is not None else ''}"
-    d.mkdir()
-    dsn = pg.create_database("ingest") if pg is not None else ""  # type: ignore[attr-defined]
-    store = pg_store_config(dsn, d / "blobs") if pg is not None else ""
     level = "info" if args.logs else "warn"
     # Like the peers, no message authentication unless asked for (--inbound-checks): the
     # test config's resolver (127.0.0.1:1) answers nothing, so each check would cost the
@@ -196,6 +189,21 @@ def bench_twistd(base: Path, args: argparse.Namespace, workers: int = 1,
     # With mxd's observer, so that the [log] level applies (twistd's own file observer
     # writes every event, debug included: ~6 lines and ~0.4 CPU ms per message here).
     s.start(twistd_args=("--logger", "mxd.log.twistd_observer"))
+    return s
+
+
+def bench_twistd(base: Path, args: argparse.Namespace, workers: int = 1,
+                 pg: object = None) -> float:
+    """``twistd -n mxd`` as users run it (tests/integration/mxdserver.py), log level warn
+    (the workers' start-up lines at info, to know when they serve); with ``pg`` (a
+    PGCluster), on a new database of it."""
+    from tests.integration._smtp_harness import read_mailbox
+
+    d = base / f"twistd-w{workers}{'-pg' if pg is not None else ''}"
+    d.mkdir()
+    dsn = pg.create_database("ingest") if pg is not None else ""  # type: ignore[attr-defined]
+    store = pg_store_config(dsn, d / "blobs") if pg is not None else ""
+    s = start_twistd(d, args, workers, store)
     try:
         if workers > 1:
             wait_workers(s.log_path, workers)
@@ -223,31 +231,29 @@ def bench_sharded(base: Path, args: argparse.Namespace) -> float:
     directory, smtp-source's sessions and messages split between them and run at the
     same time: what two processes give without a shared store (the cost of sharing it
     is the gap to ``workers = 2``)."""
-    from tests.integration.mxdserver import make_server
+    from tests.integration._smtp_harness import read_mailbox
 
     servers = []
     try:
         for i in range(2):
             d = base / f"sharded-{i}"
             d.mkdir()
-            s = make_server(d, make_certs(d), extra_config=(
-                '[log]\nlevel = "warn"\n[server]\nworkers = 1\n'
-                f"[msgauth]\ninbound_checks = {str(args.inbound_checks).lower()}\n"))
-            servers.append(s)
-            s.start(twistd_args=("--logger", "mxd.log.twistd_observer"))
-        cpu0 = [tree_cpu(s.proc.pid) for s in servers if s.proc is not None]
+            servers.append(start_twistd(d, args, 1))
+        cpu0 = [tree_cpu(s.proc.pid) for s in servers]
         half = argparse.Namespace(sessions=max(1, args.sessions // 2),
                                   messages=args.messages // 2, size=args.size)
         start = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             list(pool.map(lambda s: smtp_source(s.ports["smtp"], half), servers))
         elapsed = time.perf_counter() - start
-        cpu = sum(tree_cpu(s.proc.pid) - c for s, c in zip(servers, cpu0, strict=True)
-                  if s.proc is not None)
+        cpu = sum(tree_cpu(s.proc.pid) - c for s, c in zip(servers, cpu0, strict=True))
         record_cpu("mxd 2 x w=1", cpu, 2 * half.messages)
+        stored = [len(read_mailbox(s.data_dir, RCPT)) for s in servers]
     finally:
         for s in servers:
             s.stop()
+    if stored != [half.messages, half.messages]:
+        raise RuntimeError(f"the two twistd mxd stored {stored} of {half.messages} each")
     return elapsed * args.messages / (2 * half.messages)
 
 

@@ -448,8 +448,10 @@ class SessionBase(LineReceiver):
     # rather than by pausing the transport: a client that waits for the reply sends
     # nothing meanwhile, and stopping and restarting the socket's reading would cost two
     # ``epoll_ctl`` calls per wait.  A client that keeps sending while it should wait is
-    # stopped once PAUSE_BUFFER octets are held.
-    PAUSE_BUFFER = 256 * 1024
+    # stopped once PAUSE_BUFFER octets are held: no more than one socket read (64 KiB)
+    # brings, so that the held commands, run in one go at the resume, hold the reactor
+    # no longer than a read's worth always could.
+    PAUSE_BUFFER = 64 * 1024
 
     def pauseProducing(self) -> None:
         self.paused = True
