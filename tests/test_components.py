@@ -7,9 +7,21 @@ from pathlib import Path
 from twisted.internet.defer import Deferred
 
 from mxd.components import sync_config_accounts
-from mxd.config import parse_config
+from mxd.config import Config, parse_config
 from mxd.directory.local import DirectorySettings, LocalDirectory
 from tests.store.helpers import open_store
+
+
+def _config(tmp_path: Path, tls_files: dict[str, Path], extra: str) -> Config:
+    """A config with the required keys, data in ``tmp_path``, and ``extra`` TOML."""
+    return parse_config(f'''hostname = "mx.example.test"
+data_dir = "{tmp_path / "data"}"
+[tls]
+cert = "{tls_files["cert"]}"
+key = "{tls_files["key"]}"
+[domains]
+names = ["example.test"]
+''' + extra, "t.toml")
 
 
 def test_config_accounts_are_created_then_passwd_works(tmp_path: Path,
@@ -17,17 +29,10 @@ def test_config_accounts_are_created_then_passwd_works(tmp_path: Path,
     """``[[accounts]]`` are created at start-up if missing, as doc/config.md says, with
     their addresses and no password: no login works until `mxd account passwd` (here
     ``set_password``) sets one, which then succeeds (it used to say "no account")."""
-    cfg = parse_config(f'''hostname = "mx.example.test"
-data_dir = "{tmp_path / "data"}"
-[tls]
-cert = "{tls_files["cert"]}"
-key = "{tls_files["key"]}"
-[domains]
-names = ["example.test"]
-[[accounts]]
+    cfg = _config(tmp_path, tls_files, '''[[accounts]]
 name = "alice"
 addresses = ["alice@example.test"]
-''', "t.toml")
+''')
     h = open_store(tmp_path / "data", inline=True)
     try:
         h.run(Deferred.fromCoroutine(sync_config_accounts(cfg, h.store)))
@@ -113,16 +118,9 @@ def test_tls_reporter_signs_the_report_fields(tmp_path: Path, tls_files: dict[st
     from mxd.msgauth.dkimkeys import generate_key
     from mxd.msgauth.signing import KeyRing
 
-    cfg = parse_config(f'''hostname = "mx.example.test"
-data_dir = "{tmp_path / "data"}"
-[tls]
-cert = "{tls_files["cert"]}"
-key = "{tls_files["key"]}"
-[domains]
-names = ["example.test"]
-[dkim.selectors]
+    cfg = _config(tmp_path, tls_files, '''[dkim.selectors]
 "example.test" = ["s1"]
-''', "t.toml")
+''')
     key = generate_key(tmp_path / "keys", "example.test", "s1", "rsa")
 
     class _Queue:
@@ -185,19 +183,12 @@ def test_auth_back_off_settings_reach_the_login_limiter(tmp_path: Path,
     from mxd.components import make_sasl
     from mxd.metrics import NoopMetrics
 
-    cfg = parse_config(f'''hostname = "mx.example.test"
-data_dir = "{tmp_path / "data"}"
-[tls]
-cert = "{tls_files["cert"]}"
-key = "{tls_files["key"]}"
-[domains]
-names = ["example.test"]
-[auth]
+    cfg = _config(tmp_path, tls_files, '''[auth]
 ip_free_failures = 1
 ip_base_delay = 30.0
 account_free_failures = 1
 account_base_delay = 20.0
-''', "t.toml")
+''')
     directory = LocalDirectory(None, DirectorySettings(domains=("example.test",)))  # type: ignore[arg-type]
     sasl = make_sasl(cfg, directory, MemoryReactorClock(), NoopMetrics())
     limiter = sasl._limiter
