@@ -267,9 +267,23 @@ def server_secret(cfg: Config) -> bytes:
     return data
 
 
+def auth_limiter_settings(cfg: Config) -> Any:
+    """The login back-off of ``[auth]``, for the SASL and the admin API limiters alike."""
+    from mxd.sasl.ratelimit import AuthLimiterSettings
+
+    a = cfg.auth
+    return AuthLimiterSettings(
+        ip_free_failures=a.ip_free_failures, ip_base_delay=a.ip_base_delay,
+        ip_max_delay=a.ip_max_delay, account_ip_free_failures=a.ip_free_failures,
+        network_free_failures=a.network_free_failures,
+        account_free_failures=a.account_free_failures,
+        account_base_delay=a.account_base_delay, account_max_delay=a.account_max_delay,
+        half_life=a.failure_half_life, trusted_for=a.trusted_for)
+
+
 def make_sasl(cfg: Config, directory: Any, reactor: Any, metrics: IMetrics) -> Any:
     from mxd.sasl.hashpool import HashPool
-    from mxd.sasl.ratelimit import AuthLimiter, AuthLimiterSettings
+    from mxd.sasl.ratelimit import AuthLimiter
     from mxd.sasl.server import SASLServer, SASLSettings
 
     mechanisms = tuple(cfg.auth.mechanisms)
@@ -284,16 +298,7 @@ def make_sasl(cfg: Config, directory: Any, reactor: Any, metrics: IMetrics) -> A
         fake_scram_iterations=cfg.auth.scram_iterations,
         verified_cache_ttl=cfg.auth.login_cache_ttl,
     )
-    limits = AuthLimiterSettings(
-        ip_free_failures=cfg.auth.ip_free_failures, ip_base_delay=cfg.auth.ip_base_delay,
-        ip_max_delay=cfg.auth.ip_max_delay,
-        account_ip_free_failures=cfg.auth.ip_free_failures,
-        network_free_failures=cfg.auth.network_free_failures,
-        account_free_failures=cfg.auth.account_free_failures,
-        account_base_delay=cfg.auth.account_base_delay,
-        account_max_delay=cfg.auth.account_max_delay,
-        half_life=cfg.auth.failure_half_life, trusted_for=cfg.auth.trusted_for)
-    limiter = AuthLimiter(reactor, limits, metrics=metrics)
+    limiter = AuthLimiter(reactor, auth_limiter_settings(cfg), metrics=metrics)
     # scrypt/PBKDF2 on a bounded pool of their own, never on the reactor thread.
     pool = HashPool(reactor, threads=cfg.auth.hash_threads or None,
                     max_pending=cfg.auth.hash_max_pending)
@@ -781,19 +786,12 @@ def admin_factory(cfg: Config, li: ListenerConfig, comps: dict[str, Any], reacto
 
     from mxd.admin import auth
     from mxd.admin.web import AdminContext, admin_site, bounded_admin_factory
-    from mxd.sasl.ratelimit import AuthLimiter, AuthLimiterSettings
+    from mxd.sasl.ratelimit import AuthLimiter
     from mxd.tls import load_server_tls
 
     limiter = comps.get("admin_limiter")
     if limiter is None:
-        a = cfg.auth
-        limiter = comps["admin_limiter"] = AuthLimiter(reactor, AuthLimiterSettings(
-            ip_free_failures=a.ip_free_failures, ip_base_delay=a.ip_base_delay,
-            ip_max_delay=a.ip_max_delay, account_ip_free_failures=a.ip_free_failures,
-            network_free_failures=a.network_free_failures,
-            account_free_failures=a.account_free_failures,
-            account_base_delay=a.account_base_delay, account_max_delay=a.account_max_delay, half_life=a.failure_half_life,
-            trusted_for=a.trusted_for))
+        limiter = comps["admin_limiter"] = AuthLimiter(reactor, auth_limiter_settings(cfg))
     loopback = ipaddress.ip_address(li.address).is_loopback
     ctx = AdminContext(
         top.status, clock=reactor, password_file=admin_password_file(cfg),
