@@ -69,6 +69,20 @@ class Covers:
             self.spares.setdefault(slot, []).append((name, fd, family))
         self.draining = False
 
+    def drain(self) -> None:
+        """Cover nothing from now on, and close the inherited descriptors: while this
+        worker kept them open, the other slots' sockets went on listening after the
+        main process and their own workers closed theirs, so connections made during
+        a full shutdown's drain waited in their queues instead of being refused."""
+        self.draining = True
+        for entries in self.spares.values():
+            for _, fd, _ in entries:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.spares = {}
+
     def control(self, kind: str, slot: int) -> None:
         from mxd.listeners import AdoptedListener
 
@@ -266,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             return
         log.info("stopping ({reason})", reason=reason)
         if covers is not None:
-            covers.draining = True
+            covers.drain()
         if top is None:
             stop_reactor()
             return
