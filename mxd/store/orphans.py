@@ -54,7 +54,7 @@ from typing import Any
 import attrs
 from twisted.logger import Logger
 
-from mxd.store.blobs import BlobFiles, is_blob_id, pid_running
+from mxd.store.blobs import BlobFiles, pid_running
 from mxd.store.leftovers import DOOMED, list_owner, read_ids
 
 log = Logger(namespace="mxd.store.orphans")
@@ -210,21 +210,13 @@ class OrphanSweeper:
 
     def _old_bodies(self, before: float) -> Iterator[str]:
         """Non-empty body files last modified before ``before``."""
-        blob_dir = self.files.blob_dir
-        if not blob_dir.is_dir():
-            return
-        for sub in blob_dir.iterdir():
-            if not sub.is_dir():
-                continue
-            for f in sub.iterdir():
-                if not (is_blob_id(f.name) and f.name[:2] == sub.name):
-                    continue
-                try:
-                    st = f.stat()
-                except OSError:
-                    continue  # removed meanwhile
-                if st.st_size > 0 and st.st_mtime < before:
-                    yield f.name
+        for blob_id in self.files.iter_blob_ids():
+            try:
+                st = self.files.path(blob_id).stat()
+            except OSError:
+                continue  # removed meanwhile
+            if st.st_size > 0 and st.st_mtime < before:
+                yield blob_id
 
     def _clean_tmp(self, before: float) -> int:
         tmp_dir = self.files.tmp_dir
