@@ -225,7 +225,7 @@ class OrphanSweeper:
         n = 0
         for f in tmp_dir.iterdir():
             if f.name.endswith((DOOMED, ".pool")):
-                continue  # lists: see _clean_lists, _clean_dead_pools
+                continue  # lists: see _clean_lists, _clean_dead_processes
             try:
                 st = f.lstat()
                 if os.path.isdir(f) or st.st_mtime >= before:
