@@ -4,12 +4,15 @@ mailboxes, kept in memory and shared by the sessions of a factory.
 Key: (kind, mailbox id, UIDVALIDITY); value: UID -> the stored octets, and the highest
 UID asked for.  A UID's values never change (its body is immutable), so an entry only
 grows: a later command asks the store for the UIDs above the highest one asked for, in
-one query.  Bounded in octets over all entries (the least recently used mailbox goes
+one query, and again for the first UID that had no value while it may still get one
+(HOLE_WAIT).  Bounded in octets over all entries (the least recently used mailbox goes
 first); an entry alone above the bound is not kept.
 """
 
 from __future__ import annotations
 
+import time
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -22,9 +25,15 @@ if TYPE_CHECKING:
 
 MAX_OCTETS = 48 * 1024 * 1024
 PER_ENTRY = 80  # what a dict slot, an int and a bytes object cost beyond the value
+# A message without a stored value may get it soon: the store puts off the values of
+# delivered mail until it is quiet (mxd.store.derived.Later).  The first such UID is
+# asked for again by later commands for this long; after that its value is taken to
+# be missing for good (a value too big to store: readers compute it).
+HOLE_WAIT = 120.0
 
 _Key = tuple[str, int, int]
-_Entry = tuple[dict[int, bytes], int, int]  # values, highest UID asked, octets
+# values, highest UID asked, octets, first UID without a value (0: none), ask again until
+_Entry = tuple[dict[int, bytes], int, int, int, float]
 _caches: WeakKeyDictionary[object, OrderedDict[_Key, _Entry]] = WeakKeyDictionary()
 
 
@@ -38,23 +47,30 @@ async def stored_values(s: IMAPSession, kind: str,
     if cache is None:
         cache = _caches[s.factory] = OrderedDict()
     key = (kind, view.info.id, view.info.uidvalidity)
-    values, asked, octets = cache.pop(key, ({}, 0, 0))
+    values, asked, octets, hole, until = cache.pop(key, ({}, 0, 0, 0, 0.0))
+    now = time.monotonic()
+    start = hole - 1 if hole and now < until else asked
     top = view.max_uid
-    if top > asked:
+    if top > start:
         try:
-            got = await s.store.get_derived(view.info.id, kind, asked + 1)
+            got = await s.store.get_derived(view.info.id, kind, start + 1, top)
         except StoreError:
             return values
-        if values:
-            values = {**values, **got}
-        else:
-            values = got
-        octets += sum(len(v) for v in got.values()) + PER_ENTRY * len(got)
+        fresh = {u: v for u, v in got.items() if u not in values} if values else got
+        values = {**values, **fresh} if values else dict(got)
+        octets += sum(len(v) for v in fresh.values()) + PER_ENTRY * len(fresh)
         asked = top
+        uids = view.state.uids
+        lo = bisect_right(uids, start)
+        first = 0
+        if len(got) < len(uids) - lo:  # some message of the range has no value
+            first = next((u for u in uids[lo:] if u not in values), 0)
+        if first != hole:
+            hole, until = first, now + HOLE_WAIT
     if octets <= max_octets:
-        cache[key] = (values, asked, octets)
-    total = sum(o for _, _, o in cache.values())
+        cache[key] = (values, asked, octets, hole, until)
+    total = sum(e[2] for e in cache.values())
     while total > max_octets and len(cache) > 1:
-        _, (_, _, dropped) = cache.popitem(last=False)
-        total -= dropped
+        _, dropped = cache.popitem(last=False)
+        total -= dropped[2]
     return values

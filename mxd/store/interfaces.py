@@ -17,7 +17,10 @@ Derived data (``register_deriver``, ``get_derived``, ``backfill_derived``): what
 protocol computes from a message body (IMAP's rendered ENVELOPE and SORT/THREAD keys,
 a PREVIEW) is stored with the body, computed once when the body arrives (deliver,
 accept, append; on the store's thread, never the reactor's) and read back per mailbox
-in one query.  Values are opaque octets under a *kind* name chosen by their producer
+in one query.  A store may put off the values of delivered bodies (``accept``) until it
+is quiet, so that a burst of incoming mail is taken in first (the embedded store does,
+mxd.store.derived.Later); a reader handles a message without values as one stored
+before its deriver existed, by computing what it needs from the body.  Values are opaque octets under a *kind* name chosen by their producer
 ("imap.envelope.1"); a new format takes a new kind, so a stored value never needs to be
 rewritten.  Bodies are shared by COPY and MOVE, so their copies share the values; the
 values go with the body.  Bodies stored before a deriver was registered (an older
@@ -440,6 +443,10 @@ class IMailStore(Protocol):
                     last_uid: int = 0xFFFFFFFF) -> Deferred[dict[int, bytes]]:
         """UID -> the ``kind`` value of the mailbox's messages in the UID range that have
         one (a message without one is left out: the caller computes it itself)."""
+
+    def flush_derived(self) -> Deferred[None]:
+        """Compute now the values of delivered bodies that the store put off until it is
+        quiet (``accept`` may: see the module docstring); fires when none is left."""
 
     def backfill_derived(self, limit: int = 256) -> Deferred[int]:
         """Compute the registered derivers' values for up to ``limit`` stored bodies

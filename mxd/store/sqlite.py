@@ -121,6 +121,7 @@ from mxd.store.interfaces import (
     NoSuchMailbox,
     OutboundMessage,
     QuotaExceeded,
+    ReadHead,
     SpecialUse,
     StoreError,
 )
@@ -196,6 +197,12 @@ class SQLiteStore:
         self._opened_db: DatabaseOpener | None = None
         self._derivers: dict[str, derived.Registered] = {}
         self._backfill_after: str | None = ""  # backfill's place in body id order
+        # Delivered bodies' values wait for a quiet store (mxd.store.derived.Later);
+        # without a clock they are computed with the delivery.
+        self._later: derived.Later | None = None
+        if hasattr(reactor, "callLater"):
+            self._later = derived.Later(reactor, lambda: self._writer.submitted,
+                                        self._derive_batch)
         self._write_lock = WriteLock(self.data_dir / WRITE_LOCK_NAME)
         self._writer.write_lock = self._write_lock
         self._watcher: ChangeWatcher | None = None
@@ -264,6 +271,11 @@ class SQLiteStore:
 
         if self._watcher is not None:
             self._watcher.stop()
+        if self._later is not None:
+            left = self._later.stop()
+            if left:
+                log.info("{n} delivered messages get their derived data at the next start",
+                         n=left)
         return self._writer.stop(_finish)
 
     def _read_op(self, fn: Callable[[sqlite3.Connection], T]) -> Deferred[T]:
@@ -448,18 +460,9 @@ class SQLiteStore:
             looked = 0
             for blob_id, lacking in todo:
                 looked += 1
-                try:
-                    head = self._files.read_head(blob_id, derived.MAX_VALUE)
-                except BlobError:
+                read_head = self._stored_head(blob_id)
+                if read_head is None:
                     continue
-                size = len(head)
-
-                def read_head(n: int, head: bytes = head, size: int = size,
-                              blob_id: str = blob_id) -> bytes:
-                    if n <= size or size < derived.MAX_VALUE:
-                        return head[:n]
-                    return self._files.read_head(blob_id, n)
-
                 for d in registered:
                     if lacking & set(d.kinds):
                         values = derived.run(d, blob_id, read_head)
@@ -471,6 +474,51 @@ class SQLiteStore:
             return looked or (1 if after is not None else 0)
 
         return self._writer.submit(op)
+
+    def flush_derived(self) -> Deferred[None]:
+        """IMailStore.flush_derived: compute now the values of delivered bodies that wait
+        for a quiet store (mxd.store.derived.Later)."""
+        if self._later is None:
+            return succeed(None)
+        return self._later.flush()
+
+    def _derive_batch(self, blob_ids: list[str]) -> Deferred[object]:
+        """Derived.Later's batch: the values of ``blob_ids`` computed before the
+        transaction (writer thread), stored in it for the bodies still there."""
+        registered = list(self._derivers.values())
+
+        def prepare(ctx: OpContext) -> None:
+            for blob_id in blob_ids:
+                read_head = self._stored_head(blob_id)
+                if read_head is None:
+                    continue  # removed meanwhile
+                values: dict[str, bytes] = {}
+                for d in registered:
+                    values.update(derived.run(d, blob_id, read_head))
+                if values:
+                    ctx.derived[blob_id] = values
+
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> None:
+            for blob_id, values in ctx.derived.items():
+                derived.store_if_present(conn, blob_id, values)
+
+        return self._writer.submit(op, prepare=prepare)
+
+    def _stored_head(self, blob_id: str) -> ReadHead | None:
+        """Writer thread: a ReadHead of a stored body (its first MAX_VALUE octets read
+        once), or None when the body is gone."""
+        try:
+            head = self._files.read_head(blob_id, derived.MAX_VALUE)
+        except BlobError:
+            return None
+        size = len(head)
+
+        def read_head(n: int) -> bytes:
+            if n <= size or size < derived.MAX_VALUE:
+                return head[:n]
+            return self._files.read_head(blob_id, n)
+
+        return read_head
 
     # -- bodies that readers still show ------------------------------------------------------
     def hold_blob(self, blob_id: str) -> None:
@@ -786,11 +834,15 @@ class SQLiteStore:
         if outbound is not None and not queue_id:
             raise StoreError("accept: an outbound part needs a queue id")
         now = self._reactor_seconds()
+        # The values of a delivered body are computed after the commit, once the store
+        # is quiet (mxd.store.derived.Later), not on the delivery's way.
+        later = self._later if targets and self._derivers else None
+        derive_now = bool(targets) and later is None
 
         def op(conn: sqlite3.Connection, ctx: OpContext) -> Accepted:
             flag_sets = [names.clean_flags(t.flags) for t in targets]
             self._register_blob(conn, ctx, w)
-            if targets:
+            if derive_now:
                 self._derive_new(conn, ctx, w)
             uids = []
             for t, flags in zip(targets, flag_sets, strict=True):
@@ -812,8 +864,17 @@ class SQLiteStore:
 
         # A body for local mailboxes only may be fsynced alongside the commit
         # (mxd.store.unsynced); one the queue also sends is durable before it.
-        return self._writer.submit(op, [w], overlap=outbound is None and bool(targets),
-                                   prepare=self._prepare_derived(w) if targets else None)
+        d = self._writer.submit(op, [w], overlap=outbound is None and bool(targets),
+                                prepare=self._prepare_derived(w) if derive_now else None)
+        if later is not None:
+            blob_id = w.blob_id
+
+            def derive_later(accepted: Accepted) -> Accepted:
+                later.add(blob_id)
+                return accepted
+
+            d.addCallback(derive_later)
+        return d
 
     def _reactor_seconds(self) -> float:
         seconds = getattr(self._reactor, "seconds", time.time)

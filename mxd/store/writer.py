@@ -113,6 +113,7 @@ class Writer:
         self.write_lock: WriteLockLike | None = None
         self.batches = 0  # counters for tests and metrics
         self.ops = 0
+        self.submitted = 0  # operations submitted (mxd.store.derived.Later: is it quiet?)
         self.overlapped = 0  # bodies fsynced alongside their commit
         # Bodies fsynced since their unsynced_blobs entry was written (writer thread).
         self._synced: list[str] = []
@@ -213,6 +214,7 @@ class Writer:
             return d
         for b in blobs:
             b.seal()
+        self.submitted += 1
         self._pending.append(_Op(fn, d, blobs, overlap, prepare))
         self._kick()
         return d
