@@ -57,6 +57,7 @@ from twisted.logger import Logger
 
 from mxd.store.interfaces import StoreError
 from mxd.store.leftovers import DOOMED, DoomedList, is_list_of, read_ids
+from mxd.threadsched import mark_background
 
 log = Logger()
 
@@ -489,7 +490,8 @@ class BlobFiles:
         """The helper threads (call with ``self._lock`` held)."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=FSYNC_THREADS,
-                                                thread_name_prefix="mxd-fsync")
+                                                thread_name_prefix="mxd-fsync",
+                                                initializer=mark_background)
         return self._executor
 
     def close(self) -> None:

@@ -35,6 +35,7 @@ from mxd.store import failpoints
 from mxd.store import unsynced as unsynced_mod
 from mxd.store.blobs import BlobFiles, FileBlobWriter
 from mxd.store.interfaces import MailboxChange, StoreError
+from mxd.threadsched import mark_background
 
 log = Logger()
 
@@ -127,6 +128,7 @@ class Writer:
         self._pool_running = True
 
         def _open() -> None:
+            mark_background()  # the writer thread: see mxd.threadsched
             self._conn = connect()
 
         d: Deferred[None] = deferToThreadPool(self._reactor, self._pool, _open)  # type: ignore[arg-type]
