@@ -121,9 +121,10 @@ def window(conn: Any, after: str, kinds: Iterable[str],
 
 
 # -- values of delivered bodies, computed once the store is quiet ----------------------
-QUIET = 0.02  # seconds without new store work before deferred values are computed
+QUIET = 0.02  # seconds without a new delivery before deferred values are computed
+MAX_AGE = 5.0  # seconds the oldest waiting body waits, at most, deliveries or not
 BATCH = 64  # bodies derived per operation
-BOUND = 10_000  # bodies waiting, at most: past it they are derived even while busy
+BOUND = 10_000  # bodies waiting, at most: past it they are derived at once
 
 
 class Later:
@@ -131,28 +132,30 @@ class Later:
 
     Deriving costs a sixth of an SMTP delivery's CPU, and the client that delivers is
     not the one who reads the values: a burst of incoming mail is taken in first, and the
-    values are computed in batches of ``batch`` bodies once no new store operation
-    came for ``quiet`` seconds (a few hundredths of a second after a lone delivery).
-    Past ``bound`` waiting bodies a batch runs at once, busy or not, so sustained load
-    cannot grow the list.  Until its values are stored a message is read as one stored
-    before its deriver existed: readers compute what they need from the body.  Bodies
-    still waiting when the store closes are left to the backfill of the next start.
+    values are computed in batches of ``batch`` bodies once no delivery came for
+    ``quiet`` seconds (a few hundredths of a second after a lone delivery), or once the
+    oldest has waited ``max_age`` seconds (under steady load), or at once past ``bound``
+    waiting bodies.  Until its values are stored a message is read as one stored before
+    its deriver existed: readers compute what they need from the body.  Bodies still
+    waiting when the store closes are left to the backfill of the next start.
 
-    ``activity()`` counts the store's operations; ``run(ids)`` derives and stores one
-    batch (off the reactor) and fires when it is committed."""
+    ``activity()`` counts the deliveries; ``run(ids)`` derives and stores one batch
+    (off the reactor) and fires when it is committed."""
 
     def __init__(self, clock: Any, activity: Callable[[], int],
                  run: Callable[[list[str]], DeferredT[object]], *, quiet: float = QUIET,
-                 batch: int = BATCH, bound: int = BOUND) -> None:
+                 max_age: float = MAX_AGE, batch: int = BATCH, bound: int = BOUND) -> None:
         self._clock = clock
         self._activity = activity
         self._run = run
         self._quiet = quiet
+        self._max_age = max_age
         self._batch = max(1, batch)
         self._bound = max(1, bound)
         self._pending: list[str] = []
         self._timer: Any = None
         self._seen = 0  # activity() when the timer was armed
+        self._since = 0.0  # when the oldest waiting body came (about: see add)
         self._running = False
         self._stopped = False
         self._waiters: list[DeferredT[None]] = []  # flush() callers
@@ -164,6 +167,10 @@ class Later:
     def add(self, blob_id: str) -> None:
         if self._stopped:
             return
+        if not self._pending:
+            # What waits after a batch came later than what the batch took: taking
+            # this time for it too only ever runs the next batch early.
+            self._since = self._clock.seconds()
         self._pending.append(blob_id)
         if len(self._pending) >= self._bound:
             self._next()
@@ -205,8 +212,9 @@ class Later:
 
     def _tick(self) -> None:
         self._timer = None
-        if self._activity() != self._seen and len(self._pending) < self._bound:
-            self._arm()  # the store is busy: look again later
+        waited = self._clock.seconds() - self._since
+        if self._activity() != self._seen and waited < self._max_age:
+            self._arm()  # deliveries keep coming: look again later
             return
         self._next()
 

@@ -200,9 +200,9 @@ class SQLiteStore:
         # Delivered bodies' values wait for a quiet store (mxd.store.derived.Later);
         # without a clock they are computed with the delivery.
         self._later: derived.Later | None = None
+        self._accepts = 0  # deliveries so far: while they come, the values wait
         if hasattr(reactor, "callLater"):
-            self._later = derived.Later(reactor, lambda: self._writer.submitted,
-                                        self._derive_batch)
+            self._later = derived.Later(reactor, lambda: self._accepts, self._derive_batch)
         self._write_lock = WriteLock(self.data_dir / WRITE_LOCK_NAME)
         self._writer.write_lock = self._write_lock
         self._watcher: ChangeWatcher | None = None
@@ -867,6 +867,7 @@ class SQLiteStore:
         d = self._writer.submit(op, [w], overlap=outbound is None and bool(targets),
                                 prepare=self._prepare_derived(w) if derive_now else None)
         if later is not None:
+            self._accepts += 1
             blob_id = w.blob_id
 
             def derive_later(accepted: Accepted) -> Accepted:

@@ -114,7 +114,6 @@ class Writer:
         self.write_lock: WriteLockLike | None = None
         self.batches = 0  # counters for tests and metrics
         self.ops = 0
-        self.submitted = 0  # operations submitted (mxd.store.derived.Later: is it quiet?)
         self.overlapped = 0  # bodies fsynced alongside their commit
         # Bodies fsynced since their unsynced_blobs entry was written (writer thread).
         self._synced: list[str] = []
@@ -216,7 +215,6 @@ class Writer:
             return d
         for b in blobs:
             b.seal()
-        self.submitted += 1
         self._pending.append(_Op(fn, d, blobs, overlap, prepare))
         self._kick()
         return d

@@ -40,7 +40,7 @@ class Runs:
 def world() -> Iterator[tuple[task.Clock, list[int], Runs, derived.Later]]:
     clock, activity, runs = task.Clock(), [0], Runs()
     yield clock, activity, runs, derived.Later(clock, lambda: activity[0], runs, quiet=0.02,
-                                               batch=3, bound=10)
+                                               max_age=1.0, batch=3, bound=10)
 
 
 def test_values_wait_until_no_store_work_came_for_the_quiet_time(world: Any) -> None:
@@ -54,6 +54,21 @@ def test_values_wait_until_no_store_work_came_for_the_quiet_time(world: Any) -> 
     assert runs.batches == [] and len(later) == 1
     clock.advance(0.02)  # no new work since the last look
     assert runs.batches == [["a"]] and len(later) == 0
+
+
+def test_under_steady_deliveries_the_oldest_waits_max_age_at_most() -> None:
+    clock, activity, runs = task.Clock(), [0], Runs()
+    later = derived.Later(clock, lambda: activity[0], runs, quiet=0.02, max_age=1.0,
+                          batch=3, bound=1000)
+    later.add("a")
+    for i in range(49):  # a delivery every 20 ms for 0.98 s: never quiet
+        activity[0] += 1
+        later.add(f"m{i}")
+        clock.advance(0.02)
+    assert runs.batches == []
+    activity[0] += 1
+    clock.advance(0.02)  # a has waited 1 s
+    assert runs.batches == [["a", "m0", "m1"]]
 
 
 def test_batches_are_bounded_and_follow_each_other_while_quiet(world: Any) -> None:
