@@ -37,6 +37,8 @@ def with_protocol(*, extended: bool, tls: bool, authenticated: bool, smtputf8: b
 
 def _clean(text: str) -> str:
     """Keep client-supplied text from breaking the field (no CR/LF, no parentheses)."""
+    if text.isprintable() and "(" not in text and ")" not in text and "\\" not in text:
+        return text[:255]  # the usual HELO name or address: nothing to replace
     return "".join(c if c.isprintable() and c not in "()\\" else "?" for c in text)[:255]
 
 
