@@ -464,11 +464,14 @@ async def _stored(s: IMAPSession, view: MailboxView, uids: list[int], kind: str)
 def _preview(ld: _Loader, lazy: bool) -> bytes:
     """RFC 8970 §3.1: the preview as a string; computed from the message when the store
     has none yet (a message stored before previews were), or NIL under LAZY (§3.2: the
-    server need not compute it now; the store's backfill will)."""
+    server need not compute it now; the store's backfill will).  New mail whose values
+    the store puts off for a moment (mxd.store.derived.Later) is computed even under
+    LAZY: a client reacting to it at once would otherwise see no preview for its newest
+    messages, and the work is the same as the store's."""
     v = ld.preview
     if v is None:
         cached = ld.s.cache.get("preview", ld.m.blob_id)
-        if cached is None and lazy:
+        if cached is None and lazy and not ld.s.store.derived_waiting(ld.m.blob_id):
             return b"NIL"
         if cached is None:
             store, blob_id = ld.s.store, ld.m.blob_id

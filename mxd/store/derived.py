@@ -153,6 +153,7 @@ class Later:
         self._batch = max(1, batch)
         self._bound = max(1, bound)
         self._pending: list[str] = []
+        self._waiting: set[str] = set()  # the ids in _pending or the running batch
         self._timer: Any = None
         self._seen = 0  # activity() when the timer was armed
         self._since = 0.0  # when the oldest waiting body came (about: see add)
@@ -164,6 +165,9 @@ class Later:
     def __len__(self) -> int:
         return len(self._pending)
 
+    def __contains__(self, blob_id: object) -> bool:
+        return blob_id in self._waiting
+
     def add(self, blob_id: str) -> None:
         if self._stopped:
             return
@@ -172,6 +176,7 @@ class Later:
             # this time for it too only ever runs the next batch early.
             self._since = self._clock.seconds()
         self._pending.append(blob_id)
+        self._waiting.add(blob_id)
         if len(self._pending) >= self._bound:
             self._next()
         else:
@@ -192,6 +197,7 @@ class Later:
         self._stopped = True
         self._cancel()
         left, self._pending = len(self._pending), []
+        self._waiting.clear()
         self._wake()
         return left
 
@@ -227,6 +233,7 @@ class Later:
 
         def done(result: object) -> None:
             self._running = False
+            self._waiting.difference_update(ids)
             self.derived += len(ids)
             if not self._pending:
                 self._wake()

@@ -448,6 +448,10 @@ class IMailStore(Protocol):
         """Compute now the values of delivered bodies that the store put off until it is
         quiet (``accept`` may: see the module docstring); fires when none is left."""
 
+    def derived_waiting(self, blob_id: str) -> bool:
+        """Is this body's derivation put off until the store is quiet (so its values
+        will come soon: a reader that would skip a missing value may compute it)?"""
+
     def backfill_derived(self, limit: int = 256) -> Deferred[int]:
         """Compute the registered derivers' values for up to ``limit`` stored bodies
         that lack one (off the reactor); fires with how many bodies were done, 0 when

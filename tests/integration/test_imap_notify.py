@@ -84,8 +84,10 @@ PREVIEW_MSGS = [PLAIN, HTML, ALTERNATIVE, ONLY_ATTACHMENT, b"From: a\r\n\r\n" + 
 
 
 def test_preview_of_smtp_delivery(mxd_server_module: MxdServer) -> None:
-    """A message delivered over SMTP has its preview stored at delivery: PREVIEW (LAZY)
-    answers it (not NIL), HTML stripped, the plain alternative preferred."""
+    """A message delivered over SMTP, fetched at once: PREVIEW (LAZY) answers its
+    preview (not NIL), although the store computes its values a moment after the
+    delivery (the fetch computes it meanwhile); HTML stripped, the plain alternative
+    preferred."""
     srv = mxd_server_module
     msg = (b"From: sender@remote.test\r\nTo: " + srv.user.encode() + b"\r\n"
            b"Subject: preview over smtp\r\n" + ALTERNATIVE.split(b"\r\n", 1)[1])
