@@ -15,6 +15,7 @@ without the policy nothing changes.
 from __future__ import annotations
 
 import os
+import threading
 
 from twisted.logger import Logger
 
@@ -22,7 +23,11 @@ log = Logger()
 
 
 def mark_background() -> bool:
-    """Put the calling thread under SCHED_BATCH; False when the system cannot."""
+    """Put the calling thread under SCHED_BATCH; False when the system cannot, or when
+    called on the main thread (the reactor's: a store run inline, as tools and tests
+    do, must not demote it)."""
+    if threading.current_thread() is threading.main_thread():
+        return False
     policy = getattr(os, "SCHED_BATCH", None)
     setter = getattr(os, "sched_setscheduler", None)
     if policy is None or setter is None:

@@ -43,6 +43,13 @@ def test_a_thread_marked_background_is_sched_batch_and_the_others_are_not() -> N
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the calling thread is untouched
 
 
+def test_the_main_thread_is_never_marked() -> None:
+    """The reactor runs on the main thread; a store run inline (tools, tests) calls
+    mark_background there, which must leave it alone."""
+    assert not mark_background()
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+
+
 def test_the_store_writer_and_fsync_threads_run_as_background(tmp_path: Path) -> None:
     before = {tid for tid, p in _policies().items() if p == os.SCHED_BATCH}
     h = open_store(tmp_path / "data")
