@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -99,6 +100,8 @@ class Writer:
         self._files = files
         self._max_batch = max(1, max_batch)
         self._pending: list[_Op[Any]] = []
+        # Appended to on the reactor thread, taken from on the writer thread.
+        self._pending_lock = threading.Lock()
         self._running = False
         self._closed = True  # refusing new work
         self._ready = False  # the connection is open; batches may run
@@ -139,7 +142,8 @@ class Writer:
         def _failed(f: Failure) -> Failure:
             self._closed = True
             self._stop_pool()
-            pending, self._pending = self._pending, []
+            with self._pending_lock:
+                pending, self._pending = self._pending, []
             for op in pending:
                 for b in op.blobs:
                     b.discard()
@@ -215,7 +219,8 @@ class Writer:
             return d
         for b in blobs:
             b.seal()
-        self._pending.append(_Op(fn, d, blobs, overlap, prepare))
+        with self._pending_lock:
+            self._pending.append(_Op(fn, d, blobs, overlap, prepare))
         self._kick()
         return d
 
@@ -226,11 +231,22 @@ class Writer:
             if not self._running and not self._pending:
                 self._notify_idle()
             return
-        batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
         self._running = True
-        d = deferToThreadPool(self._reactor, self._pool, self._run_batch, batch)  # type: ignore[arg-type]
-        d.addCallbacks(self._batch_done, self._batch_failed, callbackArgs=(batch,),
-                       errbackArgs=(batch,))
+        taken: list[list[_Op[Any]]] = []
+
+        def take_and_run() -> None:
+            # The writer thread takes the batch when it starts, not when it was asked
+            # to: it runs once the reactor thread waits (mxd.threadsched), by when more
+            # operations may have come, and they share the transaction and the fsync.
+            with self._pending_lock:
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+            taken.append(batch)
+            self._run_batch(batch)
+
+        d = deferToThreadPool(self._reactor, self._pool, take_and_run)  # type: ignore[arg-type]
+        d.addCallbacks(lambda _: self._batch_done(None, taken[0]),
+                       lambda f: self._batch_failed(f, taken[0] if taken else []))
 
     def _notify_idle(self) -> None:
         waiters, self._idle_waiters = self._idle_waiters, []

@@ -6,8 +6,10 @@ import hashlib
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+from twisted.python.failure import Failure
 
 from mxd.store.interfaces import (
     DEFAULT_MAILBOXES,
@@ -25,9 +27,9 @@ from mxd.store.interfaces import (
     NoSuchMailbox,
     SpecialUse,
 )
-from mxd.store.sqlite import StoreSettings
+from mxd.store.sqlite import SQLiteStore, StoreSettings
 from mxd.store.writer import StoreClosed
-from tests.store.helpers import StoreHarness, open_store
+from tests.store.helpers import InlineReactor, StoreHarness, open_store, result_of
 
 
 def _account(h: StoreHarness, name: str = "alice") -> int:
@@ -643,3 +645,56 @@ def test_rename_to_own_inferior_is_a_name_error(store: StoreHarness) -> None:
     s = store.store
     store.run(s.create_mailbox(a, "P"))
     assert isinstance(store.fail(s.rename_mailbox(a, "P", "P/Q")), InvalidMailboxName)
+
+
+class _ManualPool:
+    """A writer "thread" that runs only when told: what was submitted before it starts
+    is there for it to take."""
+
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def callInThreadWithCallback(self, onResult: Any, func: Any, *args: Any, **kw: Any) -> None:
+        self.calls.append((onResult, func, args, kw))
+
+    def run_all(self) -> None:
+        while self.calls:
+            onResult, func, args, kw = self.calls.pop(0)
+            try:
+                result = func(*args, **kw)
+            except BaseException:  # handed to the caller, as a pool does
+                onResult(False, Failure())
+                continue
+            onResult(True, result)
+
+
+def test_operations_submitted_before_the_writer_starts_share_its_batch(data_dir: Path) -> None:
+    """The writer thread takes its batch when it starts running, not when it was asked
+    to: three deliveries submitted before it ran go in one transaction."""
+    pool = _ManualPool()
+    store = SQLiteStore(data_dir, InlineReactor(), threadpool=pool)  # type: ignore[arg-type]
+    opened = store.open()
+    pool.run_all()
+    assert opened.called
+    added = store.add_account("alice", "{}")
+    pool.run_all()
+    account_id = result_of(added)[1].id
+    before = (store._writer.batches, store._writer.ops)
+    delivered = []
+    for i in range(3):
+        w = store.new_blob()
+        w.write(b"Subject: %d\r\n\r\nbody\r\n" % i)
+        delivered.append(store.deliver(w, [Delivery(account_id)], MessageProps()))
+    assert not any(d.called for d in delivered)
+    pool.run_all()
+    assert [result_of(d)[1] for d in delivered] == [[1], [2], [3]]
+    assert (store._writer.batches - before[0], store._writer.ops - before[1]) == (1, 3)
+    closed = store.close()
+    pool.run_all()
+    assert closed.called
