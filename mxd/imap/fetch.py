@@ -27,7 +27,7 @@ from mxd.imap.qresync import vanished
 from mxd.imap.storedvalues import stored_values
 from mxd.imap.values import Command, FetchArgs, FetchAtt, SeqSet
 from mxd.imap.view import MailboxView
-from mxd.store.interfaces import MessageInfo, StoreError
+from mxd.store.interfaces import DERIVED_MAX_DELAY, MessageInfo, StoreError
 
 if TYPE_CHECKING:
     from mxd.imap.server import IMAPSession
@@ -461,17 +461,29 @@ async def _stored(s: IMAPSession, view: MailboxView, uids: list[int], kind: str)
         return {}
 
 
+# A message delivered less than this long ago may still be waiting for its stored values:
+# the worker that delivered it computes them once no delivery came for a moment, after
+# DERIVED_MAX_DELAY seconds at the latest (mxd.store.derived.Later).
+JUST_ARRIVED = 2 * DERIVED_MAX_DELAY
+
+
+def _values_coming(ld: _Loader) -> bool:
+    """Did the message arrive so recently that its stored values may still be coming?
+    A client that fetches new mail at once (IDLE) then gets its preview computed now,
+    the same work the store is about to do, rather than NIL for its newest messages."""
+    age = ld.s.clock.seconds() - ld.m.internal_date.timestamp()
+    return 0 <= age < JUST_ARRIVED
+
+
 def _preview(ld: _Loader, lazy: bool) -> bytes:
     """RFC 8970 §3.1: the preview as a string; computed from the message when the store
     has none yet (a message stored before previews were), or NIL under LAZY (§3.2: the
-    server need not compute it now; the store's backfill will).  New mail whose values
-    the store puts off for a moment (mxd.store.derived.Later) is computed even under
-    LAZY: a client reacting to it at once would otherwise see no preview for its newest
-    messages, and the work is the same as the store's."""
+    server need not compute it now; the store's backfill will) unless the message
+    arrived a moment ago (``_values_coming``)."""
     v = ld.preview
     if v is None:
         cached = ld.s.cache.get("preview", ld.m.blob_id)
-        if cached is None and lazy and not ld.s.store.derived_waiting(ld.m.blob_id):
+        if cached is None and lazy and not _values_coming(ld):
             return b"NIL"
         if cached is None:
             store, blob_id = ld.s.store, ld.m.blob_id

@@ -26,7 +26,7 @@ from twisted.internet.defer import Deferred as DeferredT
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mxd.store.interfaces import Deriver, ReadHead
+from mxd.store.interfaces import DERIVED_MAX_DELAY, Deriver, ReadHead
 
 log = Logger()
 
@@ -122,7 +122,7 @@ def window(conn: Any, after: str, kinds: Iterable[str],
 
 # -- values of delivered bodies, computed once the store is quiet ----------------------
 QUIET = 0.02  # seconds without a new delivery before deferred values are computed
-MAX_AGE = 5.0  # seconds the oldest waiting body waits, at most, deliveries or not
+MAX_AGE = DERIVED_MAX_DELAY  # seconds the oldest waiting body waits, deliveries or not
 BATCH = 64  # bodies derived per operation
 BOUND = 10_000  # bodies waiting, at most: past it they are derived at once
 
@@ -153,7 +153,6 @@ class Later:
         self._batch = max(1, batch)
         self._bound = max(1, bound)
         self._pending: list[str] = []
-        self._waiting: set[str] = set()  # the ids in _pending or the running batch
         self._timer: Any = None
         self._seen = 0  # activity() when the timer was armed
         self._since = 0.0  # when the oldest waiting body came (about: see add)
@@ -165,9 +164,6 @@ class Later:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def __contains__(self, blob_id: object) -> bool:
-        return blob_id in self._waiting
-
     def add(self, blob_id: str) -> None:
         if self._stopped:
             return
@@ -176,7 +172,6 @@ class Later:
             # this time for it too only ever runs the next batch early.
             self._since = self._clock.seconds()
         self._pending.append(blob_id)
-        self._waiting.add(blob_id)
         if len(self._pending) >= self._bound:
             self._next()
         else:
@@ -197,7 +192,6 @@ class Later:
         self._stopped = True
         self._cancel()
         left, self._pending = len(self._pending), []
-        self._waiting.clear()
         self._wake()
         return left
 
@@ -233,7 +227,6 @@ class Later:
 
         def done(result: object) -> None:
             self._running = False
-            self._waiting.difference_update(ids)
             self.derived += len(ids)
             if not self._pending:
                 self._wake()

@@ -19,8 +19,9 @@ a PREVIEW) is stored with the body, computed once when the body arrives (deliver
 accept, append; on the store's thread, never the reactor's) and read back per mailbox
 in one query.  A store may put off the values of delivered bodies (``accept``) until it
 is quiet, so that a burst of incoming mail is taken in first (the embedded store does,
-mxd.store.derived.Later); a reader handles a message without values as one stored
-before its deriver existed, by computing what it needs from the body.  Values are opaque octets under a *kind* name chosen by their producer
+mxd.store.derived.Later), at most DERIVED_MAX_DELAY seconds unless overloaded; a reader
+handles a message without values as one stored before its deriver existed, by computing
+what it needs from the body.  Values are opaque octets under a *kind* name chosen by their producer
 ("imap.envelope.1"); a new format takes a new kind, so a stored value never needs to be
 rewritten.  Bodies are shared by COPY and MOVE, so their copies share the values; the
 values go with the body.  Bodies stored before a deriver was registered (an older
@@ -40,6 +41,10 @@ import attrs
 from twisted.internet.defer import Deferred
 
 from mxd.errors import MxdError
+
+# Seconds a store may put off the derived values of a delivered body while deliveries
+# keep coming (see the module docstring).
+DERIVED_MAX_DELAY = 5.0
 
 
 class StoreError(MxdError):
@@ -447,10 +452,6 @@ class IMailStore(Protocol):
     def flush_derived(self) -> Deferred[None]:
         """Compute now the values of delivered bodies that the store put off until it is
         quiet (``accept`` may: see the module docstring); fires when none is left."""
-
-    def derived_waiting(self, blob_id: str) -> bool:
-        """Is this body's derivation put off until the store is quiet (so its values
-        will come soon: a reader that would skip a missing value may compute it)?"""
 
     def backfill_derived(self, limit: int = 256) -> Deferred[int]:
         """Compute the registered derivers' values for up to ``limit`` stored bodies

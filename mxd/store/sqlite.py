@@ -482,10 +482,6 @@ class SQLiteStore:
             return succeed(None)
         return self._later.flush()
 
-    def derived_waiting(self, blob_id: str) -> bool:
-        """IMailStore.derived_waiting: is this body's derivation put off right now?"""
-        return self._later is not None and blob_id in self._later
-
     def _derive_batch(self, blob_ids: list[str]) -> Deferred[object]:
         """Derived.Later's batch: the values of ``blob_ids`` computed before the
         transaction (writer thread), stored in it for the bodies still there."""

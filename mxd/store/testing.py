@@ -302,9 +302,6 @@ class MemoryStore:
     def flush_derived(self) -> Deferred[None]:
         return succeed(None)  # values are computed with each delivery
 
-    def derived_waiting(self, blob_id: str) -> bool:
-        return False
-
     def backfill_derived(self, limit: int = 64) -> Deferred[int]:
         def op(changes: list[MailboxChange]) -> int:
             live = {m.info.blob_id for b in self.mailboxes.values() for m in b.messages.values()}

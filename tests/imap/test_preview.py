@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import base64
 import re
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.task import Clock
 
 from mxd.imap import preview
 from mxd.imap.parser import parse_bytes
@@ -117,6 +119,24 @@ def test_collapse_and_controls_as_the_regex_and_filter_do(text: str) -> None:
 
     assert _collapse(text)[:2 * MAX_CHARS] == _WS.sub(" ", text).strip()[:2 * MAX_CHARS]
     assert text.translate(_CONTROLS) == "".join(c for c in text if c >= " " and c != "\x7f")
+
+
+@pytest.mark.parametrize(("age", "answer"), [
+    (3.0, b'PREVIEW "Hello Bob, how are you?"'),  # values may still be coming
+    (11.0, b"PREVIEW NIL"),  # older: left to the backfill
+])
+def test_lazy_preview_of_mail_that_just_arrived_is_computed(age: float, answer: bytes) -> None:
+    """A message without a stored preview that arrived a moment ago (its values may
+    still be on their way: the store derives delivered mail once quiet, within
+    DERIVED_MAX_DELAY) is computed under LAZY; an older one is NIL (RFC 8970 §3.2)."""
+    store, acc = make_store()
+    store.put(acc, "INBOX", PLAIN, when=datetime.fromtimestamp(1_000_000, UTC))  # no deriver
+    clock = Clock()
+    clock.advance(1_000_000 + age)
+    c = Conn(store, clock=clock)
+    c.login()
+    c.select()
+    assert answer in c.cmd("a FETCH 1 (PREVIEW (LAZY))")
 
 
 def test_fetch_preview_of_many_messages_from_the_mailbox_s_stored_previews() -> None:

@@ -101,17 +101,6 @@ def test_past_the_bound_a_batch_runs_even_while_busy(world: Any) -> None:
     assert runs.batches[1] == ["3", "4", "5"]
 
 
-def test_a_body_is_waiting_until_its_batch_is_committed(world: Any) -> None:
-    clock, activity, runs, later = world
-    runs.hold = []
-    later.add("a")
-    assert "a" in later and "b" not in later
-    clock.advance(0.02)
-    assert runs.batches == [["a"]] and "a" in later  # running, not committed yet
-    runs.hold.pop().callback(None)
-    assert "a" not in later
-
-
 def test_flush_derives_everything_at_once(world: Any) -> None:
     clock, activity, runs, later = world
     for b in "abcde":
