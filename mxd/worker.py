@@ -24,7 +24,7 @@ import argparse
 import os
 import signal
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from twisted.internet import defer, task
@@ -202,7 +202,7 @@ def die_with_parent() -> None:
 
 
 def affinity_cpu(mode: str, index: int, workers: int,
-                 usable: Sequence[int] | None = None) -> int | None:
+                 usable: Iterable[int] | None = None) -> int | None:
     """The CPU core worker ``index`` (1-based) of ``workers`` is to run on, or None (the
     scheduler decides): ``[server] cpu_affinity = "auto"`` gives each of several workers a
     core of its own when there are at least as many usable cores as workers."""
@@ -210,7 +210,7 @@ def affinity_cpu(mode: str, index: int, workers: int,
         return None
     if usable is None:
         try:
-            usable = sorted(os.sched_getaffinity(0))
+            usable = os.sched_getaffinity(0)
         except (AttributeError, OSError):  # pragma: no cover - not Linux
             return None
     cores = sorted(usable)
