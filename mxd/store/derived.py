@@ -136,8 +136,9 @@ class Later:
     ``quiet`` seconds (a few hundredths of a second after a lone delivery), or once the
     oldest has waited ``max_age`` seconds (under steady load), or at once past ``bound``
     waiting bodies.  Until its values are stored a message is read as one stored before
-    its deriver existed: readers compute what they need from the body.  Bodies still
-    waiting when the store closes are left to the backfill of the next start.
+    its deriver existed: readers compute what they need from the body.  The store
+    derives what still waits before it closes; after a crash the backfill of the next
+    start computes what was lost.
 
     ``activity()`` counts the deliveries; ``run(ids)`` derives and stores one batch
     (off the reactor) and fires when it is committed."""
@@ -188,7 +189,7 @@ class Later:
         return d
 
     def stop(self) -> int:
-        """Drop what waits (the next start's backfill computes it); returns how many."""
+        """Drop what waits (after a flush: nothing); returns how many."""
         self._stopped = True
         self._cancel()
         left, self._pending = len(self._pending), []

@@ -254,7 +254,8 @@ class SQLiteStore:
         return self._writer.idle
 
     def close(self) -> Deferred[None]:
-        """Finish queued work, then close the database and stop the writer thread."""
+        """Finish queued work (and derive the values still waiting), then close the
+        database and stop the writer thread."""
         doomed = self._take_doomed()
 
         def _finish(conn: sqlite3.Connection) -> None:
@@ -271,12 +272,20 @@ class SQLiteStore:
 
         if self._watcher is not None:
             self._watcher.stop()
-        if self._later is not None:
-            left = self._later.stop()
-            if left:
-                log.info("{n} delivered messages get their derived data at the next start",
-                         n=left)
-        return self._writer.stop(_finish)
+        later = self._later
+        if later is None or not len(later):
+            if later is not None:
+                later.stop()
+            return self._writer.stop(_finish)
+
+        # Values still waiting for a quiet store are derived first (at most BOUND
+        # bodies, about a second): a tool that filled the store, or a server stopping
+        # after a burst, leaves none to the next start's backfill.
+        def stop(_: object) -> Deferred[None]:
+            later.stop()
+            return self._writer.stop(_finish)
+
+        return later.flush().addBoth(stop)
 
     def _read_op(self, fn: Callable[[sqlite3.Connection], T]) -> Deferred[T]:
         return self._writer.submit(lambda conn, ctx: fn(conn))

@@ -211,8 +211,32 @@ def test_append_still_stores_its_values_with_the_message(h: Any) -> None:
     assert harness.run(store.get_derived(inbox, "t.subject")) == {uid: b"Subject: appended"}
 
 
-def test_values_left_waiting_at_close_come_from_the_backfill_at_the_next_open(
+def test_values_still_waiting_at_close_are_derived_before_it_closes(tmp_path: Path) -> None:
+    """A tool that filled the store (or a server stopping after a burst) closes it
+    with values waiting: they are stored before the close completes."""
+    clock = task.Clock()
+    calls = ClockCalls(clock)
+    store = SQLiteStore(tmp_path / "data", calls)  # type: ignore[arg-type]
+    harness = StoreHarness(store, calls, inline=False)
+    harness.run(store.open())
+    deriver = ("t", ("t.subject",), lambda rh: {"t.subject": rh(200).split(b"\r\n")[0]})
+    store.register_deriver(*deriver)
+    acct = harness.run(store.add_account("alice", "{}"))
+    uids = [_deliver(harness, acct.id, f"late {i}") for i in range(3)]
+    harness.run(store.close())  # before the store was quiet
+    store = SQLiteStore(tmp_path / "data", calls)  # type: ignore[arg-type]
+    harness = StoreHarness(store, calls, inline=False)
+    harness.run(store.open())
+    inbox = harness.run(store.get_mailbox(acct.id, "INBOX")).id
+    assert harness.run(store.get_derived(inbox, "t.subject")) == {
+        uid: b"Subject: late %d" % i for i, uid in enumerate(uids)}
+    harness.run(store.close())
+
+
+def test_values_lost_to_a_crash_come_from_the_backfill_at_the_next_open(
         tmp_path: Path) -> None:
+    """Waiting ids are in memory: a process that dies loses them; the next start's
+    backfill computes the values."""
     clock = task.Clock()
     calls = ClockCalls(clock)
     store = SQLiteStore(tmp_path / "data", calls)  # type: ignore[arg-type]
@@ -222,7 +246,9 @@ def test_values_left_waiting_at_close_come_from_the_backfill_at_the_next_open(
     store.register_deriver(*deriver)
     acct = harness.run(store.add_account("alice", "{}"))
     uid = _deliver(harness, acct.id, "late")
-    harness.run(store.close())  # before the store was quiet
+    assert store._later is not None
+    store._later.stop()  # as a crash would: the waiting ids are gone
+    harness.run(store.close())
     store = SQLiteStore(tmp_path / "data", calls)  # type: ignore[arg-type]
     harness = StoreHarness(store, calls, inline=False)
     harness.run(store.open())
