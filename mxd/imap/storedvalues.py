@@ -57,8 +57,9 @@ async def stored_values(s: IMAPSession, kind: str,
         except StoreError:
             return values
         fresh = {u: v for u, v in got.items() if u not in values} if values else got
-        values = {**values, **fresh} if values else dict(got)
-        octets += sum(len(v) for v in fresh.values()) + PER_ENTRY * len(fresh)
+        if fresh:  # a new dict: a command still reading the old one is not disturbed
+            values = {**values, **fresh} if values else fresh
+            octets += sum(len(v) for v in fresh.values()) + PER_ENTRY * len(fresh)
         asked = top
         uids = view.state.uids
         lo = bisect_right(uids, start)
