@@ -146,16 +146,28 @@ def _msg(subject: str) -> bytes:
     return f"Subject: {subject}\r\nFrom: a@b.example\r\n\r\nbody\r\n".encode()
 
 
+def _subject(rh: Any) -> dict[str, bytes]:
+    return {"t.subject": rh(200).split(b"\r\n")[0]}
+
+
+def _open(data: Path, clock: task.Clock, derive: bool = True) -> StoreHarness:
+    """A store on ``data`` whose reactor has ``clock`` (so it defers values), open, with
+    the test deriver registered unless told otherwise."""
+    calls = ClockCalls(clock)
+    store = SQLiteStore(data, calls)  # type: ignore[arg-type]
+    harness = StoreHarness(store, calls, inline=False)
+    harness.run(store.open())
+    if derive:
+        store.register_deriver("t", ("t.subject",), _subject)
+    return harness
+
+
 @pytest.fixture
 def h(tmp_path: Path) -> Iterator[tuple[StoreHarness, task.Clock]]:
     clock = task.Clock()
-    calls = ClockCalls(clock)
-    store = SQLiteStore(tmp_path / "data", calls)  # type: ignore[arg-type]
-    harness = StoreHarness(store, calls, inline=False)
-    harness.run(store.open())
-    store.register_deriver("t", ("t.subject",), lambda rh: {"t.subject": rh(200).split(b"\r\n")[0]})
+    harness = _open(tmp_path / "data", clock)
     yield harness, clock
-    harness.run(store.close())
+    harness.run(harness.store.close())
 
 
 def _deliver(h: StoreHarness, account_id: int, subject: str) -> int:
@@ -215,18 +227,12 @@ def test_values_still_waiting_at_close_are_derived_before_it_closes(tmp_path: Pa
     """A tool that filled the store (or a server stopping after a burst) closes it
     with values waiting: they are stored before the close completes."""
     clock = task.Clock()
-    calls = ClockCalls(clock)
-    store = SQLiteStore(tmp_path / "data", calls)  # type: ignore[arg-type]
-    harness = StoreHarness(store, calls, inline=False)
-    harness.run(store.open())
-    deriver = ("t", ("t.subject",), lambda rh: {"t.subject": rh(200).split(b"\r\n")[0]})
-    store.register_deriver(*deriver)
-    acct = harness.run(store.add_account("alice", "{}"))
+    harness = _open(tmp_path / "data", clock)
+    acct = harness.run(harness.store.add_account("alice", "{}"))
     uids = [_deliver(harness, acct.id, f"late {i}") for i in range(3)]
-    harness.run(store.close())  # before the store was quiet
-    store = SQLiteStore(tmp_path / "data", calls)  # type: ignore[arg-type]
-    harness = StoreHarness(store, calls, inline=False)
-    harness.run(store.open())
+    harness.run(harness.store.close())  # before the store was quiet
+    harness = _open(tmp_path / "data", clock, derive=False)
+    store = harness.store
     inbox = harness.run(store.get_mailbox(acct.id, "INBOX")).id
     assert harness.run(store.get_derived(inbox, "t.subject")) == {
         uid: b"Subject: late %d" % i for i, uid in enumerate(uids)}
@@ -238,21 +244,15 @@ def test_values_lost_to_a_crash_come_from_the_backfill_at_the_next_open(
     """Waiting ids are in memory: a process that dies loses them; the next start's
     backfill computes the values."""
     clock = task.Clock()
-    calls = ClockCalls(clock)
-    store = SQLiteStore(tmp_path / "data", calls)  # type: ignore[arg-type]
-    harness = StoreHarness(store, calls, inline=False)
-    harness.run(store.open())
-    deriver = ("t", ("t.subject",), lambda rh: {"t.subject": rh(200).split(b"\r\n")[0]})
-    store.register_deriver(*deriver)
-    acct = harness.run(store.add_account("alice", "{}"))
+    harness = _open(tmp_path / "data", clock)
+    acct = harness.run(harness.store.add_account("alice", "{}"))
     uid = _deliver(harness, acct.id, "late")
-    assert store._later is not None
-    store._later.stop()  # as a crash would: the waiting ids are gone
-    harness.run(store.close())
-    store = SQLiteStore(tmp_path / "data", calls)  # type: ignore[arg-type]
-    harness = StoreHarness(store, calls, inline=False)
-    harness.run(store.open())
-    store.register_deriver(*deriver)
+    later = harness.store._later
+    assert later is not None
+    later.stop()  # as a crash would: the waiting ids are gone
+    harness.run(harness.store.close())
+    harness = _open(tmp_path / "data", clock)
+    store = harness.store
     inbox = harness.run(store.get_mailbox(acct.id, "INBOX")).id
     assert harness.run(store.get_derived(inbox, "t.subject")) == {}
     while harness.run(store.backfill_derived()):
