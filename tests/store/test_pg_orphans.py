@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mxd.store.interfaces import Delivery
+from mxd.store.interfaces import Delivery, MessageInfo
 from mxd.store.orphans import LOCK_KEY, SweepResult, SweepSettings
 from mxd.store.sqlite import StoreSettings
 from tests.store.helpers import StoreHarness, ThreadCalls, open_pg_store
@@ -39,6 +39,15 @@ def _plant(blob_dir: Path, data: bytes, age: float) -> str:
     t = time.time() - age
     os.utime(path, (t, t))
     return blob_id
+
+
+def _one_kept_message(h: Any) -> MessageInfo:
+    """An account with one delivered message (a body a row references)."""
+    acct = h.run(h.store.add_account("alice", "{}"))
+    h.deliver_bytes(b"Subject: kept\r\n\r\nbody\r\n", [Delivery(acct.id)])
+    inbox = h.run(h.store.get_mailbox(acct.id, "INBOX"))
+    [msg] = h.run(h.store.list_messages(inbox.id))
+    return msg  # type: ignore[no-any-return]
 
 
 def _exists(blob_dir: Path, blob_id: str) -> bool:
@@ -174,10 +183,7 @@ def test_bodies_a_dead_node_kept_for_their_grace_period_go_whatever_their_age(
     blobs = tmp_path / "blobs"
     h = open_pg_store(pg_dsn, blobs)
     try:
-        acct = h.run(h.store.add_account("alice", "{}"))
-        h.deliver_bytes(b"Subject: kept\r\n\r\nbody\r\n", [Delivery(acct.id)])
-        inbox = h.run(h.store.get_mailbox(acct.id, "INBOX"))
-        [msg] = h.run(h.store.list_messages(inbox.id))
+        msg = _one_kept_message(h)
         dropped = _plant(blobs, b"Subject: dropped\r\n\r\n", 60)  # a minute old
         doomed = blobs / "tmp" / "elsewhere.example-4242.0badcafe.doomed"
         doomed.write_text(f"{dropped}\n{msg.blob_id}\n")
@@ -241,10 +247,7 @@ def test_files_of_a_node_of_another_host_go_once_it_has_been_gone_a_while(
     blobs = tmp_path / "blobs"
     h = open_pg_store(pg_dsn, blobs)
     try:
-        acct = h.run(h.store.add_account("alice", "{}"))
-        h.deliver_bytes(b"Subject: kept\r\n\r\nbody\r\n", [Delivery(acct.id)])
-        inbox = h.run(h.store.get_mailbox(acct.id, "INBOX"))
-        [msg] = h.run(h.store.list_messages(inbox.id))
+        msg = _one_kept_message(h)
         gone_node, unknown_node = "node-b.example-77", "node-c.example-78"
         pooled = [_plant(blobs, b"", 2 * HOUR) for _ in range(2)]
         lst = blobs / "tmp" / f"{gone_node}.pool"

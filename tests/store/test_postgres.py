@@ -122,6 +122,18 @@ def test_nodes_starting_together_migrate_once(pg_dsn: str) -> None:
     assert versions == {k: len(v) for k, v in SCHEMAS.items()}
 
 
+def _watch_inbox(a: Any, b: Any) -> tuple[Any, Any, list[MailboxChange], list[MailboxChange]]:
+    """An account made on node A, its INBOX watched on both nodes: (account, inbox, the
+    changes node A's listener hears, those node B's hears)."""
+    acct = a.run(a.store.add_account("alice", "{}"))
+    inbox = a.run(a.store.get_mailbox(acct.id, "INBOX"))
+    seen_a: list[MailboxChange] = []
+    seen_b: list[MailboxChange] = []
+    b.store.subscribe(inbox.id, seen_b.append)
+    a.store.subscribe(inbox.id, seen_a.append)
+    return acct, inbox, seen_a, seen_b
+
+
 def test_every_kind_of_change_reaches_the_other_node_once(
         pg_dsn: str, tmp_path: Path) -> None:
     """The notices sent by the statements themselves (a delivery, an APPEND, a flag
@@ -131,12 +143,7 @@ def test_every_kind_of_change_reaches_the_other_node_once(
     a = open_pg_store(pg_dsn, tmp_path / "blobs", listen=True)
     b = open_pg_store(pg_dsn, tmp_path / "blobs", listen=True)
     try:
-        acct = a.run(a.store.add_account("alice", "{}"))
-        inbox = a.run(a.store.get_mailbox(acct.id, "INBOX"))
-        seen_b: list[MailboxChange] = []
-        seen_a: list[MailboxChange] = []
-        b.store.subscribe(inbox.id, seen_b.append)
-        a.store.subscribe(inbox.id, seen_a.append)
+        acct, inbox, seen_a, seen_b = _watch_inbox(a, b)
         assert b.store.listening(5)  # type: ignore[attr-defined]
         [first] = a.deliver_bytes(b"Subject: hi\r\n\r\nx\r\n", [Delivery(acct.id)])
         n = MAX_UIDS_PER_NOTICE + 5
@@ -181,12 +188,7 @@ def test_a_change_on_one_node_reaches_the_other_within_a_second(
     a = open_pg_store(pg_dsn, tmp_path / "blobs", listen=True)
     b = open_pg_store(pg_dsn, tmp_path / "blobs", listen=True)
     try:
-        acct = a.run(a.store.add_account("alice", "{}"))
-        inbox = a.run(a.store.get_mailbox(acct.id, "INBOX"))
-        seen_b: list[MailboxChange] = []
-        seen_a: list[MailboxChange] = []
-        b.store.subscribe(inbox.id, seen_b.append)
-        a.store.subscribe(inbox.id, seen_a.append)
+        acct, inbox, seen_a, seen_b = _watch_inbox(a, b)
         assert b.store.listening(5)  # type: ignore[attr-defined]  # LISTEN: not retroactive
         t0 = time.monotonic()
         [uid] = a.deliver_bytes(b"Subject: hi\r\n\r\nx\r\n", [Delivery(acct.id)])
