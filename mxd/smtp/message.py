@@ -62,8 +62,7 @@ class MessageMixin(SessionBase):
 
         # A file made ahead of time (the store's pool) is taken here, without a thread
         # hop; only an empty pool costs one.
-        nowait = getattr(self.store, "new_blob_nowait", None)
-        quick = nowait() if nowait is not None else None
+        quick = self.store.new_blob_nowait()
         if quick is not None:
             got(quick)
             return

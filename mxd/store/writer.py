@@ -245,7 +245,7 @@ class Writer:
             self._run_batch(batch)
 
         d = deferToThreadPool(self._reactor, self._pool, take_and_run)  # type: ignore[arg-type]
-        d.addCallbacks(lambda _: self._batch_done(None, taken[0]),
+        d.addCallbacks(lambda _: self._batch_done(taken[0]),
                        lambda f: self._batch_failed(f, taken[0] if taken else []))
 
     def _notify_idle(self) -> None:
@@ -253,7 +253,7 @@ class Writer:
         for w in waiters:
             w.callback(None)
 
-    def _batch_done(self, _: object, batch: list[_Op[Any]]) -> None:
+    def _batch_done(self, batch: list[_Op[Any]]) -> None:
         self.batches += 1
         self.ops += len(batch)
         changes: list[MailboxChange] = []
@@ -369,7 +369,7 @@ class Writer:
         log.failure("store batch failed", f)
         for op in batch:
             op.error = op.error or f.value
-        self._batch_done(None, batch)
+        self._batch_done(batch)
 
     # -- the writer thread ---------------------------------------------------------------
     def _run_batch(self, batch: list[_Op[Any]]) -> None:
